@@ -1,0 +1,95 @@
+#include "cf_status.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+static const struct {
+	const char *name;
+	const char *text;
+} cf_status_table[] = {
+	/* index = -status */
+	{ "CF_OK", "success" },
+	{ "CF_E_INTERNAL", "internal error" },
+	{ "CF_E_NOMEM", "out of memory" },
+	{ "CF_E_INVALID_ARG", "invalid argument" },
+	{ "CF_E_TOO_LARGE", "input exceeds a limit" },
+	{ "CF_E_NOT_FOUND", "not found" },
+	{ "CF_E_EXISTS", "already exists" },
+	{ "CF_E_WRONG_KEY_TYPE", "key type does not support this operation" },
+	{ "CF_E_BAD_SIGNATURE", "signature or MAC does not verify" },
+	{ "CF_E_DECRYPT", "decryption failed: data or context was altered" },
+	{ "CF_E_PIN_INCORRECT", "PIN incorrect" },
+	{ "CF_E_PIN_FILE", "PIN file unusable" },
+	{ "CF_E_MODULE", "PKCS#11 module unusable" },
+	{ "CF_E_TOKEN_NOT_FOUND", "no token matches the URI" },
+	{ "CF_E_BUSY", "resource busy" },
+	{ "CF_E_UNAVAILABLE", "token unavailable" },
+	{ "CF_E_UNSUPPORTED", "not supported" },
+	{ "CF_E_TOKEN", "token error" },
+	{ "CF_E_CONFIG", "invalid configuration" },
+	{ "CF_E_IO", "I/O error" },
+	{ "CF_E_DENIED", "permission denied" },
+	{ "CF_E_UNAUTHENTICATED", "unauthenticated" },
+	{ "CF_E_PRECONDITION", "failed precondition" },
+	{ "CF_E_EXHAUSTED", "limit exceeded" },
+	{ "CF_E_TIMEOUT", "deadline exceeded" },
+	{ "CF_E_CANCELLED", "cancelled" },
+	{ "CF_E_UNIMPLEMENTED", "not implemented" },
+};
+
+_Static_assert(sizeof(cf_status_table) / sizeof(cf_status_table[0]) == (size_t)-CF_E__LAST,
+	       "cf_status_table must cover every status");
+
+static _Thread_local char cf_detail[CF_ERROR_DETAIL_MAX];
+static _Thread_local int cf_detail_status;
+
+static int
+cf_status_index(int status)
+{
+	if (status > 0 || status <= CF_E__LAST)
+		return -1;
+	return -status;
+}
+
+const char *
+cf_strerror(int status)
+{
+	int i = cf_status_index(status);
+
+	return i < 0 ? "unknown status" : cf_status_table[i].text;
+}
+
+const char *
+cf_status_name(int status)
+{
+	int i = cf_status_index(status);
+
+	return i < 0 ? "CF_E_UNKNOWN" : cf_status_table[i].name;
+}
+
+int
+cf_error(int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cf_detail, sizeof(cf_detail), fmt, ap);
+	va_end(ap);
+	cf_detail_status = status;
+	return status;
+}
+
+const char *
+cf_error_detail(void)
+{
+	if (cf_detail[0] == '\0')
+		return cf_strerror(cf_detail_status);
+	return cf_detail;
+}
+
+void
+cf_error_clear(void)
+{
+	cf_detail[0] = '\0';
+	cf_detail_status = CF_OK;
+}

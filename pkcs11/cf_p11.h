@@ -1,0 +1,165 @@
+/*
+ * cf_p11.h — Coffer's PKCS#11 layer: the only code that calls Cryptoki.
+ *
+ * A cf_p11 is one loaded module, one selected token, one login and a bounded
+ * pool of sessions. A cf_p11_key is one version of one named key in that
+ * token. Every function returns CF_OK or a negative CF_E_* status and leaves a
+ * detail in cf_error_detail() on failure; outputs are written only on success.
+ *
+ * Thread safety: a cf_p11 and its keys may be used from any number of threads
+ * at once. Token-object writes (generate, import, unwrap, destroy) are
+ * serialised internally (SoftHSM 2.6.1 corrupts its token otherwise).
+ * Every call may block: on the token, on the session pool (bounded by
+ * pool_timeout_ms, then CF_E_BUSY) and on the write lock.
+ *
+ * Recovery: when the token reports a lost session, a lost login, an invalid
+ * object handle, a removed device or an un-initialised library, the layer
+ * re-initialises / reopens / logs in again as needed and retries the
+ * operation once.
+ *
+ * Objects: each key version is stored with CKA_LABEL "coffer/<name>/<version>"
+ * and CKA_ID = the first 16 bytes of SHA-256 of that label, on every object of
+ * the version (private + public, or the secret). Private and secret objects
+ * are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE = TRUE and CKA_EXTRACTABLE = FALSE
+ * unless CF_P11_EXPORTABLE is asked for. HMAC secrets carry
+ * CKA_ALLOWED_MECHANISMS with their one HMAC mechanism.
+ */
+#ifndef COFFER_CF_P11_H
+#define COFFER_CF_P11_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cf_buf.h"
+#include "cf_keytype.h"
+#include "cf_secret.h"
+
+typedef struct cf_p11 cf_p11;
+typedef struct cf_p11_key cf_p11_key;
+
+/* Hard limits on caller data handed to the token. */
+#define CF_P11_MAX_DATA      (1u << 20)  /* message to sign/MAC, GCM plaintext */
+#define CF_P11_MAX_AAD       (64u << 10) /* GCM additional authenticated data */
+#define CF_P11_MAX_SIG       512         /* longest signature (RSA-4096) */
+#define CF_P11_MAX_SECRET    512         /* longest importable HMAC secret */
+#define CF_P11_MAX_WRAPPED   8192        /* longest wrapped-key blob accepted */
+#define CF_GCM_IV_LEN        12
+#define CF_GCM_TAG_LEN       16
+
+struct cf_p11_config {
+	const char *module_path;  /* PKCS#11 module to dlopen (required) */
+	const char *token_uri;    /* RFC 7512 URI, e.g. "pkcs11:token=coffer" (required) */
+	const char *pin_file;     /* user PIN; owned by us, mode 0600 or stricter (required) */
+	unsigned pool_size;       /* sessions shared by threads; 0 = 8 */
+	unsigned pool_timeout_ms; /* wait for a free session before CF_E_BUSY; 0 = 5000 */
+	int no_session_copies;    /* 1 = use token objects directly (slower; for baselines) */
+};
+
+/*
+ * Load the module, C_Initialize it with CKF_OS_LOCKING_OK (an already
+ * initialised module is accepted), find exactly one token matching the URI,
+ * read the PIN file, log in on an anchor session kept for the life of the
+ * context, and wipe the PIN.
+ * Errors: CF_E_MODULE, CF_E_CONFIG (bad or ambiguous URI), CF_E_TOKEN_NOT_FOUND,
+ * CF_E_PIN_FILE, CF_E_PIN_INCORRECT, CF_E_TOKEN.
+ * Use one context per module per process; close it before opening another.
+ */
+int cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out);
+/* Close sessions and finalize the module if this context initialised it.
+ * All keys of the context must be freed first. Accepts NULL. */
+void cf_p11_close(cf_p11 *p);
+
+/* ---- keys ---- */
+
+#define CF_P11_EXPORTABLE 0x1u /* secret key may be wrapped out (CKA_EXTRACTABLE) */
+#define CF_P11_DERIVE     0x2u /* EC P-256/P-384 private key may run ECDH */
+
+/* Generate a new version inside the token. CF_E_EXISTS if the name/version is
+ * taken, CF_E_INVALID_ARG for a bad name or version. */
+int cf_p11_key_generate(cf_p11 *p, const char *name, uint32_t version,
+			enum cf_key_type type, unsigned flags, cf_p11_key **out);
+
+/* Import raw key material (bring your own key) for HMAC and AES types.
+ * HMAC secrets: hash length .. CF_P11_MAX_SECRET bytes; AES-256: 32 bytes.
+ * The caller keeps ownership of `material`. */
+int cf_p11_key_import(cf_p11 *p, const char *name, uint32_t version,
+		      enum cf_key_type type, const cf_secret *material, unsigned flags,
+		      cf_p11_key **out);
+
+/* Find an existing version by name and version (e.g. after a restart).
+ * CF_E_NOT_FOUND if absent. */
+int cf_p11_key_open(cf_p11 *p, const char *name, uint32_t version, cf_p11_key **out);
+
+/* Destroy the version's token objects. The handle must still be freed. */
+int cf_p11_key_destroy(cf_p11_key *k);
+
+/* Release the handle (and its in-token session copies). Accepts NULL. */
+void cf_p11_key_free(cf_p11_key *k);
+
+enum cf_key_type cf_p11_key_type(const cf_p11_key *k);
+const char *cf_p11_key_name(const cf_p11_key *k);   /* borrowed */
+uint32_t cf_p11_key_version(const cf_p11_key *k);
+
+/* Call `cb` for every Coffer key version in the token (order unspecified).
+ * A non-zero return from cb stops the walk and is returned. */
+typedef int (*cf_p11_list_cb)(const char *name, uint32_t version, enum cf_key_type type,
+			      void *arg);
+int cf_p11_key_list(cf_p11 *p, cf_p11_list_cb cb, void *arg);
+
+/* ---- signatures ---- */
+
+struct cf_sign_params {
+	enum cf_sig_scheme scheme; /* CF_SIG_DEFAULT = the key type's scheme */
+	enum cf_hash hash;         /* CF_HASH_NONE = the key type's hash; Ed25519 has none */
+	int prehashed;             /* input is already a digest of `hash` (not Ed25519) */
+	int ecdsa_raw;             /* ECDSA signatures as raw r||s instead of DER */
+};
+
+/* Sign `in` (a message, hashed on the host, or a digest if prehashed) and
+ * append the signature to `sig`. params may be NULL for all defaults.
+ * CF_E_WRONG_KEY_TYPE for a key that cannot sign with that scheme,
+ * CF_E_INVALID_ARG for a digest of the wrong length, CF_E_TOO_LARGE above
+ * CF_P11_MAX_DATA. */
+int cf_p11_sign(cf_p11_key *k, const struct cf_sign_params *params,
+		const uint8_t *in, size_t inlen, cf_buf *sig);
+/* CF_OK if valid, CF_E_BAD_SIGNATURE if not (also for malformed signatures). */
+int cf_p11_verify(cf_p11_key *k, const struct cf_sign_params *params,
+		  const uint8_t *in, size_t inlen, const uint8_t *sig, size_t siglen);
+
+/* ---- HMAC (inside the token) ---- */
+int cf_p11_mac(cf_p11_key *k, const uint8_t *in, size_t inlen, cf_buf *mac);
+/* CF_OK or CF_E_BAD_SIGNATURE; the comparison happens inside the token. */
+int cf_p11_mac_verify(cf_p11_key *k, const uint8_t *in, size_t inlen,
+		      const uint8_t *mac, size_t maclen);
+
+/* ---- AES-256-GCM (inside the token) ---- */
+/* Encrypt with a fresh random 96-bit IV (written to iv), appending
+ * ciphertext || 16-byte tag to `out`. */
+int cf_p11_gcm_encrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
+		       const uint8_t *pt, size_t ptlen, uint8_t iv[CF_GCM_IV_LEN], cf_buf *out);
+/* Decrypt ciphertext || tag; the plaintext comes back in a new secret.
+ * CF_E_DECRYPT if ciphertext, tag, IV or AAD were altered. */
+int cf_p11_gcm_decrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
+		       const uint8_t iv[CF_GCM_IV_LEN], const uint8_t *ct, size_t ctlen,
+		       cf_secret **pt);
+
+/* ---- key transport: AES key wrap with padding (RFC 5649) ---- */
+/* Wrap `target` (a CF_P11_EXPORTABLE secret key) under AES key `wrapping`. */
+int cf_p11_wrap_key(cf_p11_key *wrapping, cf_p11_key *target, cf_buf *out);
+/* Unwrap a blob into a new token object name/version of `type`. */
+int cf_p11_unwrap_key(cf_p11_key *wrapping, const uint8_t *blob, size_t bloblen,
+		      const char *name, uint32_t version, enum cf_key_type type,
+		      unsigned flags, cf_p11_key **out);
+
+/* ---- ECDH (CKM_ECDH1_DERIVE, CKD_NULL) ---- */
+/* Shared secret (x coordinate) of this token-held EC key (made with
+ * CF_P11_DERIVE) and an uncompressed peer point (0x04 || X || Y). */
+int cf_p11_ecdh(cf_p11_key *k, const uint8_t *peer, size_t peerlen, cf_secret **shared);
+
+/* ---- public keys ---- */
+/* Append the SubjectPublicKeyInfo, DER or PEM. CF_E_WRONG_KEY_TYPE for
+ * secret keys. */
+int cf_p11_pubkey_der(cf_p11_key *k, cf_buf *out);
+int cf_p11_pubkey_pem(cf_p11_key *k, cf_buf *out);
+
+#endif

@@ -1,0 +1,119 @@
+/*
+ * p11_internal.h — shared internals of the PKCS#11 layer. Not installed,
+ * not included outside pkcs11/.
+ *
+ * Lock order (never taken in the other direction):
+ *   p->life (read) -> session pool -> k->mu -> p->write_mu
+ * p->life is taken for writing only by recovery, which then owns everything.
+ */
+#ifndef COFFER_P11_INTERNAL_H
+#define COFFER_P11_INTERNAL_H
+
+#define CRYPTOKI_COMPAT
+#include <p11-kit/pkcs11.h>
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "cf_p11.h"
+
+/* Layer-private return values carried in a CK_RV. */
+#define P11_RV_POOL_TIMEOUT (CKR_VENDOR_DEFINED | 0x434f0001UL)
+#define P11_RV_NOT_FOUND    (CKR_VENDOR_DEFINED | 0x434f0002UL)
+#define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
+
+struct p11_pooled {
+	CK_SESSION_HANDLE h;
+	uint64_t epoch;
+};
+
+struct cf_p11 {
+	void *dl;
+	CK_FUNCTION_LIST *f;
+	int we_initialized;
+	char *module_path;
+	char *token_uri;
+	char *pin_file;
+	int session_copies;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE anchor;   /* holds the login and owns session copies */
+
+	/* Readers: every operation. Writer: recovery. Writer-preferring. */
+	pthread_rwlock_t life;
+	uint64_t epoch;             /* bumped whenever sessions/objects were reset */
+
+	pthread_mutex_t write_mu;   /* serialises token-object writes and anchor use */
+
+	pthread_mutex_t pool_mu;
+	pthread_cond_t pool_cv;
+	struct p11_pooled *pool;    /* free sessions */
+	unsigned pool_free;
+	unsigned pool_open;         /* free + in use */
+	unsigned pool_size;
+	unsigned pool_timeout_ms;
+};
+
+struct cf_p11_key {
+	cf_p11 *p;
+	char name[CF_KEY_NAME_MAX + 1];
+	uint32_t version;
+	enum cf_key_type type;
+	char label[CF_KEY_NAME_MAX + 32];
+	unsigned char id[16];
+
+	pthread_mutex_t mu;         /* guards the handle cache below */
+	uint64_t epoch;             /* epoch the handles were resolved in; 0 = stale */
+	CK_OBJECT_HANDLE priv;      /* private or secret token object */
+	CK_OBJECT_HANDLE pub;       /* public token object (asymmetric only) */
+	CK_OBJECT_HANDLE use_priv;  /* session copy, or priv */
+	CK_OBJECT_HANDLE use_pub;   /* session copy, or pub */
+	int copied;                 /* use_* are session copies to destroy */
+	uint64_t copy_epoch;
+};
+
+/* Handles an operation works with, resolved for the current epoch. */
+struct p11_handles {
+	CK_OBJECT_HANDLE priv;
+	CK_OBJECT_HANDLE pub;
+};
+
+/* ---- p11_errors.c ---- */
+/* Map a CK_RV to a Coffer status and set a detail "<what>: <text> (CKR_...)". */
+int p11_status(CK_RV rv, const char *what);
+const char *p11_rv_name(CK_RV rv);
+/* 1 if the layer should recover and retry once after this CK_RV. */
+int p11_rv_recoverable(CK_RV rv);
+/* 1 if the CK_RV says the object handle went stale. */
+int p11_rv_stale_object(CK_RV rv);
+
+/* ---- p11_module.c ---- */
+CK_RV p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch);
+void p11_pool_release(cf_p11 *p, CK_SESSION_HANDLE s, uint64_t epoch);
+/* Recover from `rv` seen during epoch `seen`; no-op if someone already did. */
+int p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen);
+
+/* An operation body: runs with a pooled session and the key's handles. */
+typedef CK_RV (*p11_op_fn)(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h,
+			   void *arg);
+/* Run `fn` (key may be NULL: then h is zeroed), with one recovery + retry.
+ * Returns the final CK_RV; map it with p11_status(). */
+CK_RV p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg);
+
+/* ---- p11_keys.c ---- */
+CK_RV p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch,
+		      struct p11_handles *h);
+void p11_key_invalidate(cf_p11_key *k);
+/* Find objects of `cls` with `label`; P11_RV_NOT_FOUND / P11_RV_AMBIGUOUS. */
+CK_RV p11_find_one(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
+		   CK_OBJECT_HANDLE *out);
+/* Read one variable-length attribute into a new malloc'ed buffer. */
+CK_RV p11_get_attr(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+		   CK_ATTRIBUTE_TYPE type, unsigned char **out, unsigned long *len);
+
+/* ---- p11_pubkey.c ---- */
+/* EC_PARAMS DER of a curve type (P-256, P-384, Ed25519). */
+const unsigned char *p11_ec_params(enum cf_key_type t, size_t *len);
+/* CF_OK if `pt` is a valid uncompressed point on the curve of `t`. */
+int p11_ec_point_check(enum cf_key_type t, const uint8_t *pt, size_t len);
+
+#endif

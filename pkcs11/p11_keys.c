@@ -1,0 +1,770 @@
+/* Key versions as token objects: naming, generation, import, lookup, handle
+ * cache with in-token session copies, listing and destruction. */
+#include "p11_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/sha.h>
+
+#include "cf_status.h"
+
+#define LABEL_PREFIX "coffer/"
+#define MAX_TEMPLATE 20
+#define LIST_MAX 100000
+
+static CK_BBOOL p11_true = CK_TRUE;
+static CK_BBOOL p11_false = CK_FALSE;
+static CK_BYTE rsa_f4[] = { 0x01, 0x00, 0x01 };
+
+struct p11_template {
+	CK_ATTRIBUTE a[MAX_TEMPLATE];
+	CK_ULONG n;
+};
+
+static void
+tpl_add(struct p11_template *t, CK_ATTRIBUTE_TYPE type, const void *v, CK_ULONG len)
+{
+	/* Templates are built from fixed code paths; overflow is a bug. */
+	if (t->n >= MAX_TEMPLATE)
+		abort();
+	t->a[t->n].type = type;
+	t->a[t->n].pValue = (void *)v;
+	t->a[t->n].ulValueLen = len;
+	t->n++;
+}
+
+static void
+tpl_bool(struct p11_template *t, CK_ATTRIBUTE_TYPE type, int v)
+{
+	tpl_add(t, type, v ? &p11_true : &p11_false, sizeof(CK_BBOOL));
+}
+
+static CK_MECHANISM_TYPE
+hmac_mech(enum cf_key_type t)
+{
+	switch (t) {
+	case CF_KEY_HMAC_SHA384: return CKM_SHA384_HMAC;
+	case CF_KEY_HMAC_SHA512: return CKM_SHA512_HMAC;
+	default: return CKM_SHA256_HMAC;
+	}
+}
+
+static int
+p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+	    cf_p11_key **out)
+{
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	cf_p11_key *k;
+	int r;
+
+	if ((r = cf_key_name_check(name)) != CF_OK)
+		return r;
+	if (version < 1 || version > CF_KEY_VERSION_MAX)
+		return cf_error(CF_E_INVALID_ARG, "key version %u outside 1..%u", version,
+				CF_KEY_VERSION_MAX);
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return CF_E_NOMEM;
+	k->p = p;
+	snprintf(k->name, sizeof(k->name), "%s", name);
+	k->version = version;
+	k->type = type;
+	snprintf(k->label, sizeof(k->label), LABEL_PREFIX "%s/%u", name, version);
+	SHA256((const unsigned char *)k->label, strlen(k->label), md);
+	memcpy(k->id, md, sizeof(k->id));
+	pthread_mutex_init(&k->mu, NULL);
+	k->priv = k->pub = k->use_priv = k->use_pub = CK_INVALID_HANDLE;
+	*out = k;
+	return CF_OK;
+}
+
+/* Attributes shared by every private or secret object we create. */
+static void
+tpl_private(struct p11_template *t, const cf_p11_key *k, unsigned flags)
+{
+	tpl_bool(t, CKA_TOKEN, 1);
+	tpl_bool(t, CKA_PRIVATE, 1);
+	tpl_bool(t, CKA_SENSITIVE, 1);
+	tpl_bool(t, CKA_EXTRACTABLE, (flags & CF_P11_EXPORTABLE) != 0);
+	tpl_add(t, CKA_LABEL, k->label, strlen(k->label));
+	tpl_add(t, CKA_ID, k->id, sizeof(k->id));
+}
+
+static CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
+static CK_KEY_TYPE generic_type = CKK_GENERIC_SECRET;
+static CK_KEY_TYPE aes_type = CKK_AES;
+
+/* Template for a secret key (HMAC or AES); mechs/value_len must outlive t. */
+static void
+tpl_secret(struct p11_template *t, const cf_p11_key *k, unsigned flags,
+	   CK_MECHANISM_TYPE *mech, CK_ULONG *value_len)
+{
+	tpl_add(t, CKA_CLASS, &secret_class, sizeof(secret_class));
+	tpl_private(t, k, flags);
+	if (cf_key_type_is_hmac(k->type)) {
+		tpl_add(t, CKA_KEY_TYPE, &generic_type, sizeof(generic_type));
+		tpl_bool(t, CKA_SIGN, 1);
+		tpl_bool(t, CKA_VERIFY, 1);
+		*mech = hmac_mech(k->type);
+		/* Pins the key to its one hash inside the token; also records the type. */
+		tpl_add(t, CKA_ALLOWED_MECHANISMS, mech, sizeof(*mech));
+	} else {
+		tpl_add(t, CKA_KEY_TYPE, &aes_type, sizeof(aes_type));
+		tpl_bool(t, CKA_ENCRYPT, 1);
+		tpl_bool(t, CKA_DECRYPT, 1);
+		tpl_bool(t, CKA_WRAP, 1);
+		tpl_bool(t, CKA_UNWRAP, 1);
+	}
+	if (value_len != NULL)
+		tpl_add(t, CKA_VALUE_LEN, value_len, sizeof(*value_len));
+}
+
+CK_RV
+p11_find_one(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
+	     CK_OBJECT_HANDLE *out)
+{
+	CK_ATTRIBUTE q[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
+		{ CKA_LABEL, (void *)label, strlen(label) },
+	};
+	CK_OBJECT_HANDLE found[2];
+	CK_ULONG n = 0;
+	CK_RV rv;
+
+	if ((rv = p->f->C_FindObjectsInit(s, q, 3)) != CKR_OK)
+		return rv;
+	rv = p->f->C_FindObjects(s, found, 2, &n);
+	(void)p->f->C_FindObjectsFinal(s);
+	if (rv != CKR_OK)
+		return rv;
+	if (n == 0)
+		return P11_RV_NOT_FOUND;
+	if (n > 1)
+		return P11_RV_AMBIGUOUS;
+	*out = found[0];
+	return CKR_OK;
+}
+
+CK_RV
+p11_get_attr(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
+	     unsigned char **out, unsigned long *len)
+{
+	CK_ATTRIBUTE a = { type, NULL, 0 };
+	CK_RV rv;
+
+	if ((rv = p->f->C_GetAttributeValue(s, o, &a, 1)) != CKR_OK)
+		return rv;
+	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > 65536)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	if ((a.pValue = malloc(a.ulValueLen ? a.ulValueLen : 1)) == NULL)
+		return CKR_HOST_MEMORY;
+	if ((rv = p->f->C_GetAttributeValue(s, o, &a, 1)) != CKR_OK) {
+		free(a.pValue);
+		return rv;
+	}
+	*out = a.pValue;
+	*len = a.ulValueLen;
+	return CKR_OK;
+}
+
+/* Work out a Coffer key type from the token object itself. */
+static CK_RV
+p11_detect_type(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, enum cf_key_type *out)
+{
+	CK_KEY_TYPE kt = 0;
+	CK_ATTRIBUTE a = { CKA_KEY_TYPE, &kt, sizeof(kt) };
+	unsigned char *v = NULL;
+	unsigned long len = 0;
+	size_t plen;
+	CK_RV rv;
+
+	if ((rv = p->f->C_GetAttributeValue(s, o, &a, 1)) != CKR_OK)
+		return rv;
+	*out = CF_KEY_NONE;
+	switch (kt) {
+	case CKK_EC:
+		if ((rv = p11_get_attr(p, s, o, CKA_EC_PARAMS, &v, &len)) != CKR_OK)
+			return rv;
+		for (enum cf_key_type t = CF_KEY_EC_P256; t <= CF_KEY_EC_P384; t++) {
+			const unsigned char *d = p11_ec_params(t, &plen);
+
+			if (plen == len && memcmp(d, v, len) == 0)
+				*out = t;
+		}
+		break;
+	case CKK_EC_EDWARDS:
+		*out = CF_KEY_ED25519;
+		break;
+	case CKK_RSA:
+		if ((rv = p11_get_attr(p, s, o, CKA_MODULUS, &v, &len)) != CKR_OK)
+			return rv;
+		*out = len == 256 ? CF_KEY_RSA_2048 : len == 384 ? CF_KEY_RSA_3072 :
+		       len == 512 ? CF_KEY_RSA_4096 : CF_KEY_NONE;
+		break;
+	case CKK_GENERIC_SECRET:
+		if ((rv = p11_get_attr(p, s, o, CKA_ALLOWED_MECHANISMS, &v, &len)) == CKR_OK &&
+		    len == sizeof(CK_MECHANISM_TYPE)) {
+			CK_MECHANISM_TYPE m;
+
+			memcpy(&m, v, sizeof(m));
+			*out = m == CKM_SHA256_HMAC ? CF_KEY_HMAC_SHA256 :
+			       m == CKM_SHA384_HMAC ? CF_KEY_HMAC_SHA384 :
+			       m == CKM_SHA512_HMAC ? CF_KEY_HMAC_SHA512 : CF_KEY_NONE;
+		}
+		break;
+	case CKK_AES:
+		*out = CF_KEY_AES_256;
+		break;
+	default:
+		break;
+	}
+	free(v);
+	return *out == CF_KEY_NONE ? CKR_KEY_TYPE_INCONSISTENT : CKR_OK;
+}
+
+/* Private (asymmetric) or secret object of a label. */
+static CK_RV
+p11_find_key_object(cf_p11 *p, CK_SESSION_HANDLE s, const char *label, CK_OBJECT_HANDLE *o,
+		    int *is_secret)
+{
+	CK_RV rv = p11_find_one(p, s, CKO_PRIVATE_KEY, label, o);
+
+	*is_secret = 0;
+	if (rv == P11_RV_NOT_FOUND) {
+		rv = p11_find_one(p, s, CKO_SECRET_KEY, label, o);
+		*is_secret = 1;
+	}
+	return rv;
+}
+
+static void
+p11_destroy_copies(cf_p11_key *k)
+{
+	cf_p11 *p = k->p;
+
+	if (!k->copied)
+		return;
+	/* Copies die with the anchor on recovery; only destroy same-epoch ones. */
+	if (k->copy_epoch == p->epoch && p->anchor != CK_INVALID_HANDLE) {
+		pthread_mutex_lock(&p->write_mu);
+		(void)p->f->C_DestroyObject(p->anchor, k->use_priv);
+		if (k->use_pub != CK_INVALID_HANDLE)
+			(void)p->f->C_DestroyObject(p->anchor, k->use_pub);
+		pthread_mutex_unlock(&p->write_mu);
+	}
+	k->copied = 0;
+	k->use_priv = k->priv;
+	k->use_pub = k->pub;
+}
+
+/* Session copy on the anchor session: it lives as long as the anchor and its
+ * material never leaves the token. */
+static CK_RV
+p11_copy(cf_p11 *p, CK_OBJECT_HANDLE from, CK_OBJECT_HANDLE *to)
+{
+	CK_ATTRIBUTE t[] = { { CKA_TOKEN, &p11_false, sizeof(p11_false) } };
+
+	return p->f->C_CopyObject(p->anchor, from, t, 1, to);
+}
+
+CK_RV
+p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_handles *h)
+{
+	cf_p11 *p = k->p;
+	CK_OBJECT_HANDLE cp = CK_INVALID_HANDLE, cpub = CK_INVALID_HANDLE;
+	int is_secret;
+	CK_RV rv = CKR_OK;
+
+	pthread_mutex_lock(&k->mu);
+	if (k->epoch == epoch)
+		goto done;
+	p11_destroy_copies(k);
+	if ((rv = p11_find_key_object(p, s, k->label, &k->priv, &is_secret)) != CKR_OK)
+		goto out;
+	k->pub = CK_INVALID_HANDLE;
+	if (!is_secret && (rv = p11_find_one(p, s, CKO_PUBLIC_KEY, k->label, &k->pub)) != CKR_OK)
+		goto out;
+	k->use_priv = k->priv;
+	k->use_pub = k->pub;
+	if (p->session_copies) {
+		pthread_mutex_lock(&p->write_mu);
+		if (p11_copy(p, k->priv, &cp) == CKR_OK &&
+		    (k->pub == CK_INVALID_HANDLE || p11_copy(p, k->pub, &cpub) == CKR_OK)) {
+			k->use_priv = cp;
+			k->use_pub = k->pub == CK_INVALID_HANDLE ? CK_INVALID_HANDLE : cpub;
+			k->copied = 1;
+			k->copy_epoch = epoch;
+		} else if (cp != CK_INVALID_HANDLE) {
+			/* Not copyable (CKA_COPYABLE=FALSE): use the token objects. */
+			(void)p->f->C_DestroyObject(p->anchor, cp);
+		}
+		pthread_mutex_unlock(&p->write_mu);
+	}
+	k->epoch = epoch;
+done:
+	h->priv = k->use_priv;
+	h->pub = k->use_pub;
+out:
+	pthread_mutex_unlock(&k->mu);
+	return rv;
+}
+
+void
+p11_key_invalidate(cf_p11_key *k)
+{
+	pthread_mutex_lock(&k->mu);
+	k->epoch = 0;
+	pthread_mutex_unlock(&k->mu);
+}
+
+/* ---- generation and import ---- */
+
+struct gen_arg {
+	cf_p11_key *k;
+	unsigned flags;
+	const cf_secret *material; /* import when set */
+};
+
+static CK_RV
+gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
+{
+	cf_p11_key *k = g->k;
+	struct p11_template pub = { .n = 0 }, priv = { .n = 0 };
+	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+	CK_ULONG bits = 0;
+	const unsigned char *params;
+	size_t plen;
+
+	tpl_bool(&pub, CKA_TOKEN, 1);
+	tpl_bool(&pub, CKA_PRIVATE, 0);
+	tpl_bool(&pub, CKA_VERIFY, 1);
+	tpl_add(&pub, CKA_LABEL, k->label, strlen(k->label));
+	tpl_add(&pub, CKA_ID, k->id, sizeof(k->id));
+	tpl_private(&priv, k, 0);
+	tpl_bool(&priv, CKA_SIGN, 1);
+	if (cf_key_type_is_rsa(k->type)) {
+		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
+		bits = k->type == CF_KEY_RSA_2048 ? 2048 : k->type == CF_KEY_RSA_3072 ? 3072 : 4096;
+		tpl_add(&pub, CKA_MODULUS_BITS, &bits, sizeof(bits));
+		tpl_add(&pub, CKA_PUBLIC_EXPONENT, rsa_f4, sizeof(rsa_f4));
+	} else {
+		if (k->type == CF_KEY_ED25519)
+			mech.mechanism = CKM_EC_EDWARDS_KEY_PAIR_GEN;
+		params = p11_ec_params(k->type, &plen);
+		tpl_add(&pub, CKA_EC_PARAMS, params, plen);
+		tpl_bool(&priv, CKA_DERIVE, (g->flags & CF_P11_DERIVE) != 0);
+	}
+	return p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &k->pub, &k->priv);
+}
+
+static CK_RV
+gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	struct gen_arg *g = arg;
+	cf_p11_key *k = g->k;
+	struct p11_template t = { .n = 0 };
+	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_MECHANISM_TYPE allowed;
+	CK_ULONG value_len;
+	CK_OBJECT_HANDLE existing;
+	int is_secret;
+	CK_RV rv;
+
+	(void)h;
+	pthread_mutex_lock(&p->write_mu);
+	rv = p11_find_key_object(p, s, k->label, &existing, &is_secret);
+	if (rv == CKR_OK || rv == P11_RV_AMBIGUOUS) {
+		rv = P11_RV_AMBIGUOUS; /* reported as CF_E_EXISTS by the caller */
+		goto out;
+	}
+	if (rv != P11_RV_NOT_FOUND)
+		goto out;
+	if (cf_key_type_is_asymmetric(k->type)) {
+		rv = gen_keypair(p, s, g);
+		goto out;
+	}
+	value_len = k->type == CF_KEY_AES_256 ? 32 : cf_hash_len(cf_key_default_hash(k->type));
+	if (g->material != NULL) {
+		tpl_secret(&t, k, g->flags, &allowed, NULL);
+		tpl_add(&t, CKA_VALUE, cf_secret_cptr(g->material), cf_secret_len(g->material));
+		rv = p->f->C_CreateObject(s, t.a, t.n, &k->priv);
+	} else {
+		if (k->type == CF_KEY_AES_256)
+			mech.mechanism = CKM_AES_KEY_GEN;
+		tpl_secret(&t, k, g->flags, &allowed, &value_len);
+		rv = p->f->C_GenerateKey(s, &mech, t.a, t.n, &k->priv);
+	}
+out:
+	pthread_mutex_unlock(&p->write_mu);
+	return rv;
+}
+
+static int
+p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+	       unsigned flags, const cf_secret *material, cf_p11_key **out)
+{
+	struct gen_arg g = { NULL, flags, material };
+	CK_RV rv;
+	int r;
+
+	if (type <= CF_KEY_NONE || type >= CF_KEY__COUNT)
+		return cf_error(CF_E_INVALID_ARG, "unknown key type %d", (int)type);
+	if ((flags & CF_P11_DERIVE) && !cf_key_type_is_ec(type))
+		return cf_error(CF_E_WRONG_KEY_TYPE, "only EC keys can be made for ECDH");
+	if ((flags & CF_P11_EXPORTABLE) && cf_key_type_is_asymmetric(type))
+		return cf_error(CF_E_WRONG_KEY_TYPE, "only secret keys can be made exportable");
+	if ((r = p11_key_new(p, name, version, type, &g.k)) != CF_OK)
+		return r;
+	rv = p11_run(p, NULL, gen_op, &g);
+	if (rv == P11_RV_AMBIGUOUS) {
+		r = cf_error(CF_E_EXISTS, "key %s version %u already exists in the token", name,
+			     version);
+		goto out;
+	}
+	if ((r = p11_status(rv, material ? "importing the key" : "generating the key")) != CF_OK)
+		goto out;
+	*out = g.k;
+	g.k = NULL;
+out:
+	cf_p11_key_free(g.k);
+	return r;
+}
+
+int
+cf_p11_key_generate(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+		    unsigned flags, cf_p11_key **out)
+{
+	return p11_key_create(p, name, version, type, flags, NULL, out);
+}
+
+int
+cf_p11_key_import(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+		  const cf_secret *material, unsigned flags, cf_p11_key **out)
+{
+	size_t len = material ? cf_secret_len(material) : 0;
+
+	if (type == CF_KEY_AES_256) {
+		if (len != 32)
+			return cf_error(CF_E_INVALID_ARG, "an aes-256 key is 32 bytes, not %zu", len);
+	} else if (cf_key_type_is_hmac(type)) {
+		size_t min = cf_hash_len(cf_key_default_hash(type));
+
+		if (len < min)
+			return cf_error(CF_E_INVALID_ARG, "a %s secret needs at least %zu bytes, "
+					"got %zu", cf_key_type_name(type), min, len);
+		if (len > CF_P11_MAX_SECRET)
+			return cf_error(CF_E_TOO_LARGE, "a %s secret may have at most %u bytes, "
+					"got %zu", cf_key_type_name(type), CF_P11_MAX_SECRET, len);
+	} else {
+		return cf_error(CF_E_WRONG_KEY_TYPE, "only HMAC and AES keys can be imported, "
+				"not %s", cf_key_type_name(type));
+	}
+	return p11_key_create(p, name, version, type, flags, material, out);
+}
+
+/* ---- unwrap (creates a token object, so it lives with the writers) ---- */
+
+struct unwrap_arg {
+	cf_p11_key *k;
+	unsigned flags;
+	const uint8_t *blob;
+	size_t len;
+};
+
+static CK_RV
+unwrap_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	struct unwrap_arg *u = arg;
+	struct p11_template t = { .n = 0 };
+	CK_MECHANISM mech = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
+	CK_MECHANISM_TYPE allowed;
+	CK_OBJECT_HANDLE existing;
+	int is_secret;
+	CK_RV rv;
+
+	pthread_mutex_lock(&p->write_mu);
+	rv = p11_find_key_object(p, s, u->k->label, &existing, &is_secret);
+	if (rv == CKR_OK || rv == P11_RV_AMBIGUOUS) {
+		rv = P11_RV_AMBIGUOUS;
+		goto out;
+	}
+	if (rv != P11_RV_NOT_FOUND)
+		goto out;
+	tpl_secret(&t, u->k, u->flags, &allowed, NULL);
+	rv = p->f->C_UnwrapKey(s, &mech, h->priv, (CK_BYTE_PTR)u->blob, u->len, t.a, t.n,
+			       &u->k->priv);
+out:
+	pthread_mutex_unlock(&p->write_mu);
+	return rv;
+}
+
+int
+cf_p11_unwrap_key(cf_p11_key *wrapping, const uint8_t *blob, size_t bloblen, const char *name,
+		  uint32_t version, enum cf_key_type type, unsigned flags, cf_p11_key **out)
+{
+	struct unwrap_arg u = { NULL, flags, blob, bloblen };
+	CK_RV rv;
+	int r;
+
+	if (wrapping->type != CF_KEY_AES_256)
+		return cf_error(CF_E_WRONG_KEY_TYPE, "unwrapping needs an aes-256 key, %s is %s",
+				wrapping->name, cf_key_type_name(wrapping->type));
+	if (!cf_key_type_is_hmac(type) && type != CF_KEY_AES_256)
+		return cf_error(CF_E_WRONG_KEY_TYPE, "only HMAC and AES keys can be unwrapped");
+	if (bloblen > CF_P11_MAX_WRAPPED)
+		return cf_error(CF_E_TOO_LARGE, "wrapped key of %zu bytes exceeds %u", bloblen,
+				CF_P11_MAX_WRAPPED);
+	if (bloblen < 16 || bloblen % 8 != 0)
+		return cf_error(CF_E_DECRYPT, "wrapped key of %zu bytes is not an RFC 5649 blob",
+				bloblen);
+	if ((r = p11_key_new(wrapping->p, name, version, type, &u.k)) != CF_OK)
+		return r;
+	rv = p11_run(wrapping->p, wrapping, unwrap_op, &u);
+	if (rv == P11_RV_AMBIGUOUS) {
+		r = cf_error(CF_E_EXISTS, "key %s version %u already exists in the token", name,
+			     version);
+		goto out;
+	}
+	if ((r = p11_status(rv, "unwrapping the key")) != CF_OK)
+		goto out;
+	*out = u.k;
+	u.k = NULL;
+out:
+	cf_p11_key_free(u.k);
+	return r;
+}
+
+/* ---- lookup ---- */
+
+struct open_arg {
+	cf_p11_key *k;
+};
+
+static CK_RV
+open_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	struct open_arg *o = arg;
+	CK_OBJECT_HANDLE obj;
+	int is_secret;
+	CK_RV rv;
+
+	(void)h;
+	if ((rv = p11_find_key_object(p, s, o->k->label, &obj, &is_secret)) != CKR_OK)
+		return rv;
+	return p11_detect_type(p, s, obj, &o->k->type);
+}
+
+int
+cf_p11_key_open(cf_p11 *p, const char *name, uint32_t version, cf_p11_key **out)
+{
+	struct open_arg o = { NULL };
+	CK_RV rv;
+	int r;
+
+	if ((r = p11_key_new(p, name, version, CF_KEY_NONE, &o.k)) != CF_OK)
+		return r;
+	rv = p11_run(p, NULL, open_op, &o);
+	if (rv == P11_RV_NOT_FOUND) {
+		r = cf_error(CF_E_NOT_FOUND, "key %s version %u is not in the token", name, version);
+		goto out;
+	}
+	if (rv == CKR_KEY_TYPE_INCONSISTENT) {
+		r = cf_error(CF_E_UNSUPPORTED, "token object %s is not a key type Coffer knows",
+			     o.k->label);
+		goto out;
+	}
+	if ((r = p11_status(rv, "looking up the key")) != CF_OK)
+		goto out;
+	*out = o.k;
+	o.k = NULL;
+out:
+	cf_p11_key_free(o.k);
+	return r;
+}
+
+enum cf_key_type
+cf_p11_key_type(const cf_p11_key *k)
+{
+	return k->type;
+}
+
+const char *
+cf_p11_key_name(const cf_p11_key *k)
+{
+	return k->name;
+}
+
+uint32_t
+cf_p11_key_version(const cf_p11_key *k)
+{
+	return k->version;
+}
+
+/* ---- destroy / free ---- */
+
+struct destroy_arg {
+	cf_p11_key *k;
+};
+
+static CK_RV
+destroy_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	cf_p11_key *k = ((struct destroy_arg *)arg)->k;
+	CK_RV rv;
+
+	(void)h;
+	pthread_mutex_lock(&k->mu);
+	p11_destroy_copies(k);
+	pthread_mutex_lock(&p->write_mu);
+	rv = p->f->C_DestroyObject(s, k->priv);
+	if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE)
+		rv = p->f->C_DestroyObject(s, k->pub);
+	pthread_mutex_unlock(&p->write_mu);
+	k->epoch = 0;
+	pthread_mutex_unlock(&k->mu);
+	return rv;
+}
+
+int
+cf_p11_key_destroy(cf_p11_key *k)
+{
+	struct destroy_arg d = { k };
+
+	return p11_status(p11_run(k->p, k, destroy_op, &d), "destroying the key");
+}
+
+void
+cf_p11_key_free(cf_p11_key *k)
+{
+	if (k == NULL)
+		return;
+	if (k->copied) {
+		pthread_rwlock_rdlock(&k->p->life);
+		pthread_mutex_lock(&k->mu);
+		p11_destroy_copies(k);
+		pthread_mutex_unlock(&k->mu);
+		pthread_rwlock_unlock(&k->p->life);
+	}
+	pthread_mutex_destroy(&k->mu);
+	free(k);
+}
+
+/* ---- listing ---- */
+
+struct list_entry {
+	char name[CF_KEY_NAME_MAX + 1];
+	uint32_t version;
+	enum cf_key_type type;
+};
+
+struct list_arg {
+	struct list_entry *e;
+	size_t n, cap;
+};
+
+/* "coffer/<name>/<version>" -> name, version; 0 if it is not ours. */
+static int
+parse_label(const unsigned char *l, unsigned long len, struct list_entry *e)
+{
+	char buf[CF_KEY_NAME_MAX + 32], *slash, *end;
+	unsigned long v;
+
+	if (len >= sizeof(buf) || len <= strlen(LABEL_PREFIX))
+		return 0;
+	memcpy(buf, l, len);
+	buf[len] = '\0';
+	if (strncmp(buf, LABEL_PREFIX, strlen(LABEL_PREFIX)) != 0)
+		return 0;
+	if ((slash = strrchr(buf, '/')) == buf + strlen(LABEL_PREFIX) - 1)
+		return 0;
+	*slash = '\0';
+	v = strtoul(slash + 1, &end, 10);
+	if (*end != '\0' || v < 1 || v > CF_KEY_VERSION_MAX)
+		return 0;
+	if (cf_key_name_check(buf + strlen(LABEL_PREFIX)) != CF_OK) {
+		cf_error_clear();
+		return 0;
+	}
+	memcpy(e->name, buf + strlen(LABEL_PREFIX), strlen(buf + strlen(LABEL_PREFIX)) + 1);
+	e->version = (uint32_t)v;
+	return 1;
+}
+
+static CK_RV
+list_class(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, struct list_arg *la)
+{
+	CK_ATTRIBUTE q[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
+	};
+	CK_OBJECT_HANDLE objs[64];
+	CK_ULONG n;
+	CK_RV rv;
+	struct list_entry e;
+	unsigned char *label;
+	unsigned long llen;
+
+	if ((rv = p->f->C_FindObjectsInit(s, q, 2)) != CKR_OK)
+		return rv;
+	for (;;) {
+		if ((rv = p->f->C_FindObjects(s, objs, 64, &n)) != CKR_OK || n == 0)
+			break;
+		for (CK_ULONG i = 0; i < n; i++) {
+			if (p11_get_attr(p, s, objs[i], CKA_LABEL, &label, &llen) != CKR_OK)
+				continue;
+			if (parse_label(label, llen, &e) &&
+			    p11_detect_type(p, s, objs[i], &e.type) == CKR_OK) {
+				if (la->n == la->cap) {
+					size_t nc = la->cap ? la->cap * 2 : 64;
+					struct list_entry *ne;
+
+					if (nc > LIST_MAX ||
+					    (ne = realloc(la->e, nc * sizeof(*ne))) == NULL) {
+						free(label);
+						rv = CKR_HOST_MEMORY;
+						goto out;
+					}
+					la->e = ne;
+					la->cap = nc;
+				}
+				la->e[la->n++] = e;
+			}
+			free(label);
+		}
+	}
+out:
+	(void)p->f->C_FindObjectsFinal(s);
+	return rv;
+}
+
+static CK_RV
+list_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	struct list_arg *la = arg;
+	CK_RV rv;
+
+	(void)h;
+	la->n = 0;
+	if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) != CKR_OK)
+		return rv;
+	return list_class(p, s, CKO_SECRET_KEY, la);
+}
+
+int
+cf_p11_key_list(cf_p11 *p, cf_p11_list_cb cb, void *arg)
+{
+	struct list_arg la = { NULL, 0, 0 };
+	int r;
+
+	/* Collect first, call back after: callbacks may use the layer again. */
+	if ((r = p11_status(p11_run(p, NULL, list_op, &la), "listing keys")) != CF_OK)
+		goto out;
+	for (size_t i = 0; i < la.n; i++)
+		if ((r = cb(la.e[i].name, la.e[i].version, la.e[i].type, arg)) != 0)
+			break;
+out:
+	free(la.e);
+	return r;
+}

@@ -1,0 +1,433 @@
+/* Module loading, token selection, login, the session pool and recovery. */
+#include "p11_internal.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <p11-kit/uri.h>
+
+#include "cf_status.h"
+
+#define P11_PIN_MAX 256
+#define P11_LOGIN_ATTEMPTS 5
+
+/* Read the PIN file into a secret. The file must be a regular file owned by
+ * the effective uid with no group/other permissions. */
+static int
+p11_read_pin(const char *path, cf_secret **out)
+{
+	cf_secret *pin = NULL;
+	struct stat st;
+	ssize_t n;
+	size_t len = 0;
+	int fd = -1, r;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
+		r = cf_error(CF_E_PIN_FILE, "cannot open PIN file %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		r = cf_error(CF_E_PIN_FILE, "PIN file %s is not a regular file", path);
+		goto out;
+	}
+	if (st.st_uid != geteuid()) {
+		r = cf_error(CF_E_PIN_FILE, "PIN file %s is owned by uid %u, not by the running "
+			     "user (uid %u); chown it", path, (unsigned)st.st_uid,
+			     (unsigned)geteuid());
+		goto out;
+	}
+	if ((st.st_mode & 077) != 0) {
+		r = cf_error(CF_E_PIN_FILE, "PIN file %s has mode %03o: group or others may "
+			     "access it; run chmod 600 on it", path, (unsigned)(st.st_mode & 0777));
+		goto out;
+	}
+	if ((r = cf_secret_new(P11_PIN_MAX, &pin)) != CF_OK)
+		goto out;
+	while (len < P11_PIN_MAX) {
+		n = read(fd, cf_secret_ptr(pin) + len, P11_PIN_MAX - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = cf_error(CF_E_PIN_FILE, "cannot read PIN file %s: %s", path,
+				     strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	if (len == P11_PIN_MAX) {
+		r = cf_error(CF_E_PIN_FILE, "PIN file %s is longer than %d bytes", path, P11_PIN_MAX);
+		goto out;
+	}
+	while (len > 0 && (cf_secret_ptr(pin)[len - 1] == '\n' || cf_secret_ptr(pin)[len - 1] == '\r'))
+		len--;
+	if (len == 0) {
+		r = cf_error(CF_E_PIN_FILE, "PIN file %s is empty", path);
+		goto out;
+	}
+	cf_secret_truncate(pin, len);
+	*out = pin;
+	pin = NULL;
+	r = CF_OK;
+out:
+	if (fd >= 0)
+		close(fd);
+	cf_secret_free(pin);
+	return r;
+}
+
+/* Find the one slot whose token matches the URI. */
+static int
+p11_find_slot(cf_p11 *p, CK_SLOT_ID *out)
+{
+	P11KitUri *uri = NULL;
+	CK_SLOT_ID *slots = NULL;
+	CK_ULONG n = 0, matches = 0;
+	CK_TOKEN_INFO ti;
+	CK_RV rv;
+	int r, ur;
+
+	if ((uri = p11_kit_uri_new()) == NULL)
+		return CF_E_NOMEM;
+	ur = p11_kit_uri_parse(p->token_uri, P11_KIT_URI_FOR_TOKEN, uri);
+	if (ur != P11_KIT_URI_OK) {
+		r = cf_error(CF_E_CONFIG, "token URI \"%s\" is not a valid PKCS#11 URI: %s",
+			     p->token_uri, p11_kit_uri_message(ur));
+		goto out;
+	}
+	if ((rv = p->f->C_GetSlotList(CK_TRUE, NULL, &n)) != CKR_OK) {
+		r = p11_status(rv, "C_GetSlotList");
+		goto out;
+	}
+	if (n > 0) {
+		if ((slots = calloc(n, sizeof(*slots))) == NULL) {
+			r = CF_E_NOMEM;
+			goto out;
+		}
+		if ((rv = p->f->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
+			r = p11_status(rv, "C_GetSlotList");
+			goto out;
+		}
+	}
+	for (CK_ULONG i = 0; i < n; i++) {
+		if (p->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+			continue;
+		if (p11_kit_uri_match_token_info(uri, &ti)) {
+			if (matches++ == 0)
+				*out = slots[i];
+		}
+	}
+	if (matches == 0) {
+		r = cf_error(CF_E_TOKEN_NOT_FOUND, "no token matches %s (%lu tokens present); "
+			     "check the label or initialise the token", p->token_uri,
+			     (unsigned long)n);
+		goto out;
+	}
+	if (matches > 1) {
+		r = cf_error(CF_E_CONFIG, "%lu tokens match %s; add serial= to the URI",
+			     (unsigned long)matches, p->token_uri);
+		goto out;
+	}
+	r = CF_OK;
+out:
+	free(slots);
+	p11_kit_uri_free(uri);
+	return r;
+}
+
+static void
+p11_sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Open the anchor session and log in. The PIN is read, used and wiped here. */
+static int
+p11_login(cf_p11 *p)
+{
+	cf_secret *pin = NULL;
+	CK_RV rv = CKR_OK;
+	int r;
+
+	if ((rv = p->f->C_OpenSession(p->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+				      &p->anchor)) != CKR_OK) {
+		p->anchor = CK_INVALID_HANDLE;
+		return p11_status(rv, "opening the anchor session");
+	}
+	if ((r = p11_read_pin(p->pin_file, &pin)) != CF_OK)
+		return r;
+	/* Concurrent logins of two processes at start-up race in SoftHSM: retry. */
+	for (int i = 0; i < P11_LOGIN_ATTEMPTS; i++) {
+		rv = p->f->C_Login(p->anchor, CKU_USER, cf_secret_ptr(pin), cf_secret_len(pin));
+		if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN || rv == CKR_PIN_INCORRECT ||
+		    rv == CKR_PIN_LOCKED || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE)
+			break;
+		p11_sleep_ms(20u << i);
+	}
+	cf_secret_free(pin);
+	if (rv == CKR_PIN_INCORRECT)
+		return cf_error(CF_E_PIN_INCORRECT, "the token refused the PIN from %s "
+				"(CKR_PIN_INCORRECT); check the PIN file", p->pin_file);
+	return p11_status(rv, "logging in to the token");
+}
+
+static CK_RV
+p11_initialize(cf_p11 *p)
+{
+	CK_C_INITIALIZE_ARGS args;
+	CK_RV rv;
+
+	memset(&args, 0, sizeof(args));
+	args.flags = CKF_OS_LOCKING_OK;
+	rv = p->f->C_Initialize(&args);
+	if (rv == CKR_OK)
+		p->we_initialized = 1;
+	return rv == CKR_CRYPTOKI_ALREADY_INITIALIZED ? CKR_OK : rv;
+}
+
+static void
+p11_pool_close_all(cf_p11 *p)
+{
+	for (unsigned i = 0; i < p->pool_free; i++)
+		(void)p->f->C_CloseSession(p->pool[i].h);
+	p->pool_open -= p->pool_free;
+	p->pool_free = 0;
+}
+
+int
+cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
+{
+	pthread_rwlockattr_t ra;
+	CK_C_GetFunctionList getfl;
+	cf_p11 *p = NULL;
+	CK_RV rv;
+	int r;
+
+	if (cfg == NULL || cfg->module_path == NULL || cfg->token_uri == NULL ||
+	    cfg->pin_file == NULL)
+		return cf_error(CF_E_CONFIG, "module path, token URI and PIN file are required");
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return CF_E_NOMEM;
+	p->anchor = CK_INVALID_HANDLE;
+	p->epoch = 1;
+	p->pool_size = cfg->pool_size ? cfg->pool_size : 8;
+	p->pool_timeout_ms = cfg->pool_timeout_ms ? cfg->pool_timeout_ms : 5000;
+	p->session_copies = !cfg->no_session_copies;
+	pthread_rwlockattr_init(&ra);
+	/* Writer preference: a pending recovery must not starve behind readers. */
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&p->life, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&p->write_mu, NULL);
+	pthread_mutex_init(&p->pool_mu, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&p->pool_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	p->module_path = strdup(cfg->module_path);
+	p->token_uri = strdup(cfg->token_uri);
+	p->pin_file = strdup(cfg->pin_file);
+	p->pool = calloc(p->pool_size, sizeof(*p->pool));
+	if (p->module_path == NULL || p->token_uri == NULL || p->pin_file == NULL ||
+	    p->pool == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((p->dl = dlopen(p->module_path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+		r = cf_error(CF_E_MODULE, "cannot load PKCS#11 module %s: %s", p->module_path,
+			     dlerror());
+		goto out;
+	}
+	if ((getfl = (CK_C_GetFunctionList)dlsym(p->dl, "C_GetFunctionList")) == NULL) {
+		r = cf_error(CF_E_MODULE, "%s is not a PKCS#11 module (no C_GetFunctionList)",
+			     p->module_path);
+		goto out;
+	}
+	if ((rv = getfl(&p->f)) != CKR_OK || p->f == NULL) {
+		r = cf_error(CF_E_MODULE, "C_GetFunctionList of %s failed (%s)", p->module_path,
+			     p11_rv_name(rv));
+		goto out;
+	}
+	if ((rv = p11_initialize(p)) != CKR_OK) {
+		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
+			     p11_rv_name(rv));
+		goto out;
+	}
+	if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
+		goto out;
+	if ((r = p11_login(p)) != CF_OK)
+		goto out;
+	*out = p;
+	p = NULL;
+	r = CF_OK;
+out:
+	cf_p11_close(p);
+	return r;
+}
+
+void
+cf_p11_close(cf_p11 *p)
+{
+	if (p == NULL)
+		return;
+	if (p->f != NULL) {
+		p11_pool_close_all(p);
+		/* No C_Logout: closing the last session ends the login. */
+		if (p->anchor != CK_INVALID_HANDLE)
+			(void)p->f->C_CloseSession(p->anchor);
+		if (p->we_initialized)
+			(void)p->f->C_Finalize(NULL);
+	}
+	if (p->dl != NULL)
+		dlclose(p->dl);
+	pthread_rwlock_destroy(&p->life);
+	pthread_mutex_destroy(&p->write_mu);
+	pthread_mutex_destroy(&p->pool_mu);
+	pthread_cond_destroy(&p->pool_cv);
+	free(p->pool);
+	free(p->module_path);
+	free(p->token_uri);
+	free(p->pin_file);
+	free(p);
+}
+
+/* ---- session pool ---- */
+
+CK_RV
+p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch)
+{
+	struct timespec deadline;
+	CK_RV rv = CKR_OK;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += p->pool_timeout_ms / 1000;
+	deadline.tv_nsec += (long)(p->pool_timeout_ms % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&p->pool_mu);
+	while (p->pool_free == 0 && p->pool_open >= p->pool_size) {
+		if (pthread_cond_timedwait(&p->pool_cv, &p->pool_mu, &deadline) == ETIMEDOUT &&
+		    p->pool_free == 0 && p->pool_open >= p->pool_size) {
+			rv = P11_RV_POOL_TIMEOUT;
+			goto out;
+		}
+	}
+	if (p->pool_free > 0) {
+		p->pool_free--;
+		*s = p->pool[p->pool_free].h;
+		*epoch = p->pool[p->pool_free].epoch;
+		goto out;
+	}
+	rv = p->f->C_OpenSession(p->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s);
+	if (rv == CKR_OK) {
+		p->pool_open++;
+		*epoch = p->epoch;
+	}
+out:
+	pthread_mutex_unlock(&p->pool_mu);
+	return rv;
+}
+
+void
+p11_pool_release(cf_p11 *p, CK_SESSION_HANDLE s, uint64_t epoch)
+{
+	pthread_mutex_lock(&p->pool_mu);
+	if (epoch != p->epoch) {
+		/* Opened before a recovery: it may be dead; drop it. */
+		(void)p->f->C_CloseSession(s);
+		p->pool_open--;
+	} else {
+		p->pool[p->pool_free].h = s;
+		p->pool[p->pool_free].epoch = epoch;
+		p->pool_free++;
+	}
+	pthread_cond_signal(&p->pool_cv);
+	pthread_mutex_unlock(&p->pool_mu);
+}
+
+/* ---- recovery ---- */
+
+int
+p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
+{
+	CK_RV irv;
+	int r = CF_OK;
+
+	pthread_rwlock_wrlock(&p->life);
+	if (p->epoch != seen)
+		goto out; /* another thread already recovered */
+	/* We own everything now: no operation is in flight. */
+	pthread_mutex_lock(&p->pool_mu);
+	p11_pool_close_all(p);
+	pthread_mutex_unlock(&p->pool_mu);
+	if (p->anchor != CK_INVALID_HANDLE)
+		(void)p->f->C_CloseSession(p->anchor);
+	p->anchor = CK_INVALID_HANDLE;
+	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+		if ((irv = p11_initialize(p)) != CKR_OK) {
+			r = p11_status(irv, "re-initialising the PKCS#11 module");
+			goto bump;
+		}
+	}
+	if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
+	    rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+		/* Slot ids may have changed. */
+		if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
+			goto bump;
+	}
+	r = p11_login(p);
+bump:
+	/* Every cached handle and session copy belongs to the old epoch. */
+	p->epoch++;
+out:
+	pthread_rwlock_unlock(&p->life);
+	return r;
+}
+
+CK_RV
+p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
+{
+	struct p11_handles h = { CK_INVALID_HANDLE, CK_INVALID_HANDLE };
+	CK_SESSION_HANDLE s;
+	uint64_t epoch, sepoch;
+	CK_RV rv = CKR_OK;
+
+	for (int attempt = 0; attempt < 2; attempt++) {
+		pthread_rwlock_rdlock(&p->life);
+		epoch = p->epoch;
+		if (p->anchor == CK_INVALID_HANDLE) {
+			/* An earlier recovery failed; try again below. */
+			rv = CKR_SESSION_HANDLE_INVALID;
+		} else if ((rv = p11_pool_acquire(p, &s, &sepoch)) == CKR_OK) {
+			if (k != NULL)
+				rv = p11_key_resolve(k, s, epoch, &h);
+			if (rv == CKR_OK)
+				rv = fn(p, s, &h, arg);
+			p11_pool_release(p, s, sepoch);
+		}
+		pthread_rwlock_unlock(&p->life);
+		if (attempt > 0 || !p11_rv_recoverable(rv))
+			break;
+		if (p11_rv_stale_object(rv) && k != NULL)
+			p11_key_invalidate(k);
+		else if (p11_recover(p, rv, epoch) != CF_OK)
+			break;
+	}
+	return rv;
+}

@@ -1,0 +1,102 @@
+#include "cf_test_token.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef COFFER_SOFTHSM_MODULE
+#define COFFER_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+
+const char *
+cf_test_module(void)
+{
+	const char *m = getenv("COFFER_TEST_MODULE");
+
+	return m != NULL && m[0] != '\0' ? m : COFFER_SOFTHSM_MODULE;
+}
+
+int
+cf_test_write_file(const char *path, const char *content, unsigned mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	size_t n = strlen(content);
+
+	if (fd < 0)
+		return -1;
+	if (write(fd, content, n) != (ssize_t)n || fchmod(fd, mode) != 0) {
+		close(fd);
+		return -1;
+	}
+	return close(fd);
+}
+
+int
+cf_test_token_add(struct cf_test_token *t, const char *label)
+{
+	char cmd[1024];
+
+	(void)t; /* the token lands in the directory SOFTHSM2_CONF names */
+	snprintf(cmd, sizeof(cmd),
+		 "softhsm2-util --init-token --free --label '%s' --so-pin %s --pin %s >/dev/null",
+		 label, CF_TEST_SO_PIN, CF_TEST_PIN);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "cf_test_token: '%s' failed\n", cmd);
+		return -1;
+	}
+	return 0;
+}
+
+int
+cf_test_token_create(struct cf_test_token *t, const char *label)
+{
+	char tokens[300], conf[700];
+	const char *tmp = getenv("TMPDIR");
+
+	memset(t, 0, sizeof(*t));
+	snprintf(t->dir, sizeof(t->dir), "%s/coffer-test-XXXXXX", tmp ? tmp : "/tmp");
+	if (mkdtemp(t->dir) == NULL) {
+		perror("mkdtemp");
+		return -1;
+	}
+	snprintf(tokens, sizeof(tokens), "%s/tokens", t->dir);
+	snprintf(t->conf, sizeof(t->conf), "%s/softhsm2.conf", t->dir);
+	snprintf(t->pin_file, sizeof(t->pin_file), "%s/user.pin", t->dir);
+	snprintf(t->label, sizeof(t->label), "%s", label);
+	snprintf(t->uri, sizeof(t->uri), "pkcs11:token=%s", label);
+	if (mkdir(tokens, 0700) != 0) {
+		perror("mkdir tokens");
+		return -1;
+	}
+	snprintf(conf, sizeof(conf),
+		 "directories.tokendir = %s\nobjectstore.backend = file\n"
+		 "log.level = ERROR\nslots.removable = false\n", tokens);
+	if (cf_test_write_file(t->conf, conf, 0600) != 0 ||
+	    cf_test_write_file(t->pin_file, CF_TEST_PIN "\n", 0600) != 0) {
+		perror("write test token files");
+		return -1;
+	}
+	setenv("SOFTHSM2_CONF", t->conf, 1);
+	if (cf_test_token_add(t, label) != 0)
+		return -1;
+	t->cfg.module_path = cf_test_module();
+	t->cfg.token_uri = t->uri;
+	t->cfg.pin_file = t->pin_file;
+	return 0;
+}
+
+void
+cf_test_token_destroy(struct cf_test_token *t)
+{
+	char cmd[400];
+
+	if (t->dir[0] == '\0' || getenv("COFFER_TEST_KEEP") != NULL)
+		return;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t->dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cf_test_token: could not remove %s\n", t->dir);
+	t->dir[0] = '\0';
+}

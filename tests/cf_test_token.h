@@ -1,0 +1,35 @@
+/*
+ * cf_test_token.h — a throw-away SoftHSM2 token for one test process.
+ *
+ * cf_test_token_create() makes a temporary directory with a softhsm2.conf,
+ * points SOFTHSM2_CONF at it, initialises a token with softhsm2-util, and
+ * writes a 0600 PIN file. cf_test_token_destroy() removes it all.
+ */
+#ifndef COFFER_CF_TEST_TOKEN_H
+#define COFFER_CF_TEST_TOKEN_H
+
+#include "cf_p11.h"
+
+#define CF_TEST_PIN "coffer-test-pin"
+#define CF_TEST_SO_PIN "coffer-test-so-pin"
+
+struct cf_test_token {
+	char dir[256];
+	char conf[300];
+	char pin_file[300];
+	char uri[128];
+	char label[32];
+	struct cf_p11_config cfg;   /* ready to pass to cf_p11_open */
+};
+
+/* Module path: $COFFER_TEST_MODULE or the configured SoftHSM2 module. */
+const char *cf_test_module(void);
+/* 0 on success; prints why and returns -1 otherwise. */
+int cf_test_token_create(struct cf_test_token *t, const char *label);
+/* Add a second initialised token with another label to the same directory. */
+int cf_test_token_add(struct cf_test_token *t, const char *label);
+void cf_test_token_destroy(struct cf_test_token *t);
+/* Write a file with `mode`; 0 on success. */
+int cf_test_write_file(const char *path, const char *content, unsigned mode);
+
+#endif
