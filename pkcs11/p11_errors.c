@@ -131,3 +131,18 @@ p11_rv_recoverable(CK_RV rv)
 		return 0;
 	}
 }
+
+int
+p11_rv_clean(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_OK:
+	case CKR_SIGNATURE_INVALID:
+	case CKR_SIGNATURE_LEN_RANGE:
+	case P11_RV_NOT_FOUND:
+	case P11_RV_AMBIGUOUS:
+		return 1;
+	default:
+		return 0;
+	}
+}

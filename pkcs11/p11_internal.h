@@ -22,6 +22,9 @@
 #define P11_RV_NOT_FOUND    (CKR_VENDOR_DEFINED | 0x434f0002UL)
 #define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
 
+/* Modules reject NULL data pointers even for zero lengths. */
+#define P11_DATA(ptr) ((CK_BYTE_PTR)((ptr) != NULL ? (const void *)(ptr) : (const void *)""))
+
 struct p11_pooled {
 	CK_SESSION_HANDLE h;
 	uint64_t epoch;
@@ -83,6 +86,8 @@ int p11_status(CK_RV rv, const char *what);
 const char *p11_rv_name(CK_RV rv);
 /* 1 if the layer should recover and retry once after this CK_RV. */
 int p11_rv_recoverable(CK_RV rv);
+/* 1 if a session that returned this CK_RV is certainly idle again. */
+int p11_rv_clean(CK_RV rv);
 /* 1 if the CK_RV says the object handle went stale. */
 int p11_rv_stale_object(CK_RV rv);
 

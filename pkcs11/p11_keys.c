@@ -522,6 +522,12 @@ cf_p11_unwrap_key(cf_p11_key *wrapping, const uint8_t *blob, size_t bloblen, con
 	if ((r = p11_key_new(wrapping->p, name, version, type, &u.k)) != CF_OK)
 		return r;
 	rv = p11_run(wrapping->p, wrapping, unwrap_op, &u);
+	/* SoftHSM reports a failed RFC 5649 integrity check as CKR_GENERAL_ERROR. */
+	if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
+		r = cf_error(CF_E_DECRYPT, "unwrapping failed: the blob was altered or wrapped "
+			     "under another key");
+		goto out;
+	}
 	if (rv == P11_RV_AMBIGUOUS) {
 		r = cf_error(CF_E_EXISTS, "key %s version %u already exists in the token", name,
 			     version);

@@ -349,7 +349,7 @@ p11_pool_release(cf_p11 *p, CK_SESSION_HANDLE s, uint64_t epoch)
 {
 	pthread_mutex_lock(&p->pool_mu);
 	if (epoch != p->epoch) {
-		/* Opened before a recovery: it may be dead; drop it. */
+		/* Opened before a recovery (it may be dead), or poisoned: drop it. */
 		(void)p->f->C_CloseSession(s);
 		p->pool_open--;
 	} else {
@@ -419,7 +419,9 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 				rv = p11_key_resolve(k, s, epoch, &h);
 			if (rv == CKR_OK)
 				rv = fn(p, s, &h, arg);
-			p11_pool_release(p, s, sepoch);
+			/* Some modules leave an operation active after an error
+			 * (SoftHSM on CKR_ARGUMENTS_BAD): never reuse such a session. */
+			p11_pool_release(p, s, p11_rv_clean(rv) ? sepoch : 0);
 		}
 		pthread_rwlock_unlock(&p->life);
 		if (attempt > 0 || !p11_rv_recoverable(rv))

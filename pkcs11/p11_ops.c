@@ -168,7 +168,7 @@ sign_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	a->outlen = sizeof(a->out);
 	if ((rv = p->f->C_SignInit(s, &a->req->mech, h->priv)) != CKR_OK)
 		return rv;
-	return p->f->C_Sign(s, (CK_BYTE_PTR)a->req->tbs, a->req->tbslen, a->out, &a->outlen);
+	return p->f->C_Sign(s, P11_DATA(a->req->tbs), a->req->tbslen, a->out, &a->outlen);
 }
 
 static CK_RV
@@ -180,7 +180,7 @@ verify_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg
 	/* HMAC verifies with the secret itself, signatures with the public key. */
 	if ((rv = p->f->C_VerifyInit(s, &a->req->mech, a->use_pub ? h->pub : h->priv)) != CKR_OK)
 		return rv;
-	return p->f->C_Verify(s, (CK_BYTE_PTR)a->req->tbs, a->req->tbslen, (CK_BYTE_PTR)a->sig,
+	return p->f->C_Verify(s, P11_DATA(a->req->tbs), a->req->tbslen, P11_DATA(a->sig),
 			      a->siglen);
 }
 
@@ -371,11 +371,11 @@ gcm_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	if (g->decrypt) {
 		if ((rv = p->f->C_DecryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;
-		rv = p->f->C_Decrypt(s, (CK_BYTE_PTR)g->in, g->inlen, g->out, &g->outlen);
+		rv = p->f->C_Decrypt(s, P11_DATA(g->in), g->inlen, g->out, &g->outlen);
 	} else {
 		if ((rv = p->f->C_EncryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;
-		rv = p->f->C_Encrypt(s, (CK_BYTE_PTR)g->in, g->inlen, g->out, &g->outlen);
+		rv = p->f->C_Encrypt(s, P11_DATA(g->in), g->inlen, g->out, &g->outlen);
 	}
 	if (rv == CKR_BUFFER_TOO_SMALL) {
 		/* Cannot happen with our sizing; end the active operation anyway. */
@@ -403,7 +403,7 @@ gcm_prepare(const cf_p11_key *k, const uint8_t *aad, size_t aadlen, const uint8_
 	g->gp.pIv = (CK_BYTE_PTR)iv;
 	g->gp.ulIvLen = CF_GCM_IV_LEN;
 	g->gp.ulIvBits = CF_GCM_IV_LEN * 8;
-	g->gp.pAAD = (CK_BYTE_PTR)aad;
+	g->gp.pAAD = aadlen ? (CK_BYTE_PTR)aad : NULL;
 	g->gp.ulAADLen = aadlen;
 	g->gp.ulTagBits = CF_GCM_TAG_LEN * 8;
 	g->mech.mechanism = CKM_AES_GCM;

@@ -1,10 +1,13 @@
 #include "cf_test_token.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef COFFER_SOFTHSM_MODULE
@@ -99,4 +102,90 @@ cf_test_token_destroy(struct cf_test_token *t)
 	if (system(cmd) != 0)
 		fprintf(stderr, "cf_test_token: could not remove %s\n", t->dir);
 	t->dir[0] = '\0';
+}
+
+int
+cf_test_raw_open(const struct cf_test_token *t, CK_FUNCTION_LIST **f, CK_SLOT_ID *slot,
+		 CK_SESSION_HANDLE *s)
+{
+	CK_C_INITIALIZE_ARGS args = { .flags = CKF_OS_LOCKING_OK };
+	CK_C_GetFunctionList getfl;
+	CK_SLOT_ID slots[16];
+	CK_ULONG n = 16;
+	CK_TOKEN_INFO ti;
+	CK_RV rv;
+	void *dl;
+
+	/* RTLD_NOLOAD-free: the layer already holds the module, so this shares it. */
+	if ((dl = dlopen(t->cfg.module_path, RTLD_NOW | RTLD_LOCAL)) == NULL)
+		return -1;
+	if ((getfl = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList")) == NULL ||
+	    getfl(f) != CKR_OK)
+		return -1;
+	rv = (*f)->C_Initialize(&args);
+	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+		return -1;
+	if ((*f)->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+		return -1;
+	for (CK_ULONG i = 0; i < n; i++) {
+		size_t ll = strlen(t->label);
+
+		if ((*f)->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+			continue;
+		if (memcmp(ti.label, t->label, ll) == 0 && (ll == 32 || ti.label[ll] == ' ')) {
+			*slot = slots[i];
+			return (*f)->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION,
+						   NULL, NULL, s) == CKR_OK ? 0 : -1;
+		}
+	}
+	return -1;
+}
+
+int
+cf_test_raw_find(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+		 const char *label, CK_OBJECT_HANDLE *o)
+{
+	CK_ATTRIBUTE q[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_LABEL, (void *)label, strlen(label) },
+	};
+	CK_ULONG n = 0;
+
+	if (f->C_FindObjectsInit(s, q, 2) != CKR_OK)
+		return -1;
+	if (f->C_FindObjects(s, o, 1, &n) != CKR_OK)
+		n = 0;
+	f->C_FindObjectsFinal(s);
+	return n == 1 ? 0 : -1;
+}
+
+const char *
+cf_test_tool(const char *name, char *buf, size_t len)
+{
+	const char *dir = getenv("COFFER_TEST_BINDIR");
+	char self[400];
+	ssize_t n;
+
+	if (dir == NULL && (n = readlink("/proc/self/exe", self, sizeof(self) - 1)) > 0) {
+		/* Helpers are built next to the test binaries. */
+		self[n] = '\0';
+		*strrchr(self, '/') = '\0';
+		dir = self;
+	}
+	snprintf(buf, len, "%s/%s", dir ? dir : ".", name);
+	return buf;
+}
+
+int
+cf_test_run(char *const argv[])
+{
+	extern char **environ;
+	pid_t pid;
+	int st;
+
+	if (posix_spawn(&pid, argv[0], NULL, NULL, argv, environ) != 0)
+		return -1;
+	if (waitpid(pid, &st, 0) != pid)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -8,6 +8,9 @@
 #ifndef COFFER_CF_TEST_TOKEN_H
 #define COFFER_CF_TEST_TOKEN_H
 
+#define CRYPTOKI_COMPAT
+#include <p11-kit/pkcs11.h>
+
 #include "cf_p11.h"
 
 #define CF_TEST_PIN "coffer-test-pin"
@@ -31,5 +34,20 @@ int cf_test_token_add(struct cf_test_token *t, const char *label);
 void cf_test_token_destroy(struct cf_test_token *t);
 /* Write a file with `mode`; 0 on success. */
 int cf_test_write_file(const char *path, const char *content, unsigned mode);
+
+
+/* Independent raw Cryptoki access to the test token (for attribute checks
+ * and for breaking sessions under the layer): dlopen the module, initialise
+ * it if needed, open a R/W session on the token with the test's label.
+ * Returns 0 on success. */
+int cf_test_raw_open(const struct cf_test_token *t, CK_FUNCTION_LIST **f, CK_SLOT_ID *slot,
+		     CK_SESSION_HANDLE *s);
+/* Find the object of `cls` labelled `label` ("coffer/<name>/<version>"). */
+int cf_test_raw_find(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+		     const char *label, CK_OBJECT_HANDLE *o);
+/* Path of a helper program built next to the tests. */
+const char *cf_test_tool(const char *name, char *buf, size_t len);
+/* Run argv as a child process; returns its exit status or -1. */
+int cf_test_run(char *const argv[]);
 
 #endif
