@@ -400,6 +400,24 @@ out:
 	return r;
 }
 
+/* After a failure, ask the session what really happened: an error such as
+ * CKR_GENERAL_ERROR or "not found" can be the symptom of a closed session or
+ * a lost login (private objects turn invisible), which recovery can fix. */
+static CK_RV
+p11_diagnose(cf_p11 *p, CK_SESSION_HANDLE s, CK_RV rv)
+{
+	CK_SESSION_INFO info;
+	CK_RV srv;
+
+	if (p11_rv_recoverable(rv) && !p11_rv_stale_object(rv))
+		return rv;
+	if ((srv = p->f->C_GetSessionInfo(s, &info)) != CKR_OK)
+		return p11_rv_recoverable(srv) ? srv : rv;
+	if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS)
+		return CKR_USER_NOT_LOGGED_IN;
+	return rv;
+}
+
 CK_RV
 p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 {
@@ -419,6 +437,8 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 				rv = p11_key_resolve(k, s, epoch, &h);
 			if (rv == CKR_OK)
 				rv = fn(p, s, &h, arg);
+			if (!p11_rv_clean(rv) || rv == P11_RV_NOT_FOUND)
+				rv = p11_diagnose(p, s, rv);
 			/* Some modules leave an operation active after an error
 			 * (SoftHSM on CKR_ARGUMENTS_BAD): never reuse such a session. */
 			p11_pool_release(p, s, p11_rv_clean(rv) ? sepoch : 0);

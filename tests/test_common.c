@@ -1,0 +1,663 @@
+/*
+ * test_common — the code shared by daemon and client: status codes and the
+ * thread-local error detail, bounds-checked buffers, locked secrets and the
+ * key model (type names, hashes, the key-name rule).
+ */
+#include <ctype.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+
+#include "cf_buf.h"
+#include "cf_keytype.h"
+#include "cf_secret.h"
+#include "cf_status.h"
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* AddressSanitizer replaces mlock() with a no-op that reports success, so a
+ * sanitizer build cannot observe locked pages. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MLOCK_OBSERVABLE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MLOCK_OBSERVABLE 0
+#endif
+#endif
+#ifndef MLOCK_OBSERVABLE
+#define MLOCK_OBSERVABLE 1
+#endif
+
+/* ---- status codes and error details ---- */
+
+#define STATUS(c) { c, #c }
+static const struct {
+	int code;
+	const char *name;
+} statuses[] = {
+	STATUS(CF_OK), STATUS(CF_E_INTERNAL), STATUS(CF_E_NOMEM), STATUS(CF_E_INVALID_ARG),
+	STATUS(CF_E_TOO_LARGE), STATUS(CF_E_NOT_FOUND), STATUS(CF_E_EXISTS),
+	STATUS(CF_E_WRONG_KEY_TYPE), STATUS(CF_E_BAD_SIGNATURE), STATUS(CF_E_DECRYPT),
+	STATUS(CF_E_PIN_INCORRECT), STATUS(CF_E_PIN_FILE), STATUS(CF_E_MODULE),
+	STATUS(CF_E_TOKEN_NOT_FOUND), STATUS(CF_E_BUSY), STATUS(CF_E_UNAVAILABLE),
+	STATUS(CF_E_UNSUPPORTED), STATUS(CF_E_TOKEN), STATUS(CF_E_CONFIG), STATUS(CF_E_IO),
+	STATUS(CF_E_DENIED), STATUS(CF_E_UNAUTHENTICATED), STATUS(CF_E_PRECONDITION),
+	STATUS(CF_E_EXHAUSTED), STATUS(CF_E_TIMEOUT), STATUS(CF_E_CANCELLED),
+	STATUS(CF_E_UNIMPLEMENTED),
+};
+#undef STATUS
+
+static void
+test_status_names(void)
+{
+	static const int unknown[] = { CF_E__LAST, CF_E__LAST - 1, 1, 42, -1000, INT_MIN, INT_MAX };
+
+	/* The table above lists every code exactly once. */
+	CU_ASSERT_EQUAL(NELEM(statuses), (size_t)-CF_E__LAST);
+	for (size_t i = 0; i < NELEM(statuses); i++) {
+		const char *text = cf_strerror(statuses[i].code);
+
+		CU_ASSERT_EQUAL(statuses[i].code, -(int)i);
+		CU_ASSERT_STRING_EQUAL(cf_status_name(statuses[i].code), statuses[i].name);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+		CU_ASSERT(text[0] != '\0');
+		CU_ASSERT_STRING_NOT_EQUAL(text, "unknown status");
+		/* every code has its own text */
+		for (size_t j = 0; j < i; j++)
+			CU_ASSERT_STRING_NOT_EQUAL(text, cf_strerror(statuses[j].code));
+	}
+	CU_ASSERT_STRING_EQUAL(cf_strerror(CF_OK), "success");
+	CU_ASSERT_STRING_EQUAL(cf_strerror(CF_E_NOT_FOUND), "not found");
+	for (size_t i = 0; i < NELEM(unknown); i++) {
+		CU_ASSERT_PTR_NOT_NULL_FATAL(cf_strerror(unknown[i]));
+		CU_ASSERT_STRING_EQUAL(cf_strerror(unknown[i]), "unknown status");
+		CU_ASSERT_STRING_EQUAL(cf_status_name(unknown[i]), "CF_E_UNKNOWN");
+	}
+}
+
+static void
+test_error_detail(void)
+{
+	char longfmt[CF_ERROR_DETAIL_MAX * 2];
+
+	CU_ASSERT_EQUAL(cf_error(CF_E_TOO_LARGE, "limit %u exceeded by %s", 16u, "x"),
+			CF_E_TOO_LARGE);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "limit 16 exceeded by x");
+	/* no detail text: the code's description */
+	CU_ASSERT_EQUAL(cf_error(CF_E_NOT_FOUND, "%s", ""), CF_E_NOT_FOUND);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), cf_strerror(CF_E_NOT_FOUND));
+	/* truncated to CF_ERROR_DETAIL_MAX - 1 bytes */
+	memset(longfmt, 'z', sizeof(longfmt) - 1);
+	longfmt[sizeof(longfmt) - 1] = '\0';
+	cf_error(CF_E_INVALID_ARG, "%s", longfmt);
+	CU_ASSERT_EQUAL(strlen(cf_error_detail()), CF_ERROR_DETAIL_MAX - 1);
+	CU_ASSERT_EQUAL(strncmp(cf_error_detail(), longfmt, CF_ERROR_DETAIL_MAX - 1), 0);
+	cf_error_clear();
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), cf_strerror(CF_OK));
+}
+
+struct detail_thread {
+	char initial[CF_ERROR_DETAIL_MAX];
+	char after[CF_ERROR_DETAIL_MAX];
+	int status;
+};
+
+static void *
+detail_thread_main(void *arg)
+{
+	struct detail_thread *dt = arg;
+
+	snprintf(dt->initial, sizeof(dt->initial), "%s", cf_error_detail());
+	dt->status = cf_error(CF_E_BUSY, "detail from thread %d", 2);
+	snprintf(dt->after, sizeof(dt->after), "%s", cf_error_detail());
+	return NULL;
+}
+
+static void
+test_error_detail_thread_local(void)
+{
+	struct detail_thread dt;
+	pthread_t th;
+
+	memset(&dt, 0, sizeof(dt));
+	cf_error(CF_E_EXISTS, "detail from main %d", 1);
+	CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, detail_thread_main, &dt), 0);
+	CU_ASSERT_EQUAL_FATAL(pthread_join(th, NULL), 0);
+	/* The new thread started with no detail of its own ... */
+	CU_ASSERT_STRING_EQUAL(dt.initial, cf_strerror(CF_OK));
+	CU_ASSERT_EQUAL(dt.status, CF_E_BUSY);
+	CU_ASSERT_STRING_EQUAL(dt.after, "detail from thread 2");
+	/* ... and its detail is not visible here. */
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "detail from main 1");
+	cf_error_clear();
+}
+
+/* ---- cf_buf ---- */
+
+static void
+test_buf_round_trip(void)
+{
+	static const uint8_t blob[] = { 0xde, 0xad, 0xbe, 0xef, 0x00, 0x7f };
+	cf_buf *b = cf_buf_new(256);
+	uint8_t got[sizeof(blob)], u8 = 0;
+	uint32_t u32 = 0;
+	const uint8_t *p = NULL;
+
+	CU_ASSERT_PTR_NULL(cf_buf_new(0));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+	CU_ASSERT_EQUAL(cf_buf_max(b), 256);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 0);
+	CU_ASSERT_PTR_NOT_NULL(cf_buf_peek(b));
+	CU_ASSERT_EQUAL(cf_buf_put(b, NULL, 0), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 0);
+
+	CU_ASSERT_EQUAL(cf_buf_put_u32(b, 0x01020304u), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 4);
+	/* big-endian on the wire */
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), "\x01\x02\x03\x04", 4), 0);
+	CU_ASSERT_EQUAL(cf_buf_put_u8(b, 0xa5), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_put(b, blob, sizeof(blob)), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_put_u32(b, 0xfffffffeu), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 4 + 1 + sizeof(blob) + 4);
+
+	CU_ASSERT_EQUAL(cf_buf_get_u32(b, &u32), CF_OK);
+	CU_ASSERT_EQUAL(u32, 0x01020304u);
+	CU_ASSERT_EQUAL(cf_buf_get_u8(b, &u8), CF_OK);
+	CU_ASSERT_EQUAL(u8, 0xa5);
+	CU_ASSERT_EQUAL(cf_buf_len(b), sizeof(blob) + 4);
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), blob, sizeof(blob)), 0);
+	CU_ASSERT_EQUAL(cf_buf_get(b, got, 2), CF_OK);
+	CU_ASSERT_EQUAL(memcmp(got, blob, 2), 0);
+	CU_ASSERT_EQUAL(cf_buf_get_ptr(b, sizeof(blob) - 2, &p), CF_OK);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+	CU_ASSERT_EQUAL(memcmp(p, blob + 2, sizeof(blob) - 2), 0);
+	CU_ASSERT_EQUAL(cf_buf_get_u32(b, &u32), CF_OK);
+	CU_ASSERT_EQUAL(u32, 0xfffffffeu);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 0);
+	CU_ASSERT_EQUAL(cf_buf_get(b, got, 0), CF_OK);
+
+	/* growth across many reallocations keeps every byte */
+	for (unsigned i = 0; i < 200; i++)
+		CU_ASSERT_EQUAL(cf_buf_put_u8(b, (uint8_t)i), CF_OK);
+	for (unsigned i = 0; i < 200; i++) {
+		CU_ASSERT_EQUAL(cf_buf_get_u8(b, &u8), CF_OK);
+		CU_ASSERT_EQUAL(u8, (uint8_t)i);
+	}
+	cf_buf_free(b);
+	cf_buf_free(NULL);
+}
+
+static void
+test_buf_cap(void)
+{
+	cf_buf *b = cf_buf_new(8);
+	uint8_t *w = NULL;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+	CU_ASSERT_EQUAL(cf_buf_put(b, "abcdef", 6), CF_OK);
+	/* 6 + 3 > 8: refused, buffer unchanged */
+	CU_ASSERT_EQUAL(cf_buf_put(b, "xyz", 3), CF_E_TOO_LARGE);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "8"));
+	CU_ASSERT_EQUAL(cf_buf_len(b), 6);
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), "abcdef", 6), 0);
+	CU_ASSERT_EQUAL(cf_buf_put_u32(b, 1), CF_E_TOO_LARGE);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 6);
+	CU_ASSERT_EQUAL(cf_buf_put(b, "x", SIZE_MAX), CF_E_TOO_LARGE);
+	CU_ASSERT_EQUAL(cf_buf_reserve(b, SIZE_MAX - 2, &w), CF_E_TOO_LARGE);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(cf_buf_reserve(b, 3, &w), CF_E_TOO_LARGE);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 6);
+	/* exactly up to the cap is fine */
+	CU_ASSERT_EQUAL(cf_buf_put(b, "gh", 2), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 8);
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), "abcdefgh", 8), 0);
+	CU_ASSERT_EQUAL(cf_buf_put_u8(b, 'i'), CF_E_TOO_LARGE);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 8);
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), "abcdefgh", 8), 0);
+	cf_buf_free(b);
+}
+
+static void
+test_buf_read_past_end(void)
+{
+	cf_buf *b = cf_buf_new(64);
+	uint8_t got[8] = { 0 }, u8 = 0x11;
+	uint32_t u32 = 0x22222222u;
+	const uint8_t *p = (const uint8_t *)"sentinel";
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+	/* empty buffer */
+	CU_ASSERT_EQUAL(cf_buf_get_u8(b, &u8), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(u8, 0x11);
+	CU_ASSERT_EQUAL(cf_buf_put(b, "\x0a\x0b\x0c", 3), CF_OK);
+	/* 4 > 3: nothing consumed, outputs untouched */
+	CU_ASSERT_EQUAL(cf_buf_get_u32(b, &u32), CF_E_INVALID_ARG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "truncated"));
+	CU_ASSERT_EQUAL(u32, 0x22222222u);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 3);
+	CU_ASSERT_EQUAL(cf_buf_get(b, got, 4), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(got[0], 0);
+	CU_ASSERT_EQUAL(cf_buf_get_ptr(b, 4, &p), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(memcmp(p, "sentinel", 8), 0);
+	CU_ASSERT_EQUAL(cf_buf_get_ptr(b, SIZE_MAX, &p), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 3);
+	/* the bytes are all still there */
+	CU_ASSERT_EQUAL(cf_buf_get(b, got, 3), CF_OK);
+	CU_ASSERT_EQUAL(memcmp(got, "\x0a\x0b\x0c", 3), 0);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 0);
+	CU_ASSERT_EQUAL(cf_buf_get_u8(b, &u8), CF_E_INVALID_ARG);
+	cf_buf_free(b);
+}
+
+static void
+test_buf_reserve_commit(void)
+{
+	cf_buf *b = cf_buf_new(32);
+	uint8_t *w = NULL;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+	CU_ASSERT_EQUAL(cf_buf_put(b, "hd", 2), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_buf_reserve(b, 16, &w), CF_OK);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+	/* reserving does not change the length */
+	CU_ASSERT_EQUAL(cf_buf_len(b), 2);
+	memcpy(w, "0123456789", 10);
+	CU_ASSERT_EQUAL(cf_buf_commit(b, 10), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 12);
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), "hd0123456789", 12), 0);
+	/* a reservation that was not committed leaves nothing behind */
+	CU_ASSERT_EQUAL_FATAL(cf_buf_reserve(b, 4, &w), CF_OK);
+	memcpy(w, "junk", 4);
+	CU_ASSERT_EQUAL(cf_buf_commit(b, 0), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 12);
+	CU_ASSERT_EQUAL(cf_buf_put(b, "!", 1), CF_OK);
+	CU_ASSERT_EQUAL(memcmp(cf_buf_peek(b), "hd0123456789!", 13), 0);
+	/* the cap applies to reservations */
+	CU_ASSERT_EQUAL(cf_buf_reserve(b, 32 - 13 + 1, &w), CF_E_TOO_LARGE);
+	CU_ASSERT_EQUAL(cf_buf_reserve(b, 32 - 13, &w), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 13);
+	cf_buf_free(b);
+}
+
+static void
+test_buf_reset(void)
+{
+	cf_buf *b = cf_buf_new(8);
+	const uint8_t *old;
+	uint8_t got[8];
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+	cf_buf_reset(b);        /* on a buffer that never allocated */
+	CU_ASSERT_EQUAL(cf_buf_len(b), 0);
+	CU_ASSERT_EQUAL(cf_buf_put(b, "secret!!", 8), CF_OK);
+	old = cf_buf_peek(b);
+	CU_ASSERT_EQUAL(cf_buf_get(b, got, 3), CF_OK);
+	cf_buf_reset(b);
+	CU_ASSERT_EQUAL(cf_buf_len(b), 0);
+	/* the allocation is kept and its bytes were wiped */
+	for (size_t i = 0; i < 8; i++)
+		CU_ASSERT_EQUAL(old[i], 0);
+	/* the read offset rewound and the full cap is available again */
+	CU_ASSERT_EQUAL(cf_buf_put(b, "ABCDEFGH", 8), CF_OK);
+	CU_ASSERT_EQUAL(cf_buf_get(b, got, 8), CF_OK);
+	CU_ASSERT_EQUAL(memcmp(got, "ABCDEFGH", 8), 0);
+	cf_buf_free(b);
+}
+
+/* ---- cf_secret ---- */
+
+static void
+test_secret_basics(void)
+{
+	static const uint8_t data[] = { 1, 2, 3, 4, 5 };
+	cf_secret *s = NULL, *z = NULL, *e = NULL, *big = NULL;
+	const uint8_t *q;
+
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(32, &z), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_len(z), 32);
+	q = cf_secret_cptr(z);
+	for (size_t i = 0; i < 32; i++)
+		CU_ASSERT_EQUAL(q[i], 0);
+	CU_ASSERT_PTR_EQUAL(cf_secret_ptr(z), cf_secret_cptr(z));
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(0, &e), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_len(e), 0);
+	CU_ASSERT_EQUAL(cf_secret_new(CF_SECRET_MAX + 1, &big), CF_E_TOO_LARGE);
+	CU_ASSERT_PTR_NULL(big);
+	CU_ASSERT_EQUAL(cf_secret_from(data, CF_SECRET_MAX + 1, &big), CF_E_TOO_LARGE);
+	CU_ASSERT_PTR_NULL(big);
+
+	CU_ASSERT_EQUAL_FATAL(cf_secret_from(data, sizeof(data), &s), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_len(s), sizeof(data));
+	CU_ASSERT_EQUAL(memcmp(cf_secret_cptr(s), data, sizeof(data)), 0);
+	/* truncate wipes the tail and cannot grow */
+	CU_ASSERT_EQUAL(cf_secret_truncate(s, 3), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_len(s), 3);
+	CU_ASSERT_EQUAL(memcmp(cf_secret_cptr(s), data, 3), 0);
+	CU_ASSERT_EQUAL(cf_secret_cptr(s)[3], 0);
+	CU_ASSERT_EQUAL(cf_secret_cptr(s)[4], 0);
+	CU_ASSERT_EQUAL(cf_secret_truncate(s, 4), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(cf_secret_len(s), 3);
+	CU_ASSERT_EQUAL(cf_secret_truncate(s, 3), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_truncate(s, 0), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_len(s), 0);
+	CU_ASSERT_EQUAL(cf_secret_cptr(s)[0], 0);
+
+	cf_secret_free(s);
+	cf_secret_free(z);
+	cf_secret_free(e);
+	cf_secret_free(NULL);
+}
+
+static void
+test_secret_equal(void)
+{
+	static const uint8_t a[] = "correct horse", b[] = "correct horsf";
+	cf_secret *sa = NULL, *sa2 = NULL, *sb = NULL, *sshort = NULL, *e1 = NULL, *e2 = NULL;
+
+	CU_ASSERT_EQUAL_FATAL(cf_secret_from(a, sizeof(a), &sa), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_secret_from(a, sizeof(a), &sa2), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_secret_from(b, sizeof(b), &sb), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_secret_from(a, sizeof(a) - 1, &sshort), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(0, &e1), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(0, &e2), CF_OK);
+
+	CU_ASSERT_EQUAL(cf_secret_equal(sa, sa), 1);
+	CU_ASSERT_EQUAL(cf_secret_equal(sa, sa2), 1);
+	CU_ASSERT_EQUAL(cf_secret_equal(sa, sb), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal(sb, sa), 0);
+	/* a prefix is not equal, in either order */
+	CU_ASSERT_EQUAL(cf_secret_equal(sa, sshort), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal(sshort, sa), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal(e1, e2), 1);
+	CU_ASSERT_EQUAL(cf_secret_equal(e1, sa), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal(sa, e1), 0);
+
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(sa, a, sizeof(a)), 1);
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(sa, b, sizeof(b)), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(sa, a, sizeof(a) - 1), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(sshort, a, sizeof(a)), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(sa, a, 0), 0);
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(e1, "", 0), 1);
+	CU_ASSERT_EQUAL(cf_secret_equal_mem(e1, a, 1), 0);
+	/* truncation changes what compares equal */
+	CU_ASSERT_EQUAL(cf_secret_truncate(sa2, sizeof(a) - 1), CF_OK);
+	CU_ASSERT_EQUAL(cf_secret_equal(sa2, sshort), 1);
+	CU_ASSERT_EQUAL(cf_secret_equal(sa2, sa), 0);
+
+	cf_secret_free(sa);
+	cf_secret_free(sa2);
+	cf_secret_free(sb);
+	cf_secret_free(sshort);
+	cf_secret_free(e1);
+	cf_secret_free(e2);
+}
+
+/* VmLck of this process in kB, or -1. */
+static long
+vmlck_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *fp;
+
+	if ((fp = fopen("/proc/self/status", "re")) == NULL)
+		goto out;
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		if (sscanf(line, "VmLck: %ld kB", &kb) == 1)
+			break;
+	}
+	fclose(fp);
+out:
+	return kb;
+}
+
+struct vma_info {
+	int found;
+	int locked;     /* "lo" in VmFlags (VM_LOCKED) */
+	int dontdump;   /* "dd" in VmFlags (VM_DONTDUMP) */
+	long locked_kb; /* "Locked:" */
+	long size_kb;   /* "Size:" */
+};
+
+/* Describe the mapping holding `addr` from /proc/self/smaps; 0 on success. */
+static int
+vma_info(const void *addr, struct vma_info *vi)
+{
+	uintptr_t a = (uintptr_t)addr;
+	unsigned long lo, hi;
+	char line[1024], *tok, *save;
+	int in = 0, rc = -1;
+	FILE *fp;
+
+	memset(vi, 0, sizeof(*vi));
+	if ((fp = fopen("/proc/self/smaps", "re")) == NULL)
+		goto out;
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		/* Mapping headers start with a lower-case hex address; fields
+		 * ("Size:", "VmFlags:") with an upper-case letter. */
+		if ((isdigit((unsigned char)line[0]) || (line[0] >= 'a' && line[0] <= 'f')) &&
+		    sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+			if (in)
+				break;
+			in = a >= lo && a < hi;
+			vi->found |= in;
+			continue;
+		}
+		if (!in)
+			continue;
+		if (sscanf(line, "Size: %ld kB", &vi->size_kb) == 1 ||
+		    sscanf(line, "Locked: %ld kB", &vi->locked_kb) == 1)
+			continue;
+		if (strncmp(line, "VmFlags:", 8) == 0) {
+			for (tok = strtok_r(line + 8, " \n", &save); tok != NULL;
+			     tok = strtok_r(NULL, " \n", &save)) {
+				vi->locked |= strcmp(tok, "lo") == 0;
+				vi->dontdump |= strcmp(tok, "dd") == 0;
+			}
+		}
+	}
+	rc = vi->found ? 0 : -1;
+	fclose(fp);
+out:
+	return rc;
+}
+
+static void
+test_secret_locked_dontdump(void)
+{
+	const size_t len = 64 * 1024;
+	struct vma_info vi;
+	cf_secret *s = NULL;
+	long before, during, after;
+
+	if (!MLOCK_OBSERVABLE)
+		fprintf(stderr, "(AddressSanitizer build: mlock is a no-op, checking "
+			"MADV_DONTDUMP only) ");
+	before = vmlck_kb();
+	CU_ASSERT_FATAL(before >= 0);
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(len, &s), CF_OK);
+	during = vmlck_kb();
+	CU_ASSERT_EQUAL_FATAL(vma_info(cf_secret_cptr(s), &vi), 0);
+	CU_ASSERT(vi.dontdump);
+	if (MLOCK_OBSERVABLE) {
+		/* the whole secret is locked in memory */
+		CU_ASSERT(during >= before + (long)(len / 1024));
+		CU_ASSERT(vi.locked);
+		CU_ASSERT(vi.locked_kb >= (long)(len / 1024));
+		CU_ASSERT_EQUAL(vi.locked_kb, vi.size_kb);
+	}
+	cf_secret_free(s);
+	after = vmlck_kb();
+	if (MLOCK_OBSERVABLE)
+		CU_ASSERT(after <= during - (long)(len / 1024));
+
+	/* a tiny secret gets its own locked, never-dumped page too */
+	CU_ASSERT_EQUAL_FATAL(cf_secret_from("pin", 3, &s), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(vma_info(cf_secret_cptr(s), &vi), 0);
+	CU_ASSERT(vi.dontdump);
+	if (MLOCK_OBSERVABLE) {
+		CU_ASSERT(vi.locked);
+		CU_ASSERT(vi.locked_kb > 0);
+	}
+	cf_secret_free(s);
+}
+
+/* ---- key model ---- */
+
+static void
+test_key_types(void)
+{
+	static const struct {
+		enum cf_key_type t;
+		const char *name;
+	} types[] = {
+		{ CF_KEY_EC_P256, "ec-p256" }, { CF_KEY_EC_P384, "ec-p384" },
+		{ CF_KEY_ED25519, "ed25519" }, { CF_KEY_RSA_2048, "rsa-2048" },
+		{ CF_KEY_RSA_3072, "rsa-3072" }, { CF_KEY_RSA_4096, "rsa-4096" },
+		{ CF_KEY_HMAC_SHA256, "hmac-sha256" }, { CF_KEY_HMAC_SHA384, "hmac-sha384" },
+		{ CF_KEY_HMAC_SHA512, "hmac-sha512" }, { CF_KEY_AES_256, "aes-256" },
+	};
+	static const char *const bad[] = {
+		"", "none", "unknown", "EC-P256", "ec-p256 ", "ec_p256", "rsa", "aes-128",
+		"hmac-sha1", "ed448",
+	};
+	enum cf_key_type t;
+
+	CU_ASSERT_EQUAL(NELEM(types), CF_KEY__COUNT - 1);
+	for (size_t i = 0; i < NELEM(types); i++) {
+		CU_ASSERT_STRING_EQUAL(cf_key_type_name(types[i].t), types[i].name);
+		t = CF_KEY_NONE;
+		CU_ASSERT_EQUAL(cf_key_type_parse(types[i].name, &t), CF_OK);
+		CU_ASSERT_EQUAL(t, types[i].t);
+	}
+	/* every value of the enum round-trips */
+	for (int i = CF_KEY_NONE + 1; i < CF_KEY__COUNT; i++) {
+		t = CF_KEY_NONE;
+		CU_ASSERT_EQUAL(cf_key_type_parse(cf_key_type_name((enum cf_key_type)i), &t), CF_OK);
+		CU_ASSERT_EQUAL((int)t, i);
+	}
+	for (size_t i = 0; i < NELEM(bad); i++) {
+		t = CF_KEY_EC_P384;
+		CU_ASSERT_EQUAL(cf_key_type_parse(bad[i], &t), CF_E_INVALID_ARG);
+		CU_ASSERT_EQUAL(t, CF_KEY_EC_P384);
+		CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "ec-p256"));
+	}
+	CU_ASSERT_STRING_EQUAL(cf_key_type_name(CF_KEY__COUNT), "unknown");
+	CU_ASSERT_STRING_EQUAL(cf_key_type_name((enum cf_key_type)-1), "unknown");
+
+	/* classification and defaults */
+	CU_ASSERT(cf_key_type_is_ec(CF_KEY_EC_P256) && cf_key_type_is_ec(CF_KEY_EC_P384));
+	CU_ASSERT(!cf_key_type_is_ec(CF_KEY_ED25519));
+	CU_ASSERT(cf_key_type_is_rsa(CF_KEY_RSA_3072) && !cf_key_type_is_rsa(CF_KEY_AES_256));
+	CU_ASSERT(cf_key_type_is_hmac(CF_KEY_HMAC_SHA512) && !cf_key_type_is_hmac(CF_KEY_AES_256));
+	CU_ASSERT(cf_key_type_is_asymmetric(CF_KEY_ED25519));
+	CU_ASSERT(!cf_key_type_is_asymmetric(CF_KEY_HMAC_SHA256));
+	CU_ASSERT(!cf_key_type_is_asymmetric(CF_KEY_NONE));
+	CU_ASSERT_EQUAL(cf_key_default_hash(CF_KEY_EC_P384), CF_HASH_SHA384);
+	CU_ASSERT_EQUAL(cf_key_default_hash(CF_KEY_ED25519), CF_HASH_NONE);
+	CU_ASSERT_EQUAL(cf_key_default_hash(CF_KEY_AES_256), CF_HASH_NONE);
+	CU_ASSERT_EQUAL(cf_key_default_scheme(CF_KEY_RSA_2048), CF_SIG_RSA_PSS);
+	CU_ASSERT_EQUAL(cf_key_default_scheme(CF_KEY_EC_P256), CF_SIG_ECDSA);
+	CU_ASSERT_EQUAL(cf_key_default_scheme(CF_KEY_ED25519), CF_SIG_EDDSA);
+}
+
+static void
+test_hashes(void)
+{
+	static const struct {
+		enum cf_hash h;
+		const char *name;
+		size_t len;
+	} hashes[] = {
+		{ CF_HASH_SHA256, "sha256", 32 }, { CF_HASH_SHA384, "sha384", 48 },
+		{ CF_HASH_SHA512, "sha512", 64 },
+	};
+	enum cf_hash h;
+
+	for (size_t i = 0; i < NELEM(hashes); i++) {
+		CU_ASSERT_STRING_EQUAL(cf_hash_name(hashes[i].h), hashes[i].name);
+		CU_ASSERT_EQUAL(cf_hash_len(hashes[i].h), hashes[i].len);
+		h = CF_HASH_NONE;
+		CU_ASSERT_EQUAL(cf_hash_parse(hashes[i].name, &h), CF_OK);
+		CU_ASSERT_EQUAL(h, hashes[i].h);
+	}
+	CU_ASSERT_EQUAL(cf_hash_len(CF_HASH_NONE), 0);
+	h = CF_HASH_SHA256;
+	CU_ASSERT_EQUAL(cf_hash_parse("none", &h), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(cf_hash_parse("SHA256", &h), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(cf_hash_parse("sha1", &h), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(h, CF_HASH_SHA256);
+}
+
+static void
+test_key_names(void)
+{
+	static const char *const good[] = {
+		"a", "0", "key-1.v_2", "9lives", "a.", "a-", "a_", "x..y",
+	};
+	static const char *const bad[] = {
+		"", "A", "-a", ".a", "_a", "a/b", "aB", "a b", "key\n", "k\xc3\xa9",
+		"../etc", "a:b", "a+b",
+	};
+	char name[CF_KEY_NAME_MAX + 2];
+
+	for (size_t i = 0; i < NELEM(good); i++) {
+		if (cf_key_name_check(good[i]) != CF_OK)
+			fprintf(stderr, "rejected \"%s\": %s\n", good[i], cf_error_detail());
+		CU_ASSERT_EQUAL(cf_key_name_check(good[i]), CF_OK);
+	}
+	for (size_t i = 0; i < NELEM(bad); i++) {
+		cf_error_clear();
+		CU_ASSERT_EQUAL(cf_key_name_check(bad[i]), CF_E_INVALID_ARG);
+		CU_ASSERT_STRING_NOT_EQUAL(cf_error_detail(), cf_strerror(CF_E_INVALID_ARG));
+	}
+	CU_ASSERT_EQUAL(cf_key_name_check(NULL), CF_E_INVALID_ARG);
+
+	/* CF_KEY_NAME_MAX (128) characters is the longest accepted name */
+	memset(name, 'a', CF_KEY_NAME_MAX);
+	name[CF_KEY_NAME_MAX] = '\0';
+	CU_ASSERT_EQUAL(strlen(name), 128);
+	CU_ASSERT_EQUAL(cf_key_name_check(name), CF_OK);
+	name[CF_KEY_NAME_MAX] = 'a';
+	name[CF_KEY_NAME_MAX + 1] = '\0';
+	CU_ASSERT_EQUAL(strlen(name), 129);
+	CU_ASSERT_EQUAL(cf_key_name_check(name), CF_E_INVALID_ARG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "128"));
+}
+
+int
+main(void)
+{
+	CU_pSuite s;
+	unsigned failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	s = CU_add_suite("common", NULL, NULL);
+	CU_add_test(s, "every status has a name and a text; unknown codes", test_status_names);
+	CU_add_test(s, "cf_error details, fallback, truncation, clear", test_error_detail);
+	CU_add_test(s, "error details are thread-local", test_error_detail_thread_local);
+	CU_add_test(s, "cf_buf put/get round trip, big-endian u32", test_buf_round_trip);
+	CU_add_test(s, "cf_buf cap refuses and leaves the buffer unchanged", test_buf_cap);
+	CU_add_test(s, "cf_buf reads past the end consume nothing", test_buf_read_past_end);
+	CU_add_test(s, "cf_buf reserve/commit", test_buf_reserve_commit);
+	CU_add_test(s, "cf_buf reset wipes and rewinds", test_buf_reset);
+	CU_add_test(s, "cf_secret new/from/len/truncate", test_secret_basics);
+	CU_add_test(s, "cf_secret equal and equal_mem", test_secret_equal);
+	CU_add_test(s, "cf_secret mapping is mlocked and MADV_DONTDUMP",
+		    test_secret_locked_dontdump);
+	CU_add_test(s, "key type names round-trip; unknown names rejected", test_key_types);
+	CU_add_test(s, "hash names and lengths", test_hashes);
+	CU_add_test(s, "key name rule", test_key_names);
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+	CU_cleanup_registry();
+	return failures == 0 ? 0 : 1;
+}
