@@ -1,0 +1,214 @@
+/*
+ * cofferd — Coffer's key daemon: serves signing, verification, MACs and
+ * envelope encryption from keys held in a PKCS#11 token to local callers over
+ * gRPC on Unix sockets.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <grpc/grpc.h>
+
+#include "cf_log.h"
+#include "cf_p11.h"
+#include "cf_status.h"
+#include "config.h"
+#include "keyring.h"
+#include "listener.h"
+#include "rpc.h"
+#include "store.h"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+"usage: cofferd [-c FILE] [options]\n"
+"  -c, --config FILE          INI configuration (see deploy/cofferd.conf.example)\n"
+"      --module PATH          PKCS#11 module            [token] module\n"
+"      --token-uri URI        RFC 7512 token URI        [token] uri\n"
+"      --pin-file PATH        user PIN file (0600)      [token] pin_file\n"
+"      --state-dir DIR        registry directory        [daemon] state_dir\n"
+"      --service-socket PATH  data-plane socket         [service] path\n"
+"      --admin-socket PATH    admin socket              [admin] path\n"
+"      --allow-uids LIST      uids allowed on both sockets (comma-separated)\n"
+"      --workers N            RPC worker threads        [daemon] workers\n"
+"      --log-level LEVEL      error|warn|info|debug     [daemon] log_level\n"
+"  -h, --help\n"
+"Runs in the foreground; stops cleanly on SIGTERM or SIGINT (exit 0).\n");
+}
+
+/* DESIGN 6.7: no core dumps, no ptrace by peers, private files. */
+static void
+harden(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	(void)setrlimit(RLIMIT_CORE, &rl);
+	umask(077);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+static int
+parse_args(int argc, char **argv, struct cofferd_config *cfg)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "module", required_argument, NULL, 'm' },
+		{ "token-uri", required_argument, NULL, 'u' },
+		{ "pin-file", required_argument, NULL, 'p' },
+		{ "state-dir", required_argument, NULL, 's' },
+		{ "service-socket", required_argument, NULL, 'S' },
+		{ "admin-socket", required_argument, NULL, 'A' },
+		{ "allow-uids", required_argument, NULL, 'U' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *file = NULL;
+	int ch, r;
+
+	/* The file first, so flags override it wherever they appear. */
+	while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		if (ch == 'c')
+			file = optarg;
+		else if (ch == 'h') {
+			usage(stdout);
+			exit(0);
+		} else if (ch == '?') {
+			usage(stderr);
+			exit(2);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "cofferd: unexpected argument \"%s\"\n", argv[optind]);
+		exit(2);
+	}
+	if (file != NULL && (r = config_load(cfg, file)) != CF_OK)
+		return r;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		r = CF_OK;
+		switch (ch) {
+		case 'm': r = config_set(cfg, "token", "module", optarg); break;
+		case 'u': r = config_set(cfg, "token", "uri", optarg); break;
+		case 'p': r = config_set(cfg, "token", "pin_file", optarg); break;
+		case 's': r = config_set(cfg, "daemon", "state_dir", optarg); break;
+		case 'S': r = config_set(cfg, "service", "path", optarg); break;
+		case 'A': r = config_set(cfg, "admin", "path", optarg); break;
+		case 'w': r = config_set(cfg, "daemon", "workers", optarg); break;
+		case 'l': r = config_set(cfg, "daemon", "log_level", optarg); break;
+		case 'U':
+			if ((r = config_set(cfg, "service", "allow_uids", optarg)) == CF_OK)
+				r = config_set(cfg, "admin", "allow_uids", optarg);
+			break;
+		default: break;
+		}
+		if (r != CF_OK)
+			return cf_error(r, "--%s: %s", opts[0].name ? "option" : "", cf_error_detail());
+	}
+	return config_finish(cfg);
+}
+
+static void
+report_mismatch(const char *msg)
+{
+	cf_log_warn("reconcile: %s", msg);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct cofferd_config cfg;
+	struct cf_p11_config pc;
+	struct rpc_cfg rc;
+	cf_p11 *p11 = NULL;
+	store *st = NULL;
+	keyring *kr = NULL;
+	listener *ls[2] = { NULL, NULL };
+	rpc_server *srv = NULL;
+	sigset_t sigs;
+	unsigned mismatches = 0;
+	int sig = 0, r, status = 1, grpc_up = 0;
+
+	harden();
+	config_defaults(&cfg);
+	cf_log_init("cofferd", CF_LOG_INFO);
+	if ((r = parse_args(argc, argv, &cfg)) != CF_OK) {
+		cf_log_error("configuration: %s", cf_error_detail());
+		return 2;
+	}
+	cf_log_init("cofferd", cfg.log_level);
+	/* Signals are taken synchronously by sigwait; block them before gRPC
+	 * (and any other thread) starts. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+	if ((r = listener_open(&cfg.service, &ls[0])) != CF_OK ||
+	    (r = listener_open(&cfg.admin, &ls[1])) != CF_OK) {
+		cf_log_error("sockets: %s", cf_error_detail());
+		goto out;
+	}
+	memset(&pc, 0, sizeof(pc));
+	pc.module_path = cfg.module;
+	pc.token_uri = cfg.token_uri;
+	pc.pin_file = cfg.pin_file;
+	pc.pool_size = cfg.pool_size;
+	pc.pool_timeout_ms = cfg.pool_timeout_ms;
+	if ((r = cf_p11_open(&pc, &p11)) != CF_OK) {
+		cf_log_error("token: %s", cf_error_detail());
+		goto out;
+	}
+	if (mkdir(cfg.state_dir, 0700) != 0 && errno != EEXIST) {
+		cf_log_error("state directory %s: %s", cfg.state_dir, strerror(errno));
+		goto out;
+	}
+	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
+	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK) {
+		cf_log_error("registry: %s", cf_error_detail());
+		goto out;
+	}
+	if (mismatches > 0)
+		cf_log_warn("reconcile: %u mismatches between registry and token (see above)",
+			    mismatches);
+	grpc_init();
+	grpc_up = 1;
+	rc.workers = cfg.workers;
+	rc.max_message_bytes = cfg.max_message_bytes;
+	rc.admin_path = cfg.admin_path;
+	if ((r = rpc_start(&rc, kr, &srv)) != CF_OK ||
+	    (r = listener_start(ls, 2, rpc_add_connection, srv)) != CF_OK) {
+		cf_log_error("rpc: %s", cf_error_detail());
+		goto out;
+	}
+	cf_log_info("ready: service %s, admin %s, token %s", cfg.service_path, cfg.admin_path,
+		    cfg.token_uri);
+	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
+		;
+	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	status = 0;
+out:
+	listener_stop();
+	if (srv != NULL)
+		rpc_shutdown(srv, cfg.shutdown_grace_ms);
+	keyring_close(kr);
+	store_close(st);
+	cf_p11_close(p11);
+	listener_close(ls[0]);
+	listener_close(ls[1]);
+	if (grpc_up)
+		grpc_shutdown_blocking();
+	if (status == 0)
+		cf_log_info("stopped");
+	return status;
+}

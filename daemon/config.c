@@ -1,0 +1,226 @@
+#include "config.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "cf_status.h"
+
+void
+config_defaults(struct cofferd_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	snprintf(c->module, sizeof(c->module), "/usr/lib/softhsm/libsofthsm2.so");
+	snprintf(c->token_uri, sizeof(c->token_uri), "pkcs11:token=coffer");
+	snprintf(c->pin_file, sizeof(c->pin_file), "/etc/coffer/user.pin");
+	snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/coffer");
+	snprintf(c->service_path, sizeof(c->service_path), "/run/coffer/service.sock");
+	snprintf(c->admin_path, sizeof(c->admin_path), "/run/coffer/admin.sock");
+	c->pool_size = 8;
+	c->pool_timeout_ms = 5000;
+	c->workers = 4;
+	c->max_message_bytes = (1u << 20) + (64u << 10);
+	c->shutdown_grace_ms = 10000;
+	c->log_level = CF_LOG_INFO;
+	c->service.name = "service";
+	c->service.mode = 0660;
+	c->service.group = (gid_t)-1;
+	c->admin.name = "admin";
+	c->admin.mode = 0600;
+	c->admin.group = (gid_t)-1;
+}
+
+static int
+parse_uint(const char *v, unsigned long min, unsigned long max, int base, unsigned *out)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(v, &end, base);
+	if (errno != 0 || end == v || *end != '\0' || v[0] == '-' || n < min || n > max)
+		return cf_error(CF_E_CONFIG, "\"%s\" is not a number in %lu..%lu", v, min, max);
+	*out = (unsigned)n;
+	return CF_OK;
+}
+
+static int
+parse_path(const char *v, char *dst, size_t len)
+{
+	if (v[0] == '\0' || strlen(v) >= len)
+		return cf_error(CF_E_CONFIG, "path is empty or longer than %zu bytes", len - 1);
+	memcpy(dst, v, strlen(v) + 1);
+	return CF_OK;
+}
+
+static int
+lookup_uid(const char *v, uid_t *out)
+{
+	struct passwd *pw;
+	unsigned n;
+
+	if (parse_uint(v, 0, 0xfffffffeUL, 10, &n) == CF_OK) {
+		*out = (uid_t)n;
+		return CF_OK;
+	}
+	if ((pw = getpwnam(v)) == NULL)
+		return cf_error(CF_E_CONFIG, "unknown user \"%s\"", v);
+	*out = pw->pw_uid;
+	return CF_OK;
+}
+
+static int
+lookup_gid(const char *v, gid_t *out)
+{
+	struct group *gr;
+	unsigned n;
+
+	if (parse_uint(v, 0, 0xfffffffeUL, 10, &n) == CF_OK) {
+		*out = (gid_t)n;
+		return CF_OK;
+	}
+	if ((gr = getgrnam(v)) == NULL)
+		return cf_error(CF_E_CONFIG, "unknown group \"%s\"", v);
+	*out = gr->gr_gid;
+	return CF_OK;
+}
+
+/* "a, b, c" -> ids via lookup (uid or gid). */
+static int
+parse_ids(const char *v, unsigned *ids, unsigned *n, int groups)
+{
+	char buf[2048], *save = NULL, *tok;
+	int r;
+
+	if (strlen(v) >= sizeof(buf))
+		return cf_error(CF_E_CONFIG, "list too long");
+	snprintf(buf, sizeof(buf), "%s", v);
+	*n = 0;
+	for (tok = strtok_r(buf, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+		if (*n >= LISTENER_MAX_IDS)
+			return cf_error(CF_E_CONFIG, "more than %d entries", LISTENER_MAX_IDS);
+		if (groups)
+			r = lookup_gid(tok, (gid_t *)&ids[*n]);
+		else
+			r = lookup_uid(tok, (uid_t *)&ids[*n]);
+		if (r != CF_OK)
+			return r;
+		(*n)++;
+	}
+	return CF_OK;
+}
+
+static int
+set_socket(struct listener_cfg *l, char *path, const char *name, const char *v)
+{
+	if (strcmp(name, "path") == 0)
+		return parse_path(v, path, CONFIG_PATH_MAX);
+	if (strcmp(name, "mode") == 0)
+		return parse_uint(v, 0, 0777, 8, &l->mode);
+	if (strcmp(name, "group") == 0)
+		return lookup_gid(v, &l->group);
+	if (strcmp(name, "allow_uids") == 0)
+		return parse_ids(v, (unsigned *)l->uids, &l->nuids, 0);
+	if (strcmp(name, "allow_gids") == 0)
+		return parse_ids(v, (unsigned *)l->gids, &l->ngids, 1);
+	return cf_error(CF_E_CONFIG, "unknown setting %s", name);
+}
+
+int
+config_set(struct cofferd_config *c, const char *section, const char *name, const char *value)
+{
+	if (strcmp(section, "token") == 0) {
+		if (strcmp(name, "module") == 0)
+			return parse_path(value, c->module, sizeof(c->module));
+		if (strcmp(name, "uri") == 0)
+			return parse_path(value, c->token_uri, sizeof(c->token_uri));
+		if (strcmp(name, "pin_file") == 0)
+			return parse_path(value, c->pin_file, sizeof(c->pin_file));
+		if (strcmp(name, "pool_size") == 0)
+			return parse_uint(value, 1, 256, 10, &c->pool_size);
+		if (strcmp(name, "pool_timeout_ms") == 0)
+			return parse_uint(value, 1, 600000, 10, &c->pool_timeout_ms);
+	} else if (strcmp(section, "daemon") == 0) {
+		if (strcmp(name, "state_dir") == 0)
+			return parse_path(value, c->state_dir, sizeof(c->state_dir));
+		if (strcmp(name, "workers") == 0)
+			return parse_uint(value, 1, 64, 10, &c->workers);
+		if (strcmp(name, "max_message_bytes") == 0)
+			return parse_uint(value, 4096, 64u << 20, 10, &c->max_message_bytes);
+		if (strcmp(name, "shutdown_grace_ms") == 0)
+			return parse_uint(value, 0, 600000, 10, &c->shutdown_grace_ms);
+		if (strcmp(name, "log_level") == 0) {
+			static const char *lv[] = { "error", "warn", "info", "debug" };
+
+			for (int i = 0; i < 4; i++)
+				if (strcmp(value, lv[i]) == 0) {
+					c->log_level = (enum cf_log_level)i;
+					return CF_OK;
+				}
+			return cf_error(CF_E_CONFIG, "log_level must be error, warn, info or debug");
+		}
+	} else if (strcmp(section, "service") == 0) {
+		return set_socket(&c->service, c->service_path, name, value);
+	} else if (strcmp(section, "admin") == 0) {
+		return set_socket(&c->admin, c->admin_path, name, value);
+	} else {
+		return cf_error(CF_E_CONFIG, "unknown section [%s]", section);
+	}
+	return cf_error(CF_E_CONFIG, "unknown setting %s in [%s]", name, section);
+}
+
+struct ini_ctx {
+	struct cofferd_config *c;
+	int r;
+	char where[CF_ERROR_DETAIL_MAX];
+};
+
+static int
+ini_cb(void *user, const char *section, const char *name, const char *value)
+{
+	struct ini_ctx *ic = user;
+	int r = config_set(ic->c, section, name, value);
+
+	if (r != CF_OK && ic->r == CF_OK) {
+		ic->r = r;
+		snprintf(ic->where, sizeof(ic->where), "[%s] %s: %s", section, name,
+			 cf_error_detail());
+	}
+	return r == CF_OK;
+}
+
+int
+config_load(struct cofferd_config *c, const char *path)
+{
+	struct ini_ctx ic = { c, CF_OK, "" };
+	int line = ini_parse(path, ini_cb, &ic);
+
+	if (line == -1)
+		return cf_error(CF_E_CONFIG, "cannot open configuration file %s", path);
+	if (ic.r != CF_OK)
+		return cf_error(CF_E_CONFIG, "%s:%d: %s", path, line, ic.where);
+	if (line != 0)
+		return cf_error(CF_E_CONFIG, "%s:%d: syntax error", path, line);
+	return CF_OK;
+}
+
+int
+config_finish(struct cofferd_config *c)
+{
+	c->service.path = c->service_path;
+	c->admin.path = c->admin_path;
+	if (strcmp(c->service_path, c->admin_path) == 0)
+		return cf_error(CF_E_CONFIG, "service and admin sockets must differ");
+	/* With no allow-list, only the daemon's own user may connect. */
+	if (c->service.nuids == 0 && c->service.ngids == 0)
+		c->service.uids[c->service.nuids++] = geteuid();
+	if (c->admin.nuids == 0 && c->admin.ngids == 0)
+		c->admin.uids[c->admin.nuids++] = geteuid();
+	return CF_OK;
+}

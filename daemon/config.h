@@ -1,0 +1,40 @@
+/*
+ * config.h — cofferd settings: defaults, an INI file (libinih) and
+ * command-line flags, in that order of precedence (flags win). Every setting
+ * is documented in deploy/cofferd.conf.example.
+ */
+#ifndef COFFER_CONFIG_H
+#define COFFER_CONFIG_H
+
+#include "cf_log.h"
+#include "listener.h"
+
+#define CONFIG_PATH_MAX 108
+
+struct cofferd_config {
+	char module[4096];
+	char token_uri[1024];
+	char pin_file[4096];
+	unsigned pool_size;
+	unsigned pool_timeout_ms;
+	char state_dir[4096];
+	unsigned workers;
+	unsigned max_message_bytes;
+	unsigned shutdown_grace_ms;
+	enum cf_log_level log_level;
+	char service_path[CONFIG_PATH_MAX];
+	char admin_path[CONFIG_PATH_MAX];
+	struct listener_cfg service;
+	struct listener_cfg admin;
+};
+
+void config_defaults(struct cofferd_config *c);
+/* CF_E_CONFIG with "file:line: what is wrong" on a bad file. */
+int config_load(struct cofferd_config *c, const char *path);
+/* Apply one "section.name = value" setting (used by the file and by flags). */
+int config_set(struct cofferd_config *c, const char *section, const char *name,
+	       const char *value);
+/* Fill defaults that depend on others (allow-lists) and check consistency. */
+int config_finish(struct cofferd_config *c);
+
+#endif

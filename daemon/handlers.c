@@ -1,0 +1,651 @@
+/* The RPC handlers of KeyService, AdminService and Health. */
+#include "handlers.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "envelope.h"
+#include "grpc/health/v1/health.pb-c.h"
+
+/* ---- helpers ---- */
+
+static void *
+new_msg(const ProtobufCMessageDescriptor *d)
+{
+	ProtobufCMessage *m = malloc(d->sizeof_message);
+
+	if (m != NULL)
+		protobuf_c_message_init(d, m);
+	return m;
+}
+
+static int
+set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
+{
+	dst->len = 0;
+	if ((dst->data = malloc(len ? len : 1)) == NULL)
+		return CF_E_NOMEM;
+	if (len > 0)
+		memcpy(dst->data, src, len);
+	dst->len = len;
+	return CF_OK;
+}
+
+static int
+check_name(const char *name)
+{
+	if (name[0] == '\0')
+		return cf_error(CF_E_INVALID_ARG, "the key name is required");
+	return cf_key_name_check(name);
+}
+
+static int
+check_data(size_t len, size_t max, const char *what)
+{
+	if (len > max)
+		return cf_error(CF_E_TOO_LARGE, "%s of %zu bytes exceeds the limit of %zu bytes",
+				what, len, max);
+	return CF_OK;
+}
+
+/* Turn a protobuf map into env_kv entries (borrowed strings). */
+#define CTX_COPY(req, kv, n) do {                                            \
+	(n) = (req)->n_context;                                              \
+	if ((n) > ENV_MAX_CONTEXT)                                           \
+		return cf_error(CF_E_TOO_LARGE, "context has %zu entries; the " \
+				"limit is %d", (n), ENV_MAX_CONTEXT);        \
+	for (size_t i_ = 0; i_ < (n); i_++) {                               \
+		(kv)[i_].key = (req)->context[i_]->key;                      \
+		(kv)[i_].value = (req)->context[i_]->value;                  \
+	}                                                                    \
+} while (0)
+
+static int
+sign_params(const struct hctx *c, Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme,
+	    protobuf_c_boolean raw, ProtobufCBinaryData msg, ProtobufCBinaryData digest,
+	    struct cf_sign_params *sp, const uint8_t **in, size_t *inlen)
+{
+	(void)c;
+	if ((int)hash < 0 || hash > COFFER__V1__HASH__SHA512)
+		return cf_error(CF_E_INVALID_ARG, "unknown hash %d", (int)hash);
+	if ((int)scheme < 0 || scheme > COFFER__V1__SIGNATURE_SCHEME__RSA_PKCS1)
+		return cf_error(CF_E_INVALID_ARG, "unknown signature scheme %d", (int)scheme);
+	if (msg.len > 0 && digest.len > 0)
+		return cf_error(CF_E_INVALID_ARG, "give either message or digest, not both");
+	memset(sp, 0, sizeof(*sp));
+	sp->hash = (enum cf_hash)hash;
+	sp->scheme = (enum cf_sig_scheme)scheme;
+	sp->ecdsa_raw = raw;
+	if (digest.len > 0) {
+		sp->prehashed = 1;
+		*in = digest.data;
+		*inlen = digest.len;
+		if (hash == COFFER__V1__HASH__HASH_UNSPECIFIED)
+			return cf_error(CF_E_INVALID_ARG, "a digest needs its hash named");
+	} else {
+		*in = msg.data;
+		*inlen = msg.len;
+	}
+	return check_data(*inlen, CF_P11_MAX_DATA, "message");
+}
+
+static int
+fill_key(const struct key_info *ki, Coffer__V1__Key *k)
+{
+	k->name = strdup(ki->name);
+	k->type = (Coffer__V1__KeyType)ki->type;
+	k->purpose = (Coffer__V1__Purpose)keyring_purpose(ki->type);
+	k->primary_version = ki->primary;
+	k->create_time = ki->created;
+	k->exportable = ki->exportable;
+	if (k->name == NULL)
+		return CF_E_NOMEM;
+	if (ki->nversions == 0)
+		return CF_OK;
+	if ((k->versions = calloc(ki->nversions, sizeof(*k->versions))) == NULL)
+		return CF_E_NOMEM;
+	for (uint32_t i = 0; i < ki->nversions; i++) {
+		Coffer__V1__KeyVersion *v = new_msg(&coffer__v1__key_version__descriptor);
+
+		if (v == NULL)
+			return CF_E_NOMEM;
+		v->version = ki->versions[i].version;
+		v->state = (Coffer__V1__VersionState)ki->versions[i].state;
+		v->create_time = ki->versions[i].created;
+		k->versions[k->n_versions++] = v;
+	}
+	return CF_OK;
+}
+
+/* Finish a handler that produced `info`: build a Key response. */
+static int
+key_response(int r, struct key_info *info, ProtobufCMessage **resp)
+{
+	Coffer__V1__Key *k = NULL;
+
+	if (r != CF_OK)
+		goto out;
+	if ((k = new_msg(&coffer__v1__key__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = fill_key(info, k)) != CF_OK)
+		goto out;
+	*resp = &k->base;
+	k = NULL;
+out:
+	if (k != NULL)
+		protobuf_c_message_free_unpacked(&k->base, NULL);
+	keyring_info_free(info);
+	return r;
+}
+
+/* ---- KeyService ---- */
+
+static int
+h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SignRequest *req = (const void *)m;
+	Coffer__V1__SignResponse *out = NULL;
+	struct cf_sign_params sp;
+	cf_buf *sig = NULL;
+	cf_p11_key *k;
+	const uint8_t *in;
+	size_t inlen;
+	uint32_t ver;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK ||
+	    (r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+			     &sp, &in, &inlen)) != CF_OK ||
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
+		return r;
+	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
+	    (out = new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = cf_p11_sign(k, &sp, in, inlen, sig)) != CF_OK ||
+	    (r = set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
+		goto out;
+	out->version = ver;
+	out->scheme = (Coffer__V1__SignatureScheme)(sp.scheme ? sp.scheme :
+		cf_key_default_scheme(cf_p11_key_type(k)));
+	out->hash = (Coffer__V1__Hash)(sp.hash ? sp.hash :
+		cf_key_default_hash(cf_p11_key_type(k)));
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	cf_buf_free(sig);
+	return r;
+}
+
+static int
+h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__VerifyRequest *req = (const void *)m;
+	Coffer__V1__VerifyResponse *out;
+	struct cf_sign_params sp;
+	cf_p11_key *k;
+	const uint8_t *in;
+	size_t inlen;
+	uint32_t ver;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK)
+		return r;
+	if (req->version == 0)
+		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
+				"Sign returned");
+	if ((r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+			     &sp, &in, &inlen)) != CF_OK ||
+	    (r = check_data(req->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
+		return r;
+	r = cf_p11_verify(k, &sp, in, inlen, req->signature.data, req->signature.len);
+	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
+		return r;
+	if ((out = new_msg(&coffer__v1__verify_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	out->valid = r == CF_OK;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+static int
+h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__MacRequest *req = (const void *)m;
+	Coffer__V1__MacResponse *out = NULL;
+	cf_buf *mac = NULL;
+	cf_p11_key *k;
+	uint32_t ver;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK ||
+	    (r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, &k, &ver)) != CF_OK)
+		return r;
+	if ((mac = cf_buf_new(64)) == NULL ||
+	    (out = new_msg(&coffer__v1__mac_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = cf_p11_mac(k, req->data.data, req->data.len, mac)) != CF_OK ||
+	    (r = set_bytes(&out->mac, cf_buf_peek(mac), cf_buf_len(mac))) != CF_OK)
+		goto out;
+	out->version = ver;
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	cf_buf_free(mac);
+	return r;
+}
+
+static int
+h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__VerifyMacRequest *req = (const void *)m;
+	Coffer__V1__VerifyMacResponse *out;
+	cf_p11_key *k;
+	uint32_t ver;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK)
+		return r;
+	if (req->version == 0)
+		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
+				"Mac returned");
+	if ((r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
+	    (r = check_data(req->mac.len, 64, "mac")) != CF_OK ||
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, &k, &ver)) != CF_OK)
+		return r;
+	r = cf_p11_mac_verify(k, req->data.data, req->data.len, req->mac.data, req->mac.len);
+	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
+		return r;
+	if ((out = new_msg(&coffer__v1__verify_mac_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	out->valid = r == CF_OK;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+/* Seal `pt` under the primary version of `name` into *ct / *ver. */
+static int
+wrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, size_t n,
+	    const uint8_t *pt, size_t ptlen, ProtobufCBinaryData *ct, uint32_t *ver)
+{
+	cf_buf *blob = NULL;
+	cf_p11_key *k;
+	int r;
+
+	if ((r = check_data(ptlen, H_MAX_WRAP_PLAINTEXT, "plaintext")) != CF_OK ||
+	    (r = keyring_use(c->kr, name, 0, PURPOSE_WRAP, &k, ver)) != CF_OK)
+		return r;
+	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
+		return CF_E_NOMEM;
+	if ((r = env_seal(k, name, *ver, kv, n, pt, ptlen, blob)) == CF_OK)
+		r = set_bytes(ct, cf_buf_peek(blob), cf_buf_len(blob));
+	cf_buf_free(blob);
+	return r;
+}
+
+/* Open a blob of `name` into a secret, with the version it names. */
+static int
+unwrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, size_t n,
+	      ProtobufCBinaryData ct, cf_secret **pt, uint32_t *ver)
+{
+	const uint8_t *iv, *body;
+	cf_p11_key *k;
+	size_t blen;
+	int r;
+
+	if ((r = check_data(ct.len, ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN,
+			    "ciphertext")) != CF_OK ||
+	    (r = env_parse(ct.data, ct.len, ver, &iv, &body, &blen)) != CF_OK ||
+	    (r = keyring_use(c->kr, name, *ver, PURPOSE_WRAP, &k, ver)) != CF_OK)
+		return r;
+	return env_open(k, name, *ver, kv, n, ct.data, ct.len, pt);
+}
+
+static int
+h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__WrapRequest *req = (const void *)m;
+	Coffer__V1__WrapResponse *out;
+	struct env_kv kv[ENV_MAX_CONTEXT];
+	size_t n;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK)
+		return r;
+	CTX_COPY(req, kv, n);
+	if ((out = new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	if ((r = wrap_common(c, req->key, kv, n, req->plaintext.data, req->plaintext.len,
+			     &out->ciphertext, &out->version)) != CF_OK) {
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+		return r;
+	}
+	*resp = &out->base;
+	return CF_OK;
+}
+
+static int
+h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__UnwrapRequest *req = (const void *)m;
+	Coffer__V1__UnwrapResponse *out = NULL;
+	struct env_kv kv[ENV_MAX_CONTEXT];
+	cf_secret *pt = NULL;
+	size_t n;
+	uint32_t ver;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK)
+		return r;
+	CTX_COPY(req, kv, n);
+	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
+		goto out;
+	if ((out = new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	/* The response is freed through the wiping allocator. */
+	if ((r = set_bytes(&out->plaintext, cf_secret_cptr(pt), cf_secret_len(pt))) != CF_OK)
+		goto out;
+	out->version = ver;
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	cf_secret_free(pt);
+	return r;
+}
+
+static int
+h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__RewrapRequest *req = (const void *)m;
+	Coffer__V1__RewrapResponse *out = NULL;
+	struct env_kv kv[ENV_MAX_CONTEXT];
+	cf_secret *pt = NULL;
+	size_t n;
+	uint32_t old;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK)
+		return r;
+	CTX_COPY(req, kv, n);
+	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
+		goto out;
+	if ((out = new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = wrap_common(c, req->key, kv, n, cf_secret_cptr(pt), cf_secret_len(pt),
+			     &out->ciphertext, &out->version)) != CF_OK)
+		goto out;
+	out->previous_version = old;
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	cf_secret_free(pt);
+	return r;
+}
+
+static int
+h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__GenerateDataKeyRequest *req = (const void *)m;
+	Coffer__V1__GenerateDataKeyResponse *out = NULL;
+	struct env_kv kv[ENV_MAX_CONTEXT];
+	cf_secret *dk = NULL;
+	uint32_t len = req->length ? req->length : 32;
+	size_t n;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK)
+		return r;
+	if (len != 16 && len != 24 && len != 32)
+		return cf_error(CF_E_INVALID_ARG, "data key length must be 16, 24 or 32 bytes, "
+				"not %u", len);
+	CTX_COPY(req, kv, n);
+	if ((r = cf_secret_new(len, &dk)) != CF_OK)
+		return r;
+	if (RAND_priv_bytes(cf_secret_ptr(dk), (int)len) != 1) {
+		r = cf_error(CF_E_INTERNAL, "random number generator failed");
+		goto out;
+	}
+	if ((out = new_msg(&coffer__v1__generate_data_key_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = wrap_common(c, req->key, kv, n, cf_secret_cptr(dk), len, &out->ciphertext,
+			     &out->version)) != CF_OK)
+		goto out;
+	if (req->include_plaintext &&
+	    (r = set_bytes(&out->plaintext, cf_secret_cptr(dk), len)) != CF_OK)
+		goto out;
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	cf_secret_free(dk);
+	return r;
+}
+
+static int
+h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__GetPublicKeyRequest *req = (const void *)m;
+	Coffer__V1__GetPublicKeyResponse *out = NULL;
+	cf_buf *der = NULL, *pem = NULL;
+	cf_p11_key *k;
+	uint32_t ver;
+	int r;
+
+	if ((r = check_name(req->key)) != CF_OK ||
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
+		return r;
+	if ((der = cf_buf_new(4096)) == NULL || (pem = cf_buf_new(8192)) == NULL ||
+	    (out = new_msg(&coffer__v1__get_public_key_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = cf_p11_pubkey_der(k, der)) != CF_OK || (r = cf_p11_pubkey_pem(k, pem)) != CF_OK ||
+	    (r = set_bytes(&out->der, cf_buf_peek(der), cf_buf_len(der))) != CF_OK)
+		goto out;
+	if ((out->pem = strndup((const char *)cf_buf_peek(pem), cf_buf_len(pem))) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	out->type = (Coffer__V1__KeyType)cf_p11_key_type(k);
+	out->version = ver;
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	cf_buf_free(der);
+	cf_buf_free(pem);
+	return r;
+}
+
+static int
+h_get_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__GetKeyRequest *req = (const void *)m;
+	struct key_info info;
+	int r;
+
+	memset(&info, 0, sizeof(info));
+	if ((r = check_name(req->name)) != CF_OK)
+		return r;
+	return key_response(keyring_describe(c->kr, req->name, &info), &info, resp);
+}
+
+static int
+h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__ListKeysRequest *req = (const void *)m;
+	Coffer__V1__ListKeysResponse *out = NULL;
+	struct key_info *infos = NULL;
+	uint32_t n = 0, size = req->page_size ? req->page_size : H_DEFAULT_PAGE;
+	int more = 0, r;
+
+	if (size > H_MAX_PAGE)
+		return cf_error(CF_E_INVALID_ARG, "page_size %u exceeds %d", size, H_MAX_PAGE);
+	if (req->page_token[0] != '\0' && cf_key_name_check(req->page_token) != CF_OK)
+		return cf_error(CF_E_INVALID_ARG, "page_token is not one this daemon issued");
+	if ((r = keyring_list(c->kr, req->page_token, size, &infos, &n, &more)) != CF_OK)
+		return r;
+	if ((out = new_msg(&coffer__v1__list_keys_response__descriptor)) == NULL ||
+	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL)) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		Coffer__V1__Key *k = new_msg(&coffer__v1__key__descriptor);
+
+		if (k == NULL) {
+			r = CF_E_NOMEM;
+			goto out;
+		}
+		out->keys[out->n_keys++] = k;
+		if ((r = fill_key(&infos[i], k)) != CF_OK)
+			goto out;
+	}
+	if (more && n > 0 && (out->next_page_token = strdup(infos[n - 1].name)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, NULL);
+	for (uint32_t i = 0; i < n; i++)
+		keyring_info_free(&infos[i]);
+	free(infos);
+	return r;
+}
+
+/* ---- AdminService ---- */
+
+static int
+check_type(Coffer__V1__KeyType t)
+{
+	if ((int)t <= 0 || (int)t >= CF_KEY__COUNT)
+		return cf_error(CF_E_INVALID_ARG, "type is missing or unknown (%d)", (int)t);
+	return CF_OK;
+}
+
+static int
+h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__CreateKeyRequest *req = (const void *)m;
+	struct key_info info;
+	int r;
+
+	memset(&info, 0, sizeof(info));
+	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK)
+		return r;
+	return key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
+					   req->exportable, &info), &info, resp);
+}
+
+static int
+h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__ImportKeyRequest *req = (const void *)m;
+	struct key_info info;
+	cf_secret *mat = NULL;
+	int r;
+
+	memset(&info, 0, sizeof(info));
+	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK)
+		return r;
+	if ((r = cf_secret_from(req->material.data, req->material.len, &mat)) != CF_OK)
+		return r;
+	r = keyring_import(c->kr, req->name, (enum cf_key_type)req->type, mat, req->exportable,
+			   &info);
+	cf_secret_free(mat);
+	return key_response(r, &info, resp);
+}
+
+static int
+h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__RotateKeyRequest *req = (const void *)m;
+	struct key_info info;
+	int r;
+
+	memset(&info, 0, sizeof(info));
+	if ((r = check_name(req->name)) != CF_OK)
+		return r;
+	return key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
+}
+
+/* ---- grpc.health.v1 ---- */
+
+static int
+h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Grpc__Health__V1__HealthCheckRequest *req = (const void *)m;
+	Grpc__Health__V1__HealthCheckResponse *out;
+	const char *s = req->service;
+
+	if (s[0] != '\0' && strcmp(s, "grpc.health.v1.Health") != 0 &&
+	    strcmp(s, c->admin ? "coffer.v1.AdminService" : "coffer.v1.KeyService") != 0)
+		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
+	if ((out = new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	out->status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+static const struct handler handler_table[] = {
+	{ "coffer.v1.KeyService", "Sign", h_sign },
+	{ "coffer.v1.KeyService", "Verify", h_verify },
+	{ "coffer.v1.KeyService", "Mac", h_mac },
+	{ "coffer.v1.KeyService", "VerifyMac", h_verify_mac },
+	{ "coffer.v1.KeyService", "Wrap", h_wrap },
+	{ "coffer.v1.KeyService", "Unwrap", h_unwrap },
+	{ "coffer.v1.KeyService", "Rewrap", h_rewrap },
+	{ "coffer.v1.KeyService", "GenerateDataKey", h_generate_data_key },
+	{ "coffer.v1.KeyService", "GetPublicKey", h_get_public_key },
+	{ "coffer.v1.KeyService", "GetKey", h_get_key },
+	{ "coffer.v1.KeyService", "ListKeys", h_list_keys },
+	{ "coffer.v1.AdminService", "CreateKey", h_create_key },
+	{ "coffer.v1.AdminService", "ImportKey", h_import_key },
+	{ "coffer.v1.AdminService", "RotateKey", h_rotate_key },
+	{ "coffer.v1.AdminService", "GetKey", h_get_key },
+	{ "coffer.v1.AdminService", "ListKeys", h_list_keys },
+	{ "grpc.health.v1.Health", "Check", h_health },
+};
+
+const struct handler *
+handlers_find(const char *service, const char *method)
+{
+	for (size_t i = 0; i < sizeof(handler_table) / sizeof(handler_table[0]); i++)
+		if (strcmp(handler_table[i].service, service) == 0 &&
+		    strcmp(handler_table[i].method, method) == 0)
+			return &handler_table[i];
+	return NULL;
+}

@@ -1,0 +1,42 @@
+/*
+ * handlers.h — one plain function per RPC. A handler gets the decoded
+ * request and the caller, and returns a Coffer status with a newly allocated
+ * response (malloc'ed throughout; the adapter frees it with a wiping
+ * allocator). Failure details go to cf_error(). No gRPC in here, so tests can
+ * call handlers directly.
+ */
+#ifndef COFFER_HANDLERS_H
+#define COFFER_HANDLERS_H
+
+#include <sys/types.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "keyring.h"
+
+/* Limits of the data plane (also written in coffer.proto). */
+#define H_MAX_WRAP_PLAINTEXT (64u << 10)
+#define H_MAX_PAGE 1000
+#define H_DEFAULT_PAGE 100
+
+struct hctx {
+	keyring *kr;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	int admin;   /* the call arrived on the admin socket */
+};
+
+typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,
+			  ProtobufCMessage **resp);
+
+struct handler {
+	const char *service;   /* full protobuf service name, e.g. "coffer.v1.KeyService" */
+	const char *method;    /* e.g. "Sign" */
+	handler_fn fn;
+};
+
+/* The handler of a service method, or NULL. */
+const struct handler *handlers_find(const char *service, const char *method);
+
+#endif

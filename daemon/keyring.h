@@ -1,0 +1,65 @@
+/*
+ * keyring.h — the daemon's key registry: every key's metadata in memory
+ * (loaded from the store at start-up, written through on change) beside the
+ * open token handles of its versions. The data path never touches SQLite.
+ *
+ * Thread-safe: lookups take a read lock; create/import/rotate serialise on a
+ * write lock. Handles returned by keyring_use are borrowed and stay valid
+ * for the life of the keyring (versions are never freed while it runs).
+ */
+#ifndef COFFER_KEYRING_H
+#define COFFER_KEYRING_H
+
+#include <stdint.h>
+
+#include "cf_p11.h"
+#include "store.h"
+
+typedef struct keyring keyring;
+
+enum key_purpose { PURPOSE_SIGN = 1, PURPOSE_MAC = 2, PURPOSE_WRAP = 3 };
+
+enum key_purpose keyring_purpose(enum cf_key_type t);
+const char *keyring_purpose_name(enum key_purpose p);
+
+/* A consistent copy of a key's metadata (versions owned by the caller:
+ * free with keyring_info_free). */
+struct key_info {
+	char name[CF_KEY_NAME_MAX + 1];
+	enum cf_key_type type;
+	int exportable;
+	uint32_t primary;
+	int64_t created;
+	struct store_version *versions;
+	uint32_t nversions;
+};
+void keyring_info_free(struct key_info *info);
+
+/* Load every key from the store and open its versions in the token.
+ * Reconciliation: a version the store records but the token lacks, and a
+ * Coffer object in the token no record claims, are each reported through
+ * `report` (a message per mismatch) and counted in *mismatches. */
+int keyring_open(cf_p11 *p11, store *st, void (*report)(const char *msg),
+		 unsigned *mismatches, keyring **out);
+void keyring_close(keyring *kr);
+
+/* New key with version 1, generated in the token (or imported). */
+int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
+		   struct key_info *out);
+int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
+		   const cf_secret *material, int exportable, struct key_info *out);
+/* New version, made primary. */
+int keyring_rotate(keyring *kr, const char *name, struct key_info *out);
+
+int keyring_describe(keyring *kr, const char *name, struct key_info *out);
+/* Names after `after` ("" = from the start), in order, at most `max`. */
+int keyring_list(keyring *kr, const char *after, uint32_t max, struct key_info **out,
+		 uint32_t *n, int *more);
+
+/* The token handle of `version` (0 = primary) for an operation needing
+ * `purpose`. CF_E_NOT_FOUND (no key / version), CF_E_WRONG_KEY_TYPE (wrong
+ * purpose), CF_E_PRECONDITION (version not enabled). */
+int keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose purpose,
+		cf_p11_key **key, uint32_t *used_version);
+
+#endif

@@ -1,0 +1,213 @@
+#include "listener.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "cf_log.h"
+#include "cf_status.h"
+
+struct listener {
+	struct listener_cfg cfg;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char lock_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
+	int fd;
+	int lock_fd;
+};
+
+static struct {
+	pthread_t thread;
+	int running;
+	int wake[2];
+	listener **ls;
+	unsigned n;
+	listener_accept_fn fn;
+	void *arg;
+} acceptor = { .wake = { -1, -1 } };
+
+int
+listener_allows(const struct listener_cfg *cfg, uid_t uid, gid_t gid)
+{
+	for (unsigned i = 0; i < cfg->nuids; i++)
+		if (cfg->uids[i] == uid)
+			return 1;
+	for (unsigned i = 0; i < cfg->ngids; i++)
+		if (cfg->gids[i] == gid)
+			return 1;
+	return 0;
+}
+
+int
+listener_open(const struct listener_cfg *cfg, listener **out)
+{
+	struct sockaddr_un sa;
+	listener *l;
+	int r;
+
+	if ((l = calloc(1, sizeof(*l))) == NULL)
+		return CF_E_NOMEM;
+	l->fd = l->lock_fd = -1;
+	l->cfg = *cfg;
+	if (strlen(cfg->path) >= sizeof(l->path)) {
+		r = cf_error(CF_E_CONFIG, "%s socket path is longer than %zu bytes", cfg->name,
+			     sizeof(l->path) - 1);
+		goto fail;
+	}
+	snprintf(l->path, sizeof(l->path), "%s", cfg->path);
+	snprintf(l->lock_path, sizeof(l->lock_path), "%s.lock", cfg->path);
+	l->cfg.path = l->path;
+	if ((l->lock_fd = open(l->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
+		r = cf_error(CF_E_IO, "cannot open lock file %s: %s", l->lock_path, strerror(errno));
+		goto fail;
+	}
+	if (flock(l->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		r = cf_error(CF_E_PRECONDITION, "another cofferd is serving %s (it holds %s)",
+			     l->path, l->lock_path);
+		close(l->lock_fd);
+		l->lock_fd = -1;
+		l->lock_path[0] = '\0'; /* not ours to remove */
+		goto fail;
+	}
+	/* We hold the lock: a socket file left there is stale. */
+	(void)unlink(l->path);
+	if ((l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+		r = cf_error(CF_E_IO, "socket: %s", strerror(errno));
+		goto fail;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, l->path, strlen(l->path) + 1);
+	if (bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		r = cf_error(CF_E_IO, "cannot bind %s socket %s: %s", cfg->name, l->path,
+			     strerror(errno));
+		goto fail;
+	}
+	/* umask applied at bind; set the configured mode and group explicitly. */
+	if (chmod(l->path, cfg->mode) != 0 ||
+	    (cfg->group != (gid_t)-1 && chown(l->path, (uid_t)-1, cfg->group) != 0)) {
+		r = cf_error(CF_E_IO, "cannot set mode/group of %s: %s", l->path, strerror(errno));
+		goto fail;
+	}
+	if (listen(l->fd, 128) != 0) {
+		r = cf_error(CF_E_IO, "listen on %s: %s", l->path, strerror(errno));
+		goto fail;
+	}
+	*out = l;
+	return CF_OK;
+fail:
+	if (l->fd >= 0)
+		(void)unlink(l->path);
+	listener_close(l);
+	return r;
+}
+
+void
+listener_close(listener *l)
+{
+	if (l == NULL)
+		return;
+	if (l->fd >= 0) {
+		close(l->fd);
+		(void)unlink(l->path);
+	}
+	if (l->lock_fd >= 0) {
+		(void)unlink(l->lock_path);
+		close(l->lock_fd);
+	}
+	free(l);
+}
+
+static void
+accept_one(listener *l)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	int fd;
+
+	while ((fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+			cf_log_warn("%s socket: no peer credentials: %s; connection closed",
+				    l->cfg.name, strerror(errno));
+			close(fd);
+			continue;
+		}
+		if (!listener_allows(&l->cfg, cred.uid, cred.gid)) {
+			cf_log_warn("%s socket: refused connection from uid %u gid %u pid %d: "
+				    "not on the allow-list", l->cfg.name, (unsigned)cred.uid,
+				    (unsigned)cred.gid, (int)cred.pid);
+			close(fd);
+			continue;
+		}
+		acceptor.fn(fd, acceptor.arg);
+	}
+	if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+		cf_log_warn("%s socket: accept: %s", l->cfg.name, strerror(errno));
+}
+
+static void *
+acceptor_main(void *arg)
+{
+	struct pollfd pfd[8];
+
+	(void)arg;
+	for (;;) {
+		unsigned n = 0;
+
+		pfd[n].fd = acceptor.wake[0];
+		pfd[n++].events = POLLIN;
+		for (unsigned i = 0; i < acceptor.n; i++) {
+			pfd[n].fd = acceptor.ls[i]->fd;
+			pfd[n++].events = POLLIN;
+		}
+		if (poll(pfd, n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			cf_log_error("listener: poll: %s", strerror(errno));
+			break;
+		}
+		if (pfd[0].revents != 0)
+			break;
+		for (unsigned i = 0; i < acceptor.n; i++)
+			if (pfd[i + 1].revents & POLLIN)
+				accept_one(acceptor.ls[i]);
+	}
+	return NULL;
+}
+
+int
+listener_start(listener **ls, unsigned n, listener_accept_fn fn, void *arg)
+{
+	if (n == 0 || n > 7)
+		return cf_error(CF_E_INVALID_ARG, "1..7 listeners");
+	if (pipe2(acceptor.wake, O_CLOEXEC) != 0)
+		return cf_error(CF_E_IO, "pipe: %s", strerror(errno));
+	acceptor.ls = ls;
+	acceptor.n = n;
+	acceptor.fn = fn;
+	acceptor.arg = arg;
+	if (pthread_create(&acceptor.thread, NULL, acceptor_main, NULL) != 0)
+		return cf_error(CF_E_INTERNAL, "cannot start the accept thread");
+	acceptor.running = 1;
+	return CF_OK;
+}
+
+void
+listener_stop(void)
+{
+	if (!acceptor.running)
+		return;
+	(void)!write(acceptor.wake[1], "x", 1);
+	pthread_join(acceptor.thread, NULL);
+	close(acceptor.wake[0]);
+	close(acceptor.wake[1]);
+	acceptor.running = 0;
+}

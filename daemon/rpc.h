@@ -1,0 +1,35 @@
+/*
+ * rpc.h — the gRPC core adapter: the only code in Coffer that includes gRPC
+ * headers. One server, one completion queue shared by worker threads, a
+ * dispatch table built from the protoc-c service descriptors, handlers
+ * called as plain functions, one table from Coffer status to gRPC status.
+ *
+ * Caller identity: each call's peer is "fd:N"; SO_PEERCRED on N gives the
+ * uid/gid/pid and getsockname(N) tells which socket (service or admin) the
+ * connection arrived on. Admin methods are refused (UNIMPLEMENTED) on the
+ * service socket and KeyService methods on the admin socket.
+ */
+#ifndef COFFER_RPC_H
+#define COFFER_RPC_H
+
+#include "keyring.h"
+
+struct rpc_cfg {
+	unsigned workers;            /* completion-queue threads */
+	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
+	const char *admin_path;      /* the admin socket's path */
+};
+
+typedef struct rpc_server rpc_server;
+
+/* grpc_init must already have run. */
+int rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out);
+/* Serve an accepted connection (takes ownership of fd). Thread-safe. */
+void rpc_add_connection(int fd, void *srv);
+/* Stop accepting calls, let calls in flight finish for up to grace_ms, then
+ * cancel the rest, wait for every call to be released, stop the workers. */
+void rpc_shutdown(rpc_server *s, unsigned grace_ms);
+/* Calls currently being served (for tests and logs). */
+unsigned rpc_live_calls(rpc_server *s);
+
+#endif

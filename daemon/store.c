@@ -1,0 +1,249 @@
+/* SQLite implementation of the state store. */
+#include "store.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "cf_status.h"
+
+struct store {
+	sqlite3 *db;
+	pthread_mutex_t mu;
+};
+
+static const char *const schema_v1 =
+	"CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS keys ("
+	" name TEXT PRIMARY KEY, type TEXT NOT NULL, exportable INTEGER NOT NULL,"
+	" primary_version INTEGER NOT NULL, created INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS versions ("
+	" name TEXT NOT NULL REFERENCES keys(name), version INTEGER NOT NULL,"
+	" state INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (name, version));";
+
+static int
+db_err(store *s, const char *what)
+{
+	return cf_error(CF_E_IO, "state store: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+static int
+exec(store *s, const char *sql)
+{
+	char *msg = NULL;
+	int r = CF_OK;
+
+	if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		r = cf_error(CF_E_IO, "state store: %s", msg ? msg : "error");
+	sqlite3_free(msg);
+	return r;
+}
+
+int
+store_open(const char *dir, store **out)
+{
+	char path[4096];
+	sqlite3_stmt *st = NULL;
+	store *s = NULL;
+	int r, ver = 0;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return CF_E_NOMEM;
+	pthread_mutex_init(&s->mu, NULL);
+	snprintf(path, sizeof(path), "%s/coffer.db", dir);
+	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+			    SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
+		r = cf_error(CF_E_IO, "cannot open state store %s: %s", path,
+			     s->db ? sqlite3_errmsg(s->db) : "out of memory");
+		goto out;
+	}
+	sqlite3_busy_timeout(s->db, 5000);
+	if ((r = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+		      "PRAGMA foreign_keys=ON;")) != CF_OK)
+		goto out;
+	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
+		goto out;
+	if ((r = exec(s, schema_v1)) != CF_OK)
+		goto rollback;
+	if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &st,
+			       NULL) != SQLITE_OK) {
+		r = db_err(s, "reading the schema version");
+		goto rollback;
+	}
+	if (sqlite3_step(st) == SQLITE_ROW)
+		ver = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (ver == 0) {
+		char sql[128];
+
+		snprintf(sql, sizeof(sql), "INSERT INTO meta VALUES ('schema_version', '%d');",
+			 STORE_SCHEMA_VERSION);
+		if ((r = exec(s, sql)) != CF_OK)
+			goto rollback;
+	} else if (ver > STORE_SCHEMA_VERSION) {
+		r = cf_error(CF_E_CONFIG, "state store %s has schema %d, newer than this cofferd "
+			     "(%d); upgrade cofferd", path, ver, STORE_SCHEMA_VERSION);
+		goto rollback;
+	}
+	if ((r = exec(s, "COMMIT;")) != CF_OK)
+		goto out;
+	*out = s;
+	s = NULL;
+	goto out;
+rollback:
+	(void)exec(s, "ROLLBACK;");
+out:
+	store_close(s);
+	return r;
+}
+
+void
+store_close(store *s)
+{
+	if (s == NULL)
+		return;
+	sqlite3_close(s->db);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+int
+store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
+{
+	sqlite3_stmt *ks = NULL, *vs = NULL;
+	struct store_key k;
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	memset(&k, 0, sizeof(k));
+	if (sqlite3_prepare_v2(s->db, "SELECT name, type, exportable, primary_version, created "
+			       "FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db, "SELECT version, state, created FROM versions WHERE "
+			       "name = ? ORDER BY version", -1, &vs, NULL) != SQLITE_OK) {
+		r = db_err(s, "loading keys");
+		goto out;
+	}
+	while ((rc = sqlite3_step(ks)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(ks, 0);
+		const char *type = (const char *)sqlite3_column_text(ks, 1);
+		uint32_t cap = 0;
+
+		if (name == NULL || type == NULL || cf_key_name_check(name) != CF_OK ||
+		    cf_key_type_parse(type, &k.type) != CF_OK) {
+			r = cf_error(CF_E_IO, "state store holds a malformed key record");
+			goto out;
+		}
+		snprintf(k.name, sizeof(k.name), "%s", name);
+		k.exportable = sqlite3_column_int(ks, 2);
+		k.primary = (uint32_t)sqlite3_column_int64(ks, 3);
+		k.created = sqlite3_column_int64(ks, 4);
+		k.nversions = 0;
+		sqlite3_reset(vs);
+		sqlite3_bind_text(vs, 1, name, -1, SQLITE_TRANSIENT);
+		while (sqlite3_step(vs) == SQLITE_ROW) {
+			if (k.nversions == cap) {
+				struct store_version *nv;
+
+				cap = cap ? cap * 2 : 8;
+				if ((nv = realloc(k.versions, cap * sizeof(*nv))) == NULL) {
+					r = CF_E_NOMEM;
+					goto out;
+				}
+				k.versions = nv;
+			}
+			k.versions[k.nversions].version = (uint32_t)sqlite3_column_int64(vs, 0);
+			k.versions[k.nversions].state = (enum store_state)sqlite3_column_int(vs, 1);
+			k.versions[k.nversions].created = sqlite3_column_int64(vs, 2);
+			k.nversions++;
+		}
+		if ((r = cb(&k, arg)) != CF_OK)
+			goto out;
+	}
+	if (rc != SQLITE_DONE)
+		r = db_err(s, "loading keys");
+out:
+	free(k.versions);
+	sqlite3_finalize(ks);
+	sqlite3_finalize(vs);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+/* Run one INSERT/UPDATE with bound text/int64 parameters ("t" / "i"). */
+static int
+run(store *s, const char *sql, const char *types, ...)
+{
+	sqlite3_stmt *st = NULL;
+	va_list ap;
+	int rc;
+
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return SQLITE_ERROR;
+	va_start(ap, types);
+	for (int i = 0; types[i]; i++) {
+		if (types[i] == 't')
+			sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_TRANSIENT);
+		else
+			sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+	}
+	va_end(ap);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+int
+store_key_create(store *s, const char *name, enum cf_key_type type, int exportable, int64_t now)
+{
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
+		goto out;
+	rc = run(s, "INSERT INTO keys VALUES (?, ?, ?, 1, ?)", "tiii", name,
+		 cf_key_type_name(type), (int64_t)exportable, now);
+	if (rc == SQLITE_CONSTRAINT) {
+		r = cf_error(CF_E_EXISTS, "key %s already exists", name);
+		goto rollback;
+	}
+	if (rc != SQLITE_OK ||
+	    run(s, "INSERT INTO versions VALUES (?, 1, ?, ?)", "tii", name,
+		(int64_t)STORE_ENABLED, now) != SQLITE_OK) {
+		r = db_err(s, "recording the key");
+		goto rollback;
+	}
+	r = exec(s, "COMMIT;");
+	goto out;
+rollback:
+	(void)exec(s, "ROLLBACK;");
+out:
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_version_add(store *s, const char *name, uint32_t version, int64_t now)
+{
+	int r = CF_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
+		goto out;
+	if (run(s, "INSERT INTO versions VALUES (?, ?, ?, ?)", "tiii", name, (int64_t)version,
+		(int64_t)STORE_ENABLED, now) != SQLITE_OK ||
+	    run(s, "UPDATE keys SET primary_version = ? WHERE name = ?", "it", (int64_t)version,
+		name) != SQLITE_OK) {
+		r = db_err(s, "recording the new version");
+		(void)exec(s, "ROLLBACK;");
+		goto out;
+	}
+	r = exec(s, "COMMIT;");
+out:
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}

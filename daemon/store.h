@@ -1,0 +1,53 @@
+/*
+ * store.h — the daemon's state store: key metadata (names, types, versions,
+ * primary version, states) in SQLite (WAL) under the state directory.
+ *
+ * The interface is deliberately narrow so that a shared server store can
+ * replace it. The token holds key material; the store holds only metadata.
+ * All functions are serialised internally and may block on disk I/O.
+ */
+#ifndef COFFER_STORE_H
+#define COFFER_STORE_H
+
+#include <stdint.h>
+
+#include "cf_keytype.h"
+
+#define STORE_SCHEMA_VERSION 1
+
+enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
+
+struct store_version {
+	uint32_t version;
+	enum store_state state;
+	int64_t created;
+};
+
+struct store_key {
+	char name[CF_KEY_NAME_MAX + 1];
+	enum cf_key_type type;
+	int exportable;
+	uint32_t primary;
+	int64_t created;
+	struct store_version *versions; /* ascending; owned by the caller of store_load */
+	uint32_t nversions;
+};
+
+typedef struct store store;
+
+/* Open or create <dir>/coffer.db; creates or checks the schema. CF_E_IO /
+ * CF_E_CONFIG (schema from a newer Coffer) with a detail. */
+int store_open(const char *dir, store **out);
+void store_close(store *s);
+
+/* Call cb for every key with its versions (borrowed for the callback). */
+int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg);
+
+/* Record a new key with version 1 as primary, in one transaction.
+ * CF_E_EXISTS if the name is taken. */
+int store_key_create(store *s, const char *name, enum cf_key_type type, int exportable,
+		     int64_t now);
+/* Record a new version and make it primary, in one transaction. */
+int store_version_add(store *s, const char *name, uint32_t version, int64_t now);
+
+#endif
