@@ -205,7 +205,7 @@ store_key_create(store *s, const char *name, enum cf_key_type type, int exportab
 	pthread_mutex_lock(&s->mu);
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
 		goto out;
-	rc = run(s, "INSERT INTO keys VALUES (?, ?, ?, 1, ?)", "tiii", name,
+	rc = run(s, "INSERT INTO keys VALUES (?, ?, ?, 1, ?)", "ttii", name,
 		 cf_key_type_name(type), (int64_t)exportable, now);
 	if (rc == SQLITE_CONSTRAINT) {
 		r = cf_error(CF_E_EXISTS, "key %s already exists", name);

@@ -1,6 +1,8 @@
 #include "cf_test_token.h"
 
 #include <dlfcn.h>
+#include <signal.h>
+#include <time.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -187,5 +189,108 @@ cf_test_run(char *const argv[])
 		return -1;
 	if (waitpid(pid, &st, 0) != pid)
 		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+const char *
+cf_test_cofferd(char *buf, size_t len)
+{
+	const char *dir = getenv("COFFER_BUILD_DIR");
+	char tools[400];
+
+	if (dir != NULL) {
+		snprintf(buf, len, "%s/daemon/cofferd", dir);
+		return buf;
+	}
+	cf_test_tool("../daemon/cofferd", tools, sizeof(tools));
+	snprintf(buf, len, "%s", tools);
+	return buf;
+}
+
+int
+cf_test_daemon_log_has(const struct cf_test_daemon *d, const char *needle)
+{
+	char buf[65536];
+	FILE *f = fopen(d->log, "r");
+	size_t n;
+
+	if (f == NULL)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strstr(buf, needle) != NULL;
+}
+
+int
+cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
+		     const char *const *extra)
+{
+	char bin[400];
+	const char *argv[32];
+	static int starts;
+	int n = 0, fd;
+
+	memset(d, 0, sizeof(*d));
+	snprintf(d->service, sizeof(d->service), "%s/service.sock", t->dir);
+	snprintf(d->admin, sizeof(d->admin), "%s/admin.sock", t->dir);
+	snprintf(d->state, sizeof(d->state), "%s/state", t->dir);
+	/* A fresh log per start: readiness is judged by this start's lines only. */
+	snprintf(d->log, sizeof(d->log), "%s/cofferd-%d.log", t->dir, ++starts);
+	cf_test_cofferd(bin, sizeof(bin));
+	argv[n++] = bin;
+	argv[n++] = "--module";
+	argv[n++] = t->cfg.module_path;
+	argv[n++] = "--token-uri";
+	argv[n++] = t->uri;
+	argv[n++] = "--pin-file";
+	argv[n++] = t->pin_file;
+	argv[n++] = "--state-dir";
+	argv[n++] = d->state;
+	argv[n++] = "--service-socket";
+	argv[n++] = d->service;
+	argv[n++] = "--admin-socket";
+	argv[n++] = d->admin;
+	for (int i = 0; extra != NULL && extra[i] != NULL && n < 31; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	if ((d->pid = fork()) < 0)
+		return -1;
+	if (d->pid == 0) {
+		if ((fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600)) >= 0) {
+			dup2(fd, STDERR_FILENO);
+			dup2(fd, STDOUT_FILENO);
+		}
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 1000; i++) {
+		struct timespec ts = { 0, 10 * 1000000L };
+		int st;
+
+		if (cf_test_daemon_log_has(d, "ready:"))
+			return 0;
+		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+			fprintf(stderr, "cofferd exited early; log %s\n", d->log);
+			d->pid = 0;
+			return -1;
+		}
+		nanosleep(&ts, NULL);
+	}
+	fprintf(stderr, "cofferd not ready after 10 s; log %s\n", d->log);
+	return -1;
+}
+
+int
+cf_test_daemon_stop(struct cf_test_daemon *d)
+{
+	int st;
+
+	if (d->pid <= 0)
+		return -1;
+	kill(d->pid, SIGTERM);
+	if (waitpid(d->pid, &st, 0) != d->pid)
+		return -1;
+	d->pid = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

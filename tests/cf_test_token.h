@@ -8,6 +8,8 @@
 #ifndef COFFER_CF_TEST_TOKEN_H
 #define COFFER_CF_TEST_TOKEN_H
 
+#include <sys/types.h>
+
 #define CRYPTOKI_COMPAT
 #include <p11-kit/pkcs11.h>
 
@@ -49,5 +51,25 @@ int cf_test_raw_find(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS c
 const char *cf_test_tool(const char *name, char *buf, size_t len);
 /* Run argv as a child process; returns its exit status or -1. */
 int cf_test_run(char *const argv[]);
+
+/* A cofferd started on the test token (sockets and state in the token dir). */
+struct cf_test_daemon {
+	pid_t pid;
+	char service[300];
+	char admin[300];
+	char state[300];
+	char log[300];
+};
+
+/* Path of build/daemon/cofferd ($COFFER_BUILD_DIR or next to the tests). */
+const char *cf_test_cofferd(char *buf, size_t len);
+/* Start cofferd with the token's settings plus extra NULL-terminated args;
+ * waits until it logs "ready" (10 s). 0 on success. */
+int cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
+			 const char *const *extra);
+/* SIGTERM, wait; returns the exit status (or -1 if it did not exit cleanly). */
+int cf_test_daemon_stop(struct cf_test_daemon *d);
+/* 1 if the daemon's log contains `needle`. */
+int cf_test_daemon_log_has(const struct cf_test_daemon *d, const char *needle);
 
 #endif

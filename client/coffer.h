@@ -1,0 +1,382 @@
+/*
+ * coffer.h — libcoffer, the C client of the Coffer key service.
+ *
+ * libcoffer talks gRPC to cofferd over a Unix socket. Every call is a
+ * blocking unary RPC; the API uses plain C types only.
+ *
+ * Sockets. cofferd listens on two sockets: the service socket (data plane,
+ * KeyService: sign, verify, MAC, wrap, unwrap, public keys, key metadata) and
+ * the admin socket (AdminService: create, import, rotate, key metadata). A
+ * client talks to the one socket it was connected to: data-plane calls on an
+ * admin client, or admin calls on a service client, fail with
+ * COFFER_E_UNIMPLEMENTED. Health checks work on both.
+ *
+ * Return values. Every function that can fail returns COFFER_OK (0) or a
+ * negative COFFER_E_* code (the values are those of Coffer's internal
+ * cf_status error space). After a failure, coffer_error_message() gives the
+ * reason: the server's status message, or a local explanation. gRPC status
+ * codes map to return values in one table:
+ *
+ *   gRPC status            return value              meaning for Coffer
+ *   OK                     COFFER_OK
+ *   INVALID_ARGUMENT       COFFER_E_INVALID_ARG      malformed request
+ *   OUT_OF_RANGE           COFFER_E_INVALID_ARG
+ *   RESOURCE_EXHAUSTED     COFFER_E_TOO_LARGE        a request above a limit
+ *                                                    (message or data size,
+ *                                                    context entries); the
+ *                                                    message names the limit
+ *   NOT_FOUND              COFFER_E_NOT_FOUND        no such key or version
+ *   ALREADY_EXISTS         COFFER_E_EXISTS           the key name is taken
+ *   FAILED_PRECONDITION    COFFER_E_PRECONDITION     type/purpose does not
+ *                                                    allow it, or the version
+ *                                                    is not enabled
+ *   PERMISSION_DENIED      COFFER_E_DENIED
+ *   UNAUTHENTICATED        COFFER_E_UNAUTHENTICATED
+ *   UNAVAILABLE            COFFER_E_UNAVAILABLE      daemon not reachable, or
+ *                                                    token busy/unavailable;
+ *                                                    retrying later may work
+ *   DEADLINE_EXCEEDED      COFFER_E_TIMEOUT          the client's deadline
+ *   ABORTED                COFFER_E_BUSY             conflict; retry
+ *   CANCELLED              COFFER_E_CANCELLED
+ *   UNIMPLEMENTED          COFFER_E_UNIMPLEMENTED    method not served on
+ *                                                    this socket
+ *   INTERNAL, UNKNOWN,
+ *   DATA_LOSS, other       COFFER_E_INTERNAL
+ *
+ * Local failures: COFFER_E_INVALID_ARG (NULL or inconsistent arguments),
+ * COFFER_E_NOMEM, COFFER_E_TOO_LARGE (request above the 8 MiB message cap),
+ * COFFER_E_INTERNAL (malformed response).
+ *
+ * A failed verification is not an error: coffer_verify and coffer_verify_mac
+ * return COFFER_OK with *valid = 0.
+ *
+ * Outputs are written only on success; on failure they are left untouched.
+ * Buffers returned in struct coffer_bytes are owned by the caller and must be
+ * released with coffer_bytes_free(), which wipes them.
+ *
+ * Secrets. Plaintext returned by coffer_unwrap and coffer_generate_data_key,
+ * and key material passed to coffer_import_key, are wiped from every buffer
+ * libcoffer controls (request encoding, response decoding, received gRPC
+ * slices) before the memory is released. gRPC's transport may hold its own
+ * short-lived copies that libcoffer cannot reach. Wipe and free your own
+ * copies (coffer_bytes_free does it for returned buffers).
+ *
+ * Threads. A coffer_client may be shared by any number of threads: all calls
+ * use one gRPC channel (one connection) and each call has its own completion
+ * queue. coffer_close() must not race with calls on the same client.
+ * coffer_error_message() is per thread. Calls block until the response
+ * arrives or the client's deadline passes.
+ *
+ * fork(): gRPC starts threads. Do not fork while a client exists, and do not
+ * use a client in the child of a fork.
+ */
+#ifndef COFFER_H
+#define COFFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define COFFER_API __attribute__((visibility("default")))
+#else
+#define COFFER_API
+#endif
+
+/* Return values; identical to the internal cf_status codes. */
+enum coffer_status {
+	COFFER_OK = 0,
+	COFFER_E_INTERNAL = -1,         /* a bug, or a malformed response */
+	COFFER_E_NOMEM = -2,            /* allocation failed */
+	COFFER_E_INVALID_ARG = -3,      /* malformed or out-of-range input */
+	COFFER_E_TOO_LARGE = -4,        /* input above a documented limit */
+	COFFER_E_NOT_FOUND = -5,        /* no such key or key version */
+	COFFER_E_EXISTS = -6,           /* the key name is already taken */
+	COFFER_E_BUSY = -14,            /* conflict or busy resource; retry */
+	COFFER_E_UNAVAILABLE = -15,     /* daemon unreachable or token unavailable */
+	COFFER_E_DENIED = -20,          /* the caller may not do this */
+	COFFER_E_UNAUTHENTICATED = -21, /* the caller could not be authenticated */
+	COFFER_E_PRECONDITION = -22,    /* key type, purpose or state forbids it */
+	COFFER_E_TIMEOUT = -24,         /* the deadline passed */
+	COFFER_E_CANCELLED = -25,       /* the call was cancelled */
+	COFFER_E_UNIMPLEMENTED = -26    /* method not served on this socket */
+};
+
+/* Key types; numbering equals coffer.v1.KeyType. */
+enum coffer_key_type {
+	COFFER_KEY_UNSPECIFIED = 0,
+	COFFER_KEY_EC_P256 = 1,         /* "ec-p256": ECDSA P-256, purpose sign */
+	COFFER_KEY_EC_P384 = 2,         /* "ec-p384" */
+	COFFER_KEY_ED25519 = 3,         /* "ed25519": pure Ed25519 */
+	COFFER_KEY_RSA_2048 = 4,        /* "rsa-2048": RSA-PSS or PKCS#1 v1.5 */
+	COFFER_KEY_RSA_3072 = 5,        /* "rsa-3072" */
+	COFFER_KEY_RSA_4096 = 6,        /* "rsa-4096" */
+	COFFER_KEY_HMAC_SHA256 = 7,     /* "hmac-sha256": purpose mac */
+	COFFER_KEY_HMAC_SHA384 = 8,     /* "hmac-sha384" */
+	COFFER_KEY_HMAC_SHA512 = 9,     /* "hmac-sha512" */
+	COFFER_KEY_AES_256 = 10         /* "aes-256": AES-256-GCM, purpose wrap */
+};
+
+enum coffer_purpose {
+	COFFER_PURPOSE_UNSPECIFIED = 0,
+	COFFER_PURPOSE_SIGN = 1,
+	COFFER_PURPOSE_MAC = 2,
+	COFFER_PURPOSE_WRAP = 3
+};
+
+/* Hash for signing; 0 = the key type's default (SHA-384 for P-384, else
+ * SHA-256; none for Ed25519). */
+enum coffer_hash {
+	COFFER_HASH_DEFAULT = 0,
+	COFFER_HASH_SHA256 = 1,
+	COFFER_HASH_SHA384 = 2,
+	COFFER_HASH_SHA512 = 3
+};
+
+/* Signature scheme; 0 = the key type's default (ECDSA, EdDSA or RSA-PSS). */
+enum coffer_sig_scheme {
+	COFFER_SCHEME_DEFAULT = 0,
+	COFFER_SCHEME_ECDSA = 1,        /* DER ECDSA-Sig-Value, or raw r||s */
+	COFFER_SCHEME_EDDSA = 2,        /* 64-byte Ed25519 over the message */
+	COFFER_SCHEME_RSA_PSS = 3,      /* MGF1 with the same hash, salt = hash length */
+	COFFER_SCHEME_RSA_PKCS1 = 4     /* RSASSA-PKCS1-v1_5 */
+};
+
+enum coffer_version_state {
+	COFFER_VERSION_UNSPECIFIED = 0,
+	COFFER_VERSION_ENABLED = 1,
+	COFFER_VERSION_DISABLED = 2,
+	COFFER_VERSION_DESTROY_SCHEDULED = 3,
+	COFFER_VERSION_DESTROYED = 4
+};
+
+/* grpc.health.v1 serving status. */
+enum coffer_serving_status {
+	COFFER_SERVING_UNKNOWN = 0,
+	COFFER_SERVING = 1,
+	COFFER_NOT_SERVING = 2,
+	COFFER_SERVICE_UNKNOWN = 3
+};
+
+/* Default per-call deadline of a new client. */
+#define COFFER_DEFAULT_TIMEOUT_MS 30000u
+/* Largest request or response message libcoffer sends or accepts. */
+#define COFFER_MAX_MESSAGE (8u << 20)
+/* coffer_list_keys gives up (COFFER_E_TOO_LARGE) beyond this many keys. */
+#define COFFER_LIST_MAX_KEYS 1000000u
+
+typedef struct coffer_client coffer_client;
+
+/* Bytes returned by libcoffer: data is malloc()ed, len bytes long (data is
+ * never NULL on success, even when len is 0). */
+struct coffer_bytes {
+	uint8_t *data;
+	size_t len;
+};
+
+/* One entry of a wrap context (additional authenticated data). Keys must be
+ * distinct; the server limits the number and sizes of entries. */
+struct coffer_kv {
+	const char *key;
+	const char *value;
+};
+
+/* Options for coffer_sign and coffer_verify; NULL means all defaults. */
+struct coffer_sign_opts {
+	enum coffer_hash hash;          /* 0 = key default */
+	enum coffer_sig_scheme scheme;  /* 0 = key default */
+	int prehashed;                  /* msg is already the digest of `hash`
+					 * (not for Ed25519) */
+	int ecdsa_raw;                  /* ECDSA as raw r||s instead of DER */
+};
+
+struct coffer_key_version {
+	uint32_t version;
+	enum coffer_version_state state;
+	int64_t create_time;            /* seconds since the Unix epoch */
+};
+
+struct coffer_key_info {
+	char *name;
+	enum coffer_key_type type;
+	enum coffer_purpose purpose;
+	uint32_t primary_version;       /* used by sign, mac, wrap, data keys */
+	struct coffer_key_version *versions;    /* ascending */
+	size_t nversions;
+	int64_t create_time;
+	int exportable;
+};
+
+struct coffer_key_list {
+	struct coffer_key_info *keys;   /* ordered by name */
+	size_t nkeys;
+};
+
+struct coffer_public_key {
+	struct coffer_bytes der;        /* SubjectPublicKeyInfo */
+	char *pem;                      /* the same, PEM "PUBLIC KEY", NUL-terminated */
+	enum coffer_key_type type;
+	uint32_t version;
+};
+
+/* ---- errors and names ---- */
+
+/* The calling thread's explanation of its last failed libcoffer call: the
+ * server's status message (control characters replaced by '?'), or a local
+ * reason. Never NULL; borrowed until this thread's next libcoffer call. */
+COFFER_API const char *coffer_error_message(void);
+/* Fixed description of a return value; never NULL. */
+COFFER_API const char *coffer_strerror(int status);
+
+/* Stable lower-case names ("ec-p256", "sha384", "rsa-pss", "sign",
+ * "enabled", "SERVING"); "unknown" for values outside the enum. The parse
+ * functions accept exactly those names (not "unspecified"), else return
+ * COFFER_E_INVALID_ARG. */
+COFFER_API const char *coffer_key_type_name(enum coffer_key_type t);
+COFFER_API int coffer_key_type_parse(const char *name, enum coffer_key_type *out);
+COFFER_API const char *coffer_hash_name(enum coffer_hash h);
+COFFER_API int coffer_hash_parse(const char *name, enum coffer_hash *out);
+COFFER_API const char *coffer_scheme_name(enum coffer_sig_scheme s);  /* ecdsa eddsa rsa-pss rsa-pkcs1 */
+COFFER_API int coffer_scheme_parse(const char *name, enum coffer_sig_scheme *out);
+COFFER_API const char *coffer_purpose_name(enum coffer_purpose p);    /* sign mac wrap */
+COFFER_API const char *coffer_version_state_name(enum coffer_version_state s);
+COFFER_API const char *coffer_serving_status_name(enum coffer_serving_status s);
+
+/* ---- connection ---- */
+
+/* Use the AdminService for coffer_get_key and coffer_list_keys (connect to
+ * the admin socket with this flag). */
+#define COFFER_CONNECT_ADMIN 0x1u
+
+/*
+ * New client for the socket at `socket_path` (a file system path, or a gRPC
+ * target already starting with "unix:"). No connection is made yet: the
+ * first call connects, and fails with COFFER_E_UNAVAILABLE if cofferd is not
+ * listening; later calls reconnect as needed. flags: 0 or
+ * COFFER_CONNECT_ADMIN. Initialises gRPC (reference counted; released by
+ * coffer_close). Returns COFFER_OK and *out, COFFER_E_INVALID_ARG (empty
+ * path, path longer than a Unix socket address allows, unknown flags) or
+ * COFFER_E_NOMEM.
+ */
+COFFER_API int coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out);
+/* Close the connection and free the client; accepts NULL. No call on `c`
+ * may be running or start afterwards. */
+COFFER_API void coffer_close(coffer_client *c);
+
+/* Deadline of each later call, in milliseconds from its start; 0 = none.
+ * Default COFFER_DEFAULT_TIMEOUT_MS. Thread-safe; calls already running
+ * keep their deadline. */
+COFFER_API void coffer_set_timeout(coffer_client *c, unsigned int ms);
+COFFER_API unsigned int coffer_get_timeout(const coffer_client *c);
+
+/* Wipe and free b->data, then set b to {NULL, 0}; accepts NULL and an
+ * empty struct. */
+COFFER_API void coffer_bytes_free(struct coffer_bytes *b);
+
+/* ---- KeyService (service socket) ----
+ * `key` is a key name; `version` 0 means the key's primary version where the
+ * contract allows it. `used_version` (NULL ok) receives the version the
+ * server used: keep it with signatures and MACs for verification. */
+
+/*
+ * Sign msg[0..len) (at most 1 MiB), or with opts->prehashed a digest of
+ * opts->hash. *sig gets the signature (DER ECDSA unless opts->ecdsa_raw).
+ */
+COFFER_API int coffer_sign(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
+    struct coffer_bytes *sig, uint32_t *used_version);
+
+/* Verify sig (at most 512 bytes) over msg with key version `version`
+ * (required, >= 1) and the options used to sign. *valid = 1 or 0. */
+COFFER_API int coffer_verify(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
+    const uint8_t *sig, size_t siglen, int *valid);
+
+/* HMAC of data[0..len) (at most 1 MiB): 32, 48 or 64 bytes in *mac. */
+COFFER_API int coffer_mac(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *data, size_t len, struct coffer_bytes *mac, uint32_t *used_version);
+
+/* Compare a MAC inside the token; `version` is required. *valid = 1 or 0. */
+COFFER_API int coffer_verify_mac(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *data, size_t len, const uint8_t *mac, size_t maclen, int *valid);
+
+/*
+ * Encrypt plaintext (at most 64 KiB) under the key's primary version with
+ * AES-256-GCM, bound to the key name, version and the context (ctx[0..nctx),
+ * NULL if nctx is 0; at most 16 entries, keys distinct). *ciphertext gets a
+ * self-describing blob: 0x01 | version (4, big-endian) | IV (12) | ct | tag (16).
+ */
+COFFER_API int coffer_wrap(coffer_client *c, const char *key,
+    const uint8_t *plaintext, size_t len, const struct coffer_kv *ctx, size_t nctx,
+    struct coffer_bytes *ciphertext, uint32_t *used_version);
+
+/* Decrypt a blob from coffer_wrap with the same key name and context.
+ * *plaintext is secret: release it with coffer_bytes_free. A tampered blob
+ * or a different context fails (the server's status decides the code). */
+COFFER_API int coffer_unwrap(coffer_client *c, const char *key,
+    const uint8_t *ciphertext, size_t len, const struct coffer_kv *ctx, size_t nctx,
+    struct coffer_bytes *plaintext, uint32_t *used_version);
+
+/* Re-encrypt a blob under the primary version without returning the
+ * plaintext. new_version / previous_version may be NULL. */
+COFFER_API int coffer_rewrap(coffer_client *c, const char *key,
+    const uint8_t *ciphertext, size_t len, const struct coffer_kv *ctx, size_t nctx,
+    struct coffer_bytes *new_ciphertext, uint32_t *new_version, uint32_t *previous_version);
+
+/*
+ * A fresh random data key of `length` bytes (16, 24 or 32; 0 = 32), returned
+ * wrapped in *ciphertext (a coffer_wrap blob) and, only if `plaintext` is not
+ * NULL, also in the clear in *plaintext (secret: coffer_bytes_free).
+ */
+COFFER_API int coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
+    const struct coffer_kv *ctx, size_t nctx, struct coffer_bytes *ciphertext,
+    struct coffer_bytes *plaintext, uint32_t *used_version);
+
+/* Public key of an asymmetric key version (0 = primary) as DER and PEM.
+ * Release *out with coffer_public_key_free. */
+COFFER_API int coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
+    struct coffer_public_key **out);
+COFFER_API void coffer_public_key_free(struct coffer_public_key *pk);   /* NULL ok */
+
+/* Metadata of one key (KeyService, or AdminService with COFFER_CONNECT_ADMIN).
+ * Release *out with coffer_key_info_free. */
+COFFER_API int coffer_get_key(coffer_client *c, const char *name, struct coffer_key_info **out);
+COFFER_API void coffer_key_info_free(struct coffer_key_info *k);       /* NULL ok */
+
+/* All keys the caller may see, ordered by name; fetches every page.
+ * COFFER_E_TOO_LARGE beyond COFFER_LIST_MAX_KEYS keys. Release *out with
+ * coffer_key_list_free. */
+COFFER_API int coffer_list_keys(coffer_client *c, struct coffer_key_list **out);
+COFFER_API void coffer_key_list_free(struct coffer_key_list *l);       /* NULL ok */
+
+/* ---- AdminService (admin socket) ----
+ * `out` may be NULL when the resulting key metadata is not wanted. */
+
+/* Generate a key (version 1) in the token. `exportable` (HMAC and AES only)
+ * lets the secret be wrapped out of the token later. */
+COFFER_API int coffer_create_key(coffer_client *c, const char *name, enum coffer_key_type type,
+    int exportable, struct coffer_key_info **out);
+
+/* Import raw secret material: HMAC_* (hash length .. 512 bytes) or AES_256
+ * (32 bytes). The material is never logged or echoed; libcoffer wipes its
+ * encoded copy after sending. */
+COFFER_API int coffer_import_key(coffer_client *c, const char *name, enum coffer_key_type type,
+    const uint8_t *material, size_t len, int exportable, struct coffer_key_info **out);
+
+/* Generate a new version and make it primary. */
+COFFER_API int coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **out);
+
+/* ---- grpc.health.v1.Health/Check (both sockets) ----
+ * service: NULL or "" for the daemon as a whole, "coffer.v1.KeyService" or
+ * "coffer.v1.AdminService". Unknown names fail with COFFER_E_NOT_FOUND. */
+COFFER_API int coffer_health(coffer_client *c, const char *service,
+    enum coffer_serving_status *status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

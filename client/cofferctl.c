@@ -1,0 +1,1443 @@
+/*
+ * cofferctl — the Coffer command-line client, built on libcoffer only.
+ *
+ * Every command is one function that takes the parsed options, makes one
+ * libcoffer call (two for none) and prints the result. Errors are printed
+ * once, here, as "cofferctl: <reason>", and turned into the exit codes listed
+ * in usage(). Secret material (import material, wrap input, unwrap and data
+ * key output) lives only in buffers that are wiped before they are freed, and
+ * is printed only as the command's own output.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coffer.h"
+
+#define DEFAULT_SOCKET          "/run/coffer/service.sock"
+#define DEFAULT_ADMIN_SOCKET    "/run/coffer/admin.sock"
+/* Inputs above this are refused before anything is sent. */
+#define INPUT_MAX               COFFER_MAX_MESSAGE
+#define SIG_FILE_MAX            (64u << 10)
+#define TIMEOUT_MAX_MS          86400000u
+#define VERSION_MAX             1000000u
+
+enum exit_code {
+	EXIT_OK = 0,
+	EXIT_FAILED = 1,        /* operation failed, or verification said invalid */
+	EXIT_USAGE = 2,
+	EXIT_DENIED = 3,
+	EXIT_NOT_FOUND = 4,
+	EXIT_UNAVAILABLE = 5,
+	EXIT_INVALID = 6
+};
+
+/* Returned by parse_opts when --help was printed. */
+#define EXIT_HELP_DONE (-1)
+
+struct ctl {
+	const char *socket;
+	const char *admin_socket;
+	int json;
+	long timeout_ms;        /* -1 = library default */
+};
+
+enum opt_id {
+	O_SOCKET, O_ADMIN_SOCKET, O_JSON, O_TIMEOUT, O_HELP,
+	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
+	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
+	O_PLAINTEXT_OUT,
+	O__COUNT
+};
+
+#define B(x) (1u << (x))
+#define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP))
+#define OPT_BASE 0x100
+
+static const struct option all_options[O__COUNT] = {
+	[O_SOCKET] = { "socket", required_argument, NULL, OPT_BASE + O_SOCKET },
+	[O_ADMIN_SOCKET] = { "admin-socket", required_argument, NULL, OPT_BASE + O_ADMIN_SOCKET },
+	[O_JSON] = { "json", no_argument, NULL, OPT_BASE + O_JSON },
+	[O_TIMEOUT] = { "timeout", required_argument, NULL, OPT_BASE + O_TIMEOUT },
+	[O_HELP] = { "help", no_argument, NULL, OPT_BASE + O_HELP },
+	[O_TYPE] = { "type", required_argument, NULL, OPT_BASE + O_TYPE },
+	[O_EXPORTABLE] = { "exportable", no_argument, NULL, OPT_BASE + O_EXPORTABLE },
+	[O_IN] = { "in", required_argument, NULL, OPT_BASE + O_IN },
+	[O_OUT] = { "out", required_argument, NULL, OPT_BASE + O_OUT },
+	[O_VERSION] = { "version", required_argument, NULL, OPT_BASE + O_VERSION },
+	[O_DER] = { "der", no_argument, NULL, OPT_BASE + O_DER },
+	[O_HASH] = { "hash", required_argument, NULL, OPT_BASE + O_HASH },
+	[O_SCHEME] = { "scheme", required_argument, NULL, OPT_BASE + O_SCHEME },
+	[O_RAW] = { "raw", no_argument, NULL, OPT_BASE + O_RAW },
+	[O_PREHASHED] = { "prehashed", no_argument, NULL, OPT_BASE + O_PREHASHED },
+	[O_SIG] = { "sig", required_argument, NULL, OPT_BASE + O_SIG },
+	[O_MAC] = { "mac", required_argument, NULL, OPT_BASE + O_MAC },
+	[O_CONTEXT] = { "context", required_argument, NULL, OPT_BASE + O_CONTEXT },
+	[O_ADMIN] = { "admin", no_argument, NULL, OPT_BASE + O_ADMIN },
+	[O_SERVICE] = { "service", required_argument, NULL, OPT_BASE + O_SERVICE },
+	[O_LENGTH] = { "length", required_argument, NULL, OPT_BASE + O_LENGTH },
+	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
+			      OPT_BASE + O_PLAINTEXT_OUT },
+};
+
+struct opts {
+	char **args;            /* positional arguments */
+	int nargs;
+	const char *type, *in, *out, *sig, *mac, *service, *plaintext_out;
+	const char *hash, *scheme;
+	uint32_t version, length;
+	int have_version;
+	int exportable, der, raw, prehashed, admin;
+	struct coffer_kv *ctx;  /* keys strdup()ed, values borrowed from argv */
+	size_t nctx;
+};
+
+struct cmd {
+	const char *name;
+	int (*fn)(struct ctl *, const struct opts *);
+	unsigned int allow;     /* B(O_*) beyond COMMON */
+	int min_args, max_args;
+	const char *synopsis;
+	const char *help;
+};
+
+/* ---- output helpers ---- */
+
+static void
+errmsg(const char *what, const char *detail)
+{
+	if (what != NULL)
+		fprintf(stderr, "cofferctl: %s: %s\n", what, detail);
+	else
+		fprintf(stderr, "cofferctl: %s\n", detail);
+}
+
+static int
+exit_for_status(int r)
+{
+	switch (r) {
+	case COFFER_OK:
+		return EXIT_OK;
+	case COFFER_E_DENIED:
+	case COFFER_E_UNAUTHENTICATED:
+		return EXIT_DENIED;
+	case COFFER_E_NOT_FOUND:
+		return EXIT_NOT_FOUND;
+	case COFFER_E_UNAVAILABLE:
+	case COFFER_E_TIMEOUT:
+	case COFFER_E_BUSY:
+		return EXIT_UNAVAILABLE;
+	case COFFER_E_INVALID_ARG:
+	case COFFER_E_TOO_LARGE:
+	case COFFER_E_PRECONDITION:
+	case COFFER_E_EXISTS:
+		return EXIT_INVALID;
+	default:
+		return EXIT_FAILED;
+	}
+}
+
+/* Report a failed libcoffer call and map it to an exit code. */
+static int
+fail(int r)
+{
+	errmsg(NULL, coffer_error_message());
+	return exit_for_status(r);
+}
+
+static int
+usage_error(const char *what, const char *arg)
+{
+	if (arg != NULL)
+		fprintf(stderr, "cofferctl: %s: %s\n", what, arg);
+	else
+		fprintf(stderr, "cofferctl: %s\n", what);
+	fprintf(stderr, "Try 'cofferctl --help'.\n");
+	return EXIT_USAGE;
+}
+
+static void
+wipe(void *p, size_t n)
+{
+	if (p != NULL)
+		explicit_bzero(p, n);
+}
+
+/* Print a string that came from the server, control characters as '?'. */
+static void
+put_safe(FILE *f, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		fputc(ch < 0x20 || ch == 0x7f ? '?' : ch, f);
+	}
+}
+
+static int
+bad_value(const char *opt, const char *value, const char *why)
+{
+	fprintf(stderr, "cofferctl: %s ", opt);
+	put_safe(stderr, value);
+	fprintf(stderr, ": %s\nTry 'cofferctl --help'.\n", why);
+	return EXIT_USAGE;
+}
+
+static void
+put_json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s != '\0'; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", f);
+		else if (ch < 0x20 || ch == 0x7f)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+/* Base64 (RFC 4648, padded) into a new NUL-terminated string, or NULL. */
+static char *
+b64(const uint8_t *p, size_t n)
+{
+	static const char tab[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char *s, *o;
+	size_t i;
+
+	if (n > (SIZE_MAX - 1) / 4 * 3 - 3)
+		return NULL;
+	if ((s = malloc((n + 2) / 3 * 4 + 1)) == NULL)
+		return NULL;
+	o = s;
+	for (i = 0; i + 2 < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+
+		*o++ = tab[v >> 18];
+		*o++ = tab[(v >> 12) & 63];
+		*o++ = tab[(v >> 6) & 63];
+		*o++ = tab[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0);
+
+		*o++ = tab[v >> 18];
+		*o++ = tab[(v >> 12) & 63];
+		*o++ = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+		*o++ = '=';
+	}
+	*o = '\0';
+	return s;
+}
+
+/* Print `"name":"<base64>"`; the encoding is wiped afterwards. */
+static int
+put_json_b64(FILE *f, const char *name, const uint8_t *p, size_t n)
+{
+	char *s;
+
+	if ((s = b64(p, n)) == NULL) {
+		errmsg(NULL, "out of memory");
+		return EXIT_FAILED;
+	}
+	fprintf(f, "\"%s\":\"%s\"", name, s);
+	wipe(s, strlen(s));
+	free(s);
+	return EXIT_OK;
+}
+
+static void
+put_time(FILE *f, int64_t t)
+{
+	struct tm tm;
+	time_t tt = (time_t)t;
+	char buf[32];
+
+	if (t <= 0 || gmtime_r(&tt, &tm) == NULL ||
+	    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+		fputs("-", f);
+		return;
+	}
+	fputs(buf, f);
+}
+
+/* Finish stdout: report a failed write (disk full, closed pipe). */
+static int
+flush_stdout(void)
+{
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		errmsg("stdout", strerror(errno));
+		return EXIT_FAILED;
+	}
+	return EXIT_OK;
+}
+
+/*
+ * Write bytes to `path` (NULL or "-": stdout). Files holding secrets are
+ * created (or reset to) mode 0600.
+ */
+static int
+write_output(const char *path, const void *data, size_t len, int secret)
+{
+	const uint8_t *p = data;
+	struct stat st;
+	int fd = -1, rc = EXIT_FAILED;
+
+	if (path == NULL || strcmp(path, "-") == 0) {
+		if (len > 0 && fwrite(data, 1, len, stdout) != len) {
+			errmsg("stdout", strerror(errno));
+			return EXIT_FAILED;
+		}
+		return flush_stdout();
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0600 : 0644);
+	if (fd == -1) {
+		errmsg(path, strerror(errno));
+		goto out;
+	}
+	if (secret && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (st.st_mode & 077) != 0 && fchmod(fd, st.st_mode & 0700) == -1) {
+		errmsg(path, strerror(errno));
+		goto out;
+	}
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			errmsg(path, n == 0 ? "short write" : strerror(errno));
+			goto out;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (close(fd) == -1) {
+		fd = -1;
+		errmsg(path, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	rc = EXIT_OK;
+ out:
+	if (fd != -1)
+		close(fd);
+	return rc;
+}
+
+/*
+ * Read all of `path` (NULL or "-": stdin), at most `max` bytes, into *out
+ * (free with coffer_bytes_free, which wipes). Growth copies and wipes, so no
+ * stale copy of the input is left in freed memory.
+ */
+static int
+read_input(const char *path, size_t max, struct coffer_bytes *out)
+{
+	uint8_t *buf = NULL, *nbuf;
+	size_t len = 0, cap = 0;
+	int fd = -1, rc = EXIT_FAILED;
+	const char *name = path;
+
+	if (path == NULL || strcmp(path, "-") == 0) {
+		fd = STDIN_FILENO;
+		name = "stdin";
+	} else if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		errmsg(path, strerror(errno));
+		goto out;
+	}
+	for (;;) {
+		ssize_t n;
+
+		if (len == cap) {
+			size_t ncap = cap ? cap * 2 : 4096;
+
+			if (cap > max) {
+				fprintf(stderr, "cofferctl: %s: input larger than %zu bytes\n",
+				    name, max);
+				rc = EXIT_INVALID;
+				goto out;
+			}
+			if (ncap > max + 1)
+				ncap = max + 1;
+			if ((nbuf = malloc(ncap)) == NULL) {
+				errmsg(NULL, "out of memory");
+				goto out;
+			}
+			if (len > 0)
+				memcpy(nbuf, buf, len);
+			wipe(buf, cap);
+			free(buf);
+			buf = nbuf;
+			cap = ncap;
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			errmsg(name, strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > max) {
+			fprintf(stderr, "cofferctl: %s: input larger than %zu bytes\n", name, max);
+			rc = EXIT_INVALID;
+			goto out;
+		}
+	}
+	if (buf == NULL && (buf = malloc(1)) == NULL) {
+		errmsg(NULL, "out of memory");
+		goto out;
+	}
+	out->data = buf;
+	out->len = len;
+	buf = NULL;
+	rc = EXIT_OK;
+ out:
+	wipe(buf, cap);
+	free(buf);
+	if (fd != -1 && fd != STDIN_FILENO)
+		close(fd);
+	return rc;
+}
+
+static int
+is_stdin(const char *path)
+{
+	return path == NULL || strcmp(path, "-") == 0;
+}
+
+static int
+is_stdout(const char *path)
+{
+	return path == NULL || strcmp(path, "-") == 0;
+}
+
+/* ---- option parsing ---- */
+
+static int
+parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (s[0] < '0' || s[0] > '9')
+		return -1;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static void
+opts_free(struct opts *o)
+{
+	for (size_t i = 0; i < o->nctx; i++)
+		free((char *)o->ctx[i].key);
+	free(o->ctx);
+	o->ctx = NULL;
+	o->nctx = 0;
+}
+
+static void
+cmd_help(const struct cmd *cmd)
+{
+	printf("usage: cofferctl %s\n\n%s\n", cmd->synopsis, cmd->help);
+	printf("Common options: --socket PATH, --admin-socket PATH, --json, "
+	    "--timeout MS, --help\n");
+}
+
+/* A global option (allowed anywhere); 1 if `id` was one, -1 on a bad value. */
+static int
+common_opt(struct ctl *ctl, int id, const char *arg)
+{
+	uint32_t v;
+
+	switch (id) {
+	case O_SOCKET:
+		ctl->socket = arg;
+		return 1;
+	case O_ADMIN_SOCKET:
+		ctl->admin_socket = arg;
+		return 1;
+	case O_JSON:
+		ctl->json = 1;
+		return 1;
+	case O_TIMEOUT:
+		if (parse_u32(arg, 0, TIMEOUT_MAX_MS, &v) != 0)
+			return -1;
+		ctl->timeout_ms = (long)v;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Parse a command's options (GNU getopt_long, options and operands in any
+ * order). EXIT_OK to go on, EXIT_HELP_DONE after --help, EXIT_USAGE.
+ */
+static int
+parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct opts *o)
+{
+	struct option lo[O__COUNT + 1];
+	unsigned int allow = cmd->allow | COMMON;
+	size_t n = 0;
+	uint32_t v;
+	int ch, rc = EXIT_USAGE;
+
+	memset(o, 0, sizeof(*o));
+	memset(lo, 0, sizeof(lo));
+	for (int i = 0; i < O__COUNT; i++)
+		if (allow & B(i))
+			lo[n++] = all_options[i];
+	if ((o->ctx = calloc((size_t)argc, sizeof(*o->ctx))) == NULL) {
+		errmsg(NULL, "out of memory");
+		return EXIT_FAILED;
+	}
+	optind = 0;
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		int id = ch == 'h' ? O_HELP : ch - OPT_BASE;
+		const char *arg = optarg;
+		int c;
+
+		if (ch == '?' || ch == ':') {
+			usage_error("unknown option, or option without its argument",
+			    argv[optind - 1]);
+			goto out;
+		}
+		if ((c = common_opt(ctl, id, arg)) == 1)
+			continue;
+		if (c == -1) {
+			bad_value("--timeout", arg, "not a number of milliseconds (0 = none)");
+			goto out;
+		}
+		switch (id) {
+		case O_HELP:
+			cmd_help(cmd);
+			rc = EXIT_HELP_DONE;
+			goto out;
+		case O_TYPE: o->type = arg; break;
+		case O_EXPORTABLE: o->exportable = 1; break;
+		case O_IN: o->in = arg; break;
+		case O_OUT: o->out = arg; break;
+		case O_VERSION:
+			if (parse_u32(arg, 0, VERSION_MAX, &v) != 0) {
+				bad_value("--version", arg, "not a number from 0 to 1000000");
+				goto out;
+			}
+			o->version = v;
+			o->have_version = 1;
+			break;
+		case O_DER: o->der = 1; break;
+		case O_HASH: o->hash = arg; break;
+		case O_SCHEME: o->scheme = arg; break;
+		case O_RAW: o->raw = 1; break;
+		case O_PREHASHED: o->prehashed = 1; break;
+		case O_SIG: o->sig = arg; break;
+		case O_MAC: o->mac = arg; break;
+		case O_ADMIN: o->admin = 1; break;
+		case O_SERVICE: o->service = arg; break;
+		case O_PLAINTEXT_OUT: o->plaintext_out = arg; break;
+		case O_LENGTH:
+			if (parse_u32(arg, 0, 1024, &v) != 0) {
+				bad_value("--length", arg, "not a number of bytes (16, 24 or 32)");
+				goto out;
+			}
+			o->length = v;
+			break;
+		case O_CONTEXT: {
+			const char *eq = strchr(arg, '=');
+			char *k;
+
+			if (eq == NULL || eq == arg) {
+				bad_value("--context", arg, "want KEY=VALUE with a non-empty KEY");
+				goto out;
+			}
+			if ((k = strndup(arg, (size_t)(eq - arg))) == NULL) {
+				errmsg(NULL, "out of memory");
+				rc = EXIT_FAILED;
+				goto out;
+			}
+			o->ctx[o->nctx].key = k;
+			o->ctx[o->nctx].value = eq + 1;
+			o->nctx++;
+			break;
+		}
+		default:
+			usage_error("unexpected option", argv[optind - 1]);
+			goto out;
+		}
+	}
+	o->args = argv + optind;
+	o->nargs = argc - optind;
+	if (o->nargs < cmd->min_args || o->nargs > cmd->max_args) {
+		fprintf(stderr, "cofferctl: wrong number of arguments\nusage: cofferctl %s\n",
+		    cmd->synopsis);
+		goto out;
+	}
+	rc = EXIT_OK;
+ out:
+	if (rc != EXIT_OK)
+		opts_free(o);
+	return rc;
+}
+
+static int
+sign_opts(const struct opts *o, struct coffer_sign_opts *so)
+{
+	memset(so, 0, sizeof(*so));
+	if (o->hash != NULL && coffer_hash_parse(o->hash, &so->hash) != COFFER_OK)
+		return bad_value("--hash", o->hash, coffer_error_message());
+	if (o->scheme != NULL && coffer_scheme_parse(o->scheme, &so->scheme) != COFFER_OK)
+		return bad_value("--scheme", o->scheme, coffer_error_message());
+	if (o->prehashed && o->hash == NULL)
+		return usage_error("--prehashed needs --hash", NULL);
+	so->prehashed = o->prehashed;
+	so->ecdsa_raw = o->raw;
+	return EXIT_OK;
+}
+
+static int
+connect_to(const struct ctl *ctl, int admin, coffer_client **c)
+{
+	int r;
+
+	r = coffer_connect(admin ? ctl->admin_socket : ctl->socket,
+	    admin ? COFFER_CONNECT_ADMIN : 0, c);
+	if (r != COFFER_OK)
+		return fail(r);
+	if (ctl->timeout_ms >= 0)
+		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
+	return EXIT_OK;
+}
+
+/* ---- key metadata output ---- */
+
+static void
+put_key_json(FILE *f, const struct coffer_key_info *k)
+{
+	fputs("{\"name\":", f);
+	put_json_str(f, k->name);
+	fprintf(f, ",\"type\":\"%s\",\"purpose\":\"%s\",\"primary_version\":%" PRIu32
+	    ",\"exportable\":%s,\"create_time\":%" PRId64 ",\"versions\":[",
+	    coffer_key_type_name(k->type), coffer_purpose_name(k->purpose),
+	    k->primary_version, k->exportable ? "true" : "false", k->create_time);
+	for (size_t i = 0; i < k->nversions; i++)
+		fprintf(f, "%s{\"version\":%" PRIu32 ",\"state\":\"%s\",\"create_time\":%"
+		    PRId64 "}", i ? "," : "", k->versions[i].version,
+		    coffer_version_state_name(k->versions[i].state),
+		    k->versions[i].create_time);
+	fputs("]}", f);
+}
+
+static int
+put_key(const struct ctl *ctl, const struct coffer_key_info *k)
+{
+	if (ctl->json) {
+		put_key_json(stdout, k);
+		fputc('\n', stdout);
+		return flush_stdout();
+	}
+	fputs("name:        ", stdout);
+	put_safe(stdout, k->name);
+	printf("\ntype:        %s\npurpose:     %s\nprimary:     %" PRIu32
+	    "\nexportable:  %s\ncreated:     ", coffer_key_type_name(k->type),
+	    coffer_purpose_name(k->purpose), k->primary_version,
+	    k->exportable ? "yes" : "no");
+	put_time(stdout, k->create_time);
+	fputs("\nversions:\n", stdout);
+	for (size_t i = 0; i < k->nversions; i++) {
+		printf("  %-8" PRIu32 " %-18s ", k->versions[i].version,
+		    coffer_version_state_name(k->versions[i].state));
+		put_time(stdout, k->versions[i].create_time);
+		fputc('\n', stdout);
+	}
+	return flush_stdout();
+}
+
+/* ---- commands ---- */
+
+static int
+cmd_key_create(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_key_info *k = NULL;
+	enum coffer_key_type t;
+	int r, rc;
+
+	if (o->type == NULL)
+		return usage_error("key create needs --type TYPE", NULL);
+	if (coffer_key_type_parse(o->type, &t) != COFFER_OK)
+		return bad_value("--type", o->type, coffer_error_message());
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_create_key(c, o->args[0], t, o->exportable, &k)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_key(ctl, k);
+ out:
+	coffer_key_info_free(k);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_key_import(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_key_info *k = NULL;
+	struct coffer_bytes material = { NULL, 0 };
+	enum coffer_key_type t;
+	int r, rc;
+
+	if (o->type == NULL || o->in == NULL)
+		return usage_error("key import needs --type TYPE and --in FILE|-", NULL);
+	if (coffer_key_type_parse(o->type, &t) != COFFER_OK)
+		return bad_value("--type", o->type, coffer_error_message());
+	if ((rc = read_input(o->in, 64u << 10, &material)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		goto out;
+	r = coffer_import_key(c, o->args[0], t, material.data, material.len, o->exportable, &k);
+	coffer_bytes_free(&material);
+	if (r != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_key(ctl, k);
+ out:
+	coffer_bytes_free(&material);
+	coffer_key_info_free(k);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_key_list(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_key_list *l = NULL;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_list_keys(c, &l)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	if (ctl->json) {
+		fputs("{\"keys\":[", stdout);
+		for (size_t i = 0; i < l->nkeys; i++) {
+			if (i > 0)
+				fputc(',', stdout);
+			put_key_json(stdout, &l->keys[i]);
+		}
+		fputs("]}\n", stdout);
+	} else {
+		printf("%-32s %-12s %-8s %8s %9s %s\n", "NAME", "TYPE", "PURPOSE",
+		    "PRIMARY", "VERSIONS", "EXPORTABLE");
+		for (size_t i = 0; i < l->nkeys; i++) {
+			const struct coffer_key_info *k = &l->keys[i];
+
+			put_safe(stdout, k->name);
+			printf("%*s %-12s %-8s %8" PRIu32 " %9zu %s\n",
+			    (int)(strlen(k->name) < 32 ? 32 - strlen(k->name) : 0), "",
+			    coffer_key_type_name(k->type), coffer_purpose_name(k->purpose),
+			    k->primary_version, k->nversions, k->exportable ? "yes" : "no");
+		}
+	}
+	rc = flush_stdout();
+ out:
+	coffer_key_list_free(l);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_key_show(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_key_info *k = NULL;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_get_key(c, o->args[0], &k)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_key(ctl, k);
+ out:
+	coffer_key_info_free(k);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_key_rotate(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_key_info *k = NULL;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_rotate_key(c, o->args[0], &k)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_key(ctl, k);
+ out:
+	coffer_key_info_free(k);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_key_pubkey(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_public_key *pk = NULL;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_get_public_key(c, o->args[0], o->version, &pk)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	if (ctl->json) {
+		printf("{\"type\":\"%s\",\"version\":%" PRIu32 ",\"pem\":",
+		    coffer_key_type_name(pk->type), pk->version);
+		put_json_str(stdout, pk->pem);
+		fputc(',', stdout);
+		if ((rc = put_json_b64(stdout, "der", pk->der.data, pk->der.len)) != EXIT_OK)
+			goto out;
+		fputs("}\n", stdout);
+		if ((rc = flush_stdout()) != EXIT_OK)
+			goto out;
+		if (!is_stdout(o->out))
+			rc = o->der ? write_output(o->out, pk->der.data, pk->der.len, 0) :
+			    write_output(o->out, pk->pem, strlen(pk->pem), 0);
+	} else if (o->der) {
+		rc = write_output(o->out, pk->der.data, pk->der.len, 0);
+	} else {
+		rc = write_output(o->out, pk->pem, strlen(pk->pem), 0);
+	}
+ out:
+	coffer_public_key_free(pk);
+	coffer_close(c);
+	return rc;
+}
+
+/* sign and mac: output bytes, and the version that made them. */
+static int
+put_tagged(const struct ctl *ctl, const char *field, const char *out,
+    const struct coffer_bytes *b, uint32_t version)
+{
+	int rc;
+
+	if (ctl->json) {
+		fputc('{', stdout);
+		if ((rc = put_json_b64(stdout, field, b->data, b->len)) != EXIT_OK)
+			return rc;
+		printf(",\"version\":%" PRIu32 "}\n", version);
+		if ((rc = flush_stdout()) != EXIT_OK)
+			return rc;
+		if (!is_stdout(out))
+			return write_output(out, b->data, b->len, 0);
+		return EXIT_OK;
+	}
+	if ((rc = write_output(out, b->data, b->len, 0)) != EXIT_OK)
+		return rc;
+	if (!is_stdout(out)) {
+		printf("version: %" PRIu32 "\n", version);
+		return flush_stdout();
+	}
+	return EXIT_OK;
+}
+
+static int
+cmd_sign(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_sign_opts so;
+	struct coffer_bytes in = { NULL, 0 }, sig = { NULL, 0 };
+	uint32_t used = 0;
+	int r, rc;
+
+	if ((rc = sign_opts(o, &so)) != EXIT_OK)
+		return rc;
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_sign(c, o->args[0], o->version, in.data, in.len, &so, &sig,
+	    &used)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_tagged(ctl, "signature", o->out, &sig, used);
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&sig);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+put_valid(const struct ctl *ctl, int valid)
+{
+	int rc;
+
+	if (ctl->json)
+		printf("{\"valid\":%s}\n", valid ? "true" : "false");
+	else
+		puts(valid ? "valid" : "invalid");
+	if ((rc = flush_stdout()) != EXIT_OK)
+		return rc;
+	return valid ? EXIT_OK : EXIT_FAILED;
+}
+
+static int
+cmd_verify(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_sign_opts so;
+	struct coffer_bytes in = { NULL, 0 }, sig = { NULL, 0 };
+	int r, rc, valid = 0;
+
+	if ((rc = sign_opts(o, &so)) != EXIT_OK)
+		return rc;
+	if (!o->have_version || o->version == 0 || o->sig == NULL)
+		return usage_error("verify needs --version N (>= 1) and --sig FILE", NULL);
+	if (is_stdin(o->sig) && is_stdin(o->in))
+		return usage_error("--sig and the input cannot both be stdin", NULL);
+	if ((rc = read_input(o->sig, SIG_FILE_MAX, &sig)) != EXIT_OK)
+		goto out;
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_verify(c, o->args[0], o->version, in.data, in.len, &so, sig.data,
+	    sig.len, &valid)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_valid(ctl, valid);
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&sig);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_mac(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_bytes in = { NULL, 0 }, mac = { NULL, 0 };
+	uint32_t used = 0;
+	int r, rc;
+
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_mac(c, o->args[0], o->version, in.data, in.len, &mac, &used)) !=
+	    COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_tagged(ctl, "mac", o->out, &mac, used);
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&mac);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_verify_mac(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_bytes in = { NULL, 0 }, mac = { NULL, 0 };
+	int r, rc, valid = 0;
+
+	if (!o->have_version || o->version == 0 || o->mac == NULL)
+		return usage_error("verify-mac needs --version N (>= 1) and --mac FILE", NULL);
+	if (is_stdin(o->mac) && is_stdin(o->in))
+		return usage_error("--mac and the input cannot both be stdin", NULL);
+	if ((rc = read_input(o->mac, SIG_FILE_MAX, &mac)) != EXIT_OK)
+		goto out;
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_verify_mac(c, o->args[0], o->version, in.data, in.len, mac.data,
+	    mac.len, &valid)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_valid(ctl, valid);
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&mac);
+	coffer_close(c);
+	return rc;
+}
+
+/* wrap and rewrap output: the blob, or JSON with versions. */
+static int
+put_blob(const struct ctl *ctl, const struct opts *o, const struct coffer_bytes *ct,
+    uint32_t version, const uint32_t *previous)
+{
+	int rc;
+
+	if (!ctl->json)
+		return write_output(o->out, ct->data, ct->len, 0);
+	fputc('{', stdout);
+	if ((rc = put_json_b64(stdout, "ciphertext", ct->data, ct->len)) != EXIT_OK)
+		return rc;
+	printf(",\"version\":%" PRIu32, version);
+	if (previous != NULL)
+		printf(",\"previous_version\":%" PRIu32, *previous);
+	fputs("}\n", stdout);
+	if ((rc = flush_stdout()) != EXIT_OK)
+		return rc;
+	if (!is_stdout(o->out))
+		return write_output(o->out, ct->data, ct->len, 0);
+	return EXIT_OK;
+}
+
+static int
+cmd_wrap(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_bytes in = { NULL, 0 }, ct = { NULL, 0 };
+	uint32_t used = 0;
+	int r, rc;
+
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	r = coffer_wrap(c, o->args[0], in.data, in.len, o->ctx, o->nctx, &ct, &used);
+	coffer_bytes_free(&in);
+	if (r != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_blob(ctl, o, &ct, used, NULL);
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&ct);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_unwrap(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_bytes in = { NULL, 0 }, pt = { NULL, 0 };
+	uint32_t used = 0;
+	int r, rc;
+
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_unwrap(c, o->args[0], in.data, in.len, o->ctx, o->nctx, &pt,
+	    &used)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	if (ctl->json) {
+		fputc('{', stdout);
+		if ((rc = put_json_b64(stdout, "plaintext", pt.data, pt.len)) != EXIT_OK)
+			goto out;
+		printf(",\"version\":%" PRIu32 "}\n", used);
+		rc = flush_stdout();
+	} else {
+		rc = write_output(o->out, pt.data, pt.len, 1);
+	}
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&pt);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_rewrap(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_bytes in = { NULL, 0 }, ct = { NULL, 0 };
+	uint32_t used = 0, prev = 0;
+	int r, rc;
+
+	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
+		goto out;
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_rewrap(c, o->args[0], in.data, in.len, o->ctx, o->nctx, &ct, &used,
+	    &prev)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	rc = put_blob(ctl, o, &ct, used, &prev);
+ out:
+	coffer_bytes_free(&in);
+	coffer_bytes_free(&ct);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_datakey(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	struct coffer_bytes ct = { NULL, 0 }, pt = { NULL, 0 };
+	uint32_t used = 0;
+	int want_pt = o->plaintext_out != NULL;
+	int pt_in_json = want_pt && ctl->json && is_stdout(o->plaintext_out);
+	int r, rc;
+
+	if (want_pt && is_stdout(o->plaintext_out) && !ctl->json && is_stdout(o->out))
+		return usage_error("--plaintext-out - needs --out FILE or --json", NULL);
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_generate_data_key(c, o->args[0], o->length, o->ctx, o->nctx, &ct,
+	    want_pt ? &pt : NULL, &used)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	if (want_pt && !pt_in_json &&
+	    (rc = write_output(o->plaintext_out, pt.data, pt.len, 1)) != EXIT_OK)
+		goto out;
+	if (ctl->json) {
+		fputc('{', stdout);
+		if ((rc = put_json_b64(stdout, "ciphertext", ct.data, ct.len)) != EXIT_OK)
+			goto out;
+		if (pt_in_json) {
+			fputc(',', stdout);
+			if ((rc = put_json_b64(stdout, "plaintext", pt.data, pt.len)) != EXIT_OK)
+				goto out;
+		}
+		printf(",\"version\":%" PRIu32 "}\n", used);
+		if ((rc = flush_stdout()) != EXIT_OK)
+			goto out;
+		if (!is_stdout(o->out))
+			rc = write_output(o->out, ct.data, ct.len, 0);
+	} else {
+		rc = write_output(o->out, ct.data, ct.len, 0);
+	}
+ out:
+	coffer_bytes_free(&ct);
+	coffer_bytes_free(&pt);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_health(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	enum coffer_serving_status st = COFFER_SERVING_UNKNOWN;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
+		goto out;
+	if ((r = coffer_health(c, o->service, &st)) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	if (ctl->json)
+		printf("{\"status\":\"%s\"}\n", coffer_serving_status_name(st));
+	else
+		puts(coffer_serving_status_name(st));
+	if ((rc = flush_stdout()) == EXIT_OK && st != COFFER_SERVING)
+		rc = EXIT_FAILED;
+ out:
+	coffer_close(c);
+	return rc;
+}
+
+/* ---- command table and usage ---- */
+
+#define SIGN_OPTS (B(O_HASH) | B(O_SCHEME) | B(O_RAW) | B(O_PREHASHED))
+
+static const struct cmd commands[] = {
+	{ "key create", cmd_key_create, B(O_TYPE) | B(O_EXPORTABLE), 1, 1,
+	  "key create NAME --type TYPE [--exportable]",
+	  "Generate a new key (version 1) in the token. Uses the admin socket.\n"
+	  "  --type TYPE     ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096,\n"
+	  "                  hmac-sha256, hmac-sha384, hmac-sha512, aes-256\n"
+	  "  --exportable    HMAC/AES only: the secret may be wrapped out of the token\n"
+	  "Prints the key's metadata." },
+	{ "key import", cmd_key_import, B(O_TYPE) | B(O_EXPORTABLE) | B(O_IN), 1, 1,
+	  "key import NAME --type TYPE --in FILE|- [--exportable]",
+	  "Import raw secret material as a new key. Uses the admin socket.\n"
+	  "  --type TYPE     hmac-sha256, hmac-sha384, hmac-sha512 (hash length ..\n"
+	  "                  512 bytes) or aes-256 (32 bytes)\n"
+	  "  --in FILE|-     raw key bytes from FILE or stdin (taken verbatim: no\n"
+	  "                  newline stripping, no decoding); never echoed\n"
+	  "  --exportable    the secret may be wrapped out of the token\n"
+	  "Prints the key's metadata." },
+	{ "key list", cmd_key_list, B(O_ADMIN), 0, 0,
+	  "key list [--admin]",
+	  "List all keys, ordered by name.\n"
+	  "  --admin         ask the admin socket (AdminService) instead of the\n"
+	  "                  service socket" },
+	{ "key show", cmd_key_show, B(O_ADMIN), 1, 1,
+	  "key show NAME [--admin]",
+	  "Show a key's metadata and versions.\n"
+	  "  --admin         ask the admin socket (AdminService) instead of the\n"
+	  "                  service socket" },
+	{ "key rotate", cmd_key_rotate, 0, 1, 1,
+	  "key rotate NAME",
+	  "Generate a new version and make it primary. Uses the admin socket.\n"
+	  "Older enabled versions still verify and unwrap." },
+	{ "key pubkey", cmd_key_pubkey, B(O_VERSION) | B(O_DER) | B(O_OUT), 1, 1,
+	  "key pubkey NAME [--version N] [--der] [--out FILE]",
+	  "Print the public key of an asymmetric key (PEM by default).\n"
+	  "  --version N     key version (default: the primary version)\n"
+	  "  --der           DER SubjectPublicKeyInfo instead of PEM\n"
+	  "  --out FILE      write to FILE instead of stdout\n"
+	  "With --json prints {\"type\",\"version\",\"pem\",\"der\" (base64)}." },
+	{ "sign", cmd_sign, B(O_IN) | B(O_OUT) | B(O_VERSION) | SIGN_OPTS, 1, 1,
+	  "sign KEY [--in FILE|-] [--out FILE] [--version N] [--hash H] [--scheme S]\n"
+	  "                [--raw] [--prehashed]",
+	  "Sign data (at most 1 MiB) with a signing key.\n"
+	  "  --in FILE|-     data to sign (default: stdin)\n"
+	  "  --out FILE      write the signature to FILE and print \"version: N\"\n"
+	  "                  (default: raw signature bytes on stdout)\n"
+	  "  --version N     key version (default: the primary version)\n"
+	  "  --hash H        sha256, sha384 or sha512 (default: the key's)\n"
+	  "  --scheme S      ecdsa, eddsa, rsa-pss or rsa-pkcs1 (default: the key's)\n"
+	  "  --raw           ECDSA signature as raw r||s instead of DER\n"
+	  "  --prehashed     the input is already a digest of --hash (not Ed25519)\n"
+	  "With --json prints {\"signature\": base64, \"version\": N}.\n"
+	  "Keep the version: verify needs it." },
+	{ "verify", cmd_verify, B(O_IN) | B(O_VERSION) | B(O_SIG) | SIGN_OPTS, 1, 1,
+	  "verify KEY --version N --sig FILE [--in FILE|-] [--hash H] [--scheme S]\n"
+	  "                [--raw] [--prehashed]",
+	  "Verify a signature. Prints \"valid\" (exit 0) or \"invalid\" (exit 1).\n"
+	  "  --version N     the key version that signed (required)\n"
+	  "  --sig FILE      the signature bytes (\"-\" for stdin)\n"
+	  "  --in FILE|-     the signed data (default: stdin)\n"
+	  "  --hash, --scheme, --raw, --prehashed: as given to sign\n"
+	  "With --json prints {\"valid\": true|false}." },
+	{ "mac", cmd_mac, B(O_IN) | B(O_OUT) | B(O_VERSION), 1, 1,
+	  "mac KEY [--in FILE|-] [--out FILE] [--version N]",
+	  "Compute an HMAC (at most 1 MiB of data) with a MAC key.\n"
+	  "  --in FILE|-     data (default: stdin)\n"
+	  "  --out FILE      write the MAC to FILE and print \"version: N\"\n"
+	  "                  (default: raw MAC bytes on stdout)\n"
+	  "  --version N     key version (default: the primary version)\n"
+	  "With --json prints {\"mac\": base64, \"version\": N}." },
+	{ "verify-mac", cmd_verify_mac, B(O_IN) | B(O_VERSION) | B(O_MAC), 1, 1,
+	  "verify-mac KEY --version N --mac FILE [--in FILE|-]",
+	  "Check an HMAC inside the token. Prints \"valid\" (exit 0) or \"invalid\"\n"
+	  "(exit 1).\n"
+	  "  --version N     the key version that made the MAC (required)\n"
+	  "  --mac FILE      the MAC bytes (\"-\" for stdin)\n"
+	  "  --in FILE|-     the data (default: stdin)\n"
+	  "With --json prints {\"valid\": true|false}." },
+	{ "wrap", cmd_wrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT), 1, 1,
+	  "wrap KEY [--context K=V ...] [--in FILE|-] [--out FILE]",
+	  "Encrypt data (at most 64 KiB) with an AES key's primary version.\n"
+	  "  --context K=V   additional authenticated data; repeat for more entries\n"
+	  "                  (unwrap needs exactly the same set)\n"
+	  "  --in FILE|-     plaintext (default: stdin)\n"
+	  "  --out FILE      ciphertext blob (default: stdout)\n"
+	  "With --json prints {\"ciphertext\": base64, \"version\": N}." },
+	{ "unwrap", cmd_unwrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT), 1, 1,
+	  "unwrap KEY [--context K=V ...] [--in FILE|-] [--out FILE]",
+	  "Decrypt a blob made by wrap, with the same key name and context.\n"
+	  "  --in FILE|-     ciphertext blob (default: stdin)\n"
+	  "  --out FILE      plaintext, created with mode 0600 (default: stdout)\n"
+	  "With --json prints {\"plaintext\": base64, \"version\": N}." },
+	{ "rewrap", cmd_rewrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT), 1, 1,
+	  "rewrap KEY [--context K=V ...] [--in FILE|-] [--out FILE]",
+	  "Re-encrypt a blob under the key's primary version; the plaintext never\n"
+	  "leaves the daemon.\n"
+	  "With --json prints {\"ciphertext\", \"version\", \"previous_version\"}." },
+	{ "datakey", cmd_datakey, B(O_OUT) | B(O_CONTEXT) | B(O_LENGTH) | B(O_PLAINTEXT_OUT),
+	  1, 1,
+	  "datakey KEY [--length N] [--context K=V ...] [--out FILE]\n"
+	  "                [--plaintext-out FILE]",
+	  "Generate a random data key, wrapped under KEY.\n"
+	  "  --length N           16, 24 or 32 bytes (default 32)\n"
+	  "  --out FILE           wrapped blob (default: stdout)\n"
+	  "  --plaintext-out FILE also return the key in the clear, to FILE (mode\n"
+	  "                       0600); \"-\" means stdout (with --out FILE), or the\n"
+	  "                       \"plaintext\" field with --json\n"
+	  "With --json prints {\"ciphertext\": base64, \"version\": N}." },
+	{ "health", cmd_health, B(O_SERVICE) | B(O_ADMIN), 0, 0,
+	  "health [--service NAME] [--admin]",
+	  "Ask grpc.health.v1.Health/Check. Prints the serving status; exit 0 only\n"
+	  "when SERVING.\n"
+	  "  --service NAME  coffer.v1.KeyService or coffer.v1.AdminService\n"
+	  "                  (default: the daemon as a whole)\n"
+	  "  --admin         ask the admin socket" },
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: cofferctl [--socket PATH] [--admin-socket PATH] [--json] "
+	    "[--timeout MS]\n                 COMMAND [ARGS]\n\nCommands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		fprintf(f, "  %s\n", commands[i].synopsis);
+	fprintf(f,
+	    "\nOptions (also accepted after the command):\n"
+	    "  --socket PATH        service socket (default: $COFFER_SOCKET, else\n"
+	    "                       " DEFAULT_SOCKET ")\n"
+	    "  --admin-socket PATH  admin socket for key create/import/rotate and\n"
+	    "                       --admin (default: $COFFER_ADMIN_SOCKET, else\n"
+	    "                       " DEFAULT_ADMIN_SOCKET ")\n"
+	    "  --json               machine-readable output (binary as base64)\n"
+	    "  --timeout MS         deadline per call in milliseconds (0 = none;\n"
+	    "                       default %u)\n"
+	    "  -h, --help           this text; \"cofferctl COMMAND --help\" for a command\n"
+	    "\nExit status:\n"
+	    "  0  success; verify/verify-mac: valid\n"
+	    "  1  the operation failed, or verify/verify-mac: invalid, or health:\n"
+	    "     not serving\n"
+	    "  2  usage error\n"
+	    "  3  permission denied or unauthenticated\n"
+	    "  4  key or key version not found\n"
+	    "  5  daemon unavailable (not running, busy), or deadline exceeded\n"
+	    "  6  invalid input or failed precondition: malformed request, size limit,\n"
+	    "     key already exists, key type/purpose/state does not allow it\n"
+	    "Errors are printed on stderr as \"cofferctl: <reason>\".\n",
+	    COFFER_DEFAULT_TIMEOUT_MS);
+}
+
+static const struct cmd *
+find_command(int argc, char **argv, int *used)
+{
+	char name[64];
+
+	if (argc < 1)
+		return NULL;
+	if (strcmp(argv[0], "key") == 0) {
+		if (argc < 2)
+			return NULL;
+		if (snprintf(name, sizeof(name), "key %s", argv[1]) >= (int)sizeof(name))
+			return NULL;
+		*used = 2;
+	} else {
+		if (snprintf(name, sizeof(name), "%s", argv[0]) >= (int)sizeof(name))
+			return NULL;
+		*used = 1;
+	}
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
+static void
+harden(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	/* Secrets may pass through this process: no core files, no ptrace
+	 * by other processes of the same user. */
+	(void)setrlimit(RLIMIT_CORE, &rl);
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct ctl ctl;
+	struct opts o;
+	struct option lo[O__COUNT + 1];
+	const struct cmd *cmd;
+	const char *env;
+	size_t n = 0;
+	int ch, used = 0, rc;
+
+	harden();
+	memset(&ctl, 0, sizeof(ctl));
+	memset(&o, 0, sizeof(o));
+	ctl.timeout_ms = -1;
+	env = getenv("COFFER_SOCKET");
+	ctl.socket = env != NULL && *env != '\0' ? env : DEFAULT_SOCKET;
+	env = getenv("COFFER_ADMIN_SOCKET");
+	ctl.admin_socket = env != NULL && *env != '\0' ? env : DEFAULT_ADMIN_SOCKET;
+
+	memset(lo, 0, sizeof(lo));
+	for (int i = 0; i < O__COUNT; i++)
+		if (COMMON & B(i))
+			lo[n++] = all_options[i];
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "+h", lo, NULL)) != -1) {
+		int id = ch == 'h' ? O_HELP : ch - OPT_BASE;
+		int c;
+
+		if (ch == '?' || ch == ':')
+			return usage_error("unknown option, or option without its argument",
+			    argv[optind - 1]);
+		if (id == O_HELP) {
+			usage(stdout);
+			return EXIT_OK;
+		}
+		if ((c = common_opt(&ctl, id, optarg)) == -1)
+			return bad_value("--timeout", optarg, "not a number of milliseconds (0 = none)");
+		if (c == 0)
+			return usage_error("unexpected option", argv[optind - 1]);
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if ((cmd = find_command(argc - optind, argv + optind, &used)) == NULL) {
+		if (strcmp(argv[optind], "help") == 0) {
+			usage(stdout);
+			return EXIT_OK;
+		}
+		if (strcmp(argv[optind], "key") == 0 && optind + 1 >= argc)
+			return usage_error("key needs a subcommand: create, import, list, "
+			    "show, rotate or pubkey", NULL);
+		return usage_error("unknown command", argv[optind + (used == 2)]);
+	}
+	/* The command's argv: argv[0] is its last name word. */
+	rc = parse_opts(&ctl, cmd, argc - optind - used + 1, argv + optind + used - 1, &o);
+	if (rc == EXIT_HELP_DONE)
+		return flush_stdout();
+	if (rc != EXIT_OK)
+		return rc;
+	rc = cmd->fn(&ctl, &o);
+	opts_free(&o);
+	return rc;
+}

@@ -1,0 +1,116 @@
+#!/bin/sh
+# init-token.sh DIR [LABEL] — initialise a SoftHSM2 token for cofferd in DIR.
+#
+# Creates (only what is missing):
+#   DIR/tokens/          SoftHSM2 token directory (0700)
+#   DIR/softhsm2.conf    SoftHSM2 configuration pointing at DIR/tokens
+#   DIR/user.pin         random user PIN (0600): cofferd's [token] pin_file
+#   DIR/so.pin           random security-officer PIN (0600)
+# and initialises a token labelled LABEL (default "coffer") in a free slot.
+#
+# Safe to re-run: if a token with LABEL already exists in DIR it is left
+# alone (exit 0). The PINs are never printed; they go only to the two files.
+# softhsm2-util reads PINs only from a terminal or its command line, so they
+# appear in its argv for the moment it runs (readable through /proc by other
+# local users unless /proc is mounted with hidepid): initialise tokens on a
+# machine or in a namespace you trust, and change the PINs afterwards if that
+# matters to you.
+#
+# For the systemd unit (deploy/cofferd.service), as root:
+#   deploy/init-token.sh /var/lib/coffer
+#   install -d -m 0750 -o root -g coffer /etc/coffer
+#   install -m 0644 /var/lib/coffer/softhsm2.conf /etc/coffer/softhsm2.conf
+#   install -m 0600 -o coffer -g coffer /var/lib/coffer/user.pin /etc/coffer/user.pin
+#   chown -R coffer:coffer /var/lib/coffer/tokens
+# (cofferd refuses a PIN file that is not owned by its user or that others can read.)
+#
+# Environment: SOFTHSM2_UTIL (default softhsm2-util), OPENSSL (default openssl).
+set -eu
+
+prog=$(basename "$0")
+die() { echo "$prog: $*" >&2; exit 1; }
+
+if [ $# -lt 1 ] || [ $# -gt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    echo "usage: $prog DIR [LABEL]" >&2
+    exit 2
+fi
+label=${2:-coffer}
+# PKCS#11 labels are at most 32 bytes; keep them URI-safe so that
+# pkcs11:token=LABEL needs no percent-encoding.
+case $label in
+    ''|*[!A-Za-z0-9._-]*) die "label must be 1-32 characters of A-Z a-z 0-9 . _ -" ;;
+esac
+[ ${#label} -le 32 ] || die "label must be 1-32 characters of A-Z a-z 0-9 . _ -"
+
+SOFTHSM2_UTIL=${SOFTHSM2_UTIL:-softhsm2-util}
+OPENSSL=${OPENSSL:-openssl}
+command -v "$SOFTHSM2_UTIL" >/dev/null 2>&1 ||
+    die "$SOFTHSM2_UTIL not found (apt-get install softhsm2)"
+command -v "$OPENSSL" >/dev/null 2>&1 || die "$OPENSSL not found (apt-get install openssl)"
+
+umask 077
+mkdir -p "$1" || die "cannot create $1"
+dir=$(cd "$1" && pwd -P) || die "cannot enter $1"
+conf=$dir/softhsm2.conf
+tokens=$dir/tokens
+user_pin=$dir/user.pin
+so_pin=$dir/so.pin
+
+mkdir -p "$tokens"
+if [ ! -e "$conf" ]; then
+    tmp=$(mktemp "$dir/.softhsm2.conf.XXXXXX")
+    cat >"$tmp" <<EOF
+# SoftHSM2 configuration written by $prog
+directories.tokendir = $tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+EOF
+    chmod 0644 "$tmp"
+    mv "$tmp" "$conf"
+elif ! grep -Eq "^[[:space:]]*directories\.tokendir[[:space:]]*=[[:space:]]*$tokens/?[[:space:]]*\$" "$conf"; then
+    echo "$prog: note: keeping the existing $conf, whose tokendir is not $tokens" >&2
+fi
+SOFTHSM2_CONF=$conf
+export SOFTHSM2_CONF
+
+summary() {
+    echo "export SOFTHSM2_CONF=$conf"
+    echo "token URI:     pkcs11:token=$label"
+    echo "user PIN file: $user_pin"
+    echo "run:           SOFTHSM2_CONF=$conf cofferd --token-uri pkcs11:token=$label --pin-file $user_pin"
+}
+
+# softhsm2-util prints "Label: <label>" padded with spaces for every slot.
+slots=$("$SOFTHSM2_UTIL" --show-slots 2>/dev/null) || die "softhsm2-util --show-slots failed (is $conf valid?)"
+if printf '%s\n' "$slots" | sed -n 's/^[[:space:]]*Label:[[:space:]]*//p' |
+        sed 's/[[:space:]]*$//' | grep -Fqx -- "$label"; then
+    echo "$prog: a token labelled \"$label\" already exists in $tokens; not re-initialising it" >&2
+    [ -f "$user_pin" ] || echo "$prog: warning: $user_pin is missing; this token's user PIN is not in $dir" >&2
+    summary
+    exit 0
+fi
+
+# New PINs: 32 hex characters from OpenSSL's CSPRNG. Refuse to overwrite PIN
+# files that may belong to another token in this directory.
+for f in "$user_pin" "$so_pin"; do
+    [ ! -e "$f" ] || die "$f exists but no token \"$label\" does; move it away first (it may hold the PIN of another token)"
+done
+upin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
+spin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
+if [ ${#upin} -ne 32 ] || [ ${#spin} -ne 32 ]; then die "openssl rand returned short output"; fi
+# umask 077: both files are created 0600.
+printf '%s\n' "$upin" >"$user_pin.tmp" && mv "$user_pin.tmp" "$user_pin"
+printf '%s\n' "$spin" >"$so_pin.tmp" && mv "$so_pin.tmp" "$so_pin"
+chmod 0600 "$user_pin" "$so_pin"
+
+if ! out=$("$SOFTHSM2_UTIL" --init-token --free --label "$label" --so-pin "$spin" --pin "$upin" 2>&1); then
+    unset upin spin
+    rm -f "$user_pin" "$so_pin"
+    printf '%s\n' "$out" >&2
+    die "softhsm2-util --init-token failed"
+fi
+unset upin spin
+printf '%s\n' "$out" | grep -v -i 'pin' >&2 || true
+echo "$prog: initialised token \"$label\" in $tokens" >&2
+summary

@@ -1,0 +1,369 @@
+"""A running cofferd on a throw-away SoftHSM2 token, for Python tests.
+
+    from daemon_fixture import CofferDaemon, stubs
+
+    d = CofferDaemon()             # temp dir + token (deploy/init-token.sh)
+    d.start()                      # waits until both sockets answer Health/Check
+    pb, pb_grpc = stubs().pb, stubs().pb_grpc
+    admin = pb_grpc.AdminServiceStub(d.channel("admin"))
+    ...
+    d.stop()                       # SIGTERM, asserts exit status 0
+    d.start()                      # same token, same state directory
+    d.cleanup()                    # stops it if running, removes the temp dir
+
+In a unittest.TestCase: `d = CofferDaemon(); self.addCleanup(d.cleanup)`.
+
+Where cofferd is found, first match wins:
+  $COFFER_COFFERD (or $COFFER_CFFERD)     the binary itself
+  $COFFER_BUILD_DIR/daemon/cofferd        CTest sets COFFER_BUILD_DIR
+  <this file>/../build/daemon/cofferd
+Other environment: COFFER_SOFTHSM_MODULE (the PKCS#11 module), COFFER_KEEP_TMP=1
+(keep temp dirs for a post-mortem), TMPDIR.
+
+The Python stubs are generated at run time from proto/ with grpc_tools.protoc
+into a temp dir (once per process). grpc/health/v1/health.proto is compiled
+from a copy under another directory name, because a generated top-level
+"grpc" package would shadow grpcio itself; the wire names (grpc.health.v1.*)
+are unchanged.
+
+Only /usr/bin/python3 (Debian's python3-grpcio, python3-grpc-tools) is supported.
+"""
+
+import atexit
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC_DIR = os.path.dirname(HERE)
+PROTO_DIR = os.path.join(SRC_DIR, "proto")
+INIT_TOKEN = os.path.join(SRC_DIR, "deploy", "init-token.sh")
+PYTHON = "/usr/bin/python3"
+READY_TIMEOUT = 10.0
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+class DaemonError(Exception):
+    """cofferd did not start, did not become ready, or exited badly."""
+
+
+def cofferd_path():
+    for var in ("COFFER_COFFERD", "COFFER_CFFERD"):
+        if os.environ.get(var):
+            return os.environ[var]
+    build = os.environ.get("COFFER_BUILD_DIR") or os.path.join(SRC_DIR, "build")
+    return os.path.join(build, "daemon", "cofferd")
+
+
+def softhsm_module():
+    if os.environ.get("COFFER_SOFTHSM_MODULE"):
+        return os.environ["COFFER_SOFTHSM_MODULE"]
+    for p in ("/usr/lib/softhsm/libsofthsm2.so",
+              "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+              "/usr/lib64/pkcs11/libsofthsm2.so"):
+        if os.path.exists(p):
+            return p
+    raise DaemonError("libsofthsm2.so not found; set COFFER_SOFTHSM_MODULE")
+
+
+def _keep_tmp():
+    return os.environ.get("COFFER_KEEP_TMP", "") not in ("", "0")
+
+
+# ---- generated stubs ----
+
+_stubs = None
+_stubs_lock = threading.Lock()
+
+
+def stubs():
+    """Generate (once per process) and import the stubs.
+
+    Returns a namespace: pb (coffer_pb2), pb_grpc (coffer_pb2_grpc),
+    health_pb (health_pb2), health_pb_grpc (health_pb2_grpc), dir (the
+    directory that must be on sys.path of any other process using them;
+    world-readable so that a client run as another user can import them).
+    """
+    global _stubs
+    with _stubs_lock:
+        if _stubs is not None:
+            return _stubs
+        out = tempfile.mkdtemp(prefix="coffer-stubs-")
+        if not _keep_tmp():
+            atexit.register(shutil.rmtree, out, True)
+        # health.proto under a directory name that is not "grpc".
+        hsrc = os.path.join(out, "_proto", "coffer_test_health")
+        os.makedirs(hsrc)
+        shutil.copy(os.path.join(PROTO_DIR, "grpc", "health", "v1", "health.proto"), hsrc)
+        gen = os.path.join(out, "py")
+        os.makedirs(gen)
+        for include, proto in ((PROTO_DIR, "coffer/v1/coffer.proto"),
+                               (os.path.join(out, "_proto"), "coffer_test_health/health.proto")):
+            r = subprocess.run([PYTHON, "-m", "grpc_tools.protoc", "-I", include,
+                                "--python_out=" + gen, "--grpc_python_out=" + gen, proto],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise DaemonError("protoc %s failed:\n%s%s" % (proto, r.stdout, r.stderr))
+        for root, dirs, files in os.walk(out):
+            os.chmod(root, 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        if gen not in sys.path:
+            sys.path.insert(0, gen)
+        importlib.invalidate_caches()
+        ns = types.SimpleNamespace(
+            dir=gen,
+            pb=importlib.import_module("coffer.v1.coffer_pb2"),
+            pb_grpc=importlib.import_module("coffer.v1.coffer_pb2_grpc"),
+            health_pb=importlib.import_module("coffer_test_health.health_pb2"),
+            health_pb_grpc=importlib.import_module("coffer_test_health.health_pb2_grpc"))
+        _stubs = ns
+        return ns
+
+
+def health_check(socket_path, service="", timeout=1.0):
+    """One grpc.health.v1 Check on a fresh channel; returns the serving status
+    (an int) or raises grpc.RpcError."""
+    h = stubs().health_pb
+    with grpc.insecure_channel("unix:" + socket_path) as ch:
+        check = ch.unary_unary(HEALTH_CHECK,
+                               request_serializer=h.HealthCheckRequest.SerializeToString,
+                               response_deserializer=h.HealthCheckResponse.FromString)
+        return check(h.HealthCheckRequest(service=service), timeout=timeout).status
+
+
+# ---- the daemon ----
+
+def _ini(sections):
+    lines = []
+    for sec, kv in sections.items():
+        lines.append("[%s]" % sec)
+        for k, v in kv.items():
+            if v is not None:
+                lines.append("%s = %s" % (k, v))
+        lines.append("")
+    return "\n".join(lines)
+
+
+class CofferDaemon:
+    """One cofferd with its own temp dir, token, state dir and sockets.
+
+    config: {"section": {"name": value}} merged over the fixture's settings
+    (value None deletes a setting) and written to DIR/cofferd.conf.
+    args: extra command-line flags.
+    """
+
+    def __init__(self, config=None, args=(), label="coffer", workdir=None, cofferd=None):
+        self.cofferd = cofferd or cofferd_path()
+        if not os.access(self.cofferd, os.X_OK):
+            raise DaemonError("%s is not built (set COFFER_BUILD_DIR or COFFER_COFFERD)"
+                              % self.cofferd)
+        self._own_dir = workdir is None
+        self.dir = workdir or tempfile.mkdtemp(prefix="coffer-d-")
+        self.label = label
+        self.token_dir = os.path.join(self.dir, "hsm")
+        self.softhsm_conf = os.path.join(self.token_dir, "softhsm2.conf")
+        self.pin_file = os.path.join(self.token_dir, "user.pin")
+        self.token_uri = "pkcs11:token=" + label
+        self.state_dir = os.path.join(self.dir, "state")
+        self.run_dir = os.path.join(self.dir, "run")
+        self.service_socket = os.path.join(self.run_dir, "service.sock")
+        self.admin_socket = os.path.join(self.run_dir, "admin.sock")
+        self.log_path = os.path.join(self.dir, "cofferd.log")
+        self.conf_path = os.path.join(self.dir, "cofferd.conf")
+        self.args = list(args)
+        self.proc = None
+        self.starts = 0
+        self._log_offset = 0
+        self._channels = []
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.init_token()
+        self.config = {
+            "token": {"module": softhsm_module(), "uri": self.token_uri,
+                      "pin_file": self.pin_file},
+            "daemon": {"state_dir": self.state_dir, "log_level": "info"},
+            "service": {"path": self.service_socket},
+            "admin": {"path": self.admin_socket},
+        }
+        for sec, kv in (config or {}).items():
+            self.config.setdefault(sec, {}).update(kv)
+
+    # -- setup --
+
+    @property
+    def env(self):
+        e = dict(os.environ)
+        e["SOFTHSM2_CONF"] = self.softhsm_conf
+        return e
+
+    def init_token(self):
+        r = subprocess.run(["/bin/sh", INIT_TOKEN, self.token_dir, self.label],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise DaemonError("init-token.sh failed (%d):\n%s%s" %
+                              (r.returncode, r.stdout, r.stderr))
+        self.init_token_output = r.stdout
+        return r
+
+    def write_config(self):
+        with open(self.conf_path, "w") as f:
+            f.write(_ini(self.config))
+        return self.conf_path
+
+    def make_traversable(self):
+        """chmod 0755 the temp dir and the socket dir, so that other users
+        (e.g. nobody) can reach sockets whose mode lets them connect."""
+        for d in (self.dir, self.run_dir):
+            os.chmod(d, 0o755)
+
+    # -- process --
+
+    def command(self):
+        return [self.cofferd, "-c", self.write_config()] + self.args
+
+    def spawn(self, cmd=None, **kw):
+        """Start a cofferd process with this fixture's environment, output
+        appended to the log; returns the Popen (not tracked as self.proc)."""
+        with open(self.log_path, "ab") as log:
+            log.write(("--- cofferd start %d ---\n" % (self.starts + 1)).encode())
+            log.flush()
+            return subprocess.Popen(cmd or self.command(), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=self.env, **kw)
+
+    def start(self, timeout=READY_TIMEOUT):
+        if self.running:
+            raise DaemonError("already running")
+        self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        self.proc = self.spawn()
+        self.starts += 1
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=READY_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        pending = [self.service_socket, self.admin_socket]
+        last = None
+        while pending:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise DaemonError("cofferd exited with status %d before it was ready:\n%s"
+                                  % (rc, self.log()))
+            if time.monotonic() > deadline:
+                raise DaemonError("cofferd not ready after %.0f s (%s); log:\n%s"
+                                  % (timeout, last, self.log()))
+            path = pending[0]
+            if os.path.exists(path):
+                try:
+                    if health_check(path, timeout=1.0) == 1:  # SERVING
+                        pending.pop(0)
+                        continue
+                except grpc.RpcError as e:
+                    last = "%s: %s %s" % (path, e.code(), e.details())
+            time.sleep(0.05)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def send_signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=30):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise DaemonError("cofferd did not exit within %s s after the signal; log:\n%s"
+                              % (timeout, self.log()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30, expect=0):
+        """Signal cofferd, wait for it and check its exit status (None: any)."""
+        self.close_channels()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.send_signal(sig)
+        rc = self.wait(timeout)
+        if expect is not None and rc != expect:
+            raise AssertionError("cofferd exited with status %d, expected %d; log:\n%s"
+                                 % (rc, expect, self.log()))
+        return rc
+
+    def restart(self, timeout=READY_TIMEOUT):
+        self.stop()
+        return self.start(timeout)
+
+    # -- clients --
+
+    def socket(self, kind):
+        return {"service": self.service_socket, "admin": self.admin_socket}[kind]
+
+    def channel(self, kind="service", options=None):
+        """A grpc channel to the service or admin socket, closed by stop()."""
+        ch = grpc.insecure_channel("unix:" + self.socket(kind), options=options or [])
+        self._channels.append(ch)
+        return ch
+
+    def service_stub(self, options=None):
+        return stubs().pb_grpc.KeyServiceStub(self.channel("service", options))
+
+    def admin_stub(self, options=None):
+        return stubs().pb_grpc.AdminServiceStub(self.channel("admin", options))
+
+    def close_channels(self):
+        for ch in self._channels:
+            ch.close()
+        self._channels = []
+
+    # -- logs --
+
+    def log(self, all_starts=True):
+        """The daemon's stderr (every start, or only since the last start)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                if not all_starts:
+                    f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- teardown --
+
+    def cleanup(self):
+        try:
+            if self.running:
+                self.stop(expect=None)
+        finally:
+            self.close_channels()
+            if self._own_dir and not _keep_tmp():
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False

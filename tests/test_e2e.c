@@ -1,0 +1,420 @@
+/*
+ * test_e2e — cofferd end to end through libcoffer on a throw-away token:
+ * every KeyService and AdminService call and every key type, rotation,
+ * envelope context binding, Rewrap, GenerateDataKey, independent OpenSSL
+ * checks, health on both sockets, restart persistence and the single-instance
+ * lock.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+
+#include "coffer.h"
+#include "cf_test_token.h"
+
+static struct cf_test_token tok;
+static struct cf_test_daemon dmn;
+static coffer_client *svc, *adm;
+static const uint8_t msg[] = "end to end through libcoffer";
+
+static int
+connect_both(void)
+{
+	return coffer_connect(dmn.service, 0, &svc) == COFFER_OK &&
+	       coffer_connect(dmn.admin, COFFER_CONNECT_ADMIN, &adm) == COFFER_OK ? 0 : -1;
+}
+
+static int
+suite_init(void)
+{
+	if (cf_test_token_create(&tok, "coffer-e2e") != 0 ||
+	    cf_test_daemon_start(&tok, &dmn, NULL) != 0)
+		return -1;
+	return connect_both();
+}
+
+static int
+suite_clean(void)
+{
+	coffer_close(svc);
+	coffer_close(adm);
+	if (dmn.pid > 0 && cf_test_daemon_stop(&dmn) != 0)
+		fprintf(stderr, "cofferd did not exit 0\n");
+	cf_test_token_destroy(&tok);
+	return 0;
+}
+
+#define OK(expr) do {                                                          \
+	int r_ = (expr);                                                       \
+	if (r_ != COFFER_OK)                                                   \
+		fprintf(stderr, "\n  %s:%d %s -> %d: %s\n", __FILE__, __LINE__, #expr, \
+			r_, coffer_error_message());                           \
+	CU_ASSERT_EQUAL_FATAL(r_, COFFER_OK);                                  \
+} while (0)
+
+static int
+openssl_verify(const struct coffer_public_key *pk, const struct coffer_sign_opts *o,
+	       const uint8_t *sig, size_t siglen)
+{
+	const unsigned char *q = pk->der.data;
+	EVP_PKEY *k = d2i_PUBKEY(NULL, &q, (long)pk->der.len);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pctx = NULL;
+	const EVP_MD *md = NULL;
+	int ok = 0;
+
+	if (k == NULL)
+		goto out;
+	if (pk->type == COFFER_KEY_EC_P384)
+		md = EVP_sha384();
+	else if (pk->type != COFFER_KEY_ED25519)
+		md = EVP_sha256();
+	if (EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k) != 1)
+		goto out;
+	if (pk->type >= COFFER_KEY_RSA_2048 && pk->type <= COFFER_KEY_RSA_4096) {
+		if (o && o->scheme == COFFER_SCHEME_RSA_PKCS1) {
+			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING);
+		} else {
+			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING);
+			EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST);
+		}
+	}
+	ok = EVP_DigestVerify(ctx, sig, siglen, msg, sizeof(msg)) == 1;
+out:
+	EVP_MD_CTX_free(ctx);
+	EVP_PKEY_free(k);
+	return ok;
+}
+
+static void
+test_health(void)
+{
+	enum coffer_serving_status st = COFFER_SERVING_UNKNOWN;
+
+	OK(coffer_health(svc, NULL, &st));
+	CU_ASSERT_EQUAL(st, COFFER_SERVING);
+	OK(coffer_health(adm, "coffer.v1.AdminService", &st));
+	CU_ASSERT_EQUAL(st, COFFER_SERVING);
+	CU_ASSERT_EQUAL(coffer_health(svc, "no.such.Service", &st), COFFER_E_NOT_FOUND);
+}
+
+static void
+test_every_signing_type(void)
+{
+	static const struct { const char *name; enum coffer_key_type t; } keys[] = {
+		{ "e2e-p256", COFFER_KEY_EC_P256 }, { "e2e-p384", COFFER_KEY_EC_P384 },
+		{ "e2e-ed25519", COFFER_KEY_ED25519 }, { "e2e-rsa2048", COFFER_KEY_RSA_2048 },
+		{ "e2e-rsa3072", COFFER_KEY_RSA_3072 }, { "e2e-rsa4096", COFFER_KEY_RSA_4096 },
+	};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		struct coffer_key_info *ki = NULL;
+		struct coffer_public_key *pk = NULL;
+		struct coffer_bytes sig = { NULL, 0 };
+		struct coffer_sign_opts pk1 = { COFFER_HASH_SHA256, COFFER_SCHEME_RSA_PKCS1, 0, 0 };
+		uint32_t ver = 0;
+		int valid = -1;
+
+		OK(coffer_create_key(adm, keys[i].name, keys[i].t, 0, &ki));
+		CU_ASSERT_EQUAL(ki->type, keys[i].t);
+		CU_ASSERT_EQUAL(ki->purpose, COFFER_PURPOSE_SIGN);
+		CU_ASSERT_EQUAL(ki->primary_version, 1);
+		OK(coffer_sign(svc, keys[i].name, 0, msg, sizeof(msg), NULL, &sig, &ver));
+		CU_ASSERT_EQUAL(ver, 1);
+		OK(coffer_verify(svc, keys[i].name, ver, msg, sizeof(msg), NULL, sig.data, sig.len,
+				 &valid));
+		CU_ASSERT_EQUAL(valid, 1);
+		OK(coffer_get_public_key(svc, keys[i].name, 0, &pk));
+		CU_ASSERT_EQUAL(pk->type, keys[i].t);
+		CU_ASSERT(strncmp(pk->pem, "-----BEGIN PUBLIC KEY-----", 26) == 0);
+		CU_ASSERT(openssl_verify(pk, NULL, sig.data, sig.len));
+		/* a tampered signature is reported invalid, not as an error */
+		sig.data[sig.len - 1] ^= 1;
+		OK(coffer_verify(svc, keys[i].name, ver, msg, sizeof(msg), NULL, sig.data, sig.len,
+				 &valid));
+		CU_ASSERT_EQUAL(valid, 0);
+		coffer_bytes_free(&sig);
+		if (keys[i].t >= COFFER_KEY_RSA_2048 && keys[i].t <= COFFER_KEY_RSA_4096) {
+			OK(coffer_sign(svc, keys[i].name, 0, msg, sizeof(msg), &pk1, &sig, &ver));
+			CU_ASSERT(openssl_verify(pk, &pk1, sig.data, sig.len));
+			coffer_bytes_free(&sig);
+		}
+		coffer_public_key_free(pk);
+		coffer_key_info_free(ki);
+	}
+}
+
+static void
+test_sign_digest_and_raw(void)
+{
+	struct coffer_sign_opts pre = { COFFER_HASH_SHA256, COFFER_SCHEME_DEFAULT, 1, 0 };
+	struct coffer_sign_opts raw = { COFFER_HASH_DEFAULT, COFFER_SCHEME_DEFAULT, 0, 1 };
+	struct coffer_bytes sig = { NULL, 0 };
+	uint8_t digest[32];
+	int valid = 0;
+
+	SHA256(msg, sizeof(msg), digest);
+	OK(coffer_sign(svc, "e2e-p256", 0, digest, sizeof(digest), &pre, &sig, NULL));
+	OK(coffer_verify(svc, "e2e-p256", 1, msg, sizeof(msg), NULL, sig.data, sig.len, &valid));
+	CU_ASSERT_EQUAL(valid, 1);
+	coffer_bytes_free(&sig);
+	OK(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), &raw, &sig, NULL));
+	CU_ASSERT_EQUAL(sig.len, 64);
+	coffer_bytes_free(&sig);
+	/* a digest of the wrong length, and Ed25519 with a digest */
+	CU_ASSERT_EQUAL(coffer_sign(svc, "e2e-p256", 0, digest, 20, &pre, &sig, NULL),
+			COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_sign(svc, "e2e-ed25519", 0, digest, 32, &pre, &sig, NULL),
+			COFFER_E_PRECONDITION);
+}
+
+static void
+test_every_mac_type(void)
+{
+	static const enum coffer_key_type types[] = { COFFER_KEY_HMAC_SHA256,
+		COFFER_KEY_HMAC_SHA384, COFFER_KEY_HMAC_SHA512 };
+	static const char *names[] = { "e2e-mac256", "e2e-mac384", "e2e-mac512" };
+
+	for (int i = 0; i < 3; i++) {
+		struct coffer_bytes mac = { NULL, 0 };
+		uint32_t ver = 0;
+		int valid = -1;
+
+		OK(coffer_create_key(adm, names[i], types[i], 0, NULL));
+		OK(coffer_mac(svc, names[i], 0, msg, sizeof(msg), &mac, &ver));
+		CU_ASSERT_EQUAL(mac.len, (size_t)(32 + 16 * i));
+		OK(coffer_verify_mac(svc, names[i], ver, msg, sizeof(msg), mac.data, mac.len, &valid));
+		CU_ASSERT_EQUAL(valid, 1);
+		OK(coffer_verify_mac(svc, names[i], ver, msg, sizeof(msg) - 1, mac.data, mac.len,
+				     &valid));
+		CU_ASSERT_EQUAL(valid, 0);
+		coffer_bytes_free(&mac);
+	}
+}
+
+static void
+test_import_hmac_matches_openssl(void)
+{
+	uint8_t secret[48], expect[32];
+	unsigned int elen = 0;
+	struct coffer_bytes mac = { NULL, 0 };
+
+	RAND_bytes(secret, sizeof(secret));
+	OK(coffer_import_key(adm, "e2e-imported", COFFER_KEY_HMAC_SHA256, secret, sizeof(secret), 0,
+			     NULL));
+	OK(coffer_mac(svc, "e2e-imported", 0, msg, sizeof(msg), &mac, NULL));
+	HMAC(EVP_sha256(), secret, sizeof(secret), msg, sizeof(msg), expect, &elen);
+	CU_ASSERT(mac.len == 32 && memcmp(mac.data, expect, 32) == 0);
+	coffer_bytes_free(&mac);
+	/* too short for HMAC-SHA256, and asymmetric types cannot be imported */
+	CU_ASSERT_EQUAL(coffer_import_key(adm, "e2e-short", COFFER_KEY_HMAC_SHA256, secret, 16, 0,
+					  NULL), COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_import_key(adm, "e2e-ecimp", COFFER_KEY_EC_P256, secret, 32, 0,
+					  NULL), COFFER_E_INVALID_ARG);
+}
+
+static void
+test_wrap_unwrap_context(void)
+{
+	static const struct coffer_kv ctx[] = { { "tenant", "blue" }, { "table", "users" } };
+	static const struct coffer_kv swapped[] = { { "table", "users" }, { "tenant", "blue" } };
+	static const struct coffer_kv wrong[] = { { "tenant", "red" }, { "table", "users" } };
+	uint8_t secret[200];
+	struct coffer_bytes ct = { NULL, 0 }, pt = { NULL, 0 };
+	uint32_t ver = 0;
+
+	RAND_bytes(secret, sizeof(secret));
+	OK(coffer_create_key(adm, "e2e-aes", COFFER_KEY_AES_256, 0, NULL));
+	OK(coffer_wrap(svc, "e2e-aes", secret, sizeof(secret), ctx, 2, &ct, &ver));
+	CU_ASSERT_EQUAL(ver, 1);
+	CU_ASSERT_EQUAL(ct.len, 1 + 4 + 12 + sizeof(secret) + 16);
+	CU_ASSERT_EQUAL(ct.data[0], 0x01);
+	OK(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, ctx, 2, &pt, &ver));
+	CU_ASSERT(pt.len == sizeof(secret) && memcmp(pt.data, secret, pt.len) == 0);
+	coffer_bytes_free(&pt);
+	/* the order of the context entries does not matter, their content does */
+	OK(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, swapped, 2, &pt, NULL));
+	coffer_bytes_free(&pt);
+	CU_ASSERT_EQUAL(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, wrong, 2, &pt, NULL),
+			COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, ctx, 1, &pt, NULL),
+			COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, NULL, 0, &pt, NULL),
+			COFFER_E_INVALID_ARG);
+	/* a flipped ciphertext byte */
+	ct.data[30] ^= 1;
+	CU_ASSERT_EQUAL(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, ctx, 2, &pt, NULL),
+			COFFER_E_INVALID_ARG);
+	CU_ASSERT_PTR_NULL(pt.data);
+	coffer_bytes_free(&ct);
+}
+
+static void
+test_rotation_rewrap_data_keys(void)
+{
+	static const struct coffer_kv ctx[] = { { "purpose", "rotation" } };
+	struct coffer_bytes sig1 = { NULL, 0 }, sig2 = { NULL, 0 }, ct1 = { NULL, 0 },
+			    ct2 = { NULL, 0 }, pt = { NULL, 0 }, dk = { NULL, 0 }, dkct = { NULL, 0 };
+	struct coffer_key_info *ki = NULL;
+	uint32_t v = 0, prev = 0;
+	int valid = 0;
+
+	/* signing: old versions keep verifying, new signatures use the new one */
+	OK(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), NULL, &sig1, &v));
+	CU_ASSERT_EQUAL(v, 1);
+	OK(coffer_rotate_key(adm, "e2e-p256", &ki));
+	CU_ASSERT_EQUAL(ki->primary_version, 2);
+	CU_ASSERT_EQUAL(ki->nversions, 2);
+	coffer_key_info_free(ki);
+	OK(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), NULL, &sig2, &v));
+	CU_ASSERT_EQUAL(v, 2);
+	OK(coffer_verify(svc, "e2e-p256", 1, msg, sizeof(msg), NULL, sig1.data, sig1.len, &valid));
+	CU_ASSERT_EQUAL(valid, 1);
+	OK(coffer_verify(svc, "e2e-p256", 2, msg, sizeof(msg), NULL, sig2.data, sig2.len, &valid));
+	CU_ASSERT_EQUAL(valid, 1);
+	OK(coffer_verify(svc, "e2e-p256", 2, msg, sizeof(msg), NULL, sig1.data, sig1.len, &valid));
+	CU_ASSERT_EQUAL(valid, 0);
+	CU_ASSERT_EQUAL(coffer_verify(svc, "e2e-p256", 3, msg, sizeof(msg), NULL, sig1.data,
+				      sig1.len, &valid), COFFER_E_NOT_FOUND);
+	/* envelope: v1 blobs still open; Rewrap moves them to v2 */
+	OK(coffer_wrap(svc, "e2e-aes", msg, sizeof(msg), ctx, 1, &ct1, &v));
+	OK(coffer_rotate_key(adm, "e2e-aes", NULL));
+	OK(coffer_unwrap(svc, "e2e-aes", ct1.data, ct1.len, ctx, 1, &pt, &v));
+	CU_ASSERT_EQUAL(v, 1);
+	coffer_bytes_free(&pt);
+	OK(coffer_rewrap(svc, "e2e-aes", ct1.data, ct1.len, ctx, 1, &ct2, &v, &prev));
+	CU_ASSERT_EQUAL(v, 2);
+	CU_ASSERT_EQUAL(prev, 1);
+	OK(coffer_unwrap(svc, "e2e-aes", ct2.data, ct2.len, ctx, 1, &pt, &v));
+	CU_ASSERT_EQUAL(v, 2);
+	CU_ASSERT(pt.len == sizeof(msg) && memcmp(pt.data, msg, pt.len) == 0);
+	coffer_bytes_free(&pt);
+	/* data keys: wrapped under v2, plaintext on request, unwraps to the same */
+	OK(coffer_generate_data_key(svc, "e2e-aes", 32, ctx, 1, &dkct, &dk, &v));
+	CU_ASSERT_EQUAL(v, 2);
+	CU_ASSERT_EQUAL(dk.len, 32);
+	OK(coffer_unwrap(svc, "e2e-aes", dkct.data, dkct.len, ctx, 1, &pt, NULL));
+	CU_ASSERT(pt.len == 32 && memcmp(pt.data, dk.data, 32) == 0);
+	coffer_bytes_free(&pt);
+	coffer_bytes_free(&dk);
+	coffer_bytes_free(&dkct);
+	OK(coffer_generate_data_key(svc, "e2e-aes", 16, NULL, 0, &dkct, NULL, NULL));
+	CU_ASSERT_EQUAL(dkct.len, 1 + 4 + 12 + 16 + 16);
+	CU_ASSERT_EQUAL(coffer_generate_data_key(svc, "e2e-aes", 17, NULL, 0, &dk, NULL, NULL),
+			COFFER_E_INVALID_ARG);
+	coffer_bytes_free(&dkct);
+	coffer_bytes_free(&sig1);
+	coffer_bytes_free(&sig2);
+	coffer_bytes_free(&ct1);
+	coffer_bytes_free(&ct2);
+}
+
+static void
+test_metadata_and_errors(void)
+{
+	struct coffer_key_list *l = NULL;
+	struct coffer_key_info *ki = NULL;
+	struct coffer_bytes out = { NULL, 0 };
+	int seen = 0;
+
+	OK(coffer_list_keys(svc, &l));
+	CU_ASSERT_EQUAL(l->nkeys, 11);
+	for (size_t i = 0; i < l->nkeys; i++) {
+		if (i > 0)
+			CU_ASSERT(strcmp(l->keys[i - 1].name, l->keys[i].name) < 0);
+		seen += strcmp(l->keys[i].name, "e2e-rsa3072") == 0;
+	}
+	CU_ASSERT_EQUAL(seen, 1);
+	coffer_key_list_free(l);
+	OK(coffer_get_key(adm, "e2e-aes", &ki));
+	CU_ASSERT_EQUAL(ki->purpose, COFFER_PURPOSE_WRAP);
+	CU_ASSERT_EQUAL(ki->nversions, 2);
+	coffer_key_info_free(ki);
+	CU_ASSERT_EQUAL(coffer_get_key(svc, "missing", &ki), COFFER_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(coffer_sign(svc, "missing", 0, msg, 1, NULL, &out, NULL), COFFER_E_NOT_FOUND);
+	/* wrong purpose */
+	CU_ASSERT_EQUAL(coffer_sign(svc, "e2e-mac256", 0, msg, 1, NULL, &out, NULL),
+			COFFER_E_PRECONDITION);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "mac key"));
+	CU_ASSERT_EQUAL(coffer_wrap(svc, "e2e-p384", msg, 1, NULL, 0, &out, NULL),
+			COFFER_E_PRECONDITION);
+	CU_ASSERT_EQUAL(coffer_get_public_key(svc, "e2e-aes", 0, NULL), COFFER_E_INVALID_ARG);
+	/* duplicate names and bad names */
+	CU_ASSERT_EQUAL(coffer_create_key(adm, "e2e-aes", COFFER_KEY_AES_256, 0, NULL),
+			COFFER_E_EXISTS);
+	CU_ASSERT_EQUAL(coffer_create_key(adm, "Bad Name", COFFER_KEY_AES_256, 0, NULL),
+			COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_create_key(adm, "x", COFFER_KEY_UNSPECIFIED, 0, NULL),
+			COFFER_E_INVALID_ARG);
+	/* admin calls on the service socket are not there */
+	CU_ASSERT_EQUAL(coffer_create_key(svc, "e2e-nope", COFFER_KEY_AES_256, 0, NULL),
+			COFFER_E_UNIMPLEMENTED);
+	CU_ASSERT_EQUAL(coffer_sign(adm, "e2e-p256", 0, msg, 1, NULL, &out, NULL),
+			COFFER_E_UNIMPLEMENTED);
+	CU_ASSERT_PTR_NULL(out.data);
+}
+
+/* Keys and versions survive a restart; a second daemon is refused. */
+static void
+test_restart_and_single_instance(void)
+{
+	struct cf_test_daemon second;
+	struct coffer_key_info *ki = NULL;
+	struct coffer_bytes sig = { NULL, 0 };
+	uint32_t v = 0;
+	int valid = 0;
+
+	OK(coffer_sign(svc, "e2e-ed25519", 0, msg, sizeof(msg), NULL, &sig, &v));
+	/* a second daemon on the same sockets exits at once */
+	{
+		struct cf_test_token other = tok;
+
+		CU_ASSERT_NOT_EQUAL(cf_test_daemon_start(&other, &second, NULL), 0);
+		CU_ASSERT(cf_test_daemon_log_has(&second, "another cofferd is serving"));
+	}
+	coffer_close(svc);
+	coffer_close(adm);
+	svc = adm = NULL;
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
+	CU_ASSERT_FATAL(connect_both() == 0);
+	OK(coffer_get_key(svc, "e2e-p256", &ki));
+	CU_ASSERT_EQUAL(ki->primary_version, 2);
+	CU_ASSERT_EQUAL(ki->nversions, 2);
+	coffer_key_info_free(ki);
+	OK(coffer_verify(svc, "e2e-ed25519", v, msg, sizeof(msg), NULL, sig.data, sig.len, &valid));
+	CU_ASSERT_EQUAL(valid, 1);
+	CU_ASSERT_FALSE(cf_test_daemon_log_has(&dmn, "reconcile:"));
+	coffer_bytes_free(&sig);
+}
+
+int
+main(void)
+{
+	CU_pSuite s;
+	unsigned failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	s = CU_add_suite("e2e", suite_init, suite_clean);
+	CU_add_test(s, "health on both sockets", test_health);
+	CU_add_test(s, "every signing type: create, sign, verify, OpenSSL", test_every_signing_type);
+	CU_add_test(s, "digests and raw ECDSA", test_sign_digest_and_raw);
+	CU_add_test(s, "every MAC type", test_every_mac_type);
+	CU_add_test(s, "imported HMAC secret matches OpenSSL", test_import_hmac_matches_openssl);
+	CU_add_test(s, "wrap/unwrap bound to the context", test_wrap_unwrap_context);
+	CU_add_test(s, "rotation, rewrap, data keys", test_rotation_rewrap_data_keys);
+	CU_add_test(s, "metadata and error statuses", test_metadata_and_errors);
+	CU_add_test(s, "restart keeps keys; second daemon refused",
+		    test_restart_and_single_instance);
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+	CU_cleanup_registry();
+	return failures == 0 ? 0 : 1;
+}
