@@ -1,12 +1,65 @@
 #!/bin/bash
-# Coffer quick start on a fresh Debian 12 machine: install the dependencies,
-# build everything in ./build. Run from the repository root:
+# Coffer quick start on a fresh Debian 12 machine. From the repository root:
 #     bash deploy/quickstart.sh
+# 1. installs the Debian packages (deploy/install-deps.sh) and builds ./build
+# 2. initialises a SoftHSM2 token in ./demo (deploy/init-token.sh)
+# 3. starts cofferd on it, with its sockets and registry in ./demo
+# 4. creates an ECDSA P-256 key, signs a file with cofferctl, and verifies the
+#    signature with the openssl command-line tool on the exported public key.
+# The daemon keeps running afterwards; stop it with: kill "$(cat demo/cofferd.pid)"
+# Safe to re-run: the token, the key and the registry are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd -P)
 
+echo "== 1. dependencies and build"
 bash deploy/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
-echo
-echo "Built. Run the tests with:  ctest --test-dir build --output-on-failure"
+
+echo "== 2. SoftHSM2 token in ./demo"
+demo=$root/demo
+sh deploy/init-token.sh "$demo" coffer
+export SOFTHSM2_CONF=$demo/softhsm2.conf
+# Unix socket paths are limited to 107 bytes.
+run=$demo
+if [ ${#run} -gt 80 ]; then run=$(mktemp -d /tmp/coffer-demo.XXXXXX); fi
+export COFFER_SOCKET=$run/service.sock COFFER_ADMIN_SOCKET=$run/admin.sock
+
+echo "== 3. cofferd"
+if [ -f "$demo/cofferd.pid" ] && kill -0 "$(cat "$demo/cofferd.pid")" 2>/dev/null; then
+    kill "$(cat "$demo/cofferd.pid")"
+    while kill -0 "$(cat "$demo/cofferd.pid")" 2>/dev/null; do sleep 0.1; done
+fi
+: >"$demo/cofferd.log"
+build/daemon/cofferd --token-uri pkcs11:token=coffer --pin-file "$demo/user.pin" \
+    --state-dir "$demo/state" --service-socket "$COFFER_SOCKET" \
+    --admin-socket "$COFFER_ADMIN_SOCKET" </dev/null >>"$demo/cofferd.log" 2>&1 &
+echo $! >"$demo/cofferd.pid"
+for _ in $(seq 100); do
+    grep -q "ready:" "$demo/cofferd.log" && break
+    kill -0 "$(cat "$demo/cofferd.pid")" 2>/dev/null || { cat "$demo/cofferd.log"; exit 1; }
+    sleep 0.1
+done
+grep "ready:" "$demo/cofferd.log"
+
+echo "== 4. sign a file, verify with openssl"
+ctl=build/cofferctl
+if ! $ctl key show demo-signing >/dev/null 2>&1; then
+    $ctl key create demo-signing --type ec-p256
+fi
+$ctl key show demo-signing
+echo "Coffer demo message, $(date -u)" >"$demo/message.txt"
+$ctl sign demo-signing --in "$demo/message.txt" --out "$demo/message.sig"
+$ctl key pubkey demo-signing --out "$demo/demo-signing.pem"
+openssl dgst -sha256 -verify "$demo/demo-signing.pem" -signature "$demo/message.sig" \
+    "$demo/message.txt"
+
+cat <<MSG
+
+cofferd is running (pid $(cat "$demo/cofferd.pid"), log $demo/cofferd.log).
+Try:  export SOFTHSM2_CONF=$SOFTHSM2_CONF COFFER_SOCKET=$COFFER_SOCKET COFFER_ADMIN_SOCKET=$COFFER_ADMIN_SOCKET
+      build/cofferctl key list
+Stop: kill \$(cat $demo/cofferd.pid)
+Tests: ctest --test-dir build --output-on-failure
+MSG

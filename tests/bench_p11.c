@@ -2,15 +2,17 @@
  * bench_p11 — operations per second through Coffer's PKCS#11 layer, beside a
  * baseline of raw Cryptoki calls on the same keys.
  *
- * usage: bench_p11 [--seconds N] [--ops LIST] [--threads LIST]
+ * usage: bench_p11 [--seconds N] [--rounds R] [--ops LIST] [--threads LIST] [--cpu]
  *                  [--uri URI --pin-file FILE [--module PATH]]
  *
  * Without --uri it makes a throw-away SoftHSM2 token (cf_test_token). It
  * generates one key per operation, then measures each operation for N
- * seconds at each thread count, first through the layer (cf_p11_*), then with
- * raw C_SignInit/C_Sign or C_EncryptInit/C_Encrypt on an in-token session
- * copy of the same key (the layer also works on session copies, so the
- * difference is the layer's own cost). This is a benchmark, not a test.
+ * seconds at each thread count through the layer (cf_p11_*) and N seconds
+ * with raw C_SignInit/C_Sign or C_EncryptInit/C_Encrypt on an in-token
+ * session copy of the same key (the layer also works on session copies, so
+ * the difference is the layer's own cost). The two paths run in alternating
+ * slices so that changing background load affects both alike. This is a
+ * benchmark, not a test.
  */
 #define CRYPTOKI_COMPAT
 #include <p11-kit/pkcs11.h>
@@ -85,14 +87,15 @@ struct worker {
 	pthread_t tid;
 	unsigned long ops;
 	double elapsed;
+	double cpu;                        /* thread CPU seconds in the loop */
 };
 
 static double
-now_s(void)
+clock_s(clockid_t id)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -241,7 +244,7 @@ worker_main(void *arg)
 	cf_buf *out = NULL;
 	uint8_t *rawout = NULL;
 	unsigned long n = 0;
-	double t0;
+	double t0, c0;
 	CK_RV rv;
 
 	/* Set up outside the timed loop; every thread reaches the barrier. */
@@ -255,13 +258,15 @@ worker_main(void *arg)
 		run_fail(r, "out of memory");
 	}
 	pthread_barrier_wait(&r->start);
-	t0 = now_s();
+	t0 = clock_s(CLOCK_MONOTONIC);
+	c0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
 	while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
 		if ((r->use_raw ? raw_op(r, s, rawout) : coffer_op(r, out)) != 0)
 			break;
 		n++;
 	}
-	w->elapsed = now_s() - t0;
+	w->elapsed = clock_s(CLOCK_MONOTONIC) - t0;
+	w->cpu = clock_s(CLOCK_THREAD_CPUTIME_ID) - c0;
 	w->ops = n;
 	if (s != CK_INVALID_HANDLE)
 		(void)r->raw->f->C_CloseSession(s);
@@ -270,9 +275,17 @@ worker_main(void *arg)
 	return NULL;
 }
 
-/* Run one measurement; returns ops/s, or a negative value after printing why. */
-static double
-measure(struct run *r, unsigned nthreads, double seconds)
+/* Results of one path (coffer or raw) summed over the slices of a measurement. */
+struct tally {
+	double rate;          /* sum over slices of ops/s */
+	unsigned slices;
+	double cpu;           /* thread CPU seconds */
+	unsigned long ops;
+};
+
+/* Run one slice and add it to *t; 0, or -1 after printing why. */
+static int
+measure(struct run *r, unsigned nthreads, double seconds, struct tally *t)
 {
 	struct worker w[MAX_THREADS];
 	struct timespec ts;
@@ -288,6 +301,7 @@ measure(struct run *r, unsigned nthreads, double seconds)
 		w[i].run = r;
 		w[i].ops = 0;
 		w[i].elapsed = 0.0;
+		w[i].cpu = 0.0;
 		if ((e = pthread_create(&w[i].tid, NULL, worker_main, &w[i])) != 0) {
 			fprintf(stderr, "bench_p11: pthread_create: %s\n", strerror(e));
 			exit(1); /* the barrier cannot be released any more */
@@ -304,13 +318,52 @@ measure(struct run *r, unsigned nthreads, double seconds)
 		pthread_join(w[i].tid, NULL);
 		if (w[i].elapsed > 0.0)
 			rate += (double)w[i].ops / w[i].elapsed;
+		t->cpu += w[i].cpu;
+		t->ops += w[i].ops;
 	}
+	t->rate += rate;
+	t->slices++;
 	pthread_barrier_destroy(&r->start);
 	if (atomic_load(&r->failed)) {
 		fprintf(stderr, "bench_p11: %s\n", r->err);
-		return -1.0;
+		return -1;
 	}
-	return rate;
+	return 0;
+}
+
+/*
+ * Measure both paths for `seconds` each, in `rounds` alternating slices
+ * (coffer, raw, raw, coffer, ...) so that drifting background load hits both
+ * alike. Returns 0 or -1.
+ */
+static int
+compare(struct run *r, unsigned nthreads, double seconds, unsigned rounds, struct tally *coffer,
+	struct tally *raw)
+{
+	double slice = seconds / rounds;
+
+	memset(coffer, 0, sizeof(*coffer));
+	memset(raw, 0, sizeof(*raw));
+	for (unsigned i = 0; i < rounds; i++) {
+		for (int j = 0; j < 2; j++) {
+			r->use_raw = (int)((i + (unsigned)j) & 1u);
+			if (measure(r, nthreads, slice, r->use_raw ? raw : coffer) != 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+static double
+tally_rate(const struct tally *t)
+{
+	return t->slices > 0 ? t->rate / t->slices : 0.0;
+}
+
+static double
+tally_cpu_us(const struct tally *t)
+{
+	return t->ops > 0 ? 1e6 * t->cpu / (double)t->ops : 0.0;
 }
 
 /* ---- raw setup: same module, same token, session copies of the keys ---- */
@@ -480,13 +533,17 @@ usage(FILE *fp)
 {
 	fprintf(fp,
 		"usage: bench_p11 [options]\n"
-		"  --seconds N       measure each operation for N seconds (default 2)\n"
+		"  --seconds N       measure each operation and path for N seconds (default 2)\n"
+		"  --rounds R        split each measurement into R slices, alternating coffer\n"
+		"                    and raw (default 4)\n"
 		"  --ops LIST        comma-separated subset of:");
 	for (int i = 0; i < OP__COUNT; i++)
 		fprintf(fp, "%s%s", i ? "," : " ", ops[i].name);
 	fprintf(fp,
 		"\n"
 		"  --threads LIST    comma-separated thread counts (default 1,2; max %d)\n"
+		"  --cpu             also print the CPU time per operation (microseconds of\n"
+		"                    the calling threads; less sensitive to other load)\n"
 		"  --uri URI         use this existing token instead of a temporary one\n"
 		"  --pin-file FILE   user PIN of that token (required with --uri)\n"
 		"  --module PATH     PKCS#11 module (default: %s)\n"
@@ -563,7 +620,9 @@ main(int argc, char **argv)
 	uint8_t msg[1024];
 	char date[64];
 	time_t t;
-	int r, rc = 1, have_token = 0, have_raw = 0;
+	struct tally ct, rt;
+	unsigned rounds = 4;
+	int r, rc = 1, have_token = 0, have_raw = 0, show_cpu = 0;
 
 	memset(&raw, 0, sizeof(raw));
 	for (int i = 1; i < argc; i++) {
@@ -572,6 +631,10 @@ main(int argc, char **argv)
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			usage(stdout);
 			return 0;
+		}
+		if (strcmp(a, "--cpu") == 0) {
+			show_cpu = 1;
+			continue;
 		}
 		if (v == NULL) {
 			usage(stderr);
@@ -586,6 +649,15 @@ main(int argc, char **argv)
 				fprintf(stderr, "bench_p11: bad --seconds \"%s\"\n", v);
 				return 2;
 			}
+		} else if (strcmp(a, "--rounds") == 0) {
+			char *end;
+			unsigned long n = strtoul(v, &end, 10);
+
+			if (end == v || *end != '\0' || n < 1 || n > 1000) {
+				fprintf(stderr, "bench_p11: bad --rounds \"%s\"\n", v);
+				return 2;
+			}
+			rounds = (unsigned)n;
 		} else if (strcmp(a, "--ops") == 0) {
 			if (parse_ops(v, selected) != 0)
 				return 2;
@@ -663,10 +735,13 @@ main(int argc, char **argv)
 
 	t = time(NULL);
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %Z", localtime(&t));
-	printf("# bench_p11 %s  module %s  token %s  cpus %ld  %.3g s per measurement\n", date,
-	       cfg.module_path, cfg.token_uri, sysconf(_SC_NPROCESSORS_ONLN), seconds);
-	printf("%-20s %-8s %-14s %-11s %s\n", "operation", "threads", "coffer ops/s", "raw ops/s",
+	printf("# bench_p11 %s  module %s  token %s  cpus %ld  %.3g s per path in %u slices\n",
+	       date, cfg.module_path, cfg.token_uri, sysconf(_SC_NPROCESSORS_ONLN), seconds, rounds);
+	printf("%-20s %-8s %-14s %-11s %-10s", "operation", "threads", "coffer ops/s", "raw ops/s",
 	       "coffer/raw");
+	if (show_cpu)
+		printf("  %-14s %-11s %s", "coffer cpu/op", "raw cpu/op", "overhead");
+	printf("\n");
 	fflush(stdout);
 	for (int i = 0; i < OP__COUNT; i++) {
 		if (!selected[i])
@@ -674,25 +749,20 @@ main(int argc, char **argv)
 		run.op = (enum op_id)i;
 		run.key = keys[i];
 		/* Warm up both paths once (session copy, pooled session, caches). */
-		if (measure(&run, 1, 0.05) < 0.0)
-			goto out_run;
-		run.use_raw = 1;
-		if (measure(&run, 1, 0.05) < 0.0)
+		if (compare(&run, 1, 0.1, 1, &ct, &rt) != 0)
 			goto out_run;
 		for (unsigned c = 0; c < ncounts; c++) {
-			double cr, rr;
-
-			run.use_raw = 0;
-			if ((cr = measure(&run, counts[c], seconds)) < 0.0)
+			if (compare(&run, counts[c], seconds, rounds, &ct, &rt) != 0)
 				goto out_run;
-			run.use_raw = 1;
-			if ((rr = measure(&run, counts[c], seconds)) < 0.0)
-				goto out_run;
-			printf("%-20s %-8u %-14.0f %-11.0f %.1f%%\n", ops[i].name, counts[c], cr, rr,
-			       rr > 0.0 ? 100.0 * cr / rr : 0.0);
+			printf("%-20s %-8u %-14.0f %-11.0f %5.1f%%", ops[i].name, counts[c],
+			       tally_rate(&ct), tally_rate(&rt),
+			       tally_rate(&rt) > 0.0 ? 100.0 * tally_rate(&ct) / tally_rate(&rt) : 0.0);
+			if (show_cpu)
+				printf("      %-14.2f %-11.2f %+.2f us", tally_cpu_us(&ct),
+				       tally_cpu_us(&rt), tally_cpu_us(&ct) - tally_cpu_us(&rt));
+			printf("\n");
 			fflush(stdout);
 		}
-		run.use_raw = 0;
 	}
 	rc = 0;
 out_run:
