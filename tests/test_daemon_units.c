@@ -1,0 +1,292 @@
+/*
+ * test_daemon_units — daemon modules without gRPC: configuration parsing
+ * and its errors, the envelope format, the SQLite store's schema guard, the
+ * key registry's start-up reconciliation, and handlers called directly.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <sqlite3.h>
+
+#include "cf_status.h"
+#include "cf_test_token.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "config.h"
+#include "envelope.h"
+#include "handlers.h"
+#include "keyring.h"
+#include "store.h"
+
+static struct cf_test_token tok;
+static cf_p11 *p11;
+
+static int
+suite_init(void)
+{
+	if (cf_test_token_create(&tok, "coffer-units") != 0)
+		return -1;
+	return cf_p11_open(&tok.cfg, &p11) == CF_OK ? 0 : -1;
+}
+
+static int
+suite_clean(void)
+{
+	cf_p11_close(p11);
+	cf_test_token_destroy(&tok);
+	return 0;
+}
+
+static int
+load_ini(const char *text, struct cofferd_config *c)
+{
+	char path[400];
+
+	snprintf(path, sizeof(path), "%s/test.conf", tok.dir);
+	CU_ASSERT_FATAL(cf_test_write_file(path, text, 0600) == 0);
+	config_defaults(c);
+	return config_load(c, path);
+}
+
+static void
+test_config(void)
+{
+	struct cofferd_config c;
+
+	CU_ASSERT_EQUAL(load_ini("[token]\nuri = pkcs11:token=x\npool_size = 4\n"
+				 "[service]\npath = /tmp/s.sock\nmode = 0666\nallow_uids = 0, 65534\n"
+				 "[admin]\nallow_gids = root\n[daemon]\nworkers = 2\n"
+				 "log_level = debug\n", &c), CF_OK);
+	CU_ASSERT_STRING_EQUAL(c.token_uri, "pkcs11:token=x");
+	CU_ASSERT_EQUAL(c.pool_size, 4);
+	CU_ASSERT_EQUAL(c.service.mode, 0666);
+	CU_ASSERT_EQUAL(c.service.nuids, 2);
+	CU_ASSERT_EQUAL(c.service.uids[1], 65534);
+	CU_ASSERT_EQUAL(c.admin.ngids, 1);
+	CU_ASSERT_EQUAL(c.log_level, CF_LOG_DEBUG);
+	CU_ASSERT_EQUAL(config_finish(&c), CF_OK);
+	CU_ASSERT_EQUAL(c.admin.nuids, 0); /* a gid list given: no implicit uid */
+	/* errors name the file, the line and the setting */
+	CU_ASSERT_EQUAL(load_ini("[daemon]\nworkers = lots\n", &c), CF_E_CONFIG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "test.conf:2: [daemon] workers"));
+	CU_ASSERT_EQUAL(load_ini("[daemon]\nworkers = 0\n", &c), CF_E_CONFIG);
+	CU_ASSERT_EQUAL(load_ini("[daemon]\ncolour = blue\n", &c), CF_E_CONFIG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "unknown setting colour"));
+	CU_ASSERT_EQUAL(load_ini("[nonsense]\na = b\n", &c), CF_E_CONFIG);
+	CU_ASSERT_EQUAL(load_ini("[service]\nallow_uids = no-such-user-x\n", &c), CF_E_CONFIG);
+	CU_ASSERT_EQUAL(load_ini("[service]\nmode = 0999\n", &c), CF_E_CONFIG);
+	CU_ASSERT_EQUAL(load_ini("not an ini line\n", &c), CF_E_CONFIG);
+	config_defaults(&c);
+	CU_ASSERT_EQUAL(config_load(&c, "/nonexistent/cofferd.conf"), CF_E_CONFIG);
+	/* the same socket twice is refused; no allow-list means our own uid */
+	config_defaults(&c);
+	CU_ASSERT_EQUAL(config_set(&c, "admin", "path", "/run/coffer/service.sock"), CF_OK);
+	CU_ASSERT_EQUAL(config_finish(&c), CF_E_CONFIG);
+	config_defaults(&c);
+	CU_ASSERT_EQUAL(config_finish(&c), CF_OK);
+	CU_ASSERT(c.service.nuids == 1 && c.service.uids[0] == geteuid());
+}
+
+static void
+test_envelope_format(void)
+{
+	struct env_kv a[] = { { "b", "2" }, { "a", "1" } }, b[] = { { "a", "1" }, { "b", "2" } };
+	struct env_kv dup[] = { { "a", "1" }, { "a", "2" } }, empty[] = { { "", "x" } };
+	struct env_kv many[ENV_MAX_CONTEXT + 1];
+	cf_buf *x = cf_buf_new(4096), *y = cf_buf_new(4096);
+	char longkey[ENV_MAX_CONTEXT_KEY + 2];
+	uint8_t blob[64] = { 0x01, 0, 0, 0, 7 };
+	const uint8_t *iv, *ct;
+	uint32_t v;
+	size_t ctlen;
+
+	/* the AAD does not depend on map order, but on everything else */
+	CU_ASSERT_EQUAL(env_aad("k", 3, a, 2, x), CF_OK);
+	CU_ASSERT_EQUAL(env_aad("k", 3, b, 2, y), CF_OK);
+	CU_ASSERT(cf_buf_len(x) == cf_buf_len(y) &&
+		  memcmp(cf_buf_peek(x), cf_buf_peek(y), cf_buf_len(x)) == 0);
+	cf_buf_reset(y);
+	CU_ASSERT_EQUAL(env_aad("k", 4, b, 2, y), CF_OK);
+	CU_ASSERT(memcmp(cf_buf_peek(x), cf_buf_peek(y), cf_buf_len(x)) != 0);
+	CU_ASSERT_EQUAL(env_aad("k", 3, dup, 2, y), CF_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(env_aad("k", 3, empty, 1, y), CF_E_INVALID_ARG);
+	for (int i = 0; i <= ENV_MAX_CONTEXT; i++)
+		many[i] = (struct env_kv){ "k", "v" };
+	CU_ASSERT_EQUAL(env_aad("k", 3, many, ENV_MAX_CONTEXT + 1, y), CF_E_TOO_LARGE);
+	memset(longkey, 'k', sizeof(longkey) - 1);
+	longkey[sizeof(longkey) - 1] = '\0';
+	many[0].key = longkey;
+	CU_ASSERT_EQUAL(env_aad("k", 3, many, 1, y), CF_E_TOO_LARGE);
+	/* blob parsing */
+	CU_ASSERT_EQUAL(env_parse(blob, sizeof(blob), &v, &iv, &ct, &ctlen), CF_OK);
+	CU_ASSERT_EQUAL(v, 7);
+	CU_ASSERT_EQUAL(ctlen, sizeof(blob) - ENV_HEADER_LEN);
+	CU_ASSERT_EQUAL(env_parse(blob, ENV_HEADER_LEN + 15, &v, &iv, &ct, &ctlen),
+			CF_E_INVALID_ARG);
+	blob[0] = 0x02;
+	CU_ASSERT_EQUAL(env_parse(blob, sizeof(blob), &v, &iv, &ct, &ctlen), CF_E_INVALID_ARG);
+	blob[0] = 0x01;
+	blob[4] = 0;
+	CU_ASSERT_EQUAL(env_parse(blob, sizeof(blob), &v, &iv, &ct, &ctlen), CF_E_INVALID_ARG);
+	cf_buf_free(x);
+	cf_buf_free(y);
+}
+
+static void
+test_store_schema_guard(void)
+{
+	char dir[400], db[450];
+	store *s = NULL;
+	sqlite3 *h;
+
+	snprintf(dir, sizeof(dir), "%s/newer", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
+	store_close(s);
+	snprintf(db, sizeof(db), "%s/coffer.db", dir);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	CU_ASSERT(sqlite3_exec(h, "UPDATE meta SET v = '99' WHERE k = 'schema_version'", NULL,
+			       NULL, NULL) == SQLITE_OK);
+	sqlite3_close(h);
+	s = NULL;
+	CU_ASSERT_EQUAL(store_open(dir, &s), CF_E_CONFIG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "newer than this cofferd"));
+	CU_ASSERT_PTR_NULL(s);
+}
+
+static char reports[8][512];
+static int nreports;
+
+static void
+collect(const char *msg)
+{
+	if (nreports < 8)
+		snprintf(reports[nreports++], sizeof(reports[0]), "%s", msg);
+}
+
+static int
+reported(const char *needle)
+{
+	for (int i = 0; i < nreports; i++)
+		if (strstr(reports[i], needle) != NULL)
+			return 1;
+	return 0;
+}
+
+/* The registry and the token disagree in both directions: each is reported. */
+static void
+test_reconcile(void)
+{
+	char dir[400];
+	store *st = NULL;
+	keyring *kr = NULL;
+	struct key_info info;
+	cf_p11_key *stray = NULL, *k = NULL;
+	unsigned mismatches = 0;
+	uint32_t v;
+
+	snprintf(dir, sizeof(dir), "%s/reconcile", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL(mismatches, 0);
+	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	keyring_close(kr);
+	kr = NULL;
+	/* behind the registry's back: one version vanishes, one object appears */
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "lost", 1, &k), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_key_destroy(k), CF_OK);
+	cf_p11_key_free(k);
+	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "stray", 1, CF_KEY_ED25519, 0, &stray), CF_OK);
+	cf_p11_key_free(stray);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL(mismatches, 2);
+	CU_ASSERT(reported("key lost version 1 is in the registry but missing from the token"));
+	CU_ASSERT(reported("token object stray version 1 has no registry record"));
+	/* the intact key works; the lost one is refused cleanly; the stray is not served */
+	CU_ASSERT_EQUAL(keyring_use(kr, "kept", 0, PURPOSE_SIGN, &k, &v), CF_OK);
+	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, &k, &v), CF_E_PRECONDITION);
+	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, &k, &v), CF_E_NOT_FOUND);
+	/* a create that collides with the stray token object fails and records nothing */
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_describe(kr, "stray", &info), CF_E_NOT_FOUND);
+	keyring_close(kr);
+	store_close(st);
+}
+
+/* Handlers are plain functions: call Sign and a bad Wrap without gRPC. */
+static void
+test_handlers_direct(void)
+{
+	char dir[400];
+	store *st = NULL;
+	struct hctx h = { 0 };
+	struct key_info info;
+	const struct handler *sign = handlers_find("coffer.v1.KeyService", "Sign");
+	const struct handler *wrap = handlers_find("coffer.v1.KeyService", "Wrap");
+	Coffer__V1__SignRequest sreq = COFFER__V1__SIGN_REQUEST__INIT;
+	Coffer__V1__WrapRequest wreq = COFFER__V1__WRAP_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	uint8_t big[H_MAX_WRAP_PLAINTEXT + 1];
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sign);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(wrap);
+	CU_ASSERT_PTR_NULL(handlers_find("coffer.v1.KeyService", "CreateKey"));
+	snprintf(dir, sizeof(dir), "%s/handlers", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, &h.kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	sreq.key = "direct";
+	sreq.message.data = (uint8_t *)"m";
+	sreq.message.len = 1;
+	CU_ASSERT_EQUAL(sign->fn(&h, &sreq.base, &resp), CF_OK);
+	CU_ASSERT_EQUAL(((Coffer__V1__SignResponse *)resp)->version, 1);
+	CU_ASSERT_EQUAL(((Coffer__V1__SignResponse *)resp)->hash, COFFER__V1__HASH__SHA384);
+	protobuf_c_message_free_unpacked(resp, NULL);
+	resp = NULL;
+	sreq.digest = sreq.message;
+	CU_ASSERT_EQUAL(sign->fn(&h, &sreq.base, &resp), CF_E_INVALID_ARG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "not both"));
+	sreq.digest.len = 0;
+	sreq.hash = (Coffer__V1__Hash)77;
+	CU_ASSERT_EQUAL(sign->fn(&h, &sreq.base, &resp), CF_E_INVALID_ARG);
+	wreq.key = "direct";
+	wreq.plaintext.data = big;
+	wreq.plaintext.len = sizeof(big);
+	CU_ASSERT_EQUAL(wrap->fn(&h, &wreq.base, &resp), CF_E_TOO_LARGE);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "65536"));
+	wreq.plaintext.len = 10;
+	CU_ASSERT_EQUAL(wrap->fn(&h, &wreq.base, &resp), CF_E_WRONG_KEY_TYPE);
+	CU_ASSERT_PTR_NULL(resp);
+	keyring_close(h.kr);
+	store_close(st);
+}
+
+int
+main(void)
+{
+	CU_pSuite s;
+	unsigned failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	s = CU_add_suite("daemon_units", suite_init, suite_clean);
+	CU_add_test(s, "configuration file and its errors", test_config);
+	CU_add_test(s, "envelope AAD and blob format", test_envelope_format);
+	CU_add_test(s, "store refuses a newer schema", test_store_schema_guard);
+	CU_add_test(s, "start-up reconciliation reports mismatches", test_reconcile);
+	CU_add_test(s, "handlers called directly", test_handlers_direct);
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+	CU_cleanup_registry();
+	return failures == 0 ? 0 : 1;
+}
