@@ -2,6 +2,7 @@
  * key wrap and ECDH. Hashing for signatures happens on the host. */
 #include "p11_internal.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/bn.h>
@@ -32,14 +33,30 @@ struct sig_req {
 	int ecdsa_der;
 };
 
+/* Fetched once: EVP_sha256() and friends make OpenSSL 3 look the
+ * implementation up again on every digest (about 1 us per signature). */
+static EVP_MD *md_sha256, *md_sha384, *md_sha512;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void
+md_fetch(void)
+{
+	md_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+	md_sha384 = EVP_MD_fetch(NULL, "SHA2-384", NULL);
+	md_sha512 = EVP_MD_fetch(NULL, "SHA2-512", NULL);
+}
+
 static const EVP_MD *
 hash_md(enum cf_hash h)
 {
-	switch (h) {
-	case CF_HASH_SHA384: return EVP_sha384();
-	case CF_HASH_SHA512: return EVP_sha512();
-	default: return EVP_sha256();
-	}
+	const EVP_MD *md;
+
+	pthread_once(&md_once, md_fetch);
+	md = h == CF_HASH_SHA384 ? md_sha384 : h == CF_HASH_SHA512 ? md_sha512 : md_sha256;
+	if (md != NULL)
+		return md;
+	return h == CF_HASH_SHA384 ? EVP_sha384() : h == CF_HASH_SHA512 ? EVP_sha512() :
+	       EVP_sha256();
 }
 
 static CK_MECHANISM_TYPE
