@@ -67,6 +67,14 @@
  * coffer_error_message() is per thread. Calls block until the response
  * arrives or the client's deadline passes.
  *
+ * Reconnection. Calls fail fast (COFFER_E_UNAVAILABLE) while cofferd is not
+ * listening; they never wait for it to come up. When a call finds the
+ * connection failed, the client replaces its gRPC channel, so the first call
+ * after cofferd is back connects at once (gRPC's own reconnect backoff would
+ * keep failing calls for seconds). A call in flight while cofferd stops gets
+ * COFFER_E_CANCELLED or COFFER_E_UNAVAILABLE; retrying is safe for every call
+ * except create, import and rotate (check with coffer_get_key first).
+ *
  * fork(): gRPC starts threads. Do not fork while a client exists, and do not
  * use a client in the child of a fork.
  */

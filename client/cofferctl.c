@@ -137,6 +137,7 @@ exit_for_status(int r)
 	case COFFER_E_UNAVAILABLE:
 	case COFFER_E_TIMEOUT:
 	case COFFER_E_BUSY:
+	case COFFER_E_CANCELLED:        /* we never cancel: the daemon went away */
 		return EXIT_UNAVAILABLE;
 	case COFFER_E_INVALID_ARG:
 	case COFFER_E_TOO_LARGE:
@@ -1334,7 +1335,8 @@ usage(FILE *f)
 	    "  2  usage error\n"
 	    "  3  permission denied or unauthenticated\n"
 	    "  4  key or key version not found\n"
-	    "  5  daemon unavailable (not running, busy), or deadline exceeded\n"
+	    "  5  daemon unavailable (not running, stopping, busy), or deadline\n"
+	    "     exceeded\n"
 	    "  6  invalid input or failed precondition: malformed request, size limit,\n"
 	    "     key already exists, key type/purpose/state does not allow it\n"
 	    "Errors are printed on stderr as \"cofferctl: <reason>\".\n",

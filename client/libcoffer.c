@@ -8,6 +8,7 @@
  */
 #include "coffer.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -83,11 +84,26 @@ _Static_assert(COFFER_SERVICE_UNKNOWN ==
 #define PAGE_TOKEN_MAX 1024
 #define LIST_PAGE_SIZE 100
 
-struct coffer_client {
+/*
+ * A gRPC channel shared by the calls that took a reference to it. gRPC
+ * 1.51's pick_first policy keeps a channel whose connection attempts failed
+ * in TRANSIENT_FAILURE for seconds after the daemon is back, failing every
+ * call fast meanwhile; so a channel found in that state after a failed call
+ * is replaced by a fresh one (with its own subchannel), and the old one is
+ * destroyed when its last call is done.
+ */
+struct chan {
 	grpc_channel *channel;
+	atomic_uint refs;
+};
+
+struct coffer_client {
+	pthread_mutex_t mu;     /* guards cur */
+	struct chan *cur;
+	grpc_channel_credentials *creds;
 	unsigned int flags;
 	atomic_uint timeout_ms;
-	char *target;           /* "unix:PATH", for error messages */
+	char *target;           /* "unix:PATH" */
 };
 
 /* ---- gRPC status -> Coffer status: the one table ---- */
@@ -218,6 +234,10 @@ coffer_error_message(void)
 const char *
 coffer_strerror(int status)
 {
+	/* The shared text speaks of the token; a client also sees this code
+	 * when the daemon itself cannot be reached. */
+	if (status == CF_E_UNAVAILABLE)
+		return "cofferd or its token unavailable";
 	return cf_strerror(status);
 }
 
@@ -335,15 +355,10 @@ coffer_serving_status_name(enum coffer_serving_status s)
 
 /* ---- connection ---- */
 
-int
-coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
+static struct chan *
+chan_new(const coffer_client *c)
 {
-	struct sockaddr_un sun;
-	coffer_client *c = NULL;
-	grpc_channel_credentials *creds = NULL;
-	const char *path;
-	int grpc_ready = 0;
-	int r = CF_E_INTERNAL;
+	struct chan *ch;
 	grpc_arg args[] = {
 		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
 		  .value.integer = COFFER_MAX_MESSAGE },
@@ -356,6 +371,9 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 		  .value.integer = 100 },
 		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
 		  .value.integer = 1000 },
+		/* A replacement channel must not inherit the failed subchannel. */
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
+		  .value.integer = 1 },
 		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_HTTP_PROXY,
 		  .value.integer = 0 },
 		/* Identity only: no compressed copies of secrets we cannot wipe. */
@@ -366,6 +384,69 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 		  .value.string = "libcoffer/" COFFER_LIB_VERSION },
 	};
 	grpc_channel_args chargs = { sizeof(args) / sizeof(args[0]), args };
+
+	if ((ch = calloc(1, sizeof(*ch))) == NULL)
+		return NULL;
+	/* Never NULL: on failure gRPC returns a "lame" channel whose calls fail. */
+	if ((ch->channel = grpc_channel_create(c->target, c->creds, &chargs)) == NULL) {
+		free(ch);
+		return NULL;
+	}
+	atomic_init(&ch->refs, 1);
+	return ch;
+}
+
+static void
+chan_unref(struct chan *ch)
+{
+	if (ch == NULL || atomic_fetch_sub(&ch->refs, 1) != 1)
+		return;
+	grpc_channel_destroy(ch->channel);
+	free(ch);
+}
+
+static struct chan *
+chan_get(coffer_client *c)
+{
+	struct chan *ch;
+
+	pthread_mutex_lock(&c->mu);
+	ch = c->cur;
+	atomic_fetch_add(&ch->refs, 1);
+	pthread_mutex_unlock(&c->mu);
+	return ch;
+}
+
+/* After a failed call on `ch`: replace it if it is stuck in failure. */
+static void
+chan_check(coffer_client *c, struct chan *ch)
+{
+	struct chan *fresh, *old = NULL;
+
+	if (grpc_channel_check_connectivity_state(ch->channel, 0) !=
+	    GRPC_CHANNEL_TRANSIENT_FAILURE)
+		return;
+	if ((fresh = chan_new(c)) == NULL)
+		return;
+	pthread_mutex_lock(&c->mu);
+	if (c->cur == ch) {
+		old = ch;
+		c->cur = fresh;
+		fresh = NULL;
+	}
+	pthread_mutex_unlock(&c->mu);
+	chan_unref(old);
+	chan_unref(fresh);
+}
+
+int
+coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
+{
+	struct sockaddr_un sun;
+	coffer_client *c = NULL;
+	const char *path;
+	int grpc_ready = 0, mu_ready = 0;
+	int r = CF_E_INTERNAL;
 
 	cf_error_clear();
 	if (socket_path == NULL || out == NULL)
@@ -385,6 +466,11 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 		r = cf_error(CF_E_NOMEM, "out of memory");
 		goto out;
 	}
+	if (pthread_mutex_init(&c->mu, NULL) != 0) {
+		r = cf_error(CF_E_NOMEM, "cannot create a mutex");
+		goto out;
+	}
+	mu_ready = 1;
 	if (asprintf(&c->target, "unix:%s", path) < 0) {
 		c->target = NULL;
 		r = cf_error(CF_E_NOMEM, "out of memory");
@@ -395,14 +481,12 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 
 	grpc_init();
 	grpc_ready = 1;
-	if ((creds = grpc_insecure_credentials_create()) == NULL) {
+	if ((c->creds = grpc_insecure_credentials_create()) == NULL) {
 		r = cf_error(CF_E_INTERNAL, "cannot create gRPC channel credentials");
 		goto out;
 	}
-	/* Never NULL: on failure gRPC returns a "lame" channel whose calls fail. */
-	c->channel = grpc_channel_create(c->target, creds, &chargs);
-	if (c->channel == NULL) {
-		r = cf_error(CF_E_INTERNAL, "cannot create gRPC channel for %s", c->target);
+	if ((c->cur = chan_new(c)) == NULL) {
+		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC channel for %s", c->target);
 		goto out;
 	}
 	*out = c;
@@ -410,9 +494,11 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 	grpc_ready = 0;
 	r = CF_OK;
  out:
-	if (creds != NULL)
-		grpc_channel_credentials_release(creds);
 	if (c != NULL) {
+		if (c->creds != NULL)
+			grpc_channel_credentials_release(c->creds);
+		if (mu_ready)
+			pthread_mutex_destroy(&c->mu);
 		free(c->target);
 		free(c);
 	}
@@ -426,8 +512,10 @@ coffer_close(coffer_client *c)
 {
 	if (c == NULL)
 		return;
-	if (c->channel != NULL)
-		grpc_channel_destroy(c->channel);
+	/* No call may be running: ours is the last reference. */
+	chan_unref(c->cur);
+	grpc_channel_credentials_release(c->creds);
+	pthread_mutex_destroy(&c->mu);
 	free(c->target);
 	free(c);
 	grpc_shutdown();
@@ -467,7 +555,7 @@ status_error(const coffer_client *c, unsigned int ms, grpc_status_code st,
 		msg[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
 	msg[n] = '\0';
 	if (n == 0)
-		return cf_error(r, "%s (gRPC status %d)", cf_strerror(r), (int)st);
+		return cf_error(r, "%s (gRPC status %d)", coffer_strerror(r), (int)st);
 	/* gRPC's own texts: say which daemon and which deadline. */
 	if (st == GRPC_STATUS_DEADLINE_EXCEEDED && strcmp(msg, "Deadline Exceeded") == 0)
 		return cf_error(r, "no answer from cofferd at %s within %u ms", c->target + 5,
@@ -491,6 +579,7 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
     const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
 {
 	grpc_completion_queue *cq = NULL;
+	struct chan *ch = NULL;
 	grpc_call *call = NULL;
 	grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
 	grpc_byte_buffer_reader reader;
@@ -547,7 +636,8 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	else
 		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 		    gpr_time_from_millis((int64_t)ms, GPR_TIMESPAN));
-	call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
+	ch = chan_get(c);
+	call = grpc_channel_create_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
 	    grpc_slice_from_static_string(method), NULL, deadline, NULL);
 	if (call == NULL) {
 		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC call");
@@ -582,6 +672,8 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		goto out;
 	}
 	if (st != GRPC_STATUS_OK) {
+		if (st == GRPC_STATUS_UNAVAILABLE)
+			chan_check(c, ch);
 		r = status_error(c, ms, st, &details);
 		goto out;
 	}
@@ -630,6 +722,7 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 			    gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
 		grpc_completion_queue_destroy(cq);
 	}
+	chan_unref(ch);
 	return r;
 }
 

@@ -469,10 +469,13 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	if ((r = cf_p11_pubkey_der(k, der)) != CF_OK || (r = cf_p11_pubkey_pem(k, pem)) != CF_OK ||
 	    (r = set_bytes(&out->der, cf_buf_peek(der), cf_buf_len(der))) != CF_OK)
 		goto out;
-	if ((out->pem = strndup((const char *)cf_buf_peek(pem), cf_buf_len(pem))) == NULL) {
+	/* cf_buf holds bytes, not a C string: terminate the copy ourselves. */
+	if ((out->pem = malloc(cf_buf_len(pem) + 1)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
+	memcpy(out->pem, cf_buf_peek(pem), cf_buf_len(pem));
+	out->pem[cf_buf_len(pem)] = '\0';
 	out->type = (Coffer__V1__KeyType)cf_p11_key_type(k);
 	out->version = ver;
 	*resp = &out->base;

@@ -109,10 +109,15 @@ sig_prepare(const cf_p11_key *k, const struct cf_sign_params *params, const uint
 	     !cf_key_type_is_rsa(k->type)) || scheme > CF_SIG_RSA_PKCS1)
 		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s (%s) does not support that "
 				"signature scheme", k->name, cf_key_type_name(k->type));
+	if (sp->ecdsa_raw && scheme != CF_SIG_ECDSA)
+		return cf_error(CF_E_INVALID_ARG, "raw signature encoding applies to ECDSA only");
 	if (scheme == CF_SIG_EDDSA) {
-		if (sp->prehashed || hash != CF_HASH_NONE)
+		if (sp->prehashed)
 			return cf_error(CF_E_UNSUPPORTED, "Ed25519 signs the message itself; "
 					"digests are not accepted");
+		if (hash != CF_HASH_NONE)
+			return cf_error(CF_E_UNSUPPORTED, "Ed25519 has no hash choice; leave the "
+					"hash unset");
 		req->mech.mechanism = CKM_EDDSA;
 		req->tbs = in;
 		req->tbslen = inlen;

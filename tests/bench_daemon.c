@@ -1,0 +1,1083 @@
+/*
+ * bench_daemon — one operation end to end through cofferd (libcoffer, gRPC
+ * over a Unix socket), beside two baselines on the same key in the same
+ * SoftHSM2 token:
+ *
+ *   cofferd          N threads call libcoffer (coffer_sign / coffer_mac /
+ *                    coffer_wrap) on the service socket of a cofferd started
+ *                    on a temporary token; each thread with its own client
+ *                    (own connection) or all threads sharing one client.
+ *   in-process       N threads call the PKCS#11 layer (cf_p11_*) directly in
+ *                    this process: the floor that cofferd adds its cost to.
+ *   p11-kit remote   N threads call the same layer, loaded on p11-kit's
+ *                    client module, with SoftHSM2 served by `p11-kit server`
+ *                    over a Unix socket: the off-the-shelf way to keep keys
+ *                    out of the caller's process.
+ *
+ * usage: bench_daemon [--op OP] [--callers N] [--seconds S] [--warmup S]
+ *                     [--workers LIST] [--clients per-thread|shared|both]
+ *                     [--rounds R] [--paths LIST]
+ *
+ * Every call's latency is recorded (CLOCK_MONOTONIC) into per-thread arrays
+ * during the timed window, after a warm-up; the window gives ops/s and the
+ * p50 / p99 / p99.9 latencies. Server CPU is read from /proc/<pid>/stat
+ * (utime + stime of the server and its child processes) at both ends of the
+ * window; client CPU is this process's getrusage(). The whole sequence of
+ * paths runs --rounds times, alternating, so that drifting background load
+ * hits every path; the summary takes the best round of each path. This is a
+ * benchmark, not a test.
+ */
+#define CRYPTOKI_COMPAT
+#include <p11-kit/pkcs11.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "cf_buf.h"
+#include "cf_p11.h"
+#include "cf_status.h"
+#include "cf_test_token.h"
+#include "coffer.h"
+
+#define MAX_CALLERS 256
+#define MAX_WORKER_COUNTS 8
+#define MAX_ROUNDS 50
+#define MAX_RESULTS 256
+#define KEY_VERSION 1u
+#define OUT_MAX 2048
+#define MSG_MAX 1024
+#define P11KIT_CLIENT "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+
+/* Targets of the comparison line. */
+#define TARGET_SPEEDUP 1.5
+#define TARGET_OPS_PER_CPU_S 10000.0
+#define TARGET_P99_US 1500.0
+
+enum op_id { OP_ECDSA, OP_ED25519, OP_RSA, OP_HMAC, OP_WRAP, OP__COUNT };
+
+struct op_def {
+	const char *name;            /* --op */
+	const char *what;            /* for the header */
+	enum cf_key_type type;
+	enum coffer_key_type ctype;
+	size_t msglen;
+};
+
+static const struct op_def ops[OP__COUNT] = {
+	[OP_ECDSA] = { "ecdsa-p256", "ECDSA P-256 sign, 32-byte message", CF_KEY_EC_P256,
+		       COFFER_KEY_EC_P256, 32 },
+	[OP_ED25519] = { "ed25519", "Ed25519 sign, 32-byte message", CF_KEY_ED25519,
+			 COFFER_KEY_ED25519, 32 },
+	[OP_RSA] = { "rsa2048", "RSA-2048 PSS/SHA-256 sign, 32-byte message", CF_KEY_RSA_2048,
+		     COFFER_KEY_RSA_2048, 32 },
+	[OP_HMAC] = { "hmac-sha256", "HMAC-SHA256 of 256 bytes", CF_KEY_HMAC_SHA256,
+		      COFFER_KEY_HMAC_SHA256, 256 },
+	[OP_WRAP] = { "wrap-1k", "AES-256-GCM wrap of 1 KiB", CF_KEY_AES_256, COFFER_KEY_AES_256,
+		      1024 },
+};
+
+enum path_kind { PATH_DAEMON, PATH_LAYER, PATH_P11KIT, PATH__COUNT };
+
+static const char *const path_names[PATH__COUNT] = { "daemon", "layer", "p11kit" };
+
+#define CLIENT_PER_THREAD 0x1u
+#define CLIENT_SHARED 0x2u
+
+enum phase { PH_WARMUP, PH_MEASURE, PH_STOP };
+
+/* Latencies of one thread, in nanoseconds. */
+struct lat {
+	uint64_t *v;
+	size_t n;
+	size_t cap;
+};
+
+/* One measurement: one path, one operation, N callers. */
+struct bench {
+	enum op_id op;
+	enum path_kind path;
+	char key_name[64];
+	cf_p11_key *key;                   /* layer paths */
+	const uint8_t *msg;
+	const uint8_t *aad;                /* layer wrap: AAD like cofferd's envelope */
+	size_t aadlen;
+	atomic_int phase;
+	atomic_bool failed;
+	pthread_mutex_t err_mu;
+	char err[400];
+	pthread_barrier_t start;
+};
+
+struct caller {
+	struct bench *b;
+	pthread_t tid;
+	coffer_client *client;             /* daemon path */
+	cf_buf *out;                       /* layer paths */
+	struct lat lat;
+};
+
+struct result {
+	char label[48];
+	enum path_kind path;
+	unsigned callers;
+	unsigned long ops;
+	double window;                     /* seconds */
+	double rate;
+	double p50, p99, p999;             /* microseconds */
+	double server_cpu;                 /* seconds; < 0 if there is no server */
+	double client_cpu;                 /* seconds */
+};
+
+struct options {
+	enum op_id op;
+	unsigned callers;
+	double seconds;
+	double warmup;
+	unsigned workers[MAX_WORKER_COUNTS];
+	unsigned nworkers;
+	unsigned clients;                  /* CLIENT_* bits */
+	unsigned rounds;
+	int paths[PATH__COUNT];
+	const char *p11kit_client;
+};
+
+static struct result results[MAX_RESULTS];
+static unsigned nresults;
+
+/* ---- small helpers ---- */
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double
+rusage_cpu(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static void
+sleep_s(double s)
+{
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)s;
+	ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Record the first failure and stop every thread. */
+static void
+bench_fail(struct bench *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void
+bench_fail(struct bench *b, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&b->err_mu);
+	if (!atomic_load(&b->failed)) {
+		va_start(ap, fmt);
+		vsnprintf(b->err, sizeof(b->err), fmt, ap);
+		va_end(ap);
+		atomic_store(&b->failed, true);
+	}
+	pthread_mutex_unlock(&b->err_mu);
+	atomic_store(&b->phase, PH_STOP);
+}
+
+/* ---- CPU time of a server process and its children, from /proc ---- */
+
+/* utime + stime + cutime + cstime of one process, in clock ticks. */
+static int
+proc_ticks(pid_t pid, unsigned long long *ticks)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut, st, cut, cst;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* Fields after the command name (which may hold spaces and parentheses):
+	 * state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
+	 * utime stime cutime cstime. */
+	if ((p = strrchr(buf, ')')) == NULL ||
+	    sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
+		   &ut, &st, &cut, &cst) != 4)
+		return -1;
+	*ticks = ut + st + cut + cst;
+	return 0;
+}
+
+/*
+ * The process and, recursively, its live children (p11-kit server forks a
+ * p11-kit-remote per connection); reaped children are in cutime/cstime.
+ */
+static unsigned long long
+proc_tree_ticks(pid_t pid, int depth)
+{
+	unsigned long long total = 0, t;
+	char path[96];
+	struct dirent *de;
+	DIR *dir;
+
+	if (proc_ticks(pid, &t) == 0)
+		total += t;
+	if (depth > 4)
+		return total;
+	snprintf(path, sizeof(path), "/proc/%ld/task", (long)pid);
+	if ((dir = opendir(path)) == NULL)
+		return total;
+	while ((de = readdir(dir)) != NULL) {
+		char cpath[400];
+		long child;
+		FILE *f;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(cpath, sizeof(cpath), "/proc/%ld/task/%s/children", (long)pid, de->d_name);
+		if ((f = fopen(cpath, "r")) == NULL)
+			continue;
+		while (fscanf(f, "%ld", &child) == 1)
+			total += proc_tree_ticks((pid_t)child, depth + 1);
+		fclose(f);
+	}
+	closedir(dir);
+	return total;
+}
+
+static double
+proc_cpu_s(pid_t pid)
+{
+	return (double)proc_tree_ticks(pid, 0) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* ---- one operation ---- */
+
+static int
+daemon_op(struct bench *b, coffer_client *c)
+{
+	const struct op_def *d = &ops[b->op];
+	struct coffer_bytes out = { NULL, 0 };
+	uint32_t ver = 0;
+	int r;
+
+	switch (b->op) {
+	case OP_HMAC:
+		r = coffer_mac(c, b->key_name, 0, b->msg, d->msglen, &out, &ver);
+		break;
+	case OP_WRAP:
+		r = coffer_wrap(c, b->key_name, b->msg, d->msglen, NULL, 0, &out, &ver);
+		break;
+	default:
+		r = coffer_sign(c, b->key_name, 0, b->msg, d->msglen, NULL, &out, &ver);
+		break;
+	}
+	if (r != COFFER_OK) {
+		bench_fail(b, "%s through cofferd: %s: %s", d->name, coffer_strerror(r),
+			   coffer_error_message());
+		return -1;
+	}
+	if (out.len == 0 || ver != KEY_VERSION) {
+		bench_fail(b, "%s through cofferd: %zu-byte result, version %u", d->name, out.len,
+			   ver);
+		coffer_bytes_free(&out);
+		return -1;
+	}
+	coffer_bytes_free(&out);
+	return 0;
+}
+
+static int
+layer_op(struct bench *b, cf_buf *out)
+{
+	const struct op_def *d = &ops[b->op];
+	uint8_t iv[CF_GCM_IV_LEN];
+	int r;
+
+	cf_buf_reset(out);
+	switch (b->op) {
+	case OP_HMAC:
+		r = cf_p11_mac(b->key, b->msg, d->msglen, out);
+		break;
+	case OP_WRAP:
+		r = cf_p11_gcm_encrypt(b->key, b->aad, b->aadlen, b->msg, d->msglen, iv, out);
+		break;
+	default:
+		r = cf_p11_sign(b->key, NULL, b->msg, d->msglen, out);
+		break;
+	}
+	if (r != CF_OK) {
+		bench_fail(b, "%s through the %s layer: %s: %s", d->name,
+			   b->path == PATH_P11KIT ? "p11-kit remote" : "in-process",
+			   cf_status_name(r), cf_error_detail());
+		return -1;
+	}
+	return 0;
+}
+
+static int
+lat_push(struct lat *l, uint64_t ns)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 65536;
+		uint64_t *v = realloc(l->v, cap * sizeof(*v));
+
+		if (v == NULL)
+			return -1;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n++] = ns;
+	return 0;
+}
+
+static void *
+caller_main(void *arg)
+{
+	struct caller *w = arg;
+	struct bench *b = w->b;
+
+	pthread_barrier_wait(&b->start);
+	for (;;) {
+		int ph = atomic_load_explicit(&b->phase, memory_order_acquire);
+		uint64_t t0, t1;
+		int r;
+
+		if (ph == PH_STOP)
+			break;
+		t0 = now_ns();
+		r = b->path == PATH_DAEMON ? daemon_op(b, w->client) : layer_op(b, w->out);
+		t1 = now_ns();
+		if (r != 0)
+			break;
+		/* Only calls that started inside the timed window count. */
+		if (ph == PH_MEASURE && lat_push(&w->lat, t1 - t0) != 0) {
+			bench_fail(b, "out of memory for latencies");
+			break;
+		}
+	}
+	return NULL;
+}
+
+static int
+u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted v[0..n), in microseconds. */
+static double
+percentile_us(const uint64_t *v, size_t n, double p)
+{
+	size_t k;
+
+	if (n == 0)
+		return 0.0;
+	k = (size_t)(p * (double)n + 0.999999);
+	if (k < 1)
+		k = 1;
+	if (k > n)
+		k = n;
+	return (double)v[k - 1] / 1e3;
+}
+
+/*
+ * Run b with `ncallers` threads: warm up, time the window, collect the
+ * latencies. clients[i] (daemon path) is the client of thread i. server is
+ * the pid whose CPU counts (0 for none). Fills *res; 0 or -1 after printing
+ * why.
+ */
+static int
+measure(struct bench *b, const struct options *o, coffer_client *const *clients, pid_t server,
+	struct result *res)
+{
+	struct caller *w;
+	uint64_t *all = NULL, t0, t1;
+	double srv0 = 0.0, srv1 = 0.0, cli0, cli1, waited;
+	size_t total = 0;
+	unsigned started = 0;
+	int e, ret = -1;
+
+	if ((w = calloc(o->callers, sizeof(*w))) == NULL) {
+		fprintf(stderr, "bench_daemon: out of memory\n");
+		return -1;
+	}
+	atomic_store(&b->phase, PH_WARMUP);
+	atomic_store(&b->failed, false);
+	b->err[0] = '\0';
+	for (unsigned i = 0; i < o->callers; i++) {
+		/* Room for the expected calls, touched now rather than in the window. */
+		size_t cap = (size_t)(o->seconds * 400000.0 / o->callers) + 65536;
+
+		w[i].b = b;
+		w[i].client = clients != NULL ? clients[i] : NULL;
+		if ((w[i].lat.v = malloc(cap * sizeof(uint64_t))) == NULL ||
+		    (b->path != PATH_DAEMON && (w[i].out = cf_buf_new(OUT_MAX)) == NULL)) {
+			fprintf(stderr, "bench_daemon: out of memory\n");
+			goto out;
+		}
+		memset(w[i].lat.v, 0, cap * sizeof(uint64_t));
+		w[i].lat.cap = cap;
+	}
+	pthread_barrier_init(&b->start, NULL, o->callers + 1);
+	for (unsigned i = 0; i < o->callers; i++) {
+		if ((e = pthread_create(&w[i].tid, NULL, caller_main, &w[i])) != 0) {
+			fprintf(stderr, "bench_daemon: pthread_create: %s\n", strerror(e));
+			exit(1); /* the barrier cannot be released any more */
+		}
+		started++;
+	}
+	pthread_barrier_wait(&b->start);
+	for (waited = 0.0; waited < o->warmup && !atomic_load(&b->failed); waited += 0.05)
+		sleep_s(0.05);
+	if (server > 0)
+		srv0 = proc_cpu_s(server);
+	cli0 = rusage_cpu();
+	t0 = now_ns();
+	atomic_store(&b->phase, PH_MEASURE);
+	for (waited = 0.0; waited < o->seconds && !atomic_load(&b->failed); waited += 0.05)
+		sleep_s(o->seconds - waited < 0.05 ? o->seconds - waited : 0.05);
+	atomic_store(&b->phase, PH_STOP);
+	t1 = now_ns();
+	cli1 = rusage_cpu();
+	if (server > 0)
+		srv1 = proc_cpu_s(server);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(w[i].tid, NULL);
+	pthread_barrier_destroy(&b->start);
+	if (atomic_load(&b->failed)) {
+		fprintf(stderr, "bench_daemon: %s\n", b->err);
+		goto out;
+	}
+
+	for (unsigned i = 0; i < o->callers; i++)
+		total += w[i].lat.n;
+	if (total == 0 || (all = malloc(total * sizeof(*all))) == NULL) {
+		fprintf(stderr, "bench_daemon: no calls completed in the window\n");
+		goto out;
+	}
+	total = 0;
+	for (unsigned i = 0; i < o->callers; i++) {
+		memcpy(all + total, w[i].lat.v, w[i].lat.n * sizeof(*all));
+		total += w[i].lat.n;
+	}
+	qsort(all, total, sizeof(*all), u64_cmp);
+	res->path = b->path;
+	res->callers = o->callers;
+	res->ops = (unsigned long)total;
+	res->window = (double)(t1 - t0) / 1e9;
+	res->rate = (double)total / res->window;
+	res->p50 = percentile_us(all, total, 0.50);
+	res->p99 = percentile_us(all, total, 0.99);
+	res->p999 = percentile_us(all, total, 0.999);
+	res->server_cpu = server > 0 ? srv1 - srv0 : -1.0;
+	res->client_cpu = cli1 - cli0;
+	ret = 0;
+out:
+	for (unsigned i = 0; i < o->callers; i++) {
+		free(w[i].lat.v);
+		cf_buf_free(w[i].out);
+	}
+	free(w);
+	free(all);
+	return ret;
+}
+
+/* ---- output ---- */
+
+static void
+print_table_header(void)
+{
+	printf("%-26s %7s %9s %8s %8s %8s %13s %14s %13s\n", "path", "callers", "ops/s",
+	       "p50 us", "p99 us", "p99.9 us", "srv CPU us/op", "ops/srv CPU-s", "cli CPU us/op");
+}
+
+static void
+print_result(const struct result *r)
+{
+	char srv[32], per[32];
+
+	if (r->server_cpu >= 0.0 && r->ops > 0) {
+		snprintf(srv, sizeof(srv), "%.1f", 1e6 * r->server_cpu / (double)r->ops);
+		if (r->server_cpu > 0.0)
+			snprintf(per, sizeof(per), "%.0f", (double)r->ops / r->server_cpu);
+		else
+			snprintf(per, sizeof(per), "inf");
+	} else {
+		snprintf(srv, sizeof(srv), "-");
+		snprintf(per, sizeof(per), "-");
+	}
+	printf("%-26s %7u %9.0f %8.0f %8.0f %8.0f %13s %14s %13.1f\n", r->label, r->callers,
+	       r->rate, r->p50, r->p99, r->p999, srv, per,
+	       r->ops > 0 ? 1e6 * r->client_cpu / (double)r->ops : 0.0);
+	fflush(stdout);
+}
+
+static void
+record(const struct result *r)
+{
+	if (nresults < MAX_RESULTS)
+		results[nresults++] = *r;
+	print_result(r);
+}
+
+/* ---- path 1: cofferd ---- */
+
+static int
+daemon_create_key(const struct cf_test_daemon *d, const struct bench *b)
+{
+	coffer_client *admin = NULL;
+	int r;
+
+	if ((r = coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &admin)) != COFFER_OK) {
+		fprintf(stderr, "bench_daemon: coffer_connect(admin): %s\n", coffer_strerror(r));
+		return -1;
+	}
+	r = coffer_create_key(admin, b->key_name, ops[b->op].ctype, 0, NULL);
+	if (r != COFFER_OK && r != COFFER_E_EXISTS)
+		fprintf(stderr, "bench_daemon: creating %s: %s: %s\n", b->key_name,
+			coffer_strerror(r), coffer_error_message());
+	coffer_close(admin);
+	return r == COFFER_OK || r == COFFER_E_EXISTS ? 0 : -1;
+}
+
+static int
+run_daemon(struct bench *b, const struct options *o, const struct cf_test_token *tok,
+	   unsigned workers)
+{
+	struct cf_test_daemon d;
+	coffer_client **clients = NULL, *shared = NULL;
+	char wbuf[16];
+	const char *extra[] = { "--workers", wbuf, NULL };
+	struct result res;
+	unsigned nclients = 0;
+	int r, ret = -1;
+
+	snprintf(wbuf, sizeof(wbuf), "%u", workers);
+	b->path = PATH_DAEMON;
+	if (cf_test_daemon_start(tok, &d, extra) != 0)
+		return -1;
+	if (daemon_create_key(&d, b) != 0)
+		goto out;
+	if ((clients = calloc(o->callers, sizeof(*clients))) == NULL)
+		goto out;
+	for (unsigned mode = CLIENT_PER_THREAD; mode <= CLIENT_SHARED; mode <<= 1) {
+		if (!(o->clients & mode))
+			continue;
+		if (mode == CLIENT_PER_THREAD) {
+			for (nclients = 0; nclients < o->callers; nclients++) {
+				if ((r = coffer_connect(d.service, 0, &clients[nclients])) !=
+				    COFFER_OK) {
+					fprintf(stderr, "bench_daemon: coffer_connect: %s\n",
+						coffer_strerror(r));
+					goto out;
+				}
+			}
+		} else {
+			if ((r = coffer_connect(d.service, 0, &shared)) != COFFER_OK) {
+				fprintf(stderr, "bench_daemon: coffer_connect: %s\n",
+					coffer_strerror(r));
+				goto out;
+			}
+			for (unsigned i = 0; i < o->callers; i++)
+				clients[i] = shared;
+		}
+		memset(&res, 0, sizeof(res));
+		snprintf(res.label, sizeof(res.label), "cofferd w%u %s", workers,
+			 mode == CLIENT_PER_THREAD ? "client/thread" : "shared client");
+		if (measure(b, o, clients, d.pid, &res) != 0)
+			goto out;
+		record(&res);
+		for (unsigned i = 0; i < nclients; i++)
+			coffer_close(clients[i]);
+		nclients = 0;
+		coffer_close(shared);
+		shared = NULL;
+	}
+	ret = 0;
+out:
+	for (unsigned i = 0; i < nclients; i++)
+		coffer_close(clients[i]);
+	coffer_close(shared);
+	free(clients);
+	if ((r = cf_test_daemon_stop(&d)) != 0) {
+		fprintf(stderr, "bench_daemon: cofferd exited with %d; log %s\n", r, d.log);
+		ret = -1;
+	}
+	return ret;
+}
+
+/* ---- paths 2 and 3: the PKCS#11 layer, in process or over p11-kit ---- */
+
+static int
+run_layer(struct bench *b, const struct options *o, const struct cf_p11_config *base,
+	  const char *module, enum path_kind path, pid_t server)
+{
+	struct cf_p11_config cfg = *base;
+	struct result res;
+	cf_p11 *p = NULL;
+	int r, ret = -1;
+
+	cfg.module_path = module;
+	cfg.pool_size = o->callers > 8 ? o->callers : 0;
+	b->path = path;
+	if ((r = cf_p11_open(&cfg, &p)) != CF_OK) {
+		fprintf(stderr, "bench_daemon: cf_p11_open(%s): %s: %s\n", module, cf_status_name(r),
+			cf_error_detail());
+		return -1;
+	}
+	if ((r = cf_p11_key_open(p, b->key_name, KEY_VERSION, &b->key)) != CF_OK) {
+		fprintf(stderr, "bench_daemon: opening %s: %s: %s\n", b->key_name,
+			cf_status_name(r), cf_error_detail());
+		goto out;
+	}
+	memset(&res, 0, sizeof(res));
+	snprintf(res.label, sizeof(res.label), "%s",
+		 path == PATH_P11KIT ? "p11-kit server (remote)" : "in-process layer");
+	if (measure(b, o, NULL, server, &res) != 0)
+		goto out;
+	record(&res);
+	ret = 0;
+out:
+	cf_p11_key_free(b->key);
+	b->key = NULL;
+	cf_p11_close(p);
+	return ret;
+}
+
+/* Connect to a Unix socket once to see that the server listens. */
+static int
+socket_ready(const char *path)
+{
+	struct sockaddr_un sa;
+	size_t len = strlen(path);
+	int fd, ok;
+
+	if (len >= sizeof(sa.sun_path) ||
+	    (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return 0;
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, path, len);
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
+}
+
+static int
+run_p11kit(struct bench *b, const struct options *o, const struct cf_test_token *tok)
+{
+	extern char **environ;
+	posix_spawn_file_actions_t fa;
+	char sock[320], log[320], addr[340];
+	char *argv[] = { "p11-kit", "server", "--foreground", "--provider",
+			 (char *)tok->cfg.module_path, "-n", sock, (char *)tok->uri, NULL };
+	pid_t pid;
+	int e, st, ret = -1, ready = 0;
+
+	snprintf(sock, sizeof(sock), "%s/p11kit.sock", tok->dir);
+	if (strlen(sock) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		fprintf(stderr, "bench_daemon: socket path %s is too long\n", sock);
+		return -1;
+	}
+	snprintf(log, sizeof(log), "%s/p11kit-server.log", tok->dir);
+	snprintf(addr, sizeof(addr), "unix:path=%s", sock);
+	unlink(sock);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
+					 0600);
+	posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+	/* The server inherits SOFTHSM2_CONF of the temporary token. */
+	e = posix_spawnp(&pid, "p11-kit", &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (e != 0) {
+		fprintf(stderr, "bench_daemon: cannot run p11-kit server: %s\n", strerror(e));
+		return -1;
+	}
+	for (int i = 0; i < 500 && !ready; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			fprintf(stderr, "bench_daemon: p11-kit server exited; log %s\n", log);
+			return -1;
+		}
+		if (!(ready = socket_ready(sock)))
+			sleep_s(0.01);
+	}
+	if (!ready) {
+		fprintf(stderr, "bench_daemon: p11-kit server not listening after 5 s; log %s\n",
+			log);
+		goto out;
+	}
+	setenv("P11_KIT_SERVER_ADDRESS", addr, 1);
+	ret = run_layer(b, o, &tok->cfg, o->p11kit_client, PATH_P11KIT, pid);
+	unsetenv("P11_KIT_SERVER_ADDRESS");
+out:
+	kill(pid, SIGTERM);
+	waitpid(pid, &st, 0);
+	unlink(sock);
+	return ret;
+}
+
+/* ---- options ---- */
+
+static void
+usage(FILE *fp)
+{
+	fprintf(fp,
+		"usage: bench_daemon [options]\n"
+		"  --op OP            operation (default ecdsa-p256):");
+	for (int i = 0; i < OP__COUNT; i++)
+		fprintf(fp, "%s%s", i ? "|" : " ", ops[i].name);
+	fprintf(fp,
+		"\n"
+		"  --callers N        concurrent calling threads (default 8; max %d)\n"
+		"  --seconds S        timed window per measurement (default 5)\n"
+		"  --warmup S         untimed calls before each window (default 1)\n"
+		"  --workers LIST     cofferd --workers values, comma-separated (default 4)\n"
+		"  --clients MODE     per-thread | shared | both: libcoffer clients of the\n"
+		"                     cofferd path (default both)\n"
+		"  --rounds R         repeat the sequence of paths R times (default 2)\n"
+		"  --paths LIST       subset of daemon,layer,p11kit (default all)\n"
+		"  --p11kit-client M  p11-kit client module (default %s)\n"
+		"  --help             this text\n"
+		"Runs on a temporary SoftHSM2 token (COFFER_TEST_KEEP=1 keeps it, with the\n"
+		"cofferd and p11-kit server logs).\n", MAX_CALLERS, P11KIT_CLIENT);
+}
+
+static int
+parse_uint(const char *v, unsigned long lo, unsigned long hi, unsigned *out)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(v, &end, 10);
+	if (end == v || *end != '\0' || errno != 0 || n < lo || n > hi)
+		return -1;
+	*out = (unsigned)n;
+	return 0;
+}
+
+static int
+parse_seconds(const char *v, double lo, double *out)
+{
+	char *end;
+	double s = strtod(v, &end);
+
+	if (end == v || *end != '\0' || !(s >= lo && s <= 3600.0))
+		return -1;
+	*out = s;
+	return 0;
+}
+
+static int
+parse_workers(const char *list, struct options *o)
+{
+	char *copy = strdup(list), *save = NULL, *tok;
+	int ret = 0;
+
+	if (copy == NULL)
+		return -1;
+	o->nworkers = 0;
+	for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		if (o->nworkers == MAX_WORKER_COUNTS ||
+		    parse_uint(tok, 1, 64, &o->workers[o->nworkers]) != 0) {
+			ret = -1;
+			break;
+		}
+		o->nworkers++;
+	}
+	free(copy);
+	return ret == 0 && o->nworkers > 0 ? 0 : -1;
+}
+
+static int
+parse_paths(const char *list, struct options *o)
+{
+	char *copy = strdup(list), *save = NULL, *tok;
+	int ret = 0, any = 0;
+
+	if (copy == NULL)
+		return -1;
+	memset(o->paths, 0, sizeof(o->paths));
+	for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		int i;
+
+		for (i = 0; i < PATH__COUNT; i++)
+			if (strcmp(tok, path_names[i]) == 0)
+				break;
+		if (i == PATH__COUNT) {
+			ret = -1;
+			break;
+		}
+		o->paths[i] = 1;
+		any = 1;
+	}
+	free(copy);
+	return ret == 0 && any ? 0 : -1;
+}
+
+static int
+parse_args(int argc, char **argv, struct options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->op = OP_ECDSA;
+	o->callers = 8;
+	o->seconds = 5.0;
+	o->warmup = 1.0;
+	o->workers[0] = 4;
+	o->nworkers = 1;
+	o->clients = CLIENT_PER_THREAD | CLIENT_SHARED;
+	o->rounds = 2;
+	for (int i = 0; i < PATH__COUNT; i++)
+		o->paths[i] = 1;
+	o->p11kit_client = P11KIT_CLIENT;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int bad = 0;
+
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			exit(0);
+		}
+		if (v == NULL) {
+			usage(stderr);
+			return -1;
+		}
+		i++;
+		if (strcmp(a, "--op") == 0) {
+			int k;
+
+			for (k = 0; k < OP__COUNT; k++)
+				if (strcmp(v, ops[k].name) == 0)
+					break;
+			bad = k == OP__COUNT;
+			o->op = (enum op_id)k;
+		} else if (strcmp(a, "--callers") == 0) {
+			bad = parse_uint(v, 1, MAX_CALLERS, &o->callers) != 0;
+		} else if (strcmp(a, "--seconds") == 0) {
+			bad = parse_seconds(v, 0.1, &o->seconds) != 0;
+		} else if (strcmp(a, "--warmup") == 0) {
+			bad = parse_seconds(v, 0.0, &o->warmup) != 0;
+		} else if (strcmp(a, "--workers") == 0) {
+			bad = parse_workers(v, o) != 0;
+		} else if (strcmp(a, "--clients") == 0) {
+			if (strcmp(v, "per-thread") == 0)
+				o->clients = CLIENT_PER_THREAD;
+			else if (strcmp(v, "shared") == 0)
+				o->clients = CLIENT_SHARED;
+			else if (strcmp(v, "both") == 0)
+				o->clients = CLIENT_PER_THREAD | CLIENT_SHARED;
+			else
+				bad = 1;
+		} else if (strcmp(a, "--rounds") == 0) {
+			bad = parse_uint(v, 1, MAX_ROUNDS, &o->rounds) != 0;
+		} else if (strcmp(a, "--paths") == 0) {
+			bad = parse_paths(v, o) != 0;
+		} else if (strcmp(a, "--p11kit-client") == 0) {
+			o->p11kit_client = v;
+		} else {
+			usage(stderr);
+			return -1;
+		}
+		if (bad) {
+			fprintf(stderr, "bench_daemon: bad value \"%s\" for %s\n", v, a);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* ---- summary ---- */
+
+/* Best round (highest ops/s) of each label, in order of first appearance. */
+static unsigned
+summarise(const struct result *best[MAX_RESULTS])
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < nresults; i++) {
+		unsigned j;
+
+		for (j = 0; j < n; j++)
+			if (strcmp(best[j]->label, results[i].label) == 0)
+				break;
+		if (j == n)
+			best[n++] = &results[i];
+		else if (results[i].rate > best[j]->rate)
+			best[j] = &results[i];
+	}
+	return n;
+}
+
+static const char *
+met(int ok)
+{
+	return ok ? "met" : "NOT met";
+}
+
+static void
+print_verdict(const struct result *const *best, unsigned n)
+{
+	const struct result *d = NULL, *k = NULL;
+	double per_cpu;
+
+	for (unsigned i = 0; i < n; i++) {
+		if (best[i]->path == PATH_DAEMON && (d == NULL || best[i]->rate > d->rate))
+			d = best[i];
+		if (best[i]->path == PATH_P11KIT)
+			k = best[i];
+	}
+	if (d == NULL)
+		return;
+	per_cpu = d->server_cpu > 0.0 ? (double)d->ops / d->server_cpu : 0.0;
+	printf("# cofferd configuration compared: %s (highest ops/s)\n", d->label);
+	if (k != NULL)
+		printf("# daemon/p11-kit ops/s = %.0f / %.0f = %.2fx (target >= %.1fx): %s\n",
+		       d->rate, k->rate, k->rate > 0.0 ? d->rate / k->rate : 0.0, TARGET_SPEEDUP,
+		       met(k->rate > 0.0 && d->rate / k->rate >= TARGET_SPEEDUP));
+	printf("# daemon ops per daemon CPU-second = %.0f (target >= %.0f): %s\n", per_cpu,
+	       TARGET_OPS_PER_CPU_S, met(per_cpu >= TARGET_OPS_PER_CPU_S));
+	printf("# daemon p99 = %.0f us (target < %.0f us): %s\n", d->p99, TARGET_P99_US,
+	       met(d->p99 < TARGET_P99_US));
+}
+
+/* ---- main ---- */
+
+int
+main(int argc, char **argv)
+{
+	static uint8_t msg[MSG_MAX];
+	struct options o;
+	struct cf_test_token tok;
+	struct bench b;
+	cf_buf *aad = NULL;
+	const struct result *best[MAX_RESULTS];
+	char date[64];
+	time_t t;
+	unsigned n;
+	int rc = 1, have_token = 0;
+
+	if (parse_args(argc, argv, &o) != 0)
+		return 2;
+	signal(SIGPIPE, SIG_IGN);
+	memset(&b, 0, sizeof(b));
+	pthread_mutex_init(&b.err_mu, NULL);
+	b.op = o.op;
+	b.msg = msg;
+	snprintf(b.key_name, sizeof(b.key_name), "bench-%s", ops[o.op].name);
+	if (RAND_bytes(msg, sizeof(msg)) != 1) {
+		fprintf(stderr, "bench_daemon: RAND_bytes failed\n");
+		goto out;
+	}
+	/* The AAD cofferd's envelope binds for an empty context (envelope.c),
+	 * so that the in-process wrap does the same token work. */
+	if ((aad = cf_buf_new(256)) == NULL ||
+	    cf_buf_put(aad, "coffer.v1.wrap", sizeof("coffer.v1.wrap")) != CF_OK ||
+	    cf_buf_put_u32(aad, (uint32_t)strlen(b.key_name)) != CF_OK ||
+	    cf_buf_put(aad, b.key_name, strlen(b.key_name)) != CF_OK ||
+	    cf_buf_put_u32(aad, KEY_VERSION) != CF_OK || cf_buf_put_u32(aad, 0) != CF_OK) {
+		fprintf(stderr, "bench_daemon: out of memory\n");
+		goto out;
+	}
+	b.aad = cf_buf_peek(aad);
+	b.aadlen = cf_buf_len(aad);
+	if (cf_test_token_create(&tok, "coffer-bench") != 0)
+		goto out;
+	have_token = 1;
+
+	t = time(NULL);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %Z", localtime(&t));
+	printf("# bench_daemon %s  cpus %ld  op %s (%s)  callers %u  window %.3g s  "
+	       "warm-up %.3g s  rounds %u  cofferd workers",
+	       date, sysconf(_SC_NPROCESSORS_ONLN), ops[o.op].name, ops[o.op].what, o.callers,
+	       o.seconds, o.warmup, o.rounds);
+	for (unsigned i = 0; i < o.nworkers; i++)
+		printf("%s%u", i ? "," : " ", o.workers[i]);
+	printf("\n# token %s  module %s  p11-kit client %s\n", tok.uri, tok.cfg.module_path,
+	       o.p11kit_client);
+	print_table_header();
+	fflush(stdout);
+
+	/* The key is made through cofferd's admin socket; the baselines open the
+	 * same token object. Without the daemon path, make it with the layer. */
+	if (!o.paths[PATH_DAEMON]) {
+		cf_p11 *p = NULL;
+		cf_p11_key *k = NULL;
+		int r;
+
+		if ((r = cf_p11_open(&tok.cfg, &p)) != CF_OK ||
+		    (r = cf_p11_key_generate(p, b.key_name, KEY_VERSION, ops[o.op].type, 0, &k)) !=
+		    CF_OK) {
+			fprintf(stderr, "bench_daemon: making the key: %s: %s\n", cf_status_name(r),
+				cf_error_detail());
+			cf_p11_close(p);
+			goto out;
+		}
+		cf_p11_key_free(k);
+		cf_p11_close(p);
+	}
+	for (unsigned round = 0; round < o.rounds; round++) {
+		if (o.paths[PATH_DAEMON])
+			for (unsigned i = 0; i < o.nworkers; i++)
+				if (run_daemon(&b, &o, &tok, o.workers[i]) != 0)
+					goto out;
+		if (o.paths[PATH_LAYER] &&
+		    run_layer(&b, &o, &tok.cfg, tok.cfg.module_path, PATH_LAYER, 0) != 0)
+			goto out;
+		if (o.paths[PATH_P11KIT] && run_p11kit(&b, &o, &tok) != 0)
+			goto out;
+	}
+
+	n = summarise(best);
+	printf("# best of %u rounds\n", o.rounds);
+	print_table_header();
+	for (unsigned i = 0; i < n; i++)
+		print_result(best[i]);
+	print_verdict(best, n);
+	rc = 0;
+out:
+	fflush(stdout);
+	cf_buf_free(aad);
+	pthread_mutex_destroy(&b.err_mu);
+	if (have_token)
+		cf_test_token_destroy(&tok);
+	return rc;
+}
