@@ -685,7 +685,7 @@ class LifecycleTests(CofferTestCase):
         # request has had time to reach it (a call still on the client side
         # when the daemon shuts down is not "in flight" and may be refused).
         self.assertTrue(first.wait(30), "no Sign call finished")
-        time.sleep(max(0.0, issued + 0.03 - time.monotonic()))
+        time.sleep(max(0.0, issued + 0.05 - time.monotonic()))
         d.send_signal(signal.SIGTERM)
         done_at_signal = sum(f.done() for f in futs)
         results = []
