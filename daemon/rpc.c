@@ -26,6 +26,7 @@
 #include "handlers.h"
 
 #define RPC_MAX_WORKERS 64
+#define RPC_IO_THREADS 2   /* completion-queue threads: gRPC I/O only */
 
 enum socket_kind { SOCK_SERVICE, SOCK_ADMIN, SOCK_BOTH };
 
@@ -54,6 +55,14 @@ struct rpc_server {
 	unsigned live;           /* requested or active calls */
 	int shutdown_done;
 	int shutdown_tag;        /* its address is the tag */
+	/* Handlers block on the token, so they run on their own threads: the
+	 * completion-queue threads must keep reading new streams, or requests
+	 * that already arrived are cancelled when shutdown begins. */
+	pthread_t handlers[RPC_MAX_WORKERS];
+	unsigned nhandlers;
+	pthread_cond_t qcv;
+	struct rpc_call *qhead, *qtail;
+	int qstop;
 };
 
 struct rpc_call {
@@ -65,6 +74,7 @@ struct rpc_call {
 	grpc_byte_buffer *send;
 	grpc_slice status_details;
 	int cancelled;
+	struct rpc_call *next;   /* handler queue */
 	enum { ST_REQUESTED, ST_READING, ST_SENDING } st;
 };
 
@@ -358,11 +368,40 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 		}
 		return;
 	case ST_READING:
-		respond(c);
+		pthread_mutex_lock(&s->mu);
+		c->next = NULL;
+		if (s->qtail != NULL)
+			s->qtail->next = c;
+		else
+			s->qhead = c;
+		s->qtail = c;
+		pthread_cond_signal(&s->qcv);
+		pthread_mutex_unlock(&s->mu);
 		return;
 	case ST_SENDING:
 		call_free(c);
 		return;
+	}
+}
+
+static void *
+handler_main(void *arg)
+{
+	rpc_server *s = arg;
+	struct rpc_call *c;
+
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		while (s->qhead == NULL && !s->qstop)
+			pthread_cond_wait(&s->qcv, &s->mu);
+		if ((c = s->qhead) == NULL) {
+			pthread_mutex_unlock(&s->mu);
+			return NULL;
+		}
+		if ((s->qhead = c->next) == NULL)
+			s->qtail = NULL;
+		pthread_mutex_unlock(&s->mu);
+		respond(c);
 	}
 }
 
@@ -411,6 +450,7 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&s->qcv, NULL);
 	total = coffer__v1__key_service__descriptor.n_methods +
 		coffer__v1__admin_service__descriptor.n_methods +
 		grpc__health__v1__health__descriptor.n_methods;
@@ -435,12 +475,15 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
 	grpc_server_start(s->server);
-	s->nworkers = cfg->workers ? cfg->workers : 4;
-	if (s->nworkers > RPC_MAX_WORKERS)
-		s->nworkers = RPC_MAX_WORKERS;
-	/* Keep one requested call per worker so bursts do not wait on re-arming. */
-	for (unsigned i = 0; i < s->nworkers; i++)
+	s->nhandlers = cfg->workers ? cfg->workers : 4;
+	if (s->nhandlers > RPC_MAX_WORKERS)
+		s->nhandlers = RPC_MAX_WORKERS;
+	s->nworkers = RPC_IO_THREADS;
+	/* Several requested calls per thread so bursts do not wait on re-arming. */
+	for (unsigned i = 0; i < 2 * (s->nhandlers + s->nworkers); i++)
 		arm(s);
+	for (unsigned i = 0; i < s->nhandlers; i++)
+		pthread_create(&s->handlers[i], NULL, handler_main, s);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;
@@ -502,7 +545,11 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	/* Shutting the queue down before every call is released aborts gRPC. */
 	while (s->live > 0 || !s->shutdown_done)
 		pthread_cond_wait(&s->cv, &s->mu);
+	s->qstop = 1;
+	pthread_cond_broadcast(&s->qcv);
 	pthread_mutex_unlock(&s->mu);
+	for (unsigned i = 0; i < s->nhandlers; i++)
+		pthread_join(s->handlers[i], NULL);
 	grpc_completion_queue_shutdown(s->cq);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
@@ -510,6 +557,7 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	grpc_completion_queue_destroy(s->cq);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->qcv);
 	free(s->methods);
 	free(s);
 }

@@ -1,6 +1,7 @@
 /*
  * rpc.h — the gRPC core adapter: the only code in Coffer that includes gRPC
- * headers. One server, one completion queue shared by worker threads, a
+ * headers. One server, one completion queue served by two I/O threads,
+ * handler threads fed from a queue (handlers block on the token), a
  * dispatch table built from the protoc-c service descriptors, handlers
  * called as plain functions, one table from Coffer status to gRPC status.
  *
@@ -15,7 +16,7 @@
 #include "keyring.h"
 
 struct rpc_cfg {
-	unsigned workers;            /* completion-queue threads */
+	unsigned workers;            /* handler threads (token calls run here) */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */
 };
