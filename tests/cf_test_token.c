@@ -1,6 +1,7 @@
 #include "cf_test_token.h"
 
 #include <dlfcn.h>
+#include <CUnit/Basic.h>
 #include <signal.h>
 #include <time.h>
 #include <fcntl.h>
@@ -293,4 +294,25 @@ cf_test_daemon_stop(struct cf_test_daemon *d)
 		return -1;
 	d->pid = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int
+cf_test_main(const char *suite, int (*init)(void), int (*clean)(void),
+	     const struct cf_test_case *cases)
+{
+	CU_pSuite s;
+	unsigned failures;
+
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	if ((s = CU_add_suite(suite, init, clean)) == NULL)
+		return 2;
+	for (const struct cf_test_case *t = cases; t->name != NULL; t++)
+		if (CU_add_test(s, t->name, t->fn) == NULL)
+			return 2;
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+	CU_cleanup_registry();
+	return failures == 0 ? 0 : 1;
 }

@@ -72,4 +72,14 @@ int cf_test_daemon_stop(struct cf_test_daemon *d);
 /* 1 if the daemon's log contains `needle`. */
 int cf_test_daemon_log_has(const struct cf_test_daemon *d, const char *needle);
 
+/* One CUnit suite run the same way by every test program. */
+struct cf_test_case {
+	const char *name;
+	void (*fn)(void);
+};
+/* Run `cases` (terminated by { NULL, NULL }) as suite `suite` with verbose
+ * output; returns the process exit status: 0 if every test passed. */
+int cf_test_main(const char *suite, int (*init)(void), int (*clean)(void),
+		 const struct cf_test_case *cases);
+
 #endif

@@ -13,6 +13,8 @@
 
 #include <CUnit/Basic.h>
 
+#include "cf_test_token.h"
+
 #include "cf_buf.h"
 #include "cf_keytype.h"
 #include "cf_secret.h"
@@ -634,30 +636,23 @@ test_key_names(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "every status has a name and a text; unknown codes", test_status_names },
+		{ "cf_error details, fallback, truncation, clear", test_error_detail },
+		{ "error details are thread-local", test_error_detail_thread_local },
+		{ "cf_buf put/get round trip, big-endian u32", test_buf_round_trip },
+		{ "cf_buf cap refuses and leaves the buffer unchanged", test_buf_cap },
+		{ "cf_buf reads past the end consume nothing", test_buf_read_past_end },
+		{ "cf_buf reserve/commit", test_buf_reserve_commit },
+		{ "cf_buf reset wipes and rewinds", test_buf_reset },
+		{ "cf_secret new/from/len/truncate", test_secret_basics },
+		{ "cf_secret equal and equal_mem", test_secret_equal },
+		{ "cf_secret mapping is mlocked and MADV_DONTDUMP", test_secret_locked_dontdump },
+		{ "key type names round-trip; unknown names rejected", test_key_types },
+		{ "hash names and lengths", test_hashes },
+		{ "key name rule", test_key_names },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("common", NULL, NULL);
-	CU_add_test(s, "every status has a name and a text; unknown codes", test_status_names);
-	CU_add_test(s, "cf_error details, fallback, truncation, clear", test_error_detail);
-	CU_add_test(s, "error details are thread-local", test_error_detail_thread_local);
-	CU_add_test(s, "cf_buf put/get round trip, big-endian u32", test_buf_round_trip);
-	CU_add_test(s, "cf_buf cap refuses and leaves the buffer unchanged", test_buf_cap);
-	CU_add_test(s, "cf_buf reads past the end consume nothing", test_buf_read_past_end);
-	CU_add_test(s, "cf_buf reserve/commit", test_buf_reserve_commit);
-	CU_add_test(s, "cf_buf reset wipes and rewinds", test_buf_reset);
-	CU_add_test(s, "cf_secret new/from/len/truncate", test_secret_basics);
-	CU_add_test(s, "cf_secret equal and equal_mem", test_secret_equal);
-	CU_add_test(s, "cf_secret mapping is mlocked and MADV_DONTDUMP",
-		    test_secret_locked_dontdump);
-	CU_add_test(s, "key type names round-trip; unknown names rejected", test_key_types);
-	CU_add_test(s, "hash names and lengths", test_hashes);
-	CU_add_test(s, "key name rule", test_key_names);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("common", NULL, NULL, cases);
 }

@@ -273,20 +273,14 @@ test_handlers_direct(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "configuration file and its errors", test_config },
+		{ "envelope AAD and blob format", test_envelope_format },
+		{ "store refuses a newer schema", test_store_schema_guard },
+		{ "start-up reconciliation reports mismatches", test_reconcile },
+		{ "handlers called directly", test_handlers_direct },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("daemon_units", suite_init, suite_clean);
-	CU_add_test(s, "configuration file and its errors", test_config);
-	CU_add_test(s, "envelope AAD and blob format", test_envelope_format);
-	CU_add_test(s, "store refuses a newer schema", test_store_schema_guard);
-	CU_add_test(s, "start-up reconciliation reports mismatches", test_reconcile);
-	CU_add_test(s, "handlers called directly", test_handlers_direct);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("daemon_units", suite_init, suite_clean, cases);
 }

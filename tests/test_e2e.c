@@ -396,25 +396,18 @@ test_restart_and_single_instance(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "health on both sockets", test_health },
+		{ "every signing type: create, sign, verify, OpenSSL", test_every_signing_type },
+		{ "digests and raw ECDSA", test_sign_digest_and_raw },
+		{ "every MAC type", test_every_mac_type },
+		{ "imported HMAC secret matches OpenSSL", test_import_hmac_matches_openssl },
+		{ "wrap/unwrap bound to the context", test_wrap_unwrap_context },
+		{ "rotation, rewrap, data keys", test_rotation_rewrap_data_keys },
+		{ "metadata and error statuses", test_metadata_and_errors },
+		{ "restart keeps keys; second daemon refused", test_restart_and_single_instance },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("e2e", suite_init, suite_clean);
-	CU_add_test(s, "health on both sockets", test_health);
-	CU_add_test(s, "every signing type: create, sign, verify, OpenSSL", test_every_signing_type);
-	CU_add_test(s, "digests and raw ECDSA", test_sign_digest_and_raw);
-	CU_add_test(s, "every MAC type", test_every_mac_type);
-	CU_add_test(s, "imported HMAC secret matches OpenSSL", test_import_hmac_matches_openssl);
-	CU_add_test(s, "wrap/unwrap bound to the context", test_wrap_unwrap_context);
-	CU_add_test(s, "rotation, rewrap, data keys", test_rotation_rewrap_data_keys);
-	CU_add_test(s, "metadata and error statuses", test_metadata_and_errors);
-	CU_add_test(s, "restart keeps keys; second daemon refused",
-		    test_restart_and_single_instance);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("e2e", suite_init, suite_clean, cases);
 }

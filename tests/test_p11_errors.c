@@ -249,25 +249,19 @@ test_pool_exhausted(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "good configuration opens", test_good_config_opens },
+		{ "wrong PIN", test_wrong_pin },
+		{ "PIN file readable by others", test_pin_file_permissions },
+		{ "PIN file owned by another user", test_pin_file_other_owner },
+		{ "PIN file missing, empty, not a file", test_pin_file_missing_or_empty },
+		{ "unknown or malformed token URI", test_unknown_token_uri },
+		{ "ambiguous token URI", test_ambiguous_uri },
+		{ "missing or invalid module", test_missing_module },
+		{ "missing settings", test_missing_settings },
+		{ "exhausted session pool times out with CF_E_BUSY", test_pool_exhausted },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("p11_errors", suite_init, suite_clean);
-	CU_add_test(s, "good configuration opens", test_good_config_opens);
-	CU_add_test(s, "wrong PIN", test_wrong_pin);
-	CU_add_test(s, "PIN file readable by others", test_pin_file_permissions);
-	CU_add_test(s, "PIN file owned by another user", test_pin_file_other_owner);
-	CU_add_test(s, "PIN file missing, empty, not a file", test_pin_file_missing_or_empty);
-	CU_add_test(s, "unknown or malformed token URI", test_unknown_token_uri);
-	CU_add_test(s, "ambiguous token URI", test_ambiguous_uri);
-	CU_add_test(s, "missing or invalid module", test_missing_module);
-	CU_add_test(s, "missing settings", test_missing_settings);
-	CU_add_test(s, "exhausted session pool times out with CF_E_BUSY", test_pool_exhausted);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("p11_errors", suite_init, suite_clean, cases);
 }

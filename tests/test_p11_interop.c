@@ -229,21 +229,12 @@ test_helper_rejects_unknown_key(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "libp11 signs with a Coffer EC P-256 key; Coffer verifies", test_interop_ec },
+		{ "libp11 signs with a Coffer RSA-2048 key (PKCS#1 v1.5); Coffer verifies", test_interop_rsa },
+		{ "the libp11 helper fails for an unknown key or token", test_helper_rejects_unknown_key },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("p11_interop", suite_init, suite_clean);
-	CU_add_test(s, "libp11 signs with a Coffer EC P-256 key; Coffer verifies",
-		    test_interop_ec);
-	CU_add_test(s, "libp11 signs with a Coffer RSA-2048 key (PKCS#1 v1.5); Coffer verifies",
-		    test_interop_rsa);
-	CU_add_test(s, "the libp11 helper fails for an unknown key or token",
-		    test_helper_rejects_unknown_key);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("p11_interop", suite_init, suite_clean, cases);
 }

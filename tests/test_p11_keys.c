@@ -670,31 +670,22 @@ test_bad_inputs(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "every asymmetric type: sign, verify, OpenSSL verify, tamper", test_asymmetric_types },
+		{ "ECDSA raw, prehashed and SHA-384 forms", test_ecdsa_forms },
+		{ "every HMAC type: mac, verify, tamper", test_hmac_types },
+		{ "HMAC matches RFC 4231 vectors", test_hmac_rfc4231 },
+		{ "AES-256-GCM round trip and tamper", test_gcm },
+		{ "AES key wrap (RFC 5649) round trip and tamper", test_key_wrap },
+		{ "ECDH agrees with OpenSSL", test_ecdh },
+		{ "public key PEM export", test_pubkey_pem },
+		{ "private objects are sensitive and never extractable", test_object_attributes },
+		{ "keys found by name and version from another process", test_persistence_other_process },
+		{ "listing", test_list },
+		{ "versions, duplicates, destroy", test_versions_and_destroy },
+		{ "bad inputs get precise errors", test_bad_inputs },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("p11_keys", suite_init, suite_clean);
-	CU_add_test(s, "every asymmetric type: sign, verify, OpenSSL verify, tamper",
-		    test_asymmetric_types);
-	CU_add_test(s, "ECDSA raw, prehashed and SHA-384 forms", test_ecdsa_forms);
-	CU_add_test(s, "every HMAC type: mac, verify, tamper", test_hmac_types);
-	CU_add_test(s, "HMAC matches RFC 4231 vectors", test_hmac_rfc4231);
-	CU_add_test(s, "AES-256-GCM round trip and tamper", test_gcm);
-	CU_add_test(s, "AES key wrap (RFC 5649) round trip and tamper", test_key_wrap);
-	CU_add_test(s, "ECDH agrees with OpenSSL", test_ecdh);
-	CU_add_test(s, "public key PEM export", test_pubkey_pem);
-	CU_add_test(s, "private objects are sensitive and never extractable",
-		    test_object_attributes);
-	CU_add_test(s, "keys found by name and version from another process",
-		    test_persistence_other_process);
-	CU_add_test(s, "listing", test_list);
-	CU_add_test(s, "versions, duplicates, destroy", test_versions_and_destroy);
-	CU_add_test(s, "bad inputs get precise errors", test_bad_inputs);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("p11_keys", suite_init, suite_clean, cases);
 }

@@ -240,21 +240,15 @@ test_recovery_under_load(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "C_CloseAllSessions under the layer", test_close_all_sessions },
+		{ "C_Finalize under the layer", test_finalize_and_reinitialize },
+		{ "logout under the layer", test_logout },
+		{ "session copies destroyed behind its back", test_session_copies_destroyed },
+		{ "key destroyed elsewhere: clean NOT_FOUND", test_key_destroyed_elsewhere },
+		{ "sessions closed while 4 threads sign", test_recovery_under_load },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("p11_recovery", suite_init, suite_clean);
-	CU_add_test(s, "C_CloseAllSessions under the layer", test_close_all_sessions);
-	CU_add_test(s, "C_Finalize under the layer", test_finalize_and_reinitialize);
-	CU_add_test(s, "logout under the layer", test_logout);
-	CU_add_test(s, "session copies destroyed behind its back", test_session_copies_destroyed);
-	CU_add_test(s, "key destroyed elsewhere: clean NOT_FOUND", test_key_destroyed_elsewhere);
-	CU_add_test(s, "sessions closed while 4 threads sign", test_recovery_under_load);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("p11_recovery", suite_init, suite_clean, cases);
 }

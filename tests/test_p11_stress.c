@@ -221,17 +221,10 @@ test_mixed_load_with_generation(void)
 int
 main(void)
 {
-	CU_pSuite s;
-	unsigned failures;
+	static const struct cf_test_case cases[] = {
+		{ "8 users and 4 key makers, then every key usable", test_mixed_load_with_generation },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 2;
-	s = CU_add_suite("p11_stress", suite_init, suite_clean);
-	CU_add_test(s, "8 users and 4 key makers, then every key usable",
-		    test_mixed_load_with_generation);
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-	CU_cleanup_registry();
-	return failures == 0 ? 0 : 1;
+	return cf_test_main("p11_stress", suite_init, suite_clean, cases);
 }
