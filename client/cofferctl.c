@@ -620,20 +620,6 @@ sign_opts(const struct opts *o, struct coffer_sign_opts *so)
 	return EXIT_OK;
 }
 
-static int
-connect_to(const struct ctl *ctl, int admin, coffer_client **c)
-{
-	int r;
-
-	r = coffer_connect(admin ? ctl->admin_socket : ctl->socket,
-	    admin ? COFFER_CONNECT_ADMIN : 0, c);
-	if (r != COFFER_OK)
-		return fail(r);
-	if (ctl->timeout_ms >= 0)
-		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
-	return EXIT_OK;
-}
-
 /* ---- key metadata output ---- */
 
 static void
@@ -680,75 +666,204 @@ put_key(const struct ctl *ctl, const struct coffer_key_info *k)
 
 /* ---- commands ---- */
 
+/*
+ * What one command sends and receives. A command checks its options and
+ * reads its inputs into a job, then run_job() connects, makes the one
+ * libcoffer call, prints the result and frees the job.
+ */
+struct job {
+	struct coffer_bytes in;         /* the input (--in) */
+	struct coffer_bytes tag;        /* signature or MAC to check */
+	struct coffer_bytes out;        /* signature, MAC, ciphertext or plaintext */
+	struct coffer_bytes pt;         /* datakey: the plaintext key */
+	struct coffer_key_info *key;
+	struct coffer_key_list *list;
+	struct coffer_public_key *pk;
+	struct coffer_sign_opts so;
+	enum coffer_key_type type;
+	enum coffer_serving_status st;
+	uint32_t used, prev;
+	int valid;
+};
+
+/* The command's libcoffer call; returns a COFFER_* status. */
+typedef int (*job_call)(coffer_client *, const struct opts *, struct job *);
+/* Print a successful call's result; returns an exit code. */
+typedef int (*job_put)(const struct ctl *, const struct opts *, const struct job *);
+
+static void
+job_init(struct job *j)
+{
+	memset(j, 0, sizeof(*j));
+	j->st = COFFER_SERVING_UNKNOWN;
+}
+
+static void
+job_free(struct job *j)
+{
+	coffer_bytes_free(&j->in);
+	coffer_bytes_free(&j->tag);
+	coffer_bytes_free(&j->out);
+	coffer_bytes_free(&j->pt);
+	coffer_key_info_free(j->key);
+	coffer_key_list_free(j->list);
+	coffer_public_key_free(j->pk);
+	j->key = NULL;
+	j->list = NULL;
+	j->pk = NULL;
+}
+
 static int
-cmd_key_create(struct ctl *ctl, const struct opts *o)
+connect_to(const struct ctl *ctl, int admin, coffer_client **c)
+{
+	int r;
+
+	r = coffer_connect(admin ? ctl->admin_socket : ctl->socket,
+	    admin ? COFFER_CONNECT_ADMIN : 0, c);
+	if (r != COFFER_OK)
+		return fail(r);
+	if (ctl->timeout_ms >= 0)
+		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
+	return EXIT_OK;
+}
+
+/*
+ * Connect to the service socket (admin: the admin socket), make the call,
+ * report its failure or print its result; the job is freed in every case.
+ */
+static int
+run_job(const struct ctl *ctl, const struct opts *o, int admin, job_call call,
+    job_put put, struct job *j)
 {
 	coffer_client *c = NULL;
-	struct coffer_key_info *k = NULL;
-	enum coffer_key_type t;
 	int r, rc;
 
-	if (o->type == NULL)
-		return usage_error("key create needs --type TYPE", NULL);
-	if (coffer_key_type_parse(o->type, &t) != COFFER_OK)
-		return bad_value("--type", o->type, coffer_error_message());
-	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+	if ((rc = connect_to(ctl, admin, &c)) != EXIT_OK)
 		goto out;
-	if ((r = coffer_create_key(c, o->args[0], t, o->exportable, &k)) != COFFER_OK) {
+	if ((r = call(c, o, j)) != COFFER_OK) {
 		rc = fail(r);
 		goto out;
 	}
-	rc = put_key(ctl, k);
+	rc = put(ctl, o, j);
  out:
-	coffer_key_info_free(k);
+	job_free(j);
 	coffer_close(c);
 	return rc;
+}
+
+/* Print a JSON object's opening and its first field, base64. */
+static int
+put_json_open(const char *field, const struct coffer_bytes *b)
+{
+	fputc('{', stdout);
+	return put_json_b64(stdout, field, b->data, b->len);
+}
+
+/* After the JSON result: also write the bytes to --out, when it is a file. */
+static int
+json_done(const char *out, const void *data, size_t len)
+{
+	int rc;
+
+	if ((rc = flush_stdout()) != EXIT_OK)
+		return rc;
+	if (!is_stdout(out))
+		return write_output(out, data, len, 0);
+	return EXIT_OK;
+}
+
+/* sign, mac, wrap, unwrap and rewrap: read the input, then run the job. */
+static int
+input_job(struct ctl *ctl, const struct opts *o, job_call call, job_put put,
+    struct job *j)
+{
+	int rc;
+
+	if ((rc = read_input(o->in, INPUT_MAX, &j->in)) != EXIT_OK)
+		return rc;
+	return run_job(ctl, o, 0, call, put, j);
+}
+
+/* ---- key commands ---- */
+
+static int
+call_create_key(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_create_key(c, o->args[0], j->type, o->exportable, &j->key);
+}
+
+static int
+call_import_key(coffer_client *c, const struct opts *o, struct job *j)
+{
+	int r;
+
+	r = coffer_import_key(c, o->args[0], j->type, j->in.data, j->in.len,
+	    o->exportable, &j->key);
+	coffer_bytes_free(&j->in);
+	return r;
+}
+
+static int
+call_get_key(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_get_key(c, o->args[0], &j->key);
+}
+
+static int
+call_rotate_key(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_rotate_key(c, o->args[0], &j->key);
+}
+
+static int
+put_job_key(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	(void)o;
+	return put_key(ctl, j->key);
+}
+
+static int
+cmd_key_create(struct ctl *ctl, const struct opts *o)
+{
+	struct job j;
+
+	job_init(&j);
+	if (o->type == NULL)
+		return usage_error("key create needs --type TYPE", NULL);
+	if (coffer_key_type_parse(o->type, &j.type) != COFFER_OK)
+		return bad_value("--type", o->type, coffer_error_message());
+	return run_job(ctl, o, 1, call_create_key, put_job_key, &j);
 }
 
 static int
 cmd_key_import(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_key_info *k = NULL;
-	struct coffer_bytes material = { NULL, 0 };
-	enum coffer_key_type t;
-	int r, rc;
+	struct job j;
+	int rc;
 
+	job_init(&j);
 	if (o->type == NULL || o->in == NULL)
 		return usage_error("key import needs --type TYPE and --in FILE|-", NULL);
-	if (coffer_key_type_parse(o->type, &t) != COFFER_OK)
+	if (coffer_key_type_parse(o->type, &j.type) != COFFER_OK)
 		return bad_value("--type", o->type, coffer_error_message());
-	if ((rc = read_input(o->in, 64u << 10, &material)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
-		goto out;
-	r = coffer_import_key(c, o->args[0], t, material.data, material.len, o->exportable, &k);
-	coffer_bytes_free(&material);
-	if (r != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_key(ctl, k);
- out:
-	coffer_bytes_free(&material);
-	coffer_key_info_free(k);
-	coffer_close(c);
-	return rc;
+	if ((rc = read_input(o->in, 64u << 10, &j.in)) != EXIT_OK)
+		return rc;
+	return run_job(ctl, o, 1, call_import_key, put_job_key, &j);
 }
 
 static int
-cmd_key_list(struct ctl *ctl, const struct opts *o)
+call_list_keys(coffer_client *c, const struct opts *o, struct job *j)
 {
-	coffer_client *c = NULL;
-	struct coffer_key_list *l = NULL;
-	int r, rc;
+	(void)o;
+	return coffer_list_keys(c, &j->list);
+}
 
-	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_list_keys(c, &l)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
+static int
+put_list(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	const struct coffer_key_list *l = j->list;
+
+	(void)o;
 	if (ctl->json) {
 		fputs("{\"keys\":[", stdout);
 		for (size_t i = 0; i < l->nkeys; i++) {
@@ -770,89 +885,72 @@ cmd_key_list(struct ctl *ctl, const struct opts *o)
 			    k->primary_version, k->nversions, k->exportable ? "yes" : "no");
 		}
 	}
-	rc = flush_stdout();
- out:
-	coffer_key_list_free(l);
-	coffer_close(c);
-	return rc;
+	return flush_stdout();
+}
+
+static int
+cmd_key_list(struct ctl *ctl, const struct opts *o)
+{
+	struct job j;
+
+	job_init(&j);
+	return run_job(ctl, o, o->admin, call_list_keys, put_list, &j);
 }
 
 static int
 cmd_key_show(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_key_info *k = NULL;
-	int r, rc;
+	struct job j;
 
-	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_get_key(c, o->args[0], &k)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_key(ctl, k);
- out:
-	coffer_key_info_free(k);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return run_job(ctl, o, o->admin, call_get_key, put_job_key, &j);
 }
 
 static int
 cmd_key_rotate(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_key_info *k = NULL;
-	int r, rc;
+	struct job j;
 
-	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_rotate_key(c, o->args[0], &k)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_key(ctl, k);
- out:
-	coffer_key_info_free(k);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return run_job(ctl, o, 1, call_rotate_key, put_job_key, &j);
+}
+
+static int
+call_get_public_key(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_get_public_key(c, o->args[0], o->version, &j->pk);
+}
+
+static int
+put_pubkey(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	const struct coffer_public_key *pk = j->pk;
+	const void *data = o->der ? (const void *)pk->der.data : (const void *)pk->pem;
+	size_t len = o->der ? pk->der.len : strlen(pk->pem);
+	int rc;
+
+	if (!ctl->json)
+		return write_output(o->out, data, len, 0);
+	printf("{\"type\":\"%s\",\"version\":%" PRIu32 ",\"pem\":",
+	    coffer_key_type_name(pk->type), pk->version);
+	put_json_str(stdout, pk->pem);
+	fputc(',', stdout);
+	if ((rc = put_json_b64(stdout, "der", pk->der.data, pk->der.len)) != EXIT_OK)
+		return rc;
+	fputs("}\n", stdout);
+	return json_done(o->out, data, len);
 }
 
 static int
 cmd_key_pubkey(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_public_key *pk = NULL;
-	int r, rc;
+	struct job j;
 
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_get_public_key(c, o->args[0], o->version, &pk)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	if (ctl->json) {
-		printf("{\"type\":\"%s\",\"version\":%" PRIu32 ",\"pem\":",
-		    coffer_key_type_name(pk->type), pk->version);
-		put_json_str(stdout, pk->pem);
-		fputc(',', stdout);
-		if ((rc = put_json_b64(stdout, "der", pk->der.data, pk->der.len)) != EXIT_OK)
-			goto out;
-		fputs("}\n", stdout);
-		if ((rc = flush_stdout()) != EXIT_OK)
-			goto out;
-		if (!is_stdout(o->out))
-			rc = o->der ? write_output(o->out, pk->der.data, pk->der.len, 0) :
-			    write_output(o->out, pk->pem, strlen(pk->pem), 0);
-	} else if (o->der) {
-		rc = write_output(o->out, pk->der.data, pk->der.len, 0);
-	} else {
-		rc = write_output(o->out, pk->pem, strlen(pk->pem), 0);
-	}
- out:
-	coffer_public_key_free(pk);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return run_job(ctl, o, 0, call_get_public_key, put_pubkey, &j);
 }
+
+/* ---- sign, verify, mac, verify-mac ---- */
 
 /* sign and mac: output bytes, and the version that made them. */
 static int
@@ -862,15 +960,10 @@ put_tagged(const struct ctl *ctl, const char *field, const char *out,
 	int rc;
 
 	if (ctl->json) {
-		fputc('{', stdout);
-		if ((rc = put_json_b64(stdout, field, b->data, b->len)) != EXIT_OK)
+		if ((rc = put_json_open(field, b)) != EXIT_OK)
 			return rc;
 		printf(",\"version\":%" PRIu32 "}\n", version);
-		if ((rc = flush_stdout()) != EXIT_OK)
-			return rc;
-		if (!is_stdout(out))
-			return write_output(out, b->data, b->len, 0);
-		return EXIT_OK;
+		return json_done(out, b->data, b->len);
 	}
 	if ((rc = write_output(out, b->data, b->len, 0)) != EXIT_OK)
 		return rc;
@@ -882,134 +975,132 @@ put_tagged(const struct ctl *ctl, const char *field, const char *out,
 }
 
 static int
-cmd_sign(struct ctl *ctl, const struct opts *o)
+put_valid(const struct ctl *ctl, const struct opts *o, const struct job *j)
 {
-	coffer_client *c = NULL;
-	struct coffer_sign_opts so;
-	struct coffer_bytes in = { NULL, 0 }, sig = { NULL, 0 };
-	uint32_t used = 0;
-	int r, rc;
+	int rc;
 
-	if ((rc = sign_opts(o, &so)) != EXIT_OK)
+	(void)o;
+	if (ctl->json)
+		printf("{\"valid\":%s}\n", j->valid ? "true" : "false");
+	else
+		puts(j->valid ? "valid" : "invalid");
+	if ((rc = flush_stdout()) != EXIT_OK)
 		return rc;
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_sign(c, o->args[0], o->version, in.data, in.len, &so, &sig,
-	    &used)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_tagged(ctl, "signature", o->out, &sig, used);
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&sig);
-	coffer_close(c);
+	return j->valid ? EXIT_OK : EXIT_FAILED;
+}
+
+/*
+ * verify and verify-mac: check --version and the signature or MAC file
+ * `tag`, then read it and the input.
+ */
+static int
+read_checked(const struct opts *o, const char *tag, const char *need,
+    const char *both_stdin, struct job *j)
+{
+	int rc;
+
+	if (!o->have_version || o->version == 0 || tag == NULL)
+		return usage_error(need, NULL);
+	if (is_stdin(tag) && is_stdin(o->in))
+		return usage_error(both_stdin, NULL);
+	if ((rc = read_input(tag, SIG_FILE_MAX, &j->tag)) != EXIT_OK)
+		return rc;
+	if ((rc = read_input(o->in, INPUT_MAX, &j->in)) != EXIT_OK)
+		job_free(j);
 	return rc;
 }
 
 static int
-put_valid(const struct ctl *ctl, int valid)
+call_sign(coffer_client *c, const struct opts *o, struct job *j)
 {
+	return coffer_sign(c, o->args[0], o->version, j->in.data, j->in.len, &j->so,
+	    &j->out, &j->used);
+}
+
+static int
+put_sig(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	return put_tagged(ctl, "signature", o->out, &j->out, j->used);
+}
+
+static int
+cmd_sign(struct ctl *ctl, const struct opts *o)
+{
+	struct job j;
 	int rc;
 
-	if (ctl->json)
-		printf("{\"valid\":%s}\n", valid ? "true" : "false");
-	else
-		puts(valid ? "valid" : "invalid");
-	if ((rc = flush_stdout()) != EXIT_OK)
+	job_init(&j);
+	if ((rc = sign_opts(o, &j.so)) != EXIT_OK)
 		return rc;
-	return valid ? EXIT_OK : EXIT_FAILED;
+	return input_job(ctl, o, call_sign, put_sig, &j);
+}
+
+static int
+call_verify(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_verify(c, o->args[0], o->version, j->in.data, j->in.len, &j->so,
+	    j->tag.data, j->tag.len, &j->valid);
 }
 
 static int
 cmd_verify(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_sign_opts so;
-	struct coffer_bytes in = { NULL, 0 }, sig = { NULL, 0 };
-	int r, rc, valid = 0;
+	struct job j;
+	int rc;
 
-	if ((rc = sign_opts(o, &so)) != EXIT_OK)
+	job_init(&j);
+	if ((rc = sign_opts(o, &j.so)) != EXIT_OK)
 		return rc;
-	if (!o->have_version || o->version == 0 || o->sig == NULL)
-		return usage_error("verify needs --version N (>= 1) and --sig FILE", NULL);
-	if (is_stdin(o->sig) && is_stdin(o->in))
-		return usage_error("--sig and the input cannot both be stdin", NULL);
-	if ((rc = read_input(o->sig, SIG_FILE_MAX, &sig)) != EXIT_OK)
-		goto out;
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_verify(c, o->args[0], o->version, in.data, in.len, &so, sig.data,
-	    sig.len, &valid)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_valid(ctl, valid);
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&sig);
-	coffer_close(c);
-	return rc;
+	if ((rc = read_checked(o, o->sig, "verify needs --version N (>= 1) and --sig FILE",
+	    "--sig and the input cannot both be stdin", &j)) != EXIT_OK)
+		return rc;
+	return run_job(ctl, o, 0, call_verify, put_valid, &j);
+}
+
+static int
+call_mac(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_mac(c, o->args[0], o->version, j->in.data, j->in.len, &j->out,
+	    &j->used);
+}
+
+static int
+put_mac(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	return put_tagged(ctl, "mac", o->out, &j->out, j->used);
 }
 
 static int
 cmd_mac(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_bytes in = { NULL, 0 }, mac = { NULL, 0 };
-	uint32_t used = 0;
-	int r, rc;
+	struct job j;
 
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_mac(c, o->args[0], o->version, in.data, in.len, &mac, &used)) !=
-	    COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_tagged(ctl, "mac", o->out, &mac, used);
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&mac);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return input_job(ctl, o, call_mac, put_mac, &j);
+}
+
+static int
+call_verify_mac(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_verify_mac(c, o->args[0], o->version, j->in.data, j->in.len,
+	    j->tag.data, j->tag.len, &j->valid);
 }
 
 static int
 cmd_verify_mac(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_bytes in = { NULL, 0 }, mac = { NULL, 0 };
-	int r, rc, valid = 0;
+	struct job j;
+	int rc;
 
-	if (!o->have_version || o->version == 0 || o->mac == NULL)
-		return usage_error("verify-mac needs --version N (>= 1) and --mac FILE", NULL);
-	if (is_stdin(o->mac) && is_stdin(o->in))
-		return usage_error("--mac and the input cannot both be stdin", NULL);
-	if ((rc = read_input(o->mac, SIG_FILE_MAX, &mac)) != EXIT_OK)
-		goto out;
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_verify_mac(c, o->args[0], o->version, in.data, in.len, mac.data,
-	    mac.len, &valid)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_valid(ctl, valid);
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&mac);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	if ((rc = read_checked(o, o->mac,
+	    "verify-mac needs --version N (>= 1) and --mac FILE",
+	    "--mac and the input cannot both be stdin", &j)) != EXIT_OK)
+		return rc;
+	return run_job(ctl, o, 0, call_verify_mac, put_valid, &j);
 }
+
+/* ---- wrap, unwrap, rewrap, datakey ---- */
 
 /* wrap and rewrap output: the blob, or JSON with versions. */
 static int
@@ -1020,172 +1111,165 @@ put_blob(const struct ctl *ctl, const struct opts *o, const struct coffer_bytes 
 
 	if (!ctl->json)
 		return write_output(o->out, ct->data, ct->len, 0);
-	fputc('{', stdout);
-	if ((rc = put_json_b64(stdout, "ciphertext", ct->data, ct->len)) != EXIT_OK)
+	if ((rc = put_json_open("ciphertext", ct)) != EXIT_OK)
 		return rc;
 	printf(",\"version\":%" PRIu32, version);
 	if (previous != NULL)
 		printf(",\"previous_version\":%" PRIu32, *previous);
 	fputs("}\n", stdout);
-	if ((rc = flush_stdout()) != EXIT_OK)
+	return json_done(o->out, ct->data, ct->len);
+}
+
+static int
+call_wrap(coffer_client *c, const struct opts *o, struct job *j)
+{
+	int r;
+
+	r = coffer_wrap(c, o->args[0], j->in.data, j->in.len, o->ctx, o->nctx, &j->out,
+	    &j->used);
+	coffer_bytes_free(&j->in);
+	return r;
+}
+
+static int
+put_wrap(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	return put_blob(ctl, o, &j->out, j->used, NULL);
+}
+
+static int
+call_unwrap(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_unwrap(c, o->args[0], j->in.data, j->in.len, o->ctx, o->nctx,
+	    &j->out, &j->used);
+}
+
+static int
+put_unwrap(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	int rc;
+
+	if (!ctl->json)
+		return write_output(o->out, j->out.data, j->out.len, 1);
+	if ((rc = put_json_open("plaintext", &j->out)) != EXIT_OK)
 		return rc;
-	if (!is_stdout(o->out))
-		return write_output(o->out, ct->data, ct->len, 0);
-	return EXIT_OK;
+	printf(",\"version\":%" PRIu32 "}\n", j->used);
+	return flush_stdout();
+}
+
+static int
+call_rewrap(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_rewrap(c, o->args[0], j->in.data, j->in.len, o->ctx, o->nctx,
+	    &j->out, &j->used, &j->prev);
+}
+
+static int
+put_rewrap(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	return put_blob(ctl, o, &j->out, j->used, &j->prev);
 }
 
 static int
 cmd_wrap(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_bytes in = { NULL, 0 }, ct = { NULL, 0 };
-	uint32_t used = 0;
-	int r, rc;
+	struct job j;
 
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	r = coffer_wrap(c, o->args[0], in.data, in.len, o->ctx, o->nctx, &ct, &used);
-	coffer_bytes_free(&in);
-	if (r != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	rc = put_blob(ctl, o, &ct, used, NULL);
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&ct);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return input_job(ctl, o, call_wrap, put_wrap, &j);
 }
 
 static int
 cmd_unwrap(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_bytes in = { NULL, 0 }, pt = { NULL, 0 };
-	uint32_t used = 0;
-	int r, rc;
+	struct job j;
 
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_unwrap(c, o->args[0], in.data, in.len, o->ctx, o->nctx, &pt,
-	    &used)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	if (ctl->json) {
-		fputc('{', stdout);
-		if ((rc = put_json_b64(stdout, "plaintext", pt.data, pt.len)) != EXIT_OK)
-			goto out;
-		printf(",\"version\":%" PRIu32 "}\n", used);
-		rc = flush_stdout();
-	} else {
-		rc = write_output(o->out, pt.data, pt.len, 1);
-	}
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&pt);
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return input_job(ctl, o, call_unwrap, put_unwrap, &j);
 }
 
 static int
 cmd_rewrap(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_bytes in = { NULL, 0 }, ct = { NULL, 0 };
-	uint32_t used = 0, prev = 0;
-	int r, rc;
+	struct job j;
 
-	if ((rc = read_input(o->in, INPUT_MAX, &in)) != EXIT_OK)
-		goto out;
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_rewrap(c, o->args[0], in.data, in.len, o->ctx, o->nctx, &ct, &used,
-	    &prev)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
+	job_init(&j);
+	return input_job(ctl, o, call_rewrap, put_rewrap, &j);
+}
+
+static int
+call_datakey(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_generate_data_key(c, o->args[0], o->length, o->ctx, o->nctx,
+	    &j->out, o->plaintext_out != NULL ? &j->pt : NULL, &j->used);
+}
+
+static int
+put_datakey(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	int want_pt = o->plaintext_out != NULL;
+	int pt_in_json = want_pt && ctl->json && is_stdout(o->plaintext_out);
+	int rc;
+
+	if (want_pt && !pt_in_json &&
+	    (rc = write_output(o->plaintext_out, j->pt.data, j->pt.len, 1)) != EXIT_OK)
+		return rc;
+	if (!ctl->json)
+		return write_output(o->out, j->out.data, j->out.len, 0);
+	if ((rc = put_json_open("ciphertext", &j->out)) != EXIT_OK)
+		return rc;
+	if (pt_in_json) {
+		fputc(',', stdout);
+		if ((rc = put_json_b64(stdout, "plaintext", j->pt.data, j->pt.len)) !=
+		    EXIT_OK)
+			return rc;
 	}
-	rc = put_blob(ctl, o, &ct, used, &prev);
- out:
-	coffer_bytes_free(&in);
-	coffer_bytes_free(&ct);
-	coffer_close(c);
-	return rc;
+	printf(",\"version\":%" PRIu32 "}\n", j->used);
+	return json_done(o->out, j->out.data, j->out.len);
 }
 
 static int
 cmd_datakey(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	struct coffer_bytes ct = { NULL, 0 }, pt = { NULL, 0 };
-	uint32_t used = 0;
-	int want_pt = o->plaintext_out != NULL;
-	int pt_in_json = want_pt && ctl->json && is_stdout(o->plaintext_out);
-	int r, rc;
+	struct job j;
 
-	if (want_pt && is_stdout(o->plaintext_out) && !ctl->json && is_stdout(o->out))
+	job_init(&j);
+	if (o->plaintext_out != NULL && is_stdout(o->plaintext_out) && !ctl->json &&
+	    is_stdout(o->out))
 		return usage_error("--plaintext-out - needs --out FILE or --json", NULL);
-	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_generate_data_key(c, o->args[0], o->length, o->ctx, o->nctx, &ct,
-	    want_pt ? &pt : NULL, &used)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	if (want_pt && !pt_in_json &&
-	    (rc = write_output(o->plaintext_out, pt.data, pt.len, 1)) != EXIT_OK)
-		goto out;
-	if (ctl->json) {
-		fputc('{', stdout);
-		if ((rc = put_json_b64(stdout, "ciphertext", ct.data, ct.len)) != EXIT_OK)
-			goto out;
-		if (pt_in_json) {
-			fputc(',', stdout);
-			if ((rc = put_json_b64(stdout, "plaintext", pt.data, pt.len)) != EXIT_OK)
-				goto out;
-		}
-		printf(",\"version\":%" PRIu32 "}\n", used);
-		if ((rc = flush_stdout()) != EXIT_OK)
-			goto out;
-		if (!is_stdout(o->out))
-			rc = write_output(o->out, ct.data, ct.len, 0);
-	} else {
-		rc = write_output(o->out, ct.data, ct.len, 0);
-	}
- out:
-	coffer_bytes_free(&ct);
-	coffer_bytes_free(&pt);
-	coffer_close(c);
+	return run_job(ctl, o, 0, call_datakey, put_datakey, &j);
+}
+
+/* ---- health ---- */
+
+static int
+call_health(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_health(c, o->service, &j->st);
+}
+
+static int
+put_health(const struct ctl *ctl, const struct opts *o, const struct job *j)
+{
+	int rc;
+
+	(void)o;
+	if (ctl->json)
+		printf("{\"status\":\"%s\"}\n", coffer_serving_status_name(j->st));
+	else
+		puts(coffer_serving_status_name(j->st));
+	if ((rc = flush_stdout()) == EXIT_OK && j->st != COFFER_SERVING)
+		rc = EXIT_FAILED;
 	return rc;
 }
 
 static int
 cmd_health(struct ctl *ctl, const struct opts *o)
 {
-	coffer_client *c = NULL;
-	enum coffer_serving_status st = COFFER_SERVING_UNKNOWN;
-	int r, rc;
+	struct job j;
 
-	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
-		goto out;
-	if ((r = coffer_health(c, o->service, &st)) != COFFER_OK) {
-		rc = fail(r);
-		goto out;
-	}
-	if (ctl->json)
-		printf("{\"status\":\"%s\"}\n", coffer_serving_status_name(st));
-	else
-		puts(coffer_serving_status_name(st));
-	if ((rc = flush_stdout()) == EXIT_OK && st != COFFER_SERVING)
-		rc = EXIT_FAILED;
- out:
-	coffer_close(c);
-	return rc;
+	job_init(&j);
+	return run_job(ctl, o, o->admin, call_health, put_health, &j);
 }
 
 /* ---- command table and usage ---- */

@@ -810,7 +810,75 @@ ctx_build(const ProtobufCMessageDescriptor *d, const struct coffer_kv *kv, size_
 	return CF_OK;
 }
 
+/* check_client, then the call's own argument check: `bad` fails with `why`. */
+static int
+check_call(const coffer_client *c, const char *name, int bad, const char *why)
+{
+	int r;
+
+	if ((r = check_client(c, name)) != CF_OK)
+		return r;
+	if (bad)
+		return cf_error(CF_E_INVALID_ARG, "%s", why);
+	return CF_OK;
+}
+
+/* Copy a response's bytes to *out; empty ones (`what`) are a server error. */
+static int
+bytes_out(struct coffer_bytes *out, const ProtobufCBinaryData *in, const char *what)
+{
+	if (in->len == 0)
+		return cf_error(CF_E_INTERNAL, "the server returned an empty %s", what);
+	return bytes_set(out, in);
+}
+
+/*
+ * rpc() for a request with a context map: the request's "context" field
+ * borrows entries built from `ctx` for the duration of the call.
+ */
+static int
+ctx_rpc(coffer_client *c, const char *method, ProtobufCMessage *req,
+    const struct coffer_kv *ctx, size_t nctx, const ProtobufCMessageDescriptor *rdesc,
+    int secret, ProtobufCMessage **out)
+{
+	const ProtobufCFieldDescriptor *f;
+	struct ctx_entries e = { NULL, NULL, 0 };
+	uint8_t *base = (uint8_t *)(void *)req;
+	int r;
+
+	f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "context");
+	if (f == NULL || f->label != PROTOBUF_C_LABEL_REPEATED ||
+	    f->type != PROTOBUF_C_TYPE_MESSAGE)
+		return cf_error(CF_E_INTERNAL, "context entry descriptor");
+	if ((r = ctx_build(f->descriptor, ctx, nctx, &e)) != CF_OK)
+		return r;
+	memcpy(base + f->quantifier_offset, &e.n, sizeof(e.n));
+	memcpy(base + f->offset, &e.ptrs, sizeof(e.ptrs));
+	r = rpc(c, method, req, rdesc, secret, out);
+	ctx_free(&e);
+	memcpy(base + f->quantifier_offset, &e.n, sizeof(e.n));
+	memcpy(base + f->offset, &e.ptrs, sizeof(e.ptrs));
+	return r;
+}
+
 /* ---- KeyService ---- */
+
+/* The data and options shared by Sign and Verify requests. */
+static void
+sign_fields(const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
+    ProtobufCBinaryData *message, ProtobufCBinaryData *digest, Coffer__V1__Hash *hash,
+    Coffer__V1__SignatureScheme *scheme, protobuf_c_boolean *ecdsa_raw)
+{
+	if (opts != NULL && opts->prehashed)
+		*digest = bin(msg, len);
+	else
+		*message = bin(msg, len);
+	if (opts != NULL) {
+		*hash = (Coffer__V1__Hash)opts->hash;
+		*scheme = (Coffer__V1__SignatureScheme)opts->scheme;
+		*ecdsa_raw = opts->ecdsa_raw != 0;
+	}
+}
 
 int
 coffer_sign(coffer_client *c, const char *key, uint32_t version, const uint8_t *msg,
@@ -820,37 +888,21 @@ coffer_sign(coffer_client *c, const char *key, uint32_t version, const uint8_t *
 	Coffer__V1__SignRequest req = COFFER__V1__SIGN_REQUEST__INIT;
 	Coffer__V1__SignResponse *resp = NULL;
 	ProtobufCMessage *m = NULL;
-	struct coffer_bytes tmp = { NULL, 0 };
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (sig == NULL || (msg == NULL && len > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL message or output");
-		goto out;
-	}
+	if ((r = check_call(c, key, sig == NULL || (msg == NULL && len > 0),
+	    "NULL message or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.version = version;
-	if (opts != NULL && opts->prehashed)
-		req.digest = bin(msg, len);
-	else
-		req.message = bin(msg, len);
-	if (opts != NULL) {
-		req.hash = (Coffer__V1__Hash)opts->hash;
-		req.scheme = (Coffer__V1__SignatureScheme)opts->scheme;
-		req.ecdsa_raw = opts->ecdsa_raw != 0;
-	}
+	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
+	    &req.ecdsa_raw);
 	if ((r = rpc(c, KS "Sign", &req.base, &coffer__v1__sign_response__descriptor, 0,
 	    &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__SignResponse *)m;
-	if (resp->signature.len == 0) {
-		r = cf_error(CF_E_INTERNAL, "the server returned an empty signature");
+	if ((r = bytes_out(sig, &resp->signature, "signature")) != CF_OK)
 		goto out;
-	}
-	if ((r = bytes_set(&tmp, &resp->signature)) != CF_OK)
-		goto out;
-	*sig = tmp;
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
@@ -867,31 +919,21 @@ coffer_verify(coffer_client *c, const char *key, uint32_t version, const uint8_t
 	ProtobufCMessage *m = NULL;
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (valid == NULL || (msg == NULL && len > 0) || (sig == NULL && siglen > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL message, signature or output");
-		goto out;
-	}
+	if ((r = check_call(c, key,
+	    valid == NULL || (msg == NULL && len > 0) || (sig == NULL && siglen > 0),
+	    "NULL message, signature or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.version = version;
-	if (opts != NULL && opts->prehashed)
-		req.digest = bin(msg, len);
-	else
-		req.message = bin(msg, len);
-	if (opts != NULL) {
-		req.hash = (Coffer__V1__Hash)opts->hash;
-		req.scheme = (Coffer__V1__SignatureScheme)opts->scheme;
-		req.ecdsa_raw = opts->ecdsa_raw != 0;
-	}
+	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
+	    &req.ecdsa_raw);
 	req.signature = bin(sig, siglen);
 	if ((r = rpc(c, KS "Verify", &req.base, &coffer__v1__verify_response__descriptor, 0,
 	    &m)) != CF_OK)
-		goto out;
+		return r;
 	*valid = ((Coffer__V1__VerifyResponse *)m)->valid ? 1 : 0;
- out:
 	protobuf_c_message_free_unpacked(m, NULL);
-	return r;
+	return CF_OK;
 }
 
 int
@@ -901,15 +943,11 @@ coffer_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *d
 	Coffer__V1__MacRequest req = COFFER__V1__MAC_REQUEST__INIT;
 	Coffer__V1__MacResponse *resp;
 	ProtobufCMessage *m = NULL;
-	struct coffer_bytes tmp = { NULL, 0 };
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (mac == NULL || (data == NULL && len > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL data or output");
-		goto out;
-	}
+	if ((r = check_call(c, key, mac == NULL || (data == NULL && len > 0),
+	    "NULL data or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.version = version;
 	req.data = bin(data, len);
@@ -917,13 +955,8 @@ coffer_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *d
 	    &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__MacResponse *)m;
-	if (resp->mac.len == 0) {
-		r = cf_error(CF_E_INTERNAL, "the server returned an empty MAC");
+	if ((r = bytes_out(mac, &resp->mac, "MAC")) != CF_OK)
 		goto out;
-	}
-	if ((r = bytes_set(&tmp, &resp->mac)) != CF_OK)
-		goto out;
-	*mac = tmp;
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
@@ -939,23 +972,20 @@ coffer_verify_mac(coffer_client *c, const char *key, uint32_t version, const uin
 	ProtobufCMessage *m = NULL;
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (valid == NULL || (data == NULL && len > 0) || (mac == NULL && maclen > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL data, MAC or output");
-		goto out;
-	}
+	if ((r = check_call(c, key,
+	    valid == NULL || (data == NULL && len > 0) || (mac == NULL && maclen > 0),
+	    "NULL data, MAC or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.version = version;
 	req.data = bin(data, len);
 	req.mac = bin(mac, maclen);
 	if ((r = rpc(c, KS "VerifyMac", &req.base,
 	    &coffer__v1__verify_mac_response__descriptor, 0, &m)) != CF_OK)
-		goto out;
+		return r;
 	*valid = ((Coffer__V1__VerifyMacResponse *)m)->valid ? 1 : 0;
- out:
 	protobuf_c_message_free_unpacked(m, NULL);
-	return r;
+	return CF_OK;
 }
 
 int
@@ -966,39 +996,23 @@ coffer_wrap(coffer_client *c, const char *key, const uint8_t *plaintext, size_t 
 	Coffer__V1__WrapRequest req = COFFER__V1__WRAP_REQUEST__INIT;
 	Coffer__V1__WrapResponse *resp;
 	ProtobufCMessage *m = NULL;
-	struct ctx_entries e = { NULL, NULL, 0 };
-	struct coffer_bytes tmp = { NULL, 0 };
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (ciphertext == NULL || (plaintext == NULL && len > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL plaintext or output");
-		goto out;
-	}
-	if ((r = ctx_build(&coffer__v1__wrap_request__context_entry__descriptor, ctx, nctx,
-	    &e)) != CF_OK)
-		goto out;
+	if ((r = check_call(c, key, ciphertext == NULL || (plaintext == NULL && len > 0),
+	    "NULL plaintext or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.plaintext = bin(plaintext, len);
-	req.n_context = e.n;
-	req.context = (Coffer__V1__WrapRequest__ContextEntry **)(void *)e.ptrs;
-	if ((r = rpc(c, KS "Wrap", &req.base, &coffer__v1__wrap_response__descriptor, 0,
-	    &m)) != CF_OK)
+	if ((r = ctx_rpc(c, KS "Wrap", &req.base, ctx, nctx,
+	    &coffer__v1__wrap_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__WrapResponse *)m;
-	if (resp->ciphertext.len == 0) {
-		r = cf_error(CF_E_INTERNAL, "the server returned an empty ciphertext");
+	if ((r = bytes_out(ciphertext, &resp->ciphertext, "ciphertext")) != CF_OK)
 		goto out;
-	}
-	if ((r = bytes_set(&tmp, &resp->ciphertext)) != CF_OK)
-		goto out;
-	*ciphertext = tmp;
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
 	protobuf_c_message_free_unpacked(m, NULL);
-	ctx_free(&e);
 	return r;
 }
 
@@ -1010,35 +1024,23 @@ coffer_unwrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 	Coffer__V1__UnwrapRequest req = COFFER__V1__UNWRAP_REQUEST__INIT;
 	Coffer__V1__UnwrapResponse *resp;
 	ProtobufCMessage *m = NULL;
-	struct ctx_entries e = { NULL, NULL, 0 };
-	struct coffer_bytes tmp = { NULL, 0 };
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (plaintext == NULL || (ciphertext == NULL && len > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL ciphertext or output");
-		goto out;
-	}
-	if ((r = ctx_build(&coffer__v1__unwrap_request__context_entry__descriptor, ctx,
-	    nctx, &e)) != CF_OK)
-		goto out;
+	if ((r = check_call(c, key, plaintext == NULL || (ciphertext == NULL && len > 0),
+	    "NULL ciphertext or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.ciphertext = bin(ciphertext, len);
-	req.n_context = e.n;
-	req.context = (Coffer__V1__UnwrapRequest__ContextEntry **)(void *)e.ptrs;
-	if ((r = rpc(c, KS "Unwrap", &req.base, &coffer__v1__unwrap_response__descriptor, 1,
-	    &m)) != CF_OK)
+	if ((r = ctx_rpc(c, KS "Unwrap", &req.base, ctx, nctx,
+	    &coffer__v1__unwrap_response__descriptor, 1, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__UnwrapResponse *)m;
-	if ((r = bytes_set(&tmp, &resp->plaintext)) != CF_OK)
+	if ((r = bytes_set(plaintext, &resp->plaintext)) != CF_OK)
 		goto out;
-	*plaintext = tmp;
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
 	protobuf_c_message_free_unpacked(m, &wipe_allocator);
-	ctx_free(&e);
 	return r;
 }
 
@@ -1050,41 +1052,25 @@ coffer_rewrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 	Coffer__V1__RewrapRequest req = COFFER__V1__REWRAP_REQUEST__INIT;
 	Coffer__V1__RewrapResponse *resp;
 	ProtobufCMessage *m = NULL;
-	struct ctx_entries e = { NULL, NULL, 0 };
-	struct coffer_bytes tmp = { NULL, 0 };
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (new_ciphertext == NULL || (ciphertext == NULL && len > 0)) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL ciphertext or output");
-		goto out;
-	}
-	if ((r = ctx_build(&coffer__v1__rewrap_request__context_entry__descriptor, ctx,
-	    nctx, &e)) != CF_OK)
-		goto out;
+	if ((r = check_call(c, key, new_ciphertext == NULL || (ciphertext == NULL && len > 0),
+	    "NULL ciphertext or output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.ciphertext = bin(ciphertext, len);
-	req.n_context = e.n;
-	req.context = (Coffer__V1__RewrapRequest__ContextEntry **)(void *)e.ptrs;
-	if ((r = rpc(c, KS "Rewrap", &req.base, &coffer__v1__rewrap_response__descriptor, 0,
-	    &m)) != CF_OK)
+	if ((r = ctx_rpc(c, KS "Rewrap", &req.base, ctx, nctx,
+	    &coffer__v1__rewrap_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__RewrapResponse *)m;
-	if (resp->ciphertext.len == 0) {
-		r = cf_error(CF_E_INTERNAL, "the server returned an empty ciphertext");
+	if ((r = bytes_out(new_ciphertext, &resp->ciphertext, "ciphertext")) != CF_OK)
 		goto out;
-	}
-	if ((r = bytes_set(&tmp, &resp->ciphertext)) != CF_OK)
-		goto out;
-	*new_ciphertext = tmp;
 	if (new_version != NULL)
 		*new_version = resp->version;
 	if (previous_version != NULL)
 		*previous_version = resp->previous_version;
  out:
 	protobuf_c_message_free_unpacked(m, NULL);
-	ctx_free(&e);
 	return r;
 }
 
@@ -1096,25 +1082,15 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
 	Coffer__V1__GenerateDataKeyRequest req = COFFER__V1__GENERATE_DATA_KEY_REQUEST__INIT;
 	Coffer__V1__GenerateDataKeyResponse *resp;
 	ProtobufCMessage *m = NULL;
-	struct ctx_entries e = { NULL, NULL, 0 };
 	struct coffer_bytes ct = { NULL, 0 }, pt = { NULL, 0 };
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
-		goto out;
-	if (ciphertext == NULL) {
-		r = cf_error(CF_E_INVALID_ARG, "NULL output");
-		goto out;
-	}
-	if ((r = ctx_build(&coffer__v1__generate_data_key_request__context_entry__descriptor,
-	    ctx, nctx, &e)) != CF_OK)
-		goto out;
+	if ((r = check_call(c, key, ciphertext == NULL, "NULL output")) != CF_OK)
+		return r;
 	req.key = (char *)key;
 	req.length = length;
 	req.include_plaintext = plaintext != NULL;
-	req.n_context = e.n;
-	req.context = (Coffer__V1__GenerateDataKeyRequest__ContextEntry **)(void *)e.ptrs;
-	if ((r = rpc(c, KS "GenerateDataKey", &req.base,
+	if ((r = ctx_rpc(c, KS "GenerateDataKey", &req.base, ctx, nctx,
 	    &coffer__v1__generate_data_key_response__descriptor, 1, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__GenerateDataKeyResponse *)m;
@@ -1138,7 +1114,6 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
 	coffer_bytes_free(&ct);
 	coffer_bytes_free(&pt);
 	protobuf_c_message_free_unpacked(m, &wipe_allocator);
-	ctx_free(&e);
 	return r;
 }
 
