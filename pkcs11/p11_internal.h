@@ -45,7 +45,7 @@ struct cf_p11 {
 	pthread_rwlock_t life;
 	uint64_t epoch;             /* bumped whenever sessions/objects were reset */
 
-	pthread_mutex_t write_mu;   /* serialises token-object writes and anchor use */
+	pthread_mutex_t write_mu;   /* serialises token-object writes, token searches and anchor use */
 
 	pthread_mutex_t pool_mu;
 	pthread_cond_t pool_cv;

@@ -281,15 +281,17 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 	if (k->epoch == epoch)
 		goto done;
 	p11_destroy_copies(k);
+	/* Searching the token while another thread creates objects in it fails
+	 * inside SoftHSM now and then: lookups take the write lock too. */
+	pthread_mutex_lock(&p->write_mu);
 	if ((rv = p11_find_key_object(p, s, k->label, &k->priv, &is_secret)) != CKR_OK)
-		goto out;
+		goto unlock;
 	k->pub = CK_INVALID_HANDLE;
 	if (!is_secret && (rv = p11_find_one(p, s, CKO_PUBLIC_KEY, k->label, &k->pub)) != CKR_OK)
-		goto out;
+		goto unlock;
 	k->use_priv = k->priv;
 	k->use_pub = k->pub;
 	if (p->session_copies) {
-		pthread_mutex_lock(&p->write_mu);
 		if (p11_copy(p, k->priv, &cp) == CKR_OK &&
 		    (k->pub == CK_INVALID_HANDLE || p11_copy(p, k->pub, &cpub) == CKR_OK)) {
 			k->use_priv = cp;
@@ -300,9 +302,12 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 			/* Not copyable (CKA_COPYABLE=FALSE): use the token objects. */
 			(void)p->f->C_DestroyObject(p->anchor, cp);
 		}
-		pthread_mutex_unlock(&p->write_mu);
 	}
 	k->epoch = epoch;
+unlock:
+	pthread_mutex_unlock(&p->write_mu);
+	if (rv != CKR_OK)
+		goto out;
 done:
 	h->priv = k->use_priv;
 	h->pub = k->use_pub;
@@ -557,9 +562,11 @@ open_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	CK_RV rv;
 
 	(void)h;
-	if ((rv = p11_find_key_object(p, s, o->k->label, &obj, &is_secret)) != CKR_OK)
-		return rv;
-	return p11_detect_type(p, s, obj, &o->k->type);
+	pthread_mutex_lock(&p->write_mu);
+	if ((rv = p11_find_key_object(p, s, o->k->label, &obj, &is_secret)) == CKR_OK)
+		rv = p11_detect_type(p, s, obj, &o->k->type);
+	pthread_mutex_unlock(&p->write_mu);
+	return rv;
 }
 
 int
@@ -753,9 +760,11 @@ list_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 
 	(void)h;
 	la->n = 0;
-	if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) != CKR_OK)
-		return rv;
-	return list_class(p, s, CKO_SECRET_KEY, la);
+	pthread_mutex_lock(&p->write_mu);
+	if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) == CKR_OK)
+		rv = list_class(p, s, CKO_SECRET_KEY, la);
+	pthread_mutex_unlock(&p->write_mu);
+	return rv;
 }
 
 int
