@@ -206,30 +206,39 @@ verify_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg
 			      a->siglen);
 }
 
-/* raw r||s -> DER ECDSA-Sig-Value */
+/* One DER INTEGER from a big-endian unsigned scalar. */
+static size_t
+der_uint(const uint8_t *v, size_t len, uint8_t *out)
+{
+	size_t n;
+
+	while (len > 1 && v[0] == 0) {
+		v++;
+		len--;
+	}
+	n = len + (v[0] & 0x80 ? 1 : 0);
+	out[0] = 0x02;
+	out[1] = (uint8_t)n;
+	out[2] = 0;
+	memcpy(out + 2 + (n - len), v, len);
+	return 2 + n;
+}
+
+/* raw r||s -> DER ECDSA-Sig-Value, written directly: the scalars are at
+ * most 48 bytes, so every length fits one byte (no OpenSSL BN round trip). */
 static int
 ecdsa_to_der(const uint8_t *raw, size_t rawlen, cf_buf *out)
 {
-	ECDSA_SIG *es = NULL;
-	BIGNUM *r = NULL, *s = NULL;
-	unsigned char *der = NULL;
-	int len, st = CF_E_INTERNAL;
+	uint8_t der[2 + 2 * (2 + 1 + 48)];
+	size_t n;
 
-	if ((es = ECDSA_SIG_new()) == NULL ||
-	    (r = BN_bin2bn(raw, (int)(rawlen / 2), NULL)) == NULL ||
-	    (s = BN_bin2bn(raw + rawlen / 2, (int)(rawlen / 2), NULL)) == NULL ||
-	    !ECDSA_SIG_set0(es, r, s)) {
-		BN_free(r);
-		BN_free(s);
-		goto out;
-	}
-	if ((len = i2d_ECDSA_SIG(es, &der)) <= 0)
-		goto out;
-	st = cf_buf_put(out, der, (size_t)len);
-out:
-	OPENSSL_free(der);
-	ECDSA_SIG_free(es);
-	return st;
+	if (rawlen == 0 || rawlen % 2 != 0 || rawlen > 96)
+		return cf_error(CF_E_TOKEN, "token returned a %zu-byte ECDSA signature", rawlen);
+	n = der_uint(raw, rawlen / 2, der + 2);
+	n += der_uint(raw + rawlen / 2, rawlen / 2, der + 2 + n);
+	der[0] = 0x30;
+	der[1] = (uint8_t)n;
+	return cf_buf_put(out, der, n + 2);
 }
 
 /* DER ECDSA-Sig-Value -> raw r||s of 2*field bytes; CF_E_BAD_SIGNATURE if malformed. */
