@@ -6,6 +6,7 @@
  * one batch of six ops on its own pluck completion queue, and unpacks the
  * response (with a wiping allocator when the response carries secrets).
  */
+#include "cf_pbwipe.h"
 #include "coffer.h"
 
 #include <pthread.h>
@@ -137,40 +138,6 @@ status_from_grpc(grpc_status_code s)
 }
 
 /* ---- secret-safe memory ---- */
-
-/* protobuf-c allocator that remembers each block's size so that it can wipe
- * it on free: used to unpack responses that carry plaintext. */
-#define WIPE_HDR _Alignof(max_align_t)
-_Static_assert(WIPE_HDR >= sizeof(size_t), "wipe header");
-
-static void *
-wipe_alloc(void *data, size_t n)
-{
-	uint8_t *p;
-
-	(void)data;
-	if (n > SIZE_MAX - WIPE_HDR || (p = malloc(n + WIPE_HDR)) == NULL)
-		return NULL;
-	memcpy(p, &n, sizeof(n));
-	return p + WIPE_HDR;
-}
-
-static void
-wipe_free(void *data, void *ptr)
-{
-	uint8_t *p;
-	size_t n;
-
-	(void)data;
-	if (ptr == NULL)
-		return;
-	p = (uint8_t *)ptr - WIPE_HDR;
-	memcpy(&n, p, sizeof(n));
-	OPENSSL_cleanse(p, n + WIPE_HDR);
-	free(p);
-}
-
-static ProtobufCAllocator wipe_allocator = { wipe_alloc, wipe_free, NULL };
 
 /* Destroy callback of request slices: every packed request is wiped. */
 static void
@@ -571,7 +538,7 @@ status_error(const coffer_client *c, unsigned int ms, grpc_status_code st,
 
 /*
  * Call `method` with `req`; on success *out is the unpacked response, to be
- * freed with protobuf_c_message_free_unpacked(*out, secret ? &wipe_allocator
+ * freed with protobuf_c_message_free_unpacked(*out, secret ? &cf_pbwipe_allocator
  * : NULL). `secret`: the response carries secret material.
  */
 static int
@@ -687,7 +654,7 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	}
 	reader_ready = 1;
 	payload = grpc_byte_buffer_reader_readall(&reader);
-	msg = protobuf_c_message_unpack(rdesc, secret ? &wipe_allocator : NULL,
+	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_pbwipe_allocator : NULL,
 	    GRPC_SLICE_LENGTH(payload), GRPC_SLICE_START_PTR(payload));
 	if (msg == NULL) {
 		r = cf_error(CF_E_INTERNAL, "malformed response to %s", method);
@@ -1040,7 +1007,7 @@ coffer_unwrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
-	protobuf_c_message_free_unpacked(m, &wipe_allocator);
+	protobuf_c_message_free_unpacked(m, &cf_pbwipe_allocator);
 	return r;
 }
 
@@ -1113,7 +1080,7 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
  out:
 	coffer_bytes_free(&ct);
 	coffer_bytes_free(&pt);
-	protobuf_c_message_free_unpacked(m, &wipe_allocator);
+	protobuf_c_message_free_unpacked(m, &cf_pbwipe_allocator);
 	return r;
 }
 

@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "envelope.h"
@@ -140,7 +141,7 @@ key_response(int r, struct key_info *info, ProtobufCMessage **resp)
 	k = NULL;
 out:
 	if (k != NULL)
-		protobuf_c_message_free_unpacked(&k->base, NULL);
+		protobuf_c_message_free_unpacked(&k->base, &cf_pbwipe_allocator);
 	keyring_info_free(info);
 	return r;
 }
@@ -182,7 +183,7 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(sig);
 	return r;
 }
@@ -246,7 +247,7 @@ h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(mac);
 	return r;
 }
@@ -333,7 +334,7 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 		return CF_E_NOMEM;
 	if ((r = wrap_common(c, req->key, kv, n, req->plaintext.data, req->plaintext.len,
 			     &out->ciphertext, &out->version)) != CF_OK) {
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 		return r;
 	}
 	*resp = &out->base;
@@ -368,7 +369,7 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_secret_free(pt);
 	return r;
 }
@@ -401,7 +402,7 @@ h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_secret_free(pt);
 	return r;
 }
@@ -443,7 +444,7 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_secret_free(dk);
 	return r;
 }
@@ -482,7 +483,7 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(der);
 	cf_buf_free(pem);
 	return r;
@@ -540,7 +541,7 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 	out = NULL;
 out:
 	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, NULL);
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	for (uint32_t i = 0; i < n; i++)
 		keyring_info_free(&infos[i]);
 	free(infos);

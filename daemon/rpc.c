@@ -1,7 +1,6 @@
 #include "rpc.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 #include <openssl/crypto.h>
 
 #include "cf_log.h"
+#include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -105,27 +105,6 @@ rpc_status(int st)
 	default: return GRPC_STATUS_INTERNAL;
 	}
 }
-
-/* ---- a protobuf-c allocator that wipes what it frees ---- */
-
-static void *
-wipe_alloc(void *ad, size_t size)
-{
-	(void)ad;
-	return malloc(size);
-}
-
-static void
-wipe_free(void *ad, void *p)
-{
-	(void)ad;
-	if (p == NULL)
-		return;
-	OPENSSL_cleanse(p, malloc_usable_size(p));
-	free(p);
-}
-
-static ProtobufCAllocator wiping_allocator = { wipe_alloc, wipe_free, NULL };
 
 /* ---- dispatch table ---- */
 
@@ -278,7 +257,7 @@ dispatch(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen)
 	}
 	in = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
-	req = protobuf_c_message_unpack(m->input, &wiping_allocator, GRPC_SLICE_LENGTH(in),
+	req = protobuf_c_message_unpack(m->input, &cf_pbwipe_allocator, GRPC_SLICE_LENGTH(in),
 					GRPC_SLICE_START_PTR(in));
 	/* Requests may carry secrets (key material): do not leave them behind. */
 	OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
@@ -306,9 +285,9 @@ out:
 	free(buf);
 	grpc_slice_unref(in);
 	if (req != NULL)
-		protobuf_c_message_free_unpacked(req, &wiping_allocator);
+		protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
 	if (resp != NULL)
-		protobuf_c_message_free_unpacked(resp, &wiping_allocator);
+		protobuf_c_message_free_unpacked(resp, &cf_pbwipe_allocator);
 	return out;
 }
 
