@@ -54,17 +54,26 @@ check_data(size_t len, size_t max, const char *what)
 	return CF_OK;
 }
 
-/* Turn a protobuf map into env_kv entries (borrowed strings). */
-#define CTX_COPY(req, kv, n) do {                                            \
-	(n) = (req)->n_context;                                              \
-	if ((n) > ENV_MAX_CONTEXT)                                           \
-		return cf_error(CF_E_TOO_LARGE, "context has %zu entries; the " \
-				"limit is %d", (n), ENV_MAX_CONTEXT);        \
-	for (size_t i_ = 0; i_ < (n); i_++) {                               \
-		(kv)[i_].key = (req)->context[i_]->key;                      \
-		(kv)[i_].value = (req)->context[i_]->value;                  \
-	}                                                                    \
-} while (0)
+/* The context map of any request as env_kv entries (borrowed strings).
+ * protobuf-c map entries are messages with key = field 1, value = field 2. */
+static int
+ctx_entries(size_t n, void *const *entries, struct env_kv *kv)
+{
+	if (n > ENV_MAX_CONTEXT)
+		return cf_error(CF_E_TOO_LARGE, "context has %zu entries; the limit is %d", n,
+				ENV_MAX_CONTEXT);
+	for (size_t i = 0; i < n; i++) {
+		const ProtobufCMessage *e = entries[i];
+		const ProtobufCFieldDescriptor *k = protobuf_c_message_descriptor_get_field(
+			e->descriptor, 1);
+		const ProtobufCFieldDescriptor *v = protobuf_c_message_descriptor_get_field(
+			e->descriptor, 2);
+
+		kv[i].key = *(char *const *)(const void *)((const char *)e + k->offset);
+		kv[i].value = *(char *const *)(const void *)((const char *)e + v->offset);
+	}
+	return CF_OK;
+}
 
 static int
 sign_params(const struct hctx *c, Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme,
@@ -329,7 +338,9 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 
 	if ((r = check_name(req->key)) != CF_OK)
 		return r;
-	CTX_COPY(req, kv, n);
+	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
+		return r;
+	n = req->n_context;
 	if ((out = new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	if ((r = wrap_common(c, req->key, kv, n, req->plaintext.data, req->plaintext.len,
@@ -354,7 +365,9 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 
 	if ((r = check_name(req->key)) != CF_OK)
 		return r;
-	CTX_COPY(req, kv, n);
+	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
+		return r;
+	n = req->n_context;
 	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
 		goto out;
 	if ((out = new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
@@ -387,7 +400,9 @@ h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 
 	if ((r = check_name(req->key)) != CF_OK)
 		return r;
-	CTX_COPY(req, kv, n);
+	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
+		return r;
+	n = req->n_context;
 	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
 		goto out;
 	if ((out = new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
@@ -423,7 +438,9 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 	if (len != 16 && len != 24 && len != 32)
 		return cf_error(CF_E_INVALID_ARG, "data key length must be 16, 24 or 32 bytes, "
 				"not %u", len);
-	CTX_COPY(req, kv, n);
+	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
+		return r;
+	n = req->n_context;
 	if ((r = cf_secret_new(len, &dk)) != CF_OK)
 		return r;
 	if (RAND_priv_bytes(cf_secret_ptr(dk), (int)len) != 1) {
