@@ -74,7 +74,6 @@ listener_open(const struct listener_cfg *cfg, listener **out)
 			     l->path, l->lock_path);
 		close(l->lock_fd);
 		l->lock_fd = -1;
-		l->lock_path[0] = '\0'; /* not ours to remove */
 		goto fail;
 	}
 	/* We hold the lock: a socket file left there is stale. */
@@ -119,10 +118,10 @@ listener_close(listener *l)
 		close(l->fd);
 		(void)unlink(l->path);
 	}
-	if (l->lock_fd >= 0) {
-		(void)unlink(l->lock_path);
+	/* The lock file stays: unlinking it would let a daemon that opened the
+	 * old file and one that creates a new one both hold "the" lock. */
+	if (l->lock_fd >= 0)
 		close(l->lock_fd);
-	}
 	free(l);
 }
 
