@@ -1,6 +1,9 @@
 #include "cf_test_token.h"
 
 #include <dlfcn.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <CUnit/Basic.h>
 #include <signal.h>
 #include <time.h>
@@ -315,4 +318,37 @@ cf_test_main(const char *suite, int (*init)(void), int (*clean)(void),
 	failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
 	CU_cleanup_registry();
 	return failures == 0 ? 0 : 1;
+}
+
+int
+cf_test_openssl_verify(const uint8_t *spki, size_t spkilen, enum cf_hash hash, int rsa_pkcs1,
+		       const uint8_t *msg, size_t msglen, const uint8_t *sig, size_t siglen)
+{
+	const unsigned char *q = spki;
+	EVP_PKEY *pk = d2i_PUBKEY(NULL, &q, (long)spkilen);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pctx = NULL;
+	const EVP_MD *md = NULL;
+	int ok = 0;
+
+	if (pk == NULL || ctx == NULL)
+		goto out;
+	if (EVP_PKEY_get_id(pk) != EVP_PKEY_ED25519)
+		md = hash == CF_HASH_SHA384 ? EVP_sha384() : hash == CF_HASH_SHA512 ? EVP_sha512() :
+		     EVP_sha256();
+	if (EVP_DigestVerifyInit(ctx, &pctx, md, NULL, pk) != 1)
+		goto out;
+	if (EVP_PKEY_get_id(pk) == EVP_PKEY_RSA) {
+		if (rsa_pkcs1) {
+			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING);
+		} else {
+			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING);
+			EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST);
+		}
+	}
+	ok = EVP_DigestVerify(ctx, sig, siglen, msg, msglen) == 1;
+out:
+	EVP_MD_CTX_free(ctx);
+	EVP_PKEY_free(pk);
+	return ok;
 }

@@ -8,12 +8,14 @@
 #ifndef COFFER_CF_TEST_TOKEN_H
 #define COFFER_CF_TEST_TOKEN_H
 
+#include <stdio.h>
 #include <sys/types.h>
 
 #define CRYPTOKI_COMPAT
 #include <p11-kit/pkcs11.h>
 
 #include "cf_p11.h"
+#include "cf_status.h"
 
 #define CF_TEST_PIN "coffer-test-pin"
 #define CF_TEST_SO_PIN "coffer-test-so-pin"
@@ -71,6 +73,22 @@ int cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d
 int cf_test_daemon_stop(struct cf_test_daemon *d);
 /* 1 if the daemon's log contains `needle`. */
 int cf_test_daemon_log_has(const struct cf_test_daemon *d, const char *needle);
+
+/* Assert a CF_OK result; print the status and detail when it is not. */
+#define CHECK_OK(expr) do {                                                   \
+	int r_ = (expr);                                                      \
+	if (r_ != CF_OK)                                                      \
+		fprintf(stderr, "%s:%d %s -> %s: %s\n", __FILE__, __LINE__,   \
+			#expr, cf_status_name(r_), cf_error_detail());        \
+	CU_ASSERT_EQUAL_FATAL(r_, CF_OK);                                     \
+} while (0)
+
+/* Verify sig over msg with OpenSSL alone, from a DER SubjectPublicKeyInfo:
+ * `hash` for ECDSA/RSA (ignored for Ed25519), PKCS#1 v1.5 padding for RSA
+ * when rsa_pkcs1, else PSS with salt = hash length. 1 if valid. */
+int cf_test_openssl_verify(const uint8_t *spki, size_t spkilen, enum cf_hash hash,
+			   int rsa_pkcs1, const uint8_t *msg, size_t msglen,
+			   const uint8_t *sig, size_t siglen);
 
 /* One CUnit suite run the same way by every test program. */
 struct cf_test_case {

@@ -62,34 +62,10 @@ static int
 openssl_verify(const struct coffer_public_key *pk, const struct coffer_sign_opts *o,
 	       const uint8_t *sig, size_t siglen)
 {
-	const unsigned char *q = pk->der.data;
-	EVP_PKEY *k = d2i_PUBKEY(NULL, &q, (long)pk->der.len);
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	EVP_PKEY_CTX *pctx = NULL;
-	const EVP_MD *md = NULL;
-	int ok = 0;
-
-	if (k == NULL)
-		goto out;
-	if (pk->type == COFFER_KEY_EC_P384)
-		md = EVP_sha384();
-	else if (pk->type != COFFER_KEY_ED25519)
-		md = EVP_sha256();
-	if (EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k) != 1)
-		goto out;
-	if (pk->type >= COFFER_KEY_RSA_2048 && pk->type <= COFFER_KEY_RSA_4096) {
-		if (o && o->scheme == COFFER_SCHEME_RSA_PKCS1) {
-			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING);
-		} else {
-			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING);
-			EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST);
-		}
-	}
-	ok = EVP_DigestVerify(ctx, sig, siglen, msg, sizeof(msg)) == 1;
-out:
-	EVP_MD_CTX_free(ctx);
-	EVP_PKEY_free(k);
-	return ok;
+	return cf_test_openssl_verify(pk->der.data, pk->der.len,
+				      pk->type == COFFER_KEY_EC_P384 ? CF_HASH_SHA384 : CF_HASH_SHA256,
+				      o != NULL && o->scheme == COFFER_SCHEME_RSA_PKCS1, msg,
+				      sizeof(msg), sig, siglen);
 }
 
 static void

@@ -50,14 +50,6 @@ suite_clean(void)
 	return 0;
 }
 
-#define CHECK_OK(expr) do {                                                   \
-	int r_ = (expr);                                                      \
-	if (r_ != CF_OK)                                                      \
-		fprintf(stderr, "%s:%d %s -> %s: %s\n", __FILE__, __LINE__,    \
-			#expr, cf_status_name(r_), cf_error_detail());        \
-	CU_ASSERT_EQUAL_FATAL(r_, CF_OK);                                     \
-} while (0)
-
 /* Run the libp11 helper on KEY_LABEL; its exit status, or -1. */
 static int
 libp11_sign(const char *key_label, const char *sig_path)

@@ -43,14 +43,6 @@ suite_clean(void)
 	return 0;
 }
 
-#define CHECK_OK(expr) do {                                                   \
-	int r_ = (expr);                                                      \
-	if (r_ != CF_OK)                                                      \
-		fprintf(stderr, "%s:%d %s -> %s: %s\n", __FILE__, __LINE__,    \
-			#expr, cf_status_name(r_), cf_error_detail());        \
-	CU_ASSERT_EQUAL_FATAL(r_, CF_OK);                                     \
-} while (0)
-
 static cf_p11_key *
 gen(const char *name, enum cf_key_type t, unsigned flags)
 {
@@ -69,37 +61,12 @@ static int
 openssl_verify(cf_p11_key *k, const struct cf_sign_params *sp, const uint8_t *sig, size_t siglen)
 {
 	cf_buf *der = cf_buf_new(4096);
-	const unsigned char *q;
-	EVP_PKEY *pk = NULL;
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	EVP_PKEY_CTX *pctx = NULL;
-	const EVP_MD *md = NULL;
-	enum cf_key_type t = cf_p11_key_type(k);
-	enum cf_hash h = sp && sp->hash ? sp->hash : cf_key_default_hash(t);
-	int ok = 0;
+	enum cf_hash h = sp && sp->hash ? sp->hash : cf_key_default_hash(cf_p11_key_type(k));
+	int ok = cf_p11_pubkey_der(k, der) == CF_OK &&
+		 cf_test_openssl_verify(cf_buf_peek(der), cf_buf_len(der), h,
+					sp != NULL && sp->scheme == CF_SIG_RSA_PKCS1, msg,
+					sizeof(msg), sig, siglen);
 
-	if (cf_p11_pubkey_der(k, der) != CF_OK)
-		goto out;
-	q = cf_buf_peek(der);
-	if ((pk = d2i_PUBKEY(NULL, &q, (long)cf_buf_len(der))) == NULL)
-		goto out;
-	if (t != CF_KEY_ED25519)
-		md = h == CF_HASH_SHA384 ? EVP_sha384() : h == CF_HASH_SHA512 ? EVP_sha512() :
-		     EVP_sha256();
-	if (EVP_DigestVerifyInit(ctx, &pctx, md, NULL, pk) != 1)
-		goto out;
-	if (cf_key_type_is_rsa(t)) {
-		if (sp != NULL && sp->scheme == CF_SIG_RSA_PKCS1) {
-			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING);
-		} else {
-			EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING);
-			EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST);
-		}
-	}
-	ok = EVP_DigestVerify(ctx, sig, siglen, msg, sizeof(msg)) == 1;
-out:
-	EVP_PKEY_free(pk);
-	EVP_MD_CTX_free(ctx);
 	cf_buf_free(der);
 	return ok;
 }
