@@ -349,6 +349,9 @@ chan_new(const coffer_client *c)
 		  .value.integer = 1 },
 		{ .type = GRPC_ARG_STRING, .key = GRPC_ARG_PRIMARY_USER_AGENT_STRING,
 		  .value.string = "libcoffer/" COFFER_LIB_VERSION },
+		/* A local socket: no bandwidth probes, no channelz bookkeeping. */
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_BDP_PROBE, .value.integer = 0 },
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_CHANNELZ, .value.integer = 0 },
 	};
 	grpc_channel_args chargs = { sizeof(args) / sizeof(args[0]), args };
 

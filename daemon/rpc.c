@@ -26,7 +26,12 @@
 #include "handlers.h"
 
 #define RPC_MAX_WORKERS 64
-#define RPC_IO_THREADS 2   /* completion-queue threads: gRPC I/O only */
+/* Requested calls kept armed per registered method. Handlers run on the
+ * completion-queue threads, so a call that arrives while every thread is
+ * busy waits in gRPC; only calls matched to a requested call survive the
+ * start of a shutdown, hence a deep pool (each entry is ~300 bytes). */
+#define RPC_ARM_DEPTH 64
+#define RPC_ARM_GENERIC 4  /* unregistered paths: answered UNIMPLEMENTED */
 
 enum socket_kind { SOCK_SERVICE, SOCK_ADMIN, SOCK_BOTH };
 
@@ -37,6 +42,7 @@ struct method {
 	enum socket_kind where;
 	const ProtobufCMessageDescriptor *input;
 	handler_fn fn;
+	void *reg;               /* grpc_server_register_method handle */
 };
 
 struct rpc_server {
@@ -55,27 +61,22 @@ struct rpc_server {
 	unsigned live;           /* requested or active calls */
 	int shutdown_done;
 	int shutdown_tag;        /* its address is the tag */
-	/* Handlers block on the token, so they run on their own threads: the
-	 * completion-queue threads must keep reading new streams, or requests
-	 * that already arrived are cancelled when shutdown begins. */
-	pthread_t handlers[RPC_MAX_WORKERS];
-	unsigned nhandlers;
-	pthread_cond_t qcv;
-	struct rpc_call *qhead, *qtail;
-	int qstop;
 };
 
+/* A requested call: registered (m != NULL, the request payload arrives with
+ * the call) or generic (m == NULL, a path nobody registered). */
 struct rpc_call {
 	rpc_server *s;
+	const struct method *m;
 	grpc_call *call;
-	grpc_call_details details;
+	grpc_call_details details;   /* generic calls only */
+	gpr_timespec deadline;       /* registered calls only */
 	grpc_metadata_array md;
 	grpc_byte_buffer *recv;
 	grpc_byte_buffer *send;
 	grpc_slice status_details;
 	int cancelled;
-	struct rpc_call *next;   /* handler queue */
-	enum { ST_REQUESTED, ST_READING, ST_SENDING } st;
+	enum { ST_REQUESTED, ST_SENDING } st;
 };
 
 /* ---- the one table from Coffer status to gRPC status ---- */
@@ -127,18 +128,6 @@ add_service(rpc_server *s, const ProtobufCServiceDescriptor *svc, enum socket_ki
 		e->fn = h->fn;
 	}
 	return CF_OK;
-}
-
-static const struct method *
-find_method(rpc_server *s, grpc_slice path)
-{
-	size_t len = GRPC_SLICE_LENGTH(path);
-
-	for (size_t i = 0; i < s->nmethods; i++)
-		if (strlen(s->methods[i].path) == len &&
-		    memcmp(s->methods[i].path, GRPC_SLICE_START_PTR(path), len) == 0)
-			return &s->methods[i];
-	return NULL;
 }
 
 /* ---- the caller ---- */
@@ -195,8 +184,9 @@ call_free(struct rpc_call *c)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Arm one requested call for method m (NULL: any unregistered path). */
 static void
-arm(rpc_server *s)
+arm(rpc_server *s, const struct method *m)
 {
 	struct rpc_call *c;
 	grpc_call_error e;
@@ -204,13 +194,19 @@ arm(rpc_server *s)
 	if (atomic_load(&s->shutting_down) || (c = calloc(1, sizeof(*c))) == NULL)
 		return;
 	c->s = s;
+	c->m = m;
 	c->status_details = grpc_empty_slice();
 	grpc_call_details_init(&c->details);
 	grpc_metadata_array_init(&c->md);
 	pthread_mutex_lock(&s->mu);
 	s->live++;
 	pthread_mutex_unlock(&s->mu);
-	e = grpc_server_request_call(s->server, &c->call, &c->details, &c->md, s->cq, s->cq, c);
+	if (m != NULL)
+		e = grpc_server_request_registered_call(s->server, m->reg, &c->call, &c->deadline,
+							&c->md, &c->recv, s->cq, s->cq, c);
+	else
+		e = grpc_server_request_call(s->server, &c->call, &c->details, &c->md, s->cq,
+					     s->cq, c);
 	if (e != GRPC_CALL_OK) {
 		cf_log_error("grpc_server_request_call: %d", (int)e);
 		call_free(c);
@@ -223,7 +219,7 @@ static grpc_byte_buffer *
 dispatch(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen)
 {
 	rpc_server *s = c->s;
-	const struct method *m = find_method(s, c->details.method);
+	const struct method *m = c->m;
 	struct hctx h = { .kr = s->kr };
 	ProtobufCMessage *req = NULL, *resp = NULL;
 	grpc_byte_buffer_reader rd;
@@ -327,35 +323,14 @@ respond(struct rpc_call *c)
 static void
 on_event(rpc_server *s, struct rpc_call *c, int success)
 {
-	grpc_op op;
-	grpc_call_error e;
-
 	switch (c->st) {
 	case ST_REQUESTED:
 		if (!success) { /* the server is shutting down */
 			call_free(c);
 			return;
 		}
-		arm(s);
-		memset(&op, 0, sizeof(op));
-		op.op = GRPC_OP_RECV_MESSAGE;
-		op.data.recv_message.recv_message = &c->recv;
-		c->st = ST_READING;
-		if ((e = grpc_call_start_batch(c->call, &op, 1, c, NULL)) != GRPC_CALL_OK) {
-			cf_log_error("grpc_call_start_batch(recv): %d", (int)e);
-			call_free(c);
-		}
-		return;
-	case ST_READING:
-		pthread_mutex_lock(&s->mu);
-		c->next = NULL;
-		if (s->qtail != NULL)
-			s->qtail->next = c;
-		else
-			s->qhead = c;
-		s->qtail = c;
-		pthread_cond_signal(&s->qcv);
-		pthread_mutex_unlock(&s->mu);
+		arm(s, c->m);
+		respond(c);
 		return;
 	case ST_SENDING:
 		call_free(c);
@@ -363,27 +338,9 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 	}
 }
 
-static void *
-handler_main(void *arg)
-{
-	rpc_server *s = arg;
-	struct rpc_call *c;
-
-	for (;;) {
-		pthread_mutex_lock(&s->mu);
-		while (s->qhead == NULL && !s->qstop)
-			pthread_cond_wait(&s->qcv, &s->mu);
-		if ((c = s->qhead) == NULL) {
-			pthread_mutex_unlock(&s->mu);
-			return NULL;
-		}
-		if ((s->qhead = c->next) == NULL)
-			s->qtail = NULL;
-		pthread_mutex_unlock(&s->mu);
-		respond(c);
-	}
-}
-
+/* The completion-queue threads also run the handlers: with the request
+ * payload delivered with the call, a call costs two queue events and no
+ * hand-off between threads. */
 static void *
 worker_main(void *arg)
 {
@@ -412,8 +369,8 @@ worker_main(void *arg)
 int
 rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 {
-	grpc_arg args[2];
-	grpc_channel_args cargs = { 2, args };
+	grpc_arg args[4];
+	grpc_channel_args cargs = { 4, args };
 	rpc_server *s;
 	pthread_condattr_t ca;
 	size_t total;
@@ -429,7 +386,6 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
-	pthread_cond_init(&s->qcv, NULL);
 	total = coffer__v1__key_service__descriptor.n_methods +
 		coffer__v1__admin_service__descriptor.n_methods +
 		grpc__health__v1__health__descriptor.n_methods;
@@ -450,19 +406,29 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 	args[1].type = GRPC_ARG_INTEGER;
 	args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
 	args[1].value.integer = 8 << 20;
+	/* Local sockets: no bandwidth probing, no channelz bookkeeping per call. */
+	args[2].type = GRPC_ARG_INTEGER;
+	args[2].key = GRPC_ARG_ENABLE_CHANNELZ;
+	args[2].value.integer = 0;
+	args[3].type = GRPC_ARG_INTEGER;
+	args[3].key = GRPC_ARG_HTTP2_BDP_PROBE;
+	args[3].value.integer = 0;
 	s->server = grpc_server_create(&cargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
+	for (size_t i = 0; i < s->nmethods; i++)
+		s->methods[i].reg = grpc_server_register_method(
+			s->server, s->methods[i].path, NULL,
+			GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
 	grpc_server_start(s->server);
-	s->nhandlers = cfg->workers ? cfg->workers : 4;
-	if (s->nhandlers > RPC_MAX_WORKERS)
-		s->nhandlers = RPC_MAX_WORKERS;
-	s->nworkers = RPC_IO_THREADS;
-	/* Several requested calls per thread so bursts do not wait on re-arming. */
-	for (unsigned i = 0; i < 2 * (s->nhandlers + s->nworkers); i++)
-		arm(s);
-	for (unsigned i = 0; i < s->nhandlers; i++)
-		pthread_create(&s->handlers[i], NULL, handler_main, s);
+	s->nworkers = cfg->workers ? cfg->workers : 4;
+	if (s->nworkers > RPC_MAX_WORKERS)
+		s->nworkers = RPC_MAX_WORKERS;
+	for (size_t i = 0; i < s->nmethods; i++)
+		for (unsigned k = 0; k < RPC_ARM_DEPTH; k++)
+			arm(s, &s->methods[i]);
+	for (unsigned k = 0; k < RPC_ARM_GENERIC; k++)
+		arm(s, NULL);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;
@@ -524,11 +490,7 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	/* Shutting the queue down before every call is released aborts gRPC. */
 	while (s->live > 0 || !s->shutdown_done)
 		pthread_cond_wait(&s->cv, &s->mu);
-	s->qstop = 1;
-	pthread_cond_broadcast(&s->qcv);
 	pthread_mutex_unlock(&s->mu);
-	for (unsigned i = 0; i < s->nhandlers; i++)
-		pthread_join(s->handlers[i], NULL);
 	grpc_completion_queue_shutdown(s->cq);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
@@ -536,7 +498,6 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	grpc_completion_queue_destroy(s->cq);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
-	pthread_cond_destroy(&s->qcv);
 	free(s->methods);
 	free(s);
 }

@@ -16,7 +16,7 @@
 #include "keyring.h"
 
 struct rpc_cfg {
-	unsigned workers;            /* handler threads (token calls run here) */
+	unsigned workers;            /* completion-queue threads; handlers run on them */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */
 };

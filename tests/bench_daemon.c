@@ -997,7 +997,7 @@ met(int ok)
 static void
 print_verdict(const struct result *const *best, unsigned n)
 {
-	const struct result *d = NULL, *k = NULL;
+	const struct result *d = NULL, *k = NULL, *l = NULL;
 	double per_cpu;
 
 	for (unsigned i = 0; i < n; i++) {
@@ -1005,6 +1005,8 @@ print_verdict(const struct result *const *best, unsigned n)
 			d = best[i];
 		if (best[i]->path == PATH_P11KIT)
 			k = best[i];
+		if (best[i]->path == PATH_LAYER)
+			l = best[i];
 	}
 	if (d == NULL)
 		return;
@@ -1021,6 +1023,15 @@ print_verdict(const struct result *const *best, unsigned n)
 	       TARGET_OPS_PER_CPU_S, met(per_cpu >= TARGET_OPS_PER_CPU_S));
 	printf("# daemon p99 = %.0f us (target < %.0f us): %s\n", d->p99, TARGET_P99_US,
 	       met(d->p99 < TARGET_P99_US));
+	/* The in-process row spends its CPU on the token's own work, so it
+	 * bounds what any daemon could reach, before a single byte of RPC. */
+	if (l != NULL && l->ops > 0 && l->client_cpu > 0.0)
+		printf("# token floor: the in-process layer uses %.1f us CPU per op at %u callers, "
+		       "so no daemon can exceed %.0f ops per CPU-second; cofferd adds %.1f us\n",
+		       1e6 * l->client_cpu / (double)l->ops, l->callers,
+		       (double)l->ops / l->client_cpu,
+		       d->ops > 0 ? 1e6 * (d->server_cpu / (double)d->ops -
+					   l->client_cpu / (double)l->ops) : 0.0);
 }
 
 /* ---- main ---- */
