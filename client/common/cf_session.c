@@ -1,0 +1,463 @@
+#include "cf_session.h"
+
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/x509.h>
+
+#include "cf_status.h"
+
+#define LABEL_HANDSHAKE "coffer/v1 handshake"
+#define LABEL_SIGNATURE "coffer/v1 server signature"
+#define LABEL_RECORD "coffer/v1 record"
+
+struct cf_session_eph {
+	EVP_PKEY *pkey;
+	uint8_t pub[CF_SESSION_PUB_LEN];
+};
+
+/* key_c2s | iv_c2s | key_s2c | iv_s2c in one locked, wiped buffer. */
+#define KEYS_LEN (2 * (CF_SESSION_KEY_LEN + CF_SESSION_IV_LEN))
+struct cf_session_keys {
+	cf_secret *m;
+	uint8_t session_id[CF_SESSION_ID_LEN];
+};
+
+static const char *const labels[2][2] = {
+	{ "coffer/v1 c2s key", "coffer/v1 c2s iv" },
+	{ "coffer/v1 s2c key", "coffer/v1 s2c iv" },
+};
+
+/* ---- ephemeral X25519 ---- */
+
+int
+cf_session_eph_new(const uint8_t *fixed_priv, cf_session_eph **out)
+{
+	cf_session_eph *e = NULL;
+	EVP_PKEY_CTX *ctx = NULL;
+	size_t len = CF_SESSION_PUB_LEN;
+	int r = CF_E_INTERNAL;
+
+	if ((e = OPENSSL_zalloc(sizeof(*e))) == NULL)
+		return CF_E_NOMEM;
+	if (fixed_priv != NULL) {
+		e->pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, fixed_priv, 32);
+	} else {
+		if ((ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_X25519, NULL)) == NULL ||
+		    EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_keygen(ctx, &e->pkey) != 1)
+			e->pkey = NULL;
+	}
+	if (e->pkey == NULL || EVP_PKEY_get_raw_public_key(e->pkey, e->pub, &len) != 1 ||
+	    len != CF_SESSION_PUB_LEN) {
+		r = cf_error(CF_E_INTERNAL, "X25519 key generation failed");
+		goto out;
+	}
+	*out = e;
+	e = NULL;
+	r = CF_OK;
+out:
+	EVP_PKEY_CTX_free(ctx);
+	cf_session_eph_free(e);
+	return r;
+}
+
+void
+cf_session_eph_pub(const cf_session_eph *e, uint8_t pub[CF_SESSION_PUB_LEN])
+{
+	memcpy(pub, e->pub, CF_SESSION_PUB_LEN);
+}
+
+void
+cf_session_eph_free(cf_session_eph *e)
+{
+	if (e == NULL)
+		return;
+	EVP_PKEY_free(e->pkey);   /* OpenSSL wipes the private key */
+	OPENSSL_clear_free(e, sizeof(*e));
+}
+
+/* ---- transcript ---- */
+
+static int
+put_item(cf_buf *b, const void *data, size_t len)
+{
+	int r;
+
+	if (len > 0xffff)
+		return CF_E_TOO_LARGE;
+	if ((r = cf_buf_put_u8(b, (uint8_t)(len >> 8))) != CF_OK ||
+	    (r = cf_buf_put_u8(b, (uint8_t)len)) != CF_OK)
+		return r;
+	return len ? cf_buf_put(b, data, len) : CF_OK;
+}
+
+static void
+be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+static void
+be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+int
+cf_session_transcript(const struct cf_session_hello *h, cf_buf *out)
+{
+	uint8_t ver[4], ids[8], lim[20];
+	size_t plen = h->principal ? strlen(h->principal) : 0;
+	int r;
+
+	if (plen > CF_SESSION_MAX_PRINCIPAL)
+		return cf_error(CF_E_INVALID_ARG, "principal longer than %d bytes",
+				CF_SESSION_MAX_PRINCIPAL);
+	if (h->spki == NULL || h->spki_len == 0 || h->spki_len > CF_SESSION_MAX_SPKI)
+		return cf_error(CF_E_INVALID_ARG, "identity key missing or too long");
+	be32(ver, h->version);
+	be32(ids, h->uid);
+	be32(ids + 4, h->gid);
+	be32(lim, h->lifetime);
+	be64(lim + 4, h->max_records);
+	be64(lim + 12, h->max_bytes);
+	if ((r = put_item(out, LABEL_HANDSHAKE, strlen(LABEL_HANDSHAKE))) != CF_OK ||
+	    (r = put_item(out, ver, sizeof(ver))) != CF_OK ||
+	    (r = put_item(out, h->client_pub, CF_SESSION_PUB_LEN)) != CF_OK ||
+	    (r = put_item(out, h->client_random, CF_SESSION_RANDOM_LEN)) != CF_OK ||
+	    (r = put_item(out, h->principal, plen)) != CF_OK ||
+	    (r = put_item(out, h->session_id, CF_SESSION_ID_LEN)) != CF_OK ||
+	    (r = put_item(out, h->server_pub, CF_SESSION_PUB_LEN)) != CF_OK ||
+	    (r = put_item(out, h->server_random, CF_SESSION_RANDOM_LEN)) != CF_OK ||
+	    (r = put_item(out, ids, sizeof(ids))) != CF_OK ||
+	    (r = put_item(out, h->spki, h->spki_len)) != CF_OK ||
+	    (r = put_item(out, lim, sizeof(lim))) != CF_OK)
+		return r;
+	return CF_OK;
+}
+
+int
+cf_session_transcript_hash(const struct cf_session_hello *h, uint8_t th[CF_SESSION_TH_LEN])
+{
+	cf_buf *t = cf_buf_new(1024);
+	int r;
+
+	if (t == NULL)
+		return CF_E_NOMEM;
+	if ((r = cf_session_transcript(h, t)) == CF_OK &&
+	    EVP_Digest(cf_buf_peek(t), cf_buf_len(t), th, NULL, EVP_sha256(), NULL) != 1)
+		r = cf_error(CF_E_INTERNAL, "SHA-256 failed");
+	cf_buf_free(t);
+	return r;
+}
+
+int
+cf_session_signed_message(const uint8_t th[CF_SESSION_TH_LEN], cf_buf *out)
+{
+	int r;
+
+	if ((r = cf_buf_put(out, LABEL_SIGNATURE, strlen(LABEL_SIGNATURE) + 1)) != CF_OK)
+		return r;
+	return cf_buf_put(out, th, CF_SESSION_TH_LEN);
+}
+
+int
+cf_session_verify_server(const uint8_t *spki, size_t spki_len,
+			 const uint8_t th[CF_SESSION_TH_LEN], const uint8_t *sig, size_t siglen)
+{
+	const unsigned char *p = spki;
+	EVP_PKEY *pk = NULL;
+	EVP_MD_CTX *md = NULL;
+	cf_buf *m = cf_buf_new(128);
+	int r = CF_E_BAD_SIGNATURE;
+
+	if (m == NULL)
+		return CF_E_NOMEM;
+	if (spki_len == 0 || spki_len > CF_SESSION_MAX_SPKI ||
+	    (pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL || p != spki + spki_len ||
+	    !EVP_PKEY_is_a(pk, "EC") || EVP_PKEY_get_bits(pk) != 256) {
+		r = cf_error(CF_E_BAD_SIGNATURE, "the daemon's identity is not an EC P-256 key");
+		goto out;
+	}
+	if ((r = cf_session_signed_message(th, m)) != CF_OK)
+		goto out;
+	r = CF_E_BAD_SIGNATURE;
+	if ((md = EVP_MD_CTX_new()) == NULL ||
+	    EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
+	    EVP_DigestVerify(md, sig, siglen, cf_buf_peek(m), cf_buf_len(m)) != 1) {
+		r = cf_error(CF_E_BAD_SIGNATURE,
+			     "the daemon's handshake signature does not verify");
+		goto out;
+	}
+	r = CF_OK;
+out:
+	EVP_MD_CTX_free(md);
+	EVP_PKEY_free(pk);
+	cf_buf_free(m);
+	return r;
+}
+
+int
+cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t outlen)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint8_t d[32];
+
+	if (outlen < CF_SESSION_FPR_LEN + 1)
+		return CF_E_INVALID_ARG;
+	if (EVP_Digest(spki, spki_len, d, NULL, EVP_sha256(), NULL) != 1)
+		return cf_error(CF_E_INTERNAL, "SHA-256 failed");
+	memcpy(out, "sha256:", 7);
+	for (size_t i = 0; i < sizeof(d); i++) {
+		out[7 + 2 * i] = hex[d[i] >> 4];
+		out[8 + 2 * i] = hex[d[i] & 15];
+	}
+	out[CF_SESSION_FPR_LEN] = '\0';
+	return CF_OK;
+}
+
+/* ---- key schedule ---- */
+
+int
+cf_session_shared(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN],
+		  cf_secret **out)
+{
+	EVP_PKEY *peer = NULL;
+	EVP_PKEY_CTX *ctx = NULL;
+	cf_secret *s = NULL;
+	size_t len = 32;
+	uint8_t zero[32] = { 0 };
+	int r;
+
+	if ((r = cf_secret_new(32, &s)) != CF_OK)
+		return r;
+	r = CF_E_INVALID_ARG;
+	/* OpenSSL refuses an all-zero X25519 result (a low-order peer key). */
+	if ((peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub,
+						CF_SESSION_PUB_LEN)) == NULL ||
+	    (ctx = EVP_PKEY_CTX_new(mine->pkey, NULL)) == NULL ||
+	    EVP_PKEY_derive_init(ctx) != 1 || EVP_PKEY_derive_set_peer(ctx, peer) != 1 ||
+	    EVP_PKEY_derive(ctx, cf_secret_ptr(s), &len) != 1 || len != 32 ||
+	    cf_secret_equal_mem(s, zero, sizeof(zero))) {
+		r = cf_error(CF_E_INVALID_ARG, "the peer's ephemeral key is not a usable X25519 key");
+		goto out;
+	}
+	*out = s;
+	s = NULL;
+	r = CF_OK;
+out:
+	EVP_PKEY_CTX_free(ctx);
+	EVP_PKEY_free(peer);
+	cf_secret_free(s);
+	return r;
+}
+
+static int
+hkdf(const cf_secret *ikm, const uint8_t th[CF_SESSION_TH_LEN], const char *info, uint8_t *out,
+     size_t outlen)
+{
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	OSSL_PARAM p[5];
+	int ok;
+
+	p[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
+	p[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
+						 (void *)cf_secret_cptr(ikm), cf_secret_len(ikm));
+	p[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)th,
+						 CF_SESSION_TH_LEN);
+	p[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info,
+						 strlen(info));
+	p[4] = OSSL_PARAM_construct_end();
+	ok = ctx != NULL && EVP_KDF_derive(ctx, out, outlen, p) == 1;
+	EVP_KDF_CTX_free(ctx);
+	EVP_KDF_free(kdf);
+	return ok ? CF_OK : cf_error(CF_E_INTERNAL, "HKDF failed");
+}
+
+int
+cf_session_keys_derive(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN],
+		       const uint8_t th[CF_SESSION_TH_LEN],
+		       const uint8_t session_id[CF_SESSION_ID_LEN], cf_session_keys **out)
+{
+	cf_session_keys *k = NULL;
+	cf_secret *shared = NULL;
+	uint8_t *m;
+	int r;
+
+	if ((r = cf_session_shared(mine, peer_pub, &shared)) != CF_OK)
+		return r;
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = cf_secret_new(KEYS_LEN, &k->m)) != CF_OK)
+		goto out;
+	m = cf_secret_ptr(k->m);
+	for (int d = 0; d < 2; d++) {
+		uint8_t *base = m + d * (CF_SESSION_KEY_LEN + CF_SESSION_IV_LEN);
+
+		if ((r = hkdf(shared, th, labels[d][0], base, CF_SESSION_KEY_LEN)) != CF_OK ||
+		    (r = hkdf(shared, th, labels[d][1], base + CF_SESSION_KEY_LEN,
+			      CF_SESSION_IV_LEN)) != CF_OK)
+			goto out;
+	}
+	memcpy(k->session_id, session_id, CF_SESSION_ID_LEN);
+	*out = k;
+	k = NULL;
+	r = CF_OK;
+out:
+	cf_secret_free(shared);
+	cf_session_keys_free(k);
+	return r;
+}
+
+void
+cf_session_keys_free(cf_session_keys *k)
+{
+	if (k == NULL)
+		return;
+	cf_secret_free(k->m);
+	free(k);
+}
+
+const uint8_t *
+cf_session_keys_peek(const cf_session_keys *k, enum cf_session_dir d, const uint8_t **iv)
+{
+	const uint8_t *base = cf_secret_cptr(k->m) +
+		(d == CF_SESSION_C2S ? 0 : CF_SESSION_KEY_LEN + CF_SESSION_IV_LEN);
+
+	if (iv != NULL)
+		*iv = base + CF_SESSION_KEY_LEN;
+	return base;
+}
+
+/* ---- records ---- */
+
+int
+cf_session_aad(const uint8_t session_id[CF_SESSION_ID_LEN], enum cf_session_dir d, uint64_t seq,
+	       const char *method, cf_buf *out)
+{
+	size_t mlen = method ? strlen(method) : 0;
+	uint8_t s[8];
+	int r;
+
+	if (mlen == 0 || mlen > CF_SESSION_MAX_METHOD)
+		return cf_error(CF_E_INVALID_ARG, "method path empty or longer than %d bytes",
+				CF_SESSION_MAX_METHOD);
+	if (d != CF_SESSION_C2S && d != CF_SESSION_S2C)
+		return CF_E_INVALID_ARG;
+	be64(s, seq);
+	if ((r = cf_buf_put(out, LABEL_RECORD, strlen(LABEL_RECORD))) != CF_OK ||
+	    (r = cf_buf_put(out, session_id, CF_SESSION_ID_LEN)) != CF_OK ||
+	    (r = cf_buf_put_u8(out, (uint8_t)d)) != CF_OK ||
+	    (r = cf_buf_put(out, s, sizeof(s))) != CF_OK ||
+	    (r = put_item(out, method, mlen)) != CF_OK)
+		return r;
+	return CF_OK;
+}
+
+void
+cf_session_nonce(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+		 uint8_t nonce[CF_SESSION_IV_LEN])
+{
+	const uint8_t *iv;
+	uint8_t s[8];
+
+	(void)cf_session_keys_peek(k, d, &iv);
+	be64(s, seq);
+	memcpy(nonce, iv, CF_SESSION_IV_LEN);
+	for (int i = 0; i < 8; i++)
+		nonce[4 + i] ^= s[i];
+}
+
+/* One AES-256-GCM pass; enc selects the direction of the cipher. */
+static int
+gcm(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq, const char *method, int enc,
+    const uint8_t *in, size_t inlen, uint8_t *out, uint8_t tag[CF_SESSION_TAG_LEN])
+{
+	uint8_t nonce[CF_SESSION_IV_LEN];
+	cf_buf *aad = cf_buf_new(64 + CF_SESSION_MAX_METHOD);
+	EVP_CIPHER_CTX *c = NULL;
+	int n, ok = 0, r;
+
+	if (aad == NULL)
+		return CF_E_NOMEM;
+	if ((r = cf_session_aad(k->session_id, d, seq, method, aad)) != CF_OK)
+		goto out;
+	cf_session_nonce(k, d, seq, nonce);
+	if ((c = EVP_CIPHER_CTX_new()) == NULL ||
+	    EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, CF_SESSION_IV_LEN, NULL) != 1 ||
+	    EVP_CipherInit_ex(c, NULL, NULL, cf_session_keys_peek(k, d, NULL), nonce, enc) != 1 ||
+	    EVP_CipherUpdate(c, NULL, &n, cf_buf_peek(aad), (int)cf_buf_len(aad)) != 1 ||
+	    (inlen > 0 && EVP_CipherUpdate(c, out, &n, in, (int)inlen) != 1))
+		goto fail;
+	if (!enc && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, CF_SESSION_TAG_LEN, tag) != 1)
+		goto fail;
+	if (EVP_CipherFinal_ex(c, out + inlen, &n) != 1)
+		goto fail;
+	if (enc && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, CF_SESSION_TAG_LEN, tag) != 1)
+		goto fail;
+	ok = 1;
+fail:
+	r = ok ? CF_OK : enc ? cf_error(CF_E_INTERNAL, "AES-GCM encryption failed")
+			     : cf_error(CF_E_DECRYPT, "sealed record failed authentication");
+out:
+	EVP_CIPHER_CTX_free(c);
+	cf_buf_free(aad);
+	OPENSSL_cleanse(nonce, sizeof(nonce));
+	return r;
+}
+
+int
+cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+		const char *method, const uint8_t *pt, size_t ptlen, cf_buf *out)
+{
+	uint8_t *dst;
+	int r;
+
+	if (ptlen > CF_SECRET_MAX)
+		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
+	if ((r = cf_buf_reserve(out, ptlen + CF_SESSION_TAG_LEN, &dst)) != CF_OK)
+		return r;
+	if ((r = gcm(k, d, seq, method, 1, pt, ptlen, dst, dst + ptlen)) != CF_OK)
+		return r;
+	return cf_buf_commit(out, ptlen + CF_SESSION_TAG_LEN);
+}
+
+int
+cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+		const char *method, const uint8_t *rec, size_t reclen, cf_secret **pt)
+{
+	uint8_t tag[CF_SESSION_TAG_LEN];
+	cf_secret *s = NULL;
+	size_t len;
+	int r;
+
+	if (reclen < CF_SESSION_TAG_LEN)
+		return cf_error(CF_E_DECRYPT, "sealed record shorter than its tag");
+	len = reclen - CF_SESSION_TAG_LEN;
+	if (len > CF_SECRET_MAX)
+		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
+	memcpy(tag, rec + len, sizeof(tag));
+	/* +1: GCM's final step may write nothing but wants a valid pointer. */
+	if ((r = cf_secret_new(len + 1, &s)) != CF_OK)
+		return r;
+	if ((r = gcm(k, d, seq, method, 0, rec, len, cf_secret_ptr(s), tag)) != CF_OK ||
+	    (r = cf_secret_truncate(s, len)) != CF_OK) {
+		cf_secret_free(s);   /* wipes whatever was decrypted */
+		return r;
+	}
+	*pt = s;
+	return CF_OK;
+}
