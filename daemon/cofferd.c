@@ -133,6 +133,7 @@ main(int argc, char **argv)
 	cf_p11 *p11 = NULL;
 	store *st = NULL;
 	keyring *kr = NULL;
+	session_mgr *sm = NULL;
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	sigset_t sigs;
@@ -183,10 +184,22 @@ main(int argc, char **argv)
 			    mismatches);
 	grpc_init();
 	grpc_up = 1;
+	if ((r = session_mgr_open(p11, &cfg.session, &sm)) != CF_OK) {
+		cf_log_error("session identity: %s", cf_error_detail());
+		goto out;
+	}
+	if (cfg.unsealed_secrets)
+		cf_log_warn("session.unsealed_secrets is on: secret plaintext may cross the "
+			    "socket unsealed; use it for measurements only");
+	memset(&rc, 0, sizeof(rc));
+	rc.kr = kr;
+	rc.sm = sm;
 	rc.workers = cfg.workers;
 	rc.max_message_bytes = cfg.max_message_bytes;
 	rc.admin_path = cfg.admin_path;
-	if ((r = rpc_start(&rc, kr, &srv)) != CF_OK ||
+	rc.require_sealed = (int)cfg.require_sealed;
+	rc.unsealed_secrets = (int)cfg.unsealed_secrets;
+	if ((r = rpc_start(&rc, &srv)) != CF_OK ||
 	    (r = listener_start(ls, 2, rpc_add_connection, srv)) != CF_OK) {
 		cf_log_error("rpc: %s", cf_error_detail());
 		goto out;
@@ -201,6 +214,7 @@ out:
 	listener_stop();
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
+	session_mgr_close(sm);
 	keyring_close(kr);
 	store_close(st);
 	cf_p11_close(p11);

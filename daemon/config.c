@@ -34,6 +34,12 @@ config_defaults(struct cofferd_config *c)
 	c->admin.name = "admin";
 	c->admin.mode = 0600;
 	c->admin.group = (gid_t)-1;
+	c->session.lifetime = 3600;
+	c->session.max_records = 1000000;
+	c->session.max_bytes = 1ull << 30;
+	c->session.max_per_caller = 64;
+	c->session.max_sessions = 4096;
+	c->session.max_pending = 8;
 }
 
 static int
@@ -48,6 +54,56 @@ parse_uint(const char *v, unsigned long min, unsigned long max, int base, unsign
 		return cf_error(CF_E_CONFIG, "\"%s\" is not a number in %lu..%lu", v, min, max);
 	*out = (unsigned)n;
 	return CF_OK;
+}
+
+static int
+parse_u64(const char *v, unsigned long long min, unsigned long long max, uint64_t *out)
+{
+	char *end;
+	unsigned long long n;
+
+	errno = 0;
+	n = strtoull(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || v[0] == '-' || n < min || n > max)
+		return cf_error(CF_E_CONFIG, "\"%s\" is not a number in %llu..%llu", v, min, max);
+	*out = n;
+	return CF_OK;
+}
+
+static int
+parse_bool(const char *v, unsigned *out)
+{
+	if (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "1") == 0)
+		*out = 1;
+	else if (strcmp(v, "false") == 0 || strcmp(v, "no") == 0 || strcmp(v, "0") == 0)
+		*out = 0;
+	else
+		return cf_error(CF_E_CONFIG, "\"%s\" is not true or false", v);
+	return CF_OK;
+}
+
+static int
+set_session(struct cofferd_config *c, const char *name, const char *v)
+{
+	struct session_cfg *s = &c->session;
+
+	if (strcmp(name, "lifetime") == 0)
+		return parse_uint(v, 1, 7 * 86400, 10, &s->lifetime);
+	if (strcmp(name, "max_records") == 0)
+		return parse_u64(v, 1, 1ull << 32, &s->max_records);
+	if (strcmp(name, "max_bytes") == 0)
+		return parse_u64(v, 1024, 1ull << 36, &s->max_bytes);
+	if (strcmp(name, "max_per_caller") == 0)
+		return parse_uint(v, 1, 4096, 10, &s->max_per_caller);
+	if (strcmp(name, "max_sessions") == 0)
+		return parse_uint(v, 1, 1u << 20, 10, &s->max_sessions);
+	if (strcmp(name, "max_pending") == 0)
+		return parse_uint(v, 1, 1024, 10, &s->max_pending);
+	if (strcmp(name, "require_sealed") == 0)
+		return parse_bool(v, &c->require_sealed);
+	if (strcmp(name, "unsealed_secrets") == 0)
+		return parse_bool(v, &c->unsealed_secrets);
+	return cf_error(CF_E_CONFIG, "unknown setting %s in [session]", name);
 }
 
 static int
@@ -169,6 +225,8 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		return set_socket(&c->service, c->service_path, name, value);
 	} else if (strcmp(section, "admin") == 0) {
 		return set_socket(&c->admin, c->admin_path, name, value);
+	} else if (strcmp(section, "session") == 0) {
+		return set_session(c, name, value);
 	} else {
 		return cf_error(CF_E_CONFIG, "unknown section [%s]", section);
 	}

@@ -8,6 +8,7 @@
 
 #include "cf_log.h"
 #include "listener.h"
+#include "session.h"
 
 #define CONFIG_PATH_MAX 108
 
@@ -26,6 +27,9 @@ struct cofferd_config {
 	char admin_path[CONFIG_PATH_MAX];
 	struct listener_cfg service;
 	struct listener_cfg admin;
+	struct session_cfg session;
+	unsigned require_sealed;     /* [session] require_sealed */
+	unsigned unsealed_secrets;   /* [session] unsealed_secrets (benchmarks only) */
 };
 
 void config_defaults(struct cofferd_config *c);

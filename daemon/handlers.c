@@ -54,6 +54,17 @@ check_data(size_t len, size_t max, const char *what)
 	return CF_OK;
 }
 
+/* Calls that carry secret plaintext must arrive inside a session. */
+static int
+require_sealed(const struct hctx *c, const char *method, const char *what)
+{
+	if (c->sealed || c->unsealed_secrets)
+		return CF_OK;
+	return cf_error(CF_E_PRECONDITION, "%s %s, so it must be sealed in a session "
+			"(SessionService/OpenSession, then SessionService/Call; libcoffer and "
+			"cofferctl do this for you)", method, what);
+}
+
 /* The context map of any request as env_kv entries (borrowed strings).
  * protobuf-c map entries are messages with key = field 1, value = field 2. */
 static int
@@ -336,7 +347,8 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	size_t n;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK)
+	if ((r = require_sealed(c, "Wrap", "takes plaintext")) != CF_OK ||
+	    (r = check_name(req->key)) != CF_OK)
 		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
 		return r;
@@ -363,7 +375,8 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	uint32_t ver;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK)
+	if ((r = require_sealed(c, "Unwrap", "returns plaintext")) != CF_OK ||
+	    (r = check_name(req->key)) != CF_OK)
 		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
 		return r;
@@ -433,7 +446,10 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 	size_t n;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK)
+	if ((req->include_plaintext &&
+	     (r = require_sealed(c, "GenerateDataKey with include_plaintext",
+				 "returns the data key")) != CF_OK) ||
+	    (r = check_name(req->key)) != CF_OK)
 		return r;
 	if (len != 16 && len != 24 && len != 32)
 		return cf_error(CF_E_INVALID_ARG, "data key length must be 16, 24 or 32 bytes, "
@@ -598,7 +614,8 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	if ((r = require_sealed(c, "ImportKey", "carries key material")) != CF_OK ||
+	    (r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
 	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK)
 		return r;
 	if ((r = cf_secret_from(req->material.data, req->material.len, &mat)) != CF_OK)
@@ -620,6 +637,89 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	if ((r = check_name(req->name)) != CF_OK)
 		return r;
 	return key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
+}
+
+/* ---- SessionService (Call itself is run by the dispatcher) ---- */
+
+static int
+h_get_identity(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	Coffer__V1__GetIdentityResponse *out;
+	const uint8_t *spki;
+	size_t len;
+	int r;
+
+	(void)m;
+	if ((out = new_msg(&coffer__v1__get_identity_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	spki = session_identity(c->sm, &len);
+	if ((r = set_bytes(&out->public_key, spki, len)) != CF_OK ||
+	    (out->fingerprint = strdup(session_fingerprint(c->sm))) == NULL) {
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+		return r != CF_OK ? r : CF_E_NOMEM;
+	}
+	*resp = &out->base;
+	return CF_OK;
+}
+
+static int
+h_open_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__OpenSessionRequest *req = (const void *)m;
+	Coffer__V1__OpenSessionResponse *out = NULL;
+	struct cf_session_hello h;
+	cf_buf *sig = NULL;
+	int r;
+
+	memset(&h, 0, sizeof(h));
+	if (req->client_ephemeral.len != CF_SESSION_PUB_LEN ||
+	    req->client_random.len != CF_SESSION_RANDOM_LEN)
+		return cf_error(CF_E_INVALID_ARG, "client_ephemeral and client_random must be %d "
+				"and %d bytes", CF_SESSION_PUB_LEN, CF_SESSION_RANDOM_LEN);
+	h.version = req->version;
+	memcpy(h.client_pub, req->client_ephemeral.data, CF_SESSION_PUB_LEN);
+	memcpy(h.client_random, req->client_random.data, CF_SESSION_RANDOM_LEN);
+	h.principal = req->principal;
+	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL)
+		return CF_E_NOMEM;
+	if ((r = session_handshake(c->sm, c->uid, c->gid, &h, sig)) != CF_OK)
+		goto out;
+	if ((out = new_msg(&coffer__v1__open_session_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = set_bytes(&out->session_id, h.session_id, CF_SESSION_ID_LEN)) != CF_OK ||
+	    (r = set_bytes(&out->server_ephemeral, h.server_pub, CF_SESSION_PUB_LEN)) != CF_OK ||
+	    (r = set_bytes(&out->server_random, h.server_random, CF_SESSION_RANDOM_LEN)) != CF_OK ||
+	    (r = set_bytes(&out->identity_public_key, h.spki, h.spki_len)) != CF_OK ||
+	    (r = set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
+		goto out;
+	out->caller_uid = h.uid;
+	out->caller_gid = h.gid;
+	out->lifetime_seconds = h.lifetime;
+	out->max_records = h.max_records;
+	out->max_bytes = h.max_bytes;
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+	cf_buf_free(sig);
+	return r;
+}
+
+/* Only reachable sealed (the dispatcher refuses it otherwise). */
+static int
+h_close_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	Coffer__V1__CloseSessionResponse *out;
+
+	(void)m;
+	if ((out = new_msg(&coffer__v1__close_session_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	session_end(c->sm, c->sess);
+	*resp = &out->base;
+	return CF_OK;
 }
 
 /* ---- grpc.health.v1 ---- */
@@ -658,6 +758,9 @@ static const struct handler handler_table[] = {
 	{ "coffer.v1.AdminService", "RotateKey", h_rotate_key },
 	{ "coffer.v1.AdminService", "GetKey", h_get_key },
 	{ "coffer.v1.AdminService", "ListKeys", h_list_keys },
+	{ "coffer.v1.SessionService", "GetIdentity", h_get_identity },
+	{ "coffer.v1.SessionService", "OpenSession", h_open_session },
+	{ "coffer.v1.SessionService", "CloseSession", h_close_session },
 	{ "grpc.health.v1.Health", "Check", h_health },
 };
 

@@ -13,6 +13,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "keyring.h"
+#include "session.h"
 
 /* Limits of the data plane (also written in coffer.proto). */
 #define H_MAX_WRAP_PLAINTEXT (64u << 10)
@@ -21,10 +22,14 @@
 
 struct hctx {
 	keyring *kr;
+	session_mgr *sm;
+	session *sess;          /* the session of a sealed call, else NULL */
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
-	int admin;   /* the call arrived on the admin socket */
+	int admin;              /* the call arrived on the admin socket */
+	int sealed;             /* the call arrived inside a session */
+	int unsealed_secrets;   /* configuration allows secret plaintext unsealed */
 };
 
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,

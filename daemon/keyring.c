@@ -225,6 +225,8 @@ orphan_check(const char *name, uint32_t version, enum cf_key_type type, void *ar
 	size_t at = kr_find(lc->kr, name, &found);
 
 	(void)type;
+	if (strncmp(name, KEYRING_RESERVED_PREFIX, strlen(KEYRING_RESERVED_PREFIX)) == 0)
+		return 0;   /* the daemon's own keys (identity) */
 	if (found) {
 		const struct kr_key *k = lc->kr->keys[at];
 
@@ -295,6 +297,9 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 
 	if ((r = cf_key_name_check(name)) != CF_OK)
 		return r;
+	if (strncmp(name, KEYRING_RESERVED_PREFIX, strlen(KEYRING_RESERVED_PREFIX)) == 0)
+		return cf_error(CF_E_INVALID_ARG, "key names starting with \"%s\" are reserved "
+				"for Coffer's own keys", KEYRING_RESERVED_PREFIX);
 	if (type <= CF_KEY_NONE || type >= CF_KEY__COUNT)
 		return cf_error(CF_E_INVALID_ARG, "key type is missing or unknown");
 	if (exportable && cf_key_type_is_asymmetric(type))

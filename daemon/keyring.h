@@ -17,6 +17,10 @@
 
 typedef struct keyring keyring;
 
+/* Names reserved for the daemon's own token keys (e.g. "coffer.identity"):
+ * refused for callers' keys, not reported as orphans. */
+#define KEYRING_RESERVED_PREFIX "coffer."
+
 enum key_purpose { PURPOSE_SIGN = 1, PURPOSE_MAC = 2, PURPOSE_WRAP = 3 };
 
 enum key_purpose keyring_purpose(enum cf_key_type t);

@@ -19,11 +19,8 @@
 #include <openssl/crypto.h>
 
 #include "cf_log.h"
-#include "cf_pbwipe.h"
 #include "cf_status.h"
-#include "coffer/v1/coffer.pb-c.h"
-#include "grpc/health/v1/health.pb-c.h"
-#include "handlers.h"
+#include "dispatch.h"
 
 #define RPC_MAX_WORKERS 64
 /* Requested calls kept armed per registered method. Handlers run on the
@@ -33,23 +30,16 @@
 #define RPC_ARM_DEPTH 64
 #define RPC_ARM_GENERIC 4  /* unregistered paths: answered UNIMPLEMENTED */
 
-enum socket_kind { SOCK_SERVICE, SOCK_ADMIN, SOCK_BOTH };
-
 struct method {
-	char path[128];
-	const char *service;
-	const char *name;
-	enum socket_kind where;
-	const ProtobufCMessageDescriptor *input;
-	handler_fn fn;
+	size_t idx;              /* in the dispatch table */
 	void *reg;               /* grpc_server_register_method handle */
 };
 
 struct rpc_server {
 	grpc_server *server;
 	grpc_completion_queue *cq;
-	keyring *kr;
 	struct rpc_cfg cfg;
+	dispatch *d;
 	char admin_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	pthread_t workers[RPC_MAX_WORKERS];
 	unsigned nworkers;
@@ -78,57 +68,6 @@ struct rpc_call {
 	int cancelled;
 	enum { ST_REQUESTED, ST_SENDING } st;
 };
-
-/* ---- the one table from Coffer status to gRPC status ---- */
-
-static grpc_status_code
-rpc_status(int st)
-{
-	switch (st) {
-	case CF_OK: return GRPC_STATUS_OK;
-	case CF_E_INVALID_ARG:
-	case CF_E_DECRYPT:
-	case CF_E_BAD_SIGNATURE: return GRPC_STATUS_INVALID_ARGUMENT;
-	case CF_E_TOO_LARGE:
-	case CF_E_EXHAUSTED: return GRPC_STATUS_RESOURCE_EXHAUSTED;
-	case CF_E_NOT_FOUND: return GRPC_STATUS_NOT_FOUND;
-	case CF_E_EXISTS: return GRPC_STATUS_ALREADY_EXISTS;
-	case CF_E_WRONG_KEY_TYPE:
-	case CF_E_PRECONDITION:
-	case CF_E_UNSUPPORTED: return GRPC_STATUS_FAILED_PRECONDITION;
-	case CF_E_DENIED: return GRPC_STATUS_PERMISSION_DENIED;
-	case CF_E_UNAUTHENTICATED: return GRPC_STATUS_UNAUTHENTICATED;
-	case CF_E_BUSY:
-	case CF_E_UNAVAILABLE: return GRPC_STATUS_UNAVAILABLE;
-	case CF_E_TIMEOUT: return GRPC_STATUS_DEADLINE_EXCEEDED;
-	case CF_E_CANCELLED: return GRPC_STATUS_CANCELLED;
-	case CF_E_UNIMPLEMENTED: return GRPC_STATUS_UNIMPLEMENTED;
-	default: return GRPC_STATUS_INTERNAL;
-	}
-}
-
-/* ---- dispatch table ---- */
-
-static int
-add_service(rpc_server *s, const ProtobufCServiceDescriptor *svc, enum socket_kind where)
-{
-	for (unsigned i = 0; i < svc->n_methods; i++) {
-		const ProtobufCMethodDescriptor *m = &svc->methods[i];
-		const struct handler *h = handlers_find(svc->name, m->name);
-		struct method *e;
-
-		if (h == NULL)
-			return cf_error(CF_E_INTERNAL, "no handler for %s/%s", svc->name, m->name);
-		e = &s->methods[s->nmethods++];
-		snprintf(e->path, sizeof(e->path), "/%s/%s", svc->name, m->name);
-		e->service = svc->name;
-		e->name = m->name;
-		e->where = where;
-		e->input = m->input;
-		e->fn = h->fn;
-	}
-	return CF_OK;
-}
 
 /* ---- the caller ---- */
 
@@ -213,77 +152,51 @@ arm(rpc_server *s, const struct method *m)
 	}
 }
 
-/* Decode, authorise by socket, run the handler, encode. Sets *code and the
- * status message; returns the packed response (or NULL). */
+/* Identify the caller, read the request, run it through the dispatch
+ * table. Sets *code and the status message; returns the packed response
+ * (or NULL). */
 static grpc_byte_buffer *
-dispatch(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen)
+serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen)
 {
 	rpc_server *s = c->s;
-	const struct method *m = c->m;
-	struct hctx h = { .kr = s->kr };
-	ProtobufCMessage *req = NULL, *resp = NULL;
+	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm,
+			  .unsealed_secrets = s->cfg.unsealed_secrets };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
 	grpc_slice in = grpc_empty_slice(), packed;
 	uint8_t *buf = NULL;
-	size_t len;
-	int r;
+	size_t len = 0;
 
-	cf_error_clear();
-	if (m == NULL) {
-		r = cf_error(CF_E_UNIMPLEMENTED, "unknown method");
-		goto out;
+	if (c->m == NULL) {
+		*code = (grpc_status_code)dispatch_status(CF_E_UNIMPLEMENTED);
+		snprintf(msg, msglen, "unknown method");
+		return NULL;
 	}
-	if ((r = peer_identify(s, c->call, &h)) != CF_OK) {
-		r = cf_error(CF_E_DENIED, "caller identity unavailable");
-		goto out;
+	if (peer_identify(s, c->call, &h) != CF_OK) {
+		*code = (grpc_status_code)dispatch_status(CF_E_DENIED);
+		snprintf(msg, msglen, "caller identity unavailable");
+		return NULL;
 	}
-	if ((m->where == SOCK_ADMIN && !h.admin) || (m->where == SOCK_SERVICE && h.admin)) {
-		r = cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the %s socket", m->path,
-			     h.admin ? "admin" : "service");
-		goto out;
-	}
-	if (c->recv == NULL) {
-		r = cf_error(CF_E_INVALID_ARG, "no request message");
-		goto out;
-	}
-	if (!grpc_byte_buffer_reader_init(&rd, c->recv)) {
-		r = cf_error(CF_E_INVALID_ARG, "unreadable request message");
-		goto out;
+	if (c->recv == NULL || !grpc_byte_buffer_reader_init(&rd, c->recv)) {
+		*code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
+		snprintf(msg, msglen, "no readable request message");
+		return NULL;
 	}
 	in = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
-	req = protobuf_c_message_unpack(m->input, &cf_pbwipe_allocator, GRPC_SLICE_LENGTH(in),
-					GRPC_SLICE_START_PTR(in));
+	*code = (grpc_status_code)dispatch_call(s->d, c->m->idx, &h, GRPC_SLICE_START_PTR(in),
+						GRPC_SLICE_LENGTH(in), &buf, &len, msg, msglen);
 	/* Requests may carry secrets (key material): do not leave them behind. */
 	OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
-	if (req == NULL) {
-		r = cf_error(CF_E_INVALID_ARG, "request is not a valid %s message", m->input->name);
-		goto out;
-	}
-	if ((r = m->fn(&h, req, &resp)) != CF_OK)
-		goto out;
-	len = protobuf_c_message_get_packed_size(resp);
-	if ((buf = malloc(len ? len : 1)) == NULL) {
-		r = CF_E_NOMEM;
-		goto out;
-	}
-	protobuf_c_message_pack(resp, buf);
-	packed = grpc_slice_from_copied_buffer((const char *)buf, len);
-	out = grpc_raw_byte_buffer_create(&packed, 1);
-	grpc_slice_unref(packed);
-	OPENSSL_cleanse(buf, len);
-out:
-	*code = rpc_status(r);
-	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_detail());
-	if (r != CF_OK && *code == GRPC_STATUS_INTERNAL)
-		cf_log_error("%s: %s", m ? m->path : "?", cf_error_detail());
-	free(buf);
 	grpc_slice_unref(in);
-	if (req != NULL)
-		protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
-	if (resp != NULL)
-		protobuf_c_message_free_unpacked(resp, &cf_pbwipe_allocator);
+	if (*code == GRPC_STATUS_OK) {
+		packed = grpc_slice_from_copied_buffer((const char *)buf, len);
+		out = grpc_raw_byte_buffer_create(&packed, 1);
+		grpc_slice_unref(packed);
+	}
+	if (buf != NULL)
+		OPENSSL_cleanse(buf, len);
+	free(buf);
 	return out;
 }
 
@@ -296,7 +209,7 @@ respond(struct rpc_call *c)
 	char msg[CF_ERROR_DETAIL_MAX];
 	grpc_call_error e;
 
-	c->send = dispatch(c, &code, msg, sizeof(msg));
+	c->send = serve(c, &code, msg, sizeof(msg));
 	memset(ops, 0, sizeof(ops));
 	op->op = GRPC_OP_SEND_INITIAL_METADATA;
 	op++;
@@ -367,18 +280,17 @@ worker_main(void *arg)
 }
 
 int
-rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
+rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 {
+	struct dispatch_cfg dc = { .require_sealed = cfg->require_sealed };
 	grpc_arg args[4];
 	grpc_channel_args cargs = { 4, args };
 	rpc_server *s;
 	pthread_condattr_t ca;
-	size_t total;
 	int r;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return CF_E_NOMEM;
-	s->kr = kr;
 	s->cfg = *cfg;
 	snprintf(s->admin_path, sizeof(s->admin_path), "%s", cfg->admin_path);
 	pthread_mutex_init(&s->mu, NULL);
@@ -386,19 +298,12 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cv, &ca);
 	pthread_condattr_destroy(&ca);
-	total = coffer__v1__key_service__descriptor.n_methods +
-		coffer__v1__admin_service__descriptor.n_methods +
-		grpc__health__v1__health__descriptor.n_methods;
-	if ((s->methods = calloc(total, sizeof(*s->methods))) == NULL) {
-		free(s);
-		return CF_E_NOMEM;
-	}
-	if ((r = add_service(s, &coffer__v1__key_service__descriptor, SOCK_SERVICE)) != CF_OK ||
-	    (r = add_service(s, &coffer__v1__admin_service__descriptor, SOCK_ADMIN)) != CF_OK ||
-	    (r = add_service(s, &grpc__health__v1__health__descriptor, SOCK_BOTH)) != CF_OK) {
-		free(s->methods);
-		free(s);
-		return r;
+	if ((r = dispatch_new(&dc, &s->d)) != CF_OK)
+		goto fail;
+	s->nmethods = dispatch_count(s->d);
+	if ((s->methods = calloc(s->nmethods, sizeof(*s->methods))) == NULL) {
+		r = CF_E_NOMEM;
+		goto fail;
 	}
 	args[0].type = GRPC_ARG_INTEGER;
 	args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -416,10 +321,12 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 	s->server = grpc_server_create(&cargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
-	for (size_t i = 0; i < s->nmethods; i++)
+	for (size_t i = 0; i < s->nmethods; i++) {
+		s->methods[i].idx = i;
 		s->methods[i].reg = grpc_server_register_method(
-			s->server, s->methods[i].path, NULL,
+			s->server, dispatch_path(s->d, i), NULL,
 			GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+	}
 	grpc_server_start(s->server);
 	s->nworkers = cfg->workers ? cfg->workers : 4;
 	if (s->nworkers > RPC_MAX_WORKERS)
@@ -433,6 +340,12 @@ rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out)
 		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;
 	return CF_OK;
+fail:
+	dispatch_free(s->d);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	free(s);
+	return r;
 }
 
 void
@@ -499,5 +412,6 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	free(s->methods);
+	dispatch_free(s->d);
 	free(s);
 }

@@ -1,9 +1,9 @@
 /*
  * rpc.h — the gRPC core adapter: the only code in Coffer that includes gRPC
- * headers. One server, one completion queue served by two I/O threads,
- * handler threads fed from a queue (handlers block on the token), a
- * dispatch table built from the protoc-c service descriptors, handlers
- * called as plain functions, one table from Coffer status to gRPC status.
+ * headers. One server; every method of the dispatch table registered with
+ * its request payload read up front; one completion queue whose worker
+ * threads identify the caller, hand the request bytes to dispatch_call
+ * (decode, handler, encode; no gRPC there) and send the answer.
  *
  * Caller identity: each call's peer is "fd:N"; SO_PEERCRED on N gives the
  * uid/gid/pid and getsockname(N) tells which socket (service or admin) the
@@ -14,17 +14,22 @@
 #define COFFER_RPC_H
 
 #include "keyring.h"
+#include "session.h"
 
 struct rpc_cfg {
+	keyring *kr;
+	session_mgr *sm;
 	unsigned workers;            /* completion-queue threads; handlers run on them */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */
+	int require_sealed;          /* every KeyService call must be sealed */
+	int unsealed_secrets;        /* allow secret plaintext outside sessions (benchmarks) */
 };
 
 typedef struct rpc_server rpc_server;
 
 /* grpc_init must already have run. */
-int rpc_start(const struct rpc_cfg *cfg, keyring *kr, rpc_server **out);
+int rpc_start(const struct rpc_cfg *cfg, rpc_server **out);
 /* Serve an accepted connection (takes ownership of fd). Thread-safe. */
 void rpc_add_connection(int fd, void *srv);
 /* Stop accepting calls, let calls in flight finish for up to grace_ms, then

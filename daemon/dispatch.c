@@ -1,0 +1,307 @@
+#include "dispatch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "cf_log.h"
+#include "cf_pbwipe.h"
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+
+/* gRPC status codes (grpc/status.h; fixed by the gRPC specification). */
+enum {
+	CODE_OK = 0, CODE_CANCELLED = 1, CODE_INVALID_ARGUMENT = 3,
+	CODE_DEADLINE_EXCEEDED = 4, CODE_NOT_FOUND = 5, CODE_ALREADY_EXISTS = 6,
+	CODE_PERMISSION_DENIED = 7, CODE_RESOURCE_EXHAUSTED = 8,
+	CODE_FAILED_PRECONDITION = 9, CODE_UNIMPLEMENTED = 12, CODE_INTERNAL = 13,
+	CODE_UNAVAILABLE = 14, CODE_UNAUTHENTICATED = 16,
+};
+
+enum where { ON_SERVICE = 1, ON_ADMIN = 2, ON_BOTH = 3 };
+
+#define SESSION_SERVICE "coffer.v1.SessionService"
+
+struct method {
+	char path[128];
+	const char *service;
+	const char *name;
+	enum where where;
+	const ProtobufCMessageDescriptor *input;
+	handler_fn fn;          /* NULL for SessionService/Call, run here */
+	int sealed_only;        /* CloseSession */
+	int never_sealed;       /* OpenSession, GetIdentity, Call */
+};
+
+struct dispatch {
+	struct dispatch_cfg cfg;
+	struct method *m;
+	size_t n;
+};
+
+unsigned
+dispatch_status(int st)
+{
+	switch (st) {
+	case CF_OK: return CODE_OK;
+	case CF_E_INVALID_ARG:
+	case CF_E_DECRYPT:
+	case CF_E_BAD_SIGNATURE: return CODE_INVALID_ARGUMENT;
+	case CF_E_TOO_LARGE:
+	case CF_E_EXHAUSTED: return CODE_RESOURCE_EXHAUSTED;
+	case CF_E_NOT_FOUND: return CODE_NOT_FOUND;
+	case CF_E_EXISTS: return CODE_ALREADY_EXISTS;
+	case CF_E_WRONG_KEY_TYPE:
+	case CF_E_PRECONDITION:
+	case CF_E_UNSUPPORTED: return CODE_FAILED_PRECONDITION;
+	case CF_E_DENIED: return CODE_PERMISSION_DENIED;
+	case CF_E_UNAUTHENTICATED: return CODE_UNAUTHENTICATED;
+	case CF_E_BUSY:
+	case CF_E_UNAVAILABLE: return CODE_UNAVAILABLE;
+	case CF_E_TIMEOUT: return CODE_DEADLINE_EXCEEDED;
+	case CF_E_CANCELLED: return CODE_CANCELLED;
+	case CF_E_UNIMPLEMENTED: return CODE_UNIMPLEMENTED;
+	default: return CODE_INTERNAL;
+	}
+}
+
+/* ---- the method table ---- */
+
+static int
+add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where)
+{
+	int in_session = strcmp(svc->name, SESSION_SERVICE) == 0;
+
+	for (unsigned i = 0; i < svc->n_methods; i++) {
+		const ProtobufCMethodDescriptor *md = &svc->methods[i];
+		const struct handler *h = handlers_find(svc->name, md->name);
+		struct method *e = &d->m[d->n];
+		int call = in_session && strcmp(md->name, "Call") == 0;
+
+		if (h == NULL && !call)
+			return cf_error(CF_E_INTERNAL, "no handler for %s/%s", svc->name, md->name);
+		snprintf(e->path, sizeof(e->path), "/%s/%s", svc->name, md->name);
+		e->service = svc->name;
+		e->name = md->name;
+		e->where = where;
+		e->input = md->input;
+		e->fn = call ? NULL : h->fn;
+		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
+		e->never_sealed = in_session && !e->sealed_only;
+		d->n++;
+	}
+	return CF_OK;
+}
+
+int
+dispatch_new(const struct dispatch_cfg *cfg, dispatch **out)
+{
+	static const struct {
+		const ProtobufCServiceDescriptor *svc;
+		enum where where;
+	} services[] = {
+		{ &coffer__v1__key_service__descriptor, ON_SERVICE },
+		{ &coffer__v1__admin_service__descriptor, ON_ADMIN },
+		{ &coffer__v1__session_service__descriptor, ON_BOTH },
+		{ &grpc__health__v1__health__descriptor, ON_BOTH },
+	};
+	size_t total = 0;
+	dispatch *d;
+	int r = CF_OK;
+
+	for (size_t i = 0; i < sizeof(services) / sizeof(services[0]); i++)
+		total += services[i].svc->n_methods;
+	if ((d = calloc(1, sizeof(*d))) == NULL || (d->m = calloc(total, sizeof(*d->m))) == NULL) {
+		free(d);
+		return CF_E_NOMEM;
+	}
+	d->cfg = *cfg;
+	for (size_t i = 0; i < sizeof(services) / sizeof(services[0]) && r == CF_OK; i++)
+		r = add_service(d, services[i].svc, services[i].where);
+	if (r != CF_OK) {
+		dispatch_free(d);
+		return r;
+	}
+	*out = d;
+	return CF_OK;
+}
+
+void
+dispatch_free(dispatch *d)
+{
+	if (d == NULL)
+		return;
+	free(d->m);
+	free(d);
+}
+
+size_t
+dispatch_count(const dispatch *d)
+{
+	return d->n;
+}
+
+const char *
+dispatch_path(const dispatch *d, size_t i)
+{
+	return d->m[i].path;
+}
+
+static const struct method *
+find_path(const dispatch *d, const char *path)
+{
+	for (size_t i = 0; i < d->n; i++)
+		if (strcmp(d->m[i].path, path) == 0)
+			return &d->m[i];
+	return NULL;
+}
+
+/* ---- calls ---- */
+
+static int run(const dispatch *d, const struct method *m, const struct hctx *h,
+	       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen);
+
+static int
+pack(const ProtobufCMessage *msg, uint8_t **out, size_t *outlen)
+{
+	size_t len = protobuf_c_message_get_packed_size(msg);
+	uint8_t *buf = malloc(len ? len : 1);
+
+	if (buf == NULL)
+		return CF_E_NOMEM;
+	protobuf_c_message_pack(msg, buf);
+	*out = buf;
+	*outlen = len;
+	return CF_OK;
+}
+
+static void
+wipe_free(uint8_t *p, size_t len)
+{
+	if (p != NULL)
+		OPENSSL_cleanse(p, len);
+	free(p);
+}
+
+/* SessionService/Call: open the record, run the inner method as a sealed
+ * call, seal its status and response. Errors returned from here are the
+ * record's own (the inner call did not run); once the record is accepted the
+ * inner outcome travels sealed and this returns CF_OK. */
+static int
+sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCall *req,
+	    ProtobufCMessage **resp)
+{
+	Coffer__V1__SealedResult res = COFFER__V1__SEALED_RESULT__INIT;
+	Coffer__V1__SealedReply *reply = NULL;
+	const struct method *inner;
+	struct hctx h2 = *h;
+	session *s = NULL;
+	cf_secret *pt = NULL;
+	cf_buf *rec = NULL;
+	uint8_t *iout = NULL, *rbytes = NULL;
+	size_t ioutlen = 0, rlen = 0;
+	char imsg[CF_ERROR_DETAIL_MAX];
+	int r, ir;
+
+	if (h->sealed)
+		return cf_error(CF_E_PRECONDITION, "SessionService/Call cannot be sealed itself");
+	if ((r = session_accept(h->sm, h->uid, h->gid, req->session_id.data, req->session_id.len,
+				req->sequence, req->method, req->record.data, req->record.len, &s,
+				&pt)) != CF_OK)
+		return r;
+	h2.sealed = 1;
+	h2.sess = s;
+	if ((inner = find_path(d, req->method)) == NULL)
+		ir = cf_error(CF_E_UNIMPLEMENTED, "unknown method %s", req->method);
+	else if (inner->never_sealed)
+		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
+			      inner->path);
+	else
+		ir = run(d, inner, &h2, cf_secret_cptr(pt), cf_secret_len(pt), &iout, &ioutlen);
+	cf_secret_free(pt);
+	pt = NULL;
+	snprintf(imsg, sizeof(imsg), "%s", ir == CF_OK ? "" : cf_error_detail());
+	if (ir != CF_OK && dispatch_status(ir) == CODE_INTERNAL)
+		cf_log_error("%s (sealed): %s", req->method, imsg);
+	res.code = dispatch_status(ir);
+	res.message = imsg;
+	res.response.data = iout;
+	res.response.len = ioutlen;
+	if ((r = pack(&res.base, &rbytes, &rlen)) != CF_OK)
+		goto out;
+	if ((rec = cf_buf_new(rlen + CF_SESSION_TAG_LEN)) == NULL ||
+	    (reply = malloc(sizeof(*reply))) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	coffer__v1__sealed_reply__init(reply);
+	if ((r = session_reply(h->sm, s, req->sequence, req->method, rbytes, rlen, rec)) != CF_OK)
+		goto out;
+	if ((reply->record.data = malloc(cf_buf_len(rec))) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	memcpy(reply->record.data, cf_buf_peek(rec), cf_buf_len(rec));
+	reply->record.len = cf_buf_len(rec);
+	reply->sequence = req->sequence;
+	*resp = &reply->base;
+	reply = NULL;
+out:
+	if (reply != NULL)
+		protobuf_c_message_free_unpacked(&reply->base, &cf_pbwipe_allocator);
+	wipe_free(iout, ioutlen);
+	wipe_free(rbytes, rlen);
+	cf_buf_free(rec);
+	session_release(h->sm, s);
+	return r;
+}
+
+static int
+run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
+    size_t inlen, uint8_t **out, size_t *outlen)
+{
+	ProtobufCMessage *req = NULL, *resp = NULL;
+	int r;
+
+	if ((m->where == ON_ADMIN && !h->admin) || (m->where == ON_SERVICE && h->admin))
+		return cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the %s socket", m->path,
+				h->admin ? "admin" : "service");
+	if (m->sealed_only && !h->sealed)
+		return cf_error(CF_E_PRECONDITION, "%s is only valid inside a session", m->path);
+	if (d->cfg.require_sealed && m->where == ON_SERVICE && !h->sealed)
+		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
+				"be sealed in a session (session.require_sealed)");
+	req = protobuf_c_message_unpack(m->input, &cf_pbwipe_allocator, inlen, in);
+	if (req == NULL)
+		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
+				m->input->name);
+	r = m->fn != NULL ? m->fn(h, req, &resp)
+			  : sealed_call(d, h, (const Coffer__V1__SealedCall *)(const void *)req,
+					&resp);
+	if (r == CF_OK)
+		r = pack(resp, out, outlen);
+	protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
+	if (resp != NULL)
+		protobuf_c_message_free_unpacked(resp, &cf_pbwipe_allocator);
+	return r;
+}
+
+unsigned
+dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,
+	      size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen)
+{
+	const struct method *m = &d->m[i];
+	unsigned code;
+	int r;
+
+	cf_error_clear();
+	r = run(d, m, h, in, inlen, out, outlen);
+	code = dispatch_status(r);
+	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_detail());
+	if (code == CODE_INTERNAL)
+		cf_log_error("%s: %s", m->path, cf_error_detail());
+	return code;
+}

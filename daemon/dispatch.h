@@ -1,0 +1,39 @@
+/*
+ * dispatch.h — from a method path and request bytes to response bytes and a
+ * status, without gRPC: the method table built from the protoc-c service
+ * descriptors, which socket serves what, the sealing policy, protobuf decode
+ * and encode around the handlers, sealed calls (SessionService/Call) opened,
+ * run and sealed again, and the one table from Coffer status to gRPC status
+ * codes (numeric: they are fixed by the gRPC specification).
+ */
+#ifndef COFFER_DISPATCH_H
+#define COFFER_DISPATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "handlers.h"
+
+struct dispatch_cfg {
+	int require_sealed;     /* every KeyService call must be sealed */
+};
+
+typedef struct dispatch dispatch;
+
+int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);
+void dispatch_free(dispatch *d);   /* accepts NULL */
+
+/* Methods are numbered 0 .. dispatch_count()-1. */
+size_t dispatch_count(const dispatch *d);
+const char *dispatch_path(const dispatch *d, size_t i);   /* "/pkg.Service/Method" */
+
+/* gRPC status code of a Coffer status. */
+unsigned dispatch_status(int st);
+
+/* Run method i for the caller h. Returns the gRPC status code and writes the
+ * error message (msg) or the packed response (*out, malloc'ed: the caller
+ * wipes and frees it). Requests and responses are wiped after use. */
+unsigned dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,
+		       size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * session.h — the daemon's side of sealed sessions (proto/session-protocol.md):
+ * the token-held identity key, the handshake, and the table of live sessions
+ * with their sequence numbers and limits. The record crypto is cf_session.
+ *
+ * Thread-safe. A session returned by session_accept stays valid until
+ * session_release, even if it is ended meanwhile (its keys are wiped when
+ * the last reference goes).
+ */
+#ifndef COFFER_SESSION_H
+#define COFFER_SESSION_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cf_buf.h"
+#include "cf_p11.h"
+#include "cf_secret.h"
+#include "cf_session.h"
+
+/* The identity key's token name (version 1). Names starting with "coffer."
+ * are reserved for the daemon's own keys. */
+#define SESSION_IDENTITY_KEY "coffer.identity"
+
+struct session_cfg {
+	unsigned lifetime;          /* seconds from the handshake */
+	uint64_t max_records;       /* per direction */
+	uint64_t max_bytes;         /* plaintext bytes per direction */
+	unsigned max_per_caller;    /* sessions per uid; the LRU one is ended to make room */
+	unsigned max_sessions;      /* in total; beyond: CF_E_EXHAUSTED */
+	unsigned max_pending;       /* handshakes in progress per uid; beyond: CF_E_EXHAUSTED */
+};
+
+typedef struct session_mgr session_mgr;
+typedef struct session session;
+
+/* Open the identity key in the token, generating it on first start. */
+int session_mgr_open(cf_p11 *p11, const struct session_cfg *cfg, session_mgr **out);
+/* All sessions must be released. Accepts NULL. */
+void session_mgr_close(session_mgr *sm);
+
+/* The identity public key (SPKI DER, borrowed) and its fingerprint. */
+const uint8_t *session_identity(const session_mgr *sm, size_t *len);
+const char *session_fingerprint(const session_mgr *sm);
+
+/* Server side of the handshake. `h` carries the client's fields (version,
+ * client_pub, client_random, principal); this fills in the rest (session id,
+ * server ephemeral and random, uid/gid, identity, limits), signs the
+ * transcript in the token into `sig` and registers the session.
+ * CF_E_INVALID_ARG (bad version or ephemeral key), CF_E_EXHAUSTED (limits). */
+int session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello *h,
+		      cf_buf *sig);
+
+/* Check and open a caller's record: the session exists, belongs to uid/gid,
+ * has not expired, seq is the next one, the record authenticates. On success
+ * *s is referenced and *pt holds the inner request. CF_E_UNAUTHENTICATED with
+ * the reason otherwise; the session is ended after a sequence or
+ * authentication failure. */
+int session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
+		   uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
+		   session **s, cf_secret **pt);
+/* Seal the reply to the call accepted with seq. */
+int session_reply(session_mgr *sm, session *s, uint64_t seq, const char *method,
+		  const uint8_t *pt, size_t len, cf_buf *out);
+/* End the session now (CloseSession); later records are refused. */
+void session_end(session_mgr *sm, session *s);
+void session_release(session_mgr *sm, session *s);   /* accepts NULL */
+
+unsigned session_count(session_mgr *sm);
+
+#endif
