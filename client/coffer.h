@@ -258,6 +258,9 @@ COFFER_API const char *coffer_serving_status_name(enum coffer_serving_status s);
 /* Use the AdminService for coffer_get_key and coffer_list_keys (connect to
  * the admin socket with this flag). */
 #define COFFER_CONNECT_ADMIN 0x1u
+/* Seal every KeyService call in a session, not only those that carry secret
+ * plaintext (for daemons configured with session.require_sealed). */
+#define COFFER_CONNECT_SEAL_ALL 0x2u
 
 /*
  * New client for the socket at `socket_path` (a file system path, or a gRPC
@@ -273,6 +276,29 @@ COFFER_API int coffer_connect(const char *socket_path, unsigned int flags, coffe
 /* Close the connection and free the client; accepts NULL. No call on `c`
  * may be running or start afterwards. */
 COFFER_API void coffer_close(coffer_client *c);
+
+/* ---- the sealed channel (proto/session-protocol.md) ----
+ * Wrap, Unwrap, GenerateDataKey and ImportKey always travel inside a sealed
+ * session; libcoffer opens sessions on first use, keeps a small pool (one
+ * session per call in flight), replaces a session before it reaches its
+ * limits, and retries a call once on a new session when the daemon refused
+ * the record (COFFER_E_UNAUTHENTICATED: the call did not run). A session
+ * needs the daemon's identity pinned first. */
+
+/* Pin the daemon's identity: its EC P-256 public key as SubjectPublicKeyInfo,
+ * DER (spki) or a PEM file ("-----BEGIN PUBLIC KEY-----", as printed by
+ * `cofferctl identity`). A daemon presenting another key, or unable to sign
+ * with it, is refused with COFFER_E_UNAUTHENTICATED. Call before the first
+ * sealed call; not thread-safe against calls in flight. */
+COFFER_API int coffer_pin_identity(coffer_client *c, const uint8_t *spki, size_t len);
+COFFER_API int coffer_pin_identity_file(coffer_client *c, const char *path);
+
+/* Ask the daemon for its identity public key (SPKI DER into *spki) and its
+ * fingerprint ("sha256:<hex>", fpr of at least 72 bytes). This is not
+ * authenticated: it is how an operator reads the key to pin, over a socket
+ * they trust. */
+COFFER_API int coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, char *fpr,
+    size_t fprlen);
 
 /* Deadline of each later call, in milliseconds from its start; 0 = none.
  * Default COFFER_DEFAULT_TIMEOUT_MS. Thread-safe; calls already running

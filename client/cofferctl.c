@@ -49,12 +49,13 @@ enum exit_code {
 struct ctl {
 	const char *socket;
 	const char *admin_socket;
+	const char *identity;   /* PEM file of the daemon identity to pin */
 	int json;
 	long timeout_ms;        /* -1 = library default */
 };
 
 enum opt_id {
-	O_SOCKET, O_ADMIN_SOCKET, O_JSON, O_TIMEOUT, O_HELP,
+	O_SOCKET, O_ADMIN_SOCKET, O_JSON, O_TIMEOUT, O_HELP, O_IDENTITY,
 	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
 	O_PLAINTEXT_OUT,
@@ -62,7 +63,8 @@ enum opt_id {
 };
 
 #define B(x) (1u << (x))
-#define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP))
+#define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | \
+    B(O_IDENTITY))
 #define OPT_BASE 0x100
 
 static const struct option all_options[O__COUNT] = {
@@ -71,6 +73,7 @@ static const struct option all_options[O__COUNT] = {
 	[O_JSON] = { "json", no_argument, NULL, OPT_BASE + O_JSON },
 	[O_TIMEOUT] = { "timeout", required_argument, NULL, OPT_BASE + O_TIMEOUT },
 	[O_HELP] = { "help", no_argument, NULL, OPT_BASE + O_HELP },
+	[O_IDENTITY] = { "identity", required_argument, NULL, OPT_BASE + O_IDENTITY },
 	[O_TYPE] = { "type", required_argument, NULL, OPT_BASE + O_TYPE },
 	[O_EXPORTABLE] = { "exportable", no_argument, NULL, OPT_BASE + O_EXPORTABLE },
 	[O_IN] = { "in", required_argument, NULL, OPT_BASE + O_IN },
@@ -484,6 +487,9 @@ common_opt(struct ctl *ctl, int id, const char *arg)
 	case O_JSON:
 		ctl->json = 1;
 		return 1;
+	case O_IDENTITY:
+		ctl->identity = arg;
+		return 1;
 	case O_TIMEOUT:
 		if (parse_u32(arg, 0, TIMEOUT_MAX_MS, &v) != 0)
 			return -1;
@@ -724,6 +730,12 @@ connect_to(const struct ctl *ctl, int admin, coffer_client **c)
 		return fail(r);
 	if (ctl->timeout_ms >= 0)
 		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
+	if (ctl->identity != NULL && (r = coffer_pin_identity_file(*c, ctl->identity)) !=
+	    COFFER_OK) {
+		coffer_close(*c);
+		*c = NULL;
+		return fail(r);
+	}
 	return EXIT_OK;
 }
 
@@ -1240,6 +1252,74 @@ cmd_datakey(struct ctl *ctl, const struct opts *o)
 	return run_job(ctl, o, 0, call_datakey, put_datakey, &j);
 }
 
+/* ---- identity ---- */
+
+/* The SPKI as a PEM public key, in a new string. */
+static char *
+spki_pem(const struct coffer_bytes *der)
+{
+	static const char head[] = "-----BEGIN PUBLIC KEY-----\n",
+	    tail[] = "-----END PUBLIC KEY-----\n";
+	char *b = b64(der->data, der->len), *pem, *o;
+	size_t n;
+
+	if (b == NULL)
+		return NULL;
+	n = strlen(b);
+	if ((pem = malloc(sizeof(head) + n + n / 64 + 2 + sizeof(tail))) != NULL) {
+		o = pem + sprintf(pem, "%s", head);
+		for (size_t i = 0; i < n; i += 64)
+			o += sprintf(o, "%.64s\n", b + i);
+		sprintf(o, "%s", tail);
+	}
+	free(b);
+	return pem;
+}
+
+static int
+cmd_identity(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_bytes der = { NULL, 0 };
+	char fpr[80], *pem = NULL;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, o->admin, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_get_identity(c, &der, fpr, sizeof(fpr))) != COFFER_OK) {
+		rc = fail(r);
+		goto out;
+	}
+	if ((pem = spki_pem(&der)) == NULL) {
+		errmsg(NULL, "out of memory");
+		rc = EXIT_FAILED;
+		goto out;
+	}
+	if (o->out != NULL && !is_stdout(o->out) &&
+	    (rc = write_output(o->out, pem, strlen(pem), 0)) != EXIT_OK)
+		goto out;
+	if (ctl->json) {
+		printf("{\"fingerprint\":\"%s\",\"pem\":\"", fpr);
+		for (const char *p = pem; *p; p++) {
+			if (*p == '\n')
+				fputs("\\n", stdout);
+			else
+				putchar(*p);
+		}
+		printf("\"}\n");
+	} else {
+		printf("%s\n", fpr);
+		if (o->out == NULL || is_stdout(o->out))
+			fputs(pem, stdout);
+	}
+	rc = flush_stdout();
+ out:
+	free(pem);
+	coffer_bytes_free(&der);
+	coffer_close(c);
+	return rc;
+}
+
 /* ---- health ---- */
 
 static int
@@ -1383,6 +1463,15 @@ static const struct cmd commands[] = {
 	  "                       0600); \"-\" means stdout (with --out FILE), or the\n"
 	  "                       \"plaintext\" field with --json\n"
 	  "With --json prints {\"ciphertext\": base64, \"version\": N}." },
+	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,
+	  "identity [--out FILE] [--admin]",
+	  "Print the daemon's identity: the fingerprint (sha256:...) and the EC P-256\n"
+	  "public key (PEM) that callers pin to open sealed sessions. This answer is\n"
+	  "not authenticated: read it once over a socket you trust, then give the\n"
+	  "file to callers (--identity FILE or $COFFER_IDENTITY).\n"
+	  "  --out FILE      write the PEM to FILE (the fingerprint still goes to stdout)\n"
+	  "  --admin         ask the admin socket\n"
+	  "With --json prints {\"fingerprint\", \"pem\"}." },
 	{ "health", cmd_health, B(O_SERVICE) | B(O_ADMIN), 0, 0,
 	  "health [--service NAME] [--admin]",
 	  "Ask grpc.health.v1.Health/Check. Prints the serving status; exit 0 only\n"
@@ -1408,6 +1497,10 @@ usage(FILE *f)
 	    "  --admin-socket PATH  admin socket for key create/import/rotate and\n"
 	    "                       --admin (default: $COFFER_ADMIN_SOCKET, else\n"
 	    "                       " DEFAULT_ADMIN_SOCKET ")\n"
+	    "  --identity FILE      the daemon identity to pin (PEM from `cofferctl\n"
+	    "                       identity`; default: $COFFER_IDENTITY). wrap,\n"
+	    "                       unwrap, datakey --plaintext-out and key import\n"
+	    "                       travel in a sealed session and need it\n"
 	    "  --json               machine-readable output (binary as base64)\n"
 	    "  --timeout MS         deadline per call in milliseconds (0 = none;\n"
 	    "                       default %u)\n"
@@ -1481,6 +1574,8 @@ main(int argc, char **argv)
 	ctl.socket = env != NULL && *env != '\0' ? env : DEFAULT_SOCKET;
 	env = getenv("COFFER_ADMIN_SOCKET");
 	ctl.admin_socket = env != NULL && *env != '\0' ? env : DEFAULT_ADMIN_SOCKET;
+	env = getenv("COFFER_IDENTITY");
+	ctl.identity = env != NULL && *env != '\0' ? env : NULL;
 
 	memset(lo, 0, sizeof(lo));
 	for (int i = 0; i < O__COUNT; i++)

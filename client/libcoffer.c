@@ -26,7 +26,9 @@
 #include <openssl/crypto.h>
 
 #include "cf_keytype.h"
+#include "cf_session.h"
 #include "cf_status.h"
+#include "libcoffer_internal.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 
@@ -105,6 +107,7 @@ struct coffer_client {
 	unsigned int flags;
 	atomic_uint timeout_ms;
 	char *target;           /* "unix:PATH" */
+	struct lc_sessions *sessions;
 };
 
 /* ---- gRPC status -> Coffer status: the one table ---- */
@@ -135,6 +138,12 @@ status_from_grpc(grpc_status_code s)
 	if ((int)s < 0 || (size_t)s >= sizeof(grpc_to_cf) / sizeof(grpc_to_cf[0]))
 		return CF_E_INTERNAL;
 	return grpc_to_cf[s];
+}
+
+int
+lc_status_from_grpc(unsigned code)
+{
+	return status_from_grpc((grpc_status_code)code);
 }
 
 /* ---- secret-safe memory ---- */
@@ -421,7 +430,7 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 	cf_error_clear();
 	if (socket_path == NULL || out == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL argument");
-	if ((flags & ~COFFER_CONNECT_ADMIN) != 0)
+	if ((flags & ~(COFFER_CONNECT_ADMIN | COFFER_CONNECT_SEAL_ALL)) != 0)
 		return cf_error(CF_E_INVALID_ARG, "unknown connect flags 0x%x", flags);
 	path = socket_path;
 	if (strncmp(path, "unix:", 5) == 0)
@@ -448,6 +457,10 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 	}
 	c->flags = flags;
 	atomic_init(&c->timeout_ms, COFFER_DEFAULT_TIMEOUT_MS);
+	if ((c->sessions = lc_sessions_new()) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
 
 	grpc_init();
 	grpc_ready = 1;
@@ -469,6 +482,7 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 			grpc_channel_credentials_release(c->creds);
 		if (mu_ready)
 			pthread_mutex_destroy(&c->mu);
+		lc_sessions_free(c->sessions);
 		free(c->target);
 		free(c);
 	}
@@ -483,6 +497,7 @@ coffer_close(coffer_client *c)
 	if (c == NULL)
 		return;
 	/* No call may be running: ours is the last reference. */
+	lc_sessions_free(c->sessions);
 	chan_unref(c->cur);
 	grpc_channel_credentials_release(c->creds);
 	pthread_mutex_destroy(&c->mu);
@@ -540,13 +555,13 @@ status_error(const coffer_client *c, unsigned int ms, grpc_status_code st,
 }
 
 /*
- * Call `method` with `req`; on success *out is the unpacked response, to be
- * freed with protobuf_c_message_free_unpacked(*out, secret ? &cf_pbwipe_allocator
- * : NULL). `secret`: the response carries secret material.
+ * One unary call of `method` with the packed request buf[0..len) (taken over:
+ * wiped and freed here). On success *out and *outlen is the response payload,
+ * malloc'ed; the caller wipes and frees it.
  */
-static int
-rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
-    const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
+int
+lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uint8_t **out,
+    size_t *outlen)
 {
 	grpc_completion_queue *cq = NULL;
 	struct chan *ch = NULL;
@@ -560,35 +575,16 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	grpc_op ops[6];
 	grpc_event ev;
 	gpr_timespec deadline;
-	ProtobufCMessage *msg = NULL;
-	uint8_t *buf = NULL;
 	unsigned int ms;
-	size_t len;
+	uint8_t *copy;
 	int reader_ready = 0, started = 0;
 	int r = CF_E_INTERNAL;
 
 	grpc_metadata_array_init(&md_initial);
 	grpc_metadata_array_init(&md_trailing);
 
-	len = protobuf_c_message_get_packed_size(req);
-	if (len > COFFER_MAX_MESSAGE) {
-		r = cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
-		    "message limit", len, COFFER_MAX_MESSAGE);
-		goto out;
-	}
-	if ((buf = malloc(len ? len : 1)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
-		goto out;
-	}
-	if (protobuf_c_message_pack(req, buf) != len) {
-		slice_wipe_free(buf, len);
-		buf = NULL;
-		r = cf_error(CF_E_INTERNAL, "cannot encode the request");
-		goto out;
-	}
 	/* gRPC owns buf from here and wipes it through slice_wipe_free. */
 	s = grpc_slice_new_with_len(buf, len, slice_wipe_free);
-	buf = NULL;
 	send_bb = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
 	if (send_bb == NULL) {
@@ -657,20 +653,18 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	}
 	reader_ready = 1;
 	payload = grpc_byte_buffer_reader_readall(&reader);
-	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_pbwipe_allocator : NULL,
-	    GRPC_SLICE_LENGTH(payload), GRPC_SLICE_START_PTR(payload));
-	if (msg == NULL) {
-		r = cf_error(CF_E_INTERNAL, "malformed response to %s", method);
+	if ((copy = malloc(GRPC_SLICE_LENGTH(payload) + 1)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
 		goto out;
 	}
-	*out = msg;
-	msg = NULL;
+	memcpy(copy, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	*out = copy;
+	*outlen = GRPC_SLICE_LENGTH(payload);
 	r = CF_OK;
  out:
-	if (secret) {
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
-		byte_buffer_wipe(recv_bb);
-	}
+	/* Responses may carry secrets: wipe gRPC's copies before release. */
+	OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	byte_buffer_wipe(recv_bb);
 	grpc_slice_unref(payload);
 	if (reader_ready)
 		grpc_byte_buffer_reader_destroy(&reader);
@@ -694,6 +688,64 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	}
 	chan_unref(ch);
 	return r;
+}
+
+/* Calls that carry secret plaintext travel sealed; with
+ * COFFER_CONNECT_SEAL_ALL every KeyService call does. */
+static int
+must_seal(const coffer_client *c, const char *method)
+{
+	static const char *const sensitive[] = {
+		KS "Wrap", KS "Unwrap", KS "GenerateDataKey", AS "ImportKey",
+	};
+
+	if ((c->flags & COFFER_CONNECT_SEAL_ALL) && strncmp(method, KS, strlen(KS)) == 0)
+		return 1;
+	for (size_t i = 0; i < sizeof(sensitive) / sizeof(sensitive[0]); i++)
+		if (strcmp(method, sensitive[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Call `method` with `req`, sealed in a session where it must be; on success
+ * *out is the unpacked response, to be freed with
+ * protobuf_c_message_free_unpacked(*out, secret ? &cf_pbwipe_allocator : NULL).
+ * `secret`: the response carries secret material.
+ */
+static int
+rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
+{
+	uint8_t *buf = NULL, *resp = NULL;
+	size_t len, rlen = 0;
+	ProtobufCMessage *msg;
+	int r;
+
+	len = protobuf_c_message_get_packed_size(req);
+	if (len > COFFER_MAX_MESSAGE)
+		return cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
+		    "message limit", len, COFFER_MAX_MESSAGE);
+	if ((buf = malloc(len ? len : 1)) == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	if (protobuf_c_message_pack(req, buf) != len) {
+		slice_wipe_free(buf, len);
+		return cf_error(CF_E_INTERNAL, "cannot encode the request");
+	}
+	if (must_seal(c, method)) {
+		r = lc_sealed_call(c, c->sessions, method, buf, len, &resp, &rlen);
+		slice_wipe_free(buf, len);
+	} else {
+		r = lc_transport(c, method, buf, len, &resp, &rlen);
+	}
+	if (r != CF_OK)
+		return r;
+	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_pbwipe_allocator : NULL, rlen, resp);
+	slice_wipe_free(resp, rlen);
+	if (msg == NULL)
+		return cf_error(CF_E_INTERNAL, "malformed response to %s", method);
+	*out = msg;
+	return CF_OK;
 }
 
 /* ---- request helpers ---- */
@@ -1367,6 +1419,55 @@ coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **o
 }
 
 /* ---- Health ---- */
+
+int
+coffer_pin_identity(coffer_client *c, const uint8_t *spki, size_t len)
+{
+	cf_error_clear();
+	if (c == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client");
+	return lc_sessions_pin(c->sessions, spki, len);
+}
+
+int
+coffer_pin_identity_file(coffer_client *c, const char *path)
+{
+	uint8_t *der = NULL;
+	size_t len = 0;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || path == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client or path");
+	if ((r = lc_spki_from_pem_file(path, &der, &len)) != CF_OK)
+		return r;
+	r = lc_sessions_pin(c->sessions, der, len);
+	OPENSSL_free(der);
+	return r;
+}
+
+int
+coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, char *fpr, size_t fprlen)
+{
+	Coffer__V1__GetIdentityRequest req = COFFER__V1__GET_IDENTITY_REQUEST__INIT;
+	Coffer__V1__GetIdentityResponse *resp;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || spki == NULL || fpr == NULL || fprlen < CF_SESSION_FPR_LEN + 1)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument or fingerprint buffer too short");
+	if ((r = rpc(c, "/coffer.v1.SessionService/GetIdentity", &req.base,
+	    &coffer__v1__get_identity_response__descriptor, 0, &m)) != CF_OK)
+		return r;
+	resp = (Coffer__V1__GetIdentityResponse *)m;
+	/* Computed here, not taken from the daemon's text. */
+	if ((r = bytes_out(spki, &resp->public_key, "identity key")) == CF_OK &&
+	    (r = cf_session_fingerprint(spki->data, spki->len, fpr, fprlen)) != CF_OK)
+		coffer_bytes_free(spki);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return r;
+}
 
 int
 coffer_health(coffer_client *c, const char *service, enum coffer_serving_status *status)

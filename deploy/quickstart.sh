@@ -55,10 +55,22 @@ $ctl key pubkey demo-signing --out "$demo/demo-signing.pem"
 openssl dgst -sha256 -verify "$demo/demo-signing.pem" -signature "$demo/message.sig" \
     "$demo/message.txt"
 
+echo "== 5. sealed session: pin the daemon's identity, wrap and unwrap a secret"
+$ctl identity --out "$demo/identity.pem"
+export COFFER_IDENTITY=$demo/identity.pem
+if ! $ctl key show demo-wrapping >/dev/null 2>&1; then
+    $ctl key create demo-wrapping --type aes-256 >/dev/null
+fi
+printf 'demo secret %s' "$(date -u +%s)" >"$demo/secret.txt"
+$ctl wrap demo-wrapping --context app=demo --in "$demo/secret.txt" --out "$demo/secret.wrapped"
+$ctl unwrap demo-wrapping --context app=demo --in "$demo/secret.wrapped" --out "$demo/secret.out"
+cmp "$demo/secret.txt" "$demo/secret.out" && echo "unwrapped through a sealed session: identical"
+rm -f "$demo/secret.txt" "$demo/secret.out"
+
 cat <<MSG
 
 cofferd is running (pid $(cat "$demo/cofferd.pid"), log $demo/cofferd.log).
-Try:  export SOFTHSM2_CONF=$SOFTHSM2_CONF COFFER_SOCKET=$COFFER_SOCKET COFFER_ADMIN_SOCKET=$COFFER_ADMIN_SOCKET
+Try:  export SOFTHSM2_CONF=$SOFTHSM2_CONF COFFER_SOCKET=$COFFER_SOCKET COFFER_ADMIN_SOCKET=$COFFER_ADMIN_SOCKET COFFER_IDENTITY=$COFFER_IDENTITY
       build/cofferctl key list
 Stop: kill \$(cat $demo/cofferd.pid)
 Tests: ctest --test-dir build --output-on-failure

@@ -1,0 +1,38 @@
+/*
+ * libcoffer_internal.h — what libcoffer.c (gRPC transport, public calls) and
+ * libcoffer_session.c (the sealed channel) share. Not installed; the symbols
+ * are hidden by libcoffer.map.
+ */
+#ifndef COFFER_LIBCOFFER_INTERNAL_H
+#define COFFER_LIBCOFFER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coffer.h"
+
+struct lc_sessions;
+
+/* One unary call with the packed request buf[0..len), which it takes over
+ * (wiped and freed). On success *out and *outlen is the response payload,
+ * malloc'ed: the caller wipes and frees it. */
+int lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uint8_t **out,
+    size_t *outlen);
+
+struct lc_sessions *lc_sessions_new(void);
+void lc_sessions_free(struct lc_sessions *p);   /* wipes every session; accepts NULL */
+int lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len);
+
+/* `method` with the packed request req[0..len) (borrowed) through a sealed
+ * session of pool p; *out and *outlen as for lc_transport. */
+int lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method,
+    const uint8_t *req, size_t len, uint8_t **out, size_t *outlen);
+
+/* Coffer status of a gRPC status code (the one table, in libcoffer.c). */
+int lc_status_from_grpc(unsigned code);
+
+/* The SubjectPublicKeyInfo DER of the PEM public key in `path`
+ * (OPENSSL_free *der). */
+int lc_spki_from_pem_file(const char *path, uint8_t **der, size_t *len);
+
+#endif

@@ -1,0 +1,424 @@
+/*
+ * libcoffer_session.c — the caller's side of sealed sessions
+ * (proto/session-protocol.md): handshake against the pinned identity, a
+ * pool of sessions (one per call in flight, since a session's records are
+ * strictly ordered), sealing and opening records, and replacing sessions
+ * before their limits. The crypto is cf_session, shared with the daemon.
+ */
+#include "libcoffer_internal.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+
+#include "cf_pbwipe.h"
+#include "cf_session.h"
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+
+#define SS "/coffer.v1.SessionService/"
+#define POOL_IDLE_MAX 16       /* idle sessions kept; more are dropped */
+#define RENEW_MARGIN_S 30      /* replace a session this long before it expires */
+
+struct lc_session {
+	cf_session_keys *keys;
+	uint8_t id[CF_SESSION_ID_LEN];
+	uint64_t seq;              /* of the next call */
+	uint64_t max_records, max_bytes, bytes;
+	int64_t expires;           /* monotonic seconds */
+	struct lc_session *next;
+};
+
+struct lc_sessions {
+	pthread_mutex_t mu;
+	struct lc_session *idle;
+	unsigned nidle;
+	uint8_t *pin;              /* pinned identity SPKI */
+	size_t pinlen;
+};
+
+static int64_t
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec;
+}
+
+static void
+sess_free(struct lc_session *s)
+{
+	if (s == NULL)
+		return;
+	cf_session_keys_free(s->keys);
+	OPENSSL_clear_free(s, sizeof(*s));
+}
+
+struct lc_sessions *
+lc_sessions_new(void)
+{
+	struct lc_sessions *p = calloc(1, sizeof(*p));
+
+	if (p != NULL && pthread_mutex_init(&p->mu, NULL) != 0) {
+		free(p);
+		p = NULL;
+	}
+	return p;
+}
+
+void
+lc_sessions_free(struct lc_sessions *p)
+{
+	if (p == NULL)
+		return;
+	while (p->idle != NULL) {
+		struct lc_session *s = p->idle;
+
+		p->idle = s->next;
+		sess_free(s);
+	}
+	free(p->pin);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}
+
+int
+lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len)
+{
+	const unsigned char *q = spki;
+	EVP_PKEY *pk;
+	uint8_t *copy;
+
+	if (spki == NULL || len == 0 || len > CF_SESSION_MAX_SPKI)
+		return cf_error(CF_E_INVALID_ARG, "identity key missing or too long");
+	pk = d2i_PUBKEY(NULL, &q, (long)len);
+	if (pk == NULL || q != spki + len || !EVP_PKEY_is_a(pk, "EC") ||
+	    EVP_PKEY_get_bits(pk) != 256) {
+		EVP_PKEY_free(pk);
+		return cf_error(CF_E_INVALID_ARG, "the identity to pin is not an EC P-256 public "
+				"key (SubjectPublicKeyInfo)");
+	}
+	EVP_PKEY_free(pk);
+	if ((copy = malloc(len)) == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	memcpy(copy, spki, len);
+	pthread_mutex_lock(&p->mu);
+	free(p->pin);
+	p->pin = copy;
+	p->pinlen = len;
+	/* Sessions with another daemon must not survive a new pin. */
+	while (p->idle != NULL) {
+		struct lc_session *s = p->idle;
+
+		p->idle = s->next;
+		sess_free(s);
+	}
+	p->nidle = 0;
+	pthread_mutex_unlock(&p->mu);
+	return CF_OK;
+}
+
+/* ---- handshake ---- */
+
+static int
+handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
+{
+	Coffer__V1__OpenSessionRequest req = COFFER__V1__OPEN_SESSION_REQUEST__INIT;
+	Coffer__V1__OpenSessionResponse *resp = NULL;
+	struct cf_session_hello h;
+	uint8_t th[CF_SESSION_TH_LEN], *buf = NULL, *rbuf = NULL;
+	char got[CF_SESSION_FPR_LEN + 1], want[CF_SESSION_FPR_LEN + 1];
+	cf_session_eph *eph = NULL;
+	struct lc_session *s = NULL;
+	size_t len, rlen = 0;
+	int r;
+
+	memset(&h, 0, sizeof(h));
+	if (p->pin == NULL)
+		return cf_error(CF_E_PRECONDITION, "no daemon identity is pinned, so no sealed "
+				"session can be opened: pin the key printed by `cofferctl "
+				"identity` (cofferctl --identity FILE, COFFER_IDENTITY, or "
+				"coffer_pin_identity_file)");
+	if ((r = cf_session_eph_new(NULL, &eph)) != CF_OK)
+		return r;
+	h.version = CF_SESSION_VERSION;
+	cf_session_eph_pub(eph, h.client_pub);
+	if (RAND_bytes(h.client_random, sizeof(h.client_random)) != 1) {
+		r = cf_error(CF_E_INTERNAL, "no randomness");
+		goto out;
+	}
+	h.principal = "";
+	req.version = h.version;
+	req.client_ephemeral.data = h.client_pub;
+	req.client_ephemeral.len = sizeof(h.client_pub);
+	req.client_random.data = h.client_random;
+	req.client_random.len = sizeof(h.client_random);
+	req.principal = (char *)h.principal;
+	len = protobuf_c_message_get_packed_size(&req.base);
+	if ((buf = malloc(len)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	protobuf_c_message_pack(&req.base, buf);
+	r = lc_transport(c, SS "OpenSession", buf, len, &rbuf, &rlen);
+	buf = NULL;
+	if (r != CF_OK)
+		goto out;
+	if ((resp = coffer__v1__open_session_response__unpack(NULL, rlen, rbuf)) == NULL) {
+		r = cf_error(CF_E_INTERNAL, "malformed OpenSession response");
+		goto out;
+	}
+	/* The pinned key first: nothing else from an impostor is looked at. */
+	if (resp->identity_public_key.len != p->pinlen ||
+	    CRYPTO_memcmp(resp->identity_public_key.data, p->pin, p->pinlen) != 0) {
+		if (cf_session_fingerprint(resp->identity_public_key.data,
+					   resp->identity_public_key.len, got, sizeof(got)) != CF_OK)
+			snprintf(got, sizeof(got), "(none)");
+		(void)cf_session_fingerprint(p->pin, p->pinlen, want, sizeof(want));
+		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon presented identity %s but %s is "
+			     "pinned: refusing it", got, want);
+		goto out;
+	}
+	if (resp->session_id.len != CF_SESSION_ID_LEN ||
+	    resp->server_ephemeral.len != CF_SESSION_PUB_LEN ||
+	    resp->server_random.len != CF_SESSION_RANDOM_LEN || resp->max_records == 0 ||
+	    resp->lifetime_seconds == 0) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "malformed OpenSession response (field sizes)");
+		goto out;
+	}
+	memcpy(h.session_id, resp->session_id.data, CF_SESSION_ID_LEN);
+	memcpy(h.server_pub, resp->server_ephemeral.data, CF_SESSION_PUB_LEN);
+	memcpy(h.server_random, resp->server_random.data, CF_SESSION_RANDOM_LEN);
+	h.uid = resp->caller_uid;
+	h.gid = resp->caller_gid;
+	h.spki = p->pin;
+	h.spki_len = p->pinlen;
+	h.lifetime = resp->lifetime_seconds;
+	h.max_records = resp->max_records;
+	h.max_bytes = resp->max_bytes;
+	if ((r = cf_session_transcript_hash(&h, th)) != CF_OK)
+		goto out;
+	if ((r = cf_session_verify_server(p->pin, p->pinlen, th, resp->signature.data,
+					  resp->signature.len)) != CF_OK) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's handshake signature does not "
+			     "verify under the pinned identity: refusing it");
+		goto out;
+	}
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = cf_session_keys_derive(eph, h.server_pub, th, h.session_id, &s->keys)) != CF_OK) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's ephemeral key is unusable");
+		goto out;
+	}
+	memcpy(s->id, h.session_id, CF_SESSION_ID_LEN);
+	s->max_records = h.max_records;
+	s->max_bytes = h.max_bytes;
+	s->expires = now_s() + (int64_t)h.lifetime;
+	*out = s;
+	s = NULL;
+out:
+	cf_session_eph_free(eph);
+	sess_free(s);
+	coffer__v1__open_session_response__free_unpacked(resp, NULL);
+	free(rbuf);
+	OPENSSL_cleanse(th, sizeof(th));
+	return r;
+}
+
+/* ---- the pool ---- */
+
+/* Room for one more call of `len` bytes, with a margin before expiry. */
+static int
+usable(const struct lc_session *s, size_t len, int64_t now)
+{
+	int64_t margin = RENEW_MARGIN_S;
+
+	if (s->expires - now < 2 * margin)
+		margin = (s->expires - now) / 4;
+	return s->seq + 1 < s->max_records && s->bytes + len + 1024 < s->max_bytes &&
+	       now + margin < s->expires;
+}
+
+static int
+acquire(coffer_client *c, struct lc_sessions *p, size_t len, struct lc_session **out)
+{
+	struct lc_session *s, *stale = NULL;
+	int64_t now = now_s();
+
+	pthread_mutex_lock(&p->mu);
+	while ((s = p->idle) != NULL) {
+		p->idle = s->next;
+		p->nidle--;
+		if (usable(s, len, now))
+			break;
+		s->next = stale;
+		stale = s;
+	}
+	pthread_mutex_unlock(&p->mu);
+	while (stale != NULL) {
+		struct lc_session *n = stale->next;
+
+		sess_free(stale);
+		stale = n;
+	}
+	if (s != NULL) {
+		*out = s;
+		return CF_OK;
+	}
+	return handshake(c, p, out);
+}
+
+static void
+release(struct lc_sessions *p, struct lc_session *s)
+{
+	pthread_mutex_lock(&p->mu);
+	if (p->nidle < POOL_IDLE_MAX) {
+		s->next = p->idle;
+		p->idle = s;
+		p->nidle++;
+		s = NULL;
+	}
+	pthread_mutex_unlock(&p->mu);
+	sess_free(s);
+}
+
+/* ---- one sealed call ---- */
+
+/* Seal, send, open. On CF_OK *res is the inner result (wiping allocator).
+ * The session's state is unknown after any error: the caller drops it. */
+static int
+exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8_t *req,
+    size_t len, Coffer__V1__SealedResult **res)
+{
+	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
+	Coffer__V1__SealedReply *reply = NULL;
+	cf_buf *rec = cf_buf_new(len + CF_SESSION_TAG_LEN);
+	cf_secret *pt = NULL;
+	uint8_t *buf = NULL, *rbuf = NULL;
+	size_t blen, rlen = 0;
+	uint64_t seq = s->seq;
+	int r;
+
+	if (rec == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	if ((r = cf_session_seal(s->keys, CF_SESSION_C2S, seq, method, req, len, rec)) != CF_OK)
+		goto out;
+	call.session_id.data = s->id;
+	call.session_id.len = CF_SESSION_ID_LEN;
+	call.sequence = seq;
+	call.method = (char *)method;
+	call.record.data = (uint8_t *)cf_buf_peek(rec);
+	call.record.len = cf_buf_len(rec);
+	blen = protobuf_c_message_get_packed_size(&call.base);
+	if ((buf = malloc(blen)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	protobuf_c_message_pack(&call.base, buf);
+	s->seq++;
+	s->bytes += len;
+	r = lc_transport(c, SS "Call", buf, blen, &rbuf, &rlen);
+	if (r != CF_OK)
+		goto out;
+	if ((reply = coffer__v1__sealed_reply__unpack(NULL, rlen, rbuf)) == NULL) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "malformed sealed reply");
+		goto out;
+	}
+	if (reply->sequence != seq ||
+	    cf_session_open(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
+			    reply->record.len, &pt) != CF_OK) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's sealed reply failed "
+			     "authentication; it was discarded");
+		goto out;
+	}
+	s->bytes += cf_secret_len(pt);
+	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, cf_secret_len(pt),
+						 cf_secret_cptr(pt));
+	if (*res == NULL)
+		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
+out:
+	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
+	cf_secret_free(pt);
+	if (rbuf != NULL) {
+		OPENSSL_cleanse(rbuf, rlen);
+		free(rbuf);
+	}
+	cf_buf_free(rec);
+	return r;
+}
+
+int
+lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, const uint8_t *req,
+    size_t len, uint8_t **out, size_t *outlen)
+{
+	Coffer__V1__SealedResult *res = NULL;
+	struct lc_session *s = NULL;
+	char msg[CF_ERROR_DETAIL_MAX];
+	int r = CF_E_INTERNAL;
+
+	/* A refused record (UNAUTHENTICATED: expired, evicted, daemon restarted)
+	 * did not run: one retry on a fresh session is safe. */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if ((r = acquire(c, p, len, &s)) != CF_OK)
+			return r;
+		r = exchange(c, s, method, req, len, &res);
+		if (r == CF_OK) {
+			release(p, s);
+			break;
+		}
+		sess_free(s);
+		if (r != CF_E_UNAUTHENTICATED || attempt == 1)
+			return r;
+	}
+	if (res->code != 0) {
+		size_t n = strnlen(res->message, sizeof(msg) - 1);
+
+		for (size_t i = 0; i < n; i++)
+			msg[i] = ((unsigned char)res->message[i] < 0x20) ? '?' : res->message[i];
+		msg[n] = '\0';
+		r = cf_error(lc_status_from_grpc(res->code), "%s", msg);
+	} else if ((*out = malloc(res->response.len + 1)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+	} else {
+		memcpy(*out, res->response.data, res->response.len);
+		*outlen = res->response.len;
+		r = CF_OK;
+	}
+	protobuf_c_message_free_unpacked(&res->base, &cf_pbwipe_allocator);
+	return r;
+}
+
+int
+lc_spki_from_pem_file(const char *path, uint8_t **der, size_t *len)
+{
+	FILE *f = fopen(path, "r");
+	EVP_PKEY *pk = NULL;
+	unsigned char *d = NULL;
+	int n;
+
+	if (f == NULL)
+		return cf_error(CF_E_IO, "cannot open identity file %s", path);
+	pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	fclose(f);
+	if (pk == NULL)
+		return cf_error(CF_E_INVALID_ARG, "%s holds no PEM public key (\"-----BEGIN PUBLIC "
+				"KEY-----\")", path);
+	n = i2d_PUBKEY(pk, &d);
+	EVP_PKEY_free(pk);
+	if (n <= 0)
+		return cf_error(CF_E_INTERNAL, "cannot encode the identity key");
+	*der = d;
+	*len = (size_t)n;
+	return CF_OK;
+}
