@@ -260,6 +260,11 @@ test_handlers_direct(void)
 	CU_ASSERT_EQUAL(sign->fn(&h, &sreq.base, &resp), CF_E_INVALID_ARG);
 	wreq.key = "direct";
 	wreq.plaintext.data = big;
+	wreq.plaintext.len = 10;
+	/* Plaintext outside a session is refused before anything else. */
+	CU_ASSERT_EQUAL(wrap->fn(&h, &wreq.base, &resp), CF_E_PRECONDITION);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "sealed"));
+	h.sealed = 1;
 	wreq.plaintext.len = sizeof(big);
 	CU_ASSERT_EQUAL(wrap->fn(&h, &wreq.base, &resp), CF_E_TOO_LARGE);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "65536"));
