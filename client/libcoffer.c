@@ -108,6 +108,7 @@ struct coffer_client {
 	atomic_uint timeout_ms;
 	char *target;           /* "unix:PATH" */
 	struct lc_sessions *sessions;
+	int unsealed;           /* benchmark baseline only: never seal */
 };
 
 /* ---- gRPC status -> Coffer status: the one table ---- */
@@ -699,6 +700,8 @@ must_seal(const coffer_client *c, const char *method)
 		KS "Wrap", KS "Unwrap", KS "GenerateDataKey", AS "ImportKey",
 	};
 
+	if (c->unsealed)
+		return 0;
 	if ((c->flags & COFFER_CONNECT_SEAL_ALL) && strncmp(method, KS, strlen(KS)) == 0)
 		return 1;
 	for (size_t i = 0; i < sizeof(sensitive) / sizeof(sensitive[0]); i++)
@@ -1419,6 +1422,18 @@ coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **o
 }
 
 /* ---- Health ---- */
+
+void
+lc_client_set_unsealed(coffer_client *c, int unsealed)
+{
+	c->unsealed = unsealed;
+}
+
+int
+lc_handshake_once(coffer_client *c)
+{
+	return lc_sessions_handshake_once(c, c->sessions);
+}
 
 int
 coffer_pin_identity(coffer_client *c, const uint8_t *spki, size_t len)

@@ -35,4 +35,12 @@ int lc_status_from_grpc(unsigned code);
  * (OPENSSL_free *der). */
 int lc_spki_from_pem_file(const char *path, uint8_t **der, size_t *len);
 
+/* For the benchmark only (bench_daemon links libcoffer statically): send
+ * every call unsealed, to measure what sealing costs against a daemon
+ * configured with session.unsealed_secrets; and open (then drop) one fresh
+ * session, to measure a handshake. */
+void lc_client_set_unsealed(coffer_client *c, int unsealed);
+int lc_handshake_once(coffer_client *c);
+int lc_sessions_handshake_once(coffer_client *c, struct lc_sessions *p);
+
 #endif

@@ -236,6 +236,16 @@ out:
 	return r;
 }
 
+int
+lc_sessions_handshake_once(coffer_client *c, struct lc_sessions *p)
+{
+	struct lc_session *s = NULL;
+	int r = handshake(c, p, &s);
+
+	sess_free(s);
+	return r;
+}
+
 /* ---- the pool ---- */
 
 /* Room for one more call of `len` bytes, with a margin before expiry. */
@@ -304,9 +314,8 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
 	cf_buf *rec = cf_buf_new(len + CF_SESSION_TAG_LEN);
-	cf_secret *pt = NULL;
-	uint8_t *buf = NULL, *rbuf = NULL;
-	size_t blen, rlen = 0;
+	uint8_t *pt = NULL, *buf = NULL, *rbuf = NULL;
+	size_t blen, rlen = 0, ptlen = 0;
 	uint64_t seq = s->seq;
 	int r;
 
@@ -337,19 +346,18 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	}
 	if (reply->sequence != seq ||
 	    cf_session_open(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
-			    reply->record.len, &pt) != CF_OK) {
+			    reply->record.len, &pt, &ptlen) != CF_OK) {
 		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's sealed reply failed "
 			     "authentication; it was discarded");
 		goto out;
 	}
-	s->bytes += cf_secret_len(pt);
-	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, cf_secret_len(pt),
-						 cf_secret_cptr(pt));
+	s->bytes += ptlen;
+	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, ptlen, pt);
 	if (*res == NULL)
 		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
 out:
 	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
-	cf_secret_free(pt);
+	cf_session_plain_free(pt, ptlen);
 	if (rbuf != NULL) {
 		OPENSSL_cleanse(rbuf, rlen);
 		free(rbuf);

@@ -199,10 +199,9 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 	const struct method *inner;
 	struct hctx h2 = *h;
 	session *s = NULL;
-	cf_secret *pt = NULL;
 	cf_buf *rec = NULL;
-	uint8_t *iout = NULL, *rbytes = NULL;
-	size_t ioutlen = 0, rlen = 0;
+	uint8_t *pt = NULL, *iout = NULL, *rbytes = NULL;
+	size_t ptlen = 0, ioutlen = 0, rlen = 0;
 	char imsg[CF_ERROR_DETAIL_MAX];
 	int r, ir;
 
@@ -210,7 +209,7 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 		return cf_error(CF_E_PRECONDITION, "SessionService/Call cannot be sealed itself");
 	if ((r = session_accept(h->sm, h->uid, h->gid, req->session_id.data, req->session_id.len,
 				req->sequence, req->method, req->record.data, req->record.len, &s,
-				&pt)) != CF_OK)
+				&pt, &ptlen)) != CF_OK)
 		return r;
 	h2.sealed = 1;
 	h2.sess = s;
@@ -220,9 +219,8 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
 			      inner->path);
 	else
-		ir = run(d, inner, &h2, cf_secret_cptr(pt), cf_secret_len(pt), &iout, &ioutlen);
-	cf_secret_free(pt);
-	pt = NULL;
+		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen);
+	cf_session_plain_free(pt, ptlen);
 	snprintf(imsg, sizeof(imsg), "%s", ir == CF_OK ? "" : cf_error_detail());
 	if (ir != CF_OK && dispatch_status(ir) == CODE_INTERNAL)
 		cf_log_error("%s (sealed): %s", req->method, imsg);

@@ -350,11 +350,11 @@ out:
 int
 session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
 	       uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
-	       session **out, cf_secret **pt)
+	       session **out, uint8_t **pt, size_t *ptlen)
 {
 	struct session *s;
 	int64_t now = now_s();
-	size_t ptlen = reclen >= CF_SESSION_TAG_LEN ? reclen - CF_SESSION_TAG_LEN : 0;
+	size_t plen = reclen >= CF_SESSION_TAG_LEN ? reclen - CF_SESSION_TAG_LEN : 0;
 	uint64_t expected;
 	int r;
 
@@ -374,7 +374,7 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 			    (unsigned)uid, (unsigned)gid, (unsigned)s->uid, (unsigned)s->gid);
 		return cf_error(CF_E_UNAUTHENTICATED, "session belongs to another caller");
 	}
-	if (spent_locked(sm, s, now) || s->bytes_in + ptlen > sm->cfg.max_bytes) {
+	if (spent_locked(sm, s, now) || s->bytes_in + plen > sm->cfg.max_bytes) {
 		unlink_locked(sm, s);
 		pthread_mutex_unlock(&sm->mu);
 		return cf_error(CF_E_UNAUTHENTICATED, "session expired (lifetime or record limit); "
@@ -395,7 +395,8 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 	s->last_used = now;
 	s->refs++;
 	pthread_mutex_unlock(&sm->mu);
-	if ((r = cf_session_open(s->keys, CF_SESSION_C2S, seq, method, rec, reclen, pt)) != CF_OK) {
+	if ((r = cf_session_open(s->keys, CF_SESSION_C2S, seq, method, rec, reclen, pt,
+				 ptlen)) != CF_OK) {
 		pthread_mutex_lock(&sm->mu);
 		if (!s->ended)
 			unlink_locked(sm, s);
@@ -405,7 +406,7 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 				"truncated, reflected or from another session); the session is ended");
 	}
 	pthread_mutex_lock(&sm->mu);
-	s->bytes_in += cf_secret_len(*pt);
+	s->bytes_in += *ptlen;
 	pthread_mutex_unlock(&sm->mu);
 	*out = s;
 	return CF_OK;

@@ -53,12 +53,13 @@ int session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_h
 
 /* Check and open a caller's record: the session exists, belongs to uid/gid,
  * has not expired, seq is the next one, the record authenticates. On success
- * *s is referenced and *pt holds the inner request. CF_E_UNAUTHENTICATED with
+ * *s is referenced and *pt (*ptlen bytes; cf_session_plain_free) holds the
+ * inner request. CF_E_UNAUTHENTICATED with
  * the reason otherwise; the session is ended after a sequence or
  * authentication failure. */
 int session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
 		   uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
-		   session **s, cf_secret **pt);
+		   session **s, uint8_t **pt, size_t *ptlen);
 /* Seal the reply to the call accepted with seq. */
 int session_reply(session_mgr *sm, session *s, uint64_t seq, const char *method,
 		  const uint8_t *pt, size_t len, cf_buf *out);

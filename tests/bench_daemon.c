@@ -68,6 +68,7 @@
 #include "cf_status.h"
 #include "cf_test_token.h"
 #include "coffer.h"
+#include "libcoffer_internal.h"
 
 #define MAX_CALLERS 256
 #define MAX_WORKER_COUNTS 8
@@ -83,7 +84,7 @@
 #define TARGET_OPS_PER_CPU_S 10000.0
 #define TARGET_P99_US 1500.0
 
-enum op_id { OP_ECDSA, OP_ED25519, OP_RSA, OP_HMAC, OP_WRAP, OP__COUNT };
+enum op_id { OP_ECDSA, OP_ED25519, OP_RSA, OP_HMAC, OP_WRAP, OP_UNWRAP, OP_HANDSHAKE, OP__COUNT };
 
 struct op_def {
 	const char *name;            /* --op */
@@ -104,7 +105,17 @@ static const struct op_def ops[OP__COUNT] = {
 		      COFFER_KEY_HMAC_SHA256, 256 },
 	[OP_WRAP] = { "wrap-1k", "AES-256-GCM wrap of 1 KiB", CF_KEY_AES_256, COFFER_KEY_AES_256,
 		      1024 },
+	[OP_UNWRAP] = { "unwrap-1k", "AES-256-GCM unwrap of 1 KiB", CF_KEY_AES_256,
+			COFFER_KEY_AES_256, 1024 },
+	[OP_HANDSHAKE] = { "handshake", "sealed-session handshake (X25519 + token ECDSA)",
+			   CF_KEY_AES_256, COFFER_KEY_AES_256, 0 },
 };
+
+/* Operations that carry secret plaintext: measured sealed (as libcoffer
+ * sends them) and unsealed (a daemon with session.unsealed_secrets). */
+#define OP_SEALABLE(op) ((op) == OP_WRAP || (op) == OP_UNWRAP)
+/* Operations with no PKCS#11-layer counterpart: daemon path only. */
+#define OP_DAEMON_ONLY(op) ((op) == OP_UNWRAP || (op) == OP_HANDSHAKE)
 
 enum path_kind { PATH_DAEMON, PATH_LAYER, PATH_P11KIT, PATH__COUNT };
 
@@ -131,6 +142,7 @@ struct bench {
 	const uint8_t *msg;
 	const uint8_t *aad;                /* layer wrap: AAD like cofferd's envelope */
 	size_t aadlen;
+	struct coffer_bytes blob;          /* unwrap: a Wrap of msg */
 	atomic_int phase;
 	atomic_bool failed;
 	pthread_mutex_t err_mu;
@@ -157,6 +169,8 @@ struct result {
 	double server_cpu;                 /* seconds; < 0 if there is no server */
 	double client_cpu;                 /* seconds */
 	double other_cpu;                  /* CPUs busy with other processes */
+	int unsealed;                      /* the unsealed baseline of a sealable op */
+	enum op_id op_id;
 };
 
 struct options {
@@ -334,6 +348,13 @@ daemon_op(struct bench *b, coffer_client *c)
 		break;
 	case OP_WRAP:
 		r = coffer_wrap(c, b->key_name, b->msg, d->msglen, NULL, 0, &out, &ver);
+		break;
+	case OP_UNWRAP:
+		r = coffer_unwrap(c, b->key_name, b->blob.data, b->blob.len, NULL, 0, &out, &ver);
+		break;
+	case OP_HANDSHAKE:
+		if ((r = lc_handshake_once(c)) == COFFER_OK)
+			return 0;
 		break;
 	default:
 		r = coffer_sign(c, b->key_name, 0, b->msg, d->msglen, NULL, &out, &ver);
@@ -618,65 +639,96 @@ daemon_create_key(const struct cf_test_daemon *d, const struct bench *b)
 	return r == COFFER_OK || r == COFFER_E_EXISTS ? 0 : -1;
 }
 
+/* The daemon's identity, read once on the admin socket, for the clients to pin. */
+static int
+daemon_identity(const struct cf_test_daemon *d, struct coffer_bytes *id, char *fpr, size_t len)
+{
+	coffer_client *admin = NULL;
+	int r;
+
+	if ((r = coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &admin)) == COFFER_OK)
+		r = coffer_get_identity(admin, id, fpr, len);
+	if (r != COFFER_OK)
+		fprintf(stderr, "bench_daemon: identity: %s\n", coffer_error_message());
+	coffer_close(admin);
+	return r == COFFER_OK ? 0 : -1;
+}
+
 static int
 run_daemon(struct bench *b, const struct options *o, const struct cf_test_token *tok,
 	   unsigned workers)
 {
 	struct cf_test_daemon d;
-	coffer_client **clients = NULL, *shared = NULL;
-	char wbuf[16];
-	const char *extra[] = { "--workers", wbuf, NULL };
+	coffer_client **clients = NULL;
+	struct coffer_bytes id = { NULL, 0 };
+	char wbuf[16], conf[400], fpr[80];
+	const char *extra[] = { "--workers", wbuf, "--config", conf, NULL };
 	struct result res;
 	unsigned nclients = 0;
+	FILE *f;
 	int r, ret = -1;
 
 	snprintf(wbuf, sizeof(wbuf), "%u", workers);
+	/* Unsealed secrets only so that the unsealed baseline can be measured. */
+	snprintf(conf, sizeof(conf), "%s/bench.conf", tok->dir);
+	if ((f = fopen(conf, "w")) == NULL)
+		return -1;
+	fprintf(f, "[session]\nunsealed_secrets = %s\n", OP_SEALABLE(b->op) ? "true" : "false");
+	fclose(f);
 	b->path = PATH_DAEMON;
 	if (cf_test_daemon_start(tok, &d, extra) != 0)
 		return -1;
-	if (daemon_create_key(&d, b) != 0)
+	if (daemon_create_key(&d, b) != 0 || daemon_identity(&d, &id, fpr, sizeof(fpr)) != 0)
 		goto out;
 	if ((clients = calloc(o->callers, sizeof(*clients))) == NULL)
 		goto out;
 	for (unsigned mode = CLIENT_PER_THREAD; mode <= CLIENT_SHARED; mode <<= 1) {
 		if (!(o->clients & mode))
 			continue;
-		if (mode == CLIENT_PER_THREAD) {
-			for (nclients = 0; nclients < o->callers; nclients++) {
+		for (int unsealed = 0; unsealed <= OP_SEALABLE(b->op); unsealed++) {
+			unsigned want = mode == CLIENT_PER_THREAD ? o->callers : 1;
+
+			for (nclients = 0; nclients < want; nclients++) {
 				if ((r = coffer_connect(d.service, 0, &clients[nclients])) !=
+				    COFFER_OK ||
+				    (r = coffer_pin_identity(clients[nclients], id.data, id.len)) !=
 				    COFFER_OK) {
-					fprintf(stderr, "bench_daemon: coffer_connect: %s\n",
-						coffer_strerror(r));
+					fprintf(stderr, "bench_daemon: connect: %s\n",
+						coffer_error_message());
 					goto out;
 				}
+				lc_client_set_unsealed(clients[nclients], unsealed);
 			}
-		} else {
-			if ((r = coffer_connect(d.service, 0, &shared)) != COFFER_OK) {
-				fprintf(stderr, "bench_daemon: coffer_connect: %s\n",
-					coffer_strerror(r));
+			for (unsigned i = want; i < o->callers; i++)
+				clients[i] = clients[0];
+			if (b->op == OP_UNWRAP && b->blob.data == NULL &&
+			    (r = coffer_wrap(clients[0], b->key_name, b->msg, ops[b->op].msglen,
+					     NULL, 0, &b->blob, NULL)) != COFFER_OK) {
+				fprintf(stderr, "bench_daemon: making the blob: %s\n",
+					coffer_error_message());
 				goto out;
 			}
-			for (unsigned i = 0; i < o->callers; i++)
-				clients[i] = shared;
+			memset(&res, 0, sizeof(res));
+			snprintf(res.label, sizeof(res.label), "cofferd w%u %s%s", workers,
+				 mode == CLIENT_PER_THREAD ? "client/thread" : "shared client",
+				 !OP_SEALABLE(b->op) ? "" : unsealed ? " unsealed" : " sealed");
+			res.unsealed = unsealed;
+			res.op_id = b->op;
+			if (measure(b, o, clients, d.pid, &res) != 0)
+				goto out;
+			record(&res);
+			for (unsigned i = 0; i < nclients; i++)
+				coffer_close(clients[i]);
+			nclients = 0;
 		}
-		memset(&res, 0, sizeof(res));
-		snprintf(res.label, sizeof(res.label), "cofferd w%u %s", workers,
-			 mode == CLIENT_PER_THREAD ? "client/thread" : "shared client");
-		if (measure(b, o, clients, d.pid, &res) != 0)
-			goto out;
-		record(&res);
-		for (unsigned i = 0; i < nclients; i++)
-			coffer_close(clients[i]);
-		nclients = 0;
-		coffer_close(shared);
-		shared = NULL;
 	}
 	ret = 0;
 out:
 	for (unsigned i = 0; i < nclients; i++)
 		coffer_close(clients[i]);
-	coffer_close(shared);
 	free(clients);
+	coffer_bytes_free(&id);
+	coffer_bytes_free(&b->blob);
 	if ((r = cf_test_daemon_stop(&d)) != 0) {
 		fprintf(stderr, "bench_daemon: cofferd exited with %d; log %s\n", r, d.log);
 		ret = -1;
@@ -1010,6 +1062,29 @@ print_verdict(const struct result *const *best, unsigned n)
 	}
 	if (d == NULL)
 		return;
+	/* Sealing: each sealed row against its unsealed twin (same label). */
+	for (unsigned i = 0; i < n; i++) {
+		const struct result *sr = best[i];
+		size_t base;
+
+		if (sr->path != PATH_DAEMON || sr->unsealed || strstr(sr->label, " sealed") == NULL)
+			continue;
+		base = (size_t)(strstr(sr->label, " sealed") - sr->label);
+		for (unsigned j = 0; j < n; j++) {
+			const struct result *ur = best[j];
+
+			if (!ur->unsealed || strncmp(ur->label, sr->label, base) != 0 ||
+			    strcmp(ur->label + base, " unsealed") != 0 || sr->rate <= 0.0)
+				continue;
+			printf("# sealing cost, %.*s: %.0f ops/s sealed vs %.0f unsealed: "
+			       "%+.1f%% time per call, p50 %+.0f us (target < 10%%): %s\n",
+			       (int)base, sr->label, sr->rate, ur->rate,
+			       100.0 * (ur->rate / sr->rate - 1.0), sr->p50 - ur->p50,
+			       met(ur->rate / sr->rate - 1.0 < 0.10));
+		}
+	}
+	if (OP_SEALABLE(d->op_id) || OP_DAEMON_ONLY(d->op_id))
+		return;
 	per_cpu = d->server_cpu > 0.0 ? (double)d->ops / d->server_cpu : 0.0;
 	printf("# cofferd configuration compared: %s (highest ops/s)\n", d->label);
 	if (k != NULL)
@@ -1108,6 +1183,10 @@ main(int argc, char **argv)
 		}
 		cf_p11_key_free(k);
 		cf_p11_close(p);
+	}
+	if (OP_DAEMON_ONLY(o.op) && (o.paths[PATH_LAYER] || o.paths[PATH_P11KIT])) {
+		printf("# %s: cofferd only (no PKCS#11-layer counterpart)\n", ops[o.op].name);
+		o.paths[PATH_LAYER] = o.paths[PATH_P11KIT] = 0;
 	}
 	for (unsigned round = 0; round < o.rounds; round++) {
 		if (o.paths[PATH_DAEMON])

@@ -11,6 +11,19 @@
     d.start()                      # same token, same state directory
     d.cleanup()                    # stops it if running, removes the temp dir
 
+Calls that carry secrets (Wrap, Unwrap, GenerateDataKey with plaintext,
+AdminService/ImportKey) are refused unsealed; send them in a sealed session
+(proto/session-protocol.md, tests/coffer_session.py):
+
+    svc = d.sealed_stub("service")   # KeyService methods, sealed
+    svc.Wrap(pb.WrapRequest(...))    # -> WrapResponse; inner errors raise
+                                     #    SealedRpcError (a grpc.RpcError)
+
+d.identity is the daemon's identity public key (SPKI DER), fetched with
+SessionService/GetIdentity right after the first start: the operator's
+trust-on-first-use step. It is kept across restarts and pinned by
+sealed_stub().
+
 In a unittest.TestCase: `d = CofferDaemon(); self.addCleanup(d.cleanup)`.
 
 Where cofferd is found, first match wins:
@@ -30,6 +43,7 @@ Only /usr/bin/python3 (Debian's python3-grpcio, python3-grpc-tools) is supported
 """
 
 import atexit
+import functools
 import importlib
 import os
 import shutil
@@ -186,6 +200,7 @@ class CofferDaemon:
         self.starts = 0
         self._log_offset = 0
         self._channels = []
+        self.identity = None     # SPKI DER, pinned at the first start
         os.makedirs(self.run_dir, exist_ok=True)
         self.init_token()
         self.config = {
@@ -247,6 +262,8 @@ class CofferDaemon:
         self.proc = self.spawn()
         self.starts += 1
         self.wait_ready(timeout)
+        if self.identity is None:
+            self.identity = self.fetch_identity()
         return self
 
     def wait_ready(self, timeout=READY_TIMEOUT):
@@ -325,6 +342,21 @@ class CofferDaemon:
     def admin_stub(self, options=None):
         return stubs().pb_grpc.AdminServiceStub(self.channel("admin", options))
 
+    def fetch_identity(self, kind="service"):
+        """SessionService/GetIdentity now: the identity public key (SPKI DER)."""
+        pb, pb_grpc = stubs().pb, stubs().pb_grpc
+        with grpc.insecure_channel("unix:" + self.socket(kind)) as ch:
+            return pb_grpc.SessionServiceStub(ch).GetIdentity(pb.GetIdentityRequest(),
+                                                              timeout=10).public_key
+
+    def sealed_stub(self, kind="service", service=None, pinned=None, principal=""):
+        """A SealedStub on a new channel to `kind`; service defaults to the
+        socket's own (KeyService / AdminService), pinned to self.identity."""
+        if service is None:
+            service = {"service": "KeyService", "admin": "AdminService"}[kind]
+        return SealedStub(self.channel(kind), service,
+                          self.identity if pinned is None else pinned, principal)
+
     def close_channels(self):
         for ch in self._channels:
             ch.close()
@@ -367,3 +399,84 @@ class CofferDaemon:
     def __exit__(self, *exc):
         self.cleanup()
         return False
+
+
+# ---- sealed calls ----
+
+_STATUS = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class SealedRpcError(grpc.RpcError):
+    """A sealed call whose record was accepted and whose inner call failed:
+    the inner status (SealedResult.code/message), shaped like a grpc.RpcError
+    (code(), details()) so tests can treat it like an unsealed call's error."""
+
+    def __init__(self, method, code, message):
+        self.method = method
+        self.inner_code = code
+        self._code = _STATUS.get(code, grpc.StatusCode.UNKNOWN)
+        self._details = message
+        super().__init__("%s (sealed): %s: %s" % (method, self._code.name, message))
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return ()
+
+    def initial_metadata(self):
+        return ()
+
+
+class SealedStub:
+    """The methods of one service ("KeyService", "AdminService") sent with
+    SessionService/Call in a sealed session over `channel`, opened with
+    coffer_session.Session on first use and pinned to `pinned`.
+
+        stub.Wrap(request, timeout=...) -> the inner response message
+
+    A failed inner call raises SealedRpcError (inner code and message); an
+    outer error (the record was refused, transport) raises the grpc.RpcError
+    itself and the next call opens a new session; a bad reply raises
+    coffer_session.SessionError. One call at a time (one session).
+    """
+
+    def __init__(self, channel, service, pinned, principal=""):
+        self.channel = channel
+        self.pinned = pinned
+        self.principal = principal
+        self._desc = stubs().pb.DESCRIPTOR.services_by_name[service]
+        self.session = None
+        self.sessions_opened = 0
+
+    def open(self, timeout=None):
+        import coffer_session
+        if self.session is None or not self.session.usable:
+            self.session = coffer_session.Session.open(self.channel, self.pinned,
+                                                       self.principal,
+                                                       timeout=timeout or 10.0)
+            self.sessions_opened += 1
+        return self.session
+
+    def call(self, name, request, timeout=None):
+        md = self._desc.methods_by_name[name]
+        path = "/%s/%s" % (self._desc.full_name, name)
+        s = self.open(timeout)
+        code, message, response = s.call(path, request.SerializeToString(),
+                                         timeout=timeout or 10.0)
+        if code != 0:
+            raise SealedRpcError(path, code, message)
+        return getattr(stubs().pb, md.output_type.name).FromString(response)
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in self._desc.methods_by_name:
+            raise AttributeError(name)
+        return functools.partial(self.call, name)
+
+    def close(self):
+        if self.session is not None and self.session.usable:
+            return self.session.close()
+        return None

@@ -337,7 +337,8 @@ test_records(void)
 	static const uint8_t msg[] = "sealed payload";
 	struct pair p;
 	cf_buf *rec = cf_buf_new(256);
-	cf_secret *pt = NULL;
+	uint8_t *pt = NULL;
+	size_t ptlen = 0;
 	uint8_t bad[256], low[32] = { 0 };
 	size_t n;
 
@@ -347,30 +348,30 @@ test_records(void)
 	CU_ASSERT_EQUAL(n, sizeof(msg) + CF_SESSION_TAG_LEN);
 	CU_ASSERT(memmem(cf_buf_peek(rec), n, msg, sizeof(msg) - 1) == NULL);
 	/* The right key, direction, sequence number and method open it. */
-	CU_ASSERT_EQUAL(cf_session_open(p.s, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), n, &pt), CF_OK);
-	CU_ASSERT(pt != NULL && cf_secret_len(pt) == sizeof(msg) &&
-		  memcmp(cf_secret_cptr(pt), msg, sizeof(msg)) == 0);
-	cf_secret_free(pt);
+	CU_ASSERT_EQUAL(cf_session_open(p.s, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), n, &pt,
+					&ptlen), CF_OK);
+	CU_ASSERT(pt != NULL && ptlen == sizeof(msg) && memcmp(pt, msg, sizeof(msg)) == 0);
+	cf_session_plain_free(pt, ptlen);
 	pt = NULL;
 #define REFUSED(expr) do { CU_ASSERT_EQUAL((expr), CF_E_DECRYPT); CU_ASSERT_PTR_NULL(pt); } while (0)
 	/* Reflected: opened as the other direction. */
-	REFUSED(cf_session_open(p.s, CF_SESSION_S2C, 7, m, cf_buf_peek(rec), n, &pt));
-	REFUSED(cf_session_open(p.c, CF_SESSION_S2C, 7, m, cf_buf_peek(rec), n, &pt));
+	REFUSED(cf_session_open(p.s, CF_SESSION_S2C, 7, m, cf_buf_peek(rec), n, &pt, &ptlen));
+	REFUSED(cf_session_open(p.c, CF_SESSION_S2C, 7, m, cf_buf_peek(rec), n, &pt, &ptlen));
 	/* Replayed or reordered: under another sequence number. */
-	REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 8, m, cf_buf_peek(rec), n, &pt));
-	REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 6, m, cf_buf_peek(rec), n, &pt));
+	REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 8, m, cf_buf_peek(rec), n, &pt, &ptlen));
+	REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 6, m, cf_buf_peek(rec), n, &pt, &ptlen));
 	/* Moved to another session, or to another method. */
-	REFUSED(cf_session_open(p.other, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), n, &pt));
+	REFUSED(cf_session_open(p.other, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), n, &pt, &ptlen));
 	REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 7, "/coffer.v1.KeyService/Wrap",
-				cf_buf_peek(rec), n, &pt));
+				cf_buf_peek(rec), n, &pt, &ptlen));
 	/* Tampered anywhere, or truncated. */
 	for (size_t i = 0; i < n; i++) {
 		memcpy(bad, cf_buf_peek(rec), n);
 		bad[i] ^= 0x40;
-		REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 7, m, bad, n, &pt));
+		REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 7, m, bad, n, &pt, &ptlen));
 	}
 	for (size_t cut = 0; cut < n; cut++)
-		REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), cut, &pt));
+		REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), cut, &pt, &ptlen));
 #undef REFUSED
 	/* A low-order peer key gives no session keys. */
 	{

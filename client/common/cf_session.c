@@ -1,5 +1,7 @@
 #include "cf_session.h"
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
@@ -25,6 +27,17 @@ struct cf_session_keys {
 	cf_secret *m;
 	uint8_t session_id[CF_SESSION_ID_LEN];
 };
+
+/* OpenSSL 3 looks a cipher up in its provider tables (under a lock) each
+ * time EVP_aes_256_gcm() is used to initialise a context; fetch it once. */
+static pthread_once_t gcm_once = PTHREAD_ONCE_INIT;
+static EVP_CIPHER *gcm_cipher;
+
+static void
+gcm_fetch(void)
+{
+	gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+}
 
 static const char *const labels[2][2] = {
 	{ "coffer/v1 c2s key", "coffer/v1 c2s iv" },
@@ -395,8 +408,9 @@ gcm(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq, const char *m
 	if ((r = cf_session_aad(k->session_id, d, seq, method, aad)) != CF_OK)
 		goto out;
 	cf_session_nonce(k, d, seq, nonce);
-	if ((c = EVP_CIPHER_CTX_new()) == NULL ||
-	    EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) != 1 ||
+	pthread_once(&gcm_once, gcm_fetch);
+	if (gcm_cipher == NULL || (c = EVP_CIPHER_CTX_new()) == NULL ||
+	    EVP_CipherInit_ex(c, gcm_cipher, NULL, NULL, NULL, enc) != 1 ||
 	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, CF_SESSION_IV_LEN, NULL) != 1 ||
 	    EVP_CipherInit_ex(c, NULL, NULL, cf_session_keys_peek(k, d, NULL), nonce, enc) != 1 ||
 	    EVP_CipherUpdate(c, NULL, &n, cf_buf_peek(aad), (int)cf_buf_len(aad)) != 1 ||
@@ -437,10 +451,9 @@ cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 
 int
 cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
-		const char *method, const uint8_t *rec, size_t reclen, cf_secret **pt)
+		const char *method, const uint8_t *rec, size_t reclen, uint8_t **pt, size_t *ptlen)
 {
-	uint8_t tag[CF_SESSION_TAG_LEN];
-	cf_secret *s = NULL;
+	uint8_t tag[CF_SESSION_TAG_LEN], *buf;
 	size_t len;
 	int r;
 
@@ -451,13 +464,20 @@ cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
 	memcpy(tag, rec + len, sizeof(tag));
 	/* +1: GCM's final step may write nothing but wants a valid pointer. */
-	if ((r = cf_secret_new(len + 1, &s)) != CF_OK)
-		return r;
-	if ((r = gcm(k, d, seq, method, 0, rec, len, cf_secret_ptr(s), tag)) != CF_OK ||
-	    (r = cf_secret_truncate(s, len)) != CF_OK) {
-		cf_secret_free(s);   /* wipes whatever was decrypted */
+	if ((buf = malloc(len + 1)) == NULL)
+		return CF_E_NOMEM;
+	if ((r = gcm(k, d, seq, method, 0, rec, len, buf, tag)) != CF_OK) {
+		cf_session_plain_free(buf, len + 1);   /* whatever was decrypted */
 		return r;
 	}
-	*pt = s;
+	*pt = buf;
+	*ptlen = len;
 	return CF_OK;
+}
+
+void
+cf_session_plain_free(uint8_t *pt, size_t len)
+{
+	if (pt != NULL)
+		OPENSSL_clear_free(pt, len);
 }

@@ -105,10 +105,16 @@ void cf_session_nonce(const cf_session_keys *k, enum cf_session_dir d, uint64_t 
  * 1..CF_SESSION_MAX_METHOD bytes. */
 int cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		    const char *method, const uint8_t *pt, size_t ptlen, cf_buf *out);
-/* Open a record into a new secret. CF_E_DECRYPT if it fails authentication
- * (tampered, truncated, other direction, other session, other sequence
- * number or method); nothing of the plaintext is released then. */
+/* Open a record into a new buffer *pt of *ptlen bytes (malloc'ed; release
+ * it with cf_session_plain_free, which wipes). Records live for one call,
+ * so they are not given an mlock()ed cf_secret: mapping and unmapping one
+ * per call costs more than the rest of the call (and munmap interrupts
+ * every core). CF_E_DECRYPT if the record fails authentication (tampered,
+ * truncated, other direction, other session, other sequence number or
+ * method); nothing of the plaintext is released then. */
 int cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
-		    const char *method, const uint8_t *rec, size_t reclen, cf_secret **pt);
+		    const char *method, const uint8_t *rec, size_t reclen, uint8_t **pt,
+		    size_t *ptlen);
+void cf_session_plain_free(uint8_t *pt, size_t len);   /* wipes; accepts NULL */
 
 #endif
