@@ -43,6 +43,7 @@ struct lc_sessions {
 	unsigned nidle;
 	uint8_t *pin;              /* pinned identity SPKI */
 	size_t pinlen;
+	cf_session_pin *pinkey;    /* the same, parsed */
 };
 
 static int64_t
@@ -87,6 +88,7 @@ lc_sessions_free(struct lc_sessions *p)
 		sess_free(s);
 	}
 	free(p->pin);
+	cf_session_pin_free(p->pinkey);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }
@@ -94,27 +96,25 @@ lc_sessions_free(struct lc_sessions *p)
 int
 lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len)
 {
-	const unsigned char *q = spki;
-	EVP_PKEY *pk;
+	cf_session_pin *key = NULL;
 	uint8_t *copy;
+	int r;
 
 	if (spki == NULL || len == 0 || len > CF_SESSION_MAX_SPKI)
 		return cf_error(CF_E_INVALID_ARG, "identity key missing or too long");
-	pk = d2i_PUBKEY(NULL, &q, (long)len);
-	if (pk == NULL || q != spki + len || !EVP_PKEY_is_a(pk, "EC") ||
-	    EVP_PKEY_get_bits(pk) != 256) {
-		EVP_PKEY_free(pk);
-		return cf_error(CF_E_INVALID_ARG, "the identity to pin is not an EC P-256 public "
-				"key (SubjectPublicKeyInfo)");
-	}
-	EVP_PKEY_free(pk);
-	if ((copy = malloc(len)) == NULL)
+	if ((r = cf_session_pin_new(spki, len, &key)) != CF_OK)
+		return r;
+	if ((copy = malloc(len)) == NULL) {
+		cf_session_pin_free(key);
 		return cf_error(CF_E_NOMEM, "out of memory");
+	}
 	memcpy(copy, spki, len);
 	pthread_mutex_lock(&p->mu);
 	free(p->pin);
+	cf_session_pin_free(p->pinkey);
 	p->pin = copy;
 	p->pinlen = len;
+	p->pinkey = key;
 	/* Sessions with another daemon must not survive a new pin. */
 	while (p->idle != NULL) {
 		struct lc_session *s = p->idle;
@@ -207,7 +207,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 	h.max_bytes = resp->max_bytes;
 	if ((r = cf_session_transcript_hash(&h, th)) != CF_OK)
 		goto out;
-	if ((r = cf_session_verify_server(p->pin, p->pinlen, th, resp->signature.data,
+	if ((r = cf_session_verify_pinned(p->pinkey, th, resp->signature.data,
 					  resp->signature.len)) != CF_OK) {
 		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's handshake signature does not "
 			     "verify under the pinned identity: refusing it");

@@ -33,10 +33,13 @@ struct cf_session_keys {
 static pthread_once_t gcm_once = PTHREAD_ONCE_INIT;
 static EVP_CIPHER *gcm_cipher;
 
+static EVP_KDF *hkdf_kdf;
+
 static void
 gcm_fetch(void)
 {
 	gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+	hkdf_kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
 }
 
 static const char *const labels[2][2] = {
@@ -183,39 +186,75 @@ cf_session_signed_message(const uint8_t th[CF_SESSION_TH_LEN], cf_buf *out)
 	return cf_buf_put(out, th, CF_SESSION_TH_LEN);
 }
 
+struct cf_session_pin {
+	EVP_PKEY *pk;
+};
+
+int
+cf_session_pin_new(const uint8_t *spki, size_t spki_len, cf_session_pin **out)
+{
+	const unsigned char *p = spki;
+	cf_session_pin *pin;
+	EVP_PKEY *pk = NULL;
+
+	if (spki_len == 0 || spki_len > CF_SESSION_MAX_SPKI ||
+	    (pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL || p != spki + spki_len ||
+	    !EVP_PKEY_is_a(pk, "EC") || EVP_PKEY_get_bits(pk) != 256) {
+		EVP_PKEY_free(pk);
+		return cf_error(CF_E_INVALID_ARG, "the identity is not an EC P-256 public key "
+				"(SubjectPublicKeyInfo)");
+	}
+	if ((pin = calloc(1, sizeof(*pin))) == NULL) {
+		EVP_PKEY_free(pk);
+		return CF_E_NOMEM;
+	}
+	pin->pk = pk;
+	*out = pin;
+	return CF_OK;
+}
+
+void
+cf_session_pin_free(cf_session_pin *pin)
+{
+	if (pin == NULL)
+		return;
+	EVP_PKEY_free(pin->pk);
+	free(pin);
+}
+
+int
+cf_session_verify_pinned(const cf_session_pin *pin, const uint8_t th[CF_SESSION_TH_LEN],
+			 const uint8_t *sig, size_t siglen)
+{
+	EVP_MD_CTX *md = NULL;
+	cf_buf *m = cf_buf_new(128);
+	int r;
+
+	if (m == NULL)
+		return CF_E_NOMEM;
+	if ((r = cf_session_signed_message(th, m)) != CF_OK)
+		goto out;
+	if ((md = EVP_MD_CTX_new()) == NULL ||
+	    EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pin->pk) != 1 ||
+	    EVP_DigestVerify(md, sig, siglen, cf_buf_peek(m), cf_buf_len(m)) != 1)
+		r = cf_error(CF_E_BAD_SIGNATURE, "the daemon's handshake signature does not verify");
+out:
+	EVP_MD_CTX_free(md);
+	cf_buf_free(m);
+	return r;
+}
+
 int
 cf_session_verify_server(const uint8_t *spki, size_t spki_len,
 			 const uint8_t th[CF_SESSION_TH_LEN], const uint8_t *sig, size_t siglen)
 {
-	const unsigned char *p = spki;
-	EVP_PKEY *pk = NULL;
-	EVP_MD_CTX *md = NULL;
-	cf_buf *m = cf_buf_new(128);
-	int r = CF_E_BAD_SIGNATURE;
+	cf_session_pin *pin = NULL;
+	int r;
 
-	if (m == NULL)
-		return CF_E_NOMEM;
-	if (spki_len == 0 || spki_len > CF_SESSION_MAX_SPKI ||
-	    (pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL || p != spki + spki_len ||
-	    !EVP_PKEY_is_a(pk, "EC") || EVP_PKEY_get_bits(pk) != 256) {
-		r = cf_error(CF_E_BAD_SIGNATURE, "the daemon's identity is not an EC P-256 key");
-		goto out;
-	}
-	if ((r = cf_session_signed_message(th, m)) != CF_OK)
-		goto out;
-	r = CF_E_BAD_SIGNATURE;
-	if ((md = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
-	    EVP_DigestVerify(md, sig, siglen, cf_buf_peek(m), cf_buf_len(m)) != 1) {
-		r = cf_error(CF_E_BAD_SIGNATURE,
-			     "the daemon's handshake signature does not verify");
-		goto out;
-	}
-	r = CF_OK;
-out:
-	EVP_MD_CTX_free(md);
-	EVP_PKEY_free(pk);
-	cf_buf_free(m);
+	if (cf_session_pin_new(spki, spki_len, &pin) != CF_OK)
+		return cf_error(CF_E_BAD_SIGNATURE, "the daemon's identity is not an EC P-256 key");
+	r = cf_session_verify_pinned(pin, th, sig, siglen);
+	cf_session_pin_free(pin);
 	return r;
 }
 
@@ -240,52 +279,58 @@ cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t o
 
 /* ---- key schedule ---- */
 
-int
-cf_session_shared(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN],
-		  cf_secret **out)
+/* X25519 into out[32]; CF_E_INVALID_ARG for an unusable (low-order) peer. */
+static int
+x25519(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN], uint8_t out[32])
 {
 	EVP_PKEY *peer = NULL;
 	EVP_PKEY_CTX *ctx = NULL;
-	cf_secret *s = NULL;
 	size_t len = 32;
 	uint8_t zero[32] = { 0 };
-	int r;
+	int r = CF_OK;
 
-	if ((r = cf_secret_new(32, &s)) != CF_OK)
-		return r;
-	r = CF_E_INVALID_ARG;
-	/* OpenSSL refuses an all-zero X25519 result (a low-order peer key). */
+	/* OpenSSL refuses an all-zero X25519 result (a low-order peer key);
+	 * the comparison is a second line of defence. */
 	if ((peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub,
 						CF_SESSION_PUB_LEN)) == NULL ||
 	    (ctx = EVP_PKEY_CTX_new(mine->pkey, NULL)) == NULL ||
 	    EVP_PKEY_derive_init(ctx) != 1 || EVP_PKEY_derive_set_peer(ctx, peer) != 1 ||
-	    EVP_PKEY_derive(ctx, cf_secret_ptr(s), &len) != 1 || len != 32 ||
-	    cf_secret_equal_mem(s, zero, sizeof(zero))) {
+	    EVP_PKEY_derive(ctx, out, &len) != 1 || len != 32 ||
+	    CRYPTO_memcmp(out, zero, sizeof(zero)) == 0) {
+		OPENSSL_cleanse(out, 32);
 		r = cf_error(CF_E_INVALID_ARG, "the peer's ephemeral key is not a usable X25519 key");
-		goto out;
 	}
-	*out = s;
-	s = NULL;
-	r = CF_OK;
-out:
 	EVP_PKEY_CTX_free(ctx);
 	EVP_PKEY_free(peer);
-	cf_secret_free(s);
+	return r;
+}
+
+int
+cf_session_shared(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN],
+		  cf_secret **out)
+{
+	uint8_t sh[32];
+	int r;
+
+	if ((r = x25519(mine, peer_pub, sh)) != CF_OK)
+		return r;
+	r = cf_secret_from(sh, sizeof(sh), out);
+	OPENSSL_cleanse(sh, sizeof(sh));
 	return r;
 }
 
 static int
-hkdf(const cf_secret *ikm, const uint8_t th[CF_SESSION_TH_LEN], const char *info, uint8_t *out,
-     size_t outlen)
+hkdf(const uint8_t *ikm, size_t ikmlen, const uint8_t th[CF_SESSION_TH_LEN], const char *info,
+     uint8_t *out, size_t outlen)
 {
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	EVP_KDF_CTX *ctx;
 	OSSL_PARAM p[5];
 	int ok;
 
+	pthread_once(&gcm_once, gcm_fetch);
+	ctx = hkdf_kdf ? EVP_KDF_CTX_new(hkdf_kdf) : NULL;
 	p[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
-	p[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
-						 (void *)cf_secret_cptr(ikm), cf_secret_len(ikm));
+	p[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)ikm, ikmlen);
 	p[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)th,
 						 CF_SESSION_TH_LEN);
 	p[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info,
@@ -293,7 +338,6 @@ hkdf(const cf_secret *ikm, const uint8_t th[CF_SESSION_TH_LEN], const char *info
 	p[4] = OSSL_PARAM_construct_end();
 	ok = ctx != NULL && EVP_KDF_derive(ctx, out, outlen, p) == 1;
 	EVP_KDF_CTX_free(ctx);
-	EVP_KDF_free(kdf);
 	return ok ? CF_OK : cf_error(CF_E_INTERNAL, "HKDF failed");
 }
 
@@ -303,11 +347,12 @@ cf_session_keys_derive(const cf_session_eph *mine, const uint8_t peer_pub[CF_SES
 		       const uint8_t session_id[CF_SESSION_ID_LEN], cf_session_keys **out)
 {
 	cf_session_keys *k = NULL;
-	cf_secret *shared = NULL;
-	uint8_t *m;
+	uint8_t shared[32], *m;
 	int r;
 
-	if ((r = cf_session_shared(mine, peer_pub, &shared)) != CF_OK)
+	/* The shared secret lives on the stack for microseconds and is wiped:
+	 * a locked mapping per handshake would cost more than the X25519. */
+	if ((r = x25519(mine, peer_pub, shared)) != CF_OK)
 		return r;
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
 		r = CF_E_NOMEM;
@@ -319,8 +364,9 @@ cf_session_keys_derive(const cf_session_eph *mine, const uint8_t peer_pub[CF_SES
 	for (int d = 0; d < 2; d++) {
 		uint8_t *base = m + d * (CF_SESSION_KEY_LEN + CF_SESSION_IV_LEN);
 
-		if ((r = hkdf(shared, th, labels[d][0], base, CF_SESSION_KEY_LEN)) != CF_OK ||
-		    (r = hkdf(shared, th, labels[d][1], base + CF_SESSION_KEY_LEN,
+		if ((r = hkdf(shared, sizeof(shared), th, labels[d][0], base,
+			      CF_SESSION_KEY_LEN)) != CF_OK ||
+		    (r = hkdf(shared, sizeof(shared), th, labels[d][1], base + CF_SESSION_KEY_LEN,
 			      CF_SESSION_IV_LEN)) != CF_OK)
 			goto out;
 	}
@@ -329,7 +375,7 @@ cf_session_keys_derive(const cf_session_eph *mine, const uint8_t peer_pub[CF_SES
 	k = NULL;
 	r = CF_OK;
 out:
-	cf_secret_free(shared);
+	OPENSSL_cleanse(shared, sizeof(shared));
 	cf_session_keys_free(k);
 	return r;
 }

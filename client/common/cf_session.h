@@ -75,6 +75,14 @@ int cf_session_signed_message(const uint8_t th[CF_SESSION_TH_LEN], cf_buf *out);
 int cf_session_verify_server(const uint8_t *spki, size_t spki_len,
 			     const uint8_t th[CF_SESSION_TH_LEN], const uint8_t *sig,
 			     size_t siglen);
+/* A parsed identity key to verify handshakes against (parsing an SPKI costs
+ * more in OpenSSL 3 than the verification itself: do it once per pin). */
+typedef struct cf_session_pin cf_session_pin;
+/* CF_E_INVALID_ARG unless spki is an EC P-256 SubjectPublicKeyInfo. */
+int cf_session_pin_new(const uint8_t *spki, size_t spki_len, cf_session_pin **out);
+void cf_session_pin_free(cf_session_pin *pin);   /* accepts NULL */
+int cf_session_verify_pinned(const cf_session_pin *pin, const uint8_t th[CF_SESSION_TH_LEN],
+			     const uint8_t *sig, size_t siglen);
 /* "sha256:<hex>" of an SPKI into out (at least CF_SESSION_FPR_LEN + 1). */
 int cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t outlen);
 
