@@ -206,8 +206,16 @@ main(int argc, char **argv)
 	}
 	cf_log_info("ready: service %s, admin %s, token %s", cfg.service_path, cfg.admin_path,
 		    cfg.token_uri);
-	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
-		;
+	/* Between signals, end expired sessions so that their keys are wiped
+	 * even when no caller comes back for them. */
+	for (;;) {
+		struct timespec tick = { 5, 0 };
+
+		sig = sigtimedwait(&sigs, NULL, &tick);
+		if (sig == SIGTERM || sig == SIGINT)
+			break;
+		session_expire(sm);
+	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	status = 0;
 out:

@@ -188,13 +188,10 @@ spent_locked(const session_mgr *sm, const struct session *s, int64_t now)
 	       s->bytes_out >= sm->cfg.max_bytes;
 }
 
-/* End expired sessions; make room for one more session of uid by ending its
- * least recently used one if it has max_per_caller already. */
-static void
-sweep_locked(session_mgr *sm, uid_t uid, int64_t now)
+static unsigned
+expire_locked(session_mgr *sm, int64_t now)
 {
-	struct session *lru = NULL;
-	unsigned mine = 0;
+	unsigned ended = 0;
 
 	for (unsigned b = 0; b < BUCKETS; b++) {
 		struct session *s = sm->buckets[b], *next;
@@ -203,15 +200,41 @@ sweep_locked(session_mgr *sm, uid_t uid, int64_t now)
 			next = s->next;
 			if (spent_locked(sm, s, now)) {
 				unlink_locked(sm, s);
-				continue;
+				ended++;
 			}
+		}
+	}
+	return ended;
+}
+
+unsigned
+session_expire(session_mgr *sm)
+{
+	unsigned ended;
+
+	pthread_mutex_lock(&sm->mu);
+	ended = expire_locked(sm, now_s());
+	pthread_mutex_unlock(&sm->mu);
+	return ended;
+}
+
+/* End expired sessions; make room for one more session of uid by ending its
+ * least recently used one if it has max_per_caller already. */
+static void
+sweep_locked(session_mgr *sm, uid_t uid, int64_t now)
+{
+	struct session *lru = NULL;
+	unsigned mine = 0;
+
+	expire_locked(sm, now);
+	for (unsigned b = 0; b < BUCKETS; b++)
+		for (struct session *s = sm->buckets[b]; s != NULL; s = s->next) {
 			if (s->uid != uid)
 				continue;
 			mine++;
 			if (lru == NULL || s->last_used < lru->last_used)
 				lru = s;
 		}
-	}
 	if (mine >= sm->cfg.max_per_caller && lru != NULL) {
 		cf_log_info("session: uid %u has %u sessions; ending its least recently used",
 			    (unsigned)uid, mine);

@@ -67,6 +67,10 @@ int session_reply(session_mgr *sm, session *s, uint64_t seq, const char *method,
 void session_end(session_mgr *sm, session *s);
 void session_release(session_mgr *sm, session *s);   /* accepts NULL */
 
+/* End every session past its lifetime or limits (their keys are wiped once
+ * no call holds them). Returns how many ended. */
+unsigned session_expire(session_mgr *sm);
+
 unsigned session_count(session_mgr *sm);
 
 #endif

@@ -19,6 +19,7 @@
 #include "envelope.h"
 #include "handlers.h"
 #include "keyring.h"
+#include "session.h"
 #include "store.h"
 
 static struct cf_test_token tok;
@@ -275,6 +276,48 @@ test_handlers_direct(void)
 	store_close(st);
 }
 
+/* The session table's bounds: per-uid LRU eviction, the total cap, and
+ * expiry that ends (and wipes) sessions without any caller coming back. */
+static void
+test_session_table(void)
+{
+	struct session_cfg cfg = { .lifetime = 1, .max_records = 10, .max_bytes = 1 << 20,
+				   .max_per_caller = 2, .max_sessions = 3, .max_pending = 1 };
+	struct cf_session_hello h[4];
+	session_mgr *sm = NULL;
+	cf_session_eph *e = NULL;
+	cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+
+	CU_ASSERT_EQUAL_FATAL(session_mgr_open(p11, &cfg, &sm), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_session_eph_new(NULL, &e), CF_OK);
+	for (int i = 0; i < 4; i++) {
+		memset(&h[i], 0, sizeof(h[i]));
+		h[i].version = CF_SESSION_VERSION;
+		cf_session_eph_pub(e, h[i].client_pub);
+	}
+	/* uid 1: two sessions; a third ends its least recently used one. */
+	CU_ASSERT_EQUAL(session_handshake(sm, 1, 1, &h[0], sig), CF_OK);
+	CU_ASSERT_EQUAL(session_handshake(sm, 1, 1, &h[1], sig), CF_OK);
+	CU_ASSERT_EQUAL(session_count(sm), 2);
+	CU_ASSERT_EQUAL(session_handshake(sm, 1, 1, &h[2], sig), CF_OK);
+	CU_ASSERT_EQUAL(session_count(sm), 2);
+	/* uid 2 fills the table (3); uid 3 finds it full. */
+	CU_ASSERT_EQUAL(session_handshake(sm, 2, 2, &h[3], sig), CF_OK);
+	CU_ASSERT_EQUAL(session_count(sm), 3);
+	CU_ASSERT_EQUAL(session_handshake(sm, 3, 3, &h[3], sig), CF_E_EXHAUSTED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "max_sessions"));
+	/* A bad version is refused before any work. */
+	h[3].version = 2;
+	CU_ASSERT_EQUAL(session_handshake(sm, 3, 3, &h[3], sig), CF_E_INVALID_ARG);
+	/* After the lifetime every session ends by itself. */
+	sleep(2);
+	CU_ASSERT_EQUAL(session_expire(sm), 3);
+	CU_ASSERT_EQUAL(session_count(sm), 0);
+	cf_session_eph_free(e);
+	cf_buf_free(sig);
+	session_mgr_close(sm);
+}
+
 int
 main(void)
 {
@@ -284,6 +327,7 @@ main(void)
 		{ "store refuses a newer schema", test_store_schema_guard },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
 		{ "handlers called directly", test_handlers_direct },
+		{ "session table: LRU, cap, expiry", test_session_table },
 		{ NULL, NULL },
 	};
 
