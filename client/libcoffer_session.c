@@ -46,15 +46,6 @@ struct lc_sessions {
 	cf_session_pin *pinkey;    /* the same, parsed */
 };
 
-static int64_t
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec;
-}
-
 static void
 sess_free(struct lc_session *s)
 {
@@ -224,7 +215,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 	memcpy(s->id, h.session_id, CF_SESSION_ID_LEN);
 	s->max_records = h.max_records;
 	s->max_bytes = h.max_bytes;
-	s->expires = now_s() + (int64_t)h.lifetime;
+	s->expires = cf_session_now() + (int64_t)h.lifetime;
 	*out = s;
 	s = NULL;
 out:
@@ -264,7 +255,7 @@ static int
 acquire(coffer_client *c, struct lc_sessions *p, size_t len, struct lc_session **out)
 {
 	struct lc_session *s, *stale = NULL;
-	int64_t now = now_s();
+	int64_t now = cf_session_now();
 
 	pthread_mutex_lock(&p->mu);
 	while ((s = p->idle) != NULL) {

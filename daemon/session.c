@@ -44,15 +44,6 @@ struct session_mgr {
 	struct pending pending[PENDING_SLOTS];
 };
 
-static int64_t
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec;
-}
-
 static unsigned
 bucket_of(const uint8_t *id)
 {
@@ -213,7 +204,7 @@ session_expire(session_mgr *sm)
 	unsigned ended;
 
 	pthread_mutex_lock(&sm->mu);
-	ended = expire_locked(sm, now_s());
+	ended = expire_locked(sm, cf_session_now());
 	pthread_mutex_unlock(&sm->mu);
 	return ended;
 }
@@ -341,7 +332,7 @@ session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello
 	memcpy(s->id, h->session_id, CF_SESSION_ID_LEN);
 	s->uid = uid;
 	s->gid = gid;
-	now = now_s();
+	now = cf_session_now();
 	s->expires = now + (int64_t)sm->cfg.lifetime;
 	s->last_used = now;
 	s->refs = 1;
@@ -376,7 +367,7 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 	       session **out, uint8_t **pt, size_t *ptlen)
 {
 	struct session *s;
-	int64_t now = now_s();
+	int64_t now = cf_session_now();
 	size_t plen = reclen >= CF_SESSION_TAG_LEN ? reclen - CF_SESSION_TAG_LEN : 0;
 	uint64_t expected;
 	int r;

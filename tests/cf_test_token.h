@@ -74,6 +74,16 @@ int cf_test_daemon_stop(struct cf_test_daemon *d);
 /* 1 if the daemon's log contains `needle`. */
 int cf_test_daemon_log_has(const struct cf_test_daemon *d, const char *needle);
 
+/* Assert that a libcoffer call returned COFFER_OK (0); print its message when
+ * it did not. For files that include coffer.h. */
+#define CHECK_COFFER(expr) do {                                               \
+	int r_ = (expr);                                                      \
+	if (r_ != 0)                                                          \
+		fprintf(stderr, "\n  %s:%d %s -> %d: %s\n", __FILE__, __LINE__, \
+			#expr, r_, coffer_error_message());                   \
+	CU_ASSERT_EQUAL_FATAL(r_, 0);                                         \
+} while (0)
+
 /* Assert a CF_OK result; print the status and detail when it is not. */
 #define CHECK_OK(expr) do {                                                   \
 	int r_ = (expr);                                                      \

@@ -62,14 +62,6 @@ suite_clean(void)
 	return 0;
 }
 
-#define OK(expr) do {                                                          \
-	int r_ = (expr);                                                       \
-	if (r_ != COFFER_OK)                                                   \
-		fprintf(stderr, "\n  %s:%d %s -> %d: %s\n", __FILE__, __LINE__, #expr, \
-			r_, coffer_error_message());                           \
-	CU_ASSERT_EQUAL_FATAL(r_, COFFER_OK);                                  \
-} while (0)
-
 static int
 openssl_verify(const struct coffer_public_key *pk, const struct coffer_sign_opts *o,
 	       const uint8_t *sig, size_t siglen)
@@ -85,9 +77,9 @@ test_health(void)
 {
 	enum coffer_serving_status st = COFFER_SERVING_UNKNOWN;
 
-	OK(coffer_health(svc, NULL, &st));
+	CHECK_COFFER(coffer_health(svc, NULL, &st));
 	CU_ASSERT_EQUAL(st, COFFER_SERVING);
-	OK(coffer_health(adm, "coffer.v1.AdminService", &st));
+	CHECK_COFFER(coffer_health(adm, "coffer.v1.AdminService", &st));
 	CU_ASSERT_EQUAL(st, COFFER_SERVING);
 	CU_ASSERT_EQUAL(coffer_health(svc, "no.such.Service", &st), COFFER_E_NOT_FOUND);
 }
@@ -108,27 +100,27 @@ test_every_signing_type(void)
 		uint32_t ver = 0;
 		int valid = -1;
 
-		OK(coffer_create_key(adm, keys[i].name, keys[i].t, 0, &ki));
+		CHECK_COFFER(coffer_create_key(adm, keys[i].name, keys[i].t, 0, &ki));
 		CU_ASSERT_EQUAL(ki->type, keys[i].t);
 		CU_ASSERT_EQUAL(ki->purpose, COFFER_PURPOSE_SIGN);
 		CU_ASSERT_EQUAL(ki->primary_version, 1);
-		OK(coffer_sign(svc, keys[i].name, 0, msg, sizeof(msg), NULL, &sig, &ver));
+		CHECK_COFFER(coffer_sign(svc, keys[i].name, 0, msg, sizeof(msg), NULL, &sig, &ver));
 		CU_ASSERT_EQUAL(ver, 1);
-		OK(coffer_verify(svc, keys[i].name, ver, msg, sizeof(msg), NULL, sig.data, sig.len,
+		CHECK_COFFER(coffer_verify(svc, keys[i].name, ver, msg, sizeof(msg), NULL, sig.data, sig.len,
 				 &valid));
 		CU_ASSERT_EQUAL(valid, 1);
-		OK(coffer_get_public_key(svc, keys[i].name, 0, &pk));
+		CHECK_COFFER(coffer_get_public_key(svc, keys[i].name, 0, &pk));
 		CU_ASSERT_EQUAL(pk->type, keys[i].t);
 		CU_ASSERT(strncmp(pk->pem, "-----BEGIN PUBLIC KEY-----", 26) == 0);
 		CU_ASSERT(openssl_verify(pk, NULL, sig.data, sig.len));
 		/* a tampered signature is reported invalid, not as an error */
 		sig.data[sig.len - 1] ^= 1;
-		OK(coffer_verify(svc, keys[i].name, ver, msg, sizeof(msg), NULL, sig.data, sig.len,
+		CHECK_COFFER(coffer_verify(svc, keys[i].name, ver, msg, sizeof(msg), NULL, sig.data, sig.len,
 				 &valid));
 		CU_ASSERT_EQUAL(valid, 0);
 		coffer_bytes_free(&sig);
 		if (keys[i].t >= COFFER_KEY_RSA_2048 && keys[i].t <= COFFER_KEY_RSA_4096) {
-			OK(coffer_sign(svc, keys[i].name, 0, msg, sizeof(msg), &pk1, &sig, &ver));
+			CHECK_COFFER(coffer_sign(svc, keys[i].name, 0, msg, sizeof(msg), &pk1, &sig, &ver));
 			CU_ASSERT(openssl_verify(pk, &pk1, sig.data, sig.len));
 			coffer_bytes_free(&sig);
 		}
@@ -147,11 +139,11 @@ test_sign_digest_and_raw(void)
 	int valid = 0;
 
 	SHA256(msg, sizeof(msg), digest);
-	OK(coffer_sign(svc, "e2e-p256", 0, digest, sizeof(digest), &pre, &sig, NULL));
-	OK(coffer_verify(svc, "e2e-p256", 1, msg, sizeof(msg), NULL, sig.data, sig.len, &valid));
+	CHECK_COFFER(coffer_sign(svc, "e2e-p256", 0, digest, sizeof(digest), &pre, &sig, NULL));
+	CHECK_COFFER(coffer_verify(svc, "e2e-p256", 1, msg, sizeof(msg), NULL, sig.data, sig.len, &valid));
 	CU_ASSERT_EQUAL(valid, 1);
 	coffer_bytes_free(&sig);
-	OK(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), &raw, &sig, NULL));
+	CHECK_COFFER(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), &raw, &sig, NULL));
 	CU_ASSERT_EQUAL(sig.len, 64);
 	coffer_bytes_free(&sig);
 	/* a digest of the wrong length, and Ed25519 with a digest */
@@ -173,12 +165,12 @@ test_every_mac_type(void)
 		uint32_t ver = 0;
 		int valid = -1;
 
-		OK(coffer_create_key(adm, names[i], types[i], 0, NULL));
-		OK(coffer_mac(svc, names[i], 0, msg, sizeof(msg), &mac, &ver));
+		CHECK_COFFER(coffer_create_key(adm, names[i], types[i], 0, NULL));
+		CHECK_COFFER(coffer_mac(svc, names[i], 0, msg, sizeof(msg), &mac, &ver));
 		CU_ASSERT_EQUAL(mac.len, (size_t)(32 + 16 * i));
-		OK(coffer_verify_mac(svc, names[i], ver, msg, sizeof(msg), mac.data, mac.len, &valid));
+		CHECK_COFFER(coffer_verify_mac(svc, names[i], ver, msg, sizeof(msg), mac.data, mac.len, &valid));
 		CU_ASSERT_EQUAL(valid, 1);
-		OK(coffer_verify_mac(svc, names[i], ver, msg, sizeof(msg) - 1, mac.data, mac.len,
+		CHECK_COFFER(coffer_verify_mac(svc, names[i], ver, msg, sizeof(msg) - 1, mac.data, mac.len,
 				     &valid));
 		CU_ASSERT_EQUAL(valid, 0);
 		coffer_bytes_free(&mac);
@@ -193,9 +185,9 @@ test_import_hmac_matches_openssl(void)
 	struct coffer_bytes mac = { NULL, 0 };
 
 	RAND_bytes(secret, sizeof(secret));
-	OK(coffer_import_key(adm, "e2e-imported", COFFER_KEY_HMAC_SHA256, secret, sizeof(secret), 0,
+	CHECK_COFFER(coffer_import_key(adm, "e2e-imported", COFFER_KEY_HMAC_SHA256, secret, sizeof(secret), 0,
 			     NULL));
-	OK(coffer_mac(svc, "e2e-imported", 0, msg, sizeof(msg), &mac, NULL));
+	CHECK_COFFER(coffer_mac(svc, "e2e-imported", 0, msg, sizeof(msg), &mac, NULL));
 	HMAC(EVP_sha256(), secret, sizeof(secret), msg, sizeof(msg), expect, &elen);
 	CU_ASSERT(mac.len == 32 && memcmp(mac.data, expect, 32) == 0);
 	coffer_bytes_free(&mac);
@@ -217,16 +209,16 @@ test_wrap_unwrap_context(void)
 	uint32_t ver = 0;
 
 	RAND_bytes(secret, sizeof(secret));
-	OK(coffer_create_key(adm, "e2e-aes", COFFER_KEY_AES_256, 0, NULL));
-	OK(coffer_wrap(svc, "e2e-aes", secret, sizeof(secret), ctx, 2, &ct, &ver));
+	CHECK_COFFER(coffer_create_key(adm, "e2e-aes", COFFER_KEY_AES_256, 0, NULL));
+	CHECK_COFFER(coffer_wrap(svc, "e2e-aes", secret, sizeof(secret), ctx, 2, &ct, &ver));
 	CU_ASSERT_EQUAL(ver, 1);
 	CU_ASSERT_EQUAL(ct.len, 1 + 4 + 12 + sizeof(secret) + 16);
 	CU_ASSERT_EQUAL(ct.data[0], 0x01);
-	OK(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, ctx, 2, &pt, &ver));
+	CHECK_COFFER(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, ctx, 2, &pt, &ver));
 	CU_ASSERT(pt.len == sizeof(secret) && memcmp(pt.data, secret, pt.len) == 0);
 	coffer_bytes_free(&pt);
 	/* the order of the context entries does not matter, their content does */
-	OK(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, swapped, 2, &pt, NULL));
+	CHECK_COFFER(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, swapped, 2, &pt, NULL));
 	coffer_bytes_free(&pt);
 	CU_ASSERT_EQUAL(coffer_unwrap(svc, "e2e-aes", ct.data, ct.len, wrong, 2, &pt, NULL),
 			COFFER_E_INVALID_ARG);
@@ -253,45 +245,45 @@ test_rotation_rewrap_data_keys(void)
 	int valid = 0;
 
 	/* signing: old versions keep verifying, new signatures use the new one */
-	OK(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), NULL, &sig1, &v));
+	CHECK_COFFER(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), NULL, &sig1, &v));
 	CU_ASSERT_EQUAL(v, 1);
-	OK(coffer_rotate_key(adm, "e2e-p256", &ki));
+	CHECK_COFFER(coffer_rotate_key(adm, "e2e-p256", &ki));
 	CU_ASSERT_EQUAL(ki->primary_version, 2);
 	CU_ASSERT_EQUAL(ki->nversions, 2);
 	coffer_key_info_free(ki);
-	OK(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), NULL, &sig2, &v));
+	CHECK_COFFER(coffer_sign(svc, "e2e-p256", 0, msg, sizeof(msg), NULL, &sig2, &v));
 	CU_ASSERT_EQUAL(v, 2);
-	OK(coffer_verify(svc, "e2e-p256", 1, msg, sizeof(msg), NULL, sig1.data, sig1.len, &valid));
+	CHECK_COFFER(coffer_verify(svc, "e2e-p256", 1, msg, sizeof(msg), NULL, sig1.data, sig1.len, &valid));
 	CU_ASSERT_EQUAL(valid, 1);
-	OK(coffer_verify(svc, "e2e-p256", 2, msg, sizeof(msg), NULL, sig2.data, sig2.len, &valid));
+	CHECK_COFFER(coffer_verify(svc, "e2e-p256", 2, msg, sizeof(msg), NULL, sig2.data, sig2.len, &valid));
 	CU_ASSERT_EQUAL(valid, 1);
-	OK(coffer_verify(svc, "e2e-p256", 2, msg, sizeof(msg), NULL, sig1.data, sig1.len, &valid));
+	CHECK_COFFER(coffer_verify(svc, "e2e-p256", 2, msg, sizeof(msg), NULL, sig1.data, sig1.len, &valid));
 	CU_ASSERT_EQUAL(valid, 0);
 	CU_ASSERT_EQUAL(coffer_verify(svc, "e2e-p256", 3, msg, sizeof(msg), NULL, sig1.data,
 				      sig1.len, &valid), COFFER_E_NOT_FOUND);
 	/* envelope: v1 blobs still open; Rewrap moves them to v2 */
-	OK(coffer_wrap(svc, "e2e-aes", msg, sizeof(msg), ctx, 1, &ct1, &v));
-	OK(coffer_rotate_key(adm, "e2e-aes", NULL));
-	OK(coffer_unwrap(svc, "e2e-aes", ct1.data, ct1.len, ctx, 1, &pt, &v));
+	CHECK_COFFER(coffer_wrap(svc, "e2e-aes", msg, sizeof(msg), ctx, 1, &ct1, &v));
+	CHECK_COFFER(coffer_rotate_key(adm, "e2e-aes", NULL));
+	CHECK_COFFER(coffer_unwrap(svc, "e2e-aes", ct1.data, ct1.len, ctx, 1, &pt, &v));
 	CU_ASSERT_EQUAL(v, 1);
 	coffer_bytes_free(&pt);
-	OK(coffer_rewrap(svc, "e2e-aes", ct1.data, ct1.len, ctx, 1, &ct2, &v, &prev));
+	CHECK_COFFER(coffer_rewrap(svc, "e2e-aes", ct1.data, ct1.len, ctx, 1, &ct2, &v, &prev));
 	CU_ASSERT_EQUAL(v, 2);
 	CU_ASSERT_EQUAL(prev, 1);
-	OK(coffer_unwrap(svc, "e2e-aes", ct2.data, ct2.len, ctx, 1, &pt, &v));
+	CHECK_COFFER(coffer_unwrap(svc, "e2e-aes", ct2.data, ct2.len, ctx, 1, &pt, &v));
 	CU_ASSERT_EQUAL(v, 2);
 	CU_ASSERT(pt.len == sizeof(msg) && memcmp(pt.data, msg, pt.len) == 0);
 	coffer_bytes_free(&pt);
 	/* data keys: wrapped under v2, plaintext on request, unwraps to the same */
-	OK(coffer_generate_data_key(svc, "e2e-aes", 32, ctx, 1, &dkct, &dk, &v));
+	CHECK_COFFER(coffer_generate_data_key(svc, "e2e-aes", 32, ctx, 1, &dkct, &dk, &v));
 	CU_ASSERT_EQUAL(v, 2);
 	CU_ASSERT_EQUAL(dk.len, 32);
-	OK(coffer_unwrap(svc, "e2e-aes", dkct.data, dkct.len, ctx, 1, &pt, NULL));
+	CHECK_COFFER(coffer_unwrap(svc, "e2e-aes", dkct.data, dkct.len, ctx, 1, &pt, NULL));
 	CU_ASSERT(pt.len == 32 && memcmp(pt.data, dk.data, 32) == 0);
 	coffer_bytes_free(&pt);
 	coffer_bytes_free(&dk);
 	coffer_bytes_free(&dkct);
-	OK(coffer_generate_data_key(svc, "e2e-aes", 16, NULL, 0, &dkct, NULL, NULL));
+	CHECK_COFFER(coffer_generate_data_key(svc, "e2e-aes", 16, NULL, 0, &dkct, NULL, NULL));
 	CU_ASSERT_EQUAL(dkct.len, 1 + 4 + 12 + 16 + 16);
 	CU_ASSERT_EQUAL(coffer_generate_data_key(svc, "e2e-aes", 17, NULL, 0, &dk, NULL, NULL),
 			COFFER_E_INVALID_ARG);
@@ -310,7 +302,7 @@ test_metadata_and_errors(void)
 	struct coffer_bytes out = { NULL, 0 };
 	int seen = 0;
 
-	OK(coffer_list_keys(svc, &l));
+	CHECK_COFFER(coffer_list_keys(svc, &l));
 	CU_ASSERT_EQUAL(l->nkeys, 11);
 	for (size_t i = 0; i < l->nkeys; i++) {
 		if (i > 0)
@@ -319,7 +311,7 @@ test_metadata_and_errors(void)
 	}
 	CU_ASSERT_EQUAL(seen, 1);
 	coffer_key_list_free(l);
-	OK(coffer_get_key(adm, "e2e-aes", &ki));
+	CHECK_COFFER(coffer_get_key(adm, "e2e-aes", &ki));
 	CU_ASSERT_EQUAL(ki->purpose, COFFER_PURPOSE_WRAP);
 	CU_ASSERT_EQUAL(ki->nversions, 2);
 	coffer_key_info_free(ki);
@@ -357,7 +349,7 @@ test_restart_and_single_instance(void)
 	uint32_t v = 0;
 	int valid = 0;
 
-	OK(coffer_sign(svc, "e2e-ed25519", 0, msg, sizeof(msg), NULL, &sig, &v));
+	CHECK_COFFER(coffer_sign(svc, "e2e-ed25519", 0, msg, sizeof(msg), NULL, &sig, &v));
 	/* a second daemon on the same sockets exits at once */
 	{
 		struct cf_test_token other = tok;
@@ -371,11 +363,11 @@ test_restart_and_single_instance(void)
 	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
 	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
 	CU_ASSERT_FATAL(connect_both() == 0);
-	OK(coffer_get_key(svc, "e2e-p256", &ki));
+	CHECK_COFFER(coffer_get_key(svc, "e2e-p256", &ki));
 	CU_ASSERT_EQUAL(ki->primary_version, 2);
 	CU_ASSERT_EQUAL(ki->nversions, 2);
 	coffer_key_info_free(ki);
-	OK(coffer_verify(svc, "e2e-ed25519", v, msg, sizeof(msg), NULL, sig.data, sig.len, &valid));
+	CHECK_COFFER(coffer_verify(svc, "e2e-ed25519", v, msg, sizeof(msg), NULL, sig.data, sig.len, &valid));
 	CU_ASSERT_EQUAL(valid, 1);
 	CU_ASSERT_FALSE(cf_test_daemon_log_has(&dmn, "reconcile:"));
 	coffer_bytes_free(&sig);

@@ -35,14 +35,6 @@ static struct cf_test_token tok_a, tok_b;
 static struct cf_test_daemon dmn_a, dmn_b;
 static struct coffer_bytes id_a;
 
-#define OK(expr) do {                                                          \
-	int r_ = (expr);                                                       \
-	if (r_ != COFFER_OK)                                                   \
-		fprintf(stderr, "\n  %s:%d %s -> %d: %s\n", __FILE__, __LINE__, #expr, \
-			r_, coffer_error_message());                           \
-	CU_ASSERT_EQUAL_FATAL(r_, COFFER_OK);                                  \
-} while (0)
-
 static int
 start_on(struct cf_test_token *t, struct cf_test_daemon *d, const char *const *extra)
 {
@@ -109,11 +101,11 @@ test_identity_is_the_token_key(void)
 	cf_buf *der = cf_buf_new(512);
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-	OK(coffer_get_identity(c, &id_a, fpr, sizeof(fpr)));
+	CHECK_COFFER(coffer_get_identity(c, &id_a, fpr, sizeof(fpr)));
 	coffer_close(c);
 	/* The same answer on the service socket. */
 	CU_ASSERT_PTR_NOT_NULL_FATAL(c = client(&dmn_a, 0, 0, NULL));
-	OK(coffer_get_identity(c, &svc_id, fpr2, sizeof(fpr2)));
+	CHECK_COFFER(coffer_get_identity(c, &svc_id, fpr2, sizeof(fpr2)));
 	CU_ASSERT_STRING_EQUAL(fpr, fpr2);
 	CU_ASSERT(svc_id.len == id_a.len && memcmp(svc_id.data, id_a.data, id_a.len) == 0);
 	coffer_bytes_free(&svc_id);
@@ -154,11 +146,11 @@ test_sealed_calls(void)
 	CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
 	RAND_bytes(secret, sizeof(secret));
 	RAND_bytes(hkey, sizeof(hkey));
-	OK(coffer_create_key(adm, "sess-aes", COFFER_KEY_AES_256, 0, &info));
+	CHECK_COFFER(coffer_create_key(adm, "sess-aes", COFFER_KEY_AES_256, 0, &info));
 	coffer_key_info_free(info);
-	OK(coffer_wrap(svc, "sess-aes", secret, sizeof(secret), ctx, 1, &ct, &ver));
+	CHECK_COFFER(coffer_wrap(svc, "sess-aes", secret, sizeof(secret), ctx, 1, &ct, &ver));
 	CU_ASSERT_EQUAL(ver, 1);
-	OK(coffer_unwrap(svc, "sess-aes", ct.data, ct.len, ctx, 1, &pt, &ver));
+	CHECK_COFFER(coffer_unwrap(svc, "sess-aes", ct.data, ct.len, ctx, 1, &pt, &ver));
 	CU_ASSERT(pt.len == sizeof(secret) && memcmp(pt.data, secret, sizeof(secret)) == 0);
 	coffer_bytes_free(&pt);
 	/* An inner error travels sealed and arrives as the call's own status. */
@@ -167,15 +159,15 @@ test_sealed_calls(void)
 	CU_ASSERT_PTR_NULL(pt.data);
 	CU_ASSERT_EQUAL(coffer_unwrap(svc, "no-such-key", ct.data, ct.len, ctx, 1, &pt, NULL),
 			COFFER_E_NOT_FOUND);
-	OK(coffer_generate_data_key(svc, "sess-aes", 32, ctx, 1, &dct, &dk, NULL));
-	OK(coffer_unwrap(svc, "sess-aes", dct.data, dct.len, ctx, 1, &pt, NULL));
+	CHECK_COFFER(coffer_generate_data_key(svc, "sess-aes", 32, ctx, 1, &dct, &dk, NULL));
+	CHECK_COFFER(coffer_unwrap(svc, "sess-aes", dct.data, dct.len, ctx, 1, &pt, NULL));
 	CU_ASSERT(pt.len == 32 && dk.len == 32 && memcmp(pt.data, dk.data, 32) == 0);
 	coffer_bytes_free(&pt);
 	/* Key import goes sealed on the admin socket. */
-	OK(coffer_import_key(adm, "sess-hmac", COFFER_KEY_HMAC_SHA256, hkey, sizeof(hkey), 0,
+	CHECK_COFFER(coffer_import_key(adm, "sess-hmac", COFFER_KEY_HMAC_SHA256, hkey, sizeof(hkey), 0,
 			     &info));
 	coffer_key_info_free(info);
-	OK(coffer_mac(svc, "sess-hmac", 0, secret, sizeof(secret), &mac, NULL));
+	CHECK_COFFER(coffer_mac(svc, "sess-hmac", 0, secret, sizeof(secret), &mac, NULL));
 	{
 		uint8_t want[32];
 		size_t wl = 0;
@@ -217,7 +209,7 @@ test_wrong_identity_refused(void)
 	CU_ASSERT_PTR_NULL(ct.data);
 	/* A pinned key the daemon does not hold. */
 	CU_ASSERT_FATAL(len > 0);
-	OK(coffer_pin_identity(forged, der, (size_t)len));
+	CHECK_COFFER(coffer_pin_identity(forged, der, (size_t)len));
 	CU_ASSERT_EQUAL(coffer_wrap(forged, "sess-aes", secret, sizeof(secret), NULL, 0, &ct,
 				    NULL), COFFER_E_UNAUTHENTICATED);
 	CU_ASSERT_PTR_NULL(ct.data);
@@ -240,11 +232,11 @@ test_renewal_and_require_sealed(void)
 	uint8_t data[64];
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(adm = client(&dmn_b, 1, 0, NULL));
-	OK(coffer_get_identity(adm, &id_b, fpr, sizeof(fpr)));
+	CHECK_COFFER(coffer_get_identity(adm, &id_b, fpr, sizeof(fpr)));
 	CU_ASSERT_FATAL(!(id_b.len == id_a.len && memcmp(id_b.data, id_a.data, id_a.len) == 0));
-	OK(coffer_create_key(adm, "b-aes", COFFER_KEY_AES_256, 0, &info));
+	CHECK_COFFER(coffer_create_key(adm, "b-aes", COFFER_KEY_AES_256, 0, &info));
 	coffer_key_info_free(info);
-	OK(coffer_create_key(adm, "b-sign", COFFER_KEY_EC_P256, 0, &info));
+	CHECK_COFFER(coffer_create_key(adm, "b-sign", COFFER_KEY_EC_P256, 0, &info));
 	coffer_key_info_free(info);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(svc = client(&dmn_b, 0, COFFER_CONNECT_SEAL_ALL, &id_b));
 	CU_ASSERT_PTR_NOT_NULL_FATAL(plain = client(&dmn_b, 0, 0, &id_b));
@@ -253,16 +245,16 @@ test_renewal_and_require_sealed(void)
 	CU_ASSERT_EQUAL(coffer_sign(plain, "b-sign", 0, data, sizeof(data), NULL, &sig, NULL),
 			COFFER_E_PRECONDITION);
 	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "require_sealed"));
-	OK(coffer_sign(svc, "b-sign", 0, data, sizeof(data), NULL, &sig, NULL));
+	CHECK_COFFER(coffer_sign(svc, "b-sign", 0, data, sizeof(data), NULL, &sig, NULL));
 	coffer_bytes_free(&sig);
 	/* max_records = 3: ten calls need at least four sessions. */
 	for (int i = 0; i < 10; i++) {
-		OK(coffer_wrap(svc, "b-aes", data, sizeof(data), NULL, 0, &ct, NULL));
+		CHECK_COFFER(coffer_wrap(svc, "b-aes", data, sizeof(data), NULL, 0, &ct, NULL));
 		coffer_bytes_free(&ct);
 	}
 	/* lifetime = 2 s: the pooled session expires; the next call renews. */
 	sleep(3);
-	OK(coffer_wrap(svc, "b-aes", data, sizeof(data), NULL, 0, &ct, NULL));
+	CHECK_COFFER(coffer_wrap(svc, "b-aes", data, sizeof(data), NULL, 0, &ct, NULL));
 	coffer_bytes_free(&ct);
 	coffer_close(svc);
 	coffer_close(plain);
@@ -279,12 +271,12 @@ test_session_lost_in_restart(void)
 	uint8_t data[16] = { 1, 2, 3 };
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
-	OK(coffer_wrap(svc, "sess-aes", data, sizeof(data), ctx, 1, &ct, NULL));
+	CHECK_COFFER(coffer_wrap(svc, "sess-aes", data, sizeof(data), ctx, 1, &ct, NULL));
 	/* The daemon forgets every session; the client's pooled one is refused
 	 * (UNAUTHENTICATED: not run) and replaced without the caller noticing. */
 	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn_a), 0);
 	CU_ASSERT_EQUAL_FATAL(start_on(&tok_a, &dmn_a, NULL), 0);
-	OK(coffer_unwrap(svc, "sess-aes", ct.data, ct.len, ctx, 1, &pt, NULL));
+	CHECK_COFFER(coffer_unwrap(svc, "sess-aes", ct.data, ct.len, ctx, 1, &pt, NULL));
 	CU_ASSERT(pt.len == sizeof(data) && memcmp(pt.data, data, sizeof(data)) == 0);
 	/* The identity survived the restart: same token key. */
 	coffer_bytes_free(&pt);

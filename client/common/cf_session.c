@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -46,6 +47,15 @@ static const char *const labels[2][2] = {
 	{ "coffer/v1 c2s key", "coffer/v1 c2s iv" },
 	{ "coffer/v1 s2c key", "coffer/v1 s2c iv" },
 };
+
+int64_t
+cf_session_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec;
+}
 
 /* ---- ephemeral X25519 ---- */
 

@@ -50,6 +50,9 @@ struct cf_session_hello {
 	uint64_t max_records, max_bytes;
 };
 
+/* Monotonic seconds, the clock of session lifetimes on both sides. */
+int64_t cf_session_now(void);
+
 /* ---- ephemeral X25519 ---- */
 
 typedef struct cf_session_eph cf_session_eph;
