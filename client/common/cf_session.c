@@ -24,9 +24,14 @@ struct cf_session_eph {
 
 /* key_c2s | iv_c2s | key_s2c | iv_s2c in one locked, wiped buffer. */
 #define KEYS_LEN (2 * (CF_SESSION_KEY_LEN + CF_SESSION_IV_LEN))
+/* Each direction keeps an AES-GCM context keyed once (the key schedule and
+ * GHASH table are not redone per record; only the nonce is set), behind its
+ * own lock, since a daemon may be handed two records of one session at once. */
 struct cf_session_keys {
 	cf_secret *m;
 	uint8_t session_id[CF_SESSION_ID_LEN];
+	EVP_CIPHER_CTX *ctx[2];
+	pthread_mutex_t mu[2];
 };
 
 /* OpenSSL 3 looks a cipher up in its provider tables (under a lock) each
@@ -381,6 +386,17 @@ cf_session_keys_derive(const cf_session_eph *mine, const uint8_t peer_pub[CF_SES
 			goto out;
 	}
 	memcpy(k->session_id, session_id, CF_SESSION_ID_LEN);
+	pthread_once(&gcm_once, gcm_fetch);
+	for (int d = 0; d < 2; d++) {
+		pthread_mutex_init(&k->mu[d], NULL);
+		if (gcm_cipher == NULL || (k->ctx[d] = EVP_CIPHER_CTX_new()) == NULL ||
+		    EVP_CipherInit_ex(k->ctx[d], gcm_cipher, NULL,
+				      m + d * (CF_SESSION_KEY_LEN + CF_SESSION_IV_LEN), NULL,
+				      1) != 1) {
+			r = cf_error(CF_E_INTERNAL, "AES-GCM initialisation failed");
+			goto out;
+		}
+	}
 	*out = k;
 	k = NULL;
 	r = CF_OK;
@@ -395,6 +411,12 @@ cf_session_keys_free(cf_session_keys *k)
 {
 	if (k == NULL)
 		return;
+	for (int d = 0; d < 2; d++) {
+		if (k->ctx[d] == NULL)
+			continue;
+		EVP_CIPHER_CTX_free(k->ctx[d]);   /* OpenSSL wipes the key schedule */
+		pthread_mutex_destroy(&k->mu[d]);
+	}
 	cf_secret_free(k->m);
 	free(k);
 }
@@ -412,27 +434,43 @@ cf_session_keys_peek(const cf_session_keys *k, enum cf_session_dir d, const uint
 
 /* ---- records ---- */
 
+#define AAD_MAX (16 + CF_SESSION_ID_LEN + 1 + 8 + 2 + CF_SESSION_MAX_METHOD)
+
+/* The record AAD into a[AAD_MAX]; its length, or 0 for a bad method or
+ * direction. */
+static size_t
+aad_encode(uint8_t *a, const uint8_t session_id[CF_SESSION_ID_LEN], enum cf_session_dir d,
+	   uint64_t seq, const char *method)
+{
+	size_t mlen = method ? strlen(method) : 0, n = 0;
+
+	if (mlen == 0 || mlen > CF_SESSION_MAX_METHOD ||
+	    (d != CF_SESSION_C2S && d != CF_SESSION_S2C))
+		return 0;
+	memcpy(a, LABEL_RECORD, 16);
+	n += 16;
+	memcpy(a + n, session_id, CF_SESSION_ID_LEN);
+	n += CF_SESSION_ID_LEN;
+	a[n++] = (uint8_t)d;
+	be64(a + n, seq);
+	n += 8;
+	a[n++] = (uint8_t)(mlen >> 8);
+	a[n++] = (uint8_t)mlen;
+	memcpy(a + n, method, mlen);
+	return n + mlen;
+}
+
 int
 cf_session_aad(const uint8_t session_id[CF_SESSION_ID_LEN], enum cf_session_dir d, uint64_t seq,
 	       const char *method, cf_buf *out)
 {
-	size_t mlen = method ? strlen(method) : 0;
-	uint8_t s[8];
-	int r;
+	uint8_t a[AAD_MAX];
+	size_t n = aad_encode(a, session_id, d, seq, method);
 
-	if (mlen == 0 || mlen > CF_SESSION_MAX_METHOD)
-		return cf_error(CF_E_INVALID_ARG, "method path empty or longer than %d bytes",
-				CF_SESSION_MAX_METHOD);
-	if (d != CF_SESSION_C2S && d != CF_SESSION_S2C)
-		return CF_E_INVALID_ARG;
-	be64(s, seq);
-	if ((r = cf_buf_put(out, LABEL_RECORD, strlen(LABEL_RECORD))) != CF_OK ||
-	    (r = cf_buf_put(out, session_id, CF_SESSION_ID_LEN)) != CF_OK ||
-	    (r = cf_buf_put_u8(out, (uint8_t)d)) != CF_OK ||
-	    (r = cf_buf_put(out, s, sizeof(s))) != CF_OK ||
-	    (r = put_item(out, method, mlen)) != CF_OK)
-		return r;
-	return CF_OK;
+	if (n == 0)
+		return cf_error(CF_E_INVALID_ARG, "method path empty or longer than %d bytes, "
+				"or no direction", CF_SESSION_MAX_METHOD);
+	return cf_buf_put(out, a, n);
 }
 
 void
@@ -454,39 +492,29 @@ static int
 gcm(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq, const char *method, int enc,
     const uint8_t *in, size_t inlen, uint8_t *out, uint8_t tag[CF_SESSION_TAG_LEN])
 {
-	uint8_t nonce[CF_SESSION_IV_LEN];
-	cf_buf *aad = cf_buf_new(64 + CF_SESSION_MAX_METHOD);
-	EVP_CIPHER_CTX *c = NULL;
-	int n, ok = 0, r;
+	uint8_t nonce[CF_SESSION_IV_LEN], aad[AAD_MAX];
+	size_t alen = aad_encode(aad, k->session_id, d, seq, method);
+	EVP_CIPHER_CTX *c = k->ctx[d - 1];
+	pthread_mutex_t *mu = (pthread_mutex_t *)&k->mu[d - 1];
+	int n, ok;
 
-	if (aad == NULL)
-		return CF_E_NOMEM;
-	if ((r = cf_session_aad(k->session_id, d, seq, method, aad)) != CF_OK)
-		goto out;
+	if (alen == 0)
+		return cf_error(CF_E_INVALID_ARG, "method path empty or longer than %d bytes",
+				CF_SESSION_MAX_METHOD);
 	cf_session_nonce(k, d, seq, nonce);
-	pthread_once(&gcm_once, gcm_fetch);
-	if (gcm_cipher == NULL || (c = EVP_CIPHER_CTX_new()) == NULL ||
-	    EVP_CipherInit_ex(c, gcm_cipher, NULL, NULL, NULL, enc) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, CF_SESSION_IV_LEN, NULL) != 1 ||
-	    EVP_CipherInit_ex(c, NULL, NULL, cf_session_keys_peek(k, d, NULL), nonce, enc) != 1 ||
-	    EVP_CipherUpdate(c, NULL, &n, cf_buf_peek(aad), (int)cf_buf_len(aad)) != 1 ||
-	    (inlen > 0 && EVP_CipherUpdate(c, out, &n, in, (int)inlen) != 1))
-		goto fail;
-	if (!enc && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, CF_SESSION_TAG_LEN, tag) != 1)
-		goto fail;
-	if (EVP_CipherFinal_ex(c, out + inlen, &n) != 1)
-		goto fail;
-	if (enc && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, CF_SESSION_TAG_LEN, tag) != 1)
-		goto fail;
-	ok = 1;
-fail:
-	r = ok ? CF_OK : enc ? cf_error(CF_E_INTERNAL, "AES-GCM encryption failed")
-			     : cf_error(CF_E_DECRYPT, "sealed record failed authentication");
-out:
-	EVP_CIPHER_CTX_free(c);
-	cf_buf_free(aad);
+	pthread_mutex_lock(mu);
+	ok = EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, enc) == 1 &&
+	     EVP_CipherUpdate(c, NULL, &n, aad, (int)alen) == 1 &&
+	     (inlen == 0 || EVP_CipherUpdate(c, out, &n, in, (int)inlen) == 1) &&
+	     (enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, CF_SESSION_TAG_LEN, tag) == 1) &&
+	     EVP_CipherFinal_ex(c, out + inlen, &n) == 1 &&
+	     (!enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, CF_SESSION_TAG_LEN, tag) == 1);
+	pthread_mutex_unlock(mu);
 	OPENSSL_cleanse(nonce, sizeof(nonce));
-	return r;
+	if (ok)
+		return CF_OK;
+	return enc ? cf_error(CF_E_INTERNAL, "AES-GCM encryption failed")
+		   : cf_error(CF_E_DECRYPT, "sealed record failed authentication");
 }
 
 int
