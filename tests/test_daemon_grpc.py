@@ -4,7 +4,13 @@
 Interop: every key type created over the admin socket and used over the
 service socket; signatures checked with python3-cryptography on the public
 key from GetPublicKey, MACs with Python's hmac on an imported secret, wrap
-blobs decrypted with AES-GCM on an imported key. Bad input: each failure has
+blobs decrypted with AES-GCM on an imported key. Calls that carry secrets
+(Wrap, Unwrap, GenerateDataKey with include_plaintext, AdminService/ImportKey)
+are refused unsealed, so they go through SessionService/Call in a sealed
+session (tests/coffer_session.py via daemon_fixture.SealedStub), pinned to the
+identity the fixture fetched at the first start; an inner error is raised as
+SealedRpcError with the inner status, so the assertions read as before (the
+sealed channel itself is tested in test_session_grpc.py). Bad input: each failure has
 its own test and the status code the contract in coffer.proto names.
 Lifecycle: SIGTERM with calls in flight, a second daemon on the same
 sockets, restart on the same state, start-up reconciliation.
@@ -36,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import utils as asym_utils  # noq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from daemon_fixture import (INIT_TOKEN, PYTHON, SRC_DIR, CofferDaemon,  # noqa: E402
-                            health_check, stubs)
+                            SealedStub, health_check, stubs)
 
 S = stubs()
 pb = S.pb
@@ -83,7 +89,8 @@ class CofferTestCase(unittest.TestCase):
     maxDiff = None
 
     def assertCode(self, code, fn, *args, details=None, **kw):
-        """fn(*args) must fail with `code` (and details containing `details`)."""
+        """fn(*args) must fail with `code` (and details containing `details`);
+        for a SealedStub method, the inner status of the sealed call."""
         kw.setdefault("timeout", TIMEOUT)
         with self.assertRaises(grpc.RpcError) as cm:
             fn(*args, **kw)
@@ -149,6 +156,8 @@ class InteropTests(CofferTestCase):
         cls.d = _shared
         cls.admin = cls.d.admin_stub()
         cls.svc = cls.d.service_stub()
+        cls.ssvc = cls.d.sealed_stub("service")   # Wrap, Unwrap, GenerateDataKey plaintext
+        cls.sadmin = cls.d.sealed_stub("admin")   # ImportKey
         cls.created = {}
         for name, spec in list(ASYM.items()) + list(SYM.items()):
             cls.created[name] = cls.admin.CreateKey(
@@ -264,8 +273,8 @@ class InteropTests(CofferTestCase):
                              ("imp-hmac-512", pb.HMAC_SHA512, hashlib.sha512)):
             with self.subTest(key=name):
                 mat = secret if typ == pb.HMAC_SHA256 else secret + secret
-                k = self.admin.ImportKey(pb.ImportKeyRequest(name=name, type=typ, material=mat),
-                                         timeout=TIMEOUT)
+                k = self.sadmin.ImportKey(pb.ImportKeyRequest(name=name, type=typ, material=mat),
+                                          timeout=TIMEOUT)
                 self.assertEqual((k.purpose, k.primary_version), (pb.MAC, 1))
                 for data in (b"", b"abc", os.urandom(5000)):
                     r = self.svc.Mac(pb.MacRequest(key=name, data=data), timeout=TIMEOUT)
@@ -274,67 +283,67 @@ class InteropTests(CofferTestCase):
     def test_wrap_unwrap_with_context(self):
         pt = os.urandom(1000)
         ctx = {"tenant": "acme", "purpose": "db-password", "ünï": "cödé"}
-        w = self.svc.Wrap(pb.WrapRequest(key="aes-256", plaintext=pt, context=ctx),
-                          timeout=TIMEOUT)
+        w = self.ssvc.Wrap(pb.WrapRequest(key="aes-256", plaintext=pt, context=ctx),
+                           timeout=TIMEOUT)
         self.assertEqual(w.version, 1)
         blob = w.ciphertext
         self.assertEqual(len(blob), 1 + 4 + 12 + len(pt) + 16)
         self.assertEqual(blob[:5], b"\x01\x00\x00\x00\x01")
         # The same context given in another order.
-        u = self.svc.Unwrap(pb.UnwrapRequest(key="aes-256", ciphertext=blob,
-                                             context=dict(reversed(list(ctx.items())))),
-                            timeout=TIMEOUT)
+        u = self.ssvc.Unwrap(pb.UnwrapRequest(key="aes-256", ciphertext=blob,
+                                              context=dict(reversed(list(ctx.items())))),
+                             timeout=TIMEOUT)
         self.assertEqual((u.plaintext, u.version), (pt, 1))
         # Two wraps of the same plaintext differ (fresh IV).
-        w2 = self.svc.Wrap(pb.WrapRequest(key="aes-256", plaintext=pt, context=ctx),
-                           timeout=TIMEOUT)
+        w2 = self.ssvc.Wrap(pb.WrapRequest(key="aes-256", plaintext=pt, context=ctx),
+                            timeout=TIMEOUT)
         self.assertNotEqual(w2.ciphertext, blob)
         # Empty plaintext and empty context work too.
-        e = self.svc.Wrap(pb.WrapRequest(key="aes-256", plaintext=b""), timeout=TIMEOUT)
-        self.assertEqual(self.svc.Unwrap(pb.UnwrapRequest(key="aes-256", ciphertext=e.ciphertext),
-                                         timeout=TIMEOUT).plaintext, b"")
+        e = self.ssvc.Wrap(pb.WrapRequest(key="aes-256", plaintext=b""), timeout=TIMEOUT)
+        self.assertEqual(self.ssvc.Unwrap(pb.UnwrapRequest(key="aes-256", ciphertext=e.ciphertext),
+                                          timeout=TIMEOUT).plaintext, b"")
 
     def test_unwrap_with_wrong_context_fails(self):
         ctx = {"tenant": "acme", "purpose": "db-password"}
-        blob = self.svc.Wrap(pb.WrapRequest(key="aes-256", plaintext=b"secret", context=ctx),
-                             timeout=TIMEOUT).ciphertext
+        blob = self.ssvc.Wrap(pb.WrapRequest(key="aes-256", plaintext=b"secret", context=ctx),
+                              timeout=TIMEOUT).ciphertext
         for wrong in ({"tenant": "acme", "purpose": "other"}, {"tenant": "acme"}, {},
                       dict(ctx, extra="1"), {"tenant": "acme", "purpose ": "db-password"}):
             with self.subTest(context=wrong):
-                self.assertCode(SC.INVALID_ARGUMENT, self.svc.Unwrap,
+                self.assertCode(SC.INVALID_ARGUMENT, self.ssvc.Unwrap,
                                 pb.UnwrapRequest(key="aes-256", ciphertext=blob, context=wrong))
 
     def test_unwrap_tampered_or_foreign_blob_fails(self):
-        blob = self.svc.Wrap(pb.WrapRequest(key="aes-256", plaintext=b"secret"),
-                             timeout=TIMEOUT).ciphertext
+        blob = self.ssvc.Wrap(pb.WrapRequest(key="aes-256", plaintext=b"secret"),
+                              timeout=TIMEOUT).ciphertext
         for i in (0 + 20, len(blob) - 1):   # ciphertext body, tag
             bad = bytearray(blob)
             bad[i] ^= 0x01
             with self.subTest(byte=i):
-                self.assertCode(SC.INVALID_ARGUMENT, self.svc.Unwrap,
+                self.assertCode(SC.INVALID_ARGUMENT, self.ssvc.Unwrap,
                                 pb.UnwrapRequest(key="aes-256", ciphertext=bytes(bad)))
-        self.assertCode(SC.INVALID_ARGUMENT, self.svc.Unwrap,
+        self.assertCode(SC.INVALID_ARGUMENT, self.ssvc.Unwrap,
                         pb.UnwrapRequest(key="aes-256", ciphertext=b"\x02" + blob[1:]))
-        self.assertCode(SC.INVALID_ARGUMENT, self.svc.Unwrap,
+        self.assertCode(SC.INVALID_ARGUMENT, self.ssvc.Unwrap,
                         pb.UnwrapRequest(key="aes-256", ciphertext=blob[:20]))
         # A version the key does not have.
-        self.assertCode(SC.NOT_FOUND, self.svc.Unwrap,
+        self.assertCode(SC.NOT_FOUND, self.ssvc.Unwrap,
                         pb.UnwrapRequest(key="aes-256", ciphertext=blob[:1] +
                                          b"\x00\x00\x00\x09" + blob[5:]))
         # Bound to the key name: another AES key cannot open it.
         self.admin.CreateKey(pb.CreateKeyRequest(name="aes-other", type=pb.AES_256),
                              timeout=TIMEOUT)
-        self.assertCode(SC.INVALID_ARGUMENT, self.svc.Unwrap,
+        self.assertCode(SC.INVALID_ARGUMENT, self.ssvc.Unwrap,
                         pb.UnwrapRequest(key="aes-other", ciphertext=blob))
 
     def test_wrap_blob_decrypts_with_aesgcm(self):
         """The blob layout and AAD (daemon/envelope.c) with an imported key."""
         key = os.urandom(32)
-        self.admin.ImportKey(pb.ImportKeyRequest(name="imp-aes", type=pb.AES_256, material=key),
-                             timeout=TIMEOUT)
+        self.sadmin.ImportKey(pb.ImportKeyRequest(name="imp-aes", type=pb.AES_256, material=key),
+                              timeout=TIMEOUT)
         pt, ctx = b"envelope plaintext", {"b": "2", "a": "1"}
-        blob = self.svc.Wrap(pb.WrapRequest(key="imp-aes", plaintext=pt, context=ctx),
-                             timeout=TIMEOUT).ciphertext
+        blob = self.ssvc.Wrap(pb.WrapRequest(key="imp-aes", plaintext=pt, context=ctx),
+                              timeout=TIMEOUT).ciphertext
         version = struct.unpack(">I", blob[1:5])[0]
         self.assertEqual((blob[0], version), (1, 1))
         got = AESGCM(key).decrypt(blob[5:17], blob[17:], envelope_aad("imp-aes", 1, ctx))
@@ -343,38 +352,38 @@ class InteropTests(CofferTestCase):
         iv = os.urandom(12)
         mine = b"\x01" + struct.pack(">I", 1) + iv + AESGCM(key).encrypt(
             iv, b"made by python", envelope_aad("imp-aes", 1, ctx))
-        u = self.svc.Unwrap(pb.UnwrapRequest(key="imp-aes", ciphertext=mine, context=ctx),
-                            timeout=TIMEOUT)
+        u = self.ssvc.Unwrap(pb.UnwrapRequest(key="imp-aes", ciphertext=mine, context=ctx),
+                             timeout=TIMEOUT)
         self.assertEqual(u.plaintext, b"made by python")
 
     def test_generate_data_key(self):
         ctx = {"file": "backup-1"}
-        g = self.svc.GenerateDataKey(pb.GenerateDataKeyRequest(key="aes-256", context=ctx,
-                                                               include_plaintext=True),
-                                     timeout=TIMEOUT)
-        self.assertEqual((len(g.plaintext), g.version), (32, 1))
-        u = self.svc.Unwrap(pb.UnwrapRequest(key="aes-256", ciphertext=g.ciphertext, context=ctx),
-                            timeout=TIMEOUT)
-        self.assertEqual(u.plaintext, g.plaintext)
-        g2 = self.svc.GenerateDataKey(pb.GenerateDataKeyRequest(key="aes-256", length=16,
+        g = self.ssvc.GenerateDataKey(pb.GenerateDataKeyRequest(key="aes-256", context=ctx,
                                                                 include_plaintext=True),
                                       timeout=TIMEOUT)
+        self.assertEqual((len(g.plaintext), g.version), (32, 1))
+        u = self.ssvc.Unwrap(pb.UnwrapRequest(key="aes-256", ciphertext=g.ciphertext, context=ctx),
+                             timeout=TIMEOUT)
+        self.assertEqual(u.plaintext, g.plaintext)
+        g2 = self.ssvc.GenerateDataKey(pb.GenerateDataKeyRequest(key="aes-256", length=16,
+                                                                 include_plaintext=True),
+                                       timeout=TIMEOUT)
         self.assertEqual(len(g2.plaintext), 16)
         self.assertNotEqual(g2.plaintext, g.plaintext[:16])
         g3 = self.svc.GenerateDataKey(pb.GenerateDataKeyRequest(key="aes-256", length=24),
                                       timeout=TIMEOUT)
         self.assertEqual(g3.plaintext, b"")
-        self.assertEqual(len(self.svc.Unwrap(pb.UnwrapRequest(key="aes-256",
-                                                              ciphertext=g3.ciphertext),
-                                             timeout=TIMEOUT).plaintext), 24)
+        self.assertEqual(len(self.ssvc.Unwrap(pb.UnwrapRequest(key="aes-256",
+                                                               ciphertext=g3.ciphertext),
+                                              timeout=TIMEOUT).plaintext), 24)
         self.assertCode(SC.INVALID_ARGUMENT, self.svc.GenerateDataKey,
                         pb.GenerateDataKeyRequest(key="aes-256", length=17))
 
     def test_rotation_wrap_rewrap(self):
         self.admin.CreateKey(pb.CreateKeyRequest(name="rot-aes", type=pb.AES_256), timeout=TIMEOUT)
         pt, ctx = os.urandom(64), {"k": "v"}
-        old = self.svc.Wrap(pb.WrapRequest(key="rot-aes", plaintext=pt, context=ctx),
-                            timeout=TIMEOUT)
+        old = self.ssvc.Wrap(pb.WrapRequest(key="rot-aes", plaintext=pt, context=ctx),
+                             timeout=TIMEOUT)
         self.assertEqual(old.version, 1)
         k = self.admin.RotateKey(pb.RotateKeyRequest(name="rot-aes"), timeout=TIMEOUT)
         self.assertEqual(k.primary_version, 2)
@@ -384,18 +393,18 @@ class InteropTests(CofferTestCase):
                                               context=ctx), timeout=TIMEOUT)
         self.assertEqual((rw.version, rw.previous_version), (2, 1))
         self.assertEqual(rw.ciphertext[:5], b"\x01\x00\x00\x00\x02")
-        u = self.svc.Unwrap(pb.UnwrapRequest(key="rot-aes", ciphertext=rw.ciphertext, context=ctx),
-                            timeout=TIMEOUT)
+        u = self.ssvc.Unwrap(pb.UnwrapRequest(key="rot-aes", ciphertext=rw.ciphertext, context=ctx),
+                             timeout=TIMEOUT)
         self.assertEqual((u.plaintext, u.version), (pt, 2))
         # The old blob still opens, under version 1.
-        u = self.svc.Unwrap(pb.UnwrapRequest(key="rot-aes", ciphertext=old.ciphertext,
-                                             context=ctx), timeout=TIMEOUT)
+        u = self.ssvc.Unwrap(pb.UnwrapRequest(key="rot-aes", ciphertext=old.ciphertext,
+                                              context=ctx), timeout=TIMEOUT)
         self.assertEqual((u.plaintext, u.version), (pt, 1))
         # Rewrap needs the right context too.
         self.assertCode(SC.INVALID_ARGUMENT, self.svc.Rewrap,
                         pb.RewrapRequest(key="rot-aes", ciphertext=old.ciphertext))
-        self.assertEqual(self.svc.Wrap(pb.WrapRequest(key="rot-aes", plaintext=b"x"),
-                                       timeout=TIMEOUT).version, 2)
+        self.assertEqual(self.ssvc.Wrap(pb.WrapRequest(key="rot-aes", plaintext=b"x"),
+                                        timeout=TIMEOUT).version, 2)
         g = self.svc.GenerateDataKey(pb.GenerateDataKeyRequest(key="rot-aes"), timeout=TIMEOUT)
         self.assertEqual(g.version, 2)
 
@@ -454,6 +463,8 @@ class BadInputTests(CofferTestCase):
         cls.d = _shared
         cls.admin = cls.d.admin_stub()
         cls.svc = cls.d.service_stub()
+        cls.ssvc = cls.d.sealed_stub("service")
+        cls.sadmin = cls.d.sealed_stub("admin")
         cls.svc_ch = cls.d.channel("service")
         cls.admin_ch = cls.d.channel("admin")
         for name, typ in (("bad-hmac", pb.HMAC_SHA256), ("bad-ec", pb.EC_P256),
@@ -504,25 +515,25 @@ class BadInputTests(CofferTestCase):
         self.svc.Mac(pb.MacRequest(key="bad-hmac", data=big[:-1]), timeout=TIMEOUT)
 
     def test_wrap_plaintext_above_limit(self):
-        self.assertCode(SC.RESOURCE_EXHAUSTED, self.svc.Wrap,
+        self.assertCode(SC.RESOURCE_EXHAUSTED, self.ssvc.Wrap,
                         pb.WrapRequest(key="bad-aes", plaintext=b"\0" * (MAX_WRAP + 1)),
                         details=str(MAX_WRAP))
-        self.svc.Wrap(pb.WrapRequest(key="bad-aes", plaintext=b"\0" * MAX_WRAP), timeout=TIMEOUT)
+        self.ssvc.Wrap(pb.WrapRequest(key="bad-aes", plaintext=b"\0" * MAX_WRAP), timeout=TIMEOUT)
 
     def test_context_above_limits(self):
         many = {"k%02d" % i: "v" for i in range(17)}
-        self.assertCode(SC.RESOURCE_EXHAUSTED, self.svc.Wrap,
+        self.assertCode(SC.RESOURCE_EXHAUSTED, self.ssvc.Wrap,
                         pb.WrapRequest(key="bad-aes", plaintext=b"x", context=many),
                         details="16")
-        self.assertCode(SC.RESOURCE_EXHAUSTED, self.svc.Wrap,
+        self.assertCode(SC.RESOURCE_EXHAUSTED, self.ssvc.Wrap,
                         pb.WrapRequest(key="bad-aes", plaintext=b"x", context={"k" * 129: "v"}),
                         details="128")
-        self.assertCode(SC.RESOURCE_EXHAUSTED, self.svc.Wrap,
+        self.assertCode(SC.RESOURCE_EXHAUSTED, self.ssvc.Wrap,
                         pb.WrapRequest(key="bad-aes", plaintext=b"x", context={"k": "v" * 1025}),
                         details="1024")
-        self.svc.Wrap(pb.WrapRequest(key="bad-aes", plaintext=b"x",
-                                     context={"k%02d" % i: "v" * 1024 for i in range(16)}),
-                      timeout=TIMEOUT)
+        self.ssvc.Wrap(pb.WrapRequest(key="bad-aes", plaintext=b"x",
+                                      context={"k%02d" % i: "v" * 1024 for i in range(16)}),
+                       timeout=TIMEOUT)
 
     def test_unknown_key(self):
         self.assertCode(SC.NOT_FOUND, self.svc.Sign,
@@ -536,16 +547,25 @@ class BadInputTests(CofferTestCase):
                                                                     message=b"x"))
 
     def test_wrong_purpose(self):
+        # The messages name the purpose, so that a sealed call's FAILED_PRECONDITION
+        # cannot be the "must be sealed" refusal instead.
         self.assertCode(SC.FAILED_PRECONDITION, self.svc.Sign,
-                        pb.SignRequest(key="bad-hmac", message=b"x"))
-        self.assertCode(SC.FAILED_PRECONDITION, self.svc.Wrap,
-                        pb.WrapRequest(key="bad-ec", plaintext=b"x"))
+                        pb.SignRequest(key="bad-hmac", message=b"x"), details="needs a sign key")
+        self.assertCode(SC.FAILED_PRECONDITION, self.ssvc.Wrap,
+                        pb.WrapRequest(key="bad-ec", plaintext=b"x"), details="needs a wrap key")
+        self.assertCode(SC.FAILED_PRECONDITION, self.ssvc.Unwrap,
+                        pb.UnwrapRequest(key="bad-hmac",
+                                         ciphertext=b"\x01\0\0\0\x01" + b"\0" * 40),
+                        details="needs a wrap key")
         self.assertCode(SC.FAILED_PRECONDITION, self.svc.Mac,
-                        pb.MacRequest(key="bad-aes", data=b"x"))
+                        pb.MacRequest(key="bad-aes", data=b"x"), details="needs a mac key")
         self.assertCode(SC.FAILED_PRECONDITION, self.svc.GetPublicKey,
                         pb.GetPublicKeyRequest(key="bad-hmac"))
         self.assertCode(SC.FAILED_PRECONDITION, self.svc.GenerateDataKey,
-                        pb.GenerateDataKeyRequest(key="bad-hmac"))
+                        pb.GenerateDataKeyRequest(key="bad-hmac"), details="needs a wrap key")
+        self.assertCode(SC.FAILED_PRECONDITION, self.ssvc.GenerateDataKey,
+                        pb.GenerateDataKeyRequest(key="bad-ec", include_plaintext=True),
+                        details="needs a wrap key")
 
     def test_admin_methods_not_on_service_socket(self):
         on_service = S.pb_grpc.AdminServiceStub(self.svc_ch)
@@ -556,7 +576,22 @@ class BadInputTests(CofferTestCase):
                         pb.ImportKeyRequest(name="via-service", type=pb.AES_256,
                                             material=b"\0" * 32))
         self.assertCode(SC.UNIMPLEMENTED, on_service.GetKey, pb.GetKeyRequest(name="bad-ec"))
+        # Sealing does not open a way around the socket split: sealed on the
+        # service socket, the admin methods are still not served (inner status).
+        sealed = SealedStub(self.svc_ch, "AdminService", self.d.identity)
+        self.addCleanup(sealed.close)
+        self.assertCode(SC.UNIMPLEMENTED, sealed.ImportKey,
+                        pb.ImportKeyRequest(name="via-service", type=pb.AES_256,
+                                            material=b"\0" * 32),
+                        details="not served on the service socket")
+        self.assertCode(SC.UNIMPLEMENTED, sealed.CreateKey,
+                        pb.CreateKeyRequest(name="via-service", type=pb.EC_P256),
+                        details="not served on the service socket")
+        self.assertCode(SC.UNIMPLEMENTED, sealed.RotateKey, pb.RotateKeyRequest(name="bad-ec"))
+        self.assertEqual(sealed.sessions_opened, 1)   # inner errors keep the session
         self.assertCode(SC.NOT_FOUND, self.svc.GetKey, pb.GetKeyRequest(name="via-service"))
+        self.assertEqual(self.svc.GetKey(pb.GetKeyRequest(name="bad-ec"),
+                                         timeout=TIMEOUT).primary_version, 1)
 
     def test_key_service_not_on_admin_socket(self):
         on_admin = S.pb_grpc.KeyServiceStub(self.admin_ch)
@@ -564,6 +599,16 @@ class BadInputTests(CofferTestCase):
         self.assertCode(SC.UNIMPLEMENTED, on_admin.Wrap,
                         pb.WrapRequest(key="bad-aes", plaintext=b"x"))
         self.assertCode(SC.UNIMPLEMENTED, on_admin.GetKey, pb.GetKeyRequest(name="bad-ec"))
+        sealed = SealedStub(self.admin_ch, "KeyService", self.d.identity)
+        self.addCleanup(sealed.close)
+        for fn, req in ((sealed.Wrap, pb.WrapRequest(key="bad-aes", plaintext=b"x")),
+                        (sealed.Unwrap, pb.UnwrapRequest(key="bad-aes", ciphertext=b"\x01")),
+                        (sealed.GenerateDataKey,
+                         pb.GenerateDataKeyRequest(key="bad-aes", include_plaintext=True)),
+                        (sealed.Sign, pb.SignRequest(key="bad-ec", message=b"x"))):
+            with self.subTest(method=fn.args[0]):
+                self.assertCode(SC.UNIMPLEMENTED, fn, req,
+                                details="not served on the admin socket")
 
     def test_invalid_arguments(self):
         cases = [
@@ -579,15 +624,15 @@ class BadInputTests(CofferTestCase):
             (self.svc.Sign, pb.SignRequest(key="bad-ec", message=b"x", scheme=99)),
             (self.svc.Verify, pb.VerifyRequest(key="bad-ec", message=b"x", signature=b"s")),
             (self.svc.VerifyMac, pb.VerifyMacRequest(key="bad-hmac", data=b"x", mac=b"m")),
-            (self.svc.Unwrap, pb.UnwrapRequest(key="bad-aes", ciphertext=b"")),
+            (self.ssvc.Unwrap, pb.UnwrapRequest(key="bad-aes", ciphertext=b"")),
             (self.admin.CreateKey, pb.CreateKeyRequest(name="no-type")),
             (self.admin.CreateKey, pb.CreateKeyRequest(name="bad-type", type=77)),
             (self.admin.CreateKey, pb.CreateKeyRequest(name="exp-ec", type=pb.EC_P256,
                                                        exportable=True)),
-            (self.admin.ImportKey, pb.ImportKeyRequest(name="short", type=pb.HMAC_SHA256,
-                                                       material=b"\0" * 16)),
-            (self.admin.ImportKey, pb.ImportKeyRequest(name="imp-ec", type=pb.EC_P256,
-                                                       material=b"\0" * 32)),
+            (self.sadmin.ImportKey, pb.ImportKeyRequest(name="short", type=pb.HMAC_SHA256,
+                                                        material=b"\0" * 16)),
+            (self.sadmin.ImportKey, pb.ImportKeyRequest(name="imp-ec", type=pb.EC_P256,
+                                                        material=b"\0" * 32)),
             (self.admin.ListKeys, pb.ListKeysRequest(page_size=1001)),
         ]
         for fn, req in cases:
@@ -597,7 +642,7 @@ class BadInputTests(CofferTestCase):
     def test_create_existing_key(self):
         self.assertCode(SC.ALREADY_EXISTS, self.admin.CreateKey,
                         pb.CreateKeyRequest(name="bad-ec", type=pb.EC_P256))
-        self.assertCode(SC.ALREADY_EXISTS, self.admin.ImportKey,
+        self.assertCode(SC.ALREADY_EXISTS, self.sadmin.ImportKey,
                         pb.ImportKeyRequest(name="bad-aes", type=pb.AES_256, material=b"\0" * 32))
 
     def test_health(self):
@@ -769,33 +814,43 @@ class LifecycleTests(CofferTestCase):
     def test_restart_keeps_keys_and_versions(self):
         d = self.new_daemon()
         admin, svc = d.admin_stub(), d.service_stub()
+        sadmin, ssvc = d.sealed_stub("admin"), d.sealed_stub("service")
         types = {"r-ec": pb.EC_P256, "r-p384": pb.EC_P384, "r-ed": pb.ED25519,
                  "r-rsa": pb.RSA_2048, "r-mac": pb.HMAC_SHA512, "r-aes": pb.AES_256}
         for name, t in types.items():
             admin.CreateKey(pb.CreateKeyRequest(name=name, type=t), timeout=60)
-        admin.ImportKey(pb.ImportKeyRequest(name="r-exp", type=pb.AES_256, material=os.urandom(32),
-                                            exportable=True), timeout=TIMEOUT)
+        sadmin.ImportKey(pb.ImportKeyRequest(name="r-exp", type=pb.AES_256,
+                                             material=os.urandom(32), exportable=True),
+                         timeout=TIMEOUT)
         msg = b"before restart"
         sigs = {n: [svc.Sign(pb.SignRequest(key=n, message=msg), timeout=TIMEOUT)]
                 for n in ("r-ec", "r-p384", "r-ed", "r-rsa")}
         pubs = {n: [public_key(svc, n)[1]] for n in sigs}
         macs = [svc.Mac(pb.MacRequest(key="r-mac", data=msg), timeout=TIMEOUT)]
-        blobs = [svc.Wrap(pb.WrapRequest(key="r-aes", plaintext=msg, context={"c": "1"}),
-                          timeout=TIMEOUT)]
+        blobs = [ssvc.Wrap(pb.WrapRequest(key="r-aes", plaintext=msg, context={"c": "1"}),
+                           timeout=TIMEOUT)]
         for name in ("r-ec", "r-ed", "r-mac", "r-aes"):
             admin.RotateKey(pb.RotateKeyRequest(name=name), timeout=TIMEOUT)
         for n in ("r-ec", "r-ed"):
             sigs[n].append(svc.Sign(pb.SignRequest(key=n, message=msg), timeout=TIMEOUT))
             pubs[n].append(public_key(svc, n)[1])
         macs.append(svc.Mac(pb.MacRequest(key="r-mac", data=msg), timeout=TIMEOUT))
-        blobs.append(svc.Wrap(pb.WrapRequest(key="r-aes", plaintext=msg, context={"c": "1"}),
-                              timeout=TIMEOUT))
+        blobs.append(ssvc.Wrap(pb.WrapRequest(key="r-aes", plaintext=msg, context={"c": "1"}),
+                               timeout=TIMEOUT))
         before = svc.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
         self.assertEqual(len(before.keys), 7)
 
+        old_session = ssvc.session
         d.restart()
         self.assertNotIn("reconcile", d.log(all_starts=False))
+        # The identity key lives in the token: the key pinned at the first
+        # start is still the daemon's. Sessions do not survive a restart.
+        self.assertEqual(d.fetch_identity(), d.identity)
+        old_session.stub = S.pb_grpc.SessionServiceStub(d.channel("service"))
+        self.assertCode(SC.UNAUTHENTICATED, old_session.call, "/coffer.v1.KeyService/ListKeys",
+                        pb.ListKeysRequest().SerializeToString(), details="unknown or ended")
         admin, svc = d.admin_stub(), d.service_stub()
+        ssvc = d.sealed_stub("service")
         after = svc.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
         self.assertEqual(after, before)
         self.assertEqual(admin.GetKey(pb.GetKeyRequest(name="r-ec"),
@@ -819,8 +874,8 @@ class LifecycleTests(CofferTestCase):
                                                               data=msg, mac=m.mac),
                                           timeout=TIMEOUT).valid)
         for b in blobs:
-            u = svc.Unwrap(pb.UnwrapRequest(key="r-aes", ciphertext=b.ciphertext,
-                                            context={"c": "1"}), timeout=TIMEOUT)
+            u = ssvc.Unwrap(pb.UnwrapRequest(key="r-aes", ciphertext=b.ciphertext,
+                                             context={"c": "1"}), timeout=TIMEOUT)
             self.assertEqual((u.plaintext, u.version), (msg, b.version))
         self.assertEqual(svc.Mac(pb.MacRequest(key="r-mac", data=msg), timeout=TIMEOUT).version, 2)
         # A restarted daemon keeps creating and rotating.
