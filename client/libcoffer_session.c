@@ -26,14 +26,14 @@
 
 #define SS "/coffer.v1.SessionService/"
 #define POOL_IDLE_MAX 16       /* idle sessions kept; more are dropped */
-#define RENEW_MARGIN_S 30      /* replace a session this long before it expires */
+#define RENEW_MARGIN_MS 30000  /* replace a session this long before it expires */
 
 struct lc_session {
 	cf_session_keys *keys;
 	uint8_t id[CF_SESSION_ID_LEN];
 	uint64_t seq;              /* of the next call */
 	uint64_t max_records, max_bytes, bytes;
-	int64_t expires;           /* monotonic seconds */
+	int64_t expires;           /* monotonic milliseconds */
 	struct lc_session *next;
 };
 
@@ -215,7 +215,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 	memcpy(s->id, h.session_id, CF_SESSION_ID_LEN);
 	s->max_records = h.max_records;
 	s->max_bytes = h.max_bytes;
-	s->expires = cf_session_now() + (int64_t)h.lifetime;
+	s->expires = cf_session_now() + (int64_t)h.lifetime * 1000;
 	*out = s;
 	s = NULL;
 out:
@@ -243,7 +243,7 @@ lc_sessions_handshake_once(coffer_client *c, struct lc_sessions *p)
 static int
 usable(const struct lc_session *s, size_t len, int64_t now)
 {
-	int64_t margin = RENEW_MARGIN_S;
+	int64_t margin = RENEW_MARGIN_MS;
 
 	if (s->expires - now < 2 * margin)
 		margin = (s->expires - now) / 4;

@@ -21,7 +21,7 @@ struct session {
 	cf_session_keys *keys;
 	uint64_t next_seq;           /* the next caller record */
 	uint64_t recs_in, recs_out, bytes_in, bytes_out;
-	int64_t expires, last_used;  /* monotonic seconds */
+	int64_t expires, last_used;  /* monotonic milliseconds */
 	int ended;
 	unsigned refs;               /* the table's own reference + calls in flight */
 	struct session *next;        /* hash chain */
@@ -175,8 +175,8 @@ static int
 spent_locked(const session_mgr *sm, const struct session *s, int64_t now)
 {
 	return now >= s->expires || s->recs_in >= sm->cfg.max_records ||
-	       s->recs_out >= sm->cfg.max_records || s->bytes_in >= sm->cfg.max_bytes ||
-	       s->bytes_out >= sm->cfg.max_bytes;
+	       s->recs_out >= sm->cfg.max_records || s->bytes_in > sm->cfg.max_bytes ||
+	       s->bytes_out > sm->cfg.max_bytes;
 }
 
 static unsigned
@@ -333,7 +333,7 @@ session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello
 	s->uid = uid;
 	s->gid = gid;
 	now = cf_session_now();
-	s->expires = now + (int64_t)sm->cfg.lifetime;
+	s->expires = now + (int64_t)sm->cfg.lifetime * 1000;
 	s->last_used = now;
 	s->refs = 1;
 	pthread_mutex_lock(&sm->mu);

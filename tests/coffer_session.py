@@ -329,7 +329,16 @@ class Handshake:
         elif not hmac.compare_digest(fingerprint(ident), self.pin):
             raise SessionError("pinned_key", "identity key fingerprint %s is not the pinned %s"
                                % (fingerprint(ident), self.pin))
-        # 2. signature over the signed message
+        # 2. field sizes and non-zero limits, before anything is built from them
+        for name, want in (("session_id", SESSION_ID_LEN),
+                           ("server_ephemeral", EPHEMERAL_LEN),
+                           ("server_random", RANDOM_LEN)):
+            got = len(bytes(getattr(resp, name)))
+            if got != want:
+                raise SessionError("sizes", "%s is %d bytes, not %d" % (name, got, want))
+        if resp.lifetime_seconds == 0 or resp.max_records == 0:
+            raise SessionError("sizes", "lifetime_seconds and max_records must not be zero")
+        # 3. signature over the signed message
         fields = {
             "version": self.version,
             "client_ephemeral": self.client_ephemeral,
@@ -353,13 +362,7 @@ class Handshake:
             raise SessionError("signature", "no transcript can be built (%s)" % e)
         th = transcript_hash(t)
         verify_signature(ident, bytes(resp.signature), signed_message(th))
-        # 3. sizes, then the shared secret
-        for name, want in (("session_id", SESSION_ID_LEN),
-                           ("server_ephemeral", EPHEMERAL_LEN),
-                           ("server_random", RANDOM_LEN)):
-            if len(fields[name]) != want:
-                raise SessionError("sizes", "%s is %d bytes, not %d"
-                                   % (name, len(fields[name]), want))
+        # 4. the shared secret
         private, self._private = self._private, None   # forget it (forward secrecy)
         shared = x25519_shared(private, fields["server_ephemeral"])
         keys = derive_keys(shared, th)

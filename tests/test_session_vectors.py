@@ -435,7 +435,7 @@ class HandshakeChecks(VectorCase):
                      "pinned_key")
 
     def test_check_order(self):
-        """Handshake step 3: pinned key, then signature, then sizes, then
+        """Handshake step 3: pinned key, then sizes, then signature, then
         the shared secret."""
         pb, key = self.pb, self.key
         pin = spki(key)
@@ -496,7 +496,7 @@ class HandshakeChecks(VectorCase):
             h = hs()
             self.refused("%s of %d bytes, bad signature" % (name, len(value)), h,
                          signed_response(pb, h, key, sign={"caller_gid": 7}, **{name: value}),
-                         "signature")
+                         "sizes")
         # Low-order X25519 points: the shared secret is all zero.
         for name, point in (("zero point", bytes(32)),
                             ("point 1", (1).to_bytes(32, "little"))):

@@ -50,7 +50,7 @@ struct cf_session_hello {
 	uint64_t max_records, max_bytes;
 };
 
-/* Monotonic seconds, the clock of session lifetimes on both sides. */
+/* Monotonic milliseconds, the clock of session lifetimes on both sides. */
 int64_t cf_session_now(void);
 
 /* ---- ephemeral X25519 ---- */
