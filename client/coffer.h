@@ -403,6 +403,80 @@ COFFER_API int coffer_import_key(coffer_client *c, const char *name, enum coffer
 /* Generate a new version and make it primary. */
 COFFER_API int coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **out);
 
+/* ---- principals (AdminService, admin socket) ----
+ * Callers of the service socket are principals: the uids/gids they connect
+ * as, grants (key-name glob x operations) and rate limits. Deny by default:
+ * see coffer.proto. */
+
+enum coffer_operation {
+	COFFER_OP_ALL = 0,              /* in a rate limit: every operation together */
+	COFFER_OP_SIGN = 1,
+	COFFER_OP_VERIFY = 2,
+	COFFER_OP_MAC = 3,
+	COFFER_OP_VERIFY_MAC = 4,
+	COFFER_OP_WRAP = 5,
+	COFFER_OP_UNWRAP = 6,
+	COFFER_OP_REWRAP = 7,
+	COFFER_OP_GENERATE_DATA_KEY = 8,
+	COFFER_OP_GET_PUBLIC_KEY = 9,   /* also key metadata */
+};
+#define COFFER_OP_BIT(op) (1u << (op))
+#define COFFER_OPS_ALL 0x3feu
+
+struct coffer_grant {
+	char *key_pattern;              /* a key name or a glob with * and ? */
+	unsigned int operations;        /* COFFER_OP_BIT()s */
+};
+
+struct coffer_rate_limit {
+	enum coffer_operation operation;   /* COFFER_OP_ALL: all calls together */
+	double per_second;
+	uint32_t burst;
+};
+
+struct coffer_principal {
+	char *name;
+	uint32_t *uids;
+	size_t nuids;
+	uint32_t *gids;
+	size_t ngids;
+	struct coffer_grant *grants;
+	size_t ngrants;
+	struct coffer_rate_limit *limits;
+	size_t nlimits;
+	int64_t create_time;
+};
+
+struct coffer_principal_list {
+	struct coffer_principal *principals;   /* by name */
+	size_t n;
+};
+
+/* "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
+ * "generate-data-key", "get-public-key"; "all" for COFFER_OP_ALL. */
+COFFER_API const char *coffer_operation_name(enum coffer_operation op);
+COFFER_API int coffer_operation_parse(const char *name, enum coffer_operation *out);
+
+/* `out` may be NULL. COFFER_E_EXISTS: the name, or a uid/gid of another
+ * principal. */
+COFFER_API int coffer_principal_create(coffer_client *c, const char *name, const uint32_t *uids,
+    size_t nuids, const uint32_t *gids, size_t ngids, struct coffer_principal **out);
+COFFER_API int coffer_principal_get(coffer_client *c, const char *name,
+    struct coffer_principal **out);
+COFFER_API int coffer_principal_list(coffer_client *c, struct coffer_principal_list **out);
+/* Add `operations` to the grant for key_pattern. */
+COFFER_API int coffer_principal_grant(coffer_client *c, const char *name, const char *key_pattern,
+    unsigned int operations, struct coffer_principal **out);
+/* Remove `operations` (0: all) from the grant for key_pattern. */
+COFFER_API int coffer_principal_revoke(coffer_client *c, const char *name,
+    const char *key_pattern, unsigned int operations, struct coffer_principal **out);
+/* per_second 0 removes the limit. */
+COFFER_API int coffer_principal_set_limit(coffer_client *c, const char *name,
+    enum coffer_operation op, double per_second, uint32_t burst, struct coffer_principal **out);
+COFFER_API int coffer_principal_delete(coffer_client *c, const char *name);
+COFFER_API void coffer_principal_free(struct coffer_principal *p);           /* NULL ok */
+COFFER_API void coffer_principal_list_free(struct coffer_principal_list *l); /* NULL ok */
+
 /* ---- grpc.health.v1.Health/Check (both sockets) ----
  * service: NULL or "" for the daemon as a whole, "coffer.v1.KeyService" or
  * "coffer.v1.AdminService". Unknown names fail with COFFER_E_NOT_FOUND. */

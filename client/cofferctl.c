@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdint.h>
@@ -58,7 +60,7 @@ enum opt_id {
 	O_SOCKET, O_ADMIN_SOCKET, O_JSON, O_TIMEOUT, O_HELP, O_IDENTITY,
 	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
-	O_PLAINTEXT_OUT,
+	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST,
 	O__COUNT
 };
 
@@ -90,6 +92,12 @@ static const struct option all_options[O__COUNT] = {
 	[O_ADMIN] = { "admin", no_argument, NULL, OPT_BASE + O_ADMIN },
 	[O_SERVICE] = { "service", required_argument, NULL, OPT_BASE + O_SERVICE },
 	[O_LENGTH] = { "length", required_argument, NULL, OPT_BASE + O_LENGTH },
+	[O_UID] = { "uid", required_argument, NULL, OPT_BASE + O_UID },
+	[O_GID] = { "gid", required_argument, NULL, OPT_BASE + O_GID },
+	[O_KEY] = { "key", required_argument, NULL, OPT_BASE + O_KEY },
+	[O_OP] = { "op", required_argument, NULL, OPT_BASE + O_OP },
+	[O_RATE] = { "rate", required_argument, NULL, OPT_BASE + O_RATE },
+	[O_BURST] = { "burst", required_argument, NULL, OPT_BASE + O_BURST },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -104,6 +112,14 @@ struct opts {
 	int exportable, der, raw, prehashed, admin;
 	struct coffer_kv *ctx;  /* keys strdup()ed, values borrowed from argv */
 	size_t nctx;
+	uint32_t ids[2][64];    /* principal --uid, --gid */
+	size_t nids[2];
+	const char *key_pattern;
+	unsigned int ops;       /* --op: COFFER_OP_BIT()s; COFFER_OP_ALL sets have_op_all */
+	int have_op_all;
+	double rate;
+	uint32_t burst;
+	int have_rate;
 };
 
 struct cmd {
@@ -500,6 +516,28 @@ common_opt(struct ctl *ctl, int id, const char *arg)
 	}
 }
 
+/* --op LIST: names separated by commas, "all" for every operation. */
+static int
+parse_ops(const char *list, struct opts *o)
+{
+	char buf[256], *save = NULL, *tok;
+	enum coffer_operation op;
+
+	if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf))
+		return -1;
+	for (tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		if (coffer_operation_parse(tok, &op) != COFFER_OK)
+			return -1;
+		if (op == COFFER_OP_ALL) {
+			o->have_op_all = 1;
+			o->ops |= COFFER_OPS_ALL;
+		} else {
+			o->ops |= COFFER_OP_BIT(op);
+		}
+	}
+	return o->ops != 0 ? 0 : -1;
+}
+
 /*
  * Parse a command's options (GNU getopt_long, options and operands in any
  * order). EXIT_OK to go on, EXIT_HELP_DONE after --help, EXIT_USAGE.
@@ -573,6 +611,54 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 				goto out;
 			}
 			o->length = v;
+			break;
+		case O_UID:
+		case O_GID: {
+			size_t *nid = &o->nids[id == O_GID];
+			struct passwd *pw = id == O_UID ? getpwnam(arg) : NULL;
+			struct group *gr = id == O_GID ? getgrnam(arg) : NULL;
+
+			if (*nid == 64) {
+				usage_error("at most 64 --uid and 64 --gid", NULL);
+				goto out;
+			}
+			if (pw != NULL)
+				v = (uint32_t)pw->pw_uid;
+			else if (gr != NULL)
+				v = (uint32_t)gr->gr_gid;
+			else if (parse_u32(arg, 0, 0xfffffffeu, &v) != 0) {
+				bad_value(id == O_UID ? "--uid" : "--gid", arg,
+				    "not a user/group name or number");
+				goto out;
+			}
+			o->ids[id == O_GID][(*nid)++] = v;
+			break;
+		}
+		case O_KEY: o->key_pattern = arg; break;
+		case O_OP:
+			if (parse_ops(arg, o) != 0) {
+				bad_value("--op", arg, "want a comma-separated list of sign, verify, "
+				    "mac, verify-mac, wrap, unwrap, rewrap, generate-data-key, "
+				    "get-public-key, or all");
+				goto out;
+			}
+			break;
+		case O_RATE: {
+			char *end;
+
+			o->rate = strtod(arg, &end);
+			if (end == arg || *end != '\0' || !(o->rate >= 0.0 && o->rate <= 1e6)) {
+				bad_value("--rate", arg, "not a number of calls per second, 0..1000000");
+				goto out;
+			}
+			o->have_rate = 1;
+			break;
+		}
+		case O_BURST:
+			if (parse_u32(arg, 1, 1000000, &o->burst) != 0) {
+				bad_value("--burst", arg, "not a number 1..1000000");
+				goto out;
+			}
 			break;
 		case O_CONTEXT: {
 			const char *eq = strchr(arg, '=');
@@ -1252,6 +1338,203 @@ cmd_datakey(struct ctl *ctl, const struct opts *o)
 	return run_job(ctl, o, 0, call_datakey, put_datakey, &j);
 }
 
+/* ---- principals ---- */
+
+static void
+put_principal_json(FILE *f, const struct coffer_principal *p)
+{
+	fputs("{\"name\":", f);
+	put_json_str(f, p->name);
+	fputs(",\"uids\":[", f);
+	for (size_t i = 0; i < p->nuids; i++)
+		fprintf(f, "%s%" PRIu32, i ? "," : "", p->uids[i]);
+	fputs("],\"gids\":[", f);
+	for (size_t i = 0; i < p->ngids; i++)
+		fprintf(f, "%s%" PRIu32, i ? "," : "", p->gids[i]);
+	fputs("],\"grants\":[", f);
+	for (size_t i = 0; i < p->ngrants; i++) {
+		int first = 1;
+
+		fprintf(f, "%s{\"key\":", i ? "," : "");
+		put_json_str(f, p->grants[i].key_pattern);
+		fputs(",\"operations\":[", f);
+		for (int op = COFFER_OP_SIGN; op <= COFFER_OP_GET_PUBLIC_KEY; op++)
+			if (p->grants[i].operations & COFFER_OP_BIT(op)) {
+				fprintf(f, "%s\"%s\"", first ? "" : ",",
+				    coffer_operation_name((enum coffer_operation)op));
+				first = 0;
+			}
+		fputs("]}", f);
+	}
+	fputs("],\"rate_limits\":[", f);
+	for (size_t i = 0; i < p->nlimits; i++)
+		fprintf(f, "%s{\"operation\":\"%s\",\"per_second\":%g,\"burst\":%" PRIu32 "}",
+		    i ? "," : "", coffer_operation_name(p->limits[i].operation),
+		    p->limits[i].per_second, p->limits[i].burst);
+	fprintf(f, "],\"create_time\":%" PRId64 "}", p->create_time);
+}
+
+static void
+put_principal_text(const struct coffer_principal *p)
+{
+	fputs("name:        ", stdout);
+	put_safe(stdout, p->name);
+	fputs("\nuids:       ", stdout);
+	for (size_t i = 0; i < p->nuids; i++)
+		printf("%s%" PRIu32, i ? ", " : "", p->uids[i]);
+	fputs("\ngids:       ", stdout);
+	for (size_t i = 0; i < p->ngids; i++)
+		printf("%s%" PRIu32, i ? ", " : "", p->gids[i]);
+	fputs("\ncreated:     ", stdout);
+	put_time(stdout, p->create_time);
+	fputs("\ngrants:\n", stdout);
+	for (size_t i = 0; i < p->ngrants; i++) {
+		fputs("  ", stdout);
+		put_safe(stdout, p->grants[i].key_pattern);
+		fputs(":", stdout);
+		for (int op = COFFER_OP_SIGN; op <= COFFER_OP_GET_PUBLIC_KEY; op++)
+			if (p->grants[i].operations & COFFER_OP_BIT(op))
+				printf(" %s", coffer_operation_name((enum coffer_operation)op));
+		fputc('\n', stdout);
+	}
+	fputs("rate limits:\n", stdout);
+	for (size_t i = 0; i < p->nlimits; i++)
+		printf("  %s: %g/s, burst %" PRIu32 "\n",
+		    coffer_operation_name(p->limits[i].operation), p->limits[i].per_second,
+		    p->limits[i].burst);
+}
+
+/* Print the principal a command produced, and free it. */
+static int
+principal_done(const struct ctl *ctl, coffer_client *c, int r, struct coffer_principal *p)
+{
+	int rc;
+
+	if (r != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json) {
+			put_principal_json(stdout, p);
+			fputc('\n', stdout);
+		} else {
+			put_principal_text(p);
+		}
+		rc = flush_stdout();
+	}
+	coffer_principal_free(p);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_principal(struct ctl *ctl, const struct opts *o, int which)
+{
+	struct coffer_principal *p = NULL;
+	coffer_client *c = NULL;
+	const char *name = o->nargs > 0 ? o->args[0] : NULL;
+	int rc, r;
+
+	switch (which) {
+	case 'c':
+		if (o->nids[0] + o->nids[1] == 0)
+			return usage_error("principal create needs --uid or --gid", NULL);
+		break;
+	case 'g':
+		if (o->key_pattern == NULL || o->ops == 0)
+			return usage_error("principal grant needs --key PATTERN and --op LIST", NULL);
+		break;
+	case 'r':
+		if (o->key_pattern == NULL)
+			return usage_error("principal revoke needs --key PATTERN", NULL);
+		break;
+	case 'l':
+		if (!o->have_rate || (o->rate > 0.0 && o->burst == 0))
+			return usage_error("principal limit needs --rate (0 removes) and --burst",
+			    NULL);
+		if (o->ops & (o->ops - 1))
+			return usage_error("principal limit takes one --op (or none for all)", NULL);
+		break;
+	}
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	switch (which) {
+	case 'c':
+		r = coffer_principal_create(c, name, o->ids[0], o->nids[0], o->ids[1], o->nids[1], &p);
+		break;
+	case 's':
+		r = coffer_principal_get(c, name, &p);
+		break;
+	case 'g':
+		r = coffer_principal_grant(c, name, o->key_pattern, o->ops, &p);
+		break;
+	case 'r':
+		r = coffer_principal_revoke(c, name, o->key_pattern, o->have_op_all ? 0 : o->ops, &p);
+		break;
+	case 'l': {
+		enum coffer_operation op = COFFER_OP_ALL;
+
+		for (int i = COFFER_OP_SIGN; i <= COFFER_OP_GET_PUBLIC_KEY && !o->have_op_all; i++)
+			if (o->ops == COFFER_OP_BIT(i))
+				op = (enum coffer_operation)i;
+		r = coffer_principal_set_limit(c, name, op, o->rate, o->burst, &p);
+		break;
+	}
+	default: /* 'd' */
+		if ((r = coffer_principal_delete(c, name)) == COFFER_OK) {
+			coffer_close(c);
+			if (ctl->json)
+				printf("{\"deleted\":true}\n");
+			return flush_stdout();
+		}
+		break;
+	}
+	return principal_done(ctl, c, r, p);
+}
+
+#define PRINCIPAL_CMD(fn, which)                                               \
+	static int fn(struct ctl *t, const struct opts *o) { return cmd_principal(t, o, which); }
+PRINCIPAL_CMD(cmd_principal_create, 'c')
+PRINCIPAL_CMD(cmd_principal_show, 's')
+PRINCIPAL_CMD(cmd_principal_grant, 'g')
+PRINCIPAL_CMD(cmd_principal_revoke, 'r')
+PRINCIPAL_CMD(cmd_principal_limit, 'l')
+PRINCIPAL_CMD(cmd_principal_delete, 'd')
+#undef PRINCIPAL_CMD
+
+static int
+cmd_principal_list(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_principal_list *l = NULL;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	(void)o;
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_principal_list(c, &l)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json)
+			fputc('[', stdout);
+		for (size_t i = 0; i < l->n; i++) {
+			if (ctl->json) {
+				if (i)
+					fputc(',', stdout);
+				put_principal_json(stdout, &l->principals[i]);
+			} else {
+				put_safe(stdout, l->principals[i].name);
+				fputc('\n', stdout);
+			}
+		}
+		if (ctl->json)
+			fputs("]\n", stdout);
+		rc = flush_stdout();
+	}
+	coffer_principal_list_free(l);
+	coffer_close(c);
+	return rc;
+}
+
 /* ---- identity ---- */
 
 /* The SPKI as a PEM public key, in a new string. */
@@ -1463,6 +1746,29 @@ static const struct cmd commands[] = {
 	  "                       0600); \"-\" means stdout (with --out FILE), or the\n"
 	  "                       \"plaintext\" field with --json\n"
 	  "With --json prints {\"ciphertext\": base64, \"version\": N}." },
+	{ "principal create", cmd_principal_create, B(O_UID) | B(O_GID), 1, 1,
+	  "principal create NAME (--uid USER|UID)... (--gid GROUP|GID)...",
+	  "Create a principal: a named caller of the service socket, recognised by\n"
+	  "its uid (first) or gid. It may do nothing until granted. Admin socket." },
+	{ "principal list", cmd_principal_list, 0, 0, 0, "principal list",
+	  "List principals by name (--json: with everything they hold)." },
+	{ "principal show", cmd_principal_show, 0, 1, 1, "principal show NAME",
+	  "Show a principal's ids, grants and rate limits." },
+	{ "principal grant", cmd_principal_grant, B(O_KEY) | B(O_OP), 1, 1,
+	  "principal grant NAME --key PATTERN --op LIST",
+	  "Let the principal do operations on keys whose names match PATTERN (a\n"
+	  "name, or a glob with * and ?). LIST: comma-separated sign, verify, mac,\n"
+	  "verify-mac, wrap, unwrap, rewrap, generate-data-key, get-public-key, or all." },
+	{ "principal revoke", cmd_principal_revoke, B(O_KEY) | B(O_OP), 1, 1,
+	  "principal revoke NAME --key PATTERN [--op LIST]",
+	  "Take operations (all without --op) back from the grant for PATTERN." },
+	{ "principal limit", cmd_principal_limit, B(O_OP) | B(O_RATE) | B(O_BURST), 1, 1,
+	  "principal limit NAME [--op OP] --rate PER_SECOND --burst N",
+	  "Set a token-bucket rate limit for one operation, or (without --op) for\n"
+	  "all the principal's calls together. --rate 0 removes it. Calls above\n"
+	  "it get RESOURCE_EXHAUSTED with a retry-after time." },
+	{ "principal delete", cmd_principal_delete, 0, 1, 1, "principal delete NAME",
+	  "Delete a principal; its callers are refused from then on." },
 	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,
 	  "identity [--out FILE] [--admin]",
 	  "Print the daemon's identity: the fingerprint (sha256:...) and the EC P-256\n"
@@ -1527,10 +1833,10 @@ find_command(int argc, char **argv, int *used)
 
 	if (argc < 1)
 		return NULL;
-	if (strcmp(argv[0], "key") == 0) {
+	if (strcmp(argv[0], "key") == 0 || strcmp(argv[0], "principal") == 0) {
 		if (argc < 2)
 			return NULL;
-		if (snprintf(name, sizeof(name), "key %s", argv[1]) >= (int)sizeof(name))
+		if (snprintf(name, sizeof(name), "%s %s", argv[0], argv[1]) >= (int)sizeof(name))
 			return NULL;
 		*used = 2;
 	} else {
@@ -1610,6 +1916,9 @@ main(int argc, char **argv)
 		if (strcmp(argv[optind], "key") == 0 && optind + 1 >= argc)
 			return usage_error("key needs a subcommand: create, import, list, "
 			    "show, rotate or pubkey", NULL);
+		if (strcmp(argv[optind], "principal") == 0 && optind + 1 >= argc)
+			return usage_error("principal needs a subcommand: create, list, show, "
+			    "grant, revoke, limit or delete", NULL);
 		return usage_error("unknown command", argv[optind + (used == 2)]);
 	}
 	/* The command's argv: argv[0] is its last name word. */

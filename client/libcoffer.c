@@ -751,6 +751,13 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	return CF_OK;
 }
 
+int
+lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *rdesc, ProtobufCMessage **out)
+{
+	return rpc(c, method, req, rdesc, 0, out);
+}
+
 /* ---- request helpers ---- */
 
 static int

@@ -9,9 +9,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "coffer.h"
 
 struct lc_sessions;
+
+/* A unary call with protobuf-c messages, sealed where it must be; on success
+ * *out is the response (free with protobuf_c_message_free_unpacked(*out,
+ * NULL)). */
+int lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *rdesc, ProtobufCMessage **out);
 
 /* One unary call with the packed request buf[0..len), which it takes over
  * (wiped and freed). On success *out and *outlen is the response payload,

@@ -134,6 +134,7 @@ main(int argc, char **argv)
 	store *st = NULL;
 	keyring *kr = NULL;
 	session_mgr *sm = NULL;
+	policy *pol = NULL;
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	sigset_t sigs;
@@ -175,7 +176,8 @@ main(int argc, char **argv)
 		goto out;
 	}
 	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
-	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK) {
+	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK ||
+	    (r = policy_open(st, &pol)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
 	}
@@ -194,6 +196,7 @@ main(int argc, char **argv)
 	memset(&rc, 0, sizeof(rc));
 	rc.kr = kr;
 	rc.sm = sm;
+	rc.pol = pol;
 	rc.workers = cfg.workers;
 	rc.max_message_bytes = cfg.max_message_bytes;
 	rc.admin_path = cfg.admin_path;
@@ -223,6 +226,7 @@ out:
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
 	session_mgr_close(sm);
+	policy_close(pol);
 	keyring_close(kr);
 	store_close(st);
 	cf_p11_close(p11);

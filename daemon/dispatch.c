@@ -34,6 +34,28 @@ struct method {
 	handler_fn fn;          /* NULL for SessionService/Call, run here */
 	int sealed_only;        /* CloseSession */
 	int never_sealed;       /* OpenSession, GetIdentity, Call */
+	int health;             /* no principal needed */
+	enum policy_op op;      /* KeyService: the operation to grant (NONE: ListKeys) */
+	const char *key_field;  /* KeyService: the request field naming the key */
+};
+
+/* The operation each KeyService method needs granted, and where its key is. */
+static const struct {
+	const char *method;
+	enum policy_op op;
+	const char *key_field;
+} key_ops[] = {
+	{ "Sign", POLICY_OP_SIGN, "key" },
+	{ "Verify", POLICY_OP_VERIFY, "key" },
+	{ "Mac", POLICY_OP_MAC, "key" },
+	{ "VerifyMac", POLICY_OP_VERIFY_MAC, "key" },
+	{ "Wrap", POLICY_OP_WRAP, "key" },
+	{ "Unwrap", POLICY_OP_UNWRAP, "key" },
+	{ "Rewrap", POLICY_OP_REWRAP, "key" },
+	{ "GenerateDataKey", POLICY_OP_GENERATE_DATA_KEY, "key" },
+	{ "GetPublicKey", POLICY_OP_GET_PUBLIC_KEY, "key" },
+	{ "GetKey", POLICY_OP_GET_PUBLIC_KEY, "name" },
+	{ "ListKeys", POLICY_OP_NONE, NULL },
 };
 
 struct dispatch {
@@ -91,6 +113,13 @@ add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where
 		e->fn = call ? NULL : h->fn;
 		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
 		e->never_sealed = in_session && !e->sealed_only;
+		e->health = strcmp(svc->name, "grpc.health.v1.Health") == 0;
+		for (size_t k = 0; where == ON_SERVICE && k < sizeof(key_ops) / sizeof(key_ops[0]);
+		     k++)
+			if (strcmp(key_ops[k].method, md->name) == 0) {
+				e->op = key_ops[k].op;
+				e->key_field = key_ops[k].key_field;
+			}
 		d->n++;
 	}
 	return CF_OK;
@@ -162,7 +191,8 @@ find_path(const dispatch *d, const char *path)
 /* ---- calls ---- */
 
 static int run(const dispatch *d, const struct method *m, const struct hctx *h,
-	       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen);
+	       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen,
+	       uint32_t *retry_after_ms);
 
 static int
 pack(const ProtobufCMessage *msg, uint8_t **out, size_t *outlen)
@@ -219,7 +249,7 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
 			      inner->path);
 	else
-		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen);
+		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen, &res.retry_after_ms);
 	cf_session_plain_free(pt, ptlen);
 	snprintf(imsg, sizeof(imsg), "%s", ir == CF_OK ? "" : cf_error_detail());
 	if (ir != CF_OK && dispatch_status(ir) == CODE_INTERNAL)
@@ -257,11 +287,51 @@ out:
 	return r;
 }
 
+/* The key named by the request (m->key_field), "" if none. */
+static const char *
+request_key(const struct method *m, const ProtobufCMessage *req)
+{
+	const ProtobufCFieldDescriptor *f;
+	const char *v;
+
+	if (m->key_field == NULL ||
+	    (f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
+								  m->key_field)) == NULL ||
+	    f->type != PROTOBUF_C_TYPE_STRING)
+		return "";
+	v = *(const char *const *)(const void *)((const char *)req + f->offset);
+	return v != NULL ? v : "";
+}
+
+/* Service socket: who is calling, and may they? Fills h2->principal. */
+static int
+authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *req,
+	  struct hctx *h2, char *who, uint32_t *retry_after_ms)
+{
+	const char *key = request_key(m, req);
+	int r;
+
+	if (h->admin || m->health || h->pol == NULL)
+		return CF_OK;
+	if ((r = policy_identify(h->pol, h->uid, h->gid, who)) != CF_OK) {
+		cf_log_warn("refused: uid %u gid %u pid %d: %s: no principal", (unsigned)h->uid,
+			    (unsigned)h->gid, (int)h->pid, m->path);
+		return r;
+	}
+	h2->principal = who;
+	if ((r = policy_check(h->pol, who, m->op, key, retry_after_ms)) == CF_E_DENIED)
+		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": not granted",
+			    who, (unsigned)h->uid, (int)h->pid, policy_op_name(m->op), key);
+	return r;
+}
+
 static int
 run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
-    size_t inlen, uint8_t **out, size_t *outlen)
+    size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms)
 {
 	ProtobufCMessage *req = NULL, *resp = NULL;
+	struct hctx h2 = *h;
+	char who[STORE_PRINCIPAL_NAME_MAX + 1];
 	int r;
 
 	if ((m->where == ON_ADMIN && !h->admin) || (m->where == ON_SERVICE && h->admin))
@@ -276,8 +346,12 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
-	r = m->fn != NULL ? m->fn(h, req, &resp)
-			  : sealed_call(d, h, (const Coffer__V1__SealedCall *)(const void *)req,
+	if ((r = authorize(m, h, req, &h2, who, retry_after_ms)) != CF_OK) {
+		protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
+		return r;
+	}
+	r = m->fn != NULL ? m->fn(&h2, req, &resp)
+			  : sealed_call(d, &h2, (const Coffer__V1__SealedCall *)(const void *)req,
 					&resp);
 	if (r == CF_OK)
 		r = pack(resp, out, outlen);
@@ -289,14 +363,16 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 
 unsigned
 dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,
-	      size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen)
+	      size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen,
+	      uint32_t *retry_after_ms)
 {
 	const struct method *m = &d->m[i];
 	unsigned code;
 	int r;
 
 	cf_error_clear();
-	r = run(d, m, h, in, inlen, out, outlen);
+	*retry_after_ms = 0;
+	r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
 	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_detail());
 	if (code == CODE_INTERNAL)

@@ -32,8 +32,14 @@ unsigned dispatch_status(int st);
 
 /* Run method i for the caller h. Returns the gRPC status code and writes the
  * error message (msg) or the packed response (*out, malloc'ed: the caller
- * wipes and frees it). Requests and responses are wiped after use. */
+ * wipes and frees it). Requests and responses are wiped after use. A call
+ * refused by a rate limit sets *retry_after_ms (else 0).
+ *
+ * On the service socket every call but Health needs a principal (policy
+ * identify), and every KeyService call a grant for its operation and key
+ * (policy check); refusals are logged. */
 unsigned dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,
-		       size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen);
+		       size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen,
+		       uint32_t *retry_after_ms);
 
 #endif

@@ -639,6 +639,191 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	return key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
 }
 
+/* ---- principals (AdminService) ---- */
+
+static uint32_t
+ops_mask(size_t n, const Coffer__V1__Operation *ops)
+{
+	uint32_t m = 0;
+
+	for (size_t i = 0; i < n; i++)
+		m |= (unsigned)ops[i] > 0 && (unsigned)ops[i] < POLICY_OP__COUNT ?
+		     POLICY_OP_BIT(ops[i]) : 0x80000000u;   /* unknown: refused by policy */
+	return m;
+}
+
+static int
+fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
+{
+	p->create_time = sp->created;
+	if ((p->name = strdup(sp->name)) == NULL ||
+	    (sp->nuids && (p->uids = calloc(sp->nuids, sizeof(*p->uids))) == NULL) ||
+	    (sp->ngids && (p->gids = calloc(sp->ngids, sizeof(*p->gids))) == NULL) ||
+	    (sp->ngrants && (p->grants = calloc(sp->ngrants, sizeof(*p->grants))) == NULL) ||
+	    (sp->nlimits && (p->limits = calloc(sp->nlimits, sizeof(*p->limits))) == NULL))
+		return CF_E_NOMEM;
+	memcpy(p->uids, sp->uids, sp->nuids * sizeof(*p->uids));
+	p->n_uids = sp->nuids;
+	memcpy(p->gids, sp->gids, sp->ngids * sizeof(*p->gids));
+	p->n_gids = sp->ngids;
+	for (uint32_t i = 0; i < sp->ngrants; i++) {
+		Coffer__V1__Grant *g = new_msg(&coffer__v1__grant__descriptor);
+
+		if (g == NULL)
+			return CF_E_NOMEM;
+		p->grants[p->n_grants++] = g;
+		if ((g->key_pattern = strdup(sp->grants[i].pattern)) == NULL ||
+		    (g->operations = calloc(POLICY_OP__COUNT, sizeof(*g->operations))) == NULL)
+			return CF_E_NOMEM;
+		for (unsigned op = 1; op < POLICY_OP__COUNT; op++)
+			if (sp->grants[i].ops & POLICY_OP_BIT(op))
+				g->operations[g->n_operations++] = (Coffer__V1__Operation)op;
+	}
+	for (uint32_t i = 0; i < sp->nlimits; i++) {
+		Coffer__V1__RateLimit *l = new_msg(&coffer__v1__rate_limit__descriptor);
+
+		if (l == NULL)
+			return CF_E_NOMEM;
+		l->operation = (Coffer__V1__Operation)sp->limits[i].op;
+		l->per_second = sp->limits[i].rate;
+		l->burst = sp->limits[i].burst;
+		p->limits[p->n_limits++] = l;
+	}
+	return CF_OK;
+}
+
+/* Finish a principal handler: the Principal response of `sp`. */
+static int
+principal_response(int r, struct store_principal *sp, ProtobufCMessage **resp)
+{
+	Coffer__V1__Principal *p = NULL;
+
+	if (r == CF_OK && (p = new_msg(&coffer__v1__principal__descriptor)) == NULL)
+		r = CF_E_NOMEM;
+	if (r == CF_OK && (r = fill_principal(sp, p)) == CF_OK) {
+		*resp = &p->base;
+		p = NULL;
+	}
+	if (p != NULL)
+		protobuf_c_message_free_unpacked(&p->base, &cf_pbwipe_allocator);
+	policy_principal_free(sp);
+	return r;
+}
+
+static int
+h_create_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__CreatePrincipalRequest *req = (const void *)m;
+	struct store_principal sp;
+
+	memset(&sp, 0, sizeof(sp));
+	return principal_response(policy_create(c->pol, req->name, req->uids, req->n_uids,
+						req->gids, req->n_gids, &sp), &sp, resp);
+}
+
+static int
+h_get_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__GetPrincipalRequest *req = (const void *)m;
+	struct store_principal sp;
+
+	memset(&sp, 0, sizeof(sp));
+	return principal_response(policy_get(c->pol, req->name, &sp), &sp, resp);
+}
+
+static int
+h_list_principals(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	Coffer__V1__ListPrincipalsResponse *out = NULL;
+	struct store_principal *list = NULL;
+	size_t n = 0;
+	int r;
+
+	(void)m;
+	if ((r = policy_list(c->pol, &list, &n)) != CF_OK)
+		return r;
+	if ((out = new_msg(&coffer__v1__list_principals_response__descriptor)) == NULL ||
+	    (n && (out->principals = calloc(n, sizeof(*out->principals))) == NULL)) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n && r == CF_OK; i++) {
+		Coffer__V1__Principal *p = new_msg(&coffer__v1__principal__descriptor);
+
+		if (p == NULL) {
+			r = CF_E_NOMEM;
+			break;
+		}
+		out->principals[out->n_principals++] = p;
+		r = fill_principal(&list[i], p);
+	}
+	if (r == CF_OK) {
+		*resp = &out->base;
+		out = NULL;
+	}
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+	policy_list_free(list, n);
+	return r;
+}
+
+static int
+h_grant_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__GrantRequest *req = (const void *)m;
+	struct store_principal sp;
+
+	memset(&sp, 0, sizeof(sp));
+	if (req->grant == NULL)
+		return cf_error(CF_E_INVALID_ARG, "grant is required");
+	return principal_response(policy_grant(c->pol, req->name, req->grant->key_pattern,
+					       ops_mask(req->grant->n_operations,
+							req->grant->operations), &sp), &sp, resp);
+}
+
+static int
+h_revoke_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__RevokeRequest *req = (const void *)m;
+	struct store_principal sp;
+
+	memset(&sp, 0, sizeof(sp));
+	return principal_response(policy_revoke(c->pol, req->name, req->key_pattern,
+						ops_mask(req->n_operations, req->operations), &sp),
+				  &sp, resp);
+}
+
+static int
+h_set_rate_limit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SetRateLimitRequest *req = (const void *)m;
+	struct store_principal sp;
+
+	memset(&sp, 0, sizeof(sp));
+	if (req->limit == NULL)
+		return cf_error(CF_E_INVALID_ARG, "limit is required");
+	return principal_response(policy_set_limit(c->pol, req->name,
+						   (enum policy_op)req->limit->operation,
+						   req->limit->per_second, req->limit->burst, &sp),
+				  &sp, resp);
+}
+
+static int
+h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__DeletePrincipalRequest *req = (const void *)m;
+	Coffer__V1__DeletePrincipalResponse *out;
+	int r;
+
+	if ((r = policy_delete(c->pol, req->name)) != CF_OK)
+		return r;
+	if ((out = new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	*resp = &out->base;
+	return CF_OK;
+}
+
 /* ---- SessionService (Call itself is run by the dispatcher) ---- */
 
 static int
@@ -758,6 +943,13 @@ static const struct handler handler_table[] = {
 	{ "coffer.v1.AdminService", "RotateKey", h_rotate_key },
 	{ "coffer.v1.AdminService", "GetKey", h_get_key },
 	{ "coffer.v1.AdminService", "ListKeys", h_list_keys },
+	{ "coffer.v1.AdminService", "CreatePrincipal", h_create_principal },
+	{ "coffer.v1.AdminService", "GetPrincipal", h_get_principal },
+	{ "coffer.v1.AdminService", "ListPrincipals", h_list_principals },
+	{ "coffer.v1.AdminService", "GrantPrincipal", h_grant_principal },
+	{ "coffer.v1.AdminService", "RevokePrincipal", h_revoke_principal },
+	{ "coffer.v1.AdminService", "SetRateLimit", h_set_rate_limit },
+	{ "coffer.v1.AdminService", "DeletePrincipal", h_delete_principal },
 	{ "coffer.v1.SessionService", "GetIdentity", h_get_identity },
 	{ "coffer.v1.SessionService", "OpenSession", h_open_session },
 	{ "coffer.v1.SessionService", "CloseSession", h_close_session },

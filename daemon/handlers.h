@@ -13,6 +13,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "keyring.h"
+#include "policy.h"
 #include "session.h"
 
 /* Limits of the data plane (also written in coffer.proto). */
@@ -23,6 +24,8 @@
 struct hctx {
 	keyring *kr;
 	session_mgr *sm;
+	policy *pol;
+	const char *principal;  /* service socket: the caller's principal, else NULL */
 	session *sess;          /* the session of a sealed call, else NULL */
 	uid_t uid;
 	gid_t gid;

@@ -65,6 +65,8 @@ struct rpc_call {
 	grpc_byte_buffer *recv;
 	grpc_byte_buffer *send;
 	grpc_slice status_details;
+	grpc_metadata trailer;       /* retry-after-ms, when a rate limit refused */
+	char retry[16];
 	int cancelled;
 	enum { ST_REQUESTED, ST_SENDING } st;
 };
@@ -156,10 +158,11 @@ arm(rpc_server *s, const struct method *m)
  * table. Sets *code and the status message; returns the packed response
  * (or NULL). */
 static grpc_byte_buffer *
-serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen)
+serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
+      uint32_t *retry_after_ms)
 {
 	rpc_server *s = c->s;
-	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm,
+	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol,
 			  .unsealed_secrets = s->cfg.unsealed_secrets };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
@@ -185,7 +188,8 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen)
 	in = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
 	*code = (grpc_status_code)dispatch_call(s->d, c->m->idx, &h, GRPC_SLICE_START_PTR(in),
-						GRPC_SLICE_LENGTH(in), &buf, &len, msg, msglen);
+						GRPC_SLICE_LENGTH(in), &buf, &len, msg, msglen,
+						retry_after_ms);
 	/* Requests may carry secrets (key material): do not leave them behind. */
 	OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
 	grpc_slice_unref(in);
@@ -207,9 +211,10 @@ respond(struct rpc_call *c)
 	grpc_op *op = ops;
 	grpc_status_code code;
 	char msg[CF_ERROR_DETAIL_MAX];
+	uint32_t retry = 0;
 	grpc_call_error e;
 
-	c->send = serve(c, &code, msg, sizeof(msg));
+	c->send = serve(c, &code, msg, sizeof(msg), &retry);
 	memset(ops, 0, sizeof(ops));
 	op->op = GRPC_OP_SEND_INITIAL_METADATA;
 	op++;
@@ -222,6 +227,13 @@ respond(struct rpc_call *c)
 	op->op = GRPC_OP_SEND_STATUS_FROM_SERVER;
 	op->data.send_status_from_server.status = code;
 	op->data.send_status_from_server.status_details = &c->status_details;
+	if (retry > 0) {
+		snprintf(c->retry, sizeof(c->retry), "%u", retry);
+		c->trailer.key = grpc_slice_from_static_string("retry-after-ms");
+		c->trailer.value = grpc_slice_from_static_string(c->retry);
+		op->data.send_status_from_server.trailing_metadata_count = 1;
+		op->data.send_status_from_server.trailing_metadata = &c->trailer;
+	}
 	op++;
 	op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
 	op->data.recv_close_on_server.cancelled = &c->cancelled;

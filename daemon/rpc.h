@@ -14,11 +14,13 @@
 #define COFFER_RPC_H
 
 #include "keyring.h"
+#include "policy.h"
 #include "session.h"
 
 struct rpc_cfg {
 	keyring *kr;
 	session_mgr *sm;
+	policy *pol;
 	unsigned workers;            /* completion-queue threads; handlers run on them */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */

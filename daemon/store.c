@@ -25,6 +25,21 @@ static const char *const schema_v1 =
 	" name TEXT NOT NULL REFERENCES keys(name), version INTEGER NOT NULL,"
 	" state INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (name, version));";
 
+/* Version 2: principals. Created on any older store too (IF NOT EXISTS). */
+static const char *const schema_v2 =
+	"CREATE TABLE IF NOT EXISTS principals (name TEXT PRIMARY KEY, created INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS principal_ids ("
+	" kind INTEGER NOT NULL, id INTEGER NOT NULL,"
+	" principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,"
+	" PRIMARY KEY (kind, id));"
+	"CREATE TABLE IF NOT EXISTS grants ("
+	" principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,"
+	" pattern TEXT NOT NULL, ops INTEGER NOT NULL, PRIMARY KEY (principal, pattern));"
+	"CREATE TABLE IF NOT EXISTS limits ("
+	" principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,"
+	" op INTEGER NOT NULL, rate REAL NOT NULL, burst INTEGER NOT NULL,"
+	" PRIMARY KEY (principal, op));";
+
 static int
 db_err(store *s, const char *what)
 {
@@ -67,7 +82,7 @@ store_open(const char *dir, store **out)
 		goto out;
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
 		goto out;
-	if ((r = exec(s, schema_v1)) != CF_OK)
+	if ((r = exec(s, schema_v1)) != CF_OK || (r = exec(s, schema_v2)) != CF_OK)
 		goto rollback;
 	if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &st,
 			       NULL) != SQLITE_OK) {
@@ -89,6 +104,14 @@ store_open(const char *dir, store **out)
 		r = cf_error(CF_E_CONFIG, "state store %s has schema %d, newer than this cofferd "
 			     "(%d); upgrade cofferd", path, ver, STORE_SCHEMA_VERSION);
 		goto rollback;
+	} else if (ver < STORE_SCHEMA_VERSION) {
+		/* Older stores only lacked tables, created above. */
+		char sql[128];
+
+		snprintf(sql, sizeof(sql), "UPDATE meta SET v = '%d' WHERE k = 'schema_version';",
+			 STORE_SCHEMA_VERSION);
+		if ((r = exec(s, sql)) != CF_OK)
+			goto rollback;
 	}
 	if ((r = exec(s, "COMMIT;")) != CF_OK)
 		goto out;
@@ -174,7 +197,8 @@ out:
 	return r;
 }
 
-/* Run one INSERT/UPDATE with bound text/int64 parameters ("t" / "i"). */
+/* Run one INSERT/UPDATE/DELETE with bound text, int64 and double parameters
+ * ("t", "i", "d"). */
 static int
 run(store *s, const char *sql, const char *types, ...)
 {
@@ -188,6 +212,8 @@ run(store *s, const char *sql, const char *types, ...)
 	for (int i = 0; types[i]; i++) {
 		if (types[i] == 't')
 			sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_TRANSIENT);
+		else if (types[i] == 'd')
+			sqlite3_bind_double(st, i + 1, va_arg(ap, double));
 		else
 			sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
 	}
@@ -244,6 +270,176 @@ store_version_add(store *s, const char *name, uint32_t version, int64_t now)
 	}
 	r = exec(s, "COMMIT;");
 out:
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+/* ---- principals ---- */
+
+int
+store_principals_load(store *s, int (*cb)(const struct store_principal *p, void *arg), void *arg)
+{
+	sqlite3_stmt *ps = NULL, *is = NULL, *gs = NULL, *ls = NULL;
+	struct store_principal p;
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	memset(&p, 0, sizeof(p));
+	if (sqlite3_prepare_v2(s->db, "SELECT name, created FROM principals ORDER BY name", -1,
+			       &ps, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db, "SELECT kind, id FROM principal_ids WHERE principal = ? "
+			       "ORDER BY kind, id", -1, &is, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db, "SELECT pattern, ops FROM grants WHERE principal = ? "
+			       "ORDER BY pattern", -1, &gs, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db, "SELECT op, rate, burst FROM limits WHERE principal = ? "
+			       "ORDER BY op", -1, &ls, NULL) != SQLITE_OK) {
+		r = db_err(s, "loading principals");
+		goto out;
+	}
+	while ((rc = sqlite3_step(ps)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(ps, 0);
+		uint32_t gcap = 0, lcap = 0;
+
+		if (name == NULL || strlen(name) > STORE_PRINCIPAL_NAME_MAX) {
+			r = cf_error(CF_E_IO, "state store holds a malformed principal record");
+			goto out;
+		}
+		snprintf(p.name, sizeof(p.name), "%s", name);
+		p.created = sqlite3_column_int64(ps, 1);
+		p.nuids = p.ngids = p.ngrants = p.nlimits = 0;
+		sqlite3_reset(is);
+		sqlite3_bind_text(is, 1, name, -1, SQLITE_TRANSIENT);
+		while (sqlite3_step(is) == SQLITE_ROW) {
+			uint32_t id = (uint32_t)sqlite3_column_int64(is, 1);
+
+			if (sqlite3_column_int(is, 0) == 0 && p.nuids < STORE_PRINCIPAL_IDS_MAX)
+				p.uids[p.nuids++] = id;
+			else if (p.ngids < STORE_PRINCIPAL_IDS_MAX)
+				p.gids[p.ngids++] = id;
+		}
+		sqlite3_reset(gs);
+		sqlite3_bind_text(gs, 1, name, -1, SQLITE_TRANSIENT);
+		while (sqlite3_step(gs) == SQLITE_ROW) {
+			const char *pat = (const char *)sqlite3_column_text(gs, 0);
+
+			if (p.ngrants == gcap) {
+				struct store_grant *ng;
+
+				gcap = gcap ? 2 * gcap : 8;
+				if ((ng = realloc(p.grants, gcap * sizeof(*ng))) == NULL) {
+					r = CF_E_NOMEM;
+					goto out;
+				}
+				p.grants = ng;
+			}
+			snprintf(p.grants[p.ngrants].pattern, sizeof(p.grants[0].pattern), "%s",
+				 pat ? pat : "");
+			p.grants[p.ngrants++].ops = (uint32_t)sqlite3_column_int64(gs, 1);
+		}
+		sqlite3_reset(ls);
+		sqlite3_bind_text(ls, 1, name, -1, SQLITE_TRANSIENT);
+		while (sqlite3_step(ls) == SQLITE_ROW) {
+			if (p.nlimits == lcap) {
+				struct store_limit *nl;
+
+				lcap = lcap ? 2 * lcap : 4;
+				if ((nl = realloc(p.limits, lcap * sizeof(*nl))) == NULL) {
+					r = CF_E_NOMEM;
+					goto out;
+				}
+				p.limits = nl;
+			}
+			p.limits[p.nlimits].op = (uint32_t)sqlite3_column_int(ls, 0);
+			p.limits[p.nlimits].rate = sqlite3_column_double(ls, 1);
+			p.limits[p.nlimits++].burst = (uint32_t)sqlite3_column_int64(ls, 2);
+		}
+		if ((r = cb(&p, arg)) != CF_OK)
+			goto out;
+	}
+	if (rc != SQLITE_DONE)
+		r = db_err(s, "loading principals");
+out:
+	free(p.grants);
+	free(p.limits);
+	sqlite3_finalize(ps);
+	sqlite3_finalize(is);
+	sqlite3_finalize(gs);
+	sqlite3_finalize(ls);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+static int
+put_rows(store *s, const struct store_principal *p)
+{
+	int rc = SQLITE_OK;
+
+	for (uint32_t i = 0; i < p->nuids + p->ngids && rc == SQLITE_OK; i++)
+		rc = run(s, "INSERT INTO principal_ids (principal, kind, id) VALUES (?, ?, ?)",
+			 "tii", p->name, (int64_t)(i < p->nuids ? 0 : 1),
+			 (int64_t)(i < p->nuids ? p->uids[i] : p->gids[i - p->nuids]));
+	for (uint32_t i = 0; i < p->ngrants && rc == SQLITE_OK; i++)
+		rc = run(s, "INSERT INTO grants VALUES (?, ?, ?)", "tti", p->name,
+			 p->grants[i].pattern, (int64_t)p->grants[i].ops);
+	for (uint32_t i = 0; i < p->nlimits && rc == SQLITE_OK; i++)
+		rc = run(s, "INSERT INTO limits VALUES (?, ?, ?, ?)", "tidi", p->name,
+			 (int64_t)p->limits[i].op, p->limits[i].rate, (int64_t)p->limits[i].burst);
+	return rc;
+}
+
+int
+store_principal_put(store *s, const struct store_principal *p, int create)
+{
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
+		goto out;
+	if (create) {
+		rc = run(s, "INSERT INTO principals VALUES (?, ?)", "ti", p->name, p->created);
+		if (rc == SQLITE_CONSTRAINT) {
+			r = cf_error(CF_E_EXISTS, "principal %s already exists", p->name);
+			goto rollback;
+		}
+	} else {
+		rc = run(s, "DELETE FROM principal_ids WHERE principal = ?", "t", p->name);
+		if (rc == SQLITE_OK)
+			rc = run(s, "DELETE FROM grants WHERE principal = ?", "t", p->name);
+		if (rc == SQLITE_OK)
+			rc = run(s, "DELETE FROM limits WHERE principal = ?", "t", p->name);
+	}
+	if (rc == SQLITE_OK)
+		rc = put_rows(s, p);
+	if (rc == SQLITE_CONSTRAINT) {
+		r = cf_error(CF_E_EXISTS, "a uid or gid of %s belongs to another principal",
+			     p->name);
+		goto rollback;
+	}
+	if (rc != SQLITE_OK) {
+		r = db_err(s, "recording the principal");
+		goto rollback;
+	}
+	r = exec(s, "COMMIT;");
+	goto out;
+rollback:
+	(void)exec(s, "ROLLBACK;");
+out:
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_principal_delete(store *s, const char *name)
+{
+	int r;
+
+	pthread_mutex_lock(&s->mu);
+	if (run(s, "DELETE FROM principals WHERE name = ?", "t", name) != SQLITE_OK)
+		r = db_err(s, "deleting the principal");
+	else if (sqlite3_changes(s->db) == 0)
+		r = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	else
+		r = CF_OK;
 	pthread_mutex_unlock(&s->mu);
 	return r;
 }

@@ -13,7 +13,7 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2   /* 2: principals */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -33,6 +33,32 @@ struct store_key {
 	uint32_t nversions;
 };
 
+#define STORE_PRINCIPAL_NAME_MAX 64
+#define STORE_PRINCIPAL_IDS_MAX 64
+
+struct store_grant {
+	char pattern[CF_KEY_NAME_MAX + 1];
+	uint32_t ops;                   /* bit (1 << operation) */
+};
+
+struct store_limit {
+	uint32_t op;                    /* 0: every operation together */
+	double rate;                    /* per second */
+	uint32_t burst;
+};
+
+/* A principal and everything it owns; arrays owned by whoever filled it. */
+struct store_principal {
+	char name[STORE_PRINCIPAL_NAME_MAX + 1];
+	int64_t created;
+	uint32_t uids[STORE_PRINCIPAL_IDS_MAX], nuids;
+	uint32_t gids[STORE_PRINCIPAL_IDS_MAX], ngids;
+	struct store_grant *grants;
+	uint32_t ngrants;
+	struct store_limit *limits;
+	uint32_t nlimits;
+};
+
 typedef struct store store;
 
 /* Open or create <dir>/coffer.db; creates or checks the schema. CF_E_IO /
@@ -49,5 +75,15 @@ int store_key_create(store *s, const char *name, enum cf_key_type type, int expo
 		     int64_t now);
 /* Record a new version and make it primary, in one transaction. */
 int store_version_add(store *s, const char *name, uint32_t version, int64_t now);
+
+/* Call cb for every principal (borrowed for the callback), by name. */
+int store_principals_load(store *s, int (*cb)(const struct store_principal *p, void *arg),
+			  void *arg);
+/* Write a principal whole (replacing what was stored under its name) in one
+ * transaction. create: CF_E_EXISTS if the name is taken. CF_E_EXISTS also for
+ * a uid or gid another principal holds. */
+int store_principal_put(store *s, const struct store_principal *p, int create);
+/* CF_E_NOT_FOUND if there is no such principal. */
+int store_principal_delete(store *s, const char *name);
 
 #endif

@@ -66,9 +66,14 @@ struct cf_test_daemon {
 /* Path of build/daemon/cofferd ($COFFER_BUILD_DIR or next to the tests). */
 const char *cf_test_cofferd(char *buf, size_t len);
 /* Start cofferd with the token's settings plus extra NULL-terminated args;
- * waits until it logs "ready" (10 s). 0 on success. */
+ * waits until it logs "ready" (10 s), then gives this process's uid the
+ * principal CF_TEST_PRINCIPAL. 0 on success. */
 int cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
 			 const char *const *extra);
+/* The principal cf_test_daemon_start gives this process's uid, with every
+ * operation on every key (cofferd denies by default). */
+#define CF_TEST_PRINCIPAL "tester"
+int cf_test_daemon_grant_all(const struct cf_test_daemon *d);
 /* SIGTERM, wait; returns the exit status (or -1 if it did not exit cleanly). */
 int cf_test_daemon_stop(struct cf_test_daemon *d);
 /* 1 if the daemon's log contains `needle`. */

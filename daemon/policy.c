@@ -1,0 +1,584 @@
+#include "policy.h"
+
+#include <fnmatch.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cf_status.h"
+
+static const char *const op_names[POLICY_OP__COUNT] = {
+	"all", "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
+	"generate-data-key", "get-public-key",
+};
+
+struct bucket {
+	double tokens;
+	double last;       /* monotonic seconds of the last refill */
+};
+
+struct pr {
+	struct store_principal sp;
+	struct bucket buckets[POLICY_OP__COUNT];   /* by store_limit.op */
+};
+
+struct policy {
+	store *st;
+	pthread_rwlock_t lock;   /* the array and the definitions */
+	pthread_mutex_t bmu;     /* bucket levels (under the read lock) */
+	struct pr **v;           /* by name */
+	size_t n;
+};
+
+const char *
+policy_op_name(enum policy_op op)
+{
+	return (unsigned)op < POLICY_OP__COUNT ? op_names[op] : "?";
+}
+
+static double
+now_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- copies ---- */
+
+void
+policy_principal_free(struct store_principal *sp)
+{
+	if (sp == NULL)
+		return;
+	free(sp->grants);
+	free(sp->limits);
+	sp->grants = NULL;
+	sp->limits = NULL;
+	sp->ngrants = sp->nlimits = 0;
+}
+
+void
+policy_list_free(struct store_principal *list, size_t n)
+{
+	for (size_t i = 0; list != NULL && i < n; i++)
+		policy_principal_free(&list[i]);
+	free(list);
+}
+
+static int
+copy_principal(const struct store_principal *src, struct store_principal *dst)
+{
+	*dst = *src;
+	dst->grants = NULL;
+	dst->limits = NULL;
+	if (src->ngrants > 0 &&
+	    (dst->grants = malloc(src->ngrants * sizeof(*dst->grants))) == NULL)
+		return CF_E_NOMEM;
+	if (src->nlimits > 0 &&
+	    (dst->limits = malloc(src->nlimits * sizeof(*dst->limits))) == NULL) {
+		policy_principal_free(dst);
+		return CF_E_NOMEM;
+	}
+	if (src->ngrants > 0)
+		memcpy(dst->grants, src->grants, src->ngrants * sizeof(*dst->grants));
+	if (src->nlimits > 0)
+		memcpy(dst->limits, src->limits, src->nlimits * sizeof(*dst->limits));
+	return CF_OK;
+}
+
+static void
+fill_buckets(struct pr *r)
+{
+	double t = now_mono();
+
+	for (uint32_t i = 0; i < r->sp.nlimits; i++) {
+		struct bucket *b = &r->buckets[r->sp.limits[i].op];
+
+		b->tokens = r->sp.limits[i].burst;
+		b->last = t;
+	}
+}
+
+/* ---- open ---- */
+
+static size_t
+find_locked(const policy *p, const char *name, int *found)
+{
+	size_t lo = 0, hi = p->n;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(p->v[mid]->sp.name, name);
+
+		if (c == 0) {
+			*found = 1;
+			return mid;
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = 0;
+	return lo;
+}
+
+/* Insert r at its place (the name is not there yet). */
+static int
+insert_locked(policy *p, struct pr *r)
+{
+	int found;
+	size_t at = find_locked(p, r->sp.name, &found);
+	struct pr **nv = realloc(p->v, (p->n + 1) * sizeof(*nv));
+
+	if (nv == NULL)
+		return CF_E_NOMEM;
+	p->v = nv;
+	memmove(&p->v[at + 1], &p->v[at], (p->n - at) * sizeof(*nv));
+	p->v[at] = r;
+	p->n++;
+	return CF_OK;
+}
+
+static void
+pr_free(struct pr *r)
+{
+	if (r == NULL)
+		return;
+	policy_principal_free(&r->sp);
+	free(r);
+}
+
+static int
+load_one(const struct store_principal *sp, void *arg)
+{
+	policy *p = arg;
+	struct pr *r = calloc(1, sizeof(*r));
+	int rc;
+
+	if (r == NULL)
+		return CF_E_NOMEM;
+	if ((rc = copy_principal(sp, &r->sp)) != CF_OK || (rc = insert_locked(p, r)) != CF_OK) {
+		pr_free(r);
+		return rc;
+	}
+	fill_buckets(r);
+	return CF_OK;
+}
+
+int
+policy_open(store *st, policy **out)
+{
+	policy *p = calloc(1, sizeof(*p));
+	int r;
+
+	if (p == NULL)
+		return CF_E_NOMEM;
+	p->st = st;
+	pthread_rwlock_init(&p->lock, NULL);
+	pthread_mutex_init(&p->bmu, NULL);
+	if ((r = store_principals_load(st, load_one, p)) != CF_OK) {
+		policy_close(p);
+		return r;
+	}
+	*out = p;
+	return CF_OK;
+}
+
+void
+policy_close(policy *p)
+{
+	if (p == NULL)
+		return;
+	for (size_t i = 0; i < p->n; i++)
+		pr_free(p->v[i]);
+	free(p->v);
+	pthread_rwlock_destroy(&p->lock);
+	pthread_mutex_destroy(&p->bmu);
+	free(p);
+}
+
+/* ---- administration ---- */
+
+static int
+check_name(const char *name)
+{
+	int r;
+
+	if ((r = cf_key_name_check(name)) != CF_OK)
+		return cf_error(CF_E_INVALID_ARG, "principal %s", cf_error_detail());
+	if (strlen(name) > STORE_PRINCIPAL_NAME_MAX)
+		return cf_error(CF_E_INVALID_ARG, "principal name longer than %d characters",
+				STORE_PRINCIPAL_NAME_MAX);
+	return CF_OK;
+}
+
+static int
+check_pattern(const char *pat)
+{
+	size_t n = strlen(pat);
+
+	if (n == 0 || n > CF_KEY_NAME_MAX)
+		return cf_error(CF_E_INVALID_ARG, "key pattern must be 1..%d characters",
+				CF_KEY_NAME_MAX);
+	for (size_t i = 0; i < n; i++) {
+		char c = pat[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+		      c == '-' || c == '*' || c == '?'))
+			return cf_error(CF_E_INVALID_ARG, "key pattern character %zu is not one of "
+					"a-z 0-9 . _ - * ?", i + 1);
+	}
+	return CF_OK;
+}
+
+static int
+check_ops(uint32_t ops)
+{
+	if (ops == 0 || (ops & ~POLICY_OPS_ALL) != 0)
+		return cf_error(CF_E_INVALID_ARG, "operations missing or unknown");
+	return CF_OK;
+}
+
+/* Apply a change to a copy of `name`, write it, then install it. `edit`
+ * works on the copy; it may return an error to abandon the change. */
+static int
+modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void *arg),
+       void *arg, int limits_changed, struct store_principal *out)
+{
+	struct store_principal work;
+	struct pr *r;
+	int found, rc;
+	size_t at;
+
+	memset(&work, 0, sizeof(work));
+	pthread_rwlock_wrlock(&p->lock);
+	at = find_locked(p, name, &found);
+	if (!found) {
+		rc = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+		goto out;
+	}
+	r = p->v[at];
+	if ((rc = copy_principal(&r->sp, &work)) != CF_OK || (rc = edit(&work, arg)) != CF_OK ||
+	    (rc = store_principal_put(p->st, &work, 0)) != CF_OK)
+		goto out;
+	policy_principal_free(&r->sp);
+	r->sp = work;
+	memset(&work, 0, sizeof(work));
+	if (limits_changed)
+		fill_buckets(r);
+	rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
+out:
+	pthread_rwlock_unlock(&p->lock);
+	policy_principal_free(&work);
+	return rc;
+}
+
+int
+policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
+	      const uint32_t *gids, size_t ngids, struct store_principal *out)
+{
+	struct pr *r = NULL;
+	int rc;
+
+	if ((rc = check_name(name)) != CF_OK)
+		return rc;
+	if (nuids + ngids == 0)
+		return cf_error(CF_E_INVALID_ARG, "a principal needs at least one uid or gid");
+	if (nuids > STORE_PRINCIPAL_IDS_MAX || ngids > STORE_PRINCIPAL_IDS_MAX)
+		return cf_error(CF_E_INVALID_ARG, "at most %d uids and %d gids per principal",
+				STORE_PRINCIPAL_IDS_MAX, STORE_PRINCIPAL_IDS_MAX);
+	if ((r = calloc(1, sizeof(*r))) == NULL)
+		return CF_E_NOMEM;
+	snprintf(r->sp.name, sizeof(r->sp.name), "%s", name);
+	r->sp.created = (int64_t)time(NULL);
+	memcpy(r->sp.uids, uids, nuids * sizeof(*uids));
+	memcpy(r->sp.gids, gids, ngids * sizeof(*gids));
+	r->sp.nuids = (uint32_t)nuids;
+	r->sp.ngids = (uint32_t)ngids;
+	pthread_rwlock_wrlock(&p->lock);
+	if ((rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK &&
+	    (rc = insert_locked(p, r)) == CF_OK) {
+		rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
+		r = NULL;
+	}
+	pthread_rwlock_unlock(&p->lock);
+	pr_free(r);
+	return rc;
+}
+
+int
+policy_get(policy *p, const char *name, struct store_principal *out)
+{
+	int found, rc;
+	size_t at;
+
+	pthread_rwlock_rdlock(&p->lock);
+	at = find_locked(p, name, &found);
+	rc = found ? copy_principal(&p->v[at]->sp, out)
+		   : cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}
+
+int
+policy_list(policy *p, struct store_principal **out, size_t *n)
+{
+	struct store_principal *list;
+	size_t i;
+	int rc = CF_OK;
+
+	pthread_rwlock_rdlock(&p->lock);
+	if ((list = calloc(p->n ? p->n : 1, sizeof(*list))) == NULL) {
+		pthread_rwlock_unlock(&p->lock);
+		return CF_E_NOMEM;
+	}
+	for (i = 0; i < p->n && rc == CF_OK; i++)
+		rc = copy_principal(&p->v[i]->sp, &list[i]);
+	pthread_rwlock_unlock(&p->lock);
+	if (rc != CF_OK) {
+		policy_list_free(list, i);
+		return rc;
+	}
+	*out = list;
+	*n = i;
+	return CF_OK;
+}
+
+struct grant_edit {
+	const char *pattern;
+	uint32_t ops;
+};
+
+static int
+edit_grant(struct store_principal *sp, void *arg)
+{
+	const struct grant_edit *g = arg;
+	struct store_grant *ng;
+
+	for (uint32_t i = 0; i < sp->ngrants; i++)
+		if (strcmp(sp->grants[i].pattern, g->pattern) == 0) {
+			sp->grants[i].ops |= g->ops;
+			return CF_OK;
+		}
+	if ((ng = realloc(sp->grants, (sp->ngrants + 1) * sizeof(*ng))) == NULL)
+		return CF_E_NOMEM;
+	sp->grants = ng;
+	snprintf(ng[sp->ngrants].pattern, sizeof(ng[0].pattern), "%s", g->pattern);
+	ng[sp->ngrants++].ops = g->ops;
+	return CF_OK;
+}
+
+static int
+edit_revoke(struct store_principal *sp, void *arg)
+{
+	const struct grant_edit *g = arg;
+
+	for (uint32_t i = 0; i < sp->ngrants; i++) {
+		if (strcmp(sp->grants[i].pattern, g->pattern) != 0)
+			continue;
+		sp->grants[i].ops &= g->ops ? ~g->ops : 0;
+		if (sp->grants[i].ops == 0) {
+			memmove(&sp->grants[i], &sp->grants[i + 1],
+				(sp->ngrants - i - 1) * sizeof(sp->grants[0]));
+			sp->ngrants--;
+		}
+		return CF_OK;
+	}
+	return cf_error(CF_E_NOT_FOUND, "principal %s has no grant for %s", sp->name, g->pattern);
+}
+
+int
+policy_grant(policy *p, const char *name, const char *pattern, uint32_t ops,
+	     struct store_principal *out)
+{
+	struct grant_edit g = { pattern, ops };
+	int rc;
+
+	if ((rc = check_pattern(pattern)) != CF_OK || (rc = check_ops(ops)) != CF_OK)
+		return rc;
+	return modify(p, name, edit_grant, &g, 0, out);
+}
+
+int
+policy_revoke(policy *p, const char *name, const char *pattern, uint32_t ops,
+	      struct store_principal *out)
+{
+	struct grant_edit g = { pattern, ops };
+	int rc;
+
+	if ((rc = check_pattern(pattern)) != CF_OK || (ops != 0 && (rc = check_ops(ops)) != CF_OK))
+		return rc;
+	return modify(p, name, edit_revoke, &g, 0, out);
+}
+
+static int
+edit_limit(struct store_principal *sp, void *arg)
+{
+	const struct store_limit *l = arg;
+	struct store_limit *nl;
+
+	for (uint32_t i = 0; i < sp->nlimits; i++) {
+		if (sp->limits[i].op != l->op)
+			continue;
+		if (l->rate > 0.0) {
+			sp->limits[i] = *l;
+		} else {
+			memmove(&sp->limits[i], &sp->limits[i + 1],
+				(sp->nlimits - i - 1) * sizeof(*nl));
+			sp->nlimits--;
+		}
+		return CF_OK;
+	}
+	if (l->rate <= 0.0)
+		return CF_OK;
+	if ((nl = realloc(sp->limits, (sp->nlimits + 1) * sizeof(*nl))) == NULL)
+		return CF_E_NOMEM;
+	sp->limits = nl;
+	nl[sp->nlimits++] = *l;
+	return CF_OK;
+}
+
+int
+policy_set_limit(policy *p, const char *name, enum policy_op op, double rate, uint32_t burst,
+		 struct store_principal *out)
+{
+	struct store_limit l = { (uint32_t)op, rate, burst };
+
+	if ((unsigned)op >= POLICY_OP__COUNT)
+		return cf_error(CF_E_INVALID_ARG, "unknown operation %d", (int)op);
+	if (!isfinite(rate) || rate < 0.0 || rate > POLICY_RATE_MAX)
+		return cf_error(CF_E_INVALID_ARG, "rate must be 0 (remove) .. %.0f per second",
+				POLICY_RATE_MAX);
+	if (rate > 0.0 && (burst < 1 || burst > POLICY_RATE_MAX))
+		return cf_error(CF_E_INVALID_ARG, "burst must be 1 .. %.0f", POLICY_RATE_MAX);
+	return modify(p, name, edit_limit, &l, 1, out);
+}
+
+int
+policy_delete(policy *p, const char *name)
+{
+	int found, rc;
+	size_t at;
+
+	pthread_rwlock_wrlock(&p->lock);
+	at = find_locked(p, name, &found);
+	if (!found) {
+		rc = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	} else if ((rc = store_principal_delete(p->st, name)) == CF_OK) {
+		pr_free(p->v[at]);
+		memmove(&p->v[at], &p->v[at + 1], (p->n - at - 1) * sizeof(p->v[0]));
+		p->n--;
+	}
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}
+
+/* ---- the data path ---- */
+
+int
+policy_identify(policy *p, uid_t uid, gid_t gid, char name[STORE_PRINCIPAL_NAME_MAX + 1])
+{
+	const struct pr *by_gid = NULL;
+
+	pthread_rwlock_rdlock(&p->lock);
+	for (size_t i = 0; i < p->n; i++) {
+		const struct store_principal *sp = &p->v[i]->sp;
+
+		for (uint32_t k = 0; k < sp->nuids; k++)
+			if (sp->uids[k] == (uint32_t)uid) {
+				memcpy(name, sp->name, sizeof(sp->name));
+				pthread_rwlock_unlock(&p->lock);
+				return CF_OK;
+			}
+		for (uint32_t k = 0; k < sp->ngids && by_gid == NULL; k++)
+			if (sp->gids[k] == (uint32_t)gid)
+				by_gid = p->v[i];
+	}
+	if (by_gid != NULL)
+		memcpy(name, by_gid->sp.name, sizeof(by_gid->sp.name));
+	pthread_rwlock_unlock(&p->lock);
+	if (by_gid == NULL)
+		return cf_error(CF_E_UNAUTHENTICATED, "no principal for uid %u gid %u; an "
+				"administrator adds one with `cofferctl principal create NAME "
+				"--uid %u`", (unsigned)uid, (unsigned)gid, (unsigned)uid);
+	return CF_OK;
+}
+
+/* Seconds until bucket b of limit l has a token (0: it has one now). */
+static double
+bucket_wait(struct bucket *b, const struct store_limit *l, double t)
+{
+	b->tokens = fmin((double)l->burst, b->tokens + (t - b->last) * l->rate);
+	b->last = t;
+	return b->tokens >= 1.0 ? 0.0 : (1.0 - b->tokens) / l->rate;
+}
+
+int
+policy_check(policy *p, const char *principal, enum policy_op op, const char *key,
+	     uint32_t *retry_after_ms)
+{
+	const struct store_limit *lim[2] = { NULL, NULL };
+	struct bucket *bk[2] = { NULL, NULL };
+	struct pr *r;
+	double wait = 0.0, t;
+	int found, rc = CF_OK;
+	size_t at;
+
+	*retry_after_ms = 0;
+	pthread_rwlock_rdlock(&p->lock);
+	at = find_locked(p, principal, &found);
+	if (!found) {
+		pthread_rwlock_unlock(&p->lock);
+		return cf_error(CF_E_UNAUTHENTICATED, "principal %s no longer exists", principal);
+	}
+	r = p->v[at];
+	if (op != POLICY_OP_NONE) {
+		int granted = 0;
+
+		for (uint32_t i = 0; i < r->sp.ngrants && !granted; i++)
+			granted = (r->sp.grants[i].ops & POLICY_OP_BIT(op)) != 0 &&
+				  fnmatch(r->sp.grants[i].pattern, key, 0) == 0;
+		if (!granted) {
+			pthread_rwlock_unlock(&p->lock);
+			return cf_error(CF_E_DENIED, "principal %s may not %s with key %s (no grant)",
+					principal, policy_op_name(op), key);
+		}
+	}
+	for (uint32_t i = 0; i < r->sp.nlimits; i++) {
+		const struct store_limit *l = &r->sp.limits[i];
+		int slot = l->op == POLICY_OP_NONE ? 0 : 1;
+
+		if (l->op == POLICY_OP_NONE || l->op == (uint32_t)op) {
+			lim[slot] = l;
+			bk[slot] = &r->buckets[l->op];
+		}
+	}
+	if (lim[0] != NULL || lim[1] != NULL) {
+		pthread_mutex_lock(&p->bmu);
+		t = now_mono();
+		for (int i = 0; i < 2; i++)
+			if (lim[i] != NULL)
+				wait = fmax(wait, bucket_wait(bk[i], lim[i], t));
+		/* Take from every bucket only when all of them have a token. */
+		if (wait == 0.0) {
+			for (int i = 0; i < 2; i++)
+				if (bk[i] != NULL)
+					bk[i]->tokens -= 1.0;
+		}
+		pthread_mutex_unlock(&p->bmu);
+	}
+	if (wait > 0.0) {
+		*retry_after_ms = (uint32_t)ceil(wait * 1000.0);
+		rc = cf_error(CF_E_EXHAUSTED, "rate limit of principal %s%s%s exceeded; retry "
+			      "after %u ms", principal, op ? " for " : "", op ? policy_op_name(op) : "",
+			      *retry_after_ms);
+	}
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}

@@ -1,0 +1,72 @@
+/*
+ * policy.h — who may call what on the service socket: principals (named
+ * callers, matched by uid, then gid), grants (key-name globs × operations),
+ * and token-bucket rate limits per principal and per (principal, operation).
+ * Deny by default. Definitions are kept in the state store and in memory;
+ * the data path never touches SQLite.
+ *
+ * Thread-safe. Returned principals are copies (policy_principal_free).
+ */
+#ifndef COFFER_POLICY_H
+#define COFFER_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "store.h"
+
+/* Numbering shared with coffer.v1.Operation. */
+enum policy_op {
+	POLICY_OP_NONE = 0,          /* in a rate limit: every operation */
+	POLICY_OP_SIGN, POLICY_OP_VERIFY, POLICY_OP_MAC, POLICY_OP_VERIFY_MAC, POLICY_OP_WRAP,
+	POLICY_OP_UNWRAP, POLICY_OP_REWRAP, POLICY_OP_GENERATE_DATA_KEY,
+	POLICY_OP_GET_PUBLIC_KEY,
+	POLICY_OP__COUNT
+};
+#define POLICY_OP_BIT(op) (1u << (op))
+#define POLICY_OPS_ALL (((1u << POLICY_OP__COUNT) - 1) & ~1u)
+#define POLICY_RATE_MAX 1e6
+
+/* "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
+ * "generate-data-key", "get-public-key"; "all" for POLICY_OP_NONE. */
+const char *policy_op_name(enum policy_op op);
+
+typedef struct policy policy;
+
+int policy_open(store *st, policy **out);
+void policy_close(policy *p);   /* accepts NULL */
+
+/* ---- administration (each change is written to the store first) ---- */
+
+/* CF_E_EXISTS for a taken name or a uid/gid another principal holds;
+ * CF_E_INVALID_ARG for a bad name, no ids, too many ids. */
+int policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
+		  const uint32_t *gids, size_t ngids, struct store_principal *out);
+int policy_get(policy *p, const char *name, struct store_principal *out);
+int policy_list(policy *p, struct store_principal **out, size_t *n);
+/* Add ops to the grant for pattern (a key name or a glob with * and ?). */
+int policy_grant(policy *p, const char *name, const char *pattern, uint32_t ops,
+		 struct store_principal *out);
+/* Remove ops (0: all) from the grant for pattern; CF_E_NOT_FOUND without one. */
+int policy_revoke(policy *p, const char *name, const char *pattern, uint32_t ops,
+		  struct store_principal *out);
+/* rate 0 removes the limit of op. */
+int policy_set_limit(policy *p, const char *name, enum policy_op op, double rate,
+		     uint32_t burst, struct store_principal *out);
+int policy_delete(policy *p, const char *name);
+void policy_principal_free(struct store_principal *sp);   /* its arrays; accepts NULL */
+void policy_list_free(struct store_principal *list, size_t n);
+
+/* ---- the data path ---- */
+
+/* The principal of a caller into name. CF_E_UNAUTHENTICATED if none. */
+int policy_identify(policy *p, uid_t uid, gid_t gid, char name[STORE_PRINCIPAL_NAME_MAX + 1]);
+/* May `principal` do op on key, now? CF_E_DENIED (no grant covers it),
+ * CF_E_EXHAUSTED with *retry_after_ms (a rate limit), CF_E_UNAUTHENTICATED
+ * (the principal was deleted meanwhile). op POLICY_OP_NONE checks only the
+ * principal's overall rate limit. */
+int policy_check(policy *p, const char *principal, enum policy_op op, const char *key,
+		 uint32_t *retry_after_ms);
+
+#endif
