@@ -34,7 +34,7 @@ struct method {
 	handler_fn fn;          /* NULL for SessionService/Call, run here */
 	int sealed_only;        /* CloseSession */
 	int never_sealed;       /* OpenSession, GetIdentity, Call */
-	int health;             /* no principal needed */
+	int open;               /* no principal needed: Health, GetIdentity */
 	enum policy_op op;      /* KeyService: the operation to grant (NONE: ListKeys) */
 	const char *key_field;  /* KeyService: the request field naming the key */
 };
@@ -113,7 +113,8 @@ add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where
 		e->fn = call ? NULL : h->fn;
 		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
 		e->never_sealed = in_session && !e->sealed_only;
-		e->health = strcmp(svc->name, "grpc.health.v1.Health") == 0;
+		e->open = strcmp(svc->name, "grpc.health.v1.Health") == 0 ||
+			  (in_session && strcmp(md->name, "GetIdentity") == 0);
 		for (size_t k = 0; where == ON_SERVICE && k < sizeof(key_ops) / sizeof(key_ops[0]);
 		     k++)
 			if (strcmp(key_ops[k].method, md->name) == 0) {
@@ -311,7 +312,7 @@ authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *
 	const char *key = request_key(m, req);
 	int r;
 
-	if (h->admin || m->health || h->pol == NULL)
+	if (h->admin || m->open || h->pol == NULL)
 		return CF_OK;
 	if ((r = policy_identify(h->pol, h->uid, h->gid, who)) != CF_OK) {
 		cf_log_warn("refused: uid %u gid %u pid %d: %s: no principal", (unsigned)h->uid,

@@ -35,7 +35,8 @@ unsigned dispatch_status(int st);
  * wipes and frees it). Requests and responses are wiped after use. A call
  * refused by a rate limit sets *retry_after_ms (else 0).
  *
- * On the service socket every call but Health needs a principal (policy
+ * On the service socket every call but Health and GetIdentity (public)
+ * needs a principal (policy
  * identify), and every KeyService call a grant for its operation and key
  * (policy check); refusals are logged. */
 unsigned dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,

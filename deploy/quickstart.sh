@@ -4,7 +4,8 @@
 # 1. installs the Debian packages (deploy/install-deps.sh) and builds ./build
 # 2. initialises a SoftHSM2 token in ./demo (deploy/init-token.sh)
 # 3. starts cofferd on it, with its sockets and registry in ./demo
-# 4. creates an ECDSA P-256 key, signs a file with cofferctl, and verifies the
+# 4. makes you a principal allowed to use the demo-* keys
+# 5. creates an ECDSA P-256 key, signs a file with cofferctl, and verifies the
 #    signature with the openssl command-line tool on the exported public key.
 # The daemon keeps running afterwards; stop it with: kill "$(cat demo/cofferd.pid)"
 # Safe to re-run: the token, the key and the registry are kept.
@@ -43,8 +44,14 @@ for _ in $(seq 100); do
 done
 grep "ready:" "$demo/cofferd.log"
 
-echo "== 4. sign a file, verify with openssl"
 ctl=build/cofferctl
+echo "== 4. a principal for you: cofferd serves only callers it knows (deny by default)"
+if ! $ctl principal show demo >/dev/null 2>&1; then
+    $ctl principal create demo --uid "$(id -u)" >/dev/null
+fi
+$ctl principal grant demo --key 'demo-*' --op all
+
+echo "== 5. sign a file, verify with openssl"
 if ! $ctl key show demo-signing >/dev/null 2>&1; then
     $ctl key create demo-signing --type ec-p256
 fi
@@ -55,7 +62,7 @@ $ctl key pubkey demo-signing --out "$demo/demo-signing.pem"
 openssl dgst -sha256 -verify "$demo/demo-signing.pem" -signature "$demo/message.sig" \
     "$demo/message.txt"
 
-echo "== 5. sealed session: pin the daemon's identity, wrap and unwrap a secret"
+echo "== 6. sealed session: pin the daemon's identity, wrap and unwrap a secret"
 $ctl identity --out "$demo/identity.pem"
 export COFFER_IDENTITY=$demo/identity.pem
 if ! $ctl key show demo-wrapping >/dev/null 2>&1; then

@@ -177,7 +177,13 @@ class CofferDaemon:
     args: extra command-line flags.
     """
 
-    def __init__(self, config=None, args=(), label="coffer", workdir=None, cofferd=None):
+    # The principal start() gives this process's uid (cofferd denies by
+    # default); grant_all=False leaves the daemon without it.
+    PRINCIPAL = "tester"
+
+    def __init__(self, config=None, args=(), label="coffer", workdir=None, cofferd=None,
+                 grant_all=True):
+        self.grant_all = grant_all
         self.cofferd = cofferd or cofferd_path()
         if not os.access(self.cofferd, os.X_OK):
             raise DaemonError("%s is not built (set COFFER_BUILD_DIR or COFFER_COFFERD)"
@@ -264,7 +270,23 @@ class CofferDaemon:
         self.wait_ready(timeout)
         if self.identity is None:
             self.identity = self.fetch_identity()
+        if self.grant_all:
+            self.ensure_principal()
         return self
+
+    def ensure_principal(self, name=PRINCIPAL, uid=None):
+        """Give uid (default: ours) the principal `name` with every operation
+        on every key; an existing one is kept and granted."""
+        pb = stubs().pb
+        adm = self.admin_stub()
+        try:
+            adm.CreatePrincipal(pb.CreatePrincipalRequest(
+                name=name, uids=[os.geteuid() if uid is None else uid]), timeout=10)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        adm.GrantPrincipal(pb.GrantRequest(name=name, grant=pb.Grant(
+            key_pattern="*", operations=list(range(1, 10)))), timeout=10)
 
     def wait_ready(self, timeout=READY_TIMEOUT):
         deadline = time.monotonic() + timeout

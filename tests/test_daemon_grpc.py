@@ -707,6 +707,72 @@ class AllowListTests(CofferTestCase):
         d.stop()
 
 
+# ---- principals ----
+
+class PrincipalTests(CofferTestCase):
+    """Deny by default, grants and rate limits as an independent client sees
+    them: status codes, messages and the retry-after-ms trailing metadata."""
+
+    def test_no_principal_then_grants(self):
+        d = CofferDaemon(grant_all=False)
+        self.addCleanup(d.cleanup)
+        d.start()
+        adm, svc = d.admin_stub(), d.service_stub()
+        adm.CreateKey(pb.CreateKeyRequest(name="p-ec", type=pb.EC_P256), timeout=TIMEOUT)
+        sign = pb.SignRequest(key="p-ec", message=b"m")
+        # Health and the identity are public; everything else needs a principal.
+        self.assertEqual(health_check(d.service_socket), 1)
+        self.assertCode(SC.UNAUTHENTICATED, svc.Sign, sign, details="no principal for uid %d"
+                        % os.geteuid())
+        self.assertCode(SC.UNAUTHENTICATED, svc.ListKeys, pb.ListKeysRequest())
+        adm.CreatePrincipal(pb.CreatePrincipalRequest(name="me", uids=[os.geteuid()]),
+                            timeout=TIMEOUT)
+        self.assertCode(SC.PERMISSION_DENIED, svc.Sign, sign,
+                        details="principal me may not sign with key p-ec")
+        adm.GrantPrincipal(pb.GrantRequest(name="me", grant=pb.Grant(
+            key_pattern="p-*", operations=[pb.OP_VERIFY])), timeout=TIMEOUT)
+        self.assertCode(SC.PERMISSION_DENIED, svc.Sign, sign)
+        p = adm.GrantPrincipal(pb.GrantRequest(name="me", grant=pb.Grant(
+            key_pattern="p-*", operations=[pb.OP_SIGN])), timeout=TIMEOUT)
+        self.assertEqual(sorted(p.grants[0].operations), [pb.OP_SIGN, pb.OP_VERIFY])
+        svc.Sign(sign, timeout=TIMEOUT)
+        self.assertTrue(d.wait_for_log("denied: principal me"), d.log())
+        # Admin calls' own refusals.
+        self.assertCode(SC.ALREADY_EXISTS, adm.CreatePrincipal,
+                        pb.CreatePrincipalRequest(name="other", uids=[os.geteuid()]))
+        self.assertCode(SC.INVALID_ARGUMENT, adm.CreatePrincipal,
+                        pb.CreatePrincipalRequest(name="none"))
+        self.assertCode(SC.NOT_FOUND, adm.GetPrincipal, pb.GetPrincipalRequest(name="ghost"))
+        self.assertCode(SC.INVALID_ARGUMENT, adm.GrantPrincipal, pb.GrantRequest(
+            name="me", grant=pb.Grant(key_pattern="p-*", operations=[42])))
+        d.stop()
+
+    def test_rate_limit_retry_after(self):
+        d = CofferDaemon()
+        self.addCleanup(d.cleanup)
+        d.start()
+        adm, svc = d.admin_stub(), d.service_stub()
+        adm.CreateKey(pb.CreateKeyRequest(name="r-mac", type=pb.HMAC_SHA256), timeout=TIMEOUT)
+        adm.CreateKey(pb.CreateKeyRequest(name="r-aes", type=pb.AES_256), timeout=TIMEOUT)
+        adm.SetRateLimit(pb.SetRateLimitRequest(name=CofferDaemon.PRINCIPAL, limit=pb.RateLimit(
+            operation=pb.OP_MAC, per_second=0.5, burst=1)), timeout=TIMEOUT)
+        mac = pb.MacRequest(key="r-mac", data=b"d")
+        svc.Mac(mac, timeout=TIMEOUT)
+        err = self.assertCode(SC.RESOURCE_EXHAUSTED, svc.Mac, mac, details="rate limit")
+        trailers = dict(err.trailing_metadata())
+        self.assertIn("retry-after-ms", trailers)
+        self.assertTrue(1 <= int(trailers["retry-after-ms"]) <= 2000, trailers)
+        # Inside a session the inner result carries it.
+        adm.SetRateLimit(pb.SetRateLimitRequest(name=CofferDaemon.PRINCIPAL, limit=pb.RateLimit(
+            operation=pb.OP_WRAP, per_second=0.5, burst=1)), timeout=TIMEOUT)
+        sealed = d.sealed_stub()
+        sealed.Wrap(pb.WrapRequest(key="r-aes", plaintext=b"x"), timeout=TIMEOUT)
+        err = self.assertCode(SC.RESOURCE_EXHAUSTED, sealed.Wrap,
+                              pb.WrapRequest(key="r-aes", plaintext=b"x"))
+        self.assertIn("rate limit", err.details())
+        d.stop()
+
+
 # ---- lifecycle ----
 
 class LifecycleTests(CofferTestCase):

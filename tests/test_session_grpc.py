@@ -481,6 +481,8 @@ class AttackTests(SessionTestCase):
         self.addCleanup(d.cleanup)
         d.make_traversable()
         d.start()
+        # nobody is a principal of its own (cofferd denies callers without one).
+        d.ensure_principal("nobody-principal", uid=65534)
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="uid-aes", type=pb.AES_256),
                                  timeout=TIMEOUT)
         secret = os.urandom(48)
