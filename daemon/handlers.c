@@ -662,9 +662,11 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 	    (sp->ngrants && (p->grants = calloc(sp->ngrants, sizeof(*p->grants))) == NULL) ||
 	    (sp->nlimits && (p->limits = calloc(sp->nlimits, sizeof(*p->limits))) == NULL))
 		return CF_E_NOMEM;
-	memcpy(p->uids, sp->uids, sp->nuids * sizeof(*p->uids));
+	if (sp->nuids > 0)
+		memcpy(p->uids, sp->uids, sp->nuids * sizeof(*p->uids));
 	p->n_uids = sp->nuids;
-	memcpy(p->gids, sp->gids, sp->ngids * sizeof(*p->gids));
+	if (sp->ngids > 0)
+		memcpy(p->gids, sp->gids, sp->ngids * sizeof(*p->gids));
 	p->n_gids = sp->ngids;
 	for (uint32_t i = 0; i < sp->ngrants; i++) {
 		Coffer__V1__Grant *g = new_msg(&coffer__v1__grant__descriptor);

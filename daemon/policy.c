@@ -297,8 +297,10 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		return CF_E_NOMEM;
 	snprintf(r->sp.name, sizeof(r->sp.name), "%s", name);
 	r->sp.created = (int64_t)time(NULL);
-	memcpy(r->sp.uids, uids, nuids * sizeof(*uids));
-	memcpy(r->sp.gids, gids, ngids * sizeof(*gids));
+	if (nuids > 0)
+		memcpy(r->sp.uids, uids, nuids * sizeof(*uids));
+	if (ngids > 0)
+		memcpy(r->sp.gids, gids, ngids * sizeof(*gids));
 	r->sp.nuids = (uint32_t)nuids;
 	r->sp.ngids = (uint32_t)ngids;
 	pthread_rwlock_wrlock(&p->lock);
