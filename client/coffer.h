@@ -403,6 +403,50 @@ COFFER_API int coffer_import_key(coffer_client *c, const char *name, enum coffer
 /* Generate a new version and make it primary. */
 COFFER_API int coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **out);
 
+/* ---- HMAC-signed HTTP requests (proto/request-signing.md) ----
+ * For services that verify their REST clients' API-key signatures with a
+ * secret kept in Coffer (an hmac-sha256 key named after the API key id).
+ * libcoffer builds the canonical request from the request's parts. */
+
+struct coffer_http_request {
+	const char *key;            /* the hmac-sha256 key: the API key id */
+	const char *method;         /* "GET", "POST", ... */
+	const char *path;           /* as sent, without the query */
+	const char *raw_query;      /* what follows '?', or NULL/"" */
+	const uint8_t *body;        /* NULL with body_len 0 for none */
+	size_t body_len;
+	int64_t timestamp;          /* Unix seconds; signing: 0 = now */
+	const char *nonce;          /* 16..64 of A-Z a-z 0-9 - _; signing: NULL = fresh */
+};
+
+enum coffer_request_verdict {
+	COFFER_REQUEST_VALID = 1,
+	COFFER_REQUEST_BAD_SIGNATURE = 2,
+	COFFER_REQUEST_EXPIRED = 3,
+	COFFER_REQUEST_CLOCK_SKEW = 4,
+	COFFER_REQUEST_REPLAYED_NONCE = 5,
+};
+
+struct coffer_http_signature {
+	char *signature;            /* 64 lower-case hex */
+	int64_t timestamp;
+	char *nonce;
+	uint32_t version;
+	char *authorization;        /* the Authorization header value */
+};
+
+/* The canonical query of a raw query string (malloc'ed into *out). */
+COFFER_API int coffer_canonical_query(const char *raw_query, char **out);
+/* Check a request's signature. A failed check is not an error: COFFER_OK
+ * with *verdict saying why (reason: a malloc'ed sentence, NULL ok). Errors:
+ * COFFER_E_INVALID_ARG (malformed parts), COFFER_E_NOT_FOUND, COFFER_E_DENIED. */
+COFFER_API int coffer_verify_http_request(coffer_client *c, const struct coffer_http_request *r,
+    const char *signature, enum coffer_request_verdict *verdict, char **reason,
+    uint32_t *version);
+COFFER_API int coffer_sign_http_request(coffer_client *c, const struct coffer_http_request *r,
+    struct coffer_http_signature **out);
+COFFER_API void coffer_http_signature_free(struct coffer_http_signature *s);   /* NULL ok */
+
 /* ---- principals (AdminService, admin socket) ----
  * Callers of the service socket are principals: the uids/gids they connect
  * as, grants (key-name glob x operations) and rate limits. Deny by default:

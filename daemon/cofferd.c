@@ -12,6 +12,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <grpc/grpc.h>
@@ -135,6 +136,7 @@ main(int argc, char **argv)
 	keyring *kr = NULL;
 	session_mgr *sm = NULL;
 	policy *pol = NULL;
+	nonces *nn = NULL;
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	sigset_t sigs;
@@ -177,7 +179,8 @@ main(int argc, char **argv)
 	}
 	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
 	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK ||
-	    (r = policy_open(st, &pol)) != CF_OK) {
+	    (r = policy_open(st, &pol)) != CF_OK ||
+	    (r = nonces_open(cfg.state_dir, cfg.max_nonces, &nn)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
 	}
@@ -197,6 +200,8 @@ main(int argc, char **argv)
 	rc.kr = kr;
 	rc.sm = sm;
 	rc.pol = pol;
+	rc.nn = nn;
+	rc.window = cfg.request_window;
 	rc.workers = cfg.workers;
 	rc.max_message_bytes = cfg.max_message_bytes;
 	rc.admin_path = cfg.admin_path;
@@ -218,6 +223,7 @@ main(int argc, char **argv)
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
 		session_expire(sm);
+		nonces_expire(nn, (int64_t)time(NULL));
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	status = 0;
@@ -227,6 +233,7 @@ out:
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
 	session_mgr_close(sm);
 	policy_close(pol);
+	nonces_close(nn);
 	keyring_close(kr);
 	store_close(st);
 	cf_p11_close(p11);

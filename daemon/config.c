@@ -40,6 +40,8 @@ config_defaults(struct cofferd_config *c)
 	c->session.max_per_caller = 64;
 	c->session.max_sessions = 4096;
 	c->session.max_pending = 8;
+	c->request_window = 300;
+	c->max_nonces = 4000000;
 }
 
 static int
@@ -227,6 +229,11 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		return set_socket(&c->admin, c->admin_path, name, value);
 	} else if (strcmp(section, "session") == 0) {
 		return set_session(c, name, value);
+	} else if (strcmp(section, "requests") == 0) {
+		if (strcmp(name, "window") == 0)
+			return parse_uint(value, 1, 86400, 10, &c->request_window);
+		if (strcmp(name, "max_nonces") == 0)
+			return parse_uint(value, 1000, 100000000, 10, &c->max_nonces);
 	} else {
 		return cf_error(CF_E_CONFIG, "unknown section [%s]", section);
 	}

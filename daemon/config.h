@@ -30,6 +30,8 @@ struct cofferd_config {
 	struct session_cfg session;
 	unsigned require_sealed;     /* [session] require_sealed */
 	unsigned unsealed_secrets;   /* [session] unsealed_secrets (benchmarks only) */
+	unsigned request_window;     /* [requests] window: seconds either way */
+	unsigned max_nonces;         /* [requests] max_nonces */
 };
 
 void config_defaults(struct cofferd_config *c);

@@ -56,6 +56,8 @@ static const struct {
 	{ "GetPublicKey", POLICY_OP_GET_PUBLIC_KEY, "key" },
 	{ "GetKey", POLICY_OP_GET_PUBLIC_KEY, "name" },
 	{ "ListKeys", POLICY_OP_NONE, NULL },
+	{ "VerifyRequestSignature", POLICY_OP_VERIFY_MAC, "request.key" },
+	{ "SignHttpRequest", POLICY_OP_MAC, "request.key" },
 };
 
 struct dispatch {
@@ -293,11 +295,23 @@ static const char *
 request_key(const struct method *m, const ProtobufCMessage *req)
 {
 	const ProtobufCFieldDescriptor *f;
-	const char *v;
+	const char *field = m->key_field, *dot, *v;
+	char outer[32];
 
-	if (m->key_field == NULL ||
-	    (f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
-								  m->key_field)) == NULL ||
+	if (field == NULL)
+		return "";
+	/* "request.key": the key of a nested message. */
+	if ((dot = strchr(field, '.')) != NULL) {
+		snprintf(outer, sizeof(outer), "%.*s", (int)(dot - field), field);
+		if ((f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
+									  outer)) == NULL ||
+		    f->type != PROTOBUF_C_TYPE_MESSAGE ||
+		    (req = *(const ProtobufCMessage *const *)(const void *)
+			   ((const char *)req + f->offset)) == NULL)
+			return "";
+		field = dot + 1;
+	}
+	if ((f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, field)) == NULL ||
 	    f->type != PROTOBUF_C_TYPE_STRING)
 		return "";
 	v = *(const char *const *)(const void *)((const char *)req + f->offset);

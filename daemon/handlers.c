@@ -1,13 +1,16 @@
 /* The RPC handlers of KeyService, AdminService and Health. */
 #include "handlers.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "cf_pbwipe.h"
+#include "cf_reqsign.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "envelope.h"
@@ -482,6 +485,207 @@ out:
 	return r;
 }
 
+/* ---- HMAC-signed HTTP requests ---- */
+
+/* The request parts as cf_reqsign wants them; CF_E_INVALID_ARG if malformed. */
+static int
+http_parts(const Coffer__V1__HttpRequestParts *p, struct cf_http_request *r)
+{
+	if (p == NULL)
+		return cf_error(CF_E_INVALID_ARG, "request is required");
+	if (p->body_sha256.len != 32)
+		return cf_error(CF_E_INVALID_ARG, "body_sha256 must be 32 bytes, not %zu",
+				p->body_sha256.len);
+	memset(r, 0, sizeof(*r));
+	r->key_id = p->key;
+	r->method = p->method;
+	r->path = p->path;
+	r->canonical_query = p->canonical_query;
+	memcpy(r->body_sha256, p->body_sha256.data, 32);
+	r->timestamp = p->timestamp;
+	r->nonce = p->nonce;
+	return cf_reqsign_check(r);
+}
+
+/* Only HMAC-SHA256 keys sign requests (the scheme names its hash). */
+static int
+request_key(const struct hctx *c, const char *name, uint32_t version, cf_p11_key **k,
+	    uint32_t *used)
+{
+	int r;
+
+	if ((r = check_name(name)) != CF_OK ||
+	    (r = keyring_use(c->kr, name, version, PURPOSE_MAC, k, used)) != CF_OK)
+		return r;
+	if (cf_p11_key_type(*k) != CF_KEY_HMAC_SHA256)
+		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key", name);
+	return CF_OK;
+}
+
+static int
+verdict(Coffer__V1__VerifyRequestSignatureResponse *out, Coffer__V1__RequestVerdict v,
+	uint32_t version, const char *reason)
+{
+	out->verdict = v;
+	out->valid = v == COFFER__V1__REQUEST_VERDICT__VALID;
+	out->version = version;
+	return (out->reason = strdup(reason)) == NULL ? CF_E_NOMEM : CF_OK;
+}
+
+static int
+h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__VerifyRequestSignatureRequest *req = (const void *)m;
+	Coffer__V1__VerifyRequestSignatureResponse *out = NULL;
+	struct cf_http_request hr;
+	struct key_info info;
+	cf_buf *str = NULL;
+	uint8_t sig[32];
+	int64_t now = (int64_t)time(NULL);
+	uint32_t good = 0;
+	char why[160];
+	int r;
+
+	memset(&info, 0, sizeof(info));
+	if ((r = http_parts(req->request, &hr)) != CF_OK)
+		return r;
+	{
+		cf_p11_key *k;
+		uint32_t v;
+
+		if ((r = request_key(c, hr.key_id, 0, &k, &v)) != CF_OK)
+			return r;
+	}
+	if ((out = new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
+	    (str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if (hr.timestamp < now - (int64_t)c->window) {
+		snprintf(why, sizeof(why), "timestamp is %lld s old; the window is %u s: sign the "
+			 "request again", (long long)(now - hr.timestamp), c->window);
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__EXPIRED, 0, why);
+		goto done;
+	}
+	if (hr.timestamp > now + (int64_t)c->window) {
+		snprintf(why, sizeof(why), "timestamp is %lld s ahead of the daemon's clock; the "
+			 "window is %u s: check the client's clock",
+			 (long long)(hr.timestamp - now), c->window);
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__CLOCK_SKEW, 0, why);
+		goto done;
+	}
+	if (strlen(req->signature) != 64 ||
+	    OPENSSL_hexstr2buf_ex(sig, sizeof(sig), NULL, req->signature, '\0') != 1) {
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__BAD_SIGNATURE, 0,
+			    "signature is not 64 hex characters");
+		goto done;
+	}
+	if ((r = cf_reqsign_http_string(&hr, str)) != CF_OK ||
+	    (r = keyring_describe(c->kr, hr.key_id, &info)) != CF_OK)
+		goto out;
+	/* Any enabled version: clients keep the old secret until they rotate. */
+	for (uint32_t i = info.nversions; i-- > 0 && good == 0;) {
+		cf_p11_key *k;
+		uint32_t v;
+
+		if (info.versions[i].state != STORE_ENABLED ||
+		    request_key(c, hr.key_id, info.versions[i].version, &k, &v) != CF_OK)
+			continue;
+		if (cf_p11_mac_verify(k, cf_buf_peek(str), cf_buf_len(str), sig, 32) == CF_OK)
+			good = v;
+	}
+	if (good == 0) {
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__BAD_SIGNATURE, 0,
+			    "signature does not match the canonical request under any enabled "
+			    "version of the key");
+		goto done;
+	}
+	/* Only a genuine request may use up its nonce. */
+	r = nonces_use(c->nn, hr.key_id, hr.nonce, hr.timestamp + (int64_t)c->window + 1, now);
+	if (r == CF_E_EXISTS) {
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__REPLAYED_NONCE, good,
+			    "nonce was already used with this key: a replayed request");
+		goto done;
+	}
+	if (r != CF_OK)
+		goto out;
+	r = verdict(out, COFFER__V1__REQUEST_VERDICT__VALID, good, "valid");
+done:
+	if (r == CF_OK) {
+		*resp = &out->base;
+		out = NULL;
+	}
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+	keyring_info_free(&info);
+	cf_buf_free(str);
+	return r;
+}
+
+static int
+h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SignHttpRequestRequest *req = (const void *)m;
+	Coffer__V1__SignHttpRequestResponse *out = NULL;
+	Coffer__V1__HttpRequestParts parts;
+	struct cf_http_request hr;
+	cf_buf *str = NULL, *mac = NULL;
+	cf_p11_key *k;
+	uint8_t rnd[16];
+	char nonce[CF_REQSIGN_NONCE_MAX + 1], hex[65], *auth = NULL;
+	uint32_t v;
+	int r;
+
+	if (req->request == NULL)
+		return cf_error(CF_E_INVALID_ARG, "request is required");
+	parts = *req->request;
+	if (parts.timestamp == 0)
+		parts.timestamp = (int64_t)time(NULL);
+	if (parts.nonce[0] == '\0') {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			return cf_error(CF_E_INTERNAL, "random number generator failed");
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			snprintf(nonce + 2 * i, 3, "%02x", rnd[i]);
+		parts.nonce = nonce;
+	}
+	if ((r = http_parts(&parts, &hr)) != CF_OK ||
+	    (r = request_key(c, hr.key_id, 0, &k, &v)) != CF_OK)
+		return r;
+	if ((str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL || (mac = cf_buf_new(64)) == NULL ||
+	    (out = new_msg(&coffer__v1__sign_http_request_response__descriptor)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	if ((r = cf_reqsign_http_string(&hr, str)) != CF_OK ||
+	    (r = cf_p11_mac(k, cf_buf_peek(str), cf_buf_len(str), mac)) != CF_OK)
+		goto out;
+	for (size_t i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", cf_buf_peek(mac)[i]);
+	if (asprintf(&auth, "%s keyId=%s, version=%u, timestamp=%lld, nonce=%s, signature=%s",
+		     CF_REQSIGN_HTTP_LABEL, hr.key_id, v, (long long)hr.timestamp, hr.nonce,
+		     hex) < 0) {
+		auth = NULL;
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	out->authorization = auth;
+	out->version = v;
+	out->timestamp = hr.timestamp;
+	if ((out->signature = strdup(hex)) == NULL || (out->nonce = strdup(hr.nonce)) == NULL) {
+		r = CF_E_NOMEM;
+		goto out;
+	}
+	*resp = &out->base;
+	out = NULL;
+out:
+	if (out != NULL)
+		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+	cf_buf_free(str);
+	cf_buf_free(mac);
+	return r;
+}
+
 static int
 h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
@@ -940,6 +1144,8 @@ static const struct handler handler_table[] = {
 	{ "coffer.v1.KeyService", "GetPublicKey", h_get_public_key },
 	{ "coffer.v1.KeyService", "GetKey", h_get_key },
 	{ "coffer.v1.KeyService", "ListKeys", h_list_keys },
+	{ "coffer.v1.KeyService", "VerifyRequestSignature", h_verify_request },
+	{ "coffer.v1.KeyService", "SignHttpRequest", h_sign_request },
 	{ "coffer.v1.AdminService", "CreateKey", h_create_key },
 	{ "coffer.v1.AdminService", "ImportKey", h_import_key },
 	{ "coffer.v1.AdminService", "RotateKey", h_rotate_key },

@@ -13,6 +13,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "keyring.h"
+#include "nonces.h"
 #include "policy.h"
 #include "session.h"
 
@@ -25,6 +26,8 @@ struct hctx {
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;
+	nonces *nn;             /* replay record of signed requests */
+	unsigned window;        /* seconds a signed request's timestamp may be off */
 	const char *principal;  /* service socket: the caller's principal, else NULL */
 	session *sess;          /* the session of a sealed call, else NULL */
 	uid_t uid;

@@ -162,8 +162,8 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
       uint32_t *retry_after_ms)
 {
 	rpc_server *s = c->s;
-	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol,
-			  .unsealed_secrets = s->cfg.unsealed_secrets };
+	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .nn = s->cfg.nn,
+			  .window = s->cfg.window, .unsealed_secrets = s->cfg.unsealed_secrets };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
 	grpc_slice in = grpc_empty_slice(), packed;

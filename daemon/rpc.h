@@ -14,6 +14,7 @@
 #define COFFER_RPC_H
 
 #include "keyring.h"
+#include "nonces.h"
 #include "policy.h"
 #include "session.h"
 
@@ -21,6 +22,8 @@ struct rpc_cfg {
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;
+	nonces *nn;                  /* replay record of signed requests */
+	unsigned window;             /* seconds a signed request may be off */
 	unsigned workers;            /* completion-queue threads; handlers run on them */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */

@@ -1,0 +1,154 @@
+/*
+ * reqsign_vectors — the test vectors of proto/request-signing.md, computed
+ * by cf_reqsign (the code cofferd and libcoffer run) and OpenSSL's HMAC with
+ * a fixed test secret.
+ *
+ *   reqsign_vectors             print the vector block
+ *   reqsign_vectors --check F   fail unless F's block is exactly that
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "cf_buf.h"
+#include "cf_reqsign.h"
+#include "cf_status.h"
+
+#define BLOCK_BEGIN "<!-- vectors:begin -->"
+#define BLOCK_END "<!-- vectors:end -->"
+
+struct vec {
+	const char *method, *path, *raw_query, *body, *nonce, *key;
+	long long timestamp;
+};
+
+static const struct vec vecs[] = {
+	{ "GET", "/v1/orders", "", "", "n0nce-0000000001", "orders-api", 1764300000 },
+	{ "POST", "/v1/orders", "b=2&a=1&a=0&c", "{\"amount\":42}", "n0nce-0000000002",
+	  "orders-api", 1764300001 },
+	{ "PUT", "/v1/items/%C3%A9t%C3%A9", "q=hello%20world&q=a+b&empty=&%7Ex=%41",
+	  "payload", "AbCdEf0123456789_-xy", "orders-api", 1764300002 },
+};
+
+static void
+hexline(char **o, size_t *left, const char *name, const uint8_t *p, size_t n)
+{
+	int w = snprintf(*o, *left, "%s: ", name);
+
+	*o += w;
+	*left -= (size_t)w;
+	for (size_t i = 0; i < n && *left > 3; i++) {
+		snprintf(*o, *left, "%02x", p[i]);
+		*o += 2;
+		*left -= 2;
+	}
+	w = snprintf(*o, *left, "\n");
+	*o += w;
+	*left -= (size_t)w;
+}
+
+static void
+textline(char **o, size_t *left, const char *name, const char *v)
+{
+	int w = snprintf(*o, *left, "%s: %s\n", name, v);
+
+	*o += w;
+	*left -= (size_t)w;
+}
+
+static int
+compute(char *out, size_t outlen)
+{
+	uint8_t secret[32], mac[32];
+	unsigned maclen = 0;
+	char *o = out, name[48], ts[24];
+	size_t left = outlen;
+
+	for (int i = 0; i < 32; i++)
+		secret[i] = (uint8_t)i;
+	hexline(&o, &left, "secret", secret, sizeof(secret));
+	for (size_t i = 0; i < sizeof(vecs) / sizeof(vecs[0]); i++) {
+		const struct vec *v = &vecs[i];
+		cf_buf *q = cf_buf_new(4 * CF_REQSIGN_QUERY_MAX), *s = cf_buf_new(CF_REQSIGN_STRING_MAX);
+		struct cf_http_request r;
+		char *cq;
+
+		if (q == NULL || s == NULL || cf_reqsign_canonical_query(v->raw_query, q) != CF_OK ||
+		    cf_buf_put_u8(q, 0) != CF_OK) {
+			fprintf(stderr, "reqsign_vectors: %s\n", cf_error_detail());
+			return -1;
+		}
+		cq = (char *)cf_buf_peek(q);
+		memset(&r, 0, sizeof(r));
+		r.method = v->method;
+		r.path = v->path;
+		r.canonical_query = cq;
+		EVP_Digest(v->body, strlen(v->body), r.body_sha256, NULL, EVP_sha256(), NULL);
+		r.timestamp = v->timestamp;
+		r.nonce = v->nonce;
+		r.key_id = v->key;
+		if (cf_reqsign_http_string(&r, s) != CF_OK) {
+			fprintf(stderr, "reqsign_vectors: %s\n", cf_error_detail());
+			return -1;
+		}
+		HMAC(EVP_sha256(), secret, sizeof(secret), cf_buf_peek(s), cf_buf_len(s), mac,
+		     &maclen);
+		snprintf(ts, sizeof(ts), "%lld", v->timestamp);
+#define N(f) (snprintf(name, sizeof(name), "request%zu_%s", i + 1, f), name)
+		textline(&o, &left, N("method"), v->method);
+		textline(&o, &left, N("path"), v->path);
+		textline(&o, &left, N("raw_query"), v->raw_query);
+		textline(&o, &left, N("body"), v->body);
+		textline(&o, &left, N("timestamp"), ts);
+		textline(&o, &left, N("nonce"), v->nonce);
+		textline(&o, &left, N("key_id"), v->key);
+		textline(&o, &left, N("canonical_query"), cq);
+		hexline(&o, &left, N("body_sha256"), r.body_sha256, 32);
+		hexline(&o, &left, N("string_to_sign"), cf_buf_peek(s), cf_buf_len(s));
+		hexline(&o, &left, N("signature"), mac, maclen);
+#undef N
+		cf_buf_free(q);
+		cf_buf_free(s);
+	}
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	static char out[32768], doc[1 << 16];
+
+	if (compute(out, sizeof(out)) != 0)
+		return 1;
+	if (argc == 3 && strcmp(argv[1], "--check") == 0) {
+		FILE *f = fopen(argv[2], "r");
+		size_t n = f ? fread(doc, 1, sizeof(doc) - 1, f) : 0;
+		char *b, *e;
+
+		if (f != NULL)
+			fclose(f);
+		doc[n] = '\0';
+		if ((b = strstr(doc, BLOCK_BEGIN)) == NULL || (e = strstr(b, BLOCK_END)) == NULL) {
+			fprintf(stderr, "%s: no vector block\n", argv[2]);
+			return 1;
+		}
+		*e = '\0';
+		b += strlen(BLOCK_BEGIN);
+		if (strstr(b, out) == NULL) {
+			fprintf(stderr, "%s: the vectors differ from what the code computes; "
+				"regenerate with reqsign_vectors\n", argv[2]);
+			return 1;
+		}
+		printf("%s: vectors match the code\n", argv[2]);
+		return 0;
+	}
+	if (argc != 1) {
+		fprintf(stderr, "usage: reqsign_vectors [--check FILE]\n");
+		return 2;
+	}
+	printf("```\n%s```\n", out);
+	return 0;
+}
