@@ -1,5 +1,6 @@
 #include "cf_secret.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -14,6 +15,45 @@ struct cf_secret {
 	size_t len;     /* visible length */
 	size_t map_len; /* mapping size */
 };
+
+/*
+ * Wiped single pages are kept (still locked, still out of core dumps) for
+ * the next secret: a daemon unwrapping thousands of secrets a second would
+ * otherwise map, lock, unlock and unmap a page for each, and every munmap
+ * interrupts all cores to flush their TLBs.
+ */
+#define SPARE_PAGES_MAX 64
+
+static pthread_mutex_t spare_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *spare[SPARE_PAGES_MAX];
+static unsigned nspare;
+
+static void *
+spare_take(void)
+{
+	void *p = NULL;
+
+	pthread_mutex_lock(&spare_mu);
+	if (nspare > 0)
+		p = spare[--nspare];
+	pthread_mutex_unlock(&spare_mu);
+	return p;
+}
+
+/* 1 if kept (the caller must have wiped it). */
+static int
+spare_keep(void *p)
+{
+	int kept = 0;
+
+	pthread_mutex_lock(&spare_mu);
+	if (nspare < SPARE_PAGES_MAX) {
+		spare[nspare++] = p;
+		kept = 1;
+	}
+	pthread_mutex_unlock(&spare_mu);
+	return kept;
+}
 
 int
 cf_secret_new(size_t len, cf_secret **out)
@@ -32,6 +72,13 @@ cf_secret_new(size_t len, cf_secret **out)
 		map_len = (size_t)page;
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return CF_E_NOMEM;
+	if (map_len == (size_t)page && (p = spare_take()) != NULL) {
+		s->data = p;   /* zero: wiped when it was freed */
+		s->len = len;
+		s->map_len = map_len;
+		*out = s;
+		return CF_OK;
+	}
 	p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED) {
 		free(s);
@@ -70,8 +117,11 @@ cf_secret_free(cf_secret *s)
 	if (s == NULL)
 		return;
 	OPENSSL_cleanse(s->data, s->map_len);
-	munlock(s->data, s->map_len);
-	munmap(s->data, s->map_len);
+	/* OPENSSL_cleanse zeroes, as a fresh mapping would be. */
+	if (s->map_len != (size_t)sysconf(_SC_PAGESIZE) || !spare_keep(s->data)) {
+		munlock(s->data, s->map_len);
+		munmap(s->data, s->map_len);
+	}
 	free(s);
 }
 
