@@ -158,10 +158,17 @@ static int
 load_one(const struct store_principal *sp, void *arg)
 {
 	policy *p = arg;
-	struct pr *r = calloc(1, sizeof(*r));
+	struct pr *r;
 	int rc;
 
-	if (r == NULL)
+	/* The store is trusted no further than its shape: a limit must index a
+	 * bucket and have a rate to divide by. */
+	for (uint32_t i = 0; i < sp->nlimits; i++)
+		if (sp->limits[i].op >= POLICY_OP__COUNT || !(sp->limits[i].rate > 0.0) ||
+		    sp->limits[i].burst < 1)
+			return cf_error(CF_E_IO, "state store holds a malformed rate limit for "
+					"principal %s", sp->name);
+	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return CF_E_NOMEM;
 	if ((rc = copy_principal(sp, &r->sp)) != CF_OK || (rc = insert_locked(p, r)) != CF_OK) {
 		pr_free(r);
@@ -542,6 +549,13 @@ policy_check(policy *p, const char *principal, enum policy_op op, const char *ke
 	r = p->v[at];
 	if (op != POLICY_OP_NONE) {
 		int granted = 0;
+
+		/* A name no key can have is refused before any pattern sees it
+		 * (globs against long hostile strings backtrack). */
+		if (cf_key_name_check(key) != CF_OK) {
+			pthread_rwlock_unlock(&p->lock);
+			return cf_error(CF_E_INVALID_ARG, "key name: %s", cf_error_detail());
+		}
 
 		for (uint32_t i = 0; i < r->sp.ngrants && !granted; i++)
 			granted = (r->sp.grants[i].ops & POLICY_OP_BIT(op)) != 0 &&

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
@@ -122,6 +123,21 @@ test_grants(void)
 	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_DENIED);
 	CU_ASSERT_EQUAL(coffer_principal_revoke(adm, CF_TEST_PRINCIPAL, "no-such-*", 0, NULL),
 			COFFER_E_NOT_FOUND);
+	/* A hostile key name never reaches a glob (which would backtrack). */
+	{
+		static char huge[200000];
+		struct timespec t0, t1;
+
+		memset(huge, 'a', sizeof(huge) - 1);
+		CHECK_COFFER(coffer_principal_grant(adm, CF_TEST_PRINCIPAL, "*a*a*a*a*a*a*a*a*b",
+						    COFFER_OP_BIT(COFFER_OP_SIGN), NULL));
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		CU_ASSERT_EQUAL(sign(huge), COFFER_E_INVALID_ARG);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		CU_ASSERT(t1.tv_sec - t0.tv_sec < 2);
+		CHECK_COFFER(coffer_principal_revoke(adm, CF_TEST_PRINCIPAL, "*a*a*a*a*a*a*a*a*b", 0,
+						     NULL));
+	}
 }
 
 static void
