@@ -269,7 +269,7 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 		goto out;
 	}
 	coffer__v1__sealed_reply__init(reply);
-	if ((r = session_reply(h->sm, s, req->sequence, req->method, rbytes, rlen, rec)) != CF_OK)
+	if ((r = session_reply(s, req->sequence, req->method, rbytes, rlen, rec)) != CF_OK)
 		goto out;
 	if ((reply->record.data = malloc(cf_buf_len(rec))) == NULL) {
 		r = CF_E_NOMEM;

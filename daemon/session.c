@@ -21,6 +21,9 @@ struct session {
 	cf_session_keys *keys;
 	uint64_t next_seq;           /* the next caller record */
 	uint64_t recs_in, recs_out, bytes_in, bytes_out;
+	/* The reply being sealed by the one call that holds the next sequence
+	 * number; added to the counts when it releases the session. */
+	uint64_t reply_recs, reply_bytes;
 	int64_t expires, last_used;  /* monotonic milliseconds */
 	int ended;
 	unsigned refs;               /* the table's own reference + calls in flight */
@@ -406,6 +409,7 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 	 * record cannot also be accepted. */
 	s->next_seq++;
 	s->recs_in++;
+	s->bytes_in += plen;   /* what the record holds if it opens */
 	s->last_used = now;
 	s->refs++;
 	pthread_mutex_unlock(&sm->mu);
@@ -419,24 +423,20 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 		return cf_error(CF_E_UNAUTHENTICATED, "record failed authentication (tampered, "
 				"truncated, reflected or from another session); the session is ended");
 	}
-	pthread_mutex_lock(&sm->mu);
-	s->bytes_in += *ptlen;
-	pthread_mutex_unlock(&sm->mu);
 	*out = s;
 	return CF_OK;
 }
 
 int
-session_reply(session_mgr *sm, session *s, uint64_t seq, const char *method,
-	      const uint8_t *pt, size_t len, cf_buf *out)
+session_reply(session *s, uint64_t seq, const char *method, const uint8_t *pt, size_t len,
+	      cf_buf *out)
 {
 	int r = cf_session_seal(s->keys, CF_SESSION_S2C, seq, method, pt, len, out);
 
-	if (r == CF_OK) {
-		pthread_mutex_lock(&sm->mu);
-		s->recs_out++;
-		s->bytes_out += len;
-		pthread_mutex_unlock(&sm->mu);
+	/* Counted when the call releases the session: one lock per call less. */
+	if (r == CF_OK) {   /* atomic: a misbehaving caller may overlap two records */
+		__atomic_fetch_add(&s->reply_recs, 1, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&s->reply_bytes, (uint64_t)len, __ATOMIC_RELAXED);
 	}
 	return r;
 }
@@ -456,6 +456,8 @@ session_release(session_mgr *sm, session *s)
 	if (s == NULL)
 		return;
 	pthread_mutex_lock(&sm->mu);
+	s->recs_out += __atomic_exchange_n(&s->reply_recs, 0, __ATOMIC_RELAXED);
+	s->bytes_out += __atomic_exchange_n(&s->reply_bytes, 0, __ATOMIC_RELAXED);
 	unref_locked(s);
 	pthread_mutex_unlock(&sm->mu);
 }

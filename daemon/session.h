@@ -61,8 +61,8 @@ int session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, siz
 		   uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
 		   session **s, uint8_t **pt, size_t *ptlen);
 /* Seal the reply to the call accepted with seq. */
-int session_reply(session_mgr *sm, session *s, uint64_t seq, const char *method,
-		  const uint8_t *pt, size_t len, cf_buf *out);
+int session_reply(session *s, uint64_t seq, const char *method, const uint8_t *pt, size_t len,
+		  cf_buf *out);
 /* End the session now (CloseSession); later records are refused. */
 void session_end(session_mgr *sm, session *s);
 void session_release(session_mgr *sm, session *s);   /* accepts NULL */
