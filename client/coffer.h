@@ -216,6 +216,7 @@ struct coffer_key_info {
 	size_t nversions;
 	int64_t create_time;
 	int exportable;
+	unsigned int allowed_operations;   /* the key's own limit: COFFER_OP_BIT()s; 0 = all */
 };
 
 struct coffer_key_list {
@@ -393,6 +394,12 @@ COFFER_API void coffer_key_list_free(struct coffer_key_list *l);       /* NULL o
  * lets the secret be wrapped out of the token later. */
 COFFER_API int coffer_create_key(coffer_client *c, const char *name, enum coffer_key_type type,
     int exportable, struct coffer_key_info **out);
+
+/* The same, with the key's own operation limit (COFFER_OP_BIT()s that fit
+ * its purpose; 0 = all of them): no grant can exceed it. */
+COFFER_API int coffer_create_key_limited(coffer_client *c, const char *name,
+    enum coffer_key_type type, int exportable, unsigned int operations,
+    struct coffer_key_info **out);
 
 /* Import raw secret material: HMAC_* (hash length .. 512 bytes) or AES_256
  * (32 bytes). The material is never logged or echoed; libcoffer wipes its

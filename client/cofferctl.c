@@ -714,15 +714,33 @@ sign_opts(const struct opts *o, struct coffer_sign_opts *so)
 
 /* ---- key metadata output ---- */
 
+/* `,"name":[...]` of the operations in bits. */
+static void
+put_ops_json(FILE *f, const char *name, unsigned int bits)
+{
+	int first = 1;
+
+	fprintf(f, ",\"%s\":[", name);
+	for (int op = COFFER_OP_SIGN; op <= COFFER_OP_GET_PUBLIC_KEY; op++)
+		if (bits & COFFER_OP_BIT(op)) {
+			fprintf(f, "%s\"%s\"", first ? "" : ",",
+			    coffer_operation_name((enum coffer_operation)op));
+			first = 0;
+		}
+	fputc(']', f);
+}
+
 static void
 put_key_json(FILE *f, const struct coffer_key_info *k)
 {
 	fputs("{\"name\":", f);
 	put_json_str(f, k->name);
 	fprintf(f, ",\"type\":\"%s\",\"purpose\":\"%s\",\"primary_version\":%" PRIu32
-	    ",\"exportable\":%s,\"create_time\":%" PRId64 ",\"versions\":[",
+	    ",\"exportable\":%s,\"create_time\":%" PRId64,
 	    coffer_key_type_name(k->type), coffer_purpose_name(k->purpose),
 	    k->primary_version, k->exportable ? "true" : "false", k->create_time);
+	put_ops_json(f, "allowed_operations", k->allowed_operations);
+	fputs(",\"versions\":[", f);
 	for (size_t i = 0; i < k->nversions; i++)
 		fprintf(f, "%s{\"version\":%" PRIu32 ",\"state\":\"%s\",\"create_time\":%"
 		    PRId64 "}", i ? "," : "", k->versions[i].version,
@@ -746,6 +764,12 @@ put_key(const struct ctl *ctl, const struct coffer_key_info *k)
 	    coffer_purpose_name(k->purpose), k->primary_version,
 	    k->exportable ? "yes" : "no");
 	put_time(stdout, k->create_time);
+	fputs("\noperations: ", stdout);
+	if (k->allowed_operations == 0)
+		fputs("all of its purpose", stdout);
+	for (int op = COFFER_OP_SIGN; op <= COFFER_OP_GET_PUBLIC_KEY; op++)
+		if (k->allowed_operations & COFFER_OP_BIT(op))
+			printf("%s ", coffer_operation_name((enum coffer_operation)op));
 	fputs("\nversions:\n", stdout);
 	for (size_t i = 0; i < k->nversions; i++) {
 		printf("  %-8" PRIu32 " %-18s ", k->versions[i].version,
@@ -887,7 +911,8 @@ input_job(struct ctl *ctl, const struct opts *o, job_call call, job_put put,
 static int
 call_create_key(coffer_client *c, const struct opts *o, struct job *j)
 {
-	return coffer_create_key(c, o->args[0], j->type, o->exportable, &j->key);
+	return coffer_create_key_limited(c, o->args[0], j->type, o->exportable,
+	    o->have_op_all ? 0 : o->ops, &j->key);
 }
 
 static int
@@ -1353,18 +1378,10 @@ put_principal_json(FILE *f, const struct coffer_principal *p)
 		fprintf(f, "%s%" PRIu32, i ? "," : "", p->gids[i]);
 	fputs("],\"grants\":[", f);
 	for (size_t i = 0; i < p->ngrants; i++) {
-		int first = 1;
-
 		fprintf(f, "%s{\"key\":", i ? "," : "");
 		put_json_str(f, p->grants[i].key_pattern);
-		fputs(",\"operations\":[", f);
-		for (int op = COFFER_OP_SIGN; op <= COFFER_OP_GET_PUBLIC_KEY; op++)
-			if (p->grants[i].operations & COFFER_OP_BIT(op)) {
-				fprintf(f, "%s\"%s\"", first ? "" : ",",
-				    coffer_operation_name((enum coffer_operation)op));
-				first = 0;
-			}
-		fputs("]}", f);
+		put_ops_json(f, "operations", p->grants[i].operations);
+		fputc('}', f);
 	}
 	fputs("],\"rate_limits\":[", f);
 	for (size_t i = 0; i < p->nlimits; i++)
@@ -1640,12 +1657,14 @@ cmd_health(struct ctl *ctl, const struct opts *o)
 #define SIGN_OPTS (B(O_HASH) | B(O_SCHEME) | B(O_RAW) | B(O_PREHASHED))
 
 static const struct cmd commands[] = {
-	{ "key create", cmd_key_create, B(O_TYPE) | B(O_EXPORTABLE), 1, 1,
-	  "key create NAME --type TYPE [--exportable]",
+	{ "key create", cmd_key_create, B(O_TYPE) | B(O_EXPORTABLE) | B(O_OP), 1, 1,
+	  "key create NAME --type TYPE [--exportable] [--op LIST]",
 	  "Generate a new key (version 1) in the token. Uses the admin socket.\n"
 	  "  --type TYPE     ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096,\n"
 	  "                  hmac-sha256, hmac-sha384, hmac-sha512, aes-256\n"
 	  "  --exportable    HMAC/AES only: the secret may be wrapped out of the token\n"
+	  "  --op LIST       the key's own limit: only these operations (comma-\n"
+	  "                  separated, fitting its purpose), whatever is granted\n"
 	  "Prints the key's metadata." },
 	{ "key import", cmd_key_import, B(O_TYPE) | B(O_EXPORTABLE) | B(O_IN), 1, 1,
 	  "key import NAME --type TYPE --in FILE|- [--exportable]",

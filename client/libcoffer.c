@@ -1256,6 +1256,9 @@ key_from_pb(const Coffer__V1__Key *k, struct coffer_key_info *out)
 	tmp.primary_version = k->primary_version;
 	tmp.create_time = k->create_time;
 	tmp.exportable = k->exportable ? 1 : 0;
+	for (size_t i = 0; i < k->n_allowed_operations; i++)
+		if ((unsigned)k->allowed_operations[i] < 32)
+			tmp.allowed_operations |= 1u << k->allowed_operations[i];
 	*out = tmp;
 	return CF_OK;
  nomem:
@@ -1386,7 +1389,15 @@ int
 coffer_create_key(coffer_client *c, const char *name, enum coffer_key_type type,
     int exportable, struct coffer_key_info **out)
 {
+	return coffer_create_key_limited(c, name, type, exportable, 0, out);
+}
+
+int
+coffer_create_key_limited(coffer_client *c, const char *name, enum coffer_key_type type,
+    int exportable, unsigned int operations, struct coffer_key_info **out)
+{
 	Coffer__V1__CreateKeyRequest req = COFFER__V1__CREATE_KEY_REQUEST__INIT;
+	Coffer__V1__Operation ops[32];
 	int r;
 
 	if ((r = check_client(c, name)) != CF_OK)
@@ -1394,6 +1405,10 @@ coffer_create_key(coffer_client *c, const char *name, enum coffer_key_type type,
 	req.name = (char *)name;
 	req.type = (Coffer__V1__KeyType)type;
 	req.exportable = exportable != 0;
+	for (unsigned i = 1; i < 32; i++)
+		if (operations & (1u << i))
+			ops[req.n_allowed_operations++] = (Coffer__V1__Operation)i;
+	req.allowed_operations = ops;
 	return key_call(c, AS "CreateKey", &req.base, out);
 }
 

@@ -337,6 +337,19 @@ authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *
 	if ((r = policy_check(h->pol, who, m->op, key, retry_after_ms)) == CF_E_DENIED)
 		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": not granted",
 			    who, (unsigned)h->uid, (int)h->pid, policy_op_name(m->op), key);
+	if (r == CF_OK && m->op != POLICY_OP_NONE && h->kr != NULL) {
+		uint32_t allowed;
+
+		/* The key's own limit caps every grant. */
+		if (keyring_allowed_ops(h->kr, key, &allowed) == CF_OK && allowed != 0 &&
+		    !(allowed & POLICY_OP_BIT(m->op))) {
+			cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": the "
+				    "key's own limit", who, (unsigned)h->uid, (int)h->pid,
+				    policy_op_name(m->op), key);
+			r = cf_error(CF_E_DENIED, "key %s does not allow %s (its own limit)", key,
+				     policy_op_name(m->op));
+		}
+	}
 	return r;
 }
 

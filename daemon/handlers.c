@@ -57,6 +57,38 @@ check_data(size_t len, size_t max, const char *what)
 	return CF_OK;
 }
 
+static uint32_t ops_mask(size_t n, const Coffer__V1__Operation *ops);
+
+/* The operations a key of this type can do at all. */
+static uint32_t
+purpose_ops(enum cf_key_type t)
+{
+	switch (keyring_purpose(t)) {
+	case PURPOSE_SIGN:
+		return POLICY_OP_BIT(POLICY_OP_SIGN) | POLICY_OP_BIT(POLICY_OP_VERIFY) |
+		       POLICY_OP_BIT(POLICY_OP_GET_PUBLIC_KEY);
+	case PURPOSE_MAC:
+		return POLICY_OP_BIT(POLICY_OP_MAC) | POLICY_OP_BIT(POLICY_OP_VERIFY_MAC);
+	default:
+		return POLICY_OP_BIT(POLICY_OP_WRAP) | POLICY_OP_BIT(POLICY_OP_UNWRAP) |
+		       POLICY_OP_BIT(POLICY_OP_REWRAP) |
+		       POLICY_OP_BIT(POLICY_OP_GENERATE_DATA_KEY);
+	}
+}
+
+/* A new key's own operation limit from the request; it must fit the type. */
+static int
+key_limit(Coffer__V1__KeyType type, size_t n, const Coffer__V1__Operation *ops, uint32_t *out)
+{
+	uint32_t m = ops_mask(n, ops);
+
+	if (m & ~purpose_ops((enum cf_key_type)type))
+		return cf_error(CF_E_INVALID_ARG, "allowed_operations holds an operation a %s key "
+				"cannot do", cf_key_type_name((enum cf_key_type)type));
+	*out = m;
+	return CF_OK;
+}
+
 /* Calls that carry secret plaintext must arrive inside a session. */
 static int
 require_sealed(const struct hctx *c, const char *method, const char *what)
@@ -129,6 +161,15 @@ fill_key(const struct key_info *ki, Coffer__V1__Key *k)
 	k->exportable = ki->exportable;
 	if (k->name == NULL)
 		return CF_E_NOMEM;
+	if (ki->allowed_ops != 0) {
+		if ((k->allowed_operations = calloc(POLICY_OP__COUNT,
+						    sizeof(*k->allowed_operations))) == NULL)
+			return CF_E_NOMEM;
+		for (unsigned op = 1; op < POLICY_OP__COUNT; op++)
+			if (ki->allowed_ops & POLICY_OP_BIT(op))
+				k->allowed_operations[k->n_allowed_operations++] =
+					(Coffer__V1__Operation)op;
+	}
 	if (ki->nversions == 0)
 		return CF_OK;
 	if ((k->versions = calloc(ki->nversions, sizeof(*k->versions))) == NULL)
@@ -800,13 +841,16 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 {
 	const Coffer__V1__CreateKeyRequest *req = (const void *)m;
 	struct key_info info;
+	uint32_t ops;
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK)
+	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
+			   &ops)) != CF_OK)
 		return r;
 	return key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
-					   req->exportable, &info), &info, resp);
+					   req->exportable, ops, &info), &info, resp);
 }
 
 static int
@@ -815,17 +859,20 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	const Coffer__V1__ImportKeyRequest *req = (const void *)m;
 	struct key_info info;
 	cf_secret *mat = NULL;
+	uint32_t ops;
 	int r;
 
 	memset(&info, 0, sizeof(info));
 	if ((r = require_sealed(c, "ImportKey", "carries key material")) != CF_OK ||
 	    (r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
-	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK)
+	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK ||
+	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
+			   &ops)) != CF_OK)
 		return r;
 	if ((r = cf_secret_from(req->material.data, req->material.len, &mat)) != CF_OK)
 		return r;
 	r = keyring_import(c->kr, req->name, (enum cf_key_type)req->type, mat, req->exportable,
-			   &info);
+			   ops, &info);
 	cf_secret_free(mat);
 	return key_response(r, &info, resp);
 }

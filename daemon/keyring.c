@@ -17,6 +17,7 @@ struct kr_key {
 	char name[CF_KEY_NAME_MAX + 1];
 	enum cf_key_type type;
 	int exportable;
+	uint32_t allowed_ops;
 	uint32_t primary;
 	int64_t created;
 	struct kr_version *v;   /* ascending by version */
@@ -140,6 +141,7 @@ kr_copy_info(const struct kr_key *k, struct key_info *out)
 	memcpy(out->name, k->name, sizeof(out->name));
 	out->type = k->type;
 	out->exportable = k->exportable;
+	out->allowed_ops = k->allowed_ops;
 	out->primary = k->primary;
 	out->created = k->created;
 	if (k->nv > 0) {
@@ -179,6 +181,7 @@ load_one(const struct store_key *sk, void *arg)
 	memcpy(k->name, sk->name, sizeof(k->name));
 	k->type = sk->type;
 	k->exportable = sk->exportable;
+	k->allowed_ops = sk->allowed_ops;
 	k->primary = sk->primary;
 	k->created = sk->created;
 	for (uint32_t i = 0; i < sk->nversions; i++) {
@@ -287,7 +290,7 @@ now_unix(void)
 
 static int
 kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	const cf_secret *material, struct key_info *out)
+	uint32_t allowed_ops, const cf_secret *material, struct key_info *out)
 {
 	struct store_version meta = { 1, STORE_ENABLED, now_unix() };
 	unsigned flags = exportable ? CF_P11_EXPORTABLE : 0;
@@ -316,7 +319,8 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		       cf_p11_key_generate(kr->p11, name, 1, type, flags, &h);
 	if (r != CF_OK)
 		goto out;
-	if ((r = store_key_create(kr->st, name, type, exportable, meta.created)) != CF_OK) {
+	if ((r = store_key_create(kr->st, name, type, exportable, allowed_ops, meta.created)) !=
+	    CF_OK) {
 		/* Not recorded: take the new object out of the token again. */
 		(void)cf_p11_key_destroy(h);
 		goto out;
@@ -328,6 +332,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 	snprintf(k->name, sizeof(k->name), "%s", name);
 	k->type = type;
 	k->exportable = exportable;
+	k->allowed_ops = allowed_ops;
 	k->primary = 1;
 	k->created = meta.created;
 	if ((r = kr_add_version(k, &meta, h)) != CF_OK)
@@ -349,18 +354,33 @@ out:
 
 int
 keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	       struct key_info *out)
+	       uint32_t allowed_ops, struct key_info *out)
 {
-	return kr_make(kr, name, type, exportable, NULL, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, NULL, out);
 }
 
 int
 keyring_import(keyring *kr, const char *name, enum cf_key_type type,
-	       const cf_secret *material, int exportable, struct key_info *out)
+	       const cf_secret *material, int exportable, uint32_t allowed_ops,
+	       struct key_info *out)
 {
 	if (cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be imported");
-	return kr_make(kr, name, type, exportable, material, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, material, out);
+}
+
+int
+keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
+{
+	int found;
+	size_t at;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	at = kr_find(kr, name, &found);
+	if (found)
+		*ops = kr->keys[at]->allowed_ops;
+	pthread_rwlock_unlock(&kr->lock);
+	return found ? CF_OK : CF_E_NOT_FOUND;
 }
 
 int

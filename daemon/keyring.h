@@ -32,6 +32,7 @@ struct key_info {
 	char name[CF_KEY_NAME_MAX + 1];
 	enum cf_key_type type;
 	int exportable;
+	uint32_t allowed_ops;   /* bit (1 << coffer.v1.Operation); 0 = all of its purpose */
 	uint32_t primary;
 	int64_t created;
 	struct store_version *versions;
@@ -47,11 +48,16 @@ int keyring_open(cf_p11 *p11, store *st, void (*report)(const char *msg),
 		 unsigned *mismatches, keyring **out);
 void keyring_close(keyring *kr);
 
-/* New key with version 1, generated in the token (or imported). */
+/* New key with version 1, generated in the token (or imported). allowed_ops
+ * (0: every operation of its purpose) is the key's own limit, which no grant
+ * can exceed; the caller checks it fits the purpose. */
 int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-		   struct key_info *out);
+		   uint32_t allowed_ops, struct key_info *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
-		   const cf_secret *material, int exportable, struct key_info *out);
+		   const cf_secret *material, int exportable, uint32_t allowed_ops,
+		   struct key_info *out);
+/* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
+int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
 /* New version, made primary. */
 int keyring_rotate(keyring *kr, const char *name, struct key_info *out);
 

@@ -98,19 +98,22 @@ store_open(const char *dir, store **out)
 
 		snprintf(sql, sizeof(sql), "INSERT INTO meta VALUES ('schema_version', '%d');",
 			 STORE_SCHEMA_VERSION);
-		if ((r = exec(s, sql)) != CF_OK)
+		if ((r = exec(s, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT NULL "
+			      "DEFAULT 0;")) != CF_OK || (r = exec(s, sql)) != CF_OK)
 			goto rollback;
 	} else if (ver > STORE_SCHEMA_VERSION) {
 		r = cf_error(CF_E_CONFIG, "state store %s has schema %d, newer than this cofferd "
 			     "(%d); upgrade cofferd", path, ver, STORE_SCHEMA_VERSION);
 		goto rollback;
 	} else if (ver < STORE_SCHEMA_VERSION) {
-		/* Older stores only lacked tables, created above. */
-		char sql[128];
+		/* Version 1 and 2 stores lacked tables (created above) and, before
+		 * 3, the keys' allowed operations. */
+		char sql[160];
 
 		snprintf(sql, sizeof(sql), "UPDATE meta SET v = '%d' WHERE k = 'schema_version';",
 			 STORE_SCHEMA_VERSION);
-		if ((r = exec(s, sql)) != CF_OK)
+		if ((r = exec(s, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT NULL "
+			      "DEFAULT 0;")) != CF_OK || (r = exec(s, sql)) != CF_OK)
 			goto rollback;
 	}
 	if ((r = exec(s, "COMMIT;")) != CF_OK)
@@ -144,8 +147,8 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 
 	pthread_mutex_lock(&s->mu);
 	memset(&k, 0, sizeof(k));
-	if (sqlite3_prepare_v2(s->db, "SELECT name, type, exportable, primary_version, created "
-			       "FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
+	if (sqlite3_prepare_v2(s->db, "SELECT name, type, exportable, primary_version, created, "
+			       "allowed_ops FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(s->db, "SELECT version, state, created FROM versions WHERE "
 			       "name = ? ORDER BY version", -1, &vs, NULL) != SQLITE_OK) {
 		r = db_err(s, "loading keys");
@@ -163,6 +166,7 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 		}
 		snprintf(k.name, sizeof(k.name), "%s", name);
 		k.exportable = sqlite3_column_int(ks, 2);
+		k.allowed_ops = (uint32_t)sqlite3_column_int64(ks, 5);
 		k.primary = (uint32_t)sqlite3_column_int64(ks, 3);
 		k.created = sqlite3_column_int64(ks, 4);
 		k.nversions = 0;
@@ -224,15 +228,17 @@ run(store *s, const char *sql, const char *types, ...)
 }
 
 int
-store_key_create(store *s, const char *name, enum cf_key_type type, int exportable, int64_t now)
+store_key_create(store *s, const char *name, enum cf_key_type type, int exportable,
+		 uint32_t allowed_ops, int64_t now)
 {
 	int r = CF_OK, rc;
 
 	pthread_mutex_lock(&s->mu);
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
 		goto out;
-	rc = run(s, "INSERT INTO keys VALUES (?, ?, ?, 1, ?)", "ttii", name,
-		 cf_key_type_name(type), (int64_t)exportable, now);
+	rc = run(s, "INSERT INTO keys (name, type, exportable, primary_version, created, "
+		 "allowed_ops) VALUES (?, ?, ?, 1, ?, ?)", "ttiii", name, cf_key_type_name(type),
+		 (int64_t)exportable, now, (int64_t)allowed_ops);
 	if (rc == SQLITE_CONSTRAINT) {
 		r = cf_error(CF_E_EXISTS, "key %s already exists", name);
 		goto rollback;

@@ -13,7 +13,7 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 2   /* 2: principals */
+#define STORE_SCHEMA_VERSION 3   /* 2: principals; 3: keys' allowed operations */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -27,6 +27,7 @@ struct store_key {
 	char name[CF_KEY_NAME_MAX + 1];
 	enum cf_key_type type;
 	int exportable;
+	uint32_t allowed_ops;           /* bit (1 << operation); 0 = all its purpose has */
 	uint32_t primary;
 	int64_t created;
 	struct store_version *versions; /* ascending; owned by the caller of store_load */
@@ -72,7 +73,7 @@ int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *
 /* Record a new key with version 1 as primary, in one transaction.
  * CF_E_EXISTS if the name is taken. */
 int store_key_create(store *s, const char *name, enum cf_key_type type, int exportable,
-		     int64_t now);
+		     uint32_t allowed_ops, int64_t now);
 /* Record a new version and make it primary, in one transaction. */
 int store_version_add(store *s, const char *name, uint32_t version, int64_t now);
 

@@ -158,6 +158,58 @@ test_store_schema_guard(void)
 	CU_ASSERT_PTR_NULL(s);
 }
 
+/* A version-1 store (written by the first Coffer) opens, gains the newer
+ * tables and the keys' allowed operations (0: unlimited), and is marked
+ * current. */
+static int
+count_key(const struct store_key *k, void *arg)
+{
+	if (strcmp(k->name, "old-key") == 0 && k->allowed_ops == 0 && k->nversions == 1)
+		(*(int *)arg)++;
+	return CF_OK;
+}
+
+static void
+test_store_migration(void)
+{
+	char dir[400], db[450];
+	store *s = NULL;
+	sqlite3 *h;
+	int found = 0;
+
+	snprintf(dir, sizeof(dir), "%s/v1", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	snprintf(db, sizeof(db), "%s/coffer.db", dir);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	CU_ASSERT_FATAL(sqlite3_exec(h,
+		"CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+		"CREATE TABLE keys (name TEXT PRIMARY KEY, type TEXT NOT NULL, exportable INTEGER "
+		"NOT NULL, primary_version INTEGER NOT NULL, created INTEGER NOT NULL);"
+		"CREATE TABLE versions (name TEXT NOT NULL REFERENCES keys(name), version INTEGER "
+		"NOT NULL, state INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (name, "
+		"version));"
+		"INSERT INTO meta VALUES ('schema_version', '1');"
+		"INSERT INTO keys VALUES ('old-key', 'ec-p256', 0, 1, 1);"
+		"INSERT INTO versions VALUES ('old-key', 1, 1, 1);", NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(h);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
+	CU_ASSERT_EQUAL(store_load(s, count_key, &found), CF_OK);
+	CU_ASSERT_EQUAL(found, 1);
+	CU_ASSERT_EQUAL(store_key_create(s, "new-key", CF_KEY_EC_P256, 0, 6, 2), CF_OK);
+	store_close(s);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	{
+		sqlite3_stmt *st = NULL;
+
+		CU_ASSERT(sqlite3_prepare_v2(h, "SELECT v FROM meta WHERE k = 'schema_version'", -1,
+					     &st, NULL) == SQLITE_OK);
+		CU_ASSERT(sqlite3_step(st) == SQLITE_ROW &&
+			  sqlite3_column_int(st, 0) == STORE_SCHEMA_VERSION);
+		sqlite3_finalize(st);
+	}
+	sqlite3_close(h);
+}
+
 static char reports[8][512];
 static int nreports;
 
@@ -194,9 +246,9 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 0);
-	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	keyring_close(kr);
 	kr = NULL;
@@ -215,7 +267,7 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, &k, &v), CF_E_PRECONDITION);
 	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, &k, &v), CF_E_NOT_FOUND);
 	/* a create that collides with the stray token object fails and records nothing */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, &info), CF_E_EXISTS);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "stray", &info), CF_E_NOT_FOUND);
 	keyring_close(kr);
 	store_close(st);
@@ -243,7 +295,7 @@ test_handlers_direct(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, &h.kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	sreq.key = "direct";
 	sreq.message.data = (uint8_t *)"m";
@@ -325,6 +377,7 @@ main(void)
 		{ "configuration file and its errors", test_config },
 		{ "envelope AAD and blob format", test_envelope_format },
 		{ "store refuses a newer schema", test_store_schema_guard },
+		{ "store migrates a version-1 store", test_store_migration },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },

@@ -140,6 +140,42 @@ test_grants(void)
 	}
 }
 
+/* A key's own limit caps every grant, survives a restart, and must fit the
+ * key's purpose. */
+static void
+test_key_limits(void)
+{
+	struct coffer_key_info *ki = NULL;
+	struct coffer_public_key *pk = NULL;
+
+	CHECK_COFFER(coffer_principal_grant(adm, CF_TEST_PRINCIPAL, "*", COFFER_OPS_ALL, NULL));
+	CHECK_COFFER(coffer_create_key_limited(adm, "sign-only", COFFER_KEY_EC_P256, 0,
+					       COFFER_OP_BIT(COFFER_OP_SIGN), &ki));
+	CU_ASSERT_EQUAL(ki->allowed_operations, COFFER_OP_BIT(COFFER_OP_SIGN));
+	coffer_key_info_free(ki);
+	CHECK_COFFER(sign("sign-only"));
+	CU_ASSERT_EQUAL(coffer_get_public_key(svc, "sign-only", 0, &pk), COFFER_E_DENIED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(),
+				      "key sign-only does not allow get-public-key"));
+	CU_ASSERT(cf_test_daemon_log_has(&dmn, "the key's own limit"));
+	/* An operation the key's purpose cannot do. */
+	CU_ASSERT_EQUAL(coffer_create_key_limited(adm, "bad-limit", COFFER_KEY_EC_P256, 0,
+						  COFFER_OP_BIT(COFFER_OP_WRAP), NULL),
+			COFFER_E_INVALID_ARG);
+	/* Kept across a restart. */
+	coffer_close(svc);
+	coffer_close(adm);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(connect_both(), 0);
+	CHECK_COFFER(coffer_get_key(adm, "sign-only", &ki));
+	CU_ASSERT_EQUAL(ki->allowed_operations, COFFER_OP_BIT(COFFER_OP_SIGN));
+	coffer_key_info_free(ki);
+	CU_ASSERT_EQUAL(coffer_get_public_key(svc, "sign-only", 0, &pk), COFFER_E_DENIED);
+	CHECK_COFFER(sign("sign-only"));
+	CHECK_COFFER(coffer_principal_revoke(adm, CF_TEST_PRINCIPAL, "*", 0, NULL));
+}
+
 static void
 test_no_principal(void)
 {
@@ -267,6 +303,7 @@ main(void)
 {
 	static const struct cf_test_case cases[] = {
 		{ "grants: key patterns, operations, revoke, sealed", test_grants },
+		{ "a key's own limit caps every grant", test_key_limits },
 		{ "no principal for the uid; principal by gid", test_no_principal },
 		{ "admin refusals", test_admin_refusals },
 		{ "rate limits per operation and overall", test_rate_limits },
