@@ -331,15 +331,17 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	r = lc_transport(c, SS "Call", buf, blen, &rbuf, &rlen);
 	if (r != CF_OK)
 		goto out;
+	/* From here the daemon accepted the record: the call may have run, so
+	 * a bad reply is never UNAUTHENTICATED (which the caller retries). */
 	if ((reply = coffer__v1__sealed_reply__unpack(NULL, rlen, rbuf)) == NULL) {
-		r = cf_error(CF_E_UNAUTHENTICATED, "malformed sealed reply");
+		r = cf_error(CF_E_INTERNAL, "malformed sealed reply; the call may have run");
 		goto out;
 	}
 	if (reply->sequence != seq ||
 	    cf_session_open(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
 			    reply->record.len, &pt, &ptlen) != CF_OK) {
-		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's sealed reply failed "
-			     "authentication; it was discarded");
+		r = cf_error(CF_E_INTERNAL, "the daemon's sealed reply failed authentication "
+			     "and was discarded; the call may have run");
 		goto out;
 	}
 	s->bytes += ptlen;
@@ -366,8 +368,9 @@ lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, cons
 	char msg[CF_ERROR_DETAIL_MAX];
 	int r = CF_E_INTERNAL;
 
-	/* A refused record (UNAUTHENTICATED: expired, evicted, daemon restarted)
-	 * did not run: one retry on a fresh session is safe. */
+	/* A record the daemon refused (outer UNAUTHENTICATED: expired, evicted,
+	 * daemon restarted) did not run: one retry on a fresh session is safe.
+	 * exchange() reports a bad reply otherwise, so it is never retried. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if ((r = acquire(c, p, len, &s)) != CF_OK)
 			return r;
