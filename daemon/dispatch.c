@@ -334,6 +334,11 @@ authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *
 		return r;
 	}
 	h2->principal = who;
+	/* SessionService/Call only carries the inner call, which is checked (and
+	 * counted against the rate limits) on its own: counting the envelope too
+	 * would charge every sealed call twice. */
+	if (m->fn == NULL)
+		return CF_OK;
 	if ((r = policy_check(h->pol, who, m->op, key, retry_after_ms)) == CF_E_DENIED)
 		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": not granted",
 			    who, (unsigned)h->uid, (int)h->pid, policy_op_name(m->op), key);

@@ -264,6 +264,31 @@ test_rate_limits(void)
 	CU_ASSERT(limited);
 	CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_ALL, 0, 0, NULL));
 	CHECK_COFFER(sign("hr-1"));
+	/* A sealed call counts once: a fresh client's handshake and two sealed
+	 * Wraps fit a burst of 3; the third Wrap does not. */
+	{
+		coffer_client *fresh = NULL;
+		struct coffer_bytes id = { NULL, 0 }, ct = { NULL, 0 };
+		char fpr[80];
+
+		CHECK_COFFER(coffer_get_identity(adm, &id, fpr, sizeof(fpr)));
+		CHECK_COFFER(coffer_connect(dmn.service, 0, &fresh));
+		CHECK_COFFER(coffer_pin_identity(fresh, id.data, id.len));
+		CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_ALL, 0.001,
+							3, NULL));
+		for (int i = 0; i < 2; i++) {
+			CHECK_COFFER(coffer_wrap(fresh, "vault-1", msg, sizeof(msg), NULL, 0, &ct,
+						 NULL));
+			coffer_bytes_free(&ct);
+		}
+		CU_ASSERT_EQUAL(coffer_wrap(fresh, "vault-1", msg, sizeof(msg), NULL, 0, &ct, NULL),
+				COFFER_E_TOO_LARGE);
+		CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "rate limit"));
+		CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_ALL, 0, 0,
+							NULL));
+		coffer_close(fresh);
+		coffer_bytes_free(&id);
+	}
 }
 
 static void
