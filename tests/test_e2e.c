@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include "coffer.h"
+#include "cf_test_client.h"
 #include "cf_test_token.h"
 
 static struct cf_test_token tok;
@@ -23,23 +24,10 @@ static struct cf_test_daemon dmn;
 static coffer_client *svc, *adm;
 static const uint8_t msg[] = "end to end through libcoffer";
 
-/* Connect to both sockets and pin the daemon's identity, read once from
- * the admin socket (the operator's step; test_session checks it against
- * the token). */
 static int
 connect_both(void)
 {
-	struct coffer_bytes spki = { NULL, 0 };
-	char fpr[80];
-	int ok;
-
-	ok = coffer_connect(dmn.service, 0, &svc) == COFFER_OK &&
-	     coffer_connect(dmn.admin, COFFER_CONNECT_ADMIN, &adm) == COFFER_OK &&
-	     coffer_get_identity(adm, &spki, fpr, sizeof(fpr)) == COFFER_OK &&
-	     coffer_pin_identity(svc, spki.data, spki.len) == COFFER_OK &&
-	     coffer_pin_identity(adm, spki.data, spki.len) == COFFER_OK;
-	coffer_bytes_free(&spki);
-	return ok ? 0 : -1;
+	return cf_test_clients(&dmn, &svc, &adm);
 }
 
 static int

@@ -13,6 +13,7 @@
 
 #include <CUnit/Basic.h>
 
+#include "cf_test_client.h"
 #include "cf_test_token.h"
 #include "coffer.h"
 
@@ -24,16 +25,7 @@ static const uint8_t msg[] = "principals";
 static int
 connect_both(void)
 {
-	struct coffer_bytes id = { NULL, 0 };
-	char fpr[80];
-	int ok;
-
-	ok = coffer_connect(dmn.service, 0, &svc) == COFFER_OK &&
-	     coffer_connect(dmn.admin, COFFER_CONNECT_ADMIN, &adm) == COFFER_OK &&
-	     coffer_get_identity(adm, &id, fpr, sizeof(fpr)) == COFFER_OK &&
-	     coffer_pin_identity(svc, id.data, id.len) == COFFER_OK;
-	coffer_bytes_free(&id);
-	return ok ? 0 : -1;
+	return cf_test_clients(&dmn, &svc, &adm);
 }
 
 static int
@@ -267,13 +259,10 @@ test_rate_limits(void)
 	/* A sealed call counts once: a fresh client's handshake and two sealed
 	 * Wraps fit a burst of 3; the third Wrap does not. */
 	{
-		coffer_client *fresh = NULL;
-		struct coffer_bytes id = { NULL, 0 }, ct = { NULL, 0 };
-		char fpr[80];
+		coffer_client *fresh = NULL, *fresh_adm = NULL;
+		struct coffer_bytes ct = { NULL, 0 };
 
-		CHECK_COFFER(coffer_get_identity(adm, &id, fpr, sizeof(fpr)));
-		CHECK_COFFER(coffer_connect(dmn.service, 0, &fresh));
-		CHECK_COFFER(coffer_pin_identity(fresh, id.data, id.len));
+		CU_ASSERT_EQUAL_FATAL(cf_test_clients(&dmn, &fresh, &fresh_adm), 0);
 		CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_ALL, 0.001,
 							3, NULL));
 		for (int i = 0; i < 2; i++) {
@@ -287,7 +276,7 @@ test_rate_limits(void)
 		CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_ALL, 0, 0,
 							NULL));
 		coffer_close(fresh);
-		coffer_bytes_free(&id);
+		coffer_close(fresh_adm);
 	}
 }
 

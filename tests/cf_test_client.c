@@ -1,0 +1,29 @@
+#include "cf_test_client.h"
+
+#include <stdio.h>
+
+int
+cf_test_clients(const struct cf_test_daemon *d, coffer_client **svc, coffer_client **adm)
+{
+	struct coffer_bytes spki = { NULL, 0 };
+	coffer_client *s = NULL, *a = NULL;
+	char fpr[80];
+	int ok;
+
+	ok = coffer_connect(d->service, 0, &s) == COFFER_OK &&
+	     coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &a) == COFFER_OK &&
+	     coffer_get_identity(a, &spki, fpr, sizeof(fpr)) == COFFER_OK &&
+	     coffer_pin_identity(s, spki.data, spki.len) == COFFER_OK &&
+	     coffer_pin_identity(a, spki.data, spki.len) == COFFER_OK;
+	coffer_bytes_free(&spki);
+	if (!ok) {
+		fprintf(stderr, "cannot make pinned clients of %s: %s\n", d->service,
+			coffer_error_message());
+		coffer_close(s);
+		coffer_close(a);
+		return -1;
+	}
+	*svc = s;
+	*adm = a;
+	return 0;
+}
