@@ -245,6 +245,38 @@ class AgainstDaemon(unittest.TestCase):
         self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
 
 
+class FullRecord(unittest.TestCase):
+    def test_full_nonce_record_refuses_rather_than_forgets(self):
+        d = CofferDaemon(config={"requests": {"max_nonces": "1000"}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        secret = os.urandom(32)
+        d.sealed_stub("admin").ImportKey(pb.ImportKeyRequest(
+            name="full-api", type=pb.HMAC_SHA256, material=secret), timeout=TIMEOUT)
+        svc = d.service_stub()
+        body = hashlib.sha256(b"").digest()
+        ts = int(time.time())
+
+        def verify(i):
+            nonce = "full-record-%06d" % i
+            return svc.VerifyRequestSignature(pb.VerifyRequestSignatureRequest(
+                request=pb.HttpRequestParts(key="full-api", method="GET", path="/f",
+                                            canonical_query="", body_sha256=body,
+                                            timestamp=ts, nonce=nonce),
+                signature=sign(secret, "GET", "/f", "", body, ts, nonce, "full-api")),
+                timeout=TIMEOUT)
+
+        for i in range(1000):
+            self.assertEqual(verify(i).verdict, pb.VALID, i)
+        with self.assertRaises(grpc.RpcError) as cm:
+            verify(1000)
+        self.assertEqual(cm.exception.code(), SC.RESOURCE_EXHAUSTED)
+        self.assertIn("nonce record", cm.exception.details())
+        # Full does not mean forgetful: a recorded nonce is still a replay.
+        self.assertEqual(verify(0).verdict, pb.REPLAYED_NONCE)
+        d.stop()
+
+
 class AcrossRestart(unittest.TestCase):
     def test_replay_after_restart_and_grants(self):
         d = CofferDaemon()
