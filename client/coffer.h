@@ -528,6 +528,56 @@ COFFER_API int coffer_principal_delete(coffer_client *c, const char *name);
 COFFER_API void coffer_principal_free(struct coffer_principal *p);           /* NULL ok */
 COFFER_API void coffer_principal_list_free(struct coffer_principal_list *l); /* NULL ok */
 
+/* ---- API keys (proto/call-authentication.md) ----
+ * A principal's API key: an id ("ak_" + 24 hex digits) and an HMAC-SHA256
+ * secret in the daemon's token. Once a principal has one, every call it
+ * makes on the service socket must be signed with it: coffer_set_api_key. */
+
+#define COFFER_API_KEY_ID_LEN 27
+#define COFFER_API_KEY_SECRETS_MAX 4
+
+struct coffer_api_key {
+	char id[COFFER_API_KEY_ID_LEN + 1];
+	char principal[65];
+	int64_t create_time;
+	int64_t revoke_time;            /* 0: live */
+	size_t nsecrets;                /* live secrets, newest first */
+	struct {
+		uint32_t generation;
+		int64_t create_time;
+		int64_t expire_time;    /* 0: the current secret */
+	} secrets[COFFER_API_KEY_SECRETS_MAX];
+};
+
+/* Sign every call of c with this API key (the secret is copied into locked
+ * memory, 32..64 bytes). Set before calls start; not thread-safe against
+ * calls in flight. */
+COFFER_API int coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret,
+    size_t len);
+/* The same from a credentials file (coffer_write_api_key_file; it must not
+ * be readable by group or others). */
+COFFER_API int coffer_set_api_key_file(coffer_client *c, const char *path);
+/* Write a credentials file, mode 0600, refusing to replace an existing file:
+ *   COFFER-API-KEY 1 \n id <id> \n secret <hex> \n */
+COFFER_API int coffer_write_api_key_file(const char *path, const char *id,
+    const uint8_t *secret, size_t len);
+
+/* Admin socket; both travel sealed (the secret is shown this once).
+ * import NULL: the daemon generates the secret in its token and returns it in
+ * *secret; else the imported secret (32..64 bytes) and secret->len == 0. */
+COFFER_API int coffer_api_key_create(coffer_client *c, const char *principal,
+    const uint8_t *import, size_t import_len, struct coffer_api_key *key,
+    struct coffer_bytes *secret);
+/* The old secrets keep verifying for overlap_seconds (0: destroyed now). */
+COFFER_API int coffer_api_key_rotate(coffer_client *c, const char *id, uint32_t overlap_seconds,
+    const uint8_t *import, size_t import_len, struct coffer_api_key *key,
+    struct coffer_bytes *secret);
+COFFER_API int coffer_api_key_revoke(coffer_client *c, const char *id,
+    struct coffer_api_key *key);
+/* principal NULL or "": every principal's. Free *keys with free(). */
+COFFER_API int coffer_api_key_list(coffer_client *c, const char *principal,
+    struct coffer_api_key **keys, size_t *n);
+
 /* ---- grpc.health.v1.Health/Check (both sockets) ----
  * service: NULL or "" for the daemon as a whole, "coffer.v1.KeyService" or
  * "coffer.v1.AdminService". Unknown names fail with COFFER_E_NOT_FOUND. */

@@ -52,6 +52,7 @@ struct ctl {
 	const char *socket;
 	const char *admin_socket;
 	const char *identity;   /* PEM file of the daemon identity to pin */
+	const char *api_key;    /* credentials file: sign service-socket calls with it */
 	int json;
 	long timeout_ms;        /* -1 = library default */
 };
@@ -60,13 +61,14 @@ enum opt_id {
 	O_SOCKET, O_ADMIN_SOCKET, O_JSON, O_TIMEOUT, O_HELP, O_IDENTITY,
 	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
-	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST,
+	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
+	O_IMPORT,
 	O__COUNT
 };
 
 #define B(x) (1u << (x))
 #define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | \
-    B(O_IDENTITY))
+    B(O_IDENTITY) | B(O_API_KEY))
 #define OPT_BASE 0x100
 
 static const struct option all_options[O__COUNT] = {
@@ -98,6 +100,9 @@ static const struct option all_options[O__COUNT] = {
 	[O_OP] = { "op", required_argument, NULL, OPT_BASE + O_OP },
 	[O_RATE] = { "rate", required_argument, NULL, OPT_BASE + O_RATE },
 	[O_BURST] = { "burst", required_argument, NULL, OPT_BASE + O_BURST },
+	[O_API_KEY] = { "api-key", required_argument, NULL, OPT_BASE + O_API_KEY },
+	[O_OVERLAP] = { "overlap", required_argument, NULL, OPT_BASE + O_OVERLAP },
+	[O_IMPORT] = { "import", required_argument, NULL, OPT_BASE + O_IMPORT },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -120,6 +125,8 @@ struct opts {
 	double rate;
 	uint32_t burst;
 	int have_rate;
+	uint32_t overlap;       /* --overlap, seconds */
+	const char *import;     /* --import FILE: a secret to import */
 };
 
 struct cmd {
@@ -506,6 +513,9 @@ common_opt(struct ctl *ctl, int id, const char *arg)
 	case O_IDENTITY:
 		ctl->identity = arg;
 		return 1;
+	case O_API_KEY:
+		ctl->api_key = arg;
+		return 1;
 	case O_TIMEOUT:
 		if (parse_u32(arg, 0, TIMEOUT_MAX_MS, &v) != 0)
 			return -1;
@@ -652,6 +662,28 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 				goto out;
 			}
 			o->have_rate = 1;
+			break;
+		}
+		case O_IMPORT: o->import = arg; break;
+		case O_OVERLAP: {
+			char *end;
+			unsigned long long secs;
+			unsigned mult = 1;
+
+			errno = 0;
+			secs = strtoull(arg, &end, 10);
+			if (end != arg && *end != '\0' && end[1] == '\0')
+				mult = *end == 's' ? 1 : *end == 'm' ? 60 : *end == 'h' ? 3600 :
+				    *end == 'd' ? 86400 : 0;
+			else if (end == arg || *end != '\0')
+				mult = 0;
+			if (arg[0] < '0' || arg[0] > '9' || errno != 0 || mult == 0 ||
+			    secs > 90ull * 86400 / mult) {
+				bad_value("--overlap", arg, "want a duration up to 90 days: "
+				    "seconds, or a number with s, m, h or d");
+				goto out;
+			}
+			o->overlap = (uint32_t)(secs * mult);
 			break;
 		}
 		case O_BURST:
@@ -840,8 +872,10 @@ connect_to(const struct ctl *ctl, int admin, coffer_client **c)
 		return fail(r);
 	if (ctl->timeout_ms >= 0)
 		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
-	if (ctl->identity != NULL && (r = coffer_pin_identity_file(*c, ctl->identity)) !=
-	    COFFER_OK) {
+	if ((ctl->identity != NULL && (r = coffer_pin_identity_file(*c, ctl->identity)) !=
+	    COFFER_OK) ||
+	    (!admin && ctl->api_key != NULL &&
+	    (r = coffer_set_api_key_file(*c, ctl->api_key)) != COFFER_OK)) {
 		coffer_close(*c);
 		*c = NULL;
 		return fail(r);
@@ -1421,12 +1455,21 @@ put_principal_text(const struct coffer_principal *p)
 		    p->limits[i].burst);
 }
 
-/* Print the principal a command produced, and free it. */
+static void put_api_key_json(FILE *f, const struct coffer_api_key *k);
+static void put_api_key_text(const struct coffer_api_key *k);
+
+/* Print the principal a command produced (with_keys: and its API keys), and
+ * free it. */
 static int
-principal_done(const struct ctl *ctl, coffer_client *c, int r, struct coffer_principal *p)
+principal_done(const struct ctl *ctl, coffer_client *c, int r, struct coffer_principal *p,
+    int with_keys)
 {
+	struct coffer_api_key *keys = NULL;
+	size_t nkeys = 0;
 	int rc;
 
+	if (r == COFFER_OK && with_keys)
+		r = coffer_api_key_list(c, p->name, &keys, &nkeys);
 	if (r != COFFER_OK) {
 		rc = fail(r);
 	} else {
@@ -1436,8 +1479,14 @@ principal_done(const struct ctl *ctl, coffer_client *c, int r, struct coffer_pri
 		} else {
 			put_principal_text(p);
 		}
+		if (with_keys && !ctl->json) {
+			fputs("api keys:\n", stdout);
+			for (size_t i = 0; i < nkeys; i++)
+				put_api_key_text(&keys[i]);
+		}
 		rc = flush_stdout();
 	}
+	free(keys);
 	coffer_principal_free(p);
 	coffer_close(c);
 	return rc;
@@ -1505,7 +1554,7 @@ cmd_principal(struct ctl *ctl, const struct opts *o, int which)
 		}
 		break;
 	}
-	return principal_done(ctl, c, r, p);
+	return principal_done(ctl, c, r, p, which == 's');
 }
 
 #define PRINCIPAL_CMD(fn, which)                                               \
@@ -1548,6 +1597,177 @@ cmd_principal_list(struct ctl *ctl, const struct opts *o)
 		rc = flush_stdout();
 	}
 	coffer_principal_list_free(l);
+	coffer_close(c);
+	return rc;
+}
+
+/* ---- API keys ---- */
+
+static void
+put_api_key_json(FILE *f, const struct coffer_api_key *k)
+{
+	fputs("{\"id\":", f);
+	put_json_str(f, k->id);
+	fputs(",\"principal\":", f);
+	put_json_str(f, k->principal);
+	fprintf(f, ",\"create_time\":%" PRId64 ",\"revoke_time\":%" PRId64 ",\"secrets\":[",
+	    k->create_time, k->revoke_time);
+	for (size_t i = 0; i < k->nsecrets; i++)
+		fprintf(f, "%s{\"generation\":%" PRIu32 ",\"create_time\":%" PRId64
+		    ",\"expire_time\":%" PRId64 "}", i ? "," : "", k->secrets[i].generation,
+		    k->secrets[i].create_time, k->secrets[i].expire_time);
+	fputs("]}", f);
+}
+
+static void
+put_api_key_text(const struct coffer_api_key *k)
+{
+	fputs("  ", stdout);
+	put_safe(stdout, k->id);
+	if (k->revoke_time != 0) {
+		fputs("  revoked ", stdout);
+		put_time(stdout, k->revoke_time);
+	}
+	for (size_t i = 0; i < k->nsecrets; i++) {
+		printf("  secret %" PRIu32 " ", k->secrets[i].generation);
+		if (k->secrets[i].expire_time == 0) {
+			fputs("(current)", stdout);
+		} else {
+			fputs("(until ", stdout);
+			put_time(stdout, k->secrets[i].expire_time);
+			fputc(')', stdout);
+		}
+	}
+	fputc('\n', stdout);
+}
+
+/* principal add-key / rotate-secret: show the key and, once, the secret. */
+static int
+put_new_secret(const struct ctl *ctl, const struct opts *o, const struct coffer_api_key *k,
+    const struct coffer_bytes *secret)
+{
+	int r;
+
+	if (secret->len > 0 && o->out != NULL &&
+	    (r = coffer_write_api_key_file(o->out, k->id, secret->data, secret->len)) !=
+	    COFFER_OK)
+		return fail(r);
+	if (ctl->json) {
+		fputs("{\"key\":", stdout);
+		put_api_key_json(stdout, k);
+		if (secret->len > 0 && o->out == NULL) {
+			fputc(',', stdout);
+			if ((r = put_json_b64(stdout, "secret", secret->data, secret->len)) !=
+			    EXIT_OK)
+				return r;
+		}
+		fputs("}\n", stdout);
+		return flush_stdout();
+	}
+	printf("id:     %s\n", k->id);
+	if (secret->len > 0 && o->out == NULL) {
+		fputs("secret: ", stdout);
+		for (size_t i = 0; i < secret->len; i++)
+			printf("%02x", secret->data[i]);
+		fputc('\n', stdout);
+		fprintf(stderr, "cofferctl: the secret is shown only this once: keep it now "
+		    "(--out FILE writes a credentials file for --api-key)\n");
+	} else if (secret->len > 0) {
+		printf("credentials written to %s (mode 0600; use it with --api-key %s)\n", o->out,
+		    o->out);
+	}
+	return flush_stdout();
+}
+
+static int
+cmd_api_key_new(struct ctl *ctl, const struct opts *o, int rotate)
+{
+	struct coffer_bytes imp = { NULL, 0 }, secret = { NULL, 0 };
+	struct coffer_api_key k;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	if (o->import != NULL && (rc = read_input(o->import, 64, &imp)) != EXIT_OK)
+		return rc;
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		goto out;
+	r = rotate ? coffer_api_key_rotate(c, o->args[0], o->overlap, imp.data, imp.len, &k,
+			 &secret)
+		   : coffer_api_key_create(c, o->args[0], imp.data, imp.len, &k, &secret);
+	rc = r != COFFER_OK ? fail(r) : put_new_secret(ctl, o, &k, &secret);
+out:
+	coffer_bytes_free(&imp);
+	coffer_bytes_free(&secret);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_principal_add_key(struct ctl *ctl, const struct opts *o)
+{
+	return cmd_api_key_new(ctl, o, 0);
+}
+
+static int
+cmd_principal_rotate_secret(struct ctl *ctl, const struct opts *o)
+{
+	return cmd_api_key_new(ctl, o, 1);
+}
+
+static int
+cmd_principal_revoke_key(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_api_key k;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_api_key_revoke(c, o->args[0], &k)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json)
+			put_api_key_json(stdout, &k);
+		else
+			printf("%s revoked; its secrets are destroyed", k.id);
+		fputc('\n', stdout);
+		rc = flush_stdout();
+	}
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_principal_keys(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_api_key *l = NULL;
+	coffer_client *c = NULL;
+	size_t n = 0;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_api_key_list(c, o->nargs ? o->args[0] : NULL, &l, &n)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json)
+			fputc('[', stdout);
+		for (size_t i = 0; i < n; i++) {
+			if (ctl->json) {
+				if (i)
+					fputc(',', stdout);
+				put_api_key_json(stdout, &l[i]);
+			} else {
+				put_safe(stdout, l[i].principal);
+				fputc(':', stdout);
+				put_api_key_text(&l[i]);
+			}
+		}
+		if (ctl->json)
+			fputs("]\n", stdout);
+		rc = flush_stdout();
+	}
+	free(l);
 	coffer_close(c);
 	return rc;
 }
@@ -1787,7 +2007,30 @@ static const struct cmd commands[] = {
 	  "all the principal's calls together. --rate 0 removes it. Calls above\n"
 	  "it get RESOURCE_EXHAUSTED with a retry-after time." },
 	{ "principal delete", cmd_principal_delete, 0, 1, 1, "principal delete NAME",
-	  "Delete a principal; its callers are refused from then on." },
+	  "Delete a principal; its callers are refused from then on and its API\n"
+	  "keys are revoked." },
+	{ "principal add-key", cmd_principal_add_key, B(O_OUT) | B(O_IMPORT), 1, 1,
+	  "principal add-key NAME [--out FILE] [--import FILE]",
+	  "Give the principal an API key. From then on every call it makes must be\n"
+	  "signed with it (--api-key FILE; libcoffer: coffer_set_api_key). The\n"
+	  "daemon generates the secret in its token and shows it this once, sealed\n"
+	  "in a session (needs --identity).\n"
+	  "  --out FILE      write a credentials file (mode 0600, never replaced)\n"
+	  "                  instead of printing the secret\n"
+	  "  --import FILE   use the 32..64 secret bytes in FILE instead" },
+	{ "principal rotate-secret", cmd_principal_rotate_secret,
+	  B(O_OUT) | B(O_IMPORT) | B(O_OVERLAP), 1, 1,
+	  "principal rotate-secret KEYID [--overlap DURATION] [--out FILE] [--import FILE]",
+	  "Give the API key a new secret (shown once, as for add-key). The old one\n"
+	  "keeps working for --overlap (e.g. 3600, 30m, 24h, 7d; at most 90d;\n"
+	  "default 0: it stops at once), then is destroyed in the token." },
+	{ "principal revoke-key", cmd_principal_revoke_key, 0, 1, 1,
+	  "principal revoke-key KEYID",
+	  "Revoke an API key: its secrets are destroyed and calls signed with it\n"
+	  "are refused (UNAUTHENTICATED, \"revoked\")." },
+	{ "principal keys", cmd_principal_keys, 0, 0, 1, "principal keys [NAME]",
+	  "List API keys (of NAME, or of everyone) with their live secrets and the\n"
+	  "deadlines of rotated-out ones." },
 	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,
 	  "identity [--out FILE] [--admin]",
 	  "Print the daemon's identity: the fingerprint (sha256:...) and the EC P-256\n"
@@ -1826,6 +2069,9 @@ usage(FILE *f)
 	    "                       identity`; default: $COFFER_IDENTITY). wrap,\n"
 	    "                       unwrap, datakey --plaintext-out and key import\n"
 	    "                       travel in a sealed session and need it\n"
+	    "  --api-key FILE       sign service-socket calls with this API key\n"
+	    "                       (from `principal add-key --out`; default:\n"
+	    "                       $COFFER_API_KEY_FILE)\n"
 	    "  --json               machine-readable output (binary as base64)\n"
 	    "  --timeout MS         deadline per call in milliseconds (0 = none;\n"
 	    "                       default %u)\n"
@@ -1901,6 +2147,8 @@ main(int argc, char **argv)
 	ctl.admin_socket = env != NULL && *env != '\0' ? env : DEFAULT_ADMIN_SOCKET;
 	env = getenv("COFFER_IDENTITY");
 	ctl.identity = env != NULL && *env != '\0' ? env : NULL;
+	env = getenv("COFFER_API_KEY_FILE");
+	ctl.api_key = env != NULL && *env != '\0' ? env : NULL;
 
 	memset(lo, 0, sizeof(lo));
 	for (int i = 0; i < O__COUNT; i++)
@@ -1937,7 +2185,8 @@ main(int argc, char **argv)
 			    "show, rotate or pubkey", NULL);
 		if (strcmp(argv[optind], "principal") == 0 && optind + 1 >= argc)
 			return usage_error("principal needs a subcommand: create, list, show, "
-			    "grant, revoke, limit or delete", NULL);
+			    "grant, revoke, limit, delete, add-key, rotate-secret, revoke-key or "
+			    "keys", NULL);
 		return usage_error("unknown command", argv[optind + (used == 2)]);
 	}
 	/* The command's argv: argv[0] is its last name word. */

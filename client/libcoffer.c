@@ -108,8 +108,15 @@ struct coffer_client {
 	atomic_uint timeout_ms;
 	char *target;           /* "unix:PATH" */
 	struct lc_sessions *sessions;
+	struct lc_apikey *apikey;   /* signs every call, when set */
 	int unsealed;           /* benchmark baseline only: never seal */
 };
+
+struct lc_apikey **
+lc_client_apikey(coffer_client *c)
+{
+	return &c->apikey;
+}
 
 /* ---- gRPC status -> Coffer status: the one table ---- */
 
@@ -499,6 +506,7 @@ coffer_close(coffer_client *c)
 		return;
 	/* No call may be running: ours is the last reference. */
 	lc_sessions_free(c->sessions);
+	lc_apikey_free(c->apikey);
 	chan_unref(c->cur);
 	grpc_channel_credentials_release(c->creds);
 	pthread_mutex_destroy(&c->mu);
@@ -574,6 +582,8 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 	grpc_slice details = grpc_empty_slice(), payload = grpc_empty_slice(), s;
 	const char *errstr = NULL;
 	grpc_op ops[6];
+	grpc_metadata auth = { .value = grpc_empty_slice() };
+	char authz[512];
 	grpc_event ev;
 	gpr_timespec deadline;
 	unsigned int ms;
@@ -584,6 +594,12 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 	grpc_metadata_array_init(&md_initial);
 	grpc_metadata_array_init(&md_trailing);
 
+	if (c->apikey != NULL &&
+	    (r = lc_apikey_sign(c->apikey, method, buf, len, authz, sizeof(authz))) != CF_OK) {
+		OPENSSL_cleanse(buf, len);
+		free(buf);
+		goto out;
+	}
 	/* gRPC owns buf from here and wipes it through slice_wipe_free. */
 	s = grpc_slice_new_with_len(buf, len, slice_wipe_free);
 	send_bb = grpc_raw_byte_buffer_create(&s, 1);
@@ -614,6 +630,14 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
 	ops[0].data.send_initial_metadata.count = 0;
+	if (c->apikey != NULL) {
+		auth.key = grpc_slice_from_static_string("authorization");
+		/* A counted copy: gRPC may keep header values (HPACK table)
+		 * after the call. */
+		auth.value = grpc_slice_from_copied_string(authz);
+		ops[0].data.send_initial_metadata.count = 1;
+		ops[0].data.send_initial_metadata.metadata = &auth;
+	}
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send_bb;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -675,6 +699,7 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 		grpc_byte_buffer_destroy(send_bb);
 	grpc_metadata_array_destroy(&md_initial);
 	grpc_metadata_array_destroy(&md_trailing);
+	grpc_slice_unref(auth.value);
 	grpc_slice_unref(details);
 	if (errstr != NULL)
 		gpr_free((void *)errstr);
@@ -697,7 +722,8 @@ static int
 must_seal(const coffer_client *c, const char *method)
 {
 	static const char *const sensitive[] = {
-		KS "Wrap", KS "Unwrap", KS "GenerateDataKey", AS "ImportKey",
+		KS "Wrap", KS "Unwrap", KS "GenerateDataKey", AS "ImportKey", AS "CreateApiKey",
+		AS "RotateApiKeySecret",
 	};
 
 	if (c->unsealed)

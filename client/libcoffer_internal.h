@@ -36,6 +36,14 @@ int lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len);
 int lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method,
     const uint8_t *req, size_t len, uint8_t **out, size_t *outlen);
 
+/* The API key calls are signed with (libcoffer_apikey.c). */
+struct lc_apikey;
+void lc_apikey_free(struct lc_apikey *k);   /* wipes the secret; accepts NULL */
+struct lc_apikey **lc_client_apikey(coffer_client *c);
+/* The authorization value for method with the packed request buf[0..len). */
+int lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf,
+    size_t len, char *out, size_t outlen);
+
 /* Coffer status of a gRPC status code (the one table, in libcoffer.c). */
 int lc_status_from_grpc(unsigned code);
 

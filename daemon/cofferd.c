@@ -136,6 +136,7 @@ main(int argc, char **argv)
 	keyring *kr = NULL;
 	session_mgr *sm = NULL;
 	policy *pol = NULL;
+	apikeys *ak = NULL;
 	nonces *nn = NULL;
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
@@ -180,6 +181,7 @@ main(int argc, char **argv)
 	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
 	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
+	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
 	    (r = nonces_open(cfg.state_dir, cfg.max_nonces, &nn)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
@@ -200,6 +202,7 @@ main(int argc, char **argv)
 	rc.kr = kr;
 	rc.sm = sm;
 	rc.pol = pol;
+	rc.ak = ak;
 	rc.nn = nn;
 	rc.window = cfg.request_window;
 	rc.workers = cfg.workers;
@@ -207,6 +210,7 @@ main(int argc, char **argv)
 	rc.admin_path = cfg.admin_path;
 	rc.require_sealed = (int)cfg.require_sealed;
 	rc.unsealed_secrets = (int)cfg.unsealed_secrets;
+	rc.require_api_key = (int)cfg.require_api_key;
 	if ((r = rpc_start(&rc, &srv)) != CF_OK ||
 	    (r = listener_start(ls, 2, rpc_add_connection, srv)) != CF_OK) {
 		cf_log_error("rpc: %s", cf_error_detail());
@@ -224,6 +228,7 @@ main(int argc, char **argv)
 			break;
 		session_expire(sm);
 		nonces_expire(nn, (int64_t)time(NULL));
+		apikeys_expire(ak, (int64_t)time(NULL));
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	status = 0;
@@ -233,6 +238,7 @@ out:
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
 	session_mgr_close(sm);
 	policy_close(pol);
+	apikeys_close(ak);
 	nonces_close(nn);
 	keyring_close(kr);
 	store_close(st);

@@ -32,6 +32,7 @@ struct cofferd_config {
 	unsigned unsealed_secrets;   /* [session] unsealed_secrets (benchmarks only) */
 	unsigned request_window;     /* [requests] window: seconds either way */
 	unsigned max_nonces;         /* [requests] max_nonces */
+	unsigned require_api_key;    /* [requests] require_api_key */
 };
 
 void config_defaults(struct cofferd_config *c);

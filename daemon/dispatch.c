@@ -3,11 +3,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
 #include "cf_log.h"
 #include "cf_pbwipe.h"
+#include "cf_reqsign.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -318,12 +320,69 @@ request_key(const struct method *m, const ProtobufCMessage *req)
 	return v != NULL ? v : "";
 }
 
-/* Service socket: who is calling, and may they? Fills h2->principal. */
+/* The call's API key signature (proto/call-authentication.md), required
+ * once the principal has an API key or the daemon says every principal
+ * needs one. Only a call whose signature is valid uses up its nonce. */
 static int
-authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *req,
-	  struct hctx *h2, char *who, uint32_t *retry_after_ms)
+check_signature(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
+		const char *who)
 {
-	const char *key = request_key(m, req);
+	struct cf_call_auth a;
+	char scope[sizeof(APIKEYS_OBJECT_PREFIX) + CF_APIKEY_ID_LEN];
+	int64_t now = (int64_t)time(NULL);
+	cf_buf *str = NULL;
+	int r;
+
+	if (h->authenticated || h->ak == NULL)
+		return CF_OK;
+	if (!apikeys_required(h->ak, who)) {
+		if (!h->require_api_key)
+			return CF_OK;
+		return cf_error(CF_E_UNAUTHENTICATED, "this daemon requires every caller to sign "
+				"its calls with an API key (requests.require_api_key) and principal "
+				"%s has none: cofferctl principal api-key create %s", who, who);
+	}
+	if (h->authz_n == 0)
+		return cf_error(CF_E_UNAUTHENTICATED, "principal %s has an API key, so every call "
+				"must carry \"authorization: %s keyId=..., timestamp=..., nonce=..., "
+				"signature=...\" (libcoffer: coffer_set_api_key; cofferctl: "
+				"--api-key FILE)", who, CF_CALLAUTH_LABEL);
+	if (h->authz_n > 1)
+		return cf_error(CF_E_UNAUTHENTICATED, "malformed authorization: the call carries "
+				"%u authorization entries; send exactly one", h->authz_n);
+	if (cf_callauth_parse(h->authz, h->authz_len, &a) != CF_OK)
+		return cf_error(CF_E_UNAUTHENTICATED, "malformed %s", cf_error_detail());
+	if (a.timestamp < now - (int64_t)h->window)
+		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and the "
+				"window is %u s; sign each call when it is sent",
+				(long long)(now - a.timestamp), h->window);
+	if (a.timestamp > now + (int64_t)h->window)
+		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead of "
+				"the daemon's clock and the window is %u s; check the caller's clock",
+				(long long)(a.timestamp - now), h->window);
+	if ((str = cf_buf_new(CF_CALLAUTH_PATH_MAX + 3 * CF_REQSIGN_NONCE_MAX + 160)) == NULL)
+		return CF_E_NOMEM;
+	if ((r = cf_callauth_string(m->path, in, inlen, a.timestamp, a.nonce, a.key_id, str)) !=
+		    CF_OK ||
+	    (r = apikeys_verify(h->ak, who, a.key_id, cf_buf_peek(str), cf_buf_len(str),
+				a.signature, now)) != CF_OK)
+		goto out;
+	snprintf(scope, sizeof(scope), "%s%s", APIKEYS_OBJECT_PREFIX, a.key_id);
+	r = nonces_use(h->nn, scope, a.nonce, a.timestamp + (int64_t)h->window + 1, now);
+	if (r == CF_E_EXISTS)
+		r = cf_error(CF_E_UNAUTHENTICATED, "replayed nonce: nonce %s was already used with "
+			     "API key %s; sign every call with a fresh nonce", a.nonce, a.key_id);
+out:
+	cf_buf_free(str);
+	return r;
+}
+
+/* Service socket, before the request is decoded: who is calling (into who
+ * and h2->principal), and is the call signed as the principal requires? */
+static int
+authenticate(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
+	     struct hctx *h2, char *who)
+{
 	int r;
 
 	if (h->admin || m->open || h->pol == NULL)
@@ -334,6 +393,27 @@ authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *
 		return r;
 	}
 	h2->principal = who;
+	if ((r = check_signature(m, h, in, inlen, who)) != CF_OK) {
+		if (r == CF_E_UNAUTHENTICATED)
+			cf_log_warn("unauthenticated: principal %s (uid %u pid %d): %s: %s", who,
+				    (unsigned)h->uid, (int)h->pid, m->path, cf_error_detail());
+		return r;
+	}
+	/* A sealed call's inner call was signed as part of its envelope. */
+	h2->authenticated = 1;
+	return CF_OK;
+}
+
+/* Service socket: may the principal do this? */
+static int
+authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *req,
+	  const char *who, uint32_t *retry_after_ms)
+{
+	const char *key = request_key(m, req);
+	int r;
+
+	if (h->admin || m->open || h->pol == NULL)
+		return CF_OK;
 	/* SessionService/Call only carries the inner call, which is checked (and
 	 * counted against the rate limits) on its own: counting the envelope too
 	 * would charge every sealed call twice. */
@@ -375,11 +455,13 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 	if (d->cfg.require_sealed && m->where == ON_SERVICE && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
 				"be sealed in a session (session.require_sealed)");
+	if ((r = authenticate(m, h, in, inlen, &h2, who)) != CF_OK)
+		return r;
 	req = protobuf_c_message_unpack(m->input, &cf_pbwipe_allocator, inlen, in);
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
-	if ((r = authorize(m, h, req, &h2, who, retry_after_ms)) != CF_OK) {
+	if ((r = authorize(m, &h2, req, who, retry_after_ms)) != CF_OK) {
 		protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
 		return r;
 	}

@@ -1,5 +1,6 @@
 /* The RPC handlers of KeyService, AdminService and Health. */
 #include "handlers.h"
+#include "handlers_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +19,8 @@
 
 /* ---- helpers ---- */
 
-static void *
-new_msg(const ProtobufCMessageDescriptor *d)
+void *
+h_new_msg(const ProtobufCMessageDescriptor *d)
 {
 	ProtobufCMessage *m = malloc(d->sizeof_message);
 
@@ -28,8 +29,8 @@ new_msg(const ProtobufCMessageDescriptor *d)
 	return m;
 }
 
-static int
-set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
+int
+h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
 {
 	dst->len = 0;
 	if ((dst->data = malloc(len ? len : 1)) == NULL)
@@ -90,8 +91,8 @@ key_limit(Coffer__V1__KeyType type, size_t n, const Coffer__V1__Operation *ops, 
 }
 
 /* Calls that carry secret plaintext must arrive inside a session. */
-static int
-require_sealed(const struct hctx *c, const char *method, const char *what)
+int
+h_require_sealed(const struct hctx *c, const char *method, const char *what)
 {
 	if (c->sealed || c->unsealed_secrets)
 		return CF_OK;
@@ -175,7 +176,7 @@ fill_key(const struct key_info *ki, Coffer__V1__Key *k)
 	if ((k->versions = calloc(ki->nversions, sizeof(*k->versions))) == NULL)
 		return CF_E_NOMEM;
 	for (uint32_t i = 0; i < ki->nversions; i++) {
-		Coffer__V1__KeyVersion *v = new_msg(&coffer__v1__key_version__descriptor);
+		Coffer__V1__KeyVersion *v = h_new_msg(&coffer__v1__key_version__descriptor);
 
 		if (v == NULL)
 			return CF_E_NOMEM;
@@ -195,7 +196,7 @@ key_response(int r, struct key_info *info, ProtobufCMessage **resp)
 
 	if (r != CF_OK)
 		goto out;
-	if ((k = new_msg(&coffer__v1__key__descriptor)) == NULL) {
+	if ((k = h_new_msg(&coffer__v1__key__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
@@ -231,12 +232,12 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
-	    (out = new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
+	    (out = h_new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
 	if ((r = cf_p11_sign(k, &sp, in, inlen, sig)) != CF_OK ||
-	    (r = set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
+	    (r = h_set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
 		goto out;
 	out->version = ver;
 	out->scheme = (Coffer__V1__SignatureScheme)(sp.scheme ? sp.scheme :
@@ -277,7 +278,7 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	r = cf_p11_verify(k, &sp, in, inlen, req->signature.data, req->signature.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
 		return r;
-	if ((out = new_msg(&coffer__v1__verify_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&coffer__v1__verify_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	out->valid = r == CF_OK;
 	*resp = &out->base;
@@ -299,12 +300,12 @@ h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, &k, &ver)) != CF_OK)
 		return r;
 	if ((mac = cf_buf_new(64)) == NULL ||
-	    (out = new_msg(&coffer__v1__mac_response__descriptor)) == NULL) {
+	    (out = h_new_msg(&coffer__v1__mac_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
 	if ((r = cf_p11_mac(k, req->data.data, req->data.len, mac)) != CF_OK ||
-	    (r = set_bytes(&out->mac, cf_buf_peek(mac), cf_buf_len(mac))) != CF_OK)
+	    (r = h_set_bytes(&out->mac, cf_buf_peek(mac), cf_buf_len(mac))) != CF_OK)
 		goto out;
 	out->version = ver;
 	*resp = &out->base;
@@ -337,7 +338,7 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	r = cf_p11_mac_verify(k, req->data.data, req->data.len, req->mac.data, req->mac.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
 		return r;
-	if ((out = new_msg(&coffer__v1__verify_mac_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&coffer__v1__verify_mac_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	out->valid = r == CF_OK;
 	*resp = &out->base;
@@ -359,7 +360,7 @@ wrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, siz
 	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
 		return CF_E_NOMEM;
 	if ((r = env_seal(k, name, *ver, kv, n, pt, ptlen, blob)) == CF_OK)
-		r = set_bytes(ct, cf_buf_peek(blob), cf_buf_len(blob));
+		r = h_set_bytes(ct, cf_buf_peek(blob), cf_buf_len(blob));
 	cf_buf_free(blob);
 	return r;
 }
@@ -391,13 +392,13 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	size_t n;
 	int r;
 
-	if ((r = require_sealed(c, "Wrap", "takes plaintext")) != CF_OK ||
+	if ((r = h_require_sealed(c, "Wrap", "takes plaintext")) != CF_OK ||
 	    (r = check_name(req->key)) != CF_OK)
 		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
 		return r;
 	n = req->n_context;
-	if ((out = new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	if ((r = wrap_common(c, req->key, kv, n, req->plaintext.data, req->plaintext.len,
 			     &out->ciphertext, &out->version)) != CF_OK) {
@@ -419,7 +420,7 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	uint32_t ver;
 	int r;
 
-	if ((r = require_sealed(c, "Unwrap", "returns plaintext")) != CF_OK ||
+	if ((r = h_require_sealed(c, "Unwrap", "returns plaintext")) != CF_OK ||
 	    (r = check_name(req->key)) != CF_OK)
 		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
@@ -427,12 +428,12 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	n = req->n_context;
 	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
 		goto out;
-	if ((out = new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
+	if ((out = h_new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
 	/* The response is freed through the wiping allocator. */
-	if ((r = set_bytes(&out->plaintext, cf_secret_cptr(pt), cf_secret_len(pt))) != CF_OK)
+	if ((r = h_set_bytes(&out->plaintext, cf_secret_cptr(pt), cf_secret_len(pt))) != CF_OK)
 		goto out;
 	out->version = ver;
 	*resp = &out->base;
@@ -462,7 +463,7 @@ h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	n = req->n_context;
 	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
 		goto out;
-	if ((out = new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
+	if ((out = h_new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
@@ -491,7 +492,7 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 	int r;
 
 	if ((req->include_plaintext &&
-	     (r = require_sealed(c, "GenerateDataKey with include_plaintext",
+	     (r = h_require_sealed(c, "GenerateDataKey with include_plaintext",
 				 "returns the data key")) != CF_OK) ||
 	    (r = check_name(req->key)) != CF_OK)
 		return r;
@@ -507,7 +508,7 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 		r = cf_error(CF_E_INTERNAL, "random number generator failed");
 		goto out;
 	}
-	if ((out = new_msg(&coffer__v1__generate_data_key_response__descriptor)) == NULL) {
+	if ((out = h_new_msg(&coffer__v1__generate_data_key_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
@@ -515,7 +516,7 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 			     &out->version)) != CF_OK)
 		goto out;
 	if (req->include_plaintext &&
-	    (r = set_bytes(&out->plaintext, cf_secret_cptr(dk), len)) != CF_OK)
+	    (r = h_set_bytes(&out->plaintext, cf_secret_cptr(dk), len)) != CF_OK)
 		goto out;
 	*resp = &out->base;
 	out = NULL;
@@ -597,7 +598,7 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		if ((r = request_key(c, hr.key_id, 0, &k, &v)) != CF_OK)
 			return r;
 	}
-	if ((out = new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
+	if ((out = h_new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
 	    (str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
@@ -694,7 +695,7 @@ h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	    (r = request_key(c, hr.key_id, 0, &k, &v)) != CF_OK)
 		return r;
 	if ((str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL || (mac = cf_buf_new(64)) == NULL ||
-	    (out = new_msg(&coffer__v1__sign_http_request_response__descriptor)) == NULL) {
+	    (out = h_new_msg(&coffer__v1__sign_http_request_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
@@ -741,12 +742,12 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
 		return r;
 	if ((der = cf_buf_new(4096)) == NULL || (pem = cf_buf_new(8192)) == NULL ||
-	    (out = new_msg(&coffer__v1__get_public_key_response__descriptor)) == NULL) {
+	    (out = h_new_msg(&coffer__v1__get_public_key_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
 	if ((r = cf_p11_pubkey_der(k, der)) != CF_OK || (r = cf_p11_pubkey_pem(k, pem)) != CF_OK ||
-	    (r = set_bytes(&out->der, cf_buf_peek(der), cf_buf_len(der))) != CF_OK)
+	    (r = h_set_bytes(&out->der, cf_buf_peek(der), cf_buf_len(der))) != CF_OK)
 		goto out;
 	/* cf_buf holds bytes, not a C string: terminate the copy ourselves. */
 	if ((out->pem = malloc(cf_buf_len(pem) + 1)) == NULL) {
@@ -795,13 +796,13 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 		return cf_error(CF_E_INVALID_ARG, "page_token is not one this daemon issued");
 	if ((r = keyring_list(c->kr, req->page_token, size, &infos, &n, &more)) != CF_OK)
 		return r;
-	if ((out = new_msg(&coffer__v1__list_keys_response__descriptor)) == NULL ||
+	if ((out = h_new_msg(&coffer__v1__list_keys_response__descriptor)) == NULL ||
 	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL)) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
 	for (uint32_t i = 0; i < n; i++) {
-		Coffer__V1__Key *k = new_msg(&coffer__v1__key__descriptor);
+		Coffer__V1__Key *k = h_new_msg(&coffer__v1__key__descriptor);
 
 		if (k == NULL) {
 			r = CF_E_NOMEM;
@@ -863,7 +864,7 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = require_sealed(c, "ImportKey", "carries key material")) != CF_OK ||
+	if ((r = h_require_sealed(c, "ImportKey", "carries key material")) != CF_OK ||
 	    (r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
 	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK ||
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
@@ -920,7 +921,7 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 		memcpy(p->gids, sp->gids, sp->ngids * sizeof(*p->gids));
 	p->n_gids = sp->ngids;
 	for (uint32_t i = 0; i < sp->ngrants; i++) {
-		Coffer__V1__Grant *g = new_msg(&coffer__v1__grant__descriptor);
+		Coffer__V1__Grant *g = h_new_msg(&coffer__v1__grant__descriptor);
 
 		if (g == NULL)
 			return CF_E_NOMEM;
@@ -933,7 +934,7 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 				g->operations[g->n_operations++] = (Coffer__V1__Operation)op;
 	}
 	for (uint32_t i = 0; i < sp->nlimits; i++) {
-		Coffer__V1__RateLimit *l = new_msg(&coffer__v1__rate_limit__descriptor);
+		Coffer__V1__RateLimit *l = h_new_msg(&coffer__v1__rate_limit__descriptor);
 
 		if (l == NULL)
 			return CF_E_NOMEM;
@@ -951,7 +952,7 @@ principal_response(int r, struct store_principal *sp, ProtobufCMessage **resp)
 {
 	Coffer__V1__Principal *p = NULL;
 
-	if (r == CF_OK && (p = new_msg(&coffer__v1__principal__descriptor)) == NULL)
+	if (r == CF_OK && (p = h_new_msg(&coffer__v1__principal__descriptor)) == NULL)
 		r = CF_E_NOMEM;
 	if (r == CF_OK && (r = fill_principal(sp, p)) == CF_OK) {
 		*resp = &p->base;
@@ -995,13 +996,13 @@ h_list_principals(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMess
 	(void)m;
 	if ((r = policy_list(c->pol, &list, &n)) != CF_OK)
 		return r;
-	if ((out = new_msg(&coffer__v1__list_principals_response__descriptor)) == NULL ||
+	if ((out = h_new_msg(&coffer__v1__list_principals_response__descriptor)) == NULL ||
 	    (n && (out->principals = calloc(n, sizeof(*out->principals))) == NULL)) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
 	for (size_t i = 0; i < n && r == CF_OK; i++) {
-		Coffer__V1__Principal *p = new_msg(&coffer__v1__principal__descriptor);
+		Coffer__V1__Principal *p = h_new_msg(&coffer__v1__principal__descriptor);
 
 		if (p == NULL) {
 			r = CF_E_NOMEM;
@@ -1069,9 +1070,12 @@ h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMes
 	Coffer__V1__DeletePrincipalResponse *out;
 	int r;
 
-	if ((r = policy_delete(c->pol, req->name)) != CF_OK)
+	/* Its API keys go first: a principal's secrets must not outlive it. */
+	if ((r = policy_get(c->pol, req->name, NULL)) != CF_OK ||
+	    (c->ak != NULL && (r = apikeys_revoke_principal(c->ak, req->name, time(NULL))) != CF_OK) ||
+	    (r = policy_delete(c->pol, req->name)) != CF_OK)
 		return r;
-	if ((out = new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	*resp = &out->base;
 	return CF_OK;
@@ -1088,10 +1092,10 @@ h_get_identity(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	int r;
 
 	(void)m;
-	if ((out = new_msg(&coffer__v1__get_identity_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&coffer__v1__get_identity_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	spki = session_identity(c->sm, &len);
-	if ((r = set_bytes(&out->public_key, spki, len)) != CF_OK ||
+	if ((r = h_set_bytes(&out->public_key, spki, len)) != CF_OK ||
 	    (out->fingerprint = strdup(session_fingerprint(c->sm))) == NULL) {
 		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 		return r != CF_OK ? r : CF_E_NOMEM;
@@ -1122,15 +1126,15 @@ h_open_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 		return CF_E_NOMEM;
 	if ((r = session_handshake(c->sm, c->uid, c->gid, &h, sig)) != CF_OK)
 		goto out;
-	if ((out = new_msg(&coffer__v1__open_session_response__descriptor)) == NULL) {
+	if ((out = h_new_msg(&coffer__v1__open_session_response__descriptor)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
-	if ((r = set_bytes(&out->session_id, h.session_id, CF_SESSION_ID_LEN)) != CF_OK ||
-	    (r = set_bytes(&out->server_ephemeral, h.server_pub, CF_SESSION_PUB_LEN)) != CF_OK ||
-	    (r = set_bytes(&out->server_random, h.server_random, CF_SESSION_RANDOM_LEN)) != CF_OK ||
-	    (r = set_bytes(&out->identity_public_key, h.spki, h.spki_len)) != CF_OK ||
-	    (r = set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
+	if ((r = h_set_bytes(&out->session_id, h.session_id, CF_SESSION_ID_LEN)) != CF_OK ||
+	    (r = h_set_bytes(&out->server_ephemeral, h.server_pub, CF_SESSION_PUB_LEN)) != CF_OK ||
+	    (r = h_set_bytes(&out->server_random, h.server_random, CF_SESSION_RANDOM_LEN)) != CF_OK ||
+	    (r = h_set_bytes(&out->identity_public_key, h.spki, h.spki_len)) != CF_OK ||
+	    (r = h_set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
 		goto out;
 	out->caller_uid = h.uid;
 	out->caller_gid = h.gid;
@@ -1153,7 +1157,7 @@ h_close_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 	Coffer__V1__CloseSessionResponse *out;
 
 	(void)m;
-	if ((out = new_msg(&coffer__v1__close_session_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&coffer__v1__close_session_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	session_end(c->sm, c->sess);
 	*resp = &out->base;
@@ -1172,7 +1176,7 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	if (s[0] != '\0' && strcmp(s, "grpc.health.v1.Health") != 0 &&
 	    strcmp(s, c->admin ? "coffer.v1.AdminService" : "coffer.v1.KeyService") != 0)
 		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
-	if ((out = new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
+	if ((out = h_new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
 	out->status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 	*resp = &out->base;
@@ -1218,5 +1222,8 @@ handlers_find(const char *service, const char *method)
 		if (strcmp(handler_table[i].service, service) == 0 &&
 		    strcmp(handler_table[i].method, method) == 0)
 			return &handler_table[i];
+	for (const struct handler *h = handlers_apikeys; h->service != NULL; h++)
+		if (strcmp(h->service, service) == 0 && strcmp(h->method, method) == 0)
+			return h;
 	return NULL;
 }

@@ -12,6 +12,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "apikeys.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
@@ -26,6 +27,7 @@ struct hctx {
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;
+	apikeys *ak;            /* principals' API keys */
 	nonces *nn;             /* replay record of signed requests */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
 	const char *principal;  /* service socket: the caller's principal, else NULL */
@@ -36,6 +38,11 @@ struct hctx {
 	int admin;              /* the call arrived on the admin socket */
 	int sealed;             /* the call arrived inside a session */
 	int unsealed_secrets;   /* configuration allows secret plaintext unsealed */
+	int require_api_key;    /* every principal must sign its calls */
+	const char *authz;      /* the call's authorization metadata (the first), or NULL */
+	size_t authz_len;
+	unsigned authz_n;       /* authorization entries the call carried */
+	int authenticated;      /* an enclosing call (SessionService/Call) was authenticated */
 };
 
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,

@@ -329,7 +329,7 @@ policy_get(policy *p, const char *name, struct store_principal *out)
 
 	pthread_rwlock_rdlock(&p->lock);
 	at = find_locked(p, name, &found);
-	rc = found ? copy_principal(&p->v[at]->sp, out)
+	rc = found ? (out != NULL ? copy_principal(&p->v[at]->sp, out) : CF_OK)
 		   : cf_error(CF_E_NOT_FOUND, "no principal %s", name);
 	pthread_rwlock_unlock(&p->lock);
 	return rc;

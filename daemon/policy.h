@@ -43,6 +43,7 @@ void policy_close(policy *p);   /* accepts NULL */
  * CF_E_INVALID_ARG for a bad name, no ids, too many ids. */
 int policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		  const uint32_t *gids, size_t ngids, struct store_principal *out);
+/* out NULL: only whether the principal exists (CF_E_NOT_FOUND). */
 int policy_get(policy *p, const char *name, struct store_principal *out);
 int policy_list(policy *p, struct store_principal **out, size_t *n);
 /* Add ops to the grant for pattern (a key name or a glob with * and ?). */

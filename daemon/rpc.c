@@ -162,8 +162,10 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
       uint32_t *retry_after_ms)
 {
 	rpc_server *s = c->s;
-	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .nn = s->cfg.nn,
-			  .window = s->cfg.window, .unsealed_secrets = s->cfg.unsealed_secrets };
+	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .ak = s->cfg.ak,
+			  .nn = s->cfg.nn, .window = s->cfg.window,
+			  .unsealed_secrets = s->cfg.unsealed_secrets,
+			  .require_api_key = s->cfg.require_api_key };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
 	grpc_slice in = grpc_empty_slice(), packed;
@@ -180,6 +182,12 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 		snprintf(msg, msglen, "caller identity unavailable");
 		return NULL;
 	}
+	for (size_t i = 0; i < c->md.count; i++)
+		if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0 &&
+		    h.authz_n++ == 0) {
+			h.authz = (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value);
+			h.authz_len = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
+		}
 	if (c->recv == NULL || !grpc_byte_buffer_reader_init(&rd, c->recv)) {
 		*code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
 		snprintf(msg, msglen, "no readable request message");

@@ -13,6 +13,7 @@
 #ifndef COFFER_RPC_H
 #define COFFER_RPC_H
 
+#include "apikeys.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
@@ -22,13 +23,15 @@ struct rpc_cfg {
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;
-	nonces *nn;                  /* replay record of signed requests */
+	apikeys *ak;                 /* principals' API keys */
+	nonces *nn;                  /* replay record of signed requests and calls */
 	unsigned window;             /* seconds a signed request may be off */
 	unsigned workers;            /* completion-queue threads; handlers run on them */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */
 	int require_sealed;          /* every KeyService call must be sealed */
 	int unsealed_secrets;        /* allow secret plaintext outside sessions (benchmarks) */
+	int require_api_key;         /* every principal must sign its calls */
 };
 
 typedef struct rpc_server rpc_server;

@@ -40,6 +40,17 @@ static const char *const schema_v2 =
 	" op INTEGER NOT NULL, rate REAL NOT NULL, burst INTEGER NOT NULL,"
 	" PRIMARY KEY (principal, op));";
 
+/* Version 4: API keys. A revoked key keeps its row (so that it is reported
+ * as revoked, not unknown) and loses its secrets. */
+static const char *const schema_v4 =
+	"CREATE TABLE IF NOT EXISTS api_keys ("
+	" id TEXT PRIMARY KEY, principal TEXT NOT NULL, created INTEGER NOT NULL,"
+	" revoked INTEGER NOT NULL, next_generation INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS api_secrets ("
+	" id TEXT NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,"
+	" generation INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL,"
+	" PRIMARY KEY (id, generation));";
+
 static int
 db_err(store *s, const char *what)
 {
@@ -82,7 +93,8 @@ store_open(const char *dir, store **out)
 		goto out;
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
 		goto out;
-	if ((r = exec(s, schema_v1)) != CF_OK || (r = exec(s, schema_v2)) != CF_OK)
+	if ((r = exec(s, schema_v1)) != CF_OK || (r = exec(s, schema_v2)) != CF_OK ||
+	    (r = exec(s, schema_v4)) != CF_OK)
 		goto rollback;
 	if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &st,
 			       NULL) != SQLITE_OK) {
@@ -106,14 +118,15 @@ store_open(const char *dir, store **out)
 			     "(%d); upgrade cofferd", path, ver, STORE_SCHEMA_VERSION);
 		goto rollback;
 	} else if (ver < STORE_SCHEMA_VERSION) {
-		/* Version 1 and 2 stores lacked tables (created above) and, before
-		 * 3, the keys' allowed operations. */
+		/* Older stores lacked tables (created above) and, before 3, the
+		 * keys' allowed operations. */
 		char sql[160];
 
 		snprintf(sql, sizeof(sql), "UPDATE meta SET v = '%d' WHERE k = 'schema_version';",
 			 STORE_SCHEMA_VERSION);
-		if ((r = exec(s, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT NULL "
-			      "DEFAULT 0;")) != CF_OK || (r = exec(s, sql)) != CF_OK)
+		if ((ver < 3 && (r = exec(s, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT "
+					  "NULL DEFAULT 0;")) != CF_OK) ||
+		    (r = exec(s, sql)) != CF_OK)
 			goto rollback;
 	}
 	if ((r = exec(s, "COMMIT;")) != CF_OK)
@@ -446,6 +459,99 @@ store_principal_delete(store *s, const char *name)
 		r = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
 	else
 		r = CF_OK;
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+/* ---- API keys ---- */
+
+int
+store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *arg), void *arg)
+{
+	sqlite3_stmt *ks = NULL, *ss = NULL;
+	struct store_apikey k;
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT id, principal, created, revoked, next_generation "
+			       "FROM api_keys ORDER BY id", -1, &ks, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db, "SELECT generation, created, expires FROM api_secrets "
+			       "WHERE id = ? ORDER BY generation DESC", -1, &ss, NULL) != SQLITE_OK) {
+		r = db_err(s, "loading API keys");
+		goto out;
+	}
+	while ((rc = sqlite3_step(ks)) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(ks, 0);
+		const char *pr = (const char *)sqlite3_column_text(ks, 1);
+
+		memset(&k, 0, sizeof(k));
+		if (id == NULL || pr == NULL || strlen(id) > STORE_APIKEY_ID_MAX ||
+		    strlen(pr) > STORE_PRINCIPAL_NAME_MAX) {
+			r = cf_error(CF_E_IO, "state store holds a malformed API key record");
+			goto out;
+		}
+		snprintf(k.id, sizeof(k.id), "%s", id);
+		snprintf(k.principal, sizeof(k.principal), "%s", pr);
+		k.created = sqlite3_column_int64(ks, 2);
+		k.revoked = sqlite3_column_int64(ks, 3);
+		k.next_generation = (uint32_t)sqlite3_column_int64(ks, 4);
+		sqlite3_reset(ss);
+		sqlite3_bind_text(ss, 1, id, -1, SQLITE_TRANSIENT);
+		while (sqlite3_step(ss) == SQLITE_ROW) {
+			if (k.nsecrets == STORE_APIKEY_SECRETS_MAX) {
+				r = cf_error(CF_E_IO, "state store: API key %s has more than %d "
+					     "secrets", k.id, STORE_APIKEY_SECRETS_MAX);
+				goto out;
+			}
+			k.secrets[k.nsecrets].generation = (uint32_t)sqlite3_column_int64(ss, 0);
+			k.secrets[k.nsecrets].created = sqlite3_column_int64(ss, 1);
+			k.secrets[k.nsecrets++].expires = sqlite3_column_int64(ss, 2);
+		}
+		if ((r = cb(&k, arg)) != CF_OK)
+			goto out;
+	}
+	if (rc != SQLITE_DONE)
+		r = db_err(s, "loading API keys");
+out:
+	sqlite3_finalize(ks);
+	sqlite3_finalize(ss);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_apikey_put(store *s, const struct store_apikey *k, int create)
+{
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
+		goto out;
+	if (create)
+		rc = run(s, "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?)", "ttiii", k->id,
+			 k->principal, k->created, k->revoked, (int64_t)k->next_generation);
+	else
+		rc = run(s, "UPDATE api_keys SET revoked = ?, next_generation = ? WHERE id = ?",
+			 "iit", k->revoked, (int64_t)k->next_generation, k->id);
+	if (rc == SQLITE_CONSTRAINT) {
+		r = cf_error(CF_E_EXISTS, "API key %s already exists", k->id);
+		goto rollback;
+	}
+	if (rc == SQLITE_OK)
+		rc = run(s, "DELETE FROM api_secrets WHERE id = ?", "t", k->id);
+	for (uint32_t i = 0; i < k->nsecrets && rc == SQLITE_OK; i++)
+		rc = run(s, "INSERT INTO api_secrets VALUES (?, ?, ?, ?)", "tiii", k->id,
+			 (int64_t)k->secrets[i].generation, k->secrets[i].created,
+			 k->secrets[i].expires);
+	if (rc != SQLITE_OK) {
+		r = db_err(s, "recording the API key");
+		goto rollback;
+	}
+	r = exec(s, "COMMIT;");
+	goto out;
+rollback:
+	(void)exec(s, "ROLLBACK;");
+out:
 	pthread_mutex_unlock(&s->mu);
 	return r;
 }

@@ -13,7 +13,7 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 3   /* 2: principals; 3: keys' allowed operations */
+#define STORE_SCHEMA_VERSION 4   /* 2: principals; 3: keys' allowed operations; 4: API keys */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -60,6 +60,27 @@ struct store_principal {
 	uint32_t nlimits;
 };
 
+#define STORE_APIKEY_ID_MAX 32
+#define STORE_APIKEY_SECRETS_MAX 4
+
+/* One secret of an API key; its token object is "coffer.apikey.<id>" at
+ * version `generation`. */
+struct store_apikey_secret {
+	uint32_t generation;
+	int64_t created;
+	int64_t expires;                /* 0: the current secret */
+};
+
+struct store_apikey {
+	char id[STORE_APIKEY_ID_MAX + 1];
+	char principal[STORE_PRINCIPAL_NAME_MAX + 1];
+	int64_t created;
+	int64_t revoked;                /* 0: live */
+	uint32_t next_generation;       /* never reused, even after a revoke */
+	struct store_apikey_secret secrets[STORE_APIKEY_SECRETS_MAX];
+	uint32_t nsecrets;
+};
+
 typedef struct store store;
 
 /* Open or create <dir>/coffer.db; creates or checks the schema. CF_E_IO /
@@ -86,5 +107,11 @@ int store_principals_load(store *s, int (*cb)(const struct store_principal *p, v
 int store_principal_put(store *s, const struct store_principal *p, int create);
 /* CF_E_NOT_FOUND if there is no such principal. */
 int store_principal_delete(store *s, const char *name);
+
+/* Call cb for every API key, revoked ones too (borrowed for the callback). */
+int store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *arg), void *arg);
+/* Write an API key whole (its secrets replaced) in one transaction.
+ * create: CF_E_EXISTS if the id is taken. */
+int store_apikey_put(store *s, const struct store_apikey *k, int create);
 
 #endif

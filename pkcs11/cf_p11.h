@@ -126,6 +126,12 @@ int cf_p11_sign(cf_p11_key *k, const struct cf_sign_params *params,
 int cf_p11_verify(cf_p11_key *k, const struct cf_sign_params *params,
 		  const uint8_t *in, size_t inlen, const uint8_t *sig, size_t siglen);
 
+/* ---- randomness ---- */
+/* Fill out (len bytes, at most CF_P11_MAX_SECRET) from the token's random
+ * number generator (C_GenerateRandom): secrets the daemon issues, such as API
+ * keys, come from the token like the keys it generates. */
+int cf_p11_random(cf_p11 *p, cf_secret *out);
+
 /* ---- HMAC (inside the token) ---- */
 int cf_p11_mac(cf_p11_key *k, const uint8_t *in, size_t inlen, cf_buf *mac);
 /* CF_OK or CF_E_BAD_SIGNATURE; the comparison happens inside the token. */

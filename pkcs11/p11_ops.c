@@ -323,6 +323,33 @@ cf_p11_verify(cf_p11_key *k, const struct cf_sign_params *params, const uint8_t 
 	return p11_status(p11_run(k->p, k, verify_op, &a), "verifying the signature");
 }
 
+/* ---- randomness ---- */
+
+struct random_arg {
+	uint8_t *out;
+	size_t len;
+};
+
+static CK_RV
+random_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	struct random_arg *a = arg;
+
+	(void)h;
+	return p->f->C_GenerateRandom(s, a->out, (CK_ULONG)a->len);
+}
+
+int
+cf_p11_random(cf_p11 *p, cf_secret *out)
+{
+	struct random_arg a = { cf_secret_ptr(out), cf_secret_len(out) };
+
+	if (a.len == 0 || a.len > CF_P11_MAX_SECRET)
+		return cf_error(CF_E_INVALID_ARG, "random length must be 1..%d bytes, got %zu",
+				CF_P11_MAX_SECRET, a.len);
+	return p11_status(p11_run(p, NULL, random_op, &a), "generating random bytes");
+}
+
 /* ---- HMAC ---- */
 
 static int

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/sha.h>
+
 #include "cf_keytype.h"
 #include "cf_status.h"
 
@@ -14,6 +16,30 @@ unreserved(unsigned char c)
 {
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
 	       c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+static void
+hex_lower(const uint8_t *in, size_t n, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = hex[in[i] >> 4];
+		out[2 * i + 1] = hex[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+/* parts joined by single newlines (no trailing one). */
+static int
+join_lines(const char *const *parts, size_t n, cf_buf *out)
+{
+	int rc = CF_OK;
+
+	for (size_t i = 0; i < n && rc == CF_OK; i++)
+		if (i == 0 || (rc = cf_buf_put_u8(out, '\n')) == CF_OK)
+			rc = cf_buf_put(out, parts[i], strlen(parts[i]));
+	return rc;
 }
 
 static int
@@ -194,26 +220,163 @@ cf_reqsign_check(const struct cf_http_request *r)
 int
 cf_reqsign_http_string(const struct cf_http_request *r, cf_buf *out)
 {
-	static const char hex[] = "0123456789abcdef";
 	char body[65], ts[24];
 	int rc;
 
 	if ((rc = cf_reqsign_check(r)) != CF_OK)
 		return rc;
-	for (int i = 0; i < 32; i++) {
-		body[2 * i] = hex[r->body_sha256[i] >> 4];
-		body[2 * i + 1] = hex[r->body_sha256[i] & 15];
-	}
-	body[64] = '\0';
+	hex_lower(r->body_sha256, 32, body);
 	snprintf(ts, sizeof(ts), "%lld", (long long)r->timestamp);
 	{
 		const char *parts[] = { CF_REQSIGN_HTTP_LABEL, r->method, r->path, r->canonical_query,
 					body, ts, r->nonce, r->key_id };
 
-		for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-			if ((i > 0 && (rc = cf_buf_put_u8(out, '\n')) != CF_OK) ||
-			    (rc = cf_buf_put(out, parts[i], strlen(parts[i]))) != CF_OK)
-				return rc;
+		return join_lines(parts, sizeof(parts) / sizeof(parts[0]), out);
+	}
+}
+
+/* ---- call authentication ---- */
+
+int
+cf_apikey_id_check(const char *id)
+{
+	if (id == NULL || strlen(id) != CF_APIKEY_ID_LEN || strncmp(id, "ak_", 3) != 0)
+		return cf_error(CF_E_INVALID_ARG, "an API key id is \"ak_\" and 24 lower-case hex "
+				"digits");
+	for (const char *s = id + 3; *s; s++)
+		if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+			return cf_error(CF_E_INVALID_ARG, "an API key id is \"ak_\" and 24 "
+					"lower-case hex digits");
+	return CF_OK;
+}
+
+/* One "name=value" field of the header into a (value is v[0..n)). */
+static int
+callauth_field(struct cf_call_auth *a, const char *name, size_t nlen, const char *v, size_t n,
+	       unsigned *seen)
+{
+	char buf[80];
+
+	if (n >= sizeof(buf))
+		return cf_error(CF_E_INVALID_ARG, "authorization: %.*s is too long", (int)nlen,
+				name);
+	memcpy(buf, v, n);
+	buf[n] = '\0';
+	if (nlen == 5 && memcmp(name, "keyId", 5) == 0 && !(*seen & 1)) {
+		*seen |= 1;
+		if (cf_apikey_id_check(buf) != CF_OK)
+			return cf_error(CF_E_INVALID_ARG, "authorization: keyId is not an API key id "
+					"(\"ak_\" and 24 lower-case hex digits)");
+		memcpy(a->key_id, buf, n + 1);
+	} else if (nlen == 9 && memcmp(name, "timestamp", 9) == 0 && !(*seen & 2)) {
+		*seen |= 2;
+		a->timestamp = 0;
+		if (n == 0 || n > 11 || (n > 1 && buf[0] == '0'))
+			return cf_error(CF_E_INVALID_ARG, "authorization: timestamp must be Unix "
+					"seconds in decimal");
+		for (size_t i = 0; i < n; i++) {
+			if (buf[i] < '0' || buf[i] > '9')
+				return cf_error(CF_E_INVALID_ARG, "authorization: timestamp must be "
+						"Unix seconds in decimal");
+			a->timestamp = a->timestamp * 10 + (buf[i] - '0');
+		}
+	} else if (nlen == 5 && memcmp(name, "nonce", 5) == 0 && !(*seen & 4)) {
+		*seen |= 4;
+		if (charset(buf, "authorization: nonce", CF_REQSIGN_NONCE_MIN, CF_REQSIGN_NONCE_MAX,
+			    "-_", 0) != CF_OK)
+			return CF_E_INVALID_ARG;
+		memcpy(a->nonce, buf, n + 1);
+	} else if (nlen == 9 && memcmp(name, "signature", 9) == 0 && !(*seen & 8)) {
+		*seen |= 8;
+		if (n != 64)
+			return cf_error(CF_E_INVALID_ARG, "authorization: signature must be 64 hex "
+					"digits");
+		for (size_t i = 0; i < 32; i++) {
+			int hi = hexval(buf[2 * i]), lo = hexval(buf[2 * i + 1]);
+
+			if (hi < 0 || lo < 0)
+				return cf_error(CF_E_INVALID_ARG, "authorization: signature must be "
+						"64 hex digits");
+			a->signature[i] = (uint8_t)(hi << 4 | lo);
+		}
+	} else {
+		return cf_error(CF_E_INVALID_ARG, "authorization: unexpected or repeated field "
+				"\"%.*s\" (expected keyId, timestamp, nonce, signature once each)",
+				(int)(nlen > 32 ? 32 : nlen), name);
 	}
 	return CF_OK;
+}
+
+int
+cf_callauth_parse(const char *value, size_t len, struct cf_call_auth *a)
+{
+	const size_t ll = sizeof(CF_CALLAUTH_LABEL) - 1;
+	const char *s, *end = value + len;
+	unsigned seen = 0;
+	int r;
+
+	memset(a, 0, sizeof(*a));
+	if (len > CF_CALLAUTH_HEADER_MAX)
+		return cf_error(CF_E_INVALID_ARG, "authorization is longer than %d bytes",
+				CF_CALLAUTH_HEADER_MAX);
+	if (len <= ll || memcmp(value, CF_CALLAUTH_LABEL, ll) != 0 || value[ll] != ' ')
+		return cf_error(CF_E_INVALID_ARG, "authorization must start with \"%s \"",
+				CF_CALLAUTH_LABEL);
+	for (s = value + ll + 1; s < end;) {
+		const char *comma, *eq;
+
+		while (s < end && *s == ' ')
+			s++;
+		comma = memchr(s, ',', (size_t)(end - s));
+		if (comma == NULL)
+			comma = end;
+		if ((eq = memchr(s, '=', (size_t)(comma - s))) == NULL)
+			return cf_error(CF_E_INVALID_ARG, "authorization: a field without '=' (the "
+					"form is name=value, comma-separated)");
+		if ((r = callauth_field(a, s, (size_t)(eq - s), eq + 1, (size_t)(comma - eq - 1),
+					&seen)) != CF_OK)
+			return r;
+		s = comma + 1;
+	}
+	if (seen != 15)
+		return cf_error(CF_E_INVALID_ARG, "authorization lacks %s", !(seen & 1) ? "keyId" :
+				!(seen & 2) ? "timestamp" : !(seen & 4) ? "nonce" : "signature");
+	return CF_OK;
+}
+
+int
+cf_callauth_string(const char *path, const uint8_t *body, size_t bodylen, int64_t timestamp,
+		   const char *nonce, const char *key_id, cf_buf *out)
+{
+	uint8_t digest[32];
+	char hex[65], ts[24];
+	int rc;
+
+	if (path == NULL || path[0] != '/' || strlen(path) > CF_CALLAUTH_PATH_MAX)
+		return cf_error(CF_E_INVALID_ARG, "method path must start with / and be at most %d "
+				"bytes", CF_CALLAUTH_PATH_MAX);
+	if ((rc = charset(nonce, "nonce", CF_REQSIGN_NONCE_MIN, CF_REQSIGN_NONCE_MAX, "-_", 0)) !=
+		    CF_OK ||
+	    (rc = cf_apikey_id_check(key_id)) != CF_OK)
+		return rc;
+	if (timestamp < 0 || timestamp > 99999999999LL)
+		return cf_error(CF_E_INVALID_ARG, "timestamp out of range");
+	SHA256(body != NULL ? body : (const uint8_t *)"", bodylen, digest);
+	hex_lower(digest, sizeof(digest), hex);
+	snprintf(ts, sizeof(ts), "%lld", (long long)timestamp);
+	{
+		const char *parts[] = { CF_CALLAUTH_LABEL, path, hex, ts, nonce, key_id };
+
+		return join_lines(parts, sizeof(parts) / sizeof(parts[0]), out);
+	}
+}
+
+void
+cf_callauth_format(const struct cf_call_auth *a, char out[CF_CALLAUTH_HEADER_MAX])
+{
+	char sig[65];
+
+	hex_lower(a->signature, sizeof(a->signature), sig);
+	snprintf(out, CF_CALLAUTH_HEADER_MAX, "%s keyId=%s, timestamp=%lld, nonce=%s, signature=%s",
+		 CF_CALLAUTH_LABEL, a->key_id, (long long)a->timestamp, a->nonce, sig);
 }

@@ -48,4 +48,37 @@ int cf_reqsign_check(const struct cf_http_request *r);
  * (no trailing newline). Runs cf_reqsign_check first. */
 int cf_reqsign_http_string(const struct cf_http_request *r, cf_buf *out);
 
+/* ---- call authentication: a principal's API key on every gRPC call
+ * (proto/call-authentication.md) ---- */
+
+#define CF_CALLAUTH_LABEL "COFFER-HMAC-SHA256"
+#define CF_CALLAUTH_HEADER "authorization"
+#define CF_APIKEY_ID_LEN 27          /* "ak_" + 24 lower-case hex digits */
+#define CF_CALLAUTH_HEADER_MAX 512
+#define CF_CALLAUTH_PATH_MAX 128
+
+struct cf_call_auth {
+	char key_id[CF_APIKEY_ID_LEN + 1];
+	int64_t timestamp;
+	char nonce[CF_REQSIGN_NONCE_MAX + 1];
+	uint8_t signature[32];
+};
+
+/* CF_OK if id is "ak_" followed by 24 lower-case hex digits. */
+int cf_apikey_id_check(const char *id);
+
+/* Parse an authorization value ("COFFER-HMAC-SHA256 keyId=..., timestamp=...,
+ * nonce=..., signature=<64 hex>"; fields in any order, each once, spaces
+ * after commas optional). CF_E_INVALID_ARG naming what is wrong. */
+int cf_callauth_parse(const char *value, size_t len, struct cf_call_auth *out);
+
+/* The string that is signed:
+ *   COFFER-HMAC-SHA256 \n method path \n hex(SHA-256 of the request message
+ *   bytes) \n timestamp \n nonce \n key id  (no trailing newline) */
+int cf_callauth_string(const char *path, const uint8_t *body, size_t bodylen, int64_t timestamp,
+		       const char *nonce, const char *key_id, cf_buf *out);
+
+/* The header value for a, into out (CF_CALLAUTH_HEADER_MAX bytes). */
+void cf_callauth_format(const struct cf_call_auth *a, char out[CF_CALLAUTH_HEADER_MAX]);
+
 #endif

@@ -1,0 +1,373 @@
+/*
+ * libcoffer_apikey.c — principals' API keys: signing every call with one
+ * (proto/call-authentication.md), credentials files, and the AdminService
+ * calls that create, rotate, revoke and list them.
+ */
+#include "libcoffer_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "cf_buf.h"
+#include "cf_reqsign.h"
+#include "cf_secret.h"
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+
+#define AS "/coffer.v1.AdminService/"
+#define CRED_MAGIC "COFFER-API-KEY 1"
+#define CRED_FILE_MAX 512
+
+struct lc_apikey {
+	char id[CF_APIKEY_ID_LEN + 1];
+	cf_secret *secret;
+};
+
+void
+lc_apikey_free(struct lc_apikey *k)
+{
+	if (k == NULL)
+		return;
+	cf_secret_free(k->secret);
+	free(k);
+}
+
+int
+lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf, size_t len,
+    char *out, size_t outlen)
+{
+	struct cf_call_auth a;
+	uint8_t rnd[16];
+	unsigned int maclen = 0;
+	cf_buf *str = cf_buf_new(256);
+	char hdr[CF_CALLAUTH_HEADER_MAX];
+	int r;
+
+	if (str == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	memset(&a, 0, sizeof(a));
+	memcpy(a.key_id, k->id, sizeof(a.key_id));
+	a.timestamp = (int64_t)time(NULL);
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+		r = cf_error(CF_E_INTERNAL, "random number generator failed");
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(a.nonce + 2 * i, 3, "%02x", rnd[i]);
+	if ((r = cf_callauth_string(method, buf, len, a.timestamp, a.nonce, a.key_id, str)) !=
+	    CF_OK)
+		goto out;
+	if (HMAC(EVP_sha256(), cf_secret_cptr(k->secret), (int)cf_secret_len(k->secret),
+	    cf_buf_peek(str), cf_buf_len(str), a.signature, &maclen) == NULL || maclen != 32) {
+		r = cf_error(CF_E_INTERNAL, "HMAC-SHA256 failed");
+		goto out;
+	}
+	cf_callauth_format(&a, hdr);
+	if (strlen(hdr) >= outlen) {
+		r = cf_error(CF_E_INTERNAL, "authorization longer than its buffer");
+		goto out;
+	}
+	memcpy(out, hdr, strlen(hdr) + 1);
+out:
+	cf_buf_free(str);
+	return r;
+}
+
+int
+coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size_t len)
+{
+	struct lc_apikey *k;
+	struct lc_apikey **slot;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || id == NULL || secret == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	if ((r = cf_apikey_id_check(id)) != CF_OK)
+		return r;
+	if (len < 32 || len > 64)
+		return cf_error(CF_E_INVALID_ARG, "an API secret is 32..64 bytes, got %zu", len);
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	memcpy(k->id, id, CF_APIKEY_ID_LEN + 1);
+	if ((r = cf_secret_from(secret, len, &k->secret)) != CF_OK) {
+		free(k);
+		return r;
+	}
+	slot = lc_client_apikey(c);
+	lc_apikey_free(*slot);
+	*slot = k;
+	return CF_OK;
+}
+
+static int
+hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+/* Parse a credentials file's text (NUL-terminated) and set it on c. */
+static int
+cred_parse(coffer_client *c, const char *path, char *text)
+{
+	char *id, *hex, *nl;
+	uint8_t secret[64];
+	size_t n;
+	int r;
+
+	if (strncmp(text, CRED_MAGIC "\nid ", strlen(CRED_MAGIC) + 4) != 0)
+		return cf_error(CF_E_INVALID_ARG, "%s is not a Coffer API key file (it must start "
+		    "with \"%s\")", path, CRED_MAGIC);
+	id = text + strlen(CRED_MAGIC) + 4;
+	if ((nl = strchr(id, '\n')) == NULL || strncmp(nl + 1, "secret ", 7) != 0)
+		return cf_error(CF_E_INVALID_ARG, "%s: expected an \"id\" line, then a \"secret\" "
+		    "line", path);
+	*nl = '\0';
+	hex = nl + 8;
+	if ((nl = strchr(hex, '\n')) != NULL)
+		*nl = '\0';
+	n = strlen(hex);
+	if (n % 2 != 0 || n < 64 || n > 128)
+		return cf_error(CF_E_INVALID_ARG, "%s: the secret must be 64..128 hex digits", path);
+	for (size_t i = 0; i < n / 2; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0) {
+			OPENSSL_cleanse(secret, sizeof(secret));
+			return cf_error(CF_E_INVALID_ARG, "%s: the secret must be lower-case hex",
+			    path);
+		}
+		secret[i] = (uint8_t)(hi << 4 | lo);
+	}
+	r = coffer_set_api_key(c, id, secret, n / 2);
+	OPENSSL_cleanse(secret, sizeof(secret));
+	return r;
+}
+
+int
+coffer_set_api_key_file(coffer_client *c, const char *path)
+{
+	cf_secret *buf = NULL;
+	struct stat st;
+	ssize_t got;
+	size_t have = 0;
+	int fd, r;
+
+	cf_error_clear();
+	if (c == NULL || path == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	if ((fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		return cf_error(CF_E_IO, "cannot open API key file %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		r = cf_error(CF_E_IO, "API key file %s is not a regular file", path);
+		goto out;
+	}
+	if (st.st_mode & 077) {
+		r = cf_error(CF_E_PRECONDITION, "API key file %s can be read by group or others; "
+		    "chmod 600 it", path);
+		goto out;
+	}
+	if ((r = cf_secret_new(CRED_FILE_MAX + 1, &buf)) != CF_OK)
+		goto out;
+	while (have < CRED_FILE_MAX &&
+	    (got = read(fd, cf_secret_ptr(buf) + have, CRED_FILE_MAX - have)) > 0)
+		have += (size_t)got;
+	cf_secret_ptr(buf)[have] = '\0';
+	r = cred_parse(c, path, (char *)cf_secret_ptr(buf));
+out:
+	cf_secret_free(buf);
+	close(fd);
+	return r;
+}
+
+int
+coffer_write_api_key_file(const char *path, const char *id, const uint8_t *secret, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	cf_secret *text = NULL;
+	size_t n;
+	int fd, r;
+
+	cf_error_clear();
+	if (path == NULL || id == NULL || secret == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	if ((r = cf_apikey_id_check(id)) != CF_OK)
+		return r;
+	if (len < 32 || len > 64)
+		return cf_error(CF_E_INVALID_ARG, "an API secret is 32..64 bytes, got %zu", len);
+	if ((r = cf_secret_new(CRED_FILE_MAX, &text)) != CF_OK)
+		return r;
+	n = (size_t)snprintf((char *)cf_secret_ptr(text), CRED_FILE_MAX, "%s\nid %s\nsecret ",
+	    CRED_MAGIC, id);
+	for (size_t i = 0; i < len; i++) {
+		cf_secret_ptr(text)[n++] = (uint8_t)hex[secret[i] >> 4];
+		cf_secret_ptr(text)[n++] = (uint8_t)hex[secret[i] & 15];
+	}
+	cf_secret_ptr(text)[n++] = '\n';
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0) {
+		r = cf_error(CF_E_IO, "cannot create API key file %s: %s%s", path, strerror(errno),
+		    errno == EEXIST ? " (it is never replaced: choose another name)" : "");
+		goto out;
+	}
+	if (write(fd, cf_secret_cptr(text), n) != (ssize_t)n || fsync(fd) != 0) {
+		r = cf_error(CF_E_IO, "cannot write API key file %s: %s", path, strerror(errno));
+		close(fd);
+		(void)unlink(path);
+		goto out;
+	}
+	close(fd);
+out:
+	cf_secret_free(text);
+	return r;
+}
+
+/* ---- AdminService ---- */
+
+static void
+from_pb(const Coffer__V1__ApiKey *m, struct coffer_api_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	snprintf(k->id, sizeof(k->id), "%s", m->id);
+	snprintf(k->principal, sizeof(k->principal), "%s", m->principal);
+	k->create_time = m->create_time;
+	k->revoke_time = m->revoke_time;
+	for (size_t i = 0; i < m->n_secrets && i < COFFER_API_KEY_SECRETS_MAX; i++) {
+		k->secrets[i].generation = m->secrets[i]->generation;
+		k->secrets[i].create_time = m->secrets[i]->create_time;
+		k->secrets[i].expire_time = m->secrets[i]->expire_time;
+		k->nsecrets++;
+	}
+}
+
+/* Run a call answering ApiKeySecretResponse; the secret's wire copies are
+ * wiped. */
+static int
+secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    struct coffer_api_key *key, struct coffer_bytes *secret)
+{
+	Coffer__V1__ApiKeySecretResponse *resp;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	if ((r = lc_rpc(c, method, req, &coffer__v1__api_key_secret_response__descriptor, &m)) !=
+	    CF_OK)
+		return r;
+	resp = (Coffer__V1__ApiKeySecretResponse *)m;
+	if (resp->key == NULL) {
+		r = cf_error(CF_E_INTERNAL, "the daemon answered without the key");
+		goto out;
+	}
+	if (secret != NULL) {
+		secret->data = NULL;
+		secret->len = 0;
+		if (resp->secret.len > 0) {
+			if ((secret->data = malloc(resp->secret.len)) == NULL) {
+				r = cf_error(CF_E_NOMEM, "out of memory");
+				goto out;
+			}
+			memcpy(secret->data, resp->secret.data, resp->secret.len);
+			secret->len = resp->secret.len;
+		}
+	}
+	if (key != NULL)
+		from_pb(resp->key, key);
+out:
+	if (resp->secret.data != NULL)
+		OPENSSL_cleanse(resp->secret.data, resp->secret.len);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return r;
+}
+
+int
+coffer_api_key_create(coffer_client *c, const char *principal, const uint8_t *import,
+    size_t import_len, struct coffer_api_key *key, struct coffer_bytes *secret)
+{
+	Coffer__V1__CreateApiKeyRequest req = COFFER__V1__CREATE_API_KEY_REQUEST__INIT;
+
+	cf_error_clear();
+	if (c == NULL || principal == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client or principal");
+	req.principal = (char *)principal;
+	req.secret.data = (uint8_t *)import;
+	req.secret.len = import != NULL ? import_len : 0;
+	return secret_call(c, AS "CreateApiKey", &req.base, key, secret);
+}
+
+int
+coffer_api_key_rotate(coffer_client *c, const char *id, uint32_t overlap_seconds,
+    const uint8_t *import, size_t import_len, struct coffer_api_key *key,
+    struct coffer_bytes *secret)
+{
+	Coffer__V1__RotateApiKeySecretRequest req = COFFER__V1__ROTATE_API_KEY_SECRET_REQUEST__INIT;
+
+	cf_error_clear();
+	if (c == NULL || id == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client or key id");
+	req.id = (char *)id;
+	req.overlap_seconds = overlap_seconds;
+	req.secret.data = (uint8_t *)import;
+	req.secret.len = import != NULL ? import_len : 0;
+	return secret_call(c, AS "RotateApiKeySecret", &req.base, key, secret);
+}
+
+int
+coffer_api_key_revoke(coffer_client *c, const char *id, struct coffer_api_key *key)
+{
+	Coffer__V1__RevokeApiKeyRequest req = COFFER__V1__REVOKE_API_KEY_REQUEST__INIT;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || id == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client or key id");
+	req.id = (char *)id;
+	if ((r = lc_rpc(c, AS "RevokeApiKey", &req.base, &coffer__v1__api_key__descriptor, &m)) !=
+	    CF_OK)
+		return r;
+	if (key != NULL)
+		from_pb((const Coffer__V1__ApiKey *)m, key);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
+}
+
+int
+coffer_api_key_list(coffer_client *c, const char *principal, struct coffer_api_key **keys,
+    size_t *n)
+{
+	Coffer__V1__ListApiKeysRequest req = COFFER__V1__LIST_API_KEYS_REQUEST__INIT;
+	Coffer__V1__ListApiKeysResponse *resp;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || keys == NULL || n == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	req.principal = (char *)(principal != NULL ? principal : "");
+	if ((r = lc_rpc(c, AS "ListApiKeys", &req.base,
+	    &coffer__v1__list_api_keys_response__descriptor, &m)) != CF_OK)
+		return r;
+	resp = (Coffer__V1__ListApiKeysResponse *)m;
+	if ((*keys = calloc(resp->n_keys ? resp->n_keys : 1, sizeof(**keys))) == NULL) {
+		protobuf_c_message_free_unpacked(m, NULL);
+		return cf_error(CF_E_NOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < resp->n_keys; i++)
+		from_pb(resp->keys[i], &(*keys)[i]);
+	*n = resp->n_keys;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
+}

@@ -1,0 +1,578 @@
+#include "apikeys.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "cf_log.h"
+#include "cf_reqsign.h"
+#include "cf_status.h"
+
+/* A key's record and the open token handle of each of its secrets
+ * (k[i] belongs to rec.secrets[i]; NULL when the token lacks the object). */
+struct entry {
+	struct store_apikey rec;
+	cf_p11_key *k[STORE_APIKEY_SECRETS_MAX];
+};
+
+struct apikeys {
+	cf_p11 *p11;
+	store *st;
+	pthread_mutex_t admin;       /* one change at a time (token, then store, then memory) */
+	pthread_rwlock_t lk;         /* the arrays below */
+	struct entry **e;            /* by id */
+	size_t n, cap;
+	char (*signers)[STORE_PRINCIPAL_NAME_MAX + 1];   /* principals with a live key, sorted */
+	size_t nsigners;
+};
+
+static void
+object_name(const char *id, char out[CF_KEY_NAME_MAX + 1])
+{
+	snprintf(out, CF_KEY_NAME_MAX + 1, "%s%s", APIKEYS_OBJECT_PREFIX, id);
+}
+
+static int
+live(const struct entry *e)
+{
+	return e->rec.revoked == 0 && e->rec.nsecrets > 0;
+}
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	return strcmp((*(const struct entry *const *)a)->rec.id,
+		      (*(const struct entry *const *)b)->rec.id);
+}
+
+static int
+id_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, (*(const struct entry *const *)elem)->rec.id);
+}
+
+static int
+name_cmp(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+static struct entry *
+find(apikeys *a, const char *id)
+{
+	struct entry **p = a->n ? bsearch(id, a->e, a->n, sizeof(*a->e), id_cmp) : NULL;
+
+	return p != NULL ? *p : NULL;
+}
+
+/* Rebuild the sorted list of principals that must sign (write lock held). */
+static int
+index_signers(apikeys *a)
+{
+	char (*s)[STORE_PRINCIPAL_NAME_MAX + 1] = calloc(a->n ? a->n : 1, sizeof(*s));
+	size_t n = 0;
+
+	if (s == NULL)
+		return CF_E_NOMEM;
+	for (size_t i = 0; i < a->n; i++)
+		if (live(a->e[i]))
+			memcpy(s[n++], a->e[i]->rec.principal, sizeof(s[0]));
+	qsort(s, n, sizeof(*s), name_cmp);
+	free(a->signers);
+	a->signers = s;
+	a->nsigners = n;
+	return CF_OK;
+}
+
+/* Add e to the table (write lock held). */
+static int
+insert(apikeys *a, struct entry *e)
+{
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? 2 * a->cap : 16;
+		struct entry **ne = realloc(a->e, cap * sizeof(*ne));
+
+		if (ne == NULL)
+			return CF_E_NOMEM;
+		a->e = ne;
+		a->cap = cap;
+	}
+	a->e[a->n++] = e;
+	qsort(a->e, a->n, sizeof(*a->e), entry_cmp);
+	return CF_OK;
+}
+
+static void
+destroy_handles(cf_p11_key **k, size_t n, const char *why)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (k[i] == NULL)
+			continue;
+		/* A failure leaves an object no record claims: the next start
+		 * finds and destroys it. */
+		if (cf_p11_key_destroy(k[i]) != CF_OK)
+			cf_log_error("API key %s secret %u (%s): %s", cf_p11_key_name(k[i]),
+				     cf_p11_key_version(k[i]), why, cf_error_detail());
+		cf_p11_key_free(k[i]);
+	}
+}
+
+/* ---- loading and reconciliation ---- */
+
+struct load_ctx {
+	apikeys *a;
+	void (*report)(const char *msg);
+	unsigned *mismatches;
+};
+
+/* Report a mismatch about secret gen of key id. */
+static void
+mismatch(struct load_ctx *c, const char *id, uint32_t gen, const char *what)
+{
+	char msg[256];
+
+	snprintf(msg, sizeof(msg), "API key %s secret %u %s", id, gen, what);
+	c->report(msg);
+	(*c->mismatches)++;
+}
+
+static int
+load_one(const struct store_apikey *rec, void *arg)
+{
+	struct load_ctx *c = arg;
+	char name[CF_KEY_NAME_MAX + 1];
+	struct entry *e = calloc(1, sizeof(*e));
+	int r;
+
+	if (e == NULL)
+		return CF_E_NOMEM;
+	e->rec = *rec;
+	object_name(rec->id, name);
+	for (uint32_t i = 0; i < rec->nsecrets; i++) {
+		r = cf_p11_key_open(c->a->p11, name, rec->secrets[i].generation, &e->k[i]);
+		if (r == CF_E_NOT_FOUND)
+			mismatch(c, rec->id, rec->secrets[i].generation,
+				 "is recorded but not in the token (unusable)");
+		else if (r != CF_OK)
+			goto fail;
+	}
+	if ((r = insert(c->a, e)) == CF_OK)
+		return CF_OK;
+fail:
+	for (uint32_t i = 0; i < rec->nsecrets; i++)
+		cf_p11_key_free(e->k[i]);
+	free(e);
+	return r;
+}
+
+/* A token object of an API key secret no record claims. */
+static int
+reconcile_one(const char *name, uint32_t version, enum cf_key_type type, void *arg)
+{
+	struct load_ctx *c = arg;
+	const char *id;
+	struct entry *e;
+	cf_p11_key *k;
+
+	(void)type;
+	if (strncmp(name, APIKEYS_OBJECT_PREFIX, strlen(APIKEYS_OBJECT_PREFIX)) != 0)
+		return 0;
+	id = name + strlen(APIKEYS_OBJECT_PREFIX);
+	if ((e = find(c->a, id)) != NULL)
+		for (uint32_t i = 0; i < e->rec.nsecrets; i++)
+			if (e->rec.secrets[i].generation == version)
+				return 0;
+	/* Retired (its record went first) or never handed out (the daemon
+	 * stopped before recording it): either way nobody may use it. */
+	mismatch(c, id, version, "is in the token but not recorded: destroyed");
+	if (cf_p11_key_open(c->a->p11, name, version, &k) == CF_OK) {
+		(void)cf_p11_key_destroy(k);
+		cf_p11_key_free(k);
+	}
+	return 0;
+}
+
+int
+apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *mismatches,
+	     apikeys **out)
+{
+	apikeys *a = calloc(1, sizeof(*a));
+	struct load_ctx c = { a, report, mismatches };
+	int r;
+
+	if (a == NULL)
+		return CF_E_NOMEM;
+	a->p11 = p11;
+	a->st = st;
+	pthread_mutex_init(&a->admin, NULL);
+	pthread_rwlock_init(&a->lk, NULL);
+	if ((r = store_apikeys_load(st, load_one, &c)) != CF_OK ||
+	    (r = cf_p11_key_list(p11, reconcile_one, &c)) != CF_OK ||
+	    (r = index_signers(a)) != CF_OK) {
+		apikeys_close(a);
+		return r;
+	}
+	*out = a;
+	return CF_OK;
+}
+
+void
+apikeys_close(apikeys *a)
+{
+	if (a == NULL)
+		return;
+	for (size_t i = 0; i < a->n; i++) {
+		for (uint32_t j = 0; j < a->e[i]->rec.nsecrets; j++)
+			cf_p11_key_free(a->e[i]->k[j]);
+		free(a->e[i]);
+	}
+	free(a->e);
+	free(a->signers);
+	pthread_rwlock_destroy(&a->lk);
+	pthread_mutex_destroy(&a->admin);
+	free(a);
+}
+
+/* ---- changes ---- */
+
+/* A new secret object at generation gen: imported, or generated from the
+ * token's RNG and returned in *secret. */
+static int
+new_secret(apikeys *a, const char *id, uint32_t gen, const cf_secret *import,
+	   cf_p11_key **k, cf_secret **secret)
+{
+	char name[CF_KEY_NAME_MAX + 1];
+	cf_secret *s = NULL;
+	int r;
+
+	*secret = NULL;
+	if (import != NULL && (cf_secret_len(import) < APIKEYS_IMPORT_MIN ||
+			       cf_secret_len(import) > APIKEYS_IMPORT_MAX))
+		return cf_error(CF_E_INVALID_ARG, "an imported API secret must be %d..%d bytes, "
+				"got %zu", APIKEYS_IMPORT_MIN, APIKEYS_IMPORT_MAX,
+				cf_secret_len(import));
+	if (import == NULL && ((r = cf_secret_new(APIKEYS_SECRET_LEN, &s)) != CF_OK ||
+			       (r = cf_p11_random(a->p11, s)) != CF_OK))
+		goto out;
+	object_name(id, name);
+	/* Non-extractable: after this call only the token computes with it. */
+	r = cf_p11_key_import(a->p11, name, gen, CF_KEY_HMAC_SHA256, import ? import : s, 0, k);
+out:
+	if (r == CF_OK)
+		*secret = s;
+	else
+		cf_secret_free(s);
+	return r;
+}
+
+/* Publish rec (already stored) for e, or a new entry when e is NULL, and
+ * hand back the handles it no longer holds (to destroy after unlocking). */
+static int
+publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key *const *k,
+	cf_p11_key **gone, size_t *ngone)
+{
+	struct entry *ne = NULL;
+	int r = CF_OK;
+
+	*ngone = 0;
+	if (e == NULL && (ne = calloc(1, sizeof(*ne))) == NULL)
+		return CF_E_NOMEM;
+	pthread_rwlock_wrlock(&a->lk);
+	if (e == NULL) {
+		e = ne;
+		e->rec = *rec;   /* inserted by id */
+		if ((r = insert(a, e)) != CF_OK) {
+			pthread_rwlock_unlock(&a->lk);
+			free(ne);
+			return r;
+		}
+	}
+	for (uint32_t i = 0; i < e->rec.nsecrets; i++) {
+		int kept = 0;
+
+		for (uint32_t j = 0; j < rec->nsecrets; j++)
+			kept |= k[j] == e->k[i];
+		if (!kept && e->k[i] != NULL)
+			gone[(*ngone)++] = e->k[i];
+	}
+	e->rec = *rec;
+	memset(e->k, 0, sizeof(e->k));
+	for (uint32_t i = 0; i < rec->nsecrets; i++)
+		e->k[i] = k[i];
+	r = index_signers(a);
+	pthread_rwlock_unlock(&a->lk);
+	return r;
+}
+
+static int
+live_keys_of(apikeys *a, const char *principal)
+{
+	int n = 0;
+
+	for (size_t i = 0; i < a->n; i++)
+		n += live(a->e[i]) && strcmp(a->e[i]->rec.principal, principal) == 0;
+	return n;
+}
+
+int
+apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64_t now,
+	       struct store_apikey *out, cf_secret **secret)
+{
+	struct store_apikey rec;
+	cf_p11_key *k = NULL, *gone[STORE_APIKEY_SECRETS_MAX];
+	uint8_t rnd[12];
+	size_t ngone;
+	int r;
+
+	*secret = NULL;
+	if (strlen(principal) > STORE_PRINCIPAL_NAME_MAX)
+		return cf_error(CF_E_INVALID_ARG, "principal name too long");
+	memset(&rec, 0, sizeof(rec));
+	pthread_mutex_lock(&a->admin);
+	if (live_keys_of(a, principal) >= APIKEYS_PER_PRINCIPAL) {
+		r = cf_error(CF_E_PRECONDITION, "principal %s already has %d live API keys; "
+			     "revoke one first", principal, APIKEYS_PER_PRINCIPAL);
+		goto out;
+	}
+	do {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+			r = cf_error(CF_E_INTERNAL, "random number generator failed");
+			goto out;
+		}
+		memcpy(rec.id, "ak_", 3);
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			snprintf(rec.id + 3 + 2 * i, 3, "%02x", rnd[i]);
+	} while (find(a, rec.id) != NULL);
+	snprintf(rec.principal, sizeof(rec.principal), "%s", principal);
+	rec.created = now;
+	rec.next_generation = 2;
+	rec.nsecrets = 1;
+	rec.secrets[0].generation = 1;
+	rec.secrets[0].created = now;
+	if ((r = new_secret(a, rec.id, 1, import, &k, secret)) != CF_OK)
+		goto out;
+	if ((r = store_apikey_put(a->st, &rec, 1)) != CF_OK ||
+	    (r = publish(a, NULL, &rec, &k, gone, &ngone)) != CF_OK) {
+		destroy_handles(&k, 1, "not recorded");
+		cf_secret_free(*secret);
+		*secret = NULL;
+		goto out;
+	}
+	*out = rec;
+out:
+	pthread_mutex_unlock(&a->admin);
+	return r;
+}
+
+int
+apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *import,
+	       int64_t now, struct store_apikey *out, cf_secret **secret)
+{
+	struct store_apikey rec;
+	cf_p11_key *k[STORE_APIKEY_SECRETS_MAX], *gone[STORE_APIKEY_SECRETS_MAX];
+	struct entry *e;
+	size_t ngone = 0;
+	uint32_t gen;
+	int r;
+
+	*secret = NULL;
+	pthread_mutex_lock(&a->admin);
+	if ((e = find(a, id)) == NULL) {
+		r = cf_error(CF_E_NOT_FOUND, "no API key %s", id);
+		goto out;
+	}
+	if (e->rec.revoked != 0) {
+		r = cf_error(CF_E_PRECONDITION, "API key %s was revoked; create a new one", id);
+		goto out;
+	}
+	rec = e->rec;
+	gen = rec.next_generation;
+	/* The new secret first, then the old ones that still verify. */
+	memset(k, 0, sizeof(k));
+	rec.nsecrets = 0;
+	for (uint32_t i = 0; overlap > 0 && i < e->rec.nsecrets; i++) {
+		struct store_apikey_secret s = e->rec.secrets[i];
+
+		if (s.expires != 0 && s.expires <= now)
+			continue;
+		if (rec.nsecrets + 1 == STORE_APIKEY_SECRETS_MAX) {
+			r = cf_error(CF_E_PRECONDITION, "API key %s already has %d secrets that "
+				     "verify; rotate with no overlap or wait for a deadline", id,
+				     STORE_APIKEY_SECRETS_MAX);
+			goto out;
+		}
+		if (s.expires == 0 || s.expires > now + (int64_t)overlap)
+			s.expires = now + (int64_t)overlap;
+		k[rec.nsecrets + 1] = e->k[i];
+		rec.secrets[1 + rec.nsecrets++] = s;
+	}
+	rec.nsecrets++;
+	rec.secrets[0].generation = gen;
+	rec.secrets[0].created = now;
+	rec.secrets[0].expires = 0;
+	rec.next_generation = gen + 1;
+	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
+		goto out;
+	if ((r = store_apikey_put(a->st, &rec, 0)) != CF_OK ||
+	    (r = publish(a, e, &rec, k, gone, &ngone)) != CF_OK) {
+		destroy_handles(k, 1, "not recorded");
+		cf_secret_free(*secret);
+		*secret = NULL;
+		goto out;
+	}
+	destroy_handles(gone, ngone, "retired by a rotation without overlap");
+	*out = rec;
+out:
+	pthread_mutex_unlock(&a->admin);
+	return r;
+}
+
+/* Revoke e (admin mutex held). */
+static int
+revoke_locked(apikeys *a, struct entry *e, int64_t now)
+{
+	struct store_apikey rec = e->rec;
+	cf_p11_key *gone[STORE_APIKEY_SECRETS_MAX];
+	size_t ngone;
+	int r;
+
+	rec.revoked = now;
+	rec.nsecrets = 0;
+	if ((r = store_apikey_put(a->st, &rec, 0)) != CF_OK ||
+	    (r = publish(a, e, &rec, NULL, gone, &ngone)) != CF_OK)
+		return r;
+	destroy_handles(gone, ngone, "revoked");
+	return CF_OK;
+}
+
+int
+apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out)
+{
+	struct entry *e;
+	int r;
+
+	pthread_mutex_lock(&a->admin);
+	if ((e = find(a, id)) == NULL)
+		r = cf_error(CF_E_NOT_FOUND, "no API key %s", id);
+	else if (e->rec.revoked != 0)
+		r = CF_OK;   /* revoking twice is the same as once */
+	else
+		r = revoke_locked(a, e, now);
+	if (r == CF_OK)
+		*out = e->rec;
+	pthread_mutex_unlock(&a->admin);
+	return r;
+}
+
+int
+apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now)
+{
+	int r = CF_OK;
+
+	pthread_mutex_lock(&a->admin);
+	for (size_t i = 0; i < a->n && r == CF_OK; i++)
+		if (a->e[i]->rec.revoked == 0 && strcmp(a->e[i]->rec.principal, principal) == 0)
+			r = revoke_locked(a, a->e[i], now);
+	pthread_mutex_unlock(&a->admin);
+	return r;
+}
+
+int
+apikeys_list(apikeys *a, const char *principal, struct store_apikey **out, size_t *n)
+{
+	struct store_apikey *l;
+	size_t m = 0;
+
+	pthread_rwlock_rdlock(&a->lk);
+	if ((l = calloc(a->n ? a->n : 1, sizeof(*l))) == NULL) {
+		pthread_rwlock_unlock(&a->lk);
+		return CF_E_NOMEM;
+	}
+	for (size_t i = 0; i < a->n; i++)
+		if (principal == NULL || principal[0] == '\0' ||
+		    strcmp(a->e[i]->rec.principal, principal) == 0)
+			l[m++] = a->e[i]->rec;
+	pthread_rwlock_unlock(&a->lk);
+	*out = l;
+	*n = m;
+	return CF_OK;
+}
+
+void
+apikeys_expire(apikeys *a, int64_t now)
+{
+	pthread_mutex_lock(&a->admin);
+	for (size_t i = 0; i < a->n; i++) {
+		struct entry *e = a->e[i];
+		struct store_apikey rec = e->rec;
+		cf_p11_key *k[STORE_APIKEY_SECRETS_MAX], *gone[STORE_APIKEY_SECRETS_MAX];
+		size_t ngone;
+
+		rec.nsecrets = 0;
+		for (uint32_t j = 0; j < e->rec.nsecrets; j++)
+			if (e->rec.secrets[j].expires == 0 || e->rec.secrets[j].expires > now) {
+				k[rec.nsecrets] = e->k[j];
+				rec.secrets[rec.nsecrets++] = e->rec.secrets[j];
+			}
+		if (rec.nsecrets == e->rec.nsecrets)
+			continue;
+		/* The record goes first: a crash before the token object is
+		 * destroyed leaves an unclaimed object, destroyed at start. */
+		if (store_apikey_put(a->st, &rec, 0) != CF_OK ||
+		    publish(a, e, &rec, k, gone, &ngone) != CF_OK) {
+			cf_log_error("API key %s: retiring expired secrets: %s", rec.id,
+				     cf_error_detail());
+			continue;
+		}
+		destroy_handles(gone, ngone, "past its rotation deadline");
+		cf_log_info("API key %s: %zu old secret(s) past the rotation deadline destroyed",
+			    rec.id, ngone);
+	}
+	pthread_mutex_unlock(&a->admin);
+}
+
+/* ---- the data path ---- */
+
+int
+apikeys_required(apikeys *a, const char *principal)
+{
+	int r;
+
+	pthread_rwlock_rdlock(&a->lk);
+	r = a->nsigners > 0 &&
+	    bsearch(principal, a->signers, a->nsigners, sizeof(*a->signers), name_cmp) != NULL;
+	pthread_rwlock_unlock(&a->lk);
+	return r;
+}
+
+int
+apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t *msg,
+	       size_t len, const uint8_t mac[32], int64_t now)
+{
+	struct entry *e;
+	int r = CF_E_BAD_SIGNATURE;
+
+	pthread_rwlock_rdlock(&a->lk);
+	if ((e = find(a, id)) == NULL) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "unknown API key %s", id);
+	} else if (e->rec.revoked != 0) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "API key %s was revoked", id);
+	} else if (strcmp(e->rec.principal, principal) != 0) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "API key %s is not a key of principal %s (the "
+			     "caller's uid/gid)", id, principal);
+	} else {
+		for (uint32_t i = 0; i < e->rec.nsecrets && r == CF_E_BAD_SIGNATURE; i++)
+			if (e->k[i] != NULL &&
+			    (e->rec.secrets[i].expires == 0 || e->rec.secrets[i].expires > now))
+				r = cf_p11_mac_verify(e->k[i], msg, len, mac, 32);
+		if (r == CF_E_BAD_SIGNATURE)
+			r = cf_error(CF_E_UNAUTHENTICATED, "bad signature: it matches no live secret "
+				     "of API key %s (a rotated-out secret stops at its deadline); "
+				     "check the secret and the canonical string", id);
+	}
+	pthread_rwlock_unlock(&a->lk);
+	return r;
+}

@@ -1,0 +1,76 @@
+/*
+ * apikeys.h — principals' API keys: an id and up to STORE_APIKEY_SECRETS_MAX
+ * HMAC-SHA256 secrets, each a non-extractable token object
+ * "coffer.apikey.<id>" at version = its generation. Secrets are made by the
+ * token's RNG (or imported) and handed out once; afterwards only the token
+ * can compute with them. Records live in the state store; the data path
+ * reads memory only.
+ *
+ * Rotation keeps the old secrets verifying until a deadline; apikeys_expire
+ * (run by cofferd every few seconds) then destroys them in the token, and a
+ * secret past its deadline never verifies even before that sweep.
+ *
+ * Thread-safe: verification holds a read lock while the token checks the
+ * MAC; changes serialise on their own mutex and take the write lock only to
+ * swap records, so token handles are destroyed after no reader can hold them.
+ */
+#ifndef COFFER_APIKEYS_H
+#define COFFER_APIKEYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cf_p11.h"
+#include "store.h"
+
+#define APIKEYS_OBJECT_PREFIX "coffer.apikey."
+#define APIKEYS_SECRET_LEN 32            /* generated secrets */
+#define APIKEYS_IMPORT_MIN 32
+#define APIKEYS_IMPORT_MAX 64
+#define APIKEYS_PER_PRINCIPAL 8          /* live keys */
+#define APIKEYS_MAX_OVERLAP (90 * 86400)
+
+typedef struct apikeys apikeys;
+
+/* Load every record and open its secrets. Reconciliation, each reported
+ * through `report` and counted in *mismatches: a secret the store records but
+ * the token lacks (unusable), and an API key object no record claims (a
+ * secret that was retired or never handed out: destroyed). */
+int apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg),
+		 unsigned *mismatches, apikeys **out);
+void apikeys_close(apikeys *a);   /* accepts NULL */
+
+/* ---- administration ---- */
+
+/* New key for principal (who must exist: the caller checks). import NULL:
+ * a generated secret, returned in *secret (free with cf_secret_free); else
+ * the imported secret and *secret = NULL. CF_E_PRECONDITION beyond
+ * APIKEYS_PER_PRINCIPAL live keys. */
+int apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64_t now,
+		   struct store_apikey *out, cf_secret **secret);
+/* New current secret; the previous ones verify until now + overlap (never
+ * later than their own deadline) or, with overlap 0, are destroyed now.
+ * CF_E_NOT_FOUND, CF_E_PRECONDITION (revoked; all secret slots live). */
+int apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *import,
+		   int64_t now, struct store_apikey *out, cf_secret **secret);
+/* Destroy every secret; the id stays known as revoked. */
+int apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out);
+/* Revoke every live key of principal. */
+int apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now);
+/* Keys by id (principal NULL or "": all), revoked ones too; free() *out. */
+int apikeys_list(apikeys *a, const char *principal, struct store_apikey **out, size_t *n);
+/* Destroy secrets whose deadline has passed. */
+void apikeys_expire(apikeys *a, int64_t now);
+
+/* ---- the data path ---- */
+
+/* 1 if principal has a live API key (so its calls must be signed). */
+int apikeys_required(apikeys *a, const char *principal);
+/* CF_OK if mac is HMAC-SHA256(msg) under a live secret of key id, which
+ * belongs to principal. CF_E_UNAUTHENTICATED with the reason (unknown,
+ * revoked, another principal's, no live secret matches); token failures as
+ * they are. */
+int apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t *msg,
+		   size_t len, const uint8_t mac[32], int64_t now);
+
+#endif

@@ -1,0 +1,172 @@
+/* AdminService: principals' API keys (create, rotate the secret, revoke, list). */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cf_pbwipe.h"
+#include "cf_reqsign.h"
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "handlers_internal.h"
+
+static int
+fill_apikey(const struct store_apikey *k, Coffer__V1__ApiKey *out)
+{
+	if ((out->id = strdup(k->id)) == NULL || (out->principal = strdup(k->principal)) == NULL)
+		return CF_E_NOMEM;
+	out->create_time = k->created;
+	out->revoke_time = k->revoked;
+	if (k->nsecrets == 0)
+		return CF_OK;
+	if ((out->secrets = calloc(k->nsecrets, sizeof(*out->secrets))) == NULL)
+		return CF_E_NOMEM;
+	for (uint32_t i = 0; i < k->nsecrets; i++) {
+		Coffer__V1__ApiKeySecret *s = h_new_msg(&coffer__v1__api_key_secret__descriptor);
+
+		if (s == NULL)
+			return CF_E_NOMEM;
+		s->generation = k->secrets[i].generation;
+		s->create_time = k->secrets[i].created;
+		s->expire_time = k->secrets[i].expires;
+		out->secrets[out->n_secrets++] = s;
+	}
+	return CF_OK;
+}
+
+static int
+apikey_msg(const struct store_apikey *k, Coffer__V1__ApiKey **out)
+{
+	int r;
+
+	if ((*out = h_new_msg(&coffer__v1__api_key__descriptor)) == NULL)
+		return CF_E_NOMEM;
+	if ((r = fill_apikey(k, *out)) != CF_OK) {
+		protobuf_c_message_free_unpacked(&(*out)->base, &cf_pbwipe_allocator);
+		*out = NULL;
+	}
+	return r;
+}
+
+/* The response to a create or rotate: the key and the generated secret. */
+static int
+secret_response(int r, const struct store_apikey *k, cf_secret *secret, ProtobufCMessage **resp)
+{
+	Coffer__V1__ApiKeySecretResponse *out = NULL;
+
+	if (r == CF_OK && (out = h_new_msg(&coffer__v1__api_key_secret_response__descriptor)) ==
+			  NULL)
+		r = CF_E_NOMEM;
+	if (r == CF_OK)
+		r = apikey_msg(k, &out->key);
+	if (r == CF_OK && secret != NULL)
+		r = h_set_bytes(&out->secret, cf_secret_cptr(secret), cf_secret_len(secret));
+	cf_secret_free(secret);
+	if (r != CF_OK) {
+		if (out != NULL)
+			protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+		return r;
+	}
+	*resp = &out->base;
+	return CF_OK;
+}
+
+/* An imported secret from a request field, or NULL for "generate one". */
+static int
+imported(const ProtobufCBinaryData *b, cf_secret **out)
+{
+	*out = NULL;
+	if (b->len == 0)
+		return CF_OK;
+	return cf_secret_from(b->data, b->len, out);
+}
+
+static int
+h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__CreateApiKeyRequest *req = (const void *)m;
+	struct store_apikey k;
+	cf_secret *imp = NULL, *secret = NULL;
+	int r;
+
+	if ((r = h_require_sealed(c, "CreateApiKey", "returns or takes an API secret")) != CF_OK ||
+	    (r = policy_get(c->pol, req->principal, NULL)) != CF_OK ||
+	    (r = imported(&req->secret, &imp)) != CF_OK)
+		return r;
+	r = apikeys_create(c->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
+	cf_secret_free(imp);
+	return secret_response(r, &k, secret, resp);
+}
+
+static int
+h_rotate_api_key_secret(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__RotateApiKeySecretRequest *req = (const void *)m;
+	struct store_apikey k;
+	cf_secret *imp = NULL, *secret = NULL;
+	int r;
+
+	if ((r = h_require_sealed(c, "RotateApiKeySecret", "returns or takes an API secret")) !=
+		    CF_OK ||
+	    (r = cf_apikey_id_check(req->id)) != CF_OK)
+		return r;
+	if (req->overlap_seconds > APIKEYS_MAX_OVERLAP)
+		return cf_error(CF_E_INVALID_ARG, "overlap_seconds is at most %d (90 days)",
+				APIKEYS_MAX_OVERLAP);
+	if ((r = imported(&req->secret, &imp)) != CF_OK)
+		return r;
+	r = apikeys_rotate(c->ak, req->id, req->overlap_seconds, imp, (int64_t)time(NULL), &k,
+			   &secret);
+	cf_secret_free(imp);
+	return secret_response(r, &k, secret, resp);
+}
+
+static int
+h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__RevokeApiKeyRequest *req = (const void *)m;
+	Coffer__V1__ApiKey *out;
+	struct store_apikey k;
+	int r;
+
+	if ((r = cf_apikey_id_check(req->id)) != CF_OK ||
+	    (r = apikeys_revoke(c->ak, req->id, (int64_t)time(NULL), &k)) != CF_OK ||
+	    (r = apikey_msg(&k, &out)) != CF_OK)
+		return r;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+static int
+h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__ListApiKeysRequest *req = (const void *)m;
+	Coffer__V1__ListApiKeysResponse *out = NULL;
+	struct store_apikey *l = NULL;
+	size_t n = 0;
+	int r;
+
+	if ((r = apikeys_list(c->ak, req->principal, &l, &n)) != CF_OK)
+		return r;
+	if ((out = h_new_msg(&coffer__v1__list_api_keys_response__descriptor)) == NULL ||
+	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL))
+		r = CF_E_NOMEM;
+	for (size_t i = 0; i < n && r == CF_OK; i++)
+		if ((r = apikey_msg(&l[i], &out->keys[i])) == CF_OK)
+			out->n_keys++;
+	free(l);
+	if (r != CF_OK) {
+		if (out != NULL)
+			protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+		return r;
+	}
+	*resp = &out->base;
+	return CF_OK;
+}
+
+const struct handler handlers_apikeys[] = {
+	{ "coffer.v1.AdminService", "CreateApiKey", h_create_api_key },
+	{ "coffer.v1.AdminService", "RotateApiKeySecret", h_rotate_api_key_secret },
+	{ "coffer.v1.AdminService", "RevokeApiKey", h_revoke_api_key },
+	{ "coffer.v1.AdminService", "ListApiKeys", h_list_api_keys },
+	{ NULL, NULL, NULL },
+};

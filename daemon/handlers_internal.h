@@ -1,0 +1,21 @@
+/*
+ * handlers_internal.h — what the handler files share (not used outside the
+ * handlers).
+ */
+#ifndef COFFER_HANDLERS_INTERNAL_H
+#define COFFER_HANDLERS_INTERNAL_H
+
+#include "handlers.h"
+
+/* A new, initialised message of type d (malloc'ed), or NULL. */
+void *h_new_msg(const ProtobufCMessageDescriptor *d);
+/* dst = a malloc'ed copy of src[0..len). */
+int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
+/* CF_E_PRECONDITION unless the call is sealed (or configuration allows
+ * secret plaintext unsealed): for calls that carry secrets. */
+int h_require_sealed(const struct hctx *c, const char *method, const char *what);
+
+/* AdminService's API key methods (handlers_apikeys.c), ended by a NULL service. */
+extern const struct handler handlers_apikeys[];
+
+#endif
