@@ -490,8 +490,8 @@ static void
 cmd_help(const struct cmd *cmd)
 {
 	printf("usage: cofferctl %s\n\n%s\n", cmd->synopsis, cmd->help);
-	printf("Common options: --socket PATH, --admin-socket PATH, --json, "
-	    "--timeout MS, --help\n");
+	printf("Common options: --socket PATH, --admin-socket PATH, --identity FILE, "
+	    "--api-key FILE,\n  --json, --timeout MS, --help\n");
 }
 
 /* A global option (allowed anywhere); 1 if `id` was one, -1 on a bad value. */

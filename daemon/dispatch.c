@@ -322,7 +322,8 @@ request_key(const struct method *m, const ProtobufCMessage *req)
 
 /* The call's API key signature (proto/call-authentication.md), required
  * once the principal has an API key or the daemon says every principal
- * needs one. Only a call whose signature is valid uses up its nonce. */
+ * needs one, and checked whenever present. Only a call whose signature is
+ * valid uses up its nonce. */
 static int
 check_signature(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
 		const char *who)
@@ -335,12 +336,14 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 
 	if (h->authenticated || h->ak == NULL)
 		return CF_OK;
-	if (!apikeys_required(h->ak, who)) {
+	/* Credentials a caller presents are always checked, needed or not: a
+	 * revoked or forged key is refused, never ignored. */
+	if (h->authz_n == 0 && !apikeys_required(h->ak, who)) {
 		if (!h->require_api_key)
 			return CF_OK;
 		return cf_error(CF_E_UNAUTHENTICATED, "this daemon requires every caller to sign "
 				"its calls with an API key (requests.require_api_key) and principal "
-				"%s has none: cofferctl principal api-key create %s", who, who);
+				"%s has none: cofferctl principal add-key %s", who, who);
 	}
 	if (h->authz_n == 0)
 		return cf_error(CF_E_UNAUTHENTICATED, "principal %s has an API key, so every call "

@@ -5,6 +5,9 @@
  *
  *   reqsign_vectors             print the vector block
  *   reqsign_vectors --check F   fail unless F's block is exactly that
+ *
+ * With --calls first: the vectors of signed gRPC calls
+ * (proto/call-authentication.md) instead.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +60,72 @@ textline(char **o, size_t *left, const char *name, const char *v)
 
 	*o += w;
 	*left -= (size_t)w;
+}
+
+struct call_vec {
+	const char *path, *body_hex, *nonce, *key;
+	long long timestamp;
+};
+
+static const struct call_vec call_vecs[] = {
+	{ "/coffer.v1.KeyService/ListKeys", "", "0123456789abcdef0123456789abcdef",
+	  "ak_000102030405060708090a0b", 1764300000 },
+	/* MacRequest { key: "api-mac", data: "hello" } */
+	{ "/coffer.v1.KeyService/Mac", "0a076170692d6d6163120568656c6c6f",
+	  "n0nce_A-000000000002", "ak_000102030405060708090a0b", 1764300001 },
+};
+
+static int
+compute_calls(char *out, size_t outlen)
+{
+	uint8_t secret[32], body[64];
+	char *o = out, name[48], ts[24], hdr[CF_CALLAUTH_HEADER_MAX];
+	size_t left = outlen;
+
+	for (int i = 0; i < 32; i++)
+		secret[i] = (uint8_t)(0xa0 + i);
+	hexline(&o, &left, "secret", secret, sizeof(secret));
+	for (size_t i = 0; i < sizeof(call_vecs) / sizeof(call_vecs[0]); i++) {
+		const struct call_vec *v = &call_vecs[i];
+		cf_buf *s = cf_buf_new(512);
+		struct cf_call_auth a, back;
+		size_t blen = strlen(v->body_hex) / 2;
+		unsigned maclen = 0;
+
+		for (size_t j = 0; j < blen; j++)
+			sscanf(v->body_hex + 2 * j, "%2hhx", &body[j]);
+		memset(&a, 0, sizeof(a));
+		snprintf(a.key_id, sizeof(a.key_id), "%s", v->key);
+		snprintf(a.nonce, sizeof(a.nonce), "%s", v->nonce);
+		a.timestamp = v->timestamp;
+		if (s == NULL || cf_callauth_string(v->path, body, blen, v->timestamp, v->nonce,
+						    v->key, s) != CF_OK) {
+			fprintf(stderr, "reqsign_vectors: %s\n", cf_error_detail());
+			return -1;
+		}
+		HMAC(EVP_sha256(), secret, sizeof(secret), cf_buf_peek(s), cf_buf_len(s),
+		     a.signature, &maclen);
+		cf_callauth_format(&a, hdr);
+		/* The header must read back as what was signed. */
+		if (cf_callauth_parse(hdr, strlen(hdr), &back) != CF_OK ||
+		    memcmp(&back, &a, sizeof(a)) != 0) {
+			fprintf(stderr, "reqsign_vectors: header does not parse back\n");
+			return -1;
+		}
+		snprintf(ts, sizeof(ts), "%lld", v->timestamp);
+#define N(f) (snprintf(name, sizeof(name), "call%zu_%s", i + 1, f), name)
+		textline(&o, &left, N("path"), v->path);
+		textline(&o, &left, N("body"), v->body_hex);
+		textline(&o, &left, N("timestamp"), ts);
+		textline(&o, &left, N("nonce"), v->nonce);
+		textline(&o, &left, N("key_id"), v->key);
+		hexline(&o, &left, N("string_to_sign"), cf_buf_peek(s), cf_buf_len(s));
+		hexline(&o, &left, N("signature"), a.signature, maclen);
+		textline(&o, &left, N("authorization"), hdr);
+#undef N
+		cf_buf_free(s);
+	}
+	return 0;
 }
 
 static int
@@ -120,8 +189,13 @@ int
 main(int argc, char **argv)
 {
 	static char out[32768], doc[1 << 16];
+	int calls = argc > 1 && strcmp(argv[1], "--calls") == 0;
 
-	if (compute(out, sizeof(out)) != 0)
+	if (calls) {
+		argc--;
+		argv++;
+	}
+	if ((calls ? compute_calls(out, sizeof(out)) : compute(out, sizeof(out))) != 0)
 		return 1;
 	if (argc == 3 && strcmp(argv[1], "--check") == 0) {
 		FILE *f = fopen(argv[2], "r");
@@ -146,7 +220,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	if (argc != 1) {
-		fprintf(stderr, "usage: reqsign_vectors [--check FILE]\n");
+		fprintf(stderr, "usage: reqsign_vectors [--calls] [--check FILE]\n");
 		return 2;
 	}
 	printf("```\n%s```\n", out);

@@ -1,0 +1,479 @@
+#!/usr/bin/python3
+"""Principals' API keys and signed calls against cofferd, with an
+independent implementation of proto/call-authentication.md (Python hmac,
+hashlib) that signs raw gRPC calls:
+
+* the document's vectors are reproduced from their inputs;
+* a signed call is accepted, and every refusal has its status and reason:
+  missing, malformed (many ways) and duplicated headers, bad signature
+  (wrong secret, changed body, changed method), expired, clock skew,
+  unknown key, another principal's key, revoked key, replayed nonce (also
+  after a restart), an old secret after its rotation deadline;
+* a captured call sent again is refused, and 8 concurrent copies of one
+  call succeed exactly once;
+* secrets are shown only sealed, are never in the daemon's log, and are
+  destroyed in the token at their deadline (start-up reconciliation too);
+* grants still apply after authentication; [requests] require_api_key.
+"""
+import concurrent.futures
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import grpc  # noqa: E402
+
+from daemon_fixture import CofferDaemon, SealedRpcError, stubs  # noqa: E402
+
+S = stubs()
+pb = S.pb
+SC = grpc.StatusCode
+TIMEOUT = 20
+LABEL = "COFFER-HMAC-SHA256"
+KS = "/coffer.v1.KeyService/"
+
+
+def doc_path():
+    src = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, ".."))
+    return os.path.join(src, "proto", "call-authentication.md")
+
+
+def string_to_sign(path, body, timestamp, nonce, key_id):
+    return "\n".join([LABEL, path, hashlib.sha256(body).hexdigest(), str(timestamp), nonce,
+                      key_id]).encode()
+
+
+def header(key_id, secret, path, body, timestamp=None, nonce=None):
+    ts = int(time.time()) if timestamp is None else timestamp
+    nonce = nonce or secrets.token_hex(16)
+    sig = hmac.new(secret, string_to_sign(path, body, ts, nonce, key_id),
+                   hashlib.sha256).hexdigest()
+    return "%s keyId=%s, timestamp=%d, nonce=%s, signature=%s" % (LABEL, key_id, ts, nonce, sig)
+
+
+class Vectors(unittest.TestCase):
+    def test_document_vectors(self):
+        with open(doc_path()) as f:
+            doc = f.read()
+        block = doc.split("<!-- vectors:begin -->")[1].split("<!-- vectors:end -->")[0]
+        kv = dict(re.findall(r"^(\w+): ?(.*)$", block, re.M))
+        secret = bytes.fromhex(kv["secret"])
+        n = 0
+        for i in range(1, 10):
+            p = "call%d_" % i
+            if p + "path" not in kv:
+                break
+            body = bytes.fromhex(kv[p + "body"])
+            s = string_to_sign(kv[p + "path"], body, int(kv[p + "timestamp"]),
+                               kv[p + "nonce"], kv[p + "key_id"])
+            self.assertEqual(s.hex(), kv[p + "string_to_sign"])
+            sig = hmac.new(secret, s, hashlib.sha256).hexdigest()
+            self.assertEqual(sig, kv[p + "signature"])
+            self.assertEqual(kv[p + "authorization"],
+                             header(kv[p + "key_id"], secret, kv[p + "path"], body,
+                                    int(kv[p + "timestamp"]), kv[p + "nonce"]))
+            n += 1
+        self.assertGreaterEqual(n, 2)
+
+
+class CallAuth(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = CofferDaemon(config={"requests": {"window": "60"}})
+        cls.d.start()
+        cls.adm = cls.d.admin_stub()
+        cls.sadm = cls.d.sealed_stub(kind="admin", service="AdminService")
+        cls.adm.CreateKey(pb.CreateKeyRequest(name="api-mac", type=pb.HMAC_SHA256),
+                          timeout=TIMEOUT)
+        r = cls.sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"),
+                                  timeout=TIMEOUT)
+        cls.key_id, cls.secret = r.key.id, r.secret
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def svc(self):
+        return self.d.service_stub()
+
+    def call(self, method, req, key_id=None, secret=None, path=None, body=None, **kw):
+        """Call KeyService.method signed over (path, body) (default: the real
+        ones), or with the header given as kw["authz"] (list: several)."""
+        path = path or KS + method
+        raw = req.SerializeToString()
+        if "authz" in kw:
+            authz = kw.pop("authz")
+            md = [("authorization", a) for a in (authz if isinstance(authz, list)
+                                                  else [authz])]
+        else:
+            md = [("authorization", header(key_id or self.key_id, secret or self.secret,
+                                           path, raw if body is None else body, **kw))]
+        return getattr(self.svc(), method)(req, metadata=md, timeout=TIMEOUT)
+
+    def refused(self, code, pattern, method="Mac", req=None, **kw):
+        req = req or pb.MacRequest(key="api-mac", data=b"hello")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.call(method, req, **kw)
+        self.assertEqual(cm.exception.code(), code, cm.exception.details())
+        self.assertRegex(cm.exception.details(), pattern)
+        return cm.exception.details()
+
+    # -- accepted --
+
+    def test_signed_calls_accepted(self):
+        r = self.call("Mac", pb.MacRequest(key="api-mac", data=b"hello"))
+        self.assertEqual(len(r.mac), 32)
+        self.call("ListKeys", pb.ListKeysRequest())
+        # Field order and spacing of the header are free.
+        raw = pb.ListKeysRequest().SerializeToString()
+        ts, nonce = int(time.time()), secrets.token_hex(16)
+        sig = hmac.new(self.secret, string_to_sign(KS + "ListKeys", raw, ts, nonce, self.key_id),
+                       hashlib.sha256).hexdigest().upper()
+        self.call("ListKeys", pb.ListKeysRequest(),
+                  authz="%s signature=%s,nonce=%s,   timestamp=%d,keyId=%s" %
+                  (LABEL, sig, nonce, ts, self.key_id))
+
+    def test_public_methods_need_no_signature(self):
+        h = S.health_pb_grpc.HealthStub(self.d.channel()).Check(
+            S.health_pb.HealthCheckRequest(), timeout=TIMEOUT)
+        self.assertEqual(h.status, S.health_pb.HealthCheckResponse.SERVING)
+        ident = S.pb_grpc.SessionServiceStub(self.d.channel()).GetIdentity(
+            pb.GetIdentityRequest(), timeout=TIMEOUT)
+        self.assertTrue(ident.fingerprint.startswith("sha256:"))
+
+    # -- refusals --
+
+    def test_missing_header(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.svc().Mac(pb.MacRequest(key="api-mac", data=b"x"), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED)
+        self.assertIn("principal tester has an API key, so every call must carry",
+                      cm.exception.details())
+
+    def test_malformed_headers(self):
+        good = header(self.key_id, self.secret, KS + "Mac", b"")
+        cases = {
+            "Bearer abc": "must start with",
+            LABEL: "must start with",
+            LABEL + " keyId=%s, timestamp=1" % self.key_id: "lacks nonce",
+            good + ", extra=1": "unexpected or repeated field",
+            good + ", nonce=aaaaaaaaaaaaaaaaaa": "unexpected or repeated field",
+            good.replace("keyId=ak_", "keyId=AK_"): "keyId is not an API key id",
+            good.replace("timestamp=", "timestamp=0"): "timestamp must be",
+            good.replace("timestamp=", "timestamp=-"): "timestamp must be",
+            good[:-2]: "signature must be 64 hex",
+            good[:-1] + "g": "signature must be 64 hex",
+            re.sub(r"nonce=[^,]*", "nonce=short", good): "nonce must be 16..64",
+            re.sub(r"nonce=[^,]*", "nonce=" + "a" * 15 + "!", good): "nonce",
+            good.replace(", ", " "): "",
+            LABEL + " " + "x" * 600: "longer than 512",
+        }
+        for value, why in cases.items():
+            with self.subTest(value=value[:60]):
+                d = self.refused(SC.UNAUTHENTICATED, "malformed", authz=value)
+                self.assertIn(why, d)
+        self.refused(SC.UNAUTHENTICATED, "exactly one", authz=[good, good])
+
+    def test_bad_signature(self):
+        self.refused(SC.UNAUTHENTICATED, "bad signature: it matches no live secret of API key "
+                     + self.key_id, secret=os.urandom(32))
+        # The signature covers the body and the method.
+        self.refused(SC.UNAUTHENTICATED, "bad signature",
+                     body=pb.MacRequest(key="api-mac", data=b"other").SerializeToString())
+        self.refused(SC.UNAUTHENTICATED, "bad signature", path=KS + "VerifyMac")
+
+    def test_timestamp_window(self):
+        self.refused(SC.UNAUTHENTICATED, r"expired: the timestamp is \d+ s old and the window "
+                     r"is 60 s", timestamp=int(time.time()) - 120)
+        self.refused(SC.UNAUTHENTICATED, r"clock skew: the timestamp is \d+ s ahead",
+                     timestamp=int(time.time()) + 120)
+        # Inside the window either way: accepted.
+        self.call("ListKeys", pb.ListKeysRequest(), timestamp=int(time.time()) - 50)
+        self.call("ListKeys", pb.ListKeysRequest(), timestamp=int(time.time()) + 50)
+
+    def test_unknown_key_and_other_principals_key(self):
+        self.refused(SC.UNAUTHENTICATED, "unknown API key ak_00000000000000000000beef",
+                     key_id="ak_00000000000000000000beef")
+        self.adm.CreatePrincipal(pb.CreatePrincipalRequest(name="other", uids=[4242]),
+                                 timeout=TIMEOUT)
+        try:
+            r = self.sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="other"),
+                                       timeout=TIMEOUT)
+            self.refused(SC.UNAUTHENTICATED, "is not a key of principal tester",
+                         key_id=r.key.id, secret=r.secret)
+        finally:
+            self.adm.DeletePrincipal(pb.DeletePrincipalRequest(name="other"), timeout=TIMEOUT)
+        # Deleting the principal revoked its key.
+        keys = self.adm.ListApiKeys(pb.ListApiKeysRequest(principal="other"), timeout=TIMEOUT)
+        self.assertEqual(len(keys.keys), 1)
+        self.assertNotEqual(keys.keys[0].revoke_time, 0)
+        self.assertEqual(len(keys.keys[0].secrets), 0)
+
+    def test_replay_refused_and_concurrent_copies_succeed_once(self):
+        req = pb.MacRequest(key="api-mac", data=b"pay 10")
+        md = [("authorization", header(self.key_id, self.secret, KS + "Mac",
+                                       req.SerializeToString()))]
+        self.svc().Mac(req, metadata=md, timeout=TIMEOUT)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.svc().Mac(req, metadata=md, timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED)
+        self.assertIn("replayed nonce", cm.exception.details())
+        # 8 copies of one fresh call at once: exactly one runs.
+        md = [("authorization", header(self.key_id, self.secret, KS + "Mac",
+                                       req.SerializeToString()))]
+        stubs_ = [self.d.service_stub() for _ in range(8)]
+
+        def one(st):
+            try:
+                st.Mac(req, metadata=md, timeout=TIMEOUT)
+                return "ok"
+            except grpc.RpcError as e:
+                return e.code()
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            res = list(ex.map(one, stubs_))
+        self.assertEqual(res.count("ok"), 1, res)
+        self.assertEqual(res.count(SC.UNAUTHENTICATED), 7, res)
+
+    def test_grants_still_apply(self):
+        self.adm.CreateKey(pb.CreateKeyRequest(name="ungranted-key", type=pb.HMAC_SHA256),
+                           timeout=TIMEOUT)
+        self.adm.RevokePrincipal(pb.RevokeRequest(name="tester", key_pattern="*",
+                                                  operations=[pb.OP_MAC]), timeout=TIMEOUT)
+        try:
+            self.refused(SC.PERMISSION_DENIED, "mac",
+                         req=pb.MacRequest(key="ungranted-key", data=b"x"))
+        finally:
+            self.d.ensure_principal()
+
+    def test_secret_only_sealed_and_never_logged(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.adm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
+        self.assertIn("must be sealed", cm.exception.details())
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.adm.RotateApiKeySecret(pb.RotateApiKeySecretRequest(id=self.key_id),
+                                        timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
+        log = self.d.log()
+        for form in (self.secret.hex(), self.secret.hex().upper()):
+            self.assertNotIn(form, log)
+        self.assertIn("unauthenticated: principal tester", log)
+
+    def test_admin_argument_errors(self):
+        for req, code, why in (
+                (pb.CreateApiKeyRequest(principal="nobody-here"), SC.NOT_FOUND, "no principal"),
+                (pb.CreateApiKeyRequest(principal="tester", secret=b"short"),
+                 SC.INVALID_ARGUMENT, "32..64 bytes"),
+                (pb.RotateApiKeySecretRequest(id="ak_nope"), SC.INVALID_ARGUMENT, "ak_"),
+                (pb.RotateApiKeySecretRequest(id="ak_00000000000000000000beef"),
+                 SC.NOT_FOUND, "no API key"),
+                (pb.RotateApiKeySecretRequest(id=self.key_id, overlap_seconds=91 * 86400),
+                 SC.INVALID_ARGUMENT, "90 days")):
+            with self.subTest(req=str(req)):
+                name = type(req).__name__[:-len("Request")]
+                with self.assertRaises(SealedRpcError) as cm:
+                    getattr(self.sadm, name)(req, timeout=TIMEOUT)
+                self.assertEqual(cm.exception.code(), code, cm.exception.details())
+                self.assertIn(why, cm.exception.details())
+
+
+class Lifecycle(unittest.TestCase):
+    """Rotation, revocation and restarts, each on a daemon of its own."""
+
+    def setUp(self):
+        self.d = CofferDaemon()
+        self.d.start()
+        self.d.admin_stub().CreateKey(pb.CreateKeyRequest(name="api-mac", type=pb.HMAC_SHA256),
+                                      timeout=TIMEOUT)
+
+    def tearDown(self):
+        self.d.cleanup()
+
+    def sadm(self):
+        return self.d.sealed_stub(kind="admin", service="AdminService")
+
+    def mac(self, key_id, secret, nonce=None, timestamp=None):
+        req = pb.MacRequest(key="api-mac", data=b"hello")
+        md = [("authorization", header(key_id, secret, KS + "Mac", req.SerializeToString(),
+                                       timestamp=timestamp, nonce=nonce))]
+        return self.d.service_stub().Mac(req, metadata=md, timeout=TIMEOUT)
+
+    def assert_refused(self, pattern, *args, **kw):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.mac(*args, **kw)
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED, cm.exception.details())
+        self.assertRegex(cm.exception.details(), pattern)
+
+    def test_rotation_with_overlap_then_deadline(self):
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        r = self.sadm().RotateApiKeySecret(pb.RotateApiKeySecretRequest(
+            id=k.key.id, overlap_seconds=3), timeout=TIMEOUT)
+        self.assertEqual(r.key.id, k.key.id)
+        self.assertEqual(len(r.secret), 32)
+        self.assertNotEqual(r.secret, k.secret)
+        self.assertEqual([s.generation for s in r.key.secrets], [2, 1])
+        self.assertEqual(r.key.secrets[0].expire_time, 0)
+        deadline = r.key.secrets[1].expire_time
+        self.assertTrue(0 < deadline - time.time() <= 3.5)
+        # Both verify during the overlap.
+        self.mac(k.key.id, r.secret)
+        self.mac(k.key.id, k.secret)
+        # After the deadline the old one is refused at once (before the sweep)...
+        time.sleep(max(0.0, deadline - time.time()) + 1.1)
+        self.assert_refused("bad signature.*rotated-out secret stops at its deadline",
+                            k.key.id, k.secret)
+        self.mac(k.key.id, r.secret)
+        # ... and within the 5 s sweep it is destroyed in the token.
+        self.d.wait_for_log("old secret(s) past the rotation deadline destroyed", timeout=10)
+        keys = self.d.admin_stub().ListApiKeys(pb.ListApiKeysRequest(), timeout=TIMEOUT)
+        self.assertEqual([s.generation for s in keys.keys[0].secrets], [2])
+        # A restart finds nothing unclaimed in the token and the old secret stays refused.
+        self.d.restart()
+        self.assertNotIn("apikey", self.d.log(all_starts=False).split("ready:")[0])
+        self.assert_refused("bad signature", k.key.id, k.secret)
+        self.mac(k.key.id, r.secret)
+
+    def test_rotation_without_overlap_and_imported_secret(self):
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        mine = os.urandom(48)
+        r = self.sadm().RotateApiKeySecret(pb.RotateApiKeySecretRequest(
+            id=k.key.id, secret=mine), timeout=TIMEOUT)
+        self.assertEqual(r.secret, b"")    # imported: nothing to show
+        self.assertEqual(len(r.key.secrets), 1)
+        self.assert_refused("bad signature", k.key.id, k.secret)
+        self.mac(k.key.id, mine)
+
+    def test_four_live_secrets_at_most(self):
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        secrets_ = [k.secret]
+        for _ in range(3):
+            secrets_.append(self.sadm().RotateApiKeySecret(pb.RotateApiKeySecretRequest(
+                id=k.key.id, overlap_seconds=600), timeout=TIMEOUT).secret)
+        for s in secrets_:
+            self.mac(k.key.id, s)
+        with self.assertRaises(SealedRpcError) as cm:
+            self.sadm().RotateApiKeySecret(pb.RotateApiKeySecretRequest(
+                id=k.key.id, overlap_seconds=600), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
+        self.assertIn("already has 4 secrets", cm.exception.details())
+
+    def test_revoked_key(self):
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        self.mac(k.key.id, k.secret)
+        rv = self.d.admin_stub().RevokeApiKey(pb.RevokeApiKeyRequest(id=k.key.id),
+                                              timeout=TIMEOUT)
+        self.assertNotEqual(rv.revoke_time, 0)
+        self.assertEqual(len(rv.secrets), 0)
+        # Presented credentials are checked even though tester now needs none.
+        self.assert_refused("API key %s was revoked" % k.key.id, k.key.id, k.secret)
+        self.d.service_stub().ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
+        with self.assertRaises(SealedRpcError) as cm:
+            self.sadm().RotateApiKeySecret(pb.RotateApiKeySecretRequest(id=k.key.id),
+                                           timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
+        self.d.restart()
+        self.assert_refused("was revoked", k.key.id, k.secret)
+
+    def test_replay_refused_after_restart(self):
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        ts, nonce = int(time.time()), secrets.token_hex(16)
+        self.mac(k.key.id, k.secret, nonce=nonce, timestamp=ts)
+        self.d.restart()
+        self.assert_refused("replayed nonce", k.key.id, k.secret, nonce=nonce, timestamp=ts)
+        # The key and its secret survived the restart.
+        self.mac(k.key.id, k.secret)
+
+    def test_require_api_key(self):
+        self.d.stop()
+        self.d.config.setdefault("requests", {})["require_api_key"] = "true"
+        self.d.start()
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.d.service_stub().ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED)
+        self.assertIn("requires every caller to sign", cm.exception.details())
+        self.assertIn("principal add-key tester", cm.exception.details())
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        self.mac(k.key.id, k.secret)
+
+
+class Cofferctl(unittest.TestCase):
+    """The credentials file and --api-key, through cofferctl (libcoffer)."""
+
+    def test_add_key_file_and_signed_commands(self):
+        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+                           "cofferctl")
+        with CofferDaemon() as d:
+            ident = os.path.join(d.dir, "identity.pem")
+            env = dict(d.env, COFFER_SOCKET=d.service_socket, COFFER_ADMIN_SOCKET=d.admin_socket)
+
+            def run(*args, ok=True):
+                r = subprocess.run([ctl, "--identity", ident] + list(args), env=env,
+                                   capture_output=True, text=True, timeout=60)
+                if ok:
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                return r
+            subprocess.run([ctl, "identity", "--out", ident], env=env, check=True,
+                           capture_output=True, timeout=60)
+            run("key", "create", "api-mac", "--type", "hmac-sha256")
+            cred = os.path.join(d.dir, "tester.key")
+            out = run("principal", "add-key", "tester", "--out", cred).stdout
+            self.assertIn("credentials written to", out)
+            self.assertEqual(os.stat(cred).st_mode & 0o777, 0o600)
+            with open(cred) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(lines[0], "COFFER-API-KEY 1")
+            key_id, secret = lines[1].split()[1], lines[2].split()[1]
+            self.assertNotIn(secret, out)
+            # Unsigned: refused with the reason and exit status 3.
+            r = run("key", "list", ok=False)
+            self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn("every call must carry", r.stderr)
+            # Signed (also a sealed call): accepted.
+            data = os.path.join(d.dir, "data")
+            with open(data, "wb") as f:
+                f.write(b"hello")
+            run("--api-key", cred, "key", "list")
+            self.assertIn('"mac":', run("--api-key", cred, "--json", "mac", "api-mac", "--in",
+                                        data).stdout)
+            # Sealed calls are signed too (OpenSession and each envelope).
+            run("--api-key", cred, "key", "create", "wrap-key", "--type", "aes-256")
+            wrapped = os.path.join(d.dir, "wrapped")
+            run("--api-key", cred, "wrap", "wrap-key", "--in", data, "--out", wrapped)
+            self.assertEqual(run("--api-key", cred, "unwrap", "wrap-key", "--in", wrapped,
+                                 "--out", "-").stdout, "hello")
+            r = run("unwrap", "wrap-key", "--in", wrapped, "--out", "-", ok=False)
+            self.assertEqual(r.returncode, 3, r.stderr)
+            # The file is never replaced, and a loose mode is refused.
+            r = run("principal", "add-key", "tester", "--out", cred, ok=False)
+            self.assertIn("never replaced", r.stderr)
+            os.chmod(cred, 0o644)
+            r = run("--api-key", cred, "key", "list", ok=False)
+            self.assertIn("chmod 600", r.stderr)
+            os.chmod(cred, 0o600)
+            # rotate-secret: the old file keeps working for the overlap.
+            cred2 = os.path.join(d.dir, "tester2.key")
+            run("principal", "rotate-secret", key_id, "--overlap", "1h", "--out", cred2)
+            run("--api-key", cred, "key", "list")
+            run("--api-key", cred2, "key", "list")
+            shown = run("principal", "show", "tester").stdout
+            self.assertIn(key_id, shown)
+            self.assertIn("secret 2 (current)", shown)
+            self.assertIn("secret 1 (until", shown)
+            keys = run("--json", "principal", "keys").stdout
+            self.assertIn('"generation":1', keys)
+            run("principal", "revoke-key", key_id)
+            r = run("--api-key", cred2, "key", "list", ok=False)
+            self.assertIn("was revoked", r.stderr)
+            self.assertNotIn(secret, d.log())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
