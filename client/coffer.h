@@ -105,6 +105,7 @@ enum coffer_status {
 	COFFER_E_EXISTS = -6,           /* the key name is already taken */
 	COFFER_E_BUSY = -14,            /* conflict or busy resource; retry */
 	COFFER_E_UNAVAILABLE = -15,     /* daemon unreachable or token unavailable */
+	COFFER_E_IO = -19,              /* a local file could not be read or written */
 	COFFER_E_DENIED = -20,          /* the caller may not do this */
 	COFFER_E_UNAUTHENTICATED = -21, /* the caller could not be authenticated */
 	COFFER_E_PRECONDITION = -22,    /* key type, purpose or state forbids it */

@@ -36,6 +36,7 @@
 _Static_assert((int)COFFER_OK == (int)CF_OK, "status");
 _Static_assert((int)COFFER_E_INTERNAL == (int)CF_E_INTERNAL, "status");
 _Static_assert((int)COFFER_E_NOMEM == (int)CF_E_NOMEM, "status");
+_Static_assert((int)COFFER_E_IO == (int)CF_E_IO, "status");
 _Static_assert((int)COFFER_E_INVALID_ARG == (int)CF_E_INVALID_ARG, "status");
 _Static_assert((int)COFFER_E_TOO_LARGE == (int)CF_E_TOO_LARGE, "status");
 _Static_assert((int)COFFER_E_NOT_FOUND == (int)CF_E_NOT_FOUND, "status");

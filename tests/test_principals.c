@@ -312,6 +312,88 @@ test_restart_keeps_principals(void)
 	CU_ASSERT_EQUAL(coffer_principal_delete(adm, "billing"), COFFER_E_NOT_FOUND);
 }
 
+static int
+wrap_once(void)
+{
+	struct coffer_bytes ct = { NULL, 0 };
+	int r = coffer_wrap(svc, "vault-1", msg, sizeof(msg), NULL, 0, &ct, NULL);
+
+	coffer_bytes_free(&ct);
+	return r;
+}
+
+/* API keys through libcoffer: the secret shown once (sealed), every call
+ * signed (sealed ones too), rotation with overlap, credentials files,
+ * revocation. test_call_auth.py covers each refusal on the wire. */
+static void
+test_api_keys(void)
+{
+	struct coffer_api_key k, k2, *l = NULL;
+	struct coffer_bytes secret = { NULL, 0 }, secret2 = { NULL, 0 };
+	uint8_t wrong[32];
+	char hex[65], path[512];
+	size_t n = 0;
+
+	CHECK_COFFER(coffer_principal_grant(adm, CF_TEST_PRINCIPAL, "*", COFFER_OPS_ALL, NULL));
+	CU_ASSERT_EQUAL_FATAL(coffer_api_key_create(adm, CF_TEST_PRINCIPAL, NULL, 0, &k, &secret),
+			      COFFER_OK);
+	CU_ASSERT_EQUAL(secret.len, 32);
+	CU_ASSERT(strncmp(k.id, "ak_", 3) == 0 && strlen(k.id) == COFFER_API_KEY_ID_LEN);
+	CU_ASSERT(k.nsecrets == 1 && k.secrets[0].generation == 1 && k.secrets[0].expire_time == 0);
+	/* From now on tester must sign. */
+	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_UNAUTHENTICATED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "every call must carry"));
+	CU_ASSERT_EQUAL(wrap_once(), COFFER_E_UNAUTHENTICATED);
+	CHECK_COFFER(coffer_set_api_key(svc, k.id, secret.data, secret.len));
+	CHECK_COFFER(sign("pay-1"));
+	CHECK_COFFER(wrap_once());   /* sealed: OpenSession and Call signed */
+	/* The wrong secret: refused, sealed calls included. */
+	memset(wrong, 0x5a, sizeof(wrong));
+	CHECK_COFFER(coffer_set_api_key(svc, k.id, wrong, sizeof(wrong)));
+	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_UNAUTHENTICATED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "bad signature"));
+	CU_ASSERT_EQUAL(wrap_once(), COFFER_E_UNAUTHENTICATED);
+	/* Rotation with an overlap: old and new both work. */
+	CU_ASSERT_EQUAL_FATAL(coffer_api_key_rotate(adm, k.id, 600, NULL, 0, &k2, &secret2),
+			      COFFER_OK);
+	CU_ASSERT(k2.nsecrets == 2 && k2.secrets[0].generation == 2 &&
+		  k2.secrets[1].expire_time > time(NULL) + 590);
+	CU_ASSERT(secret2.len == 32 && memcmp(secret.data, secret2.data, 32) != 0);
+	CHECK_COFFER(coffer_set_api_key(svc, k.id, secret.data, secret.len));
+	CHECK_COFFER(sign("pay-1"));
+	/* The new secret through a credentials file. */
+	snprintf(path, sizeof(path), "%s/tester.key", tok.dir);
+	CHECK_COFFER(coffer_write_api_key_file(path, k.id, secret2.data, secret2.len));
+	CU_ASSERT_EQUAL(coffer_write_api_key_file(path, k.id, secret2.data, secret2.len),
+			COFFER_E_IO);   /* never replaced */
+	CHECK_COFFER(coffer_set_api_key_file(svc, path));
+	CHECK_COFFER(sign("pay-1"));
+	CHECK_COFFER(coffer_api_key_list(adm, CF_TEST_PRINCIPAL, &l, &n));
+	CU_ASSERT(n == 1 && strcmp(l[0].id, k.id) == 0 && l[0].nsecrets == 2);
+	free(l);
+	/* Neither secret reaches the log. */
+	for (size_t i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", secret.data[i]);
+	CU_ASSERT_FALSE(cf_test_daemon_log_has(&dmn, hex));
+	/* Bad arguments are refused before anything is sent. */
+	CU_ASSERT_EQUAL(coffer_set_api_key(svc, "ak_zz", wrong, 32), COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_set_api_key(svc, k.id, wrong, 16), COFFER_E_INVALID_ARG);
+	/* Revoked: refused, and tester no longer needs to sign. */
+	CHECK_COFFER(coffer_api_key_revoke(adm, k.id, &k2));
+	CU_ASSERT(k2.revoke_time != 0 && k2.nsecrets == 0);
+	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_UNAUTHENTICATED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "was revoked"));
+	/* A client without the key. */
+	coffer_close(svc);
+	coffer_close(adm);
+	svc = adm = NULL;
+	CU_ASSERT_EQUAL_FATAL(connect_both(), 0);
+	CHECK_COFFER(sign("pay-1"));
+	unlink(path);
+	coffer_bytes_free(&secret);
+	coffer_bytes_free(&secret2);
+}
+
 int
 main(void)
 {
@@ -322,6 +404,7 @@ main(void)
 		{ "admin refusals", test_admin_refusals },
 		{ "rate limits per operation and overall", test_rate_limits },
 		{ "principals survive a restart", test_restart_keeps_principals },
+		{ "API keys: shown once, every call signed, rotation, revocation", test_api_keys },
 		{ NULL, NULL },
 	};
 
