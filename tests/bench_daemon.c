@@ -170,6 +170,7 @@ struct result {
 	double client_cpu;                 /* seconds */
 	double other_cpu;                  /* CPUs busy with other processes */
 	int unsealed;                      /* the unsealed baseline of a sealable op */
+	int auth;                          /* --auth: 1 unsigned baseline, 2 signed calls */
 	enum op_id op_id;
 };
 
@@ -184,6 +185,7 @@ struct options {
 	unsigned rounds;
 	int paths[PATH__COUNT];
 	const char *p11kit_client;
+	int auth;                          /* also measure calls signed with an API key */
 };
 
 static struct result results[MAX_RESULTS];
@@ -654,13 +656,32 @@ daemon_identity(const struct cf_test_daemon *d, struct coffer_bytes *id, char *f
 	return r == COFFER_OK ? 0 : -1;
 }
 
+/* --auth: give the benchmark's principal an API key (sealed, so pinned to
+ * the identity `id`), or revoke it again. */
+static int
+api_key(const struct cf_test_daemon *d, const struct coffer_bytes *id, struct coffer_api_key *k,
+	struct coffer_bytes *secret, int revoke)
+{
+	coffer_client *admin = NULL;
+	int r;
+
+	if ((r = coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &admin)) == COFFER_OK &&
+	    (r = coffer_pin_identity(admin, id->data, id->len)) == COFFER_OK)
+		r = revoke ? coffer_api_key_revoke(admin, k->id, NULL)
+			   : coffer_api_key_create(admin, CF_TEST_PRINCIPAL, NULL, 0, k, secret);
+	if (r != COFFER_OK)
+		fprintf(stderr, "bench_daemon: API key: %s\n", coffer_error_message());
+	coffer_close(admin);
+	return r == COFFER_OK ? 0 : -1;
+}
+
 static int
 run_daemon(struct bench *b, const struct options *o, const struct cf_test_token *tok,
 	   unsigned workers)
 {
 	struct cf_test_daemon d;
 	coffer_client **clients = NULL;
-	struct coffer_bytes id = { NULL, 0 };
+	struct coffer_bytes id = { NULL, 0 }, secret = { NULL, 0 };
 	char wbuf[16], conf[400], fpr[80];
 	const char *extra[] = { "--workers", wbuf, "--config", conf, NULL };
 	struct result res;
@@ -685,8 +706,14 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	for (unsigned mode = CLIENT_PER_THREAD; mode <= CLIENT_SHARED; mode <<= 1) {
 		if (!(o->clients & mode))
 			continue;
-		for (int unsealed = 0; unsealed <= OP_SEALABLE(b->op); unsealed++) {
+		for (int v = 0; v < (OP_SEALABLE(b->op) || o->auth ? 2 : 1); v++) {
 			unsigned want = mode == CLIENT_PER_THREAD ? o->callers : 1;
+			int unsealed = OP_SEALABLE(b->op) && v == 1, sign = o->auth && v == 1;
+			struct coffer_api_key ak;
+
+			memset(&ak, 0, sizeof(ak));
+			if (sign && api_key(&d, &id, &ak, &secret, 0) != 0)
+				goto out;
 
 			for (nclients = 0; nclients < want; nclients++) {
 				if ((r = coffer_connect(d.service, 0, &clients[nclients])) !=
@@ -698,6 +725,12 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 					goto out;
 				}
 				lc_client_set_unsealed(clients[nclients], unsealed);
+				if (sign && coffer_set_api_key(clients[nclients], ak.id, secret.data,
+							       secret.len) != COFFER_OK) {
+					fprintf(stderr, "bench_daemon: api key: %s\n",
+						coffer_error_message());
+					goto out;
+				}
 			}
 			for (unsigned i = want; i < o->callers; i++)
 				clients[i] = clients[0];
@@ -711,8 +744,10 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 			memset(&res, 0, sizeof(res));
 			snprintf(res.label, sizeof(res.label), "cofferd w%u %s%s", workers,
 				 mode == CLIENT_PER_THREAD ? "client/thread" : "shared client",
-				 !OP_SEALABLE(b->op) ? "" : unsealed ? " unsealed" : " sealed");
+				 OP_SEALABLE(b->op) ? (unsealed ? " unsealed" : " sealed") :
+				 o->auth ? (sign ? " signed" : " unsigned") : "");
 			res.unsealed = unsealed;
+			res.auth = o->auth ? 1 + sign : 0;
 			res.op_id = b->op;
 			if (measure(b, o, clients, d.pid, &res) != 0)
 				goto out;
@@ -720,6 +755,10 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 			for (unsigned i = 0; i < nclients; i++)
 				coffer_close(clients[i]);
 			nclients = 0;
+			coffer_bytes_free(&secret);
+			/* Revoked, so that the next unsigned row may call unsigned. */
+			if (sign && api_key(&d, &id, &ak, &secret, 1) != 0)
+				goto out;
 		}
 	}
 	ret = 0;
@@ -728,6 +767,7 @@ out:
 		coffer_close(clients[i]);
 	free(clients);
 	coffer_bytes_free(&id);
+	coffer_bytes_free(&secret);
 	coffer_bytes_free(&b->blob);
 	if ((r = cf_test_daemon_stop(&d)) != 0) {
 		fprintf(stderr, "bench_daemon: cofferd exited with %d; log %s\n", r, d.log);
@@ -867,6 +907,9 @@ usage(FILE *fp)
 		"  --rounds R         repeat the sequence of paths R times (default 2)\n"
 		"  --paths LIST       subset of daemon,layer,p11kit (default all)\n"
 		"  --p11kit-client M  p11-kit client module (default %s)\n"
+		"  --auth both        cofferd path: each configuration unsigned, then with\n"
+		"                     every call signed with an API key; prints the cost\n"
+		"                     of authentication per call (not with wrap/unwrap)\n"
 		"  --help             this text\n"
 		"Columns: srv CPU = CPU of cofferd or of p11-kit server and its children;\n"
 		"cli CPU = this process; other = CPUs busy with other processes meanwhile.\n"
@@ -1004,6 +1047,9 @@ parse_args(int argc, char **argv, struct options *o)
 			bad = parse_uint(v, 1, MAX_ROUNDS, &o->rounds) != 0;
 		} else if (strcmp(a, "--paths") == 0) {
 			bad = parse_paths(v, o) != 0;
+		} else if (strcmp(a, "--auth") == 0) {
+			o->auth = strcmp(v, "both") == 0;
+			bad = !o->auth && strcmp(v, "none") != 0;
 		} else if (strcmp(a, "--p11kit-client") == 0) {
 			o->p11kit_client = v;
 		} else {
@@ -1014,6 +1060,11 @@ parse_args(int argc, char **argv, struct options *o)
 			fprintf(stderr, "bench_daemon: bad value \"%s\" for %s\n", v, a);
 			return -1;
 		}
+	}
+	if (o->auth && (OP_SEALABLE(o->op) || o->op == OP_HANDSHAKE)) {
+		fprintf(stderr, "bench_daemon: --auth measures plain calls: use it with ecdsa-p256, "
+			"ed25519, rsa2048 or hmac-sha256\n");
+		return -1;
 	}
 	return 0;
 }
@@ -1054,31 +1105,50 @@ cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* What `costly` rows add over `base` rows: each pair measured back to back
+ * on one daemon (same round), then the median over the rounds, since best-of-N
+ * of each side would pair a lucky round with an unlucky one. */
 static void
-print_sealing_cost(void)
+print_pair_cost(const char *what, int (*is_costly)(const struct result *),
+		int (*is_base)(const struct result *), const char *target)
 {
-	double slow[MAX_ROUNDS], cpu[MAX_ROUNDS];
+	double slow[MAX_ROUNDS], cpu[MAX_ROUNDS], srv[MAX_ROUNDS];
 	unsigned k = 0;
 
 	for (unsigned i = 0; i + 1 < nresults && k < MAX_ROUNDS; i++) {
-		const struct result *sr = &results[i], *ur = &results[i + 1];
+		const struct result *a = &results[i], *b = &results[i + 1], *c, *u;
 
-		if (sr->path != PATH_DAEMON || sr->unsealed || !ur->unsealed || sr->rate <= 0.0 ||
-		    sr->ops == 0 || ur->ops == 0)
+		if (a->path != PATH_DAEMON || b->path != PATH_DAEMON)
 			continue;
-		slow[k] = ur->rate / sr->rate - 1.0;
-		cpu[k] = 1e6 * ((sr->server_cpu + sr->client_cpu) / (double)sr->ops -
-				(ur->server_cpu + ur->client_cpu) / (double)ur->ops);
+		if (is_costly(a) && is_base(b))
+			c = a, u = b;
+		else if (is_base(a) && is_costly(b))
+			c = b, u = a;
+		else
+			continue;
+		if (c->rate <= 0.0 || c->ops == 0 || u->ops == 0)
+			continue;
+		slow[k] = u->rate / c->rate - 1.0;
+		cpu[k] = 1e6 * ((c->server_cpu + c->client_cpu) / (double)c->ops -
+				(u->server_cpu + u->client_cpu) / (double)u->ops);
+		srv[k] = 1e6 * (c->server_cpu / (double)c->ops - u->server_cpu / (double)u->ops);
 		k++;
 	}
 	if (k == 0)
 		return;
 	qsort(slow, k, sizeof(slow[0]), cmp_double);
 	qsort(cpu, k, sizeof(cpu[0]), cmp_double);
-	printf("# sealing cost (median of %u sealed/unsealed pairs): %+.1f%% time per call, "
-	       "%+.1f us CPU per call (client + daemon) (target < 10%%): %s\n", k,
-	       100.0 * slow[k / 2], cpu[k / 2], met(slow[k / 2] < 0.10));
+	qsort(srv, k, sizeof(srv[0]), cmp_double);
+	printf("# %s cost (median of %u pairs): %+.1f%% time per call, %+.1f us CPU per call "
+	       "(client + daemon), of which the daemon %+.1f us%s%s\n", what, k,
+	       100.0 * slow[k / 2], cpu[k / 2], srv[k / 2], target ? " (target < 10%): " : "",
+	       target ? met(slow[k / 2] < 0.10) : "");
 }
+
+static int is_sealed(const struct result *r) { return r->path == PATH_DAEMON && !r->unsealed; }
+static int is_unsealed(const struct result *r) { return r->unsealed; }
+static int is_signed(const struct result *r) { return r->auth == 2; }
+static int is_unsigned(const struct result *r) { return r->auth == 1; }
 
 static void
 print_verdict(const struct result *const *best, unsigned n)
@@ -1096,10 +1166,9 @@ print_verdict(const struct result *const *best, unsigned n)
 	}
 	if (d == NULL)
 		return;
-	/* Sealing: each sealed row against the unsealed row measured right after
-	 * it on the same daemon (same round), then the median over the rounds:
-	 * best-of-N of each side would pair a lucky round with an unlucky one. */
-	print_sealing_cost();
+	if (OP_SEALABLE(d->op_id))
+		print_pair_cost("sealing", is_sealed, is_unsealed, "");
+	print_pair_cost("API key authentication", is_signed, is_unsigned, NULL);
 	if (OP_SEALABLE(d->op_id) || OP_DAEMON_ONLY(d->op_id))
 		return;
 	per_cpu = d->server_cpu > 0.0 ? (double)d->ops / d->server_cpu : 0.0;
