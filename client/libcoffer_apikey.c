@@ -14,8 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/hmac.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include "cf_buf.h"
@@ -31,6 +33,7 @@
 struct lc_apikey {
 	char id[CF_APIKEY_ID_LEN + 1];
 	cf_secret *secret;
+	EVP_MAC_CTX *keyed;     /* HMAC-SHA256 keyed once; each call signs with a copy */
 };
 
 void
@@ -38,6 +41,7 @@ lc_apikey_free(struct lc_apikey *k)
 {
 	if (k == NULL)
 		return;
+	EVP_MAC_CTX_free(k->keyed);
 	cf_secret_free(k->secret);
 	free(k);
 }
@@ -48,7 +52,8 @@ lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf
 {
 	struct cf_call_auth a;
 	uint8_t rnd[16];
-	unsigned int maclen = 0;
+	size_t maclen = 0;
+	EVP_MAC_CTX *mac = NULL;
 	cf_buf *str = cf_buf_new(256);
 	char hdr[CF_CALLAUTH_HEADER_MAX];
 	int r;
@@ -67,8 +72,11 @@ lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf
 	if ((r = cf_callauth_string(method, buf, len, a.timestamp, a.nonce, a.key_id, str)) !=
 	    CF_OK)
 		goto out;
-	if (HMAC(EVP_sha256(), cf_secret_cptr(k->secret), (int)cf_secret_len(k->secret),
-	    cf_buf_peek(str), cf_buf_len(str), a.signature, &maclen) == NULL || maclen != 32) {
+	/* A copy of the keyed context: no key schedule and no algorithm
+	 * lookup per call, and threads never share a context. */
+	if ((mac = EVP_MAC_CTX_dup(k->keyed)) == NULL ||
+	    EVP_MAC_update(mac, cf_buf_peek(str), cf_buf_len(str)) != 1 ||
+	    EVP_MAC_final(mac, a.signature, &maclen, sizeof(a.signature)) != 1 || maclen != 32) {
 		r = cf_error(CF_E_INTERNAL, "HMAC-SHA256 failed");
 		goto out;
 	}
@@ -79,8 +87,26 @@ lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf
 	}
 	memcpy(out, hdr, strlen(hdr) + 1);
 out:
+	EVP_MAC_CTX_free(mac);
 	cf_buf_free(str);
 	return r;
+}
+
+static int
+keyed_hmac(struct lc_apikey *k)
+{
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	int ok;
+
+	ok = hmac != NULL && (k->keyed = EVP_MAC_CTX_new(hmac)) != NULL &&
+	    EVP_MAC_init(k->keyed, cf_secret_cptr(k->secret), cf_secret_len(k->secret),
+	    params) == 1;
+	EVP_MAC_free(hmac);
+	return ok ? CF_OK : cf_error(CF_E_INTERNAL, "cannot key HMAC-SHA256");
 }
 
 int
@@ -100,8 +126,9 @@ coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return cf_error(CF_E_NOMEM, "out of memory");
 	memcpy(k->id, id, CF_APIKEY_ID_LEN + 1);
-	if ((r = cf_secret_from(secret, len, &k->secret)) != CF_OK) {
-		free(k);
+	if ((r = cf_secret_from(secret, len, &k->secret)) != CF_OK ||
+	    (r = keyed_hmac(k)) != CF_OK) {
+		lc_apikey_free(k);
 		return r;
 	}
 	slot = lc_client_apikey(c);

@@ -7,6 +7,8 @@
  * 3/4 load, so 32..64 bytes per live nonce). On disk: <state_dir>/nonces.db (SQLite, WAL,
  * synchronous=NORMAL: a nonce is in the log before the request is answered,
  * so a crash or restart of the daemon never forgets one), loaded at start.
+ * Group commit: concurrent callers' nonces share one transaction; the
+ * expiry sweep deletes in slices and checkpoints on its own connection.
  * Bounded: beyond max_live entries new nonces are refused (CF_E_EXHAUSTED)
  * rather than letting memory grow without limit.
  *
@@ -30,6 +32,10 @@ int nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires,
 
 /* Drop expired entries from memory and disk. */
 void nonces_expire(nonces *n, int64_t now);
+
+/* Transactions written and nonces they made durable (group commit: one
+ * transaction carries every nonce that queued while the last was written). */
+void nonces_stats(nonces *n, uint64_t *batches, uint64_t *written);
 
 size_t nonces_live(nonces *n);
 size_t nonces_memory(nonces *n);   /* bytes of the in-memory table */

@@ -6,9 +6,15 @@
  * durable SQLite write) and the memory per live nonce (the in-memory table,
  * and the process's RSS growth), then checks that a replay is refused.
  *
- * usage: bench_nonces [--rate N] [--window S] [--dir DIR]
+ * With --threads T the nonces are inserted by T threads at once, as a
+ * daemon's workers would: concurrent nonces share a transaction (group
+ * commit), and the batches are reported.
+ *
+ * usage: bench_nonces [--rate N] [--window S] [--threads T] [--dir DIR]
  * This is a benchmark, not a test.
  */
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,11 +48,58 @@ rss_kib(void)
 	return v;
 }
 
+struct worker {
+	pthread_t tid;
+	nonces *n;
+	long from, to, rate, window;
+	int64_t t0;
+	int failed;
+};
+
+static void *
+insert_range(void *arg)
+{
+	struct worker *w = arg;
+	char nonce[40];
+
+	for (long i = w->from; i < w->to; i++) {
+		/* Timestamps spread over the window, as live traffic would. */
+		int64_t ts = w->t0 - w->window + (int64_t)(i / w->rate);
+
+		snprintf(nonce, sizeof(nonce), "bench-%016lx", (unsigned long)i);
+		if (nonces_use(w->n, "api-key", nonce, ts + 2 * w->window, w->t0) != CF_OK) {
+			fprintf(stderr, "bench_nonces: insert %ld: %s\n", i, cf_error_detail());
+			w->failed = 1;
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+static volatile int sweeping = 1;
+
+/* What cofferd's main loop does every 5 s: expire, slice deletes, checkpoint. */
+static void *
+sweeper(void *arg)
+{
+	nonces *n = arg;
+
+	while (sweeping) {
+		for (int i = 0; i < 50 && sweeping; i++)
+			usleep(100000);
+		nonces_expire(n, (int64_t)time(NULL));
+	}
+	return NULL;
+}
+
 int
 main(int argc, char **argv)
 {
-	long rate = 10000, window = 300, total, rss0, rss1;
-	char dir[] = "/tmp/bench-nonces-XXXXXX", nonce[40], path[300];
+	pthread_t sweep;
+	long rate = 10000, window = 300, threads = 1, total, rss0, rss1;
+	struct worker w[64];
+	uint64_t batches = 0, written = 0;
+	char dir[] = "/tmp/bench-nonces-XXXXXX", path[300];
 	const char *base = NULL;
 	nonces *n = NULL;
 	int64_t t0 = (int64_t)time(NULL);
@@ -57,11 +110,14 @@ main(int argc, char **argv)
 			rate = atol(argv[i + 1]);
 		else if (strcmp(argv[i], "--window") == 0)
 			window = atol(argv[i + 1]);
+		else if (strcmp(argv[i], "--threads") == 0)
+			threads = atol(argv[i + 1]);
 		else if (strcmp(argv[i], "--dir") == 0)
 			base = argv[i + 1];
 	}
-	if (rate <= 0 || window <= 0) {
-		fprintf(stderr, "usage: bench_nonces [--rate N] [--window S] [--dir DIR]\n");
+	if (rate <= 0 || window <= 0 || threads < 1 || threads > 64) {
+		fprintf(stderr, "usage: bench_nonces [--rate N] [--window S] [--threads 1..64] "
+			"[--dir DIR]\n");
 		return 2;
 	}
 	if (base == NULL && (base = mkdtemp(dir)) == NULL)
@@ -75,20 +131,28 @@ main(int argc, char **argv)
 	printf("# bench_nonces: %ld nonces (%ld/s for a %ld s window), state in %s\n", total,
 	       rate, window, base);
 	s = now_s();
-	for (long i = 0; i < total; i++) {
-		/* Timestamps spread over the window, as live traffic would. */
-		int64_t ts = t0 - window + (int64_t)(i / rate);
-
-		snprintf(nonce, sizeof(nonce), "bench-%016lx", (unsigned long)i);
-		if (nonces_use(n, "api-key", nonce, ts + 2 * window, t0) != CF_OK) {
-			fprintf(stderr, "bench_nonces: insert %ld: %s\n", i, cf_error_detail());
+	if (pthread_create(&sweep, NULL, sweeper, n) != 0)
+		return 1;
+	for (long t = 0; t < threads; t++) {
+		w[t] = (struct worker){ .n = n, .from = total * t / threads,
+					.to = total * (t + 1) / threads, .rate = rate,
+					.window = window, .t0 = t0 };
+		if (pthread_create(&w[t].tid, NULL, insert_range, &w[t]) != 0)
 			return 1;
-		}
+	}
+	for (long t = 0; t < threads; t++) {
+		pthread_join(w[t].tid, NULL);
+		if (w[t].failed)
+			return 1;
 	}
 	e = now_s() - s;
+	sweeping = 0;
+	pthread_join(sweep, NULL);
 	rss1 = rss_kib();
-	printf("durable check+insert: %.2f us per nonce (%.0f per second)\n", 1e6 * e / (double)total,
-	       (double)total / e);
+	nonces_stats(n, &batches, &written);
+	printf("durable check+insert, %ld thread(s): %.2f us per nonce (%.0f per second); "
+	       "%.1f nonces per transaction\n", threads, 1e6 * e / (double)total,
+	       (double)total / e, batches ? (double)written / (double)batches : 0.0);
 	printf("live nonces: %zu; in-memory table %.1f MB = %.1f bytes per live nonce; "
 	       "RSS growth %.1f MB\n", nonces_live(n), (double)nonces_memory(n) / 1e6,
 	       (double)nonces_memory(n) / (double)nonces_live(n), (double)(rss1 - rss0) / 1024.0);
@@ -98,7 +162,7 @@ main(int argc, char **argv)
 	/* A replay of the first and of the last: refused. */
 	printf("replay of a recorded nonce: %s\n",
 	       nonces_use(n, "api-key", "bench-0000000000000000", t0 + window, t0) == CF_E_EXISTS &&
-	       nonces_use(n, "api-key", nonce, t0 + window, t0) == CF_E_EXISTS ?
+	       nonces_use(n, "api-key", "bench-00000000000001ff", t0 + window, t0) == CF_E_EXISTS ?
 	       "refused (ok)" : "ACCEPTED (bug)");
 	nonces_close(n);
 	snprintf(path, sizeof(path), "%s/nonces.db", base);

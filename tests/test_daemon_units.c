@@ -3,6 +3,7 @@
  * and its errors, the envelope format, the SQLite store's schema guard, the
  * key registry's start-up reconciliation, and handlers called directly.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "cf_status.h"
@@ -19,6 +21,7 @@
 #include "envelope.h"
 #include "handlers.h"
 #include "keyring.h"
+#include "nonces.h"
 #include "session.h"
 #include "store.h"
 
@@ -210,6 +213,96 @@ test_store_migration(void)
 	sqlite3_close(h);
 }
 
+/* ---- the replay record ---- */
+
+struct same_nonce {
+	nonces *n;
+	const char *nonce;
+	int r;
+};
+
+static void *
+use_nonce(void *arg)
+{
+	struct same_nonce *a = arg;
+
+	a->r = nonces_use(a->n, "scope", a->nonce, 4000000000LL, 1000);
+	return NULL;
+}
+
+static void
+test_nonces_record(void)
+{
+	char dir[400], db[450], sql[300], hex[33], name[16][24];
+	struct same_nonce same[8], many[16];
+	pthread_t t[16];
+	uint8_t d[32];
+	nonces *n = NULL;
+	sqlite3 *h;
+	uint64_t batches = 0, written = 0;
+	int ok = 0;
+
+	/* A record of the previous format (keyed by hash) is carried over. */
+	snprintf(dir, sizeof(dir), "%s/nonces", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	snprintf(db, sizeof(db), "%s/nonces.db", dir);
+	EVP_Digest("scope\0old-nonce-0000001", 6 + 17, d, NULL, EVP_sha256(), NULL);
+	for (int i = 0; i < 16; i++)
+		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+	snprintf(sql, sizeof(sql), "CREATE TABLE nonces (h BLOB PRIMARY KEY, expires INTEGER NOT "
+		 "NULL) WITHOUT ROWID; INSERT INTO nonces VALUES (x'%s', 4000000000);", hex);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	CU_ASSERT_FATAL(sqlite3_exec(h, sql, NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(h);
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &n), CF_OK);
+	CU_ASSERT_EQUAL(nonces_use(n, "scope", "old-nonce-0000001", 4000000000LL, 1000),
+			CF_E_EXISTS);
+	CU_ASSERT_EQUAL(nonces_use(n, "other", "old-nonce-0000001", 4000000000LL, 1000), CF_OK);
+	/* Eight concurrent uses of one nonce: exactly one succeeds. */
+	for (int i = 0; i < 8; i++) {
+		same[i] = (struct same_nonce){ n, "same-nonce-000001", -1 };
+		CU_ASSERT_FATAL(pthread_create(&t[i], NULL, use_nonce, &same[i]) == 0);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(t[i], NULL);
+		ok += same[i].r == CF_OK;
+		CU_ASSERT(same[i].r == CF_OK || same[i].r == CF_E_EXISTS);
+	}
+	CU_ASSERT_EQUAL(ok, 1);
+	/* Sixteen distinct ones at once: all recorded (in shared transactions). */
+	for (int i = 0; i < 16; i++) {
+		snprintf(name[i], sizeof(name[i]), "many-nonce-%06d", i);
+		many[i] = (struct same_nonce){ n, name[i], -1 };
+		CU_ASSERT_FATAL(pthread_create(&t[i], NULL, use_nonce, &many[i]) == 0);
+	}
+	for (int i = 0; i < 16; i++) {
+		pthread_join(t[i], NULL);
+		CU_ASSERT_EQUAL(many[i].r, CF_OK);
+	}
+	nonces_stats(n, &batches, &written);
+	CU_ASSERT(written == 18 && batches >= 1 && batches <= written);
+	/* One that expires soon, then the sweep. */
+	CU_ASSERT_EQUAL(nonces_use(n, "scope", "short-lived-00001", 2000, 1000), CF_OK);
+	nonces_expire(n, 2001);
+	nonces_close(n);
+	/* Everything unexpired survives a reopen; the expired one is free again. */
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &n), CF_OK);
+	CU_ASSERT_EQUAL(nonces_live(n), 19);
+	CU_ASSERT_EQUAL(nonces_use(n, "scope", "old-nonce-0000001", 4000000000LL, 2001),
+			CF_E_EXISTS);
+	CU_ASSERT_EQUAL(nonces_use(n, "scope", "same-nonce-000001", 4000000000LL, 2001),
+			CF_E_EXISTS);
+	for (int i = 0; i < 16; i++)
+		CU_ASSERT_EQUAL(nonces_use(n, "scope", name[i], 4000000000LL, 2001), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(nonces_use(n, "scope", "short-lived-00001", 3000, 2001), CF_OK);
+	/* The bound: full is refused, not forgotten. */
+	nonces_close(n);
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 19, &n), CF_OK);
+	CU_ASSERT_EQUAL(nonces_use(n, "scope", "one-too-many-0001", 4000000000LL, 2001),
+			CF_E_EXHAUSTED);
+	nonces_close(n);
+}
+
 static char reports[8][512];
 static int nreports;
 
@@ -378,6 +471,7 @@ main(void)
 		{ "envelope AAD and blob format", test_envelope_format },
 		{ "store refuses a newer schema", test_store_schema_guard },
 		{ "store migrates a version-1 store", test_store_migration },
+		{ "replay record: carry-over, concurrency, expiry, bound", test_nonces_record },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },
