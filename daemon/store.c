@@ -240,57 +240,85 @@ run(store *s, const char *sql, const char *types, ...)
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Run body(s, arg) in one write transaction under the store's lock:
+ * committed if it returns CF_OK, rolled back otherwise. */
+static int
+txn(store *s, int (*body)(store *s, const void *arg), const void *arg)
+{
+	int r;
+
+	pthread_mutex_lock(&s->mu);
+	if ((r = exec(s, "BEGIN IMMEDIATE;")) == CF_OK) {
+		if ((r = body(s, arg)) == CF_OK)
+			r = exec(s, "COMMIT;");
+		if (r != CF_OK)
+			(void)exec(s, "ROLLBACK;");
+	}
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+struct key_create {
+	const char *name;
+	enum cf_key_type type;
+	int exportable;
+	uint32_t allowed_ops;
+	int64_t now;
+};
+
+static int
+key_create_body(store *s, const void *arg)
+{
+	const struct key_create *k = arg;
+	int rc;
+
+	rc = run(s, "INSERT INTO keys (name, type, exportable, primary_version, created, "
+		 "allowed_ops) VALUES (?, ?, ?, 1, ?, ?)", "ttiii", k->name,
+		 cf_key_type_name(k->type), (int64_t)k->exportable, k->now,
+		 (int64_t)k->allowed_ops);
+	if (rc == SQLITE_CONSTRAINT)
+		return cf_error(CF_E_EXISTS, "key %s already exists", k->name);
+	if (rc != SQLITE_OK ||
+	    run(s, "INSERT INTO versions VALUES (?, 1, ?, ?)", "tii", k->name,
+		(int64_t)STORE_ENABLED, k->now) != SQLITE_OK)
+		return db_err(s, "recording the key");
+	return CF_OK;
+}
+
 int
 store_key_create(store *s, const char *name, enum cf_key_type type, int exportable,
 		 uint32_t allowed_ops, int64_t now)
 {
-	int r = CF_OK, rc;
+	struct key_create k = { name, type, exportable, allowed_ops, now };
 
-	pthread_mutex_lock(&s->mu);
-	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
-		goto out;
-	rc = run(s, "INSERT INTO keys (name, type, exportable, primary_version, created, "
-		 "allowed_ops) VALUES (?, ?, ?, 1, ?, ?)", "ttiii", name, cf_key_type_name(type),
-		 (int64_t)exportable, now, (int64_t)allowed_ops);
-	if (rc == SQLITE_CONSTRAINT) {
-		r = cf_error(CF_E_EXISTS, "key %s already exists", name);
-		goto rollback;
-	}
-	if (rc != SQLITE_OK ||
-	    run(s, "INSERT INTO versions VALUES (?, 1, ?, ?)", "tii", name,
-		(int64_t)STORE_ENABLED, now) != SQLITE_OK) {
-		r = db_err(s, "recording the key");
-		goto rollback;
-	}
-	r = exec(s, "COMMIT;");
-	goto out;
-rollback:
-	(void)exec(s, "ROLLBACK;");
-out:
-	pthread_mutex_unlock(&s->mu);
-	return r;
+	return txn(s, key_create_body, &k);
+}
+
+struct version_add {
+	const char *name;
+	uint32_t version;
+	int64_t now;
+};
+
+static int
+version_add_body(store *s, const void *arg)
+{
+	const struct version_add *v = arg;
+
+	if (run(s, "INSERT INTO versions VALUES (?, ?, ?, ?)", "tiii", v->name,
+		(int64_t)v->version, (int64_t)STORE_ENABLED, v->now) != SQLITE_OK ||
+	    run(s, "UPDATE keys SET primary_version = ? WHERE name = ?", "it",
+		(int64_t)v->version, v->name) != SQLITE_OK)
+		return db_err(s, "recording the new version");
+	return CF_OK;
 }
 
 int
 store_version_add(store *s, const char *name, uint32_t version, int64_t now)
 {
-	int r = CF_OK;
+	struct version_add v = { name, version, now };
 
-	pthread_mutex_lock(&s->mu);
-	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
-		goto out;
-	if (run(s, "INSERT INTO versions VALUES (?, ?, ?, ?)", "tiii", name, (int64_t)version,
-		(int64_t)STORE_ENABLED, now) != SQLITE_OK ||
-	    run(s, "UPDATE keys SET primary_version = ? WHERE name = ?", "it", (int64_t)version,
-		name) != SQLITE_OK) {
-		r = db_err(s, "recording the new version");
-		(void)exec(s, "ROLLBACK;");
-		goto out;
-	}
-	r = exec(s, "COMMIT;");
-out:
-	pthread_mutex_unlock(&s->mu);
-	return r;
+	return txn(s, version_add_body, &v);
 }
 
 /* ---- principals ---- */
@@ -406,45 +434,44 @@ put_rows(store *s, const struct store_principal *p)
 	return rc;
 }
 
+static int
+principal_create_body(store *s, const void *arg)
+{
+	const struct store_principal *p = arg;
+	int rc = run(s, "INSERT INTO principals VALUES (?, ?)", "ti", p->name, p->created);
+
+	if (rc == SQLITE_CONSTRAINT)
+		return cf_error(CF_E_EXISTS, "principal %s already exists", p->name);
+	if (rc == SQLITE_OK)
+		rc = put_rows(s, p);
+	if (rc == SQLITE_CONSTRAINT)
+		return cf_error(CF_E_EXISTS, "a uid or gid of %s belongs to another principal",
+				p->name);
+	return rc == SQLITE_OK ? CF_OK : db_err(s, "recording the principal");
+}
+
+static int
+principal_replace_body(store *s, const void *arg)
+{
+	const struct store_principal *p = arg;
+	int rc = run(s, "DELETE FROM principal_ids WHERE principal = ?", "t", p->name);
+
+	if (rc == SQLITE_OK)
+		rc = run(s, "DELETE FROM grants WHERE principal = ?", "t", p->name);
+	if (rc == SQLITE_OK)
+		rc = run(s, "DELETE FROM limits WHERE principal = ?", "t", p->name);
+	if (rc == SQLITE_OK)
+		rc = put_rows(s, p);
+	if (rc == SQLITE_CONSTRAINT)
+		return cf_error(CF_E_EXISTS, "a uid or gid of %s belongs to another principal",
+				p->name);
+	return rc == SQLITE_OK ? CF_OK : db_err(s, "recording the principal");
+}
+
 int
 store_principal_put(store *s, const struct store_principal *p, int create)
 {
-	int r = CF_OK, rc;
-
-	pthread_mutex_lock(&s->mu);
-	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
-		goto out;
-	if (create) {
-		rc = run(s, "INSERT INTO principals VALUES (?, ?)", "ti", p->name, p->created);
-		if (rc == SQLITE_CONSTRAINT) {
-			r = cf_error(CF_E_EXISTS, "principal %s already exists", p->name);
-			goto rollback;
-		}
-	} else {
-		rc = run(s, "DELETE FROM principal_ids WHERE principal = ?", "t", p->name);
-		if (rc == SQLITE_OK)
-			rc = run(s, "DELETE FROM grants WHERE principal = ?", "t", p->name);
-		if (rc == SQLITE_OK)
-			rc = run(s, "DELETE FROM limits WHERE principal = ?", "t", p->name);
-	}
-	if (rc == SQLITE_OK)
-		rc = put_rows(s, p);
-	if (rc == SQLITE_CONSTRAINT) {
-		r = cf_error(CF_E_EXISTS, "a uid or gid of %s belongs to another principal",
-			     p->name);
-		goto rollback;
-	}
-	if (rc != SQLITE_OK) {
-		r = db_err(s, "recording the principal");
-		goto rollback;
-	}
-	r = exec(s, "COMMIT;");
-	goto out;
-rollback:
-	(void)exec(s, "ROLLBACK;");
-out:
-	pthread_mutex_unlock(&s->mu);
-	return r;
+	return txn(s, create ? principal_create_body : principal_replace_body, p);
 }
 
 int
@@ -519,39 +546,42 @@ out:
 	return r;
 }
 
-int
-store_apikey_put(store *s, const struct store_apikey *k, int create)
+static int
+apikey_rows(store *s, const struct store_apikey *k, int rc)
 {
-	int r = CF_OK, rc;
-
-	pthread_mutex_lock(&s->mu);
-	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
-		goto out;
-	if (create)
-		rc = run(s, "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?)", "ttiii", k->id,
-			 k->principal, k->created, k->revoked, (int64_t)k->next_generation);
-	else
-		rc = run(s, "UPDATE api_keys SET revoked = ?, next_generation = ? WHERE id = ?",
-			 "iit", k->revoked, (int64_t)k->next_generation, k->id);
-	if (rc == SQLITE_CONSTRAINT) {
-		r = cf_error(CF_E_EXISTS, "API key %s already exists", k->id);
-		goto rollback;
-	}
 	if (rc == SQLITE_OK)
 		rc = run(s, "DELETE FROM api_secrets WHERE id = ?", "t", k->id);
 	for (uint32_t i = 0; i < k->nsecrets && rc == SQLITE_OK; i++)
 		rc = run(s, "INSERT INTO api_secrets VALUES (?, ?, ?, ?)", "tiii", k->id,
 			 (int64_t)k->secrets[i].generation, k->secrets[i].created,
 			 k->secrets[i].expires);
-	if (rc != SQLITE_OK) {
-		r = db_err(s, "recording the API key");
-		goto rollback;
-	}
-	r = exec(s, "COMMIT;");
-	goto out;
-rollback:
-	(void)exec(s, "ROLLBACK;");
-out:
-	pthread_mutex_unlock(&s->mu);
-	return r;
+	return rc == SQLITE_OK ? CF_OK : db_err(s, "recording the API key");
+}
+
+static int
+apikey_create_body(store *s, const void *arg)
+{
+	const struct store_apikey *k = arg;
+	int rc = run(s, "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?)", "ttiii", k->id,
+		     k->principal, k->created, k->revoked, (int64_t)k->next_generation);
+
+	if (rc == SQLITE_CONSTRAINT)
+		return cf_error(CF_E_EXISTS, "API key %s already exists", k->id);
+	return apikey_rows(s, k, rc);
+}
+
+static int
+apikey_update_body(store *s, const void *arg)
+{
+	const struct store_apikey *k = arg;
+
+	return apikey_rows(s, k, run(s, "UPDATE api_keys SET revoked = ?, next_generation = ? "
+				     "WHERE id = ?", "iit", k->revoked,
+				     (int64_t)k->next_generation, k->id));
+}
+
+int
+store_apikey_put(store *s, const struct store_apikey *k, int create)
+{
+	return txn(s, create ? apikey_create_body : apikey_update_body, k);
 }
