@@ -1,10 +1,14 @@
 #include "nonces.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 #include <sqlite3.h>
@@ -12,33 +16,27 @@
 #include "cf_status.h"
 
 #define INITIAL_SLOTS 1024u
+#define LOG_MAGIC "COFNONC1"
+#define LOG_HEADER 16
+#define REC 24                    /* h[16], expires (int64, little-endian) */
+#define COMPACT_SLACK 65536       /* dead records tolerated beyond the live ones */
 
 struct entry {
 	uint8_t h[16];
 	int64_t expires;     /* 0: empty slot */
 };
 
-/* A caller's nonce waiting to be made durable (on the caller's stack). */
-struct pending {
-	struct entry e;
-	int done;
-	int r;
-	struct pending *next;
-};
-
 struct nonces {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;   /* a batch was written, or the writer left */
 	struct entry *t;
 	size_t cap;          /* power of two */
 	size_t used;         /* non-empty slots (expired ones included) */
 	size_t live_max;
-	sqlite3 *db;
-	sqlite3_stmt *ins;
-	sqlite3 *ckpt;       /* checkpoints, away from the callers' connection */
-	struct pending *queue, **tail;
-	int writing;         /* the database is in use by a batch or the sweep */
-	uint64_t batches, written;
+	int fd;              /* <state_dir>/nonces.log, O_APPEND */
+	off_t size;          /* bytes of whole records in the log */
+	char path[4096];
+	uint64_t appended, compactions;
+	int broken;          /* a torn record could not be cut off */
 };
 
 static void
@@ -108,23 +106,161 @@ find_locked(nonces *n, const uint8_t h[16], int64_t now)
 	return SIZE_MAX;
 }
 
+/* Add a live entry read back from disk (duplicates are harmless). */
 static int
-db_exec(nonces *n, const char *sql)
+load_entry(nonces *n, const struct entry *e, int64_t now)
 {
-	char *msg = NULL;
+	int r;
+
+	if (e->expires <= now || find_locked(n, e->h, now) != SIZE_MAX)
+		return CF_OK;
+	if (4 * (n->used + 1) > 3 * n->cap && (r = rehash_locked(n, 2 * n->cap, now)) != CF_OK)
+		return r;
+	place(n->t, n->cap, e);
+	n->used++;
+	return CF_OK;
+}
+
+static void
+encode(const struct entry *e, uint8_t rec[REC])
+{
+	memcpy(rec, e->h, 16);
+	for (int i = 0; i < 8; i++)
+		rec[16 + i] = (uint8_t)((uint64_t)e->expires >> (8 * i));
+}
+
+static void
+decode(const uint8_t rec[REC], struct entry *e)
+{
+	uint64_t v = 0;
+
+	memcpy(e->h, rec, 16);
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | rec[16 + i];
+	e->expires = (int64_t)v;
+}
+
+static int
+write_all(int fd, const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t w = write(fd, p, len);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Read the log into the table. A torn last record (the daemon died in the
+ * middle of a write) is cut off. */
+static int
+load_log(nonces *n, int64_t now)
+{
+	uint8_t buf[REC * 4096], hdr[LOG_HEADER];
+	size_t have = 0;
+	ssize_t got;
 	int r = CF_OK;
 
-	if (sqlite3_exec(n->db, sql, NULL, NULL, &msg) != SQLITE_OK)
-		r = cf_error(CF_E_IO, "nonce record: %s", msg ? msg : "error");
-	sqlite3_free(msg);
+	got = pread(n->fd, hdr, sizeof(hdr), 0);
+	/* Shorter than a header: new, or the daemon died while creating it. */
+	if (got >= 0 && got < (ssize_t)sizeof(hdr)) {
+		if (got > 0 && ftruncate(n->fd, 0) != 0)
+			return cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+		memset(hdr, 0, sizeof(hdr));
+		memcpy(hdr, LOG_MAGIC, 8);
+		if (write_all(n->fd, hdr, sizeof(hdr)) != 0)
+			return cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+		n->size = LOG_HEADER;
+		return CF_OK;
+	}
+	if (got < 0 || memcmp(hdr, LOG_MAGIC, 8) != 0)
+		return cf_error(CF_E_IO, "nonce record %s is not a Coffer nonce log", n->path);
+	n->size = LOG_HEADER;
+	while ((got = pread(n->fd, buf + have, sizeof(buf) - have, n->size + (off_t)have)) > 0) {
+		size_t whole;
+
+		have += (size_t)got;
+		whole = have - have % REC;
+		for (size_t i = 0; i < whole && r == CF_OK; i += REC) {
+			struct entry e;
+
+			decode(buf + i, &e);
+			r = load_entry(n, &e, now);
+		}
+		if (r != CF_OK)
+			return r;
+		n->size += (off_t)whole;
+		memmove(buf, buf + whole, have - whole);
+		have -= whole;
+	}
+	if (got < 0)
+		return cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+	if (have > 0 && ftruncate(n->fd, n->size) != 0)
+		return cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+	return CF_OK;
+}
+
+/* Coffer before 0.5 kept the record in SQLite (<state_dir>/nonces.db): carry
+ * its live nonces over, then remove it. */
+static int
+import_sqlite(nonces *n, const char *dir, int64_t now)
+{
+	char db[4200];
+	sqlite3 *h = NULL;
+	sqlite3_stmt *sel = NULL;
+	struct stat st;
+	int r = CF_OK;
+
+	snprintf(db, sizeof(db), "%s/nonces.db", dir);
+	if (stat(db, &st) != 0)
+		return CF_OK;
+	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(h, "SELECT h, expires FROM nonces WHERE expires > ?", -1, &sel,
+			       NULL) != SQLITE_OK) {
+		r = cf_error(CF_E_IO, "cannot read the old nonce record %s: %s", db,
+			     h ? sqlite3_errmsg(h) : "out of memory");
+		goto out;
+	}
+	sqlite3_bind_int64(sel, 1, now);
+	while (r == CF_OK && sqlite3_step(sel) == SQLITE_ROW) {
+		struct entry e;
+		uint8_t rec[REC];
+
+		if (sqlite3_column_bytes(sel, 0) != 16)
+			continue;
+		memcpy(e.h, sqlite3_column_blob(sel, 0), 16);
+		e.expires = sqlite3_column_int64(sel, 1);
+		encode(&e, rec);
+		if (write_all(n->fd, rec, REC) != 0)
+			r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+		else if ((r = load_entry(n, &e, now)) == CF_OK)
+			n->size += REC;
+	}
+	/* Durable in the log before the old record goes. */
+	if (r == CF_OK && fdatasync(n->fd) != 0)
+		r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+out:
+	sqlite3_finalize(sel);
+	sqlite3_close(h);
+	if (r == CF_OK) {
+		const char *sfx[] = { "", "-wal", "-shm" };
+
+		for (size_t i = 0; i < 3; i++) {
+			snprintf(db, sizeof(db), "%s/nonces.db%s", dir, sfx[i]);
+			(void)unlink(db);
+		}
+	}
 	return r;
 }
 
 int
 nonces_open(const char *state_dir, size_t max_live, nonces **out)
 {
-	char path[4096];
-	sqlite3_stmt *sel = NULL;
 	nonces *n = calloc(1, sizeof(*n));
 	int64_t now = (int64_t)time(NULL);
 	int r;
@@ -132,70 +268,23 @@ nonces_open(const char *state_dir, size_t max_live, nonces **out)
 	if (n == NULL)
 		return CF_E_NOMEM;
 	pthread_mutex_init(&n->mu, NULL);
-	pthread_cond_init(&n->cv, NULL);
-	n->tail = &n->queue;
+	n->fd = -1;
 	n->live_max = max_live;
 	n->cap = INITIAL_SLOTS;
 	if ((n->t = calloc(n->cap, sizeof(*n->t))) == NULL) {
 		r = CF_E_NOMEM;
 		goto fail;
 	}
-	snprintf(path, sizeof(path), "%s/nonces.db", state_dir);
-	if (sqlite3_open_v2(path, &n->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-			    SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
-		r = cf_error(CF_E_IO, "cannot open nonce record %s", path);
+	snprintf(n->path, sizeof(n->path), "%s/nonces.log", state_dir);
+	if ((n->fd = open(n->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {
+		r = cf_error(CF_E_IO, "cannot open nonce record %s: %s", n->path, strerror(errno));
 		goto fail;
 	}
-	sqlite3_busy_timeout(n->db, 5000);
-	/* Rows are appended (rowid order) and found for expiry by their index:
-	 * the memory table, not SQLite, answers "seen before?". Checkpoints run
-	 * from the sweep on a connection of their own, never on a caller's
-	 * commit. Stores of Coffer before 0.5 kept a table keyed by hash. */
-	if ((r = db_exec(n, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-			 "PRAGMA wal_autocheckpoint=0;"
-			 "CREATE TABLE IF NOT EXISTS seen (h BLOB NOT NULL, "
-			 "expires INTEGER NOT NULL);"
-			 "CREATE INDEX IF NOT EXISTS seen_expires ON seen (expires);"
-			 "BEGIN IMMEDIATE;"
-			 "CREATE TABLE IF NOT EXISTS nonces (h BLOB PRIMARY KEY, "
-			 "expires INTEGER NOT NULL) WITHOUT ROWID;"
-			 "INSERT INTO seen SELECT h, expires FROM nonces;"
-			 "DROP TABLE nonces;"
-			 "COMMIT;")) != CF_OK)
+	if ((r = load_log(n, now)) != CF_OK || (r = import_sqlite(n, state_dir, now)) != CF_OK)
 		goto fail;
-	if (sqlite3_open_v2(path, &n->ckpt, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, NULL) !=
-	    SQLITE_OK) {
-		r = cf_error(CF_E_IO, "cannot open nonce record %s", path);
-		goto fail;
-	}
-	sqlite3_busy_timeout(n->ckpt, 5000);
-	if (sqlite3_prepare_v2(n->db, "SELECT h, expires FROM seen WHERE expires > ?", -1, &sel,
-			       NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(n->db, "INSERT INTO seen VALUES (?, ?)", -1, &n->ins,
-			       NULL) != SQLITE_OK) {
-		r = cf_error(CF_E_IO, "nonce record: %s", sqlite3_errmsg(n->db));
-		goto fail;
-	}
-	sqlite3_bind_int64(sel, 1, now);
-	while (sqlite3_step(sel) == SQLITE_ROW) {
-		struct entry e;
-
-		if (sqlite3_column_bytes(sel, 0) != 16)
-			continue;
-		memcpy(e.h, sqlite3_column_blob(sel, 0), 16);
-		e.expires = sqlite3_column_int64(sel, 1);
-		if (find_locked(n, e.h, now) != SIZE_MAX)
-			continue;   /* the same nonce written twice: harmless */
-		if (4 * (n->used + 1) > 3 * n->cap && (r = rehash_locked(n, 2 * n->cap, now)) != CF_OK)
-			goto fail;
-		place(n->t, n->cap, &e);
-		n->used++;
-	}
-	sqlite3_finalize(sel);
 	*out = n;
 	return CF_OK;
 fail:
-	sqlite3_finalize(sel);
 	nonces_close(n);
 	return r;
 }
@@ -205,126 +294,123 @@ nonces_close(nonces *n)
 {
 	if (n == NULL)
 		return;
-	sqlite3_finalize(n->ins);
-	sqlite3_close(n->db);
-	sqlite3_close(n->ckpt);
+	if (n->fd >= 0)
+		close(n->fd);
 	free(n->t);
-	pthread_cond_destroy(&n->cv);
 	pthread_mutex_destroy(&n->mu);
 	free(n);
-}
-
-/* Write a batch in one transaction (the caller holds n->writing, not mu). */
-static int
-write_batch(nonces *n, const struct pending *b)
-{
-	int r;
-
-	if ((r = db_exec(n, "BEGIN")) != CF_OK)
-		return r;
-	for (; b != NULL; b = b->next) {
-		sqlite3_reset(n->ins);
-		sqlite3_bind_blob(n->ins, 1, b->e.h, 16, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(n->ins, 2, b->e.expires);
-		if (sqlite3_step(n->ins) != SQLITE_DONE) {
-			r = cf_error(CF_E_IO, "nonce record: %s", sqlite3_errmsg(n->db));
-			(void)db_exec(n, "ROLLBACK");
-			return r;
-		}
-	}
-	if ((r = db_exec(n, "COMMIT")) != CF_OK)
-		(void)db_exec(n, "ROLLBACK");
-	return r;
 }
 
 int
 nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now)
 {
-	struct pending me;
+	struct entry e;
+	uint8_t rec[REC];
 	size_t i, reuse = SIZE_MAX;
 	int r = CF_OK;
 
-	memset(&me, 0, sizeof(me));
-	digest(scope, nonce, me.e.h);
-	me.e.expires = expires;
+	digest(scope, nonce, e.h);
+	e.expires = expires;
+	encode(&e, rec);
 	pthread_mutex_lock(&n->mu);
-	/* Entries waiting for the disk are in the table already, so a
-	 * concurrent copy of this nonce is refused here. */
-	for (i = slot_of(me.e.h, n->cap); n->t[i].expires != 0; i = (i + 1) & (n->cap - 1)) {
+	/* Walk the whole chain: a live copy may sit past an expired slot. */
+	for (i = slot_of(e.h, n->cap); n->t[i].expires != 0; i = (i + 1) & (n->cap - 1)) {
 		if (n->t[i].expires <= now) {
 			if (reuse == SIZE_MAX)
 				reuse = i;
 			continue;
 		}
-		if (memcmp(n->t[i].h, me.e.h, 16) == 0) {
-			pthread_mutex_unlock(&n->mu);
-			return CF_E_EXISTS;
+		if (memcmp(n->t[i].h, e.h, 16) == 0) {
+			r = CF_E_EXISTS;
+			goto out;
 		}
+	}
+	if (n->broken) {
+		r = cf_error(CF_E_IO, "nonce record %s could not be repaired after a failed write; "
+			     "restart cofferd", n->path);
+		goto out;
 	}
 	if (reuse == SIZE_MAX) {
 		if (n->used >= n->live_max) {
 			r = cf_error(CF_E_EXHAUSTED, "the nonce record holds %zu nonces, its limit; "
 				     "retry later", n->used);
-			pthread_mutex_unlock(&n->mu);
-			return r;
+			goto out;
 		}
 		if (4 * (n->used + 1) > 3 * n->cap) {
-			if ((r = rehash_locked(n, 2 * n->cap, now)) != CF_OK) {
-				pthread_mutex_unlock(&n->mu);
-				return r;
-			}
-			for (i = slot_of(me.e.h, n->cap); n->t[i].expires != 0;
+			if ((r = rehash_locked(n, 2 * n->cap, now)) != CF_OK)
+				goto out;
+			for (i = slot_of(e.h, n->cap); n->t[i].expires != 0;
 			     i = (i + 1) & (n->cap - 1))
 				;
 		}
+	}
+	/* In the log before it counts: the kernel has it once write returns,
+	 * so a crash or restart of the daemon never forgets it. */
+	if (write_all(n->fd, rec, REC) != 0) {
+		r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
+		/* Never leave a torn record for the next append to misalign;
+		 * if it cannot be cut off, refuse every nonce until a restart. */
+		if (ftruncate(n->fd, n->size) != 0)
+			n->broken = 1;
+		goto out;
+	}
+	n->size += REC;
+	n->appended++;
+	if (reuse == SIZE_MAX)
 		n->used++;
-	} else {
-		i = reuse;
-	}
-	n->t[i] = me.e;
-	*n->tail = &me;
-	n->tail = &me.next;
-	/* Group commit: durable before it counts (a restart must not forget
-	 * it), one transaction for every nonce that queued meanwhile. */
-	while (!me.done) {
-		struct pending *batch, *b;
-
-		if (n->writing) {
-			pthread_cond_wait(&n->cv, &n->mu);
-			continue;
-		}
-		batch = n->queue;
-		n->queue = NULL;
-		n->tail = &n->queue;
-		n->writing = 1;
-		pthread_mutex_unlock(&n->mu);
-		r = write_batch(n, batch);
-		pthread_mutex_lock(&n->mu);
-		n->writing = 0;
-		n->batches++;
-		for (b = batch; b != NULL; b = b->next) {
-			/* A nonce that could not be recorded does not count as used. */
-			if (r != CF_OK && (i = find_locked(n, b->e.h, now)) != SIZE_MAX)
-				n->t[i].expires = 1;
-			n->written += r == CF_OK;
-			b->r = r;
-			b->done = 1;
-		}
-		pthread_cond_broadcast(&n->cv);
-	}
-	r = me.r;
-	if (r != CF_OK)
-		cf_error(r, "nonce record: the nonce could not be made durable");
+	n->t[i] = e;
+out:
 	pthread_mutex_unlock(&n->mu);
 	return r;
+}
+
+/* Rewrite the log with only the live entries (mu held): a new file, synced,
+ * renamed over the old one. */
+static int
+compact_locked(nonces *n, int64_t now)
+{
+	char tmp[4200];
+	uint8_t buf[REC * 1024], hdr[LOG_HEADER];
+	size_t have = 0;
+	off_t size = LOG_HEADER;
+	int fd, ok;
+
+	snprintf(tmp, sizeof(tmp), "%s.new", n->path);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600)) < 0)
+		return cf_error(CF_E_IO, "nonce record %s: %s", tmp, strerror(errno));
+	memset(hdr, 0, sizeof(hdr));
+	memcpy(hdr, LOG_MAGIC, 8);
+	ok = write_all(fd, hdr, sizeof(hdr)) == 0;
+	for (size_t i = 0; ok && i <= n->cap; i++) {
+		if (have == sizeof(buf) || (i == n->cap && have > 0)) {
+			ok = write_all(fd, buf, have) == 0;
+			size += (off_t)have;
+			have = 0;
+		}
+		if (i < n->cap && n->t[i].expires > now) {
+			encode(&n->t[i], buf + have);
+			have += REC;
+		}
+	}
+	ok = ok && fdatasync(fd) == 0 && rename(tmp, n->path) == 0;
+	if (!ok) {
+		int e = errno;
+
+		close(fd);
+		(void)unlink(tmp);
+		return cf_error(CF_E_IO, "compacting the nonce record: %s", strerror(e));
+	}
+	close(n->fd);
+	n->fd = fd;
+	n->size = size;
+	n->compactions++;
+	return CF_OK;
 }
 
 void
 nonces_expire(nonces *n, int64_t now)
 {
-	sqlite3_stmt *del = NULL;
 	size_t cap;
-	int more = 1;
 
 	pthread_mutex_lock(&n->mu);
 	cap = n->cap;
@@ -334,39 +420,20 @@ nonces_expire(nonces *n, int64_t now)
 		cap /= 2;
 	if (cap != n->cap)
 		(void)rehash_locked(n, cap, now);
+	/* The log keeps growing with every nonce; rewrite it once the dead
+	 * records outnumber the live ones. A failure keeps the old log. */
+	if ((size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK)
+		(void)compact_locked(n, now);
 	pthread_mutex_unlock(&n->mu);
-	/* Expired rows go in slices, each taking the database from the
-	 * callers' batches only briefly. */
-	while (more) {
-		pthread_mutex_lock(&n->mu);
-		while (n->writing)
-			pthread_cond_wait(&n->cv, &n->mu);
-		n->writing = 1;
-		pthread_mutex_unlock(&n->mu);
-		more = 0;
-		if (del != NULL || sqlite3_prepare_v2(n->db, "DELETE FROM seen WHERE rowid IN "
-						      "(SELECT rowid FROM seen WHERE expires <= ? "
-						      "LIMIT 2000)", -1, &del, NULL) == SQLITE_OK) {
-			sqlite3_reset(del);
-			sqlite3_bind_int64(del, 1, now);
-			more = sqlite3_step(del) == SQLITE_DONE && sqlite3_changes(n->db) == 2000;
-		}
-		pthread_mutex_lock(&n->mu);
-		n->writing = 0;
-		pthread_cond_broadcast(&n->cv);
-		pthread_mutex_unlock(&n->mu);
-	}
-	sqlite3_finalize(del);
-	/* Fold the log into the database without holding up any writer. */
-	(void)sqlite3_wal_checkpoint_v2(n->ckpt, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
 void
-nonces_stats(nonces *n, uint64_t *batches, uint64_t *written)
+nonces_stats(nonces *n, uint64_t *appended, uint64_t *compactions, uint64_t *log_bytes)
 {
 	pthread_mutex_lock(&n->mu);
-	*batches = n->batches;
-	*written = n->written;
+	*appended = n->appended;
+	*compactions = n->compactions;
+	*log_bytes = (uint64_t)n->size;
 	pthread_mutex_unlock(&n->mu);
 }
 

@@ -4,11 +4,12 @@
  *
  * In memory: an open-addressing table of 16-byte SHA-256 prefixes of
  * scope‖0‖nonce with their expiry (24 bytes per entry, grown by doubling at
- * 3/4 load, so 32..64 bytes per live nonce). On disk: <state_dir>/nonces.db (SQLite, WAL,
- * synchronous=NORMAL: a nonce is in the log before the request is answered,
- * so a crash or restart of the daemon never forgets one), loaded at start.
- * Group commit: concurrent callers' nonces share one transaction; the
- * expiry sweep deletes in slices and checkpoints on its own connection.
+ * 3/4 load, so 32..64 bytes per live nonce). On disk: <state_dir>/nonces.log,
+ * an append-only file of 24-byte records written before the nonce counts (in
+ * the kernel once write() returns, so a crash or restart of the daemon never
+ * forgets one), read back at start and rewritten with only the live records
+ * by the expiry sweep once dead ones outnumber them. A record kept in SQLite
+ * (<state_dir>/nonces.db, Coffer before 0.5) is carried over at start.
  * Bounded: beyond max_live entries new nonces are refused (CF_E_EXHAUSTED)
  * rather than letting memory grow without limit.
  *
@@ -33,9 +34,8 @@ int nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires,
 /* Drop expired entries from memory and disk. */
 void nonces_expire(nonces *n, int64_t now);
 
-/* Transactions written and nonces they made durable (group commit: one
- * transaction carries every nonce that queued while the last was written). */
-void nonces_stats(nonces *n, uint64_t *batches, uint64_t *written);
+/* Records appended since open, compactions, and the log's size now. */
+void nonces_stats(nonces *n, uint64_t *appended, uint64_t *compactions, uint64_t *log_bytes);
 
 size_t nonces_live(nonces *n);
 size_t nonces_memory(nonces *n);   /* bytes of the in-memory table */

@@ -239,10 +239,10 @@ test_nonces_record(void)
 	uint8_t d[32];
 	nonces *n = NULL;
 	sqlite3 *h;
-	uint64_t batches = 0, written = 0;
+	uint64_t appended = 0, compactions = 0, log_bytes = 0;
 	int ok = 0;
 
-	/* A record of the previous format (keyed by hash) is carried over. */
+	/* A record of the previous format (SQLite) is carried over, then removed. */
 	snprintf(dir, sizeof(dir), "%s/nonces", tok.dir);
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	snprintf(db, sizeof(db), "%s/nonces.db", dir);
@@ -258,6 +258,7 @@ test_nonces_record(void)
 	CU_ASSERT_EQUAL(nonces_use(n, "scope", "old-nonce-0000001", 4000000000LL, 1000),
 			CF_E_EXISTS);
 	CU_ASSERT_EQUAL(nonces_use(n, "other", "old-nonce-0000001", 4000000000LL, 1000), CF_OK);
+	CU_ASSERT(access(db, F_OK) != 0);
 	/* Eight concurrent uses of one nonce: exactly one succeeds. */
 	for (int i = 0; i < 8; i++) {
 		same[i] = (struct same_nonce){ n, "same-nonce-000001", -1 };
@@ -269,7 +270,7 @@ test_nonces_record(void)
 		CU_ASSERT(same[i].r == CF_OK || same[i].r == CF_E_EXISTS);
 	}
 	CU_ASSERT_EQUAL(ok, 1);
-	/* Sixteen distinct ones at once: all recorded (in shared transactions). */
+	/* Sixteen distinct ones at once: all recorded. */
 	for (int i = 0; i < 16; i++) {
 		snprintf(name[i], sizeof(name[i]), "many-nonce-%06d", i);
 		many[i] = (struct same_nonce){ n, name[i], -1 };
@@ -279,8 +280,9 @@ test_nonces_record(void)
 		pthread_join(t[i], NULL);
 		CU_ASSERT_EQUAL(many[i].r, CF_OK);
 	}
-	nonces_stats(n, &batches, &written);
-	CU_ASSERT(written == 18 && batches >= 1 && batches <= written);
+	nonces_stats(n, &appended, &compactions, &log_bytes);
+	CU_ASSERT_EQUAL(appended, 18);
+	CU_ASSERT_EQUAL(log_bytes, 16 + 19 * 24);   /* header, the carried-over one, 18 */
 	/* One that expires soon, then the sweep. */
 	CU_ASSERT_EQUAL(nonces_use(n, "scope", "short-lived-00001", 2000, 1000), CF_OK);
 	nonces_expire(n, 2001);
@@ -295,9 +297,50 @@ test_nonces_record(void)
 	for (int i = 0; i < 16; i++)
 		CU_ASSERT_EQUAL(nonces_use(n, "scope", name[i], 4000000000LL, 2001), CF_E_EXISTS);
 	CU_ASSERT_EQUAL(nonces_use(n, "scope", "short-lived-00001", 3000, 2001), CF_OK);
-	/* The bound: full is refused, not forgotten. */
 	nonces_close(n);
-	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 19, &n), CF_OK);
+	/* A torn last record (the daemon died mid-write) is cut off; the rest holds. */
+	{
+		char logp[450];
+		FILE *f;
+
+		snprintf(logp, sizeof(logp), "%s/nonces.log", dir);
+		CU_ASSERT_FATAL((f = fopen(logp, "a")) != NULL);
+		fwrite("torn-recor", 1, 10, f);
+		fclose(f);
+		CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &n), CF_OK);
+		CU_ASSERT_EQUAL(nonces_use(n, "scope", "same-nonce-000001", 4000000000LL, 2001),
+				CF_E_EXISTS);
+		CU_ASSERT_EQUAL(nonces_use(n, "scope", "after-a-torn-0001", 4000000000LL, 2001),
+				CF_OK);
+		nonces_close(n);
+		CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 100000, &n), CF_OK);
+		CU_ASSERT_EQUAL(nonces_use(n, "scope", "after-a-torn-0001", 4000000000LL, 2001),
+				CF_E_EXISTS);
+		/* Compaction: 70,000 short-lived nonces, then the sweep rewrites the
+		 * log with the live ones only. */
+		for (int i = 0; i < 70000; i++) {
+			char nn[32];
+
+			snprintf(nn, sizeof(nn), "short-%011d", i);
+			if (nonces_use(n, "bulk", nn, 2100, 2001) != CF_OK) {
+				CU_FAIL("bulk insert");
+				break;
+			}
+		}
+		nonces_expire(n, 2101);
+		nonces_stats(n, &appended, &compactions, &log_bytes);
+		CU_ASSERT_EQUAL(compactions, 1);
+		CU_ASSERT_EQUAL(log_bytes, 16 + 20 * 24);
+		nonces_close(n);
+		/* Everything live is still refused after the rewrite. */
+		CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &n), CF_OK);
+		CU_ASSERT_EQUAL(nonces_live(n), 20);
+		CU_ASSERT_EQUAL(nonces_use(n, "scope", "after-a-torn-0001", 4000000000LL, 2101),
+				CF_E_EXISTS);
+		nonces_close(n);
+	}
+	/* The bound: full is refused, not forgotten. */
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 20, &n), CF_OK);
 	CU_ASSERT_EQUAL(nonces_use(n, "scope", "one-too-many-0001", 4000000000LL, 2001),
 			CF_E_EXHAUSTED);
 	nonces_close(n);
