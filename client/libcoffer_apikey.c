@@ -6,6 +6,8 @@
 #include "libcoffer_internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,8 @@ struct lc_apikey {
 	char id[CF_APIKEY_ID_LEN + 1];
 	cf_secret *secret;
 	EVP_MAC_CTX *keyed;     /* HMAC-SHA256 keyed once; each call signs with a copy */
+	char prefix[17];        /* random per key setting: nonces never repeat across runs */
+	atomic_uint_fast64_t seq;
 };
 
 void
@@ -47,11 +51,10 @@ lc_apikey_free(struct lc_apikey *k)
 }
 
 int
-lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf, size_t len,
+lc_apikey_sign(struct lc_apikey *k, const char *method, const uint8_t *buf, size_t len,
     char *out, size_t outlen)
 {
 	struct cf_call_auth a;
-	uint8_t rnd[16];
 	size_t maclen = 0;
 	EVP_MAC_CTX *mac = NULL;
 	cf_buf *str = cf_buf_new(256);
@@ -63,12 +66,9 @@ lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf
 	memset(&a, 0, sizeof(a));
 	memcpy(a.key_id, k->id, sizeof(a.key_id));
 	a.timestamp = (int64_t)time(NULL);
-	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-		r = cf_error(CF_E_INTERNAL, "random number generator failed");
-		goto out;
-	}
-	for (size_t i = 0; i < sizeof(rnd); i++)
-		snprintf(a.nonce + 2 * i, 3, "%02x", rnd[i]);
+	/* Unique, not secret: a random prefix and a counter (no RNG per call). */
+	snprintf(a.nonce, sizeof(a.nonce), "%s%016" PRIxFAST64, k->prefix,
+	    (uint_fast64_t)atomic_fetch_add(&k->seq, 1));
 	if ((r = cf_callauth_string(method, buf, len, a.timestamp, a.nonce, a.key_id, str)) !=
 	    CF_OK)
 		goto out;
@@ -114,6 +114,7 @@ coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size
 {
 	struct lc_apikey *k;
 	struct lc_apikey **slot;
+	uint8_t rnd[8];
 	int r;
 
 	cf_error_clear();
@@ -126,6 +127,13 @@ coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return cf_error(CF_E_NOMEM, "out of memory");
 	memcpy(k->id, id, CF_APIKEY_ID_LEN + 1);
+	atomic_init(&k->seq, 0);
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+		free(k);
+		return cf_error(CF_E_INTERNAL, "random number generator failed");
+	}
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(k->prefix + 2 * i, 3, "%02x", rnd[i]);
 	if ((r = cf_secret_from(secret, len, &k->secret)) != CF_OK ||
 	    (r = keyed_hmac(k)) != CF_OK) {
 		lc_apikey_free(k);

@@ -41,7 +41,7 @@ struct lc_apikey;
 void lc_apikey_free(struct lc_apikey *k);   /* wipes the secret; accepts NULL */
 struct lc_apikey **lc_client_apikey(coffer_client *c);
 /* The authorization value for method with the packed request buf[0..len). */
-int lc_apikey_sign(const struct lc_apikey *k, const char *method, const uint8_t *buf,
+int lc_apikey_sign(struct lc_apikey *k, const char *method, const uint8_t *buf,
     size_t len, char *out, size_t outlen);
 
 /* Coffer status of a gRPC status code (the one table, in libcoffer.c). */

@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/sha.h>
+#include <pthread.h>
+
+#include <openssl/evp.h>
 
 #include "cf_keytype.h"
 #include "cf_status.h"
@@ -237,6 +239,24 @@ cf_reqsign_http_string(const struct cf_http_request *r, cf_buf *out)
 
 /* ---- call authentication ---- */
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+/* SHA-256 fetched once: every signed call hashes its body, and OpenSSL 3
+ * looks an algorithm up on each use otherwise. */
+static const EVP_MD *
+sha256(void)
+{
+	pthread_once(&sha256_once, sha256_fetch);
+	return sha256_md != NULL ? sha256_md : EVP_sha256();
+}
+
 int
 cf_apikey_id_check(const char *id)
 {
@@ -361,7 +381,9 @@ cf_callauth_string(const char *path, const uint8_t *body, size_t bodylen, int64_
 		return rc;
 	if (timestamp < 0 || timestamp > 99999999999LL)
 		return cf_error(CF_E_INVALID_ARG, "timestamp out of range");
-	SHA256(body != NULL ? body : (const uint8_t *)"", bodylen, digest);
+	if (EVP_Digest(body != NULL ? body : (const uint8_t *)"", bodylen, digest, NULL, sha256(),
+		       NULL) != 1)
+		return cf_error(CF_E_INTERNAL, "SHA-256 failed");
 	hex_lower(digest, sizeof(digest), hex);
 	snprintf(ts, sizeof(ts), "%lld", (long long)timestamp);
 	{
