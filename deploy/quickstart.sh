@@ -7,6 +7,8 @@
 # 4. makes you a principal allowed to use the demo-* keys
 # 5. creates an ECDSA P-256 key, signs a file with cofferctl, and verifies the
 #    signature with the openssl command-line tool on the exported public key.
+# 6. pins the daemon's identity and wraps/unwraps a secret in a sealed session
+# 7. gives your principal an API key: from then on every call is signed
 # The daemon keeps running afterwards; stop it with: kill "$(cat demo/cofferd.pid)"
 # Safe to re-run: the token, the key and the registry are kept.
 set -euo pipefail
@@ -50,6 +52,10 @@ if ! $ctl principal show demo >/dev/null 2>&1; then
     $ctl principal create demo --uid "$(id -u)" >/dev/null
 fi
 $ctl principal grant demo --key 'demo-*' --op all
+# A re-run: the principal already has an API key (step 7), so sign with it.
+if [ -f "$demo/demo.key" ]; then
+    export COFFER_API_KEY_FILE=$demo/demo.key
+fi
 
 echo "== 5. sign a file, verify with openssl"
 if ! $ctl key show demo-signing >/dev/null 2>&1; then
@@ -74,10 +80,23 @@ $ctl unwrap demo-wrapping --context app=demo --in "$demo/secret.wrapped" --out "
 cmp "$demo/secret.txt" "$demo/secret.out" && echo "unwrapped through a sealed session: identical"
 rm -f "$demo/secret.txt" "$demo/secret.out"
 
+echo "== 7. an API key: every call of the principal is then signed (HMAC in the token)"
+if [ ! -f "$demo/demo.key" ]; then
+    $ctl principal add-key demo --out "$demo/demo.key"
+fi
+if COFFER_API_KEY_FILE= $ctl key show demo-signing >/dev/null 2>"$demo/unsigned.err"; then
+    echo "an unsigned call was accepted" >&2
+    exit 1
+fi
+echo "unsigned: $(cat "$demo/unsigned.err")"
+export COFFER_API_KEY_FILE=$demo/demo.key
+$ctl sign demo-signing --in "$demo/message.txt" --out "$demo/message.sig"
+echo "signed call with $demo/demo.key: OK"
+
 cat <<MSG
 
 cofferd is running (pid $(cat "$demo/cofferd.pid"), log $demo/cofferd.log).
-Try:  export SOFTHSM2_CONF=$SOFTHSM2_CONF COFFER_SOCKET=$COFFER_SOCKET COFFER_ADMIN_SOCKET=$COFFER_ADMIN_SOCKET COFFER_IDENTITY=$COFFER_IDENTITY
+Try:  export SOFTHSM2_CONF=$SOFTHSM2_CONF COFFER_SOCKET=$COFFER_SOCKET COFFER_ADMIN_SOCKET=$COFFER_ADMIN_SOCKET COFFER_IDENTITY=$COFFER_IDENTITY COFFER_API_KEY_FILE=$COFFER_API_KEY_FILE
       build/cofferctl key list
 Stop: kill \$(cat $demo/cofferd.pid)
 Tests: ctest --test-dir build --output-on-failure
