@@ -55,6 +55,8 @@ harden(void)
 	(void)setrlimit(RLIMIT_CORE, &rl);
 	umask(077);
 	signal(SIGPIPE, SIG_IGN);
+	/* A file size limit makes writes fail (EFBIG) instead of killing us. */
+	signal(SIGXFSZ, SIG_IGN);
 }
 
 static int
@@ -137,6 +139,7 @@ main(int argc, char **argv)
 	session_mgr *sm = NULL;
 	policy *pol = NULL;
 	apikeys *ak = NULL;
+	audit *au = NULL;
 	nonces *nn = NULL;
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
@@ -195,6 +198,10 @@ main(int argc, char **argv)
 		cf_log_error("session identity: %s", cf_error_detail());
 		goto out;
 	}
+	if ((r = audit_open(cfg.state_dir, p11, &cfg.audit, &au)) != CF_OK) {
+		cf_log_error("audit trail: %s", cf_error_detail());
+		goto out;
+	}
 	if (cfg.unsealed_secrets)
 		cf_log_warn("session.unsealed_secrets is on: secret plaintext may cross the "
 			    "socket unsealed; use it for measurements only");
@@ -203,6 +210,7 @@ main(int argc, char **argv)
 	rc.sm = sm;
 	rc.pol = pol;
 	rc.ak = ak;
+	rc.au = au;
 	rc.nn = nn;
 	rc.window = cfg.request_window;
 	rc.workers = cfg.workers;
@@ -237,6 +245,7 @@ out:
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
 	session_mgr_close(sm);
+	audit_close(au);
 	policy_close(pol);
 	apikeys_close(ak);
 	nonces_close(nn);

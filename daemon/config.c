@@ -42,6 +42,8 @@ config_defaults(struct cofferd_config *c)
 	c->session.max_pending = 8;
 	c->request_window = 300;
 	c->max_nonces = 4000000;
+	c->audit.fail_open = 0;
+	c->audit.max_wait_ms = 2000;
 }
 
 static int
@@ -229,6 +231,16 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		return set_socket(&c->admin, c->admin_path, name, value);
 	} else if (strcmp(section, "session") == 0) {
 		return set_session(c, name, value);
+	} else if (strcmp(section, "audit") == 0) {
+		if (strcmp(name, "failure") == 0) {
+			if (strcmp(value, "closed") != 0 && strcmp(value, "open") != 0)
+				return cf_error(CF_E_CONFIG, "\"%s\" is not closed or open", value);
+			c->audit.fail_open = strcmp(value, "open") == 0;
+			return CF_OK;
+		}
+		if (strcmp(name, "max_wait_ms") == 0)
+			return parse_uint(value, 1, 60000, 10, &c->audit.max_wait_ms);
+		return cf_error(CF_E_CONFIG, "unknown setting %s in [audit]", name);
 	} else if (strcmp(section, "requests") == 0) {
 		if (strcmp(name, "window") == 0)
 			return parse_uint(value, 1, 86400, 10, &c->request_window);

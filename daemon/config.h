@@ -7,6 +7,7 @@
 #define COFFER_CONFIG_H
 
 #include "cf_log.h"
+#include "audit.h"
 #include "listener.h"
 #include "session.h"
 
@@ -33,6 +34,7 @@ struct cofferd_config {
 	unsigned request_window;     /* [requests] window: seconds either way */
 	unsigned max_nonces;         /* [requests] max_nonces */
 	unsigned require_api_key;    /* [requests] require_api_key */
+	struct audit_cfg audit;      /* [audit] failure, max_wait_ms */
 };
 
 void config_defaults(struct cofferd_config *c);

@@ -23,6 +23,13 @@ enum {
 	CODE_UNAVAILABLE = 14, CODE_UNAUTHENTICATED = 16,
 };
 
+static const char *const code_names[] = {
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+	"UNAUTHENTICATED",
+};
+
 enum where { ON_SERVICE = 1, ON_ADMIN = 2, ON_BOTH = 3 };
 
 #define SESSION_SERVICE "coffer.v1.SessionService"
@@ -37,6 +44,7 @@ struct method {
 	int sealed_only;        /* CloseSession */
 	int never_sealed;       /* OpenSession, GetIdentity, Call */
 	int open;               /* no principal needed: Health, GetIdentity */
+	int health;             /* grpc.health.v1.Health: never refused, not audited */
 	enum policy_op op;      /* KeyService: the operation to grant (NONE: ListKeys) */
 	const char *key_field;  /* KeyService: the request field naming the key */
 };
@@ -117,8 +125,8 @@ add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where
 		e->fn = call ? NULL : h->fn;
 		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
 		e->never_sealed = in_session && !e->sealed_only;
-		e->open = strcmp(svc->name, "grpc.health.v1.Health") == 0 ||
-			  (in_session && strcmp(md->name, "GetIdentity") == 0);
+		e->health = strcmp(svc->name, "grpc.health.v1.Health") == 0;
+		e->open = e->health || (in_session && strcmp(md->name, "GetIdentity") == 0);
 		for (size_t k = 0; where == ON_SERVICE && k < sizeof(key_ops) / sizeof(key_ops[0]);
 		     k++)
 			if (strcmp(key_ops[k].method, md->name) == 0) {
@@ -195,6 +203,14 @@ find_path(const dispatch *d, const char *path)
 
 /* ---- calls ---- */
 
+/* What the audit record of a call needs from inside it. */
+struct note {
+	char principal[STORE_PRINCIPAL_NAME_MAX + 1];
+	char key[CF_KEY_NAME_MAX + 1];
+	uint32_t version;
+	int inner_ran;          /* SessionService/Call: the sealed call ran (and was recorded) */
+};
+
 static int run(const dispatch *d, const struct method *m, const struct hctx *h,
 	       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen,
 	       uint32_t *retry_after_ms);
@@ -227,7 +243,7 @@ wipe_free(uint8_t *p, size_t len)
  * inner outcome travels sealed and this returns CF_OK. */
 static int
 sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCall *req,
-	    ProtobufCMessage **resp)
+	    ProtobufCMessage **resp, int *inner_ran)
 {
 	Coffer__V1__SealedResult res = COFFER__V1__SEALED_RESULT__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
@@ -248,6 +264,7 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 		return r;
 	h2.sealed = 1;
 	h2.sess = s;
+	*inner_ran = 1;
 	if ((inner = find_path(d, req->method)) == NULL)
 		ir = cf_error(CF_E_UNIMPLEMENTED, "unknown method %s", req->method);
 	else if (inner->never_sealed)
@@ -292,17 +309,17 @@ out:
 	return r;
 }
 
-/* The key named by the request (m->key_field), "" if none. */
+/* The string field `field` of req ("outer.inner": of a nested message), ""
+ * if there is none. */
 static const char *
-request_key(const struct method *m, const ProtobufCMessage *req)
+str_field(const ProtobufCMessage *req, const char *field)
 {
 	const ProtobufCFieldDescriptor *f;
-	const char *field = m->key_field, *dot, *v;
+	const char *dot, *v;
 	char outer[32];
 
 	if (field == NULL)
 		return "";
-	/* "request.key": the key of a nested message. */
 	if ((dot = strchr(field, '.')) != NULL) {
 		snprintf(outer, sizeof(outer), "%.*s", (int)(dot - field), field);
 		if ((f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
@@ -318,6 +335,35 @@ request_key(const struct method *m, const ProtobufCMessage *req)
 		return "";
 	v = *(const char *const *)(const void *)((const char *)req + f->offset);
 	return v != NULL ? v : "";
+}
+
+/* The key named by the request (m->key_field), "" if none. */
+static const char *
+request_key(const struct method *m, const ProtobufCMessage *req)
+{
+	return str_field(req, m->key_field);
+}
+
+/* For the audit record: the key (or principal, or API key) a call is
+ * about, and the key version its response names. */
+static void
+note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMessage *resp,
+	  struct note *n)
+{
+	static const char *const fields[] = { "key", "name", "id", "principal", "request.key" };
+	const char *v = m->key_field != NULL ? request_key(m, req) : "";
+
+	for (size_t i = 0; v[0] == '\0' && i < sizeof(fields) / sizeof(fields[0]); i++)
+		v = str_field(req, fields[i]);
+	snprintf(n->key, sizeof(n->key), "%s", v);
+	for (size_t i = 0; resp != NULL && i < 2 && n->version == 0; i++) {
+		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(
+			resp->descriptor, i == 0 ? "version" : "primary_version");
+
+		if (f != NULL && f->type == PROTOBUF_C_TYPE_UINT32)
+			n->version = *(const uint32_t *)(const void *)((const char *)resp +
+								       f->offset);
+	}
 }
 
 /* The call's API key signature (proto/call-authentication.md), required
@@ -442,8 +488,8 @@ authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *
 }
 
 static int
-run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
-    size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms)
+run_call(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
+	 size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms, struct note *n)
 {
 	ProtobufCMessage *req = NULL, *resp = NULL;
 	struct hctx h2 = *h;
@@ -458,24 +504,49 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 	if (d->cfg.require_sealed && m->where == ON_SERVICE && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
 				"be sealed in a session (session.require_sealed)");
-	if ((r = authenticate(m, h, in, inlen, &h2, who)) != CF_OK)
+	r = authenticate(m, h, in, inlen, &h2, who);
+	if (h2.principal != NULL)
+		snprintf(n->principal, sizeof(n->principal), "%s", h2.principal);
+	if (r != CF_OK)
 		return r;
 	req = protobuf_c_message_unpack(m->input, &cf_pbwipe_allocator, inlen, in);
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
-	if ((r = authorize(m, &h2, req, who, retry_after_ms)) != CF_OK) {
-		protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
-		return r;
-	}
-	r = m->fn != NULL ? m->fn(&h2, req, &resp)
-			  : sealed_call(d, &h2, (const Coffer__V1__SealedCall *)(const void *)req,
-					&resp);
+	if ((r = authorize(m, &h2, req, who, retry_after_ms)) == CF_OK)
+		r = m->fn != NULL ? m->fn(&h2, req, &resp)
+				  : sealed_call(d, &h2, (const Coffer__V1__SealedCall *)(const void *)
+						req, &resp, &n->inner_ran);
+	note_call(m, req, r == CF_OK ? resp : NULL, n);
 	if (r == CF_OK)
 		r = pack(resp, out, outlen);
 	protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
 	if (resp != NULL)
 		protobuf_c_message_free_unpacked(resp, &cf_pbwipe_allocator);
+	return r;
+}
+
+/* Run a method and record it in the audit trail: every call, refused ones
+ * included, but not health checks, and a sealed call once (its inner
+ * call's record; the envelope's only when the inner call never ran). */
+static int
+run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
+    size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms)
+{
+	struct note n;
+	int r;
+
+	memset(&n, 0, sizeof(n));
+	r = run_call(d, m, h, in, inlen, out, outlen, retry_after_ms, &n);
+	if (h->au != NULL && !m->health && !n.inner_ran) {
+		struct audit_event ev = {
+			.principal = n.principal, .uid = h->uid, .pid = h->pid, .admin = h->admin,
+			.sealed = h->sealed, .method = m->path, .key = n.key, .version = n.version,
+			.result = code_names[dispatch_status(r)], .request_id = h->request_id,
+		};
+
+		audit_record(h->au, &ev);
+	}
 	return r;
 }
 
@@ -490,7 +561,9 @@ dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *
 
 	cf_error_clear();
 	*retry_after_ms = 0;
-	r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
+	/* Failing closed: nothing runs while the audit trail cannot be written. */
+	if (h->au == NULL || m->health || (r = audit_admit(h->au)) == CF_OK)
+		r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
 	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_detail());
 	if (code == CODE_INTERNAL)

@@ -1178,7 +1178,10 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
 	if ((out = h_new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
 		return CF_E_NOMEM;
-	out->status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+	/* Failing closed on an unwritable audit trail: say so. */
+	out->status = c->au != NULL && !audit_healthy(c->au) ?
+		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING :
+		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 	*resp = &out->base;
 	return CF_OK;
 }
@@ -1222,8 +1225,10 @@ handlers_find(const char *service, const char *method)
 		if (strcmp(handler_table[i].service, service) == 0 &&
 		    strcmp(handler_table[i].method, method) == 0)
 			return &handler_table[i];
-	for (const struct handler *h = handlers_apikeys; h->service != NULL; h++)
-		if (strcmp(h->service, service) == 0 && strcmp(h->method, method) == 0)
-			return h;
+	for (const struct handler *const *t = (const struct handler *const[]){
+		     handlers_apikeys, handlers_audit, NULL }; *t != NULL; t++)
+		for (const struct handler *h = *t; h->service != NULL; h++)
+			if (strcmp(h->service, service) == 0 && strcmp(h->method, method) == 0)
+				return h;
 	return NULL;
 }

@@ -13,6 +13,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "apikeys.h"
+#include "audit.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
@@ -28,6 +29,7 @@ struct hctx {
 	session_mgr *sm;
 	policy *pol;
 	apikeys *ak;            /* principals' API keys */
+	audit *au;              /* the audit trail */
 	nonces *nn;             /* replay record of signed requests */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
 	const char *principal;  /* service socket: the caller's principal, else NULL */
@@ -43,6 +45,7 @@ struct hctx {
 	size_t authz_len;
 	unsigned authz_n;       /* authorization entries the call carried */
 	int authenticated;      /* an enclosing call (SessionService/Call) was authenticated */
+	char request_id[AUDIT_REQUEST_ID_MAX + 1];
 };
 
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,

@@ -15,7 +15,9 @@ int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
  * secret plaintext unsealed): for calls that carry secrets. */
 int h_require_sealed(const struct hctx *c, const char *method, const char *what);
 
-/* AdminService's API key methods (handlers_apikeys.c), ended by a NULL service. */
+/* AdminService's API key methods (handlers_apikeys.c) and audit methods
+ * (handlers_audit.c), each ended by a NULL service. */
 extern const struct handler handlers_apikeys[];
+extern const struct handler handlers_audit[];
 
 #endif

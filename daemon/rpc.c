@@ -17,6 +17,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "cf_log.h"
 #include "cf_status.h"
@@ -51,6 +52,8 @@ struct rpc_server {
 	unsigned live;           /* requested or active calls */
 	int shutdown_done;
 	int shutdown_tag;        /* its address is the tag */
+	char id_prefix[17];      /* request ids: random per start, then a counter */
+	atomic_ullong next_id;
 };
 
 /* A requested call: registered (m != NULL, the request payload arrives with
@@ -65,8 +68,9 @@ struct rpc_call {
 	grpc_byte_buffer *recv;
 	grpc_byte_buffer *send;
 	grpc_slice status_details;
-	grpc_metadata trailer;       /* retry-after-ms, when a rate limit refused */
+	grpc_metadata trailer[2];    /* x-request-id; retry-after-ms when a rate limit refused */
 	char retry[16];
+	char request_id[AUDIT_REQUEST_ID_MAX + 1];
 	int cancelled;
 	enum { ST_REQUESTED, ST_SENDING } st;
 };
@@ -100,6 +104,24 @@ peer_identify(rpc_server *s, grpc_call *call, struct hctx *h)
 out:
 	gpr_free(peer);
 	return r;
+}
+
+/* The caller's x-request-id, if it is 1..64 of A-Z a-z 0-9 . _ : - */
+static void
+request_id_from(char out[AUDIT_REQUEST_ID_MAX + 1], grpc_slice v)
+{
+	size_t n = GRPC_SLICE_LENGTH(v);
+	const unsigned char *p = GRPC_SLICE_START_PTR(v);
+
+	if (n == 0 || n > AUDIT_REQUEST_ID_MAX)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if (!((p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z') ||
+		      (p[i] >= '0' && p[i] <= '9') || p[i] == '.' || p[i] == '_' || p[i] == ':' ||
+		      p[i] == '-'))
+			return;
+	memcpy(out, p, n);
+	out[n] = '\0';
 }
 
 /* ---- call processing ---- */
@@ -163,6 +185,7 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 {
 	rpc_server *s = c->s;
 	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .ak = s->cfg.ak,
+			  .au = s->cfg.au,
 			  .nn = s->cfg.nn, .window = s->cfg.window,
 			  .unsealed_secrets = s->cfg.unsealed_secrets,
 			  .require_api_key = s->cfg.require_api_key };
@@ -182,12 +205,20 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 		snprintf(msg, msglen, "caller identity unavailable");
 		return NULL;
 	}
-	for (size_t i = 0; i < c->md.count; i++)
-		if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0 &&
-		    h.authz_n++ == 0) {
-			h.authz = (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value);
-			h.authz_len = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
+	for (size_t i = 0; i < c->md.count; i++) {
+		const grpc_metadata *md = &c->md.metadata[i];
+
+		if (grpc_slice_str_cmp(md->key, "authorization") == 0 && h.authz_n++ == 0) {
+			h.authz = (const char *)GRPC_SLICE_START_PTR(md->value);
+			h.authz_len = GRPC_SLICE_LENGTH(md->value);
+		} else if (grpc_slice_str_cmp(md->key, "x-request-id") == 0) {
+			request_id_from(h.request_id, md->value);
 		}
+	}
+	if (h.request_id[0] == '\0')
+		snprintf(h.request_id, sizeof(h.request_id), "%s-%llx", s->id_prefix,
+			 (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+	memcpy(c->request_id, h.request_id, sizeof(c->request_id));
 	if (c->recv == NULL || !grpc_byte_buffer_reader_init(&rd, c->recv)) {
 		*code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
 		snprintf(msg, msglen, "no readable request message");
@@ -235,12 +266,16 @@ respond(struct rpc_call *c)
 	op->op = GRPC_OP_SEND_STATUS_FROM_SERVER;
 	op->data.send_status_from_server.status = code;
 	op->data.send_status_from_server.status_details = &c->status_details;
+	/* The request id of the audit record, so callers can find theirs. */
+	c->trailer[0].key = grpc_slice_from_static_string("x-request-id");
+	c->trailer[0].value = grpc_slice_from_static_string(c->request_id);
+	op->data.send_status_from_server.trailing_metadata_count = c->request_id[0] ? 1 : 0;
+	op->data.send_status_from_server.trailing_metadata = c->trailer;
 	if (retry > 0) {
 		snprintf(c->retry, sizeof(c->retry), "%u", retry);
-		c->trailer.key = grpc_slice_from_static_string("retry-after-ms");
-		c->trailer.value = grpc_slice_from_static_string(c->retry);
-		op->data.send_status_from_server.trailing_metadata_count = 1;
-		op->data.send_status_from_server.trailing_metadata = &c->trailer;
+		c->trailer[1].key = grpc_slice_from_static_string("retry-after-ms");
+		c->trailer[1].value = grpc_slice_from_static_string(c->retry);
+		op->data.send_status_from_server.trailing_metadata_count = 2;
 	}
 	op++;
 	op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -312,6 +347,16 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return CF_E_NOMEM;
 	s->cfg = *cfg;
+	{
+		uint8_t rnd[8];
+
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+			free(s);
+			return cf_error(CF_E_INTERNAL, "random number generator failed");
+		}
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			snprintf(s->id_prefix + 2 * i, 3, "%02x", rnd[i]);
+	}
 	snprintf(s->admin_path, sizeof(s->admin_path), "%s", cfg->admin_path);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_condattr_init(&ca);

@@ -14,6 +14,7 @@
 #define COFFER_RPC_H
 
 #include "apikeys.h"
+#include "audit.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
@@ -24,6 +25,7 @@ struct rpc_cfg {
 	session_mgr *sm;
 	policy *pol;
 	apikeys *ak;                 /* principals' API keys */
+	audit *au;                   /* the audit trail */
 	nonces *nn;                  /* replay record of signed requests and calls */
 	unsigned window;             /* seconds a signed request may be off */
 	unsigned workers;            /* completion-queue threads; handlers run on them */

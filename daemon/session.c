@@ -63,26 +63,17 @@ session_mgr_open(cf_p11 *p11, const struct session_cfg *cfg, session_mgr **out)
 {
 	session_mgr *sm;
 	cf_buf *der = NULL;
-	int r;
+	int r, created;
 
 	if ((sm = calloc(1, sizeof(*sm))) == NULL)
 		return CF_E_NOMEM;
 	sm->cfg = *cfg;
 	pthread_mutex_init(&sm->mu, NULL);
-	r = cf_p11_key_open(p11, SESSION_IDENTITY_KEY, 1, &sm->identity);
-	if (r == CF_E_NOT_FOUND) {
-		if ((r = cf_p11_key_generate(p11, SESSION_IDENTITY_KEY, 1, CF_KEY_EC_P256, 0,
-					     &sm->identity)) != CF_OK)
-			goto out;
+	if ((r = cf_p11_key_ensure(p11, SESSION_IDENTITY_KEY, 1, CF_KEY_EC_P256, &sm->identity,
+				   &created)) != CF_OK)
+		goto out;
+	if (created)
 		cf_log_info("session: created the identity key in the token");
-	} else if (r != CF_OK) {
-		goto out;
-	}
-	if (cf_p11_key_type(sm->identity) != CF_KEY_EC_P256) {
-		r = cf_error(CF_E_CONFIG, "token object %s is not an EC P-256 key",
-			     SESSION_IDENTITY_KEY);
-		goto out;
-	}
 	if ((der = cf_buf_new(CF_SESSION_MAX_SPKI)) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;

@@ -90,6 +90,12 @@ int cf_p11_key_import(cf_p11 *p, const char *name, uint32_t version,
  * CF_E_NOT_FOUND if absent. */
 int cf_p11_key_open(cf_p11 *p, const char *name, uint32_t version, cf_p11_key **out);
 
+/* The daemon's own keys: open name/version, or generate it (not
+ * exportable) when the token has none (*created = 1). CF_E_CONFIG if the
+ * object there is of another type. */
+int cf_p11_key_ensure(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+		      cf_p11_key **out, int *created);
+
 /* Destroy the version's token objects. The handle must still be freed. */
 int cf_p11_key_destroy(cf_p11_key *k);
 

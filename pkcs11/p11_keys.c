@@ -597,6 +597,27 @@ out:
 	return r;
 }
 
+int
+cf_p11_key_ensure(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+		  cf_p11_key **out, int *created)
+{
+	int r = cf_p11_key_open(p, name, version, out);
+
+	*created = 0;
+	if (r == CF_E_NOT_FOUND) {
+		if ((r = cf_p11_key_generate(p, name, version, type, 0, out)) == CF_OK)
+			*created = 1;
+		return r;
+	}
+	if (r == CF_OK && cf_p11_key_type(*out) != type) {
+		r = cf_error(CF_E_CONFIG, "token object %s version %u is %s, not %s", name, version,
+			     cf_key_type_name(cf_p11_key_type(*out)), cf_key_type_name(type));
+		cf_p11_key_free(*out);
+		*out = NULL;
+	}
+	return r;
+}
+
 enum cf_key_type
 cf_p11_key_type(const cf_p11_key *k)
 {

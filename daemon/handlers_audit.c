@@ -1,0 +1,68 @@
+/* AdminService: the audit trail (TailAudit, VerifyAudit). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_pbwipe.h"
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "handlers_internal.h"
+
+#define TAIL_DEFAULT 20
+#define TAIL_MAX 1000
+
+static int
+h_tail_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__TailAuditRequest *req = (const void *)m;
+	Coffer__V1__TailAuditResponse *out;
+	size_t want = req->count ? req->count : TAIL_DEFAULT, n = 0;
+	char **lines = NULL;
+	int r;
+
+	if (c->au == NULL)
+		return cf_error(CF_E_UNAVAILABLE, "this daemon keeps no audit trail");
+	if (want > TAIL_MAX)
+		return cf_error(CF_E_INVALID_ARG, "count is at most %d", TAIL_MAX);
+	if ((r = audit_tail(c->au, want, &lines, &n)) != CF_OK)
+		return r;
+	if ((out = h_new_msg(&coffer__v1__tail_audit_response__descriptor)) == NULL) {
+		audit_lines_free(lines, n);
+		return CF_E_NOMEM;
+	}
+	/* The message takes the lines over. */
+	out->records = lines;
+	out->n_records = n;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+static int
+h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	Coffer__V1__VerifyAuditResponse *out;
+	struct audit_report rep;
+	int r;
+
+	(void)m;
+	if (c->au == NULL)
+		return cf_error(CF_E_UNAVAILABLE, "this daemon keeps no audit trail");
+	if ((r = audit_verify(c->au, &rep)) != CF_OK)
+		return r;
+	if ((out = h_new_msg(&coffer__v1__verify_audit_response__descriptor)) == NULL ||
+	    (out->reason = strdup(rep.ok ? "" : rep.reason)) == NULL) {
+		free(out);
+		return CF_E_NOMEM;
+	}
+	out->ok = rep.ok;
+	out->records = rep.records;
+	out->seals = rep.seals;
+	out->first_bad = rep.first_bad;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+const struct handler handlers_audit[] = {
+	{ "coffer.v1.AdminService", "TailAudit", h_tail_audit },
+	{ "coffer.v1.AdminService", "VerifyAudit", h_verify_audit },
+	{ NULL, NULL, NULL },
+};
