@@ -579,6 +579,26 @@ COFFER_API int coffer_api_key_revoke(coffer_client *c, const char *id,
 COFFER_API int coffer_api_key_list(coffer_client *c, const char *principal,
     struct coffer_api_key **keys, size_t *n);
 
+/* ---- the audit trail (AdminService, admin socket) ----
+ * One JSON line per call in the daemon's state directory, chained and sealed
+ * with a token-held key (see coffer.proto). */
+
+/* The last `count` records (0: 20; at most 1000), oldest first; free with
+ * coffer_audit_lines_free. */
+COFFER_API int coffer_audit_tail(coffer_client *c, uint32_t count, char ***lines, size_t *n);
+COFFER_API void coffer_audit_lines_free(char **lines, size_t n);
+
+struct coffer_audit_report {
+	int ok;
+	uint64_t records;       /* records read */
+	uint64_t seals;         /* seals verified in the token */
+	uint64_t first_bad;     /* !ok: the first bad record (line number, from 1) */
+	char reason[256];
+};
+/* COFFER_OK with the verdict in *rep (ok or not); an error only if the
+ * check could not run. */
+COFFER_API int coffer_audit_verify(coffer_client *c, struct coffer_audit_report *rep);
+
 /* ---- grpc.health.v1.Health/Check (both sockets) ----
  * service: NULL or "" for the daemon as a whole, "coffer.v1.KeyService" or
  * "coffer.v1.AdminService". Unknown names fail with COFFER_E_NOT_FOUND. */

@@ -62,11 +62,11 @@ enum opt_id {
 	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
-	O_IMPORT,
+	O_IMPORT, O_COUNT,
 	O__COUNT
 };
 
-#define B(x) (1u << (x))
+#define B(x) (1ull << (x))
 #define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | \
     B(O_IDENTITY) | B(O_API_KEY))
 #define OPT_BASE 0x100
@@ -103,6 +103,7 @@ static const struct option all_options[O__COUNT] = {
 	[O_API_KEY] = { "api-key", required_argument, NULL, OPT_BASE + O_API_KEY },
 	[O_OVERLAP] = { "overlap", required_argument, NULL, OPT_BASE + O_OVERLAP },
 	[O_IMPORT] = { "import", required_argument, NULL, OPT_BASE + O_IMPORT },
+	[O_COUNT] = { "count", required_argument, NULL, OPT_BASE + O_COUNT },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -126,13 +127,14 @@ struct opts {
 	uint32_t burst;
 	int have_rate;
 	uint32_t overlap;       /* --overlap, seconds */
+	uint32_t count;         /* --count */
 	const char *import;     /* --import FILE: a secret to import */
 };
 
 struct cmd {
 	const char *name;
 	int (*fn)(struct ctl *, const struct opts *);
-	unsigned int allow;     /* B(O_*) beyond COMMON */
+	unsigned long long allow;   /* B(O_*) beyond COMMON */
 	int min_args, max_args;
 	const char *synopsis;
 	const char *help;
@@ -556,7 +558,7 @@ static int
 parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct opts *o)
 {
 	struct option lo[O__COUNT + 1];
-	unsigned int allow = cmd->allow | COMMON;
+	unsigned long long allow = cmd->allow | COMMON;
 	size_t n = 0;
 	uint32_t v;
 	int ch, rc = EXIT_USAGE;
@@ -665,6 +667,12 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 			break;
 		}
 		case O_IMPORT: o->import = arg; break;
+		case O_COUNT:
+			if (parse_u32(arg, 1, 1000, &o->count) != 0) {
+				bad_value("--count", arg, "not a number 1..1000");
+				goto out;
+			}
+			break;
 		case O_OVERLAP: {
 			char *end;
 			unsigned long long secs;
@@ -1772,6 +1780,75 @@ cmd_principal_keys(struct ctl *ctl, const struct opts *o)
 	return rc;
 }
 
+/* ---- audit ---- */
+
+static int
+cmd_audit_tail(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	char **lines = NULL;
+	size_t n = 0;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_audit_tail(c, o->count, &lines, &n)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		/* The records are JSON already: one per line, or an array. */
+		if (ctl->json)
+			fputc('[', stdout);
+		for (size_t i = 0; i < n; i++) {
+			if (ctl->json && i)
+				fputc(',', stdout);
+			put_safe(stdout, lines[i]);
+			if (!ctl->json)
+				fputc('\n', stdout);
+		}
+		if (ctl->json)
+			fputs("]\n", stdout);
+		rc = flush_stdout();
+	}
+	coffer_audit_lines_free(lines, n);
+	coffer_close(c);
+	return rc;
+}
+
+static int
+cmd_audit_verify(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_audit_report rep;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	(void)o;
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_audit_verify(c, &rep)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json) {
+			printf("{\"ok\":%s,\"records\":%" PRIu64 ",\"seals\":%" PRIu64
+			    ",\"first_bad\":%" PRIu64 ",\"reason\":", rep.ok ? "true" : "false",
+			    rep.records, rep.seals, rep.first_bad);
+			put_json_str(stdout, rep.reason);
+			fputs("}\n", stdout);
+		} else if (rep.ok) {
+			printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
+			    "in the token\n", rep.records, rep.seals);
+		} else {
+			printf("audit trail BROKEN at record %" PRIu64 ": ", rep.first_bad);
+			put_safe(stdout, rep.reason);
+			fputc('\n', stdout);
+		}
+		rc = flush_stdout();
+		if (rc == EXIT_OK && !rep.ok)
+			rc = EXIT_FAILED;
+	}
+	coffer_close(c);
+	return rc;
+}
+
 /* ---- identity ---- */
 
 /* The SPKI as a PEM public key, in a new string. */
@@ -2031,6 +2108,13 @@ static const struct cmd commands[] = {
 	{ "principal keys", cmd_principal_keys, 0, 0, 1, "principal keys [NAME]",
 	  "List API keys (of NAME, or of everyone) with their live secrets and the\n"
 	  "deadlines of rotated-out ones." },
+	{ "audit tail", cmd_audit_tail, B(O_COUNT), 0, 0, "audit tail [--count N]",
+	  "Print the last N records of the audit trail (default 20, at most 1000),\n"
+	  "oldest first, one JSON object per line (--json: an array)." },
+	{ "audit verify", cmd_audit_verify, 0, 0, 0, "audit verify",
+	  "Check the audit trail: every record's chain value, and every seal with\n"
+	  "the token's audit key. Exit 0 if it is intact; else exit 1 and name the\n"
+	  "first bad record (altered, deleted, or inserted)." },
 	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,
 	  "identity [--out FILE] [--admin]",
 	  "Print the daemon's identity: the fingerprint (sha256:...) and the EC P-256\n"
@@ -2098,7 +2182,8 @@ find_command(int argc, char **argv, int *used)
 
 	if (argc < 1)
 		return NULL;
-	if (strcmp(argv[0], "key") == 0 || strcmp(argv[0], "principal") == 0) {
+	if (strcmp(argv[0], "key") == 0 || strcmp(argv[0], "principal") == 0 ||
+	    strcmp(argv[0], "audit") == 0) {
 		if (argc < 2)
 			return NULL;
 		if (snprintf(name, sizeof(name), "%s %s", argv[0], argv[1]) >= (int)sizeof(name))
@@ -2183,6 +2268,8 @@ main(int argc, char **argv)
 		if (strcmp(argv[optind], "key") == 0 && optind + 1 >= argc)
 			return usage_error("key needs a subcommand: create, import, list, "
 			    "show, rotate or pubkey", NULL);
+		if (strcmp(argv[optind], "audit") == 0 && optind + 1 >= argc)
+			return usage_error("audit needs a subcommand: tail or verify", NULL);
 		if (strcmp(argv[optind], "principal") == 0 && optind + 1 >= argc)
 			return usage_error("principal needs a subcommand: create, list, show, "
 			    "grant, revoke, limit, delete, add-key, rotate-secret, revoke-key or "

@@ -124,12 +124,15 @@ static void
 chain_next(const uint8_t prev[32], const char *body, size_t len, uint8_t out[32])
 {
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	uint8_t d[32];
 
-	memset(out, 0, 32);
+	/* out may be prev: hash first, then overwrite. */
+	memset(d, 0, sizeof(d));
 	if (c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
 	    EVP_DigestUpdate(c, prev, 32) == 1 && EVP_DigestUpdate(c, body, len) == 1)
-		EVP_DigestFinal_ex(c, out, NULL);
+		EVP_DigestFinal_ex(c, d, NULL);
 	EVP_MD_CTX_free(c);
+	memcpy(out, d, 32);
 }
 
 /* What a seal authenticates: the chain value before it and its number. */
@@ -517,23 +520,30 @@ int
 audit_tail(audit *a, size_t n, char ***lines, size_t *count)
 {
 	size_t want = n * LINE_MAX_BYTES, len;
+	struct stat st;
 	off_t size, from;
 	char *buf, *p, **out;
 	size_t k = 0;
 
-	pthread_mutex_lock(&a->mu);
-	size = a->size;
-	pthread_mutex_unlock(&a->mu);
+	/* The file as it is (someone may have cut it), not as last written. */
+	if (fstat(a->fd, &st) != 0)
+		return cf_error(CF_E_IO, "reading %s: %s", a->path, strerror(errno));
+	size = st.st_size;
 	from = size > (off_t)want ? size - (off_t)want : 0;
 	len = (size_t)(size - from);
 	if ((buf = malloc(len + 1)) == NULL || (out = calloc(n ? n : 1, sizeof(*out))) == NULL) {
 		free(buf);
 		return CF_E_NOMEM;
 	}
-	if (pread(a->fd, buf, len, from) != (ssize_t)len) {
-		free(buf);
-		free(out);
-		return cf_error(CF_E_IO, "reading %s: %s", a->path, strerror(errno));
+	{
+		ssize_t got = pread(a->fd, buf, len, from);
+
+		if (got < 0) {
+			free(buf);
+			free(out);
+			return cf_error(CF_E_IO, "reading %s: %s", a->path, strerror(errno));
+		}
+		len = (size_t)got;
 	}
 	buf[len] = '\0';
 	/* Back from the end: the last n complete lines. */

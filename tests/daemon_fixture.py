@@ -202,6 +202,7 @@ class CofferDaemon:
         self.log_path = os.path.join(self.dir, "cofferd.log")
         self.conf_path = os.path.join(self.dir, "cofferd.conf")
         self.args = list(args)
+        self.spawn_kw = {}       # extra subprocess.Popen arguments for start()
         self.proc = None
         self.starts = 0
         self._log_offset = 0
@@ -265,7 +266,7 @@ class CofferDaemon:
         if self.running:
             raise DaemonError("already running")
         self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
-        self.proc = self.spawn()
+        self.proc = self.spawn(**self.spawn_kw)
         self.starts += 1
         self.wait_ready(timeout)
         if self.identity is None:

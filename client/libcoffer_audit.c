@@ -1,0 +1,80 @@
+/*
+ * libcoffer_audit.c — the AdminService calls of the audit trail: its last
+ * records, and a check of its chain and seals.
+ */
+#include "libcoffer_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+
+#define AS "/coffer.v1.AdminService/"
+
+void
+coffer_audit_lines_free(char **lines, size_t n)
+{
+	for (size_t i = 0; lines != NULL && i < n; i++)
+		free(lines[i]);
+	free(lines);
+}
+
+int
+coffer_audit_tail(coffer_client *c, uint32_t count, char ***lines, size_t *n)
+{
+	Coffer__V1__TailAuditRequest req = COFFER__V1__TAIL_AUDIT_REQUEST__INIT;
+	Coffer__V1__TailAuditResponse *resp;
+	ProtobufCMessage *m = NULL;
+	char **out;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || lines == NULL || n == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	req.count = count;
+	if ((r = lc_rpc(c, AS "TailAudit", &req.base, &coffer__v1__tail_audit_response__descriptor,
+	    &m)) != CF_OK)
+		return r;
+	resp = (Coffer__V1__TailAuditResponse *)m;
+	if ((out = calloc(resp->n_records ? resp->n_records : 1, sizeof(*out))) == NULL) {
+		protobuf_c_message_free_unpacked(m, NULL);
+		return cf_error(CF_E_NOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < resp->n_records; i++)
+		if ((out[i] = strdup(resp->records[i])) == NULL) {
+			coffer_audit_lines_free(out, i);
+			protobuf_c_message_free_unpacked(m, NULL);
+			return cf_error(CF_E_NOMEM, "out of memory");
+		}
+	*lines = out;
+	*n = resp->n_records;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
+}
+
+int
+coffer_audit_verify(coffer_client *c, struct coffer_audit_report *rep)
+{
+	Coffer__V1__VerifyAuditRequest req = COFFER__V1__VERIFY_AUDIT_REQUEST__INIT;
+	Coffer__V1__VerifyAuditResponse *resp;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || rep == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	if ((r = lc_rpc(c, AS "VerifyAudit", &req.base,
+	    &coffer__v1__verify_audit_response__descriptor, &m)) != CF_OK)
+		return r;
+	resp = (Coffer__V1__VerifyAuditResponse *)m;
+	memset(rep, 0, sizeof(*rep));
+	rep->ok = resp->ok;
+	rep->records = resp->records;
+	rep->seals = resp->seals;
+	rep->first_bad = resp->first_bad;
+	snprintf(rep->reason, sizeof(rep->reason), "%s", resp->reason);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
+}
