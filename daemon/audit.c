@@ -178,10 +178,11 @@ write_all(int fd, const uint8_t *p, size_t len)
 
 /* ---- the writer ---- */
 
-/* Write a batch and its seal; the trail's end moves only if all of it is
- * written. Returns CF_OK or a status with a detail. */
+/* Write a batch (and a seal after it); the trail's end moves only if all
+ * of it is written. Returns CF_OK or a status with a detail. */
 static int
-write_batch(audit *a, const struct item *batch, uint64_t *seq, uint8_t chain[32], off_t *size)
+write_batch(audit *a, const struct item *batch, int seal, uint64_t *seq, uint8_t chain[32],
+	    off_t *size)
 {
 	cf_buf *buf = cf_buf_new(4096), *mac = cf_buf_new(64);
 	uint8_t c[32], in[40];
@@ -200,7 +201,7 @@ write_batch(audit *a, const struct item *batch, uint64_t *seq, uint8_t chain[32]
 	}
 	/* The seal: the token's MAC over the chain so far. */
 	seal_input(c, s + 1, in);
-	if (r == CF_OK && (r = cf_p11_mac(a->key, in, sizeof(in), mac)) == CF_OK) {
+	if (r == CF_OK && seal && (r = cf_p11_mac(a->key, in, sizeof(in), mac)) == CF_OK) {
 		now_iso(t);
 		hex(cf_buf_peek(mac), cf_buf_len(mac), mh);
 		snprintf(body, sizeof(body), "{\"seq\":%llu,\"time\":\"%s\",\"seal\":\"%s\"",
@@ -226,50 +227,87 @@ out:
 	return r;
 }
 
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void
+deadline_in(struct timespec *until, unsigned ms)
+{
+	clock_gettime(CLOCK_REALTIME, until);
+	until->tv_sec += ms / 1000;
+	until->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until->tv_nsec >= 1000000000L) {
+		until->tv_sec++;
+		until->tv_nsec -= 1000000000L;
+	}
+}
+
+/*
+ * Records are written as they come, in batches; a seal (one MAC in the
+ * token) follows once the writer has been idle for SEAL_IDLE_MS, and at least
+ * every SEAL_EVERY_MS under load, so its cost is spread over many records.
+ */
+#define SEAL_IDLE_MS 20
+#define SEAL_EVERY_MS 100
+
 static void *
 writer_main(void *arg)
 {
 	audit *a = arg;
+	uint64_t unsealed = 0, last_seal = mono_ms();
 
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		struct item *batch, *next;
+		struct item *batch = NULL, *next;
 		uint64_t n = 0, seq = a->seq;
 		uint8_t chain[32];
 		off_t size = a->size;
 		char lostrec[160], t[32];
 		struct item resume = { lostrec, NULL };
-		int r;
+		struct timespec until;
+		int r, seal;
 
-		if (a->head == NULL && !a->broken) {
+		if (a->head != NULL) {
+			batch = a->head;
+			a->head = NULL;
+			a->tail = &a->head;
+			seal = mono_ms() - last_seal >= SEAL_EVERY_MS;
+		} else if (unsealed > 0 && !a->broken) {
+			/* Idle: seal what was written, unless more comes first. */
+			deadline_in(&until, SEAL_IDLE_MS);
+			if (!a->stop && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0)
+				continue;
+			if (a->head != NULL)
+				continue;
+			seal = 1;
+		} else if (a->broken) {
+			/* Broken: try again every second with a record of what
+			 * was lost, so that a freed disk heals the trail. */
 			if (a->stop)
 				break;
-			pthread_cond_wait(&a->cv, &a->mu);
-			continue;
-		}
-		if (a->head == NULL) {
-			/* Broken and idle: try again every second with a record of
-			 * what was lost, so that a freed disk heals the trail. */
-			struct timespec until;
-
-			if (a->stop)
-				break;
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_sec += 1;
+			deadline_in(&until, 1000);
 			if (pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0)
 				continue;
 			now_iso(t);
 			snprintf(lostrec, sizeof(lostrec), "\"time\":\"%s\",\"event\":\"resumed\","
 				 "\"lost\":%llu", t, (unsigned long long)a->lost);
 			batch = &resume;
+			seal = 1;
 		} else {
-			batch = a->head;
-			a->head = NULL;
-			a->tail = &a->head;
+			if (a->stop)
+				break;
+			pthread_cond_wait(&a->cv, &a->mu);
+			continue;
 		}
 		memcpy(chain, a->chain, 32);
 		pthread_mutex_unlock(&a->mu);
-		r = write_batch(a, batch, &seq, chain, &size);
+		r = write_batch(a, batch, seal, &seq, chain, &size);
 		pthread_mutex_lock(&a->mu);
 		for (struct item *i = batch; i != NULL && i != &resume; i = next) {
 			next = i->next;
@@ -282,6 +320,12 @@ writer_main(void *arg)
 			a->seq = seq;
 			memcpy(a->chain, chain, 32);
 			a->size = size;
+			if (seal) {
+				unsealed = 0;
+				last_seal = mono_ms();
+			} else {
+				unsealed += n;
+			}
 			if (a->broken)
 				cf_log_warn("audit: the trail is written again (%llu records lost)",
 					    (unsigned long long)a->lost);
@@ -485,13 +529,7 @@ audit_record(audit *a, const struct audit_event *ev)
 	if (!a->cfg.fail_open) {
 		struct timespec until;
 
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += a->cfg.max_wait_ms / 1000;
-		until.tv_nsec += (long)(a->cfg.max_wait_ms % 1000) * 1000000L;
-		if (until.tv_nsec >= 1000000000L) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
+		deadline_in(&until, a->cfg.max_wait_ms);
 		while (a->done < ticket)
 			if (pthread_cond_timedwait(&a->cv, &a->mu, &until) != 0) {
 				if (!a->broken)

@@ -5,16 +5,17 @@
  * request id.
  *
  * Tamper evidence: record i carries chain_i = SHA-256(chain_{i-1} ‖ body_i)
- * (body: the line without its chain field), and every batch the writer
- * appends ends with a seal record whose body holds HMAC-SHA256 over the
- * chain value before it, computed inside the token with the audit key
+ * (body: the line without its chain field), and seal records (once the
+ * writer has been idle 20 ms, and at least every 100 ms under load) hold
+ * HMAC-SHA256 over the chain value before them, computed inside the token
+ * with the audit key
  * "coffer.audit" (generated there, never extractable). Changing or deleting
  * a record breaks the chain at the record itself; rewriting the chain from
  * there on needs the token's key for the next seal. audit_verify names the
  * first bad record.
  *
- * A writer thread appends records in batches (one write and one token MAC
- * per batch). Failure mode (config): fail closed — while the trail cannot
+ * A writer thread appends records in batches (one write per batch; the
+ * token MAC only for seals). Failure mode (config): fail closed — while the trail cannot
  * be written, calls are refused (and the health check says NOT_SERVING),
  * and each call waits up to max_wait_ms for its record; or fail open — calls
  * go on, with an alarm in the log every 10 s.
