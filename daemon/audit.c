@@ -35,12 +35,16 @@ struct audit {
 	int writer_started;
 
 	pthread_mutex_t mu;
-	pthread_cond_t cv;       /* work queued, batch written, or stop */
+	pthread_cond_t work;     /* records queued, or stop: wakes the writer */
+	pthread_cond_t written;  /* a batch was written (or lost): wakes waiting calls */
 	struct item *head, **tail;
 	uint64_t queued;         /* records handed to audit_record */
 	uint64_t done;           /* records the writer has finished with (written or lost) */
 	uint64_t lost;
 	int stop;
+	int writing;             /* a batch is being written (by a call or the writer) */
+	uint64_t unsealed;       /* records written since the last seal */
+	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
 	int broken;
 	char reason[200];
 	time_t last_alarm;
@@ -256,90 +260,113 @@ deadline_in(struct timespec *until, unsigned ms)
 #define SEAL_IDLE_MS 20
 #define SEAL_EVERY_MS 100
 
+/* Write `batch` (taken off the queue by the caller, mu held and writing
+ * set) with a seal if `seal`, outside the lock; then account for it. */
+static void
+write_locked(audit *a, struct item *batch, int seal, struct item *resume)
+{
+	struct item *next;
+	uint64_t n = 0, seq = a->seq;
+	uint8_t chain[32];
+	off_t size = a->size;
+	int r;
+
+	memcpy(chain, a->chain, 32);
+	pthread_mutex_unlock(&a->mu);
+	r = write_batch(a, batch, seal, &seq, chain, &size);
+	pthread_mutex_lock(&a->mu);
+	for (struct item *i = batch; i != NULL && i != resume; i = next) {
+		next = i->next;
+		free(i->rest);
+		free(i);
+		n++;
+	}
+	a->done += n;
+	a->writing = 0;
+	if (r == CF_OK) {
+		a->seq = seq;
+		memcpy(a->chain, chain, 32);
+		a->size = size;
+		if (seal) {
+			a->unsealed = 0;
+			a->last_seal = mono_ms();
+		} else {
+			a->unsealed += n;
+		}
+		if (a->broken)
+			cf_log_warn("audit: the trail is written again (%llu records lost)",
+				    (unsigned long long)a->lost);
+		a->broken = 0;
+		a->lost = 0;
+	} else {
+		a->lost += n;
+		if (!a->broken)
+			cf_log_error("audit: the trail cannot be written: %s", cf_error_detail());
+		a->broken = 1;
+		snprintf(a->reason, sizeof(a->reason), "%s", cf_error_detail());
+	}
+	pthread_cond_broadcast(&a->written);
+	/* The writer thread seals once things go quiet. */
+	pthread_cond_signal(&a->work);
+}
+
+/* Take the whole queue and write it (mu held, nobody writing). */
+static void
+write_queue_locked(audit *a)
+{
+	struct item *batch = a->head;
+
+	a->head = NULL;
+	a->tail = &a->head;
+	a->writing = 1;
+	write_locked(a, batch, mono_ms() - a->last_seal >= SEAL_EVERY_MS, NULL);
+}
+
+/* The writer thread: records that no waiting call writes itself (fail
+ * open), seals once idle, and retries a broken trail. */
 static void *
 writer_main(void *arg)
 {
 	audit *a = arg;
-	uint64_t unsealed = 0, last_seal = mono_ms();
 
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		struct item *batch = NULL, *next;
-		uint64_t n = 0, seq = a->seq;
-		uint8_t chain[32];
-		off_t size = a->size;
 		char lostrec[160], t[32];
 		struct item resume = { lostrec, NULL };
 		struct timespec until;
-		int r, seal;
 
-		if (a->head != NULL) {
-			batch = a->head;
-			a->head = NULL;
-			a->tail = &a->head;
-			seal = mono_ms() - last_seal >= SEAL_EVERY_MS;
-		} else if (unsealed > 0 && !a->broken) {
+		if (a->writing) {
+			pthread_cond_wait(&a->written, &a->mu);
+		} else if (a->head != NULL) {
+			write_queue_locked(a);
+		} else if (a->unsealed > 0 && !a->broken) {
 			/* Idle: seal what was written, unless more comes first. */
 			deadline_in(&until, SEAL_IDLE_MS);
-			if (!a->stop && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0)
+			if (!a->stop && pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
 				continue;
-			if (a->head != NULL)
+			if (a->head != NULL || a->writing)
 				continue;
-			seal = 1;
+			a->writing = 1;
+			write_locked(a, NULL, 1, NULL);
 		} else if (a->broken) {
 			/* Broken: try again every second with a record of what
 			 * was lost, so that a freed disk heals the trail. */
 			if (a->stop)
 				break;
 			deadline_in(&until, 1000);
-			if (pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0)
+			if (pthread_cond_timedwait(&a->work, &a->mu, &until) == 0 || a->writing ||
+			    a->head != NULL)
 				continue;
 			now_iso(t);
 			snprintf(lostrec, sizeof(lostrec), "\"time\":\"%s\",\"event\":\"resumed\","
 				 "\"lost\":%llu", t, (unsigned long long)a->lost);
-			batch = &resume;
-			seal = 1;
+			a->writing = 1;
+			write_locked(a, &resume, 1, &resume);
+		} else if (a->stop) {
+			break;
 		} else {
-			if (a->stop)
-				break;
-			pthread_cond_wait(&a->cv, &a->mu);
-			continue;
+			pthread_cond_wait(&a->work, &a->mu);
 		}
-		memcpy(chain, a->chain, 32);
-		pthread_mutex_unlock(&a->mu);
-		r = write_batch(a, batch, seal, &seq, chain, &size);
-		pthread_mutex_lock(&a->mu);
-		for (struct item *i = batch; i != NULL && i != &resume; i = next) {
-			next = i->next;
-			free(i->rest);
-			free(i);
-			n++;
-		}
-		a->done += n;
-		if (r == CF_OK) {
-			a->seq = seq;
-			memcpy(a->chain, chain, 32);
-			a->size = size;
-			if (seal) {
-				unsealed = 0;
-				last_seal = mono_ms();
-			} else {
-				unsealed += n;
-			}
-			if (a->broken)
-				cf_log_warn("audit: the trail is written again (%llu records lost)",
-					    (unsigned long long)a->lost);
-			a->broken = 0;
-			a->lost = 0;
-		} else {
-			a->lost += n;
-			if (!a->broken)
-				cf_log_error("audit: the trail cannot be written: %s",
-					     cf_error_detail());
-			a->broken = 1;
-			snprintf(a->reason, sizeof(a->reason), "%s", cf_error_detail());
-		}
-		pthread_cond_broadcast(&a->cv);
 	}
 	pthread_mutex_unlock(&a->mu);
 	return NULL;
@@ -405,8 +432,10 @@ audit_open(const char *state_dir, cf_p11 *p11, const struct audit_cfg *cfg, audi
 	a->cfg = *cfg;
 	a->fd = -1;
 	a->tail = &a->head;
+	a->last_seal = mono_ms();
 	pthread_mutex_init(&a->mu, NULL);
-	pthread_cond_init(&a->cv, NULL);
+	pthread_cond_init(&a->work, NULL);
+	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
 	if ((r = cf_p11_key_ensure(p11, AUDIT_KEY, 1, CF_KEY_HMAC_SHA256, &a->key, &created)) !=
 	    CF_OK)
@@ -440,7 +469,7 @@ audit_close(audit *a)
 	if (a->writer_started) {
 		pthread_mutex_lock(&a->mu);
 		a->stop = 1;
-		pthread_cond_broadcast(&a->cv);
+		pthread_cond_signal(&a->work);
 		pthread_mutex_unlock(&a->mu);
 		pthread_join(a->writer, NULL);
 	}
@@ -454,7 +483,8 @@ audit_close(audit *a)
 	if (a->fd >= 0)
 		close(a->fd);
 	cf_p11_key_free(a->key);
-	pthread_cond_destroy(&a->cv);
+	pthread_cond_destroy(&a->work);
+	pthread_cond_destroy(&a->written);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
 }
@@ -525,13 +555,20 @@ audit_record(audit *a, const struct audit_event *ev)
 	*a->tail = it;
 	a->tail = &it->next;
 	ticket = ++a->queued;
-	pthread_cond_broadcast(&a->cv);
-	if (!a->cfg.fail_open) {
+	if (a->cfg.fail_open) {
+		pthread_cond_signal(&a->work);
+	} else {
 		struct timespec until;
 
 		deadline_in(&until, a->cfg.max_wait_ms);
-		while (a->done < ticket)
-			if (pthread_cond_timedwait(&a->cv, &a->mu, &until) != 0) {
+		/* Group commit: the first caller to find nobody writing writes
+		 * every queued record, its own included; the others wait. */
+		while (a->done < ticket) {
+			if (!a->writing) {
+				write_queue_locked(a);
+				continue;
+			}
+			if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0) {
 				if (!a->broken)
 					cf_log_error("audit: a record waited more than %u ms",
 						     a->cfg.max_wait_ms);
@@ -540,6 +577,7 @@ audit_record(audit *a, const struct audit_event *ev)
 					 "%u ms to be written", a->cfg.max_wait_ms);
 				break;
 			}
+		}
 	}
 	pthread_mutex_unlock(&a->mu);
 }

@@ -14,8 +14,10 @@
  * there on needs the token's key for the next seal. audit_verify names the
  * first bad record.
  *
- * A writer thread appends records in batches (one write per batch; the
- * token MAC only for seals). Failure mode (config): fail closed — while the trail cannot
+ * Records are appended in batches (one write per batch; the token MAC only
+ * for seals): fail closed, a call whose record is queued writes the whole
+ * queue itself when nobody else is writing (group commit); a writer thread
+ * writes the records of fail-open calls, seals, and retries a broken trail. Failure mode (config): fail closed — while the trail cannot
  * be written, calls are refused (and the health check says NOT_SERVING),
  * and each call waits up to max_wait_ms for its record; or fail open — calls
  * go on, with an alarm in the log every 10 s.
