@@ -786,10 +786,10 @@ class LifecycleTests(CofferTestCase):
         reached the daemon completes with OK, and the daemon exits 0.
 
         The calls are all sent at once; SIGTERM goes out once one has finished
-        (the daemon is busy with them) and at least 50 ms after the last was
-        sent (so that each has reached the daemon: a call still on the client
-        side when the daemon shuts down is not "in flight" and may be
-        refused). If every call had already finished by then the attempt
+        (the daemon is busy with them) and at least 200 ms after the last was
+        sent (so that each has reached the daemon even on a loaded machine: a
+        call still on the client side when the daemon shuts down is not "in
+        flight" and may be refused). If every call had already finished by then the attempt
         proves nothing and is repeated."""
         n = 32
         d = self.new_daemon()
@@ -810,7 +810,7 @@ class LifecycleTests(CofferTestCase):
                 futs.append(f)
             issued = time.monotonic()
             self.assertTrue(first.wait(30), "no Sign call finished")
-            time.sleep(max(0.0, issued + 0.05 - time.monotonic()))
+            time.sleep(max(0.0, issued + 0.2 - time.monotonic()))
             d.send_signal(signal.SIGTERM)
             done_at_signal = sum(f.done() for f in futs)
             results = []
