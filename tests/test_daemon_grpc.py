@@ -785,13 +785,12 @@ class LifecycleTests(CofferTestCase):
         """SIGTERM while RSA-4096 Sign calls are being served: every call that
         reached the daemon completes with OK, and the daemon exits 0.
 
-        The calls are all sent at once; SIGTERM goes out once one has finished
-        (the daemon is busy with them) and at least 200 ms after the last was
-        sent (so that each has reached the daemon even on a loaded machine: a
-        call still on the client side when the daemon shuts down is not "in
-        flight" and may be refused). If every call had already finished by then the attempt
+        The calls are all sent at once, then a health check on the same
+        connection; SIGTERM goes out once that is answered (the daemon has
+        read every call: a call still on its way when the daemon shuts down
+        is not "in flight" and may be refused) and one call has finished. If every call had already finished by then the attempt
         proves nothing and is repeated."""
-        n = 32
+        n = 48   # under the daemon's 64 requested calls per method
         d = self.new_daemon()
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="rsa4k", type=pb.RSA_4096), timeout=60)
         _, pub = public_key(d.service_stub(), "rsa4k")
@@ -808,9 +807,11 @@ class LifecycleTests(CofferTestCase):
                                     timeout=60)
                 f.add_done_callback(lambda _f: first.set())
                 futs.append(f)
-            issued = time.monotonic()
+            # A health check sent after the calls on the same connection:
+            # its answer means the daemon has read every call before it.
+            S.health_pb_grpc.HealthStub(ch).Check(S.health_pb.HealthCheckRequest(),
+                                                  timeout=30)
             self.assertTrue(first.wait(30), "no Sign call finished")
-            time.sleep(max(0.0, issued + 0.2 - time.monotonic()))
             d.send_signal(signal.SIGTERM)
             done_at_signal = sum(f.done() for f in futs)
             results = []
