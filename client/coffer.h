@@ -579,6 +579,17 @@ COFFER_API int coffer_api_key_revoke(coffer_client *c, const char *id,
 COFFER_API int coffer_api_key_list(coffer_client *c, const char *principal,
     struct coffer_api_key **keys, size_t *n);
 
+/* ---- idempotency keys ----
+ * Every mutating admin call (key create/import/rotate, principal and API key
+ * changes) of c carries this key while it is set (NULL clears it): the daemon
+ * runs a request with a given key once and answers repeats with the first
+ * outcome (a secret it returned is not repeated); the same key with another
+ * request is refused (COFFER_E_PRECONDITION). While a key is set, libcoffer
+ * retries such a call on COFFER_E_UNAVAILABLE for up to 10 s (a daemon
+ * restart). Use one key per intended change. Not thread-safe against calls
+ * in flight. */
+COFFER_API int coffer_set_idempotency_key(coffer_client *c, const char *key);
+
 /* ---- the audit trail (AdminService, admin socket) ----
  * One JSON line per call in the daemon's state directory, chained and sealed
  * with a token-held key (see coffer.proto). */

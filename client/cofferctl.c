@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -53,6 +54,7 @@ struct ctl {
 	const char *admin_socket;
 	const char *identity;   /* PEM file of the daemon identity to pin */
 	const char *api_key;    /* credentials file: sign service-socket calls with it */
+	char idem_key[129];     /* this command's idempotency key (given or made) */
 	int json;
 	long timeout_ms;        /* -1 = library default */
 };
@@ -62,13 +64,13 @@ enum opt_id {
 	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
-	O_IMPORT, O_COUNT,
+	O_IMPORT, O_COUNT, O_IDEM,
 	O__COUNT
 };
 
 #define B(x) (1ull << (x))
 #define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | \
-    B(O_IDENTITY) | B(O_API_KEY))
+    B(O_IDENTITY) | B(O_API_KEY) | B(O_IDEM))
 #define OPT_BASE 0x100
 
 static const struct option all_options[O__COUNT] = {
@@ -104,6 +106,7 @@ static const struct option all_options[O__COUNT] = {
 	[O_OVERLAP] = { "overlap", required_argument, NULL, OPT_BASE + O_OVERLAP },
 	[O_IMPORT] = { "import", required_argument, NULL, OPT_BASE + O_IMPORT },
 	[O_COUNT] = { "count", required_argument, NULL, OPT_BASE + O_COUNT },
+	[O_IDEM] = { "idempotency-key", required_argument, NULL, OPT_BASE + O_IDEM },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -518,6 +521,13 @@ common_opt(struct ctl *ctl, int id, const char *arg)
 	case O_API_KEY:
 		ctl->api_key = arg;
 		return 1;
+	case O_IDEM:
+		if (strlen(arg) < 8 || strlen(arg) >= sizeof(ctl->idem_key) ||
+		    strspn(arg, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") !=
+		    strlen(arg))
+			return -2;
+		snprintf(ctl->idem_key, sizeof(ctl->idem_key), "%s", arg);
+		return 1;
 	case O_TIMEOUT:
 		if (parse_u32(arg, 0, TIMEOUT_MAX_MS, &v) != 0)
 			return -1;
@@ -588,6 +598,10 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 			continue;
 		if (c == -1) {
 			bad_value("--timeout", arg, "not a number of milliseconds (0 = none)");
+			goto out;
+		}
+		if (c == -2) {
+			bad_value("--idempotency-key", arg, "want 8..128 of A-Z a-z 0-9 . _ : -");
 			goto out;
 		}
 		switch (id) {
@@ -880,7 +894,10 @@ connect_to(const struct ctl *ctl, int admin, coffer_client **c)
 		return fail(r);
 	if (ctl->timeout_ms >= 0)
 		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
-	if ((ctl->identity != NULL && (r = coffer_pin_identity_file(*c, ctl->identity)) !=
+	/* One idempotency key per command: a change it makes happens once,
+	 * even when libcoffer retries it across a daemon restart. */
+	if ((admin && (r = coffer_set_idempotency_key(*c, ctl->idem_key)) != COFFER_OK) ||
+	    (ctl->identity != NULL && (r = coffer_pin_identity_file(*c, ctl->identity)) !=
 	    COFFER_OK) ||
 	    (!admin && ctl->api_key != NULL &&
 	    (r = coffer_set_api_key_file(*c, ctl->api_key)) != COFFER_OK)) {
@@ -2153,6 +2170,9 @@ usage(FILE *f)
 	    "                       identity`; default: $COFFER_IDENTITY). wrap,\n"
 	    "                       unwrap, datakey --plaintext-out and key import\n"
 	    "                       travel in a sealed session and need it\n"
+	    "  --idempotency-key K  the key of this command's change (default: a new\n"
+	    "                       random one): running a command again with the\n"
+	    "                       same K makes no second change\n"
 	    "  --api-key FILE       sign service-socket calls with this API key\n"
 	    "                       (from `principal add-key --out`; default:\n"
 	    "                       $COFFER_API_KEY_FILE)\n"
@@ -2234,6 +2254,17 @@ main(int argc, char **argv)
 	ctl.identity = env != NULL && *env != '\0' ? env : NULL;
 	env = getenv("COFFER_API_KEY_FILE");
 	ctl.api_key = env != NULL && *env != '\0' ? env : NULL;
+	{
+		uint8_t rnd[12];
+
+		if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+			errmsg(NULL, "cannot read random bytes for an idempotency key");
+			return EXIT_FAILED;
+		}
+		strcpy(ctl.idem_key, "ctl-");
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			snprintf(ctl.idem_key + 4 + 2 * i, 3, "%02x", rnd[i]);
+	}
 
 	memset(lo, 0, sizeof(lo));
 	for (int i = 0; i < O__COUNT; i++)
@@ -2253,6 +2284,9 @@ main(int argc, char **argv)
 		}
 		if ((c = common_opt(&ctl, id, optarg)) == -1)
 			return bad_value("--timeout", optarg, "not a number of milliseconds (0 = none)");
+		if (c == -2)
+			return bad_value("--idempotency-key", optarg,
+			    "want 8..128 of A-Z a-z 0-9 . _ : -");
 		if (c == 0)
 			return usage_error("unexpected option", argv[optind - 1]);
 	}

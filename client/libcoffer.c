@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/un.h>
 
 #include <grpc/byte_buffer.h>
@@ -110,6 +111,7 @@ struct coffer_client {
 	char *target;           /* "unix:PATH" */
 	struct lc_sessions *sessions;
 	struct lc_apikey *apikey;   /* signs every call, when set */
+	char idem_key[129];     /* sent with every call when set; see coffer_set_idempotency_key */
 	int unsealed;           /* benchmark baseline only: never seal */
 };
 
@@ -583,7 +585,8 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 	grpc_slice details = grpc_empty_slice(), payload = grpc_empty_slice(), s;
 	const char *errstr = NULL;
 	grpc_op ops[6];
-	grpc_metadata auth = { .value = grpc_empty_slice() };
+	grpc_metadata md[2] = { { .value = grpc_empty_slice() }, { .value = grpc_empty_slice() } };
+	size_t nmd = 0;
 	char authz[512];
 	grpc_event ev;
 	gpr_timespec deadline;
@@ -630,15 +633,18 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].data.send_initial_metadata.count = 0;
+	/* Counted copies: gRPC may keep header values (HPACK table) after
+	 * the call. */
 	if (c->apikey != NULL) {
-		auth.key = grpc_slice_from_static_string("authorization");
-		/* A counted copy: gRPC may keep header values (HPACK table)
-		 * after the call. */
-		auth.value = grpc_slice_from_copied_string(authz);
-		ops[0].data.send_initial_metadata.count = 1;
-		ops[0].data.send_initial_metadata.metadata = &auth;
+		md[nmd].key = grpc_slice_from_static_string("authorization");
+		md[nmd++].value = grpc_slice_from_copied_string(authz);
 	}
+	if (c->idem_key[0] != '\0') {
+		md[nmd].key = grpc_slice_from_static_string("idempotency-key");
+		md[nmd++].value = grpc_slice_from_copied_string(c->idem_key);
+	}
+	ops[0].data.send_initial_metadata.count = nmd;
+	ops[0].data.send_initial_metadata.metadata = md;
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send_bb;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -700,7 +706,8 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 		grpc_byte_buffer_destroy(send_bb);
 	grpc_metadata_array_destroy(&md_initial);
 	grpc_metadata_array_destroy(&md_trailing);
-	grpc_slice_unref(auth.value);
+	grpc_slice_unref(md[0].value);
+	grpc_slice_unref(md[1].value);
 	grpc_slice_unref(details);
 	if (errstr != NULL)
 		gpr_free((void *)errstr);
@@ -716,6 +723,9 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 	chan_unref(ch);
 	return r;
 }
+
+#define IDEM_RETRIES 40          /* with IDEM_RETRY_US: ride out 10 s of restart */
+#define IDEM_RETRY_US 250000
 
 /* Calls that carry secret plaintext travel sealed; with
  * COFFER_CONNECT_SEAL_ALL every KeyService call does. */
@@ -762,12 +772,28 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		slice_wipe_free(buf, len);
 		return cf_error(CF_E_INTERNAL, "cannot encode the request");
 	}
-	if (must_seal(c, method)) {
-		r = lc_sealed_call(c, c->sessions, method, buf, len, &resp, &rlen);
-		slice_wipe_free(buf, len);
-	} else {
-		r = lc_transport(c, method, buf, len, &resp, &rlen);
+	/* With an idempotency key an admin call is safe to repeat: ride out a
+	 * daemon restart. */
+	for (int attempt = 0;; attempt++) {
+		uint8_t *copy = malloc(len ? len : 1);
+
+		if (copy == NULL) {
+			slice_wipe_free(buf, len);
+			return cf_error(CF_E_NOMEM, "out of memory");
+		}
+		memcpy(copy, buf, len);
+		if (must_seal(c, method)) {
+			r = lc_sealed_call(c, c->sessions, method, copy, len, &resp, &rlen);
+			slice_wipe_free(copy, len);
+		} else {
+			r = lc_transport(c, method, copy, len, &resp, &rlen);
+		}
+		if (r != CF_E_UNAVAILABLE || c->idem_key[0] == '\0' ||
+		    strncmp(method, AS, strlen(AS)) != 0 || attempt == IDEM_RETRIES)
+			break;
+		usleep(IDEM_RETRY_US);
 	}
+	slice_wipe_free(buf, len);
 	if (r != CF_OK)
 		return r;
 	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_pbwipe_allocator : NULL, rlen, resp);
@@ -775,6 +801,27 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	if (msg == NULL)
 		return cf_error(CF_E_INTERNAL, "malformed response to %s", method);
 	*out = msg;
+	return CF_OK;
+}
+
+int
+coffer_set_idempotency_key(coffer_client *c, const char *key)
+{
+	size_t n;
+
+	cf_error_clear();
+	if (c == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client");
+	if (key == NULL) {
+		c->idem_key[0] = '\0';
+		return CF_OK;
+	}
+	n = strlen(key);
+	if (n < 8 || n >= sizeof(c->idem_key) || strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789._:-") != n)
+		return cf_error(CF_E_INVALID_ARG, "an idempotency key is 8..128 characters of "
+		    "A-Z a-z 0-9 . _ : -");
+	memcpy(c->idem_key, key, n + 1);
 	return CF_OK;
 }
 

@@ -140,6 +140,7 @@ main(int argc, char **argv)
 	policy *pol = NULL;
 	apikeys *ak = NULL;
 	audit *au = NULL;
+	idem *idm = NULL;
 	nonces *nn = NULL;
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
@@ -185,6 +186,7 @@ main(int argc, char **argv)
 	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
 	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
+	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK ||
 	    (r = nonces_open(cfg.state_dir, cfg.max_nonces, &nn)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
@@ -211,6 +213,7 @@ main(int argc, char **argv)
 	rc.pol = pol;
 	rc.ak = ak;
 	rc.au = au;
+	rc.idm = idm;
 	rc.nn = nn;
 	rc.window = cfg.request_window;
 	rc.workers = cfg.workers;
@@ -237,6 +240,7 @@ main(int argc, char **argv)
 		session_expire(sm);
 		nonces_expire(nn, (int64_t)time(NULL));
 		apikeys_expire(ak, (int64_t)time(NULL));
+		idem_expire(idm, (int64_t)time(NULL));
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	status = 0;
@@ -248,6 +252,7 @@ out:
 	audit_close(au);
 	policy_close(pol);
 	apikeys_close(ak);
+	idem_close(idm);
 	nonces_close(nn);
 	keyring_close(kr);
 	store_close(st);

@@ -44,6 +44,7 @@ config_defaults(struct cofferd_config *c)
 	c->max_nonces = 4000000;
 	c->audit.fail_open = 0;
 	c->audit.max_wait_ms = 2000;
+	c->idem_retention = 86400;
 }
 
 static int
@@ -231,6 +232,10 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		return set_socket(&c->admin, c->admin_path, name, value);
 	} else if (strcmp(section, "session") == 0) {
 		return set_session(c, name, value);
+	} else if (strcmp(section, "idempotency") == 0) {
+		if (strcmp(name, "retention") == 0)
+			return parse_uint(value, 60, 30 * 86400, 10, &c->idem_retention);
+		return cf_error(CF_E_CONFIG, "unknown setting %s in [idempotency]", name);
 	} else if (strcmp(section, "audit") == 0) {
 		if (strcmp(name, "failure") == 0) {
 			if (strcmp(value, "closed") != 0 && strcmp(value, "open") != 0)

@@ -35,6 +35,7 @@ struct cofferd_config {
 	unsigned max_nonces;         /* [requests] max_nonces */
 	unsigned require_api_key;    /* [requests] require_api_key */
 	struct audit_cfg audit;      /* [audit] failure, max_wait_ms */
+	unsigned idem_retention;     /* [idempotency] retention, seconds */
 };
 
 void config_defaults(struct cofferd_config *c);

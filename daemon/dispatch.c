@@ -45,8 +45,16 @@ struct method {
 	int never_sealed;       /* OpenSession, GetIdentity, Call */
 	int open;               /* no principal needed: Health, GetIdentity */
 	int health;             /* grpc.health.v1.Health: never refused, not audited */
+	int mutating;           /* takes an idempotency key */
 	enum policy_op op;      /* KeyService: the operation to grant (NONE: ListKeys) */
 	const char *key_field;  /* KeyService: the request field naming the key */
+};
+
+/* The AdminService calls that change something: they take an idempotency key. */
+static const char *const mutating[] = {
+	"CreateKey", "ImportKey", "RotateKey", "CreatePrincipal", "GrantPrincipal",
+	"RevokePrincipal", "SetRateLimit", "DeletePrincipal", "CreateApiKey",
+	"RotateApiKeySecret", "RevokeApiKey",
 };
 
 /* The operation each KeyService method needs granted, and where its key is. */
@@ -126,6 +134,9 @@ add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where
 		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
 		e->never_sealed = in_session && !e->sealed_only;
 		e->health = strcmp(svc->name, "grpc.health.v1.Health") == 0;
+		for (size_t k = 0; where == ON_ADMIN && k < sizeof(mutating) / sizeof(mutating[0]);
+		     k++)
+			e->mutating |= strcmp(mutating[k], md->name) == 0;
 		e->open = e->health || (in_session && strcmp(md->name, "GetIdentity") == 0);
 		for (size_t k = 0; where == ON_SERVICE && k < sizeof(key_ops) / sizeof(key_ops[0]);
 		     k++)
@@ -487,6 +498,79 @@ authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *
 	return r;
 }
 
+/* resp packed without the secret bytes it may carry (top-level "secret" or
+ * "plaintext" fields): what an idempotency record keeps. *out NULL if there
+ * were none to take out. */
+static int
+pack_without_secrets(ProtobufCMessage *resp, uint8_t **out, size_t *outlen)
+{
+	const ProtobufCMessageDescriptor *d = resp->descriptor;
+	ProtobufCBinaryData *b, saved[2];
+	size_t n = 0;
+	int r = CF_OK;
+
+	*out = NULL;
+	for (unsigned i = 0; i < d->n_fields && n < 2; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+
+		if (f->type != PROTOBUF_C_TYPE_BYTES || f->label == PROTOBUF_C_LABEL_REPEATED ||
+		    (strcmp(f->name, "secret") != 0 && strcmp(f->name, "plaintext") != 0))
+			continue;
+		b = (ProtobufCBinaryData *)(void *)((char *)resp + f->offset);
+		if (b->len == 0)
+			continue;
+		saved[n++] = *b;
+		b->len = 0;
+	}
+	if (n > 0)
+		r = pack(resp, out, outlen);
+	for (unsigned i = 0, k = 0; i < d->n_fields && k < n; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+
+		b = (ProtobufCBinaryData *)(void *)((char *)resp + f->offset);
+		if (f->type == PROTOBUF_C_TYPE_BYTES && f->label != PROTOBUF_C_LABEL_REPEATED &&
+		    b->data == saved[k].data && b->len == 0)
+			*b = saved[k++];
+	}
+	return r;
+}
+
+/* A mutating call with an idempotency key: once (idempotency.h). */
+static int
+run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
+	 const ProtobufCMessage *req, ProtobufCMessage **resp, uint8_t **out, size_t *outlen)
+{
+	struct store_idem first;
+	uint8_t *kept = NULL;
+	size_t keptlen = 0;
+	char msg[CF_ERROR_DETAIL_MAX];
+	struct hctx h2 = *h;
+	int replay, r;
+
+	if ((r = idem_begin(h->idm, h->idem_key, h->uid, m->path, in, inlen, &first, &replay,
+			    &h2.resumed)) != CF_OK)
+		return r;
+	if (replay) {
+		if (first.status != CF_OK) {
+			free(first.response);
+			return cf_error(first.status, "%s", first.message);
+		}
+		*out = first.response != NULL ? first.response : malloc(1);
+		*outlen = first.response_len;
+		return *out != NULL ? CF_OK : CF_E_NOMEM;
+	}
+	r = m->fn(&h2, req, resp);
+	if (r == CF_OK)
+		r = pack(*resp, out, outlen);
+	if (r == CF_OK)
+		r = pack_without_secrets(*resp, &kept, &keptlen);
+	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_detail());
+	idem_finish(h->idm, h->idem_key, h->uid, m->path, in, inlen, r, msg,
+		    kept != NULL ? kept : *out, kept != NULL ? keptlen : *outlen);
+	wipe_free(kept, keptlen);
+	return r == CF_OK ? CF_OK : cf_error(r, "%s", msg);
+}
+
 static int
 run_call(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
 	 size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms, struct note *n)
@@ -501,6 +585,9 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 				h->admin ? "admin" : "service");
 	if (m->sealed_only && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "%s is only valid inside a session", m->path);
+	if (h->idem_bad)
+		return cf_error(CF_E_INVALID_ARG, "idempotency-key must be %d..%d characters of "
+				"A-Z a-z 0-9 . _ : -", IDEM_KEY_MIN, STORE_IDEM_KEY_MAX);
 	if (d->cfg.require_sealed && m->where == ON_SERVICE && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
 				"be sealed in a session (session.require_sealed)");
@@ -513,13 +600,18 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
-	if ((r = authorize(m, &h2, req, who, retry_after_ms)) == CF_OK)
+	if ((r = authorize(m, &h2, req, who, retry_after_ms)) != CF_OK) {
+		/* refused */
+	} else if (m->mutating && h->idm != NULL && h->idem_key[0] != '\0') {
+		r = run_once(m, &h2, in, inlen, req, &resp, out, outlen);
+	} else {
 		r = m->fn != NULL ? m->fn(&h2, req, &resp)
 				  : sealed_call(d, &h2, (const Coffer__V1__SealedCall *)(const void *)
 						req, &resp, &n->inner_ran);
+		if (r == CF_OK)
+			r = pack(resp, out, outlen);
+	}
 	note_call(m, req, r == CF_OK ? resp : NULL, n);
-	if (r == CF_OK)
-		r = pack(resp, out, outlen);
 	protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
 	if (resp != NULL)
 		protobuf_c_message_free_unpacked(resp, &cf_pbwipe_allocator);

@@ -851,7 +851,7 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 			   &ops)) != CF_OK)
 		return r;
 	return key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
-					   req->exportable, ops, &info), &info, resp);
+					   req->exportable, ops, c->resumed, &info), &info, resp);
 }
 
 static int
@@ -888,7 +888,7 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	memset(&info, 0, sizeof(info));
 	if ((r = check_name(req->name)) != CF_OK)
 		return r;
-	return key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
+	return key_response(keyring_rotate(c->kr, req->name, c->resumed, &info), &info, resp);
 }
 
 /* ---- principals (AdminService) ---- */

@@ -14,6 +14,7 @@
 
 #include "apikeys.h"
 #include "audit.h"
+#include "idempotency.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
@@ -30,6 +31,7 @@ struct hctx {
 	policy *pol;
 	apikeys *ak;            /* principals' API keys */
 	audit *au;              /* the audit trail */
+	idem *idm;              /* idempotency records of mutating calls */
 	nonces *nn;             /* replay record of signed requests */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
 	const char *principal;  /* service socket: the caller's principal, else NULL */
@@ -46,6 +48,9 @@ struct hctx {
 	unsigned authz_n;       /* authorization entries the call carried */
 	int authenticated;      /* an enclosing call (SessionService/Call) was authenticated */
 	char request_id[AUDIT_REQUEST_ID_MAX + 1];
+	char idem_key[STORE_IDEM_KEY_MAX + 1];   /* "idempotency-key" metadata, or "" */
+	int idem_bad;           /* that metadata was malformed */
+	int resumed;            /* this call retries one that never finished: adopt its objects */
 };
 
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,

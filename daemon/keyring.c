@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cf_log.h"
 #include "cf_status.h"
 
 struct kr_version {
@@ -288,9 +289,34 @@ now_unix(void)
 	return (int64_t)time(NULL);
 }
 
+/* A new version in the token. adopt: the call resumes one that died after
+ * making this very version and before recording it (an idempotency record
+ * says so), so an unrecorded object there is taken over instead of making
+ * a second one; otherwise such an object is a conflict (CF_E_EXISTS). */
+static int
+generate_or_adopt(keyring *kr, const char *name, uint32_t version, enum cf_key_type type,
+		  unsigned flags, int adopt, cf_p11_key **h)
+{
+	int r = cf_p11_key_generate(kr->p11, name, version, type, flags, h);
+
+	if (r != CF_E_EXISTS || !adopt)
+		return r;
+	if ((r = cf_p11_key_open(kr->p11, name, version, h)) != CF_OK)
+		return r;
+	if (cf_p11_key_type(*h) != type) {
+		cf_p11_key_free(*h);
+		*h = NULL;
+		return cf_error(CF_E_EXISTS, "the token holds an unrecorded %s version %u of another "
+				"type; remove it or use another name", name, version);
+	}
+	cf_log_warn("keyring: adopted %s version %u, left in the token by a call that did not "
+		    "finish", name, version);
+	return CF_OK;
+}
+
 static int
 kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	uint32_t allowed_ops, const cf_secret *material, struct key_info *out)
+	uint32_t allowed_ops, const cf_secret *material, int adopt, struct key_info *out)
 {
 	struct store_version meta = { 1, STORE_ENABLED, now_unix() };
 	unsigned flags = exportable ? CF_P11_EXPORTABLE : 0;
@@ -316,7 +342,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		goto out;
 	}
 	r = material ? cf_p11_key_import(kr->p11, name, 1, type, material, flags, &h) :
-		       cf_p11_key_generate(kr->p11, name, 1, type, flags, &h);
+		       generate_or_adopt(kr, name, 1, type, flags, adopt, &h);
 	if (r != CF_OK)
 		goto out;
 	if ((r = store_key_create(kr->st, name, type, exportable, allowed_ops, meta.created)) !=
@@ -354,9 +380,9 @@ out:
 
 int
 keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	       uint32_t allowed_ops, struct key_info *out)
+	       uint32_t allowed_ops, int adopt, struct key_info *out)
 {
-	return kr_make(kr, name, type, exportable, allowed_ops, NULL, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, NULL, adopt, out);
 }
 
 int
@@ -366,7 +392,7 @@ keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 {
 	if (cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be imported");
-	return kr_make(kr, name, type, exportable, allowed_ops, material, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, material, 0, out);
 }
 
 int
@@ -384,7 +410,7 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 }
 
 int
-keyring_rotate(keyring *kr, const char *name, struct key_info *out)
+keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
 {
 	struct store_version meta = { 0, STORE_ENABLED, now_unix() };
 	struct kr_key *k;
@@ -410,10 +436,9 @@ keyring_rotate(keyring *kr, const char *name, struct key_info *out)
 		r = cf_error(CF_E_EXHAUSTED, "key %s has reached the version limit", name);
 		goto out;
 	}
-	if (k->exportable && !cf_key_type_is_asymmetric(k->type))
-		r = cf_p11_key_generate(kr->p11, name, meta.version, k->type, CF_P11_EXPORTABLE, &h);
-	else
-		r = cf_p11_key_generate(kr->p11, name, meta.version, k->type, 0, &h);
+	r = generate_or_adopt(kr, name, meta.version, k->type,
+			      k->exportable && !cf_key_type_is_asymmetric(k->type) ?
+			      CF_P11_EXPORTABLE : 0, adopt, &h);
 	if (r != CF_OK)
 		goto out;
 	if ((r = store_version_add(kr->st, name, meta.version, meta.created)) != CF_OK) {

@@ -50,16 +50,19 @@ void keyring_close(keyring *kr);
 
 /* New key with version 1, generated in the token (or imported). allowed_ops
  * (0: every operation of its purpose) is the key's own limit, which no grant
- * can exceed; the caller checks it fits the purpose. */
+ * can exceed; the caller checks it fits the purpose. adopt (create and
+ * rotate): the call resumes one that died after making the token object
+ * and before recording it (idempotency.h); an unrecorded object of that
+ * name, version and type is taken over instead of refused. */
 int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-		   uint32_t allowed_ops, struct key_info *out);
+		   uint32_t allowed_ops, int adopt, struct key_info *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 		   const cf_secret *material, int exportable, uint32_t allowed_ops,
 		   struct key_info *out);
 /* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
 int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
 /* New version, made primary. */
-int keyring_rotate(keyring *kr, const char *name, struct key_info *out);
+int keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out);
 
 int keyring_describe(keyring *kr, const char *name, struct key_info *out);
 /* Names after `after` ("" = from the start), in order, at most `max`. */

@@ -185,7 +185,7 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 {
 	rpc_server *s = c->s;
 	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .ak = s->cfg.ak,
-			  .au = s->cfg.au,
+			  .au = s->cfg.au, .idm = s->cfg.idm,
 			  .nn = s->cfg.nn, .window = s->cfg.window,
 			  .unsealed_secrets = s->cfg.unsealed_secrets,
 			  .require_api_key = s->cfg.require_api_key };
@@ -213,6 +213,15 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 			h.authz_len = GRPC_SLICE_LENGTH(md->value);
 		} else if (grpc_slice_str_cmp(md->key, "x-request-id") == 0) {
 			request_id_from(h.request_id, md->value);
+		} else if (grpc_slice_str_cmp(md->key, "idempotency-key") == 0) {
+			size_t n = GRPC_SLICE_LENGTH(md->value);
+
+			h.idem_bad = n > STORE_IDEM_KEY_MAX;
+			if (!h.idem_bad) {
+				memcpy(h.idem_key, GRPC_SLICE_START_PTR(md->value), n);
+				h.idem_key[n] = '\0';
+				h.idem_bad = idem_key_check(h.idem_key) != CF_OK;
+			}
 		}
 	}
 	if (h.request_id[0] == '\0')

@@ -15,6 +15,7 @@
 
 #include "apikeys.h"
 #include "audit.h"
+#include "idempotency.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
@@ -26,6 +27,7 @@ struct rpc_cfg {
 	policy *pol;
 	apikeys *ak;                 /* principals' API keys */
 	audit *au;                   /* the audit trail */
+	idem *idm;                   /* idempotency records */
 	nonces *nn;                  /* replay record of signed requests and calls */
 	unsigned window;             /* seconds a signed request may be off */
 	unsigned workers;            /* completion-queue threads; handlers run on them */

@@ -51,6 +51,15 @@ static const char *const schema_v4 =
 	" generation INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL,"
 	" PRIMARY KEY (id, generation));";
 
+/* Version 5: idempotency records of mutating calls. */
+static const char *const schema_v5 =
+	"CREATE TABLE IF NOT EXISTS idempotency ("
+	" key TEXT NOT NULL, uid INTEGER NOT NULL, method TEXT NOT NULL,"
+	" fingerprint BLOB NOT NULL, done INTEGER NOT NULL, status INTEGER NOT NULL,"
+	" message TEXT NOT NULL, response BLOB, created INTEGER NOT NULL,"
+	" PRIMARY KEY (key, uid));"
+	"CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);";
+
 static int
 db_err(store *s, const char *what)
 {
@@ -94,7 +103,7 @@ store_open(const char *dir, store **out)
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
 		goto out;
 	if ((r = exec(s, schema_v1)) != CF_OK || (r = exec(s, schema_v2)) != CF_OK ||
-	    (r = exec(s, schema_v4)) != CF_OK)
+	    (r = exec(s, schema_v4)) != CF_OK || (r = exec(s, schema_v5)) != CF_OK)
 		goto rollback;
 	if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &st,
 			       NULL) != SQLITE_OK) {
@@ -584,4 +593,108 @@ int
 store_apikey_put(store *s, const struct store_apikey *k, int create)
 {
 	return txn(s, create ? apikey_create_body : apikey_update_body, k);
+}
+
+/* ---- idempotency records ---- */
+
+int
+store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out)
+{
+	sqlite3_stmt *st = NULL;
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT method, fingerprint, done, status, message, "
+			       "response, created FROM idempotency WHERE key = ? AND uid = ?", -1,
+			       &st, NULL) != SQLITE_OK) {
+		r = db_err(s, "reading an idempotency record");
+		goto out;
+	}
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, uid);
+	if ((rc = sqlite3_step(st)) == SQLITE_DONE) {
+		r = CF_E_NOT_FOUND;
+		goto out;
+	}
+	if (rc != SQLITE_ROW || sqlite3_column_bytes(st, 1) != 32) {
+		r = db_err(s, "reading an idempotency record");
+		goto out;
+	}
+	memset(out, 0, sizeof(*out));
+	snprintf(out->key, sizeof(out->key), "%s", key);
+	out->uid = uid;
+	snprintf(out->method, sizeof(out->method), "%s",
+		 (const char *)sqlite3_column_text(st, 0) ?: "");
+	memcpy(out->fingerprint, sqlite3_column_blob(st, 1), 32);
+	out->done = sqlite3_column_int(st, 2);
+	out->status = sqlite3_column_int(st, 3);
+	snprintf(out->message, sizeof(out->message), "%s",
+		 (const char *)sqlite3_column_text(st, 4) ?: "");
+	out->response_len = (size_t)sqlite3_column_bytes(st, 5);
+	if (out->response_len > 0) {
+		if ((out->response = malloc(out->response_len)) == NULL) {
+			r = CF_E_NOMEM;
+			goto out;
+		}
+		memcpy(out->response, sqlite3_column_blob(st, 5), out->response_len);
+	}
+	out->created = sqlite3_column_int64(st, 6);
+out:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_idem_put(store *s, const struct store_idem *r)
+{
+	sqlite3_stmt *st = NULL;
+	int ret = CF_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO idempotency VALUES "
+			       "(?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK) {
+		ret = db_err(s, "recording an idempotency key");
+		goto out;
+	}
+	sqlite3_bind_text(st, 1, r->key, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, r->uid);
+	sqlite3_bind_text(st, 3, r->method, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 4, r->fingerprint, 32, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 5, r->done);
+	sqlite3_bind_int(st, 6, r->status);
+	sqlite3_bind_text(st, 7, r->message, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 8, r->response ? (const void *)r->response : (const void *)"",
+			  (int)r->response_len, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 9, r->created);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		ret = db_err(s, "recording an idempotency key");
+out:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+int
+store_idem_delete(store *s, const char *key, uint32_t uid)
+{
+	int r;
+
+	pthread_mutex_lock(&s->mu);
+	r = run(s, "DELETE FROM idempotency WHERE key = ? AND uid = ?", "ti", key, (int64_t)uid) ==
+		    SQLITE_OK ? CF_OK : db_err(s, "deleting an idempotency record");
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_idem_expire(store *s, int64_t before)
+{
+	int r;
+
+	pthread_mutex_lock(&s->mu);
+	r = run(s, "DELETE FROM idempotency WHERE done = 1 AND created < ?", "i", before) ==
+		    SQLITE_OK ? CF_OK : db_err(s, "expiring idempotency records");
+	pthread_mutex_unlock(&s->mu);
+	return r;
 }

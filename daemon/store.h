@@ -13,7 +13,8 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 4   /* 2: principals; 3: keys' allowed operations; 4: API keys */
+#define STORE_SCHEMA_VERSION 5   /* 2: principals; 3: keys' allowed operations; 4: API keys;
+                                    5: idempotency records */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -107,6 +108,29 @@ int store_principals_load(store *s, int (*cb)(const struct store_principal *p, v
 int store_principal_put(store *s, const struct store_principal *p, int create);
 /* CF_E_NOT_FOUND if there is no such principal. */
 int store_principal_delete(store *s, const char *name);
+
+/* An idempotency record: a mutating call's key, caller and request, and
+ * (once done) its outcome. */
+#define STORE_IDEM_KEY_MAX 128
+struct store_idem {
+	char key[STORE_IDEM_KEY_MAX + 1];
+	uint32_t uid;
+	char method[128];
+	uint8_t fingerprint[32];      /* SHA-256 of method ‖ 0 ‖ request bytes */
+	int done;                     /* 0: the call started and has not finished */
+	int status;                   /* Coffer status of the outcome */
+	char message[256];
+	uint8_t *response;            /* packed response (owned by whoever filled it) */
+	size_t response_len;
+	int64_t created;
+};
+/* CF_E_NOT_FOUND if there is none. */
+int store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out);
+/* Insert or replace. */
+int store_idem_put(store *s, const struct store_idem *r);
+int store_idem_delete(store *s, const char *key, uint32_t uid);
+/* Drop finished records created before `before`. */
+int store_idem_expire(store *s, int64_t before);
 
 /* Call cb for every API key, revoked ones too (borrowed for the callback). */
 int store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *arg), void *arg);

@@ -465,10 +465,12 @@ class Session:
         self.s2c_bytes += len(plain)
         return result
 
-    def call(self, method, request, timeout=10.0):
+    def call(self, method, request, timeout=10.0, metadata=None):
         """One sealed call: returns (code, message, response bytes) of the
         inner call. An outer gRPC error is raised as grpc.RpcError, a bad
-        reply as SessionError; after either the session is unusable."""
+        reply as SessionError; after either the session is unusable.
+        metadata: extra gRPC metadata for the envelope (e.g. an
+        idempotency key)."""
         if not self.usable:
             raise SessionError("unusable", "session has ended or failed")
         seq = self.next_seq
@@ -476,7 +478,7 @@ class Session:
         self.next_seq += 1          # this sequence number is spent whatever happens
         self.c2s_bytes += len(request)
         try:
-            reply = self.stub.Call(sealed, timeout=timeout)
+            reply = self.stub.Call(sealed, timeout=timeout, metadata=metadata)
             result = self.open_reply(reply, seq, method)
         except BaseException:
             self._end()

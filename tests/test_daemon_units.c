@@ -382,9 +382,9 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 0);
-	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	keyring_close(kr);
 	kr = NULL;
@@ -403,8 +403,32 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, &k, &v), CF_E_PRECONDITION);
 	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, &k, &v), CF_E_NOT_FOUND);
 	/* a create that collides with the stray token object fails and records nothing */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, &info), CF_E_EXISTS);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "stray", &info), CF_E_NOT_FOUND);
+	/* A resumed call (its idempotency record was left pending by a crash
+	 * after the token object was made): the object is adopted, once. */
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 1, &info), CF_OK);
+	CU_ASSERT(info.nversions == 1 && info.primary == 1);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "kept", 2, CF_KEY_EC_P256, 0, &stray), CF_OK);
+	cf_p11_key_free(stray);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "kept", 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "kept", 1, &info), CF_OK);
+	CU_ASSERT(info.nversions == 2 && info.primary == 2);
+	keyring_info_free(&info);
+	/* Only an object of the key's own type is adopted. */
+	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "kept", 3, CF_KEY_ED25519, 0, &stray), CF_OK);
+	cf_p11_key_free(stray);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "kept", 1, &info), CF_E_EXISTS);
+	keyring_close(kr);
+	/* Nothing adopted is reported as unclaimed at the next start (the
+	 * wrong-type version 3 is). */
+	mismatches = 0;
+	nreports = 0;
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL(mismatches, 2);
+	CU_ASSERT(reported("token object kept version 3 has no registry record"));
+	CU_ASSERT(!reported("stray version 1 has no"));
 	keyring_close(kr);
 	store_close(st);
 }
@@ -431,7 +455,7 @@ test_handlers_direct(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, &h.kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	sreq.key = "direct";
 	sreq.message.data = (uint8_t *)"m";
