@@ -1669,14 +1669,30 @@ put_api_key_text(const struct coffer_api_key *k)
 /* principal add-key / rotate-secret: show the key and, once, the secret. */
 static int
 put_new_secret(const struct ctl *ctl, const struct opts *o, const struct coffer_api_key *k,
-    const struct coffer_bytes *secret)
+    const struct coffer_bytes *secret, const struct coffer_bytes *imported)
 {
+	const struct coffer_bytes *file = secret->len > 0 ? secret : imported;
 	int r;
 
-	if (secret->len > 0 && o->out != NULL &&
-	    (r = coffer_write_api_key_file(o->out, k->id, secret->data, secret->len)) !=
-	    COFFER_OK)
-		return fail(r);
+	if (secret->len == 0 && imported->len == 0) {
+		/* A repeat answered from the idempotency record: no secret. */
+		errmsg(NULL, "the daemon answered a repeat of this request (same idempotency "
+		    "key): its secret was shown the first time only");
+		return EXIT_FAILED;
+	}
+	if (o->out != NULL &&
+	    (r = coffer_write_api_key_file(o->out, k->id, file->data, file->len)) != COFFER_OK) {
+		/* Never lose a secret that exists nowhere else: show it. */
+		errmsg(NULL, coffer_error_message());
+		if (secret->len > 0) {
+			fprintf(stderr, "cofferctl: the secret of %s, shown only now:\n", k->id);
+			for (size_t i = 0; i < secret->len; i++)
+				printf("%02x", secret->data[i]);
+			fputc('\n', stdout);
+			flush_stdout();
+		}
+		return EXIT_FAILED;
+	}
 	if (ctl->json) {
 		fputs("{\"key\":", stdout);
 		put_api_key_json(stdout, k);
@@ -1697,7 +1713,7 @@ put_new_secret(const struct ctl *ctl, const struct opts *o, const struct coffer_
 		fputc('\n', stdout);
 		fprintf(stderr, "cofferctl: the secret is shown only this once: keep it now "
 		    "(--out FILE writes a credentials file for --api-key)\n");
-	} else if (secret->len > 0) {
+	} else if (o->out != NULL) {
 		printf("credentials written to %s (mode 0600; use it with --api-key %s)\n", o->out,
 		    o->out);
 	}
@@ -1712,6 +1728,14 @@ cmd_api_key_new(struct ctl *ctl, const struct opts *o, int rotate)
 	coffer_client *c = NULL;
 	int r, rc;
 
+	struct stat st;
+
+	/* Checked before the daemon makes a secret that could not be saved. */
+	if (o->out != NULL && lstat(o->out, &st) == 0) {
+		fprintf(stderr, "cofferctl: %s exists; a credentials file is never replaced: choose "
+		    "another name\n", o->out);
+		return EXIT_INVALID;
+	}
 	if (o->import != NULL && (rc = read_input(o->import, 64, &imp)) != EXIT_OK)
 		return rc;
 	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
@@ -1719,7 +1743,7 @@ cmd_api_key_new(struct ctl *ctl, const struct opts *o, int rotate)
 	r = rotate ? coffer_api_key_rotate(c, o->args[0], o->overlap, imp.data, imp.len, &k,
 			 &secret)
 		   : coffer_api_key_create(c, o->args[0], imp.data, imp.len, &k, &secret);
-	rc = r != COFFER_OK ? fail(r) : put_new_secret(ctl, o, &k, &secret);
+	rc = r != COFFER_OK ? fail(r) : put_new_secret(ctl, o, &k, &secret, &imp);
 out:
 	coffer_bytes_free(&imp);
 	coffer_bytes_free(&secret);

@@ -35,10 +35,12 @@ object_name(const char *id, char out[CF_KEY_NAME_MAX + 1])
 	snprintf(out, CF_KEY_NAME_MAX + 1, "%s%s", APIKEYS_OBJECT_PREFIX, id);
 }
 
+/* Not revoked: its principal must sign, even if no secret of it could be
+ * opened (then its calls fail closed). */
 static int
 live(const struct entry *e)
 {
-	return e->rec.revoked == 0 && e->rec.nsecrets > 0;
+	return e->rec.revoked == 0;
 }
 
 static int
@@ -70,12 +72,11 @@ find(apikeys *a, const char *id)
 
 /* Rebuild the sorted list of principals that must sign (write lock held). */
 static int
-index_signers(apikeys *a)
+index_signers(apikeys *a, char (*s)[STORE_PRINCIPAL_NAME_MAX + 1])
 {
-	char (*s)[STORE_PRINCIPAL_NAME_MAX + 1] = calloc(a->n ? a->n : 1, sizeof(*s));
 	size_t n = 0;
 
-	if (s == NULL)
+	if (s == NULL && (s = calloc(a->n ? a->n : 1, sizeof(*s))) == NULL)
 		return CF_E_NOMEM;
 	for (size_t i = 0; i < a->n; i++)
 		if (live(a->e[i]))
@@ -87,9 +88,9 @@ index_signers(apikeys *a)
 	return CF_OK;
 }
 
-/* Add e to the table (write lock held). */
+/* Room for one more entry (write lock held). */
 static int
-insert(apikeys *a, struct entry *e)
+reserve(apikeys *a)
 {
 	if (a->n == a->cap) {
 		size_t cap = a->cap ? 2 * a->cap : 16;
@@ -100,6 +101,17 @@ insert(apikeys *a, struct entry *e)
 		a->e = ne;
 		a->cap = cap;
 	}
+	return CF_OK;
+}
+
+/* Add e to the table (write lock held). */
+static int
+insert(apikeys *a, struct entry *e)
+{
+	int r;
+
+	if ((r = reserve(a)) != CF_OK)
+		return r;
 	a->e[a->n++] = e;
 	qsort(a->e, a->n, sizeof(*a->e), entry_cmp);
 	return CF_OK;
@@ -208,10 +220,19 @@ apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 	a->p11 = p11;
 	a->st = st;
 	pthread_mutex_init(&a->admin, NULL);
-	pthread_rwlock_init(&a->lk, NULL);
+	{
+		pthread_rwlockattr_t at;
+
+		/* Signed calls hold the read lock through a token MAC each: let a
+		 * change (and the sweep) in instead of waiting for a lull. */
+		pthread_rwlockattr_init(&at);
+		pthread_rwlockattr_setkind_np(&at, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&a->lk, &at);
+		pthread_rwlockattr_destroy(&at);
+	}
 	if ((r = store_apikeys_load(st, load_one, &c)) != CF_OK ||
 	    (r = cf_p11_key_list(p11, reconcile_one, &c)) != CF_OK ||
-	    (r = index_signers(a)) != CF_OK) {
+	    (r = index_signers(a, NULL)) != CF_OK) {
 		apikeys_close(a);
 		return r;
 	}
@@ -274,21 +295,25 @@ static int
 publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key *const *k,
 	cf_p11_key **gone, size_t *ngone)
 {
+	char (*signers)[STORE_PRINCIPAL_NAME_MAX + 1] = NULL;
 	struct entry *ne = NULL;
-	int r = CF_OK;
 
 	*ngone = 0;
 	if (e == NULL && (ne = calloc(1, sizeof(*ne))) == NULL)
 		return CF_E_NOMEM;
 	pthread_rwlock_wrlock(&a->lk);
+	/* Everything that can fail comes first: once the table changes, it
+	 * changes whole (the callers free what it no longer holds). */
+	if ((ne != NULL && reserve(a) != CF_OK) ||
+	    (signers = calloc(a->n + 1, sizeof(*signers))) == NULL) {
+		pthread_rwlock_unlock(&a->lk);
+		free(ne);
+		return CF_E_NOMEM;
+	}
 	if (e == NULL) {
 		e = ne;
 		e->rec = *rec;   /* inserted by id */
-		if ((r = insert(a, e)) != CF_OK) {
-			pthread_rwlock_unlock(&a->lk);
-			free(ne);
-			return r;
-		}
+		(void)insert(a, e);
 	}
 	for (uint32_t i = 0; i < e->rec.nsecrets; i++) {
 		int kept = 0;
@@ -302,9 +327,9 @@ publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key 
 	memset(e->k, 0, sizeof(e->k));
 	for (uint32_t i = 0; i < rec->nsecrets; i++)
 		e->k[i] = k[i];
-	r = index_signers(a);
+	(void)index_signers(a, signers);
 	pthread_rwlock_unlock(&a->lk);
-	return r;
+	return CF_OK;
 }
 
 static int

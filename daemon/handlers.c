@@ -1070,10 +1070,10 @@ h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMes
 	Coffer__V1__DeletePrincipalResponse *out;
 	int r;
 
-	/* Its API keys go first: a principal's secrets must not outlive it. */
-	if ((r = policy_get(c->pol, req->name, NULL)) != CF_OK ||
-	    (c->ak != NULL && (r = apikeys_revoke_principal(c->ak, req->name, time(NULL))) != CF_OK) ||
-	    (r = policy_delete(c->pol, req->name)) != CF_OK)
+	/* The principal first (its uids are refused from then on, signed or
+	 * not), then its API keys: its secrets must not outlive it. */
+	if ((r = policy_delete(c->pol, req->name)) != CF_OK ||
+	    (c->ak != NULL && (r = apikeys_revoke_principal(c->ak, req->name, time(NULL))) != CF_OK))
 		return r;
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
 		return CF_E_NOMEM;

@@ -94,6 +94,15 @@ h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		return r;
 	r = apikeys_create(c->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
 	cf_secret_free(imp);
+	/* Deleted meanwhile: its keys must not outlive it. */
+	if (r == CF_OK && policy_get(c->pol, req->principal, NULL) != CF_OK) {
+		struct store_apikey gone;
+
+		(void)apikeys_revoke(c->ak, k.id, (int64_t)time(NULL), &gone);
+		cf_secret_free(secret);
+		return cf_error(CF_E_NOT_FOUND, "principal %s was deleted meanwhile",
+				req->principal);
+	}
 	return secret_response(r, &k, secret, resp);
 }
 

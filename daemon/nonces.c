@@ -214,7 +214,7 @@ import_sqlite(nonces *n, const char *dir, int64_t now)
 	sqlite3 *h = NULL;
 	sqlite3_stmt *sel = NULL;
 	struct stat st;
-	int r = CF_OK;
+	int r = CF_OK, rc = SQLITE_DONE;
 
 	snprintf(db, sizeof(db), "%s/nonces.db", dir);
 	if (stat(db, &st) != 0)
@@ -227,7 +227,7 @@ import_sqlite(nonces *n, const char *dir, int64_t now)
 		goto out;
 	}
 	sqlite3_bind_int64(sel, 1, now);
-	while (r == CF_OK && sqlite3_step(sel) == SQLITE_ROW) {
+	while (r == CF_OK && (rc = sqlite3_step(sel)) == SQLITE_ROW) {
 		struct entry e;
 		uint8_t rec[REC];
 
@@ -241,7 +241,9 @@ import_sqlite(nonces *n, const char *dir, int64_t now)
 		else if ((r = load_entry(n, &e, now)) == CF_OK)
 			n->size += REC;
 	}
-	/* Durable in the log before the old record goes. */
+	/* All of it read, and durable in the log, before the old record goes. */
+	if (r == CF_OK && rc != SQLITE_DONE)
+		r = cf_error(CF_E_IO, "reading the old nonce record %s: %s", db, sqlite3_errmsg(h));
 	if (r == CF_OK && fdatasync(n->fd) != 0)
 		r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 out:
@@ -330,7 +332,9 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 			     "restart cofferd", n->path);
 		goto out;
 	}
-	if (reuse == SIZE_MAX) {
+	if (reuse != SIZE_MAX) {
+		i = reuse;
+	} else {
 		if (n->used >= n->live_max) {
 			r = cf_error(CF_E_EXHAUSTED, "the nonce record holds %zu nonces, its limit; "
 				     "retry later", n->used);
@@ -359,6 +363,9 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	if (reuse == SIZE_MAX)
 		n->used++;
 	n->t[i] = e;
+	/* Backstop: never let the table fill, or a probe would not end. */
+	if (4 * n->used > 3 * n->cap)
+		(void)rehash_locked(n, 2 * n->cap, now);
 out:
 	pthread_mutex_unlock(&n->mu);
 	return r;

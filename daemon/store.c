@@ -533,7 +533,7 @@ store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *arg),
 		k.next_generation = (uint32_t)sqlite3_column_int64(ks, 4);
 		sqlite3_reset(ss);
 		sqlite3_bind_text(ss, 1, id, -1, SQLITE_TRANSIENT);
-		while (sqlite3_step(ss) == SQLITE_ROW) {
+		while ((rc = sqlite3_step(ss)) == SQLITE_ROW) {
 			if (k.nsecrets == STORE_APIKEY_SECRETS_MAX) {
 				r = cf_error(CF_E_IO, "state store: API key %s has more than %d "
 					     "secrets", k.id, STORE_APIKEY_SECRETS_MAX);
@@ -542,6 +542,11 @@ store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *arg),
 			k.secrets[k.nsecrets].generation = (uint32_t)sqlite3_column_int64(ss, 0);
 			k.secrets[k.nsecrets].created = sqlite3_column_int64(ss, 1);
 			k.secrets[k.nsecrets++].expires = sqlite3_column_int64(ss, 2);
+		}
+		/* A key read only in part must not look like one with fewer secrets. */
+		if (rc != SQLITE_DONE) {
+			r = db_err(s, "loading API key secrets");
+			goto out;
 		}
 		if ((r = cb(&k, arg)) != CF_OK)
 			goto out;

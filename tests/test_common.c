@@ -18,6 +18,7 @@
 #include "cf_buf.h"
 #include "cf_keytype.h"
 #include "cf_secret.h"
+#include "cf_reqsign.h"
 #include "cf_status.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -633,6 +634,40 @@ test_key_names(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "128"));
 }
 
+/* The authorization header parser: a NUL inside a value is refused (it
+ * would hide bytes from the checks), as are a trailing comma and extra
+ * spaces after the label; a good header parses back to its fields. */
+static void
+test_callauth_parse(void)
+{
+	static const char good[] = "COFFER-HMAC-SHA256 keyId=ak_000102030405060708090a0b, "
+		"timestamp=1764300000, nonce=0123456789abcdef, signature="
+		"7cd5aed32632d27e7a360c3657a2693bbfe6122719f9695d2f29d15fbd98bc8d";
+	char nul[sizeof(good) + 60];
+	struct cf_call_auth a;
+	size_t n;
+
+	CU_ASSERT_EQUAL(cf_callauth_parse(good, strlen(good), &a), CF_OK);
+	CU_ASSERT_STRING_EQUAL(a.key_id, "ak_000102030405060708090a0b");
+	CU_ASSERT_EQUAL(a.timestamp, 1764300000);
+	/* keyId=<valid id>\0<padding>: the padding must not be copied over. */
+	n = (size_t)snprintf(nul, sizeof(nul), "COFFER-HMAC-SHA256 keyId=ak_000102030405060708090a0b");
+	nul[n++] = '\0';
+	memset(nul + n, 'Z', 40);
+	n += 40;
+	n += (size_t)snprintf(nul + n, sizeof(nul) - n, ", timestamp=1");
+	CU_ASSERT_EQUAL(cf_callauth_parse(nul, n, &a), CF_E_INVALID_ARG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "NUL"));
+	{
+		char t[sizeof(good) + 2];
+
+		snprintf(t, sizeof(t), "%s,", good);
+		CU_ASSERT_EQUAL(cf_callauth_parse(t, strlen(t), &a), CF_E_INVALID_ARG);
+		snprintf(t, sizeof(t), "COFFER-HMAC-SHA256  %s", good + 19);
+		CU_ASSERT_EQUAL(cf_callauth_parse(t, strlen(t), &a), CF_E_INVALID_ARG);
+	}
+}
+
 int
 main(void)
 {
@@ -651,6 +686,7 @@ main(void)
 		{ "key type names round-trip; unknown names rejected", test_key_types },
 		{ "hash names and lengths", test_hashes },
 		{ "key name rule", test_key_names },
+		{ "authorization header parser", test_callauth_parse },
 		{ NULL, NULL },
 	};
 

@@ -339,6 +339,33 @@ test_nonces_record(void)
 				CF_E_EXISTS);
 		nonces_close(n);
 	}
+	/* Slots of expired nonces reused between sweeps keep the count right:
+	 * the table grows instead of filling up (a full table would never end
+	 * a probe). */
+	{
+		char dir2[450];
+
+		snprintf(dir2, sizeof(dir2), "%s/nonces-reuse", tok.dir);
+		CU_ASSERT_FATAL(mkdir(dir2, 0700) == 0);
+		CU_ASSERT_EQUAL_FATAL(nonces_open(dir2, 100000, &n), CF_OK);
+		for (int i = 0; i < 300; i++) {
+			char nn[32];
+
+			snprintf(nn, sizeof(nn), "soon-gone-%07d", i);
+			CU_ASSERT_EQUAL(nonces_use(n, "s", nn, 1001, 1000), CF_OK);
+		}
+		for (int i = 0; i < 3000; i++) {
+			char nn[32];
+
+			snprintf(nn, sizeof(nn), "after-them-%07d", i);
+			if (nonces_use(n, "s", nn, 9000, 2000) != CF_OK) {
+				CU_FAIL("insert after expired ones");
+				break;
+			}
+		}
+		CU_ASSERT(nonces_live(n) <= 3300 && 4 * nonces_live(n) <= 3 * nonces_memory(n) / 24);
+		nonces_close(n);
+	}
 	/* The bound: full is refused, not forgotten. */
 	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 20, &n), CF_OK);
 	CU_ASSERT_EQUAL(nonces_use(n, "scope", "one-too-many-0001", 4000000000LL, 2001),

@@ -280,6 +280,9 @@ callauth_field(struct cf_call_auth *a, const char *name, size_t nlen, const char
 	if (n >= sizeof(buf))
 		return cf_error(CF_E_INVALID_ARG, "authorization: %.*s is too long", (int)nlen,
 				name);
+	/* The checks below read C strings: a NUL inside would hide the rest. */
+	if (memchr(v, '\0', n) != NULL || memchr(name, '\0', nlen) != NULL)
+		return cf_error(CF_E_INVALID_ARG, "authorization holds a NUL byte");
 	memcpy(buf, v, n);
 	buf[n] = '\0';
 	if (nlen == 5 && memcmp(name, "keyId", 5) == 0 && !(*seen & 1)) {
@@ -339,14 +342,19 @@ cf_callauth_parse(const char *value, size_t len, struct cf_call_auth *a)
 	if (len > CF_CALLAUTH_HEADER_MAX)
 		return cf_error(CF_E_INVALID_ARG, "authorization is longer than %d bytes",
 				CF_CALLAUTH_HEADER_MAX);
-	if (len <= ll || memcmp(value, CF_CALLAUTH_LABEL, ll) != 0 || value[ll] != ' ')
-		return cf_error(CF_E_INVALID_ARG, "authorization must start with \"%s \"",
-				CF_CALLAUTH_LABEL);
+	if (len <= ll + 1 || memcmp(value, CF_CALLAUTH_LABEL, ll) != 0 || value[ll] != ' ' ||
+	    value[ll + 1] == ' ')
+		return cf_error(CF_E_INVALID_ARG, "authorization must start with \"%s \" (one "
+				"space)", CF_CALLAUTH_LABEL);
+	if (value[len - 1] == ',' || value[len - 1] == ' ')
+		return cf_error(CF_E_INVALID_ARG, "authorization ends with a comma or a space");
 	for (s = value + ll + 1; s < end;) {
 		const char *comma, *eq;
 
-		while (s < end && *s == ' ')
-			s++;
+		/* Spaces are allowed after a comma only. */
+		if (s > value + ll + 1)
+			while (s < end && *s == ' ')
+				s++;
 		comma = memchr(s, ',', (size_t)(end - s));
 		if (comma == NULL)
 			comma = end;
