@@ -496,7 +496,7 @@ cmd_help(const struct cmd *cmd)
 {
 	printf("usage: cofferctl %s\n\n%s\n", cmd->synopsis, cmd->help);
 	printf("Common options: --socket PATH, --admin-socket PATH, --identity FILE, "
-	    "--api-key FILE,\n  --json, --timeout MS, --help\n");
+	    "--api-key FILE,\n  --idempotency-key KEY, --json, --timeout MS, --help\n");
 }
 
 /* A global option (allowed anywhere); 1 if `id` was one, -1 on a bad value. */
