@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #include "cf_buf.h"
+#include "cf_hex.h"
 #include "cf_reqsign.h"
 #include "cf_secret.h"
 #include "cf_status.h"
@@ -145,16 +146,6 @@ coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size
 	return CF_OK;
 }
 
-static int
-hexval(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	return -1;
-}
-
 /* Parse a credentials file's text (NUL-terminated) and set it on c. */
 static int
 cred_parse(coffer_client *c, const char *path, char *text)
@@ -178,15 +169,9 @@ cred_parse(coffer_client *c, const char *path, char *text)
 	n = strlen(hex);
 	if (n % 2 != 0 || n < 64 || n > 128)
 		return cf_error(CF_E_INVALID_ARG, "%s: the secret must be 64..128 hex digits", path);
-	for (size_t i = 0; i < n / 2; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-
-		if (hi < 0 || lo < 0) {
-			OPENSSL_cleanse(secret, sizeof(secret));
-			return cf_error(CF_E_INVALID_ARG, "%s: the secret must be lower-case hex",
-			    path);
-		}
-		secret[i] = (uint8_t)(hi << 4 | lo);
+	if (cf_hex_decode(hex, secret, n / 2) != 0) {
+		OPENSSL_cleanse(secret, sizeof(secret));
+		return cf_error(CF_E_INVALID_ARG, "%s: the secret must be hex digits", path);
 	}
 	r = coffer_set_api_key(c, id, secret, n / 2);
 	OPENSSL_cleanse(secret, sizeof(secret));
@@ -232,7 +217,6 @@ out:
 int
 coffer_write_api_key_file(const char *path, const char *id, const uint8_t *secret, size_t len)
 {
-	static const char hex[] = "0123456789abcdef";
 	cf_secret *text = NULL;
 	size_t n;
 	int fd, r;
@@ -248,17 +232,15 @@ coffer_write_api_key_file(const char *path, const char *id, const uint8_t *secre
 		return r;
 	n = (size_t)snprintf((char *)cf_secret_ptr(text), CRED_FILE_MAX, "%s\nid %s\nsecret ",
 	    CRED_MAGIC, id);
-	for (size_t i = 0; i < len; i++) {
-		cf_secret_ptr(text)[n++] = (uint8_t)hex[secret[i] >> 4];
-		cf_secret_ptr(text)[n++] = (uint8_t)hex[secret[i] & 15];
-	}
+	cf_hex_encode(secret, len, (char *)cf_secret_ptr(text) + n);
+	n += 2 * len;
 	cf_secret_ptr(text)[n++] = '\n';
 	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0) {
 		r = cf_error(CF_E_IO, "cannot create API key file %s: %s%s", path, strerror(errno),
 		    errno == EEXIST ? " (it is never replaced: choose another name)" : "");
 		goto out;
 	}
-	if (write(fd, cf_secret_cptr(text), n) != (ssize_t)n || fsync(fd) != 0) {
+	if (cf_write_all(fd, cf_secret_cptr(text), n) != 0 || fsync(fd) != 0) {
 		r = cf_error(CF_E_IO, "cannot write API key file %s: %s", path, strerror(errno));
 		close(fd);
 		(void)unlink(path);

@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "cf_buf.h"
+#include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
 
@@ -57,30 +58,14 @@ struct audit {
 
 /* ---- formatting ---- */
 
-static void
-hex(const uint8_t *p, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[p[i] >> 4];
-		out[2 * i + 1] = digits[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
+/* The trail's hex is lower-case, exactly as written: another spelling of the
+ * same bytes is an alteration too. */
 static int
-unhex(const char *s, uint8_t *out, size_t n)
+lower_hex(const char *s, uint8_t *out, size_t n)
 {
-	for (size_t i = 0; i < 2 * n; i++) {
-		char c = s[i];
-		int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-
-		if (v < 0)
-			return -1;
-		out[i / 2] = (uint8_t)(i % 2 ? out[i / 2] | v : v << 4);
-	}
-	return 0;
+	if (strspn(s, "0123456789abcdef") < 2 * n)
+		return -1;
+	return cf_hex_decode(s, out, n);
 }
 
 /* Append s as a JSON string (quoted; control characters escaped). */
@@ -156,28 +141,12 @@ emit(cf_buf *buf, uint8_t chain[32], const char *body)
 	int r;
 
 	chain_next(chain, body, strlen(body), chain);
-	hex(chain, 32, h);
+	cf_hex_encode(chain, 32, h);
 	if ((r = cf_buf_put(buf, body, strlen(body))) != CF_OK ||
 	    (r = cf_buf_put(buf, CHAIN_FIELD, strlen(CHAIN_FIELD))) != CF_OK ||
 	    (r = cf_buf_put(buf, h, 64)) != CF_OK || (r = cf_buf_put(buf, "\"}\n", 3)) != CF_OK)
 		return r;
 	return CF_OK;
-}
-
-static int
-write_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
 }
 
 /* ---- the writer ---- */
@@ -207,14 +176,14 @@ write_batch(audit *a, const struct item *batch, int seal, uint64_t *seq, uint8_t
 	seal_input(c, s + 1, in);
 	if (r == CF_OK && seal && (r = cf_p11_mac(a->key, in, sizeof(in), mac)) == CF_OK) {
 		now_iso(t);
-		hex(cf_buf_peek(mac), cf_buf_len(mac), mh);
+		cf_hex_encode(cf_buf_peek(mac), cf_buf_len(mac), mh);
 		snprintf(body, sizeof(body), "{\"seq\":%llu,\"time\":\"%s\",\"seal\":\"%s\"",
 			 (unsigned long long)++s, t, mh);
 		r = emit(buf, c, body);
 	}
 	if (r != CF_OK)
 		goto out;
-	if (write_all(a->fd, cf_buf_peek(buf), cf_buf_len(buf)) != 0) {
+	if (cf_write_all(a->fd, cf_buf_peek(buf), cf_buf_len(buf)) != 0) {
 		r = cf_error(CF_E_IO, "writing %s: %s", a->path, strerror(errno));
 		/* No half line may stay for the next batch to follow. */
 		if (ftruncate(a->fd, *size) != 0)
@@ -414,7 +383,7 @@ resume(audit *a)
 	c = strstr(last, CHAIN_FIELD);
 	if (sscanf(last, "{\"seq\":%llu,", &seq) != 1 || c == NULL ||
 	    strlen(c) != strlen(CHAIN_FIELD) + 64 + 2 ||
-	    unhex(c + strlen(CHAIN_FIELD), a->chain, 32) != 0)
+	    lower_hex(c + strlen(CHAIN_FIELD), a->chain, 32) != 0)
 		return cf_error(CF_E_CONFIG, "the last record of %s is malformed; check it, or move "
 				"the file aside to start a new trail", a->path);
 	a->seq = seq;
@@ -694,7 +663,7 @@ audit_verify(audit *a, struct audit_report *rep)
 		if (buf[got - 1] != '\n' || (ch = strstr(buf, CHAIN_FIELD)) == NULL ||
 		    strlen(ch) != strlen(CHAIN_FIELD) + 64 + 3 ||
 		    strcmp(ch + strlen(CHAIN_FIELD) + 64, "\"}\n") != 0 ||
-		    unhex(ch + strlen(CHAIN_FIELD), c, 32) != 0) {
+		    lower_hex(ch + strlen(CHAIN_FIELD), c, 32) != 0) {
 			bad(rep, line, "malformed: no chain value where it belongs");
 			break;
 		}
@@ -714,7 +683,7 @@ audit_verify(audit *a, struct audit_report *rep)
 		if ((seal = strstr(buf, ",\"seal\":\"")) == NULL)
 			continue;
 		/* The seal authenticates, in the token, the chain value before it. */
-		if (strlen(seal + 9) != 64 + 1 || unhex(seal + 9, mac, 32) != 0) {
+		if (strlen(seal + 9) != 64 + 1 || lower_hex(seal + 9, mac, 32) != 0) {
 			bad(rep, line, "malformed seal");
 			break;
 		}

@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
+#include "cf_hex.h"
 #include "cf_status.h"
 
 #define INITIAL_SLOTS 1024u
@@ -140,22 +141,6 @@ decode(const uint8_t rec[REC], struct entry *e)
 	e->expires = (int64_t)v;
 }
 
-static int
-write_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Read the log into the table. A torn last record (the daemon died in the
  * middle of a write) is cut off. */
 static int
@@ -173,7 +158,7 @@ load_log(nonces *n, int64_t now)
 			return cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 		memset(hdr, 0, sizeof(hdr));
 		memcpy(hdr, LOG_MAGIC, 8);
-		if (write_all(n->fd, hdr, sizeof(hdr)) != 0)
+		if (cf_write_all(n->fd, hdr, sizeof(hdr)) != 0)
 			return cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 		n->size = LOG_HEADER;
 		return CF_OK;
@@ -236,7 +221,7 @@ import_sqlite(nonces *n, const char *dir, int64_t now)
 		memcpy(e.h, sqlite3_column_blob(sel, 0), 16);
 		e.expires = sqlite3_column_int64(sel, 1);
 		encode(&e, rec);
-		if (write_all(n->fd, rec, REC) != 0)
+		if (cf_write_all(n->fd, rec, REC) != 0)
 			r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 		else if ((r = load_entry(n, &e, now)) == CF_OK)
 			n->size += REC;
@@ -350,7 +335,7 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	}
 	/* In the log before it counts: the kernel has it once write returns,
 	 * so a crash or restart of the daemon never forgets it. */
-	if (write_all(n->fd, rec, REC) != 0) {
+	if (cf_write_all(n->fd, rec, REC) != 0) {
 		r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 		/* Never leave a torn record for the next append to misalign;
 		 * if it cannot be cut off, refuse every nonce until a restart. */
@@ -387,10 +372,10 @@ compact_locked(nonces *n, int64_t now)
 		return cf_error(CF_E_IO, "nonce record %s: %s", tmp, strerror(errno));
 	memset(hdr, 0, sizeof(hdr));
 	memcpy(hdr, LOG_MAGIC, 8);
-	ok = write_all(fd, hdr, sizeof(hdr)) == 0;
+	ok = cf_write_all(fd, hdr, sizeof(hdr)) == 0;
 	for (size_t i = 0; ok && i <= n->cap; i++) {
 		if (have == sizeof(buf) || (i == n->cap && have > 0)) {
-			ok = write_all(fd, buf, have) == 0;
+			ok = cf_write_all(fd, buf, have) == 0;
 			size += (off_t)have;
 			have = 0;
 		}

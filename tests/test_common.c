@@ -18,6 +18,7 @@
 #include "cf_buf.h"
 #include "cf_keytype.h"
 #include "cf_secret.h"
+#include "cf_hex.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
 
@@ -668,6 +669,22 @@ test_callauth_parse(void)
 	}
 }
 
+static void
+test_hex(void)
+{
+	const uint8_t in[4] = { 0x00, 0x9f, 0xa0, 0xff };
+	uint8_t out[4];
+	char text[9];
+
+	cf_hex_encode(in, sizeof(in), text);
+	CU_ASSERT_STRING_EQUAL(text, "009fa0ff");
+	CU_ASSERT_EQUAL(cf_hex_decode("009FA0ff", out, 4), 0);
+	CU_ASSERT_EQUAL(memcmp(out, in, 4), 0);
+	CU_ASSERT_EQUAL(cf_hex_decode("009fa0fg", out, 4), -1);
+	CU_ASSERT_EQUAL(cf_hex_decode("009fa0f", out, 4), -1);   /* too short: the NUL */
+	CU_ASSERT_EQUAL(cf_hex_digit('x'), -1);
+}
+
 int
 main(void)
 {
@@ -687,6 +704,7 @@ main(void)
 		{ "hash names and lengths", test_hashes },
 		{ "key name rule", test_key_names },
 		{ "authorization header parser", test_callauth_parse },
+		{ "hex encode and decode", test_hex },
 		{ NULL, NULL },
 	};
 

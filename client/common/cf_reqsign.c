@@ -8,6 +8,7 @@
 
 #include <openssl/evp.h>
 
+#include "cf_hex.h"
 #include "cf_keytype.h"
 #include "cf_status.h"
 
@@ -20,18 +21,6 @@ unreserved(unsigned char c)
 	       c == '-' || c == '.' || c == '_' || c == '~';
 }
 
-static void
-hex_lower(const uint8_t *in, size_t n, char *out)
-{
-	static const char hex[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = hex[in[i] >> 4];
-		out[2 * i + 1] = hex[in[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 /* parts joined by single newlines (no trailing one). */
 static int
 join_lines(const char *const *parts, size_t n, cf_buf *out)
@@ -42,18 +31,6 @@ join_lines(const char *const *parts, size_t n, cf_buf *out)
 		if (i == 0 || (rc = cf_buf_put_u8(out, '\n')) == CF_OK)
 			rc = cf_buf_put(out, parts[i], strlen(parts[i]));
 	return rc;
-}
-
-static int
-hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* Decode s[0..n) then encode it canonically onto out. */
@@ -72,7 +49,7 @@ recode(const char *s, size_t n, cf_buf *out)
 
 			if (i + 2 >= n)
 				return cf_error(CF_E_INVALID_ARG, "query has a truncated %%-escape");
-			if ((hi = hexval(s[i + 1])) < 0 || (lo = hexval(s[i + 2])) < 0)
+			if ((hi = cf_hex_digit(s[i + 1])) < 0 || (lo = cf_hex_digit(s[i + 2])) < 0)
 				return cf_error(CF_E_INVALID_ARG, "query has a bad %%-escape");
 			c = (unsigned char)(hi << 4 | lo);
 			i += 2;
@@ -227,7 +204,7 @@ cf_reqsign_http_string(const struct cf_http_request *r, cf_buf *out)
 
 	if ((rc = cf_reqsign_check(r)) != CF_OK)
 		return rc;
-	hex_lower(r->body_sha256, 32, body);
+	cf_hex_encode(r->body_sha256, 32, body);
 	snprintf(ts, sizeof(ts), "%lld", (long long)r->timestamp);
 	{
 		const char *parts[] = { CF_REQSIGN_HTTP_LABEL, r->method, r->path, r->canonical_query,
@@ -314,14 +291,9 @@ callauth_field(struct cf_call_auth *a, const char *name, size_t nlen, const char
 		if (n != 64)
 			return cf_error(CF_E_INVALID_ARG, "authorization: signature must be 64 hex "
 					"digits");
-		for (size_t i = 0; i < 32; i++) {
-			int hi = hexval(buf[2 * i]), lo = hexval(buf[2 * i + 1]);
-
-			if (hi < 0 || lo < 0)
-				return cf_error(CF_E_INVALID_ARG, "authorization: signature must be "
-						"64 hex digits");
-			a->signature[i] = (uint8_t)(hi << 4 | lo);
-		}
+		if (cf_hex_decode(buf, a->signature, 32) != 0)
+			return cf_error(CF_E_INVALID_ARG, "authorization: signature must be 64 hex "
+					"digits");
 	} else {
 		return cf_error(CF_E_INVALID_ARG, "authorization: unexpected or repeated field "
 				"\"%.*s\" (expected keyId, timestamp, nonce, signature once each)",
@@ -392,7 +364,7 @@ cf_callauth_string(const char *path, const uint8_t *body, size_t bodylen, int64_
 	if (EVP_Digest(body != NULL ? body : (const uint8_t *)"", bodylen, digest, NULL, sha256(),
 		       NULL) != 1)
 		return cf_error(CF_E_INTERNAL, "SHA-256 failed");
-	hex_lower(digest, sizeof(digest), hex);
+	cf_hex_encode(digest, sizeof(digest), hex);
 	snprintf(ts, sizeof(ts), "%lld", (long long)timestamp);
 	{
 		const char *parts[] = { CF_CALLAUTH_LABEL, path, hex, ts, nonce, key_id };
@@ -406,7 +378,7 @@ cf_callauth_format(const struct cf_call_auth *a, char out[CF_CALLAUTH_HEADER_MAX
 {
 	char sig[65];
 
-	hex_lower(a->signature, sizeof(a->signature), sig);
+	cf_hex_encode(a->signature, sizeof(a->signature), sig);
 	snprintf(out, CF_CALLAUTH_HEADER_MAX, "%s keyId=%s, timestamp=%lld, nonce=%s, signature=%s",
 		 CF_CALLAUTH_LABEL, a->key_id, (long long)a->timestamp, a->nonce, sig);
 }
