@@ -206,6 +206,7 @@ struct coffer_key_version {
 	uint32_t version;
 	enum coffer_version_state state;
 	int64_t create_time;            /* seconds since the Unix epoch */
+	int64_t destroy_time;           /* destroy-scheduled: when; destroyed: when it was */
 };
 
 struct coffer_key_info {
@@ -218,6 +219,10 @@ struct coffer_key_info {
 	int64_t create_time;
 	int exportable;
 	unsigned int allowed_operations;   /* the key's own limit: COFFER_OP_BIT()s; 0 = all */
+	uint32_t min_version;           /* versions below make nothing new; 0 = none */
+	uint32_t min_verify_version;    /* versions below neither verify nor unwrap; 0 = none */
+	int64_t rotation_period;        /* seconds; 0 = no scheduled rotation */
+	int64_t next_rotation_time;     /* 0 = none */
 };
 
 struct coffer_key_list {
@@ -377,6 +382,13 @@ COFFER_API int coffer_get_public_key(coffer_client *c, const char *key, uint32_t
     struct coffer_public_key **out);
 COFFER_API void coffer_public_key_free(struct coffer_public_key *pk);   /* NULL ok */
 
+/* The public key as a JSON Web Key (RFC 7517): EC P-256/P-384 ("ES256",
+ * "ES384"), Ed25519 (OKP, "EdDSA"), RSA (n, e; no "alg": it signs PSS and
+ * PKCS#1 v1.5), with "use":"sig" and, if not NULL, "kid". *json is one
+ * line of JSON, malloc'ed: release it with free(). */
+COFFER_API int coffer_public_key_jwk(const struct coffer_public_key *pk, const char *kid,
+    char **json);
+
 /* Metadata of one key (KeyService, or AdminService with COFFER_CONNECT_ADMIN).
  * Release *out with coffer_key_info_free. */
 COFFER_API int coffer_get_key(coffer_client *c, const char *name, struct coffer_key_info **out);
@@ -410,6 +422,45 @@ COFFER_API int coffer_import_key(coffer_client *c, const char *name, enum coffer
 
 /* Generate a new version and make it primary. */
 COFFER_API int coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **out);
+
+/* coffer_create_key with every option: rotation_period (seconds, 0 = none)
+ * makes the daemon rotate the key on that schedule. */
+struct coffer_create_opts {
+	enum coffer_key_type type;
+	int exportable;
+	unsigned int operations;        /* COFFER_OP_BIT()s; 0 = all of its purpose */
+	int64_t rotation_period;
+};
+COFFER_API int coffer_create_key_opts(coffer_client *c, const char *name,
+    const struct coffer_create_opts *o, struct coffer_key_info **out);
+
+/* ---- key lifecycle (admin socket; coffer.proto "Key lifecycle") ----
+ * Refusals are COFFER_E_PRECONDITION with the reason (the version's state,
+ * the primary or last enabled version without COFFER_FORCE, the grace
+ * period over, a minimum past the primary). */
+enum coffer_version_action {
+	COFFER_SET_PRIMARY = 1,
+	COFFER_ENABLE_VERSION,
+	COFFER_DISABLE_VERSION,         /* COFFER_FORCE for the primary / last enabled */
+	COFFER_SCHEDULE_DESTROY,        /* grace_seconds: 0 = the daemon's default (7 d) */
+	COFFER_CANCEL_DESTROY
+};
+#define COFFER_FORCE 0x1u
+COFFER_API int coffer_key_version_action(coffer_client *c, const char *name, uint32_t version,
+    enum coffer_version_action action, unsigned int flags, int64_t grace_seconds,
+    struct coffer_key_info **out);
+/* 0 leaves a minimum unchanged, 1 removes it; keep_last N (not with
+ * min_verify_version) keeps the newest N versions usable for verify/unwrap. */
+COFFER_API int coffer_set_key_minimums(coffer_client *c, const char *name,
+    uint32_t min_version, uint32_t min_verify_version, uint32_t keep_last,
+    struct coffer_key_info **out);
+/* Schedule the destruction of every version below min_verify_version. */
+COFFER_API int coffer_trim_key(coffer_client *c, const char *name, int64_t grace_seconds,
+    struct coffer_key_info **out);
+/* Rotate every period_seconds (0: never), first at next_rotation_time (0: one
+ * period from now). */
+COFFER_API int coffer_set_rotation_schedule(coffer_client *c, const char *name,
+    int64_t period_seconds, int64_t next_rotation_time, struct coffer_key_info **out);
 
 /* ---- HMAC-signed HTTP requests (proto/request-signing.md) ----
  * For services that verify their REST clients' API-key signatures with a

@@ -64,7 +64,8 @@ enum opt_id {
 	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
-	O_IMPORT, O_COUNT, O_IDEM,
+	O_IMPORT, O_COUNT, O_IDEM, O_FORCE, O_GRACE, O_MIN_VERSION, O_MIN_VERIFY, O_KEEP_LAST,
+	O_PERIOD, O_NEXT, O_FORMAT, O_BATCH, O_PROGRESS,
 	O__COUNT
 };
 
@@ -107,6 +108,17 @@ static const struct option all_options[O__COUNT] = {
 	[O_IMPORT] = { "import", required_argument, NULL, OPT_BASE + O_IMPORT },
 	[O_COUNT] = { "count", required_argument, NULL, OPT_BASE + O_COUNT },
 	[O_IDEM] = { "idempotency-key", required_argument, NULL, OPT_BASE + O_IDEM },
+	[O_FORCE] = { "force", no_argument, NULL, OPT_BASE + O_FORCE },
+	[O_GRACE] = { "grace", required_argument, NULL, OPT_BASE + O_GRACE },
+	[O_MIN_VERSION] = { "min-version", required_argument, NULL, OPT_BASE + O_MIN_VERSION },
+	[O_MIN_VERIFY] = { "min-verify-version", required_argument, NULL,
+			   OPT_BASE + O_MIN_VERIFY },
+	[O_KEEP_LAST] = { "keep-last", required_argument, NULL, OPT_BASE + O_KEEP_LAST },
+	[O_PERIOD] = { "rotation-period", required_argument, NULL, OPT_BASE + O_PERIOD },
+	[O_NEXT] = { "next", required_argument, NULL, OPT_BASE + O_NEXT },
+	[O_FORMAT] = { "format", required_argument, NULL, OPT_BASE + O_FORMAT },
+	[O_BATCH] = { "batch", no_argument, NULL, OPT_BASE + O_BATCH },
+	[O_PROGRESS] = { "progress", no_argument, NULL, OPT_BASE + O_PROGRESS },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -132,6 +144,14 @@ struct opts {
 	uint32_t overlap;       /* --overlap, seconds */
 	uint32_t count;         /* --count */
 	const char *import;     /* --import FILE: a secret to import */
+	int force;              /* --force */
+	int64_t grace;          /* --grace, seconds; 0 = the daemon's default */
+	uint32_t min_version, min_verify, keep_last;
+	int64_t period;         /* --rotation-period, seconds */
+	int have_period;
+	int64_t next;           /* --next: a Unix time */
+	const char *format;     /* --format pem|der|jwk */
+	int batch, progress;    /* rewrap --batch, --progress */
 };
 
 struct cmd {
@@ -560,6 +580,28 @@ parse_ops(const char *list, struct opts *o)
 	return o->ops != 0 ? 0 : -1;
 }
 
+/* A duration: seconds, or a number with s, m, h or d; at most max seconds.
+ * 0 or -1. */
+static int
+parse_duration(const char *arg, uint64_t max, uint64_t *out)
+{
+	char *end;
+	unsigned long long n;
+	unsigned mult = 1;
+
+	errno = 0;
+	n = strtoull(arg, &end, 10);
+	if (end != arg && *end != '\0' && end[1] == '\0')
+		mult = *end == 's' ? 1 : *end == 'm' ? 60 : *end == 'h' ? 3600 :
+		    *end == 'd' ? 86400 : 0;
+	else if (end == arg || *end != '\0')
+		mult = 0;
+	if (arg[0] < '0' || arg[0] > '9' || errno != 0 || mult == 0 || n > max / mult)
+		return -1;
+	*out = (uint64_t)n * mult;
+	return 0;
+}
+
 /*
  * Parse a command's options (GNU getopt_long, options and operands in any
  * order). EXIT_OK to go on, EXIT_HELP_DONE after --help, EXIT_USAGE.
@@ -688,26 +730,69 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 			}
 			break;
 		case O_OVERLAP: {
-			char *end;
-			unsigned long long secs;
-			unsigned mult = 1;
+			uint64_t d;
 
-			errno = 0;
-			secs = strtoull(arg, &end, 10);
-			if (end != arg && *end != '\0' && end[1] == '\0')
-				mult = *end == 's' ? 1 : *end == 'm' ? 60 : *end == 'h' ? 3600 :
-				    *end == 'd' ? 86400 : 0;
-			else if (end == arg || *end != '\0')
-				mult = 0;
-			if (arg[0] < '0' || arg[0] > '9' || errno != 0 || mult == 0 ||
-			    secs > 90ull * 86400 / mult) {
+			if (parse_duration(arg, 90ull * 86400, &d) != 0) {
 				bad_value("--overlap", arg, "want a duration up to 90 days: "
 				    "seconds, or a number with s, m, h or d");
 				goto out;
 			}
-			o->overlap = (uint32_t)(secs * mult);
+			o->overlap = (uint32_t)d;
 			break;
 		}
+		case O_GRACE:
+		case O_PERIOD: {
+			uint64_t d;
+
+			if (parse_duration(arg, 3650ull * 86400, &d) != 0) {
+				bad_value(id == O_GRACE ? "--grace" : "--rotation-period", arg,
+				    "want a duration: seconds, or a number with s, m, h or d "
+				    "(e.g. 7d)");
+				goto out;
+			}
+			if (id == O_GRACE) {
+				o->grace = (int64_t)d;
+			} else {
+				o->period = (int64_t)d;
+				o->have_period = 1;
+			}
+			break;
+		}
+		case O_NEXT: {
+			uint64_t d;
+			int rel = arg[0] == '+';
+
+			if (parse_duration(arg + rel, 3650ull * 86400 * (rel ? 1 : 30), &d) != 0) {
+				bad_value("--next", arg, "want a Unix time in seconds, or +DURATION "
+				    "from now (e.g. +1h)");
+				goto out;
+			}
+			o->next = rel ? (int64_t)time(NULL) + (int64_t)d : (int64_t)d;
+			break;
+		}
+		case O_FORCE: o->force = 1; break;
+		case O_MIN_VERSION:
+		case O_MIN_VERIFY:
+		case O_KEEP_LAST:
+			if (parse_u32(arg, 1, VERSION_MAX, &v) != 0) {
+				bad_value(id == O_MIN_VERSION ? "--min-version" : id == O_MIN_VERIFY ?
+				    "--min-verify-version" : "--keep-last", arg,
+				    "not a number from 1 to 1000000");
+				goto out;
+			}
+			*(id == O_MIN_VERSION ? &o->min_version : id == O_MIN_VERIFY ?
+			    &o->min_verify : &o->keep_last) = v;
+			break;
+		case O_FORMAT:
+			if (strcmp(arg, "pem") != 0 && strcmp(arg, "der") != 0 &&
+			    strcmp(arg, "jwk") != 0) {
+				bad_value("--format", arg, "want pem, der or jwk");
+				goto out;
+			}
+			o->format = arg;
+			break;
+		case O_BATCH: o->batch = 1; break;
+		case O_PROGRESS: o->progress = 1; break;
 		case O_BURST:
 			if (parse_u32(arg, 1, 1000000, &o->burst) != 0) {
 				bad_value("--burst", arg, "not a number 1..1000000");
@@ -794,12 +879,15 @@ put_key_json(FILE *f, const struct coffer_key_info *k)
 	    coffer_key_type_name(k->type), coffer_purpose_name(k->purpose),
 	    k->primary_version, k->exportable ? "true" : "false", k->create_time);
 	put_ops_json(f, "allowed_operations", k->allowed_operations);
+	fprintf(f, ",\"min_version\":%" PRIu32 ",\"min_verify_version\":%" PRIu32
+	    ",\"rotation_period\":%" PRId64 ",\"next_rotation_time\":%" PRId64,
+	    k->min_version, k->min_verify_version, k->rotation_period, k->next_rotation_time);
 	fputs(",\"versions\":[", f);
 	for (size_t i = 0; i < k->nversions; i++)
 		fprintf(f, "%s{\"version\":%" PRIu32 ",\"state\":\"%s\",\"create_time\":%"
-		    PRId64 "}", i ? "," : "", k->versions[i].version,
+		    PRId64 ",\"destroy_time\":%" PRId64 "}", i ? "," : "", k->versions[i].version,
 		    coffer_version_state_name(k->versions[i].state),
-		    k->versions[i].create_time);
+		    k->versions[i].create_time, k->versions[i].destroy_time);
 	fputs("]}", f);
 }
 
@@ -824,12 +912,30 @@ put_key(const struct ctl *ctl, const struct coffer_key_info *k)
 	for (int op = COFFER_OP_SIGN; op <= COFFER_OP_GET_PUBLIC_KEY; op++)
 		if (k->allowed_operations & COFFER_OP_BIT(op))
 			printf("%s ", coffer_operation_name((enum coffer_operation)op));
+	printf("\nminimums:    new operations >= %" PRIu32 ", verify/unwrap >= %" PRIu32,
+	    k->min_version ? k->min_version : 1,
+	    k->min_verify_version ? k->min_verify_version : 1);
+	fputs("\nrotation:    ", stdout);
+	if (k->rotation_period == 0) {
+		fputs("manual", stdout);
+	} else {
+		printf("every %" PRId64 " s, next ", k->rotation_period);
+		put_time(stdout, k->next_rotation_time);
+	}
 	fputs("\nversions:\n", stdout);
 	for (size_t i = 0; i < k->nversions; i++) {
-		printf("  %-8" PRIu32 " %-18s ", k->versions[i].version,
-		    coffer_version_state_name(k->versions[i].state));
-		put_time(stdout, k->versions[i].create_time);
-		fputc('\n', stdout);
+		const struct coffer_key_version *v = &k->versions[i];
+
+		printf("  %-8" PRIu32 " %-18s created ", v->version,
+		    coffer_version_state_name(v->state));
+		put_time(stdout, v->create_time);
+		if (v->state == COFFER_VERSION_DESTROY_SCHEDULED ||
+		    v->state == COFFER_VERSION_DESTROYED) {
+			fputs(v->state == COFFER_VERSION_DESTROYED ? ", destroyed " :
+			    ", to be destroyed at ", stdout);
+			put_time(stdout, v->destroy_time);
+		}
+		fputs(v->version == k->primary_version ? "  (primary)\n" : "\n", stdout);
 	}
 	return flush_stdout();
 }
@@ -970,8 +1076,10 @@ input_job(struct ctl *ctl, const struct opts *o, job_call call, job_put put,
 static int
 call_create_key(coffer_client *c, const struct opts *o, struct job *j)
 {
-	return coffer_create_key_limited(c, o->args[0], j->type, o->exportable,
-	    o->have_op_all ? 0 : o->ops, &j->key);
+	struct coffer_create_opts co = { j->type, o->exportable, o->have_op_all ? 0 : o->ops,
+	    o->period };
+
+	return coffer_create_key_opts(c, o->args[0], &co, &j->key);
 }
 
 static int
@@ -1097,6 +1205,150 @@ cmd_key_rotate(struct ctl *ctl, const struct opts *o)
 	return run_job(ctl, o, 1, call_rotate_key, put_job_key, &j);
 }
 
+/* ---- key lifecycle ---- */
+
+/* The VERSION operand of a version command. */
+static int
+version_arg(const struct opts *o, uint32_t *v)
+{
+	if (parse_u32(o->args[1], 1, VERSION_MAX, v) != 0)
+		return bad_value("VERSION", o->args[1], "not a number from 1 to 1000000");
+	return EXIT_OK;
+}
+
+static int
+version_job(struct ctl *ctl, const struct opts *o, job_call call)
+{
+	struct job j;
+	int rc;
+
+	job_init(&j);
+	if ((rc = version_arg(o, &j.used)) != EXIT_OK)
+		return rc;
+	return run_job(ctl, o, 1, call, put_job_key, &j);
+}
+
+static int
+call_set_primary(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_key_version_action(c, o->args[0], j->used, COFFER_SET_PRIMARY, 0, 0,
+	    &j->key);
+}
+
+static int
+call_enable(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_key_version_action(c, o->args[0], j->used, COFFER_ENABLE_VERSION, 0, 0,
+	    &j->key);
+}
+
+static int
+call_disable(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_key_version_action(c, o->args[0], j->used, COFFER_DISABLE_VERSION,
+	    o->force ? COFFER_FORCE : 0, 0, &j->key);
+}
+
+static int
+call_schedule_destroy(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_key_version_action(c, o->args[0], j->used, COFFER_SCHEDULE_DESTROY,
+	    o->force ? COFFER_FORCE : 0, o->grace, &j->key);
+}
+
+static int
+call_cancel_destroy(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_key_version_action(c, o->args[0], j->used, COFFER_CANCEL_DESTROY, 0, 0,
+	    &j->key);
+}
+
+static int
+cmd_key_set_primary(struct ctl *ctl, const struct opts *o)
+{
+	return version_job(ctl, o, call_set_primary);
+}
+
+static int
+cmd_key_enable(struct ctl *ctl, const struct opts *o)
+{
+	return version_job(ctl, o, call_enable);
+}
+
+static int
+cmd_key_disable(struct ctl *ctl, const struct opts *o)
+{
+	return version_job(ctl, o, call_disable);
+}
+
+static int
+cmd_key_schedule_destroy(struct ctl *ctl, const struct opts *o)
+{
+	return version_job(ctl, o, call_schedule_destroy);
+}
+
+static int
+cmd_key_cancel_destroy(struct ctl *ctl, const struct opts *o)
+{
+	return version_job(ctl, o, call_cancel_destroy);
+}
+
+static int
+call_set_min(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_set_key_minimums(c, o->args[0], o->min_version, o->min_verify,
+	    o->keep_last, &j->key);
+}
+
+static int
+cmd_key_set_min(struct ctl *ctl, const struct opts *o)
+{
+	struct job j;
+
+	job_init(&j);
+	if (o->min_version == 0 && o->min_verify == 0 && o->keep_last == 0)
+		return usage_error("key set-min needs --min-version, --min-verify-version or "
+		    "--keep-last", NULL);
+	if (o->keep_last != 0 && o->min_verify != 0)
+		return usage_error("give --keep-last or --min-verify-version, not both", NULL);
+	return run_job(ctl, o, 1, call_set_min, put_job_key, &j);
+}
+
+static int
+call_trim(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_trim_key(c, o->args[0], o->grace, &j->key);
+}
+
+static int
+cmd_key_trim(struct ctl *ctl, const struct opts *o)
+{
+	struct job j;
+
+	job_init(&j);
+	return run_job(ctl, o, 1, call_trim, put_job_key, &j);
+}
+
+static int
+call_set_rotation(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_set_rotation_schedule(c, o->args[0], o->period, o->next, &j->key);
+}
+
+static int
+cmd_key_set_rotation(struct ctl *ctl, const struct opts *o)
+{
+	struct job j;
+
+	job_init(&j);
+	if (!o->have_period)
+		return usage_error("key set-rotation needs --rotation-period DURATION (0: off)",
+		    NULL);
+	if (o->period == 0 && o->next != 0)
+		return usage_error("--next needs a rotation period", NULL);
+	return run_job(ctl, o, 1, call_set_rotation, put_job_key, &j);
+}
+
 static int
 call_get_public_key(coffer_client *c, const struct opts *o, struct job *j)
 {
@@ -1107,14 +1359,31 @@ static int
 put_pubkey(const struct ctl *ctl, const struct opts *o, const struct job *j)
 {
 	const struct coffer_public_key *pk = j->pk;
-	const void *data = o->der ? (const void *)pk->der.data : (const void *)pk->pem;
-	size_t len = o->der ? pk->der.len : strlen(pk->pem);
+	int der = o->der || (o->format != NULL && strcmp(o->format, "der") == 0);
+	int want_jwk = ctl->json || (o->format != NULL && strcmp(o->format, "jwk") == 0);
+	const void *data = der ? (const void *)pk->der.data : (const void *)pk->pem;
+	size_t len = der ? pk->der.len : strlen(pk->pem);
+	char kid[160], *jwk = NULL;
 	int rc;
 
-	if (!ctl->json)
+	/* kid "<name>:<version>": what a verifier passes back as key and version. */
+	snprintf(kid, sizeof(kid), "%s:%" PRIu32, o->args[0], pk->version);
+	if (want_jwk && (rc = coffer_public_key_jwk(pk, kid, &jwk)) != COFFER_OK)
+		return fail(rc);
+	if (!ctl->json) {
+		if (jwk != NULL) {
+			size_t n = strlen(jwk);
+
+			jwk[n] = '\n';   /* the terminating NUL becomes the newline */
+			rc = write_output(o->out, jwk, n + 1, 0);
+			free(jwk);
+			return rc;
+		}
 		return write_output(o->out, data, len, 0);
-	printf("{\"type\":\"%s\",\"version\":%" PRIu32 ",\"pem\":",
-	    coffer_key_type_name(pk->type), pk->version);
+	}
+	printf("{\"type\":\"%s\",\"version\":%" PRIu32 ",\"jwk\":%s,\"pem\":",
+	    coffer_key_type_name(pk->type), pk->version, jwk);
+	free(jwk);
 	put_json_str(stdout, pk->pem);
 	fputc(',', stdout);
 	if ((rc = put_json_b64(stdout, "der", pk->der.data, pk->der.len)) != EXIT_OK)
@@ -1370,11 +1639,217 @@ cmd_unwrap(struct ctl *ctl, const struct opts *o)
 	return input_job(ctl, o, call_unwrap, put_unwrap, &j);
 }
 
+/* Standard base64 (with padding) of s[0..n) into out (at least n / 4 * 3
+ * bytes); the decoded length, or -1. */
+static ssize_t
+unb64(const char *s, size_t n, uint8_t *out)
+{
+	size_t o = 0, pad = 0;
+	uint32_t acc = 0;
+
+	if (n % 4 != 0)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		const char c = s[i];
+		int v = c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 :
+		    c >= '0' && c <= '9' ? c - '0' + 52 : c == '+' ? 62 : c == '/' ? 63 : -1;
+
+		if (c == '=' && i >= n - 2 && (pad > 0 || i == n - 2 || s[n - 2] != '=')) {
+			pad++;
+			v = 0;
+		} else if (v < 0 || pad > 0) {
+			return -1;
+		}
+		acc = acc << 6 | (uint32_t)v;
+		if (i % 4 == 3) {
+			out[o++] = (uint8_t)(acc >> 16);
+			out[o++] = (uint8_t)(acc >> 8);
+			out[o++] = (uint8_t)acc;
+		}
+	}
+	return (ssize_t)(o - pad);
+}
+
+struct rewrap_run {
+	size_t line, total;       /* total: 0 if unknown (a pipe) */
+	size_t moved, current, failed;
+	int show;                 /* progress on stderr */
+	struct timespec last;
+};
+
+static void
+rewrap_progress(struct rewrap_run *rr, int final)
+{
+	struct timespec now;
+
+	if (!rr->show)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!final && (now.tv_sec - rr->last.tv_sec) * 1000 +
+	    (now.tv_nsec - rr->last.tv_nsec) / 1000000 < 100)
+		return;
+	rr->last = now;
+	fprintf(stderr, "\rrewrap: %zu", rr->line);
+	if (rr->total > 0)
+		fprintf(stderr, "/%zu lines (%zu%%)", rr->total, rr->line * 100 / rr->total);
+	else
+		fputs(" lines", stderr);
+	fprintf(stderr, ", %zu moved to the primary version, %zu already on it, %zu failed%s",
+	    rr->moved, rr->current, rr->failed, final ? "\n" : "");
+	fflush(stderr);
+}
+
+/* Lines in a regular file (for the progress total); 0 for anything else. */
+static size_t
+count_lines(FILE *f)
+{
+	struct stat st;
+	size_t n = 0;
+	int ch, last = '\n';
+
+	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
+		return 0;
+	while ((ch = getc(f)) != EOF) {
+		n += ch == '\n';
+		last = ch;
+	}
+	n += last != '\n';
+	rewind(f);
+	return n;
+}
+
+/* One line: its blob rewrapped to out, or (failure) the line unchanged.
+ * The COFFER_* status. */
+static int
+rewrap_line(coffer_client *c, const struct opts *o, char *line, size_t n, FILE *out,
+    struct rewrap_run *rr)
+{
+	struct coffer_bytes nb = { NULL, 0 };
+	uint8_t *blob = NULL;
+	uint32_t used = 0, prev = 0;
+	ssize_t len;
+	char *text = NULL;
+	int r = COFFER_OK;
+
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	if (n == 0 || line[0] == '#') {
+		fprintf(out, "%s\n", line);   /* blank lines and comments stay */
+		return COFFER_OK;
+	}
+	if ((blob = malloc(n / 4 * 3 + 3)) == NULL || (len = unb64(line, n, blob)) <= 0) {
+		fprintf(stderr, "%scofferctl: line %zu: not a base64 blob; left as it is\n",
+		    rr->show ? "\n" : "", rr->line);
+		r = COFFER_E_INVALID_ARG;
+	} else if ((r = coffer_rewrap(c, o->args[0], blob, (size_t)len, o->ctx, o->nctx, &nb,
+	    &used, &prev)) != COFFER_OK) {
+		fprintf(stderr, "%scofferctl: line %zu: ", rr->show ? "\n" : "", rr->line);
+		put_safe(stderr, coffer_error_message());
+		fputs("; left as it is\n", stderr);
+	} else if ((text = b64(nb.data, nb.len)) == NULL) {
+		r = COFFER_E_NOMEM;
+	}
+	fprintf(out, "%s\n", text != NULL ? text : line);
+	if (r != COFFER_OK)
+		rr->failed++;
+	else if (used == prev)
+		rr->current++;
+	else
+		rr->moved++;
+	free(text);
+	free(blob);
+	coffer_bytes_free(&nb);
+	return r;
+}
+
+/*
+ * rewrap --batch: base64 blobs one per line (what wrap --json and datakey
+ * --json print), rewrapped in order, one per line. A line that fails is
+ * written unchanged and reported; if the daemon cannot be reached any more,
+ * the rest is copied unchanged: the output is always a whole file, and
+ * running the job again on it finishes the work (a blob already under the
+ * primary version is simply wrapped again).
+ */
+static int
+cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
+{
+	struct rewrap_run rr;
+	coffer_client *c = NULL;
+	FILE *in = stdin, *out = stdout;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int rc, r, first = COFFER_OK, stop = 0;
+
+	memset(&rr, 0, sizeof(rr));
+	if (ctl->json && is_stdout(o->out))
+		return usage_error("rewrap --batch --json prints a summary: give --out FILE for "
+		    "the blobs", NULL);
+	if (!is_stdin(o->in) && (in = fopen(o->in, "re")) == NULL) {
+		errmsg(o->in, strerror(errno));
+		return EXIT_FAILED;
+	}
+	if (!is_stdout(o->out) && (out = fopen(o->out, "we")) == NULL) {
+		errmsg(o->out, strerror(errno));
+		rc = EXIT_FAILED;
+		goto done;
+	}
+	rr.total = count_lines(in);
+	rr.show = o->progress || isatty(STDERR_FILENO);
+	if ((rc = connect_to(ctl, 0, &c)) != EXIT_OK)
+		goto done;
+	while ((n = getline(&line, &cap, in)) != -1) {
+		rr.line++;
+		if (stop) {
+			fputs(line, out);
+			continue;
+		}
+		r = rewrap_line(c, o, line, (size_t)n, out, &rr);
+		if (r != COFFER_OK && first == COFFER_OK)
+			first = r;
+		/* Nothing more will get through: keep the rest as it is. */
+		stop = r == COFFER_E_UNAVAILABLE || r == COFFER_E_DENIED ||
+		    r == COFFER_E_UNAUTHENTICATED;
+		if (stop)
+			fprintf(stderr, "cofferctl: stopped at line %zu; the remaining lines are "
+			    "copied unchanged: run the job again on the output\n", rr.line);
+		rewrap_progress(&rr, 0);
+	}
+	if (ferror(in)) {
+		errmsg(is_stdin(o->in) ? "stdin" : o->in, strerror(errno));
+		first = first ? first : COFFER_E_IO;
+	}
+	rewrap_progress(&rr, 1);
+	if (fflush(out) != 0 || ferror(out)) {
+		errmsg(is_stdout(o->out) ? "stdout" : o->out, strerror(errno));
+		rc = EXIT_FAILED;
+		goto done;
+	}
+	if (ctl->json)
+		printf("{\"lines\":%zu,\"moved\":%zu,\"current\":%zu,\"failed\":%zu}\n",
+		    rr.line, rr.moved, rr.current, rr.failed);
+	rc = first == COFFER_OK ? flush_stdout() : exit_for_status(first);
+ done:
+	free(line);
+	coffer_close(c);
+	if (in != stdin)
+		fclose(in);
+	if (out != stdout && out != NULL && fclose(out) != 0 && rc == EXIT_OK) {
+		errmsg(o->out, strerror(errno));
+		rc = EXIT_FAILED;
+	}
+	return rc;
+}
+
 static int
 cmd_rewrap(struct ctl *ctl, const struct opts *o)
 {
 	struct job j;
 
+	if (o->batch)
+		return cmd_rewrap_batch(ctl, o);
+	if (o->progress)
+		return usage_error("--progress goes with --batch", NULL);
 	job_init(&j);
 	return input_job(ctl, o, call_rewrap, put_rewrap, &j);
 }
@@ -1995,14 +2470,16 @@ cmd_health(struct ctl *ctl, const struct opts *o)
 #define SIGN_OPTS (B(O_HASH) | B(O_SCHEME) | B(O_RAW) | B(O_PREHASHED))
 
 static const struct cmd commands[] = {
-	{ "key create", cmd_key_create, B(O_TYPE) | B(O_EXPORTABLE) | B(O_OP), 1, 1,
-	  "key create NAME --type TYPE [--exportable] [--op LIST]",
+	{ "key create", cmd_key_create, B(O_TYPE) | B(O_EXPORTABLE) | B(O_OP) | B(O_PERIOD), 1, 1,
+	  "key create NAME --type TYPE [--exportable] [--op LIST] [--rotation-period D]",
 	  "Generate a new key (version 1) in the token. Uses the admin socket.\n"
 	  "  --type TYPE     ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096,\n"
 	  "                  hmac-sha256, hmac-sha384, hmac-sha512, aes-256\n"
 	  "  --exportable    HMAC/AES only: the secret may be wrapped out of the token\n"
 	  "  --op LIST       the key's own limit: only these operations (comma-\n"
 	  "                  separated, fitting its purpose), whatever is granted\n"
+	  "  --rotation-period D  the daemon rotates the key every D (e.g. 90d; see\n"
+	  "                  key set-rotation)\n"
 	  "Prints the key's metadata." },
 	{ "key import", cmd_key_import, B(O_TYPE) | B(O_EXPORTABLE) | B(O_IN), 1, 1,
 	  "key import NAME --type TYPE --in FILE|- [--exportable]",
@@ -2020,20 +2497,71 @@ static const struct cmd commands[] = {
 	  "                  service socket" },
 	{ "key show", cmd_key_show, B(O_ADMIN), 1, 1,
 	  "key show NAME [--admin]",
-	  "Show a key's metadata and versions.\n"
+	  "Show a key's metadata and versions: states, primary, minimums, rotation\n"
+	  "schedule, destruction times (--json: all of it as one object).\n"
 	  "  --admin         ask the admin socket (AdminService) instead of the\n"
 	  "                  service socket" },
 	{ "key rotate", cmd_key_rotate, 0, 1, 1,
 	  "key rotate NAME",
 	  "Generate a new version and make it primary. Uses the admin socket.\n"
-	  "Older enabled versions still verify and unwrap." },
-	{ "key pubkey", cmd_key_pubkey, B(O_VERSION) | B(O_DER) | B(O_OUT), 1, 1,
-	  "key pubkey NAME [--version N] [--der] [--out FILE]",
+	  "Older enabled versions still verify and unwrap. The next scheduled\n"
+	  "rotation (if any) moves to one period from now." },
+	{ "key set-primary", cmd_key_set_primary, 0, 2, 2,
+	  "key set-primary NAME VERSION",
+	  "Make an enabled version (at or above the key's min-version) the one that\n"
+	  "signs, MACs and wraps. Uses the admin socket." },
+	{ "key enable", cmd_key_enable, 0, 2, 2,
+	  "key enable NAME VERSION",
+	  "Enable a disabled version again. A version scheduled for destruction is\n"
+	  "restored with key cancel-destroy; a destroyed one cannot be." },
+	{ "key disable", cmd_key_disable, B(O_FORCE), 2, 2,
+	  "key disable NAME VERSION [--force]",
+	  "Disable a version: it is kept but used for nothing (calls naming it get\n"
+	  "exit 6, \"disabled\") until enabled again.\n"
+	  "  --force         also the primary or the last enabled version (new\n"
+	  "                  operations then fail until another is primary)" },
+	{ "key schedule-destroy", cmd_key_schedule_destroy, B(O_FORCE) | B(O_GRACE), 2, 2,
+	  "key schedule-destroy NAME VERSION [--grace D] [--force]",
+	  "Make a version unusable at once and destroy its token objects when the\n"
+	  "grace period ends; until then key cancel-destroy restores it.\n"
+	  "  --grace D       e.g. 7d (the daemon's default, [keys] destroy_grace);\n"
+	  "                  at least [keys] min_destroy_grace (1d), at most 365d\n"
+	  "  --force         also the primary or the last enabled version" },
+	{ "key cancel-destroy", cmd_key_cancel_destroy, 0, 2, 2,
+	  "key cancel-destroy NAME VERSION",
+	  "Restore a version scheduled for destruction to its state before (enabled\n"
+	  "or disabled). Refused once the grace period has ended." },
+	{ "key set-min", cmd_key_set_min, B(O_MIN_VERSION) | B(O_MIN_VERIFY) | B(O_KEEP_LAST),
+	  1, 1,
+	  "key set-min NAME [--min-version N] [--min-verify-version N] [--keep-last N]",
+	  "Set the oldest versions still used. 1 removes a minimum.\n"
+	  "  --min-version N         older versions make nothing new (sign, mac,\n"
+	  "                          wrap, data keys); at most the primary\n"
+	  "  --min-verify-version N  older versions neither verify nor unwrap; at\n"
+	  "                          most --min-version\n"
+	  "  --keep-last N           keep the newest N versions for verify/unwrap\n"
+	  "                          (sets --min-verify-version, and --min-version\n"
+	  "                          if it was lower)\n"
+	  "Versions below the minimum stay in the token until key trim." },
+	{ "key trim", cmd_key_trim, B(O_GRACE), 1, 1,
+	  "key trim NAME [--grace D]",
+	  "Schedule the destruction of every version below the key's\n"
+	  "min-verify-version (as key schedule-destroy, with --grace D)." },
+	{ "key set-rotation", cmd_key_set_rotation, B(O_PERIOD) | B(O_NEXT), 1, 1,
+	  "key set-rotation NAME --rotation-period D [--next TIME|+D]",
+	  "Rotate the key every D (e.g. 90d; at least [keys] min_rotation_period,\n"
+	  "1h by default; 0 turns it off). A daemon that was down when a rotation\n"
+	  "fell due rotates once when it starts.\n"
+	  "  --next TIME|+D  the first rotation: a Unix time, or +D from now\n"
+	  "                  (default: one period from now)" },
+	{ "key pubkey", cmd_key_pubkey, B(O_VERSION) | B(O_DER) | B(O_OUT) | B(O_FORMAT), 1, 1,
+	  "key pubkey NAME [--version N] [--format pem|der|jwk] [--out FILE]",
 	  "Print the public key of an asymmetric key (PEM by default).\n"
 	  "  --version N     key version (default: the primary version)\n"
-	  "  --der           DER SubjectPublicKeyInfo instead of PEM\n"
+	  "  --format F      pem; der (SubjectPublicKeyInfo); jwk (a JSON Web Key,\n"
+	  "                  kid \"NAME:VERSION\"); --der means --format der\n"
 	  "  --out FILE      write to FILE instead of stdout\n"
-	  "With --json prints {\"type\",\"version\",\"pem\",\"der\" (base64)}." },
+	  "With --json prints {\"type\",\"version\",\"jwk\",\"pem\",\"der\" (base64)}." },
 	{ "sign", cmd_sign, B(O_IN) | B(O_OUT) | B(O_VERSION) | SIGN_OPTS, 1, 1,
 	  "sign KEY [--in FILE|-] [--out FILE] [--version N] [--hash H] [--scheme S]\n"
 	  "                [--raw] [--prehashed]",
@@ -2087,11 +2615,19 @@ static const struct cmd commands[] = {
 	  "  --in FILE|-     ciphertext blob (default: stdin)\n"
 	  "  --out FILE      plaintext, created with mode 0600 (default: stdout)\n"
 	  "With --json prints {\"plaintext\": base64, \"version\": N}." },
-	{ "rewrap", cmd_rewrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT), 1, 1,
-	  "rewrap KEY [--context K=V ...] [--in FILE|-] [--out FILE]",
+	{ "rewrap", cmd_rewrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT) | B(O_BATCH) | B(O_PROGRESS),
+	  1, 1,
+	  "rewrap KEY [--context K=V ...] [--in FILE|-] [--out FILE] [--batch [--progress]]",
 	  "Re-encrypt a blob under the key's primary version; the plaintext never\n"
 	  "leaves the daemon.\n"
-	  "With --json prints {\"ciphertext\", \"version\", \"previous_version\"}." },
+	  "  --batch         a job: --in holds base64 blobs, one per line (as wrap\n"
+	  "                  --json prints them); each is rewrapped in order to\n"
+	  "                  --out, one per line. A line that fails is reported\n"
+	  "                  and written unchanged, so the output is always whole;\n"
+	  "                  run the job again on it to retry (exit 1 if any failed)\n"
+	  "  --progress      show progress on stderr (default: when it is a terminal)\n"
+	  "With --json prints {\"ciphertext\", \"version\", \"previous_version\"};\n"
+	  "--batch --json (with --out FILE): {\"lines\", \"moved\", \"current\", \"failed\"}." },
 	{ "datakey", cmd_datakey, B(O_OUT) | B(O_CONTEXT) | B(O_LENGTH) | B(O_PLAINTEXT_OUT),
 	  1, 1,
 	  "datakey KEY [--length N] [--context K=V ...] [--out FILE]\n"
@@ -2325,7 +2861,8 @@ main(int argc, char **argv)
 		}
 		if (strcmp(argv[optind], "key") == 0 && optind + 1 >= argc)
 			return usage_error("key needs a subcommand: create, import, list, "
-			    "show, rotate or pubkey", NULL);
+			    "show, rotate, set-primary, enable, disable, schedule-destroy, "
+			    "cancel-destroy, set-min, trim, set-rotation or pubkey", NULL);
 		if (strcmp(argv[optind], "audit") == 0 && optind + 1 >= argc)
 			return usage_error("audit needs a subcommand: tail or verify", NULL);
 		if (strcmp(argv[optind], "principal") == 0 && optind + 1 >= argc)

@@ -834,8 +834,8 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 
 /* ---- request helpers ---- */
 
-static int
-check_client(const coffer_client *c, const char *name)
+int
+lc_check_client(const coffer_client *c, const char *name)
 {
 	cf_error_clear();
 	if (c == NULL || name == NULL)
@@ -922,7 +922,7 @@ check_call(const coffer_client *c, const char *name, int bad, const char *why)
 {
 	int r;
 
-	if ((r = check_client(c, name)) != CF_OK)
+	if ((r = lc_check_client(c, name)) != CF_OK)
 		return r;
 	if (bad)
 		return cf_error(CF_E_INVALID_ARG, "%s", why);
@@ -1243,7 +1243,7 @@ coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
 	struct coffer_public_key *pk = NULL;
 	int r;
 
-	if ((r = check_client(c, key)) != CF_OK)
+	if ((r = lc_check_client(c, key)) != CF_OK)
 		goto out;
 	if (out == NULL) {
 		r = cf_error(CF_E_INVALID_ARG, "NULL output");
@@ -1322,6 +1322,7 @@ key_from_pb(const Coffer__V1__Key *k, struct coffer_key_info *out)
 			tmp.versions[i].version = k->versions[i]->version;
 			tmp.versions[i].state = (enum coffer_version_state)k->versions[i]->state;
 			tmp.versions[i].create_time = k->versions[i]->create_time;
+			tmp.versions[i].destroy_time = k->versions[i]->destroy_time;
 		}
 		tmp.nversions = k->n_versions;
 	}
@@ -1330,6 +1331,10 @@ key_from_pb(const Coffer__V1__Key *k, struct coffer_key_info *out)
 	tmp.primary_version = k->primary_version;
 	tmp.create_time = k->create_time;
 	tmp.exportable = k->exportable ? 1 : 0;
+	tmp.min_version = k->min_version;
+	tmp.min_verify_version = k->min_verify_version;
+	tmp.rotation_period = k->rotation_period;
+	tmp.next_rotation_time = k->next_rotation_time;
 	for (size_t i = 0; i < k->n_allowed_operations; i++)
 		if ((unsigned)k->allowed_operations[i] < 32)
 			tmp.allowed_operations |= 1u << k->allowed_operations[i];
@@ -1340,9 +1345,8 @@ key_from_pb(const Coffer__V1__Key *k, struct coffer_key_info *out)
 	return cf_error(CF_E_NOMEM, "out of memory");
 }
 
-/* Run a call that returns a Key and convert it; out may be NULL. */
-static int
-key_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
+int
+lc_key_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
     struct coffer_key_info **out)
 {
 	ProtobufCMessage *m = NULL;
@@ -1373,12 +1377,12 @@ coffer_get_key(coffer_client *c, const char *name, struct coffer_key_info **out)
 	Coffer__V1__GetKeyRequest req = COFFER__V1__GET_KEY_REQUEST__INIT;
 	int r;
 
-	if ((r = check_client(c, name)) != CF_OK)
+	if ((r = lc_check_client(c, name)) != CF_OK)
 		return r;
 	if (out == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL output");
 	req.name = (char *)name;
-	return key_call(c, (c->flags & COFFER_CONNECT_ADMIN) ? AS "GetKey" : KS "GetKey",
+	return lc_key_call(c, (c->flags & COFFER_CONNECT_ADMIN) ? AS "GetKey" : KS "GetKey",
 	    &req.base, out);
 }
 
@@ -1470,20 +1474,32 @@ int
 coffer_create_key_limited(coffer_client *c, const char *name, enum coffer_key_type type,
     int exportable, unsigned int operations, struct coffer_key_info **out)
 {
+	struct coffer_create_opts o = { type, exportable, operations, 0 };
+
+	return coffer_create_key_opts(c, name, &o, out);
+}
+
+int
+coffer_create_key_opts(coffer_client *c, const char *name, const struct coffer_create_opts *o,
+    struct coffer_key_info **out)
+{
 	Coffer__V1__CreateKeyRequest req = COFFER__V1__CREATE_KEY_REQUEST__INIT;
 	Coffer__V1__Operation ops[32];
 	int r;
 
-	if ((r = check_client(c, name)) != CF_OK)
+	if ((r = lc_check_client(c, name)) != CF_OK)
 		return r;
+	if (o == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL options");
 	req.name = (char *)name;
-	req.type = (Coffer__V1__KeyType)type;
-	req.exportable = exportable != 0;
+	req.type = (Coffer__V1__KeyType)o->type;
+	req.exportable = o->exportable != 0;
 	for (unsigned i = 1; i < 32; i++)
-		if (operations & (1u << i))
+		if (o->operations & (1u << i))
 			ops[req.n_allowed_operations++] = (Coffer__V1__Operation)i;
 	req.allowed_operations = ops;
-	return key_call(c, AS "CreateKey", &req.base, out);
+	req.rotation_period = o->rotation_period;
+	return lc_key_call(c, AS "CreateKey", &req.base, out);
 }
 
 int
@@ -1493,7 +1509,7 @@ coffer_import_key(coffer_client *c, const char *name, enum coffer_key_type type,
 	Coffer__V1__ImportKeyRequest req = COFFER__V1__IMPORT_KEY_REQUEST__INIT;
 	int r;
 
-	if ((r = check_client(c, name)) != CF_OK)
+	if ((r = lc_check_client(c, name)) != CF_OK)
 		return r;
 	if (material == NULL && len > 0)
 		return cf_error(CF_E_INVALID_ARG, "NULL key material");
@@ -1502,7 +1518,7 @@ coffer_import_key(coffer_client *c, const char *name, enum coffer_key_type type,
 	req.material = bin(material, len);
 	req.exportable = exportable != 0;
 	/* The packed request (with the material) is wiped by slice_wipe_free. */
-	return key_call(c, AS "ImportKey", &req.base, out);
+	return lc_key_call(c, AS "ImportKey", &req.base, out);
 }
 
 int
@@ -1511,10 +1527,10 @@ coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **o
 	Coffer__V1__RotateKeyRequest req = COFFER__V1__ROTATE_KEY_REQUEST__INIT;
 	int r;
 
-	if ((r = check_client(c, name)) != CF_OK)
+	if ((r = lc_check_client(c, name)) != CF_OK)
 		return r;
 	req.name = (char *)name;
-	return key_call(c, AS "RotateKey", &req.base, out);
+	return lc_key_call(c, AS "RotateKey", &req.base, out);
 }
 
 /* ---- Health ---- */

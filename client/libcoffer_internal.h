@@ -27,6 +27,13 @@ int lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 int lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uint8_t **out,
     size_t *outlen);
 
+/* Clear the error detail; COFFER_E_INVALID_ARG for a NULL client or name. */
+int lc_check_client(const coffer_client *c, const char *name);
+
+/* A call whose response is a Key, converted into *out (out may be NULL). */
+int lc_key_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    struct coffer_key_info **out);
+
 struct lc_sessions *lc_sessions_new(void);
 void lc_sessions_free(struct lc_sessions *p);   /* wipes every session; accepts NULL */
 int lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len);

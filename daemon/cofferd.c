@@ -21,6 +21,7 @@
 #include "cf_p11.h"
 #include "cf_status.h"
 #include "config.h"
+#include "dispatch.h"
 #include "keyring.h"
 #include "listener.h"
 #include "rpc.h"
@@ -127,6 +128,36 @@ report_mismatch(const char *msg)
 	cf_log_warn("reconcile: %s", msg);
 }
 
+struct lifecycle_note {
+	audit *au;
+};
+
+/* What the daemon did on its own (keyring_tick): logged and audited. */
+static void
+lifecycle_done(const char *name, uint32_t version, const char *what, int status, void *arg)
+{
+	const struct lifecycle_note *ln = arg;
+	int rotate = strcmp(what, "rotate") == 0;
+	struct audit_event ev = {
+		.principal = "cofferd", .uid = geteuid(), .pid = getpid(), .admin = 1,
+		.method = rotate ? "cofferd/ScheduledRotation" : "cofferd/DestroyKeyVersion",
+		.key = name, .version = version, .result = dispatch_status_name(status),
+		.request_id = rotate ? "scheduled-rotation" : "scheduled-destruction",
+	};
+
+	if (status != CF_OK)
+		cf_log_warn("lifecycle: %s of key %s failed (retried in a minute): %s",
+			    rotate ? "scheduled rotation" : "destruction", name, cf_error_detail());
+	else if (rotate)
+		cf_log_info("lifecycle: scheduled rotation of key %s made version %u", name,
+			    version);
+	else
+		cf_log_info("lifecycle: key %s version %u destroyed in the token (grace period "
+			    "over)", name, version);
+	if (ln->au != NULL)
+		audit_record(ln->au, &ev);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -183,7 +214,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
-	    (r = keyring_open(p11, st, report_mismatch, &mismatches, &kr)) != CF_OK ||
+	    (r = keyring_open(p11, st, &cfg.keys, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
 	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
 	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK ||
@@ -229,14 +260,19 @@ main(int argc, char **argv)
 	}
 	cf_log_info("ready: service %s, admin %s, token %s", cfg.service_path, cfg.admin_path,
 		    cfg.token_uri);
-	/* Between signals, end expired sessions so that their keys are wiped
-	 * even when no caller comes back for them. */
-	for (;;) {
-		struct timespec tick = { 5, 0 };
+	/* Between signals, once a second: scheduled rotations and destructions;
+	 * every 5 s: end expired sessions (so that their keys are wiped even
+	 * when no caller comes back for them) and expire what else expires. */
+	for (unsigned n = 1;; n++) {
+		struct timespec tick = { 1, 0 };
+		struct lifecycle_note ln = { au };
 
 		sig = sigtimedwait(&sigs, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
+		keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
+		if (n % 5 != 0)
+			continue;
 		session_expire(sm);
 		nonces_expire(nn, (int64_t)time(NULL));
 		apikeys_expire(ak, (int64_t)time(NULL));

@@ -45,6 +45,7 @@ config_defaults(struct cofferd_config *c)
 	c->audit.fail_open = 0;
 	c->audit.max_wait_ms = 2000;
 	c->idem_retention = 86400;
+	keyring_cfg_defaults(&c->keys);
 }
 
 static int
@@ -236,6 +237,13 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		if (strcmp(name, "retention") == 0)
 			return parse_uint(value, 60, 30 * 86400, 10, &c->idem_retention);
 		return cf_error(CF_E_CONFIG, "unknown setting %s in [idempotency]", name);
+	} else if (strcmp(section, "keys") == 0) {
+		if (strcmp(name, "destroy_grace") == 0)
+			return parse_uint(value, 1, KEYRING_MAX_GRACE, 10, &c->keys.destroy_grace);
+		if (strcmp(name, "min_destroy_grace") == 0)
+			return parse_uint(value, 1, KEYRING_MAX_GRACE, 10, &c->keys.min_destroy_grace);
+		if (strcmp(name, "min_rotation_period") == 0)
+			return parse_uint(value, 1, 366 * 86400, 10, &c->keys.min_rotation_period);
 	} else if (strcmp(section, "audit") == 0) {
 		if (strcmp(name, "failure") == 0) {
 			if (strcmp(value, "closed") != 0 && strcmp(value, "open") != 0)
@@ -301,6 +309,10 @@ config_finish(struct cofferd_config *c)
 	c->admin.path = c->admin_path;
 	if (strcmp(c->service_path, c->admin_path) == 0)
 		return cf_error(CF_E_CONFIG, "service and admin sockets must differ");
+	if (c->keys.destroy_grace < c->keys.min_destroy_grace)
+		return cf_error(CF_E_CONFIG, "[keys] destroy_grace (%u s) is shorter than "
+				"min_destroy_grace (%u s)", c->keys.destroy_grace,
+				c->keys.min_destroy_grace);
 	/* With no allow-list, only the daemon's own user may connect. */
 	if (c->service.nuids == 0 && c->service.ngids == 0)
 		c->service.uids[c->service.nuids++] = geteuid();

@@ -8,6 +8,7 @@
 
 #include "cf_log.h"
 #include "audit.h"
+#include "keyring.h"
 #include "listener.h"
 #include "session.h"
 
@@ -36,6 +37,8 @@ struct cofferd_config {
 	unsigned require_api_key;    /* [requests] require_api_key */
 	struct audit_cfg audit;      /* [audit] failure, max_wait_ms */
 	unsigned idem_retention;     /* [idempotency] retention, seconds */
+	struct keyring_cfg keys;     /* [keys] destroy_grace, min_destroy_grace,
+	                                min_rotation_period */
 };
 
 void config_defaults(struct cofferd_config *c);

@@ -52,7 +52,9 @@ struct method {
 
 /* The AdminService calls that change something: they take an idempotency key. */
 static const char *const mutating[] = {
-	"CreateKey", "ImportKey", "RotateKey", "CreatePrincipal", "GrantPrincipal",
+	"CreateKey", "ImportKey", "RotateKey", "SetPrimaryVersion", "EnableKeyVersion",
+	"DisableKeyVersion", "ScheduleDestroyKeyVersion", "CancelDestroyKeyVersion",
+	"SetKeyMinimums", "TrimKey", "SetRotationSchedule", "CreatePrincipal", "GrantPrincipal",
 	"RevokePrincipal", "SetRateLimit", "DeletePrincipal", "CreateApiKey",
 	"RotateApiKeySecret", "RevokeApiKey",
 };
@@ -108,6 +110,12 @@ dispatch_status(int st)
 	case CF_E_UNIMPLEMENTED: return CODE_UNIMPLEMENTED;
 	default: return CODE_INTERNAL;
 	}
+}
+
+const char *
+dispatch_status_name(int st)
+{
+	return code_names[dispatch_status(st)];
 }
 
 /* ---- the method table ---- */
@@ -355,8 +363,21 @@ request_key(const struct method *m, const ProtobufCMessage *req)
 	return str_field(req, m->key_field);
 }
 
+/* A uint32 field of msg by name; 0 if it has none. */
+static uint32_t
+u32_field(const ProtobufCMessage *msg, const char *name)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+
+	if (f == NULL || f->type != PROTOBUF_C_TYPE_UINT32 || f->label == PROTOBUF_C_LABEL_REPEATED)
+		return 0;
+	return *(const uint32_t *)(const void *)((const char *)msg + f->offset);
+}
+
 /* For the audit record: the key (or principal, or API key) a call is
- * about, and the key version its response names. */
+ * about, and the key version: the one the request names (a lifecycle
+ * change, a verify), else the one its response names. */
 static void
 note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMessage *resp,
 	  struct note *n)
@@ -367,14 +388,11 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 	for (size_t i = 0; v[0] == '\0' && i < sizeof(fields) / sizeof(fields[0]); i++)
 		v = str_field(req, fields[i]);
 	snprintf(n->key, sizeof(n->key), "%s", v);
-	for (size_t i = 0; resp != NULL && i < 2 && n->version == 0; i++) {
-		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(
-			resp->descriptor, i == 0 ? "version" : "primary_version");
-
-		if (f != NULL && f->type == PROTOBUF_C_TYPE_UINT32)
-			n->version = *(const uint32_t *)(const void *)((const char *)resp +
-								       f->offset);
-	}
+	n->version = u32_field(req, "version");
+	if (n->version == 0 && resp != NULL)
+		n->version = u32_field(resp, "version");
+	if (n->version == 0 && resp != NULL)
+		n->version = u32_field(resp, "primary_version");
 }
 
 /* The call's API key signature (proto/call-authentication.md), required

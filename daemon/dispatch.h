@@ -29,6 +29,8 @@ const char *dispatch_path(const dispatch *d, size_t i);   /* "/pkg.Service/Metho
 
 /* gRPC status code of a Coffer status. */
 unsigned dispatch_status(int st);
+/* Its name: "OK", "FAILED_PRECONDITION", ... */
+const char *dispatch_status_name(int st);
 
 /* Run method i for the caller h. Returns the gRPC status code and writes the
  * error message (msg) or the packed response (*out, malloc'ed: the caller

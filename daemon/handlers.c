@@ -160,6 +160,10 @@ fill_key(const struct key_info *ki, Coffer__V1__Key *k)
 	k->primary_version = ki->primary;
 	k->create_time = ki->created;
 	k->exportable = ki->exportable;
+	k->min_version = ki->min_version;
+	k->min_verify_version = ki->min_verify;
+	k->rotation_period = ki->rotation_period;
+	k->next_rotation_time = ki->next_rotation;
 	if (k->name == NULL)
 		return CF_E_NOMEM;
 	if (ki->allowed_ops != 0) {
@@ -183,14 +187,14 @@ fill_key(const struct key_info *ki, Coffer__V1__Key *k)
 		v->version = ki->versions[i].version;
 		v->state = (Coffer__V1__VersionState)ki->versions[i].state;
 		v->create_time = ki->versions[i].created;
+		v->destroy_time = ki->versions[i].destroy_time;
 		k->versions[k->n_versions++] = v;
 	}
 	return CF_OK;
 }
 
-/* Finish a handler that produced `info`: build a Key response. */
-static int
-key_response(int r, struct key_info *info, ProtobufCMessage **resp)
+int
+h_key_response(int r, struct key_info *info, ProtobufCMessage **resp)
 {
 	Coffer__V1__Key *k = NULL;
 
@@ -229,7 +233,8 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	if ((r = check_name(req->key)) != CF_OK ||
 	    (r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
+			     &ver)) != CF_OK)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
@@ -273,7 +278,8 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	if ((r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = check_data(req->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+			     &ver)) != CF_OK)
 		return r;
 	r = cf_p11_verify(k, &sp, in, inlen, req->signature.data, req->signature.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
@@ -297,7 +303,8 @@ h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 
 	if ((r = check_name(req->key)) != CF_OK ||
 	    (r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, &k, &ver)) != CF_OK)
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, USE_NEW, &k,
+			     &ver)) != CF_OK)
 		return r;
 	if ((mac = cf_buf_new(64)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__mac_response__descriptor)) == NULL) {
@@ -333,7 +340,8 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 				"Mac returned");
 	if ((r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
 	    (r = check_data(req->mac.len, 64, "mac")) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, &k, &ver)) != CF_OK)
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, USE_CHECK, &k,
+			     &ver)) != CF_OK)
 		return r;
 	r = cf_p11_mac_verify(k, req->data.data, req->data.len, req->mac.data, req->mac.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
@@ -355,7 +363,7 @@ wrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, siz
 	int r;
 
 	if ((r = check_data(ptlen, H_MAX_WRAP_PLAINTEXT, "plaintext")) != CF_OK ||
-	    (r = keyring_use(c->kr, name, 0, PURPOSE_WRAP, &k, ver)) != CF_OK)
+	    (r = keyring_use(c->kr, name, 0, PURPOSE_WRAP, USE_NEW, &k, ver)) != CF_OK)
 		return r;
 	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
 		return CF_E_NOMEM;
@@ -378,7 +386,7 @@ unwrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, s
 	if ((r = check_data(ct.len, ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN,
 			    "ciphertext")) != CF_OK ||
 	    (r = env_parse(ct.data, ct.len, ver, &iv, &body, &blen)) != CF_OK ||
-	    (r = keyring_use(c->kr, name, *ver, PURPOSE_WRAP, &k, ver)) != CF_OK)
+	    (r = keyring_use(c->kr, name, *ver, PURPOSE_WRAP, USE_CHECK, &k, ver)) != CF_OK)
 		return r;
 	return env_open(k, name, *ver, kv, n, ct.data, ct.len, pt);
 }
@@ -551,13 +559,13 @@ http_parts(const Coffer__V1__HttpRequestParts *p, struct cf_http_request *r)
 
 /* Only HMAC-SHA256 keys sign requests (the scheme names its hash). */
 static int
-request_key(const struct hctx *c, const char *name, uint32_t version, cf_p11_key **k,
-	    uint32_t *used)
+request_key(const struct hctx *c, const char *name, uint32_t version, enum key_use use,
+	    cf_p11_key **k, uint32_t *used)
 {
 	int r;
 
 	if ((r = check_name(name)) != CF_OK ||
-	    (r = keyring_use(c->kr, name, version, PURPOSE_MAC, k, used)) != CF_OK)
+	    (r = keyring_use(c->kr, name, version, PURPOSE_MAC, use, k, used)) != CF_OK)
 		return r;
 	if (cf_p11_key_type(*k) != CF_KEY_HMAC_SHA256)
 		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key", name);
@@ -595,7 +603,7 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		cf_p11_key *k;
 		uint32_t v;
 
-		if ((r = request_key(c, hr.key_id, 0, &k, &v)) != CF_OK)
+		if ((r = request_key(c, hr.key_id, 0, USE_CHECK, &k, &v)) != CF_OK)
 			return r;
 	}
 	if ((out = h_new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
@@ -631,7 +639,8 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		uint32_t v;
 
 		if (info.versions[i].state != STORE_ENABLED ||
-		    request_key(c, hr.key_id, info.versions[i].version, &k, &v) != CF_OK)
+		    request_key(c, hr.key_id, info.versions[i].version, USE_CHECK, &k, &v) !=
+		    CF_OK)
 			continue;
 		if (cf_p11_mac_verify(k, cf_buf_peek(str), cf_buf_len(str), sig, 32) == CF_OK)
 			good = v;
@@ -692,7 +701,7 @@ h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 		parts.nonce = nonce;
 	}
 	if ((r = http_parts(&parts, &hr)) != CF_OK ||
-	    (r = request_key(c, hr.key_id, 0, &k, &v)) != CF_OK)
+	    (r = request_key(c, hr.key_id, 0, USE_NEW, &k, &v)) != CF_OK)
 		return r;
 	if ((str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL || (mac = cf_buf_new(64)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_http_request_response__descriptor)) == NULL) {
@@ -739,7 +748,8 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	int r;
 
 	if ((r = check_name(req->key)) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, &k, &ver)) != CF_OK)
+	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+			     &ver)) != CF_OK)
 		return r;
 	if ((der = cf_buf_new(4096)) == NULL || (pem = cf_buf_new(8192)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__get_public_key_response__descriptor)) == NULL) {
@@ -778,7 +788,7 @@ h_get_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **re
 	memset(&info, 0, sizeof(info));
 	if ((r = check_name(req->name)) != CF_OK)
 		return r;
-	return key_response(keyring_describe(c->kr, req->name, &info), &info, resp);
+	return h_key_response(keyring_describe(c->kr, req->name, &info), &info, resp);
 }
 
 static int
@@ -850,8 +860,9 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
 			   &ops)) != CF_OK)
 		return r;
-	return key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
-					   req->exportable, ops, c->resumed, &info), &info, resp);
+	return h_key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
+					     req->exportable, ops, req->rotation_period, c->resumed,
+					     &info), &info, resp);
 }
 
 static int
@@ -875,7 +886,7 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	r = keyring_import(c->kr, req->name, (enum cf_key_type)req->type, mat, req->exportable,
 			   ops, &info);
 	cf_secret_free(mat);
-	return key_response(r, &info, resp);
+	return h_key_response(r, &info, resp);
 }
 
 static int
@@ -888,7 +899,7 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	memset(&info, 0, sizeof(info));
 	if ((r = check_name(req->name)) != CF_OK)
 		return r;
-	return key_response(keyring_rotate(c->kr, req->name, c->resumed, &info), &info, resp);
+	return h_key_response(keyring_rotate(c->kr, req->name, c->resumed, &info), &info, resp);
 }
 
 /* ---- principals (AdminService) ---- */
@@ -1226,7 +1237,8 @@ handlers_find(const char *service, const char *method)
 		    strcmp(handler_table[i].method, method) == 0)
 			return &handler_table[i];
 	for (const struct handler *const *t = (const struct handler *const[]){
-		     handlers_apikeys, handlers_audit, NULL }; *t != NULL; t++)
+		     handlers_apikeys, handlers_audit, handlers_lifecycle, NULL }; *t != NULL;
+	     t++)
 		for (const struct handler *h = *t; h->service != NULL; h++)
 			if (strcmp(h->service, service) == 0 && strcmp(h->method, method) == 0)
 				return h;

@@ -15,9 +15,15 @@ int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
  * secret plaintext unsealed): for calls that carry secrets. */
 int h_require_sealed(const struct hctx *c, const char *method, const char *what);
 
-/* AdminService's API key methods (handlers_apikeys.c) and audit methods
- * (handlers_audit.c), each ended by a NULL service. */
+/* Finish a handler that produced `info` with status r: build a Key
+ * response; info is freed in every case. */
+int h_key_response(int r, struct key_info *info, ProtobufCMessage **resp);
+
+/* AdminService's API key methods (handlers_apikeys.c), audit methods
+ * (handlers_audit.c) and key lifecycle methods (handlers_lifecycle.c), each
+ * ended by a NULL service. */
 extern const struct handler handlers_apikeys[];
 extern const struct handler handlers_audit[];
+extern const struct handler handlers_lifecycle[];
 
 #endif

@@ -21,6 +21,9 @@ struct kr_key {
 	uint32_t allowed_ops;
 	uint32_t primary;
 	int64_t created;
+	uint32_t min_version, min_verify;
+	int64_t rotation_period, next_rotation;
+	int64_t retry_at;       /* after a failed scheduled job: not before then */
 	struct kr_version *v;   /* ascending by version */
 	uint32_t nv, capv;
 };
@@ -28,6 +31,7 @@ struct kr_key {
 struct keyring {
 	cf_p11 *p11;
 	store *st;
+	struct keyring_cfg cfg;
 	pthread_rwlock_t lock;
 	pthread_mutex_t write_mu;  /* one create/import/rotate at a time */
 	struct kr_key **keys;      /* sorted by name */
@@ -42,6 +46,14 @@ keyring_purpose(enum cf_key_type t)
 	if (t == CF_KEY_AES_256)
 		return PURPOSE_WRAP;
 	return PURPOSE_SIGN;
+}
+
+void
+keyring_cfg_defaults(struct keyring_cfg *c)
+{
+	c->destroy_grace = 7 * 86400;
+	c->min_destroy_grace = 86400;
+	c->min_rotation_period = 3600;
 }
 
 const char *
@@ -145,6 +157,10 @@ kr_copy_info(const struct kr_key *k, struct key_info *out)
 	out->allowed_ops = k->allowed_ops;
 	out->primary = k->primary;
 	out->created = k->created;
+	out->min_version = k->min_version;
+	out->min_verify = k->min_verify;
+	out->rotation_period = k->rotation_period;
+	out->next_rotation = k->next_rotation;
 	if (k->nv > 0) {
 		if ((out->versions = calloc(k->nv, sizeof(*out->versions))) == NULL)
 			return CF_E_NOMEM;
@@ -185,7 +201,15 @@ load_one(const struct store_key *sk, void *arg)
 	k->allowed_ops = sk->allowed_ops;
 	k->primary = sk->primary;
 	k->created = sk->created;
+	k->min_version = sk->min_version;
+	k->min_verify = sk->min_verify;
+	k->rotation_period = sk->rotation_period;
+	k->next_rotation = sk->next_rotation;
 	for (uint32_t i = 0; i < sk->nversions; i++) {
+		const struct store_version *sv = &sk->versions[i];
+		/* Its objects may be gone already: the daemon stopped between
+		 * destroying them and recording it; the next tick finishes. */
+		int dying = sv->state == STORE_DESTROY_SCHEDULED && sv->destroy_time <= time(NULL);
 		cf_p11_key *h = NULL;
 
 		if (sk->versions[i].state != STORE_DESTROYED) {
@@ -199,12 +223,12 @@ load_one(const struct store_key *sk, void *arg)
 				kr_report(lc, msg);
 				cf_p11_key_free(h);
 				h = NULL;
-			} else if (r == CF_E_NOT_FOUND) {
+			} else if (r == CF_E_NOT_FOUND && !dying) {
 				snprintf(msg, sizeof(msg), "key %s version %u is in the registry "
 					 "but missing from the token", sk->name,
 					 sk->versions[i].version);
 				kr_report(lc, msg);
-			} else if (r != CF_OK) {
+			} else if (r != CF_OK && r != CF_E_NOT_FOUND) {
 				kr_key_free(k);
 				return r;
 			}
@@ -245,8 +269,8 @@ orphan_check(const char *name, uint32_t version, enum cf_key_type type, void *ar
 }
 
 int
-keyring_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *mismatches,
-	     keyring **out)
+keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
+	     void (*report)(const char *msg), unsigned *mismatches, keyring **out)
 {
 	struct load_ctx lc = { NULL, report, 0 };
 	keyring *kr;
@@ -256,6 +280,10 @@ keyring_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 		return CF_E_NOMEM;
 	kr->p11 = p11;
 	kr->st = st;
+	if (cfg != NULL)
+		kr->cfg = *cfg;
+	else
+		keyring_cfg_defaults(&kr->cfg);
 	pthread_rwlock_init(&kr->lock, NULL);
 	pthread_mutex_init(&kr->write_mu, NULL);
 	lc.kr = kr;
@@ -314,11 +342,25 @@ generate_or_adopt(keyring *kr, const char *name, uint32_t version, enum cf_key_t
 	return CF_OK;
 }
 
+/* CF_OK if period is 0 or a rotation period this daemon accepts. */
+static int
+check_period(const keyring *kr, int64_t period)
+{
+	if (period != 0 && (period < (int64_t)kr->cfg.min_rotation_period ||
+			    period > KEYRING_MAX_ROTATION_PERIOD))
+		return cf_error(CF_E_INVALID_ARG, "rotation period %lld s is outside %u s .. %lld s "
+				"([keys] min_rotation_period .. 10 years)", (long long)period,
+				kr->cfg.min_rotation_period, KEYRING_MAX_ROTATION_PERIOD);
+	return CF_OK;
+}
+
 static int
 kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	uint32_t allowed_ops, const cf_secret *material, int adopt, struct key_info *out)
+	uint32_t allowed_ops, int64_t period, const cf_secret *material, int adopt,
+	struct key_info *out)
 {
-	struct store_version meta = { 1, STORE_ENABLED, now_unix() };
+	struct store_version meta = { 1, STORE_ENABLED, now_unix(), 0, 0 };
+	struct store_key sk;
 	unsigned flags = exportable ? CF_P11_EXPORTABLE : 0;
 	struct kr_key *k = NULL;
 	cf_p11_key *h = NULL;
@@ -333,6 +375,16 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		return cf_error(CF_E_INVALID_ARG, "key type is missing or unknown");
 	if (exportable && cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be exportable");
+	if ((r = check_period(kr, period)) != CF_OK)
+		return r;
+	memset(&sk, 0, sizeof(sk));
+	snprintf(sk.name, sizeof(sk.name), "%s", name);
+	sk.type = type;
+	sk.exportable = exportable;
+	sk.allowed_ops = allowed_ops;
+	sk.created = meta.created;
+	sk.rotation_period = period;
+	sk.next_rotation = period ? meta.created + period : 0;
 	pthread_mutex_lock(&kr->write_mu);
 	pthread_rwlock_rdlock(&kr->lock);
 	kr_find(kr, name, &found);
@@ -345,8 +397,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		       generate_or_adopt(kr, name, 1, type, flags, adopt, &h);
 	if (r != CF_OK)
 		goto out;
-	if ((r = store_key_create(kr->st, name, type, exportable, allowed_ops, meta.created)) !=
-	    CF_OK) {
+	if ((r = store_key_create(kr->st, &sk)) != CF_OK) {
 		/* Not recorded: take the new object out of the token again. */
 		(void)cf_p11_key_destroy(h);
 		goto out;
@@ -361,6 +412,8 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 	k->allowed_ops = allowed_ops;
 	k->primary = 1;
 	k->created = meta.created;
+	k->rotation_period = sk.rotation_period;
+	k->next_rotation = sk.next_rotation;
 	if ((r = kr_add_version(k, &meta, h)) != CF_OK)
 		goto out;
 	h = NULL;
@@ -380,9 +433,10 @@ out:
 
 int
 keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	       uint32_t allowed_ops, int adopt, struct key_info *out)
+	       uint32_t allowed_ops, int64_t rotation_period, int adopt, struct key_info *out)
 {
-	return kr_make(kr, name, type, exportable, allowed_ops, NULL, adopt, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, rotation_period, NULL, adopt,
+		       out);
 }
 
 int
@@ -392,7 +446,7 @@ keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 {
 	if (cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be imported");
-	return kr_make(kr, name, type, exportable, allowed_ops, material, 0, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, 0, material, 0, out);
 }
 
 int
@@ -409,12 +463,17 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 	return found ? CF_OK : CF_E_NOT_FOUND;
 }
 
-int
-keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
+/* A new version, made primary. due_by (scheduled rotations): only if the
+ * key's next rotation is due by then (a manual rotation may have come
+ * first); *skipped says it was not. */
+static int
+kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped,
+	  struct key_info *out)
 {
-	struct store_version meta = { 0, STORE_ENABLED, now_unix() };
+	struct store_version meta = { 0, STORE_ENABLED, now_unix(), 0, 0 };
 	struct kr_key *k;
 	cf_p11_key *h = NULL;
+	int64_t next = 0;
 	int found, r;
 	size_t at;
 
@@ -425,11 +484,17 @@ keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
 	at = kr_find(kr, name, &found);
 	k = found ? kr->keys[at] : NULL;
 	/* Safe to read after unlock: only writers (we hold write_mu) change it. */
-	if (k != NULL)
+	if (k != NULL) {
 		meta.version = k->v[k->nv - 1].meta.version + 1;
+		next = k->rotation_period ? meta.created + k->rotation_period : 0;
+	}
 	pthread_rwlock_unlock(&kr->lock);
 	if (k == NULL) {
 		r = cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
+		goto out;
+	}
+	if (due_by != 0 && (k->next_rotation == 0 || k->next_rotation > due_by)) {
+		*skipped = 1;
 		goto out;
 	}
 	if (meta.version > CF_KEY_VERSION_MAX) {
@@ -441,7 +506,7 @@ keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
 			      CF_P11_EXPORTABLE : 0, adopt, &h);
 	if (r != CF_OK)
 		goto out;
-	if ((r = store_version_add(kr->st, name, meta.version, meta.created)) != CF_OK) {
+	if ((r = store_version_add(kr->st, name, meta.version, meta.created, next)) != CF_OK) {
 		(void)cf_p11_key_destroy(h);
 		goto out;
 	}
@@ -449,13 +514,22 @@ keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
 	if ((r = kr_add_version(k, &meta, h)) == CF_OK) {
 		h = NULL;
 		k->primary = meta.version;
-		r = kr_copy_info(k, out);
+		k->next_rotation = next;
+		k->retry_at = 0;
+		if (out != NULL)
+			r = kr_copy_info(k, out);
 	}
 	pthread_rwlock_unlock(&kr->lock);
 out:
 	pthread_mutex_unlock(&kr->write_mu);
 	cf_p11_key_free(h);
 	return r;
+}
+
+int
+keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
+{
+	return kr_rotate(kr, name, adopt, 0, NULL, out);
 }
 
 int
@@ -506,10 +580,24 @@ out:
 	return CF_OK;
 }
 
+static const char *
+state_name(enum store_state st)
+{
+	switch (st) {
+	case STORE_ENABLED: return "enabled";
+	case STORE_DISABLED: return "disabled";
+	case STORE_DESTROY_SCHEDULED: return "scheduled for destruction";
+	case STORE_DESTROYED: return "destroyed";
+	}
+	return "in an unknown state";
+}
+
 int
 keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose purpose,
-	    cf_p11_key **key, uint32_t *used_version)
+	    enum key_use use, cf_p11_key **key, uint32_t *used_version)
 {
+	uint32_t min;
+
 	const struct kr_key *k;
 	const struct kr_version *v = NULL;
 	int found, r = CF_OK;
@@ -537,8 +625,21 @@ keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose pu
 		r = cf_error(CF_E_NOT_FOUND, "key %s has no version %u", name, version);
 		goto out;
 	}
-	if (v->meta.state != STORE_ENABLED || v->k == NULL) {
-		r = cf_error(CF_E_PRECONDITION, "key %s version %u is not enabled", name, version);
+	if (v->meta.state != STORE_ENABLED) {
+		r = cf_error(CF_E_PRECONDITION, "key %s version %u is %s", name, version,
+			     state_name(v->meta.state));
+		goto out;
+	}
+	if (v->k == NULL) {
+		r = cf_error(CF_E_PRECONDITION, "key %s version %u is missing from the token",
+			     name, version);
+		goto out;
+	}
+	min = use == USE_NEW ? k->min_version : k->min_verify;
+	if (version < min) {
+		r = cf_error(CF_E_PRECONDITION, "key %s version %u is below the key's minimum "
+			     "version %u for %s", name, version, min,
+			     use == USE_NEW ? "new operations" : "verify and unwrap");
 		goto out;
 	}
 	*key = v->k;
@@ -546,4 +647,374 @@ keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose pu
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return r;
+}
+
+/* ---- lifecycle ---- */
+
+/* "2026-11-28T10:00:00Z" */
+static const char *
+fmt_time(int64_t t, char buf[32])
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, 32, "%lld", (long long)t);
+	return buf;
+}
+
+/* A key's metadata as the store holds it, to change and record before it
+ * is applied (versions malloc'ed). */
+static int
+kr_snapshot(const struct kr_key *k, struct store_key *sk)
+{
+	memset(sk, 0, sizeof(*sk));
+	memcpy(sk->name, k->name, sizeof(sk->name));
+	sk->type = k->type;
+	sk->exportable = k->exportable;
+	sk->allowed_ops = k->allowed_ops;
+	sk->primary = k->primary;
+	sk->created = k->created;
+	sk->min_version = k->min_version;
+	sk->min_verify = k->min_verify;
+	sk->rotation_period = k->rotation_period;
+	sk->next_rotation = k->next_rotation;
+	if ((sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
+		return CF_E_NOMEM;
+	for (uint32_t i = 0; i < k->nv; i++)
+		sk->versions[i] = k->v[i].meta;
+	sk->nversions = k->nv;
+	return CF_OK;
+}
+
+/* Under the write lock: make the recorded snapshot the key's state. */
+static void
+kr_apply(struct kr_key *k, const struct store_key *sk)
+{
+	k->primary = sk->primary;
+	k->min_version = sk->min_version;
+	k->min_verify = sk->min_verify;
+	k->rotation_period = sk->rotation_period;
+	k->next_rotation = sk->next_rotation;
+	for (uint32_t i = 0; i < k->nv; i++)
+		k->v[i].meta = sk->versions[i];
+}
+
+static struct store_version *
+sk_version(struct store_key *sk, uint32_t version)
+{
+	for (uint32_t i = 0; i < sk->nversions; i++)
+		if (sk->versions[i].version == version)
+			return &sk->versions[i];
+	return NULL;
+}
+
+/* Refuse to take away the primary or the last enabled version without force. */
+static int
+check_force(const struct store_key *sk, const struct store_version *v, int force,
+	    const char *doing)
+{
+	unsigned enabled = 0;
+
+	if (force)
+		return CF_OK;
+	for (uint32_t i = 0; i < sk->nversions; i++)
+		enabled += sk->versions[i].state == STORE_ENABLED;
+	if (v->version == sk->primary)
+		return cf_error(CF_E_PRECONDITION, "key %s version %u is the primary version; make "
+				"another version primary first, or pass force (--force) to %s "
+				"it anyway (new operations then fail)", sk->name, v->version, doing);
+	if (v->state == STORE_ENABLED && enabled == 1)
+		return cf_error(CF_E_PRECONDITION, "key %s version %u is the last enabled version; "
+				"enable another first, or pass force (--force) to %s it anyway",
+				sk->name, v->version, doing);
+	return CF_OK;
+}
+
+static int
+schedule_destroy(const keyring *kr, struct store_version *v, int64_t grace, int64_t now)
+{
+	v->prior = v->state;
+	v->state = STORE_DESTROY_SCHEDULED;
+	v->destroy_time = now + (grace ? grace : (int64_t)kr->cfg.destroy_grace);
+	return CF_OK;
+}
+
+static int
+check_grace(const keyring *kr, int64_t grace)
+{
+	if (grace != 0 && (grace < (int64_t)kr->cfg.min_destroy_grace || grace > KEYRING_MAX_GRACE))
+		return cf_error(CF_E_INVALID_ARG, "grace period %lld s is outside %u s .. %d s "
+				"([keys] min_destroy_grace .. 365 days)", (long long)grace,
+				kr->cfg.min_destroy_grace, KEYRING_MAX_GRACE);
+	return CF_OK;
+}
+
+static int
+set_minimums(struct store_key *sk, const struct key_change_args *a)
+{
+	uint32_t latest = sk->versions[sk->nversions - 1].version;
+	uint32_t mn = a->min_version ? a->min_version : sk->min_version;
+	uint32_t mv = a->min_verify ? a->min_verify : sk->min_verify;
+
+	if (a->keep_last != 0) {
+		if (a->min_verify != 0)
+			return cf_error(CF_E_INVALID_ARG, "give keep_last or min_verify_version, "
+					"not both");
+		mv = latest >= a->keep_last ? latest - a->keep_last + 1 : 1;
+		if (mn < mv)
+			mn = mv;
+	}
+	if (mn > sk->primary)
+		return cf_error(CF_E_PRECONDITION, "key %s: min_version %u would exceed the primary "
+				"version %u; make a newer version primary (or rotate) first",
+				sk->name, mn, sk->primary);
+	if ((mv > 1 ? mv : 1) > (mn > 1 ? mn : 1))
+		return cf_error(CF_E_PRECONDITION, "key %s: min_verify_version %u would exceed "
+				"min_version %u; raise min_version too", sk->name, mv,
+				mn > 1 ? mn : 1);
+	sk->min_version = mn;
+	sk->min_verify = mv;
+	return CF_OK;
+}
+
+/* Check `what` against the snapshot and make the change in it. */
+static int
+change(const keyring *kr, struct store_key *sk, enum key_change what,
+       const struct key_change_args *a, int64_t now)
+{
+	struct store_version *v = NULL;
+	char t[32];
+	int r;
+
+	if (what <= KC_CANCEL_DESTROY) {
+		if (a->version == 0)
+			return cf_error(CF_E_INVALID_ARG, "version is required");
+		if ((v = sk_version(sk, a->version)) == NULL)
+			return cf_error(CF_E_NOT_FOUND, "key %s has no version %u", sk->name,
+					a->version);
+	}
+	switch (what) {
+	case KC_SET_PRIMARY:
+		if (v->state != STORE_ENABLED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is %s; only an enabled "
+					"version can be primary", sk->name, v->version,
+					state_name(v->state));
+		if (v->version < sk->min_version)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is below the key's "
+					"min_version %u", sk->name, v->version, sk->min_version);
+		sk->primary = v->version;
+		return CF_OK;
+	case KC_ENABLE:
+		if (v->state == STORE_DISABLED)
+			v->state = STORE_ENABLED;
+		else if (v->state == STORE_DESTROY_SCHEDULED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is scheduled for "
+					"destruction; cancel-destroy restores it", sk->name,
+					v->version);
+		else if (v->state != STORE_ENABLED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is destroyed; it cannot "
+					"be restored", sk->name, v->version);
+		return CF_OK;
+	case KC_DISABLE:
+		if (v->state == STORE_DISABLED)
+			return CF_OK;
+		if (v->state != STORE_ENABLED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is %s", sk->name,
+					v->version, state_name(v->state));
+		if ((r = check_force(sk, v, a->force, "disable")) != CF_OK)
+			return r;
+		v->state = STORE_DISABLED;
+		return CF_OK;
+	case KC_SCHEDULE_DESTROY:
+		if ((r = check_grace(kr, a->grace)) != CF_OK)
+			return r;
+		if (v->state == STORE_DESTROY_SCHEDULED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is already scheduled for "
+					"destruction at %s", sk->name, v->version,
+					fmt_time(v->destroy_time, t));
+		if (v->state != STORE_ENABLED && v->state != STORE_DISABLED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is %s", sk->name,
+					v->version, state_name(v->state));
+		if ((r = check_force(sk, v, a->force, "destroy")) != CF_OK)
+			return r;
+		return schedule_destroy(kr, v, a->grace, now);
+	case KC_CANCEL_DESTROY:
+		if (v->state == STORE_DESTROYED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u was destroyed at %s; it "
+					"cannot be restored", sk->name, v->version,
+					fmt_time(v->destroy_time, t));
+		if (v->state != STORE_DESTROY_SCHEDULED)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u is not scheduled for "
+					"destruction (it is %s)", sk->name, v->version,
+					state_name(v->state));
+		if (now >= v->destroy_time)
+			return cf_error(CF_E_PRECONDITION, "key %s version %u: the grace period ended "
+					"at %s; it is being destroyed and cannot be restored",
+					sk->name, v->version, fmt_time(v->destroy_time, t));
+		v->state = v->prior == STORE_ENABLED ? STORE_ENABLED : STORE_DISABLED;
+		v->prior = 0;
+		v->destroy_time = 0;
+		return CF_OK;
+	case KC_SET_MINIMUMS:
+		return set_minimums(sk, a);
+	case KC_TRIM:
+		if ((r = check_grace(kr, a->grace)) != CF_OK)
+			return r;
+		if (sk->min_verify <= 1)
+			return cf_error(CF_E_PRECONDITION, "key %s has no min_verify_version, so no "
+					"version is below it; set one first (key set-min "
+					"--keep-last N)", sk->name);
+		for (uint32_t i = 0; i < sk->nversions; i++) {
+			struct store_version *o = &sk->versions[i];
+
+			if (o->version < sk->min_verify &&
+			    (o->state == STORE_ENABLED || o->state == STORE_DISABLED))
+				schedule_destroy(kr, o, a->grace, now);
+		}
+		return CF_OK;
+	case KC_SET_ROTATION:
+		if (a->period < 0 || a->next < 0)
+			return cf_error(CF_E_INVALID_ARG, "period and next rotation time cannot be "
+					"negative");
+		if ((r = check_period(kr, a->period)) != CF_OK)
+			return r;
+		sk->rotation_period = a->period;
+		sk->next_rotation = a->period == 0 ? 0 : a->next ? a->next : now + a->period;
+		return CF_OK;
+	}
+	return cf_error(CF_E_INVALID_ARG, "unknown lifecycle change");
+}
+
+int
+keyring_change(keyring *kr, const char *name, enum key_change what,
+	       const struct key_change_args *a, struct key_info *out)
+{
+	struct store_key sk;
+	struct kr_key *k;
+	int found, r;
+	size_t at;
+
+	memset(&sk, 0, sizeof(sk));
+	if ((r = cf_key_name_check(name)) != CF_OK)
+		return r;
+	pthread_mutex_lock(&kr->write_mu);
+	pthread_rwlock_rdlock(&kr->lock);
+	at = kr_find(kr, name, &found);
+	k = found ? kr->keys[at] : NULL;
+	r = k != NULL ? kr_snapshot(k, &sk) : cf_error(CF_E_NOT_FOUND, "key %s does not exist",
+							name);
+	pthread_rwlock_unlock(&kr->lock);
+	if (r != CF_OK || (r = change(kr, &sk, what, a, now_unix())) != CF_OK ||
+	    (r = store_key_save(kr->st, &sk)) != CF_OK)
+		goto out;
+	pthread_rwlock_wrlock(&kr->lock);
+	kr_apply(k, &sk);
+	r = kr_copy_info(k, out);
+	pthread_rwlock_unlock(&kr->lock);
+out:
+	pthread_mutex_unlock(&kr->write_mu);
+	free(sk.versions);
+	return r;
+}
+
+/* Destroy the token objects of k's versions whose grace period is over,
+ * then record them destroyed. Under write_mu. */
+static void
+destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, void *arg)
+{
+	struct store_key sk;
+	int r, any = 0;
+
+	if (k->retry_at > now || kr_snapshot(k, &sk) != CF_OK)
+		return;
+	for (uint32_t i = 0; i < k->nv; i++) {
+		struct store_version *v = &sk.versions[i];
+
+		if (v->state != STORE_DESTROY_SCHEDULED || v->destroy_time > now)
+			continue;
+		/* Gone already if the daemon stopped before recording it. */
+		r = k->v[i].k != NULL ? cf_p11_key_destroy(k->v[i].k) : CF_OK;
+		if (r == CF_E_NOT_FOUND)
+			r = CF_OK;
+		if (r != CF_OK) {
+			k->retry_at = now + 60;
+			done(k->name, v->version, "destroy", r, arg);
+			continue;
+		}
+		v->state = STORE_DESTROYED;
+		v->destroy_time = now;
+		v->prior = 0;
+		any = 1;
+	}
+	if (any) {
+		r = store_key_save(kr->st, &sk);
+		for (uint32_t i = 0; i < k->nv; i++)
+			if (sk.versions[i].state == STORE_DESTROYED &&
+			    k->v[i].meta.state != STORE_DESTROYED)
+				done(k->name, sk.versions[i].version, "destroy", r, arg);
+		if (r == CF_OK) {
+			pthread_rwlock_wrlock(&kr->lock);
+			kr_apply(k, &sk);
+			pthread_rwlock_unlock(&kr->lock);
+		} else {
+			k->retry_at = now + 60;
+		}
+	}
+	free(sk.versions);
+}
+
+void
+keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
+{
+	char (*due)[CF_KEY_NAME_MAX + 1] = NULL;
+	size_t ndue = 0;
+
+	/* Destructions: token writes, under write_mu like every change. */
+	pthread_mutex_lock(&kr->write_mu);
+	for (size_t i = 0; i < kr->n; i++) {
+		struct kr_key *k = kr->keys[i];
+		int any = 0;
+
+		for (uint32_t j = 0; j < k->nv && !any; j++)
+			any = k->v[j].meta.state == STORE_DESTROY_SCHEDULED &&
+			      k->v[j].meta.destroy_time <= now;
+		if (any)
+			destroy_due(kr, k, now, done, arg);
+	}
+	/* Rotations: collected first, then each made as a rotation is. */
+	for (size_t i = 0; i < kr->n; i++) {
+		struct kr_key *k = kr->keys[i];
+
+		if (k->next_rotation == 0 || k->next_rotation > now || k->retry_at > now)
+			continue;
+		if (due == NULL && (due = calloc(kr->n, sizeof(*due))) == NULL)
+			break;
+		memcpy(due[ndue++], k->name, sizeof(*due));
+	}
+	pthread_mutex_unlock(&kr->write_mu);
+	for (size_t i = 0; i < ndue; i++) {
+		struct key_info info;
+		int skipped = 0, r;
+
+		memset(&info, 0, sizeof(info));
+		/* adopt: an unrecorded next version can only be left by an
+		 * interrupted rotation of this very key. */
+		r = kr_rotate(kr, due[i], 1, now, &skipped, &info);
+		if (skipped)
+			continue;
+		if (r != CF_OK) {
+			int found;
+			size_t at;
+
+			pthread_mutex_lock(&kr->write_mu);
+			at = kr_find(kr, due[i], &found);
+			if (found)
+				kr->keys[at]->retry_at = now + 60;
+			pthread_mutex_unlock(&kr->write_mu);
+		}
+		done(due[i], r == CF_OK ? info.primary : 0, "rotate", r, arg);
+		keyring_info_free(&info);
+	}
+	free(due);
 }

@@ -3,8 +3,8 @@
  * (loaded from the store at start-up, written through on change) beside the
  * open token handles of its versions. The data path never touches SQLite.
  *
- * Thread-safe: lookups take a read lock; create/import/rotate serialise on a
- * write lock. Handles returned by keyring_use are borrowed and stay valid
+ * Thread-safe: lookups take a read lock; changes (create, import, rotate,
+ * lifecycle) serialise on a write lock. Handles returned by keyring_use are borrowed and stay valid
  * for the life of the keyring (versions are never freed while it runs).
  */
 #ifndef COFFER_KEYRING_H
@@ -23,6 +23,21 @@ typedef struct keyring keyring;
 
 enum key_purpose { PURPOSE_SIGN = 1, PURPOSE_MAC = 2, PURPOSE_WRAP = 3 };
 
+/* What an operation does with a version: make something new (sign, MAC,
+ * wrap: needs min_version) or check or open something old (verify,
+ * unwrap, a public key: needs min_verify). */
+enum key_use { USE_NEW = 1, USE_CHECK = 2 };
+
+/* Lifecycle limits ([keys] in the configuration), seconds. */
+struct keyring_cfg {
+	unsigned destroy_grace;         /* default grace before destruction: 7 days */
+	unsigned min_destroy_grace;     /* shortest grace a caller may ask for: 1 day */
+	unsigned min_rotation_period;   /* shortest rotation period: 1 hour */
+};
+#define KEYRING_MAX_GRACE (365 * 86400)
+#define KEYRING_MAX_ROTATION_PERIOD (3650LL * 86400)
+void keyring_cfg_defaults(struct keyring_cfg *c);
+
 enum key_purpose keyring_purpose(enum cf_key_type t);
 const char *keyring_purpose_name(enum key_purpose p);
 
@@ -35,6 +50,8 @@ struct key_info {
 	uint32_t allowed_ops;   /* bit (1 << coffer.v1.Operation); 0 = all of its purpose */
 	uint32_t primary;
 	int64_t created;
+	uint32_t min_version, min_verify;   /* 0: none */
+	int64_t rotation_period, next_rotation;
 	struct store_version *versions;
 	uint32_t nversions;
 };
@@ -44,25 +61,54 @@ void keyring_info_free(struct key_info *info);
  * Reconciliation: a version the store records but the token lacks, and a
  * Coffer object in the token no record claims, are each reported through
  * `report` (a message per mismatch) and counted in *mismatches. */
-int keyring_open(cf_p11 *p11, store *st, void (*report)(const char *msg),
-		 unsigned *mismatches, keyring **out);
+int keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
+		 void (*report)(const char *msg), unsigned *mismatches, keyring **out);
 void keyring_close(keyring *kr);
 
 /* New key with version 1, generated in the token (or imported). allowed_ops
  * (0: every operation of its purpose) is the key's own limit, which no grant
- * can exceed; the caller checks it fits the purpose. adopt (create and
- * rotate): the call resumes one that died after making the token object
- * and before recording it (idempotency.h); an unrecorded object of that
- * name, version and type is taken over instead of refused. */
+ * can exceed; the caller checks it fits the purpose. rotation_period: 0 or
+ * seconds between scheduled rotations. adopt (create and rotate): the call
+ * resumes one that died after making the token object and before recording
+ * it (idempotency.h); an unrecorded object of that name, version and type
+ * is taken over instead of refused. */
 int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-		   uint32_t allowed_ops, int adopt, struct key_info *out);
+		   uint32_t allowed_ops, int64_t rotation_period, int adopt,
+		   struct key_info *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 		   const cf_secret *material, int exportable, uint32_t allowed_ops,
 		   struct key_info *out);
 /* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
 int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
-/* New version, made primary. */
+/* New version, made primary; the next scheduled rotation is one period on. */
 int keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out);
+
+/* Lifecycle changes (coffer.proto "Key lifecycle"). Each is checked against
+ * the key as it is, recorded in the store, then applied. CF_E_NOT_FOUND (no
+ * key or version), CF_E_INVALID_ARG, CF_E_PRECONDITION (the state does not
+ * allow it, force needed, grace period over, a minimum past the primary). */
+enum key_change {
+	KC_SET_PRIMARY = 1, KC_ENABLE, KC_DISABLE, KC_SCHEDULE_DESTROY, KC_CANCEL_DESTROY,
+	KC_SET_MINIMUMS, KC_TRIM, KC_SET_ROTATION,
+};
+struct key_change_args {
+	uint32_t version;
+	int force;                  /* the primary or the last enabled version */
+	int64_t grace;              /* seconds; 0: the configured default */
+	uint32_t min_version, min_verify, keep_last;   /* 0: unchanged */
+	int64_t period, next;       /* KC_SET_ROTATION */
+};
+int keyring_change(keyring *kr, const char *name, enum key_change what,
+		   const struct key_change_args *a, struct key_info *out);
+
+/* Due work, called about once a second: rotate keys whose scheduled
+ * rotation is due (once, however long ago it fell due) and destroy the
+ * token objects of versions whose grace period is over. done() is told of
+ * each (what: "rotate" or "destroy"; status CF_OK or the failure, retried
+ * a minute later). */
+typedef void (*keyring_done_fn)(const char *name, uint32_t version, const char *what,
+				int status, void *arg);
+void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
 
 int keyring_describe(keyring *kr, const char *name, struct key_info *out);
 /* Names after `after` ("" = from the start), in order, at most `max`. */
@@ -71,8 +117,9 @@ int keyring_list(keyring *kr, const char *after, uint32_t max, struct key_info *
 
 /* The token handle of `version` (0 = primary) for an operation needing
  * `purpose`. CF_E_NOT_FOUND (no key / version), CF_E_WRONG_KEY_TYPE (wrong
- * purpose), CF_E_PRECONDITION (version not enabled). */
+ * purpose), CF_E_PRECONDITION (version not enabled, or below the key's
+ * minimum for `use`). */
 int keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose purpose,
-		cf_p11_key **key, uint32_t *used_version);
+		enum key_use use, cf_p11_key **key, uint32_t *used_version);
 
 #endif

@@ -60,6 +60,20 @@ static const char *const schema_v5 =
 	" PRIMARY KEY (key, uid));"
 	"CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);";
 
+/* Columns added to older tables, with the schema version that added them. */
+static const struct {
+	int since;
+	const char *sql;
+} columns[] = {
+	{ 3, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT NULL DEFAULT 0;" },
+	{ 6, "ALTER TABLE keys ADD COLUMN min_version INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE keys ADD COLUMN min_verify INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE keys ADD COLUMN rotation_period INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE keys ADD COLUMN next_rotation INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE versions ADD COLUMN destroy_time INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE versions ADD COLUMN prior_state INTEGER NOT NULL DEFAULT 0;" },
+};
+
 static int
 db_err(store *s, const char *what)
 {
@@ -114,28 +128,22 @@ store_open(const char *dir, store **out)
 		ver = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
 	st = NULL;
-	if (ver == 0) {
-		char sql[128];
-
-		snprintf(sql, sizeof(sql), "INSERT INTO meta VALUES ('schema_version', '%d');",
-			 STORE_SCHEMA_VERSION);
-		if ((r = exec(s, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT NULL "
-			      "DEFAULT 0;")) != CF_OK || (r = exec(s, sql)) != CF_OK)
-			goto rollback;
-	} else if (ver > STORE_SCHEMA_VERSION) {
+	if (ver > STORE_SCHEMA_VERSION) {
 		r = cf_error(CF_E_CONFIG, "state store %s has schema %d, newer than this cofferd "
 			     "(%d); upgrade cofferd", path, ver, STORE_SCHEMA_VERSION);
 		goto rollback;
-	} else if (ver < STORE_SCHEMA_VERSION) {
-		/* Older stores lacked tables (created above) and, before 3, the
-		 * keys' allowed operations. */
+	}
+	/* Tables are created above (IF NOT EXISTS); columns added since
+	 * version 1 are added here to stores older than them (0: a new one). */
+	for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++)
+		if (ver < columns[i].since && (r = exec(s, columns[i].sql)) != CF_OK)
+			goto rollback;
+	if (ver < STORE_SCHEMA_VERSION) {
 		char sql[160];
 
-		snprintf(sql, sizeof(sql), "UPDATE meta SET v = '%d' WHERE k = 'schema_version';",
-			 STORE_SCHEMA_VERSION);
-		if ((ver < 3 && (r = exec(s, "ALTER TABLE keys ADD COLUMN allowed_ops INTEGER NOT "
-					  "NULL DEFAULT 0;")) != CF_OK) ||
-		    (r = exec(s, sql)) != CF_OK)
+		snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES ('schema_version', "
+			 "'%d');", STORE_SCHEMA_VERSION);
+		if ((r = exec(s, sql)) != CF_OK)
 			goto rollback;
 	}
 	if ((r = exec(s, "COMMIT;")) != CF_OK)
@@ -170,9 +178,11 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 	pthread_mutex_lock(&s->mu);
 	memset(&k, 0, sizeof(k));
 	if (sqlite3_prepare_v2(s->db, "SELECT name, type, exportable, primary_version, created, "
-			       "allowed_ops FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(s->db, "SELECT version, state, created FROM versions WHERE "
-			       "name = ? ORDER BY version", -1, &vs, NULL) != SQLITE_OK) {
+			       "allowed_ops, min_version, min_verify, rotation_period, "
+			       "next_rotation FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db, "SELECT version, state, created, destroy_time, prior_state "
+			       "FROM versions WHERE name = ? ORDER BY version", -1, &vs,
+			       NULL) != SQLITE_OK) {
 		r = db_err(s, "loading keys");
 		goto out;
 	}
@@ -191,6 +201,10 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 		k.allowed_ops = (uint32_t)sqlite3_column_int64(ks, 5);
 		k.primary = (uint32_t)sqlite3_column_int64(ks, 3);
 		k.created = sqlite3_column_int64(ks, 4);
+		k.min_version = (uint32_t)sqlite3_column_int64(ks, 6);
+		k.min_verify = (uint32_t)sqlite3_column_int64(ks, 7);
+		k.rotation_period = sqlite3_column_int64(ks, 8);
+		k.next_rotation = sqlite3_column_int64(ks, 9);
 		k.nversions = 0;
 		sqlite3_reset(vs);
 		sqlite3_bind_text(vs, 1, name, -1, SQLITE_TRANSIENT);
@@ -208,6 +222,8 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 			k.versions[k.nversions].version = (uint32_t)sqlite3_column_int64(vs, 0);
 			k.versions[k.nversions].state = (enum store_state)sqlite3_column_int(vs, 1);
 			k.versions[k.nversions].created = sqlite3_column_int64(vs, 2);
+			k.versions[k.nversions].destroy_time = sqlite3_column_int64(vs, 3);
+			k.versions[k.nversions].prior = (enum store_state)sqlite3_column_int(vs, 4);
 			k.nversions++;
 		}
 		if ((r = cb(&k, arg)) != CF_OK)
@@ -267,46 +283,35 @@ txn(store *s, int (*body)(store *s, const void *arg), const void *arg)
 	return r;
 }
 
-struct key_create {
-	const char *name;
-	enum cf_key_type type;
-	int exportable;
-	uint32_t allowed_ops;
-	int64_t now;
-};
-
 static int
 key_create_body(store *s, const void *arg)
 {
-	const struct key_create *k = arg;
+	const struct store_key *k = arg;
 	int rc;
 
 	rc = run(s, "INSERT INTO keys (name, type, exportable, primary_version, created, "
-		 "allowed_ops) VALUES (?, ?, ?, 1, ?, ?)", "ttiii", k->name,
-		 cf_key_type_name(k->type), (int64_t)k->exportable, k->now,
-		 (int64_t)k->allowed_ops);
+		 "allowed_ops, rotation_period, next_rotation) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+		 "ttiiiii", k->name, cf_key_type_name(k->type), (int64_t)k->exportable,
+		 k->created, (int64_t)k->allowed_ops, k->rotation_period, k->next_rotation);
 	if (rc == SQLITE_CONSTRAINT)
 		return cf_error(CF_E_EXISTS, "key %s already exists", k->name);
 	if (rc != SQLITE_OK ||
-	    run(s, "INSERT INTO versions VALUES (?, 1, ?, ?)", "tii", k->name,
-		(int64_t)STORE_ENABLED, k->now) != SQLITE_OK)
+	    run(s, "INSERT INTO versions (name, version, state, created) VALUES (?, 1, ?, ?)",
+		"tii", k->name, (int64_t)STORE_ENABLED, k->created) != SQLITE_OK)
 		return db_err(s, "recording the key");
 	return CF_OK;
 }
 
 int
-store_key_create(store *s, const char *name, enum cf_key_type type, int exportable,
-		 uint32_t allowed_ops, int64_t now)
+store_key_create(store *s, const struct store_key *k)
 {
-	struct key_create k = { name, type, exportable, allowed_ops, now };
-
-	return txn(s, key_create_body, &k);
+	return txn(s, key_create_body, k);
 }
 
 struct version_add {
 	const char *name;
 	uint32_t version;
-	int64_t now;
+	int64_t now, next_rotation;
 };
 
 static int
@@ -314,20 +319,51 @@ version_add_body(store *s, const void *arg)
 {
 	const struct version_add *v = arg;
 
-	if (run(s, "INSERT INTO versions VALUES (?, ?, ?, ?)", "tiii", v->name,
-		(int64_t)v->version, (int64_t)STORE_ENABLED, v->now) != SQLITE_OK ||
-	    run(s, "UPDATE keys SET primary_version = ? WHERE name = ?", "it",
-		(int64_t)v->version, v->name) != SQLITE_OK)
+	if (run(s, "INSERT INTO versions (name, version, state, created) VALUES (?, ?, ?, ?)",
+		"tiii", v->name, (int64_t)v->version, (int64_t)STORE_ENABLED, v->now) !=
+	    SQLITE_OK ||
+	    run(s, "UPDATE keys SET primary_version = ?, next_rotation = ? WHERE name = ?", "iit",
+		(int64_t)v->version, v->next_rotation, v->name) != SQLITE_OK)
 		return db_err(s, "recording the new version");
 	return CF_OK;
 }
 
 int
-store_version_add(store *s, const char *name, uint32_t version, int64_t now)
+store_version_add(store *s, const char *name, uint32_t version, int64_t now,
+		  int64_t next_rotation)
 {
-	struct version_add v = { name, version, now };
+	struct version_add v = { name, version, now, next_rotation };
 
 	return txn(s, version_add_body, &v);
+}
+
+static int
+key_save_body(store *s, const void *arg)
+{
+	const struct store_key *k = arg;
+
+	if (run(s, "UPDATE keys SET primary_version = ?, min_version = ?, min_verify = ?, "
+		"rotation_period = ?, next_rotation = ? WHERE name = ?", "iiiiit",
+		(int64_t)k->primary, (int64_t)k->min_version, (int64_t)k->min_verify,
+		k->rotation_period, k->next_rotation, k->name) != SQLITE_OK ||
+	    sqlite3_changes(s->db) != 1)
+		return db_err(s, "recording the key's change");
+	for (uint32_t i = 0; i < k->nversions; i++) {
+		const struct store_version *v = &k->versions[i];
+
+		if (run(s, "UPDATE versions SET state = ?, destroy_time = ?, prior_state = ? "
+			"WHERE name = ? AND version = ?", "iiiti", (int64_t)v->state,
+			v->destroy_time, (int64_t)v->prior, k->name, (int64_t)v->version) !=
+		    SQLITE_OK)
+			return db_err(s, "recording a version's state");
+	}
+	return CF_OK;
+}
+
+int
+store_key_save(store *s, const struct store_key *k)
+{
+	return txn(s, key_save_body, k);
 }
 
 /* ---- principals ---- */

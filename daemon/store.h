@@ -13,8 +13,8 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 5   /* 2: principals; 3: keys' allowed operations; 4: API keys;
-                                    5: idempotency records */
+#define STORE_SCHEMA_VERSION 6   /* 2: principals; 3: keys' allowed operations; 4: API keys;
+                                    5: idempotency records; 6: key lifecycle */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -22,6 +22,8 @@ struct store_version {
 	uint32_t version;
 	enum store_state state;
 	int64_t created;
+	int64_t destroy_time;           /* DESTROY_SCHEDULED: due; DESTROYED: done */
+	enum store_state prior;         /* DESTROY_SCHEDULED: the state a cancel restores */
 };
 
 struct store_key {
@@ -31,6 +33,10 @@ struct store_key {
 	uint32_t allowed_ops;           /* bit (1 << operation); 0 = all its purpose has */
 	uint32_t primary;
 	int64_t created;
+	uint32_t min_version;           /* new operations; 0 = none */
+	uint32_t min_verify;            /* verify and unwrap; 0 = none */
+	int64_t rotation_period;        /* seconds; 0 = no scheduled rotation */
+	int64_t next_rotation;          /* 0 = none */
 	struct store_version *versions; /* ascending; owned by the caller of store_load */
 	uint32_t nversions;
 };
@@ -92,12 +98,17 @@ void store_close(store *s);
 /* Call cb for every key with its versions (borrowed for the callback). */
 int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg);
 
-/* Record a new key with version 1 as primary, in one transaction.
- * CF_E_EXISTS if the name is taken. */
-int store_key_create(store *s, const char *name, enum cf_key_type type, int exportable,
-		     uint32_t allowed_ops, int64_t now);
-/* Record a new version and make it primary, in one transaction. */
-int store_version_add(store *s, const char *name, uint32_t version, int64_t now);
+/* Record a new key (k: name, type, exportable, allowed_ops, created,
+ * rotation_period, next_rotation) with version 1 as primary, in one
+ * transaction. CF_E_EXISTS if the name is taken. */
+int store_key_create(store *s, const struct store_key *k);
+/* Record a new version, make it primary and set the next scheduled
+ * rotation, in one transaction. */
+int store_version_add(store *s, const char *name, uint32_t version, int64_t now,
+		      int64_t next_rotation);
+/* Write a key's lifecycle fields (primary, minimums, rotation schedule)
+ * and every version's state, in one transaction. */
+int store_key_save(store *s, const struct store_key *k);
 
 /* Call cb for every principal (borrowed for the callback), by name. */
 int store_principals_load(store *s, int (*cb)(const struct store_principal *p, void *arg),

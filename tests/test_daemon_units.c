@@ -198,7 +198,12 @@ test_store_migration(void)
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
 	CU_ASSERT_EQUAL(store_load(s, count_key, &found), CF_OK);
 	CU_ASSERT_EQUAL(found, 1);
-	CU_ASSERT_EQUAL(store_key_create(s, "new-key", CF_KEY_EC_P256, 0, 6, 2), CF_OK);
+	{
+		struct store_key nk = { .name = "new-key", .type = CF_KEY_EC_P256, .allowed_ops = 6,
+					.created = 2 };
+
+		CU_ASSERT_EQUAL(store_key_create(s, &nk), CF_OK);
+	}
 	store_close(s);
 	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
 	{
@@ -407,11 +412,11 @@ test_reconcile(void)
 	snprintf(dir, sizeof(dir), "%s/reconcile", tok.dir);
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 0);
-	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	keyring_close(kr);
 	kr = NULL;
@@ -421,20 +426,20 @@ test_reconcile(void)
 	cf_p11_key_free(k);
 	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "stray", 1, CF_KEY_ED25519, 0, &stray), CF_OK);
 	cf_p11_key_free(stray);
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 2);
 	CU_ASSERT(reported("key lost version 1 is in the registry but missing from the token"));
 	CU_ASSERT(reported("token object stray version 1 has no registry record"));
 	/* the intact key works; the lost one is refused cleanly; the stray is not served */
-	CU_ASSERT_EQUAL(keyring_use(kr, "kept", 0, PURPOSE_SIGN, &k, &v), CF_OK);
-	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, &k, &v), CF_E_PRECONDITION);
-	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, &k, &v), CF_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(keyring_use(kr, "kept", 0, PURPOSE_SIGN, USE_NEW, &k, &v), CF_OK);
+	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, USE_NEW, &k, &v), CF_E_PRECONDITION);
+	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, USE_NEW, &k, &v), CF_E_NOT_FOUND);
 	/* a create that collides with the stray token object fails and records nothing */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, 0, &info), CF_E_EXISTS);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "stray", &info), CF_E_NOT_FOUND);
 	/* A resumed call (its idempotency record was left pending by a crash
 	 * after the token object was made): the object is adopted, once. */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 1, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, 1, &info), CF_OK);
 	CU_ASSERT(info.nversions == 1 && info.primary == 1);
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "kept", 2, CF_KEY_EC_P256, 0, &stray), CF_OK);
@@ -452,7 +457,7 @@ test_reconcile(void)
 	 * wrong-type version 3 is). */
 	mismatches = 0;
 	nreports = 0;
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 2);
 	CU_ASSERT(reported("token object kept version 3 has no registry record"));
 	CU_ASSERT(!reported("stray version 1 has no"));
@@ -481,8 +486,8 @@ test_handlers_direct(void)
 	snprintf(dir, sizeof(dir), "%s/handlers", tok.dir);
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, &h.kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &h.kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	sreq.key = "direct";
 	sreq.message.data = (uint8_t *)"m";

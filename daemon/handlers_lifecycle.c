@@ -1,0 +1,121 @@
+/* AdminService: a key's lifecycle after its creation — primary version,
+ * enable/disable, destruction with a grace period, minimum versions, trim
+ * and the rotation schedule (keyring_change does the checking). */
+#include <string.h>
+
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "handlers_internal.h"
+
+static int
+version_change(const struct hctx *c, const ProtobufCMessage *m, enum key_change what,
+	       ProtobufCMessage **resp)
+{
+	const Coffer__V1__KeyVersionRequest *req = (const void *)m;
+	struct key_change_args a;
+	struct key_info info;
+
+	memset(&a, 0, sizeof(a));
+	memset(&info, 0, sizeof(info));
+	a.version = req->version;
+	a.force = req->force;
+	a.grace = req->grace_seconds;
+	if (req->grace_seconds != 0 && what != KC_SCHEDULE_DESTROY)
+		return cf_error(CF_E_INVALID_ARG, "grace_seconds only applies to "
+				"ScheduleDestroyKeyVersion");
+	if (req->force && what != KC_DISABLE && what != KC_SCHEDULE_DESTROY)
+		return cf_error(CF_E_INVALID_ARG, "force only applies to DisableKeyVersion and "
+				"ScheduleDestroyKeyVersion");
+	return h_key_response(keyring_change(c->kr, req->name, what, &a, &info), &info, resp);
+}
+
+static int
+h_set_primary(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	return version_change(c, m, KC_SET_PRIMARY, resp);
+}
+
+static int
+h_enable(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	return version_change(c, m, KC_ENABLE, resp);
+}
+
+static int
+h_disable(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	return version_change(c, m, KC_DISABLE, resp);
+}
+
+static int
+h_schedule_destroy(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	return version_change(c, m, KC_SCHEDULE_DESTROY, resp);
+}
+
+static int
+h_cancel_destroy(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	return version_change(c, m, KC_CANCEL_DESTROY, resp);
+}
+
+static int
+h_set_minimums(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SetKeyMinimumsRequest *req = (const void *)m;
+	struct key_change_args a;
+	struct key_info info;
+
+	memset(&a, 0, sizeof(a));
+	memset(&info, 0, sizeof(info));
+	a.min_version = req->min_version;
+	a.min_verify = req->min_verify_version;
+	a.keep_last = req->keep_last;
+	if (a.min_version == 0 && a.min_verify == 0 && a.keep_last == 0)
+		return cf_error(CF_E_INVALID_ARG, "give min_version, min_verify_version or "
+				"keep_last");
+	return h_key_response(keyring_change(c->kr, req->name, KC_SET_MINIMUMS, &a, &info), &info,
+			      resp);
+}
+
+static int
+h_trim(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__TrimKeyRequest *req = (const void *)m;
+	struct key_change_args a;
+	struct key_info info;
+
+	memset(&a, 0, sizeof(a));
+	memset(&info, 0, sizeof(info));
+	a.grace = req->grace_seconds;
+	return h_key_response(keyring_change(c->kr, req->name, KC_TRIM, &a, &info), &info, resp);
+}
+
+static int
+h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SetRotationScheduleRequest *req = (const void *)m;
+	struct key_change_args a;
+	struct key_info info;
+
+	memset(&a, 0, sizeof(a));
+	memset(&info, 0, sizeof(info));
+	a.period = req->period_seconds;
+	a.next = req->next_rotation_time;
+	if (a.period == 0 && a.next != 0)
+		return cf_error(CF_E_INVALID_ARG, "next_rotation_time needs a period");
+	return h_key_response(keyring_change(c->kr, req->name, KC_SET_ROTATION, &a, &info), &info,
+			      resp);
+}
+
+const struct handler handlers_lifecycle[] = {
+	{ "coffer.v1.AdminService", "SetPrimaryVersion", h_set_primary },
+	{ "coffer.v1.AdminService", "EnableKeyVersion", h_enable },
+	{ "coffer.v1.AdminService", "DisableKeyVersion", h_disable },
+	{ "coffer.v1.AdminService", "ScheduleDestroyKeyVersion", h_schedule_destroy },
+	{ "coffer.v1.AdminService", "CancelDestroyKeyVersion", h_cancel_destroy },
+	{ "coffer.v1.AdminService", "SetKeyMinimums", h_set_minimums },
+	{ "coffer.v1.AdminService", "TrimKey", h_trim },
+	{ "coffer.v1.AdminService", "SetRotationSchedule", h_set_rotation },
+	{ NULL, NULL, NULL },
+};
