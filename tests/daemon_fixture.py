@@ -503,3 +503,28 @@ class SealedStub:
         if self.session is not None and self.session.usable:
             return self.session.close()
         return None
+
+
+def cofferctl_path():
+    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+                        "cofferctl")
+
+
+class Ctl:
+    """cofferctl against daemon d, with its identity pinned; raises on a
+    non-zero exit unless ok=False."""
+
+    def __init__(self, d):
+        self.d = d
+        self.ident = os.path.join(d.dir, "identity.pem")
+        self.env = dict(d.env, COFFER_SOCKET=d.service_socket,
+                        COFFER_ADMIN_SOCKET=d.admin_socket)
+        subprocess.run([cofferctl_path(), "identity", "--out", self.ident], env=self.env,
+                       check=True, capture_output=True, timeout=60)
+
+    def __call__(self, *args, ok=True, data=None, **kw):
+        r = subprocess.run([cofferctl_path(), "--identity", self.ident] + list(args),
+                           env=self.env, capture_output=True, timeout=60, input=data, **kw)
+        if ok and r.returncode != 0:
+            raise AssertionError("cofferctl %s: %d %s" % (args, r.returncode, r.stderr))
+        return r

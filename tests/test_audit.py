@@ -30,34 +30,12 @@ sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon, Ctl, stubs  # noqa: E402
 
 S = stubs()
 pb = S.pb
 SC = grpc.StatusCode
 TIMEOUT = 20
-
-
-def cofferctl_path():
-    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
-                        "cofferctl")
-
-
-class Ctl:
-    def __init__(self, d):
-        self.d = d
-        self.ident = os.path.join(d.dir, "identity.pem")
-        self.env = dict(d.env, COFFER_SOCKET=d.service_socket,
-                        COFFER_ADMIN_SOCKET=d.admin_socket)
-        subprocess.run([cofferctl_path(), "identity", "--out", self.ident], env=self.env,
-                       check=True, capture_output=True, timeout=60)
-
-    def __call__(self, *args, ok=True, data=None):
-        r = subprocess.run([cofferctl_path(), "--identity", self.ident] + list(args),
-                           env=self.env, capture_output=True, timeout=60, input=data)
-        if ok and r.returncode != 0:
-            raise AssertionError("cofferctl %s: %d %s" % (args, r.returncode, r.stderr))
-        return r
 
 
 def forms(secret):

@@ -465,6 +465,117 @@ test_reconcile(void)
 	store_close(st);
 }
 
+struct tick_log {
+	unsigned rotated, destroyed, failed;
+	uint32_t last_version;
+};
+
+static void
+tick_done(const char *name, uint32_t version, const char *what, int status, void *arg)
+{
+	struct tick_log *t = arg;
+
+	(void)name;
+	if (status != CF_OK)
+		t->failed++;
+	else if (strcmp(what, "rotate") == 0)
+		t->rotated++;
+	else
+		t->destroyed++;
+	t->last_version = version;
+}
+
+/* Destruction after the grace period removes the token objects; a daemon
+ * that stopped between destroying them and recording it finishes the job
+ * at the next tick without a reconciliation report; a scheduled rotation
+ * due long ago happens once. */
+static void
+test_lifecycle_token(void)
+{
+	struct keyring_cfg cfg = { 10, 1, 1 };
+	struct key_change_args a = { 0 };
+	struct tick_log tl = { 0 };
+	struct key_info info;
+	struct store_key sk = { 0 };
+	struct store_version sv[2];
+	char dir[400];
+	store *st = NULL;
+	keyring *kr = NULL;
+	cf_p11_key *k = NULL;
+	unsigned mismatches = 0;
+	int64_t now = (int64_t)time(NULL);
+	uint32_t v;
+
+	snprintf(dir, sizeof(dir), "%s/lifecycle", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "doomed", CF_KEY_EC_P256, 0, 0, 0, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", 0, &info), CF_OK);
+	keyring_info_free(&info);
+	/* Version 1 goes the normal way: scheduled, due, destroyed by a tick. */
+	a.version = 1;
+	a.grace = 1;
+	CU_ASSERT_EQUAL(keyring_change(kr, "doomed", KC_SCHEDULE_DESTROY, &a, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_use(kr, "doomed", 1, PURPOSE_SIGN, USE_CHECK, &k, &v),
+			CF_E_PRECONDITION);
+	keyring_tick(kr, now, tick_done, &tl);          /* not due yet */
+	CU_ASSERT_EQUAL(tl.destroyed, 0);
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 1, &k), CF_OK);
+	cf_p11_key_free(k);
+	keyring_tick(kr, now + 2, tick_done, &tl);
+	CU_ASSERT_EQUAL(tl.destroyed, 1);
+	CU_ASSERT_EQUAL(tl.last_version, 1);
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 1, &k), CF_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
+	CU_ASSERT(info.nversions == 3 && info.versions[0].state == STORE_DESTROYED &&
+		  info.versions[0].destroy_time == now + 2);
+	keyring_info_free(&info);
+	/* Cancel after the grace period, and enable of a destroyed version. */
+	CU_ASSERT_EQUAL(keyring_change(kr, "doomed", KC_CANCEL_DESTROY, &a, &info),
+			CF_E_PRECONDITION);
+	CU_ASSERT_EQUAL(keyring_change(kr, "doomed", KC_ENABLE, &a, &info), CF_E_PRECONDITION);
+	keyring_close(kr);
+	kr = NULL;
+	/* Version 2: the store says destroy-scheduled and due, but the daemon
+	 * died after destroying the objects: what a crash leaves. */
+	memcpy(sk.name, "doomed", 7);
+	sk.primary = 3;
+	sv[0] = (struct store_version){ 1, STORE_DESTROYED, now, now + 2, 0 };
+	sv[1] = (struct store_version){ 2, STORE_DESTROY_SCHEDULED, now, now - 1, STORE_ENABLED };
+	sk.versions = sv;
+	sk.nversions = 2;
+	/* A rotation due an hour ago (as if the daemon was down since). */
+	sk.rotation_period = 60;
+	sk.next_rotation = now - 3600;
+	CU_ASSERT_EQUAL(store_key_save(st, &sk), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 2, &k), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_key_destroy(k), CF_OK);
+	cf_p11_key_free(k);
+	nreports = 0;
+	mismatches = 0;
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
+	/* (The token is shared with the test before: only its keys are reported.) */
+	CU_ASSERT(!reported("doomed"));
+	memset(&tl, 0, sizeof(tl));
+	keyring_tick(kr, now, tick_done, &tl);
+	CU_ASSERT_EQUAL(tl.destroyed, 1);
+	CU_ASSERT_EQUAL(tl.failed, 0);
+	CU_ASSERT_EQUAL(tl.rotated, 1);                 /* once, not 60 times */
+	keyring_tick(kr, now, tick_done, &tl);
+	CU_ASSERT_EQUAL(tl.rotated, 1);
+	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
+	CU_ASSERT(info.nversions == 4 && info.versions[1].state == STORE_DESTROYED &&
+		  info.primary == 4 && info.next_rotation >= now + 60);
+	keyring_info_free(&info);
+	keyring_close(kr);
+	store_close(st);
+}
+
 /* Handlers are plain functions: call Sign and a bad Wrap without gRPC. */
 static void
 test_handlers_direct(void)
@@ -572,6 +683,7 @@ main(void)
 		{ "store migrates a version-1 store", test_store_migration },
 		{ "replay record: carry-over, concurrency, expiry, bound", test_nonces_record },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
+		{ "lifecycle: destruction in the token, scheduled rotation", test_lifecycle_token },
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },
 		{ NULL, NULL },

@@ -1,0 +1,59 @@
+#!/usr/bin/python3
+"""Write cofferctl(1) from deploy/cofferctl.1.in and cofferctl's own --help
+texts, so that the manual page never disagrees with the program.
+
+usage: mkman.py COFFERCTL TEMPLATE VERSION OUT
+"""
+import re
+import subprocess
+import sys
+
+
+def esc(line):
+    """Text for roff: backslashes, and a leading dot or quote."""
+    line = line.replace("\\", "\\e").replace("-", "\\-")
+    if line[:1] in (".", "'"):
+        line = "\\&" + line
+    return line
+
+
+def helptext(ctl, *args):
+    r = subprocess.run([ctl, *args, "--help"], capture_output=True, text=True, check=True)
+    return r.stdout
+
+
+def main():
+    ctl, template, version, out = sys.argv[1:5]
+    top = helptext(ctl)
+    cmds = []
+    for line in top.split("Commands:\n", 1)[1].split("\n\n", 1)[0].splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            words = line.split()
+            two = words[0] in ("key", "principal", "audit")
+            cmds.append(words[:2] if two else words[:1])
+    parts = []
+    for words in cmds:
+        text = helptext(ctl, *words).split("Common options:")[0].rstrip("\n")
+        usage, _, body = text.partition("\n\n")
+        parts.append(".TP\n.B " + esc(usage.replace("usage: cofferctl ", "").split("\n")[0]))
+        rest = usage.split("\n")[1:]
+        lines = [l.strip() for l in rest] + body.splitlines()
+        parts.append(".nf\n" + "\n".join(esc(l) for l in lines) + "\n.fi")
+    opts = top.split("Options (also accepted after the command):\n", 1)[1]
+    opts, _, exits = opts.partition("\nExit status:\n")
+    exits = exits.split("Errors are printed")[0]
+    page = open(template).read()
+    page = page.replace("@VERSION@", version)
+    page = page.replace("@DATE@", "2026")
+    page = page.replace("@COMMANDS@", "\n".join(parts))
+    page = page.replace("@OPTIONS@", ".nf\n" + "\n".join(esc(l) for l in opts.rstrip("\n").splitlines()) + "\n.fi")
+    page = page.replace("@EXIT@", ".nf\n" + "\n".join(esc(l) for l in exits.rstrip("\n").splitlines())
+                        + "\n.fi\nErrors are printed on stderr as \"cofferctl: <reason>\".")
+    if re.search("@[A-Z]+@", page):
+        sys.exit("mkman: a placeholder is left in " + template)
+    with open(out, "w") as f:
+        f.write(page)
+
+
+if __name__ == "__main__":
+    main()

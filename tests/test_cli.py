@@ -1,0 +1,266 @@
+#!/usr/bin/python3
+"""cofferctl as people use it, against cofferd:
+
+* `rewrap --batch`: blobs wrapped under version 1, after a rotation, are
+  moved to the primary version in order, one per line; each still unwraps
+  to its plaintext; a blob already current is counted so; a bad line is
+  reported by number and written unchanged (exit 1), the output stays whole
+  and a second run finishes; the progress line appears with --progress and
+  on a terminal (a pty), and not otherwise; --json gives a summary; after
+  the job, version 1 can be destroyed and every blob still unwraps;
+* `key pubkey --format jwk`: the JWK of EC P-256, P-384, Ed25519 and RSA
+  keys is the same key as the PEM, and verifies a signature the daemon made
+  (python3-cryptography); kid is "NAME:VERSION";
+* every read answers --json with valid JSON;
+* the manual page (build/cofferctl.1, written from --help at build time)
+  names every command, and groff finds nothing to warn about.
+"""
+import base64
+import json
+import os
+import pty
+import subprocess
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa  # noqa: E402
+
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
+
+
+def b64u(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def blob_version(blob):
+    # proto/README.md "Wrapped blob": 0x01 | version (4, big-endian) | ...
+    return int.from_bytes(blob[1:5], "big")
+
+
+class Cli(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = CofferDaemon(config={"keys": {"min_destroy_grace": "1"}})
+        cls.d.start()
+        cls.ctl = Ctl(cls.d)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.d.dir, name)
+
+    def unwrap(self, key, blob):
+        with open(self.path("one.blob"), "wb") as f:
+            f.write(blob)
+        return self.ctl("unwrap", key, "--in", self.path("one.blob"), "--out", "-").stdout
+
+    # ---- rewrap --batch ----
+
+    def test_rewrap_batch(self):
+        c = self.ctl
+        c("key", "create", "batch-k", "--type", "aes-256")
+        plains = [os.urandom(20 + i) for i in range(40)]
+        lines = []
+        for p in plains:
+            out = json.loads(c("--json", "wrap", "batch-k", "--in", "-", data=p).stdout)
+            lines.append(out["ciphertext"])
+        src = self.path("blobs.txt")
+        with open(src, "w") as f:
+            f.write("# wrapped under version 1\n\n" + "\n".join(lines) + "\n")
+        c("key", "rotate", "batch-k")
+        # One blob already under version 2, and one line that is no blob.
+        cur = json.loads(c("--json", "wrap", "batch-k", "--in", "-", data=b"now").stdout)
+        with open(src, "a") as f:
+            f.write(cur["ciphertext"] + "\nnot*base64\n")
+        dst = self.path("blobs.new")
+        r = c("rewrap", "batch-k", "--batch", "--progress", "--in", src, "--out", dst, ok=False)
+        self.assertEqual(r.returncode, 6, r.stderr)            # invalid input
+        self.assertIn(b"line 44: not a base64 blob", r.stderr)
+        self.assertIn(b"rewrap: 44/44 lines (100%), 40 moved to the primary version, "
+                      b"1 already on it, 1 failed", r.stderr)
+        with open(src) as f:
+            before = f.read().split("\n")
+        with open(dst) as f:
+            after = f.read().split("\n")
+        self.assertEqual(len(after), len(before))               # whole, in order
+        self.assertEqual(after[:2], before[:2])                 # comment, blank kept
+        self.assertEqual(after[-2], "not*base64")               # the bad line unchanged
+        for i, p in enumerate(plains):
+            blob = base64.b64decode(after[2 + i])
+            self.assertNotEqual(after[2 + i], before[2 + i])
+            self.assertEqual(blob_version(blob), 2)
+            self.assertEqual(self.unwrap("batch-k", blob), p)
+        # Version 1 can go now; every moved blob still unwraps.
+        c("key", "schedule-destroy", "batch-k", "1", "--grace", "1")
+        self.assertEqual(self.unwrap("batch-k", base64.b64decode(after[2])), plains[0])
+        r = c("unwrap", "batch-k", "--in", "-", "--out", "-",
+              data=base64.b64decode(before[2]), ok=False)
+        self.assertEqual(r.returncode, 6)
+        self.assertIn(b"version 1 is scheduled for destruction", r.stderr)
+        # A second run over the output, with the bad line gone, finishes
+        # cleanly; --json gives the summary; no progress without a terminal.
+        with open(dst, "w") as f:
+            f.write("\n".join(a for a in after if a != "not*base64"))
+        r = c("--json", "rewrap", "batch-k", "--batch", "--in", dst, "--out",
+              self.path("blobs.again"))
+        self.assertEqual(json.loads(r.stdout),
+                         {"lines": 43, "moved": 0, "current": 41, "failed": 0})
+        self.assertNotIn(b"rewrap:", r.stderr)
+
+    def test_rewrap_batch_progress_on_a_terminal(self):
+        c = self.ctl
+        c("key", "create", "tty-k", "--type", "aes-256")
+        blob = json.loads(c("--json", "wrap", "tty-k", "--in", "-", data=b"x").stdout)
+        src = self.path("tty.txt")
+        with open(src, "w") as f:
+            f.write(blob["ciphertext"] + "\n")
+        master, slave = pty.openpty()
+        try:
+            r = subprocess.run([cofferctl_path(), "rewrap", "tty-k", "--batch", "--in", src,
+                                "--out", self.path("tty.out")], env=c.env, stderr=slave,
+                               stdout=subprocess.DEVNULL, timeout=60)
+            os.close(slave)
+            slave = -1
+            seen = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            os.close(master)
+            if slave != -1:
+                os.close(slave)
+        self.assertEqual(r.returncode, 0)
+        self.assertIn(b"rewrap: 1/1 lines (100%)", seen)
+
+    def test_rewrap_batch_refusals(self):
+        c = self.ctl
+        r = c("--json", "rewrap", "x", "--batch", ok=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"give --out FILE", r.stderr)
+        r = c("rewrap", "x", "--progress", ok=False)
+        self.assertEqual(r.returncode, 2)
+        r = c("rewrap", "x", "--batch", "--in", self.path("missing"), ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"No such file", r.stderr)
+
+    # ---- JWK ----
+
+    def check_jwk(self, name, ktype, verify):
+        c = self.ctl
+        c("key", "create", name, "--type", ktype)
+        msg = os.urandom(100)
+        sig = json.loads(c("--json", "sign", name, "--in", "-", data=msg).stdout)
+        jwk = json.loads(c("key", "pubkey", name, "--format", "jwk").stdout)
+        pem = c("key", "pubkey", name).stdout
+        both = json.loads(c("--json", "key", "pubkey", name).stdout)
+        self.assertEqual(both["jwk"], jwk)
+        self.assertEqual(jwk["kid"], "%s:%d" % (name, sig["version"]))
+        self.assertEqual(jwk["use"], "sig")
+        key = verify(jwk, base64.b64decode(sig["signature"]), msg)
+        self.assertEqual(
+            key.public_bytes(serialization.Encoding.PEM,
+                             serialization.PublicFormat.SubjectPublicKeyInfo), pem)
+        # A signature over other bytes does not verify: the check can fail.
+        with self.assertRaises(Exception):
+            verify(jwk, base64.b64decode(sig["signature"]), msg + b"!")
+        return jwk
+
+    def test_jwk_ec(self):
+        for name, ktype, crv, curve, h, size in (
+                ("jwk-p256", "ec-p256", "P-256", ec.SECP256R1(), hashes.SHA256(), 32),
+                ("jwk-p384", "ec-p384", "P-384", ec.SECP384R1(), hashes.SHA384(), 48)):
+            def verify(jwk, sig, msg, curve=curve, h=h):
+                k = ec.EllipticCurvePublicNumbers(int.from_bytes(b64u(jwk["x"]), "big"),
+                                                  int.from_bytes(b64u(jwk["y"]), "big"),
+                                                  curve).public_key()
+                k.verify(sig, msg, ec.ECDSA(h))
+                return k
+            jwk = self.check_jwk(name, ktype, verify)
+            self.assertEqual((jwk["kty"], jwk["crv"], jwk["alg"]), ("EC", crv,
+                                                                    "ES" + crv[2:]))
+            self.assertEqual((len(b64u(jwk["x"])), len(b64u(jwk["y"]))), (size, size))
+
+    def test_jwk_ed25519(self):
+        def verify(jwk, sig, msg):
+            k = ed25519.Ed25519PublicKey.from_public_bytes(b64u(jwk["x"]))
+            k.verify(sig, msg)
+            return k
+        jwk = self.check_jwk("jwk-ed", "ed25519", verify)
+        self.assertEqual((jwk["kty"], jwk["crv"], jwk["alg"]), ("OKP", "Ed25519", "EdDSA"))
+
+    def test_jwk_rsa(self):
+        def verify(jwk, sig, msg):
+            k = rsa.RSAPublicNumbers(int.from_bytes(b64u(jwk["e"]), "big"),
+                                     int.from_bytes(b64u(jwk["n"]), "big")).public_key()
+            k.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                           salt_length=32), hashes.SHA256())
+            return k
+        jwk = self.check_jwk("jwk-rsa", "rsa-2048", verify)
+        self.assertEqual(jwk["kty"], "RSA")
+        self.assertNotIn("alg", jwk)
+        self.assertNotIn("=", jwk["n"] + jwk["e"])   # base64url without padding
+
+    def test_jwk_refused_for_secret_keys(self):
+        self.ctl("key", "create", "jwk-hmac", "--type", "hmac-sha256")
+        r = self.ctl("key", "pubkey", "jwk-hmac", "--format", "jwk", ok=False)
+        self.assertEqual(r.returncode, 6)
+        r = self.ctl("key", "pubkey", "jwk-hmac", "--format", "xml", ok=False)
+        self.assertEqual(r.returncode, 2)
+
+    # ---- --json on every read ----
+
+    def test_every_read_has_json(self):
+        c = self.ctl
+        c("key", "create", "json-k", "--type", "ec-p256")
+        reads = [["key", "list"], ["key", "list", "--admin"], ["key", "show", "json-k"],
+                 ["key", "show", "json-k", "--admin"], ["key", "pubkey", "json-k"],
+                 ["principal", "list"], ["principal", "show", self.d.PRINCIPAL],
+                 ["principal", "keys"], ["audit", "tail", "--count", "3"],
+                 ["audit", "verify"], ["identity"], ["health"], ["health", "--admin"]]
+        for args in reads:
+            out = c("--json", *args).stdout
+            self.assertIsInstance(json.loads(out), (dict, list), args)
+        show = json.loads(c("--json", "key", "show", "json-k").stdout)
+        for field in ("min_version", "min_verify_version", "rotation_period",
+                      "next_rotation_time", "versions", "primary_version"):
+            self.assertIn(field, show)
+        self.assertIn("destroy_time", show["versions"][0])
+
+    # ---- the manual page ----
+
+    def test_man_page(self):
+        page = os.path.join(os.path.dirname(cofferctl_path()), "cofferctl.1")
+        with open(page) as f:
+            text = f.read()
+        top = subprocess.run([cofferctl_path(), "--help"], capture_output=True, text=True,
+                             check=True).stdout
+        cmds = [l.split()[:2] if l.split()[0] in ("key", "principal", "audit")
+                else l.split()[:1]
+                for l in top.split("Commands:\n")[1].split("\n\n")[0].splitlines()
+                if l.startswith("  ") and not l.startswith("   ")]
+        self.assertGreater(len(cmds), 30)
+        for words in cmds:
+            self.assertIn(".B " + "\\-".join(" ".join(words).split("-")), text, words)
+        r = subprocess.run(["groff", "-man", "-ww", "-z", page], capture_output=True,
+                           text=True)
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
+        r = subprocess.run(["man", "-l", page], capture_output=True, text=True,
+                           env=dict(os.environ, MANPAGER="cat", MANWIDTH="80"))
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("key schedule-destroy NAME VERSION", r.stdout)
+        self.assertIn("EXIT STATUS", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
