@@ -31,9 +31,10 @@ check "add-key create delete grant keys limit list revoke revoke-key rotate-secr
 check "revoke revoke-key rotate-secret " principal r
 check "tail verify " audit ""
 check "key " ke
-check "create import list pubkey rotate show " key ""
+check "cancel-destroy create disable enable import list pubkey rotate schedule-destroy set-min set-primary set-rotation show trim " key ""
 check "--count " audit tail --co
 check "--overlap " principal rotate-secret ak_x --ov
+check "--force " key schedule-destroy k 1 --fo
 check "--idempotency-key --identity --import " --json principal add-key demo --i
 # Every top-level command of --help is offered.
 want=$("$ctl" --help | sed -n '/^Commands:/,/^$/p' | awk '/^  [a-z]/ {print $1}' | sort -u | tr '\n' ' ')
