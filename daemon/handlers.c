@@ -152,7 +152,7 @@ sign_params(const struct hctx *c, Coffer__V1__Hash hash, Coffer__V1__SignatureSc
 }
 
 static int
-fill_key(const struct key_info *ki, Coffer__V1__Key *k)
+fill_key(const struct store_key *ki, Coffer__V1__Key *k)
 {
 	k->name = strdup(ki->name);
 	k->type = (Coffer__V1__KeyType)ki->type;
@@ -194,7 +194,7 @@ fill_key(const struct key_info *ki, Coffer__V1__Key *k)
 }
 
 int
-h_key_response(int r, struct key_info *info, ProtobufCMessage **resp)
+h_key_response(int r, struct store_key *info, ProtobufCMessage **resp)
 {
 	Coffer__V1__Key *k = NULL;
 
@@ -588,7 +588,7 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	const Coffer__V1__VerifyRequestSignatureRequest *req = (const void *)m;
 	Coffer__V1__VerifyRequestSignatureResponse *out = NULL;
 	struct cf_http_request hr;
-	struct key_info info;
+	struct store_key info;
 	cf_buf *str = NULL;
 	uint8_t sig[32];
 	int64_t now = (int64_t)time(NULL);
@@ -782,7 +782,7 @@ static int
 h_get_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__GetKeyRequest *req = (const void *)m;
-	struct key_info info;
+	struct store_key info;
 	int r;
 
 	memset(&info, 0, sizeof(info));
@@ -796,7 +796,7 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 {
 	const Coffer__V1__ListKeysRequest *req = (const void *)m;
 	Coffer__V1__ListKeysResponse *out = NULL;
-	struct key_info *infos = NULL;
+	struct store_key *infos = NULL;
 	uint32_t n = 0, size = req->page_size ? req->page_size : H_DEFAULT_PAGE;
 	int more = 0, r;
 
@@ -851,7 +851,7 @@ static int
 h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__CreateKeyRequest *req = (const void *)m;
-	struct key_info info;
+	struct store_key info;
 	uint32_t ops;
 	int r;
 
@@ -869,7 +869,7 @@ static int
 h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__ImportKeyRequest *req = (const void *)m;
-	struct key_info info;
+	struct store_key info;
 	cf_secret *mat = NULL;
 	uint32_t ops;
 	int r;
@@ -893,7 +893,7 @@ static int
 h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RotateKeyRequest *req = (const void *)m;
-	struct key_info info;
+	struct store_key info;
 	int r;
 
 	memset(&info, 0, sizeof(info));

@@ -17,7 +17,7 @@ int h_require_sealed(const struct hctx *c, const char *method, const char *what)
 
 /* Finish a handler that produced `info` with status r: build a Key
  * response; info is freed in every case. */
-int h_key_response(int r, struct key_info *info, ProtobufCMessage **resp);
+int h_key_response(int r, struct store_key *info, ProtobufCMessage **resp);
 
 /* AdminService's API key methods (handlers_apikeys.c), audit methods
  * (handlers_audit.c) and key lifecycle methods (handlers_lifecycle.c), each

@@ -13,7 +13,7 @@ version_change(const struct hctx *c, const ProtobufCMessage *m, enum key_change 
 {
 	const Coffer__V1__KeyVersionRequest *req = (const void *)m;
 	struct key_change_args a;
-	struct key_info info;
+	struct store_key info;
 
 	memset(&a, 0, sizeof(a));
 	memset(&info, 0, sizeof(info));
@@ -64,7 +64,7 @@ h_set_minimums(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 {
 	const Coffer__V1__SetKeyMinimumsRequest *req = (const void *)m;
 	struct key_change_args a;
-	struct key_info info;
+	struct store_key info;
 
 	memset(&a, 0, sizeof(a));
 	memset(&info, 0, sizeof(info));
@@ -83,7 +83,7 @@ h_trim(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__TrimKeyRequest *req = (const void *)m;
 	struct key_change_args a;
-	struct key_info info;
+	struct store_key info;
 
 	memset(&a, 0, sizeof(a));
 	memset(&info, 0, sizeof(info));
@@ -96,7 +96,7 @@ h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 {
 	const Coffer__V1__SetRotationScheduleRequest *req = (const void *)m;
 	struct key_change_args a;
-	struct key_info info;
+	struct store_key info;
 
 	memset(&a, 0, sizeof(a));
 	memset(&info, 0, sizeof(info));

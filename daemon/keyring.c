@@ -63,7 +63,7 @@ keyring_purpose_name(enum key_purpose p)
 }
 
 void
-keyring_info_free(struct key_info *info)
+keyring_info_free(struct store_key *info)
 {
 	if (info == NULL)
 		return;
@@ -147,27 +147,27 @@ kr_key_free(struct kr_key *k)
 	free(k);
 }
 
+/* A copy of a key's metadata (versions malloc'ed): for callers, and for a
+ * change to be checked and recorded before it is applied. */
 static int
-kr_copy_info(const struct kr_key *k, struct key_info *out)
+kr_copy_info(const struct kr_key *k, struct store_key *sk)
 {
-	memset(out, 0, sizeof(*out));
-	memcpy(out->name, k->name, sizeof(out->name));
-	out->type = k->type;
-	out->exportable = k->exportable;
-	out->allowed_ops = k->allowed_ops;
-	out->primary = k->primary;
-	out->created = k->created;
-	out->min_version = k->min_version;
-	out->min_verify = k->min_verify;
-	out->rotation_period = k->rotation_period;
-	out->next_rotation = k->next_rotation;
-	if (k->nv > 0) {
-		if ((out->versions = calloc(k->nv, sizeof(*out->versions))) == NULL)
-			return CF_E_NOMEM;
-		for (uint32_t i = 0; i < k->nv; i++)
-			out->versions[i] = k->v[i].meta;
-	}
-	out->nversions = k->nv;
+	memset(sk, 0, sizeof(*sk));
+	memcpy(sk->name, k->name, sizeof(sk->name));
+	sk->type = k->type;
+	sk->exportable = k->exportable;
+	sk->allowed_ops = k->allowed_ops;
+	sk->primary = k->primary;
+	sk->created = k->created;
+	sk->min_version = k->min_version;
+	sk->min_verify = k->min_verify;
+	sk->rotation_period = k->rotation_period;
+	sk->next_rotation = k->next_rotation;
+	if (k->nv > 0 && (sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
+		return CF_E_NOMEM;
+	for (uint32_t i = 0; i < k->nv; i++)
+		sk->versions[i] = k->v[i].meta;
+	sk->nversions = k->nv;
 	return CF_OK;
 }
 
@@ -357,7 +357,7 @@ check_period(const keyring *kr, int64_t period)
 static int
 kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 	uint32_t allowed_ops, int64_t period, const cf_secret *material, int adopt,
-	struct key_info *out)
+	struct store_key *out)
 {
 	struct store_version meta = { 1, STORE_ENABLED, now_unix(), 0, 0 };
 	struct store_key sk;
@@ -433,7 +433,7 @@ out:
 
 int
 keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	       uint32_t allowed_ops, int64_t rotation_period, int adopt, struct key_info *out)
+	       uint32_t allowed_ops, int64_t rotation_period, int adopt, struct store_key *out)
 {
 	return kr_make(kr, name, type, exportable, allowed_ops, rotation_period, NULL, adopt,
 		       out);
@@ -442,7 +442,7 @@ keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exporta
 int
 keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 	       const cf_secret *material, int exportable, uint32_t allowed_ops,
-	       struct key_info *out)
+	       struct store_key *out)
 {
 	if (cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be imported");
@@ -468,7 +468,7 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
  * first); *skipped says it was not. */
 static int
 kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped,
-	  struct key_info *out)
+	  struct store_key *out)
 {
 	struct store_version meta = { 0, STORE_ENABLED, now_unix(), 0, 0 };
 	struct kr_key *k;
@@ -527,13 +527,13 @@ out:
 }
 
 int
-keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out)
+keyring_rotate(keyring *kr, const char *name, int adopt, struct store_key *out)
 {
 	return kr_rotate(kr, name, adopt, 0, NULL, out);
 }
 
 int
-keyring_describe(keyring *kr, const char *name, struct key_info *out)
+keyring_describe(keyring *kr, const char *name, struct store_key *out)
 {
 	int found, r;
 	size_t at;
@@ -547,10 +547,10 @@ keyring_describe(keyring *kr, const char *name, struct key_info *out)
 }
 
 int
-keyring_list(keyring *kr, const char *after, uint32_t max, struct key_info **out, uint32_t *n,
+keyring_list(keyring *kr, const char *after, uint32_t max, struct store_key **out, uint32_t *n,
 	     int *more)
 {
-	struct key_info *infos = NULL;
+	struct store_key *infos = NULL;
 	uint32_t count = 0;
 	int found, r = CF_OK;
 	size_t at;
@@ -661,30 +661,6 @@ fmt_time(int64_t t, char buf[32])
 	if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
 		snprintf(buf, 32, "%lld", (long long)t);
 	return buf;
-}
-
-/* A key's metadata as the store holds it, to change and record before it
- * is applied (versions malloc'ed). */
-static int
-kr_snapshot(const struct kr_key *k, struct store_key *sk)
-{
-	memset(sk, 0, sizeof(*sk));
-	memcpy(sk->name, k->name, sizeof(sk->name));
-	sk->type = k->type;
-	sk->exportable = k->exportable;
-	sk->allowed_ops = k->allowed_ops;
-	sk->primary = k->primary;
-	sk->created = k->created;
-	sk->min_version = k->min_version;
-	sk->min_verify = k->min_verify;
-	sk->rotation_period = k->rotation_period;
-	sk->next_rotation = k->next_rotation;
-	if ((sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
-		return CF_E_NOMEM;
-	for (uint32_t i = 0; i < k->nv; i++)
-		sk->versions[i] = k->v[i].meta;
-	sk->nversions = k->nv;
-	return CF_OK;
 }
 
 /* Under the write lock: make the recorded snapshot the key's state. */
@@ -888,7 +864,7 @@ change(const keyring *kr, struct store_key *sk, enum key_change what,
 
 int
 keyring_change(keyring *kr, const char *name, enum key_change what,
-	       const struct key_change_args *a, struct key_info *out)
+	       const struct key_change_args *a, struct store_key *out)
 {
 	struct store_key sk;
 	struct kr_key *k;
@@ -902,7 +878,7 @@ keyring_change(keyring *kr, const char *name, enum key_change what,
 	pthread_rwlock_rdlock(&kr->lock);
 	at = kr_find(kr, name, &found);
 	k = found ? kr->keys[at] : NULL;
-	r = k != NULL ? kr_snapshot(k, &sk) : cf_error(CF_E_NOT_FOUND, "key %s does not exist",
+	r = k != NULL ? kr_copy_info(k, &sk) : cf_error(CF_E_NOT_FOUND, "key %s does not exist",
 							name);
 	pthread_rwlock_unlock(&kr->lock);
 	if (r != CF_OK || (r = change(kr, &sk, what, a, now_unix())) != CF_OK ||
@@ -926,7 +902,7 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 	struct store_key sk;
 	int r, any = 0;
 
-	if (k->retry_at > now || kr_snapshot(k, &sk) != CF_OK)
+	if (k->retry_at > now || kr_copy_info(k, &sk) != CF_OK)
 		return;
 	for (uint32_t i = 0; i < k->nv; i++) {
 		struct store_version *v = &sk.versions[i];
@@ -994,7 +970,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 	}
 	pthread_mutex_unlock(&kr->write_mu);
 	for (size_t i = 0; i < ndue; i++) {
-		struct key_info info;
+		struct store_key info;
 		int skipped = 0, r;
 
 		memset(&info, 0, sizeof(info));

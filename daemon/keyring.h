@@ -41,21 +41,10 @@ void keyring_cfg_defaults(struct keyring_cfg *c);
 enum key_purpose keyring_purpose(enum cf_key_type t);
 const char *keyring_purpose_name(enum key_purpose p);
 
-/* A consistent copy of a key's metadata (versions owned by the caller:
- * free with keyring_info_free). */
-struct key_info {
-	char name[CF_KEY_NAME_MAX + 1];
-	enum cf_key_type type;
-	int exportable;
-	uint32_t allowed_ops;   /* bit (1 << coffer.v1.Operation); 0 = all of its purpose */
-	uint32_t primary;
-	int64_t created;
-	uint32_t min_version, min_verify;   /* 0: none */
-	int64_t rotation_period, next_rotation;
-	struct store_version *versions;
-	uint32_t nversions;
-};
-void keyring_info_free(struct key_info *info);
+/* Keys are described as the store holds them (struct store_key): a
+ * consistent copy whose versions the caller owns and frees with
+ * keyring_info_free. */
+void keyring_info_free(struct store_key *info);
 
 /* Load every key from the store and open its versions in the token.
  * Reconciliation: a version the store records but the token lacks, and a
@@ -74,14 +63,14 @@ void keyring_close(keyring *kr);
  * is taken over instead of refused. */
 int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		   uint32_t allowed_ops, int64_t rotation_period, int adopt,
-		   struct key_info *out);
+		   struct store_key *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 		   const cf_secret *material, int exportable, uint32_t allowed_ops,
-		   struct key_info *out);
+		   struct store_key *out);
 /* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
 int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
 /* New version, made primary; the next scheduled rotation is one period on. */
-int keyring_rotate(keyring *kr, const char *name, int adopt, struct key_info *out);
+int keyring_rotate(keyring *kr, const char *name, int adopt, struct store_key *out);
 
 /* Lifecycle changes (coffer.proto "Key lifecycle"). Each is checked against
  * the key as it is, recorded in the store, then applied. CF_E_NOT_FOUND (no
@@ -99,7 +88,7 @@ struct key_change_args {
 	int64_t period, next;       /* KC_SET_ROTATION */
 };
 int keyring_change(keyring *kr, const char *name, enum key_change what,
-		   const struct key_change_args *a, struct key_info *out);
+		   const struct key_change_args *a, struct store_key *out);
 
 /* Due work, called about once a second: rotate keys whose scheduled
  * rotation is due (once, however long ago it fell due) and destroy the
@@ -110,9 +99,9 @@ typedef void (*keyring_done_fn)(const char *name, uint32_t version, const char *
 				int status, void *arg);
 void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
 
-int keyring_describe(keyring *kr, const char *name, struct key_info *out);
+int keyring_describe(keyring *kr, const char *name, struct store_key *out);
 /* Names after `after` ("" = from the start), in order, at most `max`. */
-int keyring_list(keyring *kr, const char *after, uint32_t max, struct key_info **out,
+int keyring_list(keyring *kr, const char *after, uint32_t max, struct store_key **out,
 		 uint32_t *n, int *more);
 
 /* The token handle of `version` (0 = primary) for an operation needing

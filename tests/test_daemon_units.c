@@ -404,7 +404,7 @@ test_reconcile(void)
 	char dir[400];
 	store *st = NULL;
 	keyring *kr = NULL;
-	struct key_info info;
+	struct store_key info;
 	cf_p11_key *stray = NULL, *k = NULL;
 	unsigned mismatches = 0;
 	uint32_t v;
@@ -495,7 +495,7 @@ test_lifecycle_token(void)
 	struct keyring_cfg cfg = { 10, 1, 1 };
 	struct key_change_args a = { 0 };
 	struct tick_log tl = { 0 };
-	struct key_info info;
+	struct store_key info;
 	struct store_key sk = { 0 };
 	struct store_version sv[2];
 	char dir[400];
@@ -583,7 +583,7 @@ test_handlers_direct(void)
 	char dir[400];
 	store *st = NULL;
 	struct hctx h = { 0 };
-	struct key_info info;
+	struct store_key info;
 	const struct handler *sign = handlers_find("coffer.v1.KeyService", "Sign");
 	const struct handler *wrap = handlers_find("coffer.v1.KeyService", "Wrap");
 	Coffer__V1__SignRequest sreq = COFFER__V1__SIGN_REQUEST__INIT;
