@@ -92,6 +92,20 @@ test_config(void)
 	config_defaults(&c);
 	CU_ASSERT_EQUAL(config_finish(&c), CF_OK);
 	CU_ASSERT(c.service.nuids == 1 && c.service.uids[0] == geteuid());
+	/* [keys]: defaults 7 d / 1 d / 1 h; a default grace under the minimum */
+	CU_ASSERT(c.keys.destroy_grace == 604800 && c.keys.min_destroy_grace == 86400 &&
+		  c.keys.min_rotation_period == 3600);
+	CU_ASSERT_EQUAL(load_ini("[keys]\ndestroy_grace = 60\nmin_destroy_grace = 30\n"
+				 "min_rotation_period = 5\n", &c), CF_OK);
+	CU_ASSERT(c.keys.destroy_grace == 60 && c.keys.min_destroy_grace == 30 &&
+		  c.keys.min_rotation_period == 5);
+	CU_ASSERT_EQUAL(config_finish(&c), CF_OK);
+	CU_ASSERT_EQUAL(load_ini("[keys]\ndestroy_grace = 60\nmin_destroy_grace = 120\n", &c),
+			CF_OK);
+	CU_ASSERT_EQUAL(config_finish(&c), CF_E_CONFIG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "shorter than min_destroy_grace"));
+	CU_ASSERT_EQUAL(load_ini("[keys]\nmin_rotation_period = 0\n", &c), CF_E_CONFIG);
+	CU_ASSERT_EQUAL(load_ini("[keys]\ngrace = 1\n", &c), CF_E_CONFIG);
 }
 
 static void
