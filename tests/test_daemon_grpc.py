@@ -965,7 +965,8 @@ class LifecycleTests(CofferTestCase):
         with db:
             db.execute("DELETE FROM versions WHERE name = 'orphan'")
             db.execute("DELETE FROM keys WHERE name = 'orphan'")
-            db.execute("INSERT INTO versions VALUES ('kept', 2, 1, ?)", (int(time.time()),))
+            db.execute("INSERT INTO versions (name, version, state, created) "
+                       "VALUES ('kept', 2, 1, ?)", (int(time.time()),))
         db.close()
         d.start()
         log = d.log(all_starts=False)
