@@ -762,7 +762,9 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 			uint64_t d;
 			int rel = arg[0] == '+';
 
-			if (parse_duration(arg + rel, 3650ull * 86400 * (rel ? 1 : 30), &d) != 0) {
+			/* Absolute: plain seconds only ("30d" is not a time). */
+			if ((!rel && arg[strspn(arg, "0123456789")] != '\0') ||
+			    parse_duration(arg + rel, 3650ull * 86400 * (rel ? 1 : 30), &d) != 0) {
 				bad_value("--next", arg, "want a Unix time in seconds, or +DURATION "
 				    "from now (e.g. +1h)");
 				goto out;
@@ -1397,6 +1399,8 @@ cmd_key_pubkey(struct ctl *ctl, const struct opts *o)
 {
 	struct job j;
 
+	if (o->der && o->format != NULL && strcmp(o->format, "der") != 0)
+		return usage_error("--der contradicts --format", o->format);
 	job_init(&j);
 	return run_job(ctl, o, 0, call_get_public_key, put_pubkey, &j);
 }
@@ -1699,6 +1703,17 @@ rewrap_progress(struct rewrap_run *rr, int final)
 	fflush(stderr);
 }
 
+/* The process umask (mkstemp makes 0600 files; an output file gets the
+ * mode an ordinary create would give it). */
+static mode_t
+current_umask(void)
+{
+	mode_t m = umask(077);
+
+	umask(m);
+	return m;
+}
+
 /* Lines in a regular file (for the progress total); 0 for anything else. */
 static size_t
 count_lines(FILE *f)
@@ -1718,26 +1733,31 @@ count_lines(FILE *f)
 	return n;
 }
 
-/* One line: its blob rewrapped to out, or (failure) the line unchanged.
- * The COFFER_* status. */
+/* One line (n bytes, with its newline if it has one): its blob rewrapped
+ * to out, or (failure) the line byte for byte as it was. The COFFER_*
+ * status. */
 static int
-rewrap_line(coffer_client *c, const struct opts *o, char *line, size_t n, FILE *out,
+rewrap_line(coffer_client *c, const struct opts *o, const char *line, size_t n, FILE *out,
     struct rewrap_run *rr)
 {
 	struct coffer_bytes nb = { NULL, 0 };
 	uint8_t *blob = NULL;
 	uint32_t used = 0, prev = 0;
-	ssize_t len;
+	size_t text_len = n;
+	ssize_t len = -1;
 	char *text = NULL;
 	int r = COFFER_OK;
 
-	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-		line[--n] = '\0';
-	if (n == 0 || line[0] == '#') {
-		fprintf(out, "%s\n", line);   /* blank lines and comments stay */
+	while (text_len > 0 && (line[text_len - 1] == '\n' || line[text_len - 1] == '\r'))
+		text_len--;
+	if (text_len == 0 || line[0] == '#') {
+		fwrite(line, 1, n, out);   /* blank lines and comments stay */
 		return COFFER_OK;
 	}
-	if ((blob = malloc(n / 4 * 3 + 3)) == NULL || (len = unb64(line, n, blob)) <= 0) {
+	if ((blob = malloc(text_len / 4 * 3 + 3)) == NULL) {
+		errmsg(NULL, "out of memory");
+		r = COFFER_E_NOMEM;
+	} else if ((len = unb64(line, text_len, blob)) <= 0) {
 		fprintf(stderr, "%scofferctl: line %zu: not a base64 blob; left as it is\n",
 		    rr->show ? "\n" : "", rr->line);
 		r = COFFER_E_INVALID_ARG;
@@ -1749,7 +1769,10 @@ rewrap_line(coffer_client *c, const struct opts *o, char *line, size_t n, FILE *
 	} else if ((text = b64(nb.data, nb.len)) == NULL) {
 		r = COFFER_E_NOMEM;
 	}
-	fprintf(out, "%s\n", text != NULL ? text : line);
+	if (text != NULL)
+		fprintf(out, "%s\n", text);
+	else
+		fwrite(line, 1, n, out);
 	if (r != COFFER_OK)
 		rr->failed++;
 	else if (used == prev)
@@ -1776,10 +1799,10 @@ cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
 	struct rewrap_run rr;
 	coffer_client *c = NULL;
 	FILE *in = stdin, *out = stdout;
-	char *line = NULL;
+	char *line = NULL, *tmp = NULL;
 	size_t cap = 0;
 	ssize_t n;
-	int rc, r, first = COFFER_OK, stop = 0;
+	int rc, r, first = COFFER_OK, stop = 0, fd;
 
 	memset(&rr, 0, sizeof(rr));
 	if (ctl->json && is_stdout(o->out))
@@ -1789,10 +1812,28 @@ cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
 		errmsg(o->in, strerror(errno));
 		return EXIT_FAILED;
 	}
-	if (!is_stdout(o->out) && (out = fopen(o->out, "we")) == NULL) {
-		errmsg(o->out, strerror(errno));
-		rc = EXIT_FAILED;
-		goto done;
+	/* --out FILE is written beside it and renamed over it at the end: it
+	 * is whole or untouched, and --in and --out may be the same file. */
+	if (!is_stdout(o->out)) {
+		if (asprintf(&tmp, "%s.rewrap-XXXXXX", o->out) < 0) {
+			tmp = NULL;
+			errmsg(NULL, "out of memory");
+			rc = EXIT_FAILED;
+			goto done;
+		}
+		if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1 || (out = fdopen(fd, "w")) == NULL) {
+			errmsg(o->out, strerror(errno));
+			if (fd != -1) {
+				close(fd);
+				unlink(tmp);
+			}
+			free(tmp);
+			tmp = NULL;
+			out = NULL;
+			rc = EXIT_FAILED;
+			goto done;
+		}
+		(void)fchmod(fd, 0644 & ~current_umask());
 	}
 	rr.total = count_lines(in);
 	rr.show = o->progress || isatty(STDERR_FILENO);
@@ -1801,7 +1842,8 @@ cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
 	while ((n = getline(&line, &cap, in)) != -1) {
 		rr.line++;
 		if (stop) {
-			fputs(line, out);
+			fwrite(line, 1, (size_t)n, out);
+			rr.failed++;   /* not rewrapped either */
 			continue;
 		}
 		r = rewrap_line(c, o, line, (size_t)n, out, &rr);
@@ -1820,10 +1862,21 @@ cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
 		first = first ? first : COFFER_E_IO;
 	}
 	rewrap_progress(&rr, 1);
-	if (fflush(out) != 0 || ferror(out)) {
+	if (fflush(out) != 0 || ferror(out) || (tmp != NULL && fsync(fileno(out)) != 0)) {
 		errmsg(is_stdout(o->out) ? "stdout" : o->out, strerror(errno));
 		rc = EXIT_FAILED;
 		goto done;
+	}
+	if (tmp != NULL) {
+		if (fclose(out) != 0 || rename(tmp, o->out) != 0) {
+			out = NULL;
+			errmsg(o->out, strerror(errno));
+			rc = EXIT_FAILED;
+			goto done;
+		}
+		out = NULL;
+		free(tmp);
+		tmp = NULL;
 	}
 	if (ctl->json)
 		printf("{\"lines\":%zu,\"moved\":%zu,\"current\":%zu,\"failed\":%zu}\n",
@@ -1834,9 +1887,11 @@ cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
 	coffer_close(c);
 	if (in != stdin)
 		fclose(in);
-	if (out != stdout && out != NULL && fclose(out) != 0 && rc == EXIT_OK) {
-		errmsg(o->out, strerror(errno));
-		rc = EXIT_FAILED;
+	if (out != stdout && out != NULL)
+		fclose(out);
+	if (tmp != NULL) {   /* not finished: the target stays as it was */
+		unlink(tmp);
+		free(tmp);
 	}
 	return rc;
 }
@@ -2624,7 +2679,9 @@ static const struct cmd commands[] = {
 	  "                  --json prints them); each is rewrapped in order to\n"
 	  "                  --out, one per line. A line that fails is reported\n"
 	  "                  and written unchanged, so the output is always whole;\n"
-	  "                  run the job again on it to retry (exit 1 if any failed)\n"
+	  "                  run the job again on it to retry (exit status of the\n"
+	  "                  first failure). --out FILE is replaced only at the\n"
+	  "                  end, so --in and --out may be the same file\n"
 	  "  --progress      show progress on stderr (default: when it is a terminal)\n"
 	  "With --json prints {\"ciphertext\", \"version\", \"previous_version\"};\n"
 	  "--batch --json (with --out FILE): {\"lines\", \"moved\", \"current\", \"failed\"}." },

@@ -145,9 +145,12 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 		.request_id = rotate ? "scheduled-rotation" : "scheduled-destruction",
 	};
 
-	if (status != CF_OK)
-		cf_log_warn("lifecycle: %s of key %s failed (retried in a minute): %s",
-			    rotate ? "scheduled rotation" : "destruction", name, cf_error_detail());
+	if (status != CF_OK && rotate)
+		cf_log_warn("lifecycle: scheduled rotation of key %s failed (retried in a "
+			    "minute): %s", name, cf_error_detail());
+	else if (status != CF_OK)
+		cf_log_warn("lifecycle: destruction of key %s version %u failed (retried in a "
+			    "minute): %s", name, version, cf_error_detail());
 	else if (rotate)
 		cf_log_info("lifecycle: scheduled rotation of key %s made version %u", name,
 			    version);
@@ -270,7 +273,10 @@ main(int argc, char **argv)
 		sig = sigtimedwait(&sigs, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
-		keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
+		/* Failing closed on the audit trail: nothing irreversible that
+		 * could not be recorded either; the work waits until it can. */
+		if (au == NULL || audit_healthy(au))
+			keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
 		if (n % 5 != 0)
 			continue;
 		session_expire(sm);

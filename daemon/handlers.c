@@ -597,14 +597,15 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = http_parts(req->request, &hr)) != CF_OK)
+	if ((r = http_parts(req->request, &hr)) != CF_OK || (r = check_name(hr.key_id)) != CF_OK)
 		return r;
-	{
-		cf_p11_key *k;
-		uint32_t v;
-
-		if ((r = request_key(c, hr.key_id, 0, USE_CHECK, &k, &v)) != CF_OK)
-			return r;
+	/* The key, not its primary: any enabled version at or above the minimum
+	 * verifies (the primary may be disabled). */
+	if ((r = keyring_describe(c->kr, hr.key_id, &info)) != CF_OK)
+		return r;
+	if (info.type != CF_KEY_HMAC_SHA256) {
+		keyring_info_free(&info);
+		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key", hr.key_id);
 	}
 	if ((out = h_new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
 	    (str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL) {
@@ -630,8 +631,7 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 			    "signature is not 64 hex characters");
 		goto done;
 	}
-	if ((r = cf_reqsign_http_string(&hr, str)) != CF_OK ||
-	    (r = keyring_describe(c->kr, hr.key_id, &info)) != CF_OK)
+	if ((r = cf_reqsign_http_string(&hr, str)) != CF_OK)
 		goto out;
 	/* Any enabled version: clients keep the old secret until they rotate. */
 	for (uint32_t i = info.nversions; i-- > 0 && good == 0;) {

@@ -23,7 +23,9 @@ struct kr_key {
 	int64_t created;
 	uint32_t min_version, min_verify;
 	int64_t rotation_period, next_rotation;
-	int64_t retry_at;       /* after a failed scheduled job: not before then */
+	uint32_t pending_rotation;  /* recorded before a scheduled rotation makes it */
+	int64_t destroy_retry_at;   /* after a failed destruction: not before then */
+	int64_t rotate_retry_at;    /* after a failed scheduled rotation */
 	struct kr_version *v;   /* ascending by version */
 	uint32_t nv, capv;
 };
@@ -33,7 +35,7 @@ struct keyring {
 	store *st;
 	struct keyring_cfg cfg;
 	pthread_rwlock_t lock;
-	pthread_mutex_t write_mu;  /* one create/import/rotate at a time */
+	pthread_mutex_t write_mu;  /* one change (create, rotate, lifecycle, tick) at a time */
 	struct kr_key **keys;      /* sorted by name */
 	size_t n, cap;
 };
@@ -163,6 +165,7 @@ kr_copy_info(const struct kr_key *k, struct store_key *sk)
 	sk->min_verify = k->min_verify;
 	sk->rotation_period = k->rotation_period;
 	sk->next_rotation = k->next_rotation;
+	sk->pending_rotation = k->pending_rotation;
 	if (k->nv > 0 && (sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
 		return CF_E_NOMEM;
 	for (uint32_t i = 0; i < k->nv; i++)
@@ -205,6 +208,7 @@ load_one(const struct store_key *sk, void *arg)
 	k->min_verify = sk->min_verify;
 	k->rotation_period = sk->rotation_period;
 	k->next_rotation = sk->next_rotation;
+	k->pending_rotation = sk->pending_rotation;
 	for (uint32_t i = 0; i < sk->nversions; i++) {
 		const struct store_version *sv = &sk->versions[i];
 		/* Its objects may be gone already: the daemon stopped between
@@ -258,9 +262,17 @@ orphan_check(const char *name, uint32_t version, enum cf_key_type type, void *ar
 	if (found) {
 		const struct kr_key *k = lc->kr->keys[at];
 
-		for (uint32_t i = 0; i < k->nv; i++)
-			if (k->v[i].meta.version == version)
+		for (uint32_t i = 0; i < k->nv; i++) {
+			if (k->v[i].meta.version != version)
+				continue;
+			if (k->v[i].meta.state != STORE_DESTROYED)
 				return 0;
+			snprintf(msg, sizeof(msg), "token object %s version %u is still in the "
+				 "token although the registry says it was destroyed; destroy it "
+				 "(e.g. with p11tool) or restore the registry", name, version);
+			kr_report(lc, msg);
+			return 0;
+		}
 	}
 	snprintf(msg, sizeof(msg), "token object %s version %u has no registry record (left "
 		 "by an interrupted create?); it is not served", name, version);
@@ -463,14 +475,39 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 	return found ? CF_OK : CF_E_NOT_FOUND;
 }
 
+static void kr_apply(struct kr_key *k, const struct store_key *sk);
+
+/* Record (version) or clear (0) that a scheduled rotation is making
+ * `version`, before it touches the token. Under write_mu. */
+static int
+kr_pending(keyring *kr, struct kr_key *k, uint32_t version)
+{
+	struct store_key sk;
+	int r;
+
+	if ((r = kr_copy_info(k, &sk)) != CF_OK)
+		return r;
+	sk.pending_rotation = version;
+	if ((r = store_key_save(kr->st, &sk)) == CF_OK) {
+		pthread_rwlock_wrlock(&kr->lock);
+		kr_apply(k, &sk);
+		pthread_rwlock_unlock(&kr->lock);
+	}
+	free(sk.versions);
+	return r;
+}
+
 /* A new version, made primary. due_by (scheduled rotations): only if the
  * key's next rotation is due by then (a manual rotation may have come
- * first); *skipped says it was not. */
+ * first); *skipped says it was not. A scheduled rotation records the
+ * version it makes before making it, and adopts an unrecorded token object
+ * of that version only when such a record survived a crash: never an
+ * object it did not start to make. */
 static int
 kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped,
 	  struct store_key *out)
 {
-	struct store_version meta = { 0, STORE_ENABLED, now_unix(), 0, 0 };
+	struct store_version meta = { 0, STORE_ENABLED, 0, 0, 0 };
 	struct kr_key *k;
 	cf_p11_key *h = NULL;
 	int64_t next = 0;
@@ -480,6 +517,7 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 	if ((r = cf_key_name_check(name)) != CF_OK)
 		return r;
 	pthread_mutex_lock(&kr->write_mu);
+	meta.created = now_unix();   /* after the lock: the rotation's own time */
 	pthread_rwlock_rdlock(&kr->lock);
 	at = kr_find(kr, name, &found);
 	k = found ? kr->keys[at] : NULL;
@@ -501,11 +539,20 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 		r = cf_error(CF_E_EXHAUSTED, "key %s has reached the version limit", name);
 		goto out;
 	}
+	if (due_by != 0) {
+		adopt = k->pending_rotation == meta.version;
+		if (!adopt && (r = kr_pending(kr, k, meta.version)) != CF_OK)
+			goto out;
+	}
 	r = generate_or_adopt(kr, name, meta.version, k->type,
 			      k->exportable && !cf_key_type_is_asymmetric(k->type) ?
 			      CF_P11_EXPORTABLE : 0, adopt, &h);
-	if (r != CF_OK)
+	if (r != CF_OK) {
+		/* Not made by us (e.g. an object planted there): never adopt it. */
+		if (due_by != 0)
+			(void)kr_pending(kr, k, 0);
 		goto out;
+	}
 	if ((r = store_version_add(kr->st, name, meta.version, meta.created, next)) != CF_OK) {
 		(void)cf_p11_key_destroy(h);
 		goto out;
@@ -515,7 +562,8 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 		h = NULL;
 		k->primary = meta.version;
 		k->next_rotation = next;
-		k->retry_at = 0;
+		k->pending_rotation = 0;
+		k->rotate_retry_at = 0;
 		if (out != NULL)
 			r = kr_copy_info(k, out);
 	}
@@ -672,6 +720,7 @@ kr_apply(struct kr_key *k, const struct store_key *sk)
 	k->min_verify = sk->min_verify;
 	k->rotation_period = sk->rotation_period;
 	k->next_rotation = sk->next_rotation;
+	k->pending_rotation = sk->pending_rotation;
 	for (uint32_t i = 0; i < k->nv; i++)
 		k->v[i].meta = sk->versions[i];
 }
@@ -855,6 +904,10 @@ change(const keyring *kr, struct store_key *sk, enum key_change what,
 					"negative");
 		if ((r = check_period(kr, a->period)) != CF_OK)
 			return r;
+		if (a->next != 0 && (a->next < now || a->next > now + KEYRING_MAX_ROTATION_PERIOD))
+			return cf_error(CF_E_INVALID_ARG, "next_rotation_time %lld is in the past or "
+					"more than 10 years ahead (0: one period from now)",
+					(long long)a->next);
 		sk->rotation_period = a->period;
 		sk->next_rotation = a->period == 0 ? 0 : a->next ? a->next : now + a->period;
 		return CF_OK;
@@ -894,6 +947,33 @@ out:
 	return r;
 }
 
+/* Destroy a version's token objects (h: its handle, or NULL if it was not
+ * served, e.g. of the wrong type) and make sure they are gone: what a
+ * daemon stopped half-way left is finished here. */
+static int
+destroy_version(keyring *kr, const char *name, uint32_t version, cf_p11_key *h)
+{
+	cf_p11_key *o = NULL;
+	int r = CF_OK;
+
+	if (h != NULL && (r = cf_p11_key_destroy(h)) == CF_E_NOT_FOUND)
+		r = CF_OK;
+	if (r != CF_OK)
+		return r;
+	r = cf_p11_key_open(kr->p11, name, version, &o);
+	if (r == CF_OK) {   /* still there (or never served): destroy what is found */
+		r = cf_p11_key_destroy(o);
+		cf_p11_key_free(o);
+		if (r == CF_OK && cf_p11_key_open(kr->p11, name, version, &o) == CF_OK) {
+			cf_p11_key_free(o);
+			r = cf_error(CF_E_INTERNAL, "key %s version %u: the token still holds "
+				     "its objects after destroying them", name, version);
+		}
+		return r;
+	}
+	return r == CF_E_NOT_FOUND ? CF_OK : r;
+}
+
 /* Destroy the token objects of k's versions whose grace period is over,
  * then record them destroyed. Under write_mu. */
 static void
@@ -902,19 +982,16 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 	struct store_key sk;
 	int r, any = 0;
 
-	if (k->retry_at > now || kr_copy_info(k, &sk) != CF_OK)
+	if (k->destroy_retry_at > now || kr_copy_info(k, &sk) != CF_OK)
 		return;
 	for (uint32_t i = 0; i < k->nv; i++) {
 		struct store_version *v = &sk.versions[i];
 
 		if (v->state != STORE_DESTROY_SCHEDULED || v->destroy_time > now)
 			continue;
-		/* Gone already if the daemon stopped before recording it. */
-		r = k->v[i].k != NULL ? cf_p11_key_destroy(k->v[i].k) : CF_OK;
-		if (r == CF_E_NOT_FOUND)
-			r = CF_OK;
+		r = destroy_version(kr, k->name, v->version, k->v[i].k);
 		if (r != CF_OK) {
-			k->retry_at = now + 60;
+			k->destroy_retry_at = now + 60;
 			done(k->name, v->version, "destroy", r, arg);
 			continue;
 		}
@@ -934,7 +1011,7 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 			kr_apply(k, &sk);
 			pthread_rwlock_unlock(&kr->lock);
 		} else {
-			k->retry_at = now + 60;
+			k->destroy_retry_at = now + 60;
 		}
 	}
 	free(sk.versions);
@@ -962,7 +1039,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 	for (size_t i = 0; i < kr->n; i++) {
 		struct kr_key *k = kr->keys[i];
 
-		if (k->next_rotation == 0 || k->next_rotation > now || k->retry_at > now)
+		if (k->next_rotation == 0 || k->next_rotation > now || k->rotate_retry_at > now)
 			continue;
 		if (due == NULL && (due = calloc(kr->n, sizeof(*due))) == NULL)
 			break;
@@ -974,9 +1051,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 		int skipped = 0, r;
 
 		memset(&info, 0, sizeof(info));
-		/* adopt: an unrecorded next version can only be left by an
-		 * interrupted rotation of this very key. */
-		r = kr_rotate(kr, due[i], 1, now, &skipped, &info);
+		r = kr_rotate(kr, due[i], 0, now, &skipped, &info);
 		if (skipped)
 			continue;
 		if (r != CF_OK) {
@@ -986,7 +1061,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 			pthread_mutex_lock(&kr->write_mu);
 			at = kr_find(kr, due[i], &found);
 			if (found)
-				kr->keys[at]->retry_at = now + 60;
+				kr->keys[at]->rotate_retry_at = now + 60;
 			pthread_mutex_unlock(&kr->write_mu);
 		}
 		done(due[i], r == CF_OK ? info.primary : 0, "rotate", r, arg);

@@ -70,6 +70,7 @@ static const struct {
 	     "ALTER TABLE keys ADD COLUMN min_verify INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE keys ADD COLUMN rotation_period INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE keys ADD COLUMN next_rotation INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE keys ADD COLUMN pending_rotation INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE versions ADD COLUMN destroy_time INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE versions ADD COLUMN prior_state INTEGER NOT NULL DEFAULT 0;" },
 };
@@ -179,7 +180,7 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 	memset(&k, 0, sizeof(k));
 	if (sqlite3_prepare_v2(s->db, "SELECT name, type, exportable, primary_version, created, "
 			       "allowed_ops, min_version, min_verify, rotation_period, "
-			       "next_rotation FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
+			       "next_rotation, pending_rotation FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(s->db, "SELECT version, state, created, destroy_time, prior_state "
 			       "FROM versions WHERE name = ? ORDER BY version", -1, &vs,
 			       NULL) != SQLITE_OK) {
@@ -205,6 +206,7 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 		k.min_verify = (uint32_t)sqlite3_column_int64(ks, 7);
 		k.rotation_period = sqlite3_column_int64(ks, 8);
 		k.next_rotation = sqlite3_column_int64(ks, 9);
+		k.pending_rotation = (uint32_t)sqlite3_column_int64(ks, 10);
 		k.nversions = 0;
 		sqlite3_reset(vs);
 		sqlite3_bind_text(vs, 1, name, -1, SQLITE_TRANSIENT);
@@ -322,7 +324,8 @@ version_add_body(store *s, const void *arg)
 	if (run(s, "INSERT INTO versions (name, version, state, created) VALUES (?, ?, ?, ?)",
 		"tiii", v->name, (int64_t)v->version, (int64_t)STORE_ENABLED, v->now) !=
 	    SQLITE_OK ||
-	    run(s, "UPDATE keys SET primary_version = ?, next_rotation = ? WHERE name = ?", "iit",
+	    run(s, "UPDATE keys SET primary_version = ?, next_rotation = ?, pending_rotation = 0 "
+		"WHERE name = ?", "iit",
 		(int64_t)v->version, v->next_rotation, v->name) != SQLITE_OK)
 		return db_err(s, "recording the new version");
 	return CF_OK;
@@ -343,9 +346,10 @@ key_save_body(store *s, const void *arg)
 	const struct store_key *k = arg;
 
 	if (run(s, "UPDATE keys SET primary_version = ?, min_version = ?, min_verify = ?, "
-		"rotation_period = ?, next_rotation = ? WHERE name = ?", "iiiiit",
-		(int64_t)k->primary, (int64_t)k->min_version, (int64_t)k->min_verify,
-		k->rotation_period, k->next_rotation, k->name) != SQLITE_OK ||
+		"rotation_period = ?, next_rotation = ?, pending_rotation = ? WHERE name = ?",
+		"iiiiiit", (int64_t)k->primary, (int64_t)k->min_version, (int64_t)k->min_verify,
+		k->rotation_period, k->next_rotation, (int64_t)k->pending_rotation, k->name) !=
+	    SQLITE_OK ||
 	    sqlite3_changes(s->db) != 1)
 		return db_err(s, "recording the key's change");
 	for (uint32_t i = 0; i < k->nversions; i++) {

@@ -37,6 +37,7 @@ struct store_key {
 	uint32_t min_verify;            /* verify and unwrap; 0 = none */
 	int64_t rotation_period;        /* seconds; 0 = no scheduled rotation */
 	int64_t next_rotation;          /* 0 = none */
+	uint32_t pending_rotation;      /* a scheduled rotation started making this version */
 	struct store_version *versions; /* ascending; owned by the caller of store_load */
 	uint32_t nversions;
 };
@@ -102,12 +103,12 @@ int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *
  * rotation_period, next_rotation) with version 1 as primary, in one
  * transaction. CF_E_EXISTS if the name is taken. */
 int store_key_create(store *s, const struct store_key *k);
-/* Record a new version, make it primary and set the next scheduled
- * rotation, in one transaction. */
+/* Record a new version, make it primary, set the next scheduled rotation
+ * and clear pending_rotation, in one transaction. */
 int store_version_add(store *s, const char *name, uint32_t version, int64_t now,
 		      int64_t next_rotation);
-/* Write a key's lifecycle fields (primary, minimums, rotation schedule)
- * and every version's state, in one transaction. */
+/* Write a key's lifecycle fields (primary, minimums, rotation schedule,
+ * pending rotation) and every version's state, in one transaction. */
 int store_key_save(store *s, const struct store_key *k);
 
 /* Call cb for every principal (borrowed for the callback), by name. */

@@ -21,6 +21,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,6 +113,52 @@ class Cli(unittest.TestCase):
         self.assertEqual(json.loads(r.stdout),
                          {"lines": 43, "moved": 0, "current": 41, "failed": 0})
         self.assertNotIn(b"rewrap:", r.stderr)
+
+    def test_rewrap_batch_in_place(self):
+        """--in and --out the same file: rewritten whole (a temporary file
+        renamed over it), a failing line kept byte for byte (CRLF too)."""
+        c = self.ctl
+        c("key", "create", "inplace-k", "--type", "aes-256")
+        plains = [os.urandom(16) for _ in range(5)]
+        blobs = [json.loads(c("--json", "wrap", "inplace-k", "--in", "-", data=p).stdout)
+                 ["ciphertext"] for p in plains]
+        c("key", "rotate", "inplace-k")
+        f = self.path("inplace.txt")
+        with open(f, "wb") as out:
+            out.write(("\n".join(blobs) + "\n").encode() + b"bad\x00line\r\n")
+        r = c("rewrap", "inplace-k", "--batch", "--in", f, "--out", f, ok=False)
+        self.assertEqual(r.returncode, 6, r.stderr)
+        with open(f, "rb") as g:
+            lines = g.read().split(b"\n")
+        self.assertEqual(lines[5], b"bad\x00line\r")     # unchanged, byte for byte
+        for i, p in enumerate(plains):
+            blob = base64.b64decode(lines[i])
+            self.assertEqual(blob_version(blob), 2)
+            self.assertEqual(self.unwrap("inplace-k", blob), p)
+        self.assertEqual([n for n in os.listdir(self.d.dir) if "rewrap-" in n], [])
+        # A run that cannot start (unknown --in) leaves the target untouched.
+        with open(f, "rb") as g:
+            before = g.read()
+        c("rewrap", "inplace-k", "--batch", "--in", self.path("nope"), "--out", f, ok=False)
+        with open(f, "rb") as g:
+            self.assertEqual(g.read(), before)
+
+    def test_set_rotation_times(self):
+        c = self.ctl
+        c("key", "create", "rot-k", "--type", "ec-p256")
+        r = c("key", "set-rotation", "rot-k", "--rotation-period", "90d", "--next", "30d",
+              ok=False)
+        self.assertEqual(r.returncode, 2)                  # 30d is not a time
+        r = c("key", "set-rotation", "rot-k", "--rotation-period", "90d", "--next", "1000",
+              ok=False)
+        self.assertEqual(r.returncode, 6)                  # in the past
+        self.assertIn(b"in the past", r.stderr)
+        k = json.loads(c("--json", "key", "set-rotation", "rot-k", "--rotation-period", "90d",
+                         "--next", "+1h").stdout)
+        self.assertEqual(k["rotation_period"], 90 * 86400)
+        self.assertLess(abs(k["next_rotation_time"] - (int(time.time()) + 3600)), 5)
+        r = c("key", "pubkey", "rot-k", "--der", "--format", "jwk", ok=False)
+        self.assertEqual(r.returncode, 2)
 
     def test_rewrap_batch_progress_on_a_terminal(self):
         c = self.ctl

@@ -586,6 +586,37 @@ test_lifecycle_token(void)
 	CU_ASSERT(info.nversions == 4 && info.versions[1].state == STORE_DESTROYED &&
 		  info.primary == 4 && info.next_rotation >= now + 60);
 	keyring_info_free(&info);
+	/* An object someone planted at the next version is never adopted by a
+	 * scheduled rotation (it fails, and a minute later again)... */
+	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "doomed", 5, CF_KEY_EC_P256, 0, &k), CF_OK);
+	cf_p11_key_free(k);
+	memset(&tl, 0, sizeof(tl));
+	keyring_tick(kr, now + 120, tick_done, &tl);
+	CU_ASSERT(tl.rotated == 0 && tl.failed == 1);
+	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
+	CU_ASSERT(info.nversions == 4 && info.primary == 4 && info.pending_rotation == 0);
+	keyring_close(kr);
+	/* ...but one the rotation recorded before making it (the daemon died
+	 * after making it, before recording the version) is. */
+	info.pending_rotation = 5;
+	CU_ASSERT_EQUAL(store_key_save(st, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
+	memset(&tl, 0, sizeof(tl));
+	keyring_tick(kr, now + 120, tick_done, &tl);
+	CU_ASSERT(tl.rotated == 1 && tl.failed == 0 && tl.last_version == 5);
+	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
+	CU_ASSERT(info.nversions == 5 && info.primary == 5 && info.pending_rotation == 0);
+	keyring_info_free(&info);
+	keyring_close(kr);
+	/* Objects of a version recorded destroyed that are back in the token
+	 * are reported at start-up. */
+	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "doomed", 1, CF_KEY_EC_P256, 0, &k), CF_OK);
+	cf_p11_key_free(k);
+	nreports = 0;
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT(reported("doomed version 1 is still in the token although the registry says "
+			   "it was destroyed"));
 	keyring_close(kr);
 	store_close(st);
 }

@@ -479,6 +479,37 @@ class Lifecycle(LifecycleBase):
         self.assertEqual(k.versions[0].destroy_time, early)
         self.assertEqual([v.state for v in k.versions[3:]], [ENABLED, ENABLED])
 
+    def test_request_signature_with_primary_disabled(self):
+        """VerifyRequestSignature checks every enabled version: a disabled
+        primary does not stop an older version's signature from verifying,
+        and a version below min_verify_version is not tried."""
+        import hashlib
+        self.new_key("req-k", versions=2, type=pb.HMAC_SHA256)
+        self.call("SetPrimaryVersion", self.kv("req-k", 1))
+
+        def parts(nonce):
+            return pb.HttpRequestParts(key="req-k", method="GET", path="/p",
+                                       canonical_query="",
+                                       body_sha256=hashlib.sha256(b"").digest(),
+                                       timestamp=now(), nonce=nonce)
+        signed = [(self.s.SignHttpRequest(pb.SignHttpRequestRequest(request=parts(n)),
+                                          timeout=TIMEOUT).signature, parts(n))
+                  for n in ("nonce-lifecycle-0000001", "nonce-lifecycle-0000002")]
+        self.call("SetPrimaryVersion", self.kv("req-k", 2))
+        self.call("DisableKeyVersion", self.kv("req-k", 2, force=True))
+        sig, p = signed[0]
+        r = self.s.VerifyRequestSignature(pb.VerifyRequestSignatureRequest(
+            request=p, signature=sig), timeout=TIMEOUT)
+        self.assertEqual((r.verdict, r.valid, r.version), (pb.VALID, True, 1), r.reason)
+        # With version 2 enabled again and version 1 below the minimum, the
+        # same kind of signature no longer verifies.
+        self.call("EnableKeyVersion", self.kv("req-k", 2))
+        self.call("SetKeyMinimums", pb.SetKeyMinimumsRequest(name="req-k", keep_last=1))
+        sig, p = signed[1]
+        r = self.s.VerifyRequestSignature(pb.VerifyRequestSignatureRequest(
+            request=p, signature=sig), timeout=TIMEOUT)
+        self.assertEqual((r.verdict, r.valid), (pb.BAD_SIGNATURE, False), r.reason)
+
     def test_rewrap(self):
         self.new_key("wrapk", 1, type=pb.AES_256)
         sealed = self.d.sealed_stub("service")
