@@ -621,6 +621,65 @@ test_lifecycle_token(void)
 	store_close(st);
 }
 
+static CK_RV (*real_destroy)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE);
+
+static CK_RV
+refuse_destroy(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+	(void)s;
+	(void)o;
+	return CKR_ACTION_PROHIBITED;
+}
+
+/* A token that refuses to destroy a version: the destruction is retried and
+ * reported each time, and the key's scheduled rotations go on meanwhile. */
+static void
+test_lifecycle_refused_destroy(void)
+{
+	struct keyring_cfg cfg = { 10, 1, 1 };
+	struct key_change_args a = { .version = 1, .grace = 1 };
+	struct tick_log tl = { 0 };
+	struct store_key info;
+	char dir[400];
+	store *st = NULL;
+	keyring *kr = NULL;
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	int64_t now = (int64_t)time(NULL);
+
+	snprintf(dir, sizeof(dir), "%s/refused-destroy", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, NULL, NULL, &kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stuck", CF_KEY_EC_P256, 0, 0, 5, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "stuck", 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_change(kr, "stuck", KC_SCHEDULE_DESTROY, &a, &info), CF_OK);
+	keyring_info_free(&info);
+	/* SoftHSM's function list is shared with the layer and writable. */
+	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
+	real_destroy = f->C_DestroyObject;
+	f->C_DestroyObject = refuse_destroy;
+	for (int64_t t = now + 10; t < now + 200; t++)
+		keyring_tick(kr, t, tick_done, &tl);
+	f->C_DestroyObject = real_destroy;
+	(void)f->C_CloseSession(s);
+	/* Retried once a minute (at +10, +70, +130, +190), rotated every 5 s. */
+	CU_ASSERT_EQUAL(tl.failed, 4);
+	CU_ASSERT(tl.rotated >= 30);
+	CU_ASSERT_EQUAL(keyring_describe(kr, "stuck", &info), CF_OK);
+	CU_ASSERT(info.versions[0].state == STORE_DESTROY_SCHEDULED && info.primary > 30);
+	keyring_info_free(&info);
+	/* Once the token allows it, the next retry destroys it. */
+	memset(&tl, 0, sizeof(tl));
+	keyring_tick(kr, now + 250, tick_done, &tl);
+	CU_ASSERT(tl.destroyed == 1 && tl.failed == 0);
+	keyring_close(kr);
+	store_close(st);
+}
+
 /* Handlers are plain functions: call Sign and a bad Wrap without gRPC. */
 static void
 test_handlers_direct(void)
@@ -729,6 +788,8 @@ main(void)
 		{ "replay record: carry-over, concurrency, expiry, bound", test_nonces_record },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
 		{ "lifecycle: destruction in the token, scheduled rotation", test_lifecycle_token },
+		{ "lifecycle: a refused destruction does not stop rotations",
+		  test_lifecycle_refused_destroy },
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },
 		{ NULL, NULL },
