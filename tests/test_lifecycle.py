@@ -118,7 +118,23 @@ def before():
 
 
 class LifecycleBase(unittest.TestCase):
+    """One daemon per class, started with the class's `config`."""
     d = None
+    config = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = CofferDaemon(config=cls.config)
+        try:
+            cls.d.start()
+        except Exception:
+            cls.d.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.d is not None:
+            cls.d.cleanup()
 
     def setUp(self):
         self.stubs()
@@ -205,18 +221,7 @@ class LifecycleBase(unittest.TestCase):
 
 
 class Lifecycle(LifecycleBase):
-    @classmethod
-    def setUpClass(cls):
-        cls.d = CofferDaemon(config=CONFIG)
-        try:
-            cls.d.start()
-        except Exception:
-            cls.d.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.cleanup()
+    config = CONFIG
 
     # ---- 1. transitions and refusals ----
 
@@ -718,18 +723,7 @@ class Lifecycle(LifecycleBase):
 class DefaultMinimums(LifecycleBase):
     """Without [keys] settings: min_destroy_grace 1 day, min_rotation_period 1 hour."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.d = CofferDaemon()
-        try:
-            cls.d.start()
-        except Exception:
-            cls.d.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.cleanup()
+    config = None
 
     def test_default_minimums(self):
         self.new_key("dflt", 2)
