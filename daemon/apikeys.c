@@ -147,8 +147,10 @@ mismatch(struct load_ctx *c, const char *id, uint32_t gen, const char *what)
 	char msg[256];
 
 	snprintf(msg, sizeof(msg), "API key %s secret %u %s", id, gen, what);
-	c->report(msg);
-	(*c->mismatches)++;
+	if (c->report != NULL)
+		c->report(msg);
+	if (c->mismatches != NULL)
+		(*c->mismatches)++;
 }
 
 static int

@@ -12,6 +12,7 @@
 
 #include <CUnit/Basic.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sqlite3.h>
 
 #include "cf_status.h"
@@ -680,6 +681,116 @@ test_lifecycle_refused_destroy(void)
 	store_close(st);
 }
 
+static CK_RV
+fail_verify(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR sig, CK_ULONG sl)
+{
+	(void)s, (void)d, (void)dl, (void)sig, (void)sl;
+	return CKR_FUNCTION_FAILED;
+}
+
+/* The state store cannot be written (another process holds its write lock
+ * past the busy timeout): every change fails with CF_E_IO and leaves
+ * nothing behind — no idempotency record, no lifecycle change, no token
+ * object without a record. A token failure while checking an API key's
+ * signature is an error, not "unauthenticated". */
+static void
+test_store_and_token_failures(void)
+{
+	struct key_change_args a = { .version = 1 };
+	struct store_key info;
+	struct store_apikey ak;
+	struct store_idem first;
+	cf_p11_key *k = NULL;
+	char dir[400], db[450];
+	uint8_t msg[8] = "message", mac[32];
+	cf_secret *secret = NULL;
+	store *st = NULL;
+	keyring *kr = NULL;
+	apikeys *aks = NULL;
+	idem *idm = NULL;
+	sqlite3 *h = NULL;
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_RV (*real_verify)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+	int replay = 0, resumed = 0;
+	unsigned mismatches = 0;
+	int64_t now = (int64_t)time(NULL);
+
+	snprintf(dir, sizeof(dir), "%s/failures", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(apikeys_open(p11, st, collect, &mismatches, &aks), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, &idm), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "locked", CF_KEY_EC_P256, 0, 0, 0, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", 0, &info), CF_OK);
+	keyring_info_free(&info);
+
+	snprintf(db, sizeof(db), "%s/coffer.db", dir);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	CU_ASSERT_FATAL(sqlite3_exec(h, "BEGIN EXCLUSIVE;", NULL, NULL, NULL) == SQLITE_OK);
+	/* An idempotent call cannot record that it started: it must not run. */
+	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), &first,
+				   &replay, &resumed), CF_E_IO);
+	/* A lifecycle change is not applied. */
+	CU_ASSERT_EQUAL(keyring_change(kr, "locked", KC_DISABLE, &a, &info), CF_E_IO);
+	/* A rotation's new token object is taken out again. */
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", 0, &info), CF_E_IO);
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "locked", 3, &k), CF_E_NOT_FOUND);
+	/* So is an API key's new secret. */
+	CU_ASSERT_EQUAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_E_IO);
+	CU_ASSERT_PTR_NULL(secret);
+	CU_ASSERT_FATAL(sqlite3_exec(h, "ROLLBACK;", NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(h);
+
+	CU_ASSERT_EQUAL(keyring_describe(kr, "locked", &info), CF_OK);
+	CU_ASSERT(info.nversions == 2 && info.primary == 2 &&
+		  info.versions[0].state == STORE_ENABLED);
+	keyring_info_free(&info);
+	/* Nothing of the failed calls is left: the idempotency key is new, and
+	 * a restart finds no unclaimed object. */
+	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), &first,
+				   &replay, &resumed), CF_OK);
+	CU_ASSERT(replay == 0 && resumed == 0);
+	idem_finish(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), CF_OK, NULL, NULL, 0);
+	keyring_close(kr);
+	kr = NULL;
+	nreports = 0;
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, NULL, &kr), CF_OK);
+	CU_ASSERT(!reported("locked version 3"));
+	apikeys_close(aks);
+	aks = NULL;
+	CU_ASSERT_EQUAL_FATAL(apikeys_open(p11, st, collect, &mismatches, &aks), CF_OK);
+	CU_ASSERT(!reported("is in the token but not recorded"));
+
+	/* A token error while verifying an API key's MAC: CF_E_TOKEN (INTERNAL
+	 * on the wire), never CF_E_UNAUTHENTICATED. */
+	CU_ASSERT_EQUAL_FATAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_OK);
+	CU_ASSERT_FATAL(secret != NULL);
+	{
+		unsigned int len = sizeof(mac);
+
+		HMAC(EVP_sha256(), cf_secret_cptr(secret), (int)cf_secret_len(secret), msg,
+		     sizeof(msg), mac, &len);
+	}
+	cf_secret_free(secret);
+	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
+	real_verify = f->C_Verify;
+	f->C_Verify = fail_verify;
+	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now),
+			CF_E_TOKEN);
+	f->C_Verify = real_verify;
+	(void)f->C_CloseSession(s);
+	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	apikeys_close(aks);
+	idem_close(idm);
+	keyring_close(kr);
+	store_close(st);
+}
+
 /* Handlers are plain functions: call Sign and a bad Wrap without gRPC. */
 static void
 test_handlers_direct(void)
@@ -790,6 +901,8 @@ main(void)
 		{ "lifecycle: destruction in the token, scheduled rotation", test_lifecycle_token },
 		{ "lifecycle: a refused destruction does not stop rotations",
 		  test_lifecycle_refused_destroy },
+		{ "a locked state store, a failing token: nothing half done",
+		  test_store_and_token_failures },
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },
 		{ NULL, NULL },
