@@ -4,9 +4,11 @@ texts, so that the manual page never disagrees with the program.
 
 usage: mkman.py COFFERCTL TEMPLATE VERSION OUT
 """
+import os
 import re
 import subprocess
 import sys
+import time
 
 
 def esc(line):
@@ -44,7 +46,9 @@ def main():
     exits = exits.split("Errors are printed")[0]
     page = open(template).read()
     page = page.replace("@VERSION@", version)
-    page = page.replace("@DATE@", "2026")
+    # The build's date, or SOURCE_DATE_EPOCH for a reproducible page.
+    when = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    page = page.replace("@DATE@", time.strftime("%Y-%m-%d", time.gmtime(when)))
     page = page.replace("@COMMANDS@", "\n".join(parts))
     page = page.replace("@OPTIONS@", ".nf\n" + "\n".join(esc(l) for l in opts.rstrip("\n").splitlines()) + "\n.fi")
     page = page.replace("@EXIT@", ".nf\n" + "\n".join(esc(l) for l in exits.rstrip("\n").splitlines())
