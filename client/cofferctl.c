@@ -960,6 +960,7 @@ struct job {
 	struct coffer_sign_opts so;
 	enum coffer_key_type type;
 	enum coffer_serving_status st;
+	enum coffer_version_action action;   /* key set-primary, enable, ... */
 	uint32_t used, prev;
 	int valid;
 };
@@ -1219,80 +1220,55 @@ version_arg(const struct opts *o, uint32_t *v)
 }
 
 static int
-version_job(struct ctl *ctl, const struct opts *o, job_call call)
+call_version(coffer_client *c, const struct opts *o, struct job *j)
+{
+	return coffer_key_version_action(c, o->args[0], j->used, j->action,
+	    o->force ? COFFER_FORCE : 0, o->grace, &j->key);
+}
+
+/* set-primary, enable, disable, schedule-destroy, cancel-destroy: the
+ * options each does not take are refused by its option list. */
+static int
+version_job(struct ctl *ctl, const struct opts *o, enum coffer_version_action action)
 {
 	struct job j;
 	int rc;
 
 	job_init(&j);
+	j.action = action;
 	if ((rc = version_arg(o, &j.used)) != EXIT_OK)
 		return rc;
-	return run_job(ctl, o, 1, call, put_job_key, &j);
-}
-
-static int
-call_set_primary(coffer_client *c, const struct opts *o, struct job *j)
-{
-	return coffer_key_version_action(c, o->args[0], j->used, COFFER_SET_PRIMARY, 0, 0,
-	    &j->key);
-}
-
-static int
-call_enable(coffer_client *c, const struct opts *o, struct job *j)
-{
-	return coffer_key_version_action(c, o->args[0], j->used, COFFER_ENABLE_VERSION, 0, 0,
-	    &j->key);
-}
-
-static int
-call_disable(coffer_client *c, const struct opts *o, struct job *j)
-{
-	return coffer_key_version_action(c, o->args[0], j->used, COFFER_DISABLE_VERSION,
-	    o->force ? COFFER_FORCE : 0, 0, &j->key);
-}
-
-static int
-call_schedule_destroy(coffer_client *c, const struct opts *o, struct job *j)
-{
-	return coffer_key_version_action(c, o->args[0], j->used, COFFER_SCHEDULE_DESTROY,
-	    o->force ? COFFER_FORCE : 0, o->grace, &j->key);
-}
-
-static int
-call_cancel_destroy(coffer_client *c, const struct opts *o, struct job *j)
-{
-	return coffer_key_version_action(c, o->args[0], j->used, COFFER_CANCEL_DESTROY, 0, 0,
-	    &j->key);
+	return run_job(ctl, o, 1, call_version, put_job_key, &j);
 }
 
 static int
 cmd_key_set_primary(struct ctl *ctl, const struct opts *o)
 {
-	return version_job(ctl, o, call_set_primary);
+	return version_job(ctl, o, COFFER_SET_PRIMARY);
 }
 
 static int
 cmd_key_enable(struct ctl *ctl, const struct opts *o)
 {
-	return version_job(ctl, o, call_enable);
+	return version_job(ctl, o, COFFER_ENABLE_VERSION);
 }
 
 static int
 cmd_key_disable(struct ctl *ctl, const struct opts *o)
 {
-	return version_job(ctl, o, call_disable);
+	return version_job(ctl, o, COFFER_DISABLE_VERSION);
 }
 
 static int
 cmd_key_schedule_destroy(struct ctl *ctl, const struct opts *o)
 {
-	return version_job(ctl, o, call_schedule_destroy);
+	return version_job(ctl, o, COFFER_SCHEDULE_DESTROY);
 }
 
 static int
 cmd_key_cancel_destroy(struct ctl *ctl, const struct opts *o)
 {
-	return version_job(ctl, o, call_cancel_destroy);
+	return version_job(ctl, o, COFFER_CANCEL_DESTROY);
 }
 
 static int
