@@ -304,7 +304,7 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 {
 	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
-	cf_buf *rec = cf_buf_new(len + CF_SESSION_TAG_LEN);
+	uint8_t *rec = malloc(len + CF_SESSION_TAG_LEN);
 	uint8_t *pt = NULL, *buf = NULL, *rbuf = NULL;
 	size_t blen, rlen = 0, ptlen = 0;
 	uint64_t seq = s->seq;
@@ -312,14 +312,14 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 
 	if (rec == NULL)
 		return cf_error(CF_E_NOMEM, "out of memory");
-	if ((r = cf_session_seal(s->keys, CF_SESSION_C2S, seq, method, req, len, rec)) != CF_OK)
+	if ((r = cf_session_seal_to(s->keys, CF_SESSION_C2S, seq, method, req, len, rec)) != CF_OK)
 		goto out;
 	call.session_id.data = s->id;
 	call.session_id.len = CF_SESSION_ID_LEN;
 	call.sequence = seq;
 	call.method = (char *)method;
-	call.record.data = (uint8_t *)cf_buf_peek(rec);
-	call.record.len = cf_buf_len(rec);
+	call.record.data = rec;
+	call.record.len = len + CF_SESSION_TAG_LEN;
 	blen = protobuf_c_message_get_packed_size(&call.base);
 	if ((buf = malloc(blen)) == NULL) {
 		r = cf_error(CF_E_NOMEM, "out of memory");
@@ -349,13 +349,11 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	if (*res == NULL)
 		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
 out:
+	/* The envelopes (rec, buf, rbuf, reply) hold ciphertext only: no wipe. */
 	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
 	cf_session_plain_free(pt, ptlen);
-	if (rbuf != NULL) {
-		OPENSSL_cleanse(rbuf, rlen);
-		free(rbuf);
-	}
-	cf_buf_free(rec);
+	free(rbuf);
+	free(rec);
 	return r;
 }
 

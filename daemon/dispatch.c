@@ -41,6 +41,9 @@ struct method {
 	enum where where;
 	const ProtobufCMessageDescriptor *input;
 	handler_fn fn;          /* NULL for SessionService/Call, run here */
+	/* How its messages are allocated: wiped on free, except the envelope
+	 * of a sealed call, which holds ciphertext only. */
+	ProtobufCAllocator *alloc;
 	int sealed_only;        /* CloseSession */
 	int never_sealed;       /* OpenSession, GetIdentity, Call */
 	int open;               /* no principal needed: Health, GetIdentity */
@@ -139,6 +142,7 @@ add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where
 		e->where = where;
 		e->input = md->input;
 		e->fn = call ? NULL : h->fn;
+		e->alloc = call ? NULL : &cf_pbwipe_allocator;
 		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
 		e->never_sealed = in_session && !e->sealed_only;
 		e->health = strcmp(svc->name, "grpc.health.v1.Health") == 0;
@@ -269,8 +273,7 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 	const struct method *inner;
 	struct hctx h2 = *h;
 	session *s = NULL;
-	cf_buf *rec = NULL;
-	uint8_t *pt = NULL, *iout = NULL, *rbytes = NULL;
+	uint8_t *pt = NULL, *iout = NULL, *rbytes = NULL, *rec = NULL;
 	size_t ptlen = 0, ioutlen = 0, rlen = 0;
 	char imsg[CF_ERROR_DETAIL_MAX];
 	int r, ir;
@@ -292,16 +295,20 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 	else
 		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen, &res.retry_after_ms);
 	cf_session_plain_free(pt, ptlen);
-	snprintf(imsg, sizeof(imsg), "%s", ir == CF_OK ? "" : cf_error_detail());
-	if (ir != CF_OK && dispatch_status(ir) == CODE_INTERNAL)
-		cf_log_error("%s (sealed): %s", req->method, imsg);
+	imsg[0] = '\0';
+	if (ir != CF_OK) {
+		snprintf(imsg, sizeof(imsg), "%s", cf_error_detail());
+		if (dispatch_status(ir) == CODE_INTERNAL)
+			cf_log_error("%s (sealed): %s", req->method, imsg);
+	}
 	res.code = dispatch_status(ir);
 	res.message = imsg;
 	res.response.data = iout;
 	res.response.len = ioutlen;
 	if ((r = pack(&res.base, &rbytes, &rlen)) != CF_OK)
 		goto out;
-	if ((rec = cf_buf_new(rlen + CF_SESSION_TAG_LEN)) == NULL ||
+	/* The record is sealed straight into the reply that carries it. */
+	if ((rec = malloc(rlen + CF_SESSION_TAG_LEN)) == NULL ||
 	    (reply = malloc(sizeof(*reply))) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
@@ -309,21 +316,17 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 	coffer__v1__sealed_reply__init(reply);
 	if ((r = session_reply(s, req->sequence, req->method, rbytes, rlen, rec)) != CF_OK)
 		goto out;
-	if ((reply->record.data = malloc(cf_buf_len(rec))) == NULL) {
-		r = CF_E_NOMEM;
-		goto out;
-	}
-	memcpy(reply->record.data, cf_buf_peek(rec), cf_buf_len(rec));
-	reply->record.len = cf_buf_len(rec);
+	reply->record.data = rec;
+	reply->record.len = rlen + CF_SESSION_TAG_LEN;
 	reply->sequence = req->sequence;
+	rec = NULL;
 	*resp = &reply->base;
 	reply = NULL;
 out:
-	if (reply != NULL)
-		protobuf_c_message_free_unpacked(&reply->base, &cf_pbwipe_allocator);
+	free(reply);
+	free(rec);
 	wipe_free(iout, ioutlen);
 	wipe_free(rbytes, rlen);
-	cf_buf_free(rec);
 	session_release(h->sm, s);
 	return r;
 }
@@ -614,7 +617,7 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 		snprintf(n->principal, sizeof(n->principal), "%s", h2.principal);
 	if (r != CF_OK)
 		return r;
-	req = protobuf_c_message_unpack(m->input, &cf_pbwipe_allocator, inlen, in);
+	req = protobuf_c_message_unpack(m->input, m->alloc, inlen, in);
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
@@ -629,10 +632,12 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 		if (r == CF_OK)
 			r = pack(resp, out, outlen);
 	}
-	note_call(m, req, r == CF_OK ? resp : NULL, n);
-	protobuf_c_message_free_unpacked(req, &cf_pbwipe_allocator);
+	/* A sealed call's envelope is recorded only when its inner call never ran. */
+	if (!n->inner_ran)
+		note_call(m, req, r == CF_OK ? resp : NULL, n);
+	protobuf_c_message_free_unpacked(req, m->alloc);
 	if (resp != NULL)
-		protobuf_c_message_free_unpacked(resp, &cf_pbwipe_allocator);
+		protobuf_c_message_free_unpacked(resp, m->alloc);
 	return r;
 }
 

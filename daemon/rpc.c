@@ -25,10 +25,16 @@
 
 #define RPC_MAX_WORKERS 64
 /* Requested calls kept armed per registered method. Handlers run on the
- * completion-queue threads, so a call that arrives while every thread is
- * busy waits in gRPC; only calls matched to a requested call survive the
- * start of a shutdown, hence a deep pool (each entry is ~300 bytes). */
-#define RPC_ARM_DEPTH 64
+ * completion-queue threads; a call that arrives while every armed request
+ * is taken waits in gRPC until a worker re-arms (one per event), so a few
+ * are enough. Debian's libgrpc is built with its debug checks, which scan
+ * every tag outstanding on the queue at each completion: a deep pool for
+ * each of ~40 methods made every call pay for thousands of idle tags. */
+#define RPC_ARM_DEPTH 8
+/* Only calls matched to a requested call survive the start of a shutdown:
+ * this many more per method are armed just before it, so that calls the
+ * daemon has already read are served, not refused. */
+#define RPC_ARM_DRAIN 64
 #define RPC_ARM_GENERIC 4  /* unregistered paths: answered UNIMPLEMENTED */
 
 struct method {
@@ -455,6 +461,9 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 
 	if (s == NULL)
 		return;
+	for (size_t i = 0; i < s->nmethods; i++)
+		for (unsigned k = 0; k < RPC_ARM_DRAIN; k++)
+			arm(s, &s->methods[i]);
 	atomic_store(&s->shutting_down, 1);
 	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
 	clock_gettime(CLOCK_MONOTONIC, &deadline);

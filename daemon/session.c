@@ -420,9 +420,9 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 
 int
 session_reply(session *s, uint64_t seq, const char *method, const uint8_t *pt, size_t len,
-	      cf_buf *out)
+	      uint8_t *out)
 {
-	int r = cf_session_seal(s->keys, CF_SESSION_S2C, seq, method, pt, len, out);
+	int r = cf_session_seal_to(s->keys, CF_SESSION_S2C, seq, method, pt, len, out);
 
 	/* Counted when the call releases the session: one lock per call less. */
 	if (r == CF_OK) {   /* atomic: a misbehaving caller may overlap two records */

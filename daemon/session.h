@@ -60,9 +60,10 @@ int session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_h
 int session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
 		   uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
 		   session **s, uint8_t **pt, size_t *ptlen);
-/* Seal the reply to the call accepted with seq. */
+/* Seal the reply to the call accepted with seq into
+ * out[0 .. len + CF_SESSION_TAG_LEN). */
 int session_reply(session *s, uint64_t seq, const char *method, const uint8_t *pt, size_t len,
-		  cf_buf *out);
+		  uint8_t *out);
 /* End the session now (CloseSession); later records are refused. */
 void session_end(session_mgr *sm, session *s);
 void session_release(session_mgr *sm, session *s);   /* accepts NULL */

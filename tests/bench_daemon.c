@@ -27,7 +27,10 @@
  * /proc/stat): a row with other > 0.2 was measured under foreign load. The
  * whole sequence of paths runs --rounds times, alternating, so that drifting
  * background load hits every path; the summary takes the best round (highest
- * ops/s) of each path and judges the targets on the best cofferd row.
+ * ops/s) of each path and judges the targets on the best cofferd row. A
+ * pair that prices something (sealed against unsealed, signed against
+ * unsigned) is measured A B B A on one daemon, the order swapped each
+ * round, and judged on the median of the rounds.
  *
  * Known gaps of p11-kit 0.24's RPC, which leave some operations without a
  * p11-kit row (the run goes on without it): it does not carry
@@ -170,6 +173,7 @@ struct result {
 	double client_cpu;                 /* seconds */
 	double other_cpu;                  /* CPUs busy with other processes */
 	int unsealed;                      /* the unsealed baseline of a sealable op */
+	unsigned group;                    /* the rows of one round of one daemon */
 	int auth;                          /* --auth: 1 unsigned baseline, 2 signed calls */
 	enum op_id op_id;
 };
@@ -677,8 +681,15 @@ api_key(const struct cf_test_daemon *d, const struct coffer_bytes *id, struct co
 
 static int
 run_daemon(struct bench *b, const struct options *o, const struct cf_test_token *tok,
-	   unsigned workers)
+	   unsigned workers, unsigned round)
 {
+	/* A pair (sealed/unsealed, signed/unsigned) runs A B B A on one daemon,
+	 * A and B swapping from round to round: the first window after a
+	 * daemon starts runs slower (about 10% here), and so does any drift
+	 * within a round; in this order both fall on each side equally. */
+	static const int abba[2][4] = { { 0, 1, 1, 0 }, { 1, 0, 0, 1 } };
+	static unsigned groups;
+	int pair = OP_SEALABLE(b->op) || o->auth;
 	struct cf_test_daemon d;
 	coffer_client **clients = NULL;
 	struct coffer_bytes id = { NULL, 0 }, secret = { NULL, 0 };
@@ -706,7 +717,10 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	for (unsigned mode = CLIENT_PER_THREAD; mode <= CLIENT_SHARED; mode <<= 1) {
 		if (!(o->clients & mode))
 			continue;
-		for (int v = 0; v < (OP_SEALABLE(b->op) || o->auth ? 2 : 1); v++) {
+		unsigned group = ++groups;
+
+		for (unsigned w = 0; w < (pair ? 4u : 1u); w++) {
+			int v = pair ? abba[round % 2][w] : 0;
 			unsigned want = mode == CLIENT_PER_THREAD ? o->callers : 1;
 			int unsealed = OP_SEALABLE(b->op) && v == 1, sign = o->auth && v == 1;
 			struct coffer_api_key ak;
@@ -747,6 +761,7 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 				 OP_SEALABLE(b->op) ? (unsealed ? " unsealed" : " sealed") :
 				 o->auth ? (sign ? " signed" : " unsigned") : "");
 			res.unsealed = unsealed;
+			res.group = group;
 			res.auth = o->auth ? 1 + sign : 0;
 			res.op_id = b->op;
 			if (measure(b, o, clients, d.pid, &res) != 0)
@@ -1105,35 +1120,41 @@ cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* What `costly` rows add over `base` rows: each pair measured back to back
- * on one daemon (same round), then the median over the rounds, since best-of-N
- * of each side would pair a lucky round with an unlucky one. */
+/* What `costly` rows add over `base` rows: per round, the rows measured on
+ * one daemon (A B B A, run_daemon) summed on each side, then the median
+ * over the rounds, since best-of-N of each side would pair a lucky round
+ * with an unlucky one. */
 static void
 print_pair_cost(const char *what, int (*is_costly)(const struct result *),
-		int (*is_base)(const struct result *), int costly_first, const char *target)
+		int (*is_base)(const struct result *), const char *target)
 {
-	double slow[MAX_ROUNDS], cpu[MAX_ROUNDS], srv[MAX_ROUNDS];
+	double slow[MAX_RESULTS], cpu[MAX_RESULTS], srv[MAX_RESULTS];
 	unsigned k = 0;
 
-	for (unsigned i = 0; i + 1 < nresults && k < MAX_ROUNDS; i++) {
-		const struct result *a = &results[i], *b = &results[i + 1], *c, *u;
+	for (unsigned i = 0; i < nresults; i++) {
+		double nops[2] = { 0, 0 }, win[2] = { 0, 0 }, all[2] = { 0, 0 }, own[2] = { 0, 0 };
+		unsigned g = results[i].group, j;
 
-		if (a->path != PATH_DAEMON || b->path != PATH_DAEMON)
+		for (j = 0; j < i && results[j].group != g; j++)
+			;
+		if (g == 0 || j < i)   /* a row of no pair, or a round already counted */
 			continue;
-		/* Only the order run_daemon measures a pair in, so that the last
-		 * row of one round is never paired with the first of the next. */
-		if (costly_first && is_costly(a) && is_base(b))
-			c = a, u = b;
-		else if (!costly_first && is_base(a) && is_costly(b))
-			c = b, u = a;
-		else
+		for (j = i; j < nresults; j++) {
+			const struct result *r = &results[j];
+			int side = is_costly(r) ? 0 : is_base(r) ? 1 : -1;
+
+			if (r->group != g || side < 0)
+				continue;
+			nops[side] += (double)r->ops;
+			win[side] += r->window;
+			all[side] += r->server_cpu + r->client_cpu;
+			own[side] += r->server_cpu;
+		}
+		if (nops[0] == 0 || nops[1] == 0)
 			continue;
-		if (c->rate <= 0.0 || c->ops == 0 || u->ops == 0)
-			continue;
-		slow[k] = u->rate / c->rate - 1.0;
-		cpu[k] = 1e6 * ((c->server_cpu + c->client_cpu) / (double)c->ops -
-				(u->server_cpu + u->client_cpu) / (double)u->ops);
-		srv[k] = 1e6 * (c->server_cpu / (double)c->ops - u->server_cpu / (double)u->ops);
+		slow[k] = (win[0] / nops[0]) / (win[1] / nops[1]) - 1.0;
+		cpu[k] = 1e6 * (all[0] / nops[0] - all[1] / nops[1]);
+		srv[k] = 1e6 * (own[0] / nops[0] - own[1] / nops[1]);
 		k++;
 	}
 	if (k == 0)
@@ -1141,9 +1162,10 @@ print_pair_cost(const char *what, int (*is_costly)(const struct result *),
 	qsort(slow, k, sizeof(slow[0]), cmp_double);
 	qsort(cpu, k, sizeof(cpu[0]), cmp_double);
 	qsort(srv, k, sizeof(srv[0]), cmp_double);
-	printf("# %s cost (median of %u pairs): %+.1f%% time per call, %+.1f us CPU per call "
-	       "(client + daemon), of which the daemon %+.1f us%s%s\n", what, k,
-	       100.0 * slow[k / 2], cpu[k / 2], srv[k / 2], target ? " (target < 10%): " : "",
+	printf("# %s cost (median of %u rounds, each A B B A): %+.1f%% time per call "
+	       "(rounds %+.1f%% .. %+.1f%%), %+.1f us CPU per call (client + daemon), of which "
+	       "the daemon %+.1f us%s%s\n", what, k, 100.0 * slow[k / 2], 100.0 * slow[0],
+	       100.0 * slow[k - 1], cpu[k / 2], srv[k / 2], target ? " (target < 10%): " : "",
 	       target ? met(slow[k / 2] < 0.10) : "");
 }
 
@@ -1169,8 +1191,8 @@ print_verdict(const struct result *const *best, unsigned n)
 	if (d == NULL)
 		return;
 	if (OP_SEALABLE(d->op_id))
-		print_pair_cost("sealing", is_sealed, is_unsealed, 1, "");
-	print_pair_cost("API key authentication", is_signed, is_unsigned, 0, NULL);
+		print_pair_cost("sealing", is_sealed, is_unsealed, "");
+	print_pair_cost("API key authentication", is_signed, is_unsigned, NULL);
 	if (OP_SEALABLE(d->op_id) || OP_DAEMON_ONLY(d->op_id))
 		return;
 	per_cpu = d->server_cpu > 0.0 ? (double)d->ops / d->server_cpu : 0.0;
@@ -1279,7 +1301,7 @@ main(int argc, char **argv)
 	for (unsigned round = 0; round < o.rounds; round++) {
 		if (o.paths[PATH_DAEMON])
 			for (unsigned i = 0; i < o.nworkers; i++)
-				if (run_daemon(&b, &o, &tok, o.workers[i]) != 0)
+				if (run_daemon(&b, &o, &tok, o.workers[i], round) != 0)
 					goto out;
 		if (o.paths[PATH_LAYER] &&
 		    run_layer(&b, &o, &tok.cfg, tok.cfg.module_path, PATH_LAYER, 0) != 0)

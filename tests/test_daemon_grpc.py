@@ -790,7 +790,7 @@ class LifecycleTests(CofferTestCase):
         read every call: a call still on its way when the daemon shuts down
         is not "in flight" and may be refused) and one call has finished. If every call had already finished by then the attempt
         proves nothing and is repeated."""
-        n = 48   # under the daemon's 64 requested calls per method
+        n = 48   # under the 64 requested calls per method the daemon arms at shutdown
         d = self.new_daemon()
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="rsa4k", type=pb.RSA_4096), timeout=60)
         _, pub = public_key(d.service_stub(), "rsa4k")

@@ -518,6 +518,15 @@ gcm(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq, const char *m
 }
 
 int
+cf_session_seal_to(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+		   const char *method, const uint8_t *pt, size_t ptlen, uint8_t *out)
+{
+	if (ptlen > CF_SECRET_MAX)
+		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
+	return gcm(k, d, seq, method, 1, pt, ptlen, out, out + ptlen);
+}
+
+int
 cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		const char *method, const uint8_t *pt, size_t ptlen, cf_buf *out)
 {
@@ -526,9 +535,8 @@ cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 
 	if (ptlen > CF_SECRET_MAX)
 		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
-	if ((r = cf_buf_reserve(out, ptlen + CF_SESSION_TAG_LEN, &dst)) != CF_OK)
-		return r;
-	if ((r = gcm(k, d, seq, method, 1, pt, ptlen, dst, dst + ptlen)) != CF_OK)
+	if ((r = cf_buf_reserve(out, ptlen + CF_SESSION_TAG_LEN, &dst)) != CF_OK ||
+	    (r = cf_session_seal_to(k, d, seq, method, pt, ptlen, dst)) != CF_OK)
 		return r;
 	return cf_buf_commit(out, ptlen + CF_SESSION_TAG_LEN);
 }

@@ -116,6 +116,10 @@ void cf_session_nonce(const cf_session_keys *k, enum cf_session_dir d, uint64_t 
  * 1..CF_SESSION_MAX_METHOD bytes. */
 int cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		    const char *method, const uint8_t *pt, size_t ptlen, cf_buf *out);
+/* The same into out[0 .. ptlen + CF_SESSION_TAG_LEN): the record straight
+ * into the buffer that carries it, with no copy. */
+int cf_session_seal_to(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+		       const char *method, const uint8_t *pt, size_t ptlen, uint8_t *out);
 /* Open a record into a new buffer *pt of *ptlen bytes (malloc'ed; release
  * it with cf_session_plain_free, which wipes). Records live for one call,
  * so they are not given an mlock()ed cf_secret: mapping and unmapping one
