@@ -566,15 +566,23 @@ status_error(const coffer_client *c, unsigned int ms, grpc_status_code st,
 	return cf_error(r, "%s", msg);
 }
 
+static void
+slice_free(void *p, size_t len)
+{
+	(void)len;
+	free(p);
+}
+
 /*
  * One unary call of `method` with the packed request buf[0..len) (taken over:
- * wiped and freed here). On success *out and *outlen is the response payload,
- * malloc'ed; the caller wipes and frees it.
+ * wiped and freed here, unless LC_CIPHERTEXT). On success *out and *outlen
+ * is the response payload, malloc'ed; the caller wipes and frees it.
  */
 int
 lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uint8_t **out,
-    size_t *outlen)
+    size_t *outlen, int flags)
 {
+	int wipe = !(flags & LC_CIPHERTEXT);
 	grpc_completion_queue *cq = NULL;
 	struct chan *ch = NULL;
 	grpc_call *call = NULL;
@@ -605,7 +613,7 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 		goto out;
 	}
 	/* gRPC owns buf from here and wipes it through slice_wipe_free. */
-	s = grpc_slice_new_with_len(buf, len, slice_wipe_free);
+	s = grpc_slice_new_with_len(buf, len, wipe ? slice_wipe_free : slice_free);
 	send_bb = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
 	if (send_bb == NULL) {
@@ -695,8 +703,10 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 	r = CF_OK;
  out:
 	/* Responses may carry secrets: wipe gRPC's copies before release. */
-	OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
-	byte_buffer_wipe(recv_bb);
+	if (wipe) {
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+		byte_buffer_wipe(recv_bb);
+	}
 	grpc_slice_unref(payload);
 	if (reader_ready)
 		grpc_byte_buffer_reader_destroy(&reader);
@@ -775,18 +785,16 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	/* With an idempotency key an admin call is safe to repeat: ride out a
 	 * daemon restart. */
 	for (int attempt = 0;; attempt++) {
-		uint8_t *copy = malloc(len ? len : 1);
+		uint8_t *copy;
 
-		if (copy == NULL) {
+		if (must_seal(c, method)) {   /* borrows buf */
+			r = lc_sealed_call(c, c->sessions, method, buf, len, &resp, &rlen);
+		} else if ((copy = malloc(len ? len : 1)) == NULL) {
 			slice_wipe_free(buf, len);
 			return cf_error(CF_E_NOMEM, "out of memory");
-		}
-		memcpy(copy, buf, len);
-		if (must_seal(c, method)) {
-			r = lc_sealed_call(c, c->sessions, method, copy, len, &resp, &rlen);
-			slice_wipe_free(copy, len);
 		} else {
-			r = lc_transport(c, method, copy, len, &resp, &rlen);
+			memcpy(copy, buf, len);
+			r = lc_transport(c, method, copy, len, &resp, &rlen, 0);
 		}
 		if (r != CF_E_UNAVAILABLE || c->idem_key[0] == '\0' ||
 		    strncmp(method, AS, strlen(AS)) != 0 || attempt == IDEM_RETRIES)

@@ -23,9 +23,12 @@ int lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 
 /* One unary call with the packed request buf[0..len), which it takes over
  * (wiped and freed). On success *out and *outlen is the response payload,
- * malloc'ed: the caller wipes and frees it. */
+ * malloc'ed: the caller wipes and frees it. LC_CIPHERTEXT: neither message
+ * carries anything secret in the clear (session handshakes and sealed
+ * records), so nothing is wiped. */
+#define LC_CIPHERTEXT 1
 int lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uint8_t **out,
-    size_t *outlen);
+    size_t *outlen, int flags);
 
 /* Clear the error detail; COFFER_E_INVALID_ARG for a NULL client or name. */
 int lc_check_client(const coffer_client *c, const char *name);

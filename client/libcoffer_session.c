@@ -160,7 +160,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 		goto out;
 	}
 	protobuf_c_message_pack(&req.base, buf);
-	r = lc_transport(c, SS "OpenSession", buf, len, &rbuf, &rlen);
+	r = lc_transport(c, SS "OpenSession", buf, len, &rbuf, &rlen, LC_CIPHERTEXT);
 	buf = NULL;
 	if (r != CF_OK)
 		goto out;
@@ -328,7 +328,7 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	protobuf_c_message_pack(&call.base, buf);
 	s->seq++;
 	s->bytes += len;
-	r = lc_transport(c, SS "Call", buf, blen, &rbuf, &rlen);
+	r = lc_transport(c, SS "Call", buf, blen, &rbuf, &rlen, LC_CIPHERTEXT);
 	if (r != CF_OK)
 		goto out;
 	/* From here the daemon accepted the record: the call may have run, so
@@ -388,11 +388,14 @@ lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, cons
 			msg[i] = ((unsigned char)res->message[i] < 0x20) ? '?' : res->message[i];
 		msg[n] = '\0';
 		r = cf_error(lc_status_from_grpc(res->code), "%s", msg);
-	} else if ((*out = malloc(res->response.len + 1)) == NULL) {
+	} else if (res->response.data == NULL && (res->response.data = malloc(1)) == NULL) {
 		r = cf_error(CF_E_NOMEM, "out of memory");
 	} else {
-		memcpy(*out, res->response.data, res->response.len);
+		/* Handed over, not copied: the wiping allocator's malloc. */
+		*out = res->response.data;
 		*outlen = res->response.len;
+		res->response.data = NULL;
+		res->response.len = 0;
 		r = CF_OK;
 	}
 	protobuf_c_message_free_unpacked(&res->base, &cf_pbwipe_allocator);

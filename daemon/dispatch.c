@@ -215,6 +215,12 @@ dispatch_path(const dispatch *d, size_t i)
 	return d->m[i].path;
 }
 
+int
+dispatch_ciphertext(const dispatch *d, size_t i)
+{
+	return d->m[i].alloc == NULL;
+}
+
 static const struct method *
 find_path(const dispatch *d, const char *path)
 {

@@ -26,6 +26,9 @@ void dispatch_free(dispatch *d);   /* accepts NULL */
 /* Methods are numbered 0 .. dispatch_count()-1. */
 size_t dispatch_count(const dispatch *d);
 const char *dispatch_path(const dispatch *d, size_t i);   /* "/pkg.Service/Method" */
+/* Method i's messages hold only ciphertext (a sealed call's envelope): the
+ * adapter need not wipe its copies of them. */
+int dispatch_ciphertext(const dispatch *d, size_t i);
 
 /* gRPC status code of a Coffer status. */
 unsigned dispatch_status(int st);

@@ -200,6 +200,7 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 	grpc_slice in = grpc_empty_slice(), packed;
 	uint8_t *buf = NULL;
 	size_t len = 0;
+	int ciphertext = 0;
 
 	if (c->m == NULL) {
 		*code = (grpc_status_code)dispatch_status(CF_E_UNIMPLEMENTED);
@@ -239,20 +240,22 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 		snprintf(msg, msglen, "no readable request message");
 		return NULL;
 	}
+	ciphertext = dispatch_ciphertext(s->d, c->m->idx);
 	in = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
 	*code = (grpc_status_code)dispatch_call(s->d, c->m->idx, &h, GRPC_SLICE_START_PTR(in),
 						GRPC_SLICE_LENGTH(in), &buf, &len, msg, msglen,
 						retry_after_ms);
 	/* Requests may carry secrets (key material): do not leave them behind. */
-	OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
+	if (!ciphertext)
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
 	grpc_slice_unref(in);
 	if (*code == GRPC_STATUS_OK) {
 		packed = grpc_slice_from_copied_buffer((const char *)buf, len);
 		out = grpc_raw_byte_buffer_create(&packed, 1);
 		grpc_slice_unref(packed);
 	}
-	if (buf != NULL)
+	if (buf != NULL && !ciphertext)
 		OPENSSL_cleanse(buf, len);
 	free(buf);
 	return out;

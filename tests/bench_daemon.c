@@ -28,9 +28,12 @@
  * whole sequence of paths runs --rounds times, alternating, so that drifting
  * background load hits every path; the summary takes the best round (highest
  * ops/s) of each path and judges the targets on the best cofferd row. A
- * pair that prices something (sealed against unsealed, signed against
- * unsigned) is measured A B B A on one daemon, the order swapped each
- * round, and judged on the median of the rounds.
+ * pair that prices something is judged on the median of the rounds: sealed
+ * and unsealed calls interleaved on one daemon, the callers switching
+ * between a sealed and an unsealed client every 0.2 s (A B B A), so both
+ * sides see the same machine; signed and unsigned calls as windows A B B A
+ * (a principal with an API key must sign every call), the order swapped
+ * each round.
  *
  * Known gaps of p11-kit 0.24's RPC, which leave some operations without a
  * p11-kit row (the run goes on without it): it does not carry
@@ -147,6 +150,8 @@ struct bench {
 	size_t aadlen;
 	struct coffer_bytes blob;          /* unwrap: a Wrap of msg */
 	atomic_int phase;
+	atomic_int mode;                   /* interleaved pair: which clients call */
+	atomic_uint segment;               /* interleaved pair: bumped at each switch */
 	atomic_bool failed;
 	pthread_mutex_t err_mu;
 	char err[400];
@@ -156,9 +161,9 @@ struct bench {
 struct caller {
 	struct bench *b;
 	pthread_t tid;
-	coffer_client *client;             /* daemon path */
+	coffer_client *client[2];          /* daemon path: [1] in mode 1 of a pair */
 	cf_buf *out;                       /* layer paths */
-	struct lat lat;
+	struct lat lat[2];                 /* per mode */
 };
 
 struct result {
@@ -434,18 +439,22 @@ caller_main(void *arg)
 	pthread_barrier_wait(&b->start);
 	for (;;) {
 		int ph = atomic_load_explicit(&b->phase, memory_order_acquire);
+		int md = atomic_load_explicit(&b->mode, memory_order_acquire);
+		unsigned seg = atomic_load_explicit(&b->segment, memory_order_acquire);
 		uint64_t t0, t1;
 		int r;
 
 		if (ph == PH_STOP)
 			break;
 		t0 = now_ns();
-		r = b->path == PATH_DAEMON ? daemon_op(b, w->client) : layer_op(b, w->out);
+		r = b->path == PATH_DAEMON ? daemon_op(b, w->client[md]) : layer_op(b, w->out);
 		t1 = now_ns();
 		if (r != 0)
 			break;
-		/* Only calls that started inside the timed window count. */
-		if (ph == PH_MEASURE && lat_push(&w->lat, t1 - t0) != 0) {
+		/* Only calls that started inside the timed window count, and of
+		 * an interleaved pair only those that did not straddle a switch. */
+		if (ph == PH_MEASURE && atomic_load(&b->segment) == seg &&
+		    lat_push(&w->lat[md], t1 - t0) != 0) {
 			bench_fail(b, "out of memory for latencies");
 			break;
 		}
@@ -477,28 +486,101 @@ percentile_us(const uint64_t *v, size_t n, double p)
 	return (double)v[k - 1] / 1e3;
 }
 
+/* An interleaved pair switches clients every SEGMENT_S, in the order
+ * A B B A, so that both sides see the same machine: on this shared VM
+ * throughput drifts by 10-20% over seconds, far more than what a pair
+ * prices. */
+#define SEGMENT_S 0.2
+
+/* What one side of the measurement used: time, CPU, rows of latencies. */
+struct side {
+	double window, srv, cli, sys;
+};
+
+/* One side's row from its callers' latencies and its share of the window. */
+static int
+fill_result(const struct options *o, struct caller *w, int md, const struct side *sd,
+	    pid_t server, enum path_kind path, struct result *res)
+{
+	uint64_t *all;
+	size_t total = 0;
+
+	for (unsigned i = 0; i < o->callers; i++)
+		total += w[i].lat[md].n;
+	if (total == 0 || (all = malloc(total * sizeof(*all))) == NULL) {
+		fprintf(stderr, "bench_daemon: no calls completed in the window\n");
+		return -1;
+	}
+	total = 0;
+	for (unsigned i = 0; i < o->callers; i++) {
+		memcpy(all + total, w[i].lat[md].v, w[i].lat[md].n * sizeof(*all));
+		total += w[i].lat[md].n;
+	}
+	qsort(all, total, sizeof(*all), u64_cmp);
+	res->path = path;
+	res->callers = o->callers;
+	res->ops = (unsigned long)total;
+	res->window = sd->window;
+	res->rate = (double)total / res->window;
+	res->p50 = percentile_us(all, total, 0.50);
+	res->p99 = percentile_us(all, total, 0.99);
+	res->p999 = percentile_us(all, total, 0.999);
+	res->server_cpu = server > 0 ? sd->srv : -1.0;
+	res->client_cpu = sd->cli;
+	/* Everything else the machine did meanwhile: noise from other work. */
+	res->other_cpu = (sd->sys - res->client_cpu - (server > 0 ? res->server_cpu : 0.0)) /
+			 res->window;
+	if (res->other_cpu < 0.0)
+		res->other_cpu = 0.0;
+	free(all);
+	return 0;
+}
+
+/* Add what the machine did since *mark to side sd, and move the mark. */
+static void
+account(pid_t server, struct side *mark, struct side *sd)
+{
+	struct side now = { (double)now_ns() / 1e9, server > 0 ? proc_cpu_s(server) : 0.0,
+			    rusage_cpu(), system_busy_s() };
+
+	sd->window += now.window - mark->window;
+	sd->srv += now.srv - mark->srv;
+	sd->cli += now.cli - mark->cli;
+	sd->sys += now.sys - mark->sys;
+	*mark = now;
+}
+
 /*
  * Run b with `ncallers` threads: warm up, time the window, collect the
- * latencies. clients[i] (daemon path) is the client of thread i. server is
- * the pid whose CPU counts (0 for none). Fills *res; 0 or -1 after printing
- * why.
+ * latencies. clients[i] (daemon path) is the client of thread i. With alt
+ * (an interleaved pair), thread i calls through alt[i] in every other
+ * segment (A B B A ...), each side gets --seconds, and the second side's
+ * row goes to *res_alt. server is the pid whose CPU counts (0 for none).
+ * Fills *res; 0 or -1 after printing why.
  */
 static int
-measure(struct bench *b, const struct options *o, coffer_client *const *clients, pid_t server,
-	struct result *res)
+measure(struct bench *b, const struct options *o, coffer_client *const *clients,
+	coffer_client *const *alt, pid_t server, struct result *res, struct result *res_alt)
 {
+	static const int abba[4] = { 0, 1, 1, 0 };
 	struct caller *w;
-	uint64_t *all = NULL, t0, t1;
-	double srv0 = 0.0, srv1 = 0.0, cli0, cli1, sys0, sys1, waited;
-	size_t total = 0;
-	unsigned started = 0;
+	struct side sides[2], mark;
+	unsigned started = 0, nseg = 1;
+	double waited, seg_s = o->seconds;
 	int e, ret = -1;
 
 	if ((w = calloc(o->callers, sizeof(*w))) == NULL) {
 		fprintf(stderr, "bench_daemon: out of memory\n");
 		return -1;
 	}
+	memset(sides, 0, sizeof(sides));
+	if (alt != NULL) {
+		nseg = 4 * (unsigned)(o->seconds / (2 * SEGMENT_S) + 0.999);
+		seg_s = 2 * o->seconds / nseg;
+	}
 	atomic_store(&b->phase, PH_WARMUP);
+	atomic_store(&b->mode, 0);
+	atomic_store(&b->segment, 0);
 	atomic_store(&b->failed, false);
 	b->err[0] = '\0';
 	for (unsigned i = 0; i < o->callers; i++) {
@@ -506,14 +588,20 @@ measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 		size_t cap = (size_t)(o->seconds * 400000.0 / o->callers) + 65536;
 
 		w[i].b = b;
-		w[i].client = clients != NULL ? clients[i] : NULL;
-		if ((w[i].lat.v = malloc(cap * sizeof(uint64_t))) == NULL ||
-		    (b->path != PATH_DAEMON && (w[i].out = cf_buf_new(OUT_MAX)) == NULL)) {
+		w[i].client[0] = clients != NULL ? clients[i] : NULL;
+		w[i].client[1] = alt != NULL ? alt[i] : NULL;
+		for (int md = 0; md < (alt != NULL ? 2 : 1); md++) {
+			if ((w[i].lat[md].v = malloc(cap * sizeof(uint64_t))) == NULL) {
+				fprintf(stderr, "bench_daemon: out of memory\n");
+				goto out;
+			}
+			memset(w[i].lat[md].v, 0, cap * sizeof(uint64_t));
+			w[i].lat[md].cap = cap;
+		}
+		if (b->path != PATH_DAEMON && (w[i].out = cf_buf_new(OUT_MAX)) == NULL) {
 			fprintf(stderr, "bench_daemon: out of memory\n");
 			goto out;
 		}
-		memset(w[i].lat.v, 0, cap * sizeof(uint64_t));
-		w[i].lat.cap = cap;
 	}
 	pthread_barrier_init(&b->start, NULL, o->callers + 1);
 	for (unsigned i = 0; i < o->callers; i++) {
@@ -524,22 +612,28 @@ measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 		started++;
 	}
 	pthread_barrier_wait(&b->start);
-	for (waited = 0.0; waited < o->warmup && !atomic_load(&b->failed); waited += 0.05)
+	for (waited = 0.0; waited < o->warmup && !atomic_load(&b->failed); waited += 0.05) {
 		sleep_s(0.05);
-	if (server > 0)
-		srv0 = proc_cpu_s(server);
-	cli0 = rusage_cpu();
-	sys0 = system_busy_s();
-	t0 = now_ns();
+		if (alt != NULL)   /* both sides warm */
+			atomic_store(&b->mode, ((unsigned)(waited / 0.05) / 2) % 2);
+	}
+	atomic_store(&b->mode, 0);
+	atomic_fetch_add(&b->segment, 1);
+	mark = (struct side){ (double)now_ns() / 1e9, server > 0 ? proc_cpu_s(server) : 0.0,
+			      rusage_cpu(), system_busy_s() };
 	atomic_store(&b->phase, PH_MEASURE);
-	for (waited = 0.0; waited < o->seconds && !atomic_load(&b->failed); waited += 0.05)
-		sleep_s(o->seconds - waited < 0.05 ? o->seconds - waited : 0.05);
+	for (unsigned k = 0; k < nseg && !atomic_load(&b->failed); k++) {
+		for (waited = 0.0; waited < seg_s && !atomic_load(&b->failed); waited += 0.05)
+			sleep_s(seg_s - waited < 0.05 ? seg_s - waited : 0.05);
+		if (k + 1 == nseg)
+			atomic_store(&b->phase, PH_STOP);
+		account(server, &mark, &sides[abba[k % 4]]);
+		if (k + 1 < nseg) {
+			atomic_store(&b->mode, abba[(k + 1) % 4]);
+			atomic_fetch_add(&b->segment, 1);
+		}
+	}
 	atomic_store(&b->phase, PH_STOP);
-	t1 = now_ns();
-	sys1 = system_busy_s();
-	cli1 = rusage_cpu();
-	if (server > 0)
-		srv1 = proc_cpu_s(server);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(w[i].tid, NULL);
 	pthread_barrier_destroy(&b->start);
@@ -547,42 +641,17 @@ measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 		fprintf(stderr, "bench_daemon: %s\n", b->err);
 		goto out;
 	}
-
-	for (unsigned i = 0; i < o->callers; i++)
-		total += w[i].lat.n;
-	if (total == 0 || (all = malloc(total * sizeof(*all))) == NULL) {
-		fprintf(stderr, "bench_daemon: no calls completed in the window\n");
+	if (fill_result(o, w, 0, &sides[0], server, b->path, res) != 0 ||
+	    (alt != NULL && fill_result(o, w, 1, &sides[1], server, b->path, res_alt) != 0))
 		goto out;
-	}
-	total = 0;
-	for (unsigned i = 0; i < o->callers; i++) {
-		memcpy(all + total, w[i].lat.v, w[i].lat.n * sizeof(*all));
-		total += w[i].lat.n;
-	}
-	qsort(all, total, sizeof(*all), u64_cmp);
-	res->path = b->path;
-	res->callers = o->callers;
-	res->ops = (unsigned long)total;
-	res->window = (double)(t1 - t0) / 1e9;
-	res->rate = (double)total / res->window;
-	res->p50 = percentile_us(all, total, 0.50);
-	res->p99 = percentile_us(all, total, 0.99);
-	res->p999 = percentile_us(all, total, 0.999);
-	res->server_cpu = server > 0 ? srv1 - srv0 : -1.0;
-	res->client_cpu = cli1 - cli0;
-	/* Everything else the machine did meanwhile: noise from other work. */
-	res->other_cpu = (sys1 - sys0 - res->client_cpu - (server > 0 ? res->server_cpu : 0.0)) /
-			 res->window;
-	if (res->other_cpu < 0.0)
-		res->other_cpu = 0.0;
 	ret = 0;
 out:
 	for (unsigned i = 0; i < o->callers; i++) {
-		free(w[i].lat.v);
+		free(w[i].lat[0].v);
+		free(w[i].lat[1].v);
 		cf_buf_free(w[i].out);
 	}
 	free(w);
-	free(all);
 	return ret;
 }
 
@@ -683,20 +752,20 @@ static int
 run_daemon(struct bench *b, const struct options *o, const struct cf_test_token *tok,
 	   unsigned workers, unsigned round)
 {
-	/* A pair (sealed/unsealed, signed/unsigned) runs A B B A on one daemon,
-	 * A and B swapping from round to round: the first window after a
-	 * daemon starts runs slower (about 10% here), and so does any drift
-	 * within a round; in this order both fall on each side equally. */
+	/* Sealed and unsealed calls are interleaved (measure()). Signed and
+	 * unsigned calls cannot be (a principal with an API key must sign every
+	 * call), so they run as windows A B B A on one daemon, A and B swapping
+	 * from round to round, so that drift within a round falls on both. */
 	static const int abba[2][4] = { { 0, 1, 1, 0 }, { 1, 0, 0, 1 } };
 	static unsigned groups;
-	int pair = OP_SEALABLE(b->op) || o->auth;
+	int interleave = OP_SEALABLE(b->op), pair = !interleave && o->auth;
 	struct cf_test_daemon d;
-	coffer_client **clients = NULL;
+	coffer_client **clients = NULL, **own = NULL;
 	struct coffer_bytes id = { NULL, 0 }, secret = { NULL, 0 };
 	char wbuf[16], conf[400], fpr[80];
 	const char *extra[] = { "--workers", wbuf, "--config", conf, NULL };
-	struct result res;
-	unsigned nclients = 0;
+	struct result res[2];
+	unsigned nown = 0;
 	FILE *f;
 	int r, ret = -1;
 
@@ -705,14 +774,15 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	snprintf(conf, sizeof(conf), "%s/bench.conf", tok->dir);
 	if ((f = fopen(conf, "w")) == NULL)
 		return -1;
-	fprintf(f, "[session]\nunsealed_secrets = %s\n", OP_SEALABLE(b->op) ? "true" : "false");
+	fprintf(f, "[session]\nunsealed_secrets = %s\n", interleave ? "true" : "false");
 	fclose(f);
 	b->path = PATH_DAEMON;
 	if (cf_test_daemon_start(tok, &d, extra) != 0)
 		return -1;
 	if (daemon_create_key(&d, b) != 0 || daemon_identity(&d, &id, fpr, sizeof(fpr)) != 0)
 		goto out;
-	if ((clients = calloc(o->callers, sizeof(*clients))) == NULL)
+	if ((clients = calloc(2 * o->callers, sizeof(*clients))) == NULL ||
+	    (own = calloc(2 * o->callers, sizeof(*own))) == NULL)
 		goto out;
 	for (unsigned mode = CLIENT_PER_THREAD; mode <= CLIENT_SHARED; mode <<= 1) {
 		if (!(o->clients & mode))
@@ -722,32 +792,36 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 		for (unsigned w = 0; w < (pair ? 4u : 1u); w++) {
 			int v = pair ? abba[round % 2][w] : 0;
 			unsigned want = mode == CLIENT_PER_THREAD ? o->callers : 1;
-			int unsealed = OP_SEALABLE(b->op) && v == 1, sign = o->auth && v == 1;
+			int sign = o->auth && v == 1;
 			struct coffer_api_key ak;
 
 			memset(&ak, 0, sizeof(ak));
 			if (sign && api_key(&d, &id, &ak, &secret, 0) != 0)
 				goto out;
+			/* Set 0 sealed (as libcoffer sends), set 1 the unsealed baseline. */
+			for (unsigned set = 0; set < (interleave ? 2u : 1u); set++) {
+				coffer_client **cs = clients + set * o->callers;
 
-			for (nclients = 0; nclients < want; nclients++) {
-				if ((r = coffer_connect(d.service, 0, &clients[nclients])) !=
-				    COFFER_OK ||
-				    (r = coffer_pin_identity(clients[nclients], id.data, id.len)) !=
-				    COFFER_OK) {
-					fprintf(stderr, "bench_daemon: connect: %s\n",
-						coffer_error_message());
-					goto out;
+				for (unsigned k = 0; k < want; k++) {
+					if ((r = coffer_connect(d.service, 0, &cs[k])) != COFFER_OK ||
+					    (own[nown++] = cs[k],
+					     r = coffer_pin_identity(cs[k], id.data, id.len)) !=
+					    COFFER_OK) {
+						fprintf(stderr, "bench_daemon: connect: %s\n",
+							coffer_error_message());
+						goto out;
+					}
+					lc_client_set_unsealed(cs[k], set == 1);
+					if (sign && coffer_set_api_key(cs[k], ak.id, secret.data,
+								       secret.len) != COFFER_OK) {
+						fprintf(stderr, "bench_daemon: api key: %s\n",
+							coffer_error_message());
+						goto out;
+					}
 				}
-				lc_client_set_unsealed(clients[nclients], unsealed);
-				if (sign && coffer_set_api_key(clients[nclients], ak.id, secret.data,
-							       secret.len) != COFFER_OK) {
-					fprintf(stderr, "bench_daemon: api key: %s\n",
-						coffer_error_message());
-					goto out;
-				}
+				for (unsigned i = want; i < o->callers; i++)
+					cs[i] = cs[0];
 			}
-			for (unsigned i = want; i < o->callers; i++)
-				clients[i] = clients[0];
 			if (b->op == OP_UNWRAP && b->blob.data == NULL &&
 			    (r = coffer_wrap(clients[0], b->key_name, b->msg, ops[b->op].msglen,
 					     NULL, 0, &b->blob, NULL)) != COFFER_OK) {
@@ -755,21 +829,25 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 					coffer_error_message());
 				goto out;
 			}
-			memset(&res, 0, sizeof(res));
-			snprintf(res.label, sizeof(res.label), "cofferd w%u %s%s", workers,
-				 mode == CLIENT_PER_THREAD ? "client/thread" : "shared client",
-				 OP_SEALABLE(b->op) ? (unsealed ? " unsealed" : " sealed") :
-				 o->auth ? (sign ? " signed" : " unsigned") : "");
-			res.unsealed = unsealed;
-			res.group = group;
-			res.auth = o->auth ? 1 + sign : 0;
-			res.op_id = b->op;
-			if (measure(b, o, clients, d.pid, &res) != 0)
+			memset(res, 0, sizeof(res));
+			for (int k = 0; k < 2; k++) {
+				snprintf(res[k].label, sizeof(res[k].label), "cofferd w%u %s%s",
+					 workers, mode == CLIENT_PER_THREAD ? "client/thread" :
+					 "shared client", interleave ? (k ? " unsealed" : " sealed") :
+					 o->auth ? (sign ? " signed" : " unsigned") : "");
+				res[k].unsealed = interleave && k == 1;
+				res[k].group = group;
+				res[k].auth = o->auth ? 1 + sign : 0;
+				res[k].op_id = b->op;
+			}
+			if (measure(b, o, clients, interleave ? clients + o->callers : NULL, d.pid,
+				    &res[0], &res[1]) != 0)
 				goto out;
-			record(&res);
-			for (unsigned i = 0; i < nclients; i++)
-				coffer_close(clients[i]);
-			nclients = 0;
+			record(&res[0]);
+			if (interleave)
+				record(&res[1]);
+			while (nown > 0)
+				coffer_close(own[--nown]);
 			coffer_bytes_free(&secret);
 			/* Revoked, so that the next unsigned row may call unsigned. */
 			if (sign && api_key(&d, &id, &ak, &secret, 1) != 0)
@@ -778,8 +856,9 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	}
 	ret = 0;
 out:
-	for (unsigned i = 0; i < nclients; i++)
-		coffer_close(clients[i]);
+	while (nown > 0)
+		coffer_close(own[--nown]);
+	free(own);
 	free(clients);
 	coffer_bytes_free(&id);
 	coffer_bytes_free(&secret);
@@ -818,7 +897,7 @@ run_layer(struct bench *b, const struct options *o, const struct cf_p11_config *
 	memset(&res, 0, sizeof(res));
 	snprintf(res.label, sizeof(res.label), "%s",
 		 path == PATH_P11KIT ? "p11-kit server (remote)" : "in-process layer");
-	if (measure(b, o, NULL, server, &res) != 0)
+	if (measure(b, o, NULL, NULL, server, &res, NULL) != 0)
 		goto out;
 	record(&res);
 	ret = 0;
@@ -914,7 +993,8 @@ usage(FILE *fp)
 	fprintf(fp,
 		"\n"
 		"  --callers N        concurrent calling threads (default 8; max %d)\n"
-		"  --seconds S        timed window per measurement (default 5)\n"
+		"  --seconds S        timed window per measurement (default 5; sealed and\n"
+		"                     unsealed get S each, interleaved every 0.2 s)\n"
 		"  --warmup S         untimed calls before each window (default 1)\n"
 		"  --workers LIST     cofferd --workers values, comma-separated (default 4)\n"
 		"  --clients MODE     per-thread | shared | both: libcoffer clients of the\n"
@@ -1121,11 +1201,11 @@ cmp_double(const void *a, const void *b)
 }
 
 /* What `costly` rows add over `base` rows: per round, the rows measured on
- * one daemon (A B B A, run_daemon) summed on each side, then the median
+ * one daemon (run_daemon) summed on each side, then the median
  * over the rounds, since best-of-N of each side would pair a lucky round
  * with an unlucky one. */
 static void
-print_pair_cost(const char *what, int (*is_costly)(const struct result *),
+print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct result *),
 		int (*is_base)(const struct result *), const char *target)
 {
 	double slow[MAX_RESULTS], cpu[MAX_RESULTS], srv[MAX_RESULTS];
@@ -1162,9 +1242,9 @@ print_pair_cost(const char *what, int (*is_costly)(const struct result *),
 	qsort(slow, k, sizeof(slow[0]), cmp_double);
 	qsort(cpu, k, sizeof(cpu[0]), cmp_double);
 	qsort(srv, k, sizeof(srv[0]), cmp_double);
-	printf("# %s cost (median of %u rounds, each A B B A): %+.1f%% time per call "
+	printf("# %s cost (median of %u rounds, %s): %+.1f%% time per call "
 	       "(rounds %+.1f%% .. %+.1f%%), %+.1f us CPU per call (client + daemon), of which "
-	       "the daemon %+.1f us%s%s\n", what, k, 100.0 * slow[k / 2], 100.0 * slow[0],
+	       "the daemon %+.1f us%s%s\n", what, k, how, 100.0 * slow[k / 2], 100.0 * slow[0],
 	       100.0 * slow[k - 1], cpu[k / 2], srv[k / 2], target ? " (target < 10%): " : "",
 	       target ? met(slow[k / 2] < 0.10) : "");
 }
@@ -1191,8 +1271,9 @@ print_verdict(const struct result *const *best, unsigned n)
 	if (d == NULL)
 		return;
 	if (OP_SEALABLE(d->op_id))
-		print_pair_cost("sealing", is_sealed, is_unsealed, "");
-	print_pair_cost("API key authentication", is_signed, is_unsigned, NULL);
+		print_pair_cost("sealing", "each interleaved every 0.2 s", is_sealed, is_unsealed,
+				"");
+	print_pair_cost("API key authentication", "each A B B A", is_signed, is_unsigned, NULL);
 	if (OP_SEALABLE(d->op_id) || OP_DAEMON_ONLY(d->op_id))
 		return;
 	per_cpu = d->server_cpu > 0.0 ? (double)d->ops / d->server_cpu : 0.0;
