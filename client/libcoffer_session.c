@@ -305,7 +305,7 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
 	uint8_t *rec = malloc(len + CF_SESSION_TAG_LEN);
-	uint8_t *pt = NULL, *buf = NULL, *rbuf = NULL;
+	uint8_t *buf = NULL, *rbuf = NULL;
 	size_t blen, rlen = 0, ptlen = 0;
 	uint64_t seq = s->seq;
 	int r;
@@ -337,21 +337,23 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 		r = cf_error(CF_E_INTERNAL, "malformed sealed reply; the call may have run");
 		goto out;
 	}
+	/* Opened where it lies, in the reply, and wiped there. */
 	if (reply->sequence != seq ||
-	    cf_session_open(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
-			    reply->record.len, &pt, &ptlen) != CF_OK) {
+	    cf_session_open_in_place(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
+				     reply->record.len, &ptlen) != CF_OK) {
 		r = cf_error(CF_E_INTERNAL, "the daemon's sealed reply failed authentication "
 			     "and was discarded; the call may have run");
 		goto out;
 	}
 	s->bytes += ptlen;
-	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, ptlen, pt);
+	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, ptlen, reply->record.data);
 	if (*res == NULL)
 		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
 out:
-	/* The envelopes (rec, buf, rbuf, reply) hold ciphertext only: no wipe. */
+	/* The envelopes (rec, buf, rbuf) hold ciphertext only: no wipe. */
+	if (reply != NULL)
+		OPENSSL_cleanse(reply->record.data, ptlen);
 	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
-	cf_session_plain_free(pt, ptlen);
 	free(rbuf);
 	free(rec);
 	return r;

@@ -271,7 +271,7 @@ wipe_free(uint8_t *p, size_t len)
  * record's own (the inner call did not run); once the record is accepted the
  * inner outcome travels sealed and this returns CF_OK. */
 static int
-sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCall *req,
+sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req,
 	    ProtobufCMessage **resp, int *inner_ran)
 {
 	Coffer__V1__SealedResult res = COFFER__V1__SEALED_RESULT__INIT;
@@ -279,16 +279,17 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 	const struct method *inner;
 	struct hctx h2 = *h;
 	session *s = NULL;
-	uint8_t *pt = NULL, *iout = NULL, *rbytes = NULL, *rec = NULL;
+	uint8_t *iout = NULL, *rec = NULL;
 	size_t ptlen = 0, ioutlen = 0, rlen = 0;
 	char imsg[CF_ERROR_DETAIL_MAX];
 	int r, ir;
 
 	if (h->sealed)
 		return cf_error(CF_E_PRECONDITION, "SessionService/Call cannot be sealed itself");
+	/* The record is opened where it lies, in the envelope, and wiped there. */
 	if ((r = session_accept(h->sm, h->uid, h->gid, req->session_id.data, req->session_id.len,
 				req->sequence, req->method, req->record.data, req->record.len, &s,
-				&pt, &ptlen)) != CF_OK)
+				&ptlen)) != CF_OK)
 		return r;
 	h2.sealed = 1;
 	h2.sess = s;
@@ -299,8 +300,9 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
 			      inner->path);
 	else
-		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen, &res.retry_after_ms);
-	cf_session_plain_free(pt, ptlen);
+		ir = run(d, inner, &h2, req->record.data, ptlen, &iout, &ioutlen,
+			 &res.retry_after_ms);
+	OPENSSL_cleanse(req->record.data, ptlen);
 	imsg[0] = '\0';
 	if (ir != CF_OK) {
 		snprintf(imsg, sizeof(imsg), "%s", cf_error_detail());
@@ -311,17 +313,20 @@ sealed_call(const dispatch *d, const struct hctx *h, const Coffer__V1__SealedCal
 	res.message = imsg;
 	res.response.data = iout;
 	res.response.len = ioutlen;
-	if ((r = pack(&res.base, &rbytes, &rlen)) != CF_OK)
-		goto out;
-	/* The record is sealed straight into the reply that carries it. */
+	/* The result is packed with room for the tag and sealed in place: the
+	 * plaintext is overwritten by the record that carries it. */
+	rlen = protobuf_c_message_get_packed_size(&res.base);
 	if ((rec = malloc(rlen + CF_SESSION_TAG_LEN)) == NULL ||
 	    (reply = malloc(sizeof(*reply))) == NULL) {
 		r = CF_E_NOMEM;
 		goto out;
 	}
+	protobuf_c_message_pack(&res.base, rec);
 	coffer__v1__sealed_reply__init(reply);
-	if ((r = session_reply(s, req->sequence, req->method, rbytes, rlen, rec)) != CF_OK)
+	if ((r = session_reply(s, req->sequence, req->method, rec, rlen, rec)) != CF_OK) {
+		OPENSSL_cleanse(rec, rlen);
 		goto out;
+	}
 	reply->record.data = rec;
 	reply->record.len = rlen + CF_SESSION_TAG_LEN;
 	reply->sequence = req->sequence;
@@ -332,7 +337,6 @@ out:
 	free(reply);
 	free(rec);
 	wipe_free(iout, ioutlen);
-	wipe_free(rbytes, rlen);
 	session_release(h->sm, s);
 	return r;
 }
@@ -633,8 +637,8 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 		r = run_once(m, &h2, in, inlen, req, &resp, out, outlen);
 	} else {
 		r = m->fn != NULL ? m->fn(&h2, req, &resp)
-				  : sealed_call(d, &h2, (const Coffer__V1__SealedCall *)(const void *)
-						req, &resp, &n->inner_ran);
+				  : sealed_call(d, &h2, (Coffer__V1__SealedCall *)(void *)req, &resp,
+						&n->inner_ran);
 		if (r == CF_OK)
 			r = pack(resp, out, outlen);
 	}

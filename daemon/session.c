@@ -357,8 +357,8 @@ out:
 
 int
 session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
-	       uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
-	       session **out, uint8_t **pt, size_t *ptlen)
+	       uint64_t seq, const char *method, uint8_t *rec, size_t reclen,
+	       session **out, size_t *ptlen)
 {
 	struct session *s;
 	int64_t now = cf_session_now();
@@ -404,8 +404,8 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 	s->last_used = now;
 	s->refs++;
 	pthread_mutex_unlock(&sm->mu);
-	if ((r = cf_session_open(s->keys, CF_SESSION_C2S, seq, method, rec, reclen, pt,
-				 ptlen)) != CF_OK) {
+	if ((r = cf_session_open_in_place(s->keys, CF_SESSION_C2S, seq, method, rec, reclen,
+					  ptlen)) != CF_OK) {
 		pthread_mutex_lock(&sm->mu);
 		if (!s->ended)
 			unlink_locked(sm, s);

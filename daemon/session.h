@@ -51,17 +51,17 @@ const char *session_fingerprint(const session_mgr *sm);
 int session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello *h,
 		      cf_buf *sig);
 
-/* Check and open a caller's record: the session exists, belongs to uid/gid,
- * has not expired, seq is the next one, the record authenticates. On success
- * *s is referenced and *pt (*ptlen bytes; cf_session_plain_free) holds the
- * inner request. CF_E_UNAUTHENTICATED with
- * the reason otherwise; the session is ended after a sequence or
- * authentication failure. */
+/* Check and open a caller's record in place: the session exists, belongs
+ * to uid/gid, has not expired, seq is the next one, the record
+ * authenticates. On success *s is referenced and rec[0 .. *ptlen) holds the
+ * inner request, which the caller wipes. CF_E_UNAUTHENTICATED with the
+ * reason otherwise (nothing of the plaintext is left in rec); the session is
+ * ended after a sequence or authentication failure. */
 int session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
-		   uint64_t seq, const char *method, const uint8_t *rec, size_t reclen,
-		   session **s, uint8_t **pt, size_t *ptlen);
+		   uint64_t seq, const char *method, uint8_t *rec, size_t reclen,
+		   session **s, size_t *ptlen);
 /* Seal the reply to the call accepted with seq into
- * out[0 .. len + CF_SESSION_TAG_LEN). */
+ * out[0 .. len + CF_SESSION_TAG_LEN); out may be pt (in place). */
 int session_reply(session *s, uint64_t seq, const char *method, const uint8_t *pt, size_t len,
 		  uint8_t *out);
 /* End the session now (CloseSession); later records are refused. */

@@ -541,19 +541,47 @@ cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 	return cf_buf_commit(out, ptlen + CF_SESSION_TAG_LEN);
 }
 
+/* The plaintext length of a record of reclen bytes. */
+static int
+record_len(size_t reclen, size_t *len)
+{
+	if (reclen < CF_SESSION_TAG_LEN)
+		return cf_error(CF_E_DECRYPT, "sealed record shorter than its tag");
+	*len = reclen - CF_SESSION_TAG_LEN;
+	if (*len > CF_SECRET_MAX)
+		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
+	return CF_OK;
+}
+
+int
+cf_session_open_in_place(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+			 const char *method, uint8_t *rec, size_t reclen, size_t *ptlen)
+{
+	uint8_t tag[CF_SESSION_TAG_LEN];
+	size_t len = 0;
+	int r;
+
+	if ((r = record_len(reclen, &len)) != CF_OK)
+		return r;
+	memcpy(tag, rec + len, sizeof(tag));
+	if ((r = gcm(k, d, seq, method, 0, rec, len, rec, tag)) != CF_OK) {
+		OPENSSL_cleanse(rec, len);   /* whatever was decrypted */
+		return r;
+	}
+	*ptlen = len;
+	return CF_OK;
+}
+
 int
 cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		const char *method, const uint8_t *rec, size_t reclen, uint8_t **pt, size_t *ptlen)
 {
 	uint8_t tag[CF_SESSION_TAG_LEN], *buf;
-	size_t len;
+	size_t len = 0;
 	int r;
 
-	if (reclen < CF_SESSION_TAG_LEN)
-		return cf_error(CF_E_DECRYPT, "sealed record shorter than its tag");
-	len = reclen - CF_SESSION_TAG_LEN;
-	if (len > CF_SECRET_MAX)
-		return cf_error(CF_E_TOO_LARGE, "sealed payload above %u bytes", CF_SECRET_MAX);
+	if ((r = record_len(reclen, &len)) != CF_OK)
+		return r;
 	memcpy(tag, rec + len, sizeof(tag));
 	/* +1: GCM's final step may write nothing but wants a valid pointer. */
 	if ((buf = malloc(len + 1)) == NULL)

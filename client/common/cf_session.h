@@ -117,7 +117,7 @@ void cf_session_nonce(const cf_session_keys *k, enum cf_session_dir d, uint64_t 
 int cf_session_seal(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		    const char *method, const uint8_t *pt, size_t ptlen, cf_buf *out);
 /* The same into out[0 .. ptlen + CF_SESSION_TAG_LEN): the record straight
- * into the buffer that carries it, with no copy. */
+ * into the buffer that carries it, with no copy. out may be pt (in place). */
 int cf_session_seal_to(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		       const char *method, const uint8_t *pt, size_t ptlen, uint8_t *out);
 /* Open a record into a new buffer *pt of *ptlen bytes (malloc'ed; release
@@ -130,6 +130,10 @@ int cf_session_seal_to(const cf_session_keys *k, enum cf_session_dir d, uint64_t
 int cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 		    const char *method, const uint8_t *rec, size_t reclen, uint8_t **pt,
 		    size_t *ptlen);
+/* The same in place: on success rec[0 .. *ptlen) holds the plaintext, which
+ * the caller wipes; on failure nothing of it is left there. */
+int cf_session_open_in_place(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
+			     const char *method, uint8_t *rec, size_t reclen, size_t *ptlen);
 void cf_session_plain_free(uint8_t *pt, size_t len);   /* wipes; accepts NULL */
 
 #endif
