@@ -612,7 +612,7 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 		free(buf);
 		goto out;
 	}
-	/* gRPC owns buf from here and wipes it through slice_wipe_free. */
+	/* gRPC owns buf from here (and wipes it, unless it is ciphertext). */
 	s = grpc_slice_new_with_len(buf, len, wipe ? slice_wipe_free : slice_free);
 	send_bb = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);

@@ -351,7 +351,7 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
 out:
 	/* The envelopes (rec, buf, rbuf) hold ciphertext only: no wipe. */
-	if (reply != NULL)
+	if (reply != NULL && ptlen > 0)
 		OPENSSL_cleanse(reply->record.data, ptlen);
 	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
 	free(rbuf);

@@ -482,7 +482,7 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 			break;
 	if (!s->shutdown_done) {
 		pthread_mutex_unlock(&s->mu);
-		cf_log_warn("shutdown: grace period over; cancelling %u calls", rpc_live_calls(s));
+		cf_log_warn("shutdown: grace period over; cancelling the calls still running");
 		grpc_server_cancel_all_calls(s->server);
 		pthread_mutex_lock(&s->mu);
 	}

@@ -150,8 +150,9 @@ struct bench {
 	size_t aadlen;
 	struct coffer_bytes blob;          /* unwrap: a Wrap of msg */
 	atomic_int phase;
-	atomic_int mode;                   /* interleaved pair: which clients call */
-	atomic_uint segment;               /* interleaved pair: bumped at each switch */
+	/* Interleaved pair: the segment number << 1 | the side calling now, in
+	 * one word so that a caller never sees one without the other. */
+	atomic_uint segment;
 	atomic_bool failed;
 	pthread_mutex_t err_mu;
 	char err[400];
@@ -439,8 +440,8 @@ caller_main(void *arg)
 	pthread_barrier_wait(&b->start);
 	for (;;) {
 		int ph = atomic_load_explicit(&b->phase, memory_order_acquire);
-		int md = atomic_load_explicit(&b->mode, memory_order_acquire);
 		unsigned seg = atomic_load_explicit(&b->segment, memory_order_acquire);
+		int md = (int)(seg & 1u);
 		uint64_t t0, t1;
 		int r;
 
@@ -491,6 +492,15 @@ percentile_us(const uint64_t *v, size_t n, double p)
  * throughput drifts by 10-20% over seconds, far more than what a pair
  * prices. */
 #define SEGMENT_S 0.2
+
+/* A new segment in which side md calls. */
+static void
+switch_side(struct bench *b, int md)
+{
+	unsigned seg = atomic_load(&b->segment);
+
+	atomic_store(&b->segment, ((seg >> 1) + 1) << 1 | (unsigned)md);
+}
 
 /* What one side of the measurement used: time, CPU, rows of latencies. */
 struct side {
@@ -579,7 +589,6 @@ measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 		seg_s = 2 * o->seconds / nseg;
 	}
 	atomic_store(&b->phase, PH_WARMUP);
-	atomic_store(&b->mode, 0);
 	atomic_store(&b->segment, 0);
 	atomic_store(&b->failed, false);
 	b->err[0] = '\0';
@@ -615,23 +624,21 @@ measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 	for (waited = 0.0; waited < o->warmup && !atomic_load(&b->failed); waited += 0.05) {
 		sleep_s(0.05);
 		if (alt != NULL)   /* both sides warm */
-			atomic_store(&b->mode, ((unsigned)(waited / 0.05) / 2) % 2);
+			switch_side(b, ((unsigned)(waited / 0.05) / 2) % 2);
 	}
-	atomic_store(&b->mode, 0);
-	atomic_fetch_add(&b->segment, 1);
+	switch_side(b, 0);
 	mark = (struct side){ (double)now_ns() / 1e9, server > 0 ? proc_cpu_s(server) : 0.0,
 			      rusage_cpu(), system_busy_s() };
 	atomic_store(&b->phase, PH_MEASURE);
 	for (unsigned k = 0; k < nseg && !atomic_load(&b->failed); k++) {
 		for (waited = 0.0; waited < seg_s && !atomic_load(&b->failed); waited += 0.05)
 			sleep_s(seg_s - waited < 0.05 ? seg_s - waited : 0.05);
+		/* Switch first, then read the clocks: a call that straddles the
+		 * switch (or the end) is not counted, and neither is its time. */
 		if (k + 1 == nseg)
 			atomic_store(&b->phase, PH_STOP);
+		switch_side(b, k + 1 < nseg ? abba[(k + 1) % 4] : 0);
 		account(server, &mark, &sides[abba[k % 4]]);
-		if (k + 1 < nseg) {
-			atomic_store(&b->mode, abba[(k + 1) % 4]);
-			atomic_fetch_add(&b->segment, 1);
-		}
 	}
 	atomic_store(&b->phase, PH_STOP);
 	for (unsigned i = 0; i < started; i++)
@@ -1209,6 +1216,8 @@ print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct
 		int (*is_base)(const struct result *), const char *target)
 {
 	double slow[MAX_RESULTS], cpu[MAX_RESULTS], srv[MAX_RESULTS];
+	const char *label = NULL;
+	int mixed = 0;   /* more than one configuration (workers, client mode) */
 	unsigned k = 0;
 
 	for (unsigned i = 0; i < nresults; i++) {
@@ -1225,6 +1234,10 @@ print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct
 
 			if (r->group != g || side < 0)
 				continue;
+			if (side == 0 && label != NULL && strcmp(label, r->label) != 0)
+				mixed = 1;
+			if (side == 0)
+				label = r->label;
 			nops[side] += (double)r->ops;
 			win[side] += r->window;
 			all[side] += r->server_cpu + r->client_cpu;
@@ -1242,9 +1255,10 @@ print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct
 	qsort(slow, k, sizeof(slow[0]), cmp_double);
 	qsort(cpu, k, sizeof(cpu[0]), cmp_double);
 	qsort(srv, k, sizeof(srv[0]), cmp_double);
-	printf("# %s cost (median of %u rounds, %s): %+.1f%% time per call "
+	printf("# %s cost (median of %u rounds%s, %s): %+.1f%% time per call "
 	       "(rounds %+.1f%% .. %+.1f%%), %+.1f us CPU per call (client + daemon), of which "
-	       "the daemon %+.1f us%s%s\n", what, k, how, 100.0 * slow[k / 2], 100.0 * slow[0],
+	       "the daemon %+.1f us%s%s\n", what, k, mixed ? " and configurations" : "", how,
+	       100.0 * slow[k / 2], 100.0 * slow[0],
 	       100.0 * slow[k - 1], cpu[k / 2], srv[k / 2], target ? " (target < 10%): " : "",
 	       target ? met(slow[k / 2] < 0.10) : "");
 }

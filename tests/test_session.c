@@ -11,7 +11,8 @@
  *   - require_sealed with COFFER_CONNECT_SEAL_ALL;
  *   - records: tampered, truncated, reflected (other direction), replayed
  *     under another sequence number, moved to another session or method —
- *     each fails to open and releases nothing.
+ *     each fails to open and releases nothing; sealed and opened in place
+ *     the same, a failed in-place open leaves no plaintext.
  *
  * Attacks on the wire protocol against the daemon itself are in
  * test_session_grpc.py (an independent Python caller).
@@ -365,6 +366,35 @@ test_records(void)
 	for (size_t cut = 0; cut < n; cut++)
 		REFUSED(cf_session_open(p.s, CF_SESSION_C2S, 7, m, cf_buf_peek(rec), cut, &pt, &ptlen));
 #undef REFUSED
+	/* In place: sealing over the plaintext gives the same record, which
+	 * opens where it lies; a tampered one leaves no plaintext behind. */
+	{
+		uint8_t buf[sizeof(msg) + CF_SESSION_TAG_LEN], zero[sizeof(msg)] = { 0 };
+		size_t len = 0;
+
+		memcpy(buf, msg, sizeof(msg));
+		CU_ASSERT_EQUAL(cf_session_seal_to(p.c, CF_SESSION_C2S, 7, m, buf, sizeof(msg), buf),
+				CF_OK);
+		CU_ASSERT(memcmp(buf, cf_buf_peek(rec), n) == 0);
+		CU_ASSERT_EQUAL(cf_session_open_in_place(p.s, CF_SESSION_C2S, 7, m, buf, n, &len),
+				CF_OK);
+		CU_ASSERT(len == sizeof(msg) && memcmp(buf, msg, sizeof(msg)) == 0);
+		memcpy(buf, cf_buf_peek(rec), n);
+		buf[n - 1] ^= 1;   /* the tag */
+		len = 0;
+		CU_ASSERT_EQUAL(cf_session_open_in_place(p.s, CF_SESSION_C2S, 7, m, buf, n, &len),
+				CF_E_DECRYPT);
+		CU_ASSERT(len == 0 && memcmp(buf, zero, sizeof(zero)) == 0);
+		/* An empty payload: a record that is only its tag. */
+		CU_ASSERT_EQUAL(cf_session_seal_to(p.c, CF_SESSION_S2C, 9, m, buf, 0, buf), CF_OK);
+		len = 1;
+		CU_ASSERT_EQUAL(cf_session_open_in_place(p.s, CF_SESSION_S2C, 9, m, buf,
+							 CF_SESSION_TAG_LEN, &len), CF_OK);
+		CU_ASSERT_EQUAL(len, 0);
+		CU_ASSERT_EQUAL(cf_session_open_in_place(p.s, CF_SESSION_S2C, 9, m, buf,
+							 CF_SESSION_TAG_LEN - 1, &len),
+				CF_E_DECRYPT);
+	}
 	/* A low-order peer key gives no session keys. */
 	{
 		cf_session_eph *e = NULL;
