@@ -497,9 +497,12 @@ class Lifecycle(LifecycleBase):
                                        canonical_query="",
                                        body_sha256=hashlib.sha256(b"").digest(),
                                        timestamp=now(), nonce=nonce)
-        signed = [(self.s.SignHttpRequest(pb.SignHttpRequestRequest(request=parts(n)),
-                                          timeout=TIMEOUT).signature, parts(n))
-                  for n in ("nonce-lifecycle-0000001", "nonce-lifecycle-0000002")]
+        def sign(p):
+            return (self.s.SignHttpRequest(pb.SignHttpRequestRequest(request=p),
+                                           timeout=TIMEOUT).signature, p)
+        # One set of parts per request: built twice, the two timestamps
+        # could fall on either side of a second.
+        signed = [sign(parts(n)) for n in ("nonce-lifecycle-0000001", "nonce-lifecycle-0000002")]
         self.call("SetPrimaryVersion", self.kv("req-k", 2))
         self.call("DisableKeyVersion", self.kv("req-k", 2, force=True))
         sig, p = signed[0]
