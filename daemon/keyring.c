@@ -15,15 +15,9 @@ struct kr_version {
 };
 
 struct kr_key {
-	char name[CF_KEY_NAME_MAX + 1];
-	enum cf_key_type type;
-	int exportable;
-	uint32_t allowed_ops;
-	uint32_t primary;
-	int64_t created;
-	uint32_t min_version, min_verify;
-	int64_t rotation_period, next_rotation;
-	uint32_t pending_rotation;  /* recorded before a scheduled rotation makes it */
+	/* What the store records, versions aside (m.versions is NULL: each
+	 * version's record is v[i].meta, beside its token handle). */
+	struct store_key m;
 	int64_t destroy_retry_at;   /* after a failed destruction: not before then */
 	int64_t rotate_retry_at;    /* after a failed scheduled rotation */
 	struct kr_version *v;   /* ascending by version */
@@ -82,7 +76,7 @@ kr_find(const keyring *kr, const char *name, int *found)
 
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
-		int c = strcmp(kr->keys[mid]->name, name);
+		int c = strcmp(kr->keys[mid]->m.name, name);
 
 		if (c == 0) {
 			*found = 1;
@@ -101,10 +95,10 @@ static int
 kr_insert(keyring *kr, struct kr_key *k)
 {
 	int found;
-	size_t at = kr_find(kr, k->name, &found);
+	size_t at = kr_find(kr, k->m.name, &found);
 
 	if (found)
-		return cf_error(CF_E_EXISTS, "key %s already exists", k->name);
+		return cf_error(CF_E_EXISTS, "key %s already exists", k->m.name);
 	if (kr->n == kr->cap) {
 		size_t nc = kr->cap ? kr->cap * 2 : 64;
 		struct kr_key **nk = realloc(kr->keys, nc * sizeof(*nk));
@@ -149,23 +143,22 @@ kr_key_free(struct kr_key *k)
 	free(k);
 }
 
+/* The key's own record from sk (its versions are kept apart, in k->v). */
+static void
+kr_set_meta(struct kr_key *k, const struct store_key *sk)
+{
+	k->m = *sk;
+	k->m.versions = NULL;
+	k->m.nversions = 0;
+}
+
 /* A copy of a key's metadata (versions malloc'ed): for callers, and for a
  * change to be checked and recorded before it is applied. */
 static int
 kr_copy_info(const struct kr_key *k, struct store_key *sk)
 {
-	memset(sk, 0, sizeof(*sk));
-	memcpy(sk->name, k->name, sizeof(sk->name));
-	sk->type = k->type;
-	sk->exportable = k->exportable;
-	sk->allowed_ops = k->allowed_ops;
-	sk->primary = k->primary;
-	sk->created = k->created;
-	sk->min_version = k->min_version;
-	sk->min_verify = k->min_verify;
-	sk->rotation_period = k->rotation_period;
-	sk->next_rotation = k->next_rotation;
-	sk->pending_rotation = k->pending_rotation;
+	*sk = k->m;
+	sk->versions = NULL;
 	if (k->nv > 0 && (sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
 		return CF_E_NOMEM;
 	for (uint32_t i = 0; i < k->nv; i++)
@@ -198,17 +191,7 @@ load_one(const struct store_key *sk, void *arg)
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return CF_E_NOMEM;
-	memcpy(k->name, sk->name, sizeof(k->name));
-	k->type = sk->type;
-	k->exportable = sk->exportable;
-	k->allowed_ops = sk->allowed_ops;
-	k->primary = sk->primary;
-	k->created = sk->created;
-	k->min_version = sk->min_version;
-	k->min_verify = sk->min_verify;
-	k->rotation_period = sk->rotation_period;
-	k->next_rotation = sk->next_rotation;
-	k->pending_rotation = sk->pending_rotation;
+	kr_set_meta(k, sk);
 	for (uint32_t i = 0; i < sk->nversions; i++) {
 		const struct store_version *sv = &sk->versions[i];
 		/* Its objects may be gone already: the daemon stopped between
@@ -395,6 +378,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 	sk.exportable = exportable;
 	sk.allowed_ops = allowed_ops;
 	sk.created = meta.created;
+	sk.primary = 1;
 	sk.rotation_period = period;
 	sk.next_rotation = period ? meta.created + period : 0;
 	pthread_mutex_lock(&kr->write_mu);
@@ -418,14 +402,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		r = CF_E_NOMEM;
 		goto out;
 	}
-	snprintf(k->name, sizeof(k->name), "%s", name);
-	k->type = type;
-	k->exportable = exportable;
-	k->allowed_ops = allowed_ops;
-	k->primary = 1;
-	k->created = meta.created;
-	k->rotation_period = sk.rotation_period;
-	k->next_rotation = sk.next_rotation;
+	kr_set_meta(k, &sk);
 	if ((r = kr_add_version(k, &meta, h)) != CF_OK)
 		goto out;
 	h = NULL;
@@ -470,7 +447,7 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 	pthread_rwlock_rdlock(&kr->lock);
 	at = kr_find(kr, name, &found);
 	if (found)
-		*ops = kr->keys[at]->allowed_ops;
+		*ops = kr->keys[at]->m.allowed_ops;
 	pthread_rwlock_unlock(&kr->lock);
 	return found ? CF_OK : CF_E_NOT_FOUND;
 }
@@ -524,14 +501,14 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 	/* Safe to read after unlock: only writers (we hold write_mu) change it. */
 	if (k != NULL) {
 		meta.version = k->v[k->nv - 1].meta.version + 1;
-		next = k->rotation_period ? meta.created + k->rotation_period : 0;
+		next = k->m.rotation_period ? meta.created + k->m.rotation_period : 0;
 	}
 	pthread_rwlock_unlock(&kr->lock);
 	if (k == NULL) {
 		r = cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
 		goto out;
 	}
-	if (due_by != 0 && (k->next_rotation == 0 || k->next_rotation > due_by)) {
+	if (due_by != 0 && (k->m.next_rotation == 0 || k->m.next_rotation > due_by)) {
 		*skipped = 1;
 		goto out;
 	}
@@ -540,12 +517,12 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 		goto out;
 	}
 	if (due_by != 0) {
-		adopt = k->pending_rotation == meta.version;
+		adopt = k->m.pending_rotation == meta.version;
 		if (!adopt && (r = kr_pending(kr, k, meta.version)) != CF_OK)
 			goto out;
 	}
-	r = generate_or_adopt(kr, name, meta.version, k->type,
-			      k->exportable && !cf_key_type_is_asymmetric(k->type) ?
+	r = generate_or_adopt(kr, name, meta.version, k->m.type,
+			      k->m.exportable && !cf_key_type_is_asymmetric(k->m.type) ?
 			      CF_P11_EXPORTABLE : 0, adopt, &h);
 	if (r != CF_OK) {
 		/* Not made by us (e.g. an object planted there): never adopt it. */
@@ -560,9 +537,9 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 	pthread_rwlock_wrlock(&kr->lock);
 	if ((r = kr_add_version(k, &meta, h)) == CF_OK) {
 		h = NULL;
-		k->primary = meta.version;
-		k->next_rotation = next;
-		k->pending_rotation = 0;
+		k->m.primary = meta.version;
+		k->m.next_rotation = next;
+		k->m.pending_rotation = 0;
 		k->rotate_retry_at = 0;
 		if (out != NULL)
 			r = kr_copy_info(k, out);
@@ -658,14 +635,14 @@ keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose pu
 		goto out;
 	}
 	k = kr->keys[at];
-	if (keyring_purpose(k->type) != purpose) {
+	if (keyring_purpose(k->m.type) != purpose) {
 		r = cf_error(CF_E_WRONG_KEY_TYPE, "key %s is a %s key (%s); this operation needs "
-			     "a %s key", name, keyring_purpose_name(keyring_purpose(k->type)),
-			     cf_key_type_name(k->type), keyring_purpose_name(purpose));
+			     "a %s key", name, keyring_purpose_name(keyring_purpose(k->m.type)),
+			     cf_key_type_name(k->m.type), keyring_purpose_name(purpose));
 		goto out;
 	}
 	if (version == 0)
-		version = k->primary;
+		version = k->m.primary;
 	for (uint32_t i = 0; i < k->nv; i++)
 		if (k->v[i].meta.version == version)
 			v = &k->v[i];
@@ -683,7 +660,7 @@ keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose pu
 			     name, version);
 		goto out;
 	}
-	min = use == USE_NEW ? k->min_version : k->min_verify;
+	min = use == USE_NEW ? k->m.min_version : k->m.min_verify;
 	if (version < min) {
 		r = cf_error(CF_E_PRECONDITION, "key %s version %u is below the key's minimum "
 			     "version %u for %s", name, version, min,
@@ -715,12 +692,7 @@ fmt_time(int64_t t, char buf[32])
 static void
 kr_apply(struct kr_key *k, const struct store_key *sk)
 {
-	k->primary = sk->primary;
-	k->min_version = sk->min_version;
-	k->min_verify = sk->min_verify;
-	k->rotation_period = sk->rotation_period;
-	k->next_rotation = sk->next_rotation;
-	k->pending_rotation = sk->pending_rotation;
+	kr_set_meta(k, sk);
 	for (uint32_t i = 0; i < k->nv; i++)
 		k->v[i].meta = sk->versions[i];
 }
@@ -989,10 +961,10 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 
 		if (v->state != STORE_DESTROY_SCHEDULED || v->destroy_time > now)
 			continue;
-		r = destroy_version(kr, k->name, v->version, k->v[i].k);
+		r = destroy_version(kr, k->m.name, v->version, k->v[i].k);
 		if (r != CF_OK) {
 			k->destroy_retry_at = now + 60;
-			done(k->name, v->version, "destroy", r, arg);
+			done(k->m.name, v->version, "destroy", r, arg);
 			continue;
 		}
 		v->state = STORE_DESTROYED;
@@ -1005,7 +977,7 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 		for (uint32_t i = 0; i < k->nv; i++)
 			if (sk.versions[i].state == STORE_DESTROYED &&
 			    k->v[i].meta.state != STORE_DESTROYED)
-				done(k->name, sk.versions[i].version, "destroy", r, arg);
+				done(k->m.name, sk.versions[i].version, "destroy", r, arg);
 		if (r == CF_OK) {
 			pthread_rwlock_wrlock(&kr->lock);
 			kr_apply(k, &sk);
@@ -1039,11 +1011,11 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 	for (size_t i = 0; i < kr->n; i++) {
 		struct kr_key *k = kr->keys[i];
 
-		if (k->next_rotation == 0 || k->next_rotation > now || k->rotate_retry_at > now)
+		if (k->m.next_rotation == 0 || k->m.next_rotation > now || k->rotate_retry_at > now)
 			continue;
 		if (due == NULL && (due = calloc(kr->n, sizeof(*due))) == NULL)
 			break;
-		memcpy(due[ndue++], k->name, sizeof(*due));
+		memcpy(due[ndue++], k->m.name, sizeof(*due));
 	}
 	pthread_mutex_unlock(&kr->write_mu);
 	for (size_t i = 0; i < ndue; i++) {
