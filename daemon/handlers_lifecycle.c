@@ -7,26 +7,32 @@
 #include "coffer/v1/coffer.pb-c.h"
 #include "handlers_internal.h"
 
+/* Apply one change to key `name`; the key as it is afterwards. */
+static int
+change(const struct hctx *c, const char *name, enum key_change what,
+       const struct key_change_args *a, ProtobufCMessage **resp)
+{
+	struct store_key info;
+
+	memset(&info, 0, sizeof(info));
+	return h_key_response(keyring_change(c->kr, name, what, a, &info), &info, resp);
+}
+
 static int
 version_change(const struct hctx *c, const ProtobufCMessage *m, enum key_change what,
 	       ProtobufCMessage **resp)
 {
 	const Coffer__V1__KeyVersionRequest *req = (const void *)m;
-	struct key_change_args a;
-	struct store_key info;
+	struct key_change_args a = { .version = req->version, .force = req->force,
+				     .grace = req->grace_seconds };
 
-	memset(&a, 0, sizeof(a));
-	memset(&info, 0, sizeof(info));
-	a.version = req->version;
-	a.force = req->force;
-	a.grace = req->grace_seconds;
 	if (req->grace_seconds != 0 && what != KC_SCHEDULE_DESTROY)
 		return cf_error(CF_E_INVALID_ARG, "grace_seconds only applies to "
 				"ScheduleDestroyKeyVersion");
 	if (req->force && what != KC_DISABLE && what != KC_SCHEDULE_DESTROY)
 		return cf_error(CF_E_INVALID_ARG, "force only applies to DisableKeyVersion and "
 				"ScheduleDestroyKeyVersion");
-	return h_key_response(keyring_change(c->kr, req->name, what, &a, &info), &info, resp);
+	return change(c, req->name, what, &a, resp);
 }
 
 static int
@@ -63,49 +69,35 @@ static int
 h_set_minimums(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetKeyMinimumsRequest *req = (const void *)m;
-	struct key_change_args a;
-	struct store_key info;
+	struct key_change_args a = { .min_version = req->min_version,
+				     .min_verify = req->min_verify_version,
+				     .keep_last = req->keep_last };
 
-	memset(&a, 0, sizeof(a));
-	memset(&info, 0, sizeof(info));
-	a.min_version = req->min_version;
-	a.min_verify = req->min_verify_version;
-	a.keep_last = req->keep_last;
 	if (a.min_version == 0 && a.min_verify == 0 && a.keep_last == 0)
 		return cf_error(CF_E_INVALID_ARG, "give min_version, min_verify_version or "
 				"keep_last");
-	return h_key_response(keyring_change(c->kr, req->name, KC_SET_MINIMUMS, &a, &info), &info,
-			      resp);
+	return change(c, req->name, KC_SET_MINIMUMS, &a, resp);
 }
 
 static int
 h_trim(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__TrimKeyRequest *req = (const void *)m;
-	struct key_change_args a;
-	struct store_key info;
+	struct key_change_args a = { .grace = req->grace_seconds };
 
-	memset(&a, 0, sizeof(a));
-	memset(&info, 0, sizeof(info));
-	a.grace = req->grace_seconds;
-	return h_key_response(keyring_change(c->kr, req->name, KC_TRIM, &a, &info), &info, resp);
+	return change(c, req->name, KC_TRIM, &a, resp);
 }
 
 static int
 h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetRotationScheduleRequest *req = (const void *)m;
-	struct key_change_args a;
-	struct store_key info;
+	struct key_change_args a = { .period = req->period_seconds,
+				     .next = req->next_rotation_time };
 
-	memset(&a, 0, sizeof(a));
-	memset(&info, 0, sizeof(info));
-	a.period = req->period_seconds;
-	a.next = req->next_rotation_time;
 	if (a.period == 0 && a.next != 0)
 		return cf_error(CF_E_INVALID_ARG, "next_rotation_time needs a period");
-	return h_key_response(keyring_change(c->kr, req->name, KC_SET_ROTATION, &a, &info), &info,
-			      resp);
+	return change(c, req->name, KC_SET_ROTATION, &a, resp);
 }
 
 const struct handler handlers_lifecycle[] = {
