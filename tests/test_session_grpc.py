@@ -19,7 +19,8 @@ the words of its message that name the reason.
                       max_sessions, lifetime; bad handshake input
   WireTests           a Unix-socket relay records the bytes between cofferctl
                       and cofferd: no secret crosses in the clear (and, as a
-                      control, an unsealed Unwrap does)
+                      control, an unsealed Unwrap does); a reply tampered on
+                      its way back is refused by libcoffer, nothing released
 
 Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/test_session_grpc.py [-v] [Class.test]
 (runs as root here; the other-uid test needs root and setpriv.)
@@ -878,7 +879,7 @@ class Relay:
                     break
                 with self.lock:
                     buf.extend(data)   # recorded before it is passed on
-                dst.sendall(data)
+                dst.sendall(self.alter(buf is self.received, data))
         except OSError:
             pass
         finally:
@@ -886,6 +887,10 @@ class Relay:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+    def alter(self, from_daemon, data):
+        """What is passed on (subclasses change it)."""
+        return data
 
     def captured(self):
         with self.lock:
@@ -906,6 +911,50 @@ class Relay:
             t.join(5)
         if os.path.exists(self.path):
             os.unlink(self.path)
+
+
+class ReplyTamperingRelay(Relay):
+    """Flips the last byte of the daemon's first message on the
+    SessionService/Call stream: the tag of the sealed reply (`record` is the
+    last field of SealedReply). HTTP/2 frames of the daemon's direction are
+    held until whole, so a frame is changed inside, never across reads."""
+
+    CALL = b"/coffer.v1.SessionService/Call"
+
+    def __init__(self, target, path):
+        self.pending = bytearray()
+        self.tampered = 0
+        super().__init__(target, path)
+
+    def _call_stream(self):
+        with self.lock:
+            data = bytes(self.sent)[24:]   # after the client preface
+        i = 0
+        while i + 9 <= len(data):
+            n, typ = int.from_bytes(data[i:i + 3], "big"), data[i + 3]
+            sid = int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF
+            if typ == 1 and self.CALL in data[i + 9:i + 9 + n]:
+                return sid
+            i += 9 + n
+        return None
+
+    def alter(self, from_daemon, data):
+        if not from_daemon:
+            return data
+        self.pending.extend(data)
+        out = bytearray()
+        while len(self.pending) >= 9:
+            n = int.from_bytes(self.pending[:3], "big")
+            if len(self.pending) < 9 + n:
+                break
+            frame = bytearray(self.pending[:9 + n])
+            del self.pending[:9 + n]
+            sid = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
+            if frame[3] == 0 and n > 0 and not self.tampered and sid == self._call_stream():
+                frame[-1] ^= 0x01
+                self.tampered += 1
+            out.extend(frame)
+        return bytes(out)
 
 
 class WireTests(SessionTestCase):
@@ -983,6 +1032,47 @@ class WireTests(SessionTestCase):
         self.assertIn(b"/coffer.v1.KeyService/Wrap", sent)
         # The whole inner request is sealed, the (not secret) blob with it.
         self.assertNotIn(blob, sent)
+
+    def test_libcoffer_discards_a_tampered_reply(self):
+        """A sealed reply altered on its way back (one bit of its tag) is
+        refused by libcoffer: cofferctl fails saying the reply failed
+        authentication and the call may have run, and writes nothing of the
+        plaintext. The same command through a plain relay works."""
+        d = _shared
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="tamper-aes", type=pb.AES_256),
+                                 timeout=TIMEOUT)
+        work = os.path.join(d.dir, "tamper")
+        os.makedirs(work)
+        pem = os.path.join(work, "identity.pem")
+        with open(pem, "wb") as f:
+            f.write(serialization.load_der_public_key(d.identity).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        secret = os.urandom(48)
+        sealed = d.sealed_stub("service")
+        blob = sealed.Wrap(pb.WrapRequest(key="tamper-aes", plaintext=secret),
+                           timeout=TIMEOUT).ciphertext
+        sealed.close()
+        src, out = os.path.join(work, "blob"), os.path.join(work, "out")
+        with open(src, "wb") as f:
+            f.write(blob)
+        args = ["--identity", pem, "unwrap", "tamper-aes", "--in", src, "--out", out]
+        plain = self.relay(d)
+        self.ctl("--socket", plain.path, *args)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), secret)   # the control: the path works
+        os.unlink(out)
+        bad = ReplyTamperingRelay(d.service_socket, os.path.join(d.dir, "tamper.sock"))
+        self.addCleanup(bad.close)
+        r = subprocess.run([cofferctl(), "--socket", bad.path] + args, capture_output=True,
+                           timeout=60)
+        self.assertEqual(bad.tampered, 1)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"sealed reply failed authentication", r.stderr)
+        self.assertIn(b"the call may have run", r.stderr)
+        self.assertFalse(os.path.exists(out) and os.path.getsize(out) > 0,
+                         "plaintext written from a tampered reply")
+        for form, needle in leak_forms(secret).items():
+            self.assertNotIn(needle, r.stdout + r.stderr, form)
 
     def test_capture_catches_an_unsealed_unwrap(self):
         """Negative control: with session.unsealed_secrets the same relay
