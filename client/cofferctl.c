@@ -26,6 +26,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_audit_verify.h"
+#include "cf_hex.h"
+#include "cf_status.h"
 #include "coffer.h"
 
 #define DEFAULT_SOCKET          "/run/coffer/service.sock"
@@ -65,7 +68,8 @@ enum opt_id {
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
 	O_IMPORT, O_COUNT, O_IDEM, O_FORCE, O_GRACE, O_MIN_VERSION, O_MIN_VERIFY, O_KEEP_LAST,
-	O_PERIOD, O_NEXT, O_FORMAT, O_BATCH, O_PROGRESS,
+	O_PERIOD, O_NEXT, O_FORMAT, O_BATCH, O_PROGRESS, O_FILE, O_PUBLIC_KEY, O_STATE_DB,
+	O_ANCHOR,
 	O__COUNT
 };
 
@@ -119,6 +123,10 @@ static const struct option all_options[O__COUNT] = {
 	[O_FORMAT] = { "format", required_argument, NULL, OPT_BASE + O_FORMAT },
 	[O_BATCH] = { "batch", no_argument, NULL, OPT_BASE + O_BATCH },
 	[O_PROGRESS] = { "progress", no_argument, NULL, OPT_BASE + O_PROGRESS },
+	[O_FILE] = { "file", required_argument, NULL, OPT_BASE + O_FILE },
+	[O_PUBLIC_KEY] = { "public-key", required_argument, NULL, OPT_BASE + O_PUBLIC_KEY },
+	[O_STATE_DB] = { "state-db", required_argument, NULL, OPT_BASE + O_STATE_DB },
+	[O_ANCHOR] = { "anchor", required_argument, NULL, OPT_BASE + O_ANCHOR },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -152,6 +160,8 @@ struct opts {
 	int64_t next;           /* --next: a Unix time */
 	const char *format;     /* --format pem|der|jwk */
 	int batch, progress;    /* rewrap --batch, --progress */
+	/* audit verify offline: --file, --public-key, --state-db, --anchor */
+	const char *file, *public_key, *state_db, *anchor;
 };
 
 struct cmd {
@@ -795,6 +805,10 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 			break;
 		case O_BATCH: o->batch = 1; break;
 		case O_PROGRESS: o->progress = 1; break;
+		case O_FILE: o->file = arg; break;
+		case O_PUBLIC_KEY: o->public_key = arg; break;
+		case O_STATE_DB: o->state_db = arg; break;
+		case O_ANCHOR: o->anchor = arg; break;
 		case O_BURST:
 			if (parse_u32(arg, 1, 1000000, &o->burst) != 0) {
 				bad_value("--burst", arg, "not a number 1..1000000");
@@ -2361,6 +2375,94 @@ cmd_audit_tail(struct ctl *ctl, const struct opts *o)
 	return rc;
 }
 
+/* audit verify --file: the trail checked here, with the seal key's public
+ * half and the anchor (from the state store, or noted by the auditor); no
+ * daemon, no token. */
+static int
+audit_verify_offline(struct ctl *ctl, const struct opts *o)
+{
+	struct cf_audit_verify_opts vo;
+	struct cf_audit_anchor an;
+	struct cf_audit_report rep;
+	EVP_PKEY *pub = NULL;
+	char anchor_text[128] = "none", chain[65];
+	int r, rc = EXIT_USAGE;
+
+	memset(&vo, 0, sizeof(vo));
+	if (o->public_key == NULL) {
+		usage_error("audit verify --file needs --public-key PEM (the daemon writes it to "
+		    "<state_dir>/audit-seal.pub)", NULL);
+		goto out;
+	}
+	if (o->state_db != NULL && o->anchor != NULL) {
+		usage_error("give --state-db or --anchor, not both", NULL);
+		goto out;
+	}
+	if (o->anchor != NULL && cf_audit_anchor_parse(o->anchor, &an) != CF_OK) {
+		bad_value("--anchor", o->anchor, cf_error_detail());
+		goto out;
+	}
+	rc = EXIT_FAILED;
+	if ((r = cf_audit_pubkey_load(o->public_key, &pub)) != CF_OK ||
+	    (o->state_db != NULL && (r = cf_audit_anchor_read(o->state_db, &an)) != CF_OK)) {
+		errmsg("audit verify", cf_error_detail());
+		goto out;
+	}
+	vo.pub = pub;
+	if (o->state_db != NULL || o->anchor != NULL) {
+		vo.anchor = &an;
+		vo.exact = o->state_db != NULL && an.clean;
+		cf_hex_encode(an.chain, 32, chain);
+		snprintf(anchor_text, sizeof(anchor_text), "record %" PRIu64 " (%s)", an.seq,
+		    o->anchor != NULL ? "given" : an.clean ? "clean stop" :
+		    "daemon running, or stopped without a clean stop");
+	}
+	if ((r = cf_audit_verify_file(o->file, &vo, &rep)) != CF_OK) {
+		errmsg("audit verify", cf_error_detail());
+		goto out;
+	}
+	if (ctl->json) {
+		printf("{\"ok\":%s,\"records\":%" PRIu64 ",\"seals\":%" PRIu64
+		    ",\"unchecked\":%" PRIu64 ",\"unsealed\":%" PRIu64 ",\"torn\":%lld"
+		    ",\"first_bad\":%" PRIu64 ",\"anchor\":", rep.ok ? "true" : "false",
+		    rep.records, rep.seals, rep.unchecked, rep.unsealed, (long long)rep.torn,
+		    rep.first_bad);
+		if (vo.anchor != NULL)
+			printf("{\"seq\":%" PRIu64 ",\"chain\":\"%s\",\"clean\":%s}", an.seq,
+			    chain, an.clean ? "true" : "false");
+		else
+			fputs("null", stdout);
+		fputs(",\"reason\":", stdout);
+		put_json_str(stdout, rep.reason);
+		fputs("}\n", stdout);
+	} else if (rep.ok) {
+		printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
+		    "offline; anchor: %s\n", rep.records, rep.seals, anchor_text);
+		if (vo.anchor == NULL)
+			printf("note: no anchor given (--state-db or --anchor): a cut tail or an "
+			    "older copy of the file cannot be told apart\n");
+		if (rep.unsealed > 0)
+			printf("note: the last %" PRIu64 " records are not sealed yet\n",
+			    rep.unsealed);
+		if (rep.unchecked > 0)
+			printf("note: %" PRIu64 " older HMAC seals can only be checked by the daemon "
+			    "(cofferctl audit verify without --file)\n", rep.unchecked);
+		if (rep.torn > 0)
+			printf("note: the file ends in a torn record (%lld bytes): the daemon died "
+			    "while writing it and cuts it at its next start\n", (long long)rep.torn);
+	} else {
+		printf("audit trail BROKEN at record %" PRIu64 ": ", rep.first_bad);
+		put_safe(stdout, rep.reason);
+		fputc('\n', stdout);
+	}
+	rc = flush_stdout();
+	if (rc == EXIT_OK && !rep.ok)
+		rc = EXIT_FAILED;
+out:
+	EVP_PKEY_free(pub);
+	return rc;
+}
+
 static int
 cmd_audit_verify(struct ctl *ctl, const struct opts *o)
 {
@@ -2368,7 +2470,10 @@ cmd_audit_verify(struct ctl *ctl, const struct opts *o)
 	coffer_client *c = NULL;
 	int r, rc;
 
-	(void)o;
+	if (o->file != NULL)
+		return audit_verify_offline(ctl, o);
+	if (o->public_key != NULL || o->state_db != NULL || o->anchor != NULL)
+		return usage_error("--public-key, --state-db and --anchor go with --file", NULL);
 	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
 		return rc;
 	if ((r = coffer_audit_verify(c, &rep)) != COFFER_OK) {
@@ -2382,7 +2487,7 @@ cmd_audit_verify(struct ctl *ctl, const struct opts *o)
 			fputs("}\n", stdout);
 		} else if (rep.ok) {
 			printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
-			    "in the token\n", rep.records, rep.seals);
+			    "by the daemon\n", rep.records, rep.seals);
 		} else {
 			printf("audit trail BROKEN at record %" PRIu64 ": ", rep.first_bad);
 			put_safe(stdout, rep.reason);
@@ -2721,10 +2826,23 @@ static const struct cmd commands[] = {
 	{ "audit tail", cmd_audit_tail, B(O_COUNT), 0, 0, "audit tail [--count N]",
 	  "Print the last N records of the audit trail (default 20, at most 1000),\n"
 	  "oldest first, one JSON object per line (--json: an array)." },
-	{ "audit verify", cmd_audit_verify, 0, 0, 0, "audit verify",
-	  "Check the audit trail: every record's chain value, and every seal with\n"
-	  "the token's audit key. Exit 0 if it is intact; else exit 1 and name the\n"
-	  "first bad record (altered, deleted, or inserted)." },
+	{ "audit verify", cmd_audit_verify,
+	  B(O_FILE) | B(O_PUBLIC_KEY) | B(O_STATE_DB) | B(O_ANCHOR), 0, 0,
+	  "audit verify [--file PATH --public-key PEM [--state-db DB | --anchor SEQ:CHAIN]]",
+	  "Check the audit trail: every record's number and chain value, every seal\n"
+	  "(a signature by the token's audit seal key), and that the trail ends where\n"
+	  "the daemon last wrote it. Exit 0 if it is intact; else exit 1 and name the\n"
+	  "first missing or wrong record (altered, deleted, inserted, reordered, cut,\n"
+	  "or a tail rewritten or rolled back).\n"
+	  "Without --file the daemon checks its own trail. With --file it is checked\n"
+	  "here, offline, with no daemon and no token:\n"
+	  "  --file PATH        the trail (audit.log, or a copy)\n"
+	  "  --public-key PEM   the seal key's public key (<state_dir>/audit-seal.pub)\n"
+	  "  --state-db DB      the daemon's state store (<state_dir>/coffer.db), read\n"
+	  "                     only: the anchor (last record's number and chain value);\n"
+	  "                     after a clean stop nothing may follow it\n"
+	  "  --anchor SEQ:CHAIN an anchor noted elsewhere (e.g. from --json output)\n"
+	  "Without an anchor a cut tail or an older copy of the file cannot be seen." },
 	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,
 	  "identity [--out FILE] [--admin]",
 	  "Print the daemon's identity: the fingerprint (sha256:...) and the EC P-256\n"

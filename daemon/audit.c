@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,26 +12,31 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "cf_buf.h"
+#include "cf_crashpoint.h"
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
 
-#define CHAIN_FIELD ",\"chain\":\""
-#define LINE_MAX_BYTES 2048
 #define ALARM_EVERY_S 10
+#define RETRY_MS 1000            /* a broken trail is retried (and the outbox read) this often */
 
 struct item {
 	char *rest;              /* the record after its "{\"seq\":N," prefix */
+	int64_t outbox;          /* its outbox id; 0: a call's record */
+	unsigned gen;            /* outbox generation it was queued in (stale ones are skipped) */
+	int *status;             /* a waiting call's: where the outcome goes (NULL: none) */
 	struct item *next;
 };
 
 struct audit {
 	struct audit_cfg cfg;
-	cf_p11_key *key;
+	cf_p11_key *seal_key;    /* signs seals */
+	cf_p11_key *hmac_key;    /* checks old HMAC seals; NULL if the token has none */
+	EVP_PKEY *pub;           /* the seal key's public half, for verifying */
+	store *st;
 	int fd;
 	char path[4096];
 	pthread_t writer;
@@ -37,20 +44,27 @@ struct audit {
 
 	pthread_mutex_t mu;
 	pthread_cond_t work;     /* records queued, or stop: wakes the writer */
-	pthread_cond_t written;  /* a batch was written (or lost): wakes waiting calls */
+	pthread_cond_t written;  /* a batch was written (or failed): wakes waiting calls */
 	struct item *head, **tail;
-	uint64_t queued;         /* records handed to audit_record */
-	uint64_t done;           /* records the writer has finished with (written or lost) */
-	uint64_t lost;
+	uint64_t lost;           /* records that could not be written since the last good write */
+	uint64_t failures;       /* failed batches, ever */
+	uint64_t written_run;    /* records written by this process */
 	int stop;
 	int writing;             /* a batch is being written (by a call or the writer) */
 	uint64_t unsealed;       /* records written since the last seal */
 	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
 	int broken;
 	char reason[200];
+	char *pending_start;     /* the start record's fields, until written */
 	time_t last_alarm;
 
-	/* The end of the trail as last written (writer thread; read under mu). */
+	/* The outbox (under mu; loading it also under ob_mu). */
+	pthread_mutex_t ob_mu;
+	int64_t ob_queued;       /* highest id queued */
+	int64_t ob_written;      /* highest id in the file */
+	unsigned ob_gen;         /* bumped when a failed write drops queued outbox records */
+
+	/* The end of the trail as last written (read under mu). */
 	uint64_t seq;
 	uint8_t chain[32];
 	off_t size;
@@ -58,40 +72,49 @@ struct audit {
 
 /* ---- formatting ---- */
 
-/* The trail's hex is lower-case, exactly as written: another spelling of the
- * same bytes is an alteration too. */
-static int
-lower_hex(const char *s, uint8_t *out, size_t n)
+struct fmt {
+	char *p;
+	size_t len, n;
+	int over;
+};
+
+static void
+put(struct fmt *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+put(struct fmt *f, const char *fmt, ...)
 {
-	if (strspn(s, "0123456789abcdef") < 2 * n)
-		return -1;
-	return cf_hex_decode(s, out, n);
+	va_list ap;
+	int k;
+
+	if (f->over)
+		return;
+	va_start(ap, fmt);
+	k = vsnprintf(f->p + f->n, f->len - f->n, fmt, ap);
+	va_end(ap);
+	if (k < 0 || (size_t)k >= f->len - f->n)
+		f->over = 1;
+	else
+		f->n += (size_t)k;
 }
 
-/* Append s as a JSON string (quoted; control characters escaped). */
-static size_t
-json_str(char *out, size_t left, const char *s)
+/* s as a JSON string (quoted; quotes, backslashes and control characters
+ * escaped). */
+static void
+put_str(struct fmt *f, const char *s)
 {
-	size_t n = 0;
-
-	if (left < 3)
-		return 0;
-	out[n++] = '"';
-	for (; s != NULL && *s && n + 8 < left; s++) {
+	put(f, "\"");
+	for (; s != NULL && *s && !f->over; s++) {
 		unsigned char c = (unsigned char)*s;
 
-		if (c == '"' || c == '\\') {
-			out[n++] = '\\';
-			out[n++] = (char)c;
-		} else if (c < 0x20 || c == 0x7f) {
-			n += (size_t)snprintf(out + n, left - n, "\\u%04x", c);
-		} else {
-			out[n++] = (char)c;
-		}
+		if (c == '"' || c == '\\')
+			put(f, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			put(f, "\\u%04x", c);
+		else
+			put(f, "%c", c);
 	}
-	out[n++] = '"';
-	out[n] = '\0';
-	return n;
+	put(f, "\"");
 }
 
 static void
@@ -99,7 +122,6 @@ now_iso(char out[32])
 {
 	struct timespec ts;
 	struct tm tm;
-
 	char sec[24];
 
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -108,95 +130,188 @@ now_iso(char out[32])
 	snprintf(out, 32, "%.20s.%03dZ", sec, (int)(ts.tv_nsec / 1000000));
 }
 
-/* chain = SHA-256(prev ‖ body). */
-static void
-chain_next(const uint8_t prev[32], const char *body, size_t len, uint8_t out[32])
+int
+audit_format_change(const struct audit_event *ev, char *buf, size_t len)
 {
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	uint8_t d[32];
+	struct fmt f = { buf, len, 0, len == 0 };
+	char t[32];
 
-	/* out may be prev: hash first, then overwrite. */
-	memset(d, 0, sizeof(d));
-	if (c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
-	    EVP_DigestUpdate(c, prev, 32) == 1 && EVP_DigestUpdate(c, body, len) == 1)
-		EVP_DigestFinal_ex(c, d, NULL);
-	EVP_MD_CTX_free(c);
-	memcpy(out, d, 32);
+	now_iso(t);
+	put(&f, "\"time\":\"%s\",\"principal\":", t);
+	put_str(&f, ev->principal ? ev->principal : "");
+	put(&f, ",\"uid\":%u,\"pid\":%d,\"socket\":\"%s\",\"sealed\":%s,\"method\":",
+	    (unsigned)ev->uid, (int)ev->pid, ev->admin ? "admin" : "service",
+	    ev->sealed ? "true" : "false");
+	put_str(&f, ev->method);
+	put(&f, ",\"key\":");
+	put_str(&f, ev->key ? ev->key : "");
+	put(&f, ",\"version\":%u,\"result\":", ev->version);
+	put_str(&f, ev->result);
+	put(&f, ",\"request_id\":");
+	put_str(&f, ev->request_id ? ev->request_id : "");
+	if (ev->replay_of != NULL) {
+		put(&f, ",\"replay_of\":");
+		put_str(&f, ev->replay_of);
+	}
+	return f.over ? -1 : (int)f.n;
 }
 
-/* What a seal authenticates: the chain value before it and its number. */
-static void
-seal_input(const uint8_t chain[32], uint64_t seq, uint8_t out[40])
-{
-	memcpy(out, chain, 32);
-	for (int i = 0; i < 8; i++)
-		out[32 + i] = (uint8_t)(seq >> (56 - 8 * i));
-}
-
-/* Append one full line for `body` to buf, advancing seq and chain. */
+/* Append one full line for body[0..len) to buf, advancing chain. */
 static int
-emit(cf_buf *buf, uint8_t chain[32], const char *body)
+emit(cf_buf *buf, uint8_t chain[32], const char *body, size_t len)
 {
 	char h[65];
 	int r;
 
-	chain_next(chain, body, strlen(body), chain);
+	cf_audit_chain_next(chain, body, len, chain);
 	cf_hex_encode(chain, 32, h);
-	if ((r = cf_buf_put(buf, body, strlen(body))) != CF_OK ||
-	    (r = cf_buf_put(buf, CHAIN_FIELD, strlen(CHAIN_FIELD))) != CF_OK ||
+	if ((r = cf_buf_put(buf, body, len)) != CF_OK ||
+	    (r = cf_buf_put(buf, CF_AUDIT_CHAIN_FIELD, strlen(CF_AUDIT_CHAIN_FIELD))) != CF_OK ||
 	    (r = cf_buf_put(buf, h, 64)) != CF_OK || (r = cf_buf_put(buf, "\"}\n", 3)) != CF_OK)
 		return r;
 	return CF_OK;
 }
 
+/* Append the seal record number seq (with `fields`, "" or ",\"event\":...")
+ * signed in the token. */
+static int
+emit_seal(audit *a, cf_buf *buf, uint8_t chain[32], uint64_t seq, const char *fields)
+{
+	char body[CF_AUDIT_LINE_MAX], t[32], sh[2 * CF_P11_MAX_SIG + 1];
+	uint8_t in[40 + CF_AUDIT_LINE_MAX];
+	cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+	struct fmt f = { body, sizeof(body) - 2 * CF_P11_MAX_SIG - 16, 0, 0 };
+	int r;
+
+	if (sig == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	now_iso(t);
+	put(&f, "{\"seq\":%llu,\"time\":\"%s\"%s", (unsigned long long)seq, t, fields);
+	if (f.over) {
+		r = cf_error(CF_E_INTERNAL, "a seal record too long to write");
+		goto out;
+	}
+	if ((r = cf_p11_sign(a->seal_key, NULL, in, cf_audit_sig_input(chain, seq, body, f.n, in),
+			     sig)) != CF_OK)
+		goto out;
+	cf_hex_encode(cf_buf_peek(sig), cf_buf_len(sig), sh);
+	f.len = sizeof(body);
+	put(&f, CF_AUDIT_SIG_FIELD "%s\"", sh);
+	r = emit(buf, chain, body, f.n);
+out:
+	cf_buf_free(sig);
+	return r;
+}
+
 /* ---- the writer ---- */
 
-/* Write a batch (and a seal after it); the trail's end moves only if all
- * of it is written. Returns CF_OK or a status with a detail. */
-static int
-write_batch(audit *a, const struct item *batch, int seal, uint64_t *seq, uint8_t chain[32],
-	    off_t *size)
-{
-	cf_buf *buf = cf_buf_new(4096), *mac = cf_buf_new(64);
-	uint8_t c[32], in[40];
-	uint64_t s = *seq;
-	char body[LINE_MAX_BYTES], t[32], mh[129];
-	int r = CF_OK;
+/* What a batch ends with, and what it moved. */
+struct batch_end {
+	const char *seal;        /* NULL: no seal; else the seal record's extra fields */
+	int clean;               /* anchor it as a clean stop */
+	unsigned gen;            /* outbox records of another generation are skipped */
+	int64_t ob_done;         /* in: outbox ids up to here are in the file;
+	                            out: the highest id written */
+	uint64_t n;              /* out: records written */
+};
 
-	if (buf == NULL || mac == NULL) {
+static int
+sync_fd(audit *a)
+{
+	if (fdatasync(a->fd) != 0)
+		return cf_error(CF_E_UNAVAILABLE, "writing %s: %s", a->path, strerror(errno));
+	return CF_OK;
+}
+
+/* Where the trail ends now, into the state store (dropping outbox records up
+ * to ob_done). A failure only weakens the tail's evidence: logged. */
+static void
+anchor(audit *a, uint64_t seq, const uint8_t chain[32], int clean, int64_t ob_done)
+{
+	struct store_audit_anchor an;
+
+	if (a->st == NULL)
+		return;
+	memset(&an, 0, sizeof(an));
+	an.seq = seq;
+	memcpy(an.chain, chain, 32);
+	an.clean = clean;
+	an.time = (int64_t)time(NULL);
+	if (store_audit_anchor_put(a->st, &an, ob_done) != CF_OK)
+		cf_log_error("audit: cannot anchor record %llu in the state store: %s",
+			     (unsigned long long)seq, cf_error_detail());
+}
+
+/* Write a batch (and a seal after it); the trail's end moves only if all of
+ * it is written (and, fail closed or before an anchor, synced). Returns CF_OK
+ * or CF_E_UNAVAILABLE with a detail. */
+static int
+write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *seq,
+	    uint8_t chain[32], off_t *size)
+{
+	cf_buf *buf = NULL;
+	uint8_t c[32];
+	uint64_t s = *seq, n = 0;
+	char body[CF_AUDIT_LINE_MAX + 64];
+	int64_t ob = be->ob_done;
+	int r = CF_OK, moved = 0;
+
+	for (const struct item *i = batch; i != NULL; i = i->next)
+		n++;
+	if ((buf = cf_buf_new((n + 2) * (CF_AUDIT_LINE_MAX + 64))) == NULL) {
 		r = cf_error(CF_E_NOMEM, "out of memory");
 		goto out;
 	}
 	memcpy(c, chain, 32);
 	for (; batch != NULL && r == CF_OK; batch = batch->next) {
-		snprintf(body, sizeof(body), "{\"seq\":%llu,%s", (unsigned long long)++s, batch->rest);
-		r = emit(buf, c, body);
+		int k;
+
+		if (batch->outbox != 0 && (batch->gen != be->gen || batch->outbox <= ob))
+			continue;   /* dropped by a failed write, or already in: reloaded/skipped */
+		if (batch->outbox != 0)
+			k = snprintf(body, sizeof(body), "{\"seq\":%llu,\"outbox\":%lld,%s",
+				     (unsigned long long)++s, (long long)batch->outbox, batch->rest);
+		else
+			k = snprintf(body, sizeof(body), "{\"seq\":%llu,%s",
+				     (unsigned long long)++s, batch->rest);
+		if (k < 0 || (size_t)k >= sizeof(body)) {
+			r = cf_error(CF_E_INTERNAL, "an audit record too long to write");
+			break;
+		}
+		r = emit(buf, c, body, (size_t)k);
+		if (batch->outbox != 0) {
+			ob = batch->outbox;
+			moved = 1;
+		}
 	}
-	/* The seal: the token's MAC over the chain so far. */
-	seal_input(c, s + 1, in);
-	if (r == CF_OK && seal && (r = cf_p11_mac(a->key, in, sizeof(in), mac)) == CF_OK) {
-		now_iso(t);
-		cf_hex_encode(cf_buf_peek(mac), cf_buf_len(mac), mh);
-		snprintf(body, sizeof(body), "{\"seq\":%llu,\"time\":\"%s\",\"seal\":\"%s\"",
-			 (unsigned long long)++s, t, mh);
-		r = emit(buf, c, body);
-	}
+	if (r == CF_OK && be->seal != NULL)
+		r = emit_seal(a, buf, c, ++s, be->seal);
 	if (r != CF_OK)
 		goto out;
-	if (cf_write_all(a->fd, cf_buf_peek(buf), cf_buf_len(buf)) != 0) {
-		r = cf_error(CF_E_IO, "writing %s: %s", a->path, strerror(errno));
-		/* No half line may stay for the next batch to follow. */
-		if (ftruncate(a->fd, *size) != 0)
+	if (cf_write_all(a->fd, cf_buf_peek(buf), cf_buf_len(buf)) != 0)
+		r = cf_error(CF_E_UNAVAILABLE, "writing %s: %s", a->path, strerror(errno));
+	else if (!a->cfg.fail_open || be->seal != NULL || moved)
+		r = sync_fd(a);
+	if (r != CF_OK) {
+		/* No partial line may stay for the next batch to follow. */
+		if (ftruncate(a->fd, *size) != 0 && errno != EPERM)
 			cf_log_error("audit: cannot cut a partial write from %s: %s", a->path,
 				     strerror(errno));
 		goto out;
 	}
+	if (moved)
+		CF_CRASH_POINT("audit.outbox.written");
+	if (be->seal != NULL || moved)
+		anchor(a, s, c, be->clean, ob);
+	be->n = s - *seq;
+	be->ob_done = ob;
 	*seq = s;
 	memcpy(chain, c, 32);
 	*size += (off_t)cf_buf_len(buf);
 out:
 	cf_buf_free(buf);
-	cf_buf_free(mac);
 	return r;
 }
 
@@ -222,18 +337,20 @@ deadline_in(struct timespec *until, unsigned ms)
 }
 
 /*
- * Records are written as they come, in batches; a seal (one MAC in the
+ * Records are written as they come, in batches; a seal (one signature in the
  * token) follows once the writer has been idle for SEAL_IDLE_MS, and at least
  * every SEAL_EVERY_MS under load, so its cost is spread over many records.
  */
 #define SEAL_IDLE_MS 20
 #define SEAL_EVERY_MS 100
 
-/* Write `batch` (taken off the queue by the caller, mu held and writing
- * set) with a seal if `seal`, outside the lock; then account for it. */
-static void
-write_locked(audit *a, struct item *batch, int seal, struct item *resume)
+/* Write `batch` (taken off the queue by the caller, mu held and writing set)
+ * ending as `end` says, outside the lock; then account for it. Items from
+ * `keep` on are the caller's (not freed). */
+static int
+write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 {
+	struct batch_end be = { seal, 0, a->ob_gen, a->ob_written, 0 };
 	struct item *next;
 	uint64_t n = 0, seq = a->seq;
 	uint8_t chain[32];
@@ -242,33 +359,43 @@ write_locked(audit *a, struct item *batch, int seal, struct item *resume)
 
 	memcpy(chain, a->chain, 32);
 	pthread_mutex_unlock(&a->mu);
-	r = write_batch(a, batch, seal, &seq, chain, &size);
+	r = write_batch(a, batch, &be, &seq, chain, &size);
 	pthread_mutex_lock(&a->mu);
-	for (struct item *i = batch; i != NULL && i != resume; i = next) {
+	for (struct item *i = batch; i != NULL && i != keep; i = next) {
 		next = i->next;
+		if (i->status != NULL)
+			*i->status = r;
+		if (i->outbox == 0)
+			n++;
 		free(i->rest);
 		free(i);
-		n++;
 	}
-	a->done += n;
 	a->writing = 0;
 	if (r == CF_OK) {
 		a->seq = seq;
 		memcpy(a->chain, chain, 32);
 		a->size = size;
-		if (seal) {
+		a->written_run += be.n;
+		if (be.ob_done > a->ob_written)
+			a->ob_written = be.ob_done;
+		if (seal != NULL) {
 			a->unsealed = 0;
 			a->last_seal = mono_ms();
 		} else {
-			a->unsealed += n;
+			a->unsealed += be.n;
 		}
 		if (a->broken)
-			cf_log_warn("audit: the trail is written again (%llu records lost)",
-				    (unsigned long long)a->lost);
+			cf_log_warn("audit: the trail is written again (%llu records could not be "
+				    "written meanwhile)", (unsigned long long)a->lost);
 		a->broken = 0;
 		a->lost = 0;
 	} else {
 		a->lost += n;
+		a->failures++;
+		/* Outbox records queued after a failure would overtake the ones it
+		 * dropped: all of them are read again from the store, in order. */
+		a->ob_gen++;
+		a->ob_queued = a->ob_written;
 		if (!a->broken)
 			cf_log_error("audit: the trail cannot be written: %s", cf_error_detail());
 		a->broken = 1;
@@ -277,6 +404,7 @@ write_locked(audit *a, struct item *batch, int seal, struct item *resume)
 	pthread_cond_broadcast(&a->written);
 	/* The writer thread seals once things go quiet. */
 	pthread_cond_signal(&a->work);
+	return r;
 }
 
 /* Take the whole queue and write it (mu held, nobody writing). */
@@ -288,20 +416,106 @@ write_queue_locked(audit *a)
 	a->head = NULL;
 	a->tail = &a->head;
 	a->writing = 1;
-	write_locked(a, batch, mono_ms() - a->last_seal >= SEAL_EVERY_MS, NULL);
+	write_locked(a, batch, mono_ms() - a->last_seal >= SEAL_EVERY_MS ? "" : NULL, NULL);
+}
+
+struct ob_load {
+	int64_t after;           /* ids up to here are queued or written */
+	unsigned gen;
+	int64_t max;             /* the highest id in the outbox */
+	struct item *head, **tail;
+};
+
+static int
+ob_collect(int64_t id, const char *line, void *arg)
+{
+	struct ob_load *l = arg;
+	struct item *it;
+
+	if (id > l->max)
+		l->max = id;
+	if (id <= l->after)
+		return CF_OK;
+	if ((it = calloc(1, sizeof(*it))) == NULL || (it->rest = strdup(line)) == NULL) {
+		free(it);
+		return cf_error(CF_E_NOMEM, "out of memory");
+	}
+	it->outbox = id;
+	it->gen = l->gen;
+	*l->tail = it;
+	l->tail = &it->next;
+	return CF_OK;
+}
+
+static void
+items_free(struct item *i)
+{
+	while (i != NULL) {
+		struct item *next = i->next;
+
+		free(i->rest);
+		free(i);
+		i = next;
+	}
+}
+
+/* Queue the outbox records not queued yet, in id order (mu not held);
+ * *max: the highest id in the outbox (0: empty). */
+static int
+outbox_enqueue(audit *a, int64_t *max)
+{
+	struct ob_load l;
+	int r = CF_OK;
+
+	*max = 0;
+	if (a->st == NULL)
+		return CF_OK;
+	pthread_mutex_lock(&a->ob_mu);
+	for (;;) {
+		memset(&l, 0, sizeof(l));
+		l.tail = &l.head;
+		pthread_mutex_lock(&a->mu);
+		l.after = a->ob_queued;
+		l.gen = a->ob_gen;
+		pthread_mutex_unlock(&a->mu);
+		if ((r = store_outbox_load(a->st, ob_collect, &l)) != CF_OK) {
+			items_free(l.head);
+			break;
+		}
+		pthread_mutex_lock(&a->mu);
+		if (l.gen != a->ob_gen) {
+			/* A write failed meanwhile: read again from what is written. */
+			pthread_mutex_unlock(&a->mu);
+			items_free(l.head);
+			continue;
+		}
+		if (l.head != NULL) {
+			*a->tail = l.head;
+			a->tail = l.tail;
+			a->ob_queued = l.max;
+		}
+		pthread_mutex_unlock(&a->mu);
+		*max = l.max;
+		break;
+	}
+	pthread_mutex_unlock(&a->ob_mu);
+	return r;
 }
 
 /* The writer thread: records that no waiting call writes itself (fail
- * open), seals once idle, and retries a broken trail. */
+ * open), seals once idle, the outbox now and then, and retries a broken
+ * trail. */
 static void *
 writer_main(void *arg)
 {
 	audit *a = arg;
+	uint64_t last_ob = mono_ms();
+	int64_t max;
+	int r;
 
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		char lostrec[160], t[32];
-		struct item resume = { lostrec, NULL };
+		char fields[1024];
 		struct timespec until;
 
 		if (a->writing) {
@@ -316,25 +530,46 @@ writer_main(void *arg)
 			if (a->head != NULL || a->writing)
 				continue;
 			a->writing = 1;
-			write_locked(a, NULL, 1, NULL);
-		} else if (a->broken) {
-			/* Broken: try again every second with a record of what
-			 * was lost, so that a freed disk heals the trail. */
-			if (a->stop)
-				break;
-			deadline_in(&until, 1000);
-			if (pthread_cond_timedwait(&a->work, &a->mu, &until) == 0 || a->writing ||
-			    a->head != NULL)
-				continue;
-			now_iso(t);
-			snprintf(lostrec, sizeof(lostrec), "\"time\":\"%s\",\"event\":\"resumed\","
-				 "\"lost\":%llu", t, (unsigned long long)a->lost);
-			a->writing = 1;
-			write_locked(a, &resume, 1, &resume);
+			write_locked(a, NULL, "", NULL);
 		} else if (a->stop) {
 			break;
+		} else if (a->broken || mono_ms() - last_ob >= RETRY_MS) {
+			/* Now and then (and every second while broken): the outbox,
+			 * which a failed write left behind; then, if broken, a record
+			 * of what could not be written, sealed, so that a writable
+			 * file again heals the trail. */
+			deadline_in(&until, RETRY_MS);
+			if (a->broken && pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
+				continue;
+			pthread_mutex_unlock(&a->mu);
+			(void)outbox_enqueue(a, &max);
+			pthread_mutex_lock(&a->mu);
+			last_ob = mono_ms();
+			if (!a->broken || a->writing || a->stop)
+				continue;
+			if (a->pending_start != NULL)
+				snprintf(fields, sizeof(fields), "%s,\"lost\":%llu", a->pending_start,
+					 (unsigned long long)a->lost);
+			else
+				snprintf(fields, sizeof(fields), ",\"event\":\"resumed\",\"lost\":%llu",
+					 (unsigned long long)a->lost);
+			a->writing = 1;
+			if (a->head != NULL) {
+				struct item *batch = a->head;
+
+				a->head = NULL;
+				a->tail = &a->head;
+				r = write_locked(a, batch, fields, NULL);
+			} else {
+				r = write_locked(a, NULL, fields, NULL);
+			}
+			if (r == CF_OK) {
+				free(a->pending_start);
+				a->pending_start = NULL;
+			}
 		} else {
-			pthread_cond_wait(&a->work, &a->mu);
+			deadline_in(&until, RETRY_MS);
+			pthread_cond_timedwait(&a->work, &a->mu, &until);
 		}
 	}
 	pthread_mutex_unlock(&a->mu);
@@ -343,80 +578,176 @@ writer_main(void *arg)
 
 /* ---- opening ---- */
 
-/* Where the trail ends: the last line's seq and chain. A torn last line is
- * cut off; anything else unreadable is refused. */
+/* The seal key's public half, to <state_dir>/audit-seal.pub (0644, written
+ * whole: a new file renamed over the old one). */
 static int
-resume(audit *a)
+seal_pub(audit *a, const char *state_dir)
 {
-	char buf[LINE_MAX_BYTES * 2 + 1], *last, *c;
-	struct stat st;
-	off_t from;
-	ssize_t got;
-	unsigned long long seq;
+	cf_buf *pem = cf_buf_new(4096);
+	char path[4200], tmp[4220];
+	int fd = -1, r;
 
-	if (fstat(a->fd, &st) != 0)
-		return cf_error(CF_E_IO, "%s: %s", a->path, strerror(errno));
-	a->size = st.st_size;
-	if (a->size == 0)
-		return CF_OK;
-	from = a->size > (off_t)(sizeof(buf) - 1) ? a->size - (off_t)(sizeof(buf) - 1) : 0;
-	if ((got = pread(a->fd, buf, (size_t)(a->size - from), from)) != a->size - from)
-		return cf_error(CF_E_IO, "%s: %s", a->path, strerror(errno));
-	buf[got] = '\0';
-	if (buf[got - 1] != '\n') {
-		char *nl = strrchr(buf, '\n');
-		off_t keep = nl != NULL ? from + (nl - buf) + 1 : 0;
-
-		cf_log_warn("audit: %s ended in a torn record (a crash while writing); cut off "
-			    "%lld bytes", a->path, (long long)(a->size - keep));
-		if (ftruncate(a->fd, keep) != 0)
-			return cf_error(CF_E_IO, "%s: %s", a->path, strerror(errno));
-		a->size = keep;
-		if (keep == 0)
-			return CF_OK;
-		nl[1] = '\0';
-		got = nl - buf + 1;
+	snprintf(path, sizeof(path), "%s/" AUDIT_SEAL_PUB, state_dir);
+	snprintf(tmp, sizeof(tmp), "%s.new", path);
+	if (pem == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
 	}
-	buf[got - 1] = '\0';
-	last = strrchr(buf, '\n');
-	last = last != NULL ? last + 1 : buf;
-	c = strstr(last, CHAIN_FIELD);
-	if (sscanf(last, "{\"seq\":%llu,", &seq) != 1 || c == NULL ||
-	    strlen(c) != strlen(CHAIN_FIELD) + 64 + 2 ||
-	    lower_hex(c + strlen(CHAIN_FIELD), a->chain, 32) != 0)
-		return cf_error(CF_E_CONFIG, "the last record of %s is malformed; check it, or move "
-				"the file aside to start a new trail", a->path);
-	a->seq = seq;
-	return CF_OK;
+	if ((r = cf_p11_pubkey_pem(a->seal_key, pem)) != CF_OK ||
+	    (r = cf_audit_pubkey_parse((const char *)cf_buf_peek(pem), cf_buf_len(pem),
+				       &a->pub)) != CF_OK)
+		goto out;
+	(void)unlink(tmp);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0 ||
+	    fchmod(fd, 0644) != 0 || cf_write_all(fd, cf_buf_peek(pem), cf_buf_len(pem)) != 0 ||
+	    fsync(fd) != 0 || rename(tmp, path) != 0) {
+		r = cf_error(CF_E_IO, "writing the audit seal's public key to %s: %s", path,
+			     strerror(errno));
+		(void)unlink(tmp);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	cf_buf_free(pem);
+	return r;
+}
+
+static int
+hmac_check(void *arg, const uint8_t in[40], const uint8_t *mac, size_t len)
+{
+	return cf_p11_mac_verify(arg, in, 40, mac, len);
+}
+
+/*
+ * Check the trail against the anchor, cut a torn last line, and say in the
+ * start record's fields what was found. Tampering does not stop the daemon:
+ * it is recorded (where and what) in the sealed start record, which every
+ * later verify reports; the trail goes on from the file's last record.
+ */
+static int
+recover(audit *a, char *fields, size_t flen)
+{
+	struct store_audit_anchor sa;
+	struct cf_audit_anchor an;
+	struct cf_audit_verify_opts o;
+	struct cf_audit_report rep;
+	struct fmt f = { fields, flen, 0, 0 };
+	const char *state = "none";
+	int r, have = 0;
+
+	memset(&o, 0, sizeof(o));
+	memset(&an, 0, sizeof(an));
+	if (a->st != NULL && (r = store_audit_anchor_get(a->st, &sa)) != CF_E_NOT_FOUND) {
+		if (r != CF_OK)
+			return r;
+		an.seq = sa.seq;
+		memcpy(an.chain, sa.chain, 32);
+		an.clean = sa.clean;
+		o.anchor = &an;
+		o.exact = sa.clean;
+		have = 1;
+		state = sa.clean ? "clean" : "crash";
+	}
+	/* Seals are checked with the public key (cheap); old HMAC seals are
+	 * left to audit_verify (a token call each). */
+	o.pub = a->pub;
+	if ((r = cf_audit_verify_file(a->path, &o, &rep)) != CF_OK)
+		return r;
+	if (rep.torn > 0) {
+		cf_log_warn("audit: %s ended in a torn record (%s); cut off %lld bytes", a->path,
+			    rep.ok ? "a crash while writing" : "see below",
+			    (long long)rep.torn);
+		if (ftruncate(a->fd, rep.good_size) != 0)
+			return cf_error(CF_E_IO, "%s: %s", a->path, strerror(errno));
+	}
+	a->size = rep.good_size;
+	a->seq = rep.last_seq;
+	memcpy(a->chain, rep.last_chain, 32);
+	/* Outbox records already in the file (written, then a crash before the
+	 * anchor dropped them from the outbox) are not written again. */
+	if (rep.outbox_max > 0)
+		a->ob_written = a->ob_queued = rep.outbox_max;
+	put(&f, ",\"event\":\"start\",\"pid\":%d,\"anchor\":\"%s\"", (int)getpid(), state);
+	if (have)
+		put(&f, ",\"anchored\":%llu", (unsigned long long)an.seq);
+	if (rep.ok && have && !sa.clean && rep.beyond_anchor > 0) {
+		cf_log_warn("audit: adopted %llu records written after the last anchor (record "
+			    "%llu) by a daemon that did not stop cleanly",
+			    (unsigned long long)rep.beyond_anchor, (unsigned long long)an.seq);
+		put(&f, ",\"adopted\":%llu", (unsigned long long)rep.beyond_anchor);
+	}
+	if (rep.torn > 0)
+		put(&f, ",\"cut_bytes\":%lld", (long long)rep.torn);
+	if (!rep.ok) {
+		cf_log_error("ALARM: audit: %s was altered while the daemon was stopped: %s "
+			     "(recorded in the start record; `cofferctl audit verify` reports it "
+			     "until the file is moved aside)", a->path, rep.reason);
+		/* The reason without its "record N: " (tamper_at says where). */
+		const char *why = strstr(rep.reason, ": ");
+
+		put(&f, ",\"tamper_at\":%llu,\"tampered\":", (unsigned long long)rep.first_bad);
+		put_str(&f, why != NULL ? why + 2 : rep.reason);
+	}
+	return f.over ? cf_error(CF_E_INTERNAL, "the start record is too long") : CF_OK;
 }
 
 int
-audit_open(const char *state_dir, cf_p11 *p11, const struct audit_cfg *cfg, audit **out)
+audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg *cfg,
+	   audit **out)
 {
 	audit *a = calloc(1, sizeof(*a));
+	char fields[1024];
+	int64_t max;
 	int r, created = 0;
 
 	if (a == NULL)
-		return CF_E_NOMEM;
+		return cf_error(CF_E_NOMEM, "out of memory");
+	/* A file-size limit must fail the write (EFBIG), not kill the daemon. */
+	signal(SIGXFSZ, SIG_IGN);
 	a->cfg = *cfg;
+	a->st = st;
 	a->fd = -1;
 	a->tail = &a->head;
 	a->last_seal = mono_ms();
 	pthread_mutex_init(&a->mu, NULL);
+	pthread_mutex_init(&a->ob_mu, NULL);
 	pthread_cond_init(&a->work, NULL);
 	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
-	if ((r = cf_p11_key_ensure(p11, AUDIT_KEY, 1, CF_KEY_HMAC_SHA256, &a->key, &created)) !=
-	    CF_OK)
+	if ((r = cf_p11_key_ensure(p11, AUDIT_SEAL_KEY, 1, CF_KEY_EC_P256, &a->seal_key,
+				   &created)) != CF_OK)
 		goto fail;
 	if (created)
-		cf_log_info("audit: created the audit key in the token");
+		cf_log_info("audit: created the audit seal key in the token");
+	if ((r = seal_pub(a, state_dir)) != CF_OK)
+		goto fail;
+	if ((r = cf_p11_key_open(p11, AUDIT_KEY, 1, &a->hmac_key)) != CF_OK &&
+	    r != CF_E_NOT_FOUND)
+		goto fail;
 	if ((a->fd = open(a->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {
 		r = cf_error(CF_E_IO, "cannot open the audit trail %s: %s", a->path,
 			     strerror(errno));
 		goto fail;
 	}
-	if ((r = resume(a)) != CF_OK)
+	if ((r = recover(a, fields, sizeof(fields))) != CF_OK)
+		goto fail;
+	/* The outbox first (changes committed before this start), then the
+	 * start record, sealed and anchored. */
+	if ((r = outbox_enqueue(a, &max)) != CF_OK)
+		goto fail;
+	pthread_mutex_lock(&a->mu);
+	{
+		struct item *batch = a->head;
+
+		a->head = NULL;
+		a->tail = &a->head;
+		a->writing = 1;
+		if (write_locked(a, batch, fields, NULL) != CF_OK &&
+		    (a->pending_start = strdup(fields)) == NULL)
+			r = cf_error(CF_E_NOMEM, "out of memory");
+	}
+	pthread_mutex_unlock(&a->mu);
+	if (r != CF_OK)
 		goto fail;
 	if (pthread_create(&a->writer, NULL, writer_main, a) != 0) {
 		r = cf_error(CF_E_INTERNAL, "cannot start the audit writer");
@@ -433,6 +764,9 @@ fail:
 void
 audit_close(audit *a)
 {
+	char fields[128];
+	int64_t max;
+
 	if (a == NULL)
 		return;
 	if (a->writer_started) {
@@ -441,24 +775,66 @@ audit_close(audit *a)
 		pthread_cond_signal(&a->work);
 		pthread_mutex_unlock(&a->mu);
 		pthread_join(a->writer, NULL);
-	}
-	while (a->head != NULL) {
-		struct item *i = a->head;
+		/* What is left, the outbox, a seal, then the stop record (itself a
+		 * seal: dropping it shows, since the record before it is sealed),
+		 * anchored as a clean stop. */
+		(void)outbox_enqueue(a, &max);
+		pthread_mutex_lock(&a->mu);
+		if (a->head != NULL || a->unsealed > 0) {
+			struct item *batch = a->head;
 
-		a->head = i->next;
-		free(i->rest);
-		free(i);
+			a->head = NULL;
+			a->tail = &a->head;
+			a->writing = 1;
+			write_locked(a, batch, "", NULL);
+		}
+		snprintf(fields, sizeof(fields), ",\"event\":\"stop\",\"records\":%llu%s",
+			 (unsigned long long)a->written_run + 1, a->broken ? ",\"lost\":1" : "");
+		if (a->broken) {
+			cf_log_error("audit: stopping without a clean anchor: the trail cannot be "
+				     "written (%s)", a->reason);
+		} else {
+			a->writing = 1;
+			pthread_mutex_unlock(&a->mu);
+			{
+				struct batch_end be = { fields, 1, a->ob_gen, a->ob_written, 0 };
+
+				if (write_batch(a, NULL, &be, &a->seq, a->chain, &a->size) != CF_OK)
+					cf_log_error("audit: cannot write the stop record: %s",
+						     cf_error_detail());
+			}
+			pthread_mutex_lock(&a->mu);
+			a->writing = 0;
+		}
+		pthread_mutex_unlock(&a->mu);
 	}
+	items_free(a->head);
 	if (a->fd >= 0)
 		close(a->fd);
-	cf_p11_key_free(a->key);
+	free(a->pending_start);
+	EVP_PKEY_free(a->pub);
+	cf_p11_key_free(a->seal_key);
+	cf_p11_key_free(a->hmac_key);
 	pthread_cond_destroy(&a->work);
 	pthread_cond_destroy(&a->written);
+	pthread_mutex_destroy(&a->ob_mu);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
 }
 
 /* ---- calls ---- */
+
+/* The detail of a call refused for its record (mu held). */
+static int
+refused_locked(audit *a, const char *what)
+{
+	char why[sizeof(a->reason)];
+
+	snprintf(why, sizeof(why), "%s", a->reason);
+	return cf_error(CF_E_UNAVAILABLE, "the audit trail cannot be written (%s): %s; this "
+			"daemon fails closed (audit.failure = closed); free the disk or fix %s",
+			why, what, a->path);
+}
 
 int
 audit_admit(audit *a)
@@ -468,9 +844,7 @@ audit_admit(audit *a)
 
 	pthread_mutex_lock(&a->mu);
 	if (a->broken && !a->cfg.fail_open) {
-		r = cf_error(CF_E_UNAVAILABLE, "the audit trail cannot be written (%s), and this "
-			     "daemon fails closed (audit.failure = closed); free the disk or fix "
-			     "%s", a->reason, a->path);
+		r = refused_locked(a, "calls are refused until it can");
 	} else if (a->broken && (now = time(NULL)) - a->last_alarm >= ALARM_EVERY_S) {
 		a->last_alarm = now;
 		cf_log_error("ALARM: audit: the trail cannot be written (%s); calls go on "
@@ -491,64 +865,112 @@ audit_healthy(audit *a)
 	return ok;
 }
 
-void
+/* Mark the trail broken after a wait past max_wait_ms (mu held). */
+static void
+timed_out_locked(audit *a)
+{
+	if (!a->broken)
+		cf_log_error("audit: a record waited more than %u ms", a->cfg.max_wait_ms);
+	a->broken = 1;
+	snprintf(a->reason, sizeof(a->reason), "a record waited more than %u ms to be written",
+		 a->cfg.max_wait_ms);
+}
+
+int
 audit_record(audit *a, const struct audit_event *ev)
 {
-	char rec[LINE_MAX_BYTES - 128], t[32];
+	char rec[CF_AUDIT_LINE_MAX - 128];
 	struct item *it;
-	size_t n;
-	uint64_t ticket;
+	int status = 1, r = CF_OK;
 
-	now_iso(t);
-	n = (size_t)snprintf(rec, sizeof(rec), "\"time\":\"%s\",\"principal\":", t);
-	n += json_str(rec + n, sizeof(rec) - n, ev->principal ? ev->principal : "");
-	n += (size_t)snprintf(rec + n, sizeof(rec) - n, ",\"uid\":%u,\"pid\":%d,\"socket\":\"%s\","
-			      "\"sealed\":%s,\"method\":", (unsigned)ev->uid, (int)ev->pid,
-			      ev->admin ? "admin" : "service", ev->sealed ? "true" : "false");
-	n += json_str(rec + n, sizeof(rec) - n, ev->method);
-	n += (size_t)snprintf(rec + n, sizeof(rec) - n, ",\"key\":");
-	n += json_str(rec + n, sizeof(rec) - n, ev->key ? ev->key : "");
-	n += (size_t)snprintf(rec + n, sizeof(rec) - n, ",\"version\":%u,\"result\":\"%s\","
-			      "\"request_id\":", ev->version, ev->result);
-	json_str(rec + n, sizeof(rec) - n, ev->request_id ? ev->request_id : "");
+	if (audit_format_change(ev, rec, sizeof(rec)) < 0) {
+		/* Only an oversized field does this; the call is still recorded. */
+		struct audit_event cut = *ev;
+
+		cut.request_id = "(too long)";
+		cut.replay_of = NULL;
+		(void)audit_format_change(&cut, rec, sizeof(rec));
+	}
+	pthread_mutex_lock(&a->mu);
 	if ((it = calloc(1, sizeof(*it))) == NULL || (it->rest = strdup(rec)) == NULL) {
 		free(it);
-		pthread_mutex_lock(&a->mu);
 		a->lost++;
 		a->broken = 1;
 		snprintf(a->reason, sizeof(a->reason), "out of memory");
-		pthread_mutex_unlock(&a->mu);
-		return;
+		if (!a->cfg.fail_open)
+			r = refused_locked(a, "this call's record is not written");
+		goto out;
 	}
-	pthread_mutex_lock(&a->mu);
 	*a->tail = it;
 	a->tail = &it->next;
-	ticket = ++a->queued;
 	if (a->cfg.fail_open) {
 		pthread_cond_signal(&a->work);
 	} else {
 		struct timespec until;
 
+		it->status = &status;
 		deadline_in(&until, a->cfg.max_wait_ms);
 		/* Group commit: the first caller to find nobody writing writes
 		 * every queued record, its own included; the others wait. */
-		while (a->done < ticket) {
+		while (status == 1) {
 			if (!a->writing) {
 				write_queue_locked(a);
 				continue;
 			}
-			if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0) {
-				if (!a->broken)
-					cf_log_error("audit: a record waited more than %u ms",
-						     a->cfg.max_wait_ms);
-				a->broken = 1;
-				snprintf(a->reason, sizeof(a->reason), "a record waited more than "
-					 "%u ms to be written", a->cfg.max_wait_ms);
+			if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 &&
+			    status == 1) {
+				it->status = NULL;   /* still queued or being written: not ours now */
+				timed_out_locked(a);
 				break;
 			}
 		}
+		if (status != CF_OK)
+			r = refused_locked(a, "this call's record is not written, so its result "
+					   "is withheld");
 	}
+out:
 	pthread_mutex_unlock(&a->mu);
+	return r;
+}
+
+int
+audit_flush_outbox(audit *a)
+{
+	struct timespec until;
+	uint64_t fails;
+	int64_t max;
+	int r;
+
+	pthread_mutex_lock(&a->mu);
+	fails = a->failures;
+	pthread_mutex_unlock(&a->mu);
+	if ((r = outbox_enqueue(a, &max)) != CF_OK) {
+		char why[CF_ERROR_DETAIL_MAX];
+
+		snprintf(why, sizeof(why), "%s", cf_error_detail());
+		cf_log_error("audit: cannot read the audit outbox: %s", why);
+		return a->cfg.fail_open ? CF_OK :
+			cf_error(CF_E_UNAVAILABLE, "the audit trail cannot take the change's record "
+				 "(%s); it stays in the outbox", why);
+	}
+	pthread_mutex_lock(&a->mu);
+	deadline_in(&until, a->cfg.max_wait_ms ? a->cfg.max_wait_ms : 5000);
+	while (a->ob_written < max && a->failures == fails) {
+		if (!a->writing && a->head != NULL) {
+			write_queue_locked(a);
+			continue;
+		}
+		if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 &&
+		    a->ob_written < max) {
+			timed_out_locked(a);
+			break;
+		}
+	}
+	r = a->ob_written >= max || a->cfg.fail_open ? CF_OK :
+		refused_locked(a, "the change's record stays in the state store's outbox and is "
+			       "written once the trail can be, but the call's result is withheld");
+	pthread_mutex_unlock(&a->mu);
+	return r;
 }
 
 /* ---- reading ---- */
@@ -564,7 +986,7 @@ audit_lines_free(char **lines, size_t count)
 int
 audit_tail(audit *a, size_t n, char ***lines, size_t *count)
 {
-	size_t want = n * LINE_MAX_BYTES, len;
+	size_t want = n * CF_AUDIT_LINE_MAX, len;
 	struct stat st;
 	off_t size, from;
 	char *buf, *p, **out;
@@ -621,90 +1043,24 @@ audit_tail(audit *a, size_t n, char ***lines, size_t *count)
 	return CF_OK;
 }
 
-static int
-bad(struct audit_report *rep, uint64_t line, const char *why)
-{
-	rep->ok = 0;
-	rep->first_bad = line;
-	snprintf(rep->reason, sizeof(rep->reason), "record %llu: %s", (unsigned long long)line,
-		 why);
-	return CF_OK;
-}
-
 int
-audit_verify(audit *a, struct audit_report *rep)
+audit_verify(audit *a, struct cf_audit_report *rep)
 {
-	uint8_t prev[32], before[32], c[32], end_chain[32], in[40], mac[32];
-	uint64_t end_seq, line = 0;
-	off_t end, at = 0;
-	FILE *f;
-	char *buf = NULL;
-	size_t cap = 0;
-	ssize_t got;
-	int r = CF_OK;
+	struct cf_audit_verify_opts o;
+	struct cf_audit_anchor end;
 
-	memset(rep, 0, sizeof(*rep));
-	memset(prev, 0, sizeof(prev));
+	/* The daemon knows exactly where it last wrote: the strictest anchor. */
+	memset(&o, 0, sizeof(o));
+	memset(&end, 0, sizeof(end));
 	pthread_mutex_lock(&a->mu);
-	end = a->size;
-	end_seq = a->seq;
-	memcpy(end_chain, a->chain, 32);
+	end.seq = a->seq;
+	memcpy(end.chain, a->chain, 32);
+	o.limit = a->size;
 	pthread_mutex_unlock(&a->mu);
-	if ((f = fopen(a->path, "r")) == NULL)
-		return cf_error(CF_E_IO, "cannot read %s: %s", a->path, strerror(errno));
-	rep->ok = 1;
-	while (at < end && (got = getline(&buf, &cap, f)) > 0) {
-		unsigned long long seq;
-		char *ch, *seal;
-
-		line++;
-		at += got;
-		rep->records = line;
-		if (buf[got - 1] != '\n' || (ch = strstr(buf, CHAIN_FIELD)) == NULL ||
-		    strlen(ch) != strlen(CHAIN_FIELD) + 64 + 3 ||
-		    strcmp(ch + strlen(CHAIN_FIELD) + 64, "\"}\n") != 0 ||
-		    lower_hex(ch + strlen(CHAIN_FIELD), c, 32) != 0) {
-			bad(rep, line, "malformed: no chain value where it belongs");
-			break;
-		}
-		if (sscanf(buf, "{\"seq\":%llu,", &seq) != 1 || seq != line) {
-			bad(rep, line, "its sequence number is not its position: a record before "
-			    "it was deleted or inserted, or this one was altered");
-			break;
-		}
-		memcpy(before, prev, 32);
-		chain_next(before, buf, (size_t)(ch - buf), prev);
-		if (CRYPTO_memcmp(prev, c, 32) != 0) {
-			bad(rep, line, "its chain value does not follow from its content and the "
-			    "record before it: it was altered");
-			break;
-		}
-		*ch = '\0';
-		if ((seal = strstr(buf, ",\"seal\":\"")) == NULL)
-			continue;
-		/* The seal authenticates, in the token, the chain value before it. */
-		if (strlen(seal + 9) != 64 + 1 || lower_hex(seal + 9, mac, 32) != 0) {
-			bad(rep, line, "malformed seal");
-			break;
-		}
-		seal_input(before, seq, in);
-		r = cf_p11_mac_verify(a->key, in, sizeof(in), mac, sizeof(mac));
-		if (r == CF_E_BAD_SIGNATURE) {
-			r = CF_OK;
-			bad(rep, line, "its seal does not verify with the token's audit key: the "
-			    "records before it were rewritten");
-			break;
-		}
-		if (r != CF_OK)
-			break;
-		rep->seals++;
-	}
-	free(buf);
-	fclose(f);
-	if (r == CF_OK && rep->ok && line < end_seq)
-		bad(rep, line + 1, "missing: the trail ends before the last record the daemon "
-		    "wrote (records were removed from its end)");
-	else if (r == CF_OK && rep->ok && line == end_seq && CRYPTO_memcmp(prev, end_chain, 32))
-		bad(rep, line, "the last record is not the one the daemon wrote");
-	return r;
+	o.pub = a->pub;
+	o.anchor = end.seq > 0 ? &end : NULL;
+	o.exact = 1;
+	o.hmac_verify = a->hmac_key != NULL ? hmac_check : NULL;
+	o.hmac_arg = a->hmac_key;
+	return cf_audit_verify_file(a->path, &o, rep);
 }

@@ -2,25 +2,44 @@
  * audit.h — the audit trail: one append-only record per call in
  * <state_dir>/audit.log (JSON lines), never a secret, plaintext or message
  * body: time, principal, uid/pid, socket, method, key and version, result,
- * request id.
+ * request id (and replay_of: the request id of the original call, when a
+ * retried idempotent call is answered from its record).
  *
- * Tamper evidence: record i carries chain_i = SHA-256(chain_{i-1} ‖ body_i)
- * (body: the line without its chain field), and seal records (once the
- * writer has been idle 20 ms, and at least every 100 ms under load) hold
- * HMAC-SHA256 over the chain value before them, computed inside the token
- * with the audit key
- * "coffer.audit" (generated there, never extractable). Changing or deleting
- * a record breaks the chain at the record itself; rewriting the chain from
- * there on needs the token's key for the next seal. audit_verify names the
- * first bad record.
+ * Tamper evidence (client/common/cf_audit_verify.h, shared with cofferctl's
+ * offline verifier): record i carries chain_i = SHA-256(chain_{i-1} ‖ body_i),
+ * and seal records (once the writer has been idle 20 ms, at least every
+ * 100 ms under load, and the start and stop records) carry an ECDSA P-256
+ * signature by the token key "coffer.audit-seal" (never extractable; its
+ * public key is written to <state_dir>/audit-seal.pub for auditors). The
+ * state store keeps an anchor — the last record's number and chain value —
+ * moved at every seal, after every batch of outbox records, and at a clean
+ * stop (marked clean). A cut, rewritten or rolled-back tail shows as a trail
+ * that ends before its anchor; after a clean stop, anything beyond the anchor
+ * is an insertion. Older trails' HMAC seals (key "coffer.audit") are still
+ * checked when that key exists.
  *
- * Records are appended in batches (one write per batch; the token MAC only
- * for seals): fail closed, a call whose record is queued writes the whole
- * queue itself when nobody else is writing (group commit); a writer thread
- * writes the records of fail-open calls, seals, and retries a broken trail. Failure mode (config): fail closed — while the trail cannot
- * be written, calls are refused (and the health check says NOT_SERVING),
- * and each call waits up to max_wait_ms for its record; or fail open — calls
- * go on, with an alarm in the log every 10 s.
+ * Start: the trail is checked against the anchor. Records past a non-clean
+ * anchor (written after the last anchor by a daemon that then crashed) are
+ * adopted and a torn last line is cut; what the check found (adopted
+ * records, cut bytes, or tampering and where) goes into the start record, so
+ * that a tamper found once stays visible to every later verify.
+ *
+ * Outbox: the state store commits the record of each change with the change
+ * (store_call, formatted by audit_format_change); the trail moves those
+ * records into the file exactly once, in outbox order, each marked
+ * "outbox":<id> so that a crash between the write and the outbox delete is
+ * recognised at the next start.
+ *
+ * Records are appended in batches (one write per batch; the token signs only
+ * seals): fail closed, a call whose record is queued writes the whole queue
+ * itself when nobody else is writing (group commit); a writer thread writes
+ * the records of fail-open calls, seals, and retries a broken trail once a
+ * second. Failure mode (config): fail closed — a call's result is released
+ * only once its record is written (fdatasync'ed); while the trail cannot be
+ * written, calls are refused and health says NOT_SERVING; or fail open —
+ * calls go on, with an alarm in the log every 10 s. A failed write leaves no
+ * partial line (the file is cut back); records that could not be written are
+ * counted in a "resumed" record once the trail is writable again.
  */
 #ifndef COFFER_AUDIT_H
 #define COFFER_AUDIT_H
@@ -29,9 +48,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cf_audit_verify.h"
 #include "cf_p11.h"
+#include "store.h"
 
-#define AUDIT_KEY "coffer.audit"
+#define AUDIT_KEY "coffer.audit"            /* HMAC seals of older trails */
+#define AUDIT_SEAL_KEY "coffer.audit-seal"  /* ECDSA P-256: signs seals */
+#define AUDIT_SEAL_PUB "audit-seal.pub"     /* its public key, in state_dir */
 #define AUDIT_REQUEST_ID_MAX 64
 
 struct audit_cfg {
@@ -51,23 +74,42 @@ struct audit_event {
 	uint32_t version;        /* 0 if none */
 	const char *result;      /* gRPC status name, "OK" */
 	const char *request_id;
+	const char *replay_of;   /* answered from the record of this request id; NULL: not a
+	                            replay */
 };
 
 typedef struct audit audit;
 
-/* Open (or create) the trail and the audit key; resume the chain from the
- * last record (a torn last line, from a crash mid-write, is cut off and
- * reported). Starts the writer. */
-int audit_open(const char *state_dir, cf_p11 *p11, const struct audit_cfg *cfg, audit **out);
-/* Write what is queued, stop the writer, close. Accepts NULL. */
+/* Open (or create) the trail; ensure the seal key and write its public key;
+ * check the trail against the anchor in st, move committed records from the
+ * outbox into it, write the start record and anchor it; start the writer.
+ * st may be NULL (no anchor, no outbox: unit tests). A start record that
+ * cannot be written leaves the trail broken (retried by the writer), not the
+ * daemon down. SIGXFSZ is ignored from here on (a file-size limit makes the
+ * write fail instead of killing the process). */
+int audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg *cfg,
+	       audit **out);
+/* Write what is queued and what is in the outbox, a seal and the stop record;
+ * anchor the end as a clean stop; stop the writer, close. Accepts NULL. */
 void audit_close(audit *a);
 
 /* CF_OK, or (fail closed, the trail cannot be written) CF_E_UNAVAILABLE with
  * the reason: the call must not run. */
 int audit_admit(audit *a);
-/* Queue the record of a finished call. Fail closed: wait (bounded) until it
- * is written; a timeout marks the trail broken. */
-void audit_record(audit *a, const struct audit_event *ev);
+/* Record a finished call. Fail closed: waits (bounded by max_wait_ms) until
+ * the record is written and returns CF_OK, or CF_E_UNAVAILABLE with the
+ * reason (the trail is then broken): the call's result must not be released.
+ * Fail open: queues it and returns CF_OK. */
+int audit_record(audit *a, const struct audit_event *ev);
+/* The body of ev's record as audit_record writes it, without its sequence
+ * number and chain (for the store's outbox), into buf (NUL-terminated).
+ * Returns the length, or -1 if it does not fit. Thread-safe, no locks. */
+int audit_format_change(const struct audit_event *ev, char *buf, size_t len);
+/* Move the outbox's records into the trail (after a call committed a change).
+ * CF_OK once they are written; fail closed, CF_E_UNAVAILABLE with the reason
+ * if they cannot be (they stay in the outbox; the writer retries). Fail open:
+ * CF_OK. */
+int audit_flush_outbox(audit *a);
 /* 0 if calls are refused because the trail cannot be written (fail closed);
  * for the health check. */
 int audit_healthy(audit *a);
@@ -77,15 +119,9 @@ int audit_healthy(audit *a);
 int audit_tail(audit *a, size_t n, char ***lines, size_t *count);
 void audit_lines_free(char **lines, size_t count);
 
-struct audit_report {
-	int ok;
-	uint64_t records;        /* records read */
-	uint64_t seals;          /* token MACs checked */
-	uint64_t first_bad;      /* line number (1-based) of the first bad record */
-	char reason[256];
-};
-/* Check the whole trail: every chain value, every seal (in the token), and
- * that the file ends where the writer last wrote. */
-int audit_verify(audit *a, struct audit_report *rep);
+/* Check the whole trail: every chain value, every seal, start records that
+ * report tampering, and that the file ends exactly where the writer last
+ * wrote. CF_OK with the verdict in rep, or an error. */
+int audit_verify(audit *a, struct cf_audit_report *rep);
 
 #endif

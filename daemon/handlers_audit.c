@@ -40,7 +40,7 @@ static int
 h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	Coffer__V1__VerifyAuditResponse *out;
-	struct audit_report rep;
+	struct cf_audit_report rep;
 	int r;
 
 	(void)m;

@@ -7,19 +7,29 @@ of <state_dir>/audit.log:
   in the trailing metadata); refused calls too; health checks not;
 * `cofferctl audit verify` passes on the untouched trail, and names the
   first bad record when one byte is changed or a record is deleted (and
-  passes again once repaired); the chain is resumed across a restart, and a
-  torn last record (a crash mid-write) is cut off;
+  passes again once repaired); a crash's torn last record is cut off at the
+  next start;
+* every tamper of issue 13 (flip a byte, delete, insert, reorder, drop the
+  last record, cut it in half, forge it with a recomputed chain after
+  deleting the last seals, replace the file with an older copy) is named —
+  line and reason — by the offline verifier (`cofferctl audit verify --file
+  --public-key --state-db`, no daemon) and by the daemon's own verify after
+  it starts on the tampered trail; a clean stop and a SIGKILL followed by a
+  start both verify intact, the start record saying what it found;
 * after a run that wraps, unwraps, makes a data key, imports a key, issues
   an API key and rotates keys, none of those secrets is in the trail or the
   log (raw, hex, base64);
 * fail closed: a trail that cannot be written (a file size limit) refuses
   calls with UNAVAILABLE and the health check says NOT_SERVING; fail open:
-  calls go on and the log raises an alarm.
+  calls go on and the log raises an alarm (tests/test_audit_failclosed.py:
+  the three failure kinds).
 """
 import base64
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -110,7 +120,8 @@ class AuditTrail(unittest.TestCase):
         want = {"seq", "time", "principal", "uid", "pid", "socket", "sealed", "method", "key",
                 "version", "result", "request_id", "chain"}
         for r in recs:
-            self.assertEqual(set(r), want, r)
+            # Records of committed changes come through the store's outbox.
+            self.assertEqual(set(r) - {"outbox"}, want, r)
         by = {}
         for r in recs:
             by.setdefault(r["method"].rsplit("/", 1)[1], []).append(r)
@@ -125,7 +136,8 @@ class AuditTrail(unittest.TestCase):
         mine = [r for r in by["Sign"] if r["request_id"] == self.sign_rid]
         self.assertEqual(len(mine), 1)
         self.assertEqual(self.trailer.get("x-request-id"), self.sign_rid)
-        self.assertEqual(by["CreateApiKey"][0]["key"], "tester")
+        # The record of the change names what it made (the API key's id).
+        self.assertTrue(by["CreateApiKey"][0]["key"].startswith("ak_"), by["CreateApiKey"])
         self.assertEqual(by["CreateApiKey"][0]["sealed"], True)
         self.assertNotIn("Check", by)  # health checks are not recorded
         # Sealed calls are recorded once, as their inner call.
@@ -218,7 +230,7 @@ class AuditTrail(unittest.TestCase):
             self.assertEqual(rc, 1, out)
             self.assertIn("seal does not verify", out)
             # The first seal after the edited record is where it shows.
-            j = next(i for i in range(k + 1, len(lines)) if b'"seal":"' in lines[i])
+            j = next(i for i in range(k + 1, len(lines)) if b'"sig":"' in lines[i])
             self.assertIn("BROKEN at record %d:" % (j + 1), out)
         finally:
             # Back as it was, with what the daemon appended meanwhile.
@@ -229,9 +241,11 @@ class AuditTrail(unittest.TestCase):
         rc, out = self.verify()
         self.assertEqual(rc, 0, out)
 
-    def test_zz_restart_resumes_the_chain_and_cuts_a_torn_record(self):
+    def test_zz_crash_torn_record_is_cut_at_restart(self):
+        """A daemon killed while writing leaves a torn last line past its
+        anchor: the next start cuts it, says so, and the chain goes on."""
         n = len(self.records())
-        self.d.stop()
+        self.d.stop(sig=signal.SIGKILL, expect=None)
         with open(self.path, "ab") as f:
             f.write(b'{"seq":%d,"time":"2026-' % (n + 1))
         self.d.start()
@@ -242,6 +256,268 @@ class AuditTrail(unittest.TestCase):
         recs = self.records()
         self.assertGreater(len(recs), n)
         self.assertEqual([r["seq"] for r in recs], list(range(1, len(recs) + 1)))
+        start = [r for r in recs if r.get("event") == "start"][-1]
+        self.assertEqual(start["anchor"], "crash")
+        self.assertGreater(start["cut_bytes"], 0)
+        self.assertNotIn("tampered", start)
+
+
+def ctl_offline(*args):
+    return subprocess.run([os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(
+        HERE, "..", "build")), "cofferctl")] + list(args), capture_output=True, timeout=60)
+
+
+def rechain(lines, k):
+    """Recompute the chain values of lines[k:] (what anyone can do: SHA-256
+    needs no key)."""
+    import hashlib
+    prev = bytes(32) if k == 0 else bytes.fromhex(json.loads(lines[k - 1])["chain"])
+    for i in range(k, len(lines)):
+        body = lines[i][:lines[i].rindex(b',"chain":"')]
+        prev = hashlib.sha256(prev + body).digest()
+        lines[i] = body + b',"chain":"' + prev.hex().encode() + b'"}'
+    return lines
+
+
+class Tampering(unittest.TestCase):
+    """Each tamper of issue 13, made while the daemon is stopped, named by the
+    offline verifier (from the state store's anchor) and by the daemon's
+    verify once it has started on the tampered trail."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = d = CofferDaemon()
+        d.start()
+        cls.path = os.path.join(d.state_dir, "audit.log")
+        cls.db = os.path.join(d.state_dir, "coffer.db")
+        cls.pub = os.path.join(d.state_dir, "audit-seal.pub")
+        adm, svc = d.admin_stub(), d.service_stub()
+        adm.CreateKey(pb.CreateKeyRequest(name="t", type=pb.EC_P256), timeout=TIMEOUT)
+        for i in range(3):
+            svc.Sign(pb.SignRequest(key="t", message=b"%d" % i), timeout=TIMEOUT)
+        d.stop()
+        with open(cls.path, "rb") as f:
+            cls.older = f.read()       # an older copy: the trail at the first clean stop
+        d.start()
+        svc = d.service_stub()
+        svc.Sign(pb.SignRequest(key="t", message=b"a"), timeout=TIMEOUT)
+        time.sleep(0.2)                # sealed when idle
+        svc.Sign(pb.SignRequest(key="t", message=b"last"), timeout=TIMEOUT)
+        time.sleep(0.2)
+        d.stop()
+        cls.saved = os.path.join(d.dir, "saved")
+        os.makedirs(cls.saved)
+        cls.state_files = [f for f in os.listdir(d.state_dir) if f.startswith("coffer.db")]
+        for f in cls.state_files:
+            shutil.copy(os.path.join(d.state_dir, f), cls.saved)
+        with open(cls.path, "rb") as f:
+            cls.pristine = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def setUp(self):
+        # Every test starts from the trail and state store of the clean stop.
+        for f in os.listdir(self.d.state_dir):
+            if f.startswith("coffer.db"):
+                os.unlink(os.path.join(self.d.state_dir, f))
+        for f in self.state_files:
+            shutil.copy(os.path.join(self.saved, f), self.d.state_dir)
+        with open(self.path, "wb") as f:
+            f.write(self.pristine)
+
+    def tearDown(self):
+        if self.d.running:
+            self.d.stop()
+
+    def lines(self):
+        return self.pristine.split(b"\n")[:-1]
+
+    def write(self, data):
+        with open(self.path, "wb") as f:
+            f.write(data)
+
+    def offline(self):
+        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", self.pub,
+                        "--state-db", self.db)
+        return r.returncode, r.stdout.decode() + r.stderr.decode()
+
+    def daemon_verify(self):
+        self.d.start()
+        r = Ctl(self.d)("audit", "verify", ok=False)
+        return r.returncode, r.stdout.decode() + r.stderr.decode()
+
+    def assert_named(self, line, *words):
+        """Both verifiers name `line` (1-based) and say why."""
+        for who, (rc, out) in (("offline", self.offline()), ("daemon", self.daemon_verify())):
+            self.assertEqual(rc, 1, "%s: %s" % (who, out))
+            self.assertIn("BROKEN at record %d: record %d:" % (line, line), out, who)
+            for w in words:
+                self.assertIn(w, out, "%s: %s" % (who, out))
+        # The daemon said so at its start too, and sealed that in its start
+        # record (every later verify reports it).
+        self.assertIn("ALARM: audit: %s was altered" % self.path, self.d.log(all_starts=False))
+
+    def test_intact_after_clean_stop_and_start(self):
+        rc, out = self.offline()
+        self.assertEqual(rc, 0, out)
+        self.assertIn("anchor: record %d (clean stop)" % len(self.lines()), out)
+        rc, out = self.daemon_verify()
+        self.assertEqual(rc, 0, out)
+        with open(self.path) as f:
+            events = [r for r in map(json.loads, f) if "event" in r]
+        self.assertEqual([r["event"] for r in events], ["start", "stop", "start", "stop",
+                                                         "start"])
+        self.assertEqual((events[-1]["anchor"], events[-1]["anchored"]),
+                         ("clean", len(self.lines())))
+        # After a clean stop the last record is a sealed stop record.
+        self.assertEqual(json.loads(self.lines()[-1])["event"], "stop")
+        self.assertIn("sig", json.loads(self.lines()[-1]))
+
+    def test_flip_a_byte(self):
+        lines = self.lines()
+        k = next(i for i, x in enumerate(lines) if b'"message"' not in x and
+                 b'KeyService/Sign' in x)
+        off = sum(len(x) + 1 for x in lines[:k]) + lines[k].index(b'"result":"OK"') + 10
+        data = bytearray(self.pristine)
+        data[off] ^= 0x01
+        self.write(bytes(data))
+        self.assert_named(k + 1, "altered")
+
+    def test_delete_a_record(self):
+        lines = self.lines()
+        k = len(lines) // 2
+        del lines[k]
+        self.write(b"\n".join(lines) + b"\n")
+        self.assert_named(k + 1, "missing", "deleted")
+
+    def test_insert_a_record(self):
+        lines = self.lines()
+        k = len(lines) // 2
+        lines.insert(k, lines[2])      # an old record played again
+        self.write(b"\n".join(lines) + b"\n")
+        self.assert_named(k + 1, "the record here is number 3", "inserted")
+
+    def test_reorder_two_records(self):
+        lines = self.lines()
+        k = len(lines) // 2
+        lines[k], lines[k + 1] = lines[k + 1], lines[k]
+        self.write(b"\n".join(lines) + b"\n")
+        self.assert_named(k + 1, "reordered")
+
+    def test_drop_the_last_record(self):
+        lines = self.lines()
+        self.write(b"\n".join(lines[:-1]) + b"\n")
+        self.assert_named(len(lines), "missing", "anchored in the state store",
+                          "records %d..%d were removed" % (len(lines), len(lines)))
+
+    def test_cut_the_last_record_in_half(self):
+        lines = self.lines()
+        self.write(self.pristine[:-(len(lines[-1]) // 2)])
+        self.assert_named(len(lines), "cut short")
+
+    def test_forge_the_last_record_and_delete_the_last_seals(self):
+        """Delete the seal and the stop record after the last call, rewrite
+        that call's record (it failed, say) with a recomputed chain: no seal
+        covers it any more, and the anchor shows the tail is gone."""
+        lines = self.lines()
+        k = max(i for i, x in enumerate(lines) if b'"sig":"' not in x)
+        self.assertEqual(len(lines) - k, 3)          # the call, a seal, the stop record
+        self.assertIn(b'"sig":"', lines[k - 1])      # sealed before it
+        lines = lines[:k + 1]
+        lines[k] = lines[k].replace(b'"result":"OK"', b'"result":"PERMISSION_DENIED"')
+        self.write(b"\n".join(rechain(lines, k)) + b"\n")
+        self.assert_named(k + 1, "not authenticated", "may have been rewritten")
+
+    def test_replace_the_file_with_an_older_copy(self):
+        m = self.older.count(b"\n")
+        self.write(self.older)
+        self.assert_named(m + 1, "older copy", "records %d..%d were removed"
+                          % (m + 1, len(self.lines())))
+
+    def test_offline_without_anchor_or_key(self):
+        # Without the anchor a cut tail cannot be seen (and it says so) ...
+        self.write(b"\n".join(self.lines()[:-1]) + b"\n")
+        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", self.pub)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"no anchor given", r.stdout)
+        # ... with an anchor noted elsewhere it can.
+        last = json.loads(self.lines()[-1])
+        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", self.pub,
+                        "--anchor", "%d:%s" % (last["seq"], last["chain"]))
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn(b"BROKEN at record %d:" % last["seq"], r.stdout)
+        # Another key: every seal fails, the first one named.
+        other = os.path.join(self.d.dir, "other.pem")
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                        "-out", other + ".key"], check=True)
+        subprocess.run(["openssl", "ec", "-in", other + ".key", "-pubout", "-out", other],
+                       check=True, capture_output=True)
+        self.write(self.pristine)
+        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", other,
+                        "--state-db", self.db)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn(b"BROKEN at record 1: record 1: its seal does not verify", r.stdout)
+        r = ctl_offline("audit", "verify", "--file", self.path)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"--public-key", r.stderr)
+
+
+class Crash(unittest.TestCase):
+    def test_sigkill_then_start_verifies_intact(self):
+        """SIGKILL amid a burst of calls: records written after the last
+        anchor are adopted at the next start (the start record says how
+        many) and the trail verifies intact, offline and in the daemon."""
+        import threading
+        d = CofferDaemon()
+        self.addCleanup(d.cleanup)
+        d.start()
+        path = os.path.join(d.state_dir, "audit.log")
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="c", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+        svc = d.service_stub()
+        stop = threading.Event()
+
+        def burst():
+            while not stop.is_set():
+                try:
+                    svc.Mac(pb.MacRequest(key="c", data=b"x"), timeout=TIMEOUT)
+                except grpc.RpcError:
+                    return
+        t = threading.Thread(target=burst)
+        t.start()
+        time.sleep(0.5)
+        d.stop(sig=signal.SIGKILL, expect=None)
+        stop.set()
+        t.join()
+        pub = os.path.join(d.state_dir, "audit-seal.pub")
+        db = os.path.join(d.state_dir, "coffer.db")
+        # Offline, before the restart: the anchor is not a clean stop's, so
+        # the records after it are fine (and said to be unsealed).
+        r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
+                        "--state-db", db)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"stopped without a clean stop", r.stdout)
+        with open(path) as f:
+            n = sum(1 for _ in f)
+        d.start()
+        with open(path) as f:
+            recs = [json.loads(x) for x in f]
+        start = recs[-1] if recs[-1].get("event") == "start" else \
+            [x for x in recs if x.get("event") == "start"][-1]
+        self.assertEqual(start["anchor"], "crash")
+        self.assertGreaterEqual(start["seq"], n + 1)
+        self.assertGreater(start.get("adopted", 0), 0, start)
+        self.assertEqual(start["adopted"], n - start["anchored"])
+        self.assertNotIn("tampered", start)
+        rc = Ctl(d)("audit", "verify", ok=False)
+        self.assertEqual(rc.returncode, 0, rc.stdout)
+        d.stop()
+        r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
+                        "--state-db", db)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"(clean stop)", r.stdout)
 
 
 class FailureModes(unittest.TestCase):
