@@ -1,0 +1,187 @@
+#!/usr/bin/python3
+"""Fail closed means closed (issue 13, item 7 and "must show" 4).
+
+With [audit] failure = closed, under three kinds of write failure of the
+trail — an immutable audit.log (chattr +i), a full disk (a tiny tmpfs
+holding the state directory, filled) and a file-size limit on the daemon
+(RLIMIT_FSIZE, set with prlimit on the running process) — the first call
+after the fault:
+
+* Sign: UNAVAILABLE with a message naming the audit trail and the cause,
+  and no signature;
+* RotateKey: refused UNAVAILABLE and no version made (the trail is broken by
+  then, so audit_admit refuses the call before it runs: nothing reaches the
+  token or the store);
+* health NOT_SERVING;
+
+and once the fault is removed the trail heals by itself: health SERVING, the
+"resumed" record counts the one record that could not be written (the
+Sign's, whose result was withheld), and the trail verifies intact, in the
+daemon and offline. A fault kind this machine cannot make is skipped with the
+reason printed.
+"""
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import grpc  # noqa: E402
+
+from daemon_fixture import CofferDaemon, Ctl, stubs  # noqa: E402
+
+S = stubs()
+pb = S.pb
+SC = grpc.StatusCode
+TIMEOUT = 20
+SERVING = S.health_pb.HealthCheckResponse.SERVING
+NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
+
+
+def cofferctl():
+    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+                        "cofferctl")
+
+
+class FailClosed(unittest.TestCase):
+    def daemon(self, workdir=None):
+        d = CofferDaemon(config={"audit": {"failure": "closed", "max_wait_ms": "2000"}},
+                         workdir=workdir)
+        self.addCleanup(d.cleanup)
+        return d
+
+    def start(self, d):
+        d.start()
+        self.path = os.path.join(d.state_dir, "audit.log")
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="s", type=pb.EC_P256),
+                                 timeout=TIMEOUT)
+        self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"ok"),
+                                              timeout=TIMEOUT).signature)
+        time.sleep(0.3)     # the idle seal lands before the fault
+        return d
+
+    def health(self, d):
+        return S.health_pb_grpc.HealthStub(d.channel()).Check(
+            S.health_pb.HealthCheckRequest(), timeout=TIMEOUT).status
+
+    def check_closed(self, d, cause):
+        """The fault is in place: nothing is released without its record.
+        (On a full tmpfs a record may still fit in the file's last page: a
+        call answered OK must then have its record in the file.)"""
+        for _ in range(100):
+            before = os.path.getsize(self.path)
+            try:
+                sig = d.service_stub().Sign(pb.SignRequest(key="s", message=b"under fault"),
+                                            timeout=TIMEOUT).signature
+            except grpc.RpcError as e:
+                err = e
+                break
+            self.assertTrue(sig)
+            with open(self.path, "rb") as f:
+                f.seek(before)
+                self.assertIn(b"/coffer.v1.KeyService/Sign", f.read())
+        else:
+            self.fail("the fault never showed")
+        self.assertEqual(err.code(), SC.UNAVAILABLE, err.details())
+        self.assertIn("audit trail cannot be written", err.details())
+        self.assertIn(cause, err.details())
+        self.assertIn("fails closed", err.details())
+        # The error carries no signature back, and no torn record stayed
+        # behind.
+        self.assertEqual(os.path.getsize(self.path), before)
+        with self.assertRaises(grpc.RpcError) as cm:
+            d.admin_stub().RotateKey(pb.RotateKeyRequest(name="s"), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+        self.assertIn("audit trail cannot be written", cm.exception.details())
+        self.assertEqual(self.health(d), NOT_SERVING)
+
+    def check_healed(self, d):
+        deadline = time.monotonic() + 10
+        while self.health(d) != SERVING:
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.1)
+        self.assertIn("audit: the trail is written again", d.log(all_starts=False))
+        with open(self.path) as f:
+            recs = [json.loads(x) for x in f]
+        resumed = [r for r in recs if r.get("event") == "resumed"]
+        self.assertEqual(len(resumed), 1, resumed)
+        self.assertEqual(resumed[0]["lost"], 1)     # the Sign's record: its result withheld
+        # No version was made while refused.
+        listed = d.admin_stub().ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
+        k = [k for k in listed.keys if k.name == "s"][0]
+        self.assertEqual((k.primary_version, len(k.versions)), (1, 1), k)
+        self.assertFalse([r for r in recs if r.get("method", "").endswith("/RotateKey")])
+        self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"again"),
+                                              timeout=TIMEOUT).signature)
+        time.sleep(0.3)
+        r = Ctl(d)("audit", "verify", ok=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        d.stop()
+        r = subprocess.run([cofferctl(), "audit", "verify", "--file", self.path,
+                            "--public-key", os.path.join(d.state_dir, "audit-seal.pub"),
+                            "--state-db", os.path.join(d.state_dir, "coffer.db")],
+                           capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"(clean stop)", r.stdout)
+
+    def test_immutable_trail(self):
+        d = self.start(self.daemon())
+        if subprocess.run(["chattr", "+i", self.path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here (filesystem or capability)")
+        try:
+            self.check_closed(d, "Operation not permitted")
+        finally:
+            subprocess.run(["chattr", "-i", self.path], check=True)
+        self.check_healed(d)
+
+    def test_full_disk(self):
+        work = tempfile.mkdtemp(prefix="coffer-full-")
+        self.addCleanup(shutil.rmtree, work, True)
+        d = self.daemon(workdir=work)
+        os.makedirs(d.state_dir, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
+                            d.state_dir], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs for the state directory: %s" % r.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", d.state_dir])
+        self.start(d)
+        filler = os.path.join(d.state_dir, "filler")
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        try:
+            self.check_closed(d, "No space left on device")
+        finally:
+            os.unlink(filler)
+        self.check_healed(d)
+
+    def test_file_size_limit(self):
+        d = self.start(self.daemon())
+        size = os.path.getsize(self.path)
+        _, hard = resource.prlimit(d.pid, resource.RLIMIT_FSIZE)
+        try:
+            # The soft limit only: it can be raised again without privilege.
+            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (size, hard))
+        except (OSError, AttributeError) as e:
+            self.skipTest("cannot set RLIMIT_FSIZE on the daemon: %s" % e)
+        try:
+            self.check_closed(d, "File too large")
+            self.assertTrue(d.running, "a file-size limit must not kill the daemon (SIGXFSZ)")
+        finally:
+            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        self.check_healed(d)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
