@@ -381,7 +381,7 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	rec.secrets[0].created = now;
 	if ((r = new_secret(a, rec.id, 1, import, &k, secret)) != CF_OK)
 		goto out;
-	if ((r = store_apikey_put(a->st, &rec, 1)) != CF_OK ||
+	if ((r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK ||
 	    (r = publish(a, NULL, &rec, &k, gone, &ngone)) != CF_OK) {
 		destroy_handles(&k, 1, "not recorded");
 		cf_secret_free(*secret);
@@ -443,7 +443,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	rec.next_generation = gen + 1;
 	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
 		goto out;
-	if ((r = store_apikey_put(a->st, &rec, 0)) != CF_OK ||
+	if ((r = store_apikey_put(a->st, &rec, 0, gen, 0)) != CF_OK ||
 	    (r = publish(a, e, &rec, k, gone, &ngone)) != CF_OK) {
 		destroy_handles(k, 1, "not recorded");
 		cf_secret_free(*secret);
@@ -468,7 +468,7 @@ revoke_locked(apikeys *a, struct entry *e, int64_t now)
 
 	rec.revoked = now;
 	rec.nsecrets = 0;
-	if ((r = store_apikey_put(a->st, &rec, 0)) != CF_OK ||
+	if ((r = store_apikey_put(a->st, &rec, 0, 0, 0)) != CF_OK ||
 	    (r = publish(a, e, &rec, NULL, gone, &ngone)) != CF_OK)
 		return r;
 	destroy_handles(gone, ngone, "revoked");
@@ -528,6 +528,21 @@ apikeys_list(apikeys *a, const char *principal, struct store_apikey **out, size_
 	return CF_OK;
 }
 
+int
+apikeys_get(apikeys *a, const char *id, struct store_apikey *out)
+{
+	struct entry *e;
+	int r = CF_OK;
+
+	pthread_rwlock_rdlock(&a->lk);
+	if ((e = find(a, id)) != NULL)
+		*out = e->rec;
+	else
+		r = cf_error(CF_E_NOT_FOUND, "no API key %s", id);
+	pthread_rwlock_unlock(&a->lk);
+	return r;
+}
+
 void
 apikeys_expire(apikeys *a, int64_t now)
 {
@@ -548,7 +563,7 @@ apikeys_expire(apikeys *a, int64_t now)
 			continue;
 		/* The record goes first: a crash before the token object is
 		 * destroyed leaves an unclaimed object, destroyed at start. */
-		if (store_apikey_put(a->st, &rec, 0) != CF_OK ||
+		if (store_apikey_put(a->st, &rec, 0, 0, 0) != CF_OK ||
 		    publish(a, e, &rec, k, gone, &ngone) != CF_OK) {
 			cf_log_error("API key %s: retiring expired secrets: %s", rec.id,
 				     cf_error_detail());

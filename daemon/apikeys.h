@@ -59,6 +59,8 @@ int apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey 
 int apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now);
 /* Keys by id (principal NULL or "": all), revoked ones too; free() *out. */
 int apikeys_list(apikeys *a, const char *principal, struct store_apikey **out, size_t *n);
+/* One key, revoked ones too. CF_E_NOT_FOUND. */
+int apikeys_get(apikeys *a, const char *id, struct store_apikey *out);
 /* Destroy secrets whose deadline has passed. */
 void apikeys_expire(apikeys *a, int64_t now);
 

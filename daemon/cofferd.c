@@ -17,6 +17,7 @@
 
 #include <grpc/grpc.h>
 
+#include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_p11.h"
 #include "cf_status.h"
@@ -75,6 +76,7 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		{ "workers", required_argument, NULL, 'w' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "crash-points", no_argument, NULL, 'X' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *file = NULL;
@@ -86,6 +88,14 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 			file = optarg;
 		else if (ch == 'h') {
 			usage(stdout);
+			exit(0);
+		} else if (ch == 'X') {
+			/* The named crash points of this build (cf_crashpoint.h). */
+			if (cf_crashpoint_list(stdout) == 0) {
+				fprintf(stderr, "cofferd: built without crash points "
+					"(-DCOFFER_CRASH_POINTS=ON)\n");
+				exit(2);
+			}
 			exit(0);
 		} else if (ch == '?') {
 			usage(stderr);
@@ -132,7 +142,25 @@ struct lifecycle_note {
 	audit *au;
 };
 
-/* What the daemon did on its own (keyring_tick): logged and audited. */
+/* The audit record of a change the daemon made on its own, committed with
+ * the change (keyring_set_recorder). */
+static int
+own_change_record(const char *method, const char *name, uint32_t version, char *buf,
+		  size_t len, void *arg)
+{
+	struct audit_event ev = {
+		.principal = "cofferd", .uid = geteuid(), .pid = getpid(), .admin = 1,
+		.method = method, .key = name, .version = version, .result = "OK",
+		.request_id = strcmp(method, "cofferd/ScheduledRotation") == 0 ?
+			      "scheduled-rotation" : "scheduled-destruction",
+	};
+
+	(void)arg;
+	return audit_format_change(&ev, buf, len);
+}
+
+/* What the daemon did on its own (keyring_tick): logged; a failure also
+ * audited (a change's own record was committed with it). */
 static void
 lifecycle_done(const char *name, uint32_t version, const char *what, int status, void *arg)
 {
@@ -157,8 +185,8 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 	else
 		cf_log_info("lifecycle: key %s version %u destroyed in the token (grace period "
 			    "over)", name, version);
-	if (ln->au != NULL)
-		audit_record(ln->au, &ev);
+	if (ln->au != NULL && status != CF_OK)
+		(void)audit_record(ln->au, &ev);
 }
 
 int
@@ -183,6 +211,7 @@ main(int argc, char **argv)
 	int sig = 0, r, status = 1, grpc_up = 0;
 
 	harden();
+	cf_crashpoint_init();
 	config_defaults(&cfg);
 	cf_log_init("cofferd", CF_LOG_INFO);
 	if ((r = parse_args(argc, argv, &cfg)) != CF_OK) {
@@ -234,10 +263,11 @@ main(int argc, char **argv)
 		cf_log_error("session identity: %s", cf_error_detail());
 		goto out;
 	}
-	if ((r = audit_open(cfg.state_dir, p11, &cfg.audit, &au)) != CF_OK) {
+	if ((r = audit_open(cfg.state_dir, p11, st, &cfg.audit, &au)) != CF_OK) {
 		cf_log_error("audit trail: %s", cf_error_detail());
 		goto out;
 	}
+	keyring_set_recorder(kr, own_change_record, NULL);
 	if (cfg.unsealed_secrets)
 		cf_log_warn("session.unsealed_secrets is on: secret plaintext may cross the "
 			    "socket unsealed; use it for measurements only");
@@ -275,8 +305,10 @@ main(int argc, char **argv)
 			break;
 		/* Failing closed on the audit trail: nothing irreversible that
 		 * could not be recorded either; the work waits until it can. */
-		if (au == NULL || audit_healthy(au))
+		if (au == NULL || audit_healthy(au)) {
 			keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
+			(void)audit_flush_outbox(au);
+		}
 		if (n % 5 != 0)
 			continue;
 		session_expire(sm);

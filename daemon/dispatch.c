@@ -39,7 +39,7 @@ struct method {
 	const char *service;
 	const char *name;
 	enum where where;
-	const ProtobufCMessageDescriptor *input;
+	const ProtobufCMessageDescriptor *input, *output;
 	handler_fn fn;          /* NULL for SessionService/Call, run here */
 	/* How its messages are allocated: wiped on free, except the envelope
 	 * of a sealed call, which holds ciphertext only. */
@@ -141,6 +141,7 @@ add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where
 		e->name = md->name;
 		e->where = where;
 		e->input = md->input;
+		e->output = md->output;
 		e->fn = call ? NULL : h->fn;
 		e->alloc = call ? NULL : &cf_pbwipe_allocator;
 		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
@@ -238,6 +239,8 @@ struct note {
 	char key[CF_KEY_NAME_MAX + 1];
 	uint32_t version;
 	int inner_ran;          /* SessionService/Call: the sealed call ran (and was recorded) */
+	unsigned changes;       /* changes committed, each with its audit record (store_call) */
+	char replay_of[AUDIT_REQUEST_ID_MAX + 1];   /* answered from the first attempt's record */
 };
 
 static int run(const dispatch *d, const struct method *m, const struct hctx *h,
@@ -566,22 +569,69 @@ pack_without_secrets(ProtobufCMessage *resp, uint8_t **out, size_t *outlen)
 	return r;
 }
 
+/* A mutating call's changes commit their own audit records (store_call in
+ * store.h): this is what such a record says. */
+struct change_ctx {
+	struct store_call sc;
+	const struct method *m;
+	const struct hctx *h;
+};
+
+static int
+change_record(const struct store_call *c, const char *name, uint32_t version, char *buf,
+	      size_t len)
+{
+	const struct change_ctx *cc = c->arg;
+	struct audit_event ev = {
+		.principal = cc->h->principal, .uid = cc->h->uid, .pid = cc->h->pid,
+		.admin = cc->h->admin, .sealed = cc->h->sealed, .method = cc->m->path, .key = name,
+		.version = version, .result = "OK", .request_id = cc->h->request_id,
+	};
+
+	return audit_format_change(&ev, buf, len);
+}
+
+/* The handler; a mutating one with the calling thread's store_call set. */
+static int
+run_handler(const struct method *m, const struct hctx *h, const ProtobufCMessage *req,
+	    ProtobufCMessage **resp, struct note *n)
+{
+	struct change_ctx cc = { .m = m, .h = h };
+	int r;
+
+	if (!m->mutating)
+		return m->fn(h, req, resp);
+	cc.sc.idem_key = h->idem_key[0] != '\0' ? h->idem_key : NULL;
+	cc.sc.uid = h->uid;
+	cc.sc.record = h->au != NULL ? change_record : NULL;
+	cc.sc.arg = &cc;
+	store_call_set(&cc.sc);
+	r = m->fn(h, req, resp);
+	store_call_set(NULL);
+	n->changes = cc.sc.effects;
+	return r;
+}
+
 /* A mutating call with an idempotency key: once (idempotency.h). */
 static int
 run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
-	 const ProtobufCMessage *req, ProtobufCMessage **resp, uint8_t **out, size_t *outlen)
+	 const ProtobufCMessage *req, ProtobufCMessage **resp, uint8_t **out, size_t *outlen,
+	 struct note *n)
 {
 	struct store_idem first;
 	uint8_t *kept = NULL;
 	size_t keptlen = 0;
 	char msg[CF_ERROR_DETAIL_MAX];
-	struct hctx h2 = *h;
-	int replay, r;
+	const char *first_id = h->request_id;
+	enum idem_start start;
+	int r;
 
-	if ((r = idem_begin(h->idm, h->idem_key, h->uid, m->path, in, inlen, &first, &replay,
-			    &h2.resumed)) != CF_OK)
+	memset(&first, 0, sizeof(first));
+	if ((r = idem_begin(h->idm, h->idem_key, h->uid, m->path, in, inlen, h->request_id,
+			    &first, &start)) != CF_OK)
 		return r;
-	if (replay) {
+	if (start == IDEM_REPLAY) {
+		snprintf(n->replay_of, sizeof(n->replay_of), "%s", first.request_id);
 		if (first.status != CF_OK) {
 			free(first.response);
 			return cf_error(first.status, "%s", first.message);
@@ -590,14 +640,24 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 		*outlen = first.response_len;
 		return *out != NULL ? CF_OK : CF_E_NOMEM;
 	}
-	r = m->fn(&h2, req, resp);
+	if (start == IDEM_COMMITTED) {
+		/* Its change (and the change's audit record) committed; the answer
+		 * was lost with the daemon: read the change back. */
+		snprintf(n->replay_of, sizeof(n->replay_of), "%s", first.request_id);
+		first_id = n->replay_of;
+		r = handlers_describe(h, m->output, first.effect_name, resp);
+	} else {
+		r = run_handler(m, h, req, resp, n);
+	}
 	if (r == CF_OK)
 		r = pack(*resp, out, outlen);
 	if (r == CF_OK)
 		r = pack_without_secrets(*resp, &kept, &keptlen);
 	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_detail());
-	idem_finish(h->idm, h->idem_key, h->uid, m->path, in, inlen, r, msg,
+	idem_finish(h->idm, h->idem_key, h->uid, m->path, in, inlen, first_id,
+		    start == IDEM_COMMITTED || n->changes > 0, r, msg,
 		    kept != NULL ? kept : *out, kept != NULL ? keptlen : *outlen);
+	free(first.response);
 	wipe_free(kept, keptlen);
 	return r == CF_OK ? CF_OK : cf_error(r, "%s", msg);
 }
@@ -634,9 +694,9 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	if ((r = authorize(m, &h2, req, who, retry_after_ms)) != CF_OK) {
 		/* refused */
 	} else if (m->mutating && h->idm != NULL && h->idem_key[0] != '\0') {
-		r = run_once(m, &h2, in, inlen, req, &resp, out, outlen);
+		r = run_once(m, &h2, in, inlen, req, &resp, out, outlen, n);
 	} else {
-		r = m->fn != NULL ? m->fn(&h2, req, &resp)
+		r = m->fn != NULL ? run_handler(m, &h2, req, &resp, n)
 				  : sealed_call(d, &h2, (Coffer__V1__SealedCall *)(void *)req, &resp,
 						&n->inner_ran);
 		if (r == CF_OK)
@@ -651,26 +711,55 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	return r;
 }
 
+/* The call's answer is not released: its record is not durable. */
+static int
+withhold(uint8_t **out, size_t *outlen, int r)
+{
+	if (*out != NULL)
+		wipe_free(*out, *outlen);
+	*out = NULL;
+	*outlen = 0;
+	return r;
+}
+
 /* Run a method and record it in the audit trail: every call, refused ones
  * included, but not health checks, and a sealed call once (its inner
- * call's record; the envelope's only when the inner call never ran). */
+ * call's record; the envelope's only when the inner call never ran). A
+ * change's record was committed with the change (store_call) and only has
+ * to reach the trail. Failing closed, nothing is released unless its
+ * record is durable: a record that cannot be written turns the answer into
+ * UNAVAILABLE. */
 static int
 run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
     size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms)
 {
 	struct note n;
-	int r;
+	int r, ar;
 
 	memset(&n, 0, sizeof(n));
 	r = run_call(d, m, h, in, inlen, out, outlen, retry_after_ms, &n);
-	if (h->au != NULL && !m->health && !n.inner_ran) {
+	if (h->au == NULL || m->health || n.inner_ran)
+		return r;
+	if (n.changes > 0) {
+		if ((ar = audit_flush_outbox(h->au)) != CF_OK)
+			return withhold(out, outlen, cf_error(ar, "the change was made and its audit "
+							      "record is kept in the state store, "
+							      "but the audit trail cannot be "
+							      "written (%s); retry with the same "
+							      "idempotency key once it can",
+							      cf_error_detail()));
+		return r;
+	}
+	{
 		struct audit_event ev = {
 			.principal = n.principal, .uid = h->uid, .pid = h->pid, .admin = h->admin,
 			.sealed = h->sealed, .method = m->path, .key = n.key, .version = n.version,
 			.result = code_names[dispatch_status(r)], .request_id = h->request_id,
+			.replay_of = n.replay_of[0] != '\0' ? n.replay_of : NULL,
 		};
 
-		audit_record(h->au, &ev);
+		if ((ar = audit_record(h->au, &ev)) != CF_OK && r == CF_OK)
+			return withhold(out, outlen, ar);
 	}
 	return r;
 }

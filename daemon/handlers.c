@@ -861,8 +861,8 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 			   &ops)) != CF_OK)
 		return r;
 	return h_key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
-					     req->exportable, ops, req->rotation_period, c->resumed,
-					     &info), &info, resp);
+					     req->exportable, ops, req->rotation_period, &info),
+				&info, resp);
 }
 
 static int
@@ -899,7 +899,7 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	memset(&info, 0, sizeof(info));
 	if ((r = check_name(req->name)) != CF_OK)
 		return r;
-	return h_key_response(keyring_rotate(c->kr, req->name, c->resumed, &info), &info, resp);
+	return h_key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
 }
 
 /* ---- principals (AdminService) ---- */
@@ -973,6 +973,27 @@ principal_response(int r, struct store_principal *sp, ProtobufCMessage **resp)
 		protobuf_c_message_free_unpacked(&p->base, &cf_pbwipe_allocator);
 	policy_principal_free(sp);
 	return r;
+}
+
+int
+handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *name,
+		  ProtobufCMessage **resp)
+{
+	struct store_key info;
+	struct store_principal sp;
+
+	memset(&info, 0, sizeof(info));
+	memset(&sp, 0, sizeof(sp));
+	if (type == &coffer__v1__key__descriptor)
+		return h_key_response(keyring_describe(c->kr, name, &info), &info, resp);
+	if (type == &coffer__v1__principal__descriptor)
+		return principal_response(policy_get(c->pol, name, &sp), &sp, resp);
+	if (type == &coffer__v1__api_key__descriptor ||
+	    type == &coffer__v1__api_key_secret_response__descriptor)
+		return h_describe_api_key(c, type, name, resp);
+	if (type == &coffer__v1__delete_principal_response__descriptor)
+		return (*resp = h_new_msg(type)) != NULL ? CF_OK : CF_E_NOMEM;
+	return cf_error(CF_E_UNSUPPORTED, "no description for a %s answer", type->name);
 }
 
 static int

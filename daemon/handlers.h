@@ -50,7 +50,6 @@ struct hctx {
 	char request_id[AUDIT_REQUEST_ID_MAX + 1];
 	char idem_key[STORE_IDEM_KEY_MAX + 1];   /* "idempotency-key" metadata, or "" */
 	int idem_bad;           /* that metadata was malformed */
-	int resumed;            /* this call retries one that never finished: adopt its objects */
 };
 
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,
@@ -61,6 +60,13 @@ struct handler {
 	const char *method;    /* e.g. "Sign" */
 	handler_fn fn;
 };
+
+/* The answer to a mutating call whose change was committed by an attempt
+ * that never answered (the daemon stopped first): what it changed, `name`
+ * (a key, principal or API key id), read back as a response of `type`.
+ * CF_E_UNSUPPORTED for a type that names nothing. */
+int handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+		      const char *name, ProtobufCMessage **resp);
 
 /* The handler of a service method, or NULL. */
 const struct handler *handlers_find(const char *service, const char *method);

@@ -80,6 +80,24 @@ imported(const ProtobufCBinaryData *b, cf_secret **out)
 	return cf_secret_from(b->data, b->len, out);
 }
 
+int
+h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *id,
+		   ProtobufCMessage **resp)
+{
+	struct store_apikey k;
+	Coffer__V1__ApiKey *out = NULL;
+	int r;
+
+	if ((r = apikeys_get(c->ak, id, &k)) != CF_OK)
+		return r;
+	/* A secret is shown once, in the answer that was lost: never again. */
+	if (type == &coffer__v1__api_key_secret_response__descriptor)
+		return secret_response(CF_OK, &k, NULL, resp);
+	if ((r = apikey_msg(&k, &out)) == CF_OK)
+		*resp = &out->base;
+	return r;
+}
+
 static int
 h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {

@@ -19,6 +19,11 @@ int h_require_sealed(const struct hctx *c, const char *method, const char *what)
  * response; info is freed in every case. */
 int h_key_response(int r, struct store_key *info, ProtobufCMessage **resp);
 
+/* API key `id` as a response of `type` (ApiKey, or ApiKeySecretResponse
+ * without the secret): handlers_describe. */
+int h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+		       const char *id, ProtobufCMessage **resp);
+
 /* AdminService's API key methods (handlers_apikeys.c), audit methods
  * (handlers_audit.c) and key lifecycle methods (handlers_lifecycle.c), each
  * ended by a NULL service. */

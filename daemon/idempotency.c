@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
 
@@ -113,7 +114,7 @@ done_running(idem *i, const char *key, uint32_t uid)
 
 int
 idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
-	   size_t len, struct store_idem *first, int *replay, int *resumed)
+	   size_t len, const char *request_id, struct store_idem *first, enum idem_start *start)
 {
 	struct store_idem rec;
 	struct running *me;
@@ -121,8 +122,7 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 	uint8_t fp[32];
 	int r;
 
-	*replay = 0;
-	*resumed = 0;
+	*start = IDEM_RUN;
 	fingerprint(method, req, len, fp);
 	if ((me = calloc(1, sizeof(*me))) == NULL)
 		return CF_E_NOMEM;
@@ -152,22 +152,31 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 		snprintf(rec.method, sizeof(rec.method), "%s", method);
 		memcpy(rec.fingerprint, fp, 32);
 		rec.created = (int64_t)time(NULL);
-		if ((r = store_idem_put(i->st, &rec)) == CF_OK)
+		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
+		if ((r = store_idem_put(i->st, &rec)) == CF_OK) {
+			CF_CRASH_POINT("idempotency.pending.committed");
 			return CF_OK;
+		}
 	} else if (r == CF_OK && (strcmp(rec.method, method) != 0 ||
 				  CRYPTO_memcmp(rec.fingerprint, fp, 32) != 0)) {
 		r = cf_error(CF_E_PRECONDITION, "idempotency key %s was used for another request "
 			     "(%s); use a new key for a new request", key, rec.method);
+	} else if (r == CF_OK && !rec.done && rec.committed) {
+		cf_log_info("idempotency key %s: an interrupted %s had committed its change to %s; "
+			    "answering it without acting again", key, method, rec.effect_name);
+		*first = rec;
+		*start = IDEM_COMMITTED;
+		return CF_OK;
 	} else if (r == CF_OK && !rec.done) {
-		/* Its first attempt never finished (the daemon stopped): run
-		 * again, adopting whatever that attempt left in the token. */
-		cf_log_info("idempotency key %s: resuming an interrupted %s", key, method);
+		/* Its first attempt died before committing anything (start-up
+		 * recovery removed what it made in the token): run it again. */
+		cf_log_info("idempotency key %s: an interrupted %s had changed nothing; running it "
+			    "again", key, method);
 		free(rec.response);
-		*resumed = 1;
 		return CF_OK;
 	} else if (r == CF_OK) {
 		*first = rec;
-		*replay = 1;
+		*start = IDEM_REPLAY;
 		done_running(i, key, uid);
 		return CF_OK;
 	}
@@ -196,12 +205,17 @@ transient(int status)
 
 void
 idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
-	    size_t len, int status, const char *message, const uint8_t *resp, size_t resp_len)
+	    size_t len, const char *request_id, int committed, int status, const char *message,
+	    const uint8_t *resp, size_t resp_len)
 {
 	struct store_idem rec;
 	int r;
 
-	if (transient(status)) {
+	if (transient(status) && committed) {
+		/* Stays pending and committed (as the store marked it): a retry
+		 * answers the change instead of making it again. */
+		r = CF_OK;
+	} else if (transient(status)) {
 		r = store_idem_delete(i->st, key, uid);
 	} else {
 		memset(&rec, 0, sizeof(rec));
@@ -209,6 +223,8 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 		rec.uid = uid;
 		snprintf(rec.method, sizeof(rec.method), "%s", method);
 		fingerprint(method, req, len, rec.fingerprint);
+		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
+		rec.committed = committed;
 		rec.done = 1;
 		rec.status = status;
 		snprintf(rec.message, sizeof(rec.message), "%s", message ? message : "");
@@ -216,6 +232,8 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 		rec.response_len = resp_len;
 		rec.created = (int64_t)time(NULL);
 		r = store_idem_put(i->st, &rec);
+		if (r == CF_OK)
+			CF_CRASH_POINT("idempotency.done.committed");
 	}
 	if (r != CF_OK)
 		cf_log_error("idempotency key %s: cannot record the outcome: %s", key,

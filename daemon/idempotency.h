@@ -6,12 +6,16 @@
  *
  * The same key with the same request returns the first outcome without
  * acting again; with another request it is refused; concurrent duplicates
- * wait for the first. A record is written (pending) before the call acts, so
- * a retry after a crash finds it and runs the call again, which then adopts
- * a token object the crashed call made but never recorded (keyring.c).
- * Outcomes a retry may change (unavailable, busy, timeouts, internal
- * errors) are not kept. Secrets (a response's "secret" or "plaintext"
- * bytes) are never stored: a replay returns the response without them.
+ * wait for the first. A record is written (pending) before the call acts.
+ * The store marks it committed in the very transaction that records the
+ * call's change (store_call in store.h), so a retry after a crash knows
+ * which side of that commit the first attempt died on: before, nothing
+ * happened (start-up recovery removed what it made in the token) and the
+ * call runs again; after, the change is answered, read back, never made
+ * twice. Outcomes a retry may change (unavailable, busy, timeouts, internal
+ * errors) are not kept unless a change was committed. Secrets (a response's
+ * "secret" or "plaintext" bytes) are never stored: a replay returns the
+ * response without them.
  */
 #ifndef COFFER_IDEMPOTENCY_H
 #define COFFER_IDEMPOTENCY_H
@@ -32,16 +36,25 @@ void idem_close(idem *i);   /* accepts NULL */
 /* CF_OK if key is IDEM_KEY_MIN..STORE_IDEM_KEY_MAX of A-Z a-z 0-9 . _ : - */
 int idem_key_check(const char *key);
 
-/* Start a mutating call. *replay = 0: run it, then idem_finish (always);
- * *resumed = 1 if a first attempt started and never finished.
- * *replay = 1: *first holds the first outcome (free its response). Errors:
- * CF_E_PRECONDITION (the key was used for another request), CF_E_TIMEOUT
- * (a duplicate still running), CF_E_IO. */
+enum idem_start {
+	IDEM_RUN = 1,        /* run it, then idem_finish (always) */
+	IDEM_REPLAY,         /* *first holds the first outcome (free its response) */
+	IDEM_COMMITTED,      /* a first attempt committed its change and never answered:
+				*first names it (effect_name/version, request_id); answer
+				it without acting, then idem_finish */
+};
+/* Start a mutating call (request_id: this attempt's, kept as the first's).
+ * Errors: CF_E_PRECONDITION (the key was used for another request),
+ * CF_E_TIMEOUT (a duplicate still running), CF_E_IO. */
 int idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
-	       size_t len, struct store_idem *first, int *replay, int *resumed);
+	       size_t len, const char *request_id, struct store_idem *first,
+	       enum idem_start *start);
+/* Record the outcome. request_id: the first attempt's; committed: a change
+ * of this call is durable (then even a transient failure is kept, as
+ * pending and committed, so that a retry answers instead of acting). */
 void idem_finish(idem *i, const char *key, uint32_t uid, const char *method,
-		 const uint8_t *req, size_t len, int status, const char *message,
-		 const uint8_t *resp, size_t resp_len);
+		 const uint8_t *req, size_t len, const char *request_id, int committed,
+		 int status, const char *message, const uint8_t *resp, size_t resp_len);
 /* Forget finished records older than the retention. */
 void idem_expire(idem *i, int64_t now);
 

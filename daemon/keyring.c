@@ -6,8 +6,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/rand.h>
+
+#include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "recovery.h"
 
 struct kr_version {
 	struct store_version meta;
@@ -32,6 +36,8 @@ struct keyring {
 	pthread_mutex_t write_mu;  /* one change (create, rotate, lifecycle, tick) at a time */
 	struct kr_key **keys;      /* sorted by name */
 	size_t n, cap;
+	keyring_record_fn record;  /* audit records of the daemon's own changes */
+	void *record_arg;
 };
 
 enum key_purpose
@@ -194,33 +200,26 @@ load_one(const struct store_key *sk, void *arg)
 	kr_set_meta(k, sk);
 	for (uint32_t i = 0; i < sk->nversions; i++) {
 		const struct store_version *sv = &sk->versions[i];
-		/* Its objects may be gone already: the daemon stopped between
-		 * destroying them and recording it; the next tick finishes. */
-		int dying = sv->state == STORE_DESTROY_SCHEDULED && sv->destroy_time <= time(NULL);
 		cf_p11_key *h = NULL;
 
-		if (sk->versions[i].state != STORE_DESTROYED) {
-			r = cf_p11_key_open(lc->kr->p11, sk->name, sk->versions[i].version, &h);
+		/* Missing, incomplete or extra objects were reported by recovery
+		 * (recovery.h); a version without its objects is not served. */
+		if (sv->state != STORE_DESTROYED) {
+			r = cf_p11_key_open_id(lc->kr->p11, sk->name, sv->version, sv->ckaid, &h);
 			if (r == CF_OK && cf_p11_key_type(h) != sk->type) {
 				snprintf(msg, sizeof(msg), "key %s version %u: the token object "
 					 "is %s, the registry says %s; version unusable", sk->name,
-					 sk->versions[i].version,
-					 cf_key_type_name(cf_p11_key_type(h)),
+					 sv->version, cf_key_type_name(cf_p11_key_type(h)),
 					 cf_key_type_name(sk->type));
 				kr_report(lc, msg);
 				cf_p11_key_free(h);
 				h = NULL;
-			} else if (r == CF_E_NOT_FOUND && !dying) {
-				snprintf(msg, sizeof(msg), "key %s version %u is in the registry "
-					 "but missing from the token", sk->name,
-					 sk->versions[i].version);
-				kr_report(lc, msg);
 			} else if (r != CF_OK && r != CF_E_NOT_FOUND) {
-				kr_key_free(k);
-				return r;
+				cf_error_clear();
+				h = NULL;
 			}
 		}
-		if ((r = kr_add_version(k, &sk->versions[i], h)) != CF_OK) {
+		if ((r = kr_add_version(k, sv, h)) != CF_OK) {
 			cf_p11_key_free(h);
 			kr_key_free(k);
 			return r;
@@ -229,38 +228,6 @@ load_one(const struct store_key *sk, void *arg)
 	if ((r = kr_insert(lc->kr, k)) != CF_OK)
 		kr_key_free(k);
 	return r;
-}
-
-static int
-orphan_check(const char *name, uint32_t version, enum cf_key_type type, void *arg)
-{
-	struct load_ctx *lc = arg;
-	char msg[512];
-	int found;
-	size_t at = kr_find(lc->kr, name, &found);
-
-	(void)type;
-	if (strncmp(name, KEYRING_RESERVED_PREFIX, strlen(KEYRING_RESERVED_PREFIX)) == 0)
-		return 0;   /* the daemon's own keys (identity) */
-	if (found) {
-		const struct kr_key *k = lc->kr->keys[at];
-
-		for (uint32_t i = 0; i < k->nv; i++) {
-			if (k->v[i].meta.version != version)
-				continue;
-			if (k->v[i].meta.state != STORE_DESTROYED)
-				return 0;
-			snprintf(msg, sizeof(msg), "token object %s version %u is still in the "
-				 "token although the registry says it was destroyed; destroy it "
-				 "(e.g. with p11tool) or restore the registry", name, version);
-			kr_report(lc, msg);
-			return 0;
-		}
-	}
-	snprintf(msg, sizeof(msg), "token object %s version %u has no registry record (left "
-		 "by an interrupted create?); it is not served", name, version);
-	kr_report(lc, msg);
-	return 0;
 }
 
 int
@@ -282,8 +249,8 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 	pthread_rwlock_init(&kr->lock, NULL);
 	pthread_mutex_init(&kr->write_mu, NULL);
 	lc.kr = kr;
-	if ((r = store_load(st, load_one, &lc)) != CF_OK ||
-	    (r = cf_p11_key_list(p11, orphan_check, &lc)) != CF_OK) {
+	if ((r = recovery_run(p11, st, report, &lc.mismatches)) != CF_OK ||
+	    (r = store_load(st, load_one, &lc)) != CF_OK) {
 		keyring_close(kr);
 		return r;
 	}
@@ -312,29 +279,49 @@ now_unix(void)
 	return (int64_t)time(NULL);
 }
 
-/* A new version in the token. adopt: the call resumes one that died after
- * making this very version and before recording it (an idempotency record
- * says so), so an unrecorded object there is taken over instead of making
- * a second one; otherwise such an object is a conflict (CF_E_EXISTS). */
+/* A new version in the token, crash-safe (daemon/CRASH-SAFETY.md): a fresh
+ * CKA_ID, the intent to make name/version with it recorded first, then the
+ * objects. The caller records the version with *intent (retiring it in the
+ * same transaction), or calls unmake() if it cannot. */
 static int
-generate_or_adopt(keyring *kr, const char *name, uint32_t version, enum cf_key_type type,
-		  unsigned flags, int adopt, cf_p11_key **h)
+make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type type,
+	     unsigned flags, const cf_secret *material, uint8_t id[STORE_CKAID_LEN],
+	     int64_t *intent, cf_p11_key **h)
 {
-	int r = cf_p11_key_generate(kr->p11, name, version, type, flags, h);
+	int r;
 
-	if (r != CF_E_EXISTS || !adopt)
+	*intent = 0;
+	if (RAND_bytes(id, STORE_CKAID_LEN) != 1)
+		return cf_error(CF_E_INTERNAL, "random number generator failed");
+	if ((r = store_intent_add(kr->st, STORE_INTENT_MAKE, name, version, id, intent)) != CF_OK)
 		return r;
-	if ((r = cf_p11_key_open(kr->p11, name, version, h)) != CF_OK)
-		return r;
-	if (cf_p11_key_type(*h) != type) {
-		cf_p11_key_free(*h);
-		*h = NULL;
-		return cf_error(CF_E_EXISTS, "the token holds an unrecorded %s version %u of another "
-				"type; remove it or use another name", name, version);
+	r = material ? cf_p11_key_import_id(kr->p11, name, version, type, material, flags, id, h)
+		     : cf_p11_key_generate_id(kr->p11, name, version, type, flags, id, h);
+	if (r == CF_E_EXISTS)
+		r = cf_error(CF_E_EXISTS, "the token already holds objects labelled %s version %u "
+			     "that no record claims (see cofferd's reconciliation report); remove "
+			     "them or use another name", name, version);
+	if (r != CF_OK) {
+		int keep = r;
+
+		/* A token error may leave part of it behind: only ours (our id) go. */
+		(void)cf_p11_objects_destroy(kr->p11, name, version, id, NULL);
+		if (store_intent_drop(kr->st, *intent) == CF_OK)
+			*intent = 0;
+		return keep;
 	}
-	cf_log_warn("keyring: adopted %s version %u, left in the token by a call that did not "
-		    "finish", name, version);
 	return CF_OK;
+}
+
+/* The version make_version made could not be recorded: take it out again. */
+static void
+unmake(keyring *kr, const char *name, uint32_t version, const uint8_t id[STORE_CKAID_LEN],
+       int64_t intent, cf_p11_key *h)
+{
+	cf_p11_key_free(h);
+	if (cf_p11_objects_destroy(kr->p11, name, version, id, NULL) == CF_OK && intent != 0)
+		(void)store_intent_drop(kr->st, intent);
+	/* Else the intent stays: the next start removes the objects. */
 }
 
 /* CF_OK if period is 0 or a rotation period this daemon accepts. */
@@ -351,10 +338,10 @@ check_period(const keyring *kr, int64_t period)
 
 static int
 kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	uint32_t allowed_ops, int64_t period, const cf_secret *material, int adopt,
-	struct store_key *out)
+	uint32_t allowed_ops, int64_t period, const cf_secret *material, struct store_key *out)
 {
-	struct store_version meta = { 1, STORE_ENABLED, now_unix(), 0, 0 };
+	struct store_version meta = { .version = 1, .state = STORE_ENABLED, .created = now_unix() };
+	int64_t intent = 0;
 	struct store_key sk;
 	unsigned flags = exportable ? CF_P11_EXPORTABLE : 0;
 	struct kr_key *k = NULL;
@@ -389,13 +376,12 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		r = cf_error(CF_E_EXISTS, "key %s already exists", name);
 		goto out;
 	}
-	r = material ? cf_p11_key_import(kr->p11, name, 1, type, material, flags, &h) :
-		       generate_or_adopt(kr, name, 1, type, flags, adopt, &h);
-	if (r != CF_OK)
+	if ((r = make_version(kr, name, 1, type, flags, material, meta.ckaid, &intent, &h)) !=
+	    CF_OK)
 		goto out;
-	if ((r = store_key_create(kr->st, &sk)) != CF_OK) {
-		/* Not recorded: take the new object out of the token again. */
-		(void)cf_p11_key_destroy(h);
+	if ((r = store_key_create(kr->st, &sk, meta.ckaid, intent)) != CF_OK) {
+		unmake(kr, name, 1, meta.ckaid, intent, h);
+		h = NULL;
 		goto out;
 	}
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
@@ -422,10 +408,9 @@ out:
 
 int
 keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	       uint32_t allowed_ops, int64_t rotation_period, int adopt, struct store_key *out)
+	       uint32_t allowed_ops, int64_t rotation_period, struct store_key *out)
 {
-	return kr_make(kr, name, type, exportable, allowed_ops, rotation_period, NULL, adopt,
-		       out);
+	return kr_make(kr, name, type, exportable, allowed_ops, rotation_period, NULL, out);
 }
 
 int
@@ -435,7 +420,7 @@ keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 {
 	if (cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be imported");
-	return kr_make(kr, name, type, exportable, allowed_ops, 0, material, 0, out);
+	return kr_make(kr, name, type, exportable, allowed_ops, 0, material, out);
 }
 
 int
@@ -454,40 +439,16 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 
 static void kr_apply(struct kr_key *k, const struct store_key *sk);
 
-/* Record (version) or clear (0) that a scheduled rotation is making
- * `version`, before it touches the token. Under write_mu. */
-static int
-kr_pending(keyring *kr, struct kr_key *k, uint32_t version)
-{
-	struct store_key sk;
-	int r;
-
-	if ((r = kr_copy_info(k, &sk)) != CF_OK)
-		return r;
-	sk.pending_rotation = version;
-	if ((r = store_key_save(kr->st, &sk)) == CF_OK) {
-		pthread_rwlock_wrlock(&kr->lock);
-		kr_apply(k, &sk);
-		pthread_rwlock_unlock(&kr->lock);
-	}
-	free(sk.versions);
-	return r;
-}
-
 /* A new version, made primary. due_by (scheduled rotations): only if the
  * key's next rotation is due by then (a manual rotation may have come
- * first); *skipped says it was not. A scheduled rotation records the
- * version it makes before making it, and adopts an unrecorded token object
- * of that version only when such a record survived a crash: never an
- * object it did not start to make. */
+ * first); *skipped says it was not. */
 static int
-kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped,
-	  struct store_key *out)
+kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct store_key *out)
 {
-	struct store_version meta = { 0, STORE_ENABLED, 0, 0, 0 };
+	struct store_version meta = { .state = STORE_ENABLED };
 	struct kr_key *k;
 	cf_p11_key *h = NULL;
-	int64_t next = 0;
+	int64_t next = 0, intent = 0;
 	int found, r;
 	size_t at;
 
@@ -516,22 +477,14 @@ kr_rotate(keyring *kr, const char *name, int adopt, int64_t due_by, int *skipped
 		r = cf_error(CF_E_EXHAUSTED, "key %s has reached the version limit", name);
 		goto out;
 	}
-	if (due_by != 0) {
-		adopt = k->m.pending_rotation == meta.version;
-		if (!adopt && (r = kr_pending(kr, k, meta.version)) != CF_OK)
-			goto out;
-	}
-	r = generate_or_adopt(kr, name, meta.version, k->m.type,
+	if ((r = make_version(kr, name, meta.version, k->m.type,
 			      k->m.exportable && !cf_key_type_is_asymmetric(k->m.type) ?
-			      CF_P11_EXPORTABLE : 0, adopt, &h);
-	if (r != CF_OK) {
-		/* Not made by us (e.g. an object planted there): never adopt it. */
-		if (due_by != 0)
-			(void)kr_pending(kr, k, 0);
+			      CF_P11_EXPORTABLE : 0, NULL, meta.ckaid, &intent, &h)) != CF_OK)
 		goto out;
-	}
-	if ((r = store_version_add(kr->st, name, meta.version, meta.created, next)) != CF_OK) {
-		(void)cf_p11_key_destroy(h);
+	if ((r = store_version_add(kr->st, name, meta.version, meta.ckaid, meta.created, next,
+				   intent)) != CF_OK) {
+		unmake(kr, name, meta.version, meta.ckaid, intent, h);
+		h = NULL;
 		goto out;
 	}
 	pthread_rwlock_wrlock(&kr->lock);
@@ -552,9 +505,9 @@ out:
 }
 
 int
-keyring_rotate(keyring *kr, const char *name, int adopt, struct store_key *out)
+keyring_rotate(keyring *kr, const char *name, struct store_key *out)
 {
-	return kr_rotate(kr, name, adopt, 0, NULL, out);
+	return kr_rotate(kr, name, 0, NULL, out);
 }
 
 int
@@ -907,7 +860,7 @@ keyring_change(keyring *kr, const char *name, enum key_change what,
 							name);
 	pthread_rwlock_unlock(&kr->lock);
 	if (r != CF_OK || (r = change(kr, &sk, what, a, now_unix())) != CF_OK ||
-	    (r = store_key_save(kr->st, &sk)) != CF_OK)
+	    (r = store_key_save(kr->st, &sk, a->version, 0)) != CF_OK)
 		goto out;
 	pthread_rwlock_wrlock(&kr->lock);
 	kr_apply(k, &sk);
@@ -919,74 +872,103 @@ out:
 	return r;
 }
 
-/* Destroy a version's token objects (h: its handle, or NULL if it was not
- * served, e.g. of the wrong type) and make sure they are gone: what a
- * daemon stopped half-way left is finished here. */
-static int
-destroy_version(keyring *kr, const char *name, uint32_t version, cf_p11_key *h)
-{
-	cf_p11_key *o = NULL;
-	int r = CF_OK;
+/* The daemon's own change being recorded (keyring_tick): its audit record. */
+struct own_change {
+	keyring *kr;
+	const char *method;
+};
 
-	if (h != NULL && (r = cf_p11_key_destroy(h)) == CF_E_NOT_FOUND)
-		r = CF_OK;
-	if (r != CF_OK)
-		return r;
-	r = cf_p11_key_open(kr->p11, name, version, &o);
-	if (r == CF_OK) {   /* still there (or never served): destroy what is found */
-		r = cf_p11_key_destroy(o);
-		cf_p11_key_free(o);
-		if (r == CF_OK && cf_p11_key_open(kr->p11, name, version, &o) == CF_OK) {
-			cf_p11_key_free(o);
-			r = cf_error(CF_E_INTERNAL, "key %s version %u: the token still holds "
-				     "its objects after destroying them", name, version);
-		}
-		return r;
-	}
-	return r == CF_E_NOT_FOUND ? CF_OK : r;
+static int
+own_record(const struct store_call *c, const char *name, uint32_t version, char *buf,
+	   size_t len)
+{
+	const struct own_change *oc = c->arg;
+
+	return oc->kr->record(oc->method, name, version, buf, len, oc->kr->record_arg);
 }
 
-/* Destroy the token objects of k's versions whose grace period is over,
- * then record them destroyed. Under write_mu. */
+/* Set (method) or clear (NULL) the calling thread's store_call for a change
+ * the daemon makes on its own. */
+static void
+own_change_begin(keyring *kr, struct store_call *c, struct own_change *oc, const char *method)
+{
+	if (kr->record == NULL)
+		return;
+	memset(c, 0, sizeof(*c));
+	oc->kr = kr;
+	oc->method = method;
+	c->record = own_record;
+	c->arg = oc;
+	store_call_set(c);
+}
+
+void
+keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg)
+{
+	kr->record = fn;
+	kr->record_arg = arg;
+}
+
+/* Destroy version i of k (grace period over), crash-safe: its state
+ * (destroy-scheduled, due) is the durable intent; every token object under
+ * its label goes (a half-destroyed pair too), and only then is it recorded
+ * destroyed. A crash in between is finished by the next tick. Under
+ * write_mu. */
+static int
+destroy_one(keyring *kr, struct kr_key *k, uint32_t i, int64_t now)
+{
+	struct store_key sk;
+	struct store_version *v;
+	cf_p11_key *h;
+	int r;
+
+	if ((r = kr_copy_info(k, &sk)) != CF_OK)
+		return r;
+	v = &sk.versions[i];
+	/* Its session copies first (they die with the handle). */
+	pthread_rwlock_wrlock(&kr->lock);
+	h = k->v[i].k;
+	k->v[i].k = NULL;
+	pthread_rwlock_unlock(&kr->lock);
+	cf_p11_key_free(h);
+	if ((r = cf_p11_objects_destroy(kr->p11, k->m.name, v->version, NULL, NULL)) != CF_OK)
+		goto out;
+	CF_CRASH_POINT("keyring.destroy.objects-gone");
+	v->state = STORE_DESTROYED;
+	v->destroy_time = now;
+	v->prior = 0;
+	if ((r = store_key_save(kr->st, &sk, v->version, 0)) != CF_OK)
+		goto out;
+	pthread_rwlock_wrlock(&kr->lock);
+	kr_apply(k, &sk);
+	pthread_rwlock_unlock(&kr->lock);
+out:
+	free(sk.versions);
+	return r;
+}
+
+/* Destroy the token objects of k's versions whose grace period is over and
+ * record them destroyed. Under write_mu. */
 static void
 destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, void *arg)
 {
-	struct store_key sk;
-	int r, any = 0;
-
-	if (k->destroy_retry_at > now || kr_copy_info(k, &sk) != CF_OK)
+	if (k->destroy_retry_at > now)
 		return;
 	for (uint32_t i = 0; i < k->nv; i++) {
-		struct store_version *v = &sk.versions[i];
+		const struct store_version *v = &k->v[i].meta;
+		struct store_call c;
+		struct own_change oc;
+		int r;
 
 		if (v->state != STORE_DESTROY_SCHEDULED || v->destroy_time > now)
 			continue;
-		r = destroy_version(kr, k->m.name, v->version, k->v[i].k);
-		if (r != CF_OK) {
+		own_change_begin(kr, &c, &oc, "cofferd/DestroyKeyVersion");
+		r = destroy_one(kr, k, i, now);
+		store_call_set(NULL);
+		if (r != CF_OK)
 			k->destroy_retry_at = now + 60;
-			done(k->m.name, v->version, "destroy", r, arg);
-			continue;
-		}
-		v->state = STORE_DESTROYED;
-		v->destroy_time = now;
-		v->prior = 0;
-		any = 1;
+		done(k->m.name, k->v[i].meta.version, "destroy", r, arg);
 	}
-	if (any) {
-		r = store_key_save(kr->st, &sk);
-		for (uint32_t i = 0; i < k->nv; i++)
-			if (sk.versions[i].state == STORE_DESTROYED &&
-			    k->v[i].meta.state != STORE_DESTROYED)
-				done(k->m.name, sk.versions[i].version, "destroy", r, arg);
-		if (r == CF_OK) {
-			pthread_rwlock_wrlock(&kr->lock);
-			kr_apply(k, &sk);
-			pthread_rwlock_unlock(&kr->lock);
-		} else {
-			k->destroy_retry_at = now + 60;
-		}
-	}
-	free(sk.versions);
 }
 
 void
@@ -1022,8 +1004,13 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 		struct store_key info;
 		int skipped = 0, r;
 
+		struct store_call c;
+		struct own_change oc;
+
 		memset(&info, 0, sizeof(info));
-		r = kr_rotate(kr, due[i], 0, now, &skipped, &info);
+		own_change_begin(kr, &c, &oc, "cofferd/ScheduledRotation");
+		r = kr_rotate(kr, due[i], now, &skipped, &info);
+		store_call_set(NULL);
 		if (skipped)
 			continue;
 		if (r != CF_OK) {

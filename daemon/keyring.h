@@ -19,7 +19,7 @@ typedef struct keyring keyring;
 
 /* Names reserved for the daemon's own token keys (e.g. "coffer.identity"):
  * refused for callers' keys, not reported as orphans. */
-#define KEYRING_RESERVED_PREFIX "coffer."
+#define KEYRING_RESERVED_PREFIX STORE_RESERVED_PREFIX
 
 enum key_purpose { PURPOSE_SIGN = 1, PURPOSE_MAC = 2, PURPOSE_WRAP = 3 };
 
@@ -46,10 +46,9 @@ const char *keyring_purpose_name(enum key_purpose p);
  * keyring_info_free. */
 void keyring_info_free(struct store_key *info);
 
-/* Load every key from the store and open its versions in the token.
- * Reconciliation: a version the store records but the token lacks, and a
- * Coffer object in the token no record claims, are each reported through
- * `report` (a message per mismatch) and counted in *mismatches. */
+/* Run start-up recovery (recovery.h: each finding reported through `report`
+ * and counted in *mismatches), then load every key from the store and open
+ * its versions in the token by their recorded CKA_ID. */
 int keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 		 void (*report)(const char *msg), unsigned *mismatches, keyring **out);
 void keyring_close(keyring *kr);
@@ -57,20 +56,19 @@ void keyring_close(keyring *kr);
 /* New key with version 1, generated in the token (or imported). allowed_ops
  * (0: every operation of its purpose) is the key's own limit, which no grant
  * can exceed; the caller checks it fits the purpose. rotation_period: 0 or
- * seconds between scheduled rotations. adopt (create and rotate): the call
- * resumes one that died after making the token object and before recording
- * it (idempotency.h); an unrecorded object of that name, version and type
- * is taken over instead of refused. */
+ * seconds between scheduled rotations. Crash-safe (daemon/CRASH-SAFETY.md):
+ * the intent is recorded before the token is touched, and the version with
+ * its CKA_ID in one transaction after; CF_E_EXISTS if objects nobody
+ * recorded already carry the label (never a second set beside them). */
 int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-		   uint32_t allowed_ops, int64_t rotation_period, int adopt,
-		   struct store_key *out);
+		   uint32_t allowed_ops, int64_t rotation_period, struct store_key *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 		   const cf_secret *material, int exportable, uint32_t allowed_ops,
 		   struct store_key *out);
 /* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
 int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
 /* New version, made primary; the next scheduled rotation is one period on. */
-int keyring_rotate(keyring *kr, const char *name, int adopt, struct store_key *out);
+int keyring_rotate(keyring *kr, const char *name, struct store_key *out);
 
 /* Lifecycle changes (coffer.proto "Key lifecycle"). Each is checked against
  * the key as it is, recorded in the store, then applied. CF_E_NOT_FOUND (no
@@ -97,6 +95,13 @@ int keyring_change(keyring *kr, const char *name, enum key_change what,
  * a minute later). */
 typedef void (*keyring_done_fn)(const char *name, uint32_t version, const char *what,
 				int status, void *arg);
+/* The audit record of a change the daemon makes on its own (method:
+ * "cofferd/ScheduledRotation", "cofferd/DestroyKeyVersion"), written by
+ * fn into buf: committed with the change (store_call in store.h). Without
+ * one, such changes commit no record. */
+typedef int (*keyring_record_fn)(const char *method, const char *name, uint32_t version,
+				 char *buf, size_t len, void *arg);
+void keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg);
 void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
 
 int keyring_describe(keyring *kr, const char *name, struct store_key *out);

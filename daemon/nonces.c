@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
+#include "cf_crashpoint.h"
 #include "cf_hex.h"
 #include "cf_status.h"
 
@@ -343,6 +344,7 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 			n->broken = 1;
 		goto out;
 	}
+	CF_CRASH_POINT("nonces.appended");
 	n->size += REC;
 	n->appended++;
 	if (reuse == SIZE_MAX)
@@ -384,6 +386,8 @@ compact_locked(nonces *n, int64_t now)
 			have += REC;
 		}
 	}
+	if (ok)
+		CF_CRASH_POINT("nonces.compact.written");
 	ok = ok && fdatasync(fd) == 0 && rename(tmp, n->path) == 0;
 	if (!ok) {
 		int e = errno;

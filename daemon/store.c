@@ -7,8 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/sha.h>
 #include <sqlite3.h>
 
+#include "cf_crashpoint.h"
+#include "cf_hex.h"
 #include "cf_status.h"
 
 struct store {
@@ -60,6 +63,19 @@ static const char *const schema_v5 =
 	" PRIMARY KEY (key, uid));"
 	"CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);";
 
+/* Version 7: crash safety. Intents of calls between touching the token and
+ * recording the outcome; audit records committed with their change, until
+ * the trail has them; where the trail ended when last anchored. */
+static const char *const schema_v7 =
+	"CREATE TABLE IF NOT EXISTS intents ("
+	" id INTEGER PRIMARY KEY AUTOINCREMENT, kind INTEGER NOT NULL, name TEXT NOT NULL,"
+	" version INTEGER NOT NULL, ckaid TEXT NOT NULL, created INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS audit_outbox ("
+	" id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS audit_anchor ("
+	" id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, chain TEXT NOT NULL,"
+	" clean INTEGER NOT NULL, time INTEGER NOT NULL);";
+
 /* Columns added to older tables, with the schema version that added them. */
 static const struct {
 	int since;
@@ -73,6 +89,11 @@ static const struct {
 	     "ALTER TABLE keys ADD COLUMN pending_rotation INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE versions ADD COLUMN destroy_time INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE versions ADD COLUMN prior_state INTEGER NOT NULL DEFAULT 0;" },
+	{ 7, "ALTER TABLE versions ADD COLUMN ckaid TEXT;"
+	     "ALTER TABLE idempotency ADD COLUMN request_id TEXT NOT NULL DEFAULT '';"
+	     "ALTER TABLE idempotency ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;"
+	     "ALTER TABLE idempotency ADD COLUMN effect_name TEXT NOT NULL DEFAULT '';"
+	     "ALTER TABLE idempotency ADD COLUMN effect_version INTEGER NOT NULL DEFAULT 0;" },
 };
 
 static int
@@ -118,7 +139,8 @@ store_open(const char *dir, store **out)
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) != CF_OK)
 		goto out;
 	if ((r = exec(s, schema_v1)) != CF_OK || (r = exec(s, schema_v2)) != CF_OK ||
-	    (r = exec(s, schema_v4)) != CF_OK || (r = exec(s, schema_v5)) != CF_OK)
+	    (r = exec(s, schema_v4)) != CF_OK || (r = exec(s, schema_v5)) != CF_OK ||
+	    (r = exec(s, schema_v7)) != CF_OK)
 		goto rollback;
 	if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &st,
 			       NULL) != SQLITE_OK) {
@@ -169,6 +191,27 @@ store_close(store *s)
 	free(s);
 }
 
+void
+store_ckaid_legacy(const char *name, uint32_t version, uint8_t out[STORE_CKAID_LEN])
+{
+	char label[CF_KEY_NAME_MAX + 48];
+	uint8_t md[SHA256_DIGEST_LENGTH];
+
+	snprintf(label, sizeof(label), "coffer/%s/%u", name, version);
+	SHA256((const unsigned char *)label, strlen(label), md);
+	memcpy(out, md, STORE_CKAID_LEN);
+}
+
+/* A recorded CKA_ID; NULL (a version older than schema 7): the legacy one. */
+static void
+store_ckaid_parse(const char *hex, const char *name, uint32_t version,
+		  uint8_t out[STORE_CKAID_LEN])
+{
+	if (hex == NULL || strlen(hex) != 2 * STORE_CKAID_LEN ||
+	    cf_hex_decode(hex, out, STORE_CKAID_LEN) != 0)
+		store_ckaid_legacy(name, version, out);
+}
+
 int
 store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 {
@@ -181,8 +224,8 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 	if (sqlite3_prepare_v2(s->db, "SELECT name, type, exportable, primary_version, created, "
 			       "allowed_ops, min_version, min_verify, rotation_period, "
 			       "next_rotation, pending_rotation FROM keys ORDER BY name", -1, &ks, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(s->db, "SELECT version, state, created, destroy_time, prior_state "
-			       "FROM versions WHERE name = ? ORDER BY version", -1, &vs,
+	    sqlite3_prepare_v2(s->db, "SELECT version, state, created, destroy_time, prior_state, "
+			       "ckaid FROM versions WHERE name = ? ORDER BY version", -1, &vs,
 			       NULL) != SQLITE_OK) {
 		r = db_err(s, "loading keys");
 		goto out;
@@ -226,6 +269,9 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 			k.versions[k.nversions].created = sqlite3_column_int64(vs, 2);
 			k.versions[k.nversions].destroy_time = sqlite3_column_int64(vs, 3);
 			k.versions[k.nversions].prior = (enum store_state)sqlite3_column_int(vs, 4);
+			store_ckaid_parse((const char *)sqlite3_column_text(vs, 5), name,
+					  k.versions[k.nversions].version,
+					  k.versions[k.nversions].ckaid);
 			k.nversions++;
 		}
 		if ((r = cb(&k, arg)) != CF_OK)
@@ -267,28 +313,110 @@ run(store *s, const char *sql, const char *types, ...)
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* Run body(s, arg) in one write transaction under the store's lock:
- * committed if it returns CF_OK, rolled back otherwise. */
+static __thread struct store_call *current_call;
+
+void
+store_call_set(struct store_call *c)
+{
+	current_call = c;
+}
+
+struct store_call *
+store_call_get(void)
+{
+	return current_call;
+}
+
+/* A transaction that records a change: what it changed (for the call's
+ * audit record and idempotency mark), the intent it retires, and the crash
+ * points just before and just after its commit. */
+struct effect {
+	const char *name;
+	uint32_t version;
+	int64_t intent;
+	const struct cf_crashpoint *before, *after;
+};
+#define EFFECT_POINTS(nm)                                                                      \
+	CF_CRASHPOINT_DEF(cp_before, nm ".before-commit");                                     \
+	CF_CRASHPOINT_DEF(cp_after, nm ".committed")
+
+/* What a change commits with it (store_call in store.h). */
 static int
-txn(store *s, int (*body)(store *s, const void *arg), const void *arg)
+effect_rows(store *s, const struct effect *e)
+{
+	struct store_call *c = current_call;
+	char line[2048];
+
+	if (e->intent != 0 &&
+	    run(s, "DELETE FROM intents WHERE id = ?", "i", e->intent) != SQLITE_OK)
+		return db_err(s, "retiring the intent");
+	if (c == NULL)
+		return CF_OK;
+	if (c->record != NULL) {
+		if (c->record(c, e->name, e->version, line, sizeof(line)) < 0)
+			return cf_error(CF_E_INTERNAL, "cannot format the audit record of the change");
+		if (run(s, "INSERT INTO audit_outbox (line) VALUES (?)", "t", line) != SQLITE_OK)
+			return db_err(s, "recording the change's audit record");
+	}
+	if (c->idem_key != NULL &&
+	    run(s, "UPDATE idempotency SET committed = 1, effect_name = ?, effect_version = ? "
+		"WHERE key = ? AND uid = ? AND done = 0 AND committed = 0", "titi", e->name,
+		(int64_t)e->version, c->idem_key, (int64_t)c->uid) != SQLITE_OK)
+		return db_err(s, "marking the idempotency record");
+	return CF_OK;
+}
+
+/* Run body(s, arg) in one write transaction under the store's lock:
+ * committed if it returns CF_OK, rolled back otherwise. e: the change it
+ * records (NULL: none). */
+static int
+txn_effect(store *s, int (*body)(store *s, const void *arg), const void *arg,
+	   const struct effect *e)
 {
 	int r;
 
 	pthread_mutex_lock(&s->mu);
 	if ((r = exec(s, "BEGIN IMMEDIATE;")) == CF_OK) {
-		if ((r = body(s, arg)) == CF_OK)
+		if ((r = body(s, arg)) == CF_OK && e != NULL)
+			r = effect_rows(s, e);
+		if (r == CF_OK && e != NULL)
+			cf_crashpoint_hit(e->before);
+		if (r == CF_OK)
 			r = exec(s, "COMMIT;");
 		if (r != CF_OK)
 			(void)exec(s, "ROLLBACK;");
 	}
 	pthread_mutex_unlock(&s->mu);
+	if (r == CF_OK && e != NULL) {
+		if (current_call != NULL)
+			current_call->effects++;
+		cf_crashpoint_hit(e->after);
+	}
 	return r;
 }
 
 static int
+txn(store *s, int (*body)(store *s, const void *arg), const void *arg)
+{
+	return txn_effect(s, body, arg, NULL);
+}
+
+static void
+hex_id(const uint8_t id[STORE_CKAID_LEN], char out[2 * STORE_CKAID_LEN + 1])
+{
+	cf_hex_encode(id, STORE_CKAID_LEN, out);
+}
+
+struct key_create {
+	const struct store_key *k;
+	const char *ckaid;
+};
+
+static int
 key_create_body(store *s, const void *arg)
 {
-	const struct store_key *k = arg;
+	const struct key_create *kc = arg;
+	const struct store_key *k = kc->k;
 	int rc;
 
 	rc = run(s, "INSERT INTO keys (name, type, exportable, primary_version, created, "
@@ -298,22 +426,31 @@ key_create_body(store *s, const void *arg)
 	if (rc == SQLITE_CONSTRAINT)
 		return cf_error(CF_E_EXISTS, "key %s already exists", k->name);
 	if (rc != SQLITE_OK ||
-	    run(s, "INSERT INTO versions (name, version, state, created) VALUES (?, 1, ?, ?)",
-		"tii", k->name, (int64_t)STORE_ENABLED, k->created) != SQLITE_OK)
+	    run(s, "INSERT INTO versions (name, version, state, created, ckaid) "
+		"VALUES (?, 1, ?, ?, ?)", "tiit", k->name, (int64_t)STORE_ENABLED, k->created,
+		kc->ckaid) != SQLITE_OK)
 		return db_err(s, "recording the key");
 	return CF_OK;
 }
 
 int
-store_key_create(store *s, const struct store_key *k)
+store_key_create(store *s, const struct store_key *k, const uint8_t ckaid[STORE_CKAID_LEN],
+		 int64_t intent)
 {
-	return txn(s, key_create_body, k);
+	EFFECT_POINTS("store.key-create");
+	char hex[2 * STORE_CKAID_LEN + 1];
+	struct key_create kc = { k, hex };
+	struct effect e = { k->name, 1, intent, &cp_before, &cp_after };
+
+	hex_id(ckaid, hex);
+	return txn_effect(s, key_create_body, &kc, &e);
 }
 
 struct version_add {
 	const char *name;
 	uint32_t version;
 	int64_t now, next_rotation;
+	const char *ckaid;
 };
 
 static int
@@ -321,9 +458,9 @@ version_add_body(store *s, const void *arg)
 {
 	const struct version_add *v = arg;
 
-	if (run(s, "INSERT INTO versions (name, version, state, created) VALUES (?, ?, ?, ?)",
-		"tiii", v->name, (int64_t)v->version, (int64_t)STORE_ENABLED, v->now) !=
-	    SQLITE_OK ||
+	if (run(s, "INSERT INTO versions (name, version, state, created, ckaid) "
+		"VALUES (?, ?, ?, ?, ?)", "tiiit", v->name, (int64_t)v->version,
+		(int64_t)STORE_ENABLED, v->now, v->ckaid) != SQLITE_OK ||
 	    run(s, "UPDATE keys SET primary_version = ?, next_rotation = ?, pending_rotation = 0 "
 		"WHERE name = ?", "iit",
 		(int64_t)v->version, v->next_rotation, v->name) != SQLITE_OK)
@@ -332,12 +469,17 @@ version_add_body(store *s, const void *arg)
 }
 
 int
-store_version_add(store *s, const char *name, uint32_t version, int64_t now,
-		  int64_t next_rotation)
+store_version_add(store *s, const char *name, uint32_t version,
+		  const uint8_t ckaid[STORE_CKAID_LEN], int64_t now, int64_t next_rotation,
+		  int64_t intent)
 {
-	struct version_add v = { name, version, now, next_rotation };
+	EFFECT_POINTS("store.version-add");
+	char hex[2 * STORE_CKAID_LEN + 1];
+	struct version_add v = { name, version, now, next_rotation, hex };
+	struct effect e = { name, version, intent, &cp_before, &cp_after };
 
-	return txn(s, version_add_body, &v);
+	hex_id(ckaid, hex);
+	return txn_effect(s, version_add_body, &v, &e);
 }
 
 static int
@@ -365,9 +507,12 @@ key_save_body(store *s, const void *arg)
 }
 
 int
-store_key_save(store *s, const struct store_key *k)
+store_key_save(store *s, const struct store_key *k, uint32_t version, int64_t intent)
 {
-	return txn(s, key_save_body, k);
+	EFFECT_POINTS("store.key-save");
+	struct effect e = { k->name, version, intent, &cp_before, &cp_after };
+
+	return txn_effect(s, key_save_body, k, &e);
 }
 
 /* ---- principals ---- */
@@ -520,23 +665,31 @@ principal_replace_body(store *s, const void *arg)
 int
 store_principal_put(store *s, const struct store_principal *p, int create)
 {
-	return txn(s, create ? principal_create_body : principal_replace_body, p);
+	EFFECT_POINTS("store.principal-put");
+	struct effect e = { p->name, 0, 0, &cp_before, &cp_after };
+
+	return txn_effect(s, create ? principal_create_body : principal_replace_body, p, &e);
+}
+
+static int
+principal_delete_body(store *s, const void *arg)
+{
+	const char *name = arg;
+
+	if (run(s, "DELETE FROM principals WHERE name = ?", "t", name) != SQLITE_OK)
+		return db_err(s, "deleting the principal");
+	if (sqlite3_changes(s->db) == 0)
+		return cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	return CF_OK;
 }
 
 int
 store_principal_delete(store *s, const char *name)
 {
-	int r;
+	EFFECT_POINTS("store.principal-delete");
+	struct effect e = { name, 0, 0, &cp_before, &cp_after };
 
-	pthread_mutex_lock(&s->mu);
-	if (run(s, "DELETE FROM principals WHERE name = ?", "t", name) != SQLITE_OK)
-		r = db_err(s, "deleting the principal");
-	else if (sqlite3_changes(s->db) == 0)
-		r = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
-	else
-		r = CF_OK;
-	pthread_mutex_unlock(&s->mu);
-	return r;
+	return txn_effect(s, principal_delete_body, name, &e);
 }
 
 /* ---- API keys ---- */
@@ -635,9 +788,13 @@ apikey_update_body(store *s, const void *arg)
 }
 
 int
-store_apikey_put(store *s, const struct store_apikey *k, int create)
+store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_t generation,
+		 int64_t intent)
 {
-	return txn(s, create ? apikey_create_body : apikey_update_body, k);
+	EFFECT_POINTS("store.apikey-put");
+	struct effect e = { k->id, generation, intent, &cp_before, &cp_after };
+
+	return txn_effect(s, create ? apikey_create_body : apikey_update_body, k, &e);
 }
 
 /* ---- idempotency records ---- */
@@ -650,7 +807,8 @@ store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out)
 
 	pthread_mutex_lock(&s->mu);
 	if (sqlite3_prepare_v2(s->db, "SELECT method, fingerprint, done, status, message, "
-			       "response, created FROM idempotency WHERE key = ? AND uid = ?", -1,
+			       "response, created, request_id, committed, effect_name, "
+			       "effect_version FROM idempotency WHERE key = ? AND uid = ?", -1,
 			       &st, NULL) != SQLITE_OK) {
 		r = db_err(s, "reading an idempotency record");
 		goto out;
@@ -684,6 +842,12 @@ store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out)
 		memcpy(out->response, sqlite3_column_blob(st, 5), out->response_len);
 	}
 	out->created = sqlite3_column_int64(st, 6);
+	snprintf(out->request_id, sizeof(out->request_id), "%s",
+		 (const char *)sqlite3_column_text(st, 7) ?: "");
+	out->committed = sqlite3_column_int(st, 8);
+	snprintf(out->effect_name, sizeof(out->effect_name), "%s",
+		 (const char *)sqlite3_column_text(st, 9) ?: "");
+	out->effect_version = (uint32_t)sqlite3_column_int64(st, 10);
 out:
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
@@ -697,8 +861,10 @@ store_idem_put(store *s, const struct store_idem *r)
 	int ret = CF_OK;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO idempotency VALUES "
-			       "(?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO idempotency (key, uid, "
+			       "method, fingerprint, done, status, message, response, created, "
+			       "request_id, committed, effect_name, effect_version) VALUES "
+			       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK) {
 		ret = db_err(s, "recording an idempotency key");
 		goto out;
 	}
@@ -712,6 +878,10 @@ store_idem_put(store *s, const struct store_idem *r)
 	sqlite3_bind_blob(st, 8, r->response ? (const void *)r->response : (const void *)"",
 			  (int)r->response_len, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 9, r->created);
+	sqlite3_bind_text(st, 10, r->request_id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 11, r->committed);
+	sqlite3_bind_text(st, 12, r->effect_name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 13, r->effect_version);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		ret = db_err(s, "recording an idempotency key");
 out:
@@ -741,5 +911,213 @@ store_idem_expire(store *s, int64_t before)
 	r = run(s, "DELETE FROM idempotency WHERE done = 1 AND created < ?", "i", before) ==
 		    SQLITE_OK ? CF_OK : db_err(s, "expiring idempotency records");
 	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+/* ---- intents ---- */
+
+int
+store_intent_add(store *s, enum store_intent_kind kind, const char *name, uint32_t version,
+		 const uint8_t ckaid[STORE_CKAID_LEN], int64_t *id)
+{
+	char hex[2 * STORE_CKAID_LEN + 1];
+	int r = CF_OK;
+
+	hex_id(ckaid, hex);
+	pthread_mutex_lock(&s->mu);
+	if (run(s, "INSERT INTO intents (kind, name, version, ckaid, created) VALUES (?, ?, ?, ?, "
+		"strftime('%s', 'now'))", "itit", (int64_t)kind, name, (int64_t)version, hex) !=
+	    SQLITE_OK)
+		r = db_err(s, "recording the intent");
+	else
+		*id = sqlite3_last_insert_rowid(s->db);
+	pthread_mutex_unlock(&s->mu);
+	if (r == CF_OK)
+		CF_CRASH_POINT("store.intent-add.committed");
+	return r;
+}
+
+int
+store_intent_drop(store *s, int64_t id)
+{
+	int r = CF_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if (run(s, "DELETE FROM intents WHERE id = ?", "i", id) != SQLITE_OK)
+		r = db_err(s, "retiring the intent");
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_intents_clear(store *s)
+{
+	int r = CF_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if (run(s, "DELETE FROM intents", "") != SQLITE_OK)
+		r = db_err(s, "clearing intents");
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+int
+store_intents_load(store *s, int (*cb)(const struct store_intent *in, void *arg), void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_intent in;
+	int r = CF_OK, rc;
+	struct store_intent *all = NULL;
+	size_t n = 0, cap = 0;
+
+	/* Collected first: callbacks use the store. */
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT id, kind, name, version, ckaid, created FROM intents "
+			       "ORDER BY id", -1, &st, NULL) != SQLITE_OK) {
+		r = db_err(s, "loading intents");
+		goto unlock;
+	}
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 2);
+		const char *hex = (const char *)sqlite3_column_text(st, 4);
+
+		memset(&in, 0, sizeof(in));
+		in.id = sqlite3_column_int64(st, 0);
+		in.kind = (enum store_intent_kind)sqlite3_column_int(st, 1);
+		in.version = (uint32_t)sqlite3_column_int64(st, 3);
+		in.created = sqlite3_column_int64(st, 5);
+		if (name == NULL || strlen(name) >= sizeof(in.name) || hex == NULL ||
+		    strlen(hex) != 2 * STORE_CKAID_LEN ||
+		    cf_hex_decode(hex, in.ckaid, STORE_CKAID_LEN) != 0) {
+			r = cf_error(CF_E_IO, "state store holds a malformed intent (%lld)",
+				     (long long)in.id);
+			goto unlock;
+		}
+		snprintf(in.name, sizeof(in.name), "%s", name);
+		if (n == cap) {
+			struct store_intent *na;
+
+			cap = cap ? 2 * cap : 8;
+			if ((na = realloc(all, cap * sizeof(*na))) == NULL) {
+				r = CF_E_NOMEM;
+				goto unlock;
+			}
+			all = na;
+		}
+		all[n++] = in;
+	}
+	if (rc != SQLITE_DONE)
+		r = db_err(s, "loading intents");
+unlock:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < n && r == CF_OK; i++)
+		r = cb(&all[i], arg);
+	free(all);
+	return r;
+}
+
+/* ---- the audit outbox and anchor ---- */
+
+int
+store_outbox_load(store *s, int (*cb)(int64_t id, const char *line, void *arg), void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT id, line FROM audit_outbox ORDER BY id", -1, &st,
+			       NULL) != SQLITE_OK) {
+		r = db_err(s, "reading the audit outbox");
+		goto out;
+	}
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if ((r = cb(sqlite3_column_int64(st, 0),
+			    (const char *)sqlite3_column_text(st, 1) ?: "", arg)) != CF_OK)
+			goto out;
+	if (rc != SQLITE_DONE)
+		r = db_err(s, "reading the audit outbox");
+out:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+static int
+anchor_row(sqlite3 *db, struct store_audit_anchor *out)
+{
+	sqlite3_stmt *st = NULL;
+	const char *hex;
+	int r = CF_E_NOT_FOUND;
+
+	if (sqlite3_prepare_v2(db, "SELECT seq, chain, clean, time FROM audit_anchor WHERE id = 1",
+			       -1, &st, NULL) != SQLITE_OK)
+		return cf_error(CF_E_IO, "state store: reading the audit anchor: %s",
+				sqlite3_errmsg(db));
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		memset(out, 0, sizeof(*out));
+		out->seq = (uint64_t)sqlite3_column_int64(st, 0);
+		hex = (const char *)sqlite3_column_text(st, 1);
+		out->clean = sqlite3_column_int(st, 2);
+		out->time = sqlite3_column_int64(st, 3);
+		r = hex != NULL && strlen(hex) == 64 && cf_hex_decode(hex, out->chain, 32) == 0 ?
+			    CF_OK : cf_error(CF_E_IO, "state store: the audit anchor is malformed");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+int
+store_audit_anchor_get(store *s, struct store_audit_anchor *out)
+{
+	int r;
+
+	pthread_mutex_lock(&s->mu);
+	r = anchor_row(s->db, out);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+struct anchor_put {
+	const struct store_audit_anchor *a;
+	int64_t outbox_done;
+};
+
+static int
+anchor_put_body(store *s, const void *arg)
+{
+	const struct anchor_put *ap = arg;
+	char hex[65];
+
+	cf_hex_encode(ap->a->chain, 32, hex);
+	if (run(s, "INSERT OR REPLACE INTO audit_anchor (id, seq, chain, clean, time) "
+		"VALUES (1, ?, ?, ?, ?)", "itii", (int64_t)ap->a->seq, hex, (int64_t)ap->a->clean,
+		ap->a->time) != SQLITE_OK ||
+	    (ap->outbox_done > 0 &&
+	     run(s, "DELETE FROM audit_outbox WHERE id <= ?", "i", ap->outbox_done) != SQLITE_OK))
+		return db_err(s, "anchoring the audit trail");
+	return CF_OK;
+}
+
+int
+store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t outbox_done)
+{
+	struct anchor_put ap = { a, outbox_done };
+
+	return txn(s, anchor_put_body, &ap);
+}
+
+int
+store_audit_anchor_read(const char *db_path, struct store_audit_anchor *out)
+{
+	sqlite3 *db = NULL;
+	int r;
+
+	if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		r = cf_error(CF_E_IO, "cannot open %s: %s", db_path,
+			     db ? sqlite3_errmsg(db) : "out of memory");
+	else
+		r = anchor_row(db, out);
+	sqlite3_close(db);
 	return r;
 }

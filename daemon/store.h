@@ -13,13 +13,19 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 6   /* 2: principals; 3: keys' allowed operations; 4: API keys;
-                                    5: idempotency records; 6: key lifecycle */
+#define STORE_SCHEMA_VERSION 7   /* 2: principals; 3: keys' allowed operations; 4: API keys;
+                                    5: idempotency records; 6: key lifecycle; 7: crash safety
+                                    (intents, CKA_IDs, audit outbox and anchor) */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
+#define STORE_CKAID_LEN 16
+/* Names of the daemon's own token keys (e.g. "coffer.identity"). */
+#define STORE_RESERVED_PREFIX "coffer."
+
 struct store_version {
 	uint32_t version;
+	uint8_t ckaid[STORE_CKAID_LEN]; /* CKA_ID of its token objects */
 	enum store_state state;
 	int64_t created;
 	int64_t destroy_time;           /* DESTROY_SCHEDULED: due; DESTROYED: done */
@@ -96,20 +102,101 @@ typedef struct store store;
 int store_open(const char *dir, store **out);
 void store_close(store *s);
 
+/* The CKA_ID of versions made before schema 7: SHA-256("coffer/<name>/<version>")[:16]. */
+void store_ckaid_legacy(const char *name, uint32_t version, uint8_t out[STORE_CKAID_LEN]);
+
 /* Call cb for every key with its versions (borrowed for the callback). */
 int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg);
 
 /* Record a new key (k: name, type, exportable, allowed_ops, created,
- * rotation_period, next_rotation) with version 1 as primary, in one
- * transaction. CF_E_EXISTS if the name is taken. */
-int store_key_create(store *s, const struct store_key *k);
-/* Record a new version, make it primary, set the next scheduled rotation
- * and clear pending_rotation, in one transaction. */
-int store_version_add(store *s, const char *name, uint32_t version, int64_t now,
-		      int64_t next_rotation);
+ * rotation_period, next_rotation) with version 1 (CKA_ID ckaid) as primary,
+ * and retire the intent `intent` (0: none), in one transaction. CF_E_EXISTS
+ * if the name is taken. */
+int store_key_create(store *s, const struct store_key *k, const uint8_t ckaid[STORE_CKAID_LEN],
+		     int64_t intent);
+/* Record a new version, make it primary, set the next scheduled rotation,
+ * and retire the intent `intent` (0: none), in one transaction. */
+int store_version_add(store *s, const char *name, uint32_t version,
+		      const uint8_t ckaid[STORE_CKAID_LEN], int64_t now, int64_t next_rotation,
+		      int64_t intent);
 /* Write a key's lifecycle fields (primary, minimums, rotation schedule,
- * pending rotation) and every version's state, in one transaction. */
-int store_key_save(store *s, const struct store_key *k);
+ * pending rotation) and every version's state, and retire the intent
+ * `intent` (0: none), in one transaction. `version` names the version the
+ * change is about (for its audit record; 0: the key as a whole). */
+int store_key_save(store *s, const struct store_key *k, uint32_t version, int64_t intent);
+
+/*
+ * Intents (crash safety, daemon/CRASH-SAFETY.md): before a call makes token
+ * objects it records, durably, what it is about to make: the objects of
+ * `name` at `version` (the token label coffer/<name>/<version>) with CKA_ID
+ * `ckaid`. The transaction that records the new version retires the intent;
+ * an intent found at start-up belongs to a call that died in between, and
+ * recovery removes what it made. (A destruction needs none: the version's
+ * destroy-scheduled state is its intent.)
+ */
+enum store_intent_kind { STORE_INTENT_MAKE = 1 };
+struct store_intent {
+	int64_t id;
+	enum store_intent_kind kind;
+	char name[CF_KEY_NAME_MAX + 32];
+	uint32_t version;
+	uint8_t ckaid[STORE_CKAID_LEN];
+	int64_t created;
+};
+/* Record an intent; *id is its number. */
+int store_intent_add(store *s, enum store_intent_kind kind, const char *name, uint32_t version,
+		     const uint8_t ckaid[STORE_CKAID_LEN], int64_t *id);
+/* Retire an intent whose call changed nothing (it failed before recording). */
+int store_intent_drop(store *s, int64_t id);
+int store_intents_load(store *s, int (*cb)(const struct store_intent *in, void *arg), void *arg);
+/* Drop every intent (recovery, once their objects are gone). */
+int store_intents_clear(store *s);
+
+/*
+ * The call a change belongs to. A dispatcher (or the daemon's scheduled
+ * work) sets it on the calling thread for the length of a mutating call.
+ * Every transaction that records a change (key, version, lifecycle,
+ * principal, API key) then also commits, atomically with it:
+ *  - the call's audit record, into the audit outbox (the audit trail takes it
+ *    from there: audit.h), formatted by `record`;
+ *  - with an idempotency key, the mark on its idempotency record that the
+ *    call's effect is durable, naming what it changed (so that a retry
+ *    answers it instead of acting again).
+ * `record` writes the JSON body of the record of a change to `name` at
+ * `version` into buf (at most len bytes, NUL-terminated); it returns the
+ * length, or -1.
+ */
+struct store_call {
+	const char *idem_key;           /* NULL: the call has no idempotency key */
+	uint32_t uid;
+	int (*record)(const struct store_call *c, const char *name, uint32_t version, char *buf,
+		      size_t len);
+	void *arg;
+	/* Written by the store. */
+	unsigned effects;               /* changes committed for this call */
+};
+/* Set (c) or clear (NULL) the calling thread's call. */
+void store_call_set(struct store_call *c);
+struct store_call *store_call_get(void);
+
+/* The audit outbox: records of committed changes not yet in the trail. */
+int store_outbox_load(store *s, int (*cb)(int64_t id, const char *line, void *arg), void *arg);
+
+/* Where the audit trail ended when last anchored: its last record's number
+ * and chain value, and whether the daemon then stopped cleanly. */
+struct store_audit_anchor {
+	uint64_t seq;
+	uint8_t chain[32];
+	int clean;
+	int64_t time;
+};
+/* CF_E_NOT_FOUND if the trail was never anchored. */
+int store_audit_anchor_get(store *s, struct store_audit_anchor *out);
+/* Move the anchor and drop outbox records up to outbox_done (0: none), in
+ * one transaction. */
+int store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t outbox_done);
+/* Read the anchor of the store at path (read-only; for offline verification). */
+int store_audit_anchor_read(const char *db_path, struct store_audit_anchor *out);
 
 /* Call cb for every principal (borrowed for the callback), by name. */
 int store_principals_load(store *s, int (*cb)(const struct store_principal *p, void *arg),
@@ -135,6 +222,10 @@ struct store_idem {
 	uint8_t *response;            /* packed response (owned by whoever filled it) */
 	size_t response_len;
 	int64_t created;
+	char request_id[65];          /* the first attempt's request id */
+	int committed;                /* not done, but its change is durable (store_call) */
+	char effect_name[CF_KEY_NAME_MAX + 32];   /* what it changed (committed) */
+	uint32_t effect_version;
 };
 /* CF_E_NOT_FOUND if there is none. */
 int store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out);
@@ -146,8 +237,10 @@ int store_idem_expire(store *s, int64_t before);
 
 /* Call cb for every API key, revoked ones too (borrowed for the callback). */
 int store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *arg), void *arg);
-/* Write an API key whole (its secrets replaced) in one transaction.
- * create: CF_E_EXISTS if the id is taken. */
-int store_apikey_put(store *s, const struct store_apikey *k, int create);
+/* Write an API key whole (its secrets replaced) and retire the intent
+ * `intent` (0: none) in one transaction. create: CF_E_EXISTS if the id is
+ * taken. generation: the secret the change is about (its audit record). */
+int store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_t generation,
+		     int64_t intent);
 
 #endif

@@ -79,6 +79,13 @@ void cf_p11_close(cf_p11 *p);
 int cf_p11_key_generate(cf_p11 *p, const char *name, uint32_t version,
 			enum cf_key_type type, unsigned flags, cf_p11_key **out);
 
+/* The same with CKA_ID `id` on every object it makes (a unique id per
+ * attempt lets recovery tell its objects from any other); lookups of the
+ * returned handle match that id too. */
+#define CF_P11_ID_LEN 16
+int cf_p11_key_generate_id(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+			   unsigned flags, const uint8_t id[CF_P11_ID_LEN], cf_p11_key **out);
+
 /* Import raw key material (bring your own key) for HMAC and AES types.
  * HMAC secrets: hash length .. CF_P11_MAX_SECRET bytes; AES-256: 32 bytes.
  * The caller keeps ownership of `material`. */
@@ -86,9 +93,18 @@ int cf_p11_key_import(cf_p11 *p, const char *name, uint32_t version,
 		      enum cf_key_type type, const cf_secret *material, unsigned flags,
 		      cf_p11_key **out);
 
+/* With CKA_ID id (NULL: the legacy id derived from the label). */
+int cf_p11_key_import_id(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+			 const cf_secret *material, unsigned flags, const uint8_t *id,
+			 cf_p11_key **out);
+
 /* Find an existing version by name and version (e.g. after a restart).
- * CF_E_NOT_FOUND if absent. */
+ * CF_E_NOT_FOUND if absent. CF_E_TOKEN (ambiguous) if several objects of a
+ * class carry the label. */
 int cf_p11_key_open(cf_p11 *p, const char *name, uint32_t version, cf_p11_key **out);
+/* Only the objects whose CKA_ID is id (NULL: as cf_p11_key_open). */
+int cf_p11_key_open_id(cf_p11 *p, const char *name, uint32_t version, const uint8_t *id,
+		       cf_p11_key **out);
 
 /* The daemon's own keys: open name/version, or generate it (not
  * exportable) when the token has none (*created = 1). CF_E_CONFIG if the
@@ -111,6 +127,24 @@ uint32_t cf_p11_key_version(const cf_p11_key *k);
 typedef int (*cf_p11_list_cb)(const char *name, uint32_t version, enum cf_key_type type,
 			      void *arg);
 int cf_p11_key_list(cf_p11 *p, cf_p11_list_cb cb, void *arg);
+
+/* Every token object labelled as a Coffer key version, of every class:
+ * what reconciliation compares with the registry. */
+enum cf_p11_class { CF_P11_PRIVATE = 1, CF_P11_PUBLIC, CF_P11_SECRET };
+struct cf_p11_object {
+	char name[CF_KEY_NAME_MAX + 1];
+	uint32_t version;
+	enum cf_p11_class cls;
+	enum cf_key_type type;          /* CF_KEY_NONE if not one Coffer knows */
+	uint8_t id[CF_P11_ID_LEN];
+	int id_len;                     /* 1 if id holds a CKA_ID of CF_P11_ID_LEN bytes */
+};
+/* *out (malloc'ed, caller frees) holds *n objects. */
+int cf_p11_objects(cf_p11 *p, struct cf_p11_object **out, size_t *n);
+/* Destroy every token object of name/version whose CKA_ID is id (NULL:
+ * every one), whatever its class; *destroyed counts them (may be NULL). */
+int cf_p11_objects_destroy(cf_p11 *p, const char *name, uint32_t version, const uint8_t *id,
+			   unsigned *destroyed);
 
 /* ---- signatures ---- */
 

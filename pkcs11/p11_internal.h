@@ -63,6 +63,7 @@ struct cf_p11_key {
 	enum cf_key_type type;
 	char label[CF_KEY_NAME_MAX + 32];
 	unsigned char id[16];
+	int match_id;               /* lookups also match CKA_ID (a recorded id) */
 
 	pthread_mutex_t mu;         /* guards the handle cache below */
 	uint64_t epoch;             /* epoch the handles were resolved in; 0 = stale */
@@ -110,7 +111,7 @@ CK_RV p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch,
 void p11_key_invalidate(cf_p11_key *k);
 /* Find objects of `cls` with `label`; P11_RV_NOT_FOUND / P11_RV_AMBIGUOUS. */
 CK_RV p11_find_one(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
-		   CK_OBJECT_HANDLE *out);
+		   const unsigned char *id, CK_OBJECT_HANDLE *out);
 /* Read one variable-length attribute into a new malloc'ed buffer. */
 CK_RV p11_get_attr(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
 		   CK_ATTRIBUTE_TYPE type, unsigned char **out, unsigned long *len);

@@ -8,6 +8,7 @@
 
 #include <openssl/sha.h>
 
+#include "cf_crashpoint.h"
 #include "cf_status.h"
 
 #define LABEL_PREFIX "coffer/"
@@ -53,7 +54,7 @@ hmac_mech(enum cf_key_type t)
 
 static int
 p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
-	    cf_p11_key **out)
+	    const uint8_t *id, cf_p11_key **out)
 {
 	unsigned char md[SHA256_DIGEST_LENGTH];
 	cf_p11_key *k;
@@ -71,8 +72,10 @@ p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type
 	k->version = version;
 	k->type = type;
 	snprintf(k->label, sizeof(k->label), LABEL_PREFIX "%s/%u", name, version);
+	/* Without a recorded id, the legacy one derived from the label. */
 	SHA256((const unsigned char *)k->label, strlen(k->label), md);
-	memcpy(k->id, md, sizeof(k->id));
+	memcpy(k->id, id != NULL ? id : md, sizeof(k->id));
+	k->match_id = id != NULL;
 	pthread_mutex_init(&k->mu, NULL);
 	k->priv = k->pub = k->use_priv = k->use_pub = CK_INVALID_HANDLE;
 	*out = k;
@@ -122,18 +125,19 @@ tpl_secret(struct p11_template *t, const cf_p11_key *k, unsigned flags,
 
 CK_RV
 p11_find_one(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
-	     CK_OBJECT_HANDLE *out)
+	     const unsigned char *id, CK_OBJECT_HANDLE *out)
 {
 	CK_ATTRIBUTE q[] = {
 		{ CKA_CLASS, &cls, sizeof(cls) },
 		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
 		{ CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_ID, (void *)id, 16 },
 	};
 	CK_OBJECT_HANDLE found[2];
 	CK_ULONG n = 0;
 	CK_RV rv;
 
-	if ((rv = p->f->C_FindObjectsInit(s, q, 3)) != CKR_OK)
+	if ((rv = p->f->C_FindObjectsInit(s, q, id != NULL ? 4 : 3)) != CKR_OK)
 		return rv;
 	rv = p->f->C_FindObjects(s, found, 2, &n);
 	(void)p->f->C_FindObjectsFinal(s);
@@ -224,19 +228,47 @@ p11_detect_type(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, enum cf_key_
 	return *out == CF_KEY_NONE ? CKR_KEY_TYPE_INCONSISTENT : CKR_OK;
 }
 
-/* Private (asymmetric) or secret object of a label. */
+/* The CKA_ID a lookup of k matches, or NULL (by label alone). */
+static const unsigned char *
+match_id(const cf_p11_key *k)
+{
+	return k->match_id ? k->id : NULL;
+}
+
+/* Private (asymmetric) or secret object of a key. */
 static CK_RV
-p11_find_key_object(cf_p11 *p, CK_SESSION_HANDLE s, const char *label, CK_OBJECT_HANDLE *o,
+p11_find_key_object(cf_p11 *p, CK_SESSION_HANDLE s, const cf_p11_key *k, CK_OBJECT_HANDLE *o,
 		    int *is_secret)
 {
-	CK_RV rv = p11_find_one(p, s, CKO_PRIVATE_KEY, label, o);
+	CK_RV rv = p11_find_one(p, s, CKO_PRIVATE_KEY, k->label, match_id(k), o);
 
 	*is_secret = 0;
 	if (rv == P11_RV_NOT_FOUND) {
-		rv = p11_find_one(p, s, CKO_SECRET_KEY, label, o);
+		rv = p11_find_one(p, s, CKO_SECRET_KEY, k->label, match_id(k), o);
 		*is_secret = 1;
 	}
 	return rv;
+}
+
+/* CKR_OK if any token object (of any class or id) carries the label. */
+static CK_RV
+p11_label_taken(cf_p11 *p, CK_SESSION_HANDLE s, const char *label)
+{
+	CK_ATTRIBUTE q[] = {
+		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
+		{ CKA_LABEL, (void *)label, strlen(label) },
+	};
+	CK_OBJECT_HANDLE found;
+	CK_ULONG n = 0;
+	CK_RV rv;
+
+	if ((rv = p->f->C_FindObjectsInit(s, q, 2)) != CKR_OK)
+		return rv;
+	rv = p->f->C_FindObjects(s, &found, 1, &n);
+	(void)p->f->C_FindObjectsFinal(s);
+	if (rv != CKR_OK)
+		return rv;
+	return n > 0 ? CKR_OK : P11_RV_NOT_FOUND;
 }
 
 static void
@@ -284,10 +316,11 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 	/* Searching the token while another thread creates objects in it fails
 	 * inside SoftHSM now and then: lookups take the write lock too. */
 	pthread_mutex_lock(&p->write_mu);
-	if ((rv = p11_find_key_object(p, s, k->label, &k->priv, &is_secret)) != CKR_OK)
+	if ((rv = p11_find_key_object(p, s, k, &k->priv, &is_secret)) != CKR_OK)
 		goto unlock;
 	k->pub = CK_INVALID_HANDLE;
-	if (!is_secret && (rv = p11_find_one(p, s, CKO_PUBLIC_KEY, k->label, &k->pub)) != CKR_OK)
+	if (!is_secret &&
+	    (rv = p11_find_one(p, s, CKO_PUBLIC_KEY, k->label, match_id(k), &k->pub)) != CKR_OK)
 		goto unlock;
 	k->use_priv = k->priv;
 	k->use_pub = k->pub;
@@ -373,14 +406,14 @@ gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
 	CK_MECHANISM_TYPE allowed;
 	CK_ULONG value_len;
-	CK_OBJECT_HANDLE existing;
-	int is_secret;
 	CK_RV rv;
 
 	(void)h;
 	pthread_mutex_lock(&p->write_mu);
-	rv = p11_find_key_object(p, s, k->label, &existing, &is_secret);
-	if (rv == CKR_OK || rv == P11_RV_AMBIGUOUS) {
+	/* Any object under the label, a lone public key left by an interrupted
+	 * generation too, makes it taken: never a second pair beside it. */
+	rv = p11_label_taken(p, s, k->label);
+	if (rv == CKR_OK) {
 		rv = P11_RV_AMBIGUOUS; /* reported as CF_E_EXISTS by the caller */
 		goto out;
 	}
@@ -408,7 +441,7 @@ out:
 
 static int
 p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
-	       unsigned flags, const cf_secret *material, cf_p11_key **out)
+	       unsigned flags, const cf_secret *material, const uint8_t *id, cf_p11_key **out)
 {
 	struct gen_arg g = { NULL, flags, material };
 	CK_RV rv;
@@ -420,9 +453,11 @@ p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type t
 		return cf_error(CF_E_WRONG_KEY_TYPE, "only EC keys can be made for ECDH");
 	if ((flags & CF_P11_EXPORTABLE) && cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_WRONG_KEY_TYPE, "only secret keys can be made exportable");
-	if ((r = p11_key_new(p, name, version, type, &g.k)) != CF_OK)
+	if ((r = p11_key_new(p, name, version, type, id, &g.k)) != CF_OK)
 		return r;
 	rv = p11_run(p, NULL, gen_op, &g);
+	if (rv == CKR_OK)
+		CF_CRASH_POINT("p11.key-create.created");
 	if (rv == P11_RV_AMBIGUOUS) {
 		r = cf_error(CF_E_EXISTS, "key %s version %u already exists in the token", name,
 			     version);
@@ -441,12 +476,27 @@ int
 cf_p11_key_generate(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
 		    unsigned flags, cf_p11_key **out)
 {
-	return p11_key_create(p, name, version, type, flags, NULL, out);
+	return p11_key_create(p, name, version, type, flags, NULL, NULL, out);
+}
+
+int
+cf_p11_key_generate_id(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+		       unsigned flags, const uint8_t id[CF_P11_ID_LEN], cf_p11_key **out)
+{
+	return p11_key_create(p, name, version, type, flags, NULL, id, out);
 }
 
 int
 cf_p11_key_import(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
 		  const cf_secret *material, unsigned flags, cf_p11_key **out)
+{
+	return cf_p11_key_import_id(p, name, version, type, material, flags, NULL, out);
+}
+
+int
+cf_p11_key_import_id(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
+		     const cf_secret *material, unsigned flags, const uint8_t *id,
+		     cf_p11_key **out)
 {
 	size_t len = material ? cf_secret_len(material) : 0;
 
@@ -466,7 +516,7 @@ cf_p11_key_import(cf_p11 *p, const char *name, uint32_t version, enum cf_key_typ
 		return cf_error(CF_E_WRONG_KEY_TYPE, "only HMAC and AES keys can be imported, "
 				"not %s", cf_key_type_name(type));
 	}
-	return p11_key_create(p, name, version, type, flags, material, out);
+	return p11_key_create(p, name, version, type, flags, material, id, out);
 }
 
 /* ---- unwrap (creates a token object, so it lives with the writers) ---- */
@@ -490,7 +540,7 @@ unwrap_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg
 	CK_RV rv;
 
 	pthread_mutex_lock(&p->write_mu);
-	rv = p11_find_key_object(p, s, u->k->label, &existing, &is_secret);
+	rv = p11_find_key_object(p, s, u->k, &existing, &is_secret);
 	if (rv == CKR_OK || rv == P11_RV_AMBIGUOUS) {
 		rv = P11_RV_AMBIGUOUS;
 		goto out;
@@ -524,7 +574,7 @@ cf_p11_unwrap_key(cf_p11_key *wrapping, const uint8_t *blob, size_t bloblen, con
 	if (bloblen < 16 || bloblen % 8 != 0)
 		return cf_error(CF_E_DECRYPT, "wrapped key of %zu bytes is not an RFC 5649 blob",
 				bloblen);
-	if ((r = p11_key_new(wrapping->p, name, version, type, &u.k)) != CF_OK)
+	if ((r = p11_key_new(wrapping->p, name, version, type, NULL, &u.k)) != CF_OK)
 		return r;
 	rv = p11_run(wrapping->p, wrapping, unwrap_op, &u);
 	/* SoftHSM reports a failed RFC 5649 integrity check as CKR_GENERAL_ERROR. */
@@ -563,7 +613,7 @@ open_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 
 	(void)h;
 	pthread_mutex_lock(&p->write_mu);
-	if ((rv = p11_find_key_object(p, s, o->k->label, &obj, &is_secret)) == CKR_OK)
+	if ((rv = p11_find_key_object(p, s, o->k, &obj, &is_secret)) == CKR_OK)
 		rv = p11_detect_type(p, s, obj, &o->k->type);
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
@@ -572,11 +622,18 @@ open_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 int
 cf_p11_key_open(cf_p11 *p, const char *name, uint32_t version, cf_p11_key **out)
 {
+	return cf_p11_key_open_id(p, name, version, NULL, out);
+}
+
+int
+cf_p11_key_open_id(cf_p11 *p, const char *name, uint32_t version, const uint8_t *id,
+		   cf_p11_key **out)
+{
 	struct open_arg o = { NULL };
 	CK_RV rv;
 	int r;
 
-	if ((r = p11_key_new(p, name, version, CF_KEY_NONE, &o.k)) != CF_OK)
+	if ((r = p11_key_new(p, name, version, CF_KEY_NONE, id, &o.k)) != CF_OK)
 		return r;
 	rv = p11_run(p, NULL, open_op, &o);
 	if (rv == P11_RV_NOT_FOUND) {
@@ -653,8 +710,10 @@ destroy_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *ar
 	p11_destroy_copies(k);
 	pthread_mutex_lock(&p->write_mu);
 	rv = p->f->C_DestroyObject(s, k->priv);
-	if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE)
+	if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE) {
+		CF_CRASH_POINT("p11.key-destroy.private-gone");
 		rv = p->f->C_DestroyObject(s, k->pub);
+	}
 	pthread_mutex_unlock(&p->write_mu);
 	k->epoch = 0;
 	pthread_mutex_unlock(&k->mu);
@@ -687,20 +746,14 @@ cf_p11_key_free(cf_p11_key *k)
 
 /* ---- listing ---- */
 
-struct list_entry {
-	char name[CF_KEY_NAME_MAX + 1];
-	uint32_t version;
-	enum cf_key_type type;
-};
-
 struct list_arg {
-	struct list_entry *e;
+	struct cf_p11_object *e;
 	size_t n, cap;
 };
 
 /* "coffer/<name>/<version>" -> name, version; 0 if it is not ours. */
 static int
-parse_label(const unsigned char *l, unsigned long len, struct list_entry *e)
+parse_label(const unsigned char *l, unsigned long len, struct cf_p11_object *e)
 {
 	char buf[CF_KEY_NAME_MAX + 32], *slash, *end;
 	unsigned long v;
@@ -736,9 +789,9 @@ list_class(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, struct list_arg 
 	CK_OBJECT_HANDLE objs[64];
 	CK_ULONG n;
 	CK_RV rv;
-	struct list_entry e;
-	unsigned char *label;
-	unsigned long llen;
+	struct cf_p11_object e;
+	unsigned char *label, *id;
+	unsigned long llen, idlen;
 
 	if ((rv = p->f->C_FindObjectsInit(s, q, 2)) != CKR_OK)
 		return rv;
@@ -748,11 +801,23 @@ list_class(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, struct list_arg 
 		for (CK_ULONG i = 0; i < n; i++) {
 			if (p11_get_attr(p, s, objs[i], CKA_LABEL, &label, &llen) != CKR_OK)
 				continue;
+			memset(&e, 0, sizeof(e));
+			e.cls = cls == CKO_PRIVATE_KEY ? CF_P11_PRIVATE :
+				cls == CKO_PUBLIC_KEY ? CF_P11_PUBLIC : CF_P11_SECRET;
 			if (parse_label(label, llen, &e) &&
-			    p11_detect_type(p, s, objs[i], &e.type) == CKR_OK) {
+			    p11_detect_type(p, s, objs[i], &e.type) != CKR_OK)
+				e.type = CF_KEY_NONE;
+			if (e.version != 0 &&
+			    p11_get_attr(p, s, objs[i], CKA_ID, &id, &idlen) == CKR_OK) {
+				if (idlen == CF_P11_ID_LEN)
+					memcpy(e.id, id, CF_P11_ID_LEN);
+				e.id_len = idlen == CF_P11_ID_LEN;
+				free(id);
+			}
+			if (e.version != 0) {
 				if (la->n == la->cap) {
 					size_t nc = la->cap ? la->cap * 2 : 64;
-					struct list_entry *ne;
+					struct cf_p11_object *ne;
 
 					if (nc > LIST_MAX ||
 					    (ne = realloc(la->e, nc * sizeof(*ne))) == NULL) {
@@ -782,10 +847,85 @@ list_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	(void)h;
 	la->n = 0;
 	pthread_mutex_lock(&p->write_mu);
-	if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) == CKR_OK)
-		rv = list_class(p, s, CKO_SECRET_KEY, la);
+	if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) == CKR_OK &&
+	    (rv = list_class(p, s, CKO_SECRET_KEY, la)) == CKR_OK)
+		rv = list_class(p, s, CKO_PUBLIC_KEY, la);
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
+}
+
+int
+cf_p11_objects(cf_p11 *p, struct cf_p11_object **out, size_t *n)
+{
+	struct list_arg la = { NULL, 0, 0 };
+	int r;
+
+	if ((r = p11_status(p11_run(p, NULL, list_op, &la), "listing token objects")) != CF_OK) {
+		free(la.e);
+		return r;
+	}
+	*out = la.e;
+	*n = la.n;
+	return CF_OK;
+}
+
+struct purge_arg {
+	char label[CF_KEY_NAME_MAX + 32];
+	const uint8_t *id;
+	unsigned destroyed;
+};
+
+static CK_RV
+purge_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
+{
+	struct purge_arg *pa = arg;
+	CK_ATTRIBUTE q[] = {
+		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
+		{ CKA_LABEL, pa->label, strlen(pa->label) },
+		{ CKA_ID, (void *)pa->id, CF_P11_ID_LEN },
+	};
+	CK_OBJECT_HANDLE objs[16];
+	CK_ULONG n = 0;
+	CK_RV rv;
+
+	(void)h;
+	pthread_mutex_lock(&p->write_mu);
+	/* Find, then destroy: a search must be finished before the token changes. */
+	if ((rv = p->f->C_FindObjectsInit(s, q, pa->id != NULL ? 3 : 2)) == CKR_OK) {
+		rv = p->f->C_FindObjects(s, objs, 16, &n);
+		(void)p->f->C_FindObjectsFinal(s);
+	}
+	for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
+		if (i > 0)
+			CF_CRASH_POINT("p11.objects-destroy.between");
+		if ((rv = p->f->C_DestroyObject(s, objs[i])) == CKR_OK)
+			pa->destroyed++;
+	}
+	pthread_mutex_unlock(&p->write_mu);
+	return rv;
+}
+
+int
+cf_p11_objects_destroy(cf_p11 *p, const char *name, uint32_t version, const uint8_t *id,
+		       unsigned *destroyed)
+{
+	struct purge_arg pa;
+	int r = CF_OK;
+
+	memset(&pa, 0, sizeof(pa));
+	snprintf(pa.label, sizeof(pa.label), LABEL_PREFIX "%s/%u", name, version);
+	pa.id = id;
+	/* A batch at a time until none is left. */
+	do {
+		unsigned before = pa.destroyed;
+
+		r = p11_status(p11_run(p, NULL, purge_op, &pa), "destroying token objects");
+		if (r != CF_OK || pa.destroyed == before)
+			break;
+	} while (1);
+	if (destroyed != NULL)
+		*destroyed = pa.destroyed;
+	return r;
 }
 
 int
@@ -798,7 +938,8 @@ cf_p11_key_list(cf_p11 *p, cf_p11_list_cb cb, void *arg)
 	if ((r = p11_status(p11_run(p, NULL, list_op, &la), "listing keys")) != CF_OK)
 		goto out;
 	for (size_t i = 0; i < la.n; i++)
-		if ((r = cb(la.e[i].name, la.e[i].version, la.e[i].type, arg)) != 0)
+		if (la.e[i].cls != CF_P11_PUBLIC && la.e[i].type != CF_KEY_NONE &&
+		    (r = cb(la.e[i].name, la.e[i].version, la.e[i].type, arg)) != 0)
 			break;
 out:
 	free(la.e);

@@ -217,7 +217,9 @@ test_store_migration(void)
 		struct store_key nk = { .name = "new-key", .type = CF_KEY_EC_P256, .allowed_ops = 6,
 					.created = 2 };
 
-		CU_ASSERT_EQUAL(store_key_create(s, &nk), CF_OK);
+		uint8_t id[STORE_CKAID_LEN] = { 1 };
+
+		CU_ASSERT_EQUAL(store_key_create(s, &nk, id, 0), CF_OK);
 	}
 	store_close(s);
 	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
@@ -429,9 +431,9 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 0);
-	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	keyring_close(kr);
 	kr = NULL;
@@ -444,38 +446,48 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 2);
 	CU_ASSERT(reported("key lost version 1 is in the registry but missing from the token"));
-	CU_ASSERT(reported("token object stray version 1 has no registry record"));
+	CU_ASSERT(reported("token objects of stray version 1 (2) have no registry record"));
 	/* the intact key works; the lost one is refused cleanly; the stray is not served */
 	CU_ASSERT_EQUAL(keyring_use(kr, "kept", 0, PURPOSE_SIGN, USE_NEW, &k, &v), CF_OK);
 	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, USE_NEW, &k, &v), CF_E_PRECONDITION);
 	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, USE_NEW, &k, &v), CF_E_NOT_FOUND);
 	/* a create that collides with the stray token object fails and records nothing */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "no record claims"));
 	CU_ASSERT_EQUAL(keyring_describe(kr, "stray", &info), CF_E_NOT_FOUND);
-	/* A resumed call (its idempotency record was left pending by a crash
-	 * after the token object was made): the object is adopted, once. */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, 1, &info), CF_OK);
-	CU_ASSERT(info.nversions == 1 && info.primary == 1);
-	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "kept", 2, CF_KEY_EC_P256, 0, &stray), CF_OK);
-	cf_p11_key_free(stray);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "kept", 0, &info), CF_E_EXISTS);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "kept", 1, &info), CF_OK);
-	CU_ASSERT(info.nversions == 2 && info.primary == 2);
-	keyring_info_free(&info);
-	/* Only an object of the key's own type is adopted. */
-	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "kept", 3, CF_KEY_ED25519, 0, &stray), CF_OK);
-	cf_p11_key_free(stray);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "kept", 1, &info), CF_E_EXISTS);
 	keyring_close(kr);
-	/* Nothing adopted is reported as unclaimed at the next start (the
-	 * wrong-type version 3 is). */
+	/* A call that died after making its objects and before recording them
+	 * left its intent: the next start removes exactly those objects, and a
+	 * second pair is never made beside them. */
+	{
+		uint8_t id[STORE_CKAID_LEN], other[STORE_CKAID_LEN];
+		int64_t intent = 0;
+
+		memset(id, 0x5a, sizeof(id));
+		memset(other, 0xa5, sizeof(other));
+		CU_ASSERT_EQUAL(store_intent_add(st, STORE_INTENT_MAKE, "half", 1, id, &intent),
+				CF_OK);
+		CU_ASSERT_EQUAL(cf_p11_key_generate_id(p11, "half", 1, CF_KEY_EC_P256, 0, id,
+						       &stray), CF_OK);
+		cf_p11_key_free(stray);
+		CU_ASSERT_EQUAL(cf_p11_key_generate_id(p11, "half", 1, CF_KEY_EC_P256, 0, other,
+						       &stray), CF_E_EXISTS);
+	}
 	mismatches = 0;
 	nreports = 0;
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
-	CU_ASSERT_EQUAL(mismatches, 2);
-	CU_ASSERT(reported("token object kept version 3 has no registry record"));
-	CU_ASSERT(!reported("stray version 1 has no"));
+	CU_ASSERT(reported("recovered: the interrupted creation of half version 1 was undone (2 "
+			   "token objects removed)"));
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "half", 1, &k), CF_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(keyring_create(kr, "half", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT(info.nversions == 1 && info.primary == 1);
+	keyring_info_free(&info);
+	keyring_close(kr);
+	/* Intents are gone once handled: the next start reports nothing new. */
+	mismatches = 0;
+	nreports = 0;
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT(!reported("half"));
 	keyring_close(kr);
 	store_close(st);
 }
@@ -525,11 +537,11 @@ test_lifecycle_token(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(kr, "doomed", CF_KEY_EC_P256, 0, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "doomed", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", &info), CF_OK);
 	keyring_info_free(&info);
 	/* Version 1 goes the normal way: scheduled, due, destroyed by a tick. */
 	a.version = 1;
@@ -560,14 +572,17 @@ test_lifecycle_token(void)
 	 * died after destroying the objects: what a crash leaves. */
 	memcpy(sk.name, "doomed", 7);
 	sk.primary = 3;
-	sv[0] = (struct store_version){ 1, STORE_DESTROYED, now, now + 2, 0 };
-	sv[1] = (struct store_version){ 2, STORE_DESTROY_SCHEDULED, now, now - 1, STORE_ENABLED };
+	sv[0] = (struct store_version){ .version = 1, .state = STORE_DESTROYED, .created = now,
+					.destroy_time = now + 2 };
+	sv[1] = (struct store_version){ .version = 2, .state = STORE_DESTROY_SCHEDULED,
+					.created = now, .destroy_time = now - 1,
+					.prior = STORE_ENABLED };
 	sk.versions = sv;
 	sk.nversions = 2;
 	/* A rotation due an hour ago (as if the daemon was down since). */
 	sk.rotation_period = 60;
 	sk.next_rotation = now - 3600;
-	CU_ASSERT_EQUAL(store_key_save(st, &sk), CF_OK);
+	CU_ASSERT_EQUAL(store_key_save(st, &sk, 0, 0), CF_OK);
 	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 2, &k), CF_OK);
 	CU_ASSERT_EQUAL(cf_p11_key_destroy(k), CF_OK);
 	cf_p11_key_free(k);
@@ -597,27 +612,41 @@ test_lifecycle_token(void)
 	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
 	CU_ASSERT(info.nversions == 4 && info.primary == 4 && info.pending_rotation == 0);
 	keyring_close(kr);
-	/* ...but one the rotation recorded before making it (the daemon died
-	 * after making it, before recording the version) is. */
-	info.pending_rotation = 5;
-	CU_ASSERT_EQUAL(store_key_save(st, &info), CF_OK);
+	/* A scheduled rotation that died after making version 5 and before
+	 * recording it: the next start removes what its intent names, and the
+	 * rotation is made once, afresh. */
 	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(cf_p11_objects_destroy(p11, "doomed", 5, NULL, NULL), CF_OK);
+	{
+		uint8_t id[STORE_CKAID_LEN];
+		int64_t intent = 0;
+
+		memset(id, 0x77, sizeof(id));
+		CU_ASSERT_EQUAL(store_intent_add(st, STORE_INTENT_MAKE, "doomed", 5, id, &intent),
+				CF_OK);
+		CU_ASSERT_EQUAL(cf_p11_key_generate_id(p11, "doomed", 5, CF_KEY_EC_P256, 0, id, &k),
+				CF_OK);
+		cf_p11_key_free(k);
+	}
+	nreports = 0;
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
+	CU_ASSERT(reported("the interrupted creation of doomed version 5 was undone"));
 	memset(&tl, 0, sizeof(tl));
 	keyring_tick(kr, now + 120, tick_done, &tl);
 	CU_ASSERT(tl.rotated == 1 && tl.failed == 0 && tl.last_version == 5);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
-	CU_ASSERT(info.nversions == 5 && info.primary == 5 && info.pending_rotation == 0);
+	CU_ASSERT(info.nversions == 5 && info.primary == 5);
 	keyring_info_free(&info);
 	keyring_close(kr);
 	/* Objects of a version recorded destroyed that are back in the token
-	 * are reported at start-up. */
+	 * are removed at start-up, and reported. */
 	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "doomed", 1, CF_KEY_EC_P256, 0, &k), CF_OK);
 	cf_p11_key_free(k);
 	nreports = 0;
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
-	CU_ASSERT(reported("doomed version 1 is still in the token although the registry says "
-			   "it was destroyed"));
+	CU_ASSERT(reported("repaired: 2 token objects of doomed version 1, which the registry "
+			   "says was destroyed, removed"));
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 1, &k), CF_E_NOT_FOUND);
 	keyring_close(kr);
 	store_close(st);
 }
@@ -653,9 +682,9 @@ test_lifecycle_refused_destroy(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, NULL, NULL, &kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(kr, "stuck", CF_KEY_EC_P256, 0, 0, 5, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stuck", CF_KEY_EC_P256, 0, 0, 5, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "stuck", 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "stuck", &info), CF_OK);
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(keyring_change(kr, "stuck", KC_SCHEDULE_DESTROY, &a, &info), CF_OK);
 	keyring_info_free(&info);
@@ -713,7 +742,7 @@ test_store_and_token_failures(void)
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE s;
 	CK_RV (*real_verify)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
-	int replay = 0, resumed = 0;
+	enum idem_start start;
 	unsigned mismatches = 0;
 	int64_t now = (int64_t)time(NULL);
 
@@ -723,21 +752,21 @@ test_store_and_token_failures(void)
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(apikeys_open(p11, st, collect, &mismatches, &aks), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, &idm), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(kr, "locked", CF_KEY_EC_P256, 0, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "locked", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", &info), CF_OK);
 	keyring_info_free(&info);
 
 	snprintf(db, sizeof(db), "%s/coffer.db", dir);
 	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
 	CU_ASSERT_FATAL(sqlite3_exec(h, "BEGIN EXCLUSIVE;", NULL, NULL, NULL) == SQLITE_OK);
 	/* An idempotent call cannot record that it started: it must not run. */
-	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), &first,
-				   &replay, &resumed), CF_E_IO);
+	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", &first,
+				   &start), CF_E_IO);
 	/* A lifecycle change is not applied. */
 	CU_ASSERT_EQUAL(keyring_change(kr, "locked", KC_DISABLE, &a, &info), CF_E_IO);
 	/* A rotation's new token object is taken out again. */
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", 0, &info), CF_E_IO);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", &info), CF_E_IO);
 	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "locked", 3, &k), CF_E_NOT_FOUND);
 	/* So is an API key's new secret. */
 	CU_ASSERT_EQUAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_E_IO);
@@ -751,10 +780,10 @@ test_store_and_token_failures(void)
 	keyring_info_free(&info);
 	/* Nothing of the failed calls is left: the idempotency key is new, and
 	 * a restart finds no unclaimed object. */
-	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), &first,
-				   &replay, &resumed), CF_OK);
-	CU_ASSERT(replay == 0 && resumed == 0);
-	idem_finish(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), CF_OK, NULL, NULL, 0);
+	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", &first,
+				   &start), CF_OK);
+	CU_ASSERT(start == IDEM_RUN);
+	idem_finish(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", 0, CF_OK, NULL, NULL, 0);
 	keyring_close(kr);
 	kr = NULL;
 	nreports = 0;
@@ -813,7 +842,7 @@ test_handlers_direct(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &h.kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	sreq.key = "direct";
 	sreq.message.data = (uint8_t *)"m";

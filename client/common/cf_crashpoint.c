@@ -1,0 +1,100 @@
+/* Named crash points: see cf_crashpoint.h. */
+#include "cf_crashpoint.h"
+
+#ifdef COFFER_CRASH_POINTS
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The linker provides the bounds of the section. */
+extern const struct cf_crashpoint __start_cf_crashpoints[];
+extern const struct cf_crashpoint __stop_cf_crashpoints[];
+
+static char target[128];
+static unsigned long target_hit = 1, hits;
+static int stop_mode, trace_fd = -1, armed;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+void
+cf_crashpoint_init(void)
+{
+	const char *at = getenv("COFFER_CRASH_AT"), *mode = getenv("COFFER_CRASH_MODE");
+	const char *trace = getenv("COFFER_CRASH_TRACE");
+	char *n;
+
+	if (at != NULL && *at != '\0') {
+		snprintf(target, sizeof(target), "%s", at);
+		if ((n = strrchr(target, '@')) != NULL) {
+			*n++ = '\0';
+			target_hit = strtoul(n, NULL, 10);
+			if (target_hit == 0)
+				target_hit = 1;
+		}
+		armed = 1;
+	}
+	stop_mode = mode != NULL && strcmp(mode, "stop") == 0;
+	if (trace != NULL && *trace != '\0') {
+		trace_fd = open(trace, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		armed = 1;
+	}
+}
+
+void
+cf_crashpoint_hit(const struct cf_crashpoint *cp)
+{
+	int die = 0;
+
+	if (!armed)
+		return;
+	pthread_mutex_lock(&mu);
+	if (trace_fd >= 0) {
+		char line[160];
+		int n = snprintf(line, sizeof(line), "%s\n", cp->name);
+
+		if (n > 0 && write(trace_fd, line, (size_t)n) < 0) {
+			/* tracing is best effort */
+		}
+	}
+	if (target[0] != '\0' && strcmp(cp->name, target) == 0 && ++hits == target_hit)
+		die = 1;
+	pthread_mutex_unlock(&mu);
+	if (!die)
+		return;
+	if (stop_mode) {
+		/* Wait for the SIGKILL from outside; never go on. */
+		for (;;)
+			raise(SIGSTOP);
+	}
+	_exit(CF_CRASH_EXIT);
+}
+
+static int
+by_name(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+size_t
+cf_crashpoint_list(FILE *out)
+{
+	size_t n = (size_t)(__stop_cf_crashpoints - __start_cf_crashpoints), k = 0;
+	const char **names = calloc(n ? n : 1, sizeof(*names));
+
+	if (names == NULL)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		names[i] = __start_cf_crashpoints[i].name;
+	qsort(names, n, sizeof(*names), by_name);
+	/* A point used in an inline function may be emitted more than once. */
+	for (size_t i = 0; i < n; i++)
+		if (i == 0 || strcmp(names[i], names[i - 1]) != 0) {
+			fprintf(out, "%s\n", names[i]);
+			k++;
+		}
+	free(names);
+	return k;
+}
+#endif

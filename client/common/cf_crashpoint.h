@@ -1,0 +1,51 @@
+/*
+ * cf_crashpoint.h — named crash points (crash-safety tests only).
+ *
+ * A crash point marks a step between two durable writes of a mutation. With
+ * the build option COFFER_CRASH_POINTS (off in release builds) a test can
+ * make the process die there: COFFER_CRASH_AT=<name>[@<n>] ends it with
+ * _exit(CF_CRASH_EXIT) (no clean-up) the n-th time (default 1) the point is
+ * passed; with COFFER_CRASH_MODE=stop the process stops itself (SIGSTOP) there
+ * instead, for a SIGKILL from outside. COFFER_CRASH_TRACE=<file> appends the
+ * name of every point passed, one per line.
+ *
+ * Every point is registered at build time in the ELF section cf_crashpoints,
+ * so cf_crashpoint_list() enumerates them all without running anything: a
+ * new point is covered by the tests that loop over the list.
+ */
+#ifndef COFFER_CF_CRASHPOINT_H
+#define COFFER_CF_CRASHPOINT_H
+
+#include <stdio.h>
+
+#define CF_CRASH_EXIT 86
+
+struct cf_crashpoint {
+	const char *name;
+};
+
+#ifdef COFFER_CRASH_POINTS
+/* Defines a registered point `id` (static). */
+#define CF_CRASHPOINT_DEF(id, nm)                                                              \
+	static const struct cf_crashpoint id                                                   \
+		__attribute__((used, section("cf_crashpoints"), aligned(sizeof(void *)))) = { nm }
+void cf_crashpoint_hit(const struct cf_crashpoint *cp);
+/* Read the environment; call once at start, before any thread. */
+void cf_crashpoint_init(void);
+/* Print every registered name, one per line; the count. */
+size_t cf_crashpoint_list(FILE *out);
+#else
+#define CF_CRASHPOINT_DEF(id, nm) static const struct cf_crashpoint id = { nm }
+static inline void cf_crashpoint_hit(const struct cf_crashpoint *cp) { (void)cp; }
+static inline void cf_crashpoint_init(void) {}
+static inline size_t cf_crashpoint_list(FILE *out) { (void)out; return 0; }
+#endif
+
+/* Pass the point named nm (a string literal). */
+#define CF_CRASH_POINT(nm)                                                                     \
+	do {                                                                                   \
+		CF_CRASHPOINT_DEF(cf_cp_here_, nm);                                            \
+		cf_crashpoint_hit(&cf_cp_here_);                                               \
+	} while (0)
+
+#endif
