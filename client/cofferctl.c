@@ -2375,6 +2375,21 @@ cmd_audit_tail(struct ctl *ctl, const struct opts *o)
 	return rc;
 }
 
+/* The verdict line of a broken trail (unless --json) and the exit code. */
+static int
+audit_verdict(const struct ctl *ctl, int ok, uint64_t first_bad, const char *reason)
+{
+	int rc;
+
+	if (!ok && !ctl->json) {
+		printf("audit trail BROKEN at record %" PRIu64 ": ", first_bad);
+		put_safe(stdout, reason);
+		fputc('\n', stdout);
+	}
+	rc = flush_stdout();
+	return rc == EXIT_OK && !ok ? EXIT_FAILED : rc;
+}
+
 /* audit verify --file: the trail checked here, with the seal key's public
  * half and the anchor (from the state store, or noted by the auditor); no
  * daemon, no token. */
@@ -2450,14 +2465,8 @@ audit_verify_offline(struct ctl *ctl, const struct opts *o)
 		if (rep.torn > 0)
 			printf("note: the file ends in a torn record (%lld bytes): the daemon died "
 			    "while writing it and cuts it at its next start\n", (long long)rep.torn);
-	} else {
-		printf("audit trail BROKEN at record %" PRIu64 ": ", rep.first_bad);
-		put_safe(stdout, rep.reason);
-		fputc('\n', stdout);
 	}
-	rc = flush_stdout();
-	if (rc == EXIT_OK && !rep.ok)
-		rc = EXIT_FAILED;
+	rc = audit_verdict(ctl, rep.ok, rep.first_bad, rep.reason);
 out:
 	EVP_PKEY_free(pub);
 	return rc;
@@ -2488,14 +2497,8 @@ cmd_audit_verify(struct ctl *ctl, const struct opts *o)
 		} else if (rep.ok) {
 			printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
 			    "by the daemon\n", rep.records, rep.seals);
-		} else {
-			printf("audit trail BROKEN at record %" PRIu64 ": ", rep.first_bad);
-			put_safe(stdout, rep.reason);
-			fputc('\n', stdout);
 		}
-		rc = flush_stdout();
-		if (rc == EXIT_OK && !rep.ok)
-			rc = EXIT_FAILED;
+		rc = audit_verdict(ctl, rep.ok, rep.first_bad, rep.reason);
 	}
 	coffer_close(c);
 	return rc;
