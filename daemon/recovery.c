@@ -207,7 +207,8 @@ recovery_run(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 	if ((r = store_intents_clear(st)) != CF_OK || (r = store_load(st, keep_key, &c)) != CF_OK ||
 	    (r = cf_p11_objects(p11, &o, &n)) != CF_OK)
 		goto out;
-	qsort(o, n, sizeof(*o), by_label);
+	if (n > 0)
+		qsort(o, n, sizeof(*o), by_label);
 	for (i = 0; i < n && r == CF_OK; i = j) {
 		for (j = i + 1; j < n && by_label(&o[i], &o[j]) == 0; j++)
 			;

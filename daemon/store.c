@@ -1106,18 +1106,3 @@ store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t out
 
 	return txn(s, anchor_put_body, &ap);
 }
-
-int
-store_audit_anchor_read(const char *db_path, struct store_audit_anchor *out)
-{
-	sqlite3 *db = NULL;
-	int r;
-
-	if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-		r = cf_error(CF_E_IO, "cannot open %s: %s", db_path,
-			     db ? sqlite3_errmsg(db) : "out of memory");
-	else
-		r = anchor_row(db, out);
-	sqlite3_close(db);
-	return r;
-}

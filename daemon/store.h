@@ -195,8 +195,7 @@ int store_audit_anchor_get(store *s, struct store_audit_anchor *out);
 /* Move the anchor and drop outbox records up to outbox_done (0: none), in
  * one transaction. */
 int store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t outbox_done);
-/* Read the anchor of the store at path (read-only; for offline verification). */
-int store_audit_anchor_read(const char *db_path, struct store_audit_anchor *out);
+/* (Offline verification reads it with cf_audit_anchor_read, cf_audit_verify.h.) */
 
 /* Call cb for every principal (borrowed for the callback), by name. */
 int store_principals_load(store *s, int (*cb)(const struct store_principal *p, void *arg),
