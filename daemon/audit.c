@@ -292,7 +292,7 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 		goto out;
 	if (cf_write_all(a->fd, cf_buf_peek(buf), cf_buf_len(buf)) != 0)
 		r = cf_error(CF_E_UNAVAILABLE, "writing %s: %s", a->path, strerror(errno));
-	else if (!a->cfg.fail_open || be->seal != NULL || moved)
+	else if ((!a->cfg.fail_open && !a->cfg.durability_os) || be->seal != NULL || moved)
 		r = sync_fd(a);
 	if (r != CF_OK) {
 		/* No partial line may stay for the next batch to follow. */

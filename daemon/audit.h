@@ -60,6 +60,11 @@
 struct audit_cfg {
 	int fail_open;           /* 0: fail closed */
 	unsigned max_wait_ms;    /* fail closed: how long a call waits for its record */
+	/* Fail closed, before a call's answer is released, its record is:
+	 * 0 ("disk") written and fdatasync'd (it survives a power loss);
+	 * 1 ("os") written to the kernel (it survives any crash of cofferd; the
+	 * trail is fdatasync'd before every seal and anchor). */
+	int durability_os;
 };
 
 /* One call, as the dispatcher saw it (strings borrowed). */

@@ -253,6 +253,12 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		}
 		if (strcmp(name, "max_wait_ms") == 0)
 			return parse_uint(value, 1, 60000, 10, &c->audit.max_wait_ms);
+		if (strcmp(name, "durability") == 0) {
+			if (strcmp(value, "disk") != 0 && strcmp(value, "os") != 0)
+				return cf_error(CF_E_CONFIG, "\"%s\" is not disk or os", value);
+			c->audit.durability_os = strcmp(value, "os") == 0;
+			return CF_OK;
+		}
 		return cf_error(CF_E_CONFIG, "unknown setting %s in [audit]", name);
 	} else if (strcmp(section, "requests") == 0) {
 		if (strcmp(name, "window") == 0)

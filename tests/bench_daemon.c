@@ -196,6 +196,7 @@ struct options {
 	int paths[PATH__COUNT];
 	const char *p11kit_client;
 	int auth;                          /* also measure calls signed with an API key */
+	const char *durability;            /* cofferd [audit] durability */
 };
 
 static struct result results[MAX_RESULTS];
@@ -781,7 +782,8 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	snprintf(conf, sizeof(conf), "%s/bench.conf", tok->dir);
 	if ((f = fopen(conf, "w")) == NULL)
 		return -1;
-	fprintf(f, "[session]\nunsealed_secrets = %s\n", interleave ? "true" : "false");
+	fprintf(f, "[session]\nunsealed_secrets = %s\n[audit]\ndurability = %s\n",
+		interleave ? "true" : "false", o->durability);
 	fclose(f);
 	b->path = PATH_DAEMON;
 	if (cf_test_daemon_start(tok, &d, extra) != 0)
@@ -1012,6 +1014,7 @@ usage(FILE *fp)
 		"  --auth both        cofferd path: each configuration unsigned, then with\n"
 		"                     every call signed with an API key; prints the cost\n"
 		"                     of authentication per call (not with wrap/unwrap)\n"
+		"  --durability D     cofferd [audit] durability: disk (default) | os\n"
 		"  --help             this text\n"
 		"Columns: srv CPU = CPU of cofferd or of p11-kit server and its children;\n"
 		"cli CPU = this process; other = CPUs busy with other processes meanwhile.\n"
@@ -1107,6 +1110,7 @@ parse_args(int argc, char **argv, struct options *o)
 	for (int i = 0; i < PATH__COUNT; i++)
 		o->paths[i] = 1;
 	o->p11kit_client = P11KIT_CLIENT;
+	o->durability = "disk";
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		int bad = 0;
@@ -1154,6 +1158,9 @@ parse_args(int argc, char **argv, struct options *o)
 			bad = !o->auth && strcmp(v, "none") != 0;
 		} else if (strcmp(a, "--p11kit-client") == 0) {
 			o->p11kit_client = v;
+		} else if (strcmp(a, "--durability") == 0) {
+			o->durability = v;
+			bad = strcmp(v, "disk") != 0 && strcmp(v, "os") != 0;
 		} else {
 			usage(stderr);
 			return -1;

@@ -80,6 +80,10 @@ test_config(void)
 	CU_ASSERT_EQUAL(load_ini("[daemon]\nworkers = 0\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[daemon]\ncolour = blue\n", &c), CF_E_CONFIG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "unknown setting colour"));
+	CU_ASSERT_EQUAL(load_ini("[audit]\ndurability = os\n", &c), CF_OK);
+	CU_ASSERT_EQUAL(c.audit.durability_os, 1);
+	CU_ASSERT_EQUAL(load_ini("[audit]\ndurability = sometimes\n", &c), CF_E_CONFIG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "\"sometimes\" is not disk or os"));
 	CU_ASSERT_EQUAL(load_ini("[nonsense]\na = b\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[service]\nallow_uids = no-such-user-x\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[service]\nmode = 0999\n", &c), CF_E_CONFIG);
