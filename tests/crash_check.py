@@ -126,8 +126,8 @@ def short_method(m):
 
 class Expect:
     """A change a test made: exactly one committed audit record of `method`
-    (short name, e.g. "SetPrimaryVersion") naming `key` (and `version`
-    unless None) among the records with request ids in `request_ids` (the
+    (short name, e.g. "SetPrimaryVersion") naming `key` (None: any key) and
+    `version` (None: any version) among the records with request ids in `request_ids` (the
     crashed call and its retries); the other OK records of those ids must
     be replays naming it."""
 
@@ -233,15 +233,30 @@ def _rec_str(r):
         (" replay_of %s" % r["replay_of"]) if "replay_of" in r else "")
 
 
-def check_token(reg, objects, allow_intents=False):
-    """Invariants V, T, D, O (and I when intents must be empty: see check)."""
+def check_token(reg, objects, allow_intents=False, notes=None):
+    """Invariants V, T, D, O (and I when intents must be empty: see check).
+    An object without a readable class or label (SoftHSM creates an object
+    file empty, then writes it: a kill between leaves one) carries no
+    Coffer label; it is not a violation, but noted in `notes` (a list)."""
     out = []
     by_label = collections.defaultdict(list)
     for o in objects:
+        if o.get("class") is None or o.get("label") is None:
+            if notes is not None:
+                notes.append("token: an object whose class or label cannot be read (an "
+                             "empty SoftHSM object file?): %s" % json.dumps(o, sort_keys=True))
+            continue
         by_label[o.get("label")].append(o)
 
-    # O: no two objects share label and class.
+    # O: no two objects share label and class (Coffer's labels; SoftHSM
+    # leaves an empty label on an object file a kill cut short).
     for label, objs in sorted(by_label.items(), key=lambda kv: str(kv[0])):
+        if not label.startswith(LABEL_PREFIX):
+            if notes is not None and label == "":
+                notes.append("token: %d object(s) with an empty label (an object file a kill "
+                             "cut short?): %s" % (len(objs), ", ".join(
+                                 "%s id %r" % (o.get("class"), o.get("id")) for o in objs)))
+            continue
         cnt = collections.Counter(o.get("class") for o in objs)
         for cls, n in sorted(cnt.items(), key=lambda kv: str(kv[0])):
             if n > 1:
@@ -413,12 +428,13 @@ def check_audit(reg, recs, expect=()):
         if not a["revoked"] and got:
             out.append("audit: API key %s is not revoked, yet %s" % (kid, _rec_str(got[0])))
 
-    # Replays name a committed record of the same method.
+    # Replays name a committed record of the same method. (The daemon's own
+    # actions, methods "cofferd/...", share fixed request ids.)
     by_rid = collections.defaultdict(list)
     for r in committed:
         by_rid[r.get("request_id")].append(r)
     for rid, rs in by_rid.items():
-        if len(rs) > 1:
+        if len(rs) > 1 and not all(str(r.get("method")).startswith("cofferd/") for r in rs):
             out.append("audit: %d committed records carry request id %s: %s"
                        % (len(rs), rid, "; ".join(_rec_str(r) for r in rs)))
     for r in replays:
@@ -432,7 +448,7 @@ def check_audit(reg, recs, expect=()):
     for e in expect:
         mine = [r for r in ok if r.get("request_id") in e.request_ids]
         hits = [r for r in mine if "replay_of" not in r and short_method(r.get("method")) ==
-                e.method and r.get("key") == e.key and
+                e.method and (e.key is None or r.get("key") == e.key) and
                 (e.version is None or r.get("version") == e.version)]
         if len(hits) != 1:
             out.append("audit: change %r (request ids %s): %d committed records%s" % (
@@ -455,7 +471,8 @@ def check_audit(reg, recs, expect=()):
     return out
 
 
-def check(state_dir, objects, intents_empty=True, allow_intents=False, audit=True, expect=()):
+def check(state_dir, objects, intents_empty=True, allow_intents=False, audit=True, expect=(),
+          notes=None):
     """Every invariant except AV; objects: token_objects(...)."""
     reg = read_registry(state_dir)
     out = []
@@ -465,7 +482,7 @@ def check(state_dir, objects, intents_empty=True, allow_intents=False, audit=Tru
                 "%s %s/%s ckaid %s" % ({1: "make", 2: "destroy"}.get(i.get("kind"), i.get("kind")),
                                         i.get("name"), i.get("version"),
                                         i.get("ckaid")) for i in reg["intents"])))
-    out += check_token(reg, objects, allow_intents=allow_intents)
+    out += check_token(reg, objects, allow_intents=allow_intents, notes=notes)
     if audit:
         recs, problems = read_audit(state_dir)
         out += problems
@@ -491,11 +508,12 @@ def audit_verify(ctl):
     return []
 
 
-def check_daemon(d, ctl=None, expect=(), intents_empty=True, allow_intents=False, audit=True):
+def check_daemon(d, ctl=None, expect=(), intents_empty=True, allow_intents=False, audit=True,
+                 notes=None):
     """check() for a daemon_fixture.CofferDaemon (running or stopped), plus
     `cofferctl audit verify` when ctl is given and the daemon runs."""
     out = check(d.state_dir, daemon_objects(d), intents_empty=intents_empty,
-                allow_intents=allow_intents, audit=audit, expect=expect)
+                allow_intents=allow_intents, audit=audit, expect=expect, notes=notes)
     if ctl is not None and d.running and audit:
         out += audit_verify(ctl)
     return out
@@ -521,7 +539,10 @@ def main(argv):
     sys.path.insert(0, HERE)
     module = module or softhsm_module()
     objs = token_objects(module, label, os.path.join(hsm, "user.pin"), conf)
-    problems = check(os.path.join(top, "state"), objs)
+    notes = []
+    problems = check(os.path.join(top, "state"), objs, notes=notes)
+    for p in notes:
+        print("note: " + p)
     for p in problems:
         print(p)
     print("%d objects, %d violation(s)" % (len(objs), len(problems)), file=sys.stderr)

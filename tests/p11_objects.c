@@ -10,9 +10,9 @@
  *                                   a missing attribute is null
  *   --generate-secret LABEL IDHEX   plant a 32-byte generic secret (token)
  *   --generate-ec-pair LABEL IDHEX  plant an EC P-256 key pair (token)
- *   --destroy LABEL [CLASS]         destroy every object with that label (and
- *                                   class: private, public, secret, data, ...);
- *                                   prints how many
+ *   --destroy LABEL [CLASS [IDHEX]] destroy every object with that label (and
+ *                                   class: private, public, secret, data, ...;
+ *                                   and CKA_ID); prints how many
  * SoftHSM reads SOFTHSM2_CONF from the environment. Tests use the planting
  * actions to make the states a crash leaves (duplicates, half pairs,
  * leftovers) and see the checker report them.
@@ -44,7 +44,7 @@ usage(void)
 {
 	fprintf(stderr, "usage: %s --module SO --token-label LABEL --pin-file FILE\n"
 		"       [--generate-secret LABEL IDHEX | --generate-ec-pair LABEL IDHEX |\n"
-		"        --destroy LABEL [CLASS]]\n", progname);
+		"        --destroy LABEL [CLASS [IDHEX]]]\n", progname);
 	exit(2);
 }
 
@@ -368,7 +368,7 @@ int
 main(int argc, char **argv)
 {
 	const char *module = NULL, *token = NULL, *pin_file = NULL;
-	const char *action = NULL, *a1 = NULL, *a2 = NULL;
+	const char *action = NULL, *a1 = NULL, *a2 = NULL, *a3 = NULL;
 	CK_C_GetFunctionList get_list;
 	CK_SESSION_HANDLE s;
 	CK_SLOT_ID slot;
@@ -394,6 +394,8 @@ main(int argc, char **argv)
 			a1 = argv[++i];
 			if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
 				a2 = argv[++i];
+			if (a2 && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
+				a3 = argv[++i];
 		} else {
 			usage();
 		}
@@ -433,10 +435,13 @@ main(int argc, char **argv)
 		generate_ec_pair(s, a1, a2);
 	} else {
 		CK_OBJECT_CLASS cls = a2 ? class_of(a2) : 0;
+		unsigned char id[64];
+		size_t idlen = a3 ? parse_hex(a3, id, sizeof(id)) : 0;
 		CK_ATTRIBUTE t[] = { { CKA_LABEL, (void *)a1, strlen(a1) },
-				     { CKA_CLASS, &cls, sizeof(cls) } };
+				     { CKA_CLASS, &cls, sizeof(cls) },
+				     { CKA_ID, id, idlen } };
 		CK_OBJECT_HANDLE *h;
-		CK_ULONG n = find(s, t, a2 ? 2 : 1, &h), done = 0;
+		CK_ULONG n = find(s, t, a3 ? 3 : a2 ? 2 : 1, &h), done = 0;
 		for (CK_ULONG i = 0; i < n; i++) {
 			if ((rv = f->C_DestroyObject(s, h[i])) != CKR_OK)
 				die("C_DestroyObject", rv);
