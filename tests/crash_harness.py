@@ -313,8 +313,13 @@ class Scenario:
     background = False
     sealed = False
     method = None
+    idempotent = True        # a retry answers like the first call
 
     def setup(self, d, i):
+        pass
+
+    def after_stop(self, d, i):
+        """Called with the daemon stopped, after setup(d, i)."""
         pass
 
     def call(self, d, i, md):
@@ -634,6 +639,75 @@ class ApiKeyScenario(Scenario):
         return []
 
 
+class VerifyRequestSignature(Scenario):
+    """A signed HTTP request verified: its nonce is recorded durably (the
+    nonce log). Not idempotent by design: after a crash the retry is VALID
+    (nothing recorded) or REPLAYED_NONCE (recorded before the crash); after
+    the retries it must be REPLAYED_NONCE."""
+    name = "VerifyRequestSignature"
+    idempotent = False
+    _signed = {}
+
+    def key(self, i):
+        return "nv-%d" % i
+
+    def setup(self, d, i):
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name=self.key(i), type=pb.HMAC_SHA256),
+                                 timeout=T)
+        parts = pb.HttpRequestParts(key=self.key(i), method="POST", path="/v1/orders",
+                                    body_sha256=bytes(32))
+        s = d.service_stub().SignHttpRequest(pb.SignHttpRequestRequest(request=parts),
+                                             timeout=T)
+        parts.timestamp, parts.nonce = s.timestamp, s.nonce
+        self._signed[i] = (parts, s.signature)
+
+    def call(self, d, i, md):
+        parts, sig = self._signed[i]
+        return d.service_stub().VerifyRequestSignature(
+            pb.VerifyRequestSignatureRequest(request=parts, signature=sig), timeout=T,
+            metadata=[m for m in md if m[0] != "idempotency-key"])
+
+    def expect(self, i, rids):
+        return []
+
+    def verify(self, d, i):
+        r = self.call(d, i, [])
+        return [] if r.verdict == pb.REPLAYED_NONCE else [
+            "%s: the nonce verified again after the retries: %s (expected REPLAYED_NONCE)"
+            % (self.key(i), pb.RequestVerdict.Name(r.verdict))]
+
+
+class NonceCompaction(Scenario):
+    """The nonce log compacted by the expiry sweep (every 5 s): 70,000 expired
+    records appended to nonces.log while the daemon is stopped."""
+    name = "NonceCompaction"
+    background = True
+    DEAD = 70000
+
+    def after_stop(self, d, i):
+        path = os.path.join(d.state_dir, "nonces.log")
+        rnd = random.Random(i)
+        with open(path, "ab") as f:
+            if f.tell() == 0:
+                f.write(b"COFNONC1" + bytes(8))
+            f.write(b"".join(rnd.randbytes(16) + struct.pack("<q", 1000 + n)
+                             for n in range(self.DEAD)))
+
+    def expect(self, i, rids):
+        return []
+
+    def settle(self, d, i):
+        path = os.path.join(d.state_dir, "nonces.log")
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline and os.path.getsize(path) > 24 * self.DEAD:
+            time.sleep(0.1)
+
+    def verify(self, d, i):
+        size = os.path.getsize(os.path.join(d.state_dir, "nonces.log"))
+        return [] if size < 24 * self.DEAD else [
+            "nonces.log still %d bytes 12 s after start: not compacted" % size]
+
+
 def scenarios():
     """Every mutating RPC of issue 13, and the daemon's own mutations."""
     def mins(**kw):
@@ -679,6 +753,8 @@ def scenarios():
         ApiKeyScenario("CreateApiKey"),
         ApiKeyScenario("RotateApiKeySecret"),
         ApiKeyScenario("RevokeApiKey"),
+        VerifyRequestSignature(),
+        NonceCompaction(),
     ]
 
 
@@ -857,7 +933,7 @@ def run_case(d, case, next_setup=None, trace_file=None):
             answers.append(None)
             case.problems.append("retry %s with the same idempotency key failed: %s %s"
                                  % (r, e.code(), e.details()))
-    if not sc.background:
+    if not sc.background and sc.idempotent:
         a = [normalize(x) for x in answers]
         if a[0] is not None and a[1] is not None and a[0] != a[1]:
             case.problems.append("the two retries with one idempotency key answered "
@@ -891,11 +967,15 @@ class ScenarioRunner:
         self.d.start()
         self._setup_next()
         self.d.stop(expect=None)
+        self._after_stop()
         self.trace_dir = self.d.dir
 
     def _setup_next(self):
         self.sc.setup(self.d, self.next)
         self.next += 1
+
+    def _after_stop(self):
+        self.sc.after_stop(self.d, self.next - 1)
 
     def run(self, trigger, mode="exit", trace=False, restart_trigger=None):
         case = Case(self.sc, self.next - 1, trigger, mode, restart_trigger)
@@ -904,6 +984,7 @@ class ScenarioRunner:
             tf = os.path.join(self.d.dir, "trace-%d" % case.i)
         try:
             run_case(self.d, case, next_setup=self._setup_next, trace_file=tf)
+            self._after_stop()
         except Exception as e:          # keep going: report the case
             case.problems.append("harness: %s: %s" % (type(e).__name__, e))
             try:
@@ -916,6 +997,7 @@ class ScenarioRunner:
                     self.d.start()
                     self._setup_next()
                     self.d.stop(expect=None)
+                    self._after_stop()
                 except Exception as e2:
                     case.problems.append("harness: could not recover: %s" % e2)
         # Report each standing violation once, at the case that caused it.

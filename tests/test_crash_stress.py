@@ -123,16 +123,17 @@ class Stress(unittest.TestCase):
             kills.update(r["kills"])
             restarts.update(r["restarts"])
             everything += ["[segment %d] %s" % (r["seg"], p) for p in r["registry"] + r["token"]
-                           + r["audit"] + r["problems"]]
+                           + r["audit"] + r["problems"] + r["replay"]]
         print("stress: %d rotations, %d destructions (%d versions destroyed), %d API key "
               "rotations in %d segments (a daemon and token each) in %.0f s; kills: %s; "
               "restarts armed: %s" % (tot["rotations"], tot["destructions"], tot["destroyed"],
                                       tot["api_rotations"], SEGMENTS, time.monotonic() - t0,
                                       dict(kills), dict(restarts)), flush=True)
         print("stress: %d duplicated or missing versions, %d orphan or duplicate token objects, "
-              "%d changes without (exactly one) audit record, %d other problems; %d empty "
-              "SoftHSM object files noted" % (tot["registry"], tot["token"], tot["audit"],
-                                              tot["problems"], tot["notes"]), flush=True)
+              "%d changes without (exactly one) audit record, %d replay records that do not "
+              "name the version, %d other problems; %d empty SoftHSM object files noted" % (
+                  tot["registry"], tot["token"], tot["audit"], tot["replay"], tot["problems"],
+                  tot["notes"]), flush=True)
         if everything:
             self.fail("%d problem(s):\n%s" % (len(everything), "\n".join(
                 "- " + p for p in everything[:60])))
@@ -183,9 +184,13 @@ class Stress(unittest.TestCase):
         start_times = []
 
         def restart():
+            if d.proc is not None and d.proc.poll() == H.CRASH_EXIT:
+                killer.kills["_exit(86) at a crash point"] += 1
             d.kill9()
             if watch[0] is not None:
                 watch[0].stop()
+                if watch[0].killed:
+                    killer.kills["SIGKILL at a token file event"] += 1
                 watch[0] = None
             arm = rnd.choice(arms)
             d.crash_env = {}
@@ -345,16 +350,19 @@ class Stress(unittest.TestCase):
         notes = []
         check = d.check(expect=expect, notes=notes)
         token = [p for p in check if p.startswith("token:")]
-        audit = [p for p in check if p.startswith("audit")]
+        replay = [p for p in check if p.startswith("audit") and "names version" in p]
+        audit = [p for p in check if p.startswith("audit") and p not in replay]
         registry = [p for p in check if p.startswith("registry:")] + versions_problems
         if os.environ.get("COFFER_STRESS_VERBOSE"):
             print("  segment %d: %.0f s" % (seg, time.monotonic() - t0), flush=True)
         return {"seg": seg, "registry": registry, "token": token, "audit": audit,
+                "replay": replay,
                 "problems": problems, "kills": killer.kills, "restarts": restarts,
                 "counts": collections.Counter(
                     rotations=sum(rot_by_key.values()), api_rotations=sum(rot_by_api.values()),
                     destructions=sum(1 for x in done if x[0] == "destroy"), destroyed=destroyed,
                     registry=len(registry), token=len(token), audit=len(audit),
+                    replay=len(replay),
                     problems=len(problems), notes=len(notes))}
 
     def pick_destroy(self, d, rnd, taken):
