@@ -41,6 +41,10 @@ CRASH_EXIT = 86
 
 # Short grace and rotation periods so that the daemon's own mutations
 # (destruction by the sweeper, scheduled rotation) happen within a test.
+# Seconds from the set-up of a daemon's own mutation to its due time: the
+# daemon must stop before (a sanitizer build stops slower).
+DUE = 2
+
 CONFIG = {"keys": {"min_destroy_grace": 1, "min_rotation_period": 1},
           "daemon": {"log_level": "info"}}
 
@@ -59,6 +63,10 @@ def quick():
     if v is not None:
         return v not in ("", "0")
     return sanitizer_build()
+
+
+if sanitizer_build():
+    DUE = 4
 
 
 def crash_points(cofferd=None):
@@ -501,7 +509,7 @@ class SweeperDestroy(Scenario):
         a.CreateKey(pb.CreateKeyRequest(name=self.key(i), type=self.typ), timeout=T)
         a.RotateKey(pb.RotateKeyRequest(name=self.key(i)), timeout=T)
         a.ScheduleDestroyKeyVersion(pb.KeyVersionRequest(name=self.key(i), version=1,
-                                                         grace_seconds=2), timeout=T)
+                                                         grace_seconds=DUE), timeout=T)
 
     def expect(self, i, rids):
         return []
@@ -534,7 +542,7 @@ class ScheduledRotation(Scenario):
         a = d.admin_stub()
         a.CreateKey(pb.CreateKeyRequest(name=self.key(i), type=pb.EC_P256), timeout=T)
         a.SetRotationSchedule(pb.SetRotationScheduleRequest(
-            name=self.key(i), period_seconds=3600, next_rotation_time=int(time.time()) + 2),
+            name=self.key(i), period_seconds=3600, next_rotation_time=int(time.time()) + DUE),
             timeout=T)
 
     def expect(self, i, rids):
@@ -586,14 +594,13 @@ class ApiKeyScenario(Scenario):
 
     def __init__(self, method):
         self.name = self.method = method
+        self._ids = {}           # subject -> API key id (per scenario: they run at once)
 
     def principal(self, i):
         return "ak-%s-%d" % (self.method.lower(), i)
 
     def key(self, i):
         return self.principal(i) if self.method == "CreateApiKey" else self._ids.get(i)
-
-    _ids = {}
 
     def setup(self, d, i):
         d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(
@@ -646,7 +653,9 @@ class VerifyRequestSignature(Scenario):
     the retries it must be REPLAYED_NONCE."""
     name = "VerifyRequestSignature"
     idempotent = False
-    _signed = {}
+
+    def __init__(self):
+        self._signed = {}
 
     def key(self, i):
         return "nv-%d" % i

@@ -25,7 +25,7 @@ check of crash_check.py can fail.
 Environment: COFFER_CRASH_QUICK=1 (default in a sanitizer build) samples the
 passes of a point (first and last) in the _exit loop, and in the stop loop
 crashes at each point in one scenario only; the stop loop always samples; COFFER_CRASH_FULL=1 runs every pass in both; COFFER_CRASH_JOBS
-(default 2) scenarios at once; COFFER_CRASH_ONLY=<substring> runs only the
+(default 3) scenarios at once; COFFER_CRASH_ONLY=<substring> runs only the
 scenarios whose name contains it.
 """
 import collections
@@ -51,7 +51,7 @@ import crash_check  # noqa: E402
 import crash_harness as H  # noqa: E402
 from crash_harness import T, pb  # noqa: E402
 
-JOBS = int(os.environ.get("COFFER_CRASH_JOBS", "2"))
+JOBS = int(os.environ.get("COFFER_CRASH_JOBS", "3"))
 FULL = os.environ.get("COFFER_CRASH_FULL", "") not in ("", "0")
 CRASHED = ("exit:86", "sigkill", "sigkill-at-stop", "startup", "crashed at shutdown")
 

@@ -18,7 +18,7 @@ audit trail; counts printed: duplicated or missing versions, orphan or
 duplicate token objects, changes without an audit record, all 0.
 
 The run is split in COFFER_STRESS_SEGMENTS (4) parts, each on its own daemon
-and token, COFFER_CRASH_JOBS (2) at once: SoftHSM slows down with every
+and token, COFFER_CRASH_JOBS (3) at once: SoftHSM slows down with every
 object in a token (start-up and lookups), and the totals are what count.
 Environment also: COFFER_STRESS_SEED (default 13), COFFER_STRESS_SCALE
 (default 1.0; 0.25 runs a quarter of everything), COFFER_STRESS_KILL_P
@@ -54,7 +54,7 @@ PRINCIPALS = 5
 # The run is split over SEGMENTS daemons, each with its own token (SoftHSM's
 # start-up and lookups slow down with every object a token holds), JOBS at once.
 SEGMENTS = int(os.environ.get("COFFER_STRESS_SEGMENTS", "4"))
-JOBS = int(os.environ.get("COFFER_CRASH_JOBS", "2"))
+JOBS = int(os.environ.get("COFFER_CRASH_JOBS", "3"))
 
 
 class Killer(threading.Thread):
