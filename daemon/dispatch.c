@@ -638,7 +638,11 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 		}
 		*out = first.response != NULL ? first.response : malloc(1);
 		*outlen = first.response_len;
-		return *out != NULL ? CF_OK : CF_E_NOMEM;
+		if (*out == NULL)
+			return CF_E_NOMEM;
+		/* Read back only for its audit record (the key and version it named). */
+		*resp = protobuf_c_message_unpack(m->output, m->alloc, *outlen, *out);
+		return CF_OK;
 	}
 	if (start == IDEM_COMMITTED) {
 		/* Its change (and the change's audit record) committed; the answer
