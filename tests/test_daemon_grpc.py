@@ -970,7 +970,7 @@ class LifecycleTests(CofferTestCase):
         db.close()
         d.start()
         log = d.log(all_starts=False)
-        self.assertIn("token object orphan version 1 has no registry record", log)
+        self.assertIn("token objects of orphan version 1 (2) have no registry record", log)
         self.assertIn("key kept version 2 is in the registry but missing from the token", log)
         self.assertIn("2 mismatches", log)
         svc = d.service_stub()
@@ -1009,7 +1009,7 @@ class LifecycleTests(CofferTestCase):
             r.send_signal(signal.SIGTERM)
             out, _ = r.communicate(timeout=30)
         self.assertEqual(r.returncode, 0, out)
-        self.assertIn("token object lonely version 1 has no registry record", out)
+        self.assertIn("token objects of lonely version 1 (2) have no registry record", out)
 
 
 ASYM_SCHEME = {pb.EC_P256: pb.ECDSA, pb.EC_P384: pb.ECDSA, pb.ED25519: pb.EDDSA,
