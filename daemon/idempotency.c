@@ -173,7 +173,12 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 		cf_log_info("idempotency key %s: an interrupted %s had changed nothing; running it "
 			    "again", key, method);
 		free(rec.response);
-		return CF_OK;
+		rec.response = NULL;
+		rec.response_len = 0;
+		/* This attempt is now the one a later replay names. */
+		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
+		if ((r = store_idem_put(i->st, &rec)) == CF_OK)
+			return CF_OK;
 	} else if (r == CF_OK) {
 		*first = rec;
 		*start = IDEM_REPLAY;

@@ -710,10 +710,8 @@ destroy_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *ar
 	p11_destroy_copies(k);
 	pthread_mutex_lock(&p->write_mu);
 	rv = p->f->C_DestroyObject(s, k->priv);
-	if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE) {
-		CF_CRASH_POINT("p11.key-destroy.private-gone");
+	if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE)
 		rv = p->f->C_DestroyObject(s, k->pub);
-	}
 	pthread_mutex_unlock(&p->write_mu);
 	k->epoch = 0;
 	pthread_mutex_unlock(&k->mu);

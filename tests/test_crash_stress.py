@@ -201,6 +201,9 @@ class Stress(unittest.TestCase):
                     d.crash_env["COFFER_CRASH_MODE"] = "stop"
             restarts[arm] += 1
             t_start = time.monotonic()
+            tok_file = os.path.join(d.token_object_dir(), "token.object")
+            with open(tok_file, "rb") as f:
+                tok_saved = f.read()
             for attempt in range(5):
                 if attempt == 0 and not arm.startswith("point"):
                     # Now and then a random kill in the start-up (recovery).
@@ -210,6 +213,16 @@ class Stress(unittest.TestCase):
                 restarts["died in start-up"] += 1
                 d.kill9()
                 d.crash_env = {}
+                # SoftHSM's file store rewrites token.object in place at every
+                # login: a kill in that write tears SoftHSM's own token record
+                # (not Coffer's state; seen about once in a few runs). Counted,
+                # and the record as it was before this start put back.
+                with open(tok_file, "rb") as f:
+                    torn = f.read() != tok_saved
+                if torn and "no token matches" in d.log()[-2000:]:
+                    restarts["SoftHSM token.object torn in its login"] += 1
+                    with open(tok_file, "wb") as f:
+                        f.write(tok_saved)
             else:
                 self.fail("cofferd does not start; log:\n" + d.log()[-4000:])
             killer.cancel()
