@@ -7,6 +7,7 @@
 
 #include <openssl/rand.h>
 
+#include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
@@ -123,8 +124,9 @@ destroy_handles(cf_p11_key **k, size_t n, const char *why)
 	for (size_t i = 0; i < n; i++) {
 		if (k[i] == NULL)
 			continue;
-		/* A failure leaves an object no record claims: the next start
-		 * finds and destroys it. */
+		/* A failure (or a crash here) leaves an object no record
+		 * claims: the next start finds and destroys it. */
+		CF_CRASH_POINT("apikeys.retired.before-destroy");
 		if (cf_p11_key_destroy(k[i]) != CF_OK)
 			cf_log_error("API key %s secret %u (%s): %s", cf_p11_key_name(k[i]),
 				     cf_p11_key_version(k[i]), why, cf_error_detail());

@@ -303,8 +303,10 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	}
 	if (moved)
 		CF_CRASH_POINT("audit.outbox.written");
-	if (be->seal != NULL || moved)
+	if (be->seal != NULL || moved) {
 		anchor(a, s, c, be->clean, ob);
+		CF_CRASH_POINT("audit.anchored");
+	}
 	be->n = s - *seq;
 	be->ob_done = ob;
 	*seq = s;

@@ -177,6 +177,8 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 		rec.response_len = 0;
 		/* This attempt is now the one a later replay names. */
 		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
+		/* (A crash after this leaves what idempotency.pending.committed
+		 * leaves: pending, nothing committed.) */
 		if ((r = store_idem_put(i->st, &rec)) == CF_OK)
 			return CF_OK;
 	} else if (r == CF_OK) {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cf_crashpoint.h"
 #include "cf_hex.h"
 #include "cf_status.h"
 
@@ -37,6 +38,8 @@ undo_intent(const struct store_intent *in, void *arg)
 
 	if ((r = cf_p11_objects_destroy(c->p11, in->name, in->version, in->ckaid, &n)) != CF_OK)
 		return r;
+	/* A crash from here on finds the intent again: its objects are gone. */
+	CF_CRASH_POINT("recovery.intent-undone");
 	snprintf(msg, sizeof(msg), "recovered: the interrupted creation of %s version %u was "
 		 "undone (%u token object%s removed)", in->name, in->version, n,
 		 n == 1 ? "" : "s");

@@ -177,10 +177,13 @@ class CrashLoops(unittest.TestCase):
                         covered[p] += 1
                     for rp in c.restart_points:
                         seen.add(rp)
-                        if rp not in baseline and rp not in recovery:
-                            recovery[rp] = (sc.name, c.trigger, c.restart_points.index(rp))
-                # Recovery points this scenario revealed: crash there too.
-                for rp, (name, trig, _) in sorted(recovery.items()):
+                        if rp not in baseline and (sc.name, rp) not in recovery:
+                            recovery[(sc.name, rp)] = (c.trigger, c.restart_points.index(rp))
+                # Recovery points this scenario revealed: crash there too (each
+                # scenario tries its own: a restart may pass a point because
+                # of what an earlier case left, which its trigger alone does
+                # not make again).
+                for (name, rp), (trig, _) in sorted(recovery.items()):
                     if name != sc.name or covered[rp]:
                         continue
                     c = r.run(trig, mode, trace=True, restart_trigger=("point", rp, 1))
