@@ -223,6 +223,12 @@ class CrashLoops(unittest.TestCase):
 
     def test_crash_points_stop(self):
         self.need_points()
+        if H.sanitizer_build() and not FULL:
+            # _exit and SIGKILL leave the same state behind; the sanitizers
+            # look for memory errors on the paths the _exit loop already
+            # takes. The normal build runs this loop (COFFER_CRASH_FULL=1
+            # forces it here).
+            self.skipTest("stop + SIGKILL loop: run in the normal build")
         self.loop("stop", sample=not FULL, once=H.quick() and not FULL)
 
     def test_token_file_events(self):
