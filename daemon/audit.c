@@ -833,9 +833,9 @@ refused_locked(audit *a, const char *what)
 	char why[sizeof(a->reason)];
 
 	snprintf(why, sizeof(why), "%s", a->reason);
+	/* The reason names the file; the message must fit CF_ERROR_DETAIL_MAX. */
 	return cf_error(CF_E_UNAVAILABLE, "the audit trail cannot be written (%s): %s; this "
-			"daemon fails closed (audit.failure = closed); free the disk or fix %s",
-			why, what, a->path);
+			"daemon fails closed (audit.failure = closed)", why, what);
 }
 
 int
@@ -969,8 +969,8 @@ audit_flush_outbox(audit *a)
 		}
 	}
 	r = a->ob_written >= max || a->cfg.fail_open ? CF_OK :
-		refused_locked(a, "the change's record stays in the state store's outbox and is "
-			       "written once the trail can be, but the call's result is withheld");
+		refused_locked(a, "the change was made and its record kept in the state store; "
+			       "retry with the same idempotency key once it can");
 	pthread_mutex_unlock(&a->mu);
 	return r;
 }

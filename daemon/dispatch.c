@@ -745,17 +745,9 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 	if (h->au == NULL || m->health || n.inner_ran)
 		return r;
 	if (n.changes > 0) {
-		if ((ar = audit_flush_outbox(h->au)) != CF_OK) {
-			char why[CF_ERROR_DETAIL_MAX];
-
-			/* Copied first: cf_error formats into the buffer the detail is in. */
-			snprintf(why, sizeof(why), "%s", cf_error_detail());
-			return withhold(out, outlen, cf_error(ar, "the change was made and its audit "
-							      "record is kept in the state store, "
-							      "but the audit trail cannot be "
-							      "written (%s); retry with the same "
-							      "idempotency key once it can", why));
-		}
+		/* Its detail says the change was made and how to get its answer. */
+		if ((ar = audit_flush_outbox(h->au)) != CF_OK)
+			return withhold(out, outlen, ar);
 		return r;
 	}
 	{

@@ -141,6 +141,46 @@ class FailClosed(unittest.TestCase):
             subprocess.run(["chattr", "-i", self.path], check=True)
         self.check_healed(d)
 
+    def test_change_first_after_the_fault(self):
+        """A rotation that is the first call after the trail became
+        unwritable: its version and record commit together in the store, the
+        record cannot reach the file, so the caller gets UNAVAILABLE saying
+        the change was made; a retry with the same idempotency key once the
+        trail heals answers it (one version), and the record reaches the
+        trail exactly once."""
+        d = self.start(self.daemon())
+        if subprocess.run(["chattr", "+i", self.path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here (filesystem or capability)")
+        md = [("idempotency-key", "first-after-fault-1")]
+        try:
+            with self.assertRaises(grpc.RpcError) as cm:
+                d.admin_stub().RotateKey(pb.RotateKeyRequest(name="s"), timeout=TIMEOUT,
+                                         metadata=md)
+            e = cm.exception
+            self.assertEqual(e.code(), SC.UNAVAILABLE, e.details())
+            self.assertIn("the audit trail cannot be written (", e.details())
+            self.assertIn("Operation not permitted", e.details())
+            self.assertIn("the change was made and its record kept in the state store; retry "
+                          "with the same idempotency key once it can; this daemon fails closed",
+                          e.details())
+            self.assertEqual(self.health(d), NOT_SERVING)
+        finally:
+            subprocess.run(["chattr", "-i", self.path], check=True)
+        deadline = time.monotonic() + 10
+        while self.health(d) != SERVING:
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.1)
+        r = d.admin_stub().RotateKey(pb.RotateKeyRequest(name="s"), timeout=TIMEOUT, metadata=md)
+        self.assertEqual(r.primary_version, 2)
+        self.assertEqual(len(r.versions), 2)
+        time.sleep(0.3)
+        with open(self.path) as f:
+            recs = [json.loads(x) for x in f]
+        made = [x for x in recs if x.get("method", "").endswith("/RotateKey")
+                and "replay_of" not in x]
+        self.assertEqual([(x["key"], x["version"]) for x in made], [("s", 2)], made)
+        d.stop()
+
     def test_full_disk(self):
         work = tempfile.mkdtemp(prefix="coffer-full-")
         self.addCleanup(shutil.rmtree, work, True)
