@@ -147,7 +147,7 @@ static int
 status_from_grpc(grpc_status_code s)
 {
 	if ((int)s < 0 || (size_t)s >= sizeof(grpc_to_cf) / sizeof(grpc_to_cf[0]))
-		return CF_E_INTERNAL;
+		return cf_error(CF_E_INTERNAL, "the daemon answered unknown gRPC status %d", (int)s);
 	return grpc_to_cf[s];
 }
 

@@ -78,7 +78,7 @@ index_signers(apikeys *a, char (*s)[STORE_PRINCIPAL_NAME_MAX + 1])
 	size_t n = 0;
 
 	if (s == NULL && (s = calloc(a->n ? a->n : 1, sizeof(*s))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	for (size_t i = 0; i < a->n; i++)
 		if (live(a->e[i]))
 			memcpy(s[n++], a->e[i]->rec.principal, sizeof(s[0]));
@@ -98,7 +98,7 @@ reserve(apikeys *a)
 		struct entry **ne = realloc(a->e, cap * sizeof(*ne));
 
 		if (ne == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		a->e = ne;
 		a->cap = cap;
 	}
@@ -164,7 +164,7 @@ load_one(const struct store_apikey *rec, void *arg)
 	int r;
 
 	if (e == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	e->rec = *rec;
 	object_name(rec->id, name);
 	for (uint32_t i = 0; i < rec->nsecrets; i++) {
@@ -220,7 +220,7 @@ apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 	int r;
 
 	if (a == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	a->p11 = p11;
 	a->st = st;
 	pthread_mutex_init(&a->admin, NULL);
@@ -304,7 +304,7 @@ publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key 
 
 	*ngone = 0;
 	if (e == NULL && (ne = calloc(1, sizeof(*ne))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	pthread_rwlock_wrlock(&a->lk);
 	/* Everything that can fail comes first: once the table changes, it
 	 * changes whole (the callers free what it no longer holds). */
@@ -312,7 +312,7 @@ publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key 
 	    (signers = calloc(a->n + 1, sizeof(*signers))) == NULL) {
 		pthread_rwlock_unlock(&a->lk);
 		free(ne);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	if (e == NULL) {
 		e = ne;
@@ -518,7 +518,7 @@ apikeys_list(apikeys *a, const char *principal, struct store_apikey **out, size_
 	pthread_rwlock_rdlock(&a->lk);
 	if ((l = calloc(a->n ? a->n : 1, sizeof(*l))) == NULL) {
 		pthread_rwlock_unlock(&a->lk);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	for (size_t i = 0; i < a->n; i++)
 		if (principal == NULL || principal[0] == '\0' ||

@@ -1002,7 +1002,7 @@ audit_tail(audit *a, size_t n, char ***lines, size_t *count)
 	len = (size_t)(size - from);
 	if ((buf = malloc(len + 1)) == NULL || (out = calloc(n ? n : 1, sizeof(*out))) == NULL) {
 		free(buf);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	{
 		ssize_t got = pread(a->fd, buf, len, from);
@@ -1028,7 +1028,7 @@ audit_tail(audit *a, size_t n, char ***lines, size_t *count)
 		if ((out[k] = strdup(start)) == NULL) {
 			audit_lines_free(out, k);
 			free(buf);
-			return CF_E_NOMEM;
+			return cf_nomem();
 		}
 		k++;
 		p = start;

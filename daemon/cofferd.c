@@ -126,8 +126,14 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 			break;
 		default: break;
 		}
-		if (r != CF_OK)
-			return cf_error(r, "--%s: %s", opts[0].name ? "option" : "", cf_error_detail());
+		if (r != CF_OK) {
+			const char *name = "option";
+
+			for (size_t k = 0; opts[k].name != NULL; k++)
+				if (opts[k].val == ch)
+					name = opts[k].name;
+			return cf_error(r, "--%s: %s", name, cf_error_detail());
+		}
 	}
 	return config_finish(cfg);
 }

@@ -182,7 +182,7 @@ dispatch_new(const struct dispatch_cfg *cfg, dispatch **out)
 		total += services[i].svc->n_methods;
 	if ((d = calloc(1, sizeof(*d))) == NULL || (d->m = calloc(total, sizeof(*d->m))) == NULL) {
 		free(d);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	d->cfg = *cfg;
 	for (size_t i = 0; i < sizeof(services) / sizeof(services[0]) && r == CF_OK; i++)
@@ -254,7 +254,7 @@ pack(const ProtobufCMessage *msg, uint8_t **out, size_t *outlen)
 	uint8_t *buf = malloc(len ? len : 1);
 
 	if (buf == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	protobuf_c_message_pack(msg, buf);
 	*out = buf;
 	*outlen = len;
@@ -308,7 +308,7 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	OPENSSL_cleanse(req->record.data, ptlen);
 	imsg[0] = '\0';
 	if (ir != CF_OK) {
-		snprintf(imsg, sizeof(imsg), "%s", cf_error_detail());
+		snprintf(imsg, sizeof(imsg), "%s", cf_error_message(ir));
 		if (dispatch_status(ir) == CODE_INTERNAL)
 			cf_log_error("%s (sealed): %s", req->method, imsg);
 	}
@@ -321,7 +321,7 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	rlen = protobuf_c_message_get_packed_size(&res.base);
 	if ((rec = malloc(rlen + CF_SESSION_TAG_LEN)) == NULL ||
 	    (reply = malloc(sizeof(*reply))) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	protobuf_c_message_pack(&res.base, rec);
@@ -455,7 +455,7 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 				"the daemon's clock and the window is %u s; check the caller's clock",
 				(long long)(a.timestamp - now), h->window);
 	if ((str = cf_buf_new(CF_CALLAUTH_PATH_MAX + 3 * CF_REQSIGN_NONCE_MAX + 160)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = cf_callauth_string(m->path, in, inlen, a.timestamp, a.nonce, a.key_id, str)) !=
 		    CF_OK ||
 	    (r = apikeys_verify(h->ak, who, a.key_id, cf_buf_peek(str), cf_buf_len(str),
@@ -639,7 +639,7 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 		*out = first.response != NULL ? first.response : malloc(1);
 		*outlen = first.response_len;
 		if (*out == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		/* Read back only for its audit record (the key and version it named). */
 		*resp = protobuf_c_message_unpack(m->output, m->alloc, *outlen, *out);
 		return CF_OK;
@@ -657,7 +657,7 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 		r = pack(*resp, out, outlen);
 	if (r == CF_OK)
 		r = pack_without_secrets(*resp, &kept, &keptlen);
-	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_detail());
+	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_message(r));
 	idem_finish(h->idm, h->idem_key, h->uid, m->path, in, inlen, first_id,
 		    start == IDEM_COMMITTED || n->changes > 0, r, msg,
 		    kept != NULL ? kept : *out, kept != NULL ? keptlen : *outlen);
@@ -779,8 +779,8 @@ dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *
 	if (h->au == NULL || m->health || (r = audit_admit(h->au)) == CF_OK)
 		r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
-	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_detail());
+	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_message(r));
 	if (code == CODE_INTERNAL)
-		cf_log_error("%s: %s", m->path, cf_error_detail());
+		cf_log_error("%s: %s", m->path, msg);
 	return code;
 }

@@ -89,7 +89,7 @@ env_seal(cf_p11_key *k, const char *name, uint32_t version, const struct env_kv 
 	int r;
 
 	if (aad == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = env_aad(name, version, ctx, n, aad)) != CF_OK)
 		goto out;
 	/* Reserve the header first, fill it once the token chose the IV. */
@@ -122,7 +122,7 @@ env_open(cf_p11_key *k, const char *name, uint32_t version, const struct env_kv 
 	int r;
 
 	if (aad == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = env_parse(blob, len, &v, &iv, &ct, &ctlen)) != CF_OK ||
 	    (r = env_aad(name, version, ctx, n, aad)) != CF_OK)
 		goto out;

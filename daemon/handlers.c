@@ -34,7 +34,7 @@ h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
 {
 	dst->len = 0;
 	if ((dst->data = malloc(len ? len : 1)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if (len > 0)
 		memcpy(dst->data, src, len);
 	dst->len = len;
@@ -165,11 +165,11 @@ fill_key(const struct store_key *ki, Coffer__V1__Key *k)
 	k->rotation_period = ki->rotation_period;
 	k->next_rotation_time = ki->next_rotation;
 	if (k->name == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if (ki->allowed_ops != 0) {
 		if ((k->allowed_operations = calloc(POLICY_OP__COUNT,
 						    sizeof(*k->allowed_operations))) == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		for (unsigned op = 1; op < POLICY_OP__COUNT; op++)
 			if (ki->allowed_ops & POLICY_OP_BIT(op))
 				k->allowed_operations[k->n_allowed_operations++] =
@@ -178,12 +178,12 @@ fill_key(const struct store_key *ki, Coffer__V1__Key *k)
 	if (ki->nversions == 0)
 		return CF_OK;
 	if ((k->versions = calloc(ki->nversions, sizeof(*k->versions))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	for (uint32_t i = 0; i < ki->nversions; i++) {
 		Coffer__V1__KeyVersion *v = h_new_msg(&coffer__v1__key_version__descriptor);
 
 		if (v == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		v->version = ki->versions[i].version;
 		v->state = (Coffer__V1__VersionState)ki->versions[i].state;
 		v->create_time = ki->versions[i].created;
@@ -201,7 +201,7 @@ h_key_response(int r, struct store_key *info, ProtobufCMessage **resp)
 	if (r != CF_OK)
 		goto out;
 	if ((k = h_new_msg(&coffer__v1__key__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = fill_key(info, k)) != CF_OK)
@@ -238,7 +238,7 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_p11_sign(k, &sp, in, inlen, sig)) != CF_OK ||
@@ -285,7 +285,7 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	out->valid = r == CF_OK;
 	*resp = &out->base;
 	return CF_OK;
@@ -308,7 +308,7 @@ h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 		return r;
 	if ((mac = cf_buf_new(64)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__mac_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_p11_mac(k, req->data.data, req->data.len, mac)) != CF_OK ||
@@ -347,7 +347,7 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_mac_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	out->valid = r == CF_OK;
 	*resp = &out->base;
 	return CF_OK;
@@ -366,7 +366,7 @@ wrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, siz
 	    (r = keyring_use(c->kr, name, 0, PURPOSE_WRAP, USE_NEW, &k, ver)) != CF_OK)
 		return r;
 	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = env_seal(k, name, *ver, kv, n, pt, ptlen, blob)) == CF_OK)
 		r = h_set_bytes(ct, cf_buf_peek(blob), cf_buf_len(blob));
 	cf_buf_free(blob);
@@ -407,7 +407,7 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 		return r;
 	n = req->n_context;
 	if ((out = h_new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = wrap_common(c, req->key, kv, n, req->plaintext.data, req->plaintext.len,
 			     &out->ciphertext, &out->version)) != CF_OK) {
 		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
@@ -437,7 +437,7 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
 		goto out;
 	if ((out = h_new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	/* The response is freed through the wiping allocator. */
@@ -472,7 +472,7 @@ h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
 		goto out;
 	if ((out = h_new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = wrap_common(c, req->key, kv, n, cf_secret_cptr(pt), cf_secret_len(pt),
@@ -517,7 +517,7 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 		goto out;
 	}
 	if ((out = h_new_msg(&coffer__v1__generate_data_key_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = wrap_common(c, req->key, kv, n, cf_secret_cptr(dk), len, &out->ciphertext,
@@ -609,7 +609,7 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	}
 	if ((out = h_new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
 	    (str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if (hr.timestamp < now - (int64_t)c->window) {
@@ -705,7 +705,7 @@ h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 		return r;
 	if ((str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL || (mac = cf_buf_new(64)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_http_request_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_reqsign_http_string(&hr, str)) != CF_OK ||
@@ -717,14 +717,14 @@ h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 		     CF_REQSIGN_HTTP_LABEL, hr.key_id, v, (long long)hr.timestamp, hr.nonce,
 		     hex) < 0) {
 		auth = NULL;
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	out->authorization = auth;
 	out->version = v;
 	out->timestamp = hr.timestamp;
 	if ((out->signature = strdup(hex)) == NULL || (out->nonce = strdup(hr.nonce)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	*resp = &out->base;
@@ -753,7 +753,7 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		return r;
 	if ((der = cf_buf_new(4096)) == NULL || (pem = cf_buf_new(8192)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__get_public_key_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_p11_pubkey_der(k, der)) != CF_OK || (r = cf_p11_pubkey_pem(k, pem)) != CF_OK ||
@@ -761,7 +761,7 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		goto out;
 	/* cf_buf holds bytes, not a C string: terminate the copy ourselves. */
 	if ((out->pem = malloc(cf_buf_len(pem) + 1)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	memcpy(out->pem, cf_buf_peek(pem), cf_buf_len(pem));
@@ -808,14 +808,14 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 		return r;
 	if ((out = h_new_msg(&coffer__v1__list_keys_response__descriptor)) == NULL ||
 	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL)) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		Coffer__V1__Key *k = h_new_msg(&coffer__v1__key__descriptor);
 
 		if (k == NULL) {
-			r = CF_E_NOMEM;
+			r = cf_nomem();
 			goto out;
 		}
 		out->keys[out->n_keys++] = k;
@@ -823,7 +823,7 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 			goto out;
 	}
 	if (more && n > 0 && (out->next_page_token = strdup(infos[n - 1].name)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	*resp = &out->base;
@@ -924,7 +924,7 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 	    (sp->ngids && (p->gids = calloc(sp->ngids, sizeof(*p->gids))) == NULL) ||
 	    (sp->ngrants && (p->grants = calloc(sp->ngrants, sizeof(*p->grants))) == NULL) ||
 	    (sp->nlimits && (p->limits = calloc(sp->nlimits, sizeof(*p->limits))) == NULL))
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if (sp->nuids > 0)
 		memcpy(p->uids, sp->uids, sp->nuids * sizeof(*p->uids));
 	p->n_uids = sp->nuids;
@@ -935,11 +935,11 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 		Coffer__V1__Grant *g = h_new_msg(&coffer__v1__grant__descriptor);
 
 		if (g == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		p->grants[p->n_grants++] = g;
 		if ((g->key_pattern = strdup(sp->grants[i].pattern)) == NULL ||
 		    (g->operations = calloc(POLICY_OP__COUNT, sizeof(*g->operations))) == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		for (unsigned op = 1; op < POLICY_OP__COUNT; op++)
 			if (sp->grants[i].ops & POLICY_OP_BIT(op))
 				g->operations[g->n_operations++] = (Coffer__V1__Operation)op;
@@ -948,7 +948,7 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 		Coffer__V1__RateLimit *l = h_new_msg(&coffer__v1__rate_limit__descriptor);
 
 		if (l == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		l->operation = (Coffer__V1__Operation)sp->limits[i].op;
 		l->per_second = sp->limits[i].rate;
 		l->burst = sp->limits[i].burst;
@@ -964,7 +964,7 @@ principal_response(int r, struct store_principal *sp, ProtobufCMessage **resp)
 	Coffer__V1__Principal *p = NULL;
 
 	if (r == CF_OK && (p = h_new_msg(&coffer__v1__principal__descriptor)) == NULL)
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 	if (r == CF_OK && (r = fill_principal(sp, p)) == CF_OK) {
 		*resp = &p->base;
 		p = NULL;
@@ -992,7 +992,7 @@ handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type, 
 	    type == &coffer__v1__api_key_secret_response__descriptor)
 		return h_describe_api_key(c, type, name, resp);
 	if (type == &coffer__v1__delete_principal_response__descriptor)
-		return (*resp = h_new_msg(type)) != NULL ? CF_OK : CF_E_NOMEM;
+		return (*resp = h_new_msg(type)) != NULL ? CF_OK : cf_nomem();
 	return cf_error(CF_E_UNSUPPORTED, "no description for a %s answer", type->name);
 }
 
@@ -1030,14 +1030,14 @@ h_list_principals(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMess
 		return r;
 	if ((out = h_new_msg(&coffer__v1__list_principals_response__descriptor)) == NULL ||
 	    (n && (out->principals = calloc(n, sizeof(*out->principals))) == NULL)) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	for (size_t i = 0; i < n && r == CF_OK; i++) {
 		Coffer__V1__Principal *p = h_new_msg(&coffer__v1__principal__descriptor);
 
 		if (p == NULL) {
-			r = CF_E_NOMEM;
+			r = cf_nomem();
 			break;
 		}
 		out->principals[out->n_principals++] = p;
@@ -1108,7 +1108,7 @@ h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMes
 	    (c->ak != NULL && (r = apikeys_revoke_principal(c->ak, req->name, time(NULL))) != CF_OK))
 		return r;
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	*resp = &out->base;
 	return CF_OK;
 }
@@ -1125,12 +1125,12 @@ h_get_identity(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 
 	(void)m;
 	if ((out = h_new_msg(&coffer__v1__get_identity_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	spki = session_identity(c->sm, &len);
 	if ((r = h_set_bytes(&out->public_key, spki, len)) != CF_OK ||
 	    (out->fingerprint = strdup(session_fingerprint(c->sm))) == NULL) {
 		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
-		return r != CF_OK ? r : CF_E_NOMEM;
+		return r != CF_OK ? r : cf_nomem();
 	}
 	*resp = &out->base;
 	return CF_OK;
@@ -1155,11 +1155,11 @@ h_open_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	memcpy(h.client_random, req->client_random.data, CF_SESSION_RANDOM_LEN);
 	h.principal = req->principal;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = session_handshake(c->sm, c->uid, c->gid, &h, sig)) != CF_OK)
 		goto out;
 	if ((out = h_new_msg(&coffer__v1__open_session_response__descriptor)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = h_set_bytes(&out->session_id, h.session_id, CF_SESSION_ID_LEN)) != CF_OK ||
@@ -1190,7 +1190,7 @@ h_close_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 
 	(void)m;
 	if ((out = h_new_msg(&coffer__v1__close_session_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	session_end(c->sm, c->sess);
 	*resp = &out->base;
 	return CF_OK;
@@ -1209,7 +1209,7 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	    strcmp(s, c->admin ? "coffer.v1.AdminService" : "coffer.v1.KeyService") != 0)
 		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
 	if ((out = h_new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	/* Failing closed on an unwritable audit trail: say so. */
 	out->status = c->au != NULL && !audit_healthy(c->au) ?
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING :

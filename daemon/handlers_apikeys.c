@@ -13,18 +13,18 @@ static int
 fill_apikey(const struct store_apikey *k, Coffer__V1__ApiKey *out)
 {
 	if ((out->id = strdup(k->id)) == NULL || (out->principal = strdup(k->principal)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	out->create_time = k->created;
 	out->revoke_time = k->revoked;
 	if (k->nsecrets == 0)
 		return CF_OK;
 	if ((out->secrets = calloc(k->nsecrets, sizeof(*out->secrets))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	for (uint32_t i = 0; i < k->nsecrets; i++) {
 		Coffer__V1__ApiKeySecret *s = h_new_msg(&coffer__v1__api_key_secret__descriptor);
 
 		if (s == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		s->generation = k->secrets[i].generation;
 		s->create_time = k->secrets[i].created;
 		s->expire_time = k->secrets[i].expires;
@@ -39,7 +39,7 @@ apikey_msg(const struct store_apikey *k, Coffer__V1__ApiKey **out)
 	int r;
 
 	if ((*out = h_new_msg(&coffer__v1__api_key__descriptor)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = fill_apikey(k, *out)) != CF_OK) {
 		protobuf_c_message_free_unpacked(&(*out)->base, &cf_pbwipe_allocator);
 		*out = NULL;
@@ -55,7 +55,7 @@ secret_response(int r, const struct store_apikey *k, cf_secret *secret, Protobuf
 
 	if (r == CF_OK && (out = h_new_msg(&coffer__v1__api_key_secret_response__descriptor)) ==
 			  NULL)
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 	if (r == CF_OK)
 		r = apikey_msg(k, &out->key);
 	if (r == CF_OK && secret != NULL)
@@ -176,7 +176,7 @@ h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 		return r;
 	if ((out = h_new_msg(&coffer__v1__list_api_keys_response__descriptor)) == NULL ||
 	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL))
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 	for (size_t i = 0; i < n && r == CF_OK; i++)
 		if ((r = apikey_msg(&l[i], &out->keys[i])) == CF_OK)
 			out->n_keys++;

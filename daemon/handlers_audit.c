@@ -27,7 +27,7 @@ h_tail_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 		return r;
 	if ((out = h_new_msg(&coffer__v1__tail_audit_response__descriptor)) == NULL) {
 		audit_lines_free(lines, n);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	/* The message takes the lines over. */
 	out->records = lines;
@@ -51,7 +51,7 @@ h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	if ((out = h_new_msg(&coffer__v1__verify_audit_response__descriptor)) == NULL ||
 	    (out->reason = strdup(rep.ok ? "" : rep.reason)) == NULL) {
 		free(out);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	out->ok = rep.ok;
 	out->records = rep.records;

@@ -34,7 +34,7 @@ idem_open(store *st, unsigned retention_s, idem **out)
 	idem *i = calloc(1, sizeof(*i));
 
 	if (i == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	i->st = st;
 	i->retention = retention_s;
 	pthread_mutex_init(&i->mu, NULL);
@@ -125,7 +125,7 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 	*start = IDEM_RUN;
 	fingerprint(method, req, len, fp);
 	if ((me = calloc(1, sizeof(*me))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	snprintf(me->key, sizeof(me->key), "%s", key);
 	me->uid = uid;
 	/* Concurrent duplicates: one runs, the others wait for its outcome. */

@@ -110,7 +110,7 @@ kr_insert(keyring *kr, struct kr_key *k)
 		struct kr_key **nk = realloc(kr->keys, nc * sizeof(*nk));
 
 		if (nk == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		kr->keys = nk;
 		kr->cap = nc;
 	}
@@ -128,7 +128,7 @@ kr_add_version(struct kr_key *k, const struct store_version *meta, cf_p11_key *h
 		struct kr_version *nv = realloc(k->v, nc * sizeof(*nv));
 
 		if (nv == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		k->v = nv;
 		k->capv = nc;
 	}
@@ -166,7 +166,7 @@ kr_copy_info(const struct kr_key *k, struct store_key *sk)
 	*sk = k->m;
 	sk->versions = NULL;
 	if (k->nv > 0 && (sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	for (uint32_t i = 0; i < k->nv; i++)
 		sk->versions[i] = k->v[i].meta;
 	sk->nversions = k->nv;
@@ -196,7 +196,7 @@ load_one(const struct store_key *sk, void *arg)
 	int r;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	kr_set_meta(k, sk);
 	for (uint32_t i = 0; i < sk->nversions; i++) {
 		const struct store_version *sv = &sk->versions[i];
@@ -239,7 +239,7 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 	int r;
 
 	if ((kr = calloc(1, sizeof(*kr))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	kr->p11 = p11;
 	kr->st = st;
 	if (cfg != NULL)
@@ -385,7 +385,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		goto out;
 	}
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	kr_set_meta(k, &sk);
@@ -538,7 +538,7 @@ keyring_list(keyring *kr, const char *after, uint32_t max, struct store_key **ou
 	if (found)
 		at++;
 	if (max > 0 && (infos = calloc(max, sizeof(*infos))) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	for (; at < kr->n && count < max; at++)

@@ -54,7 +54,7 @@ listener_open(const struct listener_cfg *cfg, listener **out)
 	int r;
 
 	if ((l = calloc(1, sizeof(*l))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	l->fd = l->lock_fd = -1;
 	l->cfg = *cfg;
 	if (strlen(cfg->path) >= sizeof(l->path)) {

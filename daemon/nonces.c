@@ -84,7 +84,7 @@ rehash_locked(nonces *n, size_t cap, int64_t now)
 	size_t used = 0;
 
 	if (t == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	for (size_t i = 0; i < n->cap; i++)
 		if (n->t[i].expires > now) {
 			place(t, cap, &n->t[i]);
@@ -254,13 +254,13 @@ nonces_open(const char *state_dir, size_t max_live, nonces **out)
 	int r;
 
 	if (n == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	pthread_mutex_init(&n->mu, NULL);
 	n->fd = -1;
 	n->live_max = max_live;
 	n->cap = INITIAL_SLOTS;
 	if ((n->t = calloc(n->cap, sizeof(*n->t))) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto fail;
 	}
 	snprintf(n->path, sizeof(n->path), "%s/nonces.log", state_dir);

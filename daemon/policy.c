@@ -78,11 +78,11 @@ copy_principal(const struct store_principal *src, struct store_principal *dst)
 	dst->limits = NULL;
 	if (src->ngrants > 0 &&
 	    (dst->grants = malloc(src->ngrants * sizeof(*dst->grants))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if (src->nlimits > 0 &&
 	    (dst->limits = malloc(src->nlimits * sizeof(*dst->limits))) == NULL) {
 		policy_principal_free(dst);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	if (src->ngrants > 0)
 		memcpy(dst->grants, src->grants, src->ngrants * sizeof(*dst->grants));
@@ -137,7 +137,7 @@ insert_locked(policy *p, struct pr *r)
 	struct pr **nv = realloc(p->v, (p->n + 1) * sizeof(*nv));
 
 	if (nv == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	p->v = nv;
 	memmove(&p->v[at + 1], &p->v[at], (p->n - at) * sizeof(*nv));
 	p->v[at] = r;
@@ -169,7 +169,7 @@ load_one(const struct store_principal *sp, void *arg)
 			return cf_error(CF_E_IO, "state store holds a malformed rate limit for "
 					"principal %s", sp->name);
 	if ((r = calloc(1, sizeof(*r))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((rc = copy_principal(sp, &r->sp)) != CF_OK || (rc = insert_locked(p, r)) != CF_OK) {
 		pr_free(r);
 		return rc;
@@ -185,7 +185,7 @@ policy_open(store *st, policy **out)
 	int r;
 
 	if (p == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	p->st = st;
 	pthread_rwlock_init(&p->lock, NULL);
 	pthread_mutex_init(&p->bmu, NULL);
@@ -301,7 +301,7 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		return cf_error(CF_E_INVALID_ARG, "at most %d uids and %d gids per principal",
 				STORE_PRINCIPAL_IDS_MAX, STORE_PRINCIPAL_IDS_MAX);
 	if ((r = calloc(1, sizeof(*r))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	snprintf(r->sp.name, sizeof(r->sp.name), "%s", name);
 	r->sp.created = (int64_t)time(NULL);
 	if (nuids > 0)
@@ -345,7 +345,7 @@ policy_list(policy *p, struct store_principal **out, size_t *n)
 	pthread_rwlock_rdlock(&p->lock);
 	if ((list = calloc(p->n ? p->n : 1, sizeof(*list))) == NULL) {
 		pthread_rwlock_unlock(&p->lock);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	for (i = 0; i < p->n && rc == CF_OK; i++)
 		rc = copy_principal(&p->v[i]->sp, &list[i]);
@@ -376,7 +376,7 @@ edit_grant(struct store_principal *sp, void *arg)
 			return CF_OK;
 		}
 	if ((ng = realloc(sp->grants, (sp->ngrants + 1) * sizeof(*ng))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	sp->grants = ng;
 	snprintf(ng[sp->ngrants].pattern, sizeof(ng[0].pattern), "%s", g->pattern);
 	ng[sp->ngrants++].ops = g->ops;
@@ -447,7 +447,7 @@ edit_limit(struct store_principal *sp, void *arg)
 	if (l->rate <= 0.0)
 		return CF_OK;
 	if ((nl = realloc(sp->limits, (sp->nlimits + 1) * sizeof(*nl))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	sp->limits = nl;
 	nl[sp->nlimits++] = *l;
 	return CF_OK;

@@ -58,14 +58,14 @@ keep_key(const struct store_key *k, void *arg)
 		struct store_key *nk = realloc(c->keys, nc * sizeof(*nk));
 
 		if (nk == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		c->keys = nk;
 		c->cap = nc;
 	}
 	copy.versions = NULL;
 	if (k->nversions > 0) {
 		if ((copy.versions = calloc(k->nversions, sizeof(*copy.versions))) == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		memcpy(copy.versions, k->versions, k->nversions * sizeof(*copy.versions));
 	}
 	c->keys[c->nkeys++] = copy;

@@ -363,7 +363,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	int r;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	s->cfg = *cfg;
 	{
 		uint8_t rnd[8];
@@ -385,7 +385,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 		goto fail;
 	s->nmethods = dispatch_count(s->d);
 	if ((s->methods = calloc(s->nmethods, sizeof(*s->methods))) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto fail;
 	}
 	args[0].type = GRPC_ARG_INTEGER;

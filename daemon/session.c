@@ -66,7 +66,7 @@ session_mgr_open(cf_p11 *p11, const struct session_cfg *cfg, session_mgr **out)
 	int r, created;
 
 	if ((sm = calloc(1, sizeof(*sm))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	sm->cfg = *cfg;
 	pthread_mutex_init(&sm->mu, NULL);
 	if ((r = cf_p11_key_ensure(p11, SESSION_IDENTITY_KEY, 1, CF_KEY_EC_P256, &sm->identity,
@@ -75,7 +75,7 @@ session_mgr_open(cf_p11 *p11, const struct session_cfg *cfg, session_mgr **out)
 	if (created)
 		cf_log_info("session: created the identity key in the token");
 	if ((der = cf_buf_new(CF_SESSION_MAX_SPKI)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_p11_pubkey_der(sm->identity, der)) != CF_OK ||
@@ -294,7 +294,7 @@ session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello
 	if ((r = pending_enter(sm, uid)) != CF_OK)
 		return r;
 	if ((s = calloc(1, sizeof(*s))) == NULL || (msg = cf_buf_new(128)) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_session_eph_new(NULL, &eph)) != CF_OK)

@@ -123,7 +123,7 @@ store_open(const char *dir, store **out)
 	int r, ver = 0;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	pthread_mutex_init(&s->mu, NULL);
 	snprintf(path, sizeof(path), "%s/coffer.db", dir);
 	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
@@ -259,7 +259,7 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 
 				cap = cap ? cap * 2 : 8;
 				if ((nv = realloc(k.versions, cap * sizeof(*nv))) == NULL) {
-					r = CF_E_NOMEM;
+					r = cf_nomem();
 					goto out;
 				}
 				k.versions = nv;
@@ -568,7 +568,7 @@ store_principals_load(store *s, int (*cb)(const struct store_principal *p, void 
 
 				gcap = gcap ? 2 * gcap : 8;
 				if ((ng = realloc(p.grants, gcap * sizeof(*ng))) == NULL) {
-					r = CF_E_NOMEM;
+					r = cf_nomem();
 					goto out;
 				}
 				p.grants = ng;
@@ -585,7 +585,7 @@ store_principals_load(store *s, int (*cb)(const struct store_principal *p, void 
 
 				lcap = lcap ? 2 * lcap : 4;
 				if ((nl = realloc(p.limits, lcap * sizeof(*nl))) == NULL) {
-					r = CF_E_NOMEM;
+					r = cf_nomem();
 					goto out;
 				}
 				p.limits = nl;
@@ -836,7 +836,7 @@ store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out)
 	out->response_len = (size_t)sqlite3_column_bytes(st, 5);
 	if (out->response_len > 0) {
 		if ((out->response = malloc(out->response_len)) == NULL) {
-			r = CF_E_NOMEM;
+			r = cf_nomem();
 			goto out;
 		}
 		memcpy(out->response, sqlite3_column_blob(st, 5), out->response_len);
@@ -999,7 +999,7 @@ store_intents_load(store *s, int (*cb)(const struct store_intent *in, void *arg)
 
 			cap = cap ? 2 * cap : 8;
 			if ((na = realloc(all, cap * sizeof(*na))) == NULL) {
-				r = CF_E_NOMEM;
+				r = cf_nomem();
 				goto unlock;
 			}
 			all = na;

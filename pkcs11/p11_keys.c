@@ -66,7 +66,7 @@ p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type
 		return cf_error(CF_E_INVALID_ARG, "key version %u outside 1..%u", version,
 				CF_KEY_VERSION_MAX);
 	if ((k = calloc(1, sizeof(*k))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	k->p = p;
 	snprintf(k->name, sizeof(k->name), "%s", name);
 	k->version = version;

@@ -95,7 +95,7 @@ p11_find_slot(cf_p11 *p, CK_SLOT_ID *out)
 	int r, ur;
 
 	if ((uri = p11_kit_uri_new()) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	ur = p11_kit_uri_parse(p->token_uri, P11_KIT_URI_FOR_TOKEN, uri);
 	if (ur != P11_KIT_URI_OK) {
 		r = cf_error(CF_E_CONFIG, "token URI \"%s\" is not a valid PKCS#11 URI: %s",
@@ -108,7 +108,7 @@ p11_find_slot(cf_p11 *p, CK_SLOT_ID *out)
 	}
 	if (n > 0) {
 		if ((slots = calloc(n, sizeof(*slots))) == NULL) {
-			r = CF_E_NOMEM;
+			r = cf_nomem();
 			goto out;
 		}
 		if ((rv = p->f->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
@@ -217,7 +217,7 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	    cfg->pin_file == NULL)
 		return cf_error(CF_E_CONFIG, "module path, token URI and PIN file are required");
 	if ((p = calloc(1, sizeof(*p))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	p->anchor = CK_INVALID_HANDLE;
 	p->epoch = 1;
 	p->pool_size = cfg->pool_size ? cfg->pool_size : 8;
@@ -244,7 +244,7 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	p->pool = calloc(p->pool_size, sizeof(*p->pool));
 	if (p->module_path == NULL || p->token_uri == NULL || p->pin_file == NULL ||
 	    p->pool == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((p->dl = dlopen(p->module_path, RTLD_NOW | RTLD_LOCAL)) == NULL) {

@@ -81,7 +81,7 @@ cf_buf_reserve(cf_buf *b, size_t len, uint8_t **out)
 			nalloc = nalloc > b->max / 2 ? b->max : nalloc * 2;
 		/* Grow by copy so the old block can be wiped, not left by realloc. */
 		if ((n = malloc(nalloc)) == NULL)
-			return CF_E_NOMEM;
+			return cf_nomem();
 		if (b->data != NULL) {
 			memcpy(n, b->data, b->len);
 			OPENSSL_cleanse(b->data, b->alloc);

@@ -87,14 +87,14 @@ recode_str(const char *s, size_t n, int *r)
 	char *out = NULL;
 
 	if (b == NULL) {
-		*r = CF_E_NOMEM;
+		*r = cf_nomem();
 		return NULL;
 	}
 	if ((*r = recode(s, n, b)) == CF_OK && (out = malloc(cf_buf_len(b) + 1)) != NULL) {
 		memcpy(out, cf_buf_peek(b), cf_buf_len(b));
 		out[cf_buf_len(b)] = '\0';
 	} else if (*r == CF_OK) {
-		*r = CF_E_NOMEM;
+		*r = cf_nomem();
 	}
 	cf_buf_free(b);
 	return out;
@@ -112,7 +112,7 @@ cf_reqsign_canonical_query(const char *raw, cf_buf *out)
 	if (len == 0)
 		return CF_OK;
 	if ((p = calloc(MAX_PARAMS, sizeof(*p))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	for (const char *s = raw; r == CF_OK && s <= raw + len;) {
 		const char *amp = strchr(s, '&'), *end = amp ? amp : raw + len, *eq;
 
@@ -282,9 +282,11 @@ callauth_field(struct cf_call_auth *a, const char *name, size_t nlen, const char
 		}
 	} else if (nlen == 5 && memcmp(name, "nonce", 5) == 0 && !(*seen & 4)) {
 		*seen |= 4;
-		if (charset(buf, "authorization: nonce", CF_REQSIGN_NONCE_MIN, CF_REQSIGN_NONCE_MAX,
-			    "-_", 0) != CF_OK)
-			return CF_E_INVALID_ARG;
+		int rc = charset(buf, "authorization: nonce", CF_REQSIGN_NONCE_MIN,
+				 CF_REQSIGN_NONCE_MAX, "-_", 0);
+
+		if (rc != CF_OK)
+			return rc;
 		memcpy(a->nonce, buf, n + 1);
 	} else if (nlen == 9 && memcmp(name, "signature", 9) == 0 && !(*seen & 8)) {
 		*seen |= 8;

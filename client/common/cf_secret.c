@@ -71,7 +71,7 @@ cf_secret_new(size_t len, cf_secret **out)
 	if (map_len == 0)
 		map_len = (size_t)page;
 	if ((s = calloc(1, sizeof(*s))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if (map_len == (size_t)page && (p = spare_take()) != NULL) {
 		s->data = p;   /* zero: wiped when it was freed */
 		s->len = len;

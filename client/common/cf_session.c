@@ -73,7 +73,7 @@ cf_session_eph_new(const uint8_t *fixed_priv, cf_session_eph **out)
 	int r = CF_E_INTERNAL;
 
 	if ((e = OPENSSL_zalloc(sizeof(*e))) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if (fixed_priv != NULL) {
 		e->pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, fixed_priv, 32);
 	} else {
@@ -118,7 +118,7 @@ put_item(cf_buf *b, const void *data, size_t len)
 	int r;
 
 	if (len > 0xffff)
-		return CF_E_TOO_LARGE;
+		return cf_error(CF_E_TOO_LARGE, "session transcript field of %zu bytes: at most 65535", len);
 	if ((r = cf_buf_put_u8(b, (uint8_t)(len >> 8))) != CF_OK ||
 	    (r = cf_buf_put_u8(b, (uint8_t)len)) != CF_OK)
 		return r;
@@ -183,7 +183,7 @@ cf_session_transcript_hash(const struct cf_session_hello *h, uint8_t th[CF_SESSI
 	int r;
 
 	if (t == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = cf_session_transcript(h, t)) == CF_OK &&
 	    EVP_Digest(cf_buf_peek(t), cf_buf_len(t), th, NULL, EVP_sha256(), NULL) != 1)
 		r = cf_error(CF_E_INTERNAL, "SHA-256 failed");
@@ -221,7 +221,7 @@ cf_session_pin_new(const uint8_t *spki, size_t spki_len, cf_session_pin **out)
 	}
 	if ((pin = calloc(1, sizeof(*pin))) == NULL) {
 		EVP_PKEY_free(pk);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	pin->pk = pk;
 	*out = pin;
@@ -246,7 +246,7 @@ cf_session_verify_pinned(const cf_session_pin *pin, const uint8_t th[CF_SESSION_
 	int r;
 
 	if (m == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = cf_session_signed_message(th, m)) != CF_OK)
 		goto out;
 	if ((md = EVP_MD_CTX_new()) == NULL ||
@@ -280,7 +280,8 @@ cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t o
 	uint8_t d[32];
 
 	if (outlen < CF_SESSION_FPR_LEN + 1)
-		return CF_E_INVALID_ARG;
+		return cf_error(CF_E_INVALID_ARG, "fingerprint buffer of %zu bytes: needs %d", outlen,
+				CF_SESSION_FPR_LEN + 1);
 	if (EVP_Digest(spki, spki_len, d, NULL, EVP_sha256(), NULL) != 1)
 		return cf_error(CF_E_INTERNAL, "SHA-256 failed");
 	memcpy(out, "sha256:", 7);
@@ -370,7 +371,7 @@ cf_session_keys_derive(const cf_session_eph *mine, const uint8_t peer_pub[CF_SES
 	if ((r = x25519(mine, peer_pub, shared)) != CF_OK)
 		return r;
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		r = CF_E_NOMEM;
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_secret_new(KEYS_LEN, &k->m)) != CF_OK)
@@ -585,7 +586,7 @@ cf_session_open(const cf_session_keys *k, enum cf_session_dir d, uint64_t seq,
 	memcpy(tag, rec + len, sizeof(tag));
 	/* +1: GCM's final step may write nothing but wants a valid pointer. */
 	if ((buf = malloc(len + 1)) == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	if ((r = gcm(k, d, seq, method, 0, rec, len, buf, tag)) != CF_OK) {
 		cf_session_plain_free(buf, len + 1);   /* whatever was decrypted */
 		return r;

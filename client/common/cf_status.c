@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static const struct {
 	const char *name;
@@ -70,11 +71,14 @@ cf_status_name(int status)
 int
 cf_error(int status, const char *fmt, ...)
 {
+	char text[CF_ERROR_DETAIL_MAX];
 	va_list ap;
 
+	/* Formatted aside: an argument may be cf_detail itself. */
 	va_start(ap, fmt);
-	vsnprintf(cf_detail, sizeof(cf_detail), fmt, ap);
+	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
+	memcpy(cf_detail, text, sizeof(cf_detail));
 	cf_detail_status = status;
 	return status;
 }
@@ -84,6 +88,14 @@ cf_error_detail(void)
 {
 	if (cf_detail[0] == '\0')
 		return cf_strerror(cf_detail_status);
+	return cf_detail;
+}
+
+const char *
+cf_error_message(int status)
+{
+	if (cf_detail_status != status || cf_detail[0] == '\0')
+		return cf_strerror(status);
 	return cf_detail;
 }
 

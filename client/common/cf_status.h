@@ -55,7 +55,9 @@ const char *cf_status_name(int status);
 /*
  * Record a detail for the calling thread and return `status` unchanged, so
  * callers can write `return cf_error(CF_E_TOO_LARGE, "...%zu", n);`.
- * The formatted text is truncated to CF_ERROR_DETAIL_MAX - 1 bytes.
+ * The formatted text is truncated to CF_ERROR_DETAIL_MAX - 1 bytes. The
+ * arguments may include cf_error_detail() itself (to prefix the last detail):
+ * the text is formatted aside before it replaces the detail.
  */
 #define CF_ERROR_DETAIL_MAX 256
 int cf_error(int status, const char *fmt, ...)
@@ -64,6 +66,15 @@ int cf_error(int status, const char *fmt, ...)
 /* The calling thread's last detail, or cf_strerror() of the last code if no
  * detail was given. Borrowed; valid until the thread's next cf_error(). */
 const char *cf_error_detail(void);
+
+/* Out of memory, said where: every status carries its own detail, so a bare
+ * `return CF_E_NOMEM;` would leave the previous call's text in place. */
+#define cf_nomem() cf_error(CF_E_NOMEM, "out of memory (%s)", __func__)
+
+/* The detail for `status`: the thread's last detail if it was recorded with
+ * that status, else cf_strerror(status) -- never the text of some earlier,
+ * different failure. */
+const char *cf_error_message(int status);
 
 /* Forget the calling thread's detail. */
 void cf_error_clear(void);
