@@ -760,6 +760,16 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 				    "(e.g. 7d)");
 				goto out;
 			}
+			/* The request's 0 means the daemon's default, and the daemon
+			 * keeps at least [keys] min_destroy_grace: no grace is not
+			 * expressible, so "0" must not quietly mean 7 days. */
+			if (id == O_GRACE && d == 0) {
+				bad_value("--grace", arg, "a grace period cannot be 0 (destruction "
+				    "always waits at least [keys] min_destroy_grace, 1d by "
+				    "default); leave --grace out for the daemon's default, "
+				    "[keys] destroy_grace");
+				goto out;
+			}
 			if (id == O_GRACE) {
 				o->grace = (int64_t)d;
 			} else {
@@ -2663,8 +2673,9 @@ static const struct cmd commands[] = {
 	  "key schedule-destroy NAME VERSION [--grace D] [--force]",
 	  "Make a version unusable at once and destroy its token objects when the\n"
 	  "grace period ends; until then key cancel-destroy restores it.\n"
-	  "  --grace D       e.g. 7d (the daemon's default, [keys] destroy_grace);\n"
-	  "                  at least [keys] min_destroy_grace (1d), at most 365d\n"
+	  "  --grace D       e.g. 7d (default: the daemon's [keys] destroy_grace);\n"
+	  "                  at least [keys] min_destroy_grace (1d), at most 365d;\n"
+	  "                  0 is refused\n"
 	  "  --force         also the primary or the last enabled version" },
 	{ "key cancel-destroy", cmd_key_cancel_destroy, 0, 2, 2,
 	  "key cancel-destroy NAME VERSION",
@@ -2886,7 +2897,8 @@ usage(FILE *f)
 	    "                       travel in a sealed session and need it\n"
 	    "  --idempotency-key K  the key of this command's change (default: a new\n"
 	    "                       random one): running a command again with the\n"
-	    "                       same K makes no second change\n"
+	    "                       same K makes no second change. K is 8 to 128\n"
+	    "                       characters of A-Z a-z 0-9 . _ : -\n"
 	    "  --api-key FILE       sign service-socket calls with this API key\n"
 	    "                       (from `principal add-key --out`; default:\n"
 	    "                       $COFFER_API_KEY_FILE)\n"

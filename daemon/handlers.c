@@ -142,13 +142,23 @@ sign_params(const struct hctx *c, Coffer__V1__Hash hash, Coffer__V1__SignatureSc
 		sp->prehashed = 1;
 		*in = digest.data;
 		*inlen = digest.len;
-		if (hash == COFFER__V1__HASH__HASH_UNSPECIFIED)
-			return cf_error(CF_E_INVALID_ARG, "a digest needs its hash named");
 	} else {
 		*in = msg.data;
 		*inlen = msg.len;
 	}
 	return check_data(*inlen, CF_P11_MAX_DATA, "message");
+}
+
+/* A digest with HASH_UNSPECIFIED is of the key's default hash (SHA-256,
+ * SHA-384 for P-384), as the proto says; cf_p11_sign fills it in. Ed25519
+ * hashes inside the signature, so it has no digest to take. */
+static int
+digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char *name)
+{
+	if (sp->prehashed && cf_p11_key_type(k) == CF_KEY_ED25519)
+		return cf_error(CF_E_UNSUPPORTED, "key %s is ed25519, which signs the message "
+				"itself (no prehash): send the message, not a digest", name);
+	return CF_OK;
 }
 
 static int
@@ -234,7 +244,8 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	    (r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
-			     &ver)) != CF_OK)
+			     &ver)) != CF_OK ||
+	    (r = digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
@@ -279,7 +290,8 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = check_data(req->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
 	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
-			     &ver)) != CF_OK)
+			     &ver)) != CF_OK ||
+	    (r = digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
 	r = cf_p11_verify(k, &sp, in, inlen, req->signature.data, req->signature.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)

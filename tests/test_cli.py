@@ -13,12 +13,20 @@
   (python3-cryptography); kid is "NAME:VERSION";
 * every read answers --json with valid JSON;
 * the manual page (build/cofferctl.1, written from --help at build time)
-  names every command, and groff finds nothing to warn about.
+  names every command, and groff finds nothing to warn about;
+* --help and the manual page give the --idempotency-key format, with the
+  daemon's limits; `--grace 0` is refused (it would have meant 7 days);
+* the [admin] comment of deploy/cofferd.conf.example names every
+  AdminService method of the proto;
+* Sign/Verify with a digest and no hash use the key's default hash (P-256
+  and RSA SHA-256, P-384 SHA-384); a digest for Ed25519 is refused.
 """
 import base64
+import hashlib
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
@@ -29,8 +37,13 @@ sys.path.insert(0, HERE)
 
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
+import grpc  # noqa: E402
+
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path, stubs  # noqa: E402
+
+SRC = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, ".."))
 
 
 def b64u(s):
@@ -283,6 +296,124 @@ class Cli(unittest.TestCase):
                       "next_rotation_time", "versions", "primary_version"):
             self.assertIn(field, show)
         self.assertIn("destroy_time", show["versions"][0])
+
+    # ---- help texts ----
+
+    def test_idempotency_key_format_in_help_and_man_page(self):
+        # The limits are the daemon's (daemon/dispatch.c checks them).
+        with open(os.path.join(SRC, "daemon", "idempotency.h")) as f:
+            lo = re.search(r"#define IDEM_KEY_MIN (\d+)", f.read()).group(1)
+        with open(os.path.join(SRC, "daemon", "store.h")) as f:
+            hi = re.search(r"#define STORE_IDEM_KEY_MAX (\d+)", f.read()).group(1)
+        fmt = "%s to %s characters of A-Z a-z 0-9 . _ : -" % (lo, hi)
+        top = subprocess.run([cofferctl_path(), "--help"], capture_output=True, text=True,
+                             check=True).stdout
+        opt = top.split("--idempotency-key K")[1].split("\n  --")[0]
+        self.assertIn(fmt, " ".join(opt.split()))
+        page = os.path.join(os.path.dirname(cofferctl_path()), "cofferctl.1")
+        with open(page) as f:
+            man = f.read().replace("\\-", "-")
+        self.assertGreaterEqual(man.count(fmt), 1, "cofferctl.1 lacks " + fmt)
+        # A key outside the format: refused with the same words.
+        r = self.ctl("key", "list", "--idempotency-key", "short", ok=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(r.stderr.decode().splitlines()[0],
+                         "cofferctl: --idempotency-key short: want %s..%s of "
+                         "A-Z a-z 0-9 . _ : -" % (lo, hi))
+
+    def test_grace_zero_refused(self):
+        c = self.ctl
+        c("key", "create", "grace-k", "--type", "ec-p256")
+        c("key", "rotate", "grace-k")
+        want = ("cofferctl: --grace 0: a grace period cannot be 0 (destruction always waits "
+                "at least [keys] min_destroy_grace, 1d by default); leave --grace out for "
+                "the daemon's default, [keys] destroy_grace")
+        c("key", "set-min", "grace-k", "--keep-last", "1")     # version 1 can be trimmed
+        for args in (("key", "schedule-destroy", "grace-k", "1", "--grace", "0"),
+                     ("key", "schedule-destroy", "grace-k", "1", "--grace", "0d"),
+                     ("key", "trim", "grace-k", "--grace", "0")):
+            with self.subTest(args=args):
+                r = c(*args, ok=False)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stderr.decode().splitlines()[0],
+                                 want.replace("--grace 0:", "--grace %s:" % args[-1]))
+        # Nothing was scheduled.
+        show = json.loads(c("--json", "key", "show", "grace-k").stdout)
+        self.assertEqual([(v["version"], v["destroy_time"]) for v in show["versions"]],
+                         [(1, 0), (2, 0)])
+        # A real grace period still works.
+        c("key", "trim", "grace-k", "--grace", "2d")
+        show = json.loads(c("--json", "key", "show", "grace-k").stdout)
+        self.assertAlmostEqual(show["versions"][0]["destroy_time"] - time.time(), 2 * 86400,
+                               delta=60)
+
+    # ---- deploy/cofferd.conf.example ----
+
+    def test_admin_comment_names_every_admin_method(self):
+        with open(os.path.join(SRC, "proto", "coffer", "v1", "coffer.proto")) as f:
+            svc = f.read().split("service AdminService {")[1].split("}")[0]
+        methods = re.findall(r"^\s*rpc (\w+)\(", svc, re.M)
+        self.assertGreater(len(methods), 20)
+        with open(os.path.join(SRC, "deploy", "cofferd.conf.example")) as f:
+            conf = f.read()
+        comment = conf.split("\n[admin]\n")[0].rsplit("\n\n", 1)[1]
+        self.assertTrue(comment.startswith("# The admin socket:"), comment)
+        words = set(re.findall(r"\w+", comment))
+        self.assertEqual([m for m in methods if m not in words], [])
+
+    # ---- digests ----
+
+    def test_sign_digest_default_hash(self):
+        S = stubs()
+        pb = S.pb
+        svc = self.d.service_stub()
+        msg = b"a digest made by the caller"
+        for name, typ, h, want in (("dg-p256", "ec-p256", hashlib.sha256, pb.SHA256),
+                                   ("dg-p384", "ec-p384", hashlib.sha384, pb.SHA384),
+                                   ("dg-rsa", "rsa-2048", hashlib.sha256, pb.SHA256)):
+            with self.subTest(key=name):
+                self.ctl("key", "create", name, "--type", typ)
+                dg = h(msg).digest()
+                r = svc.Sign(pb.SignRequest(key=name, digest=dg), timeout=60)
+                self.assertEqual(r.hash, want)
+                pub = serialization.load_pem_public_key(svc.GetPublicKey(
+                    pb.GetPublicKeyRequest(key=name), timeout=60).pem.encode())
+                alg = hashes.SHA256() if want == pb.SHA256 else hashes.SHA384()
+                if typ.startswith("ec"):
+                    pub.verify(r.signature, dg, ec.ECDSA(Prehashed(alg)))
+                    pub.verify(r.signature, msg, ec.ECDSA(alg))
+                else:
+                    pub.verify(r.signature, dg, padding.PSS(padding.MGF1(alg), alg.digest_size),
+                               Prehashed(alg))
+                for kw in (dict(digest=dg), dict(message=msg), dict(digest=dg, hash=want)):
+                    v = svc.Verify(pb.VerifyRequest(key=name, version=r.version,
+                                                    signature=r.signature, **kw), timeout=60)
+                    self.assertTrue(v.valid, kw)
+        # The default's length applies: a SHA-384 digest for a P-256 key.
+        refusals = (
+            (pb.SignRequest(key="dg-p256", digest=hashlib.sha384(msg).digest()),
+             grpc.StatusCode.INVALID_ARGUMENT, "a sha256 digest is 32 bytes, got 48"),
+            (pb.SignRequest(key="dg-p256", digest=b"\0" * 32, hash=pb.SHA384),
+             grpc.StatusCode.INVALID_ARGUMENT, "a sha384 digest is 48 bytes, got 32"),
+        )
+        self.ctl("key", "create", "dg-ed", "--type", "ed25519")
+        ed = ("key dg-ed is ed25519, which signs the message itself (no prehash): send the "
+              "message, not a digest")
+        refusals += (
+            (pb.SignRequest(key="dg-ed", digest=hashlib.sha256(msg).digest()),
+             grpc.StatusCode.FAILED_PRECONDITION, ed),
+            (pb.SignRequest(key="dg-ed", digest=hashlib.sha512(msg).digest(), hash=pb.SHA512),
+             grpc.StatusCode.FAILED_PRECONDITION, ed),
+            (pb.VerifyRequest(key="dg-ed", version=1, digest=hashlib.sha256(msg).digest(),
+                              signature=b"\0" * 64),
+             grpc.StatusCode.FAILED_PRECONDITION, ed),
+        )
+        for req, code, text in refusals:
+            with self.subTest(req=str(req)[:60]):
+                fn = svc.Sign if isinstance(req, pb.SignRequest) else svc.Verify
+                with self.assertRaises(grpc.RpcError) as cm:
+                    fn(req, timeout=60)
+                self.assertEqual((cm.exception.code(), cm.exception.details()), (code, text))
 
     # ---- the manual page ----
 

@@ -618,7 +618,7 @@ class BadInputTests(CofferTestCase):
             (self.svc.Sign, pb.SignRequest(key="a" * 129, message=b"x")),
             (self.svc.Sign, pb.SignRequest(key="bad-ec", message=b"x", digest=b"\0" * 32,
                                            hash=pb.SHA256)),
-            (self.svc.Sign, pb.SignRequest(key="bad-ec", digest=b"\0" * 32)),  # hash unnamed
+            (self.svc.Sign, pb.SignRequest(key="bad-ec", digest=b"\0" * 48)),  # not SHA-256
             (self.svc.Sign, pb.SignRequest(key="bad-ec", digest=b"\0" * 31, hash=pb.SHA256)),
             (self.svc.Sign, pb.SignRequest(key="bad-ec", message=b"x", hash=99)),
             (self.svc.Sign, pb.SignRequest(key="bad-ec", message=b"x", scheme=99)),
