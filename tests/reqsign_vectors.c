@@ -34,6 +34,11 @@ static const struct vec vecs[] = {
 	  "orders-api", 1764300001 },
 	{ "PUT", "/v1/items/%C3%A9t%C3%A9", "q=hello%20world&q=a+b&empty=&%7Ex=%41",
 	  "payload", "AbCdEf0123456789_-xy", "orders-api", 1764300002 },
+	/* The path is signed as sent (no dot segments removed, no escapes
+	 * decoded); pairs sort by their encoded bytes: %C3%A9 before a before ~
+	 * (decoded, a and ~ would come before the byte C3). */
+	{ "DELETE", "/v1/./Items//%7e/../x", "~=2&%c3%a9=1&a%2fb&%C3%A9=0", "",
+	  "n0nce-0000000004", "orders-api", 1764300003 },
 };
 
 static void
@@ -70,8 +75,9 @@ struct call_vec {
 static const struct call_vec call_vecs[] = {
 	{ "/coffer.v1.KeyService/ListKeys", "", "0123456789abcdef0123456789abcdef",
 	  "ak_000102030405060708090a0b", 1764300000 },
-	/* MacRequest { key: "api-mac", data: "hello" } */
-	{ "/coffer.v1.KeyService/Mac", "0a076170692d6d6163120568656c6c6f",
+	/* MacRequest { key: "api-mac", data: "hello" }: field 1 (0a), field 3
+	 * (1a); tests/test_call_auth.py sends these bytes to cofferd. */
+	{ "/coffer.v1.KeyService/Mac", "0a076170692d6d61631a0568656c6c6f",
 	  "n0nce_A-000000000002", "ak_000102030405060708090a0b", 1764300001 },
 };
 

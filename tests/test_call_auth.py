@@ -13,7 +13,18 @@ hashlib) that signs raw gRPC calls:
   call succeed exactly once;
 * secrets are shown only sealed, are never in the daemon's log, and are
   destroyed in the token at their deadline (start-up reconciliation too);
-* grants still apply after authentication; [requests] require_api_key.
+* grants still apply after authentication; [requests] require_api_key;
+* the document's request bytes are sent to cofferd as the raw body of the
+  method they name, signed with the test's own key (the doc's string is
+  rebuilt first): accepted, and the old, wrong bytes of the second vector
+  are refused with their INVALID_ARGUMENT text;
+* what the document states precisely: the signature covers the bytes after
+  gRPC decompression, and the exact bytes sent (an explicit default field
+  signed as sent is accepted, a re-serialisation is not); the window's edge
+  seconds are inside, a rotated-out secret's deadline second is not;
+  signature hex in either case, the body hash lower-case only; the header
+  grammar (one space after the label, spaces only after commas, names
+  case-sensitive, no empty field, no trailing comma).
 """
 import concurrent.futures
 import hashlib
@@ -38,6 +49,9 @@ pb = S.pb
 SC = grpc.StatusCode
 TIMEOUT = 20
 LABEL = "COFFER-HMAC-SHA256"
+# cofferd's answer to a MacRequest whose field 2 (uint32 version) arrives
+# length-delimited: protobuf-c cannot unpack it.
+OLD_BODY_REFUSAL = "request is not a valid coffer.v1.MacRequest message"
 KS = "/coffer.v1.KeyService/"
 
 
@@ -57,6 +71,25 @@ def header(key_id, secret, path, body, timestamp=None, nonce=None):
     sig = hmac.new(secret, string_to_sign(path, body, ts, nonce, key_id),
                    hashlib.sha256).hexdigest()
     return "%s keyId=%s, timestamp=%d, nonce=%s, signature=%s" % (LABEL, key_id, ts, nonce, sig)
+
+
+def doc_vectors():
+    with open(doc_path()) as f:
+        doc = f.read()
+    block = doc.split("<!-- vectors:begin -->")[1].split("<!-- vectors:end -->")[0]
+    return dict(re.findall(r"^(\w+): ?(.*)$", block, re.M))
+
+
+def at_second_start(fn, attempts=5):
+    """fn(t0) run early in the second t0, again until it also ended in t0
+    (the daemon's clock is whole seconds): what edge tests need."""
+    for _ in range(attempts):
+        time.sleep(1.02 - time.time() % 1 if time.time() % 1 > 0.3 else 0)
+        t0 = int(time.time())
+        out = fn(t0)
+        if int(time.time()) == t0:
+            return out
+    raise AssertionError("could not run within one second %d times" % attempts)
 
 
 class Vectors(unittest.TestCase):
@@ -148,6 +181,150 @@ class CallAuth(unittest.TestCase):
         ident = S.pb_grpc.SessionServiceStub(self.d.channel()).GetIdentity(
             pb.GetIdentityRequest(), timeout=TIMEOUT)
         self.assertTrue(ident.fingerprint.startswith("sha256:"))
+
+    # -- the document's vectors, sent --
+
+    # The second vector's bytes before the fix: field 2 (version, uint32)
+    # encoded as a length-delimited "hello".
+    OLD_CALL2_BODY = "0a076170692d6d6163120568656c6c6f"
+
+    def raw_call(self, path, body, secret=None, key_id=None, nonce=None, timestamp=None,
+                 deserializer=None, **kw):
+        """Send body as the raw request of path, signed over body."""
+        fn = self.d.channel().unary_unary(path, request_serializer=None,
+                                          response_deserializer=deserializer)
+        md = [("authorization", header(key_id or self.key_id, secret or self.secret, path,
+                                       body, timestamp=timestamp, nonce=nonce))]
+        return fn(body, metadata=md, timeout=TIMEOUT, **kw)
+
+    def test_document_vectors_sent_to_the_daemon(self):
+        kv = doc_vectors()
+        responses = {KS + "ListKeys": pb.ListKeysResponse, KS + "Mac": pb.MacResponse}
+        sent = 0
+        for i in range(1, 10):
+            p = "call%d_" % i
+            if p + "path" not in kv:
+                break
+            path, body = kv[p + "path"], bytes.fromhex(kv[p + "body"])
+            # The string the document gives is the one built here from its
+            # inputs; the one sent differs only in the last three lines.
+            doc_s = bytes.fromhex(kv[p + "string_to_sign"])
+            self.assertEqual(doc_s, string_to_sign(path, body, int(kv[p + "timestamp"]),
+                                                   kv[p + "nonce"], kv[p + "key_id"]))
+            ts = int(time.time())
+            mine = string_to_sign(path, body, ts, kv[p + "nonce"], self.key_id)
+            self.assertEqual(mine.split(b"\n")[:3], doc_s.split(b"\n")[:3])
+            # The document's bytes are the message it names, serialised.
+            if path == KS + "Mac":
+                with open(doc_path()) as f:
+                    self.assertIn('MacRequest { key: "api-mac", data: "hello" }', f.read())
+                self.assertEqual(body, pb.MacRequest(key="api-mac", data=b"hello")
+                                 .SerializeToString())
+            r = self.raw_call(path, body, nonce=kv[p + "nonce"], timestamp=ts,
+                              deserializer=responses[path].FromString)
+            if path == KS + "Mac":
+                # The MAC of "hello" under api-mac, as a normal call makes it.
+                self.assertEqual(r.mac, self.call("Mac", pb.MacRequest(key="api-mac",
+                                                                       data=b"hello")).mac)
+            sent += 1
+        self.assertGreaterEqual(sent, 2)
+        # The bytes the document used to give: well signed, and refused.
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.raw_call(KS + "Mac", bytes.fromhex(self.OLD_CALL2_BODY))
+        self.assertEqual((cm.exception.code(), cm.exception.details()),
+                         (SC.INVALID_ARGUMENT, OLD_BODY_REFUSAL))
+
+    def test_signature_covers_the_decompressed_bytes(self):
+        req = pb.MacRequest(key="api-mac", data=b"compress me " * 4096)
+        md = [("authorization", header(self.key_id, self.secret, KS + "Mac",
+                                       req.SerializeToString()))]
+        r = self.svc().Mac(req, metadata=md, timeout=TIMEOUT, compression=grpc.Compression.Gzip)
+        self.assertEqual(r.mac, self.call("Mac", req).mac)
+
+    def test_the_exact_bytes_sent_are_signed(self):
+        # protobufjs-style: version 0 written explicitly (field 2, varint 0).
+        explicit = bytes.fromhex("0a076170692d6d6163" "1000" "1a0568656c6c6f")
+        canonical = pb.MacRequest(key="api-mac", data=b"hello").SerializeToString()
+        self.assertEqual(pb.MacRequest.FromString(explicit).SerializeToString(), canonical)
+        r = self.raw_call(KS + "Mac", explicit, deserializer=pb.MacResponse.FromString)
+        self.assertEqual(len(r.mac), 32)
+        # Signed over a re-serialisation (what another library would write),
+        # sent as written: refused.
+        fn = self.d.channel().unary_unary(KS + "Mac", request_serializer=None)
+        md = [("authorization", header(self.key_id, self.secret, KS + "Mac", canonical))]
+        with self.assertRaises(grpc.RpcError) as cm:
+            fn(explicit, metadata=md, timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED)
+        self.assertTrue(cm.exception.details().startswith(
+            "bad signature: it matches no live secret of API key %s" % self.key_id))
+
+    def test_window_edges_are_inside(self):
+        def edges(t0):
+            out = []
+            for ts in (t0 - 60, t0 + 60, t0 - 61, t0 + 61):
+                try:
+                    self.call("ListKeys", pb.ListKeysRequest(), timestamp=ts)
+                    out.append("ok")
+                except grpc.RpcError as e:
+                    out.append((e.code(), e.details()))
+            return out
+        self.assertEqual(at_second_start(edges), [
+            "ok", "ok",
+            (SC.UNAUTHENTICATED, "expired: the timestamp is 61 s old and the window is 60 s; "
+             "sign each call when it is sent"),
+            (SC.UNAUTHENTICATED, "clock skew: the timestamp is 61 s ahead of the daemon's "
+             "clock and the window is 60 s; check the caller's clock")])
+
+    def test_hex_case(self):
+        raw = pb.ListKeysRequest().SerializeToString()
+        ts, nonce = int(time.time()), secrets.token_hex(16)
+        sig = hmac.new(self.secret, string_to_sign(KS + "ListKeys", raw, ts, nonce,
+                                                   self.key_id), hashlib.sha256).hexdigest()
+        # Signature digits in mixed case: accepted.
+        mixed = "".join(c.upper() if i % 2 else c for i, c in enumerate(sig))
+        self.call("ListKeys", pb.ListKeysRequest(),
+                  authz="%s keyId=%s, timestamp=%d, nonce=%s, signature=%s" %
+                  (LABEL, self.key_id, ts, nonce, mixed))
+        # The body hash in the signed string is lower-case: upper-case is
+        # another string, so another signature.
+        s = string_to_sign(KS + "ListKeys", raw, ts, nonce, self.key_id).split(b"\n")
+        s[2] = s[2].upper()
+        bad = hmac.new(self.secret, b"\n".join(s), hashlib.sha256).hexdigest()
+        self.refused(SC.UNAUTHENTICATED, "^bad signature", method="ListKeys",
+                     req=pb.ListKeysRequest(),
+                     authz="%s keyId=%s, timestamp=%d, nonce=%s, signature=%s" %
+                     (LABEL, self.key_id, ts, secrets.token_hex(16), bad))
+        # The key id is lower-case hex only.
+        self.refused(SC.UNAUTHENTICATED, "^malformed authorization: keyId is not an API key id",
+                     key_id="ak_00000000000000000000BEEF")
+
+    def test_header_grammar(self):
+        good = header(self.key_id, self.secret, KS + "Mac", b"")
+        begin = 'malformed authorization must start with "COFFER-HMAC-SHA256 " (one space)'
+        cases = {
+            good.replace(LABEL + " ", LABEL + "  "): begin,
+            good.replace(LABEL, LABEL.lower()): begin,
+            good.replace(", timestamp", " , timestamp"):
+                'malformed authorization: keyId is not an API key id ("ak_" and 24 '
+                'lower-case hex digits)',
+            good.replace(", timestamp", ", , timestamp"):
+                "malformed authorization: a field without '=' (the form is name=value, "
+                "comma-separated)",
+            good.replace("keyId=", "keyid="):
+                'malformed authorization: unexpected or repeated field "keyid" (expected '
+                'keyId, timestamp, nonce, signature once each)',
+            good + ",": "malformed authorization ends with a comma or a space",
+            re.sub(r"timestamp=\d+", "timestamp=100000000000", good):
+                "malformed authorization: timestamp must be Unix seconds in decimal",
+            re.sub(r"timestamp=\d+", "timestamp=+1", good):
+                "malformed authorization: timestamp must be Unix seconds in decimal",
+        }
+        for value, why in cases.items():
+            with self.subTest(value=value[:60]):
+                self.assertEqual(self.refused(SC.UNAUTHENTICATED, "^malformed", authz=value),
+                                 why)
+        # "0" is a timestamp (an old one).
+        self.refused(SC.UNAUTHENTICATED, "^expired: the timestamp is", timestamp=0)
 
     # -- refusals --
 
