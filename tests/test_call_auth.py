@@ -518,6 +518,34 @@ class Lifecycle(unittest.TestCase):
         self.assert_refused("bad signature", k.key.id, k.secret)
         self.mac(k.key.id, r.secret)
 
+    def test_rotation_deadline_second_is_excluded(self):
+        """An old secret verifies in the second before its deadline, not in
+        the deadline's second (expire_time is the first refused second)."""
+        def sleep_to(t):
+            time.sleep(max(0.0, t - time.time()))
+        for _ in range(3):
+            k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"),
+                                         timeout=TIMEOUT)
+            r = self.sadm().RotateApiKeySecret(pb.RotateApiKeySecretRequest(
+                id=k.key.id, overlap_seconds=2), timeout=TIMEOUT)
+            deadline = r.key.secrets[1].expire_time
+            sleep_to(deadline - 1 + 0.02)
+            try:
+                self.mac(k.key.id, k.secret)
+                ok = True
+            except grpc.RpcError:
+                ok = False
+            if int(time.time()) != deadline - 1:
+                continue        # too slow to tell: try again
+            self.assertTrue(ok, "refused in the second before the deadline")
+            sleep_to(deadline + 0.02)
+            self.assert_refused("^bad signature: it matches no live secret of API key %s "
+                                r"\(a rotated-out secret stops at its deadline\)" % k.key.id,
+                                k.key.id, k.secret)
+            if int(time.time()) == deadline:
+                return
+        self.fail("could not call within the second before and of the deadline")
+
     def test_rotation_without_overlap_and_imported_secret(self):
         k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
         mine = os.urandom(48)

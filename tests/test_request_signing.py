@@ -7,13 +7,18 @@ implementation of proto/request-signing.md (Python hmac, hashlib, urllib):
   daemon's SignHttpRequest signatures equal ours;
 * every verdict: bad signature, expired, clock skew, replayed nonce (also
   after a daemon restart), two concurrent copies accepted exactly once;
-  malformed parts and a missing grant are errors.
+  malformed parts and a missing grant are errors;
+* what the document states precisely: the path and the canonical query are
+  signed as given (no normalisation by cofferd), the window's edge seconds
+  are inside, signatures in either hex case, SignHttpRequest's header
+  follows the grammar.
 """
 import concurrent.futures
 import hashlib
 import hmac
 import os
 import random
+import re
 import string
 import sys
 import time
@@ -106,7 +111,7 @@ class Vectors(unittest.TestCase):
             self.assertEqual(s.hex(), f("string_to_sign"), "request%d string" % n)
             self.assertEqual(hmac.new(secret, s, hashlib.sha256).hexdigest(),
                              f("signature"), "request%d signature" % n)
-        self.assertGreaterEqual(n, 3)
+        self.assertGreaterEqual(n, 4)
 
 
 def random_request(rng):
@@ -205,6 +210,72 @@ class AgainstDaemon(unittest.TestCase):
         r = self.verify(self.parts("POST", "/v1/pay", "a=1", body, now, "verdict-nonce-0001",
                                    key="other-api"), s.signature)
         self.assertEqual(r.verdict, pb.VALID, r.reason)
+
+    def test_path_and_query_signed_as_given(self):
+        body = hashlib.sha256(b"").digest()
+        ts = int(time.time())
+        n = iter(range(100))
+
+        def verdict(signed_path, sent_path, signed_q="a=1", sent_q="a=1"):
+            nonce = "as-given-nonce-%04d" % next(n)
+            sig = sign(self.secret, "GET", signed_path, signed_q, body, ts, nonce, "orders-api")
+            return self.verify(self.parts("GET", sent_path, sent_q, body, ts, nonce),
+                               sig).verdict
+        for path in ("/v1/./orders", "/v1//orders", "/v1/x/../orders", "/v1/%7Eorders",
+                     "/v1/%7eorders", "/V1/orders"):
+            with self.subTest(path=path):
+                self.assertEqual(verdict(path, path), pb.VALID)
+                self.assertEqual(verdict("/v1/orders", path), pb.BAD_SIGNATURE)
+        # The percent-escape's case is part of the path too.
+        self.assertEqual(verdict("/v1/%7Eorders", "/v1/%7eorders"), pb.BAD_SIGNATURE)
+        # The canonical query is taken as given: cofferd does not sort it.
+        self.assertEqual(verdict("/q", "/q", "b=1&a=2", "b=1&a=2"), pb.VALID)
+        self.assertEqual(verdict("/q", "/q", "a=2&b=1", "b=1&a=2"), pb.BAD_SIGNATURE)
+
+    def test_window_edges_are_inside(self):
+        body = hashlib.sha256(b"edge").digest()
+        n = iter(range(1000))
+
+        def edges(t0):
+            out = []
+            for ts in (t0 - 300, t0 + 300, t0 - 301, t0 + 301):
+                nonce = "window-edge-%06d" % next(n)
+                r = self.verify(self.parts("PUT", "/e", "", body, ts, nonce),
+                                sign(self.secret, "PUT", "/e", "", body, ts, nonce,
+                                     "orders-api"))
+                out.append((r.verdict, r.reason))
+            return out
+        for _ in range(5):
+            time.sleep(1.02 - time.time() % 1 if time.time() % 1 > 0.3 else 0)
+            t0 = int(time.time())
+            got = edges(t0)
+            if int(time.time()) == t0:
+                break
+        self.assertEqual(got, [
+            (pb.VALID, "valid"), (pb.VALID, "valid"),
+            (pb.EXPIRED, "timestamp is 301 s old; the window is 300 s: sign the request again"),
+            (pb.CLOCK_SKEW, "timestamp is 301 s ahead of the daemon's clock; the window is "
+             "300 s: check the client's clock")])
+
+    def test_signature_hex_either_case(self):
+        body = hashlib.sha256(b"case").digest()
+        ts = int(time.time())
+        for i, f in enumerate((str.upper, lambda h: h[:32] + h[32:].upper())):
+            nonce = "hex-case-nonce-%04d" % i
+            sig = f(sign(self.secret, "GET", "/h", "", body, ts, nonce, "orders-api"))
+            r = self.verify(self.parts("GET", "/h", "", body, ts, nonce), sig)
+            self.assertEqual(r.verdict, pb.VALID, r.reason)
+
+    def test_sign_request_header_grammar(self):
+        body = hashlib.sha256(b"").digest()
+        s = self.svc.SignHttpRequest(pb.SignHttpRequestRequest(request=self.parts(
+            "GET", "/g", "", body, 0, "")), timeout=TIMEOUT)
+        self.assertRegex(s.authorization,
+                         r"\ACOFFER-HMAC-SHA256-HTTP keyId=orders-api, version=[1-9][0-9]*, "
+                         r"timestamp=(0|[1-9][0-9]{0,10}), nonce=[A-Za-z0-9_-]{16,64}, "
+                         r"signature=[0-9a-f]{64}\Z")
+        self.assertIn("timestamp=%d, nonce=%s, signature=%s" % (s.timestamp, s.nonce,
+                                                                  s.signature), s.authorization)
 
     def test_concurrent_copies_accepted_once(self):
         body = hashlib.sha256(b"c").digest()
