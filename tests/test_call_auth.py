@@ -217,7 +217,8 @@ class CallAuth(unittest.TestCase):
             # The document's bytes are the message it names, serialised.
             if path == KS + "Mac":
                 with open(doc_path()) as f:
-                    self.assertIn('MacRequest { key: "api-mac", data: "hello" }', f.read())
+                    self.assertIn('MacRequest { key: "api-mac", data: "hello" }',
+                                  " ".join(f.read().split()))
                 self.assertEqual(body, pb.MacRequest(key="api-mac", data=b"hello")
                                  .SerializeToString())
             r = self.raw_call(path, body, nonce=kv[p + "nonce"], timestamp=ts,
@@ -323,6 +324,12 @@ class CallAuth(unittest.TestCase):
             with self.subTest(value=value[:60]):
                 self.assertEqual(self.refused(SC.UNAUTHENTICATED, "^malformed", authz=value),
                                  why)
+        # The method path is not normalised: another case is another (no) method.
+        for path in ("/coffer.v1.keyservice/Mac", "/coffer.v1.KeyService//Mac"):
+            with self.subTest(path=path):
+                with self.assertRaises(grpc.RpcError) as cm:
+                    self.raw_call(path, pb.MacRequest(key="api-mac").SerializeToString())
+                self.assertEqual(cm.exception.code(), SC.UNIMPLEMENTED, cm.exception.details())
         # "0" is a timestamp (an old one).
         self.refused(SC.UNAUTHENTICATED, "^expired: the timestamp is", timestamp=0)
 

@@ -226,8 +226,9 @@ class AgainstDaemon(unittest.TestCase):
             with self.subTest(path=path):
                 self.assertEqual(verdict(path, path), pb.VALID)
                 self.assertEqual(verdict("/v1/orders", path), pb.BAD_SIGNATURE)
-        # The percent-escape's case is part of the path too.
+        # An escape is not decoded, and its case is part of the path too.
         self.assertEqual(verdict("/v1/%7Eorders", "/v1/%7eorders"), pb.BAD_SIGNATURE)
+        self.assertEqual(verdict("/v1/~orders", "/v1/%7Eorders"), pb.BAD_SIGNATURE)
         # The canonical query is taken as given: cofferd does not sort it.
         self.assertEqual(verdict("/q", "/q", "b=1&a=2", "b=1&a=2"), pb.VALID)
         self.assertEqual(verdict("/q", "/q", "a=2&b=1", "b=1&a=2"), pb.BAD_SIGNATURE)
