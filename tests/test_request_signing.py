@@ -84,7 +84,8 @@ def sign(secret, *parts):
 
 
 def vectors():
-    text = open(doc_path()).read()
+    with open(doc_path()) as f:
+        text = f.read()
     block = text.split("<!-- vectors:begin -->")[1].split("<!-- vectors:end -->")[0]
     v = {}
     for line in block.splitlines():
