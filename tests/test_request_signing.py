@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import os
 import random
-import re
 import string
 import sys
 import time
