@@ -870,8 +870,6 @@ sign_opts(const struct opts *o, struct coffer_sign_opts *so)
 		return bad_value("--hash", o->hash, coffer_error_message());
 	if (o->scheme != NULL && coffer_scheme_parse(o->scheme, &so->scheme) != COFFER_OK)
 		return bad_value("--scheme", o->scheme, coffer_error_message());
-	if (o->prehashed && o->hash == NULL)
-		return usage_error("--prehashed needs --hash", NULL);
 	so->prehashed = o->prehashed;
 	so->ecdsa_raw = o->raw;
 	return EXIT_OK;
@@ -2723,7 +2721,8 @@ static const struct cmd commands[] = {
 	  "  --hash H        sha256, sha384 or sha512 (default: the key's)\n"
 	  "  --scheme S      ecdsa, eddsa, rsa-pss or rsa-pkcs1 (default: the key's)\n"
 	  "  --raw           ECDSA signature as raw r||s instead of DER\n"
-	  "  --prehashed     the input is already a digest of --hash (not Ed25519)\n"
+	  "  --prehashed     the input is already a digest (of --hash, else of the key's\n"
+	  "                  default hash: SHA-384 for P-384, else SHA-256; not Ed25519)\n"
 	  "With --json prints {\"signature\": base64, \"version\": N}.\n"
 	  "Keep the version: verify needs it." },
 	{ "verify", cmd_verify, B(O_IN) | B(O_VERSION) | B(O_SIG) | SIGN_OPTS, 1, 1,

@@ -385,6 +385,12 @@ class Cli(unittest.TestCase):
                 else:
                     pub.verify(r.signature, dg, padding.PSS(padding.MGF1(alg), alg.digest_size),
                                Prehashed(alg))
+                # cofferctl --prehashed without --hash: the key's default too.
+                sig = json.loads(self.ctl("--json", "sign", name, "--prehashed", "--in", "-",
+                                          data=dg).stdout)
+                self.assertTrue(svc.Verify(pb.VerifyRequest(
+                    key=name, version=sig["version"], message=msg,
+                    signature=base64.b64decode(sig["signature"])), timeout=60).valid)
                 for kw in (dict(digest=dg), dict(message=msg), dict(digest=dg, hash=want)):
                     v = svc.Verify(pb.VerifyRequest(key=name, version=r.version,
                                                     signature=r.signature, **kw), timeout=60)
