@@ -307,8 +307,9 @@ COFFER_API int coffer_pin_identity_file(coffer_client *c, const char *path);
  * the connection and relays it, so the session, the grants it is checked
  * against and its audit records would be that process's. check = 0 turns
  * the comparison off, for a caller whose ids the daemon sees mapped (a user
- * namespace); sessions are then accepted under whatever ids the daemon saw.
- * Default 1. Call before the first sealed call. */
+ * namespace); sessions are then accepted under whatever ids the daemon saw,
+ * and sealed calls run as (and are audited as) the principal of those ids.
+ * Default 1. Thread-safe; applies to sessions opened afterwards. */
 COFFER_API void coffer_set_session_peer_check(coffer_client *c, int check);
 
 /* Ask the daemon for its identity public key (SPKI DER into *spki) and its
