@@ -300,6 +300,18 @@ COFFER_API void coffer_close(coffer_client *c);
 COFFER_API int coffer_pin_identity(coffer_client *c, const uint8_t *spki, size_t len);
 COFFER_API int coffer_pin_identity_file(coffer_client *c, const char *path);
 
+/* Every session's handshake carries, signed by the daemon, the uid and gid it
+ * read from the socket (SO_PEERCRED: the effective ids of the process that
+ * connected). libcoffer refuses a session whose ids are not this process's
+ * geteuid()/getegid() with COFFER_E_UNAUTHENTICATED: another process made
+ * the connection and relays it, so the session, the grants it is checked
+ * against and its audit records would be that process's. check = 0 turns
+ * the comparison off, for a caller whose ids the daemon sees mapped (a user
+ * namespace); sessions are then accepted under whatever ids the daemon saw,
+ * and sealed calls run as (and are audited as) the principal of those ids.
+ * Default 1. Thread-safe; applies to sessions opened afterwards. */
+COFFER_API void coffer_set_session_peer_check(coffer_client *c, int check);
+
 /* Ask the daemon for its identity public key (SPKI DER into *spki) and its
  * fingerprint ("sha256:<hex>", fpr of at least 72 bytes). This is not
  * authenticated: it is how an operator reads the key to pin, over a socket

@@ -59,6 +59,7 @@ struct ctl {
 	const char *api_key;    /* credentials file: sign service-socket calls with it */
 	char idem_key[129];     /* this command's idempotency key (given or made) */
 	int json;
+	int no_peer_check;      /* --no-peer-check */
 	long timeout_ms;        /* -1 = library default */
 };
 
@@ -69,13 +70,13 @@ enum opt_id {
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
 	O_IMPORT, O_COUNT, O_IDEM, O_FORCE, O_GRACE, O_MIN_VERSION, O_MIN_VERIFY, O_KEEP_LAST,
 	O_PERIOD, O_NEXT, O_FORMAT, O_BATCH, O_PROGRESS, O_FILE, O_PUBLIC_KEY, O_STATE_DB,
-	O_ANCHOR,
+	O_ANCHOR, O_NO_PEER_CHECK,
 	O__COUNT
 };
 
 #define B(x) (1ull << (x))
 #define COMMON (B(O_SOCKET) | B(O_ADMIN_SOCKET) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | \
-    B(O_IDENTITY) | B(O_API_KEY) | B(O_IDEM))
+    B(O_IDENTITY) | B(O_API_KEY) | B(O_IDEM) | B(O_NO_PEER_CHECK))
 #define OPT_BASE 0x100
 
 static const struct option all_options[O__COUNT] = {
@@ -127,6 +128,7 @@ static const struct option all_options[O__COUNT] = {
 	[O_PUBLIC_KEY] = { "public-key", required_argument, NULL, OPT_BASE + O_PUBLIC_KEY },
 	[O_STATE_DB] = { "state-db", required_argument, NULL, OPT_BASE + O_STATE_DB },
 	[O_ANCHOR] = { "anchor", required_argument, NULL, OPT_BASE + O_ANCHOR },
+	[O_NO_PEER_CHECK] = { "no-peer-check", no_argument, NULL, OPT_BASE + O_NO_PEER_CHECK },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -550,6 +552,9 @@ common_opt(struct ctl *ctl, int id, const char *arg)
 		return 1;
 	case O_API_KEY:
 		ctl->api_key = arg;
+		return 1;
+	case O_NO_PEER_CHECK:
+		ctl->no_peer_check = 1;
 		return 1;
 	case O_IDEM:
 		if (strlen(arg) < 8 || strlen(arg) >= sizeof(ctl->idem_key) ||
@@ -1025,6 +1030,8 @@ connect_to(const struct ctl *ctl, int admin, coffer_client **c)
 		return fail(r);
 	if (ctl->timeout_ms >= 0)
 		coffer_set_timeout(*c, (unsigned int)ctl->timeout_ms);
+	if (ctl->no_peer_check)
+		coffer_set_session_peer_check(*c, 0);
 	/* One idempotency key per command: a change it makes happens once,
 	 * even when libcoffer retries it across a daemon restart. */
 	if ((admin && (r = coffer_set_idempotency_key(*c, ctl->idem_key)) != COFFER_OK) ||
@@ -2894,6 +2901,9 @@ usage(FILE *f)
 	    "                       identity`; default: $COFFER_IDENTITY). wrap,\n"
 	    "                       unwrap, datakey --plaintext-out and key import\n"
 	    "                       travel in a sealed session and need it\n"
+	    "  --no-peer-check      accept a session the daemon bound to other ids\n"
+	    "                       than this process's (only where a user namespace\n"
+	    "                       maps them; otherwise it means a relay)\n"
 	    "  --idempotency-key K  the key of this command's change (default: a new\n"
 	    "                       random one): running a command again with the\n"
 	    "                       same K makes no second change. K is 8 to 128\n"

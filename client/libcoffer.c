@@ -1564,6 +1564,13 @@ coffer_pin_identity(coffer_client *c, const uint8_t *spki, size_t len)
 	return lc_sessions_pin(c->sessions, spki, len);
 }
 
+void
+coffer_set_session_peer_check(coffer_client *c, int check)
+{
+	if (c != NULL)
+		lc_sessions_set_peer_check(c->sessions, check);
+}
+
 int
 coffer_pin_identity_file(coffer_client *c, const char *path)
 {

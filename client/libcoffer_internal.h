@@ -40,6 +40,8 @@ int lc_key_call(coffer_client *c, const char *method, const ProtobufCMessage *re
 struct lc_sessions *lc_sessions_new(void);
 void lc_sessions_free(struct lc_sessions *p);   /* wipes every session; accepts NULL */
 int lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len);
+/* 0: do not compare the caller ids the daemon signed with this process's. */
+void lc_sessions_set_peer_check(struct lc_sessions *p, int check);
 
 /* `method` with the packed request req[0..len) (borrowed) through a sealed
  * session of pool p; *out and *outlen as for lc_transport. */

@@ -44,6 +44,7 @@ struct lc_sessions {
 	uint8_t *pin;              /* pinned identity SPKI */
 	size_t pinlen;
 	cf_session_pin *pinkey;    /* the same, parsed */
+	int no_peer_check;         /* coffer_set_session_peer_check(c, 0) */
 };
 
 static void
@@ -82,6 +83,14 @@ lc_sessions_free(struct lc_sessions *p)
 	cf_session_pin_free(p->pinkey);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
+}
+
+void
+lc_sessions_set_peer_check(struct lc_sessions *p, int check)
+{
+	pthread_mutex_lock(&p->mu);
+	p->no_peer_check = !check;
+	pthread_mutex_unlock(&p->mu);
 }
 
 int
@@ -131,7 +140,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 	cf_session_eph *eph = NULL;
 	struct lc_session *s = NULL;
 	size_t len, rlen = 0;
-	int r;
+	int r, check;
 
 	memset(&h, 0, sizeof(h));
 	if (p->pin == NULL)
@@ -202,6 +211,23 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 					  resp->signature.len)) != CF_OK) {
 		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's handshake signature does not "
 			     "verify under the pinned identity: refusing it");
+		goto out;
+	}
+	/* The daemon binds the session to the uid/gid it read from the socket
+	 * (SO_PEERCRED: the effective ids of whoever called connect()). Other
+	 * ids mean another process made the connection and relays our bytes:
+	 * the session, its grants and its audit records would be that
+	 * process's. */
+	pthread_mutex_lock(&p->mu);
+	check = !p->no_peer_check;
+	pthread_mutex_unlock(&p->mu);
+	if (check && (h.uid != (uint32_t)geteuid() || h.gid != (uint32_t)getegid())) {
+		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon saw this session opened by uid %u "
+			     "gid %u, not by this process (uid %u gid %u): something relays the "
+			     "socket; refusing the session (user namespace: "
+			     "coffer_set_session_peer_check, cofferctl --no-peer-check)",
+			     (unsigned)h.uid, (unsigned)h.gid,
+			     (unsigned)geteuid(), (unsigned)getegid());
 		goto out;
 	}
 	if ((s = calloc(1, sizeof(*s))) == NULL) {

@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "cf_log.h"
 #include "cf_pbwipe.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
@@ -1166,6 +1167,25 @@ h_open_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	memcpy(h.client_pub, req->client_ephemeral.data, CF_SESSION_PUB_LEN);
 	memcpy(h.client_random, req->client_random.data, CF_SESSION_RANDOM_LEN);
 	h.principal = req->principal;
+	/* The signed transcript names the claimed principal: only the one this
+	 * connection is (from its peer credentials) may be claimed, or a relay
+	 * would get a session whose transcript says it is its client. A claim
+	 * too long to be valid is left to session_handshake's size check. */
+	if (req->principal[0] != '\0' && strlen(req->principal) <= CF_SESSION_MAX_PRINCIPAL &&
+	    (c->principal == NULL || strcmp(req->principal, c->principal) != 0)) {
+		cf_log_warn("refused: %s%s (uid %u pid %d): OpenSession claims principal \"%.64s\"",
+			    c->principal != NULL ? "principal " : "no principal",
+			    c->principal != NULL ? c->principal : "", (unsigned)c->uid, (int)c->pid,
+			    req->principal);
+		if (c->principal == NULL)
+			return cf_error(CF_E_DENIED, "this connection (uid %u%s) has no principal, "
+					"not %.64s: a session cannot claim one; send an empty principal",
+					(unsigned)c->uid, c->admin ? ", admin socket" : "",
+					req->principal);
+		return cf_error(CF_E_DENIED, "this connection is principal %s (uid %u), not %.64s: "
+				"a session cannot claim another principal", c->principal,
+				(unsigned)c->uid, req->principal);
+	}
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL)
 		return cf_nomem();
 	if ((r = session_handshake(c->sm, c->uid, c->gid, &h, sig)) != CF_OK)

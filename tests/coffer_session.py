@@ -295,8 +295,9 @@ class Handshake:
     """
 
     def __init__(self, pinned, principal="", client_private=None, client_random=None,
-                 version=VERSION):
+                 version=VERSION, expect_ids=None):
         self.pin_kind, self.pin = pinned_der(pinned)
+        self.expect_ids = expect_ids
         self.principal = principal
         self.version = version
         self._private = client_private if client_private is not None else os.urandom(32)
@@ -317,7 +318,9 @@ class Handshake:
         2. signature verifies (ECDSA P-256/SHA-256, DER) over the signed
            message of the transcript built from our request and `resp`;
         3. the field sizes are right, and the X25519 shared secret is not
-           all zero.
+           all zero;
+        and, when expect_ids (uid, gid) is given, the signed caller_uid /
+        caller_gid are those ids (no relay made the connection).
         """
         if self._private is None:
             raise SessionError("unusable", "handshake already finished")
@@ -362,6 +365,14 @@ class Handshake:
             raise SessionError("signature", "no transcript can be built (%s)" % e)
         th = transcript_hash(t)
         verify_signature(ident, bytes(resp.signature), signed_message(th))
+        # The ids the daemon read from the socket: another process's mean it
+        # relays our bytes, and the session would be bound to it.
+        if self.expect_ids is not None and \
+                (resp.caller_uid, resp.caller_gid) != tuple(self.expect_ids):
+            raise SessionError("caller_ids", "the daemon saw this session opened by uid %d "
+                               "gid %d, not by this process (uid %d gid %d): something "
+                               "relays the socket; refusing the session"
+                               % (resp.caller_uid, resp.caller_gid, *self.expect_ids))
         # 4. the shared secret
         private, self._private = self._private, None   # forget it (forward secrecy)
         shared = x25519_shared(private, fields["server_ephemeral"])
@@ -405,16 +416,20 @@ class Session:
 
     @classmethod
     def open(cls, channel, pinned_spki_der, principal="", timeout=10.0, stubs=None,
-             **handshake_args):
+             peer_check=True, **handshake_args):
         """OpenSession over `channel` and the caller's checks ("Handshake").
 
         pinned_spki_der: the pinned identity (SPKI DER, PEM or "sha256:..."
         fingerprint). Raises SessionError if a check fails, grpc.RpcError if
         the daemon refuses. handshake_args go to Handshake (fixed
-        client_private / client_random / version for tests).
+        client_private / client_random / version for tests). peer_check:
+        refuse a session whose signed caller ids are not our effective ones
+        (what SO_PEERCRED reports); False for a user namespace that maps them.
         """
         s = stubs or _stubs()
         stub = s.pb_grpc.SessionServiceStub(channel)
+        if peer_check:
+            handshake_args.setdefault("expect_ids", (os.geteuid(), os.getegid()))
         hs = Handshake(pinned_spki_der, principal, **handshake_args)
         opened_at = time.monotonic()
         resp = stub.OpenSession(hs.request(s.pb), timeout=timeout)

@@ -195,7 +195,7 @@ class HandshakeTests(SessionTestCase):
     def test_handshake_then_sealed_wrap_and_unwrap(self):
         secret = os.urandom(48)
         ctx = {"app": "billing", "purpose": "db"}
-        s = self.open(principal="billing")
+        s = self.open(principal=CofferDaemon.PRINCIPAL)   # the caller's own principal
         self.assertEqual(len(s.session_id), 16)
         self.assertEqual((s.caller_uid, s.caller_gid), (os.getuid(), os.getgid()))
         self.assertEqual(s.limits, {"lifetime_seconds": 3600, "max_records": 1000000,
@@ -821,7 +821,11 @@ class LimitTests(SessionTestCase):
         # The caller side refuses a version-2 session too; version 1 works.
         self.assertCode(SC.INVALID_ARGUMENT, cs.Session.open, d.channel("service"), d.identity,
                         version=2, details="version 2")
-        s = cs.Session.open(d.channel("service"), d.identity, principal="p" * 128)
+        # 128 bytes passes the size check; as no principal of this caller it
+        # is then refused (test_session_relay: claims of another principal).
+        self.assertCode(SC.PERMISSION_DENIED, stub.OpenSession, req(principal="p" * 128),
+                        details="not " + "p" * 64 + ": a session cannot claim another principal")
+        s = cs.Session.open(d.channel("service"), d.identity, principal=CofferDaemon.PRINCIPAL)
         ok_result(self, s.call(KS + "ListKeys", b""), pb.ListKeysResponse)
         s.close()
 
