@@ -579,7 +579,7 @@ verdict(Coffer__V1__VerifyRequestSignatureResponse *out, Coffer__V1__RequestVerd
 	out->verdict = v;
 	out->valid = v == COFFER__V1__REQUEST_VERDICT__VALID;
 	out->version = version;
-	return (out->reason = strdup(reason)) == NULL ? CF_E_NOMEM : CF_OK;
+	return (out->reason = strdup(reason)) == NULL ? cf_nomem() : CF_OK;
 }
 
 static int
