@@ -739,7 +739,8 @@ change(const keyring *kr, struct store_key *sk, enum key_change what,
 
 	if (what <= KC_CANCEL_DESTROY) {
 		if (a->version == 0)
-			return cf_error(CF_E_INVALID_ARG, "version is required");
+			return cf_error(CF_E_INVALID_ARG, "version is required: the key version to "
+					"change (GetKey lists them)");
 		if ((v = sk_version(sk, a->version)) == NULL)
 			return cf_error(CF_E_NOT_FOUND, "key %s has no version %u", sk->name,
 					a->version);

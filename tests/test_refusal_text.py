@@ -147,6 +147,15 @@ def sealed(t, kind, method, req):
         return ("outer " + e.code().name, e.details(), {})
 
 
+def sealed_path(t, kind, path, body=b""):
+    """A sealed call of any method path, through t's session on `kind`."""
+    code, message, _ = t.sealed[kind].open().call(path, body, timeout=TIMEOUT)
+    return (_CODES.get(code, str(code)), message, {})
+
+
+_CODES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
 def sadm(t, method, req):
     return sealed(t, "admin", method, req)
 
@@ -242,6 +251,19 @@ ROWS = [
      'session unknown or ended; open a new session',
      lambda t: raw(t.d.service_socket, SS + "Call", pb.SealedCall(
          session_id=b"\x00" * 16, method=KS + "GetKey", record=b"r" * 32).SerializeToString())),
+    ("sealed: unknown method", "UNIMPLEMENTED",
+     'unknown method /coffer.v1.KeyService/Nope',
+     lambda t: sealed_path(t, "service", KS + "Nope")),
+    ("sealed: admin method in a service-socket session", "UNIMPLEMENTED",
+     '/coffer.v1.AdminService/CreateKey is not served on the service socket',
+     lambda t: sealed_path(t, "service", AS + "CreateKey")),
+    ("sealed: OpenSession inside a session", "FAILED_PRECONDITION",
+     '/coffer.v1.SessionService/OpenSession cannot be called inside a session', lambda t: sealed_path(t, "service", SS + "OpenSession")),
+    ("sealed: Call inside a session", "FAILED_PRECONDITION",
+     '/coffer.v1.SessionService/Call cannot be called inside a session', lambda t: sealed_path(t, "service", SS + "Call")),
+    ("sealed: garbage inner request", "INVALID_ARGUMENT",
+     'request is not a valid coffer.v1.GetKeyRequest message',
+     lambda t: sealed_path(t, "service", KS + "GetKey", b"\xff\xff")),
     # -- idempotency key --
     ("idempotency key with a bad character", "INVALID_ARGUMENT",
      'idempotency-key must be 8..128 characters of A-Z a-z 0-9 . _ : -',
@@ -362,6 +384,21 @@ ROWS = [
     ("Wrap plaintext above 64 KiB (sealed)", "RESOURCE_EXHAUSTED",
      'plaintext of 65537 bytes exceeds the limit of 65536 bytes',
      lambda t: ssvc(t, "Wrap", pb.WrapRequest(key="rk-aes", plaintext=b"p" * 65537))),
+    ("VerifyMac mac above 64 bytes", "RESOURCE_EXHAUSTED",
+     'mac of 65 bytes exceeds the limit of 64 bytes',
+     lambda t: svc(t, "VerifyMac", pb.VerifyMacRequest(key="rk-hmac", version=2, data=b"m",
+                                                       mac=b"m" * 65))),
+    ("VerifyMac data above 1 MiB", "RESOURCE_EXHAUSTED",
+     'data of 1048577 bytes exceeds the limit of 1048576 bytes',
+     lambda t: svc(t, "VerifyMac", pb.VerifyMacRequest(key="rk-hmac", version=2,
+                                                       data=b"m" * (MB + 1), mac=b"m" * 32))),
+    ("Unwrap ciphertext above the largest blob (sealed)", "RESOURCE_EXHAUSTED",
+     'ciphertext of 70000 bytes exceeds the limit of 65569 bytes',
+     lambda t: ssvc(t, "Unwrap", pb.UnwrapRequest(key="rk-aes", ciphertext=b"c" * 70000))),
+    ("ImportKey material above 512 bytes (sealed)", "RESOURCE_EXHAUSTED",
+     'key material of 513 bytes exceeds the limit of 512 bytes',
+     lambda t: sadm(t, "ImportKey", pb.ImportKeyRequest(name="imp", type=pb.HMAC_SHA256,
+                                                        material=b"k" * 513))),
     ("context with 17 entries", "RESOURCE_EXHAUSTED",
      'context has 17 entries; the limit is 16',
      lambda t: svc(t, "GenerateDataKey", pb.GenerateDataKeyRequest(
@@ -428,7 +465,7 @@ ROWS = [
      'key rk-ec version 2 is not scheduled for destruction (it is enabled)',
      lambda t: adm(t, "CancelDestroyKeyVersion", pb.KeyVersionRequest(name=KEY, version=2))),
     ("version 0 in a lifecycle call", "INVALID_ARGUMENT",
-     'version is required',
+     'version is required: the key version to change (GetKey lists them)',
      lambda t: adm(t, "EnableKeyVersion", pb.KeyVersionRequest(name=KEY, version=0))),
     ("SetPrimaryVersion unknown version", "NOT_FOUND",
      'key rk-ec has no version 9',
@@ -704,45 +741,102 @@ class RefusalText(unittest.TestCase):
         return fn(self)
 
     def test_every_refusal_text(self):
-        if DUMP:
-            return
-        previous = None
-        for row in ROWS:
-            rid, code, want, _ = row
-            with self.subTest(row=rid):
-                got = self.provoke(row)
-                if got is None:
-                    self.skipTest("needs root and setpriv")   # only this row
-                status, text, trailers = got
-                self.assertEqual(status, code, "%s: %r" % (rid, text))
-                self.assertTrue(text.isprintable(), "%s: not printable: %r" % (rid, text))
-                self.assertNotIn("\ufffd", text, rid)
-                text.encode("utf-8")
-                for k in ("key_id", "other_id", "revoked_id"):   # this run's API key ids
-                    if hasattr(self, k):
-                        want = type(want)(want.replace("{%s}" % k, getattr(self, k)))
-                if isinstance(want, RX):
-                    self.assertRegex(text, "^(?:%s)$" % want, rid)
-                else:
-                    self.assertEqual(text, want, rid)
-                if previous and previous != text:
-                    self.assertNotIn(previous, text, "%s carries the previous refusal's "
-                                     "text" % rid)
-                if rid == "rate limit":
-                    self.assertTrue(1 <= int(trailers.get("retry-after-ms", "0")), trailers)
-                previous = text
+        if not DUMP:
+            check_rows(self, ROWS)
+
+
+def check_rows(tc, rows):
+    """Provoke each row in order (tc.provoke) and check its status and text."""
+    def expected(want):
+        for k in ("key_id", "other_id", "revoked_id"):   # this run's API key ids
+            if hasattr(tc, k):
+                want = type(want)(want.replace("{%s}" % k, getattr(tc, k)))
+        return want
+
+    # Another refusal's whole text inside this one is a stale or doubled detail.
+    others = {expected(w) for _, _, w, _ in rows if not isinstance(w, RX) and len(w) >= 16}
+    previous = None
+    for row in rows:
+        rid, code, want, _ = row
+        with tc.subTest(row=rid):
+            got = tc.provoke(row)
+            if got is None:
+                tc.skipTest("needs root and setpriv")   # only this row
+            status, text, trailers = got
+            want = expected(want)
+            tc.assertEqual(status, code, "%s: %r" % (rid, text))
+            tc.assertTrue(text.isprintable(), "%s: not printable: %r" % (rid, text))
+            tc.assertNotIn("\ufffd", text, rid)
+            text.encode("utf-8")
+            if isinstance(want, RX):
+                tc.assertRegex(text, "^(?:%s)$" % want, rid)
+            else:
+                tc.assertEqual(text, want, rid)
+            for other in others - {want}:
+                # "X; more" or "X: more" extends X as a sentence; anywhere else,
+                # or twice, it is another refusal's detail.
+                rest = text[len(other):] if text.startswith(other) else None
+                if rest is not None and rest[:1] in (";", ":") and other not in rest:
+                    continue
+                tc.assertNotIn(other, text, "%s holds another refusal's text" % rid)
+            if previous and previous != text:
+                tc.assertNotIn(previous, text, "%s carries the previous refusal's text" % rid)
+            if rid == "rate limit":
+                tc.assertTrue(1 <= int(trailers.get("retry-after-ms", "0")), trailers)
+            previous = text
+
+
+# A daemon that requires sealing and signed calls of everybody.
+STRICT_ROWS = [
+    ("require_sealed: unsealed KeyService call", "FAILED_PRECONDITION",
+     'this daemon requires every KeyService call to be sealed in a session '
+     '(session.require_sealed)',
+     lambda t: svc(t, "GetKey", pb.GetKeyRequest(name=KEY))),
+    ("require_api_key: a session of a principal without an API key", "outer UNAUTHENTICATED",
+     'this daemon requires every caller to sign its calls with an API key '
+     '(requests.require_api_key) and principal tester has none: cofferctl principal add-key '
+     'tester',
+     lambda t: ssvc(t, "GetKey", pb.GetKeyRequest(name=KEY))),
+    ("require_sealed: Health is still served unsealed", "OK", "",
+     lambda t: raw(t.d.service_socket, "/grpc.health.v1.Health/Check",
+                   S.health_pb.HealthCheckRequest().SerializeToString())),
+]
+
+
+class StrictRefusalText(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = CofferDaemon(config={"session": {"require_sealed": "true"},
+                                     "requests": {"require_api_key": "true"}})
+        try:
+            cls.d.start()
+        except Exception:
+            cls.d.cleanup()
+            raise
+        cls.sealed = {"service": cls.d.sealed_stub()}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def provoke(self, row):
+        return row[3](self)
+
+    def test_every_refusal_text(self):
+        if not DUMP:
+            check_rows(self, STRICT_ROWS)
 
 
 def dump():
     """Print every row with the text the daemon answers now."""
-    t = RefusalText
-    t.setUpClass()
-    try:
-        for row in ROWS:
-            got = t.provoke(t(), row)
-            print("    (%r, %r, %r)," % (row[0], got and got[0], got and got[1]))
-    finally:
-        t.tearDownClass()
+    for t, rows in ((RefusalText, ROWS), (StrictRefusalText, STRICT_ROWS)):
+        t.setUpClass()
+        try:
+            for row in rows:
+                got = t.provoke(t(), row)
+                print("    (%r, %r, %r)," % (row[0], got and got[0], got and got[1]))
+        finally:
+            t.tearDownClass()
 
 
 if __name__ == "__main__":
