@@ -434,7 +434,7 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 	if (found)
 		*ops = kr->keys[at]->m.allowed_ops;
 	pthread_rwlock_unlock(&kr->lock);
-	return found ? CF_OK : cf_error(CF_E_NOT_FOUND, "no key named %s", name);
+	return found ? CF_OK : cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
 }
 
 static void kr_apply(struct kr_key *k, const struct store_key *sk);
