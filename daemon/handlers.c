@@ -85,8 +85,8 @@ key_limit(Coffer__V1__KeyType type, size_t n, const Coffer__V1__Operation *ops, 
 	uint32_t m = ops_mask(n, ops);
 
 	if (m & ~purpose_ops((enum cf_key_type)type))
-		return cf_error(CF_E_INVALID_ARG, "allowed_operations holds an operation a %s key "
-				"cannot do", cf_key_type_name((enum cf_key_type)type));
+		return cf_error(CF_E_INVALID_ARG, "allowed_operations holds an operation that an %s "
+				"key cannot do", cf_key_type_name((enum cf_key_type)type));
 	*out = m;
 	return CF_OK;
 }
@@ -592,7 +592,7 @@ verdict(Coffer__V1__VerifyRequestSignatureResponse *out, Coffer__V1__RequestVerd
 	out->verdict = v;
 	out->valid = v == COFFER__V1__REQUEST_VERDICT__VALID;
 	out->version = version;
-	return (out->reason = strdup(reason)) == NULL ? CF_E_NOMEM : CF_OK;
+	return (out->reason = strdup(reason)) == NULL ? cf_nomem() : CF_OK;
 }
 
 static int

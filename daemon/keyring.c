@@ -434,7 +434,7 @@ keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
 	if (found)
 		*ops = kr->keys[at]->m.allowed_ops;
 	pthread_rwlock_unlock(&kr->lock);
-	return found ? CF_OK : CF_E_NOT_FOUND;
+	return found ? CF_OK : cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
 }
 
 static void kr_apply(struct kr_key *k, const struct store_key *sk);
@@ -739,7 +739,8 @@ change(const keyring *kr, struct store_key *sk, enum key_change what,
 
 	if (what <= KC_CANCEL_DESTROY) {
 		if (a->version == 0)
-			return cf_error(CF_E_INVALID_ARG, "version is required");
+			return cf_error(CF_E_INVALID_ARG, "version is required: the key version to "
+					"change (GetKey lists them)");
 		if ((v = sk_version(sk, a->version)) == NULL)
 			return cf_error(CF_E_NOT_FOUND, "key %s has no version %u", sk->name,
 					a->version);

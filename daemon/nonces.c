@@ -309,7 +309,8 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 			continue;
 		}
 		if (memcmp(n->t[i].h, e.h, 16) == 0) {
-			r = CF_E_EXISTS;
+			r = cf_error(CF_E_EXISTS, "nonce already used: every call needs a "
+				     "new one");
 			goto out;
 		}
 	}

@@ -218,7 +218,8 @@ check_name(const char *name)
 	int r;
 
 	if ((r = cf_key_name_check(name)) != CF_OK)
-		return cf_error(CF_E_INVALID_ARG, "principal %s", cf_error_detail());
+		return cf_error(CF_E_INVALID_ARG, "principal name must be 1..%d of a-z 0-9 . _ -, "
+				"starting with a letter or digit", STORE_PRINCIPAL_NAME_MAX);
 	if (strlen(name) > STORE_PRINCIPAL_NAME_MAX)
 		return cf_error(CF_E_INVALID_ARG, "principal name longer than %d characters",
 				STORE_PRINCIPAL_NAME_MAX);
@@ -554,7 +555,7 @@ policy_check(policy *p, const char *principal, enum policy_op op, const char *ke
 		 * (globs against long hostile strings backtrack). */
 		if (cf_key_name_check(key) != CF_OK) {
 			pthread_rwlock_unlock(&p->lock);
-			return cf_error(CF_E_INVALID_ARG, "key name: %s", cf_error_detail());
+			return cf_error(CF_E_INVALID_ARG, "%s", cf_error_detail());
 		}
 
 		for (uint32_t i = 0; i < r->sp.ngrants && !granted; i++)

@@ -816,7 +816,7 @@ store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out)
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, uid);
 	if ((rc = sqlite3_step(st)) == SQLITE_DONE) {
-		r = CF_E_NOT_FOUND;
+		r = cf_error(CF_E_NOT_FOUND, "no idempotency record for key %s", key);
 		goto out;
 	}
 	if (rc != SQLITE_ROW || sqlite3_column_bytes(st, 1) != 32) {
@@ -1048,7 +1048,7 @@ anchor_row(sqlite3 *db, struct store_audit_anchor *out)
 {
 	sqlite3_stmt *st = NULL;
 	const char *hex;
-	int r = CF_E_NOT_FOUND;
+	int r;
 
 	if (sqlite3_prepare_v2(db, "SELECT seq, chain, clean, time FROM audit_anchor WHERE id = 1",
 			       -1, &st, NULL) != SQLITE_OK)
@@ -1062,6 +1062,8 @@ anchor_row(sqlite3 *db, struct store_audit_anchor *out)
 		out->time = sqlite3_column_int64(st, 3);
 		r = hex != NULL && strlen(hex) == 64 && cf_hex_decode(hex, out->chain, 32) == 0 ?
 			    CF_OK : cf_error(CF_E_IO, "state store: the audit anchor is malformed");
+	} else {
+		r = cf_error(CF_E_NOT_FOUND, "state store: no audit anchor recorded yet");
 	}
 	sqlite3_finalize(st);
 	return r;

@@ -141,6 +141,64 @@ test_error_detail_thread_local(void)
 	cf_error_clear();
 }
 
+/* Issue 14, defect 1: a detail formatted from the detail itself, and a
+ * status never answered with another failure's text. */
+static void
+test_error_self_format(void)
+{
+	char longname[CF_ERROR_DETAIL_MAX * 2];
+	char want[CF_ERROR_DETAIL_MAX];
+	const char *d;
+
+	cf_error(CF_E_INVALID_ARG, "must start with a letter");
+	cf_error(CF_E_INVALID_ARG, "key name: %s", cf_error_detail());
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "key name: must start with a letter");
+	/* twice more: each prefix once, nothing read from what is being written */
+	cf_error(CF_E_UNAUTHENTICATED, "malformed authorization header: %s", cf_error_detail());
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(),
+			       "malformed authorization header: key name: must start with a letter");
+	cf_error(CF_E_CONFIG, "%s (%s)", cf_error_detail(), cf_error_detail());
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(),
+			       "malformed authorization header: key name: must start with a letter "
+			       "(malformed authorization header: key name: must start with a letter)");
+
+	/* The detail only for the status it was recorded with. */
+	cf_error(CF_E_NOT_FOUND, "no key named k1");
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_NOT_FOUND), "no key named k1");
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_NOMEM), "out of memory");
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_INTERNAL), cf_strerror(CF_E_INTERNAL));
+	CU_ASSERT_STRING_EQUAL(cf_error_message(-1000), "unknown status");
+	/* the same status with an empty detail: the fixed text */
+	cf_error(CF_E_NOT_FOUND, "%s", "");
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_NOT_FOUND), "not found");
+	/* cf_nomem() says where */
+	CU_ASSERT_EQUAL(cf_nomem(), CF_E_NOMEM);
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_NOMEM),
+			       "out of memory (test_error_self_format)");
+	cf_error_clear();
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_NOT_FOUND), "not found");
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_OK), "success");
+
+	/* A long detail prefixed with itself: cut at CF_ERROR_DETAIL_MAX - 1,
+	 * the prefix once, then the old detail's bytes in order. */
+	longname[sizeof(longname) - 1] = '\0';
+	for (size_t i = 0; i < sizeof(longname) - 1; i++)
+		longname[i] = (char)('a' + i % 26);
+	cf_error(CF_E_TOO_LARGE, "%s", longname);
+	CU_ASSERT_EQUAL(strlen(cf_error_detail()), CF_ERROR_DETAIL_MAX - 1);
+	cf_error(CF_E_TOO_LARGE, "key name: %s", cf_error_detail());
+	d = cf_error_detail();
+	memcpy(want, "key name: ", 10);
+	memcpy(want + 10, longname, sizeof(want) - 11);
+	want[sizeof(want) - 1] = '\0';
+	CU_ASSERT_EQUAL(strlen(d), CF_ERROR_DETAIL_MAX - 1);
+	CU_ASSERT_STRING_EQUAL(d, want);
+	CU_ASSERT_EQUAL(strncmp(d, "key name: abcdefghijklmnopqrstuvwxyzabc", 39), 0);
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_TOO_LARGE), want);
+	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_INVALID_ARG), "invalid argument");
+	cf_error_clear();
+}
+
 /* ---- cf_buf ---- */
 
 static void
@@ -692,6 +750,8 @@ main(void)
 		{ "every status has a name and a text; unknown codes", test_status_names },
 		{ "cf_error details, fallback, truncation, clear", test_error_detail },
 		{ "error details are thread-local", test_error_detail_thread_local },
+		{ "cf_error formats aside; cf_error_message only for its status",
+		  test_error_self_format },
 		{ "cf_buf put/get round trip, big-endian u32", test_buf_round_trip },
 		{ "cf_buf cap refuses and leaves the buffer unchanged", test_buf_cap },
 		{ "cf_buf reads past the end consume nothing", test_buf_read_past_end },

@@ -314,14 +314,14 @@ cf_callauth_parse(const char *value, size_t len, struct cf_call_auth *a)
 
 	memset(a, 0, sizeof(*a));
 	if (len > CF_CALLAUTH_HEADER_MAX)
-		return cf_error(CF_E_INVALID_ARG, "authorization is longer than %d bytes",
+		return cf_error(CF_E_INVALID_ARG, "authorization: longer than %d bytes",
 				CF_CALLAUTH_HEADER_MAX);
 	if (len <= ll + 1 || memcmp(value, CF_CALLAUTH_LABEL, ll) != 0 || value[ll] != ' ' ||
 	    value[ll + 1] == ' ')
-		return cf_error(CF_E_INVALID_ARG, "authorization must start with \"%s \" (one "
+		return cf_error(CF_E_INVALID_ARG, "authorization: must start with \"%s \" (one "
 				"space)", CF_CALLAUTH_LABEL);
 	if (value[len - 1] == ',' || value[len - 1] == ' ')
-		return cf_error(CF_E_INVALID_ARG, "authorization ends with a comma or a space");
+		return cf_error(CF_E_INVALID_ARG, "authorization: ends with a comma or a space");
 	for (s = value + ll + 1; s < end;) {
 		const char *comma, *eq;
 
@@ -341,7 +341,7 @@ cf_callauth_parse(const char *value, size_t len, struct cf_call_auth *a)
 		s = comma + 1;
 	}
 	if (seen != 15)
-		return cf_error(CF_E_INVALID_ARG, "authorization lacks %s", !(seen & 1) ? "keyId" :
+		return cf_error(CF_E_INVALID_ARG, "authorization: lacks %s", !(seen & 1) ? "keyId" :
 				!(seen & 2) ? "timestamp" : !(seen & 4) ? "nonce" : "signature");
 	return CF_OK;
 }
