@@ -184,5 +184,23 @@ class WireStrings(unittest.TestCase):
         self.assertEqual((rec["method"], rec["result"], rec["sealed"], rec["key"]),
                          (KS + "Sign", "INVALID_ARGUMENT", False, ""))
 
+    # TailAudit answers the file's lines as strings: a line altered to hold
+    # bytes that are not UTF-8 comes back escaped, and the answer parses.
+    def test_tail_audit_altered_line(self):
+        rid = "wire-strings-tail-1"
+        self.raw("service", KS + "GetKey", pb.GetKeyRequest(name="tail-k").SerializeToString(),
+                 metadata=[("x-request-id", rid)])
+        self.audit_record(rid)
+        with open(self.audit_path, "r+b") as f:
+            data = f.read()
+            at = data.index(b'"key":"tail-k"') + len(b'"key":"')
+            f.seek(at)
+            f.write(b"\xbd")      # same length: "tail-k" becomes "\xbdail-k"
+        recs = self.d.admin_stub().TailAudit(pb.TailAuditRequest(count=1000),
+                                             timeout=TIMEOUT).records
+        hit = [r for r in recs if rid in r]
+        self.assertEqual(len(hit), 1)
+        self.assertIn('"key":"\\xbdail-k"', hit[0])
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
