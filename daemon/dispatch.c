@@ -696,7 +696,8 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	if (r != CF_OK)
 		return r;
 	/* protobuf-c cuts a string at its first NUL: refuse what would make the
-	 * daemon read less than was sent (and sealed, and signed). */
+	 * daemon read less than was sent (and sealed, and signed), and invalid
+	 * UTF-8, before anything reads the request. */
 	if ((r = cf_pb_check_strings(m->input, in, inlen)) != CF_OK)
 		return r;
 	req = protobuf_c_message_unpack(m->input, m->alloc, inlen, in);
