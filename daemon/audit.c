@@ -18,6 +18,7 @@
 #include "cf_crashpoint.h"
 #include "cf_hex.h"
 #include "cf_log.h"
+#include "cf_pbcheck.h"
 #include "cf_status.h"
 
 #define ALARM_EVERY_S 10
@@ -99,20 +100,30 @@ put(struct fmt *f, const char *fmt, ...)
 }
 
 /* s as a JSON string (quoted; quotes, backslashes and control characters
- * escaped). */
+ * escaped, and every byte that is not UTF-8 written as the text \xNN, so
+ * that each record stays valid UTF-8 JSON). No field holds a NUL: requests
+ * with one in a string are refused before they are read (cf_pbcheck.h). */
 static void
 put_str(struct fmt *f, const char *s)
 {
-	put(f, "\"");
-	for (; s != NULL && *s && !f->over; s++) {
-		unsigned char c = (unsigned char)*s;
+	size_t len = s != NULL ? strlen(s) : 0, i = 0;
 
-		if (c == '"' || c == '\\')
-			put(f, "\\%c", c);
-		else if (c < 0x20 || c == 0x7f)
-			put(f, "\\u%04x", c);
-		else
-			put(f, "%c", c);
+	put(f, "\"");
+	while (i < len && !f->over) {
+		size_t valid = i + cf_utf8_valid((const uint8_t *)s + i, len - i);
+
+		for (; i < valid && !f->over; i++) {
+			unsigned char c = (unsigned char)s[i];
+
+			if (c == '"' || c == '\\')
+				put(f, "\\%c", c);
+			else if (c < 0x20 || c == 0x7f)
+				put(f, "\\u%04x", c);
+			else
+				put(f, "%c", c);
+		}
+		if (i < len)
+			put(f, "\\\\x%02x", (unsigned char)s[i++]);
 	}
 	put(f, "\"");
 }

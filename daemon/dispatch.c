@@ -8,6 +8,7 @@
 #include <openssl/crypto.h>
 
 #include "cf_log.h"
+#include "cf_pbcheck.h"
 #include "cf_pbwipe.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
@@ -308,7 +309,10 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	OPENSSL_cleanse(req->record.data, ptlen);
 	imsg[0] = '\0';
 	if (ir != CF_OK) {
-		snprintf(imsg, sizeof(imsg), "%s", cf_error_message(ir));
+		const char *em = cf_error_message(ir);
+
+		/* A proto3 string: the caller's bytes in it are escaped. */
+		cf_text_escape(em, strlen(em), imsg, sizeof(imsg));
 		if (dispatch_status(ir) == CODE_INTERNAL)
 			cf_log_error("%s (sealed): %s", req->method, imsg);
 	}
@@ -691,6 +695,11 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 		snprintf(n->principal, sizeof(n->principal), "%s", h2.principal);
 	if (r != CF_OK)
 		return r;
+	/* protobuf-c cuts a string at its first NUL: refuse what would make the
+	 * daemon read less than was sent (and sealed, and signed), and invalid
+	 * UTF-8, before anything reads the request. */
+	if ((r = cf_pb_check_strings(m->input, in, inlen)) != CF_OK)
+		return r;
 	req = protobuf_c_message_unpack(m->input, m->alloc, inlen, in);
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
@@ -779,7 +788,14 @@ dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *
 	if (h->au == NULL || m->health || (r = audit_admit(h->au)) == CF_OK)
 		r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
-	snprintf(msg, msglen, "%s", r == CF_OK ? "" : cf_error_message(r));
+	if (r == CF_OK) {
+		snprintf(msg, msglen, "%s", "");
+	} else {
+		const char *em = cf_error_message(r);
+
+		/* grpc-status-message is read as UTF-8: the caller's bytes are escaped. */
+		cf_text_escape(em, strlen(em), msg, msglen);
+	}
 	if (code == CODE_INTERNAL)
 		cf_log_error("%s: %s", m->path, msg);
 	return code;

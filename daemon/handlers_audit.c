@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_pbcheck.h"
 #include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
@@ -25,6 +26,22 @@ h_tail_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 		return cf_error(CF_E_INVALID_ARG, "count is at most %d", TAIL_MAX);
 	if ((r = audit_tail(c->au, want, &lines, &n)) != CF_OK)
 		return r;
+	/* A line altered in the file may hold bytes that are not UTF-8, which
+	 * a proto3 string must not: those are escaped. */
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(lines[i]);
+		char *e;
+
+		if (cf_utf8_valid((const uint8_t *)lines[i], len) == len)
+			continue;
+		if ((e = malloc(4 * len + 1)) == NULL) {
+			audit_lines_free(lines, n);
+			return cf_nomem();
+		}
+		cf_text_escape(lines[i], len, e, 4 * len + 1);
+		free(lines[i]);
+		lines[i] = e;
+	}
 	if ((out = h_new_msg(&coffer__v1__tail_audit_response__descriptor)) == NULL) {
 		audit_lines_free(lines, n);
 		return cf_nomem();

@@ -19,8 +19,10 @@
 #include "cf_keytype.h"
 #include "cf_secret.h"
 #include "cf_hex.h"
+#include "cf_pbcheck.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -743,6 +745,166 @@ test_hex(void)
 	CU_ASSERT_EQUAL(cf_hex_digit('x'), -1);
 }
 
+/* ---- protocol strings: UTF-8 without NUL (cf_pbcheck) ---- */
+
+#define S(lit) lit, sizeof(lit) - 1
+
+/* Each input with the length of its valid UTF-8 prefix. */
+static void
+test_utf8_valid(void)
+{
+	static const struct {
+		const char *in;
+		size_t len, valid;
+	} t[] = {
+		{ S(""), 0 },
+		{ S("abc"), 3 },
+		{ S("\xc3\xa9"), 2 },                  /* U+00E9 */
+		{ S("\xe2\x82\xac"), 3 },              /* U+20AC */
+		{ S("\xef\xbf\xbf"), 3 },              /* U+FFFF */
+		{ S("\xed\x9f\xbf"), 3 },              /* U+D7FF, below the surrogates */
+		{ S("\xf0\x9f\x98\x80"), 4 },          /* U+1F600 */
+		{ S("\xf4\x8f\xbf\xbf"), 4 },          /* U+10FFFF */
+		{ S("a\0b"), 3 },                      /* NUL is UTF-8: the NUL rule is separate */
+		{ S("k\xbdz"), 1 },                    /* a lone continuation byte */
+		{ S("\x80"), 0 },
+		{ S("\xff"), 0 },
+		{ S("\xfe"), 0 },
+		{ S("\xc0\xaf"), 0 },                  /* overlong '/' */
+		{ S("\xc1\xbf"), 0 },                  /* overlong */
+		{ S("\xe0\x80\xaf"), 0 },              /* overlong, 3 bytes */
+		{ S("\xe0\x9f\xbf"), 0 },              /* overlong U+07FF */
+		{ S("\xf0\x80\x80\xaf"), 0 },          /* overlong, 4 bytes */
+		{ S("\xf0\x8f\xbf\xbf"), 0 },          /* overlong U+FFFF */
+		{ S("\xed\xa0\x80"), 0 },              /* U+D800, a surrogate */
+		{ S("\xed\xbf\xbf"), 0 },              /* U+DFFF */
+		{ S("\xf4\x90\x80\x80"), 0 },          /* U+110000 */
+		{ S("\xf5\x80\x80\x80"), 0 },
+		{ S("a\xe2\x82"), 1 },                 /* truncated 3-byte */
+		{ S("ab\xf0\x9f\x98"), 2 },            /* truncated 4-byte */
+		{ S("\xc3"), 0 },                      /* truncated 2-byte */
+		{ S("\xe2\x28\xa1"), 0 },              /* bad second byte */
+		{ S("\xf0\x9f\x28\x80"), 0 },          /* bad third byte */
+		{ S("\xc3\xa9\xc3"), 2 },
+	};
+
+	for (size_t i = 0; i < NELEM(t); i++) {
+		size_t v = cf_utf8_valid((const uint8_t *)t[i].in, t[i].len);
+
+		if (v != t[i].valid)
+			fprintf(stderr, "\ncase %zu: valid prefix %zu, expected %zu\n", i, v,
+				t[i].valid);
+		CU_ASSERT_EQUAL(v, t[i].valid);
+	}
+}
+
+/* Escaped text: invalid bytes and controls as \xNN, valid UTF-8 copied,
+ * cut only between characters or escapes, always terminated. */
+static void
+test_text_escape(void)
+{
+	static const struct {
+		const char *in;
+		size_t len, outlen;
+		const char *want;
+	} t[] = {
+		{ S("no principal k\xbdz"), 64, "no principal k\\xbdz" },
+		{ S("a\nb\tc\x7f"), 64, "a\\x0ab\\x09c\\x7f" },
+		{ S("a\0b"), 64, "a\\x00b" },
+		{ S("caf\xc3\xa9 \xf0\x9f\x98\x80"), 64, "caf\xc3\xa9 \xf0\x9f\x98\x80" },
+		{ S("\xc0\xaf\xed\xa0\x80"), 64, "\\xc0\\xaf\\xed\\xa0\\x80" },
+		{ S("x\xe2\x82"), 64, "x\\xe2\\x82" },        /* truncated input */
+		{ S("\xc3\xa9"), 2, "" },                     /* no room for the character */
+		{ S("\xc3\xa9"), 3, "\xc3\xa9" },
+		{ S("a\xf0\x9f\x98\x80"), 5, "a" },
+		{ S("a\xf0\x9f\x98\x80"), 6, "a\xf0\x9f\x98\x80" },
+		{ S("\xbd"), 4, "" },                         /* no room for the escape */
+		{ S("\xbd"), 5, "\\xbd" },
+		{ S("ab\xbd"), 6, "ab" },
+		{ S("abc"), 1, "" },
+	};
+	char out[64];
+
+	for (size_t i = 0; i < NELEM(t); i++) {
+		size_t n;
+
+		memset(out, 'Z', sizeof(out));
+		n = cf_text_escape(t[i].in, t[i].len, out, t[i].outlen);
+		if (strcmp(out, t[i].want) != 0)
+			fprintf(stderr, "\ncase %zu: \"%s\", expected \"%s\"\n", i, out, t[i].want);
+		CU_ASSERT_STRING_EQUAL(out, t[i].want);
+		CU_ASSERT_EQUAL(n, strlen(t[i].want));
+		CU_ASSERT_EQUAL(cf_utf8_valid((const uint8_t *)out, n), n);
+	}
+	out[0] = 'Z';
+	CU_ASSERT_EQUAL(cf_text_escape("abc", 3, out, 0), 0);
+	CU_ASSERT_EQUAL(out[0], 'Z');
+}
+
+/* Wire bytes checked against descriptors: string fields at every depth,
+ * repeated (map) entries, bytes and unknown fields left alone. */
+static void
+test_pb_check_strings(void)
+{
+	/* SealedCall { method (3) = "/coffer.v1.KeyService/GetKey\0junk", record (4) } */
+	static const uint8_t nul_method[] = "\x1a\x21/coffer.v1.KeyService/GetKey\0junk"
+					    "\x22\x03\x00\xbd\x00";
+	static const uint8_t ok_method[] = "\x0a\x02\x00\xff\x10\x07"
+					   "\x1a\x1c/coffer.v1.KeyService/GetKey";
+	/* VerifyRequestSignatureRequest { request (1) { key (1) = "k\xbdz" } } */
+	static const uint8_t nested[] = "\x0a\x05\x0a\x03k\xbdz\x12\x01x";
+	/* WrapRequest { context (3) { "a": "b" }, context { "c": "\xed\xa0\x80" } } */
+	static const uint8_t map[] = "\x0a\x01k\x1a\x06\x0a\x01" "a\x12\x01" "b"
+				     "\x1a\x08\x0a\x01" "c\x12\x03\xed\xa0\x80";
+	/* GetKeyRequest { name = "k", unknown field 9 = "\0\xff" } */
+	static const uint8_t unknown[] = "\x0a\x01k\x4a\x02\x00\xff";
+	static const uint8_t truncated[] = "\x0a\x05k";
+	static const uint8_t group[] = "\x0b\x0c";
+	/* OpenSessionRequest { principal (4) = "me\0" + 200 bytes } */
+	uint8_t big[3 + 203];
+
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__sealed_call__descriptor, nul_method,
+					    sizeof(nul_method) - 1), CF_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "field coffer.v1.SealedCall.method: a NUL "
+			       "byte at offset 28; protocol strings are UTF-8 text without NUL");
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__sealed_call__descriptor, ok_method,
+					    sizeof(ok_method) - 1), CF_OK);
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__verify_request_signature_request__descriptor,
+					    nested, sizeof(nested) - 1), CF_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "field coffer.v1.HttpRequestParts.key: invalid "
+			       "UTF-8 at offset 1; protocol strings are UTF-8 text without NUL");
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__wrap_request__descriptor, map,
+					    sizeof(map) - 1), CF_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "field coffer.v1.WrapRequest.ContextEntry.value: "
+			       "invalid UTF-8 at offset 0; protocol strings are UTF-8 text "
+			       "without NUL");
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__get_key_request__descriptor, unknown,
+					    sizeof(unknown) - 1), CF_OK);
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__get_key_request__descriptor, truncated,
+					    sizeof(truncated) - 1), CF_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(),
+			       "request is not a valid coffer.v1.GetKeyRequest message: truncated");
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__get_key_request__descriptor, group,
+					    sizeof(group) - 1), CF_E_INVALID_ARG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "wire type 3 at byte 0"));
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__get_key_request__descriptor, NULL, 0),
+			CF_OK);
+	big[0] = 0x22;
+	big[1] = 0xcb;          /* 203 as a varint */
+	big[2] = 0x01;
+	memcpy(big + 3, "me", 2);
+	big[5] = 0;
+	memset(big + 6, 'x', 200);
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__open_session_request__descriptor, big,
+					    sizeof(big)), CF_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "field coffer.v1.OpenSessionRequest.principal: "
+			       "a NUL byte at offset 2; protocol strings are UTF-8 text without NUL");
+	/* Every byte of the wire data is read through the field's length only. */
+	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__open_session_request__descriptor, big,
+					    sizeof(big) - 1), CF_E_INVALID_ARG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "truncated"));
+}
+
 int
 main(void)
 {
@@ -765,6 +927,9 @@ main(void)
 		{ "key name rule", test_key_names },
 		{ "authorization header parser", test_callauth_parse },
 		{ "hex encode and decode", test_hex },
+		{ "UTF-8 validation: overlong, surrogate, 4-byte, truncated", test_utf8_valid },
+		{ "text escaping of invalid UTF-8 and controls, clean cuts", test_text_escape },
+		{ "string fields of wire data: NUL and UTF-8, nested, repeated", test_pb_check_strings },
 		{ NULL, NULL },
 	};
 

@@ -1,0 +1,175 @@
+#include "cf_pbcheck.h"
+
+#include <string.h>
+
+#include "cf_status.h"
+
+#define STRING_RULE "protocol strings are UTF-8 text without NUL"
+
+/* The length of the valid UTF-8 character at p (RFC 3629, table 3-7 of
+ * the Unicode standard), 0 if there is none (invalid or truncated). */
+static size_t
+utf8_char(const uint8_t *p, size_t len)
+{
+	uint8_t c = p[0], lo = 0x80, hi = 0xbf;
+	size_t n;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4;
+	else
+		return 0;   /* a continuation byte, an overlong lead (c0 c1), above U+10FFFF */
+	if (c == 0xe0)
+		lo = 0xa0;          /* overlong */
+	else if (c == 0xed)
+		hi = 0x9f;          /* surrogates */
+	else if (c == 0xf0)
+		lo = 0x90;          /* overlong */
+	else if (c == 0xf4)
+		hi = 0x8f;          /* above U+10FFFF */
+	if (len < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+size_t
+cf_utf8_valid(const uint8_t *p, size_t len)
+{
+	size_t i = 0, n;
+
+	while (i < len && (n = utf8_char(p + i, len - i)) != 0)
+		i += n;
+	return i;
+}
+
+size_t
+cf_text_escape(const char *in, size_t inlen, char *out, size_t outlen)
+{
+	static const char digits[] = "0123456789abcdef";
+	const uint8_t *p = (const uint8_t *)in;
+	size_t i = 0, o = 0, n;
+
+	if (outlen == 0)
+		return 0;
+	while (i < inlen) {
+		n = utf8_char(p + i, inlen - i);
+		if (n == 0 || p[i] < 0x20 || p[i] == 0x7f) {
+			if (o + 4 >= outlen)
+				break;
+			out[o++] = '\\';
+			out[o++] = 'x';
+			out[o++] = digits[p[i] >> 4];
+			out[o++] = digits[p[i] & 15];
+			i++;
+			continue;
+		}
+		if (o + n >= outlen)
+			break;
+		memcpy(out + o, p + i, n);
+		o += n;
+		i += n;
+	}
+	out[o] = '\0';
+	return o;
+}
+
+/* A varint at in[*pos..len); 0 when truncated or longer than 10 bytes. */
+static int
+varint(const uint8_t *in, size_t len, size_t *pos, uint64_t *v)
+{
+	*v = 0;
+	for (unsigned shift = 0; shift < 70 && *pos < len; shift += 7) {
+		uint8_t b = in[(*pos)++];
+
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return 1;
+	}
+	return 0;
+}
+
+static int
+check_string(const ProtobufCMessageDescriptor *d, const ProtobufCFieldDescriptor *f,
+	     const uint8_t *p, size_t len)
+{
+	size_t valid = cf_utf8_valid(p, len);
+	const uint8_t *nul = memchr(p, 0, len);
+
+	if (nul != NULL && (size_t)(nul - p) < valid)
+		return cf_error(CF_E_INVALID_ARG, "field %s.%s: a NUL byte at offset %zu; "
+				STRING_RULE, d->name, f->name, (size_t)(nul - p));
+	if (valid < len)
+		return cf_error(CF_E_INVALID_ARG, "field %s.%s: invalid UTF-8 at offset %zu; "
+				STRING_RULE, d->name, f->name, valid);
+	return CF_OK;
+}
+
+static int
+check_message(const ProtobufCMessageDescriptor *d, const uint8_t *in, size_t len,
+	      unsigned depth)
+{
+	size_t pos = 0;
+	uint64_t tag, n;
+	int r;
+
+	if (depth > CF_PB_CHECK_DEPTH)
+		return cf_error(CF_E_INVALID_ARG, "request is not a valid message: %s nested "
+				"more than %d deep", d->name, CF_PB_CHECK_DEPTH);
+	while (pos < len) {
+		const ProtobufCFieldDescriptor *f;
+		size_t at = pos;
+
+		if (!varint(in, len, &pos, &tag) || tag >> 3 == 0 || tag >> 3 > UINT32_MAX)
+			return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message: "
+					"bad field tag at byte %zu", d->name, at);
+		switch (tag & 7) {
+		case PROTOBUF_C_WIRE_TYPE_VARINT:
+			if (!varint(in, len, &pos, &n))
+				goto truncated;
+			continue;
+		case PROTOBUF_C_WIRE_TYPE_64BIT:
+			n = 8;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_32BIT:
+			n = 4;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED:
+			if (!varint(in, len, &pos, &n))
+				goto truncated;
+			break;
+		default:
+			return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message: "
+					"wire type %u at byte %zu is not supported", d->name,
+					(unsigned)(tag & 7), at);
+		}
+		if (n > len - pos)
+			goto truncated;
+		f = (tag & 7) == PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED ?
+			protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3)) : NULL;
+		if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
+		    (r = check_string(d, f, in + pos, (size_t)n)) != CF_OK)
+			return r;
+		if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+		    (r = check_message(f->descriptor, in + pos, (size_t)n, depth + 1)) != CF_OK)
+			return r;
+		pos += (size_t)n;
+	}
+	return CF_OK;
+truncated:
+	return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message: truncated",
+			d->name);
+}
+
+int
+cf_pb_check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *in, size_t len)
+{
+	return check_message(d, in, len, 0);
+}
