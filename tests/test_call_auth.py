@@ -301,7 +301,7 @@ class CallAuth(unittest.TestCase):
 
     def test_header_grammar(self):
         good = header(self.key_id, self.secret, KS + "Mac", b"")
-        begin = 'malformed authorization must start with "COFFER-HMAC-SHA256 " (one space)'
+        begin = 'malformed authorization: must start with "COFFER-HMAC-SHA256 " (one space)'
         cases = {
             good.replace(LABEL + " ", LABEL + "  "): begin,
             good.replace(LABEL, LABEL.lower()): begin,
@@ -314,7 +314,7 @@ class CallAuth(unittest.TestCase):
             good.replace("keyId=", "keyid="):
                 'malformed authorization: unexpected or repeated field "keyid" (expected '
                 'keyId, timestamp, nonce, signature once each)',
-            good + ",": "malformed authorization ends with a comma or a space",
+            good + ",": "malformed authorization: ends with a comma or a space",
             re.sub(r"timestamp=\d+", "timestamp=100000000000", good):
                 "malformed authorization: timestamp must be Unix seconds in decimal",
             re.sub(r"timestamp=\d+", "timestamp=+1", good):
