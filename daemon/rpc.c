@@ -35,9 +35,6 @@
  * this many more per method are armed just before it, so that calls the
  * daemon has already read are served, not refused. */
 #define RPC_ARM_DRAIN 64
-/* At shutdown, idle connections are closed once no call has been in flight
- * for this long. */
-#define RPC_IDLE_SETTLE_MS 50
 #define RPC_ARM_GENERIC 4  /* unregistered paths: answered UNIMPLEMENTED */
 
 struct method {
@@ -59,7 +56,6 @@ struct rpc_server {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	unsigned live;           /* requested or active calls */
-	unsigned active;         /* calls matched and being answered */
 	atomic_uint window;      /* cfg.window; SIGHUP may change it */
 	int shutdown_done;
 	int shutdown_tag;        /* its address is the tag */
@@ -83,7 +79,6 @@ struct rpc_call {
 	char retry[16];
 	char request_id[AUDIT_REQUEST_ID_MAX + 1];
 	int cancelled;
-	int active;                  /* counted in s->active */
 	enum { ST_REQUESTED, ST_SENDING } st;
 };
 
@@ -142,7 +137,6 @@ static void
 call_free(struct rpc_call *c)
 {
 	rpc_server *s = c->s;
-	int active;
 
 	if (c->call != NULL)
 		grpc_call_unref(c->call);
@@ -153,11 +147,8 @@ call_free(struct rpc_call *c)
 	if (c->send != NULL)
 		grpc_byte_buffer_destroy(c->send);
 	grpc_slice_unref(c->status_details);
-	active = c->active;
 	free(c);
 	pthread_mutex_lock(&s->mu);
-	if (active)
-		s->active--;
 	s->live--;
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
@@ -325,10 +316,6 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 			call_free(c);
 			return;
 		}
-		pthread_mutex_lock(&s->mu);
-		c->active = 1;
-		s->active++;
-		pthread_mutex_unlock(&s->mu);
 		arm(s, c->m);
 		respond(c);
 		return;
@@ -497,39 +484,16 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 		deadline.tv_sec++;
 		deadline.tv_nsec -= 1000000000L;
 	}
-	/* Calls in flight drain; an idle connection would hold the shutdown
-	 * until the grace period ends, so once no call has been in flight for a
-	 * moment (calls already matched have had time to reach a worker), the
-	 * connections are closed. */
+	/* Shutdown fails every requested call not yet matched, so what stays
+	 * live is the calls in flight: they drain. An idle connection would
+	 * hold the shutdown until the grace period ends; once no call is live,
+	 * the connections are closed. */
 	pthread_mutex_lock(&s->mu);
-	for (int64_t idle_since = -1; !s->shutdown_done;) {
-		struct timespec now, step;
-		int64_t now_ms;
-
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-		if (now.tv_sec > deadline.tv_sec ||
-		    (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))
+	while (!s->shutdown_done && s->live > 0)
+		if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) == ETIMEDOUT)
 			break;
-		if (s->active > 0)
-			idle_since = -1;
-		else if (idle_since < 0)
-			idle_since = now_ms;
-		else if (now_ms - idle_since >= RPC_IDLE_SETTLE_MS)
-			break;
-		step = now;
-		step.tv_nsec += 10000000L;
-		if (step.tv_nsec >= 1000000000L) {
-			step.tv_sec++;
-			step.tv_nsec -= 1000000000L;
-		}
-		if (step.tv_sec > deadline.tv_sec ||
-		    (step.tv_sec == deadline.tv_sec && step.tv_nsec > deadline.tv_nsec))
-			step = deadline;
-		(void)pthread_cond_timedwait(&s->cv, &s->mu, &step);
-	}
 	if (!s->shutdown_done) {
-		unsigned running = s->active;
+		unsigned running = s->live;
 
 		pthread_mutex_unlock(&s->mu);
 		if (running > 0)
