@@ -47,8 +47,8 @@ listener_allows(const struct listener_cfg *cfg, uid_t uid, gid_t gid)
 	return 0;
 }
 
-/* net.core.somaxconn (listen() silently caps larger values at it; read
- * here so that the log can name it); SOMAXCONN if unreadable. */
+/* The system's maximum backlog, net.core.somaxconn (listen() silently caps
+ * what it is given at that); SOMAXCONN if it cannot be read. */
 static int
 backlog(void)
 {
@@ -72,19 +72,6 @@ listener_set_allowed(listener *l, const struct listener_cfg *cfg)
 	memcpy(l->cfg.gids, cfg->gids, sizeof(l->cfg.gids));
 	l->cfg.ngids = cfg->ngids;
 	pthread_mutex_unlock(&l->allow_mu);
-}
-
-int
-listener_allowed_differs(listener *l, const struct listener_cfg *cfg)
-{
-	int d;
-
-	pthread_mutex_lock(&l->allow_mu);
-	d = l->cfg.nuids != cfg->nuids || l->cfg.ngids != cfg->ngids ||
-	    memcmp(l->cfg.uids, cfg->uids, cfg->nuids * sizeof(cfg->uids[0])) != 0 ||
-	    memcmp(l->cfg.gids, cfg->gids, cfg->ngids * sizeof(cfg->gids[0])) != 0;
-	pthread_mutex_unlock(&l->allow_mu);
-	return d;
 }
 
 int

@@ -122,7 +122,8 @@ rollback(store *s)
 
 /* Before each change (under s->mu): the path must still name the file we
  * opened. A database removed or replaced under a running daemon would take
- * every later change with it at the next start; one stat() is ~1 us. */
+ * every later change with it at the next start. One stat() (~5 us measured
+ * here) is nothing beside a change's fsync'd commit or a token operation. */
 static int
 check_identity(store *s)
 {
