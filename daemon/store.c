@@ -442,8 +442,8 @@ txn_effect(store *s, int (*body)(store *s, const void *arg), const void *arg,
 			r = effect_rows(s, e);
 		if (r == CF_OK && e != NULL)
 			cf_crashpoint_hit(e->before);
-		if (r == CF_OK)
-			r = exec(s, "COMMIT;");
+		if (r == CF_OK && sqlite3_exec(s->db, "COMMIT;", NULL, NULL, NULL) != SQLITE_OK)
+			r = db_err(s, "committing the change");
 		if (r != CF_OK)
 			rollback(s);
 	}
