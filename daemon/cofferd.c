@@ -228,23 +228,23 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 			     cf_error_detail());
 		return;
 	}
-	/* Said before the new level applies, so that it is said at the old;
-	 * what needs a restart after, at the new. */
-	cf_log_info("SIGHUP: reloading %s: log_level %s, shutdown_grace_ms %u, [requests] "
+	listener_set_allowed(ls[0], &n.service);
+	listener_set_allowed(ls[1], &n.admin);
+	rpc_set_window(srv, n.request_window);
+	cur->shutdown_grace_ms = n.shutdown_grace_ms;
+	cur->request_window = n.request_window;
+	copy_allowed(&cur->service, &n.service);
+	copy_allowed(&cur->admin, &n.admin);
+	/* Said once the rest applies, before the new level does (so at the
+	 * old); what needs a restart after, at the new. */
+	cf_log_info("SIGHUP: reloaded %s: log_level %s, shutdown_grace_ms %u, [requests] "
 		    "window %u, service allow-list %u uids %u gids, admin allow-list %u uids %u "
 		    "gids", config_file, level_names[n.log_level], n.shutdown_grace_ms,
 		    n.request_window, n.service.nuids, n.service.ngids, n.admin.nuids,
 		    n.admin.ngids);
 	cf_log_init(NULL, n.log_level);
-	restart_needed(cur, &n);
-	listener_set_allowed(ls[0], &n.service);
-	listener_set_allowed(ls[1], &n.admin);
-	rpc_set_window(srv, n.request_window);
 	cur->log_level = n.log_level;
-	cur->shutdown_grace_ms = n.shutdown_grace_ms;
-	cur->request_window = n.request_window;
-	copy_allowed(&cur->service, &n.service);
-	copy_allowed(&cur->admin, &n.admin);
+	restart_needed(cur, &n);
 }
 
 static void

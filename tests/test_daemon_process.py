@@ -42,6 +42,18 @@ SERVING = S.health_pb.HealthCheckResponse.SERVING
 NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
 
 
+def fresh_health(path, timeout):
+    """Health/Check on a new connection (grpcio would otherwise reuse an open
+    one to the same socket: the allow-list is checked at accept)."""
+    h = S.health_pb
+    with grpc.insecure_channel("unix:" + path,
+                               options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=h.HealthCheckRequest.SerializeToString,
+                               response_deserializer=h.HealthCheckResponse.FromString)
+        return check(h.HealthCheckRequest(), timeout=timeout).status
+
+
 def mount_tmpfs(test, path, size):
     os.makedirs(path, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", path],
@@ -79,32 +91,51 @@ class Process(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "no %r in the log:\n%s" % (expect, d.log()))
             time.sleep(0.05)
         self.assertTrue(d.running)
+        time.sleep(0.1)   # the log level applies just after that line
 
     def test_sighup_reloads(self):
         d = self.daemon()
         d.start()
         conf = d.conf_path
+        # The request window, seen through a signed request 120 s old: valid
+        # under the default 300 s, expired once the window is 60 s. (This
+        # connection is open before the allow-list changes; it stays.)
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="api", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+        svc = d.service_stub()
+
+        def verify_old(nonce):
+            parts = pb.HttpRequestParts(key="api", method="GET", path="/x", canonical_query="",
+                                        body_sha256=bytes(32), timestamp=int(time.time()) - 120,
+                                        nonce=nonce)
+            sig = svc.SignHttpRequest(pb.SignHttpRequestRequest(request=parts),
+                                      timeout=TIMEOUT).signature
+            return svc.VerifyRequestSignature(pb.VerifyRequestSignatureRequest(
+                request=parts, signature=sig), timeout=TIMEOUT).verdict
+
+        self.assertEqual(verify_old("window-nonce-0001"), pb.VALID)
         # Allow-list: only nobody on the service socket; new connections
         # from us are refused, the admin socket is untouched.
         d.config["service"]["allow_uids"] = "65534"
-        self.reload(d, "SIGHUP: reloading %s: log_level info, shutdown_grace_ms 10000, "
+        self.reload(d, "SIGHUP: reloaded %s: log_level info, shutdown_grace_ms 10000, "
                     "[requests] window 300, service allow-list 1 uids 0 gids, admin allow-list "
                     "1 uids 0 gids" % conf)
         with self.assertRaises(grpc.RpcError) as cm:
-            health_check(d.service_socket, timeout=2)
+            fresh_health(d.service_socket, 2)
         self.assertEqual(cm.exception.code(), SC.UNAVAILABLE)
         self.assertTrue(d.wait_for_log("service socket: refused connection from uid %d gid %d"
                                        % (os.geteuid(), os.getegid())), d.log())
-        self.assertEqual(health_check(d.admin_socket, timeout=5), SERVING)
+        self.assertEqual(fresh_health(d.admin_socket, 5), SERVING)
         # Log level error: the next refusal (a warning) is not logged.
         d.config["daemon"]["log_level"] = "error"
         d.config["daemon"]["shutdown_grace_ms"] = "3000"
         d.config["requests"] = {"window": "60"}
-        self.reload(d, "SIGHUP: reloading %s: log_level error, shutdown_grace_ms 3000, "
+        self.reload(d, "SIGHUP: reloaded %s: log_level error, shutdown_grace_ms 3000, "
                     "[requests] window 60" % conf)
+        self.assertEqual(verify_old("window-nonce-0002"), pb.EXPIRED)
         warned = d.log().count("refused connection from uid")
         with self.assertRaises(grpc.RpcError):
-            health_check(d.service_socket, timeout=2)
+            fresh_health(d.service_socket, 2)
         time.sleep(0.3)
         self.assertEqual(d.log().count("refused connection from uid"), warned, d.log())
         # A bad file: logged with its error (at error level), nothing changes.
@@ -116,7 +147,7 @@ class Process(unittest.TestCase):
         self.assertIn('[daemon] workers: "abc" is not a number in 1..64', d.log())
         self.assertTrue(d.running)
         with self.assertRaises(grpc.RpcError):
-            health_check(d.service_socket, timeout=2)
+            fresh_health(d.service_socket, 2)
         # Back to info and the default allow-list; a socket path that cannot
         # change without a restart is named, the old socket keeps serving.
         d.config["daemon"]["log_level"] = "info"
@@ -124,8 +155,8 @@ class Process(unittest.TestCase):
         d.config["admin"]["path"] = os.path.join(d.run_dir, "other.sock")
         self.reload(d, "SIGHUP: [admin] path changed in %s: needs a restart (the running "
                     "daemon keeps the old value)" % conf)
-        self.assertEqual(health_check(d.service_socket, timeout=5), SERVING)
-        self.assertEqual(health_check(d.admin_socket, timeout=5), SERVING)
+        self.assertEqual(fresh_health(d.service_socket, 5), SERVING)
+        self.assertEqual(fresh_health(d.admin_socket, 5), SERVING)
         self.assertFalse(os.path.exists(os.path.join(d.run_dir, "other.sock")))
         d.config["admin"]["path"] = d.admin_socket
         d.write_config()
@@ -269,7 +300,7 @@ class Process(unittest.TestCase):
 
             def good():
                 try:
-                    result["status"] = health_check(d.service_socket, timeout=15)
+                    result["status"] = fresh_health(d.service_socket, 15)
                 except grpc.RpcError as e:
                     result["error"] = "%s %s" % (e.code(), e.details())
 
