@@ -44,7 +44,11 @@ usage(FILE *f)
 "      --workers N            RPC worker threads        [daemon] workers\n"
 "      --log-level LEVEL      error|warn|info|debug     [daemon] log_level\n"
 "  -h, --help\n"
-"Runs in the foreground; stops cleanly on SIGTERM or SIGINT (exit 0).\n");
+"Runs in the foreground. SIGTERM or SIGINT: stop accepting, finish the calls in\n"
+"flight (up to [daemon] shutdown_grace_ms), exit 0. SIGHUP: re-read the -c FILE\n"
+"(flags still win) and apply log_level, shutdown_grace_ms, [service]/[admin]\n"
+"allow_uids and allow_gids, [requests] window; other changes are logged as\n"
+"needing a restart; a bad file changes nothing.\n");
 }
 
 /* DESIGN 6.7: no core dumps, no ptrace by peers, private files. */
@@ -55,11 +59,19 @@ harden(void)
 
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	(void)setrlimit(RLIMIT_CORE, &rl);
+	/* Every connection is a descriptor: allow as many as we may. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	umask(077);
 	signal(SIGPIPE, SIG_IGN);
 	/* A file size limit makes writes fail (EFBIG) instead of killing us. */
 	signal(SIGXFSZ, SIG_IGN);
 }
+
+/* The -c FILE the daemon was started with (SIGHUP re-reads it), or NULL. */
+static const char *config_file;
 
 static int
 parse_args(int argc, char **argv, struct cofferd_config *cfg)
@@ -82,7 +94,9 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 	const char *file = NULL;
 	int ch, r;
 
-	/* The file first, so flags override it wherever they appear. */
+	/* The file first, so flags override it wherever they appear. Again on
+	 * SIGHUP: optind 0 restarts getopt from scratch. */
+	optind = 0;
 	while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		if (ch == 'c')
 			file = optarg;
@@ -106,6 +120,7 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		fprintf(stderr, "cofferd: unexpected argument \"%s\"\n", argv[optind]);
 		exit(2);
 	}
+	config_file = file;
 	if (file != NULL && (r = config_load(cfg, file)) != CF_OK)
 		return r;
 	optind = 1;
@@ -136,6 +151,100 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		}
 	}
 	return config_finish(cfg);
+}
+
+static const char *const level_names[] = { "error", "warn", "info", "debug" };
+
+static void
+changed(const char *what)
+{
+	cf_log_warn("SIGHUP: %s changed in %s: needs a restart (the running daemon keeps the "
+		    "old value)", what, config_file);
+}
+
+static void
+copy_allowed(struct listener_cfg *dst, const struct listener_cfg *src)
+{
+	memcpy(dst->uids, src->uids, sizeof(dst->uids));
+	dst->nuids = src->nuids;
+	memcpy(dst->gids, src->gids, sizeof(dst->gids));
+	dst->ngids = src->ngids;
+}
+
+/* Settings read once at start (by the token, the store, the sockets' setup,
+ * the session, audit, nonce and key modules): a changed value is logged, the
+ * running daemon keeps the old one. */
+static void
+restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
+{
+#define DIFF_STR(f, what) do { if (strcmp(o->f, n->f) != 0) changed(what); } while (0)
+#define DIFF_NUM(f, what) do { if (o->f != n->f) changed(what); } while (0)
+#define DIFF_MEM(f, what) do { if (memcmp(&o->f, &n->f, sizeof(o->f)) != 0) changed(what); } \
+	while (0)
+	DIFF_STR(module, "[token] module");
+	DIFF_STR(token_uri, "[token] uri");
+	DIFF_STR(pin_file, "[token] pin_file");
+	DIFF_NUM(pool_size, "[token] pool_size");
+	DIFF_NUM(pool_timeout_ms, "[token] pool_timeout_ms");
+	DIFF_STR(state_dir, "[daemon] state_dir");
+	DIFF_NUM(workers, "[daemon] workers");
+	DIFF_NUM(max_message_bytes, "[daemon] max_message_bytes");
+	DIFF_STR(service_path, "[service] path");
+	DIFF_NUM(service.mode, "[service] mode");
+	DIFF_NUM(service.group, "[service] group");
+	DIFF_STR(admin_path, "[admin] path");
+	DIFF_NUM(admin.mode, "[admin] mode");
+	DIFF_NUM(admin.group, "[admin] group");
+	DIFF_MEM(session, "[session] limits");
+	DIFF_NUM(require_sealed, "[session] require_sealed");
+	DIFF_NUM(unsealed_secrets, "[session] unsealed_secrets");
+	DIFF_NUM(max_nonces, "[requests] max_nonces");
+	DIFF_NUM(require_api_key, "[requests] require_api_key");
+	DIFF_MEM(audit, "[audit] settings");
+	DIFF_NUM(idem_retention, "[idempotency] retention");
+	DIFF_MEM(keys, "[keys] settings");
+#undef DIFF_STR
+#undef DIFF_NUM
+#undef DIFF_MEM
+}
+
+/* SIGHUP: re-read the configuration file (command-line flags still win) and
+ * apply what can change under running calls: the log level, the sockets'
+ * allow-lists (checked at accept, so for new connections), the request
+ * window (atomic in rpc.c) and the shutdown grace (read by this thread
+ * only). A file that does not load changes nothing. */
+static void
+reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_server *srv)
+{
+	static struct cofferd_config n;   /* large; only this thread reloads */
+
+	if (config_file == NULL) {
+		cf_log_warn("SIGHUP: cofferd was started without -c FILE; nothing to reload");
+		return;
+	}
+	config_defaults(&n);
+	if (parse_args(argc, argv, &n) != CF_OK) {
+		cf_log_error("SIGHUP: configuration not reloaded, nothing changed: %s",
+			     cf_error_detail());
+		return;
+	}
+	listener_set_allowed(ls[0], &n.service);
+	listener_set_allowed(ls[1], &n.admin);
+	rpc_set_window(srv, n.request_window);
+	cur->shutdown_grace_ms = n.shutdown_grace_ms;
+	cur->request_window = n.request_window;
+	copy_allowed(&cur->service, &n.service);
+	copy_allowed(&cur->admin, &n.admin);
+	/* Said once the rest applies, before the new level does (so at the
+	 * old); what needs a restart after, at the new. */
+	cf_log_info("SIGHUP: reloaded %s: log_level %s, shutdown_grace_ms %u, [requests] "
+		    "window %u, service allow-list %u uids %u gids, admin allow-list %u uids %u "
+		    "gids", config_file, level_names[n.log_level], n.shutdown_grace_ms,
+		    n.request_window, n.service.nuids, n.service.ngids, n.admin.nuids,
+		    n.admin.ngids);
+	cf_log_init(NULL, n.log_level);
+	cur->log_level = n.log_level;
+	restart_needed(cur, &n);
 }
 
 static void
@@ -230,6 +339,7 @@ main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	if ((r = listener_open(&cfg.service, &ls[0])) != CF_OK ||
@@ -285,6 +395,7 @@ main(int argc, char **argv)
 	rc.au = au;
 	rc.idm = idm;
 	rc.nn = nn;
+	rc.st = st;
 	rc.window = cfg.request_window;
 	rc.workers = cfg.workers;
 	rc.max_message_bytes = cfg.max_message_bytes;
@@ -309,6 +420,8 @@ main(int argc, char **argv)
 		sig = sigtimedwait(&sigs, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
+		if (sig == SIGHUP)
+			reload(argc, argv, &cfg, ls, srv);
 		/* Failing closed on the audit trail: nothing irreversible that
 		 * could not be recorded either; the work waits until it can. */
 		if (au == NULL || audit_healthy(au)) {

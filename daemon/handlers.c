@@ -1237,13 +1237,18 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	Grpc__Health__V1__HealthCheckResponse *out;
 	const char *s = req->service;
 
+	/* Every service served on this socket (dispatch.c: SessionService and
+	 * Health on both). */
 	if (s[0] != '\0' && strcmp(s, "grpc.health.v1.Health") != 0 &&
+	    strcmp(s, "coffer.v1.SessionService") != 0 &&
 	    strcmp(s, c->admin ? "coffer.v1.AdminService" : "coffer.v1.KeyService") != 0)
 		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
 	if ((out = h_new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
 		return cf_nomem();
-	/* Failing closed on an unwritable audit trail: say so. */
-	out->status = c->au != NULL && !audit_healthy(c->au) ?
+	/* Failing closed on an unwritable audit trail or a state database
+	 * removed under us: say so. */
+	out->status = (c->au != NULL && !audit_healthy(c->au)) ||
+		      (c->st != NULL && !store_healthy(c->st)) ?
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING :
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 	*resp = &out->base;

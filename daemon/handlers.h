@@ -33,6 +33,7 @@ struct hctx {
 	audit *au;              /* the audit trail */
 	idem *idm;              /* idempotency records of mutating calls */
 	nonces *nn;             /* replay record of signed requests */
+	store *st;              /* the state store (health: NOT_SERVING once it is gone) */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
 	const char *principal;  /* service socket: the caller's principal, else NULL */
 	session *sess;          /* the session of a sealed call, else NULL */

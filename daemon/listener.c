@@ -22,6 +22,7 @@ struct listener {
 	char lock_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 8];
 	int fd;
 	int lock_fd;
+	pthread_mutex_t allow_mu;  /* cfg's allow-lists: the accept thread vs SIGHUP */
 };
 
 static struct {
@@ -46,6 +47,33 @@ listener_allows(const struct listener_cfg *cfg, uid_t uid, gid_t gid)
 	return 0;
 }
 
+/* The system's maximum backlog, net.core.somaxconn (listen() silently caps
+ * what it is given at that); SOMAXCONN if it cannot be read. */
+static int
+backlog(void)
+{
+	FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+	int n = 0;
+
+	if (f != NULL) {
+		if (fscanf(f, "%d", &n) != 1)
+			n = 0;
+		fclose(f);
+	}
+	return n > 0 ? n : SOMAXCONN;
+}
+
+void
+listener_set_allowed(listener *l, const struct listener_cfg *cfg)
+{
+	pthread_mutex_lock(&l->allow_mu);
+	memcpy(l->cfg.uids, cfg->uids, sizeof(l->cfg.uids));
+	l->cfg.nuids = cfg->nuids;
+	memcpy(l->cfg.gids, cfg->gids, sizeof(l->cfg.gids));
+	l->cfg.ngids = cfg->ngids;
+	pthread_mutex_unlock(&l->allow_mu);
+}
+
 int
 listener_open(const struct listener_cfg *cfg, listener **out)
 {
@@ -57,6 +85,7 @@ listener_open(const struct listener_cfg *cfg, listener **out)
 		return cf_nomem();
 	l->fd = l->lock_fd = -1;
 	l->cfg = *cfg;
+	pthread_mutex_init(&l->allow_mu, NULL);
 	if (strlen(cfg->path) >= sizeof(l->path)) {
 		r = cf_error(CF_E_CONFIG, "%s socket path is longer than %zu bytes", cfg->name,
 			     sizeof(l->path) - 1);
@@ -96,7 +125,10 @@ listener_open(const struct listener_cfg *cfg, listener **out)
 		r = cf_error(CF_E_IO, "cannot set mode/group of %s: %s", l->path, strerror(errno));
 		goto fail;
 	}
-	if (listen(l->fd, 128) != 0) {
+	/* The kernel caps the backlog at net.core.somaxconn; asking for the
+	 * most lets a flood of idle connections queue instead of refusing
+	 * good clients (EAGAIN on a Unix socket). */
+	if (listen(l->fd, backlog()) != 0) {
 		r = cf_error(CF_E_IO, "listen on %s: %s", l->path, strerror(errno));
 		goto fail;
 	}
@@ -122,6 +154,7 @@ listener_close(listener *l)
 	 * old file and one that creates a new one both hold "the" lock. */
 	if (l->lock_fd >= 0)
 		close(l->lock_fd);
+	pthread_mutex_destroy(&l->allow_mu);
 	free(l);
 }
 
@@ -130,7 +163,7 @@ accept_one(listener *l)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
-	int fd;
+	int fd, allowed;
 
 	while ((fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
@@ -139,7 +172,10 @@ accept_one(listener *l)
 			close(fd);
 			continue;
 		}
-		if (!listener_allows(&l->cfg, cred.uid, cred.gid)) {
+		pthread_mutex_lock(&l->allow_mu);
+		allowed = listener_allows(&l->cfg, cred.uid, cred.gid);
+		pthread_mutex_unlock(&l->allow_mu);
+		if (!allowed) {
 			cf_log_warn("%s socket: refused connection from uid %u gid %u pid %d: "
 				    "not on the allow-list", l->cfg.name, (unsigned)cred.uid,
 				    (unsigned)cred.gid, (int)cred.pid);

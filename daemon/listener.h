@@ -39,6 +39,10 @@ int listener_start(listener **ls, unsigned n, listener_accept_fn fn, void *arg);
 /* Stop the accept thread (no new connections); safe to call once. */
 void listener_stop(void);
 
+/* SIGHUP: replace l's uid and gid allow-lists with cfg's (the rest of cfg
+ * is ignored); connections accepted from now on are checked against them. */
+void listener_set_allowed(listener *l, const struct listener_cfg *cfg);
+
 /* Is a peer with these credentials allowed on l? */
 int listener_allows(const struct listener_cfg *cfg, uid_t uid, gid_t gid);
 

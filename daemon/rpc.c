@@ -56,6 +56,7 @@ struct rpc_server {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	unsigned live;           /* requested or active calls */
+	atomic_uint window;      /* cfg.window; SIGHUP may change it */
 	int shutdown_done;
 	int shutdown_tag;        /* its address is the tag */
 	char id_prefix[17];      /* request ids: random per start, then a counter */
@@ -192,7 +193,7 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 	rpc_server *s = c->s;
 	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .ak = s->cfg.ak,
 			  .au = s->cfg.au, .idm = s->cfg.idm,
-			  .nn = s->cfg.nn, .window = s->cfg.window,
+			  .nn = s->cfg.nn, .st = s->cfg.st, .window = atomic_load(&s->window),
 			  .unsealed_secrets = s->cfg.unsealed_secrets,
 			  .require_api_key = s->cfg.require_api_key };
 	grpc_byte_buffer_reader rd;
@@ -365,6 +366,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return cf_nomem();
 	s->cfg = *cfg;
+	atomic_init(&s->window, cfg->window);
 	{
 		uint8_t rnd[8];
 
@@ -446,6 +448,12 @@ rpc_add_connection(int fd, void *srv)
 	grpc_server_credentials_release(creds);
 }
 
+void
+rpc_set_window(rpc_server *s, unsigned window)
+{
+	atomic_store(&s->window, window);
+}
+
 unsigned
 rpc_live_calls(rpc_server *s)
 {
@@ -476,13 +484,21 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 		deadline.tv_sec++;
 		deadline.tv_nsec -= 1000000000L;
 	}
+	/* Shutdown fails every requested call not yet matched, so what stays
+	 * live is the calls in flight: they drain. An idle connection would
+	 * hold the shutdown until the grace period ends; once no call is live,
+	 * the connections are closed. */
 	pthread_mutex_lock(&s->mu);
-	while (!s->shutdown_done)
+	while (!s->shutdown_done && s->live > 0)
 		if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) == ETIMEDOUT)
 			break;
 	if (!s->shutdown_done) {
+		unsigned running = s->live;
+
 		pthread_mutex_unlock(&s->mu);
-		cf_log_warn("shutdown: grace period over; cancelling the calls still running");
+		if (running > 0)
+			cf_log_warn("shutdown: grace period over; cancelling the %u calls still "
+				    "running", running);
 		grpc_server_cancel_all_calls(s->server);
 		pthread_mutex_lock(&s->mu);
 	}

@@ -20,6 +20,7 @@
 #include "nonces.h"
 #include "policy.h"
 #include "session.h"
+#include "store.h"
 
 struct rpc_cfg {
 	keyring *kr;
@@ -29,7 +30,8 @@ struct rpc_cfg {
 	audit *au;                   /* the audit trail */
 	idem *idm;                   /* idempotency records */
 	nonces *nn;                  /* replay record of signed requests and calls */
-	unsigned window;             /* seconds a signed request may be off */
+	store *st;                   /* the state store (health) */
+	unsigned window;             /* seconds a signed request may be off (rpc_set_window) */
 	unsigned workers;            /* completion-queue threads; handlers run on them */
 	unsigned max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED from gRPC */
 	const char *admin_path;      /* the admin socket's path */
@@ -44,8 +46,11 @@ typedef struct rpc_server rpc_server;
 int rpc_start(const struct rpc_cfg *cfg, rpc_server **out);
 /* Serve an accepted connection (takes ownership of fd). Thread-safe. */
 void rpc_add_connection(int fd, void *srv);
+/* SIGHUP: a new request window (seconds), used by calls from now on. */
+void rpc_set_window(rpc_server *s, unsigned window);
 /* Stop accepting calls, let calls in flight finish for up to grace_ms, then
- * cancel the rest, wait for every call to be released, stop the workers. */
+ * cancel the rest and close idle connections (at once when no call is in
+ * flight), wait for every call to be released, stop the workers. */
 void rpc_shutdown(rpc_server *s, unsigned grace_ms);
 /* Calls currently being served (for tests and logs). */
 unsigned rpc_live_calls(rpc_server *s);

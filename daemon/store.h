@@ -101,6 +101,9 @@ typedef struct store store;
  * CF_E_CONFIG (schema from a newer Coffer) with a detail. */
 int store_open(const char *dir, store **out);
 void store_close(store *s);
+/* 0 once the state database was found removed or replaced under the running
+ * daemon (checked before every change; changes are refused from then on). */
+int store_healthy(store *s);
 
 /* The CKA_ID of versions made before schema 7: SHA-256("coffer/<name>/<version>")[:16]. */
 void store_ckaid_legacy(const char *name, uint32_t version, uint8_t out[STORE_CKAID_LEN]);

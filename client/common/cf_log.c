@@ -1,20 +1,22 @@
 #include "cf_log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char *cf_log_prog = "coffer";
-static enum cf_log_level cf_log_max = CF_LOG_INFO;
+/* Atomic: cofferd changes it on SIGHUP while its workers log. */
+static atomic_int cf_log_max = CF_LOG_INFO;
 
 void
 cf_log_init(const char *progname, enum cf_log_level max_level)
 {
 	if (progname != NULL)
 		cf_log_prog = progname;
-	cf_log_max = max_level;
+	atomic_store_explicit(&cf_log_max, (int)max_level, memory_order_relaxed);
 }
 
 void
@@ -27,7 +29,7 @@ cf_log(enum cf_log_level level, const char *fmt, ...)
 	va_list ap;
 	int n, m;
 
-	if (level > cf_log_max)
+	if ((int)level > atomic_load_explicit(&cf_log_max, memory_order_relaxed))
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
