@@ -359,7 +359,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 	memset(&sk, 0, sizeof(sk));
 	snprintf(sk.name, sizeof(sk.name), "%s", name);
 	sk.type = type;
-	sk.exportable = 0; /* nothing is exportable any more: key material never leaves the token */
+	sk.exportable = 0; /* key material never leaves the token */
 	sk.allowed_ops = allowed_ops;
 	sk.created = meta.created;
 	sk.primary = 1;
