@@ -11,16 +11,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include <CUnit/Basic.h>
 #include <openssl/rand.h>
 
+#include "apikeys.h"
 #include "cf_status.h"
 #include "cf_test_token.h"
+#include "keyring.h"
+#include "store.h"
 
 static struct cf_test_token tok;
 static cf_p11 *p11;
 static CK_FUNCTION_LIST *f;
+static CK_SLOT_ID rslot;
 static CK_SESSION_HANDLE rs;
 
 static const uint8_t msg[] = "attributes decide what a key can do";
@@ -175,11 +181,11 @@ check_object(const char *label, CK_OBJECT_CLASS cls, enum cf_key_type t, int der
 
 /* Every object of a key version. */
 static int
-check_key(const char *name, enum cf_key_type t, int derive)
+check_keyv(const char *name, uint32_t version, enum cf_key_type t, int derive)
 {
 	char label[200];
 
-	snprintf(label, sizeof(label), "coffer/%s/1", name);
+	snprintf(label, sizeof(label), "coffer/%s/%u", name, version);
 	if (cf_key_type_is_asymmetric(t))
 		return check_object(label, CKO_PRIVATE_KEY, t, derive) +
 		       check_object(label, CKO_PUBLIC_KEY, t, derive);
@@ -187,10 +193,14 @@ check_key(const char *name, enum cf_key_type t, int derive)
 }
 
 static int
+check_key(const char *name, enum cf_key_type t, int derive)
+{
+	return check_keyv(name, 1, t, derive);
+}
+
+static int
 suite_init(void)
 {
-	CK_SLOT_ID slot;
-
 	if (cf_test_token_create(&tok, "coffer-attrs") != 0)
 		return -1;
 	if (cf_p11_open(&tok.cfg, &p11) != CF_OK) {
@@ -198,7 +208,7 @@ suite_init(void)
 		return -1;
 	}
 	/* The layer logged in; a raw session of the same process shares it. */
-	if (cf_test_raw_open(&tok, &f, &slot, &rs) != 0)
+	if (cf_test_raw_open(&tok, &f, &rslot, &rs) != 0)
 		return -1;
 	return 0;
 }
@@ -275,6 +285,19 @@ raw(const char *name, CK_OBJECT_CLASS cls)
 	return o;
 }
 
+/* A refused C_*Init starts nothing; one that wrongly succeeds leaves an
+ * operation active: start afresh so the next check still means something. */
+static CK_RV
+refused(CK_RV rv)
+{
+	if (rv == CKR_OK) {
+		f->C_CloseSession(rs);
+		CU_ASSERT_FATAL(f->C_OpenSession(rslot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
+						 NULL, &rs) == CKR_OK);
+	}
+	return rv;
+}
+
 /* The token refuses what the attributes forbid. */
 static void
 test_token_refuses(void)
@@ -310,11 +333,11 @@ test_token_refuses(void)
 	CK_OBJECT_HANDLE aes = raw("aes-256", CKO_SECRET_KEY), dk;
 
 	/* An RSA signing key cannot decrypt (nor its public half encrypt). */
-	CU_ASSERT_EQUAL(f->C_DecryptInit(rs, &rsa_pkcs, rsa), CKR_KEY_FUNCTION_NOT_PERMITTED);
-	CU_ASSERT_EQUAL(f->C_DecryptInit(rs, &oaep_m, rsa), CKR_KEY_FUNCTION_NOT_PERMITTED);
-	CU_ASSERT_EQUAL(f->C_EncryptInit(rs, &rsa_pkcs, rsapub), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CU_ASSERT_EQUAL(refused(f->C_DecryptInit(rs, &rsa_pkcs, rsa)), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CU_ASSERT_EQUAL(refused(f->C_DecryptInit(rs, &oaep_m, rsa)), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CU_ASSERT_EQUAL(refused(f->C_EncryptInit(rs, &rsa_pkcs, rsapub)), CKR_KEY_FUNCTION_NOT_PERMITTED);
 	/* ... nor sign with a mechanism outside its list ... */
-	CU_ASSERT_EQUAL(f->C_SignInit(rs, &sha256_rsa, rsa), CKR_MECHANISM_INVALID);
+	CU_ASSERT_EQUAL(refused(f->C_SignInit(rs, &sha256_rsa, rsa)), CKR_MECHANISM_INVALID);
 	/* ... while both of its own still start. */
 	CU_ASSERT_EQUAL(f->C_SignInit(rs, &rsa_pss, rsa), CKR_OK);
 	CU_ASSERT_EQUAL(f->C_Sign(rs, digest, sizeof(digest), out, &outlen), CKR_OK);
@@ -322,17 +345,17 @@ test_token_refuses(void)
 	CU_ASSERT_EQUAL(f->C_SignInit(rs, &rsa_pkcs, rsa), CKR_OK);
 	CU_ASSERT_EQUAL(f->C_Sign(rs, digest, sizeof(digest), out, &outlen), CKR_OK);
 	/* An ECDSA key: no mechanism but CKM_ECDSA, no ECDH. */
-	CU_ASSERT_EQUAL(f->C_SignInit(rs, &rsa_pkcs, ec), CKR_MECHANISM_INVALID);
-	CU_ASSERT_EQUAL(f->C_SignInit(rs, &eddsa, ec), CKR_MECHANISM_INVALID);
+	CU_ASSERT_EQUAL(refused(f->C_SignInit(rs, &rsa_pkcs, ec)), CKR_MECHANISM_INVALID);
+	CU_ASSERT_EQUAL(refused(f->C_SignInit(rs, &eddsa, ec)), CKR_MECHANISM_INVALID);
 	CU_ASSERT_EQUAL(f->C_DeriveKey(rs, &ecdh, ec, dt, 3, &dk), CKR_KEY_FUNCTION_NOT_PERMITTED);
-	CU_ASSERT_EQUAL(f->C_DecryptInit(rs, &ecdsa, ec), CKR_KEY_FUNCTION_NOT_PERMITTED);
-	CU_ASSERT_EQUAL(f->C_SignInit(rs, &ecdsa, ed), CKR_MECHANISM_INVALID);
+	CU_ASSERT_EQUAL(refused(f->C_DecryptInit(rs, &ecdsa, ec)), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CU_ASSERT_EQUAL(refused(f->C_SignInit(rs, &ecdsa, ed)), CKR_MECHANISM_INVALID);
 	/* HMAC: its one hash only; no encryption. */
-	CU_ASSERT_EQUAL(f->C_SignInit(rs, &sha512_hmac, mac), CKR_MECHANISM_INVALID);
-	CU_ASSERT_EQUAL(f->C_EncryptInit(rs, &aes_cbc, mac), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CU_ASSERT_EQUAL(refused(f->C_SignInit(rs, &sha512_hmac, mac)), CKR_MECHANISM_INVALID);
+	CU_ASSERT_EQUAL(refused(f->C_EncryptInit(rs, &aes_cbc, mac)), CKR_KEY_FUNCTION_NOT_PERMITTED);
 	/* AES: GCM only; no MAC, no key wrapping. */
-	CU_ASSERT_EQUAL(f->C_EncryptInit(rs, &aes_cbc, aes), CKR_MECHANISM_INVALID);
-	CU_ASSERT_EQUAL(f->C_SignInit(rs, &sha256_hmac, aes), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CU_ASSERT_EQUAL(refused(f->C_EncryptInit(rs, &aes_cbc, aes)), CKR_MECHANISM_INVALID);
+	CU_ASSERT_EQUAL(refused(f->C_SignInit(rs, &sha256_hmac, aes)), CKR_KEY_FUNCTION_NOT_PERMITTED);
 	outlen = sizeof(out);
 	CU_ASSERT_EQUAL(f->C_WrapKey(rs, &aes_wrap, aes, mac, out, &outlen),
 			CKR_KEY_FUNCTION_NOT_PERMITTED);
@@ -460,6 +483,60 @@ test_unmodifiable(void)
 	cf_buf_free(out);
 }
 
+static void
+report(const char *msg)
+{
+	fprintf(stderr, "\n  reconciliation: %s", msg);
+}
+
+/* The daemon's own paths: CreateKey, ImportKey and RotateKey go through the
+ * keyring; API-key secrets through apikeys. */
+static void
+test_keyring_and_api_keys(void)
+{
+	static const struct { const char *name; enum cf_key_type type; } made[] = {
+		{ "kr-ec", CF_KEY_EC_P384 }, { "kr-ed", CF_KEY_ED25519 },
+		{ "kr-rsa", CF_KEY_RSA_2048 }, { "kr-mac", CF_KEY_HMAC_SHA512 },
+		{ "kr-aes", CF_KEY_AES_256 },
+	};
+	char dir[400], label[200];
+	struct store_key info;
+	struct store_apikey ak;
+	store *st = NULL;
+	keyring *kr = NULL;
+	apikeys *aks = NULL;
+	cf_secret *m = NULL, *secret = NULL;
+	unsigned mismatches = 0;
+
+	snprintf(dir, sizeof(dir), "%s/units", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CHECK_OK(store_open(dir, &st));
+	CHECK_OK(keyring_open(p11, st, NULL, report, NULL, &kr));
+	for (size_t i = 0; i < sizeof(made) / sizeof(made[0]); i++) {
+		CHECK_OK(keyring_create(kr, made[i].name, made[i].type, 0, 0, &info));
+		keyring_info_free(&info);
+		CU_ASSERT_EQUAL(check_key(made[i].name, made[i].type, 0), 0);
+	}
+	CHECK_OK(keyring_rotate(kr, "kr-aes", &info));
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(check_keyv("kr-aes", 2, CF_KEY_AES_256, 0), 0);
+	CHECK_OK(cf_secret_new(48, &m));
+	CU_ASSERT_FATAL(RAND_bytes(cf_secret_ptr(m), 48) == 1);
+	CHECK_OK(keyring_import(kr, "kr-imp", CF_KEY_HMAC_SHA384, m, 0, &info));
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL(check_key("kr-imp", CF_KEY_HMAC_SHA384, 0), 0);
+	CHECK_OK(apikeys_open(p11, st, report, &mismatches, &aks));
+	CHECK_OK(apikeys_create(aks, "someone", NULL, (int64_t)time(NULL), &ak, &secret));
+	CU_ASSERT_EQUAL_FATAL(ak.nsecrets, 1);
+	snprintf(label, sizeof(label), "%s%s", APIKEYS_OBJECT_PREFIX, ak.id);
+	CU_ASSERT_EQUAL(check_keyv(label, ak.secrets[0].generation, CF_KEY_HMAC_SHA256, 0), 0);
+	cf_secret_free(secret);
+	cf_secret_free(m);
+	apikeys_close(aks);
+	keyring_close(kr);
+	store_close(st);
+}
+
 /* The keys cofferd makes for itself at start: the session identity key and
  * the audit seal key. */
 static void
@@ -482,6 +559,7 @@ main(void)
 		{ "imported keys: usage, allowed mechanisms, sensitivity", test_imported },
 		{ "the token refuses what the attributes forbid", test_token_refuses },
 		{ "unmodifiable keys copy, work and get destroyed", test_unmodifiable },
+		{ "keys made by the daemon's keyring and API-key secrets", test_keyring_and_api_keys },
 		{ "the daemon's identity and audit seal keys", test_daemon_keys },
 		{ NULL, NULL },
 	};
