@@ -484,9 +484,9 @@ test_unmodifiable(void)
 }
 
 static void
-report(const char *msg)
+report(const char *text)
 {
-	fprintf(stderr, "\n  reconciliation: %s", msg);
+	fprintf(stderr, "\n  reconciliation: %s", text);
 }
 
 /* The daemon's own paths: CreateKey, ImportKey and RotateKey go through the
