@@ -483,10 +483,12 @@ test_unmodifiable(void)
 	cf_buf_free(out);
 }
 
+/* Reconciliation reports the keys the earlier cases made through the layer
+ * alone (no registry record): expected here, so not printed. */
 static void
 report(const char *text)
 {
-	fprintf(stderr, "\n  reconciliation: %s", text);
+	(void)text;
 }
 
 /* The daemon's own paths: CreateKey, ImportKey and RotateKey go through the
