@@ -415,8 +415,10 @@ COFFER_API void coffer_key_list_free(struct coffer_key_list *l);       /* NULL o
 /* ---- AdminService (admin socket) ----
  * `out` may be NULL when the resulting key metadata is not wanted. */
 
-/* Generate a key (version 1) in the token. `exportable` (HMAC and AES only)
- * lets the secret be wrapped out of the token later. */
+/* Generate a key (version 1) in the token. `exportable` must be 0: key
+ * material never leaves the token, and the daemon refuses 1 with
+ * COFFER_E_INVALID_ARG ("exportable keys are not supported: ..."); the same
+ * for coffer_create_key_limited and coffer_import_key. */
 COFFER_API int coffer_create_key(coffer_client *c, const char *name, enum coffer_key_type type,
     int exportable, struct coffer_key_info **out);
 

@@ -65,7 +65,7 @@ struct ctl {
 
 enum opt_id {
 	O_SOCKET, O_ADMIN_SOCKET, O_JSON, O_TIMEOUT, O_HELP, O_IDENTITY,
-	O_TYPE, O_EXPORTABLE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
+	O_TYPE, O_IN, O_OUT, O_VERSION, O_DER, O_HASH, O_SCHEME,
 	O_RAW, O_PREHASHED, O_SIG, O_MAC, O_CONTEXT, O_ADMIN, O_SERVICE, O_LENGTH,
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
 	O_IMPORT, O_COUNT, O_IDEM, O_FORCE, O_GRACE, O_MIN_VERSION, O_MIN_VERIFY, O_KEEP_LAST,
@@ -87,7 +87,6 @@ static const struct option all_options[O__COUNT] = {
 	[O_HELP] = { "help", no_argument, NULL, OPT_BASE + O_HELP },
 	[O_IDENTITY] = { "identity", required_argument, NULL, OPT_BASE + O_IDENTITY },
 	[O_TYPE] = { "type", required_argument, NULL, OPT_BASE + O_TYPE },
-	[O_EXPORTABLE] = { "exportable", no_argument, NULL, OPT_BASE + O_EXPORTABLE },
 	[O_IN] = { "in", required_argument, NULL, OPT_BASE + O_IN },
 	[O_OUT] = { "out", required_argument, NULL, OPT_BASE + O_OUT },
 	[O_VERSION] = { "version", required_argument, NULL, OPT_BASE + O_VERSION },
@@ -140,7 +139,7 @@ struct opts {
 	const char *hash, *scheme;
 	uint32_t version, length;
 	int have_version;
-	int exportable, der, raw, prehashed, admin;
+	int der, raw, prehashed, admin;
 	struct coffer_kv *ctx;  /* keys strdup()ed, values borrowed from argv */
 	size_t nctx;
 	uint32_t ids[2][64];    /* principal --uid, --gid */
@@ -667,7 +666,6 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 			rc = EXIT_HELP_DONE;
 			goto out;
 		case O_TYPE: o->type = arg; break;
-		case O_EXPORTABLE: o->exportable = 1; break;
 		case O_IN: o->in = arg; break;
 		case O_OUT: o->out = arg; break;
 		case O_VERSION:
@@ -1108,7 +1106,7 @@ input_job(struct ctl *ctl, const struct opts *o, job_call call, job_put put,
 static int
 call_create_key(coffer_client *c, const struct opts *o, struct job *j)
 {
-	struct coffer_create_opts co = { j->type, o->exportable, o->have_op_all ? 0 : o->ops,
+	struct coffer_create_opts co = { j->type, 0, o->have_op_all ? 0 : o->ops,
 	    o->period };
 
 	return coffer_create_key_opts(c, o->args[0], &co, &j->key);
@@ -1119,8 +1117,7 @@ call_import_key(coffer_client *c, const struct opts *o, struct job *j)
 {
 	int r;
 
-	r = coffer_import_key(c, o->args[0], j->type, j->in.data, j->in.len,
-	    o->exportable, &j->key);
+	r = coffer_import_key(c, o->args[0], j->type, j->in.data, j->in.len, 0, &j->key);
 	coffer_bytes_free(&j->in);
 	return r;
 }
@@ -2624,25 +2621,23 @@ cmd_health(struct ctl *ctl, const struct opts *o)
 #define SIGN_OPTS (B(O_HASH) | B(O_SCHEME) | B(O_RAW) | B(O_PREHASHED))
 
 static const struct cmd commands[] = {
-	{ "key create", cmd_key_create, B(O_TYPE) | B(O_EXPORTABLE) | B(O_OP) | B(O_PERIOD), 1, 1,
-	  "key create NAME --type TYPE [--exportable] [--op LIST] [--rotation-period D]",
+	{ "key create", cmd_key_create, B(O_TYPE) | B(O_OP) | B(O_PERIOD), 1, 1,
+	  "key create NAME --type TYPE [--op LIST] [--rotation-period D]",
 	  "Generate a new key (version 1) in the token. Uses the admin socket.\n"
 	  "  --type TYPE     ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096,\n"
 	  "                  hmac-sha256, hmac-sha384, hmac-sha512, aes-256\n"
-	  "  --exportable    HMAC/AES only: the secret may be wrapped out of the token\n"
 	  "  --op LIST       the key's own limit: only these operations (comma-\n"
 	  "                  separated, fitting its purpose), whatever is granted\n"
 	  "  --rotation-period D  the daemon rotates the key every D (e.g. 90d; see\n"
 	  "                  key set-rotation)\n"
 	  "Prints the key's metadata." },
-	{ "key import", cmd_key_import, B(O_TYPE) | B(O_EXPORTABLE) | B(O_IN), 1, 1,
-	  "key import NAME --type TYPE --in FILE|- [--exportable]",
+	{ "key import", cmd_key_import, B(O_TYPE) | B(O_IN), 1, 1,
+	  "key import NAME --type TYPE --in FILE|-",
 	  "Import raw secret material as a new key. Uses the admin socket.\n"
 	  "  --type TYPE     hmac-sha256, hmac-sha384, hmac-sha512 (hash length ..\n"
 	  "                  512 bytes) or aes-256 (32 bytes)\n"
 	  "  --in FILE|-     raw key bytes from FILE or stdin (taken verbatim: no\n"
 	  "                  newline stripping, no decoding); never echoed\n"
-	  "  --exportable    the secret may be wrapped out of the token\n"
 	  "Prints the key's metadata." },
 	{ "key list", cmd_key_list, B(O_ADMIN), 0, 0,
 	  "key list [--admin]",

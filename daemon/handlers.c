@@ -860,6 +860,17 @@ check_type(Coffer__V1__KeyType t)
 	return CF_OK;
 }
 
+/* The exportable field is kept in the proto only to be refused. */
+static int
+refuse_exportable(int exportable, const char *verb)
+{
+	if (!exportable)
+		return CF_OK;
+	return cf_error(CF_E_INVALID_ARG, "exportable keys are not supported: Coffer never "
+			"exports key material (use Wrap/GenerateDataKey for data keys); %s the key "
+			"without exportable", verb);
+}
+
 static int
 h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
@@ -870,11 +881,12 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 
 	memset(&info, 0, sizeof(info));
 	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	    (r = refuse_exportable(req->exportable, "create")) != CF_OK ||
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
 			   &ops)) != CF_OK)
 		return r;
 	return h_key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
-					     req->exportable, ops, req->rotation_period, &info),
+					     ops, req->rotation_period, &info),
 				&info, resp);
 }
 
@@ -890,14 +902,14 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	memset(&info, 0, sizeof(info));
 	if ((r = h_require_sealed(c, "ImportKey", "carries key material")) != CF_OK ||
 	    (r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	    (r = refuse_exportable(req->exportable, "import")) != CF_OK ||
 	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK ||
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
 			   &ops)) != CF_OK)
 		return r;
 	if ((r = cf_secret_from(req->material.data, req->material.len, &mat)) != CF_OK)
 		return r;
-	r = keyring_import(c->kr, req->name, (enum cf_key_type)req->type, mat, req->exportable,
-			   ops, &info);
+	r = keyring_import(c->kr, req->name, (enum cf_key_type)req->type, mat, ops, &info);
 	cf_secret_free(mat);
 	return h_key_response(r, &info, resp);
 }

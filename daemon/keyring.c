@@ -285,7 +285,7 @@ now_unix(void)
  * same transaction), or calls unmake() if it cannot. */
 static int
 make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type type,
-	     unsigned flags, const cf_secret *material, uint8_t id[STORE_CKAID_LEN],
+	     const cf_secret *material, uint8_t id[STORE_CKAID_LEN],
 	     int64_t *intent, cf_p11_key **h)
 {
 	int r;
@@ -295,8 +295,8 @@ make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type t
 		return cf_error(CF_E_INTERNAL, "random number generator failed");
 	if ((r = store_intent_add(kr->st, STORE_INTENT_MAKE, name, version, id, intent)) != CF_OK)
 		return r;
-	r = material ? cf_p11_key_import_id(kr->p11, name, version, type, material, flags, id, h)
-		     : cf_p11_key_generate_id(kr->p11, name, version, type, flags, id, h);
+	r = material ? cf_p11_key_import_id(kr->p11, name, version, type, material, 0, id, h)
+		     : cf_p11_key_generate_id(kr->p11, name, version, type, 0, id, h);
 	if (r == CF_E_EXISTS)
 		r = cf_error(CF_E_EXISTS, "the token already holds objects labelled %s version %u "
 			     "that no record claims (see cofferd's reconciliation report); remove "
@@ -337,13 +337,12 @@ check_period(const keyring *kr, int64_t period)
 }
 
 static int
-kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	uint32_t allowed_ops, int64_t period, const cf_secret *material, struct store_key *out)
+kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_ops,
+	int64_t period, const cf_secret *material, struct store_key *out)
 {
 	struct store_version meta = { .version = 1, .state = STORE_ENABLED, .created = now_unix() };
 	int64_t intent = 0;
 	struct store_key sk;
-	unsigned flags = exportable ? CF_P11_EXPORTABLE : 0;
 	struct kr_key *k = NULL;
 	cf_p11_key *h = NULL;
 	int found, r;
@@ -355,14 +354,12 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 				"for Coffer's own keys", KEYRING_RESERVED_PREFIX);
 	if (type <= CF_KEY_NONE || type >= CF_KEY__COUNT)
 		return cf_error(CF_E_INVALID_ARG, "key type is missing or unknown");
-	if (exportable && cf_key_type_is_asymmetric(type))
-		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be exportable");
 	if ((r = check_period(kr, period)) != CF_OK)
 		return r;
 	memset(&sk, 0, sizeof(sk));
 	snprintf(sk.name, sizeof(sk.name), "%s", name);
 	sk.type = type;
-	sk.exportable = exportable;
+	sk.exportable = 0; /* key material never leaves the token */
 	sk.allowed_ops = allowed_ops;
 	sk.created = meta.created;
 	sk.primary = 1;
@@ -376,7 +373,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, int exportable,
 		r = cf_error(CF_E_EXISTS, "key %s already exists", name);
 		goto out;
 	}
-	if ((r = make_version(kr, name, 1, type, flags, material, meta.ckaid, &intent, &h)) !=
+	if ((r = make_version(kr, name, 1, type, material, meta.ckaid, &intent, &h)) !=
 	    CF_OK)
 		goto out;
 	if ((r = store_key_create(kr->st, &sk, meta.ckaid, intent)) != CF_OK) {
@@ -407,20 +404,19 @@ out:
 }
 
 int
-keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-	       uint32_t allowed_ops, int64_t rotation_period, struct store_key *out)
+keyring_create(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_ops,
+	       int64_t rotation_period, struct store_key *out)
 {
-	return kr_make(kr, name, type, exportable, allowed_ops, rotation_period, NULL, out);
+	return kr_make(kr, name, type, allowed_ops, rotation_period, NULL, out);
 }
 
 int
 keyring_import(keyring *kr, const char *name, enum cf_key_type type,
-	       const cf_secret *material, int exportable, uint32_t allowed_ops,
-	       struct store_key *out)
+	       const cf_secret *material, uint32_t allowed_ops, struct store_key *out)
 {
 	if (cf_key_type_is_asymmetric(type))
 		return cf_error(CF_E_INVALID_ARG, "only HMAC and AES keys can be imported");
-	return kr_make(kr, name, type, exportable, allowed_ops, 0, material, out);
+	return kr_make(kr, name, type, allowed_ops, 0, material, out);
 }
 
 int
@@ -477,9 +473,8 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 		r = cf_error(CF_E_EXHAUSTED, "key %s has reached the version limit", name);
 		goto out;
 	}
-	if ((r = make_version(kr, name, meta.version, k->m.type,
-			      k->m.exportable && !cf_key_type_is_asymmetric(k->m.type) ?
-			      CF_P11_EXPORTABLE : 0, NULL, meta.ckaid, &intent, &h)) != CF_OK)
+	/* Never extractable, even for a key an earlier release made exportable. */
+	if ((r = make_version(kr, name, meta.version, k->m.type, NULL, meta.ckaid, &intent, &h)) != CF_OK)
 		goto out;
 	if ((r = store_version_add(kr->st, name, meta.version, meta.ckaid, meta.created, next,
 				   intent)) != CF_OK) {

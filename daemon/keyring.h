@@ -60,11 +60,10 @@ void keyring_close(keyring *kr);
  * the intent is recorded before the token is touched, and the version with
  * its CKA_ID in one transaction after; CF_E_EXISTS if objects nobody
  * recorded already carry the label (never a second set beside them). */
-int keyring_create(keyring *kr, const char *name, enum cf_key_type type, int exportable,
-		   uint32_t allowed_ops, int64_t rotation_period, struct store_key *out);
+int keyring_create(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_ops,
+		   int64_t rotation_period, struct store_key *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
-		   const cf_secret *material, int exportable, uint32_t allowed_ops,
-		   struct store_key *out);
+		   const cf_secret *material, uint32_t allowed_ops, struct store_key *out);
 /* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
 int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
 /* New version, made primary; the next scheduled rotation is one period on. */

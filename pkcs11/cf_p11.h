@@ -20,9 +20,19 @@
  * Objects: each key version is stored with CKA_LABEL "coffer/<name>/<version>"
  * and CKA_ID = the first 16 bytes of SHA-256 of that label, on every object of
  * the version (private + public, or the secret). Private and secret objects
- * are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE = TRUE and CKA_EXTRACTABLE = FALSE
- * unless CF_P11_EXPORTABLE is asked for. HMAC secrets carry
- * CKA_ALLOWED_MECHANISMS with their one HMAC mechanism.
+ * are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE = TRUE and CKA_EXTRACTABLE = FALSE:
+ * key material never leaves the token. Every object has every usage
+ * attribute of its class set (TRUE only for what Coffer does with it) and
+ * CKA_ALLOWED_MECHANISMS = exactly the mechanisms Coffer runs with it
+ * (token objects stay CKA_MODIFIABLE: SoftHSM cannot make session copies of
+ * unmodifiable ones; the session copies the layer uses are unmodifiable):
+ *   EC P-256/P-384  private SIGN (+ DERIVE with CF_P11_DERIVE), public VERIFY;
+ *                   CKM_ECDSA (+ CKM_ECDH1_DERIVE on a CF_P11_DERIVE private key)
+ *   Ed25519         private SIGN, public VERIFY; CKM_EDDSA
+ *   RSA             private SIGN, public VERIFY; CKM_RSA_PKCS, CKM_RSA_PKCS_PSS
+ *   HMAC            secret SIGN, VERIFY; its one CKM_SHA*_HMAC (which also
+ *                   records the hash)
+ *   AES-256         secret ENCRYPT, DECRYPT; CKM_AES_GCM
  */
 #ifndef COFFER_CF_P11_H
 #define COFFER_CF_P11_H
@@ -42,7 +52,6 @@ typedef struct cf_p11_key cf_p11_key;
 #define CF_P11_MAX_AAD       (64u << 10) /* GCM additional authenticated data */
 #define CF_P11_MAX_SIG       512         /* longest signature (RSA-4096) */
 #define CF_P11_MAX_SECRET    512         /* longest importable HMAC secret */
-#define CF_P11_MAX_WRAPPED   8192        /* longest wrapped-key blob accepted */
 #define CF_GCM_IV_LEN        12
 #define CF_GCM_TAG_LEN       16
 
@@ -71,11 +80,11 @@ void cf_p11_close(cf_p11 *p);
 
 /* ---- keys ---- */
 
-#define CF_P11_EXPORTABLE 0x1u /* secret key may be wrapped out (CKA_EXTRACTABLE) */
+/* 0x1 was CF_P11_EXPORTABLE: gone, key material never leaves the token. */
 #define CF_P11_DERIVE     0x2u /* EC P-256/P-384 private key may run ECDH */
 
 /* Generate a new version inside the token. CF_E_EXISTS if the name/version is
- * taken, CF_E_INVALID_ARG for a bad name or version. */
+ * taken, CF_E_INVALID_ARG for a bad name, version or flag. */
 int cf_p11_key_generate(cf_p11 *p, const char *name, uint32_t version,
 			enum cf_key_type type, unsigned flags, cf_p11_key **out);
 
@@ -106,8 +115,8 @@ int cf_p11_key_open(cf_p11 *p, const char *name, uint32_t version, cf_p11_key **
 int cf_p11_key_open_id(cf_p11 *p, const char *name, uint32_t version, const uint8_t *id,
 		       cf_p11_key **out);
 
-/* The daemon's own keys: open name/version, or generate it (not
- * exportable) when the token has none (*created = 1). CF_E_CONFIG if the
+/* The daemon's own keys: open name/version, or generate it when the
+ * token has none (*created = 1). CF_E_CONFIG if the
  * object there is of another type. */
 int cf_p11_key_ensure(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
 		      cf_p11_key **out, int *created);
@@ -188,14 +197,6 @@ int cf_p11_gcm_encrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
 int cf_p11_gcm_decrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
 		       const uint8_t iv[CF_GCM_IV_LEN], const uint8_t *ct, size_t ctlen,
 		       cf_secret **pt);
-
-/* ---- key transport: AES key wrap with padding (RFC 5649) ---- */
-/* Wrap `target` (a CF_P11_EXPORTABLE secret key) under AES key `wrapping`. */
-int cf_p11_wrap_key(cf_p11_key *wrapping, cf_p11_key *target, cf_buf *out);
-/* Unwrap a blob into a new token object name/version of `type`. */
-int cf_p11_unwrap_key(cf_p11_key *wrapping, const uint8_t *blob, size_t bloblen,
-		      const char *name, uint32_t version, enum cf_key_type type,
-		      unsigned flags, cf_p11_key **out);
 
 /* ---- ECDH (CKM_ECDH1_DERIVE, CKD_NULL) ---- */
 /* Shared secret (x coordinate) of this token-held EC key (made with

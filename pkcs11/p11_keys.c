@@ -12,7 +12,7 @@
 #include "cf_status.h"
 
 #define LABEL_PREFIX "coffer/"
-#define MAX_TEMPLATE 20
+#define MAX_TEMPLATE 32
 #define LIST_MAX 100000
 
 static CK_BBOOL p11_true = CK_TRUE;
@@ -42,14 +42,82 @@ tpl_bool(struct p11_template *t, CK_ATTRIBUTE_TYPE type, int v)
 	tpl_add(t, type, v ? &p11_true : &p11_false, sizeof(CK_BBOOL));
 }
 
-static CK_MECHANISM_TYPE
-hmac_mech(enum cf_key_type t)
+/*
+ * What each key may do inside the token: exactly the mechanisms Coffer runs
+ * with it (p11_ops.c) and the usage attributes those need; every other usage
+ * attribute is set FALSE explicitly (SoftHSM leaves CKA_DECRYPT, CKA_UNWRAP
+ * and CKA_SIGN_RECOVER TRUE on a private key, CKA_ENCRYPT, CKA_WRAP and
+ * CKA_VERIFY_RECOVER on a public key, unless told otherwise).
+ */
+#define U_SIGN    0x001u
+#define U_VERIFY  0x002u
+#define U_ENCRYPT 0x004u
+#define U_DECRYPT 0x008u
+#define U_WRAP    0x010u
+#define U_UNWRAP  0x020u
+#define U_SIGNREC 0x040u
+#define U_VERREC  0x080u
+#define U_DERIVE  0x100u
+
+static const CK_MECHANISM_TYPE mechs_ecdsa[] = { CKM_ECDSA };
+static const CK_MECHANISM_TYPE mechs_ecdh[] = { CKM_ECDSA, CKM_ECDH1_DERIVE };
+static const CK_MECHANISM_TYPE mechs_eddsa[] = { CKM_EDDSA };
+/* PKCS#1 v1.5 over a DigestInfo built on the host, and PSS over a digest. */
+static const CK_MECHANISM_TYPE mechs_rsa[] = { CKM_RSA_PKCS, CKM_RSA_PKCS_PSS };
+static const CK_MECHANISM_TYPE mechs_hmac256[] = { CKM_SHA256_HMAC };
+static const CK_MECHANISM_TYPE mechs_hmac384[] = { CKM_SHA384_HMAC };
+static const CK_MECHANISM_TYPE mechs_hmac512[] = { CKM_SHA512_HMAC };
+static const CK_MECHANISM_TYPE mechs_aes[] = { CKM_AES_GCM };
+
+/* The allowed mechanisms of a key type (private/secret and public alike):
+ * the HMAC entry has exactly one, which also records the hash
+ * (p11_detect_type reads it back). */
+static void
+tpl_mechs(struct p11_template *t, enum cf_key_type type, int derive)
 {
-	switch (t) {
-	case CF_KEY_HMAC_SHA384: return CKM_SHA384_HMAC;
-	case CF_KEY_HMAC_SHA512: return CKM_SHA512_HMAC;
-	default: return CKM_SHA256_HMAC;
+	const CK_MECHANISM_TYPE *m;
+	size_t n;
+
+#define MECHS(a) do { m = (a); n = sizeof(a); } while (0)
+	switch (type) {
+	case CF_KEY_EC_P256:
+	case CF_KEY_EC_P384:
+		if (derive)
+			MECHS(mechs_ecdh);
+		else
+			MECHS(mechs_ecdsa);
+		break;
+	case CF_KEY_ED25519: MECHS(mechs_eddsa); break;
+	case CF_KEY_HMAC_SHA256: MECHS(mechs_hmac256); break;
+	case CF_KEY_HMAC_SHA384: MECHS(mechs_hmac384); break;
+	case CF_KEY_HMAC_SHA512: MECHS(mechs_hmac512); break;
+	case CF_KEY_AES_256: MECHS(mechs_aes); break;
+	default: MECHS(mechs_rsa); break;
 	}
+#undef MECHS
+	tpl_add(t, CKA_ALLOWED_MECHANISMS, m, n);
+}
+
+/* Every usage attribute the object class has (PKCS#11 4.8-4.10), TRUE for
+ * those in `on`, FALSE for the rest. */
+static void
+tpl_usage(struct p11_template *t, CK_OBJECT_CLASS cls, unsigned on)
+{
+	static const struct { CK_ATTRIBUTE_TYPE a; unsigned bit; } all[] = {
+		{ CKA_SIGN, U_SIGN }, { CKA_VERIFY, U_VERIFY }, { CKA_ENCRYPT, U_ENCRYPT },
+		{ CKA_DECRYPT, U_DECRYPT }, { CKA_WRAP, U_WRAP }, { CKA_UNWRAP, U_UNWRAP },
+		{ CKA_SIGN_RECOVER, U_SIGNREC }, { CKA_VERIFY_RECOVER, U_VERREC },
+		{ CKA_DERIVE, U_DERIVE },
+	};
+	unsigned has = cls == CKO_PRIVATE_KEY ?
+		       U_SIGN | U_DECRYPT | U_UNWRAP | U_SIGNREC | U_DERIVE :
+		       cls == CKO_PUBLIC_KEY ?
+		       U_VERIFY | U_ENCRYPT | U_WRAP | U_VERREC | U_DERIVE :
+		       U_SIGN | U_VERIFY | U_ENCRYPT | U_DECRYPT | U_WRAP | U_UNWRAP | U_DERIVE;
+
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (has & all[i].bit)
+			tpl_bool(t, all[i].a, (on & all[i].bit) != 0);
 }
 
 static int
@@ -82,14 +150,26 @@ p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type
 	return CF_OK;
 }
 
-/* Attributes shared by every private or secret object we create. */
+/*
+ * CKA_MODIFIABLE stays TRUE on token objects: SoftHSM 2.6.1 refuses
+ * C_CopyObject of an unmodifiable object with a CKA_TOKEN=FALSE template
+ * (CKR_ATTRIBUTE_READ_ONLY, measured by tests/p11_attrs.c), and the session
+ * copies are what keep crypto at full speed (DESIGN 5). The copies the layer
+ * works with are made CKA_MODIFIABLE=FALSE (p11_copy); the layer never calls
+ * C_SetAttributeValue.
+ */
+#define TOKEN_OBJECTS_MODIFIABLE 1
+
+/* Attributes shared by every private or secret object we create: the
+ * material never leaves the token. */
 static void
-tpl_private(struct p11_template *t, const cf_p11_key *k, unsigned flags)
+tpl_private(struct p11_template *t, const cf_p11_key *k)
 {
 	tpl_bool(t, CKA_TOKEN, 1);
 	tpl_bool(t, CKA_PRIVATE, 1);
 	tpl_bool(t, CKA_SENSITIVE, 1);
-	tpl_bool(t, CKA_EXTRACTABLE, (flags & CF_P11_EXPORTABLE) != 0);
+	tpl_bool(t, CKA_EXTRACTABLE, 0);
+	tpl_bool(t, CKA_MODIFIABLE, TOKEN_OBJECTS_MODIFIABLE);
 	tpl_add(t, CKA_LABEL, k->label, strlen(k->label));
 	tpl_add(t, CKA_ID, k->id, sizeof(k->id));
 }
@@ -98,27 +178,21 @@ static CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
 static CK_KEY_TYPE generic_type = CKK_GENERIC_SECRET;
 static CK_KEY_TYPE aes_type = CKK_AES;
 
-/* Template for a secret key (HMAC or AES); mechs/value_len must outlive t. */
+/* Template for a secret key (HMAC or AES); value_len must outlive t.
+ * HMAC: CKM_SHA*_HMAC sign and verify. AES: CKM_AES_GCM encrypt and decrypt. */
 static void
-tpl_secret(struct p11_template *t, const cf_p11_key *k, unsigned flags,
-	   CK_MECHANISM_TYPE *mech, CK_ULONG *value_len)
+tpl_secret(struct p11_template *t, const cf_p11_key *k, CK_ULONG *value_len)
 {
 	tpl_add(t, CKA_CLASS, &secret_class, sizeof(secret_class));
-	tpl_private(t, k, flags);
+	tpl_private(t, k);
 	if (cf_key_type_is_hmac(k->type)) {
 		tpl_add(t, CKA_KEY_TYPE, &generic_type, sizeof(generic_type));
-		tpl_bool(t, CKA_SIGN, 1);
-		tpl_bool(t, CKA_VERIFY, 1);
-		*mech = hmac_mech(k->type);
-		/* Pins the key to its one hash inside the token; also records the type. */
-		tpl_add(t, CKA_ALLOWED_MECHANISMS, mech, sizeof(*mech));
+		tpl_usage(t, CKO_SECRET_KEY, U_SIGN | U_VERIFY);
 	} else {
 		tpl_add(t, CKA_KEY_TYPE, &aes_type, sizeof(aes_type));
-		tpl_bool(t, CKA_ENCRYPT, 1);
-		tpl_bool(t, CKA_DECRYPT, 1);
-		tpl_bool(t, CKA_WRAP, 1);
-		tpl_bool(t, CKA_UNWRAP, 1);
+		tpl_usage(t, CKO_SECRET_KEY, U_ENCRYPT | U_DECRYPT);
 	}
+	tpl_mechs(t, k->type, 0);
 	if (value_len != NULL)
 		tpl_add(t, CKA_VALUE_LEN, value_len, sizeof(*value_len));
 }
@@ -291,14 +365,17 @@ p11_destroy_copies(cf_p11_key *k)
 	k->use_pub = k->pub;
 }
 
-/* Session copy on the anchor session: it lives as long as the anchor and its
- * material never leaves the token. */
+/* Session copy on the anchor session: it lives as long as the anchor, its
+ * material never leaves the token, and none of its attributes can change. */
 static CK_RV
 p11_copy(cf_p11 *p, CK_OBJECT_HANDLE from, CK_OBJECT_HANDLE *to)
 {
-	CK_ATTRIBUTE t[] = { { CKA_TOKEN, &p11_false, sizeof(p11_false) } };
+	CK_ATTRIBUTE t[] = {
+		{ CKA_TOKEN, &p11_false, sizeof(p11_false) },
+		{ CKA_MODIFIABLE, &p11_false, sizeof(p11_false) },
+	};
 
-	return p->f->C_CopyObject(p->anchor, from, t, 1, to);
+	return p->f->C_CopyObject(p->anchor, from, t, 2, to);
 }
 
 CK_RV
@@ -374,14 +451,19 @@ gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
 	CK_ULONG bits = 0;
 	const unsigned char *params;
 	size_t plen;
+	int derive = (g->flags & CF_P11_DERIVE) != 0;
 
 	tpl_bool(&pub, CKA_TOKEN, 1);
 	tpl_bool(&pub, CKA_PRIVATE, 0);
-	tpl_bool(&pub, CKA_VERIFY, 1);
+	tpl_bool(&pub, CKA_MODIFIABLE, TOKEN_OBJECTS_MODIFIABLE);
 	tpl_add(&pub, CKA_LABEL, k->label, strlen(k->label));
 	tpl_add(&pub, CKA_ID, k->id, sizeof(k->id));
-	tpl_private(&priv, k, 0);
-	tpl_bool(&priv, CKA_SIGN, 1);
+	/* The public half only verifies; ECDH uses the private half. */
+	tpl_usage(&pub, CKO_PUBLIC_KEY, U_VERIFY);
+	tpl_mechs(&pub, k->type, 0);
+	tpl_private(&priv, k);
+	tpl_usage(&priv, CKO_PRIVATE_KEY, U_SIGN | (derive ? U_DERIVE : 0));
+	tpl_mechs(&priv, k->type, derive);
 	if (cf_key_type_is_rsa(k->type)) {
 		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
 		bits = k->type == CF_KEY_RSA_2048 ? 2048 : k->type == CF_KEY_RSA_3072 ? 3072 : 4096;
@@ -392,7 +474,6 @@ gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
 			mech.mechanism = CKM_EC_EDWARDS_KEY_PAIR_GEN;
 		params = p11_ec_params(k->type, &plen);
 		tpl_add(&pub, CKA_EC_PARAMS, params, plen);
-		tpl_bool(&priv, CKA_DERIVE, (g->flags & CF_P11_DERIVE) != 0);
 	}
 	return p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &k->pub, &k->priv);
 }
@@ -404,7 +485,6 @@ gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	cf_p11_key *k = g->k;
 	struct p11_template t = { .n = 0 };
 	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
-	CK_MECHANISM_TYPE allowed;
 	CK_ULONG value_len;
 	CK_RV rv;
 
@@ -425,13 +505,13 @@ gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	}
 	value_len = k->type == CF_KEY_AES_256 ? 32 : cf_hash_len(cf_key_default_hash(k->type));
 	if (g->material != NULL) {
-		tpl_secret(&t, k, g->flags, &allowed, NULL);
+		tpl_secret(&t, k, NULL);
 		tpl_add(&t, CKA_VALUE, cf_secret_cptr(g->material), cf_secret_len(g->material));
 		rv = p->f->C_CreateObject(s, t.a, t.n, &k->priv);
 	} else {
 		if (k->type == CF_KEY_AES_256)
 			mech.mechanism = CKM_AES_KEY_GEN;
-		tpl_secret(&t, k, g->flags, &allowed, &value_len);
+		tpl_secret(&t, k, &value_len);
 		rv = p->f->C_GenerateKey(s, &mech, t.a, t.n, &k->priv);
 	}
 out:
@@ -449,10 +529,10 @@ p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type t
 
 	if (type <= CF_KEY_NONE || type >= CF_KEY__COUNT)
 		return cf_error(CF_E_INVALID_ARG, "unknown key type %d", (int)type);
+	if (flags & ~CF_P11_DERIVE)
+		return cf_error(CF_E_INVALID_ARG, "unknown key flags 0x%x", flags & ~CF_P11_DERIVE);
 	if ((flags & CF_P11_DERIVE) && !cf_key_type_is_ec(type))
 		return cf_error(CF_E_WRONG_KEY_TYPE, "only EC keys can be made for ECDH");
-	if ((flags & CF_P11_EXPORTABLE) && cf_key_type_is_asymmetric(type))
-		return cf_error(CF_E_WRONG_KEY_TYPE, "only secret keys can be made exportable");
 	if ((r = p11_key_new(p, name, version, type, id, &g.k)) != CF_OK)
 		return r;
 	rv = p11_run(p, NULL, gen_op, &g);
@@ -517,84 +597,6 @@ cf_p11_key_import_id(cf_p11 *p, const char *name, uint32_t version, enum cf_key_
 				"not %s", cf_key_type_name(type));
 	}
 	return p11_key_create(p, name, version, type, flags, material, id, out);
-}
-
-/* ---- unwrap (creates a token object, so it lives with the writers) ---- */
-
-struct unwrap_arg {
-	cf_p11_key *k;
-	unsigned flags;
-	const uint8_t *blob;
-	size_t len;
-};
-
-static CK_RV
-unwrap_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
-{
-	struct unwrap_arg *u = arg;
-	struct p11_template t = { .n = 0 };
-	CK_MECHANISM mech = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
-	CK_MECHANISM_TYPE allowed;
-	CK_OBJECT_HANDLE existing;
-	int is_secret;
-	CK_RV rv;
-
-	pthread_mutex_lock(&p->write_mu);
-	rv = p11_find_key_object(p, s, u->k, &existing, &is_secret);
-	if (rv == CKR_OK || rv == P11_RV_AMBIGUOUS) {
-		rv = P11_RV_AMBIGUOUS;
-		goto out;
-	}
-	if (rv != P11_RV_NOT_FOUND)
-		goto out;
-	tpl_secret(&t, u->k, u->flags, &allowed, NULL);
-	rv = p->f->C_UnwrapKey(s, &mech, h->priv, (CK_BYTE_PTR)u->blob, u->len, t.a, t.n,
-			       &u->k->priv);
-out:
-	pthread_mutex_unlock(&p->write_mu);
-	return rv;
-}
-
-int
-cf_p11_unwrap_key(cf_p11_key *wrapping, const uint8_t *blob, size_t bloblen, const char *name,
-		  uint32_t version, enum cf_key_type type, unsigned flags, cf_p11_key **out)
-{
-	struct unwrap_arg u = { NULL, flags, blob, bloblen };
-	CK_RV rv;
-	int r;
-
-	if (wrapping->type != CF_KEY_AES_256)
-		return cf_error(CF_E_WRONG_KEY_TYPE, "unwrapping needs an aes-256 key, %s is %s",
-				wrapping->name, cf_key_type_name(wrapping->type));
-	if (!cf_key_type_is_hmac(type) && type != CF_KEY_AES_256)
-		return cf_error(CF_E_WRONG_KEY_TYPE, "only HMAC and AES keys can be unwrapped");
-	if (bloblen > CF_P11_MAX_WRAPPED)
-		return cf_error(CF_E_TOO_LARGE, "wrapped key of %zu bytes exceeds %u", bloblen,
-				CF_P11_MAX_WRAPPED);
-	if (bloblen < 16 || bloblen % 8 != 0)
-		return cf_error(CF_E_DECRYPT, "wrapped key of %zu bytes is not an RFC 5649 blob",
-				bloblen);
-	if ((r = p11_key_new(wrapping->p, name, version, type, NULL, &u.k)) != CF_OK)
-		return r;
-	rv = p11_run(wrapping->p, wrapping, unwrap_op, &u);
-	/* SoftHSM reports a failed RFC 5649 integrity check as CKR_GENERAL_ERROR. */
-	if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
-		r = cf_error(CF_E_DECRYPT, "unwrapping failed: the blob was altered or wrapped "
-			     "under another key");
-		goto out;
-	}
-	if (rv == P11_RV_AMBIGUOUS) {
-		r = cf_error(CF_E_EXISTS, "key %s version %u already exists in the token", name,
-			     version);
-		goto out;
-	}
-	if ((r = p11_status(rv, "unwrapping the key")) != CF_OK)
-		goto out;
-	*out = u.k;
-	u.k = NULL;
-out:
-	cf_p11_key_free(u.k);
-	return r;
 }
 
 /* ---- lookup ---- */

@@ -1,5 +1,5 @@
 /* Cryptographic operations on key versions: sign/verify, HMAC, AES-GCM,
- * key wrap and ECDH. Hashing for signatures happens on the host. */
+ * and ECDH. Hashing for signatures happens on the host. */
 #include "p11_internal.h"
 
 #include <pthread.h>
@@ -537,49 +537,6 @@ cf_p11_gcm_decrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
 out:
 	cf_secret_free(plain);
 	return r;
-}
-
-/* ---- key wrap (RFC 5649) ---- */
-
-struct wrap_arg {
-	cf_p11_key *target;
-	uint8_t *out;
-	CK_ULONG outlen;
-};
-
-static CK_RV
-wrap_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
-{
-	struct wrap_arg *w = arg;
-	CK_MECHANISM mech = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
-	struct p11_handles th;
-	CK_RV rv;
-
-	/* We hold the life lock, so the epoch cannot move under us. */
-	if ((rv = p11_key_resolve(w->target, s, p->epoch, &th)) != CKR_OK)
-		return rv;
-	return p->f->C_WrapKey(s, &mech, h->priv, th.priv, w->out, &w->outlen);
-}
-
-int
-cf_p11_wrap_key(cf_p11_key *wrapping, cf_p11_key *target, cf_buf *out)
-{
-	struct wrap_arg w = { target, NULL, CF_P11_MAX_WRAPPED };
-	int r;
-
-	if (wrapping->type != CF_KEY_AES_256)
-		return cf_error(CF_E_WRONG_KEY_TYPE, "wrapping needs an aes-256 key, %s is %s",
-				wrapping->name, cf_key_type_name(wrapping->type));
-	if (cf_key_type_is_asymmetric(target->type))
-		return cf_error(CF_E_WRONG_KEY_TYPE, "only secret keys can be wrapped");
-	if (wrapping->p != target->p)
-		return cf_error(CF_E_INVALID_ARG, "both keys must live in the same token");
-	if ((r = cf_buf_reserve(out, CF_P11_MAX_WRAPPED, &w.out)) != CF_OK)
-		return r;
-	if ((r = p11_status(p11_run(wrapping->p, wrapping, wrap_op, &w), "wrapping the key")) !=
-	    CF_OK)
-		return r;
-	return cf_buf_commit(out, w.outlen);
 }
 
 /* ---- ECDH ---- */

@@ -639,6 +639,26 @@ class BadInputTests(CofferTestCase):
             with self.subTest(req="%s %s" % (type(req).__name__, str(req).replace("\n", " ")[:80])):
                 self.assertCode(SC.INVALID_ARGUMENT, fn, req)
 
+    def test_exportable_refused(self):
+        """Issue 14 (6): nothing leaves the token, so exportable is refused
+        with what to do instead, and no key is made."""
+        text = ("exportable keys are not supported: Coffer never exports key material "
+                "(use Wrap/GenerateDataKey for data keys); %s the key without exportable")
+        err = self.assertCode(SC.INVALID_ARGUMENT, self.admin.CreateKey,
+                              pb.CreateKeyRequest(name="exp-mac", type=pb.HMAC_SHA256,
+                                                  exportable=True))
+        self.assertEqual(err.details(), text % "create")
+        err = self.assertCode(SC.INVALID_ARGUMENT, self.sadmin.ImportKey,
+                              pb.ImportKeyRequest(name="exp-aes", type=pb.AES_256,
+                                                  material=os.urandom(32), exportable=True))
+        self.assertEqual(err.details(), text % "import")
+        for name in ("exp-mac", "exp-aes"):
+            self.assertCode(SC.NOT_FOUND, self.admin.GetKey, pb.GetKeyRequest(name=name))
+        # without the flag the same requests succeed, and the key says not exportable
+        k = self.admin.CreateKey(pb.CreateKeyRequest(name="exp-mac", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+        self.assertFalse(k.exportable)
+
     def test_create_existing_key(self):
         self.assertCode(SC.ALREADY_EXISTS, self.admin.CreateKey,
                         pb.CreateKeyRequest(name="bad-ec", type=pb.EC_P256))
@@ -887,7 +907,7 @@ class LifecycleTests(CofferTestCase):
         for name, t in types.items():
             admin.CreateKey(pb.CreateKeyRequest(name=name, type=t), timeout=60)
         sadmin.ImportKey(pb.ImportKeyRequest(name="r-exp", type=pb.AES_256,
-                                             material=os.urandom(32), exportable=True),
+                                             material=os.urandom(32)),
                          timeout=TIMEOUT)
         msg = b"before restart"
         sigs = {n: [svc.Sign(pb.SignRequest(key=n, message=msg), timeout=TIMEOUT)]

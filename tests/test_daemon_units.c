@@ -435,9 +435,9 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT_EQUAL(mismatches, 0);
-	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "kept", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "lost", CF_KEY_HMAC_SHA256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	keyring_close(kr);
 	kr = NULL;
@@ -456,7 +456,7 @@ test_reconcile(void)
 	CU_ASSERT_EQUAL(keyring_use(kr, "lost", 0, PURPOSE_MAC, USE_NEW, &k, &v), CF_E_PRECONDITION);
 	CU_ASSERT_EQUAL(keyring_use(kr, "stray", 0, PURPOSE_SIGN, USE_NEW, &k, &v), CF_E_NOT_FOUND);
 	/* a create that collides with the stray token object fails and records nothing */
-	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, 0, &info), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stray", CF_KEY_ED25519, 0, 0, &info), CF_E_EXISTS);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "no record claims"));
 	CU_ASSERT_EQUAL(keyring_describe(kr, "stray", &info), CF_E_NOT_FOUND);
 	keyring_close(kr);
@@ -483,7 +483,7 @@ test_reconcile(void)
 	CU_ASSERT(reported("recovered: the interrupted creation of half version 1 was undone (2 "
 			   "token objects removed)"));
 	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "half", 1, &k), CF_E_NOT_FOUND);
-	CU_ASSERT_EQUAL(keyring_create(kr, "half", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "half", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	CU_ASSERT(info.nversions == 1 && info.primary == 1);
 	keyring_info_free(&info);
 	keyring_close(kr);
@@ -541,7 +541,7 @@ test_lifecycle_token(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(kr, "doomed", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "doomed", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(keyring_rotate(kr, "doomed", &info), CF_OK);
 	keyring_info_free(&info);
@@ -686,7 +686,7 @@ test_lifecycle_refused_destroy(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, NULL, NULL, &kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(kr, "stuck", CF_KEY_EC_P256, 0, 0, 5, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "stuck", CF_KEY_EC_P256, 0, 5, &info), CF_OK);
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(keyring_rotate(kr, "stuck", &info), CF_OK);
 	keyring_info_free(&info);
@@ -756,7 +756,7 @@ test_store_and_token_failures(void)
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(apikeys_open(p11, st, collect, &mismatches, &aks), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, &idm), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(kr, "locked", CF_KEY_EC_P256, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "locked", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", &info), CF_OK);
 	keyring_info_free(&info);
@@ -846,7 +846,7 @@ test_handlers_direct(void)
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &h.kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	sreq.key = "direct";
 	sreq.message.data = (uint8_t *)"m";
