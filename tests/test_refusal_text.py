@@ -440,8 +440,9 @@ ROWS = [
      'rotation period 5 s is outside 3600 s .. 315360000 s ([keys] min_rotation_period .. 10 years)',
      lambda t: adm(t, "CreateKey", pb.CreateKeyRequest(name="new-key", type=pb.AES_256,
                                                        rotation_period=5))),
-    ("CreateKey exportable EC key", "INVALID_ARGUMENT",
-     'only HMAC and AES keys can be exportable',
+    ("CreateKey exportable", "INVALID_ARGUMENT",
+     'exportable keys are not supported: Coffer never exports key material (use '
+     'Wrap/GenerateDataKey for data keys); create the key without exportable',
      lambda t: adm(t, "CreateKey", pb.CreateKeyRequest(name="new-key", type=pb.EC_P256,
                                                        exportable=True))),
     # -- lifecycle --
