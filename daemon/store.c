@@ -862,11 +862,12 @@ signed_set_body(store *s, const void *arg)
 int
 store_signed_set(store *s, const char *principal, int on)
 {
+	EFFECT_POINTS("store.signed-set");
+	struct effect e = { principal, 0, 0, &cp_before, &cp_after };
 	struct signed_set a = { principal, on };
 
-	/* No token work and idempotent: a call cut short is simply repeated
-	 * (no intent, no crash points); its audit record is the call's own. */
-	return txn(s, signed_set_body, &a);
+	/* Its audit record is committed with it, as for every principal change. */
+	return txn_effect(s, signed_set_body, &a, &e);
 }
 
 /* ---- idempotency records ---- */
