@@ -432,7 +432,7 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	}
 	/* Each scope (an API key; a request-signing key) has its own share,
 	 * so one busy or future-dating caller cannot refuse everybody else. */
-	sc = scount_find(n, e.scope, 0);
+	sc = n->scope_max < n->live_max ? scount_find(n, e.scope, 0) : NULL;
 	if (sc != NULL && sc->n >= n->scope_max && n->swept != now) {
 		/* Its count may include expired entries: sweep (once a second). */
 		n->swept = now;
