@@ -118,6 +118,7 @@ h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		struct store_apikey gone;
 
 		(void)apikeys_revoke(c->ak, k.id, (int64_t)time(NULL), &gone);
+		(void)apikeys_set_required(c->ak, req->principal, 0);   /* nor its flag */
 		cf_secret_free(secret);
 		return cf_error(CF_E_NOT_FOUND, "principal %s was deleted meanwhile",
 				req->principal);
