@@ -640,6 +640,13 @@ COFFER_API int coffer_api_key_rotate(coffer_client *c, const char *id, uint32_t 
     struct coffer_bytes *secret);
 COFFER_API int coffer_api_key_revoke(coffer_client *c, const char *id,
     struct coffer_api_key *key);
+/* Whether principal `name` must sign its calls while it has no live API key
+ * (admin socket; an audited change). Its first API key sets it and revoking
+ * its last key keeps it; require_api_key 0 allows uid-only calls again. On
+ * success *has_live_key (if not NULL) says whether a live key requires
+ * signed calls anyway. */
+COFFER_API int coffer_principal_set_auth(coffer_client *c, const char *name,
+    int require_api_key, int *has_live_key);
 /* principal NULL or "": every principal's. Free *keys with free(). */
 COFFER_API int coffer_api_key_list(coffer_client *c, const char *principal,
     struct coffer_api_key **keys, size_t *n);

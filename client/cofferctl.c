@@ -70,7 +70,7 @@ enum opt_id {
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
 	O_IMPORT, O_COUNT, O_IDEM, O_FORCE, O_GRACE, O_MIN_VERSION, O_MIN_VERIFY, O_KEEP_LAST,
 	O_PERIOD, O_NEXT, O_FORMAT, O_BATCH, O_PROGRESS, O_FILE, O_PUBLIC_KEY, O_STATE_DB,
-	O_ANCHOR, O_NO_PEER_CHECK,
+	O_ANCHOR, O_NO_PEER_CHECK, O_UID_ONLY, O_SIGNED_ONLY,
 	O__COUNT
 };
 
@@ -128,6 +128,8 @@ static const struct option all_options[O__COUNT] = {
 	[O_STATE_DB] = { "state-db", required_argument, NULL, OPT_BASE + O_STATE_DB },
 	[O_ANCHOR] = { "anchor", required_argument, NULL, OPT_BASE + O_ANCHOR },
 	[O_NO_PEER_CHECK] = { "no-peer-check", no_argument, NULL, OPT_BASE + O_NO_PEER_CHECK },
+	[O_UID_ONLY] = { "uid-only", no_argument, NULL, OPT_BASE + O_UID_ONLY },
+	[O_SIGNED_ONLY] = { "signed-only", no_argument, NULL, OPT_BASE + O_SIGNED_ONLY },
 	[O_PLAINTEXT_OUT] = { "plaintext-out", required_argument, NULL,
 			      OPT_BASE + O_PLAINTEXT_OUT },
 };
@@ -163,6 +165,7 @@ struct opts {
 	int batch, progress;    /* rewrap --batch, --progress */
 	/* audit verify offline: --file, --public-key, --state-db, --anchor */
 	const char *file, *public_key, *state_db, *anchor;
+	int uid_only, signed_only;   /* principal set-auth */
 };
 
 struct cmd {
@@ -684,6 +687,8 @@ parse_opts(struct ctl *ctl, const struct cmd *cmd, int argc, char **argv, struct
 		case O_SIG: o->sig = arg; break;
 		case O_MAC: o->mac = arg; break;
 		case O_ADMIN: o->admin = 1; break;
+		case O_UID_ONLY: o->uid_only = 1; break;
+		case O_SIGNED_ONLY: o->signed_only = 1; break;
 		case O_SERVICE: o->service = arg; break;
 		case O_PLAINTEXT_OUT: o->plaintext_out = arg; break;
 		case O_LENGTH:
@@ -2319,6 +2324,37 @@ cmd_principal_revoke_key(struct ctl *ctl, const struct opts *o)
 }
 
 static int
+cmd_principal_set_auth(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	int r, rc, live = 0;
+
+	if (o->uid_only == o->signed_only)
+		return usage_error("principal set-auth needs --uid-only or --signed-only", NULL);
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_principal_set_auth(c, o->args[0], o->signed_only, &live)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json)
+			printf("{\"name\":\"%s\",\"require_api_key\":%s,\"has_live_key\":%s}",
+			    o->args[0], o->signed_only || live ? "true" : "false",
+			    live ? "true" : "false");
+		else if (o->signed_only)
+			printf("%s must sign its calls", o->args[0]);
+		else if (live)
+			printf("%s may call with its uid only once its API keys are revoked; it "
+			    "has a live one now", o->args[0]);
+		else
+			printf("%s may call with its uid only", o->args[0]);
+		fputc('\n', stdout);
+		rc = flush_stdout();
+	}
+	coffer_close(c);
+	return rc;
+}
+
+static int
 cmd_principal_keys(struct ctl *ctl, const struct opts *o)
 {
 	struct coffer_api_key *l = NULL;
@@ -2835,6 +2871,12 @@ static const struct cmd commands[] = {
 	  "principal revoke-key KEYID",
 	  "Revoke an API key: its secrets are destroyed and calls signed with it\n"
 	  "are refused (UNAUTHENTICATED, \"revoked\")." },
+	{ "principal set-auth", cmd_principal_set_auth, B(O_UID_ONLY) | B(O_SIGNED_ONLY), 1, 1,
+	  "principal set-auth NAME (--uid-only | --signed-only)",
+	  "Whether the principal must sign its calls while it has no live API key.\n"
+	  "Its first add-key sets this and revoking its last key keeps it, so its\n"
+	  "calls stay refused unsigned until --uid-only allows its uid alone again\n"
+	  "(a live key still requires signing). --signed-only sets it. Audited." },
 	{ "principal keys", cmd_principal_keys, 0, 0, 1, "principal keys [NAME]",
 	  "List API keys (of NAME, or of everyone) with their live secrets and the\n"
 	  "deadlines of rotated-out ones." },
@@ -3037,8 +3079,8 @@ main(int argc, char **argv)
 			return usage_error("audit needs a subcommand: tail or verify", NULL);
 		if (strcmp(argv[optind], "principal") == 0 && optind + 1 >= argc)
 			return usage_error("principal needs a subcommand: create, list, show, "
-			    "grant, revoke, limit, delete, add-key, rotate-secret, revoke-key or "
-			    "keys", NULL);
+			    "grant, revoke, limit, delete, add-key, rotate-secret, revoke-key, "
+			    "set-auth or keys", NULL);
 		return usage_error("unknown command", argv[optind + (used == 2)]);
 	}
 	/* The command's argv: argv[0] is its last name word. */

@@ -362,6 +362,28 @@ coffer_api_key_revoke(coffer_client *c, const char *id, struct coffer_api_key *k
 }
 
 int
+coffer_principal_set_auth(coffer_client *c, const char *name, int require_api_key,
+    int *has_live_key)
+{
+	Coffer__V1__SetPrincipalAuthRequest req = COFFER__V1__SET_PRINCIPAL_AUTH_REQUEST__INIT;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || name == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client or principal name");
+	req.name = (char *)name;
+	req.require_api_key = require_api_key != 0;
+	if ((r = lc_rpc(c, AS "SetPrincipalAuth", &req.base,
+	    &coffer__v1__set_principal_auth_response__descriptor, &m)) != CF_OK)
+		return r;
+	if (has_live_key != NULL)
+		*has_live_key = ((const Coffer__V1__SetPrincipalAuthResponse *)m)->has_live_key;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
+}
+
+int
 coffer_api_key_list(coffer_client *c, const char *principal, struct coffer_api_key **keys,
     size_t *n)
 {

@@ -28,6 +28,11 @@ struct apikeys {
 	size_t n, cap;
 	char (*signers)[STORE_PRINCIPAL_NAME_MAX + 1];   /* principals with a live key, sorted */
 	size_t nsigners;
+	/* Principals that must sign even with no live key (store_signed_*),
+	 * sorted: once signing, a principal stays signing until an operator
+	 * says otherwise, so revoking its last key never opens uid-only calls. */
+	char (*sticky)[STORE_PRINCIPAL_NAME_MAX + 1];
+	size_t nsticky, capsticky;
 };
 
 static void
@@ -87,6 +92,48 @@ index_signers(apikeys *a, char (*s)[STORE_PRINCIPAL_NAME_MAX + 1])
 	a->signers = s;
 	a->nsigners = n;
 	return CF_OK;
+}
+
+/* Add principal to, or drop it from, the sticky list (write lock held). */
+static int
+sticky_set_locked(apikeys *a, const char *principal, int on)
+{
+	char (*p)[STORE_PRINCIPAL_NAME_MAX + 1] =
+		a->nsticky ? bsearch(principal, a->sticky, a->nsticky, sizeof(*a->sticky),
+				     name_cmp) : NULL;
+	size_t at;
+
+	if (!on) {
+		if (p != NULL) {
+			at = (size_t)(p - a->sticky);
+			memmove(p, p + 1, (a->nsticky - at - 1) * sizeof(*p));
+			a->nsticky--;
+		}
+		return CF_OK;
+	}
+	if (p != NULL)
+		return CF_OK;
+	if (a->nsticky == a->capsticky) {
+		size_t cap = a->capsticky ? 2 * a->capsticky : 16;
+		void *np = realloc(a->sticky, cap * sizeof(*a->sticky));
+
+		if (np == NULL)
+			return cf_nomem();
+		a->sticky = np;
+		a->capsticky = cap;
+	}
+	for (at = 0; at < a->nsticky && strcmp(a->sticky[at], principal) < 0; at++)
+		;
+	memmove(a->sticky + at + 1, a->sticky + at, (a->nsticky - at) * sizeof(*a->sticky));
+	snprintf(a->sticky[at], sizeof(a->sticky[at]), "%s", principal);
+	a->nsticky++;
+	return CF_OK;
+}
+
+static int
+load_sticky(const char *principal, void *arg)
+{
+	return sticky_set_locked(arg, principal, 1);
 }
 
 /* Room for one more entry (write lock held). */
@@ -235,6 +282,7 @@ apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 		pthread_rwlockattr_destroy(&at);
 	}
 	if ((r = store_apikeys_load(st, load_one, &c)) != CF_OK ||
+	    (r = store_signed_load(st, load_sticky, a)) != CF_OK ||
 	    (r = cf_p11_key_list(p11, reconcile_one, &c)) != CF_OK ||
 	    (r = index_signers(a, NULL)) != CF_OK) {
 		apikeys_close(a);
@@ -256,6 +304,7 @@ apikeys_close(apikeys *a)
 	}
 	free(a->e);
 	free(a->signers);
+	free(a->sticky);
 	pthread_rwlock_destroy(&a->lk);
 	pthread_mutex_destroy(&a->admin);
 	free(a);
@@ -390,6 +439,11 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 		*secret = NULL;
 		goto out;
 	}
+	/* The store marked the principal with the key; memory follows. Out of
+	 * memory here leaves it to the next start (the live key covers it). */
+	pthread_rwlock_wrlock(&a->lk);
+	(void)sticky_set_locked(a, principal, 1);
+	pthread_rwlock_unlock(&a->lk);
 	*out = rec;
 out:
 	pthread_mutex_unlock(&a->admin);
@@ -505,6 +559,30 @@ apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now)
 	for (size_t i = 0; i < a->n && r == CF_OK; i++)
 		if (a->e[i]->rec.revoked == 0 && strcmp(a->e[i]->rec.principal, principal) == 0)
 			r = revoke_locked(a, a->e[i], now);
+	/* Deleted: a principal made later under the name starts without the
+	 * flag. If it cannot be cleared it stays (the safe side). */
+	if (r == CF_OK && (r = store_signed_set(a->st, principal, 0)) == CF_OK) {
+		pthread_rwlock_wrlock(&a->lk);
+		(void)sticky_set_locked(a, principal, 0);
+		pthread_rwlock_unlock(&a->lk);
+	}
+	pthread_mutex_unlock(&a->admin);
+	return r;
+}
+
+int
+apikeys_set_required(apikeys *a, const char *principal, int on)
+{
+	int r;
+
+	if (strlen(principal) > STORE_PRINCIPAL_NAME_MAX)
+		return cf_error(CF_E_INVALID_ARG, "principal name too long");
+	pthread_mutex_lock(&a->admin);
+	if ((r = store_signed_set(a->st, principal, on)) == CF_OK) {
+		pthread_rwlock_wrlock(&a->lk);
+		r = sticky_set_locked(a, principal, on);
+		pthread_rwlock_unlock(&a->lk);
+	}
 	pthread_mutex_unlock(&a->admin);
 	return r;
 }
@@ -586,8 +664,14 @@ apikeys_required(apikeys *a, const char *principal)
 	int r;
 
 	pthread_rwlock_rdlock(&a->lk);
-	r = a->nsigners > 0 &&
-	    bsearch(principal, a->signers, a->nsigners, sizeof(*a->signers), name_cmp) != NULL;
+	if (a->nsigners > 0 &&
+	    bsearch(principal, a->signers, a->nsigners, sizeof(*a->signers), name_cmp) != NULL)
+		r = APIKEYS_LIVE;
+	else if (a->nsticky > 0 &&
+		 bsearch(principal, a->sticky, a->nsticky, sizeof(*a->sticky), name_cmp) != NULL)
+		r = APIKEYS_STICKY;
+	else
+		r = APIKEYS_NONE;
 	pthread_rwlock_unlock(&a->lk);
 	return r;
 }

@@ -55,8 +55,13 @@ int apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret
 		   int64_t now, struct store_apikey *out, cf_secret **secret);
 /* Destroy every secret; the id stays known as revoked. */
 int apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out);
-/* Revoke every live key of principal. */
+/* Revoke every live key of principal, which is being deleted (its "must
+ * sign" flag goes with it). */
 int apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now);
+/* Whether principal must sign its calls while it has no live key (an
+ * audited change; the caller checks that the principal exists). Set by its
+ * first key; on = 0 lets it call with its uid only once its keys are gone. */
+int apikeys_set_required(apikeys *a, const char *principal, int on);
 /* Keys by id (principal NULL or "": all), revoked ones too; free() *out. */
 int apikeys_list(apikeys *a, const char *principal, struct store_apikey **out, size_t *n);
 /* One key, revoked ones too. CF_E_NOT_FOUND. */
@@ -66,7 +71,10 @@ void apikeys_expire(apikeys *a, int64_t now);
 
 /* ---- the data path ---- */
 
-/* 1 if principal has a live API key (so its calls must be signed). */
+/* Must principal's calls be signed? APIKEYS_LIVE: it has a live API key;
+ * APIKEYS_STICKY: it has none now but had one and no operator has allowed
+ * uid-only calls since (apikeys_set_required); APIKEYS_NONE (0): no. */
+enum { APIKEYS_NONE = 0, APIKEYS_LIVE, APIKEYS_STICKY };
 int apikeys_required(apikeys *a, const char *principal);
 /* CF_OK if mac is HMAC-SHA256(msg) under a live secret of key id, which
  * belongs to principal. CF_E_UNAUTHENTICATED with the reason (unknown,

@@ -370,6 +370,9 @@ main(int argc, char **argv)
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
 	}
+	/* Each API key's share of the nonce record (its own limit, not the whole). */
+	nonces_set_scope_max(nn, cfg.max_nonces_per_key ? cfg.max_nonces_per_key
+							: cfg.max_nonces / 8);
 	if (mismatches > 0)
 		cf_log_warn("reconcile: %u mismatches between registry and token (see above)",
 			    mismatches);

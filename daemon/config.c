@@ -265,6 +265,8 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 			return parse_uint(value, 1, 86400, 10, &c->request_window);
 		if (strcmp(name, "max_nonces") == 0)
 			return parse_uint(value, 1000, 100000000, 10, &c->max_nonces);
+		if (strcmp(name, "max_nonces_per_key") == 0)
+			return parse_uint(value, 100, 100000000, 10, &c->max_nonces_per_key);
 		if (strcmp(name, "require_api_key") == 0)
 			return parse_bool(value, &c->require_api_key);
 	} else {

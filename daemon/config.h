@@ -34,6 +34,7 @@ struct cofferd_config {
 	unsigned unsealed_secrets;   /* [session] unsealed_secrets (benchmarks only) */
 	unsigned request_window;     /* [requests] window: seconds either way */
 	unsigned max_nonces;         /* [requests] max_nonces */
+	unsigned max_nonces_per_key; /* [requests] max_nonces_per_key; 0: max_nonces / 8 */
 	unsigned require_api_key;    /* [requests] require_api_key */
 	struct audit_cfg audit;      /* [audit] failure, max_wait_ms */
 	unsigned idem_retention;     /* [idempotency] retention, seconds */

@@ -60,7 +60,7 @@ static const char *const mutating[] = {
 	"DisableKeyVersion", "ScheduleDestroyKeyVersion", "CancelDestroyKeyVersion",
 	"SetKeyMinimums", "TrimKey", "SetRotationSchedule", "CreatePrincipal", "GrantPrincipal",
 	"RevokePrincipal", "SetRateLimit", "DeletePrincipal", "CreateApiKey",
-	"RotateApiKeySecret", "RevokeApiKey",
+	"RotateApiKeySecret", "RevokeApiKey", "SetPrincipalAuth",
 };
 
 /* The operation each KeyService method needs granted, and where its key is. */
@@ -415,6 +415,8 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 		n->version = u32_field(resp, "primary_version");
 }
 
+#define CALLAUTH_AHEAD_MAX 1   /* seconds a call's timestamp may be ahead of the daemon */
+
 /* The call's API key signature (proto/call-authentication.md), required
  * once the principal has an API key or the daemon says every principal
  * needs one, and checked whenever present. Only a call whose signature is
@@ -440,6 +442,11 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 				"its calls with an API key (requests.require_api_key) and principal "
 				"%s has none: cofferctl principal add-key %s", who, who);
 	}
+	if (h->authz_n == 0 && apikeys_required(h->ak, who) == APIKEYS_STICKY)
+		return cf_error(CF_E_UNAUTHENTICATED, "principal %s requires signed calls (it had "
+				"API keys; the last was revoked): create a key with cofferctl "
+				"principal add-key %s, or allow uid-only calls with cofferctl "
+				"principal set-auth %s --uid-only", who, who, who);
 	if (h->authz_n == 0)
 		return cf_error(CF_E_UNAUTHENTICATED, "principal %s has an API key, so every call "
 				"must carry \"authorization: %s keyId=..., timestamp=..., nonce=..., "
@@ -454,10 +461,14 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and the "
 				"window is %u s; sign each call when it is sent",
 				(long long)(now - a.timestamp), h->window);
-	if (a.timestamp > now + (int64_t)h->window)
+	/* The caller signs on this host, with this clock: a timestamp ahead of
+	 * it would only keep its nonce recorded longer (up to twice the window),
+	 * so at most 1 s (a second boundary between two reads) is accepted and
+	 * no nonce outlives now + window + 2. */
+	if (a.timestamp > now + CALLAUTH_AHEAD_MAX)
 		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead of "
-				"the daemon's clock and the window is %u s; check the caller's clock",
-				(long long)(a.timestamp - now), h->window);
+				"the daemon's clock (at most %d s is accepted); check the caller's "
+				"clock", (long long)(a.timestamp - now), CALLAUTH_AHEAD_MAX);
 	if ((str = cf_buf_new(CF_CALLAUTH_PATH_MAX + 3 * CF_REQSIGN_NONCE_MAX + 160)) == NULL)
 		return cf_nomem();
 	if ((r = cf_callauth_string(m->path, in, inlen, a.timestamp, a.nonce, a.key_id, str)) !=

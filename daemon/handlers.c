@@ -804,6 +804,19 @@ h_get_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **re
 	return h_key_response(keyring_describe(c->kr, req->name, &info), &info, resp);
 }
 
+/* May the caller see key k's metadata? Exactly what GetKey needs (a grant
+ * of get-public-key the key's own limit allows), so listing never shows a
+ * key GetKey would refuse. The admin socket sees every key. */
+static int
+list_visible(const struct hctx *c, const struct store_key *k)
+{
+	if (c->admin || c->principal == NULL || c->pol == NULL)
+		return 1;
+	if (k->allowed_ops != 0 && !(k->allowed_ops & POLICY_OP_BIT(POLICY_OP_GET_PUBLIC_KEY)))
+		return 0;
+	return policy_may(c->pol, c->principal, POLICY_OP_GET_PUBLIC_KEY, k->name) == CF_OK;
+}
+
 static int
 h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
@@ -811,31 +824,59 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 	Coffer__V1__ListKeysResponse *out = NULL;
 	struct store_key *infos = NULL;
 	uint32_t n = 0, size = req->page_size ? req->page_size : H_DEFAULT_PAGE;
-	int more = 0, r;
+	char *cursor = NULL;
+	int more = 1, r = CF_OK;
 
 	if (size > H_MAX_PAGE)
 		return cf_error(CF_E_INVALID_ARG, "page_size %u exceeds %d", size, H_MAX_PAGE);
 	if (req->page_token[0] != '\0' && cf_key_name_check(req->page_token) != CF_OK)
 		return cf_error(CF_E_INVALID_ARG, "page_token is not one this daemon issued");
-	if ((r = keyring_list(c->kr, req->page_token, size, &infos, &n, &more)) != CF_OK)
-		return r;
 	if ((out = h_new_msg(&coffer__v1__list_keys_response__descriptor)) == NULL ||
-	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL)) {
+	    (out->keys = calloc(size, sizeof(*out->keys))) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
-	for (uint32_t i = 0; i < n; i++) {
-		Coffer__V1__Key *k = h_new_msg(&coffer__v1__key__descriptor);
+	/* Keys the caller may not see are skipped: read on until the page is
+	 * full or the keys run out. The next page starts after the last key
+	 * shown, so a token never names a hidden key. */
+	while (more && out->n_keys < size) {
+		uint32_t i;
 
-		if (k == NULL) {
-			r = cf_nomem();
+		for (uint32_t j = 0; j < n; j++)
+			keyring_info_free(&infos[j]);
+		free(infos);
+		infos = NULL;
+		n = 0;
+		if ((r = keyring_list(c->kr, cursor != NULL ? cursor : req->page_token, size,
+				      &infos, &n, &more)) != CF_OK)
 			goto out;
+		for (i = 0; i < n && out->n_keys < size; i++) {
+			Coffer__V1__Key *k;
+
+			if (!list_visible(c, &infos[i]))
+				continue;
+			if ((k = h_new_msg(&coffer__v1__key__descriptor)) == NULL) {
+				r = cf_nomem();
+				goto out;
+			}
+			out->keys[out->n_keys++] = k;
+			if ((r = fill_key(&infos[i], k)) != CF_OK)
+				goto out;
 		}
-		out->keys[out->n_keys++] = k;
-		if ((r = fill_key(&infos[i], k)) != CF_OK)
-			goto out;
+		if (i < n)
+			more = 1;
+		else if (n == 0)
+			more = 0;
+		if (more && out->n_keys < size) {
+			free(cursor);
+			if ((cursor = strdup(infos[n - 1].name)) == NULL) {
+				r = cf_nomem();
+				goto out;
+			}
+		}
 	}
-	if (more && n > 0 && (out->next_page_token = strdup(infos[n - 1].name)) == NULL) {
+	if (more && out->n_keys > 0 &&
+	    (out->next_page_token = strdup(out->keys[out->n_keys - 1]->name)) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
@@ -847,6 +888,7 @@ out:
 	for (uint32_t i = 0; i < n; i++)
 		keyring_info_free(&infos[i]);
 	free(infos);
+	free(cursor);
 	return r;
 }
 
@@ -1018,6 +1060,8 @@ handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type, 
 		return h_describe_api_key(c, type, name, resp);
 	if (type == &coffer__v1__delete_principal_response__descriptor)
 		return (*resp = h_new_msg(type)) != NULL ? CF_OK : cf_nomem();
+	if (type == &coffer__v1__set_principal_auth_response__descriptor)
+		return h_describe_principal_auth(c, name, resp);
 	return cf_error(CF_E_UNSUPPORTED, "no description for a %s answer", type->name);
 }
 

@@ -1,4 +1,5 @@
-/* AdminService: principals' API keys (create, rotate the secret, revoke, list). */
+/* AdminService: principals' API keys (create, rotate the secret, revoke, list) and
+ * whether a principal must sign its calls (SetPrincipalAuth). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -117,6 +118,7 @@ h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		struct store_apikey gone;
 
 		(void)apikeys_revoke(c->ak, k.id, (int64_t)time(NULL), &gone);
+		(void)apikeys_set_required(c->ak, req->principal, 0);   /* nor its flag */
 		cf_secret_free(secret);
 		return cf_error(CF_E_NOT_FOUND, "principal %s was deleted meanwhile",
 				req->principal);
@@ -190,10 +192,53 @@ h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 	return CF_OK;
 }
 
+/* The principal's "must sign" state as SetPrincipalAuth answers it. */
+static int
+auth_response(const struct hctx *c, const char *name, ProtobufCMessage **resp)
+{
+	Coffer__V1__SetPrincipalAuthResponse *out;
+	int req = apikeys_required(c->ak, name);
+
+	if ((out = h_new_msg(&coffer__v1__set_principal_auth_response__descriptor)) == NULL ||
+	    (out->name = strdup(name)) == NULL) {
+		if (out != NULL)
+			protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+		return cf_nomem();
+	}
+	out->has_live_key = req == APIKEYS_LIVE;
+	/* A live key implies the flag (it was set with the first key). */
+	out->require_api_key = req != APIKEYS_NONE;
+	*resp = &out->base;
+	return CF_OK;
+}
+
+int
+h_describe_principal_auth(const struct hctx *c, const char *name, ProtobufCMessage **resp)
+{
+	int r;
+
+	if ((r = policy_get(c->pol, name, NULL)) != CF_OK)
+		return r;
+	return auth_response(c, name, resp);
+}
+
+static int
+h_set_principal_auth(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SetPrincipalAuthRequest *req = (const void *)m;
+	int r;
+
+	if ((r = policy_get(c->pol, req->name, NULL)) != CF_OK ||
+	    (r = apikeys_set_required(c->ak, req->name, req->require_api_key)) != CF_OK)
+		return r;
+	return auth_response(c, req->name, resp);
+}
+
 const struct handler handlers_apikeys[] = {
 	{ "coffer.v1.AdminService", "CreateApiKey", h_create_api_key },
 	{ "coffer.v1.AdminService", "RotateApiKeySecret", h_rotate_api_key_secret },
 	{ "coffer.v1.AdminService", "RevokeApiKey", h_revoke_api_key },
 	{ "coffer.v1.AdminService", "ListApiKeys", h_list_api_keys },
+	{ "coffer.v1.AdminService", "SetPrincipalAuth", h_set_principal_auth },
 	{ NULL, NULL, NULL },
 };

@@ -23,6 +23,8 @@ int h_key_response(int r, struct store_key *info, ProtobufCMessage **resp);
  * without the secret): handlers_describe. */
 int h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type,
 		       const char *id, ProtobufCMessage **resp);
+/* Principal `name`'s SetPrincipalAuthResponse: handlers_describe. */
+int h_describe_principal_auth(const struct hctx *c, const char *name, ProtobufCMessage **resp);
 
 /* AdminService's API key methods (handlers_apikeys.c), audit methods
  * (handlers_audit.c) and key lifecycle methods (handlers_lifecycle.c), each

@@ -15,6 +15,7 @@
 
 #include "cf_crashpoint.h"
 #include "cf_hex.h"
+#include "cf_log.h"
 #include "cf_status.h"
 
 #define INITIAL_SLOTS 1024u
@@ -26,6 +27,14 @@
 struct entry {
 	uint8_t h[16];
 	int64_t expires;     /* 0: empty slot */
+	uint64_t scope;      /* scope_tag() of its scope; 0: unknown (read from the log) */
+};
+
+/* How many slots of the table hold a scope's entries (expired ones too,
+ * until a rehash drops them). */
+struct scount {
+	uint64_t tag;        /* 0: empty */
+	size_t n;
 };
 
 struct nonces {
@@ -39,6 +48,12 @@ struct nonces {
 	char path[4096];
 	uint64_t appended, compactions;
 	int broken;          /* a torn record could not be cut off */
+	size_t scope_max;    /* entries one scope may hold */
+	struct scount *sc;   /* by tag, open addressing */
+	size_t sccap, scused;
+	int64_t swept;       /* when a full scope last swept out expired entries */
+	int64_t warned;      /* when a refusal was last logged */
+	uint64_t unlogged;   /* refusals since then that were not */
 };
 
 static void
@@ -54,6 +69,66 @@ digest(const char *scope, const char *nonce, uint8_t h[16])
 		EVP_DigestFinal_ex(c, d, NULL);
 	EVP_MD_CTX_free(c);
 	memcpy(h, d, 16);
+}
+
+/* A scope's tag: 64 bits of SHA-256(scope), never 0. */
+static uint64_t
+scope_tag(const char *scope)
+{
+	uint8_t d[32];
+	uint64_t v;
+
+	memset(d, 0, sizeof(d));
+	EVP_Digest(scope, strlen(scope), d, NULL, EVP_sha256(), NULL);
+	memcpy(&v, d, sizeof(v));
+	return v != 0 ? v : 1;
+}
+
+/* The count of tag (added if absent and add is set), or NULL. */
+static struct scount *
+scount_find(nonces *n, uint64_t tag, int add)
+{
+	size_t i;
+
+	if (tag == 0)
+		return NULL;
+	if (add && 2 * (n->scused + 1) > n->sccap) {
+		size_t cap = n->sccap ? 2 * n->sccap : 64;
+		struct scount *t = calloc(cap, sizeof(*t));
+
+		if (t == NULL)
+			return NULL;
+		for (size_t k = 0; k < n->sccap; k++)
+			if (n->sc[k].tag != 0) {
+				for (i = n->sc[k].tag & (cap - 1); t[i].tag != 0; i = (i + 1) & (cap - 1))
+					;
+				t[i] = n->sc[k];
+			}
+		free(n->sc);
+		n->sc = t;
+		n->sccap = cap;
+	}
+	if (n->sccap == 0)
+		return NULL;
+	for (i = tag & (n->sccap - 1); n->sc[i].tag != 0; i = (i + 1) & (n->sccap - 1))
+		if (n->sc[i].tag == tag)
+			return &n->sc[i];
+	if (!add)
+		return NULL;
+	n->sc[i].tag = tag;
+	n->sc[i].n = 0;
+	n->scused++;
+	return &n->sc[i];
+}
+
+static void
+scount_add(nonces *n, uint64_t tag, int delta)
+{
+	struct scount *c = scount_find(n, tag, delta > 0);
+
+	/* Out of memory: the scope goes uncounted (max_live still bounds all). */
+	if (c != NULL && (delta > 0 || c->n > 0))
+		c->n = delta > 0 ? c->n + 1 : c->n - 1;
 }
 
 static size_t
@@ -85,9 +160,14 @@ rehash_locked(nonces *n, size_t cap, int64_t now)
 
 	if (t == NULL)
 		return cf_nomem();
+	/* The scope counts are rebuilt with the table (emptied, not freed). */
+	if (n->sc != NULL)
+		memset(n->sc, 0, n->sccap * sizeof(*n->sc));
+	n->scused = 0;
 	for (size_t i = 0; i < n->cap; i++)
 		if (n->t[i].expires > now) {
 			place(t, cap, &n->t[i]);
+			scount_add(n, n->t[i].scope, 1);
 			used++;
 		}
 	free(n->t);
@@ -137,6 +217,7 @@ decode(const uint8_t rec[REC], struct entry *e)
 	uint64_t v = 0;
 
 	memcpy(e->h, rec, 16);
+	e->scope = 0;   /* the log keeps no scope */
 	for (int i = 7; i >= 0; i--)
 		v = v << 8 | rec[16 + i];
 	e->expires = (int64_t)v;
@@ -221,6 +302,7 @@ import_sqlite(nonces *n, const char *dir, int64_t now)
 			continue;
 		memcpy(e.h, sqlite3_column_blob(sel, 0), 16);
 		e.expires = sqlite3_column_int64(sel, 1);
+		e.scope = 0;
 		encode(&e, rec);
 		if (cf_write_all(n->fd, rec, REC) != 0)
 			r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
@@ -258,6 +340,7 @@ nonces_open(const char *state_dir, size_t max_live, nonces **out)
 	pthread_mutex_init(&n->mu, NULL);
 	n->fd = -1;
 	n->live_max = max_live;
+	n->scope_max = max_live;
 	n->cap = INITIAL_SLOTS;
 	if ((n->t = calloc(n->cap, sizeof(*n->t))) == NULL) {
 		r = cf_nomem();
@@ -285,8 +368,35 @@ nonces_close(nonces *n)
 	if (n->fd >= 0)
 		close(n->fd);
 	free(n->t);
+	free(n->sc);
 	pthread_mutex_destroy(&n->mu);
 	free(n);
+}
+
+void
+nonces_set_scope_max(nonces *n, size_t max)
+{
+	pthread_mutex_lock(&n->mu);
+	n->scope_max = max > 0 && max < n->live_max ? max : n->live_max;
+	pthread_mutex_unlock(&n->mu);
+}
+
+/* Log a refusal (mu held): at most one line in 10 s, with how many were not
+ * logged since, so that a flood of refused calls does not flood the log. */
+static void
+warn_refused_locked(nonces *n, int64_t now, const char *what)
+{
+	if (n->warned != 0 && now - n->warned < 10) {
+		n->unlogged++;
+		return;
+	}
+	if (n->unlogged > 0)
+		cf_log_warn("%s (and %llu more refusals in the last %lld s)", what,
+			    (unsigned long long)n->unlogged, (long long)(now - n->warned));
+	else
+		cf_log_warn("%s", what);
+	n->warned = now;
+	n->unlogged = 0;
 }
 
 int
@@ -295,10 +405,12 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	struct entry e;
 	uint8_t rec[REC];
 	size_t i, reuse = SIZE_MAX;
+	struct scount *sc;
 	int r = CF_OK;
 
 	digest(scope, nonce, e.h);
 	e.expires = expires;
+	e.scope = scope_tag(scope);
 	encode(&e, rec);
 	pthread_mutex_lock(&n->mu);
 	/* Walk the whole chain: a live copy may sit past an expired slot. */
@@ -319,12 +431,44 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 			     "restart cofferd", n->path);
 		goto out;
 	}
+	/* Each scope (an API key; a request-signing key) has its own share,
+	 * so one busy or future-dating caller cannot refuse everybody else. */
+	sc = n->scope_max < n->live_max ? scount_find(n, e.scope, 0) : NULL;
+	if (sc != NULL && sc->n >= n->scope_max && n->swept != now) {
+		/* Its count may include expired entries: sweep (once a second). */
+		n->swept = now;
+		if (rehash_locked(n, n->cap, now) == CF_OK) {
+			for (reuse = SIZE_MAX, i = slot_of(e.h, n->cap); n->t[i].expires != 0;
+			     i = (i + 1) & (n->cap - 1))
+				;
+			sc = scount_find(n, e.scope, 0);
+		}
+	}
+	if (sc != NULL && sc->n >= n->scope_max) {
+		char what[400];
+
+		snprintf(what, sizeof(what), "refused a signed call: nonce scope %s holds %zu "
+			 "unexpired nonces, its share of the nonce record "
+			 "(requests.max_nonces_per_key = %zu)", scope, sc->n, n->scope_max);
+		warn_refused_locked(n, now, what);
+		r = cf_error(CF_E_EXHAUSTED, "%s holds %zu unexpired nonces, the limit of one "
+			     "key (requests.max_nonces_per_key = %zu); retry once older ones "
+			     "expire (their timestamp plus the window)", scope, sc->n,
+			     n->scope_max);
+		goto out;
+	}
 	if (reuse != SIZE_MAX) {
 		i = reuse;
 	} else {
 		if (n->used >= n->live_max) {
-			r = cf_error(CF_E_EXHAUSTED, "the nonce record holds %zu nonces, its limit; "
-				     "retry later", n->used);
+			char what[400];
+
+			snprintf(what, sizeof(what), "refused a signed call of nonce scope %s: the "
+				 "nonce record holds %zu nonces (requests.max_nonces = %zu)",
+				 scope, n->used, n->live_max);
+			warn_refused_locked(n, now, what);
+			r = cf_error(CF_E_EXHAUSTED, "the nonce record holds %zu nonces, its limit "
+				     "(requests.max_nonces); retry later", n->used);
 			goto out;
 		}
 		if (4 * (n->used + 1) > 3 * n->cap) {
@@ -350,6 +494,9 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	n->appended++;
 	if (reuse == SIZE_MAX)
 		n->used++;
+	else
+		scount_add(n, n->t[i].scope, -1);
+	scount_add(n, e.scope, 1);
 	n->t[i] = e;
 	/* Backstop: never let the table fill, or a probe would not end. */
 	if (4 * n->used > 3 * n->cap)

@@ -529,6 +529,36 @@ bucket_wait(struct bucket *b, const struct store_limit *l, double t)
 	return b->tokens >= 1.0 ? 0.0 : (1.0 - b->tokens) / l->rate;
 }
 
+/* Does a grant of r cover op on key? (p->lock held) */
+static int
+granted_locked(const struct pr *r, enum policy_op op, const char *key)
+{
+	for (uint32_t i = 0; i < r->sp.ngrants; i++)
+		if ((r->sp.grants[i].ops & POLICY_OP_BIT(op)) != 0 &&
+		    fnmatch(r->sp.grants[i].pattern, key, 0) == 0)
+			return 1;
+	return 0;
+}
+
+int
+policy_may(policy *p, const char *principal, enum policy_op op, const char *key)
+{
+	int found, rc = CF_OK;
+	size_t at;
+
+	if (cf_key_name_check(key) != CF_OK)
+		return cf_error(CF_E_INVALID_ARG, "key name: %s", cf_error_detail());
+	pthread_rwlock_rdlock(&p->lock);
+	at = find_locked(p, principal, &found);
+	if (!found)
+		rc = cf_error(CF_E_UNAUTHENTICATED, "principal %s no longer exists", principal);
+	else if (!granted_locked(p->v[at], op, key))
+		rc = cf_error(CF_E_DENIED, "principal %s may not %s with key %s (no grant)",
+			      principal, policy_op_name(op), key);
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}
+
 int
 policy_check(policy *p, const char *principal, enum policy_op op, const char *key,
 	     uint32_t *retry_after_ms)
@@ -558,9 +588,7 @@ policy_check(policy *p, const char *principal, enum policy_op op, const char *ke
 			return cf_error(CF_E_INVALID_ARG, "%s", cf_error_detail());
 		}
 
-		for (uint32_t i = 0; i < r->sp.ngrants && !granted; i++)
-			granted = (r->sp.grants[i].ops & POLICY_OP_BIT(op)) != 0 &&
-				  fnmatch(r->sp.grants[i].pattern, key, 0) == 0;
+		granted = granted_locked(r, op, key);
 		if (!granted) {
 			pthread_rwlock_unlock(&p->lock);
 			return cf_error(CF_E_DENIED, "principal %s may not %s with key %s (no grant)",

@@ -69,5 +69,9 @@ int policy_identify(policy *p, uid_t uid, gid_t gid, char name[STORE_PRINCIPAL_N
  * principal's overall rate limit. */
 int policy_check(policy *p, const char *principal, enum policy_op op, const char *key,
 		 uint32_t *retry_after_ms);
+/* Does a grant of `principal` cover op on key? Like policy_check without
+ * the rate limits (no token is taken): for filtering what a caller sees.
+ * CF_OK, CF_E_DENIED, CF_E_UNAUTHENTICATED or CF_E_INVALID_ARG (bad name). */
+int policy_may(policy *p, const char *principal, enum policy_op op, const char *key);
 
 #endif

@@ -84,6 +84,12 @@ static const char *const schema_v7 =
 	" id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, chain TEXT NOT NULL,"
 	" clean INTEGER NOT NULL, time INTEGER NOT NULL);";
 
+/* Version 8: principals whose calls must be signed even with no live API
+ * key: set with the first key, kept when the last is revoked, cleared by an
+ * operator (SetPrincipalAuth) or when the principal is deleted. */
+static const char *const schema_v8 =
+	"CREATE TABLE IF NOT EXISTS signed_principals (principal TEXT PRIMARY KEY);";
+
 /* Columns added to older tables, with the schema version that added them. */
 static const struct {
 	int since;
@@ -102,6 +108,10 @@ static const struct {
 	     "ALTER TABLE idempotency ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;"
 	     "ALTER TABLE idempotency ADD COLUMN effect_name TEXT NOT NULL DEFAULT '';"
 	     "ALTER TABLE idempotency ADD COLUMN effect_version INTEGER NOT NULL DEFAULT 0;" },
+	/* Every principal that ever had an API key (revoked ones too) keeps
+	 * requiring signed calls: the fail-safe reading of the old state. */
+	{ 8, "INSERT OR IGNORE INTO signed_principals SELECT DISTINCT principal FROM api_keys"
+	     " WHERE principal IN (SELECT name FROM principals);" },
 };
 
 static int
@@ -191,7 +201,7 @@ store_open(const char *dir, store **out)
 		goto out;
 	if ((r = exec(s, schema_v1)) != CF_OK || (r = exec(s, schema_v2)) != CF_OK ||
 	    (r = exec(s, schema_v4)) != CF_OK || (r = exec(s, schema_v5)) != CF_OK ||
-	    (r = exec(s, schema_v7)) != CF_OK)
+	    (r = exec(s, schema_v7)) != CF_OK || (r = exec(s, schema_v8)) != CF_OK)
 		goto rollback;
 	if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &st,
 			       NULL) != SQLITE_OK) {
@@ -835,6 +845,11 @@ apikey_create_body(store *s, const void *arg)
 
 	if (rc == SQLITE_CONSTRAINT)
 		return cf_error(CF_E_EXISTS, "API key %s already exists", k->id);
+	/* From its first key on, the principal's calls must be signed. */
+	if (rc == SQLITE_OK &&
+	    run(s, "INSERT OR IGNORE INTO signed_principals VALUES (?)", "t", k->principal) !=
+	    SQLITE_OK)
+		return db_err(s, "recording that the principal signs its calls");
 	return apikey_rows(s, k, rc);
 }
 
@@ -856,6 +871,64 @@ store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_t ge
 	struct effect e = { k->id, generation, intent, &cp_before, &cp_after };
 
 	return txn_effect(s, create ? apikey_create_body : apikey_update_body, k, &e);
+}
+
+int
+store_signed_load(store *s, int (*cb)(const char *principal, void *arg), void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	int r = CF_OK, rc;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT principal FROM signed_principals", -1, &st, NULL) !=
+	    SQLITE_OK) {
+		r = db_err(s, "loading the principals that sign their calls");
+		goto out;
+	}
+	while (r == CF_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *pr = (const char *)sqlite3_column_text(st, 0);
+
+		if (pr == NULL || strlen(pr) > STORE_PRINCIPAL_NAME_MAX)
+			r = cf_error(CF_E_IO, "state store holds a malformed principal name");
+		else
+			r = cb(pr, arg);
+	}
+	if (r == CF_OK && rc != SQLITE_DONE)
+		r = db_err(s, "loading the principals that sign their calls");
+out:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+struct signed_set {
+	const char *principal;
+	int on;
+};
+
+static int
+signed_set_body(store *s, const void *arg)
+{
+	const struct signed_set *a = arg;
+	int rc = a->on ? run(s, "INSERT OR IGNORE INTO signed_principals VALUES (?)", "t",
+			     a->principal)
+		       : run(s, "DELETE FROM signed_principals WHERE principal = ?", "t",
+			     a->principal);
+
+	if (rc != SQLITE_OK)
+		return db_err(s, "recording whether the principal signs its calls");
+	return CF_OK;
+}
+
+int
+store_signed_set(store *s, const char *principal, int on)
+{
+	EFFECT_POINTS("store.signed-set");
+	struct effect e = { principal, 0, 0, &cp_before, &cp_after };
+	struct signed_set a = { principal, on };
+
+	/* Its audit record is committed with it, as for every principal change. */
+	return txn_effect(s, signed_set_body, &a, &e);
 }
 
 /* ---- idempotency records ---- */

@@ -13,9 +13,10 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 7   /* 2: principals; 3: keys' allowed operations; 4: API keys;
+#define STORE_SCHEMA_VERSION 8   /* 2: principals; 3: keys' allowed operations; 4: API keys;
                                     5: idempotency records; 6: key lifecycle; 7: crash safety
-                                    (intents, CKA_IDs, audit outbox and anchor) */
+                                    (intents, CKA_IDs, audit outbox and anchor); 8: principals
+                                    that must sign their calls */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -244,5 +245,11 @@ int store_apikeys_load(store *s, int (*cb)(const struct store_apikey *k, void *a
  * taken. generation: the secret the change is about (its audit record). */
 int store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_t generation,
 		     int64_t intent);
+
+/* Principals whose calls must be signed even while they have no live API key
+ * (store_apikey_put sets it with a principal's first key). cb gets each name. */
+int store_signed_load(store *s, int (*cb)(const char *principal, void *arg), void *arg);
+/* Set or clear it (the caller checks that the principal exists). */
+int store_signed_set(store *s, const char *principal, int on);
 
 #endif

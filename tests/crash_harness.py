@@ -759,6 +759,8 @@ def scenarios():
             name=n, limit=pb.RateLimit(per_second=5, burst=10)), pre=[_mk_principal]),
         PrincipalChange("DeletePrincipal", lambda n, i: pb.DeletePrincipalRequest(name=n),
                         pre=[_mk_principal]),
+        PrincipalChange("SetPrincipalAuth", lambda n, i: pb.SetPrincipalAuthRequest(
+            name=n, require_api_key=True), pre=[_mk_principal]),
         ApiKeyScenario("CreateApiKey"),
         ApiKeyScenario("RotateApiKeySecret"),
         ApiKeyScenario("RevokeApiKey"),

@@ -86,6 +86,7 @@ class AuditTrail(unittest.TestCase):
         api = json.loads(ak)
         cls.secrets.append(base64.b64decode(api["secret"]))
         c("principal", "revoke-key", api["key"]["id"])
+        c("principal", "set-auth", "tester", "--uid-only")   # calls below are unsigned
         # Rotations, a refused call, a signature with a request id.
         c("key", "rotate", "wrap-k")
         c("key", "rotate", "sig-k")

@@ -27,7 +27,8 @@ check() {   # expected, words...
         echo "ok: cofferctl $* <TAB> -> $got"
     fi
 }
-check "add-key create delete grant keys limit list revoke revoke-key rotate-secret show " principal ""
+check "add-key create delete grant keys limit list revoke revoke-key rotate-secret set-auth show " principal ""
+check "--signed-only " principal set-auth demo --si
 check "revoke revoke-key rotate-secret " principal r
 check "tail verify " audit ""
 check "key " ke

@@ -399,6 +399,93 @@ test_nonces_record(void)
 	nonces_close(n);
 }
 
+static int
+collect_signed(const char *principal, void *arg)
+{
+	char *out = arg;
+
+	strncat(out, principal, 63);
+	strcat(out, ";");
+	return CF_OK;
+}
+
+/* Version 7 to 8: every existing principal that ever had an API key (a
+ * revoked one too) keeps requiring signed calls; a deleted one does not. */
+static void
+test_store_signed_migration(void)
+{
+	char dir[400], db[450], got[256] = "";
+	store *s = NULL;
+	sqlite3 *h;
+
+	snprintf(dir, sizeof(dir), "%s/v7", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
+	store_close(s);
+	snprintf(db, sizeof(db), "%s/coffer.db", dir);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	CU_ASSERT_FATAL(sqlite3_exec(h,
+		"DROP TABLE signed_principals;"
+		"UPDATE meta SET v = '7' WHERE k = 'schema_version';"
+		"INSERT INTO principals VALUES ('revoked-only', 1), ('live', 1), ('never', 1);"
+		"INSERT INTO api_keys VALUES ('ak_000000000000000000000001', 'revoked-only', 1, 5, 2),"
+		" ('ak_000000000000000000000002', 'live', 1, 0, 2),"
+		" ('ak_000000000000000000000003', 'deleted', 1, 5, 2);", NULL, NULL, NULL) ==
+			SQLITE_OK);
+	sqlite3_close(h);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
+	CU_ASSERT_EQUAL(store_signed_load(s, collect_signed, got), CF_OK);
+	CU_ASSERT(strcmp(got, "live;revoked-only;") == 0 || strcmp(got, "revoked-only;live;") == 0);
+	/* Cleared and set again by the operator's call. */
+	CU_ASSERT_EQUAL(store_signed_set(s, "revoked-only", 0), CF_OK);
+	CU_ASSERT_EQUAL(store_signed_set(s, "never", 1), CF_OK);
+	got[0] = '\0';
+	CU_ASSERT_EQUAL(store_signed_load(s, collect_signed, got), CF_OK);
+	CU_ASSERT(strcmp(got, "live;never;") == 0 || strcmp(got, "never;live;") == 0);
+	store_close(s);
+}
+
+/* Each scope has its own share: one full scope refuses only itself, with a
+ * message naming it and the limit; its expired nonces free it again. */
+static void
+test_nonces_scope_share(void)
+{
+	char dir[400], nn[32];
+	nonces *n = NULL;
+
+	snprintf(dir, sizeof(dir), "%s/nonces-share", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &n), CF_OK);
+	nonces_set_scope_max(n, 10);
+	for (int i = 0; i < 10; i++) {
+		snprintf(nn, sizeof(nn), "busy-%011d", i);
+		CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_busy", nn, 1101 + i, 1000), CF_OK);
+	}
+	CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_busy", "busy-one-too-many", 1200, 1000),
+			CF_E_EXHAUSTED);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "coffer.apikey.ak_busy holds 10 unexpired "
+			       "nonces, the limit of one key (requests.max_nonces_per_key = 10); "
+			       "retry once older ones expire (their timestamp plus the window)");
+	/* Another scope is not refused, nor is a replay mistaken for one. */
+	CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_quiet", "quiet-00000000001", 1200, 1000),
+			CF_OK);
+	CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_busy", "busy-00000000000", 1200, 1000),
+			CF_E_EXISTS);
+	/* Once one of its nonces expired, the busy scope is accepted again
+	 * (expired slots swept out of its count without waiting for the sweep). */
+	CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_busy", "busy-after-expiry", 1300, 1101),
+			CF_OK);
+	CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_busy", "busy-still-too-many", 1300, 1101),
+			CF_E_EXHAUSTED);
+	/* A scope limit above the whole is the whole. */
+	nonces_set_scope_max(n, 5000);
+	for (int i = 0; i < 20; i++) {
+		snprintf(nn, sizeof(nn), "more-%011d", i);
+		CU_ASSERT_EQUAL(nonces_use(n, "coffer.apikey.ak_busy", nn, 1300, 1101), CF_OK);
+	}
+	nonces_close(n);
+}
+
 static char reports[8][512];
 static int nreports;
 
@@ -930,6 +1017,9 @@ main(void)
 		{ "store refuses a newer schema", test_store_schema_guard },
 		{ "store migrates a version-1 store", test_store_migration },
 		{ "replay record: carry-over, concurrency, expiry, bound", test_nonces_record },
+		{ "replay record: each scope's own share", test_nonces_scope_share },
+		{ "store 7 to 8: principals that had API keys keep signing",
+		  test_store_signed_migration },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
 		{ "lifecycle: destruction in the token, scheduled rotation", test_lifecycle_token },
 		{ "lifecycle: a refused destruction does not stop rotations",

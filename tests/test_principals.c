@@ -378,7 +378,8 @@ test_api_keys(void)
 	/* Bad arguments are refused before anything is sent. */
 	CU_ASSERT_EQUAL(coffer_set_api_key(svc, "ak_zz", wrong, 32), COFFER_E_INVALID_ARG);
 	CU_ASSERT_EQUAL(coffer_set_api_key(svc, k.id, wrong, 16), COFFER_E_INVALID_ARG);
-	/* Revoked: refused, and tester no longer needs to sign. */
+	/* Revoked: refused, and tester still has to sign until an operator
+	 * allows uid-only calls (coffer_principal_set_auth). */
 	CHECK_COFFER(coffer_api_key_revoke(adm, k.id, &k2));
 	CU_ASSERT(k2.revoke_time != 0 && k2.nsecrets == 0);
 	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_UNAUTHENTICATED);
@@ -388,6 +389,15 @@ test_api_keys(void)
 	coffer_close(adm);
 	svc = adm = NULL;
 	CU_ASSERT_EQUAL_FATAL(connect_both(), 0);
+	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_UNAUTHENTICATED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "requires signed calls (it had "
+				      "API keys; the last was revoked)"));
+	{
+		int live = -1;
+
+		CHECK_COFFER(coffer_principal_set_auth(adm, CF_TEST_PRINCIPAL, 0, &live));
+		CU_ASSERT_EQUAL(live, 0);
+	}
 	CHECK_COFFER(sign("pay-1"));
 	unlink(path);
 	coffer_bytes_free(&secret);

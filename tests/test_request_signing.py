@@ -319,7 +319,9 @@ class AgainstDaemon(unittest.TestCase):
 
 class FullRecord(unittest.TestCase):
     def test_full_nonce_record_refuses_rather_than_forgets(self):
-        d = CofferDaemon(config={"requests": {"max_nonces": "1000"}})
+        # One key may fill the whole record only when its share is the whole.
+        d = CofferDaemon(config={"requests": {"max_nonces": "1000",
+                                              "max_nonces_per_key": "1000"}})
         self.addCleanup(d.cleanup)
         d.start()
         secret = os.urandom(32)

@@ -1,0 +1,305 @@
+#!/usr/bin/python3
+"""Issue 14, defects 5, 10 and 11, against a real cofferd on a real token:
+
+* ListKeys on the service socket lists exactly the keys GetKey would show
+  (a get-public-key grant the key's own limit allows): nothing without a
+  grant, the granted ones with a partial grant, page tokens never naming a
+  hidden key; the admin socket still lists every key;
+* each API key has its own share of the nonce record: one key at its limit
+  is refused (the message names the key and the limit, a warning is logged,
+  at most once per 10 s) while another key's calls go on; a call's
+  timestamp may be at most 1 s ahead of the daemon's clock;
+* a principal whose last API key is revoked still has to sign (the refusal
+  says what to do), across a restart, until `cofferctl principal set-auth
+  NAME --uid-only` (SetPrincipalAuth, audited, idempotent) allows uid-only
+  calls again.
+"""
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import grpc  # noqa: E402
+
+from daemon_fixture import CofferDaemon, Ctl, stubs  # noqa: E402
+
+S = stubs()
+pb = S.pb
+SC = grpc.StatusCode
+T = 20
+LABEL = "COFFER-HMAC-SHA256"
+KS = "/coffer.v1.KeyService/"
+
+
+def authz(key_id, secret, method, req, timestamp=None):
+    ts = int(time.time()) if timestamp is None else timestamp
+    nonce = secrets.token_hex(16)
+    body = req.SerializeToString()
+    s = "\n".join([LABEL, KS + method, hashlib.sha256(body).hexdigest(), str(ts), nonce,
+                   key_id]).encode()
+    sig = hmac.new(secret, s, hashlib.sha256).hexdigest()
+    return [("authorization", "%s keyId=%s, timestamp=%d, nonce=%s, signature=%s"
+             % (LABEL, key_id, ts, nonce, sig))]
+
+
+class ListKeysGrants(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = CofferDaemon(grant_all=False)
+        cls.d.start()
+        cls.adm = cls.d.admin_stub()
+        cls.adm.CreatePrincipal(pb.CreatePrincipalRequest(name="tester", uids=[os.geteuid()]),
+                                timeout=T)
+        for name in ("alpha-1", "alpha-2", "beta-1", "gamma-1"):
+            cls.adm.CreateKey(pb.CreateKeyRequest(name=name, type=pb.HMAC_SHA256), timeout=T)
+        # Granted below, but its own limit excludes get-public-key.
+        cls.adm.CreateKey(pb.CreateKeyRequest(name="alpha-3", type=pb.HMAC_SHA256,
+                                              allowed_operations=[pb.OP_MAC]), timeout=T)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def names(self, stub=None, page_size=0):
+        stub = stub or self.d.service_stub()
+        out, token, pages = [], "", 0
+        while True:
+            r = stub.ListKeys(pb.ListKeysRequest(page_size=page_size, page_token=token),
+                              timeout=T)
+            out += [k.name for k in r.keys]
+            pages += 1
+            if not r.next_page_token:
+                return out, pages
+            # A token names a key the caller was shown, never a hidden one.
+            self.assertIn(r.next_page_token, out)
+            token = r.next_page_token
+
+    def denied(self, name, text):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.d.service_stub().GetKey(pb.GetKeyRequest(name=name), timeout=T)
+        self.assertEqual(cm.exception.code(), SC.PERMISSION_DENIED)
+        self.assertEqual(cm.exception.details(), text)
+
+    def grant(self, pattern, ops):
+        self.adm.GrantPrincipal(pb.GrantRequest(name="tester", grant=pb.Grant(
+            key_pattern=pattern, operations=ops)), timeout=T)
+
+    def test_listing_follows_get_key(self):
+        # No grant at all: GetKey is refused and ListKeys shows nothing.
+        self.denied("alpha-1", "principal tester may not get-public-key with key alpha-1 "
+                    "(no grant)")
+        self.assertEqual(self.names(), ([], 1))
+        # A grant of another operation does not show metadata.
+        self.grant("beta-1", [pb.OP_MAC])
+        self.denied("beta-1", "principal tester may not get-public-key with key beta-1 "
+                    "(no grant)")
+        self.assertEqual(self.names()[0], [])
+        # A partial grant: exactly the keys GetKey answers.
+        self.grant("alpha-*", [pb.OP_GET_PUBLIC_KEY])
+        self.d.service_stub().GetKey(pb.GetKeyRequest(name="alpha-2"), timeout=T)
+        self.denied("alpha-3", "key alpha-3 does not allow get-public-key (its own limit)")
+        self.assertEqual(self.names()[0], ["alpha-1", "alpha-2"])
+        # Page by page: hidden keys are skipped (the page after alpha-2 is
+        # empty: keys follow, none of them visible).
+        self.assertEqual(self.names(page_size=1), (["alpha-1", "alpha-2"], 3))
+        # Sealed calls are filtered the same way.
+        r = self.d.sealed_stub().ListKeys(pb.ListKeysRequest(), timeout=T)
+        self.assertEqual([k.name for k in r.keys], ["alpha-1", "alpha-2"])
+        # The admin socket lists every key.
+        self.assertEqual(self.names(self.adm)[0],
+                         ["alpha-1", "alpha-2", "alpha-3", "beta-1", "gamma-1"])
+        # Granting the rest shows the rest (alpha-3 stays hidden: its own limit).
+        self.grant("*", [pb.OP_GET_PUBLIC_KEY])
+        self.assertEqual(self.names(page_size=2)[0], ["alpha-1", "alpha-2", "beta-1",
+                                                      "gamma-1"])
+
+
+class NonceShares(unittest.TestCase):
+    """The default share: an eighth of max_nonces."""
+    SHARE = 125
+    CONFIG = {"window": "60", "max_nonces": "1000"}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = CofferDaemon(config={"requests": cls.CONFIG})
+        cls.d.start()
+        sadm = cls.d.sealed_stub(kind="admin", service="AdminService")
+        cls.keys = [sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=T)
+                    for _ in range(2)]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def list_keys(self, k, **kw):
+        req = pb.ListKeysRequest()
+        return self.d.service_stub().ListKeys(
+            req, metadata=authz(k.key.id, k.secret, "ListKeys", req, **kw), timeout=T)
+
+    def test_one_key_at_its_share_does_not_refuse_another(self):
+        busy, quiet = self.keys
+        stub = self.d.service_stub()
+        req = pb.ListKeysRequest()
+        for _ in range(self.SHARE):
+            stub.ListKeys(req, metadata=authz(busy.key.id, busy.secret, "ListKeys", req),
+                          timeout=T)
+        for _ in range(5):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.list_keys(busy)
+            self.assertEqual(cm.exception.code(), SC.RESOURCE_EXHAUSTED)
+            self.assertEqual(cm.exception.details(),
+                             "coffer.apikey.%s holds %d unexpired nonces, the limit of one "
+                             "key (requests.max_nonces_per_key = %d); retry once older ones "
+                             "expire (their timestamp plus the window)"
+                             % (busy.key.id, self.SHARE, self.SHARE))
+        # Another key of the same principal (and so anyone else) goes on.
+        self.list_keys(quiet)
+        # Logged, naming the key and the limit: once for the five refusals.
+        line = ("warn: refused a signed call: nonce scope coffer.apikey.%s holds %d "
+                "unexpired nonces, its share of the nonce record "
+                "(requests.max_nonces_per_key = %d)" % (busy.key.id, self.SHARE, self.SHARE))
+        self.assertTrue(self.d.wait_for_log(line), self.d.log()[-2000:])
+        self.assertEqual(self.d.log().count("refused a signed call"), 1)
+        self.assertNotIn(busy.secret.hex(), self.d.log())
+
+    def test_future_timestamps_bounded(self):
+        # The caller signs on this host: 1 s ahead (a second boundary) is
+        # accepted, more is refused, so no nonce outlives now + window + 2.
+        k = self.keys[1]
+        self.list_keys(k, timestamp=int(time.time()) + 1)
+        for ahead in (5, 50):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.list_keys(k, timestamp=int(time.time()) + ahead)
+            self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED)
+            self.assertRegex(cm.exception.details(),
+                             r"^clock skew: the timestamp is (%d|%d) s ahead of the daemon's "
+                             r"clock \(at most 1 s is accepted\); check the caller's clock$"
+                             % (ahead, ahead - 1))
+        # The past side keeps the whole window.
+        self.list_keys(k, timestamp=int(time.time()) - 50)
+
+
+class NonceSharesConfigured(NonceShares):
+    """[requests] max_nonces_per_key."""
+    SHARE = 100
+    CONFIG = {"window": "60", "max_nonces": "1000", "max_nonces_per_key": "100"}
+
+    def test_future_timestamps_bounded(self):
+        pass   # as in NonceShares
+
+
+class StickySignedCalls(unittest.TestCase):
+    def setUp(self):
+        self.d = CofferDaemon()
+        self.d.start()
+        self.ctl = Ctl(self.d)
+
+    def tearDown(self):
+        self.d.cleanup()
+
+    def unsigned(self):
+        return self.d.service_stub().ListKeys(pb.ListKeysRequest(), timeout=T)
+
+    def refused_unsigned(self, text):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.unsigned()
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED)
+        self.assertEqual(cm.exception.details(), text)
+
+    STICKY = ("principal tester requires signed calls (it had API keys; the last was "
+              "revoked): create a key with cofferctl principal add-key tester, or allow "
+              "uid-only calls with cofferctl principal set-auth tester --uid-only")
+
+    def test_revoking_the_last_key_keeps_signing_required(self):
+        self.unsigned()
+        ak = json.loads(self.ctl("--json", "principal", "add-key", "tester").stdout)
+        kid = ak["key"]["id"]
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.unsigned()
+        self.assertIn("principal tester has an API key, so every call must carry",
+                      cm.exception.details())
+        self.ctl("principal", "revoke-key", kid)
+        self.refused_unsigned(self.STICKY)
+        # Persistent: a restart does not forget it.
+        self.d.restart()
+        self.refused_unsigned(self.STICKY)
+        # --uid-only while a key is live says so and changes nothing yet.
+        ak2 = json.loads(self.ctl("--json", "principal", "add-key", "tester").stdout)
+        r = self.ctl("principal", "set-auth", "tester", "--uid-only")
+        self.assertEqual(r.stdout.decode(), "tester may call with its uid only once its API "
+                         "keys are revoked; it has a live one now\n")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.unsigned()
+        self.assertIn("has an API key", cm.exception.details())
+        self.ctl("principal", "revoke-key", ak2["key"]["id"])
+        self.unsigned()
+        # A key made later sets it again ...
+        ak3 = json.loads(self.ctl("--json", "principal", "add-key", "tester").stdout)
+        self.ctl("principal", "revoke-key", ak3["key"]["id"])
+        self.refused_unsigned(self.STICKY)
+        # ... until the explicit operator action restores uid-only calls.
+        r = self.ctl("principal", "set-auth", "tester", "--uid-only")
+        self.assertEqual(r.stdout.decode(), "tester may call with its uid only\n")
+        self.unsigned()
+        self.d.restart()
+        self.unsigned()
+        tail = self.ctl("audit", "tail", "--count", "50").stdout.decode()
+        recs = [json.loads(x) for x in tail.splitlines()
+                if x.startswith("{") and "SetPrincipalAuth" in x]
+        self.assertEqual(len(recs), 2, tail)   # both --uid-only
+        self.assertTrue(all(x["result"] == "OK" and x["key"] == "tester" for x in recs), recs)
+        # --signed-only sets it back without a key.
+        r = self.ctl("--json", "principal", "set-auth", "tester", "--signed-only")
+        self.assertEqual(json.loads(r.stdout), {"name": "tester", "require_api_key": True,
+                                                "has_live_key": False})
+        self.refused_unsigned(self.STICKY)
+
+    def test_set_auth_rpc_idempotent_and_refusals(self):
+        adm = self.d.admin_stub()
+        md = [("idempotency-key", "set-auth-0000000001")]
+        req = pb.SetPrincipalAuthRequest(name="tester", require_api_key=True)
+        a = adm.SetPrincipalAuth(req, metadata=md, timeout=T)
+        b = adm.SetPrincipalAuth(req, metadata=md, timeout=T)
+        self.assertEqual((a.name, a.require_api_key, a.has_live_key), ("tester", True, False))
+        self.assertEqual(a, b)
+        self.refused_unsigned(self.STICKY)
+        # The same key with another request is refused.
+        with self.assertRaises(grpc.RpcError) as cm:
+            adm.SetPrincipalAuth(pb.SetPrincipalAuthRequest(name="tester"), metadata=md,
+                                 timeout=T)
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
+        with self.assertRaises(grpc.RpcError) as cm:
+            adm.SetPrincipalAuth(pb.SetPrincipalAuthRequest(name="nobody"), timeout=T)
+        self.assertEqual(cm.exception.code(), SC.NOT_FOUND)
+        self.assertEqual(cm.exception.details(), "no principal nobody")
+        # Not on the service socket.
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.d.channel("service").unary_unary(
+                "/coffer.v1.AdminService/SetPrincipalAuth",
+                request_serializer=pb.SetPrincipalAuthRequest.SerializeToString,
+                response_deserializer=pb.SetPrincipalAuthResponse.FromString)(
+                    pb.SetPrincipalAuthRequest(name="tester"), timeout=T)
+        self.assertEqual(cm.exception.code(), SC.UNIMPLEMENTED)
+        # cofferctl wants exactly one of the two options.
+        r = self.ctl("principal", "set-auth", "tester", ok=False)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("principal set-auth needs --uid-only or --signed-only", r.stderr.decode())
+        # Deleting the principal ends it: one made later under the name does
+        # not inherit it.
+        adm.DeletePrincipal(pb.DeletePrincipalRequest(name="tester"), timeout=T)
+        self.d.ensure_principal()
+        self.unsigned()
+        self.d.restart()
+        self.unsigned()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
