@@ -783,7 +783,9 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		return cf_error(CF_E_INTERNAL, "cannot encode the request");
 	}
 	/* With an idempotency key an admin call is safe to repeat: ride out a
-	 * daemon restart. */
+	 * daemon restart. A KeyService call changes nothing, so it is repeated
+	 * once at once: a daemon that restarted closed the connection this
+	 * client had not yet noticed (gRPC core reads it only during calls). */
 	for (int attempt = 0;; attempt++) {
 		uint8_t *copy;
 
@@ -796,10 +798,12 @@ rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 			memcpy(copy, buf, len);
 			r = lc_transport(c, method, copy, len, &resp, &rlen, 0);
 		}
-		if (r != CF_E_UNAVAILABLE || c->idem_key[0] == '\0' ||
-		    strncmp(method, AS, strlen(AS)) != 0 || attempt == IDEM_RETRIES)
+		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
 			break;
-		usleep(IDEM_RETRY_US);
+		if (c->idem_key[0] != '\0' && strncmp(method, AS, strlen(AS)) == 0)
+			usleep(IDEM_RETRY_US);
+		else if (attempt > 0 || strncmp(method, KS, strlen(KS)) != 0)
+			break;
 	}
 	slice_wipe_free(buf, len);
 	if (r != CF_OK)

@@ -559,9 +559,10 @@ apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now)
 	for (size_t i = 0; i < a->n && r == CF_OK; i++)
 		if (a->e[i]->rec.revoked == 0 && strcmp(a->e[i]->rec.principal, principal) == 0)
 			r = revoke_locked(a, a->e[i], now);
-	/* Deleted: a principal made later under the name starts without the
-	 * flag. If it cannot be cleared it stays (the safe side). */
-	if (r == CF_OK && (r = store_signed_set(a->st, principal, 0)) == CF_OK) {
+	/* Deleted: the store dropped its flag with the principal
+	 * (store_principal_delete); a principal made later under the name
+	 * starts without it. */
+	if (r == CF_OK) {
 		pthread_rwlock_wrlock(&a->lk);
 		(void)sticky_set_locked(a, principal, 0);
 		pthread_rwlock_unlock(&a->lk);

@@ -751,6 +751,11 @@ principal_delete_body(store *s, const void *arg)
 		return db_err(s, "deleting the principal");
 	if (sqlite3_changes(s->db) == 0)
 		return cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	/* A principal made later under the name starts without the signed-calls
+	 * flag; cleared in this transaction, so the deletion stays one change
+	 * with one audit record. */
+	if (run(s, "DELETE FROM signed_principals WHERE principal = ?", "t", name) != SQLITE_OK)
+		return db_err(s, "deleting the principal's signed-calls flag");
 	return CF_OK;
 }
 

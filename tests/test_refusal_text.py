@@ -626,8 +626,8 @@ ROWS = [
         r'is sent'),
      lambda t: signed(t, "GetKey", pb.GetKeyRequest(name=KEY), ts=int(time.time()) - 1000)),
     ("authorization: clock skew", "UNAUTHENTICATED",
-     RX(r"clock skew: the timestamp is (999|1000) s ahead of the daemon's clock and the window is 300 s; "
-        r"check the caller's clock"),
+     RX(r"clock skew: the timestamp is (999|1000) s ahead of the daemon's clock \(at most 1 s is "
+        r"accepted\); check the caller's clock"),
      lambda t: signed(t, "GetKey", pb.GetKeyRequest(name=KEY), ts=int(time.time()) + 1000)),
     ("authorization: unknown key", "UNAUTHENTICATED",
      'unknown API key ak_00000000000000000000beef',
