@@ -68,7 +68,11 @@ printf '%-9s %14s %8s %10s  %s\n' target executions seconds exec/s result
 for t in "${targets[@]}"; do
 	corpus="$work/$t"
 	mkdir -p "$corpus"
-	args=(-print_final_stats=1 -rss_limit_mb=2048 -timeout=60 -artifact_prefix="$work/$t-")
+	# A dispatcher input may generate an RSA-4096 key: seconds, more on a
+	# loaded machine.
+	timeout=60
+	[ "$t" = dispatch ] && timeout=300
+	args=(-print_final_stats=1 -rss_limit_mb=2048 -timeout=$timeout -artifact_prefix="$work/$t-")
 	if [ -n "$runs" ]; then args+=(-runs="$runs"); else args+=(-max_total_time="$seconds"); fi
 	[ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
 	log="$work/$t.log"
