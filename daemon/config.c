@@ -295,6 +295,17 @@ ini_cb(void *user, const char *section, const char *name, const char *value)
 	return r == CF_OK;
 }
 
+/* What config_load and config_load_string answer for what ini_parse said. */
+static int
+load_result(const struct ini_ctx *ic, const char *path, int line)
+{
+	if (ic->r != CF_OK)
+		return cf_error(CF_E_CONFIG, "%s:%d: %s", path, line, ic->where);
+	if (line != 0)
+		return cf_error(CF_E_CONFIG, "%s:%d: syntax error", path, line);
+	return CF_OK;
+}
+
 int
 config_load(struct cofferd_config *c, const char *path)
 {
@@ -303,11 +314,15 @@ config_load(struct cofferd_config *c, const char *path)
 
 	if (line == -1)
 		return cf_error(CF_E_CONFIG, "cannot open configuration file %s", path);
-	if (ic.r != CF_OK)
-		return cf_error(CF_E_CONFIG, "%s:%d: %s", path, line, ic.where);
-	if (line != 0)
-		return cf_error(CF_E_CONFIG, "%s:%d: syntax error", path, line);
-	return CF_OK;
+	return load_result(&ic, path, line);
+}
+
+int
+config_load_string(struct cofferd_config *c, const char *name, const char *text)
+{
+	struct ini_ctx ic = { c, CF_OK, "" };
+
+	return load_result(&ic, name, ini_parse_string(text, ini_cb, &ic));
 }
 
 int

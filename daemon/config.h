@@ -45,6 +45,8 @@ struct cofferd_config {
 void config_defaults(struct cofferd_config *c);
 /* CF_E_CONFIG with "file:line: what is wrong" on a bad file. */
 int config_load(struct cofferd_config *c, const char *path);
+/* The same from text in memory; `name` stands for the file in errors. */
+int config_load_string(struct cofferd_config *c, const char *name, const char *text);
 /* Apply one "section.name = value" setting (used by the file and by flags). */
 int config_set(struct cofferd_config *c, const char *section, const char *name,
 	       const char *value);

@@ -12,7 +12,7 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libgrpc-dev protobuf-compiler-grpc
  libcunit1-dev libsqlite3-dev sqlite3 libinih-dev
  python3 python3-grpcio python3-grpc-tools python3-cryptography
- libclang-rt-14-dev"
+ clang libclang-rt-14-dev"
 
 missing=""
 for p in $PKGS; do
