@@ -149,13 +149,11 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	static const struct {
 		const char *name;
 		enum cf_key_type type;
-		int exportable;
 	} keys[] = {
-		{ "fz-ec256", CF_KEY_EC_P256, 0 },   { "fz-ec384", CF_KEY_EC_P384, 0 },
-		{ "fz-ed25519", CF_KEY_ED25519, 0 }, { "fz-rsa2048", CF_KEY_RSA_2048, 0 },
-		{ "fz-hmac256", CF_KEY_HMAC_SHA256, 0 }, { "fz-hmac384", CF_KEY_HMAC_SHA384, 0 },
-		{ "fz-hmac512", CF_KEY_HMAC_SHA512, 0 }, { "fz-aes", CF_KEY_AES_256, 0 },
-		{ "fz-aes-export", CF_KEY_AES_256, 1 },
+		{ "fz-ec256", CF_KEY_EC_P256 },     { "fz-ec384", CF_KEY_EC_P384 },
+		{ "fz-ed25519", CF_KEY_ED25519 },   { "fz-rsa2048", CF_KEY_RSA_2048 },
+		{ "fz-hmac256", CF_KEY_HMAC_SHA256 }, { "fz-hmac384", CF_KEY_HMAC_SHA384 },
+		{ "fz-hmac512", CF_KEY_HMAC_SHA512 }, { "fz-aes", CF_KEY_AES_256 },
 	};
 	struct session_cfg scfg = { .lifetime = 3600, .max_records = 1u << 20,
 				    .max_bytes = 1u << 30, .max_per_caller = 8,
@@ -201,8 +199,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	if ((r = dispatch_new(&dcfg, &dsp)) != CF_OK)
 		die("dispatch_new", r);
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		if ((r = keyring_create(base.kr, keys[i].name, keys[i].type, keys[i].exportable,
-					0, 0, &info)) != CF_OK)
+		if ((r = keyring_create(base.kr, keys[i].name, keys[i].type, 0, 0,
+					&info)) != CF_OK)
 			die(keys[i].name, r);
 		keyring_info_free(&info);
 	}
