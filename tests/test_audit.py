@@ -30,6 +30,7 @@ import os
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -489,6 +490,27 @@ class Crash(unittest.TestCase):
         t = threading.Thread(target=burst)
         t.start()
         time.sleep(0.5)
+        # The writer seals (and anchors) whenever it is idle for 20 ms, so
+        # a kill at a random moment may find nothing after the anchor. Frozen
+        # with SIGSTOP, the file and the anchor can be compared exactly: kill
+        # only once records were written after the last anchor.
+        db = os.path.join(d.state_dir, "coffer.db")
+        deadline = time.monotonic() + 60
+        while True:
+            os.kill(d.pid, signal.SIGSTOP)
+            with open(path, "rb") as f:
+                lines = [x for x in f.read().split(b"\n")[:-1] if x]
+            last = json.loads(lines[-1])["seq"] if lines else 0
+            con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
+            try:
+                row = con.execute("SELECT seq FROM audit_anchor WHERE id = 1").fetchone()
+            finally:
+                con.close()
+            if row is not None and last > row[0]:
+                break
+            self.assertLess(time.monotonic(), deadline, "no record after the anchor in 60 s")
+            os.kill(d.pid, signal.SIGCONT)
+            time.sleep(0.002)
         d.stop(sig=signal.SIGKILL, expect=None)
         stop.set()
         t.join()
