@@ -2,11 +2,15 @@
 # Build (if needed) and run every libFuzzer target under ASan + UBSan +
 # LeakSanitizer; fail on any crash, leak, sanitizer report or timeout.
 #
-#   bash tests/fuzz/run.sh [--seconds N | --runs N] [--target NAME]... [--build DIR]
-#                          [--work DIR]
+#   bash tests/fuzz/run.sh [--seconds N | --runs N] [--cpu-seconds N] [--target NAME]...
+#                          [--build DIR] [--work DIR]
 #
 # --seconds N  run each target N seconds (default 20)
 # --runs N     run each target for N inputs instead
+# --cpu-seconds N
+#              also stop a target once it has used N seconds of its own CPU
+#              (with --runs: whichever comes first) -- for a campaign on a
+#              machine shared with other work, where wall time overstates it
 # --target     only this target (callauth, reqsign, envelope, session, config,
 #              audit, dispatch); may be repeated
 # --build DIR  the COFFER_FUZZ build (default build-fuzz; configured with
@@ -21,6 +25,7 @@ root=$PWD
 
 seconds=20
 runs=""
+cpu=""
 build=build-fuzz
 work=""
 targets=()
@@ -29,10 +34,11 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--seconds) seconds=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
+	--cpu-seconds) cpu=$2; shift 2 ;;
 	--target) targets+=("$2"); shift 2 ;;
 	--build) build=$2; shift 2 ;;
 	--work) work=$2; shift 2 ;;
-	*) echo "usage: $0 [--seconds N | --runs N] [--target NAME]... [--build DIR] [--work DIR]" >&2
+	*) echo "usage: $0 [--seconds N | --runs N] [--cpu-seconds N] [--target NAME]... [--build DIR] [--work DIR]" >&2
 	   exit 2 ;;
 	esac
 done
@@ -63,8 +69,16 @@ export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_stri
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp"
 
+# CPU seconds (user + system) a process has used so far.
+cpu_of() {
+	local f
+	read -ra f <"/proc/$1/stat" || return 1
+	# Fields 14 and 15 (utime, stime) counted after the ")" of the name.
+	echo $(( (f[13] + f[14]) / $(getconf CLK_TCK) ))
+}
+
 fail=0
-printf '%-9s %14s %8s %10s  %s\n' target executions seconds exec/s result
+printf '%-9s %14s %8s %8s %10s  %s\n' target executions seconds cpu-s exec/s result
 for t in "${targets[@]}"; do
 	corpus="$work/$t"
 	mkdir -p "$corpus"
@@ -73,7 +87,9 @@ for t in "${targets[@]}"; do
 	timeout=60
 	[ "$t" = dispatch ] && timeout=300
 	args=(-print_final_stats=1 -rss_limit_mb=2048 -timeout=$timeout -artifact_prefix="$work/$t-")
-	if [ -n "$runs" ]; then args+=(-runs="$runs"); else args+=(-max_total_time="$seconds"); fi
+	if [ -n "$runs" ]; then args+=(-runs="$runs")
+	elif [ -n "$cpu" ]; then args+=(-max_total_time=$((cpu * 100)))
+	else args+=(-max_total_time="$seconds"); fi
 	[ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
 	log="$work/$t.log"
 	# The token's own leaks (SoftHSM's Ed25519 signing leaks an ASN.1
@@ -84,8 +100,20 @@ for t in "${targets[@]}"; do
 	start=$(date +%s)
 	rc=0
 	ASAN_OPTIONS="$ASAN_OPTIONS$unwind" \
-		"$build/tests/fuzz/fuzz_$t" "${args[@]}" "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1 ||
-		rc=$?
+		"$build/tests/fuzz/fuzz_$t" "${args[@]}" "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1 &
+	pid=$!
+	used=0 stopped=0
+	while kill -0 $pid 2>/dev/null; do
+		used=$(cpu_of $pid) || break
+		if [ -n "$cpu" ] && [ "$used" -ge "$cpu" ] && [ $stopped -eq 0 ]; then
+			# libFuzzer prints its final stats and exits 72 on SIGINT.
+			kill -INT $pid
+			stopped=1
+		fi
+		sleep 2
+	done
+	wait $pid || rc=$?
+	[ $stopped -eq 1 ] && [ $rc -eq 72 ] && rc=0
 	took=$(( $(date +%s) - start ))
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
 	rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
@@ -95,7 +123,7 @@ for t in "${targets[@]}"; do
 		result="FAILED (exit $rc)"
 		fail=1
 	fi
-	printf '%-9s %14s %8s %10s  %s\n' "$t" "${execs:-?}" "$took" "${rate:-?}" "$result"
+	printf '%-9s %14s %8s %8s %10s  %s\n' "$t" "${execs:-?}" "$took" "$used" "${rate:-?}" "$result"
 	if [ "$result" != ok ]; then
 		grep -E 'ERROR:|runtime error:|SUMMARY:|Test unit written|^#[0-9]+ .* in ' "$log" |
 			head -40 | sed 's/^/    /'
