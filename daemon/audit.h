@@ -5,7 +5,7 @@
  * request id (and replay_of: the request id of the original call, when a
  * retried idempotent call is answered from its record).
  *
- * Tamper evidence (client/common/cf_audit_verify.h, shared with cofferctl's
+ * Tamper evidence (common/cf_audit_verify.h, shared with cofferctl's
  * offline verifier): record i carries chain_i = SHA-256(chain_{i-1} ‖ body_i),
  * and seal records (once the writer has been idle 20 ms, at least every
  * 100 ms under load, and the start and stop records) carry an ECDSA P-256

@@ -153,7 +153,7 @@ p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type
 /*
  * CKA_MODIFIABLE stays TRUE on token objects: SoftHSM 2.6.1 refuses
  * C_CopyObject of an unmodifiable object with a CKA_TOKEN=FALSE template
- * (CKR_ATTRIBUTE_READ_ONLY, measured by tests/p11_attrs.c), and the session
+ * (CKR_ATTRIBUTE_READ_ONLY, measured by tests/integration/p11_attrs.c), and the session
  * copies are what keep crypto at full speed (DESIGN 5). The copies the layer
  * works with are made CKA_MODIFIABLE=FALSE (p11_copy); the layer never calls
  * C_SetAttributeValue.

@@ -1,5 +1,5 @@
 /*
- * fuzz_audit.c — the audit trail verifier (client/common/cf_audit_verify.c)
+ * fuzz_audit.c — the audit trail verifier (common/cf_audit_verify.c)
  * that cofferctl runs on a copy of the trail from anywhere, and the anchor
  * text an auditor types.
  *

@@ -1,6 +1,6 @@
 /*
  * fuzz_session.c — sealed-session crypto that reads what a peer sent
- * (client/common/cf_session.c): records, the handshake transcript, the
+ * (common/cf_session.c): records, the handshake transcript, the
  * identity key and its signature, the peer's ephemeral key. The daemon's
  * accept path (daemon/session.c, with a real session manager and token) is
  * driven by fuzz_dispatch through SessionService/OpenSession and /Call.

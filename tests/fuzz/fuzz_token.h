@@ -1,6 +1,6 @@
 /*
  * fuzz_token.h — a throw-away SoftHSM2 token for a fuzz target, made once
- * in LLVMFuzzerInitialize and removed at exit (tests/cf_test_token.c).
+ * in LLVMFuzzerInitialize and removed at exit (tests/support/cf_test_token.c).
  */
 #ifndef COFFER_FUZZ_TOKEN_H
 #define COFFER_FUZZ_TOKEN_H

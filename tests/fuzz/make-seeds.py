@@ -5,7 +5,7 @@ Small valid inputs, in each target's input format (see the comment at the top
 of tests/fuzz/fuzz_<target>.c): real authorization headers, request-signing
 fields, wrap contexts and plaintexts, session records, the shipped
 configuration file, one serialized request per dispatcher method (built with
-the Python stubs of tests/daemon_fixture.py), and audit lines written by the
+the Python stubs of tests/integration/daemon_fixture.py), and audit lines written by the
 daemon's own audit code: fuzz_dispatch is run over the dispatcher seeds with
 its token kept, and its trail is read back.
 
@@ -24,7 +24,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from daemon_fixture import stubs  # noqa: E402
 
 CORPUS = os.path.join(HERE, "corpus")

@@ -56,7 +56,7 @@ KS = "/coffer.v1.KeyService/"
 
 
 def doc_path():
-    src = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, ".."))
+    src = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, "..", ".."))
     return os.path.join(src, "proto", "call-authentication.md")
 
 
@@ -627,7 +627,7 @@ class Cofferctl(unittest.TestCase):
     """The credentials file and --api-key, through cofferctl (libcoffer)."""
 
     def test_add_key_file_and_signed_commands(self):
-        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
                            "cofferctl")
         with CofferDaemon() as d:
             ident = os.path.join(d.dir, "identity.pem")

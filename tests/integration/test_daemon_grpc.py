@@ -7,7 +7,7 @@ key from GetPublicKey, MACs with Python's hmac on an imported secret, wrap
 blobs decrypted with AES-GCM on an imported key. Calls that carry secrets
 (Wrap, Unwrap, GenerateDataKey with include_plaintext, AdminService/ImportKey)
 are refused unsealed, so they go through SessionService/Call in a sealed
-session (tests/coffer_session.py via daemon_fixture.SealedStub), pinned to the
+session (tests/integration/coffer_session.py via daemon_fixture.SealedStub), pinned to the
 identity the fixture fetched at the first start; an inner error is raised as
 SealedRpcError with the inner status, so the assertions read as before (the
 sealed channel itself is tested in test_session_grpc.py). Bad input: each failure has
@@ -15,7 +15,7 @@ its own test and the status code the contract in coffer.proto names.
 Lifecycle: SIGTERM with calls in flight, a second daemon on the same
 sockets, restart on the same state, start-up reconciliation.
 
-Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/test_daemon_grpc.py [-v] [Class.test]
+Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/integration/test_daemon_grpc.py [-v] [Class.test]
 (tests run as root here; the allow-list test needs root and setpriv.)
 """
 

@@ -18,7 +18,7 @@ document: it exercises the gRPC plumbing of coffer_session, it is not an
 interop test (that needs cofferd).
 
 Every mismatch names its field. Run:
-    /usr/bin/python3 tests/test_session_vectors.py [-v]
+    /usr/bin/python3 tests/integration/test_session_vectors.py [-v]
 The document is $COFFER_SOURCE_DIR/proto/session-protocol.md, else
 <this file>/../proto/session-protocol.md.
 """
@@ -44,7 +44,7 @@ def doc_path():
     src = os.environ.get("COFFER_SOURCE_DIR")
     if src:
         return os.path.join(src, "proto", "session-protocol.md")
-    return os.path.join(HERE, "..", "proto", "session-protocol.md")
+    return os.path.join(HERE, "..", "..", "proto", "session-protocol.md")
 
 
 BEGIN = "<!-- vectors:begin -->"

@@ -1,7 +1,7 @@
 /*
  * p11_objects — an independent listing of a token's objects through raw
  * Cryptoki (dlopen + C_GetFunctionList; none of Coffer's pkcs11/ code), for
- * the crash-consistency checker (tests/crash_check.py).
+ * the crash-consistency checker (tests/integration/crash_check.py).
  *
  * usage: p11_objects --module SO --token-label LABEL --pin-file FILE [ACTION]
  *   (no action)                     list every object the user sees, one JSON

@@ -13,7 +13,7 @@
 
 Calls that carry secrets (Wrap, Unwrap, GenerateDataKey with plaintext,
 AdminService/ImportKey) are refused unsealed; send them in a sealed session
-(proto/session-protocol.md, tests/coffer_session.py):
+(proto/session-protocol.md, tests/integration/coffer_session.py):
 
     svc = d.sealed_stub("service")   # KeyService methods, sealed
     svc.Wrap(pb.WrapRequest(...))    # -> WrapResponse; inner errors raise
@@ -58,7 +58,7 @@ import types
 import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC_DIR = os.path.dirname(HERE)
+SRC_DIR = os.path.dirname(os.path.dirname(HERE))
 PROTO_DIR = os.path.join(SRC_DIR, "proto")
 INIT_TOKEN = os.path.join(SRC_DIR, "deploy", "init-token.sh")
 PYTHON = "/usr/bin/python3"
@@ -506,7 +506,7 @@ class SealedStub:
 
 
 def cofferctl_path():
-    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
                         "cofferctl")
 
 

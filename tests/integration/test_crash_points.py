@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Crash consistency at every named crash point (issue 13, DESIGN.md §4a).
 
-For each mutating scenario (tests/crash_harness.py: CreateKey (EC, HMAC),
+For each mutating scenario (tests/integration/crash_harness.py: CreateKey (EC, HMAC),
 sealed ImportKey, RotateKey (EC, AES), every lifecycle change, destruction by
 the sweeper (EC, HMAC), scheduled rotation, principal create/grant/revoke/
 limit/delete, API key create/rotate/revoke) one traced run learns the crash
@@ -29,7 +29,7 @@ samples passes); COFFER_CRASH_FULL=1 runs every pass in both loops;
 COFFER_CRASH_JOBS (default 3) scenarios at once, each on its own daemon and
 token; COFFER_CRASH_ONLY=<substring> runs only the scenarios whose name
 contains it (and skips the coverage check); COFFER_KEEP_TMP=1 keeps the
-daemons' directories (tests/crash_check.py DIR checks one again).
+daemons' directories (tests/integration/crash_check.py DIR checks one again).
 
 Times (2 CPUs): about 3 min in a RelWithDebInfo build, 5.5 min with
 ASan+UBSan.

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Sealed sessions (proto/session-protocol.md) against a real cofferd.
 
-The caller side is tests/coffer_session.py, written from the protocol
+The caller side is tests/integration/coffer_session.py, written from the protocol
 document alone; the daemon is build/daemon/cofferd on a throw-away SoftHSM
 token (daemon_fixture). Every refusal is checked by its status code and by
 the words of its message that name the reason.
@@ -22,7 +22,7 @@ the words of its message that name the reason.
                       control, an unsealed Unwrap does); a reply tampered on
                       its way back is refused by libcoffer, nothing released
 
-Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/test_session_grpc.py [-v] [Class.test]
+Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/integration/test_session_grpc.py [-v] [Class.test]
 (runs as root here; the other-uid test needs root and setpriv.)
 """
 
@@ -90,7 +90,7 @@ def tearDownModule():
 
 
 def cofferctl():
-    build = os.environ.get("COFFER_BUILD_DIR") or os.path.join(os.path.dirname(HERE), "build")
+    build = os.environ.get("COFFER_BUILD_DIR") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "build")
     return os.path.join(build, "cofferctl")
 
 

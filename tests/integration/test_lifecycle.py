@@ -69,7 +69,7 @@ key is read back to show that a refused call changed nothing.
   Default minimums       a daemon without [keys] settings refuses a grace of
                          one hour and a rotation period of one minute
 
-Run:  /usr/bin/python3 tests/test_lifecycle.py [-v] [Class.test]
+Run:  /usr/bin/python3 tests/integration/test_lifecycle.py [-v] [Class.test]
 """
 import glob
 import json

@@ -71,7 +71,7 @@ APIKEY_REVOKE = ("RevokeApiKey",)
 
 
 def build_dir():
-    return os.environ.get("COFFER_BUILD_DIR") or os.path.join(HERE, "..", "build")
+    return os.environ.get("COFFER_BUILD_DIR") or os.path.join(HERE, "..", "..", "build")
 
 
 def p11_objects_path():

@@ -76,7 +76,7 @@ static const struct call_vec call_vecs[] = {
 	{ "/coffer.v1.KeyService/ListKeys", "", "0123456789abcdef0123456789abcdef",
 	  "ak_000102030405060708090a0b", 1764300000 },
 	/* MacRequest { key: "api-mac", data: "hello" }: field 1 (0a), field 3
-	 * (1a); tests/test_call_auth.py sends these bytes to cofferd. */
+	 * (1a); tests/integration/test_call_auth.py sends these bytes to cofferd. */
 	{ "/coffer.v1.KeyService/Mac", "0a076170692d6d61631a0568656c6c6f",
 	  "n0nce_A-000000000002", "ak_000102030405060708090a0b", 1764300001 },
 };

@@ -157,7 +157,7 @@ class Idempotency(unittest.TestCase):
                                            timeout=TIMEOUT, metadata=idem("rotate-restart-1"))
         self.assertEqual(r1.SerializeToString(), r2.SerializeToString())
         self.assertEqual(self.versions("restart-k"), [1, 2])
-        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
                            "cofferctl")
         env = dict(self.d.env, COFFER_ADMIN_SOCKET=self.d.admin_socket)
         for _ in range(2):

@@ -21,7 +21,7 @@ of <state_dir>/audit.log:
   log (raw, hex, base64);
 * fail closed: a trail that cannot be written (a file size limit) refuses
   calls with UNAVAILABLE and the health check says NOT_SERVING; fail open:
-  calls go on and the log raises an alarm (tests/test_audit_failclosed.py:
+  calls go on and the log raises an alarm (tests/integration/test_audit_failclosed.py:
   the three failure kinds).
 """
 import base64
@@ -266,7 +266,7 @@ class AuditTrail(unittest.TestCase):
 
 def ctl_offline(*args):
     return subprocess.run([os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(
-        HERE, "..", "build")), "cofferctl")] + list(args), capture_output=True, timeout=60)
+        HERE, "..", "..", "build")), "cofferctl")] + list(args), capture_output=True, timeout=60)
 
 
 def rechain(lines, k):

@@ -43,7 +43,7 @@ import grpc  # noqa: E402
 
 from daemon_fixture import CofferDaemon, Ctl, cofferctl_path, stubs  # noqa: E402
 
-SRC = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, ".."))
+SRC = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, "..", ".."))
 
 
 def b64u(s):

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """check_error_hygiene — every failure status carries its own message.
 
-A static scan of client/, daemon/ and pkcs11/ (*.c) for the three shapes that
+A static scan of common/, client/, daemon/ and pkcs11/ (*.c) for the three shapes that
 hand a caller a status without text, so that cf_error_detail() still holds an
 earlier failure's detail (issue 14, defect 1):
 
@@ -21,11 +21,11 @@ import os
 import re
 import sys
 
-DIRS = ("client", "daemon", "pkcs11")
+DIRS = ("common", "client", "daemon", "pkcs11")
 
 # (file, function, status): why this literal never reaches a caller as-is.
 SENTINELS = {
-	("client/common/cf_session.c", "cf_session_eph_new", "CF_E_INTERNAL"):
+	("common/cf_session.c", "cf_session_eph_new", "CF_E_INTERNAL"):
 		"every path assigns r (cf_nomem, cf_error or CF_OK) before out:",
 	("client/libcoffer_session.c", "lc_sealed_call", "CF_E_INTERNAL"):
 		"the retry loop assigns r on its first pass",
@@ -140,7 +140,7 @@ def scan(src):
 def main():
 	src = (sys.argv[1] if len(sys.argv) > 1 else
 	       os.environ.get("COFFER_SOURCE_DIR") or
-	       os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+	       os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 	if not os.path.isdir(os.path.join(src, "daemon")):
 		print("check_error_hygiene: %s is not a Coffer source tree" % src, file=sys.stderr)
 		return 2

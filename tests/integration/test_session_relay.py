@@ -11,7 +11,7 @@ grant) in front of the service socket, and root talks through it:
   a. cofferctl wrap (libcoffer) through the relay is refused with the
      mismatch text, exit 3, nothing written; the audit trail has no Wrap
      attributed to the relay (only its OpenSession); the Python caller
-     (tests/coffer_session.py) refuses it too;
+     (tests/integration/coffer_session.py) refuses it too;
   b. with cofferctl --no-peer-check (the user-namespace escape) the wrap
      works, and runs and is recorded as the relay's principal: the
      documented consequence; Python's peer_check=False likewise;
@@ -20,7 +20,7 @@ grant) in front of the service socket, and root talks through it:
      the relay and directly, and on the admin socket (no principals there);
      an empty claim and the connection's own name still open sessions.
 
-Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/test_session_relay.py [-v]
+Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/integration/test_session_relay.py [-v]
 (needs root and setpriv).
 """
 

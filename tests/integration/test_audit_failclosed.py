@@ -46,7 +46,7 @@ NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
 
 
 def cofferctl():
-    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "build")),
+    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
                         "cofferctl")
 
 

@@ -38,7 +38,7 @@ UNRESERVED = set(string.ascii_letters + string.digits + "-._~")
 
 
 def doc_path():
-    src = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, ".."))
+    src = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, "..", ".."))
     return os.path.join(src, "proto", "request-signing.md")
 
 
