@@ -351,6 +351,27 @@ cf_test_daemon_stop(struct cf_test_daemon *d)
 }
 
 int
+cf_test_p11_setup(struct cf_test_token *t, const char *label, cf_p11 **p11)
+{
+	int r;
+
+	if (cf_test_token_create(t, label) != 0)
+		return -1;
+	if ((r = cf_p11_open(&t->cfg, p11)) != CF_OK) {
+		fprintf(stderr, "cf_p11_open: %s: %s\n", cf_status_name(r), cf_error_detail());
+		return -1;
+	}
+	return 0;
+}
+
+void
+cf_test_p11_teardown(struct cf_test_token *t, cf_p11 *p11)
+{
+	cf_p11_close(p11);
+	cf_test_token_destroy(t);
+}
+
+int
 cf_test_main(const char *suite, int (*init)(void), int (*clean)(void),
 	     const struct cf_test_case *cases)
 {

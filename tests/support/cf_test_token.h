@@ -9,6 +9,7 @@
 #define COFFER_CF_TEST_TOKEN_H
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/types.h>
 
 #define CRYPTOKI_COMPAT
@@ -36,6 +37,10 @@ int cf_test_token_create(struct cf_test_token *t, const char *label);
 /* Add a second initialised token with another label to the same directory. */
 int cf_test_token_add(struct cf_test_token *t, const char *label);
 void cf_test_token_destroy(struct cf_test_token *t);
+/* The fixture of most unit suites: a token created and opened (*p11);
+ * 0 on success. Undone by cf_test_p11_teardown. */
+int cf_test_p11_setup(struct cf_test_token *t, const char *label, cf_p11 **p11);
+void cf_test_p11_teardown(struct cf_test_token *t, cf_p11 *p11);
 /* Write a file with `mode`; 0 on success. */
 int cf_test_write_file(const char *path, const char *content, unsigned mode);
 
@@ -96,6 +101,19 @@ int cf_test_daemon_log_has(const struct cf_test_daemon *d, const char *needle);
 		fprintf(stderr, "%s:%d %s -> %s: %s\n", __FILE__, __LINE__,   \
 			#expr, cf_status_name(r_), cf_error_detail());        \
 	CU_ASSERT_EQUAL_FATAL(r_, CF_OK);                                     \
+} while (0)
+
+/* Assert that expr fails with `status` and that the failure's text
+ * (cf_error_message) contains `text` ("" accepts any); print both when not. */
+#define CHECK_ERR(expr, status, text) do {                                    \
+	int r_ = (expr);                                                      \
+	const char *m_ = cf_error_message(r_);                                \
+	if (r_ != (status) || strstr(m_, (text)) == NULL)                     \
+		fprintf(stderr, "\n  %s:%d %s -> %s \"%s\"; expected %s \"%s\"\n", \
+			__FILE__, __LINE__, #expr, cf_status_name(r_), m_,    \
+			cf_status_name(status), (text));                      \
+	CU_ASSERT_EQUAL(r_, (status));                                        \
+	CU_ASSERT_PTR_NOT_NULL(strstr(m_, (text)));                           \
 } while (0)
 
 /* Verify sig over msg with OpenSSL alone, from a DER SubjectPublicKeyInfo:
