@@ -27,6 +27,7 @@
 #include <openssl/crypto.h>
 
 #include "cf_keytype.h"
+#include "cf_methods.h"
 #include "cf_session.h"
 #include "cf_status.h"
 #include "libcoffer_internal.h"
@@ -737,24 +738,18 @@ lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uin
 #define IDEM_RETRIES 40          /* with IDEM_RETRY_US: ride out 10 s of restart */
 #define IDEM_RETRY_US 250000
 
-/* Calls that carry secret plaintext travel sealed; with
+/* Calls that carry secrets travel sealed (cf_methods.h); with
  * COFFER_CONNECT_SEAL_ALL every KeyService call does. */
 static int
 must_seal(const coffer_client *c, const char *method)
 {
-	static const char *const sensitive[] = {
-		KS "Wrap", KS "Unwrap", KS "GenerateDataKey", AS "ImportKey", AS "CreateApiKey",
-		AS "RotateApiKeySecret",
-	};
+	const struct cf_method *m = cf_method_by_path(method);
 
-	if (c->unsealed)
+	if (c->unsealed || m == NULL)
 		return 0;
-	if ((c->flags & COFFER_CONNECT_SEAL_ALL) && strncmp(method, KS, strlen(KS)) == 0)
+	if ((c->flags & COFFER_CONNECT_SEAL_ALL) && m->socket == CF_SOCK_SERVICE)
 		return 1;
-	for (size_t i = 0; i < sizeof(sensitive) / sizeof(sensitive[0]); i++)
-		if (strcmp(method, sensitive[i]) == 0)
-			return 1;
-	return 0;
+	return (m->flags & CF_MF_SECRET) != 0;
 }
 
 /*

@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "cf_count.h"
 #include "cf_status.h"
 
 static const char *const cf_key_type_names[CF_KEY__COUNT] = {
@@ -135,6 +136,7 @@ cf_key_name_check(const char *name)
 {
 	size_t n;
 
+	cf_count(CF_COUNT_KEY_NAME_CHECK);
 	if (name == NULL || name[0] == '\0')
 		return cf_error(CF_E_INVALID_ARG, "key name is empty");
 	n = strnlen(name, CF_KEY_NAME_MAX + 1);

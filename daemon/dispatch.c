@@ -7,7 +7,9 @@
 
 #include <openssl/crypto.h>
 
+#include "cf_keytype.h"
 #include "cf_log.h"
+#include "cf_methods.h"
 #include "cf_pbcheck.h"
 #include "cf_pbwipe.h"
 #include "cf_reqsign.h"
@@ -31,63 +33,20 @@ static const char *const code_names[] = {
 	"UNAUTHENTICATED",
 };
 
-enum where { ON_SERVICE = 1, ON_ADMIN = 2, ON_BOTH = 3 };
-
-#define SESSION_SERVICE "coffer.v1.SessionService"
-
+/* A method as this daemon runs it: its facts (cf_methods.h), its messages,
+ * its handler. */
 struct method {
-	char path[128];
-	const char *service;
-	const char *name;
-	enum where where;
+	const struct cf_method *d;
 	const ProtobufCMessageDescriptor *input, *output;
 	handler_fn fn;          /* NULL for SessionService/Call, run here */
 	/* How its messages are allocated: wiped on free, except the envelope
 	 * of a sealed call, which holds ciphertext only. */
 	ProtobufCAllocator *alloc;
-	int sealed_only;        /* CloseSession */
-	int never_sealed;       /* OpenSession, GetIdentity, Call */
-	int open;               /* no principal needed: Health, GetIdentity */
-	int health;             /* grpc.health.v1.Health: never refused, not audited */
-	int mutating;           /* takes an idempotency key */
-	enum policy_op op;      /* KeyService: the operation to grant (NONE: ListKeys) */
-	const char *key_field;  /* KeyService: the request field naming the key */
-};
-
-/* The AdminService calls that change something: they take an idempotency key. */
-static const char *const mutating[] = {
-	"CreateKey", "ImportKey", "RotateKey", "SetPrimaryVersion", "EnableKeyVersion",
-	"DisableKeyVersion", "ScheduleDestroyKeyVersion", "CancelDestroyKeyVersion",
-	"SetKeyMinimums", "TrimKey", "SetRotationSchedule", "CreatePrincipal", "GrantPrincipal",
-	"RevokePrincipal", "SetRateLimit", "DeletePrincipal", "CreateApiKey",
-	"RotateApiKeySecret", "RevokeApiKey", "SetPrincipalAuth",
-};
-
-/* The operation each KeyService method needs granted, and where its key is. */
-static const struct {
-	const char *method;
-	enum policy_op op;
-	const char *key_field;
-} key_ops[] = {
-	{ "Sign", POLICY_OP_SIGN, "key" },
-	{ "Verify", POLICY_OP_VERIFY, "key" },
-	{ "Mac", POLICY_OP_MAC, "key" },
-	{ "VerifyMac", POLICY_OP_VERIFY_MAC, "key" },
-	{ "Wrap", POLICY_OP_WRAP, "key" },
-	{ "Unwrap", POLICY_OP_UNWRAP, "key" },
-	{ "Rewrap", POLICY_OP_REWRAP, "key" },
-	{ "GenerateDataKey", POLICY_OP_GENERATE_DATA_KEY, "key" },
-	{ "GetPublicKey", POLICY_OP_GET_PUBLIC_KEY, "key" },
-	{ "GetKey", POLICY_OP_GET_PUBLIC_KEY, "name" },
-	{ "ListKeys", POLICY_OP_NONE, NULL },
-	{ "VerifyRequestSignature", POLICY_OP_VERIFY_MAC, "request.key" },
-	{ "SignHttpRequest", POLICY_OP_MAC, "request.key" },
 };
 
 struct dispatch {
 	struct dispatch_cfg cfg;
-	struct method *m;
-	size_t n;
+	struct method m[CF_METHOD__COUNT];   /* by enum cf_method_id */
 };
 
 unsigned
@@ -124,70 +83,95 @@ dispatch_status_name(int st)
 
 /* ---- the method table ---- */
 
-static int
-add_service(dispatch *d, const ProtobufCServiceDescriptor *svc, enum where where)
+static const ProtobufCServiceDescriptor *const services[] = {
+	&coffer__v1__key_service__descriptor, &coffer__v1__admin_service__descriptor,
+	&coffer__v1__session_service__descriptor, &grpc__health__v1__health__descriptor,
+};
+
+/* Field `name` of message type d ("outer.inner": of a nested message) if
+ * it is a single field of `type`, else NULL. */
+static const ProtobufCFieldDescriptor *
+field_of(const ProtobufCMessageDescriptor *d, const char *name, ProtobufCType type)
 {
-	int in_session = strcmp(svc->name, SESSION_SERVICE) == 0;
+	const ProtobufCFieldDescriptor *f;
+	const char *dot = strchr(name, '.');
+	char outer[32];
 
-	for (unsigned i = 0; i < svc->n_methods; i++) {
-		const ProtobufCMethodDescriptor *md = &svc->methods[i];
-		const struct handler *h = handlers_find(svc->name, md->name);
-		struct method *e = &d->m[d->n];
-		int call = in_session && strcmp(md->name, "Call") == 0;
-
-		if (h == NULL && !call)
-			return cf_error(CF_E_INTERNAL, "no handler for %s/%s", svc->name, md->name);
-		snprintf(e->path, sizeof(e->path), "/%s/%s", svc->name, md->name);
-		e->service = svc->name;
-		e->name = md->name;
-		e->where = where;
-		e->input = md->input;
-		e->output = md->output;
-		e->fn = call ? NULL : h->fn;
-		e->alloc = call ? NULL : &cf_pbwipe_allocator;
-		e->sealed_only = in_session && strcmp(md->name, "CloseSession") == 0;
-		e->never_sealed = in_session && !e->sealed_only;
-		e->health = strcmp(svc->name, "grpc.health.v1.Health") == 0;
-		for (size_t k = 0; where == ON_ADMIN && k < sizeof(mutating) / sizeof(mutating[0]);
-		     k++)
-			e->mutating |= strcmp(mutating[k], md->name) == 0;
-		e->open = e->health || (in_session && strcmp(md->name, "GetIdentity") == 0);
-		for (size_t k = 0; where == ON_SERVICE && k < sizeof(key_ops) / sizeof(key_ops[0]);
-		     k++)
-			if (strcmp(key_ops[k].method, md->name) == 0) {
-				e->op = key_ops[k].op;
-				e->key_field = key_ops[k].key_field;
-			}
-		d->n++;
+	if (dot != NULL) {
+		snprintf(outer, sizeof(outer), "%.*s", (int)(dot - name), name);
+		if ((f = protobuf_c_message_descriptor_get_field_by_name(d, outer)) == NULL ||
+		    f->type != PROTOBUF_C_TYPE_MESSAGE)
+			return NULL;
+		d = f->descriptor;
+		name = dot + 1;
 	}
+	f = protobuf_c_message_descriptor_get_field_by_name(d, name);
+	return f != NULL && f->type == type && f->label != PROTOBUF_C_LABEL_REPEATED ? f : NULL;
+}
+
+/* The fields a table entry names exist in its messages, with their types:
+ * a misspelt secret field would otherwise keep a secret unsealed or in an
+ * idempotency record. */
+static int
+check_fields(const struct cf_method *cm, const ProtobufCMethodDescriptor *md)
+{
+	if ((cm->key_field != NULL &&
+	     field_of(md->input, cm->key_field, PROTOBUF_C_TYPE_STRING) == NULL) ||
+	    (cm->secret_if != NULL &&
+	     field_of(md->input, cm->secret_if, PROTOBUF_C_TYPE_BOOL) == NULL) ||
+	    (cm->secret_in != NULL &&
+	     field_of(md->input, cm->secret_in, PROTOBUF_C_TYPE_BYTES) == NULL) ||
+	    (cm->secret_out != NULL &&
+	     field_of(md->output, cm->secret_out, PROTOBUF_C_TYPE_BYTES) == NULL) ||
+	    ((cm->flags & CF_MF_SECRET) != 0) != (cm->secret_what != NULL))
+		return cf_error(CF_E_INTERNAL, "method table entry %s names a field its messages "
+				"lack", cm->path);
 	return CF_OK;
+}
+
+/* Method table entry id against the .proto's descriptors and the handlers. */
+static int
+bind(struct method *e, enum cf_method_id id)
+{
+	const struct cf_method *cm = &cf_methods[id];
+	const ProtobufCMethodDescriptor *md = NULL;
+
+	for (size_t i = 0; i < sizeof(services) / sizeof(services[0]) && md == NULL; i++)
+		if (strcmp(services[i]->name, cm->service) == 0)
+			md = protobuf_c_service_descriptor_get_method_by_name(services[i],
+									     cm->name);
+	if (md == NULL)
+		return cf_error(CF_E_INTERNAL, "method table entry %s is no method of the .proto",
+				cm->path);
+	e->d = cm;
+	e->input = md->input;
+	e->output = md->output;
+	e->fn = handlers_find(id);
+	e->alloc = id == CF_SS_CALL ? NULL : &cf_pbwipe_allocator;
+	if (e->fn == NULL && id != CF_SS_CALL)
+		return cf_error(CF_E_INTERNAL, "no handler for %s", cm->path);
+	return check_fields(cm, md);
 }
 
 int
 dispatch_new(const struct dispatch_cfg *cfg, dispatch **out)
 {
-	static const struct {
-		const ProtobufCServiceDescriptor *svc;
-		enum where where;
-	} services[] = {
-		{ &coffer__v1__key_service__descriptor, ON_SERVICE },
-		{ &coffer__v1__admin_service__descriptor, ON_ADMIN },
-		{ &coffer__v1__session_service__descriptor, ON_BOTH },
-		{ &grpc__health__v1__health__descriptor, ON_BOTH },
-	};
-	size_t total = 0;
+	unsigned n = 0;
 	dispatch *d;
 	int r = CF_OK;
 
+	/* Every entry binds a distinct method (paths are unique), so equal
+	 * counts mean every method of the .proto has its entry. */
 	for (size_t i = 0; i < sizeof(services) / sizeof(services[0]); i++)
-		total += services[i].svc->n_methods;
-	if ((d = calloc(1, sizeof(*d))) == NULL || (d->m = calloc(total, sizeof(*d->m))) == NULL) {
-		free(d);
+		n += services[i]->n_methods;
+	if (n != CF_METHOD__COUNT)
+		return cf_error(CF_E_INTERNAL, "the .proto has %u methods and the method table %d",
+				n, CF_METHOD__COUNT);
+	if ((d = calloc(1, sizeof(*d))) == NULL)
 		return cf_nomem();
-	}
 	d->cfg = *cfg;
-	for (size_t i = 0; i < sizeof(services) / sizeof(services[0]) && r == CF_OK; i++)
-		r = add_service(d, services[i].svc, services[i].where);
+	for (int id = 0; id < CF_METHOD__COUNT && r == CF_OK; id++)
+		r = bind(&d->m[id], (enum cf_method_id)id);
 	if (r != CF_OK) {
 		dispatch_free(d);
 		return r;
@@ -199,22 +183,20 @@ dispatch_new(const struct dispatch_cfg *cfg, dispatch **out)
 void
 dispatch_free(dispatch *d)
 {
-	if (d == NULL)
-		return;
-	free(d->m);
 	free(d);
 }
 
 size_t
 dispatch_count(const dispatch *d)
 {
-	return d->n;
+	(void)d;
+	return CF_METHOD__COUNT;
 }
 
 const char *
 dispatch_path(const dispatch *d, size_t i)
 {
-	return d->m[i].path;
+	return d->m[i].d->path;
 }
 
 int
@@ -226,10 +208,9 @@ dispatch_ciphertext(const dispatch *d, size_t i)
 static const struct method *
 find_path(const dispatch *d, const char *path)
 {
-	for (size_t i = 0; i < d->n; i++)
-		if (strcmp(d->m[i].path, path) == 0)
-			return &d->m[i];
-	return NULL;
+	const struct cf_method *cm = cf_method_by_path(path);
+
+	return cm != NULL ? &d->m[cm - cf_methods] : NULL;
 }
 
 /* ---- calls ---- */
@@ -300,9 +281,9 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	*inner_ran = 1;
 	if ((inner = find_path(d, req->method)) == NULL)
 		ir = cf_error(CF_E_UNIMPLEMENTED, "unknown method %s", req->method);
-	else if (inner->never_sealed)
+	else if (inner->d->flags & CF_MF_NEVER_SEALED)
 		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
-			      inner->path);
+			      inner->d->path);
 	else
 		ir = run(d, inner, &h2, req->record.data, ptlen, &iout, &ioutlen,
 			 &res.retry_after_ms);
@@ -376,23 +357,34 @@ str_field(const ProtobufCMessage *req, const char *field)
 	return v != NULL ? v : "";
 }
 
-/* The key named by the request (m->key_field), "" if none. */
-static const char *
-request_key(const struct method *m, const ProtobufCMessage *req)
+/* Field `name` (a single field of `type`) of msg, NULL if it has none. */
+static const void *
+scalar(const ProtobufCMessage *msg, const char *name, ProtobufCType type)
 {
-	return str_field(req, m->key_field);
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+
+	if (f == NULL || f->type != type || f->label == PROTOBUF_C_LABEL_REPEATED)
+		return NULL;
+	return (const char *)msg + f->offset;
 }
 
 /* A uint32 field of msg by name; 0 if it has none. */
 static uint32_t
 u32_field(const ProtobufCMessage *msg, const char *name)
 {
-	const ProtobufCFieldDescriptor *f =
-		protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+	const uint32_t *v = scalar(msg, name, PROTOBUF_C_TYPE_UINT32);
 
-	if (f == NULL || f->type != PROTOBUF_C_TYPE_UINT32 || f->label == PROTOBUF_C_LABEL_REPEATED)
-		return 0;
-	return *(const uint32_t *)(const void *)((const char *)msg + f->offset);
+	return v != NULL ? *v : 0;
+}
+
+/* A bool field of msg by name; 0 if it has none. */
+static int
+bool_field(const ProtobufCMessage *msg, const char *name)
+{
+	const protobuf_c_boolean *v = scalar(msg, name, PROTOBUF_C_TYPE_BOOL);
+
+	return v != NULL && *v;
 }
 
 /* For the audit record: the key (or principal, or API key) a call is
@@ -403,7 +395,7 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 	  struct note *n)
 {
 	static const char *const fields[] = { "key", "name", "id", "principal", "request.key" };
-	const char *v = m->key_field != NULL ? request_key(m, req) : "";
+	const char *v = str_field(req, m->d->key_field);
 
 	for (size_t i = 0; v[0] == '\0' && i < sizeof(fields) / sizeof(fields[0]); i++)
 		v = str_field(req, fields[i]);
@@ -417,6 +409,34 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 
 #define CALLAUTH_AHEAD_MAX 1   /* seconds a call's timestamp may be ahead of the daemon */
 
+/* A call's signature over its method and request (nonces_check's verify). */
+struct call_sig {
+	const struct method *m;
+	const struct hctx *h;
+	const uint8_t *in;
+	size_t inlen;
+	const char *who;
+	const struct cf_call_auth *a;
+	int64_t now;
+};
+
+static int
+call_check(void *arg)
+{
+	const struct call_sig *c = arg;
+	cf_buf *str;
+	int r;
+
+	if ((str = cf_buf_new(CF_CALLAUTH_PATH_MAX + 3 * CF_REQSIGN_NONCE_MAX + 160)) == NULL)
+		return cf_nomem();
+	if ((r = cf_callauth_string(c->m->d->path, c->in, c->inlen, c->a->timestamp,
+				    c->a->nonce, c->a->key_id, str)) == CF_OK)
+		r = apikeys_verify(c->h->ak, c->who, c->a->key_id, cf_buf_peek(str),
+				   cf_buf_len(str), c->a->signature, c->now);
+	cf_buf_free(str);
+	return r;
+}
+
 /* The call's API key signature (proto/call-authentication.md), required
  * once the principal has an API key or the daemon says every principal
  * needs one, and checked whenever present. Only a call whose signature is
@@ -428,7 +448,10 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 	struct cf_call_auth a;
 	char scope[sizeof(APIKEYS_OBJECT_PREFIX) + CF_APIKEY_ID_LEN];
 	int64_t now = (int64_t)time(NULL);
-	cf_buf *str = NULL;
+	struct call_sig cc = { .m = m, .h = h, .in = in, .inlen = inlen, .who = who, .a = &a,
+			       .now = now };
+	struct nonce_claim claim;
+	enum nonce_verdict v;
 	int r;
 
 	if (h->authenticated || h->ak == NULL)
@@ -457,33 +480,33 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 				"%u authorization entries; send exactly one", h->authz_n);
 	if (cf_callauth_parse(h->authz, h->authz_len, &a) != CF_OK)
 		return cf_error(CF_E_UNAUTHENTICATED, "malformed %s", cf_error_detail());
-	if (a.timestamp < now - (int64_t)h->window)
-		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and the "
-				"window is %u s; sign each call when it is sent",
-				(long long)(now - a.timestamp), h->window);
+	snprintf(scope, sizeof(scope), "%s%s", APIKEYS_OBJECT_PREFIX, a.key_id);
 	/* The caller signs on this host, with this clock: a timestamp ahead of
 	 * it would only keep its nonce recorded longer (up to twice the window),
 	 * so at most 1 s (a second boundary between two reads) is accepted and
 	 * no nonce outlives now + window + 2. */
-	if (a.timestamp > now + CALLAUTH_AHEAD_MAX)
-		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead of "
-				"the daemon's clock (at most %d s is accepted); check the caller's "
-				"clock", (long long)(a.timestamp - now), CALLAUTH_AHEAD_MAX);
-	if ((str = cf_buf_new(CF_CALLAUTH_PATH_MAX + 3 * CF_REQSIGN_NONCE_MAX + 160)) == NULL)
-		return cf_nomem();
-	if ((r = cf_callauth_string(m->path, in, inlen, a.timestamp, a.nonce, a.key_id, str)) !=
-		    CF_OK ||
-	    (r = apikeys_verify(h->ak, who, a.key_id, cf_buf_peek(str), cf_buf_len(str),
-				a.signature, now)) != CF_OK)
-		goto out;
-	snprintf(scope, sizeof(scope), "%s%s", APIKEYS_OBJECT_PREFIX, a.key_id);
-	r = nonces_use(h->nn, scope, a.nonce, a.timestamp + (int64_t)h->window + 1, now);
-	if (r == CF_E_EXISTS)
-		r = cf_error(CF_E_UNAUTHENTICATED, "replayed nonce: nonce %s was already used with "
-			     "API key %s; sign every call with a fresh nonce", a.nonce, a.key_id);
-out:
-	cf_buf_free(str);
-	return r;
+	claim = (struct nonce_claim){ .scope = scope, .nonce = a.nonce, .timestamp = a.timestamp,
+				      .window = h->window, .ahead = CALLAUTH_AHEAD_MAX };
+	if ((r = nonces_check(h->nn, &claim, now, call_check, &cc, &v)) != CF_OK)
+		return r;
+	switch (v) {
+	case NONCE_EXPIRED:
+		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and "
+				"the window is %u s; sign each call when it is sent",
+				(long long)(now - a.timestamp), h->window);
+	case NONCE_AHEAD:
+		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead "
+				"of the daemon's clock (at most %d s is accepted); check the "
+				"caller's clock", (long long)(a.timestamp - now),
+				CALLAUTH_AHEAD_MAX);
+	case NONCE_REPLAYED:
+		return cf_error(CF_E_UNAUTHENTICATED, "replayed nonce: nonce %s was already used "
+				"with API key %s; sign every call with a fresh nonce", a.nonce,
+				a.key_id);
+	case NONCE_FRESH:
+		break;
+	}
+	return CF_OK;
 }
 
 /* Service socket, before the request is decoded: who is calling (into who
@@ -494,18 +517,18 @@ authenticate(const struct method *m, const struct hctx *h, const uint8_t *in, si
 {
 	int r;
 
-	if (h->admin || m->open || h->pol == NULL)
+	if (h->admin || (m->d->flags & CF_MF_OPEN) || h->pol == NULL)
 		return CF_OK;
 	if ((r = policy_identify(h->pol, h->uid, h->gid, who)) != CF_OK) {
 		cf_log_warn("refused: uid %u gid %u pid %d: %s: no principal", (unsigned)h->uid,
-			    (unsigned)h->gid, (int)h->pid, m->path);
+			    (unsigned)h->gid, (int)h->pid, m->d->path);
 		return r;
 	}
 	h2->principal = who;
 	if ((r = check_signature(m, h, in, inlen, who)) != CF_OK) {
 		if (r == CF_E_UNAUTHENTICATED)
 			cf_log_warn("unauthenticated: principal %s (uid %u pid %d): %s: %s", who,
-				    (unsigned)h->uid, (int)h->pid, m->path, cf_error_detail());
+				    (unsigned)h->uid, (int)h->pid, m->d->path, cf_error_detail());
 		return r;
 	}
 	/* A sealed call's inner call was signed as part of its envelope. */
@@ -513,74 +536,91 @@ authenticate(const struct method *m, const struct hctx *h, const uint8_t *in, si
 	return CF_OK;
 }
 
-/* Service socket: may the principal do this? */
+/* The key the call names (cf_method.key_field) into h2->key: its name
+ * validated and the key looked up, once for the whole call. A key that does
+ * not exist is the handler's to report, after its own checks of the request. */
 static int
-authorize(const struct method *m, const struct hctx *h, const ProtobufCMessage *req,
-	  const char *who, uint32_t *retry_after_ms)
+resolve_key(const struct method *m, const ProtobufCMessage *req, struct hctx *h2)
 {
-	const char *key = request_key(m, req);
+	const char *key = str_field(req, m->d->key_field);
 	int r;
 
-	if (h->admin || m->open || h->pol == NULL)
+	memset(&h2->key, 0, sizeof(h2->key));
+	if (m->d->key_field == NULL)
+		return CF_OK;
+	/* An empty name: "key name is empty" on the service socket, "the key
+	 * name is required" on the admin socket, as each has always said. */
+	if ((r = h2->admin ? handlers_check_key_name(key) : cf_key_name_check(key)) != CF_OK)
+		return r;
+	h2->key.name = key;
+	if (h2->kr != NULL)
+		(void)keyring_find(h2->kr, key, &h2->key);
+	return CF_OK;
+}
+
+/* Service socket: may the principal do this? One decision (policy_authorize):
+ * grants, the key's own limit, then the rate limits. */
+static int
+authorize(const struct method *m, const struct hctx *h, const char *who,
+	  uint32_t *retry_after_ms)
+{
+	const char *key = h->key.name != NULL ? h->key.name : "";
+	uint32_t key_ops;
+	int r, own_limit;
+
+	if (h->admin || (m->d->flags & CF_MF_OPEN) || h->pol == NULL)
 		return CF_OK;
 	/* SessionService/Call only carries the inner call, which is checked (and
 	 * counted against the rate limits) on its own: counting the envelope too
 	 * would charge every sealed call twice. */
 	if (m->fn == NULL)
 		return CF_OK;
-	if ((r = policy_check(h->pol, who, m->op, key, retry_after_ms)) == CF_E_DENIED)
-		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": not granted",
-			    who, (unsigned)h->uid, (int)h->pid, policy_op_name(m->op), key);
-	if (r == CF_OK && m->op != POLICY_OP_NONE && h->kr != NULL) {
-		uint32_t allowed;
-
-		/* The key's own limit caps every grant. */
-		if (keyring_allowed_ops(h->kr, key, &allowed) == CF_OK && allowed != 0 &&
-		    !(allowed & POLICY_OP_BIT(m->op))) {
-			cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": the "
-				    "key's own limit", who, (unsigned)h->uid, (int)h->pid,
-				    policy_op_name(m->op), key);
-			r = cf_error(CF_E_DENIED, "key %s does not allow %s (its own limit)", key,
-				     policy_op_name(m->op));
-		}
-	}
+	key_ops = h->kr != NULL ? keyring_ref_allowed_ops(h->kr, &h->key) : 0;
+	r = policy_authorize(h->pol, who, m->d->op, key, key_ops, retry_after_ms, &own_limit);
+	if (r == CF_E_DENIED)
+		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": %s", who,
+			    (unsigned)h->uid, (int)h->pid, policy_op_name(m->d->op), key,
+			    own_limit ? "the key's own limit" : "not granted");
 	return r;
 }
 
-/* resp packed without the secret bytes it may carry (top-level "secret" or
- * "plaintext" fields): what an idempotency record keeps. *out NULL if there
- * were none to take out. */
+/* A call that carries secrets (cf_method.secret_what) must arrive sealed,
+ * unless the daemon allows secrets unsealed. */
 static int
-pack_without_secrets(ProtobufCMessage *resp, uint8_t **out, size_t *outlen)
+require_sealed(const struct method *m, const struct hctx *h, const ProtobufCMessage *req)
 {
-	const ProtobufCMessageDescriptor *d = resp->descriptor;
-	ProtobufCBinaryData *b, saved[2];
-	size_t n = 0;
-	int r = CF_OK;
+	const struct cf_method *d = m->d;
+
+	if (!(d->flags & CF_MF_SECRET) || h->sealed || h->unsealed_secrets ||
+	    (d->secret_if != NULL && !bool_field(req, d->secret_if)))
+		return CF_OK;
+	return cf_error(CF_E_PRECONDITION, "%s%s%s %s, so it must be sealed in a session "
+			"(SessionService/OpenSession, then SessionService/Call; libcoffer and "
+			"cofferctl do this for you)", d->name, d->secret_if != NULL ? " with " : "",
+			d->secret_if != NULL ? d->secret_if : "", d->secret_what);
+}
+
+/* resp packed without the secret it may carry (cf_method.secret_out): what
+ * an idempotency record keeps. *out NULL if there was none to take out. */
+static int
+pack_without_secrets(const struct method *m, ProtobufCMessage *resp, uint8_t **out,
+		     size_t *outlen)
+{
+	const ProtobufCFieldDescriptor *f;
+	ProtobufCBinaryData *b, saved;
+	int r;
 
 	*out = NULL;
-	for (unsigned i = 0; i < d->n_fields && n < 2; i++) {
-		const ProtobufCFieldDescriptor *f = &d->fields[i];
-
-		if (f->type != PROTOBUF_C_TYPE_BYTES || f->label == PROTOBUF_C_LABEL_REPEATED ||
-		    (strcmp(f->name, "secret") != 0 && strcmp(f->name, "plaintext") != 0))
-			continue;
-		b = (ProtobufCBinaryData *)(void *)((char *)resp + f->offset);
-		if (b->len == 0)
-			continue;
-		saved[n++] = *b;
-		b->len = 0;
-	}
-	if (n > 0)
-		r = pack(resp, out, outlen);
-	for (unsigned i = 0, k = 0; i < d->n_fields && k < n; i++) {
-		const ProtobufCFieldDescriptor *f = &d->fields[i];
-
-		b = (ProtobufCBinaryData *)(void *)((char *)resp + f->offset);
-		if (f->type == PROTOBUF_C_TYPE_BYTES && f->label != PROTOBUF_C_LABEL_REPEATED &&
-		    b->data == saved[k].data && b->len == 0)
-			*b = saved[k++];
-	}
+	if (m->d->secret_out == NULL ||
+	    (f = field_of(resp->descriptor, m->d->secret_out, PROTOBUF_C_TYPE_BYTES)) == NULL)
+		return CF_OK;
+	b = (ProtobufCBinaryData *)(void *)((char *)resp + f->offset);
+	if (b->len == 0)
+		return CF_OK;
+	saved = *b;
+	b->len = 0;
+	r = pack(resp, out, outlen);
+	*b = saved;
 	return r;
 }
 
@@ -599,7 +639,8 @@ change_record(const struct store_call *c, const char *name, uint32_t version, ch
 	const struct change_ctx *cc = c->arg;
 	struct audit_event ev = {
 		.principal = cc->h->principal, .uid = cc->h->uid, .pid = cc->h->pid,
-		.admin = cc->h->admin, .sealed = cc->h->sealed, .method = cc->m->path, .key = name,
+		.admin = cc->h->admin, .sealed = cc->h->sealed, .method = cc->m->d->path,
+		.key = name,
 		.version = version, .result = "OK", .request_id = cc->h->request_id,
 	};
 
@@ -614,7 +655,9 @@ run_handler(const struct method *m, const struct hctx *h, const ProtobufCMessage
 	struct change_ctx cc = { .m = m, .h = h };
 	int r;
 
-	if (!m->mutating)
+	if ((r = require_sealed(m, h, req)) != CF_OK)
+		return r;
+	if (!(m->d->flags & CF_MF_MUTATING))
 		return m->fn(h, req, resp);
 	cc.sc.idem_key = h->idem_key[0] != '\0' ? h->idem_key : NULL;
 	cc.sc.uid = h->uid;
@@ -642,7 +685,7 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 	int r;
 
 	memset(&first, 0, sizeof(first));
-	if ((r = idem_begin(h->idm, h->idem_key, h->uid, m->path, in, inlen, h->request_id,
+	if ((r = idem_begin(h->idm, h->idem_key, h->uid, m->d->path, in, inlen, h->request_id,
 			    &first, &start)) != CF_OK)
 		return r;
 	if (start == IDEM_REPLAY) {
@@ -671,9 +714,9 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 	if (r == CF_OK)
 		r = pack(*resp, out, outlen);
 	if (r == CF_OK)
-		r = pack_without_secrets(*resp, &kept, &keptlen);
+		r = pack_without_secrets(m, *resp, &kept, &keptlen);
 	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_message(r));
-	idem_finish(h->idm, h->idem_key, h->uid, m->path, in, inlen, first_id,
+	idem_finish(h->idm, h->idem_key, h->uid, m->d->path, in, inlen, first_id,
 		    start == IDEM_COMMITTED || n->changes > 0, r, msg,
 		    kept != NULL ? kept : *out, kept != NULL ? keptlen : *outlen);
 	free(first.response);
@@ -690,15 +733,15 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	char who[STORE_PRINCIPAL_NAME_MAX + 1];
 	int r;
 
-	if ((m->where == ON_ADMIN && !h->admin) || (m->where == ON_SERVICE && h->admin))
-		return cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the %s socket", m->path,
+	if (!(m->d->socket & (h->admin ? CF_SOCK_ADMIN : CF_SOCK_SERVICE)))
+		return cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the %s socket", m->d->path,
 				h->admin ? "admin" : "service");
-	if (m->sealed_only && !h->sealed)
-		return cf_error(CF_E_PRECONDITION, "%s is only valid inside a session", m->path);
+	if ((m->d->flags & CF_MF_SEALED_ONLY) && !h->sealed)
+		return cf_error(CF_E_PRECONDITION, "%s is only valid inside a session", m->d->path);
 	if (h->idem_bad)
 		return cf_error(CF_E_INVALID_ARG, "idempotency-key must be %d..%d characters of "
 				"A-Z a-z 0-9 . _ : -", IDEM_KEY_MIN, STORE_IDEM_KEY_MAX);
-	if (d->cfg.require_sealed && m->where == ON_SERVICE && !h->sealed)
+	if (d->cfg.require_sealed && m->d->socket == CF_SOCK_SERVICE && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
 				"be sealed in a session (session.require_sealed)");
 	r = authenticate(m, h, in, inlen, &h2, who);
@@ -715,9 +758,10 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	if (req == NULL)
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
-	if ((r = authorize(m, &h2, req, who, retry_after_ms)) != CF_OK) {
+	if ((r = resolve_key(m, req, &h2)) != CF_OK ||
+	    (r = authorize(m, &h2, who, retry_after_ms)) != CF_OK) {
 		/* refused */
-	} else if (m->mutating && h->idm != NULL && h->idem_key[0] != '\0') {
+	} else if ((m->d->flags & CF_MF_MUTATING) && h->idm != NULL && h->idem_key[0] != '\0') {
 		r = run_once(m, &h2, in, inlen, req, &resp, out, outlen, n);
 	} else {
 		r = m->fn != NULL ? run_handler(m, &h2, req, &resp, n)
@@ -762,7 +806,7 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 
 	memset(&n, 0, sizeof(n));
 	r = run_call(d, m, h, in, inlen, out, outlen, retry_after_ms, &n);
-	if (h->au == NULL || m->health || n.inner_ran)
+	if (h->au == NULL || (m->d->flags & CF_MF_HEALTH) || n.inner_ran)
 		return r;
 	if (n.changes > 0) {
 		/* Its detail says the change was made and how to get its answer. */
@@ -773,7 +817,8 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 	{
 		struct audit_event ev = {
 			.principal = n.principal, .uid = h->uid, .pid = h->pid, .admin = h->admin,
-			.sealed = h->sealed, .method = m->path, .key = n.key, .version = n.version,
+			.sealed = h->sealed, .method = m->d->path, .key = n.key,
+			.version = n.version,
 			.result = code_names[dispatch_status(r)], .request_id = h->request_id,
 			.replay_of = n.replay_of[0] != '\0' ? n.replay_of : NULL,
 		};
@@ -796,7 +841,7 @@ dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *
 	cf_error_clear();
 	*retry_after_ms = 0;
 	/* Failing closed: nothing runs while the audit trail cannot be written. */
-	if (h->au == NULL || m->health || (r = audit_admit(h->au)) == CF_OK)
+	if (h->au == NULL || (m->d->flags & CF_MF_HEALTH) || (r = audit_admit(h->au)) == CF_OK)
 		r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
 	if (r == CF_OK) {
@@ -808,6 +853,6 @@ dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *
 		cf_text_escape(em, strlen(em), msg, msglen);
 	}
 	if (code == CODE_INTERNAL)
-		cf_log_error("%s: %s", m->path, msg);
+		cf_log_error("%s: %s", m->d->path, msg);
 	return code;
 }

@@ -1,7 +1,8 @@
 /*
  * dispatch.h — from a method path and request bytes to response bytes and a
- * status, without gRPC: the method table built from the protoc-c service
- * descriptors, which socket serves what, the sealing policy, protobuf decode
+ * status, without gRPC: the method table (common/cf_methods.h) bound to the
+ * protoc-c service descriptors and the handlers, which socket serves what,
+ * the sealing policy, one key lookup and one authorization per call, protobuf decode
  * and encode around the handlers, sealed calls (SessionService/Call) opened,
  * run and sealed again, and the one table from Coffer status to gRPC status
  * codes (numeric: they are fixed by the gRPC specification).
@@ -23,7 +24,7 @@ typedef struct dispatch dispatch;
 int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);
 void dispatch_free(dispatch *d);   /* accepts NULL */
 
-/* Methods are numbered 0 .. dispatch_count()-1. */
+/* Methods are numbered by enum cf_method_id (cf_methods.h), 0 .. dispatch_count()-1. */
 size_t dispatch_count(const dispatch *d);
 const char *dispatch_path(const dispatch *d, size_t i);   /* "/pkg.Service/Method" */
 /* Method i's messages hold only ciphertext (a sealed call's envelope): the

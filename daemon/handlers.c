@@ -42,8 +42,8 @@ h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
 	return CF_OK;
 }
 
-static int
-check_name(const char *name)
+int
+handlers_check_key_name(const char *name)
 {
 	if (name[0] == '\0')
 		return cf_error(CF_E_INVALID_ARG, "the key name is required");
@@ -67,14 +67,14 @@ purpose_ops(enum cf_key_type t)
 {
 	switch (keyring_purpose(t)) {
 	case PURPOSE_SIGN:
-		return POLICY_OP_BIT(POLICY_OP_SIGN) | POLICY_OP_BIT(POLICY_OP_VERIFY) |
-		       POLICY_OP_BIT(POLICY_OP_GET_PUBLIC_KEY);
+		return CF_OP_BIT(CF_OP_SIGN) | CF_OP_BIT(CF_OP_VERIFY) |
+		       CF_OP_BIT(CF_OP_GET_PUBLIC_KEY);
 	case PURPOSE_MAC:
-		return POLICY_OP_BIT(POLICY_OP_MAC) | POLICY_OP_BIT(POLICY_OP_VERIFY_MAC);
+		return CF_OP_BIT(CF_OP_MAC) | CF_OP_BIT(CF_OP_VERIFY_MAC);
 	default:
-		return POLICY_OP_BIT(POLICY_OP_WRAP) | POLICY_OP_BIT(POLICY_OP_UNWRAP) |
-		       POLICY_OP_BIT(POLICY_OP_REWRAP) |
-		       POLICY_OP_BIT(POLICY_OP_GENERATE_DATA_KEY);
+		return CF_OP_BIT(CF_OP_WRAP) | CF_OP_BIT(CF_OP_UNWRAP) |
+		       CF_OP_BIT(CF_OP_REWRAP) |
+		       CF_OP_BIT(CF_OP_GENERATE_DATA_KEY);
 	}
 }
 
@@ -89,17 +89,6 @@ key_limit(Coffer__V1__KeyType type, size_t n, const Coffer__V1__Operation *ops, 
 				"key cannot do", cf_key_type_name((enum cf_key_type)type));
 	*out = m;
 	return CF_OK;
-}
-
-/* Calls that carry secret plaintext must arrive inside a session. */
-int
-h_require_sealed(const struct hctx *c, const char *method, const char *what)
-{
-	if (c->sealed || c->unsealed_secrets)
-		return CF_OK;
-	return cf_error(CF_E_PRECONDITION, "%s %s, so it must be sealed in a session "
-			"(SessionService/OpenSession, then SessionService/Call; libcoffer and "
-			"cofferctl do this for you)", method, what);
 }
 
 /* The context map of any request as env_kv entries (borrowed strings).
@@ -178,11 +167,11 @@ fill_key(const struct store_key *ki, Coffer__V1__Key *k)
 	if (k->name == NULL)
 		return cf_nomem();
 	if (ki->allowed_ops != 0) {
-		if ((k->allowed_operations = calloc(POLICY_OP__COUNT,
+		if ((k->allowed_operations = calloc(CF_OP__COUNT,
 						    sizeof(*k->allowed_operations))) == NULL)
 			return cf_nomem();
-		for (unsigned op = 1; op < POLICY_OP__COUNT; op++)
-			if (ki->allowed_ops & POLICY_OP_BIT(op))
+		for (unsigned op = 1; op < CF_OP__COUNT; op++)
+			if (ki->allowed_ops & CF_OP_BIT(op))
 				k->allowed_operations[k->n_allowed_operations++] =
 					(Coffer__V1__Operation)op;
 	}
@@ -241,11 +230,10 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	uint32_t ver;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK ||
-	    (r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+	if ((r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
-			     &ver)) != CF_OK ||
+	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
+				 &ver)) != CF_OK ||
 	    (r = digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
@@ -282,16 +270,14 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	uint32_t ver;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK)
-		return r;
 	if (req->version == 0)
 		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
 				"Sign returned");
 	if ((r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = check_data(req->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
-			     &ver)) != CF_OK ||
+	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+				 &ver)) != CF_OK ||
 	    (r = digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
 	r = cf_p11_verify(k, &sp, in, inlen, req->signature.data, req->signature.len);
@@ -314,10 +300,9 @@ h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	uint32_t ver;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK ||
-	    (r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, USE_NEW, &k,
-			     &ver)) != CF_OK)
+	if ((r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
+	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_MAC, USE_NEW, &k,
+				 &ver)) != CF_OK)
 		return r;
 	if ((mac = cf_buf_new(64)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__mac_response__descriptor)) == NULL) {
@@ -346,15 +331,13 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	uint32_t ver;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK)
-		return r;
 	if (req->version == 0)
 		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
 				"Mac returned");
 	if ((r = check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
 	    (r = check_data(req->mac.len, 64, "mac")) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_MAC, USE_CHECK, &k,
-			     &ver)) != CF_OK)
+	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_MAC, USE_CHECK, &k,
+				 &ver)) != CF_OK)
 		return r;
 	r = cf_p11_mac_verify(k, req->data.data, req->data.len, req->mac.data, req->mac.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)
@@ -366,17 +349,18 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	return CF_OK;
 }
 
-/* Seal `pt` under the primary version of `name` into *ct / *ver. */
+/* Seal `pt` under the primary version of the call's key into *ct / *ver. */
 static int
-wrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, size_t n,
-	    const uint8_t *pt, size_t ptlen, ProtobufCBinaryData *ct, uint32_t *ver)
+wrap_common(const struct hctx *c, const struct env_kv *kv, size_t n, const uint8_t *pt,
+	    size_t ptlen, ProtobufCBinaryData *ct, uint32_t *ver)
 {
+	const char *name = c->key.name;
 	cf_buf *blob = NULL;
 	cf_p11_key *k;
 	int r;
 
 	if ((r = check_data(ptlen, H_MAX_WRAP_PLAINTEXT, "plaintext")) != CF_OK ||
-	    (r = keyring_use(c->kr, name, 0, PURPOSE_WRAP, USE_NEW, &k, ver)) != CF_OK)
+	    (r = keyring_ref_use(c->kr, &c->key, 0, PURPOSE_WRAP, USE_NEW, &k, ver)) != CF_OK)
 		return r;
 	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
 		return cf_nomem();
@@ -386,11 +370,12 @@ wrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, siz
 	return r;
 }
 
-/* Open a blob of `name` into a secret, with the version it names. */
+/* Open a blob of the call's key into a secret, with the version it names. */
 static int
-unwrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, size_t n,
-	      ProtobufCBinaryData ct, cf_secret **pt, uint32_t *ver)
+unwrap_common(const struct hctx *c, const struct env_kv *kv, size_t n, ProtobufCBinaryData ct,
+	      cf_secret **pt, uint32_t *ver)
 {
+	const char *name = c->key.name;
 	const uint8_t *iv, *body;
 	cf_p11_key *k;
 	size_t blen;
@@ -399,7 +384,7 @@ unwrap_common(const struct hctx *c, const char *name, const struct env_kv *kv, s
 	if ((r = check_data(ct.len, ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN,
 			    "ciphertext")) != CF_OK ||
 	    (r = env_parse(ct.data, ct.len, ver, &iv, &body, &blen)) != CF_OK ||
-	    (r = keyring_use(c->kr, name, *ver, PURPOSE_WRAP, USE_CHECK, &k, ver)) != CF_OK)
+	    (r = keyring_ref_use(c->kr, &c->key, *ver, PURPOSE_WRAP, USE_CHECK, &k, ver)) != CF_OK)
 		return r;
 	return env_open(k, name, *ver, kv, n, ct.data, ct.len, pt);
 }
@@ -413,16 +398,13 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	size_t n;
 	int r;
 
-	if ((r = h_require_sealed(c, "Wrap", "takes plaintext")) != CF_OK ||
-	    (r = check_name(req->key)) != CF_OK)
-		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
 		return r;
 	n = req->n_context;
 	if ((out = h_new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
 		return cf_nomem();
-	if ((r = wrap_common(c, req->key, kv, n, req->plaintext.data, req->plaintext.len,
-			     &out->ciphertext, &out->version)) != CF_OK) {
+	if ((r = wrap_common(c, kv, n, req->plaintext.data, req->plaintext.len, &out->ciphertext,
+			     &out->version)) != CF_OK) {
 		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 		return r;
 	}
@@ -441,13 +423,10 @@ h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	uint32_t ver;
 	int r;
 
-	if ((r = h_require_sealed(c, "Unwrap", "returns plaintext")) != CF_OK ||
-	    (r = check_name(req->key)) != CF_OK)
-		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
 		return r;
 	n = req->n_context;
-	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
+	if ((r = unwrap_common(c, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
 		goto out;
 	if ((out = h_new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
 		r = cf_nomem();
@@ -477,19 +456,17 @@ h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	uint32_t old;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK)
-		return r;
 	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
 		return r;
 	n = req->n_context;
-	if ((r = unwrap_common(c, req->key, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
+	if ((r = unwrap_common(c, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
 		goto out;
 	if ((out = h_new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
-	if ((r = wrap_common(c, req->key, kv, n, cf_secret_cptr(pt), cf_secret_len(pt),
-			     &out->ciphertext, &out->version)) != CF_OK)
+	if ((r = wrap_common(c, kv, n, cf_secret_cptr(pt), cf_secret_len(pt), &out->ciphertext,
+			     &out->version)) != CF_OK)
 		goto out;
 	out->previous_version = old;
 	*resp = &out->base;
@@ -512,11 +489,6 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 	size_t n;
 	int r;
 
-	if ((req->include_plaintext &&
-	     (r = h_require_sealed(c, "GenerateDataKey with include_plaintext",
-				 "returns the data key")) != CF_OK) ||
-	    (r = check_name(req->key)) != CF_OK)
-		return r;
 	if (len != 16 && len != 24 && len != 32)
 		return cf_error(CF_E_INVALID_ARG, "data key length must be 16, 24 or 32 bytes, "
 				"not %u", len);
@@ -533,7 +505,7 @@ h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMe
 		r = cf_nomem();
 		goto out;
 	}
-	if ((r = wrap_common(c, req->key, kv, n, cf_secret_cptr(dk), len, &out->ciphertext,
+	if ((r = wrap_common(c, kv, n, cf_secret_cptr(dk), len, &out->ciphertext,
 			     &out->version)) != CF_OK)
 		goto out;
 	if (req->include_plaintext &&
@@ -572,16 +544,16 @@ http_parts(const Coffer__V1__HttpRequestParts *p, struct cf_http_request *r)
 
 /* Only HMAC-SHA256 keys sign requests (the scheme names its hash). */
 static int
-request_key(const struct hctx *c, const char *name, uint32_t version, enum key_use use,
-	    cf_p11_key **k, uint32_t *used)
+request_key(const struct hctx *c, uint32_t version, enum key_use use, cf_p11_key **k,
+	    uint32_t *used)
 {
 	int r;
 
-	if ((r = check_name(name)) != CF_OK ||
-	    (r = keyring_use(c->kr, name, version, PURPOSE_MAC, use, k, used)) != CF_OK)
+	if ((r = keyring_ref_use(c->kr, &c->key, version, PURPOSE_MAC, use, k, used)) != CF_OK)
 		return r;
 	if (cf_p11_key_type(*k) != CF_KEY_HMAC_SHA256)
-		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key", name);
+		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key",
+				c->key.name);
 	return CF_OK;
 }
 
@@ -595,6 +567,51 @@ verdict(Coffer__V1__VerifyRequestSignatureResponse *out, Coffer__V1__RequestVerd
 	return (out->reason = strdup(reason)) == NULL ? cf_nomem() : CF_OK;
 }
 
+/* A signed HTTP request's signature, checked under any enabled version of
+ * its key: clients keep the old secret until they rotate (nonces_check's
+ * verify). */
+struct http_check {
+	const struct hctx *c;
+	const struct store_key *info;
+	const struct cf_http_request *hr;
+	const char *signature;
+	cf_buf *str;
+	uint32_t good;          /* the version it verified under */
+	const char *why;        /* CF_E_BAD_SIGNATURE: the verdict's reason */
+};
+
+static int
+http_check(void *arg)
+{
+	struct http_check *a = arg;
+	uint8_t sig[32];
+	int r;
+
+	if (strlen(a->signature) != 64 ||
+	    OPENSSL_hexstr2buf_ex(sig, sizeof(sig), NULL, a->signature, '\0') != 1) {
+		a->why = "signature is not 64 hex characters";
+		return cf_error(CF_E_BAD_SIGNATURE, "%s", a->why);
+	}
+	if ((r = cf_reqsign_http_string(a->hr, a->str)) != CF_OK)
+		return r;
+	for (uint32_t i = a->info->nversions; i-- > 0 && a->good == 0;) {
+		cf_p11_key *k;
+		uint32_t v;
+
+		if (a->info->versions[i].state != STORE_ENABLED ||
+		    request_key(a->c, a->info->versions[i].version, USE_CHECK, &k, &v) != CF_OK)
+			continue;
+		if (cf_p11_mac_verify(k, cf_buf_peek(a->str), cf_buf_len(a->str), sig, 32) == CF_OK)
+			a->good = v;
+	}
+	if (a->good == 0) {
+		a->why = "signature does not match the canonical request under any enabled "
+			 "version of the key";
+		return cf_error(CF_E_BAD_SIGNATURE, "%s", a->why);
+	}
+	return CF_OK;
+}
+
 static int
 h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
@@ -602,79 +619,52 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	Coffer__V1__VerifyRequestSignatureResponse *out = NULL;
 	struct cf_http_request hr;
 	struct store_key info;
-	cf_buf *str = NULL;
-	uint8_t sig[32];
+	struct http_check chk = { .c = c, .info = &info, .hr = &hr, .signature = req->signature };
+	struct nonce_claim claim;
+	enum nonce_verdict v;
 	int64_t now = (int64_t)time(NULL);
-	uint32_t good = 0;
 	char why[160];
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = http_parts(req->request, &hr)) != CF_OK || (r = check_name(hr.key_id)) != CF_OK)
+	if ((r = http_parts(req->request, &hr)) != CF_OK)
 		return r;
 	/* The key, not its primary: any enabled version at or above the minimum
 	 * verifies (the primary may be disabled). */
-	if ((r = keyring_describe(c->kr, hr.key_id, &info)) != CF_OK)
+	if ((r = keyring_ref_describe(c->kr, &c->key, &info)) != CF_OK)
 		return r;
 	if (info.type != CF_KEY_HMAC_SHA256) {
 		keyring_info_free(&info);
 		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key", hr.key_id);
 	}
 	if ((out = h_new_msg(&coffer__v1__verify_request_signature_response__descriptor)) == NULL ||
-	    (str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL) {
+	    (chk.str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
-	if (hr.timestamp < now - (int64_t)c->window) {
+	claim = (struct nonce_claim){ .scope = hr.key_id, .nonce = hr.nonce,
+				      .timestamp = hr.timestamp, .window = c->window,
+				      .ahead = c->window };
+	r = nonces_check(c->nn, &claim, now, http_check, &chk, &v);
+	if (r == CF_E_BAD_SIGNATURE) {
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__BAD_SIGNATURE, 0, chk.why);
+	} else if (r != CF_OK) {
+		goto out;
+	} else if (v == NONCE_EXPIRED) {
 		snprintf(why, sizeof(why), "timestamp is %lld s old; the window is %u s: sign the "
 			 "request again", (long long)(now - hr.timestamp), c->window);
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__EXPIRED, 0, why);
-		goto done;
-	}
-	if (hr.timestamp > now + (int64_t)c->window) {
+	} else if (v == NONCE_AHEAD) {
 		snprintf(why, sizeof(why), "timestamp is %lld s ahead of the daemon's clock; the "
 			 "window is %u s: check the client's clock",
 			 (long long)(hr.timestamp - now), c->window);
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__CLOCK_SKEW, 0, why);
-		goto done;
-	}
-	if (strlen(req->signature) != 64 ||
-	    OPENSSL_hexstr2buf_ex(sig, sizeof(sig), NULL, req->signature, '\0') != 1) {
-		r = verdict(out, COFFER__V1__REQUEST_VERDICT__BAD_SIGNATURE, 0,
-			    "signature is not 64 hex characters");
-		goto done;
-	}
-	if ((r = cf_reqsign_http_string(&hr, str)) != CF_OK)
-		goto out;
-	/* Any enabled version: clients keep the old secret until they rotate. */
-	for (uint32_t i = info.nversions; i-- > 0 && good == 0;) {
-		cf_p11_key *k;
-		uint32_t v;
-
-		if (info.versions[i].state != STORE_ENABLED ||
-		    request_key(c, hr.key_id, info.versions[i].version, USE_CHECK, &k, &v) !=
-		    CF_OK)
-			continue;
-		if (cf_p11_mac_verify(k, cf_buf_peek(str), cf_buf_len(str), sig, 32) == CF_OK)
-			good = v;
-	}
-	if (good == 0) {
-		r = verdict(out, COFFER__V1__REQUEST_VERDICT__BAD_SIGNATURE, 0,
-			    "signature does not match the canonical request under any enabled "
-			    "version of the key");
-		goto done;
-	}
-	/* Only a genuine request may use up its nonce. */
-	r = nonces_use(c->nn, hr.key_id, hr.nonce, hr.timestamp + (int64_t)c->window + 1, now);
-	if (r == CF_E_EXISTS) {
-		r = verdict(out, COFFER__V1__REQUEST_VERDICT__REPLAYED_NONCE, good,
+	} else if (v == NONCE_REPLAYED) {
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__REPLAYED_NONCE, chk.good,
 			    "nonce was already used with this key: a replayed request");
-		goto done;
+	} else {
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__VALID, chk.good, "valid");
 	}
-	if (r != CF_OK)
-		goto out;
-	r = verdict(out, COFFER__V1__REQUEST_VERDICT__VALID, good, "valid");
-done:
 	if (r == CF_OK) {
 		*resp = &out->base;
 		out = NULL;
@@ -683,7 +673,7 @@ out:
 	if (out != NULL)
 		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	keyring_info_free(&info);
-	cf_buf_free(str);
+	cf_buf_free(chk.str);
 	return r;
 }
 
@@ -714,7 +704,7 @@ h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 		parts.nonce = nonce;
 	}
 	if ((r = http_parts(&parts, &hr)) != CF_OK ||
-	    (r = request_key(c, hr.key_id, 0, USE_NEW, &k, &v)) != CF_OK)
+	    (r = request_key(c, 0, USE_NEW, &k, &v)) != CF_OK)
 		return r;
 	if ((str = cf_buf_new(CF_REQSIGN_STRING_MAX)) == NULL || (mac = cf_buf_new(64)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_http_request_response__descriptor)) == NULL) {
@@ -760,9 +750,8 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	uint32_t ver;
 	int r;
 
-	if ((r = check_name(req->key)) != CF_OK ||
-	    (r = keyring_use(c->kr, req->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
-			     &ver)) != CF_OK)
+	if ((r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+				 &ver)) != CF_OK)
 		return r;
 	if ((der = cf_buf_new(4096)) == NULL || (pem = cf_buf_new(8192)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__get_public_key_response__descriptor)) == NULL) {
@@ -794,14 +783,11 @@ out:
 static int
 h_get_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
-	const Coffer__V1__GetKeyRequest *req = (const void *)m;
 	struct store_key info;
-	int r;
 
+	(void)m;
 	memset(&info, 0, sizeof(info));
-	if ((r = check_name(req->name)) != CF_OK)
-		return r;
-	return h_key_response(keyring_describe(c->kr, req->name, &info), &info, resp);
+	return h_key_response(keyring_ref_describe(c->kr, &c->key, &info), &info, resp);
 }
 
 /* May the caller see key k's metadata? Exactly what GetKey needs (a grant
@@ -812,9 +798,9 @@ list_visible(const struct hctx *c, const struct store_key *k)
 {
 	if (c->admin || c->principal == NULL || c->pol == NULL)
 		return 1;
-	if (k->allowed_ops != 0 && !(k->allowed_ops & POLICY_OP_BIT(POLICY_OP_GET_PUBLIC_KEY)))
+	if (k->allowed_ops != 0 && !(k->allowed_ops & CF_OP_BIT(CF_OP_GET_PUBLIC_KEY)))
 		return 0;
-	return policy_may(c->pol, c->principal, POLICY_OP_GET_PUBLIC_KEY, k->name) == CF_OK;
+	return policy_may(c->pol, c->principal, CF_OP_GET_PUBLIC_KEY, k->name) == CF_OK;
 }
 
 static int
@@ -922,7 +908,8 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	if ((r = handlers_check_key_name(req->name)) != CF_OK ||
+	    (r = check_type(req->type)) != CF_OK ||
 	    (r = refuse_exportable(req->exportable, "create")) != CF_OK ||
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
 			   &ops)) != CF_OK)
@@ -942,8 +929,8 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = h_require_sealed(c, "ImportKey", "carries key material")) != CF_OK ||
-	    (r = check_name(req->name)) != CF_OK || (r = check_type(req->type)) != CF_OK ||
+	if ((r = handlers_check_key_name(req->name)) != CF_OK ||
+	    (r = check_type(req->type)) != CF_OK ||
 	    (r = refuse_exportable(req->exportable, "import")) != CF_OK ||
 	    (r = check_data(req->material.len, CF_P11_MAX_SECRET, "key material")) != CF_OK ||
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
@@ -964,7 +951,7 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	int r;
 
 	memset(&info, 0, sizeof(info));
-	if ((r = check_name(req->name)) != CF_OK)
+	if ((r = handlers_check_key_name(req->name)) != CF_OK)
 		return r;
 	return h_key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
 }
@@ -977,8 +964,8 @@ ops_mask(size_t n, const Coffer__V1__Operation *ops)
 	uint32_t m = 0;
 
 	for (size_t i = 0; i < n; i++)
-		m |= (unsigned)ops[i] > 0 && (unsigned)ops[i] < POLICY_OP__COUNT ?
-		     POLICY_OP_BIT(ops[i]) : 0x80000000u;   /* unknown: refused by policy */
+		m |= (unsigned)ops[i] > 0 && (unsigned)ops[i] < CF_OP__COUNT ?
+		     CF_OP_BIT(ops[i]) : 0x80000000u;   /* unknown: refused by policy */
 	return m;
 }
 
@@ -1005,10 +992,10 @@ fill_principal(const struct store_principal *sp, Coffer__V1__Principal *p)
 			return cf_nomem();
 		p->grants[p->n_grants++] = g;
 		if ((g->key_pattern = strdup(sp->grants[i].pattern)) == NULL ||
-		    (g->operations = calloc(POLICY_OP__COUNT, sizeof(*g->operations))) == NULL)
+		    (g->operations = calloc(CF_OP__COUNT, sizeof(*g->operations))) == NULL)
 			return cf_nomem();
-		for (unsigned op = 1; op < POLICY_OP__COUNT; op++)
-			if (sp->grants[i].ops & POLICY_OP_BIT(op))
+		for (unsigned op = 1; op < CF_OP__COUNT; op++)
+			if (sp->grants[i].ops & CF_OP_BIT(op))
 				g->operations[g->n_operations++] = (Coffer__V1__Operation)op;
 	}
 	for (uint32_t i = 0; i < sp->nlimits; i++) {
@@ -1159,7 +1146,7 @@ h_set_rate_limit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	if (req->limit == NULL)
 		return cf_error(CF_E_INVALID_ARG, "limit is required");
 	return principal_response(policy_set_limit(c->pol, req->name,
-						   (enum policy_op)req->limit->operation,
+						   (enum cf_op)req->limit->operation,
 						   req->limit->per_second, req->limit->burst, &sp),
 				  &sp, resp);
 }
@@ -1293,11 +1280,8 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	Grpc__Health__V1__HealthCheckResponse *out;
 	const char *s = req->service;
 
-	/* Every service served on this socket (dispatch.c: SessionService and
-	 * Health on both). */
-	if (s[0] != '\0' && strcmp(s, "grpc.health.v1.Health") != 0 &&
-	    strcmp(s, "coffer.v1.SessionService") != 0 &&
-	    strcmp(s, c->admin ? "coffer.v1.AdminService" : "coffer.v1.KeyService") != 0)
+	/* Every service served on this socket. */
+	if (s[0] != '\0' && !cf_service_served(s, c->admin ? CF_SOCK_ADMIN : CF_SOCK_SERVICE))
 		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
 	if ((out = h_new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
 		return cf_nomem();
@@ -1311,50 +1295,49 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	return CF_OK;
 }
 
-static const struct handler handler_table[] = {
-	{ "coffer.v1.KeyService", "Sign", h_sign },
-	{ "coffer.v1.KeyService", "Verify", h_verify },
-	{ "coffer.v1.KeyService", "Mac", h_mac },
-	{ "coffer.v1.KeyService", "VerifyMac", h_verify_mac },
-	{ "coffer.v1.KeyService", "Wrap", h_wrap },
-	{ "coffer.v1.KeyService", "Unwrap", h_unwrap },
-	{ "coffer.v1.KeyService", "Rewrap", h_rewrap },
-	{ "coffer.v1.KeyService", "GenerateDataKey", h_generate_data_key },
-	{ "coffer.v1.KeyService", "GetPublicKey", h_get_public_key },
-	{ "coffer.v1.KeyService", "GetKey", h_get_key },
-	{ "coffer.v1.KeyService", "ListKeys", h_list_keys },
-	{ "coffer.v1.KeyService", "VerifyRequestSignature", h_verify_request },
-	{ "coffer.v1.KeyService", "SignHttpRequest", h_sign_request },
-	{ "coffer.v1.AdminService", "CreateKey", h_create_key },
-	{ "coffer.v1.AdminService", "ImportKey", h_import_key },
-	{ "coffer.v1.AdminService", "RotateKey", h_rotate_key },
-	{ "coffer.v1.AdminService", "GetKey", h_get_key },
-	{ "coffer.v1.AdminService", "ListKeys", h_list_keys },
-	{ "coffer.v1.AdminService", "CreatePrincipal", h_create_principal },
-	{ "coffer.v1.AdminService", "GetPrincipal", h_get_principal },
-	{ "coffer.v1.AdminService", "ListPrincipals", h_list_principals },
-	{ "coffer.v1.AdminService", "GrantPrincipal", h_grant_principal },
-	{ "coffer.v1.AdminService", "RevokePrincipal", h_revoke_principal },
-	{ "coffer.v1.AdminService", "SetRateLimit", h_set_rate_limit },
-	{ "coffer.v1.AdminService", "DeletePrincipal", h_delete_principal },
-	{ "coffer.v1.SessionService", "GetIdentity", h_get_identity },
-	{ "coffer.v1.SessionService", "OpenSession", h_open_session },
-	{ "coffer.v1.SessionService", "CloseSession", h_close_session },
-	{ "grpc.health.v1.Health", "Check", h_health },
+const handler_fn handlers_base[CF_METHOD__COUNT] = {
+	[CF_KS_SIGN] = h_sign,
+	[CF_KS_VERIFY] = h_verify,
+	[CF_KS_MAC] = h_mac,
+	[CF_KS_VERIFY_MAC] = h_verify_mac,
+	[CF_KS_WRAP] = h_wrap,
+	[CF_KS_UNWRAP] = h_unwrap,
+	[CF_KS_REWRAP] = h_rewrap,
+	[CF_KS_GENERATE_DATA_KEY] = h_generate_data_key,
+	[CF_KS_GET_PUBLIC_KEY] = h_get_public_key,
+	[CF_KS_GET_KEY] = h_get_key,
+	[CF_KS_LIST_KEYS] = h_list_keys,
+	[CF_KS_VERIFY_REQUEST_SIGNATURE] = h_verify_request,
+	[CF_KS_SIGN_HTTP_REQUEST] = h_sign_request,
+	[CF_AS_CREATE_KEY] = h_create_key,
+	[CF_AS_IMPORT_KEY] = h_import_key,
+	[CF_AS_ROTATE_KEY] = h_rotate_key,
+	[CF_AS_GET_KEY] = h_get_key,
+	[CF_AS_LIST_KEYS] = h_list_keys,
+	[CF_AS_CREATE_PRINCIPAL] = h_create_principal,
+	[CF_AS_GET_PRINCIPAL] = h_get_principal,
+	[CF_AS_LIST_PRINCIPALS] = h_list_principals,
+	[CF_AS_GRANT_PRINCIPAL] = h_grant_principal,
+	[CF_AS_REVOKE_PRINCIPAL] = h_revoke_principal,
+	[CF_AS_SET_RATE_LIMIT] = h_set_rate_limit,
+	[CF_AS_DELETE_PRINCIPAL] = h_delete_principal,
+	[CF_SS_GET_IDENTITY] = h_get_identity,
+	[CF_SS_OPEN_SESSION] = h_open_session,
+	[CF_SS_CLOSE_SESSION] = h_close_session,
+	[CF_HEALTH_CHECK] = h_health,
 };
 
-const struct handler *
-handlers_find(const char *service, const char *method)
+const handler_fn *const handlers_files[] = {
+	handlers_base, handlers_apikeys, handlers_audit, handlers_lifecycle, NULL,
+};
+
+handler_fn
+handlers_find(enum cf_method_id id)
 {
-	for (size_t i = 0; i < sizeof(handler_table) / sizeof(handler_table[0]); i++)
-		if (strcmp(handler_table[i].service, service) == 0 &&
-		    strcmp(handler_table[i].method, method) == 0)
-			return &handler_table[i];
-	for (const struct handler *const *t = (const struct handler *const[]){
-		     handlers_apikeys, handlers_audit, handlers_lifecycle, NULL }; *t != NULL;
-	     t++)
-		for (const struct handler *h = *t; h->service != NULL; h++)
-			if (strcmp(h->service, service) == 0 && strcmp(h->method, method) == 0)
-				return h;
+	if ((unsigned)id >= CF_METHOD__COUNT)
+		return NULL;
+	for (const handler_fn *const *t = handlers_files; *t != NULL; t++)
+		if ((*t)[id] != NULL)
+			return (*t)[id];
 	return NULL;
 }

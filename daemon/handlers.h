@@ -13,6 +13,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "apikeys.h"
+#include "cf_methods.h"
 #include "audit.h"
 #include "idempotency.h"
 #include "keyring.h"
@@ -36,6 +37,9 @@ struct hctx {
 	store *st;              /* the state store (health: NOT_SERVING once it is gone) */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
 	const char *principal;  /* service socket: the caller's principal, else NULL */
+	/* The key the request names (cf_method.key_field): its name validated
+	 * and the key looked up once per call, by dispatch. */
+	struct keyring_ref key;
 	session *sess;          /* the session of a sealed call, else NULL */
 	uid_t uid;
 	gid_t gid;
@@ -56,12 +60,6 @@ struct hctx {
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,
 			  ProtobufCMessage **resp);
 
-struct handler {
-	const char *service;   /* full protobuf service name, e.g. "coffer.v1.KeyService" */
-	const char *method;    /* e.g. "Sign" */
-	handler_fn fn;
-};
-
 /* The answer to a mutating call whose change was committed by an attempt
  * that never answered (the daemon stopped first): what it changed, `name`
  * (a key, principal or API key id), read back as a response of `type`.
@@ -69,7 +67,12 @@ struct handler {
 int handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type,
 		      const char *name, ProtobufCMessage **resp);
 
-/* The handler of a service method, or NULL. */
-const struct handler *handlers_find(const char *service, const char *method);
+/* The handler of method id (cf_methods.h), or NULL (SessionService/Call,
+ * which the dispatcher runs itself). */
+handler_fn handlers_find(enum cf_method_id id);
+
+/* A key name a caller gave: "" is refused as missing, the rest by
+ * cf_key_name_check. */
+int handlers_check_key_name(const char *name);
 
 #endif

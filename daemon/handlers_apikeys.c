@@ -107,8 +107,7 @@ h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	cf_secret *imp = NULL, *secret = NULL;
 	int r;
 
-	if ((r = h_require_sealed(c, "CreateApiKey", "returns or takes an API secret")) != CF_OK ||
-	    (r = policy_get(c->pol, req->principal, NULL)) != CF_OK ||
+	if ((r = policy_get(c->pol, req->principal, NULL)) != CF_OK ||
 	    (r = imported(&req->secret, &imp)) != CF_OK)
 		return r;
 	r = apikeys_create(c->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
@@ -134,9 +133,7 @@ h_rotate_api_key_secret(const struct hctx *c, const ProtobufCMessage *m, Protobu
 	cf_secret *imp = NULL, *secret = NULL;
 	int r;
 
-	if ((r = h_require_sealed(c, "RotateApiKeySecret", "returns or takes an API secret")) !=
-		    CF_OK ||
-	    (r = cf_apikey_id_check(req->id)) != CF_OK)
+	if ((r = cf_apikey_id_check(req->id)) != CF_OK)
 		return r;
 	if (req->overlap_seconds > APIKEYS_MAX_OVERLAP)
 		return cf_error(CF_E_INVALID_ARG, "overlap_seconds is at most %d (90 days)",
@@ -234,11 +231,10 @@ h_set_principal_auth(const struct hctx *c, const ProtobufCMessage *m, ProtobufCM
 	return auth_response(c, req->name, resp);
 }
 
-const struct handler handlers_apikeys[] = {
-	{ "coffer.v1.AdminService", "CreateApiKey", h_create_api_key },
-	{ "coffer.v1.AdminService", "RotateApiKeySecret", h_rotate_api_key_secret },
-	{ "coffer.v1.AdminService", "RevokeApiKey", h_revoke_api_key },
-	{ "coffer.v1.AdminService", "ListApiKeys", h_list_api_keys },
-	{ "coffer.v1.AdminService", "SetPrincipalAuth", h_set_principal_auth },
-	{ NULL, NULL, NULL },
+const handler_fn handlers_apikeys[CF_METHOD__COUNT] = {
+	[CF_AS_CREATE_API_KEY] = h_create_api_key,
+	[CF_AS_ROTATE_API_KEY_SECRET] = h_rotate_api_key_secret,
+	[CF_AS_REVOKE_API_KEY] = h_revoke_api_key,
+	[CF_AS_LIST_API_KEYS] = h_list_api_keys,
+	[CF_AS_SET_PRINCIPAL_AUTH] = h_set_principal_auth,
 };

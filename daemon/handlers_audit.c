@@ -78,8 +78,7 @@ h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	return CF_OK;
 }
 
-const struct handler handlers_audit[] = {
-	{ "coffer.v1.AdminService", "TailAudit", h_tail_audit },
-	{ "coffer.v1.AdminService", "VerifyAudit", h_verify_audit },
-	{ NULL, NULL, NULL },
+const handler_fn handlers_audit[CF_METHOD__COUNT] = {
+	[CF_AS_TAIL_AUDIT] = h_tail_audit,
+	[CF_AS_VERIFY_AUDIT] = h_verify_audit,
 };

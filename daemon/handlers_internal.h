@@ -11,9 +11,6 @@
 void *h_new_msg(const ProtobufCMessageDescriptor *d);
 /* dst = a malloc'ed copy of src[0..len). */
 int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
-/* CF_E_PRECONDITION unless the call is sealed (or configuration allows
- * secret plaintext unsealed): for calls that carry secrets. */
-int h_require_sealed(const struct hctx *c, const char *method, const char *what);
 
 /* Finish a handler that produced `info` with status r: build a Key
  * response; info is freed in every case. */
@@ -26,11 +23,16 @@ int h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *t
 /* Principal `name`'s SetPrincipalAuthResponse: handlers_describe. */
 int h_describe_principal_auth(const struct hctx *c, const char *name, ProtobufCMessage **resp);
 
-/* AdminService's API key methods (handlers_apikeys.c), audit methods
- * (handlers_audit.c) and key lifecycle methods (handlers_lifecycle.c), each
- * ended by a NULL service. */
-extern const struct handler handlers_apikeys[];
-extern const struct handler handlers_audit[];
-extern const struct handler handlers_lifecycle[];
+/* Each handler file binds its handlers to method ids (cf_methods.h), so
+ * none names a method by string: handlers.c, AdminService's API key methods
+ * (handlers_apikeys.c), audit methods (handlers_audit.c) and key lifecycle
+ * methods (handlers_lifecycle.c). handlers_files lists them, NULL-ended:
+ * every method but SessionService/Call is bound in exactly one
+ * (tests/unit/test_dispatch.c). */
+extern const handler_fn handlers_base[CF_METHOD__COUNT];
+extern const handler_fn handlers_apikeys[CF_METHOD__COUNT];
+extern const handler_fn handlers_audit[CF_METHOD__COUNT];
+extern const handler_fn handlers_lifecycle[CF_METHOD__COUNT];
+extern const handler_fn *const handlers_files[];
 
 #endif

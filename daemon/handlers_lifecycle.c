@@ -100,14 +100,13 @@ h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	return change(c, req->name, KC_SET_ROTATION, &a, resp);
 }
 
-const struct handler handlers_lifecycle[] = {
-	{ "coffer.v1.AdminService", "SetPrimaryVersion", h_set_primary },
-	{ "coffer.v1.AdminService", "EnableKeyVersion", h_enable },
-	{ "coffer.v1.AdminService", "DisableKeyVersion", h_disable },
-	{ "coffer.v1.AdminService", "ScheduleDestroyKeyVersion", h_schedule_destroy },
-	{ "coffer.v1.AdminService", "CancelDestroyKeyVersion", h_cancel_destroy },
-	{ "coffer.v1.AdminService", "SetKeyMinimums", h_set_minimums },
-	{ "coffer.v1.AdminService", "TrimKey", h_trim },
-	{ "coffer.v1.AdminService", "SetRotationSchedule", h_set_rotation },
-	{ NULL, NULL, NULL },
+const handler_fn handlers_lifecycle[CF_METHOD__COUNT] = {
+	[CF_AS_SET_PRIMARY_VERSION] = h_set_primary,
+	[CF_AS_ENABLE_KEY_VERSION] = h_enable,
+	[CF_AS_DISABLE_KEY_VERSION] = h_disable,
+	[CF_AS_SCHEDULE_DESTROY_KEY_VERSION] = h_schedule_destroy,
+	[CF_AS_CANCEL_DESTROY_KEY_VERSION] = h_cancel_destroy,
+	[CF_AS_SET_KEY_MINIMUMS] = h_set_minimums,
+	[CF_AS_TRIM_KEY] = h_trim,
+	[CF_AS_SET_ROTATION_SCHEDULE] = h_set_rotation,
 };

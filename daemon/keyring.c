@@ -8,6 +8,7 @@
 
 #include <openssl/rand.h>
 
+#include "cf_count.h"
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
@@ -80,6 +81,7 @@ kr_find(const keyring *kr, const char *name, int *found)
 {
 	size_t lo = 0, hi = kr->n;
 
+	cf_count(CF_COUNT_KEY_LOOKUP);
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
 		int c = strcmp(kr->keys[mid]->m.name, name);
@@ -95,6 +97,12 @@ kr_find(const keyring *kr, const char *name, int *found)
 	}
 	*found = 0;
 	return lo;
+}
+
+static int
+not_found(const struct keyring_ref *ref)
+{
+	return cf_error(CF_E_NOT_FOUND, "key %s does not exist", ref->name);
 }
 
 static int
@@ -419,20 +427,6 @@ keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 	return kr_make(kr, name, type, allowed_ops, 0, material, out);
 }
 
-int
-keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops)
-{
-	int found;
-	size_t at;
-
-	pthread_rwlock_rdlock(&kr->lock);
-	at = kr_find(kr, name, &found);
-	if (found)
-		*ops = kr->keys[at]->m.allowed_ops;
-	pthread_rwlock_unlock(&kr->lock);
-	return found ? CF_OK : cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
-}
-
 static void kr_apply(struct kr_key *k, const struct store_key *sk);
 
 /* A new version, made primary. due_by (scheduled rotations): only if the
@@ -506,17 +500,54 @@ keyring_rotate(keyring *kr, const char *name, struct store_key *out)
 }
 
 int
-keyring_describe(keyring *kr, const char *name, struct store_key *out)
+keyring_find(keyring *kr, const char *name, struct keyring_ref *ref)
 {
-	int found, r;
+	int found;
 	size_t at;
 
+	ref->name = name;
 	pthread_rwlock_rdlock(&kr->lock);
 	at = kr_find(kr, name, &found);
-	r = found ? kr_copy_info(kr->keys[at], out) :
-		    cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
+	ref->k = found ? kr->keys[at] : NULL;
+	pthread_rwlock_unlock(&kr->lock);
+	return found ? CF_OK : not_found(ref);
+}
+
+uint32_t
+keyring_ref_allowed_ops(keyring *kr, const struct keyring_ref *ref)
+{
+	uint32_t ops = 0;
+
+	if (ref->k == NULL)
+		return 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	ops = ref->k->m.allowed_ops;
+	pthread_rwlock_unlock(&kr->lock);
+	return ops;
+}
+
+int
+keyring_ref_describe(keyring *kr, const struct keyring_ref *ref, struct store_key *out)
+{
+	int r;
+
+	if (ref->k == NULL)
+		return not_found(ref);
+	pthread_rwlock_rdlock(&kr->lock);
+	r = kr_copy_info(ref->k, out);
 	pthread_rwlock_unlock(&kr->lock);
 	return r;
+}
+
+int
+keyring_describe(keyring *kr, const char *name, struct store_key *out)
+{
+	struct keyring_ref ref;
+	int r;
+
+	if ((r = keyring_find(kr, name, &ref)) != CF_OK)
+		return r;
+	return keyring_ref_describe(kr, &ref, out);
 }
 
 int
@@ -566,23 +597,19 @@ state_name(enum store_state st)
 }
 
 int
-keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose purpose,
-	    enum key_use use, cf_p11_key **key, uint32_t *used_version)
+keyring_ref_use(keyring *kr, const struct keyring_ref *ref, uint32_t version,
+		enum key_purpose purpose, enum key_use use, cf_p11_key **key,
+		uint32_t *used_version)
 {
-	uint32_t min;
-
-	const struct kr_key *k;
+	const struct kr_key *k = ref->k;
+	const char *name = ref->name;
 	const struct kr_version *v = NULL;
-	int found, r = CF_OK;
-	size_t at;
+	uint32_t min;
+	int r = CF_OK;
 
+	if (k == NULL)
+		return not_found(ref);
 	pthread_rwlock_rdlock(&kr->lock);
-	at = kr_find(kr, name, &found);
-	if (!found) {
-		r = cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
-		goto out;
-	}
-	k = kr->keys[at];
 	if (keyring_purpose(k->m.type) != purpose) {
 		r = cf_error(CF_E_WRONG_KEY_TYPE, "key %s is a %s key (%s); this operation needs "
 			     "a %s key", name, keyring_purpose_name(keyring_purpose(k->m.type)),
@@ -620,6 +647,18 @@ keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose pu
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return r;
+}
+
+int
+keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose purpose,
+	    enum key_use use, cf_p11_key **key, uint32_t *used_version)
+{
+	struct keyring_ref ref;
+	int r;
+
+	if ((r = keyring_find(kr, name, &ref)) != CF_OK)
+		return r;
+	return keyring_ref_use(kr, &ref, version, purpose, use, key, used_version);
 }
 
 /* ---- lifecycle ---- */

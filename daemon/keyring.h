@@ -64,8 +64,6 @@ int keyring_create(keyring *kr, const char *name, enum cf_key_type type, uint32_
 		   int64_t rotation_period, struct store_key *out);
 int keyring_import(keyring *kr, const char *name, enum cf_key_type type,
 		   const cf_secret *material, uint32_t allowed_ops, struct store_key *out);
-/* The key's allowed operations (0: all of its purpose). CF_E_NOT_FOUND. */
-int keyring_allowed_ops(keyring *kr, const char *name, uint32_t *ops);
 /* New version, made primary; the next scheduled rotation is one period on. */
 int keyring_rotate(keyring *kr, const char *name, struct store_key *out);
 
@@ -103,15 +101,35 @@ typedef int (*keyring_record_fn)(const char *method, const char *name, uint32_t 
 void keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg);
 void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
 
-int keyring_describe(keyring *kr, const char *name, struct store_key *out);
 /* Names after `after` ("" = from the start), in order, at most `max`. */
 int keyring_list(keyring *kr, const char *after, uint32_t max, struct store_key **out,
 		 uint32_t *n, int *more);
+
+/* A key looked up by name once per call: the name (borrowed) and the key,
+ * NULL if none has that name (the keyring_ref_ functions then answer
+ * CF_E_NOT_FOUND). Keys are never removed while the keyring is open, so a
+ * reference stays valid as long as it. */
+struct kr_key;
+struct keyring_ref {
+	const char *name;
+	const struct kr_key *k;
+};
+/* Fills *ref in every case; CF_E_NOT_FOUND if no key has that name. */
+int keyring_find(keyring *kr, const char *name, struct keyring_ref *ref);
+/* The key's own limit: its allowed operations (0: all of its purpose, or no key). */
+uint32_t keyring_ref_allowed_ops(keyring *kr, const struct keyring_ref *ref);
+int keyring_ref_describe(keyring *kr, const struct keyring_ref *ref, struct store_key *out);
+/* keyring_find, then keyring_ref_describe. */
+int keyring_describe(keyring *kr, const char *name, struct store_key *out);
 
 /* The token handle of `version` (0 = primary) for an operation needing
  * `purpose`. CF_E_NOT_FOUND (no key / version), CF_E_WRONG_KEY_TYPE (wrong
  * purpose), CF_E_PRECONDITION (version not enabled, or below the key's
  * minimum for `use`). */
+int keyring_ref_use(keyring *kr, const struct keyring_ref *ref, uint32_t version,
+		    enum key_purpose purpose, enum key_use use, cf_p11_key **key,
+		    uint32_t *used_version);
+/* keyring_find, then keyring_ref_use. */
 int keyring_use(keyring *kr, const char *name, uint32_t version, enum key_purpose purpose,
 		enum key_use use, cf_p11_key **key, uint32_t *used_version);
 

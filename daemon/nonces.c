@@ -602,3 +602,28 @@ nonces_memory(nonces *n)
 	pthread_mutex_unlock(&n->mu);
 	return v;
 }
+
+int
+nonces_check(nonces *n, const struct nonce_claim *c, int64_t now, int (*verify)(void *arg),
+	     void *arg, enum nonce_verdict *v)
+{
+	int r;
+
+	*v = NONCE_FRESH;
+	if (c->timestamp < now - (int64_t)c->window) {
+		*v = NONCE_EXPIRED;
+		return CF_OK;
+	}
+	if (c->timestamp > now + (int64_t)c->ahead) {
+		*v = NONCE_AHEAD;
+		return CF_OK;
+	}
+	if ((r = verify(arg)) != CF_OK)
+		return r;
+	r = nonces_use(n, c->scope, c->nonce, c->timestamp + (int64_t)c->window + 1, now);
+	if (r == CF_E_EXISTS) {
+		*v = NONCE_REPLAYED;
+		return CF_OK;
+	}
+	return r;
+}

@@ -37,6 +37,25 @@ void nonces_set_scope_max(nonces *n, size_t max);
  * nonces are live, or the scope's share; CF_E_IO if it cannot be made durable. */
 int nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now);
 
+/* The freshness rule of a signed message (call signatures, signed HTTP
+ * requests), written once: its timestamp is at most `window` s old and at
+ * most `ahead` s ahead of now (else *v = NONCE_EXPIRED / NONCE_AHEAD and
+ * nothing is verified), its signature verifies (verify(arg): CF_OK, or a
+ * refusal returned as it is), and its nonce is new in `scope` (else
+ * NONCE_REPLAYED). Only a genuine message uses up its nonce, kept until the
+ * timestamp has left the window. CF_OK with *v set, verify's refusal, or
+ * nonces_use's failure. */
+enum nonce_verdict { NONCE_FRESH, NONCE_EXPIRED, NONCE_AHEAD, NONCE_REPLAYED };
+struct nonce_claim {
+	const char *scope;      /* where a nonce must be unique: the signing key */
+	const char *nonce;
+	int64_t timestamp;      /* Unix seconds, as signed */
+	unsigned window;
+	unsigned ahead;
+};
+int nonces_check(nonces *n, const struct nonce_claim *c, int64_t now, int (*verify)(void *arg),
+		 void *arg, enum nonce_verdict *v);
+
 /* Drop expired entries from memory and disk. */
 void nonces_expire(nonces *n, int64_t now);
 

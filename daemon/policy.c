@@ -8,9 +8,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "cf_count.h"
 #include "cf_status.h"
 
-static const char *const op_names[POLICY_OP__COUNT] = {
+static const char *const op_names[CF_OP__COUNT] = {
 	"all", "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
 	"generate-data-key", "get-public-key",
 };
@@ -22,7 +23,7 @@ struct bucket {
 
 struct pr {
 	struct store_principal sp;
-	struct bucket buckets[POLICY_OP__COUNT];   /* by store_limit.op */
+	struct bucket buckets[CF_OP__COUNT];   /* by store_limit.op */
 };
 
 struct policy {
@@ -34,9 +35,9 @@ struct policy {
 };
 
 const char *
-policy_op_name(enum policy_op op)
+policy_op_name(enum cf_op op)
 {
-	return (unsigned)op < POLICY_OP__COUNT ? op_names[op] : "?";
+	return (unsigned)op < CF_OP__COUNT ? op_names[op] : "?";
 }
 
 static double
@@ -164,7 +165,7 @@ load_one(const struct store_principal *sp, void *arg)
 	/* The store is trusted no further than its shape: a limit must index a
 	 * bucket and have a rate to divide by. */
 	for (uint32_t i = 0; i < sp->nlimits; i++)
-		if (sp->limits[i].op >= POLICY_OP__COUNT || !(sp->limits[i].rate > 0.0) ||
+		if (sp->limits[i].op >= CF_OP__COUNT || !(sp->limits[i].rate > 0.0) ||
 		    sp->limits[i].burst < 1)
 			return cf_error(CF_E_IO, "state store holds a malformed rate limit for "
 					"principal %s", sp->name);
@@ -248,7 +249,7 @@ check_pattern(const char *pat)
 static int
 check_ops(uint32_t ops)
 {
-	if (ops == 0 || (ops & ~POLICY_OPS_ALL) != 0)
+	if (ops == 0 || (ops & ~CF_OPS_ALL) != 0)
 		return cf_error(CF_E_INVALID_ARG, "operations missing or unknown");
 	return CF_OK;
 }
@@ -455,12 +456,12 @@ edit_limit(struct store_principal *sp, void *arg)
 }
 
 int
-policy_set_limit(policy *p, const char *name, enum policy_op op, double rate, uint32_t burst,
+policy_set_limit(policy *p, const char *name, enum cf_op op, double rate, uint32_t burst,
 		 struct store_principal *out)
 {
 	struct store_limit l = { (uint32_t)op, rate, burst };
 
-	if ((unsigned)op >= POLICY_OP__COUNT)
+	if ((unsigned)op >= CF_OP__COUNT)
 		return cf_error(CF_E_INVALID_ARG, "unknown operation %d", (int)op);
 	if (!isfinite(rate) || rate < 0.0 || rate > POLICY_RATE_MAX)
 		return cf_error(CF_E_INVALID_ARG, "rate must be 0 (remove) .. %.0f per second",
@@ -531,17 +532,17 @@ bucket_wait(struct bucket *b, const struct store_limit *l, double t)
 
 /* Does a grant of r cover op on key? (p->lock held) */
 static int
-granted_locked(const struct pr *r, enum policy_op op, const char *key)
+granted_locked(const struct pr *r, enum cf_op op, const char *key)
 {
 	for (uint32_t i = 0; i < r->sp.ngrants; i++)
-		if ((r->sp.grants[i].ops & POLICY_OP_BIT(op)) != 0 &&
+		if ((r->sp.grants[i].ops & CF_OP_BIT(op)) != 0 &&
 		    fnmatch(r->sp.grants[i].pattern, key, 0) == 0)
 			return 1;
 	return 0;
 }
 
 int
-policy_may(policy *p, const char *principal, enum policy_op op, const char *key)
+policy_may(policy *p, const char *principal, enum cf_op op, const char *key)
 {
 	int found, rc = CF_OK;
 	size_t at;
@@ -560,8 +561,8 @@ policy_may(policy *p, const char *principal, enum policy_op op, const char *key)
 }
 
 int
-policy_check(policy *p, const char *principal, enum policy_op op, const char *key,
-	     uint32_t *retry_after_ms)
+policy_authorize(policy *p, const char *principal, enum cf_op op, const char *key,
+		 uint32_t key_ops, uint32_t *retry_after_ms, int *own_limit)
 {
 	const struct store_limit *lim[2] = { NULL, NULL };
 	struct bucket *bk[2] = { NULL, NULL };
@@ -570,7 +571,9 @@ policy_check(policy *p, const char *principal, enum policy_op op, const char *ke
 	int found, rc = CF_OK;
 	size_t at;
 
+	cf_count(CF_COUNT_AUTHORIZE);
 	*retry_after_ms = 0;
+	*own_limit = 0;
 	pthread_rwlock_rdlock(&p->lock);
 	at = find_locked(p, principal, &found);
 	if (!found) {
@@ -578,28 +581,23 @@ policy_check(policy *p, const char *principal, enum policy_op op, const char *ke
 		return cf_error(CF_E_UNAUTHENTICATED, "principal %s no longer exists", principal);
 	}
 	r = p->v[at];
-	if (op != POLICY_OP_NONE) {
-		int granted = 0;
-
-		/* A name no key can have is refused before any pattern sees it
-		 * (globs against long hostile strings backtrack). */
-		if (cf_key_name_check(key) != CF_OK) {
-			pthread_rwlock_unlock(&p->lock);
-			return cf_error(CF_E_INVALID_ARG, "%s", cf_error_detail());
-		}
-
-		granted = granted_locked(r, op, key);
-		if (!granted) {
-			pthread_rwlock_unlock(&p->lock);
-			return cf_error(CF_E_DENIED, "principal %s may not %s with key %s (no grant)",
-					principal, policy_op_name(op), key);
-		}
+	if (op != CF_OP_NONE && !granted_locked(r, op, key)) {
+		pthread_rwlock_unlock(&p->lock);
+		return cf_error(CF_E_DENIED, "principal %s may not %s with key %s (no grant)",
+				principal, policy_op_name(op), key);
+	}
+	/* The key's own limit caps every grant. */
+	if (op != CF_OP_NONE && key_ops != 0 && !(key_ops & CF_OP_BIT(op))) {
+		pthread_rwlock_unlock(&p->lock);
+		*own_limit = 1;
+		return cf_error(CF_E_DENIED, "key %s does not allow %s (its own limit)", key,
+				policy_op_name(op));
 	}
 	for (uint32_t i = 0; i < r->sp.nlimits; i++) {
 		const struct store_limit *l = &r->sp.limits[i];
-		int slot = l->op == POLICY_OP_NONE ? 0 : 1;
+		int slot = l->op == CF_OP_NONE ? 0 : 1;
 
-		if (l->op == POLICY_OP_NONE || l->op == (uint32_t)op) {
+		if (l->op == CF_OP_NONE || l->op == (uint32_t)op) {
 			lim[slot] = l;
 			bk[slot] = &r->buckets[l->op];
 		}

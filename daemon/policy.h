@@ -14,23 +14,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cf_methods.h"
 #include "store.h"
 
-/* Numbering shared with coffer.v1.Operation. */
-enum policy_op {
-	POLICY_OP_NONE = 0,          /* in a rate limit: every operation */
-	POLICY_OP_SIGN, POLICY_OP_VERIFY, POLICY_OP_MAC, POLICY_OP_VERIFY_MAC, POLICY_OP_WRAP,
-	POLICY_OP_UNWRAP, POLICY_OP_REWRAP, POLICY_OP_GENERATE_DATA_KEY,
-	POLICY_OP_GET_PUBLIC_KEY,
-	POLICY_OP__COUNT
-};
-#define POLICY_OP_BIT(op) (1u << (op))
-#define POLICY_OPS_ALL (((1u << POLICY_OP__COUNT) - 1) & ~1u)
 #define POLICY_RATE_MAX 1e6
 
 /* "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
- * "generate-data-key", "get-public-key"; "all" for POLICY_OP_NONE. */
-const char *policy_op_name(enum policy_op op);
+ * "generate-data-key", "get-public-key"; "all" for CF_OP_NONE. */
+const char *policy_op_name(enum cf_op op);
 
 typedef struct policy policy;
 
@@ -53,7 +44,7 @@ int policy_grant(policy *p, const char *name, const char *pattern, uint32_t ops,
 int policy_revoke(policy *p, const char *name, const char *pattern, uint32_t ops,
 		  struct store_principal *out);
 /* rate 0 removes the limit of op. */
-int policy_set_limit(policy *p, const char *name, enum policy_op op, double rate,
+int policy_set_limit(policy *p, const char *name, enum cf_op op, double rate,
 		     uint32_t burst, struct store_principal *out);
 int policy_delete(policy *p, const char *name);
 void policy_principal_free(struct store_principal *sp);   /* its arrays; accepts NULL */
@@ -63,15 +54,19 @@ void policy_list_free(struct store_principal *list, size_t n);
 
 /* The principal of a caller into name. CF_E_UNAUTHENTICATED if none. */
 int policy_identify(policy *p, uid_t uid, gid_t gid, char name[STORE_PRINCIPAL_NAME_MAX + 1]);
-/* May `principal` do op on key, now? CF_E_DENIED (no grant covers it),
- * CF_E_EXHAUSTED with *retry_after_ms (a rate limit), CF_E_UNAUTHENTICATED
- * (the principal was deleted meanwhile). op POLICY_OP_NONE checks only the
- * principal's overall rate limit. */
-int policy_check(policy *p, const char *principal, enum policy_op op, const char *key,
-		 uint32_t *retry_after_ms);
-/* Does a grant of `principal` cover op on key? Like policy_check without
- * the rate limits (no token is taken): for filtering what a caller sees.
+/* May `principal` do op on key, now? One decision, in this order: a grant
+ * must cover it (CF_E_DENIED), then the key's own limit key_ops (0: none, or
+ * no such key) must allow it (CF_E_DENIED, *own_limit set), then the rate
+ * limits must have a token (CF_E_EXHAUSTED with *retry_after_ms): a token is
+ * taken only from a call that is otherwise allowed. CF_E_UNAUTHENTICATED if
+ * the principal was deleted meanwhile. key must be a valid key name
+ * (cf_key_name_check: globs against long hostile strings backtrack); op
+ * CF_OP_NONE checks only the principal's overall rate limit. */
+int policy_authorize(policy *p, const char *principal, enum cf_op op, const char *key,
+		     uint32_t key_ops, uint32_t *retry_after_ms, int *own_limit);
+/* Does a grant of `principal` cover op on key? policy_authorize's grant
+ * check alone (no token is taken): for filtering what a caller sees.
  * CF_OK, CF_E_DENIED, CF_E_UNAUTHENTICATED or CF_E_INVALID_ARG (bad name). */
-int policy_may(policy *p, const char *principal, enum policy_op op, const char *key);
+int policy_may(policy *p, const char *principal, enum cf_op op, const char *key);
 
 #endif

@@ -4,7 +4,7 @@
  * policy_may against policy_check, token-bucket rate limits (per principal
  * and per operation, refill, retry-after, removal, bounds), a principal
  * deleted under a caller, what survives a reopen, and the key's own limit
- * (keyring_allowed_ops) on a key in the test token. Every refusal is checked
+ * (keyring_ref_allowed_ops) on a key in the test token. Every refusal is checked
  * for its status and its text.
  */
 #include <math.h>
@@ -25,7 +25,7 @@
 #include "policy.h"
 #include "store.h"
 
-#define B(op) POLICY_OP_BIT(POLICY_OP_##op)
+#define B(op) CF_OP_BIT(CF_OP_##op)
 
 static struct cf_test_token tok;
 static cf_p11 *p11;
@@ -70,15 +70,26 @@ sleep_ms(unsigned ms)
 		;
 }
 
+/* policy_authorize for a key without its own limit. */
+static int
+authorize(policy *p, const char *who, enum cf_op op, const char *key, uint32_t *ra)
+{
+	int own = -1;
+	int r = policy_authorize(p, who, op, key, 0, ra, &own);
+
+	CU_ASSERT_EQUAL(own, 0);
+	return r;
+}
+
 static void
 test_op_names(void)
 {
-	CU_ASSERT_STRING_EQUAL(policy_op_name(POLICY_OP_NONE), "all");
-	CU_ASSERT_STRING_EQUAL(policy_op_name(POLICY_OP_SIGN), "sign");
-	CU_ASSERT_STRING_EQUAL(policy_op_name(POLICY_OP_VERIFY_MAC), "verify-mac");
-	CU_ASSERT_STRING_EQUAL(policy_op_name(POLICY_OP_GET_PUBLIC_KEY), "get-public-key");
-	CU_ASSERT_STRING_EQUAL(policy_op_name(POLICY_OP__COUNT), "?");
-	CU_ASSERT_EQUAL(POLICY_OPS_ALL & 1u, 0);   /* "all" is no grantable operation */
+	CU_ASSERT_STRING_EQUAL(policy_op_name(CF_OP_NONE), "all");
+	CU_ASSERT_STRING_EQUAL(policy_op_name(CF_OP_SIGN), "sign");
+	CU_ASSERT_STRING_EQUAL(policy_op_name(CF_OP_VERIFY_MAC), "verify-mac");
+	CU_ASSERT_STRING_EQUAL(policy_op_name(CF_OP_GET_PUBLIC_KEY), "get-public-key");
+	CU_ASSERT_STRING_EQUAL(policy_op_name(CF_OP__COUNT), "?");
+	CU_ASSERT_EQUAL(CF_OPS_ALL & 1u, 0);   /* "all" is no grantable operation */
 }
 
 static void
@@ -205,7 +216,7 @@ test_grants(void)
 	CHECK_OK(policy_create(p, "app", &u, 1, NULL, 0, NULL));
 	CHECK_OK(policy_create(p, "nobody", &u2, 1, NULL, 0, NULL));
 	/* deny by default */
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "db-main"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "db-main"), CF_E_DENIED,
 		  "principal app may not sign with key db-main (no grant)");
 	/* refused grants */
 	CHECK_ERR(policy_grant(p, "app", "DB-*", B(SIGN), NULL), CF_E_INVALID_ARG,
@@ -216,9 +227,9 @@ test_grants(void)
 		  "key pattern must be 1..128 characters");
 	CHECK_ERR(policy_grant(p, "app", "db-*", 0, NULL), CF_E_INVALID_ARG,
 		  "operations missing or unknown");
-	CHECK_ERR(policy_grant(p, "app", "db-*", POLICY_OP_BIT(POLICY_OP_NONE), NULL),
+	CHECK_ERR(policy_grant(p, "app", "db-*", CF_OP_BIT(CF_OP_NONE), NULL),
 		  CF_E_INVALID_ARG, "operations missing or unknown");
-	CHECK_ERR(policy_grant(p, "app", "db-*", POLICY_OP_BIT(POLICY_OP__COUNT), NULL),
+	CHECK_ERR(policy_grant(p, "app", "db-*", CF_OP_BIT(CF_OP__COUNT), NULL),
 		  CF_E_INVALID_ARG, "operations missing or unknown");
 	CHECK_ERR(policy_grant(p, "ghost", "db-*", B(SIGN), NULL), CF_E_NOT_FOUND,
 		  "no principal ghost");
@@ -228,26 +239,26 @@ test_grants(void)
 	CHECK_OK(policy_grant(p, "app", "k?", B(MAC), &sp));
 	CU_ASSERT_EQUAL(sp.ngrants, 3);
 	policy_principal_free(&sp);
-	CHECK_OK(policy_may(p, "app", POLICY_OP_SIGN, "db-main"));
-	CHECK_OK(policy_may(p, "app", POLICY_OP_SIGN, "db-"));   /* * matches nothing too */
-	CHECK_OK(policy_may(p, "app", POLICY_OP_SIGN, "db-a.b_c"));
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_VERIFY, "db-main"), CF_E_DENIED,
+	CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "db-main"));
+	CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "db-"));   /* * matches nothing too */
+	CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "db-a.b_c"));
+	CHECK_ERR(policy_may(p, "app", CF_OP_VERIFY, "db-main"), CF_E_DENIED,
 		  "principal app may not verify with key db-main (no grant)");
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "dbx-main"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "dbx-main"), CF_E_DENIED,
 		  "principal app may not sign with key dbx-main (no grant)");
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "xdb-main"), CF_E_DENIED, "(no grant)");
-	CHECK_OK(policy_may(p, "app", POLICY_OP_VERIFY, "exact-key"));
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_VERIFY, "exact-keys"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "xdb-main"), CF_E_DENIED, "(no grant)");
+	CHECK_OK(policy_may(p, "app", CF_OP_VERIFY, "exact-key"));
+	CHECK_ERR(policy_may(p, "app", CF_OP_VERIFY, "exact-keys"), CF_E_DENIED,
 		  "principal app may not verify with key exact-keys (no grant)");
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_VERIFY, "exact-ke"), CF_E_DENIED, "(no grant)");
-	CHECK_OK(policy_may(p, "app", POLICY_OP_MAC, "k1"));
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_MAC, "k"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_VERIFY, "exact-ke"), CF_E_DENIED, "(no grant)");
+	CHECK_OK(policy_may(p, "app", CF_OP_MAC, "k1"));
+	CHECK_ERR(policy_may(p, "app", CF_OP_MAC, "k"), CF_E_DENIED,
 		  "principal app may not mac with key k (no grant)");
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_MAC, "k12"), CF_E_DENIED, "(no grant)");
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_WRAP, "k1"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_MAC, "k12"), CF_E_DENIED, "(no grant)");
+	CHECK_ERR(policy_may(p, "app", CF_OP_WRAP, "k1"), CF_E_DENIED,
 		  "principal app may not wrap with key k1 (no grant)");
 	/* grants are the principal's own */
-	CHECK_ERR(policy_may(p, "nobody", POLICY_OP_SIGN, "db-main"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "nobody", CF_OP_SIGN, "db-main"), CF_E_DENIED,
 		  "principal nobody may not sign with key db-main (no grant)");
 	/* a second grant on the same pattern adds operations */
 	CHECK_OK(policy_grant(p, "app", "db-*", B(VERIFY) | B(GET_PUBLIC_KEY), &sp));
@@ -255,22 +266,22 @@ test_grants(void)
 	CU_ASSERT_STRING_EQUAL(sp.grants[0].pattern, "db-*");
 	CU_ASSERT_EQUAL(sp.grants[0].ops, B(SIGN) | B(VERIFY) | B(GET_PUBLIC_KEY));
 	policy_principal_free(&sp);
-	CHECK_OK(policy_may(p, "app", POLICY_OP_VERIFY, "db-main"));
+	CHECK_OK(policy_may(p, "app", CF_OP_VERIFY, "db-main"));
 	/* key names no key can have, and unknown principals */
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "DB-main"), CF_E_INVALID_ARG,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "DB-main"), CF_E_INVALID_ARG,
 		  "key name: key name must start with a lower-case letter or digit");
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, ""), CF_E_INVALID_ARG,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, ""), CF_E_INVALID_ARG,
 		  "key name: key name is empty");
-	CHECK_ERR(policy_may(p, "ghost", POLICY_OP_SIGN, "db-main"), CF_E_UNAUTHENTICATED,
+	CHECK_ERR(policy_may(p, "ghost", CF_OP_SIGN, "db-main"), CF_E_UNAUTHENTICATED,
 		  "principal ghost no longer exists");
 
 	/* revoke some operations */
 	CHECK_OK(policy_revoke(p, "app", "exact-key", B(SIGN), &sp));
 	CU_ASSERT_EQUAL(sp.ngrants, 3);
 	policy_principal_free(&sp);
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "exact-key"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "exact-key"), CF_E_DENIED,
 		  "principal app may not sign with key exact-key (no grant)");
-	CHECK_OK(policy_may(p, "app", POLICY_OP_VERIFY, "exact-key"));
+	CHECK_OK(policy_may(p, "app", CF_OP_VERIFY, "exact-key"));
 	/* revoking the last operation removes the grant */
 	CHECK_OK(policy_revoke(p, "app", "exact-key", B(VERIFY), &sp));
 	CU_ASSERT_EQUAL(sp.ngrants, 2);
@@ -281,28 +292,28 @@ test_grants(void)
 	CHECK_OK(policy_revoke(p, "app", "k?", 0, &sp));
 	CU_ASSERT_EQUAL(sp.ngrants, 1);
 	policy_principal_free(&sp);
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_MAC, "k1"), CF_E_DENIED, "(no grant)");
+	CHECK_ERR(policy_may(p, "app", CF_OP_MAC, "k1"), CF_E_DENIED, "(no grant)");
 	/* a pattern is revoked as written, not by what it matches */
 	CHECK_ERR(policy_revoke(p, "app", "db-main", 0, NULL), CF_E_NOT_FOUND,
 		  "principal app has no grant for db-main");
-	CHECK_OK(policy_may(p, "app", POLICY_OP_SIGN, "db-main"));
+	CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "db-main"));
 	CHECK_ERR(policy_revoke(p, "app", "nothing-*", B(SIGN), NULL), CF_E_NOT_FOUND,
 		  "principal app has no grant for nothing-*");
 	CHECK_ERR(policy_revoke(p, "app", "Bad", 0, NULL), CF_E_INVALID_ARG,
 		  "key pattern character 1 is not one of");
-	CHECK_ERR(policy_revoke(p, "app", "db-*", POLICY_OP_BIT(POLICY_OP__COUNT), NULL),
+	CHECK_ERR(policy_revoke(p, "app", "db-*", CF_OP_BIT(CF_OP__COUNT), NULL),
 		  CF_E_INVALID_ARG, "operations missing or unknown");
 	CHECK_ERR(policy_revoke(p, "ghost", "db-*", 0, NULL), CF_E_NOT_FOUND,
 		  "no principal ghost");
 	/* a grant for everything */
-	CHECK_OK(policy_grant(p, "nobody", "*", POLICY_OPS_ALL, NULL));
-	for (int op = POLICY_OP_SIGN; op < POLICY_OP__COUNT; op++)
-		CHECK_OK(policy_may(p, "nobody", (enum policy_op)op, "any.key_1-x"));
+	CHECK_OK(policy_grant(p, "nobody", "*", CF_OPS_ALL, NULL));
+	for (int op = CF_OP_SIGN; op < CF_OP__COUNT; op++)
+		CHECK_OK(policy_may(p, "nobody", (enum cf_op)op, "any.key_1-x"));
 	policy_close(p);
 	store_close(st);
 }
 
-/* policy_may takes no token; policy_check does, and only for a granted call. */
+/* policy_may takes no token; policy_authorize does, and only for a granted call. */
 static void
 test_may_and_check(void)
 {
@@ -313,25 +324,27 @@ test_may_and_check(void)
 
 	open_fresh("may", dir, &st, &p);
 	app_granted(p, u, "k", B(SIGN));
-	CHECK_OK(policy_set_limit(p, "app", POLICY_OP_NONE, 0.01, 2, NULL));
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0.01, 2, NULL));
 	for (int i = 0; i < 20; i++)
-		CHECK_OK(policy_may(p, "app", POLICY_OP_SIGN, "k"));
+		CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "k"));
 	/* refusals before the limits take nothing either */
-	CHECK_ERR(policy_check(p, "app", POLICY_OP_VERIFY, "k", &ra), CF_E_DENIED,
+	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_DENIED,
 		  "principal app may not verify with key k (no grant)");
 	CU_ASSERT_EQUAL(ra, 0);
-	CHECK_ERR(policy_check(p, "app", POLICY_OP_SIGN, "K", &ra), CF_E_INVALID_ARG,
+	/* names are checked once, by dispatch, before policy_authorize; policy_may
+	 * (ListKeys filtering) checks its own */
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "K"), CF_E_INVALID_ARG,
 		  "key name must start with a lower-case letter or digit");
-	CHECK_ERR(policy_check(p, "ghost", POLICY_OP_SIGN, "k", &ra), CF_E_UNAUTHENTICATED,
+	CHECK_ERR(authorize(p, "ghost", CF_OP_SIGN, "k", &ra), CF_E_UNAUTHENTICATED,
 		  "principal ghost no longer exists");
-	CHECK_OK(policy_check(p, "app", POLICY_OP_SIGN, "k", &ra));
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
 	CU_ASSERT_EQUAL(ra, 0);
-	CHECK_OK(policy_check(p, "app", POLICY_OP_SIGN, "k", &ra));
-	CHECK_ERR(policy_check(p, "app", POLICY_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for sign exceeded; retry after ");
 	CU_ASSERT(ra > 0);
 	/* exhausted, policy_may still answers */
-	CHECK_OK(policy_may(p, "app", POLICY_OP_SIGN, "k"));
+	CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "k"));
 	policy_close(p);
 	store_close(st);
 }
@@ -349,41 +362,41 @@ test_rate_limits(void)
 	CHECK_OK(policy_create(p, "fast", &u[0], 1, NULL, 0, NULL));
 	CHECK_OK(policy_create(p, "perop", &u[1], 1, NULL, 0, NULL));
 	CHECK_OK(policy_create(p, "slow", &u[2], 1, NULL, 0, NULL));
-	CHECK_OK(policy_grant(p, "fast", "*", POLICY_OPS_ALL, NULL));
-	CHECK_OK(policy_grant(p, "perop", "*", POLICY_OPS_ALL, NULL));
-	CHECK_OK(policy_grant(p, "slow", "*", POLICY_OPS_ALL, NULL));
+	CHECK_OK(policy_grant(p, "fast", "*", CF_OPS_ALL, NULL));
+	CHECK_OK(policy_grant(p, "perop", "*", CF_OPS_ALL, NULL));
+	CHECK_OK(policy_grant(p, "slow", "*", CF_OPS_ALL, NULL));
 
 	/* bounds */
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP__COUNT, 1, 1, NULL), CF_E_INVALID_ARG,
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP__COUNT, 1, 1, NULL), CF_E_INVALID_ARG,
 		  "unknown operation 10");
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP_NONE, -1, 1, NULL), CF_E_INVALID_ARG,
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, -1, 1, NULL), CF_E_INVALID_ARG,
 		  "rate must be 0 (remove) .. 1000000 per second");
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP_NONE, POLICY_RATE_MAX * 1.001, 1, NULL),
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, POLICY_RATE_MAX * 1.001, 1, NULL),
 		  CF_E_INVALID_ARG, "rate must be 0 (remove) .. 1000000 per second");
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP_NONE, NAN, 1, NULL), CF_E_INVALID_ARG,
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, NAN, 1, NULL), CF_E_INVALID_ARG,
 		  "rate must be 0 (remove)");
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP_NONE, INFINITY, 1, NULL),
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, INFINITY, 1, NULL),
 		  CF_E_INVALID_ARG, "rate must be 0 (remove)");
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP_NONE, 1, 0, NULL), CF_E_INVALID_ARG,
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, 1, 0, NULL), CF_E_INVALID_ARG,
 		  "burst must be 1 .. 1000000");
-	CHECK_ERR(policy_set_limit(p, "fast", POLICY_OP_NONE, 1, 1000001, NULL),
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, 1, 1000001, NULL),
 		  CF_E_INVALID_ARG, "burst must be 1 .. 1000000");
-	CHECK_ERR(policy_set_limit(p, "ghost", POLICY_OP_NONE, 1, 1, NULL), CF_E_NOT_FOUND,
+	CHECK_ERR(policy_set_limit(p, "ghost", CF_OP_NONE, 1, 1, NULL), CF_E_NOT_FOUND,
 		  "no principal ghost");
-	CHECK_OK(policy_set_limit(p, "fast", POLICY_OP_NONE, POLICY_RATE_MAX, 1000000, NULL));
-	CHECK_OK(policy_set_limit(p, "fast", POLICY_OP_SIGN, 0, 0, NULL)); /* none to remove */
+	CHECK_OK(policy_set_limit(p, "fast", CF_OP_NONE, POLICY_RATE_MAX, 1000000, NULL));
+	CHECK_OK(policy_set_limit(p, "fast", CF_OP_SIGN, 0, 0, NULL)); /* none to remove */
 
 	/* a principal's limit: burst 3, 10 per second */
-	CHECK_OK(policy_set_limit(p, "fast", POLICY_OP_NONE, 10, 3, &sp));
+	CHECK_OK(policy_set_limit(p, "fast", CF_OP_NONE, 10, 3, &sp));
 	CU_ASSERT_EQUAL(sp.nlimits, 1);
-	CU_ASSERT(sp.limits[0].op == POLICY_OP_NONE && sp.limits[0].rate == 10 &&
+	CU_ASSERT(sp.limits[0].op == CF_OP_NONE && sp.limits[0].rate == 10 &&
 		  sp.limits[0].burst == 3);
 	policy_principal_free(&sp);
 	for (int i = 0; i < 3; i++)
-		CHECK_OK(policy_check(p, "fast", i == 2 ? POLICY_OP_VERIFY : POLICY_OP_SIGN, "k",
+		CHECK_OK(authorize(p, "fast", i == 2 ? CF_OP_VERIFY : CF_OP_SIGN, "k",
 				      &ra));
 	ra = 0;
-	CHECK_ERR(policy_check(p, "fast", POLICY_OP_MAC, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(authorize(p, "fast", CF_OP_MAC, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal fast for mac exceeded; retry after ");
 	/* one token at 10/s: at most 100 ms away */
 	CU_ASSERT(ra >= 1 && ra <= 100);
@@ -391,43 +404,43 @@ test_rate_limits(void)
 		 "%u ms", (unsigned)ra);
 	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_EXHAUSTED), want);
 	/* the overall limit alone (op NONE needs no key) */
-	CHECK_ERR(policy_check(p, "fast", POLICY_OP_NONE, "", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(authorize(p, "fast", CF_OP_NONE, "", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal fast exceeded; retry after ");
 	sleep_ms(ra + 10);
-	CHECK_OK(policy_check(p, "fast", POLICY_OP_SIGN, "k", &ra));
+	CHECK_OK(authorize(p, "fast", CF_OP_SIGN, "k", &ra));
 	CU_ASSERT_EQUAL(ra, 0);
 	/* refill stops at the burst: after 500 ms (5 tokens' worth) only 3 */
 	sleep_ms(500);
 	for (int i = 0; i < 3; i++)
-		CHECK_OK(policy_check(p, "fast", POLICY_OP_SIGN, "k", &ra));
-	CHECK_ERR(policy_check(p, "fast", POLICY_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+		CHECK_OK(authorize(p, "fast", CF_OP_SIGN, "k", &ra));
+	CHECK_ERR(authorize(p, "fast", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal fast for sign exceeded");
 	/* rate 0 removes it */
-	CHECK_OK(policy_set_limit(p, "fast", POLICY_OP_NONE, 0, 0, &sp));
+	CHECK_OK(policy_set_limit(p, "fast", CF_OP_NONE, 0, 0, &sp));
 	CU_ASSERT_EQUAL(sp.nlimits, 0);
 	policy_principal_free(&sp);
 	for (int i = 0; i < 50; i++)
-		CHECK_OK(policy_check(p, "fast", POLICY_OP_SIGN, "k", &ra));
+		CHECK_OK(authorize(p, "fast", CF_OP_SIGN, "k", &ra));
 
 	/* per operation: sign has its own bucket, verify has none */
-	CHECK_OK(policy_set_limit(p, "perop", POLICY_OP_SIGN, 2, 1, NULL));
-	CHECK_OK(policy_check(p, "perop", POLICY_OP_SIGN, "k", &ra));
-	CHECK_ERR(policy_check(p, "perop", POLICY_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_OK(policy_set_limit(p, "perop", CF_OP_SIGN, 2, 1, NULL));
+	CHECK_OK(authorize(p, "perop", CF_OP_SIGN, "k", &ra));
+	CHECK_ERR(authorize(p, "perop", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal perop for sign exceeded; retry after ");
 	CU_ASSERT(ra >= 400 && ra <= 500);   /* one token at 2/s */
 	for (int i = 0; i < 10; i++)
-		CHECK_OK(policy_check(p, "perop", POLICY_OP_VERIFY, "k", &ra));
+		CHECK_OK(authorize(p, "perop", CF_OP_VERIFY, "k", &ra));
 
 	/* both: a refused sign takes nothing from the principal's bucket */
-	CHECK_OK(policy_set_limit(p, "slow", POLICY_OP_NONE, 0.01, 2, NULL));
-	CHECK_OK(policy_set_limit(p, "slow", POLICY_OP_SIGN, 0.01, 1, NULL));
-	CHECK_OK(policy_check(p, "slow", POLICY_OP_SIGN, "k", &ra));
+	CHECK_OK(policy_set_limit(p, "slow", CF_OP_NONE, 0.01, 2, NULL));
+	CHECK_OK(policy_set_limit(p, "slow", CF_OP_SIGN, 0.01, 1, NULL));
+	CHECK_OK(authorize(p, "slow", CF_OP_SIGN, "k", &ra));
 	for (int i = 0; i < 3; i++)
-		CHECK_ERR(policy_check(p, "slow", POLICY_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+		CHECK_ERR(authorize(p, "slow", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
 			  "rate limit of principal slow for sign exceeded");
 	CU_ASSERT(ra > 90000 && ra <= 100000);   /* 1 token at 0.01/s: 100 s */
-	CHECK_OK(policy_check(p, "slow", POLICY_OP_VERIFY, "k", &ra));
-	CHECK_ERR(policy_check(p, "slow", POLICY_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_OK(authorize(p, "slow", CF_OP_VERIFY, "k", &ra));
+	CHECK_ERR(authorize(p, "slow", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal slow for verify exceeded");
 	policy_close(p);
 	store_close(st);
@@ -445,7 +458,7 @@ race(void *arg)
 	uint32_t ra;
 
 	for (int i = 0; i < 200; i++)
-		if (policy_check(r->p, "app", POLICY_OP_SIGN, "k", &ra) == CF_OK)
+		if (authorize(r->p, "app", CF_OP_SIGN, "k", &ra) == CF_OK)
 			r->ok++;
 	return NULL;
 }
@@ -464,7 +477,7 @@ test_rate_concurrent(void)
 
 	open_fresh("race", dir, &st, &p);
 	app_granted(p, u, "k", B(SIGN));
-	CHECK_OK(policy_set_limit(p, "app", POLICY_OP_SIGN, 0.001, 100, NULL));
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_SIGN, 0.001, 100, NULL));
 	for (int i = 0; i < 4; i++) {
 		r[i] = (struct racer){ p, 0 };
 		CU_ASSERT_FATAL(pthread_create(&t[i], NULL, race, &r[i]) == 0);
@@ -489,14 +502,14 @@ test_deleted_midway(void)
 
 	open_fresh("deleted", dir, &st, &p);
 	app_granted(p, u, "k", B(SIGN));
-	CHECK_OK(policy_set_limit(p, "app", POLICY_OP_NONE, 1, 5, NULL));
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 1, 5, NULL));
 	CHECK_OK(policy_identify(p, 6000, 6000, who));
 	CHECK_OK(policy_delete(p, who));
-	CHECK_ERR(policy_check(p, who, POLICY_OP_SIGN, "k", &ra), CF_E_UNAUTHENTICATED,
+	CHECK_ERR(authorize(p, who, CF_OP_SIGN, "k", &ra), CF_E_UNAUTHENTICATED,
 		  "principal app no longer exists");
-	CHECK_ERR(policy_check(p, who, POLICY_OP_NONE, "", &ra), CF_E_UNAUTHENTICATED,
+	CHECK_ERR(authorize(p, who, CF_OP_NONE, "", &ra), CF_E_UNAUTHENTICATED,
 		  "principal app no longer exists");
-	CHECK_ERR(policy_may(p, who, POLICY_OP_SIGN, "k"), CF_E_UNAUTHENTICATED,
+	CHECK_ERR(policy_may(p, who, CF_OP_SIGN, "k"), CF_E_UNAUTHENTICATED,
 		  "principal app no longer exists");
 	CHECK_ERR(policy_identify(p, 6000, 6000, who), CF_E_UNAUTHENTICATED,
 		  "no principal for uid 6000 gid 6000");
@@ -505,13 +518,13 @@ test_deleted_midway(void)
 		  "no principal app");
 	/* the uid is free again; a new principal of the name inherits nothing */
 	CHECK_OK(policy_create(p, "app", &u, 1, NULL, 0, NULL));
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "k"), CF_E_DENIED,
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "k"), CF_E_DENIED,
 		  "principal app may not sign with key k (no grant)");
 	policy_close(p);
 	CHECK_OK(policy_open(st, &p));   /* ... nor from the store */
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_SIGN, "k"), CF_E_DENIED, "(no grant)");
+	CHECK_ERR(policy_may(p, "app", CF_OP_SIGN, "k"), CF_E_DENIED, "(no grant)");
 	for (int i = 0; i < 10; i++)
-		CHECK_OK(policy_check(p, "app", POLICY_OP_NONE, "", &ra));
+		CHECK_OK(authorize(p, "app", CF_OP_NONE, "", &ra));
 	policy_close(p);
 	store_close(st);
 }
@@ -532,10 +545,10 @@ test_persistence(void)
 	CHECK_OK(policy_grant(p, "app", "db-*", B(SIGN) | B(VERIFY), NULL));
 	CHECK_OK(policy_grant(p, "app", "k?", B(MAC), NULL));
 	CHECK_OK(policy_revoke(p, "app", "db-*", B(VERIFY), NULL));
-	CHECK_OK(policy_set_limit(p, "app", POLICY_OP_NONE, 0.5, 4, NULL));
-	CHECK_OK(policy_set_limit(p, "app", POLICY_OP_SIGN, 0.25, 2, NULL));
-	CHECK_OK(policy_check(p, "app", POLICY_OP_SIGN, "db-1", &ra));
-	CHECK_OK(policy_check(p, "app", POLICY_OP_SIGN, "db-1", &ra));
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0.5, 4, NULL));
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_SIGN, 0.25, 2, NULL));
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "db-1", &ra));
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "db-1", &ra));
 	policy_close(p);
 	store_close(st);
 
@@ -550,23 +563,23 @@ test_persistence(void)
 	CU_ASSERT_STRING_EQUAL(sp.grants[1].pattern, "k?");
 	CU_ASSERT_EQUAL(sp.grants[1].ops, B(MAC));
 	CU_ASSERT_EQUAL_FATAL(sp.nlimits, 2);
-	CU_ASSERT(sp.limits[0].op == POLICY_OP_NONE && sp.limits[0].rate == 0.5 &&
+	CU_ASSERT(sp.limits[0].op == CF_OP_NONE && sp.limits[0].rate == 0.5 &&
 		  sp.limits[0].burst == 4);
-	CU_ASSERT(sp.limits[1].op == POLICY_OP_SIGN && sp.limits[1].rate == 0.25 &&
+	CU_ASSERT(sp.limits[1].op == CF_OP_SIGN && sp.limits[1].rate == 0.25 &&
 		  sp.limits[1].burst == 2);
 	policy_principal_free(&sp);
-	CHECK_ERR(policy_may(p, "app", POLICY_OP_VERIFY, "db-1"), CF_E_DENIED, "(no grant)");
-	CHECK_OK(policy_may(p, "app", POLICY_OP_MAC, "k1"));
+	CHECK_ERR(policy_may(p, "app", CF_OP_VERIFY, "db-1"), CF_E_DENIED, "(no grant)");
+	CHECK_OK(policy_may(p, "app", CF_OP_MAC, "k1"));
 	/* the sign limit is back: a full burst of 2, then refused */
-	CHECK_OK(policy_check(p, "app", POLICY_OP_SIGN, "db-1", &ra));
-	CHECK_OK(policy_check(p, "app", POLICY_OP_SIGN, "db-1", &ra));
-	CHECK_ERR(policy_check(p, "app", POLICY_OP_SIGN, "db-1", &ra), CF_E_EXHAUSTED,
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "db-1", &ra));
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "db-1", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "db-1", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for sign exceeded");
 	CU_ASSERT(ra > 3000 && ra <= 4000);
 	/* and the overall one: 2 of its 4 left */
-	CHECK_OK(policy_check(p, "app", POLICY_OP_MAC, "k1", &ra));
-	CHECK_OK(policy_check(p, "app", POLICY_OP_MAC, "k1", &ra));
-	CHECK_ERR(policy_check(p, "app", POLICY_OP_MAC, "k1", &ra), CF_E_EXHAUSTED,
+	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k1", &ra));
+	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k1", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_MAC, "k1", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for mac exceeded");
 	policy_close(p);
 	store_close(st);
@@ -585,7 +598,17 @@ test_persistence(void)
 	store_close(st);
 }
 
-/* The key's own limit (keyring_allowed_ops) caps what any grant allows. */
+/* The key's own limit (keyring_ref_allowed_ops) caps what any grant allows,
+ * and a call it refuses takes no rate-limit token. */
+static uint32_t
+own_ops(keyring *kr, const char *name, int want)
+{
+	struct keyring_ref ref;
+
+	CU_ASSERT_EQUAL(keyring_find(kr, name, &ref), want);
+	return keyring_ref_allowed_ops(kr, &ref);
+}
+
 static void
 test_key_own_limit(void)
 {
@@ -593,12 +616,12 @@ test_key_own_limit(void)
 	struct store_key info;
 	unsigned mismatches = 0;
 	keyring *kr = NULL;
-	uint32_t ops = 99;
+	uint32_t ops, ra = 0;
+	int own = 0;
 	store *st;
+	policy *p;
 
-	snprintf(dir, sizeof(dir), "%s/keylimit", tok.dir);
-	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
-	CHECK_OK(store_open(dir, &st));
+	open_fresh("keylimit", dir, &st, &p);
 	CHECK_OK(keyring_open(p11, st, NULL, NULL, &mismatches, &kr));
 	CHECK_OK(keyring_create(kr, "limited", CF_KEY_EC_P256, B(VERIFY) | B(GET_PUBLIC_KEY), 0,
 				&info));
@@ -606,22 +629,31 @@ test_key_own_limit(void)
 	keyring_info_free(&info);
 	CHECK_OK(keyring_create(kr, "open", CF_KEY_EC_P256, 0, 0, &info));
 	keyring_info_free(&info);
-	CHECK_OK(keyring_allowed_ops(kr, "limited", &ops));
+	ops = own_ops(kr, "limited", CF_OK);
 	CU_ASSERT_EQUAL(ops, B(VERIFY) | B(GET_PUBLIC_KEY));
-	CU_ASSERT_EQUAL(ops & B(SIGN), 0);
-	CHECK_OK(keyring_allowed_ops(kr, "open", &ops));
-	CU_ASSERT_EQUAL(ops, 0);   /* 0: everything its purpose has */
-	ops = 99;
-	CHECK_ERR(keyring_allowed_ops(kr, "ghost", &ops), CF_E_NOT_FOUND,
-		  "key ghost does not exist");
-	CU_ASSERT_EQUAL(ops, 99);
+	CU_ASSERT_EQUAL(own_ops(kr, "open", CF_OK), 0);   /* 0: everything its purpose has */
+	CU_ASSERT_EQUAL(own_ops(kr, "ghost", CF_E_NOT_FOUND), 0);
+	/* a grant for everything, one token: the key's limit refuses sign
+	 * without taking it, and the one sign allowed takes it */
+	app_granted(p, 4100, "*", CF_OPS_ALL);
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0.01, 1, NULL));
+	for (int i = 0; i < 3; i++) {
+		CHECK_ERR(policy_authorize(p, "app", CF_OP_SIGN, "limited", ops, &ra, &own),
+			  CF_E_DENIED, "key limited does not allow sign (its own limit)");
+		CU_ASSERT_EQUAL(own, 1);
+		CU_ASSERT_EQUAL(ra, 0);
+	}
+	CHECK_OK(policy_authorize(p, "app", CF_OP_SIGN, "open", 0, &ra, &own));
+	CU_ASSERT_EQUAL(own, 0);
+	CHECK_ERR(policy_authorize(p, "app", CF_OP_VERIFY, "limited", ops, &ra, &own),
+		  CF_E_EXHAUSTED, "rate limit of principal app");
 	keyring_close(kr);
 	/* the limit is kept with the key */
 	CHECK_OK(keyring_open(p11, st, NULL, NULL, &mismatches, &kr));
 	CU_ASSERT_EQUAL(mismatches, 0);
-	CHECK_OK(keyring_allowed_ops(kr, "limited", &ops));
-	CU_ASSERT_EQUAL(ops, B(VERIFY) | B(GET_PUBLIC_KEY));
+	CU_ASSERT_EQUAL(own_ops(kr, "limited", CF_OK), B(VERIFY) | B(GET_PUBLIC_KEY));
 	keyring_close(kr);
+	policy_close(p);
 	store_close(st);
 }
 
@@ -633,7 +665,7 @@ main(void)
 		{ "principals: names, ids, taken ids, list", test_create },
 		{ "identify: uid before gid, unknown callers", test_identify },
 		{ "grants: names and globs, operations, revoke, deny by default", test_grants },
-		{ "policy_may takes no token, policy_check does", test_may_and_check },
+		{ "policy_may takes no token, policy_authorize does", test_may_and_check },
 		{ "rate limits: burst, refill, retry-after, removal, bounds", test_rate_limits },
 		{ "rate limits under concurrent callers", test_rate_concurrent },
 		{ "a principal deleted between identify and check", test_deleted_midway },

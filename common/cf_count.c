@@ -1,0 +1,3 @@
+#include "cf_count.h"
+
+_Thread_local unsigned long cf_counts[CF_COUNT__N];
