@@ -5,7 +5,7 @@
  * strictly ordered), sealing and opening records, and replacing sessions
  * before their limits. The crypto is cf_session, shared with the daemon.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer_session.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -23,6 +23,7 @@
 #include "cf_session.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
+#include "libcoffer_signer.h"
 
 #define SS "/coffer.v1.SessionService/"
 #define POOL_IDLE_MAX 16       /* idle sessions kept; more are dropped */
@@ -130,7 +131,8 @@ lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len)
 /* ---- handshake ---- */
 
 static int
-handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
+handshake(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
+    struct lc_session **out)
 {
 	Coffer__V1__OpenSessionRequest req = COFFER__V1__OPEN_SESSION_REQUEST__INIT;
 	Coffer__V1__OpenSessionResponse *resp = NULL;
@@ -169,7 +171,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 		goto out;
 	}
 	protobuf_c_message_pack(&req.base, buf);
-	r = lc_transport(c, SS "OpenSession", buf, len, &rbuf, &rlen, LC_CIPHERTEXT);
+	r = lc_signed_transport(t, k, SS "OpenSession", buf, len, &rbuf, &rlen, LC_CIPHERTEXT);
 	buf = NULL;
 	if (r != CF_OK)
 		goto out;
@@ -254,10 +256,10 @@ out:
 }
 
 int
-lc_sessions_handshake_once(coffer_client *c, struct lc_sessions *p)
+lc_sessions_handshake_once(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p)
 {
 	struct lc_session *s = NULL;
-	int r = handshake(c, p, &s);
+	int r = handshake(t, k, p, &s);
 
 	sess_free(s);
 	return r;
@@ -278,7 +280,8 @@ usable(const struct lc_session *s, size_t len, int64_t now)
 }
 
 static int
-acquire(coffer_client *c, struct lc_sessions *p, size_t len, struct lc_session **out)
+acquire(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, size_t len,
+    struct lc_session **out)
 {
 	struct lc_session *s, *stale = NULL;
 	int64_t now = cf_session_now();
@@ -303,7 +306,7 @@ acquire(coffer_client *c, struct lc_sessions *p, size_t len, struct lc_session *
 		*out = s;
 		return CF_OK;
 	}
-	return handshake(c, p, out);
+	return handshake(t, k, p, out);
 }
 
 static void
@@ -325,8 +328,8 @@ release(struct lc_sessions *p, struct lc_session *s)
 /* Seal, send, open. On CF_OK *res is the inner result (wiping allocator).
  * The session's state is unknown after any error: the caller drops it. */
 static int
-exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8_t *req,
-    size_t len, Coffer__V1__SealedResult **res)
+exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const char *method,
+    const uint8_t *req, size_t len, Coffer__V1__SealedResult **res)
 {
 	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
@@ -354,7 +357,7 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	protobuf_c_message_pack(&call.base, buf);
 	s->seq++;
 	s->bytes += len;
-	r = lc_transport(c, SS "Call", buf, blen, &rbuf, &rlen, LC_CIPHERTEXT);
+	r = lc_signed_transport(t, k, SS "Call", buf, blen, &rbuf, &rlen, LC_CIPHERTEXT);
 	if (r != CF_OK)
 		goto out;
 	/* From here the daemon accepted the record: the call may have run, so
@@ -386,8 +389,8 @@ out:
 }
 
 int
-lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, const uint8_t *req,
-    size_t len, uint8_t **out, size_t *outlen)
+lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, const char *method,
+    const uint8_t *req, size_t len, uint8_t **out, size_t *outlen)
 {
 	Coffer__V1__SealedResult *res = NULL;
 	struct lc_session *s = NULL;
@@ -398,9 +401,9 @@ lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, cons
 	 * daemon restarted) did not run: one retry on a fresh session is safe.
 	 * exchange() reports a bad reply otherwise, so it is never retried. */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if ((r = acquire(c, p, len, &s)) != CF_OK)
+		if ((r = acquire(t, k, p, len, &s)) != CF_OK)
 			return r;
-		r = exchange(c, s, method, req, len, &res);
+		r = exchange(t, k, s, method, req, len, &res);
 		if (r == CF_OK) {
 			release(p, s);
 			break;
