@@ -778,7 +778,8 @@ coffer_get_key(coffer_client *c, const char *name, struct coffer_key_info **out)
 	if (out == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL output");
 	req.name = (char *)name;
-	return lc_key_call(c, (lc_client_flags(c) & COFFER_CONNECT_ADMIN) ? AS "GetKey" : KS "GetKey",
+	return lc_key_call(c,
+	    (lc_client_flags(c) & COFFER_CONNECT_ADMIN) ? AS "GetKey" : KS "GetKey",
 	    &req.base, out);
 }
 

@@ -252,8 +252,8 @@ coffer_api_key_revoke(coffer_client *c, const char *id, struct coffer_api_key *k
 	if (c == NULL || id == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL client or key id");
 	req.id = (char *)id;
-	if ((r = lc_rpc(c, AS "RevokeApiKey", &req.base, &coffer__v1__api_key__descriptor, 0, &m)) !=
-	    CF_OK)
+	if ((r = lc_rpc(c, AS "RevokeApiKey", &req.base, &coffer__v1__api_key__descriptor, 0,
+	    &m)) != CF_OK)
 		return r;
 	if (key != NULL)
 		from_pb((const Coffer__V1__ApiKey *)m, key);

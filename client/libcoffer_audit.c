@@ -34,8 +34,8 @@ coffer_audit_tail(coffer_client *c, uint32_t count, char ***lines, size_t *n)
 	if (c == NULL || lines == NULL || n == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL argument");
 	req.count = count;
-	if ((r = lc_rpc(c, AS "TailAudit", &req.base, &coffer__v1__tail_audit_response__descriptor, 0,
-	    &m)) != CF_OK)
+	if ((r = lc_rpc(c, AS "TailAudit", &req.base,
+	    &coffer__v1__tail_audit_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__TailAuditResponse *)m;
 	if ((out = calloc(resp->n_records ? resp->n_records : 1, sizeof(*out))) == NULL) {

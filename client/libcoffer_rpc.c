@@ -197,7 +197,8 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 			return cf_error(CF_E_NOMEM, "out of memory");
 		} else {
 			memcpy(copy, buf, len);
-			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, &resp, &rlen, 0);
+			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, &resp,
+			    &rlen, 0);
 		}
 		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
 			break;
