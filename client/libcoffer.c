@@ -7,7 +7,7 @@
  * gRPC call (libcoffer_transport.c) and unpacks the response (with a wiping
  * allocator when the response carries secrets).
  */
-#include "cf_pbwipe.h"
+#include "cf_arena.h"
 #include "coffer.h"
 
 #include <stdint.h>
@@ -80,12 +80,14 @@ _Static_assert(COFFER_SERVICE_UNKNOWN ==
 #define PAGE_TOKEN_MAX 1024
 #define LIST_PAGE_SIZE 100
 
+/* A copy of in; `secret`: in locked memory (cf_arena.h). */
 static int
-bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
+bytes_copy(struct coffer_bytes *out, const ProtobufCBinaryData *in, int secret)
 {
-	uint8_t *p;
+	size_t n = in->len ? in->len : 1;
+	uint8_t *p = secret ? cf_locked_allocator.alloc(NULL, n) : malloc(n);
 
-	if ((p = malloc(in->len ? in->len : 1)) == NULL)
+	if (p == NULL)
 		return cf_error(CF_E_NOMEM, "out of memory");
 	if (in->len > 0)
 		memcpy(p, in->data, in->len);
@@ -94,15 +96,26 @@ bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
 	return CF_OK;
 }
 
+static int
+bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
+{
+	return bytes_copy(out, in, 0);
+}
+
+/* Secrets handed to the caller (unwrapped plaintext, data keys) stay in
+ * locked memory; coffer_bytes_free tells the two kinds apart. */
+static int
+secret_bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
+{
+	return bytes_copy(out, in, 1);
+}
+
 void
 coffer_bytes_free(struct coffer_bytes *b)
 {
 	if (b == NULL)
 		return;
-	if (b->data != NULL) {
-		OPENSSL_cleanse(b->data, b->len);
-		free(b->data);
-	}
+	cf_secure_free(b->data, b->len);
 	b->data = NULL;
 	b->len = 0;
 }
@@ -537,12 +550,12 @@ coffer_unwrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 	    &coffer__v1__unwrap_response__descriptor, 1, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__UnwrapResponse *)m;
-	if ((r = bytes_set(plaintext, &resp->plaintext)) != CF_OK)
+	if ((r = secret_bytes_set(plaintext, &resp->plaintext)) != CF_OK)
 		goto out;
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
-	protobuf_c_message_free_unpacked(m, &cf_pbwipe_allocator);
+	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);
 	return r;
 }
 
@@ -602,7 +615,7 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
 	}
 	if ((r = bytes_set(&ct, &resp->ciphertext)) != CF_OK)
 		goto out;
-	if (plaintext != NULL && (r = bytes_set(&pt, &resp->plaintext)) != CF_OK)
+	if (plaintext != NULL && (r = secret_bytes_set(&pt, &resp->plaintext)) != CF_OK)
 		goto out;
 	*ciphertext = ct;
 	ct.data = NULL;
@@ -615,7 +628,7 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
  out:
 	coffer_bytes_free(&ct);
 	coffer_bytes_free(&pt);
-	protobuf_c_message_free_unpacked(m, &cf_pbwipe_allocator);
+	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);
 	return r;
 }
 

@@ -15,6 +15,7 @@
 
 #include <openssl/crypto.h>
 
+#include "cf_arena.h"
 #include "cf_buf.h"
 #include "cf_hex.h"
 #include "cf_reqsign.h"
@@ -170,8 +171,8 @@ from_pb(const Coffer__V1__ApiKey *m, struct coffer_api_key *k)
 	}
 }
 
-/* Run a call answering ApiKeySecretResponse; the secret's wire copies are
- * wiped. */
+/* Run a call answering ApiKeySecretResponse; the secret stays in locked
+ * memory (released with coffer_bytes_free). */
 static int
 secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
     struct coffer_api_key *key, struct coffer_bytes *secret)
@@ -180,7 +181,7 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	ProtobufCMessage *m = NULL;
 	int r;
 
-	if ((r = lc_rpc(c, method, req, &coffer__v1__api_key_secret_response__descriptor, 0, &m)) !=
+	if ((r = lc_rpc(c, method, req, &coffer__v1__api_key_secret_response__descriptor, 1, &m)) !=
 	    CF_OK)
 		return r;
 	resp = (Coffer__V1__ApiKeySecretResponse *)m;
@@ -192,7 +193,8 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		secret->data = NULL;
 		secret->len = 0;
 		if (resp->secret.len > 0) {
-			if ((secret->data = malloc(resp->secret.len)) == NULL) {
+			if ((secret->data = cf_locked_allocator.alloc(NULL, resp->secret.len)) ==
+			    NULL) {
 				r = cf_error(CF_E_NOMEM, "out of memory");
 				goto out;
 			}
@@ -203,9 +205,7 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	if (key != NULL)
 		from_pb(resp->key, key);
 out:
-	if (resp->secret.data != NULL)
-		OPENSSL_cleanse(resp->secret.data, resp->secret.len);
-	protobuf_c_message_free_unpacked(m, NULL);
+	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);   /* wipes */
 	return r;
 }
 

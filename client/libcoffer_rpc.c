@@ -13,7 +13,7 @@
 
 #include <openssl/crypto.h>
 
-#include "cf_pbwipe.h"
+#include "cf_arena.h"
 #include "cf_status.h"
 #include "libcoffer_session.h"
 #include "libcoffer_signer.h"
@@ -29,16 +29,6 @@ struct coffer_client {
 	struct lc_apikey *apikey;   /* signs every call, when set */
 	int unsealed;           /* benchmark baseline only: never seal */
 };
-
-/* Wipe and free a packed message. */
-static void
-wipe_free(void *p, size_t len)
-{
-	if (p == NULL)
-		return;
-	OPENSSL_cleanse(p, len);
-	free(p);
-}
 
 /* ---- the client ---- */
 
@@ -170,16 +160,20 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	uint8_t *buf = NULL, *resp = NULL;
 	size_t len, rlen = 0;
 	ProtobufCMessage *msg;
+	int sealed = must_seal(c, method);
 	int r;
 
 	len = protobuf_c_message_get_packed_size(req);
 	if (len > COFFER_MAX_MESSAGE)
 		return cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
 		    "message limit", len, COFFER_MAX_MESSAGE);
-	if ((buf = malloc(len ? len : 1)) == NULL)
+	/* A request that travels sealed may carry secrets: packed in locked
+	 * memory, from which it is sealed. */
+	buf = sealed ? cf_locked_allocator.alloc(NULL, len ? len : 1) : malloc(len ? len : 1);
+	if (buf == NULL)
 		return cf_error(CF_E_NOMEM, "out of memory");
 	if (protobuf_c_message_pack(req, buf) != len) {
-		wipe_free(buf, len);
+		cf_secure_free(buf, len);
 		return cf_error(CF_E_INTERNAL, "cannot encode the request");
 	}
 	/* With an idempotency key an admin call is safe to repeat: ride out a
@@ -189,11 +183,11 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	for (int attempt = 0;; attempt++) {
 		uint8_t *copy;
 
-		if (must_seal(c, method)) {   /* borrows buf */
+		if (sealed) {   /* borrows buf */
 			r = lc_sealed_call(c->conn, c->apikey, c->sessions, method, buf, len, &resp,
 			    &rlen);
 		} else if ((copy = malloc(len ? len : 1)) == NULL) {
-			wipe_free(buf, len);
+			cf_secure_free(buf, len);
 			return cf_error(CF_E_NOMEM, "out of memory");
 		} else {
 			memcpy(copy, buf, len);
@@ -207,11 +201,11 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		else if (attempt > 0 || strncmp(method, KS, strlen(KS)) != 0)
 			break;
 	}
-	wipe_free(buf, len);
+	cf_secure_free(buf, len);
 	if (r != CF_OK)
 		return r;
-	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_pbwipe_allocator : NULL, rlen, resp);
-	wipe_free(resp, rlen);
+	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_locked_allocator : NULL, rlen, resp);
+	cf_secure_free(resp, rlen);
 	if (msg == NULL)
 		return cf_error(CF_E_INTERNAL, "malformed response to %s", method);
 	*out = msg;

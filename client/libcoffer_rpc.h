@@ -17,8 +17,9 @@ struct lc_sessions;
 /*
  * Call `method` with `req`, sealed in a session where it must be; on success
  * *out is the unpacked response, to be freed with
- * protobuf_c_message_free_unpacked(*out, secret ? &cf_pbwipe_allocator : NULL).
- * `secret`: the response carries secret material.
+ * protobuf_c_message_free_unpacked(*out, secret ? &cf_locked_allocator : NULL).
+ * `secret`: the response carries secret material, so it is unpacked into
+ * locked memory (cf_arena.h).
  */
 int lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
     const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out);

@@ -19,7 +19,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
-#include "cf_pbwipe.h"
+#include "cf_arena.h"
 #include "cf_session.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
@@ -325,8 +325,9 @@ release(struct lc_sessions *p, struct lc_session *s)
 
 /* ---- one sealed call ---- */
 
-/* Seal, send, open. On CF_OK *res is the inner result (wiping allocator).
- * The session's state is unknown after any error: the caller drops it. */
+/* Seal, send, open. On CF_OK *res is the inner result, in locked memory
+ * (cf_locked_allocator), as is the record it is opened in. The session's
+ * state is unknown after any error: the caller drops it. */
 static int
 exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const char *method,
     const uint8_t *req, size_t len, Coffer__V1__SealedResult **res)
@@ -334,7 +335,7 @@ exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const cha
 	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
 	uint8_t *rec = malloc(len + CF_SESSION_TAG_LEN);
-	uint8_t *buf = NULL, *rbuf = NULL;
+	uint8_t *buf = NULL, *rbuf = NULL, *pt = NULL;
 	size_t blen, rlen = 0, ptlen = 0;
 	uint64_t seq = s->seq;
 	int r;
@@ -366,22 +367,27 @@ exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const cha
 		r = cf_error(CF_E_INTERNAL, "malformed sealed reply; the call may have run");
 		goto out;
 	}
-	/* Opened where it lies, in the reply, and wiped there. */
+	/* Opened in a locked copy, and wiped there. */
+	if ((pt = cf_locked_allocator.alloc(NULL, reply->record.len + 1)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(pt, reply->record.data, reply->record.len);
 	if (reply->sequence != seq ||
-	    cf_session_open_in_place(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
-				     reply->record.len, &ptlen) != CF_OK) {
+	    cf_session_open_in_place(s->keys, CF_SESSION_S2C, seq, method, pt, reply->record.len,
+				     &ptlen) != CF_OK) {
 		r = cf_error(CF_E_INTERNAL, "the daemon's sealed reply failed authentication "
 			     "and was discarded; the call may have run");
 		goto out;
 	}
 	s->bytes += ptlen;
-	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, ptlen, reply->record.data);
+	*res = coffer__v1__sealed_result__unpack(&cf_locked_allocator, ptlen, pt);
 	if (*res == NULL)
 		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
 out:
 	/* The envelopes (rec, buf, rbuf) hold ciphertext only: no wipe. */
-	if (reply != NULL && ptlen > 0)
-		OPENSSL_cleanse(reply->record.data, ptlen);
+	if (pt != NULL)
+		cf_locked_allocator.free(NULL, pt);   /* wipes */
 	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
 	free(rbuf);
 	free(rec);
@@ -419,17 +425,18 @@ lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, co
 			msg[i] = ((unsigned char)res->message[i] < 0x20) ? '?' : res->message[i];
 		msg[n] = '\0';
 		r = cf_error(lc_status_from_grpc(res->code), "%s", msg);
-	} else if (res->response.data == NULL && (res->response.data = malloc(1)) == NULL) {
+	} else if (res->response.data == NULL &&
+		   (res->response.data = cf_locked_allocator.alloc(NULL, 1)) == NULL) {
 		r = cf_error(CF_E_NOMEM, "out of memory");
 	} else {
-		/* Handed over, not copied: the wiping allocator's malloc. */
+		/* Handed over, not copied: release with cf_secure_free. */
 		*out = res->response.data;
 		*outlen = res->response.len;
 		res->response.data = NULL;
 		res->response.len = 0;
 		r = CF_OK;
 	}
-	protobuf_c_message_free_unpacked(&res->base, &cf_pbwipe_allocator);
+	protobuf_c_message_free_unpacked(&res->base, &cf_locked_allocator);
 	return r;
 }
 

@@ -21,8 +21,9 @@ int lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len);
 void lc_sessions_set_peer_check(struct lc_sessions *p, int check);
 
 /* `method` with the packed request req[0..len) (borrowed) through a sealed
- * session of pool p, on t, signed with k (NULL: unsigned); *out and *outlen
- * as for lc_transport. */
+ * session of pool p, on t, signed with k (NULL: unsigned); on success *out
+ * and *outlen is the response payload in locked memory (cf_arena.h): release
+ * it with cf_secure_free. */
 int lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
     const char *method, const uint8_t *req, size_t len, uint8_t **out, size_t *outlen);
 

@@ -8,9 +8,9 @@
  * heap), and the range of every OPENSSL_cleanse() call that does not lie
  * in memory the process mlock()ed (this shim keeps the locked ranges). A
  * buffer wiped before it is freed is logged by its wipe, one freed unwiped
- * by its free; one only overwritten in place (a record sealed where its
- * plaintext lay) is not seen, so the test also follows the secret with a
- * marker the daemon never overwrites in place.
+ * by its free. Not seen: ordinary memory only overwritten in place (a record
+ * sealed where its plaintext lay) or never released, and wipes inside
+ * libcrypto itself.
  *
  * Active when COFFER_HEAPSCAN_DIR is set: the dump is DIR/heap.PID.
  * cf_heapscan_stop() ends logging (before the test reads the dumps).
