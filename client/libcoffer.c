@@ -1,36 +1,26 @@
 /*
- * libcoffer.c — the Coffer client library: plain C calls over gRPC core.
+ * libcoffer.c — the Coffer client library's public calls: plain C calls over
+ * the RPC layer (libcoffer_rpc.h).
  *
  * Each public call builds a protobuf-c request that borrows the caller's
- * memory, packs it into a buffer that is wiped when gRPC releases it, runs
- * one batch of six ops on its own pluck completion queue, and unpacks the
- * response (with a wiping allocator when the response carries secrets).
+ * memory and hands it to lc_rpc, which packs it, seals or signs it, runs one
+ * gRPC call (libcoffer_transport.c) and unpacks the response (with a wiping
+ * allocator when the response carries secrets).
  */
-#include "cf_pbwipe.h"
+#include "cf_arena.h"
 #include "coffer.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <sys/un.h>
 
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
-#include <grpc/slice.h>
-#include <grpc/support/alloc.h>
-#include <grpc/support/time.h>
 #include <openssl/crypto.h>
 
 #include "cf_keytype.h"
-#include "cf_methods.h"
 #include "cf_session.h"
 #include "cf_status.h"
-#include "libcoffer_internal.h"
+#include "libcoffer.h"
+#include "libcoffer_session.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 
@@ -90,106 +80,14 @@ _Static_assert(COFFER_SERVICE_UNKNOWN ==
 #define PAGE_TOKEN_MAX 1024
 #define LIST_PAGE_SIZE 100
 
-/*
- * A gRPC channel shared by the calls that took a reference to it. gRPC
- * 1.51's pick_first policy keeps a channel whose connection attempts failed
- * in TRANSIENT_FAILURE for seconds after the daemon is back, failing every
- * call fast meanwhile; so a channel found in that state after a failed call
- * is replaced by a fresh one (with its own subchannel), and the old one is
- * destroyed when its last call is done.
- */
-struct chan {
-	grpc_channel *channel;
-	atomic_uint refs;
-};
-
-struct coffer_client {
-	pthread_mutex_t mu;     /* guards cur */
-	struct chan *cur;
-	grpc_channel_credentials *creds;
-	unsigned int flags;
-	atomic_uint timeout_ms;
-	char *target;           /* "unix:PATH" */
-	struct lc_sessions *sessions;
-	struct lc_apikey *apikey;   /* signs every call, when set */
-	char idem_key[129];     /* sent with every call when set; see coffer_set_idempotency_key */
-	int unsealed;           /* benchmark baseline only: never seal */
-};
-
-struct lc_apikey **
-lc_client_apikey(coffer_client *c)
-{
-	return &c->apikey;
-}
-
-/* ---- gRPC status -> Coffer status: the one table ---- */
-
-static const int grpc_to_cf[] = {
-	[GRPC_STATUS_OK] = CF_OK,
-	[GRPC_STATUS_CANCELLED] = CF_E_CANCELLED,
-	[GRPC_STATUS_UNKNOWN] = CF_E_INTERNAL,
-	[GRPC_STATUS_INVALID_ARGUMENT] = CF_E_INVALID_ARG,
-	[GRPC_STATUS_DEADLINE_EXCEEDED] = CF_E_TIMEOUT,
-	[GRPC_STATUS_NOT_FOUND] = CF_E_NOT_FOUND,
-	[GRPC_STATUS_ALREADY_EXISTS] = CF_E_EXISTS,
-	[GRPC_STATUS_PERMISSION_DENIED] = CF_E_DENIED,
-	[GRPC_STATUS_RESOURCE_EXHAUSTED] = CF_E_TOO_LARGE,
-	[GRPC_STATUS_FAILED_PRECONDITION] = CF_E_PRECONDITION,
-	[GRPC_STATUS_ABORTED] = CF_E_BUSY,
-	[GRPC_STATUS_OUT_OF_RANGE] = CF_E_INVALID_ARG,
-	[GRPC_STATUS_UNIMPLEMENTED] = CF_E_UNIMPLEMENTED,
-	[GRPC_STATUS_INTERNAL] = CF_E_INTERNAL,
-	[GRPC_STATUS_UNAVAILABLE] = CF_E_UNAVAILABLE,
-	[GRPC_STATUS_DATA_LOSS] = CF_E_INTERNAL,
-	[GRPC_STATUS_UNAUTHENTICATED] = CF_E_UNAUTHENTICATED,
-};
-
+/* A copy of in; `secret`: in locked memory (cf_arena.h). */
 static int
-status_from_grpc(grpc_status_code s)
+bytes_copy(struct coffer_bytes *out, const ProtobufCBinaryData *in, int secret)
 {
-	if ((int)s < 0 || (size_t)s >= sizeof(grpc_to_cf) / sizeof(grpc_to_cf[0]))
-		return cf_error(CF_E_INTERNAL, "the daemon answered unknown gRPC status %d", (int)s);
-	return grpc_to_cf[s];
-}
+	size_t n = in->len ? in->len : 1;
+	uint8_t *p = secret ? cf_locked_allocator.alloc(NULL, n) : malloc(n);
 
-int
-lc_status_from_grpc(unsigned code)
-{
-	return status_from_grpc((grpc_status_code)code);
-}
-
-/* ---- secret-safe memory ---- */
-
-/* Destroy callback of request slices: every packed request is wiped. */
-static void
-slice_wipe_free(void *p, size_t len)
-{
 	if (p == NULL)
-		return;
-	OPENSSL_cleanse(p, len);
-	free(p);
-}
-
-/* Wipe the received message bytes in place before gRPC releases them. */
-static void
-byte_buffer_wipe(grpc_byte_buffer *bb)
-{
-	grpc_slice_buffer *sb;
-
-	if (bb == NULL || bb->type != GRPC_BB_RAW)
-		return;
-	sb = &bb->data.raw.slice_buffer;
-	for (size_t i = 0; i < sb->count; i++)
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(sb->slices[i]),
-		    GRPC_SLICE_LENGTH(sb->slices[i]));
-}
-
-static int
-bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
-{
-	uint8_t *p;
-
-	if ((p = malloc(in->len ? in->len : 1)) == NULL)
 		return cf_error(CF_E_NOMEM, "out of memory");
 	if (in->len > 0)
 		memcpy(p, in->data, in->len);
@@ -198,15 +96,26 @@ bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
 	return CF_OK;
 }
 
+static int
+bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
+{
+	return bytes_copy(out, in, 0);
+}
+
+/* Secrets handed to the caller (unwrapped plaintext, data keys) stay in
+ * locked memory; coffer_bytes_free tells the two kinds apart. */
+static int
+secret_bytes_set(struct coffer_bytes *out, const ProtobufCBinaryData *in)
+{
+	return bytes_copy(out, in, 1);
+}
+
 void
 coffer_bytes_free(struct coffer_bytes *b)
 {
 	if (b == NULL)
 		return;
-	if (b->data != NULL) {
-		OPENSSL_cleanse(b->data, b->len);
-		free(b->data);
-	}
+	cf_secure_free(b->data, b->len);
 	b->data = NULL;
 	b->len = 0;
 }
@@ -341,514 +250,7 @@ coffer_serving_status_name(enum coffer_serving_status s)
 	}
 }
 
-/* ---- connection ---- */
-
-static struct chan *
-chan_new(const coffer_client *c)
-{
-	struct chan *ch;
-	grpc_arg args[] = {
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-		  .value.integer = COFFER_MAX_MESSAGE },
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
-		  .value.integer = COFFER_MAX_MESSAGE },
-		/* A local daemon restarts quickly: do not back off for long.
-		 * (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: gRPC
-		 * uses it as the connect timeout.) */
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-		  .value.integer = 100 },
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-		  .value.integer = 1000 },
-		/* A replacement channel must not inherit the failed subchannel. */
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
-		  .value.integer = 1 },
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_HTTP_PROXY,
-		  .value.integer = 0 },
-		/* Identity only: no compressed copies of secrets we cannot wipe. */
-		{ .type = GRPC_ARG_INTEGER,
-		  .key = GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET,
-		  .value.integer = 1 },
-		{ .type = GRPC_ARG_STRING, .key = GRPC_ARG_PRIMARY_USER_AGENT_STRING,
-		  .value.string = "libcoffer/" COFFER_LIB_VERSION },
-		/* A local socket: no bandwidth probes, no channelz bookkeeping. */
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_BDP_PROBE, .value.integer = 0 },
-		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_CHANNELZ, .value.integer = 0 },
-	};
-	grpc_channel_args chargs = { sizeof(args) / sizeof(args[0]), args };
-
-	if ((ch = calloc(1, sizeof(*ch))) == NULL)
-		return NULL;
-	/* Never NULL: on failure gRPC returns a "lame" channel whose calls fail. */
-	if ((ch->channel = grpc_channel_create(c->target, c->creds, &chargs)) == NULL) {
-		free(ch);
-		return NULL;
-	}
-	atomic_init(&ch->refs, 1);
-	return ch;
-}
-
-static void
-chan_unref(struct chan *ch)
-{
-	if (ch == NULL || atomic_fetch_sub(&ch->refs, 1) != 1)
-		return;
-	grpc_channel_destroy(ch->channel);
-	free(ch);
-}
-
-static struct chan *
-chan_get(coffer_client *c)
-{
-	struct chan *ch;
-
-	pthread_mutex_lock(&c->mu);
-	ch = c->cur;
-	atomic_fetch_add(&ch->refs, 1);
-	pthread_mutex_unlock(&c->mu);
-	return ch;
-}
-
-/* After a failed call on `ch`: replace it if it is stuck in failure. */
-static void
-chan_check(coffer_client *c, struct chan *ch)
-{
-	struct chan *fresh, *old = NULL;
-
-	if (grpc_channel_check_connectivity_state(ch->channel, 0) !=
-	    GRPC_CHANNEL_TRANSIENT_FAILURE)
-		return;
-	if ((fresh = chan_new(c)) == NULL)
-		return;
-	pthread_mutex_lock(&c->mu);
-	if (c->cur == ch) {
-		old = ch;
-		c->cur = fresh;
-		fresh = NULL;
-	}
-	pthread_mutex_unlock(&c->mu);
-	chan_unref(old);
-	chan_unref(fresh);
-}
-
-int
-coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
-{
-	struct sockaddr_un sun;
-	coffer_client *c = NULL;
-	const char *path;
-	int grpc_ready = 0, mu_ready = 0;
-	int r = CF_E_INTERNAL;
-
-	cf_error_clear();
-	if (socket_path == NULL || out == NULL)
-		return cf_error(CF_E_INVALID_ARG, "NULL argument");
-	if ((flags & ~(COFFER_CONNECT_ADMIN | COFFER_CONNECT_SEAL_ALL)) != 0)
-		return cf_error(CF_E_INVALID_ARG, "unknown connect flags 0x%x", flags);
-	path = socket_path;
-	if (strncmp(path, "unix:", 5) == 0)
-		path += 5;
-	if (*path == '\0')
-		return cf_error(CF_E_INVALID_ARG, "empty socket path");
-	if (strlen(path) >= sizeof(sun.sun_path))
-		return cf_error(CF_E_INVALID_ARG, "socket path longer than %zu bytes",
-		    sizeof(sun.sun_path) - 1);
-
-	if ((c = calloc(1, sizeof(*c))) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
-		goto out;
-	}
-	if (pthread_mutex_init(&c->mu, NULL) != 0) {
-		r = cf_error(CF_E_NOMEM, "cannot create a mutex");
-		goto out;
-	}
-	mu_ready = 1;
-	if (asprintf(&c->target, "unix:%s", path) < 0) {
-		c->target = NULL;
-		r = cf_error(CF_E_NOMEM, "out of memory");
-		goto out;
-	}
-	c->flags = flags;
-	atomic_init(&c->timeout_ms, COFFER_DEFAULT_TIMEOUT_MS);
-	if ((c->sessions = lc_sessions_new()) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
-		goto out;
-	}
-
-	grpc_init();
-	grpc_ready = 1;
-	if ((c->creds = grpc_insecure_credentials_create()) == NULL) {
-		r = cf_error(CF_E_INTERNAL, "cannot create gRPC channel credentials");
-		goto out;
-	}
-	if ((c->cur = chan_new(c)) == NULL) {
-		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC channel for %s", c->target);
-		goto out;
-	}
-	*out = c;
-	c = NULL;
-	grpc_ready = 0;
-	r = CF_OK;
- out:
-	if (c != NULL) {
-		if (c->creds != NULL)
-			grpc_channel_credentials_release(c->creds);
-		if (mu_ready)
-			pthread_mutex_destroy(&c->mu);
-		lc_sessions_free(c->sessions);
-		free(c->target);
-		free(c);
-	}
-	if (grpc_ready)
-		grpc_shutdown();
-	return r;
-}
-
-void
-coffer_close(coffer_client *c)
-{
-	if (c == NULL)
-		return;
-	/* No call may be running: ours is the last reference. */
-	lc_sessions_free(c->sessions);
-	lc_apikey_free(c->apikey);
-	chan_unref(c->cur);
-	grpc_channel_credentials_release(c->creds);
-	pthread_mutex_destroy(&c->mu);
-	free(c->target);
-	free(c);
-	grpc_shutdown();
-}
-
-void
-coffer_set_timeout(coffer_client *c, unsigned int ms)
-{
-	if (c != NULL)
-		atomic_store(&c->timeout_ms, ms);
-}
-
-unsigned int
-coffer_get_timeout(const coffer_client *c)
-{
-	if (c == NULL)
-		return 0;
-	return atomic_load(&((coffer_client *)c)->timeout_ms);
-}
-
-/* ---- one unary call ---- */
-
-/* Record the server's status message, with control characters made
- * harmless before anyone prints it. */
-static int
-status_error(const coffer_client *c, unsigned int ms, grpc_status_code st,
-    const grpc_slice *details)
-{
-	char msg[CF_ERROR_DETAIL_MAX];
-	size_t n = GRPC_SLICE_LENGTH(*details);
-	const uint8_t *p = GRPC_SLICE_START_PTR(*details);
-	int r = status_from_grpc(st);
-
-	if (n >= sizeof(msg))
-		n = sizeof(msg) - 1;
-	for (size_t i = 0; i < n; i++)
-		msg[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
-	msg[n] = '\0';
-	if (n == 0)
-		return cf_error(r, "%s (gRPC status %d)", coffer_strerror(r), (int)st);
-	/* gRPC's own texts: say which daemon and which deadline. */
-	if (st == GRPC_STATUS_DEADLINE_EXCEEDED && strcmp(msg, "Deadline Exceeded") == 0)
-		return cf_error(r, "no answer from cofferd at %s within %u ms", c->target + 5,
-		    ms);
-	if (st == GRPC_STATUS_UNAVAILABLE && strstr(msg, "failed to connect") != NULL) {
-		const char *why = strrchr(msg, ':');
-
-		return cf_error(r, "cannot connect to cofferd at %s: %s", c->target + 5,
-		    why != NULL && why[1] == ' ' ? why + 2 : msg);
-	}
-	return cf_error(r, "%s", msg);
-}
-
-static void
-slice_free(void *p, size_t len)
-{
-	(void)len;
-	free(p);
-}
-
-/*
- * One unary call of `method` with the packed request buf[0..len) (taken over:
- * wiped and freed here, unless LC_CIPHERTEXT). On success *out and *outlen
- * is the response payload, malloc'ed; the caller wipes and frees it.
- */
-int
-lc_transport(coffer_client *c, const char *method, uint8_t *buf, size_t len, uint8_t **out,
-    size_t *outlen, int flags)
-{
-	int wipe = !(flags & LC_CIPHERTEXT);
-	grpc_completion_queue *cq = NULL;
-	struct chan *ch = NULL;
-	grpc_call *call = NULL;
-	grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
-	grpc_byte_buffer_reader reader;
-	grpc_metadata_array md_initial, md_trailing;
-	grpc_status_code st = GRPC_STATUS_UNKNOWN;
-	grpc_slice details = grpc_empty_slice(), payload = grpc_empty_slice(), s;
-	const char *errstr = NULL;
-	grpc_op ops[6];
-	grpc_metadata md[2] = { { .value = grpc_empty_slice() }, { .value = grpc_empty_slice() } };
-	size_t nmd = 0;
-	char authz[512];
-	grpc_event ev;
-	gpr_timespec deadline;
-	unsigned int ms;
-	uint8_t *copy;
-	int reader_ready = 0, started = 0;
-	int r = CF_E_INTERNAL;
-
-	grpc_metadata_array_init(&md_initial);
-	grpc_metadata_array_init(&md_trailing);
-
-	if (c->apikey != NULL &&
-	    (r = lc_apikey_sign(c->apikey, method, buf, len, authz, sizeof(authz))) != CF_OK) {
-		OPENSSL_cleanse(buf, len);
-		free(buf);
-		goto out;
-	}
-	/* gRPC owns buf from here (and wipes it, unless it is ciphertext). */
-	s = grpc_slice_new_with_len(buf, len, wipe ? slice_wipe_free : slice_free);
-	send_bb = grpc_raw_byte_buffer_create(&s, 1);
-	grpc_slice_unref(s);
-	if (send_bb == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
-		goto out;
-	}
-
-	if ((cq = grpc_completion_queue_create_for_pluck(NULL)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "cannot create a gRPC completion queue");
-		goto out;
-	}
-	ms = atomic_load(&c->timeout_ms);
-	if (ms == 0)
-		deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
-	else
-		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-		    gpr_time_from_millis((int64_t)ms, GPR_TIMESPAN));
-	ch = chan_get(c);
-	call = grpc_channel_create_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
-	    grpc_slice_from_static_string(method), NULL, deadline, NULL);
-	if (call == NULL) {
-		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC call");
-		goto out;
-	}
-
-	memset(ops, 0, sizeof(ops));
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	/* Counted copies: gRPC may keep header values (HPACK table) after
-	 * the call. */
-	if (c->apikey != NULL) {
-		md[nmd].key = grpc_slice_from_static_string("authorization");
-		md[nmd++].value = grpc_slice_from_copied_string(authz);
-	}
-	if (c->idem_key[0] != '\0') {
-		md[nmd].key = grpc_slice_from_static_string("idempotency-key");
-		md[nmd++].value = grpc_slice_from_copied_string(c->idem_key);
-	}
-	ops[0].data.send_initial_metadata.count = nmd;
-	ops[0].data.send_initial_metadata.metadata = md;
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = send_bb;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_initial;
-	ops[4].op = GRPC_OP_RECV_MESSAGE;
-	ops[4].data.recv_message.recv_message = &recv_bb;
-	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	ops[5].data.recv_status_on_client.trailing_metadata = &md_trailing;
-	ops[5].data.recv_status_on_client.status = &st;
-	ops[5].data.recv_status_on_client.status_details = &details;
-	ops[5].data.recv_status_on_client.error_string = &errstr;
-	if (grpc_call_start_batch(call, ops, sizeof(ops) / sizeof(ops[0]), cq, NULL) !=
-	    GRPC_CALL_OK) {
-		r = cf_error(CF_E_INTERNAL, "cannot start the gRPC call");
-		goto out;
-	}
-	started = 1;
-	/* The call's deadline bounds this wait. */
-	ev = grpc_completion_queue_pluck(cq, cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-	if (ev.type != GRPC_OP_COMPLETE) {
-		r = cf_error(CF_E_INTERNAL, "gRPC completion queue failed");
-		goto out;
-	}
-	if (st != GRPC_STATUS_OK) {
-		if (st == GRPC_STATUS_UNAVAILABLE)
-			chan_check(c, ch);
-		r = status_error(c, ms, st, &details);
-		goto out;
-	}
-	if (recv_bb == NULL) {
-		r = cf_error(CF_E_INTERNAL, "the server sent no response message");
-		goto out;
-	}
-	if (!grpc_byte_buffer_reader_init(&reader, recv_bb)) {
-		r = cf_error(CF_E_INTERNAL, "cannot read the response message");
-		goto out;
-	}
-	reader_ready = 1;
-	payload = grpc_byte_buffer_reader_readall(&reader);
-	if ((copy = malloc(GRPC_SLICE_LENGTH(payload) + 1)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(copy, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
-	*out = copy;
-	*outlen = GRPC_SLICE_LENGTH(payload);
-	r = CF_OK;
- out:
-	/* Responses may carry secrets: wipe gRPC's copies before release. */
-	if (wipe) {
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
-		byte_buffer_wipe(recv_bb);
-	}
-	grpc_slice_unref(payload);
-	if (reader_ready)
-		grpc_byte_buffer_reader_destroy(&reader);
-	if (recv_bb != NULL)
-		grpc_byte_buffer_destroy(recv_bb);
-	if (send_bb != NULL)
-		grpc_byte_buffer_destroy(send_bb);
-	grpc_metadata_array_destroy(&md_initial);
-	grpc_metadata_array_destroy(&md_trailing);
-	grpc_slice_unref(md[0].value);
-	grpc_slice_unref(md[1].value);
-	grpc_slice_unref(details);
-	if (errstr != NULL)
-		gpr_free((void *)errstr);
-	if (call != NULL)
-		grpc_call_unref(call);
-	if (cq != NULL) {
-		grpc_completion_queue_shutdown(cq);
-		if (started)
-			(void)grpc_completion_queue_pluck(cq, NULL,
-			    gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-		grpc_completion_queue_destroy(cq);
-	}
-	chan_unref(ch);
-	return r;
-}
-
-#define IDEM_RETRIES 40          /* with IDEM_RETRY_US: ride out 10 s of restart */
-#define IDEM_RETRY_US 250000
-
-/* Calls that carry secrets travel sealed (cf_methods.h); with
- * COFFER_CONNECT_SEAL_ALL every KeyService call does. */
-static int
-must_seal(const coffer_client *c, const char *method)
-{
-	const struct cf_method *m = cf_method_by_path(method);
-
-	if (c->unsealed || m == NULL)
-		return 0;
-	if ((c->flags & COFFER_CONNECT_SEAL_ALL) && m->socket == CF_SOCK_SERVICE)
-		return 1;
-	return (m->flags & CF_MF_SECRET) != 0;
-}
-
-/*
- * Call `method` with `req`, sealed in a session where it must be; on success
- * *out is the unpacked response, to be freed with
- * protobuf_c_message_free_unpacked(*out, secret ? &cf_pbwipe_allocator : NULL).
- * `secret`: the response carries secret material.
- */
-static int
-rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
-    const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
-{
-	uint8_t *buf = NULL, *resp = NULL;
-	size_t len, rlen = 0;
-	ProtobufCMessage *msg;
-	int r;
-
-	len = protobuf_c_message_get_packed_size(req);
-	if (len > COFFER_MAX_MESSAGE)
-		return cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
-		    "message limit", len, COFFER_MAX_MESSAGE);
-	if ((buf = malloc(len ? len : 1)) == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
-	if (protobuf_c_message_pack(req, buf) != len) {
-		slice_wipe_free(buf, len);
-		return cf_error(CF_E_INTERNAL, "cannot encode the request");
-	}
-	/* With an idempotency key an admin call is safe to repeat: ride out a
-	 * daemon restart. A KeyService call changes nothing, so it is repeated
-	 * once at once: a daemon that restarted closed the connection this
-	 * client had not yet noticed (gRPC core reads it only during calls). */
-	for (int attempt = 0;; attempt++) {
-		uint8_t *copy;
-
-		if (must_seal(c, method)) {   /* borrows buf */
-			r = lc_sealed_call(c, c->sessions, method, buf, len, &resp, &rlen);
-		} else if ((copy = malloc(len ? len : 1)) == NULL) {
-			slice_wipe_free(buf, len);
-			return cf_error(CF_E_NOMEM, "out of memory");
-		} else {
-			memcpy(copy, buf, len);
-			r = lc_transport(c, method, copy, len, &resp, &rlen, 0);
-		}
-		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
-			break;
-		if (c->idem_key[0] != '\0' && strncmp(method, AS, strlen(AS)) == 0)
-			usleep(IDEM_RETRY_US);
-		else if (attempt > 0 || strncmp(method, KS, strlen(KS)) != 0)
-			break;
-	}
-	slice_wipe_free(buf, len);
-	if (r != CF_OK)
-		return r;
-	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_pbwipe_allocator : NULL, rlen, resp);
-	slice_wipe_free(resp, rlen);
-	if (msg == NULL)
-		return cf_error(CF_E_INTERNAL, "malformed response to %s", method);
-	*out = msg;
-	return CF_OK;
-}
-
-int
-coffer_set_idempotency_key(coffer_client *c, const char *key)
-{
-	size_t n;
-
-	cf_error_clear();
-	if (c == NULL)
-		return cf_error(CF_E_INVALID_ARG, "NULL client");
-	if (key == NULL) {
-		c->idem_key[0] = '\0';
-		return CF_OK;
-	}
-	n = strlen(key);
-	if (n < 8 || n >= sizeof(c->idem_key) || strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-	    "abcdefghijklmnopqrstuvwxyz0123456789._:-") != n)
-		return cf_error(CF_E_INVALID_ARG, "an idempotency key is 8..128 characters of "
-		    "A-Z a-z 0-9 . _ : -");
-	memcpy(c->idem_key, key, n + 1);
-	return CF_OK;
-}
-
-int
-lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
-    const ProtobufCMessageDescriptor *rdesc, ProtobufCMessage **out)
-{
-	return rpc(c, method, req, rdesc, 0, out);
-}
-
 /* ---- request helpers ---- */
-
-int
-lc_check_client(const coffer_client *c, const char *name)
-{
-	cf_error_clear();
-	if (c == NULL || name == NULL)
-		return cf_error(CF_E_INVALID_ARG, "NULL client or key name");
-	return CF_OK;
-}
 
 static ProtobufCBinaryData
 bin(const uint8_t *p, size_t len)
@@ -967,7 +369,7 @@ ctx_rpc(coffer_client *c, const char *method, ProtobufCMessage *req,
 		return r;
 	memcpy(base + f->quantifier_offset, &e.n, sizeof(e.n));
 	memcpy(base + f->offset, &e.ptrs, sizeof(e.ptrs));
-	r = rpc(c, method, req, rdesc, secret, out);
+	r = lc_rpc(c, method, req, rdesc, secret, out);
 	ctx_free(&e);
 	memcpy(base + f->quantifier_offset, &e.n, sizeof(e.n));
 	memcpy(base + f->offset, &e.ptrs, sizeof(e.ptrs));
@@ -1010,7 +412,7 @@ coffer_sign(coffer_client *c, const char *key, uint32_t version, const uint8_t *
 	req.version = version;
 	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
 	    &req.ecdsa_raw);
-	if ((r = rpc(c, KS "Sign", &req.base, &coffer__v1__sign_response__descriptor, 0,
+	if ((r = lc_rpc(c, KS "Sign", &req.base, &coffer__v1__sign_response__descriptor, 0,
 	    &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__SignResponse *)m;
@@ -1041,7 +443,7 @@ coffer_verify(coffer_client *c, const char *key, uint32_t version, const uint8_t
 	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
 	    &req.ecdsa_raw);
 	req.signature = bin(sig, siglen);
-	if ((r = rpc(c, KS "Verify", &req.base, &coffer__v1__verify_response__descriptor, 0,
+	if ((r = lc_rpc(c, KS "Verify", &req.base, &coffer__v1__verify_response__descriptor, 0,
 	    &m)) != CF_OK)
 		return r;
 	*valid = ((Coffer__V1__VerifyResponse *)m)->valid ? 1 : 0;
@@ -1064,7 +466,7 @@ coffer_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *d
 	req.key = (char *)key;
 	req.version = version;
 	req.data = bin(data, len);
-	if ((r = rpc(c, KS "Mac", &req.base, &coffer__v1__mac_response__descriptor, 0,
+	if ((r = lc_rpc(c, KS "Mac", &req.base, &coffer__v1__mac_response__descriptor, 0,
 	    &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__MacResponse *)m;
@@ -1093,7 +495,7 @@ coffer_verify_mac(coffer_client *c, const char *key, uint32_t version, const uin
 	req.version = version;
 	req.data = bin(data, len);
 	req.mac = bin(mac, maclen);
-	if ((r = rpc(c, KS "VerifyMac", &req.base,
+	if ((r = lc_rpc(c, KS "VerifyMac", &req.base,
 	    &coffer__v1__verify_mac_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	*valid = ((Coffer__V1__VerifyMacResponse *)m)->valid ? 1 : 0;
@@ -1148,12 +550,12 @@ coffer_unwrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 	    &coffer__v1__unwrap_response__descriptor, 1, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__UnwrapResponse *)m;
-	if ((r = bytes_set(plaintext, &resp->plaintext)) != CF_OK)
+	if ((r = secret_bytes_set(plaintext, &resp->plaintext)) != CF_OK)
 		goto out;
 	if (used_version != NULL)
 		*used_version = resp->version;
  out:
-	protobuf_c_message_free_unpacked(m, &cf_pbwipe_allocator);
+	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);
 	return r;
 }
 
@@ -1213,7 +615,7 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
 	}
 	if ((r = bytes_set(&ct, &resp->ciphertext)) != CF_OK)
 		goto out;
-	if (plaintext != NULL && (r = bytes_set(&pt, &resp->plaintext)) != CF_OK)
+	if (plaintext != NULL && (r = secret_bytes_set(&pt, &resp->plaintext)) != CF_OK)
 		goto out;
 	*ciphertext = ct;
 	ct.data = NULL;
@@ -1226,7 +628,7 @@ coffer_generate_data_key(coffer_client *c, const char *key, uint32_t length,
  out:
 	coffer_bytes_free(&ct);
 	coffer_bytes_free(&pt);
-	protobuf_c_message_free_unpacked(m, &cf_pbwipe_allocator);
+	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);
 	return r;
 }
 
@@ -1258,7 +660,7 @@ coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
 	}
 	req.key = (char *)key;
 	req.version = version;
-	if ((r = rpc(c, KS "GetPublicKey", &req.base,
+	if ((r = lc_rpc(c, KS "GetPublicKey", &req.base,
 	    &coffer__v1__get_public_key_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__GetPublicKeyResponse *)m;
@@ -1360,7 +762,7 @@ lc_key_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	struct coffer_key_info *k = NULL;
 	int r;
 
-	if ((r = rpc(c, method, req, &coffer__v1__key__descriptor, 0, &m)) != CF_OK)
+	if ((r = lc_rpc(c, method, req, &coffer__v1__key__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	if (out == NULL)
 		goto out;
@@ -1389,7 +791,8 @@ coffer_get_key(coffer_client *c, const char *name, struct coffer_key_info **out)
 	if (out == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL output");
 	req.name = (char *)name;
-	return lc_key_call(c, (c->flags & COFFER_CONNECT_ADMIN) ? AS "GetKey" : KS "GetKey",
+	return lc_key_call(c,
+	    (lc_client_flags(c) & COFFER_CONNECT_ADMIN) ? AS "GetKey" : KS "GetKey",
 	    &req.base, out);
 }
 
@@ -1411,7 +814,7 @@ coffer_list_keys(coffer_client *c, struct coffer_key_list **out)
 		r = cf_error(CF_E_INVALID_ARG, "NULL argument");
 		goto out;
 	}
-	method = (c->flags & COFFER_CONNECT_ADMIN) ? AS "ListKeys" : KS "ListKeys";
+	method = (lc_client_flags(c) & COFFER_CONNECT_ADMIN) ? AS "ListKeys" : KS "ListKeys";
 	if ((l = calloc(1, sizeof(*l))) == NULL) {
 		r = cf_error(CF_E_NOMEM, "out of memory");
 		goto out;
@@ -1419,7 +822,7 @@ coffer_list_keys(coffer_client *c, struct coffer_key_list **out)
 	for (;;) {
 		req.page_size = LIST_PAGE_SIZE;
 		req.page_token = token;
-		if ((r = rpc(c, method, &req.base, &coffer__v1__list_keys_response__descriptor,
+		if ((r = lc_rpc(c, method, &req.base, &coffer__v1__list_keys_response__descriptor,
 		    0, &m)) != CF_OK)
 			goto out;
 		resp = (Coffer__V1__ListKeysResponse *)m;
@@ -1540,34 +943,20 @@ coffer_rotate_key(coffer_client *c, const char *name, struct coffer_key_info **o
 	return lc_key_call(c, AS "RotateKey", &req.base, out);
 }
 
-/* ---- Health ---- */
-
-void
-lc_client_set_unsealed(coffer_client *c, int unsealed)
-{
-	c->unsealed = unsealed;
-}
-
-int
-lc_handshake_once(coffer_client *c)
-{
-	return lc_sessions_handshake_once(c, c->sessions);
-}
-
 int
 coffer_pin_identity(coffer_client *c, const uint8_t *spki, size_t len)
 {
 	cf_error_clear();
 	if (c == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL client");
-	return lc_sessions_pin(c->sessions, spki, len);
+	return lc_sessions_pin(lc_client_sessions(c), spki, len);
 }
 
 void
 coffer_set_session_peer_check(coffer_client *c, int check)
 {
 	if (c != NULL)
-		lc_sessions_set_peer_check(c->sessions, check);
+		lc_sessions_set_peer_check(lc_client_sessions(c), check);
 }
 
 int
@@ -1582,7 +971,7 @@ coffer_pin_identity_file(coffer_client *c, const char *path)
 		return cf_error(CF_E_INVALID_ARG, "NULL client or path");
 	if ((r = lc_spki_from_pem_file(path, &der, &len)) != CF_OK)
 		return r;
-	r = lc_sessions_pin(c->sessions, der, len);
+	r = lc_sessions_pin(lc_client_sessions(c), der, len);
 	OPENSSL_free(der);
 	return r;
 }
@@ -1598,7 +987,7 @@ coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, char *fpr, size
 	cf_error_clear();
 	if (c == NULL || spki == NULL || fpr == NULL || fprlen < CF_SESSION_FPR_LEN + 1)
 		return cf_error(CF_E_INVALID_ARG, "NULL argument or fingerprint buffer too short");
-	if ((r = rpc(c, "/coffer.v1.SessionService/GetIdentity", &req.base,
+	if ((r = lc_rpc(c, "/coffer.v1.SessionService/GetIdentity", &req.base,
 	    &coffer__v1__get_identity_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__GetIdentityResponse *)m;
@@ -1623,7 +1012,7 @@ coffer_health(coffer_client *c, const char *service, enum coffer_serving_status 
 		goto out;
 	}
 	req.service = (char *)(service != NULL ? service : "");
-	if ((r = rpc(c, HEALTH_CHECK, &req.base,
+	if ((r = lc_rpc(c, HEALTH_CHECK, &req.base,
 	    &grpc__health__v1__health_check_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	*status = (enum coffer_serving_status)

@@ -1,121 +1,37 @@
 /*
- * libcoffer_apikey.c — principals' API keys: signing every call with one
- * (proto/call-authentication.md), credentials files, and the AdminService
- * calls that create, rotate, revoke and list them.
+ * libcoffer_apikey.c — principals' API keys: the key a client signs its
+ * calls with (the signer itself: libcoffer_signer.c), credentials files, and
+ * the AdminService calls that create, rotate, revoke and list them.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer_rpc.h"
 
 #include <errno.h>
-#include <inttypes.h>
-#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
-#include <openssl/rand.h>
 
+#include "cf_arena.h"
 #include "cf_buf.h"
 #include "cf_hex.h"
 #include "cf_reqsign.h"
 #include "cf_secret.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
+#include "libcoffer_signer.h"
 
 #define AS "/coffer.v1.AdminService/"
 #define CRED_MAGIC "COFFER-API-KEY 1"
 #define CRED_FILE_MAX 512
 
-struct lc_apikey {
-	char id[CF_APIKEY_ID_LEN + 1];
-	cf_secret *secret;
-	EVP_MAC_CTX *keyed;     /* HMAC-SHA256 keyed once; each call signs with a copy */
-	char prefix[17];        /* random per key setting: nonces never repeat across runs */
-	atomic_uint_fast64_t seq;
-};
-
-void
-lc_apikey_free(struct lc_apikey *k)
-{
-	if (k == NULL)
-		return;
-	EVP_MAC_CTX_free(k->keyed);
-	cf_secret_free(k->secret);
-	free(k);
-}
-
-int
-lc_apikey_sign(struct lc_apikey *k, const char *method, const uint8_t *buf, size_t len,
-    char *out, size_t outlen)
-{
-	struct cf_call_auth a;
-	size_t maclen = 0;
-	EVP_MAC_CTX *mac = NULL;
-	cf_buf *str = cf_buf_new(256);
-	char hdr[CF_CALLAUTH_HEADER_MAX];
-	int r;
-
-	if (str == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
-	memset(&a, 0, sizeof(a));
-	memcpy(a.key_id, k->id, sizeof(a.key_id));
-	a.timestamp = (int64_t)time(NULL);
-	/* Unique, not secret: a random prefix and a counter (no RNG per call). */
-	snprintf(a.nonce, sizeof(a.nonce), "%s%016" PRIxFAST64, k->prefix,
-	    (uint_fast64_t)atomic_fetch_add(&k->seq, 1));
-	if ((r = cf_callauth_string(method, buf, len, a.timestamp, a.nonce, a.key_id, str)) !=
-	    CF_OK)
-		goto out;
-	/* A copy of the keyed context: no key schedule and no algorithm
-	 * lookup per call, and threads never share a context. */
-	if ((mac = EVP_MAC_CTX_dup(k->keyed)) == NULL ||
-	    EVP_MAC_update(mac, cf_buf_peek(str), cf_buf_len(str)) != 1 ||
-	    EVP_MAC_final(mac, a.signature, &maclen, sizeof(a.signature)) != 1 || maclen != 32) {
-		r = cf_error(CF_E_INTERNAL, "HMAC-SHA256 failed");
-		goto out;
-	}
-	cf_callauth_format(&a, hdr);
-	if (strlen(hdr) >= outlen) {
-		r = cf_error(CF_E_INTERNAL, "authorization longer than its buffer");
-		goto out;
-	}
-	memcpy(out, hdr, strlen(hdr) + 1);
-out:
-	EVP_MAC_CTX_free(mac);
-	cf_buf_free(str);
-	return r;
-}
-
-static int
-keyed_hmac(struct lc_apikey *k)
-{
-	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-		OSSL_PARAM_construct_end(),
-	};
-	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	int ok;
-
-	ok = hmac != NULL && (k->keyed = EVP_MAC_CTX_new(hmac)) != NULL &&
-	    EVP_MAC_init(k->keyed, cf_secret_cptr(k->secret), cf_secret_len(k->secret),
-	    params) == 1;
-	EVP_MAC_free(hmac);
-	return ok ? CF_OK : cf_error(CF_E_INTERNAL, "cannot key HMAC-SHA256");
-}
-
 int
 coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size_t len)
 {
 	struct lc_apikey *k;
-	struct lc_apikey **slot;
-	uint8_t rnd[8];
 	int r;
 
 	cf_error_clear();
@@ -125,24 +41,9 @@ coffer_set_api_key(coffer_client *c, const char *id, const uint8_t *secret, size
 		return r;
 	if (len < 32 || len > 64)
 		return cf_error(CF_E_INVALID_ARG, "an API secret is 32..64 bytes, got %zu", len);
-	if ((k = calloc(1, sizeof(*k))) == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
-	memcpy(k->id, id, CF_APIKEY_ID_LEN + 1);
-	atomic_init(&k->seq, 0);
-	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-		free(k);
-		return cf_error(CF_E_INTERNAL, "random number generator failed");
-	}
-	for (size_t i = 0; i < sizeof(rnd); i++)
-		snprintf(k->prefix + 2 * i, 3, "%02x", rnd[i]);
-	if ((r = cf_secret_from(secret, len, &k->secret)) != CF_OK ||
-	    (r = keyed_hmac(k)) != CF_OK) {
-		lc_apikey_free(k);
+	if ((r = lc_apikey_new(id, secret, len, &k)) != CF_OK)
 		return r;
-	}
-	slot = lc_client_apikey(c);
-	lc_apikey_free(*slot);
-	*slot = k;
+	lc_client_set_apikey(c, k);
 	return CF_OK;
 }
 
@@ -270,8 +171,8 @@ from_pb(const Coffer__V1__ApiKey *m, struct coffer_api_key *k)
 	}
 }
 
-/* Run a call answering ApiKeySecretResponse; the secret's wire copies are
- * wiped. */
+/* Run a call answering ApiKeySecretResponse; the secret stays in locked
+ * memory (released with coffer_bytes_free). */
 static int
 secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
     struct coffer_api_key *key, struct coffer_bytes *secret)
@@ -280,7 +181,7 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	ProtobufCMessage *m = NULL;
 	int r;
 
-	if ((r = lc_rpc(c, method, req, &coffer__v1__api_key_secret_response__descriptor, &m)) !=
+	if ((r = lc_rpc(c, method, req, &coffer__v1__api_key_secret_response__descriptor, 1, &m)) !=
 	    CF_OK)
 		return r;
 	resp = (Coffer__V1__ApiKeySecretResponse *)m;
@@ -292,7 +193,8 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		secret->data = NULL;
 		secret->len = 0;
 		if (resp->secret.len > 0) {
-			if ((secret->data = malloc(resp->secret.len)) == NULL) {
+			if ((secret->data = cf_locked_allocator.alloc(NULL, resp->secret.len)) ==
+			    NULL) {
 				r = cf_error(CF_E_NOMEM, "out of memory");
 				goto out;
 			}
@@ -303,9 +205,7 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	if (key != NULL)
 		from_pb(resp->key, key);
 out:
-	if (resp->secret.data != NULL)
-		OPENSSL_cleanse(resp->secret.data, resp->secret.len);
-	protobuf_c_message_free_unpacked(m, NULL);
+	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);   /* wipes */
 	return r;
 }
 
@@ -352,8 +252,8 @@ coffer_api_key_revoke(coffer_client *c, const char *id, struct coffer_api_key *k
 	if (c == NULL || id == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL client or key id");
 	req.id = (char *)id;
-	if ((r = lc_rpc(c, AS "RevokeApiKey", &req.base, &coffer__v1__api_key__descriptor, &m)) !=
-	    CF_OK)
+	if ((r = lc_rpc(c, AS "RevokeApiKey", &req.base, &coffer__v1__api_key__descriptor, 0,
+	    &m)) != CF_OK)
 		return r;
 	if (key != NULL)
 		from_pb((const Coffer__V1__ApiKey *)m, key);
@@ -375,7 +275,7 @@ coffer_principal_set_auth(coffer_client *c, const char *name, int require_api_ke
 	req.name = (char *)name;
 	req.require_api_key = require_api_key != 0;
 	if ((r = lc_rpc(c, AS "SetPrincipalAuth", &req.base,
-	    &coffer__v1__set_principal_auth_response__descriptor, &m)) != CF_OK)
+	    &coffer__v1__set_principal_auth_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	if (has_live_key != NULL)
 		*has_live_key = ((const Coffer__V1__SetPrincipalAuthResponse *)m)->has_live_key;
@@ -397,7 +297,7 @@ coffer_api_key_list(coffer_client *c, const char *principal, struct coffer_api_k
 		return cf_error(CF_E_INVALID_ARG, "NULL argument");
 	req.principal = (char *)(principal != NULL ? principal : "");
 	if ((r = lc_rpc(c, AS "ListApiKeys", &req.base,
-	    &coffer__v1__list_api_keys_response__descriptor, &m)) != CF_OK)
+	    &coffer__v1__list_api_keys_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__ListApiKeysResponse *)m;
 	if ((*keys = calloc(resp->n_keys ? resp->n_keys : 1, sizeof(**keys))) == NULL) {

@@ -2,7 +2,7 @@
  * libcoffer_audit.c — the AdminService calls of the audit trail: its last
  * records, and a check of its chain and seals.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer_rpc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,8 +34,8 @@ coffer_audit_tail(coffer_client *c, uint32_t count, char ***lines, size_t *n)
 	if (c == NULL || lines == NULL || n == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL argument");
 	req.count = count;
-	if ((r = lc_rpc(c, AS "TailAudit", &req.base, &coffer__v1__tail_audit_response__descriptor,
-	    &m)) != CF_OK)
+	if ((r = lc_rpc(c, AS "TailAudit", &req.base,
+	    &coffer__v1__tail_audit_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__TailAuditResponse *)m;
 	if ((out = calloc(resp->n_records ? resp->n_records : 1, sizeof(*out))) == NULL) {
@@ -66,7 +66,7 @@ coffer_audit_verify(coffer_client *c, struct coffer_audit_report *rep)
 	if (c == NULL || rep == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL argument");
 	if ((r = lc_rpc(c, AS "VerifyAudit", &req.base,
-	    &coffer__v1__verify_audit_response__descriptor, &m)) != CF_OK)
+	    &coffer__v1__verify_audit_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__VerifyAuditResponse *)m;
 	memset(rep, 0, sizeof(*rep));

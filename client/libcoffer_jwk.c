@@ -4,7 +4,7 @@
  * verifiers). Built from the SubjectPublicKeyInfo with OpenSSL, nothing
  * home-made but the base64url text.
  */
-#include "libcoffer_internal.h"
+#include "coffer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

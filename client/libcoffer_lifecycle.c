@@ -4,7 +4,7 @@
  * minimum versions, trim and the rotation schedule. Each answers with the
  * key's metadata as it is afterwards.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer.h"
 
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"

@@ -2,7 +2,7 @@
  * libcoffer_principal.c — the principal calls of the AdminService: who may
  * call the service socket, with which grants and rate limits.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer_rpc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -116,7 +116,7 @@ principal_call(coffer_client *c, const char *method, const ProtobufCMessage *req
 	struct coffer_principal *p = NULL;
 	int r;
 
-	if ((r = lc_rpc(c, method, req, &coffer__v1__principal__descriptor, &m)) != CF_OK ||
+	if ((r = lc_rpc(c, method, req, &coffer__v1__principal__descriptor, 0, &m)) != CF_OK ||
 	    out == NULL)
 		goto out;
 	if ((p = calloc(1, sizeof(*p))) == NULL) {
@@ -195,7 +195,7 @@ coffer_principal_list(coffer_client *c, struct coffer_principal_list **out)
 	if ((r = check_args(c, "")) != CF_OK || out == NULL)
 		return r != CF_OK ? r : cf_error(CF_E_INVALID_ARG, "NULL output");
 	if ((r = lc_rpc(c, AS "ListPrincipals", &req.base,
-	    &coffer__v1__list_principals_response__descriptor, &m)) != CF_OK)
+	    &coffer__v1__list_principals_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__ListPrincipalsResponse *)m;
 	if ((l = calloc(1, sizeof(*l))) == NULL || (resp->n_principals &&
@@ -280,7 +280,7 @@ coffer_principal_delete(coffer_client *c, const char *name)
 		return r;
 	req.name = (char *)name;
 	r = lc_rpc(c, AS "DeletePrincipal", &req.base,
-	    &coffer__v1__delete_principal_response__descriptor, &m);
+	    &coffer__v1__delete_principal_response__descriptor, 0, &m);
 	protobuf_c_message_free_unpacked(m, NULL);
 	return r;
 }

@@ -3,7 +3,7 @@
  * built from an HTTP request's parts (cf_reqsign, shared with cofferd), and
  * the KeyService calls that verify and sign them in the token.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer_rpc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -84,7 +84,7 @@ coffer_verify_http_request(coffer_client *c, const struct coffer_http_request *r
 	req.request = &parts;
 	req.signature = (char *)signature;
 	if ((rc = lc_rpc(c, KS "VerifyRequestSignature", &req.base,
-	    &coffer__v1__verify_request_signature_response__descriptor, &m)) != CF_OK)
+	    &coffer__v1__verify_request_signature_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__VerifyRequestSignatureResponse *)m;
 	*verdict = (enum coffer_request_verdict)resp->verdict;
@@ -129,7 +129,7 @@ coffer_sign_http_request(coffer_client *c, const struct coffer_http_request *r,
 		goto out;
 	req.request = &parts;
 	if ((rc = lc_rpc(c, KS "SignHttpRequest", &req.base,
-	    &coffer__v1__sign_http_request_response__descriptor, &m)) != CF_OK)
+	    &coffer__v1__sign_http_request_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__SignHttpRequestResponse *)m;
 	if ((s = calloc(1, sizeof(*s))) == NULL || (s->signature = strdup(resp->signature)) == NULL ||

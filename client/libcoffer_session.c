@@ -5,7 +5,7 @@
  * strictly ordered), sealing and opening records, and replacing sessions
  * before their limits. The crypto is cf_session, shared with the daemon.
  */
-#include "libcoffer_internal.h"
+#include "libcoffer_session.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -19,10 +19,11 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
-#include "cf_pbwipe.h"
+#include "cf_arena.h"
 #include "cf_session.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
+#include "libcoffer_signer.h"
 
 #define SS "/coffer.v1.SessionService/"
 #define POOL_IDLE_MAX 16       /* idle sessions kept; more are dropped */
@@ -130,7 +131,8 @@ lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len)
 /* ---- handshake ---- */
 
 static int
-handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
+handshake(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
+    struct lc_session **out)
 {
 	Coffer__V1__OpenSessionRequest req = COFFER__V1__OPEN_SESSION_REQUEST__INIT;
 	Coffer__V1__OpenSessionResponse *resp = NULL;
@@ -169,7 +171,7 @@ handshake(coffer_client *c, struct lc_sessions *p, struct lc_session **out)
 		goto out;
 	}
 	protobuf_c_message_pack(&req.base, buf);
-	r = lc_transport(c, SS "OpenSession", buf, len, &rbuf, &rlen, LC_CIPHERTEXT);
+	r = lc_signed_transport(t, k, SS "OpenSession", buf, len, &rbuf, &rlen, LC_CIPHERTEXT);
 	buf = NULL;
 	if (r != CF_OK)
 		goto out;
@@ -254,10 +256,10 @@ out:
 }
 
 int
-lc_sessions_handshake_once(coffer_client *c, struct lc_sessions *p)
+lc_sessions_handshake_once(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p)
 {
 	struct lc_session *s = NULL;
-	int r = handshake(c, p, &s);
+	int r = handshake(t, k, p, &s);
 
 	sess_free(s);
 	return r;
@@ -278,7 +280,8 @@ usable(const struct lc_session *s, size_t len, int64_t now)
 }
 
 static int
-acquire(coffer_client *c, struct lc_sessions *p, size_t len, struct lc_session **out)
+acquire(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, size_t len,
+    struct lc_session **out)
 {
 	struct lc_session *s, *stale = NULL;
 	int64_t now = cf_session_now();
@@ -303,7 +306,7 @@ acquire(coffer_client *c, struct lc_sessions *p, size_t len, struct lc_session *
 		*out = s;
 		return CF_OK;
 	}
-	return handshake(c, p, out);
+	return handshake(t, k, p, out);
 }
 
 static void
@@ -322,16 +325,17 @@ release(struct lc_sessions *p, struct lc_session *s)
 
 /* ---- one sealed call ---- */
 
-/* Seal, send, open. On CF_OK *res is the inner result (wiping allocator).
- * The session's state is unknown after any error: the caller drops it. */
+/* Seal, send, open. On CF_OK *res is the inner result, in locked memory
+ * (cf_locked_allocator), as is the record it is opened in. The session's
+ * state is unknown after any error: the caller drops it. */
 static int
-exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8_t *req,
-    size_t len, Coffer__V1__SealedResult **res)
+exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const char *method,
+    const uint8_t *req, size_t len, Coffer__V1__SealedResult **res)
 {
 	Coffer__V1__SealedCall call = COFFER__V1__SEALED_CALL__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
 	uint8_t *rec = malloc(len + CF_SESSION_TAG_LEN);
-	uint8_t *buf = NULL, *rbuf = NULL;
+	uint8_t *buf = NULL, *rbuf = NULL, *pt = NULL;
 	size_t blen, rlen = 0, ptlen = 0;
 	uint64_t seq = s->seq;
 	int r;
@@ -354,7 +358,7 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 	protobuf_c_message_pack(&call.base, buf);
 	s->seq++;
 	s->bytes += len;
-	r = lc_transport(c, SS "Call", buf, blen, &rbuf, &rlen, LC_CIPHERTEXT);
+	r = lc_signed_transport(t, k, SS "Call", buf, blen, &rbuf, &rlen, LC_CIPHERTEXT);
 	if (r != CF_OK)
 		goto out;
 	/* From here the daemon accepted the record: the call may have run, so
@@ -363,22 +367,27 @@ exchange(coffer_client *c, struct lc_session *s, const char *method, const uint8
 		r = cf_error(CF_E_INTERNAL, "malformed sealed reply; the call may have run");
 		goto out;
 	}
-	/* Opened where it lies, in the reply, and wiped there. */
+	/* Opened in a locked copy, and wiped there. */
+	if ((pt = cf_locked_allocator.alloc(NULL, reply->record.len + 1)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(pt, reply->record.data, reply->record.len);
 	if (reply->sequence != seq ||
-	    cf_session_open_in_place(s->keys, CF_SESSION_S2C, seq, method, reply->record.data,
-				     reply->record.len, &ptlen) != CF_OK) {
+	    cf_session_open_in_place(s->keys, CF_SESSION_S2C, seq, method, pt, reply->record.len,
+				     &ptlen) != CF_OK) {
 		r = cf_error(CF_E_INTERNAL, "the daemon's sealed reply failed authentication "
 			     "and was discarded; the call may have run");
 		goto out;
 	}
 	s->bytes += ptlen;
-	*res = coffer__v1__sealed_result__unpack(&cf_pbwipe_allocator, ptlen, reply->record.data);
+	*res = coffer__v1__sealed_result__unpack(&cf_locked_allocator, ptlen, pt);
 	if (*res == NULL)
 		r = cf_error(CF_E_INTERNAL, "malformed sealed result");
 out:
 	/* The envelopes (rec, buf, rbuf) hold ciphertext only: no wipe. */
-	if (reply != NULL && ptlen > 0)
-		OPENSSL_cleanse(reply->record.data, ptlen);
+	if (pt != NULL)
+		cf_locked_allocator.free(NULL, pt);   /* wipes */
 	coffer__v1__sealed_reply__free_unpacked(reply, NULL);
 	free(rbuf);
 	free(rec);
@@ -386,8 +395,8 @@ out:
 }
 
 int
-lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, const uint8_t *req,
-    size_t len, uint8_t **out, size_t *outlen)
+lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, const char *method,
+    const uint8_t *req, size_t len, uint8_t **out, size_t *outlen)
 {
 	Coffer__V1__SealedResult *res = NULL;
 	struct lc_session *s = NULL;
@@ -398,9 +407,9 @@ lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, cons
 	 * daemon restarted) did not run: one retry on a fresh session is safe.
 	 * exchange() reports a bad reply otherwise, so it is never retried. */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if ((r = acquire(c, p, len, &s)) != CF_OK)
+		if ((r = acquire(t, k, p, len, &s)) != CF_OK)
 			return r;
-		r = exchange(c, s, method, req, len, &res);
+		r = exchange(t, k, s, method, req, len, &res);
 		if (r == CF_OK) {
 			release(p, s);
 			break;
@@ -416,17 +425,18 @@ lc_sealed_call(coffer_client *c, struct lc_sessions *p, const char *method, cons
 			msg[i] = ((unsigned char)res->message[i] < 0x20) ? '?' : res->message[i];
 		msg[n] = '\0';
 		r = cf_error(lc_status_from_grpc(res->code), "%s", msg);
-	} else if (res->response.data == NULL && (res->response.data = malloc(1)) == NULL) {
+	} else if (res->response.data == NULL &&
+		   (res->response.data = cf_locked_allocator.alloc(NULL, 1)) == NULL) {
 		r = cf_error(CF_E_NOMEM, "out of memory");
 	} else {
-		/* Handed over, not copied: the wiping allocator's malloc. */
+		/* Handed over, not copied: release with cf_secure_free. */
 		*out = res->response.data;
 		*outlen = res->response.len;
 		res->response.data = NULL;
 		res->response.len = 0;
 		r = CF_OK;
 	}
-	protobuf_c_message_free_unpacked(&res->base, &cf_pbwipe_allocator);
+	protobuf_c_message_free_unpacked(&res->base, &cf_locked_allocator);
 	return r;
 }
 

@@ -1,24 +1,17 @@
 #include "cf_pbwipe.h"
 
-#include <malloc.h>
 #include <stdlib.h>
 
-#include <openssl/crypto.h>
-
-void
-cf_wipe_free(void *p)
-{
-	if (p == NULL)
-		return;
-	OPENSSL_cleanse(p, malloc_usable_size(p));
-	free(p);
-}
+#include "cf_arena.h"
 
 static void *
 pbwipe_alloc(void *data, size_t n)
 {
+	cf_arena *a = cf_arena_current();
+	void *p = a != NULL ? cf_arena_alloc(a, n) : NULL;
+
 	(void)data;
-	return malloc(n ? n : 1);
+	return p != NULL ? p : malloc(n ? n : 1);
 }
 
 static void

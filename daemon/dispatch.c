@@ -7,6 +7,7 @@
 
 #include <openssl/crypto.h>
 
+#include "cf_arena.h"
 #include "cf_keytype.h"
 #include "cf_log.h"
 #include "cf_methods.h"
@@ -229,11 +230,13 @@ static int run(const dispatch *d, const struct method *m, const struct hctx *h,
 	       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen,
 	       uint32_t *retry_after_ms);
 
+/* Into cf_pbwipe_allocator's memory (a sealed call's locked arena); release
+ * with wipe_free. */
 static int
 pack(const ProtobufCMessage *msg, uint8_t **out, size_t *outlen)
 {
 	size_t len = protobuf_c_message_get_packed_size(msg);
-	uint8_t *buf = malloc(len ? len : 1);
+	uint8_t *buf = cf_pbwipe_allocator.alloc(NULL, len ? len : 1);
 
 	if (buf == NULL)
 		return cf_nomem();
@@ -246,15 +249,19 @@ pack(const ProtobufCMessage *msg, uint8_t **out, size_t *outlen)
 static void
 wipe_free(uint8_t *p, size_t len)
 {
-	if (p != NULL)
-		OPENSSL_cleanse(p, len);
-	free(p);
+	(void)len;
+	cf_wipe_free(p);   /* leaves the current arena's blocks to the arena */
 }
 
 /* SessionService/Call: open the record, run the inner method as a sealed
  * call, seal its status and response. Errors returned from here are the
  * record's own (the inner call did not run); once the record is accepted the
- * inner outcome travels sealed and this returns CF_OK. */
+ * inner outcome travels sealed and this returns CF_OK.
+ *
+ * Everything that holds the inner call's plaintext lives in a locked arena
+ * of this call (cf_arena.h), current while the inner call runs: the opened
+ * record, the inner request and response messages and their packed forms,
+ * and the packed SealedResult, which is sealed out of it into the reply. */
 static int
 sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req,
 	    ProtobufCMessage **resp, int *inner_ran)
@@ -264,18 +271,32 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	const struct method *inner;
 	struct hctx h2 = *h;
 	session *s = NULL;
-	uint8_t *iout = NULL, *rec = NULL;
+	cf_arena *arena = NULL;
+	uint8_t *iout = NULL, *rec = NULL, *pt;
 	size_t ptlen = 0, ioutlen = 0, rlen = 0;
 	char imsg[CF_ERROR_DETAIL_MAX];
 	int r, ir;
 
 	if (h->sealed)
 		return cf_error(CF_E_PRECONDITION, "SessionService/Call cannot be sealed itself");
-	/* The record is opened where it lies, in the envelope, and wiped there. */
-	if ((r = session_accept(h->sm, h->uid, h->gid, req->session_id.data, req->session_id.len,
-				req->sequence, req->method, req->record.data, req->record.len, &s,
-				&ptlen)) != CF_OK)
+	if ((r = cf_arena_new(&arena)) != CF_OK)
 		return r;
+	/* The record is opened in a locked copy, and wiped there. */
+	if ((pt = cf_arena_alloc(arena, req->record.len)) == NULL) {
+		cf_arena_free(arena);
+		return cf_error(CF_E_TOO_LARGE, "a sealed record of %zu bytes is above the "
+				"%u-byte limit of locked memory per call", req->record.len,
+				CF_ARENA_MAX);
+	}
+	if (req->record.len > 0)
+		memcpy(pt, req->record.data, req->record.len);
+	if ((r = session_accept(h->sm, h->uid, h->gid, req->session_id.data, req->session_id.len,
+				req->sequence, req->method, pt, req->record.len, &s, &ptlen)) !=
+	    CF_OK) {
+		cf_arena_free(arena);
+		return r;
+	}
+	cf_arena_set_current(arena);
 	h2.sealed = 1;
 	h2.sess = s;
 	*inner_ran = 1;
@@ -285,9 +306,7 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
 			      inner->d->path);
 	else
-		ir = run(d, inner, &h2, req->record.data, ptlen, &iout, &ioutlen,
-			 &res.retry_after_ms);
-	OPENSSL_cleanse(req->record.data, ptlen);
+		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen, &res.retry_after_ms);
 	imsg[0] = '\0';
 	if (ir != CF_OK) {
 		const char *em = cf_error_message(ir);
@@ -301,20 +320,20 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	res.message = imsg;
 	res.response.data = iout;
 	res.response.len = ioutlen;
-	/* The result is packed with room for the tag and sealed in place: the
-	 * plaintext is overwritten by the record that carries it. */
-	rlen = protobuf_c_message_get_packed_size(&res.base);
+	/* The result is packed in the arena and sealed out of it into the
+	 * record that carries it (ciphertext: ordinary memory). */
+	r = pack(&res.base, &pt, &rlen);
+	cf_arena_set_current(NULL);
+	if (r != CF_OK)
+		goto out;
 	if ((rec = malloc(rlen + CF_SESSION_TAG_LEN)) == NULL ||
 	    (reply = malloc(sizeof(*reply))) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
-	protobuf_c_message_pack(&res.base, rec);
 	coffer__v1__sealed_reply__init(reply);
-	if ((r = session_reply(s, req->sequence, req->method, rec, rlen, rec)) != CF_OK) {
-		OPENSSL_cleanse(rec, rlen);
+	if ((r = session_reply(s, req->sequence, req->method, pt, rlen, rec)) != CF_OK)
 		goto out;
-	}
 	reply->record.data = rec;
 	reply->record.len = rlen + CF_SESSION_TAG_LEN;
 	reply->sequence = req->sequence;
@@ -322,10 +341,13 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	*resp = &reply->base;
 	reply = NULL;
 out:
+	cf_arena_set_current(NULL);
 	free(reply);
 	free(rec);
-	wipe_free(iout, ioutlen);
+	if (!cf_arena_contains(arena, iout))   /* a replayed answer is heap */
+		wipe_free(iout, ioutlen);
 	session_release(h->sm, s);
+	cf_arena_free(arena);       /* wipes */
 	return r;
 }
 

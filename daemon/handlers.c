@@ -20,10 +20,12 @@
 
 /* ---- helpers ---- */
 
+/* Responses come from cf_pbwipe_allocator: in a sealed call, the call's
+ * locked arena (cf_arena.h). */
 void *
 h_new_msg(const ProtobufCMessageDescriptor *d)
 {
-	ProtobufCMessage *m = malloc(d->sizeof_message);
+	ProtobufCMessage *m = cf_pbwipe_allocator.alloc(NULL, d->sizeof_message);
 
 	if (m != NULL)
 		protobuf_c_message_init(d, m);
@@ -34,7 +36,7 @@ int
 h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
 {
 	dst->len = 0;
-	if ((dst->data = malloc(len ? len : 1)) == NULL)
+	if ((dst->data = cf_pbwipe_allocator.alloc(NULL, len ? len : 1)) == NULL)
 		return cf_nomem();
 	if (len > 0)
 		memcpy(dst->data, src, len);

@@ -7,9 +7,10 @@
 
 #include "handlers.h"
 
-/* A new, initialised message of type d (malloc'ed), or NULL. */
+/* A new, initialised message of type d, or NULL; and dst = a copy of
+ * src[0..len). Both from cf_pbwipe_allocator (so in a sealed call from its
+ * locked arena); free the message through it. */
 void *h_new_msg(const ProtobufCMessageDescriptor *d);
-/* dst = a malloc'ed copy of src[0..len). */
 int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
 
 /* Finish a handler that produced `info` with status r: build a Key

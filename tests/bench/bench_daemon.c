@@ -74,7 +74,7 @@
 #include "cf_status.h"
 #include "cf_test_token.h"
 #include "coffer.h"
-#include "libcoffer_internal.h"
+#include "libcoffer_rpc.h"
 
 #define MAX_CALLERS 256
 #define MAX_WORKER_COUNTS 8

@@ -29,9 +29,7 @@ SENTINELS = {
 		"every path assigns r (cf_nomem, cf_error or CF_OK) before out:",
 	("client/libcoffer_session.c", "lc_sealed_call", "CF_E_INTERNAL"):
 		"the retry loop assigns r on its first pass",
-	("client/libcoffer.c", "coffer_connect", "CF_E_INTERNAL"):
-		"every goto out follows r = cf_error(...) or r = <callee status>",
-	("client/libcoffer.c", "lc_transport", "CF_E_INTERNAL"):
+	("client/libcoffer_transport.c", "lc_transport", "CF_E_INTERNAL"):
 		"every goto out follows r = cf_error(...) or r = <callee status>",
 	("daemon/apikeys.c", "apikeys_verify", "CF_E_BAD_SIGNATURE"):
 		"loop sentinel: a remaining CF_E_BAD_SIGNATURE becomes cf_error(UNAUTHENTICATED)",

@@ -15,8 +15,10 @@
 
 #include "cf_test_token.h"
 
+#include "cf_arena.h"
 #include "cf_buf.h"
 #include "cf_keytype.h"
+#include "cf_pbwipe.h"
 #include "cf_secret.h"
 #include "cf_hex.h"
 #include "cf_pbcheck.h"
@@ -905,11 +907,99 @@ test_pb_check_strings(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "truncated"));
 }
 
+/* cf_arena: a locked bump allocator that is the thread's current one for
+ * cf_pbwipe_allocator; locked blocks told apart from heap blocks. */
+static void
+test_arena(void)
+{
+	cf_arena *a = NULL;
+	ProtobufCAllocator al;
+	uint8_t *p, *q, *big, *h;
+	size_t total = 0;
+	int heap = 0;
+
+	CHECK_OK(cf_arena_new(&a));
+	CU_ASSERT_FALSE(cf_arena_contains(a, &total));
+	p = cf_arena_alloc(a, 1);
+	q = cf_arena_alloc(a, 100);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+	CU_ASSERT_EQUAL((uintptr_t)q % 16, 0);
+	CU_ASSERT(q >= p + 16);
+	CU_ASSERT(cf_arena_contains(a, p) && cf_arena_contains(a, q + 99));
+	memset(q, 0xa5, 100);
+	/* Growth past the first chunk, then the cap. */
+	big = cf_arena_alloc(a, 100000);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+	CU_ASSERT(cf_arena_contains(a, big + 99999));
+	CU_ASSERT_EQUAL(q[99], 0xa5);   /* earlier blocks stay put */
+	CU_ASSERT_PTR_NULL(cf_arena_alloc(a, CF_ARENA_MAX));
+	while (cf_arena_alloc(a, 60000) != NULL)
+		total += 60000;
+	CU_ASSERT(total > 0 && total < CF_ARENA_MAX);
+	cf_arena_free(a);
+
+	/* Current: cf_pbwipe_allocator allocates from it, and leaves its blocks
+	 * to it; outside it, the heap (wiped on free). */
+	CHECK_OK(cf_arena_new(&a));
+	al = cf_arena_allocator(a);       /* frees nothing */
+	p = al.alloc(al.allocator_data, 32);
+	CU_ASSERT(cf_arena_contains(a, p));
+	al.free(al.allocator_data, p);
+	cf_arena_set_current(a);
+	CU_ASSERT_PTR_EQUAL(cf_arena_current(), a);
+	p = cf_pbwipe_allocator.alloc(NULL, 48);
+	CU_ASSERT(cf_arena_contains(a, p));
+	cf_pbwipe_allocator.free(NULL, p);   /* a no-op: freeing it would crash */
+	cf_arena_set_current(NULL);
+	h = cf_pbwipe_allocator.alloc(NULL, 48);
+	CU_ASSERT_FALSE(cf_arena_contains(a, h));
+	cf_pbwipe_allocator.free(NULL, h);
+	cf_arena_set_current(a);
+	cf_arena_free(a);                    /* also ends it being current */
+	CU_ASSERT_PTR_NULL(cf_arena_current());
+	cf_arena_free(NULL);
+
+	/* Locked blocks: recognised, released once; heap blocks are not theirs. */
+	p = cf_locked_alloc(40);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+	CU_ASSERT_EQUAL(p[39], 0);
+	h = malloc(40);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+	CU_ASSERT_FALSE(cf_locked_free(h));
+	CU_ASSERT_FALSE(cf_locked_free(NULL));
+	CU_ASSERT_TRUE(cf_locked_free(p));
+	CU_ASSERT_FALSE(cf_locked_free(p));  /* not twice */
+	cf_secure_free(h, 40);
+	cf_secure_free(cf_locked_alloc(10), 10);
+	cf_secure_free(NULL, 0);
+	/* Many at once (the set grows), each freed. */
+	{
+		uint8_t *many[300];
+
+		for (int i = 0; i < 300; i++) {
+			many[i] = cf_locked_alloc(8);
+			CU_ASSERT_PTR_NOT_NULL_FATAL(many[i]);
+		}
+		for (int i = 299; i >= 0; i--)
+			heap += cf_locked_free(many[i]);
+		CU_ASSERT_EQUAL(heap, 300);
+	}
+	/* The locked protobuf-c allocator: locked up to CF_SECRET_MAX, heap above. */
+	p = cf_locked_allocator.alloc(NULL, 64);
+	big = cf_locked_allocator.alloc(NULL, CF_SECRET_MAX + 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+	cf_locked_allocator.free(NULL, big);
+	CU_ASSERT_TRUE(cf_locked_free(p));
+}
+
 int
 main(void)
 {
 	static const struct cf_test_case cases[] = {
 		{ "every status has a name and a text; unknown codes", test_status_names },
+		{ "cf_arena: locked arena, current arena, locked blocks", test_arena },
 		{ "cf_error details, fallback, truncation, clear", test_error_detail },
 		{ "error details are thread-local", test_error_detail_thread_local },
 		{ "cf_error formats aside; cf_error_message only for its status",

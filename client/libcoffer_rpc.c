@@ -1,0 +1,237 @@
+/*
+ * libcoffer_rpc.c — the RPC layer: a client, and one call of a protobuf-c
+ * message, sealed in a session where it must be (must_seal), signed with the
+ * client's API key when it has one, repeated across a daemon restart where
+ * that is safe.
+ */
+#include "libcoffer_rpc.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/un.h>
+
+#include <openssl/crypto.h>
+
+#include "cf_arena.h"
+#include "cf_methods.h"
+#include "cf_status.h"
+#include "libcoffer_session.h"
+#include "libcoffer_signer.h"
+#include "libcoffer_transport.h"
+
+
+struct coffer_client {
+	struct lc_conn *conn;
+	unsigned int flags;
+	struct lc_sessions *sessions;
+	struct lc_apikey *apikey;   /* signs every call, when set */
+	int unsealed;           /* benchmark baseline only: never seal */
+};
+
+/* ---- the client ---- */
+
+int
+coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
+{
+	struct sockaddr_un sun;
+	coffer_client *c = NULL;
+	const char *path;
+	int r;
+
+	cf_error_clear();
+	if (socket_path == NULL || out == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	if ((flags & ~(COFFER_CONNECT_ADMIN | COFFER_CONNECT_SEAL_ALL)) != 0)
+		return cf_error(CF_E_INVALID_ARG, "unknown connect flags 0x%x", flags);
+	path = socket_path;
+	if (strncmp(path, "unix:", 5) == 0)
+		path += 5;
+	if (*path == '\0')
+		return cf_error(CF_E_INVALID_ARG, "empty socket path");
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return cf_error(CF_E_INVALID_ARG, "socket path longer than %zu bytes",
+		    sizeof(sun.sun_path) - 1);
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	c->flags = flags;
+	if ((c->sessions = lc_sessions_new()) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = lc_conn_new(path, &c->conn)) != CF_OK)
+		goto out;
+	*out = c;
+	return CF_OK;
+ out:
+	lc_sessions_free(c->sessions);
+	free(c);
+	return r;
+}
+
+void
+coffer_close(coffer_client *c)
+{
+	if (c == NULL)
+		return;
+	/* No call may be running: ours is the last reference. */
+	lc_sessions_free(c->sessions);
+	lc_apikey_free(c->apikey);
+	lc_conn_free(c->conn);
+	free(c);
+}
+
+void
+coffer_set_timeout(coffer_client *c, unsigned int ms)
+{
+	if (c != NULL)
+		lc_conn_set_timeout(c->conn, ms);
+}
+
+unsigned int
+coffer_get_timeout(const coffer_client *c)
+{
+	if (c == NULL)
+		return 0;
+	return lc_conn_timeout(c->conn);
+}
+
+unsigned int
+lc_client_flags(const coffer_client *c)
+{
+	return c->flags;
+}
+
+struct lc_sessions *
+lc_client_sessions(coffer_client *c)
+{
+	return c->sessions;
+}
+
+void
+lc_client_set_apikey(coffer_client *c, struct lc_apikey *k)
+{
+	lc_apikey_free(c->apikey);
+	c->apikey = k;
+}
+
+void
+lc_client_set_unsealed(coffer_client *c, int unsealed)
+{
+	c->unsealed = unsealed;
+}
+
+int
+lc_handshake_once(coffer_client *c)
+{
+	return lc_sessions_handshake_once(c->conn, c->apikey, c->sessions);
+}
+
+/* ---- one call ---- */
+
+#define IDEM_RETRIES 40          /* with IDEM_RETRY_US: ride out 10 s of restart */
+#define IDEM_RETRY_US 250000
+
+/* Calls that carry secret plaintext travel sealed; with
+ * COFFER_CONNECT_SEAL_ALL every KeyService call does. */
+static int
+must_seal(const coffer_client *c, const char *method)
+{
+	const struct cf_method *m = cf_method_by_path(method);
+
+	if (c->unsealed || m == NULL)
+		return 0;
+	if ((c->flags & COFFER_CONNECT_SEAL_ALL) && m->socket == CF_SOCK_SERVICE)
+		return 1;
+	return (m->flags & CF_MF_SECRET) != 0;
+}
+
+int
+lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
+{
+	uint8_t *buf = NULL, *resp = NULL;
+	size_t len, rlen = 0;
+	ProtobufCMessage *msg;
+	const struct cf_method *m = cf_method_by_path(method);
+	int sealed = must_seal(c, method);
+	int r;
+
+	len = protobuf_c_message_get_packed_size(req);
+	if (len > COFFER_MAX_MESSAGE)
+		return cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
+		    "message limit", len, COFFER_MAX_MESSAGE);
+	/* A request that travels sealed may carry secrets: packed in locked
+	 * memory, from which it is sealed. */
+	buf = sealed ? cf_locked_allocator.alloc(NULL, len ? len : 1) : malloc(len ? len : 1);
+	if (buf == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	if (protobuf_c_message_pack(req, buf) != len) {
+		cf_secure_free(buf, len);
+		return cf_error(CF_E_INTERNAL, "cannot encode the request");
+	}
+	/* With an idempotency key an admin call is safe to repeat: ride out a
+	 * daemon restart. A KeyService call changes nothing, so it is repeated
+	 * once at once: a daemon that restarted closed the connection this
+	 * client had not yet noticed (gRPC core reads it only during calls). */
+	for (int attempt = 0;; attempt++) {
+		uint8_t *copy;
+
+		if (sealed) {   /* borrows buf */
+			r = lc_sealed_call(c->conn, c->apikey, c->sessions, method, buf, len, &resp,
+			    &rlen);
+		} else if ((copy = malloc(len ? len : 1)) == NULL) {
+			cf_secure_free(buf, len);
+			return cf_error(CF_E_NOMEM, "out of memory");
+		} else {
+			memcpy(copy, buf, len);
+			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, &resp,
+			    &rlen, 0);
+		}
+		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
+			break;
+		if (m != NULL && m->socket == CF_SOCK_ADMIN && lc_conn_has_idem_key(c->conn))
+			usleep(IDEM_RETRY_US);
+		else if (attempt > 0 || m == NULL || m->socket != CF_SOCK_SERVICE)
+			break;
+	}
+	cf_secure_free(buf, len);
+	if (r != CF_OK)
+		return r;
+	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_locked_allocator : NULL, rlen, resp);
+	cf_secure_free(resp, rlen);
+	if (msg == NULL)
+		return cf_error(CF_E_INTERNAL, "malformed response to %s", method);
+	*out = msg;
+	return CF_OK;
+}
+
+int
+coffer_set_idempotency_key(coffer_client *c, const char *key)
+{
+	size_t n;
+
+	cf_error_clear();
+	if (c == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client");
+	if (key == NULL) {
+		lc_conn_set_idem_key(c->conn, NULL);
+		return CF_OK;
+	}
+	n = strlen(key);
+	if (n < 8 || n > LC_IDEM_KEY_MAX || strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789._:-") != n)
+		return cf_error(CF_E_INVALID_ARG, "an idempotency key is 8..128 characters of "
+		    "A-Z a-z 0-9 . _ : -");
+	lc_conn_set_idem_key(c->conn, key);
+	return CF_OK;
+}
+
+int
+lc_check_client(const coffer_client *c, const char *name)
+{
+	cf_error_clear();
+	if (c == NULL || name == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client or key name");
+	return CF_OK;
+}

@@ -1,0 +1,468 @@
+/*
+ * libcoffer_transport.c — libcoffer's bottom layer: a client's gRPC channel
+ * (replaced when it is stuck in failure), one unary call on it with a
+ * packed message, and the gRPC status table.
+ */
+#include "libcoffer_transport.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+#include <openssl/crypto.h>
+
+#include "cf_status.h"
+#include "coffer.h"
+
+/* ---- gRPC status -> Coffer status: the one table ---- */
+
+static const int grpc_to_cf[] = {
+	[GRPC_STATUS_OK] = CF_OK,
+	[GRPC_STATUS_CANCELLED] = CF_E_CANCELLED,
+	[GRPC_STATUS_UNKNOWN] = CF_E_INTERNAL,
+	[GRPC_STATUS_INVALID_ARGUMENT] = CF_E_INVALID_ARG,
+	[GRPC_STATUS_DEADLINE_EXCEEDED] = CF_E_TIMEOUT,
+	[GRPC_STATUS_NOT_FOUND] = CF_E_NOT_FOUND,
+	[GRPC_STATUS_ALREADY_EXISTS] = CF_E_EXISTS,
+	[GRPC_STATUS_PERMISSION_DENIED] = CF_E_DENIED,
+	[GRPC_STATUS_RESOURCE_EXHAUSTED] = CF_E_TOO_LARGE,
+	[GRPC_STATUS_FAILED_PRECONDITION] = CF_E_PRECONDITION,
+	[GRPC_STATUS_ABORTED] = CF_E_BUSY,
+	[GRPC_STATUS_OUT_OF_RANGE] = CF_E_INVALID_ARG,
+	[GRPC_STATUS_UNIMPLEMENTED] = CF_E_UNIMPLEMENTED,
+	[GRPC_STATUS_INTERNAL] = CF_E_INTERNAL,
+	[GRPC_STATUS_UNAVAILABLE] = CF_E_UNAVAILABLE,
+	[GRPC_STATUS_DATA_LOSS] = CF_E_INTERNAL,
+	[GRPC_STATUS_UNAUTHENTICATED] = CF_E_UNAUTHENTICATED,
+};
+
+static int
+status_from_grpc(grpc_status_code s)
+{
+	if ((int)s < 0 || (size_t)s >= sizeof(grpc_to_cf) / sizeof(grpc_to_cf[0]))
+		return cf_error(CF_E_INTERNAL, "the daemon answered unknown gRPC status %d", (int)s);
+	return grpc_to_cf[s];
+}
+
+int
+lc_status_from_grpc(unsigned code)
+{
+	return status_from_grpc((grpc_status_code)code);
+}
+
+/* ---- secret-safe memory ---- */
+
+/* Destroy callback of request slices: every packed request is wiped. */
+static void
+slice_wipe_free(void *p, size_t len)
+{
+	if (p == NULL)
+		return;
+	OPENSSL_cleanse(p, len);
+	free(p);
+}
+
+/* Wipe the received message bytes in place before gRPC releases them. */
+static void
+byte_buffer_wipe(grpc_byte_buffer *bb)
+{
+	grpc_slice_buffer *sb;
+
+	if (bb == NULL || bb->type != GRPC_BB_RAW)
+		return;
+	sb = &bb->data.raw.slice_buffer;
+	for (size_t i = 0; i < sb->count; i++)
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(sb->slices[i]),
+		    GRPC_SLICE_LENGTH(sb->slices[i]));
+}
+
+/* ---- the channel ---- */
+
+/*
+ * A gRPC channel shared by the calls that took a reference to it. gRPC
+ * 1.51's pick_first policy keeps a channel whose connection attempts failed
+ * in TRANSIENT_FAILURE for seconds after the daemon is back, failing every
+ * call fast meanwhile; so a channel found in that state after a failed call
+ * is replaced by a fresh one (with its own subchannel), and the old one is
+ * destroyed when its last call is done.
+ */
+struct chan {
+	grpc_channel *channel;
+	atomic_uint refs;
+};
+
+struct lc_conn {
+	pthread_mutex_t mu;     /* guards cur */
+	struct chan *cur;
+	grpc_channel_credentials *creds;
+	atomic_uint timeout_ms;
+	char *target;           /* "unix:PATH" */
+	char idem_key[LC_IDEM_KEY_MAX + 1];   /* sent with every call when set */
+};
+
+static struct chan *
+chan_new(const struct lc_conn *c)
+{
+	struct chan *ch;
+	grpc_arg args[] = {
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+		  .value.integer = COFFER_MAX_MESSAGE },
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+		  .value.integer = COFFER_MAX_MESSAGE },
+		/* A local daemon restarts quickly: do not back off for long.
+		 * (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: gRPC
+		 * uses it as the connect timeout.) */
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+		  .value.integer = 100 },
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+		  .value.integer = 1000 },
+		/* A replacement channel must not inherit the failed subchannel. */
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
+		  .value.integer = 1 },
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_HTTP_PROXY,
+		  .value.integer = 0 },
+		/* Identity only: no compressed copies of secrets we cannot wipe. */
+		{ .type = GRPC_ARG_INTEGER,
+		  .key = GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET,
+		  .value.integer = 1 },
+		{ .type = GRPC_ARG_STRING, .key = GRPC_ARG_PRIMARY_USER_AGENT_STRING,
+		  .value.string = "libcoffer/" COFFER_LIB_VERSION },
+		/* A local socket: no bandwidth probes, no channelz bookkeeping. */
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_BDP_PROBE, .value.integer = 0 },
+		{ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_CHANNELZ, .value.integer = 0 },
+	};
+	grpc_channel_args chargs = { sizeof(args) / sizeof(args[0]), args };
+
+	if ((ch = calloc(1, sizeof(*ch))) == NULL)
+		return NULL;
+	/* Never NULL: on failure gRPC returns a "lame" channel whose calls fail. */
+	if ((ch->channel = grpc_channel_create(c->target, c->creds, &chargs)) == NULL) {
+		free(ch);
+		return NULL;
+	}
+	atomic_init(&ch->refs, 1);
+	return ch;
+}
+
+static void
+chan_unref(struct chan *ch)
+{
+	if (ch == NULL || atomic_fetch_sub(&ch->refs, 1) != 1)
+		return;
+	grpc_channel_destroy(ch->channel);
+	free(ch);
+}
+
+static struct chan *
+chan_get(struct lc_conn *c)
+{
+	struct chan *ch;
+
+	pthread_mutex_lock(&c->mu);
+	ch = c->cur;
+	atomic_fetch_add(&ch->refs, 1);
+	pthread_mutex_unlock(&c->mu);
+	return ch;
+}
+
+/* After a failed call on `ch`: replace it if it is stuck in failure. */
+static void
+chan_check(struct lc_conn *c, struct chan *ch)
+{
+	struct chan *fresh, *old = NULL;
+
+	if (grpc_channel_check_connectivity_state(ch->channel, 0) !=
+	    GRPC_CHANNEL_TRANSIENT_FAILURE)
+		return;
+	if ((fresh = chan_new(c)) == NULL)
+		return;
+	pthread_mutex_lock(&c->mu);
+	if (c->cur == ch) {
+		old = ch;
+		c->cur = fresh;
+		fresh = NULL;
+	}
+	pthread_mutex_unlock(&c->mu);
+	chan_unref(old);
+	chan_unref(fresh);
+}
+
+int
+lc_conn_new(const char *path, struct lc_conn **out)
+{
+	struct lc_conn *c;
+	int grpc_ready = 0, mu_ready = 0;
+	int r;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return cf_error(CF_E_NOMEM, "out of memory");
+	if (pthread_mutex_init(&c->mu, NULL) != 0) {
+		r = cf_error(CF_E_NOMEM, "cannot create a mutex");
+		goto out;
+	}
+	mu_ready = 1;
+	if (asprintf(&c->target, "unix:%s", path) < 0) {
+		c->target = NULL;
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	atomic_init(&c->timeout_ms, COFFER_DEFAULT_TIMEOUT_MS);
+	grpc_init();
+	grpc_ready = 1;
+	if ((c->creds = grpc_insecure_credentials_create()) == NULL) {
+		r = cf_error(CF_E_INTERNAL, "cannot create gRPC channel credentials");
+		goto out;
+	}
+	if ((c->cur = chan_new(c)) == NULL) {
+		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC channel for %s", c->target);
+		goto out;
+	}
+	*out = c;
+	return CF_OK;
+ out:
+	if (c->creds != NULL)
+		grpc_channel_credentials_release(c->creds);
+	if (mu_ready)
+		pthread_mutex_destroy(&c->mu);
+	free(c->target);
+	free(c);
+	if (grpc_ready)
+		grpc_shutdown();
+	return r;
+}
+
+void
+lc_conn_free(struct lc_conn *c)
+{
+	if (c == NULL)
+		return;
+	/* No call may be running: ours is the last reference. */
+	chan_unref(c->cur);
+	grpc_channel_credentials_release(c->creds);
+	pthread_mutex_destroy(&c->mu);
+	free(c->target);
+	free(c);
+	grpc_shutdown();
+}
+
+void
+lc_conn_set_timeout(struct lc_conn *c, unsigned int ms)
+{
+	atomic_store(&c->timeout_ms, ms);
+}
+
+unsigned int
+lc_conn_timeout(const struct lc_conn *c)
+{
+	return atomic_load(&((struct lc_conn *)c)->timeout_ms);
+}
+
+void
+lc_conn_set_idem_key(struct lc_conn *c, const char *key)
+{
+	snprintf(c->idem_key, sizeof(c->idem_key), "%s", key != NULL ? key : "");
+}
+
+int
+lc_conn_has_idem_key(const struct lc_conn *c)
+{
+	return c->idem_key[0] != '\0';
+}
+
+/* ---- one unary call ---- */
+
+/* Record the server's status message, with control characters made
+ * harmless before anyone prints it. */
+static int
+status_error(const struct lc_conn *c, unsigned int ms, grpc_status_code st,
+    const grpc_slice *details)
+{
+	char msg[CF_ERROR_DETAIL_MAX];
+	size_t n = GRPC_SLICE_LENGTH(*details);
+	const uint8_t *p = GRPC_SLICE_START_PTR(*details);
+	int r = status_from_grpc(st);
+
+	if (n >= sizeof(msg))
+		n = sizeof(msg) - 1;
+	for (size_t i = 0; i < n; i++)
+		msg[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
+	msg[n] = '\0';
+	if (n == 0)
+		return cf_error(r, "%s (gRPC status %d)", coffer_strerror(r), (int)st);
+	/* gRPC's own texts: say which daemon and which deadline. */
+	if (st == GRPC_STATUS_DEADLINE_EXCEEDED && strcmp(msg, "Deadline Exceeded") == 0)
+		return cf_error(r, "no answer from cofferd at %s within %u ms", c->target + 5,
+		    ms);
+	if (st == GRPC_STATUS_UNAVAILABLE && strstr(msg, "failed to connect") != NULL) {
+		const char *why = strrchr(msg, ':');
+
+		return cf_error(r, "cannot connect to cofferd at %s: %s", c->target + 5,
+		    why != NULL && why[1] == ' ' ? why + 2 : msg);
+	}
+	return cf_error(r, "%s", msg);
+}
+
+static void
+slice_free(void *p, size_t len)
+{
+	(void)len;
+	free(p);
+}
+
+int
+lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, const char *authz,
+    uint8_t **out, size_t *outlen, int flags)
+{
+	int wipe = !(flags & LC_CIPHERTEXT);
+	grpc_completion_queue *cq = NULL;
+	struct chan *ch = NULL;
+	grpc_call *call = NULL;
+	grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
+	grpc_byte_buffer_reader reader;
+	grpc_metadata_array md_initial, md_trailing;
+	grpc_status_code st = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice(), payload = grpc_empty_slice(), s;
+	const char *errstr = NULL;
+	grpc_op ops[6];
+	grpc_metadata md[2] = { { .value = grpc_empty_slice() }, { .value = grpc_empty_slice() } };
+	size_t nmd = 0;
+	grpc_event ev;
+	gpr_timespec deadline;
+	unsigned int ms;
+	uint8_t *copy;
+	int reader_ready = 0, started = 0;
+	int r = CF_E_INTERNAL;
+
+	grpc_metadata_array_init(&md_initial);
+	grpc_metadata_array_init(&md_trailing);
+
+	/* gRPC owns buf from here (and wipes it, unless it is ciphertext). */
+	s = grpc_slice_new_with_len(buf, len, wipe ? slice_wipe_free : slice_free);
+	send_bb = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	if (send_bb == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+
+	if ((cq = grpc_completion_queue_create_for_pluck(NULL)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "cannot create a gRPC completion queue");
+		goto out;
+	}
+	ms = atomic_load(&c->timeout_ms);
+	if (ms == 0)
+		deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+	else
+		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+		    gpr_time_from_millis((int64_t)ms, GPR_TIMESPAN));
+	ch = chan_get(c);
+	call = grpc_channel_create_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
+	    grpc_slice_from_static_string(method), NULL, deadline, NULL);
+	if (call == NULL) {
+		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC call");
+		goto out;
+	}
+
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	/* Counted copies: gRPC may keep header values (HPACK table) after
+	 * the call. */
+	if (authz != NULL) {
+		md[nmd].key = grpc_slice_from_static_string("authorization");
+		md[nmd++].value = grpc_slice_from_copied_string(authz);
+	}
+	if (c->idem_key[0] != '\0') {
+		md[nmd].key = grpc_slice_from_static_string("idempotency-key");
+		md[nmd++].value = grpc_slice_from_copied_string(c->idem_key);
+	}
+	ops[0].data.send_initial_metadata.count = nmd;
+	ops[0].data.send_initial_metadata.metadata = md;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = send_bb;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_initial;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &recv_bb;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &md_trailing;
+	ops[5].data.recv_status_on_client.status = &st;
+	ops[5].data.recv_status_on_client.status_details = &details;
+	ops[5].data.recv_status_on_client.error_string = &errstr;
+	if (grpc_call_start_batch(call, ops, sizeof(ops) / sizeof(ops[0]), cq, NULL) !=
+	    GRPC_CALL_OK) {
+		r = cf_error(CF_E_INTERNAL, "cannot start the gRPC call");
+		goto out;
+	}
+	started = 1;
+	/* The call's deadline bounds this wait. */
+	ev = grpc_completion_queue_pluck(cq, cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+	if (ev.type != GRPC_OP_COMPLETE) {
+		r = cf_error(CF_E_INTERNAL, "gRPC completion queue failed");
+		goto out;
+	}
+	if (st != GRPC_STATUS_OK) {
+		if (st == GRPC_STATUS_UNAVAILABLE)
+			chan_check(c, ch);
+		r = status_error(c, ms, st, &details);
+		goto out;
+	}
+	if (recv_bb == NULL) {
+		r = cf_error(CF_E_INTERNAL, "the server sent no response message");
+		goto out;
+	}
+	if (!grpc_byte_buffer_reader_init(&reader, recv_bb)) {
+		r = cf_error(CF_E_INTERNAL, "cannot read the response message");
+		goto out;
+	}
+	reader_ready = 1;
+	payload = grpc_byte_buffer_reader_readall(&reader);
+	if ((copy = malloc(GRPC_SLICE_LENGTH(payload) + 1)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(copy, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	*out = copy;
+	*outlen = GRPC_SLICE_LENGTH(payload);
+	r = CF_OK;
+ out:
+	/* Responses may carry secrets: wipe gRPC's copies before release. */
+	if (wipe) {
+		OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+		byte_buffer_wipe(recv_bb);
+	}
+	grpc_slice_unref(payload);
+	if (reader_ready)
+		grpc_byte_buffer_reader_destroy(&reader);
+	if (recv_bb != NULL)
+		grpc_byte_buffer_destroy(recv_bb);
+	if (send_bb != NULL)
+		grpc_byte_buffer_destroy(send_bb);
+	grpc_metadata_array_destroy(&md_initial);
+	grpc_metadata_array_destroy(&md_trailing);
+	grpc_slice_unref(md[0].value);
+	grpc_slice_unref(md[1].value);
+	grpc_slice_unref(details);
+	if (errstr != NULL)
+		gpr_free((void *)errstr);
+	if (call != NULL)
+		grpc_call_unref(call);
+	if (cq != NULL) {
+		grpc_completion_queue_shutdown(cq);
+		if (started)
+			(void)grpc_completion_queue_pluck(cq, NULL,
+			    gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+		grpc_completion_queue_destroy(cq);
+	}
+	chan_unref(ch);
+	return r;
+}
