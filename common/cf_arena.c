@@ -57,13 +57,16 @@ cf_arena_alloc(cf_arena *a, size_t n)
 	if (need == 0)
 		need = ALIGN;
 	if (k == NULL || cf_secret_len(k->mem) - k->used < need) {
+		/* Twice the last chunk, or what this block needs in whole pages: a
+		 * sealed record of the largest payload and its unpacked request
+		 * fit in CF_ARENA_MAX. */
 		size = k != NULL ? 2 * cf_secret_len(k->mem) : CHUNK_MIN;
-		while (size < need)
-			size *= 2;
+		if (size < need)
+			size = (need + CHUNK_MIN - 1) & ~(size_t)(CHUNK_MIN - 1);
 		if (a->n == sizeof(a->c) / sizeof(a->c[0]) || a->total + size > CF_ARENA_MAX)
 			return NULL;
 		k = &a->c[a->n];
-		if (cf_secret_new(size, &k->mem) != CF_OK)
+		if (cf_secret_new_upto(size, CF_ARENA_MAX, &k->mem) != CF_OK)
 			return NULL;
 		k->used = 0;
 		a->n++;

@@ -23,7 +23,9 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-#define CF_ARENA_MAX (1u << 20)
+/* A sealed payload is at most CF_SECRET_MAX (1 MiB): its record, the
+ * unpacked request and the packed answer fit in 4 MiB. */
+#define CF_ARENA_MAX (4u << 20)
 
 typedef struct cf_arena cf_arena;
 

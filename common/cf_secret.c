@@ -58,13 +58,19 @@ spare_keep(void *p)
 int
 cf_secret_new(size_t len, cf_secret **out)
 {
+	return cf_secret_new_upto(len, CF_SECRET_MAX, out);
+}
+
+int
+cf_secret_new_upto(size_t len, size_t cap, cf_secret **out)
+{
 	cf_secret *s = NULL;
 	long page = sysconf(_SC_PAGESIZE);
 	size_t map_len;
 	void *p;
 
-	if (len > CF_SECRET_MAX)
-		return cf_error(CF_E_TOO_LARGE, "secret of %zu bytes exceeds %u", len, CF_SECRET_MAX);
+	if (len > cap)
+		return cf_error(CF_E_TOO_LARGE, "secret of %zu bytes exceeds %zu", len, cap);
 	if (page <= 0)
 		page = 4096;
 	map_len = (len + (size_t)page - 1) / (size_t)page * (size_t)page;

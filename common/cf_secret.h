@@ -22,6 +22,9 @@ typedef struct cf_secret cf_secret;
 /* New zero-filled secret of `len` bytes (len may be 0).
  * CF_E_NOMEM if mapping or mlock fails (check RLIMIT_MEMLOCK). */
 int cf_secret_new(size_t len, cf_secret **out);
+/* cf_secret_new with another cap: for locked memory that is not one secret
+ * (cf_arena's chunks, which hold whole messages). */
+int cf_secret_new_upto(size_t len, size_t cap, cf_secret **out);
 /* New secret holding a copy of data[0..len). The caller still owns and must
  * wipe `data`. */
 int cf_secret_from(const void *data, size_t len, cf_secret **out);

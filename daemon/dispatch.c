@@ -279,14 +279,19 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 
 	if (h->sealed)
 		return cf_error(CF_E_PRECONDITION, "SessionService/Call cannot be sealed itself");
+	/* Refused before anything is decrypted: the session stays usable. */
+	if (req->record.len > CF_SECRET_MAX + CF_SESSION_TAG_LEN)
+		return cf_error(CF_E_TOO_LARGE, "a sealed record of %zu bytes carries more than "
+				"the %u-byte payload limit of a session", req->record.len,
+				CF_SECRET_MAX);
 	if ((r = cf_arena_new(&arena)) != CF_OK)
 		return r;
 	/* The record is opened in a locked copy, and wiped there. */
 	if ((pt = cf_arena_alloc(arena, req->record.len)) == NULL) {
 		cf_arena_free(arena);
-		return cf_error(CF_E_TOO_LARGE, "a sealed record of %zu bytes is above the "
-				"%u-byte limit of locked memory per call", req->record.len,
-				CF_ARENA_MAX);
+		return cf_error(CF_E_EXHAUSTED, "cannot lock %zu bytes of memory to open a sealed "
+				"record (RLIMIT_MEMLOCK; cofferd.service sets LimitMEMLOCK)",
+				req->record.len);
 	}
 	if (req->record.len > 0)
 		memcpy(pt, req->record.data, req->record.len);

@@ -222,6 +222,29 @@ class HandshakeTests(SessionTestCase):
         self.assertEnded(s, KS + "Unwrap", pb.UnwrapRequest(
             key="hs-aes", ciphertext=w.ciphertext, context=ctx).SerializeToString(), 4)
 
+    def test_sealed_payload_up_to_the_limit(self):
+        """A sealed call carries up to 1 MiB of payload, all of it opened in
+        the daemon's locked memory; one byte more is refused by name."""
+        try:
+            self.admin.CreateKey(pb.CreateKeyRequest(name="hs-big", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+        except grpc.RpcError as e:
+            self.assertEqual(e.code(), grpc.StatusCode.ALREADY_EXISTS)
+        with self.open() as s:
+            base = len(pb.MacRequest(key="hs-big", data=b"x" * 1000).SerializeToString()) - 1000
+            data = os.urandom((1 << 20) - base - 1)   # a 3-byte length prefix: exactly 1 MiB
+            req = pb.MacRequest(key="hs-big", data=data).SerializeToString()
+            self.assertEqual(len(req), 1 << 20)
+            m = ok_result(self, s.call(KS + "Mac", req), pb.MacResponse)
+            self.assertEqual(len(m.mac), 32)
+        with self.open() as s:
+            # 1 MiB + 2: refused by name before anything is decrypted
+            with self.assertRaises(grpc.RpcError) as cm:
+                s.call(KS + "Mac", req + b"\x18\x01")
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertEqual(cm.exception.details(), "a sealed record of 1048594 bytes "
+                             "carries more than the 1048576-byte payload limit of a session")
+
     def test_pin_as_fingerprint_or_pem(self):
         pem = serialization.load_der_public_key(self.d.identity).public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
