@@ -37,35 +37,14 @@ version_job(struct ctl *ctl, const struct opts *o, enum coffer_version_action ac
 	return run_job(ctl, o, 1, call_version, put_job_key, &j);
 }
 
-int
-cmd_key_set_primary(struct ctl *ctl, const struct opts *o)
-{
-	return version_job(ctl, o, COFFER_SET_PRIMARY);
-}
-
-int
-cmd_key_enable(struct ctl *ctl, const struct opts *o)
-{
-	return version_job(ctl, o, COFFER_ENABLE_VERSION);
-}
-
-int
-cmd_key_disable(struct ctl *ctl, const struct opts *o)
-{
-	return version_job(ctl, o, COFFER_DISABLE_VERSION);
-}
-
-int
-cmd_key_schedule_destroy(struct ctl *ctl, const struct opts *o)
-{
-	return version_job(ctl, o, COFFER_SCHEDULE_DESTROY);
-}
-
-int
-cmd_key_cancel_destroy(struct ctl *ctl, const struct opts *o)
-{
-	return version_job(ctl, o, COFFER_CANCEL_DESTROY);
-}
+#define VERSION_CMD(fn, action)                                                \
+	int fn(struct ctl *ctl, const struct opts *o) { return version_job(ctl, o, action); }
+VERSION_CMD(cmd_key_set_primary, COFFER_SET_PRIMARY)
+VERSION_CMD(cmd_key_enable, COFFER_ENABLE_VERSION)
+VERSION_CMD(cmd_key_disable, COFFER_DISABLE_VERSION)
+VERSION_CMD(cmd_key_schedule_destroy, COFFER_SCHEDULE_DESTROY)
+VERSION_CMD(cmd_key_cancel_destroy, COFFER_CANCEL_DESTROY)
+#undef VERSION_CMD
 
 static int
 call_set_min(coffer_client *c, const struct opts *o, struct job *j)
