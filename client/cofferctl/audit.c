@@ -1,0 +1,174 @@
+/*
+ * audit tail, and audit verify: by the daemon, or offline here from the
+ * trail file, the seal key's public half and an anchor.
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "cf_audit_verify.h"
+#include "cf_hex.h"
+#include "cf_status.h"
+#include "cofferctl.h"
+
+int
+cmd_audit_tail(struct ctl *ctl, const struct opts *o)
+{
+	coffer_client *c = NULL;
+	char **lines = NULL;
+	size_t n = 0;
+	int r, rc;
+
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_audit_tail(c, o->count, &lines, &n)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		/* The records are JSON already: one per line, or an array. */
+		if (ctl->json)
+			fputc('[', stdout);
+		for (size_t i = 0; i < n; i++) {
+			if (ctl->json && i)
+				fputc(',', stdout);
+			put_safe(stdout, lines[i]);
+			if (!ctl->json)
+				fputc('\n', stdout);
+		}
+		if (ctl->json)
+			fputs("]\n", stdout);
+		rc = flush_stdout();
+	}
+	coffer_audit_lines_free(lines, n);
+	coffer_close(c);
+	return rc;
+}
+
+/* The verdict line of a broken trail (unless --json) and the exit code. */
+static int
+audit_verdict(const struct ctl *ctl, int ok, uint64_t first_bad, const char *reason)
+{
+	int rc;
+
+	if (!ok && !ctl->json) {
+		printf("audit trail BROKEN at record %" PRIu64 ": ", first_bad);
+		put_safe(stdout, reason);
+		fputc('\n', stdout);
+	}
+	rc = flush_stdout();
+	return rc == EXIT_OK && !ok ? EXIT_FAILED : rc;
+}
+
+/* audit verify --file: the trail checked here, with the seal key's public
+ * half and the anchor (from the state store, or noted by the auditor); no
+ * daemon, no token. */
+static int
+audit_verify_offline(struct ctl *ctl, const struct opts *o)
+{
+	struct cf_audit_verify_opts vo;
+	struct cf_audit_anchor an;
+	struct cf_audit_report rep;
+	EVP_PKEY *pub = NULL;
+	char anchor_text[128] = "none", chain[65];
+	int r, rc = EXIT_USAGE;
+
+	memset(&vo, 0, sizeof(vo));
+	if (o->public_key == NULL) {
+		usage_error("audit verify --file needs --public-key PEM (the daemon writes it to "
+		    "<state_dir>/audit-seal.pub)", NULL);
+		goto out;
+	}
+	if (o->state_db != NULL && o->anchor != NULL) {
+		usage_error("give --state-db or --anchor, not both", NULL);
+		goto out;
+	}
+	if (o->anchor != NULL && cf_audit_anchor_parse(o->anchor, &an) != CF_OK) {
+		bad_value("--anchor", o->anchor, cf_error_detail());
+		goto out;
+	}
+	rc = EXIT_FAILED;
+	if ((r = cf_audit_pubkey_load(o->public_key, &pub)) != CF_OK ||
+	    (o->state_db != NULL && (r = cf_audit_anchor_read(o->state_db, &an)) != CF_OK)) {
+		errmsg("audit verify", cf_error_detail());
+		goto out;
+	}
+	vo.pub = pub;
+	if (o->state_db != NULL || o->anchor != NULL) {
+		vo.anchor = &an;
+		vo.exact = o->state_db != NULL && an.clean;
+		cf_hex_encode(an.chain, 32, chain);
+		snprintf(anchor_text, sizeof(anchor_text), "record %" PRIu64 " (%s)", an.seq,
+		    o->anchor != NULL ? "given" : an.clean ? "clean stop" :
+		    "daemon running, or stopped without a clean stop");
+	}
+	if ((r = cf_audit_verify_file(o->file, &vo, &rep)) != CF_OK) {
+		errmsg("audit verify", cf_error_detail());
+		goto out;
+	}
+	if (ctl->json) {
+		printf("{\"ok\":%s,\"records\":%" PRIu64 ",\"seals\":%" PRIu64
+		    ",\"unchecked\":%" PRIu64 ",\"unsealed\":%" PRIu64 ",\"torn\":%lld"
+		    ",\"first_bad\":%" PRIu64 ",\"anchor\":", rep.ok ? "true" : "false",
+		    rep.records, rep.seals, rep.unchecked, rep.unsealed, (long long)rep.torn,
+		    rep.first_bad);
+		if (vo.anchor != NULL)
+			printf("{\"seq\":%" PRIu64 ",\"chain\":\"%s\",\"clean\":%s}", an.seq,
+			    chain, an.clean ? "true" : "false");
+		else
+			fputs("null", stdout);
+		fputs(",\"reason\":", stdout);
+		put_json_str(stdout, rep.reason);
+		fputs("}\n", stdout);
+	} else if (rep.ok) {
+		printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
+		    "offline; anchor: %s\n", rep.records, rep.seals, anchor_text);
+		if (vo.anchor == NULL)
+			printf("note: no anchor given (--state-db or --anchor): a cut tail or an "
+			    "older copy of the file cannot be told apart\n");
+		if (rep.unsealed > 0)
+			printf("note: the last %" PRIu64 " records are not sealed yet\n",
+			    rep.unsealed);
+		if (rep.unchecked > 0)
+			printf("note: %" PRIu64 " older HMAC seals can only be checked by the daemon "
+			    "(cofferctl audit verify without --file)\n", rep.unchecked);
+		if (rep.torn > 0)
+			printf("note: the file ends in a torn record (%lld bytes): the daemon died "
+			    "while writing it and cuts it at its next start\n", (long long)rep.torn);
+	}
+	rc = audit_verdict(ctl, rep.ok, rep.first_bad, rep.reason);
+out:
+	EVP_PKEY_free(pub);
+	return rc;
+}
+
+int
+cmd_audit_verify(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_audit_report rep;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	if (o->file != NULL)
+		return audit_verify_offline(ctl, o);
+	if (o->public_key != NULL || o->state_db != NULL || o->anchor != NULL)
+		return usage_error("--public-key, --state-db and --anchor go with --file", NULL);
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	if ((r = coffer_audit_verify(c, &rep)) != COFFER_OK) {
+		rc = fail(r);
+	} else {
+		if (ctl->json) {
+			printf("{\"ok\":%s,\"records\":%" PRIu64 ",\"seals\":%" PRIu64
+			    ",\"first_bad\":%" PRIu64 ",\"reason\":", rep.ok ? "true" : "false",
+			    rep.records, rep.seals, rep.first_bad);
+			put_json_str(stdout, rep.reason);
+			fputs("}\n", stdout);
+		} else if (rep.ok) {
+			printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
+			    "by the daemon\n", rep.records, rep.seals);
+		}
+		rc = audit_verdict(ctl, rep.ok, rep.first_bad, rep.reason);
+	}
+	coffer_close(c);
+	return rc;
+}
