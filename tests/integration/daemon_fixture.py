@@ -62,7 +62,7 @@ SRC_DIR = os.path.dirname(os.path.dirname(HERE))
 PROTO_DIR = os.path.join(SRC_DIR, "proto")
 INIT_TOKEN = os.path.join(SRC_DIR, "deploy", "init-token.sh")
 PYTHON = "/usr/bin/python3"
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 30.0   # a loaded 2-core machine: reconcile after a kill can take 10 s
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
