@@ -17,6 +17,7 @@
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "handlers_table.h"
 
 /* gRPC status codes (grpc/status.h; fixed by the gRPC specification). */
 enum {

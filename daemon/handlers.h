@@ -60,17 +60,6 @@ struct hctx {
 typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,
 			  ProtobufCMessage **resp);
 
-/* The answer to a mutating call whose change was committed by an attempt
- * that never answered (the daemon stopped first): what it changed, `name`
- * (a key, principal or API key id), read back as a response of `type`.
- * CF_E_UNSUPPORTED for a type that names nothing. */
-int handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type,
-		      const char *name, ProtobufCMessage **resp);
-
-/* The handler of method id (cf_methods.h), or NULL (SessionService/Call,
- * which the dispatcher runs itself). */
-handler_fn handlers_find(enum cf_method_id id);
-
 /* A key name a caller gave: "" is refused as missing, the rest by
  * cf_key_name_check. */
 int handlers_check_key_name(const char *name);

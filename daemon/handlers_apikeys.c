@@ -8,7 +8,7 @@
 #include "cf_reqsign.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
 
 static int
 fill_apikey(const struct store_apikey *k, Coffer__V1__ApiKey *out)
@@ -81,9 +81,11 @@ imported(const ProtobufCBinaryData *b, cf_secret **out)
 	return cf_secret_from(b->data, b->len, out);
 }
 
-int
-h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *id,
-		   ProtobufCMessage **resp)
+/* API key `id` as an ApiKey answer, or an ApiKeySecretResponse without the
+ * secret (handlers_describe). */
+static int
+describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *id,
+		 ProtobufCMessage **resp)
 {
 	struct store_apikey k;
 	Coffer__V1__ApiKey *out = NULL;
@@ -209,10 +211,14 @@ auth_response(const struct hctx *c, const char *name, ProtobufCMessage **resp)
 	return CF_OK;
 }
 
-int
-h_describe_principal_auth(const struct hctx *c, const char *name, ProtobufCMessage **resp)
+/* Principal `name`'s SetPrincipalAuthResponse (handlers_describe). */
+static int
+describe_principal_auth(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+			const char *name, ProtobufCMessage **resp)
 {
 	int r;
+
+	(void)type;
 
 	if ((r = policy_get(c->pol, name, NULL)) != CF_OK)
 		return r;
@@ -231,10 +237,19 @@ h_set_principal_auth(const struct hctx *c, const ProtobufCMessage *m, ProtobufCM
 	return auth_response(c, req->name, resp);
 }
 
-const handler_fn handlers_apikeys[CF_METHOD__COUNT] = {
+static const handler_fn fns[CF_METHOD__COUNT] = {
 	[CF_AS_CREATE_API_KEY] = h_create_api_key,
 	[CF_AS_ROTATE_API_KEY_SECRET] = h_rotate_api_key_secret,
 	[CF_AS_REVOKE_API_KEY] = h_revoke_api_key,
 	[CF_AS_LIST_API_KEYS] = h_list_api_keys,
 	[CF_AS_SET_PRINCIPAL_AUTH] = h_set_principal_auth,
 };
+
+static const struct hdescribe describe[] = {
+	{ &coffer__v1__api_key__descriptor, describe_api_key },
+	{ &coffer__v1__api_key_secret_response__descriptor, describe_api_key },
+	{ &coffer__v1__set_principal_auth_response__descriptor, describe_principal_auth },
+	{ NULL, NULL },
+};
+
+const struct hservice handlers_apikeys = { .fns = fns, .describe = describe };

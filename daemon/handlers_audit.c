@@ -6,7 +6,7 @@
 #include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
 
 #define TAIL_DEFAULT 20
 #define TAIL_MAX 1000
@@ -78,7 +78,9 @@ h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	return CF_OK;
 }
 
-const handler_fn handlers_audit[CF_METHOD__COUNT] = {
+static const handler_fn fns[CF_METHOD__COUNT] = {
 	[CF_AS_TAIL_AUDIT] = h_tail_audit,
 	[CF_AS_VERIFY_AUDIT] = h_verify_audit,
 };
+
+const struct hservice handlers_audit = { .fns = fns };

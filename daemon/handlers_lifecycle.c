@@ -5,7 +5,7 @@
 
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
 
 /* Apply one change to key `name`; the key as it is afterwards. */
 static int
@@ -100,7 +100,7 @@ h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	return change(c, req->name, KC_SET_ROTATION, &a, resp);
 }
 
-const handler_fn handlers_lifecycle[CF_METHOD__COUNT] = {
+static const handler_fn fns[CF_METHOD__COUNT] = {
 	[CF_AS_SET_PRIMARY_VERSION] = h_set_primary,
 	[CF_AS_ENABLE_KEY_VERSION] = h_enable,
 	[CF_AS_DISABLE_KEY_VERSION] = h_disable,
@@ -110,3 +110,5 @@ const handler_fn handlers_lifecycle[CF_METHOD__COUNT] = {
 	[CF_AS_TRIM_KEY] = h_trim,
 	[CF_AS_SET_ROTATION_SCHEDULE] = h_set_rotation,
 };
+
+const struct hservice handlers_lifecycle = { .fns = fns };

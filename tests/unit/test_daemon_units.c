@@ -21,6 +21,7 @@
 #include "config.h"
 #include "envelope.h"
 #include "handlers.h"
+#include "handlers_table.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "session.h"

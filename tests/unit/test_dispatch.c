@@ -23,7 +23,8 @@
 #include "coffer/v1/coffer.pb-c.h"
 #include "dispatch.h"
 #include "grpc/health/v1/health.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
+#include "handlers_table.h"
 #include "policy.h"
 
 #define PRINCIPAL "tester"
@@ -233,8 +234,8 @@ test_table_entries(void)
 		CU_ASSERT_PTR_EQUAL(cf_method_by_path(m->path), m);   /* paths are unique */
 		CU_ASSERT(m->socket >= CF_SOCK_SERVICE && m->socket <= CF_SOCK_BOTH);
 		/* Exactly one handler file binds it; SessionService/Call is dispatch's. */
-		for (const handler_fn *const *t = handlers_files; *t != NULL; t++)
-			bound += (*t)[id] != NULL;
+		for (const struct hservice *const *s = handlers_services; *s != NULL; s++)
+			bound += (*s)->fns[id] != NULL;
 		CU_ASSERT_EQUAL(bound, id == CF_SS_CALL ? 0 : 1);
 		if (bound != (id == CF_SS_CALL ? 0 : 1))
 			fprintf(stderr, "%s has %d handlers\n", m->path, bound);
