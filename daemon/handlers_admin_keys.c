@@ -56,7 +56,7 @@ refuse_exportable(int exportable, const char *verb)
 }
 
 static int
-h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_create_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__CreateKeyRequest *req = (const void *)m;
 	struct store_key info;
@@ -70,13 +70,13 @@ h_create_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	    (r = key_limit(req->type, req->n_allowed_operations, req->allowed_operations,
 			   &ops)) != CF_OK)
 		return r;
-	return h_key_response(keyring_create(c->kr, req->name, (enum cf_key_type)req->type,
+	return h_key_response(keyring_create(c->sv->kr, req->name, (enum cf_key_type)req->type,
 					     ops, req->rotation_period, &info),
 				&info, resp);
 }
 
 static int
-h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_import_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__ImportKeyRequest *req = (const void *)m;
 	struct store_key info;
@@ -94,13 +94,13 @@ h_import_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 		return r;
 	if ((r = cf_secret_from(req->material.data, req->material.len, &mat)) != CF_OK)
 		return r;
-	r = keyring_import(c->kr, req->name, (enum cf_key_type)req->type, mat, ops, &info);
+	r = keyring_import(c->sv->kr, req->name, (enum cf_key_type)req->type, mat, ops, &info);
 	cf_secret_free(mat);
 	return h_key_response(r, &info, resp);
 }
 
 static int
-h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_rotate_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RotateKeyRequest *req = (const void *)m;
 	struct store_key info;
@@ -109,20 +109,20 @@ h_rotate_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	memset(&info, 0, sizeof(info));
 	if ((r = handlers_check_key_name(req->name)) != CF_OK)
 		return r;
-	return h_key_response(keyring_rotate(c->kr, req->name, &info), &info, resp);
+	return h_key_response(keyring_rotate(c->sv->kr, req->name, &info), &info, resp);
 }
 
 
 /* A key as a Key answer (handlers_describe). */
 static int
-describe_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *name,
+describe_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *name,
 	     ProtobufCMessage **resp)
 {
 	struct store_key info;
 
 	(void)type;
 	memset(&info, 0, sizeof(info));
-	return h_key_response(keyring_describe(c->kr, name, &info), &info, resp);
+	return h_key_response(keyring_describe(c->sv->kr, name, &info), &info, resp);
 }
 
 static const handler_fn fns[CF_METHOD__COUNT] = {

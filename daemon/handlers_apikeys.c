@@ -84,14 +84,14 @@ imported(const ProtobufCBinaryData *b, cf_secret **out)
 /* API key `id` as an ApiKey answer, or an ApiKeySecretResponse without the
  * secret (handlers_describe). */
 static int
-describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *id,
+describe_api_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *id,
 		 ProtobufCMessage **resp)
 {
 	struct store_apikey k;
 	Coffer__V1__ApiKey *out = NULL;
 	int r;
 
-	if ((r = apikeys_get(c->ak, id, &k)) != CF_OK)
+	if ((r = apikeys_get(c->sv->ak, id, &k)) != CF_OK)
 		return r;
 	/* A secret is shown once, in the answer that was lost: never again. */
 	if (type == &coffer__v1__api_key_secret_response__descriptor)
@@ -102,24 +102,24 @@ describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, c
 }
 
 static int
-h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_create_api_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__CreateApiKeyRequest *req = (const void *)m;
 	struct store_apikey k;
 	cf_secret *imp = NULL, *secret = NULL;
 	int r;
 
-	if ((r = policy_get(c->pol, req->principal, NULL)) != CF_OK ||
+	if ((r = policy_get(c->sv->pol, req->principal, NULL)) != CF_OK ||
 	    (r = imported(&req->secret, &imp)) != CF_OK)
 		return r;
-	r = apikeys_create(c->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
+	r = apikeys_create(c->sv->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
 	cf_secret_free(imp);
 	/* Deleted meanwhile: its keys must not outlive it. */
-	if (r == CF_OK && policy_get(c->pol, req->principal, NULL) != CF_OK) {
+	if (r == CF_OK && policy_get(c->sv->pol, req->principal, NULL) != CF_OK) {
 		struct store_apikey gone;
 
-		(void)apikeys_revoke(c->ak, k.id, (int64_t)time(NULL), &gone);
-		(void)apikeys_set_required(c->ak, req->principal, 0);   /* nor its flag */
+		(void)apikeys_revoke(c->sv->ak, k.id, (int64_t)time(NULL), &gone);
+		(void)apikeys_set_required(c->sv->ak, req->principal, 0);   /* nor its flag */
 		cf_secret_free(secret);
 		return cf_error(CF_E_NOT_FOUND, "principal %s was deleted meanwhile",
 				req->principal);
@@ -128,7 +128,7 @@ h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 }
 
 static int
-h_rotate_api_key_secret(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_rotate_api_key_secret(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RotateApiKeySecretRequest *req = (const void *)m;
 	struct store_apikey k;
@@ -142,14 +142,14 @@ h_rotate_api_key_secret(const struct hctx *c, const ProtobufCMessage *m, Protobu
 				APIKEYS_MAX_OVERLAP);
 	if ((r = imported(&req->secret, &imp)) != CF_OK)
 		return r;
-	r = apikeys_rotate(c->ak, req->id, req->overlap_seconds, imp, (int64_t)time(NULL), &k,
+	r = apikeys_rotate(c->sv->ak, req->id, req->overlap_seconds, imp, (int64_t)time(NULL), &k,
 			   &secret);
 	cf_secret_free(imp);
 	return secret_response(r, &k, secret, resp);
 }
 
 static int
-h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_revoke_api_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RevokeApiKeyRequest *req = (const void *)m;
 	Coffer__V1__ApiKey *out;
@@ -157,7 +157,7 @@ h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	int r;
 
 	if ((r = cf_apikey_id_check(req->id)) != CF_OK ||
-	    (r = apikeys_revoke(c->ak, req->id, (int64_t)time(NULL), &k)) != CF_OK ||
+	    (r = apikeys_revoke(c->sv->ak, req->id, (int64_t)time(NULL), &k)) != CF_OK ||
 	    (r = apikey_msg(&k, &out)) != CF_OK)
 		return r;
 	*resp = &out->base;
@@ -165,7 +165,7 @@ h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 }
 
 static int
-h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_list_api_keys(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__ListApiKeysRequest *req = (const void *)m;
 	Coffer__V1__ListApiKeysResponse *out = NULL;
@@ -173,7 +173,7 @@ h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 	size_t n = 0;
 	int r;
 
-	if ((r = apikeys_list(c->ak, req->principal, &l, &n)) != CF_OK)
+	if ((r = apikeys_list(c->sv->ak, req->principal, &l, &n)) != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__list_api_keys_response__descriptor)) == NULL ||
 	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL))
@@ -193,10 +193,10 @@ h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 
 /* The principal's "must sign" state as SetPrincipalAuth answers it. */
 static int
-auth_response(const struct hctx *c, const char *name, ProtobufCMessage **resp)
+auth_response(const struct hcall *c, const char *name, ProtobufCMessage **resp)
 {
 	Coffer__V1__SetPrincipalAuthResponse *out;
-	int req = apikeys_required(c->ak, name);
+	int req = apikeys_required(c->sv->ak, name);
 
 	if ((out = h_new_msg(&coffer__v1__set_principal_auth_response__descriptor)) == NULL ||
 	    (out->name = strdup(name)) == NULL) {
@@ -213,26 +213,26 @@ auth_response(const struct hctx *c, const char *name, ProtobufCMessage **resp)
 
 /* Principal `name`'s SetPrincipalAuthResponse (handlers_describe). */
 static int
-describe_principal_auth(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+describe_principal_auth(const struct hcall *c, const ProtobufCMessageDescriptor *type,
 			const char *name, ProtobufCMessage **resp)
 {
 	int r;
 
 	(void)type;
 
-	if ((r = policy_get(c->pol, name, NULL)) != CF_OK)
+	if ((r = policy_get(c->sv->pol, name, NULL)) != CF_OK)
 		return r;
 	return auth_response(c, name, resp);
 }
 
 static int
-h_set_principal_auth(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_set_principal_auth(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetPrincipalAuthRequest *req = (const void *)m;
 	int r;
 
-	if ((r = policy_get(c->pol, req->name, NULL)) != CF_OK ||
-	    (r = apikeys_set_required(c->ak, req->name, req->require_api_key)) != CF_OK)
+	if ((r = policy_get(c->sv->pol, req->name, NULL)) != CF_OK ||
+	    (r = apikeys_set_required(c->sv->ak, req->name, req->require_api_key)) != CF_OK)
 		return r;
 	return auth_response(c, req->name, resp);
 }

@@ -34,7 +34,7 @@ int h_key_response(int r, struct store_key *info, ProtobufCMessage **resp);
 /* An answer of `type` read back for the change named `name` (handlers_describe). */
 struct hdescribe {
 	const ProtobufCMessageDescriptor *type;   /* NULL ends a list */
-	int (*fn)(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+	int (*fn)(const struct hcall *c, const ProtobufCMessageDescriptor *type,
 		  const char *name, ProtobufCMessage **resp);
 };
 

@@ -34,11 +34,10 @@ ctx_entries(size_t n, void *const *entries, struct env_kv *kv)
 }
 
 static int
-sign_params(const struct hctx *c, Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme,
-	    protobuf_c_boolean raw, ProtobufCBinaryData msg, ProtobufCBinaryData digest,
-	    struct cf_sign_params *sp, const uint8_t **in, size_t *inlen)
+sign_params(Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme, protobuf_c_boolean raw,
+	    ProtobufCBinaryData msg, ProtobufCBinaryData digest, struct cf_sign_params *sp,
+	    const uint8_t **in, size_t *inlen)
 {
-	(void)c;
 	*in = NULL;   /* set on every path: the callers read them only on success */
 	*inlen = 0;
 	if ((int)hash < 0 || hash > COFFER__V1__HASH__SHA512)
@@ -76,7 +75,7 @@ digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char *n
 
 
 static int
-h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_sign(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SignRequest *req = (const void *)m;
 	Coffer__V1__SignResponse *out = NULL;
@@ -88,9 +87,9 @@ h_sign(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	uint32_t ver;
 	int r;
 
-	if ((r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+	if ((r = sign_params(req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
-	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
 				 &ver)) != CF_OK ||
 	    (r = digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
@@ -117,7 +116,7 @@ out:
 }
 
 static int
-h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_verify(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__VerifyRequest *req = (const void *)m;
 	Coffer__V1__VerifyResponse *out;
@@ -131,10 +130,10 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 	if (req->version == 0)
 		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
 				"Sign returned");
-	if ((r = sign_params(c, req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+	if ((r = sign_params(req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = h_check_data(req->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
-	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
 				 &ver)) != CF_OK ||
 	    (r = digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
@@ -149,7 +148,7 @@ h_verify(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 }
 
 static int
-h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_mac(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__MacRequest *req = (const void *)m;
 	Coffer__V1__MacResponse *out = NULL;
@@ -159,7 +158,7 @@ h_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	int r;
 
 	if ((r = h_check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
-	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_MAC, USE_NEW, &k,
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_MAC, USE_NEW, &k,
 				 &ver)) != CF_OK)
 		return r;
 	if ((mac = cf_buf_new(64)) == NULL ||
@@ -181,7 +180,7 @@ out:
 }
 
 static int
-h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_verify_mac(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__VerifyMacRequest *req = (const void *)m;
 	Coffer__V1__VerifyMacResponse *out;
@@ -194,7 +193,7 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 				"Mac returned");
 	if ((r = h_check_data(req->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
 	    (r = h_check_data(req->mac.len, 64, "mac")) != CF_OK ||
-	    (r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_MAC, USE_CHECK, &k,
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_MAC, USE_CHECK, &k,
 				 &ver)) != CF_OK)
 		return r;
 	r = cf_p11_mac_verify(k, req->data.data, req->data.len, req->mac.data, req->mac.len);
@@ -209,16 +208,16 @@ h_verify_mac(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 
 /* Seal `pt` under the primary version of the call's key into *ct / *ver. */
 static int
-wrap_common(const struct hctx *c, const struct env_kv *kv, size_t n, const uint8_t *pt,
+wrap_common(const struct hcall *c, const struct env_kv *kv, size_t n, const uint8_t *pt,
 	    size_t ptlen, ProtobufCBinaryData *ct, uint32_t *ver)
 {
-	const char *name = c->key.name;
+	const char *name = c->key->name;
 	cf_buf *blob = NULL;
 	cf_p11_key *k;
 	int r;
 
 	if ((r = h_check_data(ptlen, H_MAX_WRAP_PLAINTEXT, "plaintext")) != CF_OK ||
-	    (r = keyring_ref_use(c->kr, &c->key, 0, PURPOSE_WRAP, USE_NEW, &k, ver)) != CF_OK)
+	    (r = keyring_ref_use(c->sv->kr, c->key, 0, PURPOSE_WRAP, USE_NEW, &k, ver)) != CF_OK)
 		return r;
 	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
 		return cf_nomem();
@@ -230,10 +229,10 @@ wrap_common(const struct hctx *c, const struct env_kv *kv, size_t n, const uint8
 
 /* Open a blob of the call's key into a secret, with the version it names. */
 static int
-unwrap_common(const struct hctx *c, const struct env_kv *kv, size_t n, ProtobufCBinaryData ct,
+unwrap_common(const struct hcall *c, const struct env_kv *kv, size_t n, ProtobufCBinaryData ct,
 	      cf_secret **pt, uint32_t *ver)
 {
-	const char *name = c->key.name;
+	const char *name = c->key->name;
 	const uint8_t *iv, *body;
 	cf_p11_key *k;
 	size_t blen;
@@ -242,13 +241,14 @@ unwrap_common(const struct hctx *c, const struct env_kv *kv, size_t n, ProtobufC
 	if ((r = h_check_data(ct.len, ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN,
 			    "ciphertext")) != CF_OK ||
 	    (r = env_parse(ct.data, ct.len, ver, &iv, &body, &blen)) != CF_OK ||
-	    (r = keyring_ref_use(c->kr, &c->key, *ver, PURPOSE_WRAP, USE_CHECK, &k, ver)) != CF_OK)
+	    (r = keyring_ref_use(c->sv->kr, c->key, *ver, PURPOSE_WRAP, USE_CHECK, &k,
+				 ver)) != CF_OK)
 		return r;
 	return env_open(k, name, *ver, kv, n, ct.data, ct.len, pt);
 }
 
 static int
-h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_wrap(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__WrapRequest *req = (const void *)m;
 	Coffer__V1__WrapResponse *out;
@@ -271,7 +271,7 @@ h_wrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 }
 
 static int
-h_unwrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_unwrap(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__UnwrapRequest *req = (const void *)m;
 	Coffer__V1__UnwrapResponse *out = NULL;
@@ -304,7 +304,7 @@ out:
 }
 
 static int
-h_rewrap(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_rewrap(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RewrapRequest *req = (const void *)m;
 	Coffer__V1__RewrapResponse *out = NULL;
@@ -337,7 +337,7 @@ out:
 }
 
 static int
-h_generate_data_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_generate_data_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__GenerateDataKeyRequest *req = (const void *)m;
 	Coffer__V1__GenerateDataKeyResponse *out = NULL;
@@ -379,7 +379,7 @@ out:
 }
 
 static int
-h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_get_public_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__GetPublicKeyRequest *req = (const void *)m;
 	Coffer__V1__GetPublicKeyResponse *out = NULL;
@@ -388,7 +388,7 @@ h_get_public_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	uint32_t ver;
 	int r;
 
-	if ((r = keyring_ref_use(c->kr, &c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+	if ((r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
 				 &ver)) != CF_OK)
 		return r;
 	if ((der = cf_buf_new(4096)) == NULL || (pem = cf_buf_new(8192)) == NULL ||
@@ -419,30 +419,30 @@ out:
 }
 
 static int
-h_get_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_get_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	struct store_key info;
 
 	(void)m;
 	memset(&info, 0, sizeof(info));
-	return h_key_response(keyring_ref_describe(c->kr, &c->key, &info), &info, resp);
+	return h_key_response(keyring_ref_describe(c->sv->kr, c->key, &info), &info, resp);
 }
 
 /* May the caller see key k's metadata? Exactly what GetKey needs (a grant
  * of get-public-key the key's own limit allows), so listing never shows a
  * key GetKey would refuse. The admin socket sees every key. */
 static int
-list_visible(const struct hctx *c, const struct store_key *k)
+list_visible(const struct hcall *c, const struct store_key *k)
 {
-	if (c->admin || c->principal == NULL || c->pol == NULL)
+	if (c->admin || c->principal == NULL || c->sv->pol == NULL)
 		return 1;
 	if (k->allowed_ops != 0 && !(k->allowed_ops & CF_OP_BIT(CF_OP_GET_PUBLIC_KEY)))
 		return 0;
-	return policy_may(c->pol, c->principal, CF_OP_GET_PUBLIC_KEY, k->name) == CF_OK;
+	return policy_may(c->sv->pol, c->principal, CF_OP_GET_PUBLIC_KEY, k->name) == CF_OK;
 }
 
 static int
-h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_list_keys(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__ListKeysRequest *req = (const void *)m;
 	Coffer__V1__ListKeysResponse *out = NULL;
@@ -471,7 +471,7 @@ h_list_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **
 		free(infos);
 		infos = NULL;
 		n = 0;
-		if ((r = keyring_list(c->kr, cursor != NULL ? cursor : req->page_token, size,
+		if ((r = keyring_list(c->sv->kr, cursor != NULL ? cursor : req->page_token, size,
 				      &infos, &n, &more)) != CF_OK)
 			goto out;
 		for (i = 0; i < n && out->n_keys < size; i++) {

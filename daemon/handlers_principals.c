@@ -69,28 +69,28 @@ principal_response(int r, struct store_principal *sp, ProtobufCMessage **resp)
 }
 
 static int
-h_create_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_create_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__CreatePrincipalRequest *req = (const void *)m;
 	struct store_principal sp;
 
 	memset(&sp, 0, sizeof(sp));
-	return principal_response(policy_create(c->pol, req->name, req->uids, req->n_uids,
+	return principal_response(policy_create(c->sv->pol, req->name, req->uids, req->n_uids,
 						req->gids, req->n_gids, &sp), &sp, resp);
 }
 
 static int
-h_get_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_get_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__GetPrincipalRequest *req = (const void *)m;
 	struct store_principal sp;
 
 	memset(&sp, 0, sizeof(sp));
-	return principal_response(policy_get(c->pol, req->name, &sp), &sp, resp);
+	return principal_response(policy_get(c->sv->pol, req->name, &sp), &sp, resp);
 }
 
 static int
-h_list_principals(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_list_principals(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	Coffer__V1__ListPrincipalsResponse *out = NULL;
 	struct store_principal *list = NULL;
@@ -98,7 +98,7 @@ h_list_principals(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMess
 	int r;
 
 	(void)m;
-	if ((r = policy_list(c->pol, &list, &n)) != CF_OK)
+	if ((r = policy_list(c->sv->pol, &list, &n)) != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__list_principals_response__descriptor)) == NULL ||
 	    (n && (out->principals = calloc(n, sizeof(*out->principals))) == NULL)) {
@@ -127,7 +127,7 @@ out:
 }
 
 static int
-h_grant_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_grant_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__GrantRequest *req = (const void *)m;
 	struct store_principal sp;
@@ -135,25 +135,26 @@ h_grant_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMess
 	memset(&sp, 0, sizeof(sp));
 	if (req->grant == NULL)
 		return cf_error(CF_E_INVALID_ARG, "grant is required");
-	return principal_response(policy_grant(c->pol, req->name, req->grant->key_pattern,
+	return principal_response(policy_grant(c->sv->pol, req->name, req->grant->key_pattern,
 					       h_ops_mask(req->grant->n_operations,
 							req->grant->operations), &sp), &sp, resp);
 }
 
 static int
-h_revoke_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_revoke_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RevokeRequest *req = (const void *)m;
 	struct store_principal sp;
 
 	memset(&sp, 0, sizeof(sp));
-	return principal_response(policy_revoke(c->pol, req->name, req->key_pattern,
-						h_ops_mask(req->n_operations, req->operations), &sp),
+	return principal_response(policy_revoke(c->sv->pol, req->name, req->key_pattern,
+						h_ops_mask(req->n_operations, req->operations),
+						&sp),
 				  &sp, resp);
 }
 
 static int
-h_set_rate_limit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_set_rate_limit(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetRateLimitRequest *req = (const void *)m;
 	struct store_principal sp;
@@ -161,14 +162,14 @@ h_set_rate_limit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	memset(&sp, 0, sizeof(sp));
 	if (req->limit == NULL)
 		return cf_error(CF_E_INVALID_ARG, "limit is required");
-	return principal_response(policy_set_limit(c->pol, req->name,
+	return principal_response(policy_set_limit(c->sv->pol, req->name,
 						   (enum cf_op)req->limit->operation,
 						   req->limit->per_second, req->limit->burst, &sp),
 				  &sp, resp);
 }
 
 static int
-h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_delete_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__DeletePrincipalRequest *req = (const void *)m;
 	Coffer__V1__DeletePrincipalResponse *out;
@@ -176,8 +177,9 @@ h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMes
 
 	/* The principal first (its uids are refused from then on, signed or
 	 * not), then its API keys: its secrets must not outlive it. */
-	if ((r = policy_delete(c->pol, req->name)) != CF_OK ||
-	    (c->ak != NULL && (r = apikeys_revoke_principal(c->ak, req->name, time(NULL))) != CF_OK))
+	if ((r = policy_delete(c->sv->pol, req->name)) != CF_OK ||
+	    (c->sv->ak != NULL &&
+	     (r = apikeys_revoke_principal(c->sv->ak, req->name, time(NULL))) != CF_OK))
 		return r;
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
 		return cf_nomem();
@@ -188,19 +190,19 @@ h_delete_principal(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMes
 
 /* Principal `name` as a Principal answer (handlers_describe). */
 static int
-describe_principal(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+describe_principal(const struct hcall *c, const ProtobufCMessageDescriptor *type,
 		   const char *name, ProtobufCMessage **resp)
 {
 	struct store_principal sp;
 
 	(void)type;
 	memset(&sp, 0, sizeof(sp));
-	return principal_response(policy_get(c->pol, name, &sp), &sp, resp);
+	return principal_response(policy_get(c->sv->pol, name, &sp), &sp, resp);
 }
 
 /* A deletion's answer holds nothing to read back. */
 static int
-describe_deleted(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+describe_deleted(const struct hcall *c, const ProtobufCMessageDescriptor *type,
 		 const char *name, ProtobufCMessage **resp)
 {
 	(void)c;

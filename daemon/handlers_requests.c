@@ -36,16 +36,16 @@ http_parts(const Coffer__V1__HttpRequestParts *p, struct cf_http_request *r)
 
 /* Only HMAC-SHA256 keys sign requests (the scheme names its hash). */
 static int
-request_key(const struct hctx *c, uint32_t version, enum key_use use, cf_p11_key **k,
+request_key(const struct hcall *c, uint32_t version, enum key_use use, cf_p11_key **k,
 	    uint32_t *used)
 {
 	int r;
 
-	if ((r = keyring_ref_use(c->kr, &c->key, version, PURPOSE_MAC, use, k, used)) != CF_OK)
+	if ((r = keyring_ref_use(c->sv->kr, c->key, version, PURPOSE_MAC, use, k, used)) != CF_OK)
 		return r;
 	if (cf_p11_key_type(*k) != CF_KEY_HMAC_SHA256)
 		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is not an hmac-sha256 key",
-				c->key.name);
+				c->key->name);
 	return CF_OK;
 }
 
@@ -63,7 +63,7 @@ verdict(Coffer__V1__VerifyRequestSignatureResponse *out, Coffer__V1__RequestVerd
  * its key: clients keep the old secret until they rotate (nonces_check's
  * verify). */
 struct http_check {
-	const struct hctx *c;
+	const struct hcall *c;
 	const struct store_key *info;
 	const struct cf_http_request *hr;
 	const char *signature;
@@ -105,7 +105,7 @@ http_check(void *arg)
 }
 
 static int
-h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_verify_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__VerifyRequestSignatureRequest *req = (const void *)m;
 	Coffer__V1__VerifyRequestSignatureResponse *out = NULL;
@@ -123,7 +123,7 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		return r;
 	/* The key, not its primary: any enabled version at or above the minimum
 	 * verifies (the primary may be disabled). */
-	if ((r = keyring_ref_describe(c->kr, &c->key, &info)) != CF_OK)
+	if ((r = keyring_ref_describe(c->sv->kr, c->key, &info)) != CF_OK)
 		return r;
 	if (info.type != CF_KEY_HMAC_SHA256) {
 		keyring_info_free(&info);
@@ -135,21 +135,21 @@ h_verify_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 		goto out;
 	}
 	claim = (struct nonce_claim){ .scope = hr.key_id, .nonce = hr.nonce,
-				      .timestamp = hr.timestamp, .window = c->window,
-				      .ahead = c->window };
-	r = nonces_check(c->nn, &claim, now, http_check, &chk, &v);
+				      .timestamp = hr.timestamp, .window = c->sv->window,
+				      .ahead = c->sv->window };
+	r = nonces_check(c->sv->nn, &claim, now, http_check, &chk, &v);
 	if (r == CF_E_BAD_SIGNATURE) {
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__BAD_SIGNATURE, 0, chk.why);
 	} else if (r != CF_OK) {
 		goto out;
 	} else if (v == NONCE_EXPIRED) {
 		snprintf(why, sizeof(why), "timestamp is %lld s old; the window is %u s: sign the "
-			 "request again", (long long)(now - hr.timestamp), c->window);
+			 "request again", (long long)(now - hr.timestamp), c->sv->window);
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__EXPIRED, 0, why);
 	} else if (v == NONCE_AHEAD) {
 		snprintf(why, sizeof(why), "timestamp is %lld s ahead of the daemon's clock; the "
 			 "window is %u s: check the client's clock",
-			 (long long)(hr.timestamp - now), c->window);
+			 (long long)(hr.timestamp - now), c->sv->window);
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__CLOCK_SKEW, 0, why);
 	} else if (v == NONCE_REPLAYED) {
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__REPLAYED_NONCE, chk.good,
@@ -170,7 +170,7 @@ out:
 }
 
 static int
-h_sign_request(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_sign_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SignHttpRequestRequest *req = (const void *)m;
 	Coffer__V1__SignHttpRequestResponse *out = NULL;

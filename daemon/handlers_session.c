@@ -10,7 +10,7 @@
 #include "handlers_common.h"
 
 static int
-h_get_identity(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_get_identity(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	Coffer__V1__GetIdentityResponse *out;
 	const uint8_t *spki;
@@ -20,9 +20,9 @@ h_get_identity(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	(void)m;
 	if ((out = h_new_msg(&coffer__v1__get_identity_response__descriptor)) == NULL)
 		return cf_nomem();
-	spki = session_identity(c->sm, &len);
+	spki = session_identity(c->sv->sm, &len);
 	if ((r = h_set_bytes(&out->public_key, spki, len)) != CF_OK ||
-	    (out->fingerprint = strdup(session_fingerprint(c->sm))) == NULL) {
+	    (out->fingerprint = strdup(session_fingerprint(c->sv->sm))) == NULL) {
 		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 		return r != CF_OK ? r : cf_nomem();
 	}
@@ -31,7 +31,7 @@ h_get_identity(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 }
 
 static int
-h_open_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_open_session(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__OpenSessionRequest *req = (const void *)m;
 	Coffer__V1__OpenSessionResponse *out = NULL;
@@ -69,7 +69,7 @@ h_open_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	}
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL)
 		return cf_nomem();
-	if ((r = session_handshake(c->sm, c->uid, c->gid, &h, sig)) != CF_OK)
+	if ((r = session_handshake(c->sv->sm, c->uid, c->gid, &h, sig)) != CF_OK)
 		goto out;
 	if ((out = h_new_msg(&coffer__v1__open_session_response__descriptor)) == NULL) {
 		r = cf_nomem();
@@ -97,14 +97,14 @@ out:
 
 /* Only reachable sealed (the dispatcher refuses it otherwise). */
 static int
-h_close_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_close_session(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	Coffer__V1__CloseSessionResponse *out;
 
 	(void)m;
 	if ((out = h_new_msg(&coffer__v1__close_session_response__descriptor)) == NULL)
 		return cf_nomem();
-	session_end(c->sm, c->sess);
+	session_end(c->sv->sm, c->sess);
 	*resp = &out->base;
 	return CF_OK;
 }
@@ -112,7 +112,7 @@ h_close_session(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 /* ---- grpc.health.v1 ---- */
 
 static int
-h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_health(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Grpc__Health__V1__HealthCheckRequest *req = (const void *)m;
 	Grpc__Health__V1__HealthCheckResponse *out;
@@ -125,8 +125,8 @@ h_health(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **res
 		return cf_nomem();
 	/* Failing closed on an unwritable audit trail or a state database
 	 * removed under us: say so. */
-	out->status = (c->au != NULL && !audit_healthy(c->au)) ||
-		      (c->st != NULL && !store_healthy(c->st)) ?
+	out->status = (c->sv->au != NULL && !audit_healthy(c->sv->au)) ||
+		      (c->sv->st != NULL && !store_healthy(c->sv->st)) ?
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING :
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 	*resp = &out->base;

@@ -21,7 +21,7 @@ handlers_find(enum cf_method_id id)
 }
 
 int
-handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *name,
+handlers_describe(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *name,
 		  ProtobufCMessage **resp)
 {
 	for (const struct hservice *const *s = handlers_services; *s != NULL; s++)

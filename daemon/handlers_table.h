@@ -16,7 +16,7 @@ handler_fn handlers_find(enum cf_method_id id);
  * that never answered (the daemon stopped first): what it changed, `name`
  * (a key, principal or API key id), read back as a response of `type`.
  * CF_E_UNSUPPORTED for a type that names nothing. */
-int handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type,
+int handlers_describe(const struct hcall *c, const ProtobufCMessageDescriptor *type,
 		      const char *name, ProtobufCMessage **resp);
 
 /* The handler files (handlers_common.h), NULL-ended. */
