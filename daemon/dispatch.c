@@ -17,6 +17,7 @@
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "handlers_table.h"
 
 /* gRPC status codes (grpc/status.h; fixed by the gRPC specification). */
 enum {
@@ -226,7 +227,26 @@ struct note {
 	char replay_of[AUDIT_REQUEST_ID_MAX + 1];   /* answered from the first attempt's record */
 };
 
-static int run(const dispatch *d, const struct method *m, const struct hctx *h,
+/* One call inside dispatch: what its handler sees (hc) and what stays
+ * dispatch's own. A sealed call's inner call starts from a copy of its
+ * envelope's (derive). */
+struct dctx {
+	const struct dcall *dc;   /* from the adapter: services, caller, metadata */
+	struct hcall hc;
+	struct keyring_ref key;   /* the key the call names; hc.key points here */
+	int sealed;               /* the call arrived inside a session */
+	int authenticated;        /* an enclosing call (SessionService/Call) was authenticated */
+};
+
+/* to = a copy of from, its handler's key its own. */
+static void
+derive(struct dctx *to, const struct dctx *from)
+{
+	*to = *from;
+	to->hc.key = &to->key;
+}
+
+static int run(const dispatch *d, const struct method *m, const struct dctx *h,
 	       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen,
 	       uint32_t *retry_after_ms);
 
@@ -263,13 +283,13 @@ wipe_free(uint8_t *p, size_t len)
  * record, the inner request and response messages and their packed forms,
  * and the packed SealedResult, which is sealed out of it into the reply. */
 static int
-sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req,
+sealed_call(const dispatch *d, const struct dctx *h, Coffer__V1__SealedCall *req,
 	    ProtobufCMessage **resp, int *inner_ran)
 {
 	Coffer__V1__SealedResult res = COFFER__V1__SEALED_RESULT__INIT;
 	Coffer__V1__SealedReply *reply = NULL;
 	const struct method *inner;
-	struct hctx h2 = *h;
+	struct dctx h2;
 	session *s = NULL;
 	cf_arena *arena = NULL;
 	uint8_t *iout = NULL, *rec = NULL, *pt;
@@ -295,15 +315,16 @@ sealed_call(const dispatch *d, const struct hctx *h, Coffer__V1__SealedCall *req
 	}
 	if (req->record.len > 0)
 		memcpy(pt, req->record.data, req->record.len);
-	if ((r = session_accept(h->sm, h->uid, h->gid, req->session_id.data, req->session_id.len,
-				req->sequence, req->method, pt, req->record.len, &s, &ptlen)) !=
-	    CF_OK) {
+	if ((r = session_accept(h->hc.sv->sm, h->hc.uid, h->hc.gid, req->session_id.data,
+				req->session_id.len, req->sequence, req->method, pt,
+				req->record.len, &s, &ptlen)) != CF_OK) {
 		cf_arena_free(arena);
 		return r;
 	}
 	cf_arena_set_current(arena);
+	derive(&h2, h);
 	h2.sealed = 1;
-	h2.sess = s;
+	h2.hc.sess = s;
 	*inner_ran = 1;
 	if ((inner = find_path(d, req->method)) == NULL)
 		ir = cf_error(CF_E_UNIMPLEMENTED, "unknown method %s", req->method);
@@ -351,7 +372,7 @@ out:
 	free(rec);
 	if (!cf_arena_contains(arena, iout))   /* a replayed answer is heap */
 		wipe_free(iout, ioutlen);
-	session_release(h->sm, s);
+	session_release(h->hc.sv->sm, s);
 	cf_arena_free(arena);       /* wipes */
 	return r;
 }
@@ -439,7 +460,7 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 /* A call's signature over its method and request (nonces_check's verify). */
 struct call_sig {
 	const struct method *m;
-	const struct hctx *h;
+	const struct dctx *h;
 	const uint8_t *in;
 	size_t inlen;
 	const char *who;
@@ -458,7 +479,7 @@ call_check(void *arg)
 		return cf_nomem();
 	if ((r = cf_callauth_string(c->m->d->path, c->in, c->inlen, c->a->timestamp,
 				    c->a->nonce, c->a->key_id, str)) == CF_OK)
-		r = apikeys_verify(c->h->ak, c->who, c->a->key_id, cf_buf_peek(str),
+		r = apikeys_verify(c->h->hc.sv->ak, c->who, c->a->key_id, cf_buf_peek(str),
 				   cf_buf_len(str), c->a->signature, c->now);
 	cf_buf_free(str);
 	return r;
@@ -469,7 +490,7 @@ call_check(void *arg)
  * needs one, and checked whenever present. Only a call whose signature is
  * valid uses up its nonce. */
 static int
-check_signature(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
+check_signature(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
 		const char *who)
 {
 	struct cf_call_auth a;
@@ -481,31 +502,31 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 	enum nonce_verdict v;
 	int r;
 
-	if (h->authenticated || h->ak == NULL)
+	if (h->authenticated || h->hc.sv->ak == NULL)
 		return CF_OK;
 	/* Credentials a caller presents are always checked, needed or not: a
 	 * revoked or forged key is refused, never ignored. */
-	if (h->authz_n == 0 && !apikeys_required(h->ak, who)) {
-		if (!h->require_api_key)
+	if (h->dc->authz_n == 0 && !apikeys_required(h->hc.sv->ak, who)) {
+		if (!h->dc->require_api_key)
 			return CF_OK;
 		return cf_error(CF_E_UNAUTHENTICATED, "this daemon requires every caller to sign "
 				"its calls with an API key (requests.require_api_key) and principal "
 				"%s has none: cofferctl principal add-key %s", who, who);
 	}
-	if (h->authz_n == 0 && apikeys_required(h->ak, who) == APIKEYS_STICKY)
+	if (h->dc->authz_n == 0 && apikeys_required(h->hc.sv->ak, who) == APIKEYS_STICKY)
 		return cf_error(CF_E_UNAUTHENTICATED, "principal %s requires signed calls (it had "
 				"API keys; the last was revoked): create a key with cofferctl "
 				"principal add-key %s, or allow uid-only calls with cofferctl "
 				"principal set-auth %s --uid-only", who, who, who);
-	if (h->authz_n == 0)
+	if (h->dc->authz_n == 0)
 		return cf_error(CF_E_UNAUTHENTICATED, "principal %s has an API key, so every call "
 				"must carry \"authorization: %s keyId=..., timestamp=..., nonce=..., "
 				"signature=...\" (libcoffer: coffer_set_api_key; cofferctl: "
 				"--api-key FILE)", who, CF_CALLAUTH_LABEL);
-	if (h->authz_n > 1)
+	if (h->dc->authz_n > 1)
 		return cf_error(CF_E_UNAUTHENTICATED, "malformed authorization: the call carries "
-				"%u authorization entries; send exactly one", h->authz_n);
-	if (cf_callauth_parse(h->authz, h->authz_len, &a) != CF_OK)
+				"%u authorization entries; send exactly one", h->dc->authz_n);
+	if (cf_callauth_parse(h->dc->authz, h->dc->authz_len, &a) != CF_OK)
 		return cf_error(CF_E_UNAUTHENTICATED, "malformed %s", cf_error_detail());
 	snprintf(scope, sizeof(scope), "%s%s", APIKEYS_OBJECT_PREFIX, a.key_id);
 	/* The caller signs on this host, with this clock: a timestamp ahead of
@@ -513,14 +534,14 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 	 * so at most 1 s (a second boundary between two reads) is accepted and
 	 * no nonce outlives now + window + 2. */
 	claim = (struct nonce_claim){ .scope = scope, .nonce = a.nonce, .timestamp = a.timestamp,
-				      .window = h->window, .ahead = CALLAUTH_AHEAD_MAX };
-	if ((r = nonces_check(h->nn, &claim, now, call_check, &cc, &v)) != CF_OK)
+				      .window = h->hc.sv->window, .ahead = CALLAUTH_AHEAD_MAX };
+	if ((r = nonces_check(h->hc.sv->nn, &claim, now, call_check, &cc, &v)) != CF_OK)
 		return r;
 	switch (v) {
 	case NONCE_EXPIRED:
 		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and "
 				"the window is %u s; sign each call when it is sent",
-				(long long)(now - a.timestamp), h->window);
+				(long long)(now - a.timestamp), h->hc.sv->window);
 	case NONCE_AHEAD:
 		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead "
 				"of the daemon's clock (at most %d s is accepted); check the "
@@ -537,25 +558,26 @@ check_signature(const struct method *m, const struct hctx *h, const uint8_t *in,
 }
 
 /* Service socket, before the request is decoded: who is calling (into who
- * and h2->principal), and is the call signed as the principal requires? */
+ * and h2->hc.principal), and is the call signed as the principal requires? */
 static int
-authenticate(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
-	     struct hctx *h2, char *who)
+authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
+	     struct dctx *h2, char *who)
 {
 	int r;
 
-	if (h->admin || (m->d->flags & CF_MF_OPEN) || h->pol == NULL)
+	if (h->hc.admin || (m->d->flags & CF_MF_OPEN) || h->hc.sv->pol == NULL)
 		return CF_OK;
-	if ((r = policy_identify(h->pol, h->uid, h->gid, who)) != CF_OK) {
-		cf_log_warn("refused: uid %u gid %u pid %d: %s: no principal", (unsigned)h->uid,
-			    (unsigned)h->gid, (int)h->pid, m->d->path);
+	if ((r = policy_identify(h->hc.sv->pol, h->hc.uid, h->hc.gid, who)) != CF_OK) {
+		cf_log_warn("refused: uid %u gid %u pid %d: %s: no principal", (unsigned)h->hc.uid,
+			    (unsigned)h->hc.gid, (int)h->hc.pid, m->d->path);
 		return r;
 	}
-	h2->principal = who;
+	h2->hc.principal = who;
 	if ((r = check_signature(m, h, in, inlen, who)) != CF_OK) {
 		if (r == CF_E_UNAUTHENTICATED)
 			cf_log_warn("unauthenticated: principal %s (uid %u pid %d): %s: %s", who,
-				    (unsigned)h->uid, (int)h->pid, m->d->path, cf_error_detail());
+				    (unsigned)h->hc.uid, (int)h->hc.pid, m->d->path,
+				    cf_error_detail());
 		return r;
 	}
 	/* A sealed call's inner call was signed as part of its envelope. */
@@ -567,7 +589,7 @@ authenticate(const struct method *m, const struct hctx *h, const uint8_t *in, si
  * validated and the key looked up, once for the whole call. A key that does
  * not exist is the handler's to report, after its own checks of the request. */
 static int
-resolve_key(const struct method *m, const ProtobufCMessage *req, struct hctx *h2)
+resolve_key(const struct method *m, const ProtobufCMessage *req, struct dctx *h2)
 {
 	const char *key = str_field(req, m->d->key_field);
 	int r;
@@ -577,36 +599,37 @@ resolve_key(const struct method *m, const ProtobufCMessage *req, struct hctx *h2
 		return CF_OK;
 	/* An empty name: "key name is empty" on the service socket, "the key
 	 * name is required" on the admin socket, as each has always said. */
-	if ((r = h2->admin ? handlers_check_key_name(key) : cf_key_name_check(key)) != CF_OK)
+	if ((r = h2->hc.admin ? handlers_check_key_name(key) : cf_key_name_check(key)) != CF_OK)
 		return r;
 	h2->key.name = key;
-	if (h2->kr != NULL)
-		(void)keyring_find(h2->kr, key, &h2->key);
+	if (h2->hc.sv->kr != NULL)
+		(void)keyring_find(h2->hc.sv->kr, key, &h2->key);
 	return CF_OK;
 }
 
 /* Service socket: may the principal do this? One decision (policy_authorize):
  * grants, the key's own limit, then the rate limits. */
 static int
-authorize(const struct method *m, const struct hctx *h, const char *who,
+authorize(const struct method *m, const struct dctx *h, const char *who,
 	  uint32_t *retry_after_ms)
 {
 	const char *key = h->key.name != NULL ? h->key.name : "";
 	uint32_t key_ops;
 	int r, own_limit;
 
-	if (h->admin || (m->d->flags & CF_MF_OPEN) || h->pol == NULL)
+	if (h->hc.admin || (m->d->flags & CF_MF_OPEN) || h->hc.sv->pol == NULL)
 		return CF_OK;
 	/* SessionService/Call only carries the inner call, which is checked (and
 	 * counted against the rate limits) on its own: counting the envelope too
 	 * would charge every sealed call twice. */
 	if (m->fn == NULL)
 		return CF_OK;
-	key_ops = h->kr != NULL ? keyring_ref_allowed_ops(h->kr, &h->key) : 0;
-	r = policy_authorize(h->pol, who, m->d->op, key, key_ops, retry_after_ms, &own_limit);
+	key_ops = h->hc.sv->kr != NULL ? keyring_ref_allowed_ops(h->hc.sv->kr, &h->key) : 0;
+	r = policy_authorize(h->hc.sv->pol, who, m->d->op, key, key_ops, retry_after_ms,
+			     &own_limit);
 	if (r == CF_E_DENIED)
 		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": %s", who,
-			    (unsigned)h->uid, (int)h->pid, policy_op_name(m->d->op), key,
+			    (unsigned)h->hc.uid, (int)h->hc.pid, policy_op_name(m->d->op), key,
 			    own_limit ? "the key's own limit" : "not granted");
 	return r;
 }
@@ -614,11 +637,11 @@ authorize(const struct method *m, const struct hctx *h, const char *who,
 /* A call that carries secrets (cf_method.secret_what) must arrive sealed,
  * unless the daemon allows secrets unsealed. */
 static int
-require_sealed(const struct method *m, const struct hctx *h, const ProtobufCMessage *req)
+require_sealed(const struct method *m, const struct dctx *h, const ProtobufCMessage *req)
 {
 	const struct cf_method *d = m->d;
 
-	if (!(d->flags & CF_MF_SECRET) || h->sealed || h->unsealed_secrets ||
+	if (!(d->flags & CF_MF_SECRET) || h->sealed || h->dc->unsealed_secrets ||
 	    (d->secret_if != NULL && !bool_field(req, d->secret_if)))
 		return CF_OK;
 	return cf_error(CF_E_PRECONDITION, "%s%s%s %s, so it must be sealed in a session "
@@ -656,7 +679,7 @@ pack_without_secrets(const struct method *m, ProtobufCMessage *resp, uint8_t **o
 struct change_ctx {
 	struct store_call sc;
 	const struct method *m;
-	const struct hctx *h;
+	const struct dctx *h;
 };
 
 static int
@@ -665,10 +688,10 @@ change_record(const struct store_call *c, const char *name, uint32_t version, ch
 {
 	const struct change_ctx *cc = c->arg;
 	struct audit_event ev = {
-		.principal = cc->h->principal, .uid = cc->h->uid, .pid = cc->h->pid,
-		.admin = cc->h->admin, .sealed = cc->h->sealed, .method = cc->m->d->path,
+		.principal = cc->h->hc.principal, .uid = cc->h->hc.uid, .pid = cc->h->hc.pid,
+		.admin = cc->h->hc.admin, .sealed = cc->h->sealed, .method = cc->m->d->path,
 		.key = name,
-		.version = version, .result = "OK", .request_id = cc->h->request_id,
+		.version = version, .result = "OK", .request_id = cc->h->dc->request_id,
 	};
 
 	return audit_format_change(&ev, buf, len);
@@ -676,7 +699,7 @@ change_record(const struct store_call *c, const char *name, uint32_t version, ch
 
 /* The handler; a mutating one with the calling thread's store_call set. */
 static int
-run_handler(const struct method *m, const struct hctx *h, const ProtobufCMessage *req,
+run_handler(const struct method *m, const struct dctx *h, const ProtobufCMessage *req,
 	    ProtobufCMessage **resp, struct note *n)
 {
 	struct change_ctx cc = { .m = m, .h = h };
@@ -685,13 +708,13 @@ run_handler(const struct method *m, const struct hctx *h, const ProtobufCMessage
 	if ((r = require_sealed(m, h, req)) != CF_OK)
 		return r;
 	if (!(m->d->flags & CF_MF_MUTATING))
-		return m->fn(h, req, resp);
-	cc.sc.idem_key = h->idem_key[0] != '\0' ? h->idem_key : NULL;
-	cc.sc.uid = h->uid;
-	cc.sc.record = h->au != NULL ? change_record : NULL;
+		return m->fn(&h->hc, req, resp);
+	cc.sc.idem_key = h->dc->idem_key[0] != '\0' ? h->dc->idem_key : NULL;
+	cc.sc.uid = h->hc.uid;
+	cc.sc.record = h->hc.sv->au != NULL ? change_record : NULL;
 	cc.sc.arg = &cc;
 	store_call_set(&cc.sc);
-	r = m->fn(h, req, resp);
+	r = m->fn(&h->hc, req, resp);
 	store_call_set(NULL);
 	n->changes = cc.sc.effects;
 	return r;
@@ -699,7 +722,7 @@ run_handler(const struct method *m, const struct hctx *h, const ProtobufCMessage
 
 /* A mutating call with an idempotency key: once (idempotency.h). */
 static int
-run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t inlen,
+run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
 	 const ProtobufCMessage *req, ProtobufCMessage **resp, uint8_t **out, size_t *outlen,
 	 struct note *n)
 {
@@ -707,13 +730,13 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 	uint8_t *kept = NULL;
 	size_t keptlen = 0;
 	char msg[CF_ERROR_DETAIL_MAX];
-	const char *first_id = h->request_id;
+	const char *first_id = h->dc->request_id;
 	enum idem_start start;
 	int r;
 
 	memset(&first, 0, sizeof(first));
-	if ((r = idem_begin(h->idm, h->idem_key, h->uid, m->d->path, in, inlen, h->request_id,
-			    &first, &start)) != CF_OK)
+	if ((r = idem_begin(h->dc->idm, h->dc->idem_key, h->hc.uid, m->d->path, in, inlen,
+			    h->dc->request_id, &first, &start)) != CF_OK)
 		return r;
 	if (start == IDEM_REPLAY) {
 		snprintf(n->replay_of, sizeof(n->replay_of), "%s", first.request_id);
@@ -734,7 +757,7 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 		 * was lost with the daemon: read the change back. */
 		snprintf(n->replay_of, sizeof(n->replay_of), "%s", first.request_id);
 		first_id = n->replay_of;
-		r = handlers_describe(h, m->output, first.effect_name, resp);
+		r = handlers_describe(&h->hc, m->output, first.effect_name, resp);
 	} else {
 		r = run_handler(m, h, req, resp, n);
 	}
@@ -743,7 +766,7 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 	if (r == CF_OK)
 		r = pack_without_secrets(m, *resp, &kept, &keptlen);
 	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_message(r));
-	idem_finish(h->idm, h->idem_key, h->uid, m->d->path, in, inlen, first_id,
+	idem_finish(h->dc->idm, h->dc->idem_key, h->hc.uid, m->d->path, in, inlen, first_id,
 		    start == IDEM_COMMITTED || n->changes > 0, r, msg,
 		    kept != NULL ? kept : *out, kept != NULL ? keptlen : *outlen);
 	free(first.response);
@@ -752,28 +775,29 @@ run_once(const struct method *m, const struct hctx *h, const uint8_t *in, size_t
 }
 
 static int
-run_call(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
+run_call(const dispatch *d, const struct method *m, const struct dctx *h, const uint8_t *in,
 	 size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms, struct note *n)
 {
 	ProtobufCMessage *req = NULL, *resp = NULL;
-	struct hctx h2 = *h;
+	struct dctx h2;
 	char who[STORE_PRINCIPAL_NAME_MAX + 1];
 	int r;
 
-	if (!(m->d->socket & (h->admin ? CF_SOCK_ADMIN : CF_SOCK_SERVICE)))
+	derive(&h2, h);
+	if (!(m->d->socket & (h->hc.admin ? CF_SOCK_ADMIN : CF_SOCK_SERVICE)))
 		return cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the %s socket", m->d->path,
-				h->admin ? "admin" : "service");
+				h->hc.admin ? "admin" : "service");
 	if ((m->d->flags & CF_MF_SEALED_ONLY) && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "%s is only valid inside a session", m->d->path);
-	if (h->idem_bad)
+	if (h->dc->idem_bad)
 		return cf_error(CF_E_INVALID_ARG, "idempotency-key must be %d..%d characters of "
 				"A-Z a-z 0-9 . _ : -", IDEM_KEY_MIN, STORE_IDEM_KEY_MAX);
 	if (d->cfg.require_sealed && m->d->socket == CF_SOCK_SERVICE && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
 				"be sealed in a session (session.require_sealed)");
 	r = authenticate(m, h, in, inlen, &h2, who);
-	if (h2.principal != NULL)
-		snprintf(n->principal, sizeof(n->principal), "%s", h2.principal);
+	if (h2.hc.principal != NULL)
+		snprintf(n->principal, sizeof(n->principal), "%s", h2.hc.principal);
 	if (r != CF_OK)
 		return r;
 	/* protobuf-c cuts a string at its first NUL: refuse what would make the
@@ -788,7 +812,8 @@ run_call(const dispatch *d, const struct method *m, const struct hctx *h, const 
 	if ((r = resolve_key(m, req, &h2)) != CF_OK ||
 	    (r = authorize(m, &h2, who, retry_after_ms)) != CF_OK) {
 		/* refused */
-	} else if ((m->d->flags & CF_MF_MUTATING) && h->idm != NULL && h->idem_key[0] != '\0') {
+	} else if ((m->d->flags & CF_MF_MUTATING) && h->dc->idm != NULL &&
+		   h->dc->idem_key[0] != '\0') {
 		r = run_once(m, &h2, in, inlen, req, &resp, out, outlen, n);
 	} else {
 		r = m->fn != NULL ? run_handler(m, &h2, req, &resp, n)
@@ -825,7 +850,7 @@ withhold(uint8_t **out, size_t *outlen, int r)
  * record is durable: a record that cannot be written turns the answer into
  * UNAVAILABLE. */
 static int
-run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8_t *in,
+run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8_t *in,
     size_t inlen, uint8_t **out, size_t *outlen, uint32_t *retry_after_ms)
 {
 	struct note n;
@@ -833,43 +858,48 @@ run(const dispatch *d, const struct method *m, const struct hctx *h, const uint8
 
 	memset(&n, 0, sizeof(n));
 	r = run_call(d, m, h, in, inlen, out, outlen, retry_after_ms, &n);
-	if (h->au == NULL || (m->d->flags & CF_MF_HEALTH) || n.inner_ran)
+	if (h->hc.sv->au == NULL || (m->d->flags & CF_MF_HEALTH) || n.inner_ran)
 		return r;
 	if (n.changes > 0) {
 		/* Its detail says the change was made and how to get its answer. */
-		if ((ar = audit_flush_outbox(h->au)) != CF_OK)
+		if ((ar = audit_flush_outbox(h->hc.sv->au)) != CF_OK)
 			return withhold(out, outlen, ar);
 		return r;
 	}
 	{
 		struct audit_event ev = {
-			.principal = n.principal, .uid = h->uid, .pid = h->pid, .admin = h->admin,
+			.principal = n.principal, .uid = h->hc.uid, .pid = h->hc.pid,
+			.admin = h->hc.admin,
 			.sealed = h->sealed, .method = m->d->path, .key = n.key,
 			.version = n.version,
-			.result = code_names[dispatch_status(r)], .request_id = h->request_id,
+			.result = code_names[dispatch_status(r)], .request_id = h->dc->request_id,
 			.replay_of = n.replay_of[0] != '\0' ? n.replay_of : NULL,
 		};
 
-		if ((ar = audit_record(h->au, &ev)) != CF_OK && r == CF_OK)
+		if ((ar = audit_record(h->hc.sv->au, &ev)) != CF_OK && r == CF_OK)
 			return withhold(out, outlen, ar);
 	}
 	return r;
 }
 
 unsigned
-dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,
+dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t *in,
 	      size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen,
 	      uint32_t *retry_after_ms)
 {
 	const struct method *m = &d->m[i];
+	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
+					      .pid = c->pid, .admin = c->admin } };
 	unsigned code;
 	int r;
 
+	call.hc.key = &call.key;
 	cf_error_clear();
 	*retry_after_ms = 0;
 	/* Failing closed: nothing runs while the audit trail cannot be written. */
-	if (h->au == NULL || (m->d->flags & CF_MF_HEALTH) || (r = audit_admit(h->au)) == CF_OK)
-		r = run(d, m, h, in, inlen, out, outlen, retry_after_ms);
+	if (c->sv->au == NULL || (m->d->flags & CF_MF_HEALTH) ||
+	    (r = audit_admit(c->sv->au)) == CF_OK)
+		r = run(d, m, &call, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
 	if (r == CF_OK) {
 		snprintf(msg, msglen, "%s", "");

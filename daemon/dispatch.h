@@ -14,12 +14,34 @@
 #include <stdint.h>
 
 #include "handlers.h"
+#include "idempotency.h"
 
 struct dispatch_cfg {
 	int require_sealed;     /* every KeyService call must be sealed */
 };
 
 typedef struct dispatch dispatch;
+
+/* A call as the adapter (rpc.c) hands it over: the daemon's services and
+ * settings, the caller from its peer credentials, and what the call's
+ * metadata says. Dispatch derives from it what the handler sees (struct
+ * hcall); the rest stays dispatch's. */
+struct dcall {
+	const struct hservices *sv;
+	idem *idm;              /* idempotency records of mutating calls */
+	int unsealed_secrets;   /* configuration allows secret plaintext unsealed */
+	int require_api_key;    /* every principal must sign its calls */
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	int admin;              /* the call arrived on the admin socket */
+	const char *authz;      /* the call's authorization metadata (the first), or NULL */
+	size_t authz_len;
+	unsigned authz_n;       /* authorization entries the call carried */
+	char request_id[AUDIT_REQUEST_ID_MAX + 1];
+	char idem_key[STORE_IDEM_KEY_MAX + 1];   /* "idempotency-key" metadata, or "" */
+	int idem_bad;           /* that metadata was malformed */
+};
 
 int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);
 void dispatch_free(dispatch *d);   /* accepts NULL */
@@ -36,7 +58,7 @@ unsigned dispatch_status(int st);
 /* Its name: "OK", "FAILED_PRECONDITION", ... */
 const char *dispatch_status_name(int st);
 
-/* Run method i for the caller h. Returns the gRPC status code and writes the
+/* Run method i for the call c. Returns the gRPC status code and writes the
  * error message (msg) or the packed response (*out, malloc'ed: the caller
  * wipes and frees it). Requests and responses are wiped after use. A call
  * refused by a rate limit sets *retry_after_ms (else 0).
@@ -45,7 +67,7 @@ const char *dispatch_status_name(int st);
  * needs a principal (policy
  * identify), and every KeyService call a grant for its operation and key
  * (policy check); refusals are logged. */
-unsigned dispatch_call(const dispatch *d, size_t i, const struct hctx *h, const uint8_t *in,
+unsigned dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t *in,
 		       size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen,
 		       uint32_t *retry_after_ms);
 

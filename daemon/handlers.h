@@ -1,9 +1,9 @@
 /*
  * handlers.h — one plain function per RPC. A handler gets the decoded
- * request and the caller, and returns a Coffer status with a newly allocated
- * response (malloc'ed throughout; the adapter frees it with a wiping
- * allocator). Failure details go to cf_error(). No gRPC in here, so tests can
- * call handlers directly.
+ * request and the call (struct hcall), and returns a Coffer status with a
+ * newly allocated response (through cf_pbwipe_allocator, which dispatch
+ * frees it with). Failure details go to cf_error(). No gRPC in here, so
+ * tests can call handlers directly.
  */
 #ifndef COFFER_HANDLERS_H
 #define COFFER_HANDLERS_H
@@ -15,61 +15,52 @@
 #include "apikeys.h"
 #include "cf_methods.h"
 #include "audit.h"
-#include "idempotency.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "policy.h"
 #include "session.h"
+#include "store.h"
 
 /* Limits of the data plane (also written in coffer.proto). */
 #define H_MAX_WRAP_PLAINTEXT (64u << 10)
 #define H_MAX_PAGE 1000
 #define H_DEFAULT_PAGE 100
 
-struct hctx {
+/*
+ * What a handler may see: the daemon's services it works with, and who is
+ * calling. Nothing of how the call arrived: dispatch alone authenticates it
+ * (authorization metadata, nonces), authorizes it (grants, limits), makes it
+ * run once (idempotency) and records it (request id, audit), all before or
+ * after the handler. A handler that cannot see that state cannot skip or
+ * redo any of it, and tests build an hcall from a few fields.
+ */
+struct hservices {
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;
 	apikeys *ak;            /* principals' API keys */
-	audit *au;              /* the audit trail */
-	idem *idm;              /* idempotency records of mutating calls */
-	nonces *nn;             /* replay record of signed requests */
+	audit *au;              /* the audit trail (AdminService reads it; health) */
+	nonces *nn;             /* replay record of signed requests and calls */
 	store *st;              /* the state store (health: NOT_SERVING once it is gone) */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
-	const char *principal;  /* service socket: the caller's principal, else NULL */
+};
+
+struct hcall {
+	const struct hservices *sv;
 	/* The key the request names (cf_method.key_field): its name validated
-	 * and the key looked up once per call, by dispatch. */
-	struct keyring_ref key;
+	 * and the key looked up once per call, by dispatch. Never NULL; its
+	 * name is NULL for a method that names no key. */
+	const struct keyring_ref *key;
+	const char *principal;  /* service socket: the caller's principal, else NULL */
 	session *sess;          /* the session of a sealed call, else NULL */
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
 	int admin;              /* the call arrived on the admin socket */
-	int sealed;             /* the call arrived inside a session */
-	int unsealed_secrets;   /* configuration allows secret plaintext unsealed */
-	int require_api_key;    /* every principal must sign its calls */
-	const char *authz;      /* the call's authorization metadata (the first), or NULL */
-	size_t authz_len;
-	unsigned authz_n;       /* authorization entries the call carried */
-	int authenticated;      /* an enclosing call (SessionService/Call) was authenticated */
-	char request_id[AUDIT_REQUEST_ID_MAX + 1];
-	char idem_key[STORE_IDEM_KEY_MAX + 1];   /* "idempotency-key" metadata, or "" */
-	int idem_bad;           /* that metadata was malformed */
 };
 
-typedef int (*handler_fn)(const struct hctx *c, const ProtobufCMessage *req,
+typedef int (*handler_fn)(const struct hcall *c, const ProtobufCMessage *req,
 			  ProtobufCMessage **resp);
-
-/* The answer to a mutating call whose change was committed by an attempt
- * that never answered (the daemon stopped first): what it changed, `name`
- * (a key, principal or API key id), read back as a response of `type`.
- * CF_E_UNSUPPORTED for a type that names nothing. */
-int handlers_describe(const struct hctx *c, const ProtobufCMessageDescriptor *type,
-		      const char *name, ProtobufCMessage **resp);
-
-/* The handler of method id (cf_methods.h), or NULL (SessionService/Call,
- * which the dispatcher runs itself). */
-handler_fn handlers_find(enum cf_method_id id);
 
 /* A key name a caller gave: "" is refused as missing, the rest by
  * cf_key_name_check. */

@@ -8,7 +8,7 @@
 #include "cf_reqsign.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
 
 static int
 fill_apikey(const struct store_apikey *k, Coffer__V1__ApiKey *out)
@@ -81,15 +81,17 @@ imported(const ProtobufCBinaryData *b, cf_secret **out)
 	return cf_secret_from(b->data, b->len, out);
 }
 
-int
-h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type, const char *id,
-		   ProtobufCMessage **resp)
+/* API key `id` as an ApiKey answer, or an ApiKeySecretResponse without the
+ * secret (handlers_describe). */
+static int
+describe_api_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *id,
+		 ProtobufCMessage **resp)
 {
 	struct store_apikey k;
 	Coffer__V1__ApiKey *out = NULL;
 	int r;
 
-	if ((r = apikeys_get(c->ak, id, &k)) != CF_OK)
+	if ((r = apikeys_get(c->sv->ak, id, &k)) != CF_OK)
 		return r;
 	/* A secret is shown once, in the answer that was lost: never again. */
 	if (type == &coffer__v1__api_key_secret_response__descriptor)
@@ -100,24 +102,24 @@ h_describe_api_key(const struct hctx *c, const ProtobufCMessageDescriptor *type,
 }
 
 static int
-h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_create_api_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__CreateApiKeyRequest *req = (const void *)m;
 	struct store_apikey k;
 	cf_secret *imp = NULL, *secret = NULL;
 	int r;
 
-	if ((r = policy_get(c->pol, req->principal, NULL)) != CF_OK ||
+	if ((r = policy_get(c->sv->pol, req->principal, NULL)) != CF_OK ||
 	    (r = imported(&req->secret, &imp)) != CF_OK)
 		return r;
-	r = apikeys_create(c->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
+	r = apikeys_create(c->sv->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
 	cf_secret_free(imp);
 	/* Deleted meanwhile: its keys must not outlive it. */
-	if (r == CF_OK && policy_get(c->pol, req->principal, NULL) != CF_OK) {
+	if (r == CF_OK && policy_get(c->sv->pol, req->principal, NULL) != CF_OK) {
 		struct store_apikey gone;
 
-		(void)apikeys_revoke(c->ak, k.id, (int64_t)time(NULL), &gone);
-		(void)apikeys_set_required(c->ak, req->principal, 0);   /* nor its flag */
+		(void)apikeys_revoke(c->sv->ak, k.id, (int64_t)time(NULL), &gone);
+		(void)apikeys_set_required(c->sv->ak, req->principal, 0);   /* nor its flag */
 		cf_secret_free(secret);
 		return cf_error(CF_E_NOT_FOUND, "principal %s was deleted meanwhile",
 				req->principal);
@@ -126,7 +128,7 @@ h_create_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 }
 
 static int
-h_rotate_api_key_secret(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_rotate_api_key_secret(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RotateApiKeySecretRequest *req = (const void *)m;
 	struct store_apikey k;
@@ -140,14 +142,14 @@ h_rotate_api_key_secret(const struct hctx *c, const ProtobufCMessage *m, Protobu
 				APIKEYS_MAX_OVERLAP);
 	if ((r = imported(&req->secret, &imp)) != CF_OK)
 		return r;
-	r = apikeys_rotate(c->ak, req->id, req->overlap_seconds, imp, (int64_t)time(NULL), &k,
+	r = apikeys_rotate(c->sv->ak, req->id, req->overlap_seconds, imp, (int64_t)time(NULL), &k,
 			   &secret);
 	cf_secret_free(imp);
 	return secret_response(r, &k, secret, resp);
 }
 
 static int
-h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_revoke_api_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__RevokeApiKeyRequest *req = (const void *)m;
 	Coffer__V1__ApiKey *out;
@@ -155,7 +157,7 @@ h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 	int r;
 
 	if ((r = cf_apikey_id_check(req->id)) != CF_OK ||
-	    (r = apikeys_revoke(c->ak, req->id, (int64_t)time(NULL), &k)) != CF_OK ||
+	    (r = apikeys_revoke(c->sv->ak, req->id, (int64_t)time(NULL), &k)) != CF_OK ||
 	    (r = apikey_msg(&k, &out)) != CF_OK)
 		return r;
 	*resp = &out->base;
@@ -163,7 +165,7 @@ h_revoke_api_key(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessa
 }
 
 static int
-h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_list_api_keys(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__ListApiKeysRequest *req = (const void *)m;
 	Coffer__V1__ListApiKeysResponse *out = NULL;
@@ -171,7 +173,7 @@ h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 	size_t n = 0;
 	int r;
 
-	if ((r = apikeys_list(c->ak, req->principal, &l, &n)) != CF_OK)
+	if ((r = apikeys_list(c->sv->ak, req->principal, &l, &n)) != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__list_api_keys_response__descriptor)) == NULL ||
 	    (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL))
@@ -191,10 +193,10 @@ h_list_api_keys(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessag
 
 /* The principal's "must sign" state as SetPrincipalAuth answers it. */
 static int
-auth_response(const struct hctx *c, const char *name, ProtobufCMessage **resp)
+auth_response(const struct hcall *c, const char *name, ProtobufCMessage **resp)
 {
 	Coffer__V1__SetPrincipalAuthResponse *out;
-	int req = apikeys_required(c->ak, name);
+	int req = apikeys_required(c->sv->ak, name);
 
 	if ((out = h_new_msg(&coffer__v1__set_principal_auth_response__descriptor)) == NULL ||
 	    (out->name = strdup(name)) == NULL) {
@@ -209,32 +211,45 @@ auth_response(const struct hctx *c, const char *name, ProtobufCMessage **resp)
 	return CF_OK;
 }
 
-int
-h_describe_principal_auth(const struct hctx *c, const char *name, ProtobufCMessage **resp)
+/* Principal `name`'s SetPrincipalAuthResponse (handlers_describe). */
+static int
+describe_principal_auth(const struct hcall *c, const ProtobufCMessageDescriptor *type,
+			const char *name, ProtobufCMessage **resp)
 {
 	int r;
 
-	if ((r = policy_get(c->pol, name, NULL)) != CF_OK)
+	(void)type;
+
+	if ((r = policy_get(c->sv->pol, name, NULL)) != CF_OK)
 		return r;
 	return auth_response(c, name, resp);
 }
 
 static int
-h_set_principal_auth(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_set_principal_auth(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetPrincipalAuthRequest *req = (const void *)m;
 	int r;
 
-	if ((r = policy_get(c->pol, req->name, NULL)) != CF_OK ||
-	    (r = apikeys_set_required(c->ak, req->name, req->require_api_key)) != CF_OK)
+	if ((r = policy_get(c->sv->pol, req->name, NULL)) != CF_OK ||
+	    (r = apikeys_set_required(c->sv->ak, req->name, req->require_api_key)) != CF_OK)
 		return r;
 	return auth_response(c, req->name, resp);
 }
 
-const handler_fn handlers_apikeys[CF_METHOD__COUNT] = {
+static const handler_fn fns[CF_METHOD__COUNT] = {
 	[CF_AS_CREATE_API_KEY] = h_create_api_key,
 	[CF_AS_ROTATE_API_KEY_SECRET] = h_rotate_api_key_secret,
 	[CF_AS_REVOKE_API_KEY] = h_revoke_api_key,
 	[CF_AS_LIST_API_KEYS] = h_list_api_keys,
 	[CF_AS_SET_PRINCIPAL_AUTH] = h_set_principal_auth,
 };
+
+static const struct hdescribe describe[] = {
+	{ &coffer__v1__api_key__descriptor, describe_api_key },
+	{ &coffer__v1__api_key_secret_response__descriptor, describe_api_key },
+	{ &coffer__v1__set_principal_auth_response__descriptor, describe_principal_auth },
+	{ NULL, NULL },
+};
+
+const struct hservice handlers_apikeys = { .fns = fns, .describe = describe };

@@ -6,13 +6,13 @@
 #include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
 
 #define TAIL_DEFAULT 20
 #define TAIL_MAX 1000
 
 static int
-h_tail_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_tail_audit(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__TailAuditRequest *req = (const void *)m;
 	Coffer__V1__TailAuditResponse *out;
@@ -20,11 +20,11 @@ h_tail_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 	char **lines = NULL;
 	int r;
 
-	if (c->au == NULL)
+	if (c->sv->au == NULL)
 		return cf_error(CF_E_UNAVAILABLE, "this daemon keeps no audit trail");
 	if (want > TAIL_MAX)
 		return cf_error(CF_E_INVALID_ARG, "count is at most %d", TAIL_MAX);
-	if ((r = audit_tail(c->au, want, &lines, &n)) != CF_OK)
+	if ((r = audit_tail(c->sv->au, want, &lines, &n)) != CF_OK)
 		return r;
 	/* A line altered in the file may hold bytes that are not UTF-8, which
 	 * a proto3 string must not: those are escaped. */
@@ -54,16 +54,16 @@ h_tail_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage *
 }
 
 static int
-h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_verify_audit(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	Coffer__V1__VerifyAuditResponse *out;
 	struct cf_audit_report rep;
 	int r;
 
 	(void)m;
-	if (c->au == NULL)
+	if (c->sv->au == NULL)
 		return cf_error(CF_E_UNAVAILABLE, "this daemon keeps no audit trail");
-	if ((r = audit_verify(c->au, &rep)) != CF_OK)
+	if ((r = audit_verify(c->sv->au, &rep)) != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_audit_response__descriptor)) == NULL ||
 	    (out->reason = strdup(rep.ok ? "" : rep.reason)) == NULL) {
@@ -78,7 +78,9 @@ h_verify_audit(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	return CF_OK;
 }
 
-const handler_fn handlers_audit[CF_METHOD__COUNT] = {
+static const handler_fn fns[CF_METHOD__COUNT] = {
 	[CF_AS_TAIL_AUDIT] = h_tail_audit,
 	[CF_AS_VERIFY_AUDIT] = h_verify_audit,
 };
+
+const struct hservice handlers_audit = { .fns = fns };

@@ -5,21 +5,21 @@
 
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
 
 /* Apply one change to key `name`; the key as it is afterwards. */
 static int
-change(const struct hctx *c, const char *name, enum key_change what,
+change(const struct hcall *c, const char *name, enum key_change what,
        const struct key_change_args *a, ProtobufCMessage **resp)
 {
 	struct store_key info;
 
 	memset(&info, 0, sizeof(info));
-	return h_key_response(keyring_change(c->kr, name, what, a, &info), &info, resp);
+	return h_key_response(keyring_change(c->sv->kr, name, what, a, &info), &info, resp);
 }
 
 static int
-version_change(const struct hctx *c, const ProtobufCMessage *m, enum key_change what,
+version_change(const struct hcall *c, const ProtobufCMessage *m, enum key_change what,
 	       ProtobufCMessage **resp)
 {
 	const Coffer__V1__KeyVersionRequest *req = (const void *)m;
@@ -36,37 +36,37 @@ version_change(const struct hctx *c, const ProtobufCMessage *m, enum key_change 
 }
 
 static int
-h_set_primary(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_set_primary(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	return version_change(c, m, KC_SET_PRIMARY, resp);
 }
 
 static int
-h_enable(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_enable(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	return version_change(c, m, KC_ENABLE, resp);
 }
 
 static int
-h_disable(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_disable(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	return version_change(c, m, KC_DISABLE, resp);
 }
 
 static int
-h_schedule_destroy(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_schedule_destroy(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	return version_change(c, m, KC_SCHEDULE_DESTROY, resp);
 }
 
 static int
-h_cancel_destroy(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_cancel_destroy(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	return version_change(c, m, KC_CANCEL_DESTROY, resp);
 }
 
 static int
-h_set_minimums(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_set_minimums(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetKeyMinimumsRequest *req = (const void *)m;
 	struct key_change_args a = { .min_version = req->min_version,
@@ -80,7 +80,7 @@ h_set_minimums(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 }
 
 static int
-h_trim(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_trim(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__TrimKeyRequest *req = (const void *)m;
 	struct key_change_args a = { .grace = req->grace_seconds };
@@ -89,7 +89,7 @@ h_trim(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 }
 
 static int
-h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+h_set_rotation(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SetRotationScheduleRequest *req = (const void *)m;
 	struct key_change_args a = { .period = req->period_seconds,
@@ -100,7 +100,7 @@ h_set_rotation(const struct hctx *c, const ProtobufCMessage *m, ProtobufCMessage
 	return change(c, req->name, KC_SET_ROTATION, &a, resp);
 }
 
-const handler_fn handlers_lifecycle[CF_METHOD__COUNT] = {
+static const handler_fn fns[CF_METHOD__COUNT] = {
 	[CF_AS_SET_PRIMARY_VERSION] = h_set_primary,
 	[CF_AS_ENABLE_KEY_VERSION] = h_enable,
 	[CF_AS_DISABLE_KEY_VERSION] = h_disable,
@@ -110,3 +110,5 @@ const handler_fn handlers_lifecycle[CF_METHOD__COUNT] = {
 	[CF_AS_TRIM_KEY] = h_trim,
 	[CF_AS_SET_ROTATION_SCHEDULE] = h_set_rotation,
 };
+
+const struct hservice handlers_lifecycle = { .fns = fns };

@@ -85,7 +85,7 @@ struct rpc_call {
 /* ---- the caller ---- */
 
 static int
-peer_identify(rpc_server *s, grpc_call *call, struct hctx *h)
+peer_identify(rpc_server *s, grpc_call *call, struct dcall *h)
 {
 	struct sockaddr_un sa;
 	socklen_t salen = sizeof(sa);
@@ -191,11 +191,13 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
       uint32_t *retry_after_ms)
 {
 	rpc_server *s = c->s;
-	struct hctx h = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol, .ak = s->cfg.ak,
-			  .au = s->cfg.au, .idm = s->cfg.idm,
-			  .nn = s->cfg.nn, .st = s->cfg.st, .window = atomic_load(&s->window),
-			  .unsealed_secrets = s->cfg.unsealed_secrets,
-			  .require_api_key = s->cfg.require_api_key };
+	/* The window as of this call: SIGHUP may change it (rpc_set_window). */
+	struct hservices sv = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol,
+				.ak = s->cfg.ak, .au = s->cfg.au, .nn = s->cfg.nn, .st = s->cfg.st,
+				.window = atomic_load(&s->window) };
+	struct dcall h = { .sv = &sv, .idm = s->cfg.idm,
+			   .unsealed_secrets = s->cfg.unsealed_secrets,
+			   .require_api_key = s->cfg.require_api_key };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
 	grpc_slice in = grpc_empty_slice(), packed;

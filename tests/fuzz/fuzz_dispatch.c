@@ -53,7 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define PRINCIPAL "fuzzer"
 #define STRANGER_UID 4000000u
 
-static struct hctx base;
+static struct hservices sv;
+static struct dcall base = { .sv = &sv };
 static dispatch *dsp;
 static policy *pol;
 static size_t call_idx = (size_t)-1;
@@ -99,7 +100,7 @@ session_up(void)
 	int r;
 
 	session_drop();
-	if ((r = cf_test_session_up(base.sm, uid, gid, sess.id, &sess.keys)) == CF_OK)
+	if ((r = cf_test_session_up(sv.sm, uid, gid, sess.id, &sess.keys)) == CF_OK)
 		sess.up = 1;
 	return r;
 }
@@ -116,13 +117,13 @@ teardown(void)
 {
 	session_drop();
 	dispatch_free(dsp);
-	session_mgr_close(base.sm);
-	audit_close(base.au);
+	session_mgr_close(sv.sm);
+	audit_close(sv.au);
 	policy_close(pol);
-	apikeys_close(base.ak);
+	apikeys_close(sv.ak);
 	idem_close(base.idm);
-	nonces_close(base.nn);
-	keyring_close(base.kr);
+	nonces_close(sv.nn);
+	keyring_close(sv.kr);
 	store_close(st);
 	cf_p11_close(p11);
 }
@@ -162,28 +163,28 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	base.uid = uid;
 	base.gid = gid;
 	base.pid = getpid();
-	base.window = 300;
+	sv.window = 300;
 	if ((r = store_open(state, &st)) != CF_OK)
 		die("store_open", r);
-	if ((r = keyring_open(p11, st, NULL, NULL, NULL, &base.kr)) != CF_OK)
+	if ((r = keyring_open(p11, st, NULL, NULL, NULL, &sv.kr)) != CF_OK)
 		die("keyring_open", r);
 	if ((r = policy_open(st, &pol)) != CF_OK)
 		die("policy_open", r);
-	base.pol = pol;
-	if ((r = apikeys_open(p11, st, NULL, NULL, &base.ak)) != CF_OK)
+	sv.pol = pol;
+	if ((r = apikeys_open(p11, st, NULL, NULL, &sv.ak)) != CF_OK)
 		die("apikeys_open", r);
 	if ((r = idem_open(st, 3600, &base.idm)) != CF_OK)
 		die("idem_open", r);
-	if ((r = nonces_open(state, 100000, &base.nn)) != CF_OK)
+	if ((r = nonces_open(state, 100000, &sv.nn)) != CF_OK)
 		die("nonces_open", r);
-	if ((r = session_mgr_open(p11, &scfg, &base.sm)) != CF_OK)
+	if ((r = session_mgr_open(p11, &scfg, &sv.sm)) != CF_OK)
 		die("session_mgr_open", r);
-	if ((r = audit_open(state, p11, st, &acfg, &base.au)) != CF_OK)
+	if ((r = audit_open(state, p11, st, &acfg, &sv.au)) != CF_OK)
 		die("audit_open", r);
 	if ((r = dispatch_new(&dcfg, &dsp)) != CF_OK)
 		die("dispatch_new", r);
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		if ((r = keyring_create(base.kr, keys[i].name, keys[i].type, 0, 0,
+		if ((r = keyring_create(sv.kr, keys[i].name, keys[i].type, 0, 0,
 					&info)) != CF_OK)
 			die(keys[i].name, r);
 		keyring_info_free(&info);
@@ -209,7 +210,7 @@ drop(uint8_t *out, size_t len)
 
 /* The body sealed for method i, sent as SessionService/Call. */
 static void
-sealed(const struct hctx *h, size_t i, const uint8_t *body, size_t len)
+sealed(const struct dcall *h, size_t i, const uint8_t *body, size_t len)
 {
 	Coffer__V1__SealedCall c = COFFER__V1__SEALED_CALL__INIT;
 	const char *path = dispatch_path(dsp, i);
@@ -252,7 +253,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static unsigned long n;
-	struct hctx h = base;
+	struct dcall h = base;
 	const uint8_t *p = data, *end = data + size;
 	uint8_t *out = NULL, *body;
 	char authz[256];

@@ -21,10 +21,6 @@ import sys
 
 DIRS = ("common", "client", "daemon")
 PUBLIC = {"coffer.h"}
-# Known cycles, reported but tolerated until their fix lands: the daemon's
-# handlers and their API key part call each other through
-# handlers_internal.h (issue 15 splits the handlers by service).
-KNOWN = [{"daemon/handlers", "daemon/handlers_apikeys"}]
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 DEFINITION = re.compile(r"^([A-Za-z_]\w*)\(", re.M)
 COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
@@ -112,12 +108,7 @@ def cycles(deps):
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "."
     deps = modules(root)
-    bad = []
-    for comp in cycles(deps):
-        if set(comp) in KNOWN:
-            print("known include cycle (tolerated for now): " + ", ".join(comp))
-        else:
-            bad.append(comp)
+    bad = cycles(deps)
     for comp in bad:
         members = set(comp)
         print("include cycle among: " + ", ".join(comp))

@@ -21,6 +21,8 @@
 #include "config.h"
 #include "envelope.h"
 #include "handlers.h"
+#include "handlers_table.h"
+#include "idempotency.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "session.h"
@@ -919,7 +921,9 @@ test_handlers_direct(void)
 {
 	char dir[400];
 	store *st = NULL;
-	struct hctx h = { 0 };
+	struct hservices sv = { 0 };
+	struct keyring_ref key;
+	struct hcall h = { .sv = &sv, .key = &key };
 	struct store_key info;
 	handler_fn sign = handlers_find(CF_KS_SIGN);
 	handler_fn wrap = handlers_find(CF_KS_WRAP);
@@ -934,10 +938,10 @@ test_handlers_direct(void)
 	snprintf(dir, sizeof(dir), "%s/handlers", tok.dir);
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &h.kr), CF_OK);
-	CU_ASSERT_EQUAL(keyring_create(h.kr, "direct", CF_KEY_EC_P384, 0, 0, &info), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &sv.kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(sv.kr, "direct", CF_KEY_EC_P384, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
-	CU_ASSERT_EQUAL_FATAL(keyring_find(h.kr, "direct", &h.key), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_find(sv.kr, "direct", &key), CF_OK);
 	sreq.key = "direct";
 	sreq.message.data = (uint8_t *)"m";
 	sreq.message.len = 1;
@@ -961,7 +965,7 @@ test_handlers_direct(void)
 	wreq.plaintext.len = 10;
 	CU_ASSERT_EQUAL(wrap(&h, &wreq.base, &resp), CF_E_WRONG_KEY_TYPE);
 	CU_ASSERT_PTR_NULL(resp);
-	keyring_close(h.kr);
+	keyring_close(sv.kr);
 	store_close(st);
 }
 

@@ -23,7 +23,8 @@
 #include "coffer/v1/coffer.pb-c.h"
 #include "dispatch.h"
 #include "grpc/health/v1/health.pb-c.h"
-#include "handlers_internal.h"
+#include "handlers_common.h"
+#include "handlers_table.h"
 #include "policy.h"
 
 #define PRINCIPAL "tester"
@@ -37,7 +38,8 @@ enum { OK = 0, INVALID_ARGUMENT = 3, PERMISSION_DENIED = 7, RESOURCE_EXHAUSTED =
 static struct cf_test_token tok;
 static cf_p11 *p11;
 static store *st;
-static struct hctx base;
+static struct hservices sv;
+static struct dcall base = { .sv = &sv };
 static dispatch *dsp;
 
 static int
@@ -58,29 +60,29 @@ suite_init(void)
 	base.uid = getuid();
 	base.gid = getgid();
 	base.pid = getpid();
-	base.window = 300;
+	sv.window = 300;
 	if (mkdir(dir, 0700) != 0 || store_open(dir, &st) != CF_OK ||
-	    keyring_open(p11, st, NULL, NULL, NULL, &base.kr) != CF_OK ||
-	    policy_open(st, &base.pol) != CF_OK || idem_open(st, 3600, &base.idm) != CF_OK ||
-	    nonces_open(dir, 1000, &base.nn) != CF_OK ||
-	    session_mgr_open(p11, &scfg, &base.sm) != CF_OK || dispatch_new(&dcfg, &dsp) != CF_OK)
+	    keyring_open(p11, st, NULL, NULL, NULL, &sv.kr) != CF_OK ||
+	    policy_open(st, &sv.pol) != CF_OK || idem_open(st, 3600, &base.idm) != CF_OK ||
+	    nonces_open(dir, 1000, &sv.nn) != CF_OK ||
+	    session_mgr_open(p11, &scfg, &sv.sm) != CF_OK || dispatch_new(&dcfg, &dsp) != CF_OK)
 		return -1;
 	/* sk: any use; verify-only: its own limit refuses Sign; wk: wrapping. */
-	if ((r = keyring_create(base.kr, "sk", CF_KEY_EC_P256, 0, 0, &info)) == CF_OK) {
+	if ((r = keyring_create(sv.kr, "sk", CF_KEY_EC_P256, 0, 0, &info)) == CF_OK) {
 		keyring_info_free(&info);
-		r = keyring_create(base.kr, "verify-only", CF_KEY_EC_P256,
+		r = keyring_create(sv.kr, "verify-only", CF_KEY_EC_P256,
 				   CF_OP_BIT(CF_OP_VERIFY), 0, &info);
 	}
 	if (r == CF_OK) {
 		keyring_info_free(&info);
-		r = keyring_create(base.kr, "wk", CF_KEY_AES_256, 0, 0, &info);
+		r = keyring_create(sv.kr, "wk", CF_KEY_AES_256, 0, 0, &info);
 	}
 	if (r == CF_OK) {
 		keyring_info_free(&info);
-		r = policy_create(base.pol, PRINCIPAL, &uid, 1, NULL, 0, NULL);
+		r = policy_create(sv.pol, PRINCIPAL, &uid, 1, NULL, 0, NULL);
 	}
 	if (r == CF_OK)
-		r = policy_grant(base.pol, PRINCIPAL, "*", CF_OPS_ALL, NULL);
+		r = policy_grant(sv.pol, PRINCIPAL, "*", CF_OPS_ALL, NULL);
 	return r == CF_OK ? 0 : -1;
 }
 
@@ -88,11 +90,11 @@ static int
 suite_clean(void)
 {
 	dispatch_free(dsp);
-	session_mgr_close(base.sm);
-	nonces_close(base.nn);
+	session_mgr_close(sv.sm);
+	nonces_close(sv.nn);
 	idem_close(base.idm);
-	policy_close(base.pol);
-	keyring_close(base.kr);
+	policy_close(sv.pol);
+	keyring_close(sv.kr);
 	store_close(st);
 	cf_p11_close(p11);
 	cf_test_token_destroy(&tok);
@@ -102,7 +104,7 @@ suite_clean(void)
 /* Method id with request bytes `in` through dispatcher d as caller h: the
  * gRPC code, the message in text; the response (wiped) is dropped. */
 static unsigned
-call_raw(const dispatch *d, const struct hctx *h, enum cf_method_id id, const uint8_t *in,
+call_raw(const dispatch *d, const struct dcall *h, enum cf_method_id id, const uint8_t *in,
 	 size_t inlen, char *text, size_t textlen)
 {
 	uint8_t *out = NULL;
@@ -118,7 +120,7 @@ call_raw(const dispatch *d, const struct hctx *h, enum cf_method_id id, const ui
 }
 
 static unsigned
-call(const struct hctx *h, enum cf_method_id id, const ProtobufCMessage *req, char *text,
+call(const struct dcall *h, enum cf_method_id id, const ProtobufCMessage *req, char *text,
      size_t textlen)
 {
 	size_t len = protobuf_c_message_get_packed_size(req);
@@ -233,8 +235,8 @@ test_table_entries(void)
 		CU_ASSERT_PTR_EQUAL(cf_method_by_path(m->path), m);   /* paths are unique */
 		CU_ASSERT(m->socket >= CF_SOCK_SERVICE && m->socket <= CF_SOCK_BOTH);
 		/* Exactly one handler file binds it; SessionService/Call is dispatch's. */
-		for (const handler_fn *const *t = handlers_files; *t != NULL; t++)
-			bound += (*t)[id] != NULL;
+		for (const struct hservice *const *s = handlers_services; *s != NULL; s++)
+			bound += (*s)->fns[id] != NULL;
 		CU_ASSERT_EQUAL(bound, id == CF_SS_CALL ? 0 : 1);
 		if (bound != (id == CF_SS_CALL ? 0 : 1))
 			fprintf(stderr, "%s has %d handlers\n", m->path, bound);
@@ -255,7 +257,7 @@ test_socket_rules(void)
 {
 	Coffer__V1__ListPrincipalsRequest lp = COFFER__V1__LIST_PRINCIPALS_REQUEST__INIT;
 	Coffer__V1__SignRequest sr = sign_req("sk");
-	struct hctx h = base;
+	struct dcall h = base;
 
 	REFUSED(&h, CF_AS_LIST_PRINCIPALS, lp, UNIMPLEMENTED,
 		"/coffer.v1.AdminService/ListPrincipals is not served on the service socket");
@@ -275,7 +277,7 @@ test_sealed_only_unsealed(void)
 	Coffer__V1__GenerateDataKeyRequest g = COFFER__V1__GENERATE_DATA_KEY_REQUEST__INIT;
 	Coffer__V1__ImportKeyRequest ik = COFFER__V1__IMPORT_KEY_REQUEST__INIT;
 	Coffer__V1__CloseSessionRequest cs = COFFER__V1__CLOSE_SESSION_REQUEST__INIT;
-	struct hctx h = base;
+	struct dcall h = base;
 	char t[512];
 
 	w.key = u.key = g.key = "wk";
@@ -305,7 +307,7 @@ test_sealed_only_unsealed(void)
 /* inner through SessionService/Call in a new session of the caller: the
  * inner code and message. */
 static unsigned
-sealed_call(const struct hctx *h, enum cf_method_id inner, const ProtobufCMessage *req,
+sealed_call(const struct dcall *h, enum cf_method_id inner, const ProtobufCMessage *req,
 	    char *text, size_t textlen)
 {
 	Coffer__V1__SealedCall c = COFFER__V1__SEALED_CALL__INIT;
@@ -322,7 +324,7 @@ sealed_call(const struct hctx *h, enum cf_method_id inner, const ProtobufCMessag
 
 	CU_ASSERT_FATAL(rec != NULL && body != NULL);
 	protobuf_c_message_pack(req, body);
-	CU_ASSERT_EQUAL_FATAL(cf_test_session_up(h->sm, h->uid, h->gid, id, &keys), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_test_session_up(h->sv->sm, h->uid, h->gid, id, &keys), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(cf_session_seal(keys, CF_SESSION_C2S, 0, path, body, len, rec),
 			      CF_OK);
 	c.session_id.data = id;
@@ -361,7 +363,7 @@ test_sealed_rules(void)
 	Coffer__V1__OpenSessionRequest os = COFFER__V1__OPEN_SESSION_REQUEST__INIT;
 	Coffer__V1__WrapRequest w = COFFER__V1__WRAP_REQUEST__INIT;
 	Coffer__V1__CloseSessionRequest cs = COFFER__V1__CLOSE_SESSION_REQUEST__INIT;
-	struct hctx h = base;
+	struct dcall h = base;
 	char t[512];
 
 	CU_ASSERT_EQUAL(sealed_call(&h, CF_SS_OPEN_SESSION, &os.base, t, sizeof(t)),
@@ -383,7 +385,7 @@ test_refusals(void)
 	struct dispatch_cfg strict = { .require_sealed = 1 };
 	static const uint8_t wrong_wire[] = { 0x08, 0x01 };   /* the key (a string) as a varint */
 	dispatch *sealed_only = NULL;
-	struct hctx h = base;
+	struct dcall h = base;
 	char t[512];
 
 	/* A malformed idempotency key. */
@@ -427,7 +429,7 @@ test_sign_counts(void)
 {
 	Coffer__V1__SignRequest sr = sign_req("sk");
 	unsigned long before[CF_COUNT__N];
-	struct hctx h = base;
+	struct dcall h = base;
 	char t[512];
 
 	memcpy(before, cf_counts, sizeof(before));
@@ -450,13 +452,13 @@ test_authorization_order(void)
 {
 	Coffer__V1__SignRequest sr = sign_req("verify-only");
 	uint32_t uid = STRANGER + 1;
-	struct hctx h = base;
+	struct dcall h = base;
 
-	CU_ASSERT_EQUAL_FATAL(policy_create(base.pol, "limited", &uid, 1, NULL, 0, NULL), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(policy_grant(base.pol, "limited", "verify-only", CF_OPS_ALL, NULL),
+	CU_ASSERT_EQUAL_FATAL(policy_create(sv.pol, "limited", &uid, 1, NULL, 0, NULL), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(policy_grant(sv.pol, "limited", "verify-only", CF_OPS_ALL, NULL),
 			      CF_OK);
 	/* One token, refilled every 1000 s. */
-	CU_ASSERT_EQUAL_FATAL(policy_set_limit(base.pol, "limited", CF_OP_NONE, 0.001, 1, NULL),
+	CU_ASSERT_EQUAL_FATAL(policy_set_limit(sv.pol, "limited", CF_OP_NONE, 0.001, 1, NULL),
 			      CF_OK);
 	h.uid = h.gid = uid;
 	/* No grant for sk: refused before the key's limit and the rate limit. */
@@ -469,7 +471,7 @@ test_authorization_order(void)
 		"key verify-only does not allow sign (its own limit)");
 	REFUSED(&h, CF_KS_SIGN, sr, PERMISSION_DENIED,
 		"key verify-only does not allow sign (its own limit)");
-	CU_ASSERT_EQUAL_FATAL(policy_grant(base.pol, "limited", "sk", CF_OPS_ALL, NULL), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(policy_grant(sv.pol, "limited", "sk", CF_OPS_ALL, NULL), CF_OK);
 	{
 		char t[512];
 
@@ -480,7 +482,7 @@ test_authorization_order(void)
 		CU_ASSERT_PTR_NOT_NULL(strstr(t, "rate limit of principal limited for sign "
 					      "exceeded"));
 	}
-	CU_ASSERT_EQUAL(policy_delete(base.pol, "limited"), CF_OK);
+	CU_ASSERT_EQUAL(policy_delete(sv.pol, "limited"), CF_OK);
 }
 
 /* ---- the freshness rule of signed messages ---- */
@@ -512,23 +514,23 @@ test_freshness(void)
 
 	verified = 0;
 	c.timestamp = now - 301;
-	CU_ASSERT_EQUAL(nonces_check(base.nn, &c, now, verify_ok, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(sv.nn, &c, now, verify_ok, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_EXPIRED);
 	c.timestamp = now + 2;
-	CU_ASSERT_EQUAL(nonces_check(base.nn, &c, now, verify_ok, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(sv.nn, &c, now, verify_ok, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_AHEAD);
 	CU_ASSERT_EQUAL(verified, 0);   /* stale or early: nothing verified */
 	/* A forged message does not use up its nonce. */
 	c.timestamp = now - 300;
-	CU_ASSERT_EQUAL(nonces_check(base.nn, &c, now, verify_bad, NULL, &v), CF_E_BAD_SIGNATURE);
+	CU_ASSERT_EQUAL(nonces_check(sv.nn, &c, now, verify_bad, NULL, &v), CF_E_BAD_SIGNATURE);
 	c.timestamp = now + 1;
-	CU_ASSERT_EQUAL(nonces_check(base.nn, &c, now, verify_ok, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(sv.nn, &c, now, verify_ok, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_FRESH);
-	CU_ASSERT_EQUAL(nonces_check(base.nn, &c, now, verify_ok, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(sv.nn, &c, now, verify_ok, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_REPLAYED);
 	/* Another scope has its own nonces. */
 	c.scope = "other";
-	CU_ASSERT_EQUAL(nonces_check(base.nn, &c, now, verify_ok, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(sv.nn, &c, now, verify_ok, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_FRESH);
 }
 

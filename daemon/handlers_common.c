@@ -1,0 +1,125 @@
+/* What the handler files share: response allocation, size checks, a key's
+ * metadata as a Key message. */
+#include "handlers_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_pbwipe.h"
+#include "cf_status.h"
+
+/* Responses come from cf_pbwipe_allocator: in a sealed call, the call's
+ * locked arena (cf_arena.h). */
+void *
+h_new_msg(const ProtobufCMessageDescriptor *d)
+{
+	ProtobufCMessage *m = cf_pbwipe_allocator.alloc(NULL, d->sizeof_message);
+
+	if (m != NULL)
+		protobuf_c_message_init(d, m);
+	return m;
+}
+
+int
+h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
+{
+	dst->len = 0;
+	if ((dst->data = cf_pbwipe_allocator.alloc(NULL, len ? len : 1)) == NULL)
+		return cf_nomem();
+	if (len > 0)
+		memcpy(dst->data, src, len);
+	dst->len = len;
+	return CF_OK;
+}
+
+int
+handlers_check_key_name(const char *name)
+{
+	if (name[0] == '\0')
+		return cf_error(CF_E_INVALID_ARG, "the key name is required");
+	return cf_key_name_check(name);
+}
+
+int
+h_check_data(size_t len, size_t max, const char *what)
+{
+	if (len > max)
+		return cf_error(CF_E_TOO_LARGE, "%s of %zu bytes exceeds the limit of %zu bytes",
+				what, len, max);
+	return CF_OK;
+}
+
+uint32_t
+h_ops_mask(size_t n, const Coffer__V1__Operation *ops)
+{
+	uint32_t m = 0;
+
+	for (size_t i = 0; i < n; i++)
+		m |= (unsigned)ops[i] > 0 && (unsigned)ops[i] < CF_OP__COUNT ?
+		     CF_OP_BIT(ops[i]) : 0x80000000u;   /* unknown: refused by policy */
+	return m;
+}
+
+int
+h_fill_key(const struct store_key *ki, Coffer__V1__Key *k)
+{
+	k->name = strdup(ki->name);
+	k->type = (Coffer__V1__KeyType)ki->type;
+	k->purpose = (Coffer__V1__Purpose)keyring_purpose(ki->type);
+	k->primary_version = ki->primary;
+	k->create_time = ki->created;
+	k->exportable = ki->exportable;
+	k->min_version = ki->min_version;
+	k->min_verify_version = ki->min_verify;
+	k->rotation_period = ki->rotation_period;
+	k->next_rotation_time = ki->next_rotation;
+	if (k->name == NULL)
+		return cf_nomem();
+	if (ki->allowed_ops != 0) {
+		if ((k->allowed_operations = calloc(CF_OP__COUNT,
+						    sizeof(*k->allowed_operations))) == NULL)
+			return cf_nomem();
+		for (unsigned op = 1; op < CF_OP__COUNT; op++)
+			if (ki->allowed_ops & CF_OP_BIT(op))
+				k->allowed_operations[k->n_allowed_operations++] =
+					(Coffer__V1__Operation)op;
+	}
+	if (ki->nversions == 0)
+		return CF_OK;
+	if ((k->versions = calloc(ki->nversions, sizeof(*k->versions))) == NULL)
+		return cf_nomem();
+	for (uint32_t i = 0; i < ki->nversions; i++) {
+		Coffer__V1__KeyVersion *v = h_new_msg(&coffer__v1__key_version__descriptor);
+
+		if (v == NULL)
+			return cf_nomem();
+		v->version = ki->versions[i].version;
+		v->state = (Coffer__V1__VersionState)ki->versions[i].state;
+		v->create_time = ki->versions[i].created;
+		v->destroy_time = ki->versions[i].destroy_time;
+		k->versions[k->n_versions++] = v;
+	}
+	return CF_OK;
+}
+
+int
+h_key_response(int r, struct store_key *info, ProtobufCMessage **resp)
+{
+	Coffer__V1__Key *k = NULL;
+
+	if (r != CF_OK)
+		goto out;
+	if ((k = h_new_msg(&coffer__v1__key__descriptor)) == NULL) {
+		r = cf_nomem();
+		goto out;
+	}
+	if ((r = h_fill_key(info, k)) != CF_OK)
+		goto out;
+	*resp = &k->base;
+	k = NULL;
+out:
+	if (k != NULL)
+		protobuf_c_message_free_unpacked(&k->base, &cf_pbwipe_allocator);
+	keyring_info_free(info);
+	return r;
+}

@@ -1,0 +1,58 @@
+/*
+ * handlers_common.h — what the handler files share (not used outside the
+ * handlers), and what each of them exports: its handlers bound to method
+ * ids (cf_methods.h), so none names a method by string, and the answers it
+ * can read back for handlers_describe. handlers_table.c merges them.
+ */
+#ifndef COFFER_HANDLERS_COMMON_H
+#define COFFER_HANDLERS_COMMON_H
+
+#include "cf_methods.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "handlers.h"
+
+/* A new, initialised message of type d, or NULL; and dst = a copy of
+ * src[0..len). Both from cf_pbwipe_allocator (so in a sealed call from its
+ * locked arena); free the message through it. */
+void *h_new_msg(const ProtobufCMessageDescriptor *d);
+int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
+
+/* CF_E_TOO_LARGE (naming `what`) if len > max. */
+int h_check_data(size_t len, size_t max, const char *what);
+
+/* Operations of a request as a mask; an unknown one sets bit 31 (refused
+ * by policy). */
+uint32_t h_ops_mask(size_t n, const Coffer__V1__Operation *ops);
+
+/* Key metadata into a Key message (its fields allocated for it). */
+int h_fill_key(const struct store_key *ki, Coffer__V1__Key *k);
+
+/* Finish a handler that produced `info` with status r: build a Key
+ * response; info is freed in every case. */
+int h_key_response(int r, struct store_key *info, ProtobufCMessage **resp);
+
+/* An answer of `type` read back for the change named `name` (handlers_describe). */
+struct hdescribe {
+	const ProtobufCMessageDescriptor *type;   /* NULL ends a list */
+	int (*fn)(const struct hcall *c, const ProtobufCMessageDescriptor *type,
+		  const char *name, ProtobufCMessage **resp);
+};
+
+/* One handler file: its handlers by method id, and its hdescribe list (or
+ * NULL). Every method but SessionService/Call is bound in exactly one
+ * (tests/unit/test_dispatch.c). */
+struct hservice {
+	const handler_fn *fns;   /* [CF_METHOD__COUNT] */
+	const struct hdescribe *describe;
+};
+
+extern const struct hservice handlers_keys;        /* handlers_keys.c */
+extern const struct hservice handlers_requests;    /* handlers_requests.c */
+extern const struct hservice handlers_admin_keys;  /* handlers_admin_keys.c */
+extern const struct hservice handlers_lifecycle;   /* handlers_lifecycle.c */
+extern const struct hservice handlers_principals;  /* handlers_principals.c */
+extern const struct hservice handlers_apikeys;     /* handlers_apikeys.c */
+extern const struct hservice handlers_audit;       /* handlers_audit.c */
+extern const struct hservice handlers_session;     /* handlers_session.c */
+
+#endif
