@@ -121,35 +121,21 @@ parse_path(const char *v, char *dst, size_t len)
 	return CF_OK;
 }
 
+/* A user id (groups: a group id) by number or by name. */
 static int
-lookup_uid(const char *v, uid_t *out)
+lookup_id(const char *v, int groups, unsigned *out)
 {
-	struct passwd *pw;
+	const struct passwd *pw = NULL;
+	const struct group *gr = NULL;
 	unsigned n;
 
 	if (parse_uint(v, 0, 0xfffffffeUL, 10, &n) == CF_OK) {
-		*out = (uid_t)n;
+		*out = n;
 		return CF_OK;
 	}
-	if ((pw = getpwnam(v)) == NULL)
-		return cf_error(CF_E_CONFIG, "unknown user \"%s\"", v);
-	*out = pw->pw_uid;
-	return CF_OK;
-}
-
-static int
-lookup_gid(const char *v, gid_t *out)
-{
-	struct group *gr;
-	unsigned n;
-
-	if (parse_uint(v, 0, 0xfffffffeUL, 10, &n) == CF_OK) {
-		*out = (gid_t)n;
-		return CF_OK;
-	}
-	if ((gr = getgrnam(v)) == NULL)
-		return cf_error(CF_E_CONFIG, "unknown group \"%s\"", v);
-	*out = gr->gr_gid;
+	if (groups ? (gr = getgrnam(v)) == NULL : (pw = getpwnam(v)) == NULL)
+		return cf_error(CF_E_CONFIG, "unknown %s \"%s\"", groups ? "group" : "user", v);
+	*out = gr != NULL ? (unsigned)gr->gr_gid : (unsigned)pw->pw_uid;
 	return CF_OK;
 }
 
@@ -167,11 +153,7 @@ parse_ids(const char *v, unsigned *ids, unsigned *n, int groups)
 	for (tok = strtok_r(buf, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
 		if (*n >= LISTENER_MAX_IDS)
 			return cf_error(CF_E_CONFIG, "more than %d entries", LISTENER_MAX_IDS);
-		if (groups)
-			r = lookup_gid(tok, (gid_t *)&ids[*n]);
-		else
-			r = lookup_uid(tok, (uid_t *)&ids[*n]);
-		if (r != CF_OK)
+		if ((r = lookup_id(tok, groups, &ids[*n])) != CF_OK)
 			return r;
 		(*n)++;
 	}
@@ -186,7 +168,7 @@ set_socket(struct listener_cfg *l, char *path, const char *name, const char *v)
 	if (strcmp(name, "mode") == 0)
 		return parse_uint(v, 0, 0777, 8, &l->mode);
 	if (strcmp(name, "group") == 0)
-		return lookup_gid(v, &l->group);
+		return lookup_id(v, 1, (unsigned *)&l->group);
 	if (strcmp(name, "allow_uids") == 0)
 		return parse_ids(v, (unsigned *)l->uids, &l->nuids, 0);
 	if (strcmp(name, "allow_gids") == 0)

@@ -62,13 +62,7 @@ secret_response(int r, const struct store_apikey *k, cf_secret *secret, Protobuf
 	if (r == CF_OK && secret != NULL)
 		r = h_set_bytes(&out->secret, cf_secret_cptr(secret), cf_secret_len(secret));
 	cf_secret_free(secret);
-	if (r != CF_OK) {
-		if (out != NULL)
-			protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
-		return r;
-	}
-	*resp = &out->base;
-	return CF_OK;
+	return h_reply(r, out, resp);
 }
 
 /* An imported secret from a request field, or NULL for "generate one". */
@@ -182,13 +176,7 @@ h_list_api_keys(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessa
 		if ((r = apikey_msg(&l[i], &out->keys[i])) == CF_OK)
 			out->n_keys++;
 	free(l);
-	if (r != CF_OK) {
-		if (out != NULL)
-			protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
-		return r;
-	}
-	*resp = &out->base;
-	return CF_OK;
+	return h_reply(r, out, resp);
 }
 
 /* The principal's "must sign" state as SetPrincipalAuth answers it. */
@@ -199,11 +187,8 @@ auth_response(const struct hcall *c, const char *name, ProtobufCMessage **resp)
 	int req = apikeys_required(c->sv->ak, name);
 
 	if ((out = h_new_msg(&coffer__v1__set_principal_auth_response__descriptor)) == NULL ||
-	    (out->name = strdup(name)) == NULL) {
-		if (out != NULL)
-			protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
-		return cf_nomem();
-	}
+	    (out->name = strdup(name)) == NULL)
+		return h_reply(cf_nomem(), out, resp);
 	out->has_live_key = req == APIKEYS_LIVE;
 	/* A live key implies the flag (it was set with the first key). */
 	out->require_api_key = req != APIKEYS_NONE;

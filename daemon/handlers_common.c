@@ -33,6 +33,16 @@ h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len)
 }
 
 int
+h_reply(int r, void *out, ProtobufCMessage **resp)
+{
+	if (r == CF_OK)
+		*resp = out;
+	else if (out != NULL)
+		protobuf_c_message_free_unpacked(out, &cf_pbwipe_allocator);
+	return r;
+}
+
+int
 handlers_check_key_name(const char *name)
 {
 	if (name[0] == '\0')
@@ -115,11 +125,7 @@ h_key_response(int r, struct store_key *info, ProtobufCMessage **resp)
 	}
 	if ((r = h_fill_key(info, k)) != CF_OK)
 		goto out;
-	*resp = &k->base;
-	k = NULL;
 out:
-	if (k != NULL)
-		protobuf_c_message_free_unpacked(&k->base, &cf_pbwipe_allocator);
 	keyring_info_free(info);
-	return r;
+	return h_reply(r, k, resp);
 }

@@ -17,6 +17,11 @@
 void *h_new_msg(const ProtobufCMessageDescriptor *d);
 int h_set_bytes(ProtobufCBinaryData *dst, const uint8_t *src, size_t len);
 
+/* The end of every handler that built a response `out` (a message from
+ * h_new_msg, or NULL) with status r: on CF_OK it becomes *resp, else it is
+ * freed. Returns r. */
+int h_reply(int r, void *out, ProtobufCMessage **resp);
+
 /* CF_E_TOO_LARGE (naming `what`) if len > max. */
 int h_check_data(size_t len, size_t max, const char *what);
 

@@ -6,17 +6,23 @@
 
 #include <openssl/rand.h>
 
-#include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "envelope.h"
 #include "handlers_common.h"
 
-/* The context map of any request as env_kv entries (borrowed strings).
- * protobuf-c map entries are messages with key = field 1, value = field 2. */
+/* The context map of a request as env_kv entries (borrowed strings). */
+struct req_ctx {
+	struct env_kv kv[ENV_MAX_CONTEXT];
+	size_t n;
+};
+
+/* protobuf-c map entries are messages with key = field 1, value = field 2. */
 static int
-ctx_entries(size_t n, void *const *entries, struct env_kv *kv)
+ctx_entries(size_t n, void *const *entries, struct req_ctx *x)
 {
+	struct env_kv *kv = x->kv;
+
 	if (n > ENV_MAX_CONTEXT)
 		return cf_error(CF_E_TOO_LARGE, "context has %zu entries; the limit is %d", n,
 				ENV_MAX_CONTEXT);
@@ -30,6 +36,7 @@ ctx_entries(size_t n, void *const *entries, struct env_kv *kv)
 		kv[i].key = *(char *const *)(const void *)((const char *)e + k->offset);
 		kv[i].value = *(char *const *)(const void *)((const char *)e + v->offset);
 	}
+	x->n = n;
 	return CF_OK;
 }
 
@@ -106,13 +113,9 @@ h_sign(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp
 		cf_key_default_scheme(cf_p11_key_type(k)));
 	out->hash = (Coffer__V1__Hash)(sp.hash ? sp.hash :
 		cf_key_default_hash(cf_p11_key_type(k)));
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(sig);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -170,13 +173,9 @@ h_mac(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 	    (r = h_set_bytes(&out->mac, cf_buf_peek(mac), cf_buf_len(mac))) != CF_OK)
 		goto out;
 	out->version = ver;
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(mac);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -208,8 +207,8 @@ h_verify_mac(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage 
 
 /* Seal `pt` under the primary version of the call's key into *ct / *ver. */
 static int
-wrap_common(const struct hcall *c, const struct env_kv *kv, size_t n, const uint8_t *pt,
-	    size_t ptlen, ProtobufCBinaryData *ct, uint32_t *ver)
+wrap_common(const struct hcall *c, const struct req_ctx *x, const uint8_t *pt, size_t ptlen,
+	    ProtobufCBinaryData *ct, uint32_t *ver)
 {
 	const char *name = c->key->name;
 	cf_buf *blob = NULL;
@@ -221,16 +220,17 @@ wrap_common(const struct hcall *c, const struct env_kv *kv, size_t n, const uint
 		return r;
 	if ((blob = cf_buf_new(ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN)) == NULL)
 		return cf_nomem();
-	if ((r = env_seal(k, name, *ver, kv, n, pt, ptlen, blob)) == CF_OK)
+	if ((r = env_seal(k, name, *ver, x->kv, x->n, pt, ptlen, blob)) == CF_OK)
 		r = h_set_bytes(ct, cf_buf_peek(blob), cf_buf_len(blob));
 	cf_buf_free(blob);
 	return r;
 }
 
-/* Open a blob of the call's key into a secret, with the version it names. */
+/* Unwrap's and Rewrap's first half: the request's context map into *x, and
+ * its blob of the call's key opened into a secret, with the version it names. */
 static int
-unwrap_common(const struct hcall *c, const struct env_kv *kv, size_t n, ProtobufCBinaryData ct,
-	      cf_secret **pt, uint32_t *ver)
+unwrap_common(const struct hcall *c, size_t nctx, void *const *ctx, ProtobufCBinaryData ct,
+	      struct req_ctx *x, cf_secret **pt, uint32_t *ver)
 {
 	const char *name = c->key->name;
 	const uint8_t *iv, *body;
@@ -238,13 +238,14 @@ unwrap_common(const struct hcall *c, const struct env_kv *kv, size_t n, Protobuf
 	size_t blen;
 	int r;
 
-	if ((r = h_check_data(ct.len, ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN,
+	if ((r = ctx_entries(nctx, ctx, x)) != CF_OK ||
+	    (r = h_check_data(ct.len, ENV_HEADER_LEN + H_MAX_WRAP_PLAINTEXT + CF_GCM_TAG_LEN,
 			    "ciphertext")) != CF_OK ||
 	    (r = env_parse(ct.data, ct.len, ver, &iv, &body, &blen)) != CF_OK ||
 	    (r = keyring_ref_use(c->sv->kr, c->key, *ver, PURPOSE_WRAP, USE_CHECK, &k,
 				 ver)) != CF_OK)
 		return r;
-	return env_open(k, name, *ver, kv, n, ct.data, ct.len, pt);
+	return env_open(k, name, *ver, x->kv, x->n, ct.data, ct.len, pt);
 }
 
 static int
@@ -252,22 +253,16 @@ h_wrap(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp
 {
 	const Coffer__V1__WrapRequest *req = (const void *)m;
 	Coffer__V1__WrapResponse *out;
-	struct env_kv kv[ENV_MAX_CONTEXT];
-	size_t n;
+	struct req_ctx x;
 	int r;
 
-	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
+	if ((r = ctx_entries(req->n_context, (void *const *)req->context, &x)) != CF_OK)
 		return r;
-	n = req->n_context;
 	if ((out = h_new_msg(&coffer__v1__wrap_response__descriptor)) == NULL)
 		return cf_nomem();
-	if ((r = wrap_common(c, kv, n, req->plaintext.data, req->plaintext.len, &out->ciphertext,
-			     &out->version)) != CF_OK) {
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
-		return r;
-	}
-	*resp = &out->base;
-	return CF_OK;
+	r = wrap_common(c, &x, req->plaintext.data, req->plaintext.len, &out->ciphertext,
+			&out->version);
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -275,32 +270,21 @@ h_unwrap(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **re
 {
 	const Coffer__V1__UnwrapRequest *req = (const void *)m;
 	Coffer__V1__UnwrapResponse *out = NULL;
-	struct env_kv kv[ENV_MAX_CONTEXT];
+	struct req_ctx x;
 	cf_secret *pt = NULL;
-	size_t n;
 	uint32_t ver;
 	int r;
 
-	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
-		return r;
-	n = req->n_context;
-	if ((r = unwrap_common(c, kv, n, req->ciphertext, &pt, &ver)) != CF_OK)
-		goto out;
-	if ((out = h_new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL) {
+	if ((r = unwrap_common(c, req->n_context, (void *const *)req->context, req->ciphertext, &x,
+			       &pt, &ver)) == CF_OK &&
+	    (out = h_new_msg(&coffer__v1__unwrap_response__descriptor)) == NULL)
 		r = cf_nomem();
-		goto out;
-	}
 	/* The response is freed through the wiping allocator. */
-	if ((r = h_set_bytes(&out->plaintext, cf_secret_cptr(pt), cf_secret_len(pt))) != CF_OK)
-		goto out;
-	out->version = ver;
-	*resp = &out->base;
-	out = NULL;
-out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+	if (r == CF_OK &&
+	    (r = h_set_bytes(&out->plaintext, cf_secret_cptr(pt), cf_secret_len(pt))) == CF_OK)
+		out->version = ver;
 	cf_secret_free(pt);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -308,32 +292,20 @@ h_rewrap(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **re
 {
 	const Coffer__V1__RewrapRequest *req = (const void *)m;
 	Coffer__V1__RewrapResponse *out = NULL;
-	struct env_kv kv[ENV_MAX_CONTEXT];
+	struct req_ctx x;
 	cf_secret *pt = NULL;
-	size_t n;
 	uint32_t old;
 	int r;
 
-	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
-		return r;
-	n = req->n_context;
-	if ((r = unwrap_common(c, kv, n, req->ciphertext, &pt, &old)) != CF_OK)
-		goto out;
-	if ((out = h_new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL) {
+	if ((r = unwrap_common(c, req->n_context, (void *const *)req->context, req->ciphertext, &x,
+			       &pt, &old)) == CF_OK &&
+	    (out = h_new_msg(&coffer__v1__rewrap_response__descriptor)) == NULL)
 		r = cf_nomem();
-		goto out;
-	}
-	if ((r = wrap_common(c, kv, n, cf_secret_cptr(pt), cf_secret_len(pt), &out->ciphertext,
-			     &out->version)) != CF_OK)
-		goto out;
-	out->previous_version = old;
-	*resp = &out->base;
-	out = NULL;
-out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
+	if (r == CF_OK && (r = wrap_common(c, &x, cf_secret_cptr(pt), cf_secret_len(pt),
+					   &out->ciphertext, &out->version)) == CF_OK)
+		out->previous_version = old;
 	cf_secret_free(pt);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -341,18 +313,16 @@ h_generate_data_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCM
 {
 	const Coffer__V1__GenerateDataKeyRequest *req = (const void *)m;
 	Coffer__V1__GenerateDataKeyResponse *out = NULL;
-	struct env_kv kv[ENV_MAX_CONTEXT];
+	struct req_ctx x;
 	cf_secret *dk = NULL;
 	uint32_t len = req->length ? req->length : 32;
-	size_t n;
 	int r;
 
 	if (len != 16 && len != 24 && len != 32)
 		return cf_error(CF_E_INVALID_ARG, "data key length must be 16, 24 or 32 bytes, "
 				"not %u", len);
-	if ((r = ctx_entries(req->n_context, (void *const *)req->context, kv)) != CF_OK)
+	if ((r = ctx_entries(req->n_context, (void *const *)req->context, &x)) != CF_OK)
 		return r;
-	n = req->n_context;
 	if ((r = cf_secret_new(len, &dk)) != CF_OK)
 		return r;
 	if (RAND_priv_bytes(cf_secret_ptr(dk), (int)len) != 1) {
@@ -363,19 +333,15 @@ h_generate_data_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCM
 		r = cf_nomem();
 		goto out;
 	}
-	if ((r = wrap_common(c, kv, n, cf_secret_cptr(dk), len, &out->ciphertext,
+	if ((r = wrap_common(c, &x, cf_secret_cptr(dk), len, &out->ciphertext,
 			     &out->version)) != CF_OK)
 		goto out;
 	if (req->include_plaintext &&
 	    (r = h_set_bytes(&out->plaintext, cf_secret_cptr(dk), len)) != CF_OK)
 		goto out;
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_secret_free(dk);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -408,14 +374,10 @@ h_get_public_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 	out->pem[cf_buf_len(pem)] = '\0';
 	out->type = (Coffer__V1__KeyType)cf_p11_key_type(k);
 	out->version = ver;
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(der);
 	cf_buf_free(pem);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -504,16 +466,12 @@ h_list_keys(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage *
 		r = cf_nomem();
 		goto out;
 	}
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	for (uint32_t i = 0; i < n; i++)
 		keyring_info_free(&infos[i]);
 	free(infos);
 	free(cursor);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 

@@ -3,7 +3,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "handlers_common.h"
@@ -58,14 +57,10 @@ principal_response(int r, struct store_principal *sp, ProtobufCMessage **resp)
 
 	if (r == CF_OK && (p = h_new_msg(&coffer__v1__principal__descriptor)) == NULL)
 		r = cf_nomem();
-	if (r == CF_OK && (r = fill_principal(sp, p)) == CF_OK) {
-		*resp = &p->base;
-		p = NULL;
-	}
-	if (p != NULL)
-		protobuf_c_message_free_unpacked(&p->base, &cf_pbwipe_allocator);
+	if (r == CF_OK)
+		r = fill_principal(sp, p);
 	policy_principal_free(sp);
-	return r;
+	return h_reply(r, p, resp);
 }
 
 static int
@@ -115,15 +110,9 @@ h_list_principals(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMes
 		out->principals[out->n_principals++] = p;
 		r = fill_principal(&list[i], p);
 	}
-	if (r == CF_OK) {
-		*resp = &out->base;
-		out = NULL;
-	}
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	policy_list_free(list, n);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int

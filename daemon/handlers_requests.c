@@ -8,7 +8,6 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "cf_pbwipe.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
@@ -157,16 +156,10 @@ h_verify_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 	} else {
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__VALID, chk.good, "valid");
 	}
-	if (r == CF_OK) {
-		*resp = &out->base;
-		out = NULL;
-	}
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	keyring_info_free(&info);
 	cf_buf_free(chk.str);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -222,14 +215,10 @@ h_sign_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 		r = cf_nomem();
 		goto out;
 	}
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(str);
 	cf_buf_free(mac);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "cf_log.h"
-#include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -21,13 +20,10 @@ h_get_identity(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 	if ((out = h_new_msg(&coffer__v1__get_identity_response__descriptor)) == NULL)
 		return cf_nomem();
 	spki = session_identity(c->sv->sm, &len);
-	if ((r = h_set_bytes(&out->public_key, spki, len)) != CF_OK ||
-	    (out->fingerprint = strdup(session_fingerprint(c->sv->sm))) == NULL) {
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
-		return r != CF_OK ? r : cf_nomem();
-	}
-	*resp = &out->base;
-	return CF_OK;
+	if ((r = h_set_bytes(&out->public_key, spki, len)) == CF_OK &&
+	    (out->fingerprint = strdup(session_fingerprint(c->sv->sm))) == NULL)
+		r = cf_nomem();
+	return h_reply(r, out, resp);
 }
 
 static int
@@ -86,13 +82,9 @@ h_open_session(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 	out->lifetime_seconds = h.lifetime;
 	out->max_records = h.max_records;
 	out->max_bytes = h.max_bytes;
-	*resp = &out->base;
-	out = NULL;
 out:
-	if (out != NULL)
-		protobuf_c_message_free_unpacked(&out->base, &cf_pbwipe_allocator);
 	cf_buf_free(sig);
-	return r;
+	return h_reply(r, out, resp);
 }
 
 /* Only reachable sealed (the dispatcher refuses it otherwise). */

@@ -13,6 +13,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "recovery.h"
+#include "sorted.h"
 
 struct kr_version {
 	struct store_version meta;
@@ -75,28 +76,18 @@ keyring_info_free(struct store_key *info)
 	info->nversions = 0;
 }
 
-/* Binary search; returns the index where `name` is or would be. */
+static const char *
+kr_name_at(const void *kr, size_t i)
+{
+	return ((const keyring *)kr)->keys[i]->m.name;
+}
+
+/* The index where `name` is or would be. */
 static size_t
 kr_find(const keyring *kr, const char *name, int *found)
 {
-	size_t lo = 0, hi = kr->n;
-
 	cf_count(CF_COUNT_KEY_LOOKUP);
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		int c = strcmp(kr->keys[mid]->m.name, name);
-
-		if (c == 0) {
-			*found = 1;
-			return mid;
-		}
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	*found = 0;
-	return lo;
+	return sorted_find(kr, kr->n, kr_name_at, name, found);
 }
 
 static int

@@ -10,6 +10,7 @@
 
 #include "cf_count.h"
 #include "cf_status.h"
+#include "sorted.h"
 
 static const char *const op_names[CF_OP__COUNT] = {
 	"all", "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
@@ -107,26 +108,16 @@ fill_buckets(struct pr *r)
 
 /* ---- open ---- */
 
+static const char *
+pr_name_at(const void *p, size_t i)
+{
+	return ((const policy *)p)->v[i]->sp.name;
+}
+
 static size_t
 find_locked(const policy *p, const char *name, int *found)
 {
-	size_t lo = 0, hi = p->n;
-
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		int c = strcmp(p->v[mid]->sp.name, name);
-
-		if (c == 0) {
-			*found = 1;
-			return mid;
-		}
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	*found = 0;
-	return lo;
+	return sorted_find(p, p->n, pr_name_at, name, found);
 }
 
 /* Insert r at its place (the name is not there yet). */

@@ -114,6 +114,25 @@ static const struct {
 	     " WHERE principal IN (SELECT name FROM principals);" },
 };
 
+/* Room for element n of the array at *pv (a pointer to a pointer; capacity
+ * *cap elements of `size` bytes, doubled from `first` when full). */
+static int
+room_for(void *pv, size_t n, size_t *cap, size_t first, size_t size)
+{
+	void *v, *nv;
+	size_t nc;
+
+	if (n < *cap)
+		return CF_OK;
+	nc = *cap ? 2 * *cap : first;
+	memcpy(&v, pv, sizeof(v));
+	if ((nv = realloc(v, nc * size)) == NULL)
+		return cf_nomem();
+	memcpy(pv, &nv, sizeof(nv));
+	*cap = nc;
+	return CF_OK;
+}
+
 static int
 db_err(store *s, const char *what)
 {
@@ -304,7 +323,7 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 	while ((rc = sqlite3_step(ks)) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(ks, 0);
 		const char *type = (const char *)sqlite3_column_text(ks, 1);
-		uint32_t cap = 0;
+		size_t cap = 0;
 
 		if (name == NULL || type == NULL || cf_key_name_check(name) != CF_OK ||
 		    cf_key_type_parse(type, &k.type) != CF_OK) {
@@ -325,16 +344,9 @@ store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg)
 		sqlite3_reset(vs);
 		sqlite3_bind_text(vs, 1, name, -1, SQLITE_TRANSIENT);
 		while (sqlite3_step(vs) == SQLITE_ROW) {
-			if (k.nversions == cap) {
-				struct store_version *nv;
-
-				cap = cap ? cap * 2 : 8;
-				if ((nv = realloc(k.versions, cap * sizeof(*nv))) == NULL) {
-					r = cf_nomem();
-					goto out;
-				}
-				k.versions = nv;
-			}
+			if ((r = room_for(&k.versions, k.nversions, &cap, 8,
+					  sizeof(*k.versions))) != CF_OK)
+				goto out;
 			k.versions[k.nversions].version = (uint32_t)sqlite3_column_int64(vs, 0);
 			k.versions[k.nversions].state = (enum store_state)sqlite3_column_int(vs, 1);
 			k.versions[k.nversions].created = sqlite3_column_int64(vs, 2);
@@ -610,7 +622,7 @@ store_principals_load(store *s, int (*cb)(const struct store_principal *p, void 
 	}
 	while ((rc = sqlite3_step(ps)) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(ps, 0);
-		uint32_t gcap = 0, lcap = 0;
+		size_t gcap = 0, lcap = 0;
 
 		if (name == NULL || strlen(name) > STORE_PRINCIPAL_NAME_MAX) {
 			r = cf_error(CF_E_IO, "state store holds a malformed principal record");
@@ -634,16 +646,8 @@ store_principals_load(store *s, int (*cb)(const struct store_principal *p, void 
 		while (sqlite3_step(gs) == SQLITE_ROW) {
 			const char *pat = (const char *)sqlite3_column_text(gs, 0);
 
-			if (p.ngrants == gcap) {
-				struct store_grant *ng;
-
-				gcap = gcap ? 2 * gcap : 8;
-				if ((ng = realloc(p.grants, gcap * sizeof(*ng))) == NULL) {
-					r = cf_nomem();
-					goto out;
-				}
-				p.grants = ng;
-			}
+			if ((r = room_for(&p.grants, p.ngrants, &gcap, 8, sizeof(*p.grants))) != CF_OK)
+				goto out;
 			snprintf(p.grants[p.ngrants].pattern, sizeof(p.grants[0].pattern), "%s",
 				 pat ? pat : "");
 			p.grants[p.ngrants++].ops = (uint32_t)sqlite3_column_int64(gs, 1);
@@ -651,16 +655,8 @@ store_principals_load(store *s, int (*cb)(const struct store_principal *p, void 
 		sqlite3_reset(ls);
 		sqlite3_bind_text(ls, 1, name, -1, SQLITE_TRANSIENT);
 		while (sqlite3_step(ls) == SQLITE_ROW) {
-			if (p.nlimits == lcap) {
-				struct store_limit *nl;
-
-				lcap = lcap ? 2 * lcap : 4;
-				if ((nl = realloc(p.limits, lcap * sizeof(*nl))) == NULL) {
-					r = cf_nomem();
-					goto out;
-				}
-				p.limits = nl;
-			}
+			if ((r = room_for(&p.limits, p.nlimits, &lcap, 4, sizeof(*p.limits))) != CF_OK)
+				goto out;
 			p.limits[p.nlimits].op = (uint32_t)sqlite3_column_int(ls, 0);
 			p.limits[p.nlimits].rate = sqlite3_column_double(ls, 1);
 			p.limits[p.nlimits++].burst = (uint32_t)sqlite3_column_int64(ls, 2);
@@ -1145,16 +1141,8 @@ store_intents_load(store *s, int (*cb)(const struct store_intent *in, void *arg)
 			goto unlock;
 		}
 		snprintf(in.name, sizeof(in.name), "%s", name);
-		if (n == cap) {
-			struct store_intent *na;
-
-			cap = cap ? 2 * cap : 8;
-			if ((na = realloc(all, cap * sizeof(*na))) == NULL) {
-				r = cf_nomem();
-				goto unlock;
-			}
-			all = na;
-		}
+		if ((r = room_for(&all, n, &cap, 8, sizeof(*all))) != CF_OK)
+			goto unlock;
 		all[n++] = in;
 	}
 	if (rc != SQLITE_DONE)
