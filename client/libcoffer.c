@@ -10,6 +10,7 @@
 #include "cf_arena.h"
 #include "coffer.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,8 +349,9 @@ bytes_out(struct coffer_bytes *out, const ProtobufCBinaryData *in, const char *w
 }
 
 /*
- * rpc() for a request with a context map: the request's "context" field
- * borrows entries built from `ctx` for the duration of the call.
+ * lc_rpc for a request with a context map: the request's "context" field
+ * borrows entries built from `ctx` for the duration of the call. With no
+ * entries it is lc_rpc itself, so requests without a context field pass too.
  */
 static int
 ctx_rpc(coffer_client *c, const char *method, ProtobufCMessage *req,
@@ -361,6 +363,8 @@ ctx_rpc(coffer_client *c, const char *method, ProtobufCMessage *req,
 	uint8_t *base = (uint8_t *)(void *)req;
 	int r;
 
+	if (nctx == 0)
+		return lc_rpc(c, method, req, rdesc, secret, out);
 	f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "context");
 	if (f == NULL || f->label != PROTOBUF_C_LABEL_REPEATED ||
 	    f->type != PROTOBUF_C_TYPE_MESSAGE)
@@ -377,6 +381,65 @@ ctx_rpc(coffer_client *c, const char *method, ProtobufCMessage *req,
 }
 
 /* ---- KeyService ---- */
+
+/*
+ * What Sign, Mac, Wrap, Unwrap and Rewrap answer: bytes and the key version
+ * that made them (Rewrap: also the version it replaced), as offsets into the
+ * response, so that one function hands out all five.
+ */
+struct bytes_reply {
+	const ProtobufCMessageDescriptor *desc;
+	size_t data, version, previous;	/* previous 0: the reply has none */
+	const char *what;		/* the bytes' name; NULL: a secret, may be empty */
+};
+
+static const struct bytes_reply sign_reply = { &coffer__v1__sign_response__descriptor,
+	offsetof(Coffer__V1__SignResponse, signature), offsetof(Coffer__V1__SignResponse, version),
+	0, "signature" };
+static const struct bytes_reply mac_reply = { &coffer__v1__mac_response__descriptor,
+	offsetof(Coffer__V1__MacResponse, mac), offsetof(Coffer__V1__MacResponse, version), 0,
+	"MAC" };
+static const struct bytes_reply wrap_reply = { &coffer__v1__wrap_response__descriptor,
+	offsetof(Coffer__V1__WrapResponse, ciphertext), offsetof(Coffer__V1__WrapResponse, version),
+	0, "ciphertext" };
+static const struct bytes_reply unwrap_reply = { &coffer__v1__unwrap_response__descriptor,
+	offsetof(Coffer__V1__UnwrapResponse, plaintext),
+	offsetof(Coffer__V1__UnwrapResponse, version), 0, NULL };
+static const struct bytes_reply rewrap_reply = { &coffer__v1__rewrap_response__descriptor,
+	offsetof(Coffer__V1__RewrapResponse, ciphertext),
+	offsetof(Coffer__V1__RewrapResponse, version),
+	offsetof(Coffer__V1__RewrapResponse, previous_version), "ciphertext" };
+
+/*
+ * Run a call that answers a bytes_reply: the bytes go to *out (a secret in
+ * locked memory, the response wiped), the versions to those asked for.
+ */
+static int
+bytes_call(coffer_client *c, const char *method, ProtobufCMessage *req,
+    const struct coffer_kv *ctx, size_t nctx, const struct bytes_reply *how,
+    struct coffer_bytes *out, uint32_t *version, uint32_t *previous)
+{
+	ProtobufCAllocator *alloc = how->what == NULL ? &cf_locked_allocator : NULL;
+	ProtobufCMessage *m = NULL;
+	const ProtobufCBinaryData *data;
+	const uint8_t *resp;
+	int r;
+
+	if ((r = ctx_rpc(c, method, req, ctx, nctx, how->desc, how->what == NULL, &m)) != CF_OK)
+		goto out;
+	resp = (const uint8_t *)(const void *)m;
+	data = (const ProtobufCBinaryData *)(const void *)(resp + how->data);
+	r = how->what == NULL ? secret_bytes_set(out, data) : bytes_out(out, data, how->what);
+	if (r != CF_OK)
+		goto out;
+	if (version != NULL)
+		memcpy(version, resp + how->version, sizeof(*version));
+	if (previous != NULL && how->previous != 0)
+		memcpy(previous, resp + how->previous, sizeof(*previous));
+ out:
+	protobuf_c_message_free_unpacked(m, alloc);
+	return r;
+}
 
 /* The data and options shared by Sign and Verify requests. */
 static void
@@ -401,8 +464,6 @@ coffer_sign(coffer_client *c, const char *key, uint32_t version, const uint8_t *
     uint32_t *used_version)
 {
 	Coffer__V1__SignRequest req = COFFER__V1__SIGN_REQUEST__INIT;
-	Coffer__V1__SignResponse *resp = NULL;
-	ProtobufCMessage *m = NULL;
 	int r;
 
 	if ((r = check_call(c, key, sig == NULL || (msg == NULL && len > 0),
@@ -412,17 +473,7 @@ coffer_sign(coffer_client *c, const char *key, uint32_t version, const uint8_t *
 	req.version = version;
 	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
 	    &req.ecdsa_raw);
-	if ((r = lc_rpc(c, KS "Sign", &req.base, &coffer__v1__sign_response__descriptor, 0,
-	    &m)) != CF_OK)
-		goto out;
-	resp = (Coffer__V1__SignResponse *)m;
-	if ((r = bytes_out(sig, &resp->signature, "signature")) != CF_OK)
-		goto out;
-	if (used_version != NULL)
-		*used_version = resp->version;
- out:
-	protobuf_c_message_free_unpacked(m, NULL);
-	return r;
+	return bytes_call(c, KS "Sign", &req.base, NULL, 0, &sign_reply, sig, used_version, NULL);
 }
 
 int
@@ -456,8 +507,6 @@ coffer_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *d
     size_t len, struct coffer_bytes *mac, uint32_t *used_version)
 {
 	Coffer__V1__MacRequest req = COFFER__V1__MAC_REQUEST__INIT;
-	Coffer__V1__MacResponse *resp;
-	ProtobufCMessage *m = NULL;
 	int r;
 
 	if ((r = check_call(c, key, mac == NULL || (data == NULL && len > 0),
@@ -466,17 +515,7 @@ coffer_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *d
 	req.key = (char *)key;
 	req.version = version;
 	req.data = bin(data, len);
-	if ((r = lc_rpc(c, KS "Mac", &req.base, &coffer__v1__mac_response__descriptor, 0,
-	    &m)) != CF_OK)
-		goto out;
-	resp = (Coffer__V1__MacResponse *)m;
-	if ((r = bytes_out(mac, &resp->mac, "MAC")) != CF_OK)
-		goto out;
-	if (used_version != NULL)
-		*used_version = resp->version;
- out:
-	protobuf_c_message_free_unpacked(m, NULL);
-	return r;
+	return bytes_call(c, KS "Mac", &req.base, NULL, 0, &mac_reply, mac, used_version, NULL);
 }
 
 int
@@ -509,8 +548,6 @@ coffer_wrap(coffer_client *c, const char *key, const uint8_t *plaintext, size_t 
     uint32_t *used_version)
 {
 	Coffer__V1__WrapRequest req = COFFER__V1__WRAP_REQUEST__INIT;
-	Coffer__V1__WrapResponse *resp;
-	ProtobufCMessage *m = NULL;
 	int r;
 
 	if ((r = check_call(c, key, ciphertext == NULL || (plaintext == NULL && len > 0),
@@ -518,17 +555,8 @@ coffer_wrap(coffer_client *c, const char *key, const uint8_t *plaintext, size_t 
 		return r;
 	req.key = (char *)key;
 	req.plaintext = bin(plaintext, len);
-	if ((r = ctx_rpc(c, KS "Wrap", &req.base, ctx, nctx,
-	    &coffer__v1__wrap_response__descriptor, 0, &m)) != CF_OK)
-		goto out;
-	resp = (Coffer__V1__WrapResponse *)m;
-	if ((r = bytes_out(ciphertext, &resp->ciphertext, "ciphertext")) != CF_OK)
-		goto out;
-	if (used_version != NULL)
-		*used_version = resp->version;
- out:
-	protobuf_c_message_free_unpacked(m, NULL);
-	return r;
+	return bytes_call(c, KS "Wrap", &req.base, ctx, nctx, &wrap_reply, ciphertext,
+	    used_version, NULL);
 }
 
 int
@@ -537,8 +565,6 @@ coffer_unwrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
     uint32_t *used_version)
 {
 	Coffer__V1__UnwrapRequest req = COFFER__V1__UNWRAP_REQUEST__INIT;
-	Coffer__V1__UnwrapResponse *resp;
-	ProtobufCMessage *m = NULL;
 	int r;
 
 	if ((r = check_call(c, key, plaintext == NULL || (ciphertext == NULL && len > 0),
@@ -546,17 +572,8 @@ coffer_unwrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 		return r;
 	req.key = (char *)key;
 	req.ciphertext = bin(ciphertext, len);
-	if ((r = ctx_rpc(c, KS "Unwrap", &req.base, ctx, nctx,
-	    &coffer__v1__unwrap_response__descriptor, 1, &m)) != CF_OK)
-		goto out;
-	resp = (Coffer__V1__UnwrapResponse *)m;
-	if ((r = secret_bytes_set(plaintext, &resp->plaintext)) != CF_OK)
-		goto out;
-	if (used_version != NULL)
-		*used_version = resp->version;
- out:
-	protobuf_c_message_free_unpacked(m, &cf_locked_allocator);
-	return r;
+	return bytes_call(c, KS "Unwrap", &req.base, ctx, nctx, &unwrap_reply, plaintext,
+	    used_version, NULL);
 }
 
 int
@@ -565,8 +582,6 @@ coffer_rewrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
     uint32_t *new_version, uint32_t *previous_version)
 {
 	Coffer__V1__RewrapRequest req = COFFER__V1__REWRAP_REQUEST__INIT;
-	Coffer__V1__RewrapResponse *resp;
-	ProtobufCMessage *m = NULL;
 	int r;
 
 	if ((r = check_call(c, key, new_ciphertext == NULL || (ciphertext == NULL && len > 0),
@@ -574,19 +589,8 @@ coffer_rewrap(coffer_client *c, const char *key, const uint8_t *ciphertext, size
 		return r;
 	req.key = (char *)key;
 	req.ciphertext = bin(ciphertext, len);
-	if ((r = ctx_rpc(c, KS "Rewrap", &req.base, ctx, nctx,
-	    &coffer__v1__rewrap_response__descriptor, 0, &m)) != CF_OK)
-		goto out;
-	resp = (Coffer__V1__RewrapResponse *)m;
-	if ((r = bytes_out(new_ciphertext, &resp->ciphertext, "ciphertext")) != CF_OK)
-		goto out;
-	if (new_version != NULL)
-		*new_version = resp->version;
-	if (previous_version != NULL)
-		*previous_version = resp->previous_version;
- out:
-	protobuf_c_message_free_unpacked(m, NULL);
-	return r;
+	return bytes_call(c, KS "Rewrap", &req.base, ctx, nctx, &rewrap_reply, new_ciphertext,
+	    new_version, previous_version);
 }
 
 int

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_audit_verify.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 
@@ -16,9 +17,7 @@
 void
 coffer_audit_lines_free(char **lines, size_t n)
 {
-	for (size_t i = 0; lines != NULL && i < n; i++)
-		free(lines[i]);
-	free(lines);
+	cf_audit_lines_free(lines, n);
 }
 
 int

@@ -476,3 +476,11 @@ cf_audit_anchor_parse(const char *s, struct cf_audit_anchor *out)
 	*out = a;
 	return CF_OK;
 }
+
+void
+cf_audit_lines_free(char **lines, size_t n)
+{
+	for (size_t i = 0; lines != NULL && i < n; i++)
+		free(lines[i]);
+	free(lines);
+}

@@ -100,4 +100,8 @@ int cf_audit_anchor_read(const char *db_path, struct cf_audit_anchor *out);
  * records may follow it. */
 int cf_audit_anchor_parse(const char *s, struct cf_audit_anchor *out);
 
+/* Free n lines of a trail's tail (each malloc'd) and the array; NULL is fine.
+ * The daemon's audit_tail and the client's coffer_audit_tail hand these out. */
+void cf_audit_lines_free(char **lines, size_t n);
+
 #endif

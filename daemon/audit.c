@@ -991,9 +991,7 @@ audit_flush_outbox(audit *a)
 void
 audit_lines_free(char **lines, size_t count)
 {
-	for (size_t i = 0; lines != NULL && i < count; i++)
-		free(lines[i]);
-	free(lines);
+	cf_audit_lines_free(lines, count);
 }
 
 int

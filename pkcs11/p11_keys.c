@@ -150,6 +150,17 @@ p11_key_new(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type
 	return CF_OK;
 }
 
+/* The end of a create or a lookup: k is *out when r is CF_OK, else freed. */
+static int
+key_hand_out(int r, cf_p11_key *k, cf_p11_key **out)
+{
+	if (r == CF_OK)
+		*out = k;
+	else
+		cf_p11_key_free(k);
+	return r;
+}
+
 /*
  * CKA_MODIFIABLE stays TRUE on token objects: SoftHSM 2.6.1 refuses
  * C_CopyObject of an unmodifiable object with a CKA_TOKEN=FALSE template
@@ -538,18 +549,12 @@ p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type t
 	rv = p11_run(p, NULL, gen_op, &g);
 	if (rv == CKR_OK)
 		CF_CRASH_POINT("p11.key-create.created");
-	if (rv == P11_RV_AMBIGUOUS) {
+	if (rv == P11_RV_AMBIGUOUS)
 		r = cf_error(CF_E_EXISTS, "key %s version %u already exists in the token", name,
 			     version);
-		goto out;
-	}
-	if ((r = p11_status(rv, material ? "importing the key" : "generating the key")) != CF_OK)
-		goto out;
-	*out = g.k;
-	g.k = NULL;
-out:
-	cf_p11_key_free(g.k);
-	return r;
+	else
+		r = p11_status(rv, material ? "importing the key" : "generating the key");
+	return key_hand_out(r, g.k, out);
 }
 
 int
@@ -638,22 +643,14 @@ cf_p11_key_open_id(cf_p11 *p, const char *name, uint32_t version, const uint8_t 
 	if ((r = p11_key_new(p, name, version, CF_KEY_NONE, id, &o.k)) != CF_OK)
 		return r;
 	rv = p11_run(p, NULL, open_op, &o);
-	if (rv == P11_RV_NOT_FOUND) {
+	if (rv == P11_RV_NOT_FOUND)
 		r = cf_error(CF_E_NOT_FOUND, "key %s version %u is not in the token", name, version);
-		goto out;
-	}
-	if (rv == CKR_KEY_TYPE_INCONSISTENT) {
+	else if (rv == CKR_KEY_TYPE_INCONSISTENT)
 		r = cf_error(CF_E_UNSUPPORTED, "token object %s is not a key type Coffer knows",
 			     o.k->label);
-		goto out;
-	}
-	if ((r = p11_status(rv, "looking up the key")) != CF_OK)
-		goto out;
-	*out = o.k;
-	o.k = NULL;
-out:
-	cf_p11_key_free(o.k);
-	return r;
+	else
+		r = p11_status(rv, "looking up the key");
+	return key_hand_out(r, o.k, out);
 }
 
 int
