@@ -88,6 +88,14 @@ class SessionTestCase(unittest.TestCase):
     maxDiff = None
     d = None   # the daemon of the test class
 
+    @classmethod
+    def use_shared_daemon(cls, aes_key):
+        """The module's daemon, plain stubs of both sockets, and an AES key."""
+        cls.d = SHARED.d
+        cls.admin = cls.d.admin_stub()
+        cls.svc = cls.d.service_stub()
+        cls.admin.CreateKey(pb.CreateKeyRequest(name=aes_key, type=pb.AES_256), timeout=TIMEOUT)
+
     def assertCode(self, code, fn, *args, details=None, **kw):
         """fn(*args) must raise grpc.RpcError `code` whose details contain
         every string in `details` (a str or a tuple); returns the error."""
@@ -137,10 +145,7 @@ def _status(code):
 class HandshakeTests(SessionTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = SHARED.d
-        cls.admin = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        cls.admin.CreateKey(pb.CreateKeyRequest(name="hs-aes", type=pb.AES_256), timeout=TIMEOUT)
+        cls.use_shared_daemon("hs-aes")
 
     def test_get_identity_is_the_pinned_p256_key(self):
         for kind in ("service", "admin"):
@@ -591,10 +596,7 @@ class PinTests(SessionTestCase):
 class UnsealedTests(SessionTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = SHARED.d
-        cls.admin = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        cls.admin.CreateKey(pb.CreateKeyRequest(name="us-aes", type=pb.AES_256), timeout=TIMEOUT)
+        cls.use_shared_daemon("us-aes")
         sealed = cls.d.sealed_stub("service")
         cls.blob = sealed.Wrap(pb.WrapRequest(key="us-aes", plaintext=b"unsealed?"),
                                timeout=TIMEOUT).ciphertext
