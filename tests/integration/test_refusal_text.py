@@ -151,7 +151,7 @@ def signed(t, method, req, **kw):
     else:
         md = [("authorization", authz(kw.get("key_id", t.key_id), kw.get("secret", t.secret),
                                       kw.get("path", KS + method), kw.get("body", body),
-                                      ts=kw.get("ts"), nonce=kw.get("nonce")))]
+                                      timestamp=kw.get("ts"), nonce=kw.get("nonce")))]
     return raw(t.d.service_socket, KS + method, body, md)
 
 
