@@ -32,21 +32,13 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, stubs  # noqa: E402
-
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
+from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
 
 def forms(secret):
@@ -265,8 +257,7 @@ class AuditTrail(unittest.TestCase):
 
 
 def ctl_offline(*args):
-    return subprocess.run([os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(
-        HERE, "..", "..", "build")), "cofferctl")] + list(args), capture_output=True, timeout=60)
+    return subprocess.run([cofferctl_path()] + list(args), capture_output=True, timeout=60)
 
 
 def rechain(lines, k):

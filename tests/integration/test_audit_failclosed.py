@@ -25,29 +25,17 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
+from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
 SERVING = S.health_pb.HealthCheckResponse.SERVING
 NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
-
-
-def cofferctl():
-    return os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
-                        "cofferctl")
 
 
 class FailClosed(unittest.TestCase):
@@ -124,7 +112,7 @@ class FailClosed(unittest.TestCase):
         r = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(r.returncode, 0, r.stdout)
         d.stop()
-        r = subprocess.run([cofferctl(), "audit", "verify", "--file", self.path,
+        r = subprocess.run([cofferctl_path(), "audit", "verify", "--file", self.path,
                             "--public-key", os.path.join(d.state_dir, "audit-seal.pub"),
                             "--state-db", os.path.join(d.state_dir, "coffer.db")],
                            capture_output=True, timeout=60)

@@ -33,44 +33,26 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, SealedRpcError, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon, SealedRpcError, cofferctl_path  # noqa: E402
+from rpc_common import CALL_AUTH_LABEL as LABEL  # noqa: E402
+from rpc_common import call_authorization as header, string_to_sign  # noqa: E402
+from rpc_common import KS, SC, TIMEOUT, S, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
-LABEL = "COFFER-HMAC-SHA256"
 # cofferd's answer to a MacRequest whose field 2 (uint32 version) arrives
 # length-delimited: protobuf-c cannot unpack it.
 OLD_BODY_REFUSAL = "request is not a valid coffer.v1.MacRequest message"
-KS = "/coffer.v1.KeyService/"
 
 
 def doc_path():
     src = os.environ.get("COFFER_SOURCE_DIR", os.path.join(HERE, "..", ".."))
     return os.path.join(src, "proto", "call-authentication.md")
-
-
-def string_to_sign(path, body, timestamp, nonce, key_id):
-    return "\n".join([LABEL, path, hashlib.sha256(body).hexdigest(), str(timestamp), nonce,
-                      key_id]).encode()
-
-
-def header(key_id, secret, path, body, timestamp=None, nonce=None):
-    ts = int(time.time()) if timestamp is None else timestamp
-    nonce = nonce or secrets.token_hex(16)
-    sig = hmac.new(secret, string_to_sign(path, body, ts, nonce, key_id),
-                   hashlib.sha256).hexdigest()
-    return "%s keyId=%s, timestamp=%d, nonce=%s, signature=%s" % (LABEL, key_id, ts, nonce, sig)
 
 
 def doc_vectors():
@@ -627,8 +609,7 @@ class Cofferctl(unittest.TestCase):
     """The credentials file and --api-key, through cofferctl (libcoffer)."""
 
     def test_add_key_file_and_signed_commands(self):
-        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
-                           "cofferctl")
+        ctl = cofferctl_path()
         with CofferDaemon() as d:
             ident = os.path.join(d.dir, "identity.pem")
             env = dict(d.env, COFFER_SOCKET=d.service_socket, COFFER_ADMIN_SOCKET=d.admin_socket)

@@ -27,12 +27,10 @@ import signal
 import sqlite3
 import struct
 import subprocess
-import sys
 import threading
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc  # noqa: E402
 from cryptography.exceptions import InvalidSignature  # noqa: E402
@@ -42,11 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import utils as asym_utils  # noq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from daemon_fixture import (INIT_TOKEN, PYTHON, SRC_DIR, CofferDaemon,  # noqa: E402
-                            SealedStub, health_check, stubs)
+                            SealedStub, health_check)
+from rpc_common import SC, S, pb, ModuleDaemon  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
 
 MIB = 1 << 20
 MAX_MESSAGE = MIB + (64 << 10)   # coffer.proto: one request message
@@ -62,31 +58,23 @@ ASYM = {  # name -> (type, default scheme, default hash, cryptography hash)
 }
 SYM = {"hmac-256": (pb.HMAC_SHA256, pb.MAC), "aes-256": (pb.AES_256, pb.WRAP)}
 
-_shared = None
-
-
-def setUpModule():
-    global _shared
-    _shared = CofferDaemon()
-    try:
-        _shared.start()
-    except Exception:
-        _shared.cleanup()
-        raise
-
-
-def tearDownModule():
-    if _shared is not None:
-        try:
-            _shared.stop()   # asserts exit status 0
-        finally:
-            _shared.cleanup()
+SHARED = ModuleDaemon()
+setUpModule, tearDownModule = SHARED.set_up, SHARED.tear_down
 
 
 # ---- helpers ----
 
 class CofferTestCase(unittest.TestCase):
     maxDiff = None
+
+    @classmethod
+    def use_shared_daemon(cls):
+        """The module's daemon and its stubs, plain and sealed, on both sockets."""
+        cls.d = SHARED.d
+        cls.admin = cls.d.admin_stub()
+        cls.svc = cls.d.service_stub()
+        cls.ssvc = cls.d.sealed_stub("service")   # Wrap, Unwrap, GenerateDataKey plaintext
+        cls.sadmin = cls.d.sealed_stub("admin")   # ImportKey
 
     def assertCode(self, code, fn, *args, details=None, **kw):
         """fn(*args) must fail with `code` (and details containing `details`);
@@ -153,11 +141,7 @@ def raw_call(channel, method, payload, timeout=TIMEOUT):
 class InteropTests(CofferTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = _shared
-        cls.admin = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        cls.ssvc = cls.d.sealed_stub("service")   # Wrap, Unwrap, GenerateDataKey plaintext
-        cls.sadmin = cls.d.sealed_stub("admin")   # ImportKey
+        cls.use_shared_daemon()
         cls.created = {}
         for name, spec in list(ASYM.items()) + list(SYM.items()):
             cls.created[name] = cls.admin.CreateKey(
@@ -460,11 +444,7 @@ class InteropTests(CofferTestCase):
 class BadInputTests(CofferTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = _shared
-        cls.admin = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        cls.ssvc = cls.d.sealed_stub("service")
-        cls.sadmin = cls.d.sealed_stub("admin")
+        cls.use_shared_daemon()
         cls.svc_ch = cls.d.channel("service")
         cls.admin_ch = cls.d.channel("admin")
         for name, typ in (("bad-hmac", pb.HMAC_SHA256), ("bad-ec", pb.EC_P256),

@@ -21,23 +21,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, health_check, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon, health_check  # noqa: E402
+from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
 SERVING = S.health_pb.HealthCheckResponse.SERVING
 NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
 

@@ -25,28 +25,15 @@ static coffer_client *svc, *adm;
 static const uint8_t msg[] = "end to end through libcoffer";
 
 static int
-connect_both(void)
-{
-	return cf_test_clients(&dmn, &svc, &adm);
-}
-
-static int
 suite_init(void)
 {
-	if (cf_test_token_create(&tok, "coffer-e2e") != 0 ||
-	    cf_test_daemon_start(&tok, &dmn, NULL) != 0)
-		return -1;
-	return connect_both();
+	return cf_test_suite_up(&tok, "coffer-e2e", &dmn, &svc, &adm);
 }
 
 static int
 suite_clean(void)
 {
-	coffer_close(svc);
-	coffer_close(adm);
-	if (dmn.pid > 0 && cf_test_daemon_stop(&dmn) != 0)
-		fprintf(stderr, "cofferd did not exit 0\n");
-	cf_test_token_destroy(&tok);
+	cf_test_suite_down(&tok, &dmn, &svc, &adm);
 	return 0;
 }
 
@@ -399,12 +386,7 @@ test_restart_and_single_instance(void)
 		CU_ASSERT_NOT_EQUAL(cf_test_daemon_start(&other, &second, NULL), 0);
 		CU_ASSERT(cf_test_daemon_log_has(&second, "another cofferd is serving"));
 	}
-	coffer_close(svc);
-	coffer_close(adm);
-	svc = adm = NULL;
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
-	CU_ASSERT_FATAL(connect_both() == 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_suite_restart(&tok, &dmn, &svc, &adm), 0);
 	CHECK_COFFER(coffer_get_key(svc, "e2e-p256", &ki));
 	CU_ASSERT_EQUAL(ki->primary_version, 2);
 	CU_ASSERT_EQUAL(ki->nversions, 2);

@@ -18,23 +18,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
 from crash_harness import sanitizer_build  # noqa: E402
-from daemon_fixture import CofferDaemon, SealedRpcError, stubs  # noqa: E402
-
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
+from daemon_fixture import CofferDaemon, SealedRpcError, cofferctl_path  # noqa: E402
+from rpc_common import SC, TIMEOUT, pb  # noqa: E402
 
 
 def idem(key):
@@ -157,8 +149,7 @@ class Idempotency(unittest.TestCase):
                                            timeout=TIMEOUT, metadata=idem("rotate-restart-1"))
         self.assertEqual(r1.SerializeToString(), r2.SerializeToString())
         self.assertEqual(self.versions("restart-k"), [1, 2])
-        ctl = os.path.join(os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build")),
-                           "cofferctl")
+        ctl = cofferctl_path()
         env = dict(self.d.env, COFFER_ADMIN_SOCKET=self.d.admin_socket)
         for _ in range(2):
             out = subprocess.run([ctl, "--json", "--idempotency-key", "ctl-rotate-0001", "key",

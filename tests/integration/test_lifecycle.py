@@ -74,21 +74,14 @@ Run:  /usr/bin/python3 tests/integration/test_lifecycle.py [-v] [Class.test]
 import glob
 import json
 import os
-import sys
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon  # noqa: E402
+from rpc_common import SC, TIMEOUT, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
 
 MIN_GRACE = 2          # [keys] min_destroy_grace of the test daemon
 MIN_PERIOD = 3         # [keys] min_rotation_period of the test daemon

@@ -49,8 +49,7 @@ suite_init(void)
 	if (cf_secret_new((size_t)NSECRETS * SECRET_LEN, &secrets) != CF_OK ||
 	    RAND_bytes(secret_at(MARKER), 2 * SECRET_LEN) != 1)
 		return -1;
-	if (cf_test_token_create(&tok, "coffer-heap") != 0 ||
-	    cf_test_daemon_start(&tok, &dmn, NULL) != 0 || cf_test_clients(&dmn, &svc, &adm) != 0)
+	if (cf_test_suite_up(&tok, "coffer-heap", &dmn, &svc, &adm) != 0)
 		return -1;
 	daemon_pid = (int)dmn.pid;
 	return 0;
@@ -59,11 +58,7 @@ suite_init(void)
 static int
 suite_clean(void)
 {
-	coffer_close(svc);
-	coffer_close(adm);
-	if (dmn.pid > 0 && cf_test_daemon_stop(&dmn) != 0)
-		fprintf(stderr, "cofferd did not exit 0\n");
-	cf_test_token_destroy(&tok);
+	cf_test_suite_down(&tok, &dmn, &svc, &adm);
 	cf_secret_free(secrets);
 	return 0;
 }

@@ -14,41 +14,24 @@
   NAME --uid-only` (SetPrincipalAuth, audited, idempotent) allows uid-only
   calls again.
 """
-import hashlib
-import hmac
 import json
 import os
 import re
-import secrets
-import sys
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon, Ctl  # noqa: E402
+from rpc_common import call_authorization  # noqa: E402
+from rpc_common import KS, SC, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
 T = 20
-LABEL = "COFFER-HMAC-SHA256"
-KS = "/coffer.v1.KeyService/"
 
 
 def authz(key_id, secret, method, req, timestamp=None):
-    ts = int(time.time()) if timestamp is None else timestamp
-    nonce = secrets.token_hex(16)
-    body = req.SerializeToString()
-    s = "\n".join([LABEL, KS + method, hashlib.sha256(body).hexdigest(), str(ts), nonce,
-                   key_id]).encode()
-    sig = hmac.new(secret, s, hashlib.sha256).hexdigest()
-    return [("authorization", "%s keyId=%s, timestamp=%d, nonce=%s, signature=%s"
-             % (LABEL, key_id, ts, nonce, sig))]
-
+    return [("authorization", call_authorization(key_id, secret, KS + method,
+                                                 req.SerializeToString(), timestamp))]
 
 class ListKeysGrants(unittest.TestCase):
     @classmethod

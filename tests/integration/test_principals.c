@@ -23,16 +23,9 @@ static coffer_client *svc, *adm;
 static const uint8_t msg[] = "principals";
 
 static int
-connect_both(void)
-{
-	return cf_test_clients(&dmn, &svc, &adm);
-}
-
-static int
 suite_init(void)
 {
-	if (cf_test_token_create(&tok, "coffer-princ") != 0 ||
-	    cf_test_daemon_start(&tok, &dmn, NULL) != 0 || connect_both() != 0)
+	if (cf_test_suite_up(&tok, "coffer-princ", &dmn, &svc, &adm) != 0)
 		return -1;
 	/* The tests start from a principal with nothing granted. */
 	return coffer_principal_revoke(adm, CF_TEST_PRINCIPAL, "*", 0, NULL) == COFFER_OK &&
@@ -45,11 +38,7 @@ suite_init(void)
 static int
 suite_clean(void)
 {
-	coffer_close(svc);
-	coffer_close(adm);
-	if (dmn.pid > 0 && cf_test_daemon_stop(&dmn) != 0)
-		fprintf(stderr, "cofferd did not exit 0\n");
-	cf_test_token_destroy(&tok);
+	cf_test_suite_down(&tok, &dmn, &svc, &adm);
 	return 0;
 }
 
@@ -155,11 +144,7 @@ test_key_limits(void)
 						  COFFER_OP_BIT(COFFER_OP_WRAP), NULL),
 			COFFER_E_INVALID_ARG);
 	/* Kept across a restart. */
-	coffer_close(svc);
-	coffer_close(adm);
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
-	CU_ASSERT_EQUAL_FATAL(connect_both(), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_suite_restart(&tok, &dmn, &svc, &adm), 0);
 	CHECK_COFFER(coffer_get_key(adm, "sign-only", &ki));
 	CU_ASSERT_EQUAL(ki->allowed_operations, COFFER_OP_BIT(COFFER_OP_SIGN));
 	coffer_key_info_free(ki);
@@ -292,11 +277,7 @@ test_restart_keeps_principals(void)
 					    COFFER_OP_BIT(COFFER_OP_SIGN) |
 					    COFFER_OP_BIT(COFFER_OP_VERIFY), NULL));
 	CHECK_COFFER(coffer_principal_set_limit(adm, "billing", COFFER_OP_ALL, 50.0, 100, NULL));
-	coffer_close(svc);
-	coffer_close(adm);
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
-	CU_ASSERT_EQUAL_FATAL(connect_both(), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_suite_restart(&tok, &dmn, &svc, &adm), 0);
 	CHECK_COFFER(coffer_principal_get(adm, "billing", &p));
 	CU_ASSERT(p->nuids == 2 && p->uids[0] == 5001 && p->uids[1] == 5002);
 	CU_ASSERT(p->ngrants == 1 && p->grants[0].operations ==
@@ -388,7 +369,7 @@ test_api_keys(void)
 	coffer_close(svc);
 	coffer_close(adm);
 	svc = adm = NULL;
-	CU_ASSERT_EQUAL_FATAL(connect_both(), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_clients(&dmn, &svc, &adm), 0);
 	CU_ASSERT_EQUAL(sign("pay-1"), COFFER_E_UNAUTHENTICATED);
 	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "requires signed calls (it had "
 				      "API keys; the last was revoked)"));

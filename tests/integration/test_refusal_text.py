@@ -18,32 +18,22 @@ prints every row with the text the daemon gives now.
 Rows needing another uid run a small client under `setpriv --reuid=N`
 (root and setpriv required; skipped otherwise).
 """
-import hashlib
-import hmac
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 import grpc  # noqa: E402
 
-from daemon_fixture import PYTHON, CofferDaemon, SealedRpcError, cofferd_path, stubs  # noqa: E402
+from daemon_fixture import PYTHON, CofferDaemon, SealedRpcError, cofferd_path  # noqa: E402
+from rpc_common import CALL_AUTH_LABEL as LABEL  # noqa: E402
+from rpc_common import call_authorization as authz  # noqa: E402
+from rpc_common import AS, KS, SS, TIMEOUT, S, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-TIMEOUT = 20
-KS = "/coffer.v1.KeyService/"
-AS = "/coffer.v1.AdminService/"
-SS = "/coffer.v1.SessionService/"
-LABEL = "COFFER-HMAC-SHA256"
 NOBODY, STRANGER = 65534, 65533      # a uid with a narrow principal; one with none
 DUMP = "--dump" in sys.argv
 # cofferd's log line prefix: time, pid, level.
@@ -69,19 +59,6 @@ def raw(sock, path, body=b"", md=()):
             return ("OK", "", {})
         except grpc.RpcError as e:
             return (e.code().name, e.details(), dict(e.trailing_metadata() or ()))
-
-
-def string_to_sign(path, body, ts, nonce, key_id):
-    return "\n".join([LABEL, path, hashlib.sha256(body).hexdigest(), str(ts), nonce,
-                      key_id]).encode()
-
-
-def authz(key_id, secret, path, body, ts=None, nonce=None):
-    ts = int(time.time()) if ts is None else ts
-    nonce = nonce or secrets.token_hex(16)
-    sig = hmac.new(secret, string_to_sign(path, body, ts, nonce, key_id),
-                   hashlib.sha256).hexdigest()
-    return "%s keyId=%s, timestamp=%d, nonce=%s, signature=%s" % (LABEL, key_id, ts, nonce, sig)
 
 
 # A client run as another uid: reads [[socket, path, body hex, metadata]...]
@@ -174,7 +151,7 @@ def signed(t, method, req, **kw):
     else:
         md = [("authorization", authz(kw.get("key_id", t.key_id), kw.get("secret", t.secret),
                                       kw.get("path", KS + method), kw.get("body", body),
-                                      ts=kw.get("ts"), nonce=kw.get("nonce")))]
+                                      timestamp=kw.get("ts"), nonce=kw.get("nonce")))]
     return raw(t.d.service_socket, KS + method, body, md)
 
 

@@ -19,21 +19,16 @@ import hmac
 import os
 import random
 import string
-import sys
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon  # noqa: E402
+from rpc_common import SC, TIMEOUT, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
 UNRESERVED = set(string.ascii_letters + string.digits + "-._~")
 
 

@@ -34,29 +34,20 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 import coffer_session as cs  # noqa: E402
-from daemon_fixture import PYTHON, CofferDaemon, stubs  # noqa: E402
+from daemon_fixture import PYTHON, CofferDaemon, cofferctl_path  # noqa: E402
+from rpc_common import AS, KS, SC, SS, TIMEOUT, S, pb, ModuleDaemon  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
-
-KS = "/coffer.v1.KeyService/"
-AS = "/coffer.v1.AdminService/"
-SS = "/coffer.v1.SessionService/"
 
 # The words of the daemon's refusals that name the reason (the document's
 # "Errors" table says which rule; these are the daemon's phrases for it).
@@ -68,30 +59,8 @@ OTHER_CALLER = "session belongs to another caller"
 MUST_BE_SEALED = "must be sealed in a session"
 NOT_SEALABLE = "cannot be called inside a session"
 
-_shared = None
-
-
-def setUpModule():
-    global _shared
-    _shared = CofferDaemon()
-    try:
-        _shared.start()
-    except Exception:
-        _shared.cleanup()
-        raise
-
-
-def tearDownModule():
-    if _shared is not None:
-        try:
-            _shared.stop()   # asserts exit status 0
-        finally:
-            _shared.cleanup()
-
-
-def cofferctl():
-    build = os.environ.get("COFFER_BUILD_DIR") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "build")
-    return os.path.join(build, "cofferctl")
+SHARED = ModuleDaemon()
+setUpModule, tearDownModule = SHARED.set_up, SHARED.tear_down
 
 
 def ok_result(testcase, result, cls):
@@ -118,6 +87,14 @@ def leak_forms(secret):
 class SessionTestCase(unittest.TestCase):
     maxDiff = None
     d = None   # the daemon of the test class
+
+    @classmethod
+    def use_shared_daemon(cls, aes_key):
+        """The module's daemon, plain stubs of both sockets, and an AES key."""
+        cls.d = SHARED.d
+        cls.admin = cls.d.admin_stub()
+        cls.svc = cls.d.service_stub()
+        cls.admin.CreateKey(pb.CreateKeyRequest(name=aes_key, type=pb.AES_256), timeout=TIMEOUT)
 
     def assertCode(self, code, fn, *args, details=None, **kw):
         """fn(*args) must raise grpc.RpcError `code` whose details contain
@@ -168,10 +145,7 @@ def _status(code):
 class HandshakeTests(SessionTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = _shared
-        cls.admin = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        cls.admin.CreateKey(pb.CreateKeyRequest(name="hs-aes", type=pb.AES_256), timeout=TIMEOUT)
+        cls.use_shared_daemon("hs-aes")
 
     def test_get_identity_is_the_pinned_p256_key(self):
         for kind in ("service", "admin"):
@@ -187,7 +161,7 @@ class HandshakeTests(SessionTestCase):
                 self.assertEqual(key.curve.name, "secp256r1")
                 self.assertEqual(len(r.public_key), 91)
         # cofferctl prints the same fingerprint.
-        out = subprocess.run([cofferctl(), "--socket", self.d.service_socket, "identity"],
+        out = subprocess.run([cofferctl_path(), "--socket", self.d.service_socket, "identity"],
                              capture_output=True, text=True, timeout=30)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines()[0], cs.fingerprint(self.d.identity))
@@ -301,7 +275,7 @@ class AttackTests(SessionTestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.d = _shared
+        cls.d = SHARED.d
         cls.admin = cls.d.admin_stub()
         cls.admin.CreateKey(pb.CreateKeyRequest(name="atk-aes", type=pb.AES_256), timeout=TIMEOUT)
         cls.admin.CreateKey(pb.CreateKeyRequest(name="atk-rot", type=pb.HMAC_SHA256),
@@ -591,7 +565,7 @@ print(json.dumps(out))
 
 class PinTests(SessionTestCase):
     def test_daemon_with_another_identity_is_refused(self):
-        d = _shared
+        d = SHARED.d
         other = CofferDaemon()
         self.addCleanup(other.cleanup)
         other.start()
@@ -622,10 +596,7 @@ class PinTests(SessionTestCase):
 class UnsealedTests(SessionTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = _shared
-        cls.admin = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        cls.admin.CreateKey(pb.CreateKeyRequest(name="us-aes", type=pb.AES_256), timeout=TIMEOUT)
+        cls.use_shared_daemon("us-aes")
         sealed = cls.d.sealed_stub("service")
         cls.blob = sealed.Wrap(pb.WrapRequest(key="us-aes", plaintext=b"unsealed?"),
                                timeout=TIMEOUT).ciphertext
@@ -808,7 +779,7 @@ class LimitTests(SessionTestCase):
         d.stop()
 
     def test_bad_handshake_input(self):
-        d = _shared
+        d = SHARED.d
         stub = S.pb_grpc.SessionServiceStub(d.channel("service"))
         hs = cs.Handshake(d.identity)
         good = hs.request(pb)
@@ -993,7 +964,7 @@ class WireTests(SessionTestCase):
         return r
 
     def ctl(self, *args):
-        r = subprocess.run([cofferctl()] + list(args), capture_output=True, timeout=60)
+        r = subprocess.run([cofferctl_path()] + list(args), capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, (args, r.stdout, r.stderr))
         return r
 
@@ -1003,16 +974,22 @@ class WireTests(SessionTestCase):
                 self.assertNotIn(needle, data, "%s found on the wire (%s, %s)"
                                  % (what, form, direction))
 
-    def test_cofferctl_secrets_are_sealed_on_the_wire(self):
-        d = _shared
-        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="wire-aes", type=pb.AES_256),
+    def aes_key_and_workdir(self, d, name):
+        """An AES key `name`-aes and a fresh directory `name` holding the
+        daemon's identity.pem (for cofferctl --identity): (work, pem)."""
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name=name + "-aes", type=pb.AES_256),
                                  timeout=TIMEOUT)
-        work = os.path.join(d.dir, "wire")
+        work = os.path.join(d.dir, name)
         os.makedirs(work)
         pem = os.path.join(work, "identity.pem")
         with open(pem, "wb") as f:
             f.write(serialization.load_der_public_key(d.identity).public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return work, pem
+
+    def test_cofferctl_secrets_are_sealed_on_the_wire(self):
+        d = SHARED.d
+        work, pem = self.aes_key_and_workdir(d, "wire")
         secret = os.urandom(48)
         sealed = d.sealed_stub("service")
         blob = sealed.Wrap(pb.WrapRequest(key="wire-aes", plaintext=secret,
@@ -1065,15 +1042,8 @@ class WireTests(SessionTestCase):
         refused by libcoffer: cofferctl fails saying the reply failed
         authentication and the call may have run, and writes nothing of the
         plaintext. The same command through a plain relay works."""
-        d = _shared
-        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="tamper-aes", type=pb.AES_256),
-                                 timeout=TIMEOUT)
-        work = os.path.join(d.dir, "tamper")
-        os.makedirs(work)
-        pem = os.path.join(work, "identity.pem")
-        with open(pem, "wb") as f:
-            f.write(serialization.load_der_public_key(d.identity).public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        d = SHARED.d
+        work, pem = self.aes_key_and_workdir(d, "tamper")
         secret = os.urandom(48)
         sealed = d.sealed_stub("service")
         blob = sealed.Wrap(pb.WrapRequest(key="tamper-aes", plaintext=secret),
@@ -1090,7 +1060,7 @@ class WireTests(SessionTestCase):
         os.unlink(out)
         bad = ReplyTamperingRelay(d.service_socket, os.path.join(d.dir, "tamper.sock"))
         self.addCleanup(bad.close)
-        r = subprocess.run([cofferctl(), "--socket", bad.path] + args, capture_output=True,
+        r = subprocess.run([cofferctl_path(), "--socket", bad.path] + args, capture_output=True,
                            timeout=60)
         self.assertEqual(bad.tampered, 1)
         self.assertNotEqual(r.returncode, 0, r.stdout)

@@ -28,24 +28,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import unittest
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
 
 import coffer_session as cs  # noqa: E402
-from daemon_fixture import PYTHON, CofferDaemon, Ctl, stubs  # noqa: E402
+from daemon_fixture import PYTHON, CofferDaemon, Ctl  # noqa: E402
+from rpc_common import KS, SC, TIMEOUT, S, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
 NOBODY = 65534
-KS = "/coffer.v1.KeyService/"
 
 MISMATCH = ("the daemon saw this session opened by uid 65534 gid 65534, not by this process "
             "(uid 0 gid 0): something relays the socket; refusing the session")

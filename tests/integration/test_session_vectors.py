@@ -28,12 +28,10 @@ import hashlib
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import coffer_session as cs  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

@@ -14,25 +14,15 @@ sent as raw wire bytes to a real cofferd:
 """
 import json
 import os
-import sys
 import time
 import unittest
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
 
 import coffer_session  # noqa: E402
-from daemon_fixture import CofferDaemon, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon  # noqa: E402
+from rpc_common import AS, KS, SC, SS, TIMEOUT, pb  # noqa: E402
 
-S = stubs()
-pb = S.pb
-SC = grpc.StatusCode
-TIMEOUT = 20
-KS = "/coffer.v1.KeyService/"
-AS = "/coffer.v1.AdminService/"
-SS = "/coffer.v1.SessionService/"
 RULE = "; protocol strings are UTF-8 text without NUL"
 
 

@@ -27,3 +27,44 @@ cf_test_clients(const struct cf_test_daemon *d, coffer_client **svc, coffer_clie
 	*adm = a;
 	return 0;
 }
+
+int
+cf_test_suite_up(struct cf_test_token *tok, const char *label, struct cf_test_daemon *d,
+		 coffer_client **svc, coffer_client **adm)
+{
+	if (cf_test_token_create(tok, label) != 0 || cf_test_daemon_start(tok, d, NULL) != 0)
+		return -1;
+	return cf_test_clients(d, svc, adm);
+}
+
+static void
+close_clients(coffer_client **svc, coffer_client **adm)
+{
+	coffer_close(*svc);
+	coffer_close(*adm);
+	*svc = *adm = NULL;
+}
+
+int
+cf_test_suite_restart(struct cf_test_token *tok, struct cf_test_daemon *d, coffer_client **svc,
+		      coffer_client **adm)
+{
+	close_clients(svc, adm);
+	if (cf_test_daemon_stop(d) != 0) {
+		fprintf(stderr, "cofferd did not exit 0 when stopped for a restart\n");
+		return -1;
+	}
+	if (cf_test_daemon_start(tok, d, NULL) != 0)
+		return -1;
+	return cf_test_clients(d, svc, adm);
+}
+
+void
+cf_test_suite_down(struct cf_test_token *tok, struct cf_test_daemon *d, coffer_client **svc,
+		   coffer_client **adm)
+{
+	close_clients(svc, adm);
+	if (d->pid > 0 && cf_test_daemon_stop(d) != 0)
+		fprintf(stderr, "cofferd did not exit 0\n");
+	cf_test_token_destroy(tok);
+}

@@ -26,6 +26,8 @@
 #define CRYPTOKI_COMPAT
 #include <p11-kit/pkcs11.h>
 
+#include "cf_hex.h"
+
 static const char *progname = "p11_objects";
 static CK_FUNCTION_LIST_PTR f;
 
@@ -102,18 +104,6 @@ json_str(const unsigned char *s, size_t len)
 	putchar('"');
 }
 
-static int
-hex_val(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static size_t
 parse_hex(const char *s, unsigned char *out, size_t max)
 {
@@ -121,12 +111,8 @@ parse_hex(const char *s, unsigned char *out, size_t max)
 
 	if (n % 2 != 0 || n / 2 > max || n == 0)
 		die("IDHEX must be 1..64 bytes of hex", CKR_OK);
-	for (size_t i = 0; i < n / 2; i++) {
-		int hi = hex_val(s[2 * i]), lo = hex_val(s[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			die("IDHEX is not hex", CKR_OK);
-		out[i] = (unsigned char)(hi << 4 | lo);
-	}
+	if (cf_hex_decode(s, out, n / 2) != 0)
+		die("IDHEX is not hex", CKR_OK);
 	return n / 2;
 }
 
@@ -199,22 +185,28 @@ get_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULO
 	return v;
 }
 
+/* A known constant by its name, another as "0x..": a JSON string. */
+static void
+json_name(const char *name, unsigned long v)
+{
+	if (name != NULL)
+		printf("\"%s\"", name);
+	else
+		printf("\"0x%lx\"", v);
+}
+
 static void
 print_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 {
 	CK_ULONG len;
 	unsigned char *v;
-	const char *name;
 
 	printf("{\"class\":");
 	v = get_attr(s, o, CKA_CLASS, &len);
 	if (v != NULL && len == sizeof(CK_OBJECT_CLASS)) {
 		CK_OBJECT_CLASS c;
 		memcpy(&c, v, sizeof(c));
-		if ((name = class_name(c)) != NULL)
-			printf("\"%s\"", name);
-		else
-			printf("\"0x%lx\"", (unsigned long)c);
+		json_name(class_name(c), c);
 	} else {
 		printf("null");
 	}
@@ -242,10 +234,7 @@ print_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 	if (v != NULL && len == sizeof(CK_KEY_TYPE)) {
 		CK_KEY_TYPE t;
 		memcpy(&t, v, sizeof(t));
-		if ((name = key_type_name(t)) != NULL)
-			printf("\"%s\"", name);
-		else
-			printf("\"0x%lx\"", (unsigned long)t);
+		json_name(key_type_name(t), t);
 	} else {
 		printf("null");
 	}

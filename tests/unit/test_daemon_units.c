@@ -160,23 +160,33 @@ test_envelope_format(void)
 	cf_buf_free(y);
 }
 
+/* A new store made in <tok.dir>/name (dir: its path), then changed by hand
+ * with sql, as an older or newer cofferd would have left it. */
 static void
-test_store_schema_guard(void)
+store_altered(const char *name, char *dir, size_t dirsz, const char *sql)
 {
-	char dir[400], db[450];
+	char db[450];
 	store *s = NULL;
 	sqlite3 *h;
 
-	snprintf(dir, sizeof(dir), "%s/newer", tok.dir);
+	snprintf(dir, dirsz, "%s/%s", tok.dir, name);
 	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
 	store_close(s);
 	snprintf(db, sizeof(db), "%s/coffer.db", dir);
 	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
-	CU_ASSERT(sqlite3_exec(h, "UPDATE meta SET v = '99' WHERE k = 'schema_version'", NULL,
-			       NULL, NULL) == SQLITE_OK);
+	CU_ASSERT_FATAL(sqlite3_exec(h, sql, NULL, NULL, NULL) == SQLITE_OK);
 	sqlite3_close(h);
-	s = NULL;
+}
+
+static void
+test_store_schema_guard(void)
+{
+	char dir[400];
+	store *s = NULL;
+
+	store_altered("newer", dir, sizeof(dir),
+		      "UPDATE meta SET v = '99' WHERE k = 'schema_version'");
 	CU_ASSERT_EQUAL(store_open(dir, &s), CF_E_CONFIG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "newer than this cofferd"));
 	CU_ASSERT_PTR_NULL(s);
@@ -416,25 +426,16 @@ collect_signed(const char *principal, void *arg)
 static void
 test_store_signed_migration(void)
 {
-	char dir[400], db[450], got[256] = "";
+	char dir[400], got[256] = "";
 	store *s = NULL;
-	sqlite3 *h;
 
-	snprintf(dir, sizeof(dir), "%s/v7", tok.dir);
-	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
-	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
-	store_close(s);
-	snprintf(db, sizeof(db), "%s/coffer.db", dir);
-	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
-	CU_ASSERT_FATAL(sqlite3_exec(h,
+	store_altered("v7", dir, sizeof(dir),
 		"DROP TABLE signed_principals;"
 		"UPDATE meta SET v = '7' WHERE k = 'schema_version';"
 		"INSERT INTO principals VALUES ('revoked-only', 1), ('live', 1), ('never', 1);"
 		"INSERT INTO api_keys VALUES ('ak_000000000000000000000001', 'revoked-only', 1, 5, 2),"
 		" ('ak_000000000000000000000002', 'live', 1, 0, 2),"
-		" ('ak_000000000000000000000003', 'deleted', 1, 5, 2);", NULL, NULL, NULL) ==
-			SQLITE_OK);
-	sqlite3_close(h);
+		" ('ak_000000000000000000000003', 'deleted', 1, 5, 2);");
 	CU_ASSERT_EQUAL_FATAL(store_open(dir, &s), CF_OK);
 	CU_ASSERT_EQUAL(store_signed_load(s, collect_signed, got), CF_OK);
 	CU_ASSERT(strcmp(got, "live;revoked-only;") == 0 || strcmp(got, "revoked-only;live;") == 0);
