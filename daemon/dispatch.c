@@ -7,6 +7,7 @@
 
 #include <openssl/crypto.h>
 
+#include "callauth.h"
 #include "cf_arena.h"
 #include "cf_keytype.h"
 #include "cf_log.h"
@@ -17,6 +18,7 @@
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "pbfield.h"
 #include "handlers_table.h"
 
 /* gRPC status codes (grpc/status.h; fixed by the gRPC specification). */
@@ -377,64 +379,6 @@ out:
 	return r;
 }
 
-/* The string field `field` of req ("outer.inner": of a nested message), ""
- * if there is none. */
-static const char *
-str_field(const ProtobufCMessage *req, const char *field)
-{
-	const ProtobufCFieldDescriptor *f;
-	const char *dot, *v;
-	char outer[32];
-
-	if (field == NULL)
-		return "";
-	if ((dot = strchr(field, '.')) != NULL) {
-		snprintf(outer, sizeof(outer), "%.*s", (int)(dot - field), field);
-		if ((f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
-									  outer)) == NULL ||
-		    f->type != PROTOBUF_C_TYPE_MESSAGE ||
-		    (req = *(const ProtobufCMessage *const *)(const void *)
-			   ((const char *)req + f->offset)) == NULL)
-			return "";
-		field = dot + 1;
-	}
-	if ((f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, field)) == NULL ||
-	    f->type != PROTOBUF_C_TYPE_STRING)
-		return "";
-	v = *(const char *const *)(const void *)((const char *)req + f->offset);
-	return v != NULL ? v : "";
-}
-
-/* Field `name` (a single field of `type`) of msg, NULL if it has none. */
-static const void *
-scalar(const ProtobufCMessage *msg, const char *name, ProtobufCType type)
-{
-	const ProtobufCFieldDescriptor *f =
-		protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
-
-	if (f == NULL || f->type != type || f->label == PROTOBUF_C_LABEL_REPEATED)
-		return NULL;
-	return (const char *)msg + f->offset;
-}
-
-/* A uint32 field of msg by name; 0 if it has none. */
-static uint32_t
-u32_field(const ProtobufCMessage *msg, const char *name)
-{
-	const uint32_t *v = scalar(msg, name, PROTOBUF_C_TYPE_UINT32);
-
-	return v != NULL ? *v : 0;
-}
-
-/* A bool field of msg by name; 0 if it has none. */
-static int
-bool_field(const ProtobufCMessage *msg, const char *name)
-{
-	const protobuf_c_boolean *v = scalar(msg, name, PROTOBUF_C_TYPE_BOOL);
-
-	return v != NULL && *v;
-}
-
 /* For the audit record: the key (or principal, or API key) a call is
  * about, and the key version: the one the request names (a lifecycle
  * change, a verify), else the one its response names. */
@@ -443,118 +387,16 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 	  struct note *n)
 {
 	static const char *const fields[] = { "key", "name", "id", "principal", "request.key" };
-	const char *v = str_field(req, m->d->key_field);
+	const char *v = pb_str_field(req, m->d->key_field);
 
 	for (size_t i = 0; v[0] == '\0' && i < sizeof(fields) / sizeof(fields[0]); i++)
-		v = str_field(req, fields[i]);
+		v = pb_str_field(req, fields[i]);
 	snprintf(n->key, sizeof(n->key), "%s", v);
-	n->version = u32_field(req, "version");
+	n->version = pb_u32_field(req, "version");
 	if (n->version == 0 && resp != NULL)
-		n->version = u32_field(resp, "version");
+		n->version = pb_u32_field(resp, "version");
 	if (n->version == 0 && resp != NULL)
-		n->version = u32_field(resp, "primary_version");
-}
-
-#define CALLAUTH_AHEAD_MAX 1   /* seconds a call's timestamp may be ahead of the daemon */
-
-/* A call's signature over its method and request (nonces_check's verify). */
-struct call_sig {
-	const struct method *m;
-	const struct dctx *h;
-	const uint8_t *in;
-	size_t inlen;
-	const char *who;
-	const struct cf_call_auth *a;
-	int64_t now;
-};
-
-static int
-call_check(void *arg)
-{
-	const struct call_sig *c = arg;
-	cf_buf *str;
-	int r;
-
-	if ((str = cf_buf_new(CF_CALLAUTH_PATH_MAX + 3 * CF_REQSIGN_NONCE_MAX + 160)) == NULL)
-		return cf_nomem();
-	if ((r = cf_callauth_string(c->m->d->path, c->in, c->inlen, c->a->timestamp,
-				    c->a->nonce, c->a->key_id, str)) == CF_OK)
-		r = apikeys_verify(c->h->hc.sv->ak, c->who, c->a->key_id, cf_buf_peek(str),
-				   cf_buf_len(str), c->a->signature, c->now);
-	cf_buf_free(str);
-	return r;
-}
-
-/* The call's API key signature (proto/call-authentication.md), required
- * once the principal has an API key or the daemon says every principal
- * needs one, and checked whenever present. Only a call whose signature is
- * valid uses up its nonce. */
-static int
-check_signature(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
-		const char *who)
-{
-	struct cf_call_auth a;
-	char scope[sizeof(APIKEYS_OBJECT_PREFIX) + CF_APIKEY_ID_LEN];
-	int64_t now = (int64_t)time(NULL);
-	struct call_sig cc = { .m = m, .h = h, .in = in, .inlen = inlen, .who = who, .a = &a,
-			       .now = now };
-	struct nonce_claim claim;
-	enum nonce_verdict v;
-	int r;
-
-	if (h->authenticated || h->hc.sv->ak == NULL)
-		return CF_OK;
-	/* Credentials a caller presents are always checked, needed or not: a
-	 * revoked or forged key is refused, never ignored. */
-	if (h->dc->authz_n == 0 && !apikeys_required(h->hc.sv->ak, who)) {
-		if (!h->dc->require_api_key)
-			return CF_OK;
-		return cf_error(CF_E_UNAUTHENTICATED, "this daemon requires every caller to sign "
-				"its calls with an API key (requests.require_api_key) and principal "
-				"%s has none: cofferctl principal add-key %s", who, who);
-	}
-	if (h->dc->authz_n == 0 && apikeys_required(h->hc.sv->ak, who) == APIKEYS_STICKY)
-		return cf_error(CF_E_UNAUTHENTICATED, "principal %s requires signed calls (it had "
-				"API keys; the last was revoked): create a key with cofferctl "
-				"principal add-key %s, or allow uid-only calls with cofferctl "
-				"principal set-auth %s --uid-only", who, who, who);
-	if (h->dc->authz_n == 0)
-		return cf_error(CF_E_UNAUTHENTICATED, "principal %s has an API key, so every call "
-				"must carry \"authorization: %s keyId=..., timestamp=..., nonce=..., "
-				"signature=...\" (libcoffer: coffer_set_api_key; cofferctl: "
-				"--api-key FILE)", who, CF_CALLAUTH_LABEL);
-	if (h->dc->authz_n > 1)
-		return cf_error(CF_E_UNAUTHENTICATED, "malformed authorization: the call carries "
-				"%u authorization entries; send exactly one", h->dc->authz_n);
-	if (cf_callauth_parse(h->dc->authz, h->dc->authz_len, &a) != CF_OK)
-		return cf_error(CF_E_UNAUTHENTICATED, "malformed %s", cf_error_detail());
-	snprintf(scope, sizeof(scope), "%s%s", APIKEYS_OBJECT_PREFIX, a.key_id);
-	/* The caller signs on this host, with this clock: a timestamp ahead of
-	 * it would only keep its nonce recorded longer (up to twice the window),
-	 * so at most 1 s (a second boundary between two reads) is accepted and
-	 * no nonce outlives now + window + 2. */
-	claim = (struct nonce_claim){ .scope = scope, .nonce = a.nonce, .timestamp = a.timestamp,
-				      .window = h->hc.sv->window, .ahead = CALLAUTH_AHEAD_MAX };
-	if ((r = nonces_check(h->hc.sv->nn, &claim, now, call_check, &cc, &v)) != CF_OK)
-		return r;
-	switch (v) {
-	case NONCE_EXPIRED:
-		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and "
-				"the window is %u s; sign each call when it is sent",
-				(long long)(now - a.timestamp), h->hc.sv->window);
-	case NONCE_AHEAD:
-		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead "
-				"of the daemon's clock (at most %d s is accepted); check the "
-				"caller's clock", (long long)(a.timestamp - now),
-				CALLAUTH_AHEAD_MAX);
-	case NONCE_REPLAYED:
-		return cf_error(CF_E_UNAUTHENTICATED, "replayed nonce: nonce %s was already used "
-				"with API key %s; sign every call with a fresh nonce", a.nonce,
-				a.key_id);
-	case NONCE_FRESH:
-		break;
-	}
-	return CF_OK;
+		n->version = pb_u32_field(resp, "primary_version");
 }
 
 /* Service socket, before the request is decoded: who is calling (into who
@@ -563,6 +405,11 @@ static int
 authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
 	     struct dctx *h2, char *who)
 {
+	struct callauth_call ca = {
+		.path = m->d->path, .body = in, .body_len = inlen, .authz = h->dc->authz,
+		.authz_len = h->dc->authz_len, .authz_n = h->dc->authz_n,
+		.require_api_key = h->dc->require_api_key,
+	};
 	int r;
 
 	if (h->hc.admin || (m->d->flags & CF_MF_OPEN) || h->hc.sv->pol == NULL)
@@ -573,14 +420,16 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 		return r;
 	}
 	h2->hc.principal = who;
-	if ((r = check_signature(m, h, in, inlen, who)) != CF_OK) {
+	/* A sealed call's inner call was signed as part of its envelope. */
+	if (!h->authenticated &&
+	    (r = callauth_check(h->hc.sv->ak, h->hc.sv->nn, h->hc.sv->window, &ca, who)) !=
+		    CF_OK) {
 		if (r == CF_E_UNAUTHENTICATED)
 			cf_log_warn("unauthenticated: principal %s (uid %u pid %d): %s: %s", who,
 				    (unsigned)h->hc.uid, (int)h->hc.pid, m->d->path,
 				    cf_error_detail());
 		return r;
 	}
-	/* A sealed call's inner call was signed as part of its envelope. */
 	h2->authenticated = 1;
 	return CF_OK;
 }
@@ -591,7 +440,7 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 static int
 resolve_key(const struct method *m, const ProtobufCMessage *req, struct dctx *h2)
 {
-	const char *key = str_field(req, m->d->key_field);
+	const char *key = pb_str_field(req, m->d->key_field);
 	int r;
 
 	memset(&h2->key, 0, sizeof(h2->key));
@@ -642,7 +491,7 @@ require_sealed(const struct method *m, const struct dctx *h, const ProtobufCMess
 	const struct cf_method *d = m->d;
 
 	if (!(d->flags & CF_MF_SECRET) || h->sealed || h->dc->unsealed_secrets ||
-	    (d->secret_if != NULL && !bool_field(req, d->secret_if)))
+	    (d->secret_if != NULL && !pb_bool_field(req, d->secret_if)))
 		return CF_OK;
 	return cf_error(CF_E_PRECONDITION, "%s%s%s %s, so it must be sealed in a session "
 			"(SessionService/OpenSession, then SessionService/Call; libcoffer and "
