@@ -1,7 +1,7 @@
 /*
  * test_policy — daemon/policy.c over a real state store: principals and
  * their ids, grants (names and globs) and revocation, deny by default,
- * policy_may against policy_check, token-bucket rate limits (per principal
+ * policy_may against policy_authorize, token-bucket rate limits (per principal
  * and per operation, refill, retry-after, removal, bounds), a principal
  * deleted under a caller, what survives a reopen, and the key's own limit
  * (keyring_ref_allowed_ops) on a key in the test token. Every refusal is checked
