@@ -179,8 +179,10 @@ enum coffer_serving_status {
 
 typedef struct coffer_client coffer_client;
 
-/* Bytes returned by libcoffer: data is malloc()ed, len bytes long (data is
- * never NULL on success, even when len is 0). */
+/* Bytes returned by libcoffer, len bytes long (data is never NULL on
+ * success, even when len is 0). Release them only with coffer_bytes_free:
+ * secrets (unwrapped plaintext, data keys, API secrets) live in locked
+ * memory (mlocked, out of core dumps), which free() must not be given. */
 struct coffer_bytes {
 	uint8_t *data;
 	size_t len;

@@ -246,12 +246,16 @@ cf_secure_free(void *p, size_t len)
 	free(p);
 }
 
-/* Blocks above CF_SECRET_MAX come from the wiping heap. */
+/* Blocks above CF_SECRET_MAX, and any block once locked memory runs out
+ * (RLIMIT_MEMLOCK), come from the heap and are wiped when freed: a call
+ * still works where memory cannot be locked, as it did before. */
 static void *
 locked_pb_alloc(void *data, size_t n)
 {
+	void *p = n <= CF_SECRET_MAX ? cf_locked_alloc(n) : NULL;
+
 	(void)data;
-	return n <= CF_SECRET_MAX ? cf_locked_alloc(n) : malloc(n);
+	return p != NULL ? p : malloc(n ? n : 1);
 }
 
 static void

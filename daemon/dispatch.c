@@ -374,6 +374,9 @@ out:
 	free(rec);
 	if (!cf_arena_contains(arena, iout))   /* a replayed answer is heap */
 		wipe_free(iout, ioutlen);
+	/* A result too large for the arena was packed in the wiping heap. */
+	if (!cf_arena_contains(arena, pt))
+		wipe_free(pt, rlen);
 	session_release(h->hc.sv->sm, s);
 	cf_arena_free(arena);       /* wipes */
 	return r;

@@ -66,10 +66,8 @@ h_verify_audit(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 	if ((r = audit_verify(c->sv->au, &rep)) != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_audit_response__descriptor)) == NULL ||
-	    (out->reason = strdup(rep.ok ? "" : rep.reason)) == NULL) {
-		free(out);
-		return cf_nomem();
-	}
+	    (out->reason = strdup(rep.ok ? "" : rep.reason)) == NULL)
+		return h_reply(cf_nomem(), out, resp);   /* out may be in a sealed call's arena */
 	out->ok = rep.ok;
 	out->records = rep.records;
 	out->seals = rep.seals;

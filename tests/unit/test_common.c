@@ -10,6 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/capability.h>
 
 #include <CUnit/Basic.h>
 
@@ -994,6 +999,48 @@ test_arena(void)
 	CU_ASSERT_TRUE(cf_locked_free(p));
 }
 
+/* Where memory cannot be locked (RLIMIT_MEMLOCK 0 and no CAP_IPC_LOCK),
+ * cf_locked_allocator falls back to the wiping heap: a library call still
+ * works. In a child, which drops the capability and the limit. */
+static int
+locked_fallback_child(void)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct cap[2];
+	struct rlimit none = { 0, 0 };
+	uint8_t *p;
+	int ok;
+
+	if (syscall(SYS_capget, &hdr, cap) != 0)
+		return 2;
+	cap[0].effective &= ~(1u << CAP_IPC_LOCK);
+	if (syscall(SYS_capset, &hdr, cap) != 0 || setrlimit(RLIMIT_MEMLOCK, &none) != 0)
+		return 3;
+	/* Two pages: more than a spare locked page the parent may have left. */
+	if (cf_locked_alloc(8192) != NULL)
+		return 4;   /* memory was locked after all: nothing tested */
+	if ((p = cf_locked_allocator.alloc(NULL, 8192)) == NULL)
+		return 5;
+	memset(p, 0xA5, 8192);
+	ok = p[8191] == 0xA5;
+	cf_locked_allocator.free(NULL, p);
+	return ok ? 0 : 6;
+}
+
+static void
+test_locked_fallback(void)
+{
+	int status = -1;
+	pid_t pid = fork();
+
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0)
+		_exit(locked_fallback_child());
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT(WIFEXITED(status));
+	CU_ASSERT_EQUAL(WEXITSTATUS(status), 0);
+}
+
 int
 main(void)
 {
@@ -1012,6 +1059,8 @@ main(void)
 		{ "cf_secret new/from/len/truncate", test_secret_basics },
 		{ "cf_secret equal and equal_mem", test_secret_equal },
 		{ "cf_secret mapping is mlocked and MADV_DONTDUMP", test_secret_locked_dontdump },
+		{ "locked allocator falls back to the wiping heap without RLIMIT_MEMLOCK",
+		  test_locked_fallback },
 		{ "key type names round-trip; unknown names rejected", test_key_types },
 		{ "hash names and lengths", test_hashes },
 		{ "key name rule", test_key_names },
