@@ -89,7 +89,7 @@ bytes_copy(struct coffer_bytes *out, const ProtobufCBinaryData *in, int secret)
 	uint8_t *p = secret ? cf_locked_allocator.alloc(NULL, n) : malloc(n);
 
 	if (p == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	if (in->len > 0)
 		memcpy(p, in->data, in->len);
 	out->data = p;
@@ -311,7 +311,7 @@ ctx_build(const ProtobufCMessageDescriptor *d, const struct coffer_kv *kv, size_
 	if ((e->ptrs = calloc(n, sizeof(*e->ptrs))) == NULL ||
 	    (e->mem = calloc(n, sz)) == NULL) {
 		ctx_free(e);
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	}
 	for (size_t i = 0; i < n; i++) {
 		uint8_t *m = e->mem + i * sz;
@@ -673,7 +673,7 @@ coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
 		goto out;
 	}
 	if ((pk = calloc(1, sizeof(*pk))) == NULL || (pk->pem = strdup(resp->pem)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = bytes_set(&pk->der, &resp->der)) != CF_OK)
@@ -755,7 +755,7 @@ key_from_pb(const Coffer__V1__Key *k, struct coffer_key_info *out)
 	return CF_OK;
  nomem:
 	key_info_clear(&tmp);
-	return cf_error(CF_E_NOMEM, "out of memory");
+	return cf_nomem();
 }
 
 int
@@ -771,7 +771,7 @@ lc_key_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	if (out == NULL)
 		goto out;
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = key_from_pb((Coffer__V1__Key *)m, k)) != CF_OK)
@@ -820,7 +820,7 @@ coffer_list_keys(coffer_client *c, struct coffer_key_list **out)
 	}
 	method = (lc_client_flags(c) & COFFER_CONNECT_ADMIN) ? AS "ListKeys" : KS "ListKeys";
 	if ((l = calloc(1, sizeof(*l))) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	for (;;) {
@@ -841,7 +841,7 @@ coffer_list_keys(coffer_client *c, struct coffer_key_list **out)
 			while (ncap < l->nkeys + n)
 				ncap *= 2;
 			if ((nk = reallocarray(l->keys, ncap, sizeof(*nk))) == NULL) {
-				r = cf_error(CF_E_NOMEM, "out of memory");
+				r = cf_nomem();
 				goto out;
 			}
 			l->keys = nk;

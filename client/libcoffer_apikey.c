@@ -195,7 +195,7 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		if (resp->secret.len > 0) {
 			if ((secret->data = cf_locked_allocator.alloc(NULL, resp->secret.len)) ==
 			    NULL) {
-				r = cf_error(CF_E_NOMEM, "out of memory");
+				r = cf_nomem();
 				goto out;
 			}
 			memcpy(secret->data, resp->secret.data, resp->secret.len);
@@ -302,7 +302,7 @@ coffer_api_key_list(coffer_client *c, const char *principal, struct coffer_api_k
 	resp = (Coffer__V1__ListApiKeysResponse *)m;
 	if ((*keys = calloc(resp->n_keys ? resp->n_keys : 1, sizeof(**keys))) == NULL) {
 		protobuf_c_message_free_unpacked(m, NULL);
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	}
 	for (size_t i = 0; i < resp->n_keys; i++)
 		from_pb(resp->keys[i], &(*keys)[i]);

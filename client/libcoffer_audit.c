@@ -39,13 +39,13 @@ coffer_audit_tail(coffer_client *c, uint32_t count, char ***lines, size_t *n)
 	resp = (Coffer__V1__TailAuditResponse *)m;
 	if ((out = calloc(resp->n_records ? resp->n_records : 1, sizeof(*out))) == NULL) {
 		protobuf_c_message_free_unpacked(m, NULL);
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	}
 	for (size_t i = 0; i < resp->n_records; i++)
 		if ((out[i] = strdup(resp->records[i])) == NULL) {
 			coffer_audit_lines_free(out, i);
 			protobuf_c_message_free_unpacked(m, NULL);
-			return cf_error(CF_E_NOMEM, "out of memory");
+			return cf_nomem();
 		}
 	*lines = out;
 	*n = resp->n_records;

@@ -82,7 +82,7 @@ coffer_public_key_jwk(const struct coffer_public_key *pk, const char *kid, char 
 	    p != pk->der.data + pk->der.len)
 		return cf_error(CF_E_INVALID_ARG, "not a DER SubjectPublicKeyInfo");
 	if ((out = malloc(JWK_MAX)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto done;
 	}
 	switch (EVP_PKEY_get_base_id(key)) {

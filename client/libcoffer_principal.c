@@ -80,7 +80,7 @@ from_pb(const Coffer__V1__Principal *m, struct coffer_principal *p)
 	    (m->n_gids && (p->gids = calloc(m->n_gids, sizeof(*p->gids))) == NULL) ||
 	    (m->n_grants && (p->grants = calloc(m->n_grants, sizeof(*p->grants))) == NULL) ||
 	    (m->n_limits && (p->limits = calloc(m->n_limits, sizeof(*p->limits))) == NULL))
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	if (m->n_uids)
 		memcpy(p->uids, m->uids, m->n_uids * sizeof(*p->uids));
 	if (m->n_gids)
@@ -92,7 +92,7 @@ from_pb(const Coffer__V1__Principal *m, struct coffer_principal *p)
 		struct coffer_grant *g = &p->grants[p->ngrants];
 
 		if ((g->key_pattern = strdup(m->grants[i]->key_pattern)) == NULL)
-			return cf_error(CF_E_NOMEM, "out of memory");
+			return cf_nomem();
 		p->ngrants++;
 		for (size_t k = 0; k < m->grants[i]->n_operations; k++)
 			if ((unsigned)m->grants[i]->operations[k] < NOPS)
@@ -120,7 +120,7 @@ principal_call(coffer_client *c, const char *method, const ProtobufCMessage *req
 	    out == NULL)
 		goto out;
 	if ((p = calloc(1, sizeof(*p))) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = from_pb((const Coffer__V1__Principal *)m, p)) == CF_OK) {
@@ -200,7 +200,7 @@ coffer_principal_list(coffer_client *c, struct coffer_principal_list **out)
 	resp = (Coffer__V1__ListPrincipalsResponse *)m;
 	if ((l = calloc(1, sizeof(*l))) == NULL || (resp->n_principals &&
 	    (l->principals = calloc(resp->n_principals, sizeof(*l->principals))) == NULL)) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	for (size_t i = 0; i < resp->n_principals && r == CF_OK; i++, l->n++)

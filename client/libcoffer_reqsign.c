@@ -27,11 +27,11 @@ coffer_canonical_query(const char *raw_query, char **out)
 	if (out == NULL)
 		return cf_error(CF_E_INVALID_ARG, "NULL output");
 	if (b == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	if ((r = cf_reqsign_canonical_query(raw_query ? raw_query : "", b)) == CF_OK &&
 	    (r = cf_buf_put_u8(b, 0)) == CF_OK &&
 	    (*out = strdup((const char *)cf_buf_peek(b))) == NULL)
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 	cf_buf_free(b);
 	return r;
 }
@@ -91,7 +91,7 @@ coffer_verify_http_request(coffer_client *c, const struct coffer_http_request *r
 	if (version != NULL)
 		*version = resp->version;
 	if (reason != NULL && (*reason = strdup(resp->reason)) == NULL)
-		rc = cf_error(CF_E_NOMEM, "out of memory");
+		rc = cf_nomem();
 out:
 	protobuf_c_message_free_unpacked(m, NULL);
 	free(cq);
@@ -135,7 +135,7 @@ coffer_sign_http_request(coffer_client *c, const struct coffer_http_request *r,
 	if ((s = calloc(1, sizeof(*s))) == NULL || (s->signature = strdup(resp->signature)) == NULL ||
 	    (s->nonce = strdup(resp->nonce)) == NULL ||
 	    (s->authorization = strdup(resp->authorization)) == NULL) {
-		rc = cf_error(CF_E_NOMEM, "out of memory");
+		rc = cf_nomem();
 		goto out;
 	}
 	s->timestamp = resp->timestamp;

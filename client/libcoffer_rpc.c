@@ -53,10 +53,10 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 		return cf_error(CF_E_INVALID_ARG, "socket path longer than %zu bytes",
 		    sizeof(sun.sun_path) - 1);
 	if ((c = calloc(1, sizeof(*c))) == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	c->flags = flags;
 	if ((c->sessions = lc_sessions_new()) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = lc_conn_new(path, &c->conn)) != CF_OK)
@@ -165,7 +165,7 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	 * memory, from which it is sealed. */
 	buf = sealed ? cf_locked_allocator.alloc(NULL, len ? len : 1) : malloc(len ? len : 1);
 	if (buf == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	if (protobuf_c_message_pack(req, buf) != len) {
 		cf_secure_free(buf, len);
 		return cf_error(CF_E_INTERNAL, "cannot encode the request");
@@ -182,7 +182,7 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 			    &rlen);
 		} else if ((copy = malloc(len ? len : 1)) == NULL) {
 			cf_secure_free(buf, len);
-			return cf_error(CF_E_NOMEM, "out of memory");
+			return cf_nomem();
 		} else {
 			memcpy(copy, buf, len);
 			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, &resp,

@@ -107,7 +107,7 @@ lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len)
 		return r;
 	if ((copy = malloc(len)) == NULL) {
 		cf_session_pin_free(key);
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	}
 	memcpy(copy, spki, len);
 	pthread_mutex_lock(&p->mu);
@@ -167,7 +167,7 @@ handshake(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
 	req.principal = (char *)h.principal;
 	len = protobuf_c_message_get_packed_size(&req.base);
 	if ((buf = malloc(len)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	protobuf_c_message_pack(&req.base, buf);
@@ -233,7 +233,7 @@ handshake(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
 		goto out;
 	}
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_session_keys_derive(eph, h.server_pub, th, h.session_id, &s->keys)) != CF_OK) {
@@ -341,7 +341,7 @@ exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const cha
 	int r;
 
 	if (rec == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	if ((r = cf_session_seal_to(s->keys, CF_SESSION_C2S, seq, method, req, len, rec)) != CF_OK)
 		goto out;
 	call.session_id.data = s->id;
@@ -352,7 +352,7 @@ exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const cha
 	call.record.len = len + CF_SESSION_TAG_LEN;
 	blen = protobuf_c_message_get_packed_size(&call.base);
 	if ((buf = malloc(blen)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	protobuf_c_message_pack(&call.base, buf);
@@ -369,7 +369,7 @@ exchange(struct lc_conn *t, struct lc_apikey *k, struct lc_session *s, const cha
 	}
 	/* Opened in a locked copy, and wiped there. */
 	if ((pt = cf_locked_allocator.alloc(NULL, reply->record.len + 1)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	memcpy(pt, reply->record.data, reply->record.len);
@@ -427,7 +427,7 @@ lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, co
 		r = cf_error(lc_status_from_grpc(res->code), "%s", msg);
 	} else if (res->response.data == NULL &&
 		   (res->response.data = cf_locked_allocator.alloc(NULL, 1)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 	} else {
 		/* Handed over, not copied: release with cf_secure_free. */
 		*out = res->response.data;

@@ -55,7 +55,7 @@ apikey_sign(struct lc_apikey *k, const char *method, const uint8_t *buf, size_t 
 	int r;
 
 	if (str == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	memset(&a, 0, sizeof(a));
 	memcpy(a.key_id, k->id, sizeof(a.key_id));
 	a.timestamp = (int64_t)time(NULL);
@@ -110,7 +110,7 @@ lc_apikey_new(const char *id, const uint8_t *secret, size_t len, struct lc_apike
 	int r;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	memcpy(k->id, id, CF_APIKEY_ID_LEN + 1);
 	atomic_init(&k->seq, 0);
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {

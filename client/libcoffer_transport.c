@@ -204,7 +204,7 @@ lc_conn_new(const char *path, struct lc_conn **out)
 	int r;
 
 	if ((c = calloc(1, sizeof(*c))) == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	if (pthread_mutex_init(&c->mu, NULL) != 0) {
 		r = cf_error(CF_E_NOMEM, "cannot create a mutex");
 		goto out;
@@ -212,7 +212,7 @@ lc_conn_new(const char *path, struct lc_conn **out)
 	mu_ready = 1;
 	if (asprintf(&c->target, "unix:%s", path) < 0) {
 		c->target = NULL;
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	atomic_init(&c->timeout_ms, COFFER_DEFAULT_TIMEOUT_MS);
@@ -350,7 +350,7 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 	send_bb = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
 	if (send_bb == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 
@@ -427,7 +427,7 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 	reader_ready = 1;
 	payload = grpc_byte_buffer_reader_readall(&reader);
 	if ((copy = malloc(GRPC_SLICE_LENGTH(payload) + 1)) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	memcpy(copy, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));

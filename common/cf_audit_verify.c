@@ -153,7 +153,7 @@ check_sig(struct walk *w, const uint8_t before[32], uint64_t seq, const char *s,
 		goto out;
 	}
 	if ((in = malloc(40 + body_len)) == NULL || (md = EVP_MD_CTX_new()) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	inlen = cf_audit_sig_input(before, seq, s, (size_t)(sig - s), in);

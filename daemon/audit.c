@@ -195,7 +195,7 @@ emit_seal(audit *a, cf_buf *buf, uint8_t chain[32], uint64_t seq, const char *fi
 	int r;
 
 	if (sig == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	now_iso(t);
@@ -272,7 +272,7 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	for (const struct item *i = batch; i != NULL; i = i->next)
 		n++;
 	if ((buf = cf_buf_new((n + 2) * (CF_AUDIT_LINE_MAX + 64))) == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	memcpy(c, chain, 32);
@@ -451,7 +451,7 @@ ob_collect(int64_t id, const char *line, void *arg)
 		return CF_OK;
 	if ((it = calloc(1, sizeof(*it))) == NULL || (it->rest = strdup(line)) == NULL) {
 		free(it);
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	}
 	it->outbox = id;
 	it->gen = l->gen;
@@ -603,7 +603,7 @@ seal_pub(audit *a, const char *state_dir)
 	snprintf(path, sizeof(path), "%s/" AUDIT_SEAL_PUB, state_dir);
 	snprintf(tmp, sizeof(tmp), "%s.new", path);
 	if (pem == NULL) {
-		r = cf_error(CF_E_NOMEM, "out of memory");
+		r = cf_nomem();
 		goto out;
 	}
 	if ((r = cf_p11_pubkey_pem(a->seal_key, pem)) != CF_OK ||
@@ -714,7 +714,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	int r, created = 0;
 
 	if (a == NULL)
-		return cf_error(CF_E_NOMEM, "out of memory");
+		return cf_nomem();
 	/* A file-size limit must fail the write (EFBIG), not kill the daemon. */
 	signal(SIGXFSZ, SIG_IGN);
 	a->cfg = *cfg;
@@ -757,7 +757,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 		a->writing = 1;
 		if (write_locked(a, batch, fields, NULL) != CF_OK &&
 		    (a->pending_start = strdup(fields)) == NULL)
-			r = cf_error(CF_E_NOMEM, "out of memory");
+			r = cf_nomem();
 	}
 	pthread_mutex_unlock(&a->mu);
 	if (r != CF_OK)
