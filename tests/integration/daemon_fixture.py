@@ -33,6 +33,15 @@ Where cofferd is found, first match wins:
 Other environment: COFFER_SOFTHSM_MODULE (the PKCS#11 module), COFFER_KEEP_TMP=1
 (keep temp dirs for a post-mortem), TMPDIR.
 
+The state backend: SQLite (<state_dir>/coffer.db) unless COFFER_TEST_BACKEND=
+postgresql, with COFFER_TEST_PG_HOST the socket directory of a running server
+(tests/run-on-postgresql.sh sets both). Then every daemon gets [state]
+backend = postgresql, dsn = host=<COFFER_TEST_PG_HOST> dbname=<d.pg_db>, where
+d.pg_db = pg_dbname(d.state_dir) is created before the first start and dropped
+by cleanup(): a daemon restarted on the same state dir finds its state again.
+A test that looks at the SQLite file itself checks on_postgresql() and does
+the same through psql(), or calls skip_on_postgresql() for that one check.
+
 The Python stubs are generated at run time from proto/ with grpc_tools.protoc
 into a temp dir (once per process). grpc/health/v1/health.proto is compiled
 from a copy under another directory name, because a generated top-level
@@ -44,6 +53,7 @@ Only /usr/bin/python3 (Debian's python3-grpcio, python3-grpc-tools) is supported
 
 import atexit
 import functools
+import hashlib
 import importlib
 import os
 import shutil
@@ -92,6 +102,64 @@ def softhsm_module():
 
 def _keep_tmp():
     return os.environ.get("COFFER_KEEP_TMP", "") not in ("", "0")
+
+
+# ---- the state backend ----
+
+def test_backend():
+    """"sqlite" or "postgresql" (COFFER_TEST_BACKEND); raises DaemonError on
+    anything else, or on postgresql without COFFER_TEST_PG_HOST."""
+    b = os.environ.get("COFFER_TEST_BACKEND", "") or "sqlite"
+    if b not in ("sqlite", "postgresql"):
+        raise DaemonError("COFFER_TEST_BACKEND=%s: expected sqlite or postgresql" % b)
+    if b == "postgresql" and not os.environ.get("COFFER_TEST_PG_HOST"):
+        raise DaemonError("COFFER_TEST_BACKEND=postgresql needs COFFER_TEST_PG_HOST (the socket "
+                          "directory of a running server): use tests/run-on-postgresql.sh")
+    return b
+
+
+def on_postgresql():
+    return test_backend() == "postgresql"
+
+
+def skip_on_postgresql(what, reason):
+    """On PostgreSQL: print that the check `what` is skipped and why, return
+    True (the caller then skips that one check). On SQLite: False."""
+    if not on_postgresql():
+        return False
+    print("SKIP (postgresql): %s: %s" % (what, reason), file=sys.stderr, flush=True)
+    return True
+
+
+def pg_dbname(state_dir):
+    """The database of the daemon whose state dir is state_dir."""
+    return "coffer_" + hashlib.sha256(state_dir.encode()).hexdigest()[:16]
+
+
+def psql(dbname, sql, check=True):
+    """Run sql in dbname on the test server (psql -At): the rows as lists of
+    strings. Raises DaemonError on an error when check."""
+    r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
+                        "-h", os.environ["COFFER_TEST_PG_HOST"], "-d", dbname, "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise DaemonError("psql -d %s -c %r: %s" % (dbname, sql, r.stderr.strip()))
+    return [line.split("\x1f") for line in r.stdout.splitlines()]
+
+
+def pg_createdb(dbname):
+    """CREATE DATABASE unless it exists (a concurrent creator may win)."""
+    r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        "-h", os.environ["COFFER_TEST_PG_HOST"], "-d", "postgres",
+                        "-c", "CREATE DATABASE %s" % dbname],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 and "already exists" not in r.stderr:
+        raise DaemonError("cannot create database %s on the test PostgreSQL server %s: %s"
+                          % (dbname, os.environ["COFFER_TEST_PG_HOST"], r.stderr.strip()))
+
+
+def pg_dropdb(dbname):
+    psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % dbname)
 
 
 # ---- generated stubs ----
@@ -219,6 +287,14 @@ class CofferDaemon:
         }
         for sec, kv in (config or {}).items():
             self.config.setdefault(sec, {}).update(kv)
+        # The backend under test, unless the test configures [state] itself.
+        self.pg_db = None
+        if on_postgresql() and "state" not in (config or {}):
+            self.pg_db = pg_dbname(self.config["daemon"]["state_dir"])
+            pg_createdb(self.pg_db)
+            self.config["state"] = {
+                "backend": "postgresql",
+                "dsn": "host=%s dbname=%s" % (os.environ["COFFER_TEST_PG_HOST"], self.pg_db)}
 
     # -- setup --
 
@@ -415,6 +491,8 @@ class CofferDaemon:
             self.close_channels()
             if self._own_dir and not _keep_tmp():
                 shutil.rmtree(self.dir, ignore_errors=True)
+                if self.pg_db is not None:
+                    pg_dropdb(self.pg_db)
 
     def __enter__(self):
         return self.start()
