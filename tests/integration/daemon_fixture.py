@@ -131,6 +131,21 @@ def skip_on_postgresql(what, reason):
     return True
 
 
+def skip_test_on_postgresql(what, reason):
+    """On PostgreSQL: print why and skip the whole test (unittest.SkipTest)."""
+    if skip_on_postgresql(what, reason):
+        import unittest
+        raise unittest.SkipTest("postgresql: " + reason)
+
+
+# The offline audit verifier (cofferctl audit verify --file --public-key)
+# reads the anchor from the SQLite state store (--state-db); with the state in
+# PostgreSQL there is no such file.
+OFFLINE_ANCHOR_SKIP = ("the offline verifier reads the audit anchor from the SQLite state "
+                       "store (--state-db <state_dir>/coffer.db); the daemon's own verify "
+                       "runs instead")
+
+
 def pg_dbname(state_dir):
     """The database of the daemon whose state dir is state_dir."""
     return "coffer_" + hashlib.sha256(state_dir.encode()).hexdigest()[:16]
@@ -160,6 +175,12 @@ def pg_createdb(dbname):
 
 def pg_dropdb(dbname):
     psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % dbname)
+
+
+def pg_copydb(src, dst):
+    """dst (replaced) a copy of src, which nobody may be connected to."""
+    pg_dropdb(dst)
+    psql("postgres", "CREATE DATABASE %s TEMPLATE %s" % (dst, src))
 
 
 # ---- generated stubs ----
@@ -323,6 +344,62 @@ class CofferDaemon:
         (e.g. nobody) can reach sockets whose mode lets them connect."""
         for d in (self.dir, self.run_dir):
             os.chmod(d, 0o755)
+
+    # -- the state store behind the daemon's back --
+
+    def state_query(self, *statements, readonly=False):
+        """Run SQL statements in one transaction on this daemon's state
+        store: <state_dir>/coffer.db, or its PostgreSQL database. The rows
+        they return, each a tuple of strings (None for NULL), so that both
+        backends compare alike (a boolean is "t"/"f" on PostgreSQL)."""
+        if self.pg_db is not None:
+            if readonly:
+                statements = ("SET TRANSACTION READ ONLY",) + statements
+            r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-P", "null=\x1e",
+                                "-v", "ON_ERROR_STOP=1", "-1",
+                                "-h", os.environ["COFFER_TEST_PG_HOST"], "-d", self.pg_db,
+                                "-f", "-"], input=";\n".join(statements) + ";\n",
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise DaemonError("psql -d %s: %s" % (self.pg_db, r.stderr.strip()))
+            return [tuple(None if v == "\x1e" else v for v in line.split("\x1f"))
+                    for line in r.stdout.splitlines()]
+        import sqlite3
+        path = os.path.join(self.state_dir, "coffer.db")
+        db = sqlite3.connect("file:%s%s" % (path, "?mode=ro" if readonly else ""), uri=True,
+                             timeout=10)
+        rows = []
+        try:
+            with db:
+                for st in statements:
+                    rows += db.execute(st).fetchall()
+            return [tuple(None if v is None else str(v) for v in row) for row in rows]
+        finally:
+            db.close()
+
+    def save_state(self, tag):
+        """A copy of the stopped daemon's state store (restore_state(tag))."""
+        if self.pg_db is not None:
+            pg_copydb(self.pg_db, "%s_%s" % (self.pg_db, tag))
+            return
+        saved = os.path.join(self.dir, "saved-" + tag)
+        shutil.rmtree(saved, ignore_errors=True)
+        os.makedirs(saved)
+        for f in os.listdir(self.state_dir):
+            if f.startswith("coffer.db"):
+                shutil.copy(os.path.join(self.state_dir, f), saved)
+
+    def restore_state(self, tag):
+        """The stopped daemon's state store as save_state(tag) left it."""
+        if self.pg_db is not None:
+            pg_copydb("%s_%s" % (self.pg_db, tag), self.pg_db)
+            return
+        saved = os.path.join(self.dir, "saved-" + tag)
+        for f in os.listdir(self.state_dir):
+            if f.startswith("coffer.db"):
+                os.unlink(os.path.join(self.state_dir, f))
+        for f in os.listdir(saved):
+            shutil.copy(os.path.join(saved, f), self.state_dir)
 
     # -- process --
 
@@ -492,7 +569,9 @@ class CofferDaemon:
             if self._own_dir and not _keep_tmp():
                 shutil.rmtree(self.dir, ignore_errors=True)
                 if self.pg_db is not None:
-                    pg_dropdb(self.pg_db)
+                    for (name,) in psql("postgres", "SELECT datname FROM pg_database WHERE "
+                                        "datname LIKE '%s%%'" % self.pg_db):
+                        pg_dropdb(name)   # with the copies of save_state
 
     def __enter__(self):
         return self.start()
