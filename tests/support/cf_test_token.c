@@ -349,6 +349,21 @@ cf_test_daemon_grant_all(const struct cf_test_daemon *d)
 	return 0;
 }
 
+/* The start's log (the first 4 KiB) on stderr: why it did not start. */
+static void
+print_log(const struct cf_test_daemon *d)
+{
+	char buf[4096];
+	FILE *f = fopen(d->log, "r");
+	size_t n;
+
+	if (f == NULL)
+		return;
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	fwrite(buf, 1, n, stderr);
+}
+
 /* On PostgreSQL: `conf`, a configuration file of only [state] naming the
  * database of d->state (created unless it exists), for cofferd's -c (its
  * flags add the rest). 1 written, 0 on SQLite, -1 (printed) on failure. */
@@ -432,7 +447,8 @@ cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
 		if (cf_test_daemon_log_has(d, "ready:"))
 			return cf_test_daemon_grant_all(d);
 		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-			fprintf(stderr, "cofferd exited early; log %s\n", d->log);
+			fprintf(stderr, "cofferd exited early; log %s:\n", d->log);
+			print_log(d);
 			d->pid = 0;
 			return -1;
 		}

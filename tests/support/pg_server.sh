@@ -120,7 +120,8 @@ $(tail -n 20 "$dir/log/initdb.log")"
 	fi
 	# Tests open a database per daemon fixture, several at a time.
 	opts="$opts -c listen_addresses='' -c unix_socket_directories='$sock'"
-	opts="$opts -c max_connections=200"
+	# DDL in the log: tests/run-on-postgresql.sh counts the databases made.
+	opts="$opts -c max_connections=200 -c log_statement=ddl"
 	if ! as_server "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 -o "$opts" start \
 		>/dev/null 2>"$dir/log/pg_ctl.err"; then
 		die "the PostgreSQL server in $dir did not start:
