@@ -159,7 +159,7 @@ def psql(dbname, sql, check=True):
                        capture_output=True, text=True, timeout=60)
     if check and r.returncode != 0:
         raise DaemonError("psql -d %s -c %r: %s" % (dbname, sql, r.stderr.strip()))
-    return [line.split("\x1f") for line in r.stdout.splitlines()]
+    return [line.split("\x1f") for line in r.stdout.split("\n") if line]
 
 
 def pg_createdb(dbname):
@@ -310,6 +310,7 @@ class CofferDaemon:
             self.config.setdefault(sec, {}).update(kv)
         # The backend under test, unless the test configures [state] itself.
         self.pg_db = None
+        self._other_dbs = []     # of command(state_dir=...)
         if on_postgresql() and "state" not in (config or {}):
             self.pg_db = pg_dbname(self.config["daemon"]["state_dir"])
             pg_createdb(self.pg_db)
@@ -362,8 +363,9 @@ class CofferDaemon:
                                capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
                 raise DaemonError("psql -d %s: %s" % (self.pg_db, r.stderr.strip()))
+            # Not splitlines(): it splits at \x1e too.
             return [tuple(None if v == "\x1e" else v for v in line.split("\x1f"))
-                    for line in r.stdout.splitlines()]
+                    for line in r.stdout.split("\n") if line]
         import sqlite3
         path = os.path.join(self.state_dir, "coffer.db")
         db = sqlite3.connect("file:%s%s" % (path, "?mode=ro" if readonly else ""), uri=True,
@@ -403,8 +405,23 @@ class CofferDaemon:
 
     # -- process --
 
-    def command(self):
-        return [self.cofferd, "-c", self.write_config()] + self.args
+    def command(self, state_dir=None):
+        """cofferd with this fixture's configuration; with state_dir, another
+        daemon's state: that directory (and on PostgreSQL its own database,
+        dropped by cleanup()), in a configuration file of its own."""
+        if state_dir is None:
+            return [self.cofferd, "-c", self.write_config()] + self.args
+        config = {sec: dict(kv) for sec, kv in self.config.items()}
+        config["daemon"]["state_dir"] = state_dir
+        if self.pg_db is not None:
+            db = pg_dbname(state_dir)
+            pg_createdb(db)
+            self._other_dbs.append(db)
+            config["state"]["dsn"] = "host=%s dbname=%s" % (os.environ["COFFER_TEST_PG_HOST"], db)
+        path = os.path.join(self.dir, "cofferd-%s.conf" % os.path.basename(state_dir))
+        with open(path, "w") as f:
+            f.write(_ini(config))
+        return [self.cofferd, "-c", path] + self.args
 
     def spawn(self, cmd=None, **kw):
         """Start a cofferd process with this fixture's environment, output
@@ -572,6 +589,8 @@ class CofferDaemon:
                     for (name,) in psql("postgres", "SELECT datname FROM pg_database WHERE "
                                         "datname LIKE '%s%%'" % self.pg_db):
                         pg_dropdb(name)   # with the copies of save_state
+                    for name in self._other_dbs:
+                        pg_dropdb(name)
 
     def __enter__(self):
         return self.start()

@@ -983,7 +983,7 @@ class LifecycleTests(CofferTestCase):
                                  timeout=TIMEOUT)
         d.stop()
         other = os.path.join(d.dir, "state2")
-        r = subprocess.Popen(d.command() + ["--state-dir", other,
+        r = subprocess.Popen(d.command(state_dir=other) + ["--state-dir", other,
                                             "--service-socket", os.path.join(d.dir, "s2.sock"),
                                             "--admin-socket", os.path.join(d.dir, "a2.sock")],
                              env=d.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
