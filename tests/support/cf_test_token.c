@@ -364,28 +364,65 @@ print_log(const struct cf_test_daemon *d)
 	fwrite(buf, 1, n, stderr);
 }
 
-/* On PostgreSQL: `conf`, a configuration file of only [state] naming the
- * database of d->state (created unless it exists), for cofferd's -c (its
- * flags add the rest). 1 written, 0 on SQLite, -1 (printed) on failure. */
-static int
-pg_state_config(const struct cf_test_token *t, const struct cf_test_daemon *d, char *conf,
-		size_t len)
+/* The -c/--config FILE among a start's extra arguments, or NULL. */
+static const char *
+extra_config(const char *const *extra)
 {
-	char db[24], sql[64], err[320], text[512];
+	for (int i = 0; extra != NULL && extra[i] != NULL; i++) {
+		if ((strcmp(extra[i], "-c") == 0 || strcmp(extra[i], "--config") == 0) &&
+		    extra[i + 1] != NULL)
+			return extra[i + 1];
+		if (strncmp(extra[i], "--config=", 9) == 0)
+			return extra[i] + 9;
+	}
+	return NULL;
+}
+
+/* On PostgreSQL, [state] naming the database of d->state (created unless it
+ * exists). cofferd reads one -c FILE: the test's own gets the section
+ * appended (unless it has a [state] of its own; returns 0), else `conf` is a
+ * file of only [state] for -c (returns 1; flags add the rest). 0 on SQLite,
+ * -1 (printed) on failure. */
+static int
+pg_state_config(const struct cf_test_token *t, const struct cf_test_daemon *d,
+		const char *const *extra, char *conf, size_t len)
+{
+	char db[24], sql[64], err[320], text[512], old[8192];
+	const char *own = extra_config(extra);
 	int pg = test_backend_pg();
+	size_t n = 0;
+	FILE *f;
 
 	if (pg != 1)
 		return pg;
+	if (own != NULL && (f = fopen(own, "r")) != NULL) {
+		n = fread(old, 1, sizeof(old) - 1, f);
+		fclose(f);
+	}
+	old[n] = '\0';
+	if (strncmp(old, "[state]", 7) == 0 || strstr(old, "\n[state]") != NULL)
+		return 0;   /* the test chose its state itself */
 	pg_dbname(d->state, db);
 	snprintf(sql, sizeof(sql), "CREATE DATABASE %s", db);
 	snprintf(err, sizeof(err), "%s/createdb.err", t->dir);
 	/* A restart on the same state dir finds its database. */
 	if (pg_admin(sql, err, "already exists") != 0)
 		return -1;
-	snprintf(conf, len, "%s/cofferd-state.conf", t->dir);
-	snprintf(text, sizeof(text), "[state]\nbackend = postgresql\ndsn = host=%s dbname=%s\n",
+	snprintf(text, sizeof(text), "\n[state]\nbackend = postgresql\ndsn = host=%s dbname=%s\n",
 		 getenv("COFFER_TEST_PG_HOST"), db);
-	if (cf_test_write_file(conf, text, 0600) != 0) {
+	if (own != NULL) {
+		int bad = (f = fopen(own, "a")) == NULL;
+
+		if (!bad)
+			bad = (fputs(text, f) < 0) | (fclose(f) != 0);
+		if (bad) {
+			fprintf(stderr, "cf_test_token: cannot add [state] to %s\n", own);
+			return -1;
+		}
+		return 0;
+	}
+	snprintf(conf, len, "%s/cofferd-state.conf", t->dir);
+	if (cf_test_write_file(conf, text + 1, 0600) != 0) {
 		fprintf(stderr, "cf_test_token: cannot write %s\n", conf);
 		return -1;
 	}
@@ -408,7 +445,7 @@ cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
 	/* A fresh log per start: readiness is judged by this start's lines only. */
 	snprintf(d->log, sizeof(d->log), "%s/cofferd-%d.log", t->dir, ++starts);
 	cf_test_cofferd(bin, sizeof(bin));
-	if ((pg = pg_state_config(t, d, conf, sizeof(conf))) < 0)
+	if ((pg = pg_state_config(t, d, extra, conf, sizeof(conf))) < 0)
 		return -1;
 	argv[n++] = bin;
 	if (pg == 1) {
