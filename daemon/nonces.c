@@ -454,7 +454,8 @@ admit_locked(nonces *n, const struct entry *e, const char *scope, int64_t now, i
 			continue;
 		}
 		if (memcmp(n->t[i].h, e->h, 16) == 0)
-			return cf_error(CF_E_EXISTS, "nonce already used: every call needs a new one");
+			return cf_error(CF_E_EXISTS, "nonce already used: every call needs a "
+					"new one");
 	}
 	if (n->broken)
 		return cf_error(CF_E_IO, "nonce record %s could not be repaired after a failed "

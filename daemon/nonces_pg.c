@@ -1,10 +1,11 @@
 /*
  * nonces_pg.c — the replay record's table in PostgreSQL, with group commit.
  *
- * Callers queue their claim and wait; one batcher thread takes everything
- * queued (up to BATCH_MAX), sends it as one transaction and answers each
- * caller. While a commit is being flushed the next callers queue up, so
- * the batch grows with the load and a lone caller pays one round trip.
+ * Callers queue their claim and wait; a batcher thread (BATCHERS of them,
+ * each with its own connection) takes everything queued (up to BATCH_MAX),
+ * sends it as one transaction and answers each caller. While commits are
+ * being flushed the next callers queue up, so the batch grows with the load
+ * and a lone caller pays one round trip.
  *
  * Why one multi-row statement rather than one INSERT per claim in a
  * pipeline: a pipeline is one transaction, and any statement failing in it
@@ -33,6 +34,11 @@
 #include "cf_status.h"
 
 #define BATCH_MAX 512
+/* Transactions in flight at once. With one, a caller arriving during a
+ * commit waits for it to end before its own begins (up to two commits);
+ * with two, another connection takes it at once, and the server flushes
+ * concurrent commits together. More buys little (one WAL flush at a time). */
+#define BATCHERS 2
 #define EXPIRE_BATCH 5000    /* rows per DELETE */
 #define EXPIRE_ROUNDS 40     /* DELETEs per nonces_pg_expire (the sweep comes back) */
 #define MSG_MAX 200
@@ -83,17 +89,25 @@ struct claim {
 	struct claim *next;
 };
 
+/* A batcher: a thread and its connection (pipeline mode; only it uses it). */
+struct batcher {
+	struct nonces_pg *p;
+	pthread_t thr;
+	int started;
+	PGconn *conn;
+	int64_t warned;                  /* when a failed batch was last logged */
+	char hexes[BATCH_MAX * 33 + 3];  /* the statement's array literals */
+	char exps[BATCH_MAX * 21 + 3];
+};
+
 struct nonces_pg {
 	char *dsn;
 	pthread_mutex_t mu;
 	pthread_cond_t work, answered;
 	struct claim *head, **tail;
-	int stop, started;
-	pthread_t thr;
+	int stop;
 	uint64_t batches, items;
-	int64_t warned;          /* when a failed batch was last logged */
-	PGconn *conn;            /* the batcher's, in pipeline mode; only it uses it */
-	char *hexes, *exps;      /* the batcher's array literals */
+	struct batcher bt[BATCHERS];
 	pthread_mutex_t xmu;
 	PGconn *xconn;           /* the expiry sweep's */
 };
@@ -126,7 +140,14 @@ pq_text(const char *prefix, const char *s, char *out, size_t len)
 static PGconn *
 connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 {
-	PGconn *c = PQconnectdb(dsn);
+	/* Defaults the configured string may override (it is expanded last):
+	 * a server that does not answer must not hold a call for minutes. */
+	static const char *const keys[] = {
+		"connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
+		"keepalives_count", "application_name", "dbname", NULL,
+	};
+	const char *vals[] = { "5", "10000", "10", "3", "3", "cofferd nonces", dsn, NULL };
+	PGconn *c = PQconnectdbParams(keys, vals, 1);
 	PGresult *res;
 
 	if (c == NULL) {
@@ -140,7 +161,8 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	}
 	res = PQexec(c, SCHEMA_SQL);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		pq_text("PostgreSQL cannot create table coffer_nonces: ", PQerrorMessage(c), msg, len);
+		pq_text("PostgreSQL cannot create table coffer_nonces: ", PQerrorMessage(c), msg,
+			len);
 		goto fail;
 	}
 	PQclear(res);
@@ -187,7 +209,7 @@ hex_cmp(const void *key, const void *elem)
  * b[i]->v set; 0: not committed, msg set, *retry if the server rolled it
  * back for a conflict that a new attempt resolves (deadlock, serialization). */
 static int
-send_batch(struct nonces_pg *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
+send_batch(struct batcher *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
 {
 	const char *vals[3];
 	char now[24];
@@ -268,7 +290,7 @@ send_batch(struct nonces_pg *p, struct claim **b, size_t k, char *msg, size_t le
 
 /* Answer every claim of b[0..k): set v (and msg). */
 static void
-run_batch(struct nonces_pg *p, struct claim **b, size_t k)
+run_batch(struct batcher *p, struct claim **b, size_t k)
 {
 	struct claim *u[BATCH_MAX];
 	char msg[MSG_MAX];
@@ -287,7 +309,7 @@ run_batch(struct nonces_pg *p, struct claim **b, size_t k)
 			p->conn = NULL;
 		}
 		if (p->conn == NULL &&
-		    (p->conn = connect_db(p->dsn, 1, msg, sizeof(msg))) == NULL)
+		    (p->conn = connect_db(p->p->dsn, 1, msg, sizeof(msg))) == NULL)
 			break;
 		ok = send_batch(p, u, nu, msg, sizeof(msg), &retry);
 		if (!ok) {
@@ -319,7 +341,8 @@ run_batch(struct nonces_pg *p, struct claim **b, size_t k)
 static void *
 batcher(void *arg)
 {
-	struct nonces_pg *p = arg;
+	struct batcher *t = arg;
+	struct nonces_pg *p = t->p;
 	struct claim *b[BATCH_MAX];
 
 	pthread_mutex_lock(&p->mu);
@@ -337,7 +360,7 @@ batcher(void *arg)
 		if (p->head == NULL)
 			p->tail = &p->head;
 		pthread_mutex_unlock(&p->mu);
-		run_batch(p, b, k);
+		run_batch(t, b, k);
 		pthread_mutex_lock(&p->mu);
 		for (size_t i = 0; i < k; i++)
 			b[i]->done = 1;
@@ -363,22 +386,28 @@ nonces_pg_open(const char *dsn, struct nonces_pg **out)
 	pthread_cond_init(&p->work, NULL);
 	pthread_cond_init(&p->answered, NULL);
 	p->tail = &p->head;
-	if ((p->dsn = strdup(dsn)) == NULL ||
-	    (p->hexes = malloc(BATCH_MAX * 33 + 3)) == NULL ||
-	    (p->exps = malloc(BATCH_MAX * 21 + 3)) == NULL) {
+	if ((p->dsn = strdup(dsn)) == NULL) {
 		r = cf_nomem();
 		goto fail;
 	}
-	if ((p->xconn = connect_db(dsn, 0, msg, sizeof(msg))) == NULL ||
-	    (p->conn = connect_db(dsn, 1, msg, sizeof(msg))) == NULL) {
+	if ((p->xconn = connect_db(dsn, 0, msg, sizeof(msg))) == NULL) {
 		r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
 		goto fail;
 	}
-	if (pthread_create(&p->thr, NULL, batcher, p) != 0) {
-		r = cf_error(CF_E_INTERNAL, "nonce record: cannot start the batcher thread");
-		goto fail;
+	for (int i = 0; i < BATCHERS; i++) {
+		struct batcher *t = &p->bt[i];
+
+		t->p = p;
+		if ((t->conn = connect_db(dsn, 1, msg, sizeof(msg))) == NULL) {
+			r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
+			goto fail;
+		}
+		if (pthread_create(&t->thr, NULL, batcher, t) != 0) {
+			r = cf_error(CF_E_INTERNAL, "nonce record: cannot start a batcher thread");
+			goto fail;
+		}
+		t->started = 1;
 	}
-	p->started = 1;
 	*out = p;
 	return CF_OK;
 fail:
@@ -391,18 +420,17 @@ nonces_pg_close(struct nonces_pg *p)
 {
 	if (p == NULL)
 		return;
-	if (p->started) {
-		pthread_mutex_lock(&p->mu);
-		p->stop = 1;
-		pthread_cond_signal(&p->work);
-		pthread_mutex_unlock(&p->mu);
-		pthread_join(p->thr, NULL);
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	pthread_cond_broadcast(&p->work);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < BATCHERS; i++) {
+		if (p->bt[i].started)
+			pthread_join(p->bt[i].thr, NULL);
+		PQfinish(p->bt[i].conn);
 	}
-	PQfinish(p->conn);
 	PQfinish(p->xconn);
 	free(p->dsn);
-	free(p->hexes);
-	free(p->exps);
 	pthread_cond_destroy(&p->work);
 	pthread_cond_destroy(&p->answered);
 	pthread_mutex_destroy(&p->mu);
@@ -464,8 +492,10 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 		unsigned long got;
 
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-			pq_text(PQstatus(p->xconn) == CONNECTION_OK ? "PostgreSQL error: "
-				: "PostgreSQL unreachable: ", PQerrorMessage(p->xconn), msg, sizeof(msg));
+			int up = PQstatus(p->xconn) == CONNECTION_OK;
+
+			pq_text(up ? "PostgreSQL error: " : "PostgreSQL unreachable: ",
+				PQerrorMessage(p->xconn), msg, sizeof(msg));
 			r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
 			PQclear(res);
 			PQfinish(p->xconn);

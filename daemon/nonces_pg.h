@@ -7,8 +7,10 @@
  * scope‖0‖nonce; expires bigint, Unix seconds, indexed), created at open.
  * A claim is one row of an INSERT ... ON CONFLICT under that key, so two
  * replicas claiming one nonce at once get one "fresh" between them. The
- * claims of concurrent callers share one transaction (group commit): one
- * thread with its own connection sends them as one multi-row statement.
+ * claims of concurrent callers share one transaction (group commit): a
+ * batcher thread with its own connection sends them as one multi-row
+ * statement (two such, so that one transaction can start while another
+ * commits).
  */
 #ifndef COFFER_NONCES_PG_H
 #define COFFER_NONCES_PG_H
@@ -17,8 +19,8 @@
 
 struct nonces_pg;
 
-/* Connect (two connections: the batcher's and the expiry sweep's), create
- * the table if absent. CF_E_UNAVAILABLE if PostgreSQL cannot be reached. */
+/* Connect (three connections: the two batchers' and the expiry sweep's),
+ * create the table if absent. CF_E_UNAVAILABLE if PostgreSQL cannot be reached. */
 int nonces_pg_open(const char *dsn, struct nonces_pg **out);
 void nonces_pg_close(struct nonces_pg *p);   /* accepts NULL */
 

@@ -306,12 +306,20 @@ test_server_down(void)
 	nonces_expire(rb, 7000);
 }
 
-/* A server that is not there: the open says so. */
+/* A server that is not there: the open says so. A URI is a connection
+ * string too. */
 static void
 test_open_unreachable(void)
 {
 	char dsn[200];
 	nonces *n = NULL;
+
+	snprintf(dsn, sizeof(dsn), "postgresql:///postgres?host=%s/sock&connect_timeout=2", pg.dir);
+	CU_ASSERT_EQUAL_FATAL(nonces_open_pg(dsn, 100, &n), CF_OK);
+	CU_ASSERT_EQUAL(nonces_use(n, "key-7", "through-a-uri-001", 8000, 7000), CF_OK);
+	CU_ASSERT_EQUAL(nonces_use(ra, "key-7", "through-a-uri-001", 8000, 7000), CF_E_EXISTS);
+	nonces_close(n);
+	n = NULL;
 
 	snprintf(dsn, sizeof(dsn), "host=%s/nowhere dbname=postgres", pg.dir);
 	CU_ASSERT_EQUAL(nonces_open_pg(dsn, 100, &n), CF_E_UNAVAILABLE);
@@ -330,7 +338,7 @@ main(void)
 		{ "expired rows taken over, swept in batches", test_expiry },
 		{ "limits per replica", test_limits },
 		{ "server stopped: UNAVAILABLE; started: works again", test_server_down },
-		{ "open with no server: UNAVAILABLE", test_open_unreachable },
+		{ "open: a URI; no server: UNAVAILABLE", test_open_unreachable },
 		{ NULL, NULL },
 	};
 
