@@ -61,14 +61,29 @@ cf_test_pg_start(struct cf_test_pg *pg)
 	return 0;
 }
 
-int
-cf_test_pg_stop(struct cf_test_pg *pg)
+static int
+stop(struct cf_test_pg *pg, const char *mode)
 {
-	if (sh("cd / && runuser -u postgres -- " PGBIN "/pg_ctl -D %s/data -m fast -w stop "
-	       ">/dev/null", pg->dir) != 0)
+	if (sh("cd / && runuser -u postgres -- " PGBIN "/pg_ctl -D %s/data -m %s -w stop "
+	       ">/dev/null", pg->dir, mode) != 0)
 		return -1;
 	pg->running = 0;
 	return 0;
+}
+
+int
+cf_test_pg_stop(struct cf_test_pg *pg)
+{
+	return stop(pg, "fast");
+}
+
+/* The server's processes quit without a checkpoint: the next start
+ * recovers from the WAL, as after a crash (an unlogged table comes back
+ * empty). */
+int
+cf_test_pg_crash(struct cf_test_pg *pg)
+{
+	return stop(pg, "immediate");
 }
 
 void

@@ -19,6 +19,7 @@ struct cf_test_pg {
  * commits); else fsync off (tests: the same semantics, faster). 0 or -1. */
 int cf_test_pg_create(struct cf_test_pg *pg, int durable);
 int cf_test_pg_stop(struct cf_test_pg *pg);    /* pg_ctl -m fast stop */
+int cf_test_pg_crash(struct cf_test_pg *pg);   /* pg_ctl -m immediate stop: a crash */
 int cf_test_pg_start(struct cf_test_pg *pg);   /* again, after a stop */
 void cf_test_pg_destroy(struct cf_test_pg *pg); /* stop if running, remove */
 

@@ -306,6 +306,20 @@ test_server_down(void)
 	nonces_expire(rb, 7000);
 }
 
+/* The record survives a crash of the server (a logged table): a nonce
+ * accepted just before is refused after the recovery. */
+static void
+test_server_crash(void)
+{
+	CU_ASSERT_EQUAL(nonces_use(ra, "key-8", "before-a-crash-01", 9000, 8000), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_test_pg_crash(&pg), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_pg_start(&pg), 0);
+	CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM pg_class WHERE relname = 'coffer_nonces' "
+				 "AND relpersistence = 'p'"), 1);
+	CU_ASSERT_EQUAL(nonces_use(rb, "key-8", "before-a-crash-01", 9000, 8000), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(nonces_use(rb, "key-8", "after-a-crash-001", 9000, 8000), CF_OK);
+}
+
 /* A server that is not there: the open says so. A URI is a connection
  * string too. */
 static void
@@ -338,6 +352,7 @@ main(void)
 		{ "expired rows taken over, swept in batches", test_expiry },
 		{ "limits per replica", test_limits },
 		{ "server stopped: UNAVAILABLE; started: works again", test_server_down },
+		{ "the record survives a crash of the server", test_server_crash },
 		{ "open: a URI; no server: UNAVAILABLE", test_open_unreachable },
 		{ NULL, NULL },
 	};
