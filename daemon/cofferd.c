@@ -353,6 +353,7 @@ main(int argc, char **argv)
 	pc.pin_file = cfg.pin_file;
 	pc.pool_size = cfg.pool_size;
 	pc.pool_timeout_ms = cfg.pool_timeout_ms;
+	pc.lock_file = cfg.token_lock_file[0] != '\0' ? cfg.token_lock_file : NULL;
 	if ((r = cf_p11_open(&pc, &p11)) != CF_OK) {
 		cf_log_error("token: %s", cf_error_detail());
 		goto out;
