@@ -82,7 +82,9 @@ struct cf_p11_config {
  * Load the module, C_Initialize it with CKF_OS_LOCKING_OK (an already
  * initialised module is accepted), find exactly one token matching the URI,
  * read the PIN file, log in on an anchor session kept for the life of the
- * context, and wipe the PIN. Opens (creates) the lock file if one is set.
+ * context, and wipe the PIN. With a lock file: opens (creates) it and holds
+ * LOCK_EX from C_Initialize to the login (SoftHSM rewrites its token file on
+ * a login; another process reading it then may not see the token).
  * Errors: CF_E_MODULE, CF_E_CONFIG (bad or ambiguous URI), CF_E_TOKEN_NOT_FOUND,
  * CF_E_PIN_FILE, CF_E_PIN_INCORRECT, CF_E_TOKEN, CF_E_IO (lock file).
  * Later calls fail with CF_E_IO, naming the file, if flock on it fails.

@@ -7,7 +7,9 @@
  * p->life is taken for writing only by recovery, which then owns everything.
  * The flock is taken only while holding write_mu: one thread of the process
  * at a time holds it, so a shared lock is never silently converted by another
- * thread's request on the same open file description.
+ * thread's request on the same open file description. Exceptions, with no
+ * other thread able to hold it: cf_p11_open, and recovery (p->life held for
+ * writing) around initialising, token selection and login.
  */
 #ifndef COFFER_P11_INTERNAL_H
 #define COFFER_P11_INTERNAL_H

@@ -311,14 +311,20 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 			     p11_rv_name(rv));
 		goto out;
 	}
-	if ((rv = p11_initialize(p)) != CKR_OK) {
-		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
-			     p11_rv_name(rv));
+	/* Another process's login rewrites the token file SoftHSM reads here
+	 * (C_Initialize, C_GetTokenInfo): with them at the same time, a token
+	 * can look absent. The lock file keeps replicas starting together apart. */
+	if (p11_token_lock(p, LOCK_EX) != CKR_OK) {
+		r = CF_E_IO;
 		goto out;
 	}
-	if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
-		goto out;
-	if ((r = p11_login(p)) != CF_OK)
+	if ((rv = p11_initialize(p)) != CKR_OK)
+		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
+			     p11_rv_name(rv));
+	else if ((r = p11_find_slot(p, &p->slot)) == CF_OK)
+		r = p11_login(p);
+	p11_token_unlock(p);
+	if (r != CF_OK)
 		goto out;
 	*out = p;
 	p = NULL;
@@ -431,19 +437,27 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	if (p->anchor != CK_INVALID_HANDLE)
 		(void)p->f->C_CloseSession(p->anchor);
 	p->anchor = CK_INVALID_HANDLE;
+	/* As in cf_p11_open. No thread of ours holds the lock file: its holders
+	 * hold p->life for reading. */
+	if (p11_token_lock(p, LOCK_EX) != CKR_OK) {
+		r = CF_E_IO;
+		goto bump;
+	}
 	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
 		if ((irv = p11_initialize(p)) != CKR_OK) {
 			r = p11_status(irv, "re-initialising the PKCS#11 module");
-			goto bump;
+			goto unlock;
 		}
 	}
 	if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
 	    rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
 		/* Slot ids may have changed. */
 		if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
-			goto bump;
+			goto unlock;
 	}
 	r = p11_login(p);
+unlock:
+	p11_token_unlock(p);
 bump:
 	/* Every cached handle and session copy belongs to the old epoch. */
 	p->epoch++;
