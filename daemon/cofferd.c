@@ -186,6 +186,7 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 	DIFF_STR(pin_file, "[token] pin_file");
 	DIFF_NUM(pool_size, "[token] pool_size");
 	DIFF_NUM(pool_timeout_ms, "[token] pool_timeout_ms");
+	DIFF_STR(token_lock_file, "[token] lock_file");
 	DIFF_STR(state_dir, "[daemon] state_dir");
 	DIFF_NUM(workers, "[daemon] workers");
 	DIFF_NUM(max_message_bytes, "[daemon] max_message_bytes");
