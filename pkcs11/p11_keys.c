@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 
 #include <openssl/sha.h>
 
@@ -15,6 +16,7 @@
 #define LABEL_PREFIX "coffer/"
 #define MAX_TEMPLATE 32
 #define LIST_MAX 100000
+#define ENSURE_LOOKS 10 /* more lookups, 100 ms apart, of a key another process made */
 
 static CK_BBOOL p11_true = CK_TRUE;
 static CK_BBOOL p11_false = CK_FALSE;
@@ -686,10 +688,20 @@ cf_p11_key_ensure(cf_p11 *p, const char *name, uint32_t version, enum cf_key_typ
 		 * (replicas starting together): use theirs. */
 		if (r != CF_E_EXISTS)
 			return r;
-		if ((r = cf_p11_key_open(p, name, version, out)) == CF_E_NOT_FOUND)
+		/* Without a lock file the other process may still be making it,
+		 * or its new object is not yet visible here: a few more looks. */
+		for (unsigned i = 0; (r = cf_p11_key_open(p, name, version, out)) == CF_E_NOT_FOUND &&
+				     i < ENSURE_LOOKS; i++) {
+			struct timespec ts = { 0, 100 * 1000000L };
+
+			nanosleep(&ts, NULL);
+		}
+		if (r == CF_E_NOT_FOUND)
 			return cf_error(CF_E_EXISTS, "the token holds objects labelled %s version %u "
-					"but no whole key (a lone public key of an interrupted "
-					"generation?): remove them", name, version);
+					"but no whole key: a lone public key left by an interrupted "
+					"generation (remove it), or another process making the key "
+					"(processes sharing a token need [token] lock_file)", name,
+					version);
 	}
 	if (r == CF_OK && cf_p11_key_type(*out) != type) {
 		r = cf_error(CF_E_CONFIG, "token object %s version %u is %s, not %s", name, version,

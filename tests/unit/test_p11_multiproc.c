@@ -11,7 +11,8 @@
  *     token key pairs: 0 errors, 0 missed finds, 0 duplicates, 0 leftovers and
  *     a healthy token with the lock file; then the same without it, where only
  *     the miss rate is reported (SoftHSM 2.6.1 hides a just-made object from
- *     another process's search now and then).
+ *     another process's search now and then);
+ *   - three cofferd with [token] lock_file start together on a fresh token.
  * Every PKCS#11 context lives in a forked child (never in the parent, so no
  * child inherits an initialised module); children report through shared
  * memory and their exit status.
@@ -938,6 +939,80 @@ test_stress_unlocked(void)
 	munmap(c, sizeof(*c));
 }
 
+/* ---- cofferd replicas ---- */
+
+/* The identity line of a cofferd log ("" if none). */
+static void
+log_identity(const char *log, char *out, size_t len)
+{
+	char line[512];
+	FILE *f = fopen(log, "r");
+	const char *id;
+
+	out[0] = '\0';
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+		if ((id = strstr(line, "identity sha256:")) != NULL)
+			snprintf(out, len, "%s", id);
+	if (f != NULL)
+		fclose(f);
+}
+
+/* Three cofferd started at once on a token none has used: each needs the
+ * session identity and audit seal keys, which one of them makes and the
+ * others open (without the lock file they make duplicates and fail). */
+static void
+test_daemons_start_together(void)
+{
+	struct cf_test_daemon d[WORKERS];
+	char bin[400], conf[400], text[600], id[WORKERS][200];
+	int ready = 0;
+
+	cf_test_cofferd(bin, sizeof(bin));
+	snprintf(conf, sizeof(conf), "%s/replica.conf", tok.dir);
+	snprintf(text, sizeof(text), "[token]\nlock_file = %s\n", lock_path);
+	CU_ASSERT_FATAL(cf_test_write_file(conf, text, 0600) == 0);
+	for (int i = 0; i < WORKERS; i++) {
+		memset(&d[i], 0, sizeof(d[i]));
+		snprintf(d[i].state, sizeof(d[i].state), "%s/replica%d", tok.dir, i);
+		snprintf(d[i].service, sizeof(d[i].service), "%s/r%d.sock", tok.dir, i);
+		snprintf(d[i].admin, sizeof(d[i].admin), "%s/r%d.admin", tok.dir, i);
+		snprintf(d[i].log, sizeof(d[i].log), "%s/replica%d.log", tok.dir, i);
+		if ((d[i].pid = fork()) == 0) {
+			int fd = open(d[i].log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+			if (fd >= 0) {
+				dup2(fd, STDOUT_FILENO);
+				dup2(fd, STDERR_FILENO);
+			}
+			execl(bin, bin, "-c", conf, "--module", tok.cfg.module_path, "--token-uri",
+			      tok.uri, "--pin-file", tok.pin_file, "--state-dir", d[i].state,
+			      "--service-socket", d[i].service, "--admin-socket", d[i].admin,
+			      (char *)NULL);
+			_exit(127);
+		}
+		CU_ASSERT_FATAL(d[i].pid > 0);
+	}
+	for (double end = now_s() + 60; now_s() < end && ready < WORKERS;) {
+		ready = 0;
+		for (int i = 0; i < WORKERS; i++)
+			ready += cf_test_daemon_log_has(&d[i], "ready:");
+		sleep_ms(50);
+	}
+	for (int i = 0; i < WORKERS; i++) {
+		if (!cf_test_daemon_log_has(&d[i], "ready:"))
+			fprintf(stderr, "\n  replica %d not ready: see %s\n", i, d[i].log);
+		log_identity(d[i].log, id[i], sizeof(id[i]));
+		kill(d[i].pid, SIGTERM);
+		CU_ASSERT_EQUAL(reap(d[i].pid, 30), 0);
+	}
+	fprintf(stderr, "(%d of %d replicas ready) ", ready, WORKERS);
+	CU_ASSERT_EQUAL(ready, WORKERS);
+	/* One identity key, the same for every replica. */
+	CU_ASSERT(id[0][0] != '\0');
+	CU_ASSERT_STRING_EQUAL(id[1], id[0]);
+	CU_ASSERT_STRING_EQUAL(id[2], id[0]);
+}
+
 int
 main(void)
 {
@@ -953,6 +1028,8 @@ main(void)
 		{ "3 processes generate/find/sign/destroy with the lock file: no miss",
 		  test_stress_locked },
 		{ "the same without the lock file: miss rate reported", test_stress_unlocked },
+		{ "three cofferd with the lock file start at once on a fresh token",
+		  test_daemons_start_together },
 		{ NULL, NULL },
 	};
 
