@@ -186,6 +186,7 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 	DIFF_STR(pin_file, "[token] pin_file");
 	DIFF_NUM(pool_size, "[token] pool_size");
 	DIFF_NUM(pool_timeout_ms, "[token] pool_timeout_ms");
+	DIFF_STR(token_lock_file, "[token] lock_file");
 	DIFF_STR(state_dir, "[daemon] state_dir");
 	DIFF_NUM(workers, "[daemon] workers");
 	DIFF_NUM(max_message_bytes, "[daemon] max_message_bytes");
@@ -353,6 +354,7 @@ main(int argc, char **argv)
 	pc.pin_file = cfg.pin_file;
 	pc.pool_size = cfg.pool_size;
 	pc.pool_timeout_ms = cfg.pool_timeout_ms;
+	pc.lock_file = cfg.token_lock_file[0] != '\0' ? cfg.token_lock_file : NULL;
 	if ((r = cf_p11_open(&pc, &p11)) != CF_OK) {
 		cf_log_error("token: %s", cf_error_detail());
 		goto out;

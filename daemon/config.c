@@ -190,6 +190,8 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 			return parse_uint(value, 1, 256, 10, &c->pool_size);
 		if (strcmp(name, "pool_timeout_ms") == 0)
 			return parse_uint(value, 1, 600000, 10, &c->pool_timeout_ms);
+		if (strcmp(name, "lock_file") == 0)
+			return parse_path(value, c->token_lock_file, sizeof(c->token_lock_file));
 	} else if (strcmp(section, "daemon") == 0) {
 		if (strcmp(name, "state_dir") == 0)
 			return parse_path(value, c->state_dir, sizeof(c->state_dir));

@@ -18,6 +18,7 @@ struct cofferd_config {
 	char module[4096];
 	char token_uri[1024];
 	char pin_file[4096];
+	char token_lock_file[4096]; /* [token] lock_file; "" = none */
 	unsigned pool_size;
 	unsigned pool_timeout_ms;
 	char state_dir[4096];

@@ -113,6 +113,13 @@ test_config(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "shorter than min_destroy_grace"));
 	CU_ASSERT_EQUAL(load_ini("[keys]\nmin_rotation_period = 0\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[keys]\ngrace = 1\n", &c), CF_E_CONFIG);
+	/* [token] lock_file: none unless set */
+	CU_ASSERT_EQUAL(load_ini("[token]\npool_size = 4\n", &c), CF_OK);
+	CU_ASSERT_STRING_EQUAL(c.token_lock_file, "");
+	CU_ASSERT_EQUAL(load_ini("[token]\nlock_file = /var/lib/softhsm/tokens/coffer.lock\n", &c),
+			CF_OK);
+	CU_ASSERT_STRING_EQUAL(c.token_lock_file, "/var/lib/softhsm/tokens/coffer.lock");
+	CU_ASSERT_EQUAL(load_ini("[token]\nlock_file =\n", &c), CF_E_CONFIG);
 }
 
 static void
