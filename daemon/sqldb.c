@@ -14,10 +14,19 @@ sqldb_fail(sqldb *db, int rc, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(db->err, sizeof(db->err), fmt, ap);
 	va_end(ap);
-	/* libpq ends its messages with newlines. */
-	n = strlen(db->err);
-	while (n > 0 && (db->err[n - 1] == '\n' || db->err[n - 1] == ' '))
-		db->err[--n] = '\0';
+	/* libpq's messages span lines ("...failed: ...\n\tIs the server
+	 * running...\n"): one line, single spaces, for logs and statuses. */
+	n = 0;
+	for (size_t i = 0; db->err[i] != '\0'; i++) {
+		char c = db->err[i] == '\n' || db->err[i] == '\t' || db->err[i] == '\r' ?
+			 ' ' : db->err[i];
+
+		if (c != ' ' || (n > 0 && db->err[n - 1] != ' '))
+			db->err[n++] = c;
+	}
+	while (n > 0 && db->err[n - 1] == ' ')
+		n--;
+	db->err[n] = '\0';
 	db->lost = rc == SQLDB_LOST;
 	return rc;
 }

@@ -69,13 +69,14 @@ pg_outcome(struct pg *q, PGresult *res)
 		rc = SQLDB_CONSTRAINT;
 	else
 		rc = SQLDB_ERROR;
-	if (rc == SQLDB_LOST) {
-		if (!q->need_reset)
-			cf_log_warn("state store: lost the connection to PostgreSQL: %s", msg);
-		q->need_reset = 1;
-	}
 	rc = sqldb_fail(&q->base, rc, "%s", msg);
 	PQclear(res);
+	if (rc == SQLDB_LOST) {
+		if (!q->need_reset)
+			cf_log_warn("state store: lost the connection to PostgreSQL: %s",
+				    q->base.err);
+		q->need_reset = 1;
+	}
 	return rc;
 }
 
