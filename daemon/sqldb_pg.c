@@ -345,9 +345,23 @@ pg_healthy(sqldb *db)
 }
 
 static const struct sqldb_ops pg_ops = {
-	pg_close, pg_exec, pg_query, pg_step, pg_col_int64, pg_col_double, pg_col_text, pg_col_blob,
-	pg_finalize, pg_changes, pg_begin, pg_commit, pg_rollback, pg_notify, pg_ready,
-	pg_check, pg_healthy,
+	.close = pg_close,
+	.exec = pg_exec,
+	.query = pg_query,
+	.step = pg_step,
+	.col_int64 = pg_col_int64,
+	.col_double = pg_col_double,
+	.col_text = pg_col_text,
+	.col_blob = pg_col_blob,
+	.finalize = pg_finalize,
+	.changes = pg_changes,
+	.begin = pg_begin,
+	.commit = pg_commit,
+	.rollback = pg_rollback,
+	.notify = pg_notify,
+	.ready = pg_ready,
+	.check = pg_check,
+	.healthy = pg_healthy,
 };
 
 int

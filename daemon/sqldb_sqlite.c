@@ -219,9 +219,23 @@ sq_healthy(sqldb *db)
 }
 
 static const struct sqldb_ops sq_ops = {
-	sq_close, sq_exec, sq_query, sq_step, sq_int64, sq_double, sq_text, sq_blob,
-	sq_finalize, sq_changes, sq_begin, sq_commit, sq_rollback, sq_notify, sq_ready,
-	sq_check, sq_healthy,
+	.close = sq_close,
+	.exec = sq_exec,
+	.query = sq_query,
+	.step = sq_step,
+	.col_int64 = sq_int64,
+	.col_double = sq_double,
+	.col_text = sq_text,
+	.col_blob = sq_blob,
+	.finalize = sq_finalize,
+	.changes = sq_changes,
+	.begin = sq_begin,
+	.commit = sq_commit,
+	.rollback = sq_rollback,
+	.notify = sq_notify,
+	.ready = sq_ready,
+	.check = sq_check,
+	.healthy = sq_healthy,
 };
 
 int
