@@ -1,5 +1,5 @@
 /* The engine-independent half of sqldb.h: parameter lists and dispatch. */
-#include "sqldb_impl.h"
+#include "sqldb_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -38,14 +38,7 @@ enum {
 typedef struct sqldb sqldb;
 typedef struct sqldb_stmt sqldb_stmt;
 
-/* Open (creating) the SQLite database at path: WAL, synchronous=FULL,
- * foreign keys on, a 5 s busy timeout. Its identity (device, inode) is
- * remembered for sqldb_check. CF_E_IO with a detail. */
-int sqldb_open_sqlite(const char *path, sqldb **out);
-/* Connect to PostgreSQL with a libpq connection string. CF_E_UNAVAILABLE
- * ("PostgreSQL unreachable: <libpq text>") if the server cannot be reached.
- * The string is not kept (a reconnection reuses libpq's copy). */
-int sqldb_open_pg(const char *conninfo, sqldb **out);
+/* A handle comes from an engine: sqldb_sqlite.h, sqldb_pg.h. */
 void sqldb_close(sqldb *db);
 enum sqldb_backend sqldb_backend(const sqldb *db);
 /* "SQLite" or "PostgreSQL". */

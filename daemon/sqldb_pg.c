@@ -1,7 +1,8 @@
 /* sqldb on PostgreSQL (libpq): the state a fleet of replicas shares. One
  * connection; a lost one is re-established by the next call (sqldb_ready,
  * sqldb_begin), never by a restart. */
-#include "sqldb_impl.h"
+#include "sqldb_pg.h"
+#include "sqldb_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
 /* sqldb on SQLite: the embedded default, one file under the state directory. */
-#include "sqldb_impl.h"
+#include "sqldb_sqlite.h"
+#include "sqldb_internal.h"
 
 #include <errno.h>
 #include <stdatomic.h>

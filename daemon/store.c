@@ -18,6 +18,8 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "sqldb.h"
+#include "sqldb_pg.h"
+#include "sqldb_sqlite.h"
 
 struct store {
 	sqldb *db;
@@ -1263,21 +1265,22 @@ idem_claim_body(store *s, const void *arg)
 {
 	const struct idem_claim *c = arg;
 	struct store_idem found;
-	int r = CF_E_NOT_FOUND;
+	int r;
 
 	/* Read committed (PostgreSQL): a record deleted between the insert that
 	 * met it and the read reads as gone; the insert is then tried again. */
-	for (int tries = 0; tries < 3 && r == CF_E_NOT_FOUND; tries++) {
+	for (int tries = 1;; tries++) {
 		if (sqldb_run(s->db, IDEM_INSERT "ON CONFLICT (key, uid) DO NOTHING", IDEM_TYPES,
 			      IDEM_ARGS(c->r)) != SQLDB_OK)
 			return db_err(s, "claiming an idempotency key");
 		if (sqldb_changes(s->db) == 1)
 			return CF_OK;
-		r = idem_read(s, c->r->key, c->r->uid, &found);
+		if ((r = idem_read(s, c->r->key, c->r->uid, &found)) != CF_E_NOT_FOUND)
+			break;
+		if (tries == 3)
+			return cf_error(CF_E_BUSY, "the idempotency record for key %s keeps changing "
+					"while it is claimed; try again", c->r->key);
 	}
-	if (r == CF_E_NOT_FOUND)
-		return cf_error(CF_E_BUSY, "the idempotency record for key %s keeps changing "
-				"while it is claimed; try again", c->r->key);
 	if (r != CF_OK)
 		return r;
 	if (c->existing != NULL)

@@ -1,6 +1,6 @@
-/* sqldb_impl.h — what the two sqldb engines implement (sqldb.c dispatches). */
-#ifndef COFFER_SQLDB_IMPL_H
-#define COFFER_SQLDB_IMPL_H
+/* sqldb_internal.h — what the two sqldb engines implement (sqldb.c dispatches). */
+#ifndef COFFER_SQLDB_INTERNAL_H
+#define COFFER_SQLDB_INTERNAL_H
 
 #include "sqldb.h"
 
