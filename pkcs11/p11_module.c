@@ -13,75 +13,18 @@
 
 #include <p11-kit/uri.h>
 
+#include "cf_secret_file.h"
 #include "cf_status.h"
 
 #define P11_PIN_MAX 256
 #define P11_LOGIN_ATTEMPTS 5
 
-/* Read the PIN file into a secret. The file must be a regular file owned by
- * the effective uid with no group/other permissions. */
+/* Read the PIN file into a secret (cf_secret_file.h: a regular file owned by
+ * the effective uid with no group/other permissions). */
 static int
 p11_read_pin(const char *path, cf_secret **out)
 {
-	cf_secret *pin = NULL;
-	struct stat st;
-	ssize_t n;
-	size_t len = 0;
-	int fd = -1, r;
-
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
-		r = cf_error(CF_E_PIN_FILE, "cannot open PIN file %s: %s", path, strerror(errno));
-		goto out;
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is not a regular file", path);
-		goto out;
-	}
-	if (st.st_uid != geteuid()) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is owned by uid %u, not by the running "
-			     "user (uid %u); chown it", path, (unsigned)st.st_uid,
-			     (unsigned)geteuid());
-		goto out;
-	}
-	if ((st.st_mode & 077) != 0) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s has mode %03o: group or others may "
-			     "access it; run chmod 600 on it", path, (unsigned)(st.st_mode & 0777));
-		goto out;
-	}
-	if ((r = cf_secret_new(P11_PIN_MAX, &pin)) != CF_OK)
-		goto out;
-	while (len < P11_PIN_MAX) {
-		n = read(fd, cf_secret_ptr(pin) + len, P11_PIN_MAX - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = cf_error(CF_E_PIN_FILE, "cannot read PIN file %s: %s", path,
-				     strerror(errno));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	if (len == P11_PIN_MAX) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is longer than %d bytes", path, P11_PIN_MAX);
-		goto out;
-	}
-	while (len > 0 && (cf_secret_ptr(pin)[len - 1] == '\n' || cf_secret_ptr(pin)[len - 1] == '\r'))
-		len--;
-	if (len == 0) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is empty", path);
-		goto out;
-	}
-	cf_secret_truncate(pin, len);
-	*out = pin;
-	pin = NULL;
-	r = CF_OK;
-out:
-	if (fd >= 0)
-		close(fd);
-	cf_secret_free(pin);
-	return r;
+	return cf_secret_file_read(path, "PIN file", CF_E_PIN_FILE, P11_PIN_MAX, out);
 }
 
 /* Find the one slot whose token matches the URI. */
