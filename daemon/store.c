@@ -25,6 +25,9 @@ struct store {
 	dev_t dev;               /* the database file's identity at open */
 	ino_t ino;
 	atomic_int broken;       /* the path no longer names that file */
+	int (*change_lock)(void *arg);     /* store_set_change_lock */
+	void (*change_unlock)(void *arg);
+	void *change_arg;
 };
 
 static const char *const schema_v1 =
@@ -1246,4 +1249,57 @@ store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t out
 	struct anchor_put ap = { a, outbox_done };
 
 	return txn(s, anchor_put_body, &ap);
+}
+
+void
+store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg), void *arg)
+{
+	s->change_lock = lock;
+	s->change_unlock = unlock;
+	s->change_arg = arg;
+}
+
+int
+store_change_begin(store *s, int *shared)
+{
+	*shared = s->change_lock != NULL;
+	return *shared ? s->change_lock(s->change_arg) : CF_OK;
+}
+
+void
+store_change_end(store *s)
+{
+	if (s->change_unlock != NULL)
+		s->change_unlock(s->change_arg);
+}
+
+/* (Until the PostgreSQL store lands its own: the one key out of store_load.) */
+struct key_get {
+	const char *name;
+	int (*cb)(const struct store_key *k, void *arg);
+	void *arg;
+	int found;
+};
+
+static int
+key_get_one(const struct store_key *k, void *arg)
+{
+	struct key_get *g = arg;
+
+	if (strcmp(k->name, g->name) != 0)
+		return CF_OK;
+	g->found = 1;
+	return g->cb(k, g->arg);
+}
+
+int
+store_key_get(store *s, const char *name, int (*cb)(const struct store_key *k, void *arg),
+	      void *arg)
+{
+	struct key_get g = { name, cb, arg, 0 };
+	int r = store_load(s, key_get_one, &g);
+
+	if (r == CF_OK && !g.found)
+		r = cf_error(CF_E_NOT_FOUND, "key %s does not exist", name);
+	return r;
 }

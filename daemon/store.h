@@ -112,6 +112,10 @@ void store_ckaid_legacy(const char *name, uint32_t version, uint8_t out[STORE_CK
 /* Call cb for every key with its versions (borrowed for the callback). */
 int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg);
 
+/* One key with its versions (borrowed for the callback); CF_E_NOT_FOUND. */
+int store_key_get(store *s, const char *name, int (*cb)(const struct store_key *k, void *arg),
+		  void *arg);
+
 /* Record a new key (k: name, type, exportable, allowed_ops, created,
  * rotation_period, next_rotation) with version 1 (CKA_ID ckaid) as primary,
  * and retire the intent `intent` (0: none), in one transaction. CF_E_EXISTS
@@ -251,5 +255,18 @@ int store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_
 int store_signed_load(store *s, int (*cb)(const char *principal, void *arg), void *arg);
 /* Set or clear it (the caller checks that the principal exists). */
 int store_signed_set(store *s, const char *principal, int on);
+
+/*
+ * The registry change lock. Replicas sharing one state (fleet.h) change keys,
+ * principals and API keys one at a time across the fleet: each such change
+ * runs between store_change_begin and store_change_end, and with *shared
+ * set re-reads from the store what it is about to change (another replica
+ * may have changed it since this one loaded it). Without a lock set (one
+ * daemon on its own state), begin does nothing and *shared is 0.
+ */
+void store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
+			   void *arg);
+int store_change_begin(store *s, int *shared);
+void store_change_end(store *s);
 
 #endif
