@@ -23,6 +23,7 @@
 #include "cf_status.h"
 #include "config.h"
 #include "dispatch.h"
+#include "fleet.h"
 #include "keyring.h"
 #include "listener.h"
 #include "rpc.h"
@@ -302,6 +303,48 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 			    "over)", name, version);
 	if (ln->au != NULL && status != CF_OK)
 		(void)audit_record(ln->au, &ev);
+}
+
+/* What a replica hears of another's change (fleet.h): the part of its
+ * memory that the change touched is re-read from the store. */
+struct replica {
+	keyring *kr;
+	policy *pol;
+	apikeys *ak;
+	fleet *fl;
+};
+
+static void
+replica_changed(const char *kind, const char *name, void *arg)
+{
+	struct replica *rp = arg;
+	int r = CF_OK;
+
+	if (strcmp(kind, "key") == 0)
+		r = keyring_refresh(rp->kr, name);
+	else if (strcmp(kind, "principal") == 0)
+		r = policy_refresh(rp->pol);
+	else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0)
+		r = apikeys_refresh(rp->ak);
+	if (r != CF_OK)
+		cf_log_error("fleet: re-reading %s %s after another replica's change: %s", kind,
+			     name, cf_error_detail());
+}
+
+static void
+replica_resync(void *arg)
+{
+	struct replica *rp = arg;
+
+	if (keyring_refresh(rp->kr, NULL) != CF_OK || policy_refresh(rp->pol) != CF_OK ||
+	    apikeys_refresh(rp->ak) != CF_OK)
+		cf_log_error("fleet: re-reading the registry: %s", cf_error_detail());
+}
+
+static int
+replica_alive(void *arg, const char *owner, int *alive)
+{
+	return fleet_alive(arg, owner, alive);
 }
 
 int
