@@ -17,6 +17,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "sqldb.h"
+#include "store.h"
 
 /* Two-key advisory locks in Coffer's own class ("Coff"); incarnations use
  * the one-key form (a hash of the id), which PostgreSQL keeps apart. */
@@ -52,21 +53,25 @@ oneline(const char *s, char *buf, size_t len)
 	return buf;
 }
 
-static PGconn *
-connect_db(const char *dsn)
+/* A new connection in *out; CF_E_UNAVAILABLE with libpq's reason. */
+static int
+connect_db(const char *dsn, PGconn **out)
 {
 	PGconn *c = PQconnectdb(dsn);
 	char msg[512];
+	int r;
 
-	if (c != NULL && PQstatus(c) != CONNECTION_OK) {
-		cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL unreachable: %s",
-			 oneline(PQerrorMessage(c), msg, sizeof(msg)));
-		PQfinish(c);
-		return NULL;
-	}
+	*out = NULL;
 	if (c == NULL)
-		cf_nomem();
-	return c;
+		return cf_nomem();
+	if (PQstatus(c) != CONNECTION_OK) {
+		r = cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL unreachable: %s",
+			     oneline(PQerrorMessage(c), msg, sizeof(msg)));
+		PQfinish(c);
+		return r;
+	}
+	*out = c;
+	return CF_OK;
 }
 
 /* One statement; CF_OK, or CF_E_UNAVAILABLE with the server's text. With
@@ -101,14 +106,16 @@ run(PGconn *c, const char *sql, const char *param, char *value, size_t len)
 static int
 listen_connect(fleet *f)
 {
-	if ((f->listen = connect_db(f->dsn)) == NULL)
-		return CF_E_UNAVAILABLE;
-	if (run(f->listen, "LISTEN coffer", NULL, NULL, 0) != CF_OK ||
-	    run(f->listen, "SELECT pg_advisory_lock(hashtextextended($1, 0))", f->incarnation,
-		NULL, 0) != CF_OK) {
+	int r;
+
+	if ((r = connect_db(f->dsn, &f->listen)) != CF_OK)
+		return r;
+	if ((r = run(f->listen, "LISTEN " STORE_NOTIFY_CHANNEL, NULL, NULL, 0)) != CF_OK ||
+	    (r = run(f->listen, "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+		     f->incarnation, NULL, 0)) != CF_OK) {
 		PQfinish(f->listen);
 		f->listen = NULL;
-		return CF_E_UNAVAILABLE;
+		return r;
 	}
 	atomic_store(&f->healthy, 1);
 	return CF_OK;
@@ -292,12 +299,13 @@ static int
 ready(fleet *f, PGconn **c)
 {
 	char sql[64];
+	int r;
 
 	if (*c != NULL && PQstatus(*c) == CONNECTION_OK)
 		return CF_OK;
 	PQfinish(*c);
-	if ((*c = connect_db(f->dsn)) == NULL)
-		return CF_E_UNAVAILABLE;
+	if ((r = connect_db(f->dsn, c)) != CF_OK)
+		return r;
 
 	snprintf(sql, sizeof(sql), "SET statement_timeout = '%ds'", FLEET_LOCK_WAIT_S);
 	return run(*c, sql, NULL, NULL, 0);

@@ -252,17 +252,13 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 			free(rec.response);
 			rec.response = NULL;
 			usleep(IDEM_POLL_MS * 1000);
-			r = CF_E_EXISTS;
 		}
-		/* Re-read what is recorded now (taken over, finished, gone). */
-		if (r == CF_E_EXISTS) {
-			memset(&rec, 0, sizeof(rec));
-			r = store_idem_get(i->st, key, uid, &rec);
-			if (r == CF_OK)
-				r = CF_E_EXISTS;
-			else if (r == CF_E_NOT_FOUND)
-				r = store_idem_claim(i->st, &mine, &rec);
-		}
+		if (r != CF_E_EXISTS && r != CF_OK)   /* the takeover failed */
+			break;
+		/* Again: what is recorded now (taken over, finished), or ours if
+		 * it is gone. */
+		memset(&rec, 0, sizeof(rec));
+		r = store_idem_claim(i->st, &mine, &rec);
 	}
 	if (r == CF_OK) {
 		CF_CRASH_POINT("idempotency.pending.committed");
