@@ -1,10 +1,8 @@
 /*
- * cf_test_pg.h — a throw-away PostgreSQL server for C tests and benchmarks:
- * initdb in a new directory under /tmp, run as user postgres (the server
- * refuses root), Unix socket only (listen_addresses = ''), reached with
- * dsn "host=<dir>/sock dbname=postgres". A minimal private starter for the
- * replay record's tests until tests/support/pg_server.sh (being written
- * alongside) can replace it.
+ * cf_test_pg.h — a throw-away PostgreSQL server for C tests and benchmarks,
+ * in a new directory under /tmp, through tests/support/pg_server.sh (as
+ * user postgres when root: the server refuses root; Unix socket only),
+ * reached with dsn "host=<dir>/sock dbname=postgres".
  */
 #ifndef CF_TEST_PG_H
 #define CF_TEST_PG_H
@@ -13,6 +11,7 @@ struct cf_test_pg {
 	char dir[64];
 	char dsn[160];
 	int running;
+	int durable;
 };
 
 /* initdb and start. durable: fsync and synchronous_commit on (for timing

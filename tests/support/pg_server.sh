@@ -5,7 +5,8 @@
 #   pg_server.sh start DIR [--durable]   initdb (first time) and start; prints
 #                                        the socket directory (DIR/sock), the
 #                                        libpq host= of every client
-#   pg_server.sh stop DIR                fast shutdown (nothing to stop: says so, exit 0)
+#   pg_server.sh stop DIR [--immediate]  fast shutdown (nothing to stop: says so, exit 0);
+#                                        --immediate: as a crash (recovery at the next start)
 #   pg_server.sh createdb DIR NAME       CREATE DATABASE NAME unless it exists
 #   pg_server.sh status DIR              exit 0 if a server runs in DIR
 #
@@ -31,7 +32,7 @@ die() {
 }
 
 usage() {
-	sed -n '4,10s/^# \{0,1\}//p' "$0" >&2
+	sed -n '4,11s/^# \{0,1\}//p' "$0" >&2
 	exit 2
 }
 
@@ -132,12 +133,18 @@ $(tail -n 20 "$log" 2>/dev/null)"
 }
 
 cmd_stop() {
+	local mode=fast
 	setup "${1:-}"
+	case "${2:-}" in
+	"") ;;
+	--immediate) mode=immediate ;;   # no checkpoint: the next start recovers, as after a crash
+	*) usage ;;
+	esac
 	if ! running; then
 		echo "$me: no PostgreSQL server runs in $dir" >&2
 		return 0
 	fi
-	as_server "$bin/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null ||
+	as_server "$bin/pg_ctl" -D "$data" -m $mode -w -t 60 stop >/dev/null ||
 		die "the PostgreSQL server in $dir did not stop; its log: $log"
 }
 
