@@ -508,6 +508,9 @@ class CofferDaemon:
             return None
         if self.proc.poll() is None:
             self.send_signal(sig)
+            # A test that froze it (SIGSTOP) and failed before going on
+            # must not leave it unable to take the signal.
+            self.send_signal(signal.SIGCONT)
         rc = self.wait(timeout)
         if expect is not None and rc != expect:
             raise AssertionError("cofferd exited with status %d, expected %d; log:\n%s"

@@ -492,7 +492,9 @@ class Crash(unittest.TestCase):
             with open(path, "rb") as f:
                 lines = [x for x in f.read().split(b"\n")[:-1] if x]
             rec = json.loads(lines[-1]) if lines else {}
-            rows = d.state_query("SELECT seq FROM audit_anchor WHERE id = 1", readonly=True)
+            # One daemon: one anchor row (keyed by id on SQLite, by replica
+            # on PostgreSQL).
+            rows = d.state_query("SELECT seq FROM audit_anchor", readonly=True)
             row = (int(rows[0][0]),) if rows else None
             # Only a seal is anchored (these calls move no outbox): frozen
             # mid-commit, the anchor read here may lag the one a restart
