@@ -554,6 +554,7 @@ main(int argc, char **argv)
 				keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
 			(void)audit_flush_outbox(au);
 		}
+		idem_retry(idm);
 		if (n % 5 != 0)
 			continue;
 		session_expire(sm);

@@ -562,6 +562,7 @@ run_handler(const struct method *m, const struct dctx *h, const ProtobufCMessage
 	if (!(m->d->flags & CF_MF_MUTATING))
 		return m->fn(&h->hc, req, resp);
 	cc.sc.idem_key = h->dc->idem_key[0] != '\0' ? h->dc->idem_key : NULL;
+	cc.sc.idem_owner = h->dc->idm != NULL ? idem_owner(h->dc->idm) : NULL;
 	cc.sc.uid = h->hc.uid;
 	cc.sc.record = h->hc.sv->au != NULL ? change_record : NULL;
 	cc.sc.arg = &cc;

@@ -334,9 +334,10 @@ fleet_unlock(void *arg)
 {
 	fleet *f = arg;
 
-	/* On a lost connection the lock went with it. */
-	if (run(f->lock, "SELECT pg_advisory_unlock(" LOCK_REGISTRY ")", NULL, NULL, 0) != CF_OK)
-		cf_error_clear();
+	/* On a lost connection the lock went with it. Not through run(): the
+	 * thread's error detail is the change's own outcome, kept for its
+	 * caller. */
+	PQclear(PQexec(f->lock, "SELECT pg_advisory_unlock(" LOCK_REGISTRY ")"));
 	pthread_mutex_unlock(&f->lock_mu);
 }
 

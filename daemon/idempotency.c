@@ -32,6 +32,7 @@ struct idem {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;       /* a running call finished */
 	struct running *run;
+	struct running *release;  /* records to release once the store answers */
 };
 
 #define IDEM_POLL_MS 20   /* re-reading a record another replica is running */
@@ -95,6 +96,12 @@ idem_close(idem *i)
 {
 	if (i == NULL)
 		return;
+	while (i->release != NULL) {
+		struct running *q = i->release;
+
+		i->release = q->next;
+		free(q);
+	}
 	pthread_cond_destroy(&i->cv);
 	pthread_mutex_destroy(&i->mu);
 	free(i);
@@ -142,6 +149,28 @@ find_running(idem *i, const char *key, uint32_t uid)
 		if ((*p)->uid == uid && strcmp((*p)->key, key) == 0)
 			return p;
 	return NULL;
+}
+
+/* Remember a record to release when the store answers again. */
+static void
+queue_release(idem *i, const char *key, uint32_t uid)
+{
+	struct running *q = calloc(1, sizeof(*q));
+
+	if (q == NULL)
+		return;   /* it stays pending: a duplicate waits, then times out */
+	snprintf(q->key, sizeof(q->key), "%s", key);
+	q->uid = uid;
+	pthread_mutex_lock(&i->mu);
+	q->next = i->release;
+	i->release = q;
+	pthread_mutex_unlock(&i->mu);
+}
+
+const char *
+idem_owner(const idem *i)
+{
+	return i->self;
 }
 
 static void
@@ -300,7 +329,7 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 		 * answers the change instead of making it again. */
 		r = CF_OK;
 	} else if (transient(status)) {
-		r = store_idem_delete(i->st, key, uid);
+		r = store_idem_release(i->st, key, uid, i->self);
 	} else {
 		memset(&rec, 0, sizeof(rec));
 		snprintf(rec.key, sizeof(rec.key), "%s", key);
@@ -315,14 +344,50 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 		rec.response = (uint8_t *)resp;
 		rec.response_len = resp_len;
 		rec.created = (int64_t)time(NULL);
-		r = store_idem_put(i->st, &rec);
+		r = store_idem_settle(i->st, &rec, i->self);
 		if (r == CF_OK)
 			CF_CRASH_POINT("idempotency.done.committed");
 	}
-	if (r != CF_OK)
-		cf_log_error("idempotency key %s: cannot record the outcome: %s", key,
-			     cf_error_detail());
+	if (r == CF_E_EXISTS) {
+		cf_log_warn("idempotency key %s: %s", key, cf_error_detail());
+	} else if (r != CF_OK) {
+		cf_log_error("idempotency key %s: cannot record the outcome: %s%s", key,
+			     cf_error_detail(), committed ? "" : "; releasing it once the store "
+			     "answers again");
+		/* Left pending and ours, a duplicate elsewhere would wait for a
+		 * call that is over: released (nothing was committed) as soon as
+		 * the store can be written (idem_retry). */
+		if (!committed)
+			queue_release(i, key, uid);
+	}
 	done_running(i, key, uid);
+}
+
+void
+idem_retry(idem *i)
+{
+	struct running *q, *next;
+
+	pthread_mutex_lock(&i->mu);
+	q = i->release;
+	i->release = NULL;
+	pthread_mutex_unlock(&i->mu);
+	for (; q != NULL; q = next) {
+		int r = store_idem_release(i->st, q->key, q->uid, i->self);
+
+		next = q->next;
+		if (r == CF_OK || r == CF_E_EXISTS) {
+			cf_log_info("idempotency key %s: released after the store came back",
+				    q->key);
+			free(q);
+			continue;
+		}
+		cf_error_clear();
+		pthread_mutex_lock(&i->mu);
+		q->next = i->release;
+		i->release = q;
+		pthread_mutex_unlock(&i->mu);
+	}
 }
 
 void

@@ -41,6 +41,9 @@ void idem_close(idem *i);   /* accepts NULL */
 void idem_set_owner(idem *i, const char *self,
 		    int (*alive)(void *arg, const char *owner, int *alive), void *arg);
 
+/* This process's owner id (store_call.idem_owner). */
+const char *idem_owner(const idem *i);
+
 int idem_key_check(const char *key);
 
 enum idem_start {
@@ -64,5 +67,8 @@ void idem_finish(idem *i, const char *key, uint32_t uid, const char *method,
 		 int status, const char *message, const uint8_t *resp, size_t resp_len);
 /* Forget finished records older than the retention. */
 void idem_expire(idem *i, int64_t now);
+/* Release the records idem_finish could not (the store was unreachable);
+ * called about once a second. */
+void idem_retry(idem *i);
 
 #endif

@@ -658,12 +658,35 @@ effect_rows(store *s, const struct effect *e)
 			      line, s->replica) != SQLDB_OK)
 			return db_err(s, "recording the change's audit record");
 	}
-	if (c->idem_key != NULL &&
-	    sqldb_run(s->db, "UPDATE idempotency SET committed = 1, effect_name = ?, "
-		      "effect_version = ? WHERE key = ? AND uid = ? AND done = 0 AND committed = 0",
-		      "titi", e->name, (int64_t)e->version, c->idem_key, (int64_t)c->uid) !=
-	    SQLDB_OK)
+	if (c->idem_key == NULL)
+		return CF_OK;
+	if (sqldb_run(s->db, "UPDATE idempotency SET committed = 1, effect_name = ?, "
+		      "effect_version = ? WHERE key = ? AND uid = ? AND done = 0 AND committed = 0 "
+		      "AND owner = ?", "titit", e->name, (int64_t)e->version, c->idem_key,
+		      (int64_t)c->uid, c->idem_owner ? c->idem_owner : "") != SQLDB_OK)
 		return db_err(s, "marking the idempotency record");
+	/* Fencing: the record must still be this call's (marked now, or by an
+	 * earlier change of the same call). A replica that was taken for dead
+	 * (its PostgreSQL connection lost) and whose record another replica
+	 * took over must not commit the change a second time. */
+	if (sqldb_changes(s->db) == 0) {
+		sqldb_stmt *st = NULL;
+		int mine = 0;
+
+		if (sqldb_query(s->db, &st, "SELECT 1 FROM idempotency WHERE key = ? AND uid = ? "
+				"AND done = 0 AND committed = 1 AND owner = ?", "tit", c->idem_key,
+				(int64_t)c->uid, c->idem_owner ? c->idem_owner : "") != SQLDB_OK)
+			return db_err(s, "reading the idempotency record");
+		r = sqldb_step(st);
+		mine = r == SQLDB_ROW;
+		sqldb_finalize(st);
+		if (r != SQLDB_ROW && r != SQLDB_DONE)
+			return db_err(s, "reading the idempotency record");
+		if (!mine)
+			return cf_error(CF_E_UNAVAILABLE, "idempotency key %s was taken over by "
+					"another replica while this call ran (this replica lost "
+					"PostgreSQL); not committing it twice; retry", c->idem_key);
+	}
 	return CF_OK;
 }
 
@@ -1342,23 +1365,60 @@ struct idem_key {
 	uint32_t uid;
 };
 
-static int
-idem_delete_body(store *s, const void *arg)
-{
-	const struct idem_key *k = arg;
+/* An outcome for (key, uid), or none (r NULL: release), written only while
+ * the record is still the pending one of `owner`: a replica another took for
+ * dead (and took the record from) cannot overwrite the new owner's. */
+struct idem_settle {
+	const char *key;
+	uint32_t uid;
+	const char *owner;
+	const struct store_idem *r;
+};
 
-	if (sqldb_run(s->db, "DELETE FROM idempotency WHERE key = ? AND uid = ?", "ti", k->key,
-		      (int64_t)k->uid) != SQLDB_OK)
-		return db_err(s, "deleting an idempotency record");
+static int
+idem_settle_body(store *s, const void *arg)
+{
+	const struct idem_settle *t = arg;
+	const struct store_idem *r = t->r;
+	int rc;
+
+	if (r == NULL)
+		rc = sqldb_run(s->db, "DELETE FROM idempotency WHERE key = ? AND uid = ? AND "
+			       "done = 0 AND committed = 0 AND owner = ?", "tit", t->key,
+			       (int64_t)t->uid, t->owner);
+	else
+		rc = sqldb_run(s->db, "UPDATE idempotency SET method = ?, fingerprint = ?, "
+			       "done = ?, status = ?, message = ?, response = ?, created = ?, "
+			       "request_id = ?, committed = ?, effect_name = ?, effect_version = ? "
+			       "WHERE key = ? AND uid = ? AND done = 0 AND owner = ?",
+			       "tbiitbitititit", r->method, (const void *)r->fingerprint,
+			       (size_t)32, (int64_t)r->done, (int64_t)r->status, r->message,
+			       (const void *)(r->response ? r->response : (const uint8_t *)""),
+			       r->response_len, r->created, r->request_id, (int64_t)r->committed,
+			       r->effect_name, (int64_t)r->effect_version, t->key, (int64_t)t->uid,
+			       t->owner);
+	if (rc != SQLDB_OK)
+		return db_err(s, "settling an idempotency record");
+	if (sqldb_changes(s->db) != 1)
+		return cf_error(CF_E_EXISTS, "the idempotency record for key %s is no longer a "
+				"pending one of %.64s", t->key, t->owner);
 	return CF_OK;
 }
 
 int
-store_idem_delete(store *s, const char *key, uint32_t uid)
+store_idem_settle(store *s, const struct store_idem *r, const char *owner)
 {
-	struct idem_key k = { key, uid };
+	struct idem_settle t = { r->key, r->uid, owner, r };
 
-	return txn(s, idem_delete_body, &k);
+	return txn(s, idem_settle_body, &t);
+}
+
+int
+store_idem_release(store *s, const char *key, uint32_t uid, const char *owner)
+{
+	struct idem_settle t = { key, uid, owner, NULL };
+
+	return txn(s, idem_settle_body, &t);
 }
 
 static int

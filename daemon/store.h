@@ -207,6 +207,8 @@ int store_intents_clear_owner(store *s, const char *owner);
  */
 struct store_call {
 	const char *idem_key;           /* NULL: the call has no idempotency key */
+	const char *idem_owner;         /* who holds its record (idem_owner()): the change
+					   commits only while it still does */
 	uint32_t uid;
 	int (*record)(const struct store_call *c, const char *name, uint32_t version, char *buf,
 		      size_t len);
@@ -291,7 +293,11 @@ int store_idem_claim(store *s, const struct store_idem *r, struct store_idem *ex
  * (not done, not committed) and owned by old_owner: CF_OK; otherwise (it
  * finished, committed, was taken over or is gone) CF_E_EXISTS. */
 int store_idem_takeover(store *s, const struct store_idem *r, const char *old_owner);
-int store_idem_delete(store *s, const char *key, uint32_t uid);
+/* Finish the pending record of (r->key, r->uid) with r, or (release) drop
+ * it while nothing was committed, only if `owner` still holds it: CF_OK, or
+ * CF_E_EXISTS (another replica took it over, or it is gone). */
+int store_idem_settle(store *s, const struct store_idem *r, const char *owner);
+int store_idem_release(store *s, const char *key, uint32_t uid, const char *owner);
 /* Drop finished records created before `before`. */
 int store_idem_expire(store *s, int64_t before);
 

@@ -292,8 +292,24 @@ roundtrip(enum store_backend b)
 	CU_ASSERT_EQUAL(store_idem_get(s, "idem-1", 43, &rg), CF_E_NOT_FOUND);
 	CU_ASSERT_EQUAL(store_idem_expire(s, 2), CF_OK);          /* done, created 1 < 2 */
 	CU_ASSERT_EQUAL(store_idem_get(s, "idem-1", 42, &rg), CF_E_NOT_FOUND);
+	/* Settling and releasing a pending record: only by its owner, only
+	 * while pending (a release also only while nothing was committed). */
+	r.done = 0;
 	CU_ASSERT_EQUAL(store_idem_put(s, &r), CF_OK);
-	CU_ASSERT_EQUAL(store_idem_delete(s, "idem-1", 42), CF_OK);
+	CU_ASSERT_EQUAL(store_idem_release(s, "idem-1", 42, "inc-2"), CF_E_EXISTS);
+	CU_ASSERT(strstr(cf_error_detail(), "no longer a pending one of inc-2") != NULL);
+	r.done = 1;
+	r.status = CF_E_PRECONDITION;
+	CU_ASSERT_EQUAL(store_idem_settle(s, &r, "inc-2"), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(store_idem_settle(s, &r, "inc-1"), CF_OK);
+	CU_ASSERT_EQUAL(store_idem_get(s, "idem-1", 42, &rg), CF_OK);
+	CU_ASSERT(rg.done == 1 && rg.status == CF_E_PRECONDITION);
+	free(rg.response);
+	CU_ASSERT_EQUAL(store_idem_settle(s, &r, "inc-1"), CF_E_EXISTS);   /* done already */
+	CU_ASSERT_EQUAL(store_idem_release(s, "idem-1", 42, "inc-1"), CF_E_EXISTS);
+	r.done = 0;
+	CU_ASSERT_EQUAL(store_idem_put(s, &r), CF_OK);
+	CU_ASSERT_EQUAL(store_idem_release(s, "idem-1", 42, "inc-1"), CF_OK);
 	CU_ASSERT_EQUAL(store_idem_get(s, "idem-1", 42, &rg), CF_E_NOT_FOUND);
 	store_close(s);
 }
@@ -493,8 +509,8 @@ replicas(enum store_backend b)
 {
 	struct where w;
 	store *sa = NULL, *sb = NULL;
-	struct store_call ca = { .idem_key = "idem-a", .uid = 3, .record = record_line,
-				 .arg = "a" };
+	struct store_call ca = { .idem_key = "idem-a", .idem_owner = "inc-a", .uid = 3,
+				 .record = record_line, .arg = "a" };
 	struct store_call cb = { .record = record_line, .arg = "b" };
 	struct store_key k = { .name = "kk", .type = CF_KEY_HMAC_SHA256, .created = 1 };
 	struct store_principal p = { .name = "pb", .created = 1 };
@@ -516,6 +532,23 @@ replicas(enum store_backend b)
 	CU_ASSERT_EQUAL(store_principal_put(sb, &p, 1), CF_E_EXISTS);     /* nothing recorded */
 	store_call_set(NULL);
 	CU_ASSERT(ca.effects == 1 && cb.effects == 1);
+	/* Fencing: a call whose record another owner now holds (taken over)
+	 * commits nothing. */
+	{
+		struct store_call cf = { .idem_key = "idem-f", .idem_owner = "inc-old", .uid = 3 };
+		struct store_key kf = { .name = "kf", .type = CF_KEY_HMAC_SHA256, .created = 1 };
+		struct store_idem rf;
+
+		idem_rec(&rf, "idem-f", "inc-new");
+		rf.uid = 3;
+		CU_ASSERT_EQUAL(store_idem_claim(sa, &rf, NULL), CF_OK);
+		store_call_set(&cf);
+		CU_ASSERT_EQUAL(store_key_create(sa, &kf, id, 0), CF_E_UNAVAILABLE);
+		CU_ASSERT(strstr(cf_error_detail(), "taken over by another replica") != NULL);
+		store_call_set(NULL);
+		CU_ASSERT_EQUAL(cf.effects, 0);
+		CU_ASSERT_EQUAL(store_key_get(sa, "kf", NULL, NULL), CF_E_NOT_FOUND);
+	}
 	/* The idempotency record says the change is durable, and what it was. */
 	CU_ASSERT_EQUAL(store_idem_get(sb, "idem-a", 3, &rg), CF_OK);
 	CU_ASSERT(rg.committed == 1 && !rg.done && strcmp(rg.effect_name, "kk") == 0 &&
