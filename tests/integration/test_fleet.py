@@ -599,8 +599,9 @@ class Fleet(unittest.TestCase):
                             metadata=meta(idem, "%s-a%d" % (idem, attempt)))
                         answers[idem] = r
                         break
-                    except grpc.RpcError as e:
-                        code = code_of(e)
+                    except (grpc.RpcError, ValueError) as e:
+                        # ValueError: the killer closed the victim's channel.
+                        code = code_of(e) if isinstance(e, grpc.RpcError) else SC.CANCELLED
                         if code not in (SC.UNAVAILABLE, SC.CANCELLED, SC.UNKNOWN,
                                         SC.DEADLINE_EXCEEDED):
                             problems.append("rotation %d attempt %d on %s: %s %s" % (
