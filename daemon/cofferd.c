@@ -20,9 +20,12 @@
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_p11.h"
+#include "cf_secret.h"
+#include "cf_secret_file.h"
 #include "cf_status.h"
 #include "config.h"
 #include "dispatch.h"
+#include "fleet.h"
 #include "keyring.h"
 #include "listener.h"
 #include "rpc.h"
@@ -38,6 +41,9 @@ usage(FILE *f)
 "      --token-uri URI        RFC 7512 token URI        [token] uri\n"
 "      --pin-file PATH        user PIN file (0600)      [token] pin_file\n"
 "      --state-dir DIR        registry directory        [daemon] state_dir\n"
+"      --state-backend NAME   sqlite|postgresql         [state] backend\n"
+"      --state-dsn-file PATH  libpq conninfo file (0600) [state] dsn_file\n"
+"      --replica NAME         this replica's name       [state] replica\n"
 "      --service-socket PATH  data-plane socket         [service] path\n"
 "      --admin-socket PATH    admin socket              [admin] path\n"
 "      --allow-uids LIST      uids allowed on both sockets (comma-separated)\n"
@@ -82,6 +88,9 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		{ "token-uri", required_argument, NULL, 'u' },
 		{ "pin-file", required_argument, NULL, 'p' },
 		{ "state-dir", required_argument, NULL, 's' },
+		{ "state-backend", required_argument, NULL, 'B' },
+		{ "state-dsn-file", required_argument, NULL, 'D' },
+		{ "replica", required_argument, NULL, 'R' },
 		{ "service-socket", required_argument, NULL, 'S' },
 		{ "admin-socket", required_argument, NULL, 'A' },
 		{ "allow-uids", required_argument, NULL, 'U' },
@@ -131,6 +140,9 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		case 'u': r = config_set(cfg, "token", "uri", optarg); break;
 		case 'p': r = config_set(cfg, "token", "pin_file", optarg); break;
 		case 's': r = config_set(cfg, "daemon", "state_dir", optarg); break;
+		case 'B': r = config_set(cfg, "state", "backend", optarg); break;
+		case 'D': r = config_set(cfg, "state", "dsn_file", optarg); break;
+		case 'R': r = config_set(cfg, "state", "replica", optarg); break;
 		case 'S': r = config_set(cfg, "service", "path", optarg); break;
 		case 'A': r = config_set(cfg, "admin", "path", optarg); break;
 		case 'w': r = config_set(cfg, "daemon", "workers", optarg); break;
@@ -186,7 +198,12 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 	DIFF_STR(pin_file, "[token] pin_file");
 	DIFF_NUM(pool_size, "[token] pool_size");
 	DIFF_NUM(pool_timeout_ms, "[token] pool_timeout_ms");
+	DIFF_STR(token_lock_file, "[token] lock_file");
 	DIFF_STR(state_dir, "[daemon] state_dir");
+	DIFF_NUM(state_backend, "[state] backend");
+	DIFF_STR(state_dsn, "[state] dsn");
+	DIFF_STR(state_dsn_file, "[state] dsn_file");
+	DIFF_STR(replica, "[state] replica");
 	DIFF_NUM(workers, "[daemon] workers");
 	DIFF_NUM(max_message_bytes, "[daemon] max_message_bytes");
 	DIFF_STR(service_path, "[service] path");
@@ -247,6 +264,51 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	restart_needed(cur, &n);
 }
 
+/* The state the configuration names. SQLite: the store in state_dir (its rows
+ * carry no replica name) and the nonce record's file there. PostgreSQL: the
+ * store, the fleet's coordination (fleet.h) and the shared nonce record, all
+ * on the connection string from [state] dsn or, with its password, from
+ * [state] dsn_file (owner-only, like the PIN file), held in locked memory
+ * until each has connected (libpq keeps its own copy to reconnect). */
+static int
+open_state(const struct cofferd_config *cfg, store **st, fleet **fl, nonces **nn)
+{
+	struct store_options so = { .backend = cfg->state_backend, .dir = cfg->state_dir };
+	cf_secret *file = NULL, *dsn = NULL;
+	int r;
+
+	if (cfg->state_backend != STORE_POSTGRESQL) {
+		if ((r = store_open_with(&so, st)) != CF_OK)
+			return r;
+		return nonces_open(cfg->state_dir, cfg->max_nonces, nn);
+	}
+	so.replica = cfg->replica;
+	so.dsn = cfg->state_dsn;
+	if (cfg->state_dsn_file[0] != '\0') {
+		if ((r = cf_secret_file_read(cfg->state_dsn_file, "[state] dsn_file", CF_E_CONFIG,
+					     4096, &file)) != CF_OK ||
+		    (r = cf_secret_new(cf_secret_len(file) + 1, &dsn)) != CF_OK)
+			goto out;
+		memcpy(cf_secret_ptr(dsn), cf_secret_cptr(file), cf_secret_len(file));
+		if (memchr(cf_secret_cptr(file), '\0', cf_secret_len(file)) != NULL) {
+			r = cf_error(CF_E_CONFIG, "[state] dsn_file %s holds a NUL byte",
+				     cfg->state_dsn_file);
+			goto out;
+		}
+		so.dsn = (const char *)cf_secret_cptr(dsn);
+	}
+	if ((r = store_open_with(&so, st)) != CF_OK ||
+	    (r = fleet_open(so.dsn, cfg->replica, fl)) != CF_OK ||
+	    (r = nonces_open_pg(so.dsn, cfg->max_nonces, nn)) != CF_OK)
+		goto out;
+	/* Changes to keys, principals and API keys: one at a time in the fleet. */
+	store_set_change_lock(*st, fleet_lock, fleet_unlock, *fl);
+out:
+	cf_secret_free(file);
+	cf_secret_free(dsn);
+	return r;
+}
+
 static void
 report_mismatch(const char *msg)
 {
@@ -304,6 +366,47 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 		(void)audit_record(ln->au, &ev);
 }
 
+/* What a replica hears of another's change (fleet.h): the part of its
+ * memory that the change touched is re-read from the store. */
+struct replica {
+	keyring *kr;
+	policy *pol;
+	apikeys *ak;
+};
+
+static void
+replica_changed(const char *kind, const char *name, void *arg)
+{
+	struct replica *rp = arg;
+	int r = CF_OK;
+
+	if (strcmp(kind, "key") == 0)
+		r = keyring_refresh(rp->kr, name);
+	else if (strcmp(kind, "principal") == 0)
+		r = policy_refresh(rp->pol);
+	else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0)
+		r = apikeys_refresh(rp->ak);
+	if (r != CF_OK)
+		cf_log_error("fleet: re-reading %s %s after another replica's change: %s", kind,
+			     name, cf_error_detail());
+}
+
+static void
+replica_resync(void *arg)
+{
+	struct replica *rp = arg;
+
+	if (keyring_refresh(rp->kr, NULL) != CF_OK || policy_refresh(rp->pol) != CF_OK ||
+	    apikeys_refresh(rp->ak) != CF_OK)
+		cf_log_error("fleet: re-reading the registry: %s", cf_error_detail());
+}
+
+static int
+replica_alive(void *arg, const char *owner, int *alive)
+{
+	return fleet_alive(arg, owner, alive);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -319,11 +422,13 @@ main(int argc, char **argv)
 	audit *au = NULL;
 	idem *idm = NULL;
 	nonces *nn = NULL;
+	fleet *fl = NULL;
+	struct replica rp = { NULL, NULL, NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	sigset_t sigs;
 	unsigned mismatches = 0;
-	int sig = 0, r, status = 1, grpc_up = 0;
+	int sig = 0, r, status = 1, grpc_up = 0, lead;
 
 	harden();
 	cf_crashpoint_init();
@@ -353,6 +458,7 @@ main(int argc, char **argv)
 	pc.pin_file = cfg.pin_file;
 	pc.pool_size = cfg.pool_size;
 	pc.pool_timeout_ms = cfg.pool_timeout_ms;
+	pc.lock_file = cfg.token_lock_file[0] != '\0' ? cfg.token_lock_file : NULL;
 	if ((r = cf_p11_open(&pc, &p11)) != CF_OK) {
 		cf_log_error("token: %s", cf_error_detail());
 		goto out;
@@ -361,15 +467,16 @@ main(int argc, char **argv)
 		cf_log_error("state directory %s: %s", cfg.state_dir, strerror(errno));
 		goto out;
 	}
-	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
+	if ((r = open_state(&cfg, &st, &fl, &nn)) != CF_OK ||
 	    (r = keyring_open(p11, st, &cfg.keys, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
 	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
-	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK ||
-	    (r = nonces_open(cfg.state_dir, cfg.max_nonces, &nn)) != CF_OK) {
+	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
 	}
+	if (fl != NULL)
+		idem_set_owner(idm, fleet_incarnation(fl), replica_alive, fl);
 	/* Each API key's share of the nonce record (its own limit, not the whole). */
 	nonces_set_scope_max(nn, cfg.max_nonces_per_key ? cfg.max_nonces_per_key
 							: cfg.max_nonces / 8);
@@ -411,8 +518,21 @@ main(int argc, char **argv)
 		cf_log_error("rpc: %s", cf_error_detail());
 		goto out;
 	}
-	cf_log_info("ready: service %s, admin %s, token %s", cfg.service_path, cfg.admin_path,
-		    cfg.token_uri);
+	if (fl != NULL) {
+		struct fleet_hooks hooks = { replica_changed, replica_resync, &rp };
+
+		rp.kr = kr;
+		rp.pol = pol;
+		rp.ak = ak;
+		if ((r = fleet_start(fl, &hooks)) != CF_OK) {
+			cf_log_error("fleet: %s", cf_error_detail());
+			goto out;
+		}
+	}
+	cf_log_info("ready: service %s, admin %s, token %s, state %s%s", cfg.service_path,
+		    cfg.admin_path, cfg.token_uri, cfg.state_backend == STORE_POSTGRESQL ?
+		    "PostgreSQL, replica " : "SQLite in ", cfg.state_backend == STORE_POSTGRESQL ?
+		    cfg.replica : cfg.state_dir);
 	/* Between signals, once a second: scheduled rotations and destructions;
 	 * every 5 s: end expired sessions (so that their keys are wiped even
 	 * when no caller comes back for them) and expire what else expires. */
@@ -427,13 +547,18 @@ main(int argc, char **argv)
 			reload(argc, argv, &cfg, ls, srv);
 		/* Failing closed on the audit trail: nothing irreversible that
 		 * could not be recorded either; the work waits until it can. */
+		/* In a fleet, the shared scheduled work is the lease holder's. */
+		lead = fl == NULL || fleet_leader(fl);
 		if (au == NULL || audit_healthy(au)) {
-			keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
+			if (lead)
+				keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
 			(void)audit_flush_outbox(au);
 		}
 		if (n % 5 != 0)
 			continue;
 		session_expire(sm);
+		if (!lead)
+			continue;
 		nonces_expire(nn, (int64_t)time(NULL));
 		apikeys_expire(ak, (int64_t)time(NULL));
 		idem_expire(idm, (int64_t)time(NULL));
@@ -445,6 +570,8 @@ out:
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
 	session_mgr_close(sm);
+	/* Its thread calls into the registry: stopped before that closes. */
+	fleet_close(fl);
 	audit_close(au);
 	policy_close(pol);
 	apikeys_close(ak);
