@@ -78,7 +78,7 @@ import grpc  # noqa: E402
 
 import crash_check  # noqa: E402
 from crash_harness import CrashDaemon, meta, normalize, sealed_call  # noqa: E402
-from daemon_fixture import SRC_DIR, health_check  # noqa: E402
+from daemon_fixture import SRC_DIR, health_check, psql  # noqa: E402
 from rpc_common import KS, SC, pb, call_authorization  # noqa: E402
 from test_request_signing import sign as rest_sign  # noqa: E402
 
@@ -179,6 +179,7 @@ class Fleet(unittest.TestCase):
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
         try:
             cls.pg.start()
+            os.environ["COFFER_TEST_PG_HOST"] = cls.pg.host     # daemon_fixture.psql
             cls.pg.createdb(DB)
             cls.reps = []
             for name in REPLICAS:
@@ -706,7 +707,7 @@ class Fleet(unittest.TestCase):
         accepted_rest = []                   # (replica, parts, sig)
         ok = collections.Counter()
         health = collections.defaultdict(set)
-        rot_keys, rot_answers = [], {}
+        rot_keys, rot_answers, rot_first = [], {}, {}
         phase = ["before"]
 
         def refusal(kind, e):
@@ -760,6 +761,8 @@ class Fleet(unittest.TestCase):
                         ok[("rotation", phase[0])] += 1
                 except grpc.RpcError as e:
                     refusal("rotation", e)
+                    rot_first[idem] = "%s on %s while PostgreSQL %s: %s %s" % (
+                        idem, REPLICAS[n % 3], phase[0], code_of(e), details_of(e))
                     time.sleep(0.5)
                 n += 1
 
@@ -831,13 +834,26 @@ class Fleet(unittest.TestCase):
             if v.verdict != pb.REPLAYED_NONCE:
                 replays_ok.append("REST nonce %s accepted on %s answered %s on %s" % (
                     parts.nonce, REPLICAS[i], v.verdict, REPLICAS[(i + 2) % 3]))
-        # Every rotation retried with its key until it answers.
+        # Every rotation refused meanwhile, retried with its key once the
+        # server is back: it answers (made now, or the version it made).
+        stuck = []
         for n, idem in enumerate(rot_keys):
             if idem in rot_answers:
                 continue
-            r = self.admin((n + 1) % 3).RotateKey(pb.RotateKeyRequest(name=name), timeout=T,
-                                                  metadata=meta(idem, idem + "-retry"))
-            rot_answers[idem] = r
+            for i in ((n + 1) % 3, n % 3):
+                try:
+                    rot_answers[idem] = self.admin(i).RotateKey(
+                        pb.RotateKeyRequest(name=name), timeout=T,
+                        metadata=meta(idem, "%s-retry-%d" % (idem, i)))
+                    break
+                except grpc.RpcError as e:
+                    stuck.append("%s; retried on %s after the outage: %s %s; its record: %s; "
+                                 "log: %s" % (
+                        rot_first[idem], REPLICAS[i], code_of(e), details_of(e), psql(
+                            DB, "SELECT uid, method, done, status, message, request_id, "
+                            "committed, effect_version FROM idempotency WHERE key = '%s'"
+                            % idem), [ln for d in self.reps for ln in d.log().splitlines()
+                                       if idem in ln][:4]))
         answered = sorted(r.primary_version for r in rot_answers.values())
         want = list(range(1, len(rot_keys) + 2))
         # Each replica, the same process as before, serves every kind of call.
@@ -861,7 +877,15 @@ class Fleet(unittest.TestCase):
                    for (i, ph), s in sorted(health.items())}), flush=True)
         for (kind, ph, code, text), n in sorted(refused.items(), key=lambda kv: -kv[1])[:8]:
             print("  %d x %s %s: %s %s" % (n, kind, ph, code, text[:200]), flush=True)
+        print("fleet PostgreSQL outage: after it, %d accepted signed calls and %d accepted REST "
+              "signatures replayed to another replica: %d accepted again; %d wrong answers; "
+              "%d rotations retried with their keys, %d of them stuck" % (
+                  len(accepted_calls), len(accepted_rest), len(replays_ok), len(wrong),
+                  len(rot_first), len(stuck)), flush=True)
+        for line in stuck:
+            print("  stuck: " + line, flush=True)
         self.assertEqual(bad, {}, "refusals that are not UNAVAILABLE naming PostgreSQL")
+        self.assertEqual(stuck, [], "rotations whose idempotency key no longer answers")
         self.assertEqual(wrong, [])
         self.assertEqual(replays_ok, [], "accepted twice")
         self.assertEqual(answered, list(range(2, len(rot_keys) + 2)))
