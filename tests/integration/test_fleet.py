@@ -51,6 +51,7 @@ dbname=coffer_fleet, replica = r1 | r2 | r3.
 Environment: COFFER_FLEET_N (default 10000), COFFER_FLEET_ROTATIONS (200),
 COFFER_FLEET_SEED (16), and those of daemon_fixture.
 Run:  /usr/bin/python3 tests/integration/test_fleet.py [-v] [Fleet.test_...]
+      ctest --test-dir build -R test_fleet_replicas -V   (test_fleet: the C test)
 """
 import atexit
 import calendar
@@ -574,8 +575,12 @@ class Fleet(unittest.TestCase):
                     vd.kill9()
                     t = time.monotonic()
                     for _ in range(5):
-                        if vd.try_start():
-                            break
+                        try:
+                            if vd.try_start():
+                                break
+                        except Exception as e:
+                            raise AssertionError("%s hangs in its start-up: %s\n%s" % (
+                                REPLICAS[victim], e, self.where_stuck(vd)))
                         vd.kill9()
                     else:
                         raise AssertionError("%s does not start again:\n%s"
@@ -677,6 +682,27 @@ class Fleet(unittest.TestCase):
         self.assertLessEqual(max(m[0] for m in moves), 5.0)
         # The token against the registry in PostgreSQL.
         self.check_token()
+
+    def where_stuck(self, d):
+        """What a cofferd that does not become ready waits for: its threads'
+        stacks (gdb) and PostgreSQL's sessions and locks."""
+        out = []
+        if d.running and shutil.which("gdb"):
+            r = subprocess.run(["gdb", "-p", str(d.pid), "-batch", "-ex",
+                                "thread apply all bt 12"], capture_output=True, text=True,
+                               timeout=120)
+            out.append("stacks of pid %d:\n%s" % (d.pid, "\n".join(
+                ln for ln in r.stdout.splitlines() if ln.startswith(("#", "Thread")))))
+        for sql in ("SELECT pid, application_name, state, wait_event_type, wait_event, "
+                    "left(query, 80) FROM pg_stat_activity WHERE datname = '%s'" % DB,
+                    "SELECT locktype, objid, pid, mode, granted FROM pg_locks "
+                    "WHERE locktype = 'advisory'"):
+            try:
+                out.append("%s:\n%s" % (sql, "\n".join(" | ".join(r) for r in psql(DB, sql))))
+            except Exception as e:
+                out.append("%s: %s" % (sql, e))
+        out.append("logs:\n" + self.log_tails(1500))
+        return "\n".join(out)
 
     def check_token(self):
         reg = crash_check.read_registry_pg(self.pg.host, DB)
