@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Crash-consistency invariants of a cofferd state directory and its token
 (issue 13), checked from outside: the token through tests/p11_objects (raw
-Cryptoki, none of Coffer's code), coffer.db read-only with sqlite3, audit.log
+Cryptoki, none of Coffer's code), coffer.db read-only with sqlite3 (or a fleet's
+PostgreSQL database through psql: read_registry_pg), audit.log
 parsed line by line.
 
     from crash_check import check, check_daemon, Expect
@@ -157,7 +158,8 @@ POSTGRESQL_SKIP = ("the crash loops kill at writes to coffer.db-wal, break copie
 
 
 def read_registry(state_dir):
-    """The registry, read-only: keys, versions, api keys, secrets, intents."""
+    """The registry in <state_dir>/coffer.db, read-only: keys, versions, api
+    keys, secrets, intents (read_registry_pg: from a PostgreSQL database)."""
     if os.environ.get("COFFER_TEST_BACKEND") == "postgresql":
         raise CheckError("crash_check reads the SQLite state store only: " + POSTGRESQL_SKIP)
     path = os.path.join(state_dir, "coffer.db")
@@ -165,44 +167,65 @@ def read_registry(state_dir):
         raise CheckError("no state store at %s" % path)
     db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
     try:
-        tables = _tables(db)
-        reg = {"keys": {}, "versions": collections.defaultdict(dict), "api_keys": {},
-               "api_secrets": collections.defaultdict(dict), "intents": [],
-               "has_ckaid": False, "has_intents": "intents" in tables, "orphan_versions": []}
-        for name, typ, primary in db.execute("SELECT name, type, primary_version FROM keys"):
-            reg["keys"][name] = {"type": typ, "primary": primary}
-        vcols = _columns(db, "versions")
-        reg["has_ckaid"] = "ckaid" in vcols
-        q = "SELECT name, version, state%s FROM versions" % (", ckaid" if reg["has_ckaid"]
-                                                            else "")
-        for row in db.execute(q):
-            name, ver, state = row[0], row[1], row[2]
-            ckaid = row[3] if reg["has_ckaid"] else None
-            if isinstance(ckaid, bytes):
-                ckaid = ckaid.hex()
-            if name not in reg["keys"]:
-                reg["orphan_versions"].append((name, ver))
-            reg["versions"][name][ver] = {"state": state, "ckaid": ckaid.lower() if ckaid
-                                          else None}
-        if "api_keys" in tables:
-            for kid, principal, revoked, nextgen in db.execute(
-                    "SELECT id, principal, revoked, next_generation FROM api_keys"):
-                reg["api_keys"][kid] = {"principal": principal, "revoked": revoked,
-                                        "next_generation": nextgen}
-            scols = _columns(db, "api_secrets")
-            q = "SELECT id, generation%s FROM api_secrets" % (", ckaid" if "ckaid" in scols
-                                                              else "")
-            for row in db.execute(q):
-                ck = row[2] if len(row) > 2 else None
-                if isinstance(ck, bytes):
-                    ck = ck.hex()
-                reg["api_secrets"][row[0]][row[1]] = {"ckaid": ck.lower() if ck else None}
-        if reg["has_intents"]:
-            cols = _columns(db, "intents")
-            reg["intents"] = [dict(zip(cols, r)) for r in db.execute("SELECT * FROM intents")]
-        return reg
+        return _registry(lambda sql: db.execute(sql).fetchall(), _tables(db),
+                         lambda t: _columns(db, t))
     finally:
         db.close()
+
+
+def read_registry_pg(host, dbname):
+    """The same registry from a PostgreSQL database (the fleet's shared
+    state: the same tables), through psql; host: the server's socket dir."""
+    def q(sql):
+        r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host,
+                            "-d", dbname, "-c", "SELECT row_to_json(t) FROM (%s) t" % sql],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise CheckError("psql -d %s: %s" % (dbname, r.stderr.strip()))
+        return [list(json.loads(line).values()) for line in r.stdout.splitlines() if line]
+
+    tables = {r[0] for r in q("SELECT table_name FROM information_schema.tables "
+                              "WHERE table_schema = current_schema()")}
+    return _registry(q, tables, lambda t: [r[0] for r in q(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = '%s' ORDER BY ordinal_position" % t)])
+
+
+def _registry(q, tables, columns):
+    """read_registry's result from q(sql) -> rows, the table names and
+    columns(table) -> column names."""
+    reg = {"keys": {}, "versions": collections.defaultdict(dict), "api_keys": {},
+           "api_secrets": collections.defaultdict(dict), "intents": [],
+           "has_ckaid": False, "has_intents": "intents" in tables, "orphan_versions": []}
+    for name, typ, primary in q("SELECT name, type, primary_version FROM keys"):
+        reg["keys"][name] = {"type": typ, "primary": primary}
+    reg["has_ckaid"] = "ckaid" in columns("versions")
+    for row in q("SELECT name, version, state%s FROM versions" % (
+            ", ckaid" if reg["has_ckaid"] else "")):
+        name, ver, state = row[0], row[1], row[2]
+        ckaid = row[3] if reg["has_ckaid"] else None
+        if isinstance(ckaid, bytes):
+            ckaid = ckaid.hex()
+        if name not in reg["keys"]:
+            reg["orphan_versions"].append((name, ver))
+        reg["versions"][name][ver] = {"state": state, "ckaid": ckaid.lower() if ckaid
+                                      else None}
+    if "api_keys" in tables:
+        for kid, principal, revoked, nextgen in q(
+                "SELECT id, principal, revoked, next_generation FROM api_keys"):
+            reg["api_keys"][kid] = {"principal": principal, "revoked": revoked,
+                                    "next_generation": nextgen}
+        has_ck = "ckaid" in columns("api_secrets")
+        for row in q("SELECT id, generation%s FROM api_secrets" % (", ckaid" if has_ck
+                                                                   else "")):
+            ck = row[2] if len(row) > 2 else None
+            if isinstance(ck, bytes):
+                ck = ck.hex()
+            reg["api_secrets"][row[0]][row[1]] = {"ckaid": ck.lower() if ck else None}
+    if reg["has_intents"]:
+        cols = columns("intents")
+        reg["intents"] = [dict(zip(cols, r)) for r in q("SELECT * FROM intents")]
+    return reg
 
 
 def read_audit(state_dir):

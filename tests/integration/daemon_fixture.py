@@ -264,6 +264,8 @@ class CofferDaemon:
     config: {"section": {"name": value}} merged over the fixture's settings
     (value None deletes a setting) and written to DIR/cofferd.conf.
     args: extra command-line flags.
+    token_of: another CofferDaemon whose token (directory, SOFTHSM2_CONF,
+    PIN file, URI) this one uses instead of making its own.
     """
 
     # The principal start() gives this process's uid (cofferd denies by
@@ -271,7 +273,7 @@ class CofferDaemon:
     PRINCIPAL = "tester"
 
     def __init__(self, config=None, args=(), label="coffer", workdir=None, cofferd=None,
-                 grant_all=True):
+                 grant_all=True, token_of=None):
         self.grant_all = grant_all
         self.cofferd = cofferd or cofferd_path()
         if not os.access(self.cofferd, os.X_OK):
@@ -279,8 +281,12 @@ class CofferDaemon:
                               % self.cofferd)
         self._own_dir = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="coffer-d-")
+        # token_of: another fixture whose token this daemon shares (replicas
+        # of a fleet); its token is neither made nor removed here.
+        if token_of is not None:
+            label = token_of.label
         self.label = label
-        self.token_dir = os.path.join(self.dir, "hsm")
+        self.token_dir = token_of.token_dir if token_of else os.path.join(self.dir, "hsm")
         self.softhsm_conf = os.path.join(self.token_dir, "softhsm2.conf")
         self.pin_file = os.path.join(self.token_dir, "user.pin")
         self.token_uri = "pkcs11:token=" + label
@@ -298,7 +304,10 @@ class CofferDaemon:
         self._channels = []
         self.identity = None     # SPKI DER, pinned at the first start
         os.makedirs(self.run_dir, exist_ok=True)
-        self.init_token()
+        if token_of is None:
+            self.init_token()
+        else:
+            self.init_token_output = token_of.init_token_output
         self.config = {
             "token": {"module": softhsm_module(), "uri": self.token_uri,
                       "pin_file": self.pin_file},

@@ -1,0 +1,928 @@
+#!/usr/bin/python3
+"""A fleet (issue 16, "Must show" 2, 3 and 4): three cofferd replicas, one
+PostgreSQL server (tests/support/pg_server.sh, started for this module and
+stopped at exit), one SoftHSM2 token directory. Replica r1's fixture makes the
+token; r2 and r3 use it ([token] uri, pin_file, SOFTHSM2_CONF) with
+[token] lock_file = <token dir>/coffer.lock; each replica has its own state
+dir and sockets, and [state] backend = postgresql, dsn = host=<socket dir>
+dbname=coffer_fleet, replica = r1 | r2 | r3.
+
+ 1 replays      N API-key signed calls (KeyService/Mac) and N REST request
+                signatures (KeyService/VerifyRequestSignature, itself a
+                signed call) round-robin over the replicas, each replayed to
+                another replica, half of them at the same moment, half after
+                the answer: every nonce accepted exactly once, the replay
+                refused as replayed (COFFER_FLEET_N, default 10,000 each;
+                the rate is printed)
+ 2 idempotency  16 concurrent duplicates of one RotateKey (one
+                idempotency-key) spread over the replicas, three rounds: one
+                new version, one answer for all; the key again on every
+                replica: the same answer
+ 3 scheduled    a key with a 3 s rotation period while three replicas run
+                ([keys] min_rotation_period = 1): one version per due period
+                (versions contiguous, consecutive create times at least a
+                period apart and at most a period + 2 s), each scheduled
+                rotation logged once, by one replica, the only one that ever
+                said "fleet: this replica (...) now does the scheduled work"
+ 4 revocation   20 times: an API key made on one replica, revoked on it, and
+                the two others polled with signed calls until they refuse it:
+                p50/max of the propagation time printed, max <= 1 s
+ 5 kill -9      the scheduled-work holder killed with SIGKILL at random
+                moments (and restarted) during 200 idempotent rotations
+                driven through the two others (one in four sent to the
+                victim while it runs, retried elsewhere with its key when it
+                dies), while the holder also rotates a 1 s-period key:
+                versions 1..N contiguous with N = 1 + rotations on every
+                replica, each answer its own version, repeats answered alike;
+                the lease moves to another replica after the holder's kill
+                (log, delay printed); afterwards crash_check's token
+                invariants over the registry read from PostgreSQL: no orphan
+                or missing token object, no intent left
+ 6 outage       PostgreSQL stopped for 10 s under load (signed calls, REST
+                signatures, rotations with idempotency keys, health checks):
+                every refused call is UNAVAILABLE naming PostgreSQL; no
+                wrong answer (a fresh REST nonce never called replayed, every
+                accepted nonce refused when replayed afterwards, rotations
+                retried with their keys give versions 1..N once each);
+                health NOT_SERVING during the outage; after the server is
+                back every replica (same process) answers health SERVING,
+                signed calls, REST signatures and rotations
+
+Environment: COFFER_FLEET_N (default 10000), COFFER_FLEET_ROTATIONS (200),
+COFFER_FLEET_SEED (16), and those of daemon_fixture.
+Run:  /usr/bin/python3 tests/integration/test_fleet.py [-v] [Fleet.test_...]
+      ctest --test-dir build -R test_fleet_replicas -V   (test_fleet: the C test)
+"""
+import atexit
+import calendar
+import collections
+import concurrent.futures
+import hashlib
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import grpc  # noqa: E402
+
+import crash_check  # noqa: E402
+from crash_harness import CrashDaemon, meta, normalize, sealed_call  # noqa: E402
+from daemon_fixture import SRC_DIR, health_check, psql  # noqa: E402
+from rpc_common import KS, SC, pb, call_authorization  # noqa: E402
+from test_request_signing import sign as rest_sign  # noqa: E402
+
+N = int(os.environ.get("COFFER_FLEET_N", "10000"))
+ROTATIONS = int(os.environ.get("COFFER_FLEET_ROTATIONS", "200"))
+SEED = int(os.environ.get("COFFER_FLEET_SEED", "16"))
+T = 30                        # seconds per call
+DB = "coffer_fleet"
+REPLICAS = ("r1", "r2", "r3")
+PG_SERVER = os.path.join(SRC_DIR, "tests", "support", "pg_server.sh")
+SERVING, NOT_SERVING = 1, 2
+
+LEASE_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z \S+\[(\d+)\] \w+: "
+                      r"fleet: this replica \(([^)]*)\) now does the scheduled work")
+SCHED_RE = re.compile(r"lifecycle: scheduled rotation of key (\S+) made version (\d+)")
+
+
+def log_time(stamp):
+    """A cf_log time stamp (UTC, milliseconds) as seconds since the epoch."""
+    return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + \
+        int(stamp[20:23]) / 1000.0
+
+
+def pctl(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
+
+
+class PgServer:
+    """The module's PostgreSQL server, through tests/support/pg_server.sh."""
+
+    def __init__(self, top):
+        self.dir = os.path.join(top, "pg")
+        self.host = None
+        self.up = False
+
+    def _run(self, *args):
+        r = subprocess.run(["/bin/bash", PG_SERVER] + list(args), capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("pg_server.sh %s: %s%s" % (" ".join(args), r.stdout, r.stderr))
+        return r.stdout
+
+    def start(self):
+        self.host = self._run("start", self.dir).strip().splitlines()[-1]
+        self.up = True
+        return self.host
+
+    def stop(self):
+        self._run("stop", self.dir)
+        self.up = False
+
+    def createdb(self, name):
+        self._run("createdb", self.dir, name)
+
+    def stop_quietly(self):
+        if self.up:
+            try:
+                self.stop()
+            except Exception as e:  # at exit: say it, do not raise
+                print("test_fleet: stopping PostgreSQL: %s" % e, file=sys.stderr)
+
+
+class ApiKey:
+    """An API key of the principal "tester": signs calls (rpc_common)."""
+
+    def __init__(self, key_id, secret):
+        self.id, self.secret = key_id, secret
+
+    def md(self, path, body, nonce=None):
+        return [("authorization", call_authorization(self.id, self.secret, path, body,
+                                                     nonce=nonce))]
+
+
+def code_of(e):
+    c = getattr(e, "code", None)
+    return c() if callable(c) else None
+
+
+def details_of(e):
+    d = getattr(e, "details", None)
+    return (d() if callable(d) else str(e)) or ""
+
+
+class Fleet(unittest.TestCase):
+    top = pg = None
+    reps = []
+
+    # ---- set-up: PostgreSQL, one token, three replicas ----
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="coffer-fleet-")
+        os.chmod(cls.top, 0o755)
+        cls.pg = PgServer(cls.top)
+        atexit.register(cls._teardown)
+        # ctest's timeout sends SIGTERM: exit through atexit (server stopped).
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+        try:
+            cls.pg.start()
+            os.environ["COFFER_TEST_PG_HOST"] = cls.pg.host     # daemon_fixture.psql
+            cls.pg.createdb(DB)
+            cls.reps = []
+            for name in REPLICAS:
+                d = CrashDaemon(config=cls.replica_config(name),
+                                token_of=cls.reps[0] if cls.reps else None)
+                cls.reps.append(d)
+                if len(cls.reps) == 1:
+                    d.config["token"]["lock_file"] = os.path.join(d.token_dir, "coffer.lock")
+                d.start()
+            a = cls.reps[0].admin_stub()
+            a.CreateKey(pb.CreateKeyRequest(name="fleet-mac", type=pb.HMAC_SHA256), timeout=T)
+            cls.rest_secret = os.urandom(32)
+            sealed_call(cls.reps[0], "ImportKey", pb.ImportKeyRequest(
+                name="fleet-rest", type=pb.HMAC_SHA256, material=cls.rest_secret), None)
+            r = sealed_call(cls.reps[1], "CreateApiKey",
+                            pb.CreateApiKeyRequest(principal="tester"), None)
+            cls.api = ApiKey(r.key.id, r.secret)
+        except BaseException:
+            cls._teardown()
+            raise
+
+    @classmethod
+    def replica_config(cls, name):
+        cfg = {"state": {"backend": "postgresql",
+                         "dsn": "host=%s dbname=%s" % (cls.pg.host, DB), "replica": name},
+               "requests": {"window": "300"},
+               "daemon": {"log_level": "info"}}
+        if cls.reps:
+            cfg["token"] = {"lock_file": os.path.join(cls.reps[0].token_dir, "coffer.lock")}
+        return cfg
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._teardown()
+
+    @classmethod
+    def _teardown(cls):
+        # Replicas first (r1 last: its directory holds the token), then the
+        # server, then the directory.
+        for d in reversed(cls.reps):
+            try:
+                d.cleanup()
+            except Exception as e:
+                print("test_fleet: %s" % e, file=sys.stderr)
+        cls.reps = []
+        if cls.pg is not None:
+            cls.pg.stop_quietly()
+        if cls.top and os.environ.get("COFFER_KEEP_TMP", "") in ("", "0"):
+            shutil.rmtree(cls.top, ignore_errors=True)
+            cls.top = None
+
+    def setUp(self):
+        # A case that failed half-way leaves nothing down for the next one.
+        if not self.pg.up:
+            self.pg.start()
+        for d in self.reps:
+            if not d.running:
+                d.kill9()
+                d.start()
+
+    # ---- calls ----
+
+    _chans = {}
+
+    def chan(self, i):
+        """A service channel to replica i (one per process of it)."""
+        d = self.reps[i]
+        key = (i, d.pid)
+        ch = self._chans.get(key)
+        if ch is None:
+            ch = grpc.insecure_channel("unix:" + d.service_socket)
+            self._chans[key] = ch
+        return ch
+
+    def raw(self, i, method):
+        """KeyService/method on replica i, bytes in and out."""
+        return self.chan(i).unary_unary(KS + method)
+
+    def admin(self, i):
+        return self.reps[i].admin_stub()
+
+    def mac_call(self, i, body, md, timeout=T):
+        return pb.MacResponse.FromString(self.raw(i, "Mac")(body, metadata=md, timeout=timeout))
+
+    def signed_mac(self, i, key=None, data=b"fleet", timeout=T):
+        body = pb.MacRequest(key="fleet-mac", data=data).SerializeToString()
+        return self.mac_call(i, body, (key or self.api).md(KS + "Mac", body), timeout)
+
+    def rest_request(self):
+        """(parts, signature) of a fresh REST request signed with fleet-rest."""
+        body = hashlib.sha256(secrets.token_bytes(8)).digest()
+        ts, nonce = int(time.time()), secrets.token_hex(16)
+        sig = rest_sign(self.rest_secret, "POST", "/v1/orders", "a=1", body, ts, nonce,
+                        "fleet-rest")
+        parts = pb.HttpRequestParts(key="fleet-rest", method="POST", path="/v1/orders",
+                                    canonical_query="a=1", body_sha256=body, timestamp=ts,
+                                    nonce=nonce)
+        return parts, sig
+
+    def rest_verify(self, i, parts, sig, timeout=T):
+        """VerifyRequestSignature on replica i, itself a signed call."""
+        body = pb.VerifyRequestSignatureRequest(request=parts, signature=sig).SerializeToString()
+        out = self.raw(i, "VerifyRequestSignature")(
+            body, metadata=self.api.md(KS + "VerifyRequestSignature", body), timeout=timeout)
+        return pb.VerifyRequestSignatureResponse.FromString(out)
+
+    def versions(self, i, name):
+        k = self.admin(i).GetKey(pb.GetKeyRequest(name=name), timeout=T)
+        return k, [v.version for v in k.versions]
+
+    def same_versions_everywhere(self, name, want):
+        for i in range(3):
+            _, vs = self.versions(i, name)
+            self.assertEqual(vs, want, "key %s as replica %s sees it" % (name, REPLICAS[i]))
+
+    def lease_lines(self):
+        """Every "now does the scheduled work" line: (time, replica index, pid,
+        incarnation), in time order."""
+        out = []
+        for i, d in enumerate(self.reps):
+            for line in d.log().splitlines():
+                m = LEASE_RE.match(line)
+                if m:
+                    out.append((log_time(m.group(1)), i, int(m.group(2)), m.group(3)))
+        return sorted(out)
+
+    def current_holder(self):
+        """The replica index whose running process announced the lease last,
+        or None."""
+        lines = [x for x in self.lease_lines() if self.reps[x[1]].pid == x[2]
+                 and self.reps[x[1]].running]
+        return lines[-1][1] if lines else None
+
+    def lease_holder(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            h = self.current_holder()
+            if h is not None:
+                return h
+            if time.monotonic() > deadline:
+                self.fail("no running replica says it does the scheduled work; logs:\n%s"
+                          % self.log_tails())
+            time.sleep(0.1)
+
+    def log_tails(self, n=3000):
+        return "\n".join("--- %s ---\n%s" % (REPLICAS[i], d.log()[-n:])
+                         for i, d in enumerate(self.reps))
+
+    # ---- 1. replays ----
+
+    def test_1_replayed_to_another_replica_refused(self):
+        t0 = time.monotonic()
+        accepted = collections.Counter()      # nonce -> acceptances
+        refusals = collections.Counter()
+        problems = []
+        lock = threading.Lock()
+
+        def note(nonce, kind, outcome, detail=""):
+            with lock:
+                if outcome == "accepted":
+                    accepted[nonce] += 1
+                elif outcome == "replay-refused":
+                    refusals[kind] += 1
+                    accepted[nonce] += 0
+                else:
+                    problems.append("%s nonce %s: %s" % (kind, nonce, detail))
+
+        def call_item(i, together):
+            a, b = i % 3, (i + 1 + (i // 3) % 2) % 3       # b: either other replica
+            body = pb.MacRequest(key="fleet-mac", data=b"fleet %d" % i).SerializeToString()
+            nonce = secrets.token_hex(16)
+            md = self.api.md(KS + "Mac", body, nonce=nonce)
+
+            def outcome(fut):
+                try:
+                    fut.result()
+                    return "accepted", ""
+                except grpc.RpcError as e:
+                    if code_of(e) == SC.UNAUTHENTICATED and "replayed nonce" in details_of(e):
+                        return "replay-refused", ""
+                    return "error", "%s %s" % (code_of(e), details_of(e))
+            if together:
+                futs = [self.raw(r, "Mac").future(body, metadata=md, timeout=T) for r in (a, b)]
+                for f in futs:
+                    note(nonce, "call", *outcome(f))
+            else:
+                for r in (a, b):
+                    note(nonce, "call", *outcome(self.raw(r, "Mac").future(
+                        body, metadata=md, timeout=T)))
+
+        def rest_item(i, together):
+            a, b = i % 3, (i + 1 + (i // 3) % 2) % 3
+            parts, sig = self.rest_request()
+            body = pb.VerifyRequestSignatureRequest(request=parts,
+                                                    signature=sig).SerializeToString()
+
+            def send(r):
+                return self.raw(r, "VerifyRequestSignature").future(
+                    body, metadata=self.api.md(KS + "VerifyRequestSignature", body), timeout=T)
+
+            def outcome(fut):
+                try:
+                    v = pb.VerifyRequestSignatureResponse.FromString(fut.result())
+                except grpc.RpcError as e:
+                    return "error", "%s %s" % (code_of(e), details_of(e))
+                if v.verdict == pb.VALID and v.valid:
+                    return "accepted", ""
+                if v.verdict == pb.REPLAYED_NONCE and not v.valid:
+                    return "replay-refused", ""
+                return "error", "verdict %s (%s)" % (v.verdict, v.reason)
+            if together:
+                futs = [send(a), send(b)]
+                for f in futs:
+                    note(parts.nonce, "rest", *outcome(f))
+            else:
+                for r in (a, b):
+                    note(parts.nonce, "rest", *outcome(send(r)))
+
+        def item(i):
+            together = (i // 2) % 2 == 0
+            (call_item if i % 2 == 0 else rest_item)(i // 2, together)
+
+        with concurrent.futures.ThreadPoolExecutor(12) as ex:
+            list(ex.map(item, range(2 * N), chunksize=64))
+        el = time.monotonic() - t0
+        twice = sorted(n for n, c in accepted.items() if c > 1)
+        never = sorted(n for n, c in accepted.items() if c == 0)
+        print("\nfleet replays: %d signed calls + %d REST signatures, each sent to one replica "
+              "and replayed to another (half at once): %d RPCs in %.1f s (%.0f/s); accepted "
+              "twice %d, accepted never %d, replays refused %s, other answers %d" % (
+                  N, N, 4 * N, el, 4 * N / el, len(twice), len(never), dict(refusals),
+                  len(problems)), flush=True)
+        self.assertEqual(twice, [], "nonces accepted twice")
+        self.assertEqual(problems[:20], [], "%d unexpected answers" % len(problems))
+        self.assertEqual(never, [], "nonces accepted by no replica")
+        self.assertEqual(len(accepted), 2 * N)
+        self.assertEqual(sum(refusals.values()), 2 * N)
+
+    # ---- 2. idempotency across replicas ----
+
+    def test_2_concurrent_duplicates_across_replicas(self):
+        for rnd in range(3):
+            name = "fleet-idem-%d" % rnd
+            self.admin(rnd % 3).CreateKey(pb.CreateKeyRequest(name=name, type=pb.RSA_2048),
+                                          timeout=60)
+            key = "fleet-rotate-dup-%d" % rnd
+            gate = threading.Barrier(16)
+
+            def one(j):
+                stub = self.admin(j % 3)
+                gate.wait()
+                t = time.monotonic()
+                r = stub.RotateKey(pb.RotateKeyRequest(name=name), timeout=60,
+                                   metadata=meta(key, "%s-%d" % (key, j)))
+                return r, time.monotonic() - t
+            with concurrent.futures.ThreadPoolExecutor(16) as ex:
+                res = list(ex.map(one, range(16)))
+            answers = {normalize(r) for r, _ in res}
+            print("\nfleet idempotency round %d: 16 duplicates over 3 replicas: %d distinct "
+                  "answer(s), version %s, slowest %.2f s" % (
+                      rnd, len(answers), sorted({r.primary_version for r, _ in res}),
+                      max(t for _, t in res)), flush=True)
+            self.assertEqual(len(answers), 1)
+            self.same_versions_everywhere(name, [1, 2])
+            # The key sent again to each replica: the same answer, no change.
+            for i in range(3):
+                again = self.admin(i).RotateKey(pb.RotateKeyRequest(name=name), timeout=T,
+                                                metadata=meta(key, "%s-again-%d" % (key, i)))
+                self.assertEqual({normalize(again)}, answers)
+            self.same_versions_everywhere(name, [1, 2])
+
+    # ---- 3. scheduled rotation, one leader ----
+
+    def test_3_scheduled_rotation_once_per_period(self):
+        period = 3
+        name = "fleet-sched"
+        self.admin(0).CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        k = self.admin(1).SetRotationSchedule(pb.SetRotationScheduleRequest(
+            name=name, period_seconds=period), timeout=T)
+        first_due = k.next_rotation_time
+        while time.time() < first_due + 4 * period + 0.5:
+            time.sleep(0.1)
+        off = self.admin(2).SetRotationSchedule(pb.SetRotationScheduleRequest(
+            name=name, period_seconds=0), timeout=T)
+        vs = [v.version for v in off.versions]
+        time.sleep(period + 1.5)
+        self.same_versions_everywhere(name, vs)
+        k, _ = self.versions(0, name)
+        times = [v.create_time for v in k.versions]
+        gaps = [b - a for a, b in zip(times[1:], times[2:])]
+        print("\nfleet scheduled rotation: period %d s, %d rotations in %.0f s after the first "
+              "due time; gaps between them %s s" % (period, len(vs) - 1,
+                                                     off.versions[-1].create_time - first_due,
+                                                     gaps), flush=True)
+        self.assertEqual(vs, list(range(1, len(vs) + 1)))
+        self.assertGreaterEqual(len(vs) - 1, 4, "rotations missed: %s" % times)
+        self.assertGreaterEqual(times[1], first_due)
+        for g in gaps:
+            # Two rotations for one due time would be closer than a period;
+            # a missed one would leave two periods between them.
+            self.assertGreaterEqual(g, period, times)
+            self.assertLessEqual(g, period + 2, times)
+        # The log: each rotation once, all by the one replica that took the lease.
+        made = collections.Counter()
+        by = set()
+        for i, d in enumerate(self.reps):
+            for m in SCHED_RE.finditer(d.log()):
+                if m.group(1) == name:
+                    made[int(m.group(2))] += 1
+                    by.add(REPLICAS[i])
+        leases = self.lease_lines()
+        print("fleet scheduled work: lease lines %s; rotations logged by %s" % (
+            [(REPLICAS[i], inc) for _, i, _, inc in leases], sorted(by)), flush=True)
+        self.assertEqual(dict(made), {v: 1 for v in vs[1:]})
+        self.assertEqual(len(leases), 1, leases)
+        self.assertEqual(by, {REPLICAS[leases[0][1]]})
+
+    # ---- 4. revocation reaches the other replicas ----
+
+    def test_4_revoked_api_key_refused_elsewhere_within_1s(self):
+        delays, create_delays, texts = [], [], collections.Counter()
+        for it in range(20):
+            origin = it % 3
+            others = [i for i in range(3) if i != origin]
+            r = sealed_call(self.reps[origin], "CreateApiKey",
+                            pb.CreateApiKeyRequest(principal="tester"), None)
+            key = ApiKey(r.key.id, r.secret)
+            t_made = time.monotonic()
+            self.signed_mac(origin, key)
+            for i in others:
+                while True:
+                    try:
+                        self.signed_mac(i, key)
+                        break
+                    except grpc.RpcError as e:
+                        if time.monotonic() - t_made > 5:
+                            self.fail("API key %s made on %s not usable on %s after 5 s: %s"
+                                      % (key.id, REPLICAS[origin], REPLICAS[i], details_of(e)))
+                create_delays.append(time.monotonic() - t_made)
+            self.admin(origin).RevokeApiKey(pb.RevokeApiKeyRequest(id=key.id), timeout=T)
+            t0 = time.monotonic()
+
+            def poll(i):
+                while True:
+                    try:
+                        self.signed_mac(i, key, timeout=5)
+                    except grpc.RpcError as e:
+                        return time.monotonic() - t0, code_of(e), details_of(e)
+                    if time.monotonic() - t0 > 10:
+                        return None, None, "still accepted 10 s after the revocation"
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                res = list(ex.map(poll, others))
+            for i, (dt, code, text) in zip(others, res):
+                self.assertIsNotNone(dt, "%s: %s" % (REPLICAS[i], text))
+                self.assertEqual(code, SC.UNAUTHENTICATED, "%s: %s" % (REPLICAS[i], text))
+                texts[re.sub(r"[0-9a-f]{8,}", "ID", text)] += 1
+                delays.append(dt)
+        print("\nfleet revocation: %d refusals on the other replicas after a revocation: "
+              "p50 %.1f ms, max %.1f ms (a new API key usable elsewhere: p50 %.1f ms, max "
+              "%.1f ms); refusal texts %s" % (
+                  len(delays), 1000 * statistics.median(delays), 1000 * max(delays),
+                  1000 * statistics.median(create_delays), 1000 * max(create_delays),
+                  dict(texts)), flush=True)
+        self.assertLessEqual(max(delays), 1.0)
+        for text in texts:
+            self.assertIn("revoked", text)
+
+    # ---- 5. kill -9 during rotations ----
+
+    def test_5_kill9_during_rotations(self):
+        rnd = random.Random(SEED)
+        name, tick = "fleet-crash", "fleet-tick"
+        self.admin(0).CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        # The holder of the lease rotates this one every second meanwhile.
+        self.admin(1).CreateKey(pb.CreateKeyRequest(name=tick, type=pb.EC_P256,
+                                                    rotation_period=1), timeout=T)
+        victim = self.lease_holder()
+        others = [i for i in range(3) if i != victim]
+        vd = self.reps[victim]
+        done = threading.Event()
+        kills = []          # (time.time() of the kill, the victim held the lease)
+        restart_times = []
+        killer_errors = []
+
+        def killer():
+            try:
+                while not done.is_set():
+                    if done.wait(rnd.uniform(0.3, 2.5)):
+                        break
+                    held = self.current_holder() == victim
+                    kills.append((time.time(), held))
+                    vd.kill9()
+                    t = time.monotonic()
+                    for _ in range(5):
+                        try:
+                            if vd.try_start():
+                                break
+                        except Exception as e:
+                            raise AssertionError("%s hangs in its start-up: %s\n%s" % (
+                                REPLICAS[victim], e, self.where_stuck(vd)))
+                        vd.kill9()
+                    else:
+                        raise AssertionError("%s does not start again:\n%s"
+                                             % (REPLICAS[victim], vd.log()[-3000:]))
+                    restart_times.append(time.monotonic() - t)
+            except BaseException as e:
+                killer_errors.append(e)
+        kt = threading.Thread(target=killer, daemon=True)
+        kt.start()
+
+        answers = {}          # idempotency key -> answer
+        problems, retried = [], collections.Counter()
+        t0 = time.monotonic()
+        try:
+            for n in range(ROTATIONS):
+                idem = "fleet-kill-%d" % n
+                target = victim if n % 4 == 3 else others[n % 2]
+                for attempt in range(100):
+                    try:
+                        r = self.admin(target).RotateKey(
+                            pb.RotateKeyRequest(name=name), timeout=T,
+                            metadata=meta(idem, "%s-a%d" % (idem, attempt)))
+                        answers[idem] = r
+                        break
+                    except (grpc.RpcError, ValueError) as e:
+                        # ValueError: the killer closed the victim's channel.
+                        code = code_of(e) if isinstance(e, grpc.RpcError) else SC.CANCELLED
+                        if code not in (SC.UNAVAILABLE, SC.CANCELLED, SC.UNKNOWN,
+                                        SC.DEADLINE_EXCEEDED):
+                            problems.append("rotation %d attempt %d on %s: %s %s" % (
+                                n, attempt, REPLICAS[target], code, details_of(e)))
+                            break
+                        retried[(REPLICAS[target], code.name)] += 1
+                        # Retried with its key on one of the replicas not killed.
+                        target = others[(n + attempt) % 2]
+                        time.sleep(0.05)
+                else:
+                    problems.append("rotation %d: no answer after 100 attempts" % n)
+        finally:
+            done.set()
+            kt.join(120)
+        run_s = time.monotonic() - t0
+        if killer_errors:
+            raise killer_errors[0]
+        if not vd.running:
+            vd.kill9()
+            vd.start()
+        # The tick key's schedule off, then quiet: every replica agrees.
+        self.admin(others[0]).SetRotationSchedule(pb.SetRotationScheduleRequest(
+            name=tick, period_seconds=0), timeout=T)
+        time.sleep(2)
+
+        ok = len(answers)
+        want = list(range(1, ok + 2))
+        seen = {}
+        for i in range(3):
+            _, seen[REPLICAS[i]] = self.versions(i, name)
+        versions_of = sorted(r.primary_version for r in answers.values())
+        tick_k, tick_vs = self.versions(0, tick)
+        tick_times = [v.create_time for v in tick_k.versions]
+        # The lease after each kill of its holder: who took it, how soon.
+        leases = self.lease_lines()
+        moves = []
+        for kt_, held in kills:
+            if held:
+                nxt = [x for x in leases if x[0] >= kt_ - 0.002 and x[1] != victim]
+                moves.append((nxt[0][0] - kt_, REPLICAS[nxt[0][1]]) if nxt else (None, None))
+        print("\nfleet kill -9: %d rotations (%d answered) through %s, victim %s (the lease "
+              "holder) killed %d times (%d while holding the lease), restarts %.1f s p50 / "
+              "%.1f s max, %.0f s; retries %s" % (
+                  ROTATIONS, ok, [REPLICAS[i] for i in others], REPLICAS[victim], len(kills),
+                  sum(1 for _, h in kills if h),
+                  statistics.median(restart_times) if restart_times else 0,
+                  max(restart_times) if restart_times else 0, run_s, dict(retried)),
+              flush=True)
+        print("fleet kill -9: versions seen %s; lease moves after the holder's kill "
+              "(seconds, to): %s; %s rotated by schedule to version %d" % (
+                  {k: "%d..%d (%d)" % (v[0], v[-1], len(v)) for k, v in seen.items()},
+                  moves, tick, tick_vs[-1]), flush=True)
+        self.assertEqual(problems, [])
+        self.assertEqual(ok, ROTATIONS)
+        self.assertGreater(len(kills), 0)
+        for rep, vs in seen.items():
+            self.assertEqual(vs, want, "key %s as %s sees it" % (name, rep))
+        self.assertEqual(versions_of, want[1:], "each rotation's answer its own version")
+        # Each key again, on any replica: the first answer, no new version.
+        for idem in rnd.sample(sorted(answers), 25):
+            again = self.admin(rnd.randrange(3)).RotateKey(
+                pb.RotateKeyRequest(name=name), timeout=T, metadata=meta(idem, idem + "-again"))
+            self.assertEqual(normalize(again), normalize(answers[idem]), idem)
+        self.same_versions_everywhere(name, want)
+        # The scheduled key: contiguous, one version per due second at most.
+        self.assertEqual(tick_vs, list(range(1, len(tick_vs) + 1)))
+        self.assertTrue(all(b - a >= 1 for a, b in zip(tick_times[1:], tick_times[2:])),
+                        tick_times)
+        self.assertTrue(moves, "the victim never held the lease when killed")
+        self.assertNotIn((None, None), moves, "the lease did not move after a kill of its "
+                         "holder; lease lines: %s" % leases)
+        self.assertLessEqual(max(m[0] for m in moves), 5.0)
+        # The token against the registry in PostgreSQL.
+        self.check_token()
+
+    def where_stuck(self, d):
+        """What a cofferd that does not become ready waits for: its threads'
+        stacks (gdb) and PostgreSQL's sessions and locks."""
+        out = []
+        if d.running and shutil.which("gdb"):
+            r = subprocess.run(["gdb", "-p", str(d.pid), "-batch", "-ex",
+                                "thread apply all bt 12"], capture_output=True, text=True,
+                               timeout=120)
+            out.append("stacks of pid %d:\n%s" % (d.pid, "\n".join(
+                ln for ln in r.stdout.splitlines() if ln.startswith(("#", "Thread")))))
+        for sql in ("SELECT pid, application_name, state, wait_event_type, wait_event, "
+                    "left(query, 80) FROM pg_stat_activity WHERE datname = '%s'" % DB,
+                    "SELECT locktype, objid, pid, mode, granted FROM pg_locks "
+                    "WHERE locktype = 'advisory'"):
+            try:
+                out.append("%s:\n%s" % (sql, "\n".join(" | ".join(r) for r in psql(DB, sql))))
+            except Exception as e:
+                out.append("%s: %s" % (sql, e))
+        out.append("logs:\n" + self.log_tails(1500))
+        return "\n".join(out)
+
+    def check_token(self):
+        reg = crash_check.read_registry_pg(self.pg.host, DB)
+        objects = crash_check.daemon_objects(self.reps[0])
+        notes = []
+        problems = crash_check.check_token(reg, objects, notes=notes)
+        if reg["intents"]:
+            problems.append("registry: %d intent(s) left: %s" % (len(reg["intents"]),
+                                                                 reg["intents"]))
+        print("fleet token: %d objects, %d key versions and %d API key secrets in the "
+              "registry; %d problem(s)%s" % (
+                  len(objects), sum(len(v) for v in reg["versions"].values()),
+                  sum(len(v) for v in reg["api_secrets"].values()), len(problems),
+                  "; notes: %s" % notes if notes else ""), flush=True)
+        self.assertEqual(problems, [])
+
+    # ---- 6. PostgreSQL down for 10 s under load ----
+
+    def test_6_postgresql_down_10s_under_load(self):
+        name = "fleet-outage"
+        self.admin(0).CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        pids = [d.pid for d in self.reps]
+        stop = threading.Event()
+        lock = threading.Lock()
+        refused = collections.Counter()      # (kind, code, text) of every refusal
+        wrong = []
+        accepted_calls = []                  # (replica, body, md)
+        accepted_rest = []                   # (replica, parts, sig)
+        ok = collections.Counter()
+        health = collections.defaultdict(set)
+        rot_keys, rot_answers, rot_first = [], {}, {}
+        phase = ["before"]
+
+        def refusal(kind, e):
+            with lock:
+                refused[(kind, phase[0], code_of(e), details_of(e))] += 1
+
+        def signed_worker(w):
+            i = w
+            while not stop.is_set():
+                i = (i + 1) % 3
+                body = pb.MacRequest(key="fleet-mac", data=b"outage").SerializeToString()
+                md = self.api.md(KS + "Mac", body)
+                try:
+                    self.mac_call(i, body, md, timeout=15)
+                    with lock:
+                        accepted_calls.append((i, body, md))
+                        ok[("call", phase[0])] += 1
+                except grpc.RpcError as e:
+                    refusal("call", e)
+                    time.sleep(0.01)
+
+        def rest_worker():
+            i = 0
+            while not stop.is_set():
+                i = (i + 1) % 3
+                parts, sig = self.rest_request()
+                try:
+                    v = self.rest_verify(i, parts, sig, timeout=15)
+                except grpc.RpcError as e:
+                    refusal("rest", e)
+                    time.sleep(0.01)
+                    continue
+                with lock:
+                    if v.verdict == pb.VALID and v.valid:
+                        accepted_rest.append((i, parts, sig))
+                        ok[("rest", phase[0])] += 1
+                    else:
+                        wrong.append("fresh REST nonce on %s answered %s (%s) %s" % (
+                            REPLICAS[i], v.verdict, v.reason, phase[0]))
+
+        def rotation_worker():
+            n = 0
+            while not stop.is_set():
+                idem = "fleet-outage-%d" % n
+                rot_keys.append(idem)
+                try:
+                    r = self.admin(n % 3).RotateKey(pb.RotateKeyRequest(name=name), timeout=15,
+                                                    metadata=meta(idem, idem + "-a0"))
+                    rot_answers[idem] = r
+                    with lock:
+                        ok[("rotation", phase[0])] += 1
+                except grpc.RpcError as e:
+                    refusal("rotation", e)
+                    rot_first[idem] = "%s on %s while PostgreSQL %s: %s %s" % (
+                        idem, REPLICAS[n % 3], phase[0], code_of(e), details_of(e))
+                    time.sleep(0.5)
+                n += 1
+
+        def health_worker():
+            while not stop.is_set():
+                for i, d in enumerate(self.reps):
+                    try:
+                        st = health_check(d.service_socket, timeout=2)
+                    except grpc.RpcError as e:
+                        st = "error %s" % code_of(e)
+                    with lock:
+                        health[(i, phase[0])].add(st)
+                time.sleep(0.1)
+
+        threads = [threading.Thread(target=signed_worker, args=(w,)) for w in range(3)]
+        threads += [threading.Thread(target=f) for f in (rest_worker, rotation_worker,
+                                                          health_worker)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(2)
+            phase[0] = "down"
+            t_down = time.monotonic()
+            self.pg.stop()
+            while time.monotonic() < t_down + 10:
+                time.sleep(0.1)
+            phase[0] = "back"
+            self.pg.start()
+            t_back = time.monotonic()
+            # Every replica serves again: health and a signed call, unaided.
+            back_after = {}
+            while len(back_after) < 3 and time.monotonic() < t_back + 30:
+                for i in range(3):
+                    if i in back_after:
+                        continue
+                    try:
+                        if health_check(self.reps[i].service_socket, timeout=2) == SERVING:
+                            self.signed_mac(i, timeout=5)
+                            back_after[i] = time.monotonic() - t_back
+                    except grpc.RpcError:
+                        pass
+                time.sleep(0.05)
+            time.sleep(1)
+            phase[0] = "after"
+            time.sleep(1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+            if not self.pg.up:
+                self.pg.start()
+        self.assertEqual(len(back_after), 3, "replicas serving again 30 s after PostgreSQL "
+                         "came back: %s; logs:\n%s" % (
+                             [REPLICAS[i] for i in back_after], self.log_tails()))
+        self.assertEqual([d.pid for d in self.reps], pids, "a replica was restarted")
+
+        # Nothing accepted twice: every accepted nonce replayed to another replica.
+        replays_ok = []
+        for i, body, md in accepted_calls:
+            try:
+                self.mac_call((i + 1) % 3, body, md)
+                replays_ok.append("signed call accepted on %s was accepted again on %s"
+                                  % (REPLICAS[i], REPLICAS[(i + 1) % 3]))
+            except grpc.RpcError as e:
+                if not (code_of(e) == SC.UNAUTHENTICATED and "replayed" in details_of(e)):
+                    wrong.append("replay of a signed call: %s %s" % (code_of(e), details_of(e)))
+        for i, parts, sig in accepted_rest:
+            v = self.rest_verify((i + 2) % 3, parts, sig)
+            if v.verdict != pb.REPLAYED_NONCE:
+                replays_ok.append("REST nonce %s accepted on %s answered %s on %s" % (
+                    parts.nonce, REPLICAS[i], v.verdict, REPLICAS[(i + 2) % 3]))
+        # Every rotation refused meanwhile, retried with its key once the
+        # server is back: it answers (made now, or the version it made).
+        stuck = []
+        for n, idem in enumerate(rot_keys):
+            if idem in rot_answers:
+                continue
+            for i in ((n + 1) % 3, n % 3):
+                try:
+                    rot_answers[idem] = self.admin(i).RotateKey(
+                        pb.RotateKeyRequest(name=name), timeout=T,
+                        metadata=meta(idem, "%s-retry-%d" % (idem, i)))
+                    break
+                except grpc.RpcError as e:
+                    stuck.append("%s; retried on %s after the outage: %s %s; its record: %s; "
+                                 "log: %s" % (
+                        rot_first[idem], REPLICAS[i], code_of(e), details_of(e), psql(
+                            DB, "SELECT uid, method, done, status, message, request_id, "
+                            "committed, effect_version FROM idempotency WHERE key = '%s'"
+                            % idem), [ln for d in self.reps for ln in d.log().splitlines()
+                                       if idem in ln][:4]))
+        answered = sorted(r.primary_version for r in rot_answers.values())
+        want = list(range(1, len(rot_keys) + 2))
+        # Each replica, the same process as before, serves every kind of call.
+        for i in range(3):
+            self.assertEqual(health_check(self.reps[i].service_socket, timeout=2), SERVING)
+            self.signed_mac(i)
+            parts, sig = self.rest_request()
+            self.assertEqual(self.rest_verify(i, parts, sig).verdict, pb.VALID)
+            self.admin(i).RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
+            want.append(want[-1] + 1)
+
+        bad = {k: n for k, n in refused.items()
+               if not (k[2] == SC.UNAVAILABLE and "PostgreSQL" in k[3])}
+        print("\nfleet PostgreSQL outage (10 s): answered %s; refused %d (%s); back on every "
+              "replica after %s s; health seen %s" % (
+                  dict(ok), sum(refused.values()),
+                  dict(collections.Counter((k[0], k[1], k[2].name if k[2] else None)
+                                           for k in refused.elements())),
+                  {REPLICAS[i]: round(t, 2) for i, t in sorted(back_after.items())},
+                  {"%s %s" % (REPLICAS[i], ph): sorted(map(str, s))
+                   for (i, ph), s in sorted(health.items())}), flush=True)
+        for (kind, ph, code, text), n in sorted(refused.items(), key=lambda kv: -kv[1])[:8]:
+            print("  %d x %s %s: %s %s" % (n, kind, ph, code, text[:200]), flush=True)
+        print("fleet PostgreSQL outage: after it, %d accepted signed calls and %d accepted REST "
+              "signatures replayed to another replica: %d accepted again; %d wrong answers; "
+              "%d rotations retried with their keys, %d of them stuck" % (
+                  len(accepted_calls), len(accepted_rest), len(replays_ok), len(wrong),
+                  len(rot_first), len(stuck)), flush=True)
+        for line in stuck:
+            print("  stuck: " + line, flush=True)
+        self.assertEqual(bad, {}, "refusals that are not UNAVAILABLE naming PostgreSQL")
+        self.assertEqual(stuck, [], "rotations whose idempotency key no longer answers")
+        self.assertEqual(wrong, [])
+        self.assertEqual(replays_ok, [], "accepted twice")
+        self.assertEqual(answered, list(range(2, len(rot_keys) + 2)))
+        self.same_versions_everywhere(name, want)
+        self.assertTrue(any(ph == "down" for (_, ph, _, _) in refused),
+                        "nothing was refused while PostgreSQL was down")
+        for i in range(3):
+            self.assertIn(NOT_SERVING, health[(i, "down")],
+                          "%s: health while PostgreSQL was down: %s" % (
+                              REPLICAS[i], health[(i, "down")]))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
