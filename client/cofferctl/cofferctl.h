@@ -85,6 +85,10 @@ struct opts {
 	/* audit verify offline: --file, --public-key, --state-db, --anchor */
 	const char *file, *public_key, *state_db, *anchor;
 	int uid_only, signed_only;   /* principal set-auth */
+	/* request sign/verify: the HTTP request's parts and its header's */
+	const char *method, *path, *query, *body, *nonce, *signature;
+	int64_t timestamp;
+	int have_timestamp;
 };
 
 /* One command of the table (commands.c). */
@@ -215,6 +219,10 @@ int cmd_principal_keys(struct ctl *ctl, const struct opts *o);
 /* audit.c */
 int cmd_audit_tail(struct ctl *ctl, const struct opts *o);
 int cmd_audit_verify(struct ctl *ctl, const struct opts *o);
+
+/* requests.c */
+int cmd_request_sign(struct ctl *ctl, const struct opts *o);
+int cmd_request_verify(struct ctl *ctl, const struct opts *o);
 
 /* service.c */
 int cmd_identity(struct ctl *ctl, const struct opts *o);

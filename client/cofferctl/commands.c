@@ -10,6 +10,8 @@
 #include "options.h"
 
 #define SIGN_OPTS (B(O_HASH) | B(O_SCHEME) | B(O_RAW) | B(O_PREHASHED))
+#define REQ_OPTS (B(O_METHOD) | B(O_PATH) | B(O_QUERY) | B(O_BODY) | B(O_TIMESTAMP) | \
+    B(O_NONCE))
 
 static const struct cmd commands[] = {
 	{ "key create", cmd_key_create, B(O_TYPE) | B(O_OP) | B(O_PERIOD), 1, 1,
@@ -143,6 +145,36 @@ static const struct cmd commands[] = {
 	  "  --mac FILE      the MAC bytes (\"-\" for stdin)\n"
 	  "  --in FILE|-     the data (default: stdin)\n"
 	  "With --json prints {\"valid\": true|false}." },
+	{ "request sign", cmd_request_sign, REQ_OPTS, 1, 1,
+	  "request sign KEY --method M --path P [--query Q] [--body FILE|-]\n"
+	  "                [--timestamp T] [--nonce N]",
+	  "Sign an HTTP request with an hmac-sha256 key (proto/request-signing.md;\n"
+	  "the mac grant). Prints the Authorization header value and its parts:\n"
+	  "timestamp, nonce, signature and the key version that signed.\n"
+	  "  --method M      GET, POST, ... (A-Z, at most 16)\n"
+	  "  --path P        the path as sent, without the query (signed byte for\n"
+	  "                  byte: no normalisation)\n"
+	  "  --query Q       the raw query string, what follows '?' (canonicalised\n"
+	  "                  here)\n"
+	  "  --body FILE|-   the body (at most 64 MiB; only its SHA-256 is sent;\n"
+	  "                  default: an empty body)\n"
+	  "  --timestamp T   Unix seconds (default: now)\n"
+	  "  --nonce N       16..64 of A-Z a-z 0-9 - _ (default: a fresh one)\n"
+	  "With --json prints {\"authorization\", \"signature\", \"timestamp\",\n"
+	  "\"nonce\", \"version\"}." },
+	{ "request verify", cmd_request_verify, REQ_OPTS | B(O_SIGNATURE), 1, 1,
+	  "request verify KEY --method M --path P [--query Q] [--body FILE|-]\n"
+	  "                --timestamp T --nonce N --signature S",
+	  "Check a signed HTTP request (the verify-mac grant), as a service does\n"
+	  "with an incoming one. Prints \"valid (key version N)\" (exit 0), or\n"
+	  "\"invalid:\", the verdict and the daemon's reason (exit 1): bad-signature,\n"
+	  "expired (older than the daemon's [requests] window), clock-skew (further\n"
+	  "ahead) or replayed (the nonce was accepted before with this key, by this\n"
+	  "daemon or any replica sharing its state). A valid request's nonce is used\n"
+	  "up.\n"
+	  "  --method, --path, --query, --body: the request's, as for request sign\n"
+	  "  --timestamp T, --nonce N, --signature S: from its Authorization header\n"
+	  "With --json prints {\"valid\", \"verdict\", \"reason\", \"version\"}." },
 	{ "wrap", cmd_wrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT), 1, 1,
 	  "wrap KEY [--context K=V ...] [--in FILE|-] [--out FILE]",
 	  "Encrypt data (at most 64 KiB) with an AES key's primary version.\n"
@@ -308,9 +340,9 @@ usage(FILE *f)
 	    "                       default %u)\n"
 	    "  -h, --help           this text; \"cofferctl COMMAND --help\" for a command\n"
 	    "\nExit status:\n"
-	    "  0  success; verify/verify-mac: valid\n"
-	    "  1  the operation failed, or verify/verify-mac: invalid, or health:\n"
-	    "     not serving\n"
+	    "  0  success; verify/verify-mac/request verify: valid\n"
+	    "  1  the operation failed, or verify/verify-mac/request verify: invalid,\n"
+	    "     or health: not serving\n"
 	    "  2  usage error\n"
 	    "  3  permission denied or unauthenticated\n"
 	    "  4  key or key version not found\n"
@@ -330,7 +362,7 @@ find_command(int argc, char **argv, int *used)
 	if (argc < 1)
 		return NULL;
 	if (strcmp(argv[0], "key") == 0 || strcmp(argv[0], "principal") == 0 ||
-	    strcmp(argv[0], "audit") == 0) {
+	    strcmp(argv[0], "audit") == 0 || strcmp(argv[0], "request") == 0) {
 		if (argc < 2)
 			return NULL;
 		if (snprintf(name, sizeof(name), "%s %s", argv[0], argv[1]) >= (int)sizeof(name))

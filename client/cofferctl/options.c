@@ -53,6 +53,7 @@ static int parse_long_duration(void *, const struct opt_spec *, const char *);
 static int parse_next(void *, const struct opt_spec *, const char *);
 static int parse_format(void *, const struct opt_spec *, const char *);
 static int parse_context(void *, const struct opt_spec *, const char *);
+static int parse_timestamp(void *, const struct opt_spec *, const char *);
 
 #define OFF(f) offsetof(struct opts, f)
 #define FLAG(n, f) { .name = n, .has_arg = no_argument, .kind = K_FLAG, .field = OFF(f) }
@@ -124,6 +125,13 @@ static const struct opt_spec specs[O__COUNT] = {
 	[O_ANCHOR] = STR("anchor", anchor),
 	[O_UID_ONLY] = FLAG("uid-only", uid_only),
 	[O_SIGNED_ONLY] = FLAG("signed-only", signed_only),
+	[O_METHOD] = STR("method", method),
+	[O_PATH] = STR("path", path),
+	[O_QUERY] = STR("query", query),
+	[O_BODY] = STR("body", body),
+	[O_TIMESTAMP] = CALL("timestamp", parse_timestamp),
+	[O_NONCE] = STR("nonce", nonce),
+	[O_SIGNATURE] = STR("signature", signature),
 };
 
 /* "cofferctl: --NAME VALUE: why" and the hint; EXIT_USAGE. */
@@ -348,6 +356,24 @@ parse_context(void *target, const struct opt_spec *s, const char *arg)
 	o->ctx[o->nctx].key = k;
 	o->ctx[o->nctx].value = eq + 1;
 	o->nctx++;
+	return EXIT_OK;
+}
+
+/* --timestamp: Unix seconds, as a signed request's header carries them
+ * (decimal, no sign); the daemon judges the window. */
+static int
+parse_timestamp(void *target, const struct opt_spec *s, const char *arg)
+{
+	struct opts *o = target;
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (arg[0] < '0' || arg[0] > '9' || errno != 0 || *end != '\0' || v > INT64_MAX)
+		return refuse(s, arg, "not a Unix time in seconds");
+	o->timestamp = (int64_t)v;
+	o->have_timestamp = 1;
 	return EXIT_OK;
 }
 

@@ -17,9 +17,13 @@ enum opt_id {
 	O_PLAINTEXT_OUT, O_UID, O_GID, O_KEY, O_OP, O_RATE, O_BURST, O_API_KEY, O_OVERLAP,
 	O_IMPORT, O_COUNT, O_IDEM, O_FORCE, O_GRACE, O_MIN_VERSION, O_MIN_VERIFY, O_KEEP_LAST,
 	O_PERIOD, O_NEXT, O_FORMAT, O_BATCH, O_PROGRESS, O_FILE, O_PUBLIC_KEY, O_STATE_DB,
-	O_ANCHOR, O_NO_PEER_CHECK, O_UID_ONLY, O_SIGNED_ONLY,
+	O_ANCHOR, O_NO_PEER_CHECK, O_UID_ONLY, O_SIGNED_ONLY, O_METHOD, O_PATH, O_QUERY,
+	O_BODY, O_TIMESTAMP, O_NONCE, O_SIGNATURE,
 	O__COUNT
 };
+
+/* A command's options are a 64-bit mask (struct cmd's allow). */
+_Static_assert(O__COUNT <= 64, "more options than bits in struct cmd's allow");
 
 #define B(x) (1ull << (x))
 /* The global options: accepted before the command and after it. */

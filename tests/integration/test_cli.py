@@ -19,10 +19,16 @@
 * the [admin] comment of deploy/cofferd.conf.example names every
   AdminService method of the proto;
 * Sign/Verify with a digest and no hash use the key's default hash (P-256
-  and RSA SHA-256, P-384 SHA-384); a digest for Ed25519 is refused.
+  and RSA SHA-256, P-384 SHA-384); a digest for Ed25519 is refused;
+* `request sign` then `request verify`: valid once, then "invalid:
+  replayed" (exit 1); a tampered path or body: "invalid: bad-signature";
+  with a known secret the signature is the one computed here from
+  proto/request-signing.md (vector 2), and its old timestamp is expired;
+  missing or bad arguments are usage errors (exit 2) saying what is needed.
 """
 import base64
 import hashlib
+import hmac
 import json
 import os
 import pty
@@ -295,6 +301,128 @@ class Cli(unittest.TestCase):
             self.assertIn(field, show)
         self.assertIn("destroy_time", show["versions"][0])
 
+    # ---- request sign, request verify ----
+
+    def test_request_sign_then_verify(self):
+        """Signed once, valid once: the same request again is refused as
+        replayed (exit 1), a tampered path as a bad signature; --json says
+        the same; the body comes from a file or stdin."""
+        c = self.ctl
+        c("key", "create", "req-k", "--type", "hmac-sha256")
+        body = self.path("req-body.json")
+        with open(body, "wb") as f:
+            f.write(b'{"amount":42}')
+        req = ["req-k", "--method", "POST", "--path", "/v1/orders", "--query", "b=2&a=1"]
+        r = c("request", "sign", *req, "--body", body)
+        lines = dict(l.split(": ", 1) for l in r.stdout.decode().splitlines())
+        self.assertEqual(sorted(lines), ["authorization", "nonce", "signature", "timestamp",
+                                         "version"])
+        self.assertEqual(lines["authorization"],
+                         "COFFER-HMAC-SHA256-HTTP keyId=req-k, version=1, timestamp=%s, "
+                         "nonce=%s, signature=%s" % (lines["timestamp"], lines["nonce"],
+                                                     lines["signature"]))
+        self.assertLess(abs(int(lines["timestamp"]) - time.time()), 5)
+        self.assertRegex(lines["signature"], "^[0-9a-f]{64}$")
+        hdr = ["--timestamp", lines["timestamp"], "--nonce", lines["nonce"],
+               "--signature", lines["signature"]]
+        r = c("request", "verify", *req, *hdr, "--body", "-", data=b'{"amount":42}')
+        self.assertEqual(r.stdout, b"valid (key version 1)\n")
+        replayed = ("invalid: replayed: nonce was already used with this key: a replayed "
+                    "request\n").encode()
+        r = c("request", "verify", *req, *hdr, "--body", body, ok=False)
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (1, replayed, b""))
+        r = c("--json", "request", "verify", *req, *hdr, "--body", body, ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(json.loads(r.stdout), {
+            "valid": False, "verdict": "replayed", "version": 1,
+            "reason": "nonce was already used with this key: a replayed request"})
+        # A fresh signature, checked against a tampered path (and body):
+        # refused, and its nonce is not used up by the forgery.
+        s = json.loads(c("--json", "request", "sign", *req, "--body", body).stdout)
+        self.assertEqual((s["version"], s["authorization"].split(" ")[0]),
+                         (1, "COFFER-HMAC-SHA256-HTTP"))
+        hdr = ["--timestamp", str(s["timestamp"]), "--nonce", s["nonce"],
+               "--signature", s["signature"]]
+        bad = ("invalid: bad-signature: signature does not match the canonical request "
+               "under any enabled version of the key\n").encode()
+        for args in (["--path", "/v1/orders/"], ["--body", "-"]):
+            tampered = req + args if args[0] == "--body" else req[:3] + args + req[5:]
+            with self.subTest(tampered=args):
+                r = c("request", "verify", *tampered, *hdr,
+                      *([] if args[0] == "--body" else ["--body", body]), data=b"{}",
+                      ok=False)
+                self.assertEqual((r.returncode, r.stdout), (1, bad))
+        r = c("--json", "request", "verify", *req, *hdr, "--body", body)
+        self.assertEqual(json.loads(r.stdout)["verdict"], "valid")
+
+    def test_request_sign_matches_the_spec(self):
+        """With a known secret, --timestamp and --nonce: the signature of
+        vector 2 of proto/request-signing.md, computed here independently;
+        the timestamp is old, so verify says expired (exit 1)."""
+        c = self.ctl
+        secret = bytes(range(32))
+        c("key", "import", "orders-api", "--type", "hmac-sha256", "--in", "-", data=secret)
+        req = ["orders-api", "--method", "POST", "--path", "/v1/orders", "--query",
+               "b=2&a=1&a=0&c", "--body", "-"]
+        ts, nonce = 1764300001, "n0nce-0000000002"
+        s = json.loads(c("--json", "request", "sign", *req, "--timestamp", str(ts),
+                         "--nonce", nonce, data=b'{"amount":42}').stdout)
+        canonical = "\n".join(["COFFER-HMAC-SHA256-HTTP", "POST", "/v1/orders",
+                               "a=0&a=1&b=2&c=", hashlib.sha256(b'{"amount":42}').hexdigest(),
+                               str(ts), nonce, "orders-api"]).encode()
+        want = hmac.new(secret, canonical, hashlib.sha256).hexdigest()
+        self.assertEqual(want, "c71fdf57e057a2e3a69cf4f759daaa182f0f24e12c85d6ec4ed7d06b4a1776d1")
+        self.assertEqual((s["signature"], s["timestamp"], s["nonce"]), (want, ts, nonce))
+        r = c("request", "verify", *req, "--timestamp", str(ts), "--nonce", nonce,
+              "--signature", want, data=b'{"amount":42}', ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stdout.decode(), r"^invalid: expired: timestamp is \d+ s old; the "
+                         r"window is 300 s: sign the request again\n$")
+
+    def test_request_usage_errors(self):
+        c = self.ctl
+        try_help = "Try 'cofferctl --help'."
+        for args, first in (
+                (["request"], "cofferctl: request needs a subcommand: sign or verify"),
+                (["request", "forge", "k"], "cofferctl: unknown command: forge"),
+                (["request", "sign", "k", "--path", "/x"],
+                 "cofferctl: request sign needs --method M and --path P"),
+                (["request", "verify", "k", "--method", "GET", "--timestamp", "1",
+                  "--nonce", "n" * 16, "--signature", "0" * 64],
+                 "cofferctl: request verify needs --method M and --path P"),
+                (["request", "verify", "k", "--method", "GET", "--path", "/x"],
+                 "cofferctl: request verify needs --timestamp T, --nonce N and --signature S "
+                 "(from the request's Authorization header)"),
+                (["request", "verify", "k", "--method", "GET", "--path", "/x", "--timestamp",
+                  "-5", "--nonce", "n" * 16, "--signature", "0" * 64],
+                 "cofferctl: --timestamp -5: not a Unix time in seconds"),
+                (["request", "sign", "k", "--method", "GET", "--path", "/x", "--signature",
+                  "00"],
+                 "cofferctl: unknown option, or option without its argument: --signature"),
+                (["request", "sign", "--method", "GET", "--path", "/x"],
+                 "cofferctl: wrong number of arguments")):
+            with self.subTest(args=args):
+                r = c(*args, ok=False)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                err = r.stderr.decode().splitlines()
+                self.assertEqual(err[0], first)
+                self.assertIn(err[1], (try_help, "usage: cofferctl request sign KEY --method M "
+                                       "--path P [--query Q] [--body FILE|-]"))
+        # Parts the daemon refuses: exit 6 with its reason; a missing body: 1.
+        c("key", "create", "req-u", "--type", "hmac-sha256")
+        r = c("request", "sign", "req-u", "--method", "get", "--path", "/x", ok=False)
+        self.assertEqual(r.returncode, 6, r.stderr)
+        self.assertIn(b"method character 1 is not allowed", r.stderr)
+        r = c("request", "sign", "req-u", "--method", "GET", "--path", "/x", "--body",
+              self.path("no-such-body"), ok=False)
+        self.assertEqual((r.returncode, r.stderr.decode()),
+                         (1, "cofferctl: %s: No such file or directory\n"
+                          % self.path("no-such-body")))
+        # Not an hmac-sha256 key.
+        c("key", "create", "req-ec", "--type", "ec-p256")
+        r = c("request", "sign", "req-ec", "--method", "GET", "--path", "/x", ok=False)
+        self.assertEqual(r.returncode, 6, r.stderr)
+
     # ---- help texts ----
 
     def test_idempotency_key_format_in_help_and_man_page(self):
@@ -427,7 +555,7 @@ class Cli(unittest.TestCase):
             text = f.read()
         top = subprocess.run([cofferctl_path(), "--help"], capture_output=True, text=True,
                              check=True).stdout
-        cmds = [l.split()[:2] if l.split()[0] in ("key", "principal", "audit")
+        cmds = [l.split()[:2] if l.split()[0] in ("key", "principal", "audit", "request")
                 else l.split()[:1]
                 for l in top.split("Commands:\n")[1].split("\n\n")[0].splitlines()
                 if l.startswith("  ") and not l.startswith("   ")]

@@ -31,6 +31,9 @@ check "add-key create delete grant keys limit list revoke revoke-key rotate-secr
 check "--signed-only " principal set-auth demo --si
 check "revoke revoke-key rotate-secret " principal r
 check "tail verify " audit ""
+check "sign verify " request ""
+check "--signature " request verify k --sig
+check "--nonce " request sign k --method GET --path / --n
 check "key " ke
 check "cancel-destroy create disable enable import list pubkey rotate schedule-destroy set-min set-primary set-rotation show trim " key ""
 check "--count " audit tail --co
