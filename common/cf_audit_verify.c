@@ -430,8 +430,8 @@ cf_audit_anchor_read(const char *db_path, struct cf_audit_anchor *out)
 
 	memset(&a, 0, sizeof(a));
 	if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT seq, chain, clean, time FROM audit_anchor WHERE id = 1",
-			       -1, &st, NULL) != SQLITE_OK) {
+	    sqlite3_prepare_v2(db, "SELECT seq, chain, clean, time FROM audit_anchor", -1, &st,
+			       NULL) != SQLITE_OK) {
 		r = cf_error(CF_E_IO, "cannot read the audit anchor in %s: %s", db_path,
 			     db != NULL ? sqlite3_errmsg(db) : "out of memory");
 		goto out;
@@ -451,6 +451,15 @@ cf_audit_anchor_read(const char *db_path, struct cf_audit_anchor *out)
 	a.seq = (uint64_t)sqlite3_column_int64(st, 0);
 	a.clean = sqlite3_column_int(st, 2) != 0;
 	a.time = sqlite3_column_int64(st, 3);
+	/* One row per replica name (schema 9); a SQLite store has one daemon,
+	 * so a second row means the replica was renamed: which trail is which
+	 * cannot be told from here. */
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		r = cf_error(CF_E_INVALID_ARG, "%s holds the audit anchors of several replica "
+			     "names ([state] replica was changed); give the anchor to check with "
+			     "--anchor SEQ:CHAIN instead", db_path);
+		goto out;
+	}
 	*out = a;
 	r = CF_OK;
 out:

@@ -94,7 +94,8 @@ int cf_audit_pubkey_load(const char *pem_path, EVP_PKEY **out);
 /* The public key from PEM text. */
 int cf_audit_pubkey_parse(const char *pem, size_t len, EVP_PKEY **out);
 /* The anchor kept in the daemon's state store (coffer.db), read-only, with
- * no daemon running. CF_E_NOT_FOUND if the trail was never anchored. */
+ * no daemon running. CF_E_NOT_FOUND if the trail was never anchored,
+ * CF_E_INVALID_ARG if it holds anchors of several replica names. */
 int cf_audit_anchor_read(const char *db_path, struct cf_audit_anchor *out);
 /* "SEQ:CHAINHEX" (64 hex digits): an anchor an auditor noted elsewhere;
  * records may follow it. */

@@ -20,6 +20,8 @@
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_p11.h"
+#include "cf_secret.h"
+#include "cf_secret_file.h"
 #include "cf_status.h"
 #include "config.h"
 #include "dispatch.h"
@@ -38,6 +40,9 @@ usage(FILE *f)
 "      --token-uri URI        RFC 7512 token URI        [token] uri\n"
 "      --pin-file PATH        user PIN file (0600)      [token] pin_file\n"
 "      --state-dir DIR        registry directory        [daemon] state_dir\n"
+"      --state-backend NAME   sqlite|postgresql         [state] backend\n"
+"      --state-dsn-file PATH  libpq conninfo file (0600) [state] dsn_file\n"
+"      --replica NAME         this replica's name       [state] replica\n"
 "      --service-socket PATH  data-plane socket         [service] path\n"
 "      --admin-socket PATH    admin socket              [admin] path\n"
 "      --allow-uids LIST      uids allowed on both sockets (comma-separated)\n"
@@ -82,6 +87,9 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		{ "token-uri", required_argument, NULL, 'u' },
 		{ "pin-file", required_argument, NULL, 'p' },
 		{ "state-dir", required_argument, NULL, 's' },
+		{ "state-backend", required_argument, NULL, 'B' },
+		{ "state-dsn-file", required_argument, NULL, 'D' },
+		{ "replica", required_argument, NULL, 'R' },
 		{ "service-socket", required_argument, NULL, 'S' },
 		{ "admin-socket", required_argument, NULL, 'A' },
 		{ "allow-uids", required_argument, NULL, 'U' },
@@ -131,6 +139,9 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		case 'u': r = config_set(cfg, "token", "uri", optarg); break;
 		case 'p': r = config_set(cfg, "token", "pin_file", optarg); break;
 		case 's': r = config_set(cfg, "daemon", "state_dir", optarg); break;
+		case 'B': r = config_set(cfg, "state", "backend", optarg); break;
+		case 'D': r = config_set(cfg, "state", "dsn_file", optarg); break;
+		case 'R': r = config_set(cfg, "state", "replica", optarg); break;
 		case 'S': r = config_set(cfg, "service", "path", optarg); break;
 		case 'A': r = config_set(cfg, "admin", "path", optarg); break;
 		case 'w': r = config_set(cfg, "daemon", "workers", optarg); break;
@@ -186,7 +197,12 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 	DIFF_STR(pin_file, "[token] pin_file");
 	DIFF_NUM(pool_size, "[token] pool_size");
 	DIFF_NUM(pool_timeout_ms, "[token] pool_timeout_ms");
+	DIFF_STR(token_lock_file, "[token] lock_file");
 	DIFF_STR(state_dir, "[daemon] state_dir");
+	DIFF_NUM(state_backend, "[state] backend");
+	DIFF_STR(state_dsn, "[state] dsn");
+	DIFF_STR(state_dsn_file, "[state] dsn_file");
+	DIFF_STR(replica, "[state] replica");
 	DIFF_NUM(workers, "[daemon] workers");
 	DIFF_NUM(max_message_bytes, "[daemon] max_message_bytes");
 	DIFF_STR(service_path, "[service] path");
@@ -245,6 +261,42 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	cf_log_init(NULL, n.log_level);
 	cur->log_level = n.log_level;
 	restart_needed(cur, &n);
+}
+
+/* The state store the configuration names. PostgreSQL: the connection
+ * string from [state] dsn or, with its password, from [state] dsn_file
+ * (owner-only, like the PIN file), held in locked memory until connected;
+ * rows of this replica carry [state] replica. SQLite holds one daemon's
+ * state: its rows carry no replica name. */
+static int
+open_store(const struct cofferd_config *cfg, store **out)
+{
+	struct store_options so = { .backend = cfg->state_backend, .dir = cfg->state_dir };
+	cf_secret *file = NULL, *dsn = NULL;
+	int r;
+
+	if (cfg->state_backend != STORE_POSTGRESQL)
+		return store_open_with(&so, out);
+	so.replica = cfg->replica;
+	so.dsn = cfg->state_dsn;
+	if (cfg->state_dsn_file[0] != '\0') {
+		if ((r = cf_secret_file_read(cfg->state_dsn_file, "[state] dsn_file", CF_E_CONFIG,
+					     4096, &file)) != CF_OK ||
+		    (r = cf_secret_new(cf_secret_len(file) + 1, &dsn)) != CF_OK)
+			goto out;
+		memcpy(cf_secret_ptr(dsn), cf_secret_cptr(file), cf_secret_len(file));
+		if (memchr(cf_secret_cptr(file), '\0', cf_secret_len(file)) != NULL) {
+			r = cf_error(CF_E_CONFIG, "[state] dsn_file %s holds a NUL byte",
+				     cfg->state_dsn_file);
+			goto out;
+		}
+		so.dsn = (const char *)cf_secret_cptr(dsn);
+	}
+	r = store_open_with(&so, out);
+out:
+	cf_secret_free(file);
+	cf_secret_free(dsn);
+	return r;
 }
 
 static void
@@ -353,6 +405,7 @@ main(int argc, char **argv)
 	pc.pin_file = cfg.pin_file;
 	pc.pool_size = cfg.pool_size;
 	pc.pool_timeout_ms = cfg.pool_timeout_ms;
+	pc.lock_file = cfg.token_lock_file[0] != '\0' ? cfg.token_lock_file : NULL;
 	if ((r = cf_p11_open(&pc, &p11)) != CF_OK) {
 		cf_log_error("token: %s", cf_error_detail());
 		goto out;
@@ -361,7 +414,7 @@ main(int argc, char **argv)
 		cf_log_error("state directory %s: %s", cfg.state_dir, strerror(errno));
 		goto out;
 	}
-	if ((r = store_open(cfg.state_dir, &st)) != CF_OK ||
+	if ((r = open_store(&cfg, &st)) != CF_OK ||
 	    (r = keyring_open(p11, st, &cfg.keys, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
 	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
@@ -411,8 +464,10 @@ main(int argc, char **argv)
 		cf_log_error("rpc: %s", cf_error_detail());
 		goto out;
 	}
-	cf_log_info("ready: service %s, admin %s, token %s", cfg.service_path, cfg.admin_path,
-		    cfg.token_uri);
+	cf_log_info("ready: service %s, admin %s, token %s, state %s%s", cfg.service_path,
+		    cfg.admin_path, cfg.token_uri, cfg.state_backend == STORE_POSTGRESQL ?
+		    "PostgreSQL, replica " : "SQLite in ", cfg.state_backend == STORE_POSTGRESQL ?
+		    cfg.replica : cfg.state_dir);
 	/* Between signals, once a second: scheduled rotations and destructions;
 	 * every 5 s: end expired sessions (so that their keys are wiped even
 	 * when no caller comes back for them) and expire what else expires. */

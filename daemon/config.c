@@ -46,6 +46,11 @@ config_defaults(struct cofferd_config *c)
 	c->audit.max_wait_ms = 2000;
 	c->idem_retention = 86400;
 	keyring_cfg_defaults(&c->keys);
+	c->state_backend = STORE_SQLITE;
+	/* The host name, cut to a replica name's length (replica_name()). */
+	if (gethostname(c->replica, sizeof(c->replica)) != 0 || c->replica[0] == '\0')
+		snprintf(c->replica, sizeof(c->replica), "coffer");
+	c->replica[sizeof(c->replica) - 1] = '\0';
 }
 
 static int
@@ -121,6 +126,47 @@ parse_path(const char *v, char *dst, size_t len)
 	return CF_OK;
 }
 
+/* [A-Za-z0-9._-]{1,63}: it names this replica's rows in a shared store. */
+static int
+replica_name(const char *v, char *dst, size_t len)
+{
+	size_t n = strlen(v);
+
+	if (n == 0 || n >= len || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				       "0123456789._-") != n)
+		return cf_error(CF_E_CONFIG, "\"%.80s\" is not a replica name (1 to %zu of "
+				"A-Z a-z 0-9 . _ -)", v, len - 1);
+	memcpy(dst, v, n + 1);
+	return CF_OK;
+}
+
+static int
+set_state(struct cofferd_config *c, const char *name, const char *v)
+{
+	if (strcmp(name, "backend") == 0) {
+		if (strcmp(v, "sqlite") == 0)
+			c->state_backend = STORE_SQLITE;
+		else if (strcmp(v, "postgresql") == 0)
+			c->state_backend = STORE_POSTGRESQL;
+		else
+			return cf_error(CF_E_CONFIG, "\"%.80s\" is not sqlite or postgresql", v);
+		return CF_OK;
+	}
+	/* The connection string may carry a password: never echoed. */
+	if (strcmp(name, "dsn") == 0) {
+		if (v[0] == '\0' || strlen(v) >= sizeof(c->state_dsn))
+			return cf_error(CF_E_CONFIG, "the connection string is empty or longer than "
+					"%zu bytes", sizeof(c->state_dsn) - 1);
+		memcpy(c->state_dsn, v, strlen(v) + 1);
+		return CF_OK;
+	}
+	if (strcmp(name, "dsn_file") == 0)
+		return parse_path(v, c->state_dsn_file, sizeof(c->state_dsn_file));
+	if (strcmp(name, "replica") == 0)
+		return replica_name(v, c->replica, sizeof(c->replica));
+	return cf_error(CF_E_CONFIG, "unknown setting %s in [state]", name);
+}
+
 /* A user id (groups: a group id) by number or by name. */
 static int
 lookup_id(const char *v, int groups, unsigned *out)
@@ -190,6 +236,8 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 			return parse_uint(value, 1, 256, 10, &c->pool_size);
 		if (strcmp(name, "pool_timeout_ms") == 0)
 			return parse_uint(value, 1, 600000, 10, &c->pool_timeout_ms);
+		if (strcmp(name, "lock_file") == 0)
+			return parse_path(value, c->token_lock_file, sizeof(c->token_lock_file));
 	} else if (strcmp(section, "daemon") == 0) {
 		if (strcmp(name, "state_dir") == 0)
 			return parse_path(value, c->state_dir, sizeof(c->state_dir));
@@ -209,6 +257,8 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 				}
 			return cf_error(CF_E_CONFIG, "log_level must be error, warn, info or debug");
 		}
+	} else if (strcmp(section, "state") == 0) {
+		return set_state(c, name, value);
 	} else if (strcmp(section, "service") == 0) {
 		return set_socket(&c->service, c->service_path, name, value);
 	} else if (strcmp(section, "admin") == 0) {
@@ -318,6 +368,13 @@ config_finish(struct cofferd_config *c)
 		return cf_error(CF_E_CONFIG, "[keys] destroy_grace (%u s) is shorter than "
 				"min_destroy_grace (%u s)", c->keys.destroy_grace,
 				c->keys.min_destroy_grace);
+	if (c->state_dsn[0] != '\0' && c->state_dsn_file[0] != '\0')
+		return cf_error(CF_E_CONFIG, "[state] dsn and dsn_file are both set; keep one "
+				"(dsn_file for a connection string with a password)");
+	if (c->state_backend == STORE_POSTGRESQL && c->state_dsn[0] == '\0' &&
+	    c->state_dsn_file[0] == '\0')
+		return cf_error(CF_E_CONFIG, "[state] backend = postgresql needs [state] dsn or "
+				"dsn_file (a libpq connection string)");
 	/* With no allow-list, only the daemon's own user may connect. */
 	if (c->service.nuids == 0 && c->service.ngids == 0)
 		c->service.uids[c->service.nuids++] = geteuid();

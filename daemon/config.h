@@ -11,6 +11,7 @@
 #include "keyring.h"
 #include "listener.h"
 #include "session.h"
+#include "store.h"
 
 #define CONFIG_PATH_MAX 108
 
@@ -18,6 +19,7 @@ struct cofferd_config {
 	char module[4096];
 	char token_uri[1024];
 	char pin_file[4096];
+	char token_lock_file[4096]; /* [token] lock_file; "" = none */
 	unsigned pool_size;
 	unsigned pool_timeout_ms;
 	char state_dir[4096];
@@ -40,6 +42,10 @@ struct cofferd_config {
 	unsigned idem_retention;     /* [idempotency] retention, seconds */
 	struct keyring_cfg keys;     /* [keys] destroy_grace, min_destroy_grace,
 	                                min_rotation_period */
+	enum store_backend state_backend;   /* [state] backend */
+	char state_dsn[4096];               /* [state] dsn (may hold a password: never logged) */
+	char state_dsn_file[4096];          /* [state] dsn_file */
+	char replica[STORE_REPLICA_MAX + 1]; /* [state] replica; default: the host name */
 };
 
 void config_defaults(struct cofferd_config *c);

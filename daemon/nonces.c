@@ -17,6 +17,7 @@
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "nonces_pg.h"
 
 #define INITIAL_SLOTS 1024u
 #define LOG_MAGIC "COFNONC1"
@@ -50,6 +51,7 @@ struct nonces {
 	int broken;          /* a torn record could not be cut off */
 	size_t scope_max;    /* entries one scope may hold */
 	struct scount *sc;   /* by tag, open addressing */
+	struct nonces_pg *pg; /* PostgreSQL mode: the record; t holds this replica's */
 	size_t sccap, scused;
 	int64_t swept;       /* when a full scope last swept out expired entries */
 	int64_t warned;      /* when a refusal was last logged */
@@ -328,24 +330,35 @@ out:
 	return r;
 }
 
-int
-nonces_open(const char *state_dir, size_t max_live, nonces **out)
+/* The parts both modes share. */
+static nonces *
+alloc_nonces(size_t max_live)
 {
 	nonces *n = calloc(1, sizeof(*n));
-	int64_t now = (int64_t)time(NULL);
-	int r;
 
 	if (n == NULL)
-		return cf_nomem();
+		return NULL;
 	pthread_mutex_init(&n->mu, NULL);
 	n->fd = -1;
 	n->live_max = max_live;
 	n->scope_max = max_live;
 	n->cap = INITIAL_SLOTS;
 	if ((n->t = calloc(n->cap, sizeof(*n->t))) == NULL) {
-		r = cf_nomem();
-		goto fail;
+		nonces_close(n);
+		return NULL;
 	}
+	return n;
+}
+
+int
+nonces_open(const char *state_dir, size_t max_live, nonces **out)
+{
+	nonces *n = alloc_nonces(max_live);
+	int64_t now = (int64_t)time(NULL);
+	int r;
+
+	if (n == NULL)
+		return cf_nomem();
 	snprintf(n->path, sizeof(n->path), "%s/nonces.log", state_dir);
 	if ((n->fd = open(n->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {
 		r = cf_error(CF_E_IO, "cannot open nonce record %s: %s", n->path, strerror(errno));
@@ -360,11 +373,29 @@ fail:
 	return r;
 }
 
+int
+nonces_open_pg(const char *dsn, size_t max_live, nonces **out)
+{
+	nonces *n = alloc_nonces(max_live);
+	int r;
+
+	if (n == NULL)
+		return cf_nomem();
+	snprintf(n->path, sizeof(n->path), "PostgreSQL table coffer_nonces");
+	if ((r = nonces_pg_open(dsn, &n->pg)) != CF_OK) {
+		nonces_close(n);
+		return r;
+	}
+	*out = n;
+	return CF_OK;
+}
+
 void
 nonces_close(nonces *n)
 {
 	if (n == NULL)
 		return;
+	nonces_pg_close(n->pg);
 	if (n->fd >= 0)
 		close(n->fd);
 	free(n->t);
@@ -399,49 +430,47 @@ warn_refused_locked(nonces *n, int64_t now, const char *what)
 	n->unlogged = 0;
 }
 
-int
-nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now)
+/*
+ * Where e goes (mu held): *slot, and *grows when that is an empty slot
+ * (the table holds one more) rather than an expired entry's. CF_E_EXISTS if
+ * e is live here. With `limits`, CF_E_EXHAUSTED beyond the scope's share or
+ * max_live (the file mode, and the PostgreSQL mode before it asks the
+ * database); without, only the place (the PostgreSQL mode once the
+ * database has accepted the nonce).
+ */
+static int
+admit_locked(nonces *n, const struct entry *e, const char *scope, int64_t now, int limits,
+	     size_t *slot, int *grows)
 {
-	struct entry e;
-	uint8_t rec[REC];
 	size_t i, reuse = SIZE_MAX;
 	struct scount *sc;
-	int r = CF_OK;
+	int r;
 
-	digest(scope, nonce, e.h);
-	e.expires = expires;
-	e.scope = scope_tag(scope);
-	encode(&e, rec);
-	pthread_mutex_lock(&n->mu);
 	/* Walk the whole chain: a live copy may sit past an expired slot. */
-	for (i = slot_of(e.h, n->cap); n->t[i].expires != 0; i = (i + 1) & (n->cap - 1)) {
+	for (i = slot_of(e->h, n->cap); n->t[i].expires != 0; i = (i + 1) & (n->cap - 1)) {
 		if (n->t[i].expires <= now) {
 			if (reuse == SIZE_MAX)
 				reuse = i;
 			continue;
 		}
-		if (memcmp(n->t[i].h, e.h, 16) == 0) {
-			r = cf_error(CF_E_EXISTS, "nonce already used: every call needs a "
-				     "new one");
-			goto out;
-		}
+		if (memcmp(n->t[i].h, e->h, 16) == 0)
+			return cf_error(CF_E_EXISTS, "nonce already used: every call needs a "
+					"new one");
 	}
-	if (n->broken) {
-		r = cf_error(CF_E_IO, "nonce record %s could not be repaired after a failed write; "
-			     "restart cofferd", n->path);
-		goto out;
-	}
+	if (n->broken)
+		return cf_error(CF_E_IO, "nonce record %s could not be repaired after a failed "
+				"write; restart cofferd", n->path);
 	/* Each scope (an API key; a request-signing key) has its own share,
 	 * so one busy or future-dating caller cannot refuse everybody else. */
-	sc = n->scope_max < n->live_max ? scount_find(n, e.scope, 0) : NULL;
+	sc = limits && n->scope_max < n->live_max ? scount_find(n, e->scope, 0) : NULL;
 	if (sc != NULL && sc->n >= n->scope_max && n->swept != now) {
 		/* Its count may include expired entries: sweep (once a second). */
 		n->swept = now;
 		if (rehash_locked(n, n->cap, now) == CF_OK) {
-			for (reuse = SIZE_MAX, i = slot_of(e.h, n->cap); n->t[i].expires != 0;
+			for (reuse = SIZE_MAX, i = slot_of(e->h, n->cap); n->t[i].expires != 0;
 			     i = (i + 1) & (n->cap - 1))
 				;
-			sc = scount_find(n, e.scope, 0);
+			sc = scount_find(n, e->scope, 0);
 		}
 	}
 	if (sc != NULL && sc->n >= n->scope_max) {
@@ -451,34 +480,95 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 			 "unexpired nonces, its share of the nonce record "
 			 "(requests.max_nonces_per_key = %zu)", scope, sc->n, n->scope_max);
 		warn_refused_locked(n, now, what);
-		r = cf_error(CF_E_EXHAUSTED, "%s holds %zu unexpired nonces, the limit of one "
-			     "key (requests.max_nonces_per_key = %zu); retry once older ones "
-			     "expire (their timestamp plus the window)", scope, sc->n,
-			     n->scope_max);
-		goto out;
+		return cf_error(CF_E_EXHAUSTED, "%s holds %zu unexpired nonces, the limit of one "
+				"key (requests.max_nonces_per_key = %zu); retry once older ones "
+				"expire (their timestamp plus the window)", scope, sc->n,
+				n->scope_max);
 	}
 	if (reuse != SIZE_MAX) {
 		i = reuse;
 	} else {
-		if (n->used >= n->live_max) {
+		if (limits && n->used >= n->live_max) {
 			char what[400];
 
 			snprintf(what, sizeof(what), "refused a signed call of nonce scope %s: the "
 				 "nonce record holds %zu nonces (requests.max_nonces = %zu)",
 				 scope, n->used, n->live_max);
 			warn_refused_locked(n, now, what);
-			r = cf_error(CF_E_EXHAUSTED, "the nonce record holds %zu nonces, its limit "
-				     "(requests.max_nonces); retry later", n->used);
-			goto out;
+			return cf_error(CF_E_EXHAUSTED, "the nonce record holds %zu nonces, its "
+					"limit (requests.max_nonces); retry later", n->used);
 		}
 		if (4 * (n->used + 1) > 3 * n->cap) {
 			if ((r = rehash_locked(n, 2 * n->cap, now)) != CF_OK)
-				goto out;
-			for (i = slot_of(e.h, n->cap); n->t[i].expires != 0;
+				return r;
+			for (i = slot_of(e->h, n->cap); n->t[i].expires != 0;
 			     i = (i + 1) & (n->cap - 1))
 				;
 		}
 	}
+	*slot = i;
+	*grows = reuse == SIZE_MAX;
+	return CF_OK;
+}
+
+/* Count e in at the slot admit_locked gave (mu held, nothing changed since). */
+static void
+record_locked(nonces *n, const struct entry *e, size_t i, int grows, int64_t now)
+{
+	n->appended++;
+	if (grows)
+		n->used++;
+	else
+		scount_add(n, n->t[i].scope, -1);
+	scount_add(n, e->scope, 1);
+	n->t[i] = *e;
+	/* Backstop: never let the table fill, or a probe would not end. */
+	if (4 * n->used > 3 * n->cap)
+		(void)rehash_locked(n, 2 * n->cap, now);
+}
+
+/* PostgreSQL mode: this replica's table first (a nonce it accepted is
+ * refused without a round trip; its limits), then the shared table, whose
+ * answer is the verdict; then this replica counts it. The mutex is not
+ * held across the round trip, so concurrent calls share one commit. */
+static int
+use_pg(nonces *n, const char *scope, const struct entry *e, int64_t now)
+{
+	size_t i;
+	int grows, r;
+
+	pthread_mutex_lock(&n->mu);
+	r = admit_locked(n, e, scope, now, 1, &i, &grows);
+	pthread_mutex_unlock(&n->mu);
+	if (r != CF_OK || (r = nonces_pg_claim(n->pg, e->h, e->expires, now)) != CF_OK)
+		return r;
+	/* The table may have changed meanwhile: place it again. Failing that
+	 * (out of memory) it goes uncounted here, and stays refused by the
+	 * database. */
+	pthread_mutex_lock(&n->mu);
+	if (admit_locked(n, e, scope, now, 0, &i, &grows) == CF_OK)
+		record_locked(n, e, i, grows, now);
+	pthread_mutex_unlock(&n->mu);
+	return CF_OK;
+}
+
+int
+nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now)
+{
+	struct entry e;
+	uint8_t rec[REC];
+	size_t i;
+	int grows, r;
+
+	digest(scope, nonce, e.h);
+	e.expires = expires;
+	e.scope = scope_tag(scope);
+	if (n->pg != NULL)
+		return use_pg(n, scope, &e, now);
+	encode(&e, rec);
+	pthread_mutex_lock(&n->mu);
+	if ((r = admit_locked(n, &e, scope, now, 1, &i, &grows)) != CF_OK)
+		goto out;
 	/* In the log before it counts: the kernel has it once write returns,
 	 * so a crash or restart of the daemon never forgets it. */
 	if (cf_write_all(n->fd, rec, REC) != 0) {
@@ -491,16 +581,7 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	}
 	CF_CRASH_POINT("nonces.appended");
 	n->size += REC;
-	n->appended++;
-	if (reuse == SIZE_MAX)
-		n->used++;
-	else
-		scount_add(n, n->t[i].scope, -1);
-	scount_add(n, e.scope, 1);
-	n->t[i] = e;
-	/* Backstop: never let the table fill, or a probe would not end. */
-	if (4 * n->used > 3 * n->cap)
-		(void)rehash_locked(n, 2 * n->cap, now);
+	record_locked(n, &e, i, grows, now);
 out:
 	pthread_mutex_unlock(&n->mu);
 	return r;
@@ -554,6 +635,7 @@ compact_locked(nonces *n, int64_t now)
 void
 nonces_expire(nonces *n, int64_t now)
 {
+	uint64_t deleted;
 	size_t cap;
 
 	pthread_mutex_lock(&n->mu);
@@ -566,9 +648,12 @@ nonces_expire(nonces *n, int64_t now)
 		(void)rehash_locked(n, cap, now);
 	/* The log keeps growing with every nonce; rewrite it once the dead
 	 * records outnumber the live ones. A failure keeps the old log. */
-	if ((size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK)
+	if (n->fd >= 0 && (size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK)
 		(void)compact_locked(n, now);
 	pthread_mutex_unlock(&n->mu);
+	/* Outside mu: calls go on while the database deletes. */
+	if (n->pg != NULL && nonces_pg_expire(n->pg, now, &deleted) != CF_OK)
+		cf_log_warn("expiring nonces: %s", cf_error_detail());
 }
 
 void
@@ -579,6 +664,14 @@ nonces_stats(nonces *n, uint64_t *appended, uint64_t *compactions, uint64_t *log
 	*compactions = n->compactions;
 	*log_bytes = (uint64_t)n->size;
 	pthread_mutex_unlock(&n->mu);
+}
+
+void
+nonces_batch_stats(nonces *n, uint64_t *batches, uint64_t *items)
+{
+	*batches = *items = 0;
+	if (n->pg != NULL)
+		nonces_pg_stats(n->pg, batches, items);
 }
 
 size_t

@@ -17,7 +17,31 @@
  * scope: nonces read back at start count against max_live only. Refusals are
  * logged (warn, at most one line per 10 s).
  *
- * Thread-safe; two concurrent uses of one nonce: exactly one succeeds.
+ * PostgreSQL mode (nonces_open_pg, for a fleet of replicas sharing one
+ * database): the record is table coffer_nonces (created at open, logged, so
+ * it survives a server crash), keyed by the same 16-byte hash, with the
+ * expiry; a nonce is accepted by an INSERT under that key, so one accepted
+ * by any replica is refused by all the others, and an expired row is taken
+ * over. No local file. Concurrent calls share one transaction (group
+ * commit: nonces_batch_stats), and "fresh" is only answered after its
+ * COMMIT has returned (durable as the server's synchronous_commit makes
+ * it). PostgreSQL unreachable or failing: CF_E_UNAVAILABLE "nonce record:
+ * PostgreSQL unreachable: <libpq's text>" (or "PostgreSQL error: ..."), never
+ * fresh and never replayed; the next call reconnects by itself. A call cut
+ * off mid-commit is UNAVAILABLE although its nonce may be recorded: a
+ * retry with the same nonce is then refused, never accepted twice.
+ * max_live and the scope shares stay, per replica, in memory: they count
+ * the nonces this replica accepted that have not expired (the in-memory
+ * table keeps their hashes, which also refuses a replay to the same replica
+ * without a round trip). They bound what each replica, and each key through
+ * each replica, adds to the shared table (at most replicas × max_live live
+ * rows), which a fleet-wide count would too, but without a count query on
+ * every call. The counts start empty at open (older nonces remain refused
+ * by the database), and are checked before the round trip, so concurrent
+ * calls may overshoot them by the number of calls in flight.
+ *
+ * Thread-safe; two concurrent uses of one nonce: exactly one succeeds (in
+ * PostgreSQL mode, across every replica).
  */
 #ifndef COFFER_NONCES_H
 #define COFFER_NONCES_H
@@ -28,6 +52,9 @@
 typedef struct nonces nonces;
 
 int nonces_open(const char *state_dir, size_t max_live, nonces **out);
+/* PostgreSQL mode; dsn: a libpq connection string (from the configuration).
+ * CF_E_UNAVAILABLE if the server cannot be reached or the table created. */
+int nonces_open_pg(const char *dsn, size_t max_live, nonces **out);
 void nonces_close(nonces *n);   /* accepts NULL */
 /* Live nonces one scope may hold (0 or above max_live: max_live, the default). */
 void nonces_set_scope_max(nonces *n, size_t max);
@@ -56,13 +83,18 @@ struct nonce_claim {
 int nonces_check(nonces *n, const struct nonce_claim *c, int64_t now, int (*verify)(void *arg),
 		 void *arg, enum nonce_verdict *v);
 
-/* Drop expired entries from memory and disk. */
+/* Drop expired entries from memory and disk (PostgreSQL mode: from the
+ * table, in bounded batches; a failure is logged, the next sweep retries). */
 void nonces_expire(nonces *n, int64_t now);
 
-/* Records appended since open, compactions, and the log's size now. */
+/* Records appended since open, compactions, and the log's size now
+ * (PostgreSQL mode: nonces accepted through this handle, 0, 0). */
 void nonces_stats(nonces *n, uint64_t *appended, uint64_t *compactions, uint64_t *log_bytes);
+/* PostgreSQL mode: transactions sent and the uses they answered (items /
+ * batches is the group commit's batch size); 0, 0 in file mode. */
+void nonces_batch_stats(nonces *n, uint64_t *batches, uint64_t *items);
 
-size_t nonces_live(nonces *n);
+size_t nonces_live(nonces *n);   /* PostgreSQL mode: this replica's, as counted above */
 size_t nonces_memory(nonces *n);   /* bytes of the in-memory table */
 
 #endif

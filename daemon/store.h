@@ -1,10 +1,15 @@
 /*
  * store.h — the daemon's state store: key metadata (names, types, versions,
- * primary version, states) in SQLite (WAL) under the state directory.
+ * primary version, states), principals, API keys, idempotency records,
+ * intents and the audit outbox, in SQLite (WAL) under the state directory or
+ * in PostgreSQL shared by a fleet of replicas. Both backends offer all of
+ * it; the logic is written once (store.c) over a small SQL driver (sqldb.h).
  *
- * The interface is deliberately narrow so that a shared server store can
- * replace it. The token holds key material; the store holds only metadata.
- * All functions are serialised internally and may block on disk I/O.
+ * The token holds key material; the store holds only metadata. All
+ * functions are serialised internally (one connection) and may block on
+ * disk or network I/O. On PostgreSQL a lost connection fails the call with
+ * CF_E_UNAVAILABLE ("state store: PostgreSQL unreachable: ..."), and the
+ * next call reconnects by itself.
  */
 #ifndef COFFER_STORE_H
 #define COFFER_STORE_H
@@ -13,10 +18,12 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 8   /* 2: principals; 3: keys' allowed operations; 4: API keys;
+#define STORE_SCHEMA_VERSION 9   /* 2: principals; 3: keys' allowed operations; 4: API keys;
                                     5: idempotency records; 6: key lifecycle; 7: crash safety
                                     (intents, CKA_IDs, audit outbox and anchor); 8: principals
-                                    that must sign their calls */
+                                    that must sign their calls (PostgreSQL starts here);
+                                    9: replicas (owners of idempotency records and intents,
+                                    the audit outbox and anchor per replica) */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -98,12 +105,33 @@ struct store_apikey {
 
 typedef struct store store;
 
-/* Open or create <dir>/coffer.db; creates or checks the schema. CF_E_IO /
- * CF_E_CONFIG (schema from a newer Coffer) with a detail. */
+enum store_backend { STORE_SQLITE = 0, STORE_POSTGRESQL = 1 };
+
+#define STORE_REPLICA_MAX 63      /* [A-Za-z0-9._-], "" allowed */
+#define STORE_OWNER_MAX 64
+
+struct store_options {
+	enum store_backend backend;
+	const char *dir;              /* SQLite: <dir>/coffer.db */
+	const char *dsn;              /* PostgreSQL: a libpq connection string (not kept) */
+	const char *replica;          /* this replica's name; NULL: "" */
+	const char *owner;            /* the owner of intents this store records; NULL: replica */
+};
+
+/* Open the store and create, migrate or check its schema. SQLite: CF_E_IO;
+ * PostgreSQL: CF_E_UNAVAILABLE when the server cannot be reached; both:
+ * CF_E_CONFIG for a schema from a newer Coffer, CF_E_INVALID_ARG for a bad
+ * replica or owner name. Rows written before schema 9 (one daemon per
+ * store) are given this replica and owner. */
+int store_open_with(const struct store_options *o, store **out);
+/* store_open_with for SQLite in dir, replica "". */
 int store_open(const char *dir, store **out);
 void store_close(store *s);
-/* 0 once the state database was found removed or replaced under the running
- * daemon (checked before every change; changes are refused from then on). */
+enum store_backend store_backend(store *s);
+/* 0 while the store cannot be used: SQLite, once the state database was
+ * found removed or replaced under the running daemon (checked before every
+ * change; changes are refused from then on); PostgreSQL, while the server
+ * does not answer (asked at most once a second, reconnecting if it can). */
 int store_healthy(store *s);
 
 /* The CKA_ID of versions made before schema 7: SHA-256("coffer/<name>/<version>")[:16]. */
@@ -111,6 +139,9 @@ void store_ckaid_legacy(const char *name, uint32_t version, uint8_t out[STORE_CK
 
 /* Call cb for every key with its versions (borrowed for the callback). */
 int store_load(store *s, int (*cb)(const struct store_key *k, void *arg), void *arg);
+/* The same for one key (after a change notification); CF_E_NOT_FOUND. */
+int store_key_get(store *s, const char *name, int (*cb)(const struct store_key *k, void *arg),
+		  void *arg);
 
 /* Record a new key (k: name, type, exportable, allowed_ops, created,
  * rotation_period, next_rotation) with version 1 (CKA_ID ckaid) as primary,
@@ -146,15 +177,19 @@ struct store_intent {
 	uint32_t version;
 	uint8_t ckaid[STORE_CKAID_LEN];
 	int64_t created;
+	char owner[STORE_OWNER_MAX + 1];  /* who recorded it (store_options.owner) */
 };
-/* Record an intent; *id is its number. */
+/* Record an intent owned by this store's owner; *id is its number. */
 int store_intent_add(store *s, enum store_intent_kind kind, const char *name, uint32_t version,
 		     const uint8_t ckaid[STORE_CKAID_LEN], int64_t *id);
 /* Retire an intent whose call changed nothing (it failed before recording). */
 int store_intent_drop(store *s, int64_t id);
+/* Every owner's intents, by number (collected first: cb may use the store). */
 int store_intents_load(store *s, int (*cb)(const struct store_intent *in, void *arg), void *arg);
 /* Drop every intent (recovery, once their objects are gone). */
 int store_intents_clear(store *s);
+/* Drop the intents of one owner (a replica recovering its own). */
+int store_intents_clear_owner(store *s, const char *owner);
 
 /*
  * The call a change belongs to. A dispatcher (or the daemon's scheduled
@@ -183,7 +218,19 @@ struct store_call {
 void store_call_set(struct store_call *c);
 struct store_call *store_call_get(void);
 
-/* The audit outbox: records of committed changes not yet in the trail. */
+/*
+ * Change notification: on PostgreSQL every transaction that records a change
+ * also announces it, delivered on commit, as NOTIFY on channel
+ * STORE_NOTIFY_CHANNEL with the payload "<kind> <name>": kind "key" (a key,
+ * its versions or lifecycle; name: the key), "principal" (name: the
+ * principal), "apikey" (name: the API key id), "signed" (whether a principal
+ * must sign its calls; name: the principal). SQLite has no other reader.
+ */
+#define STORE_NOTIFY_CHANNEL "coffer"
+
+/* The audit outbox: records of committed changes not yet in the trail.
+ * Outbox and anchor are per replica (store_options.replica): each sees only
+ * its own. */
 int store_outbox_load(store *s, int (*cb)(int64_t id, const char *line, void *arg), void *arg);
 
 /* Where the audit trail ended when last anchored: its last record's number
@@ -229,11 +276,21 @@ struct store_idem {
 	int committed;                /* not done, but its change is durable (store_call) */
 	char effect_name[CF_KEY_NAME_MAX + 32];   /* what it changed (committed) */
 	uint32_t effect_version;
+	char owner[STORE_OWNER_MAX + 1];  /* the incarnation of the replica running it (opaque) */
 };
 /* CF_E_NOT_FOUND if there is none. */
 int store_idem_get(store *s, const char *key, uint32_t uid, struct store_idem *out);
 /* Insert or replace. */
 int store_idem_put(store *s, const struct store_idem *r);
+/* Insert r if there is no record for (r->key, r->uid): CF_OK. Otherwise
+ * CF_E_EXISTS, and *existing (if not NULL) holds the record found (its
+ * response the caller's to free). One atomic insert under the primary key:
+ * of concurrent claims, on any replica, exactly one gets CF_OK. */
+int store_idem_claim(store *s, const struct store_idem *r, struct store_idem *existing);
+/* Replace the record of (r->key, r->uid) with r only if it is still pending
+ * (not done, not committed) and owned by old_owner: CF_OK; otherwise (it
+ * finished, committed, was taken over or is gone) CF_E_EXISTS. */
+int store_idem_takeover(store *s, const struct store_idem *r, const char *old_owner);
 int store_idem_delete(store *s, const char *key, uint32_t uid);
 /* Drop finished records created before `before`. */
 int store_idem_expire(store *s, int64_t before);

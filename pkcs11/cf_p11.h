@@ -12,10 +12,21 @@
  * Every call may block: on the token, on the session pool (bounded by
  * pool_timeout_ms, then CF_E_BUSY) and on the write lock.
  *
+ * Several processes on one token (lock_file): every token-object write
+ * (generate, import, destroy) also holds flock(LOCK_EX) on the lock file, and
+ * every search (lookup, listing, the handle resolution before a key's first
+ * use) holds LOCK_SH: without it SoftHSM 2.6.1 file tokens now and then hide
+ * an object another process has just made from a search. A handle whose
+ * object another process destroyed or re-made is searched again once (see
+ * Recovery). Session copies (below) are made at resolution: a copy keeps
+ * working after another process destroys its token object, until the next
+ * resolution (a new handle, or a recovery).
+ *
  * Recovery: when the token reports a lost session, a lost login, an invalid
  * object handle, a removed device or an un-initialised library, the layer
  * re-initialises / reopens / logs in again as needed and retries the
- * operation once.
+ * operation once. An invalid object handle (the object was destroyed or
+ * re-made, e.g. by another process) only costs a fresh search and one retry.
  *
  * Objects: each key version is stored with CKA_LABEL "coffer/<name>/<version>"
  * and CKA_ID = the first 16 bytes of SHA-256 of that label, on every object of
@@ -62,15 +73,21 @@ struct cf_p11_config {
 	unsigned pool_size;       /* sessions shared by threads; 0 = 8 */
 	unsigned pool_timeout_ms; /* wait for a free session before CF_E_BUSY; 0 = 5000 */
 	int no_session_copies;    /* 1 = use token objects directly (slower; for baselines) */
+	const char *lock_file;    /* NULL = none; else flock'ed around token writes and
+				     searches (processes sharing one token directory);
+				     created 0600 if absent */
 };
 
 /*
  * Load the module, C_Initialize it with CKF_OS_LOCKING_OK (an already
  * initialised module is accepted), find exactly one token matching the URI,
  * read the PIN file, log in on an anchor session kept for the life of the
- * context, and wipe the PIN.
+ * context, and wipe the PIN. With a lock file: opens (creates) it and holds
+ * LOCK_EX from C_Initialize to the login (SoftHSM rewrites its token file on
+ * a login; another process reading it then may not see the token).
  * Errors: CF_E_MODULE, CF_E_CONFIG (bad or ambiguous URI), CF_E_TOKEN_NOT_FOUND,
- * CF_E_PIN_FILE, CF_E_PIN_INCORRECT, CF_E_TOKEN.
+ * CF_E_PIN_FILE, CF_E_PIN_INCORRECT, CF_E_TOKEN, CF_E_IO (lock file).
+ * Later calls fail with CF_E_IO, naming the file, if flock on it fails.
  * Use one context per module per process; close it before opening another.
  */
 int cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out);
@@ -116,8 +133,9 @@ int cf_p11_key_open_id(cf_p11 *p, const char *name, uint32_t version, const uint
 		       cf_p11_key **out);
 
 /* The daemon's own keys: open name/version, or generate it when the
- * token has none (*created = 1). CF_E_CONFIG if the
- * object there is of another type. */
+ * token has none (*created = 1); if another process generates it in
+ * between, its key is opened. CF_E_CONFIG if the object there is of
+ * another type. */
 int cf_p11_key_ensure(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
 		      cf_p11_key **out, int *created);
 

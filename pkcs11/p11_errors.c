@@ -76,6 +76,7 @@ static const struct p11_rv_entry p11_rv_table[] = {
 	E(P11_RV_POOL_TIMEOUT, CF_E_BUSY, "no free PKCS#11 session before the pool timeout"),
 	E(P11_RV_NOT_FOUND, CF_E_NOT_FOUND, "no such object in the token"),
 	E(P11_RV_AMBIGUOUS, CF_E_TOKEN, "several token objects carry the same label"),
+	E(P11_RV_LOCK, CF_E_IO, "cannot lock the token lock file"),
 };
 #undef E
 
@@ -105,6 +106,9 @@ p11_status(CK_RV rv, const char *what)
 		return cf_error(CF_E_TOKEN, "%s: token error 0x%lx", what, (unsigned long)rv);
 	if (e->status == CF_OK)
 		return CF_OK;
+	/* p11_token_lock left a detail naming the file and the reason. */
+	if (rv == P11_RV_LOCK)
+		return cf_error(e->status, "%s: %s", what, cf_error_detail());
 	return cf_error(e->status, "%s: %s (%s)", what, e->text, e->name);
 }
 
@@ -141,6 +145,7 @@ p11_rv_clean(CK_RV rv)
 	case CKR_SIGNATURE_LEN_RANGE:
 	case P11_RV_NOT_FOUND:
 	case P11_RV_AMBIGUOUS:
+	case P11_RV_LOCK: /* failed before any token call */
 		return 1;
 	default:
 		return 0;

@@ -3,8 +3,13 @@
  * not included outside pkcs11/.
  *
  * Lock order (never taken in the other direction):
- *   p->life (read) -> session pool -> k->mu -> p->write_mu
+ *   p->life (read) -> session pool -> k->mu -> p->write_mu -> flock(p->lock_fd)
  * p->life is taken for writing only by recovery, which then owns everything.
+ * The flock is taken only while holding write_mu: one thread of the process
+ * at a time holds it, so a shared lock is never silently converted by another
+ * thread's request on the same open file description. Exceptions, with no
+ * other thread able to hold it: cf_p11_open, and recovery (p->life held for
+ * writing) around initialising, token selection and login.
  */
 #ifndef COFFER_P11_INTERNAL_H
 #define COFFER_P11_INTERNAL_H
@@ -21,6 +26,8 @@
 #define P11_RV_POOL_TIMEOUT (CKR_VENDOR_DEFINED | 0x434f0001UL)
 #define P11_RV_NOT_FOUND    (CKR_VENDOR_DEFINED | 0x434f0002UL)
 #define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
+/* flock on the lock file failed; the thread's error detail names the file. */
+#define P11_RV_LOCK         (CKR_VENDOR_DEFINED | 0x434f0004UL)
 
 /* Modules reject NULL data pointers even for zero lengths. */
 #define P11_DATA(ptr) ((CK_BYTE_PTR)((ptr) != NULL ? (const void *)(ptr) : (const void *)""))
@@ -46,6 +53,8 @@ struct cf_p11 {
 	uint64_t epoch;             /* bumped whenever sessions/objects were reset */
 
 	pthread_mutex_t write_mu;   /* serialises token-object writes, token searches and anchor use */
+	char *lock_path;            /* cross-process token lock file, or NULL */
+	int lock_fd;                /* open on lock_path, or -1 */
 
 	pthread_mutex_t pool_mu;
 	pthread_cond_t pool_cv;
@@ -104,6 +113,11 @@ typedef CK_RV (*p11_op_fn)(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_hand
 /* Run `fn` (key may be NULL: then h is zeroed), with one recovery + retry.
  * Returns the final CK_RV; map it with p11_status(). */
 CK_RV p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg);
+/* The cross-process token lock, taken while holding p->write_mu: LOCK_EX
+ * around token-object writes, LOCK_SH around searches. No-ops without a
+ * lock file. P11_RV_LOCK (detail set) if flock fails. */
+CK_RV p11_token_lock(cf_p11 *p, int how);
+void p11_token_unlock(cf_p11 *p);
 
 /* ---- p11_keys.c ---- */
 CK_RV p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch,

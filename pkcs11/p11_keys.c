@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <time.h>
 
 #include <openssl/sha.h>
 
@@ -14,6 +16,7 @@
 #define LABEL_PREFIX "coffer/"
 #define MAX_TEMPLATE 32
 #define LIST_MAX 100000
+#define ENSURE_LOOKS 10 /* more lookups, 100 ms apart, of a key another process made */
 
 static CK_BBOOL p11_true = CK_TRUE;
 static CK_BBOOL p11_false = CK_FALSE;
@@ -402,8 +405,12 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 		goto done;
 	p11_destroy_copies(k);
 	/* Searching the token while another thread creates objects in it fails
-	 * inside SoftHSM now and then: lookups take the write lock too. */
+	 * inside SoftHSM now and then: lookups take the write lock too, and
+	 * the shared token lock against other processes' writes (the copies
+	 * below are session objects: no token write). */
 	pthread_mutex_lock(&p->write_mu);
+	if ((rv = p11_token_lock(p, LOCK_SH)) != CKR_OK)
+		goto unlock_mu;
 	if ((rv = p11_find_key_object(p, s, k, &k->priv, &is_secret)) != CKR_OK)
 		goto unlock;
 	k->pub = CK_INVALID_HANDLE;
@@ -426,6 +433,8 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 	}
 	k->epoch = epoch;
 unlock:
+	p11_token_unlock(p);
+unlock_mu:
 	pthread_mutex_unlock(&p->write_mu);
 	if (rv != CKR_OK)
 		goto out;
@@ -501,6 +510,12 @@ gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 
 	(void)h;
 	pthread_mutex_lock(&p->write_mu);
+	/* Check and create under one exclusive token lock: another process
+	 * cannot make the same label in between. */
+	if ((rv = p11_token_lock(p, LOCK_EX)) != CKR_OK) {
+		pthread_mutex_unlock(&p->write_mu);
+		return rv;
+	}
 	/* Any object under the label, a lone public key left by an interrupted
 	 * generation too, makes it taken: never a second pair beside it. */
 	rv = p11_label_taken(p, s, k->label);
@@ -526,6 +541,7 @@ gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 		rv = p->f->C_GenerateKey(s, &mech, t.a, t.n, &k->priv);
 	}
 out:
+	p11_token_unlock(p);
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
 }
@@ -620,8 +636,11 @@ open_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 
 	(void)h;
 	pthread_mutex_lock(&p->write_mu);
-	if ((rv = p11_find_key_object(p, s, o->k, &obj, &is_secret)) == CKR_OK)
-		rv = p11_detect_type(p, s, obj, &o->k->type);
+	if ((rv = p11_token_lock(p, LOCK_SH)) == CKR_OK) {
+		if ((rv = p11_find_key_object(p, s, o->k, &obj, &is_secret)) == CKR_OK)
+			rv = p11_detect_type(p, s, obj, &o->k->type);
+		p11_token_unlock(p);
+	}
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
 }
@@ -661,9 +680,28 @@ cf_p11_key_ensure(cf_p11 *p, const char *name, uint32_t version, enum cf_key_typ
 
 	*created = 0;
 	if (r == CF_E_NOT_FOUND) {
-		if ((r = cf_p11_key_generate(p, name, version, type, 0, out)) == CF_OK)
+		if ((r = cf_p11_key_generate(p, name, version, type, 0, out)) == CF_OK) {
 			*created = 1;
-		return r;
+			return r;
+		}
+		/* Another process sharing the token made it since our lookup
+		 * (replicas starting together): use theirs. */
+		if (r != CF_E_EXISTS)
+			return r;
+		/* Without a lock file the other process may still be making it,
+		 * or its new object is not yet visible here: a few more looks. */
+		for (unsigned i = 0; (r = cf_p11_key_open(p, name, version, out)) == CF_E_NOT_FOUND &&
+				     i < ENSURE_LOOKS; i++) {
+			struct timespec ts = { 0, 100 * 1000000L };
+
+			nanosleep(&ts, NULL);
+		}
+		if (r == CF_E_NOT_FOUND)
+			return cf_error(CF_E_EXISTS, "the token holds objects labelled %s version %u "
+					"but no whole key: a lone public key left by an interrupted "
+					"generation (remove it), or another process making the key "
+					"(processes sharing a token need [token] lock_file)", name,
+					version);
 	}
 	if (r == CF_OK && cf_p11_key_type(*out) != type) {
 		r = cf_error(CF_E_CONFIG, "token object %s version %u is %s, not %s", name, version,
@@ -708,9 +746,12 @@ destroy_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *ar
 	pthread_mutex_lock(&k->mu);
 	p11_destroy_copies(k);
 	pthread_mutex_lock(&p->write_mu);
-	rv = p->f->C_DestroyObject(s, k->priv);
-	if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE)
-		rv = p->f->C_DestroyObject(s, k->pub);
+	if ((rv = p11_token_lock(p, LOCK_EX)) == CKR_OK) {
+		rv = p->f->C_DestroyObject(s, k->priv);
+		if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE)
+			rv = p->f->C_DestroyObject(s, k->pub);
+		p11_token_unlock(p);
+	}
 	pthread_mutex_unlock(&p->write_mu);
 	k->epoch = 0;
 	pthread_mutex_unlock(&k->mu);
@@ -844,9 +885,12 @@ list_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	(void)h;
 	la->n = 0;
 	pthread_mutex_lock(&p->write_mu);
-	if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) == CKR_OK &&
-	    (rv = list_class(p, s, CKO_SECRET_KEY, la)) == CKR_OK)
-		rv = list_class(p, s, CKO_PUBLIC_KEY, la);
+	if ((rv = p11_token_lock(p, LOCK_SH)) == CKR_OK) {
+		if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) == CKR_OK &&
+		    (rv = list_class(p, s, CKO_SECRET_KEY, la)) == CKR_OK)
+			rv = list_class(p, s, CKO_PUBLIC_KEY, la);
+		p11_token_unlock(p);
+	}
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
 }
@@ -887,6 +931,10 @@ purge_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 
 	(void)h;
 	pthread_mutex_lock(&p->write_mu);
+	if ((rv = p11_token_lock(p, LOCK_EX)) != CKR_OK) {
+		pthread_mutex_unlock(&p->write_mu);
+		return rv;
+	}
 	/* Find, then destroy: a search must be finished before the token changes. */
 	if ((rv = p->f->C_FindObjectsInit(s, q, pa->id != NULL ? 3 : 2)) == CKR_OK) {
 		rv = p->f->C_FindObjects(s, objs, 16, &n);
@@ -898,6 +946,7 @@ purge_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 		if ((rv = p->f->C_DestroyObject(s, objs[i])) == CKR_OK)
 			pa->destroyed++;
 	}
+	p11_token_unlock(p);
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
 }

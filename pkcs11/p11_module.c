@@ -6,81 +6,25 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/uri.h>
 
+#include "cf_secret_file.h"
 #include "cf_status.h"
 
 #define P11_PIN_MAX 256
 #define P11_LOGIN_ATTEMPTS 5
 
-/* Read the PIN file into a secret. The file must be a regular file owned by
- * the effective uid with no group/other permissions. */
+/* Read the PIN file into a secret (cf_secret_file.h: a regular file owned by
+ * the effective uid with no group/other permissions). */
 static int
 p11_read_pin(const char *path, cf_secret **out)
 {
-	cf_secret *pin = NULL;
-	struct stat st;
-	ssize_t n;
-	size_t len = 0;
-	int fd = -1, r;
-
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
-		r = cf_error(CF_E_PIN_FILE, "cannot open PIN file %s: %s", path, strerror(errno));
-		goto out;
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is not a regular file", path);
-		goto out;
-	}
-	if (st.st_uid != geteuid()) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is owned by uid %u, not by the running "
-			     "user (uid %u); chown it", path, (unsigned)st.st_uid,
-			     (unsigned)geteuid());
-		goto out;
-	}
-	if ((st.st_mode & 077) != 0) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s has mode %03o: group or others may "
-			     "access it; run chmod 600 on it", path, (unsigned)(st.st_mode & 0777));
-		goto out;
-	}
-	if ((r = cf_secret_new(P11_PIN_MAX, &pin)) != CF_OK)
-		goto out;
-	while (len < P11_PIN_MAX) {
-		n = read(fd, cf_secret_ptr(pin) + len, P11_PIN_MAX - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = cf_error(CF_E_PIN_FILE, "cannot read PIN file %s: %s", path,
-				     strerror(errno));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	if (len == P11_PIN_MAX) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is longer than %d bytes", path, P11_PIN_MAX);
-		goto out;
-	}
-	while (len > 0 && (cf_secret_ptr(pin)[len - 1] == '\n' || cf_secret_ptr(pin)[len - 1] == '\r'))
-		len--;
-	if (len == 0) {
-		r = cf_error(CF_E_PIN_FILE, "PIN file %s is empty", path);
-		goto out;
-	}
-	cf_secret_truncate(pin, len);
-	*out = pin;
-	pin = NULL;
-	r = CF_OK;
-out:
-	if (fd >= 0)
-		close(fd);
-	cf_secret_free(pin);
-	return r;
+	return cf_secret_file_read(path, "PIN file", CF_E_PIN_FILE, P11_PIN_MAX, out);
 }
 
 /* Find the one slot whose token matches the URI. */
@@ -204,6 +148,48 @@ p11_pool_close_all(cf_p11 *p)
 	p->pool_free = 0;
 }
 
+/* Open (create) the lock file once; its flock is what processes sharing
+ * the token directory serialise on, so every process must name the same
+ * file. */
+static int
+p11_lock_open(cf_p11 *p)
+{
+	struct stat st;
+
+	p->lock_fd = open(p->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (p->lock_fd < 0)
+		return cf_error(CF_E_IO, "cannot open the token lock file %s: %s", p->lock_path,
+				strerror(errno));
+	if (fstat(p->lock_fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return cf_error(CF_E_IO, "the token lock file %s is not a regular file",
+				p->lock_path);
+	return CF_OK;
+}
+
+CK_RV
+p11_token_lock(cf_p11 *p, int how)
+{
+	if (p->lock_fd < 0)
+		return CKR_OK;
+	while (flock(p->lock_fd, how) != 0) {
+		if (errno != EINTR) {
+			cf_error(CF_E_IO, "flock(%s) on the token lock file %s failed: %s",
+				 how == LOCK_EX ? "LOCK_EX" : "LOCK_SH", p->lock_path,
+				 strerror(errno));
+			return P11_RV_LOCK;
+		}
+	}
+	return CKR_OK;
+}
+
+void
+p11_token_unlock(cf_p11 *p)
+{
+	/* Cannot fail on an open descriptor we hold a lock through. */
+	if (p->lock_fd >= 0)
+		(void)flock(p->lock_fd, LOCK_UN);
+}
+
 int
 cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 {
@@ -219,6 +205,7 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return cf_nomem();
 	p->anchor = CK_INVALID_HANDLE;
+	p->lock_fd = -1;
 	p->epoch = 1;
 	p->pool_size = cfg->pool_size ? cfg->pool_size : 8;
 	p->pool_timeout_ms = cfg->pool_timeout_ms ? cfg->pool_timeout_ms : 5000;
@@ -242,11 +229,16 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	p->token_uri = strdup(cfg->token_uri);
 	p->pin_file = strdup(cfg->pin_file);
 	p->pool = calloc(p->pool_size, sizeof(*p->pool));
+	if (cfg->lock_file != NULL && cfg->lock_file[0] != '\0')
+		p->lock_path = strdup(cfg->lock_file);
 	if (p->module_path == NULL || p->token_uri == NULL || p->pin_file == NULL ||
-	    p->pool == NULL) {
+	    p->pool == NULL || (cfg->lock_file != NULL && cfg->lock_file[0] != '\0' &&
+				p->lock_path == NULL)) {
 		r = cf_nomem();
 		goto out;
 	}
+	if (p->lock_path != NULL && (r = p11_lock_open(p)) != CF_OK)
+		goto out;
 	if ((p->dl = dlopen(p->module_path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
 		r = cf_error(CF_E_MODULE, "cannot load PKCS#11 module %s: %s", p->module_path,
 			     dlerror());
@@ -262,14 +254,20 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 			     p11_rv_name(rv));
 		goto out;
 	}
-	if ((rv = p11_initialize(p)) != CKR_OK) {
-		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
-			     p11_rv_name(rv));
+	/* Another process's login rewrites the token file SoftHSM reads here
+	 * (C_Initialize, C_GetTokenInfo): with them at the same time, a token
+	 * can look absent. The lock file keeps replicas starting together apart. */
+	if (p11_token_lock(p, LOCK_EX) != CKR_OK) {
+		r = CF_E_IO;
 		goto out;
 	}
-	if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
-		goto out;
-	if ((r = p11_login(p)) != CF_OK)
+	if ((rv = p11_initialize(p)) != CKR_OK)
+		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
+			     p11_rv_name(rv));
+	else if ((r = p11_find_slot(p, &p->slot)) == CF_OK)
+		r = p11_login(p);
+	p11_token_unlock(p);
+	if (r != CF_OK)
 		goto out;
 	*out = p;
 	p = NULL;
@@ -294,6 +292,9 @@ cf_p11_close(cf_p11 *p)
 	}
 	if (p->dl != NULL)
 		dlclose(p->dl);
+	if (p->lock_fd >= 0)
+		close(p->lock_fd);
+	free(p->lock_path);
 	pthread_rwlock_destroy(&p->life);
 	pthread_mutex_destroy(&p->write_mu);
 	pthread_mutex_destroy(&p->pool_mu);
@@ -379,19 +380,27 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	if (p->anchor != CK_INVALID_HANDLE)
 		(void)p->f->C_CloseSession(p->anchor);
 	p->anchor = CK_INVALID_HANDLE;
+	/* As in cf_p11_open. No thread of ours holds the lock file: its holders
+	 * hold p->life for reading. */
+	if (p11_token_lock(p, LOCK_EX) != CKR_OK) {
+		r = CF_E_IO;
+		goto bump;
+	}
 	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
 		if ((irv = p11_initialize(p)) != CKR_OK) {
 			r = p11_status(irv, "re-initialising the PKCS#11 module");
-			goto bump;
+			goto unlock;
 		}
 	}
 	if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
 	    rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
 		/* Slot ids may have changed. */
 		if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
-			goto bump;
+			goto unlock;
 	}
 	r = p11_login(p);
+unlock:
+	p11_token_unlock(p);
 bump:
 	/* Every cached handle and session copy belongs to the old epoch. */
 	p->epoch++;
@@ -446,10 +455,16 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 		pthread_rwlock_unlock(&p->life);
 		if (attempt > 0 || !p11_rv_recoverable(rv))
 			break;
-		if (p11_rv_stale_object(rv) && k != NULL)
-			p11_key_invalidate(k);
-		else if (p11_recover(p, rv, epoch) != CF_OK)
+		if (p11_rv_stale_object(rv)) {
+			/* The object went (another process sharing the token may
+			 * have destroyed or re-made it) but the session and the
+			 * login are fine (p11_diagnose): search again and retry.
+			 * Bodies without a key search for their objects themselves. */
+			if (k != NULL)
+				p11_key_invalidate(k);
+		} else if (p11_recover(p, rv, epoch) != CF_OK) {
 			break;
+		}
 	}
 	return rv;
 }

@@ -33,6 +33,15 @@ Where cofferd is found, first match wins:
 Other environment: COFFER_SOFTHSM_MODULE (the PKCS#11 module), COFFER_KEEP_TMP=1
 (keep temp dirs for a post-mortem), TMPDIR.
 
+The state backend: SQLite (<state_dir>/coffer.db) unless COFFER_TEST_BACKEND=
+postgresql, with COFFER_TEST_PG_HOST the socket directory of a running server
+(tests/run-on-postgresql.sh sets both). Then every daemon gets [state]
+backend = postgresql, dsn = host=<COFFER_TEST_PG_HOST> dbname=<d.pg_db>, where
+d.pg_db = pg_dbname(d.state_dir) is created before the first start and dropped
+by cleanup(): a daemon restarted on the same state dir finds its state again.
+A test that looks at the SQLite file itself checks on_postgresql() and does
+the same through psql(), or calls skip_on_postgresql() for that one check.
+
 The Python stubs are generated at run time from proto/ with grpc_tools.protoc
 into a temp dir (once per process). grpc/health/v1/health.proto is compiled
 from a copy under another directory name, because a generated top-level
@@ -44,6 +53,7 @@ Only /usr/bin/python3 (Debian's python3-grpcio, python3-grpc-tools) is supported
 
 import atexit
 import functools
+import hashlib
 import importlib
 import os
 import shutil
@@ -92,6 +102,85 @@ def softhsm_module():
 
 def _keep_tmp():
     return os.environ.get("COFFER_KEEP_TMP", "") not in ("", "0")
+
+
+# ---- the state backend ----
+
+def test_backend():
+    """"sqlite" or "postgresql" (COFFER_TEST_BACKEND); raises DaemonError on
+    anything else, or on postgresql without COFFER_TEST_PG_HOST."""
+    b = os.environ.get("COFFER_TEST_BACKEND", "") or "sqlite"
+    if b not in ("sqlite", "postgresql"):
+        raise DaemonError("COFFER_TEST_BACKEND=%s: expected sqlite or postgresql" % b)
+    if b == "postgresql" and not os.environ.get("COFFER_TEST_PG_HOST"):
+        raise DaemonError("COFFER_TEST_BACKEND=postgresql needs COFFER_TEST_PG_HOST (the socket "
+                          "directory of a running server): use tests/run-on-postgresql.sh")
+    return b
+
+
+def on_postgresql():
+    return test_backend() == "postgresql"
+
+
+def skip_on_postgresql(what, reason):
+    """On PostgreSQL: print that the check `what` is skipped and why, return
+    True (the caller then skips that one check). On SQLite: False."""
+    if not on_postgresql():
+        return False
+    print("SKIP (postgresql): %s: %s" % (what, reason), file=sys.stderr, flush=True)
+    return True
+
+
+def skip_test_on_postgresql(what, reason):
+    """On PostgreSQL: print why and skip the whole test (unittest.SkipTest)."""
+    if skip_on_postgresql(what, reason):
+        import unittest
+        raise unittest.SkipTest("postgresql: " + reason)
+
+
+# The offline audit verifier (cofferctl audit verify --file --public-key)
+# reads the anchor from the SQLite state store (--state-db); with the state in
+# PostgreSQL there is no such file.
+OFFLINE_ANCHOR_SKIP = ("the offline verifier reads the audit anchor from the SQLite state "
+                       "store (--state-db <state_dir>/coffer.db); the daemon's own verify "
+                       "runs instead")
+
+
+def pg_dbname(state_dir):
+    """The database of the daemon whose state dir is state_dir."""
+    return "coffer_" + hashlib.sha256(state_dir.encode()).hexdigest()[:16]
+
+
+def psql(dbname, sql, check=True):
+    """Run sql in dbname on the test server (psql -At): the rows as lists of
+    strings. Raises DaemonError on an error when check."""
+    r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
+                        "-h", os.environ["COFFER_TEST_PG_HOST"], "-d", dbname, "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise DaemonError("psql -d %s -c %r: %s" % (dbname, sql, r.stderr.strip()))
+    return [line.split("\x1f") for line in r.stdout.split("\n") if line]
+
+
+def pg_createdb(dbname):
+    """CREATE DATABASE unless it exists (a concurrent creator may win)."""
+    r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        "-h", os.environ["COFFER_TEST_PG_HOST"], "-d", "postgres",
+                        "-c", "CREATE DATABASE %s" % dbname],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 and "already exists" not in r.stderr:
+        raise DaemonError("cannot create database %s on the test PostgreSQL server %s: %s"
+                          % (dbname, os.environ["COFFER_TEST_PG_HOST"], r.stderr.strip()))
+
+
+def pg_dropdb(dbname):
+    psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % dbname)
+
+
+def pg_copydb(src, dst):
+    """dst (replaced) a copy of src, which nobody may be connected to."""
+    pg_dropdb(dst)
+    psql("postgres", "CREATE DATABASE %s TEMPLATE %s" % (dst, src))
 
 
 # ---- generated stubs ----
@@ -219,6 +308,15 @@ class CofferDaemon:
         }
         for sec, kv in (config or {}).items():
             self.config.setdefault(sec, {}).update(kv)
+        # The backend under test, unless the test configures [state] itself.
+        self.pg_db = None
+        self._other_dbs = []     # of command(state_dir=...)
+        if on_postgresql() and "state" not in (config or {}):
+            self.pg_db = pg_dbname(self.config["daemon"]["state_dir"])
+            pg_createdb(self.pg_db)
+            self.config["state"] = {
+                "backend": "postgresql",
+                "dsn": "host=%s dbname=%s" % (os.environ["COFFER_TEST_PG_HOST"], self.pg_db)}
 
     # -- setup --
 
@@ -248,10 +346,82 @@ class CofferDaemon:
         for d in (self.dir, self.run_dir):
             os.chmod(d, 0o755)
 
+    # -- the state store behind the daemon's back --
+
+    def state_query(self, *statements, readonly=False):
+        """Run SQL statements in one transaction on this daemon's state
+        store: <state_dir>/coffer.db, or its PostgreSQL database. The rows
+        they return, each a tuple of strings (None for NULL), so that both
+        backends compare alike (a boolean is "t"/"f" on PostgreSQL)."""
+        if self.pg_db is not None:
+            if readonly:
+                statements = ("SET TRANSACTION READ ONLY",) + statements
+            r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-P", "null=\x1e",
+                                "-v", "ON_ERROR_STOP=1", "-1",
+                                "-h", os.environ["COFFER_TEST_PG_HOST"], "-d", self.pg_db,
+                                "-f", "-"], input=";\n".join(statements) + ";\n",
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise DaemonError("psql -d %s: %s" % (self.pg_db, r.stderr.strip()))
+            # Not splitlines(): it splits at \x1e too.
+            return [tuple(None if v == "\x1e" else v for v in line.split("\x1f"))
+                    for line in r.stdout.split("\n") if line]
+        import sqlite3
+        path = os.path.join(self.state_dir, "coffer.db")
+        db = sqlite3.connect("file:%s%s" % (path, "?mode=ro" if readonly else ""), uri=True,
+                             timeout=10)
+        rows = []
+        try:
+            with db:
+                for st in statements:
+                    rows += db.execute(st).fetchall()
+            return [tuple(None if v is None else str(v) for v in row) for row in rows]
+        finally:
+            db.close()
+
+    def save_state(self, tag):
+        """A copy of the stopped daemon's state store (restore_state(tag))."""
+        if self.pg_db is not None:
+            pg_copydb(self.pg_db, "%s_%s" % (self.pg_db, tag))
+            return
+        saved = os.path.join(self.dir, "saved-" + tag)
+        shutil.rmtree(saved, ignore_errors=True)
+        os.makedirs(saved)
+        for f in os.listdir(self.state_dir):
+            if f.startswith("coffer.db"):
+                shutil.copy(os.path.join(self.state_dir, f), saved)
+
+    def restore_state(self, tag):
+        """The stopped daemon's state store as save_state(tag) left it."""
+        if self.pg_db is not None:
+            pg_copydb("%s_%s" % (self.pg_db, tag), self.pg_db)
+            return
+        saved = os.path.join(self.dir, "saved-" + tag)
+        for f in os.listdir(self.state_dir):
+            if f.startswith("coffer.db"):
+                os.unlink(os.path.join(self.state_dir, f))
+        for f in os.listdir(saved):
+            shutil.copy(os.path.join(saved, f), self.state_dir)
+
     # -- process --
 
-    def command(self):
-        return [self.cofferd, "-c", self.write_config()] + self.args
+    def command(self, state_dir=None):
+        """cofferd with this fixture's configuration; with state_dir, another
+        daemon's state: that directory (and on PostgreSQL its own database,
+        dropped by cleanup()), in a configuration file of its own."""
+        if state_dir is None:
+            return [self.cofferd, "-c", self.write_config()] + self.args
+        config = {sec: dict(kv) for sec, kv in self.config.items()}
+        config["daemon"]["state_dir"] = state_dir
+        if self.pg_db is not None:
+            db = pg_dbname(state_dir)
+            pg_createdb(db)
+            self._other_dbs.append(db)
+            config["state"]["dsn"] = "host=%s dbname=%s" % (os.environ["COFFER_TEST_PG_HOST"], db)
+        path = os.path.join(self.dir, "cofferd-%s.conf" % os.path.basename(state_dir))
+        with open(path, "w") as f:
+            f.write(_ini(config))
+        return [self.cofferd, "-c", path] + self.args
 
     def spawn(self, cmd=None, **kw):
         """Start a cofferd process with this fixture's environment, output
@@ -415,6 +585,12 @@ class CofferDaemon:
             self.close_channels()
             if self._own_dir and not _keep_tmp():
                 shutil.rmtree(self.dir, ignore_errors=True)
+                if self.pg_db is not None:
+                    for (name,) in psql("postgres", "SELECT datname FROM pg_database WHERE "
+                                        "datname LIKE '%s%%'" % self.pg_db):
+                        pg_dropdb(name)   # with the copies of save_state
+                    for name in self._other_dbs:
+                        pg_dropdb(name)
 
     def __enter__(self):
         return self.start()

@@ -28,16 +28,15 @@ import base64
 import json
 import os
 import resource
-import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 import unittest
 
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
+from daemon_fixture import (OFFLINE_ANCHOR_SKIP, CofferDaemon, Ctl, cofferctl_path,  # noqa: E402
+                            on_postgresql, skip_on_postgresql)
 from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
 
@@ -298,11 +297,7 @@ class Tampering(unittest.TestCase):
         svc.Sign(pb.SignRequest(key="t", message=b"last"), timeout=TIMEOUT)
         time.sleep(0.2)
         d.stop()
-        cls.saved = os.path.join(d.dir, "saved")
-        os.makedirs(cls.saved)
-        cls.state_files = [f for f in os.listdir(d.state_dir) if f.startswith("coffer.db")]
-        for f in cls.state_files:
-            shutil.copy(os.path.join(d.state_dir, f), cls.saved)
+        d.save_state("clean")
         with open(cls.path, "rb") as f:
             cls.pristine = f.read()
 
@@ -312,11 +307,7 @@ class Tampering(unittest.TestCase):
 
     def setUp(self):
         # Every test starts from the trail and state store of the clean stop.
-        for f in os.listdir(self.d.state_dir):
-            if f.startswith("coffer.db"):
-                os.unlink(os.path.join(self.d.state_dir, f))
-        for f in self.state_files:
-            shutil.copy(os.path.join(self.saved, f), self.d.state_dir)
+        self.d.restore_state("clean")
         with open(self.path, "wb") as f:
             f.write(self.pristine)
 
@@ -332,6 +323,10 @@ class Tampering(unittest.TestCase):
             f.write(data)
 
     def offline(self):
+        """The offline verifier's exit status and output; None on PostgreSQL
+        (said so)."""
+        if skip_on_postgresql("offline audit verify of %s" % self.id(), OFFLINE_ANCHOR_SKIP):
+            return None
         r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", self.pub,
                         "--state-db", self.db)
         return r.returncode, r.stdout.decode() + r.stderr.decode()
@@ -343,7 +338,10 @@ class Tampering(unittest.TestCase):
 
     def assert_named(self, line, *words):
         """Both verifiers name `line` (1-based) and say why."""
-        for who, (rc, out) in (("offline", self.offline()), ("daemon", self.daemon_verify())):
+        for who, res in (("offline", self.offline()), ("daemon", self.daemon_verify())):
+            if res is None:
+                continue
+            rc, out = res
             self.assertEqual(rc, 1, "%s: %s" % (who, out))
             self.assertIn("BROKEN at record %d: record %d:" % (line, line), out, who)
             for w in words:
@@ -353,9 +351,11 @@ class Tampering(unittest.TestCase):
         self.assertIn("ALARM: audit: %s was altered" % self.path, self.d.log(all_starts=False))
 
     def test_intact_after_clean_stop_and_start(self):
-        rc, out = self.offline()
-        self.assertEqual(rc, 0, out)
-        self.assertIn("anchor: record %d (clean stop)" % len(self.lines()), out)
+        res = self.offline()
+        if res is not None:
+            rc, out = res
+            self.assertEqual(rc, 0, out)
+            self.assertIn("anchor: record %d (clean stop)" % len(self.lines()), out)
         rc, out = self.daemon_verify()
         self.assertEqual(rc, 0, out)
         with open(self.path) as f:
@@ -448,8 +448,9 @@ class Tampering(unittest.TestCase):
         subprocess.run(["openssl", "ec", "-in", other + ".key", "-pubout", "-out", other],
                        check=True, capture_output=True)
         self.write(self.pristine)
-        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", other,
-                        "--state-db", self.db)
+        # With the anchor from the state store where there is one (SQLite).
+        anchor = [] if on_postgresql() else ["--state-db", self.db]
+        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", other, *anchor)
         self.assertEqual(r.returncode, 1, r.stdout)
         self.assertIn(b"BROKEN at record 1: record 1: its seal does not verify", r.stdout)
         r = ctl_offline("audit", "verify", "--file", self.path)
@@ -485,18 +486,14 @@ class Crash(unittest.TestCase):
         # a kill at a random moment may find nothing after the anchor. Frozen
         # with SIGSTOP, the file and the anchor can be compared exactly: kill
         # only once records were written after the last anchor.
-        db = os.path.join(d.state_dir, "coffer.db")
         deadline = time.monotonic() + 60
         while True:
             os.kill(d.pid, signal.SIGSTOP)
             with open(path, "rb") as f:
                 lines = [x for x in f.read().split(b"\n")[:-1] if x]
             rec = json.loads(lines[-1]) if lines else {}
-            con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
-            try:
-                row = con.execute("SELECT seq FROM audit_anchor WHERE id = 1").fetchone()
-            finally:
-                con.close()
+            rows = d.state_query("SELECT seq FROM audit_anchor WHERE id = 1", readonly=True)
+            row = (int(rows[0][0]),) if rows else None
             # Only a seal is anchored (these calls move no outbox): frozen
             # mid-commit, the anchor read here may lag the one a restart
             # recovers from the WAL, but never past the last seal, so a last
@@ -513,10 +510,13 @@ class Crash(unittest.TestCase):
         db = os.path.join(d.state_dir, "coffer.db")
         # Offline, before the restart: the anchor is not a clean stop's, so
         # the records after it are fine (and said to be unsealed).
-        r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
-                        "--state-db", db)
-        self.assertEqual(r.returncode, 0, r.stdout)
-        self.assertIn(b"stopped without a clean stop", r.stdout)
+        offline = not skip_on_postgresql("offline audit verify after SIGKILL and after the "
+                                         "restart", OFFLINE_ANCHOR_SKIP)
+        if offline:
+            r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
+                            "--state-db", db)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.assertIn(b"stopped without a clean stop", r.stdout)
         with open(path) as f:
             n = sum(1 for _ in f)
         d.start()
@@ -532,10 +532,11 @@ class Crash(unittest.TestCase):
         rc = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(rc.returncode, 0, rc.stdout)
         d.stop()
-        r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
-                        "--state-db", db)
-        self.assertEqual(r.returncode, 0, r.stdout)
-        self.assertIn(b"(clean stop)", r.stdout)
+        if offline:
+            r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
+                            "--state-db", db)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.assertIn(b"(clean stop)", r.stdout)
 
 
 class FailureModes(unittest.TestCase):

@@ -55,6 +55,11 @@ import grpc  # noqa: E402
 
 import crash_check  # noqa: E402
 import crash_harness as H  # noqa: E402
+from daemon_fixture import skip_test_on_postgresql  # noqa: E402
+
+
+def setUpModule():
+    skip_test_on_postgresql("test_crash_points (every test)", crash_check.POSTGRESQL_SKIP)
 from crash_harness import T, pb  # noqa: E402
 
 JOBS = int(os.environ.get("COFFER_CRASH_JOBS", "3"))

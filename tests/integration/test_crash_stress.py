@@ -41,6 +41,11 @@ import grpc  # noqa: E402
 
 import crash_check  # noqa: E402
 import crash_harness as H  # noqa: E402
+from daemon_fixture import skip_test_on_postgresql  # noqa: E402
+
+
+def setUpModule():
+    skip_test_on_postgresql("test_crash_stress (every test)", crash_check.POSTGRESQL_SKIP)
 from crash_harness import T, pb  # noqa: E402
 
 SEED = int(os.environ.get("COFFER_STRESS_SEED", "13"))

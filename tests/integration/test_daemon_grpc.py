@@ -24,7 +24,6 @@ import hmac
 import os
 import shutil
 import signal
-import sqlite3
 import struct
 import subprocess
 import threading
@@ -961,13 +960,10 @@ class LifecycleTests(CofferTestCase):
         # Behind the daemon's back: drop the registry record of "orphan" (its
         # token object stays) and record a version 2 of "kept" that the token
         # never had.
-        db = sqlite3.connect(os.path.join(d.state_dir, "coffer.db"))
-        with db:
-            db.execute("DELETE FROM versions WHERE name = 'orphan'")
-            db.execute("DELETE FROM keys WHERE name = 'orphan'")
-            db.execute("INSERT INTO versions (name, version, state, created) "
-                       "VALUES ('kept', 2, 1, ?)", (int(time.time()),))
-        db.close()
+        d.state_query("DELETE FROM versions WHERE name = 'orphan'",
+                      "DELETE FROM keys WHERE name = 'orphan'",
+                      "INSERT INTO versions (name, version, state, created) "
+                      "VALUES ('kept', 2, 1, %d)" % int(time.time()))
         d.start()
         log = d.log(all_starts=False)
         self.assertIn("token objects of orphan version 1 (2) have no registry record", log)
@@ -987,7 +983,7 @@ class LifecycleTests(CofferTestCase):
                                  timeout=TIMEOUT)
         d.stop()
         other = os.path.join(d.dir, "state2")
-        r = subprocess.Popen(d.command() + ["--state-dir", other,
+        r = subprocess.Popen(d.command(state_dir=other) + ["--state-dir", other,
                                             "--service-socket", os.path.join(d.dir, "s2.sock"),
                                             "--admin-socket", os.path.join(d.dir, "a2.sock")],
                              env=d.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -1080,12 +1076,20 @@ class DeployTests(CofferTestCase):
                         "path", "mode"):
             self.assertRegex(text, r"(?m)^%s = " % setting)
         conf = os.path.join(d.dir, "example.conf")
+        # On the PostgreSQL run the fixture's [state], last, wins (both files).
+        state = "" if d.pg_db is None else "\n[state]\nbackend = %s\ndsn = %s\n" % (
+            d.config["state"]["backend"], d.config["state"]["dsn"])
         with open(conf, "w") as f:
-            f.write(text)
+            f.write(text + state)
+        example = self.conf_example(False)
+        if state:
+            example = os.path.join(d.dir, "example-as-is.conf")
+            with open(example, "w") as f:
+                f.write(open(self.conf_example(False)).read() + state)
         flags = ["-c", conf, "--module", d.config["token"]["module"], "--token-uri", d.token_uri,
                  "--pin-file", d.pin_file, "--state-dir", d.state_dir,
                  "--service-socket", d.service_socket, "--admin-socket", d.admin_socket]
-        for c in (conf, self.conf_example(False)):
+        for c in (conf, example):
             flags[1] = c
             p = d.spawn([d.cofferd] + flags)
             d.proc = p

@@ -129,15 +129,13 @@ class Idempotency(unittest.TestCase):
 
     def test_keys_are_per_caller(self):
         # The same key from another uid is another record: uid nobody may not
-        # reach the admin socket, so check the store instead.
-        import sqlite3
+        # reach the admin socket, so check the store instead (either backend).
         self.adm().CreatePrincipal(pb.CreatePrincipalRequest(name="per-uid", uids=[7003]),
                                    timeout=TIMEOUT, metadata=idem("principal-per-uid"))
-        db = sqlite3.connect(os.path.join(self.d.state_dir, "coffer.db"))
-        rows = db.execute("SELECT uid, method, done FROM idempotency WHERE key = ?",
-                          ("principal-per-uid",)).fetchall()
-        db.close()
-        self.assertEqual(rows, [(os.geteuid(), "/coffer.v1.AdminService/CreatePrincipal", 1)])
+        rows = self.d.state_query("SELECT uid, method, CAST(done AS INTEGER) FROM idempotency "
+                                  "WHERE key = 'principal-per-uid'")
+        self.assertEqual(rows, [(str(os.geteuid()), "/coffer.v1.AdminService/CreatePrincipal",
+                                 "1")])
 
     def test_zz_survives_restart_and_cofferctl(self):
         a = self.adm()

@@ -97,13 +97,85 @@ cf_test_token_create(struct cf_test_token *t, const char *label)
 	return 0;
 }
 
+/* The state backend under test: 1 for PostgreSQL (COFFER_TEST_BACKEND=
+ * postgresql, COFFER_TEST_PG_HOST the socket directory of a running server, as
+ * tests/run-on-postgresql.sh sets them), 0 for SQLite, -1 (printed) when the
+ * variables do not make sense. */
+static int
+test_backend_pg(void)
+{
+	const char *b = getenv("COFFER_TEST_BACKEND");
+	const char *h = getenv("COFFER_TEST_PG_HOST");
+
+	if (b == NULL || b[0] == '\0' || strcmp(b, "sqlite") == 0)
+		return 0;
+	if (strcmp(b, "postgresql") != 0) {
+		fprintf(stderr, "COFFER_TEST_BACKEND=%s: expected sqlite or postgresql\n", b);
+		return -1;
+	}
+	if (h == NULL || h[0] == '\0' || strchr(h, '\'') != NULL) {
+		fprintf(stderr, "COFFER_TEST_BACKEND=postgresql needs COFFER_TEST_PG_HOST (the socket "
+			"directory of a running server, no quote): use tests/run-on-postgresql.sh\n");
+		return -1;
+	}
+	return 1;
+}
+
+/* The database of the daemon whose state dir is `state`: "coffer_" and the
+ * first 16 hex digits of SHA-256 of the path (daemon_fixture.py's pg_dbname). */
+static void
+pg_dbname(const char *state, char out[24])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	EVP_Digest(state, strlen(state), md, &mdlen, EVP_sha256(), NULL);
+	memcpy(out, "coffer_", 7);
+	for (int i = 0; i < 8; i++)
+		snprintf(out + 7 + 2 * i, 3, "%02x", md[i]);
+}
+
+/* psql -c `sql` on the test server's database postgres, its stderr in
+ * `err`; 0 on success, or when the error text contains `ok_text`. */
+static int
+pg_admin(const char *sql, const char *err, const char *ok_text)
+{
+	char cmd[1200], text[1024];
+	FILE *f;
+	size_t n = 0;
+
+	snprintf(cmd, sizeof(cmd),
+		 "psql -X -q -v ON_ERROR_STOP=1 -h '%s' -d postgres -c '%s' >/dev/null 2>'%s'",
+		 getenv("COFFER_TEST_PG_HOST"), sql, err);
+	if (system(cmd) == 0)
+		return 0;
+	if ((f = fopen(err, "r")) != NULL) {
+		n = fread(text, 1, sizeof(text) - 1, f);
+		fclose(f);
+	}
+	text[n] = '\0';
+	if (ok_text != NULL && strstr(text, ok_text) != NULL)
+		return 0;
+	fprintf(stderr, "cf_test_token: %s on the test PostgreSQL server %s failed: %s\n", sql,
+		getenv("COFFER_TEST_PG_HOST"), text);
+	return -1;
+}
+
 void
 cf_test_token_destroy(struct cf_test_token *t)
 {
-	char cmd[400];
+	char cmd[400], state[300], err[320], db[24], sql[96];
 
 	if (t->dir[0] == '\0' || getenv("COFFER_TEST_KEEP") != NULL)
 		return;
+	/* The database of a daemon started on this token (cf_test_daemon_start). */
+	if (test_backend_pg() == 1) {
+		snprintf(state, sizeof(state), "%s/state", t->dir);
+		pg_dbname(state, db);
+		snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", db);
+		snprintf(err, sizeof(err), "%s/dropdb.err", t->dir);
+		(void)pg_admin(sql, err, NULL);
+	}
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t->dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "cf_test_token: could not remove %s\n", t->dir);
@@ -277,14 +349,94 @@ cf_test_daemon_grant_all(const struct cf_test_daemon *d)
 	return 0;
 }
 
+/* The start's log (the first 4 KiB) on stderr: why it did not start. */
+static void
+print_log(const struct cf_test_daemon *d)
+{
+	char buf[4096];
+	FILE *f = fopen(d->log, "r");
+	size_t n;
+
+	if (f == NULL)
+		return;
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	fwrite(buf, 1, n, stderr);
+}
+
+/* The -c/--config FILE among a start's extra arguments, or NULL. */
+static const char *
+extra_config(const char *const *extra)
+{
+	for (int i = 0; extra != NULL && extra[i] != NULL; i++) {
+		if ((strcmp(extra[i], "-c") == 0 || strcmp(extra[i], "--config") == 0) &&
+		    extra[i + 1] != NULL)
+			return extra[i + 1];
+		if (strncmp(extra[i], "--config=", 9) == 0)
+			return extra[i] + 9;
+	}
+	return NULL;
+}
+
+/* On PostgreSQL, [state] naming the database of d->state (created unless it
+ * exists). cofferd reads one -c FILE: the test's own gets the section
+ * appended (unless it has a [state] of its own; returns 0), else `conf` is a
+ * file of only [state] for -c (returns 1; flags add the rest). 0 on SQLite,
+ * -1 (printed) on failure. */
+static int
+pg_state_config(const struct cf_test_token *t, const struct cf_test_daemon *d,
+		const char *const *extra, char *conf, size_t len)
+{
+	char db[24], sql[64], err[320], text[512], old[8192];
+	const char *own = extra_config(extra);
+	int pg = test_backend_pg();
+	size_t n = 0;
+	FILE *f;
+
+	if (pg != 1)
+		return pg;
+	if (own != NULL && (f = fopen(own, "r")) != NULL) {
+		n = fread(old, 1, sizeof(old) - 1, f);
+		fclose(f);
+	}
+	old[n] = '\0';
+	if (strncmp(old, "[state]", 7) == 0 || strstr(old, "\n[state]") != NULL)
+		return 0;   /* the test chose its state itself */
+	pg_dbname(d->state, db);
+	snprintf(sql, sizeof(sql), "CREATE DATABASE %s", db);
+	snprintf(err, sizeof(err), "%s/createdb.err", t->dir);
+	/* A restart on the same state dir finds its database. */
+	if (pg_admin(sql, err, "already exists") != 0)
+		return -1;
+	snprintf(text, sizeof(text), "\n[state]\nbackend = postgresql\ndsn = host=%s dbname=%s\n",
+		 getenv("COFFER_TEST_PG_HOST"), db);
+	if (own != NULL) {
+		int bad = (f = fopen(own, "a")) == NULL;
+
+		if (!bad)
+			bad = (fputs(text, f) < 0) | (fclose(f) != 0);
+		if (bad) {
+			fprintf(stderr, "cf_test_token: cannot add [state] to %s\n", own);
+			return -1;
+		}
+		return 0;
+	}
+	snprintf(conf, len, "%s/cofferd-state.conf", t->dir);
+	if (cf_test_write_file(conf, text + 1, 0600) != 0) {
+		fprintf(stderr, "cf_test_token: cannot write %s\n", conf);
+		return -1;
+	}
+	return 1;
+}
+
 int
 cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
 		     const char *const *extra)
 {
-	char bin[400];
+	char bin[400], conf[320];
 	const char *argv[32];
 	static int starts;
-	int n = 0, fd;
+	int n = 0, fd, pg;
 
 	memset(d, 0, sizeof(*d));
 	snprintf(d->service, sizeof(d->service), "%s/service.sock", t->dir);
@@ -293,7 +445,13 @@ cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
 	/* A fresh log per start: readiness is judged by this start's lines only. */
 	snprintf(d->log, sizeof(d->log), "%s/cofferd-%d.log", t->dir, ++starts);
 	cf_test_cofferd(bin, sizeof(bin));
+	if ((pg = pg_state_config(t, d, extra, conf, sizeof(conf))) < 0)
+		return -1;
 	argv[n++] = bin;
+	if (pg == 1) {
+		argv[n++] = "-c";
+		argv[n++] = conf;
+	}
 	argv[n++] = "--module";
 	argv[n++] = t->cfg.module_path;
 	argv[n++] = "--token-uri";
@@ -326,7 +484,8 @@ cf_test_daemon_start(const struct cf_test_token *t, struct cf_test_daemon *d,
 		if (cf_test_daemon_log_has(d, "ready:"))
 			return cf_test_daemon_grant_all(d);
 		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-			fprintf(stderr, "cofferd exited early; log %s\n", d->log);
+			fprintf(stderr, "cofferd exited early; log %s:\n", d->log);
+			print_log(d);
 			d->pid = 0;
 			return -1;
 		}

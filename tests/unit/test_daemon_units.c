@@ -113,6 +113,13 @@ test_config(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "shorter than min_destroy_grace"));
 	CU_ASSERT_EQUAL(load_ini("[keys]\nmin_rotation_period = 0\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[keys]\ngrace = 1\n", &c), CF_E_CONFIG);
+	/* [token] lock_file: none unless set */
+	CU_ASSERT_EQUAL(load_ini("[token]\npool_size = 4\n", &c), CF_OK);
+	CU_ASSERT_STRING_EQUAL(c.token_lock_file, "");
+	CU_ASSERT_EQUAL(load_ini("[token]\nlock_file = /var/lib/softhsm/tokens/coffer.lock\n", &c),
+			CF_OK);
+	CU_ASSERT_STRING_EQUAL(c.token_lock_file, "/var/lib/softhsm/tokens/coffer.lock");
+	CU_ASSERT_EQUAL(load_ini("[token]\nlock_file =\n", &c), CF_E_CONFIG);
 }
 
 static void
@@ -421,6 +428,17 @@ collect_signed(const char *principal, void *arg)
 	return CF_OK;
 }
 
+/* SQL that turns a new store back into the layout of schema 8 (before
+ * replicas), so that a store of an older version can be made from it. */
+#define STORE_BACK_TO_V8                                                                  \
+	"ALTER TABLE idempotency DROP COLUMN owner;"                                      \
+	"ALTER TABLE intents DROP COLUMN owner;"                                          \
+	"DROP INDEX audit_outbox_replica;"                                                \
+	"ALTER TABLE audit_outbox DROP COLUMN replica;"                                   \
+	"DROP TABLE audit_anchor;"                                                        \
+	"CREATE TABLE audit_anchor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER "  \
+	"NOT NULL, chain TEXT NOT NULL, clean INTEGER NOT NULL, time INTEGER NOT NULL);"
+
 /* Version 7 to 8: every existing principal that ever had an API key (a
  * revoked one too) keeps requiring signed calls; a deleted one does not. */
 static void
@@ -430,6 +448,7 @@ test_store_signed_migration(void)
 	store *s = NULL;
 
 	store_altered("v7", dir, sizeof(dir),
+		STORE_BACK_TO_V8
 		"DROP TABLE signed_principals;"
 		"UPDATE meta SET v = '7' WHERE k = 'schema_version';"
 		"INSERT INTO principals VALUES ('revoked-only', 1), ('live', 1), ('never', 1);"

@@ -1,0 +1,523 @@
+/*
+ * nonces_pg.c — the replay record's table in PostgreSQL, with group commit.
+ *
+ * Callers queue their claim and wait; a batcher thread (BATCHERS of them,
+ * each with its own connection) takes everything queued (up to BATCH_MAX),
+ * sends it as one transaction and answers each caller. While commits are
+ * being flushed the next callers queue up, so the batch grows with the load
+ * and a lone caller pays one round trip.
+ *
+ * Why one multi-row statement rather than one INSERT per claim in a
+ * pipeline: a pipeline is one transaction, and any statement failing in it
+ * aborts every other claim of the batch. Here a claim cannot fail on its
+ * own: a taken nonce is not an error but a row missing from RETURNING
+ * (ON CONFLICT ... DO UPDATE ... WHERE expired), and the two claims of one
+ * statement that could collide ("cannot affect row a second time": the same
+ * nonce twice in one batch) are merged before sending. What is left can
+ * only fail for the whole batch (connection lost, server error), and then
+ * every claim in it is answered UNAVAILABLE, none "fresh" or "replayed".
+ * The statement still travels in pipeline mode, BEGIN, INSERT, COMMIT and
+ * Sync in one write, so that a batch costs one round trip and "fresh" is
+ * only said after COMMIT's own result.
+ */
+#include "nonces_pg.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "cf_log.h"
+#include "cf_status.h"
+
+#define BATCH_MAX 512
+/* Transactions in flight at once. With one, a caller arriving during a
+ * commit waits for it to end before its own begins (up to two commits);
+ * with two, another connection takes it at once, and the server flushes
+ * concurrent commits together. More buys little (one WAL flush at a time). */
+#define BATCHERS 2
+#define EXPIRE_BATCH 5000    /* rows per DELETE */
+#define EXPIRE_ROUNDS 40     /* DELETEs per nonces_pg_expire (the sweep comes back) */
+#define MSG_MAX 200
+
+/* One transaction for the table and its index; the advisory lock orders
+ * replicas starting together (CREATE ... IF NOT EXISTS is not safe against
+ * a concurrent CREATE of the same name). A logged table: an unlogged one is
+ * emptied by a server crash, which would forget every nonce. */
+static const char SCHEMA_SQL[] =
+	"BEGIN;"
+	"SET LOCAL client_min_messages = warning;"   /* no "already exists" notices */
+	"SELECT pg_advisory_xact_lock(7262865741106393857);"
+	"CREATE TABLE IF NOT EXISTS coffer_nonces ("
+	" h bytea PRIMARY KEY CHECK (octet_length(h) = 16),"
+	" expires bigint NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS coffer_nonces_expires ON coffer_nonces (expires);"
+	"COMMIT";
+
+/* $1: hashes (hex), $2: their expiries, both sorted by hash; $3: now. A row
+ * comes back for each claim that took its key: a new row, or one whose
+ * expiry had passed. Rows are taken in hash order, the same order in every
+ * replica's batches, so that two batches waiting on each other's rows
+ * cannot deadlock. */
+static const char CLAIM_SQL[] =
+	"INSERT INTO coffer_nonces AS t (h, expires)"
+	" SELECT decode(u.h, 'hex'), u.e FROM unnest($1::text[], $2::int8[]) AS u(h, e)"
+	" ORDER BY u.h"
+	" ON CONFLICT (h) DO UPDATE SET expires = EXCLUDED.expires WHERE t.expires <= $3"
+	" RETURNING encode(t.h, 'hex')";
+
+/* The outer "expires <= $1" is re-checked on a row that a concurrent claim
+ * has just renewed, which then stays. */
+static const char EXPIRE_SQL[] =
+	"DELETE FROM coffer_nonces WHERE h IN (SELECT h FROM coffer_nonces"
+	" WHERE expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) AND expires <= $1";
+
+/* A claim's answer, set by the batcher; the caller turns it into a status
+ * (the detail text is per thread). */
+enum verdict { V_TAKEN, V_FRESH, V_FAILED };
+
+struct claim {
+	uint8_t h[16];
+	char hex[33];
+	int64_t expires, now;
+	enum verdict v;
+	int done;
+	char msg[MSG_MAX];       /* with V_FAILED */
+	struct claim *next;
+};
+
+/* A batcher: a thread and its connection (pipeline mode; only it uses it). */
+struct batcher {
+	struct nonces_pg *p;
+	pthread_t thr;
+	int started;
+	PGconn *conn;
+	int64_t warned;                  /* when a failed batch was last logged */
+	char hexes[BATCH_MAX * 33 + 3];  /* the statement's array literals */
+	char exps[BATCH_MAX * 21 + 3];
+};
+
+struct nonces_pg {
+	char *dsn;
+	pthread_mutex_t mu;
+	pthread_cond_t work, answered;
+	struct claim *head, **tail;
+	int stop;
+	uint64_t batches, items;
+	struct batcher bt[BATCHERS];
+	pthread_mutex_t xmu;
+	PGconn *xconn;           /* the expiry sweep's */
+};
+
+/* prefix, then libpq's text on one line without its trailing newline. */
+static void
+pq_text(const char *prefix, const char *s, char *out, size_t len)
+{
+	size_t plen = (size_t)snprintf(out, len, "%s", prefix), k = plen;
+
+	if (k >= len)
+		return;
+	for (; s != NULL && *s != '\0' && k + 1 < len; s++) {
+		int space = *s == '\n' || *s == '\r' || *s == '\t' || *s == ' ';
+
+		if (!space)
+			out[k++] = *s;
+		else if (k > plen && out[k - 1] != ' ')
+			out[k++] = ' ';
+	}
+	while (k > plen && out[k - 1] == ' ')
+		k--;
+	out[k] = '\0';
+	if (k == plen)
+		snprintf(out + k, len - k, "no detail from libpq");
+}
+
+/* A connection with the table in place, or NULL with msg set (a message
+ * for "nonce record: %s"). */
+static PGconn *
+connect_db(const char *dsn, int pipeline, char *msg, size_t len)
+{
+	/* Defaults the configured string may override (it is expanded last):
+	 * a server that does not answer must not hold a call for minutes. */
+	static const char *const keys[] = {
+		"connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
+		"keepalives_count", "application_name", "dbname", NULL,
+	};
+	const char *vals[] = { "5", "10000", "10", "3", "3", "cofferd nonces", dsn, NULL };
+	PGconn *c = PQconnectdbParams(keys, vals, 1);
+	PGresult *res;
+
+	if (c == NULL) {
+		snprintf(msg, len, "PostgreSQL unreachable: out of memory");
+		return NULL;
+	}
+	if (PQstatus(c) != CONNECTION_OK) {
+		pq_text("PostgreSQL unreachable: ", PQerrorMessage(c), msg, len);
+		PQfinish(c);
+		return NULL;
+	}
+	res = PQexec(c, SCHEMA_SQL);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		pq_text("PostgreSQL cannot create table coffer_nonces: ", PQerrorMessage(c), msg,
+			len);
+		goto fail;
+	}
+	PQclear(res);
+	res = NULL;
+	if (pipeline) {
+		res = PQprepare(c, "claim", CLAIM_SQL, 3, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK || PQenterPipelineMode(c) != 1) {
+			pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
+			goto fail;
+		}
+		PQclear(res);
+	}
+	return c;
+fail:
+	PQclear(res);
+	PQfinish(c);
+	return NULL;
+}
+
+/* An idle connection with something to read was closed by the server (a
+ * shutdown or restart sends its notice, then EOF): never send a batch into
+ * it, since a claim written to a dying connection has an unknown outcome. */
+static int
+conn_usable(PGconn *c)
+{
+	struct pollfd pfd = { .fd = PQsocket(c), .events = POLLIN };
+
+	return PQstatus(c) == CONNECTION_OK && pfd.fd >= 0 && poll(&pfd, 1, 0) == 0;
+}
+
+static int
+claim_cmp(const void *a, const void *b)
+{
+	return memcmp((*(struct claim *const *)a)->h, (*(struct claim *const *)b)->h, 16);
+}
+
+static int
+hex_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, (*(struct claim *const *)elem)->hex);
+}
+
+/* Send the unique claims b[0..k) (sorted) as one transaction. 1: committed,
+ * b[i]->v set; 0: not committed, msg set, *retry if the server rolled it
+ * back for a conflict that a new attempt resolves (deadlock, serialization). */
+static int
+send_batch(struct batcher *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
+{
+	const char *vals[3];
+	char now[24];
+	char *h = p->hexes, *e = p->exps;
+	int64_t mn = b[0]->now;
+	int committed = 0, step;
+	PGresult *res;
+
+	*retry = 0;
+	msg[0] = '\0';
+	*h++ = '{';
+	*e++ = '{';
+	for (size_t i = 0; i < k; i++) {
+		/* Claims of one batch were made within a few ms: the earliest
+		 * "now" reuses no row that any of them would still call live. */
+		if (b[i]->now < mn)
+			mn = b[i]->now;
+		h += sprintf(h, "%s%s", i ? "," : "", b[i]->hex);
+		e += sprintf(e, "%s%lld", i ? "," : "", (long long)b[i]->expires);
+		b[i]->v = V_TAKEN;
+	}
+	strcpy(h, "}");
+	strcpy(e, "}");
+	snprintf(now, sizeof(now), "%lld", (long long)mn);
+	vals[0] = p->hexes;
+	vals[1] = p->exps;
+	vals[2] = now;
+	if (PQsendQueryParams(p->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+	    PQsendQueryPrepared(p->conn, "claim", 3, vals, NULL, NULL, 0) != 1 ||
+	    PQsendQueryParams(p->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+	    PQpipelineSync(p->conn) != 1) {
+		pq_text("PostgreSQL unreachable: ", PQerrorMessage(p->conn), msg, len);
+		return 0;
+	}
+	/* Three results (each ends with NULL), then the Sync's. */
+	for (step = 0; step < 3; step++) {
+		while ((res = PQgetResult(p->conn)) != NULL) {
+			ExecStatusType st = PQresultStatus(res);
+
+			if (step == 1 && st == PGRES_TUPLES_OK) {
+				for (int row = 0; row < PQntuples(res); row++) {
+					struct claim **c = bsearch(PQgetvalue(res, row, 0), b, k,
+								   sizeof(*b), hex_cmp);
+
+					if (c != NULL)
+						(*c)->v = V_FRESH;
+				}
+			} else if (step == 2 && st == PGRES_COMMAND_OK) {
+				committed = 1;
+			} else if (st == PGRES_FATAL_ERROR && msg[0] == '\0') {
+				const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+				pq_text("PostgreSQL error: ", PQresultErrorMessage(res), msg, len);
+				*retry = state != NULL && strncmp(state, "40", 2) == 0;
+			}
+			PQclear(res);
+			if (PQstatus(p->conn) != CONNECTION_OK)
+				break;
+		}
+		if (PQstatus(p->conn) != CONNECTION_OK)
+			break;
+	}
+	if (PQstatus(p->conn) == CONNECTION_OK) {
+		res = PQgetResult(p->conn);
+		if (PQresultStatus(res) != PGRES_PIPELINE_SYNC && msg[0] == '\0')
+			snprintf(msg, len, "PostgreSQL error: the pipeline lost its sync");
+		PQclear(res);
+	}
+	if (PQstatus(p->conn) != CONNECTION_OK) {
+		pq_text("PostgreSQL unreachable: ", PQerrorMessage(p->conn), msg, len);
+		*retry = 0;
+		return 0;
+	}
+	if (!committed && msg[0] == '\0')
+		snprintf(msg, len, "PostgreSQL error: COMMIT did not succeed");
+	return committed && msg[0] == '\0';
+}
+
+/* Answer every claim of b[0..k): set v (and msg). */
+static void
+run_batch(struct batcher *p, struct claim **b, size_t k)
+{
+	struct claim *u[BATCH_MAX];
+	char msg[MSG_MAX];
+	size_t nu = 0;
+	int ok = 0, retry = 1;
+
+	qsort(b, k, sizeof(*b), claim_cmp);
+	/* The same nonce twice in one batch: the second is a replay of the
+	 * first whatever the first's fate, and must not reach the statement. */
+	for (size_t i = 0; i < k; i++)
+		if (i == 0 || memcmp(b[i]->h, b[i - 1]->h, 16) != 0)
+			u[nu++] = b[i];
+	for (int attempt = 0; attempt < 3 && !ok && retry; attempt++) {
+		if (p->conn != NULL && !conn_usable(p->conn)) {
+			PQfinish(p->conn);
+			p->conn = NULL;
+		}
+		if (p->conn == NULL &&
+		    (p->conn = connect_db(p->p->dsn, 1, msg, sizeof(msg))) == NULL)
+			break;
+		ok = send_batch(p, u, nu, msg, sizeof(msg), &retry);
+		if (!ok) {
+			/* Whatever went wrong, the next batch starts on a clean
+			 * connection rather than one in an unknown pipeline state. */
+			PQfinish(p->conn);
+			p->conn = NULL;
+		}
+	}
+	if (!ok) {
+		/* One line in 10 s: a flood of refused calls is no flood of lines. */
+		if (b[0]->now - p->warned >= 10) {
+			cf_log_warn("nonce record: %s", msg);
+			p->warned = b[0]->now;
+		}
+	}
+	for (size_t i = 0, j = 0; i < k; i++) {
+		if (!ok) {
+			b[i]->v = V_FAILED;
+			snprintf(b[i]->msg, sizeof(b[i]->msg), "%s", msg);
+		} else if (j < nu && u[j] == b[i]) {
+			j++;
+		} else {
+			b[i]->v = V_TAKEN;   /* a duplicate within the batch */
+		}
+	}
+}
+
+static void *
+batcher(void *arg)
+{
+	struct batcher *t = arg;
+	struct nonces_pg *p = t->p;
+	struct claim *b[BATCH_MAX];
+
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		size_t k = 0;
+
+		while (p->head == NULL && !p->stop)
+			pthread_cond_wait(&p->work, &p->mu);
+		if (p->head == NULL)
+			break;
+		while (p->head != NULL && k < BATCH_MAX) {
+			b[k++] = p->head;
+			p->head = p->head->next;
+		}
+		if (p->head == NULL)
+			p->tail = &p->head;
+		pthread_mutex_unlock(&p->mu);
+		run_batch(t, b, k);
+		pthread_mutex_lock(&p->mu);
+		for (size_t i = 0; i < k; i++)
+			b[i]->done = 1;
+		p->batches++;
+		p->items += k;
+		pthread_cond_broadcast(&p->answered);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+int
+nonces_pg_open(const char *dsn, struct nonces_pg **out)
+{
+	struct nonces_pg *p = calloc(1, sizeof(*p));
+	char msg[MSG_MAX];
+	int r;
+
+	if (p == NULL)
+		return cf_nomem();
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_mutex_init(&p->xmu, NULL);
+	pthread_cond_init(&p->work, NULL);
+	pthread_cond_init(&p->answered, NULL);
+	p->tail = &p->head;
+	if ((p->dsn = strdup(dsn)) == NULL) {
+		r = cf_nomem();
+		goto fail;
+	}
+	if ((p->xconn = connect_db(dsn, 0, msg, sizeof(msg))) == NULL) {
+		r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
+		goto fail;
+	}
+	for (int i = 0; i < BATCHERS; i++) {
+		struct batcher *t = &p->bt[i];
+
+		t->p = p;
+		if ((t->conn = connect_db(dsn, 1, msg, sizeof(msg))) == NULL) {
+			r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
+			goto fail;
+		}
+		if (pthread_create(&t->thr, NULL, batcher, t) != 0) {
+			r = cf_error(CF_E_INTERNAL, "nonce record: cannot start a batcher thread");
+			goto fail;
+		}
+		t->started = 1;
+	}
+	*out = p;
+	return CF_OK;
+fail:
+	nonces_pg_close(p);
+	return r;
+}
+
+void
+nonces_pg_close(struct nonces_pg *p)
+{
+	if (p == NULL)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	pthread_cond_broadcast(&p->work);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < BATCHERS; i++) {
+		if (p->bt[i].started)
+			pthread_join(p->bt[i].thr, NULL);
+		PQfinish(p->bt[i].conn);
+	}
+	PQfinish(p->xconn);
+	free(p->dsn);
+	pthread_cond_destroy(&p->work);
+	pthread_cond_destroy(&p->answered);
+	pthread_mutex_destroy(&p->mu);
+	pthread_mutex_destroy(&p->xmu);
+	free(p);
+}
+
+int
+nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64_t now)
+{
+	static const char digits[] = "0123456789abcdef";
+	struct claim c;
+
+	memset(&c, 0, sizeof(c));
+	memcpy(c.h, h, 16);
+	for (int i = 0; i < 16; i++) {
+		c.hex[2 * i] = digits[h[i] >> 4];
+		c.hex[2 * i + 1] = digits[h[i] & 15];
+	}
+	c.expires = expires;
+	c.now = now;
+	pthread_mutex_lock(&p->mu);
+	*p->tail = &c;
+	p->tail = &c.next;
+	pthread_cond_signal(&p->work);
+	while (!c.done)
+		pthread_cond_wait(&p->answered, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+	if (c.v == V_FRESH)
+		return CF_OK;
+	if (c.v == V_TAKEN)
+		return cf_error(CF_E_EXISTS, "nonce already used: every call needs a new one");
+	return cf_error(CF_E_UNAVAILABLE, "nonce record: %s", c.msg);
+}
+
+int
+nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
+{
+	char msg[MSG_MAX], v[24], lim[24];
+	const char *vals[2] = { v, lim };
+	int r = CF_OK;
+
+	*deleted = 0;
+	snprintf(v, sizeof(v), "%lld", (long long)now);
+	snprintf(lim, sizeof(lim), "%d", EXPIRE_BATCH);
+	pthread_mutex_lock(&p->xmu);
+	if (p->xconn != NULL && !conn_usable(p->xconn)) {
+		PQfinish(p->xconn);
+		p->xconn = NULL;
+	}
+	if (p->xconn == NULL && (p->xconn = connect_db(p->dsn, 0, msg, sizeof(msg))) == NULL) {
+		r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
+		goto out;
+	}
+	/* Each DELETE its own short transaction: never a long lock on rows a
+	 * claim may want to renew. */
+	for (int round = 0; round < EXPIRE_ROUNDS; round++) {
+		PGresult *res = PQexecParams(p->xconn, EXPIRE_SQL, 2, NULL, vals, NULL, NULL, 0);
+		unsigned long got;
+
+		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+			int up = PQstatus(p->xconn) == CONNECTION_OK;
+
+			pq_text(up ? "PostgreSQL error: " : "PostgreSQL unreachable: ",
+				PQerrorMessage(p->xconn), msg, sizeof(msg));
+			r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
+			PQclear(res);
+			PQfinish(p->xconn);
+			p->xconn = NULL;
+			goto out;
+		}
+		got = strtoul(PQcmdTuples(res), NULL, 10);
+		PQclear(res);
+		*deleted += got;
+		if (got < EXPIRE_BATCH)
+			break;
+	}
+out:
+	pthread_mutex_unlock(&p->xmu);
+	return r;
+}
+
+void
+nonces_pg_stats(struct nonces_pg *p, uint64_t *batches, uint64_t *items)
+{
+	pthread_mutex_lock(&p->mu);
+	*batches = p->batches;
+	*items = p->items;
+	pthread_mutex_unlock(&p->mu);
+}

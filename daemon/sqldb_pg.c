@@ -1,0 +1,393 @@
+/* sqldb on PostgreSQL (libpq): the state a fleet of replicas shares. One
+ * connection; a lost one is re-established by the next call (sqldb_ready,
+ * sqldb_begin), never by a restart. */
+#include "sqldb_pg.h"
+#include "sqldb_internal.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include "cf_log.h"
+#include "cf_status.h"
+
+/* Type OIDs of the parameters we send (pg_type.h). */
+#define OID_BYTEA 17
+#define OID_INT8 20
+#define OID_TEXT 25
+#define OID_FLOAT8 701
+
+struct pg {
+	struct sqldb base;
+	PGconn *c;
+	int64_t changes;
+	int need_reset;          /* the connection failed: reconnect before the next use */
+	int up;                  /* sqldb_healthy's last answer */
+	struct timespec checked; /* when sqldb_healthy last asked the server */
+};
+
+struct pg_stmt {
+	struct sqldb_stmt base;
+	PGresult *res;
+	int row, nrows;
+	unsigned char *blob;     /* the last bytea column read (PQunescapeBytea) */
+};
+
+/* Notices ("relation already exists, skipping") are not ours to print. */
+static void
+pg_quiet(void *arg, const char *message)
+{
+	(void)arg, (void)message;
+}
+
+/* The outcome of a statement; a failure's text recorded. Takes res. */
+static int
+pg_outcome(struct pg *q, PGresult *res)
+{
+	ExecStatusType es = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? PQresultErrorMessage(res) : "";
+	int rc;
+
+	if (es == PGRES_COMMAND_OK || es == PGRES_TUPLES_OK) {
+		const char *n = PQcmdTuples(res);
+
+		q->changes = n[0] ? strtoll(n, NULL, 10) : 0;
+		PQclear(res);
+		return SQLDB_OK;
+	}
+	if (msg == NULL || msg[0] == '\0')
+		msg = PQerrorMessage(q->c);
+	/* Class 08: connection exceptions; 57P01..57P03: the server shut down. */
+	if (PQstatus(q->c) != CONNECTION_OK ||
+	    (state != NULL && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0)))
+		rc = SQLDB_LOST;
+	else if (state != NULL && strncmp(state, "23", 2) == 0)
+		rc = SQLDB_CONSTRAINT;
+	else
+		rc = SQLDB_ERROR;
+	rc = sqldb_fail(&q->base, rc, "%s", msg);
+	PQclear(res);
+	if (rc == SQLDB_LOST) {
+		if (!q->need_reset)
+			cf_log_warn("state store: lost the connection to PostgreSQL: %s",
+				    q->base.err);
+		q->need_reset = 1;
+	}
+	return rc;
+}
+
+static void
+pg_close(sqldb *db)
+{
+	struct pg *q = (struct pg *)db;
+
+	PQfinish(q->c);
+	free(q);
+}
+
+static int
+pg_exec(sqldb *db, const char *sql)
+{
+	struct pg *q = (struct pg *)db;
+
+	return pg_outcome(q, PQexec(q->c, sql));
+}
+
+/* `?` -> $1, $2 ... outside quoted strings and identifiers. */
+static char *
+pg_numbered(const char *sql, int np, int *found)
+{
+	size_t len = strlen(sql);
+	char *out = malloc(len + 4 * (size_t)np + 1), *o = out;
+	char quote = 0;
+	int n = 0;
+
+	if (out == NULL)
+		return NULL;
+	for (const char *p = sql; *p; p++) {
+		if (quote != 0) {
+			if (*p == quote)
+				quote = 0;
+		} else if (*p == '\'' || *p == '"') {
+			quote = *p;
+		} else if (*p == '?' && n < np) {
+			o += sprintf(o, "$%d", ++n);
+			continue;
+		} else if (*p == '?') {
+			n++;
+		}
+		*o++ = *p;
+	}
+	*o = '\0';
+	*found = n;
+	return out;
+}
+
+static int
+pg_query(sqldb *db, const char *sql, const struct sqldb_param *p, int np, sqldb_stmt **out)
+{
+	struct pg *q = (struct pg *)db;
+	char num[SQLDB_MAX_PARAMS][32];
+	const char *values[SQLDB_MAX_PARAMS];
+	int lengths[SQLDB_MAX_PARAMS], formats[SQLDB_MAX_PARAMS];
+	Oid types[SQLDB_MAX_PARAMS];
+	struct pg_stmt *s = NULL;
+	PGresult *res;
+	char *text;
+	int n = 0, rc;
+
+	if ((text = pg_numbered(sql, np, &n)) == NULL)
+		return sqldb_fail(db, SQLDB_ERROR, "out of memory");
+	if (n != np) {
+		free(text);
+		return sqldb_fail(db, SQLDB_ERROR, "%d placeholders for %d parameters", n, np);
+	}
+	for (int i = 0; i < np; i++) {
+		lengths[i] = 0;
+		formats[i] = 0;
+		switch (p[i].type) {
+		case 'i':
+			snprintf(num[i], sizeof(num[i]), "%" PRId64, p[i].i);
+			values[i] = num[i];
+			types[i] = OID_INT8;
+			break;
+		case 'd':
+			snprintf(num[i], sizeof(num[i]), "%.17g", p[i].d);
+			values[i] = num[i];
+			types[i] = OID_FLOAT8;
+			break;
+		case 't':
+			values[i] = p[i].t;
+			types[i] = OID_TEXT;
+			break;
+		default:
+			/* A NULL value would be SQL NULL, not the empty blob. */
+			values[i] = p[i].b ? (const char *)p[i].b : "";
+			lengths[i] = (int)p[i].blen;
+			formats[i] = 1;
+			types[i] = OID_BYTEA;
+		}
+	}
+	res = PQexecParams(q->c, text, np, types, values, lengths, formats, 0);
+	free(text);
+	if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
+		if ((s = calloc(1, sizeof(*s))) == NULL) {
+			PQclear(res);
+			return sqldb_fail(db, SQLDB_ERROR, "out of memory");
+		}
+		s->base.db = db;
+		s->res = res;
+		s->row = -1;
+		s->nrows = PQntuples(res);
+		q->changes = s->nrows;
+		*out = &s->base;
+		return SQLDB_OK;
+	}
+	if ((rc = pg_outcome(q, res)) != SQLDB_OK)
+		return rc;
+	/* A statement without rows: an empty result to step through. */
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return sqldb_fail(db, SQLDB_ERROR, "out of memory");
+	s->base.db = db;
+	s->row = -1;
+	*out = &s->base;
+	return SQLDB_OK;
+}
+
+static int
+pg_step(sqldb_stmt *st)
+{
+	struct pg_stmt *s = (struct pg_stmt *)st;
+
+	if (s->row + 1 >= s->nrows) {
+		s->row = s->nrows;
+		return SQLDB_DONE;
+	}
+	s->row++;
+	return SQLDB_ROW;
+}
+
+static const char *
+pg_col_text(sqldb_stmt *st, int col)
+{
+	struct pg_stmt *s = (struct pg_stmt *)st;
+
+	if (s->res == NULL || s->row < 0 || s->row >= s->nrows || col >= PQnfields(s->res) ||
+	    PQgetisnull(s->res, s->row, col))
+		return NULL;
+	return PQgetvalue(s->res, s->row, col);
+}
+
+static int64_t
+pg_col_int64(sqldb_stmt *st, int col)
+{
+	const char *v = pg_col_text(st, col);
+
+	return v ? strtoll(v, NULL, 10) : 0;
+}
+
+static double
+pg_col_double(sqldb_stmt *st, int col)
+{
+	const char *v = pg_col_text(st, col);
+
+	return v ? strtod(v, NULL) : 0;
+}
+
+static const void *
+pg_col_blob(sqldb_stmt *st, int col, size_t *len)
+{
+	struct pg_stmt *s = (struct pg_stmt *)st;
+	const char *v = pg_col_text(st, col);
+
+	PQfreemem(s->blob);
+	s->blob = NULL;
+	*len = 0;
+	if (v == NULL || (s->blob = PQunescapeBytea((const unsigned char *)v, len)) == NULL) {
+		*len = 0;
+		return NULL;
+	}
+	return s->blob;
+}
+
+static void
+pg_finalize(sqldb_stmt *st)
+{
+	struct pg_stmt *s = (struct pg_stmt *)st;
+
+	PQfreemem(s->blob);
+	PQclear(s->res);
+	free(s);
+}
+
+static int64_t
+pg_changes(sqldb *db)
+{
+	return ((struct pg *)db)->changes;
+}
+
+static int
+pg_ready(sqldb *db)
+{
+	struct pg *q = (struct pg *)db;
+
+	if (PQstatus(q->c) == CONNECTION_OK && !q->need_reset)
+		return CF_OK;
+	PQreset(q->c);
+	if (PQstatus(q->c) != CONNECTION_OK) {
+		q->need_reset = 1;
+		sqldb_fail(db, SQLDB_LOST, "%s", PQerrorMessage(q->c));
+		return cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL unreachable: %s",
+				db->err);
+	}
+	q->need_reset = 0;
+	cf_log_info("state store: reconnected to PostgreSQL");
+	return CF_OK;
+}
+
+static int
+pg_begin(sqldb *db, int write)
+{
+	const char *sql = write ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+	int rc = pg_exec(db, sql);
+
+	/* A connection that died while idle (the server restarted between two
+	 * calls) is only found here; nothing of this call was sent yet. */
+	if (rc == SQLDB_LOST && pg_ready(db) == CF_OK)
+		rc = pg_exec(db, sql);
+	return rc;
+}
+
+static int
+pg_commit(sqldb *db)
+{
+	return pg_exec(db, "COMMIT");
+}
+
+static void
+pg_rollback(sqldb *db)
+{
+	struct pg *q = (struct pg *)db;
+
+	if (PQstatus(q->c) == CONNECTION_OK && PQtransactionStatus(q->c) != PQTRANS_IDLE)
+		PQclear(PQexec(q->c, "ROLLBACK"));
+}
+
+static int
+pg_notify(sqldb *db, const char *channel, const char *payload)
+{
+	return sqldb_run(db, "SELECT pg_notify(?, ?)", "tt", channel, payload);
+}
+
+static int
+pg_check(sqldb *db)
+{
+	(void)db;
+	return CF_OK;
+}
+
+static int
+pg_healthy(sqldb *db)
+{
+	struct pg *q = (struct pg *)db;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (now.tv_sec - q->checked.tv_sec < 1 && q->checked.tv_sec != 0)
+		return q->up;
+	q->checked = now;
+	q->up = pg_ready(db) == CF_OK && pg_exec(db, "SELECT 1") == SQLDB_OK;
+	return q->up;
+}
+
+static const struct sqldb_ops pg_ops = {
+	.close = pg_close,
+	.exec = pg_exec,
+	.query = pg_query,
+	.step = pg_step,
+	.col_int64 = pg_col_int64,
+	.col_double = pg_col_double,
+	.col_text = pg_col_text,
+	.col_blob = pg_col_blob,
+	.finalize = pg_finalize,
+	.changes = pg_changes,
+	.begin = pg_begin,
+	.commit = pg_commit,
+	.rollback = pg_rollback,
+	.notify = pg_notify,
+	.ready = pg_ready,
+	.check = pg_check,
+	.healthy = pg_healthy,
+};
+
+int
+sqldb_open_pg(const char *conninfo, sqldb **out)
+{
+	struct pg *q;
+	int r;
+
+	if ((q = calloc(1, sizeof(*q))) == NULL)
+		return cf_nomem();
+	q->base.ops = &pg_ops;
+	q->base.backend = SQLDB_POSTGRESQL;
+	q->up = 1;
+	if ((q->c = PQconnectdb(conninfo)) == NULL) {
+		free(q);
+		return cf_nomem();
+	}
+	PQsetNoticeProcessor(q->c, pg_quiet, NULL);
+	if (PQstatus(q->c) != CONNECTION_OK) {
+		sqldb_fail(&q->base, SQLDB_LOST, "%s", PQerrorMessage(q->c));
+		r = cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL unreachable: %s",
+			     q->base.err);
+		pg_close(&q->base);
+		return r;
+	}
+	*out = &q->base;
+	return CF_OK;
+}
