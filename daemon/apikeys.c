@@ -264,7 +264,7 @@ apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 {
 	apikeys *a = calloc(1, sizeof(*a));
 	struct load_ctx c = { a, report, mismatches };
-	int r;
+	int shared, r;
 
 	if (a == NULL)
 		return cf_nomem();
@@ -281,13 +281,21 @@ apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 		pthread_rwlock_init(&a->lk, &at);
 		pthread_rwlockattr_destroy(&at);
 	}
+	/* Under the fleet's change lock: an object no record claims is then
+	 * not another replica's secret on its way to being recorded. */
+	if ((r = store_change_begin(st, &shared)) != CF_OK) {
+		apikeys_close(a);
+		return r;
+	}
 	if ((r = store_apikeys_load(st, load_one, &c)) != CF_OK ||
 	    (r = store_signed_load(st, load_sticky, a)) != CF_OK ||
 	    (r = cf_p11_key_list(p11, reconcile_one, &c)) != CF_OK ||
 	    (r = index_signers(a, NULL)) != CF_OK) {
+		store_change_end(st);
 		apikeys_close(a);
 		return r;
 	}
+	store_change_end(st);
 	*out = a;
 	return CF_OK;
 }
@@ -308,6 +316,134 @@ apikeys_close(apikeys *a)
 	pthread_rwlock_destroy(&a->lk);
 	pthread_mutex_destroy(&a->admin);
 	free(a);
+}
+
+/* ---- another replica's changes (fleet.h) ---- */
+
+/* A record as read back, without handles yet. */
+static int
+collect_one(const struct store_apikey *rec, void *arg)
+{
+	apikeys *fresh = arg;
+	struct entry *e = calloc(1, sizeof(*e));
+	int r;
+
+	if (e == NULL)
+		return cf_nomem();
+	e->rec = *rec;
+	if ((r = reserve(fresh)) != CF_OK) {
+		free(e);
+		return r;
+	}
+	fresh->e[fresh->n++] = e;   /* the store returns them by id */
+	return CF_OK;
+}
+
+static void
+drop_table(apikeys *t, int close_handles)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		for (uint32_t j = 0; close_handles && j < t->e[i]->rec.nsecrets; j++)
+			cf_p11_key_free(t->e[i]->k[j]);
+		free(t->e[i]);
+	}
+	free(t->e);
+	free(t->signers);
+	free(t->sticky);
+}
+
+/* Replace the table with the store's (admin mutex held): a secret this
+ * replica already had open keeps its handle, a new one is opened, one that
+ * is gone is let go (the replica that retired it destroyed its object). */
+static int
+refresh_locked(apikeys *a)
+{
+	apikeys fresh;
+	char name[CF_KEY_NAME_MAX + 1];
+	int r;
+
+	memset(&fresh, 0, sizeof(fresh));
+	if ((r = store_apikeys_load(a->st, collect_one, &fresh)) != CF_OK ||
+	    (r = store_signed_load(a->st, load_sticky, &fresh)) != CF_OK)
+		goto fail;
+	qsort(fresh.e, fresh.n, sizeof(*fresh.e), entry_cmp);
+	for (size_t i = 0; i < fresh.n; i++) {
+		struct entry *ne = fresh.e[i], *old = find(a, ne->rec.id);
+
+		object_name(ne->rec.id, name);
+		for (uint32_t j = 0; j < ne->rec.nsecrets; j++) {
+			uint32_t gen = ne->rec.secrets[j].generation;
+
+			for (uint32_t m = 0; old != NULL && m < old->rec.nsecrets; m++)
+				if (old->rec.secrets[m].generation == gen && old->k[m] != NULL) {
+					ne->k[j] = old->k[m];
+					old->k[m] = NULL;   /* moved */
+				}
+			if (ne->k[j] == NULL &&
+			    cf_p11_key_open(a->p11, name, gen, &ne->k[j]) != CF_OK) {
+				cf_log_warn("API key %s secret %u: not in the token (unusable): %s",
+					    ne->rec.id, gen, cf_error_detail());
+				ne->k[j] = NULL;
+			}
+		}
+	}
+	pthread_rwlock_wrlock(&a->lk);
+	{
+		apikeys old = *a;
+
+		a->e = fresh.e;
+		a->n = fresh.n;
+		a->cap = fresh.cap;
+		a->sticky = fresh.sticky;
+		a->nsticky = fresh.nsticky;
+		a->capsticky = fresh.capsticky;
+		a->signers = NULL;
+		(void)index_signers(a, NULL);
+		fresh = old;   /* what the table held before: closed below */
+	}
+	pthread_rwlock_unlock(&a->lk);
+	drop_table(&fresh, 1);
+	return CF_OK;
+fail:
+	drop_table(&fresh, 1);
+	return r;
+}
+
+int
+apikeys_refresh(apikeys *a)
+{
+	int r;
+
+	pthread_mutex_lock(&a->admin);
+	r = refresh_locked(a);
+	pthread_mutex_unlock(&a->admin);
+	return r;
+}
+
+/* One change at a time: this process's admin mutex, then the fleet's change
+ * lock; with a shared state, the table re-read under it. */
+static int
+admin_begin(apikeys *a)
+{
+	int shared, r;
+
+	pthread_mutex_lock(&a->admin);
+	if ((r = store_change_begin(a->st, &shared)) != CF_OK) {
+		pthread_mutex_unlock(&a->admin);
+		return r;
+	}
+	if (shared && (r = refresh_locked(a)) != CF_OK) {
+		store_change_end(a->st);
+		pthread_mutex_unlock(&a->admin);
+	}
+	return r;
+}
+
+static void
+admin_end(apikeys *a)
+{
+	store_change_end(a->st);
+	pthread_mutex_unlock(&a->admin);
 }
 
 /* ---- changes ---- */
@@ -409,7 +545,8 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	if (strlen(principal) > STORE_PRINCIPAL_NAME_MAX)
 		return cf_error(CF_E_INVALID_ARG, "principal name too long");
 	memset(&rec, 0, sizeof(rec));
-	pthread_mutex_lock(&a->admin);
+	if ((r = admin_begin(a)) != CF_OK)
+		return r;
 	if (live_keys_of(a, principal) >= APIKEYS_PER_PRINCIPAL) {
 		r = cf_error(CF_E_PRECONDITION, "principal %s already has %d live API keys; "
 			     "revoke one first", principal, APIKEYS_PER_PRINCIPAL);
@@ -446,7 +583,7 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	pthread_rwlock_unlock(&a->lk);
 	*out = rec;
 out:
-	pthread_mutex_unlock(&a->admin);
+	admin_end(a);
 	return r;
 }
 
@@ -462,7 +599,8 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	int r;
 
 	*secret = NULL;
-	pthread_mutex_lock(&a->admin);
+	if ((r = admin_begin(a)) != CF_OK)
+		return r;
 	if ((e = find(a, id)) == NULL) {
 		r = cf_error(CF_E_NOT_FOUND, "no API key %s", id);
 		goto out;
@@ -509,7 +647,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	destroy_handles(gone, ngone, "retired by a rotation without overlap");
 	*out = rec;
 out:
-	pthread_mutex_unlock(&a->admin);
+	admin_end(a);
 	return r;
 }
 
@@ -537,7 +675,8 @@ apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out
 	struct entry *e;
 	int r;
 
-	pthread_mutex_lock(&a->admin);
+	if ((r = admin_begin(a)) != CF_OK)
+		return r;
 	if ((e = find(a, id)) == NULL)
 		r = cf_error(CF_E_NOT_FOUND, "no API key %s", id);
 	else if (e->rec.revoked != 0)
@@ -546,16 +685,17 @@ apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out
 		r = revoke_locked(a, e, now);
 	if (r == CF_OK)
 		*out = e->rec;
-	pthread_mutex_unlock(&a->admin);
+	admin_end(a);
 	return r;
 }
 
 int
 apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now)
 {
-	int r = CF_OK;
+	int r;
 
-	pthread_mutex_lock(&a->admin);
+	if ((r = admin_begin(a)) != CF_OK)
+		return r;
 	for (size_t i = 0; i < a->n && r == CF_OK; i++)
 		if (a->e[i]->rec.revoked == 0 && strcmp(a->e[i]->rec.principal, principal) == 0)
 			r = revoke_locked(a, a->e[i], now);
@@ -567,7 +707,7 @@ apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now)
 		(void)sticky_set_locked(a, principal, 0);
 		pthread_rwlock_unlock(&a->lk);
 	}
-	pthread_mutex_unlock(&a->admin);
+	admin_end(a);
 	return r;
 }
 
@@ -578,13 +718,14 @@ apikeys_set_required(apikeys *a, const char *principal, int on)
 
 	if (strlen(principal) > STORE_PRINCIPAL_NAME_MAX)
 		return cf_error(CF_E_INVALID_ARG, "principal name too long");
-	pthread_mutex_lock(&a->admin);
+	if ((r = admin_begin(a)) != CF_OK)
+		return r;
 	if ((r = store_signed_set(a->st, principal, on)) == CF_OK) {
 		pthread_rwlock_wrlock(&a->lk);
 		r = sticky_set_locked(a, principal, on);
 		pthread_rwlock_unlock(&a->lk);
 	}
-	pthread_mutex_unlock(&a->admin);
+	admin_end(a);
 	return r;
 }
 
@@ -627,7 +768,10 @@ apikeys_get(apikeys *a, const char *id, struct store_apikey *out)
 void
 apikeys_expire(apikeys *a, int64_t now)
 {
-	pthread_mutex_lock(&a->admin);
+	if (admin_begin(a) != CF_OK) {
+		cf_log_warn("API keys: expiry postponed: %s", cf_error_detail());
+		return;
+	}
 	for (size_t i = 0; i < a->n; i++) {
 		struct entry *e = a->e[i];
 		struct store_apikey rec = e->rec;
@@ -654,7 +798,7 @@ apikeys_expire(apikeys *a, int64_t now)
 		cf_log_info("API key %s: %zu old secret(s) past the rotation deadline destroyed",
 			    rec.id, ngone);
 	}
-	pthread_mutex_unlock(&a->admin);
+	admin_end(a);
 }
 
 /* ---- the data path ---- */

@@ -25,6 +25,7 @@
 #include "cf_status.h"
 #include "config.h"
 #include "dispatch.h"
+#include "fleet.h"
 #include "keyring.h"
 #include "listener.h"
 #include "rpc.h"
@@ -263,20 +264,24 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	restart_needed(cur, &n);
 }
 
-/* The state store the configuration names. PostgreSQL: the connection
- * string from [state] dsn or, with its password, from [state] dsn_file
- * (owner-only, like the PIN file), held in locked memory until connected;
- * rows of this replica carry [state] replica. SQLite holds one daemon's
- * state: its rows carry no replica name. */
+/* The state the configuration names. SQLite: the store in state_dir (its rows
+ * carry no replica name) and the nonce record's file there. PostgreSQL: the
+ * store, the fleet's coordination (fleet.h) and the shared nonce record, all
+ * on the connection string from [state] dsn or, with its password, from
+ * [state] dsn_file (owner-only, like the PIN file), held in locked memory
+ * until each has connected (libpq keeps its own copy to reconnect). */
 static int
-open_store(const struct cofferd_config *cfg, store **out)
+open_state(const struct cofferd_config *cfg, store **st, fleet **fl, nonces **nn)
 {
 	struct store_options so = { .backend = cfg->state_backend, .dir = cfg->state_dir };
 	cf_secret *file = NULL, *dsn = NULL;
 	int r;
 
-	if (cfg->state_backend != STORE_POSTGRESQL)
-		return store_open_with(&so, out);
+	if (cfg->state_backend != STORE_POSTGRESQL) {
+		if ((r = store_open_with(&so, st)) != CF_OK)
+			return r;
+		return nonces_open(cfg->state_dir, cfg->max_nonces, nn);
+	}
 	so.replica = cfg->replica;
 	so.dsn = cfg->state_dsn;
 	if (cfg->state_dsn_file[0] != '\0') {
@@ -292,7 +297,12 @@ open_store(const struct cofferd_config *cfg, store **out)
 		}
 		so.dsn = (const char *)cf_secret_cptr(dsn);
 	}
-	r = store_open_with(&so, out);
+	if ((r = store_open_with(&so, st)) != CF_OK ||
+	    (r = fleet_open(so.dsn, cfg->replica, fl)) != CF_OK ||
+	    (r = nonces_open_pg(so.dsn, cfg->max_nonces, nn)) != CF_OK)
+		goto out;
+	/* Changes to keys, principals and API keys: one at a time in the fleet. */
+	store_set_change_lock(*st, fleet_lock, fleet_unlock, *fl);
 out:
 	cf_secret_free(file);
 	cf_secret_free(dsn);
@@ -356,6 +366,47 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 		(void)audit_record(ln->au, &ev);
 }
 
+/* What a replica hears of another's change (fleet.h): the part of its
+ * memory that the change touched is re-read from the store. */
+struct replica {
+	keyring *kr;
+	policy *pol;
+	apikeys *ak;
+};
+
+static void
+replica_changed(const char *kind, const char *name, void *arg)
+{
+	struct replica *rp = arg;
+	int r = CF_OK;
+
+	if (strcmp(kind, "key") == 0)
+		r = keyring_refresh(rp->kr, name);
+	else if (strcmp(kind, "principal") == 0)
+		r = policy_refresh(rp->pol);
+	else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0)
+		r = apikeys_refresh(rp->ak);
+	if (r != CF_OK)
+		cf_log_error("fleet: re-reading %s %s after another replica's change: %s", kind,
+			     name, cf_error_detail());
+}
+
+static void
+replica_resync(void *arg)
+{
+	struct replica *rp = arg;
+
+	if (keyring_refresh(rp->kr, NULL) != CF_OK || policy_refresh(rp->pol) != CF_OK ||
+	    apikeys_refresh(rp->ak) != CF_OK)
+		cf_log_error("fleet: re-reading the registry: %s", cf_error_detail());
+}
+
+static int
+replica_alive(void *arg, const char *owner, int *alive)
+{
+	return fleet_alive(arg, owner, alive);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -371,11 +422,13 @@ main(int argc, char **argv)
 	audit *au = NULL;
 	idem *idm = NULL;
 	nonces *nn = NULL;
+	fleet *fl = NULL;
+	struct replica rp = { NULL, NULL, NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	sigset_t sigs;
 	unsigned mismatches = 0;
-	int sig = 0, r, status = 1, grpc_up = 0;
+	int sig = 0, r, status = 1, grpc_up = 0, lead;
 
 	harden();
 	cf_crashpoint_init();
@@ -414,15 +467,16 @@ main(int argc, char **argv)
 		cf_log_error("state directory %s: %s", cfg.state_dir, strerror(errno));
 		goto out;
 	}
-	if ((r = open_store(&cfg, &st)) != CF_OK ||
+	if ((r = open_state(&cfg, &st, &fl, &nn)) != CF_OK ||
 	    (r = keyring_open(p11, st, &cfg.keys, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
 	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
-	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK ||
-	    (r = nonces_open(cfg.state_dir, cfg.max_nonces, &nn)) != CF_OK) {
+	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
 	}
+	if (fl != NULL)
+		idem_set_owner(idm, fleet_incarnation(fl), replica_alive, fl);
 	/* Each API key's share of the nonce record (its own limit, not the whole). */
 	nonces_set_scope_max(nn, cfg.max_nonces_per_key ? cfg.max_nonces_per_key
 							: cfg.max_nonces / 8);
@@ -464,6 +518,17 @@ main(int argc, char **argv)
 		cf_log_error("rpc: %s", cf_error_detail());
 		goto out;
 	}
+	if (fl != NULL) {
+		struct fleet_hooks hooks = { replica_changed, replica_resync, &rp };
+
+		rp.kr = kr;
+		rp.pol = pol;
+		rp.ak = ak;
+		if ((r = fleet_start(fl, &hooks)) != CF_OK) {
+			cf_log_error("fleet: %s", cf_error_detail());
+			goto out;
+		}
+	}
 	cf_log_info("ready: service %s, admin %s, token %s, state %s%s", cfg.service_path,
 		    cfg.admin_path, cfg.token_uri, cfg.state_backend == STORE_POSTGRESQL ?
 		    "PostgreSQL, replica " : "SQLite in ", cfg.state_backend == STORE_POSTGRESQL ?
@@ -482,13 +547,18 @@ main(int argc, char **argv)
 			reload(argc, argv, &cfg, ls, srv);
 		/* Failing closed on the audit trail: nothing irreversible that
 		 * could not be recorded either; the work waits until it can. */
+		/* In a fleet, the shared scheduled work is the lease holder's. */
+		lead = fl == NULL || fleet_leader(fl);
 		if (au == NULL || audit_healthy(au)) {
-			keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
+			if (lead)
+				keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
 			(void)audit_flush_outbox(au);
 		}
 		if (n % 5 != 0)
 			continue;
 		session_expire(sm);
+		if (!lead)
+			continue;
 		nonces_expire(nn, (int64_t)time(NULL));
 		apikeys_expire(ak, (int64_t)time(NULL));
 		idem_expire(idm, (int64_t)time(NULL));
@@ -500,6 +570,8 @@ out:
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
 	session_mgr_close(sm);
+	/* Its thread calls into the registry: stopped before that closes. */
+	fleet_close(fl);
 	audit_close(au);
 	policy_close(pol);
 	apikeys_close(ak);

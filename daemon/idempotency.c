@@ -6,7 +6,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <unistd.h>
+
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <openssl/evp.h>
 
 #include "cf_crashpoint.h"
@@ -23,20 +26,64 @@ struct running {
 struct idem {
 	store *st;
 	unsigned retention;
+	char self[STORE_OWNER_MAX + 1];   /* this process's incarnation */
+	int (*alive)(void *arg, const char *owner, int *alive);
+	void *alive_arg;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;       /* a running call finished */
 	struct running *run;
 };
 
+#define IDEM_POLL_MS 20   /* re-reading a record another replica is running */
+
+static int64_t
+now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Without a fleet: a pending record is running only if this process holds it. */
+static int
+alone_alive(void *arg, const char *owner, int *alive)
+{
+	idem *i = arg;
+
+	*alive = strcmp(owner, i->self) == 0;
+	return CF_OK;
+}
+
+void
+idem_set_owner(idem *i, const char *self,
+	       int (*alive)(void *arg, const char *owner, int *alive), void *arg)
+{
+	snprintf(i->self, sizeof(i->self), "%s", self);
+	i->alive = alive;
+	i->alive_arg = arg;
+}
+
 int
 idem_open(store *st, unsigned retention_s, idem **out)
 {
 	idem *i = calloc(1, sizeof(*i));
+	uint8_t rnd[8];
 
 	if (i == NULL)
 		return cf_nomem();
 	i->st = st;
 	i->retention = retention_s;
+	/* An owner id of its own: records a previous process left pending are
+	 * then seen as interrupted. */
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+		free(i);
+		return cf_error(CF_E_INTERNAL, "random number generator failed");
+	}
+	snprintf(i->self, sizeof(i->self), "local/%ld/%02x%02x%02x%02x%02x%02x%02x%02x",
+		 (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+	i->alive = alone_alive;
+	i->alive_arg = i;
 	pthread_mutex_init(&i->mu, NULL);
 	pthread_cond_init(&i->cv, NULL);
 	*out = i;
@@ -116,13 +163,15 @@ int
 idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
 	   size_t len, const char *request_id, struct store_idem *first, enum idem_start *start)
 {
-	struct store_idem rec;
+	struct store_idem rec, mine;
 	struct running *me;
 	struct timespec until;
+	int64_t until_ms = now_ms() + IDEM_WAIT_MS;
 	uint8_t fp[32];
 	int r;
 
 	*start = IDEM_RUN;
+	memset(&rec, 0, sizeof(rec));
 	fingerprint(method, req, len, fp);
 	if ((me = calloc(1, sizeof(*me))) == NULL)
 		return cf_nomem();
@@ -143,48 +192,76 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 	i->run = me;
 	pthread_mutex_unlock(&i->mu);
 
-	memset(&rec, 0, sizeof(rec));
-	r = store_idem_get(i->st, key, uid, &rec);
-	if (r == CF_E_NOT_FOUND) {
-		/* Recorded before the call acts: a crash leaves it pending. */
-		snprintf(rec.key, sizeof(rec.key), "%s", key);
-		rec.uid = uid;
-		snprintf(rec.method, sizeof(rec.method), "%s", method);
-		memcpy(rec.fingerprint, fp, 32);
-		rec.created = (int64_t)time(NULL);
-		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
-		if ((r = store_idem_put(i->st, &rec)) == CF_OK) {
-			CF_CRASH_POINT("idempotency.pending.committed");
+	/* Recorded before the call acts (a crash leaves it pending), by an
+	 * atomic insert: of concurrent duplicates on several replicas, one
+	 * inserts and runs; the others find its record. */
+	memset(&mine, 0, sizeof(mine));
+	snprintf(mine.key, sizeof(mine.key), "%s", key);
+	mine.uid = uid;
+	snprintf(mine.method, sizeof(mine.method), "%s", method);
+	memcpy(mine.fingerprint, fp, 32);
+	mine.created = (int64_t)time(NULL);
+	snprintf(mine.request_id, sizeof(mine.request_id), "%s", request_id);
+	snprintf(mine.owner, sizeof(mine.owner), "%s", i->self);
+	r = store_idem_claim(i->st, &mine, &rec);
+	while (r == CF_E_EXISTS) {
+		int alive = 0;
+
+		cf_error_clear();
+		if (strcmp(rec.method, method) != 0 || CRYPTO_memcmp(rec.fingerprint, fp, 32) != 0) {
+			r = cf_error(CF_E_PRECONDITION, "idempotency key %s was used for another "
+				     "request (%s); use a new key for a new request", key, rec.method);
+			break;
+		}
+		if (rec.done) {
+			*first = rec;
+			*start = IDEM_REPLAY;
+			done_running(i, key, uid);
 			return CF_OK;
 		}
-	} else if (r == CF_OK && (strcmp(rec.method, method) != 0 ||
-				  CRYPTO_memcmp(rec.fingerprint, fp, 32) != 0)) {
-		r = cf_error(CF_E_PRECONDITION, "idempotency key %s was used for another request "
-			     "(%s); use a new key for a new request", key, rec.method);
-	} else if (r == CF_OK && !rec.done && rec.committed) {
-		cf_log_info("idempotency key %s: an interrupted %s had committed its change to %s; "
-			    "answering it without acting again", key, method, rec.effect_name);
-		*first = rec;
-		*start = IDEM_COMMITTED;
-		return CF_OK;
-	} else if (r == CF_OK && !rec.done) {
-		/* Its first attempt died before committing anything (start-up
-		 * recovery removed what it made in the token): run it again. */
-		cf_log_info("idempotency key %s: an interrupted %s had changed nothing; running it "
-			    "again", key, method);
-		free(rec.response);
-		rec.response = NULL;
-		rec.response_len = 0;
-		/* This attempt is now the one a later replay names. */
-		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
-		/* (A crash after this leaves what idempotency.pending.committed
-		 * leaves: pending, nothing committed.) */
-		if ((r = store_idem_put(i->st, &rec)) == CF_OK)
+		if (rec.committed) {
+			cf_log_info("idempotency key %s: an interrupted %s had committed its change "
+				    "to %s; answering it without acting again", key, method,
+				    rec.effect_name);
+			*first = rec;
+			*start = IDEM_COMMITTED;
 			return CF_OK;
-	} else if (r == CF_OK) {
-		*first = rec;
-		*start = IDEM_REPLAY;
-		done_running(i, key, uid);
+		}
+		/* Pending: another process (a replica) may still be running it. */
+		if (strcmp(rec.owner, i->self) != 0 &&
+		    (r = i->alive(i->alive_arg, rec.owner, &alive)) != CF_OK)
+			break;
+		if (!alive || strcmp(rec.owner, i->self) == 0) {
+			/* Its first attempt died before committing anything (what it
+			 * made in the token is undone: recovery at start, or the
+			 * fleet's sweep under the change lock): run it again, this
+			 * attempt now the one a later replay names. */
+			cf_log_info("idempotency key %s: an interrupted %s had changed nothing; "
+				    "running it again", key, method);
+			free(rec.response);
+			rec.response = NULL;
+			/* (A crash after this leaves what idempotency.pending.committed
+			 * leaves: pending, nothing committed.) */
+			if ((r = store_idem_takeover(i->st, &mine, rec.owner)) == CF_OK)
+				return CF_OK;
+		} else if (now_ms() > until_ms) {
+			r = cf_error(CF_E_TIMEOUT, "a call with idempotency key %s is still running "
+				     "on replica %s; retry later", key, rec.owner);
+			break;
+		} else {
+			free(rec.response);
+			rec.response = NULL;
+			usleep(IDEM_POLL_MS * 1000);
+		}
+		if (r != CF_E_EXISTS && r != CF_OK)   /* the takeover failed */
+			break;
+		/* Again: what is recorded now (taken over, finished), or ours if
+		 * it is gone. */
+		memset(&rec, 0, sizeof(rec));
+		r = store_idem_claim(i->st, &mine, &rec);
+	}
+	if (r == CF_OK) {
+		CF_CRASH_POINT("idempotency.pending.committed");
 		return CF_OK;
 	}
 	free(rec.response);

@@ -34,6 +34,13 @@ int idem_open(store *st, unsigned retention_s, idem **out);
 void idem_close(idem *i);   /* accepts NULL */
 
 /* CF_OK if key is IDEM_KEY_MIN..STORE_IDEM_KEY_MAX of A-Z a-z 0-9 . _ : - */
+/* Who runs this process's calls (self: the incarnation id recorded with a
+ * pending record) and how to tell whether another owner still runs (a
+ * replica of the fleet, fleet_alive). Without it: a random id of this
+ * process, and every other owner is taken for dead. */
+void idem_set_owner(idem *i, const char *self,
+		    int (*alive)(void *arg, const char *owner, int *alive), void *arg);
+
 int idem_key_check(const char *key);
 
 enum idem_start {

@@ -186,46 +186,191 @@ kr_report(struct load_ctx *lc, const char *msg)
 		lc->report(msg);
 }
 
-static int
-load_one(const struct store_key *sk, void *arg)
+/* The token handle of a version of sk (NULL: destroyed, missing from the
+ * token, or of another type, reported). */
+static cf_p11_key *
+open_version(struct load_ctx *lc, const struct store_key *sk, const struct store_version *sv)
 {
-	struct load_ctx *lc = arg;
-	struct kr_key *k;
+	cf_p11_key *h = NULL;
 	char msg[512];
+	int r;
+
+	/* Missing, incomplete or extra objects were reported by recovery
+	 * (recovery.h); a version without its objects is not served. */
+	if (sv->state == STORE_DESTROYED)
+		return NULL;
+	r = cf_p11_key_open_id(lc->kr->p11, sk->name, sv->version, sv->ckaid, &h);
+	if (r == CF_OK && cf_p11_key_type(h) != sk->type) {
+		snprintf(msg, sizeof(msg), "key %s version %u: the token object is %s, the registry "
+			 "says %s; version unusable", sk->name, sv->version,
+			 cf_key_type_name(cf_p11_key_type(h)), cf_key_type_name(sk->type));
+		kr_report(lc, msg);
+		cf_p11_key_free(h);
+		h = NULL;
+	} else if (r != CF_OK) {
+		cf_error_clear();
+		h = NULL;
+	}
+	return h;
+}
+
+/* A key as the store records it, with its versions opened in the token. */
+static int
+build_key(struct load_ctx *lc, const struct store_key *sk, struct kr_key **out)
+{
+	struct kr_key *k;
 	int r;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return cf_nomem();
 	kr_set_meta(k, sk);
 	for (uint32_t i = 0; i < sk->nversions; i++) {
-		const struct store_version *sv = &sk->versions[i];
-		cf_p11_key *h = NULL;
+		cf_p11_key *h = open_version(lc, sk, &sk->versions[i]);
 
-		/* Missing, incomplete or extra objects were reported by recovery
-		 * (recovery.h); a version without its objects is not served. */
-		if (sv->state != STORE_DESTROYED) {
-			r = cf_p11_key_open_id(lc->kr->p11, sk->name, sv->version, sv->ckaid, &h);
-			if (r == CF_OK && cf_p11_key_type(h) != sk->type) {
-				snprintf(msg, sizeof(msg), "key %s version %u: the token object "
-					 "is %s, the registry says %s; version unusable", sk->name,
-					 sv->version, cf_key_type_name(cf_p11_key_type(h)),
-					 cf_key_type_name(sk->type));
-				kr_report(lc, msg);
-				cf_p11_key_free(h);
-				h = NULL;
-			} else if (r != CF_OK && r != CF_E_NOT_FOUND) {
-				cf_error_clear();
-				h = NULL;
-			}
-		}
-		if ((r = kr_add_version(k, sv, h)) != CF_OK) {
+		if ((r = kr_add_version(k, &sk->versions[i], h)) != CF_OK) {
 			cf_p11_key_free(h);
 			kr_key_free(k);
 			return r;
 		}
 	}
+	*out = k;
+	return CF_OK;
+}
+
+static int
+load_one(const struct store_key *sk, void *arg)
+{
+	struct load_ctx *lc = arg;
+	struct kr_key *k;
+	int r;
+
+	if ((r = build_key(lc, sk, &k)) != CF_OK)
+		return r;
 	if ((r = kr_insert(lc->kr, k)) != CF_OK)
 		kr_key_free(k);
+	return r;
+}
+
+/*
+ * Make the registry's record of a key (changed by another replica) this
+ * keyring's state: a new key is added, new versions opened, states and the
+ * key's fields replaced; a version destroyed elsewhere lets its handle go.
+ * Under write_mu (so only this thread changes keys); readers are kept out by
+ * the write lock while anything they read changes.
+ */
+static int
+sync_one(const struct store_key *sk, void *arg)
+{
+	struct load_ctx *lc = arg;
+	keyring *kr = lc->kr;
+	struct kr_key *k;
+	size_t at;
+	int found, r = CF_OK;
+
+	at = kr_find(kr, sk->name, &found);
+	if (!found) {
+		if ((r = build_key(lc, sk, &k)) != CF_OK)
+			return r;
+		pthread_rwlock_wrlock(&kr->lock);
+		r = kr_insert(kr, k);
+		pthread_rwlock_unlock(&kr->lock);
+		if (r != CF_OK)
+			kr_key_free(k);
+		return r;
+	}
+	k = kr->keys[at];
+	for (uint32_t i = 0; i < sk->nversions && r == CF_OK; i++) {
+		const struct store_version *sv = &sk->versions[i];
+		cf_p11_key *h;
+
+		if (i < k->nv) {
+			h = NULL;
+			pthread_rwlock_wrlock(&kr->lock);
+			k->v[i].meta = *sv;
+			if (sv->state == STORE_DESTROYED) {
+				h = k->v[i].k;
+				k->v[i].k = NULL;
+			}
+			pthread_rwlock_unlock(&kr->lock);
+			cf_p11_key_free(h);
+			continue;
+		}
+		h = open_version(lc, sk, sv);
+		pthread_rwlock_wrlock(&kr->lock);
+		if ((r = kr_add_version(k, sv, h)) != CF_OK)
+			cf_p11_key_free(h);
+		pthread_rwlock_unlock(&kr->lock);
+	}
+	pthread_rwlock_wrlock(&kr->lock);
+	kr_set_meta(k, sk);
+	pthread_rwlock_unlock(&kr->lock);
+	return r;
+}
+
+/* Re-read one key (name) or every key (NULL) from the store. Under write_mu. */
+static int
+kr_sync(keyring *kr, const char *name)
+{
+	struct load_ctx lc = { kr, NULL, 0 };
+	int r;
+
+	if (name == NULL)
+		return store_load(kr->st, sync_one, &lc);
+	r = store_key_get(kr->st, name, sync_one, &lc);
+	if (r == CF_E_NOT_FOUND) {
+		cf_error_clear();
+		r = CF_OK;
+	}
+	return r;
+}
+
+static void
+log_recovered(const char *msg)
+{
+	cf_log_warn("fleet: %s", msg);
+}
+
+/*
+ * Begin a change to `name` (NULL: to any key): this process's writer lock,
+ * then the fleet's (store_change_begin). With a shared state the key is
+ * re-read under it, and intents left in the store are undone first: while
+ * the fleet's lock is held no other change is running anywhere, so an
+ * intent found now belongs to a call that died (a replica killed mid-change)
+ * and its objects would otherwise collide with the next version's label.
+ */
+static int
+kr_write_begin(keyring *kr, const char *name)
+{
+	int shared, r;
+
+	pthread_mutex_lock(&kr->write_mu);
+	if ((r = store_change_begin(kr->st, &shared)) != CF_OK) {
+		pthread_mutex_unlock(&kr->write_mu);
+		return r;
+	}
+	if (shared && ((r = recovery_undo_intents(kr->p11, kr->st, log_recovered, NULL)) != CF_OK ||
+		       (r = kr_sync(kr, name)) != CF_OK)) {
+		store_change_end(kr->st);
+		pthread_mutex_unlock(&kr->write_mu);
+	}
+	return r;
+}
+
+static void
+kr_write_end(keyring *kr)
+{
+	store_change_end(kr->st);
+	pthread_mutex_unlock(&kr->write_mu);
+}
+
+int
+keyring_refresh(keyring *kr, const char *name)
+{
+	int r;
+
+	pthread_mutex_lock(&kr->write_mu);
+	r = kr_sync(kr, name);
+	pthread_mutex_unlock(&kr->write_mu);
 	return r;
 }
 
@@ -235,7 +380,7 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 {
 	struct load_ctx lc = { NULL, report, 0 };
 	keyring *kr;
-	int r;
+	int shared, r;
 
 	if ((kr = calloc(1, sizeof(*kr))) == NULL)
 		return cf_nomem();
@@ -248,11 +393,19 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 	pthread_rwlock_init(&kr->lock, NULL);
 	pthread_mutex_init(&kr->write_mu, NULL);
 	lc.kr = kr;
-	if ((r = recovery_run(p11, st, report, &lc.mismatches)) != CF_OK ||
-	    (r = store_load(st, load_one, &lc)) != CF_OK) {
+	/* Replicas sharing the state: no other change runs meanwhile (intents
+	 * found are then a dead call's, never a live replica's). */
+	if ((r = store_change_begin(st, &shared)) != CF_OK) {
 		keyring_close(kr);
 		return r;
 	}
+	if ((r = recovery_run(p11, st, report, &lc.mismatches)) != CF_OK ||
+	    (r = store_load(st, load_one, &lc)) != CF_OK) {
+		store_change_end(st);
+		keyring_close(kr);
+		return r;
+	}
+	store_change_end(st);
 	if (mismatches != NULL)
 		*mismatches = lc.mismatches;
 	*out = kr;
@@ -364,7 +517,8 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 	sk.primary = 1;
 	sk.rotation_period = period;
 	sk.next_rotation = period ? meta.created + period : 0;
-	pthread_mutex_lock(&kr->write_mu);
+	if ((r = kr_write_begin(kr, name)) != CF_OK)
+		return r;
 	pthread_rwlock_rdlock(&kr->lock);
 	kr_find(kr, name, &found);
 	pthread_rwlock_unlock(&kr->lock);
@@ -396,7 +550,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 	if (r == CF_OK)
 		k = NULL;
 out:
-	pthread_mutex_unlock(&kr->write_mu);
+	kr_write_end(kr);
 	kr_key_free(k);
 	cf_p11_key_free(h);
 	return r;
@@ -435,7 +589,8 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 
 	if ((r = cf_key_name_check(name)) != CF_OK)
 		return r;
-	pthread_mutex_lock(&kr->write_mu);
+	if ((r = kr_write_begin(kr, name)) != CF_OK)
+		return r;
 	meta.created = now_unix();   /* after the lock: the rotation's own time */
 	pthread_rwlock_rdlock(&kr->lock);
 	at = kr_find(kr, name, &found);
@@ -479,7 +634,7 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 	}
 	pthread_rwlock_unlock(&kr->lock);
 out:
-	pthread_mutex_unlock(&kr->write_mu);
+	kr_write_end(kr);
 	cf_p11_key_free(h);
 	return r;
 }
@@ -878,7 +1033,8 @@ keyring_change(keyring *kr, const char *name, enum key_change what,
 	memset(&sk, 0, sizeof(sk));
 	if ((r = cf_key_name_check(name)) != CF_OK)
 		return r;
-	pthread_mutex_lock(&kr->write_mu);
+	if ((r = kr_write_begin(kr, name)) != CF_OK)
+		return r;
 	pthread_rwlock_rdlock(&kr->lock);
 	at = kr_find(kr, name, &found);
 	k = found ? kr->keys[at] : NULL;
@@ -893,7 +1049,7 @@ keyring_change(keyring *kr, const char *name, enum key_change what,
 	r = kr_copy_info(k, out);
 	pthread_rwlock_unlock(&kr->lock);
 out:
-	pthread_mutex_unlock(&kr->write_mu);
+	kr_write_end(kr);
 	free(sk.versions);
 	return r;
 }
@@ -1003,8 +1159,11 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 	char (*due)[CF_KEY_NAME_MAX + 1] = NULL;
 	size_t ndue = 0;
 
-	/* Destructions: token writes, under write_mu like every change. */
-	pthread_mutex_lock(&kr->write_mu);
+	/* Destructions: token writes, under the writer locks like every change. */
+	if (kr_write_begin(kr, NULL) != CF_OK) {
+		cf_log_warn("scheduled work postponed: %s", cf_error_detail());
+		return;
+	}
 	for (size_t i = 0; i < kr->n; i++) {
 		struct kr_key *k = kr->keys[i];
 		int any = 0;
@@ -1025,7 +1184,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 			break;
 		memcpy(due[ndue++], k->m.name, sizeof(*due));
 	}
-	pthread_mutex_unlock(&kr->write_mu);
+	kr_write_end(kr);
 	for (size_t i = 0; i < ndue; i++) {
 		struct store_key info;
 		int skipped = 0, r;

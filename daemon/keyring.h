@@ -101,6 +101,10 @@ typedef int (*keyring_record_fn)(const char *method, const char *name, uint32_t 
 void keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg);
 void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
 
+/* Re-read one key (name) or every key (NULL) from the store: another
+ * replica changed it (fleet.h). */
+int keyring_refresh(keyring *kr, const char *name);
+
 /* Names after `after` ("" = from the start), in order, at most `max`. */
 int keyring_list(keyring *kr, const char *after, uint32_t max, struct store_key **out,
 		 uint32_t *n, int *more);

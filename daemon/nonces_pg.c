@@ -32,6 +32,7 @@
 
 #include "cf_log.h"
 #include "cf_status.h"
+#include "sqldb.h"
 
 #define BATCH_MAX 512
 /* Transactions in flight at once. With one, a caller arriving during a
@@ -112,27 +113,18 @@ struct nonces_pg {
 	PGconn *xconn;           /* the expiry sweep's */
 };
 
-/* prefix, then libpq's text on one line without its trailing newline. */
+/* prefix, then libpq's text on one line (sqldb_oneline). */
 static void
 pq_text(const char *prefix, const char *s, char *out, size_t len)
 {
-	size_t plen = (size_t)snprintf(out, len, "%s", prefix), k = plen;
+	size_t plen = (size_t)snprintf(out, len, "%s", prefix);
 
-	if (k >= len)
+	if (plen >= len)
 		return;
-	for (; s != NULL && *s != '\0' && k + 1 < len; s++) {
-		int space = *s == '\n' || *s == '\r' || *s == '\t' || *s == ' ';
-
-		if (!space)
-			out[k++] = *s;
-		else if (k > plen && out[k - 1] != ' ')
-			out[k++] = ' ';
-	}
-	while (k > plen && out[k - 1] == ' ')
-		k--;
-	out[k] = '\0';
-	if (k == plen)
-		snprintf(out + k, len - k, "no detail from libpq");
+	snprintf(out + plen, len - plen, "%s", s != NULL ? s : "");
+	sqldb_oneline(out + plen);
+	if (out[plen] == '\0')
+		snprintf(out + plen, len - plen, "no detail from libpq");
 }
 
 /* A connection with the table in place, or NULL with msg set (a message

@@ -189,6 +189,56 @@ policy_open(store *st, policy **out)
 	return CF_OK;
 }
 
+int
+policy_refresh(policy *p)
+{
+	policy fresh;
+	int found, rc;
+
+	memset(&fresh, 0, sizeof(fresh));
+	if ((rc = store_principals_load(p->st, load_one, &fresh)) != CF_OK) {
+		for (size_t i = 0; i < fresh.n; i++)
+			pr_free(fresh.v[i]);
+		free(fresh.v);
+		return rc;
+	}
+	pthread_rwlock_wrlock(&p->lock);
+	/* A principal whose limits did not change keeps its buckets' levels
+	 * (a reload must not refill them). */
+	for (size_t i = 0; i < fresh.n; i++) {
+		struct pr *nr = fresh.v[i];
+		size_t at = find_locked(p, nr->sp.name, &found);
+
+		if (found && p->v[at]->sp.nlimits == nr->sp.nlimits &&
+		    (nr->sp.nlimits == 0 ||
+		     memcmp(p->v[at]->sp.limits, nr->sp.limits,
+			    nr->sp.nlimits * sizeof(*nr->sp.limits)) == 0))
+			memcpy(nr->buckets, p->v[at]->buckets, sizeof(nr->buckets));
+	}
+	for (size_t i = 0; i < p->n; i++)
+		pr_free(p->v[i]);
+	free(p->v);
+	p->v = fresh.v;
+	p->n = fresh.n;
+	pthread_rwlock_unlock(&p->lock);
+	return CF_OK;
+}
+
+/* Begin a change: the fleet's change lock, and with a shared state the
+ * principals as the store has them now (another replica may have changed
+ * them). Ends with store_change_end. */
+static int
+change_begin(policy *p)
+{
+	int shared, rc;
+
+	if ((rc = store_change_begin(p->st, &shared)) != CF_OK)
+		return rc;
+	if (shared && (rc = policy_refresh(p)) != CF_OK)
+		store_change_end(p->st);
+	return rc;
+}
+
 void
 policy_close(policy *p)
 {
@@ -257,6 +307,8 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 	size_t at;
 
 	memset(&work, 0, sizeof(work));
+	if ((rc = change_begin(p)) != CF_OK)
+		return rc;
 	pthread_rwlock_wrlock(&p->lock);
 	at = find_locked(p, name, &found);
 	if (!found) {
@@ -275,6 +327,7 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 	rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 out:
 	pthread_rwlock_unlock(&p->lock);
+	store_change_end(p->st);
 	policy_principal_free(&work);
 	return rc;
 }
@@ -303,6 +356,10 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		memcpy(r->sp.gids, gids, ngids * sizeof(*gids));
 	r->sp.nuids = (uint32_t)nuids;
 	r->sp.ngids = (uint32_t)ngids;
+	if ((rc = change_begin(p)) != CF_OK) {
+		pr_free(r);
+		return rc;
+	}
 	pthread_rwlock_wrlock(&p->lock);
 	if ((rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK &&
 	    (rc = insert_locked(p, r)) == CF_OK) {
@@ -310,6 +367,7 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		r = NULL;
 	}
 	pthread_rwlock_unlock(&p->lock);
+	store_change_end(p->st);
 	pr_free(r);
 	return rc;
 }
@@ -468,6 +526,8 @@ policy_delete(policy *p, const char *name)
 	int found, rc;
 	size_t at;
 
+	if ((rc = change_begin(p)) != CF_OK)
+		return rc;
 	pthread_rwlock_wrlock(&p->lock);
 	at = find_locked(p, name, &found);
 	if (!found) {
@@ -478,6 +538,7 @@ policy_delete(policy *p, const char *name)
 		p->n--;
 	}
 	pthread_rwlock_unlock(&p->lock);
+	store_change_end(p->st);
 	return rc;
 }
 

@@ -194,6 +194,23 @@ check_missing(struct rec_ctx *c, const struct cf_p11_object *o, size_t n)
 }
 
 int
+recovery_undo_intents(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *findings)
+{
+	struct rec_ctx c;
+	int r;
+
+	memset(&c, 0, sizeof(c));
+	c.p11 = p11;
+	c.report = report;
+	/* Only once every intent's objects are gone may the intents go. */
+	if ((r = store_intents_load(st, undo_intent, &c)) == CF_OK && c.findings > 0)
+		r = store_intents_clear(st);
+	if (findings != NULL)
+		*findings += c.findings;
+	return r;
+}
+
+int
 recovery_run(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *findings)
 {
 	struct rec_ctx c;
@@ -204,10 +221,8 @@ recovery_run(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 	memset(&c, 0, sizeof(c));
 	c.p11 = p11;
 	c.report = report;
-	if ((r = store_intents_load(st, undo_intent, &c)) != CF_OK)
-		goto out;
-	/* Only once every intent's objects are gone may the intents go. */
-	if ((r = store_intents_clear(st)) != CF_OK || (r = store_load(st, keep_key, &c)) != CF_OK ||
+	if ((r = recovery_undo_intents(p11, st, report, &c.findings)) != CF_OK ||
+	    (r = store_load(st, keep_key, &c)) != CF_OK ||
 	    (r = cf_p11_objects(p11, &o, &n)) != CF_OK)
 		goto out;
 	if (n > 0)

@@ -24,4 +24,11 @@
  * them. Fails only if the store or the token cannot be read. */
 int recovery_run(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *findings);
 
+/* Undo every intent in the store (the first step of recovery_run). Only
+ * while no call that records intents can be running: at start-up, or under
+ * the fleet's change lock (store_change_begin), where any intent found is a
+ * dead replica's. */
+int recovery_undo_intents(cf_p11 *p11, store *st, void (*report)(const char *msg),
+			  unsigned *findings);
+
 #endif

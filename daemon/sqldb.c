@@ -5,28 +5,33 @@
 #include <stdio.h>
 #include <string.h>
 
+void
+sqldb_oneline(char *s)
+{
+	size_t n = 0;
+
+	/* libpq's messages span lines ("...failed: ...\n\tIs the server
+	 * running...\n"): one line, single spaces, for logs and statuses. */
+	for (size_t i = 0; s[i] != '\0'; i++) {
+		char c = s[i] == '\n' || s[i] == '\t' || s[i] == '\r' ? ' ' : s[i];
+
+		if (c != ' ' || (n > 0 && s[n - 1] != ' '))
+			s[n++] = c;
+	}
+	while (n > 0 && s[n - 1] == ' ')
+		n--;
+	s[n] = '\0';
+}
+
 int
 sqldb_fail(sqldb *db, int rc, const char *fmt, ...)
 {
 	va_list ap;
-	size_t n;
 
 	va_start(ap, fmt);
 	vsnprintf(db->err, sizeof(db->err), fmt, ap);
 	va_end(ap);
-	/* libpq's messages span lines ("...failed: ...\n\tIs the server
-	 * running...\n"): one line, single spaces, for logs and statuses. */
-	n = 0;
-	for (size_t i = 0; db->err[i] != '\0'; i++) {
-		char c = db->err[i] == '\n' || db->err[i] == '\t' || db->err[i] == '\r' ?
-			 ' ' : db->err[i];
-
-		if (c != ' ' || (n > 0 && db->err[n - 1] != ' '))
-			db->err[n++] = c;
-	}
-	while (n > 0 && db->err[n - 1] == ' ')
-		n--;
-	db->err[n] = '\0';
+	sqldb_oneline(db->err);
 	db->lost = rc == SQLDB_LOST;
 	return rc;
 }

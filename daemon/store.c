@@ -28,6 +28,9 @@ struct store {
 	char replica[STORE_REPLICA_MAX + 1];
 	char owner[STORE_OWNER_MAX + 1];
 	char where[4200];        /* the store in messages: its file, or "PostgreSQL" */
+	int (*change_lock)(void *arg);     /* store_set_change_lock */
+	void (*change_unlock)(void *arg);
+	void *change_arg;
 };
 
 /* ---- SQLite schema: tables as each version added them ---- */
@@ -1601,4 +1604,26 @@ store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t out
 	struct anchor_put ap = { a, outbox_done };
 
 	return txn(s, anchor_put_body, &ap);
+}
+
+void
+store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg), void *arg)
+{
+	s->change_lock = lock;
+	s->change_unlock = unlock;
+	s->change_arg = arg;
+}
+
+int
+store_change_begin(store *s, int *shared)
+{
+	*shared = s->change_lock != NULL;
+	return *shared ? s->change_lock(s->change_arg) : CF_OK;
+}
+
+void
+store_change_end(store *s)
+{
+	if (s->change_unlock != NULL)
+		s->change_unlock(s->change_arg);
 }

@@ -108,7 +108,7 @@ typedef struct store store;
 enum store_backend { STORE_SQLITE = 0, STORE_POSTGRESQL = 1 };
 
 #define STORE_REPLICA_MAX 63      /* [A-Za-z0-9._-], "" allowed */
-#define STORE_OWNER_MAX 64
+#define STORE_OWNER_MAX 127     /* an incarnation: "<replica>/<pid>/<16 hex>" */
 
 struct store_options {
 	enum store_backend backend;
@@ -308,5 +308,18 @@ int store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_
 int store_signed_load(store *s, int (*cb)(const char *principal, void *arg), void *arg);
 /* Set or clear it (the caller checks that the principal exists). */
 int store_signed_set(store *s, const char *principal, int on);
+
+/*
+ * The registry change lock. Replicas sharing one state (fleet.h) change keys,
+ * principals and API keys one at a time across the fleet: each such change
+ * runs between store_change_begin and store_change_end, and with *shared
+ * set re-reads from the store what it is about to change (another replica
+ * may have changed it since this one loaded it). Without a lock set (one
+ * daemon on its own state), begin does nothing and *shared is 0.
+ */
+void store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
+			   void *arg);
+int store_change_begin(store *s, int *shared);
+void store_change_end(store *s);
 
 #endif

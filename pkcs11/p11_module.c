@@ -257,8 +257,8 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	/* Another process's login rewrites the token file SoftHSM reads here
 	 * (C_Initialize, C_GetTokenInfo): with them at the same time, a token
 	 * can look absent. The lock file keeps replicas starting together apart. */
-	if (p11_token_lock(p, LOCK_EX) != CKR_OK) {
-		r = CF_E_IO;
+	if ((rv = p11_token_lock(p, LOCK_EX)) != CKR_OK) {
+		r = p11_status(rv, "opening the token");
 		goto out;
 	}
 	if ((rv = p11_initialize(p)) != CKR_OK)
@@ -382,8 +382,8 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	p->anchor = CK_INVALID_HANDLE;
 	/* As in cf_p11_open. No thread of ours holds the lock file: its holders
 	 * hold p->life for reading. */
-	if (p11_token_lock(p, LOCK_EX) != CKR_OK) {
-		r = CF_E_IO;
+	if ((irv = p11_token_lock(p, LOCK_EX)) != CKR_OK) {
+		r = p11_status(irv, "recovering the token");
 		goto bump;
 	}
 	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {

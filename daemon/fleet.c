@@ -1,0 +1,362 @@
+/* Coordination of replicas through PostgreSQL (fleet.h). */
+#include "fleet.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+#include <openssl/rand.h>
+
+#include "cf_hex.h"
+#include "cf_log.h"
+#include "cf_status.h"
+#include "sqldb.h"
+#include "store.h"
+
+/* Two-key advisory locks in Coffer's own class ("Coff"); incarnations use
+ * the one-key form (a hash of the id), which PostgreSQL keeps apart. */
+#define LOCK_CLASS "1131374182"
+#define LOCK_REGISTRY LOCK_CLASS ", 1"
+#define LOCK_LEASE LOCK_CLASS ", 2"
+
+struct fleet {
+	char dsn[4096];
+	char incarnation[160];
+	struct fleet_hooks hooks;
+	int started;
+
+	PGconn *listen;                 /* the thread's: LISTEN, liveness, lease */
+	pthread_t thread;
+	int thread_up;
+	atomic_int stop, healthy, leader;
+	atomic_ulong notes;
+
+	pthread_mutex_t lock_mu;        /* held from fleet_lock to fleet_unlock */
+	PGconn *lock;
+
+	pthread_mutex_t query_mu;       /* fleet_alive */
+	PGconn *query;
+};
+
+/* libpq's multi-line text on one line, for messages and logs. */
+static const char *
+oneline(const char *s, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s", s != NULL ? s : "");
+	sqldb_oneline(buf);
+	return buf;
+}
+
+/* A new connection in *out; CF_E_UNAVAILABLE with libpq's reason. */
+static int
+connect_db(const char *dsn, PGconn **out)
+{
+	PGconn *c = PQconnectdb(dsn);
+	char msg[512];
+	int r;
+
+	*out = NULL;
+	if (c == NULL)
+		return cf_nomem();
+	if (PQstatus(c) != CONNECTION_OK) {
+		r = cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL unreachable: %s",
+			     oneline(PQerrorMessage(c), msg, sizeof(msg)));
+		PQfinish(c);
+		return r;
+	}
+	*out = c;
+	return CF_OK;
+}
+
+/* One statement; CF_OK, or CF_E_UNAVAILABLE with the server's text. With
+ * `value`, the first column of the first row ("t"/"f" for booleans). */
+static int
+run(PGconn *c, const char *sql, const char *param, char *value, size_t len)
+{
+	const char *params[1] = { param };
+	PGresult *res = PQexecParams(c, sql, param ? 1 : 0, NULL, param ? params : NULL, NULL,
+				     NULL, 0);
+	ExecStatusType st = PQresultStatus(res);
+	char msg[512];
+	int r = CF_OK;
+
+	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* 57014: the statement timed out (fleet_lock's wait). */
+		r = code && strcmp(code, "57014") == 0 ?
+			cf_error(CF_E_TIMEOUT, "fleet: waited %d s for another replica's change to "
+				 "the registry; retry", FLEET_LOCK_WAIT_S) :
+			cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL: %s",
+				 oneline(PQerrorMessage(c), msg, sizeof(msg)));
+	} else if (value != NULL) {
+		snprintf(value, len, "%s", PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "");
+	}
+	PQclear(res);
+	return r;
+}
+
+/* The thread's connection: listening, holding this incarnation's lock. */
+static int
+listen_connect(fleet *f)
+{
+	int r;
+
+	if ((r = connect_db(f->dsn, &f->listen)) != CF_OK)
+		return r;
+	if ((r = run(f->listen, "LISTEN " STORE_NOTIFY_CHANNEL, NULL, NULL, 0)) != CF_OK ||
+	    (r = run(f->listen, "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+		     f->incarnation, NULL, 0)) != CF_OK) {
+		PQfinish(f->listen);
+		f->listen = NULL;
+		return r;
+	}
+	atomic_store(&f->healthy, 1);
+	return CF_OK;
+}
+
+static void
+listen_lost(fleet *f, const char *why)
+{
+	if (atomic_load(&f->leader))
+		cf_log_warn("fleet: lost PostgreSQL (%s); no longer doing the scheduled work", why);
+	else
+		cf_log_warn("fleet: lost PostgreSQL (%s); reconnecting", why);
+	atomic_store(&f->leader, 0);
+	atomic_store(&f->healthy, 0);
+	PQfinish(f->listen);
+	f->listen = NULL;
+}
+
+static void
+deliver(fleet *f)
+{
+	PGnotify *n;
+
+	while ((n = PQnotifies(f->listen)) != NULL) {
+		char kind[16] = "", *sp = strchr(n->extra, ' ');
+
+		if (sp != NULL && (size_t)(sp - n->extra) < sizeof(kind)) {
+			memcpy(kind, n->extra, (size_t)(sp - n->extra));
+			atomic_fetch_add(&f->notes, 1);
+			if (f->hooks.changed != NULL)
+				f->hooks.changed(kind, sp + 1, f->hooks.arg);
+		}
+		PQfreemem(n);
+	}
+}
+
+/* Take the lease if nobody holds it. */
+static void
+try_lead(fleet *f)
+{
+	char v[8];
+
+	if (atomic_load(&f->leader) ||
+	    run(f->listen, "SELECT pg_try_advisory_lock(" LOCK_LEASE ")", NULL, v, sizeof(v)) !=
+		    CF_OK)
+		return;
+	if (strcmp(v, "t") == 0) {
+		atomic_store(&f->leader, 1);
+		cf_log_info("fleet: this replica (%s) now does the scheduled work", f->incarnation);
+	}
+}
+
+static void *
+listen_thread(void *arg)
+{
+	fleet *f = arg;
+	time_t last_try = 0;
+
+	while (!atomic_load(&f->stop)) {
+		struct pollfd p;
+
+		if (f->listen == NULL) {
+			if (listen_connect(f) != CF_OK) {
+				cf_error_clear();
+				usleep(250 * 1000);
+				continue;
+			}
+			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
+			if (f->hooks.resync != NULL)
+				f->hooks.resync(f->hooks.arg);
+		}
+		if (time(NULL) != last_try) {
+			last_try = time(NULL);
+			try_lead(f);
+			cf_error_clear();
+		}
+		p.fd = PQsocket(f->listen);
+		p.events = POLLIN;
+		p.revents = 0;
+		if (p.fd < 0) {
+			listen_lost(f, "no socket");
+			continue;
+		}
+		if (poll(&p, 1, 200) > 0 && PQconsumeInput(f->listen) == 0) {
+			char msg[512];
+
+			listen_lost(f, oneline(PQerrorMessage(f->listen), msg, sizeof(msg)));
+			continue;
+		}
+		if (PQstatus(f->listen) != CONNECTION_OK) {
+			listen_lost(f, "connection closed");
+			continue;
+		}
+		deliver(f);
+	}
+	return NULL;
+}
+
+int
+fleet_open(const char *dsn, const char *replica, fleet **out)
+{
+	uint8_t rnd[8];
+	char hex[17];
+	fleet *f;
+	int r;
+
+	if ((f = calloc(1, sizeof(*f))) == NULL)
+		return cf_nomem();
+	pthread_mutex_init(&f->lock_mu, NULL);
+	pthread_mutex_init(&f->query_mu, NULL);
+	snprintf(f->dsn, sizeof(f->dsn), "%s", dsn);
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+		fleet_close(f);
+		return cf_error(CF_E_INTERNAL, "random number generator failed");
+	}
+	cf_hex_encode(rnd, sizeof(rnd), hex);
+	snprintf(f->incarnation, sizeof(f->incarnation), "%s/%ld/%s", replica, (long)getpid(),
+		 hex);
+	if ((r = listen_connect(f)) != CF_OK) {
+		fleet_close(f);
+		return r;
+	}
+	*out = f;
+	return CF_OK;
+}
+
+int
+fleet_start(fleet *f, const struct fleet_hooks *hooks)
+{
+	if (hooks != NULL)
+		f->hooks = *hooks;
+	if (pthread_create(&f->thread, NULL, listen_thread, f) != 0)
+		return cf_error(CF_E_INTERNAL, "fleet: cannot start the notification thread");
+	f->thread_up = 1;
+	return CF_OK;
+}
+
+void
+fleet_close(fleet *f)
+{
+	if (f == NULL)
+		return;
+	atomic_store(&f->stop, 1);
+	if (f->thread_up)
+		pthread_join(f->thread, NULL);
+	/* Closing the connections releases the lease and the incarnation lock. */
+	PQfinish(f->listen);
+	PQfinish(f->lock);
+	PQfinish(f->query);
+	pthread_mutex_destroy(&f->lock_mu);
+	pthread_mutex_destroy(&f->query_mu);
+	free(f);
+}
+
+const char *
+fleet_incarnation(const fleet *f)
+{
+	return f->incarnation;
+}
+
+int
+fleet_leader(fleet *f)
+{
+	return f != NULL && atomic_load(&f->leader);
+}
+
+int
+fleet_healthy(fleet *f)
+{
+	return f != NULL && atomic_load(&f->healthy);
+}
+
+unsigned long
+fleet_notifications(fleet *f)
+{
+	return atomic_load(&f->notes);
+}
+
+/* A working connection in *c (made or remade), for the lock or query use. */
+static int
+ready(fleet *f, PGconn **c)
+{
+	char sql[64];
+	int r;
+
+	if (*c != NULL && PQstatus(*c) == CONNECTION_OK)
+		return CF_OK;
+	PQfinish(*c);
+	if ((r = connect_db(f->dsn, c)) != CF_OK)
+		return r;
+
+	snprintf(sql, sizeof(sql), "SET statement_timeout = '%ds'", FLEET_LOCK_WAIT_S);
+	return run(*c, sql, NULL, NULL, 0);
+}
+
+int
+fleet_lock(void *arg)
+{
+	fleet *f = arg;
+	int r;
+
+	pthread_mutex_lock(&f->lock_mu);
+	r = ready(f, &f->lock);
+	if (r == CF_OK)
+		r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
+	if (r != CF_OK && PQstatus(f->lock) != CONNECTION_OK &&
+	    (r = ready(f, &f->lock)) == CF_OK)   /* one retry on a fresh connection */
+		r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
+	if (r != CF_OK)
+		pthread_mutex_unlock(&f->lock_mu);
+	return r;
+}
+
+void
+fleet_unlock(void *arg)
+{
+	fleet *f = arg;
+
+	/* On a lost connection the lock went with it. */
+	if (run(f->lock, "SELECT pg_advisory_unlock(" LOCK_REGISTRY ")", NULL, NULL, 0) != CF_OK)
+		cf_error_clear();
+	pthread_mutex_unlock(&f->lock_mu);
+}
+
+int
+fleet_alive(fleet *f, const char *incarnation, int *alive)
+{
+	char v[8];
+	int r;
+
+	if (strcmp(incarnation, f->incarnation) == 0) {
+		*alive = 1;
+		return CF_OK;
+	}
+	pthread_mutex_lock(&f->query_mu);
+	/* Taken (and let go at the statement's end) only if nobody holds it. */
+	if ((r = ready(f, &f->query)) == CF_OK)
+		r = run(f->query, "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+			incarnation, v, sizeof(v));
+	pthread_mutex_unlock(&f->query_mu);
+	if (r == CF_OK)
+		*alive = strcmp(v, "t") != 0;
+	return r;
+}

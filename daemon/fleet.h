@@ -1,0 +1,61 @@
+/*
+ * fleet.h — what replicas sharing one PostgreSQL state need beyond the
+ * store itself (daemon/FLEET.md):
+ *  - change notification: every committed change is announced (the store
+ *    issues NOTIFY coffer, '<kind> <name>' inside its transaction); a thread
+ *    here LISTENs and hands each to `changed`, and after a lost connection
+ *    calls `resync` (notifications sent meanwhile are gone);
+ *  - the registry change lock: one change to keys, principals or API keys at
+ *    a time across the fleet (a PostgreSQL advisory lock held on a
+ *    connection of its own, so that a replica killed while holding it
+ *    releases it with its connection);
+ *  - the scheduled-work lease: exactly one replica does rotations,
+ *    destructions and expiry, holding an advisory lock that moves to another
+ *    replica when its holder dies or loses PostgreSQL;
+ *  - liveness: each running replica process (an "incarnation") holds an
+ *    advisory lock named by its incarnation id, so that another replica can
+ *    tell a pending idempotency record of a dead process from one of a
+ *    process still running its call.
+ */
+#ifndef COFFER_FLEET_H
+#define COFFER_FLEET_H
+
+typedef struct fleet fleet;
+
+struct fleet_hooks {
+	/* kind: "key", "principal", "apikey", "signed"; name: what changed. */
+	void (*changed)(const char *kind, const char *name, void *arg);
+	/* Reload everything (after the notification connection was lost). */
+	void (*resync)(void *arg);
+	void *arg;
+};
+
+/* Connect (dsn: libpq conninfo) and start the notification thread. replica:
+ * this replica's name (the incarnation id starts with it). CF_E_UNAVAILABLE
+ * if PostgreSQL cannot be reached. */
+int fleet_open(const char *dsn, const char *replica, fleet **out);
+/* Start delivering notifications to hooks (after the registry is loaded). */
+int fleet_start(fleet *f, const struct fleet_hooks *hooks);
+void fleet_close(fleet *f);   /* accepts NULL */
+
+/* This process's incarnation id ("<replica>/<pid>/<random>"). */
+const char *fleet_incarnation(const fleet *f);
+
+/* 1 while this replica holds the scheduled-work lease. */
+int fleet_leader(fleet *f);
+/* 1 while the notification connection is up (health). */
+int fleet_healthy(fleet *f);
+
+/* The registry change lock (waits up to FLEET_LOCK_WAIT_S). CF_OK, or
+ * CF_E_UNAVAILABLE / CF_E_TIMEOUT with a message. fleet_unlock releases. */
+#define FLEET_LOCK_WAIT_S 30
+int fleet_lock(void *f);
+void fleet_unlock(void *f);
+
+/* *alive = whether the process with that incarnation id is running. */
+int fleet_alive(fleet *f, const char *incarnation, int *alive);
+
+/* Notifications received and the time from the first to now (tests). */
+unsigned long fleet_notifications(fleet *f);
+
+#endif

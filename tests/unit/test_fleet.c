@@ -1,0 +1,288 @@
+/*
+ * The fleet's coordination (daemon/fleet.h) against a real throw-away
+ * PostgreSQL server: the registry change lock excludes another replica and
+ * is released when its holder goes; exactly one replica holds the lease and
+ * it moves when the holder goes; liveness of an incarnation; notifications;
+ * PostgreSQL stopped and started again.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include <CUnit/Basic.h>
+#include <libpq-fe.h>
+
+#include "cf_status.h"
+#include "cf_test_pg.h"
+#include "fleet.h"
+
+static struct cf_test_pg pg;
+
+static double
+now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Wait up to `secs` for *flag (read by fn) to become want. */
+static int
+wait_for(int (*fn)(fleet *), fleet *f, int want, double secs)
+{
+	double until = now_s() + secs;
+
+	while (now_s() < until) {
+		if (fn(f) == want)
+			return 1;
+		usleep(20 * 1000);
+	}
+	return fn(f) == want;
+}
+
+struct locker {
+	fleet *f;
+	atomic_int got;
+	int r;
+};
+
+static void *
+take_lock(void *arg)
+{
+	struct locker *l = arg;
+
+	l->r = fleet_lock(l->f);
+	atomic_store(&l->got, 1);
+	if (l->r == CF_OK)
+		fleet_unlock(l->f);
+	return NULL;
+}
+
+static void
+test_lock_excludes_other_replica(void)
+{
+	fleet *a = NULL, *b = NULL;
+	struct locker l;
+	pthread_t t;
+
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "a", &a) == CF_OK);
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "b", &b) == CF_OK);
+	CU_ASSERT_FATAL(fleet_lock(a) == CF_OK);
+	memset(&l, 0, sizeof(l));
+	l.f = b;
+	pthread_create(&t, NULL, take_lock, &l);
+	usleep(300 * 1000);
+	CU_ASSERT_EQUAL(atomic_load(&l.got), 0);   /* b waits while a holds it */
+	fleet_unlock(a);
+	pthread_join(t, NULL);
+	CU_ASSERT_EQUAL(l.r, CF_OK);
+
+	fleet_close(a);
+
+	/* A replica killed while holding it (its process gone without
+	 * unlocking) releases it with its connection. */
+	{
+		int fds[2];
+		char c;
+		pid_t pid;
+
+		CU_ASSERT_FATAL(pipe(fds) == 0);
+		if ((pid = fork()) == 0) {
+			fleet *k = NULL;
+
+			if (fleet_open(pg.dsn, "killed", &k) == CF_OK && fleet_lock(k) == CF_OK)
+				(void)!write(fds[1], "L", 1);
+			pause();
+			_exit(0);
+		}
+		CU_ASSERT_FATAL(read(fds[0], &c, 1) == 1);
+		memset(&l, 0, sizeof(l));
+		l.f = b;
+		pthread_create(&t, NULL, take_lock, &l);
+		usleep(300 * 1000);
+		CU_ASSERT_EQUAL(atomic_load(&l.got), 0);   /* held by the child */
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		pthread_join(t, NULL);
+		CU_ASSERT_EQUAL(l.r, CF_OK);
+		close(fds[0]);
+		close(fds[1]);
+	}
+	fleet_close(b);
+}
+
+static void
+test_one_leader_and_it_moves(void)
+{
+	fleet *a = NULL, *b = NULL;
+
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "a", &a) == CF_OK);
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "b", &b) == CF_OK);
+	CU_ASSERT_FATAL(fleet_start(a, NULL) == CF_OK);
+	CU_ASSERT_FATAL(wait_for(fleet_leader, a, 1, 3));
+	CU_ASSERT_FATAL(fleet_start(b, NULL) == CF_OK);
+	sleep(2);   /* b tried at least once */
+	CU_ASSERT_EQUAL(fleet_leader(a) + fleet_leader(b), 1);
+	CU_ASSERT_EQUAL(fleet_leader(b), 0);
+	fleet_close(a);
+	CU_ASSERT(wait_for(fleet_leader, b, 1, 3));
+	fleet_close(b);
+}
+
+static void
+test_alive(void)
+{
+	fleet *a = NULL, *b = NULL;
+	char inc[200];
+	int alive = -1;
+
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "a", &a) == CF_OK);
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "b", &b) == CF_OK);
+	snprintf(inc, sizeof(inc), "%s", fleet_incarnation(b));
+	CU_ASSERT(strncmp(inc, "b/", 2) == 0);
+	CU_ASSERT(fleet_alive(a, inc, &alive) == CF_OK && alive == 1);
+	/* Asking does not take it away: still alive on a second look. */
+	CU_ASSERT(fleet_alive(a, inc, &alive) == CF_OK && alive == 1);
+	CU_ASSERT(fleet_alive(a, fleet_incarnation(a), &alive) == CF_OK && alive == 1);
+	fleet_close(b);
+	/* The server lets the lock go once its backend has seen the close. */
+	for (int i = 0; i < 100 && fleet_alive(a, inc, &alive) == CF_OK && alive; i++)
+		usleep(10 * 1000);
+	CU_ASSERT(fleet_alive(a, inc, &alive) == CF_OK && alive == 0);
+	CU_ASSERT(fleet_alive(a, "never/1/00", &alive) == CF_OK && alive == 0);
+	fleet_close(a);
+}
+
+struct heard {
+	pthread_mutex_t mu;
+	char kind[16], name[128];
+	int n, resyncs;
+};
+
+static void
+on_change(const char *kind, const char *name, void *arg)
+{
+	struct heard *h = arg;
+
+	pthread_mutex_lock(&h->mu);
+	snprintf(h->kind, sizeof(h->kind), "%s", kind);
+	snprintf(h->name, sizeof(h->name), "%s", name);
+	h->n++;
+	pthread_mutex_unlock(&h->mu);
+}
+
+static void
+on_resync(void *arg)
+{
+	struct heard *h = arg;
+
+	pthread_mutex_lock(&h->mu);
+	h->resyncs++;
+	pthread_mutex_unlock(&h->mu);
+}
+
+static int
+heard_n(struct heard *h, int *resyncs)
+{
+	int n;
+
+	pthread_mutex_lock(&h->mu);
+	n = h->n;
+	if (resyncs != NULL)
+		*resyncs = h->resyncs;
+	pthread_mutex_unlock(&h->mu);
+	return n;
+}
+
+static void
+notify(const char *payload)
+{
+	PGconn *c = PQconnectdb(pg.dsn);
+	const char *p[1] = { payload };
+	PGresult *r = PQexecParams(c, "SELECT pg_notify('coffer', $1)", 1, NULL, p, NULL, NULL,
+				   0);
+
+	CU_ASSERT(PQresultStatus(r) == PGRES_TUPLES_OK);
+	PQclear(r);
+	PQfinish(c);
+}
+
+static void
+test_notifications_and_outage(void)
+{
+	struct heard h;
+	struct fleet_hooks hooks = { on_change, on_resync, &h };
+	fleet *a = NULL;
+	double t0, until;
+	int rs = 0, r;
+
+	memset(&h, 0, sizeof(h));
+	pthread_mutex_init(&h.mu, NULL);
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "a", &a) == CF_OK);
+	CU_ASSERT_FATAL(fleet_start(a, &hooks) == CF_OK);
+	t0 = now_s();
+	notify("key payments.v1");
+	while (heard_n(&h, NULL) == 0 && now_s() < t0 + 2)
+		usleep(1000);
+	printf("\n    notification delivered in %.1f ms\n", (now_s() - t0) * 1e3);
+	CU_ASSERT_EQUAL(heard_n(&h, NULL), 1);
+	CU_ASSERT_STRING_EQUAL(h.kind, "key");
+	CU_ASSERT_STRING_EQUAL(h.name, "payments.v1");
+	notify("malformed-without-a-space");   /* ignored, not a crash */
+	usleep(300 * 1000);
+	CU_ASSERT_EQUAL(heard_n(&h, NULL), 1);
+
+	/* PostgreSQL goes away: health says so, the lock is refused by name. */
+	CU_ASSERT_FATAL(cf_test_pg_stop(&pg) == 0);
+	CU_ASSERT(wait_for(fleet_healthy, a, 0, 3));
+	CU_ASSERT_EQUAL(fleet_leader(a), 0);
+	r = fleet_lock(a);
+	CU_ASSERT_EQUAL(r, CF_E_UNAVAILABLE);
+	CU_ASSERT(strstr(cf_error_detail(), "PostgreSQL") != NULL);
+	printf("    lock while PostgreSQL is down: %s\n", cf_error_detail());
+	if (r == CF_OK)
+		fleet_unlock(a);
+	/* Back: reconnected and reloaded without reopening anything. */
+	CU_ASSERT_FATAL(cf_test_pg_start(&pg) == 0);
+	CU_ASSERT(wait_for(fleet_healthy, a, 1, 5));
+	until = now_s() + 3;
+	while (now_s() < until && (heard_n(&h, &rs), rs == 0))
+		usleep(20 * 1000);
+	CU_ASSERT(rs >= 1);
+	CU_ASSERT(wait_for(fleet_leader, a, 1, 3));
+	CU_ASSERT_EQUAL(fleet_lock(a), CF_OK);
+	fleet_unlock(a);
+	fleet_close(a);
+	pthread_mutex_destroy(&h.mu);
+}
+
+int
+main(void)
+{
+	CU_pSuite s;
+	unsigned failed;
+
+	if (cf_test_pg_create(&pg, 0) != 0) {
+		fprintf(stderr, "cannot start a PostgreSQL server for the test\n");
+		return 1;
+	}
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 1;
+	s = CU_add_suite("fleet", NULL, NULL);
+	CU_add_test(s, "lock excludes another replica", test_lock_excludes_other_replica);
+	CU_add_test(s, "one leader, and it moves", test_one_leader_and_it_moves);
+	CU_add_test(s, "liveness of an incarnation", test_alive);
+	CU_add_test(s, "notifications and an outage", test_notifications_and_outage);
+	CU_basic_set_mode(CU_BRM_VERBOSE);
+	CU_basic_run_tests();
+	failed = CU_get_number_of_failures();
+	CU_cleanup_registry();
+	cf_test_pg_destroy(&pg);
+	return failed ? 1 : 0;
+}
