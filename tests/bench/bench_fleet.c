@@ -27,9 +27,12 @@
  *
  * The verdict takes, per round, the fleet's ops/s over the SQLite path's
  * and the difference of their p50s, then the median over the rounds. The
- * group commit is seen from PostgreSQL: the database's committed
- * transactions and the server's WAL flushes over the whole run, against
- * the signed calls the fleet answered.
+ * group commit is seen from PostgreSQL (cofferd does not publish its
+ * batcher's counts): the database's committed transactions and the
+ * server's WAL flushes over the whole run, against the signed calls the
+ * fleet answered, and the rows each table saw per 1000 calls (which
+ * statements a call costs). Also printed: the server CPU per call split
+ * between the replicas and PostgreSQL, and what the fleet burns idle.
  *
  * This is a benchmark, not a test.
  */
@@ -81,10 +84,19 @@ struct fleet {
 	uint8_t msg[MSG_LEN];
 };
 
+#define MAX_TABLES 32
+
 /* PostgreSQL's counters: transactions committed in the fleet's database,
- * WAL flushes (fsync/fdatasync) and writes of the server. */
+ * WAL flushes (fsync/fdatasync) and writes of the server, and what each
+ * table of the database saw: rows inserted, updated, deleted, and scans
+ * (sequential + index), so that a call's statements can be told apart. */
 struct pg_counts {
-	unsigned long long commits, wal_syncs, wal_writes;
+	unsigned long long commits, rollbacks, wal_syncs, wal_writes;
+	struct {
+		char name[64];
+		unsigned long long v[4];   /* ins, upd, del, scans */
+	} tab[MAX_TABLES];
+	unsigned ntab;
 };
 
 /* ---- the call ---- */
@@ -125,9 +137,10 @@ pg_script(void)
 }
 
 /* Run `cmd` through the shell; its first line of output in out (if not
- * NULL). 0 if it exited 0. */
+ * NULL), every line to each_line (if not NULL). 0 if it exited 0. */
 static int
-run_capture(const char *cmd, char *out, size_t len)
+run_lines(const char *cmd, char *out, size_t len, void (*each_line)(void *arg, char *line),
+	  void *arg)
 {
 	char line[512];
 	FILE *p = popen(cmd, "r");
@@ -135,16 +148,21 @@ run_capture(const char *cmd, char *out, size_t len)
 
 	if (p == NULL)
 		return -1;
-	while (fgets(line, sizeof(line), p) != NULL)
-		if (!got++ && out != NULL && len > 0) {
-			size_t n = strcspn(line, "\n");
-
-			n = n < len ? n : len - 1;
-			memcpy(out, line, n);
-			out[n] = '\0';
-		}
+	while (fgets(line, sizeof(line), p) != NULL) {
+		line[strcspn(line, "\n")] = '\0';
+		if (!got++ && out != NULL && len > 0)
+			snprintf(out, len, "%.*s", (int)(len - 1), line);
+		if (each_line != NULL)
+			each_line(arg, line);
+	}
 	st = pclose(p);
 	return st == 0 && (out == NULL || got > 0) ? 0 : -1;
+}
+
+static int
+run_capture(const char *cmd, char *out, size_t len)
+{
+	return run_lines(cmd, out, len, NULL, NULL);
 }
 
 /* `sql` on the server's database postgres, unaligned; first row in out. */
@@ -157,20 +175,67 @@ pg_query(const char *sock, const char *sql, char *out, size_t len)
 	return run_capture(cmd, out, len);
 }
 
+/* One row of pg_stat_user_tables: name|ins|upd|del|scans. */
+static void
+table_line(void *arg, char *line)
+{
+	struct pg_counts *c = arg;
+	char *bar = strchr(line, '|');
+
+	if (bar == NULL || c->ntab == MAX_TABLES)
+		return;
+	*bar = '\0';
+	snprintf(c->tab[c->ntab].name, sizeof(c->tab[0].name), "%s", line);
+	if (sscanf(bar + 1, "%llu|%llu|%llu|%llu", &c->tab[c->ntab].v[0], &c->tab[c->ntab].v[1],
+		   &c->tab[c->ntab].v[2], &c->tab[c->ntab].v[3]) == 4)
+		c->ntab++;
+}
+
 static int
 pg_counts(const char *sock, struct pg_counts *c)
 {
-	char row[256];
+	char row[256], cmd[1024];
 
+	memset(c, 0, sizeof(*c));
 	if (pg_query(sock,
-		     "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = '" PG_DB
-		     "'), wal_sync, wal_write FROM pg_stat_wal",
+		     "SELECT xact_commit, xact_rollback, wal_sync, wal_write FROM pg_stat_database, "
+		     "pg_stat_wal WHERE datname = '" PG_DB "'",
 		     row, sizeof(row)) != 0 ||
-	    sscanf(row, "%llu|%llu|%llu", &c->commits, &c->wal_syncs, &c->wal_writes) != 3) {
+	    sscanf(row, "%llu|%llu|%llu|%llu", &c->commits, &c->rollbacks, &c->wal_syncs,
+		   &c->wal_writes) != 4) {
 		fprintf(stderr, "bench_fleet: cannot read PostgreSQL's statistics\n");
 		return -1;
 	}
-	return 0;
+	snprintf(cmd, sizeof(cmd),
+		 "psql -X -A -t -q -h '%s' -d " PG_DB " -c \"SELECT relname, n_tup_ins, n_tup_upd, "
+		 "n_tup_del, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+		 "ORDER BY relname\"", sock);
+	return run_lines(cmd, NULL, 0, table_line, c);
+}
+
+/* What the tables saw between c0 and c1, per 1000 calls. */
+static void
+print_tables(const struct pg_counts *c0, const struct pg_counts *c1, unsigned long calls)
+{
+	static const char *const what[4] = { "inserted", "updated", "deleted", "scans" };
+	int any = 0;
+
+	printf("# per 1000 signed calls through the fleet, rows:");
+	for (unsigned i = 0; i < c1->ntab; i++) {
+		unsigned j;
+
+		for (j = 0; j < c0->ntab && strcmp(c0->tab[j].name, c1->tab[i].name) != 0; j++)
+			;
+		for (int k = 0; k < 4; k++) {
+			unsigned long long d = c1->tab[i].v[k] - (j < c0->ntab ? c0->tab[j].v[k] : 0);
+
+			if (d > 0) {
+				printf("%s %s %s %.0f", any++ ? "," : "", c1->tab[i].name, what[k],
+				       1000.0 * (double)d / (double)calls);
+			}
+		}
+	}
+	printf("%s\n", any ? "" : " none");
 }
 
 /* The postmaster's pid, first line of DIR/data/postmaster.pid. */
@@ -335,6 +400,7 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, const struct
 	      const struct pg_counts *c1, unsigned long fleet_calls)
 {
 	double ratio[MAX_ROUNDS], added[MAX_ROUNDS], cpu[P__COUNT] = { 0, 0 }, dmn = 0, pg = 0;
+	double idle_dmn = 0, idle_pg = 0, idle_s = 0;   /* the fleet while SQLite ran */
 	unsigned long ops[P__COUNT] = { 0, 0 };
 	const struct cf_bench_row *best[P__COUNT] = { NULL, NULL };
 	double rlo, rhi, alo, ahi, mr, ma;
@@ -351,6 +417,10 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, const struct
 		for (int i = SRV_REPLICA0; i < SRV_PG; i++)
 			dmn += res[k][P_FLEET].server_each[i];
 		pg += res[k][P_FLEET].server_each[SRV_PG];
+		for (int i = SRV_REPLICA0; i < SRV_PG; i++)
+			idle_dmn += res[k][P_SQLITE].server_each[i];
+		idle_pg += res[k][P_SQLITE].server_each[SRV_PG];
+		idle_s += res[k][P_SQLITE].window;
 	}
 	printf("# best of %u rounds\n", rounds);
 	cf_bench_print_header();
@@ -363,6 +433,8 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, const struct
 	       "= replicas %.1f + PostgreSQL %.1f\n",
 	       per_op(cpu[P_SQLITE], ops[P_SQLITE]), per_op(cpu[P_FLEET], ops[P_FLEET]),
 	       per_op(dmn, ops[P_FLEET]), per_op(pg, ops[P_FLEET]));
+	printf("# the fleet idle (while the SQLite path ran): replicas %.3f CPU, PostgreSQL %.3f "
+	       "CPU\n", idle_s > 0 ? idle_dmn / idle_s : 0.0, idle_s > 0 ? idle_pg / idle_s : 0.0);
 	printf("# fleet/SQLite throughput (median of %u rounds; rounds %.0f%% .. %.0f%%) = %.0f%% "
 	       "(target >= %.0f%%): %s\n",
 	       rounds, 100.0 * rlo, 100.0 * rhi, 100.0 * mr, 100.0 * TARGET_RATIO,
@@ -376,9 +448,12 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, const struct
 
 		printf("# group commit, as PostgreSQL saw it over the rounds: %lu signed calls "
 		       "answered by the fleet (warm-up included), %llu transactions committed in %s "
-		       "(%.1f calls each), %llu WAL flushes (%.1f calls each), %llu WAL writes\n",
-		       fleet_calls, dc, PG_DB, dc > 0 ? (double)fleet_calls / (double)dc : 0.0, ds,
+		       "(%.1f calls each; %llu rolled back), %llu WAL flushes (%.1f calls each), "
+		       "%llu WAL writes\n",
+		       fleet_calls, dc, PG_DB, dc > 0 ? (double)fleet_calls / (double)dc : 0.0,
+		       c1->rollbacks - c0->rollbacks, ds,
 		       ds > 0 ? (double)fleet_calls / (double)ds : 0.0, dw);
+		print_tables(c0, c1, fleet_calls);
 	}
 }
 
