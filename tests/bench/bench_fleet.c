@@ -142,7 +142,7 @@ static int
 run_lines(const char *cmd, char *out, size_t len, void (*each_line)(void *arg, char *line),
 	  void *arg)
 {
-	char line[512];
+	char line[2048];
 	FILE *p = popen(cmd, "r");
 	int st, got = 0;
 
@@ -472,7 +472,7 @@ main(int argc, char **argv)
 	struct pg_counts c0, c1;
 	unsigned long fleet_calls = 0;
 	char pgdir[] = "/tmp/coffer-fleet-pg-XXXXXX", sock[256] = "", cmd[1024], conf[400],
-	     text[1200], wbuf[16], fpr[80], date[64], info[256];
+	     text[1200], wbuf[16], fpr[80], date[64], info[1024];
 	const char *extra[] = { "--workers", wbuf, "--config", conf, NULL };
 	int have_tok[P__COUNT] = { 0, 0 }, have_sq = 0, have_pgdir = 0, have_pg = 0, rc = 1,
 	    stats = 0, started;
