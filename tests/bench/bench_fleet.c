@@ -4,7 +4,7 @@
  *
  *   sqlite x1   one cofferd on its SQLite state (the default backend) and
  *               its own temporary SoftHSM2 token;
- *   fleet x3    three cofferd replicas on one PostgreSQL database
+ *   fleet x3    three cofferd replicas (--replicas) on one PostgreSQL database
  *               (tests/support/pg_server.sh start --durable: fsync,
  *               full_page_writes and synchronous_commit on, logged tables)
  *               and one SoftHSM2 token directory ([token] lock_file); the
@@ -12,13 +12,13 @@
  *               the first replica (the state is shared).
  *
  * usage: bench_fleet [--callers N] [--seconds S] [--warmup S] [--rounds R]
- *                    [--workers N] [--durability disk|os]
+ *                    [--workers N] [--replicas N] [--durability disk|os]
  *
  * N caller threads make HMAC-SHA256 calls (256 bytes) through libcoffer,
  * each signed with the principal's API key (a fresh nonce per call, which
  * the fleet records in PostgreSQL), each thread with its own client: on the
  * SQLite path all on the one daemon, on the fleet path thread i on replica
- * i mod 3. Both paths are connected throughout; the callers switch between
+ * i mod 3 (the replicas). Both paths are connected throughout; the callers switch between
  * them in windows of S seconds, A B B A in a round, B A A B in the next,
  * so that the load that drifts on this shared machine falls on both (the
  * machinery of bench_daemon, tests/support/cf_bench.c). Server CPU is that
@@ -51,7 +51,7 @@
 #include "cf_test_token.h"
 #include "coffer.h"
 
-#define REPLICAS 3
+#define MAX_REPLICAS (CF_BENCH_MAX_SERVERS - 2)
 #define MAX_ROUNDS 50
 #define MSG_LEN 256
 #define KEY_NAME "bench-fleet-hmac"
@@ -67,14 +67,13 @@
 
 enum path { P_SQLITE, P_FLEET, P__COUNT };
 
-static const char *const path_labels[P__COUNT] = { "sqlite x1 signed", "fleet pg x3 signed" };
-
-/* Indices of run.servers. */
-enum { SRV_SQLITE, SRV_REPLICA0, SRV_PG = SRV_REPLICA0 + REPLICAS, SRV__COUNT };
+/* Indices of run.servers: the replicas from SRV_REPLICA0 on. */
+enum { SRV_SQLITE, SRV_PG, SRV_REPLICA0 };
 
 struct options {
 	struct cf_bench_opts c;            /* callers, seconds, warm-up, rounds, durability */
 	unsigned workers;
+	unsigned replicas;
 };
 
 struct fleet {
@@ -352,6 +351,7 @@ usage(FILE *fp)
 		"  --rounds R         rounds, the order of the paths swapped each round\n"
 		"                     (default 2)\n"
 		"  --workers N        cofferd --workers of every daemon (default 4)\n"
+		"  --replicas N       replicas of the fleet (default 3, the issue's; 1..%d)\n"
 		"  --durability D     cofferd [audit] durability of every daemon: disk\n"
 		"                     (default) | os\n"
 		"  --help             this text\n"
@@ -360,7 +360,7 @@ usage(FILE *fp)
 		"other = CPUs busy with other processes meanwhile. Starts a PostgreSQL server\n"
 		"with %s (COFFER_PG_SERVER overrides it); COFFER_TEST_KEEP=1 keeps the tokens,\n"
 		"the daemons' logs and the server's directory.\n",
-		CF_BENCH_MAX_CALLERS, pg_script());
+		CF_BENCH_MAX_CALLERS, MAX_REPLICAS, pg_script());
 }
 
 static int
@@ -372,14 +372,21 @@ parse_args(int argc, char **argv, struct options *o)
 	memset(o, 0, sizeof(*o));
 	cf_bench_opts_init(&o->c, 3.0, MAX_ROUNDS);
 	o->workers = 4;
-	/* Beyond the options of every benchmark, only --workers. */
+	o->replicas = 3;
+	/* Beyond the options of every benchmark, --workers and --replicas. */
 	while ((k = cf_bench_option(argc, argv, &i, &o->c, &a, &v, usage)) > 0) {
-		if (strcmp(a, "--workers") != 0) {
+		int bad;
+
+		if (strcmp(a, "--workers") == 0) {
+			bad = cf_bench_parse_uint(v, 1, 64, &o->workers) != 0;
+		} else if (strcmp(a, "--replicas") == 0) {
+			bad = cf_bench_parse_uint(v, 1, MAX_REPLICAS, &o->replicas) != 0;
+		} else {
 			usage(stderr);
 			return -1;
 		}
-		if (cf_bench_parse_uint(v, 1, 64, &o->workers) != 0) {
-			fprintf(stderr, "bench_fleet: bad value \"%s\" for --workers\n", v);
+		if (bad) {
+			fprintf(stderr, "bench_fleet: bad value \"%s\" for %s\n", v, a);
 			return -1;
 		}
 	}
@@ -396,8 +403,8 @@ per_op(double cpu, unsigned long ops)
 }
 
 static void
-print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, const struct pg_counts *c0,
-	      const struct pg_counts *c1, unsigned long fleet_calls)
+print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, unsigned nrep,
+	      const struct pg_counts *c0, const struct pg_counts *c1, unsigned long fleet_calls)
 {
 	double ratio[MAX_ROUNDS], added[MAX_ROUNDS], cpu[P__COUNT] = { 0, 0 }, dmn = 0, pg = 0;
 	double idle_dmn = 0, idle_pg = 0, idle_s = 0;   /* the fleet while SQLite ran */
@@ -414,10 +421,10 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, const struct
 			cpu[p] += res[k][p].server_cpu;
 			ops[p] += res[k][p].ops;
 		}
-		for (int i = SRV_REPLICA0; i < SRV_PG; i++)
+		for (unsigned i = SRV_REPLICA0; i < SRV_REPLICA0 + nrep; i++)
 			dmn += res[k][P_FLEET].server_each[i];
 		pg += res[k][P_FLEET].server_each[SRV_PG];
-		for (int i = SRV_REPLICA0; i < SRV_PG; i++)
+		for (unsigned i = SRV_REPLICA0; i < SRV_REPLICA0 + nrep; i++)
 			idle_dmn += res[k][P_SQLITE].server_each[i];
 		idle_pg += res[k][P_SQLITE].server_each[SRV_PG];
 		idle_s += res[k][P_SQLITE].window;
@@ -463,8 +470,8 @@ int
 main(int argc, char **argv)
 {
 	struct options o;
-	struct cf_test_token tok[P__COUNT], rtok[REPLICAS];
-	struct cf_test_daemon sq, rep[REPLICAS];
+	struct cf_test_token tok[P__COUNT], rtok[MAX_REPLICAS];
+	struct cf_test_daemon sq, rep[MAX_REPLICAS];
 	struct fleet f;
 	struct coffer_api_key ak[P__COUNT];
 	struct coffer_bytes id = { NULL, 0 }, secret[P__COUNT] = { { NULL, 0 }, { NULL, 0 } };
@@ -543,7 +550,7 @@ main(int argc, char **argv)
 	if (cf_test_token_create(&tok[P_FLEET], "bench-fleet") != 0)
 		goto out;
 	have_tok[P_FLEET] = 1;
-	for (nrep = 0; nrep < REPLICAS;) {
+	for (nrep = 0; nrep < o.replicas;) {
 		unsigned i = nrep;
 		int r;
 
@@ -584,7 +591,7 @@ main(int argc, char **argv)
 	}
 	if (signed_call_works(&sq, &ak[P_SQLITE], &secret[P_SQLITE], f.msg) != 0)
 		goto out;
-	for (unsigned i = 0; i < REPLICAS; i++)
+	for (unsigned i = 0; i < o.replicas; i++)
 		if (signed_call_works(&rep[i], &ak[P_FLEET], &secret[P_FLEET], f.msg) != 0)
 			goto out;
 	if (pg_query(sock,
@@ -601,13 +608,14 @@ main(int argc, char **argv)
 		 sock, PG_DB);
 	if (run_capture(cmd, info, sizeof(info)) == 0)
 		printf("# tables of %s: %s\n", PG_DB, info);
-	printf("# sqlite: %s (token %s)\n# fleet: %s, %s, %s on %s (token %s, one directory)\n",
-	       sq.service, tok[P_SQLITE].uri, rep[0].service, rep[1].service, rep[2].service,
-	       sock, tok[P_FLEET].uri);
+	printf("# sqlite: %s (token %s)\n# fleet:", sq.service, tok[P_SQLITE].uri);
+	for (unsigned i = 0; i < o.replicas; i++)
+		printf(" %s", rep[i].service);
+	printf(" on %s (token %s, one directory)\n", sock, tok[P_FLEET].uri);
 
 	for (int p = 0; p < P__COUNT; p++)
 		if ((f.client[p] = calloc(o.c.callers, sizeof(coffer_client *))) == NULL ||
-		    connect_clients(p == P_FLEET ? rep : &sq, p == P_FLEET ? REPLICAS : 1,
+		    connect_clients(p == P_FLEET ? rep : &sq, p == P_FLEET ? o.replicas : 1,
 				    o.c.callers, &ak[p], &secret[p], f.client[p]) != 0)
 			goto out;
 
@@ -624,10 +632,10 @@ main(int argc, char **argv)
 	f.run.warmup = o.c.warmup;
 	f.run.segment = o.c.seconds;
 	f.run.servers[SRV_SQLITE] = sq.pid;
-	for (unsigned i = 0; i < REPLICAS; i++)
+	for (unsigned i = 0; i < o.replicas; i++)
 		f.run.servers[SRV_REPLICA0 + i] = rep[i].pid;
 	f.run.servers[SRV_PG] = pg_pid(pgdir);
-	f.run.nservers = SRV__COUNT;
+	f.run.nservers = SRV_REPLICA0 + o.replicas;
 	if (f.run.servers[SRV_PG] <= 0) {
 		fprintf(stderr, "bench_fleet: no postmaster.pid in %s/data\n", pgdir);
 		goto out;
@@ -647,13 +655,16 @@ main(int argc, char **argv)
 			double own = 0.0;
 
 			*r = rows[p ^ f.swapped];
-			snprintf(r->label, sizeof(r->label), "%s", path_labels[p]);
+			if (p == P_SQLITE)
+				snprintf(r->label, sizeof(r->label), "sqlite x1 signed");
+			else
+				snprintf(r->label, sizeof(r->label), "fleet pg x%u signed", o.replicas);
 			/* Each path's own servers; the other path's idle ones
 			 * count with the rest of the machine. */
 			if (p == P_SQLITE)
 				own = r->server_each[SRV_SQLITE];
 			else
-				for (int i = SRV_REPLICA0; i <= SRV_PG; i++)
+				for (unsigned i = SRV_PG; i < f.run.nservers; i++)
 					own += r->server_each[i];
 			r->other_cpu += (r->server_cpu - own) / r->window;
 			r->server_cpu = own;
@@ -664,7 +675,7 @@ main(int argc, char **argv)
 	cf_bench_sleep(1.2);
 	if (stats)
 		stats = pg_counts(sock, &c1) == 0;
-	print_verdict(res, rounds_done, stats ? &c0 : NULL, stats ? &c1 : NULL, fleet_calls);
+	print_verdict(res, rounds_done, o.replicas, stats ? &c0 : NULL, stats ? &c1 : NULL, fleet_calls);
 	rc = 0;
 out:
 	fflush(stdout);
