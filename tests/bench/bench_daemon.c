@@ -47,20 +47,13 @@
 #define CRYPTOKI_COMPAT
 #include <p11-kit/pkcs11.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -69,6 +62,7 @@
 
 #include <openssl/rand.h>
 
+#include "cf_bench.h"
 #include "cf_buf.h"
 #include "cf_p11.h"
 #include "cf_status.h"
@@ -76,7 +70,6 @@
 #include "coffer.h"
 #include "libcoffer_rpc.h"
 
-#define MAX_CALLERS 256
 #define MAX_WORKER_COUNTS 8
 #define MAX_ROUNDS 50
 #define MAX_RESULTS 256
@@ -130,17 +123,9 @@ static const char *const path_names[PATH__COUNT] = { "daemon", "layer", "p11kit"
 #define CLIENT_PER_THREAD 0x1u
 #define CLIENT_SHARED 0x2u
 
-enum phase { PH_WARMUP, PH_MEASURE, PH_STOP };
-
-/* Latencies of one thread, in nanoseconds. */
-struct lat {
-	uint64_t *v;
-	size_t n;
-	size_t cap;
-};
-
 /* One measurement: one path, one operation, N callers. */
 struct bench {
+	struct cf_bench_run run;           /* run.arg is this */
 	enum op_id op;
 	enum path_kind path;
 	char key_name[64];
@@ -149,35 +134,13 @@ struct bench {
 	const uint8_t *aad;                /* layer wrap: AAD like cofferd's envelope */
 	size_t aadlen;
 	struct coffer_bytes blob;          /* unwrap: a Wrap of msg */
-	atomic_int phase;
-	/* Interleaved pair: the segment number << 1 | the side calling now, in
-	 * one word so that a caller never sees one without the other. */
-	atomic_uint segment;
-	atomic_bool failed;
-	pthread_mutex_t err_mu;
-	char err[400];
-	pthread_barrier_t start;
-};
-
-struct caller {
-	struct bench *b;
-	pthread_t tid;
-	coffer_client *client[2];          /* daemon path: [1] in mode 1 of a pair */
-	cf_buf *out;                       /* layer paths */
-	struct lat lat[2];                 /* per mode */
+	coffer_client *const *client[2];   /* daemon path: thread i's, per side */
+	cf_buf **out;                      /* layer paths: thread i's buffer */
 };
 
 struct result {
-	char label[48];
+	struct cf_bench_row row;
 	enum path_kind path;
-	unsigned callers;
-	unsigned long ops;
-	double window;                     /* seconds */
-	double rate;
-	double p50, p99, p999;             /* microseconds */
-	double server_cpu;                 /* seconds; < 0 if there is no server */
-	double client_cpu;                 /* seconds */
-	double other_cpu;                  /* CPUs busy with other processes */
 	int unsealed;                      /* the unsealed baseline of a sealable op */
 	unsigned group;                    /* the rows of one round of one daemon */
 	int auth;                          /* --auth: 1 unsigned baseline, 2 signed calls */
@@ -185,165 +148,18 @@ struct result {
 };
 
 struct options {
+	struct cf_bench_opts c;            /* callers, seconds, warm-up, rounds, durability */
 	enum op_id op;
-	unsigned callers;
-	double seconds;
-	double warmup;
 	unsigned workers[MAX_WORKER_COUNTS];
 	unsigned nworkers;
 	unsigned clients;                  /* CLIENT_* bits */
-	unsigned rounds;
 	int paths[PATH__COUNT];
 	const char *p11kit_client;
 	int auth;                          /* also measure calls signed with an API key */
-	const char *durability;            /* cofferd [audit] durability */
 };
 
 static struct result results[MAX_RESULTS];
 static unsigned nresults;
-
-/* ---- small helpers ---- */
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double
-rusage_cpu(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static void
-sleep_s(double s)
-{
-	struct timespec ts;
-
-	ts.tv_sec = (time_t)s;
-	ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
-/* Record the first failure and stop every thread. */
-static void
-bench_fail(struct bench *b, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static void
-bench_fail(struct bench *b, const char *fmt, ...)
-{
-	va_list ap;
-
-	pthread_mutex_lock(&b->err_mu);
-	if (!atomic_load(&b->failed)) {
-		va_start(ap, fmt);
-		vsnprintf(b->err, sizeof(b->err), fmt, ap);
-		va_end(ap);
-		atomic_store(&b->failed, true);
-	}
-	pthread_mutex_unlock(&b->err_mu);
-	atomic_store(&b->phase, PH_STOP);
-}
-
-/* ---- CPU time of a server process and its children, from /proc ---- */
-
-/* utime + stime + cutime + cstime of one process, in clock ticks. */
-static int
-proc_ticks(pid_t pid, unsigned long long *ticks)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long ut, st, cut, cst;
-	FILE *f;
-	size_t n;
-
-	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-	if ((f = fopen(path, "r")) == NULL)
-		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	/* Fields after the command name (which may hold spaces and parentheses):
-	 * state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
-	 * utime stime cutime cstime. */
-	if ((p = strrchr(buf, ')')) == NULL ||
-	    sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
-		   &ut, &st, &cut, &cst) != 4)
-		return -1;
-	*ticks = ut + st + cut + cst;
-	return 0;
-}
-
-/*
- * The process and, recursively, its live children (p11-kit server forks a
- * p11-kit-remote per connection); reaped children are in cutime/cstime.
- */
-static unsigned long long
-proc_tree_ticks(pid_t pid, int depth)
-{
-	unsigned long long total = 0, t;
-	char path[96];
-	struct dirent *de;
-	DIR *dir;
-
-	if (proc_ticks(pid, &t) == 0)
-		total += t;
-	if (depth > 4)
-		return total;
-	snprintf(path, sizeof(path), "/proc/%ld/task", (long)pid);
-	if ((dir = opendir(path)) == NULL)
-		return total;
-	while ((de = readdir(dir)) != NULL) {
-		char cpath[400];
-		long child;
-		FILE *f;
-
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(cpath, sizeof(cpath), "/proc/%ld/task/%s/children", (long)pid, de->d_name);
-		if ((f = fopen(cpath, "r")) == NULL)
-			continue;
-		while (fscanf(f, "%ld", &child) == 1)
-			total += proc_tree_ticks((pid_t)child, depth + 1);
-		fclose(f);
-	}
-	closedir(dir);
-	return total;
-}
-
-static double
-proc_cpu_s(pid_t pid)
-{
-	return (double)proc_tree_ticks(pid, 0) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* Busy CPU seconds of the whole machine (all CPUs), from /proc/stat. */
-static double
-system_busy_s(void)
-{
-	unsigned long long v[8] = { 0 };
-	FILE *f = fopen("/proc/stat", "r");
-	int n;
-
-	if (f == NULL)
-		return 0.0;
-	/* cpu user nice system idle iowait irq softirq steal */
-	n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-		   &v[4], &v[5], &v[6], &v[7]);
-	fclose(f);
-	if (n < 7)
-		return 0.0;
-	return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
 
 /* ---- one operation ---- */
 
@@ -374,13 +190,13 @@ daemon_op(struct bench *b, coffer_client *c)
 		break;
 	}
 	if (r != COFFER_OK) {
-		bench_fail(b, "%s through cofferd: %s: %s", d->name, coffer_strerror(r),
-			   coffer_error_message());
+		cf_bench_fail(&b->run, "%s through cofferd: %s: %s", d->name, coffer_strerror(r),
+			      coffer_error_message());
 		return -1;
 	}
 	if (out.len == 0 || ver != KEY_VERSION) {
-		bench_fail(b, "%s through cofferd: %zu-byte result, version %u", d->name, out.len,
-			   ver);
+		cf_bench_fail(&b->run, "%s through cofferd: %zu-byte result, version %u", d->name,
+			      out.len, ver);
 		coffer_bytes_free(&out);
 		return -1;
 	}
@@ -408,84 +224,22 @@ layer_op(struct bench *b, cf_buf *out)
 		break;
 	}
 	if (r != CF_OK) {
-		bench_fail(b, "%s through the %s layer: %s: %s", d->name,
-			   b->path == PATH_P11KIT ? "p11-kit remote" : "in-process",
-			   cf_status_name(r), cf_error_detail());
+		cf_bench_fail(&b->run, "%s through the %s layer: %s: %s", d->name,
+			      b->path == PATH_P11KIT ? "p11-kit remote" : "in-process",
+			      cf_status_name(r), cf_error_detail());
 		return -1;
 	}
 	return 0;
 }
 
+/* One call of caller `thread` on side `side`: cf_bench_run's callback. */
 static int
-lat_push(struct lat *l, uint64_t ns)
+bench_call(struct cf_bench_run *r, unsigned thread, int side)
 {
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? 2 * l->cap : 65536;
-		uint64_t *v = realloc(l->v, cap * sizeof(*v));
+	struct bench *b = r->arg;
 
-		if (v == NULL)
-			return -1;
-		l->v = v;
-		l->cap = cap;
-	}
-	l->v[l->n++] = ns;
-	return 0;
-}
-
-static void *
-caller_main(void *arg)
-{
-	struct caller *w = arg;
-	struct bench *b = w->b;
-
-	pthread_barrier_wait(&b->start);
-	for (;;) {
-		int ph = atomic_load_explicit(&b->phase, memory_order_acquire);
-		unsigned seg = atomic_load_explicit(&b->segment, memory_order_acquire);
-		int md = (int)(seg & 1u);
-		uint64_t t0, t1;
-		int r;
-
-		if (ph == PH_STOP)
-			break;
-		t0 = now_ns();
-		r = b->path == PATH_DAEMON ? daemon_op(b, w->client[md]) : layer_op(b, w->out);
-		t1 = now_ns();
-		if (r != 0)
-			break;
-		/* Only calls that started inside the timed window count, and of
-		 * an interleaved pair only those that did not straddle a switch. */
-		if (ph == PH_MEASURE && atomic_load(&b->segment) == seg &&
-		    lat_push(&w->lat[md], t1 - t0) != 0) {
-			bench_fail(b, "out of memory for latencies");
-			break;
-		}
-	}
-	return NULL;
-}
-
-static int
-u64_cmp(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile of sorted v[0..n), in microseconds. */
-static double
-percentile_us(const uint64_t *v, size_t n, double p)
-{
-	size_t k;
-
-	if (n == 0)
-		return 0.0;
-	k = (size_t)(p * (double)n + 0.999999);
-	if (k < 1)
-		k = 1;
-	if (k > n)
-		k = n;
-	return (double)v[k - 1] / 1e3;
+	return b->path == PATH_DAEMON ? daemon_op(b, b->client[side][thread])
+				      : layer_op(b, b->out[thread]);
 }
 
 /* An interleaved pair switches clients every SEGMENT_S, in the order
@@ -494,204 +248,61 @@ percentile_us(const uint64_t *v, size_t n, double p)
  * prices. */
 #define SEGMENT_S 0.2
 
-/* A new segment in which side md calls. */
-static void
-switch_side(struct bench *b, int md)
-{
-	unsigned seg = atomic_load(&b->segment);
-
-	atomic_store(&b->segment, ((seg >> 1) + 1) << 1 | (unsigned)md);
-}
-
-/* What one side of the measurement used: time, CPU, rows of latencies. */
-struct side {
-	double window, srv, cli, sys;
-};
-
-/* One side's row from its callers' latencies and its share of the window. */
-static int
-fill_result(const struct options *o, struct caller *w, int md, const struct side *sd,
-	    pid_t server, enum path_kind path, struct result *res)
-{
-	uint64_t *all;
-	size_t total = 0;
-
-	for (unsigned i = 0; i < o->callers; i++)
-		total += w[i].lat[md].n;
-	if (total == 0 || (all = malloc(total * sizeof(*all))) == NULL) {
-		fprintf(stderr, "bench_daemon: no calls completed in the window\n");
-		return -1;
-	}
-	total = 0;
-	for (unsigned i = 0; i < o->callers; i++) {
-		memcpy(all + total, w[i].lat[md].v, w[i].lat[md].n * sizeof(*all));
-		total += w[i].lat[md].n;
-	}
-	qsort(all, total, sizeof(*all), u64_cmp);
-	res->path = path;
-	res->callers = o->callers;
-	res->ops = (unsigned long)total;
-	res->window = sd->window;
-	res->rate = (double)total / res->window;
-	res->p50 = percentile_us(all, total, 0.50);
-	res->p99 = percentile_us(all, total, 0.99);
-	res->p999 = percentile_us(all, total, 0.999);
-	res->server_cpu = server > 0 ? sd->srv : -1.0;
-	res->client_cpu = sd->cli;
-	/* Everything else the machine did meanwhile: noise from other work. */
-	res->other_cpu = (sd->sys - res->client_cpu - (server > 0 ? res->server_cpu : 0.0)) /
-			 res->window;
-	if (res->other_cpu < 0.0)
-		res->other_cpu = 0.0;
-	free(all);
-	return 0;
-}
-
-/* Add what the machine did since *mark to side sd, and move the mark. */
-static void
-account(pid_t server, struct side *mark, struct side *sd)
-{
-	struct side now = { (double)now_ns() / 1e9, server > 0 ? proc_cpu_s(server) : 0.0,
-			    rusage_cpu(), system_busy_s() };
-
-	sd->window += now.window - mark->window;
-	sd->srv += now.srv - mark->srv;
-	sd->cli += now.cli - mark->cli;
-	sd->sys += now.sys - mark->sys;
-	*mark = now;
-}
-
 /*
- * Run b with `ncallers` threads: warm up, time the window, collect the
+ * Run b with the configured callers: warm up, time the window, collect the
  * latencies. clients[i] (daemon path) is the client of thread i. With alt
  * (an interleaved pair), thread i calls through alt[i] in every other
- * segment (A B B A ...), each side gets --seconds, and the second side's
- * row goes to *res_alt. server is the pid whose CPU counts (0 for none).
- * Fills *res; 0 or -1 after printing why.
+ * segment (A B B A every SEGMENT_S), each side gets --seconds, and the
+ * second side's row goes to *res_alt. server is the pid whose CPU counts
+ * (0 for none). Fills *res; 0 or -1 after printing why.
  */
 static int
 measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 	coffer_client *const *alt, pid_t server, struct result *res, struct result *res_alt)
 {
-	static const int abba[4] = { 0, 1, 1, 0 };
-	struct caller *w;
-	struct side sides[2], mark;
-	unsigned started = 0, nseg = 1;
-	double waited, seg_s = o->seconds;
-	int e, ret = -1;
+	struct cf_bench_row rows[2];
+	cf_buf **out = NULL;
+	int ret = -1;
 
-	if ((w = calloc(o->callers, sizeof(*w))) == NULL) {
-		fprintf(stderr, "bench_daemon: out of memory\n");
-		return -1;
+	if (b->path != PATH_DAEMON) {
+		if ((out = calloc(o->c.callers, sizeof(*out))) == NULL)
+			goto nomem;
+		for (unsigned i = 0; i < o->c.callers; i++)
+			if ((out[i] = cf_buf_new(OUT_MAX)) == NULL)
+				goto nomem;
 	}
-	memset(sides, 0, sizeof(sides));
-	if (alt != NULL) {
-		nseg = 4 * (unsigned)(o->seconds / (2 * SEGMENT_S) + 0.999);
-		seg_s = 2 * o->seconds / nseg;
-	}
-	atomic_store(&b->phase, PH_WARMUP);
-	atomic_store(&b->segment, 0);
-	atomic_store(&b->failed, false);
-	b->err[0] = '\0';
-	for (unsigned i = 0; i < o->callers; i++) {
-		/* Room for the expected calls, touched now rather than in the window. */
-		size_t cap = (size_t)(o->seconds * 400000.0 / o->callers) + 65536;
-
-		w[i].b = b;
-		w[i].client[0] = clients != NULL ? clients[i] : NULL;
-		w[i].client[1] = alt != NULL ? alt[i] : NULL;
-		for (int md = 0; md < (alt != NULL ? 2 : 1); md++) {
-			if ((w[i].lat[md].v = malloc(cap * sizeof(uint64_t))) == NULL) {
-				fprintf(stderr, "bench_daemon: out of memory\n");
-				goto out;
-			}
-			memset(w[i].lat[md].v, 0, cap * sizeof(uint64_t));
-			w[i].lat[md].cap = cap;
+	b->client[0] = clients;
+	b->client[1] = alt;
+	b->out = out;
+	b->run.arg = b;
+	b->run.call = bench_call;
+	b->run.callers = o->c.callers;
+	b->run.seconds = o->c.seconds;
+	b->run.warmup = o->c.warmup;
+	b->run.segment = alt != NULL ? SEGMENT_S : 0.0;
+	b->run.servers[0] = server;
+	b->run.nservers = server > 0;
+	memset(rows, 0, sizeof(rows));
+	if (cf_bench_measure(&b->run, rows) == 0) {
+		memcpy(rows[0].label, res->row.label, sizeof(rows[0].label));
+		res->row = rows[0];
+		if (alt != NULL) {
+			memcpy(rows[1].label, res_alt->row.label, sizeof(rows[1].label));
+			res_alt->row = rows[1];
 		}
-		if (b->path != PATH_DAEMON && (w[i].out = cf_buf_new(OUT_MAX)) == NULL) {
-			fprintf(stderr, "bench_daemon: out of memory\n");
-			goto out;
-		}
+		res->path = b->path;
+		if (res_alt != NULL)
+			res_alt->path = b->path;
+		ret = 0;
 	}
-	pthread_barrier_init(&b->start, NULL, o->callers + 1);
-	for (unsigned i = 0; i < o->callers; i++) {
-		if ((e = pthread_create(&w[i].tid, NULL, caller_main, &w[i])) != 0) {
-			fprintf(stderr, "bench_daemon: pthread_create: %s\n", strerror(e));
-			exit(1); /* the barrier cannot be released any more */
-		}
-		started++;
-	}
-	pthread_barrier_wait(&b->start);
-	for (waited = 0.0; waited < o->warmup && !atomic_load(&b->failed); waited += 0.05) {
-		sleep_s(0.05);
-		if (alt != NULL)   /* both sides warm */
-			switch_side(b, ((unsigned)(waited / 0.05) / 2) % 2);
-	}
-	switch_side(b, 0);
-	mark = (struct side){ (double)now_ns() / 1e9, server > 0 ? proc_cpu_s(server) : 0.0,
-			      rusage_cpu(), system_busy_s() };
-	atomic_store(&b->phase, PH_MEASURE);
-	for (unsigned k = 0; k < nseg && !atomic_load(&b->failed); k++) {
-		for (waited = 0.0; waited < seg_s && !atomic_load(&b->failed); waited += 0.05)
-			sleep_s(seg_s - waited < 0.05 ? seg_s - waited : 0.05);
-		/* Switch first, then read the clocks: a call that straddles the
-		 * switch (or the end) is not counted, and neither is its time. */
-		if (k + 1 == nseg)
-			atomic_store(&b->phase, PH_STOP);
-		switch_side(b, k + 1 < nseg ? abba[(k + 1) % 4] : 0);
-		account(server, &mark, &sides[abba[k % 4]]);
-	}
-	atomic_store(&b->phase, PH_STOP);
-	for (unsigned i = 0; i < started; i++)
-		pthread_join(w[i].tid, NULL);
-	pthread_barrier_destroy(&b->start);
-	if (atomic_load(&b->failed)) {
-		fprintf(stderr, "bench_daemon: %s\n", b->err);
-		goto out;
-	}
-	if (fill_result(o, w, 0, &sides[0], server, b->path, res) != 0 ||
-	    (alt != NULL && fill_result(o, w, 1, &sides[1], server, b->path, res_alt) != 0))
-		goto out;
-	ret = 0;
+	goto out;
+nomem:
+	fprintf(stderr, "bench_daemon: out of memory\n");
 out:
-	for (unsigned i = 0; i < o->callers; i++) {
-		free(w[i].lat[0].v);
-		free(w[i].lat[1].v);
-		cf_buf_free(w[i].out);
-	}
-	free(w);
+	for (unsigned i = 0; out != NULL && i < o->c.callers; i++)
+		cf_buf_free(out[i]);
+	free(out);
 	return ret;
-}
-
-/* ---- output ---- */
-
-static void
-print_table_header(void)
-{
-	printf("%-26s %7s %9s %8s %8s %8s %13s %14s %13s %8s\n", "path", "callers", "ops/s",
-	       "p50 us", "p99 us", "p99.9 us", "srv CPU us/op", "ops/srv CPU-s", "cli CPU us/op",
-	       "other");
-}
-
-static void
-print_result(const struct result *r)
-{
-	char srv[32], per[32];
-
-	if (r->server_cpu >= 0.0 && r->ops > 0) {
-		snprintf(srv, sizeof(srv), "%.1f", 1e6 * r->server_cpu / (double)r->ops);
-		if (r->server_cpu > 0.0)
-			snprintf(per, sizeof(per), "%.0f", (double)r->ops / r->server_cpu);
-		else
-			snprintf(per, sizeof(per), "inf");
-	} else {
-		snprintf(srv, sizeof(srv), "-");
-		snprintf(per, sizeof(per), "-");
-	}
-	printf("%-26s %7u %9.0f %8.0f %8.0f %8.0f %13s %14s %13.1f %8.2f\n", r->label,
-	       r->callers, r->rate, r->p50, r->p99, r->p999, srv, per,
-	       r->ops > 0 ? 1e6 * r->client_cpu / (double)r->ops : 0.0, r->other_cpu);
-	fflush(stdout);
 }
 
 static void
@@ -699,62 +310,10 @@ record(const struct result *r)
 {
 	if (nresults < MAX_RESULTS)
 		results[nresults++] = *r;
-	print_result(r);
+	cf_bench_print_row(&r->row);
 }
 
 /* ---- path 1: cofferd ---- */
-
-static int
-daemon_create_key(const struct cf_test_daemon *d, const struct bench *b)
-{
-	coffer_client *admin = NULL;
-	int r;
-
-	if ((r = coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &admin)) != COFFER_OK) {
-		fprintf(stderr, "bench_daemon: coffer_connect(admin): %s\n", coffer_strerror(r));
-		return -1;
-	}
-	r = coffer_create_key(admin, b->key_name, ops[b->op].ctype, 0, NULL);
-	if (r != COFFER_OK && r != COFFER_E_EXISTS)
-		fprintf(stderr, "bench_daemon: creating %s: %s: %s\n", b->key_name,
-			coffer_strerror(r), coffer_error_message());
-	coffer_close(admin);
-	return r == COFFER_OK || r == COFFER_E_EXISTS ? 0 : -1;
-}
-
-/* The daemon's identity, read once on the admin socket, for the clients to pin. */
-static int
-daemon_identity(const struct cf_test_daemon *d, struct coffer_bytes *id, char *fpr, size_t len)
-{
-	coffer_client *admin = NULL;
-	int r;
-
-	if ((r = coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &admin)) == COFFER_OK)
-		r = coffer_get_identity(admin, id, fpr, len);
-	if (r != COFFER_OK)
-		fprintf(stderr, "bench_daemon: identity: %s\n", coffer_error_message());
-	coffer_close(admin);
-	return r == COFFER_OK ? 0 : -1;
-}
-
-/* --auth: give the benchmark's principal an API key (sealed, so pinned to
- * the identity `id`), or revoke it again. */
-static int
-api_key(const struct cf_test_daemon *d, const struct coffer_bytes *id, struct coffer_api_key *k,
-	struct coffer_bytes *secret, int revoke)
-{
-	coffer_client *admin = NULL;
-	int r;
-
-	if ((r = coffer_connect(d->admin, COFFER_CONNECT_ADMIN, &admin)) == COFFER_OK &&
-	    (r = coffer_pin_identity(admin, id->data, id->len)) == COFFER_OK)
-		r = revoke ? coffer_api_key_revoke(admin, k->id, NULL)
-			   : coffer_api_key_create(admin, CF_TEST_PRINCIPAL, NULL, 0, k, secret);
-	if (r != COFFER_OK)
-		fprintf(stderr, "bench_daemon: API key: %s\n", coffer_error_message());
-	coffer_close(admin);
-	return r == COFFER_OK ? 0 : -1;
-}
 
 static int
 run_daemon(struct bench *b, const struct options *o, const struct cf_test_token *tok,
@@ -783,15 +342,15 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	if ((f = fopen(conf, "w")) == NULL)
 		return -1;
 	fprintf(f, "[session]\nunsealed_secrets = %s\n[audit]\ndurability = %s\n",
-		interleave ? "true" : "false", o->durability);
+		interleave ? "true" : "false", o->c.durability);
 	fclose(f);
 	b->path = PATH_DAEMON;
 	if (cf_test_daemon_start(tok, &d, extra) != 0)
 		return -1;
-	if (daemon_create_key(&d, b) != 0 || daemon_identity(&d, &id, fpr, sizeof(fpr)) != 0)
+	if (cf_bench_create_key(&d, b->key_name, ops[b->op].ctype) != 0 || cf_bench_identity(&d, &id, fpr, sizeof(fpr)) != 0)
 		goto out;
-	if ((clients = calloc(2 * o->callers, sizeof(*clients))) == NULL ||
-	    (own = calloc(2 * o->callers, sizeof(*own))) == NULL)
+	if ((clients = calloc(2 * o->c.callers, sizeof(*clients))) == NULL ||
+	    (own = calloc(2 * o->c.callers, sizeof(*own))) == NULL)
 		goto out;
 	for (unsigned mode = CLIENT_PER_THREAD; mode <= CLIENT_SHARED; mode <<= 1) {
 		if (!(o->clients & mode))
@@ -800,16 +359,16 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 
 		for (unsigned w = 0; w < (pair ? 4u : 1u); w++) {
 			int v = pair ? abba[round % 2][w] : 0;
-			unsigned want = mode == CLIENT_PER_THREAD ? o->callers : 1;
+			unsigned want = mode == CLIENT_PER_THREAD ? o->c.callers : 1;
 			int sign = o->auth && v == 1;
 			struct coffer_api_key ak;
 
 			memset(&ak, 0, sizeof(ak));
-			if (sign && api_key(&d, &id, &ak, &secret, 0) != 0)
+			if (sign && cf_bench_api_key(&d, &id, &ak, &secret, 0) != 0)
 				goto out;
 			/* Set 0 sealed (as libcoffer sends), set 1 the unsealed baseline. */
 			for (unsigned set = 0; set < (interleave ? 2u : 1u); set++) {
-				coffer_client **cs = clients + set * o->callers;
+				coffer_client **cs = clients + set * o->c.callers;
 
 				for (unsigned k = 0; k < want; k++) {
 					if ((r = coffer_connect(d.service, 0, &cs[k])) != COFFER_OK ||
@@ -828,7 +387,7 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 						goto out;
 					}
 				}
-				for (unsigned i = want; i < o->callers; i++)
+				for (unsigned i = want; i < o->c.callers; i++)
 					cs[i] = cs[0];
 			}
 			if (b->op == OP_UNWRAP && b->blob.data == NULL &&
@@ -840,7 +399,7 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 			}
 			memset(res, 0, sizeof(res));
 			for (int k = 0; k < 2; k++) {
-				snprintf(res[k].label, sizeof(res[k].label), "cofferd w%u %s%s",
+				snprintf(res[k].row.label, sizeof(res[k].row.label), "cofferd w%u %s%s",
 					 workers, mode == CLIENT_PER_THREAD ? "client/thread" :
 					 "shared client", interleave ? (k ? " unsealed" : " sealed") :
 					 o->auth ? (sign ? " signed" : " unsigned") : "");
@@ -849,7 +408,7 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 				res[k].auth = o->auth ? 1 + sign : 0;
 				res[k].op_id = b->op;
 			}
-			if (measure(b, o, clients, interleave ? clients + o->callers : NULL, d.pid,
+			if (measure(b, o, clients, interleave ? clients + o->c.callers : NULL, d.pid,
 				    &res[0], &res[1]) != 0)
 				goto out;
 			record(&res[0]);
@@ -859,7 +418,7 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 				coffer_close(own[--nown]);
 			coffer_bytes_free(&secret);
 			/* Revoked, so that the next unsigned row may call unsigned. */
-			if (sign && api_key(&d, &id, &ak, &secret, 1) != 0)
+			if (sign && cf_bench_api_key(&d, &id, &ak, &secret, 1) != 0)
 				goto out;
 		}
 	}
@@ -891,7 +450,7 @@ run_layer(struct bench *b, const struct options *o, const struct cf_p11_config *
 	int r, ret = -1;
 
 	cfg.module_path = module;
-	cfg.pool_size = o->callers > 8 ? o->callers : 0;
+	cfg.pool_size = o->c.callers > 8 ? o->c.callers : 0;
 	b->path = path;
 	if ((r = cf_p11_open(&cfg, &p)) != CF_OK) {
 		fprintf(stderr, "bench_daemon: cf_p11_open(%s): %s: %s\n", module, cf_status_name(r),
@@ -904,7 +463,7 @@ run_layer(struct bench *b, const struct options *o, const struct cf_p11_config *
 		goto out;
 	}
 	memset(&res, 0, sizeof(res));
-	snprintf(res.label, sizeof(res.label), "%s",
+	snprintf(res.row.label, sizeof(res.row.label), "%s",
 		 path == PATH_P11KIT ? "p11-kit server (remote)" : "in-process layer");
 	if (measure(b, o, NULL, NULL, server, &res, NULL) != 0)
 		goto out;
@@ -915,25 +474,6 @@ out:
 	b->key = NULL;
 	cf_p11_close(p);
 	return ret;
-}
-
-/* Connect to a Unix socket once to see that the server listens. */
-static int
-socket_ready(const char *path)
-{
-	struct sockaddr_un sa;
-	size_t len = strlen(path);
-	int fd, ok;
-
-	if (len >= sizeof(sa.sun_path) ||
-	    (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-		return 0;
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	memcpy(sa.sun_path, path, len);
-	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	close(fd);
-	return ok;
 }
 
 static int
@@ -971,8 +511,8 @@ run_p11kit(struct bench *b, const struct options *o, const struct cf_test_token 
 			fprintf(stderr, "bench_daemon: p11-kit server exited; log %s\n", log);
 			return -1;
 		}
-		if (!(ready = socket_ready(sock)))
-			sleep_s(0.01);
+		if (!(ready = cf_bench_socket_ready(sock)))
+			cf_bench_sleep(0.01);
 	}
 	if (!ready) {
 		fprintf(stderr, "bench_daemon: p11-kit server not listening after 5 s; log %s\n",
@@ -1019,33 +559,7 @@ usage(FILE *fp)
 		"Columns: srv CPU = CPU of cofferd or of p11-kit server and its children;\n"
 		"cli CPU = this process; other = CPUs busy with other processes meanwhile.\n"
 		"Runs on a temporary SoftHSM2 token (COFFER_TEST_KEEP=1 keeps it, with the\n"
-		"cofferd and p11-kit server logs).\n", MAX_CALLERS, P11KIT_CLIENT);
-}
-
-static int
-parse_uint(const char *v, unsigned long lo, unsigned long hi, unsigned *out)
-{
-	char *end;
-	unsigned long n;
-
-	errno = 0;
-	n = strtoul(v, &end, 10);
-	if (end == v || *end != '\0' || errno != 0 || n < lo || n > hi)
-		return -1;
-	*out = (unsigned)n;
-	return 0;
-}
-
-static int
-parse_seconds(const char *v, double lo, double *out)
-{
-	char *end;
-	double s = strtod(v, &end);
-
-	if (end == v || *end != '\0' || !(s >= lo && s <= 3600.0))
-		return -1;
-	*out = s;
-	return 0;
+		"cofferd and p11-kit server logs).\n", CF_BENCH_MAX_CALLERS, P11KIT_CLIENT);
 }
 
 static int
@@ -1059,7 +573,7 @@ parse_workers(const char *list, struct options *o)
 	o->nworkers = 0;
 	for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
 		if (o->nworkers == MAX_WORKER_COUNTS ||
-		    parse_uint(tok, 1, 64, &o->workers[o->nworkers]) != 0) {
+		    cf_bench_parse_uint(tok, 1, 64, &o->workers[o->nworkers]) != 0) {
 			ret = -1;
 			break;
 		}
@@ -1098,32 +612,21 @@ parse_paths(const char *list, struct options *o)
 static int
 parse_args(int argc, char **argv, struct options *o)
 {
+	const char *a = NULL, *v = NULL;
+	int next = 1, more;
+
 	memset(o, 0, sizeof(*o));
+	cf_bench_opts_init(&o->c, 5.0, MAX_ROUNDS);
 	o->op = OP_ECDSA;
-	o->callers = 8;
-	o->seconds = 5.0;
-	o->warmup = 1.0;
 	o->workers[0] = 4;
 	o->nworkers = 1;
 	o->clients = CLIENT_PER_THREAD | CLIENT_SHARED;
-	o->rounds = 2;
 	for (int i = 0; i < PATH__COUNT; i++)
 		o->paths[i] = 1;
 	o->p11kit_client = P11KIT_CLIENT;
-	o->durability = "disk";
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+	while ((more = cf_bench_option(argc, argv, &next, &o->c, &a, &v, usage)) > 0) {
 		int bad = 0;
 
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			usage(stdout);
-			exit(0);
-		}
-		if (v == NULL) {
-			usage(stderr);
-			return -1;
-		}
-		i++;
 		if (strcmp(a, "--op") == 0) {
 			int k;
 
@@ -1132,12 +635,6 @@ parse_args(int argc, char **argv, struct options *o)
 					break;
 			bad = k == OP__COUNT;
 			o->op = (enum op_id)k;
-		} else if (strcmp(a, "--callers") == 0) {
-			bad = parse_uint(v, 1, MAX_CALLERS, &o->callers) != 0;
-		} else if (strcmp(a, "--seconds") == 0) {
-			bad = parse_seconds(v, 0.1, &o->seconds) != 0;
-		} else if (strcmp(a, "--warmup") == 0) {
-			bad = parse_seconds(v, 0.0, &o->warmup) != 0;
 		} else if (strcmp(a, "--workers") == 0) {
 			bad = parse_workers(v, o) != 0;
 		} else if (strcmp(a, "--clients") == 0) {
@@ -1149,8 +646,6 @@ parse_args(int argc, char **argv, struct options *o)
 				o->clients = CLIENT_PER_THREAD | CLIENT_SHARED;
 			else
 				bad = 1;
-		} else if (strcmp(a, "--rounds") == 0) {
-			bad = parse_uint(v, 1, MAX_ROUNDS, &o->rounds) != 0;
 		} else if (strcmp(a, "--paths") == 0) {
 			bad = parse_paths(v, o) != 0;
 		} else if (strcmp(a, "--auth") == 0) {
@@ -1158,9 +653,6 @@ parse_args(int argc, char **argv, struct options *o)
 			bad = !o->auth && strcmp(v, "none") != 0;
 		} else if (strcmp(a, "--p11kit-client") == 0) {
 			o->p11kit_client = v;
-		} else if (strcmp(a, "--durability") == 0) {
-			o->durability = v;
-			bad = strcmp(v, "disk") != 0 && strcmp(v, "os") != 0;
 		} else {
 			usage(stderr);
 			return -1;
@@ -1170,6 +662,8 @@ parse_args(int argc, char **argv, struct options *o)
 			return -1;
 		}
 	}
+	if (more < 0)
+		return -1;
 	if (o->auth && (OP_SEALABLE(o->op) || o->op == OP_HANDSHAKE)) {
 		fprintf(stderr, "bench_daemon: --auth measures plain calls: use it with ecdsa-p256, "
 			"ed25519, rsa2048 or hmac-sha256\n");
@@ -1190,34 +684,16 @@ summarise(const struct result *best[MAX_RESULTS])
 		unsigned j;
 
 		for (j = 0; j < n; j++)
-			if (strcmp(best[j]->label, results[i].label) == 0)
+			if (strcmp(best[j]->row.label, results[i].row.label) == 0)
 				break;
 		if (j == n)
 			best[n++] = &results[i];
-		else if (results[i].rate > best[j]->rate)
+		else if (results[i].row.rate > best[j]->row.rate)
 			best[j] = &results[i];
 	}
 	return n;
 }
 
-static const char *
-met(int ok)
-{
-	return ok ? "met" : "NOT met";
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* What `costly` rows add over `base` rows: per round, the rows measured on
- * one daemon (run_daemon) summed on each side, then the median
- * over the rounds, since best-of-N of each side would pair a lucky round
- * with an unlucky one. */
 static void
 print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct result *),
 		int (*is_base)(const struct result *), const char *target)
@@ -1241,14 +717,14 @@ print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct
 
 			if (r->group != g || side < 0)
 				continue;
-			if (side == 0 && label != NULL && strcmp(label, r->label) != 0)
+			if (side == 0 && label != NULL && strcmp(label, r->row.label) != 0)
 				mixed = 1;
 			if (side == 0)
-				label = r->label;
-			nops[side] += (double)r->ops;
-			win[side] += r->window;
-			all[side] += r->server_cpu + r->client_cpu;
-			own[side] += r->server_cpu;
+				label = r->row.label;
+			nops[side] += (double)r->row.ops;
+			win[side] += r->row.window;
+			all[side] += r->row.server_cpu + r->row.client_cpu;
+			own[side] += r->row.server_cpu;
 		}
 		if (nops[0] == 0 || nops[1] == 0)
 			continue;
@@ -1259,15 +735,15 @@ print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct
 	}
 	if (k == 0)
 		return;
-	qsort(slow, k, sizeof(slow[0]), cmp_double);
-	qsort(cpu, k, sizeof(cpu[0]), cmp_double);
-	qsort(srv, k, sizeof(srv[0]), cmp_double);
+	cf_bench_sort(slow, k);
+	cf_bench_sort(cpu, k);
+	cf_bench_sort(srv, k);
 	printf("# %s cost (median of %u rounds%s, %s): %+.1f%% time per call "
 	       "(rounds %+.1f%% .. %+.1f%%), %+.1f us CPU per call (client + daemon), of which "
 	       "the daemon %+.1f us%s%s\n", what, k, mixed ? " and configurations" : "", how,
 	       100.0 * slow[k / 2], 100.0 * slow[0],
 	       100.0 * slow[k - 1], cpu[k / 2], srv[k / 2], target ? " (target < 10%): " : "",
-	       target ? met(slow[k / 2] < 0.10) : "");
+	       target ? cf_bench_met(slow[k / 2] < 0.10) : "");
 }
 
 static int is_sealed(const struct result *r) { return r->path == PATH_DAEMON && !r->unsealed; }
@@ -1282,7 +758,7 @@ print_verdict(const struct result *const *best, unsigned n)
 	double per_cpu;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (best[i]->path == PATH_DAEMON && (d == NULL || best[i]->rate > d->rate))
+		if (best[i]->path == PATH_DAEMON && (d == NULL || best[i]->row.rate > d->row.rate))
 			d = best[i];
 		if (best[i]->path == PATH_P11KIT)
 			k = best[i];
@@ -1297,28 +773,30 @@ print_verdict(const struct result *const *best, unsigned n)
 	print_pair_cost("API key authentication", "each A B B A", is_signed, is_unsigned, NULL);
 	if (OP_SEALABLE(d->op_id) || OP_DAEMON_ONLY(d->op_id))
 		return;
-	per_cpu = d->server_cpu > 0.0 ? (double)d->ops / d->server_cpu : 0.0;
-	printf("# cofferd configuration compared: %s (highest ops/s)\n", d->label);
+	per_cpu = d->row.server_cpu > 0.0 ? (double)d->row.ops / d->row.server_cpu : 0.0;
+	printf("# cofferd configuration compared: %s (highest ops/s)\n", d->row.label);
 	if (k != NULL)
 		printf("# daemon/p11-kit ops/s = %.0f / %.0f = %.2fx (target >= %.1fx): %s\n",
-		       d->rate, k->rate, k->rate > 0.0 ? d->rate / k->rate : 0.0, TARGET_SPEEDUP,
-		       met(k->rate > 0.0 && d->rate / k->rate >= TARGET_SPEEDUP));
+		       d->row.rate, k->row.rate, k->row.rate > 0.0 ? d->row.rate / k->row.rate : 0.0,
+		       TARGET_SPEEDUP,
+		       cf_bench_met(k->row.rate > 0.0 &&
+				    d->row.rate / k->row.rate >= TARGET_SPEEDUP));
 	else
 		printf("# daemon/p11-kit ops/s: no p11-kit result (target >= %.1fx): not judged\n",
 		       TARGET_SPEEDUP);
 	printf("# daemon ops per daemon CPU-second = %.0f (target >= %.0f): %s\n", per_cpu,
-	       TARGET_OPS_PER_CPU_S, met(per_cpu >= TARGET_OPS_PER_CPU_S));
-	printf("# daemon p99 = %.0f us (target < %.0f us): %s\n", d->p99, TARGET_P99_US,
-	       met(d->p99 < TARGET_P99_US));
+	       TARGET_OPS_PER_CPU_S, cf_bench_met(per_cpu >= TARGET_OPS_PER_CPU_S));
+	printf("# daemon p99 = %.0f us (target < %.0f us): %s\n", d->row.p99, TARGET_P99_US,
+	       cf_bench_met(d->row.p99 < TARGET_P99_US));
 	/* The in-process row spends its CPU on the token's own work, so it
 	 * bounds what any daemon could reach, before a single byte of RPC. */
-	if (l != NULL && l->ops > 0 && l->client_cpu > 0.0)
+	if (l != NULL && l->row.ops > 0 && l->row.client_cpu > 0.0)
 		printf("# token floor: the in-process layer uses %.1f us CPU per op at %u callers, "
 		       "so no daemon can exceed %.0f ops per CPU-second; cofferd adds %.1f us\n",
-		       1e6 * l->client_cpu / (double)l->ops, l->callers,
-		       (double)l->ops / l->client_cpu,
-		       d->ops > 0 ? 1e6 * (d->server_cpu / (double)d->ops -
-					   l->client_cpu / (double)l->ops) : 0.0);
+		       1e6 * l->row.client_cpu / (double)l->row.ops, l->row.callers,
+		       (double)l->row.ops / l->row.client_cpu,
+		       d->row.ops > 0 ? 1e6 * (d->row.server_cpu / (double)d->row.ops -
+					   l->row.client_cpu / (double)l->row.ops) : 0.0);
 }
 
 /* ---- main ---- */
@@ -1337,11 +815,12 @@ main(int argc, char **argv)
 	unsigned n;
 	int rc = 1, have_token = 0;
 
+	cf_bench_name = "bench_daemon";
 	if (parse_args(argc, argv, &o) != 0)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
 	memset(&b, 0, sizeof(b));
-	pthread_mutex_init(&b.err_mu, NULL);
+	cf_bench_init(&b.run);
 	b.op = o.op;
 	b.msg = msg;
 	snprintf(b.key_name, sizeof(b.key_name), "bench-%s", ops[o.op].name);
@@ -1369,13 +848,13 @@ main(int argc, char **argv)
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %Z", localtime(&t));
 	printf("# bench_daemon %s  cpus %ld  op %s (%s)  callers %u  window %.3g s  "
 	       "warm-up %.3g s  rounds %u  cofferd workers",
-	       date, sysconf(_SC_NPROCESSORS_ONLN), ops[o.op].name, ops[o.op].what, o.callers,
-	       o.seconds, o.warmup, o.rounds);
+	       date, sysconf(_SC_NPROCESSORS_ONLN), ops[o.op].name, ops[o.op].what, o.c.callers,
+	       o.c.seconds, o.c.warmup, o.c.rounds);
 	for (unsigned i = 0; i < o.nworkers; i++)
 		printf("%s%u", i ? "," : " ", o.workers[i]);
 	printf("\n# token %s  module %s  p11-kit client %s\n", tok.uri, tok.cfg.module_path,
 	       o.p11kit_client);
-	print_table_header();
+	cf_bench_print_header();
 	fflush(stdout);
 
 	/* The key is made through cofferd's admin socket; the baselines open the
@@ -1400,7 +879,7 @@ main(int argc, char **argv)
 		printf("# %s: cofferd only (no PKCS#11-layer counterpart)\n", ops[o.op].name);
 		o.paths[PATH_LAYER] = o.paths[PATH_P11KIT] = 0;
 	}
-	for (unsigned round = 0; round < o.rounds; round++) {
+	for (unsigned round = 0; round < o.c.rounds; round++) {
 		if (o.paths[PATH_DAEMON])
 			for (unsigned i = 0; i < o.nworkers; i++)
 				if (run_daemon(&b, &o, &tok, o.workers[i], round) != 0)
@@ -1417,16 +896,16 @@ main(int argc, char **argv)
 	}
 
 	n = summarise(best);
-	printf("# best of %u rounds\n", o.rounds);
-	print_table_header();
+	printf("# best of %u rounds\n", o.c.rounds);
+	cf_bench_print_header();
 	for (unsigned i = 0; i < n; i++)
-		print_result(best[i]);
+		cf_bench_print_row(&best[i]->row);
 	print_verdict(best, n);
 	rc = 0;
 out:
 	fflush(stdout);
 	cf_buf_free(aad);
-	pthread_mutex_destroy(&b.err_mu);
+	cf_bench_fini(&b.run);
 	if (have_token)
 		cf_test_token_destroy(&tok);
 	return rc;

@@ -33,6 +33,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "cf_bench.h"
 #include "cf_p11.h"
 #include "cf_status.h"
 #include "cf_test_token.h"
@@ -77,9 +78,7 @@ struct run {
 	const uint8_t *msg;
 	pthread_barrier_t start;
 	atomic_bool stop;
-	atomic_bool failed;
-	pthread_mutex_t err_mu;
-	char err[300];
+	struct cf_bench_failure fail;
 };
 
 struct worker {
@@ -109,14 +108,9 @@ run_fail(struct run *r, const char *fmt, ...)
 {
 	va_list ap;
 
-	pthread_mutex_lock(&r->err_mu);
-	if (!atomic_load(&r->failed)) {
-		va_start(ap, fmt);
-		vsnprintf(r->err, sizeof(r->err), fmt, ap);
-		va_end(ap);
-		atomic_store(&r->failed, true);
-	}
-	pthread_mutex_unlock(&r->err_mu);
+	va_start(ap, fmt);
+	cf_bench_failure_vset(&r->fail, fmt, ap);
+	va_end(ap);
 	atomic_store(&r->stop, true);
 }
 
@@ -294,8 +288,7 @@ measure(struct run *r, unsigned nthreads, double seconds, struct tally *t)
 	int e;
 
 	atomic_store(&r->stop, false);
-	atomic_store(&r->failed, false);
-	r->err[0] = '\0';
+	cf_bench_failure_reset(&r->fail);
 	pthread_barrier_init(&r->start, NULL, nthreads + 1);
 	for (unsigned i = 0; i < nthreads; i++) {
 		w[i].run = r;
@@ -324,8 +317,8 @@ measure(struct run *r, unsigned nthreads, double seconds, struct tally *t)
 	t->rate += rate;
 	t->slices++;
 	pthread_barrier_destroy(&r->start);
-	if (atomic_load(&r->failed)) {
-		fprintf(stderr, "bench_p11: %s\n", r->err);
+	if (atomic_load(&r->fail.failed)) {
+		fprintf(stderr, "bench_p11: %s\n", r->fail.text);
 		return -1;
 	}
 	return 0;
@@ -724,7 +717,7 @@ main(int argc, char **argv)
 			goto out;
 
 	memset(&run, 0, sizeof(run));
-	pthread_mutex_init(&run.err_mu, NULL);
+	cf_bench_failure_init(&run.fail);
 	run.raw = &raw;
 	run.msg = msg;
 	if ((run.sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL ||
@@ -767,7 +760,7 @@ main(int argc, char **argv)
 	rc = 0;
 out_run:
 	EVP_MD_free((EVP_MD *)run.sha256);
-	pthread_mutex_destroy(&run.err_mu);
+	cf_bench_failure_fini(&run.fail);
 out:
 	if (have_raw)
 		raw_close(&raw);
