@@ -399,13 +399,15 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 		keyring_close(kr);
 		return r;
 	}
-	if ((r = recovery_run(p11, st, report, &lc.mismatches)) != CF_OK ||
-	    (r = store_load(st, load_one, &lc)) != CF_OK) {
-		store_change_end(st);
+	r = recovery_run(p11, st, report, &lc.mismatches);
+	/* Loading (a token search per version) runs without it: what another
+	 * replica changes meanwhile is in the store by the time it is read, or
+	 * arrives as a notification. */
+	store_change_end(st);
+	if (r != CF_OK || (r = store_load(st, load_one, &lc)) != CF_OK) {
 		keyring_close(kr);
 		return r;
 	}
-	store_change_end(st);
 	if (mismatches != NULL)
 		*mismatches = lc.mismatches;
 	*out = kr;
