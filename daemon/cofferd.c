@@ -391,14 +391,15 @@ replica_changed(const char *kind, const char *name, void *arg)
 			     name, cf_error_detail());
 }
 
-static void
+static int
 replica_resync(void *arg)
 {
 	struct replica *rp = arg;
+	int r;
 
-	if (keyring_refresh(rp->kr, NULL) != CF_OK || policy_refresh(rp->pol) != CF_OK ||
-	    apikeys_refresh(rp->ak) != CF_OK)
-		cf_log_error("fleet: re-reading the registry: %s", cf_error_detail());
+	if ((r = keyring_refresh(rp->kr, NULL)) != CF_OK || (r = policy_refresh(rp->pol)) != CF_OK)
+		return r;
+	return apikeys_refresh(rp->ak);
 }
 
 static int

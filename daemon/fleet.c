@@ -172,7 +172,7 @@ static void *
 listen_thread(void *arg)
 {
 	fleet *f = arg;
-	time_t last_try = 0;
+	time_t last_try = 0, next_resync = time(NULL) + FLEET_RESYNC_S;
 
 	while (!atomic_load(&f->stop)) {
 		struct pollfd p;
@@ -184,13 +184,23 @@ listen_thread(void *arg)
 				continue;
 			}
 			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
-			if (f->hooks.resync != NULL)
-				f->hooks.resync(f->hooks.arg);
+			next_resync = 0;
 		}
 		if (time(NULL) != last_try) {
 			last_try = time(NULL);
 			try_lead(f);
 			cf_error_clear();
+		}
+		/* Listening before reloading: a change committed in between is
+		 * both read and announced, never neither. */
+		if (time(NULL) >= next_resync && f->hooks.resync != NULL) {
+			if (f->hooks.resync(f->hooks.arg) == CF_OK) {
+				next_resync = time(NULL) + FLEET_RESYNC_S;
+			} else {
+				cf_log_warn("fleet: reloading the registry: %s; again in a second",
+					    cf_error_detail());
+				next_resync = time(NULL) + 1;
+			}
 		}
 		p.fd = PQsocket(f->listen);
 		p.events = POLLIN;

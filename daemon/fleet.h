@@ -22,11 +22,15 @@
 
 typedef struct fleet fleet;
 
+#define FLEET_RESYNC_S 30
+
 struct fleet_hooks {
 	/* kind: "key", "principal", "apikey", "signed"; name: what changed. */
 	void (*changed)(const char *kind, const char *name, void *arg);
-	/* Reload everything (after the notification connection was lost). */
-	void (*resync)(void *arg);
+	/* Reload everything: after the notification connection was lost
+	 * (notifications sent meanwhile are gone), and every FLEET_RESYNC_S as
+	 * a safety net. CF_OK, or tried again a second later. */
+	int (*resync)(void *arg);
 	void *arg;
 };
 

@@ -39,6 +39,7 @@ struct keyring {
 	struct kr_key **keys;      /* sorted by name */
 	size_t n, cap;
 	keyring_record_fn record;  /* audit records of the daemon's own changes */
+	int shared;                /* the store is shared by replicas (store_change_begin) */
 	void *record_arg;
 };
 
@@ -348,6 +349,7 @@ kr_write_begin(keyring *kr, const char *name)
 		pthread_mutex_unlock(&kr->write_mu);
 		return r;
 	}
+	kr->shared = shared;
 	if (shared && ((r = recovery_undo_intents(kr->p11, kr->st, log_recovered, NULL)) != CF_OK ||
 		       (r = kr_sync(kr, name)) != CF_OK)) {
 		store_change_end(kr->st);
@@ -467,12 +469,22 @@ make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type t
 	return CF_OK;
 }
 
-/* The version make_version made could not be recorded: take it out again. */
+/* The version make_version made could not be recorded (status r): take it
+ * out again. Unless the shared store lost PostgreSQL: then the commit may
+ * have happened all the same, and the objects must stay; the intent decides
+ * under the next change lock (still there: not committed, the sweep removes
+ * them; gone with the commit: a version every replica serves). */
 static void
-unmake(keyring *kr, const char *name, uint32_t version, const uint8_t id[STORE_CKAID_LEN],
-       int64_t intent, cf_p11_key *h)
+unmake(keyring *kr, int r, const char *name, uint32_t version,
+       const uint8_t id[STORE_CKAID_LEN], int64_t intent, cf_p11_key *h)
 {
 	cf_p11_key_free(h);
+	if (r == CF_E_UNAVAILABLE && kr->shared) {
+		cf_log_warn("key %s version %u: the state store lost PostgreSQL while recording "
+			    "it; whether it committed is settled at the next change", name,
+			    version);
+		return;
+	}
 	if (cf_p11_objects_destroy(kr->p11, name, version, id, NULL) == CF_OK && intent != 0)
 		(void)store_intent_drop(kr->st, intent);
 	/* Else the intent stays: the next start removes the objects. */
@@ -532,7 +544,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 	    CF_OK)
 		goto out;
 	if ((r = store_key_create(kr->st, &sk, meta.ckaid, intent)) != CF_OK) {
-		unmake(kr, name, 1, meta.ckaid, intent, h);
+		unmake(kr, r, name, 1, meta.ckaid, intent, h);
 		h = NULL;
 		goto out;
 	}
@@ -620,7 +632,7 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 		goto out;
 	if ((r = store_version_add(kr->st, name, meta.version, meta.ckaid, meta.created, next,
 				   intent)) != CF_OK) {
-		unmake(kr, name, meta.version, meta.ckaid, intent, h);
+		unmake(kr, r, name, meta.version, meta.ckaid, intent, h);
 		h = NULL;
 		goto out;
 	}

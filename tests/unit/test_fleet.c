@@ -177,7 +177,7 @@ on_change(const char *kind, const char *name, void *arg)
 	pthread_mutex_unlock(&h->mu);
 }
 
-static void
+static int
 on_resync(void *arg)
 {
 	struct heard *h = arg;
@@ -185,6 +185,7 @@ on_resync(void *arg)
 	pthread_mutex_lock(&h->mu);
 	h->resyncs++;
 	pthread_mutex_unlock(&h->mu);
+	return CF_OK;
 }
 
 static int
