@@ -292,8 +292,15 @@ class Fleet(unittest.TestCase):
         return k, [v.version for v in k.versions]
 
     def same_versions_everywhere(self, name, want):
+        """Every replica serves exactly `want`, at the latest 1 s after the
+        last change (the propagation bound: a change made through one
+        replica reaches the others by NOTIFY)."""
         for i in range(3):
+            deadline = time.monotonic() + 1.0
             _, vs = self.versions(i, name)
+            while vs != want and time.monotonic() < deadline:
+                time.sleep(0.02)
+                _, vs = self.versions(i, name)
             self.assertEqual(vs, want, "key %s as replica %s sees it" % (name, REPLICAS[i]))
 
     def lease_lines(self):
