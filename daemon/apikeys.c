@@ -23,6 +23,7 @@ struct apikeys {
 	cf_p11 *p11;
 	store *st;
 	pthread_mutex_t admin;       /* one change at a time (token, then store, then memory) */
+	int shared;                  /* the store is shared by replicas (store_change_begin) */
 	pthread_rwlock_t lk;         /* the arrays below */
 	struct entry **e;            /* by id */
 	size_t n, cap;
@@ -179,6 +180,23 @@ destroy_handles(cf_p11_key **k, size_t n, const char *why)
 				     cf_p11_key_version(k[i]), why, cf_error_detail());
 		cf_p11_key_free(k[i]);
 	}
+}
+
+/* A new secret's object whose record failed with status r: destroyed,
+ * unless the shared store lost PostgreSQL, when the record may have
+ * committed all the same; then it stays (an object no record claims is
+ * removed by the reconciliation of the next start). */
+static void
+not_recorded(apikeys *a, int r, cf_p11_key **k)
+{
+	if (r == CF_E_UNAVAILABLE && a->shared) {
+		cf_log_warn("API key secret %s/%u: the state store lost PostgreSQL while recording "
+			    "it; its object is kept", cf_p11_key_name(*k), cf_p11_key_version(*k));
+		cf_p11_key_free(*k);
+		*k = NULL;
+		return;
+	}
+	destroy_handles(k, 1, "not recorded");
 }
 
 /* ---- loading and reconciliation ---- */
@@ -374,11 +392,10 @@ refresh_locked(apikeys *a)
 		for (uint32_t j = 0; j < ne->rec.nsecrets; j++) {
 			uint32_t gen = ne->rec.secrets[j].generation;
 
+			/* Shared, not moved: calls use the old table until the swap. */
 			for (uint32_t m = 0; old != NULL && m < old->rec.nsecrets; m++)
-				if (old->rec.secrets[m].generation == gen && old->k[m] != NULL) {
+				if (old->rec.secrets[m].generation == gen && old->k[m] != NULL)
 					ne->k[j] = old->k[m];
-					old->k[m] = NULL;   /* moved */
-				}
 			if (ne->k[j] == NULL &&
 			    cf_p11_key_open(a->p11, name, gen, &ne->k[j]) != CF_OK) {
 				cf_log_warn("API key %s secret %u: not in the token (unusable): %s",
@@ -402,6 +419,16 @@ refresh_locked(apikeys *a)
 		fresh = old;   /* what the table held before: closed below */
 	}
 	pthread_rwlock_unlock(&a->lk);
+	/* The old table's handles the new one does not hold are let go. */
+	for (size_t i = 0; i < fresh.n; i++) {
+		struct entry *oe = fresh.e[i], *ne = find(a, oe->rec.id);
+
+		for (uint32_t m = 0; m < oe->rec.nsecrets; m++)
+			for (uint32_t j = 0; ne != NULL && oe->k[m] != NULL && j < ne->rec.nsecrets;
+			     j++)
+				if (ne->k[j] == oe->k[m])
+					oe->k[m] = NULL;   /* kept by the new table */
+	}
 	drop_table(&fresh, 1);
 	return CF_OK;
 fail:
@@ -432,6 +459,7 @@ admin_begin(apikeys *a)
 		pthread_mutex_unlock(&a->admin);
 		return r;
 	}
+	a->shared = shared;
 	if (shared && (r = refresh_locked(a)) != CF_OK) {
 		store_change_end(a->st);
 		pthread_mutex_unlock(&a->admin);
@@ -571,7 +599,7 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 		goto out;
 	if ((r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK ||
 	    (r = publish(a, NULL, &rec, &k, gone, &ngone)) != CF_OK) {
-		destroy_handles(&k, 1, "not recorded");
+		not_recorded(a, r, &k);
 		cf_secret_free(*secret);
 		*secret = NULL;
 		goto out;
@@ -639,7 +667,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 		goto out;
 	if ((r = store_apikey_put(a->st, &rec, 0, gen, 0)) != CF_OK ||
 	    (r = publish(a, e, &rec, k, gone, &ngone)) != CF_OK) {
-		destroy_handles(k, 1, "not recorded");
+		not_recorded(a, r, k);
 		cf_secret_free(*secret);
 		*secret = NULL;
 		goto out;

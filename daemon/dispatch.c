@@ -610,6 +610,14 @@ run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t
 		 * was lost with the daemon: read the change back. */
 		snprintf(n->replay_of, sizeof(n->replay_of), "%s", first.request_id);
 		first_id = n->replay_of;
+		/* Read back as the store has it now: the change may have been
+		 * made by another replica, its notification not yet here. */
+		if (h->hc.sv->st != NULL && store_backend(h->hc.sv->st) == STORE_POSTGRESQL &&
+		    ((h->hc.sv->kr != NULL && keyring_refresh(h->hc.sv->kr, first.effect_name)) ||
+		     (h->hc.sv->pol != NULL && policy_refresh(h->hc.sv->pol) != CF_OK) ||
+		     (h->hc.sv->ak != NULL && apikeys_refresh(h->hc.sv->ak) != CF_OK)))
+			cf_log_warn("idempotency key %s: re-reading %s: %s", h->dc->idem_key,
+				    first.effect_name, cf_error_detail());
 		r = handlers_describe(&h->hc, m->output, first.effect_name, resp);
 	} else {
 		r = run_handler(m, h, req, resp, n);

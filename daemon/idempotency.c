@@ -219,6 +219,17 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 		}
 	me->next = i->run;
 	i->run = me;
+	/* A release queued by an earlier attempt of this key would take this
+	 * attempt's record: this attempt settles it instead. */
+	for (struct running **q = &i->release; *q != NULL;)
+		if ((*q)->uid == uid && strcmp((*q)->key, key) == 0) {
+			struct running *gone = *q;
+
+			*q = gone->next;
+			free(gone);
+		} else {
+			q = &(*q)->next;
+		}
 	pthread_mutex_unlock(&i->mu);
 
 	/* Recorded before the call acts (a crash leaves it pending), by an
@@ -248,7 +259,24 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 			done_running(i, key, uid);
 			return CF_OK;
 		}
-		if (rec.committed) {
+		/* Not done: another process (a replica) may still be running it. */
+		if (strcmp(rec.owner, i->self) != 0 &&
+		    (r = i->alive(i->alive_arg, rec.owner, &alive)) != CF_OK)
+			break;
+		if (rec.committed && (!alive || strcmp(rec.owner, i->self) == 0)) {
+			/* Its change committed and its caller was never answered:
+			 * answered now from what it changed, the record adopted so
+			 * that this attempt settles it. */
+			if (strcmp(rec.owner, i->self) != 0 &&
+			    (r = store_idem_adopt(i->st, key, uid, rec.owner, i->self)) != CF_OK) {
+				free(rec.response);
+				rec.response = NULL;
+				if (r != CF_E_EXISTS)
+					break;
+				memset(&rec, 0, sizeof(rec));
+				r = store_idem_claim(i->st, &mine, &rec);
+				continue;
+			}
 			cf_log_info("idempotency key %s: an interrupted %s had committed its change "
 				    "to %s; answering it without acting again", key, method,
 				    rec.effect_name);
@@ -256,11 +284,7 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 			*start = IDEM_COMMITTED;
 			return CF_OK;
 		}
-		/* Pending: another process (a replica) may still be running it. */
-		if (strcmp(rec.owner, i->self) != 0 &&
-		    (r = i->alive(i->alive_arg, rec.owner, &alive)) != CF_OK)
-			break;
-		if (!alive || strcmp(rec.owner, i->self) == 0) {
+		if (!rec.committed && (!alive || strcmp(rec.owner, i->self) == 0)) {
 			/* Its first attempt died before committing anything (what it
 			 * made in the token is undone: recovery at start, or the
 			 * fleet's sweep under the change lock): run it again, this

@@ -40,6 +40,8 @@ struct keyring {
 	size_t n, cap;
 	keyring_record_fn record;  /* audit records of the daemon's own changes */
 	int shared;                /* the store is shared by replicas (store_change_begin) */
+	cf_p11_key **retired;      /* handles of versions destroyed elsewhere (kr_retire) */
+	size_t nretired;
 	void *record_arg;
 };
 
@@ -138,6 +140,20 @@ kr_add_version(struct kr_key *k, const struct store_version *meta, cf_p11_key *h
 	return CF_OK;
 }
 
+/* Keep a handle another replica's destruction made useless until close
+ * (under the write lock): a call may still hold it, borrowed. */
+static int
+kr_retire(keyring *kr, cf_p11_key *h)
+{
+	cf_p11_key **nr = realloc(kr->retired, (kr->nretired + 1) * sizeof(*nr));
+
+	if (nr == NULL)
+		return cf_nomem();   /* it stays where it was, unused (destroyed state) */
+	kr->retired = nr;
+	kr->retired[kr->nretired++] = h;
+	return CF_OK;
+}
+
 static void
 kr_key_free(struct kr_key *k)
 {
@@ -209,6 +225,9 @@ open_version(struct load_ctx *lc, const struct store_key *sk, const struct store
 		cf_p11_key_free(h);
 		h = NULL;
 	} else if (r != CF_OK) {
+		if (r != CF_E_NOT_FOUND)
+			cf_log_warn("key %s version %u: cannot open it in the token (tried again at "
+				    "the next reload): %s", sk->name, sv->version, cf_error_detail());
 		cf_error_clear();
 		h = NULL;
 	}
@@ -285,13 +304,22 @@ sync_one(const struct store_key *sk, void *arg)
 		cf_p11_key *h;
 
 		if (i < k->nv) {
-			h = NULL;
+			/* A version that could not be opened before (a transient
+			 * token error) is tried again. */
+			h = k->v[i].k == NULL && sv->state != STORE_DESTROYED ?
+			    open_version(lc, sk, sv) : NULL;
 			pthread_rwlock_wrlock(&kr->lock);
 			k->v[i].meta = *sv;
-			if (sv->state == STORE_DESTROYED) {
-				h = k->v[i].k;
-				k->v[i].k = NULL;
+			if (h != NULL && k->v[i].k == NULL) {
+				k->v[i].k = h;
+				h = NULL;
 			}
+			/* Borrowed handles live as long as the keyring: kept aside,
+			 * freed at close (out of memory: left in place, unused in
+			 * the destroyed state). */
+			if (sv->state == STORE_DESTROYED && k->v[i].k != NULL &&
+			    kr_retire(kr, k->v[i].k) == CF_OK)
+				k->v[i].k = NULL;
 			pthread_rwlock_unlock(&kr->lock);
 			cf_p11_key_free(h);
 			continue;
@@ -424,6 +452,9 @@ keyring_close(keyring *kr)
 	for (size_t i = 0; i < kr->n; i++)
 		kr_key_free(kr->keys[i]);
 	free(kr->keys);
+	for (size_t i = 0; i < kr->nretired; i++)
+		cf_p11_key_free(kr->retired[i]);
+	free(kr->retired);
 	pthread_rwlock_destroy(&kr->lock);
 	pthread_mutex_destroy(&kr->write_mu);
 	free(kr);

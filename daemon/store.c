@@ -1413,6 +1413,36 @@ store_idem_settle(store *s, const struct store_idem *r, const char *owner)
 	return txn(s, idem_settle_body, &t);
 }
 
+struct idem_adopt {
+	const char *key;
+	uint32_t uid;
+	const char *old_owner, *new_owner;
+};
+
+static int
+idem_adopt_body(store *s, const void *arg)
+{
+	const struct idem_adopt *t = arg;
+
+	if (sqldb_run(s->db, "UPDATE idempotency SET owner = ? WHERE key = ? AND uid = ? AND "
+		      "done = 0 AND owner = ?", "tit", t->new_owner, t->key, (int64_t)t->uid,
+		      t->old_owner) != SQLDB_OK)
+		return db_err(s, "adopting an idempotency record");
+	if (sqldb_changes(s->db) != 1)
+		return cf_error(CF_E_EXISTS, "the idempotency record for key %s is no longer a "
+				"pending one of %.64s", t->key, t->old_owner);
+	return CF_OK;
+}
+
+int
+store_idem_adopt(store *s, const char *key, uint32_t uid, const char *old_owner,
+		 const char *new_owner)
+{
+	struct idem_adopt t = { key, uid, old_owner, new_owner };
+
+	return txn(s, idem_adopt_body, &t);
+}
+
 int
 store_idem_release(store *s, const char *key, uint32_t uid, const char *owner)
 {

@@ -298,6 +298,10 @@ int store_idem_takeover(store *s, const struct store_idem *r, const char *old_ow
  * CF_E_EXISTS (another replica took it over, or it is gone). */
 int store_idem_settle(store *s, const struct store_idem *r, const char *owner);
 int store_idem_release(store *s, const char *key, uint32_t uid, const char *owner);
+/* Make new_owner the holder of the record of (key, uid) if it is not done
+ * and old_owner (dead) holds it: CF_OK, else CF_E_EXISTS. */
+int store_idem_adopt(store *s, const char *key, uint32_t uid, const char *old_owner,
+		     const char *new_owner);
 /* Drop finished records created before `before`. */
 int store_idem_expire(store *s, int64_t before);
 
