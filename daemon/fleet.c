@@ -17,6 +17,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "sqldb.h"
+#include "sqldb_pg.h"
 #include "store.h"
 
 /* Two-key advisory locks in Coffer's own class ("Coff"); incarnations use
@@ -57,7 +58,7 @@ oneline(const char *s, char *buf, size_t len)
 static int
 connect_db(const char *dsn, PGconn **out)
 {
-	PGconn *c = PQconnectdb(dsn);
+	PGconn *c = sqldb_pg_connect(dsn, "fleet");
 	char msg[512];
 	int r;
 
@@ -110,15 +111,30 @@ listen_connect(fleet *f)
 
 	if ((r = connect_db(f->dsn, &f->listen)) != CF_OK)
 		return r;
-	if ((r = run(f->listen, "LISTEN " STORE_NOTIFY_CHANNEL, NULL, NULL, 0)) != CF_OK ||
-	    (r = run(f->listen, "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-		     f->incarnation, NULL, 0)) != CF_OK) {
-		PQfinish(f->listen);
-		f->listen = NULL;
-		return r;
+	if ((r = run(f->listen, "LISTEN " STORE_NOTIFY_CHANNEL, NULL, NULL, 0)) != CF_OK)
+		goto fail;
+	/* Tried, not waited for: after a lost connection the server may hold
+	 * the old session's lock until it notices that session is gone. */
+	for (;;) {
+		char v[8];
+
+		if ((r = run(f->listen, "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+			     f->incarnation, v, sizeof(v))) != CF_OK)
+			goto fail;
+		if (strcmp(v, "t") == 0)
+			break;
+		if (atomic_load(&f->stop)) {
+			r = cf_error(CF_E_UNAVAILABLE, "fleet: stopping");
+			goto fail;
+		}
+		usleep(100 * 1000);
 	}
 	atomic_store(&f->healthy, 1);
 	return CF_OK;
+fail:
+	PQfinish(f->listen);
+	f->listen = NULL;
+	return r;
 }
 
 static void
@@ -158,9 +174,15 @@ try_lead(fleet *f)
 {
 	char v[8];
 
-	if (atomic_load(&f->leader) ||
-	    run(f->listen, "SELECT pg_try_advisory_lock(" LOCK_LEASE ")", NULL, v, sizeof(v)) !=
-		    CF_OK)
+	/* The leader asks too (a statement that changes nothing): a connection
+	 * gone dead without a word is noticed here, and the lease let go. */
+	if (atomic_load(&f->leader)) {
+		if (run(f->listen, "SELECT 1", NULL, NULL, 0) != CF_OK)
+			listen_lost(f, cf_error_detail());
+		return;
+	}
+	if (run(f->listen, "SELECT pg_try_advisory_lock(" LOCK_LEASE ")", NULL, v, sizeof(v)) !=
+	    CF_OK)
 		return;
 	if (strcmp(v, "t") == 0) {
 		atomic_store(&f->leader, 1);
@@ -190,6 +212,8 @@ listen_thread(void *arg)
 			last_try = time(NULL);
 			try_lead(f);
 			cf_error_clear();
+			if (f->listen == NULL)
+				continue;
 		}
 		/* Listening before reloading: a change committed in between is
 		 * both read and announced, never neither. */
@@ -316,11 +340,14 @@ ready(fleet *f, PGconn **c)
 	PQfinish(*c);
 	if ((r = connect_db(f->dsn, c)) != CF_OK)
 		return r;
-
 	snprintf(sql, sizeof(sql), "SET statement_timeout = '%ds'", FLEET_LOCK_WAIT_S);
-	return run(*c, sql, NULL, NULL, 0);
+	/* Without it a lock wait could last for ever: no connection then. */
+	if ((r = run(*c, sql, NULL, NULL, 0)) != CF_OK) {
+		PQfinish(*c);
+		*c = NULL;
+	}
+	return r;
 }
-
 int
 fleet_lock(void *arg)
 {

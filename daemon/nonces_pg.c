@@ -36,6 +36,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "sqldb.h"
+#include "sqldb_pg.h"
 
 #define BATCH_MAX 512
 /* Transactions in flight at once. With one, a caller arriving during a
@@ -135,14 +136,7 @@ pq_text(const char *prefix, const char *s, char *out, size_t len)
 static PGconn *
 connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 {
-	/* Defaults the configured string may override (it is expanded last):
-	 * a server that does not answer must not hold a call for minutes. */
-	static const char *const keys[] = {
-		"connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
-		"keepalives_count", "application_name", "dbname", NULL,
-	};
-	const char *vals[] = { "5", "10000", "10", "3", "3", "cofferd nonces", dsn, NULL };
-	PGconn *c = PQconnectdbParams(keys, vals, 1);
+	PGconn *c = sqldb_pg_connect(dsn, "nonces");
 	PGresult *res;
 
 	if (c == NULL) {

@@ -365,6 +365,20 @@ static const struct sqldb_ops pg_ops = {
 	.healthy = pg_healthy,
 };
 
+PGconn *
+sqldb_pg_connect(const char *conninfo, const char *what)
+{
+	static const char *const keys[] = {
+		"connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
+		"keepalives_count", "application_name", "dbname", NULL,
+	};
+	char app[64];
+	const char *vals[] = { "5", "10000", "10", "3", "3", app, conninfo, NULL };
+
+	snprintf(app, sizeof(app), "cofferd %s", what);
+	return PQconnectdbParams(keys, vals, 1);
+}
+
 int
 sqldb_open_pg(const char *conninfo, sqldb **out)
 {
@@ -376,7 +390,7 @@ sqldb_open_pg(const char *conninfo, sqldb **out)
 	q->base.ops = &pg_ops;
 	q->base.backend = SQLDB_POSTGRESQL;
 	q->up = 1;
-	if ((q->c = PQconnectdb(conninfo)) == NULL) {
+	if ((q->c = sqldb_pg_connect(conninfo, "store")) == NULL) {
 		free(q);
 		return cf_nomem();
 	}
