@@ -441,7 +441,9 @@ apikeys_refresh(apikeys *a)
 {
 	int r;
 
-	pthread_mutex_lock(&a->admin);
+	/* Never waits for a change in progress: CF_E_BUSY, tried again. */
+	if (pthread_mutex_trylock(&a->admin) != 0)
+		return cf_error(CF_E_BUSY, "API keys: a change is in progress; reload later");
 	r = refresh_locked(a);
 	pthread_mutex_unlock(&a->admin);
 	return r;

@@ -39,7 +39,8 @@ typedef struct apikeys apikeys;
 int apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg),
 		 unsigned *mismatches, apikeys **out);
 void apikeys_close(apikeys *a);   /* accepts NULL */
-/* Re-read every key from the store (another replica changed one, fleet.h). */
+/* Re-read every key from the store (another replica changed one, fleet.h).
+ * CF_E_BUSY (try again) while a change of this process is in progress. */
 int apikeys_refresh(apikeys *a);
 
 /* ---- administration ---- */

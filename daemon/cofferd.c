@@ -374,7 +374,7 @@ struct replica {
 	apikeys *ak;
 };
 
-static void
+static int
 replica_changed(const char *kind, const char *name, void *arg)
 {
 	struct replica *rp = arg;
@@ -386,20 +386,27 @@ replica_changed(const char *kind, const char *name, void *arg)
 		r = policy_refresh(rp->pol);
 	else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0)
 		r = apikeys_refresh(rp->ak);
-	if (r != CF_OK)
+	if (r != CF_OK && r != CF_E_BUSY)
 		cf_log_error("fleet: re-reading %s %s after another replica's change: %s", kind,
 			     name, cf_error_detail());
+	return r;
 }
 
+/* Everything, each part tried even if another is busy (a key change in
+ * progress must not hold back a revoked API key): the first failure. */
 static int
 replica_resync(void *arg)
 {
 	struct replica *rp = arg;
-	int r;
+	int r[3];
 
-	if ((r = keyring_refresh(rp->kr, NULL)) != CF_OK || (r = policy_refresh(rp->pol)) != CF_OK)
-		return r;
-	return apikeys_refresh(rp->ak);
+	r[0] = keyring_refresh(rp->kr, NULL);
+	r[1] = policy_refresh(rp->pol);
+	r[2] = apikeys_refresh(rp->ak);
+	for (int i = 0; i < 3; i++)
+		if (r[i] != CF_OK)
+			return r[i];
+	return CF_OK;
 }
 
 static int

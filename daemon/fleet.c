@@ -150,10 +150,12 @@ listen_lost(fleet *f, const char *why)
 	f->listen = NULL;
 }
 
-static void
+/* 1 if a hook failed (a reload must follow). */
+static int
 deliver(fleet *f)
 {
 	PGnotify *n;
+	int failed = 0;
 
 	while ((n = PQnotifies(f->listen)) != NULL) {
 		char kind[16] = "", *sp = strchr(n->extra, ' ');
@@ -161,11 +163,15 @@ deliver(fleet *f)
 		if (sp != NULL && (size_t)(sp - n->extra) < sizeof(kind)) {
 			memcpy(kind, n->extra, (size_t)(sp - n->extra));
 			atomic_fetch_add(&f->notes, 1);
-			if (f->hooks.changed != NULL)
-				f->hooks.changed(kind, sp + 1, f->hooks.arg);
+			if (f->hooks.changed != NULL &&
+			    f->hooks.changed(kind, sp + 1, f->hooks.arg) != CF_OK) {
+				cf_error_clear();
+				failed = 1;
+			}
 		}
 		PQfreemem(n);
 	}
+	return failed;
 }
 
 /* Take the lease if nobody holds it. */
@@ -195,6 +201,7 @@ listen_thread(void *arg)
 {
 	fleet *f = arg;
 	time_t last_try = 0, next_resync = time(NULL) + FLEET_RESYNC_S;
+	int resync_now = 0;   /* a hook or a reload failed: again on the next pass */
 
 	while (!atomic_load(&f->stop)) {
 		struct pollfd p;
@@ -206,7 +213,7 @@ listen_thread(void *arg)
 				continue;
 			}
 			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
-			next_resync = 0;
+			resync_now = 1;
 		}
 		if (time(NULL) != last_try) {
 			last_try = time(NULL);
@@ -217,14 +224,16 @@ listen_thread(void *arg)
 		}
 		/* Listening before reloading: a change committed in between is
 		 * both read and announced, never neither. */
-		if (time(NULL) >= next_resync && f->hooks.resync != NULL) {
-			if (f->hooks.resync(f->hooks.arg) == CF_OK) {
+		if ((resync_now || time(NULL) >= next_resync) && f->hooks.resync != NULL) {
+			int r = f->hooks.resync(f->hooks.arg);
+
+			resync_now = r != CF_OK;
+			if (r == CF_OK)
 				next_resync = time(NULL) + FLEET_RESYNC_S;
-			} else {
-				cf_log_warn("fleet: reloading the registry: %s; again in a second",
+			else if (r != CF_E_BUSY)
+				cf_log_warn("fleet: reloading the registry: %s; trying again",
 					    cf_error_detail());
-				next_resync = time(NULL) + 1;
-			}
+			cf_error_clear();
 		}
 		p.fd = PQsocket(f->listen);
 		p.events = POLLIN;
@@ -243,7 +252,7 @@ listen_thread(void *arg)
 			listen_lost(f, "connection closed");
 			continue;
 		}
-		deliver(f);
+		resync_now |= deliver(f);
 	}
 	return NULL;
 }

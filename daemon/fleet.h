@@ -25,11 +25,13 @@ typedef struct fleet fleet;
 #define FLEET_RESYNC_S 30
 
 struct fleet_hooks {
-	/* kind: "key", "principal", "apikey", "signed"; name: what changed. */
-	void (*changed)(const char *kind, const char *name, void *arg);
+	/* kind: "key", "principal", "apikey", "signed"; name: what changed.
+	 * Not CF_OK (e.g. CF_E_BUSY): a reload (resync) follows within 200 ms,
+	 * repeated until it succeeds. */
+	int (*changed)(const char *kind, const char *name, void *arg);
 	/* Reload everything: after the notification connection was lost
 	 * (notifications sent meanwhile are gone), and every FLEET_RESYNC_S as
-	 * a safety net. CF_OK, or tried again a second later. */
+	 * a safety net. CF_OK, or tried again 200 ms later. */
 	int (*resync)(void *arg);
 	void *arg;
 };

@@ -398,7 +398,11 @@ keyring_refresh(keyring *kr, const char *name)
 {
 	int r;
 
-	pthread_mutex_lock(&kr->write_mu);
+	/* Never waits for a change in progress (the notification thread calls
+	 * it; a change may wait long for the fleet's lock): CF_E_BUSY, and the
+	 * caller tries again. */
+	if (pthread_mutex_trylock(&kr->write_mu) != 0)
+		return cf_error(CF_E_BUSY, "keys: a change is in progress; reload later");
 	r = kr_sync(kr, name);
 	pthread_mutex_unlock(&kr->write_mu);
 	return r;

@@ -102,7 +102,8 @@ void keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg);
 void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
 
 /* Re-read one key (name) or every key (NULL) from the store: another
- * replica changed it (fleet.h). */
+ * replica changed it (fleet.h). CF_E_BUSY (try again) while a change of this
+ * process is in progress. */
 int keyring_refresh(keyring *kr, const char *name);
 
 /* Names after `after` ("" = from the start), in order, at most `max`. */

@@ -31,6 +31,7 @@ struct policy {
 	store *st;
 	pthread_rwlock_t lock;   /* the array and the definitions */
 	pthread_mutex_t bmu;     /* bucket levels (under the read lock) */
+	pthread_mutex_t refresh_mu;   /* a reload from the store, or a change */
 	struct pr **v;           /* by name */
 	size_t n;
 };
@@ -181,6 +182,7 @@ policy_open(store *st, policy **out)
 	p->st = st;
 	pthread_rwlock_init(&p->lock, NULL);
 	pthread_mutex_init(&p->bmu, NULL);
+	pthread_mutex_init(&p->refresh_mu, NULL);
 	if ((r = store_principals_load(st, load_one, p)) != CF_OK) {
 		policy_close(p);
 		return r;
@@ -189,8 +191,9 @@ policy_open(store *st, policy **out)
 	return CF_OK;
 }
 
-int
-policy_refresh(policy *p)
+/* Re-read under refresh_mu (held by the caller). */
+static int
+refresh_locked(policy *p)
 {
 	policy fresh;
 	int found, rc;
@@ -224,9 +227,24 @@ policy_refresh(policy *p)
 	return CF_OK;
 }
 
+int
+policy_refresh(policy *p)
+{
+	int rc;
+
+	/* Never waits for a change in progress (the notification thread calls
+	 * it): CF_E_BUSY, and the caller tries again. */
+	if (pthread_mutex_trylock(&p->refresh_mu) != 0)
+		return cf_error(CF_E_BUSY, "principals: a change is in progress; reload later");
+	rc = refresh_locked(p);
+	pthread_mutex_unlock(&p->refresh_mu);
+	return rc;
+}
+
 /* Begin a change: the fleet's change lock, and with a shared state the
  * principals as the store has them now (another replica may have changed
- * them). Ends with store_change_end. */
+ * them). refresh_mu is held until change_end, so that a reload read before
+ * this change commits cannot be installed after it. */
 static int
 change_begin(policy *p)
 {
@@ -234,9 +252,19 @@ change_begin(policy *p)
 
 	if ((rc = store_change_begin(p->st, &shared)) != CF_OK)
 		return rc;
-	if (shared && (rc = policy_refresh(p)) != CF_OK)
+	pthread_mutex_lock(&p->refresh_mu);
+	if (shared && (rc = refresh_locked(p)) != CF_OK) {
+		pthread_mutex_unlock(&p->refresh_mu);
 		store_change_end(p->st);
+	}
 	return rc;
+}
+
+static void
+change_end(policy *p)
+{
+	pthread_mutex_unlock(&p->refresh_mu);
+	store_change_end(p->st);
 }
 
 void
@@ -249,6 +277,7 @@ policy_close(policy *p)
 	free(p->v);
 	pthread_rwlock_destroy(&p->lock);
 	pthread_mutex_destroy(&p->bmu);
+	pthread_mutex_destroy(&p->refresh_mu);
 	free(p);
 }
 
@@ -327,7 +356,7 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 	rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 out:
 	pthread_rwlock_unlock(&p->lock);
-	store_change_end(p->st);
+	change_end(p);
 	policy_principal_free(&work);
 	return rc;
 }
@@ -367,7 +396,7 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		r = NULL;
 	}
 	pthread_rwlock_unlock(&p->lock);
-	store_change_end(p->st);
+	change_end(p);
 	pr_free(r);
 	return rc;
 }
@@ -538,7 +567,7 @@ policy_delete(policy *p, const char *name)
 		p->n--;
 	}
 	pthread_rwlock_unlock(&p->lock);
-	store_change_end(p->st);
+	change_end(p);
 	return rc;
 }
 

@@ -28,7 +28,8 @@ typedef struct policy policy;
 int policy_open(store *st, policy **out);
 void policy_close(policy *p);   /* accepts NULL */
 /* Re-read every principal from the store (another replica changed one,
- * fleet.h); rate-limit levels are kept where the limits did not change. */
+ * fleet.h); rate-limit levels are kept where the limits did not change.
+ * CF_E_BUSY (try again) while a change of this process is in progress. */
 int policy_refresh(policy *p);
 
 /* ---- administration (each change is written to the store first) ---- */

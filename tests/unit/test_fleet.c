@@ -163,9 +163,10 @@ struct heard {
 	pthread_mutex_t mu;
 	char kind[16], name[128];
 	int n, resyncs;
+	int busy;   /* answer the next notification CF_E_BUSY */
 };
 
-static void
+static int
 on_change(const char *kind, const char *name, void *arg)
 {
 	struct heard *h = arg;
@@ -174,7 +175,13 @@ on_change(const char *kind, const char *name, void *arg)
 	snprintf(h->kind, sizeof(h->kind), "%s", kind);
 	snprintf(h->name, sizeof(h->name), "%s", name);
 	h->n++;
+	if (h->busy) {
+		h->busy = 0;
+		pthread_mutex_unlock(&h->mu);
+		return cf_error(CF_E_BUSY, "busy (test)");
+	}
 	pthread_mutex_unlock(&h->mu);
+	return CF_OK;
 }
 
 static int
@@ -238,6 +245,23 @@ test_notifications_and_outage(void)
 	notify("malformed-without-a-space");   /* ignored, not a crash */
 	usleep(300 * 1000);
 	CU_ASSERT_EQUAL(heard_n(&h, NULL), 1);
+	/* A hook that could not apply a change (busy): a full reload follows
+	 * within the thread's next passes, not 30 s later. */
+	pthread_mutex_lock(&h.mu);
+	h.busy = 1;
+	pthread_mutex_unlock(&h.mu);
+	t0 = now_s();
+	notify("apikey ak_0123");
+	until = t0 + 2;
+	while (now_s() < until && (heard_n(&h, &rs), rs == 0))
+		usleep(5 * 1000);
+	printf("    a failed hook was followed by a reload in %.0f ms\n", (now_s() - t0) * 1e3);
+	CU_ASSERT_EQUAL(rs, 1);
+	CU_ASSERT(now_s() - t0 < 1.0);
+	rs = 0;
+	pthread_mutex_lock(&h.mu);
+	h.resyncs = 0;
+	pthread_mutex_unlock(&h.mu);
 
 	/* PostgreSQL goes away: health says so, the lock is refused by name. */
 	CU_ASSERT_FATAL(cf_test_pg_stop(&pg) == 0);
