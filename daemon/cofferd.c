@@ -302,7 +302,7 @@ open_state(const struct cofferd_config *cfg, store **st, fleet **fl, nonces **nn
 	    (r = nonces_open_pg(so.dsn, cfg->max_nonces, nn)) != CF_OK)
 		goto out;
 	/* Changes to keys, principals and API keys: one at a time in the fleet. */
-	store_set_change_lock(*st, fleet_lock, fleet_unlock, *fl);
+	store_set_change_lock(*st, fleet_lock, fleet_unlock, fleet_healthy_cb, *fl);
 out:
 	cf_secret_free(file);
 	cf_secret_free(dsn);

@@ -331,6 +331,12 @@ fleet_healthy(fleet *f)
 	return f != NULL && atomic_load(&f->healthy);
 }
 
+int
+fleet_healthy_cb(void *f)
+{
+	return fleet_healthy(f);
+}
+
 unsigned long
 fleet_notifications(fleet *f)
 {

@@ -51,6 +51,7 @@ const char *fleet_incarnation(const fleet *f);
 int fleet_leader(fleet *f);
 /* 1 while the notification connection is up (health). */
 int fleet_healthy(fleet *f);
+int fleet_healthy_cb(void *f);   /* the same, for store_set_change_lock */
 
 /* The registry change lock (waits up to FLEET_LOCK_WAIT_S). CF_OK, or
  * CF_E_UNAVAILABLE / CF_E_TIMEOUT with a message. fleet_unlock releases. */

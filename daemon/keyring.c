@@ -1205,12 +1205,17 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 void
 keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 {
-	char (*due)[CF_KEY_NAME_MAX + 1] = NULL;
-	size_t ndue = 0;
+	char (*due)[CF_KEY_NAME_MAX + 1] = NULL, (*gone)[CF_KEY_NAME_MAX + 1] = NULL;
+	size_t ndue = 0, ngone = 0;
 
-	/* Destructions: token writes, under the writer locks like every change. */
-	if (kr_write_begin(kr, NULL) != CF_OK) {
-		cf_log_warn("scheduled work postponed: %s", cf_error_detail());
+	/* What is due, as this replica knows it (no fleet lock for a look:
+	 * the leader ticks every second). Each is then re-read and done under
+	 * the writer locks, as every change is. */
+	pthread_mutex_lock(&kr->write_mu);
+	if (kr->n > 0 && ((due = calloc(kr->n, sizeof(*due))) == NULL ||
+			  (gone = calloc(kr->n, sizeof(*gone))) == NULL)) {
+		pthread_mutex_unlock(&kr->write_mu);
+		free(due);
 		return;
 	}
 	for (size_t i = 0; i < kr->n; i++) {
@@ -1220,20 +1225,30 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 		for (uint32_t j = 0; j < k->nv && !any; j++)
 			any = k->v[j].meta.state == STORE_DESTROY_SCHEDULED &&
 			      k->v[j].meta.destroy_time <= now;
-		if (any)
-			destroy_due(kr, k, now, done, arg);
+		if (any && k->destroy_retry_at <= now)
+			memcpy(gone[ngone++], k->m.name, sizeof(*gone));
+		if (k->m.next_rotation != 0 && k->m.next_rotation <= now &&
+		    k->rotate_retry_at <= now)
+			memcpy(due[ndue++], k->m.name, sizeof(*due));
 	}
-	/* Rotations: collected first, then each made as a rotation is. */
-	for (size_t i = 0; i < kr->n; i++) {
-		struct kr_key *k = kr->keys[i];
+	pthread_mutex_unlock(&kr->write_mu);
+	/* Destructions: token writes. */
+	for (size_t i = 0; i < ngone; i++) {
+		int found;
+		size_t at;
 
-		if (k->m.next_rotation == 0 || k->m.next_rotation > now || k->rotate_retry_at > now)
+		if (kr_write_begin(kr, gone[i]) != CF_OK) {
+			cf_log_warn("scheduled destruction of %s postponed: %s", gone[i],
+				    cf_error_detail());
 			continue;
-		if (due == NULL && (due = calloc(kr->n, sizeof(*due))) == NULL)
-			break;
-		memcpy(due[ndue++], k->m.name, sizeof(*due));
+		}
+		at = kr_find(kr, gone[i], &found);
+		if (found)
+			destroy_due(kr, kr->keys[at], now, done, arg);
+		kr_write_end(kr);
 	}
-	kr_write_end(kr);
+	free(gone);
+	/* Rotations: each made as a rotation is. */
 	for (size_t i = 0; i < ndue; i++) {
 		struct store_key info;
 		int skipped = 0, r;

@@ -12,6 +12,7 @@
 
 struct rec_ctx {
 	cf_p11 *p11;
+	store *st;
 	void (*report)(const char *msg);
 	unsigned findings;
 	struct store_key *keys;         /* the registry, loaded */
@@ -40,6 +41,10 @@ undo_intent(const struct store_intent *in, void *arg)
 		return r;
 	/* A crash from here on finds the intent again: its objects are gone. */
 	CF_CRASH_POINT("recovery.intent-undone");
+	/* Only this intent, once its objects are gone: one recorded meanwhile
+	 * (a replica that lost the fleet's lock unawares) stays for its call. */
+	if ((r = store_intent_drop(c->st, in->id)) != CF_OK)
+		return r;
 	snprintf(msg, sizeof(msg), "recovered: the interrupted creation of %s version %u was "
 		 "undone (%u token object%s removed)", in->name, in->version, n,
 		 n == 1 ? "" : "s");
@@ -201,10 +206,9 @@ recovery_undo_intents(cf_p11 *p11, store *st, void (*report)(const char *msg), u
 
 	memset(&c, 0, sizeof(c));
 	c.p11 = p11;
+	c.st = st;
 	c.report = report;
-	/* Only once every intent's objects are gone may the intents go. */
-	if ((r = store_intents_load(st, undo_intent, &c)) == CF_OK && c.findings > 0)
-		r = store_intents_clear(st);
+	r = store_intents_load(st, undo_intent, &c);
 	if (findings != NULL)
 		*findings += c.findings;
 	return r;

@@ -30,6 +30,7 @@ struct store {
 	char where[4200];        /* the store in messages: its file, or "PostgreSQL" */
 	int (*change_lock)(void *arg);     /* store_set_change_lock */
 	void (*change_unlock)(void *arg);
+	int (*change_healthy)(void *arg);
 	void *change_arg;
 };
 
@@ -277,7 +278,8 @@ store_healthy(store *s)
 		atomic_store(&s->healthy, sqldb_healthy(s->db));
 		pthread_mutex_unlock(&s->mu);
 	}
-	return atomic_load(&s->healthy);
+	return atomic_load(&s->healthy) &&
+	       (s->change_healthy == NULL || s->change_healthy(s->change_arg));
 }
 
 enum store_backend
@@ -1697,10 +1699,12 @@ store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t out
 }
 
 void
-store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg), void *arg)
+store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
+		      int (*healthy)(void *arg), void *arg)
 {
 	s->change_lock = lock;
 	s->change_unlock = unlock;
+	s->change_healthy = healthy;
 	s->change_arg = arg;
 }
 

@@ -325,10 +325,13 @@ int store_signed_set(store *s, const char *principal, int on);
  * runs between store_change_begin and store_change_end, and with *shared
  * set re-reads from the store what it is about to change (another replica
  * may have changed it since this one loaded it). Without a lock set (one
- * daemon on its own state), begin does nothing and *shared is 0.
+ * daemon on its own state), begin does nothing and *shared is 0. healthy
+ * (may be NULL): whether the lock's provider is connected (store_healthy
+ * reports it too: a replica that hears no notifications may serve stale
+ * data).
  */
 void store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
-			   void *arg);
+			   int (*healthy)(void *arg), void *arg);
 int store_change_begin(store *s, int *shared);
 void store_change_end(store *s);
 
