@@ -105,3 +105,19 @@ cf_error_clear(void)
 	cf_detail[0] = '\0';
 	cf_detail_status = CF_OK;
 }
+
+void
+cf_oneline(char *s)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; s[i] != '\0'; i++) {
+		char c = s[i] == '\n' || s[i] == '\t' || s[i] == '\r' ? ' ' : s[i];
+
+		if (c != ' ' || (n > 0 && s[n - 1] != ' '))
+			s[n++] = c;
+	}
+	while (n > 0 && s[n - 1] == ' ')
+		n--;
+	s[n] = '\0';
+}

@@ -79,4 +79,8 @@ const char *cf_error_message(int status);
 /* Forget the calling thread's detail. */
 void cf_error_clear(void);
 
+/* Make s one line in place: newlines and tabs become single spaces (libpq's
+ * messages span lines), runs of spaces one, trailing space dropped. */
+void cf_oneline(char *s);
+
 #endif

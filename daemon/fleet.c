@@ -50,7 +50,7 @@ static const char *
 oneline(const char *s, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s", s != NULL ? s : "");
-	sqldb_oneline(buf);
+	cf_oneline(buf);
 	return buf;
 }
 

@@ -117,7 +117,7 @@ struct nonces_pg {
 	PGconn *xconn;           /* the expiry sweep's */
 };
 
-/* prefix, then libpq's text on one line (sqldb_oneline). */
+/* prefix, then libpq's text on one line (cf_oneline). */
 static void
 pq_text(const char *prefix, const char *s, char *out, size_t len)
 {
@@ -126,7 +126,7 @@ pq_text(const char *prefix, const char *s, char *out, size_t len)
 	if (plen >= len)
 		return;
 	snprintf(out + plen, len - plen, "%s", s != NULL ? s : "");
-	sqldb_oneline(out + plen);
+	cf_oneline(out + plen);
 	if (out[plen] == '\0')
 		snprintf(out + plen, len - plen, "no detail from libpq");
 }

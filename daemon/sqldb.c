@@ -5,23 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-void
-sqldb_oneline(char *s)
-{
-	size_t n = 0;
-
-	/* libpq's messages span lines ("...failed: ...\n\tIs the server
-	 * running...\n"): one line, single spaces, for logs and statuses. */
-	for (size_t i = 0; s[i] != '\0'; i++) {
-		char c = s[i] == '\n' || s[i] == '\t' || s[i] == '\r' ? ' ' : s[i];
-
-		if (c != ' ' || (n > 0 && s[n - 1] != ' '))
-			s[n++] = c;
-	}
-	while (n > 0 && s[n - 1] == ' ')
-		n--;
-	s[n] = '\0';
-}
+#include "cf_status.h"
 
 int
 sqldb_fail(sqldb *db, int rc, const char *fmt, ...)
@@ -31,7 +15,7 @@ sqldb_fail(sqldb *db, int rc, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(db->err, sizeof(db->err), fmt, ap);
 	va_end(ap);
-	sqldb_oneline(db->err);
+	cf_oneline(db->err);
 	db->lost = rc == SQLDB_LOST;
 	return rc;
 }

@@ -40,9 +40,6 @@ typedef struct sqldb_stmt sqldb_stmt;
 
 /* A handle comes from an engine: sqldb_sqlite.h, sqldb_pg.h. */
 void sqldb_close(sqldb *db);
-/* Make s one line in place: newlines and tabs become single spaces (libpq's
- * messages span lines), trailing space dropped. */
-void sqldb_oneline(char *s);
 enum sqldb_backend sqldb_backend(const sqldb *db);
 /* "SQLite" or "PostgreSQL". */
 const char *sqldb_engine(const sqldb *db);

@@ -3,7 +3,11 @@
  * trail file, the seal key's public half and an anchor.
  */
 #include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <libpq-fe.h>
 
 #include <openssl/evp.h>
 
@@ -59,6 +63,48 @@ audit_verdict(const struct ctl *ctl, int ok, uint64_t first_bad, const char *rea
 	return rc == EXIT_OK && !ok ? EXIT_FAILED : rc;
 }
 
+/* The anchor of `replica` in a PostgreSQL state (read only), as
+ * cf_audit_anchor_read reads it from a SQLite one. */
+static int
+anchor_read_pg(const char *dsn, const char *replica, struct cf_audit_anchor *out)
+{
+	const char *params[1] = { replica };
+	char text[128], msg[512];
+	PGconn *c = PQconnectdb(dsn);
+	PGresult *res = NULL;
+	int r;
+
+	if (PQstatus(c) != CONNECTION_OK) {
+		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+		r = cf_error(CF_E_UNAVAILABLE, "cannot read the audit anchor: PostgreSQL "
+			     "unreachable: %s", (cf_oneline(msg), msg));
+		goto out;
+	}
+	res = PQexecParams(c, "SELECT seq, chain, clean, time FROM audit_anchor WHERE replica = $1",
+			   1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
+		r = cf_error(CF_E_IO, "cannot read the audit anchor: %s", (cf_oneline(msg), msg));
+		goto out;
+	}
+	if (PQntuples(res) == 0) {
+		r = cf_error(CF_E_NOT_FOUND, "no audit anchor of replica %s (never anchored, or "
+			     "another name: [state] replica)", replica);
+		goto out;
+	}
+	snprintf(text, sizeof(text), "%s:%s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+	if ((r = cf_audit_anchor_parse(text, out)) != CF_OK) {
+		r = cf_error(CF_E_IO, "the audit anchor of replica %s is malformed", replica);
+		goto out;
+	}
+	out->clean = strcmp(PQgetvalue(res, 0, 2), "0") != 0;
+	out->time = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+out:
+	PQclear(res);
+	PQfinish(c);
+	return r;
+}
+
 /* audit verify --file: the trail checked here, with the seal key's public
  * half and the anchor (from the state store, or noted by the auditor); no
  * daemon, no token. */
@@ -78,8 +124,13 @@ audit_verify_offline(struct ctl *ctl, const struct opts *o)
 		    "<state_dir>/audit-seal.pub)", NULL);
 		goto out;
 	}
-	if (o->state_db != NULL && o->anchor != NULL) {
-		usage_error("give --state-db or --anchor, not both", NULL);
+	if ((o->state_db != NULL) + (o->anchor != NULL) + (o->state_dsn != NULL) > 1) {
+		usage_error("give one of --state-db, --state-dsn and --anchor", NULL);
+		goto out;
+	}
+	if ((o->state_dsn != NULL) != (o->replica != NULL)) {
+		usage_error("--state-dsn and --replica go together (the replica whose trail "
+		    "this is)", NULL);
 		goto out;
 	}
 	if (o->anchor != NULL && cf_audit_anchor_parse(o->anchor, &an) != CF_OK) {
@@ -88,14 +139,16 @@ audit_verify_offline(struct ctl *ctl, const struct opts *o)
 	}
 	rc = EXIT_FAILED;
 	if ((r = cf_audit_pubkey_load(o->public_key, &pub)) != CF_OK ||
-	    (o->state_db != NULL && (r = cf_audit_anchor_read(o->state_db, &an)) != CF_OK)) {
+	    (o->state_db != NULL && (r = cf_audit_anchor_read(o->state_db, &an)) != CF_OK) ||
+	    (o->state_dsn != NULL &&
+	     (r = anchor_read_pg(o->state_dsn, o->replica, &an)) != CF_OK)) {
 		errmsg("audit verify", cf_error_detail());
 		goto out;
 	}
 	vo.pub = pub;
-	if (o->state_db != NULL || o->anchor != NULL) {
+	if (o->state_db != NULL || o->state_dsn != NULL || o->anchor != NULL) {
 		vo.anchor = &an;
-		vo.exact = o->state_db != NULL && an.clean;
+		vo.exact = o->anchor == NULL && an.clean;
 		cf_hex_encode(an.chain, 32, chain);
 		snprintf(anchor_text, sizeof(anchor_text), "record %" PRIu64 " (%s)", an.seq,
 		    o->anchor != NULL ? "given" : an.clean ? "clean stop" :
@@ -123,7 +176,7 @@ audit_verify_offline(struct ctl *ctl, const struct opts *o)
 		printf("audit trail intact: %" PRIu64 " records, %" PRIu64 " seals verified "
 		    "offline; anchor: %s\n", rep.records, rep.seals, anchor_text);
 		if (vo.anchor == NULL)
-			printf("note: no anchor given (--state-db or --anchor): a cut tail or an "
+			printf("note: no anchor given (--state-db, --state-dsn or --anchor): a cut tail or an "
 			    "older copy of the file cannot be told apart\n");
 		if (rep.unsealed > 0)
 			printf("note: the last %" PRIu64 " records are not sealed yet\n",
@@ -150,8 +203,10 @@ cmd_audit_verify(struct ctl *ctl, const struct opts *o)
 
 	if (o->file != NULL)
 		return audit_verify_offline(ctl, o);
-	if (o->public_key != NULL || o->state_db != NULL || o->anchor != NULL)
-		return usage_error("--public-key, --state-db and --anchor go with --file", NULL);
+	if (o->public_key != NULL || o->state_db != NULL || o->anchor != NULL ||
+	    o->state_dsn != NULL || o->replica != NULL)
+		return usage_error("--public-key, --state-db, --state-dsn, --replica and --anchor "
+		    "go with --file", NULL);
 	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
 		return rc;
 	if ((r = coffer_audit_verify(c, &rep)) != COFFER_OK) {

@@ -82,8 +82,9 @@ struct opts {
 	int64_t next;           /* --next: a Unix time */
 	const char *format;     /* --format pem|der|jwk */
 	int batch, progress;    /* rewrap --batch, --progress */
-	/* audit verify offline: --file, --public-key, --state-db, --anchor */
-	const char *file, *public_key, *state_db, *anchor;
+	/* audit verify offline: --file, --public-key, --state-db, --anchor,
+	 * --state-dsn with --replica (PostgreSQL) */
+	const char *file, *public_key, *state_db, *anchor, *state_dsn, *replica;
 	int uid_only, signed_only;   /* principal set-auth */
 	/* request sign/verify: the HTTP request's parts and its header's */
 	const char *method, *path, *query, *body, *nonce, *signature;

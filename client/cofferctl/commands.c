@@ -271,8 +271,10 @@ static const struct cmd commands[] = {
 	  "Print the last N records of the audit trail (default 20, at most 1000),\n"
 	  "oldest first, one JSON object per line (--json: an array)." },
 	{ "audit verify", cmd_audit_verify,
-	  B(O_FILE) | B(O_PUBLIC_KEY) | B(O_STATE_DB) | B(O_ANCHOR), 0, 0,
-	  "audit verify [--file PATH --public-key PEM [--state-db DB | --anchor SEQ:CHAIN]]",
+	  B(O_FILE) | B(O_PUBLIC_KEY) | B(O_STATE_DB) | B(O_ANCHOR) | B(O_STATE_DSN) |
+	  B(O_REPLICA), 0, 0,
+	  "audit verify [--file PATH --public-key PEM [--state-db DB | --state-dsn DSN\n"
+	  "                --replica NAME | --anchor SEQ:CHAIN]]",
 	  "Check the audit trail: every record's number and chain value, every seal\n"
 	  "(a signature by the token's audit seal key), and that the trail ends where\n"
 	  "the daemon last wrote it. Exit 0 if it is intact; else exit 1 and name the\n"
@@ -285,6 +287,9 @@ static const struct cmd commands[] = {
 	  "  --state-db DB      the daemon's state store (<state_dir>/coffer.db), read\n"
 	  "                     only: the anchor (last record's number and chain value);\n"
 	  "                     after a clean stop nothing may follow it\n"
+	  "  --state-dsn DSN    the same from a PostgreSQL state ([state] backend =\n"
+	  "  --replica NAME     postgresql): a libpq connection string (a password in\n"
+	  "                     ~/.pgpass, not here) and the replica whose trail it is\n"
 	  "  --anchor SEQ:CHAIN an anchor noted elsewhere (e.g. from --json output)\n"
 	  "Without an anchor a cut tail or an older copy of the file cannot be seen." },
 	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,

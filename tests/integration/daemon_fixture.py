@@ -58,6 +58,7 @@ import importlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -136,14 +137,6 @@ def skip_test_on_postgresql(what, reason):
     if skip_on_postgresql(what, reason):
         import unittest
         raise unittest.SkipTest("postgresql: " + reason)
-
-
-# The offline audit verifier (cofferctl audit verify --file --public-key)
-# reads the anchor from the SQLite state store (--state-db); with the state in
-# PostgreSQL there is no such file.
-OFFLINE_ANCHOR_SKIP = ("the offline verifier reads the audit anchor from the SQLite state "
-                       "store (--state-db <state_dir>/coffer.db); the daemon's own verify "
-                       "runs instead")
 
 
 def pg_dbname(state_dir):
@@ -356,6 +349,15 @@ class CofferDaemon:
             os.chmod(d, 0o755)
 
     # -- the state store behind the daemon's back --
+
+    def anchor_args(self):
+        """cofferctl audit verify's arguments naming where this daemon's
+        audit anchor is kept: its SQLite store, or its replica's row in the
+        PostgreSQL state."""
+        if self.pg_db is None:
+            return ["--state-db", os.path.join(self.state_dir, "coffer.db")]
+        replica = self.config["state"].get("replica") or socket.gethostname()
+        return ["--state-dsn", self.config["state"]["dsn"], "--replica", replica]
 
     def state_query(self, *statements, readonly=False):
         """Run SQL statements in one transaction on this daemon's state

@@ -35,8 +35,7 @@ import unittest
 
 import grpc  # noqa: E402
 
-from daemon_fixture import (OFFLINE_ANCHOR_SKIP, CofferDaemon, Ctl, cofferctl_path,  # noqa: E402
-                            on_postgresql, skip_on_postgresql)
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
 from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
 
@@ -281,7 +280,6 @@ class Tampering(unittest.TestCase):
         cls.d = d = CofferDaemon()
         d.start()
         cls.path = os.path.join(d.state_dir, "audit.log")
-        cls.db = os.path.join(d.state_dir, "coffer.db")
         cls.pub = os.path.join(d.state_dir, "audit-seal.pub")
         adm, svc = d.admin_stub(), d.service_stub()
         adm.CreateKey(pb.CreateKeyRequest(name="t", type=pb.EC_P256), timeout=TIMEOUT)
@@ -323,12 +321,10 @@ class Tampering(unittest.TestCase):
             f.write(data)
 
     def offline(self):
-        """The offline verifier's exit status and output; None on PostgreSQL
-        (said so)."""
-        if skip_on_postgresql("offline audit verify of %s" % self.id(), OFFLINE_ANCHOR_SKIP):
-            return None
+        """The offline verifier's exit status and output (the anchor from the
+        state: SQLite file or PostgreSQL)."""
         r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", self.pub,
-                        "--state-db", self.db)
+                        *self.d.anchor_args())
         return r.returncode, r.stdout.decode() + r.stderr.decode()
 
     def daemon_verify(self):
@@ -448,9 +444,8 @@ class Tampering(unittest.TestCase):
         subprocess.run(["openssl", "ec", "-in", other + ".key", "-pubout", "-out", other],
                        check=True, capture_output=True)
         self.write(self.pristine)
-        # With the anchor from the state store where there is one (SQLite).
-        anchor = [] if on_postgresql() else ["--state-db", self.db]
-        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", other, *anchor)
+        r = ctl_offline("audit", "verify", "--file", self.path, "--public-key", other,
+                        *self.d.anchor_args())
         self.assertEqual(r.returncode, 1, r.stdout)
         self.assertIn(b"BROKEN at record 1: record 1: its seal does not verify", r.stdout)
         r = ctl_offline("audit", "verify", "--file", self.path)
@@ -509,16 +504,12 @@ class Crash(unittest.TestCase):
         stop.set()
         t.join()
         pub = os.path.join(d.state_dir, "audit-seal.pub")
-        db = os.path.join(d.state_dir, "coffer.db")
         # Offline, before the restart: the anchor is not a clean stop's, so
         # the records after it are fine (and said to be unsealed).
-        offline = not skip_on_postgresql("offline audit verify after SIGKILL and after the "
-                                         "restart", OFFLINE_ANCHOR_SKIP)
-        if offline:
-            r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
-                            "--state-db", db)
-            self.assertEqual(r.returncode, 0, r.stdout)
-            self.assertIn(b"stopped without a clean stop", r.stdout)
+        r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
+                        *d.anchor_args())
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"stopped without a clean stop", r.stdout)
         with open(path) as f:
             n = sum(1 for _ in f)
         d.start()
@@ -534,11 +525,10 @@ class Crash(unittest.TestCase):
         rc = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(rc.returncode, 0, rc.stdout)
         d.stop()
-        if offline:
-            r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
-                            "--state-db", db)
-            self.assertEqual(r.returncode, 0, r.stdout)
-            self.assertIn(b"(clean stop)", r.stdout)
+        r = ctl_offline("audit", "verify", "--file", path, "--public-key", pub,
+                        *d.anchor_args())
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"(clean stop)", r.stdout)
 
 
 class FailureModes(unittest.TestCase):

@@ -31,8 +31,7 @@ import unittest
 
 import grpc  # noqa: E402
 
-from daemon_fixture import (OFFLINE_ANCHOR_SKIP, CofferDaemon, Ctl, cofferctl_path,  # noqa: E402
-                            skip_on_postgresql)
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
 from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
 SERVING = S.health_pb.HealthCheckResponse.SERVING
@@ -113,12 +112,9 @@ class FailClosed(unittest.TestCase):
         r = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(r.returncode, 0, r.stdout)
         d.stop()
-        if skip_on_postgresql("offline audit verify after healing", OFFLINE_ANCHOR_SKIP):
-            return
         r = subprocess.run([cofferctl_path(), "audit", "verify", "--file", self.path,
-                            "--public-key", os.path.join(d.state_dir, "audit-seal.pub"),
-                            "--state-db", os.path.join(d.state_dir, "coffer.db")],
-                           capture_output=True, timeout=60)
+                            "--public-key", os.path.join(d.state_dir, "audit-seal.pub")] +
+                           d.anchor_args(), capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertIn(b"(clean stop)", r.stdout)
 
