@@ -1427,7 +1427,7 @@ idem_adopt_body(store *s, const void *arg)
 	const struct idem_adopt *t = arg;
 
 	if (sqldb_run(s->db, "UPDATE idempotency SET owner = ? WHERE key = ? AND uid = ? AND "
-		      "done = 0 AND owner = ?", "tit", t->new_owner, t->key, (int64_t)t->uid,
+		      "done = 0 AND owner = ?", "ttit", t->new_owner, t->key, (int64_t)t->uid,
 		      t->old_owner) != SQLDB_OK)
 		return db_err(s, "adopting an idempotency record");
 	if (sqldb_changes(s->db) != 1)
