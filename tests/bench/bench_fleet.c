@@ -192,7 +192,7 @@ static int
 commit_floor(const char *sock, double *p50, double *p99)
 {
 	static double t[FLOOR_N];
-	char dsn[256];
+	char dsn[300];   /* sock is at most 256 */
 	PGconn *c;
 	int ok = 1;
 
