@@ -384,7 +384,8 @@ refresh_locked(apikeys *a)
 	if ((r = store_apikeys_load(a->st, collect_one, &fresh)) != CF_OK ||
 	    (r = store_signed_load(a->st, load_sticky, &fresh)) != CF_OK)
 		goto fail;
-	qsort(fresh.e, fresh.n, sizeof(*fresh.e), entry_cmp);
+	if (fresh.n > 1)   /* (qsort with no array is undefined) */
+		qsort(fresh.e, fresh.n, sizeof(*fresh.e), entry_cmp);
 	for (size_t i = 0; i < fresh.n; i++) {
 		struct entry *ne = fresh.e[i], *old = find(a, ne->rec.id);
 
