@@ -311,6 +311,21 @@ roundtrip(enum store_backend b)
 	CU_ASSERT_EQUAL(store_idem_put(s, &r), CF_OK);
 	CU_ASSERT_EQUAL(store_idem_release(s, "idem-1", 42, "inc-1"), CF_OK);
 	CU_ASSERT_EQUAL(store_idem_get(s, "idem-1", 42, &rg), CF_E_NOT_FOUND);
+	/* Adopting a dead owner's record (committed, never answered): only
+	 * from that owner, only while not done; the new owner then settles it. */
+	r.done = 0;
+	r.committed = 1;
+	CU_ASSERT_EQUAL(store_idem_put(s, &r), CF_OK);
+	CU_ASSERT_EQUAL(store_idem_adopt(s, "idem-1", 42, "inc-2", "inc-3"), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(store_idem_adopt(s, "idem-1", 42, "inc-1", "inc-3"), CF_OK);
+	CU_ASSERT_EQUAL(store_idem_get(s, "idem-1", 42, &rg), CF_OK);
+	CU_ASSERT(strcmp(rg.owner, "inc-3") == 0 && rg.committed == 1 && rg.done == 0);
+	free(rg.response);
+	CU_ASSERT_EQUAL(store_idem_release(s, "idem-1", 42, "inc-3"), CF_E_EXISTS); /* committed */
+	r.done = 1;
+	CU_ASSERT_EQUAL(store_idem_settle(s, &r, "inc-1"), CF_E_EXISTS);
+	CU_ASSERT_EQUAL(store_idem_settle(s, &r, "inc-3"), CF_OK);
+	CU_ASSERT_EQUAL(store_idem_adopt(s, "idem-1", 42, "inc-3", "inc-4"), CF_E_EXISTS); /* done */
 	store_close(s);
 }
 
