@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "cf_hex.h"
@@ -310,6 +311,8 @@ fleet_close(fleet *f)
 	PQfinish(f->query);
 	pthread_mutex_destroy(&f->lock_mu);
 	pthread_mutex_destroy(&f->query_mu);
+	/* The connection string may hold a password ([state] dsn_file). */
+	OPENSSL_cleanse(f->dsn, sizeof(f->dsn));
 	free(f);
 }
 

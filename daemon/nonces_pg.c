@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 
 #include "cf_log.h"
 #include "cf_status.h"
@@ -414,6 +415,9 @@ nonces_pg_close(struct nonces_pg *p)
 		PQfinish(p->bt[i].conn);
 	}
 	PQfinish(p->xconn);
+	/* The connection string may hold a password ([state] dsn_file). */
+	if (p->dsn != NULL)
+		OPENSSL_cleanse(p->dsn, strlen(p->dsn));
 	free(p->dsn);
 	pthread_cond_destroy(&p->work);
 	pthread_cond_destroy(&p->answered);
