@@ -358,6 +358,42 @@ COFFER_API int coffer_mac(coffer_client *c, const char *key, uint32_t version,
 COFFER_API int coffer_verify_mac(coffer_client *c, const char *key, uint32_t version,
     const uint8_t *data, size_t len, const uint8_t *mac, size_t maclen, int *valid);
 
+/* ---- batches: many items for one key and version in one call ----
+ * One authorization and one audit record for the call, one rate-limit token
+ * per item (coffer.proto, "Batches"). The call's return value covers the
+ * call as a whole (a bad key, version, hash or scheme, no permission, more
+ * than COFFER_BATCH_MAX items); on COFFER_OK every item has its own status:
+ * COFFER_OK, or an error code with `error` saying why (an item's bad input,
+ * or COFFER_E_TOO_LARGE for the items beyond what the rate limits allow). */
+#define COFFER_BATCH_MAX 1024
+
+struct coffer_batch_item {
+	const uint8_t *data;      /* the message (the digest with opts->prehashed), or data */
+	size_t len;
+	const uint8_t *tag;       /* verify batches: the signature or MAC to check */
+	size_t taglen;
+	/* set by the call */
+	int status;               /* COFFER_OK or this item's error */
+	char error[320];          /* why, when status is not COFFER_OK */
+	struct coffer_bytes out;  /* sign and MAC batches: the signature or MAC (free with
+				   * coffer_bytes_free) */
+	int valid;                /* verify batches: 1 or 0 */
+};
+
+/* Sign every item with one version of key (0: the primary): as coffer_sign. */
+COFFER_API int coffer_sign_batch(coffer_client *c, const char *key, uint32_t version,
+    const struct coffer_sign_opts *opts, struct coffer_batch_item *items, size_t n,
+    uint32_t *used_version);
+/* Verify every item's signature (tag); `version` is required. */
+COFFER_API int coffer_verify_batch(coffer_client *c, const char *key, uint32_t version,
+    const struct coffer_sign_opts *opts, struct coffer_batch_item *items, size_t n);
+/* MAC every item with one version of key (0: the primary). */
+COFFER_API int coffer_mac_batch(coffer_client *c, const char *key, uint32_t version,
+    struct coffer_batch_item *items, size_t n, uint32_t *used_version);
+/* Compare every item's MAC (tag) inside the token; `version` is required. */
+COFFER_API int coffer_verify_mac_batch(coffer_client *c, const char *key, uint32_t version,
+    struct coffer_batch_item *items, size_t n);
+
 /*
  * Encrypt plaintext (at most 64 KiB) under the key's primary version with
  * AES-256-GCM, bound to the key name, version and the context (ctx[0..nctx),

@@ -38,6 +38,11 @@ const struct cf_method cf_methods[CF_METHOD__COUNT] = {
 					     .key_field = "request.key" },
 	[CF_KS_SIGN_HTTP_REQUEST] = { M(KS, "SignHttpRequest"), .socket = CF_SOCK_SERVICE,
 				      .op = CF_OP_MAC, .key_field = "request.key" },
+	[CF_KS_SIGN_BATCH] = { KEY_METHOD("SignBatch", CF_OP_SIGN), .flags = CF_MF_BATCH },
+	[CF_KS_VERIFY_BATCH] = { KEY_METHOD("VerifyBatch", CF_OP_VERIFY), .flags = CF_MF_BATCH },
+	[CF_KS_MAC_BATCH] = { KEY_METHOD("MacBatch", CF_OP_MAC), .flags = CF_MF_BATCH },
+	[CF_KS_VERIFY_MAC_BATCH] = { KEY_METHOD("VerifyMacBatch", CF_OP_VERIFY_MAC),
+				     .flags = CF_MF_BATCH },
 
 	[CF_AS_CREATE_KEY] = { CHANGE("CreateKey") },
 	[CF_AS_IMPORT_KEY] = { ADMIN("ImportKey"), .flags = CF_MF_MUTATING | CF_MF_SECRET,

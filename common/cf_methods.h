@@ -32,6 +32,7 @@ enum cf_method_id {
 	CF_KS_SIGN, CF_KS_VERIFY, CF_KS_MAC, CF_KS_VERIFY_MAC, CF_KS_WRAP, CF_KS_UNWRAP,
 	CF_KS_REWRAP, CF_KS_GENERATE_DATA_KEY, CF_KS_GET_PUBLIC_KEY, CF_KS_GET_KEY,
 	CF_KS_LIST_KEYS, CF_KS_VERIFY_REQUEST_SIGNATURE, CF_KS_SIGN_HTTP_REQUEST,
+	CF_KS_SIGN_BATCH, CF_KS_VERIFY_BATCH, CF_KS_MAC_BATCH, CF_KS_VERIFY_MAC_BATCH,
 	/* coffer.v1.AdminService */
 	CF_AS_CREATE_KEY, CF_AS_IMPORT_KEY, CF_AS_ROTATE_KEY, CF_AS_SET_PRIMARY_VERSION,
 	CF_AS_ENABLE_KEY_VERSION, CF_AS_DISABLE_KEY_VERSION, CF_AS_SCHEDULE_DESTROY_KEY_VERSION,
@@ -48,6 +49,9 @@ enum cf_method_id {
 	CF_METHOD__COUNT
 };
 
+/* The most items one batch call carries. */
+#define CF_BATCH_MAX 1024
+
 /* The socket that serves a method. */
 enum cf_socket { CF_SOCK_SERVICE = 1, CF_SOCK_ADMIN = 2, CF_SOCK_BOTH = 3 };
 
@@ -59,6 +63,9 @@ enum cf_method_flag {
 	CF_MF_SEALED_ONLY = 1 << 3,   /* valid only inside a session */
 	CF_MF_NEVER_SEALED = 1 << 4,  /* never inside a session */
 	CF_MF_HEALTH = 1 << 5,        /* a health check: never refused, not audited */
+	CF_MF_BATCH = 1 << 6,         /* many items (request "items", response "results",
+				       * each with an ItemStatus "status"): one rate-limit
+				       * token per item, failed items counted in the audit */
 };
 
 struct cf_method {

@@ -68,6 +68,39 @@ cf_status_name(int status)
 	return i < 0 ? "CF_E_UNKNOWN" : cf_status_table[i].name;
 }
 
+unsigned
+cf_status_grpc(int st)
+{
+	enum {
+		OK = 0, CANCELLED = 1, INVALID_ARGUMENT = 3, DEADLINE_EXCEEDED = 4, NOT_FOUND = 5,
+		ALREADY_EXISTS = 6, PERMISSION_DENIED = 7, RESOURCE_EXHAUSTED = 8,
+		FAILED_PRECONDITION = 9, UNIMPLEMENTED = 12, INTERNAL = 13, UNAVAILABLE = 14,
+		UNAUTHENTICATED = 16,
+	};
+
+	switch (st) {
+	case CF_OK: return OK;
+	case CF_E_INVALID_ARG:
+	case CF_E_DECRYPT:
+	case CF_E_BAD_SIGNATURE: return INVALID_ARGUMENT;
+	case CF_E_TOO_LARGE:
+	case CF_E_EXHAUSTED: return RESOURCE_EXHAUSTED;
+	case CF_E_NOT_FOUND: return NOT_FOUND;
+	case CF_E_EXISTS: return ALREADY_EXISTS;
+	case CF_E_WRONG_KEY_TYPE:
+	case CF_E_PRECONDITION:
+	case CF_E_UNSUPPORTED: return FAILED_PRECONDITION;
+	case CF_E_DENIED: return PERMISSION_DENIED;
+	case CF_E_UNAUTHENTICATED: return UNAUTHENTICATED;
+	case CF_E_BUSY:
+	case CF_E_UNAVAILABLE: return UNAVAILABLE;
+	case CF_E_TIMEOUT: return DEADLINE_EXCEEDED;
+	case CF_E_CANCELLED: return CANCELLED;
+	case CF_E_UNIMPLEMENTED: return UNIMPLEMENTED;
+	default: return INTERNAL;
+	}
+}
+
 int
 cf_error(int status, const char *fmt, ...)
 {

@@ -52,6 +52,10 @@ const char *cf_strerror(int status);
 /* Stable symbolic name ("CF_E_NOT_FOUND"); never NULL. */
 const char *cf_status_name(int status);
 
+/* The gRPC status code (grpc/status.h, fixed by the gRPC specification) a
+ * status is answered with: INVALID_ARGUMENT for CF_E_INVALID_ARG, ... */
+unsigned cf_status_grpc(int status);
+
 /*
  * Record a detail for the calling thread and return `status` unchanged, so
  * callers can write `return cf_error(CF_E_TOO_LARGE, "...%zu", n);`.

@@ -81,6 +81,8 @@ struct audit_event {
 	const char *request_id;
 	const char *replay_of;   /* answered from the record of this request id; NULL: not a
 	                            replay */
+	uint32_t items;          /* a batch: its items (0: not a batch) */
+	uint32_t failed;         /* ... of which answered an error */
 };
 
 typedef struct audit audit;

@@ -21,15 +21,6 @@
 #include "pbfield.h"
 #include "handlers_table.h"
 
-/* gRPC status codes (grpc/status.h; fixed by the gRPC specification). */
-enum {
-	CODE_OK = 0, CODE_CANCELLED = 1, CODE_INVALID_ARGUMENT = 3,
-	CODE_DEADLINE_EXCEEDED = 4, CODE_NOT_FOUND = 5, CODE_ALREADY_EXISTS = 6,
-	CODE_PERMISSION_DENIED = 7, CODE_RESOURCE_EXHAUSTED = 8,
-	CODE_FAILED_PRECONDITION = 9, CODE_UNIMPLEMENTED = 12, CODE_INTERNAL = 13,
-	CODE_UNAVAILABLE = 14, CODE_UNAUTHENTICATED = 16,
-};
-
 static const char *const code_names[] = {
 	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
 	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
@@ -56,27 +47,7 @@ struct dispatch {
 unsigned
 dispatch_status(int st)
 {
-	switch (st) {
-	case CF_OK: return CODE_OK;
-	case CF_E_INVALID_ARG:
-	case CF_E_DECRYPT:
-	case CF_E_BAD_SIGNATURE: return CODE_INVALID_ARGUMENT;
-	case CF_E_TOO_LARGE:
-	case CF_E_EXHAUSTED: return CODE_RESOURCE_EXHAUSTED;
-	case CF_E_NOT_FOUND: return CODE_NOT_FOUND;
-	case CF_E_EXISTS: return CODE_ALREADY_EXISTS;
-	case CF_E_WRONG_KEY_TYPE:
-	case CF_E_PRECONDITION:
-	case CF_E_UNSUPPORTED: return CODE_FAILED_PRECONDITION;
-	case CF_E_DENIED: return CODE_PERMISSION_DENIED;
-	case CF_E_UNAUTHENTICATED: return CODE_UNAUTHENTICATED;
-	case CF_E_BUSY:
-	case CF_E_UNAVAILABLE: return CODE_UNAVAILABLE;
-	case CF_E_TIMEOUT: return CODE_DEADLINE_EXCEEDED;
-	case CF_E_CANCELLED: return CODE_CANCELLED;
-	case CF_E_UNIMPLEMENTED: return CODE_UNIMPLEMENTED;
-	default: return CODE_INTERNAL;
-	}
+	return cf_status_grpc(st);
 }
 
 const char *
@@ -227,6 +198,7 @@ struct note {
 	int inner_ran;          /* SessionService/Call: the sealed call ran (and was recorded) */
 	unsigned changes;       /* changes committed, each with its audit record (store_call) */
 	char replay_of[AUDIT_REQUEST_ID_MAX + 1];   /* answered from the first attempt's record */
+	uint32_t items, failed;  /* a batch: its items, and how many failed */
 };
 
 /* One call inside dispatch: what its handler sees (hc) and what stays
@@ -341,7 +313,7 @@ sealed_call(const dispatch *d, const struct dctx *h, Coffer__V1__SealedCall *req
 
 		/* A proto3 string: the caller's bytes in it are escaped. */
 		cf_text_escape(em, strlen(em), imsg, sizeof(imsg));
-		if (dispatch_status(ir) == CODE_INTERNAL)
+		if (dispatch_status(ir) == dispatch_status(CF_E_INTERNAL))
 			cf_log_error("%s (sealed): %s", req->method, imsg);
 	}
 	res.code = dispatch_status(ir);
@@ -400,6 +372,10 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 		n->version = pb_u32_field(resp, "version");
 	if (n->version == 0 && resp != NULL)
 		n->version = pb_u32_field(resp, "primary_version");
+	if (m->d->flags & CF_MF_BATCH) {
+		n->items = (uint32_t)pb_count_field(req, "items");
+		n->failed = resp != NULL ? (uint32_t)pb_failed_items(resp) : n->items;
+	}
 }
 
 /* Service socket, before the request is decoded: who is calling (into who
@@ -462,12 +438,25 @@ resolve_key(const struct method *m, const ProtobufCMessage *req, struct dctx *h2
 /* Service socket: may the principal do this? One decision (policy_authorize):
  * grants, the key's own limit, then the rate limits. */
 static int
-authorize(const struct method *m, const struct dctx *h, const char *who,
+authorize(const struct method *m, struct dctx *h, const ProtobufCMessage *req, const char *who,
 	  uint32_t *retry_after_ms)
 {
 	const char *key = h->key.name != NULL ? h->key.name : "";
-	uint32_t key_ops;
+	uint32_t key_ops, want = 1;
 	int r, own_limit;
+
+	/* A batch: its size checked before anything is spent on it. */
+	if (m->d->flags & CF_MF_BATCH) {
+		size_t n = pb_count_field(req, "items");
+
+		if (n == 0)
+			return cf_error(CF_E_INVALID_ARG, "%s has no items: send 1 to %d", m->d->name,
+					CF_BATCH_MAX);
+		if (n > CF_BATCH_MAX)
+			return cf_error(CF_E_TOO_LARGE, "%s has %zu items; the limit is %d",
+					m->d->name, n, CF_BATCH_MAX);
+		want = (uint32_t)n;
+	}
 
 	if (h->hc.admin || (m->d->flags & CF_MF_OPEN) || h->hc.sv->pol == NULL)
 		return CF_OK;
@@ -477,8 +466,13 @@ authorize(const struct method *m, const struct dctx *h, const char *who,
 	if (m->fn == NULL)
 		return CF_OK;
 	key_ops = h->hc.sv->kr != NULL ? keyring_ref_allowed_ops(h->hc.sv->kr, &h->key) : 0;
-	r = policy_authorize(h->hc.sv->pol, who, m->d->op, key, key_ops, retry_after_ms,
-			     &own_limit);
+	r = policy_authorize_n(h->hc.sv->pol, who, m->d->op, key, key_ops, want,
+			       &h->hc.batch_granted, retry_after_ms, &own_limit);
+	/* Part of a batch granted: the call goes on, the rest of it refused item by item. */
+	if (r == CF_OK) {
+		h->hc.batch_retry_ms = *retry_after_ms;
+		*retry_after_ms = 0;
+	}
 	if (r == CF_E_DENIED)
 		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": %s", who,
 			    (unsigned)h->hc.uid, (int)h->hc.pid, policy_op_name(m->d->op), key,
@@ -671,7 +665,7 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 		return cf_error(CF_E_INVALID_ARG, "request is not a valid %s message",
 				m->input->name);
 	if ((r = resolve_key(m, req, &h2)) != CF_OK ||
-	    (r = authorize(m, &h2, who, retry_after_ms)) != CF_OK) {
+	    (r = authorize(m, &h2, req, who, retry_after_ms)) != CF_OK) {
 		/* refused */
 	} else if ((m->d->flags & CF_MF_MUTATING) && h->dc->idm != NULL &&
 		   h->dc->idem_key[0] != '\0') {
@@ -735,6 +729,7 @@ run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8
 			.version = n.version,
 			.result = code_names[dispatch_status(r)], .request_id = h->dc->request_id,
 			.replay_of = n.replay_of[0] != '\0' ? n.replay_of : NULL,
+			.items = n.items, .failed = n.failed,
 		};
 
 		if ((ar = audit_record(h->hc.sv->au, &ev)) != CF_OK && r == CF_OK)
@@ -750,7 +745,8 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 {
 	const struct method *m = &d->m[i];
 	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
-					      .pid = c->pid, .admin = c->admin } };
+					      .pid = c->pid, .admin = c->admin,
+					      .batch_granted = UINT32_MAX } };
 	unsigned code;
 	int r;
 
@@ -770,7 +766,7 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 		/* grpc-status-message is read as UTF-8: the caller's bytes are escaped. */
 		cf_text_escape(em, strlen(em), msg, msglen);
 	}
-	if (code == CODE_INTERNAL)
+	if (code == dispatch_status(CF_E_INTERNAL))
 		cf_log_error("%s: %s", m->d->path, msg);
 	return code;
 }

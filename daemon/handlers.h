@@ -57,6 +57,11 @@ struct hcall {
 	gid_t gid;
 	pid_t pid;
 	int admin;              /* the call arrived on the admin socket */
+	/* A batch (CF_MF_BATCH): how many of its items, from the first, the
+	 * rate limits let run (UINT32_MAX: all); the others are answered
+	 * RESOURCE_EXHAUSTED, retry after batch_retry_ms. */
+	uint32_t batch_granted;
+	uint32_t batch_retry_ms;
 };
 
 typedef int (*handler_fn)(const struct hcall *c, const ProtobufCMessage *req,

@@ -129,3 +129,43 @@ out:
 	keyring_info_free(info);
 	return h_reply(r, k, resp);
 }
+
+int
+h_sign_params(Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme, protobuf_c_boolean raw,
+	    ProtobufCBinaryData msg, ProtobufCBinaryData digest, struct cf_sign_params *sp,
+	    const uint8_t **in, size_t *inlen)
+{
+	*in = NULL;   /* set on every path: the callers read them only on success */
+	*inlen = 0;
+	if ((int)hash < 0 || hash > COFFER__V1__HASH__SHA512)
+		return cf_error(CF_E_INVALID_ARG, "unknown hash %d", (int)hash);
+	if ((int)scheme < 0 || scheme > COFFER__V1__SIGNATURE_SCHEME__RSA_PKCS1)
+		return cf_error(CF_E_INVALID_ARG, "unknown signature scheme %d", (int)scheme);
+	if (msg.len > 0 && digest.len > 0)
+		return cf_error(CF_E_INVALID_ARG, "give either message or digest, not both");
+	memset(sp, 0, sizeof(*sp));
+	sp->hash = (enum cf_hash)hash;
+	sp->scheme = (enum cf_sig_scheme)scheme;
+	sp->ecdsa_raw = raw;
+	if (digest.len > 0) {
+		sp->prehashed = 1;
+		*in = digest.data;
+		*inlen = digest.len;
+	} else {
+		*in = msg.data;
+		*inlen = msg.len;
+	}
+	return h_check_data(*inlen, CF_P11_MAX_DATA, "message");
+}
+
+/* A digest with HASH_UNSPECIFIED is of the key's default hash (SHA-256,
+ * SHA-384 for P-384), as the proto says; cf_p11_sign fills it in. Ed25519
+ * hashes inside the signature, so it has no digest to take. */
+int
+h_digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char *name)
+{
+	if (sp->prehashed && cf_p11_key_type(k) == CF_KEY_ED25519)
+		return cf_error(CF_E_UNSUPPORTED, "key %s is ed25519, which signs the message "
+				"itself (no prehash): send the message, not a digest", name);
+	return CF_OK;
+}

@@ -25,6 +25,15 @@ int h_reply(int r, void *out, ProtobufCMessage **resp);
 /* CF_E_TOO_LARGE (naming `what`) if len > max. */
 int h_check_data(size_t len, size_t max, const char *what);
 
+/* A Sign or Verify request's hash, scheme, ecdsa_raw and data (exactly one
+ * of msg or digest) into sp, and the bytes to sign into in/inlen. */
+int h_sign_params(Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme,
+		  protobuf_c_boolean raw, ProtobufCBinaryData msg, ProtobufCBinaryData digest,
+		  struct cf_sign_params *sp, const uint8_t **in, size_t *inlen);
+/* A digest for an Ed25519 key (which hashes the message itself) is refused,
+ * naming the key. */
+int h_digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char *name);
+
 /* Operations of a request as a mask; an unknown one sets bit 31 (refused
  * by policy). */
 uint32_t h_ops_mask(size_t n, const Coffer__V1__Operation *ops);
@@ -59,5 +68,6 @@ extern const struct hservice handlers_principals;  /* handlers_principals.c */
 extern const struct hservice handlers_apikeys;     /* handlers_apikeys.c */
 extern const struct hservice handlers_audit;       /* handlers_audit.c */
 extern const struct hservice handlers_session;     /* handlers_session.c */
+extern const struct hservice handlers_batch;       /* handlers_batch.c */
 
 #endif

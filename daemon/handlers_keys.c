@@ -41,47 +41,6 @@ ctx_entries(size_t n, void *const *entries, struct req_ctx *x)
 }
 
 static int
-sign_params(Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme, protobuf_c_boolean raw,
-	    ProtobufCBinaryData msg, ProtobufCBinaryData digest, struct cf_sign_params *sp,
-	    const uint8_t **in, size_t *inlen)
-{
-	*in = NULL;   /* set on every path: the callers read them only on success */
-	*inlen = 0;
-	if ((int)hash < 0 || hash > COFFER__V1__HASH__SHA512)
-		return cf_error(CF_E_INVALID_ARG, "unknown hash %d", (int)hash);
-	if ((int)scheme < 0 || scheme > COFFER__V1__SIGNATURE_SCHEME__RSA_PKCS1)
-		return cf_error(CF_E_INVALID_ARG, "unknown signature scheme %d", (int)scheme);
-	if (msg.len > 0 && digest.len > 0)
-		return cf_error(CF_E_INVALID_ARG, "give either message or digest, not both");
-	memset(sp, 0, sizeof(*sp));
-	sp->hash = (enum cf_hash)hash;
-	sp->scheme = (enum cf_sig_scheme)scheme;
-	sp->ecdsa_raw = raw;
-	if (digest.len > 0) {
-		sp->prehashed = 1;
-		*in = digest.data;
-		*inlen = digest.len;
-	} else {
-		*in = msg.data;
-		*inlen = msg.len;
-	}
-	return h_check_data(*inlen, CF_P11_MAX_DATA, "message");
-}
-
-/* A digest with HASH_UNSPECIFIED is of the key's default hash (SHA-256,
- * SHA-384 for P-384), as the proto says; cf_p11_sign fills it in. Ed25519
- * hashes inside the signature, so it has no digest to take. */
-static int
-digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char *name)
-{
-	if (sp->prehashed && cf_p11_key_type(k) == CF_KEY_ED25519)
-		return cf_error(CF_E_UNSUPPORTED, "key %s is ed25519, which signs the message "
-				"itself (no prehash): send the message, not a digest", name);
-	return CF_OK;
-}
-
-
-static int
 h_sign(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SignRequest *req = (const void *)m;
@@ -94,11 +53,11 @@ h_sign(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp
 	uint32_t ver;
 	int r;
 
-	if ((r = sign_params(req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+	if ((r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
 				 &ver)) != CF_OK ||
-	    (r = digest_check(&sp, k, req->key)) != CF_OK)
+	    (r = h_digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_response__descriptor)) == NULL) {
@@ -133,12 +92,12 @@ h_verify(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **re
 	if (req->version == 0)
 		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
 				"Sign returned");
-	if ((r = sign_params(req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
+	if ((r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, req->message, req->digest,
 			     &sp, &in, &inlen)) != CF_OK ||
 	    (r = h_check_data(req->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
 	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
 				 &ver)) != CF_OK ||
-	    (r = digest_check(&sp, k, req->key)) != CF_OK)
+	    (r = h_digest_check(&sp, k, req->key)) != CF_OK)
 		return r;
 	r = cf_p11_verify(k, &sp, in, inlen, req->signature.data, req->signature.len);
 	if (r != CF_OK && r != CF_E_BAD_SIGNATURE)

@@ -61,3 +61,50 @@ pb_bool_field(const ProtobufCMessage *msg, const char *name)
 
 	return v != NULL && *v;
 }
+
+/* The elements of repeated message field `name` of msg: their count, and
+ * the array into *v (NULL and 0 if msg has no such field). */
+static size_t
+pb_repeated(const ProtobufCMessage *msg, const char *name, ProtobufCMessage *const **v)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+	size_t n;
+
+	*v = NULL;
+	if (f == NULL || f->type != PROTOBUF_C_TYPE_MESSAGE || f->label != PROTOBUF_C_LABEL_REPEATED)
+		return 0;
+	memcpy(&n, (const char *)msg + f->quantifier_offset, sizeof(n));
+	memcpy(v, (const char *)msg + f->offset, sizeof(*v));
+	return n;
+}
+
+size_t
+pb_count_field(const ProtobufCMessage *msg, const char *name)
+{
+	ProtobufCMessage *const *v;
+
+	return pb_repeated(msg, name, &v);
+}
+
+size_t
+pb_failed_items(const ProtobufCMessage *resp)
+{
+	ProtobufCMessage *const *v;
+	size_t n = pb_repeated(resp, "results", &v), failed = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const ProtobufCFieldDescriptor *f =
+			protobuf_c_message_descriptor_get_field_by_name(v[i]->descriptor, "status");
+		const ProtobufCMessage *st = NULL;
+		const int32_t *code;
+
+		if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE)
+			memcpy(&st, (const char *)v[i] + f->offset, sizeof(st));
+		/* A result without a status is not a success anyone can rely on. */
+		if (st == NULL || (code = pb_scalar(st, "code", PROTOBUF_C_TYPE_INT32)) == NULL ||
+		    *code != 0)
+			failed++;
+	}
+	return failed;
+}

@@ -645,16 +645,28 @@ int
 policy_authorize(policy *p, const char *principal, enum cf_op op, const char *key,
 		 uint32_t key_ops, uint32_t *retry_after_ms, int *own_limit)
 {
+	uint32_t got;
+
+	return policy_authorize_n(p, principal, op, key, key_ops, 1, &got, retry_after_ms,
+				  own_limit);
+}
+
+int
+policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *key,
+		   uint32_t key_ops, uint32_t want, uint32_t *got, uint32_t *retry_after_ms,
+		   int *own_limit)
+{
 	const struct store_limit *lim[2] = { NULL, NULL };
 	struct bucket *bk[2] = { NULL, NULL };
 	struct pr *r;
-	double wait = 0.0, t;
+	double wait = 0.0, have = (double)want, t;
 	int found, rc = CF_OK;
 	size_t at;
 
 	cf_count(CF_COUNT_AUTHORIZE);
 	*retry_after_ms = 0;
 	*own_limit = 0;
+	*got = 0;
 	pthread_rwlock_rdlock(&p->lock);
 	at = find_locked(p, principal, &found);
 	if (!found) {
@@ -687,17 +699,29 @@ policy_authorize(policy *p, const char *principal, enum cf_op op, const char *ke
 		pthread_mutex_lock(&p->bmu);
 		t = now_mono();
 		for (int i = 0; i < 2; i++)
-			if (lim[i] != NULL)
+			if (lim[i] != NULL) {
 				wait = fmax(wait, bucket_wait(bk[i], lim[i], t));
-		/* Take from every bucket only when all of them have a token. */
-		if (wait == 0.0) {
+				have = fmin(have, floor(bk[i]->tokens));
+			}
+		/* Take from every bucket only what all of them have. */
+		if (have >= 1.0) {
 			for (int i = 0; i < 2; i++)
 				if (bk[i] != NULL)
-					bk[i]->tokens -= 1.0;
+					bk[i]->tokens -= have;
+			wait = 0.0;
+			/* Some of a batch left out: when the next token comes. */
+			if (have < (double)want)
+				for (int i = 0; i < 2; i++)
+					if (lim[i] != NULL)
+						wait = fmax(wait, bucket_wait(bk[i], lim[i], t));
 		}
 		pthread_mutex_unlock(&p->bmu);
 	}
-	if (wait > 0.0) {
+	if (have >= 1.0) {
+		*got = (uint32_t)have;
+		if (wait > 0.0)
+			*retry_after_ms = (uint32_t)ceil(wait * 1000.0);
+	} else {
 		*retry_after_ms = (uint32_t)ceil(wait * 1000.0);
 		rc = cf_error(CF_E_EXHAUSTED, "rate limit of principal %s%s%s exceeded; retry "
 			      "after %u ms", principal, op ? " for " : "", op ? policy_op_name(op) : "",

@@ -68,6 +68,13 @@ int policy_identify(policy *p, uid_t uid, gid_t gid, char name[STORE_PRINCIPAL_N
  * CF_OP_NONE checks only the principal's overall rate limit. */
 int policy_authorize(policy *p, const char *principal, enum cf_op op, const char *key,
 		     uint32_t key_ops, uint32_t *retry_after_ms, int *own_limit);
+/* policy_authorize for `want` (>= 1) operations at once (a batch): takes as
+ * many tokens as every bucket can give, up to want, into *got. None at all
+ * is refused as policy_authorize refuses; fewer than want is CF_OK with
+ * *retry_after_ms saying when the next token comes. */
+int policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *key,
+		       uint32_t key_ops, uint32_t want, uint32_t *got, uint32_t *retry_after_ms,
+		       int *own_limit);
 /* Does a grant of `principal` cover op on key? policy_authorize's grant
  * check alone (no token is taken): for filtering what a caller sees.
  * CF_OK, CF_E_DENIED, CF_E_UNAUTHENTICATED or CF_E_INVALID_ARG (bad name). */

@@ -1,0 +1,279 @@
+/* KeyService's batches: SignBatch, VerifyBatch, MacBatch, VerifyMacBatch.
+ * Many items for one key and version, each answered with its own status
+ * (coffer.proto, "Batches"). Dispatch has already checked the item count,
+ * authorized the call once and taken one rate-limit token per item it lets
+ * run (hcall.batch_granted); the key version is resolved once here. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_pbwipe.h"
+#include "cf_status.h"
+#include "coffer/v1/coffer.pb-c.h"
+#include "handlers_common.h"
+
+/* The status of item i (of n) that ran with result r, or that the rate
+ * limits left out; the thread's error detail is consumed. */
+static Coffer__V1__ItemStatus *
+item_status(const struct hcall *c, enum cf_op op, size_t i, size_t n, int r)
+{
+	Coffer__V1__ItemStatus *st = h_new_msg(&coffer__v1__item_status__descriptor);
+	char msg[CF_ERROR_DETAIL_MAX + 64];
+
+	if (st == NULL)
+		return NULL;
+	if (i >= c->batch_granted) {
+		r = CF_E_EXHAUSTED;
+		snprintf(msg, sizeof(msg), "rate limit of principal %s for %s exceeded at item %zu "
+			 "of %zu (%u granted); retry after %u ms", c->principal ? c->principal : "",
+			 policy_op_name(op), i + 1, n, c->batch_granted, c->batch_retry_ms);
+	} else {
+		snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_message(r));
+	}
+	cf_error_clear();
+	st->code = (int32_t)cf_status_grpc(r);
+	if (msg[0] != '\0' && (st->message = strdup(msg)) == NULL) {
+		protobuf_c_message_free_unpacked(&st->base, &cf_pbwipe_allocator);
+		return NULL;
+	}
+	return st;
+}
+
+/* One item: request, key, item index, its result (to fill), scratch space. */
+typedef int (*item_fn)(const void *req, cf_p11_key *k, size_t i, void *result, cf_buf *scratch);
+
+/* Run fn for each of the n items of req, up to the ones the rate limits
+ * granted, into *results (a new array of n results of type d, each with its
+ * status; the count is set at once so that a half-built array is freed with
+ * the response). Fails only when memory does. */
+static int
+run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p11_key *k,
+	  item_fn fn, cf_buf *scratch, const ProtobufCMessageDescriptor *d, void *results,
+	  size_t *n_results)
+{
+	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(d,
+											   "status");
+	ProtobufCMessage **v = cf_pbwipe_allocator.alloc(NULL, n * sizeof(*v));
+
+	if (v == NULL)
+		return cf_nomem();
+	memset(v, 0, n * sizeof(*v));
+	memcpy(results, &v, sizeof(v));
+	*n_results = n;
+	for (size_t i = 0; i < n; i++) {
+		Coffer__V1__ItemStatus *st;
+		int r;
+
+		if ((v[i] = h_new_msg(d)) == NULL)
+			return cf_nomem();
+		if (scratch != NULL)
+			cf_buf_reset(scratch);
+		r = i < c->batch_granted ? fn(req, k, i, v[i], scratch) : CF_E_EXHAUSTED;
+		if ((st = item_status(c, op, i, n, r)) == NULL)
+			return cf_nomem();
+		memcpy((char *)v[i] + f->offset, &st, sizeof(st));
+	}
+	return CF_OK;
+}
+
+/* One signing item: its data checked, then signed. */
+static int
+sign_item(const void *r_, cf_p11_key *k, size_t i, void *res, cf_buf *sig)
+{
+	const Coffer__V1__SignBatchRequest *req = r_;
+	const Coffer__V1__SignBatchItem *it = req->items[i];
+	Coffer__V1__SignBatchResult *out = res;
+	struct cf_sign_params sp;
+	const uint8_t *in;
+	size_t inlen;
+	int r;
+
+	if ((r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, it->message, it->digest, &sp,
+			       &in, &inlen)) != CF_OK ||
+	    (r = h_digest_check(&sp, k, req->key)) != CF_OK ||
+	    (r = cf_p11_sign(k, &sp, in, inlen, sig)) != CF_OK)
+		return r;
+	return h_set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig));
+}
+
+static int
+h_sign_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__SignBatchRequest *req = (const void *)m;
+	Coffer__V1__SignBatchResponse *out = NULL;
+	struct cf_sign_params sp;
+	cf_buf *sig = NULL;
+	cf_p11_key *k;
+	const uint8_t *in;
+	size_t inlen;
+	uint32_t ver;
+	int r;
+
+	/* The request's own fields, checked once (no data stands in for the items'). */
+	if ((r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, (ProtobufCBinaryData){ 0 },
+			       (ProtobufCBinaryData){ 0 }, &sp, &in, &inlen)) != CF_OK ||
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
+				 &ver)) != CF_OK)
+		return r;
+	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
+	    (out = h_new_msg(&coffer__v1__sign_batch_response__descriptor)) == NULL) {
+		r = cf_nomem();
+		goto out;
+	}
+	if ((r = run_items(c, CF_OP_SIGN, req, req->n_items, k, sign_item, sig,
+			   &coffer__v1__sign_batch_result__descriptor, &out->results,
+			   &out->n_results)) != CF_OK)
+		goto out;
+	out->version = ver;
+	out->scheme = (Coffer__V1__SignatureScheme)(sp.scheme ? sp.scheme :
+		cf_key_default_scheme(cf_p11_key_type(k)));
+	out->hash = (Coffer__V1__Hash)(sp.hash ? sp.hash :
+		cf_key_default_hash(cf_p11_key_type(k)));
+out:
+	cf_buf_free(sig);
+	return h_reply(r, out, resp);
+}
+
+static int
+verify_item(const void *r_, cf_p11_key *k, size_t i, void *res, cf_buf *unused)
+{
+	const Coffer__V1__VerifyBatchRequest *req = r_;
+	const Coffer__V1__VerifyBatchItem *it = req->items[i];
+	Coffer__V1__VerifyBatchResult *out = res;
+	struct cf_sign_params sp;
+	const uint8_t *in;
+	size_t inlen;
+	int r;
+
+	(void)unused;
+	if ((r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, it->message, it->digest, &sp,
+			       &in, &inlen)) != CF_OK ||
+	    (r = h_check_data(it->signature.len, CF_P11_MAX_SIG, "signature")) != CF_OK ||
+	    (r = h_digest_check(&sp, k, req->key)) != CF_OK)
+		return r;
+	r = cf_p11_verify(k, &sp, in, inlen, it->signature.data, it->signature.len);
+	out->valid = r == CF_OK;
+	return r == CF_E_BAD_SIGNATURE ? CF_OK : r;
+}
+
+/* The version a verifying batch names: required, as in Verify and VerifyMac. */
+static int
+version_required(uint32_t version, const char *single)
+{
+	if (version == 0)
+		return cf_error(CF_E_INVALID_ARG, "version is required: pass the version that "
+				"%s returned", single);
+	return CF_OK;
+}
+
+static int
+h_verify_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__VerifyBatchRequest *req = (const void *)m;
+	Coffer__V1__VerifyBatchResponse *out;
+	struct cf_sign_params sp;
+	cf_p11_key *k;
+	const uint8_t *in;
+	size_t inlen;
+	uint32_t ver;
+	int r;
+
+	if ((r = version_required(req->version, "Sign")) != CF_OK ||
+	    (r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, (ProtobufCBinaryData){ 0 },
+			       (ProtobufCBinaryData){ 0 }, &sp, &in, &inlen)) != CF_OK ||
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
+				 &ver)) != CF_OK)
+		return r;
+	if ((out = h_new_msg(&coffer__v1__verify_batch_response__descriptor)) == NULL)
+		return cf_nomem();
+	r = run_items(c, CF_OP_VERIFY, req, req->n_items, k, verify_item, NULL,
+		      &coffer__v1__verify_batch_result__descriptor, &out->results, &out->n_results);
+	return h_reply(r, out, resp);
+}
+
+static int
+mac_item(const void *r_, cf_p11_key *k, size_t i, void *res, cf_buf *mac)
+{
+	const Coffer__V1__MacBatchItem *it = ((const Coffer__V1__MacBatchRequest *)r_)->items[i];
+	Coffer__V1__MacBatchResult *out = res;
+	int r;
+
+	if ((r = h_check_data(it->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
+	    (r = cf_p11_mac(k, it->data.data, it->data.len, mac)) != CF_OK)
+		return r;
+	return h_set_bytes(&out->mac, cf_buf_peek(mac), cf_buf_len(mac));
+}
+
+static int
+h_mac_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__MacBatchRequest *req = (const void *)m;
+	Coffer__V1__MacBatchResponse *out = NULL;
+	cf_buf *mac = NULL;
+	cf_p11_key *k;
+	uint32_t ver;
+	int r;
+
+	if ((r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_MAC, USE_NEW, &k,
+				 &ver)) != CF_OK)
+		return r;
+	if ((mac = cf_buf_new(64)) == NULL ||
+	    (out = h_new_msg(&coffer__v1__mac_batch_response__descriptor)) == NULL) {
+		r = cf_nomem();
+		goto out;
+	}
+	if ((r = run_items(c, CF_OP_MAC, req, req->n_items, k, mac_item, mac,
+			   &coffer__v1__mac_batch_result__descriptor, &out->results,
+			   &out->n_results)) != CF_OK)
+		goto out;
+	out->version = ver;
+out:
+	cf_buf_free(mac);
+	return h_reply(r, out, resp);
+}
+
+static int
+verify_mac_item(const void *r_, cf_p11_key *k, size_t i, void *res, cf_buf *unused)
+{
+	const Coffer__V1__VerifyMacBatchItem *it =
+		((const Coffer__V1__VerifyMacBatchRequest *)r_)->items[i];
+	Coffer__V1__VerifyBatchResult *out = res;
+	int r;
+
+	(void)unused;
+	if ((r = h_check_data(it->data.len, CF_P11_MAX_DATA, "data")) != CF_OK ||
+	    (r = h_check_data(it->mac.len, 64, "mac")) != CF_OK)
+		return r;
+	r = cf_p11_mac_verify(k, it->data.data, it->data.len, it->mac.data, it->mac.len);
+	out->valid = r == CF_OK;
+	return r == CF_E_BAD_SIGNATURE ? CF_OK : r;
+}
+
+static int
+h_verify_mac_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
+{
+	const Coffer__V1__VerifyMacBatchRequest *req = (const void *)m;
+	Coffer__V1__VerifyMacBatchResponse *out;
+	cf_p11_key *k;
+	uint32_t ver;
+	int r;
+
+	if ((r = version_required(req->version, "Mac")) != CF_OK ||
+	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_MAC, USE_CHECK, &k,
+				 &ver)) != CF_OK)
+		return r;
+	if ((out = h_new_msg(&coffer__v1__verify_mac_batch_response__descriptor)) == NULL)
+		return cf_nomem();
+	r = run_items(c, CF_OP_VERIFY_MAC, req, req->n_items, k, verify_mac_item, NULL,
+		      &coffer__v1__verify_batch_result__descriptor, &out->results, &out->n_results);
+	return h_reply(r, out, resp);
+}
+
+static const handler_fn fns[CF_METHOD__COUNT] = {
+	[CF_KS_SIGN_BATCH] = h_sign_batch,
+	[CF_KS_VERIFY_BATCH] = h_verify_batch,
+	[CF_KS_MAC_BATCH] = h_mac_batch,
+	[CF_KS_VERIFY_MAC_BATCH] = h_verify_mac_batch,
+};
+
+const struct hservice handlers_batch = { .fns = fns };
