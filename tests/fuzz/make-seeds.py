@@ -154,6 +154,17 @@ def requests(s):
         "VerifyRequestSignature": [pb.VerifyRequestSignatureRequest(
             request=signed, signature=hashlib.sha256(b"s").hexdigest())],
         "SignHttpRequest": [pb.SignHttpRequestRequest(request=parts)],
+        "SignBatch": [pb.SignBatchRequest(key="fz-ec256", items=[
+            pb.SignBatchItem(message=b"a"), pb.SignBatchItem(digest=hashlib.sha256(b"b").digest()),
+            pb.SignBatchItem(message=b"c", digest=b"d")])],
+        "VerifyBatch": [pb.VerifyBatchRequest(key="fz-ec256", version=1, items=[
+            pb.VerifyBatchItem(message=b"a", signature=b"\x30\x06"),
+            pb.VerifyBatchItem(digest=b"\x00" * 32, signature=b"")])],
+        "MacBatch": [pb.MacBatchRequest(key="fz-hmac256", items=[
+            pb.MacBatchItem(data=b"x"), pb.MacBatchItem(data=b"")])],
+        "VerifyMacBatch": [pb.VerifyMacBatchRequest(key="fz-hmac256", version=1, items=[
+            pb.VerifyMacBatchItem(data=b"x", mac=b"\x00" * 32),
+            pb.VerifyMacBatchItem(data=b"y", mac=b"\x00" * 65)])],
         "CreateKey": [pb.CreateKeyRequest(name="fz-new", type=pb.EC_P256),
                       pb.CreateKeyRequest(name="fz-new-aes", type=pb.AES_256, exportable=True,
                                           rotation_period=86400)],
@@ -184,6 +195,7 @@ def requests(s):
         "CreateApiKey": [pb.CreateApiKeyRequest(principal="fuzzer")],
         "RotateApiKeySecret": [pb.RotateApiKeySecretRequest(id=KEY_ID, overlap_seconds=60)],
         "RevokeApiKey": [pb.RevokeApiKeyRequest(id=KEY_ID)],
+        "SetPrincipalAuth": [pb.SetPrincipalAuthRequest(name="fuzzer", require_api_key=False)],
         "ListApiKeys": [pb.ListApiKeysRequest(principal="fuzzer")],
         "TailAudit": [pb.TailAuditRequest(count=5)],
         "VerifyAudit": [pb.VerifyAuditRequest()],
