@@ -44,7 +44,7 @@ suite_clean(void)
 	return 0;
 }
 
-static char msgs[COFFER_BATCH_MAX + 1][24];
+static char msgs[COFFER_BATCH_MAX + 1][32];
 static struct coffer_batch_item items[COFFER_BATCH_MAX + 1];
 
 /* items[0..n) over msgs, outputs cleared. */
