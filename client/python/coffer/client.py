@@ -132,6 +132,11 @@ class Client:
         """Handshakes completed on the service (or "admin") socket."""
         return self._pools[kind].opened
 
+    def sealed_retries(self, kind: str = methods.SERVICE) -> int:
+        """Sealed calls repeated on a new session after the daemon refused
+        their record (expired, evicted, restarted: the call had not run)."""
+        return self._pools[kind].retried
+
     def close(self) -> None:
         """Close the channels and forget every session."""
         with self._lock:

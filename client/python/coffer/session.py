@@ -229,6 +229,7 @@ class SessionPool:
         self._idle: List[Session] = []
         self._lock = threading.Lock()
         self.opened = 0     # handshakes completed (for tests and metrics)
+        self.retried = 0    # calls retried after the daemon refused a record
 
     def handshake(self, send: Transport) -> Session:
         """Open a session (one OpenSession round trip) and check the answer
@@ -345,6 +346,7 @@ class SessionPool:
             except Unauthenticated:
                 if attempt == 1:
                     raise
+                self.retried += 1
                 continue
             self._release(s)
             return result
