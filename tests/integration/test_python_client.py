@@ -19,7 +19,8 @@ and sealed), and errors with the daemon's exact text.
 
 The package is imported from $COFFER_BUILD_DIR/client/python (the build's
 copy, with the generated coffer/v1 modules), before daemon_fixture
-generates its own stubs: both then use the one coffer.v1.coffer_pb2.
+generates its own stubs (rpc_common, at import): both then use the one
+coffer.v1.coffer_pb2.
 """
 
 import hashlib
@@ -42,7 +43,7 @@ from cryptography.exceptions import InvalidTag  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, padding, x25519  # noqa: E402
 
-from daemon_fixture import CofferDaemon  # noqa: E402
+from rpc_common import ModuleDaemon  # noqa: E402
 
 
 def doc_vectors(name):
@@ -285,30 +286,6 @@ class MethodTable(unittest.TestCase):
 
 # ---- against cofferd ----
 
-class Daemon:
-    """One daemon for a test class (config as CofferDaemon's)."""
-
-    def __init__(self, config=None):
-        self.config = config
-        self.d = None
-
-    def start(self):
-        self.d = CofferDaemon(config=self.config)
-        try:
-            self.d.start()
-        except Exception:
-            self.d.cleanup()
-            raise
-        return self.d
-
-    def stop(self):
-        if self.d is not None:
-            try:
-                self.d.stop()
-            finally:
-                self.d.cleanup()
-
-
 def client(d, **kw):
     kw.setdefault("identity", d.identity)
     return coffer.Client(d.service_socket, admin_socket=d.admin_socket, **kw)
@@ -317,11 +294,12 @@ def client(d, **kw):
 class LiveCalls(unittest.TestCase):
     """Every call of coffer.Client once, and its refusals, with the text."""
 
-    D = Daemon()
+    D = ModuleDaemon()
 
     @classmethod
     def setUpClass(cls):
-        cls.d = cls.D.start()
+        cls.D.set_up()
+        cls.d = cls.D.d
         cls.c = client(cls.d)
         c = cls.c
         c.create_key("py-ec", "ec-p256")
@@ -333,7 +311,7 @@ class LiveCalls(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.c.close()
-        cls.D.stop()
+        cls.D.tear_down()
 
     def err(self, cls, text, fn, *a, **kw):
         with self.assertRaises(cls) as e:
@@ -628,16 +606,17 @@ class LiveSessions(unittest.TestCase):
     """Renewal before the record limit and the lifetime, and the one retry
     after the daemon ended a session (max_per_caller = 1)."""
 
-    D = Daemon({"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3"}})
+    D = ModuleDaemon({"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3"}})
 
     @classmethod
     def setUpClass(cls):
-        cls.d = cls.D.start()
+        cls.D.set_up()
+        cls.d = cls.D.d
         client(cls.d).create_key("py-aes", "aes-256")
 
     @classmethod
     def tearDownClass(cls):
-        cls.D.stop()
+        cls.D.tear_down()
 
     def test_renewed_before_the_record_limit(self):
         c = client(self.d)
@@ -668,17 +647,18 @@ class LiveApiKeys(unittest.TestCase):
     """Calls signed with an API key (plain and sealed), refused without,
     with a wrong or revoked key; a rate limit's retry-after."""
 
-    D = Daemon()
+    D = ModuleDaemon()
 
     @classmethod
     def setUpClass(cls):
-        cls.d = cls.D.start()
+        cls.D.set_up()
+        cls.d = cls.D.d
         client(cls.d).create_key("py-mac", "hmac-sha256")
         client(cls.d).create_key("py-aes", "aes-256")
 
     @classmethod
     def tearDownClass(cls):
-        cls.D.stop()
+        cls.D.tear_down()
 
     def test_signed_calls(self):
         adm = coffer.Client(admin_socket=self.d.admin_socket, identity=self.d.identity)
