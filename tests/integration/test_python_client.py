@@ -26,10 +26,12 @@ coffer.v1.coffer_pb2.
 import hashlib
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("COFFER_SOURCE_DIR") or os.path.join(HERE, "..", "..")
@@ -584,6 +586,42 @@ class LiveCalls(unittest.TestCase):
         v = c.verify_audit()
         self.assertTrue(v.ok, v.reason)
         self.assertGreater(v.records, 0)
+
+    def test_health(self):
+        c = self.c
+        self.assertEqual(c.health(), "SERVING")
+        self.assertEqual(c.health("coffer.v1.KeyService"), "SERVING")
+        self.assertEqual(c.health("coffer.v1.AdminService", admin=True), "SERVING")
+        self.err(coffer.NotFound, "no service \"coffer.v1.AdminService\" on this socket",
+                 c.health, "coffer.v1.AdminService")
+
+    def test_threads_share_a_client(self):
+        """80 sealed round trips from 8 threads on one Client: one session
+        per call in flight, none refused."""
+        c = client(self.d)
+
+        def work(i):
+            text = b"thread data %d" % i
+            return c.unwrap("py-aes", c.wrap("py-aes", text).ciphertext).plaintext == text
+
+        with ThreadPoolExecutor(8) as ex:
+            self.assertEqual(list(ex.map(work, range(80))), [True] * 80)
+        self.assertEqual(c.sealed_retries(), 0)
+        self.assertTrue(1 <= c.sessions_opened() <= 8, c.sessions_opened())
+        c.close()
+
+    def test_deadline(self):
+        c = client(self.d, timeout=1.0)
+        c.mac("py-mac", b"connected")
+        os.kill(self.d.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            self.err(coffer.DeadlineExceeded, "no answer from cofferd at %s within 1.0 s"
+                     % self.d.service_socket, c.mac, "py-mac", b"x")
+            self.assertLess(time.monotonic() - t0, 5)
+        finally:
+            os.kill(self.d.pid, signal.SIGCONT)
+        c.close()
 
     def test_socket_errors(self):
         c = coffer.Client(os.path.join(self.d.dir, "absent.sock"))

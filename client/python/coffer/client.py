@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import grpc
 
-from . import callauth, methods, reqsign
+from . import callauth, health, methods, reqsign
 from .errors import (CofferError, Internal, InvalidArgument, ResourceExhausted, Unavailable,
                      error_for, status_code)
 from .names import HASHES, KEY_TYPES, OPERATIONS, SCHEMES, Name, enum_value, operations
@@ -391,6 +391,19 @@ class Client:
         raw = self._unary(kind, methods.path(SS, "GetIdentity"),
                           pb.GetIdentityRequest().SerializeToString(), None)
         return pb.GetIdentityResponse.FromString(raw)
+
+    def health(self, service: str = "", *, admin: bool = False) -> str:
+        """grpc.health.v1 Check of the service (or admin) socket: "SERVING",
+        "NOT_SERVING", ... for the daemon ("") or a service it serves
+        ("coffer.v1.KeyService"); NotFound for a service it does not."""
+        kind = methods.ADMIN if admin else methods.SERVICE
+        raw = self._unary(kind, health.PATH,
+                          health.HealthCheckRequest(service=service).SerializeToString(), None)
+        try:
+            status = health.HealthCheckResponse.FromString(raw).status
+        except Exception:
+            raise Internal("malformed response to %s" % health.PATH, method=health.PATH) from None
+        return health.STATUS_NAMES.get(status, "UNKNOWN")
 
     # ---- KeyService: HMAC-signed HTTP requests ----
 

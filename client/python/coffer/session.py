@@ -284,7 +284,8 @@ class SessionPool:
         except ValueError:
             raise Unauthenticated("the daemon's ephemeral key is unusable")
         keys = derive(shared, th)
-        self.opened += 1
+        with self._lock:
+            self.opened += 1
         return Session(resp.session_id, keys, hello)
 
     def _acquire(self, send: Transport, length: int) -> Session:
@@ -346,7 +347,8 @@ class SessionPool:
             except Unauthenticated:
                 if attempt == 1:
                     raise
-                self.retried += 1
+                with self._lock:
+                    self.retried += 1
                 continue
             self._release(s)
             return result
