@@ -32,6 +32,7 @@ import tempfile
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("COFFER_SOURCE_DIR") or os.path.join(HERE, "..", "..")
@@ -438,6 +439,21 @@ class LiveCalls(unittest.TestCase):
         c.pin_identity(pem)
         self.assertEqual(c.wrap("py-aes", b"x").version, 1)
 
+    def test_peer_check(self):
+        """The uid/gid the daemon signed must be this process's: with another
+        euid (as through a relay) the session is refused, unless peer_check
+        is off."""
+        c = client(self.d)
+        uid, gid = os.geteuid(), os.getegid()
+        with mock.patch.object(session.os, "geteuid", return_value=54321):
+            self.err(coffer.Unauthenticated, "the daemon saw this session opened by uid %d gid "
+                     "%d, not by this process (uid 54321 gid %d): something relays the socket; "
+                     "refusing the session (user namespace: Client(peer_check=False))"
+                     % (uid, gid, gid), c.wrap, "py-aes", b"x")
+            self.assertEqual(c.sessions_opened(), 0)
+            off = client(self.d, peer_check=False)
+            self.assertEqual(off.wrap("py-aes", b"x").version, 1)
+
     def test_unsealed_secret_call_is_refused_by_the_daemon(self):
         """What the package seals, the daemon refuses unsealed (the raw stub)."""
         import grpc
@@ -644,13 +660,26 @@ class LiveSessions(unittest.TestCase):
     """Renewal before the record limit and the lifetime, and the one retry
     after the daemon ended a session (max_per_caller = 1)."""
 
-    D = ModuleDaemon({"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3"}})
+    D = ModuleDaemon({"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3",
+                                  "require_sealed": "true"}})
 
     @classmethod
     def setUpClass(cls):
         cls.D.set_up()
         cls.d = cls.D.d
         client(cls.d).create_key("py-aes", "aes-256")
+        client(cls.d).create_key("py-mac", "hmac-sha256")
+
+    def test_seal_all(self):
+        """[session] require_sealed: every KeyService call must be sealed."""
+        with self.assertRaises(coffer.FailedPrecondition) as e:
+            client(self.d).mac("py-mac", b"x")
+        self.assertEqual(e.exception.message, "this daemon requires every KeyService call to be "
+                         "sealed in a session (session.require_sealed)")
+        c = client(self.d, seal_all=True)
+        m = c.mac("py-mac", b"x")
+        self.assertTrue(c.verify_mac("py-mac", m.version, b"x", m.mac))
+        self.assertEqual(c.sessions_opened(), 1)
 
     @classmethod
     def tearDownClass(cls):
