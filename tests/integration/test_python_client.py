@@ -126,7 +126,8 @@ class SessionVectors(unittest.TestCase):
             if p + "direction" not in self.v:
                 break
             n += 1
-            d, seq, m = int(self.v[p + "direction"]), int(self.v[p + "sequence"]), self.v[p + "method"]
+            d, seq = int(self.v[p + "direction"]), int(self.v[p + "sequence"])
+            m = self.v[p + "method"]
             key, iv = k.of(d)
             self.assertEqual(session.record_nonce(iv, seq), self.h(p + "nonce"), p)
             self.assertEqual(session.record_aad(sid, d, seq, m), self.h(p + "aad"), p)
@@ -155,6 +156,92 @@ class SessionVectors(unittest.TestCase):
             session.load_identity(b"junk")
         self.assertEqual(e.exception.message, "the pinned identity holds no public key (a PEM "
                          "\"-----BEGIN PUBLIC KEY-----\" or SubjectPublicKeyInfo DER)")
+
+
+class HandshakeChecks(unittest.TestCase):
+    """SessionPool.handshake against forged OpenSession answers (a fake
+    transport signs them with a throw-away identity): each bad answer is
+    refused by the check the document names, before any key is derived."""
+
+    RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+
+    def setUp(self):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.spki = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.pool = session.SessionPool(self.spki, pb)
+        self.server = None
+
+    def daemon(self, sign_with=None, raw=None, **change):
+        """A transport answering OpenSession as a daemon would, but for `change`."""
+        def send(path, body):
+            self.assertEqual(path, "/coffer.v1.SessionService/OpenSession")
+            if raw is not None:
+                return raw
+            req = pb.OpenSessionRequest.FromString(body)
+            self.assertEqual((req.version, len(req.client_ephemeral), len(req.client_random),
+                              req.principal), (1, 32, 32, ""))
+            eph = x25519.X25519PrivateKey.generate()
+            f = dict(session_id=os.urandom(16), server_ephemeral=eph.public_key().public_bytes(
+                *self.RAW), server_random=os.urandom(32), caller_uid=os.geteuid(),
+                caller_gid=os.getegid(), identity_public_key=self.spki, lifetime_seconds=60,
+                max_records=10, max_bytes=1 << 20)
+            f.update(change)
+            hello = session.Hello(1, req.client_ephemeral, req.client_random, "",
+                                  f["session_id"], f["server_ephemeral"], f["server_random"],
+                                  f["caller_uid"], f["caller_gid"], self.spki,
+                                  f["lifetime_seconds"], f["max_records"], f["max_bytes"])
+            th = hashlib.sha256(session.transcript(hello)).digest()
+            sig = (sign_with or self.key).sign(session.signed_message(th),
+                                               ec.ECDSA(hashes.SHA256()))
+            self.server = (eph, req.client_ephemeral, th, f["session_id"])
+            return pb.OpenSessionResponse(signature=sig, **f).SerializeToString()
+        return send
+
+    def refused(self, text, **kw):
+        with self.assertRaises(coffer.Unauthenticated) as e:
+            self.pool.handshake(self.daemon(**kw))
+        self.assertEqual(e.exception.message, text)
+        self.assertEqual(self.pool.opened, 0)
+
+    def test_a_good_answer(self):
+        s = self.pool.handshake(self.daemon())
+        eph, client_pub, th, sid = self.server
+        shared = eph.exchange(x25519.X25519PublicKey.from_public_bytes(client_pub))
+        server_keys = session.derive(shared, th)
+        rec = session.seal(s.keys, s.id, session.C2S, 0, "/coffer.v1.KeyService/Wrap", b"p")
+        self.assertEqual(session.open_record(server_keys, sid, session.C2S, 0,
+                                             "/coffer.v1.KeyService/Wrap", rec), b"p")
+        self.assertEqual((s.id, s.sequence, s.max_records, self.pool.opened), (sid, 0, 10, 1))
+
+    def test_bad_answers(self):
+        other = ec.generate_private_key(ec.SECP256R1())
+        other_spki = other.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.refused("the daemon presented identity %s but %s is pinned: refusing it"
+                     % (session.fingerprint(other_spki), session.fingerprint(self.spki)),
+                     identity_public_key=other_spki, sign_with=other)
+        sizes = "malformed OpenSession response (field sizes)"
+        self.refused(sizes, session_id=bytes(15))
+        self.refused(sizes, server_ephemeral=bytes(31))
+        self.refused(sizes, server_random=bytes(33))
+        self.refused(sizes, lifetime_seconds=0)
+        self.refused(sizes, max_records=0)
+        # In the document's order: sizes before the signature, the signature
+        # before the ids.
+        self.refused(sizes, session_id=bytes(15), sign_with=other)
+        self.refused("the daemon's handshake signature does not verify under the pinned "
+                     "identity: refusing it", caller_uid=os.geteuid() + 1, sign_with=other)
+        self.refused("the daemon's handshake signature does not verify under the pinned "
+                     "identity: refusing it", sign_with=other)
+        self.refused("the daemon saw this session opened by uid %d gid %d, not by this process "
+                     "(uid %d gid %d): something relays the socket; refusing the session (user "
+                     "namespace: Client(peer_check=False))"
+                     % (os.geteuid() + 1, os.getegid(), os.geteuid(), os.getegid()),
+                     caller_uid=os.geteuid() + 1)
+        # A low-order point: the shared secret would be all zero.
+        self.refused("the daemon's ephemeral key is unusable", server_ephemeral=bytes(32))
+        self.refused("malformed OpenSession response", raw=b"\xff\xff")
 
 
 class CallAuthVectors(unittest.TestCase):
@@ -294,27 +381,33 @@ def client(d, **kw):
     return coffer.Client(d.service_socket, admin_socket=d.admin_socket, **kw)
 
 
-class LiveCalls(unittest.TestCase):
-    """Every call of coffer.Client once, and its refusals, with the text."""
+class Live(unittest.TestCase):
+    """A daemon of its own per class (CONFIG), with the keys KEYS made
+    through a Client (self.c) on both sockets."""
 
-    D = ModuleDaemon()
+    CONFIG = None
+    KEYS = (("py-mac", "hmac-sha256"), ("py-aes", "aes-256"))
 
     @classmethod
     def setUpClass(cls):
+        cls.D = ModuleDaemon(cls.CONFIG)
         cls.D.set_up()
         cls.d = cls.D.d
         cls.c = client(cls.d)
-        c = cls.c
-        c.create_key("py-ec", "ec-p256")
-        c.create_key("py-ed", "ed25519")
-        c.create_key("py-rsa", "rsa-2048")
-        c.create_key("py-mac", "hmac-sha256")
-        c.create_key("py-aes", "aes-256")
+        for name, kind in cls.KEYS:
+            cls.c.create_key(name, kind)
 
     @classmethod
     def tearDownClass(cls):
         cls.c.close()
         cls.D.tear_down()
+
+
+class LiveCalls(Live):
+    """Every call of coffer.Client once, and its refusals, with the text."""
+
+    KEYS = (("py-ec", "ec-p256"), ("py-ed", "ed25519"), ("py-rsa", "rsa-2048"),
+            ("py-mac", "hmac-sha256"), ("py-aes", "aes-256"))
 
     def err(self, cls, text, fn, *a, **kw):
         with self.assertRaises(cls) as e:
@@ -656,19 +749,12 @@ class LiveCalls(unittest.TestCase):
                  "socket", wrong.mac, "py-mac", b"x")
 
 
-class LiveSessions(unittest.TestCase):
+class LiveSessions(Live):
     """Renewal before the record limit and the lifetime, and the one retry
-    after the daemon ended a session (max_per_caller = 1)."""
+    after the daemon ended a session (max_per_caller = 1); require_sealed."""
 
-    D = ModuleDaemon({"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3",
-                                  "require_sealed": "true"}})
-
-    @classmethod
-    def setUpClass(cls):
-        cls.D.set_up()
-        cls.d = cls.D.d
-        client(cls.d).create_key("py-aes", "aes-256")
-        client(cls.d).create_key("py-mac", "hmac-sha256")
+    CONFIG = {"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3",
+                          "require_sealed": "true"}}
 
     def test_seal_all(self):
         """[session] require_sealed: every KeyService call must be sealed."""
@@ -680,10 +766,6 @@ class LiveSessions(unittest.TestCase):
         m = c.mac("py-mac", b"x")
         self.assertTrue(c.verify_mac("py-mac", m.version, b"x", m.mac))
         self.assertEqual(c.sessions_opened(), 1)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.D.tear_down()
 
     def test_renewed_before_the_record_limit(self):
         c = client(self.d)
@@ -710,22 +792,9 @@ class LiveSessions(unittest.TestCase):
         self.assertEqual(a.sessions_opened(), 2)
 
 
-class LiveApiKeys(unittest.TestCase):
+class LiveApiKeys(Live):
     """Calls signed with an API key (plain and sealed), refused without,
     with a wrong or revoked key; a rate limit's retry-after."""
-
-    D = ModuleDaemon()
-
-    @classmethod
-    def setUpClass(cls):
-        cls.D.set_up()
-        cls.d = cls.D.d
-        client(cls.d).create_key("py-mac", "hmac-sha256")
-        client(cls.d).create_key("py-aes", "aes-256")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.D.tear_down()
 
     def test_signed_calls(self):
         adm = coffer.Client(admin_socket=self.d.admin_socket, identity=self.d.identity)
