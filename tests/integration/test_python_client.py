@@ -29,6 +29,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
@@ -695,6 +696,31 @@ class LiveCalls(Live):
         v = c.verify_audit()
         self.assertTrue(v.ok, v.reason)
         self.assertGreater(v.records, 0)
+
+    def test_idempotent_call_rides_out_a_restart(self):
+        """With an idempotency key an admin call is repeated while the daemon
+        is away (up to 10 s); without one it fails at once."""
+        c = self.c
+        c.create_key("py-ride", "ec-p256")
+        self.d.stop()
+        try:
+            t0 = time.monotonic()
+            with self.assertRaises(coffer.Unavailable):
+                c.rotate_key("py-ride")
+            self.assertLess(time.monotonic() - t0, 2)
+            later = threading.Timer(1.0, self.d.start)
+            later.start()
+            t1 = time.monotonic()
+            try:
+                k = c.rotate_key("py-ride", idempotency_key="py-ride-out-0001")
+            finally:
+                later.join()
+            self.assertGreater(time.monotonic() - t1, 0.9)   # it waited for the daemon
+        finally:
+            if not self.d.running:
+                self.d.start()
+        self.assertEqual([v.version for v in k.versions], [1, 2])
+        self.assertEqual(c.get_key("py-ride", admin=True).primary_version, 2)
 
     def test_health(self):
         c = self.c
