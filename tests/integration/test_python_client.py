@@ -362,6 +362,17 @@ class MethodTable(unittest.TestCase):
         self.assertEqual(n, 49)   # every row of the table was read
         self.assertEqual(secret, set(methods.SECRET_METHODS))
 
+    def test_every_rpc_has_a_client_method(self):
+        """Each KeyService and AdminService RPC is a Client method (snake case
+        of its name, but for these)."""
+        other = {"GrantPrincipal": "grant", "RevokePrincipal": "revoke",
+                 "VerifyRequestSignature": "verify_http_request"}
+        for svc in ("KeyService", "AdminService"):
+            for m in pb.DESCRIPTOR.services_by_name[svc].methods:
+                name = other.get(m.name) or re.sub(r"(?<!^)([A-Z])", r"_\1", m.name).lower()
+                self.assertTrue(callable(getattr(coffer.Client, name, None)),
+                                "%s/%s: no Client.%s" % (svc, m.name, name))
+
     def test_every_method_on_its_socket(self):
         n = 0
         for svc, kind in (("KeyService", methods.SERVICE), ("AdminService", methods.ADMIN)):
@@ -845,6 +856,11 @@ class LiveApiKeys(Live):
 
         signed = client(self.d, api_key_file=path)
         self.assertEqual(signed.api_key_id, key_id)
+        later = client(self.d)
+        later.set_api_key_file(path)
+        self.assertEqual(later.mac("py-mac", b"x").version, 1)
+        later.set_api_key(None)
+        self.assertEqual(later.api_key_id, None)
         for _ in range(3):   # a fresh nonce per call
             self.assertEqual(signed.mac("py-mac", b"x").version, 1)
         w = signed.wrap("py-aes", b"sealed and signed")
