@@ -56,13 +56,15 @@ class ModuleDaemon:
         SHARED = ModuleDaemon()
         setUpModule, tearDownModule = SHARED.set_up, SHARED.tear_down
 
-    SHARED.d is the daemon once set up; tear_down asserts it exits 0."""
+    SHARED.d is the daemon once set up; tear_down asserts it exits 0.
+    config: as CofferDaemon's."""
 
-    def __init__(self):
+    def __init__(self, config=None):
+        self.config = config
         self.d = None
 
     def set_up(self):
-        self.d = CofferDaemon()
+        self.d = CofferDaemon(config=self.config)
         try:
             self.d.start()
         except Exception:
