@@ -16,6 +16,7 @@ socket; one session per call in flight).
 """
 
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -42,7 +43,7 @@ SS = methods.SESSION_SERVICE
 
 DEFAULT_TIMEOUT = 30.0
 MAX_MESSAGE = 8 << 20          # libcoffer's cap, both ways
-IDEM_RETRIES = 40              # with IDEM_RETRY_S: ride out 10 s of daemon restart
+RESTART_WAIT = 10.0            # seconds an idempotent admin call rides out a restart
 IDEM_RETRY_S = 0.25
 LIST_PAGE = 1000
 
@@ -73,6 +74,8 @@ class Client:
     seal_all       seal every KeyService call (daemon with require_sealed)
     peer_check     refuse sessions the daemon saw opened by other uid/gid
                    than this process's (False only in user namespaces)
+    restart_wait   seconds an admin call with an idempotency key keeps being
+                   repeated while the daemon is unreachable (a restart)
     """
 
     def __init__(self, socket: Optional[PathLike] = None, *,
@@ -81,7 +84,8 @@ class Client:
                  api_key_file: Optional[PathLike] = None,
                  api_key: Optional[Tuple[str, bytes]] = None,
                  timeout: Optional[float] = DEFAULT_TIMEOUT,
-                 seal_all: bool = False, peer_check: bool = True) -> None:
+                 seal_all: bool = False, peer_check: bool = True,
+                 restart_wait: float = RESTART_WAIT) -> None:
         if socket is None and admin_socket is None:
             raise InvalidArgument("give the service socket, the admin socket, or both")
         if api_key_file is not None and api_key is not None:
@@ -98,6 +102,7 @@ class Client:
                 self._paths[kind] = p
         self.timeout = timeout
         self.seal_all = seal_all
+        self.restart_wait = restart_wait
         pinned = load_identity(identity) if identity is not None else None
         self._pools = {k: SessionPool(pinned, pb, peer_check) for k in self._paths}
         self._api_key: Optional[callauth.ApiKey] = None
@@ -216,7 +221,8 @@ class Client:
         def send(path: str, data: bytes) -> bytes:
             return self._unary(kind, path, data, idempotency_key)
 
-        for attempt in range(IDEM_RETRIES + 1):
+        give_up = time.monotonic() + self.restart_wait
+        for attempt in itertools.count():
             try:
                 if sealed:
                     result = self._pools[kind].call(send, method, body)
@@ -231,7 +237,7 @@ class Client:
                 # With an idempotency key an admin call is safe to repeat
                 # across a restart; a KeyService call changes nothing and is
                 # repeated once (the connection may have died unnoticed).
-                if idempotency_key and kind == methods.ADMIN and attempt < IDEM_RETRIES:
+                if idempotency_key and kind == methods.ADMIN and time.monotonic() < give_up:
                     time.sleep(IDEM_RETRY_S)
                     continue
                 if kind == methods.SERVICE and attempt == 0:
