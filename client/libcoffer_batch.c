@@ -83,8 +83,9 @@ item_outcome(struct coffer_batch_item *it, const Coffer__V1__ItemStatus *st)
 {
 	it->error[0] = '\0';
 	if (st == NULL) {
-		it->status = CF_E_INTERNAL;
-		snprintf(it->error, sizeof(it->error), "the server returned no status for it");
+		it->status = cf_error(CF_E_INTERNAL, "the server returned no status for it");
+		snprintf(it->error, sizeof(it->error), "%s", cf_error_detail());
+		cf_error_clear();
 		return;
 	}
 	it->status = st->code == 0 ? CF_OK : lc_status_from_grpc((unsigned)st->code);
@@ -114,9 +115,11 @@ item_bytes(struct coffer_batch_item *it, const ProtobufCBinaryData *b, const cha
 	if (it->status != CF_OK)
 		return;
 	if (b->len == 0 || (it->out.data = malloc(b->len)) == NULL) {
-		it->status = b->len == 0 ? CF_E_INTERNAL : CF_E_NOMEM;
-		snprintf(it->error, sizeof(it->error), b->len == 0 ?
-		    "the server returned an empty %s" : "out of memory for the %s", what);
+		it->status = b->len == 0 ?
+		    cf_error(CF_E_INTERNAL, "the server returned an empty %s", what) :
+		    cf_error(CF_E_NOMEM, "out of memory for the %s", what);
+		snprintf(it->error, sizeof(it->error), "%s", cf_error_detail());
+		cf_error_clear();
 		return;
 	}
 	memcpy(it->out.data, b->data, b->len);

@@ -12,30 +12,31 @@
 #include "coffer/v1/coffer.pb-c.h"
 #include "handlers_common.h"
 
-/* The status of item i (of n) that ran with result r, or that the rate
- * limits left out; the thread's error detail is consumed. */
+/* Item i (of n) beyond the tokens the rate limits gave the call. */
+static int
+beyond_limit(const struct hcall *c, enum cf_op op, size_t i, size_t n)
+{
+	return cf_error(CF_E_EXHAUSTED, "rate limit of principal %s for %s exceeded at item %zu "
+			"of %zu (%u granted); retry after %u ms", c->principal ? c->principal : "",
+			policy_op_name(op), i + 1, n, c->batch_granted, c->batch_retry_ms);
+}
+
+/* The status of an item that ended with r; the thread's error detail is
+ * consumed. */
 static Coffer__V1__ItemStatus *
-item_status(const struct hcall *c, enum cf_op op, size_t i, size_t n, int r)
+item_status(int r)
 {
 	Coffer__V1__ItemStatus *st = h_new_msg(&coffer__v1__item_status__descriptor);
-	char msg[CF_ERROR_DETAIL_MAX + 64];
+	const char *msg = r == CF_OK ? "" : cf_error_message(r);
 
 	if (st == NULL)
 		return NULL;
-	if (i >= c->batch_granted) {
-		r = CF_E_EXHAUSTED;
-		snprintf(msg, sizeof(msg), "rate limit of principal %s for %s exceeded at item %zu "
-			 "of %zu (%u granted); retry after %u ms", c->principal ? c->principal : "",
-			 policy_op_name(op), i + 1, n, c->batch_granted, c->batch_retry_ms);
-	} else {
-		snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_message(r));
-	}
-	cf_error_clear();
 	st->code = (int32_t)cf_status_grpc(r);
 	if (msg[0] != '\0' && (st->message = strdup(msg)) == NULL) {
 		protobuf_c_message_free_unpacked(&st->base, &cf_pbwipe_allocator);
 		return NULL;
 	}
+	cf_error_clear();
 	return st;
 }
 
@@ -68,8 +69,8 @@ run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p1
 			return cf_nomem();
 		if (scratch != NULL)
 			cf_buf_reset(scratch);
-		r = i < c->batch_granted ? fn(req, k, i, v[i], scratch) : CF_E_EXHAUSTED;
-		if ((st = item_status(c, op, i, n, r)) == NULL)
+		r = i < c->batch_granted ? fn(req, k, i, v[i], scratch) : beyond_limit(c, op, i, n);
+		if ((st = item_status(r)) == NULL)
 			return cf_nomem();
 		memcpy((char *)v[i] + f->offset, &st, sizeof(st));
 	}
