@@ -63,6 +63,8 @@ struct cf_p11 {
 	unsigned pool_open;         /* free + in use */
 	unsigned pool_size;
 	unsigned pool_timeout_ms;
+
+	struct cf_p11_stats stats;  /* relaxed atomic counters (cf_p11_stats) */
 };
 
 struct cf_p11_key {
