@@ -144,7 +144,8 @@ calls(FILE *f)
 			if (v != 0)
 				fprintf(f, "coffer_calls_total{service=\"%s\",method=\"%s\","
 					"code=\"%s\"} %llu\n", cf_methods[m].service,
-					cf_methods[m].name, cf_grpc_code_name((unsigned)c), (unsigned long long)v);
+					cf_methods[m].name, cf_grpc_code_name((unsigned)c),
+					(unsigned long long)v);
 		}
 	head(f, "coffer_call_duration_seconds", "histogram",
 	     "Time from a call's arrival in dispatch to its answer, by method.");
@@ -160,9 +161,9 @@ calls(FILE *f)
 		cum = 0;
 		for (int b = 0; b <= BUCKETS; b++) {
 			cum += load(&per[m].bucket[b]);
-			fprintf(f, "coffer_call_duration_seconds_bucket{service=\"%s\",method=\"%s\","
-				"le=\"%s\"} %llu\n", sv, nm, b < BUCKETS ? bound_le[b] : "+Inf",
-				(unsigned long long)cum);
+			fprintf(f, "coffer_call_duration_seconds_bucket{service=\"%s\","
+				"method=\"%s\",le=\"%s\"} %llu\n", sv, nm,
+				b < BUCKETS ? bound_le[b] : "+Inf", (unsigned long long)cum);
 		}
 		fprintf(f, "coffer_call_duration_seconds_sum{service=\"%s\",method=\"%s\"} "
 			"%llu.%09llu\n", sv, nm, (unsigned long long)(sum / 1000000000u),
@@ -207,7 +208,8 @@ metrics_render(const struct metrics_read *rd, char **out, size_t *len)
 	       "Size of the replay record's file (0 with the PostgreSQL backend).",
 	       rd->nonce_log_bytes);
 	scalar(f, "coffer_audit_write_failures_total", "counter",
-	       "Writes of the audit trail that failed.", load(&metrics_cells[M_AUDIT_WRITE_FAILURES]));
+	       "Writes of the audit trail that failed.",
+	       load(&metrics_cells[M_AUDIT_WRITE_FAILURES]));
 	scalar(f, "coffer_audit_records_lost_total", "counter",
 	       "Audit records carried by failed writes (their calls were not answered OK "
 	       "unless [audit] failure = open).", load(&metrics_cells[M_AUDIT_RECORDS_LOST]));

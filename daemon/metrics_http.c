@@ -94,9 +94,9 @@ listen_tcp(struct metrics_http_cfg *c, const char *v)
 		struct sockaddr_in *a = (struct sockaddr_in *)&c->addr;
 
 		if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
-			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv4 address "
-					"(host names are not looked up; [IPv6] goes in brackets)",
-					v, host);
+			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv4 "
+					"address (host names are not looked up; [IPv6] goes in "
+					"brackets)", v, host);
 		if ((ntohl(a->sin_addr.s_addr) >> 24) != 127)
 			goto not_loopback;
 		a->sin_family = AF_INET;
@@ -106,8 +106,8 @@ listen_tcp(struct metrics_http_cfg *c, const char *v)
 		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->addr;
 
 		if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
-			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv6 address",
-					v, host);
+			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv6 "
+					"address", v, host);
 		if (!IN6_IS_ADDR_LOOPBACK(&a->sin6_addr))
 			goto not_loopback;
 		a->sin6_family = AF_INET6;
@@ -130,8 +130,8 @@ metrics_http_listen(struct metrics_http_cfg *c, const char *v)
 	if (strlen(v) >= sizeof(c->listen))
 		return cf_error(CF_E_CONFIG, "longer than %zu bytes", sizeof(c->listen) - 1);
 	if (v[0] == '\0')
-		return cf_error(CF_E_CONFIG, "empty: give 127.0.0.1:PORT, [::1]:PORT or unix:/path, "
-				"or leave listen out to keep metrics off");
+		return cf_error(CF_E_CONFIG, "empty: give 127.0.0.1:PORT, [::1]:PORT or "
+				"unix:/path, or leave listen out to keep metrics off");
 	r = strncmp(v, "unix:", 5) == 0 ? listen_unix(c, v, v + 5) : listen_tcp(c, v);
 	if (r == CF_OK)
 		snprintf(c->listen, sizeof(c->listen), "%s", v);
@@ -233,7 +233,8 @@ bind_tcp(const struct metrics_http_cfg *c, int *out)
 		int e = errno;
 
 		close(fd);
-		return cf_error(CF_E_IO, "metrics: cannot listen on %s: %s", c->listen, strerror(e));
+		return cf_error(CF_E_IO, "metrics: cannot listen on %s: %s", c->listen,
+				strerror(e));
 	}
 	*out = fd;
 	return CF_OK;
