@@ -523,11 +523,7 @@ main(int argc, char **argv)
 	rc.require_sealed = (int)cfg.require_sealed;
 	rc.unsealed_secrets = (int)cfg.unsealed_secrets;
 	rc.require_api_key = (int)cfg.require_api_key;
-	if ((r = rpc_start(&rc, &srv)) != CF_OK ||
-	    (r = listener_start(ls, 2, rpc_add_connection, srv)) != CF_OK) {
-		cf_log_error("rpc: %s", cf_error_detail());
-		goto out;
-	}
+	/* Before the first call, so that every call is counted. */
 	{
 		struct metrics_sources ms = { p11, sm, nn, au, fl };
 
@@ -537,6 +533,11 @@ main(int argc, char **argv)
 		}
 		if (mh != NULL)
 			cf_log_info("metrics: serving GET /metrics on %s", cfg.metrics.listen);
+	}
+	if ((r = rpc_start(&rc, &srv)) != CF_OK ||
+	    (r = listener_start(ls, 2, rpc_add_connection, srv)) != CF_OK) {
+		cf_log_error("rpc: %s", cf_error_detail());
+		goto out;
 	}
 	if (fl != NULL) {
 		struct fleet_hooks hooks = { replica_changed, replica_resync, &rp };

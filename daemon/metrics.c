@@ -35,7 +35,7 @@ static struct {
 void
 metrics_enable(void)
 {
-	metrics_on = 1;
+	__atomic_store_n(&metrics_on, 1, __ATOMIC_RELAXED);
 }
 
 static uint64_t
@@ -50,7 +50,7 @@ now_ns(void)
 uint64_t
 metrics_start(void)
 {
-	return metrics_on ? now_ns() : 0;
+	return __atomic_load_n(&metrics_on, __ATOMIC_RELAXED) ? now_ns() : 0;
 }
 
 void
@@ -59,7 +59,8 @@ metrics_call(unsigned method, unsigned code, uint64_t t0)
 	uint64_t ns;
 	unsigned b = 0;
 
-	if (!metrics_on || method >= CF_METHOD__COUNT || code >= CODES)
+	if (!__atomic_load_n(&metrics_on, __ATOMIC_RELAXED) || method >= CF_METHOD__COUNT ||
+	    code >= CODES)
 		return;
 	ns = now_ns() - t0;
 	while (b < BUCKETS && ns > bound_ns[b])
@@ -173,6 +174,51 @@ calls(FILE *f)
 	}
 }
 
+/* The families of one unlabelled value each. */
+static void
+scalars(FILE *f, const struct metrics_read *rd)
+{
+	const struct {
+		const char *name, *type, *help;
+		uint64_t v;
+	} t[] = {
+		{ "coffer_token_operations_total", "counter",
+		  "PKCS#11 operations run on a pooled token session (searches included).",
+		  rd->token_ops },
+		{ "coffer_token_errors_total", "counter",
+		  "Token operations that failed in the token (after its one retry).",
+		  rd->token_errors },
+		{ "coffer_token_recoveries_total", "counter",
+		  "Token sessions re-opened and logins renewed after a lost session or device.",
+		  rd->token_recoveries },
+		{ "coffer_token_pool_waits_total", "counter",
+		  "Token operations that waited for a free pooled session ([token] pool_size).",
+		  rd->pool_waits },
+		{ "coffer_token_pool_timeouts_total", "counter",
+		  "Token operations that gave up waiting ([token] pool_timeout_ms).",
+		  rd->pool_timeouts },
+		{ "coffer_sealed_sessions_open", "gauge", "Sealed sessions open now.",
+		  rd->sessions_open },
+		{ "coffer_nonce_record_entries", "gauge",
+		  "Nonces of signed requests and calls held in the replay record.",
+		  rd->nonces_live },
+		{ "coffer_nonce_record_bytes", "gauge",
+		  "Size of the replay record's file (0 with the PostgreSQL backend).",
+		  rd->nonce_log_bytes },
+		{ "coffer_audit_write_failures_total", "counter",
+		  "Writes of the audit trail that failed.",
+		  load(&metrics_cells[M_AUDIT_WRITE_FAILURES]) },
+		{ "coffer_audit_records_lost_total", "counter",
+		  "Audit records carried by failed writes (their calls were not answered OK "
+		  "unless [audit] failure = open).", load(&metrics_cells[M_AUDIT_RECORDS_LOST]) },
+		{ "coffer_audit_healthy", "gauge", "1 while the audit trail can be written.",
+		  (uint64_t)rd->audit_healthy },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		scalar(f, t[i].name, t[i].type, t[i].help, t[i].v);
+}
+
 int
 metrics_render(const struct metrics_read *rd, char **out, size_t *len)
 {
@@ -184,37 +230,7 @@ metrics_render(const struct metrics_read *rd, char **out, size_t *len)
 		return cf_nomem();
 	calls(f);
 	refusals(f);
-	scalar(f, "coffer_token_operations_total", "counter",
-	       "PKCS#11 operations run on a pooled token session (searches included).",
-	       rd->token_ops);
-	scalar(f, "coffer_token_errors_total", "counter",
-	       "Token operations that failed in the token (after its one retry).",
-	       rd->token_errors);
-	scalar(f, "coffer_token_recoveries_total", "counter",
-	       "Token sessions re-opened and logins renewed after a lost session or device.",
-	       rd->token_recoveries);
-	scalar(f, "coffer_token_pool_waits_total", "counter",
-	       "Token operations that waited for a free pooled session ([token] pool_size).",
-	       rd->pool_waits);
-	scalar(f, "coffer_token_pool_timeouts_total", "counter",
-	       "Token operations that gave up waiting ([token] pool_timeout_ms).",
-	       rd->pool_timeouts);
-	scalar(f, "coffer_sealed_sessions_open", "gauge", "Sealed sessions open now.",
-	       rd->sessions_open);
-	scalar(f, "coffer_nonce_record_entries", "gauge",
-	       "Nonces of signed requests and calls held in the replay record.",
-	       rd->nonces_live);
-	scalar(f, "coffer_nonce_record_bytes", "gauge",
-	       "Size of the replay record's file (0 with the PostgreSQL backend).",
-	       rd->nonce_log_bytes);
-	scalar(f, "coffer_audit_write_failures_total", "counter",
-	       "Writes of the audit trail that failed.",
-	       load(&metrics_cells[M_AUDIT_WRITE_FAILURES]));
-	scalar(f, "coffer_audit_records_lost_total", "counter",
-	       "Audit records carried by failed writes (their calls were not answered OK "
-	       "unless [audit] failure = open).", load(&metrics_cells[M_AUDIT_RECORDS_LOST]));
-	scalar(f, "coffer_audit_healthy", "gauge", "1 while the audit trail can be written.",
-	       (uint64_t)rd->audit_healthy);
+	scalars(f, rd);
 	scheduled(f);
 	scalar(f, "coffer_scheduler_lease_held", "gauge",
 	       "1 while this daemon does the scheduled work (always without a fleet).",

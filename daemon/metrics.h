@@ -31,7 +31,7 @@ enum metric {
 	M__COUNT
 };
 
-/* Set once, before the threads that count start (metrics_http_start). */
+/* Set once, at start (metrics_http_start). */
 extern int metrics_on;
 void metrics_enable(void);
 
@@ -40,7 +40,7 @@ extern uint64_t metrics_cells[M__COUNT];
 static inline void
 metrics_add(enum metric m, uint64_t n)
 {
-	if (metrics_on)
+	if (__atomic_load_n(&metrics_on, __ATOMIC_RELAXED))
 		__atomic_fetch_add(&metrics_cells[m], n, __ATOMIC_RELAXED);
 }
 
