@@ -277,6 +277,7 @@ metrics_http_start(const struct metrics_http_cfg *c, const struct metrics_source
 				MHD_OPTION_END);
 	if (m->d == NULL) {
 		r = cf_error(CF_E_IO, "metrics: libmicrohttpd cannot serve %s", c->listen);
+		m->fd = -1;   /* MHD may have closed it: better left open than closed twice */
 		goto fail;
 	}
 	*out = m;
