@@ -478,7 +478,7 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			break;
 		}
 	}
-	if (!p11_rv_clean(rv) && rv != P11_RV_POOL_TIMEOUT)
+	if (p11_rv_fault(rv))
 		p11_stat(&p->stats.errors);
 	return rv;
 }
