@@ -18,7 +18,7 @@
   request holds up neither a call nor another scrape.
 * Configuration errors, with their exact text: a non-loopback address, a
   host name, no port, a bad port, a relative Unix path, the service
-  socket's path.
+  socket's path; a port another process holds stops the daemon, named.
 * A Unix socket listener (mode 0600 by default), served and removed at stop.
 """
 import http.client
@@ -393,6 +393,14 @@ class Metrics(unittest.TestCase):
         rc, err, conf, _ = cofferd_config_error(d, {"listen": "unix:" + d.service_socket})
         self.assertEqual((rc, err), (2, "configuration: [metrics] listen names the service "
                                         "socket's path; give the metrics endpoint its own"))
+        # A port another process holds: the daemon does not start, and says why.
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            addr = "127.0.0.1:%d" % busy.getsockname()[1]
+            rc, err, _, _ = cofferd_config_error(d, {"listen": addr})
+        self.assertEqual((rc, err), (1, "metrics: cannot listen on %s: Address already in use"
+                                        % addr))
 
     def test_5_unix_socket(self):
         d = CofferDaemon()
