@@ -68,6 +68,19 @@ cf_status_name(int status)
 	return i < 0 ? "CF_E_UNKNOWN" : cf_status_table[i].name;
 }
 
+const char *
+cf_grpc_code_name(unsigned code)
+{
+	static const char *const names[CF_GRPC_CODES] = {
+		"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+		"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+		"FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+		"UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+	};
+
+	return code < CF_GRPC_CODES ? names[code] : "UNKNOWN";
+}
+
 unsigned
 cf_status_grpc(int st)
 {

@@ -55,6 +55,10 @@ const char *cf_status_name(int status);
 /* The gRPC status code (grpc/status.h, fixed by the gRPC specification) a
  * status is answered with: INVALID_ARGUMENT for CF_E_INVALID_ARG, ... */
 unsigned cf_status_grpc(int status);
+/* The name of gRPC status code `code` ("OK", "NOT_FOUND", ...); "UNKNOWN"
+ * for a code above 16. */
+#define CF_GRPC_CODES 17
+const char *cf_grpc_code_name(unsigned code);
 
 /*
  * Record a detail for the calling thread and return `status` unchanged, so

@@ -20,6 +20,7 @@
 #include "cf_log.h"
 #include "cf_pbcheck.h"
 #include "cf_status.h"
+#include "metrics.h"
 
 #define ALARM_EVERY_S 10
 #define RETRY_MS 1000            /* a broken trail is retried (and the outbox read) this often */
@@ -407,6 +408,8 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	} else {
 		a->lost += n;
 		a->failures++;
+		metrics_add(M_AUDIT_WRITE_FAILURES, 1);
+		metrics_add(M_AUDIT_RECORDS_LOST, n);
 		/* Outbox records queued after a failure would overtake the ones it
 		 * dropped: all of them are read again from the store, in order. */
 		a->ob_gen++;

@@ -28,6 +28,7 @@
 #include "fleet.h"
 #include "keyring.h"
 #include "listener.h"
+#include "metrics_http.h"
 #include "rpc.h"
 #include "store.h"
 
@@ -434,6 +435,7 @@ main(int argc, char **argv)
 	struct replica rp = { NULL, NULL, NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
+	metrics_http *mh = NULL;
 	sigset_t sigs;
 	unsigned mismatches = 0;
 	int sig = 0, r, status = 1, grpc_up = 0, lead;
@@ -521,6 +523,17 @@ main(int argc, char **argv)
 	rc.require_sealed = (int)cfg.require_sealed;
 	rc.unsealed_secrets = (int)cfg.unsealed_secrets;
 	rc.require_api_key = (int)cfg.require_api_key;
+	/* Before the first call, so that every call is counted. */
+	{
+		struct metrics_sources ms = { p11, sm, nn, au, fl };
+
+		if ((r = metrics_http_start(&cfg.metrics, &ms, &mh)) != CF_OK) {
+			cf_log_error("%s", cf_error_detail());
+			goto out;
+		}
+		if (mh != NULL)
+			cf_log_info("metrics: serving GET /metrics on %s", cfg.metrics.listen);
+	}
 	if ((r = rpc_start(&rc, &srv)) != CF_OK ||
 	    (r = listener_start(ls, 2, rpc_add_connection, srv)) != CF_OK) {
 		cf_log_error("rpc: %s", cf_error_detail());
@@ -575,6 +588,7 @@ main(int argc, char **argv)
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	status = 0;
 out:
+	metrics_http_stop(mh);   /* a scrape reads the modules closed below */
 	listener_stop();
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);

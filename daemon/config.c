@@ -46,6 +46,7 @@ config_defaults(struct cofferd_config *c)
 	c->audit.max_wait_ms = 2000;
 	c->idem_retention = 86400;
 	keyring_cfg_defaults(&c->keys);
+	metrics_http_defaults(&c->metrics);
 	c->state_backend = STORE_SQLITE;
 	/* The host name, cut to a replica name's length (replica_name()). */
 	if (gethostname(c->replica, sizeof(c->replica)) != 0 || c->replica[0] == '\0')
@@ -292,6 +293,13 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 			return CF_OK;
 		}
 		return cf_error(CF_E_CONFIG, "unknown setting %s in [audit]", name);
+	} else if (strcmp(section, "metrics") == 0) {
+		if (strcmp(name, "listen") == 0)
+			return metrics_http_listen(&c->metrics, value);
+		if (strcmp(name, "mode") == 0)
+			return parse_uint(value, 0, 0777, 8, &c->metrics.mode);
+		if (strcmp(name, "group") == 0)
+			return lookup_id(value, 1, (unsigned *)&c->metrics.group);
 	} else if (strcmp(section, "requests") == 0) {
 		if (strcmp(name, "window") == 0)
 			return parse_uint(value, 1, 86400, 10, &c->request_window);
@@ -364,6 +372,11 @@ config_finish(struct cofferd_config *c)
 	c->admin.path = c->admin_path;
 	if (strcmp(c->service_path, c->admin_path) == 0)
 		return cf_error(CF_E_CONFIG, "service and admin sockets must differ");
+	if (c->metrics.is_unix && (strcmp(c->metrics.path, c->service_path) == 0 ||
+				   strcmp(c->metrics.path, c->admin_path) == 0))
+		return cf_error(CF_E_CONFIG, "[metrics] listen names the %s socket's path; give "
+				"the metrics endpoint its own", strcmp(c->metrics.path,
+				c->service_path) == 0 ? "service" : "admin");
 	if (c->keys.destroy_grace < c->keys.min_destroy_grace)
 		return cf_error(CF_E_CONFIG, "[keys] destroy_grace (%u s) is shorter than "
 				"min_destroy_grace (%u s)", c->keys.destroy_grace,

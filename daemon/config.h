@@ -10,6 +10,7 @@
 #include "audit.h"
 #include "keyring.h"
 #include "listener.h"
+#include "metrics_http.h"
 #include "session.h"
 #include "store.h"
 
@@ -46,6 +47,7 @@ struct cofferd_config {
 	char state_dsn[4096];               /* [state] dsn (may hold a password: never logged) */
 	char state_dsn_file[4096];          /* [state] dsn_file */
 	char replica[STORE_REPLICA_MAX + 1]; /* [state] replica; default: the host name */
+	struct metrics_http_cfg metrics;    /* [metrics] listen, mode, group; off by default */
 };
 
 void config_defaults(struct cofferd_config *c);

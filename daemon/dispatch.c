@@ -20,13 +20,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbfield.h"
 #include "handlers_table.h"
-
-static const char *const code_names[] = {
-	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-	"UNAUTHENTICATED",
-};
+#include "metrics.h"
 
 /* A method as this daemon runs it: its facts (cf_methods.h), its messages,
  * its handler. */
@@ -53,7 +47,7 @@ dispatch_status(int st)
 const char *
 dispatch_status_name(int st)
 {
-	return code_names[dispatch_status(st)];
+	return cf_grpc_code_name(dispatch_status(st));
 }
 
 /* ---- the method table ---- */
@@ -305,8 +299,12 @@ sealed_call(const dispatch *d, const struct dctx *h, Coffer__V1__SealedCall *req
 	else if (inner->d->flags & CF_MF_NEVER_SEALED)
 		ir = cf_error(CF_E_PRECONDITION, "%s cannot be called inside a session",
 			      inner->d->path);
-	else
+	else {
+		uint64_t t0 = metrics_start();
+
 		ir = run(d, inner, &h2, pt, ptlen, &iout, &ioutlen, &res.retry_after_ms);
+		metrics_call((unsigned)(inner - d->m), dispatch_status(ir), t0);
+	}
 	imsg[0] = '\0';
 	if (ir != CF_OK) {
 		const char *em = cf_error_message(ir);
@@ -394,6 +392,7 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 	if (h->hc.admin || (m->d->flags & CF_MF_OPEN) || h->hc.sv->pol == NULL)
 		return CF_OK;
 	if ((r = policy_identify(h->hc.sv->pol, h->hc.uid, h->hc.gid, who)) != CF_OK) {
+		metrics_add(M_REFUSED_NO_PRINCIPAL, 1);
 		cf_log_warn("refused: uid %u gid %u pid %d: %s: no principal", (unsigned)h->hc.uid,
 			    (unsigned)h->hc.gid, (int)h->hc.pid, m->d->path);
 		return r;
@@ -403,10 +402,12 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 	if (!h->authenticated &&
 	    (r = callauth_check(h->hc.sv->ak, h->hc.sv->nn, h->hc.sv->window, &ca, who)) !=
 		    CF_OK) {
-		if (r == CF_E_UNAUTHENTICATED)
+		if (r == CF_E_UNAUTHENTICATED) {
+			metrics_add(M_REFUSED_UNAUTHENTICATED, 1);
 			cf_log_warn("unauthenticated: principal %s (uid %u pid %d): %s: %s", who,
 				    (unsigned)h->hc.uid, (int)h->hc.pid, m->d->path,
 				    cf_error_detail());
+		}
 		return r;
 	}
 	h2->authenticated = 1;
@@ -473,10 +474,16 @@ authorize(const struct method *m, struct dctx *h, const ProtobufCMessage *req, c
 		h->hc.batch_retry_ms = *retry_after_ms;
 		*retry_after_ms = 0;
 	}
-	if (r == CF_E_DENIED)
+	if (r == CF_E_EXHAUSTED)
+		metrics_add(M_REFUSED_RATE_LIMITED, 1);
+	else if (r == CF_E_UNAUTHENTICATED)   /* the principal went meanwhile */
+		metrics_add(M_REFUSED_NO_PRINCIPAL, 1);
+	if (r == CF_E_DENIED) {
+		metrics_add(M_REFUSED_DENIED, 1);
 		cf_log_warn("denied: principal %s (uid %u pid %d): %s on key \"%s\": %s", who,
 			    (unsigned)h->hc.uid, (int)h->hc.pid, policy_op_name(m->d->op), key,
 			    own_limit ? "the key's own limit" : "not granted");
+	}
 	return r;
 }
 
@@ -727,7 +734,7 @@ run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8
 			.admin = h->hc.admin,
 			.sealed = h->sealed, .method = m->d->path, .key = n.key,
 			.version = n.version,
-			.result = code_names[dispatch_status(r)], .request_id = h->dc->request_id,
+			.result = dispatch_status_name(r), .request_id = h->dc->request_id,
 			.replay_of = n.replay_of[0] != '\0' ? n.replay_of : NULL,
 			.items = n.items, .failed = n.failed,
 		};
@@ -747,6 +754,7 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
 					      .pid = c->pid, .admin = c->admin,
 					      .batch_granted = UINT32_MAX } };
+	uint64_t t0 = metrics_start();
 	unsigned code;
 	int r;
 
@@ -768,5 +776,6 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	}
 	if (code == dispatch_status(CF_E_INTERNAL))
 		cf_log_error("%s: %s", m->d->path, msg);
+	metrics_call((unsigned)i, code, t0);
 	return code;
 }

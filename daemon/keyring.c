@@ -12,6 +12,7 @@
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "metrics.h"
 #include "recovery.h"
 #include "sorted.h"
 
@@ -1198,6 +1199,7 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 		store_call_set(NULL);
 		if (r != CF_OK)
 			k->destroy_retry_at = now + 60;
+		metrics_add(r == CF_OK ? M_DESTRUCTIONS : M_DESTRUCTION_FAILURES, 1);
 		done(k->m.name, k->v[i].meta.version, "destroy", r, arg);
 	}
 }
@@ -1272,6 +1274,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 				kr->keys[at]->rotate_retry_at = now + 60;
 			pthread_mutex_unlock(&kr->write_mu);
 		}
+		metrics_add(r == CF_OK ? M_ROTATIONS : M_ROTATION_FAILURES, 1);
 		done(due[i], r == CF_OK ? info.primary : 0, "rotate", r, arg);
 		keyring_info_free(&info);
 	}

@@ -141,6 +141,12 @@ fail:
 	return r;
 }
 
+int
+listener_fd(const listener *l)
+{
+	return l->fd;
+}
+
 void
 listener_close(listener *l)
 {

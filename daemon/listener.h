@@ -30,6 +30,9 @@ typedef struct listener listener;
 int listener_open(const struct listener_cfg *cfg, listener **out);
 /* Remove the socket and lock files and close; accepts NULL. */
 void listener_close(listener *l);
+/* Its listening socket, for a server that accepts on it itself (the
+ * metrics endpoint); still the listener's to close. */
+int listener_fd(const listener *l);
 
 /* Called for each accepted, allowed connection; takes ownership of fd. */
 typedef void (*listener_accept_fn)(int fd, void *arg);

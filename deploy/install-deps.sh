@@ -10,9 +10,9 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libp11-dev libengine-pkcs11-openssl
  libprotobuf-c-dev protobuf-c-compiler
  libgrpc-dev protobuf-compiler-grpc
- libcunit1-dev libsqlite3-dev sqlite3 libinih-dev
+ libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libmicrohttpd-dev
  postgresql libpq-dev
- python3 python3-grpcio python3-grpc-tools python3-cryptography
+ python3 python3-grpcio python3-grpc-tools python3-cryptography python3-prometheus-client
  clang libclang-rt-14-dev"
 
 missing=""

@@ -227,4 +227,17 @@ int cf_p11_ecdh(cf_p11_key *k, const uint8_t *peer, size_t peerlen, cf_secret **
 int cf_p11_pubkey_der(cf_p11_key *k, cf_buf *out);
 int cf_p11_pubkey_pem(cf_p11_key *k, cf_buf *out);
 
+/* ---- counters (for metrics; read at any time from any thread) ---- */
+struct cf_p11_stats {
+	uint64_t operations;     /* operations run on a pooled session (searches included) */
+	uint64_t errors;         /* of those, ended in a failure of the token, its module or
+				    the layer (after any retry); a refusal of what it was
+				    given (a signature or ciphertext that does not check, bad
+				    data, an absent object, a busy pool) is none */
+	uint64_t recoveries;     /* re-opened sessions / re-login after a lost session */
+	uint64_t pool_waits;     /* an operation waited for a free pooled session */
+	uint64_t pool_timeouts;  /* ... and gave up (CF_E_BUSY) */
+};
+void cf_p11_stats(cf_p11 *p, struct cf_p11_stats *out);
+
 #endif

@@ -113,6 +113,29 @@ p11_status(CK_RV rv, const char *what)
 }
 
 int
+p11_rv_fault(CK_RV rv)
+{
+	const struct p11_rv_entry *e = p11_rv_lookup(rv);
+
+	if (e == NULL)
+		return 1;   /* unmapped: CF_E_TOKEN */
+	switch (e->status) {
+	case CF_E_TOKEN:
+	case CF_E_UNAVAILABLE:
+	case CF_E_INTERNAL:
+	case CF_E_NOMEM:
+	case CF_E_EXHAUSTED:
+	case CF_E_PIN_INCORRECT:
+	case CF_E_CONFIG:
+	case CF_E_TOKEN_NOT_FOUND:
+	case CF_E_IO:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int
 p11_rv_stale_object(CK_RV rv)
 {
 	return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID;

@@ -63,6 +63,8 @@ struct cf_p11 {
 	unsigned pool_open;         /* free + in use */
 	unsigned pool_size;
 	unsigned pool_timeout_ms;
+
+	struct cf_p11_stats stats;  /* relaxed atomic counters (cf_p11_stats) */
 };
 
 struct cf_p11_key {
@@ -100,6 +102,10 @@ int p11_rv_recoverable(CK_RV rv);
 int p11_rv_clean(CK_RV rv);
 /* 1 if the CK_RV says the object handle went stale. */
 int p11_rv_stale_object(CK_RV rv);
+/* 1 if the token, its module or the layer failed (counted as a token
+ * error), 0 if it refused what it was given: a signature or ciphertext
+ * that does not check, bad data, an absent object, a busy pool. */
+int p11_rv_fault(CK_RV rv);
 
 /* ---- p11_module.c ---- */
 CK_RV p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch);

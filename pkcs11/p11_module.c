@@ -308,6 +308,13 @@ cf_p11_close(cf_p11 *p)
 
 /* ---- session pool ---- */
 
+/* One more of a counter of p->stats: no lock, no ordering needed. */
+static void
+p11_stat(uint64_t *c)
+{
+	__atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
+}
+
 CK_RV
 p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch)
 {
@@ -322,10 +329,13 @@ p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch)
 		deadline.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&p->pool_mu);
+	if (p->pool_free == 0 && p->pool_open >= p->pool_size)
+		p11_stat(&p->stats.pool_waits);
 	while (p->pool_free == 0 && p->pool_open >= p->pool_size) {
 		if (pthread_cond_timedwait(&p->pool_cv, &p->pool_mu, &deadline) == ETIMEDOUT &&
 		    p->pool_free == 0 && p->pool_open >= p->pool_size) {
 			rv = P11_RV_POOL_TIMEOUT;
+			p11_stat(&p->stats.pool_timeouts);
 			goto out;
 		}
 	}
@@ -373,6 +383,7 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	pthread_rwlock_wrlock(&p->life);
 	if (p->epoch != seen)
 		goto out; /* another thread already recovered */
+	p11_stat(&p->stats.recoveries);
 	/* We own everything now: no operation is in flight. */
 	pthread_mutex_lock(&p->pool_mu);
 	p11_pool_close_all(p);
@@ -451,6 +462,7 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			/* Some modules leave an operation active after an error
 			 * (SoftHSM on CKR_ARGUMENTS_BAD): never reuse such a session. */
 			p11_pool_release(p, s, p11_rv_clean(rv) ? sepoch : 0);
+			p11_stat(&p->stats.operations);
 		}
 		pthread_rwlock_unlock(&p->life);
 		if (attempt > 0 || !p11_rv_recoverable(rv))
@@ -466,5 +478,17 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			break;
 		}
 	}
+	if (p11_rv_fault(rv))
+		p11_stat(&p->stats.errors);
 	return rv;
+}
+
+void
+cf_p11_stats(cf_p11 *p, struct cf_p11_stats *out)
+{
+	out->operations = __atomic_load_n(&p->stats.operations, __ATOMIC_RELAXED);
+	out->errors = __atomic_load_n(&p->stats.errors, __ATOMIC_RELAXED);
+	out->recoveries = __atomic_load_n(&p->stats.recoveries, __ATOMIC_RELAXED);
+	out->pool_waits = __atomic_load_n(&p->stats.pool_waits, __ATOMIC_RELAXED);
+	out->pool_timeouts = __atomic_load_n(&p->stats.pool_timeouts, __ATOMIC_RELAXED);
 }

@@ -430,6 +430,10 @@ gcm_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 		if ((rv = p->f->C_DecryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;
 		rv = p->f->C_Decrypt(s, P11_DATA(g->in), g->inlen, g->out, &g->outlen);
+		/* SoftHSM reports a failed tag check so: a refusal of the
+		 * ciphertext, not a failure of the token (p11_rv_fault). */
+		if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED)
+			rv = CKR_ENCRYPTED_DATA_INVALID;
 	} else {
 		if ((rv = p->f->C_EncryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;

@@ -160,6 +160,7 @@ struct options {
 	const char *p11kit_client;
 	int auth;                          /* also measure calls signed with an API key */
 	unsigned batch;                    /* --batch N: also measure batches of N items */
+	int metrics;                       /* cofferd with its metrics endpoint on */
 };
 
 static struct result results[MAX_RESULTS];
@@ -414,6 +415,8 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 		return -1;
 	fprintf(f, "[session]\nunsealed_secrets = %s\n[audit]\ndurability = %s\n",
 		interleave ? "true" : "false", o->c.durability);
+	if (o->metrics)
+		fprintf(f, "[metrics]\nlisten = unix:%s/metrics.sock\n", tok->dir);
 	fclose(f);
 	b->path = PATH_DAEMON;
 	if (cf_test_daemon_start(tok, &d, extra) != 0)
@@ -633,6 +636,7 @@ usage(FILE *fp)
 		"                     a SignBatch/MacBatch of N items (ops count items;\n"
 		"                     latencies are per call)\n"
 		"  --durability D     cofferd [audit] durability: disk (default) | os\n"
+		"  --metrics on       cofferd with its Prometheus endpoint on (default off)\n"
 		"  --help             this text\n"
 		"Columns: srv CPU = CPU of cofferd or of p11-kit server and its children;\n"
 		"cli CPU = this process; other = CPUs busy with other processes meanwhile.\n"
@@ -731,6 +735,9 @@ parse_args(int argc, char **argv, struct options *o)
 			bad = !o->auth && strcmp(v, "none") != 0;
 		} else if (strcmp(a, "--batch") == 0) {
 			bad = cf_bench_parse_uint(v, 0, COFFER_BATCH_MAX, &o->batch) != 0;
+		} else if (strcmp(a, "--metrics") == 0) {
+			o->metrics = strcmp(v, "on") == 0;
+			bad = !o->metrics && strcmp(v, "off") != 0;
 		} else if (strcmp(a, "--p11kit-client") == 0) {
 			o->p11kit_client = v;
 		} else {

@@ -211,7 +211,8 @@ pool_worker(void *arg)
 }
 
 /* One session, a 1 ms wait and four threads of slow RSA signatures: some
- * callers must give up with CF_E_BUSY, the rest succeed, nothing else. */
+ * callers must give up with CF_E_BUSY, the rest succeed, nothing else; the
+ * layer's counters (cf_p11_stats, for metrics) say exactly that. */
 static void
 test_pool_exhausted(void)
 {
@@ -220,6 +221,7 @@ test_pool_exhausted(void)
 	pthread_t th[4];
 	cf_p11 *p = NULL;
 	cf_p11_key *k = NULL;
+	struct cf_p11_stats s0, s1;
 	int ok = 0, busy = 0, other = 0;
 
 	cfg.pool_size = 1;
@@ -227,6 +229,7 @@ test_pool_exhausted(void)
 	CU_ASSERT_EQUAL_FATAL(cf_p11_open(&cfg, &p), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(cf_p11_key_generate(p, "pool", 1, CF_KEY_RSA_3072, 0, &k), CF_OK);
 	memset(w, 0, sizeof(w));
+	cf_p11_stats(p, &s0);
 	for (int i = 0; i < 4; i++) {
 		w[i].k = k;
 		pthread_create(&th[i], NULL, pool_worker, &w[i]);
@@ -242,6 +245,12 @@ test_pool_exhausted(void)
 	CU_ASSERT(ok > 0);
 	CU_ASSERT(busy > 0);
 	CU_ASSERT_EQUAL(other, 0);
+	cf_p11_stats(p, &s1);
+	CU_ASSERT_EQUAL(s1.operations - s0.operations, (uint64_t)ok);
+	CU_ASSERT_EQUAL(s1.pool_timeouts - s0.pool_timeouts, (uint64_t)busy);
+	CU_ASSERT(s1.pool_waits - s0.pool_waits >= (uint64_t)busy);
+	CU_ASSERT_EQUAL(s1.errors, s0.errors);
+	CU_ASSERT_EQUAL(s1.recoveries, s0.recoveries);
 	cf_p11_key_free(k);
 	cf_p11_close(p);
 }

@@ -255,6 +255,7 @@ test_gcm(void)
 	uint8_t pt[1024], iv[CF_GCM_IV_LEN], iv2[CF_GCM_IV_LEN], bad[1024 + 16], badaad[sizeof(aad)];
 	cf_buf *ct = cf_buf_new(2048), *ct2 = cf_buf_new(2048);
 	cf_secret *out = NULL;
+	struct cf_p11_stats s0, s1;
 	size_t n;
 
 	RAND_bytes(pt, sizeof(pt));
@@ -269,7 +270,9 @@ test_gcm(void)
 	CHECK_OK(cf_p11_gcm_encrypt(k, aad, sizeof(aad), pt, sizeof(pt), iv2, ct2));
 	CU_ASSERT(memcmp(iv, iv2, sizeof(iv)) != 0);
 	CU_ASSERT(memcmp(cf_buf_peek(ct), cf_buf_peek(ct2), n) != 0);
-	/* any change to ciphertext, tag, IV or AAD is rejected */
+	/* any change to ciphertext, tag, IV or AAD is rejected (by the token:
+	 * no token error, for metrics) */
+	cf_p11_stats(p11, &s0);
 	memcpy(bad, cf_buf_peek(ct), n);
 	bad[10] ^= 1;
 	CU_ASSERT_EQUAL(cf_p11_gcm_decrypt(k, aad, sizeof(aad), iv, bad, n, &out), CF_E_DECRYPT);
@@ -291,6 +294,9 @@ test_gcm(void)
 	CU_ASSERT_EQUAL(cf_p11_gcm_decrypt(k, aad, sizeof(aad), iv, cf_buf_peek(ct), 8, &out),
 			CF_E_DECRYPT);
 	CU_ASSERT_PTR_NULL(out);
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT(s1.operations >= s0.operations + 6);
+	CU_ASSERT_EQUAL(s1.errors, s0.errors);
 	/* empty plaintext and empty AAD work */
 	cf_buf_reset(ct);
 	CHECK_OK(cf_p11_gcm_encrypt(k, NULL, 0, NULL, 0, iv, ct));

@@ -70,12 +70,19 @@ test_close_all_sessions(void)
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE s;
 
+	struct cf_p11_stats s0, s1;
+
 	use_keys();
 	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
 	/* Closes the layer's anchor and pool too, which also ends the login. */
 	CU_ASSERT_EQUAL(f->C_CloseAllSessions(slot), CKR_OK);
+	cf_p11_stats(p11, &s0);
 	use_keys();
 	use_keys();
+	/* One recovery (for metrics), and no operation failed. */
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 1);
+	CU_ASSERT_EQUAL(s1.errors, s0.errors);
 }
 
 static void

@@ -1,0 +1,301 @@
+#include "metrics_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "cf_status.h"
+#include "metrics.h"
+
+#define CONNECTIONS 16
+#define TIMEOUT_S 5
+#define HEADER_BYTES (16u << 10)
+
+struct metrics_http {
+	struct MHD_Daemon *d;
+	listener *unix_l;        /* the Unix socket, or NULL */
+	int fd;                  /* what MHD listens on (MHD closes it) */
+	struct metrics_sources src;
+};
+
+void
+metrics_http_defaults(struct metrics_http_cfg *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->mode = 0600;
+	c->group = (gid_t)-1;
+}
+
+static int
+port_of(const char *v, const char *p, uint16_t *out)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(p, &end, 10);
+	if (p[0] < '0' || p[0] > '9' || errno != 0 || *end != '\0' || n < 1 || n > 65535)
+		return cf_error(CF_E_CONFIG, "\"%.80s\": the port must be a number in 1..65535", v);
+	*out = (uint16_t)n;
+	return CF_OK;
+}
+
+static int
+listen_unix(struct metrics_http_cfg *c, const char *v, const char *path)
+{
+	if (path[0] != '/')
+		return cf_error(CF_E_CONFIG, "\"%.80s\": a Unix socket needs an absolute path "
+				"(unix:/run/coffer/metrics.sock)", v);
+	if (strlen(path) >= sizeof(c->path))
+		return cf_error(CF_E_CONFIG, "\"%.80s\": the socket path is longer than %zu bytes",
+				v, sizeof(c->path) - 1);
+	c->is_unix = 1;
+	snprintf(c->path, sizeof(c->path), "%s", path);
+	return CF_OK;
+}
+
+/* HOST:PORT with HOST 127.x.x.x, or [IPv6]:PORT with ::1: the endpoint has
+ * no authentication, so nothing beyond this host may reach it. */
+static int
+listen_tcp(struct metrics_http_cfg *c, const char *v)
+{
+	char host[64];
+	const char *colon = strrchr(v, ':');
+	const char *h = v;
+	size_t hl;
+	uint16_t port;
+	int r;
+
+	if (colon == NULL)
+		return cf_error(CF_E_CONFIG, "\"%.80s\" has no port: give 127.0.0.1:PORT, "
+				"[::1]:PORT or unix:/path", v);
+	hl = (size_t)(colon - v);
+	if (v[0] == '[') {
+		if (hl < 2 || v[hl - 1] != ']')
+			return cf_error(CF_E_CONFIG, "\"%.80s\": an IPv6 address is written "
+					"[::1]:PORT", v);
+		h = v + 1;
+		hl -= 2;
+	}
+	if (hl == 0 || hl >= sizeof(host))
+		return cf_error(CF_E_CONFIG, "\"%.80s\" has no address before the port", v);
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	if ((r = port_of(v, colon + 1, &port)) != CF_OK)
+		return r;
+	memset(&c->addr, 0, sizeof(c->addr));
+	if (h == v) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&c->addr;
+
+		if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv4 "
+					"address (host names are not looked up; [IPv6] goes in "
+					"brackets)", v, host);
+		if ((ntohl(a->sin_addr.s_addr) >> 24) != 127)
+			goto not_loopback;
+		a->sin_family = AF_INET;
+		a->sin_port = htons(port);
+		c->addrlen = sizeof(*a);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->addr;
+
+		if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
+			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv6 "
+					"address", v, host);
+		if (!IN6_IS_ADDR_LOOPBACK(&a->sin6_addr))
+			goto not_loopback;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons(port);
+		c->addrlen = sizeof(*a);
+	}
+	c->is_unix = 0;
+	return CF_OK;
+not_loopback:
+	return cf_error(CF_E_CONFIG, "\"%.80s\" is not a loopback address: the metrics endpoint "
+			"has no authentication, so it listens on 127.0.0.0/8, [::1] or a Unix "
+			"socket (unix:/path) only", v);
+}
+
+int
+metrics_http_listen(struct metrics_http_cfg *c, const char *v)
+{
+	int r;
+
+	if (strlen(v) >= sizeof(c->listen))
+		return cf_error(CF_E_CONFIG, "longer than %zu bytes", sizeof(c->listen) - 1);
+	if (v[0] == '\0')
+		return cf_error(CF_E_CONFIG, "empty: give 127.0.0.1:PORT, [::1]:PORT or "
+				"unix:/path, or leave listen out to keep metrics off");
+	r = strncmp(v, "unix:", 5) == 0 ? listen_unix(c, v, v + 5) : listen_tcp(c, v);
+	if (r == CF_OK)
+		snprintf(c->listen, sizeof(c->listen), "%s", v);
+	return r;
+}
+
+/* ---- serving ---- */
+
+static void
+collect(const struct metrics_sources *s, struct metrics_read *rd)
+{
+	struct cf_p11_stats ps;
+	uint64_t appended, compactions;
+
+	memset(rd, 0, sizeof(*rd));
+	if (s->p11 != NULL) {
+		cf_p11_stats(s->p11, &ps);
+		rd->token_ops = ps.operations;
+		rd->token_errors = ps.errors;
+		rd->token_recoveries = ps.recoveries;
+		rd->pool_waits = ps.pool_waits;
+		rd->pool_timeouts = ps.pool_timeouts;
+	}
+	if (s->sm != NULL)
+		rd->sessions_open = session_count(s->sm);
+	if (s->nn != NULL) {
+		rd->nonces_live = nonces_live(s->nn);
+		nonces_stats(s->nn, &appended, &compactions, &rd->nonce_log_bytes);
+	}
+	rd->audit_healthy = s->au == NULL || audit_healthy(s->au);
+	rd->lease_held = s->fl == NULL || fleet_leader(s->fl);
+}
+
+static enum MHD_Result
+answer_text(struct MHD_Connection *conn, unsigned status, const char *text)
+{
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result ok;
+
+	if (resp == NULL)
+		return MHD_NO;
+	(void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+				      "text/plain; charset=utf-8");
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		(void)MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET");
+	ok = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return ok;
+}
+
+/* Every request is answered at once (a body, if any, is not read). */
+static enum MHD_Result
+serve(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+      const char *version, const char *upload, size_t *upload_len, void **con_cls)
+{
+	const struct metrics_http *m = cls;
+	struct MHD_Response *resp;
+	struct metrics_read rd;
+	enum MHD_Result ok;
+	char *text;
+	size_t len;
+
+	(void)version;
+	(void)upload;
+	(void)upload_len;
+	(void)con_cls;
+	if (strcmp(url, "/metrics") != 0)
+		return answer_text(conn, MHD_HTTP_NOT_FOUND,
+				   "not found: this endpoint serves GET /metrics only\n");
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+		return answer_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+				   "method not allowed: this endpoint serves GET /metrics only\n");
+	collect(&m->src, &rd);
+	if (metrics_render(&rd, &text, &len) != CF_OK)
+		return answer_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+	if ((resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE)) == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	(void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+				      "text/plain; version=0.0.4; charset=utf-8");
+	ok = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ok;
+}
+
+/* A listening TCP socket on the configured loopback address. */
+static int
+bind_tcp(const struct metrics_http_cfg *c, int *out)
+{
+	int fd, one = 1;
+
+	if ((fd = socket(c->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+		return cf_error(CF_E_IO, "metrics: socket: %s", strerror(errno));
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&c->addr, c->addrlen) != 0 ||
+	    listen(fd, CONNECTIONS) != 0) {
+		int e = errno;
+
+		close(fd);
+		return cf_error(CF_E_IO, "metrics: cannot listen on %s: %s", c->listen,
+				strerror(e));
+	}
+	*out = fd;
+	return CF_OK;
+}
+
+int
+metrics_http_start(const struct metrics_http_cfg *c, const struct metrics_sources *src,
+		   metrics_http **out)
+{
+	struct metrics_http *m;
+	int r;
+
+	*out = NULL;
+	if (c->listen[0] == '\0')
+		return CF_OK;
+	if ((m = calloc(1, sizeof(*m))) == NULL)
+		return cf_nomem();
+	m->src = *src;
+	m->fd = -1;
+	if (c->is_unix) {
+		struct listener_cfg lc = { .name = "metrics", .path = c->path, .mode = c->mode,
+					   .group = c->group };
+
+		/* MHD closes what it listens on; the listener closes its own. */
+		if ((r = listener_open(&lc, &m->unix_l)) == CF_OK &&
+		    (m->fd = fcntl(listener_fd(m->unix_l), F_DUPFD_CLOEXEC, 3)) < 0)
+			r = cf_error(CF_E_IO, "metrics: %s", strerror(errno));
+	} else {
+		r = bind_tcp(c, &m->fd);
+	}
+	if (r != CF_OK)
+		goto fail;
+	/* Counting starts before the first scrape can see it. */
+	metrics_enable();
+	m->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
+				serve, m, MHD_OPTION_LISTEN_SOCKET, m->fd,
+				MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTIONS,
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TIMEOUT_S,
+				MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEADER_BYTES,
+				MHD_OPTION_END);
+	if (m->d == NULL) {
+		r = cf_error(CF_E_IO, "metrics: libmicrohttpd cannot serve %s", c->listen);
+		m->fd = -1;   /* MHD may have closed it: better left open than closed twice */
+		goto fail;
+	}
+	*out = m;
+	return CF_OK;
+fail:
+	if (m->fd >= 0)
+		close(m->fd);
+	listener_close(m->unix_l);
+	free(m);
+	return r;
+}
+
+void
+metrics_http_stop(metrics_http *m)
+{
+	if (m == NULL)
+		return;
+	MHD_stop_daemon(m->d);
+	listener_close(m->unix_l);
+	free(m);
+}
