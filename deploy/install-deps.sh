@@ -10,7 +10,7 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libp11-dev libengine-pkcs11-openssl
  libprotobuf-c-dev protobuf-c-compiler
  libgrpc-dev protobuf-compiler-grpc
- libcunit1-dev libsqlite3-dev sqlite3 libinih-dev
+ libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libsystemd-dev
  postgresql libpq-dev
  python3 python3-grpcio python3-grpc-tools python3-cryptography
  clang libclang-rt-14-dev"
