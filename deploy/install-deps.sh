@@ -13,7 +13,8 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libsystemd-dev
  postgresql libpq-dev
  python3 python3-grpcio python3-grpc-tools python3-cryptography
- clang libclang-rt-14-dev"
+ clang libclang-rt-14-dev
+ systemd lintian dpkg-dev file adduser"
 
 missing=""
 for p in $PKGS; do
