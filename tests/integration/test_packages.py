@@ -169,7 +169,7 @@ class Packages(unittest.TestCase):
         for rel in ("usr/sbin/cofferd", "usr/lib/systemd/system/cofferd.service",
                     "usr/share/doc/cofferd/examples/cofferd.conf",
                     "usr/share/cofferd/init-token.sh", "usr/bin/cofferctl",
-                    "usr/share/man/man1/cofferctl.1.gz",
+                    "usr/share/man/man1/cofferctl.1.gz", "usr/share/man/man8/cofferd.8.gz",
                     "usr/share/bash-completion/completions/cofferctl", "usr/include/coffer.h",
                     "usr/lib/x86_64-linux-gnu/pkgconfig/coffer.pc",
                     "usr/lib/x86_64-linux-gnu/cmake/coffer/cofferConfig.cmake"):
@@ -180,8 +180,10 @@ class Packages(unittest.TestCase):
         self.assertIn("\nType=notify\n", unit)
         if python:
             self.assertEqual(self.field("python3-coffer", "Architecture"), "all")
-            self.assertTrue(os.path.exists(os.path.join(
-                self.root, "usr/lib/python3/dist-packages/coffer/__init__.py")))
+            site = os.path.join(self.root, "usr/lib/python3/dist-packages")
+            r = run(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, %r); "
+                     "import coffer; print(coffer.__file__)" % site])
+            self.assertEqual(r.stdout.strip(), os.path.join(site, "coffer", "__init__.py"))
 
     def test_2_lintian(self):
         exe = shutil.which("lintian")
