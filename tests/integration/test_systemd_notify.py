@@ -47,13 +47,33 @@ class Notifications:
     def close(self):
         self.sock.close()
 
-    def recv(self, timeout):
-        """The next message, or None after timeout seconds."""
-        self.sock.settimeout(max(timeout, 0.001))
+    FILLER = b"X-TEST-FILLER=1"
+
+    def fill(self):
+        """Fill the socket's queue (net.unix.max_dgram_qlen datagrams of our
+        own) so that the next sender blocks in sendmsg until we read."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        n = 0
         try:
-            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-        except socket.timeout:
-            return None
+            while True:
+                s.sendto(self.FILLER, socket.MSG_DONTWAIT, self.path)
+                n += 1
+        except BlockingIOError:
+            return n
+        finally:
+            s.close()
+
+    def recv(self, timeout):
+        """The next message (the fillers skipped), or None after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except socket.timeout:
+                return None
+            if data != self.FILLER:
+                break
         pid = None
         for level, kind, cdata in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
@@ -121,13 +141,21 @@ class SystemdNotify(unittest.TestCase):
         self.addCleanup(self.n.close)
         self.d.extra_env = {"NOTIFY_SOCKET": self.n.path}
 
-    def spawn(self):
+    def spawn(self, hold=False):
         """Start cofferd (not waiting for health), wait for READY=1 and check,
-        right then, that both sockets serve; the messages up to READY=1."""
+        right then, that both sockets serve; the messages up to READY=1.
+        hold: the notify socket's queue is full first, so cofferd's first
+        message blocks in sendmsg until we read: both sockets must serve
+        while READY=1 is still held (a READY=1 sent any earlier would hold
+        the start-up and the sockets would never answer)."""
         d = self.d
         d._log_offset = os.path.getsize(d.log_path) if os.path.exists(d.log_path) else 0
+        if hold:
+            self.assertGreater(self.n.fill(), 0)
         d.proc = d.spawn()
         d.starts += 1
+        if hold:
+            d.wait_ready(READY_WAIT)
         got = self.n.until("READY", READY_WAIT, d.proc)
         self.assertTrue(serves_now(d.service_socket), "service socket not serving at READY=1")
         self.assertTrue(serves_now(d.admin_socket), "admin socket not serving at READY=1")
@@ -148,7 +176,7 @@ class SystemdNotify(unittest.TestCase):
 
     def test_ready_reload_stop(self):
         d = self.d
-        got = self.spawn()
+        got = self.spawn(hold=True)
         ready = got[-1][2]
         self.assertEqual(ready["READY"], "1")
         self.assertEqual(ready["STATUS"], "serving: service %s, admin %s"
