@@ -18,11 +18,15 @@ tested) and reads what arrives, with the sender's pid (SO_PASSCRED):
 * SIGTERM: STOPPING=1 (STATUS= says calls in flight finish), then exit 0.
 * A NOTIFY_SOCKET nobody listens on: the daemon serves anyway and says once why
   the notification failed.
+* In the unit's namespaces (PrivateNetwork=yes, ProcSubset=pid: a network
+  namespace of its own, /proc mounted subset=pid): READY=1 still reaches the
+  manager's socket and both sockets serve calls.
 """
 import os
 import signal
 import socket
 import struct
+import subprocess
 import time
 import unittest
 
@@ -277,6 +281,26 @@ class SystemdNotify(unittest.TestCase):
         self.assertIn("token:", d.log())
         self.assertEqual([m[3] for m in self.n.collect(0.3)], [],
                          "a daemon that failed to start notified")
+
+    def test_unit_namespaces(self):
+        d = self.d
+        wrapper = os.path.join(d.dir, "sandboxed-cofferd")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec unshare -m -n --propagation private sh -c 'mount -t proc "
+                    "-o subset=pid,hidepid=invisible proc /proc && exec \"$0\" \"$@\"' %s \"$@\"\n"
+                    % d.cofferd)
+        os.chmod(wrapper, 0o755)
+        r = subprocess.run([wrapper, "--help"], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("no private network namespace or /proc subset=pid here: "
+                          + r.stderr.strip())
+        d.cofferd = wrapper
+        got = self.spawn()
+        self.assertEqual(got[-1][2]["READY"], "1")
+        adm = d.admin_stub()
+        adm.CreateKey(pb.CreateKeyRequest(name="ns-sign", type=pb.EC_P256), timeout=30)
+        d.service_stub().Sign(pb.SignRequest(key="ns-sign", message=b"x"), timeout=30)
+        self.stop()
 
     def test_unreachable_notify_socket(self):
         d = self.d
