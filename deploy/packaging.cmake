@@ -32,7 +32,8 @@ install(FILES ${COFFER_DEB_DIR}/coffer.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pk
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
   ${CMAKE_SOURCE_DIR}/deploy/cofferd.service)
 file(READ ${CMAKE_SOURCE_DIR}/deploy/cofferd.service _unit)
-string(REPLACE "/usr/local/sbin/cofferd" "${COFFER_DEB_PREFIX}/sbin/cofferd" _unit "${_unit}")
+string(REPLACE "\nExecStart=/usr/local/sbin/cofferd" "\nExecStart=${COFFER_DEB_PREFIX}/sbin/cofferd"
+  _unit "${_unit}")
 string(REPLACE "file:///usr/local/share/doc/coffer/README.md"
   "file://${COFFER_DEB_PREFIX}/share/doc/cofferd/README.md" _unit "${_unit}")
 file(CONFIGURE OUTPUT ${CMAKE_BINARY_DIR}/deploy/cofferd.service CONTENT "${_unit}" @ONLY)
