@@ -230,21 +230,22 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
  * apply what can change under running calls: the log level, the sockets'
  * allow-lists (checked at accept, so for new connections), the request
  * window (atomic in rpc.c) and the shutdown grace (read by this thread
- * only). A file that does not load changes nothing (CF_E_CONFIG). */
+ * only). A file that does not load changes nothing (its status). */
 static int
 reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_server *srv)
 {
 	static struct cofferd_config n;   /* large; only this thread reloads */
+	int r;
 
 	if (config_file == NULL) {
 		cf_log_warn("SIGHUP: cofferd was started without -c FILE; nothing to reload");
 		return CF_OK;
 	}
 	config_defaults(&n);
-	if (parse_args(argc, argv, &n) != CF_OK) {
+	if ((r = parse_args(argc, argv, &n)) != CF_OK) {
 		cf_log_error("SIGHUP: configuration not reloaded, nothing changed: %s",
 			     cf_error_detail());
-		return CF_E_CONFIG;
+		return r;
 	}
 	listener_set_allowed(ls[0], &n.service);
 	listener_set_allowed(ls[1], &n.admin);

@@ -1,6 +1,5 @@
 #include "notify.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,8 +11,8 @@
 
 #include "cf_log.h"
 
-static uint64_t watchdog_usec;   /* 0: no watchdog */
-static uint64_t next_ping;       /* CLOCK_MONOTONIC, µs */
+static uint64_t watchdog_usec; /* 0: no watchdog */
+static uint64_t next_ping;     /* CLOCK_MONOTONIC, microseconds */
 static char status_text[512];
 static int warned;
 
@@ -45,8 +44,8 @@ send_state(const char *state)
 	if (r < 0 && !warned) {
 		warned = 1;
 		cf_log_warn("systemd notification \"%.*s\" to $NOTIFY_SOCKET failed: %s (further "
-			    "failures are not logged)", (int)strcspn(state, "\n"), state,
-			    strerror(-r));
+			    "failures are not logged)",
+			    (int)strcspn(state, "\n"), state, strerror(-r));
 	}
 }
 
@@ -65,8 +64,8 @@ notify_init(void)
 
 	if (r < 0) {
 		cf_log_warn("systemd watchdog: $WATCHDOG_USEC \"%.32s\" or $WATCHDOG_PID is not "
-			    "valid (%s): no watchdog pings", getenv("WATCHDOG_USEC") ?: "",
-			    strerror(-r));
+			    "valid (%s): no watchdog pings",
+			    getenv("WATCHDOG_USEC") ?: "", strerror(-r));
 		return;
 	}
 	if (r == 0)
@@ -74,8 +73,9 @@ notify_init(void)
 	/* Pinged from a loop that also runs scheduled work: below 2 ms the
 	 * pings alone would keep the main thread busy. */
 	if (usec < 2000) {
-		cf_log_warn("systemd watchdog: %" PRIu64 " µs is too short (at least 2 ms): no "
-			    "watchdog pings", usec);
+		cf_log_warn("systemd watchdog: %" PRIu64 " us is too short (at least 2000 us): no "
+			    "watchdog pings",
+			    usec);
 		return;
 	}
 	watchdog_usec = usec;
@@ -114,8 +114,10 @@ notify_reloaded(const char *failed)
 	if (failed == NULL)
 		snprintf(status, sizeof(status), "%s", status_text);
 	else
-		snprintf(status, sizeof(status), "%s; last reload failed, previous settings "
-			 "kept: %.512s", status_text, failed);
+		snprintf(status, sizeof(status),
+			 "%s; last reload failed, previous settings "
+			 "kept: %.512s",
+			 status_text, failed);
 	one_line(status);
 	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", status);
 	send_state(msg);
@@ -140,7 +142,7 @@ notify_sigwait(const sigset_t *sigs, unsigned ms)
 	for (;;) {
 		uint64_t until = watchdog_usec != 0 && next_ping < end ? next_ping : end;
 		uint64_t wait = until > now ? until - now : 0;
-		struct timespec ts = { (time_t)(wait / 1000000u), (long)(wait % 1000000u) * 1000 };
+		struct timespec ts = {(time_t)(wait / 1000000u), (long)(wait % 1000000u) * 1000};
 		int sig = sigtimedwait(sigs, NULL, &ts);
 
 		if (sig > 0)
