@@ -29,6 +29,7 @@
 #include "keyring.h"
 #include "listener.h"
 #include "metrics_http.h"
+#include "notify.h"
 #include "rpc.h"
 #include "store.h"
 
@@ -230,21 +231,22 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
  * apply what can change under running calls: the log level, the sockets'
  * allow-lists (checked at accept, so for new connections), the request
  * window (atomic in rpc.c) and the shutdown grace (read by this thread
- * only). A file that does not load changes nothing. */
-static void
+ * only). A file that does not load changes nothing (its status). */
+static int
 reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_server *srv)
 {
 	static struct cofferd_config n;   /* large; only this thread reloads */
+	int r;
 
 	if (config_file == NULL) {
 		cf_log_warn("SIGHUP: cofferd was started without -c FILE; nothing to reload");
-		return;
+		return CF_OK;
 	}
 	config_defaults(&n);
-	if (parse_args(argc, argv, &n) != CF_OK) {
+	if ((r = parse_args(argc, argv, &n)) != CF_OK) {
 		cf_log_error("SIGHUP: configuration not reloaded, nothing changed: %s",
 			     cf_error_detail());
-		return;
+		return r;
 	}
 	listener_set_allowed(ls[0], &n.service);
 	listener_set_allowed(ls[1], &n.admin);
@@ -263,6 +265,7 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	cf_log_init(NULL, n.log_level);
 	cur->log_level = n.log_level;
 	restart_needed(cur, &n);
+	return CF_OK;
 }
 
 /* The state the configuration names. SQLite: the store in state_dir (its rows
@@ -439,6 +442,7 @@ main(int argc, char **argv)
 	sigset_t sigs;
 	unsigned mismatches = 0;
 	int sig = 0, r, status = 1, grpc_up = 0, lead;
+	char ready[300];
 
 	harden();
 	cf_crashpoint_init();
@@ -456,6 +460,7 @@ main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	notify_init();
 
 	if ((r = listener_open(&cfg.service, &ls[0])) != CF_OK ||
 	    (r = listener_open(&cfg.admin, &ls[1])) != CF_OK) {
@@ -554,18 +559,23 @@ main(int argc, char **argv)
 		    cfg.admin_path, cfg.token_uri, cfg.state_backend == STORE_POSTGRESQL ?
 		    "PostgreSQL, replica " : "SQLite in ", cfg.state_backend == STORE_POSTGRESQL ?
 		    cfg.replica : cfg.state_dir);
+	snprintf(ready, sizeof(ready), "serving: service %s, admin %s", cfg.service_path,
+		 cfg.admin_path);
+	notify_ready(ready);
 	/* Between signals, once a second: scheduled rotations and destructions;
 	 * every 5 s: end expired sessions (so that their keys are wiped even
 	 * when no caller comes back for them) and expire what else expires. */
 	for (unsigned n = 1;; n++) {
-		struct timespec tick = { 1, 0 };
 		struct lifecycle_note ln = { au };
 
-		sig = sigtimedwait(&sigs, NULL, &tick);
+		sig = notify_sigwait(&sigs, 1000);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
-		if (sig == SIGHUP)
-			reload(argc, argv, &cfg, ls, srv);
+		if (sig == SIGHUP) {
+			notify_reloading();
+			r = reload(argc, argv, &cfg, ls, srv);
+			notify_reloaded(r == CF_OK ? NULL : cf_error_detail());
+		}
 		/* Failing closed on the audit trail: nothing irreversible that
 		 * could not be recorded either; the work waits until it can. */
 		/* In a fleet, the shared scheduled work is the lease holder's. */
@@ -586,6 +596,7 @@ main(int argc, char **argv)
 		idem_expire(idm, (int64_t)time(NULL));
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	notify_stopping("stopping: finishing calls in flight");
 	status = 0;
 out:
 	metrics_http_stop(mh);   /* a scrape reads the modules closed below */

@@ -10,10 +10,11 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libp11-dev libengine-pkcs11-openssl
  libprotobuf-c-dev protobuf-c-compiler
  libgrpc-dev protobuf-compiler-grpc
- libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libmicrohttpd-dev
+ libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libmicrohttpd-dev libsystemd-dev
  postgresql libpq-dev
  python3 python3-grpcio python3-grpc-tools python3-cryptography python3-prometheus-client
- clang libclang-rt-14-dev"
+ clang libclang-rt-14-dev
+ systemd lintian dpkg-dev file adduser"
 
 missing=""
 for p in $PKGS; do

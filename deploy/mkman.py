@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Write cofferctl(1) from deploy/cofferctl.1.in and cofferctl's own --help
-texts, so that the manual page never disagrees with the program.
+texts, or with --daemon cofferd(8) from deploy/cofferd.8.in and cofferd --help,
+so that the manual pages never disagree with the programs.
 
-usage: mkman.py COFFERCTL TEMPLATE VERSION OUT
+usage: mkman.py [--daemon] PROGRAM TEMPLATE VERSION OUT
 """
 import os
 import re
@@ -24,7 +25,34 @@ def helptext(ctl, *args):
     return r.stdout
 
 
+def finish(template, version, out, fields):
+    """The template with @VERSION@, @DATE@ and fields filled in, written to out."""
+    page = open(template).read()
+    page = page.replace("@VERSION@", version)
+    # The build's date, or SOURCE_DATE_EPOCH for a reproducible page.
+    when = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    page = page.replace("@DATE@", time.strftime("%Y-%m-%d", time.gmtime(when)))
+    for name, text in fields.items():
+        page = page.replace("@%s@" % name, text)
+    if re.search("@[A-Z]+@", page):
+        sys.exit("mkman: a placeholder is left in " + template)
+    with open(out, "w") as f:
+        f.write(page)
+
+
+def nofill(lines):
+    return ".nf\n" + "\n".join(esc(l) for l in lines) + "\n.fi"
+
+
+def daemon(prog, template, version, out):
+    """cofferd --help: its option list (without the usage line)."""
+    text = helptext(prog).split("\n", 1)[1].rstrip("\n")
+    finish(template, version, out, {"USAGE": nofill(text.splitlines())})
+
+
 def main():
+    if sys.argv[1] == "--daemon":
+        return daemon(*sys.argv[2:6])
     ctl, template, version, out = sys.argv[1:5]
     top = helptext(ctl)
     cmds = []
@@ -44,19 +72,11 @@ def main():
     opts = top.split("Options (also accepted after the command):\n", 1)[1]
     opts, _, exits = opts.partition("\nExit status:\n")
     exits = exits.split("Errors are printed")[0]
-    page = open(template).read()
-    page = page.replace("@VERSION@", version)
-    # The build's date, or SOURCE_DATE_EPOCH for a reproducible page.
-    when = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
-    page = page.replace("@DATE@", time.strftime("%Y-%m-%d", time.gmtime(when)))
-    page = page.replace("@COMMANDS@", "\n".join(parts))
-    page = page.replace("@OPTIONS@", ".nf\n" + "\n".join(esc(l) for l in opts.rstrip("\n").splitlines()) + "\n.fi")
-    page = page.replace("@EXIT@", ".nf\n" + "\n".join(esc(l) for l in exits.rstrip("\n").splitlines())
-                        + "\n.fi\nErrors are printed on stderr as \"cofferctl: <reason>\".")
-    if re.search("@[A-Z]+@", page):
-        sys.exit("mkman: a placeholder is left in " + template)
-    with open(out, "w") as f:
-        f.write(page)
+    finish(template, version, out, {
+        "COMMANDS": "\n".join(parts),
+        "OPTIONS": nofill(opts.rstrip("\n").splitlines()),
+        "EXIT": nofill(exits.rstrip("\n").splitlines())
+        + "\nErrors are printed on stderr as \"cofferctl: <reason>\"."})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+#include "notify.h"
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "cf_log.h"
+
+static uint64_t watchdog_usec; /* 0: no watchdog */
+static uint64_t next_ping;     /* CLOCK_MONOTONIC, microseconds */
+static char status_text[512];
+static int warned;
+
+/* STATUS= is one line: a newline (in a socket path, an error) would start a
+ * new field. */
+static void
+one_line(char *s)
+{
+	for (; (s = strchr(s, '\n')) != NULL; s++)
+		*s = ' ';
+}
+
+static uint64_t
+now_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* One datagram; a failure is logged once (the manager went away, or
+ * $NOTIFY_SOCKET is wrong), never fatal: the daemon serves either way. */
+static void
+send_state(const char *state)
+{
+	int r = sd_notify(0, state);
+
+	if (r < 0 && !warned) {
+		warned = 1;
+		cf_log_warn("systemd notification \"%.*s\" to $NOTIFY_SOCKET failed: %s (further "
+			    "failures are not logged)",
+			    (int)strcspn(state, "\n"), state, strerror(-r));
+	}
+}
+
+static void
+ping(void)
+{
+	send_state("WATCHDOG=1");
+	next_ping = now_usec() + watchdog_usec / 2;
+}
+
+void
+notify_init(void)
+{
+	uint64_t usec = 0;
+	int r = sd_watchdog_enabled(0, &usec);
+
+	if (r < 0) {
+		cf_log_warn("systemd watchdog: $WATCHDOG_USEC \"%.32s\" or $WATCHDOG_PID is not "
+			    "valid (%s): no watchdog pings",
+			    getenv("WATCHDOG_USEC") ?: "", strerror(-r));
+		return;
+	}
+	if (r == 0)
+		return;
+	/* Pinged from a loop that also runs scheduled work: below 2 ms the
+	 * pings alone would keep the main thread busy. */
+	if (usec < 2000) {
+		cf_log_warn("systemd watchdog: %" PRIu64 " us is too short (at least 2000 us): no "
+			    "watchdog pings",
+			    usec);
+		return;
+	}
+	watchdog_usec = usec;
+	next_ping = now_usec() + usec / 2;
+	cf_log_info("systemd watchdog: WATCHDOG=1 every %" PRIu64 " ms", usec / 2000);
+}
+
+void
+notify_ready(const char *status)
+{
+	char msg[sizeof(status_text) + 32];
+
+	snprintf(status_text, sizeof(status_text), "%s", status);
+	one_line(status_text);
+	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", status_text);
+	send_state(msg);
+	/* Start-up may have taken most of a period. */
+	if (watchdog_usec != 0)
+		ping();
+}
+
+void
+notify_reloading(void)
+{
+	char msg[64];
+
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now_usec());
+	send_state(msg);
+}
+
+void
+notify_reloaded(const char *failed)
+{
+	char status[sizeof(status_text) + 600], msg[sizeof(status) + 32];
+
+	if (failed == NULL)
+		snprintf(status, sizeof(status), "%s", status_text);
+	else
+		snprintf(status, sizeof(status),
+			 "%s; last reload failed, previous settings "
+			 "kept: %.512s",
+			 status_text, failed);
+	one_line(status);
+	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", status);
+	send_state(msg);
+}
+
+void
+notify_stopping(const char *status)
+{
+	char line[sizeof(status_text)], msg[sizeof(line) + 32];
+
+	snprintf(line, sizeof(line), "%s", status);
+	one_line(line);
+	snprintf(msg, sizeof(msg), "STOPPING=1\nSTATUS=%s", line);
+	send_state(msg);
+}
+
+int
+notify_sigwait(const sigset_t *sigs, unsigned ms)
+{
+	uint64_t now = now_usec(), end = now + (uint64_t)ms * 1000u;
+
+	for (;;) {
+		uint64_t until = watchdog_usec != 0 && next_ping < end ? next_ping : end;
+		uint64_t wait = until > now ? until - now : 0;
+		struct timespec ts = {(time_t)(wait / 1000000u), (long)(wait % 1000000u) * 1000};
+		int sig = sigtimedwait(sigs, NULL, &ts);
+
+		if (sig > 0)
+			return sig;
+		now = now_usec();
+		if (watchdog_usec != 0 && now >= next_ping)
+			ping();
+		if (now >= end)
+			return 0;
+	}
+}
