@@ -173,7 +173,8 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	/* With an idempotency key an admin call is safe to repeat: ride out a
 	 * daemon restart. A KeyService call changes nothing, so it is repeated
 	 * once at once: a daemon that restarted closed the connection this
-	 * client had not yet noticed (gRPC core reads it only during calls). */
+	 * client had not yet noticed (gRPC core reads it only during calls);
+	 * but not one that records a nonce (CF_MF_NO_RETRY). */
 	for (int attempt = 0;; attempt++) {
 		uint8_t *copy;
 
@@ -192,7 +193,8 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 			break;
 		if (m != NULL && m->socket == CF_SOCK_ADMIN && lc_conn_has_idem_key(c->conn))
 			usleep(IDEM_RETRY_US);
-		else if (attempt > 0 || m == NULL || m->socket != CF_SOCK_SERVICE)
+		else if (attempt > 0 || m == NULL || m->socket != CF_SOCK_SERVICE ||
+		    (m->flags & CF_MF_NO_RETRY))
 			break;
 	}
 	cf_secure_free(buf, len);

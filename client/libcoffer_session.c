@@ -57,6 +57,19 @@ sess_free(struct lc_session *s)
 	OPENSSL_clear_free(s, sizeof(*s));
 }
 
+/* Free every idle session (p->mu held). */
+static void
+drop_idle_locked(struct lc_sessions *p)
+{
+	while (p->idle != NULL) {
+		struct lc_session *s = p->idle;
+
+		p->idle = s->next;
+		sess_free(s);
+	}
+	p->nidle = 0;
+}
+
 struct lc_sessions *
 lc_sessions_new(void)
 {
@@ -74,12 +87,7 @@ lc_sessions_free(struct lc_sessions *p)
 {
 	if (p == NULL)
 		return;
-	while (p->idle != NULL) {
-		struct lc_session *s = p->idle;
-
-		p->idle = s->next;
-		sess_free(s);
-	}
+	drop_idle_locked(p);
 	free(p->pin);
 	cf_session_pin_free(p->pinkey);
 	pthread_mutex_destroy(&p->mu);
@@ -117,13 +125,7 @@ lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len)
 	p->pinlen = len;
 	p->pinkey = key;
 	/* Sessions with another daemon must not survive a new pin. */
-	while (p->idle != NULL) {
-		struct lc_session *s = p->idle;
-
-		p->idle = s->next;
-		sess_free(s);
-	}
-	p->nidle = 0;
+	drop_idle_locked(p);
 	pthread_mutex_unlock(&p->mu);
 	return CF_OK;
 }
@@ -279,15 +281,17 @@ usable(const struct lc_session *s, size_t len, int64_t now)
 	       now + margin < s->expires;
 }
 
+/* An idle session with room for the call, or a new one; with fresh, always
+ * a new one. */
 static int
-acquire(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, size_t len,
+acquire(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, size_t len, int fresh,
     struct lc_session **out)
 {
-	struct lc_session *s, *stale = NULL;
+	struct lc_session *s = NULL, *stale = NULL;
 	int64_t now = cf_session_now();
 
 	pthread_mutex_lock(&p->mu);
-	while ((s = p->idle) != NULL) {
+	while (!fresh && (s = p->idle) != NULL) {
 		p->idle = s->next;
 		p->nidle--;
 		if (usable(s, len, now))
@@ -404,10 +408,12 @@ lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, co
 	int r = CF_E_INTERNAL;
 
 	/* A record the daemon refused (outer UNAUTHENTICATED: expired, evicted,
-	 * daemon restarted) did not run: one retry on a fresh session is safe.
-	 * exchange() reports a bad reply otherwise, so it is never retried. */
+	 * daemon restarted) did not run: one retry on a new session is safe.
+	 * exchange() reports a bad reply otherwise, so it is never retried.
+	 * The retry never takes an idle session: after a restart they are all
+	 * dead, and so they are dropped. */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if ((r = acquire(t, k, p, len, &s)) != CF_OK)
+		if ((r = acquire(t, k, p, len, attempt > 0, &s)) != CF_OK)
 			return r;
 		r = exchange(t, k, s, method, req, len, &res);
 		if (r == CF_OK) {
@@ -417,6 +423,9 @@ lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, co
 		sess_free(s);
 		if (r != CF_E_UNAUTHENTICATED || attempt == 1)
 			return r;
+		pthread_mutex_lock(&p->mu);
+		drop_idle_locked(p);
+		pthread_mutex_unlock(&p->mu);
 	}
 	if (res->code != 0) {
 		size_t n = strnlen(res->message, sizeof(msg) - 1);

@@ -35,7 +35,7 @@ const struct cf_method cf_methods[CF_METHOD__COUNT] = {
 	[CF_KS_LIST_KEYS] = { M(KS, "ListKeys"), .socket = CF_SOCK_SERVICE, .op = CF_OP_NONE },
 	[CF_KS_VERIFY_REQUEST_SIGNATURE] = { M(KS, "VerifyRequestSignature"),
 					     .socket = CF_SOCK_SERVICE, .op = CF_OP_VERIFY_MAC,
-					     .key_field = "request.key" },
+					     .key_field = "request.key", .flags = CF_MF_NO_RETRY },
 	[CF_KS_SIGN_HTTP_REQUEST] = { M(KS, "SignHttpRequest"), .socket = CF_SOCK_SERVICE,
 				      .op = CF_OP_MAC, .key_field = "request.key" },
 	[CF_KS_SIGN_BATCH] = { KEY_METHOD("SignBatch", CF_OP_SIGN), .flags = CF_MF_BATCH },

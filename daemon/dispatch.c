@@ -204,6 +204,7 @@ struct dctx {
 	struct keyring_ref key;   /* the key the call names; hc.key points here */
 	int sealed;               /* the call arrived inside a session */
 	int authenticated;        /* an enclosing call (SessionService/Call) was authenticated */
+	uint32_t batch_taken;     /* rate-limit tokens authorize took for a batch's items */
 };
 
 /* to = a copy of from, its handler's key its own. */
@@ -470,7 +471,8 @@ authorize(const struct method *m, struct dctx *h, const ProtobufCMessage *req, c
 	r = policy_authorize_n(h->hc.sv->pol, who, m->d->op, key, key_ops, want,
 			       &h->hc.batch_granted, retry_after_ms, &own_limit);
 	/* Part of a batch granted: the call goes on, the rest of it refused item by item. */
-	if (r == CF_OK) {
+	if (r == CF_OK && (m->d->flags & CF_MF_BATCH)) {
+		h->batch_taken = h->hc.batch_granted;
 		h->hc.batch_retry_ms = *retry_after_ms;
 		*retry_after_ms = 0;
 	}
@@ -681,6 +683,10 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 		r = m->fn != NULL ? run_handler(m, &h2, req, &resp, n)
 				  : sealed_call(d, &h2, (Coffer__V1__SealedCall *)(void *)req, &resp,
 						&n->inner_ran);
+		/* A batch refused as a whole (its key, version, hash...) ran none
+		 * of the items it was charged for. */
+		if (r != CF_OK && h2.batch_taken > 0)
+			policy_refund_n(h->hc.sv->pol, who, m->d->op, h2.batch_taken);
 		if (r == CF_OK)
 			r = pack(resp, out, outlen);
 	}
@@ -753,7 +759,8 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	const struct method *m = &d->m[i];
 	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
 					      .pid = c->pid, .admin = c->admin,
-					      .batch_granted = UINT32_MAX } };
+					      .batch_granted = UINT32_MAX,
+					      .deadline_ms = c->deadline_ms } };
 	uint64_t t0 = metrics_start();
 	unsigned code;
 	int r;

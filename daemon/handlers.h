@@ -62,6 +62,8 @@ struct hcall {
 	 * RESOURCE_EXHAUSTED, retry after batch_retry_ms. */
 	uint32_t batch_granted;
 	uint32_t batch_retry_ms;
+	int64_t deadline_ms;    /* the caller's deadline (monotonic ms), 0: none: a batch
+				 * stops between items once it has passed */
 };
 
 typedef int (*handler_fn)(const struct hcall *c, const ProtobufCMessage *req,

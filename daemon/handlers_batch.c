@@ -6,7 +6,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "cf_log.h"
 #include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer/v1/coffer.pb-c.h"
@@ -21,14 +23,33 @@ beyond_limit(const struct hcall *c, enum cf_op op, size_t i, size_t n)
 			policy_op_name(op), i + 1, n, c->batch_granted, c->batch_retry_ms);
 }
 
-/* The status of an item that ended with r; the thread's error detail is
- * consumed. */
+/* Item i (of n) found the caller's deadline passed: the call's answer
+ * would not be read, so the rest of the batch is not run. */
+static int
+past_deadline(const struct hcall *c, size_t i, size_t n)
+{
+	struct timespec now;
+
+	if (c->deadline_ms == 0)
+		return CF_OK;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 < c->deadline_ms)
+		return CF_OK;
+	return cf_error(CF_E_TIMEOUT, "the call's deadline passed before item %zu of %zu ran", i + 1,
+			n);
+}
+
+/* The status of an item of a `what` batch that ended with r; the thread's
+ * error detail is consumed. */
 static Coffer__V1__ItemStatus *
-item_status(int r)
+item_status(enum cf_op what, int r)
 {
 	Coffer__V1__ItemStatus *st = h_new_msg(&coffer__v1__item_status__descriptor);
 	const char *msg = r == CF_OK ? "" : cf_error_message(r);
 
+	/* Logged as dispatch logs a call's: a fault, not a refusal. */
+	if (r != CF_OK && cf_status_grpc(r) == cf_status_grpc(CF_E_INTERNAL))
+		cf_log_error("%s batch item: %s", policy_op_name(what), msg);
 	if (st == NULL)
 		return NULL;
 	st->code = (int32_t)cf_status_grpc(r);
@@ -69,8 +90,11 @@ run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p1
 			return cf_nomem();
 		if (scratch != NULL)
 			cf_buf_reset(scratch);
-		r = i < c->batch_granted ? fn(req, k, i, v[i], scratch) : beyond_limit(c, op, i, n);
-		if ((st = item_status(r)) == NULL)
+		if (i >= c->batch_granted)
+			r = beyond_limit(c, op, i, n);
+		else if ((r = past_deadline(c, i, n)) == CF_OK)
+			r = fn(req, k, i, v[i], scratch);
+		if ((st = item_status(op, r)) == NULL)
 			return cf_nomem();
 		memcpy((char *)v[i] + f->offset, &st, sizeof(st));
 	}

@@ -651,6 +651,32 @@ policy_authorize(policy *p, const char *principal, enum cf_op op, const char *ke
 				  own_limit);
 }
 
+void
+policy_refund_n(policy *p, const char *principal, enum cf_op op, uint32_t n)
+{
+	struct pr *r;
+	int found;
+	size_t at;
+
+	if (n == 0)
+		return;
+	pthread_rwlock_rdlock(&p->lock);
+	at = find_locked(p, principal, &found);
+	if (found) {
+		r = p->v[at];
+		pthread_mutex_lock(&p->bmu);
+		for (uint32_t i = 0; i < r->sp.nlimits; i++) {
+			const struct store_limit *l = &r->sp.limits[i];
+			struct bucket *b = &r->buckets[l->op];
+
+			if (l->op == CF_OP_NONE || l->op == (uint32_t)op)
+				b->tokens = fmin((double)l->burst, b->tokens + (double)n);
+		}
+		pthread_mutex_unlock(&p->bmu);
+	}
+	pthread_rwlock_unlock(&p->lock);
+}
+
 int
 policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *key,
 		   uint32_t key_ops, uint32_t want, uint32_t *got, uint32_t *retry_after_ms,

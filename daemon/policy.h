@@ -72,6 +72,9 @@ int policy_authorize(policy *p, const char *principal, enum cf_op op, const char
  * many tokens as every bucket can give, up to want, into *got. None at all
  * is refused as policy_authorize refuses; fewer than want is CF_OK with
  * *retry_after_ms saying when the next token comes. */
+/* Give back n tokens policy_authorize_n took for op (a batch that then
+ * failed as a whole ran none of its items); capped at each bucket's burst. */
+void policy_refund_n(policy *p, const char *principal, enum cf_op op, uint32_t n);
 int policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *key,
 		       uint32_t key_ops, uint32_t want, uint32_t *got, uint32_t *retry_after_ms,
 		       int *own_limit);

@@ -133,6 +133,22 @@ request_id_from(char out[AUDIT_REQUEST_ID_MAX + 1], grpc_slice v)
 
 /* ---- call processing ---- */
 
+/* A call's deadline as CLOCK_MONOTONIC milliseconds (gRPC's monotonic
+ * clock has its own epoch: only the time left is carried over); 0: none. */
+static int64_t
+deadline_ms(gpr_timespec deadline)
+{
+	gpr_timespec left;
+	struct timespec now;
+
+	if (gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) == 0)
+		return 0;
+	left = gpr_time_sub(gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC),
+			    gpr_now(GPR_CLOCK_MONOTONIC));
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + gpr_time_to_millis(left);
+}
+
 static void
 call_free(struct rpc_call *c)
 {
@@ -234,6 +250,7 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 			}
 		}
 	}
+	h.deadline_ms = deadline_ms(c->deadline);
 	if (h.request_id[0] == '\0')
 		snprintf(h.request_id, sizeof(h.request_id), "%s-%llx", s->id_prefix,
 			 (unsigned long long)atomic_fetch_add(&s->next_id, 1));

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <CUnit/Basic.h>
 #include <openssl/evp.h>
@@ -47,13 +48,17 @@ suite_clean(void)
 static char msgs[COFFER_BATCH_MAX + 1][32];
 static struct coffer_batch_item items[COFFER_BATCH_MAX + 1];
 
-/* items[0..n) over msgs, outputs cleared. */
+/* What a call that refuses the batch leaves in its items: untouched. */
+#define UNTOUCHED 12345
+
+/* items[0..n) over msgs, outputs cleared, statuses UNTOUCHED. */
 static void
 fill(size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		coffer_bytes_free(&items[i].out);
 		memset(&items[i], 0, sizeof(items[i]));
+		items[i].status = UNTOUCHED;
 		snprintf(msgs[i], sizeof(msgs[i]), "message %zu", i);
 		items[i].data = (const uint8_t *)msgs[i];
 		items[i].len = strlen(msgs[i]);
@@ -231,7 +236,7 @@ test_request_errors(void)
 		CU_ASSERT_STRING_EQUAL(coffer_error_message(), "unknown hash 99");
 	}
 	/* Nothing was written into the items of a refused call. */
-	CU_ASSERT(items[0].status == COFFER_OK && items[0].out.data == NULL);
+	CU_ASSERT(items[0].status == UNTOUCHED && items[0].out.data == NULL);
 }
 
 /* The last audit record, whose method is `method`, into buf. */
@@ -288,8 +293,25 @@ test_grants_limits_audit(void)
 	CU_ASSERT_EQUAL(coffer_sign_batch(svc, "sig", 0, NULL, items, 2, NULL), COFFER_E_TOO_LARGE);
 	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(),
 				      "rate limit of principal tester for sign exceeded; retry after"));
-	CU_ASSERT_EQUAL(items[0].status, COFFER_OK);   /* untouched */
+	CU_ASSERT_EQUAL(items[0].status, UNTOUCHED);
 	CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_SIGN, 0, 0, NULL));
+	/* A batch refused as a whole gives its tokens back: a burst of 5, a
+	 * VerifyBatch of 5 without its version, then 5 verifications still run. */
+	CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_VERIFY, 0.001, 5,
+						NULL));
+	fill(5);
+	CU_ASSERT_EQUAL(coffer_verify_batch(svc, "sig", 0, NULL, items, 5), COFFER_E_INVALID_ARG);
+	CU_ASSERT_EQUAL(coffer_verify_batch(svc, "nokey", 1, NULL, items, 5), COFFER_E_NOT_FOUND);
+	fill(5);
+	CHECK_COFFER(coffer_verify_batch(svc, "sig", 1, NULL, items, 5));
+	for (int i = 0; i < 5; i++) {
+		CU_ASSERT_EQUAL(items[i].status, COFFER_OK);
+		CU_ASSERT_EQUAL(items[i].valid, 0);   /* no signature given */
+	}
+	fill(1);
+	CU_ASSERT_EQUAL(coffer_verify_batch(svc, "sig", 1, NULL, items, 1), COFFER_E_TOO_LARGE);
+	CHECK_COFFER(coffer_principal_set_limit(adm, CF_TEST_PRINCIPAL, COFFER_OP_VERIFY, 0, 0,
+						NULL));
 	/* A failed item counts in the record of a call that succeeded. */
 	{
 		static uint8_t big[65];
@@ -311,6 +333,39 @@ test_grants_limits_audit(void)
 		CU_ASSERT(last_record("KeyService/Sign\"", rec, sizeof(rec)));
 		CU_ASSERT_PTR_NULL(strstr(rec, "\"items\""));
 	}
+}
+
+/* A batch stops between items once the caller's deadline has passed: the
+ * rest answer DEADLINE_EXCEEDED (the record says how many), and no worker
+ * is held signing for a caller who has gone. */
+static void
+test_deadline(void)
+{
+	char rec[2048];
+	const char *p;
+	unsigned long failed = 0;
+	int found = 0;
+
+	CHECK_COFFER(coffer_create_key(adm, "rsa", COFFER_KEY_RSA_2048, 0, NULL));
+	fill(COFFER_BATCH_MAX);
+	coffer_set_timeout(svc, 200);
+	/* 1,024 RSA-2048 signatures take well over a second here. */
+	CU_ASSERT_EQUAL(coffer_sign_batch(svc, "rsa", 0, NULL, items, COFFER_BATCH_MAX, NULL),
+			COFFER_E_TIMEOUT);
+	coffer_set_timeout(svc, COFFER_DEFAULT_TIMEOUT_MS);
+	for (int i = 0; i < 100 && !found; i++) {
+		found = last_record("SignBatch", rec, sizeof(rec)) &&
+			strstr(rec, "\"key\":\"rsa\"") != NULL;
+		if (!found)
+			usleep(50 * 1000);
+	}
+	CU_ASSERT_FATAL(found);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rec, "\"items\":1024"));
+	if ((p = strstr(rec, "\"failed\":")) != NULL)
+		failed = strtoul(p + 9, NULL, 10);
+	printf("\n    a 200 ms deadline on 1,024 RSA signatures: %lu items not run\n", failed);
+	CU_ASSERT(failed > COFFER_BATCH_MAX / 2);
+	fill(COFFER_BATCH_MAX);
 }
 
 /* A client that seals every call: the batch travels in a session. */
@@ -346,6 +401,7 @@ main(void)
 		{ "request-level refusals and their text", test_request_errors },
 		{ "one grant check, a token per item, one audit record", test_grants_limits_audit },
 		{ "a batch sealed in a session", test_sealed },
+		{ "a batch stops at the caller's deadline", test_deadline },
 		{ NULL, NULL },
 	};
 

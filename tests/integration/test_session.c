@@ -17,6 +17,7 @@
  * Attacks on the wire protocol against the daemon itself are in
  * test_session_grpc.py (an independent Python caller).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,6 +264,23 @@ test_renewal_and_require_sealed(void)
 	coffer_bytes_free(&id_b);
 }
 
+/* Sealed calls from several threads at once: the client's pool ends up
+ * holding several idle sessions. */
+static void *
+wrap_loop(void *arg)
+{
+	coffer_client *svc = arg;
+	struct coffer_bytes ct = { NULL, 0 };
+	long bad = 0;
+
+	for (int i = 0; i < 20; i++) {
+		bad += coffer_wrap(svc, "sess-aes", (const uint8_t *)"x", 1, NULL, 0, &ct, NULL) !=
+		       COFFER_OK;
+		coffer_bytes_free(&ct);
+	}
+	return (void *)bad;
+}
+
 static void
 test_session_lost_in_restart(void)
 {
@@ -270,15 +288,29 @@ test_session_lost_in_restart(void)
 	coffer_client *svc = client(&dmn_a, 0, 0, &id_a);
 	struct coffer_bytes ct = { NULL, 0 }, pt = { NULL, 0 };
 	uint8_t data[16] = { 1, 2, 3 };
+	pthread_t th[4];
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
 	CHECK_COFFER(coffer_wrap(svc, "sess-aes", data, sizeof(data), ctx, 1, &ct, NULL));
-	/* The daemon forgets every session; the client's pooled one is refused
-	 * (UNAUTHENTICATED: not run) and replaced without the caller noticing. */
+	for (int i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, wrap_loop, svc), 0);
+	for (int i = 0; i < 4; i++) {
+		void *bad;
+
+		pthread_join(th[i], &bad);
+		CU_ASSERT_PTR_NULL(bad);
+	}
+	/* The daemon forgets every session; the client's pooled ones are
+	 * refused (UNAUTHENTICATED: not run) and the call is retried once on a
+	 * new session -- not on another pooled one, just as dead -- without the
+	 * caller noticing, call after call. */
 	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn_a), 0);
 	CU_ASSERT_EQUAL_FATAL(start_on(&tok_a, &dmn_a, NULL), 0);
-	CHECK_COFFER(coffer_unwrap(svc, "sess-aes", ct.data, ct.len, ctx, 1, &pt, NULL));
-	CU_ASSERT(pt.len == sizeof(data) && memcmp(pt.data, data, sizeof(data)) == 0);
+	for (int i = 0; i < 4; i++) {
+		CHECK_COFFER(coffer_unwrap(svc, "sess-aes", ct.data, ct.len, ctx, 1, &pt, NULL));
+		CU_ASSERT(pt.len == sizeof(data) && memcmp(pt.data, data, sizeof(data)) == 0);
+		coffer_bytes_free(&pt);
+	}
 	/* The identity survived the restart: same token key. */
 	coffer_bytes_free(&pt);
 	coffer_bytes_free(&ct);
