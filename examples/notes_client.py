@@ -14,8 +14,9 @@ Steps, each printed with what the service answered:
   5. a signed request whose body is changed on the way (tampered):
      refused, "bad-signature"
   6. no signature at all: refused, "unsigned"
-  7. with --store: the note's file holds a wrapped data key and
-     ciphertext, and neither the note's text nor its base64 appears in it
+  7. with --store: the note's file (DIR/<key-id>/<note>.json) holds a
+     wrapped data key and ciphertext, and neither the note's text nor its
+     base64 appears in it
 
     notes_client.py --url http://127.0.0.1:PORT --key-id client-alice \\
         --secret-file alice.secret [--store DIR]
@@ -120,13 +121,14 @@ def main(argv=None) -> int:
     step(6, "an unsigned GET", status, reply, 401, "unsigned")
 
     if a.store:
-        with open(os.path.join(a.store, a.note + ".json"), "rb") as f:
+        name = os.path.join(a.key_id, a.note + ".json")
+        with open(os.path.join(a.store, name), "rb") as f:
             raw = f.read()
         record = json.loads(raw)
         leaked = text in raw or base64.b64encode(text) in raw
-        print("7. on disk (%s.json): key %s version %d, wrapped data key %d bytes, "
+        print("7. on disk (%s): key %s version %d, wrapped data key %d bytes, "
               "ciphertext %d bytes; note text in the file: %s"
-              % (a.note, record["key"], record["key_version"],
+              % (name, record["key"], record["key_version"],
                  len(base64.b64decode(record["wrapped_key"])),
                  len(base64.b64decode(record["ciphertext"])), "YES" if leaked else "no"))
         print("   ciphertext: %s..." % base64.b64decode(record["ciphertext"])[:24].hex())

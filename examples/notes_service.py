@@ -2,8 +2,12 @@
 """A small HTTP API that keeps its clients' notes, written with the Python
 standard library and the Coffer client (the seed use case, end to end).
 
-    PUT /v1/notes/<id>     store the body (at most 64 KiB) as note <id>
-    GET /v1/notes/<id>     the note, if this client stored it
+    PUT /v1/notes/<id>     store the body (at most 64 KiB) as this client's note <id>
+    GET /v1/notes/<id>     this client's note <id>
+
+Each client has its own notes: they are stored per client (DIR/<client>/
+<id>.json), so a PUT can only ever replace the sender's own note, and
+another client's note of the same id is neither touched nor revealed.
 
 Every request carries an HMAC signature (proto/request-signing.md):
 
@@ -30,6 +34,7 @@ The service prints "listening on http://127.0.0.1:PORT" once it serves.
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import re
@@ -50,6 +55,25 @@ BODY_MAX = 64 * 1024
 NOTE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 NOTE_PATH = re.compile(r"/v1/notes/([^/]*)\Z")
 FORMAT = 1
+# Control characters in a log line as \xNN (and "\" as "\\"), so a request
+# line cannot forge log lines or move a terminal's cursor.
+LOG_ESCAPES = str.maketrans({c: "\\x%02x" % c for c in itertools.chain(range(0x20),
+                                                                     range(0x7f, 0xa0))})
+LOG_ESCAPES[ord("\\")] = "\\\\"
+
+
+def coffer_refusal(e: "coffer.CofferError"):
+    """(status, error, reason) of a Coffer failure that is not the client's
+    doing: 503 while the key service is unreachable, else 500 (Coffer's
+    message goes to the service's log, not to the client)."""
+    if isinstance(e, coffer.Unavailable):
+        return 503, "unavailable", "the key service is unavailable: " + e.message
+    return 500, "internal", ("the key service refused the operation (%s); the service's log "
+                             "has the reason" % e.code.name)
+
+
+def log(text: str) -> None:
+    sys.stderr.write("notes: %s\n" % text.translate(LOG_ESCAPES))
 
 
 class NotesService:
@@ -82,12 +106,20 @@ class NotesService:
             return None, (401, "unknown-client", "no client key %s" % cred.key_id)
         except (coffer.InvalidArgument, coffer.ResourceExhausted) as e:
             return None, (400, "malformed", e.message)
+        except coffer.CofferError as e:
+            log("coffer refused to check a request of %s: %s" % (cred.key_id, e))
+            return None, coffer_refusal(e)
         if not r.valid:
             return None, (401, coffer.VERDICTS.get(r.verdict, "invalid"), r.reason)
         return cred.key_id, None
 
-    def _file(self, note_id: str) -> str:
-        return os.path.join(self.store, note_id + ".json")
+    def _dir(self, owner: str) -> str:
+        # owner is the name of a key Coffer just checked a signature with:
+        # [a-z0-9][a-z0-9._-]*, one path component.
+        return os.path.join(self.store, owner)
+
+    def _file(self, owner: str, note_id: str) -> str:
+        return os.path.join(self._dir(owner), note_id + ".json")
 
     @staticmethod
     def _context(note_id: str, owner: str):
@@ -104,23 +136,25 @@ class NotesService:
                   "wrapped_key": base64.b64encode(dk.ciphertext).decode(),
                   "nonce": base64.b64encode(nonce).decode(),
                   "ciphertext": base64.b64encode(ct).decode()}
-        # Written whole or not at all.
-        fd, tmp = tempfile.mkstemp(dir=self.store, prefix=".note-")
+        # Written whole or not at all, in the owner's directory only: two
+        # PUTs at once each rename a whole file, the later one wins.
+        os.makedirs(self._dir(owner), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._dir(owner), prefix=".note-")
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._file(note_id))
+        os.replace(tmp, self._file(owner, note_id))
         return {"id": note_id, "bytes": len(text), "key_version": dk.version}
 
     def get(self, owner: str, note_id: str):
         try:
-            with open(self._file(note_id)) as f:
+            with open(self._file(owner, note_id)) as f:
                 record = json.load(f)
         except FileNotFoundError:
             return None
         if record.get("owner") != owner:
-            return None     # another client's note: as if absent
+            return None     # not this client's (a file moved by hand): as if absent
         dk = self.coffer.unwrap(record["key"], base64.b64decode(record["wrapped_key"]),
                                 self._context(note_id, owner))
         aad = ("notes/v1 %s %s" % (note_id, owner)).encode()
@@ -133,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "coffer-notes/1"
 
     def log_message(self, fmt, *args):   # one line per request, no bodies or headers
-        sys.stderr.write("notes: %s %s\n" % (self.address_string(), fmt % args))
+        log("%s %s" % (self.address_string(), fmt % args))
 
     def reply(self, status: int, obj=None, body: bytes = None, ctype="application/json"):
         data = body if body is not None else (json.dumps(obj) + "\n").encode()
@@ -170,12 +204,9 @@ class Handler(BaseHTTPRequestHandler):
             if text is None:
                 return self.refuse(404, "not-found", "no note %s of %s" % (note_id, owner))
             return self.reply(200, body=text, ctype="application/octet-stream")
-        except coffer.Unavailable as e:
-            return self.refuse(503, "unavailable", "the key service is unavailable: "
-                               + e.message)
         except coffer.CofferError as e:
-            self.log_message("coffer refused %s: %s", method, e)
-            return self.refuse(500, "internal", "the key service refused the operation")
+            log("coffer refused %s %s of %s: %s" % (method, note_id, owner, e))
+            return self.refuse(*coffer_refusal(e))
 
     def do_PUT(self):
         self.handle_one("PUT")

@@ -8,20 +8,25 @@ client keeps its copy in a file). Then the service runs as its own process
 and the driver runs against it, as a client would: signed requests
 accepted; replayed, stale, tampered and unsigned ones refused (the verdict
 is Coffer's); the stored note is ciphertext under a wrapped data key. Also:
-another client cannot read the note, a key outside the service's client
+another client cannot read the note, nor replace it with a note of the same
+id (each client's notes are its own), a key outside the service's client
 prefix is not checked at all, a request replayed after cofferd restarts is
-still refused, and the audit trail shows the service's sealed data-key
-calls.
+still refused, the audit trail shows the service's sealed data-key calls,
+cofferd stopped is a 503 with the reason, and control characters of a
+request line are escaped in the service's log.
 """
 
 import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
+from urllib.parse import urlsplit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("COFFER_SOURCE_DIR") or os.path.join(HERE, "..", "..")
@@ -91,8 +96,20 @@ class NotesExample(unittest.TestCase):
         assert rc == 0, "notes_service exited %d" % rc
 
     def alice(self):
-        secret, _ = self.secrets["client-alice"]
-        return notes_client.NotesClient(self.url, "client-alice", secret)
+        return self.notes_client("client-alice")
+
+    def notes_client(self, who):
+        secret, _ = self.secrets[who]
+        return notes_client.NotesClient(self.url, who, secret)
+
+    def put(self, cl, note, text):
+        h, body = cl.signed("PUT", "/v1/notes/" + note, text)
+        status, reply = cl.send("PUT", "/v1/notes/" + note, h, body)
+        return status, json.loads(reply)
+
+    def get(self, cl, note):
+        h, _ = cl.signed("GET", "/v1/notes/" + note)
+        return cl.send("GET", "/v1/notes/" + note, h, b"")
 
     def test_1_the_driver(self):
         _, path = self.secrets["client-alice"]
@@ -121,7 +138,7 @@ class NotesExample(unittest.TestCase):
         cl = self.alice()
         h, body = cl.signed("PUT", "/v1/notes/secret-1", b"top secret text")
         self.assertEqual(cl.send("PUT", "/v1/notes/secret-1", h, body)[0], 201)
-        with open(os.path.join(self.store, "secret-1.json")) as f:
+        with open(os.path.join(self.store, "client-alice", "secret-1.json")) as f:
             rec = json.load(f)
         self.assertEqual((rec["owner"], rec["key"], rec["key_version"]),
                          ("client-alice", "notes-data", 1))
@@ -197,6 +214,85 @@ class NotesExample(unittest.TestCase):
             "request"}))
         h, _ = cl.signed("GET", "/v1/notes/after-restart")
         self.assertEqual(cl.send("GET", "/v1/notes/after-restart", h, b""), (200, b"once"))
+
+    def test_5_another_client_cannot_replace_a_note(self):
+        """Bob's PUT of Alice's note id stores Bob's own note: Alice's is
+        untouched, also when both write the id at once."""
+        alice, bob = self.alice(), self.notes_client("client-bob")
+        self.assertEqual(self.put(alice, "shopping", b"alice's list")[0], 201)
+        self.assertEqual(self.put(bob, "shopping", b"bob was here"), (201, {
+            "id": "shopping", "bytes": 12, "key_version": 1}))
+        self.assertEqual(self.get(alice, "shopping"), (200, b"alice's list"))
+        self.assertEqual(self.get(bob, "shopping"), (200, b"bob was here"))
+        with open(os.path.join(self.store, "client-alice", "shopping.json")) as f:
+            self.assertEqual(json.load(f)["owner"], "client-alice")
+        results = {}
+
+        def write(cl, text):
+            results[text] = self.put(cl, "race", text)[0]
+
+        threads = [threading.Thread(target=write, args=(cl, b"%s %d" % (who, i)))
+                   for i in range(3) for cl, who in ((alice, b"alice"), (bob, b"bob"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(sorted(results.values()), [201] * 6)
+        status, text = self.get(alice, "race")
+        self.assertEqual(status, 200)
+        self.assertRegex(text, rb"^alice [012]\Z")
+        status, text = self.get(bob, "race")
+        self.assertEqual(status, 200)
+        self.assertRegex(text, rb"^bob [012]\Z")
+
+    def test_6_key_service_down(self):
+        """cofferd stopped: the signature cannot be checked, and the client
+        gets 503 with the reason (not a dropped connection)."""
+        cl = self.alice()
+        self.d.stop()
+        try:
+            replies = []
+            for _ in range(2):
+                h, _ = cl.signed("GET", "/v1/notes/shopping")
+                status, reply = cl.send("GET", "/v1/notes/shopping", h, b"")
+                replies.append((status, json.loads(reply)))
+        finally:
+            self.d.start()
+        # The first call may find the old connection broken (gRPC's words,
+        # "Broken pipe", "Socket closed"); the next cannot connect.
+        for status, reply in replies:
+            self.assertEqual((status, reply["error"]), (503, "unavailable"), reply)
+            self.assertRegex(reply["reason"], "^the key service is unavailable: .")
+        self.assertTrue(replies[1][1]["reason"].startswith(
+            "the key service is unavailable: cannot reach cofferd at %s: failed to connect"
+            % self.d.service_socket), replies[1][1]["reason"])
+
+    def test_7_control_characters_escaped_in_the_log(self):
+        """A request line with ESC and CR (a forged log line, a terminal
+        escape) is logged with them as \\xNN."""
+        u = urlsplit(self.url)
+        line = b"GET /v1/notes/x\x1b[2J\rnotes: 10.9.9.9 \"PUT /v1/notes/forged\" 201 HTTP/1.1"
+        with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+            sock.sendall(line + b"\r\n\r\n")
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        self.assertTrue(reply.startswith(b"HTTP/1.0 400 "), reply)
+        want = (b'"GET /v1/notes/x\\x1b[2J\\x0dnotes: 10.9.9.9 "PUT /v1/notes/forged" 201 '
+                b'HTTP/1.1" 400')
+        deadline = time.monotonic() + 10
+        while True:   # the service's stderr, another process: read until the line is in
+            with open(self.log.name, "rb") as f:
+                logged = f.read()
+            if want in logged or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertIn(want, logged)
+        self.assertNotIn(b"\x1b", logged)
+        self.assertNotIn(b"\r", logged)
 
 
 if __name__ == "__main__":

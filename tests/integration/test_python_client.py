@@ -14,8 +14,10 @@ goes to the socket that serves it.
 Live*: a real cofferd on a throw-away SoftHSM2 token (daemon_fixture),
 driven only through coffer.Client: every KeyService and AdminService call,
 sealed calls (session reuse, renewal before the record limit and lifetime,
-one retry after the daemon ended a session), API-key signed calls (plain
-and sealed), and errors with the daemon's exact text.
+one retry after the daemon ended a session, idle sessions after a restart,
+a new pin while a call is in flight), no repeat of a nonce check whose
+answer was lost, API-key signed calls (plain and sealed; both sides of a
+fork), and errors with the daemon's exact text.
 
 The package is imported from $COFFER_BUILD_DIR/client/python (the build's
 copy, with the generated coffer/v1 modules), before daemon_fixture
@@ -24,6 +26,7 @@ coffer.v1.coffer_pb2.
 """
 
 import hashlib
+import itertools
 import os
 import re
 import signal
@@ -492,6 +495,21 @@ class LiveCalls(Live):
         self.err(coffer.InvalidArgument, "MacBatch has no items: send 1 to 1024",
                  c.mac_batch, "py-mac", [])
 
+    def test_check_items(self):
+        """coffer.check_items: the results when every item succeeded, else
+        the first failed item's error with its index; item_errors lists them."""
+        c = self.c
+        ok = c.sign_batch("py-ec", [b"a", b"b"])
+        self.assertEqual(list(coffer.check_items(ok)), list(ok.results))
+        self.assertEqual(coffer.item_errors(ok), [])
+        good = hashlib.sha256(b"a").digest()
+        d = c.sign_batch("py-ec", digests=[good, b"short", good, b"x" * 33])
+        self.err(coffer.InvalidArgument, "item 1 of 4 (2 failed): a sha256 digest is 32 bytes, "
+                 "got 5", coffer.check_items, d)
+        self.assertEqual([(i, type(e), e.message) for i, e in coffer.item_errors(d)], [
+            (1, coffer.InvalidArgument, "a sha256 digest is 32 bytes, got 5"),
+            (3, coffer.InvalidArgument, "a sha256 digest is 32 bytes, got 33")])
+
     # -- sealed --
 
     def test_wrap_unwrap_rewrap_data_key(self):
@@ -543,6 +561,36 @@ class LiveCalls(Live):
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         c.pin_identity(pem)
         self.assertEqual(c.wrap("py-aes", b"x").version, 1)
+
+    def test_a_new_pin_drops_the_sessions_of_calls_in_flight(self):
+        """A call in flight when another identity is pinned ends on its
+        session, which is then dropped: the next call opens a session
+        against the new pin (refused here: this daemon is not the one
+        pinned), never reusing one agreed with the daemon pinned before."""
+        c = client(self.d)
+        c.wrap("py-aes", b"a")     # an idle session, agreed with this daemon
+        inside, go = threading.Event(), threading.Event()
+        real = session.SessionPool._exchange
+
+        def held(pool, send, s, method, request):
+            inside.set()
+            go.wait(60)
+            return real(pool, send, s, method, request)
+
+        other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        with mock.patch.object(session.SessionPool, "_exchange", held):
+            with ThreadPoolExecutor(1) as ex:
+                flight = ex.submit(c.wrap, "py-aes", b"in flight")
+                self.assertTrue(inside.wait(60))
+                c.pin_identity(other)
+                go.set()
+                self.assertEqual(flight.result(60).version, 1)
+        self.err(coffer.Unauthenticated, "the daemon presented identity %s but %s is pinned: "
+                 "refusing it" % (session.fingerprint(self.d.identity), session.fingerprint(other)),
+                 c.wrap, "py-aes", b"after the new pin")
+        self.assertEqual(c.sessions_opened(), 1)
+        c.close()
 
     def test_peer_check(self):
         """The uid/gid the daemon signed must be this process's: with another
@@ -673,6 +721,39 @@ class LiveCalls(Live):
                  c.verify_http_request, "orders-api", "get", "/", "", b"", now,
                  "nonce-python-00004", sig)
 
+    def test_a_nonce_check_is_not_repeated(self):
+        """The one repeat of a KeyService call on UNAVAILABLE (the answer
+        lost with the connection) is not made for VerifyRequestSignature:
+        the daemon ran it and recorded the nonce, so a repeat would turn a
+        valid request into "replayed". SignHttpRequest records nothing and
+        is repeated."""
+        c = client(self.d)
+        real = coffer.Client._unary
+        sent = []
+
+        def first_answer_lost(cl, kind, path, body, idem):
+            sent.append(path.rsplit("/", 1)[1])
+            answer = real(cl, kind, path, body, idem)      # the daemon ran the call
+            if len(sent) == 1:
+                raise coffer.Unavailable("Socket closed", method=path)
+            return answer
+
+        s = c.sign_http_request("py-mac", "GET", "/v1/once")
+        args = ("py-mac", "GET", "/v1/once", "", b"", s.timestamp, s.nonce, s.signature)
+        with mock.patch.object(coffer.Client, "_unary", first_answer_lost):
+            self.err(coffer.Unavailable, "Socket closed", c.verify_http_request, *args)
+        self.assertEqual(sent, ["VerifyRequestSignature"])
+        r = c.verify_http_request(*args)         # it did run: the nonce is recorded
+        self.assertEqual((r.valid, coffer.VERDICTS[r.verdict]), (False, "replayed"))
+        sent.clear()
+        with mock.patch.object(coffer.Client, "_unary", first_answer_lost):
+            again = c.sign_http_request("py-mac", "GET", "/v1/twice")
+        self.assertEqual(sent, ["SignHttpRequest", "SignHttpRequest"])
+        self.assertTrue(c.verify_http_request("py-mac", "GET", "/v1/twice", "", b"",
+                                              again.timestamp, again.nonce,
+                                              again.signature).valid)
+        c.close()
+
     # -- principals and the audit trail --
 
     def test_principals(self):
@@ -734,6 +815,52 @@ class LiveCalls(Live):
                 self.d.start()
         self.assertEqual([v.version for v in k.versions], [1, 2])
         self.assertEqual(c.get_key("py-ride", admin=True).primary_version, 2)
+
+    def wrap_together(self, c, n, text):
+        """n wraps on Client c in flight at once: n sessions in use."""
+        together = threading.Barrier(n, timeout=60)
+        arrivals = itertools.count()
+        real = session.SessionPool._exchange
+
+        def in_flight_together(pool, send, s, method, request):
+            if next(arrivals) < n:    # a retry (after them all) goes straight on
+                together.wait()
+            return real(pool, send, s, method, request)
+
+        with mock.patch.object(session.SessionPool, "_exchange", in_flight_together):
+            with ThreadPoolExecutor(n) as ex:
+                self.assertEqual([w.version for w in ex.map(
+                    lambda i: c.wrap("py-aes", b"%s %d" % (text, i)), range(n))], [1] * n)
+
+    def test_idle_sessions_after_a_restart(self):
+        """Calls in flight together leave several idle sessions; cofferd
+        restarts and knows none of them: the first sealed call's refusal
+        ("session unknown or ended") forgets them all and its one retry
+        opens a new session, so every call after the restart succeeds, and
+        no later call meets one of the dead sessions."""
+        c = client(self.d)
+        n = 4
+        self.wrap_together(c, n, b"before")
+        self.assertEqual((c.sessions_opened(), c.sealed_retries()), (n, 0))
+        self.d.restart()
+        deadline = time.monotonic() + 30
+        while True:     # the channel reconnects (an unsealed call: no session used)
+            try:
+                c.health()
+                break
+            except coffer.Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for i in range(n + 1):
+            text = b"after the restart %d" % i
+            self.assertEqual(c.unwrap("py-aes", c.wrap("py-aes", text).ciphertext).plaintext,
+                             text)
+        self.assertEqual((c.sessions_opened(), c.sealed_retries()), (n + 1, 1))
+        # n at once: one on the live session, n - 1 on new ones, none refused.
+        self.wrap_together(c, n, b"after")
+        self.assertEqual((c.sessions_opened(), c.sealed_retries()), (2 * n, 1))
+        c.close()
 
     def test_health(self):
         c = self.c
@@ -925,6 +1052,50 @@ class LiveApiKeys(Live):
         r = adm.set_principal_auth("tester", False)
         self.assertEqual((r.require_api_key, r.has_live_key), (False, False))
         self.assertEqual(unsigned.mac("py-mac", b"x").version, 1)
+
+
+class LiveFork(Live):
+    """A Client made before os.fork(), used by the parent and the child."""
+
+    def test_signed_and_sealed_calls_on_both_sides_of_a_fork(self):
+        """The child draws its own nonce prefix (the same sequence as the
+        parent's would be refused as replayed) and opens its own sessions
+        (the parent's keys and sequence numbers are not used twice)."""
+        adm = coffer.Client(admin_socket=self.d.admin_socket, identity=self.d.identity)
+        made = adm.create_api_key("tester")
+        c = client(self.d, api_key=(made.key.id, made.secret))
+        self.assertEqual(c.mac("py-mac", b"before the fork").version, 1)
+        self.assertEqual(c.wrap("py-aes", b"sealed before the fork").version, 1)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:     # the child: report through the pipe, never return into unittest
+            out = "child failed before its calls"
+            try:
+                os.close(r)
+                got = c.unwrap("py-aes", c.wrap("py-aes", b"child").ciphertext).plaintext
+                out = "mac %d unwrap %s sessions %d retries %d" % (
+                    c.mac("py-mac", b"child").version, got.decode(), c.sessions_opened(),
+                    c.sealed_retries())
+            except BaseException as e:   # anything, as text for the parent
+                out = "child failed: %r" % e
+            finally:
+                os.write(w, out.encode())
+                os._exit(0)
+        os.close(w)
+        try:
+            with os.fdopen(r, "rb") as f:
+                child = f.read().decode()
+        finally:
+            _, status = os.waitpid(pid, 0)
+        self.assertEqual(status, 0)
+        self.assertEqual(child, "mac 1 unwrap child sessions 2 retries 0")
+        # The parent goes on with its nonces and its session, none refused.
+        self.assertEqual(c.mac("py-mac", b"after the fork").version, 1)
+        self.assertEqual(c.unwrap("py-aes", c.wrap("py-aes", b"parent").ciphertext).plaintext,
+                         b"parent")
+        self.assertEqual((c.sessions_opened(), c.sealed_retries()), (1, 0))
+        c.close()
+        adm.close()
 
 
 if __name__ == "__main__":

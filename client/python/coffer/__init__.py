@@ -12,14 +12,15 @@ Pure Python over python3-grpcio and python3-cryptography: sealed sessions
 protocol documents are normative and carry test vectors, which this package
 is tested against.
 
-Modules: client (Client), errors (CofferError and one class per status),
-session (the sealed channel), callauth (signed calls, credentials files),
-reqsign (HMAC-signed HTTP requests computed locally), names (enum names),
-methods (which socket, which calls are sealed), v1 (generated protobuf).
+Modules: client (Client; check_items and item_errors for batch results),
+errors (CofferError and one class per status), session (the sealed
+channel), callauth (signed calls, credentials files), reqsign (HMAC-signed
+HTTP requests computed locally), names (enum names), methods (which socket,
+which calls are sealed, which are not repeated), v1 (generated protobuf).
 """
 
 from .callauth import ApiKey, read_api_key_file, write_api_key_file
-from .client import Client, pb
+from .client import Client, check_items, item_errors, pb
 from .errors import (Aborted, AlreadyExists, Cancelled, CofferError, DeadlineExceeded,
                      FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
                      ResourceExhausted, Unauthenticated, Unavailable, Unimplemented)
@@ -27,8 +28,8 @@ from .names import VERDICTS
 from .reqsign import canonical_query, parse_authorization
 
 __all__ = [
-    "Client", "pb", "ApiKey", "read_api_key_file", "write_api_key_file", "canonical_query",
-    "parse_authorization", "VERDICTS",
+    "Client", "pb", "check_items", "item_errors", "ApiKey", "read_api_key_file",
+    "write_api_key_file", "canonical_query", "parse_authorization", "VERDICTS",
     "CofferError", "Aborted", "AlreadyExists", "Cancelled", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied",
     "ResourceExhausted", "Unauthenticated", "Unavailable", "Unimplemented",

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Optional, Tuple
 
+from . import forks
 from .errors import FailedPrecondition, InvalidArgument
 
 LABEL = "COFFER-HMAC-SHA256"
@@ -54,7 +55,9 @@ def authorization(key_id: str, timestamp: int, nonce: str, sig: str) -> str:
 class ApiKey:
     """An API key id and secret that sign calls. Nonces are a random prefix
     chosen when the key is set and a counter: unique without drawing random
-    bytes per call, as libcoffer makes them."""
+    bytes per call, as libcoffer makes them. A forked child draws a prefix
+    of its own (else parent and child would send the same nonces and the
+    daemon would refuse one of each pair as replayed)."""
 
     def __init__(self, key_id: str, secret: bytes) -> None:
         check_key_id(key_id)
@@ -62,6 +65,10 @@ class ApiKey:
             raise InvalidArgument("an API secret is 32..64 bytes, got %d" % len(secret))
         self.id = key_id
         self._mac = hmac.new(bytes(secret), digestmod=hashlib.sha256)   # keyed once
+        self._new_sequence()
+        forks.watch(self)
+
+    def _new_sequence(self) -> None:
         self._prefix = os.urandom(8).hex()
         self._counter = itertools.count()
         self._lock = threading.Lock()
@@ -74,6 +81,11 @@ class ApiKey:
         mac = self._mac.copy()
         mac.update(string_to_sign(path, body, ts, nonce, self.id))
         return authorization(self.id, ts, nonce, mac.hexdigest())
+
+    def _after_fork(self) -> None:
+        # A new lock too: the old one may be held by a thread the child
+        # does not have.
+        self._new_sequence()
 
 
 def parse_api_key_text(text: str, where: str) -> Tuple[str, bytes]:

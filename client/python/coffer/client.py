@@ -12,7 +12,8 @@ one is set. Failures raise CofferError subclasses (coffer.errors) with the
 daemon's message.
 
 Thread-safe: one Client may be shared by threads (one gRPC channel per
-socket; one session per call in flight).
+socket; one session per call in flight). A Client made before os.fork()
+works in the child, which opens sessions and draws nonces of its own.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import grpc
 
-from . import callauth, health, methods, reqsign
+from . import callauth, forks, health, methods, reqsign
 from .errors import (CofferError, Internal, InvalidArgument, ResourceExhausted, Unavailable,
                      error_for, status_code)
 from .names import HASHES, KEY_TYPES, OPERATIONS, SCHEMES, Name, enum_value, operations
@@ -112,15 +113,23 @@ class Client:
             self._api_key = callauth.ApiKey(api_key[0], api_key[1])
         self._channels: Dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
+        forks.watch(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: no session of the parent's is used (the same
+        keys and sequence numbers would seal two records under one nonce)."""
+        self._lock = threading.Lock()
+        for pool in self._pools.values():
+            pool.after_fork()
 
     # ---- configuration ----
 
     def pin_identity(self, identity: Union[PathLike, bytes]) -> None:
-        """Pin (another) daemon identity; open sessions are dropped."""
+        """Pin (another) daemon identity; open sessions are dropped, those of
+        calls in flight too when the calls end."""
         pinned = load_identity(identity)
         for pool in self._pools.values():
-            pool.pinned = pinned
-            pool.clear()
+            pool.pin(pinned)
 
     def set_api_key(self, key_id: Optional[str], secret: Optional[bytes] = None) -> None:
         """Sign later calls with this API key (None: stop signing)."""
@@ -235,12 +244,14 @@ class Client:
                 break
             except Unavailable:
                 # With an idempotency key an admin call is safe to repeat
-                # across a restart; a KeyService call changes nothing and is
-                # repeated once (the connection may have died unnoticed).
+                # across a restart; a KeyService call is repeated once (the
+                # connection may have died unnoticed) unless it changes the
+                # daemon's state (methods.NOT_REPEATABLE).
                 if idempotency_key and kind == methods.ADMIN and time.monotonic() < give_up:
                     time.sleep(IDEM_RETRY_S)
                     continue
-                if kind == methods.SERVICE and attempt == 0:
+                if (kind == methods.SERVICE and attempt == 0
+                        and method not in methods.NOT_REPEATABLE):
                     continue
                 raise
         try:
@@ -290,8 +301,8 @@ class Client:
                    hash: Name = 0, scheme: Name = 0,
                    ecdsa_raw: bool = False) -> "pb.SignBatchResponse":
         """Sign 1..1024 messages (or digests) with one version. Each result
-        has its own status (code 0: its signature); check_items() raises the
-        first failed item."""
+        has its own status (code 0: its signature); coffer.check_items()
+        raises the first failed item."""
         if (messages is None) == (digests is None):
             raise InvalidArgument("give messages or digests")
         items = ([pb.SignBatchItem(message=m) for m in messages] if messages is not None
@@ -620,6 +631,26 @@ class Client:
     def verify_audit(self) -> "pb.VerifyAuditResponse":
         """The daemon's check of its trail: ok, records, seals, first_bad, reason."""
         return self._call(_as("VerifyAudit"), pb.VerifyAuditRequest(), pb.VerifyAuditResponse)
+
+
+def item_errors(response) -> List[Tuple[int, CofferError]]:
+    """(index, error) of each failed item of a batch response (SignBatch,
+    VerifyBatch, MacBatch, VerifyMacBatch), in order; the error is the
+    CofferError subclass of the item's status, with its message."""
+    return [(i, error_for(status_code(r.status.code), r.status.message))
+            for i, r in enumerate(response.results) if r.status.code != 0]
+
+
+def check_items(response):
+    """The results of a batch response when every item succeeded; else
+    raises the first failed item's error, its message prefixed with the
+    item's index and the count of failed items."""
+    failed = item_errors(response)
+    if failed:
+        i, e = failed[0]
+        raise error_for(e.code, "item %d of %d (%d failed): %s"
+                        % (i, len(response.results), len(failed), e.message))
+    return response.results
 
 
 def _message_or_digest(req, message: Optional[bytes], digest: Optional[bytes]) -> None:

@@ -35,6 +35,14 @@ SECRET_METHODS: FrozenSet[str] = frozenset({
     "/coffer.v1.AdminService/RotateApiKeySecret",
 })
 
+# KeyService methods that change the daemon's state: a repeat after a lost
+# answer would not be the same call. VerifyRequestSignature records the
+# nonce of a valid request, so a repeat of a call that ran says
+# REPLAYED_NONCE. (SignHttpRequest records nothing: it is repeatable.)
+NOT_REPEATABLE: FrozenSet[str] = frozenset({
+    "/coffer.v1.KeyService/VerifyRequestSignature",
+})
+
 
 def path(service: str, name: str) -> str:
     """The gRPC path of method `name` of `service`."""

@@ -11,6 +11,9 @@ checked against exactly the code that talks to cofferd:
 A SessionPool opens sessions against a pinned identity and hands one to each
 call in flight (a session's records are strictly ordered), replacing a
 session before its lifetime, record or byte limit, as libcoffer does.
+Each session carries the pool's generation when it was opened; a new pin,
+close() or fork() starts a new generation, so a session agreed with the
+previous daemon (or shared with the other side of a fork) is never reused.
 """
 
 import hashlib
@@ -44,6 +47,9 @@ PRINCIPAL_MAX = 128
 
 RENEW_MARGIN = 30.0   # replace a session this long before it expires (seconds)
 POOL_IDLE_MAX = 16    # idle sessions kept per pool
+# The daemon's refusal of a record whose session it does not hold (it
+# restarted, or evicted the session): every idle session is as dead.
+SESSION_GONE = "session unknown or ended"
 
 
 @dataclass
@@ -192,10 +198,13 @@ def load_identity(pinned) -> bytes:
 # ---- sessions ----
 
 class Session:
-    """One open session: its keys, id, next sequence number and limits."""
+    """One open session: its keys, id, next sequence number and limits, and
+    the generation of the pool (the pin) it was opened under."""
 
-    def __init__(self, session_id: bytes, keys: DirectionKeys, hello: Hello) -> None:
+    def __init__(self, session_id: bytes, keys: DirectionKeys, hello: Hello,
+                 generation: int = 0) -> None:
         self.id = session_id
+        self.generation = generation
         self.keys = keys
         self.sequence = 0
         self.max_records = hello.max_records
@@ -228,14 +237,25 @@ class SessionPool:
         self.peer_check = peer_check
         self._idle: List[Session] = []
         self._lock = threading.Lock()
+        self.generation = 0  # bumped by pin() and clear(): older sessions are dropped
         self.opened = 0     # handshakes completed (for tests and metrics)
         self.retried = 0    # calls retried after the daemon refused a record
+
+    def pin(self, pinned: bytes) -> None:
+        """Pin another identity: idle sessions are forgotten, and so are
+        those of calls in flight when they end (they were agreed with the
+        daemon pinned before)."""
+        with self._lock:
+            self.pinned = pinned
+            self._forget_locked()
 
     def handshake(self, send: Transport) -> Session:
         """Open a session (one OpenSession round trip) and check the answer
         in the document's order before deriving any key."""
         pb = self.pb
-        if self.pinned is None:
+        with self._lock:   # one pin for the whole handshake, even if pin() runs meanwhile
+            pinned, generation = self.pinned, self.generation
+        if pinned is None:
             raise FailedPrecondition("no daemon identity is pinned, so no sealed session can "
                                      "be opened: pin the key printed by `cofferctl identity` "
                                      "(Client(identity=FILE))")
@@ -250,20 +270,20 @@ class SessionPool:
             resp = pb.OpenSessionResponse.FromString(raw)
         except Exception:
             raise Unauthenticated("malformed OpenSession response")
-        if resp.identity_public_key != self.pinned:
+        if resp.identity_public_key != pinned:
             got = fingerprint(resp.identity_public_key) if resp.identity_public_key else "(none)"
             raise Unauthenticated("the daemon presented identity %s but %s is pinned: "
-                                  "refusing it" % (got, fingerprint(self.pinned)))
+                                  "refusing it" % (got, fingerprint(pinned)))
         if (len(resp.session_id) != ID_LEN or len(resp.server_ephemeral) != PUB_LEN
                 or len(resp.server_random) != RANDOM_LEN or resp.lifetime_seconds == 0
                 or resp.max_records == 0):
             raise Unauthenticated("malformed OpenSession response (field sizes)")
         hello = Hello(VERSION, client_pub, client_random, "", resp.session_id,
                       resp.server_ephemeral, resp.server_random, resp.caller_uid,
-                      resp.caller_gid, self.pinned, resp.lifetime_seconds, resp.max_records,
+                      resp.caller_gid, pinned, resp.lifetime_seconds, resp.max_records,
                       resp.max_bytes)
         th = hashlib.sha256(transcript(hello)).digest()
-        key = serialization.load_der_public_key(self.pinned)
+        key = serialization.load_der_public_key(pinned)
         try:
             key.verify(resp.signature, signed_message(th), ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError):
@@ -286,12 +306,14 @@ class SessionPool:
         keys = derive(shared, th)
         with self._lock:
             self.opened += 1
-        return Session(resp.session_id, keys, hello)
+        return Session(resp.session_id, keys, hello, generation)
 
-    def _acquire(self, send: Transport, length: int) -> Session:
+    def _acquire(self, send: Transport, length: int, fresh: bool = False) -> Session:
+        """An idle session with room for `length` bytes, or a new one (always
+        a new one when `fresh`)."""
         now = time.monotonic()
         with self._lock:
-            while self._idle:
+            while self._idle and not fresh:
                 s = self._idle.pop()
                 if s.usable(length, now):
                     return s
@@ -299,13 +321,25 @@ class SessionPool:
 
     def _release(self, s: Session) -> None:
         with self._lock:
-            if len(self._idle) < POOL_IDLE_MAX:
+            if s.generation == self.generation and len(self._idle) < POOL_IDLE_MAX:
                 self._idle.append(s)
 
+    def _forget_locked(self) -> None:
+        self._idle = []
+        self.generation += 1
+
     def clear(self) -> None:
-        """Forget every idle session (a new pin, close())."""
+        """Forget every session: the idle ones now, those of calls in flight
+        when the calls end (close(), a fork)."""
         with self._lock:
-            self._idle = []
+            self._forget_locked()
+
+    def after_fork(self) -> None:
+        """In a forked child: the sessions are the parent's too (the same
+        keys and sequence numbers), so none is used here; the lock may have
+        been held by a thread the child does not have."""
+        self._lock = threading.Lock()
+        self.clear()
 
     def _exchange(self, send: Transport, s: Session, method: str, request: bytes):
         pb = self.pb
@@ -338,17 +372,20 @@ class SessionPool:
         """`method` with the serialized `request`, sealed; the SealedResult.
         A record the daemon refused (outer UNAUTHENTICATED: the session
         expired, was evicted, or the daemon restarted) did not run, so it is
-        retried once on a new session; any other failure drops the session
-        and is raised."""
+        retried once on a session opened for the retry (an idle one may be
+        as dead: after a restart they all are, and a refusal saying so
+        forgets them); any other failure drops the session and is raised."""
         for attempt in (0, 1):
-            s = self._acquire(send, len(request))
+            s = self._acquire(send, len(request), fresh=attempt == 1)
             try:
                 result = self._exchange(send, s, method, request)
-            except Unauthenticated:
+            except Unauthenticated as e:
                 if attempt == 1:
                     raise
                 with self._lock:
                     self.retried += 1
+                    if e.message.startswith(SESSION_GONE) and s.generation == self.generation:
+                        self._idle = []
                 continue
             self._release(s)
             return result
