@@ -95,6 +95,36 @@ int cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out);
  * All keys of the context must be freed first. Accepts NULL. */
 void cf_p11_close(cf_p11 *p);
 
+/* ---- capabilities ---- */
+
+/* What the token can do, read at open from C_GetTokenInfo,
+ * C_GetMechanismList and C_GetMechanismInfo (flags and key sizes) and one
+ * probe: a session AES key made and destroyed (modules list secret-key
+ * generation they cannot run). Session copies turn off for good the first
+ * time the module answers C_CopyObject with CKR_FUNCTION_NOT_SUPPORTED. */
+struct cf_p11_type_caps {
+	int generate;     /* cf_p11_key_generate of the type can work */
+	int import;       /* cf_p11_key_import of the type can work */
+	int use;          /* an existing key of the type can be used */
+	char why[160];    /* if not: the missing mechanism, e.g. "the token has no CKM_EDDSA" */
+};
+struct cf_p11_caps {
+	char label[33], manufacturer[33], model[17];
+	char module[256];
+	unsigned long token_flags;  /* CKF_* of CK_TOKEN_INFO */
+	int rng;                    /* CKF_RNG */
+	int session_copies;         /* keys run on session copies (else the token objects) */
+	unsigned long mechanisms;   /* how many mechanisms the token lists */
+	struct cf_p11_type_caps type[CF_KEY__COUNT];
+};
+void cf_p11_caps_get(cf_p11 *p, struct cf_p11_caps *out);
+
+/* CF_OK if the token can generate (import = 0) or import (1) a key of `type`;
+ * else CF_E_PRECONDITION with a detail naming the missing mechanism ("this
+ * token cannot generate ed25519 keys: the token has no
+ * CKM_EC_EDWARDS_KEY_PAIR_GEN"). cf_p11_key_generate and cf_p11_key_import check this first. */
+int cf_p11_can_create(cf_p11 *p, enum cf_key_type type, int import);
+
 /* ---- keys ---- */
 
 /* 0x1 was CF_P11_EXPORTABLE: gone, key material never leaves the token. */

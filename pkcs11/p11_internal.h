@@ -37,6 +37,22 @@ struct p11_pooled {
 	uint64_t epoch;
 };
 
+/* What the token can do with each Coffer key type (p11_caps.c). */
+struct p11_type_cap {
+	int generate, import, use;  /* use: an existing key of the type works */
+	char why_generate[160];     /* names the missing mechanism, or "" */
+	char why_import[160];
+};
+
+struct p11_caps {
+	CK_TOKEN_INFO token;
+	CK_MECHANISM_TYPE *mechs;   /* those whose C_GetMechanismInfo answered */
+	CK_MECHANISM_INFO *infos;
+	CK_ULONG n_mechs;
+	char secret_why[160];       /* why no secret key can be made, or "" */
+	struct p11_type_cap type[CF_KEY__COUNT];
+};
+
 struct cf_p11 {
 	void *dl;
 	CK_FUNCTION_LIST *f;
@@ -44,8 +60,11 @@ struct cf_p11 {
 	char *module_path;
 	char *token_uri;
 	char *pin_file;
-	int session_copies;
+	int session_copies;         /* atomic: cleared when C_CopyObject is not supported */
 	CK_SLOT_ID slot;
+	struct p11_caps caps;       /* read at open; constant afterwards */
+	int token_sets_crypt;       /* atomic: key-pair templates leave CKA_ENCRYPT and
+				       CKA_DECRYPT to the module (p11_keys.c) */
 	CK_SESSION_HANDLE anchor;   /* holds the login and owns session copies */
 
 	/* Readers: every operation. Writer: recovery. Writer-preferring. */
@@ -118,6 +137,11 @@ CK_RV p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg);
  * lock file. P11_RV_LOCK (detail set) if flock fails. */
 CK_RV p11_token_lock(cf_p11 *p, int how);
 void p11_token_unlock(cf_p11 *p);
+
+/* ---- p11_caps.c ---- */
+/* Read token info and mechanisms and map them to key types (after login). */
+int p11_caps_read(cf_p11 *p);
+void p11_caps_free(struct p11_caps *c);
 
 /* ---- p11_keys.c ---- */
 CK_RV p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch,

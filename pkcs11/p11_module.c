@@ -264,8 +264,9 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	if ((rv = p11_initialize(p)) != CKR_OK)
 		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
 			     p11_rv_name(rv));
-	else if ((r = p11_find_slot(p, &p->slot)) == CF_OK)
-		r = p11_login(p);
+	else if ((r = p11_find_slot(p, &p->slot)) == CF_OK &&
+		 (r = p11_login(p)) == CF_OK)
+		r = p11_caps_read(p);
 	p11_token_unlock(p);
 	if (r != CF_OK)
 		goto out;
@@ -300,6 +301,7 @@ cf_p11_close(cf_p11 *p)
 	pthread_mutex_destroy(&p->pool_mu);
 	pthread_cond_destroy(&p->pool_cv);
 	free(p->pool);
+	p11_caps_free(&p->caps);
 	free(p->module_path);
 	free(p->token_uri);
 	free(p->pin_file);
