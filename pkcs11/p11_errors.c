@@ -77,6 +77,8 @@ static const struct p11_rv_entry p11_rv_table[] = {
 	E(P11_RV_NOT_FOUND, CF_E_NOT_FOUND, "no such object in the token"),
 	E(P11_RV_AMBIGUOUS, CF_E_TOKEN, "several token objects carry the same label"),
 	E(P11_RV_LOCK, CF_E_IO, "cannot lock the token lock file"),
+	E(P11_RV_TOKEN_LOST, CF_E_UNAVAILABLE, "the token is not answering; re-initialising the "
+	  "PKCS#11 module and logging in again failed, the next call tries again"),
 };
 #undef E
 
@@ -116,6 +118,12 @@ int
 p11_rv_stale_object(CK_RV rv)
 {
 	return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID;
+}
+
+int
+p11_rv_device_lost(CK_RV rv)
+{
+	return rv == CKR_GENERAL_ERROR || rv == CKR_DEVICE_ERROR;
 }
 
 int

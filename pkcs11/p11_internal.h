@@ -28,6 +28,8 @@
 #define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
 /* flock on the lock file failed; the thread's error detail names the file. */
 #define P11_RV_LOCK         (CKR_VENDOR_DEFINED | 0x434f0004UL)
+/* The token failed and re-initialising the module did not bring it back. */
+#define P11_RV_TOKEN_LOST   (CKR_VENDOR_DEFINED | 0x434f0005UL)
 
 /* Modules reject NULL data pointers even for zero lengths. */
 #define P11_DATA(ptr) ((CK_BYTE_PTR)((ptr) != NULL ? (const void *)(ptr) : (const void *)""))
@@ -70,6 +72,8 @@ struct cf_p11 {
 	/* Readers: every operation. Writer: recovery. Writer-preferring. */
 	pthread_rwlock_t life;
 	uint64_t epoch;             /* bumped whenever sessions/objects were reset */
+	int reinit;                 /* a full re-initialisation failed: the next recovery
+				       tries again (written under life held for writing) */
 
 	pthread_mutex_t write_mu;   /* serialises token-object writes, token searches and anchor use */
 	char *lock_path;            /* cross-process token lock file, or NULL */
@@ -119,6 +123,10 @@ int p11_rv_recoverable(CK_RV rv);
 int p11_rv_clean(CK_RV rv);
 /* 1 if the CK_RV says the object handle went stale. */
 int p11_rv_stale_object(CK_RV rv);
+/* 1 if the CK_RV may mean the device behind the module went away and came
+ * back (tpm2-pkcs11 after a TPM restart: CKR_GENERAL_ERROR until the module
+ * is finalized and initialised again). */
+int p11_rv_device_lost(CK_RV rv);
 
 /* ---- p11_module.c ---- */
 CK_RV p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch);

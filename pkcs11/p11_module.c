@@ -371,10 +371,12 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 {
 	CK_RV irv;
 	int r = CF_OK;
+	int full;
 
 	pthread_rwlock_wrlock(&p->life);
 	if (p->epoch != seen)
 		goto out; /* another thread already recovered */
+	full = p11_rv_device_lost(rv) || p->reinit;
 	/* We own everything now: no operation is in flight. */
 	pthread_mutex_lock(&p->pool_mu);
 	p11_pool_close_all(p);
@@ -388,14 +390,21 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 		r = p11_status(irv, "recovering the token");
 		goto bump;
 	}
-	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+	if (full && p->we_initialized) {
+		/* The device went and came back (or may have): the module
+		 * keeps its dead connection until it is finalized. Only a
+		 * module this context initialised is ours to finalize. */
+		(void)p->f->C_Finalize(NULL);
+		p->we_initialized = 0;
+	}
+	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED || (full && !p->we_initialized)) {
 		if ((irv = p11_initialize(p)) != CKR_OK) {
 			r = p11_status(irv, "re-initialising the PKCS#11 module");
 			goto unlock;
 		}
 	}
 	if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
-	    rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+	    rv == CKR_CRYPTOKI_NOT_INITIALIZED || full) {
 		/* Slot ids may have changed. */
 		if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
 			goto unlock;
@@ -403,6 +412,7 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	r = p11_login(p);
 unlock:
 	p11_token_unlock(p);
+	p->reinit = full && r != CF_OK;
 bump:
 	/* Every cached handle and session copy belongs to the old epoch. */
 	p->epoch++;
@@ -441,8 +451,9 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 		pthread_rwlock_rdlock(&p->life);
 		epoch = p->epoch;
 		if (p->anchor == CK_INVALID_HANDLE) {
-			/* An earlier recovery failed; try again below. */
-			rv = CKR_SESSION_HANDLE_INVALID;
+			/* An earlier recovery failed; try again below (all of
+			 * it if a re-initialisation was part of it). */
+			rv = p->reinit ? CKR_DEVICE_ERROR : CKR_SESSION_HANDLE_INVALID;
 		} else if ((rv = p11_pool_acquire(p, &s, &sepoch)) == CKR_OK) {
 			if (k != NULL)
 				rv = p11_key_resolve(k, s, epoch, &h);
@@ -455,7 +466,7 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			p11_pool_release(p, s, p11_rv_clean(rv) ? sepoch : 0);
 		}
 		pthread_rwlock_unlock(&p->life);
-		if (attempt > 0 || !p11_rv_recoverable(rv))
+		if (attempt > 0 || !(p11_rv_recoverable(rv) || p11_rv_device_lost(rv)))
 			break;
 		if (p11_rv_stale_object(rv)) {
 			/* The object went (another process sharing the token may
@@ -465,6 +476,8 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			if (k != NULL)
 				p11_key_invalidate(k);
 		} else if (p11_recover(p, rv, epoch) != CF_OK) {
+			if (p11_rv_device_lost(rv))
+				rv = P11_RV_TOKEN_LOST;
 			break;
 		}
 	}
