@@ -5,8 +5,12 @@
 #   init-tpm-token.sh DIR [LABEL]   start (or restart) everything, create the token if absent
 #   init-tpm-token.sh --stop DIR    stop the processes started for DIR (the state stays)
 #   init-tpm-token.sh --stop-swtpm DIR / --start-swtpm DIR
-#                                   stop / start only swtpm, on the same ports and state
-#                                   (a TPM that goes away and comes back)
+#                                   stop / start swtpm, on the same ports and state (a TPM
+#                                   that goes away and comes back); --start-swtpm also
+#                                   restarts tpm2-abrmd, which does not follow a TPM reset
+#                                   (measured: now and then it goes on believing the TPM's
+#                                   3 object slots are free, and every command fails with
+#                                   "out of memory for object contexts")
 #
 # Starts, each with a pid file in DIR:
 #   swtpm         socket mode on 127.0.0.1, two free ports (data P, control P+1),
@@ -83,6 +87,22 @@ start_swtpm() {
         --log file="$dir/swtpm.log" || die "swtpm did not start (see $dir/swtpm.log)"
 }
 
+bus=unix:path=$dir/bus
+start_abrmd() {
+    DBUS_SESSION_BUS_ADDRESS=$bus "$TPM2_ABRMD" --session --allow-root --flush-all \
+        --tcti="swtpm:host=127.0.0.1,port=$(cat "$dir/port")" >"$dir/abrmd.log" 2>&1 &
+    echo $! >"$dir/abrmd.pid"
+    # Ready when it answers on the bus.
+    i=0
+    until DBUS_SESSION_BUS_ADDRESS=$bus TPM2TOOLS_TCTI=tabrmd:bus_type=session \
+            tpm2_getcap properties-fixed >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ $i -lt 100 ] || die "tpm2-abrmd does not answer (see $dir/abrmd.log)"
+        alive "$dir/abrmd.pid" || die "tpm2-abrmd exited (see $dir/abrmd.log)"
+        sleep 0.1
+    done
+}
+
 case $mode in
     stop)
         stop_pid "$dir/abrmd.pid"
@@ -96,6 +116,10 @@ case $mode in
     start-swtpm)
         [ -f "$dir/port" ] || die "$dir has no TPM (run $prog $dir first)"
         alive "$dir/swtpm.pid" || start_swtpm
+        if alive "$dir/abrmd.pid"; then
+            stop_pid "$dir/abrmd.pid"
+            start_abrmd
+        fi
         exit 0 ;;
 esac
 
@@ -141,7 +165,6 @@ port=$(cat "$dir/port")
 
 alive "$dir/swtpm.pid" || start_swtpm
 
-bus=unix:path=$dir/bus
 if ! alive "$dir/dbus.pid"; then
     rm -f "$dir/bus"
     "$DBUS_DAEMON" --session --address="$bus" --fork --print-pid >"$dir/dbus.pid" ||
@@ -153,19 +176,7 @@ TPM2TOOLS_TCTI=$TPM2_PKCS11_TCTI
 TPM2_PKCS11_STORE=$dir/store
 export DBUS_SESSION_BUS_ADDRESS TPM2_PKCS11_TCTI TPM2TOOLS_TCTI TPM2_PKCS11_STORE
 
-if ! alive "$dir/abrmd.pid"; then
-    "$TPM2_ABRMD" --session --allow-root --flush-all \
-        --tcti="swtpm:host=127.0.0.1,port=$port" >"$dir/abrmd.log" 2>&1 &
-    echo $! >"$dir/abrmd.pid"
-fi
-# Ready when it answers on the bus.
-i=0
-until tpm2_getcap properties-fixed >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || die "tpm2-abrmd does not answer (see $dir/abrmd.log)"
-    alive "$dir/abrmd.pid" || die "tpm2-abrmd exited (see $dir/abrmd.log)"
-    sleep 0.1
-done
+alive "$dir/abrmd.pid" || start_abrmd
 
 tpm2_dictionarylockout --clear-lockout >/dev/null 2>&1 ||
     die "tpm2_dictionarylockout --clear-lockout failed"

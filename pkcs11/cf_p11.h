@@ -30,8 +30,9 @@
  * CKR_GENERAL_ERROR or CKR_DEVICE_ERROR may mean the device went away: the
  * layer then finalizes the module (if it initialised it), initialises it
  * again, finds the token, logs in and retries once (tpm2-pkcs11 stays broken
- * after its TPM restarts until then). If that fails the call fails with
- * CF_E_UNAVAILABLE and every later call tries the whole of it again.
+ * after its TPM restarts until then). When a recovery fails, or does not
+ * help, the call fails with CF_E_UNAVAILABLE ("the token is not answering")
+ * and the next call's recovery is the full one.
  *
  * Objects: each key version is stored with CKA_LABEL "coffer/<name>/<version>"
  * and CKA_ID = the first 16 bytes of SHA-256 of that label, on every object of

@@ -77,8 +77,8 @@ static const struct p11_rv_entry p11_rv_table[] = {
 	E(P11_RV_NOT_FOUND, CF_E_NOT_FOUND, "no such object in the token"),
 	E(P11_RV_AMBIGUOUS, CF_E_TOKEN, "several token objects carry the same label"),
 	E(P11_RV_LOCK, CF_E_IO, "cannot lock the token lock file"),
-	E(P11_RV_TOKEN_LOST, CF_E_UNAVAILABLE, "the token is not answering; re-initialising the "
-	  "PKCS#11 module and logging in again failed, the next call tries again"),
+	E(P11_RV_TOKEN_LOST, CF_E_UNAVAILABLE, "the token is not answering and recovering the "
+	  "session failed; the next call re-initialises the PKCS#11 module and tries again"),
 };
 #undef E
 

@@ -28,7 +28,7 @@
 #define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
 /* flock on the lock file failed; the thread's error detail names the file. */
 #define P11_RV_LOCK         (CKR_VENDOR_DEFINED | 0x434f0004UL)
-/* The token failed and re-initialising the module did not bring it back. */
+/* The token failed and recovering did not bring it back (p->reinit is set). */
 #define P11_RV_TOKEN_LOST   (CKR_VENDOR_DEFINED | 0x434f0005UL)
 
 /* Modules reject NULL data pointers even for zero lengths. */
@@ -72,8 +72,9 @@ struct cf_p11 {
 	/* Readers: every operation. Writer: recovery. Writer-preferring. */
 	pthread_rwlock_t life;
 	uint64_t epoch;             /* bumped whenever sessions/objects were reset */
-	int reinit;                 /* a full re-initialisation failed: the next recovery
-				       tries again (written under life held for writing) */
+	int reinit;                 /* atomic: the next recovery finalizes and initialises
+				       the module (a full one failed, or a lighter one
+				       did not help) */
 
 	pthread_mutex_t write_mu;   /* serialises token-object writes, token searches and anchor use */
 	char *lock_path;            /* cross-process token lock file, or NULL */

@@ -376,7 +376,7 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	pthread_rwlock_wrlock(&p->life);
 	if (p->epoch != seen)
 		goto out; /* another thread already recovered */
-	full = p11_rv_device_lost(rv) || p->reinit;
+	full = p11_rv_device_lost(rv) || __atomic_load_n(&p->reinit, __ATOMIC_RELAXED);
 	/* We own everything now: no operation is in flight. */
 	pthread_mutex_lock(&p->pool_mu);
 	p11_pool_close_all(p);
@@ -412,7 +412,8 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	r = p11_login(p);
 unlock:
 	p11_token_unlock(p);
-	p->reinit = full && r != CF_OK;
+	/* Failed: the next recovery starts from scratch (finalize, initialise). */
+	__atomic_store_n(&p->reinit, r != CF_OK, __ATOMIC_RELAXED);
 bump:
 	/* Every cached handle and session copy belongs to the old epoch. */
 	p->epoch++;
@@ -446,6 +447,7 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 	CK_SESSION_HANDLE s;
 	uint64_t epoch, sepoch;
 	CK_RV rv = CKR_OK;
+	int recovered = 0;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
 		pthread_rwlock_rdlock(&p->life);
@@ -453,7 +455,8 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 		if (p->anchor == CK_INVALID_HANDLE) {
 			/* An earlier recovery failed; try again below (all of
 			 * it if a re-initialisation was part of it). */
-			rv = p->reinit ? CKR_DEVICE_ERROR : CKR_SESSION_HANDLE_INVALID;
+			rv = __atomic_load_n(&p->reinit, __ATOMIC_RELAXED) ? CKR_DEVICE_ERROR :
+			     CKR_SESSION_HANDLE_INVALID;
 		} else if ((rv = p11_pool_acquire(p, &s, &sepoch)) == CKR_OK) {
 			if (k != NULL)
 				rv = p11_key_resolve(k, s, epoch, &h);
@@ -476,10 +479,20 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			if (k != NULL)
 				p11_key_invalidate(k);
 		} else if (p11_recover(p, rv, epoch) != CF_OK) {
-			if (p11_rv_device_lost(rv))
-				rv = P11_RV_TOKEN_LOST;
+			/* It set p->reinit: the next call starts from scratch. */
+			rv = P11_RV_TOKEN_LOST;
 			break;
+		} else {
+			recovered = 1;
 		}
+	}
+	/* A recovery that did not help (tpm2-pkcs11 while its TPM is gone can
+	 * accept C_Login and answer CKR_USER_NOT_LOGGED_IN to the next call):
+	 * the next one finalizes and initialises the module. */
+	if (recovered && ((p11_rv_recoverable(rv) && !p11_rv_stale_object(rv)) ||
+			  p11_rv_device_lost(rv))) {
+		__atomic_store_n(&p->reinit, 1, __ATOMIC_RELAXED);
+		rv = P11_RV_TOKEN_LOST;
 	}
 	return rv;
 }

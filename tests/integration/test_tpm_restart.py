@@ -4,7 +4,10 @@
 swtpm is stopped (deploy/init-tpm-token.sh --stop-swtpm) under a running
 cofferd on a tpm2-pkcs11 token: every call that needs the token fails with
 UNAVAILABLE and a text saying the token is not answering -- never INTERNAL,
-never a crash. swtpm is started again on the same state: the next calls
+never a crash. swtpm is started again on the same state (--start-swtpm, which
+also restarts tpm2-abrmd: the resource manager does not follow a TPM reset,
+see the script), so cofferd's module loses its TPM and its connection: the
+next calls
 succeed, signatures verify with openssl, keys made before are still there and
 the audit trail still verifies, all without restarting cofferd (same pid).
 tpm2-pkcs11 stays broken after its TPM restarts until the module is
@@ -24,8 +27,8 @@ from daemon_fixture import CofferDaemon, Ctl, stubs, tpm_missing
 from test_tpm_token import SKIP, openssl_verify
 
 pb = stubs().pb
-LOST = ("the token is not answering; re-initialising the PKCS#11 module and logging in "
-        "again failed, the next call tries again (P11_RV_TOKEN_LOST)")
+LOST = ("the token is not answering and recovering the session failed; the next call "
+        "re-initialises the PKCS#11 module and tries again (P11_RV_TOKEN_LOST)")
 BACK_WITHIN = 10.0   # seconds; the first call after the restart normally succeeds
 
 
