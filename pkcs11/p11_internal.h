@@ -28,6 +28,11 @@
 #define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
 /* flock on the lock file failed; the thread's error detail names the file. */
 #define P11_RV_LOCK         (CKR_VENDOR_DEFINED | 0x434f0004UL)
+/* GCM decryption refused (SoftHSM reports a failed tag check as
+ * CKR_GENERAL_ERROR, which must not pass for a lost device). */
+#define P11_RV_DECRYPT_FAILED (CKR_VENDOR_DEFINED | 0x434f0006UL)
+/* The token answered with output of a length it should not have. */
+#define P11_RV_BAD_OUTPUT   (CKR_VENDOR_DEFINED | 0x434f0007UL)
 /* The token failed and recovering did not bring it back (p->reinit is set). */
 #define P11_RV_TOKEN_LOST   (CKR_VENDOR_DEFINED | 0x434f0005UL)
 

@@ -131,6 +131,18 @@ def tpm_missing():
     return None
 
 
+def tpm_main():
+    """The main of a test that needs a TPM token: without one, print why and
+    exit 77 (CTest's SKIP_RETURN_CODE for it: shown as skipped); else run
+    its unittest cases."""
+    why = tpm_missing()
+    if why is not None:
+        print("SKIP: no TPM token: " + why, flush=True)
+        sys.exit(77)
+    import unittest
+    unittest.main(module="__main__", verbosity=2)
+
+
 def test_token():
     """The token kind tests run on: "softhsm" (default) or "tpm"."""
     t = os.environ.get("COFFER_TEST_TOKEN", "") or "softhsm"

@@ -23,8 +23,8 @@ import unittest
 
 import grpc
 
-from daemon_fixture import CofferDaemon, Ctl, stubs, tpm_missing
-from test_tpm_token import SKIP, openssl_verify
+from daemon_fixture import CofferDaemon, Ctl, stubs, tpm_main
+from test_tpm_token import openssl_verify
 
 pb = stubs().pb
 LOST = ("the token is not answering and recovering the session failed; the next call "
@@ -86,8 +86,4 @@ class TpmRestart(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    why = tpm_missing()
-    if why is not None:
-        print("SKIP: no TPM token: " + why, flush=True)
-        sys.exit(SKIP)
-    unittest.main(verbosity=2)
+    tpm_main()
