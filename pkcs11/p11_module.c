@@ -448,6 +448,7 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 	uint64_t epoch, sepoch;
 	CK_RV rv = CKR_OK;
 	int recovered = 0;
+	unsigned stuck = 0;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
 		pthread_rwlock_rdlock(&p->life);
@@ -469,6 +470,14 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			p11_pool_release(p, s, p11_rv_clean(rv) ? sepoch : 0);
 		}
 		pthread_rwlock_unlock(&p->life);
+		/* A session stuck in an operation (seen with tpm2-pkcs11 under
+		 * load: C_SignInit answers CKR_OPERATION_ACTIVE on every call)
+		 * was just closed: run again on another, without counting it as
+		 * an attempt, once for each session the pool can hold. */
+		if (rv == CKR_OPERATION_ACTIVE && stuck++ < p->pool_size) {
+			attempt--;
+			continue;
+		}
 		if (attempt > 0 || !(p11_rv_recoverable(rv) || p11_rv_device_lost(rv)))
 			break;
 		if (p11_rv_stale_object(rv)) {
