@@ -39,7 +39,9 @@
  * the version (private + public, or the secret). Private and secret objects
  * are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE = TRUE and CKA_EXTRACTABLE = FALSE:
  * key material never leaves the token. Every object has every usage
- * attribute of its class set (TRUE only for what Coffer does with it) and
+ * attribute of its class set (TRUE only for what Coffer does with it; not
+ * CKA_ENCRYPT and CKA_DECRYPT of a key pair on a module that sets them
+ * itself and refuses templates saying otherwise, such as tpm2-pkcs11) and
  * CKA_ALLOWED_MECHANISMS = exactly the mechanisms Coffer runs with it
  * (token objects stay CKA_MODIFIABLE: SoftHSM cannot make session copies of
  * unmodifiable ones; the session copies the layer uses are unmodifiable):

@@ -20,21 +20,23 @@ struct need {
 
 #define N(m, fl, b) { m, #m, fl, b }
 #define SIGVER (CKF_SIGN | CKF_VERIFY)
-static const struct need need_p256[] = { N(CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 256),
-					 N(CKM_ECDSA, SIGVER, 256) };
-static const struct need need_p384[] = { N(CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 384),
-					 N(CKM_ECDSA, SIGVER, 384) };
-static const struct need need_ed25519[] = {
-	N(CKM_EC_EDWARDS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 0), N(CKM_EDDSA, SIGVER, 0) };
-static const struct need need_rsa2048[] = { N(CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR,
-					      2048), N(CKM_RSA_PKCS, SIGVER, 2048),
-					    N(CKM_RSA_PKCS_PSS, SIGVER, 2048) };
-static const struct need need_rsa3072[] = { N(CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR,
-					      3072), N(CKM_RSA_PKCS, SIGVER, 3072),
-					    N(CKM_RSA_PKCS_PSS, SIGVER, 3072) };
-static const struct need need_rsa4096[] = { N(CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR,
-					      4096), N(CKM_RSA_PKCS, SIGVER, 4096),
-					    N(CKM_RSA_PKCS_PSS, SIGVER, 4096) };
+#define GENPAIR CKF_GENERATE_KEY_PAIR
+/* Per type: first what a key of the type runs, then what makes one. */
+static const struct need need_p256[] = { N(CKM_ECDSA, SIGVER, 256),
+					 N(CKM_EC_KEY_PAIR_GEN, GENPAIR, 256) };
+static const struct need need_p384[] = { N(CKM_ECDSA, SIGVER, 384),
+					 N(CKM_EC_KEY_PAIR_GEN, GENPAIR, 384) };
+static const struct need need_ed25519[] = { N(CKM_EDDSA, SIGVER, 0),
+					    N(CKM_EC_EDWARDS_KEY_PAIR_GEN, GENPAIR, 0) };
+static const struct need need_rsa2048[] = { N(CKM_RSA_PKCS, SIGVER, 2048),
+					    N(CKM_RSA_PKCS_PSS, SIGVER, 2048),
+					    N(CKM_RSA_PKCS_KEY_PAIR_GEN, GENPAIR, 2048) };
+static const struct need need_rsa3072[] = { N(CKM_RSA_PKCS, SIGVER, 3072),
+					    N(CKM_RSA_PKCS_PSS, SIGVER, 3072),
+					    N(CKM_RSA_PKCS_KEY_PAIR_GEN, GENPAIR, 3072) };
+static const struct need need_rsa4096[] = { N(CKM_RSA_PKCS, SIGVER, 4096),
+					    N(CKM_RSA_PKCS_PSS, SIGVER, 4096),
+					    N(CKM_RSA_PKCS_KEY_PAIR_GEN, GENPAIR, 4096) };
 /* Generation only: an import is a C_CreateObject, which needs no mechanism. */
 static const struct need need_hmac256[] = { N(CKM_SHA256_HMAC, SIGVER, 0),
 					    N(CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE, 0) };
@@ -44,6 +46,8 @@ static const struct need need_hmac512[] = { N(CKM_SHA512_HMAC, SIGVER, 0),
 					    N(CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE, 0) };
 static const struct need need_aes[] = { N(CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, 256),
 					N(CKM_AES_KEY_GEN, CKF_GENERATE, 256) };
+#undef GENPAIR
+#undef SIGVER
 #undef N
 
 static const struct {
@@ -113,7 +117,10 @@ caps_map(struct p11_caps *c)
 
 		tc->generate = tc->import = tc->use = 1;
 		tc->why_generate[0] = tc->why_import[0] = '\0';
-		for (size_t i = 0; i < needs[t].count; i++) {
+		/* The making mechanisms first: a refused generation names them
+		 * before the ones a key would run. */
+		for (size_t k = 0; k < needs[t].count; k++) {
+			size_t i = (k + needs[t].use) % needs[t].count;
 			char why[sizeof(tc->why_generate)];
 
 			need_check(c, &needs[t].n[i], why, sizeof(why));
