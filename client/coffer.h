@@ -720,6 +720,29 @@ struct coffer_audit_report {
  * check could not run. */
 COFFER_API int coffer_audit_verify(coffer_client *c, struct coffer_audit_report *rep);
 
+/* ---- the token's capabilities (AdminService/GetTokenInfo, admin socket) ----
+ * What the daemon's PKCS#11 token can do, as read when the daemon opened it. */
+struct coffer_key_type_support {
+	enum coffer_key_type type;
+	int can_generate;               /* create_key / rotate_key */
+	int can_import;                 /* import_key (HMAC and AES types) */
+	int can_use;                    /* an existing key of the type works */
+	char missing[160];              /* !can_generate: what the token lacks */
+};
+#define COFFER_TOKEN_UNAVAILABLE_MAX 8
+struct coffer_token_info {
+	char label[33], manufacturer[33], model[17];
+	char module[256];               /* the PKCS#11 module's path */
+	uint32_t mechanisms;            /* how many mechanisms the token lists */
+	int rng;
+	int session_copies;             /* keys run on session copies */
+	size_t n_key_types;
+	struct coffer_key_type_support key_types[16];
+	size_t n_unavailable;           /* daemon features the token cannot carry */
+	char unavailable[COFFER_TOKEN_UNAVAILABLE_MAX][320];   /* "feature: why" */
+};
+COFFER_API int coffer_token_info(coffer_client *c, struct coffer_token_info *out);
+
 /* ---- grpc.health.v1.Health/Check (both sockets) ----
  * service: NULL or "" for the daemon as a whole, "coffer.v1.KeyService" or
  * "coffer.v1.AdminService". Unknown names fail with COFFER_E_NOT_FOUND. */

@@ -1,6 +1,7 @@
 /*
- * libcoffer_audit.c — the AdminService calls of the audit trail: its last
- * records, and a check of its chain and seals.
+ * libcoffer_audit.c — the AdminService calls of the audit trail (its last
+ * records, and a check of its chain and seals) and of the token's
+ * capabilities.
  */
 #include "libcoffer_rpc.h"
 
@@ -74,6 +75,46 @@ coffer_audit_verify(coffer_client *c, struct coffer_audit_report *rep)
 	rep->seals = resp->seals;
 	rep->first_bad = resp->first_bad;
 	snprintf(rep->reason, sizeof(rep->reason), "%s", resp->reason);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
+}
+
+int
+coffer_token_info(coffer_client *c, struct coffer_token_info *out)
+{
+	Coffer__V1__GetTokenInfoRequest req = COFFER__V1__GET_TOKEN_INFO_REQUEST__INIT;
+	Coffer__V1__GetTokenInfoResponse *resp;
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	cf_error_clear();
+	if (c == NULL || out == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL argument");
+	if ((r = lc_rpc(c, AS "GetTokenInfo", &req.base,
+	    &coffer__v1__get_token_info_response__descriptor, 0, &m)) != CF_OK)
+		return r;
+	resp = (Coffer__V1__GetTokenInfoResponse *)m;
+	memset(out, 0, sizeof(*out));
+	snprintf(out->label, sizeof(out->label), "%s", resp->label);
+	snprintf(out->manufacturer, sizeof(out->manufacturer), "%s", resp->manufacturer);
+	snprintf(out->model, sizeof(out->model), "%s", resp->model);
+	snprintf(out->module, sizeof(out->module), "%s", resp->module);
+	out->mechanisms = resp->mechanisms;
+	out->rng = resp->rng;
+	out->session_copies = resp->session_copies;
+	for (size_t i = 0; i < resp->n_key_types &&
+	     out->n_key_types < sizeof(out->key_types) / sizeof(out->key_types[0]); i++) {
+		struct coffer_key_type_support *ks = &out->key_types[out->n_key_types++];
+
+		ks->type = (enum coffer_key_type)resp->key_types[i]->type;
+		ks->can_generate = resp->key_types[i]->can_generate;
+		ks->can_import = resp->key_types[i]->can_import;
+		ks->can_use = resp->key_types[i]->can_use;
+		snprintf(ks->missing, sizeof(ks->missing), "%s", resp->key_types[i]->missing);
+	}
+	for (size_t i = 0; i < resp->n_unavailable && i < COFFER_TOKEN_UNAVAILABLE_MAX; i++)
+		snprintf(out->unavailable[out->n_unavailable++], sizeof(out->unavailable[0]), "%s",
+			 resp->unavailable[i]);
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CF_OK;
 }

@@ -75,6 +75,7 @@ const struct cf_method cf_methods[CF_METHOD__COUNT] = {
 	[CF_AS_LIST_API_KEYS] = { ADMIN("ListApiKeys") },
 	[CF_AS_TAIL_AUDIT] = { ADMIN("TailAudit") },
 	[CF_AS_VERIFY_AUDIT] = { ADMIN("VerifyAudit") },
+	[CF_AS_GET_TOKEN_INFO] = { ADMIN("GetTokenInfo") },
 
 	/* A session is opened outside one, and only a sealed call closes it. */
 	[CF_SS_GET_IDENTITY] = { M(SS, "GetIdentity"), .socket = CF_SOCK_BOTH,

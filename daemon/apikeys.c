@@ -479,6 +479,15 @@ admin_end(apikeys *a)
 
 /* ---- changes ---- */
 
+int
+apikeys_available(cf_p11 *p11)
+{
+	if (cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 1) == CF_OK)
+		return CF_OK;
+	return cf_error(CF_E_PRECONDITION, "API keys are not available on this token: each "
+			"secret is an HMAC-SHA256 key inside it, and %s", cf_error_detail());
+}
+
 /* A new secret object at generation gen: imported, or generated from the
  * token's RNG and returned in *secret. */
 static int
@@ -575,6 +584,8 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	*secret = NULL;
 	if (strlen(principal) > STORE_PRINCIPAL_NAME_MAX)
 		return cf_error(CF_E_INVALID_ARG, "principal name too long");
+	if ((r = apikeys_available(a->p11)) != CF_OK)
+		return r;
 	memset(&rec, 0, sizeof(rec));
 	if ((r = admin_begin(a)) != CF_OK)
 		return r;
@@ -630,6 +641,8 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	int r;
 
 	*secret = NULL;
+	if ((r = apikeys_available(a->p11)) != CF_OK)
+		return r;
 	if ((r = admin_begin(a)) != CF_OK)
 		return r;
 	if ((e = find(a, id)) == NULL) {

@@ -45,6 +45,11 @@ int apikeys_refresh(apikeys *a);
 
 /* ---- administration ---- */
 
+/* CF_OK, or CF_E_PRECONDITION saying why the token cannot hold API-key
+ * secrets (they are HMAC-SHA256 keys imported into it): create and rotate
+ * check it first. */
+int apikeys_available(cf_p11 *p11);
+
 /* New key for principal (who must exist: the caller checks). import NULL:
  * a generated secret, returned in *secret (free with cf_secret_free); else
  * the imported secret and *secret = NULL. CF_E_PRECONDITION beyond

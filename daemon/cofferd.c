@@ -513,6 +513,7 @@ main(int argc, char **argv)
 		cf_log_warn("session.unsealed_secrets is on: secret plaintext may cross the "
 			    "socket unsealed; use it for measurements only");
 	memset(&rc, 0, sizeof(rc));
+	rc.p11 = p11;
 	rc.kr = kr;
 	rc.sm = sm;
 	rc.pol = pol;

@@ -35,6 +35,7 @@
  * redo any of it, and tests build an hcall from a few fields.
  */
 struct hservices {
+	cf_p11 *p11;            /* the token: its capabilities (GetTokenInfo) */
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;

@@ -67,6 +67,7 @@ extern const struct hservice handlers_lifecycle;   /* handlers_lifecycle.c */
 extern const struct hservice handlers_principals;  /* handlers_principals.c */
 extern const struct hservice handlers_apikeys;     /* handlers_apikeys.c */
 extern const struct hservice handlers_audit;       /* handlers_audit.c */
+extern const struct hservice handlers_token;       /* handlers_token.c */
 extern const struct hservice handlers_session;     /* handlers_session.c */
 extern const struct hservice handlers_batch;       /* handlers_batch.c */
 

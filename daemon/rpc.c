@@ -208,7 +208,7 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 {
 	rpc_server *s = c->s;
 	/* The window as of this call: SIGHUP may change it (rpc_set_window). */
-	struct hservices sv = { .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol,
+	struct hservices sv = { .p11 = s->cfg.p11, .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol,
 				.ak = s->cfg.ak, .au = s->cfg.au, .nn = s->cfg.nn, .st = s->cfg.st,
 				.window = atomic_load(&s->window) };
 	struct dcall h = { .sv = &sv, .idm = s->cfg.idm,

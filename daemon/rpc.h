@@ -23,6 +23,7 @@
 #include "store.h"
 
 struct rpc_cfg {
+	cf_p11 *p11;                 /* the token (GetTokenInfo) */
 	keyring *kr;
 	session_mgr *sm;
 	policy *pol;

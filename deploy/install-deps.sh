@@ -8,6 +8,8 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libssl-dev openssl
  softhsm2 libsofthsm2 p11-kit libp11-kit-dev
  libp11-dev libengine-pkcs11-openssl
+ swtpm swtpm-tools tpm2-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools
+ libtss2-tcti-swtpm0 tpm2-abrmd libtss2-tcti-tabrmd0 dbus
  libprotobuf-c-dev protobuf-c-compiler
  libgrpc-dev protobuf-compiler-grpc
  libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libmicrohttpd-dev libsystemd-dev

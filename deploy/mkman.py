@@ -59,7 +59,7 @@ def main():
     for line in top.split("Commands:\n", 1)[1].split("\n\n", 1)[0].splitlines():
         if line.startswith("  ") and not line.startswith("   "):
             words = line.split()
-            two = words[0] in ("key", "principal", "audit", "request")
+            two = words[0] in ("key", "principal", "audit", "request", "token")
             cmds.append(words[:2] if two else words[:1])
     parts = []
     for words in cmds:

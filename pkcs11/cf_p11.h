@@ -27,13 +27,21 @@
  * re-initialises / reopens / logs in again as needed and retries the
  * operation once. An invalid object handle (the object was destroyed or
  * re-made, e.g. by another process) only costs a fresh search and one retry.
+ * CKR_GENERAL_ERROR or CKR_DEVICE_ERROR may mean the device went away: the
+ * layer then finalizes the module (if it initialised it), initialises it
+ * again, finds the token, logs in and retries once (tpm2-pkcs11 stays broken
+ * after its TPM restarts until then). When a recovery fails, or does not
+ * help, the call fails with CF_E_UNAVAILABLE ("the token is not answering")
+ * and the next call's recovery is the full one.
  *
  * Objects: each key version is stored with CKA_LABEL "coffer/<name>/<version>"
  * and CKA_ID = the first 16 bytes of SHA-256 of that label, on every object of
  * the version (private + public, or the secret). Private and secret objects
  * are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE = TRUE and CKA_EXTRACTABLE = FALSE:
  * key material never leaves the token. Every object has every usage
- * attribute of its class set (TRUE only for what Coffer does with it) and
+ * attribute of its class set (TRUE only for what Coffer does with it; not
+ * CKA_ENCRYPT and CKA_DECRYPT of a key pair on a module that sets them
+ * itself and refuses templates saying otherwise, such as tpm2-pkcs11) and
  * CKA_ALLOWED_MECHANISMS = exactly the mechanisms Coffer runs with it
  * (token objects stay CKA_MODIFIABLE: SoftHSM cannot make session copies of
  * unmodifiable ones; the session copies the layer uses are unmodifiable):
@@ -94,6 +102,36 @@ int cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out);
 /* Close sessions and finalize the module if this context initialised it.
  * All keys of the context must be freed first. Accepts NULL. */
 void cf_p11_close(cf_p11 *p);
+
+/* ---- capabilities ---- */
+
+/* What the token can do, read at open from C_GetTokenInfo,
+ * C_GetMechanismList and C_GetMechanismInfo (flags and key sizes) and one
+ * probe: a session AES key made and destroyed (modules list secret-key
+ * generation they cannot run). Session copies turn off for good the first
+ * time the module answers C_CopyObject with CKR_FUNCTION_NOT_SUPPORTED. */
+struct cf_p11_type_caps {
+	int generate;     /* cf_p11_key_generate of the type can work */
+	int import;       /* cf_p11_key_import of the type can work */
+	int use;          /* an existing key of the type can be used */
+	char why[160];    /* if not: the missing mechanism, e.g. "the token has no CKM_EDDSA" */
+};
+struct cf_p11_caps {
+	char label[33], manufacturer[33], model[17];
+	char module[256];
+	unsigned long token_flags;  /* CKF_* of CK_TOKEN_INFO */
+	int rng;                    /* CKF_RNG */
+	int session_copies;         /* keys run on session copies (else the token objects) */
+	unsigned long mechanisms;   /* how many mechanisms the token lists */
+	struct cf_p11_type_caps type[CF_KEY__COUNT];
+};
+void cf_p11_caps_get(cf_p11 *p, struct cf_p11_caps *out);
+
+/* CF_OK if the token can generate (import = 0) or import (1) a key of `type`;
+ * else CF_E_PRECONDITION with a detail naming the missing mechanism ("this
+ * token cannot generate ed25519 keys: the token has no
+ * CKM_EC_EDWARDS_KEY_PAIR_GEN"). cf_p11_key_generate and cf_p11_key_import check this first. */
+int cf_p11_can_create(cf_p11 *p, enum cf_key_type type, int import);
 
 /* ---- keys ---- */
 

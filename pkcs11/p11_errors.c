@@ -77,6 +77,10 @@ static const struct p11_rv_entry p11_rv_table[] = {
 	E(P11_RV_NOT_FOUND, CF_E_NOT_FOUND, "no such object in the token"),
 	E(P11_RV_AMBIGUOUS, CF_E_TOKEN, "several token objects carry the same label"),
 	E(P11_RV_LOCK, CF_E_IO, "cannot lock the token lock file"),
+	E(P11_RV_DECRYPT_FAILED, CF_E_DECRYPT, "decryption failed"),
+	E(P11_RV_BAD_OUTPUT, CF_E_TOKEN, "the token returned output of an unexpected length"),
+	E(P11_RV_TOKEN_LOST, CF_E_UNAVAILABLE, "the token is not answering and recovering the "
+	  "session failed; the next call re-initialises the PKCS#11 module and tries again"),
 };
 #undef E
 
@@ -139,6 +143,12 @@ int
 p11_rv_stale_object(CK_RV rv)
 {
 	return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID;
+}
+
+int
+p11_rv_device_lost(CK_RV rv)
+{
+	return rv == CKR_GENERAL_ERROR || rv == CKR_DEVICE_ERROR;
 }
 
 int

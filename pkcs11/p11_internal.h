@@ -28,6 +28,13 @@
 #define P11_RV_AMBIGUOUS    (CKR_VENDOR_DEFINED | 0x434f0003UL)
 /* flock on the lock file failed; the thread's error detail names the file. */
 #define P11_RV_LOCK         (CKR_VENDOR_DEFINED | 0x434f0004UL)
+/* GCM decryption refused (SoftHSM reports a failed tag check as
+ * CKR_GENERAL_ERROR, which must not pass for a lost device). */
+#define P11_RV_DECRYPT_FAILED (CKR_VENDOR_DEFINED | 0x434f0006UL)
+/* The token answered with output of a length it should not have. */
+#define P11_RV_BAD_OUTPUT   (CKR_VENDOR_DEFINED | 0x434f0007UL)
+/* The token failed and recovering did not bring it back (p->reinit is set). */
+#define P11_RV_TOKEN_LOST   (CKR_VENDOR_DEFINED | 0x434f0005UL)
 
 /* Modules reject NULL data pointers even for zero lengths. */
 #define P11_DATA(ptr) ((CK_BYTE_PTR)((ptr) != NULL ? (const void *)(ptr) : (const void *)""))
@@ -37,6 +44,22 @@ struct p11_pooled {
 	uint64_t epoch;
 };
 
+/* What the token can do with each Coffer key type (p11_caps.c). */
+struct p11_type_cap {
+	int generate, import, use;  /* use: an existing key of the type works */
+	char why_generate[160];     /* names the missing mechanism, or "" */
+	char why_import[160];
+};
+
+struct p11_caps {
+	CK_TOKEN_INFO token;
+	CK_MECHANISM_TYPE *mechs;   /* those whose C_GetMechanismInfo answered */
+	CK_MECHANISM_INFO *infos;
+	CK_ULONG n_mechs;
+	char secret_why[160];       /* why no secret key can be made, or "" */
+	struct p11_type_cap type[CF_KEY__COUNT];
+};
+
 struct cf_p11 {
 	void *dl;
 	CK_FUNCTION_LIST *f;
@@ -44,13 +67,19 @@ struct cf_p11 {
 	char *module_path;
 	char *token_uri;
 	char *pin_file;
-	int session_copies;
+	int session_copies;         /* atomic: cleared when C_CopyObject is not supported */
 	CK_SLOT_ID slot;
+	struct p11_caps caps;       /* read at open; constant afterwards */
+	int token_sets_crypt;       /* atomic: key-pair templates leave CKA_ENCRYPT and
+				       CKA_DECRYPT to the module (p11_keys.c) */
 	CK_SESSION_HANDLE anchor;   /* holds the login and owns session copies */
 
 	/* Readers: every operation. Writer: recovery. Writer-preferring. */
 	pthread_rwlock_t life;
 	uint64_t epoch;             /* bumped whenever sessions/objects were reset */
+	int reinit;                 /* atomic: the next recovery finalizes and initialises
+				       the module (a full one failed, or a lighter one
+				       did not help) */
 
 	pthread_mutex_t write_mu;   /* serialises token-object writes, token searches and anchor use */
 	char *lock_path;            /* cross-process token lock file, or NULL */
@@ -106,6 +135,10 @@ int p11_rv_stale_object(CK_RV rv);
  * error), 0 if it refused what it was given: a signature or ciphertext
  * that does not check, bad data, an absent object, a busy pool. */
 int p11_rv_fault(CK_RV rv);
+/* 1 if the CK_RV may mean the device behind the module went away and came
+ * back (tpm2-pkcs11 after a TPM restart: CKR_GENERAL_ERROR until the module
+ * is finalized and initialised again). */
+int p11_rv_device_lost(CK_RV rv);
 
 /* ---- p11_module.c ---- */
 CK_RV p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch);
@@ -124,6 +157,11 @@ CK_RV p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg);
  * lock file. P11_RV_LOCK (detail set) if flock fails. */
 CK_RV p11_token_lock(cf_p11 *p, int how);
 void p11_token_unlock(cf_p11 *p);
+
+/* ---- p11_caps.c ---- */
+/* Read token info and mechanisms and map them to key types (after login). */
+int p11_caps_read(cf_p11 *p);
+void p11_caps_free(struct p11_caps *c);
 
 /* ---- p11_keys.c ---- */
 CK_RV p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch,

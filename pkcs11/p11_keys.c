@@ -101,10 +101,10 @@ tpl_mechs(struct p11_template *t, enum cf_key_type type, int derive)
 	tpl_add(t, CKA_ALLOWED_MECHANISMS, m, n);
 }
 
-/* Every usage attribute the object class has (PKCS#11 4.8-4.10), TRUE for
- * those in `on`, FALSE for the rest. */
+/* Every usage attribute the object class has (PKCS#11 4.8-4.10) but those
+ * in `omit`, TRUE for those in `on`, FALSE for the rest. */
 static void
-tpl_usage(struct p11_template *t, CK_OBJECT_CLASS cls, unsigned on)
+tpl_usage(struct p11_template *t, CK_OBJECT_CLASS cls, unsigned on, unsigned omit)
 {
 	static const struct { CK_ATTRIBUTE_TYPE a; unsigned bit; } all[] = {
 		{ CKA_SIGN, U_SIGN }, { CKA_VERIFY, U_VERIFY }, { CKA_ENCRYPT, U_ENCRYPT },
@@ -119,7 +119,7 @@ tpl_usage(struct p11_template *t, CK_OBJECT_CLASS cls, unsigned on)
 		       U_SIGN | U_VERIFY | U_ENCRYPT | U_DECRYPT | U_WRAP | U_UNWRAP | U_DERIVE;
 
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-		if (has & all[i].bit)
+		if (has & all[i].bit & ~omit)
 			tpl_bool(t, all[i].a, (on & all[i].bit) != 0);
 }
 
@@ -201,10 +201,10 @@ tpl_secret(struct p11_template *t, const cf_p11_key *k, CK_ULONG *value_len)
 	tpl_private(t, k);
 	if (cf_key_type_is_hmac(k->type)) {
 		tpl_add(t, CKA_KEY_TYPE, &generic_type, sizeof(generic_type));
-		tpl_usage(t, CKO_SECRET_KEY, U_SIGN | U_VERIFY);
+		tpl_usage(t, CKO_SECRET_KEY, U_SIGN | U_VERIFY, 0);
 	} else {
 		tpl_add(t, CKA_KEY_TYPE, &aes_type, sizeof(aes_type));
-		tpl_usage(t, CKO_SECRET_KEY, U_ENCRYPT | U_DECRYPT);
+		tpl_usage(t, CKO_SECRET_KEY, U_ENCRYPT | U_DECRYPT, 0);
 	}
 	tpl_mechs(t, k->type, 0);
 	if (value_len != NULL)
@@ -419,8 +419,13 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 		goto unlock;
 	k->use_priv = k->priv;
 	k->use_pub = k->pub;
-	if (p->session_copies) {
-		if (p11_copy(p, k->priv, &cp) == CKR_OK &&
+	if (__atomic_load_n(&p->session_copies, __ATOMIC_RELAXED)) {
+		CK_RV crv = p11_copy(p, k->priv, &cp);
+
+		/* tpm2-pkcs11: no C_CopyObject at all; stop asking. */
+		if (crv == CKR_FUNCTION_NOT_SUPPORTED)
+			__atomic_store_n(&p->session_copies, 0, __ATOMIC_RELAXED);
+		if (crv == CKR_OK &&
 		    (k->pub == CK_INVALID_HANDLE || p11_copy(p, k->pub, &cpub) == CKR_OK)) {
 			k->use_priv = cp;
 			k->use_pub = k->pub == CK_INVALID_HANDLE ? CK_INVALID_HANDLE : cpub;
@@ -462,8 +467,38 @@ struct gen_arg {
 	const cf_secret *material; /* import when set */
 };
 
+/*
+ * tpm2-pkcs11 1.9 makes every key pair a TPM object that signs and decrypts
+ * and sets CKA_DECRYPT (private) and CKA_ENCRYPT (public) TRUE itself; a
+ * template saying FALSE fails with CKR_GENERAL_ERROR ("User specified and
+ * TPM specified attr mismatch"), and CKA_DECRYPT=FALSE on the private half
+ * even turns the public half's CKA_VERIFY FALSE. Such a token gets templates
+ * without those two attributes (CKA_ALLOWED_MECHANISMS still limits the
+ * key to Coffer's mechanisms): tried once when the full template fails,
+ * then kept (p->token_sets_crypt).
+ */
+#define U_TOKEN_SET_PRIV U_DECRYPT
+#define U_TOKEN_SET_PUB  U_ENCRYPT
+
+static CK_RV
+gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient);
+
 static CK_RV
 gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
+{
+	int lenient = __atomic_load_n(&p->token_sets_crypt, __ATOMIC_RELAXED);
+	CK_RV rv = gen_keypair_tpl(p, s, g, lenient);
+
+	if (!lenient && (rv == CKR_GENERAL_ERROR || rv == CKR_TEMPLATE_INCONSISTENT)) {
+		rv = gen_keypair_tpl(p, s, g, 1);
+		if (rv == CKR_OK)
+			__atomic_store_n(&p->token_sets_crypt, 1, __ATOMIC_RELAXED);
+	}
+	return rv;
+}
+
+static CK_RV
+gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient)
 {
 	cf_p11_key *k = g->k;
 	struct p11_template pub = { .n = 0 }, priv = { .n = 0 };
@@ -479,10 +514,11 @@ gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
 	tpl_add(&pub, CKA_LABEL, k->label, strlen(k->label));
 	tpl_add(&pub, CKA_ID, k->id, sizeof(k->id));
 	/* The public half only verifies; ECDH uses the private half. */
-	tpl_usage(&pub, CKO_PUBLIC_KEY, U_VERIFY);
+	tpl_usage(&pub, CKO_PUBLIC_KEY, U_VERIFY, lenient ? U_TOKEN_SET_PUB : 0);
 	tpl_mechs(&pub, k->type, 0);
 	tpl_private(&priv, k);
-	tpl_usage(&priv, CKO_PRIVATE_KEY, U_SIGN | (derive ? U_DERIVE : 0));
+	tpl_usage(&priv, CKO_PRIVATE_KEY, U_SIGN | (derive ? U_DERIVE : 0),
+		  lenient ? U_TOKEN_SET_PRIV : 0);
 	tpl_mechs(&priv, k->type, derive);
 	if (cf_key_type_is_rsa(k->type)) {
 		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
@@ -560,6 +596,8 @@ p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type t
 		return cf_error(CF_E_INVALID_ARG, "unknown key flags 0x%x", flags & ~CF_P11_DERIVE);
 	if ((flags & CF_P11_DERIVE) && !cf_key_type_is_ec(type))
 		return cf_error(CF_E_WRONG_KEY_TYPE, "only EC keys can be made for ECDH");
+	if ((r = cf_p11_can_create(p, type, material != NULL)) != CF_OK)
+		return r;
 	if ((r = p11_key_new(p, name, version, type, id, &g.k)) != CF_OK)
 		return r;
 	rv = p11_run(p, NULL, gen_op, &g);

@@ -264,8 +264,9 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	if ((rv = p11_initialize(p)) != CKR_OK)
 		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", p->module_path,
 			     p11_rv_name(rv));
-	else if ((r = p11_find_slot(p, &p->slot)) == CF_OK)
-		r = p11_login(p);
+	else if ((r = p11_find_slot(p, &p->slot)) == CF_OK &&
+		 (r = p11_login(p)) == CF_OK)
+		r = p11_caps_read(p);
 	p11_token_unlock(p);
 	if (r != CF_OK)
 		goto out;
@@ -300,6 +301,7 @@ cf_p11_close(cf_p11 *p)
 	pthread_mutex_destroy(&p->pool_mu);
 	pthread_cond_destroy(&p->pool_cv);
 	free(p->pool);
+	p11_caps_free(&p->caps);
 	free(p->module_path);
 	free(p->token_uri);
 	free(p->pin_file);
@@ -379,11 +381,13 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 {
 	CK_RV irv;
 	int r = CF_OK;
+	int full;
 
 	pthread_rwlock_wrlock(&p->life);
 	if (p->epoch != seen)
 		goto out; /* another thread already recovered */
 	p11_stat(&p->stats.recoveries);
+	full = p11_rv_device_lost(rv) || __atomic_load_n(&p->reinit, __ATOMIC_RELAXED);
 	/* We own everything now: no operation is in flight. */
 	pthread_mutex_lock(&p->pool_mu);
 	p11_pool_close_all(p);
@@ -397,14 +401,21 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 		r = p11_status(irv, "recovering the token");
 		goto bump;
 	}
-	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+	if (full && p->we_initialized) {
+		/* The device went and came back (or may have): the module
+		 * keeps its dead connection until it is finalized. Only a
+		 * module this context initialised is ours to finalize. */
+		(void)p->f->C_Finalize(NULL);
+		p->we_initialized = 0;
+	}
+	if (rv == CKR_CRYPTOKI_NOT_INITIALIZED || (full && !p->we_initialized)) {
 		if ((irv = p11_initialize(p)) != CKR_OK) {
 			r = p11_status(irv, "re-initialising the PKCS#11 module");
 			goto unlock;
 		}
 	}
 	if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
-	    rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+	    rv == CKR_CRYPTOKI_NOT_INITIALIZED || full) {
 		/* Slot ids may have changed. */
 		if ((r = p11_find_slot(p, &p->slot)) != CF_OK)
 			goto unlock;
@@ -412,6 +423,8 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	r = p11_login(p);
 unlock:
 	p11_token_unlock(p);
+	/* Failed: the next recovery starts from scratch (finalize, initialise). */
+	__atomic_store_n(&p->reinit, r != CF_OK, __ATOMIC_RELAXED);
 bump:
 	/* Every cached handle and session copy belongs to the old epoch. */
 	p->epoch++;
@@ -445,13 +458,17 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 	CK_SESSION_HANDLE s;
 	uint64_t epoch, sepoch;
 	CK_RV rv = CKR_OK;
+	int recovered = 0;
+	unsigned stuck = 0;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
 		pthread_rwlock_rdlock(&p->life);
 		epoch = p->epoch;
 		if (p->anchor == CK_INVALID_HANDLE) {
-			/* An earlier recovery failed; try again below. */
-			rv = CKR_SESSION_HANDLE_INVALID;
+			/* An earlier recovery failed; try again below (all of
+			 * it if a re-initialisation was part of it). */
+			rv = __atomic_load_n(&p->reinit, __ATOMIC_RELAXED) ? CKR_DEVICE_ERROR :
+			     CKR_SESSION_HANDLE_INVALID;
 		} else if ((rv = p11_pool_acquire(p, &s, &sepoch)) == CKR_OK) {
 			if (k != NULL)
 				rv = p11_key_resolve(k, s, epoch, &h);
@@ -465,7 +482,15 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			p11_stat(&p->stats.operations);
 		}
 		pthread_rwlock_unlock(&p->life);
-		if (attempt > 0 || !p11_rv_recoverable(rv))
+		/* A session stuck in an operation (seen with tpm2-pkcs11 under
+		 * load: C_SignInit answers CKR_OPERATION_ACTIVE on every call)
+		 * was just closed: run again on another, without counting it as
+		 * an attempt, once for each session the pool can hold. */
+		if (rv == CKR_OPERATION_ACTIVE && stuck++ < p->pool_size) {
+			attempt--;
+			continue;
+		}
+		if (attempt > 0 || !(p11_rv_recoverable(rv) || p11_rv_device_lost(rv)))
 			break;
 		if (p11_rv_stale_object(rv)) {
 			/* The object went (another process sharing the token may
@@ -475,8 +500,20 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			if (k != NULL)
 				p11_key_invalidate(k);
 		} else if (p11_recover(p, rv, epoch) != CF_OK) {
+			/* It set p->reinit: the next call starts from scratch. */
+			rv = P11_RV_TOKEN_LOST;
 			break;
+		} else {
+			recovered = 1;
 		}
+	}
+	/* A recovery that did not help (tpm2-pkcs11 while its TPM is gone can
+	 * accept C_Login and answer CKR_USER_NOT_LOGGED_IN to the next call):
+	 * the next one finalizes and initialises the module. */
+	if (recovered && ((p11_rv_recoverable(rv) && !p11_rv_stale_object(rv)) ||
+			  p11_rv_device_lost(rv))) {
+		__atomic_store_n(&p->reinit, 1, __ATOMIC_RELAXED);
+		rv = P11_RV_TOKEN_LOST;
 	}
 	if (p11_rv_fault(rv))
 		p11_stat(&p->stats.errors);

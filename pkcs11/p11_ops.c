@@ -430,10 +430,10 @@ gcm_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 		if ((rv = p->f->C_DecryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;
 		rv = p->f->C_Decrypt(s, P11_DATA(g->in), g->inlen, g->out, &g->outlen);
-		/* SoftHSM reports a failed tag check so: a refusal of the
-		 * ciphertext, not a failure of the token (p11_rv_fault). */
-		if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED)
-			rv = CKR_ENCRYPTED_DATA_INVALID;
+		/* SoftHSM reports a failed tag check as CKR_GENERAL_ERROR. */
+		if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED ||
+		    rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+			return P11_RV_DECRYPT_FAILED;
 	} else {
 		if ((rv = p->f->C_EncryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;
@@ -442,7 +442,7 @@ gcm_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	if (rv == CKR_BUFFER_TOO_SMALL) {
 		/* Cannot happen with our sizing; end the active operation anyway. */
 		g->outlen = cap;
-		rv = CKR_GENERAL_ERROR;
+		rv = P11_RV_BAD_OUTPUT;
 	}
 	return rv;
 }
@@ -521,9 +521,7 @@ cf_p11_gcm_decrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
 	g.out = cf_secret_ptr(plain);
 	g.outlen = ctlen;
 	rv = p11_run(k->p, k, gcm_op, &g);
-	/* SoftHSM reports a failed tag check as CKR_GENERAL_ERROR. */
-	if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED ||
-	    rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE) {
+	if (rv == P11_RV_DECRYPT_FAILED) {
 		r = cf_error(CF_E_DECRYPT, "decryption failed: ciphertext, tag, IV or additional "
 			     "data do not match");
 		goto out;
@@ -578,7 +576,7 @@ ecdh_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	rv = p->f->C_GetAttributeValue(s, obj, &val, 1);
 	(void)p->f->C_DestroyObject(s, obj);
 	if (rv == CKR_OK && val.ulValueLen != e->len)
-		rv = CKR_GENERAL_ERROR;
+		rv = P11_RV_BAD_OUTPUT;
 	return rv;
 }
 

@@ -227,3 +227,83 @@ cmd_audit_verify(struct ctl *ctl, const struct opts *o)
 	coffer_close(c);
 	return rc;
 }
+
+static void
+token_info_json(const struct coffer_token_info *ti)
+{
+	fputs("{\"label\":", stdout);
+	put_json_str(stdout, ti->label);
+	fputs(",\"manufacturer\":", stdout);
+	put_json_str(stdout, ti->manufacturer);
+	fputs(",\"model\":", stdout);
+	put_json_str(stdout, ti->model);
+	fputs(",\"module\":", stdout);
+	put_json_str(stdout, ti->module);
+	printf(",\"mechanisms\":%u,\"rng\":%s,\"session_copies\":%s,\"key_types\":[",
+	       ti->mechanisms, ti->rng ? "true" : "false", ti->session_copies ? "true" : "false");
+	for (size_t i = 0; i < ti->n_key_types; i++) {
+		const struct coffer_key_type_support *k = &ti->key_types[i];
+
+		printf("%s{\"type\":\"%s\",\"generate\":%s,\"import\":%s,\"use\":%s,"
+		       "\"missing\":", i ? "," : "", coffer_key_type_name(k->type),
+		       k->can_generate ? "true" : "false", k->can_import ? "true" : "false",
+		       k->can_use ? "true" : "false");
+		put_json_str(stdout, k->missing);
+		fputc('}', stdout);
+	}
+	fputs("],\"unavailable\":[", stdout);
+	for (size_t i = 0; i < ti->n_unavailable; i++) {
+		if (i)
+			fputc(',', stdout);
+		put_json_str(stdout, ti->unavailable[i]);
+	}
+	fputs("]}\n", stdout);
+}
+
+/* token info: the one AdminService call that describes the token itself. */
+int
+cmd_token_info(struct ctl *ctl, const struct opts *o)
+{
+	struct coffer_token_info ti;
+	coffer_client *c = NULL;
+	int r, rc;
+
+	(void)o;
+	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
+		return rc;
+	r = coffer_token_info(c, &ti);
+	coffer_close(c);
+	if (r != COFFER_OK)
+		return fail(r);
+	if (ctl->json) {
+		token_info_json(&ti);
+		return flush_stdout();
+	}
+	fputs("token:          ", stdout);
+	put_safe(stdout, ti.label);
+	fputs(" (", stdout);
+	put_safe(stdout, ti.manufacturer);
+	fputs(" ", stdout);
+	put_safe(stdout, ti.model);
+	fputs(")\nmodule:         ", stdout);
+	put_safe(stdout, ti.module);
+	printf("\nmechanisms:     %u listed; RNG %s; session copies %s\n", ti.mechanisms,
+	       ti.rng ? "yes" : "no", ti.session_copies ? "yes" : "no (keys run on token objects)");
+	printf("%-12s %-8s %-6s %-4s %s\n", "KEY TYPE", "GENERATE", "IMPORT", "USE", "MISSING");
+	for (size_t i = 0; i < ti.n_key_types; i++) {
+		const struct coffer_key_type_support *k = &ti.key_types[i];
+
+		printf("%-12s %-8s %-6s %-4s ", coffer_key_type_name(k->type),
+		       k->can_generate ? "yes" : "no",
+		       k->can_import ? "yes" : k->type >= COFFER_KEY_HMAC_SHA256 ? "no" : "-",
+		       k->can_use ? "yes" : "no");
+		put_safe(stdout, k->missing);
+		fputc('\n', stdout);
+	}
+	for (size_t i = 0; i < ti.n_unavailable; i++) {
+		fputs("unavailable:    ", stdout);
+		put_safe(stdout, ti.unavailable[i]);
+		fputc('\n', stdout);
+	}
+	return flush_stdout();
+}

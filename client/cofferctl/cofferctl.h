@@ -220,6 +220,7 @@ int cmd_principal_keys(struct ctl *ctl, const struct opts *o);
 /* audit.c */
 int cmd_audit_tail(struct ctl *ctl, const struct opts *o);
 int cmd_audit_verify(struct ctl *ctl, const struct opts *o);
+int cmd_token_info(struct ctl *ctl, const struct opts *o);
 
 /* requests.c */
 int cmd_request_sign(struct ctl *ctl, const struct opts *o);

@@ -292,6 +292,11 @@ static const struct cmd commands[] = {
 	  "                     ~/.pgpass, not here) and the replica whose trail it is\n"
 	  "  --anchor SEQ:CHAIN an anchor noted elsewhere (e.g. from --json output)\n"
 	  "Without an anchor a cut tail or an older copy of the file cannot be seen." },
+	{ "token info", cmd_token_info, 0, 0, 0, "token info",
+	  "What the daemon's PKCS#11 token can do, as read when the daemon opened it:\n"
+	  "for every key type whether it can be generated, imported and used, and if\n"
+	  "not the mechanism the token lacks; the daemon features it cannot carry\n"
+	  "(HMAC, wrapping, Ed25519, API keys on a signing-only token such as a TPM)." },
 	{ "identity", cmd_identity, B(O_OUT) | B(O_ADMIN), 0, 0,
 	  "identity [--out FILE] [--admin]",
 	  "Print the daemon's identity: the fingerprint (sha256:...) and the EC P-256\n"
@@ -367,7 +372,8 @@ find_command(int argc, char **argv, int *used)
 	if (argc < 1)
 		return NULL;
 	if (strcmp(argv[0], "key") == 0 || strcmp(argv[0], "principal") == 0 ||
-	    strcmp(argv[0], "audit") == 0 || strcmp(argv[0], "request") == 0) {
+	    strcmp(argv[0], "audit") == 0 || strcmp(argv[0], "request") == 0 ||
+	    strcmp(argv[0], "token") == 0) {
 		if (argc < 2)
 			return NULL;
 		if (snprintf(name, sizeof(name), "%s %s", argv[0], argv[1]) >= (int)sizeof(name))

@@ -73,6 +73,8 @@ no_command(int argc, char **argv, int used)
 		    "trim, set-rotation or pubkey", NULL);
 	if (strcmp(argv[0], "audit") == 0 && argc < 2)
 		return usage_error("audit needs a subcommand: tail or verify", NULL);
+	if (strcmp(argv[0], "token") == 0 && argc < 2)
+		return usage_error("token needs a subcommand: info", NULL);
 	if (strcmp(argv[0], "request") == 0 && argc < 2)
 		return usage_error("request needs a subcommand: sign or verify", NULL);
 	if (strcmp(argv[0], "principal") == 0 && argc < 2)

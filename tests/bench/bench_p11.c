@@ -65,7 +65,8 @@ struct raw {
 	CK_FUNCTION_LIST *f;
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE holder;          /* owns the session copies; open all run */
-	CK_OBJECT_HANDLE copy[OP__COUNT];  /* session copies of the keys */
+	CK_OBJECT_HANDLE copy[OP__COUNT];  /* session copies of the keys (or the token objects) */
+	int copied[OP__COUNT];             /* copy[] is a session copy to destroy */
 };
 
 /* One measurement: one operation, one path, n threads. */
@@ -462,7 +463,9 @@ raw_open(struct raw *raw, const struct cf_p11_config *cfg)
 	return raw_login(raw, cfg->pin_file);
 }
 
-/* Find the key object of a version and make a session copy of it. */
+/* Find the key object of a version and make a session copy of it; a module
+ * without C_CopyObject (tpm2-pkcs11) is measured on the token object, as the
+ * layer then works. */
 static int
 raw_copy_key(struct raw *raw, enum op_id op, const cf_p11_key *k)
 {
@@ -495,7 +498,13 @@ raw_copy_key(struct raw *raw, enum op_id op, const cf_p11_key *k)
 			ops[op].name, (unsigned long)n, label, (unsigned long)rv);
 		return -1;
 	}
-	if ((rv = raw->f->C_CopyObject(raw->holder, found[0], tpl, 1, &raw->copy[op])) != CKR_OK) {
+	rv = raw->f->C_CopyObject(raw->holder, found[0], tpl, 1, &raw->copy[op]);
+	if (rv == CKR_FUNCTION_NOT_SUPPORTED) {
+		raw->copy[op] = found[0];
+		return 0;
+	}
+	raw->copied[op] = rv == CKR_OK;
+	if (rv != CKR_OK) {
 		raw->copy[op] = CK_INVALID_HANDLE;
 		fprintf(stderr, "bench_p11: %s: raw C_CopyObject returned 0x%lx\n", ops[op].name,
 			(unsigned long)rv);
@@ -509,7 +518,7 @@ raw_close(struct raw *raw)
 {
 	if (raw->f != NULL && raw->holder != CK_INVALID_HANDLE) {
 		for (int i = 0; i < OP__COUNT; i++)
-			if (raw->copy[i] != CK_INVALID_HANDLE)
+			if (raw->copied[i])
 				(void)raw->f->C_DestroyObject(raw->holder, raw->copy[i]);
 		(void)raw->f->C_CloseSession(raw->holder);
 	}

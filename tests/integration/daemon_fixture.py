@@ -33,6 +33,12 @@ Where cofferd is found, first match wins:
 Other environment: COFFER_SOFTHSM_MODULE (the PKCS#11 module), COFFER_KEEP_TMP=1
 (keep temp dirs for a post-mortem), TMPDIR.
 
+The token: SoftHSM2 (deploy/init-token.sh) unless CofferDaemon(token="tpm")
+or COFFER_TEST_TOKEN=tpm: then a TPM 2.0 token on swtpm behind tpm2-abrmd
+(deploy/init-tpm-token.sh, stopped by cleanup()), whose environment
+(TPM2_PKCS11_TCTI, DBUS_SESSION_BUS_ADDRESS, ...) d.env carries. tpm_missing()
+says why such a token cannot be made here (None if it can).
+
 The state backend: SQLite (<state_dir>/coffer.db) unless COFFER_TEST_BACKEND=
 postgresql, with COFFER_TEST_PG_HOST the socket directory of a running server
 (tests/run-on-postgresql.sh sets both). Then every daemon gets [state]
@@ -72,6 +78,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC_DIR = os.path.dirname(os.path.dirname(HERE))
 PROTO_DIR = os.path.join(SRC_DIR, "proto")
 INIT_TOKEN = os.path.join(SRC_DIR, "deploy", "init-token.sh")
+INIT_TPM_TOKEN = os.path.join(SRC_DIR, "deploy", "init-tpm-token.sh")
+TPM_PROGRAMS = ("swtpm", "tpm2-abrmd", "dbus-daemon", "tpm2_ptool", "tpm2_dictionarylockout",
+                "tpm2_getcap")
 PYTHON = "/usr/bin/python3"
 READY_TIMEOUT = 30.0   # a loaded 2-core machine: reconcile after a kill can take 10 s
 
@@ -99,6 +108,50 @@ def softhsm_module():
         if os.path.exists(p):
             return p
     raise DaemonError("libsofthsm2.so not found; set COFFER_SOFTHSM_MODULE")
+
+
+def tpm_module():
+    for p in ("/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so",
+              "/usr/lib/aarch64-linux-gnu/pkcs11/libtpm2_pkcs11.so",
+              "/usr/lib/pkcs11/libtpm2_pkcs11.so"):
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def tpm_missing():
+    """Why no swtpm-backed TPM token can be made here, or None."""
+    gone = [p for p in TPM_PROGRAMS if shutil.which(p) is None]
+    if tpm_module() is None:
+        gone.append("libtpm2_pkcs11.so")
+    if gone:
+        return ("not installed: %s (deploy/install-deps.sh: swtpm swtpm-tools tpm2-tools "
+                "tpm2-abrmd libtpm2-pkcs11-1 libtpm2-pkcs11-tools libtss2-tcti-swtpm0 "
+                "libtss2-tcti-tabrmd0 dbus)" % ", ".join(gone))
+    return None
+
+
+def tpm_main():
+    """The main of a test that needs a TPM token: without one, print why and
+    exit 77 (CTest's SKIP_RETURN_CODE for it: shown as skipped), or 1 with
+    COFFER_REQUIRE_TPM=1 (CI, where the packages are installed); else run
+    its unittest cases."""
+    why = tpm_missing()
+    if why is not None:
+        required = os.environ.get("COFFER_REQUIRE_TPM", "") not in ("", "0")
+        print("%s: no TPM token: %s" % ("FAIL (COFFER_REQUIRE_TPM=1)" if required else "SKIP",
+                                        why), flush=True)
+        sys.exit(1 if required else 77)
+    import unittest
+    unittest.main(module="__main__", verbosity=2)
+
+
+def test_token():
+    """The token kind tests run on: "softhsm" (default) or "tpm"."""
+    t = os.environ.get("COFFER_TEST_TOKEN", "") or "softhsm"
+    if t not in ("softhsm", "tpm"):
+        raise DaemonError("COFFER_TEST_TOKEN=%s: softhsm or tpm" % t)
+    return t
 
 
 def _keep_tmp():
@@ -266,8 +319,10 @@ class CofferDaemon:
     PRINCIPAL = "tester"
 
     def __init__(self, config=None, args=(), label="coffer", workdir=None, cofferd=None,
-                 grant_all=True, token_of=None):
+                 grant_all=True, token_of=None, token=None):
         self.grant_all = grant_all
+        self.token = token_of.token if token_of is not None else (token or test_token())
+        self._tpm_env = {}
         self.cofferd = cofferd or cofferd_path()
         if not os.access(self.cofferd, os.X_OK):
             raise DaemonError("%s is not built (set COFFER_BUILD_DIR or COFFER_COFFERD)"
@@ -279,7 +334,8 @@ class CofferDaemon:
         if token_of is not None:
             label = token_of.label
         self.label = label
-        self.token_dir = token_of.token_dir if token_of else os.path.join(self.dir, "hsm")
+        self.token_dir = token_of.token_dir if token_of else os.path.join(
+            self.dir, "tpm" if self.token == "tpm" else "hsm")
         self.softhsm_conf = os.path.join(self.token_dir, "softhsm2.conf")
         self.pin_file = os.path.join(self.token_dir, "user.pin")
         self.token_uri = "pkcs11:token=" + label
@@ -297,12 +353,15 @@ class CofferDaemon:
         self._channels = []
         self.identity = None     # SPKI DER, pinned at the first start
         os.makedirs(self.run_dir, exist_ok=True)
+        self._own_token = token_of is None
         if token_of is None:
             self.init_token()
         else:
             self.init_token_output = token_of.init_token_output
+            self._tpm_env = token_of._tpm_env
+        self.module = tpm_module() if self.token == "tpm" else softhsm_module()
         self.config = {
-            "token": {"module": softhsm_module(), "uri": self.token_uri,
+            "token": {"module": self.module, "uri": self.token_uri,
                       "pin_file": self.pin_file},
             "daemon": {"state_dir": self.state_dir, "log_level": "info"},
             "service": {"path": self.service_socket},
@@ -326,16 +385,34 @@ class CofferDaemon:
     def env(self):
         e = dict(os.environ)
         e["SOFTHSM2_CONF"] = self.softhsm_conf
+        e.update(self._tpm_env)
         return e
 
     def init_token(self):
-        r = subprocess.run(["/bin/sh", INIT_TOKEN, self.token_dir, self.label],
+        if self.token == "tpm":
+            why = tpm_missing()
+            if why is not None:
+                raise DaemonError("no TPM token: " + why)
+        script = INIT_TPM_TOKEN if self.token == "tpm" else INIT_TOKEN
+        r = subprocess.run(["/bin/sh", script, self.token_dir, self.label],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise DaemonError("init-token.sh failed (%d):\n%s%s" %
-                              (r.returncode, r.stdout, r.stderr))
+            raise DaemonError("%s failed (%d):\n%s%s" %
+                              (os.path.basename(script), r.returncode, r.stdout, r.stderr))
         self.init_token_output = r.stdout
+        if self.token == "tpm":
+            # DIR/env: "NAME=value; export NAME" lines.
+            with open(os.path.join(self.token_dir, "env")) as f:
+                for line in f:
+                    name, _, rest = line.strip().partition("=")
+                    if name:
+                        self._tpm_env[name] = rest.split(";", 1)[0]
         return r
+
+    def tpm_ctl(self, what):
+        """TPM token only: "stop-swtpm" or "start-swtpm" (deploy/init-tpm-token.sh)."""
+        subprocess.run(["/bin/sh", INIT_TPM_TOKEN, "--" + what, self.token_dir], check=True,
+                       capture_output=True, timeout=60)
 
     def write_config(self):
         with open(self.conf_path, "w") as f:
@@ -597,6 +674,9 @@ class CofferDaemon:
                 self.stop(expect=None)
         finally:
             self.close_channels()
+            if self.token == "tpm" and self._own_token:
+                subprocess.run(["/bin/sh", INIT_TPM_TOKEN, "--stop", self.token_dir],
+                               capture_output=True, timeout=60)
             if self._own_dir and not _keep_tmp():
                 shutil.rmtree(self.dir, ignore_errors=True)
                 if self.pg_db is not None:

@@ -16,6 +16,8 @@
   names every command, and groff finds nothing to warn about;
 * --help and the manual page give the --idempotency-key format, with the
   daemon's limits; `--grace 0` is refused (it would have meant 7 days);
+* `token info --json` on SoftHSM: every key type can be generated and
+  used, the secret ones imported, session copies on, nothing unavailable;
 * the [admin] comment of deploy/cofferd.conf.example names every
   AdminService method of the proto;
 * Sign/Verify with a digest and no hash use the key's default hash (P-256
@@ -472,6 +474,20 @@ class Cli(unittest.TestCase):
         show = json.loads(c("--json", "key", "show", "grace-k").stdout)
         self.assertAlmostEqual(show["versions"][0]["destroy_time"] - time.time(), 2 * 86400,
                                delta=60)
+
+    # ---- token info ----
+
+    def test_token_info_on_softhsm(self):
+        # SoftHSM makes every key type; the TPM's refusals are test_tpm_token's.
+        info = json.loads(self.ctl("--json", "token", "info").stdout)
+        self.assertTrue(info["session_copies"])
+        self.assertGreater(info["mechanisms"], 20)
+        self.assertEqual(info["unavailable"], [])
+        for t in info["key_types"]:
+            secret = t["type"].startswith(("hmac", "aes"))
+            self.assertEqual((t["generate"], t["import"], t["use"], t["missing"]),
+                             (True, secret, True, ""), t["type"])
+        self.assertEqual(len(info["key_types"]), 10)
 
     # ---- deploy/cofferd.conf.example ----
 

@@ -2,7 +2,7 @@
  * test_p11_recovery — the layer survives what happens to long-running token
  * clients: every session closed under it, the library finalized under it, a
  * logout, session objects destroyed behind its back, and all of that while
- * other threads keep signing. The next operation must succeed without a
+ * other threads keep signing; sessions stuck in an operation. The next operation must succeed without a
  * restart of the process.
  */
 #include <pthread.h>
@@ -244,6 +244,35 @@ test_recovery_under_load(void)
 	CU_ASSERT_EQUAL(failed, 0);
 }
 
+/* Every session of the module but ours left in an active signing
+ * operation, the way a tpm2-pkcs11 session gets stuck under load: the layer
+ * drops each such session (CKR_OPERATION_ACTIVE) and goes on with a fresh
+ * one, never failing the call. */
+static void
+test_stuck_sessions(void)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE o;
+	CK_MECHANISM m = { CKM_ECDSA, NULL, 0 };
+	unsigned stuck = 0;
+
+	use_keys();
+	use_keys();
+	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
+	CU_ASSERT_FATAL(cf_test_raw_find(f, s, CKO_PRIVATE_KEY, "coffer/rec-ec/1", &o) == 0);
+	/* Session handles are small numbers in SoftHSM, shared by the process. */
+	for (CK_SESSION_HANDLE h = 1; h < 256; h++)
+		if (h != s && f->C_SignInit(h, &m, o) == CKR_OK)
+			stuck++;
+	fprintf(stderr, "(%u sessions stuck) ", stuck);
+	CU_ASSERT(stuck >= 2);
+	for (int i = 0; i < 4; i++)
+		use_keys();
+	f->C_CloseSession(s);
+}
+
 int
 main(void)
 {
@@ -254,6 +283,7 @@ main(void)
 		{ "session copies destroyed behind its back", test_session_copies_destroyed },
 		{ "key destroyed elsewhere: clean NOT_FOUND", test_key_destroyed_elsewhere },
 		{ "sessions closed while 4 threads sign", test_recovery_under_load },
+		{ "sessions stuck in an operation", test_stuck_sessions },
 		{ NULL, NULL },
 	};
 

@@ -1,0 +1,232 @@
+#!/bin/sh
+# init-tpm-token.sh DIR [LABEL] — a TPM 2.0 token for cofferd, on a software
+# TPM (swtpm), for development and CI.
+#
+#   init-tpm-token.sh DIR [LABEL]   start (or restart) everything, create the token if absent
+#   init-tpm-token.sh --stop DIR    stop the processes started for DIR (the state stays)
+#   init-tpm-token.sh --stop-swtpm DIR / --start-swtpm DIR
+#                                   stop / start swtpm, on the same ports and state (a TPM
+#                                   that goes away and comes back); --start-swtpm also
+#                                   restarts tpm2-abrmd, which does not follow a TPM reset
+#                                   (measured: now and then it goes on believing the TPM's
+#                                   3 object slots are free, and every command fails with
+#                                   "out of memory for object contexts")
+#
+# Starts, each with a pid file in DIR:
+#   swtpm         socket mode on 127.0.0.1, two free ports (data P, control P+1),
+#                 its state in DIR/tpmstate
+#   dbus-daemon   a private session bus at DIR/bus (tpm2-abrmd talks D-Bus)
+#   tpm2-abrmd    the resource manager: swtpm holds 3 transient objects, and
+#                 tpm2-pkcs11 fails at the second key without one
+# Creates (only what is missing):
+#   DIR/store/    the tpm2-pkcs11 store (primary object, token, key blobs)
+#   DIR/user.pin, DIR/so.pin   random PINs (0600)
+#   DIR/env       the environment a process using the module needs (sh syntax)
+# and sets the TPM's dictionary-lockout parameters for tests (1000 tries,
+# 1 s recovery: swtpm's default locks for 1000 s after 3 wrong PINs).
+#
+# tpm2_ptool reads the PINs from its command line only: they are in its argv
+# for the moment it runs. This is a development token; do not keep secrets in it.
+#
+# Environment: SWTPM, TPM2_ABRMD, DBUS_DAEMON, TPM2_PTOOL, OPENSSL override the
+# programs; TPM2_PKCS11_MODULE the module path.
+set -eu
+
+prog=$(basename "$0")
+die() { echo "$prog: $*" >&2; exit 1; }
+usage() {
+    echo "usage: $prog DIR [LABEL] | --stop DIR | --stop-swtpm DIR | --start-swtpm DIR" >&2
+    exit 2
+}
+
+mode=init
+case ${1:-} in
+    --stop) mode=stop; shift ;;
+    --stop-swtpm) mode=stop-swtpm; shift ;;
+    --start-swtpm) mode=start-swtpm; shift ;;
+    -h|--help|'') usage ;;
+esac
+[ $# -ge 1 ] || usage
+if [ "$mode" = init ]; then [ $# -le 2 ] || usage; else [ $# -eq 1 ] || usage; fi
+label=${2:-coffer}
+case $label in
+    ''|*[!A-Za-z0-9._-]*) die "label must be 1-32 characters of A-Z a-z 0-9 . _ -" ;;
+esac
+[ ${#label} -le 32 ] || die "label must be 1-32 characters of A-Z a-z 0-9 . _ -"
+
+SWTPM=${SWTPM:-swtpm}
+TPM2_ABRMD=${TPM2_ABRMD:-tpm2-abrmd}
+DBUS_DAEMON=${DBUS_DAEMON:-dbus-daemon}
+TPM2_PTOOL=${TPM2_PTOOL:-tpm2_ptool}
+OPENSSL=${OPENSSL:-openssl}
+
+# The pid in FILE if that process is still alive.
+alive() { [ -f "$1" ] && pid=$(cat "$1") && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+# Stop the process of pid file $1 and wait (at most 5 s) for it to go.
+stop_pid() {
+    if alive "$1"; then
+        kill "$pid" 2>/dev/null || true
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$1"
+}
+
+[ "$mode" = init ] && { mkdir -p "$1" || die "cannot create $1"; }
+[ -d "$1" ] || die "$1 is not a directory"
+dir=$(cd "$1" && pwd -P) || die "cannot enter $1"
+
+start_swtpm() {
+    port=$(cat "$dir/port")
+    "$SWTPM" socket --tpm2 --tpmstate dir="$dir/tpmstate" \
+        --server type=tcp,port="$port",bindaddr=127.0.0.1 \
+        --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
+        --flags not-need-init,startup-clear --daemon --pid file="$dir/swtpm.pid" \
+        --log file="$dir/swtpm.log" || die "swtpm did not start (see $dir/swtpm.log)"
+}
+
+bus=unix:path=$dir/bus
+start_abrmd() {
+    DBUS_SESSION_BUS_ADDRESS=$bus "$TPM2_ABRMD" --session --allow-root --flush-all \
+        --tcti="swtpm:host=127.0.0.1,port=$(cat "$dir/port")" >"$dir/abrmd.log" 2>&1 &
+    echo $! >"$dir/abrmd.pid"
+    # Ready when it answers on the bus.
+    i=0
+    until DBUS_SESSION_BUS_ADDRESS=$bus TPM2TOOLS_TCTI=tabrmd:bus_type=session \
+            tpm2_getcap properties-fixed >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ $i -lt 100 ] || die "tpm2-abrmd does not answer (see $dir/abrmd.log)"
+        alive "$dir/abrmd.pid" || die "tpm2-abrmd exited (see $dir/abrmd.log)"
+        sleep 0.1
+    done
+}
+
+case $mode in
+    stop)
+        stop_pid "$dir/abrmd.pid"
+        stop_pid "$dir/dbus.pid"
+        stop_pid "$dir/swtpm.pid"
+        echo "$prog: stopped the TPM token processes of $dir" >&2
+        exit 0 ;;
+    stop-swtpm)
+        stop_pid "$dir/swtpm.pid"
+        exit 0 ;;
+    start-swtpm)
+        [ -f "$dir/port" ] || die "$dir has no TPM (run $prog $dir first)"
+        alive "$dir/swtpm.pid" || start_swtpm
+        if alive "$dir/abrmd.pid"; then
+            stop_pid "$dir/abrmd.pid"
+            start_abrmd
+        fi
+        exit 0 ;;
+esac
+
+for p in "$SWTPM" "$TPM2_ABRMD" "$DBUS_DAEMON" "$TPM2_PTOOL" tpm2_dictionarylockout \
+         "$OPENSSL" python3; do
+    command -v "$p" >/dev/null 2>&1 ||
+        die "$p not found (deploy/install-deps.sh installs swtpm, tpm2-abrmd, tpm2-tools, libtpm2-pkcs11-tools)"
+done
+module=${TPM2_PKCS11_MODULE:-}
+if [ -z "$module" ]; then
+    for m in /usr/lib/*/pkcs11/libtpm2_pkcs11.so /usr/lib/pkcs11/libtpm2_pkcs11.so; do
+        [ -f "$m" ] && { module=$m; break; }
+    done
+fi
+[ -n "$module" ] && [ -f "$module" ] || die "libtpm2_pkcs11.so not found (apt-get install libtpm2-pkcs11-1)"
+
+umask 077
+mkdir -p "$dir/tpmstate" "$dir/store"
+
+# Two free consecutive ports, chosen once and kept: the store does not
+# depend on them, but a restarted swtpm must come back where abrmd looks.
+if [ ! -f "$dir/port" ]; then
+    python3 - >"$dir/port" <<'EOF' || die "no free pair of TCP ports on 127.0.0.1"
+import random, socket
+for _ in range(200):
+    p = random.randrange(20000, 60000, 2)
+    try:
+        ss = [socket.socket() for _ in (0, 1)]
+        for i, s in enumerate(ss):
+            s.bind(("127.0.0.1", p + i))
+        for s in ss:
+            s.close()
+        print(p)
+        break
+    except OSError:
+        for s in ss:
+            s.close()
+else:
+    raise SystemExit(1)
+EOF
+fi
+port=$(cat "$dir/port")
+
+alive "$dir/swtpm.pid" || start_swtpm
+
+if ! alive "$dir/dbus.pid"; then
+    rm -f "$dir/bus"
+    "$DBUS_DAEMON" --session --address="$bus" --fork --print-pid >"$dir/dbus.pid" ||
+        die "dbus-daemon did not start"
+fi
+DBUS_SESSION_BUS_ADDRESS=$bus
+TPM2_PKCS11_TCTI=tabrmd:bus_type=session
+TPM2TOOLS_TCTI=$TPM2_PKCS11_TCTI
+TPM2_PKCS11_STORE=$dir/store
+export DBUS_SESSION_BUS_ADDRESS TPM2_PKCS11_TCTI TPM2TOOLS_TCTI TPM2_PKCS11_STORE
+
+alive "$dir/abrmd.pid" || start_abrmd
+
+tpm2_dictionarylockout --clear-lockout >/dev/null 2>&1 ||
+    die "tpm2_dictionarylockout --clear-lockout failed"
+tpm2_dictionarylockout --setup-parameters --max-tries=1000 --recovery-time=1 \
+    --lockout-recovery-time=1 >/dev/null 2>&1 ||
+    die "tpm2_dictionarylockout --setup-parameters failed"
+
+cat >"$dir/env.tmp" <<EOF
+DBUS_SESSION_BUS_ADDRESS=$bus; export DBUS_SESSION_BUS_ADDRESS
+TPM2_PKCS11_TCTI=$TPM2_PKCS11_TCTI; export TPM2_PKCS11_TCTI
+TPM2TOOLS_TCTI=$TPM2TOOLS_TCTI; export TPM2TOOLS_TCTI
+TPM2_PKCS11_STORE=$dir/store; export TPM2_PKCS11_STORE
+TPM2_PKCS11_LOG_LEVEL=0; export TPM2_PKCS11_LOG_LEVEL
+EOF
+chmod 0644 "$dir/env.tmp"
+mv "$dir/env.tmp" "$dir/env"
+
+summary() {
+    echo "module:        $module"
+    echo "token URI:     pkcs11:token=$label"
+    echo "user PIN file: $dir/user.pin"
+    echo "environment:   . $dir/env"
+    echo "run:           . $dir/env && cofferd --module $module --token-uri pkcs11:token=$label --pin-file $dir/user.pin"
+    echo "stop:          $0 --stop $dir"
+}
+
+if "$TPM2_PTOOL" listtokens --pid=1 --path="$dir/store" 2>/dev/null | grep -Eq "label: *$label\$"; then
+    echo "$prog: a token labelled \"$label\" already exists in $dir/store" >&2
+    summary
+    exit 0
+fi
+for f in "$dir/user.pin" "$dir/so.pin"; do
+    [ ! -e "$f" ] || die "$f exists but no token \"$label\" does; move it away first"
+done
+upin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
+spin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
+printf '%s\n' "$upin" >"$dir/user.pin.tmp" && mv "$dir/user.pin.tmp" "$dir/user.pin"
+printf '%s\n' "$spin" >"$dir/so.pin.tmp" && mv "$dir/so.pin.tmp" "$dir/so.pin"
+chmod 0600 "$dir/user.pin" "$dir/so.pin"
+
+if ! "$TPM2_PTOOL" listprimaries --path="$dir/store" 2>/dev/null | grep -q id; then
+    "$TPM2_PTOOL" init --path="$dir/store" >/dev/null || die "tpm2_ptool init failed"
+fi
+if ! out=$("$TPM2_PTOOL" addtoken --pid=1 --label="$label" --userpin="$upin" \
+        --sopin="$spin" --path="$dir/store" 2>&1); then
+    unset upin spin
+    rm -f "$dir/user.pin" "$dir/so.pin"
+    printf '%s\n' "$out" | grep -v -i pin >&2 || true
+    die "tpm2_ptool addtoken failed"
+fi
+unset upin spin
+echo "$prog: created TPM token \"$label\" in $dir/store" >&2
+summary
