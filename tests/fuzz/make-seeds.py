@@ -199,6 +199,7 @@ def requests(s):
         "ListApiKeys": [pb.ListApiKeysRequest(principal="fuzzer")],
         "TailAudit": [pb.TailAuditRequest(count=5)],
         "VerifyAudit": [pb.VerifyAuditRequest()],
+        "GetTokenInfo": [pb.GetTokenInfoRequest()],
         "GetIdentity": [pb.GetIdentityRequest()],
         "OpenSession": [pb.OpenSessionRequest(version=1, client_ephemeral=b"\x09" + b"\x00" * 31,
                                               client_random=b"\x07" * 32)],
