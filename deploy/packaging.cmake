@@ -9,7 +9,7 @@
 #                   change the ABI, so the soname carries major.minor)
 #   libcoffer-dev   coffer.h, the libcoffer.so link, coffer.pc, the CMake
 #                   package (find_package(coffer) -> coffer::coffer)
-#   python3-coffer  client/python/coffer, only when that directory exists
+#   python3-coffer  client/python/coffer with its generated protobuf modules
 # tests/integration/test_packages.py builds, lints and uses them.
 
 set(COFFER_DEB_PREFIX /usr)
@@ -57,15 +57,11 @@ install(EXPORT cofferTargets NAMESPACE coffer:: DESTINATION ${CMAKE_INSTALL_LIBD
 install(FILES ${CMAKE_BINARY_DIR}/cofferConfig.cmake ${CMAKE_BINARY_DIR}/cofferConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/coffer COMPONENT dev)
 
-# The Python client, written elsewhere (issue 18): packaged when present.
-set(COFFER_DEB_COMPONENTS daemon cli lib dev)
-if(EXISTS ${CMAKE_SOURCE_DIR}/client/python/coffer/__init__.py)
-  install(DIRECTORY client/python/coffer DESTINATION lib/python3/dist-packages
-    COMPONENT python EXCLUDE_FROM_ALL PATTERN __pycache__ EXCLUDE PATTERN "*.pyc" EXCLUDE)
-  list(APPEND COFFER_DEB_COMPONENTS python)
-else()
-  message(STATUS "client/python/coffer not in this tree: no python3-coffer package")
-endif()
+# The Python client as the build tree has it (client/python/CMakeLists.txt):
+# its sources with the protobuf modules generated beside them.
+set(COFFER_DEB_COMPONENTS daemon cli lib dev python)
+install(DIRECTORY ${CMAKE_BINARY_DIR}/client/python/coffer DESTINATION lib/python3/dist-packages
+  COMPONENT python EXCLUDE_FROM_ALL PATTERN __pycache__ EXCLUDE PATTERN "*.pyc" EXCLUDE)
 
 # Each package's copyright and (native package) changelog.
 configure_file(${COFFER_DEB_SRC}/changelog.in ${COFFER_DEB_DIR}/changelog @ONLY)
@@ -156,7 +152,8 @@ set(CPACK_DEBIAN_PYTHON_PACKAGE_NAME python3-coffer)
 set(CPACK_DEBIAN_PYTHON_PACKAGE_SECTION python)
 set(CPACK_DEBIAN_PYTHON_PACKAGE_ARCHITECTURE all)
 set(CPACK_DEBIAN_PYTHON_PACKAGE_SHLIBDEPS OFF)
-set(CPACK_DEBIAN_PYTHON_PACKAGE_DEPENDS "python3, python3-grpcio, python3-cryptography")
+set(CPACK_DEBIAN_PYTHON_PACKAGE_DEPENDS
+  "python3, python3-grpcio, python3-protobuf, python3-cryptography")
 set(CPACK_COMPONENT_PYTHON_DESCRIPTION "Python client of the Coffer key service
 The coffer module calls cofferd from Python: signing, verification, MACs,
 envelope encryption and data keys, with sealed sessions and signed calls

@@ -117,7 +117,7 @@ class Cli(unittest.TestCase):
             self.assertEqual(blob_version(blob), 2)
             self.assertEqual(self.unwrap("batch-k", blob), p)
         # Version 1 can go now; every moved blob still unwraps.
-        c("key", "schedule-destroy", "batch-k", "1", "--grace", "1")
+        c("key", "schedule-destroy", "batch-k", "1", "--grace", "3600")
         self.assertEqual(self.unwrap("batch-k", base64.b64decode(after[2])), plains[0])
         r = c("unwrap", "batch-k", "--in", "-", "--out", "-",
               data=base64.b64decode(before[2]), ok=False)
