@@ -362,7 +362,7 @@ class MethodTable(unittest.TestCase):
             if "CF_MF_SECRET" in rest:
                 secret.add("/coffer.v1.%s/%s" % ({"KS": "KeyService", "AS": "AdminService"}
                                                  [service], name))
-        self.assertEqual(n, 49)   # every row of the table was read
+        self.assertEqual(n, 50)   # every row of the table was read
         self.assertEqual(secret, set(methods.SECRET_METHODS))
 
     def test_every_rpc_has_a_client_method(self):
@@ -382,7 +382,7 @@ class MethodTable(unittest.TestCase):
             for m in pb.DESCRIPTOR.services_by_name[svc].methods:
                 self.assertEqual(methods.socket_of("/coffer.v1.%s/%s" % (svc, m.name)), kind)
                 n += 1
-        self.assertEqual(n, 17 + 27)
+        self.assertEqual(n, 17 + 28)
         # Every public method of Client that names an RPC exists in the .proto.
         names = {m.name for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
         for path in methods.SECRET_METHODS:
@@ -778,6 +778,15 @@ class LiveCalls(Live):
         self.err(coffer.NotFound, "no principal py-svc", c.get_principal, "py-svc")
         self.err(coffer.NotFound, "principal tester has no grant for nothing-*",
                  c.revoke, "tester", "nothing-*")
+
+    def test_token_info(self):
+        t = self.c.get_token_info()
+        self.assertTrue(t.module.endswith("libsofthsm2.so"), t.module)
+        self.assertTrue(t.session_copies)
+        kinds = {k.type: k for k in t.key_types}
+        self.assertTrue(kinds[pb.EC_P256].can_generate and kinds[pb.EC_P256].can_use)
+        self.assertTrue(kinds[pb.HMAC_SHA256].can_import)
+        self.assertEqual(list(t.unavailable), [])
 
     def test_audit(self):
         c = self.c

@@ -632,6 +632,15 @@ class Client:
         """The daemon's check of its trail: ok, records, seals, first_bad, reason."""
         return self._call(_as("VerifyAudit"), pb.VerifyAuditRequest(), pb.VerifyAuditResponse)
 
+    # ---- AdminService: the token ----
+
+    def get_token_info(self) -> "pb.GetTokenInfoResponse":
+        """What the daemon's token is and can do: label, module, mechanisms,
+        and per key type whether it can be generated, imported and used
+        (with what the token lacks when not)."""
+        return self._call(_as("GetTokenInfo"), pb.GetTokenInfoRequest(),
+                          pb.GetTokenInfoResponse)
+
 
 def item_errors(response) -> List[Tuple[int, CofferError]]:
     """(index, error) of each failed item of a batch response (SignBatch,
