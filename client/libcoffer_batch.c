@@ -15,11 +15,8 @@
 
 #define KS "/coffer.v1.KeyService/"
 
-/* What the four calls share: the item messages built from `items` (one
- * allocation), and the outcome of each answer written back. */
+/* The item messages of a request, built from `items` in one allocation. */
 struct batch {
-	size_t item_size;                        /* sizeof the item message */
-	const ProtobufCMessageDescriptor *item;  /* its descriptor */
 	void **ptrs;                             /* the request's items */
 	char *mem;
 };
@@ -46,8 +43,6 @@ batch_check(coffer_client *c, const char *key, const struct coffer_batch_item *i
 static int
 batch_new(struct batch *b, const ProtobufCMessageDescriptor *d, size_t n)
 {
-	b->item = d;
-	b->item_size = d->sizeof_message;
 	b->ptrs = calloc(n ? n : 1, sizeof(*b->ptrs));
 	b->mem = calloc(n ? n : 1, d->sizeof_message);
 	if (b->ptrs == NULL || b->mem == NULL) {

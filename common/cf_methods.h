@@ -63,11 +63,11 @@ enum cf_method_flag {
 	CF_MF_SEALED_ONLY = 1 << 3,   /* valid only inside a session */
 	CF_MF_NEVER_SEALED = 1 << 4,  /* never inside a session */
 	CF_MF_HEALTH = 1 << 5,        /* a health check: never refused, not audited */
-	CF_MF_NO_RETRY = 1 << 7,      /* clients never repeat it on their own: a first attempt
-				       * whose answer was lost may have recorded a nonce */
 	CF_MF_BATCH = 1 << 6,         /* many items (request "items", response "results",
 				       * each with an ItemStatus "status"): one rate-limit
 				       * token per item, failed items counted in the audit */
+	CF_MF_NO_RETRY = 1 << 7,      /* clients never repeat it on their own: a first attempt
+				       * whose answer was lost may have recorded a nonce */
 };
 
 struct cf_method {
