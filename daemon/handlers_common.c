@@ -169,3 +169,12 @@ h_digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char 
 				"itself (no prehash): send the message, not a digest", name);
 	return CF_OK;
 }
+
+void
+h_sign_used(const struct cf_sign_params *sp, const cf_p11_key *k,
+	    Coffer__V1__SignatureScheme *scheme, Coffer__V1__Hash *hash)
+{
+	*scheme = (Coffer__V1__SignatureScheme)(sp->scheme ? sp->scheme :
+		cf_key_default_scheme(cf_p11_key_type(k)));
+	*hash = (Coffer__V1__Hash)(sp->hash ? sp->hash : cf_key_default_hash(cf_p11_key_type(k)));
+}

@@ -34,6 +34,11 @@ int h_sign_params(Coffer__V1__Hash hash, Coffer__V1__SignatureScheme scheme,
  * naming the key. */
 int h_digest_check(const struct cf_sign_params *sp, const cf_p11_key *k, const char *name);
 
+/* The scheme and hash a signature of k with sp was made with (the key's
+ * defaults where sp left them unspecified), as a response states them. */
+void h_sign_used(const struct cf_sign_params *sp, const cf_p11_key *k,
+		 Coffer__V1__SignatureScheme *scheme, Coffer__V1__Hash *hash);
+
 /* Operations of a request as a mask; an unknown one sets bit 31 (refused
  * by policy). */
 uint32_t h_ops_mask(size_t n, const Coffer__V1__Operation *ops);

@@ -68,10 +68,7 @@ h_sign(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp
 	    (r = h_set_bytes(&out->signature, cf_buf_peek(sig), cf_buf_len(sig))) != CF_OK)
 		goto out;
 	out->version = ver;
-	out->scheme = (Coffer__V1__SignatureScheme)(sp.scheme ? sp.scheme :
-		cf_key_default_scheme(cf_p11_key_type(k)));
-	out->hash = (Coffer__V1__Hash)(sp.hash ? sp.hash :
-		cf_key_default_hash(cf_p11_key_type(k)));
+	h_sign_used(&sp, k, &out->scheme, &out->hash);
 out:
 	cf_buf_free(sig);
 	return h_reply(r, out, resp);
