@@ -281,7 +281,7 @@ cf_p11_caps_get(cf_p11 *p, struct cf_p11_caps *out)
 	snprintf(out->module, sizeof(out->module), "%s", p->module_path);
 	out->token_flags = ti->flags;
 	out->rng = (ti->flags & CKF_RNG) != 0;
-	out->session_copies = p->session_copies;
+	out->session_copies = __atomic_load_n(&p->session_copies, __ATOMIC_RELAXED);
 	out->mechanisms = c->n_mechs;
 	for (int t = CF_KEY_NONE + 1; t < CF_KEY__COUNT; t++) {
 		out->type[t].generate = c->type[t].generate;

@@ -79,8 +79,9 @@ static const struct p11_rv_entry p11_rv_table[] = {
 	E(P11_RV_LOCK, CF_E_IO, "cannot lock the token lock file"),
 	E(P11_RV_DECRYPT_FAILED, CF_E_DECRYPT, "decryption failed"),
 	E(P11_RV_BAD_OUTPUT, CF_E_TOKEN, "the token returned output of an unexpected length"),
-	E(P11_RV_TOKEN_LOST, CF_E_UNAVAILABLE, "the token is not answering and recovering the "
-	  "session failed; the next call re-initialises the PKCS#11 module and tries again"),
+	E(P11_RV_TOKEN_LOST, CF_E_UNAVAILABLE, "the token is not answering"),
+	E(P11_RV_WRITE_UNKNOWN, CF_E_UNAVAILABLE, "the token failed during the write and may "
+	  "hold part of it; cofferd's start-up reconciliation reports such objects"),
 };
 #undef E
 
@@ -110,8 +111,8 @@ p11_status(CK_RV rv, const char *what)
 		return cf_error(CF_E_TOKEN, "%s: token error 0x%lx", what, (unsigned long)rv);
 	if (e->status == CF_OK)
 		return CF_OK;
-	/* p11_token_lock left a detail naming the file and the reason. */
-	if (rv == P11_RV_LOCK)
+	/* p11_token_lock and p11_run left a detail saying why. */
+	if (rv == P11_RV_LOCK || rv == P11_RV_TOKEN_LOST)
 		return cf_error(e->status, "%s: %s", what, cf_error_detail());
 	return cf_error(e->status, "%s: %s (%s)", what, e->text, e->name);
 }

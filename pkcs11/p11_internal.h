@@ -19,6 +19,8 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 #include "cf_p11.h"
 
@@ -33,11 +35,23 @@
 #define P11_RV_DECRYPT_FAILED (CKR_VENDOR_DEFINED | 0x434f0006UL)
 /* The token answered with output of a length it should not have. */
 #define P11_RV_BAD_OUTPUT   (CKR_VENDOR_DEFINED | 0x434f0007UL)
-/* The token failed and recovering did not bring it back (p->reinit is set). */
+/* The token failed and recovering did not bring it back (p->reinit is set);
+ * the thread's error detail says why. */
 #define P11_RV_TOKEN_LOST   (CKR_VENDOR_DEFINED | 0x434f0005UL)
+/* A token write was interrupted by a token failure and may have happened in
+ * part; the layer cannot tell which objects are its own (a key without a
+ * recorded id). */
+#define P11_RV_WRITE_UNKNOWN (CKR_VENDOR_DEFINED | 0x434f0008UL)
 
 /* Modules reject NULL data pointers even for zero lengths. */
 #define P11_DATA(ptr) ((CK_BYTE_PTR)((ptr) != NULL ? (const void *)(ptr) : (const void *)""))
+
+struct p11_file_id {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime, ctime;
+};
 
 struct p11_pooled {
 	CK_SESSION_HANDLE h;
@@ -80,6 +94,17 @@ struct cf_p11 {
 	int reinit;                 /* atomic: the next recovery finalizes and initialises
 				       the module (a full one failed, or a lighter one
 				       did not help) */
+	/* After a failed recovery, calls fail at once until retry_at (doubling
+	 * backoff): a token that is gone is not hammered with re-initialisations
+	 * and logins. Written under life (write side). */
+	int64_t retry_at_ms;        /* CLOCK_MONOTONIC */
+	unsigned backoff_ms;        /* the last wait; 0 after a success */
+	char lost_why[320];         /* why the last recovery failed */
+	/* The PIN file the token refused, as it was then: logging in again
+	 * with the same PIN only counts towards the token's lockout (a TPM's
+	 * dictionary-attack protection), so it is not tried until it changes. */
+	int pin_refused;
+	struct p11_file_id refused_pin;
 
 	pthread_mutex_t write_mu;   /* serialises token-object writes, token searches and anchor use */
 	char *lock_path;            /* cross-process token lock file, or NULL */

@@ -461,10 +461,41 @@ p11_key_invalidate(cf_p11_key *k)
 
 /* ---- generation and import ---- */
 
+/* Destroy up to 16 token objects labelled `label` (and carrying `id` unless
+ * NULL), counting them in *destroyed. The caller holds write_mu and the
+ * exclusive token lock. */
+static CK_RV
+p11_destroy_labelled(cf_p11 *p, CK_SESSION_HANDLE s, const char *label, const uint8_t *id,
+		     unsigned *destroyed)
+{
+	CK_ATTRIBUTE q[] = {
+		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
+		{ CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_ID, (void *)id, CF_P11_ID_LEN },
+	};
+	CK_OBJECT_HANDLE objs[16];
+	CK_ULONG n = 0;
+	CK_RV rv;
+
+	/* Find, then destroy: a search must be finished before the token changes. */
+	if ((rv = p->f->C_FindObjectsInit(s, q, id != NULL ? 3 : 2)) == CKR_OK) {
+		rv = p->f->C_FindObjects(s, objs, 16, &n);
+		(void)p->f->C_FindObjectsFinal(s);
+	}
+	for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
+		if (i > 0)
+			CF_CRASH_POINT("p11.objects-destroy.between");
+		if ((rv = p->f->C_DestroyObject(s, objs[i])) == CKR_OK)
+			(*destroyed)++;
+	}
+	return rv;
+}
+
 struct gen_arg {
 	cf_p11_key *k;
 	unsigned flags;
 	const cf_secret *material; /* import when set */
+	int wrote;                 /* an attempt reached the token write */
 };
 
 /*
@@ -555,12 +586,28 @@ gen_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	/* Any object under the label, a lone public key left by an interrupted
 	 * generation too, makes it taken: never a second pair beside it. */
 	rv = p11_label_taken(p, s, k->label);
+	if (rv == CKR_OK && g->wrote) {
+		/* The first attempt failed in the token write, the token was
+		 * recovered since, and the write may have happened in part.
+		 * Objects with this call's own fresh id are that attempt's:
+		 * remove them and start again. Without a recorded id there
+		 * is no telling them from anyone else's. */
+		unsigned gone = 0;
+
+		if (!k->match_id) {
+			rv = P11_RV_WRITE_UNKNOWN;
+			goto out;
+		}
+		if ((rv = p11_destroy_labelled(p, s, k->label, k->id, &gone)) == CKR_OK)
+			rv = p11_label_taken(p, s, k->label);
+	}
 	if (rv == CKR_OK) {
 		rv = P11_RV_AMBIGUOUS; /* reported as CF_E_EXISTS by the caller */
 		goto out;
 	}
 	if (rv != P11_RV_NOT_FOUND)
 		goto out;
+	g->wrote = 1;
 	if (cf_key_type_is_asymmetric(k->type)) {
 		rv = gen_keypair(p, s, g);
 		goto out;
@@ -586,7 +633,7 @@ static int
 p11_key_create(cf_p11 *p, const char *name, uint32_t version, enum cf_key_type type,
 	       unsigned flags, const cf_secret *material, const uint8_t *id, cf_p11_key **out)
 {
-	struct gen_arg g = { NULL, flags, material };
+	struct gen_arg g = { NULL, flags, material, 0 };
 	CK_RV rv;
 	int r;
 
@@ -772,6 +819,7 @@ cf_p11_key_version(const cf_p11_key *k)
 
 struct destroy_arg {
 	cf_p11_key *k;
+	int wrote;                  /* an attempt reached C_DestroyObject */
 };
 
 static CK_RV
@@ -785,6 +833,7 @@ destroy_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *ar
 	p11_destroy_copies(k);
 	pthread_mutex_lock(&p->write_mu);
 	if ((rv = p11_token_lock(p, LOCK_EX)) == CKR_OK) {
+		((struct destroy_arg *)arg)->wrote = 1;
 		rv = p->f->C_DestroyObject(s, k->priv);
 		if (rv == CKR_OK && k->pub != CK_INVALID_HANDLE)
 			rv = p->f->C_DestroyObject(s, k->pub);
@@ -799,9 +848,16 @@ destroy_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *ar
 int
 cf_p11_key_destroy(cf_p11_key *k)
 {
-	struct destroy_arg d = { k };
+	struct destroy_arg d = { k, 0 };
+	CK_RV rv = p11_run(k->p, k, destroy_op, &d);
 
-	return p11_status(p11_run(k->p, k, destroy_op, &d), "destroying the key");
+	/* A destroy the token failed in may have removed one object of a pair
+	 * (the retry then finds the key gone, or half there): finish it by label
+	 * (and the recorded id), as lookups find this key version's objects. */
+	if (rv != CKR_OK && d.wrote)
+		return cf_p11_objects_destroy(k->p, k->name, k->version,
+					      k->match_id ? k->id : NULL, NULL);
+	return p11_status(rv, "destroying the key");
 }
 
 void
@@ -958,33 +1014,14 @@ static CK_RV
 purge_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 {
 	struct purge_arg *pa = arg;
-	CK_ATTRIBUTE q[] = {
-		{ CKA_TOKEN, &p11_true, sizeof(p11_true) },
-		{ CKA_LABEL, pa->label, strlen(pa->label) },
-		{ CKA_ID, (void *)pa->id, CF_P11_ID_LEN },
-	};
-	CK_OBJECT_HANDLE objs[16];
-	CK_ULONG n = 0;
 	CK_RV rv;
 
 	(void)h;
 	pthread_mutex_lock(&p->write_mu);
-	if ((rv = p11_token_lock(p, LOCK_EX)) != CKR_OK) {
-		pthread_mutex_unlock(&p->write_mu);
-		return rv;
+	if ((rv = p11_token_lock(p, LOCK_EX)) == CKR_OK) {
+		rv = p11_destroy_labelled(p, s, pa->label, pa->id, &pa->destroyed);
+		p11_token_unlock(p);
 	}
-	/* Find, then destroy: a search must be finished before the token changes. */
-	if ((rv = p->f->C_FindObjectsInit(s, q, pa->id != NULL ? 3 : 2)) == CKR_OK) {
-		rv = p->f->C_FindObjects(s, objs, 16, &n);
-		(void)p->f->C_FindObjectsFinal(s);
-	}
-	for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
-		if (i > 0)
-			CF_CRASH_POINT("p11.objects-destroy.between");
-		if ((rv = p->f->C_DestroyObject(s, objs[i])) == CKR_OK)
-			pa->destroyed++;
-	}
-	p11_token_unlock(p);
 	pthread_mutex_unlock(&p->write_mu);
 	return rv;
 }

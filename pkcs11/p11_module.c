@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -18,6 +19,19 @@
 
 #define P11_PIN_MAX 256
 #define P11_LOGIN_ATTEMPTS 5
+/* Waits between failed recoveries: short enough that a token back from a
+ * restart serves within seconds, long enough not to hammer one that is gone. */
+#define P11_BACKOFF_MIN_MS 100u
+#define P11_BACKOFF_MAX_MS 5000u
+
+static int64_t
+p11_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Read the PIN file into a secret (cf_secret_file.h: a regular file owned by
  * the effective uid with no group/other permissions). */
@@ -99,6 +113,8 @@ p11_sleep_ms(unsigned ms)
 static int
 p11_login(cf_p11 *p)
 {
+	struct p11_file_id fid;
+	struct stat st;
 	cf_secret *pin = NULL;
 	CK_RV rv = CKR_OK;
 	int r;
@@ -107,6 +123,21 @@ p11_login(cf_p11 *p)
 				      &p->anchor)) != CKR_OK) {
 		p->anchor = CK_INVALID_HANDLE;
 		return p11_status(rv, "opening the anchor session");
+	}
+	/* Identify the file before reading it: a change racing the read only
+	 * costs one more attempt later. */
+	memset(&fid, 0, sizeof(fid));
+	if (stat(p->pin_file, &st) == 0) {
+		fid.dev = st.st_dev;
+		fid.ino = st.st_ino;
+		fid.size = st.st_size;
+		fid.mtime = st.st_mtim;
+		fid.ctime = st.st_ctim;
+		if (p->pin_refused && memcmp(&fid, &p->refused_pin, sizeof(fid)) == 0)
+			return cf_error(CF_E_PIN_INCORRECT, "the token refused the PIN from %s "
+					"(CKR_PIN_INCORRECT); it is not tried again until the "
+					"file changes, to spare the token's lockout counter",
+					p->pin_file);
 	}
 	if ((r = p11_read_pin(p->pin_file, &pin)) != CF_OK)
 		return r;
@@ -119,6 +150,8 @@ p11_login(cf_p11 *p)
 		p11_sleep_ms(20u << i);
 	}
 	cf_secret_free(pin);
+	p->pin_refused = rv == CKR_PIN_INCORRECT;
+	p->refused_pin = fid;
 	if (rv == CKR_PIN_INCORRECT)
 		return cf_error(CF_E_PIN_INCORRECT, "the token refused the PIN from %s "
 				"(CKR_PIN_INCORRECT); check the PIN file", p->pin_file);
@@ -380,12 +413,21 @@ int
 p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 {
 	CK_RV irv;
+	int64_t now;
 	int r = CF_OK;
 	int full;
 
 	pthread_rwlock_wrlock(&p->life);
 	if (p->epoch != seen)
 		goto out; /* another thread already recovered */
+	now = p11_now_ms();
+	if (now < p->retry_at_ms) {
+		/* The last attempt failed moments ago: fail fast, saying why. */
+		r = cf_error(CF_E_UNAVAILABLE, "the token is not answering (%s); the next "
+			     "attempt to recover it is in %lld ms", p->lost_why,
+			     (long long)(p->retry_at_ms - now));
+		goto out;
+	}
 	p11_stat(&p->stats.recoveries);
 	full = p11_rv_device_lost(rv) || __atomic_load_n(&p->reinit, __ATOMIC_RELAXED);
 	/* We own everything now: no operation is in flight. */
@@ -428,6 +470,18 @@ unlock:
 bump:
 	/* Every cached handle and session copy belongs to the old epoch. */
 	p->epoch++;
+	if (r == CF_OK) {
+		p->backoff_ms = 0;
+		p->retry_at_ms = 0;
+	} else {
+		p->backoff_ms = p->backoff_ms == 0 ? P11_BACKOFF_MIN_MS :
+				p->backoff_ms >= P11_BACKOFF_MAX_MS / 2 ? P11_BACKOFF_MAX_MS :
+				p->backoff_ms * 2;
+		p->retry_at_ms = now + p->backoff_ms;
+		snprintf(p->lost_why, sizeof(p->lost_why), "%s", cf_error_detail());
+		r = cf_error(CF_E_UNAVAILABLE, "the token is not answering (%s); the next "
+			     "attempt to recover it is in %u ms", p->lost_why, p->backoff_ms);
+	}
 out:
 	pthread_rwlock_unlock(&p->life);
 	return r;
@@ -444,8 +498,11 @@ p11_diagnose(cf_p11 *p, CK_SESSION_HANDLE s, CK_RV rv)
 
 	if (p11_rv_recoverable(rv) && !p11_rv_stale_object(rv))
 		return rv;
+	/* A session that cannot even describe itself speaks for the device:
+	 * a failed GCM tag check (P11_RV_DECRYPT_FAILED) must not hide a lost
+	 * token, nor a lost token pass for a bad ciphertext. */
 	if ((srv = p->f->C_GetSessionInfo(s, &info)) != CKR_OK)
-		return p11_rv_recoverable(srv) ? srv : rv;
+		return p11_rv_recoverable(srv) || p11_rv_device_lost(srv) ? srv : rv;
 	if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS)
 		return CKR_USER_NOT_LOGGED_IN;
 	return rv;
@@ -500,7 +557,8 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			if (k != NULL)
 				p11_key_invalidate(k);
 		} else if (p11_recover(p, rv, epoch) != CF_OK) {
-			/* It set p->reinit: the next call starts from scratch. */
+			/* It set p->reinit (the next attempt starts from scratch)
+			 * and left the reason as the error detail. */
 			rv = P11_RV_TOKEN_LOST;
 			break;
 		} else {
@@ -513,9 +571,17 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 	if (recovered && ((p11_rv_recoverable(rv) && !p11_rv_stale_object(rv)) ||
 			  p11_rv_device_lost(rv))) {
 		__atomic_store_n(&p->reinit, 1, __ATOMIC_RELAXED);
+		pthread_rwlock_rdlock(&p->life);
+		if (p->retry_at_ms != 0) /* another thread's recovery failed */
+			cf_error(CF_E_UNAVAILABLE, "the token is not answering (%s)", p->lost_why);
+		else
+			cf_error(CF_E_UNAVAILABLE, "the token is not answering (%s after recovering "
+				 "the session); the next call re-initialises the PKCS#11 module",
+				 p11_rv_name(rv));
+		pthread_rwlock_unlock(&p->life);
 		rv = P11_RV_TOKEN_LOST;
 	}
-	if (p11_rv_fault(rv))
+	if (!p11_rv_clean(rv) && p11_rv_fault(rv))
 		p11_stat(&p->stats.errors);
 	return rv;
 }
