@@ -319,6 +319,11 @@ report_mismatch(const char *msg)
 	cf_log_warn("reconcile: %s", msg);
 }
 
+/* Scheduled work per tick of the main loop: the rest waits a second, so that
+ * signals (SIGTERM, SIGHUP) are answered within about this long even when
+ * many keys fall due at once. */
+#define TICK_BUDGET_MS 1000u
+
 struct lifecycle_note {
 	audit *au;
 };
@@ -368,6 +373,7 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 			    "over)", name, version);
 	if (ln->au != NULL && status != CF_OK)
 		(void)audit_record(ln->au, &ev);
+	notify_keepalive();
 }
 
 /* What a replica hears of another's change (fleet.h): the part of its
@@ -583,7 +589,8 @@ main(int argc, char **argv)
 		lead = fl == NULL || fleet_leader(fl);
 		if (au == NULL || audit_healthy(au)) {
 			if (lead)
-				keyring_tick(kr, (int64_t)time(NULL), lifecycle_done, &ln);
+				keyring_tick(kr, (int64_t)time(NULL), TICK_BUDGET_MS,
+					     lifecycle_done, &ln);
 			(void)audit_flush_outbox(au);
 		}
 		idem_retry(idm);

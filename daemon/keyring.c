@@ -44,6 +44,7 @@ struct keyring {
 	cf_p11_key **retired;      /* handles of versions destroyed elsewhere (kr_retire) */
 	size_t nretired;
 	void *record_arg;
+	char tick_after[CF_KEY_NAME_MAX + 1]; /* the last key a budgeted tick rotated */
 };
 
 enum key_purpose
@@ -1204,11 +1205,27 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 	}
 }
 
+/* Has the tick that began at t0 used up budget_ms (0: never)? */
+static int
+over_budget(const struct timespec *t0, unsigned budget_ms)
+{
+	struct timespec t;
+
+	if (budget_ms == 0)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000 >=
+	       (long)budget_ms;
+}
+
 void
-keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
+keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done, void *arg)
 {
 	char (*due)[CF_KEY_NAME_MAX + 1] = NULL, (*gone)[CF_KEY_NAME_MAX + 1] = NULL;
-	size_t ndue = 0, ngone = 0;
+	size_t ndue = 0, ngone = 0, first = 0;
+	struct timespec t0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 
 	/* What is due, as this replica knows it (no fleet lock for a look:
 	 * the leader ticks every second). Each is then re-read and done under
@@ -1235,7 +1252,7 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 	}
 	pthread_mutex_unlock(&kr->write_mu);
 	/* Destructions: token writes. */
-	for (size_t i = 0; i < ngone; i++) {
+	for (size_t i = 0; i < ngone && !over_budget(&t0, budget_ms); i++) {
 		int found;
 		size_t at;
 
@@ -1250,14 +1267,24 @@ keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg)
 		kr_write_end(kr);
 	}
 	free(gone);
-	/* Rotations: each made as a rotation is. */
-	for (size_t i = 0; i < ndue; i++) {
+	/* Rotations: each made as a rotation is; in name order, from where the
+	 * last tick that ran out of budget stopped. */
+	while (first < ndue && strcmp(due[first], kr->tick_after) <= 0)
+		first++;
+	kr->tick_after[0] = '\0';
+	for (size_t n = 0; n < ndue; n++) {
+		size_t i = (first + n) % ndue;
 		struct store_key info;
 		int skipped = 0, r;
 
 		struct store_call c;
 		struct own_change oc;
 
+		if (over_budget(&t0, budget_ms)) {
+			snprintf(kr->tick_after, sizeof(kr->tick_after), "%s",
+				 due[(i + ndue - 1) % ndue]);
+			break;
+		}
 		memset(&info, 0, sizeof(info));
 		own_change_begin(kr, &c, &oc, "cofferd/ScheduledRotation");
 		r = kr_rotate(kr, due[i], now, &skipped, &info);

@@ -99,7 +99,12 @@ typedef void (*keyring_done_fn)(const char *name, uint32_t version, const char *
 typedef int (*keyring_record_fn)(const char *method, const char *name, uint32_t version,
 				 char *buf, size_t len, void *arg);
 void keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg);
-void keyring_tick(keyring *kr, int64_t now, keyring_done_fn done, void *arg);
+/* budget_ms (0: none): stop starting items once the tick has run that long;
+ * the rest stay due for the next tick, which starts with the first due key
+ * after the last one this tick rotated (so that a main loop stays
+ * responsive to signals, and no key waits behind the others forever). */
+void keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
+		  void *arg);
 
 /* Re-read one key (name) or every key (NULL) from the store: another
  * replica changed it (fleet.h). CF_E_BUSY (try again) while a change of this

@@ -134,6 +134,13 @@ notify_stopping(const char *status)
 	send_state(msg);
 }
 
+void
+notify_keepalive(void)
+{
+	if (watchdog_usec != 0 && now_usec() >= next_ping)
+		ping();
+}
+
 int
 notify_sigwait(const sigset_t *sigs, unsigned ms)
 {

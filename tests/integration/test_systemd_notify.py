@@ -11,7 +11,9 @@ tested) and reads what arrives, with the sender's pid (SO_PASSCRED):
   fails to start sends no READY=1.
 * No WATCHDOG=1 without WATCHDOG_USEC; with WATCHDOG_USEC=1 s, one every 0.5 s;
   none when WATCHDOG_PID names another process; a WATCHDOG_USEC that is not a
-  number is logged.
+  number is logged. A run of scheduled rotations longer than the watchdog
+  period (100 keys due at once, every 3 s) never leaves a whole period unpinged,
+  and SIGTERM is still answered within seconds.
 * SIGHUP: RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC, taken between the
   signal and the message) before the reload, READY=1 after it; a configuration
   with an error: READY=1 again, STATUS= saying why the reload failed.
@@ -22,11 +24,14 @@ tested) and reads what arrives, with the sender's pid (SO_PASSCRED):
   namespace of its own, /proc mounted subset=pid): READY=1 still reaches the
   manager's socket and both sockets serve calls.
 """
+import datetime
 import os
 import signal
 import socket
 import struct
+import re
 import subprocess
+import sys
 import time
 import unittest
 
@@ -271,6 +276,49 @@ class SystemdNotify(unittest.TestCase):
                       '(Invalid argument): no watchdog pings', d.log(all_starts=False))
         self.assertEqual([m[3] for m in self.n.collect(1.2)], [])
         self.stop()
+
+    def test_watchdog_during_scheduled_work(self):
+        """Scheduled rotations run on the main loop, between its waits: a run
+        of many (each a token key generation) longer than the watchdog
+        period must not starve the pings, so the manager does not kill a
+        daemon that is busy but progressing."""
+        d = self.d
+        keys = 100
+        d.config.setdefault("keys", {})["min_rotation_period"] = "3"
+        d.extra_env["WATCHDOG_USEC"] = "2000000"
+        self.spawn()
+        adm = d.admin_stub()
+        for i in range(keys):
+            adm.CreateKey(pb.CreateKeyRequest(name="wd-%03d" % i, type=pb.EC_P256,
+                                              rotation_period=3), timeout=60)
+        # They fall due within a second or two of each other: a tick or two
+        # make them all (each a key generation and two durable commits).
+        msgs = self.n.collect(0.1)
+        deadline = time.monotonic() + 120
+        while d.log().count(" made version 2") < keys:
+            self.assertLess(time.monotonic(), deadline, "rotations not done: " + d.log()[-2000:])
+            msgs += self.n.collect(0.5)
+        msgs += self.n.collect(1.6)
+        pings = [t for t, _, f, _ in msgs if f == {"WATCHDOG": "1"}]
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        made = [datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+                for m in re.finditer(r"^(\S+)Z .*lifecycle: scheduled rotation of key wd-\d+ made version 2",
+                                     d.log(), re.M)]
+        span = max(made) - min(made) if made else 0.0
+        print("%d rotations made over %.1f s of log time; %d pings, longest gap %.2f s"
+              % (len(made), span, len(pings), max(gaps)), file=sys.stderr)
+        # The run outlasted the watchdog period (else this proves nothing)...
+        self.assertGreater(span, 2.0, "the rotations took %.1f s: make more keys" % span)
+        # ...and the manager never waited a whole period for a ping.
+        self.assertLess(max(gaps), 2.0, "gaps %r" % ["%.2f" % g for g in gaps])
+        # Every key is due again every 3 s, more than the daemon makes in
+        # that time: it is busy for good. SIGTERM is still answered at once
+        # (each tick's scheduled work is bounded; the rest waits its turn).
+        t0 = time.monotonic()
+        self.stop()
+        took = time.monotonic() - t0
+        print("SIGTERM while rotating: exited in %.2f s" % took, file=sys.stderr)
+        self.assertLess(took, 5.0)
 
     def test_no_ready_when_start_fails(self):
         d = self.d

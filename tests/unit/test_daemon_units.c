@@ -608,6 +608,7 @@ test_reconcile(void)
 struct tick_log {
 	unsigned rotated, destroyed, failed;
 	uint32_t last_version;
+	char last_name[CF_KEY_NAME_MAX + 1];
 };
 
 static void
@@ -615,7 +616,7 @@ tick_done(const char *name, uint32_t version, const char *what, int status, void
 {
 	struct tick_log *t = arg;
 
-	(void)name;
+	snprintf(t->last_name, sizeof(t->last_name), "%s", name);
 	if (status != CF_OK)
 		t->failed++;
 	else if (strcmp(what, "rotate") == 0)
@@ -623,6 +624,50 @@ tick_done(const char *name, uint32_t version, const char *what, int status, void
 	else
 		t->destroyed++;
 	t->last_version = version;
+}
+
+/* A tick out of budget leaves the rest due, and the next tick goes on after
+ * the last key rotated: with a budget shorter than one rotation, one key per
+ * tick, in turn, never the first one again. */
+static void
+test_tick_budget(void)
+{
+	struct keyring_cfg cfg = { 10, 1, 1 };
+	static const char *const names[] = { "b-1", "b-2", "b-3" };
+	struct tick_log tl = { 0 };
+	struct store_key info;
+	char dir[400];
+	store *st = NULL;
+	keyring *kr = NULL;
+	unsigned mismatches = 0;
+	int64_t now = (int64_t)time(NULL);
+
+	snprintf(dir, sizeof(dir), "%s/budget", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
+	for (size_t i = 0; i < 3; i++) {
+		CU_ASSERT_EQUAL(keyring_create(kr, names[i], CF_KEY_EC_P256, 0, 5, &info), CF_OK);
+		keyring_info_free(&info);
+	}
+	/* Each rotation is a key generation and durable commits: well over 1 ms. */
+	for (size_t i = 0; i < 3; i++) {
+		keyring_tick(kr, now + 6, 1, tick_done, &tl);
+		CU_ASSERT_EQUAL(tl.rotated, i + 1);
+		CU_ASSERT_STRING_EQUAL(tl.last_name, names[i]);
+	}
+	/* The next one due after b-3 is b-1 again (their next rotations are
+	 * reckoned from the real clock, and this tick's clock is ahead). */
+	keyring_tick(kr, now + 100, 1, tick_done, &tl);
+	CU_ASSERT_EQUAL(tl.rotated, 4);
+	CU_ASSERT_STRING_EQUAL(tl.last_name, "b-1");
+	/* No budget: all three (due by the tick's clock), from b-2 on. */
+	keyring_tick(kr, now + 100, 0, tick_done, &tl);
+	CU_ASSERT_EQUAL(tl.rotated, 7);
+	CU_ASSERT_STRING_EQUAL(tl.last_name, "b-1");
+	CU_ASSERT_EQUAL(tl.failed, 0);
+	keyring_close(kr);
+	store_close(st);
 }
 
 /* Destruction after the grace period removes the token objects; a daemon
@@ -663,11 +708,11 @@ test_lifecycle_token(void)
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(keyring_use(kr, "doomed", 1, PURPOSE_SIGN, USE_CHECK, &k, &v),
 			CF_E_PRECONDITION);
-	keyring_tick(kr, now, tick_done, &tl);          /* not due yet */
+	keyring_tick(kr, now, 0, tick_done, &tl);          /* not due yet */
 	CU_ASSERT_EQUAL(tl.destroyed, 0);
 	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 1, &k), CF_OK);
 	cf_p11_key_free(k);
-	keyring_tick(kr, now + 2, tick_done, &tl);
+	keyring_tick(kr, now + 2, 0, tick_done, &tl);
 	CU_ASSERT_EQUAL(tl.destroyed, 1);
 	CU_ASSERT_EQUAL(tl.last_version, 1);
 	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "doomed", 1, &k), CF_E_NOT_FOUND);
@@ -705,11 +750,11 @@ test_lifecycle_token(void)
 	/* (The token is shared with the test before: only its keys are reported.) */
 	CU_ASSERT(!reported("doomed"));
 	memset(&tl, 0, sizeof(tl));
-	keyring_tick(kr, now, tick_done, &tl);
+	keyring_tick(kr, now, 0, tick_done, &tl);
 	CU_ASSERT_EQUAL(tl.destroyed, 1);
 	CU_ASSERT_EQUAL(tl.failed, 0);
 	CU_ASSERT_EQUAL(tl.rotated, 1);                 /* once, not 60 times */
-	keyring_tick(kr, now, tick_done, &tl);
+	keyring_tick(kr, now, 0, tick_done, &tl);
 	CU_ASSERT_EQUAL(tl.rotated, 1);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
 	CU_ASSERT(info.nversions == 4 && info.versions[1].state == STORE_DESTROYED &&
@@ -720,7 +765,7 @@ test_lifecycle_token(void)
 	CU_ASSERT_EQUAL(cf_p11_key_generate(p11, "doomed", 5, CF_KEY_EC_P256, 0, &k), CF_OK);
 	cf_p11_key_free(k);
 	memset(&tl, 0, sizeof(tl));
-	keyring_tick(kr, now + 120, tick_done, &tl);
+	keyring_tick(kr, now + 120, 0, tick_done, &tl);
 	CU_ASSERT(tl.rotated == 0 && tl.failed == 1);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
 	CU_ASSERT(info.nversions == 4 && info.primary == 4 && info.pending_rotation == 0);
@@ -745,7 +790,7 @@ test_lifecycle_token(void)
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, &cfg, collect, &mismatches, &kr), CF_OK);
 	CU_ASSERT(reported("the interrupted creation of doomed version 5 was undone"));
 	memset(&tl, 0, sizeof(tl));
-	keyring_tick(kr, now + 120, tick_done, &tl);
+	keyring_tick(kr, now + 120, 0, tick_done, &tl);
 	CU_ASSERT(tl.rotated == 1 && tl.failed == 0 && tl.last_version == 5);
 	CU_ASSERT_EQUAL(keyring_describe(kr, "doomed", &info), CF_OK);
 	CU_ASSERT(info.nversions == 5 && info.primary == 5);
@@ -806,7 +851,7 @@ test_lifecycle_refused_destroy(void)
 	real_destroy = f->C_DestroyObject;
 	f->C_DestroyObject = refuse_destroy;
 	for (int64_t t = now + 10; t < now + 200; t++)
-		keyring_tick(kr, t, tick_done, &tl);
+		keyring_tick(kr, t, 0, tick_done, &tl);
 	f->C_DestroyObject = real_destroy;
 	(void)f->C_CloseSession(s);
 	/* Retried once a minute (at +10, +70, +130, +190), rotated every 5 s. */
@@ -817,7 +862,7 @@ test_lifecycle_refused_destroy(void)
 	keyring_info_free(&info);
 	/* Once the token allows it, the next retry destroys it. */
 	memset(&tl, 0, sizeof(tl));
-	keyring_tick(kr, now + 250, tick_done, &tl);
+	keyring_tick(kr, now + 250, 0, tick_done, &tl);
 	CU_ASSERT(tl.destroyed == 1 && tl.failed == 0);
 	keyring_close(kr);
 	store_close(st);
@@ -1045,6 +1090,7 @@ main(void)
 		  test_store_signed_migration },
 		{ "start-up reconciliation reports mismatches", test_reconcile },
 		{ "lifecycle: destruction in the token, scheduled rotation", test_lifecycle_token },
+		{ "lifecycle: a scheduled tick's budget, taken in turn", test_tick_budget },
 		{ "lifecycle: a refused destruction does not stop rotations",
 		  test_lifecycle_refused_destroy },
 		{ "a locked state store, a failing token: nothing half done",
