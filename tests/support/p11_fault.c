@@ -16,8 +16,8 @@
 #endif
 
 static pthread_once_t pf_once = PTHREAD_ONCE_INIT;
-static CK_FUNCTION_LIST *pf_real;  /* the module underneath, or NULL */
-static CK_FUNCTION_LIST pf_list;   /* its list with the wrapped functions replaced */
+static CK_FUNCTION_LIST *pf_real; /* the module underneath, or NULL */
+static CK_FUNCTION_LIST pf_list;  /* its list with the wrapped functions replaced */
 
 static pthread_mutex_t pf_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct p11_fault_rule pf_rule[P11F__COUNT];

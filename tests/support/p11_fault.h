@@ -31,13 +31,13 @@ enum p11_fault_fn { P11_FAULT_FUNCS(P11_FAULT_ENUM) P11F__COUNT };
 
 /* What to do to the calls of one function. */
 struct p11_fault_rule {
-	CK_RV rv;                 /* the answer instead of the module's */
-	unsigned skip;            /* matching calls left alone first */
-	int times;                /* matching calls that then fail; -1: until cleared */
-	int through;              /* the failing calls still reach the module (a write
-				     that happened while the caller is told it failed) */
-	CK_OBJECT_HANDLE object;  /* only calls on this object (C_DestroyObject,
-				     C_CopyObject, C_GetAttributeValue); 0: any */
+	CK_RV rv;                /* the answer instead of the module's */
+	unsigned skip;           /* matching calls left alone first */
+	int times;               /* matching calls that then fail; -1: until cleared */
+	int through;             /* the failing calls still reach the module (a write
+				    that happened while the caller is told it failed) */
+	CK_OBJECT_HANDLE object; /* only calls on this object (C_DestroyObject,
+				    C_CopyObject, C_GetAttributeValue); 0: any */
 };
 
 struct p11_fault_ops {
