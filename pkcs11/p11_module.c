@@ -136,8 +136,7 @@ p11_login(cf_p11 *p)
 		if (p->pin_refused && memcmp(&fid, &p->refused_pin, sizeof(fid)) == 0)
 			return cf_error(CF_E_PIN_INCORRECT, "the token refused the PIN from %s "
 					"(CKR_PIN_INCORRECT); it is not tried again until the "
-					"file changes, to spare the token's lockout counter",
-					p->pin_file);
+					"file changes", p->pin_file);
 	}
 	if ((r = p11_read_pin(p->pin_file, &pin)) != CF_OK)
 		return r;
@@ -409,6 +408,20 @@ p11_pool_release(cf_p11 *p, CK_SESSION_HANDLE s, uint64_t epoch)
 
 /* ---- recovery ---- */
 
+/* The failure of a recovery, or of a call within the wait after one. The
+ * reason is shortened if need be (a long PIN file path) so that the wait
+ * survives the truncation of the detail to CF_ERROR_DETAIL_MAX, with room
+ * for what the caller prefixes ("destroying token objects: "). */
+#define P11_LOST_FMT "the token is not answering (%.*s); the next attempt to recover it is in " \
+	"%u ms"
+#define P11_LOST_ROOM (CF_ERROR_DETAIL_MAX - 1 - 32 - (int)sizeof(P11_LOST_FMT) - 4)
+
+static int
+p11_lost(const char *why, unsigned wait_ms)
+{
+	return cf_error(CF_E_UNAVAILABLE, P11_LOST_FMT, P11_LOST_ROOM, why, wait_ms);
+}
+
 int
 p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 {
@@ -423,9 +436,7 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	now = p11_now_ms();
 	if (now < p->retry_at_ms) {
 		/* The last attempt failed moments ago: fail fast, saying why. */
-		r = cf_error(CF_E_UNAVAILABLE, "the token is not answering (%s); the next "
-			     "attempt to recover it is in %lld ms", p->lost_why,
-			     (long long)(p->retry_at_ms - now));
+		r = p11_lost(p->lost_why, (unsigned)(p->retry_at_ms - now));
 		goto out;
 	}
 	p11_stat(&p->stats.recoveries);
@@ -464,6 +475,12 @@ p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen)
 	}
 	r = p11_login(p);
 unlock:
+	if (r != CF_OK && p->anchor != CK_INVALID_HANDLE) {
+		/* The login failed on it (a refused PIN): calls must fail at
+		 * once until the next attempt, not run logged out on the token. */
+		(void)p->f->C_CloseSession(p->anchor);
+		p->anchor = CK_INVALID_HANDLE;
+	}
 	p11_token_unlock(p);
 	/* Failed: the next recovery starts from scratch (finalize, initialise). */
 	__atomic_store_n(&p->reinit, r != CF_OK, __ATOMIC_RELAXED);
@@ -479,8 +496,7 @@ bump:
 				p->backoff_ms * 2;
 		p->retry_at_ms = now + p->backoff_ms;
 		snprintf(p->lost_why, sizeof(p->lost_why), "%s", cf_error_detail());
-		r = cf_error(CF_E_UNAVAILABLE, "the token is not answering (%s); the next "
-			     "attempt to recover it is in %u ms", p->lost_why, p->backoff_ms);
+		r = p11_lost(p->lost_why, p->backoff_ms);
 	}
 out:
 	pthread_rwlock_unlock(&p->life);

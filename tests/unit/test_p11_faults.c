@@ -1,0 +1,631 @@
+/*
+ * test_p11_faults — the layer's answers to a token that fails, provoked for
+ * real: the layer runs on tests/support/p11_fault.c, a PKCS#11 module that
+ * forwards to a real SoftHSM2 token and makes chosen calls fail. A write the
+ * token made while reporting a failure (generation, import), a destroy
+ * interrupted between the objects of a pair, a session that cannot describe
+ * itself after a failed GCM decryption, a device that is gone (the backoff
+ * between recoveries) and a PIN the token refuses during a recovery. Each
+ * checks the status, the text and what is in the token afterwards, counted
+ * with raw Cryptoki on the real module.
+ */
+#include <dlfcn.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/hmac.h>
+
+#include "cf_status.h"
+#include "cf_test_token.h"
+#include "p11_fault.h"
+
+static struct cf_test_token tok; /* cfg.module_path: the fault module */
+static struct cf_test_token raw; /* the same token through the real module */
+static cf_p11 *p11;
+static void *fault_dl;
+static const struct p11_fault_ops *fault;
+static const uint8_t msg[] = "faults";
+
+static int
+suite_init(void)
+{
+	p11_fault_ops_fn ops;
+
+	if (cf_test_token_create(&tok, "coffer-faults") != 0)
+		return -1;
+	raw = tok;
+	tok.cfg.module_path = P11_FAULT_MODULE;
+	if (cf_p11_open(&tok.cfg, &p11) != CF_OK) {
+		fprintf(stderr, "cf_p11_open on %s: %s\n", P11_FAULT_MODULE, cf_error_detail());
+		return -1;
+	}
+	/* The instance the layer loaded: a dlopen of the same file shares it. */
+	if ((fault_dl = dlopen(P11_FAULT_MODULE, RTLD_NOW | RTLD_LOCAL)) == NULL ||
+	    (ops = (p11_fault_ops_fn)dlsym(fault_dl, "p11_fault_ops")) == NULL)
+		return -1;
+	fault = ops();
+	return 0;
+}
+
+static int
+suite_clean(void)
+{
+	if (fault != NULL)
+		fault->clear();
+	cf_p11_close(p11);
+	if (fault_dl != NULL)
+		dlclose(fault_dl);
+	cf_test_token_destroy(&tok);
+	return 0;
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	nanosleep(&ts, NULL);
+}
+
+/* fn fails with rv: `times` calls (-1: until cleared) after `skip` left
+ * alone; through = the call still reaches the token. */
+static void
+inject(enum p11_fault_fn fn, CK_RV rv, unsigned skip, int times, int through)
+{
+	struct p11_fault_rule r = { rv, skip, times, through, CK_INVALID_HANDLE };
+
+	fault->set(fn, &r);
+}
+
+/* fn's counters at one moment: what a call did is checked against them. */
+struct mark {
+	enum p11_fault_fn fn;
+	unsigned long calls, injected;
+};
+
+static struct mark
+mark(enum p11_fault_fn fn)
+{
+	return (struct mark){ fn, fault->calls(fn), fault->injected(fn) };
+}
+
+/* Since m, fn was called `calls` times (-1: not checked), `injected` of
+ * them answered by the fault module. */
+static void
+check_mark(const struct mark *m, long calls, unsigned long injected)
+{
+	if (calls >= 0)
+		CU_ASSERT_EQUAL(fault->calls(m->fn) - m->calls, (unsigned long)calls);
+	CU_ASSERT_EQUAL(fault->injected(m->fn) - m->injected, injected);
+}
+
+/* Every call the fault module has seen, of every function. */
+static unsigned long
+token_calls(void)
+{
+	unsigned long n = 0;
+
+	for (int i = 0; i < P11F__COUNT; i++)
+		n += fault->calls((enum p11_fault_fn)i);
+	return n;
+}
+
+/* Token objects labelled "coffer/<name>/<version>" of class cls (or any
+ * class when cls is CK_UNAVAILABLE_INFORMATION), through the real module;
+ * -1 if the token cannot be read. */
+static int
+raw_count(const char *name, uint32_t version, CK_OBJECT_CLASS cls)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_BBOOL yes = CK_TRUE;
+	char label[128];
+	CK_ATTRIBUTE q[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_LABEL, label, 0 },
+		{ CKA_CLASS, &cls, sizeof(cls) },
+	};
+	CK_OBJECT_HANDLE o[16];
+	CK_ULONG n = 0;
+	int r = -1;
+
+	q[1].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "coffer/%s/%" PRIu32, name,
+					     version);
+	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
+		return -1;
+	if (f->C_FindObjectsInit(s, q, cls == CK_UNAVAILABLE_INFORMATION ? 2 : 3) == CKR_OK) {
+		if (f->C_FindObjects(s, o, 16, &n) == CKR_OK)
+			r = (int)n;
+		f->C_FindObjectsFinal(s);
+	}
+	f->C_CloseSession(s);
+	return r;
+}
+
+/* The key signs, and the signature verifies. */
+static void
+check_signs(cf_p11_key *k)
+{
+	cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+
+	CHECK_OK(cf_p11_sign(k, NULL, msg, sizeof(msg), sig));
+	CHECK_OK(cf_p11_verify(k, NULL, msg, sizeof(msg), cf_buf_peek(sig), cf_buf_len(sig)));
+	cf_buf_free(sig);
+}
+
+/* ---- a write the token made while reporting a failure ---- */
+
+/* C_GenerateKeyPair makes the pair and answers CKR_DEVICE_ERROR: the layer
+ * recovers, removes the objects of its own id and generates again. */
+static void
+test_generate_id_write_failed(void)
+{
+	static const uint8_t id[CF_P11_ID_LEN] = "gen-id-attempt-1";
+	struct mark gen = mark(P11F_C_GenerateKeyPair);
+	struct cf_p11_stats s0, s1;
+	cf_p11_key *k = NULL;
+
+	cf_p11_stats(p11, &s0);
+	inject(P11F_C_GenerateKeyPair, CKR_DEVICE_ERROR, 0, 1, 1);
+	CHECK_OK(cf_p11_key_generate_id(p11, "gen-id", 1, CF_KEY_EC_P256, 0, id, &k));
+	fault->clear();
+	cf_p11_stats(p11, &s1);
+	/* The failed write happened, then the one after the recovery. */
+	check_mark(&gen, 2, 1);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 1);
+	/* Exactly one pair under the label. */
+	CU_ASSERT_EQUAL(raw_count("gen-id", 1, CK_UNAVAILABLE_INFORMATION), 2);
+	CU_ASSERT_EQUAL(raw_count("gen-id", 1, CKO_PRIVATE_KEY), 1);
+	CU_ASSERT_EQUAL(raw_count("gen-id", 1, CKO_PUBLIC_KEY), 1);
+	check_signs(k);
+	cf_p11_key_free(k);
+	/* And a fresh lookup by the id finds that one pair. */
+	CHECK_OK(cf_p11_key_open_id(p11, "gen-id", 1, id, &k));
+	check_signs(k);
+	cf_p11_key_free(k);
+}
+
+/* C_CreateObject of an imported HMAC secret the same way: one secret under
+ * the label afterwards, and it is the imported one (OpenSSL agrees). */
+static void
+test_import_id_write_failed(void)
+{
+	static const uint8_t id[CF_P11_ID_LEN] = "import-attempt-1";
+	struct mark create = mark(P11F_C_CreateObject);
+	uint8_t want[32];
+	unsigned wantlen = 0;
+	cf_secret *m = NULL;
+	cf_p11_key *k = NULL;
+	cf_buf *mac = cf_buf_new(64);
+
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(32, &m), CF_OK);
+	for (int i = 0; i < 32; i++)
+		cf_secret_ptr(m)[i] = (uint8_t)(0x5a ^ i);
+	inject(P11F_C_CreateObject, CKR_DEVICE_ERROR, 0, 1, 1);
+	CHECK_OK(cf_p11_key_import_id(p11, "imp-id", 1, CF_KEY_HMAC_SHA256, m, 0, id, &k));
+	fault->clear();
+	check_mark(&create, 2, 1);
+	CU_ASSERT_EQUAL(raw_count("imp-id", 1, CK_UNAVAILABLE_INFORMATION), 1);
+	CU_ASSERT_EQUAL(raw_count("imp-id", 1, CKO_SECRET_KEY), 1);
+	CHECK_OK(cf_p11_mac(k, msg, sizeof(msg), mac));
+	HMAC(EVP_sha256(), cf_secret_cptr(m), 32, msg, sizeof(msg), want, &wantlen);
+	CU_ASSERT_EQUAL(cf_buf_len(mac), wantlen);
+	CU_ASSERT(wantlen == 32 && memcmp(cf_buf_peek(mac), want, wantlen) == 0);
+	cf_p11_key_free(k);
+	cf_secret_free(m);
+	cf_buf_free(mac);
+}
+
+/* Without a recorded id the layer cannot tell the half-written objects
+ * from anyone else's: CF_E_UNAVAILABLE saying so, never CF_E_EXISTS, and
+ * the objects are left for reconciliation. */
+static void
+test_write_failed_without_id(void)
+{
+	static const char *unknown = "the token failed during the write and may hold part of it; "
+				     "cofferd's start-up reconciliation reports such objects "
+				     "(P11_RV_WRITE_UNKNOWN)";
+	struct mark gen = mark(P11F_C_GenerateKeyPair), create = mark(P11F_C_CreateObject);
+	char want[512];
+	cf_secret *m = NULL;
+	cf_p11_key *k = NULL;
+	unsigned gone = 0;
+
+	inject(P11F_C_GenerateKeyPair, CKR_DEVICE_ERROR, 0, 1, 1);
+	snprintf(want, sizeof(want), "generating the key: %s", unknown);
+	CHECK_ERR(cf_p11_key_generate(p11, "gen-noid", 1, CF_KEY_EC_P256, 0, &k), CF_E_UNAVAILABLE,
+		  want);
+	fault->clear();
+	/* Not written again after the recovery. */
+	check_mark(&gen, 1, 1);
+	CU_ASSERT_PTR_NULL(k);
+	CU_ASSERT_EQUAL(raw_count("gen-noid", 1, CK_UNAVAILABLE_INFORMATION), 2);
+	/* A later call does not know about the write: the label is taken. */
+	CHECK_ERR(cf_p11_key_generate(p11, "gen-noid", 1, CF_KEY_EC_P256, 0, &k), CF_E_EXISTS,
+		  "key gen-noid version 1 already exists in the token");
+
+	/* An import the same way. */
+	CU_ASSERT_EQUAL_FATAL(cf_secret_new(32, &m), CF_OK);
+	memset(cf_secret_ptr(m), 0x33, 32);
+	inject(P11F_C_CreateObject, CKR_DEVICE_ERROR, 0, 1, 1);
+	snprintf(want, sizeof(want), "importing the key: %s", unknown);
+	CHECK_ERR(cf_p11_key_import(p11, "imp-noid", 1, CF_KEY_AES_256, m, 0, &k), CF_E_UNAVAILABLE,
+		  want);
+	fault->clear();
+	check_mark(&create, 1, 1);
+	CU_ASSERT_EQUAL(raw_count("imp-noid", 1, CK_UNAVAILABLE_INFORMATION), 1);
+	cf_secret_free(m);
+
+	CHECK_OK(cf_p11_objects_destroy(p11, "gen-noid", 1, NULL, &gone));
+	CU_ASSERT_EQUAL(gone, 2);
+	CHECK_OK(cf_p11_objects_destroy(p11, "imp-noid", 1, NULL, &gone));
+	CU_ASSERT_EQUAL(gone, 1);
+}
+
+/* ---- a destroy interrupted between the objects of a pair ---- */
+
+/* The private key goes, the public key's C_DestroyObject answers
+ * CKR_DEVICE_ERROR without happening: cf_p11_key_destroy finishes it. */
+static void
+destroy_interrupted(const char *name, const uint8_t *id)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE pub;
+	char label[64];
+	struct p11_fault_rule rule = { CKR_DEVICE_ERROR, 0, 1, 0, CK_INVALID_HANDLE };
+	cf_p11_key *k = NULL;
+
+	if (id != NULL)
+		CHECK_OK(cf_p11_key_generate_id(p11, name, 1, CF_KEY_EC_P256, 0, id, &k));
+	else
+		CHECK_OK(cf_p11_key_generate(p11, name, 1, CF_KEY_EC_P256, 0, &k));
+	check_signs(k); /* session copies made: their destroys are not the fault */
+	snprintf(label, sizeof(label), "coffer/%s/1", name);
+	CU_ASSERT_FATAL(cf_test_raw_open(&raw, &f, &slot, &s) == 0);
+	CU_ASSERT_FATAL(cf_test_raw_find(f, s, CKO_PUBLIC_KEY, label, &pub) == 0);
+	f->C_CloseSession(s);
+	/* Object handles are the process's in SoftHSM: the layer's too. */
+	rule.object = pub;
+	fault->set(P11F_C_DestroyObject, &rule);
+	CHECK_OK(cf_p11_key_destroy(k));
+	fault->clear();
+	CU_ASSERT_EQUAL(raw_count(name, 1, CK_UNAVAILABLE_INFORMATION), 0);
+	cf_p11_key_free(k);
+	CHECK_ERR(cf_p11_key_open(p11, name, 1, &k), CF_E_NOT_FOUND, "");
+}
+
+static void
+test_destroy_interrupted(void)
+{
+	static const uint8_t id[CF_P11_ID_LEN] = "destroy-attempt1";
+	struct mark destroy = mark(P11F_C_DestroyObject);
+	struct cf_p11_stats s0, s1;
+
+	cf_p11_stats(p11, &s0);
+	destroy_interrupted("del-noid", NULL);
+	destroy_interrupted("del-id", id);
+	cf_p11_stats(p11, &s1);
+	check_mark(&destroy, -1, 2);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 2);
+}
+
+/* ---- GCM: a bad tag, or a lost device ---- */
+
+static void
+test_gcm_decrypt_device_lost(void)
+{
+	static const char *bad = "decryption failed: ciphertext, tag, IV or additional data do "
+				 "not match";
+	static const uint8_t pt[] = "gcm plaintext";
+	uint8_t iv[CF_GCM_IV_LEN];
+	cf_buf *ct = cf_buf_new(sizeof(pt) + CF_GCM_TAG_LEN);
+	cf_p11_key *k = NULL;
+	cf_secret *out = NULL;
+	struct cf_p11_stats s0, s1;
+	uint8_t tampered[sizeof(pt) + CF_GCM_TAG_LEN];
+	struct mark dec, info;
+
+	CHECK_OK(cf_p11_key_generate(p11, "gcm", 1, CF_KEY_AES_256, 0, &k));
+	CHECK_OK(cf_p11_gcm_encrypt(k, NULL, 0, pt, sizeof(pt), iv, ct));
+
+	/* C_Decrypt fails, and the session cannot describe itself: the
+	 * device, not the ciphertext. Recovered, the decryption succeeds. */
+	cf_p11_stats(p11, &s0);
+	dec = mark(P11F_C_Decrypt);
+	info = mark(P11F_C_GetSessionInfo);
+	inject(P11F_C_Decrypt, CKR_GENERAL_ERROR, 0, 1, 0);
+	inject(P11F_C_GetSessionInfo, CKR_DEVICE_ERROR, 0, 1, 0);
+	CHECK_OK(cf_p11_gcm_decrypt(k, NULL, 0, iv, cf_buf_peek(ct), cf_buf_len(ct), &out));
+	fault->clear();
+	cf_p11_stats(p11, &s1);
+	/* Run again after the recovery: the retry decrypted. */
+	check_mark(&dec, 2, 1);
+	check_mark(&info, 1, 1);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 1);
+	CU_ASSERT(out != NULL && cf_secret_len(out) == sizeof(pt) &&
+		  memcmp(cf_secret_cptr(out), pt, sizeof(pt)) == 0);
+	cf_secret_free(out);
+	out = NULL;
+
+	/* The same after the recovery too: the token is not answering. */
+	cf_p11_stats(p11, &s0);
+	inject(P11F_C_Decrypt, CKR_GENERAL_ERROR, 0, -1, 0);
+	inject(P11F_C_GetSessionInfo, CKR_DEVICE_ERROR, 0, -1, 0);
+	CHECK_ERR(cf_p11_gcm_decrypt(k, NULL, 0, iv, cf_buf_peek(ct), cf_buf_len(ct), &out),
+		  CF_E_UNAVAILABLE, "decrypting: the token is not answering (CKR_DEVICE_ERROR "
+		  "after recovering the session); the next call re-initialises the PKCS#11 module");
+	fault->clear();
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 1);
+	CU_ASSERT_EQUAL(s1.errors - s0.errors, 1);
+	CU_ASSERT_PTR_NULL(out);
+
+	/* C_Decrypt's CKR_GENERAL_ERROR on a session that answers: SoftHSM's
+	 * failed tag check, reported as such; no recovery, no token error. */
+	cf_p11_stats(p11, &s0);
+	inject(P11F_C_Decrypt, CKR_GENERAL_ERROR, 0, 1, 0);
+	CHECK_ERR(cf_p11_gcm_decrypt(k, NULL, 0, iv, cf_buf_peek(ct), cf_buf_len(ct), &out),
+		  CF_E_DECRYPT, bad);
+	fault->clear();
+	/* 1 + 2 (the call and its retry) + 1 */
+	check_mark(&dec, -1, 4);
+	/* And a real bad tag the same. */
+	memcpy(tampered, cf_buf_peek(ct), sizeof(tampered));
+	tampered[sizeof(tampered) - 1] ^= 1;
+	CHECK_ERR(cf_p11_gcm_decrypt(k, NULL, 0, iv, tampered, sizeof(tampered), &out), CF_E_DECRYPT,
+		  bad);
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT_EQUAL(s1.recoveries, s0.recoveries);
+	CU_ASSERT_EQUAL(s1.errors, s0.errors);
+	/* The module was re-initialised by the call after the lost one. */
+	CHECK_OK(cf_p11_gcm_decrypt(k, NULL, 0, iv, cf_buf_peek(ct), cf_buf_len(ct), &out));
+	cf_secret_free(out);
+	cf_p11_key_free(k);
+	cf_buf_free(ct);
+}
+
+/* A refusal of what the layer was given is no token error. */
+static void
+test_clean_refusal_not_counted(void)
+{
+	struct cf_p11_stats s0, s1;
+	cf_p11_key *k = NULL;
+
+	CHECK_OK(cf_p11_key_generate(p11, "taken", 1, CF_KEY_ED25519, 0, &k));
+	cf_p11_key_free(k);
+	k = NULL;
+	cf_p11_stats(p11, &s0);
+	CHECK_ERR(cf_p11_key_generate(p11, "taken", 1, CF_KEY_EC_P256, 0, &k), CF_E_EXISTS,
+		  "key taken version 1 already exists in the token");
+	CHECK_ERR(cf_p11_key_open(p11, "absent", 1, &k), CF_E_NOT_FOUND, "");
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT(s1.operations > s0.operations);
+	CU_ASSERT_EQUAL(s1.errors, s0.errors);
+	CU_ASSERT_EQUAL(s1.recoveries, s0.recoveries);
+}
+
+/* ---- a device that is gone: the backoff between recoveries ---- */
+
+/* The "in N ms" of a recovery's text, or 0. */
+static unsigned
+next_in(const char *text)
+{
+	const char *at = strstr(text, "; the next attempt to recover it is in ");
+	unsigned ms = 0;
+
+	if (at == NULL || sscanf(at, "; the next attempt to recover it is in %u ms", &ms) != 1)
+		return 0;
+	return ms;
+}
+
+static void
+test_device_gone_backoff(void)
+{
+	static const char *why = "the token is not answering (re-initialising the PKCS#11 module: "
+				 "device error (CKR_DEVICE_ERROR))";
+	cf_p11_key *k = NULL;
+	cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+	struct cf_p11_stats s0, s1;
+	unsigned long init0, login0, calls;
+	unsigned backoff = 100, attempts = 1, fast = 0;
+	int64_t t_attempt, deadline;
+	char want[512];
+	int r;
+
+	CHECK_OK(cf_p11_key_generate(p11, "gone", 1, CF_KEY_EC_P256, 0, &k));
+	check_signs(k);
+	cf_p11_stats(p11, &s0);
+	login0 = fault->calls(P11F_C_Login);
+	fault->gone(CKR_DEVICE_ERROR);
+	t_attempt = now_ms();
+	init0 = fault->calls(P11F_C_Initialize);
+	snprintf(want, sizeof(want), "signing: %s; the next attempt to recover it is in 100 ms", why);
+	CHECK_ERR(cf_p11_sign(k, NULL, msg, sizeof(msg), sig), CF_E_UNAVAILABLE, want);
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Initialize) - init0, 1);
+
+	/* Calls within the wait fail at once without reaching the token; one
+	 * attempt at the end of each wait, and the wait doubles. */
+	deadline = now_ms() + 5000;
+	while (attempts < 4 && now_ms() < deadline) {
+		unsigned long init = fault->calls(P11F_C_Initialize);
+		int64_t t0 = now_ms();
+		const char *m;
+
+		calls = token_calls();
+		r = cf_p11_sign(k, NULL, msg, sizeof(msg), sig);
+		m = cf_error_message(r);
+		CU_ASSERT_EQUAL(r, CF_E_UNAVAILABLE);
+		CU_ASSERT_PTR_NOT_NULL(strstr(m, why));
+		if (fault->calls(P11F_C_Initialize) == init) {
+			/* Only C_Initialize would tell the device is back. */
+			CU_ASSERT_EQUAL(token_calls(), calls);
+			CU_ASSERT(next_in(m) >= 1 && next_in(m) <= backoff);
+			fast++;
+		} else {
+			CU_ASSERT_EQUAL(fault->calls(P11F_C_Initialize) - init, 1);
+			/* Not before the wait was over. */
+			CU_ASSERT(now_ms() - t_attempt >= backoff);
+			backoff *= 2;
+			if (next_in(m) != backoff)
+				fprintf(stderr, "\n  attempt %u: %s\n", attempts + 1, m);
+			CU_ASSERT_EQUAL(next_in(m), backoff);
+			t_attempt = t0;
+			attempts++;
+		}
+		sleep_ms(5);
+	}
+	fprintf(stderr, "(%u attempts, %u calls failed fast) ", attempts, fast);
+	CU_ASSERT_EQUAL(attempts, 4);
+	CU_ASSERT(fast >= 10);
+	/* The device never answered: no login was tried. */
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Login), login0);
+
+	/* Back: the first call after the wait recovers and signs. */
+	fault->gone(CKR_OK);
+	deadline = now_ms() + 5000;
+	do {
+		sleep_ms(20);
+		cf_buf_reset(sig);
+		r = cf_p11_sign(k, NULL, msg, sizeof(msg), sig);
+	} while (r != CF_OK && now_ms() < deadline);
+	CHECK_OK(r);
+	CU_ASSERT(now_ms() - t_attempt >= backoff);
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Initialize) - init0, 5);
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Login) - login0, 1);
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 5);
+	check_signs(k);
+	cf_p11_key_free(k);
+	cf_buf_free(sig);
+}
+
+/* ---- the PIN refused during a recovery ---- */
+
+/* Change the user PIN through a raw session (the process's login is the
+ * layer's), then log out: the layer must log in again with its PIN file. */
+static void
+change_pin(const char *from, const char *to, int logout)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+
+	CU_ASSERT_FATAL(cf_test_raw_open(&raw, &f, &slot, &s) == 0);
+	CU_ASSERT_EQUAL(f->C_SetPIN(s, (CK_UTF8CHAR_PTR)from, strlen(from), (CK_UTF8CHAR_PTR)to,
+				    strlen(to)), CKR_OK);
+	if (logout)
+		CU_ASSERT_EQUAL(f->C_Logout(s), CKR_OK);
+	f->C_CloseSession(s);
+}
+
+/* The failure of a call whose recovery's login was refused: the reason
+ * names the PIN file and ends with `advice`, then comes the wait. The layer
+ * shortens a reason that would push the wait out of the detail (a PIN file
+ * path longer than the fixture's in /tmp, from a long $TMPDIR). */
+static void
+check_refused(int r, const char *advice, unsigned wait)
+{
+	static const char *head = "signing: the token is not answering (";
+	const char *m = cf_error_message(r);
+	char reason[512], tail[80];
+	size_t ml = strlen(m), hl = strlen(head), tl, rl;
+
+	snprintf(reason, sizeof(reason), "the token refused the PIN from %s (CKR_PIN_INCORRECT); %s",
+		 tok.pin_file, advice);
+	snprintf(tail, sizeof(tail), "); the next attempt to recover it is in %u ms", wait);
+	tl = strlen(tail);
+	CU_ASSERT_EQUAL(r, CF_E_UNAVAILABLE);
+	CU_ASSERT_FATAL(ml > hl + tl && strncmp(m, head, hl) == 0 && strcmp(m + ml - tl, tail) == 0);
+	rl = ml - hl - tl;
+	if (strlen(tok.pin_file) <= 40 || rl == strlen(reason)) {
+		if (rl != strlen(reason) || strncmp(m + hl, reason, rl) != 0)
+			fprintf(stderr, "\n  got \"%s\"\n  expected \"%s%s%s\"\n", m, head, reason,
+				tail);
+		CU_ASSERT_EQUAL(rl, strlen(reason));
+	} else {
+		fprintf(stderr, "(a PIN file path of %zu bytes: the reason is shortened) ",
+			strlen(tok.pin_file));
+	}
+	CU_ASSERT(rl <= strlen(reason) && strncmp(m + hl, reason, rl) == 0);
+}
+
+static void
+test_pin_refused(void)
+{
+	static const char *new_pin = "coffer-new-pin";
+	cf_p11_key *k = NULL;
+	cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+	unsigned long login0, calls;
+	int r;
+
+	CHECK_OK(cf_p11_key_generate(p11, "pin", 1, CF_KEY_EC_P256, 0, &k));
+	check_signs(k);
+	change_pin(CF_TEST_PIN, new_pin, 1);
+
+	/* The recovery's login is refused. */
+	login0 = fault->calls(P11F_C_Login);
+	r = cf_p11_sign(k, NULL, msg, sizeof(msg), sig);
+	check_refused(r, "check the PIN file", 100);
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Login) - login0, 1);
+	/* Within the wait: no call reaches the token. */
+	calls = token_calls();
+	r = cf_p11_sign(k, NULL, msg, sizeof(msg), sig);
+	CU_ASSERT_EQUAL(r, CF_E_UNAVAILABLE);
+	CU_ASSERT(next_in(cf_error_message(r)) >= 1);
+	CU_ASSERT_EQUAL(token_calls(), calls);
+
+	/* After it: the same file is not tried again. */
+	sleep_ms(150);
+	r = cf_p11_sign(k, NULL, msg, sizeof(msg), sig);
+	check_refused(r, "it is not tried again until the file changes", 200);
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Login) - login0, 1);
+
+	/* The file with the new PIN: the next attempt logs in and signs. */
+	CU_ASSERT_FATAL(cf_test_write_file(tok.pin_file, "coffer-new-pin\n", 0600) == 0);
+	sleep_ms(250);
+	cf_buf_reset(sig);
+	CHECK_OK(cf_p11_sign(k, NULL, msg, sizeof(msg), sig));
+	CU_ASSERT_EQUAL(fault->calls(P11F_C_Login) - login0, 2);
+	check_signs(k);
+
+	/* Back to the fixture's PIN (the login stays). */
+	change_pin(new_pin, CF_TEST_PIN, 0);
+	CU_ASSERT(cf_test_write_file(tok.pin_file, CF_TEST_PIN "\n", 0600) == 0);
+	check_signs(k);
+	cf_p11_key_free(k);
+	cf_buf_free(sig);
+}
+
+int
+main(void)
+{
+	static const struct cf_test_case cases[] = {
+		{ "generate: write made, DEVICE_ERROR told; own id redone", test_generate_id_write_failed },
+		{ "import: write made, DEVICE_ERROR told; own id redone", test_import_id_write_failed },
+		{ "generate/import without an id: WRITE_UNKNOWN", test_write_failed_without_id },
+		{ "destroy interrupted after the private key", test_destroy_interrupted },
+		{ "GCM decrypt: a lost device is not a bad tag", test_gcm_decrypt_device_lost },
+		{ "clean refusals are not token errors", test_clean_refusal_not_counted },
+		{ "device gone: backoff between recoveries", test_device_gone_backoff },
+		{ "PIN refused in a recovery: not tried until it changes", test_pin_refused },
+		{ NULL, NULL },
+	};
+
+	return cf_test_main("p11_faults", suite_init, suite_clean, cases);
+}
