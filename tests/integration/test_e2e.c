@@ -108,12 +108,14 @@ test_every_signing_type(void)
 		CU_ASSERT_EQUAL(valid, 0);
 		coffer_bytes_free(&sig);
 		if (keys[i].t >= COFFER_KEY_RSA_2048 && keys[i].t <= COFFER_KEY_RSA_4096) {
+			char what[64];
+
 			/* GetTokenInfo has no word on schemes: the refusal is the evidence
 			 * (tpm2-pkcs11 answers CKM_RSA_PKCS on these keys: CKR_MECHANISM_INVALID) */
+			snprintf(what, sizeof(what), "every signing type: %s", keys[i].name);
 			if (cf_test_refused_by_token(coffer_sign(svc, keys[i].name, 0, msg,
 								 sizeof(msg), &pk1, &sig, &ver),
-						     "every signing type",
-						     "RSA PKCS#1 v1.5 signatures")) {
+						     what, "RSA PKCS#1 v1.5 signatures")) {
 				CU_ASSERT(openssl_verify(pk, &pk1, sig.data, sig.len));
 				coffer_bytes_free(&sig);
 			}

@@ -42,8 +42,6 @@ def _summary():
     sys.stderr.flush()
 
 
-atexit.register(_summary)
-
 
 def _check(cond, text):
     if not cond:
@@ -51,7 +49,13 @@ def _check(cond, text):
 
 
 class TokenCaps:
+    _summary_due = False
+
     def __init__(self, client):
+        # The list at exit, once a daemon was asked (not when nothing ran).
+        if not TokenCaps._summary_due:
+            TokenCaps._summary_due = True
+            atexit.register(_summary)
         self.c = client
         self.info = client.get_token_info()
         self.types = {type_name(k.type): k for k in self.info.key_types}
