@@ -118,8 +118,8 @@ cf_test_refused_by_token(int r, const char *what, const char *capability)
 	if (r != COFFER_E_PRECONDITION || strstr(msg, "not supported by the token") == NULL ||
 	    info.n_unavailable == 0)
 		fprintf(stderr, "\n  %s: %d \"%s\" on a token lacking %zu features; expected %d "
-			"\"...not supported by the token...\" on a token lacking some\n", capability,
-			r, msg, info.n_unavailable, COFFER_E_PRECONDITION);
+			"\"...not supported by the token...\" on a token lacking some\n",
+			capability, r, msg, info.n_unavailable, COFFER_E_PRECONDITION);
 	CU_ASSERT_EQUAL(r, COFFER_E_PRECONDITION);
 	CU_ASSERT_PTR_NOT_NULL(strstr(msg, "not supported by the token"));
 	CU_ASSERT(info.n_unavailable > 0);

@@ -178,7 +178,8 @@ cf_test_tpm_stop(const struct cf_test_token *t)
 	snprintf(cmd, sizeof(cmd), "/bin/sh '%s' --stop '%s' 2>/dev/null", COFFER_INIT_TPM_TOKEN,
 		 t->tpm_dir);
 	if (system(cmd) != 0)
-		fprintf(stderr, "cf_test_token: '%s' failed: swtpm or tpm2-abrmd may be left\n", cmd);
+		fprintf(stderr, "cf_test_token: '%s' failed: swtpm or tpm2-abrmd may be left\n",
+			cmd);
 }
 
 int
