@@ -166,6 +166,8 @@ cf_test_token_destroy(struct cf_test_token *t)
 {
 	char cmd[400], state[300], err[320], db[24], sql[96];
 
+	if (t->dir[0] != '\0' && t->tpm)
+		cf_test_tpm_stop(t); /* kept or not, no swtpm outlives its test */
 	if (t->dir[0] == '\0' || getenv("COFFER_TEST_KEEP") != NULL)
 		return;
 	/* The database of a daemon started on this token (cf_test_daemon_start). */

@@ -4,6 +4,11 @@
  * cf_test_token_create() makes a temporary directory with a softhsm2.conf,
  * points SOFTHSM2_CONF at it, initialises a token with softhsm2-util, and
  * writes a 0600 PIN file. cf_test_token_destroy() removes it all.
+ *
+ * cf_test_token_create_any() honours COFFER_TEST_TOKEN: "tpm" makes a TPM 2.0
+ * token instead (deploy/init-tpm-token.sh in the temporary directory; its
+ * environment set in this process; swtpm and tpm2-abrmd stopped by
+ * cf_test_token_destroy).
  */
 #ifndef COFFER_CF_TEST_TOKEN_H
 #define COFFER_CF_TEST_TOKEN_H
@@ -28,6 +33,9 @@ struct cf_test_token {
 	char uri[128];
 	char label[32];
 	struct cf_p11_config cfg;   /* ready to pass to cf_p11_open */
+	int tpm;                    /* a TPM 2.0 token (cf_test_tpm.c) */
+	char tpm_dir[264];          /* init-tpm-token.sh's DIR: dir + "/tpm" */
+	char module[256];           /* its module, as the script found it */
 };
 
 /* Module path: $COFFER_TEST_MODULE or the configured SoftHSM2 module. */
@@ -37,6 +45,18 @@ int cf_test_token_create(struct cf_test_token *t, const char *label);
 /* Add a second initialised token with another label to the same directory. */
 int cf_test_token_add(struct cf_test_token *t, const char *label);
 void cf_test_token_destroy(struct cf_test_token *t);
+
+/* 1 when COFFER_TEST_TOKEN=tpm, 0 when unset or softhsm (exits 2 otherwise). */
+int cf_test_token_is_tpm(void);
+/* For main() of a program whose suite honours COFFER_TEST_TOKEN: on tpm
+ * without swtpm, tpm2-abrmd or tpm2-pkcs11, print why and exit 77 (CTest's
+ * SKIP_RETURN_CODE), or 1 when COFFER_REQUIRE_TPM=1 (CI). */
+void cf_test_tpm_gate(void);
+/* The token COFFER_TEST_TOKEN names: cf_test_token_create's, or a TPM's. */
+int cf_test_token_create_any(struct cf_test_token *t, const char *label);
+int cf_test_tpm_token_create(struct cf_test_token *t, const char *label);
+/* init-tpm-token.sh --stop (the state stays). */
+void cf_test_tpm_stop(const struct cf_test_token *t);
 /* The fixture of most unit suites: a token created and opened (*p11);
  * 0 on success. Undone by cf_test_p11_teardown. */
 int cf_test_p11_setup(struct cf_test_token *t, const char *label, cf_p11 **p11);
