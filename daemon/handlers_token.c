@@ -49,7 +49,7 @@ token_info(cf_p11 *p11, const struct cf_p11_caps *caps, Coffer__V1__GetTokenInfo
 	out->model = str_dup_or(caps->model);
 	out->module = str_dup_or(caps->module);
 	out->key_types = calloc(nt, sizeof(*out->key_types));
-	out->unavailable = calloc(sizeof(features) / sizeof(features[0]) + 2,
+	out->unavailable = calloc(sizeof(features) / sizeof(features[0]) + 3,
 				  sizeof(*out->unavailable));
 	if (out->label == NULL || out->manufacturer == NULL || out->model == NULL ||
 	    out->module == NULL || out->key_types == NULL || out->unavailable == NULL)
@@ -78,6 +78,8 @@ token_info(cf_p11 *p11, const struct cf_p11_caps *caps, Coffer__V1__GetTokenInfo
 					    caps->type[features[i].type].why);
 	if (r == CF_OK && apikeys_available(p11) != CF_OK)
 		r = add_unavailable(out, NULL, cf_error_detail()); /* "API keys are ..." */
+	if (r == CF_OK && caps->pkcs1_refused[0] != '\0')
+		r = add_unavailable(out, "RSA PKCS#1 v1.5 signatures", caps->pkcs1_refused);
 	if (r == CF_OK && !caps->session_copies)
 		r = add_unavailable(out, "session copies", "keys run on their token objects "
 				    "(C_CopyObject is not supported or was turned off)");

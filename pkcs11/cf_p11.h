@@ -124,6 +124,9 @@ struct cf_p11_caps {
 	int session_copies;         /* keys run on session copies (else the token objects) */
 	unsigned long mechanisms;   /* how many mechanisms the token lists */
 	struct cf_p11_type_caps type[CF_KEY__COUNT];
+	/* Why the token refuses RSA PKCS#1 v1.5 signatures, learned when it
+	 * first refused one (cf_p11_sign); "" while none was refused. */
+	char pkcs1_refused[200];
 };
 void cf_p11_caps_get(cf_p11 *p, struct cf_p11_caps *out);
 

@@ -255,6 +255,14 @@ cf_p11_can_create(cf_p11 *p, enum cf_key_type type, int import)
 			import ? tc->why_import : tc->why_generate);
 }
 
+void
+p11_pkcs1_why(CK_RV rv, char *buf, size_t len)
+{
+	snprintf(buf, len, "the token refuses them with Coffer's sign-only RSA keys (CKM_RSA_PKCS: "
+		 "%s; a TPM makes one as a raw RSA decryption); sign with rsa-pss",
+		 p11_rv_name(rv));
+}
+
 static void
 fixed_copy(char *dst, size_t cap, const unsigned char *src, size_t len)
 {
@@ -272,6 +280,7 @@ cf_p11_caps_get(cf_p11 *p, struct cf_p11_caps *out)
 {
 	const struct p11_caps *c = &p->caps;
 	const CK_TOKEN_INFO *ti = &c->token;
+	CK_RV rv;
 
 	memset(out, 0, sizeof(*out));
 	fixed_copy(out->label, sizeof(out->label), ti->label, sizeof(ti->label));
@@ -283,6 +292,9 @@ cf_p11_caps_get(cf_p11 *p, struct cf_p11_caps *out)
 	out->rng = (ti->flags & CKF_RNG) != 0;
 	out->session_copies = __atomic_load_n(&p->session_copies, __ATOMIC_RELAXED);
 	out->mechanisms = c->n_mechs;
+	rv = __atomic_load_n(&p->pkcs1_refused, __ATOMIC_RELAXED);
+	if (rv != 0)
+		p11_pkcs1_why(rv, out->pkcs1_refused, sizeof(out->pkcs1_refused));
 	for (int t = CF_KEY_NONE + 1; t < CF_KEY__COUNT; t++) {
 		out->type[t].generate = c->type[t].generate;
 		out->type[t].import = c->type[t].import;

@@ -84,6 +84,11 @@ struct cf_p11 {
 	int session_copies;         /* atomic: cleared when C_CopyObject is not supported */
 	CK_SLOT_ID slot;
 	struct p11_caps caps;       /* read at open; constant afterwards */
+	/* atomic: the CK_RV with which the token refused an RSA PKCS#1 v1.5
+	 * signature although it lists CKM_RSA_PKCS for signing (tpm2-pkcs11
+	 * makes one as a raw RSA decryption, which a sign-only key does not
+	 * allow); learned at the first refusal, 0 until then. */
+	unsigned long pkcs1_refused;
 	int token_sets_crypt;       /* atomic: key-pair templates leave CKA_ENCRYPT and
 				       CKA_DECRYPT to the module (p11_keys.c) */
 	CK_SESSION_HANDLE anchor;   /* holds the login and owns session copies */
@@ -170,6 +175,8 @@ CK_RV p11_pool_acquire(cf_p11 *p, CK_SESSION_HANDLE *s, uint64_t *epoch);
 void p11_pool_release(cf_p11 *p, CK_SESSION_HANDLE s, uint64_t epoch);
 /* Recover from `rv` seen during epoch `seen`; no-op if someone already did. */
 int p11_recover(cf_p11 *p, CK_RV rv, uint64_t seen);
+/* Why the token refuses PKCS#1 v1.5 signatures (it answered rv), into buf. */
+void p11_pkcs1_why(CK_RV rv, char *buf, size_t len);
 
 /* An operation body: runs with a pooled session and the key's handles. */
 typedef CK_RV (*p11_op_fn)(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h,

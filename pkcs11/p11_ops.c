@@ -272,13 +272,28 @@ cf_p11_sign(cf_p11_key *k, const struct cf_sign_params *params, const uint8_t *i
 {
 	struct sig_req req;
 	struct sign_arg a;
+	CK_RV rv;
 	int r;
 
 	if ((r = sig_prepare(k, params, in, inlen, &req)) != CF_OK)
 		return r;
 	memset(&a, 0, sizeof(a));
 	a.req = &req;
-	if ((r = p11_status(p11_run(k->p, k, sign_op, &a), "signing")) != CF_OK)
+	rv = p11_run(k->p, k, sign_op, &a);
+	if (req.mech.mechanism == CKM_RSA_PKCS &&
+	    (rv == CKR_MECHANISM_INVALID || rv == CKR_KEY_FUNCTION_NOT_PERMITTED ||
+	     rv == CKR_KEY_TYPE_INCONSISTENT)) {
+		char why[200];
+
+		/* Listed for signing, refused with our keys: say so, and let
+		 * GetTokenInfo say it from now on. */
+		__atomic_store_n(&k->p->pkcs1_refused, rv, __ATOMIC_RELAXED);
+		p11_pkcs1_why(rv, why, sizeof(why));
+		r = cf_error(CF_E_PRECONDITION, "this token cannot make RSA PKCS#1 v1.5 "
+			     "signatures: %s", why);
+		goto out;
+	}
+	if ((r = p11_status(rv, "signing")) != CF_OK)
 		goto out;
 	if (req.mech.mechanism == CKM_ECDSA && req.ecdsa_der)
 		r = ecdsa_to_der(a.out, a.outlen, sig);

@@ -110,8 +110,9 @@ test_every_signing_type(void)
 		if (keys[i].t >= COFFER_KEY_RSA_2048 && keys[i].t <= COFFER_KEY_RSA_4096) {
 			char what[64];
 
-			/* GetTokenInfo has no word on schemes: the refusal is the
-			 * evidence (tpm2-pkcs11: CKM_RSA_PKCS, CKR_MECHANISM_INVALID) */
+			/* The mechanism list cannot tell: the first refusal
+			 * (tpm2-pkcs11: CKM_RSA_PKCS, CKR_MECHANISM_INVALID) is
+			 * checked, and GetTokenInfo lists it from then on. */
 			snprintf(what, sizeof(what), "every signing type: %s", keys[i].name);
 			if (cf_test_refused_by_token(coffer_sign(svc, keys[i].name, 0, msg,
 								 sizeof(msg), &pk1, &sig, &ver),

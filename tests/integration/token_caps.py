@@ -114,18 +114,25 @@ class TokenCaps:
         return False
 
     def refused_by_token(self, fn, what, capability):
-        """For what GetTokenInfo does not describe (a signature scheme of a
-        usable key type): fn()'s result; or, when the daemon refuses it
-        with FAILED_PRECONDITION naming a mechanism "not supported by the
-        token" on a token GetTokenInfo reports as lacking something (one it
-        calls complete must do everything), the skip noted and None."""
+        """For what the token's mechanism list cannot tell (a signature
+        scheme of a usable key type, learned when the token first refuses
+        it): fn()'s result; or, when the daemon refuses it with
+        FAILED_PRECONDITION "this token cannot make <capability>: <why>"
+        and GetTokenInfo now lists "<capability>: <why>", the skip noted
+        and None."""
         try:
             return fn()
         except coffer.FailedPrecondition as e:
-            _check("not supported by the token" in e.message and list(self.info.unavailable),
-                   "%s: %r on a token lacking %r" % (capability, e.message,
-                                                     list(self.info.unavailable)))
-            _note(what, capability, e.message)
+            # From then on GetTokenInfo lists it, with the refusal's reason.
+            self.info = self.c.get_token_info()
+            whys = [u[len(capability) + 2:] for u in self.info.unavailable
+                    if u.startswith(capability + ": ")]
+            _check(len(whys) == 1, "%s refused (%r) but GetTokenInfo lists %r"
+                   % (capability, e.message, list(self.info.unavailable)))
+            expect = "this token cannot make %s: %s" % (capability, whys[0])
+            _check(e.message == expect, "%s: refused with %r, not %r"
+                   % (capability, e.message, expect))
+            _note(what, capability, whys[0])
             return None
 
 
