@@ -406,7 +406,8 @@ class Live(unittest.TestCase):
     through a Client (self.c) on both sockets."""
 
     CONFIG = None
-    KEYS = (("py-mac", "hmac-sha256"), ("py-aes", "aes-256"))
+    # py-ec carries the sealed round trips of the session cases (every token signs).
+    KEYS = (("py-ec", "ec-p256"), ("py-mac", "hmac-sha256"), ("py-aes", "aes-256"))
 
     @classmethod
     def setUpClass(cls):
@@ -587,14 +588,13 @@ class LiveCalls(Live):
         if self.caps.has("aes-256", "test_other_identity_refused: a wrap after the new pin"):
             self.assertEqual(c.wrap("py-aes", b"x").version, 1)
 
-    @needs("aes-256")
     def test_a_new_pin_drops_the_sessions_of_calls_in_flight(self):
         """A call in flight when another identity is pinned ends on its
         session, which is then dropped: the next call opens a session
         against the new pin (refused here: this daemon is not the one
         pinned), never reusing one agreed with the daemon pinned before."""
-        c = client(self.d)
-        c.wrap("py-aes", b"a")     # an idle session, agreed with this daemon
+        c = client(self.d, seal_all=True)     # sealed Signs: every token signs
+        c.sign("py-ec", b"a")      # an idle session, agreed with this daemon
         inside, go = threading.Event(), threading.Event()
         real = session.SessionPool._exchange
 
@@ -607,32 +607,32 @@ class LiveCalls(Live):
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         with mock.patch.object(session.SessionPool, "_exchange", held):
             with ThreadPoolExecutor(1) as ex:
-                flight = ex.submit(c.wrap, "py-aes", b"in flight")
+                flight = ex.submit(c.sign, "py-ec", b"in flight")
                 self.assertTrue(inside.wait(60))
                 c.pin_identity(other)
                 go.set()
                 self.assertEqual(flight.result(60).version, 1)
         self.err(coffer.Unauthenticated, "the daemon presented identity %s but %s is pinned: "
                  "refusing it" % (session.fingerprint(self.d.identity), session.fingerprint(other)),
-                 c.wrap, "py-aes", b"after the new pin")
+                 c.sign, "py-ec", b"after the new pin")
         self.assertEqual(c.sessions_opened(), 1)
         c.close()
 
-    @needs("aes-256")
     def test_peer_check(self):
         """The uid/gid the daemon signed must be this process's: with another
         euid (as through a relay) the session is refused, unless peer_check
         is off."""
-        c = client(self.d)
+        c = client(self.d, seal_all=True)
         uid, gid = os.geteuid(), os.getegid()
         with mock.patch.object(session.os, "geteuid", return_value=54321):
             self.err(coffer.Unauthenticated, "the daemon saw this session opened by uid %d gid "
                      "%d, not by this process (uid 54321 gid %d): something relays the socket; "
                      "refusing the session (user namespace: Client(peer_check=False))"
-                     % (uid, gid, gid), c.wrap, "py-aes", b"x")
+                     % (uid, gid, gid), c.sign, "py-ec", b"x")
             self.assertEqual(c.sessions_opened(), 0)
-            off = client(self.d, peer_check=False)
-            self.assertEqual(off.wrap("py-aes", b"x").version, 1)
+            off = client(self.d, peer_check=False, seal_all=True)
+            self.assertEqual(off.sign("py-ec", b"x").version, 1)
+            self.assertEqual(off.sessions_opened(), 1)
 
     def test_unsealed_secret_call_is_refused_by_the_daemon(self):
         """What the package seals, the daemon refuses unsealed (the raw stub)."""
@@ -861,8 +861,9 @@ class LiveCalls(Live):
         self.assertEqual([v.version for v in k.versions], [1, 2])
         self.assertEqual(c.get_key("py-ride", admin=True).primary_version, 2)
 
-    def wrap_together(self, c, n, text):
-        """n wraps on Client c in flight at once: n sessions in use."""
+    def sign_together(self, c, n, text):
+        """n sealed Signs on Client c (seal_all) in flight at once: n
+        sessions in use."""
         together = threading.Barrier(n, timeout=60)
         arrivals = itertools.count()
         real = session.SessionPool._exchange
@@ -875,18 +876,17 @@ class LiveCalls(Live):
         with mock.patch.object(session.SessionPool, "_exchange", in_flight_together):
             with ThreadPoolExecutor(n) as ex:
                 self.assertEqual([w.version for w in ex.map(
-                    lambda i: c.wrap("py-aes", b"%s %d" % (text, i)), range(n))], [1] * n)
+                    lambda i: c.sign("py-ec", b"%s %d" % (text, i)), range(n))], [1] * n)
 
-    @needs("aes-256")
     def test_idle_sessions_after_a_restart(self):
         """Calls in flight together leave several idle sessions; cofferd
         restarts and knows none of them: the first sealed call's refusal
         ("session unknown or ended") forgets them all and its one retry
         opens a new session, so every call after the restart succeeds, and
         no later call meets one of the dead sessions."""
-        c = client(self.d)
+        c = client(self.d, seal_all=True)
         n = 4
-        self.wrap_together(c, n, b"before")
+        self.sign_together(c, n, b"before")
         self.assertEqual((c.sessions_opened(), c.sealed_retries()), (n, 0))
         self.d.restart()
         deadline = time.monotonic() + 30
@@ -900,11 +900,10 @@ class LiveCalls(Live):
                 time.sleep(0.1)
         for i in range(n + 1):
             text = b"after the restart %d" % i
-            self.assertEqual(c.unwrap("py-aes", c.wrap("py-aes", text).ciphertext).plaintext,
-                             text)
+            self.assertTrue(c.verify("py-ec", 1, c.sign("py-ec", text).signature, text))
         self.assertEqual((c.sessions_opened(), c.sealed_retries()), (n + 1, 1))
         # n at once: one on the live session, n - 1 on new ones, none refused.
-        self.wrap_together(c, n, b"after")
+        self.sign_together(c, n, b"after")
         self.assertEqual((c.sessions_opened(), c.sealed_retries()), (2 * n, 1))
         c.close()
 
@@ -916,15 +915,14 @@ class LiveCalls(Live):
         self.err(coffer.NotFound, "no service \"coffer.v1.AdminService\" on this socket",
                  c.health, "coffer.v1.AdminService")
 
-    @needs("aes-256")
     def test_threads_share_a_client(self):
         """80 sealed round trips from 8 threads on one Client: one session
         per call in flight, none refused."""
-        c = client(self.d)
+        c = client(self.d, seal_all=True)
 
         def work(i):
             text = b"thread data %d" % i
-            return c.unwrap("py-aes", c.wrap("py-aes", text).ciphertext).plaintext == text
+            return c.verify("py-ec", 1, c.sign("py-ec", text).signature, text)
 
         with ThreadPoolExecutor(8) as ex:
             self.assertEqual(list(ex.map(work, range(80))), [True] * 80)
@@ -969,42 +967,40 @@ class LiveSessions(Live):
     CONFIG = {"session": {"max_records": "3", "max_per_caller": "1", "lifetime": "3",
                           "require_sealed": "true"}}
 
-    @needs("hmac-sha256")
     def test_seal_all(self):
         """[session] require_sealed: every KeyService call must be sealed."""
         with self.assertRaises(coffer.FailedPrecondition) as e:
-            client(self.d).mac("py-mac", b"x")
+            client(self.d).sign("py-ec", b"x")
         self.assertEqual(e.exception.message, "this daemon requires every KeyService call to be "
                          "sealed in a session (session.require_sealed)")
         c = client(self.d, seal_all=True)
-        m = c.mac("py-mac", b"x")
-        self.assertTrue(c.verify_mac("py-mac", m.version, b"x", m.mac))
+        s = c.sign("py-ec", b"x")
+        self.assertTrue(c.verify("py-ec", s.version, s.signature, b"x"))
+        if self.caps.has("hmac-sha256", "test_seal_all: a sealed MAC"):
+            m = c.mac("py-mac", b"x")
+            self.assertTrue(c.verify_mac("py-mac", m.version, b"x", m.mac))
         self.assertEqual(c.sessions_opened(), 1)
 
-    @needs("aes-256")
     def test_renewed_before_the_record_limit(self):
-        c = client(self.d)
-        blobs = [c.wrap("py-aes", b"%d" % i).ciphertext for i in range(6)]
+        c = client(self.d, seal_all=True)
+        sigs = [c.sign("py-ec", b"%d" % i).signature for i in range(6)]
         # Sequence numbers 0 and 1 per session (max_records 3 allows 0..2,
         # libcoffer keeps one in reserve): three sessions, no refusal.
         self.assertEqual((c.sessions_opened(), c.sealed_retries()), (3, 0))
-        self.assertEqual(c.unwrap("py-aes", blobs[5]).plaintext, b"5")
+        self.assertTrue(c.verify("py-ec", 1, sigs[5], b"5"))
 
-    @needs("aes-256")
     def test_renewed_before_the_lifetime(self):
-        c = client(self.d)
-        c.wrap("py-aes", b"a")
+        c = client(self.d, seal_all=True)
+        c.sign("py-ec", b"a")
         time.sleep(3.2)
-        c.wrap("py-aes", b"b")
+        c.sign("py-ec", b"b")
         self.assertEqual((c.sessions_opened(), c.sealed_retries()), (2, 0))
 
-    @needs("aes-256")
     def test_one_retry_after_the_daemon_ended_the_session(self):
-        a, b = client(self.d), client(self.d)
-        a.wrap("py-aes", b"a")
-        b.wrap("py-aes", b"b")      # one session per uid: a's is ended
-        self.assertEqual(a.unwrap("py-aes", a.wrap("py-aes", b"again").ciphertext).plaintext,
-                         b"again")
+        a, b = client(self.d, seal_all=True), client(self.d, seal_all=True)
+        a.sign("py-ec", b"a")
+        b.sign("py-ec", b"b")       # one session per uid: a's is ended
+        self.assertTrue(a.verify("py-ec", 1, a.sign("py-ec", b"again").signature, b"again"))
         self.assertEqual(a.sealed_retries(), 1)
         self.assertEqual(a.sessions_opened(), 2)
 
