@@ -130,7 +130,8 @@ class Metrics(unittest.TestCase):
         cls.d = CofferDaemon(grant_all=False, config={
             "metrics": {"listen": "127.0.0.1:%d" % cls.port},
             "service": {"mode": "0666", "allow_uids": "%d %d" % (os.geteuid(), STRANGER)},
-            "audit": {"failure": "closed", "max_wait_ms": "2000"}})
+            "audit": {"failure": "closed", "max_wait_ms": "2000"},
+            "daemon": {"log_level": "debug"}})
         try:
             cls.d.start()
         except Exception:
@@ -364,6 +365,47 @@ class Metrics(unittest.TestCase):
             self.scrape()
             self.adm.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
             self.assertLess(time.monotonic() - t, 4)
+
+    def test_3b_host_header(self):
+        """On TCP, only a Host naming this host (DNS rebinding: a page's own name)."""
+        def get(host):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                c.putrequest("GET", "/metrics", skip_host=True)
+                c.putheader("Host", host)
+                c.endheaders()
+                r = c.getresponse()
+                return r.status, r.read().decode()
+            finally:
+                c.close()
+
+        refusal_text = ("misdirected request: this endpoint answers Host localhost, "
+                        "127.0.0.0/8 or [::1] only\n")
+        for host in ("evil.example", "evil.example:%d" % self.port, "127.0.0.1.evil.example",
+                     "localhost.evil.example", "127.0.0.1:%d.evil.example" % self.port,
+                     "[::1].evil.example", "[::2]:%d" % self.port, "10.0.0.1", "",
+                     ":%d" % self.port, "localhost:99999", "localhost:"):
+            self.assertEqual(get(host), (421, refusal_text), host)
+        self.assertIn('metrics: refused a request for Host "evil.example": not localhost or a '
+                      "loopback address (a web page's name re-pointed at this host?)",
+                      self.d.log())
+        for host in ("127.0.0.1:%d" % self.port, "127.0.0.1", "localhost",
+                     "localhost:%d" % self.port, "LocalHost", "127.3.2.1:%d" % self.port,
+                     "[::1]:%d" % self.port, "[::1]"):
+            status, text = get(host)
+            self.assertEqual(status, 200, (host, text))
+            self.assertIn("coffer_calls_total", text, host)
+        # No Host at all (HTTP/1.0): served.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        self.assertTrue(data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"),
+                        data[:200])
 
     def test_4_config_errors(self):
         d = CofferDaemon(grant_all=False)
