@@ -186,6 +186,36 @@ class Metrics(unittest.TestCase):
                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
         self.assertEqual(r.stdout.strip(), "UNAUTHENTICATED", r.stderr)
 
+    def test_0_batch_rate_limited(self):
+        """Each batch item the rate limits refuse is one rate_limited refusal."""
+        self.adm.CreateKey(pb.CreateKeyRequest(name="b-ec", type=pb.EC_P256), timeout=TIMEOUT)
+        self.adm.GrantPrincipal(pb.GrantRequest(name="app", grant=pb.Grant(
+            key_pattern="b-*", operations=[pb.OP_SIGN])), timeout=TIMEOUT)
+        # Two signatures, then none for 1000 s.
+        self.adm.SetRateLimit(pb.SetRateLimitRequest(name="app", limit=pb.RateLimit(
+            operation=pb.OP_SIGN, per_second=0.001, burst=2)), timeout=TIMEOUT)
+        batch = lambda n: pb.SignBatchRequest(key="b-ec", items=[  # noqa: E731
+            pb.SignBatchItem(message=b"item %d" % i) for i in range(n)])
+        before = self.scrape()
+        # 5 items for 2 tokens: 2 signed, 3 refused one by one.
+        r = self.svc.SignBatch(batch(5), timeout=TIMEOUT)
+        self.assertEqual([it.status.code for it in r.results],
+                         [0, 0] + [SC.RESOURCE_EXHAUSTED.value[0]] * 3)
+        for i, it in enumerate(r.results[2:], 3):
+            self.assertRegex(it.status.message, r"^rate limit of principal app for sign exceeded "
+                             r"at item %d of 5 \(2 granted\); retry after \d+ ms$" % i)
+        after = self.scrape()
+        self.assertEqual(moved(before, after, "coffer_refusals_total"),
+                         {refusal("rate_limited"): 3})
+        # No token left: 4 items refused as a whole count 4, a single Sign 1.
+        self.assertRegex(self.refused(SC.RESOURCE_EXHAUSTED, self.svc.SignBatch, batch(4)),
+                         r"^rate limit of principal app for sign exceeded; retry after "
+                         r"\d+ ms$")
+        self.refused(SC.RESOURCE_EXHAUSTED, self.svc.Sign,
+                     pb.SignRequest(key="b-ec", message=b"one"))
+        self.assertEqual(moved(after, self.scrape(), "coffer_refusals_total"),
+                         {refusal("rate_limited"): 4 + 1})
+
     def test_1_burst(self):
         before = self.scrape()
         self.assertEqual(before[("coffer_scheduler_lease_held", ())], 1)
