@@ -16,6 +16,12 @@
 * Only GET /metrics is served: 404 for another path, 405 (Allow: GET) for
   another method; oversized headers are refused; a client that sends half a
   request holds up neither a call nor another scrape.
+* On TCP a Host header naming another host (DNS rebinding: a page's own
+  name) is answered 421 with its exact text; localhost, 127.x.x.x and [::1]
+  (with or without the port) and no Host at all are served.
+* Each batch item the rate limits refuse counts as one rate_limited
+  refusal: items past the tokens granted, or every item of a batch refused
+  whole.
 * Configuration errors, with their exact text: a non-loopback address, a
   host name, no port, a bad port, a relative Unix path, the service
   socket's path; a port another process holds stops the daemon, named.
