@@ -212,7 +212,10 @@ host_port_ok(const char *p)
 static int
 host_is_local(const char *h)
 {
-	unsigned char addr[sizeof(struct in6_addr)];
+	union {
+		struct in_addr a4;
+		struct in6_addr a6;
+	} addr;
 	char name[64];
 	const char *rest;
 	size_t n;
@@ -234,7 +237,7 @@ host_is_local(const char *h)
 	name[n] = '\0';
 	if (af == AF_INET && strcasecmp(name, "localhost") == 0)
 		return 1;
-	return inet_pton(af, name, addr) == 1 && loopback(af, addr);
+	return inet_pton(af, name, &addr) == 1 && loopback(af, &addr);
 }
 
 /* Every request is answered at once (a body, if any, is not read). On TCP
