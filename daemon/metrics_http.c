@@ -260,12 +260,14 @@ serve(void *cls, struct MHD_Connection *conn, const char *url, const char *metho
 	(void)upload;
 	(void)upload_len;
 	(void)con_cls;
-	if (m->unix_l == NULL &&
-	    (host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)) !=
-		    NULL &&
-	    !host_is_local(host)) {
+	/* A Unix socket has no Host to check: no web page reaches it. */
+	host = m->unix_l == NULL
+		       ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)
+		       : NULL;
+	if (host != NULL && !host_is_local(host)) {
 		cf_log_debug("metrics: refused a request for Host \"%.80s\": not localhost or a "
-			     "loopback address (a web page's name re-pointed at this host?)", host);
+			     "loopback address (a web page's name re-pointed at this host?)",
+			     host);
 		return answer_text(conn, MHD_HTTP_MISDIRECTED_REQUEST,
 				   "misdirected request: this endpoint answers Host localhost, "
 				   "127.0.0.0/8 or [::1] only\n");
