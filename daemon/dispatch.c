@@ -205,6 +205,7 @@ struct dctx {
 	int sealed;               /* the call arrived inside a session */
 	int authenticated;        /* an enclosing call (SessionService/Call) was authenticated */
 	uint32_t batch_taken;     /* rate-limit tokens authorize took for a batch's items */
+	uint32_t batch_refused;   /* ... and the items it had none for */
 };
 
 /* to = a copy of from, its handler's key its own. */
@@ -498,11 +499,13 @@ authorize(const struct method *m, struct dctx *h, const ProtobufCMessage *req, c
 	/* Part of a batch granted: the call goes on, the rest of it refused item by item. */
 	if (r == CF_OK && (m->d->flags & CF_MF_BATCH)) {
 		h->batch_taken = h->hc.batch_granted;
+		h->batch_refused = want - h->hc.batch_granted;
 		h->hc.batch_retry_ms = *retry_after_ms;
 		*retry_after_ms = 0;
 	}
+	/* A refusal per operation refused: each item of a batch refused whole. */
 	if (r == CF_E_EXHAUSTED)
-		metrics_add(M_REFUSED_RATE_LIMITED, 1);
+		metrics_add(M_REFUSED_RATE_LIMITED, want);
 	else if (r == CF_E_UNAUTHENTICATED)   /* the principal went meanwhile */
 		metrics_add(M_REFUSED_NO_PRINCIPAL, 1);
 	if (r == CF_E_DENIED) {
@@ -712,6 +715,10 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 		 * of the items it was charged for. */
 		if (r != CF_OK && h2.batch_taken > 0)
 			policy_refund_n(h->hc.sv->pol, who, m->d->op, h2.batch_taken);
+		/* A batch answered item by item: those beyond the rate limits were
+		 * refused (RESOURCE_EXHAUSTED), one refusal each. */
+		if (r == CF_OK && h2.batch_refused > 0)
+			metrics_add(M_REFUSED_RATE_LIMITED, h2.batch_refused);
 		if (r == CF_OK)
 			r = pack(resp, out, outlen);
 	}
