@@ -165,7 +165,7 @@ audit_format_change(const struct audit_event *ev, char *buf, size_t len)
 		put(&f, ",\"replay_of\":");
 		put_str(&f, ev->replay_of);
 	}
-	if (ev->items > 0)
+	if (ev->batch || ev->items > 0)
 		put(&f, ",\"items\":%u,\"failed\":%u", ev->items, ev->failed);
 	return f.over ? -1 : (int)f.n;
 }

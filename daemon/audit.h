@@ -81,7 +81,8 @@ struct audit_event {
 	const char *request_id;
 	const char *replay_of;   /* answered from the record of this request id; NULL: not a
 	                            replay */
-	uint32_t items;          /* a batch: its items (0: not a batch) */
+	int batch;               /* a batch call: "items" and "failed" are written */
+	uint32_t items;          /* a batch: its items */
 	uint32_t failed;         /* ... of which answered an error */
 };
 

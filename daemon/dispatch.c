@@ -192,6 +192,7 @@ struct note {
 	int inner_ran;          /* SessionService/Call: the sealed call ran (and was recorded) */
 	unsigned changes;       /* changes committed, each with its audit record (store_call) */
 	char replay_of[AUDIT_REQUEST_ID_MAX + 1];   /* answered from the first attempt's record */
+	int batch;               /* a batch call (its record counts items, 0 too) */
 	uint32_t items, failed;  /* a batch: its items, and how many failed */
 };
 
@@ -373,6 +374,7 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 	if (n->version == 0 && resp != NULL)
 		n->version = pb_u32_field(resp, "primary_version");
 	if (m->d->flags & CF_MF_BATCH) {
+		n->batch = 1;
 		n->items = (uint32_t)pb_count_field(req, "items");
 		n->failed = resp != NULL ? (uint32_t)pb_failed_items(resp) : n->items;
 	}
@@ -495,7 +497,8 @@ authorize(const struct method *m, struct dctx *h, const ProtobufCMessage *req, c
 		return CF_OK;
 	key_ops = h->hc.sv->kr != NULL ? keyring_ref_allowed_ops(h->hc.sv->kr, &h->key) : 0;
 	r = policy_authorize_n(h->hc.sv->pol, who, m->d->op, key, key_ops, want,
-			       &h->hc.batch_granted, retry_after_ms, &own_limit);
+			       &h->hc.batch_granted, retry_after_ms, &own_limit,
+			       &h->hc.batch_all_ops);
 	/* Part of a batch granted: the call goes on, the rest of it refused item by item. */
 	if (r == CF_OK && (m->d->flags & CF_MF_BATCH)) {
 		h->batch_taken = h->hc.batch_granted;
@@ -774,7 +777,7 @@ run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8
 			.version = n.version,
 			.result = dispatch_status_name(r), .request_id = h->dc->request_id,
 			.replay_of = n.replay_of[0] != '\0' ? n.replay_of : NULL,
-			.items = n.items, .failed = n.failed,
+			.batch = n.batch, .items = n.items, .failed = n.failed,
 		};
 
 		if ((ar = audit_record(h->hc.sv->au, &ev)) != CF_OK && r == CF_OK)

@@ -63,6 +63,7 @@ struct hcall {
 	 * RESOURCE_EXHAUSTED, retry after batch_retry_ms. */
 	uint32_t batch_granted;
 	uint32_t batch_retry_ms;
+	int batch_all_ops;          /* the principal's all-operations limit gave fewest */
 	int64_t deadline_ms;    /* the caller's deadline (monotonic ms), 0: none: a batch
 				 * stops between items once it has passed */
 };

@@ -18,9 +18,10 @@
 static int
 beyond_limit(const struct hcall *c, enum cf_op op, size_t i, size_t n)
 {
-	return cf_error(CF_E_EXHAUSTED, "rate limit of principal %s for %s exceeded at item %zu "
+	return cf_error(CF_E_EXHAUSTED, "rate limit of principal %s%s%s exceeded at item %zu "
 			"of %zu (%u granted); retry after %u ms", c->principal ? c->principal : "",
-			policy_op_name(op), i + 1, n, c->batch_granted, c->batch_retry_ms);
+			c->batch_all_ops ? "" : " for ", c->batch_all_ops ? "" : policy_op_name(op),
+			i + 1, n, c->batch_granted, c->batch_retry_ms);
 }
 
 /* Item i (of n) found the caller's deadline passed: the call's answer
@@ -138,7 +139,8 @@ h_sign_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage 
 	if ((r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, (ProtobufCBinaryData){ 0 },
 			       (ProtobufCBinaryData){ 0 }, &sp, &in, &inlen)) != CF_OK ||
 	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_NEW, &k,
-				 &ver)) != CF_OK)
+				 &ver)) != CF_OK ||
+	    (r = cf_p11_sign_check(k, &sp)) != CF_OK)
 		return r;
 	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
 	    (out = h_new_msg(&coffer__v1__sign_batch_response__descriptor)) == NULL) {
@@ -204,7 +206,8 @@ h_verify_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 	    (r = h_sign_params(req->hash, req->scheme, req->ecdsa_raw, (ProtobufCBinaryData){ 0 },
 			       (ProtobufCBinaryData){ 0 }, &sp, &in, &inlen)) != CF_OK ||
 	    (r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_SIGN, USE_CHECK, &k,
-				 &ver)) != CF_OK)
+				 &ver)) != CF_OK ||
+	    (r = cf_p11_sign_check(k, &sp)) != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_batch_response__descriptor)) == NULL)
 		return cf_nomem();

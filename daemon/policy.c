@@ -646,9 +646,10 @@ policy_authorize(policy *p, const char *principal, enum cf_op op, const char *ke
 		 uint32_t key_ops, uint32_t *retry_after_ms, int *own_limit)
 {
 	uint32_t got;
+	int all_ops;
 
 	return policy_authorize_n(p, principal, op, key, key_ops, 1, &got, retry_after_ms,
-				  own_limit);
+				  own_limit, &all_ops);
 }
 
 void
@@ -680,7 +681,7 @@ policy_refund_n(policy *p, const char *principal, enum cf_op op, uint32_t n)
 int
 policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *key,
 		   uint32_t key_ops, uint32_t want, uint32_t *got, uint32_t *retry_after_ms,
-		   int *own_limit)
+		   int *own_limit, int *by_all_ops)
 {
 	const struct store_limit *lim[2] = { NULL, NULL };
 	struct bucket *bk[2] = { NULL, NULL };
@@ -692,6 +693,7 @@ policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *
 	cf_count(CF_COUNT_AUTHORIZE);
 	*retry_after_ms = 0;
 	*own_limit = 0;
+	*by_all_ops = 0;
 	*got = 0;
 	pthread_rwlock_rdlock(&p->lock);
 	at = find_locked(p, principal, &found);
@@ -727,6 +729,9 @@ policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *
 		for (int i = 0; i < 2; i++)
 			if (lim[i] != NULL) {
 				wait = fmax(wait, bucket_wait(bk[i], lim[i], t));
+				/* The bucket that gives fewest names the refusal. */
+				if (floor(bk[i]->tokens) < have)
+					*by_all_ops = i == 0;
 				have = fmin(have, floor(bk[i]->tokens));
 			}
 		/* Take from every bucket only what all of them have. */
@@ -749,9 +754,10 @@ policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *
 			*retry_after_ms = (uint32_t)ceil(wait * 1000.0);
 	} else {
 		*retry_after_ms = (uint32_t)ceil(wait * 1000.0);
+		/* The principal's limit of all operations says no op. */
 		rc = cf_error(CF_E_EXHAUSTED, "rate limit of principal %s%s%s exceeded; retry "
-			      "after %u ms", principal, op ? " for " : "", op ? policy_op_name(op) : "",
-			      *retry_after_ms);
+			      "after %u ms", principal, op && !*by_all_ops ? " for " : "",
+			      op && !*by_all_ops ? policy_op_name(op) : "", *retry_after_ms);
 	}
 	pthread_rwlock_unlock(&p->lock);
 	return rc;

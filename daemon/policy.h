@@ -75,9 +75,11 @@ int policy_authorize(policy *p, const char *principal, enum cf_op op, const char
 /* Give back n tokens policy_authorize_n took for op (a batch that then
  * failed as a whole ran none of its items); capped at each bucket's burst. */
 void policy_refund_n(policy *p, const char *principal, enum cf_op op, uint32_t n);
+/* *by_all_ops: the principal's limit of all operations is the one that
+ * gave fewest (the refusals then name no operation). */
 int policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *key,
 		       uint32_t key_ops, uint32_t want, uint32_t *got, uint32_t *retry_after_ms,
-		       int *own_limit);
+		       int *own_limit, int *by_all_ops);
 /* Does a grant of `principal` cover op on key? policy_authorize's grant
  * check alone (no token is taken): for filtering what a caller sees.
  * CF_OK, CF_E_DENIED, CF_E_UNAUTHENTICATED or CF_E_INVALID_ARG (bad name). */

@@ -223,6 +223,11 @@ struct cf_sign_params {
 	int ecdsa_raw;             /* ECDSA signatures as raw r||s instead of DER */
 };
 
+/* The checks of cf_p11_sign that do not depend on the data: can the key
+ * sign with params' scheme, hash and encoding? (A batch refuses a request
+ * the key cannot serve as a whole, before any item.) */
+int cf_p11_sign_check(const cf_p11_key *k, const struct cf_sign_params *params);
+
 /* Sign `in` (a message, hashed on the host, or a digest if prehashed) and
  * append the signature to `sig`. params may be NULL for all defaults.
  * CF_E_WRONG_KEY_TYPE for a key that cannot sign with that scheme,

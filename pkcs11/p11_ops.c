@@ -81,23 +81,15 @@ check_data(size_t len)
 	return CF_OK;
 }
 
-/* Validate params against the key and prepare what the token signs. */
+/* What params ask of the key, whatever the data: the scheme and hash
+ * they come to (defaults filled in) if the key can do them. */
 static int
-sig_prepare(const cf_p11_key *k, const struct cf_sign_params *params, const uint8_t *in,
-	    size_t inlen, struct sig_req *req)
+sig_check(const cf_p11_key *k, const struct cf_sign_params *sp, enum cf_sig_scheme *sch,
+	  enum cf_hash *hsh)
 {
-	struct cf_sign_params d = { CF_SIG_DEFAULT, CF_HASH_NONE, 0, 0 };
-	const struct cf_sign_params *sp = params ? params : &d;
 	enum cf_sig_scheme scheme = sp->scheme;
 	enum cf_hash hash = sp->hash;
-	const uint8_t *digest = in;
-	unsigned int mdlen;
-	size_t hlen;
-	int r;
 
-	memset(req, 0, sizeof(*req));
-	if ((r = check_data(inlen)) != CF_OK)
-		return r;
 	if (!cf_key_type_is_asymmetric(k->type))
 		return cf_error(CF_E_WRONG_KEY_TYPE, "key %s is %s: it cannot make signatures",
 				k->name, cf_key_type_name(k->type));
@@ -118,15 +110,49 @@ sig_prepare(const cf_p11_key *k, const struct cf_sign_params *params, const uint
 		if (hash != CF_HASH_NONE)
 			return cf_error(CF_E_UNSUPPORTED, "Ed25519 has no hash choice; leave the "
 					"hash unset");
+	} else {
+		if (hash == CF_HASH_NONE)
+			hash = cf_key_default_hash(k->type);
+		if (hash < CF_HASH_SHA256 || hash > CF_HASH_SHA512)
+			return cf_error(CF_E_INVALID_ARG, "unknown hash algorithm %d", (int)hash);
+	}
+	*sch = scheme;
+	*hsh = hash;
+	return CF_OK;
+}
+
+int
+cf_p11_sign_check(const cf_p11_key *k, const struct cf_sign_params *params)
+{
+	enum cf_sig_scheme scheme;
+	enum cf_hash hash;
+
+	return sig_check(k, params, &scheme, &hash);
+}
+
+/* Validate params against the key and prepare what the token signs. */
+static int
+sig_prepare(const cf_p11_key *k, const struct cf_sign_params *params, const uint8_t *in,
+	    size_t inlen, struct sig_req *req)
+{
+	struct cf_sign_params d = { CF_SIG_DEFAULT, CF_HASH_NONE, 0, 0 };
+	const struct cf_sign_params *sp = params ? params : &d;
+	enum cf_sig_scheme scheme;
+	enum cf_hash hash;
+	const uint8_t *digest = in;
+	unsigned int mdlen;
+	size_t hlen;
+	int r;
+
+	memset(req, 0, sizeof(*req));
+	if ((r = check_data(inlen)) != CF_OK || (r = sig_check(k, sp, &scheme, &hash)) != CF_OK)
+		return r;
+	if (scheme == CF_SIG_EDDSA) {
 		req->mech.mechanism = CKM_EDDSA;
 		req->tbs = in;
 		req->tbslen = inlen;
 		return CF_OK;
 	}
-	if (hash == CF_HASH_NONE)
-		hash = cf_key_default_hash(k->type);
-	if (hash < CF_HASH_SHA256 || hash > CF_HASH_SHA512)
-		return cf_error(CF_E_INVALID_ARG, "unknown hash algorithm %d", (int)hash);
 	hlen = cf_hash_len(hash);
 	if (sp->prehashed) {
 		if (inlen != hlen)

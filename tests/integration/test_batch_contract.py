@@ -848,14 +848,11 @@ class Contract(unittest.TestCase):
                          r"^rate limit of principal tester( for [a-z-]+)? exceeded at item 3 of 3 "
                          r"\(2 granted\); retry after \d+ ms$")
 
-    @unittest.expectedFailure
     def test_rate_limit_names_its_bucket(self):
         """Only the principal's all-operations bucket is limited (burst 2):
-        the third MAC item is refused "rate limit of principal tester for mac
-        exceeded at item 3 of 3", naming a mac limit that does not exist (the
-        unary Mac says the same). An operator reading it looks for a mac
-        limit in `principal show`. The documents do not word the message, so
-        expected to fail until they or the daemon say which bucket."""
+        the third MAC item is refused naming no operation (it once said "for
+        mac", a limit that does not exist, sending an operator to look for
+        it in `principal show`)."""
         adm = self.adm
         adm.SetRateLimit(pb.SetRateLimitRequest(name="tester", limit=pb.RateLimit(
             operation=pb.OPERATION_UNSPECIFIED, per_second=0.001, burst=2)), timeout=30)

@@ -1072,13 +1072,14 @@ class LiveApiKeys(Live):
                     break
             self.assertIsNotNone(hit)
             self.assertGreater(hit.retry_after_ms, 0)
-            self.assertEqual(hit.message, "rate limit of principal tester for mac exceeded; "
+            # (its limit is of all operations: the refusal names none)
+            self.assertEqual(hit.message, "rate limit of principal tester exceeded; "
                              "retry after %d ms" % hit.retry_after_ms)
             with self.assertRaises(coffer.ResourceExhausted) as e:
                 fresh.wrap("py-aes", b"r")
             w = e.exception
             self.assertGreater(w.retry_after_ms, 0)
-            self.assertEqual(w.message, "rate limit of principal tester for wrap exceeded; "
+            self.assertEqual(w.message, "rate limit of principal tester exceeded; "
                              "retry after %d ms" % w.retry_after_ms)
             # Refused inside the session (SealedResult): the session goes on.
             self.assertEqual((fresh.sessions_opened(), fresh.sealed_retries()), (1, 0))

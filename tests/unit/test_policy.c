@@ -340,8 +340,9 @@ test_may_and_check(void)
 	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
 	CU_ASSERT_EQUAL(ra, 0);
 	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
+	/* (its only limit is of all operations: the refusal names none) */
 	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
-		  "rate limit of principal app for sign exceeded; retry after ");
+		  "rate limit of principal app exceeded; retry after ");
 	CU_ASSERT(ra > 0);
 	/* exhausted, policy_may still answers */
 	CHECK_OK(policy_may(p, "app", CF_OP_SIGN, "k"));
@@ -397,10 +398,10 @@ test_rate_limits(void)
 				      &ra));
 	ra = 0;
 	CHECK_ERR(authorize(p, "fast", CF_OP_MAC, "k", &ra), CF_E_EXHAUSTED,
-		  "rate limit of principal fast for mac exceeded; retry after ");
+		  "rate limit of principal fast exceeded; retry after ");
 	/* one token at 10/s: at most 100 ms away */
 	CU_ASSERT(ra >= 1 && ra <= 100);
-	snprintf(want, sizeof(want), "rate limit of principal fast for mac exceeded; retry after "
+	snprintf(want, sizeof(want), "rate limit of principal fast exceeded; retry after "
 		 "%u ms", (unsigned)ra);
 	CU_ASSERT_STRING_EQUAL(cf_error_message(CF_E_EXHAUSTED), want);
 	/* the overall limit alone (op NONE needs no key) */
@@ -414,7 +415,7 @@ test_rate_limits(void)
 	for (int i = 0; i < 3; i++)
 		CHECK_OK(authorize(p, "fast", CF_OP_SIGN, "k", &ra));
 	CHECK_ERR(authorize(p, "fast", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
-		  "rate limit of principal fast for sign exceeded");
+		  "rate limit of principal fast exceeded");
 	/* rate 0 removes it */
 	CHECK_OK(policy_set_limit(p, "fast", CF_OP_NONE, 0, 0, &sp));
 	CU_ASSERT_EQUAL(sp.nlimits, 0);
@@ -440,8 +441,9 @@ test_rate_limits(void)
 			  "rate limit of principal slow for sign exceeded");
 	CU_ASSERT(ra > 90000 && ra <= 100000);   /* 1 token at 0.01/s: 100 s */
 	CHECK_OK(authorize(p, "slow", CF_OP_VERIFY, "k", &ra));
+	/* verify has no bucket of its own: the principal's all-operations one refuses */
 	CHECK_ERR(authorize(p, "slow", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
-		  "rate limit of principal slow for verify exceeded");
+		  "rate limit of principal slow exceeded");
 	policy_close(p);
 	store_close(st);
 }
@@ -580,7 +582,7 @@ test_persistence(void)
 	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k1", &ra));
 	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k1", &ra));
 	CHECK_ERR(authorize(p, "app", CF_OP_MAC, "k1", &ra), CF_E_EXHAUSTED,
-		  "rate limit of principal app for mac exceeded");
+		  "rate limit of principal app exceeded;");
 	policy_close(p);
 	store_close(st);
 
