@@ -174,6 +174,12 @@ dispatch_ciphertext(const dispatch *d, size_t i)
 	return d->m[i].alloc == NULL;
 }
 
+int
+dispatch_batch(const dispatch *d, size_t i)
+{
+	return (d->m[i].d->flags & CF_MF_BATCH) != 0;
+}
+
 static const struct method *
 find_path(const dispatch *d, const char *path)
 {
@@ -795,7 +801,8 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
 					      .pid = c->pid, .admin = c->admin,
 					      .batch_granted = UINT32_MAX,
-					      .deadline_ms = c->deadline_ms } };
+					      .deadline_ms = c->deadline_ms,
+					      .cancelled = c->cancelled } };
 	uint64_t t0 = metrics_start();
 	unsigned code;
 	int r;

@@ -46,6 +46,9 @@ struct dcall {
 	 * authenticated, signed with this API key ("" when unsigned), which
 	 * must still be live; NULL: a call of its own. */
 	const char *stream_key_id;
+	/* Set (atomically, by another thread) once the caller cancelled the
+	 * call; NULL: not watched. Batches stop running items then. */
+	const int *cancelled;
 };
 
 int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);
@@ -57,6 +60,8 @@ const char *dispatch_path(const dispatch *d, size_t i);   /* "/pkg.Service/Metho
 /* Method i's messages hold only ciphertext (a sealed call's envelope): the
  * adapter need not wipe its copies of them. */
 int dispatch_ciphertext(const dispatch *d, size_t i);
+/* Method i is a batch: worth telling it when its caller gives up (dcall.cancelled). */
+int dispatch_batch(const dispatch *d, size_t i);
 
 /* gRPC status code of a Coffer status. */
 unsigned dispatch_status(int st);

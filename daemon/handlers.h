@@ -66,6 +66,7 @@ struct hcall {
 	int batch_all_ops;          /* the principal's all-operations limit gave fewest */
 	int64_t deadline_ms;    /* the caller's deadline (monotonic ms), 0: none: a batch
 				 * stops between items once it has passed */
+	const int *cancelled;   /* atomic: the caller cancelled the call (NULL: not known) */
 };
 
 typedef int (*handler_fn)(const struct hcall *c, const ProtobufCMessage *req,

@@ -24,13 +24,16 @@ beyond_limit(const struct hcall *c, enum cf_op op, size_t i, size_t n)
 			i + 1, n, c->batch_granted, c->batch_retry_ms);
 }
 
-/* Item i (of n) found the caller's deadline passed: the call's answer
- * would not be read, so the rest of the batch is not run. */
+/* Item i (of n) found the caller gone (cancelled, or its deadline passed):
+ * the call's answer would not be read, so the rest of the batch is not run. */
 static int
-past_deadline(const struct hcall *c, size_t i, size_t n)
+caller_gone(const struct hcall *c, size_t i, size_t n)
 {
 	struct timespec now;
 
+	if (c->cancelled != NULL && __atomic_load_n(c->cancelled, __ATOMIC_RELAXED))
+		return cf_error(CF_E_CANCELLED, "the caller cancelled the call before item %zu of "
+				"%zu ran", i + 1, n);
 	if (c->deadline_ms == 0)
 		return CF_OK;
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -93,7 +96,7 @@ run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p1
 			cf_buf_reset(scratch);
 		if (i >= c->batch_granted)
 			r = beyond_limit(c, op, i, n);
-		else if ((r = past_deadline(c, i, n)) == CF_OK)
+		else if ((r = caller_gone(c, i, n)) == CF_OK)
 			r = fn(req, k, i, v[i], scratch);
 		if ((st = item_status(op, r)) == NULL)
 			return cf_nomem();

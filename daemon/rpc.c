@@ -52,7 +52,7 @@ struct method {
 
 /* What a completion-queue tag points at: the first member of a requested
  * call, or one of a stream's operations (rpc_stream). */
-enum tag_kind { TAG_CALL, TAG_S_RECV, TAG_S_SEND, TAG_S_CLOSE, TAG_S_END };
+enum tag_kind { TAG_CALL, TAG_C_CLOSE, TAG_S_RECV, TAG_S_SEND, TAG_S_CLOSE, TAG_S_END };
 struct tag {
 	enum tag_kind kind;
 };
@@ -84,6 +84,12 @@ struct rpc_server {
  * the call) or generic (m == NULL, a path nobody registered). */
 struct rpc_call {
 	struct tag tag;              /* TAG_CALL; first: the call is its own tag */
+	/* A batch learns of its caller's cancel while it runs: its
+	 * RECV_CLOSE_ON_SERVER goes first, alone (TAG_C_CLOSE), and sets gone.
+	 * refs: the batches outstanding (the last frees the call). */
+	struct tag close_tag;
+	int refs;                    /* atomic */
+	int gone;                    /* atomic */
 	rpc_server *s;
 	const struct method *m;
 	grpc_call *call;
@@ -254,7 +260,7 @@ arm(rpc_server *s, const struct method *m)
  * table. Sets *code and the status message; returns the packed response
  * (or NULL). */
 static grpc_byte_buffer *
-serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
+serve(struct rpc_call *c, int watch, grpc_status_code *code, char *msg, size_t msglen,
       uint32_t *retry_after_ms)
 {
 	rpc_server *s = c->s;
@@ -264,7 +270,8 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 				.window = atomic_load(&s->window) };
 	struct dcall h = { .sv = &sv, .idm = s->cfg.idm,
 			   .unsealed_secrets = s->cfg.unsealed_secrets,
-			   .require_api_key = s->cfg.require_api_key };
+			   .require_api_key = s->cfg.require_api_key,
+			   .cancelled = watch ? &c->gone : NULL };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
 	grpc_slice in = grpc_empty_slice(), packed;
@@ -311,6 +318,8 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 	return out;
 }
 
+static void call_unref(struct rpc_call *c);
+
 static void
 respond(struct rpc_call *c)
 {
@@ -320,8 +329,21 @@ respond(struct rpc_call *c)
 	char msg[CF_ERROR_DETAIL_MAX];
 	uint32_t retry = 0;
 	grpc_call_error e;
+	int watch = c->m != NULL && dispatch_batch(c->s->d, c->m->idx);
 
-	c->send = serve(c, &code, msg, sizeof(msg), &retry);
+	c->refs = 1;
+	if (watch) {
+		memset(ops, 0, sizeof(ops));
+		ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+		ops[0].data.recv_close_on_server.cancelled = &c->cancelled;
+		c->close_tag.kind = TAG_C_CLOSE;
+		c->refs = 2;
+		if (grpc_call_start_batch(c->call, ops, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
+			c->refs = 1;
+			watch = 0;
+		}
+	}
+	c->send = serve(c, watch, &code, msg, sizeof(msg), &retry);
 	memset(ops, 0, sizeof(ops));
 	op->op = GRPC_OP_SEND_INITIAL_METADATA;
 	op++;
@@ -346,14 +368,24 @@ respond(struct rpc_call *c)
 		op->data.send_status_from_server.trailing_metadata_count = 2;
 	}
 	op++;
-	op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-	op->data.recv_close_on_server.cancelled = &c->cancelled;
-	op++;
+	if (!watch) {
+		op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+		op->data.recv_close_on_server.cancelled = &c->cancelled;
+		op++;
+	}
 	c->st = ST_SENDING;
 	if ((e = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), c, NULL)) != GRPC_CALL_OK) {
 		cf_log_error("grpc_call_start_batch(send): %d", (int)e);
-		call_free(c);
+		call_unref(c);
 	}
+}
+
+/* The last outstanding batch of a call frees it. */
+static void
+call_unref(struct rpc_call *c)
+{
+	if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		call_free(c);
 }
 
 /* ---- the pipelined stream (proto/pipeline.md) ---- */
@@ -748,7 +780,7 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 			respond(c);
 		return;
 	case ST_SENDING:
-		call_free(c);
+		call_unref(c);
 		return;
 	}
 }
@@ -776,10 +808,22 @@ worker_main(void *arg)
 			pthread_mutex_unlock(&s->mu);
 			continue;
 		}
-		if (((struct tag *)ev.tag)->kind == TAG_CALL)
+		switch (((struct tag *)ev.tag)->kind) {
+		case TAG_CALL:
 			on_event(s, ev.tag, ev.success);
-		else
+			break;
+		case TAG_C_CLOSE: {
+			struct rpc_call *c = (struct rpc_call *)(void *)((char *)ev.tag -
+				offsetof(struct rpc_call, close_tag));
+
+			/* Read by the batch's handler on another thread. */
+			__atomic_store_n(&c->gone, c->cancelled, __ATOMIC_RELEASE);
+			call_unref(c);
+			break;
+		}
+		default:
 			stream_event(ev.tag, ev.success);
+		}
 	}
 	return NULL;
 }
