@@ -520,9 +520,10 @@ stream_pump(struct rpc_stream *st)
 }
 
 /* Run one request: its answer, packed, or NULL when the bytes are not a
- * PipelineRequest (st->code and st->msg then say why). */
+ * PipelineRequest (*fail and fmsg then say why). */
 static grpc_byte_buffer *
-stream_request(struct rpc_stream *st, grpc_byte_buffer *bb)
+stream_request(struct rpc_stream *st, grpc_byte_buffer *bb, grpc_status_code *fail, char *fmsg,
+	       size_t fmsglen)
 {
 	Coffer__V1__PipelineResponse resp = COFFER__V1__PIPELINE_RESPONSE__INIT;
 	Coffer__V1__PipelineRequest *req = NULL;
@@ -545,8 +546,8 @@ stream_request(struct rpc_stream *st, grpc_byte_buffer *bb)
 				     GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in))) != CF_OK ||
 	    (req = coffer__v1__pipeline_request__unpack(NULL, GRPC_SLICE_LENGTH(in),
 							 GRPC_SLICE_START_PTR(in))) == NULL) {
-		st->code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
-		snprintf(st->msg, sizeof(st->msg), "%s", r != CF_OK ? cf_error_detail() :
+		*fail = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
+		snprintf(fmsg, fmsglen, "%s", r != CF_OK ? cf_error_detail() :
 			 "request is not a valid coffer.v1.PipelineRequest message");
 		goto out;
 	}
@@ -598,6 +599,8 @@ static void
 stream_received(struct rpc_stream *st, int success)
 {
 	grpc_byte_buffer *bb, *answer;
+	grpc_status_code fail = GRPC_STATUS_OK;
+	char fmsg[CF_ERROR_DETAIL_MAX];
 
 	pthread_mutex_lock(&st->mu);
 	st->reading = 0;
@@ -620,11 +623,16 @@ stream_received(struct rpc_stream *st, int success)
 	st->running++;
 	st->refs++;
 	pthread_mutex_unlock(&st->mu);
-	answer = stream_request(st, bb);
+	answer = stream_request(st, bb, &fail, fmsg, sizeof(fmsg));
 	grpc_byte_buffer_destroy(bb);
 	pthread_mutex_lock(&st->mu);
 	st->running--;
-	if (answer == NULL && st->code != GRPC_STATUS_OK) {
+	if (fail != GRPC_STATUS_OK) {
+		/* The first such request ends the stream, with its reason. */
+		if (!st->failed) {
+			st->code = fail;
+			snprintf(st->msg, sizeof(st->msg), "%s", fmsg);
+		}
 		st->failed = 1;
 		st->read_done = 1;
 	} else if (answer != NULL) {
