@@ -582,6 +582,11 @@ stream_request(struct rpc_stream *st, grpc_byte_buffer *bb, grpc_status_code *fa
 		grpc_slice_unref(packed);
 		OPENSSL_cleanse(pk, len);
 		free(pk);
+	} else {
+		/* No answer can be made: end the stream rather than leave the caller waiting. */
+		*fail = GRPC_STATUS_RESOURCE_EXHAUSTED;
+		snprintf(fmsg, fmsglen, "out of memory for the answer to request %llu",
+			 (unsigned long long)resp.id);
 	}
 out:
 	if (buf != NULL) {
