@@ -186,7 +186,7 @@ copy_allowed(struct listener_cfg *dst, const struct listener_cfg *src)
 }
 
 /* Settings read once at start (by the token, the store, the sockets' setup,
- * the session, audit, nonce and key modules): a changed value is logged, the
+ * the session, audit, nonce, key and metrics modules): a changed value is logged, the
  * running daemon keeps the old one. */
 static void
 restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
@@ -218,10 +218,14 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 	DIFF_NUM(require_sealed, "[session] require_sealed");
 	DIFF_NUM(unsealed_secrets, "[session] unsealed_secrets");
 	DIFF_NUM(max_nonces, "[requests] max_nonces");
+	DIFF_NUM(max_nonces_per_key, "[requests] max_nonces_per_key");
 	DIFF_NUM(require_api_key, "[requests] require_api_key");
 	DIFF_MEM(audit, "[audit] settings");
 	DIFF_NUM(idem_retention, "[idempotency] retention");
 	DIFF_MEM(keys, "[keys] settings");
+	DIFF_STR(metrics.listen, "[metrics] listen");
+	DIFF_NUM(metrics.mode, "[metrics] mode");
+	DIFF_NUM(metrics.group, "[metrics] group");
 #undef DIFF_STR
 #undef DIFF_NUM
 #undef DIFF_MEM

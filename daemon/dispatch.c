@@ -205,6 +205,7 @@ struct dctx {
 	int sealed;               /* the call arrived inside a session */
 	int authenticated;        /* an enclosing call (SessionService/Call) was authenticated */
 	uint32_t batch_taken;     /* rate-limit tokens authorize took for a batch's items */
+	uint32_t batch_refused;   /* ... and the items it had none for */
 };
 
 /* to = a copy of from, its handler's key its own. */
@@ -379,6 +380,25 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 
 /* Service socket, before the request is decoded: who is calling (into who
  * and h2->hc.principal), and is the call signed as the principal requires? */
+/* A pipelined stream's request: the API key that signed the opening must
+ * still be live, and the principal's (revoking it ends the stream's
+ * authentication, as it ends the key's calls). */
+static int
+stream_key_live(const struct dctx *h, const char *who)
+{
+	struct store_apikey k;
+
+	if (h->hc.sv->ak == NULL || apikeys_get(h->hc.sv->ak, h->dc->stream_key_id, &k) != CF_OK ||
+	    k.revoked != 0 || strcmp(k.principal, who) != 0) {
+		cf_error_clear();
+		return cf_error(CF_E_UNAUTHENTICATED, "the API key %s that opened this stream was "
+				"revoked (or is no longer principal %s's): open a new stream signed "
+				"with a live key", h->dc->stream_key_id, who);
+	}
+	OPENSSL_cleanse(&k, sizeof(k));
+	return CF_OK;
+}
+
 static int
 authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
 	     struct dctx *h2, char *who)
@@ -399,7 +419,13 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 		return r;
 	}
 	h2->hc.principal = who;
-	/* A sealed call's inner call was signed as part of its envelope. */
+	if (h->dc->stream_key_id != NULL && h->dc->stream_key_id[0] != '\0' &&
+	    (r = stream_key_live(h, who)) != CF_OK) {
+		metrics_add(M_REFUSED_UNAUTHENTICATED, 1);
+		return r;
+	}
+	/* A sealed call's inner call was signed as part of its envelope, a
+	 * stream's request with the stream's opening. */
 	if (!h->authenticated &&
 	    (r = callauth_check(h->hc.sv->ak, h->hc.sv->nn, h->hc.sv->window, &ca, who)) !=
 		    CF_OK) {
@@ -473,11 +499,13 @@ authorize(const struct method *m, struct dctx *h, const ProtobufCMessage *req, c
 	/* Part of a batch granted: the call goes on, the rest of it refused item by item. */
 	if (r == CF_OK && (m->d->flags & CF_MF_BATCH)) {
 		h->batch_taken = h->hc.batch_granted;
+		h->batch_refused = want - h->hc.batch_granted;
 		h->hc.batch_retry_ms = *retry_after_ms;
 		*retry_after_ms = 0;
 	}
+	/* A refusal per operation refused: each item of a batch refused whole. */
 	if (r == CF_E_EXHAUSTED)
-		metrics_add(M_REFUSED_RATE_LIMITED, 1);
+		metrics_add(M_REFUSED_RATE_LIMITED, want);
 	else if (r == CF_E_UNAUTHENTICATED)   /* the principal went meanwhile */
 		metrics_add(M_REFUSED_NO_PRINCIPAL, 1);
 	if (r == CF_E_DENIED) {
@@ -687,6 +715,10 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 		 * of the items it was charged for. */
 		if (r != CF_OK && h2.batch_taken > 0)
 			policy_refund_n(h->hc.sv->pol, who, m->d->op, h2.batch_taken);
+		/* A batch answered item by item: those beyond the rate limits were
+		 * refused (RESOURCE_EXHAUSTED), one refusal each. */
+		if (r == CF_OK && h2.batch_refused > 0)
+			metrics_add(M_REFUSED_RATE_LIMITED, h2.batch_refused);
 		if (r == CF_OK)
 			r = pack(resp, out, outlen);
 	}
@@ -766,6 +798,7 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	int r;
 
 	call.hc.key = &call.key;
+	call.authenticated = c->stream_key_id != NULL;
 	cf_error_clear();
 	*retry_after_ms = 0;
 	/* Failing closed: nothing runs while the audit trail cannot be written. */
@@ -785,4 +818,76 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 		cf_log_error("%s: %s", m->d->path, msg);
 	metrics_call((unsigned)i, code, t0);
 	return code;
+}
+
+/* ---- the pipelined stream (proto/pipeline.md) ---- */
+
+const char dispatch_pipeline_path[] = "/coffer.v1.Pipeline/Stream";
+
+static const struct cf_method pipeline_cm = {
+	.path = dispatch_pipeline_path, .service = "coffer.v1.Pipeline", .name = "Stream",
+	.socket = CF_SOCK_SERVICE,
+};
+
+unsigned
+dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, size_t kidlen,
+		     char *msg, size_t msglen)
+{
+	const struct method m = { .d = &pipeline_cm };
+	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
+					      .pid = c->pid, .admin = c->admin } };
+	struct dctx h2;
+	struct cf_call_auth a;
+	char who[STORE_PRINCIPAL_NAME_MAX + 1] = "";
+	int r;
+
+	(void)d;
+	call.hc.key = &call.key;
+	derive(&h2, &call);
+	cf_error_clear();
+	snprintf(key_id, kidlen, "%s", "");
+	if (c->admin)
+		r = cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the admin socket",
+			     dispatch_pipeline_path);
+	else if (c->sv->au != NULL && (r = audit_admit(c->sv->au)) != CF_OK)
+		;   /* failing closed, as every call */
+	else if (c->sv->pol == NULL)
+		r = cf_error(CF_E_UNAVAILABLE, "this daemon has no principals: no stream can be "
+			     "opened");
+	else if ((r = authenticate(&m, &call, (const uint8_t *)"", 0, &h2, who)) == CF_OK &&
+		 c->authz_n == 1 && cf_callauth_parse(c->authz, c->authz_len, &a) == CF_OK)
+		snprintf(key_id, kidlen, "%s", a.key_id);
+	if (c->sv->au != NULL && r != CF_E_UNIMPLEMENTED) {
+		struct audit_event ev = {
+			.principal = who, .uid = c->uid, .pid = c->pid, .method = dispatch_pipeline_path,
+			.key = "", .result = dispatch_status_name(r), .request_id = c->request_id,
+		};
+		int ar = audit_record(c->sv->au, &ev);
+
+		if (ar != CF_OK && r == CF_OK)
+			r = ar;   /* nothing is released without its record */
+	}
+	if (r == CF_OK) {
+		snprintf(msg, msglen, "%s", "");
+	} else {
+		const char *em = cf_error_message(r);
+
+		cf_text_escape(em, strlen(em), msg, msglen);
+	}
+	return dispatch_status(r);
+}
+
+int
+dispatch_pipeline_method(const dispatch *d, const char *path, size_t *idx)
+{
+	const struct method *m = find_path(d, path);
+
+	if (m == NULL || strcmp(m->d->service, "coffer.v1.KeyService") != 0)
+		return cf_error(CF_E_INVALID_ARG, "a pipelined stream carries KeyService methods "
+				"(\"/coffer.v1.KeyService/Sign\"), not \"%.200s\"", path);
+	if (m->d->flags & (CF_MF_MUTATING | CF_MF_SECRET))
+		return cf_error(CF_E_INVALID_ARG, "%s carries secrets: seal it in a session "
+				"instead of sending it on a pipelined stream", m->d->path);
+	*idx = (size_t)(m - d->m);
+	return CF_OK;
 }

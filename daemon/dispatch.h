@@ -42,6 +42,10 @@ struct dcall {
 	char idem_key[STORE_IDEM_KEY_MAX + 1];   /* "idempotency-key" metadata, or "" */
 	int idem_bad;           /* that metadata was malformed */
 	int64_t deadline_ms;    /* the call's deadline, CLOCK_MONOTONIC milliseconds; 0: none */
+	/* A request of a pipelined stream (proto/pipeline.md): its opening was
+	 * authenticated, signed with this API key ("" when unsigned), which
+	 * must still be live; NULL: a call of its own. */
+	const char *stream_key_id;
 };
 
 int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);
@@ -71,5 +75,20 @@ const char *dispatch_status_name(int st);
 unsigned dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t *in,
 		       size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen,
 		       uint32_t *retry_after_ms);
+
+/* The pipelined stream's path, "/coffer.v1.Pipeline/Stream". */
+extern const char dispatch_pipeline_path[];
+
+/* The opening of a pipelined stream by the caller c: served on the service
+ * socket only; the caller must be a principal, and sign the opening (over
+ * dispatch_pipeline_path and an empty body) when its calls must be signed.
+ * Recorded in the audit trail. Returns the gRPC status code, the message in
+ * msg; on OK, key_id is the API key that signed it ("" if none). */
+unsigned dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id,
+			      size_t kidlen, char *msg, size_t msglen);
+
+/* The method a pipelined stream's request names: CF_OK and *idx for a
+ * KeyService method the stream carries; CF_E_INVALID_ARG saying why not. */
+int dispatch_pipeline_method(const dispatch *d, const char *path, size_t *idx);
 
 #endif

@@ -105,7 +105,8 @@ refusals(FILE *f)
 	};
 
 	head(f, "coffer_refusals_total", "counter",
-	     "Calls on the service socket refused before they ran, by reason.");
+	     "Calls on the service socket refused before they ran, by reason; a batch "
+	     "counts each item the rate limits refused.");
 	for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++)
 		fprintf(f, "coffer_refusals_total{reason=\"%s\"} %llu\n", r[i].reason,
 			(unsigned long long)load(&metrics_cells[r[i].m]));

@@ -21,7 +21,7 @@ enum metric {
 	M_REFUSED_NO_PRINCIPAL,     /* service socket: no principal for the caller's uid/gid */
 	M_REFUSED_UNAUTHENTICATED,  /* a call's signature (API key) missing or wrong */
 	M_REFUSED_DENIED,           /* a principal without the grant (or the key's own limit) */
-	M_REFUSED_RATE_LIMITED,     /* a principal's rate limit */
+	M_REFUSED_RATE_LIMITED,     /* a principal's rate limit (a batch: per item refused) */
 	M_AUDIT_WRITE_FAILURES,     /* audit trail writes that failed */
 	M_AUDIT_RECORDS_LOST,       /* records those writes carried */
 	M_ROTATIONS,                /* scheduled rotations made */

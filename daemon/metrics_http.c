@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
 
+#include "cf_log.h"
 #include "cf_status.h"
 #include "metrics.h"
 
@@ -60,6 +62,15 @@ listen_unix(struct metrics_http_cfg *c, const char *v, const char *path)
 	return CF_OK;
 }
 
+/* 127.0.0.0/8 or ::1 (addr: a struct in_addr or in6_addr as af says). */
+static int
+loopback(int af, const void *addr)
+{
+	if (af == AF_INET)
+		return (ntohl(((const struct in_addr *)addr)->s_addr) >> 24) == 127;
+	return IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)addr);
+}
+
 /* HOST:PORT with HOST 127.x.x.x, or [IPv6]:PORT with ::1: the endpoint has
  * no authentication, so nothing beyond this host may reach it. */
 static int
@@ -97,7 +108,7 @@ listen_tcp(struct metrics_http_cfg *c, const char *v)
 			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv4 "
 					"address (host names are not looked up; [IPv6] goes in "
 					"brackets)", v, host);
-		if ((ntohl(a->sin_addr.s_addr) >> 24) != 127)
+		if (!loopback(AF_INET, &a->sin_addr))
 			goto not_loopback;
 		a->sin_family = AF_INET;
 		a->sin_port = htons(port);
@@ -108,7 +119,7 @@ listen_tcp(struct metrics_http_cfg *c, const char *v)
 		if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
 			return cf_error(CF_E_CONFIG, "\"%.80s\": \"%s\" is not a numeric IPv6 "
 					"address", v, host);
-		if (!IN6_IS_ADDR_LOOPBACK(&a->sin6_addr))
+		if (!loopback(AF_INET6, &a->sin6_addr))
 			goto not_loopback;
 		a->sin6_family = AF_INET6;
 		a->sin6_port = htons(port);
@@ -183,7 +194,56 @@ answer_text(struct MHD_Connection *conn, unsigned status, const char *text)
 	return ok;
 }
 
-/* Every request is answered at once (a body, if any, is not read). */
+/* "" or ":PORT" after a Host header's name. */
+static int
+host_port_ok(const char *p)
+{
+	size_t n;
+
+	if (p[0] == '\0')
+		return 1;
+	n = strlen(++p);
+	return p[-1] == ':' && n >= 1 && n <= 5 && strspn(p, "0123456789") == n &&
+	       strtoul(p, NULL, 10) <= 65535;
+}
+
+/* A Host header that names this host: localhost, 127.x.x.x or [::1], with
+ * or without a port (the listen address among them). */
+static int
+host_is_local(const char *h)
+{
+	union {
+		struct in_addr a4;
+		struct in6_addr a6;
+	} addr;
+	char name[64];
+	const char *rest;
+	size_t n;
+	int af = AF_INET;
+
+	if (h[0] == '[') {
+		if ((rest = strchr(h, ']')) == NULL)
+			return 0;
+		h++;
+		n = (size_t)(rest++ - h);
+		af = AF_INET6;
+	} else {
+		n = strcspn(h, ":");
+		rest = h + n;
+	}
+	if (n == 0 || n >= sizeof(name) || !host_port_ok(rest))
+		return 0;
+	memcpy(name, h, n);
+	name[n] = '\0';
+	if (af == AF_INET && strcasecmp(name, "localhost") == 0)
+		return 1;
+	return inet_pton(af, name, &addr) == 1 && loopback(af, &addr);
+}
+
+/* Every request is answered at once (a body, if any, is not read). On TCP
+ * a Host header (if sent) must name this host: a web page whose own name
+ * was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name, and is
+ * refused before anything is read. */
 static enum MHD_Result
 serve(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
       const char *version, const char *upload, size_t *upload_len, void **con_cls)
@@ -192,6 +252,7 @@ serve(void *cls, struct MHD_Connection *conn, const char *url, const char *metho
 	struct MHD_Response *resp;
 	struct metrics_read rd;
 	enum MHD_Result ok;
+	const char *host;
 	char *text;
 	size_t len;
 
@@ -199,6 +260,18 @@ serve(void *cls, struct MHD_Connection *conn, const char *url, const char *metho
 	(void)upload;
 	(void)upload_len;
 	(void)con_cls;
+	/* A Unix socket has no Host to check: no web page reaches it. */
+	host = m->unix_l == NULL
+		       ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)
+		       : NULL;
+	if (host != NULL && !host_is_local(host)) {
+		cf_log_debug("metrics: refused a request for Host \"%.80s\": not localhost or a "
+			     "loopback address (a web page's name re-pointed at this host?)",
+			     host);
+		return answer_text(conn, MHD_HTTP_MISDIRECTED_REQUEST,
+				   "misdirected request: this endpoint answers Host localhost, "
+				   "127.0.0.0/8 or [::1] only\n");
+	}
 	if (strcmp(url, "/metrics") != 0)
 		return answer_text(conn, MHD_HTTP_NOT_FOUND,
 				   "not found: this endpoint serves GET /metrics only\n");

@@ -5,10 +5,13 @@
  * authentication: a TCP address other than loopback is refused, and a
  * Unix socket is guarded by its mode and group like the daemon's own.
  *
- * Anything else is answered 404 (another path) or 405 (another method);
- * requests are bounded (headers in 16 KiB, 5 s to send them, 16
- * connections at once) and a scrape only reads counters and takes each
- * module's own lock briefly: it never holds up a call.
+ * On TCP a request whose Host header names anything but localhost,
+ * 127.0.0.0/8 or [::1] (a web page reaching the loopback address through
+ * DNS rebinding) is answered 421. Anything else is answered 404 (another
+ * path) or 405 (another method); requests are bounded (headers in 16 KiB,
+ * 5 s to send them, 16 connections at once) and a scrape only reads
+ * counters and takes each module's own lock briefly: it never holds up a
+ * call.
  */
 #ifndef COFFER_METRICS_HTTP_H
 #define COFFER_METRICS_HTTP_H

@@ -1,6 +1,7 @@
 #include "rpc.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,7 +21,10 @@
 #include <openssl/rand.h>
 
 #include "cf_log.h"
+#include "cf_pbcheck.h"
+#include "cf_reqsign.h"
 #include "cf_status.h"
+#include "coffer/v1/pipeline.pb-c.h"
 #include "dispatch.h"
 
 #define RPC_MAX_WORKERS 64
@@ -36,10 +40,21 @@
  * daemon has already read are served, not refused. */
 #define RPC_ARM_DRAIN 64
 #define RPC_ARM_GENERIC 4  /* unregistered paths: answered UNIMPLEMENTED */
+#define RPC_ARM_STREAMS 4  /* pipelined streams being opened at once */
+/* A stream stops reading requests while this many answers wait to be sent
+ * (the caller is not reading them), and reads again below half of it. */
+#define RPC_STREAM_QUEUE 256
 
 struct method {
-	size_t idx;              /* in the dispatch table */
+	size_t idx;              /* in the dispatch table; SIZE_MAX: the pipelined stream */
 	void *reg;               /* grpc_server_register_method handle */
+};
+
+/* What a completion-queue tag points at: the first member of a requested
+ * call, or one of a stream's operations (rpc_stream). */
+enum tag_kind { TAG_CALL, TAG_S_RECV, TAG_S_SEND, TAG_S_CLOSE, TAG_S_END };
+struct tag {
+	enum tag_kind kind;
 };
 
 struct rpc_server {
@@ -52,6 +67,8 @@ struct rpc_server {
 	unsigned nworkers;
 	struct method *methods;
 	size_t nmethods;
+	struct method pipeline;  /* coffer.v1.Pipeline/Stream */
+	struct rpc_stream *streams;  /* open streams (mu): cancelled at shutdown */
 	atomic_int shutting_down;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -66,6 +83,7 @@ struct rpc_server {
 /* A requested call: registered (m != NULL, the request payload arrives with
  * the call) or generic (m == NULL, a path nobody registered). */
 struct rpc_call {
+	struct tag tag;              /* TAG_CALL; first: the call is its own tag */
 	rpc_server *s;
 	const struct method *m;
 	grpc_call *call;
@@ -133,6 +151,37 @@ request_id_from(char out[AUDIT_REQUEST_ID_MAX + 1], grpc_slice v)
 
 /* ---- call processing ---- */
 
+/* What a call's metadata says into h: its authorization (pointing into
+ * mds), x-request-id and idempotency-key; a request id of the daemon's own
+ * when the caller sent none. */
+static void
+call_metadata(rpc_server *s, const grpc_metadata_array *mds, struct dcall *h)
+{
+	for (size_t i = 0; i < mds->count; i++) {
+		const grpc_metadata *md = &mds->metadata[i];
+
+		if (grpc_slice_str_cmp(md->key, "authorization") == 0 && h->authz_n++ == 0) {
+			h->authz = (const char *)GRPC_SLICE_START_PTR(md->value);
+			h->authz_len = GRPC_SLICE_LENGTH(md->value);
+		} else if (grpc_slice_str_cmp(md->key, "x-request-id") == 0) {
+			request_id_from(h->request_id, md->value);
+		} else if (grpc_slice_str_cmp(md->key, "idempotency-key") == 0) {
+			size_t n = GRPC_SLICE_LENGTH(md->value);
+
+			h->idem_bad = n > STORE_IDEM_KEY_MAX;
+			if (!h->idem_bad) {
+				memcpy(h->idem_key, GRPC_SLICE_START_PTR(md->value), n);
+				h->idem_key[n] = '\0';
+				h->idem_bad = idem_key_check(h->idem_key) != CF_OK;
+			}
+		}
+	}
+	if (h->request_id[0] == '\0')
+		snprintf(h->request_id, sizeof(h->request_id), "%s-%llx", s->id_prefix,
+			 (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+}
+
+
 /* A call's deadline as CLOCK_MONOTONIC milliseconds (gRPC's monotonic
  * clock has its own epoch: only the time left is carried over); 0: none. */
 static int64_t
@@ -179,6 +228,7 @@ arm(rpc_server *s, const struct method *m)
 
 	if (atomic_load(&s->shutting_down) || (c = calloc(1, sizeof(*c))) == NULL)
 		return;
+	c->tag.kind = TAG_CALL;
 	c->s = s;
 	c->m = m;
 	c->status_details = grpc_empty_slice();
@@ -189,7 +239,8 @@ arm(rpc_server *s, const struct method *m)
 	pthread_mutex_unlock(&s->mu);
 	if (m != NULL)
 		e = grpc_server_request_registered_call(s->server, m->reg, &c->call, &c->deadline,
-							&c->md, &c->recv, s->cq, s->cq, c);
+							&c->md, m == &s->pipeline ? NULL : &c->recv,
+							s->cq, s->cq, c);
 	else
 		e = grpc_server_request_call(s->server, &c->call, &c->details, &c->md, s->cq,
 					     s->cq, c);
@@ -231,29 +282,8 @@ serve(struct rpc_call *c, grpc_status_code *code, char *msg, size_t msglen,
 		snprintf(msg, msglen, "caller identity unavailable");
 		return NULL;
 	}
-	for (size_t i = 0; i < c->md.count; i++) {
-		const grpc_metadata *md = &c->md.metadata[i];
-
-		if (grpc_slice_str_cmp(md->key, "authorization") == 0 && h.authz_n++ == 0) {
-			h.authz = (const char *)GRPC_SLICE_START_PTR(md->value);
-			h.authz_len = GRPC_SLICE_LENGTH(md->value);
-		} else if (grpc_slice_str_cmp(md->key, "x-request-id") == 0) {
-			request_id_from(h.request_id, md->value);
-		} else if (grpc_slice_str_cmp(md->key, "idempotency-key") == 0) {
-			size_t n = GRPC_SLICE_LENGTH(md->value);
-
-			h.idem_bad = n > STORE_IDEM_KEY_MAX;
-			if (!h.idem_bad) {
-				memcpy(h.idem_key, GRPC_SLICE_START_PTR(md->value), n);
-				h.idem_key[n] = '\0';
-				h.idem_bad = idem_key_check(h.idem_key) != CF_OK;
-			}
-		}
-	}
+	call_metadata(s, &c->md, &h);
 	h.deadline_ms = deadline_ms(c->deadline);
-	if (h.request_id[0] == '\0')
-		snprintf(h.request_id, sizeof(h.request_id), "%s-%llx", s->id_prefix,
-			 (unsigned long long)atomic_fetch_add(&s->next_id, 1));
 	memcpy(c->request_id, h.request_id, sizeof(c->request_id));
 	if (c->recv == NULL || !grpc_byte_buffer_reader_init(&rd, c->recv)) {
 		*code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
@@ -326,6 +356,382 @@ respond(struct rpc_call *c)
 	}
 }
 
+/* ---- the pipelined stream (proto/pipeline.md) ---- */
+
+/* An answer waiting to be sent. */
+struct outmsg {
+	grpc_byte_buffer *bb;
+	struct outmsg *next;
+};
+
+/* One open stream. Its operations are tags of their own; refs counts those
+ * outstanding plus the requests being run, and the last one frees it. */
+struct rpc_stream {
+	struct tag recv_tag, send_tag, close_tag, end_tag;
+	rpc_server *s;
+	grpc_call *call;
+	struct rpc_stream *next;     /* in s->streams */
+	struct hservices sv;
+	struct dcall base;           /* what every request starts from */
+	char key_id[CF_APIKEY_ID_LEN + 1];
+	char id[41];                 /* the stream's request id: ".<n>" follows it */
+	pthread_mutex_t mu;
+	unsigned refs;
+	grpc_byte_buffer *recv;      /* the RECV_MESSAGE outstanding's */
+	int reading, read_done, paused, failed;
+	struct outmsg *head, *tail;  /* answers not yet sent */
+	unsigned queued, running;
+	grpc_byte_buffer *sending;   /* the SEND_MESSAGE outstanding's */
+	int ended;                   /* SEND_STATUS started */
+	int cancelled;               /* RECV_CLOSE_ON_SERVER said so */
+	grpc_status_code code;       /* the status it ends with */
+	char msg[CF_ERROR_DETAIL_MAX];
+	grpc_slice details;
+};
+
+static void
+stream_unref(struct rpc_stream *st)
+{
+	rpc_server *s = st->s;
+	unsigned left;
+
+	pthread_mutex_lock(&st->mu);
+	left = --st->refs;
+	pthread_mutex_unlock(&st->mu);
+	if (left > 0)
+		return;
+	pthread_mutex_lock(&s->mu);
+	for (struct rpc_stream **pp = &s->streams; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == st) {
+			*pp = st->next;
+			break;
+		}
+	s->live--;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	while (st->head != NULL) {
+		struct outmsg *o = st->head;
+
+		st->head = o->next;
+		grpc_byte_buffer_destroy(o->bb);
+		free(o);
+	}
+	if (st->recv != NULL)
+		grpc_byte_buffer_destroy(st->recv);
+	grpc_slice_unref(st->details);
+	grpc_call_unref(st->call);
+	pthread_mutex_destroy(&st->mu);
+	free(st);
+}
+
+/* Start one operation on the stream (st->mu held); it holds a reference. */
+static void
+stream_op(struct rpc_stream *st, grpc_op *ops, size_t n, struct tag *t)
+{
+	grpc_call_error e;
+
+	st->refs++;
+	if ((e = grpc_call_start_batch(st->call, ops, n, t, NULL)) != GRPC_CALL_OK) {
+		/* Cannot happen on a live call; never leave the reference behind. */
+		cf_log_error("pipelined stream: grpc_call_start_batch: %d", (int)e);
+		st->refs--;
+		st->read_done = 1;
+	}
+}
+
+static void
+stream_read(struct rpc_stream *st)
+{
+	grpc_op op;
+
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_RECV_MESSAGE;
+	op.data.recv_message.recv_message = &st->recv;
+	st->reading = 1;
+	stream_op(st, &op, 1, &st->recv_tag);
+}
+
+/* Send the next answer, or end the stream once nothing is left (mu held). */
+static void
+stream_pump(struct rpc_stream *st)
+{
+	grpc_op op;
+
+	if (st->sending == NULL && st->head != NULL && !st->cancelled) {
+		struct outmsg *o = st->head;
+
+		st->head = o->next;
+		if (st->head == NULL)
+			st->tail = NULL;
+		st->queued--;
+		st->sending = o->bb;
+		free(o);
+		memset(&op, 0, sizeof(op));
+		op.op = GRPC_OP_SEND_MESSAGE;
+		op.data.send_message.send_message = st->sending;
+		stream_op(st, &op, 1, &st->send_tag);
+	}
+	if (st->paused && !st->read_done && st->queued < RPC_STREAM_QUEUE / 2) {
+		st->paused = 0;
+		stream_read(st);
+	}
+	if (st->ended || !st->read_done || st->reading || st->running > 0 ||
+	    st->sending != NULL || (st->head != NULL && !st->cancelled))
+		return;
+	st->ended = 1;
+	memset(&op, 0, sizeof(op));
+	st->details = grpc_slice_from_copied_string(st->msg);
+	op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+	op.data.send_status_from_server.status = st->code;
+	op.data.send_status_from_server.status_details = &st->details;
+	stream_op(st, &op, 1, &st->end_tag);
+}
+
+/* Run one request: its answer, packed, or NULL when the bytes are not a
+ * PipelineRequest (st->code and st->msg then say why). */
+static grpc_byte_buffer *
+stream_request(struct rpc_stream *st, grpc_byte_buffer *bb)
+{
+	Coffer__V1__PipelineResponse resp = COFFER__V1__PIPELINE_RESPONSE__INIT;
+	Coffer__V1__PipelineRequest *req = NULL;
+	grpc_byte_buffer_reader rd;
+	grpc_byte_buffer *out = NULL;
+	grpc_slice in = grpc_empty_slice(), packed;
+	struct dcall h = st->base;
+	char msg[CF_ERROR_DETAIL_MAX] = "";
+	uint8_t *buf = NULL, *pk = NULL;
+	size_t len = 0, idx;
+	uint32_t retry = 0;
+	int r;
+
+	if (grpc_byte_buffer_reader_init(&rd, bb)) {
+		in = grpc_byte_buffer_reader_readall(&rd);
+		grpc_byte_buffer_reader_destroy(&rd);
+	}
+	/* As any request: no NUL or invalid UTF-8 in its strings (the method). */
+	if ((r = cf_pb_check_strings(&coffer__v1__pipeline_request__descriptor,
+				     GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in))) != CF_OK ||
+	    (req = coffer__v1__pipeline_request__unpack(NULL, GRPC_SLICE_LENGTH(in),
+							 GRPC_SLICE_START_PTR(in))) == NULL) {
+		st->code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
+		snprintf(st->msg, sizeof(st->msg), "%s", r != CF_OK ? cf_error_detail() :
+			 "request is not a valid coffer.v1.PipelineRequest message");
+		goto out;
+	}
+	resp.id = req->id;
+	snprintf(h.request_id, sizeof(h.request_id), "%s.%llu", st->id,
+		 (unsigned long long)req->id);
+	resp.request_id = h.request_id;
+	cf_error_clear();
+	if ((r = dispatch_pipeline_method(st->s->d, req->method, &idx)) != CF_OK) {
+		resp.code = dispatch_status(r);
+		cf_text_escape(cf_error_detail(), strlen(cf_error_detail()), msg, sizeof(msg));
+	} else {
+		resp.code = dispatch_call(st->s->d, idx, &h, req->request.data, req->request.len,
+					  &buf, &len, msg, sizeof(msg), &retry);
+	}
+	resp.message = msg;
+	resp.retry_after_ms = retry;
+	resp.response.data = buf;
+	resp.response.len = len;
+	len = coffer__v1__pipeline_response__get_packed_size(&resp);
+	if ((pk = malloc(len ? len : 1)) == NULL) {
+		resp.code = dispatch_status(CF_E_NOMEM);
+		resp.message = "out of memory for the answer";
+		resp.response.len = 0;
+		len = coffer__v1__pipeline_response__get_packed_size(&resp);
+		pk = malloc(len ? len : 1);
+	}
+	if (pk != NULL) {
+		coffer__v1__pipeline_response__pack(&resp, pk);
+		packed = grpc_slice_from_copied_buffer((const char *)pk, len);
+		out = grpc_raw_byte_buffer_create(&packed, 1);
+		grpc_slice_unref(packed);
+		OPENSSL_cleanse(pk, len);
+		free(pk);
+	}
+out:
+	if (buf != NULL) {
+		OPENSSL_cleanse(buf, resp.response.len);
+		free(buf);
+	}
+	if (req != NULL)
+		coffer__v1__pipeline_request__free_unpacked(req, NULL);
+	OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
+	grpc_slice_unref(in);
+	return out;
+}
+
+static void
+stream_received(struct rpc_stream *st, int success)
+{
+	grpc_byte_buffer *bb, *answer;
+
+	pthread_mutex_lock(&st->mu);
+	st->reading = 0;
+	bb = st->recv;
+	st->recv = NULL;
+	if (!success || bb == NULL || st->failed) {
+		/* Half-closed (or cancelled): answer what was read, then end. */
+		st->read_done = 1;
+		stream_pump(st);
+		pthread_mutex_unlock(&st->mu);
+		if (bb != NULL)
+			grpc_byte_buffer_destroy(bb);
+		return;
+	}
+	/* Read the next one now: another worker may run it meanwhile. */
+	if (st->queued + st->running < RPC_STREAM_QUEUE)
+		stream_read(st);
+	else
+		st->paused = 1;
+	st->running++;
+	st->refs++;
+	pthread_mutex_unlock(&st->mu);
+	answer = stream_request(st, bb);
+	grpc_byte_buffer_destroy(bb);
+	pthread_mutex_lock(&st->mu);
+	st->running--;
+	if (answer == NULL && st->code != GRPC_STATUS_OK) {
+		st->failed = 1;
+		st->read_done = 1;
+	} else if (answer != NULL) {
+		struct outmsg *o = malloc(sizeof(*o));
+
+		if (o == NULL) {
+			grpc_byte_buffer_destroy(answer);
+		} else {
+			o->bb = answer;
+			o->next = NULL;
+			if (st->tail != NULL)
+				st->tail->next = o;
+			else
+				st->head = o;
+			st->tail = o;
+			st->queued++;
+		}
+	}
+	stream_pump(st);
+	pthread_mutex_unlock(&st->mu);
+	stream_unref(st);
+}
+
+static void
+stream_event(struct tag *t, int success)
+{
+	struct rpc_stream *st;
+
+	switch (t->kind) {
+	case TAG_S_RECV:
+		st = (struct rpc_stream *)(void *)((char *)t - offsetof(struct rpc_stream, recv_tag));
+		stream_received(st, success);
+		break;
+	case TAG_S_SEND:
+		st = (struct rpc_stream *)(void *)((char *)t - offsetof(struct rpc_stream, send_tag));
+		pthread_mutex_lock(&st->mu);
+		grpc_byte_buffer_destroy(st->sending);
+		st->sending = NULL;
+		if (!success)   /* the caller went: nothing more reaches it */
+			st->cancelled = 1;
+		stream_pump(st);
+		pthread_mutex_unlock(&st->mu);
+		break;
+	case TAG_S_CLOSE:
+		st = (struct rpc_stream *)(void *)((char *)t - offsetof(struct rpc_stream, close_tag));
+		pthread_mutex_lock(&st->mu);
+		if (st->cancelled)
+			st->read_done = 1;
+		stream_pump(st);
+		pthread_mutex_unlock(&st->mu);
+		break;
+	case TAG_S_END:
+		st = (struct rpc_stream *)(void *)((char *)t - offsetof(struct rpc_stream, end_tag));
+		break;
+	default:
+		return;
+	}
+	stream_unref(st);
+}
+
+/* A requested Pipeline/Stream call arrived: authenticate its opening, then
+ * read requests (or end it at once with the refusal). */
+static void
+stream_open(struct rpc_call *c)
+{
+	rpc_server *s = c->s;
+	struct rpc_stream *st = calloc(1, sizeof(*st));
+	grpc_op ops[3];
+	size_t n = 0;
+
+	if (st == NULL) {
+		grpc_call_cancel_with_status(c->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+					     "out of memory for the stream", NULL);
+		call_free(c);
+		return;
+	}
+	st->recv_tag.kind = TAG_S_RECV;
+	st->send_tag.kind = TAG_S_SEND;
+	st->close_tag.kind = TAG_S_CLOSE;
+	st->end_tag.kind = TAG_S_END;
+	st->s = s;
+	st->call = c->call;
+	c->call = NULL;
+	st->details = grpc_empty_slice();
+	pthread_mutex_init(&st->mu, NULL);
+	st->sv = (struct hservices){ .p11 = s->cfg.p11, .kr = s->cfg.kr, .sm = s->cfg.sm,
+				     .pol = s->cfg.pol, .ak = s->cfg.ak, .au = s->cfg.au,
+				     .nn = s->cfg.nn, .st = s->cfg.st,
+				     .window = atomic_load(&s->window) };
+	st->base = (struct dcall){ .sv = &st->sv, .idm = s->cfg.idm,
+				   .unsealed_secrets = s->cfg.unsealed_secrets,
+				   .require_api_key = s->cfg.require_api_key };
+	st->code = GRPC_STATUS_OK;
+	if (peer_identify(s, st->call, &st->base) != CF_OK) {
+		st->code = (grpc_status_code)dispatch_status(CF_E_DENIED);
+		snprintf(st->msg, sizeof(st->msg), "caller identity unavailable");
+	} else {
+		call_metadata(s, &c->md, &st->base);
+		snprintf(st->id, sizeof(st->id), "%.40s", st->base.request_id);
+		snprintf(st->base.request_id, sizeof(st->base.request_id), "%s", st->id);
+		st->base.deadline_ms = deadline_ms(c->deadline);
+		st->code = (grpc_status_code)dispatch_open_stream(s->d, &st->base, st->key_id,
+								   sizeof(st->key_id), st->msg,
+								   sizeof(st->msg));
+	}
+	/* Only the key id stays: the opening's signature is spent. */
+	st->base.authz = NULL;
+	st->base.authz_len = 0;
+	st->base.authz_n = 0;
+	st->base.stream_key_id = st->key_id;
+	pthread_mutex_lock(&s->mu);
+	s->live++;       /* the stream; the requested call's count goes below */
+	st->next = s->streams;
+	s->streams = st;
+	pthread_mutex_unlock(&s->mu);
+	call_free(c);
+
+	pthread_mutex_lock(&st->mu);
+	st->refs = 1;   /* held until the first operations are started */
+	memset(ops, 0, sizeof(ops));
+	ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+	if (st->code != GRPC_STATUS_OK)
+		st->read_done = 1;   /* refused: the status follows at once */
+	else {
+		ops[n].op = GRPC_OP_RECV_MESSAGE;
+		ops[n++].data.recv_message.recv_message = &st->recv;
+		st->reading = 1;
+	}
+	stream_op(st, ops, n, &st->recv_tag);
+	if (st->code != GRPC_STATUS_OK)
+		st->reading = 1;   /* the batch above completes as a read of nothing */
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	ops[0].data.recv_close_on_server.cancelled = &st->cancelled;
+	stream_op(st, ops, 1, &st->close_tag);
+	pthread_mutex_unlock(&st->mu);
+	stream_unref(st);
+}
+
 static void
 on_event(rpc_server *s, struct rpc_call *c, int success)
 {
@@ -336,7 +742,10 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 			return;
 		}
 		arm(s, c->m);
-		respond(c);
+		if (c->m == &s->pipeline)
+			stream_open(c);
+		else
+			respond(c);
 		return;
 	case ST_SENDING:
 		call_free(c);
@@ -367,7 +776,10 @@ worker_main(void *arg)
 			pthread_mutex_unlock(&s->mu);
 			continue;
 		}
-		on_event(s, ev.tag, ev.success);
+		if (((struct tag *)ev.tag)->kind == TAG_CALL)
+			on_event(s, ev.tag, ev.success);
+		else
+			stream_event(ev.tag, ev.success);
 	}
 	return NULL;
 }
@@ -431,6 +843,9 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 			s->server, dispatch_path(s->d, i), NULL,
 			GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
 	}
+	s->pipeline.idx = SIZE_MAX;
+	s->pipeline.reg = grpc_server_register_method(s->server, dispatch_pipeline_path, NULL,
+						      GRPC_SRM_PAYLOAD_NONE, 0);
 	grpc_server_start(s->server);
 	s->nworkers = cfg->workers ? cfg->workers : 4;
 	if (s->nworkers > RPC_MAX_WORKERS)
@@ -440,6 +855,8 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 			arm(s, &s->methods[i]);
 	for (unsigned k = 0; k < RPC_ARM_GENERIC; k++)
 		arm(s, NULL);
+	for (unsigned k = 0; k < RPC_ARM_STREAMS; k++)
+		arm(s, &s->pipeline);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;
@@ -496,6 +913,13 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 			arm(s, &s->methods[i]);
 	atomic_store(&s->shutting_down, 1);
 	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+	/* A stream would hold the whole grace period: its requests running
+	 * finish (and are recorded); the caller opens a new stream elsewhere. */
+	pthread_mutex_lock(&s->mu);
+	for (struct rpc_stream *st = s->streams; st != NULL; st = st->next)
+		grpc_call_cancel_with_status(st->call, GRPC_STATUS_UNAVAILABLE,
+					     "cofferd is shutting down", NULL);
+	pthread_mutex_unlock(&s->mu);
 	clock_gettime(CLOCK_MONOTONIC, &deadline);
 	deadline.tv_sec += grace_ms / 1000;
 	deadline.tv_nsec += (long)(grace_ms % 1000) * 1000000L;

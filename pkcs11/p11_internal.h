@@ -65,6 +65,17 @@ struct p11_type_cap {
 	char why_import[160];
 };
 
+/* The token's mechanisms and what they allow: read once, at open, and kept
+ * through every recovery, the full one too (p11_recover: C_Finalize,
+ * C_Initialize, the slot found again). A recovery reconnects to the token
+ * [token] uri names, whose mechanisms are those of its module and model:
+ * they do not change under a running daemon. A token of another kind put
+ * behind the same URI is a restart, as a new module is (the keys the
+ * daemon knows were made by the old one). Constant, the caps need no lock
+ * and their readers (cf_p11_caps_get, cf_p11_can_create) take none; a
+ * re-read would have to hold them off while the array of mechanisms is
+ * freed and rebuilt. What is learned at run time (pkcs1_refused,
+ * session_copies) is atomic. */
 struct p11_caps {
 	CK_TOKEN_INFO token;
 	CK_MECHANISM_TYPE *mechs;   /* those whose C_GetMechanismInfo answered */
@@ -83,7 +94,8 @@ struct cf_p11 {
 	char *pin_file;
 	int session_copies;         /* atomic: cleared when C_CopyObject is not supported */
 	CK_SLOT_ID slot;
-	struct p11_caps caps;       /* read at open; constant afterwards */
+	struct p11_caps caps;       /* read at open; constant afterwards, recoveries
+				       included (see struct p11_caps) */
 	/* atomic: the CK_RV with which the token refused an RSA PKCS#1 v1.5
 	 * signature although it lists CKM_RSA_PKCS for signing (tpm2-pkcs11
 	 * makes one as a raw RSA decryption, which a sign-only key does not

@@ -239,6 +239,7 @@ def stubs():
     """Generate (once per process) and import the stubs.
 
     Returns a namespace: pb (coffer_pb2), pb_grpc (coffer_pb2_grpc),
+    pipeline_pb, pipeline_pb_grpc (the pipelined stream's),
     health_pb (health_pb2), health_pb_grpc (health_pb2_grpc), dir (the
     directory that must be on sys.path of any other process using them;
     world-readable so that a client run as another user can import them).
@@ -257,6 +258,7 @@ def stubs():
         gen = os.path.join(out, "py")
         os.makedirs(gen)
         for include, proto in ((PROTO_DIR, "coffer/v1/coffer.proto"),
+                               (PROTO_DIR, "coffer/v1/pipeline.proto"),
                                (os.path.join(out, "_proto"), "coffer_test_health/health.proto")):
             r = subprocess.run([PYTHON, "-m", "grpc_tools.protoc", "-I", include,
                                 "--python_out=" + gen, "--grpc_python_out=" + gen, proto],
@@ -274,6 +276,8 @@ def stubs():
             dir=gen,
             pb=importlib.import_module("coffer.v1.coffer_pb2"),
             pb_grpc=importlib.import_module("coffer.v1.coffer_pb2_grpc"),
+            pipeline_pb=importlib.import_module("coffer.v1.pipeline_pb2"),
+            pipeline_pb_grpc=importlib.import_module("coffer.v1.pipeline_pb2_grpc"),
             health_pb=importlib.import_module("coffer_test_health.health_pb2"),
             health_pb_grpc=importlib.import_module("coffer_test_health.health_pb2_grpc"))
         _stubs = ns

@@ -2,9 +2,10 @@
 """cofferd as a process (issue 14, defects 7, 8, 9 and three of 12).
 
 * SIGHUP re-reads the configuration file: the log level and the sockets'
-  allow-lists apply to what comes next, a changed socket path is logged as
-  needing a restart, a bad file is logged and changes nothing; the daemon
-  keeps serving (it used to die of SIGHUP).
+  allow-lists apply to what comes next, a changed socket path, [metrics]
+  listen or [requests] max_nonces_per_key is logged as needing a restart, a
+  bad file is logged and changes nothing; the daemon keeps serving (it used
+  to die of SIGHUP).
 * The state database removed or replaced under the running daemon: every
   change is refused UNAVAILABLE with a message naming the file, it is logged
   once, health says NOT_SERVING.
@@ -152,6 +153,22 @@ class Process(unittest.TestCase):
         self.assertEqual(fresh_health(d.admin_socket, 5), SERVING)
         self.assertFalse(os.path.exists(os.path.join(d.run_dir, "other.sock")))
         d.config["admin"]["path"] = d.admin_socket
+        # [metrics] and the nonce limit per key are set up at start too:
+        # named, and no endpoint appears.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        d.config["metrics"] = {"listen": "127.0.0.1:%d" % port}
+        d.config["requests"]["max_nonces_per_key"] = "5000"
+        self.reload(d, "SIGHUP: [metrics] listen changed in %s: needs a restart (the running "
+                    "daemon keeps the old value)" % conf)
+        self.assertIn("SIGHUP: [requests] max_nonces_per_key changed in %s: needs a restart "
+                      "(the running daemon keeps the old value)" % conf, d.log())
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        self.assertNotIn("metrics: serving", d.log())
+        del d.config["metrics"]
+        del d.config["requests"]["max_nonces_per_key"]
         d.write_config()
         d.stop()
         self.assertIn("SIGTERM: finishing calls in flight", d.log())

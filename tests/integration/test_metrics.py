@@ -16,6 +16,12 @@
 * Only GET /metrics is served: 404 for another path, 405 (Allow: GET) for
   another method; oversized headers are refused; a client that sends half a
   request holds up neither a call nor another scrape.
+* On TCP a Host header naming another host (DNS rebinding: a page's own
+  name) is answered 421 with its exact text; localhost, 127.x.x.x and [::1]
+  (with or without the port) and no Host at all are served.
+* Each batch item the rate limits refuse counts as one rate_limited
+  refusal: items past the tokens granted, or every item of a batch refused
+  whole.
 * Configuration errors, with their exact text: a non-loopback address, a
   host name, no port, a bad port, a relative Unix path, the service
   socket's path; a port another process holds stops the daemon, named.
@@ -130,7 +136,8 @@ class Metrics(unittest.TestCase):
         cls.d = CofferDaemon(grant_all=False, config={
             "metrics": {"listen": "127.0.0.1:%d" % cls.port},
             "service": {"mode": "0666", "allow_uids": "%d %d" % (os.geteuid(), STRANGER)},
-            "audit": {"failure": "closed", "max_wait_ms": "2000"}})
+            "audit": {"failure": "closed", "max_wait_ms": "2000"},
+            "daemon": {"log_level": "debug"}})
         try:
             cls.d.start()
         except Exception:
@@ -184,6 +191,36 @@ class Metrics(unittest.TestCase):
                            capture_output=True, text=True, timeout=60, cwd="/",
                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
         self.assertEqual(r.stdout.strip(), "UNAUTHENTICATED", r.stderr)
+
+    def test_0_batch_rate_limited(self):
+        """Each batch item the rate limits refuse is one rate_limited refusal."""
+        self.adm.CreateKey(pb.CreateKeyRequest(name="b-ec", type=pb.EC_P256), timeout=TIMEOUT)
+        self.adm.GrantPrincipal(pb.GrantRequest(name="app", grant=pb.Grant(
+            key_pattern="b-*", operations=[pb.OP_SIGN])), timeout=TIMEOUT)
+        # Two signatures, then none for 1000 s.
+        self.adm.SetRateLimit(pb.SetRateLimitRequest(name="app", limit=pb.RateLimit(
+            operation=pb.OP_SIGN, per_second=0.001, burst=2)), timeout=TIMEOUT)
+        batch = lambda n: pb.SignBatchRequest(key="b-ec", items=[  # noqa: E731
+            pb.SignBatchItem(message=b"item %d" % i) for i in range(n)])
+        before = self.scrape()
+        # 5 items for 2 tokens: 2 signed, 3 refused one by one.
+        r = self.svc.SignBatch(batch(5), timeout=TIMEOUT)
+        self.assertEqual([it.status.code for it in r.results],
+                         [0, 0] + [SC.RESOURCE_EXHAUSTED.value[0]] * 3)
+        for i, it in enumerate(r.results[2:], 3):
+            self.assertRegex(it.status.message, r"^rate limit of principal app for sign exceeded "
+                             r"at item %d of 5 \(2 granted\); retry after \d+ ms$" % i)
+        after = self.scrape()
+        self.assertEqual(moved(before, after, "coffer_refusals_total"),
+                         {refusal("rate_limited"): 3})
+        # No token left: 4 items refused as a whole count 4, a single Sign 1.
+        self.assertRegex(self.refused(SC.RESOURCE_EXHAUSTED, self.svc.SignBatch, batch(4)),
+                         r"^rate limit of principal app for sign exceeded; retry after "
+                         r"\d+ ms$")
+        self.refused(SC.RESOURCE_EXHAUSTED, self.svc.Sign,
+                     pb.SignRequest(key="b-ec", message=b"one"))
+        self.assertEqual(moved(after, self.scrape(), "coffer_refusals_total"),
+                         {refusal("rate_limited"): 4 + 1})
 
     def test_1_burst(self):
         before = self.scrape()
@@ -364,6 +401,43 @@ class Metrics(unittest.TestCase):
             self.scrape()
             self.adm.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
             self.assertLess(time.monotonic() - t, 4)
+
+    def test_3b_host_header(self):
+        """On TCP, only a Host naming this host (DNS rebinding: a page's own name)."""
+        def get(host):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                c.putrequest("GET", "/metrics", skip_host=True)
+                c.putheader("Host", host)
+                c.endheaders()
+                r = c.getresponse()
+                return r.status, r.read().decode()
+            finally:
+                c.close()
+
+        refusal_text = ("misdirected request: this endpoint answers Host localhost, "
+                        "127.0.0.0/8 or [::1] only\n")
+        for host in ("evil.example", "evil.example:%d" % self.port, "127.0.0.1.evil.example",
+                     "localhost.evil.example", "127.0.0.1:%d.evil.example" % self.port,
+                     "[::1].evil.example", "[::2]:%d" % self.port, "10.0.0.1", "",
+                     ":%d" % self.port, "localhost:99999", "localhost:"):
+            self.assertEqual(get(host), (421, refusal_text), host)
+        self.assertIn('metrics: refused a request for Host "evil.example": not localhost or a '
+                      "loopback address (a web page's name re-pointed at this host?)",
+                      self.d.log())
+        for host in ("127.0.0.1:%d" % self.port, "127.0.0.1", "localhost",
+                     "localhost:%d" % self.port, "LocalHost", "127.3.2.1:%d" % self.port,
+                     "[::1]:%d" % self.port, "[::1]"):
+            status, text = get(host)
+            self.assertEqual(status, 200, (host, text))
+            self.assertIn("coffer_calls_total", text, host)
+        # No Host at all (HTTP/1.0): served.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            with s.makefile("rb") as f:
+                data = f.read()     # to the end: the server closes after an HTTP/1.0 answer
+        self.assertTrue(data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"),
+                        data[:200])
 
     def test_4_config_errors(self):
         d = CofferDaemon(grant_all=False)

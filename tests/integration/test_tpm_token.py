@@ -14,12 +14,14 @@ tpm2-abrmd or tpm2-pkcs11 are not installed.
 """
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import unittest
 
 import grpc
 
-from daemon_fixture import CofferDaemon, Ctl, SealedRpcError, stubs, tpm_main
+from daemon_fixture import INIT_TPM_TOKEN, CofferDaemon, Ctl, SealedRpcError, stubs, tpm_main
 
 pb = stubs().pb
 
@@ -190,6 +192,49 @@ class TpmToken(unittest.TestCase):
                      "--public-key", pub)
         self.assertRegex(r.stdout.decode(), r"^audit trail intact: \d+ records, [1-9]\d* seals "
                          r"verified offline")
+
+
+class PidFiles(unittest.TestCase):
+    """init-tpm-token.sh stops only the programs its pid files stand for: a
+    stale pid file whose pid now belongs to another process (here `sleep`)
+    is refused with the reason, the process left alone, the file kept."""
+
+    def test_foreign_pid_not_killed(self):
+        d = tempfile.mkdtemp(prefix="coffer-pidfile-")
+        self.addCleanup(shutil.rmtree, d, True)
+        sleeper = subprocess.Popen(["sleep", "100"])
+        self.addCleanup(sleeper.wait)
+        self.addCleanup(sleeper.kill)
+        sleep_exe = os.path.realpath(shutil.which("sleep"))
+        for what, name, program in (("--stop", "abrmd.pid", "tpm2-abrmd"),
+                                    ("--stop", "dbus.pid", "dbus-daemon"),
+                                    ("--stop", "swtpm.pid", "swtpm"),
+                                    ("--stop-swtpm", "swtpm.pid", "swtpm")):
+            pidfile = os.path.join(d, name)
+            with open(pidfile, "w") as f:
+                f.write("%d\n" % sleeper.pid)
+            r = subprocess.run(["/bin/sh", INIT_TPM_TOKEN, what, d], capture_output=True,
+                               text=True, timeout=60)
+            expected = ["init-tpm-token.sh: %s names pid %d, which runs %s, not %s: not stopping "
+                        "it (remove %s if it is stale)" % (pidfile, sleeper.pid, sleep_exe,
+                                                           program, pidfile)]
+            if what == "--stop":
+                expected.append("init-tpm-token.sh: some of the TPM token processes of %s "
+                                "were not stopped" % d)
+            self.assertEqual((r.returncode, r.stderr.splitlines()), (1, expected), (what, name))
+            self.assertIsNone(sleeper.poll(), "%s %s killed the process" % (what, name))
+            self.assertTrue(os.path.exists(pidfile))
+            os.unlink(pidfile)
+        # A pid file whose process is gone: removed, nothing else happens.
+        sleeper.kill()
+        sleeper.wait()
+        with open(os.path.join(d, "swtpm.pid"), "w") as f:
+            f.write("%d\n" % sleeper.pid)
+        r = subprocess.run(["/bin/sh", INIT_TPM_TOKEN, "--stop", d], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual((r.returncode, r.stderr),
+                         (0, "init-tpm-token.sh: stopped the TPM token processes of %s\n" % d))
+        self.assertFalse(os.path.exists(os.path.join(d, "swtpm.pid")))
 
 
 if __name__ == "__main__":
