@@ -299,28 +299,35 @@ lc_pipeline_drop(struct lc_pipeline *p)
 }
 
 void
-lc_pipeline_free(struct lc_pipeline *p)
+lc_pipeline_close(struct lc_pipeline *p)
 {
 	struct timespec until;
 
-	if (p == NULL)
-		return;
 	/* In the child of a fork the reader is not ours to join, nor the stream
 	 * ours to touch (coffer.h: a client is not used after fork). */
-	if (p->reader_live && p->pid == getpid()) {
-		lc_pipeline_drop(p);
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += (long)CLOSE_WAIT_MS * 1000000L;
-		until.tv_sec += until.tv_nsec / 1000000000L;
-		until.tv_nsec %= 1000000000L;
-		if (pthread_timedjoin_np(p->reader, NULL, &until) != 0) {
-			pthread_mutex_lock(&p->mu);
-			if (p->s != NULL)
-				lc_stream_cancel(p->s);
-			pthread_mutex_unlock(&p->mu);
-			pthread_join(p->reader, NULL);
-		}
+	if (!p->reader_live || p->pid != getpid())
+		return;
+	lc_pipeline_drop(p);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += (long)CLOSE_WAIT_MS * 1000000L;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	if (pthread_timedjoin_np(p->reader, NULL, &until) != 0) {
+		pthread_mutex_lock(&p->mu);
+		if (p->s != NULL)
+			lc_stream_cancel(p->s);
+		pthread_mutex_unlock(&p->mu);
+		pthread_join(p->reader, NULL);
 	}
+	p->reader_live = 0;
+}
+
+void
+lc_pipeline_free(struct lc_pipeline *p)
+{
+	if (p == NULL)
+		return;
+	lc_pipeline_close(p);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }

@@ -18,15 +18,18 @@ struct lc_apikey;
 struct lc_pipeline;
 
 int lc_pipeline_new(struct lc_conn *conn, struct lc_pipeline **out);
-/* Closes the stream (half-close, then cancel if the daemon does not end it
- * at once), joins its reader thread. No call may be running. Accepts NULL. */
+/* Close the stream (half-close, then cancel if the daemon does not end it
+ * at once) and join its reader thread; the next call that wants a stream
+ * opens a new one. No call may be running. */
+void lc_pipeline_close(struct lc_pipeline *p);
+/* lc_pipeline_close, then free. Accepts NULL. */
 void lc_pipeline_free(struct lc_pipeline *p);
 
 /* COFFER_PIPELINE_AUTO, _OFF or _ALWAYS (else COFFER_E_INVALID_ARG). */
 int lc_pipeline_set_mode(struct lc_pipeline *p, int mode);
 /* The open stream takes no more requests and is closed once its answers
- * are in; the next call that wants one opens a new stream (a new API key
- * must sign its opening). */
+ * are in; meanwhile calls go unary, then the next call that wants a stream
+ * opens a new one. Thread-safe. */
 void lc_pipeline_drop(struct lc_pipeline *p);
 
 /* lc_pipeline_call's answers besides a status: send it as a unary call

@@ -121,8 +121,9 @@ lc_client_sessions(coffer_client *c)
 void
 lc_client_set_apikey(coffer_client *c, struct lc_apikey *k)
 {
-	/* The open stream was signed with the old key (or none). */
-	lc_pipeline_drop(c->pipe);
+	/* The open stream was signed with the old key (or none): the next
+	 * call opens one signed with k. */
+	lc_pipeline_close(c->pipe);
 	lc_apikey_free(c->apikey);
 	c->apikey = k;
 }
