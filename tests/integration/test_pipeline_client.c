@@ -194,7 +194,10 @@ threads_sign(int mode)
 	printf("\n    last 1000 records: %u Signs on %u stream(s), %u unary\n", on_stream,
 	       streams, unary);
 	CU_ASSERT_EQUAL(streams, 1);
-	CU_ASSERT(on_stream >= 990);   /* AUTO: the very first calls may go unary */
+	/* The trail's seal records interleave; with AUTO, the first call of
+	 * each thread may go unary, before the stream opens. */
+	CU_ASSERT(on_stream >= 900);
+	CU_ASSERT(unary <= (mode == COFFER_PIPELINE_AUTO ? THREADS : 0));
 	coffer_close(c);
 }
 
@@ -247,7 +250,7 @@ test_lone_caller_unary(void)
 		printf("\n    OFF, 8 threads: of the last 1000 records %u Signs unary, %u on a "
 		       "stream", unary, on_stream);
 		CU_ASSERT_EQUAL(on_stream, 0);
-		CU_ASSERT(unary >= 990);
+		CU_ASSERT(unary >= 900);
 		coffer_close(c);
 	}
 	/* The knob refuses what it does not know. */
