@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <grpc/status.h>
 #include <openssl/crypto.h>
@@ -64,18 +63,43 @@ struct lc_pipeline {
 	struct lc_stream *s;
 	pthread_t reader;
 	int reader_live;                /* a reader thread to join */
-	pid_t pid;                      /* the process whose thread that is */
+	unsigned forks;                 /* `forks` when it was started */
 	struct waiter *buckets[NBUCKETS];
 	struct waiter *qhead, *qtail;   /* not yet handed to the stream */
 	int sending;                    /* a message is going out */
 	int close_queued;               /* P_DRAINING: half-close when the queue is empty */
 };
 
+/* Forks so far, counted in the children: a reader thread started before
+ * the last fork is in the parent, not here (without a getpid per call). */
+static atomic_uint forks;
+static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
+
+static void
+forked(void)
+{
+	atomic_fetch_add(&forks, 1);
+}
+
+static void
+count_forks(void)
+{
+	(void)pthread_atfork(NULL, NULL, forked);
+}
+
+/* Is the stream's reader thread in this process? */
+static int
+reader_here(const struct lc_pipeline *p)
+{
+	return p->forks == atomic_load(&forks);
+}
+
 int
 lc_pipeline_new(struct lc_conn *conn, struct lc_pipeline **out)
 {
 	struct lc_pipeline *p;
 
+	pthread_once(&forks_once, count_forks);
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return cf_nomem();
 	if (pthread_mutex_init(&p->mu, NULL) != 0) {
@@ -282,7 +306,7 @@ open_locked(struct lc_pipeline *p, struct lc_apikey *k)
 		return cf_error(CF_E_INTERNAL, "cannot start the pipelined stream's reader thread");
 	}
 	p->reader_live = 1;
-	p->pid = getpid();
+	p->forks = atomic_load(&forks);
 	return CF_OK;
 }
 
@@ -305,7 +329,7 @@ lc_pipeline_close(struct lc_pipeline *p)
 
 	/* In the child of a fork the reader is not ours to join, nor the stream
 	 * ours to touch (coffer.h: a client is not used after fork). */
-	if (!p->reader_live || p->pid != getpid())
+	if (!p->reader_live || !reader_here(p))
 		return;
 	lc_pipeline_drop(p);
 	clock_gettime(CLOCK_REALTIME, &until);
@@ -471,7 +495,7 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
 	}
 	/* A draining stream takes nothing new; after a fork, a stream whose
 	 * reader is in the parent serves nobody. */
-	if (p->state == P_DRAINING || (p->reader_live && p->pid != getpid()) ||
+	if (p->state == P_DRAINING || (p->reader_live && !reader_here(p)) ||
 	    (p->state == P_CLOSED && open_locked(p, k) != CF_OK)) {
 		pthread_mutex_unlock(&p->mu);
 		return LC_PIPE_UNARY;

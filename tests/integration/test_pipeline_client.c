@@ -10,10 +10,12 @@
  * load: calls succeed again or fail UNAVAILABLE, none hangs.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
@@ -406,6 +408,39 @@ test_api_key(void)
 	coffer_close(u);
 }
 
+/* A fork while the stream is open: the child may close its copy of the
+ * client (the reader thread is the parent's: not joined there), and the
+ * parent's stream goes on. */
+static void
+test_fork(void)
+{
+	coffer_client *c = client(COFFER_PIPELINE_ALWAYS);
+	int st = -1;
+	pid_t pid, done = 0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	CHECK_COFFER(sign_with(c, "sig", NULL, "before", 6));
+	fflush(NULL);
+	if ((pid = fork()) == 0) {
+		coffer_close(c);
+		_exit(0);
+	}
+	CU_ASSERT_FATAL(pid > 0);
+	for (int i = 0; i < 100 && done == 0; i++) {
+		done = waitpid(pid, &st, WNOHANG);
+		if (done == 0)
+			usleep(100 * 1000);
+	}
+	if (done == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+	}
+	CU_ASSERT_EQUAL(done, pid);
+	CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK_COFFER(sign_with(c, "sig", NULL, "after", 5));
+	coffer_close(c);
+}
+
 /* ---- a restart under load ---- */
 
 static atomic_int stop;
@@ -492,6 +527,7 @@ main(void)
 		{ "MACs and verifications equal the unary calls'", test_mac_equal },
 		{ "errors: the unary call's status and text", test_errors },
 		{ "an API key signs the opening; a wrong one is refused there", test_api_key },
+		{ "a fork while the stream is open: the child closes its copy", test_fork },
 		{ "cofferd restarted under load: success again or UNAVAILABLE",
 		  test_restart_under_load },
 		{ NULL, NULL },
