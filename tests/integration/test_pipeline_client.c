@@ -339,6 +339,27 @@ test_errors(void)
 	CHECK_COFFER(sign_with(s, "sig", &digest, d, sizeof(d)));
 	coffer_close(s);
 	coffer_close(u);
+	/* A daemon socket without the stream (the admin socket answers its
+	 * opening UNIMPLEMENTED, as an older cofferd would): the calls go
+	 * unary, and get the unary call's answer, every time. */
+	{
+		coffer_client *a = NULL, *au = NULL;
+		char unary_text[512];
+
+		CHECK_COFFER(coffer_connect(dmn.admin, 0, &a));
+		CHECK_COFFER(coffer_connect(dmn.admin, 0, &au));
+		CHECK_COFFER(coffer_set_pipeline(a, COFFER_PIPELINE_ALWAYS));
+		CHECK_COFFER(coffer_set_pipeline(au, COFFER_PIPELINE_OFF));
+		CU_ASSERT_EQUAL(sign_with(au, "sig", NULL, "m", 1), COFFER_E_UNIMPLEMENTED);
+		snprintf(unary_text, sizeof(unary_text), "%s", coffer_error_message());
+		CU_ASSERT_PTR_NOT_NULL(strstr(unary_text, "KeyService"));
+		for (int i = 0; i < 2; i++) {
+			CU_ASSERT_EQUAL(sign_with(a, "sig", NULL, "m", 1), COFFER_E_UNIMPLEMENTED);
+			CU_ASSERT_STRING_EQUAL(coffer_error_message(), unary_text);
+		}
+		coffer_close(a);
+		coffer_close(au);
+	}
 }
 
 /* ---- API keys ---- */
@@ -525,7 +546,8 @@ main(void)
 		{ "8 threads x 200 Signs, one client, the stream off", test_threads_off },
 		{ "a lone caller stays unary; the knob's refusal", test_lone_caller_unary },
 		{ "MACs and verifications equal the unary calls'", test_mac_equal },
-		{ "errors: the unary call's status and text", test_errors },
+		{ "errors: the unary call's status and text; no stream served: unary",
+		  test_errors },
 		{ "an API key signs the opening; a wrong one is refused there", test_api_key },
 		{ "a fork while the stream is open: the child closes its copy", test_fork },
 		{ "cofferd restarted under load: success again or UNAVAILABLE",
