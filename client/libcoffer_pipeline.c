@@ -262,7 +262,8 @@ reader_main(void *arg)
 		if (resp == NULL) {
 			/* Whose answer it was is unknown: no waiter can trust the stream. */
 			if (broken == NULL)
-				broken = "malformed answer on the pipelined stream";
+				broken = ev.ok ? "malformed answer on the pipelined stream" :
+				    "out of memory reading the pipelined stream";
 			lc_stream_cancel(s);
 			continue;
 		}
