@@ -62,8 +62,9 @@
  * copies (coffer_bytes_free does it for returned buffers).
  *
  * Threads. A coffer_client may be shared by any number of threads: all calls
- * use one gRPC channel (one connection) and each call has its own completion
- * queue. coffer_close() must not race with calls on the same client.
+ * use one gRPC channel (one connection); unary calls have their own
+ * completion queue each, and calls that overlap share the client's
+ * pipelined stream (coffer_set_pipeline). coffer_close() must not race with calls on the same client.
  * coffer_error_message() is per thread. Calls block until the response
  * arrives or the client's deadline passes.
  *
@@ -326,6 +327,44 @@ COFFER_API int coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, 
  * keep their deadline. */
 COFFER_API void coffer_set_timeout(coffer_client *c, unsigned int ms);
 COFFER_API unsigned int coffer_get_timeout(const coffer_client *c);
+
+/*
+ * The pipelined stream (proto/pipeline.md). Several threads sharing one
+ * client pay gRPC's cost of a call for every call; the stream pays it once:
+ * one long-lived stream per client carries the calls that may travel on it
+ * (the KeyService calls that change nothing and carry no secret: sign,
+ * verify, MAC, verify MAC, their batches, public keys, key metadata;
+ * never sealed ones), each with an id, answered as they finish. Each call
+ * still gets exactly what its unary call would: the same result, status
+ * and error text, grants and rate limits checked per call, one audit
+ * record per call (request id "<stream id>.<n>").
+ *
+ *   COFFER_PIPELINE_AUTO    (the default) a call takes the stream when
+ *                           another call of the client is in flight, or
+ *                           the stream is open; a lone single-threaded
+ *                           caller keeps plain unary calls
+ *   COFFER_PIPELINE_OFF     unary calls only; an open stream is closed
+ *                           once its answers are in
+ *   COFFER_PIPELINE_ALWAYS  every such call takes the stream
+ *
+ * The stream opens with the first call that takes it, signed with the
+ * client's API key when it has one (coffer_set_api_key closes the open
+ * stream: the next one is signed with the new key). When it ends (cofferd
+ * restarted), its calls are repeated once as unary calls, except those
+ * that record a nonce, which fail COFFER_E_UNAVAILABLE; the next call opens
+ * a new stream. A cofferd without the stream (UNIMPLEMENTED) gets unary
+ * calls from this client for good. A call's deadline (coffer_set_timeout)
+ * counts on the waiting side: when it passes, the call fails
+ * COFFER_E_TIMEOUT and its late answer is dropped. The stream has a reader
+ * thread of its own; coffer_close ends both. Thread-safe.
+ * COFFER_E_INVALID_ARG for another mode.
+ */
+enum coffer_pipeline_mode {
+	COFFER_PIPELINE_AUTO = 0,
+	COFFER_PIPELINE_OFF = 1,
+	COFFER_PIPELINE_ALWAYS = 2
+};
+COFFER_API int coffer_set_pipeline(coffer_client *c, int mode);
 
 /* Wipe and free b->data, then set b to {NULL, 0}; accepts NULL and an
  * empty struct. */

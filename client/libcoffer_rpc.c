@@ -6,6 +6,7 @@
  */
 #include "libcoffer_rpc.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include "cf_arena.h"
 #include "cf_methods.h"
 #include "cf_status.h"
+#include "libcoffer_pipeline.h"
 #include "libcoffer_session.h"
 #include "libcoffer_signer.h"
 #include "libcoffer_transport.h"
@@ -26,6 +28,8 @@ struct coffer_client {
 	unsigned int flags;
 	struct lc_sessions *sessions;
 	struct lc_apikey *apikey;   /* signs every call, when set */
+	struct lc_pipeline *pipe;   /* its pipelined stream */
+	atomic_uint busy;           /* calls in flight */
 	int unsealed;           /* benchmark baseline only: never seal */
 };
 
@@ -55,12 +59,17 @@ coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out)
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return cf_nomem();
 	c->flags = flags;
+	atomic_init(&c->busy, 0);
 	if ((c->sessions = lc_sessions_new()) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
 	if ((r = lc_conn_new(path, &c->conn)) != CF_OK)
 		goto out;
+	if ((r = lc_pipeline_new(c->conn, &c->pipe)) != CF_OK) {
+		lc_conn_free(c->conn);
+		goto out;
+	}
 	*out = c;
 	return CF_OK;
  out:
@@ -75,6 +84,7 @@ coffer_close(coffer_client *c)
 	if (c == NULL)
 		return;
 	/* No call may be running: ours is the last reference. */
+	lc_pipeline_free(c->pipe);
 	lc_sessions_free(c->sessions);
 	lc_apikey_free(c->apikey);
 	lc_conn_free(c->conn);
@@ -111,8 +121,20 @@ lc_client_sessions(coffer_client *c)
 void
 lc_client_set_apikey(coffer_client *c, struct lc_apikey *k)
 {
+	/* The open stream was signed with the old key (or none): the next
+	 * call opens one signed with k. */
+	lc_pipeline_close(c->pipe);
 	lc_apikey_free(c->apikey);
 	c->apikey = k;
+}
+
+int
+coffer_set_pipeline(coffer_client *c, int mode)
+{
+	cf_error_clear();
+	if (c == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL client");
+	return lc_pipeline_set_mode(c->pipe, mode);
 }
 
 void
@@ -146,6 +168,50 @@ must_seal(const coffer_client *c, const char *method)
 	return (m->flags & CF_MF_SECRET) != 0;
 }
 
+/* One call, through the client's stream when it takes it, else unary. */
+static int
+call(coffer_client *c, const struct cf_method *m, const char *method, int sealed, int secret,
+    unsigned others, uint8_t *buf, size_t len, uint8_t **resp, size_t *rlen)
+{
+	int first = 0, r = LC_PIPE_UNARY;
+
+	if (!sealed && !secret && !(c->flags & COFFER_CONNECT_ADMIN))
+		r = lc_pipeline_call(c->pipe, c->apikey, m, others, buf, len, resp, rlen);
+	if (r <= 0)
+		return r;
+	/* The stream ended under it: one unary attempt, as a unary call that
+	 * met a restart gets (below). */
+	if (r == LC_PIPE_RETRY)
+		first = 1;
+	/* With an idempotency key an admin call is safe to repeat: ride out a
+	 * daemon restart. A KeyService call changes nothing, so it is repeated
+	 * once at once: a daemon that restarted closed the connection this
+	 * client had not yet noticed (gRPC core reads it only during calls);
+	 * but not one that records a nonce (CF_MF_NO_RETRY). */
+	for (int attempt = first;; attempt++) {
+		uint8_t *copy;
+
+		if (sealed) {   /* borrows buf */
+			r = lc_sealed_call(c->conn, c->apikey, c->sessions, method, buf, len, resp,
+			    rlen);
+		} else if ((copy = malloc(len ? len : 1)) == NULL) {
+			return cf_nomem();
+		} else {
+			memcpy(copy, buf, len);
+			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, resp, rlen,
+			    0);
+		}
+		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
+			break;
+		if (m != NULL && m->socket == CF_SOCK_ADMIN && lc_conn_has_idem_key(c->conn))
+			usleep(IDEM_RETRY_US);
+		else if (attempt > 0 || m == NULL || m->socket != CF_SOCK_SERVICE ||
+		    (m->flags & CF_MF_NO_RETRY))
+			break;
+	}
+	return r;
+}
+
 int
 lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
     const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
@@ -170,33 +236,10 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		cf_secure_free(buf, len);
 		return cf_error(CF_E_INTERNAL, "cannot encode the request");
 	}
-	/* With an idempotency key an admin call is safe to repeat: ride out a
-	 * daemon restart. A KeyService call changes nothing, so it is repeated
-	 * once at once: a daemon that restarted closed the connection this
-	 * client had not yet noticed (gRPC core reads it only during calls);
-	 * but not one that records a nonce (CF_MF_NO_RETRY). */
-	for (int attempt = 0;; attempt++) {
-		uint8_t *copy;
-
-		if (sealed) {   /* borrows buf */
-			r = lc_sealed_call(c->conn, c->apikey, c->sessions, method, buf, len, &resp,
-			    &rlen);
-		} else if ((copy = malloc(len ? len : 1)) == NULL) {
-			cf_secure_free(buf, len);
-			return cf_nomem();
-		} else {
-			memcpy(copy, buf, len);
-			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, &resp,
-			    &rlen, 0);
-		}
-		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
-			break;
-		if (m != NULL && m->socket == CF_SOCK_ADMIN && lc_conn_has_idem_key(c->conn))
-			usleep(IDEM_RETRY_US);
-		else if (attempt > 0 || m == NULL || m->socket != CF_SOCK_SERVICE ||
-		    (m->flags & CF_MF_NO_RETRY))
-			break;
-	}
+	/* Its other calls in flight decide whether a call takes the stream. */
+	r = call(c, m, method, sealed, secret, atomic_fetch_add(&c->busy, 1), buf, len, &resp,
+	    &rlen);
+	atomic_fetch_sub(&c->busy, 1);
 	cf_secure_free(buf, len);
 	if (r != CF_OK)
 		return r;

@@ -142,3 +142,17 @@ lc_signed_transport(struct lc_conn *t, struct lc_apikey *k, const char *method, 
 	}
 	return lc_transport(t, method, buf, len, k != NULL ? authz : NULL, out, outlen, flags);
 }
+
+int
+lc_signed_stream_open(struct lc_conn *t, struct lc_apikey *k, const char *method,
+    struct lc_stream **out)
+{
+	char authz[AUTHZ_MAX];
+	int r;
+
+	/* The opening is signed as a call with an empty body. */
+	if (k != NULL && (r = apikey_sign(k, method, (const uint8_t *)"", 0, authz,
+	    sizeof(authz))) != CF_OK)
+		return r;
+	return lc_stream_open(t, method, k != NULL ? authz : NULL, out);
+}

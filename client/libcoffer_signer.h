@@ -21,4 +21,9 @@ void lc_apikey_free(struct lc_apikey *k);   /* wipes the secret; accepts NULL */
 int lc_signed_transport(struct lc_conn *t, struct lc_apikey *k, const char *method, uint8_t *buf,
     size_t len, uint8_t **out, size_t *outlen, int flags);
 
+/* lc_stream_open, the opening signed with k (over method and an empty body)
+ * when k is not NULL. */
+int lc_signed_stream_open(struct lc_conn *t, struct lc_apikey *k, const char *method,
+    struct lc_stream **out);
+
 #endif

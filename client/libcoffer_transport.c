@@ -282,13 +282,12 @@ lc_conn_has_idem_key(const struct lc_conn *c)
 
 /* Record the server's status message, with control characters made
  * harmless before anyone prints it. */
-static int
-status_error(const struct lc_conn *c, unsigned int ms, grpc_status_code st,
-    const grpc_slice *details)
+int
+lc_status_error(const struct lc_conn *c, unsigned int ms, unsigned code, const uint8_t *p,
+    size_t n)
 {
 	char msg[CF_ERROR_DETAIL_MAX];
-	size_t n = GRPC_SLICE_LENGTH(*details);
-	const uint8_t *p = GRPC_SLICE_START_PTR(*details);
+	grpc_status_code st = (grpc_status_code)code;
 	int r = status_from_grpc(st);
 
 	if (n >= sizeof(msg))
@@ -311,11 +310,42 @@ status_error(const struct lc_conn *c, unsigned int ms, grpc_status_code st,
 	return cf_error(r, "%s", msg);
 }
 
+static int
+status_error(const struct lc_conn *c, unsigned int ms, grpc_status_code st,
+    const grpc_slice *details)
+{
+	return lc_status_error(c, ms, (unsigned)st, GRPC_SLICE_START_PTR(*details),
+	    GRPC_SLICE_LENGTH(*details));
+}
+
 static void
 slice_free(void *p, size_t len)
 {
 	(void)len;
 	free(p);
+}
+
+/* The received message's bytes, copied out (wiped in gRPC's buffers). */
+static int
+byte_buffer_copy(grpc_byte_buffer *bb, uint8_t **out, size_t *outlen)
+{
+	grpc_byte_buffer_reader reader;
+	grpc_slice payload;
+	uint8_t *copy;
+
+	if (!grpc_byte_buffer_reader_init(&reader, bb))
+		return cf_error(CF_E_INTERNAL, "cannot read the response message");
+	payload = grpc_byte_buffer_reader_readall(&reader);
+	grpc_byte_buffer_reader_destroy(&reader);
+	if ((copy = malloc(GRPC_SLICE_LENGTH(payload) + 1)) != NULL) {
+		memcpy(copy, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+		*out = copy;
+		*outlen = GRPC_SLICE_LENGTH(payload);
+	}
+	OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	grpc_slice_unref(payload);
+	byte_buffer_wipe(bb);
+	return copy != NULL ? CF_OK : cf_nomem();
 }
 
 int
@@ -327,10 +357,9 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 	struct chan *ch = NULL;
 	grpc_call *call = NULL;
 	grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
-	grpc_byte_buffer_reader reader;
 	grpc_metadata_array md_initial, md_trailing;
 	grpc_status_code st = GRPC_STATUS_UNKNOWN;
-	grpc_slice details = grpc_empty_slice(), payload = grpc_empty_slice(), s;
+	grpc_slice details = grpc_empty_slice(), s;
 	const char *errstr = NULL;
 	grpc_op ops[6];
 	grpc_metadata md[2] = { { .value = grpc_empty_slice() }, { .value = grpc_empty_slice() } };
@@ -338,8 +367,7 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 	grpc_event ev;
 	gpr_timespec deadline;
 	unsigned int ms;
-	uint8_t *copy;
-	int reader_ready = 0, started = 0;
+	int started = 0;
 	int r = CF_E_INTERNAL;
 
 	grpc_metadata_array_init(&md_initial);
@@ -420,29 +448,11 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 		r = cf_error(CF_E_INTERNAL, "the server sent no response message");
 		goto out;
 	}
-	if (!grpc_byte_buffer_reader_init(&reader, recv_bb)) {
-		r = cf_error(CF_E_INTERNAL, "cannot read the response message");
-		goto out;
-	}
-	reader_ready = 1;
-	payload = grpc_byte_buffer_reader_readall(&reader);
-	if ((copy = malloc(GRPC_SLICE_LENGTH(payload) + 1)) == NULL) {
-		r = cf_nomem();
-		goto out;
-	}
-	memcpy(copy, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
-	*out = copy;
-	*outlen = GRPC_SLICE_LENGTH(payload);
-	r = CF_OK;
+	r = byte_buffer_copy(recv_bb, out, outlen);
  out:
 	/* Responses may carry secrets: wipe gRPC's copies before release. */
-	if (wipe) {
-		OPENSSL_cleanse(GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	if (wipe)
 		byte_buffer_wipe(recv_bb);
-	}
-	grpc_slice_unref(payload);
-	if (reader_ready)
-		grpc_byte_buffer_reader_destroy(&reader);
 	if (recv_bb != NULL)
 		grpc_byte_buffer_destroy(recv_bb);
 	if (send_bb != NULL)
@@ -465,4 +475,230 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 	}
 	chan_unref(ch);
 	return r;
+}
+
+/* ---- one bidirectional stream ---- */
+
+/* The tags of a stream's operations on its completion queue. */
+enum { TAG_OPEN, TAG_SEND, TAG_RECV, TAG_STATUS, TAG_CLOSE, TAG__COUNT };
+
+struct lc_stream {
+	struct lc_conn *conn;
+	struct chan *ch;
+	grpc_completion_queue *cq;
+	grpc_call *call;
+	char tags[TAG__COUNT];          /* their addresses are the tags */
+	atomic_int pending;             /* batches started, not yet completed */
+	grpc_metadata md;
+	grpc_metadata_array md_initial, md_trailing;
+	grpc_byte_buffer *send_bb;      /* the message being sent */
+	grpc_byte_buffer *recv_bb;      /* the message being received */
+	int recv_initial;               /* the first receive takes the initial metadata */
+	grpc_status_code st;
+	grpc_slice details;
+	const char *errstr;
+};
+
+static int
+stream_batch(struct lc_stream *s, const grpc_op *ops, size_t n, int tag)
+{
+	atomic_fetch_add(&s->pending, 1);
+	if (grpc_call_start_batch(s->call, ops, n, &s->tags[tag], NULL) == GRPC_CALL_OK)
+		return CF_OK;
+	atomic_fetch_sub(&s->pending, 1);
+	return cf_error(CF_E_INTERNAL, "cannot start an operation on the gRPC stream");
+}
+
+/* One receive at a time: the first with the initial metadata. */
+static int
+stream_recv(struct lc_stream *s)
+{
+	grpc_op ops[2];
+	size_t n = 0;
+
+	memset(ops, 0, sizeof(ops));
+	if (s->recv_initial) {
+		s->recv_initial = 0;
+		ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+		ops[n++].data.recv_initial_metadata.recv_initial_metadata = &s->md_initial;
+	}
+	ops[n].op = GRPC_OP_RECV_MESSAGE;
+	ops[n++].data.recv_message.recv_message = &s->recv_bb;
+	return stream_batch(s, ops, n, TAG_RECV);
+}
+
+int
+lc_stream_open(struct lc_conn *c, const char *method, const char *authz, struct lc_stream **out)
+{
+	struct lc_stream *s;
+	grpc_op ops[1];
+	int r;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return cf_nomem();
+	s->conn = c;
+	s->md.value = grpc_empty_slice();
+	s->details = grpc_empty_slice();
+	s->st = GRPC_STATUS_UNKNOWN;
+	s->recv_initial = 1;
+	atomic_init(&s->pending, 0);
+	grpc_metadata_array_init(&s->md_initial);
+	grpc_metadata_array_init(&s->md_trailing);
+	if ((s->cq = grpc_completion_queue_create_for_next(NULL)) == NULL) {
+		r = cf_error(CF_E_NOMEM, "cannot create a gRPC completion queue");
+		goto fail;
+	}
+	/* No deadline: the stream lives as long as the client; each request's
+	 * wait has its own. */
+	s->ch = chan_get(c);
+	s->call = grpc_channel_create_call(s->ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq,
+	    grpc_slice_from_static_string(method), NULL, gpr_inf_future(GPR_CLOCK_REALTIME),
+	    NULL);
+	if (s->call == NULL) {
+		r = cf_error(CF_E_INTERNAL, "cannot create a gRPC call");
+		goto fail;
+	}
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[0].data.recv_status_on_client.trailing_metadata = &s->md_trailing;
+	ops[0].data.recv_status_on_client.status = &s->st;
+	ops[0].data.recv_status_on_client.status_details = &s->details;
+	ops[0].data.recv_status_on_client.error_string = &s->errstr;
+	if ((r = stream_batch(s, ops, 1, TAG_STATUS)) != CF_OK)
+		goto fail;
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	if (authz != NULL) {
+		s->md.key = grpc_slice_from_static_string("authorization");
+		s->md.value = grpc_slice_from_copied_string(authz);
+		ops[0].data.send_initial_metadata.count = 1;
+		ops[0].data.send_initial_metadata.metadata = &s->md;
+	}
+	if ((r = stream_batch(s, ops, 1, TAG_OPEN)) != CF_OK || (r = stream_recv(s)) != CF_OK)
+		goto fail;
+	*out = s;
+	return CF_OK;
+ fail:
+	lc_stream_free(s);
+	return r;
+}
+
+int
+lc_stream_send(struct lc_stream *s, uint8_t *buf, size_t len)
+{
+	grpc_slice sl = grpc_slice_new_with_len(buf, len, slice_wipe_free);
+	grpc_op op;
+
+	s->send_bb = grpc_raw_byte_buffer_create(&sl, 1);
+	grpc_slice_unref(sl);
+	if (s->send_bb == NULL)
+		return cf_nomem();
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_SEND_MESSAGE;
+	op.data.send_message.send_message = s->send_bb;
+	return stream_batch(s, &op, 1, TAG_SEND);
+}
+
+int
+lc_stream_close_send(struct lc_stream *s)
+{
+	grpc_op op;
+
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	return stream_batch(s, &op, 1, TAG_CLOSE);
+}
+
+void
+lc_stream_cancel(struct lc_stream *s)
+{
+	grpc_call_cancel(s->call, NULL);
+}
+
+int
+lc_stream_next(struct lc_stream *s, struct lc_stream_event *ev)
+{
+	for (;;) {
+		grpc_event e = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+		    NULL);
+		int tag;
+
+		if (e.type != GRPC_OP_COMPLETE)
+			return cf_error(CF_E_INTERNAL, "gRPC completion queue failed");
+		atomic_fetch_sub(&s->pending, 1);
+		tag = (int)((char *)e.tag - s->tags);
+		memset(ev, 0, sizeof(*ev));
+		switch (tag) {
+		case TAG_SEND:
+			grpc_byte_buffer_destroy(s->send_bb);
+			s->send_bb = NULL;
+			ev->kind = LC_STREAM_SENT;
+			ev->ok = e.success;
+			return CF_OK;
+		case TAG_RECV:
+			if (!e.success || s->recv_bb == NULL)
+				continue;   /* no more messages: the status follows */
+			ev->kind = LC_STREAM_MESSAGE;
+			ev->ok = byte_buffer_copy(s->recv_bb, &ev->msg, &ev->len) == CF_OK;
+			grpc_byte_buffer_destroy(s->recv_bb);
+			s->recv_bb = NULL;
+			/* Keep one receive posted. */
+			if (stream_recv(s) != CF_OK)
+				lc_stream_cancel(s);
+			return CF_OK;
+		case TAG_STATUS:
+			ev->kind = LC_STREAM_END;
+			ev->code = (unsigned)s->st;
+			ev->details = GRPC_SLICE_START_PTR(s->details);
+			ev->details_len = GRPC_SLICE_LENGTH(s->details);
+			if (s->st == GRPC_STATUS_UNAVAILABLE)
+				chan_check(s->conn, s->ch);
+			return CF_OK;
+		default:   /* the opening and the half-close: their failure ends the stream */
+			continue;
+		}
+	}
+}
+
+void
+lc_stream_free(struct lc_stream *s)
+{
+	grpc_event e;
+
+	if (s == NULL)
+		return;
+	if (s->call != NULL) {
+		/* Every operation still posted completes once the call is cancelled. */
+		grpc_call_cancel(s->call, NULL);
+		while (atomic_load(&s->pending) > 0) {
+			e = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+			    NULL);
+			if (e.type != GRPC_OP_COMPLETE)
+				break;
+			atomic_fetch_sub(&s->pending, 1);
+		}
+		grpc_call_unref(s->call);
+	}
+	if (s->cq != NULL) {
+		grpc_completion_queue_shutdown(s->cq);
+		do
+			e = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+			    NULL);
+		while (e.type != GRPC_QUEUE_SHUTDOWN);
+		grpc_completion_queue_destroy(s->cq);
+	}
+	if (s->recv_bb != NULL) {
+		byte_buffer_wipe(s->recv_bb);
+		grpc_byte_buffer_destroy(s->recv_bb);
+	}
+	if (s->send_bb != NULL)
+		grpc_byte_buffer_destroy(s->send_bb);
+	grpc_metadata_array_destroy(&s->md_initial);
+	grpc_metadata_array_destroy(&s->md_trailing);
+	grpc_slice_unref(s->md.value);
+	grpc_slice_unref(s->details);
+	if (s->errstr != NULL)
+		gpr_free((void *)s->errstr);
+	chan_unref(s->ch);
+	free(s);
 }

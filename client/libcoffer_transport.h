@@ -39,4 +39,52 @@ int lc_transport(struct lc_conn *t, const char *method, uint8_t *buf, size_t len
 /* Coffer status of a gRPC status code (the one table). */
 int lc_status_from_grpc(unsigned code);
 
+/*
+ * The error a call that ended with gRPC status `code` and message
+ * msg[0..len) returns, its text recorded for the calling thread exactly as
+ * lc_transport records it (control characters made harmless; gRPC's own
+ * deadline and connection texts naming the daemon's socket and ms, the
+ * call's deadline).
+ */
+int lc_status_error(const struct lc_conn *t, unsigned int ms, unsigned code, const uint8_t *msg,
+    size_t len);
+
+/*
+ * A bidirectional stream of `method` on the client's channel, without a
+ * deadline, authorization value authz (NULL: none). Its events are read by
+ * one thread with lc_stream_next; lc_stream_send, lc_stream_close_send and
+ * lc_stream_cancel may be called from any thread, one send at a time (the
+ * next after the previous one's LC_STREAM_SENT). lc_stream_free cancels
+ * what is still running and frees it, once nobody else uses it.
+ */
+struct lc_stream;
+
+enum lc_stream_kind {
+	LC_STREAM_SENT,         /* the last send is done (ok: it went out) */
+	LC_STREAM_MESSAGE,      /* a message: msg[0..len), malloc'ed, the reader's to free
+				 * (ok 0: it could not be copied, msg NULL) */
+	LC_STREAM_END           /* the stream ended with gRPC status `code` and its
+				 * message details[0..details_len), valid until free */
+};
+
+struct lc_stream_event {
+	enum lc_stream_kind kind;
+	int ok;
+	uint8_t *msg;
+	size_t len;
+	unsigned code;
+	const uint8_t *details;
+	size_t details_len;
+};
+
+int lc_stream_open(struct lc_conn *t, const char *method, const char *authz,
+    struct lc_stream **out);
+/* Takes buf[0..len) over (wiped and freed when sent). */
+int lc_stream_send(struct lc_stream *s, uint8_t *buf, size_t len);
+int lc_stream_close_send(struct lc_stream *s);   /* half-close: no more sends */
+void lc_stream_cancel(struct lc_stream *s);
+/* Blocks for the next event; after LC_STREAM_END, call it no more. */
+int lc_stream_next(struct lc_stream *s, struct lc_stream_event *ev);
+void lc_stream_free(struct lc_stream *s);   /* accepts NULL */
+
 #endif

@@ -1,0 +1,540 @@
+/*
+ * libcoffer_pipeline.c — a client's pipelined stream (proto/pipeline.md).
+ *
+ * One stream per client, opened under the lock by the first call that
+ * wants it, with a reader thread that owns its events. A call packs its
+ * PipelineRequest with a fresh id, enters a table of waiters and a send
+ * queue (one message goes out at a time: the next when the reader sees the
+ * last one sent), then waits on its own condition variable until the reader
+ * hands it its PipelineResponse, the stream ends, or the client's timeout
+ * passes (its late answer is then dropped). When the stream ends, every
+ * waiter is woken with the end status; lc_rpc repeats what may be repeated
+ * as a unary call, and the next call opens a new stream.
+ */
+#include "libcoffer_pipeline.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/status.h>
+#include <openssl/crypto.h>
+
+#include "cf_status.h"
+#include "coffer.h"
+#include "coffer/v1/pipeline.pb-c.h"
+#include "libcoffer_signer.h"
+
+#define PIPELINE_PATH "/coffer.v1.Pipeline/Stream"
+#define KEY_SERVICE "coffer.v1.KeyService"
+#define NBUCKETS 64
+#define CLOSE_WAIT_MS 500       /* coffer_close: how long the daemon may take to end it */
+
+enum wstate { W_WAITING, W_ANSWERED, W_ENDED };
+
+/* One call waiting for its answer; lives on its caller's stack. */
+struct waiter {
+	uint64_t id;
+	struct waiter *next;            /* in its bucket */
+	struct waiter *qnext;           /* in the send queue */
+	uint8_t *req;                   /* the packed PipelineRequest, until handed over */
+	size_t reqlen;
+	int sent;                       /* handed to the stream: it may have run */
+	enum wstate state;
+	Coffer__V1__PipelineResponse *resp;    /* W_ANSWERED */
+	unsigned end_code;                     /* W_ENDED: the stream's status */
+	char end_msg[CF_ERROR_DETAIL_MAX];
+	size_t end_len;
+	pthread_cond_t cv;
+};
+
+enum pstate { P_CLOSED, P_OPEN, P_DRAINING };
+
+struct lc_pipeline {
+	struct lc_conn *conn;
+	atomic_int mode;
+	atomic_int disabled;            /* the daemon has no Pipeline service */
+	atomic_uint_fast64_t next_id;
+	pthread_mutex_t mu;             /* guards the rest */
+	enum pstate state;
+	struct lc_stream *s;
+	pthread_t reader;
+	int reader_live;                /* a reader thread to join */
+	unsigned forks;                 /* `forks` when it was started */
+	struct waiter *buckets[NBUCKETS];
+	struct waiter *qhead, *qtail;   /* not yet handed to the stream */
+	int sending;                    /* a message is going out */
+	int close_queued;               /* P_DRAINING: half-close when the queue is empty */
+};
+
+/* Forks so far, counted in the children: a reader thread started before
+ * the last fork is in the parent, not here (without a getpid per call). */
+static atomic_uint forks;
+static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
+
+static void
+forked(void)
+{
+	atomic_fetch_add(&forks, 1);
+}
+
+static void
+count_forks(void)
+{
+	(void)pthread_atfork(NULL, NULL, forked);
+}
+
+/* Is the stream's reader thread in this process? */
+static int
+reader_here(const struct lc_pipeline *p)
+{
+	return p->forks == atomic_load(&forks);
+}
+
+int
+lc_pipeline_new(struct lc_conn *conn, struct lc_pipeline **out)
+{
+	struct lc_pipeline *p;
+
+	pthread_once(&forks_once, count_forks);
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return cf_nomem();
+	if (pthread_mutex_init(&p->mu, NULL) != 0) {
+		free(p);
+		return cf_error(CF_E_NOMEM, "cannot create a mutex");
+	}
+	p->conn = conn;
+	atomic_init(&p->mode, COFFER_PIPELINE_AUTO);
+	atomic_init(&p->disabled, 0);
+	atomic_init(&p->next_id, 1);
+	*out = p;
+	return CF_OK;
+}
+
+/* ---- the table of waiters and the send queue (under mu) ---- */
+
+static struct waiter **
+bucket(struct lc_pipeline *p, uint64_t id)
+{
+	return &p->buckets[id % NBUCKETS];
+}
+
+/* Take the waiter of `id` out of the table: NULL when it is not there. */
+static struct waiter *
+unlink_waiter(struct lc_pipeline *p, uint64_t id)
+{
+	for (struct waiter **w = bucket(p, id); *w != NULL; w = &(*w)->next)
+		if ((*w)->id == id) {
+			struct waiter *found = *w;
+
+			*w = found->next;
+			return found;
+		}
+	return NULL;
+}
+
+static void
+unqueue(struct lc_pipeline *p, struct waiter *w)
+{
+	struct waiter *prev = NULL;
+
+	for (struct waiter *q = p->qhead; q != NULL; prev = q, q = q->qnext)
+		if (q == w) {
+			if (prev == NULL)
+				p->qhead = w->qnext;
+			else
+				prev->qnext = w->qnext;
+			if (p->qtail == w)
+				p->qtail = prev;
+			return;
+		}
+}
+
+static void
+drop_request(struct waiter *w)
+{
+	if (w->req != NULL) {
+		OPENSSL_cleanse(w->req, w->reqlen);
+		free(w->req);
+		w->req = NULL;
+	}
+}
+
+/* Hand the next queued request to the stream when none is going out; the
+ * half-close of a draining stream after the last one. */
+static void
+pump(struct lc_pipeline *p)
+{
+	if (!p->sending && p->qhead != NULL) {
+		struct waiter *w = p->qhead;
+
+		if ((p->qhead = w->qnext) == NULL)
+			p->qtail = NULL;
+		w->sent = 1;
+		p->sending = 1;
+		/* Taken over: freed when sent, or with the stream. */
+		if (lc_stream_send(p->s, w->req, w->reqlen) != CF_OK)
+			lc_stream_cancel(p->s);   /* its end wakes every waiter */
+		w->req = NULL;
+	}
+	if (!p->sending && p->qhead == NULL && p->close_queued) {
+		p->close_queued = 0;
+		if (lc_stream_close_send(p->s) != CF_OK)
+			lc_stream_cancel(p->s);
+	}
+}
+
+/* ---- the reader ---- */
+
+/* The stream ended with `code`, `msg`: every waiter woken with it. */
+static void
+end_stream(struct lc_pipeline *p, unsigned code, const uint8_t *msg, size_t len)
+{
+	pthread_mutex_lock(&p->mu);
+	p->state = P_CLOSED;
+	p->s = NULL;
+	p->sending = 0;
+	p->close_queued = 0;
+	p->qhead = p->qtail = NULL;
+	/* An older cofferd: unary calls for good. */
+	if (code == GRPC_STATUS_UNIMPLEMENTED)
+		atomic_store(&p->disabled, 1);
+	for (size_t i = 0; i < NBUCKETS; i++) {
+		while (p->buckets[i] != NULL) {
+			struct waiter *w = p->buckets[i];
+
+			p->buckets[i] = w->next;
+			drop_request(w);
+			w->state = W_ENDED;
+			w->end_code = code;
+			w->end_len = len < sizeof(w->end_msg) ? len : sizeof(w->end_msg);
+			if (w->end_len > 0)
+				memcpy(w->end_msg, msg, w->end_len);
+			pthread_cond_signal(&w->cv);
+		}
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void *
+reader_main(void *arg)
+{
+	struct lc_pipeline *p = arg;
+	struct lc_stream *s;
+	const char *broken = NULL;      /* why we cancelled it */
+
+	pthread_mutex_lock(&p->mu);
+	s = p->s;
+	pthread_mutex_unlock(&p->mu);
+	for (;;) {
+		struct lc_stream_event ev;
+		Coffer__V1__PipelineResponse *resp;
+		struct waiter *w;
+
+		if (lc_stream_next(s, &ev) != CF_OK) {
+			broken = "the pipelined stream's completion queue failed";
+			break;
+		}
+		if (ev.kind == LC_STREAM_END) {
+			if (broken == NULL) {
+				end_stream(p, ev.code, ev.details, ev.details_len);
+				lc_stream_free(s);
+				return NULL;
+			}
+			break;
+		}
+		if (ev.kind == LC_STREAM_SENT) {
+			pthread_mutex_lock(&p->mu);
+			p->sending = 0;
+			if (p->s == s)
+				pump(p);
+			pthread_mutex_unlock(&p->mu);
+			continue;
+		}
+		resp = ev.ok ? coffer__v1__pipeline_response__unpack(NULL, ev.len, ev.msg) : NULL;
+		if (ev.msg != NULL) {
+			OPENSSL_cleanse(ev.msg, ev.len);
+			free(ev.msg);
+		}
+		if (resp == NULL) {
+			/* Whose answer it was is unknown: no waiter can trust the stream. */
+			if (broken == NULL)
+				broken = ev.ok ? "malformed answer on the pipelined stream" :
+				    "out of memory reading the pipelined stream";
+			lc_stream_cancel(s);
+			continue;
+		}
+		pthread_mutex_lock(&p->mu);
+		if ((w = unlink_waiter(p, resp->id)) != NULL) {
+			w->state = W_ANSWERED;
+			w->resp = resp;
+			resp = NULL;
+			pthread_cond_signal(&w->cv);
+		}
+		pthread_mutex_unlock(&p->mu);
+		/* A waiter that timed out left: its late answer is dropped. */
+		if (resp != NULL)
+			coffer__v1__pipeline_response__free_unpacked(resp, NULL);
+	}
+	end_stream(p, GRPC_STATUS_INTERNAL, (const uint8_t *)broken, strlen(broken));
+	lc_stream_free(s);
+	return NULL;
+}
+
+/* Under mu, P_CLOSED: a new stream and its reader. */
+static int
+open_locked(struct lc_pipeline *p, struct lc_apikey *k)
+{
+	struct lc_stream *s = NULL;
+	int r;
+
+	/* The last stream's reader has ended it and takes mu no more. */
+	if (p->reader_live) {
+		pthread_join(p->reader, NULL);
+		p->reader_live = 0;
+	}
+	if ((r = lc_signed_stream_open(p->conn, k, PIPELINE_PATH, &s)) != CF_OK)
+		return r;
+	p->s = s;
+	p->state = P_OPEN;
+	if (pthread_create(&p->reader, NULL, reader_main, p) != 0) {
+		p->s = NULL;
+		p->state = P_CLOSED;
+		lc_stream_free(s);
+		return cf_error(CF_E_INTERNAL, "cannot start the pipelined stream's reader thread");
+	}
+	p->reader_live = 1;
+	p->forks = atomic_load(&forks);
+	return CF_OK;
+}
+
+void
+lc_pipeline_drop(struct lc_pipeline *p)
+{
+	pthread_mutex_lock(&p->mu);
+	if (p->state == P_OPEN) {
+		p->state = P_DRAINING;
+		p->close_queued = 1;
+		pump(p);
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+void
+lc_pipeline_close(struct lc_pipeline *p)
+{
+	struct timespec until;
+
+	/* In the child of a fork the reader is not ours to join, nor the stream
+	 * ours to touch (coffer.h: a client is not used after fork). */
+	if (!p->reader_live || !reader_here(p))
+		return;
+	lc_pipeline_drop(p);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += (long)CLOSE_WAIT_MS * 1000000L;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	if (pthread_timedjoin_np(p->reader, NULL, &until) != 0) {
+		pthread_mutex_lock(&p->mu);
+		if (p->s != NULL)
+			lc_stream_cancel(p->s);
+		pthread_mutex_unlock(&p->mu);
+		pthread_join(p->reader, NULL);
+	}
+	p->reader_live = 0;
+}
+
+void
+lc_pipeline_free(struct lc_pipeline *p)
+{
+	if (p == NULL)
+		return;
+	lc_pipeline_close(p);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}
+
+int
+lc_pipeline_set_mode(struct lc_pipeline *p, int mode)
+{
+	if (mode != COFFER_PIPELINE_AUTO && mode != COFFER_PIPELINE_OFF &&
+	    mode != COFFER_PIPELINE_ALWAYS)
+		return cf_error(CF_E_INVALID_ARG, "unknown pipeline mode %d: use "
+		    "COFFER_PIPELINE_AUTO, COFFER_PIPELINE_OFF or COFFER_PIPELINE_ALWAYS", mode);
+	atomic_store(&p->mode, mode);
+	if (mode == COFFER_PIPELINE_OFF)
+		lc_pipeline_drop(p);
+	return CF_OK;
+}
+
+/* ---- one call ---- */
+
+/* What the daemon serves on the stream (proto/pipeline.md). */
+static int
+eligible(const struct cf_method *m)
+{
+	return m != NULL && strcmp(m->service, KEY_SERVICE) == 0 &&
+	       !(m->flags & (CF_MF_MUTATING | CF_MF_SECRET | CF_MF_SEALED_ONLY));
+}
+
+/* The PipelineRequest of id, m and buf[0..len), into w. */
+static int
+pack_request(struct waiter *w, const struct cf_method *m, const uint8_t *buf, size_t len)
+{
+	Coffer__V1__PipelineRequest req = COFFER__V1__PIPELINE_REQUEST__INIT;
+
+	req.id = w->id;
+	req.method = (char *)m->path;
+	req.request.data = (uint8_t *)buf;
+	req.request.len = len;
+	w->reqlen = coffer__v1__pipeline_request__get_packed_size(&req);
+	if (w->reqlen > COFFER_MAX_MESSAGE)
+		return cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
+		    "message limit", w->reqlen, COFFER_MAX_MESSAGE);
+	if ((w->req = malloc(w->reqlen ? w->reqlen : 1)) == NULL)
+		return cf_nomem();
+	coffer__v1__pipeline_request__pack(&req, w->req);
+	return CF_OK;
+}
+
+/* Wait for w's answer until `ms` (0: no limit) from `start` have passed:
+ * 0, or ETIMEDOUT with w out of the table and the queue. Under mu. */
+static int
+await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct timespec *start)
+{
+	struct timespec until = *start;
+
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	while (w->state == W_WAITING) {
+		if (ms == 0) {
+			pthread_cond_wait(&w->cv, &p->mu);
+		} else if (pthread_cond_timedwait(&w->cv, &p->mu, &until) == ETIMEDOUT &&
+		    w->state == W_WAITING) {
+			(void)unlink_waiter(p, w->id);
+			unqueue(p, w);
+			drop_request(w);
+			return ETIMEDOUT;
+		}
+	}
+	return 0;
+}
+
+/* The answer in w, as the unary call would give it. */
+static int
+answer(struct lc_pipeline *p, struct waiter *w, unsigned int ms, uint8_t **out, size_t *outlen)
+{
+	Coffer__V1__PipelineResponse *resp = w->resp;
+	int r = CF_OK;
+
+	if (resp->code != GRPC_STATUS_OK) {
+		r = lc_status_error(p->conn, ms, resp->code, (const uint8_t *)resp->message,
+		    strlen(resp->message));
+	} else if ((*out = malloc(resp->response.len ? resp->response.len : 1)) == NULL) {
+		r = cf_nomem();
+	} else {
+		if (resp->response.len > 0)
+			memcpy(*out, resp->response.data, resp->response.len);
+		*outlen = resp->response.len;
+	}
+	coffer__v1__pipeline_response__free_unpacked(resp, NULL);
+	return r;
+}
+
+/* The stream ended before w was answered. */
+static int
+ended(struct lc_pipeline *p, const struct cf_method *m, struct waiter *w, unsigned int ms)
+{
+	unsigned code = w->end_code;
+
+	/* Never sent, or refused by a daemon without the service: nothing ran. */
+	if (!w->sent || code == GRPC_STATUS_UNIMPLEMENTED)
+		return LC_PIPE_UNARY;
+	/* The daemon went (a restart) or ended the stream without its answer:
+	 * as for a unary call that met a restart. */
+	if (code == GRPC_STATUS_UNAVAILABLE || code == GRPC_STATUS_CANCELLED ||
+	    code == GRPC_STATUS_OK) {
+		if (!(m->flags & CF_MF_NO_RETRY))
+			return LC_PIPE_RETRY;
+		(void)lc_status_error(p->conn, ms, GRPC_STATUS_UNAVAILABLE,
+		    (const uint8_t *)w->end_msg, w->end_len);
+		return cf_error(CF_E_UNAVAILABLE, "the pipelined stream to cofferd ended before "
+		    "%s was answered (%s); not repeated: it may have run, and it records a "
+		    "nonce", m->name, code == GRPC_STATUS_OK ? "closed" : cf_error_detail());
+	}
+	/* A refused opening: its status and text, as the unary call gets them. */
+	return lc_status_error(p->conn, ms, code, (const uint8_t *)w->end_msg, w->end_len);
+}
+
+int
+lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
+    unsigned others, const uint8_t *buf, size_t len, uint8_t **out, size_t *outlen)
+{
+	int mode = atomic_load(&p->mode);
+	unsigned int ms = lc_conn_timeout(p->conn);
+	struct timespec start;
+	pthread_condattr_t ca;
+	struct waiter w;
+	int r;
+
+	if (mode == COFFER_PIPELINE_OFF || !eligible(m) || atomic_load(&p->disabled))
+		return LC_PIPE_UNARY;
+	memset(&w, 0, sizeof(w));
+	w.id = atomic_fetch_add(&p->next_id, 1);
+	w.state = W_WAITING;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	pthread_mutex_lock(&p->mu);
+	if (p->state == P_CLOSED && mode == COFFER_PIPELINE_AUTO && others == 0) {
+		/* A lone caller: a plain unary call costs it less. */
+		pthread_mutex_unlock(&p->mu);
+		return LC_PIPE_UNARY;
+	}
+	/* A draining stream takes nothing new; after a fork, a stream whose
+	 * reader is in the parent serves nobody. */
+	if (p->state == P_DRAINING || (p->reader_live && !reader_here(p)) ||
+	    (p->state == P_CLOSED && open_locked(p, k) != CF_OK)) {
+		pthread_mutex_unlock(&p->mu);
+		return LC_PIPE_UNARY;
+	}
+	pthread_mutex_unlock(&p->mu);
+	if ((r = pack_request(&w, m, buf, len)) != CF_OK)
+		return r;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	r = pthread_cond_init(&w.cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (r != 0) {
+		drop_request(&w);
+		return cf_error(CF_E_NOMEM, "cannot create a condition variable");
+	}
+	pthread_mutex_lock(&p->mu);
+	if (p->state != P_OPEN) {
+		/* It ended or began draining meanwhile. */
+		pthread_mutex_unlock(&p->mu);
+		drop_request(&w);
+		pthread_cond_destroy(&w.cv);
+		return LC_PIPE_UNARY;
+	}
+	w.next = *bucket(p, w.id);
+	*bucket(p, w.id) = &w;
+	if (p->qtail != NULL)
+		p->qtail->qnext = &w;
+	else
+		p->qhead = &w;
+	p->qtail = &w;
+	pump(p);
+	r = await(p, &w, ms, &start);
+	pthread_mutex_unlock(&p->mu);
+	pthread_cond_destroy(&w.cv);
+	if (r == ETIMEDOUT)   /* the text the unary call gives at its deadline */
+		return lc_status_error(p->conn, ms, GRPC_STATUS_DEADLINE_EXCEEDED,
+		    (const uint8_t *)"Deadline Exceeded", strlen("Deadline Exceeded"));
+	if (w.state == W_ANSWERED)
+		return answer(p, &w, ms, out, outlen);
+	return ended(p, m, &w, ms);
+}

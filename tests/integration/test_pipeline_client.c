@@ -1,0 +1,559 @@
+/*
+ * test_pipeline_client — libcoffer's pipelined stream (proto/pipeline.md)
+ * against a real cofferd: 8 threads sharing one client, always on the
+ * stream and chosen automatically, every signature checked by OpenSSL
+ * against its own message (an answer given to the wrong caller fails);
+ * MACs and verifications equal to the unary calls'; errors with exactly the
+ * unary call's status and text; a lone caller kept unary; the opening
+ * signed with an API key (a wrong one refused with the unary text); the
+ * audit trail's per-request ids "<stream id>.<n>"; cofferd restarted under
+ * load: calls succeed again or fail UNAVAILABLE, none hangs.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/sha.h>
+
+#include "cf_keytype.h"
+#include "cf_test_client.h"
+#include "cf_test_token.h"
+#include "coffer.h"
+
+static struct cf_test_token tok;
+static struct cf_test_daemon dmn;
+static coffer_client *svc, *adm;
+static struct coffer_public_key *sig_pk;
+
+#define THREADS 8
+#define CALLS 200
+
+static int
+suite_init(void)
+{
+	if (cf_test_suite_up(&tok, "coffer-pipeclient", &dmn, &svc, &adm) != 0)
+		return -1;
+	return coffer_create_key(adm, "sig", COFFER_KEY_EC_P256, 0, NULL) == COFFER_OK &&
+	       coffer_create_key(adm, "mac", COFFER_KEY_HMAC_SHA256, 0, NULL) == COFFER_OK &&
+	       coffer_get_public_key(svc, "sig", 1, &sig_pk) == COFFER_OK ? 0 : -1;
+}
+
+static int
+suite_clean(void)
+{
+	coffer_public_key_free(sig_pk);
+	cf_test_suite_down(&tok, &dmn, &svc, &adm);
+	return 0;
+}
+
+/* A service client in pipeline mode `mode`. */
+static coffer_client *
+client(int mode)
+{
+	coffer_client *c = NULL;
+
+	if (coffer_connect(dmn.service, 0, &c) != COFFER_OK ||
+	    coffer_set_pipeline(c, mode) != COFFER_OK) {
+		fprintf(stderr, "\n  client: %s\n", coffer_error_message());
+		coffer_close(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* ---- the audit trail ---- */
+
+/* The request id of an audit line, into id (empty when it has none). */
+static void
+request_id(const char *line, char *id, size_t len)
+{
+	const char *p = strstr(line, "\"request_id\":\"");
+	size_t n = 0;
+
+	if (p != NULL) {
+		p += strlen("\"request_id\":\"");
+		n = strcspn(p, "\"");
+	}
+	snprintf(id, len, "%.*s", (int)n, p != NULL ? p : "");
+}
+
+/* A stream request's id: "<stream id>.<n>", the stream id into stream. */
+static int
+stream_request_id(const char *id, char *stream, size_t len)
+{
+	const char *dot = strrchr(id, '.');
+
+	if (dot == NULL || dot == id || dot[1] == '\0' || strspn(dot + 1, "0123456789") !=
+	    strlen(dot + 1))
+		return 0;
+	snprintf(stream, len, "%.*s", (int)(dot - id), id);
+	return 1;
+}
+
+/* Of the last `n` records, those of `method`: how many came on a stream
+ * (*streams: on how many different streams), how many as unary calls. */
+static void
+count_records(size_t n, const char *method, unsigned *on_stream, unsigned *unary,
+	      unsigned *streams)
+{
+	char **lines = NULL, id[128], sid[128], seen[8][128];
+	size_t got = 0;
+
+	*on_stream = *unary = *streams = 0;
+	CHECK_COFFER(coffer_audit_tail(adm, n, &lines, &got));
+	for (size_t i = 0; i < got; i++) {
+		if (strstr(lines[i], method) == NULL)
+			continue;
+		request_id(lines[i], id, sizeof(id));
+		if (!stream_request_id(id, sid, sizeof(sid))) {
+			(*unary)++;
+			continue;
+		}
+		(*on_stream)++;
+		{
+			unsigned k;
+
+			for (k = 0; k < *streams && strcmp(seen[k], sid) != 0; k++)
+				;
+			if (k == *streams && k < 8)
+				snprintf(seen[(*streams)++], sizeof(seen[0]), "%s", sid);
+		}
+	}
+	coffer_audit_lines_free(lines, got);
+}
+
+/* ---- 8 threads, one client ---- */
+
+struct worker {
+	pthread_t t;
+	coffer_client *c;
+	unsigned id;
+	unsigned ok, bad_sig, failed;
+	char why[256];
+};
+
+static void *
+sign_many(void *arg)
+{
+	struct worker *w = arg;
+
+	for (unsigned i = 0; i < CALLS; i++) {
+		struct coffer_bytes sig = { NULL, 0 };
+		char msg[64];
+		uint32_t ver = 0;
+		int r;
+
+		snprintf(msg, sizeof(msg), "thread %u call %u", w->id, i);
+		r = coffer_sign(w->c, "sig", 0, (const uint8_t *)msg, strlen(msg), NULL, &sig, &ver);
+		if (r != COFFER_OK) {
+			if (w->failed++ == 0)
+				snprintf(w->why, sizeof(w->why), "%s", coffer_error_message());
+		} else if (ver != 1 ||
+			   !cf_test_openssl_verify(sig_pk->der.data, sig_pk->der.len, CF_HASH_SHA256,
+						   0, (const uint8_t *)msg, strlen(msg), sig.data,
+						   sig.len)) {
+			w->bad_sig++;
+		} else {
+			w->ok++;
+		}
+		coffer_bytes_free(&sig);
+	}
+	return NULL;
+}
+
+static void
+threads_sign(int mode)
+{
+	struct worker w[THREADS];
+	coffer_client *c = client(mode);
+	unsigned ok = 0, on_stream, unary, streams;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	memset(w, 0, sizeof(w));
+	for (unsigned i = 0; i < THREADS; i++) {
+		w[i].c = c;
+		w[i].id = i;
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&w[i].t, NULL, sign_many, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < THREADS; i++) {
+		pthread_join(w[i].t, NULL);
+		if (w[i].failed > 0 || w[i].bad_sig > 0)
+			fprintf(stderr, "\n  thread %u: %u failed (%s), %u bad signatures\n", i,
+				w[i].failed, w[i].why, w[i].bad_sig);
+		CU_ASSERT_EQUAL(w[i].failed, 0);
+		CU_ASSERT_EQUAL(w[i].bad_sig, 0);
+		ok += w[i].ok;
+	}
+	CU_ASSERT_EQUAL(ok, THREADS * CALLS);
+	/* One audit record each, on one stream (the trail's seal records
+	 * interleave); OFF: unary calls only. */
+	count_records(1000, "KeyService/Sign\"", &on_stream, &unary, &streams);
+	printf("\n    last 1000 records: %u Signs on %u stream(s), %u unary\n", on_stream,
+	       streams, unary);
+	if (mode == COFFER_PIPELINE_OFF) {
+		CU_ASSERT_EQUAL(on_stream, 0);
+		CU_ASSERT(unary >= 900);
+	} else {
+		CU_ASSERT_EQUAL(streams, 1);
+		CU_ASSERT(on_stream >= 900);
+		/* AUTO: a thread's first call may go unary, before the stream opens. */
+		CU_ASSERT(unary <= (mode == COFFER_PIPELINE_AUTO ? THREADS : 0));
+	}
+	coffer_close(c);
+}
+
+static void
+test_threads_always(void)
+{
+	threads_sign(COFFER_PIPELINE_ALWAYS);
+}
+
+static void
+test_threads_auto(void)
+{
+	threads_sign(COFFER_PIPELINE_AUTO);
+}
+
+static void
+test_threads_off(void)
+{
+	threads_sign(COFFER_PIPELINE_OFF);
+}
+
+/* AUTO with one caller: plain unary calls. */
+static void
+test_lone_caller_unary(void)
+{
+	coffer_client *c = client(COFFER_PIPELINE_AUTO);
+	struct coffer_bytes out = { NULL, 0 };
+	unsigned on_stream, unary, streams;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	for (int i = 0; i < 5; i++) {
+		CHECK_COFFER(coffer_mac(c, "mac", 0, (const uint8_t *)"lone", 4, &out, NULL));
+		coffer_bytes_free(&out);
+	}
+	/* (The trail also holds its seal records: look a little further.) */
+	count_records(20, "KeyService/Mac\"", &on_stream, &unary, &streams);
+	CU_ASSERT_EQUAL(unary, 5);
+	CU_ASSERT_EQUAL(on_stream, 0);
+	coffer_close(c);
+	/* The knob refuses what it does not know. */
+	CU_ASSERT_EQUAL(coffer_set_pipeline(svc, 7), COFFER_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "unknown pipeline mode 7: use "
+			       "COFFER_PIPELINE_AUTO, COFFER_PIPELINE_OFF or COFFER_PIPELINE_ALWAYS");
+	CU_ASSERT_EQUAL(coffer_set_pipeline(NULL, COFFER_PIPELINE_OFF), COFFER_E_INVALID_ARG);
+}
+
+/* MACs and verifications on the stream equal the unary calls'. */
+static void
+test_mac_equal(void)
+{
+	coffer_client *s = client(COFFER_PIPELINE_ALWAYS), *u = client(COFFER_PIPELINE_OFF);
+	unsigned on_stream, unary, streams;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(u);
+	for (int i = 0; i < 20; i++) {
+		struct coffer_bytes a = { NULL, 0 }, b = { NULL, 0 };
+		char msg[32];
+		uint32_t va = 0, vb = 0;
+		int valid = -1;
+
+		snprintf(msg, sizeof(msg), "mac message %d", i);
+		CHECK_COFFER(coffer_mac(s, "mac", 0, (const uint8_t *)msg, strlen(msg), &a, &va));
+		CHECK_COFFER(coffer_mac(u, "mac", 0, (const uint8_t *)msg, strlen(msg), &b, &vb));
+		CU_ASSERT(a.len == 32 && b.len == 32 && memcmp(a.data, b.data, 32) == 0);
+		CU_ASSERT(va == 1 && vb == 1);
+		CHECK_COFFER(coffer_verify_mac(s, "mac", 1, (const uint8_t *)msg, strlen(msg),
+					       a.data, a.len, &valid));
+		CU_ASSERT_EQUAL(valid, 1);
+		a.data[i % 32] ^= 1;
+		CHECK_COFFER(coffer_verify_mac(s, "mac", 1, (const uint8_t *)msg, strlen(msg),
+					       a.data, a.len, &valid));
+		CU_ASSERT_EQUAL(valid, 0);
+		coffer_bytes_free(&a);
+		coffer_bytes_free(&b);
+	}
+	count_records(80, "KeyService/VerifyMac\"", &on_stream, &unary, &streams);
+	CU_ASSERT_EQUAL(on_stream, 40);
+	coffer_close(s);
+	coffer_close(u);
+}
+
+/* ---- errors: the unary call's status and text ---- */
+
+static int
+sign_with(coffer_client *c, const char *key, const struct coffer_sign_opts *o, const void *data,
+	  size_t len)
+{
+	struct coffer_bytes sig = { NULL, 0 };
+	int r = coffer_sign(c, key, 0, data, len, o, &sig, NULL);
+
+	coffer_bytes_free(&sig);
+	return r;
+}
+
+/* The same call on the stream and as a unary call: the same status and
+ * text, the one given; the stream's came on the stream. */
+static void
+same_error(coffer_client *s, coffer_client *u, const char *key, const struct coffer_sign_opts *o,
+	   const void *data, size_t len, int want, const char *text)
+{
+	char on_stream_text[512];
+	unsigned on_stream, unary, streams;
+	int r;
+
+	r = sign_with(s, key, o, data, len);
+	snprintf(on_stream_text, sizeof(on_stream_text), "%s", coffer_error_message());
+	count_records(2, "KeyService/Sign\"", &on_stream, &unary, &streams);
+	CU_ASSERT_EQUAL(on_stream, 1);
+	CU_ASSERT_EQUAL(r, want);
+	CU_ASSERT_STRING_EQUAL(on_stream_text, text);
+	CU_ASSERT_EQUAL(sign_with(u, key, o, data, len), want);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), text);
+}
+
+static void
+test_errors(void)
+{
+	coffer_client *s = client(COFFER_PIPELINE_ALWAYS), *u = client(COFFER_PIPELINE_OFF);
+	struct coffer_sign_opts digest = { .hash = COFFER_HASH_SHA256, .prehashed = 1 };
+	uint8_t d[SHA256_DIGEST_LENGTH];
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(u);
+	SHA256((const uint8_t *)"m", 1, d);
+	same_error(s, u, "nokey", NULL, "m", 1, COFFER_E_NOT_FOUND, "key nokey does not exist");
+	same_error(s, u, "mac", NULL, "m", 1, COFFER_E_PRECONDITION,
+		   "key mac is a mac key (hmac-sha256); this operation needs a sign key");
+	same_error(s, u, "sig", &digest, d, 20, COFFER_E_INVALID_ARG,
+		   "a sha256 digest is 32 bytes, got 20");
+	/* The stream goes on after them. */
+	CHECK_COFFER(sign_with(s, "sig", &digest, d, sizeof(d)));
+	coffer_close(s);
+	coffer_close(u);
+	/* A daemon socket without the stream (the admin socket answers its
+	 * opening UNIMPLEMENTED, as an older cofferd would): the calls go
+	 * unary, and get the unary call's answer, every time. */
+	{
+		coffer_client *a = NULL, *au = NULL;
+		char unary_text[512];
+
+		CHECK_COFFER(coffer_connect(dmn.admin, 0, &a));
+		CHECK_COFFER(coffer_connect(dmn.admin, 0, &au));
+		CHECK_COFFER(coffer_set_pipeline(a, COFFER_PIPELINE_ALWAYS));
+		CHECK_COFFER(coffer_set_pipeline(au, COFFER_PIPELINE_OFF));
+		CU_ASSERT_EQUAL(sign_with(au, "sig", NULL, "m", 1), COFFER_E_UNIMPLEMENTED);
+		snprintf(unary_text, sizeof(unary_text), "%s", coffer_error_message());
+		CU_ASSERT_PTR_NOT_NULL(strstr(unary_text, "KeyService"));
+		for (int i = 0; i < 2; i++) {
+			CU_ASSERT_EQUAL(sign_with(a, "sig", NULL, "m", 1), COFFER_E_UNIMPLEMENTED);
+			CU_ASSERT_STRING_EQUAL(coffer_error_message(), unary_text);
+		}
+		coffer_close(a);
+		coffer_close(au);
+	}
+}
+
+/* ---- API keys ---- */
+
+static void
+test_api_key(void)
+{
+	struct coffer_api_key k, gone;
+	struct coffer_bytes secret = { NULL, 0 };
+	coffer_client *s = client(COFFER_PIPELINE_ALWAYS), *u = client(COFFER_PIPELINE_OFF);
+	unsigned on_stream, unary, streams;
+	uint8_t wrong[32];
+	char unary_text[512];
+	int live = -1;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(u);
+	CU_ASSERT_EQUAL_FATAL(coffer_api_key_create(adm, CF_TEST_PRINCIPAL, NULL, 0, &k, &secret),
+			      COFFER_OK);
+	/* The stream opens signed; its requests are not signed again. */
+	CHECK_COFFER(coffer_set_api_key(s, k.id, secret.data, secret.len));
+	for (int i = 0; i < 10; i++)
+		CHECK_COFFER(sign_with(s, "sig", NULL, "signed", 6));
+	count_records(10, "KeyService/Sign\"", &on_stream, &unary, &streams);
+	CU_ASSERT(on_stream >= 8 && unary == 0 && streams == 1);   /* seals may interleave */
+	/* A wrong secret: the opening is refused with the unary call's text. */
+	memset(wrong, 0x5a, sizeof(wrong));
+	CHECK_COFFER(coffer_set_api_key(s, k.id, wrong, sizeof(wrong)));
+	CHECK_COFFER(coffer_set_api_key(u, k.id, wrong, sizeof(wrong)));
+	CU_ASSERT_EQUAL(sign_with(u, "sig", NULL, "m", 1), COFFER_E_UNAUTHENTICATED);
+	snprintf(unary_text, sizeof(unary_text), "%s", coffer_error_message());
+	CU_ASSERT_PTR_NOT_NULL(strstr(unary_text, "bad signature: it matches no live secret of "
+				      "API key"));
+	CU_ASSERT_EQUAL(sign_with(s, "sig", NULL, "m", 1), COFFER_E_UNAUTHENTICATED);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), unary_text);
+	/* It was the stream's opening that was refused, and audited. */
+	{
+		char **lines = NULL;
+		size_t got = 0;
+
+		CHECK_COFFER(coffer_audit_tail(adm, 1, &lines, &got));
+		CU_ASSERT(got == 1 && strstr(lines[0], "Pipeline/Stream\"") != NULL &&
+			  strstr(lines[0], "\"result\":\"UNAUTHENTICATED\"") != NULL);
+		coffer_audit_lines_free(lines, got);
+	}
+	/* No key at all: the text that says what to do. */
+	{
+		coffer_client *n = client(COFFER_PIPELINE_ALWAYS);
+
+		CU_ASSERT_PTR_NOT_NULL_FATAL(n);
+		CU_ASSERT_EQUAL(sign_with(n, "sig", NULL, "m", 1), COFFER_E_UNAUTHENTICATED);
+		CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "has an API key, so every "
+					      "call must carry"));
+		coffer_close(n);
+	}
+	/* The right key again: a new stream, signed with it. */
+	CHECK_COFFER(coffer_set_api_key(s, k.id, secret.data, secret.len));
+	CHECK_COFFER(sign_with(s, "sig", NULL, "again", 5));
+	/* Revoked while the stream is open: its next request is refused. */
+	CHECK_COFFER(coffer_api_key_revoke(adm, k.id, &gone));
+	CU_ASSERT_EQUAL(sign_with(s, "sig", NULL, "late", 4), COFFER_E_UNAUTHENTICATED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "that opened this stream was "
+				      "revoked"));
+	CHECK_COFFER(coffer_principal_set_auth(adm, CF_TEST_PRINCIPAL, 0, &live));
+	coffer_bytes_free(&secret);
+	coffer_close(s);
+	coffer_close(u);
+}
+
+/* A fork while the stream is open: the child may close its copy of the
+ * client (the reader thread is the parent's: not joined there), and the
+ * parent's stream goes on. */
+static void
+test_fork(void)
+{
+	coffer_client *c = client(COFFER_PIPELINE_ALWAYS);
+	int st = -1;
+	pid_t pid, done = 0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	CHECK_COFFER(sign_with(c, "sig", NULL, "before", 6));
+	fflush(NULL);
+	if ((pid = fork()) == 0) {
+		coffer_close(c);
+		_exit(0);
+	}
+	CU_ASSERT_FATAL(pid > 0);
+	for (int i = 0; i < 100 && done == 0; i++) {
+		done = waitpid(pid, &st, WNOHANG);
+		if (done == 0)
+			usleep(100 * 1000);
+	}
+	if (done == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+	}
+	CU_ASSERT_EQUAL(done, pid);
+	CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK_COFFER(sign_with(c, "sig", NULL, "after", 5));
+	coffer_close(c);
+}
+
+/* ---- a restart under load ---- */
+
+static atomic_int stop;
+
+struct loader {
+	pthread_t t;
+	coffer_client *c;
+	unsigned ok, ok_after, unavailable, other;
+	char why[256];
+};
+
+static atomic_int restarted;
+
+static void *
+sign_until_stopped(void *arg)
+{
+	struct loader *l = arg;
+
+	while (!atomic_load(&stop)) {
+		int r = sign_with(l->c, "sig", NULL, "under load", 10);
+
+		if (r == COFFER_OK) {
+			l->ok++;
+			l->ok_after += atomic_load(&restarted);
+		} else if (r == COFFER_E_UNAVAILABLE) {
+			l->unavailable++;
+			usleep(20 * 1000);
+		} else if (l->other++ == 0) {
+			snprintf(l->why, sizeof(l->why), "%s: %s", coffer_strerror(r),
+				 coffer_error_message());
+		}
+	}
+	return NULL;
+}
+
+static void
+test_restart_under_load(void)
+{
+	struct loader l[THREADS];
+	coffer_client *c = client(COFFER_PIPELINE_ALWAYS);
+	unsigned ok_after = 0, unavailable = 0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	/* Nothing may hang: a call that did would end at this deadline as an
+	 * error other than UNAVAILABLE. */
+	coffer_set_timeout(c, 10000);
+	memset(l, 0, sizeof(l));
+	atomic_store(&stop, 0);
+	atomic_store(&restarted, 0);
+	for (unsigned i = 0; i < THREADS; i++) {
+		l[i].c = c;
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&l[i].t, NULL, sign_until_stopped, &l[i]), 0);
+	}
+	sleep(1);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
+	atomic_store(&restarted, 1);
+	sleep(2);
+	atomic_store(&stop, 1);
+	for (unsigned i = 0; i < THREADS; i++) {
+		pthread_join(l[i].t, NULL);
+		if (l[i].other > 0)
+			fprintf(stderr, "\n  thread %u: %u calls failed otherwise, first: %s\n", i,
+				l[i].other, l[i].why);
+		CU_ASSERT_EQUAL(l[i].other, 0);
+		CU_ASSERT(l[i].ok_after > 0);
+		ok_after += l[i].ok_after;
+		unavailable += l[i].unavailable;
+	}
+	printf("\n    restart under load: %u calls UNAVAILABLE, %u succeeded after it\n",
+	       unavailable, ok_after);
+	coffer_close(c);
+}
+
+int
+main(void)
+{
+	static const struct cf_test_case cases[] = {
+		{ "8 threads x 200 Signs, one client, always on the stream", test_threads_always },
+		{ "8 threads x 200 Signs, one client, the stream chosen automatically",
+		  test_threads_auto },
+		{ "8 threads x 200 Signs, one client, the stream off", test_threads_off },
+		{ "a lone caller stays unary; the knob's refusal", test_lone_caller_unary },
+		{ "MACs and verifications equal the unary calls'", test_mac_equal },
+		{ "errors: the unary call's status and text; no stream served: unary",
+		  test_errors },
+		{ "an API key signs the opening; a wrong one is refused there", test_api_key },
+		{ "a fork while the stream is open: the child closes its copy", test_fork },
+		{ "cofferd restarted under load: success again or UNAVAILABLE",
+		  test_restart_under_load },
+		{ NULL, NULL },
+	};
+
+	return cf_test_main("pipeline_client", suite_init, suite_clean, cases);
+}
