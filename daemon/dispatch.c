@@ -841,17 +841,17 @@ static const struct cf_method pipeline_cm = {
 
 unsigned
 dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, size_t kidlen,
-		     char *msg, size_t msglen)
+		     char who[STORE_PRINCIPAL_NAME_MAX + 1], char *msg, size_t msglen)
 {
 	const struct method m = { .d = &pipeline_cm };
 	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
 					      .pid = c->pid, .admin = c->admin } };
 	struct dctx h2;
 	struct cf_call_auth a;
-	char who[STORE_PRINCIPAL_NAME_MAX + 1] = "";
 	int r;
 
 	(void)d;
+	who[0] = '\0';
 	call.hc.key = &call.key;
 	derive(&h2, &call);
 	cf_error_clear();
@@ -887,17 +887,41 @@ dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, siz
 	return dispatch_status(r);
 }
 
-int
-dispatch_pipeline_method(const dispatch *d, const char *path, size_t *idx)
+unsigned
+dispatch_pipeline_call(const dispatch *d, const struct dcall *c, const char *path,
+		       const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen, char *msg,
+		       size_t msglen, uint32_t *retry_after_ms)
 {
 	const struct method *m = find_path(d, path);
+	const char *em;
+	int r;
 
+	if (m != NULL && strcmp(m->d->service, "coffer.v1.KeyService") == 0 &&
+	    !(m->d->flags & (CF_MF_MUTATING | CF_MF_SECRET)))
+		return dispatch_call(d, (size_t)(m - d->m), c, in, inlen, out, outlen, msg, msglen,
+				     retry_after_ms);
+	*out = NULL;
+	*outlen = 0;
+	*retry_after_ms = 0;
+	cf_error_clear();
 	if (m == NULL || strcmp(m->d->service, "coffer.v1.KeyService") != 0)
-		return cf_error(CF_E_INVALID_ARG, "a pipelined stream carries KeyService methods "
-				"(\"/coffer.v1.KeyService/Sign\"), not \"%.200s\"", path);
-	if (m->d->flags & (CF_MF_MUTATING | CF_MF_SECRET))
-		return cf_error(CF_E_INVALID_ARG, "%s carries secrets: seal it in a session "
-				"instead of sending it on a pipelined stream", m->d->path);
-	*idx = (size_t)(m - d->m);
-	return CF_OK;
+		r = cf_error(CF_E_INVALID_ARG, "a pipelined stream carries KeyService methods "
+			     "(\"/coffer.v1.KeyService/Sign\"), not \"%.200s\"", path);
+	else
+		r = cf_error(CF_E_INVALID_ARG, "%s carries secrets: seal it in a session instead "
+			     "of sending it on a pipelined stream", m->d->path);
+	/* Refused before any method ran: recorded as the stream's, under the
+	 * request's id (the caller's path is in the answer, not the trail). */
+	if (c->sv->au != NULL) {
+		struct audit_event ev = {
+			.principal = c->stream_principal, .uid = c->uid, .pid = c->pid,
+			.method = dispatch_pipeline_path, .key = "",
+			.result = dispatch_status_name(r), .request_id = c->request_id,
+		};
+
+		(void)audit_record(c->sv->au, &ev);   /* a refusal: nothing to withhold */
+	}
+	em = cf_error_message(r);
+	cf_text_escape(em, strlen(em), msg, msglen);
+	return dispatch_status(r);
 }

@@ -46,6 +46,7 @@ struct dcall {
 	 * authenticated, signed with this API key ("" when unsigned), which
 	 * must still be live; NULL: a call of its own. */
 	const char *stream_key_id;
+	const char *stream_principal;   /* ... and the principal it opened as */
 	/* Set (atomically, by another thread) once the caller cancelled the
 	 * call; NULL: not watched. Batches stop running items then. */
 	const int *cancelled;
@@ -88,12 +89,18 @@ extern const char dispatch_pipeline_path[];
  * socket only; the caller must be a principal, and sign the opening (over
  * dispatch_pipeline_path and an empty body) when its calls must be signed.
  * Recorded in the audit trail. Returns the gRPC status code, the message in
- * msg; on OK, key_id is the API key that signed it ("" if none). */
+ * msg; on OK, key_id is the API key that signed it ("" if none) and who the
+ * principal. */
 unsigned dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id,
-			      size_t kidlen, char *msg, size_t msglen);
+			      size_t kidlen, char who[STORE_PRINCIPAL_NAME_MAX + 1], char *msg,
+			      size_t msglen);
 
-/* The method a pipelined stream's request names: CF_OK and *idx for a
- * KeyService method the stream carries; CF_E_INVALID_ARG saying why not. */
-int dispatch_pipeline_method(const dispatch *d, const char *path, size_t *idx);
+/* A pipelined stream's request for the method at path: run by
+ * dispatch_call when it is a KeyService method the stream carries; else
+ * INVALID_ARGUMENT saying why, recorded in the audit trail as a refused
+ * request of the stream (c->stream_principal's). */
+unsigned dispatch_pipeline_call(const dispatch *d, const struct dcall *c, const char *path,
+				const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen,
+				char *msg, size_t msglen, uint32_t *retry_after_ms);
 
 #endif

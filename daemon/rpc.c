@@ -406,6 +406,7 @@ struct rpc_stream {
 	struct hservices sv;
 	struct dcall base;           /* what every request starts from */
 	char key_id[CF_APIKEY_ID_LEN + 1];
+	char who[STORE_PRINCIPAL_NAME_MAX + 1];   /* the principal it opened as */
 	char id[41];                 /* the stream's request id: ".<n>" follows it */
 	pthread_mutex_t mu;
 	unsigned refs;
@@ -533,7 +534,7 @@ stream_request(struct rpc_stream *st, grpc_byte_buffer *bb, grpc_status_code *fa
 	struct dcall h = st->base;
 	char msg[CF_ERROR_DETAIL_MAX] = "";
 	uint8_t *buf = NULL, *pk = NULL;
-	size_t len = 0, idx;
+	size_t len = 0;
 	uint32_t retry = 0;
 	int r;
 
@@ -555,14 +556,8 @@ stream_request(struct rpc_stream *st, grpc_byte_buffer *bb, grpc_status_code *fa
 	snprintf(h.request_id, sizeof(h.request_id), "%s.%llu", st->id,
 		 (unsigned long long)req->id);
 	resp.request_id = h.request_id;
-	cf_error_clear();
-	if ((r = dispatch_pipeline_method(st->s->d, req->method, &idx)) != CF_OK) {
-		resp.code = dispatch_status(r);
-		cf_text_escape(cf_error_detail(), strlen(cf_error_detail()), msg, sizeof(msg));
-	} else {
-		resp.code = dispatch_call(st->s->d, idx, &h, req->request.data, req->request.len,
-					  &buf, &len, msg, sizeof(msg), &retry);
-	}
+	resp.code = dispatch_pipeline_call(st->s->d, &h, req->method, req->request.data,
+					   req->request.len, &buf, &len, msg, sizeof(msg), &retry);
 	resp.message = msg;
 	resp.retry_after_ms = retry;
 	resp.response.data = buf;
@@ -740,14 +735,15 @@ stream_open(struct rpc_call *c)
 		snprintf(st->base.request_id, sizeof(st->base.request_id), "%s", st->id);
 		st->base.deadline_ms = deadline_ms(c->deadline);
 		st->code = (grpc_status_code)dispatch_open_stream(s->d, &st->base, st->key_id,
-								   sizeof(st->key_id), st->msg,
-								   sizeof(st->msg));
+								   sizeof(st->key_id), st->who,
+								   st->msg, sizeof(st->msg));
 	}
 	/* Only the key id stays: the opening's signature is spent. */
 	st->base.authz = NULL;
 	st->base.authz_len = 0;
 	st->base.authz_n = 0;
 	st->base.stream_key_id = st->key_id;
+	st->base.stream_principal = st->who;
 	pthread_mutex_lock(&s->mu);
 	s->live++;       /* the stream; the requested call's count goes below */
 	st->next = s->streams;

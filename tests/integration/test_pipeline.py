@@ -141,6 +141,13 @@ class Pipeline(unittest.TestCase):
             'a pipelined stream carries KeyService methods ("/coffer.v1.KeyService/Sign"), '
             'not "/coffer.v1.KeyService/NoSuch"')))
         self.assertEqual(got[4].code, 0)
+        # Each refusal is recorded as a refused request of the stream.
+        recs = {x.get("request_id"): x for x in self.audit_records()}
+        for i in (1, 2, 3):
+            rec = [r for k, r in recs.items() if k and k.endswith(".%d" % i) and
+                   k.startswith(got[i].request_id.rsplit(".", 1)[0])]
+            self.assertEqual([(r["method"], r["result"], r["principal"]) for r in rec],
+                             [(PATH, "INVALID_ARGUMENT", "tester")])
 
     def test_a_request_that_is_no_pipeline_request(self):
         raw = self.d.channel("service").stream_stream(
