@@ -869,10 +869,13 @@ class Fleet(unittest.TestCase):
                     parts.nonce, REPLICAS[i], v.verdict, REPLICAS[(i + 2) % 3]))
         # Every rotation refused meanwhile, retried with its key once the
         # server is back: it answers (made now, or the version it made).
+        # (A replica's first use of a connection the restart cut may answer
+        # UNAVAILABLE while it reconnects: stuck means every retry failed.)
         stuck = []
         for n, idem in enumerate(rot_keys):
             if idem in rot_answers:
                 continue
+            failed = []
             for i in ((n + 1) % 3, n % 3):
                 try:
                     rot_answers[idem] = self.admin(i).RotateKey(
@@ -880,13 +883,15 @@ class Fleet(unittest.TestCase):
                         metadata=meta(idem, "%s-retry-%d" % (idem, i)))
                     break
                 except grpc.RpcError as e:
-                    stuck.append("%s; retried on %s after the outage: %s %s; its record: %s; "
-                                 "log: %s" % (
+                    failed.append("%s; retried on %s after the outage: %s %s; its record: %s; "
+                                  "log: %s" % (
                         rot_first[idem], REPLICAS[i], code_of(e), details_of(e), psql(
                             DB, "SELECT uid, method, done, status, message, request_id, "
                             "committed, effect_version FROM idempotency WHERE key = '%s'"
                             % idem), [ln for d in self.reps for ln in d.log().splitlines()
                                        if idem in ln][:4]))
+            if idem not in rot_answers:
+                stuck += failed
         answered = sorted(r.primary_version for r in rot_answers.values())
         want = list(range(1, len(rot_keys) + 2))
         # Each replica, the same process as before, serves every kind of call.
