@@ -403,8 +403,7 @@ stream_key_live(const struct dctx *h, const char *who)
 				"revoked (or is no longer principal %s's): open a new stream signed "
 				"with a live key", h->dc->stream_key_id, who);
 	}
-	OPENSSL_cleanse(&k, sizeof(k));
-	return CF_OK;
+	return CF_OK;   /* (k holds the key's metadata only: nothing to wipe) */
 }
 
 static int
