@@ -366,6 +366,24 @@ ready(fleet *f, PGconn **c)
 	}
 	return r;
 }
+
+/* run() on *c made ready; once more on a fresh connection when the one it
+ * had was lost (a PostgreSQL restart cuts every idle connection, and the
+ * first statement after it is the one that finds out). Only for statements
+ * safe to send twice. */
+static int
+run_ready(fleet *f, PGconn **c, const char *sql, const char *param, char *value, size_t len)
+{
+	int r = ready(f, c);
+
+	if (r == CF_OK)
+		r = run(*c, sql, param, value, len);
+	if (r != CF_OK && *c != NULL && PQstatus(*c) != CONNECTION_OK &&
+	    (r = ready(f, c)) == CF_OK)
+		r = run(*c, sql, param, value, len);
+	return r;
+}
+
 int
 fleet_lock(void *arg)
 {
@@ -373,12 +391,7 @@ fleet_lock(void *arg)
 	int r;
 
 	pthread_mutex_lock(&f->lock_mu);
-	r = ready(f, &f->lock);
-	if (r == CF_OK)
-		r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
-	if (r != CF_OK && PQstatus(f->lock) != CONNECTION_OK &&
-	    (r = ready(f, &f->lock)) == CF_OK)   /* one retry on a fresh connection */
-		r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
+	r = run_ready(f, &f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
 	if (r != CF_OK)
 		pthread_mutex_unlock(&f->lock_mu);
 	return r;
@@ -408,9 +421,8 @@ fleet_alive(fleet *f, const char *incarnation, int *alive)
 	}
 	pthread_mutex_lock(&f->query_mu);
 	/* Taken (and let go at the statement's end) only if nobody holds it. */
-	if ((r = ready(f, &f->query)) == CF_OK)
-		r = run(f->query, "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-			incarnation, v, sizeof(v));
+	r = run_ready(f, &f->query, "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+		      incarnation, v, sizeof(v));
 	pthread_mutex_unlock(&f->query_mu);
 	if (r == CF_OK)
 		*alive = strcmp(v, "t") != 0;

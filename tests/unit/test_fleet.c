@@ -287,6 +287,33 @@ test_notifications_and_outage(void)
 	pthread_mutex_destroy(&h.mu);
 }
 
+/* PostgreSQL restarts while the replica is idle: each connection it had is
+ * cut, and learns it only at its next statement. The first liveness query
+ * and the first lock after the restart still answer (one retry on a fresh
+ * connection: both are safe to repeat). */
+static void
+test_first_calls_after_restart(void)
+{
+	fleet *a = NULL;
+	int alive = -1;
+
+	CU_ASSERT_FATAL(fleet_open(pg.dsn, "a", &a) == CF_OK);
+	/* Each connection in use once (an incarnation nobody holds: not alive). */
+	CU_ASSERT(fleet_alive(a, "never/1/00", &alive) == CF_OK && alive == 0);
+	CU_ASSERT_EQUAL_FATAL(fleet_lock(a), CF_OK);
+	fleet_unlock(a);
+	CU_ASSERT_FATAL(cf_test_pg_stop(&pg) == 0);
+	CU_ASSERT_FATAL(cf_test_pg_start(&pg) == 0);
+	alive = -1;
+	CU_ASSERT_EQUAL(fleet_alive(a, "never/1/00", &alive), CF_OK);
+	if (alive != 0)
+		printf("\n    liveness after the restart: %s\n", cf_error_detail());
+	CU_ASSERT_EQUAL(alive, 0);
+	CU_ASSERT_EQUAL(fleet_lock(a), CF_OK);
+	fleet_unlock(a);
+	fleet_close(a);
+}
+
 int
 main(void)
 {
@@ -304,6 +331,7 @@ main(void)
 	CU_add_test(s, "one leader, and it moves", test_one_leader_and_it_moves);
 	CU_add_test(s, "liveness of an incarnation", test_alive);
 	CU_add_test(s, "notifications and an outage", test_notifications_and_outage);
+	CU_add_test(s, "the first calls after a restart answer", test_first_calls_after_restart);
 	CU_basic_set_mode(CU_BRM_VERBOSE);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures();
