@@ -195,6 +195,8 @@ struct load_ctx {
 	keyring *kr;
 	void (*report)(const char *msg);
 	unsigned mismatches;
+	struct cf_p11_object *objs;   /* the token's listing at start-up (sorted), or NULL */
+	size_t nobjs;
 };
 
 static void
@@ -218,7 +220,8 @@ open_version(struct load_ctx *lc, const struct store_key *sk, const struct store
 	 * (recovery.h); a version without its objects is not served. */
 	if (sv->state == STORE_DESTROYED)
 		return NULL;
-	r = cf_p11_key_open_id(lc->kr->p11, sk->name, sv->version, sv->ckaid, &h);
+	r = cf_p11_key_open_listed(lc->kr->p11, lc->objs, lc->nobjs, sk->name, sv->version,
+				   sv->ckaid, &h);
 	if (r == CF_OK && cf_p11_key_type(h) != sk->type) {
 		snprintf(msg, sizeof(msg), "key %s version %u: the token object is %s, the registry "
 			 "says %s; version unusable", sk->name, sv->version,
@@ -342,7 +345,7 @@ sync_one(const struct store_key *sk, void *arg)
 static int
 kr_sync(keyring *kr, const char *name)
 {
-	struct load_ctx lc = { kr, NULL, 0 };
+	struct load_ctx lc = { kr, NULL, 0, NULL, 0 };
 	int r;
 
 	if (name == NULL)
@@ -414,7 +417,7 @@ int
 keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 	     void (*report)(const char *msg), unsigned *mismatches, keyring **out)
 {
-	struct load_ctx lc = { NULL, report, 0 };
+	struct load_ctx lc = { NULL, report, 0, NULL, 0 };
 	keyring *kr;
 	int shared, r;
 
@@ -436,11 +439,19 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 		return r;
 	}
 	r = recovery_run(p11, st, report, &lc.mismatches);
-	/* Loading (a token search per version) runs without it: what another
-	 * replica changes meanwhile is in the store by the time it is read, or
-	 * arrives as a notification. */
+	/* Loading runs without it: what another replica changes meanwhile is
+	 * in the store by the time it is read, or arrives as a notification.
+	 * Versions are opened from one listing of the token, taken before the
+	 * registry is read (a version made since is searched for). */
 	store_change_end(st);
-	if (r != CF_OK || (r = store_load(st, load_one, &lc)) != CF_OK) {
+	if (r == CF_OK && cf_p11_objects(p11, &lc.objs, &lc.nobjs) == CF_OK)
+		qsort(lc.objs, lc.nobjs, sizeof(*lc.objs), cf_p11_object_cmp);
+	else
+		cf_error_clear();     /* each version is searched for instead */
+	if (r == CF_OK)
+		r = store_load(st, load_one, &lc);
+	free(lc.objs);
+	if (r != CF_OK) {
 		keyring_close(kr);
 		return r;
 	}

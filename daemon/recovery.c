@@ -94,15 +94,6 @@ find_version(const struct rec_ctx *c, const char *name, uint32_t version,
 	return NULL;
 }
 
-static int
-by_label(const void *a, const void *b)
-{
-	const struct cf_p11_object *x = a, *y = b;
-	int r = strcmp(x->name, y->name);
-
-	return r != 0 ? r : x->version < y->version ? -1 : x->version > y->version;
-}
-
 /* Compare the objects of one label (o[0..n)) with the registry. */
 static int
 check_label(struct rec_ctx *c, const struct cf_p11_object *o, size_t n)
@@ -190,7 +181,7 @@ check_missing(struct rec_ctx *c, const struct cf_p11_object *o, size_t n)
 			memset(&want, 0, sizeof(want));
 			snprintf(want.name, sizeof(want.name), "%s", c->keys[i].name);
 			want.version = v->version;
-			if (n > 0 && bsearch(&want, o, n, sizeof(*o), by_label) != NULL)
+			if (n > 0 && bsearch(&want, o, n, sizeof(*o), cf_p11_object_cmp) != NULL)
 				continue;
 			snprintf(msg, sizeof(msg), "key %s version %u is in the registry but missing "
 				 "from the token", c->keys[i].name, v->version);
@@ -230,9 +221,9 @@ recovery_run(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 	    (r = cf_p11_objects(p11, &o, &n)) != CF_OK)
 		goto out;
 	if (n > 0)
-		qsort(o, n, sizeof(*o), by_label);
+		qsort(o, n, sizeof(*o), cf_p11_object_cmp);
 	for (i = 0; i < n && r == CF_OK; i = j) {
-		for (j = i + 1; j < n && by_label(&o[i], &o[j]) == 0; j++)
+		for (j = i + 1; j < n && cf_p11_object_cmp(&o[i], &o[j]) == 0; j++)
 			;
 		if (strncmp(o[i].name, STORE_RESERVED_PREFIX,
 			    strlen(STORE_RESERVED_PREFIX)) != 0)

@@ -209,6 +209,15 @@ struct cf_p11_object {
 };
 /* *out (malloc'ed, caller frees) holds *n objects. */
 int cf_p11_objects(cf_p11 *p, struct cf_p11_object **out, size_t *n);
+/* qsort order of a listing: by name, then version. */
+int cf_p11_object_cmp(const void *a, const void *b);
+/* As cf_p11_key_open_id, answered from a listing sorted by cf_p11_object_cmp
+ * when it holds exactly the object a search would find: a SoftHSM2 search
+ * reads every object file of the token, so opening every version by search
+ * at start-up costs the square of the token's size. Without such a match
+ * (the listing may be older than the registry) it searches. */
+int cf_p11_key_open_listed(cf_p11 *p, const struct cf_p11_object *o, size_t n, const char *name,
+			   uint32_t version, const uint8_t *id, cf_p11_key **out);
 /* Destroy every token object of name/version whose CKA_ID is id (NULL:
  * every one), whatever its class; *destroyed counts them (may be NULL). */
 int cf_p11_objects_destroy(cf_p11 *p, const char *name, uint32_t version, const uint8_t *id,

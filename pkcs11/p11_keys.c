@@ -899,6 +899,10 @@ parse_label(const unsigned char *l, unsigned long len, struct cf_p11_object *e)
 	if ((slash = strrchr(buf, '/')) == buf + strlen(LABEL_PREFIX) - 1)
 		return 0;
 	*slash = '\0';
+	/* Only the form the layer writes ("1", never "01" or "+1"): the
+	 * listing must name what a search for the label finds. */
+	if (slash[1] < '1' || slash[1] > '9')
+		return 0;
 	v = strtoul(slash + 1, &end, 10);
 	if (*end != '\0' || v < 1 || v > CF_KEY_VERSION_MAX)
 		return 0;
@@ -1001,6 +1005,66 @@ cf_p11_objects(cf_p11 *p, struct cf_p11_object **out, size_t *n)
 	}
 	*out = la.e;
 	*n = la.n;
+	return CF_OK;
+}
+
+int
+cf_p11_object_cmp(const void *a, const void *b)
+{
+	const struct cf_p11_object *x = a, *y = b;
+	int r = strcmp(x->name, y->name);
+
+	return r != 0 ? r : x->version < y->version ? -1 : x->version > y->version;
+}
+
+/* What p11_find_key_object finds, from a sorted listing: the one private
+ * object, else the one secret object, of name/version (with CKA_ID id
+ * unless NULL); NULL if there is none or more than one. */
+static const struct cf_p11_object *
+listed_key_object(const struct cf_p11_object *o, size_t n, const char *name, uint32_t version,
+		  const uint8_t *id)
+{
+	const struct cf_p11_object *hit[2] = { NULL, NULL };
+	unsigned count[2] = { 0, 0 };
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {             /* the first entry not before name/version */
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(o[mid].name, name);
+
+		if (c < 0 || (c == 0 && o[mid].version < version))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (; lo < n && o[lo].version == version && strcmp(o[lo].name, name) == 0; lo++) {
+		int secret = o[lo].cls == CF_P11_SECRET;
+
+		if ((o[lo].cls != CF_P11_PRIVATE && !secret) ||
+		    (id != NULL && (!o[lo].id_len || memcmp(o[lo].id, id, CF_P11_ID_LEN) != 0)))
+			continue;
+		count[secret]++;
+		hit[secret] = &o[lo];
+	}
+	if (count[0] > 0)
+		return count[0] == 1 ? hit[0] : NULL;
+	return count[1] == 1 ? hit[1] : NULL;
+}
+
+int
+cf_p11_key_open_listed(cf_p11 *p, const struct cf_p11_object *o, size_t n, const char *name,
+		       uint32_t version, const uint8_t *id, cf_p11_key **out)
+{
+	const struct cf_p11_object *e = listed_key_object(o, n, name, version, id);
+	cf_p11_key *k;
+	int r;
+
+	/* A type the listing could not tell gets the search's own error. */
+	if (e == NULL || e->type == CF_KEY_NONE)
+		return cf_p11_key_open_id(p, name, version, id, out);
+	if ((r = p11_key_new(p, name, version, e->type, id, &k)) != CF_OK)
+		return r;
+	*out = k;
 	return CF_OK;
 }
 

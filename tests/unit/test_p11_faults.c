@@ -7,13 +7,16 @@
  * itself after a failed GCM decryption, a device that is gone (the backoff
  * between recoveries) and a PIN the token refuses during a recovery. Each
  * checks the status, the text and what is in the token afterwards, counted
- * with raw Cryptoki on the real module.
+ * with raw Cryptoki on the real module. The module's call counters also
+ * show that opening a version from a listing searches nothing, and that a
+ * keyring's start-up searches the token as often with 41 versions as with 1.
  */
 #include <dlfcn.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <CUnit/Basic.h>
@@ -21,7 +24,9 @@
 
 #include "cf_status.h"
 #include "cf_test_token.h"
+#include "keyring.h"
 #include "p11_fault.h"
+#include "store.h"
 
 static struct cf_test_token tok; /* cfg.module_path: the fault module */
 static struct cf_test_token raw; /* the same token through the real module */
@@ -612,6 +617,175 @@ test_pin_refused(void)
 	cf_buf_free(sig);
 }
 
+/* A second key pair under coffer/<name>/<version>, with CKA_ID id: copies
+ * made with raw Cryptoki (the layer refuses to make them). */
+static int
+raw_duplicate(const char *name, uint32_t version, const uint8_t *id)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE o, copy;
+	CK_ATTRIBUTE t[] = { { CKA_ID, (void *)id, CF_P11_ID_LEN } };
+	char label[128];
+	int r = -1;
+
+	snprintf(label, sizeof(label), "coffer/%s/%" PRIu32, name, version);
+	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
+		return -1;
+	if (cf_test_raw_find(f, s, CKO_PRIVATE_KEY, label, &o) == 0 &&
+	    f->C_CopyObject(s, o, t, 1, &copy) == CKR_OK &&
+	    cf_test_raw_find(f, s, CKO_PUBLIC_KEY, label, &o) == 0 &&
+	    f->C_CopyObject(s, o, t, 1, &copy) == CKR_OK)
+		r = 0;
+	f->C_CloseSession(s);
+	return r;
+}
+
+/* Open name/version through the listing o[0..n); the C_FindObjectsInit calls
+ * it made come back in *searches. */
+static int
+open_listed(const struct cf_p11_object *o, size_t n, const char *name, uint32_t version,
+	    const uint8_t *id, cf_p11_key **k, unsigned long *searches)
+{
+	struct mark m = mark(P11F_C_FindObjectsInit);
+	int r = cf_p11_key_open_listed(p11, o, n, name, version, id, k);
+
+	*searches = fault->calls(P11F_C_FindObjectsInit) - m.calls;
+	return r;
+}
+
+/* A listing answers what a search would, without searching; what it cannot
+ * answer alone (not listed, listed twice, another id) is searched for. */
+static void
+test_open_listed(void)
+{
+	static const enum cf_key_type types[] = { CF_KEY_EC_P256, CF_KEY_HMAC_SHA256,
+						  CF_KEY_ED25519, CF_KEY_AES_256 };
+	uint8_t id[CF_P11_ID_LEN], other[CF_P11_ID_LEN];
+	struct cf_p11_object *o = NULL;
+	cf_p11_key *k = NULL, *later = NULL;
+	unsigned long searches;
+	size_t n = 0;
+
+	memset(id, 0x5a, sizeof(id));
+	memset(other, 0xa5, sizeof(other));
+	for (uint32_t v = 1; v <= 4; v++) {
+		CHECK_OK(cf_p11_key_generate_id(p11, "listed", v, types[v - 1], 0, id, &k));
+		cf_p11_key_free(k);
+	}
+	CHECK_OK(cf_p11_key_generate(p11, "listed-legacy", 1, CF_KEY_EC_P256, 0, &k));
+	cf_p11_key_free(k);
+	CHECK_OK(cf_p11_objects(p11, &o, &n));
+	qsort(o, n, sizeof(*o), cf_p11_object_cmp);
+
+	/* Listed once: the listing's type, no search; the handle works. */
+	for (uint32_t v = 1; v <= 4; v++) {
+		CU_ASSERT_EQUAL(open_listed(o, n, "listed", v, id, &k, &searches), CF_OK);
+		CU_ASSERT_EQUAL(searches, 0);
+		CU_ASSERT_EQUAL(cf_p11_key_type(k), types[v - 1]);
+		if (v == 1)
+			check_signs(k);
+		cf_p11_key_free(k);
+	}
+	CU_ASSERT_EQUAL(open_listed(o, n, "listed-legacy", 1, NULL, &k, &searches), CF_OK);
+	CU_ASSERT_EQUAL(searches, 0);
+	check_signs(k);
+	cf_p11_key_free(k);
+
+	/* Another id than the listed one: the search says it is not there. */
+	CU_ASSERT_EQUAL(open_listed(o, n, "listed", 1, other, &k, &searches), CF_E_NOT_FOUND);
+	CU_ASSERT(searches >= 1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_message(CF_E_NOT_FOUND),
+				      "key listed version 1 is not in the token"));
+	cf_error_clear();
+
+	/* Made after the listing: found by the search. */
+	CHECK_OK(cf_p11_key_generate_id(p11, "listed", 5, CF_KEY_EC_P384, 0, id, &later));
+	CU_ASSERT_EQUAL(open_listed(o, n, "listed", 5, id, &k, &searches), CF_OK);
+	CU_ASSERT(searches >= 1);
+	CU_ASSERT_EQUAL(cf_p11_key_type(k), CF_KEY_EC_P384);
+	cf_p11_key_free(k);
+
+	/* Two private objects under one label: a search without an id says so,
+	 * and so does the listing (it searches); with an id, each is its own. */
+	CU_ASSERT_EQUAL_FATAL(raw_duplicate("listed-legacy", 1, other), 0);
+	free(o);
+	CHECK_OK(cf_p11_objects(p11, &o, &n));
+	qsort(o, n, sizeof(*o), cf_p11_object_cmp);
+	CU_ASSERT_EQUAL(open_listed(o, n, "listed-legacy", 1, NULL, &k, &searches), CF_E_TOKEN);
+	CU_ASSERT(searches >= 1);
+	cf_error_clear();
+	CU_ASSERT_EQUAL(open_listed(o, n, "listed-legacy", 1, other, &k, &searches), CF_OK);
+	CU_ASSERT_EQUAL(searches, 0);
+	check_signs(k);
+	cf_p11_key_free(k);
+
+	CHECK_OK(cf_p11_objects_destroy(p11, "listed-legacy", 1, other, NULL));
+	CHECK_OK(cf_p11_key_destroy(later));
+	cf_p11_key_free(later);
+	free(o);
+}
+
+/* C_FindObjectsInit calls made by one keyring_open on st. */
+static unsigned long
+start_searches(store *st, const char *key, uint32_t want_versions)
+{
+	struct mark m = mark(P11F_C_FindObjectsInit);
+	unsigned long searches;
+	keyring *kr = NULL;
+	struct store_key info;
+	cf_p11_key *k = NULL;
+	uint32_t used = 0;
+
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	searches = fault->calls(P11F_C_FindObjectsInit) - m.calls;
+	CU_ASSERT_EQUAL(keyring_describe(kr, key, &info), CF_OK);
+	CU_ASSERT_EQUAL(info.nversions, want_versions);
+	keyring_info_free(&info);
+	/* The oldest version serves (its objects are found at first use). */
+	CU_ASSERT_EQUAL(keyring_use(kr, key, 1, PURPOSE_SIGN, USE_CHECK, &k, &used), CF_OK);
+	CU_ASSERT_EQUAL(used, 1);
+	if (k != NULL)
+		check_signs(k);
+	keyring_close(kr);
+	return searches;
+}
+
+/* Start-up opens every version from one listing of the token: as many
+ * searches with 41 versions as with 1 (one search per version made it
+ * quadratic on SoftHSM2, whose searches read every object file: 3.2 s to
+ * start with 200 versions). */
+static void
+test_start_searches_constant(void)
+{
+	char dir[400];
+	store *st = NULL;
+	keyring *kr = NULL;
+	struct store_key info;
+	unsigned long one, many;
+
+	snprintf(dir, sizeof(dir), "%s/start-searches", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "start", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	keyring_close(kr);
+	one = start_searches(st, "start", 1);
+
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	for (int i = 0; i < 40; i++) {
+		CU_ASSERT_EQUAL(keyring_rotate(kr, "start", &info), CF_OK);
+		keyring_info_free(&info);
+	}
+	keyring_close(kr);
+	many = start_searches(st, "start", 41);
+	printf("\n  token searches at start-up: %lu with 1 version, %lu with 41 ", one, many);
+	CU_ASSERT_EQUAL(many, one);
+	store_close(st);
+}
+
 int
 main(void)
 {
@@ -624,6 +798,9 @@ main(void)
 		{ "clean refusals are not token errors", test_clean_refusal_not_counted },
 		{ "device gone: backoff between recoveries", test_device_gone_backoff },
 		{ "PIN refused in a recovery: not tried until it changes", test_pin_refused },
+		{ "open from a listing: no search; searched when it cannot tell", test_open_listed },
+		{ "keyring start-up: token searches do not grow with versions",
+		  test_start_searches_constant },
 		{ NULL, NULL },
 	};
 
