@@ -860,6 +860,12 @@ dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, siz
 			     dispatch_pipeline_path);
 	else if (c->sv->au != NULL && (r = audit_admit(c->sv->au)) != CF_OK)
 		;   /* failing closed, as every call */
+	else if (c->idem_key[0] != '\0' || c->idem_bad)
+		/* Each request would inherit it (and a malformed one refuse them
+		 * all), yet the stream carries no change for it to guard. */
+		r = cf_error(CF_E_INVALID_ARG, "idempotency-key does not apply to %s: it carries "
+			     "no changes; send the change as a unary call with the key",
+			     dispatch_pipeline_path);
 	else if (c->sv->pol == NULL)
 		r = cf_error(CF_E_UNAVAILABLE, "this daemon has no principals: no stream can be "
 			     "opened");

@@ -178,6 +178,24 @@ class Pipeline(unittest.TestCase):
         self.assertEqual((e.exception.code(), e.exception.details()),
                          (SC.UNIMPLEMENTED, "%s is not served on the admin socket" % PATH))
 
+    def test_idempotency_key_on_the_opening(self):
+        # The stream carries no changes: a key on its opening is refused at
+        # once, well formed or not, rather than inherited by every request.
+        text = ("idempotency-key does not apply to %s: it carries no changes; send the "
+                "change as a unary call with the key" % PATH)
+        def refusals():
+            return sum(1 for r in self.audit_records()
+                       if r.get("method") == PATH and r.get("result") == "INVALID_ARGUMENT")
+        before = refusals()
+        for key in ("retry-0001", "bad key!"):
+            with self.assertRaises(grpc.RpcError) as e:
+                self.run_stream([req(1, "Sign", pb.SignRequest(key="p-ec", message=b"x"))],
+                                metadata=[("idempotency-key", key)])
+            self.assertEqual((e.exception.code(), e.exception.details()),
+                             (SC.INVALID_ARGUMENT, text))
+        # Each refused opening has its record (written before the answer).
+        self.assertEqual(refusals(), before + 2)
+
     def test_flow_control_and_threads(self):
         # 1,000 requests written before one answer is read.
         q = queue.Queue()
