@@ -26,6 +26,10 @@
 #define LOCK_CLASS "1131374182"
 #define LOCK_REGISTRY LOCK_CLASS ", 1"
 #define LOCK_LEASE LOCK_CLASS ", 2"
+/* How often every replica asks for the lease. Well under a restart's time
+ * (about 0.5 s): a killed holder that comes back at once must not find the
+ * lease still free, as if nobody else could take it. */
+#define LEASE_TRY_MS 200
 
 struct fleet {
 	char dsn[4096];
@@ -175,6 +179,15 @@ deliver(fleet *f)
 	return failed;
 }
 
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Take the lease if nobody holds it. */
 static void
 try_lead(fleet *f)
@@ -201,7 +214,8 @@ static void *
 listen_thread(void *arg)
 {
 	fleet *f = arg;
-	time_t last_try = 0, next_resync = time(NULL) + FLEET_RESYNC_S;
+	time_t next_resync = time(NULL) + FLEET_RESYNC_S;
+	int64_t last_try = 0;
 	int resync_now = 0;   /* a hook or a reload failed: again on the next pass */
 
 	while (!atomic_load(&f->stop)) {
@@ -216,8 +230,8 @@ listen_thread(void *arg)
 			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
 			resync_now = 1;
 		}
-		if (time(NULL) != last_try) {
-			last_try = time(NULL);
+		if (now_ms() - last_try >= LEASE_TRY_MS) {
+			last_try = now_ms();
 			try_lead(f);
 			cf_error_clear();
 			if (f->listen == NULL)
