@@ -1,11 +1,17 @@
 /*
  * nonces_pg.c — the replay record's table in PostgreSQL, with group commit.
  *
- * Callers queue their claim and wait; a batcher thread (BATCHERS of them,
- * each with its own connection) takes everything queued (up to BATCH_MAX),
- * sends it as one transaction and answers each caller. While commits are
- * being flushed the next callers queue up, so the batch grows with the load
- * and a lone caller pays one round trip.
+ * Callers queue their claim and wait; whoever leads a batch takes
+ * everything queued (up to BATCH_MAX), sends it as one transaction on a free
+ * connection (LINKS of them) and answers each claim. While commits are being
+ * flushed the next callers queue up, so the batch grows with the load.
+ * A caller that finds no batch in flight sends its claim from its own
+ * thread: one round trip, without the hand-over to a batcher thread and back
+ * (two wake-ups on the critical path; bench_nonces_pg, one caller: p50
+ * 0.21 ms against 0.32-0.34 with the hand-over). Otherwise the batcher
+ * threads lead, and stay awake from one batch to the next: callers leading
+ * whenever a connection was free cost 10-25% of the throughput at 8
+ * callers, each batch waiting for a sleeping caller to wake up and lead it.
  *
  * Why one multi-row statement rather than one INSERT per claim in a
  * pipeline: a pipeline is one transaction, and any statement failing in it
@@ -44,6 +50,7 @@
  * commit waits for it to end before its own begins (up to two commits);
  * with two, another connection takes it at once, and the server flushes
  * concurrent commits together. More buys little (one WAL flush at a time). */
+#define LINKS 2
 #define BATCHERS 2
 #define EXPIRE_BATCH 5000    /* rows per DELETE */
 #define EXPIRE_ROUNDS 40     /* DELETEs per nonces_pg_expire (the sweep comes back) */
@@ -81,7 +88,7 @@ static const char EXPIRE_SQL[] =
 	"DELETE FROM coffer_nonces WHERE h IN (SELECT h FROM coffer_nonces"
 	" WHERE expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) AND expires <= $1";
 
-/* A claim's answer, set by the batcher; the caller turns it into a status
+/* A claim's answer, set by the caller that sent it; the caller turns it into a status
  * (the detail text is per thread). */
 enum verdict { V_TAKEN, V_FRESH, V_FAILED };
 
@@ -95,11 +102,11 @@ struct claim {
 	struct claim *next;
 };
 
-/* A batcher: a thread and its connection (pipeline mode; only it uses it). */
-struct batcher {
+/* A connection (pipeline mode) and what sending a batch on it needs; used
+ * by one leading caller at a time. */
+struct link {
 	struct nonces_pg *p;
-	pthread_t thr;
-	int started;
+	int busy;                        /* a caller leads a batch on it (under mu) */
 	PGconn *conn;
 	int64_t warned;                  /* when a failed batch was last logged */
 	char hexes[BATCH_MAX * 33 + 3];  /* the statement's array literals */
@@ -109,11 +116,14 @@ struct batcher {
 struct nonces_pg {
 	char *dsn;
 	pthread_mutex_t mu;
-	pthread_cond_t work, answered;
+	pthread_cond_t work;     /* claims queued, or stop */
+	pthread_cond_t answered; /* a batch ended: claims answered */
 	struct claim *head, **tail;
 	int stop;
 	uint64_t batches, items;
-	struct batcher bt[BATCHERS];
+	struct link ln[LINKS];
+	pthread_t bt[BATCHERS];
+	int nbt;                 /* batcher threads started */
 	pthread_mutex_t xmu;
 	PGconn *xconn;           /* the expiry sweep's */
 };
@@ -199,7 +209,7 @@ hex_cmp(const void *key, const void *elem)
  * b[i]->v set; 0: not committed, msg set, *retry if the server rolled it
  * back for a conflict that a new attempt resolves (deadlock, serialization). */
 static int
-send_batch(struct batcher *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
+send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
 {
 	const char *vals[3];
 	char now[24];
@@ -275,7 +285,7 @@ send_batch(struct batcher *p, struct claim **b, size_t k, char *msg, size_t len,
 
 /* Answer every claim of b[0..k): set v (and msg). */
 static void
-run_batch(struct batcher *p, struct claim **b, size_t k)
+run_batch(struct link *p, struct claim **b, size_t k)
 {
 	struct claim *u[BATCH_MAX];
 	char msg[MSG_MAX];
@@ -323,35 +333,67 @@ run_batch(struct batcher *p, struct claim **b, size_t k)
 	}
 }
 
+/* Under mu, with l free and claims queued: send what is queued (up to
+ * BATCH_MAX) on l, answer it, wake the waiting callers (and a batcher if
+ * more queued meanwhile). */
+static void
+lead(struct nonces_pg *p, struct link *l)
+{
+	struct claim *b[BATCH_MAX];
+	size_t k = 0;
+
+	while (p->head != NULL && k < BATCH_MAX) {
+		b[k++] = p->head;
+		p->head = p->head->next;
+	}
+	if (p->head == NULL)
+		p->tail = &p->head;
+	l->busy = 1;
+	pthread_mutex_unlock(&p->mu);
+	run_batch(l, b, k);
+	pthread_mutex_lock(&p->mu);
+	for (size_t i = 0; i < k; i++)
+		b[i]->done = 1;
+	l->busy = 0;
+	p->batches++;
+	p->items += k;
+	pthread_cond_broadcast(&p->answered);
+	if (p->head != NULL)     /* queued meanwhile, and l is free again */
+		pthread_cond_signal(&p->work);
+}
+
+/* Under mu: a connection no batch is using, or NULL. */
+static struct link *
+free_link(struct nonces_pg *p)
+{
+	for (int i = 0; i < LINKS; i++)
+		if (!p->ln[i].busy)
+			return &p->ln[i];
+	return NULL;
+}
+
+/* Under mu: no batch in flight. */
+static int
+idle(struct nonces_pg *p)
+{
+	for (int i = 0; i < LINKS; i++)
+		if (p->ln[i].busy)
+			return 0;
+	return 1;
+}
+
 static void *
 batcher(void *arg)
 {
-	struct batcher *t = arg;
-	struct nonces_pg *p = t->p;
-	struct claim *b[BATCH_MAX];
+	struct nonces_pg *p = arg;
+	struct link *l;
 
 	pthread_mutex_lock(&p->mu);
-	for (;;) {
-		size_t k = 0;
-
-		while (p->head == NULL && !p->stop)
+	while (!p->stop) {
+		if (p->head != NULL && (l = free_link(p)) != NULL)
+			lead(p, l);
+		else
 			pthread_cond_wait(&p->work, &p->mu);
-		if (p->head == NULL)
-			break;
-		while (p->head != NULL && k < BATCH_MAX) {
-			b[k++] = p->head;
-			p->head = p->head->next;
-		}
-		if (p->head == NULL)
-			p->tail = &p->head;
-		pthread_mutex_unlock(&p->mu);
-		run_batch(t, b, k);
-		pthread_mutex_lock(&p->mu);
-		for (size_t i = 0; i < k; i++)
-			b[i]->done = 1;
-		p->batches++;
-		p->items += k;
-		pthread_cond_broadcast(&p->answered);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
@@ -379,19 +421,18 @@ nonces_pg_open(const char *dsn, struct nonces_pg **out)
 		r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
 		goto fail;
 	}
-	for (int i = 0; i < BATCHERS; i++) {
-		struct batcher *t = &p->bt[i];
-
-		t->p = p;
-		if ((t->conn = connect_db(dsn, 1, msg, sizeof(msg))) == NULL) {
+	for (int i = 0; i < LINKS; i++) {
+		p->ln[i].p = p;
+		if ((p->ln[i].conn = connect_db(dsn, 1, msg, sizeof(msg))) == NULL) {
 			r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
 			goto fail;
 		}
-		if (pthread_create(&t->thr, NULL, batcher, t) != 0) {
+	}
+	for (; p->nbt < BATCHERS; p->nbt++) {
+		if (pthread_create(&p->bt[p->nbt], NULL, batcher, p) != 0) {
 			r = cf_error(CF_E_INTERNAL, "nonce record: cannot start a batcher thread");
 			goto fail;
 		}
-		t->started = 1;
 	}
 	*out = p;
 	return CF_OK;
@@ -405,15 +446,15 @@ nonces_pg_close(struct nonces_pg *p)
 {
 	if (p == NULL)
 		return;
+	/* No claim is in flight: the daemon closes it after its calls ended. */
 	pthread_mutex_lock(&p->mu);
 	p->stop = 1;
 	pthread_cond_broadcast(&p->work);
 	pthread_mutex_unlock(&p->mu);
-	for (int i = 0; i < BATCHERS; i++) {
-		if (p->bt[i].started)
-			pthread_join(p->bt[i].thr, NULL);
-		PQfinish(p->bt[i].conn);
-	}
+	for (int i = 0; i < p->nbt; i++)
+		pthread_join(p->bt[i], NULL);
+	for (int i = 0; i < LINKS; i++)
+		PQfinish(p->ln[i].conn);
 	PQfinish(p->xconn);
 	/* The connection string may hold a password ([state] dsn_file). */
 	if (p->dsn != NULL)
@@ -443,7 +484,12 @@ nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64
 	pthread_mutex_lock(&p->mu);
 	*p->tail = &c;
 	p->tail = &c.next;
-	pthread_cond_signal(&p->work);
+	/* Alone (no batch in flight): sent from this thread. Otherwise the
+	 * batchers, already awake and hot, take it with what else queues. */
+	if (idle(p))
+		lead(p, &p->ln[0]);      /* c among what it sends */
+	else
+		pthread_cond_signal(&p->work);
 	while (!c.done)
 		pthread_cond_wait(&p->answered, &p->mu);
 	pthread_mutex_unlock(&p->mu);

@@ -8,9 +8,9 @@
  * A claim is one row of an INSERT ... ON CONFLICT under that key, so two
  * replicas claiming one nonce at once get one "fresh" between them. The
  * claims of concurrent callers share one transaction (group commit): a
- * batcher thread with its own connection sends them as one multi-row
- * statement (two such, so that one transaction can start while another
- * commits).
+ * caller that finds one of two connections free, else a batcher thread,
+ * sends every claim queued as one multi-row statement on it (two
+ * connections, so that one transaction can start while another commits).
  */
 #ifndef COFFER_NONCES_PG_H
 #define COFFER_NONCES_PG_H
@@ -19,7 +19,7 @@
 
 struct nonces_pg;
 
-/* Connect (three connections: the two batchers' and the expiry sweep's),
+/* Connect (three connections: the two claims' and the expiry sweep's),
  * create the table if absent. CF_E_UNAVAILABLE if PostgreSQL cannot be reached. */
 int nonces_pg_open(const char *dsn, struct nonces_pg **out);
 void nonces_pg_close(struct nonces_pg *p);   /* accepts NULL */
@@ -34,7 +34,7 @@ int nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, i
  * sweep at once: each skips the rows another is deleting). */
 int nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted);
 
-/* Transactions sent by the batcher, and the claims they answered. */
+/* Transactions sent for claims, and the claims they answered. */
 void nonces_pg_stats(struct nonces_pg *p, uint64_t *batches, uint64_t *items);
 
 #endif
