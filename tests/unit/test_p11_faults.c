@@ -617,29 +617,45 @@ test_pin_refused(void)
 	cf_buf_free(sig);
 }
 
-/* A second key pair under coffer/<name>/<version>, with CKA_ID id: copies
- * made with raw Cryptoki (the layer refuses to make them). */
+/* A copy of coffer/<name>/<version>'s key pair with CKA_ID id, under
+ * `label` (NULL: the same label), made with raw Cryptoki (the layer refuses
+ * to make one). */
 static int
-raw_duplicate(const char *name, uint32_t version, const uint8_t *id)
+raw_copy(const char *name, uint32_t version, const char *label, const uint8_t *id)
 {
 	CK_FUNCTION_LIST *f;
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE s;
 	CK_OBJECT_HANDLE o, copy;
-	CK_ATTRIBUTE t[] = { { CKA_ID, (void *)id, CF_P11_ID_LEN } };
-	char label[128];
+	char from[128];
+	CK_ATTRIBUTE t[] = {
+		{ CKA_ID, (void *)id, CF_P11_ID_LEN },
+		{ CKA_LABEL, (void *)label, label != NULL ? strlen(label) : 0 },
+	};
+	CK_ULONG nt = label != NULL ? 2 : 1;
 	int r = -1;
 
-	snprintf(label, sizeof(label), "coffer/%s/%" PRIu32, name, version);
+	snprintf(from, sizeof(from), "coffer/%s/%" PRIu32, name, version);
 	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
 		return -1;
-	if (cf_test_raw_find(f, s, CKO_PRIVATE_KEY, label, &o) == 0 &&
-	    f->C_CopyObject(s, o, t, 1, &copy) == CKR_OK &&
-	    cf_test_raw_find(f, s, CKO_PUBLIC_KEY, label, &o) == 0 &&
-	    f->C_CopyObject(s, o, t, 1, &copy) == CKR_OK)
+	if (cf_test_raw_find(f, s, CKO_PRIVATE_KEY, from, &o) == 0 &&
+	    f->C_CopyObject(s, o, t, nt, &copy) == CKR_OK &&
+	    cf_test_raw_find(f, s, CKO_PUBLIC_KEY, from, &o) == 0 &&
+	    f->C_CopyObject(s, o, t, nt, &copy) == CKR_OK)
 		r = 0;
 	f->C_CloseSession(s);
 	return r;
+}
+
+/* Entries of o[0..n) for name/version. */
+static unsigned
+listed(const struct cf_p11_object *o, size_t n, const char *name, uint32_t version)
+{
+	unsigned c = 0;
+
+	for (size_t i = 0; i < n; i++)
+		c += strcmp(o[i].name, name) == 0 && o[i].version == version;
+	return c;
 }
 
 /* Open name/version through the listing o[0..n); the C_FindObjectsInit calls
@@ -676,8 +692,13 @@ test_open_listed(void)
 	}
 	CHECK_OK(cf_p11_key_generate(p11, "listed-legacy", 1, CF_KEY_EC_P256, 0, &k));
 	cf_p11_key_free(k);
+	/* Labels a search for coffer/listed-legacy/1 does not find are not
+	 * listed as version 1 either. */
+	CU_ASSERT_EQUAL_FATAL(raw_copy("listed-legacy", 1, "coffer/listed-legacy/01", other), 0);
+	CU_ASSERT_EQUAL_FATAL(raw_copy("listed-legacy", 1, "coffer/listed-legacy/+1", other), 0);
 	CHECK_OK(cf_p11_objects(p11, &o, &n));
 	qsort(o, n, sizeof(*o), cf_p11_object_cmp);
+	CU_ASSERT_EQUAL(listed(o, n, "listed-legacy", 1), 2);
 
 	/* Listed once: the listing's type, no search; the handle works. */
 	for (uint32_t v = 1; v <= 4; v++) {
@@ -709,7 +730,7 @@ test_open_listed(void)
 
 	/* Two private objects under one label: a search without an id says so,
 	 * and so does the listing (it searches); with an id, each is its own. */
-	CU_ASSERT_EQUAL_FATAL(raw_duplicate("listed-legacy", 1, other), 0);
+	CU_ASSERT_EQUAL_FATAL(raw_copy("listed-legacy", 1, NULL, other), 0);
 	free(o);
 	CHECK_OK(cf_p11_objects(p11, &o, &n));
 	qsort(o, n, sizeof(*o), cf_p11_object_cmp);
@@ -721,6 +742,7 @@ test_open_listed(void)
 	check_signs(k);
 	cf_p11_key_free(k);
 
+	CU_ASSERT_EQUAL(listed(o, n, "listed-legacy", 1), 4);
 	CHECK_OK(cf_p11_objects_destroy(p11, "listed-legacy", 1, other, NULL));
 	CHECK_OK(cf_p11_key_destroy(later));
 	cf_p11_key_free(later);
