@@ -88,8 +88,8 @@ static const char EXPIRE_SQL[] =
 	"DELETE FROM coffer_nonces WHERE h IN (SELECT h FROM coffer_nonces"
 	" WHERE expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) AND expires <= $1";
 
-/* A claim's answer, set by the caller that sent it; the caller turns it into a status
- * (the detail text is per thread). */
+/* A claim's answer, set by whoever sent its batch; its caller turns it into
+ * a status (the detail text is per thread). */
 enum verdict { V_TAKEN, V_FRESH, V_FAILED };
 
 struct claim {
@@ -103,10 +103,10 @@ struct claim {
 };
 
 /* A connection (pipeline mode) and what sending a batch on it needs; used
- * by one leading caller at a time. */
+ * by one leader (a caller or a batcher thread) at a time. */
 struct link {
 	struct nonces_pg *p;
-	int busy;                        /* a caller leads a batch on it (under mu) */
+	int busy;                        /* a batch is in flight on it (under mu) */
 	PGconn *conn;
 	int64_t warned;                  /* when a failed batch was last logged */
 	char hexes[BATCH_MAX * 33 + 3];  /* the statement's array literals */
