@@ -444,10 +444,10 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 	 * Versions are opened from one listing of the token, taken before the
 	 * registry is read (a version made since is searched for). */
 	store_change_end(st);
-	if (r == CF_OK && cf_p11_objects(p11, &lc.objs, &lc.nobjs) == CF_OK)
-		qsort(lc.objs, lc.nobjs, sizeof(*lc.objs), cf_p11_object_cmp);
-	else
+	if (r == CF_OK && cf_p11_objects(p11, &lc.objs, &lc.nobjs) != CF_OK)
 		cf_error_clear();     /* each version is searched for instead */
+	else if (lc.nobjs > 0)        /* an empty listing is NULL: no qsort */
+		qsort(lc.objs, lc.nobjs, sizeof(*lc.objs), cf_p11_object_cmp);
 	if (r == CF_OK)
 		r = store_load(st, load_one, &lc);
 	free(lc.objs);
