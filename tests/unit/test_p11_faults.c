@@ -803,8 +803,24 @@ test_start_searches_constant(void)
 	}
 	keyring_close(kr);
 	many = start_searches(st, "start", 41);
-	printf("\n  token searches at start-up: %lu with 1 version, %lu with 41 ", one, many);
+	printf("\n  token searches at start-up: %lu with 1 version, %lu with 41", one, many);
 	CU_ASSERT_EQUAL(many, one);
+
+	/* The listing fails (its first search refused: the one after
+	 * recovery's three): each version is searched for instead, and the
+	 * keyring opens with every version. */
+	{
+		struct mark m = mark(P11F_C_FindObjectsInit);
+		unsigned long fallback;
+
+		inject(P11F_C_FindObjectsInit, CKR_HOST_MEMORY, (unsigned)one / 2, 1, 0);
+		fallback = start_searches(st, "start", 41);
+		fault->clear();
+		printf(", %lu when the listing fails ", fallback);
+		check_mark(&m, -1, 1);
+		/* recovery's three, the refused one, one per version */
+		CU_ASSERT_EQUAL(fallback, one / 2 + 1 + 41);
+	}
 	store_close(st);
 }
 
