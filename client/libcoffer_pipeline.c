@@ -5,9 +5,10 @@
  * wants it, with a reader thread that owns its events. A call packs its
  * PipelineRequest with a fresh id, enters a table of waiters and a send
  * queue (one message goes out at a time: the next when the reader sees the
- * last one sent), then waits on its own condition variable until the reader
- * hands it its PipelineResponse, the stream ends, or the client's timeout
- * passes (its late answer is then dropped). When the stream ends, every
+ * last one sent, carrying as one frame every request queued meanwhile once
+ * the daemon has said it reads frames), then waits on its own condition
+ * variable until the reader hands it its PipelineResponse, the stream ends,
+ * or the client's timeout passes (its late answer is then dropped). When the stream ends, every
  * waiter is woken with the end status; lc_rpc repeats what may be repeated
  * as a unary call, and the next call opens a new stream.
  */
@@ -25,6 +26,7 @@
 
 #include "cf_status.h"
 #include "coffer.h"
+#include "cf_pbcheck.h"
 #include "coffer/v1/pipeline.pb-c.h"
 #include "libcoffer_signer.h"
 
@@ -35,6 +37,21 @@
 
 enum wstate { W_WAITING, W_ANSWERED, W_ENDED };
 
+/* A frame's requests go out in one message of at most this many bytes (a
+ * larger request goes alone), and at most COFFER_BATCH_MAX of them. */
+#define FRAME_BYTES (256u << 10)
+#define MORE_REQUEST 4          /* PipelineRequest.more */
+/* A request held back for the rest of its wave (below) goes out after at
+ * most this long anyway. */
+#define LINGER_US 200
+
+/* One received message: its answers are handed to their waiters, and the
+ * last one done with it frees it. */
+struct frame {
+	Coffer__V1__PipelineResponse *top;
+	atomic_uint refs;
+};
+
 /* One call waiting for its answer; lives on its caller's stack. */
 struct waiter {
 	uint64_t id;
@@ -44,7 +61,8 @@ struct waiter {
 	size_t reqlen;
 	int sent;                       /* handed to the stream: it may have run */
 	enum wstate state;
-	Coffer__V1__PipelineResponse *resp;    /* W_ANSWERED */
+	Coffer__V1__PipelineResponse *resp;    /* W_ANSWERED: in fr */
+	struct frame *fr;
 	unsigned end_code;                     /* W_ENDED: the stream's status */
 	char end_msg[CF_ERROR_DETAIL_MAX];
 	size_t end_len;
@@ -67,8 +85,30 @@ struct lc_pipeline {
 	struct waiter *buckets[NBUCKETS];
 	struct waiter *qhead, *qtail;   /* not yet handed to the stream */
 	int sending;                    /* a message is going out */
+	int frames;                     /* the stream's daemon reads frames */
+	/* A wave: the callers handed their answers by one message tend to come
+	 * back together with their next requests; while some of them have not,
+	 * requests are held (at most LINGER_US) to go out as one frame. */
+	unsigned woken;                 /* callers handed an answer, not back yet */
+	unsigned wave;                  /* bumped when a linger gives up on them */
+	struct waiter *lingerer;        /* the held request whose wait is timed */
 	int close_queued;               /* P_DRAINING: half-close when the queue is empty */
 };
+
+/* The wave this thread was woken in (see woken): which client, which wave. */
+static __thread const struct lc_pipeline *tl_pipe;
+static __thread unsigned tl_wave;
+
+/* Under mu: this thread is back from the answer it was handed. */
+static void
+came_back(struct lc_pipeline *p)
+{
+	if (tl_pipe == p) {
+		if (tl_wave == p->wave && p->woken > 0)
+			p->woken--;
+		tl_pipe = NULL;
+	}
+}
 
 /* Forks so far, counted in the children: a reader thread started before
  * the last fork is in the parent, not here (without a getpid per call). */
@@ -154,6 +194,15 @@ unqueue(struct lc_pipeline *p, struct waiter *w)
 }
 
 static void
+frame_put(struct frame *fr, unsigned n)
+{
+	if (n > 0 && atomic_fetch_sub(&fr->refs, n) == n) {
+		coffer__v1__pipeline_response__free_unpacked(fr->top, NULL);
+		free(fr);
+	}
+}
+
+static void
 drop_request(struct waiter *w)
 {
 	if (w->req != NULL) {
@@ -163,22 +212,62 @@ drop_request(struct waiter *w)
 	}
 }
 
-/* Hand the next queued request to the stream when none is going out; the
- * half-close of a draining stream after the last one. */
+/* How many queued requests, from the head, go out in the next message:
+ * one, or on a stream that reads frames, as many as fit; *total is their
+ * size joined. */
+static size_t
+frame_take(const struct lc_pipeline *p, size_t *total)
+{
+	size_t n = 1;
+
+	*total = p->qhead->reqlen;
+	for (struct waiter *w = p->qhead->qnext; p->frames && w != NULL && n < COFFER_BATCH_MAX;
+	     w = w->qnext) {
+		size_t add = cf_pb_len_prefix(MORE_REQUEST, w->reqlen, NULL) + w->reqlen;
+
+		if (*total + add > FRAME_BYTES)
+			break;
+		*total += add;
+		n++;
+	}
+	return n;
+}
+
+/* Hand the queued requests to the stream when none is going out (as one
+ * frame when it reads them); the half-close of a draining stream after the
+ * last one. */
 static void
 pump(struct lc_pipeline *p)
 {
-	if (!p->sending && p->qhead != NULL) {
-		struct waiter *w = p->qhead;
+	if (!p->sending && p->qhead != NULL && (p->woken == 0 || !p->frames || p->close_queued)) {
+		size_t total, n = frame_take(p, &total);
+		uint8_t *buf, *at;
 
-		if ((p->qhead = w->qnext) == NULL)
-			p->qtail = NULL;
-		w->sent = 1;
+		/* A lone request is taken over as it is. */
+		buf = n == 1 ? p->qhead->req : malloc(total);
+		at = buf;
+		for (size_t k = 0; k < n; k++) {
+			struct waiter *w = p->qhead;
+
+			if ((p->qhead = w->qnext) == NULL)
+				p->qtail = NULL;
+			w->sent = 1;
+			if (n == 1) {
+				w->req = NULL;
+			} else if (buf != NULL) {
+				if (k > 0)
+					at += cf_pb_len_prefix(MORE_REQUEST, w->reqlen, at);
+				memcpy(at, w->req, w->reqlen);
+				at += w->reqlen;
+			}
+			drop_request(w);
+		}
 		p->sending = 1;
-		/* Taken over: freed when sent, or with the stream. */
-		if (lc_stream_send(p->s, w->req, w->reqlen) != CF_OK)
-			lc_stream_cancel(p->s);   /* its end wakes every waiter */
-		w->req = NULL;
+		p->lingerer = NULL;   /* the queue went: a new one times the next */
+		/* Taken over: freed when sent, or with the stream. No memory for
+		 * the frame: the stream's end wakes every waiter. */
+		if (buf == NULL || lc_stream_send(p->s, buf, total) != CF_OK)
+			lc_stream_cancel(p->s);
 	}
 	if (!p->sending && p->qhead == NULL && p->close_queued) {
 		p->close_queued = 0;
@@ -199,6 +288,9 @@ end_stream(struct lc_pipeline *p, unsigned code, const uint8_t *msg, size_t len)
 	p->sending = 0;
 	p->close_queued = 0;
 	p->qhead = p->qtail = NULL;
+	p->lingerer = NULL;
+	p->woken = 0;
+	p->wave++;
 	/* An older cofferd: unary calls for good. */
 	if (code == GRPC_STATUS_UNIMPLEMENTED)
 		atomic_store(&p->disabled, 1);
@@ -219,6 +311,46 @@ end_stream(struct lc_pipeline *p, unsigned code, const uint8_t *msg, size_t len)
 	pthread_mutex_unlock(&p->mu);
 }
 
+/* Hand each answer of the message resp to its waiter: NULL, or why not
+ * (a frame the daemon did not announce, or nested; no memory). */
+static const char *
+handout(struct lc_pipeline *p, Coffer__V1__PipelineResponse *resp, int frames)
+{
+	size_t n = 1 + resp->n_more;
+	unsigned unclaimed = 0;
+	struct frame *fr;
+
+	if (resp->n_more > 0 && !frames)
+		return "malformed answer on the pipelined stream (a frame that was not announced)";
+	for (size_t k = 0; k < resp->n_more; k++)
+		if (resp->more[k]->n_more > 0)
+			return "malformed answer on the pipelined stream (nested frames)";
+	if ((fr = malloc(sizeof(*fr))) == NULL)
+		return "out of memory reading the pipelined stream";
+	fr->top = resp;
+	atomic_init(&fr->refs, (unsigned)n);
+	pthread_mutex_lock(&p->mu);
+	if (frames)
+		p->frames = 1;
+	for (size_t k = 0; k < n; k++) {
+		Coffer__V1__PipelineResponse *a = k == 0 ? resp : resp->more[k - 1];
+		struct waiter *w = unlink_waiter(p, a->id);
+
+		if (w == NULL) {
+			unclaimed++;   /* its waiter timed out and left: dropped */
+			continue;
+		}
+		w->state = W_ANSWERED;
+		w->resp = a;
+		w->fr = fr;
+		p->woken++;
+		pthread_cond_signal(&w->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	frame_put(fr, unclaimed);
+	return NULL;
+}
+
 static void *
 reader_main(void *arg)
 {
@@ -232,7 +364,7 @@ reader_main(void *arg)
 	for (;;) {
 		struct lc_stream_event ev;
 		Coffer__V1__PipelineResponse *resp;
-		struct waiter *w;
+		const char *why;
 
 		if (lc_stream_next(s, &ev) != CF_OK) {
 			broken = "the pipelined stream's completion queue failed";
@@ -259,25 +391,16 @@ reader_main(void *arg)
 			OPENSSL_cleanse(ev.msg, ev.len);
 			free(ev.msg);
 		}
-		if (resp == NULL) {
+		why = resp == NULL ? (ev.ok ? "malformed answer on the pipelined stream" :
+		    "out of memory reading the pipelined stream") : handout(p, resp, ev.frames);
+		if (why != NULL) {
 			/* Whose answer it was is unknown: no waiter can trust the stream. */
 			if (broken == NULL)
-				broken = ev.ok ? "malformed answer on the pipelined stream" :
-				    "out of memory reading the pipelined stream";
+				broken = why;
+			if (resp != NULL)
+				coffer__v1__pipeline_response__free_unpacked(resp, NULL);
 			lc_stream_cancel(s);
-			continue;
 		}
-		pthread_mutex_lock(&p->mu);
-		if ((w = unlink_waiter(p, resp->id)) != NULL) {
-			w->state = W_ANSWERED;
-			w->resp = resp;
-			resp = NULL;
-			pthread_cond_signal(&w->cv);
-		}
-		pthread_mutex_unlock(&p->mu);
-		/* A waiter that timed out left: its late answer is dropped. */
-		if (resp != NULL)
-			coffer__v1__pipeline_response__free_unpacked(resp, NULL);
 	}
 	end_stream(p, GRPC_STATUS_INTERNAL, (const uint8_t *)broken, strlen(broken));
 	lc_stream_free(s);
@@ -300,6 +423,7 @@ open_locked(struct lc_pipeline *p, struct lc_apikey *k)
 		return r;
 	p->s = s;
 	p->state = P_OPEN;
+	p->frames = 0;   /* until this stream's daemon says it reads them */
 	if (pthread_create(&p->reader, NULL, reader_main, p) != 0) {
 		p->s = NULL;
 		p->state = P_CLOSED;
@@ -411,6 +535,26 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 	until.tv_nsec += (long)(ms % 1000) * 1000000L;
 	until.tv_sec += until.tv_nsec / 1000000000L;
 	until.tv_nsec %= 1000000000L;
+	if (p->lingerer == NULL && !w->sent) {
+		/* Held for its wave: the first one held times the wait for all. */
+		struct timespec linger;
+
+		clock_gettime(CLOCK_MONOTONIC, &linger);
+		linger.tv_nsec += LINGER_US * 1000L;
+		linger.tv_sec += linger.tv_nsec / 1000000000L;
+		linger.tv_nsec %= 1000000000L;
+		p->lingerer = w;
+		while (p->lingerer == w && w->state == W_WAITING &&
+		    pthread_cond_timedwait(&w->cv, &p->mu, &linger) != ETIMEDOUT)
+			;
+		if (p->lingerer == w) {
+			/* The rest of the wave is busy elsewhere: not waited for. */
+			p->lingerer = NULL;
+			p->woken = 0;
+			p->wave++;
+			pump(p);
+		}
+	}
 	while (w->state == W_WAITING) {
 		if (ms == 0) {
 			pthread_cond_wait(&w->cv, &p->mu);
@@ -419,6 +563,8 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 			(void)unlink_waiter(p, w->id);
 			unqueue(p, w);
 			drop_request(w);
+			if (p->lingerer == w)
+				p->lingerer = NULL;
 			return ETIMEDOUT;
 		}
 	}
@@ -442,7 +588,7 @@ answer(struct lc_pipeline *p, struct waiter *w, unsigned int ms, uint8_t **out, 
 			memcpy(*out, resp->response.data, resp->response.len);
 		*outlen = resp->response.len;
 	}
-	coffer__v1__pipeline_response__free_unpacked(resp, NULL);
+	frame_put(w->fr, 1);
 	return r;
 }
 
@@ -482,13 +628,21 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
 	struct waiter w;
 	int r;
 
-	if (mode == COFFER_PIPELINE_OFF || !eligible(m) || atomic_load(&p->disabled))
+	if (mode == COFFER_PIPELINE_OFF || !eligible(m) || atomic_load(&p->disabled)) {
+		if (tl_pipe == p) {
+			pthread_mutex_lock(&p->mu);
+			came_back(p);
+			pump(p);
+			pthread_mutex_unlock(&p->mu);
+		}
 		return LC_PIPE_UNARY;
+	}
 	memset(&w, 0, sizeof(w));
 	w.id = atomic_fetch_add(&p->next_id, 1);
 	w.state = W_WAITING;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	pthread_mutex_lock(&p->mu);
+	came_back(p);
 	if (p->state == P_CLOSED && mode == COFFER_PIPELINE_AUTO && others == 0) {
 		/* A lone caller: a plain unary call costs it less. */
 		pthread_mutex_unlock(&p->mu);
@@ -529,6 +683,10 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
 	p->qtail = &w;
 	pump(p);
 	r = await(p, &w, ms, &start);
+	if (w.state == W_ANSWERED) {
+		tl_pipe = p;   /* one of the wave, until its next call */
+		tl_wave = p->wave;
+	}
 	pthread_mutex_unlock(&p->mu);
 	pthread_cond_destroy(&w.cv);
 	if (r == ETIMEDOUT)   /* the text the unary call gives at its deadline */

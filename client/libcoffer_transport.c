@@ -494,6 +494,7 @@ struct lc_stream {
 	grpc_byte_buffer *send_bb;      /* the message being sent */
 	grpc_byte_buffer *recv_bb;      /* the message being received */
 	int recv_initial;               /* the first receive takes the initial metadata */
+	int frames;                     /* ... which said "coffer-pipeline: frames" */
 	grpc_status_code st;
 	grpc_slice details;
 	const char *errstr;
@@ -507,6 +508,17 @@ stream_batch(struct lc_stream *s, const grpc_op *ops, size_t n, int tag)
 		return CF_OK;
 	atomic_fetch_sub(&s->pending, 1);
 	return cf_error(CF_E_INTERNAL, "cannot start an operation on the gRPC stream");
+}
+
+/* Does md hold the header key with exactly this value? */
+static int
+has_header(const grpc_metadata_array *md, const char *key, const char *value)
+{
+	for (size_t i = 0; i < md->count; i++)
+		if (grpc_slice_str_cmp(md->metadata[i].key, key) == 0 &&
+		    grpc_slice_str_cmp(md->metadata[i].value, value) == 0)
+			return 1;
+	return 0;
 }
 
 /* One receive at a time: the first with the initial metadata. */
@@ -638,7 +650,10 @@ lc_stream_next(struct lc_stream *s, struct lc_stream_event *ev)
 		case TAG_RECV:
 			if (!e.success || s->recv_bb == NULL)
 				continue;   /* no more messages: the status follows */
+			if (s->md_initial.count > 0 && !s->frames)
+				s->frames = has_header(&s->md_initial, "coffer-pipeline", "frames");
 			ev->kind = LC_STREAM_MESSAGE;
+			ev->frames = s->frames;
 			ev->ok = byte_buffer_copy(s->recv_bb, &ev->msg, &ev->len) == CF_OK;
 			grpc_byte_buffer_destroy(s->recv_bb);
 			s->recv_bb = NULL;

@@ -75,6 +75,8 @@ struct lc_stream_event {
 	unsigned code;
 	const uint8_t *details;
 	size_t details_len;
+	int frames;             /* LC_STREAM_MESSAGE: the stream's opening answered the
+				 * header "coffer-pipeline: frames" */
 };
 
 int lc_stream_open(struct lc_conn *t, const char *method, const char *authz,

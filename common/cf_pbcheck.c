@@ -81,6 +81,30 @@ cf_text_escape(const char *in, size_t inlen, char *out, size_t outlen)
 	return o;
 }
 
+static size_t
+put_varint(uint64_t v, uint8_t *out)
+{
+	size_t n = 0;
+
+	do {
+		uint8_t b = (uint8_t)(v & 0x7f);
+
+		v >>= 7;
+		if (out != NULL)
+			out[n] = (uint8_t)(b | (v != 0 ? 0x80 : 0));
+		n++;
+	} while (v != 0);
+	return n;
+}
+
+size_t
+cf_pb_len_prefix(uint32_t field, size_t len, uint8_t *out)
+{
+	size_t n = put_varint(((uint64_t)field << 3) | 2u, out);
+
+	return n + put_varint(len, out != NULL ? out + n : NULL);
+}
+
 /* A varint at in[*pos..len); 0 when truncated or longer than 10 bytes. */
 static int
 varint(const uint8_t *in, size_t len, size_t *pos, uint64_t *v)

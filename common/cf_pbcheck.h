@@ -39,4 +39,13 @@ size_t cf_utf8_valid(const uint8_t *p, size_t len);
  * (without the NUL). */
 size_t cf_text_escape(const char *in, size_t inlen, char *out, size_t outlen);
 
+/* The key and length that put `len` packed bytes in the length-delimited
+ * field `field` of a message, into out (at most CF_PB_PREFIX_MAX bytes;
+ * NULL: only counted). Returns how many bytes they take. A message's fields
+ * may come in any order, so packed messages joined with these prefixes are
+ * the first one with the others in its repeated field: how the pipelined
+ * stream's frames are built without packing anything twice. */
+#define CF_PB_PREFIX_MAX 15
+size_t cf_pb_len_prefix(uint32_t field, size_t len, uint8_t *out);
+
 #endif

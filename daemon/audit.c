@@ -29,8 +29,17 @@ struct item {
 	char *rest;              /* the record after its "{\"seq\":N," prefix */
 	int64_t outbox;          /* its outbox id; 0: a call's record */
 	unsigned gen;            /* outbox generation it was queued in (stale ones are skipped) */
-	int *status;             /* a waiting call's: where the outcome goes (NULL: none) */
+	struct audit_group *group;   /* the calls waiting for it (NULL: none) */
 	struct item *next;
+};
+
+/* Calls waiting for their records (mu): one call's, or a stream frame's.
+ * Each queued record holds a reference, as does its owner until it has
+ * waited: the last one frees it, so a waiter that gave up leaves safely. */
+struct audit_group {
+	unsigned pending;        /* its records not yet written */
+	unsigned refs;
+	int status;              /* CF_OK, or why one of them was not written */
 };
 
 struct audit {
@@ -360,6 +369,17 @@ deadline_in(struct timespec *until, unsigned ms)
 #define SEAL_IDLE_MS 20
 #define SEAL_EVERY_MS 100
 
+/* One of g's records was written (r == CF_OK) or not (mu held). */
+static void
+group_put_locked(struct audit_group *g, int r)
+{
+	if (r != CF_OK)
+		g->status = r;
+	g->pending--;
+	if (--g->refs == 0)
+		free(g);
+}
+
 /* Write `batch` (taken off the queue by the caller, mu held and writing set)
  * ending as `end` says, outside the lock; then account for it. Items from
  * `keep` on are the caller's (not freed). */
@@ -379,8 +399,8 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	pthread_mutex_lock(&a->mu);
 	for (struct item *i = batch; i != NULL && i != keep; i = next) {
 		next = i->next;
-		if (i->status != NULL)
-			*i->status = r;
+		if (i->group != NULL)
+			group_put_locked(i->group, r);
 		if (i->outbox == 0)
 			n++;
 		free(i->rest);
@@ -894,12 +914,32 @@ timed_out_locked(audit *a)
 		 a->cfg.max_wait_ms);
 }
 
+/* A record could not be queued for want of memory (mu held): lost, and
+ * failing closed, the call's refusal. */
+static int
+lost_locked(audit *a)
+{
+	a->lost++;
+	a->broken = 1;
+	snprintf(a->reason, sizeof(a->reason), "out of memory");
+	return a->cfg.fail_open ? CF_OK : refused_locked(a, "this call's record is not written");
+}
+
 int
-audit_record(audit *a, const struct audit_event *ev)
+audit_group_new(struct audit_group **out)
+{
+	if ((*out = calloc(1, sizeof(**out))) == NULL)
+		return cf_nomem();
+	(*out)->refs = 1;
+	return CF_OK;
+}
+
+int
+audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *g)
 {
 	char rec[CF_AUDIT_LINE_MAX - 128];
 	struct item *it;
-	int status = 1, r = CF_OK;
+	int r = CF_OK;
 
 	if (audit_format_change(ev, rec, sizeof(rec)) < 0) {
 		/* Only an oversized field does this; the call is still recorded. */
@@ -912,11 +952,8 @@ audit_record(audit *a, const struct audit_event *ev)
 	pthread_mutex_lock(&a->mu);
 	if ((it = calloc(1, sizeof(*it))) == NULL || (it->rest = strdup(rec)) == NULL) {
 		free(it);
-		a->lost++;
-		a->broken = 1;
-		snprintf(a->reason, sizeof(a->reason), "out of memory");
-		if (!a->cfg.fail_open)
-			r = refused_locked(a, "this call's record is not written");
+		if ((r = lost_locked(a)) != CF_OK)
+			g->status = r;
 		goto out;
 	}
 	*a->tail = it;
@@ -924,31 +961,62 @@ audit_record(audit *a, const struct audit_event *ev)
 	if (a->cfg.fail_open) {
 		pthread_cond_signal(&a->work);
 	} else {
-		struct timespec until;
-
-		it->status = &status;
-		deadline_in(&until, a->cfg.max_wait_ms);
-		/* Group commit: the first caller to find nobody writing writes
-		 * every queued record, its own included; the others wait. */
-		while (status == 1) {
-			if (!a->writing) {
-				write_queue_locked(a);
-				continue;
-			}
-			if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 &&
-			    status == 1) {
-				it->status = NULL;   /* still queued or being written: not ours now */
-				timed_out_locked(a);
-				break;
-			}
-		}
-		if (status != CF_OK)
-			r = refused_locked(a, "this call's record is not written, so its result "
-					   "is withheld");
+		it->group = g;
+		g->pending++;
+		g->refs++;
 	}
 out:
 	pthread_mutex_unlock(&a->mu);
 	return r;
+}
+
+int
+audit_group_end(audit *a, struct audit_group *g)
+{
+	struct timespec until;
+	int r = CF_OK;
+
+	pthread_mutex_lock(&a->mu);
+	deadline_in(&until, a->cfg.max_wait_ms);
+	/* Group commit: the first caller to find nobody writing writes every
+	 * queued record, its own included; the others wait. */
+	while (g->pending > 0) {
+		if (!a->writing) {
+			write_queue_locked(a);
+			continue;
+		}
+		if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 && g->pending > 0) {
+			timed_out_locked(a);   /* its records, still queued, are not ours now */
+			g->status = CF_E_UNAVAILABLE;
+			break;
+		}
+	}
+	if (g->status != CF_OK)
+		r = refused_locked(a, "this call's record is not written, so its result "
+				   "is withheld");
+	if (--g->refs == 0)
+		free(g);
+	pthread_mutex_unlock(&a->mu);
+	return r;
+}
+
+int
+audit_record(audit *a, const struct audit_event *ev)
+{
+	struct audit_group *g;
+	int r;
+
+	if (audit_group_new(&g) != CF_OK) {
+		pthread_mutex_lock(&a->mu);
+		r = lost_locked(a);
+		pthread_mutex_unlock(&a->mu);
+		return r;
+	}
+	if ((r = audit_record_in(a, ev, g)) != CF_OK) {
+		free(g);   /* nothing was queued: no record holds it */
+		return r;
+	}
+	return audit_group_end(a, g);
 }
 
 int

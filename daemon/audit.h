@@ -109,6 +109,19 @@ int audit_admit(audit *a);
  * reason (the trail is then broken): the call's result must not be released.
  * Fail open: queues it and returns CF_OK. */
 int audit_record(audit *a, const struct audit_event *ev);
+/* The records of several calls whose answers are released together (a
+ * frame of a pipelined stream): queued one by one, then waited for once,
+ * so they share one write. audit_record is a group of one. */
+struct audit_group;
+int audit_group_new(struct audit_group **out);
+/* Queue ev's record in g. Fail closed: CF_OK, or CF_E_UNAVAILABLE with the
+ * reason when it cannot be queued (that call's result must not be released).
+ * Fail open: as audit_record. */
+int audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *g);
+/* Wait (bounded by max_wait_ms) until g's records are written, then free g:
+ * CF_OK, or (fail closed) CF_E_UNAVAILABLE with the reason when any of them
+ * was not: none of the group's results may be released. */
+int audit_group_end(audit *a, struct audit_group *g);
 /* The body of ev's record as audit_record writes it, without its sequence
  * number and chain (for the store's outbox), into buf (NUL-terminated).
  * Returns the length, or -1 if it does not fit. Thread-safe, no locks. */

@@ -739,6 +739,14 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 	return r;
 }
 
+/* Record the call c: waiting for the record, or queued in its frame's group. */
+static int
+record(const struct dcall *c, const struct audit_event *ev)
+{
+	return c->audit_group != NULL ? audit_record_in(c->sv->au, ev, c->audit_group) :
+					audit_record(c->sv->au, ev);
+}
+
 /* The call's answer is not released: its record is not durable. */
 static int
 withhold(uint8_t **out, size_t *outlen, int r)
@@ -785,7 +793,7 @@ run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8
 			.batch = n.batch, .items = n.items, .failed = n.failed,
 		};
 
-		if ((ar = audit_record(h->hc.sv->au, &ev)) != CF_OK && r == CF_OK)
+		if ((ar = record(h->dc, &ev)) != CF_OK && r == CF_OK)
 			return withhold(out, outlen, ar);
 	}
 	return r;
@@ -924,7 +932,7 @@ dispatch_pipeline_call(const dispatch *d, const struct dcall *c, const char *pat
 			.result = dispatch_status_name(r), .request_id = c->request_id,
 		};
 
-		(void)audit_record(c->sv->au, &ev);   /* a refusal: nothing to withhold */
+		(void)record(c, &ev);   /* a refusal: nothing to withhold */
 	}
 	em = cf_error_message(r);
 	cf_text_escape(em, strlen(em), msg, msglen);

@@ -50,6 +50,10 @@ struct dcall {
 	/* Set (atomically, by another thread) once the caller cancelled the
 	 * call; NULL: not watched. Batches stop running items then. */
 	const int *cancelled;
+	/* A request of a stream's frame: its record is queued here and not
+	 * waited for; the adapter waits once for the frame (audit_group_end)
+	 * before releasing any of its answers. NULL: each call waits. */
+	struct audit_group *audit_group;
 };
 
 int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);

@@ -214,6 +214,12 @@ scalars(FILE *f, const struct metrics_read *rd)
 		  "unless [audit] failure = open).", load(&metrics_cells[M_AUDIT_RECORDS_LOST]) },
 		{ "coffer_audit_healthy", "gauge", "1 while the audit trail can be written.",
 		  (uint64_t)rd->audit_healthy },
+		{ "coffer_pipeline_messages_total", "counter",
+		  "Messages read on pipelined streams.",
+		  load(&metrics_cells[M_PIPELINE_MESSAGES]) },
+		{ "coffer_pipeline_requests_total", "counter",
+		  "Requests those messages carried (a frame carries several).",
+		  load(&metrics_cells[M_PIPELINE_REQUESTS]) },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)

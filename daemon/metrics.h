@@ -28,6 +28,8 @@ enum metric {
 	M_ROTATION_FAILURES,        /* ... failed (retried a minute later) */
 	M_DESTRUCTIONS,             /* versions destroyed in the token after their grace */
 	M_DESTRUCTION_FAILURES,
+	M_PIPELINE_MESSAGES,        /* messages read on pipelined streams */
+	M_PIPELINE_REQUESTS,        /* ... and the requests they carried (frames: more) */
 	M__COUNT
 };
 

@@ -26,6 +26,8 @@
 #include "cf_status.h"
 #include "coffer/v1/pipeline.pb-c.h"
 #include "dispatch.h"
+#include "metrics.h"
+#include "share.h"
 
 #define RPC_MAX_WORKERS 64
 /* Requested calls kept armed per registered method. Handlers run on the
@@ -69,6 +71,7 @@ struct rpc_server {
 	size_t nmethods;
 	struct method pipeline;  /* coffer.v1.Pipeline/Stream */
 	struct rpc_stream *streams;  /* open streams (mu): cancelled at shutdown */
+	share *share;            /* helps run a stream's frames on the other cores */
 	atomic_int shutting_down;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -390,11 +393,18 @@ call_unref(struct rpc_call *c)
 
 /* ---- the pipelined stream (proto/pipeline.md) ---- */
 
-/* An answer waiting to be sent. */
+/* An answer waiting to be sent: a packed PipelineResponse. */
 struct outmsg {
-	grpc_byte_buffer *bb;
+	uint8_t *pk;
+	size_t len;
 	struct outmsg *next;
 };
+
+/* A stream that has sent a frame gets its answers in frames of at most
+ * this many bytes (one larger answer goes alone): well under any client's
+ * receive limit. */
+#define RPC_FRAME_BYTES (64u << 10)
+#define RPC_MORE_FIELD 7   /* PipelineResponse.more */
 
 /* One open stream. Its operations are tags of their own; refs counts those
  * outstanding plus the requests being run, and the last one frees it. */
@@ -408,10 +418,12 @@ struct rpc_stream {
 	char key_id[CF_APIKEY_ID_LEN + 1];
 	char who[STORE_PRINCIPAL_NAME_MAX + 1];   /* the principal it opened as */
 	char id[41];                 /* the stream's request id: ".<n>" follows it */
+	grpc_metadata hello;         /* the opening's answer: "coffer-pipeline: frames" */
 	pthread_mutex_t mu;
 	unsigned refs;
 	grpc_byte_buffer *recv;      /* the RECV_MESSAGE outstanding's */
 	int reading, read_done, paused, failed;
+	int frames;                  /* the caller sent a frame: answer in frames */
 	struct outmsg *head, *tail;  /* answers not yet sent */
 	unsigned queued, running;
 	grpc_byte_buffer *sending;   /* the SEND_MESSAGE outstanding's */
@@ -421,6 +433,14 @@ struct rpc_stream {
 	char msg[CF_ERROR_DETAIL_MAX];
 	grpc_slice details;
 };
+
+static void
+outmsg_free(struct outmsg *o)
+{
+	OPENSSL_cleanse(o->pk, o->len);
+	free(o->pk);
+	free(o);
+}
 
 static void
 stream_unref(struct rpc_stream *st)
@@ -446,8 +466,7 @@ stream_unref(struct rpc_stream *st)
 		struct outmsg *o = st->head;
 
 		st->head = o->next;
-		grpc_byte_buffer_destroy(o->bb);
-		free(o);
+		outmsg_free(o);
 	}
 	if (st->recv != NULL)
 		grpc_byte_buffer_destroy(st->recv);
@@ -484,27 +503,81 @@ stream_read(struct rpc_stream *st)
 	stream_op(st, &op, 1, &st->recv_tag);
 }
 
-/* Send the next answer, or end the stream once nothing is left (mu held). */
+/* The answers queued, as one message (mu held, head not NULL): the first,
+ * and on a stream that sends frames, those after it that fit, each as an
+ * element of its `more` (field 7: a PipelineResponse's fields may come in
+ * any order, so a frame is the packed answers concatenated). */
+static grpc_byte_buffer *
+stream_frame(struct rpc_stream *st)
+{
+	struct outmsg *o, *last = st->head;
+	size_t total = st->head->len, n = 1;
+	grpc_byte_buffer *bb = NULL;
+	grpc_slice sl;
+	uint8_t *buf, *p;
+
+	for (o = st->head->next; st->frames && o != NULL; o = o->next) {
+		size_t add = cf_pb_len_prefix(RPC_MORE_FIELD, o->len, NULL) + o->len;
+
+		if (total + add > RPC_FRAME_BYTES)
+			break;
+		total += add;
+		last = o;
+		n++;
+	}
+	if ((buf = malloc(total ? total : 1)) == NULL)
+		return NULL;
+	p = buf;
+	for (o = st->head;; o = o->next) {
+		if (o != st->head)
+			p += cf_pb_len_prefix(RPC_MORE_FIELD, o->len, p);
+		memcpy(p, o->pk, o->len);
+		p += o->len;
+		if (o == last)
+			break;
+	}
+	sl = grpc_slice_from_copied_buffer((const char *)buf, total);
+	bb = grpc_raw_byte_buffer_create(&sl, 1);
+	grpc_slice_unref(sl);
+	OPENSSL_cleanse(buf, total);
+	free(buf);
+	if (bb == NULL)
+		return NULL;
+	while (n-- > 0) {
+		o = st->head;
+		st->head = o->next;
+		st->queued--;
+		outmsg_free(o);
+	}
+	if (st->head == NULL)
+		st->tail = NULL;
+	return bb;
+}
+
+/* Send the next answers, or end the stream once nothing is left (mu held). */
 static void
 stream_pump(struct rpc_stream *st)
 {
 	grpc_op op;
 
 	if (st->sending == NULL && st->head != NULL && !st->cancelled) {
-		struct outmsg *o = st->head;
-
-		st->head = o->next;
-		if (st->head == NULL)
-			st->tail = NULL;
-		st->queued--;
-		st->sending = o->bb;
-		free(o);
-		memset(&op, 0, sizeof(op));
-		op.op = GRPC_OP_SEND_MESSAGE;
-		op.data.send_message.send_message = st->sending;
-		stream_op(st, &op, 1, &st->send_tag);
+		if ((st->sending = stream_frame(st)) == NULL) {
+			/* Answers that cannot be sent: end it rather than leave the caller waiting. */
+			if (!st->failed) {
+				st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+				snprintf(st->msg, sizeof(st->msg), "out of memory for the answers");
+			}
+			st->failed = 1;
+			st->read_done = 1;
+			st->cancelled = 1;   /* what is queued is dropped */
+		} else {
+			memset(&op, 0, sizeof(op));
+			op.op = GRPC_OP_SEND_MESSAGE;
+			op.data.send_message.send_message = st->sending;
+			stream_op(st, &op, 1, &st->send_tag);
+		}
 	}
-	if (st->paused && !st->read_done && st->queued < RPC_STREAM_QUEUE / 2) {
+	if (st->paused && !st->read_done && st->queued + st->running < RPC_STREAM_QUEUE / 2) {
 		st->paused = 0;
 		stream_read(st);
 	}
@@ -520,87 +593,201 @@ stream_pump(struct rpc_stream *st)
 	stream_op(st, &op, 1, &st->end_tag);
 }
 
-/* Run one request: its answer, packed, or NULL when the bytes are not a
- * PipelineRequest (*fail and fmsg then say why). */
-static grpc_byte_buffer *
-stream_request(struct rpc_stream *st, grpc_byte_buffer *bb, grpc_status_code *fail, char *fmsg,
-	       size_t fmsglen)
+/* One request's answer, before it is packed. */
+struct answer {
+	int ran;                     /* 0: the stream was cancelled before it ran */
+	Coffer__V1__PipelineResponse resp;
+	char request_id[AUDIT_REQUEST_ID_MAX + 1];
+	char msg[CF_ERROR_DETAIL_MAX];
+	uint8_t *buf;
+	size_t len;
+};
+
+/* The message's requests, unpacked: NULL when the bytes are not a
+ * PipelineRequest or not a valid frame (fmsg says why). */
+static Coffer__V1__PipelineRequest *
+stream_unpack(grpc_byte_buffer *bb, char *fmsg, size_t fmsglen)
 {
-	Coffer__V1__PipelineResponse resp = COFFER__V1__PIPELINE_RESPONSE__INIT;
 	Coffer__V1__PipelineRequest *req = NULL;
 	grpc_byte_buffer_reader rd;
-	grpc_byte_buffer *out = NULL;
-	grpc_slice in = grpc_empty_slice(), packed;
-	struct dcall h = st->base;
-	char msg[CF_ERROR_DETAIL_MAX] = "";
-	uint8_t *buf = NULL, *pk = NULL;
-	size_t len = 0;
-	uint32_t retry = 0;
+	grpc_slice in = grpc_empty_slice();
 	int r;
 
 	if (grpc_byte_buffer_reader_init(&rd, bb)) {
 		in = grpc_byte_buffer_reader_readall(&rd);
 		grpc_byte_buffer_reader_destroy(&rd);
 	}
-	/* As any request: no NUL or invalid UTF-8 in its strings (the method). */
+	/* As any request: no NUL or invalid UTF-8 in its strings (the methods). */
 	if ((r = cf_pb_check_strings(&coffer__v1__pipeline_request__descriptor,
 				     GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in))) != CF_OK ||
 	    (req = coffer__v1__pipeline_request__unpack(NULL, GRPC_SLICE_LENGTH(in),
 							 GRPC_SLICE_START_PTR(in))) == NULL) {
-		*fail = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
 		snprintf(fmsg, fmsglen, "%s", r != CF_OK ? cf_error_detail() :
 			 "request is not a valid coffer.v1.PipelineRequest message");
-		goto out;
-	}
-	resp.id = req->id;
-	snprintf(h.request_id, sizeof(h.request_id), "%s.%llu", st->id,
-		 (unsigned long long)req->id);
-	resp.request_id = h.request_id;
-	resp.code = dispatch_pipeline_call(st->s->d, &h, req->method, req->request.data,
-					   req->request.len, &buf, &len, msg, sizeof(msg), &retry);
-	resp.message = msg;
-	resp.retry_after_ms = retry;
-	resp.response.data = buf;
-	resp.response.len = len;
-	len = coffer__v1__pipeline_response__get_packed_size(&resp);
-	if ((pk = malloc(len ? len : 1)) == NULL) {
-		resp.code = dispatch_status(CF_E_NOMEM);
-		resp.message = "out of memory for the answer";
-		resp.response.len = 0;
-		len = coffer__v1__pipeline_response__get_packed_size(&resp);
-		pk = malloc(len ? len : 1);
-	}
-	if (pk != NULL) {
-		coffer__v1__pipeline_response__pack(&resp, pk);
-		packed = grpc_slice_from_copied_buffer((const char *)pk, len);
-		out = grpc_raw_byte_buffer_create(&packed, 1);
-		grpc_slice_unref(packed);
-		OPENSSL_cleanse(pk, len);
-		free(pk);
-	} else {
-		/* No answer can be made: end the stream rather than leave the caller waiting. */
-		*fail = GRPC_STATUS_RESOURCE_EXHAUSTED;
-		snprintf(fmsg, fmsglen, "out of memory for the answer to request %llu",
-			 (unsigned long long)resp.id);
-	}
-out:
-	if (buf != NULL) {
-		OPENSSL_cleanse(buf, resp.response.len);
-		free(buf);
-	}
-	if (req != NULL)
+	} else if (req->n_more >= CF_BATCH_MAX) {
+		snprintf(fmsg, fmsglen, "a frame of %zu requests is above the limit of %u: send "
+			 "fewer per message", req->n_more + 1, CF_BATCH_MAX);
 		coffer__v1__pipeline_request__free_unpacked(req, NULL);
+		req = NULL;
+	} else {
+		for (size_t k = 0; k < req->n_more; k++)
+			if (req->more[k]->n_more > 0) {
+				snprintf(fmsg, fmsglen, "request %llu of a frame carries requests in "
+					 "its own `more`: frames do not nest",
+					 (unsigned long long)req->more[k]->id);
+				coffer__v1__pipeline_request__free_unpacked(req, NULL);
+				req = NULL;
+				break;
+			}
+	}
 	OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
 	grpc_slice_unref(in);
-	return out;
+	return req;
+}
+
+/* Run one request of a frame, its record queued in g. */
+static void
+stream_run(struct rpc_stream *st, const Coffer__V1__PipelineRequest *req,
+	   struct audit_group *g, struct answer *a)
+{
+	struct dcall h = st->base;
+	uint32_t retry = 0;
+
+	coffer__v1__pipeline_response__init(&a->resp);
+	h.audit_group = g;
+	a->resp.id = req->id;
+	snprintf(h.request_id, sizeof(h.request_id), "%s.%llu", st->id,
+		 (unsigned long long)req->id);
+	snprintf(a->request_id, sizeof(a->request_id), "%s", h.request_id);
+	a->resp.request_id = a->request_id;
+	a->resp.code = dispatch_pipeline_call(st->s->d, &h, req->method, req->request.data,
+					      req->request.len, &a->buf, &a->len, a->msg,
+					      sizeof(a->msg), &retry);
+	a->resp.message = a->msg;
+	a->resp.retry_after_ms = retry;
+	a->resp.response.data = a->buf;
+	a->resp.response.len = a->len;
+}
+
+/* a's answer withheld: its record (or another of its frame's) is not written. */
+static void
+withhold_answer(struct answer *a, int r)
+{
+	const char *em = cf_error_message(r);
+
+	OPENSSL_cleanse(a->buf, a->len);
+	free(a->buf);
+	a->buf = NULL;
+	a->len = 0;
+	a->resp.response.data = NULL;
+	a->resp.response.len = 0;
+	a->resp.code = dispatch_status(r);
+	a->resp.retry_after_ms = 0;
+	cf_text_escape(em, strlen(em), a->msg, sizeof(a->msg));
+}
+
+/* a, packed and queued to be sent (mu held): CF_OK, or CF_E_NOMEM. */
+static int
+stream_queue(struct rpc_stream *st, struct answer *a)
+{
+	struct outmsg *o = malloc(sizeof(*o));
+
+	if (o == NULL)
+		return CF_E_NOMEM;
+	o->len = coffer__v1__pipeline_response__get_packed_size(&a->resp);
+	if ((o->pk = malloc(o->len ? o->len : 1)) == NULL) {
+		free(o);
+		return CF_E_NOMEM;
+	}
+	coffer__v1__pipeline_response__pack(&a->resp, o->pk);
+	o->next = NULL;
+	if (st->tail != NULL)
+		st->tail->next = o;
+	else
+		st->head = o;
+	st->tail = o;
+	st->queued++;
+	return CF_OK;
+}
+
+/* A message's requests (a frame, or one), run as a job its worker shares. */
+struct frame_job {
+	struct share_job sj;   /* first */
+	struct rpc_stream *st;
+	Coffer__V1__PipelineRequest *req;
+	struct audit_group *g;
+	struct answer *ans;
+};
+
+static void
+frame_run(struct share_job *sj, size_t k)
+{
+	struct frame_job *j = (struct frame_job *)(void *)sj;
+
+	/* Once the caller cancelled, nobody reads the rest: they do not run. */
+	if (k > 0 && __atomic_load_n(&j->st->cancelled, __ATOMIC_RELAXED))
+		return;
+	stream_run(j->st, k == 0 ? j->req : j->req->more[k - 1], j->g, &j->ans[k]);
+	j->ans[k].ran = 1;
+}
+
+/* Every request has run: once their records are written (one wait for
+ * the frame), their answers are queued to be sent. */
+static void
+frame_finish(struct share_job *sj)
+{
+	struct frame_job *j = (struct frame_job *)(void *)sj;
+	struct rpc_stream *st = j->st;
+	int r;
+
+	if (j->g != NULL) {
+		if ((r = audit_group_end(st->sv.au, j->g)) != CF_OK)
+			for (size_t k = 0; k < sj->n; k++)
+				if (j->ans[k].ran && j->ans[k].resp.code == GRPC_STATUS_OK)
+					withhold_answer(&j->ans[k], r);
+		j->g = NULL;
+	}
+	pthread_mutex_lock(&st->mu);
+	st->running -= (unsigned)sj->n;
+	for (size_t k = 0; k < sj->n; k++)
+		if (j->ans[k].ran && !st->failed && stream_queue(st, &j->ans[k]) != CF_OK) {
+			st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+			snprintf(st->msg, sizeof(st->msg), "out of memory for the answer to "
+				 "request %llu", (unsigned long long)j->ans[k].resp.id);
+			st->failed = 1;
+			st->read_done = 1;
+		}
+	stream_pump(st);
+	pthread_mutex_unlock(&st->mu);
+}
+
+static void
+frame_release(struct share_job *sj)
+{
+	struct frame_job *j = (struct frame_job *)(void *)sj;
+	struct rpc_stream *st = j->st;
+
+	for (size_t k = 0; k < sj->n; k++) {
+		OPENSSL_cleanse(j->ans[k].buf, j->ans[k].len);
+		free(j->ans[k].buf);
+	}
+	free(j->ans);
+	coffer__v1__pipeline_request__free_unpacked(j->req, NULL);
+	free(j);
+	stream_unref(st);
 }
 
 static void
 stream_received(struct rpc_stream *st, int success)
 {
-	grpc_byte_buffer *bb, *answer;
-	grpc_status_code fail = GRPC_STATUS_OK;
+	Coffer__V1__PipelineRequest *req;
+	grpc_byte_buffer *bb;
+	struct audit_group *g = NULL;
+	struct answer *ans = NULL;
+	struct frame_job *job = NULL;
 	char fmsg[CF_ERROR_DETAIL_MAX];
+	size_t n = 0;
+	int r = CF_OK;
 
 	pthread_mutex_lock(&st->mu);
 	st->reading = 0;
@@ -615,45 +802,58 @@ stream_received(struct rpc_stream *st, int success)
 			grpc_byte_buffer_destroy(bb);
 		return;
 	}
+	st->refs++;
+	pthread_mutex_unlock(&st->mu);
+	req = stream_unpack(bb, fmsg, sizeof(fmsg));
+	grpc_byte_buffer_destroy(bb);
+	if (req != NULL) {
+		n = 1 + req->n_more;
+		if ((job = calloc(1, sizeof(*job))) == NULL ||
+		    (ans = calloc(n, sizeof(*ans))) == NULL ||
+		    (st->sv.au != NULL && audit_group_new(&g) != CF_OK)) {
+			snprintf(fmsg, sizeof(fmsg), "out of memory for a frame of %zu requests", n);
+			r = CF_E_NOMEM;
+		}
+	}
+	pthread_mutex_lock(&st->mu);
+	if (req == NULL || r != CF_OK) {
+		/* The first such message ends the stream, with its reason. */
+		if (!st->failed) {
+			st->code = (grpc_status_code)dispatch_status(req == NULL ? CF_E_INVALID_ARG : r);
+			snprintf(st->msg, sizeof(st->msg), "%s", fmsg);
+		}
+		st->failed = 1;
+		st->read_done = 1;
+		stream_pump(st);
+		pthread_mutex_unlock(&st->mu);
+		free(job);
+		free(ans);
+		free(g);
+		if (req != NULL)
+			coffer__v1__pipeline_request__free_unpacked(req, NULL);
+		stream_unref(st);
+		return;
+	}
+	if (n > 1)
+		st->frames = 1;
+	metrics_add(M_PIPELINE_MESSAGES, 1);
+	metrics_add(M_PIPELINE_REQUESTS, n);
+	st->running += (unsigned)n;
 	/* Read the next one now: another worker may run it meanwhile. */
 	if (st->queued + st->running < RPC_STREAM_QUEUE)
 		stream_read(st);
 	else
 		st->paused = 1;
-	st->running++;
-	st->refs++;
 	pthread_mutex_unlock(&st->mu);
-	answer = stream_request(st, bb, &fail, fmsg, sizeof(fmsg));
-	grpc_byte_buffer_destroy(bb);
-	pthread_mutex_lock(&st->mu);
-	st->running--;
-	if (fail != GRPC_STATUS_OK) {
-		/* The first such request ends the stream, with its reason. */
-		if (!st->failed) {
-			st->code = fail;
-			snprintf(st->msg, sizeof(st->msg), "%s", fmsg);
-		}
-		st->failed = 1;
-		st->read_done = 1;
-	} else if (answer != NULL) {
-		struct outmsg *o = malloc(sizeof(*o));
-
-		if (o == NULL) {
-			grpc_byte_buffer_destroy(answer);
-		} else {
-			o->bb = answer;
-			o->next = NULL;
-			if (st->tail != NULL)
-				st->tail->next = o;
-			else
-				st->head = o;
-			st->tail = o;
-			st->queued++;
-		}
-	}
-	stream_pump(st);
-	pthread_mutex_unlock(&st->mu);
-	stream_unref(st);
+	job->st = st;
+	job->req = req;
+	job->g = g;
+	job->ans = ans;
+	job->sj.run = frame_run;
+	job->sj.finish = frame_finish;
+	job->sj.release = frame_release;
+	job->sj.n = n;
+	share_run(st->s->share, &job->sj);
 }
 
 static void
@@ -758,6 +958,11 @@ stream_open(struct rpc_call *c)
 	if (st->code != GRPC_STATUS_OK)
 		st->read_done = 1;   /* refused: the status follows at once */
 	else {
+		/* Tells the caller it may send frames (proto/pipeline.md). */
+		st->hello.key = grpc_slice_from_static_string("coffer-pipeline");
+		st->hello.value = grpc_slice_from_static_string("frames");
+		ops[0].data.send_initial_metadata.count = 1;
+		ops[0].data.send_initial_metadata.metadata = &st->hello;
 		ops[n].op = GRPC_OP_RECV_MESSAGE;
 		ops[n++].data.recv_message.recv_message = &st->recv;
 		st->reading = 1;
@@ -845,6 +1050,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	grpc_channel_args cargs = { 4, args };
 	rpc_server *s;
 	pthread_condattr_t ca;
+	long ncpu;
 	int r;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
@@ -910,6 +1116,10 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 		arm(s, NULL);
 	for (unsigned k = 0; k < RPC_ARM_STREAMS; k++)
 		arm(s, &s->pipeline);
+	/* One helper per other core: a frame's requests spread over them. */
+	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	if (share_new(ncpu > 1 ? (unsigned)(ncpu - 1) : 0, &s->share) != CF_OK)
+		s->share = NULL;   /* frames run on their workers alone */
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;
@@ -1005,6 +1215,7 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	grpc_completion_queue_shutdown(s->cq);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
+	share_free(s->share);
 	grpc_server_destroy(s->server);
 	grpc_completion_queue_destroy(s->cq);
 	pthread_mutex_destroy(&s->mu);

@@ -54,6 +54,7 @@ FAMILIES = {
     "coffer_nonce_record_bytes": "gauge", "coffer_audit_write_failures": "counter",
     "coffer_audit_records_lost": "counter", "coffer_audit_healthy": "gauge",
     "coffer_scheduled_work": "counter", "coffer_scheduler_lease_held": "gauge",
+    "coffer_pipeline_messages": "counter", "coffer_pipeline_requests": "counter",
 }
 BUCKETS = ["5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
            "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"]

@@ -170,6 +170,121 @@ class Pipeline(unittest.TestCase):
             self.assertLessEqual(len(got), 2)
             self.assertEqual([(r.id, r.code) for r in got], [(1, 0)] * len(got))
 
+    # -- frames: several requests in one message (PipelineRequest.more) --
+
+    def frame(self, reqs):
+        top = PP.PipelineRequest()
+        top.CopyFrom(reqs[0])
+        top.more.extend(reqs[1:])
+        return top
+
+    def answers(self, msgs):
+        """Every answer the messages carry, and how many messages carried several."""
+        out, framed = [], 0
+        for m in msgs:
+            framed += 1 if len(m.more) else 0
+            for a in m.more:
+                self.assertEqual(len(a.more), 0, "nested answer frames")
+            top = PP.PipelineResponse()
+            top.CopyFrom(m)
+            del top.more[:]
+            out += [top] + list(m.more)
+        return out, framed
+
+    def test_frames(self):
+        # The opening announces frames.
+        call = stream_of(self.d.channel("service"))(iter([]), timeout=TIMEOUT)
+        self.assertIn(("coffer-pipeline", "frames"), call.initial_metadata())
+        list(call)
+        # One message of 60 requests: each answered once, exactly as alone.
+        msgs = {i: b"framed %d" % i for i in range(40)}
+        reqs = [req(i, "Sign", pb.SignRequest(key="p-ec", message=m)) for i, m in msgs.items()]
+        reqs += [req(100 + i, "Mac", pb.MacRequest(key="p-mac", data=b"f%d" % i))
+                 for i in range(16)]
+        bad = [req(200, "Sign", pb.SignRequest(key="p-none", message=b"x")),
+               req(201, "Mac", pb.MacRequest(key="p-ec", data=b"x")),
+               PP.PipelineRequest(id=202, method=KS + "Wrap"),
+               PP.PipelineRequest(id=203, method="/coffer.v1.AdminService/CreateKey")]
+        got, _ = self.answers(self.run_stream([self.frame(reqs + bad)],
+                                              metadata=[("x-request-id", "pipe-frame")]))
+        self.assertEqual(sorted(a.id for a in got), sorted(r.id for r in reqs + bad))
+        by = {a.id: a for a in got}
+        for i, m in msgs.items():
+            self.assertEqual((by[i].code, by[i].message), (0, ""))
+            self.pub.verify(pb.SignResponse.FromString(by[i].response).signature, m,
+                            ec.ECDSA(hashes.SHA256()))
+        for i in range(16):
+            unary = self.svc.Mac(pb.MacRequest(key="p-mac", data=b"f%d" % i), timeout=TIMEOUT)
+            self.assertEqual(pb.MacResponse.FromString(by[100 + i].response).mac, unary.mac)
+        self.assertEqual((by[200].code, by[200].message),
+                         self.unary_error("Sign", pb.SignRequest(key="p-none", message=b"x")))
+        self.assertEqual((by[201].code, by[201].message),
+                         self.unary_error("Mac", pb.MacRequest(key="p-ec", data=b"x")))
+        inv = code_of(SC.INVALID_ARGUMENT)
+        self.assertEqual((by[202].code, by[202].message), (inv, (
+            "/coffer.v1.KeyService/Wrap carries secrets: seal it in a session instead of "
+            "sending it on a pipelined stream")))
+        self.assertEqual((by[203].code, by[203].message), (inv, (
+            'a pipelined stream carries KeyService methods ("/coffer.v1.KeyService/Sign"), '
+            'not "/coffer.v1.AdminService/CreateKey"')))
+        # Each request of the frame has its own record under its own id.
+        recs = {x.get("request_id"): x for x in self.audit_records()}
+        for a in got:
+            self.assertEqual(a.request_id, "pipe-frame.%d" % a.id)
+            rec = recs["pipe-frame.%d" % a.id]
+            self.assertEqual(rec["result"], "OK" if a.code == 0 else
+                             ("NOT_FOUND" if a.id == 200 else rec["result"]))
+        self.assertEqual(recs["pipe-frame.0"]["method"], KS + "Sign")
+        self.assertEqual(recs["pipe-frame.203"]["method"], PATH)
+
+    def test_frames_many_in_flight(self):
+        # 50 frames of 20 MACs written before an answer is read: all answered once,
+        # and the answers come in frames too (the caller sent frames).
+        reqs = [self.frame([req(f * 100 + k, "Mac", pb.MacRequest(key="p-mac", data=b"%d" % k))
+                            for k in range(20)]) for f in range(50)]
+        got, framed = self.answers(self.run_stream(reqs))
+        self.assertEqual(sorted(a.id for a in got),
+                         sorted(f * 100 + k for f in range(50) for k in range(20)))
+        self.assertTrue(all(a.code == 0 for a in got))
+        self.assertGreater(framed, 0)
+
+    def test_no_frames_for_a_caller_that_sends_none(self):
+        # A caller that never sent a frame (an older client) never gets one,
+        # however many answers wait to be sent.
+        reqs = [req(i, "Mac", pb.MacRequest(key="p-mac", data=b"%d" % i)) for i in range(500)]
+        msgs = self.run_stream(reqs)
+        self.assertEqual(len(msgs), 500)
+        self.assertTrue(all(len(m.more) == 0 for m in msgs))
+
+    def test_bad_frames_end_the_stream(self):
+        ok = req(1, "Mac", pb.MacRequest(key="p-mac", data=b"x"))
+        nested = self.frame([req(2, "Mac", pb.MacRequest(key="p-mac", data=b"y")),
+                             self.frame([req(7, "Mac", pb.MacRequest(key="p-mac", data=b"z")),
+                                         req(8, "Mac", pb.MacRequest(key="p-mac", data=b"w"))])])
+        big = self.frame([req(k, "Mac", pb.MacRequest(key="p-mac", data=b"b"))
+                          for k in range(1025)])
+        nul = self.frame([req(3, "Mac", pb.MacRequest(key="p-mac", data=b"y")),
+                          PP.PipelineRequest(id=4, method=KS + "Mac\x00junk")])
+        for bad, text in (
+                (nested, "request 7 of a frame carries requests in its own `more`: frames do "
+                         "not nest"),
+                (big, "a frame of 1025 requests is above the limit of 1024: send fewer per "
+                      "message"),
+                (nul, "field coffer.v1.PipelineRequest.method: a NUL byte at offset 25; "
+                      "protocol strings are UTF-8 text without NUL")):
+            got = []
+            with self.assertRaises(grpc.RpcError) as e:
+                for r in stream_of(self.d.channel("service"))(iter([ok, bad]), timeout=TIMEOUT):
+                    got.append(r)
+            self.assertEqual((e.exception.code(), e.exception.details()),
+                             (SC.INVALID_ARGUMENT, text))
+            # None of the bad frame's requests ran; the one before it may be answered.
+            self.assertLessEqual([r.id for r in got], [1])
+        # 1024 is allowed.
+        got, _ = self.answers(self.run_stream([self.frame(
+            [req(k, "Mac", pb.MacRequest(key="p-mac", data=b"b")) for k in range(1024)])]))
+        self.assertEqual(len(got), 1024)
+
     # -- the opening --
 
     def test_admin_socket(self):

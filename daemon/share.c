@@ -1,0 +1,122 @@
+#include "share.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "cf_status.h"
+
+#define SHARE_MAX_HELPERS 16
+
+struct share {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct share_job *head, **tail;   /* offered, not yet taken */
+	int stopping;
+	unsigned nthreads;
+	pthread_t threads[SHARE_MAX_HELPERS];
+};
+
+static void
+put(struct share_job *j)
+{
+	if (atomic_fetch_sub(&j->refs, 1) == 1)
+		j->release(j);
+}
+
+/* Take items until none is left. */
+static void
+work(struct share_job *j)
+{
+	size_t k;
+
+	while ((k = atomic_fetch_add(&j->next, 1)) < j->n) {
+		j->run(j, k);
+		if (atomic_fetch_add(&j->ran, 1) + 1 == j->n)
+			j->finish(j);
+	}
+}
+
+static void *
+helper_main(void *arg)
+{
+	share *sh = arg;
+
+	pthread_mutex_lock(&sh->mu);
+	for (;;) {
+		struct share_job *j;
+
+		while (sh->head == NULL && !sh->stopping)
+			pthread_cond_wait(&sh->cv, &sh->mu);
+		if ((j = sh->head) == NULL)
+			break;
+		if ((sh->head = j->qnext) == NULL)
+			sh->tail = &sh->head;
+		pthread_mutex_unlock(&sh->mu);
+		work(j);   /* nothing left by now: the owner took it all */
+		put(j);
+		pthread_mutex_lock(&sh->mu);
+	}
+	pthread_mutex_unlock(&sh->mu);
+	return NULL;
+}
+
+int
+share_new(unsigned helpers, share **out)
+{
+	share *sh = calloc(1, sizeof(*sh));
+
+	if (sh == NULL)
+		return cf_nomem();
+	pthread_mutex_init(&sh->mu, NULL);
+	pthread_cond_init(&sh->cv, NULL);
+	sh->tail = &sh->head;
+	if (helpers > SHARE_MAX_HELPERS)
+		helpers = SHARE_MAX_HELPERS;
+	for (; sh->nthreads < helpers; sh->nthreads++)
+		if (pthread_create(&sh->threads[sh->nthreads], NULL, helper_main, sh) != 0)
+			break;   /* fewer helpers: jobs still run on their owners */
+	*out = sh;
+	return CF_OK;
+}
+
+void
+share_free(share *sh)
+{
+	if (sh == NULL)
+		return;
+	pthread_mutex_lock(&sh->mu);
+	sh->stopping = 1;
+	pthread_cond_broadcast(&sh->cv);
+	pthread_mutex_unlock(&sh->mu);
+	for (unsigned i = 0; i < sh->nthreads; i++)
+		pthread_join(sh->threads[i], NULL);
+	/* Offered but never taken: their owners ran them. */
+	while (sh->head != NULL) {
+		struct share_job *j = sh->head;
+
+		sh->head = j->qnext;
+		put(j);
+	}
+	pthread_cond_destroy(&sh->cv);
+	pthread_mutex_destroy(&sh->mu);
+	free(sh);
+}
+
+void
+share_run(share *sh, struct share_job *j)
+{
+	atomic_init(&j->next, 0);
+	atomic_init(&j->ran, 0);
+	atomic_init(&j->refs, 1);
+	j->qnext = NULL;
+	if (sh != NULL && sh->nthreads > 0 && j->n > 1) {
+		atomic_fetch_add(&j->refs, 1);   /* the queue's, then its taker's */
+		pthread_mutex_lock(&sh->mu);
+		*sh->tail = j;
+		sh->tail = &j->qnext;
+		pthread_cond_signal(&sh->cv);
+		pthread_mutex_unlock(&sh->mu);
+	}
+	work(j);
+	put(j);
+}

@@ -1,0 +1,41 @@
+/*
+ * share.h — idle threads that help run the items of a job its owner runs
+ * too: a pipelined stream's frame arrives on one worker, and its requests
+ * would otherwise run one after the other on that core while the others
+ * idle. The owner offers the job and works through it; a helper that
+ * wakes in time takes items from the same counter. One wake-up per job,
+ * none per item.
+ */
+#ifndef COFFER_SHARE_H
+#define COFFER_SHARE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+struct share_job {
+	/* Run item k (0 .. n-1); each runs exactly once, on any thread. */
+	void (*run)(struct share_job *j, size_t k);
+	/* After the last item has run: once, by the thread that ran it. */
+	void (*finish)(struct share_job *j);
+	/* Once nobody holds the job any more (after finish): free it. */
+	void (*release)(struct share_job *j);
+	size_t n;
+	/* share_run's; the caller leaves them alone. */
+	atomic_size_t next, ran;
+	atomic_uint refs;
+	struct share_job *qnext;
+};
+
+typedef struct share share;
+
+/* Start `helpers` threads (0: jobs run on their owners only). */
+int share_new(unsigned helpers, share **out);
+/* Stop the helpers. Every job has run: share_run returns only once each
+ * of its items is taken, and a helper finishes what it took. Accepts NULL. */
+void share_free(share *sh);
+
+/* Offer j (run, finish, release and n set) to the helpers when it has
+ * more than one item, and run its items until none is left. */
+void share_run(share *sh, struct share_job *j);
+
+#endif
