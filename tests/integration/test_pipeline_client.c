@@ -7,7 +7,10 @@
  * unary call's status and text; a lone caller kept unary; the opening
  * signed with an API key (a wrong one refused with the unary text); the
  * audit trail's per-request ids "<stream id>.<n>"; cofferd restarted under
- * load: calls succeed again or fail UNAVAILABLE, none hangs.
+ * load: calls succeed again or fail UNAVAILABLE, none hangs. Frames: the 8
+ * threads' requests reach cofferd several to a message (its metrics count
+ * messages and requests), and a wave of callers that do not come back does
+ * not hold the one that does.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -15,7 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
@@ -34,10 +40,25 @@ static struct coffer_public_key *sig_pk;
 #define THREADS 8
 #define CALLS 200
 
+/* cofferd runs with its metrics on a Unix socket (frames are counted there). */
+static char conf[400], metrics_sock[100];
+static const char *const with_metrics[] = { "-c", conf, NULL };
+
 static int
 suite_init(void)
 {
-	if (cf_test_suite_up(&tok, "coffer-pipeclient", &dmn, &svc, &adm) != 0)
+	FILE *f;
+
+	if (cf_test_token_create_any(&tok, "coffer-pipeclient") != 0)
+		return -1;
+	snprintf(conf, sizeof(conf), "%s/metrics.conf", tok.dir);
+	/* A socket's path fits sun_path. */
+	if ((size_t)snprintf(metrics_sock, sizeof(metrics_sock), "%s/metrics.sock", tok.dir) >=
+	    sizeof(metrics_sock) || (f = fopen(conf, "w")) == NULL)
+		return -1;
+	fprintf(f, "[metrics]\nlisten = unix:%s\n", metrics_sock);
+	if (fclose(f) != 0 || cf_test_daemon_start(&tok, &dmn, with_metrics) != 0 ||
+	    cf_test_clients(&dmn, &svc, &adm) != 0)
 		return -1;
 	return coffer_create_key(adm, "sig", COFFER_KEY_EC_P256, 0, NULL) == COFFER_OK &&
 	       coffer_create_key(adm, "mac", COFFER_KEY_HMAC_SHA256, 0, NULL) == COFFER_OK &&
@@ -128,6 +149,35 @@ count_records(size_t n, const char *method, unsigned *on_stream, unsigned *unary
 	coffer_audit_lines_free(lines, got);
 }
 
+/* ---- the daemon's metrics ---- */
+
+/* coffer_pipeline_messages_total and _requests_total, scraped now. */
+static void
+pipeline_counts(uint64_t *msgs, uint64_t *reqs)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static const char get[] = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+	char buf[1 << 16];
+	const char *m, *q;
+	size_t n = 0;
+	ssize_t k;
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+	*msgs = *reqs = 0;
+	memcpy(sa.sun_path, metrics_sock, sizeof(metrics_sock));
+	CU_ASSERT_FATAL(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	CU_ASSERT_FATAL(write(fd, get, strlen(get)) == (ssize_t)strlen(get));
+	while (n < sizeof(buf) - 1 && (k = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0)
+		n += (size_t)k;
+	close(fd);
+	buf[n] = '\0';
+	m = strstr(buf, "\ncoffer_pipeline_messages_total ");
+	q = strstr(buf, "\ncoffer_pipeline_requests_total ");
+	CU_ASSERT_FATAL(m != NULL && q != NULL);
+	*msgs = strtoull(strchr(m + 1, ' ') + 1, NULL, 10);
+	*reqs = strtoull(strchr(q + 1, ' ') + 1, NULL, 10);
+}
+
 /* ---- 8 threads, one client ---- */
 
 struct worker {
@@ -211,7 +261,83 @@ threads_sign(int mode)
 static void
 test_threads_always(void)
 {
+	uint64_t m0, r0, m1, r1;
+
+	pipeline_counts(&m0, &r0);
 	threads_sign(COFFER_PIPELINE_ALWAYS);
+	pipeline_counts(&m1, &r1);
+	/* Every call on the stream, several to a message: frames. */
+	printf("    %llu requests in %llu messages on the stream (%.2f per message)\n",
+	       (unsigned long long)(r1 - r0), (unsigned long long)(m1 - m0),
+	       m1 > m0 ? (double)(r1 - r0) / (double)(m1 - m0) : 0.0);
+	CU_ASSERT_EQUAL(r1 - r0, THREADS * CALLS);
+	CU_ASSERT(m1 - m0 < r1 - r0);
+}
+
+/* ---- a wave that does not come back ---- */
+
+static pthread_barrier_t wave_start;
+
+static void *
+one_call(void *arg)
+{
+	struct coffer_bytes out = { NULL, 0 };
+
+	pthread_barrier_wait(&wave_start);
+	*(int *)arg = coffer_mac(svc, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL);
+	coffer_bytes_free(&out);
+	return NULL;
+}
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Callers answered together are expected back together (their requests are
+ * held to go as one frame); when all but one leave for good, the one that
+ * comes back is held at most the linger (200 us), never until its timeout. */
+static void
+test_wave_that_does_not_come_back(void)
+{
+	pthread_t t[THREADS - 1];
+	int r[THREADS - 1];
+	struct coffer_bytes out = { NULL, 0 };
+	double worst = 0, t0 = now_ms();
+
+	CHECK_COFFER(coffer_set_pipeline(svc, COFFER_PIPELINE_ALWAYS));
+	coffer_set_timeout(svc, 30000);
+	for (int round = 0; round < 20; round++) {
+		CU_ASSERT_EQUAL_FATAL(pthread_barrier_init(&wave_start, NULL, THREADS), 0);
+		for (unsigned i = 0; i < THREADS - 1; i++)
+			CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, one_call, &r[i]), 0);
+		pthread_barrier_wait(&wave_start);
+		CHECK_COFFER(coffer_mac(svc, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL));
+		coffer_bytes_free(&out);
+		for (unsigned i = 0; i < THREADS - 1; i++) {
+			pthread_join(t[i], NULL);
+			CU_ASSERT_EQUAL(r[i], COFFER_OK);
+		}
+		pthread_barrier_destroy(&wave_start);
+		/* The others have exited: this thread's next calls go alone. */
+		for (int k = 0; k < 5; k++) {
+			double c0 = now_ms();
+
+			CHECK_COFFER(coffer_mac(svc, "mac", 0, (const uint8_t *)"back", 4, &out,
+						NULL));
+			coffer_bytes_free(&out);
+			if (now_ms() - c0 > worst)
+				worst = now_ms() - c0;
+		}
+	}
+	printf("\n    20 waves of 8, then 5 calls by the one that came back: slowest %.1f ms, "
+	       "all %.0f ms\n", worst, now_ms() - t0);
+	CU_ASSERT(worst < 1000.0);
+	CHECK_COFFER(coffer_set_pipeline(svc, COFFER_PIPELINE_AUTO));
 }
 
 static void
@@ -517,7 +643,7 @@ test_restart_under_load(void)
 	}
 	sleep(1);
 	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn), 0);
-	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, with_metrics), 0);
 	atomic_store(&restarted, 1);
 	sleep(2);
 	atomic_store(&stop, 1);
@@ -545,6 +671,8 @@ main(void)
 		  test_threads_auto },
 		{ "8 threads x 200 Signs, one client, the stream off", test_threads_off },
 		{ "a lone caller stays unary; the knob's refusal", test_lone_caller_unary },
+		{ "a wave whose callers do not come back holds nobody",
+		  test_wave_that_does_not_come_back },
 		{ "MACs and verifications equal the unary calls'", test_mac_equal },
 		{ "errors: the unary call's status and text; no stream served: unary",
 		  test_errors },
