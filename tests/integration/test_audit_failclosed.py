@@ -22,6 +22,7 @@ reason printed.
 """
 import json
 import os
+import queue
 import resource
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ import unittest
 
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, cofferctl_path  # noqa: E402
+from daemon_fixture import CofferDaemon, Ctl, cofferctl_path, stubs  # noqa: E402
 from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
 SERVING = S.health_pb.HealthCheckResponse.SERVING
@@ -192,6 +193,69 @@ class FailClosed(unittest.TestCase):
         finally:
             os.unlink(filler)
         self.check_healed(d)
+
+    def test_frame_of_a_stream(self):
+        """A pipelined stream's frame whose records cannot be written: none of
+        its answers is released OK (no signature leaves), each says why."""
+        d = self.start(self.daemon())
+        pp = stubs().pipeline_pb
+        path = "/coffer.v1.Pipeline/Stream"
+        stream = d.channel().stream_stream(
+            path, request_serializer=pp.PipelineRequest.SerializeToString,
+            response_deserializer=pp.PipelineResponse.FromString)
+
+        def frame(tag):
+            reqs = [pp.PipelineRequest(id=i, method="/coffer.v1.KeyService/Sign",
+                                       request=pb.SignRequest(key="s", message=b"%s %d" % (
+                                           tag, i)).SerializeToString()) for i in range(10)]
+            top = reqs[0]
+            top.more.extend(reqs[1:])
+            return top
+
+        def answers(msgs):
+            out = []
+            for m in msgs:
+                out += [m] + list(m.more)
+            return out
+
+        # Opened (and its opening recorded) before the fault.
+        q = queue.Queue()
+        call = stream(iter(q.get, None), timeout=60)
+        q.put(frame(b"before"))
+        first = answers([next(call)])
+        while len(first) < 10:
+            first += answers([next(call)])
+        self.assertEqual([a.code for a in first], [0] * 10)
+        time.sleep(0.3)     # the idle seal lands before the fault
+        if subprocess.run(["chattr", "+i", self.path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here (filesystem or capability)")
+        try:
+            before = os.path.getsize(self.path)
+            q.put(frame(b"fault"))
+            got = []
+            while len(got) < 10:
+                got += answers([next(call)])
+            q.put(None)
+            self.assertEqual(list(call), [])
+            self.assertEqual(sorted(a.id for a in got), list(range(10)))
+            for a in got:
+                self.assertEqual(a.code, SC.UNAVAILABLE.value[0], a)
+                self.assertEqual(a.response, b"")
+                self.assertIn("audit trail cannot be written (", a.message)
+                self.assertIn("Operation not permitted", a.message)
+                self.assertIn("fails closed", a.message)
+            self.assertEqual(os.path.getsize(self.path), before)
+        finally:
+            subprocess.run(["chattr", "-i", self.path], check=True)
+        deadline = time.monotonic() + 10
+        while self.health(d) != SERVING:
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.1)
+        got = answers(list(stream(iter([frame(b"healed")]), timeout=TIMEOUT)))
+        self.assertEqual([(a.code, bool(a.response)) for a in got], [(0, True)] * 10)
+        time.sleep(0.3)
+        r = Ctl(d)("audit", "verify", ok=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
 
     def test_file_size_limit(self):
         d = self.start(self.daemon())
