@@ -60,6 +60,13 @@ class FailClosed(unittest.TestCase):
         return S.health_pb_grpc.HealthStub(d.channel()).Check(
             S.health_pb.HealthCheckRequest(), timeout=TIMEOUT).status
 
+    def wait_serving(self, d):
+        """The trail heals by itself: health says so within 10 s."""
+        deadline = time.monotonic() + 10
+        while self.health(d) != SERVING:
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.1)
+
     def check_closed(self, d, cause):
         """The fault is in place: nothing is released without its record.
         (On a full tmpfs a record may still fit in the file's last page: a
@@ -92,10 +99,7 @@ class FailClosed(unittest.TestCase):
         self.assertEqual(self.health(d), NOT_SERVING)
 
     def check_healed(self, d):
-        deadline = time.monotonic() + 10
-        while self.health(d) != SERVING:
-            self.assertLess(time.monotonic(), deadline, d.log())
-            time.sleep(0.1)
+        self.wait_serving(d)
         self.assertIn("audit: the trail is written again", d.log(all_starts=False))
         with open(self.path) as f:
             recs = [json.loads(x) for x in f]
@@ -154,10 +158,7 @@ class FailClosed(unittest.TestCase):
             self.assertEqual(self.health(d), NOT_SERVING)
         finally:
             subprocess.run(["chattr", "-i", self.path], check=True)
-        deadline = time.monotonic() + 10
-        while self.health(d) != SERVING:
-            self.assertLess(time.monotonic(), deadline, d.log())
-            time.sleep(0.1)
+        self.wait_serving(d)
         r = d.admin_stub().RotateKey(pb.RotateKeyRequest(name="s"), timeout=TIMEOUT, metadata=md)
         self.assertEqual(r.primary_version, 2)
         self.assertEqual(len(r.versions), 2)
@@ -247,10 +248,7 @@ class FailClosed(unittest.TestCase):
             self.assertEqual(os.path.getsize(self.path), before)
         finally:
             subprocess.run(["chattr", "-i", self.path], check=True)
-        deadline = time.monotonic() + 10
-        while self.health(d) != SERVING:
-            self.assertLess(time.monotonic(), deadline, d.log())
-            time.sleep(0.1)
+        self.wait_serving(d)
         got = answers(list(stream(iter([frame(b"healed")]), timeout=TIMEOUT)))
         self.assertEqual([(a.code, bool(a.response)) for a in got], [(0, True)] * 10)
         time.sleep(0.3)
