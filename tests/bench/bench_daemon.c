@@ -890,6 +890,46 @@ print_pair_cost(const char *what, const char *how, int (*is_costly)(const struct
 	       target ? cf_bench_met(slow[k / 2] < 0.10) : "");
 }
 
+/* ---- the durable floor ---- */
+
+/* With [audit] durability = disk every answer waits for its record's
+ * fdatasync, so no caller with one call in flight is answered more often
+ * than that write takes: measured in the same run, on the file system of
+ * the daemon's trail (the token's directory), as the trail does it (an
+ * appended line, then fdatasync). Microseconds; 0 when not measured. */
+#define FLOOR_WRITES 300
+static double floor_min_us, floor_p50_us;
+
+static void
+measure_durable_floor(const char *dir)
+{
+	static const char line[] = "{\"seq\":1,\"t\":\"2026-01-01T00:00:00Z\",\"method\":"
+	    "\"/coffer.v1.KeyService/Mac\",\"key\":\"bench\",\"result\":\"OK\"}\n";
+	double t[FLOOR_WRITES];
+	char path[400];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/durable-floor", dir);
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600)) < 0)
+		return;
+	for (unsigned i = 0; i < FLOOR_WRITES; i++) {
+		uint64_t t0 = cf_bench_now_ns();
+
+		if (write(fd, line, sizeof(line) - 1) != (ssize_t)(sizeof(line) - 1) ||
+		    fdatasync(fd) != 0) {
+			close(fd);
+			unlink(path);
+			return;
+		}
+		t[i] = (double)(cf_bench_now_ns() - t0) / 1e3;
+	}
+	close(fd);
+	unlink(path);
+	cf_bench_sort(t, FLOOR_WRITES);
+	floor_min_us = t[0];
+	floor_p50_us = t[FLOOR_WRITES / 2];
+}
+
 static int is_sealed(const struct result *r) { return r->path == PATH_DAEMON && !r->unsealed; }
 static int is_unsealed(const struct result *r) { return r->unsealed; }
 static int is_signed(const struct result *r) { return r->auth == 2; }
@@ -965,6 +1005,18 @@ print_verdict(const struct result *const *best, unsigned n)
 		       sm->row.rate, l->row.rate, 100.0 * got, sm->row.callers, sm->row.label,
 		       cf_bench_met(got >= want), sm->row.ops > 0 ?
 		       1e6 * sm->row.server_cpu / (double)sm->row.ops : 0.0);
+		if (floor_min_us > 0.0) {
+			double most = 1e6 * sm->row.callers / floor_min_us;
+
+			printf("# durable floor: an appended record + fdatasync here takes min %.0f "
+			       "us, p50 %.0f us; every answer waits for its record's, so %u callers "
+			       "get at most %u / %.0f us = %.0f calls/s (%.0f at the p50) against "
+			       "the target's %.0f/s: %s\n", floor_min_us, floor_p50_us,
+			       sm->row.callers, sm->row.callers, floor_min_us, most,
+			       1e6 * sm->row.callers / floor_p50_us, want * l->row.rate,
+			       most < want * l->row.rate ? "out of reach with durability = disk" :
+			       "within reach");
+		}
 	}
 }
 
@@ -1048,6 +1100,8 @@ main(int argc, char **argv)
 		printf("# %s: cofferd only (no PKCS#11-layer counterpart)\n", ops[o.op].name);
 		o.paths[PATH_LAYER] = o.paths[PATH_P11KIT] = 0;
 	}
+	if (o.paths[PATH_DAEMON] && o.stream && strcmp(o.c.durability, "disk") == 0)
+		measure_durable_floor(tok.dir);
 	for (unsigned round = 0; round < o.c.rounds; round++) {
 		if (o.paths[PATH_DAEMON])
 			for (unsigned i = 0; i < o.nworkers; i++)
