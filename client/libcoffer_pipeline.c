@@ -7,10 +7,11 @@
  * queue (one message goes out at a time: the next when the reader sees the
  * last one sent, carrying as one frame every request queued meanwhile once
  * the daemon has said it reads frames), then waits on its own condition
- * variable until the reader hands it its PipelineResponse, the stream ends,
- * or the client's timeout passes (its late answer is then dropped). When the stream ends, every
- * waiter is woken with the end status; lc_rpc repeats what may be repeated
- * as a unary call, and the next call opens a new stream.
+ * variable until the reader hands it its PipelineResponse, the stream
+ * ends, or the client's timeout passes (its late answer is then dropped).
+ * When the stream ends, every waiter is woken with the end status; lc_rpc
+ * repeats what may be repeated as a unary call, and the next call opens a
+ * new stream.
  */
 #include "libcoffer_pipeline.h"
 
@@ -24,9 +25,9 @@
 #include <grpc/status.h>
 #include <openssl/crypto.h>
 
+#include "cf_pbcheck.h"
 #include "cf_status.h"
 #include "coffer.h"
-#include "cf_pbcheck.h"
 #include "coffer/v1/pipeline.pb-c.h"
 #include "libcoffer_signer.h"
 
@@ -263,7 +264,12 @@ pump(struct lc_pipeline *p)
 			drop_request(w);
 		}
 		p->sending = 1;
-		p->lingerer = NULL;   /* the queue went: a new one times the next */
+		if (p->lingerer != NULL && p->lingerer->sent) {
+			/* A request left behind (the frame was full) takes over. */
+			p->lingerer = NULL;
+			if (p->qhead != NULL)
+				pthread_cond_signal(&p->qhead->cv);
+		}
 		/* Taken over: freed when sent, or with the stream. No memory for
 		 * the frame: the stream's end wakes every waiter. */
 		if (buf == NULL || lc_stream_send(p->s, buf, total) != CF_OK)
@@ -529,44 +535,56 @@ pack_request(struct waiter *w, const struct cf_method *m, const uint8_t *buf, si
 static int
 await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct timespec *start)
 {
-	struct timespec until = *start;
+	struct timespec until = *start, linger = { 0, 0 };
 
 	until.tv_sec += ms / 1000;
 	until.tv_nsec += (long)(ms % 1000) * 1000000L;
 	until.tv_sec += until.tv_nsec / 1000000000L;
 	until.tv_nsec %= 1000000000L;
-	if (p->lingerer == NULL && !w->sent) {
-		/* Held for its wave: the first one held times the wait for all. */
-		struct timespec linger;
-
-		clock_gettime(CLOCK_MONOTONIC, &linger);
-		linger.tv_nsec += LINGER_US * 1000L;
-		linger.tv_sec += linger.tv_nsec / 1000000000L;
-		linger.tv_nsec %= 1000000000L;
-		p->lingerer = w;
-		while (p->lingerer == w && w->state == W_WAITING &&
-		    pthread_cond_timedwait(&w->cv, &p->mu, &linger) != ETIMEDOUT)
-			;
-		if (p->lingerer == w) {
-			/* The rest of the wave is busy elsewhere: not waited for. */
-			p->lingerer = NULL;
-			p->woken = 0;
-			p->wave++;
-			pump(p);
-		}
-	}
 	while (w->state == W_WAITING) {
-		if (ms == 0) {
-			pthread_cond_wait(&w->cv, &p->mu);
-		} else if (pthread_cond_timedwait(&w->cv, &p->mu, &until) == ETIMEDOUT &&
-		    w->state == W_WAITING) {
-			(void)unlink_waiter(p, w->id);
-			unqueue(p, w);
-			drop_request(w);
-			if (p->lingerer == w)
-				p->lingerer = NULL;
-			return ETIMEDOUT;
+		const struct timespec *t = ms != 0 ? &until : NULL;
+		int lingering = 0, r;
+
+		/* Held for its wave: one held request times the wait for all. */
+		if (!w->sent && (p->lingerer == NULL || p->lingerer == w)) {
+			if (p->lingerer != w) {
+				p->lingerer = w;
+				clock_gettime(CLOCK_MONOTONIC, &linger);
+				linger.tv_nsec += LINGER_US * 1000L;
+				linger.tv_sec += linger.tv_nsec / 1000000000L;
+				linger.tv_nsec %= 1000000000L;
+			}
+			if (t == NULL || linger.tv_sec < t->tv_sec ||
+			    (linger.tv_sec == t->tv_sec && linger.tv_nsec < t->tv_nsec)) {
+				t = &linger;
+				lingering = 1;
+			}
 		}
+		r = t == NULL ? pthread_cond_wait(&w->cv, &p->mu) :
+		    pthread_cond_timedwait(&w->cv, &p->mu, t);
+		if (r != ETIMEDOUT || w->state != W_WAITING)
+			continue;
+		if (lingering) {
+			if (p->lingerer == w && !w->sent) {
+				/* The rest of the wave is busy elsewhere: not waited for. */
+				p->lingerer = NULL;
+				if (p->woken > 0) {
+					p->woken = 0;
+					p->wave++;
+				}
+				pump(p);
+			}
+			continue;
+		}
+		(void)unlink_waiter(p, w->id);
+		unqueue(p, w);
+		drop_request(w);
+		if (p->lingerer == w) {
+			p->lingerer = NULL;
+			if (p->qhead != NULL)   /* the next held one times the wait */
+				pthread_cond_signal(&p->qhead->cv);
+		}
+		return ETIMEDOUT;
 	}
 	return 0;
 }
