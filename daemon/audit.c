@@ -987,11 +987,10 @@ audit_group_end(audit *a, struct audit_group *g)
 		}
 		if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 && g->pending > 0) {
 			timed_out_locked(a);   /* its records, still queued, are not ours now */
-			g->status = CF_E_UNAVAILABLE;
 			break;
 		}
 	}
-	if (g->status != CF_OK)
+	if (g->status != CF_OK || g->pending > 0)
 		r = refused_locked(a, "this call's record is not written, so its result "
 				   "is withheld");
 	if (--g->refs == 0)

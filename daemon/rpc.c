@@ -693,11 +693,11 @@ stream_queue(struct rpc_stream *st, struct answer *a)
 	struct outmsg *o = malloc(sizeof(*o));
 
 	if (o == NULL)
-		return CF_E_NOMEM;
+		return cf_nomem();
 	o->len = coffer__v1__pipeline_response__get_packed_size(&a->resp);
 	if ((o->pk = malloc(o->len ? o->len : 1)) == NULL) {
 		free(o);
-		return CF_E_NOMEM;
+		return cf_nomem();
 	}
 	coffer__v1__pipeline_response__pack(&a->resp, o->pk);
 	o->next = NULL;
@@ -806,21 +806,21 @@ stream_received(struct rpc_stream *st, int success)
 	pthread_mutex_unlock(&st->mu);
 	req = stream_unpack(bb, fmsg, sizeof(fmsg));
 	grpc_byte_buffer_destroy(bb);
-	if (req != NULL) {
+	if (req == NULL) {
+		r = cf_error(CF_E_INVALID_ARG, "%s", fmsg);
+	} else {
 		n = 1 + req->n_more;
 		if ((job = calloc(1, sizeof(*job))) == NULL ||
 		    (ans = calloc(n, sizeof(*ans))) == NULL ||
-		    (st->sv.au != NULL && audit_group_new(&g) != CF_OK)) {
-			snprintf(fmsg, sizeof(fmsg), "out of memory for a frame of %zu requests", n);
-			r = CF_E_NOMEM;
-		}
+		    (st->sv.au != NULL && audit_group_new(&g) != CF_OK))
+			r = cf_error(CF_E_NOMEM, "out of memory for a frame of %zu requests", n);
 	}
 	pthread_mutex_lock(&st->mu);
-	if (req == NULL || r != CF_OK) {
+	if (r != CF_OK) {
 		/* The first such message ends the stream, with its reason. */
 		if (!st->failed) {
-			st->code = (grpc_status_code)dispatch_status(req == NULL ? CF_E_INVALID_ARG : r);
-			snprintf(st->msg, sizeof(st->msg), "%s", fmsg);
+			st->code = (grpc_status_code)dispatch_status(r);
+			snprintf(st->msg, sizeof(st->msg), "%s", cf_error_message(r));
 		}
 		st->failed = 1;
 		st->read_done = 1;
