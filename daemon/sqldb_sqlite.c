@@ -240,7 +240,7 @@ static const struct sqldb_ops sq_ops = {
 };
 
 int
-sqldb_open_sqlite(const char *path, sqldb **out)
+sqldb_open_sqlite(const char *path, unsigned busy_ms, sqldb **out)
 {
 	struct sq *q;
 	struct stat sb;
@@ -257,7 +257,7 @@ sqldb_open_sqlite(const char *path, sqldb **out)
 			     q->h ? sqlite3_errmsg(q->h) : "out of memory");
 		goto fail;
 	}
-	sqlite3_busy_timeout(q->h, 5000);
+	sqlite3_busy_timeout(q->h, (int)busy_ms);
 	if (sq_exec(&q->base, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
 		    "PRAGMA foreign_keys=ON;") != SQLDB_OK) {
 		r = cf_error(CF_E_IO, "state store %s: %s", path, q->base.err);

@@ -440,7 +440,7 @@ store_open_with(const struct store_options *o, store **out)
 		}
 		snprintf(path, sizeof(path), "%s/coffer.db", o->dir);
 		snprintf(s->where, sizeof(s->where), "%s", path);
-		r = sqldb_open_sqlite(path, &s->db);
+		r = sqldb_open_sqlite(path, o->busy_ms ? o->busy_ms : 5000, &s->db);
 	}
 	if (r != CF_OK || (r = schema(s)) != CF_OK)
 		goto out;

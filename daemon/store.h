@@ -116,6 +116,8 @@ struct store_options {
 	const char *dsn;              /* PostgreSQL: a libpq connection string (not kept) */
 	const char *replica;          /* this replica's name; NULL: "" */
 	const char *owner;            /* the owner of intents this store records; NULL: replica */
+	unsigned busy_ms;             /* SQLite: how long a write waits for another process's
+					 lock; 0: 5,000 (tests that hold the lock use less) */
 };
 
 /* Open the store and create, migrate or check its schema. SQLite: CF_E_IO;
