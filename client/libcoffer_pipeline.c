@@ -26,6 +26,7 @@
 #include <openssl/crypto.h>
 
 #include "cf_pbcheck.h"
+#include "cf_pbwipe.h"
 #include "cf_status.h"
 #include "coffer.h"
 #include "coffer/v1/pipeline.pb-c.h"
@@ -64,6 +65,7 @@ struct waiter {
 	enum wstate state;
 	Coffer__V1__PipelineResponse *resp;    /* W_ANSWERED: in fr */
 	struct frame *fr;
+	unsigned wave;                         /* W_ANSWERED: p->wave when handed it */
 	unsigned end_code;                     /* W_ENDED: the stream's status */
 	char end_msg[CF_ERROR_DETAIL_MAX];
 	size_t end_len;
@@ -198,7 +200,7 @@ static void
 frame_put(struct frame *fr, unsigned n)
 {
 	if (n > 0 && atomic_fetch_sub(&fr->refs, n) == n) {
-		coffer__v1__pipeline_response__free_unpacked(fr->top, NULL);
+		coffer__v1__pipeline_response__free_unpacked(fr->top, &cf_pbwipe_allocator);
 		free(fr);
 	}
 }
@@ -211,6 +213,23 @@ drop_request(struct waiter *w)
 		free(w->req);
 		w->req = NULL;
 	}
+}
+
+/* Queued requests are held for their wave: the callers answered together
+ * are not all back, and nothing else is going out. */
+static int
+held(const struct lc_pipeline *p)
+{
+	return p->qhead != NULL && p->frames && p->woken > 0 && !p->sending && !p->close_queued;
+}
+
+/* Held requests need one of them timing the wait (the lingerer): the head
+ * takes it when nobody has. */
+static void
+hand_over(struct lc_pipeline *p)
+{
+	if (p->lingerer == NULL && held(p))
+		pthread_cond_signal(&p->qhead->cv);
 }
 
 /* How many queued requests, from the head, go out in the next message:
@@ -264,12 +283,8 @@ pump(struct lc_pipeline *p)
 			drop_request(w);
 		}
 		p->sending = 1;
-		if (p->lingerer != NULL && p->lingerer->sent) {
-			/* A request left behind (the frame was full) takes over. */
+		if (p->lingerer != NULL && p->lingerer->sent)
 			p->lingerer = NULL;
-			if (p->qhead != NULL)
-				pthread_cond_signal(&p->qhead->cv);
-		}
 		/* Taken over: freed when sent, or with the stream. No memory for
 		 * the frame: the stream's end wakes every waiter. */
 		if (buf == NULL || lc_stream_send(p->s, buf, total) != CF_OK)
@@ -280,6 +295,7 @@ pump(struct lc_pipeline *p)
 		if (lc_stream_close_send(p->s) != CF_OK)
 			lc_stream_cancel(p->s);
 	}
+	hand_over(p);
 }
 
 /* ---- the reader ---- */
@@ -349,9 +365,11 @@ handout(struct lc_pipeline *p, Coffer__V1__PipelineResponse *resp, int frames)
 		w->state = W_ANSWERED;
 		w->resp = a;
 		w->fr = fr;
+		w->wave = p->wave;
 		p->woken++;
 		pthread_cond_signal(&w->cv);
 	}
+	hand_over(p);
 	pthread_mutex_unlock(&p->mu);
 	frame_put(fr, unclaimed);
 	return NULL;
@@ -392,7 +410,9 @@ reader_main(void *arg)
 			pthread_mutex_unlock(&p->mu);
 			continue;
 		}
-		resp = ev.ok ? coffer__v1__pipeline_response__unpack(NULL, ev.len, ev.msg) : NULL;
+		/* Answers may carry what a caller keeps to itself (a MAC): wiped when freed. */
+		resp = ev.ok ? coffer__v1__pipeline_response__unpack(&cf_pbwipe_allocator, ev.len,
+		    ev.msg) : NULL;
 		if (ev.msg != NULL) {
 			OPENSSL_cleanse(ev.msg, ev.len);
 			free(ev.msg);
@@ -404,7 +424,8 @@ reader_main(void *arg)
 			if (broken == NULL)
 				broken = why;
 			if (resp != NULL)
-				coffer__v1__pipeline_response__free_unpacked(resp, NULL);
+				coffer__v1__pipeline_response__free_unpacked(resp,
+				    &cf_pbwipe_allocator);
 			lc_stream_cancel(s);
 		}
 	}
@@ -546,7 +567,7 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 		int lingering = 0, r;
 
 		/* Held for its wave: one held request times the wait for all. */
-		if (!w->sent && (p->lingerer == NULL || p->lingerer == w)) {
+		if (!w->sent && held(p) && (p->lingerer == NULL || p->lingerer == w)) {
 			if (p->lingerer != w) {
 				p->lingerer = w;
 				clock_gettime(CLOCK_MONOTONIC, &linger);
@@ -565,25 +586,25 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 		if (r != ETIMEDOUT || w->state != W_WAITING)
 			continue;
 		if (lingering) {
-			if (p->lingerer == w && !w->sent) {
-				/* The rest of the wave is busy elsewhere: not waited for. */
+			if (p->lingerer == w) {
+				/* Re-armed on the next turn if it is still held. */
 				p->lingerer = NULL;
-				if (p->woken > 0) {
+				if (!w->sent) {
+					/* The rest of the wave is busy elsewhere: not
+					 * waited for. */
 					p->woken = 0;
 					p->wave++;
+					pump(p);
 				}
-				pump(p);
 			}
 			continue;
 		}
 		(void)unlink_waiter(p, w->id);
 		unqueue(p, w);
 		drop_request(w);
-		if (p->lingerer == w) {
+		if (p->lingerer == w)
 			p->lingerer = NULL;
-			if (p->qhead != NULL)   /* the next held one times the wait */
-				pthread_cond_signal(&p->qhead->cv);
-		}
+		hand_over(p);   /* another held one times the wait */
 		return ETIMEDOUT;
 	}
 	return 0;
@@ -703,7 +724,7 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
 	r = await(p, &w, ms, &start);
 	if (w.state == W_ANSWERED) {
 		tl_pipe = p;   /* one of the wave, until its next call */
-		tl_wave = p->wave;
+		tl_wave = w.wave;
 	}
 	pthread_mutex_unlock(&p->mu);
 	pthread_cond_destroy(&w.cv);

@@ -38,6 +38,7 @@ struct item {
  * waited: the last one frees it, so a waiter that gave up leaves safely. */
 struct audit_group {
 	unsigned pending;        /* its records not yet written */
+	unsigned records;        /* ever queued in it */
 	unsigned refs;
 	int status;              /* CF_OK, or why one of them was not written */
 };
@@ -963,6 +964,7 @@ audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *g)
 	} else {
 		it->group = g;
 		g->pending++;
+		g->records++;
 		g->refs++;
 	}
 out:
@@ -991,8 +993,10 @@ audit_group_end(audit *a, struct audit_group *g)
 		}
 	}
 	if (g->status != CF_OK || g->pending > 0)
-		r = refused_locked(a, "this call's record is not written, so its result "
-				   "is withheld");
+		r = refused_locked(a, g->records > 1 ?
+				   "the records of the calls answered with this one (a stream's "
+				   "frame) are not all written, so its result is withheld" :
+				   "this call's record is not written, so its result is withheld");
 	if (--g->refs == 0)
 		free(g);
 	pthread_mutex_unlock(&a->mu);

@@ -554,6 +554,22 @@ stream_frame(struct rpc_stream *st)
 	return bb;
 }
 
+/* Answers that cannot be made or sent (no memory): end the stream now with
+ * `why` rather than leave its callers waiting; what is queued is dropped,
+ * and the read outstanding ends with the call (mu held). */
+static void
+stream_abort(struct rpc_stream *st, const char *why)
+{
+	if (!st->failed) {
+		st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+		snprintf(st->msg, sizeof(st->msg), "%s", why);
+	}
+	st->failed = 1;
+	st->read_done = 1;
+	st->cancelled = 1;
+	grpc_call_cancel_with_status(st->call, GRPC_STATUS_RESOURCE_EXHAUSTED, why, NULL);
+}
+
 /* Send the next answers, or end the stream once nothing is left (mu held). */
 static void
 stream_pump(struct rpc_stream *st)
@@ -562,14 +578,7 @@ stream_pump(struct rpc_stream *st)
 
 	if (st->sending == NULL && st->head != NULL && !st->cancelled) {
 		if ((st->sending = stream_frame(st)) == NULL) {
-			/* Answers that cannot be sent: end it rather than leave the caller waiting. */
-			if (!st->failed) {
-				st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-				snprintf(st->msg, sizeof(st->msg), "out of memory for the answers");
-			}
-			st->failed = 1;
-			st->read_done = 1;
-			st->cancelled = 1;   /* what is queued is dropped */
+			stream_abort(st, "out of memory for the answers");
 		} else {
 			memset(&op, 0, sizeof(op));
 			op.op = GRPC_OP_SEND_MESSAGE;
@@ -724,8 +733,8 @@ frame_run(struct share_job *sj, size_t k)
 {
 	struct frame_job *j = (struct frame_job *)(void *)sj;
 
-	/* Once the caller cancelled, nobody reads the rest: they do not run. */
-	if (k > 0 && __atomic_load_n(&j->st->cancelled, __ATOMIC_RELAXED))
+	/* Once the caller cancelled, nobody reads them: they do not run. */
+	if (__atomic_load_n(&j->st->cancelled, __ATOMIC_RELAXED))
 		return;
 	stream_run(j->st, k == 0 ? j->req : j->req->more[k - 1], j->g, &j->ans[k]);
 	j->ans[k].ran = 1;
@@ -749,13 +758,15 @@ frame_finish(struct share_job *sj)
 	}
 	pthread_mutex_lock(&st->mu);
 	st->running -= (unsigned)sj->n;
+	/* Answered even when a later message ended the stream: they ran. */
 	for (size_t k = 0; k < sj->n; k++)
-		if (j->ans[k].ran && !st->failed && stream_queue(st, &j->ans[k]) != CF_OK) {
-			st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-			snprintf(st->msg, sizeof(st->msg), "out of memory for the answer to "
-				 "request %llu", (unsigned long long)j->ans[k].resp.id);
-			st->failed = 1;
-			st->read_done = 1;
+		if (j->ans[k].ran && stream_queue(st, &j->ans[k]) != CF_OK) {
+			char why[96];
+
+			snprintf(why, sizeof(why), "out of memory for the answer to request %llu",
+				 (unsigned long long)j->ans[k].resp.id);
+			stream_abort(st, why);
+			break;
 		}
 	stream_pump(st);
 	pthread_mutex_unlock(&st->mu);

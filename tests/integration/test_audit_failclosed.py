@@ -245,6 +245,10 @@ class FailClosed(unittest.TestCase):
                 self.assertIn("audit trail cannot be written (", a.message)
                 self.assertIn("Operation not permitted", a.message)
                 self.assertIn("fails closed", a.message)
+            # The frame's records were waited for together: the text says so.
+            self.assertTrue(any("the records of the calls answered with this one (a stream's "
+                                "frame) are not all written, so its result is withheld"
+                                in a.message for a in got), [a.message for a in got])
             self.assertEqual(os.path.getsize(self.path), before)
         finally:
             subprocess.run(["chattr", "-i", self.path], check=True)
