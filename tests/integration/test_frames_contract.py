@@ -124,6 +124,23 @@ class FrameCase(unittest.TestCase):
 
     d = None
 
+    @classmethod
+    def start_daemon(cls, keys=()):
+        """A daemon (60 s window) with its admin and service stubs, and keys
+        (name, type, allowed operations) made."""
+        cls.d = CofferDaemon(config={"requests": {"window": "60"}})
+        cls.d.start()
+        cls.adm = cls.d.admin_stub()
+        cls.svc = cls.d.service_stub()
+        for name, t, ops in keys:
+            cls.adm.CreateKey(pb.CreateKeyRequest(name=name, type=t, allowed_operations=ops),
+                              timeout=TIMEOUT)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.d is not None:
+            cls.d.cleanup()
+
     # -- calls --
 
     def stream(self, channel=None):
@@ -185,6 +202,16 @@ class FrameCase(unittest.TestCase):
         """Records whose request id starts with prefix + "."."""
         return [r for r in self.audit() if str(r.get("request_id", "")).startswith(prefix + ".")]
 
+    def assert_rest_never_start(self, prefix, n, what, when):
+        """Of a frame of n requests under prefix, the ones not started when it
+        was cancelled never start: the records stop growing, short of n."""
+        time.sleep(1.5)
+        n1 = len(self.records(prefix))
+        time.sleep(1.5)
+        n2 = len(self.records(prefix))
+        self.assertEqual(n1, n2, "requests of %s still being started" % what)
+        self.assertLess(n2, n, "every request of %s ran (%d recorded; %s)" % (what, n2, when))
+
     @staticmethod
     def comparable(rec):
         return {k: v for k, v in rec.items()
@@ -198,21 +225,11 @@ class FrameCase(unittest.TestCase):
 class Frames(FrameCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = CofferDaemon(config={"requests": {"window": "60"}})
-        cls.d.start()
-        cls.adm = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        for name, t, ops in (("f-ec", pb.EC_P256, ()), ("f-mac", pb.HMAC_SHA256, ()),
-                             ("f-mac512", pb.HMAC_SHA512, ()), ("f-aes", pb.AES_256, ()),
-                             ("f-vonly", pb.EC_P256, (pb.OP_VERIFY, pb.OP_GET_PUBLIC_KEY))):
-            cls.adm.CreateKey(pb.CreateKeyRequest(name=name, type=t, allowed_operations=ops),
-                              timeout=TIMEOUT)
+        cls.start_daemon((("f-ec", pb.EC_P256, ()), ("f-mac", pb.HMAC_SHA256, ()),
+                          ("f-mac512", pb.HMAC_SHA512, ()), ("f-aes", pb.AES_256, ()),
+                          ("f-vonly", pb.EC_P256, (pb.OP_VERIFY, pb.OP_GET_PUBLIC_KEY))))
         der = cls.svc.GetPublicKey(pb.GetPublicKeyRequest(key="f-ec"), timeout=TIMEOUT).der
         cls.pub = serialization.load_der_public_key(der)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.cleanup()
 
     def verify_sig(self, sig, msg):
         self.pub.verify(sig, msg, ec.ECDSA(hashes.SHA256()))
@@ -823,13 +840,8 @@ class Frames(FrameCase):
         self.assertEqual(sorted(a.id for a in got), list(range(50)))
         served = time.monotonic() - t0
         # The requests of the frame not yet started never start (not recorded).
-        time.sleep(1.5)
-        n1 = len(self.records("fc-cancel"))
-        time.sleep(1.5)
-        n2 = len(self.records("fc-cancel"))
-        self.assertEqual(n1, n2, "requests of the cancelled frame still being started")
-        self.assertLess(n2, n, "every request of the cancelled frame ran (%d recorded; the "
-                        "daemon served others after %.2f s)" % (n2, served))
+        self.assert_rest_never_start("fc-cancel", n, "the cancelled frame",
+                                     "the daemon served others after %.2f s" % served)
 
     def test_18_flow_control_with_large_frames(self):
         # 20 frames of 1,024 written before one answer is read: far more than
@@ -884,14 +896,8 @@ class Frames(FrameCase):
         self.assertEqual(len(self.svc.Mac(pb.MacRequest(key="f-mac", data=b"d"),
                                           timeout=10).mac), 32)
         served = time.monotonic() - t0
-        time.sleep(1.5)
-        n1 = len(self.records("fc-deadline"))
-        time.sleep(1.5)
-        n2 = len(self.records("fc-deadline"))
-        self.assertEqual(n1, n2, "requests of the expired frame still being started")
-        self.assertLess(n2, n, "every request of the expired frame ran (%d recorded; a unary "
-                        "call was served %.2f s after the opening)" % (n2, served))
-
+        self.assert_rest_never_start("fc-deadline", n, "the expired frame",
+                                     "a unary call was served %.2f s after the opening" % served)
 
     def test_21_frames_in_any_valid_encoding(self):
         # A frame is any valid encoding of a PipelineRequest: fields out of
@@ -1031,18 +1037,10 @@ class FramesSigned(FrameCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.d = CofferDaemon(config={"requests": {"window": "60"}})
-        cls.d.start()
-        cls.adm = cls.d.admin_stub()
-        cls.adm.CreateKey(pb.CreateKeyRequest(name="s-mac", type=pb.HMAC_SHA256),
-                          timeout=TIMEOUT)
+        cls.start_daemon((("s-mac", pb.HMAC_SHA256, ()),))
         sadm = cls.d.sealed_stub(kind="admin", service="AdminService")
         r = sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
         cls.key_id, cls.secret = r.key.id, r.secret
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.cleanup()
 
     def signed(self):
         return [("authorization", call_authorization(self.key_id, self.secret, PATH, b""))]
@@ -1088,16 +1086,7 @@ class FramesPolicy(FrameCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.d = CofferDaemon(config={"requests": {"window": "60"}})
-        cls.d.start()
-        cls.adm = cls.d.admin_stub()
-        cls.svc = cls.d.service_stub()
-        for name, t in (("p-ec", pb.EC_P256), ("p-mac", pb.HMAC_SHA256)):
-            cls.adm.CreateKey(pb.CreateKeyRequest(name=name, type=t), timeout=TIMEOUT)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.cleanup()
+        cls.start_daemon((("p-ec", pb.EC_P256, ()), ("p-mac", pb.HMAC_SHA256, ())))
 
     def limit(self, op, per_second, burst=1):
         self.adm.SetRateLimit(pb.SetRateLimitRequest(name="tester", limit=pb.RateLimit(
