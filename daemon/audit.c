@@ -63,6 +63,7 @@ struct audit {
 	uint64_t written_run;    /* records written by this process */
 	int stop;
 	int writing;             /* a batch is being written (by a call or the writer) */
+	uint64_t write_began;    /* CLOCK_MONOTONIC ms, when that write began */
 	uint64_t unsealed;       /* records written since the last seal */
 	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
 	int broken;
@@ -395,6 +396,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	int r;
 
 	memcpy(chain, a->chain, 32);
+	a->write_began = mono_ms();
 	pthread_mutex_unlock(&a->mu);
 	r = write_batch(a, batch, &be, &seq, chain, &size);
 	pthread_mutex_lock(&a->mu);
@@ -834,6 +836,7 @@ audit_close(audit *a)
 				     "written (%s)", a->reason);
 		} else {
 			a->writing = 1;
+			a->write_began = mono_ms();
 			pthread_mutex_unlock(&a->mu);
 			{
 				struct batch_end be = { fields, 1, a->ob_gen, a->ob_written, 0 };
@@ -875,6 +878,29 @@ refused_locked(audit *a, const char *what)
 			"daemon fails closed (audit.failure = closed)", why, what);
 }
 
+/* Mark the trail broken after a wait past max_wait_ms (mu held). */
+static void
+timed_out_locked(audit *a)
+{
+	if (!a->broken)
+		cf_log_error("audit: a record waited more than %u ms", a->cfg.max_wait_ms);
+	a->broken = 1;
+	snprintf(a->reason, sizeof(a->reason), "a record waited more than %u ms to be written",
+		 a->cfg.max_wait_ms);
+}
+
+/* A write still not done after max_wait_ms (a disk that hangs, such as a
+ * frozen file system) breaks the trail now rather than when it returns: the
+ * call stuck in it cannot time out, and no other call may be waiting to
+ * notice, so health and new calls would otherwise see a sound trail for as
+ * long as the disk hangs (mu held). */
+static void
+check_hung_locked(audit *a)
+{
+	if (a->writing && !a->broken && mono_ms() - a->write_began > a->cfg.max_wait_ms)
+		timed_out_locked(a);
+}
+
 int
 audit_admit(audit *a)
 {
@@ -882,6 +908,7 @@ audit_admit(audit *a)
 	time_t now;
 
 	pthread_mutex_lock(&a->mu);
+	check_hung_locked(a);
 	if (a->broken && !a->cfg.fail_open) {
 		r = refused_locked(a, "calls are refused until it can");
 	} else if (a->broken && (now = time(NULL)) - a->last_alarm >= ALARM_EVERY_S) {
@@ -899,20 +926,10 @@ audit_healthy(audit *a)
 	int ok;
 
 	pthread_mutex_lock(&a->mu);
+	check_hung_locked(a);
 	ok = !a->broken || a->cfg.fail_open;
 	pthread_mutex_unlock(&a->mu);
 	return ok;
-}
-
-/* Mark the trail broken after a wait past max_wait_ms (mu held). */
-static void
-timed_out_locked(audit *a)
-{
-	if (!a->broken)
-		cf_log_error("audit: a record waited more than %u ms", a->cfg.max_wait_ms);
-	a->broken = 1;
-	snprintf(a->reason, sizeof(a->reason), "a record waited more than %u ms to be written",
-		 a->cfg.max_wait_ms);
 }
 
 /* A record could not be queued for want of memory (mu held): lost, and

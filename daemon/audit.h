@@ -59,7 +59,7 @@
 
 struct audit_cfg {
 	int fail_open;           /* 0: fail closed */
-	unsigned max_wait_ms;    /* fail closed: how long a call waits for its record */
+	unsigned max_wait_ms;    /* fail closed: the bound on a record's wait, and on a write */
 	/* Fail closed, before a call's answer is released, its record is:
 	 * 0 ("disk") written and fdatasync'd (it survives a power loss);
 	 * 1 ("os") written to the kernel (it survives any crash of cofferd; the

@@ -514,7 +514,7 @@ stream_frame(struct rpc_stream *st)
 	size_t total = st->head->len, n = 1;
 	grpc_byte_buffer *bb = NULL;
 	grpc_slice sl;
-	uint8_t *buf, *p;
+	uint8_t *p;
 
 	for (o = st->head->next; st->frames && o != NULL; o = o->next) {
 		size_t add = cf_pb_len_prefix(RPC_MORE_FIELD, o->len, NULL) + o->len;
@@ -525,9 +525,10 @@ stream_frame(struct rpc_stream *st)
 		last = o;
 		n++;
 	}
-	if ((buf = malloc(total ? total : 1)) == NULL)
-		return NULL;
-	p = buf;
+	/* Joined straight into the slice gRPC sends (gpr_malloc aborts rather
+	 * than fail, as every allocation of gRPC's own does). */
+	sl = grpc_slice_malloc(total);
+	p = GRPC_SLICE_START_PTR(sl);
 	for (o = st->head;; o = o->next) {
 		if (o != st->head)
 			p += cf_pb_len_prefix(RPC_MORE_FIELD, o->len, p);
@@ -536,11 +537,8 @@ stream_frame(struct rpc_stream *st)
 		if (o == last)
 			break;
 	}
-	sl = grpc_slice_from_copied_buffer((const char *)buf, total);
 	bb = grpc_raw_byte_buffer_create(&sl, 1);
 	grpc_slice_unref(sl);
-	OPENSSL_cleanse(buf, total);
-	free(buf);
 	if (bb == NULL)
 		return NULL;
 	while (n-- > 0) {

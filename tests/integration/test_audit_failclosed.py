@@ -27,6 +27,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -37,6 +38,33 @@ from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
 
 SERVING = S.health_pb.HealthCheckResponse.SERVING
 NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
+
+
+def pipeline(d):
+    """The daemon's pipelined stream, raw."""
+    pp = stubs().pipeline_pb
+    return d.channel().stream_stream(
+        "/coffer.v1.Pipeline/Stream", request_serializer=pp.PipelineRequest.SerializeToString,
+        response_deserializer=pp.PipelineResponse.FromString)
+
+
+def frame(tag):
+    """One message carrying ten Signs of key "s" (ids 0..9)."""
+    pp = stubs().pipeline_pb
+    reqs = [pp.PipelineRequest(id=i, method="/coffer.v1.KeyService/Sign",
+                               request=pb.SignRequest(key="s", message=b"%s %d" % (
+                                   tag, i)).SerializeToString()) for i in range(10)]
+    top = reqs[0]
+    top.more.extend(reqs[1:])
+    return top
+
+
+def answers(msgs):
+    """The answers of the frames msgs, flattened."""
+    out = []
+    for m in msgs:
+        out += [m] + list(m.more)
+    return out
 
 
 class FailClosed(unittest.TestCase):
@@ -199,26 +227,7 @@ class FailClosed(unittest.TestCase):
         """A pipelined stream's frame whose records cannot be written: none of
         its answers is released OK (no signature leaves), each says why."""
         d = self.start(self.daemon())
-        pp = stubs().pipeline_pb
-        path = "/coffer.v1.Pipeline/Stream"
-        stream = d.channel().stream_stream(
-            path, request_serializer=pp.PipelineRequest.SerializeToString,
-            response_deserializer=pp.PipelineResponse.FromString)
-
-        def frame(tag):
-            reqs = [pp.PipelineRequest(id=i, method="/coffer.v1.KeyService/Sign",
-                                       request=pb.SignRequest(key="s", message=b"%s %d" % (
-                                           tag, i)).SerializeToString()) for i in range(10)]
-            top = reqs[0]
-            top.more.extend(reqs[1:])
-            return top
-
-        def answers(msgs):
-            out = []
-            for m in msgs:
-                out += [m] + list(m.more)
-            return out
-
+        stream = pipeline(d)
         # Opened (and its opening recorded) before the fault.
         q = queue.Queue()
         call = stream(iter(q.get, None), timeout=60)
@@ -254,6 +263,124 @@ class FailClosed(unittest.TestCase):
             subprocess.run(["chattr", "-i", self.path], check=True)
         self.wait_serving(d)
         got = answers(list(stream(iter([frame(b"healed")]), timeout=TIMEOUT)))
+        self.assertEqual([(a.code, bool(a.response)) for a in got], [(0, True)] * 10)
+        time.sleep(0.3)
+        r = Ctl(d)("audit", "verify", ok=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_disk_that_hangs(self):
+        """The state directory's file system frozen (fsfreeze on a loop-mounted
+        ext4): a write of the trail does not fail, it never returns. The call
+        that is writing cannot time out (it is stuck in the kernel), yet
+        within max_wait_ms health says NOT_SERVING and a new call is refused at
+        once, with the reason, even though no other call was waiting to notice.
+        A frame that waits behind the stuck write is answered, after
+        max_wait_ms, UNAVAILABLE for each of its requests with the frame's
+        text. Thawed, the stuck call gets its answer (its record was written)
+        and the trail heals by itself and verifies."""
+        work = tempfile.mkdtemp(prefix="coffer-hang-")
+        self.addCleanup(shutil.rmtree, work, True)
+        d = CofferDaemon(config={"audit": {"failure": "closed", "max_wait_ms": "500"}},
+                         workdir=work)
+        self.addCleanup(d.cleanup)
+        os.makedirs(d.state_dir, exist_ok=True)
+        img = os.path.join(work, "state.ext4")
+        with open(img, "wb") as f:
+            f.truncate(64 << 20)
+        for cmd in (["mkfs.ext4", "-q", "-F", img], ["mount", "-o", "loop", img, d.state_dir]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                self.skipTest("cannot make a loop-mounted ext4 here (%s): %s" % (
+                    cmd[0], r.stderr.strip()))
+        self.addCleanup(subprocess.run, ["umount", "-l", d.state_dir])
+        os.chmod(d.state_dir, 0o700)
+        self.start(d)
+        frozen = []
+
+        def freeze(on):
+            r = subprocess.run(["fsfreeze", "-f" if on else "-u", d.state_dir],
+                               capture_output=True, text=True)
+            if on and r.returncode != 0:
+                self.skipTest("fsfreeze is not supported here: %s" % r.stderr.strip())
+            if on:
+                frozen.append(1)
+            else:
+                frozen.clear()
+
+        self.addCleanup(lambda: frozen and freeze(False))
+
+        def stuck_sign(tag):
+            """A Sign in a thread: it becomes the writer of its own record and
+            hangs with the disk. Returns the thread and where its answer goes."""
+            out = {}
+
+            def run():
+                t0 = time.monotonic()
+                out["sig"] = d.service_stub().Sign(pb.SignRequest(key="s", message=tag),
+                                                   timeout=120).signature
+                out["took"] = time.monotonic() - t0
+            t = threading.Thread(target=run)
+            t.start()
+            return t, out
+
+        why = "the audit trail cannot be written (a record waited more than 500 ms to be written)"
+        freeze(True)
+        t, out = stuck_sign(b"stuck 1")
+        time.sleep(0.8)
+        self.assertTrue(t.is_alive(), "the Sign was answered on a frozen disk: %r" % out)
+        # Nobody else waited on the write, yet the trail counts as broken.
+        self.assertEqual(self.health(d), NOT_SERVING)
+        t0 = time.monotonic()
+        with self.assertRaises(grpc.RpcError) as cm:
+            d.service_stub().Sign(pb.SignRequest(key="s", message=b"refused"), timeout=TIMEOUT)
+        self.assertLess(time.monotonic() - t0, 0.4, "a refusal must not wait for the disk")
+        self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+        self.assertEqual(cm.exception.details(), why + ": calls are refused until it can; "
+                         "this daemon fails closed (audit.failure = closed)")
+        self.assertIn("audit: a record waited more than 500 ms", d.log(all_starts=False))
+        freeze(False)
+        t.join(30)
+        self.assertFalse(t.is_alive())
+        self.assertTrue(out["sig"])         # its record was written: released
+        self.assertGreater(out["took"], 0.8)
+        self.wait_serving(d)
+
+        # A frame queued behind a stuck write waits max_wait_ms, then no
+        # answer of it is released. (The stream is opened, and its opening
+        # recorded, before the freeze.)
+        stream = pipeline(d)
+        q = queue.Queue()
+        call = stream(iter(q.get, None), timeout=60)
+        q.put(frame(b"before"))
+        got = []
+        while len(got) < 10:
+            got += answers([next(call)])
+        self.assertEqual([a.code for a in got], [0] * 10)
+        time.sleep(0.3)     # the idle seal lands before the freeze
+        freeze(True)
+        t, out = stuck_sign(b"stuck 2")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        q.put(frame(b"behind"))
+        got = []
+        while len(got) < 10:
+            got += answers([next(call)])
+        waited = time.monotonic() - t0
+        q.put(None)
+        self.assertTrue(t.is_alive(), "the Sign was answered on a frozen disk: %r" % out)
+        self.assertEqual(sorted(a.id for a in got), list(range(10)))
+        self.assertGreaterEqual(waited, 0.3)
+        for a in got:
+            self.assertEqual((a.code, a.response), (SC.UNAVAILABLE.value[0], b""), a)
+            self.assertEqual(a.message, why + ": the records of the calls answered with this one "
+                             "(a stream's frame) are not all written, so its result is withheld; "
+                             "this daemon fails closed (audit.failure = closed)")
+        self.assertEqual(self.health(d), NOT_SERVING)
+        freeze(False)
+        t.join(30)
+        self.assertTrue(out["sig"])
+        self.wait_serving(d)
+        got = answers(list(stream(iter([frame(b"thawed")]), timeout=TIMEOUT)))
         self.assertEqual([(a.code, bool(a.response)) for a in got], [(0, True)] * 10)
         time.sleep(0.3)
         r = Ctl(d)("audit", "verify", ok=False)
