@@ -32,7 +32,7 @@ COFFER_CRASH_ONLY=<substring> runs only the scenarios whose name contains it
 (and skips the coverage check); COFFER_KEEP_TMP=1 keeps the
 daemons' directories (tests/integration/crash_check.py DIR checks one again).
 
-Times (2 CPUs): about 3 min in a RelWithDebInfo build, 5.5 min with
+Times (2 CPUs): about 4 min in a RelWithDebInfo build, 5.5 min with
 ASan+UBSan.
 """
 import collections
