@@ -16,6 +16,7 @@
 
 #include "cf_buf.h"
 #include "cf_crashpoint.h"
+#include "cf_time.h"
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_pbcheck.h"
@@ -351,18 +352,6 @@ mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void
-deadline_in(struct timespec *until, unsigned ms)
-{
-	clock_gettime(CLOCK_REALTIME, until);
-	until->tv_sec += ms / 1000;
-	until->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (until->tv_nsec >= 1000000000L) {
-		until->tv_sec++;
-		until->tv_nsec -= 1000000000L;
-	}
-}
-
 /*
  * Records are written as they come, in batches; a seal (one signature in the
  * token) follows once the writer has been idle for SEAL_IDLE_MS, and at least
@@ -565,7 +554,7 @@ writer_main(void *arg)
 			write_queue_locked(a);
 		} else if (a->unsealed > 0 && !a->broken) {
 			/* Idle: seal what was written, unless more comes first. */
-			deadline_in(&until, SEAL_IDLE_MS);
+			cf_deadline_in(&until, SEAL_IDLE_MS);
 			if (!a->stop && pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
 				continue;
 			if (a->head != NULL || a->writing)
@@ -579,7 +568,7 @@ writer_main(void *arg)
 			 * which a failed write left behind; then, if broken, a record
 			 * of what could not be written, sealed, so that a writable
 			 * file again heals the trail. */
-			deadline_in(&until, RETRY_MS);
+			cf_deadline_in(&until, RETRY_MS);
 			if (a->broken && pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
 				continue;
 			pthread_mutex_unlock(&a->mu);
@@ -609,7 +598,7 @@ writer_main(void *arg)
 				a->pending_start = NULL;
 			}
 		} else {
-			deadline_in(&until, RETRY_MS);
+			cf_deadline_in(&until, RETRY_MS);
 			pthread_cond_timedwait(&a->work, &a->mu, &until);
 		}
 	}
@@ -921,6 +910,12 @@ audit_admit(audit *a)
 }
 
 int
+audit_fails_open(const audit *a)
+{
+	return a->cfg.fail_open;
+}
+
+int
 audit_healthy(audit *a)
 {
 	int ok;
@@ -996,7 +991,7 @@ audit_group_end(audit *a, struct audit_group *g)
 	int r = CF_OK;
 
 	pthread_mutex_lock(&a->mu);
-	deadline_in(&until, a->cfg.max_wait_ms);
+	cf_deadline_in(&until, a->cfg.max_wait_ms);
 	/* Group commit: the first caller to find nobody writing writes every
 	 * queued record, its own included; the others wait. */
 	while (g->pending > 0) {
@@ -1060,7 +1055,7 @@ audit_flush_outbox(audit *a)
 				 "(%s); it stays in the outbox", why);
 	}
 	pthread_mutex_lock(&a->mu);
-	deadline_in(&until, a->cfg.max_wait_ms ? a->cfg.max_wait_ms : 5000);
+	cf_deadline_in(&until, a->cfg.max_wait_ms ? a->cfg.max_wait_ms : 5000);
 	while (a->ob_written < max && a->failures == fails) {
 		if (!a->writing && a->head != NULL) {
 			write_queue_locked(a);

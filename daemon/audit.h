@@ -134,6 +134,8 @@ int audit_flush_outbox(audit *a);
 /* 0 if calls are refused because the trail cannot be written (fail closed);
  * for the health check. */
 int audit_healthy(audit *a);
+/* 1 with [audit] failure = open: calls go on whatever the disk does. */
+int audit_fails_open(const audit *a);
 
 /* The last n records (oldest first) as malloc'ed lines; free with
  * audit_lines_free. */

@@ -26,6 +26,7 @@
 #include "config.h"
 #include "dispatch.h"
 #include "fleet.h"
+#include "iowatch.h"
 #include "keyring.h"
 #include "listener.h"
 #include "metrics_http.h"
@@ -514,6 +515,8 @@ main(int argc, char **argv)
 		cf_log_error("session identity: %s", cf_error_detail());
 		goto out;
 	}
+	/* One bound for a write of the trail and for any other of the state's. */
+	iowatch_set_limit(cfg.audit.max_wait_ms);
 	if ((r = audit_open(cfg.state_dir, p11, st, &cfg.audit, &au)) != CF_OK) {
 		cf_log_error("audit trail: %s", cf_error_detail());
 		goto out;

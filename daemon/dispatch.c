@@ -20,6 +20,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbfield.h"
 #include "handlers_table.h"
+#include "iowatch.h"
 #include "metrics.h"
 
 /* A method as this daemon runs it: its facts (cf_methods.h), its messages,
@@ -799,6 +800,21 @@ run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8
 	return r;
 }
 
+/* Failing closed, before anything runs: the audit trail can be written, and
+ * no write of the state hangs (iowatch.h). Failing open, calls go on: those
+ * that need the disk wait for it, bounded, and say so. */
+static int
+admit(const struct dcall *c)
+{
+	int r;
+
+	if (c->sv->au == NULL)
+		return iowatch_admit();
+	if ((r = audit_admit(c->sv->au)) != CF_OK || audit_fails_open(c->sv->au))
+		return r;
+	return iowatch_admit();
+}
+
 unsigned
 dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t *in,
 	      size_t inlen, uint8_t **out, size_t *outlen, char *msg, size_t msglen,
@@ -818,9 +834,9 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	call.authenticated = c->stream_key_id != NULL;
 	cf_error_clear();
 	*retry_after_ms = 0;
-	/* Failing closed: nothing runs while the audit trail cannot be written. */
-	if (c->sv->au == NULL || (m->d->flags & CF_MF_HEALTH) ||
-	    (r = audit_admit(c->sv->au)) == CF_OK)
+	/* Failing closed: nothing runs while the audit trail cannot be written
+	 * or a write of the state hangs. */
+	if ((m->d->flags & CF_MF_HEALTH) || (r = admit(c)) == CF_OK)
 		r = run(d, m, &call, in, inlen, out, outlen, retry_after_ms);
 	code = dispatch_status(r);
 	if (r == CF_OK) {
@@ -866,7 +882,7 @@ dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, siz
 	if (c->admin)
 		r = cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the admin socket",
 			     dispatch_pipeline_path);
-	else if (c->sv->au != NULL && (r = audit_admit(c->sv->au)) != CF_OK)
+	else if ((r = admit(c)) != CF_OK)
 		;   /* failing closed, as every call */
 	else if (c->idem_key[0] != '\0' || c->idem_bad)
 		/* Each request would inherit it (and a malformed one refuse them

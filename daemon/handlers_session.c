@@ -7,6 +7,7 @@
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "handlers_common.h"
+#include "iowatch.h"
 
 static int
 h_get_identity(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
@@ -109,16 +110,20 @@ h_health(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **re
 	const Grpc__Health__V1__HealthCheckRequest *req = (const void *)m;
 	Grpc__Health__V1__HealthCheckResponse *out;
 	const char *s = req->service;
+	char hung[512];
 
 	/* Every service served on this socket. */
 	if (s[0] != '\0' && !cf_service_served(s, c->admin ? CF_SOCK_ADMIN : CF_SOCK_SERVICE))
 		return cf_error(CF_E_NOT_FOUND, "no service \"%.64s\" on this socket", s);
 	if ((out = h_new_msg(&grpc__health__v1__health_check_response__descriptor)) == NULL)
 		return cf_nomem();
-	/* Failing closed on an unwritable audit trail or a state database
-	 * removed under us: say so. */
+	/* Failing closed on an unwritable audit trail, a state database
+	 * removed under us or a disk that hangs: say so (failing open, only
+	 * the state database counts). */
 	out->status = (c->sv->au != NULL && !audit_healthy(c->sv->au)) ||
-		      (c->sv->st != NULL && !store_healthy(c->sv->st)) ?
+		      (c->sv->st != NULL && !store_healthy(c->sv->st)) ||
+		      ((c->sv->au == NULL || !audit_fails_open(c->sv->au)) &&
+		       iowatch_hung(hung, sizeof(hung))) ?
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING :
 		GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 	*resp = &out->base;

@@ -17,6 +17,7 @@
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "iowatch.h"
 #include "nonces_pg.h"
 
 #define INITIAL_SLOTS 1024u
@@ -558,7 +559,7 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	struct entry e;
 	uint8_t rec[REC];
 	size_t i;
-	int grows, r;
+	int grows, r, slot, wrote;
 
 	digest(scope, nonce, e.h);
 	e.expires = expires;
@@ -566,12 +567,20 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	if (n->pg != NULL)
 		return use_pg(n, scope, &e, now);
 	encode(&e, rec);
-	pthread_mutex_lock(&n->mu);
+	/* Bounded: behind a write that hangs, this call is refused rather than
+	 * stuck with it. */
+	if (iowatch_lock(&n->mu) != 0)
+		return cf_error(CF_E_UNAVAILABLE, "nonce record %s: a write to it has not returned "
+				"in %u ms (the disk does not answer); retry once it does", n->path,
+				iowatch_limit());
 	if ((r = admit_locked(n, &e, scope, now, 1, &i, &grows)) != CF_OK)
 		goto out;
 	/* In the log before it counts: the kernel has it once write returns,
 	 * so a crash or restart of the daemon never forgets it. */
-	if (cf_write_all(n->fd, rec, REC) != 0) {
+	slot = iowatch_begin(n->path);
+	wrote = cf_write_all(n->fd, rec, REC) == 0;
+	iowatch_end(slot);
+	if (!wrote) {
 		r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 		/* Never leave a torn record for the next append to misalign;
 		 * if it cannot be cut off, refuse every nonce until a restart. */
@@ -648,8 +657,12 @@ nonces_expire(nonces *n, int64_t now)
 		(void)rehash_locked(n, cap, now);
 	/* The log keeps growing with every nonce; rewrite it once the dead
 	 * records outnumber the live ones. A failure keeps the old log. */
-	if (n->fd >= 0 && (size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK)
+	if (n->fd >= 0 && (size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK) {
+		int slot = iowatch_begin(n->path);
+
 		(void)compact_locked(n, now);
+		iowatch_end(slot);
+	}
 	pthread_mutex_unlock(&n->mu);
 	/* Outside mu: calls go on while the database deletes. */
 	if (n->pg != NULL && nonces_pg_expire(n->pg, now, &deleted) != CF_OK)

@@ -13,6 +13,7 @@
 
 #include "cf_log.h"
 #include "cf_status.h"
+#include "iowatch.h"
 
 struct sq {
 	struct sqldb base;
@@ -155,10 +156,15 @@ sq_begin(sqldb *db, int write)
 	return sq_exec(db, write ? "BEGIN IMMEDIATE;" : "BEGIN;");
 }
 
+/* The commit is where a transaction meets the disk (its write lock was taken
+ * at BEGIN IMMEDIATE, so no busy wait is counted as a disk that hangs). */
 static int
 sq_commit(sqldb *db)
 {
-	return sq_exec(db, "COMMIT;");
+	int slot = iowatch_begin(((struct sq *)db)->path), r = sq_exec(db, "COMMIT;");
+
+	iowatch_end(slot);
+	return r;
 }
 
 /* SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR),

@@ -34,10 +34,28 @@ import unittest
 import grpc  # noqa: E402
 
 from daemon_fixture import CofferDaemon, Ctl, cofferctl_path, stubs  # noqa: E402
-from rpc_common import SC, TIMEOUT, S, pb  # noqa: E402
+from rpc_common import KS, SC, TIMEOUT, S, pb  # noqa: E402
+from rpc_common import call_authorization as header  # noqa: E402
 
 SERVING = S.health_pb.HealthCheckResponse.SERVING
 NOT_SERVING = S.health_pb.HealthCheckResponse.NOT_SERVING
+
+
+def in_thread(fn):
+    """fn() in a thread; returns the thread and a dict that gets "value" (or
+    "error", an RpcError) and "took" (seconds)."""
+    out = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            out["value"] = fn()
+        except grpc.RpcError as e:
+            out["error"] = e
+        out["took"] = time.monotonic() - t0
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
 
 
 def pipeline(d):
@@ -268,20 +286,15 @@ class FailClosed(unittest.TestCase):
         r = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(r.returncode, 0, r.stdout)
 
-    def test_disk_that_hangs(self):
-        """The state directory's file system frozen (fsfreeze on a loop-mounted
-        ext4): a write of the trail does not fail, it never returns. The call
-        that is writing cannot time out (it is stuck in the kernel), yet
-        within max_wait_ms health says NOT_SERVING and a new call is refused at
-        once, with the reason, even though no other call was waiting to notice.
-        A frame that waits behind the stuck write is answered, after
-        max_wait_ms, UNAVAILABLE for each of its requests with the frame's
-        text. Thawed, the stuck call gets its answer (its record was written)
-        and the trail heals by itself and verifies."""
+    def on_a_disk_that_can_hang(self, config=None):
+        """A daemon (max_wait_ms 500) whose state directory is a loop-mounted
+        ext4, and freeze(on): fsfreeze on it, so that a write there does not
+        fail but never returns (thawed at clean-up at the latest)."""
         work = tempfile.mkdtemp(prefix="coffer-hang-")
         self.addCleanup(shutil.rmtree, work, True)
-        d = CofferDaemon(config={"audit": {"failure": "closed", "max_wait_ms": "500"}},
-                         workdir=work)
+        cfg = {"audit": {"failure": "closed", "max_wait_ms": "500"}}
+        cfg.update(config or {})
+        d = CofferDaemon(config=cfg, workdir=work)
         self.addCleanup(d.cleanup)
         os.makedirs(d.state_dir, exist_ok=True)
         img = os.path.join(work, "state.ext4")
@@ -294,7 +307,6 @@ class FailClosed(unittest.TestCase):
                     cmd[0], r.stderr.strip()))
         self.addCleanup(subprocess.run, ["umount", "-l", d.state_dir])
         os.chmod(d.state_dir, 0o700)
-        self.start(d)
         frozen = []
 
         def freeze(on):
@@ -308,20 +320,26 @@ class FailClosed(unittest.TestCase):
                 frozen.clear()
 
         self.addCleanup(lambda: frozen and freeze(False))
+        return d, freeze
+
+    def test_disk_that_hangs(self):
+        """The state directory's file system frozen (fsfreeze on a loop-mounted
+        ext4): a write of the trail does not fail, it never returns. The call
+        that is writing cannot time out (it is stuck in the kernel), yet
+        within max_wait_ms health says NOT_SERVING and a new call is refused at
+        once, with the reason, even though no other call was waiting to notice.
+        A frame that waits behind the stuck write is answered, after
+        max_wait_ms, UNAVAILABLE for each of its requests with the frame's
+        text. Thawed, the stuck call gets its answer (its record was written)
+        and the trail heals by itself and verifies."""
+        d, freeze = self.on_a_disk_that_can_hang()
+        self.start(d)
 
         def stuck_sign(tag):
             """A Sign in a thread: it becomes the writer of its own record and
-            hangs with the disk. Returns the thread and where its answer goes."""
-            out = {}
-
-            def run():
-                t0 = time.monotonic()
-                out["sig"] = d.service_stub().Sign(pb.SignRequest(key="s", message=tag),
-                                                   timeout=120).signature
-                out["took"] = time.monotonic() - t0
-            t = threading.Thread(target=run)
-            t.start()
-            return t, out
+            hangs with the disk."""
+            return in_thread(lambda: d.service_stub().Sign(
+                pb.SignRequest(key="s", message=tag), timeout=120).signature)
 
         why = "the audit trail cannot be written (a record waited more than 500 ms to be written)"
         freeze(True)
@@ -341,7 +359,7 @@ class FailClosed(unittest.TestCase):
         freeze(False)
         t.join(30)
         self.assertFalse(t.is_alive())
-        self.assertTrue(out["sig"])         # its record was written: released
+        self.assertTrue(out["value"])       # its record was written: released
         self.assertGreater(out["took"], 0.8)
         self.wait_serving(d)
 
@@ -378,13 +396,105 @@ class FailClosed(unittest.TestCase):
         self.assertEqual(self.health(d), NOT_SERVING)
         freeze(False)
         t.join(30)
-        self.assertTrue(out["sig"])
+        self.assertTrue(out["value"])
         self.wait_serving(d)
         got = answers(list(stream(iter([frame(b"thawed")]), timeout=TIMEOUT)))
         self.assertEqual([(a.code, bool(a.response)) for a in got], [(0, True)] * 10)
         time.sleep(0.3)
         r = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_signed_calls_on_a_disk_that_hangs(self):
+        """The nonce record's append hangs with the disk (fsfreeze), before any
+        record is due: the signed call in it stays with the disk, one queued
+        behind it is refused once max_wait_ms has passed (the lock is bounded)
+        instead of joining it, and from then on health says NOT_SERVING and
+        every call is refused at once naming the file, though no write of the
+        trail was ever waited on. Thawed, the stuck call gets its MAC, its
+        nonce stays taken, and the daemon serves again by itself."""
+        d, freeze = self.on_a_disk_that_can_hang({"requests": {"window": "60"}})
+        self.start(d)
+        r = d.sealed_stub(kind="admin", service="AdminService").CreateApiKey(
+            pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        kid, secret = r.key.id, r.secret
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="m", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+
+        def signed(data, timeout=TIMEOUT, md=None):
+            req = pb.MacRequest(key="m", data=data)
+            md = md or [("authorization",
+                         header(kid, secret, KS + "Mac", req.SerializeToString()))]
+            return d.service_stub().Mac(req, metadata=md, timeout=timeout).mac, md
+
+        self.assertTrue(signed(b"before")[0])
+        time.sleep(0.3)     # the idle seal lands before the freeze
+        nonce_log = os.path.join(d.state_dir, "nonces.log")
+        freeze(True)
+        a, a_out = in_thread(lambda: signed(b"stuck", timeout=120))
+        time.sleep(0.2)
+        b, b_out = in_thread(lambda: signed(b"behind", timeout=120))
+        time.sleep(0.8)
+        self.assertTrue(a.is_alive(), "a signed call was answered on a frozen disk: %r" % a_out)
+        self.assertEqual(self.health(d), NOT_SERVING)
+        refusal = ("the disk does not answer: an operation on %s has not returned in 500 ms "
+                   "(a frozen file system or a lost device?); calls are refused until it does"
+                   % nonce_log)
+        for call in (lambda: signed(b"later"),
+                     lambda: d.service_stub().Sign(pb.SignRequest(key="s", message=b"x"),
+                                                   timeout=TIMEOUT)):
+            t0 = time.monotonic()
+            with self.assertRaises(grpc.RpcError) as cm:
+                call()
+            self.assertLess(time.monotonic() - t0, 0.4, "a refusal must not wait for the disk")
+            self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+            self.assertEqual(cm.exception.details(), refusal)
+        freeze(False)
+        for t in (a, b):
+            t.join(30)
+            self.assertFalse(t.is_alive())
+        mac, a_md = a_out["value"]
+        self.assertEqual(len(mac), 32)
+        # The call queued behind the stuck append was refused by the bounded
+        # lock (its answer waited for its record, written once thawed).
+        e = b_out["error"]
+        self.assertEqual(e.code(), SC.UNAVAILABLE, e.details())
+        self.assertEqual(e.details(), "nonce record %s: a write to it has not returned in 500 ms "
+                         "(the disk does not answer); retry once it does" % nonce_log)
+        self.wait_serving(d)
+        self.assertTrue(signed(b"after")[0])
+        with self.assertRaises(grpc.RpcError) as cm:
+            signed(b"stuck", md=a_md)
+        self.assertEqual(cm.exception.code(), SC.UNAUTHENTICATED, cm.exception.details())
+        self.assertIn("replayed", cm.exception.details())
+        time.sleep(0.3)
+        r = Ctl(d)("audit", "verify", ok=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_fail_open_on_a_disk_that_hangs(self):
+        """[audit] failure = open on a frozen disk: calls that need no disk go
+        on (their records wait in memory), health stays SERVING, the log
+        raises the ALARM; thawed, their records reach the trail."""
+        d, freeze = self.on_a_disk_that_can_hang({"audit": {"failure": "open",
+                                                            "max_wait_ms": "500"}})
+        self.start(d)
+        freeze(True)
+        t0 = time.monotonic()
+        for i in range(20):
+            self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"o%d" % i),
+                                                  timeout=TIMEOUT).signature)
+            time.sleep(0.05)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(self.health(d), SERVING)
+        d.wait_for_log("ALARM: audit", timeout=5)
+        freeze(False)
+        deadline = time.monotonic() + 10
+        while True:
+            with open(self.path, "rb") as f:
+                n = f.read().count(b"/coffer.v1.KeyService/Sign")
+            if n >= 21:     # start()'s Sign and these 20
+                break
+            self.assertLess(time.monotonic(), deadline, "%d Sign records after the thaw" % n)
+            time.sleep(0.1)
 
     def test_file_size_limit(self):
         d = self.start(self.daemon())

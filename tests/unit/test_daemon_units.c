@@ -3,11 +3,13 @@
  * and its errors, the envelope format, the SQLite store's schema guard, the
  * key registry's start-up reconciliation, and handlers called directly.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
@@ -23,6 +25,7 @@
 #include "handlers.h"
 #include "handlers_table.h"
 #include "idempotency.h"
+#include "iowatch.h"
 #include "keyring.h"
 #include "nonces.h"
 #include "session.h"
@@ -1079,6 +1082,51 @@ test_session_table(void)
 	session_mgr_close(sm);
 }
 
+/* iowatch: an operation older than the limit is named; a slot freed is
+ * forgotten; every slot taken leaves the next unwatched, not wrong; the
+ * bounded lock gives up after the limit. */
+static void
+test_iowatch(void)
+{
+	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	char what[64];
+	int slots[80], n = 0, s;
+	struct timespec t0, t1;
+
+	iowatch_set_limit(50);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);
+	CU_ASSERT_EQUAL(iowatch_admit(), CF_OK);
+	s = iowatch_begin("/state/nonces.log");
+	CU_ASSERT(s >= 0);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);   /* not yet past 50 ms */
+	usleep(80 * 1000);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 1);
+	CU_ASSERT_STRING_EQUAL(what, "/state/nonces.log");
+	CU_ASSERT_EQUAL(iowatch_admit(), CF_E_UNAVAILABLE);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "the disk does not answer: an operation on "
+			       "/state/nonces.log has not returned in 50 ms (a frozen file system "
+			       "or a lost device?); calls are refused until it does");
+	iowatch_end(s);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);
+	while (n < 80 && (slots[n] = iowatch_begin("x")) >= 0)
+		n++;
+	CU_ASSERT(n > 0 && n < 80);
+	CU_ASSERT_EQUAL(iowatch_begin("y"), -1);
+	iowatch_end(-1);   /* an unwatched operation ends quietly */
+	while (n > 0)
+		iowatch_end(slots[--n]);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);
+	pthread_mutex_lock(&mu);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	CU_ASSERT_EQUAL(iowatch_lock(&mu), ETIMEDOUT);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	CU_ASSERT((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 45);
+	pthread_mutex_unlock(&mu);
+	CU_ASSERT_EQUAL(iowatch_lock(&mu), 0);
+	pthread_mutex_unlock(&mu);
+	iowatch_set_limit(2000);
+}
+
 int
 main(void)
 {
@@ -1100,6 +1148,7 @@ main(void)
 		  test_store_and_token_failures },
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },
+		{ "iowatch: a disk operation that hangs, the bounded lock", test_iowatch },
 		{ NULL, NULL },
 	};
 
