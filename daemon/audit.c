@@ -17,6 +17,7 @@
 #include "cf_buf.h"
 #include "cf_crashpoint.h"
 #include "cf_time.h"
+#include "iowatch.h"
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_pbcheck.h"
@@ -65,6 +66,7 @@ struct audit {
 	int stop;
 	int writing;             /* a batch is being written (by a call or the writer) */
 	uint64_t write_began;    /* CLOCK_MONOTONIC ms, when that write began */
+	int anchor_skipped;      /* anchors skipped: the state hangs (whoever writes) */
 	uint64_t unsealed;       /* records written since the last seal */
 	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
 	int broken;
@@ -258,8 +260,20 @@ anchor(audit *a, uint64_t seq, const uint8_t chain[32], int clean, int64_t ob_do
 {
 	struct store_audit_anchor an;
 
+	char why[256];
+
 	if (a->st == NULL)
 		return;
+	/* Best effort as ever (the next seal anchors again), and never a wait
+	 * on a state that hangs while calls wait for this record. */
+	if (iowatch_hung(why, sizeof(why))) {
+		if (!a->anchor_skipped)
+			cf_log_warn("audit: seals are not anchored while %s does not answer "
+				    "(from record %llu)", why, (unsigned long long)seq);
+		a->anchor_skipped = 1;
+		return;
+	}
+	a->anchor_skipped = 0;
 	memset(&an, 0, sizeof(an));
 	an.seq = seq;
 	memcpy(an.chain, chain, 32);

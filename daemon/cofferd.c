@@ -282,7 +282,8 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 static int
 open_state(const struct cofferd_config *cfg, store **st, fleet **fl, nonces **nn)
 {
-	struct store_options so = { .backend = cfg->state_backend, .dir = cfg->state_dir };
+	struct store_options so = { .backend = cfg->state_backend, .dir = cfg->state_dir,
+				    .wait_ms = cfg->state_wait_ms };
 	cf_secret *file = NULL, *dsn = NULL;
 	int r;
 

@@ -48,6 +48,7 @@ config_defaults(struct cofferd_config *c)
 	keyring_cfg_defaults(&c->keys);
 	metrics_http_defaults(&c->metrics);
 	c->state_backend = STORE_SQLITE;
+	c->state_wait_ms = 30000;
 	/* The host name, cut to a replica name's length (replica_name()). */
 	if (gethostname(c->replica, sizeof(c->replica)) != 0 || c->replica[0] == '\0')
 		snprintf(c->replica, sizeof(c->replica), "coffer");
@@ -165,6 +166,8 @@ set_state(struct cofferd_config *c, const char *name, const char *v)
 		return parse_path(v, c->state_dsn_file, sizeof(c->state_dsn_file));
 	if (strcmp(name, "replica") == 0)
 		return replica_name(v, c->replica, sizeof(c->replica));
+	if (strcmp(name, "wait_ms") == 0)
+		return parse_uint(v, 100, 600000, 10, &c->state_wait_ms);
 	return cf_error(CF_E_CONFIG, "unknown setting %s in [state]", name);
 }
 

@@ -46,6 +46,7 @@ struct cofferd_config {
 	enum store_backend state_backend;   /* [state] backend */
 	char state_dsn[4096];               /* [state] dsn (may hold a password: never logged) */
 	char state_dsn_file[4096];          /* [state] dsn_file */
+	unsigned state_wait_ms;             /* [state] wait_ms (PostgreSQL) */
 	char replica[STORE_REPLICA_MAX + 1]; /* [state] replica; default: the host name */
 	struct metrics_http_cfg metrics;    /* [metrics] listen, mode, group; off by default */
 };

@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "cf_status.h"
@@ -16,9 +17,11 @@
 static struct {
 	_Atomic uint64_t began;          /* CLOCK_MONOTONIC ms; 0: free */
 	_Atomic(const char *) what;
+	_Atomic int remote;
 } slots[SLOTS];
 
 static _Atomic unsigned limit_ms = 2000;
+static _Atomic(const char *) gave_up;    /* iowatch_gave_up's, until cleared */
 
 static uint64_t
 now_ms(void)
@@ -41,8 +44,8 @@ iowatch_limit(void)
 	return atomic_load(&limit_ms);
 }
 
-int
-iowatch_begin(const char *what)
+static int
+begin(const char *what, int remote)
 {
 	uint64_t now = now_ms();
 
@@ -51,6 +54,7 @@ iowatch_begin(const char *what)
 
 		if (atomic_load_explicit(&slots[i].began, memory_order_relaxed) == 0 &&
 		    atomic_compare_exchange_strong(&slots[i].began, &free_slot, now)) {
+			atomic_store(&slots[i].remote, remote);
 			atomic_store(&slots[i].what, what);
 			return i;
 		}
@@ -58,25 +62,55 @@ iowatch_begin(const char *what)
 	return -1;
 }
 
-void
-iowatch_end(int slot)
+int
+iowatch_begin(const char *what)
 {
-	if (slot < 0)
-		return;
-	atomic_store(&slots[slot].what, NULL);
-	atomic_store(&slots[slot].began, 0);
+	return begin(what, 0);
 }
 
 int
-iowatch_hung(char *what, size_t len)
+iowatch_begin_remote(const char *what)
+{
+	return begin(what, 1);
+}
+
+void
+iowatch_end(int slot, int outcome)
+{
+	const char *w, *g;
+	int in_time;
+
+	if (slot < 0)
+		return;
+	w = atomic_load(&slots[slot].what);
+	g = atomic_load(&gave_up);
+	in_time = now_ms() - atomic_load(&slots[slot].began) < atomic_load(&limit_ms);
+	/* Done in time: what it works on answers again. */
+	if (outcome == IOWATCH_OK && in_time && g != NULL && w != NULL && strcmp(g, w) == 0)
+		atomic_compare_exchange_strong(&gave_up, &g, NULL);
+	atomic_store(&slots[slot].what, NULL);
+	atomic_store(&slots[slot].began, 0);
+	if (outcome != IOWATCH_OK && !in_time && w != NULL)
+		atomic_store(&gave_up, w);
+}
+
+/* An operation in flight past the limit (local ones only, or any), or with
+ * any, one given up; its name to what. */
+static int
+hung(int any, char *what, size_t len)
 {
 	uint64_t now = now_ms(), lim = atomic_load(&limit_ms);
+	const char *g = atomic_load(&gave_up);
 
+	if (any && g != NULL) {
+		snprintf(what, len, "%s", g);
+		return 1;
+	}
 	for (int i = 0; i < SLOTS; i++) {
 		uint64_t b = atomic_load(&slots[i].began);
 		const char *w;
 
-		if (b == 0 || now - b <= lim)
+		if (b == 0 || now - b <= lim || (!any && atomic_load(&slots[i].remote)))
 			continue;
 		w = atomic_load(&slots[i].what);
 		/* Still the same operation: w is its (or NULL, not yet set). */
@@ -89,15 +123,29 @@ iowatch_hung(char *what, size_t len)
 }
 
 int
+iowatch_hung(char *what, size_t len)
+{
+	return hung(1, what, len);
+}
+
+int
+iowatch_given_up(const char *what)
+{
+	const char *g = atomic_load(&gave_up);
+
+	return g != NULL && strcmp(g, what) == 0;
+}
+
+int
 iowatch_admit(void)
 {
 	char what[512];
 
-	if (!iowatch_hung(what, sizeof(what)))
+	if (!hung(0, what, sizeof(what)))
 		return CF_OK;
-	return cf_error(CF_E_UNAVAILABLE, "the disk does not answer: an operation on %s has not "
-			"returned in %u ms (a frozen file system or a lost device?); calls are "
-			"refused until it does", what, iowatch_limit());
+	return cf_error(CF_E_UNAVAILABLE, "the state does not answer: an operation on %s has not "
+			"returned in %u ms (a frozen file system, a lost device or a server that "
+			"hangs?); calls are refused until it does", what, iowatch_limit());
 }
 
 int

@@ -579,7 +579,7 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	 * so a crash or restart of the daemon never forgets it. */
 	slot = iowatch_begin(n->path);
 	wrote = cf_write_all(n->fd, rec, REC) == 0;
-	iowatch_end(slot);
+	iowatch_end(slot, wrote ? IOWATCH_OK : IOWATCH_FAILED);
 	if (!wrote) {
 		r = cf_error(CF_E_IO, "nonce record %s: %s", n->path, strerror(errno));
 		/* Never leave a torn record for the next append to misalign;
@@ -660,8 +660,7 @@ nonces_expire(nonces *n, int64_t now)
 	if (n->fd >= 0 && (size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK) {
 		int slot = iowatch_begin(n->path);
 
-		(void)compact_locked(n, now);
-		iowatch_end(slot);
+		iowatch_end(slot, compact_locked(n, now) == CF_OK ? IOWATCH_OK : IOWATCH_FAILED);
 	}
 	pthread_mutex_unlock(&n->mu);
 	/* Outside mu: calls go on while the database deletes. */

@@ -42,6 +42,7 @@
 
 #include "cf_log.h"
 #include "cf_status.h"
+#include "iowatch.h"
 #include "sqldb.h"
 #include "sqldb_pg.h"
 
@@ -147,8 +148,11 @@ pq_text(const char *prefix, const char *s, char *out, size_t len)
 static PGconn *
 connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 {
+	int slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PGconn *c = sqldb_pg_connect(dsn, "nonces");
 	PGresult *res;
+
+	iowatch_end(slot, c != NULL && PQstatus(c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
 
 	if (c == NULL) {
 		snprintf(msg, len, "PostgreSQL unreachable: out of memory");
@@ -205,6 +209,27 @@ hex_cmp(const void *key, const void *elem)
 	return strcmp(key, (*(struct claim *const *)elem)->hex);
 }
 
+#define TIMED_OUT "PostgreSQL did not answer"
+
+/* PQgetResult, waited for at most the state's bound: NULL with msg set when
+ * the server did not answer in time. */
+static PGresult *
+awaited(PGconn *c, char *msg, size_t len)
+{
+	if (!sqldb_pg_await(c, iowatch_limit())) {
+		snprintf(msg, len, "%s the claim in %u ms (a server that hangs: stopped, or its "
+			 "disk)", TIMED_OUT, iowatch_limit());
+		return NULL;
+	}
+	return PQgetResult(c);
+}
+
+static int
+timed_out(const char *msg)
+{
+	return strncmp(msg, TIMED_OUT, strlen(TIMED_OUT)) == 0;
+}
+
 /* Send the unique claims b[0..k) (sorted) as one transaction. 1: committed,
  * b[i]->v set; 0: not committed, msg set, *retry if the server rolled it
  * back for a conflict that a new attempt resolves (deadlock, serialization). */
@@ -215,7 +240,7 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 	char now[24];
 	char *h = p->hexes, *e = p->exps;
 	int64_t mn = b[0]->now;
-	int committed = 0;
+	int committed = 0, slot;
 	PGresult *res;
 
 	*retry = 0;
@@ -242,8 +267,11 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 		pq_text("PostgreSQL unreachable: ", PQerrorMessage(p->conn), msg, len);
 		return 0;
 	}
-	/* The statement's result (ends with NULL), then the Sync's. */
-	while ((res = PQgetResult(p->conn)) != NULL) {
+	/* The statement's result (ends with NULL), then the Sync's; each waited
+	 * for at most the state's bound (iowatch.h), since a server that hangs
+	 * would otherwise hold every caller of the batch. */
+	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
+	while ((res = awaited(p->conn, msg, len)) != NULL) {
 		ExecStatusType st = PQresultStatus(res);
 
 		if (st == PGRES_TUPLES_OK) {
@@ -264,18 +292,25 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 		if (PQstatus(p->conn) != CONNECTION_OK)
 			break;
 	}
-	if (PQstatus(p->conn) == CONNECTION_OK) {
+	if (PQstatus(p->conn) == CONNECTION_OK && !timed_out(msg)) {
 		/* Committed: the server answers the Sync after the commit. */
-		res = PQgetResult(p->conn);
+		res = awaited(p->conn, msg, len);
 		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
 			committed = 1;
 		else if (msg[0] == '\0')
 			snprintf(msg, len, "PostgreSQL error: the pipeline lost its sync");
 		PQclear(res);
 	}
+	/* Answered, even with an error: the server is not the one hanging. */
+	iowatch_end(slot, PQstatus(p->conn) == CONNECTION_OK && !timed_out(msg) ?
+		     IOWATCH_OK : IOWATCH_FAILED);
 	if (PQstatus(p->conn) != CONNECTION_OK) {
 		pq_text("PostgreSQL unreachable: ", PQerrorMessage(p->conn), msg, len);
 		*retry = 0;
+		return 0;
+	}
+	if (timed_out(msg)) {
+		*retry = 0;     /* its outcome unknown: not sent again on this claim */
 		return 0;
 	}
 	if (!committed && msg[0] == '\0')
@@ -473,6 +508,11 @@ nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64
 	static const char digits[] = "0123456789abcdef";
 	struct claim c;
 
+	/* A server that hangs: refused at once rather than each claim waiting the
+	 * bound out; the store's next statement in time clears it. */
+	if (iowatch_given_up(SQLDB_PG_WATCH))
+		return cf_error(CF_E_UNAVAILABLE, "nonce record: %s in %u ms; calls that need it "
+				"are refused until it answers", TIMED_OUT, iowatch_limit());
 	memset(&c, 0, sizeof(c));
 	memcpy(c.h, h, 16);
 	for (int i = 0; i < 16; i++) {

@@ -4,7 +4,9 @@
 #include "sqldb_pg.h"
 #include "sqldb_internal.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@
 
 #include "cf_log.h"
 #include "cf_status.h"
+#include "iowatch.h"
 
 /* Type OIDs of the parameters we send (pg_type.h). */
 #define OID_BYTEA 17
@@ -26,6 +29,8 @@ struct pg {
 	PGconn *c;
 	int64_t changes;
 	int need_reset;          /* the connection failed: reconnect before the next use */
+	unsigned wait_ms;        /* the longest a statement waits for the server */
+	int hung;                /* the last statement was not answered in time */
 	int up;                  /* sqldb_healthy's last answer */
 	struct timespec checked; /* when sqldb_healthy last asked the server */
 };
@@ -38,6 +43,8 @@ struct pg_stmt {
 };
 
 /* Notices ("relation already exists, skipping") are not ours to print. */
+static void pg_lost(struct pg *q, const char *why);
+
 static void
 pg_quiet(void *arg, const char *message)
 {
@@ -70,15 +77,23 @@ pg_outcome(struct pg *q, PGresult *res)
 		rc = SQLDB_CONSTRAINT;
 	else
 		rc = SQLDB_ERROR;
-	rc = sqldb_fail(&q->base, rc, "%s", msg);
+	if (rc == SQLDB_LOST)
+		pg_lost(q, msg);
+	else
+		rc = sqldb_fail(&q->base, rc, "%s", msg);
 	PQclear(res);
-	if (rc == SQLDB_LOST) {
-		if (!q->need_reset)
-			cf_log_warn("state store: lost the connection to PostgreSQL: %s",
-				    q->base.err);
-		q->need_reset = 1;
-	}
 	return rc;
+}
+
+/* The connection is of no more use (why): the failure recorded, and a reset
+ * before the next statement. */
+static void
+pg_lost(struct pg *q, const char *why)
+{
+	sqldb_fail(&q->base, SQLDB_LOST, "%s", why);
+	if (!q->need_reset)
+		cf_log_warn("state store: lost the connection to PostgreSQL: %s", q->base.err);
+	q->need_reset = 1;
 }
 
 static void
@@ -90,12 +105,48 @@ pg_close(sqldb *db)
 	free(q);
 }
 
+/* The statement sent, its last result within q->wait_ms (as PQexec); NULL
+ * with the failure recorded (SQLDB_LOST) when it could not be sent or the
+ * server did not answer in time, the connection then to be reset. */
+static PGresult *
+bounded(struct pg *q, int sent)
+{
+	PGresult *last = NULL, *res;
+	int slot;
+
+	if (!sent) {
+		pg_lost(q, PQerrorMessage(q->c));
+		return NULL;
+	}
+	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
+	for (;;) {
+		if (!sqldb_pg_await(q->c, q->wait_ms)) {
+			char why[128];
+
+			PQclear(last);
+			snprintf(why, sizeof(why), "PostgreSQL did not answer in %u ms (a server "
+				 "that hangs: stopped, or its disk)", q->wait_ms);
+			pg_lost(q, why);
+			q->hung = 1;
+			iowatch_end(slot, IOWATCH_FAILED);
+			return NULL;
+		}
+		if ((res = PQgetResult(q->c)) == NULL) {
+			iowatch_end(slot, IOWATCH_OK);
+			return last;
+		}
+		PQclear(last);
+		last = res;
+	}
+}
+
 static int
 pg_exec(sqldb *db, const char *sql)
 {
 	struct pg *q = (struct pg *)db;
+	PGresult *res = bounded(q, PQsendQuery(q->c, sql));
 
-	return pg_outcome(q, PQexec(q->c, sql));
+	return res == NULL ? SQLDB_LOST : pg_outcome(q, res);
 }
 
 /* `?` -> $1, $2 ... outside quoted strings and identifiers. */
@@ -173,8 +224,10 @@ pg_query(sqldb *db, const char *sql, const struct sqldb_param *p, int np, sqldb_
 			types[i] = OID_BYTEA;
 		}
 	}
-	res = PQexecParams(q->c, text, np, types, values, lengths, formats, 0);
+	res = bounded(q, PQsendQueryParams(q->c, text, np, types, values, lengths, formats, 0));
 	free(text);
+	if (res == NULL)
+		return SQLDB_LOST;
 	if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
 		if ((s = calloc(1, sizeof(*s))) == NULL) {
 			PQclear(res);
@@ -275,10 +328,13 @@ static int
 pg_ready(sqldb *db)
 {
 	struct pg *q = (struct pg *)db;
+	int slot;
 
 	if (PQstatus(q->c) == CONNECTION_OK && !q->need_reset)
 		return CF_OK;
+	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PQreset(q->c);
+	iowatch_end(slot, PQstatus(q->c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
 	if (PQstatus(q->c) != CONNECTION_OK) {
 		q->need_reset = 1;
 		sqldb_fail(db, SQLDB_LOST, "%s", PQerrorMessage(q->c));
@@ -286,6 +342,7 @@ pg_ready(sqldb *db)
 				db->err);
 	}
 	q->need_reset = 0;
+	q->hung = 0;
 	cf_log_info("state store: reconnected to PostgreSQL");
 	return CF_OK;
 }
@@ -298,7 +355,7 @@ pg_begin(sqldb *db, int write)
 
 	/* A connection that died while idle (the server restarted between two
 	 * calls) is only found here; nothing of this call was sent yet. */
-	if (rc == SQLDB_LOST && pg_ready(db) == CF_OK)
+	if (rc == SQLDB_LOST && !((struct pg *)db)->hung && pg_ready(db) == CF_OK)
 		rc = pg_exec(db, sql);
 	return rc;
 }
@@ -314,8 +371,9 @@ pg_rollback(sqldb *db)
 {
 	struct pg *q = (struct pg *)db;
 
-	if (PQstatus(q->c) == CONNECTION_OK && PQtransactionStatus(q->c) != PQTRANS_IDLE)
-		PQclear(PQexec(q->c, "ROLLBACK"));
+	if (!q->need_reset && PQstatus(q->c) == CONNECTION_OK &&
+	    PQtransactionStatus(q->c) != PQTRANS_IDLE)
+		PQclear(bounded(q, PQsendQuery(q->c, "ROLLBACK")));
 }
 
 static int
@@ -331,6 +389,30 @@ pg_check(sqldb *db)
 	return CF_OK;
 }
 
+/* SELECT 1 within the state's bound: health must not hang with the server.
+ * A server that did not answer leaves the connection to be reset. */
+static int
+probe(struct pg *q)
+{
+	PGresult *res;
+	int ok, slot;
+
+	if (PQsendQuery(q->c, "SELECT 1") != 1)
+		return pg_outcome(q, NULL) == SQLDB_OK;
+	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
+	if (!sqldb_pg_await(q->c, iowatch_limit())) {
+		iowatch_end(slot, IOWATCH_FAILED);
+		pg_lost(q, "PostgreSQL did not answer a health probe in time");
+		return 0;
+	}
+	ok = 1;
+	while ((res = PQgetResult(q->c)) != NULL)
+		if (pg_outcome(q, res) != SQLDB_OK)
+			ok = 0;
+	iowatch_end(slot, ok ? IOWATCH_OK : IOWATCH_FAILED);
+	return ok;
+}
+
 static int
 pg_healthy(sqldb *db)
 {
@@ -341,7 +423,7 @@ pg_healthy(sqldb *db)
 	if (now.tv_sec - q->checked.tv_sec < 1 && q->checked.tv_sec != 0)
 		return q->up;
 	q->checked = now;
-	q->up = pg_ready(db) == CF_OK && pg_exec(db, "SELECT 1") == SQLDB_OK;
+	q->up = pg_ready(db) == CF_OK && probe(q);
 	return q->up;
 }
 
@@ -365,6 +447,32 @@ static const struct sqldb_ops pg_ops = {
 	.healthy = pg_healthy,
 };
 
+int
+sqldb_pg_await(PGconn *c, unsigned ms)
+{
+	struct timespec t0, t;
+	int64_t left;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (PQisBusy(c)) {
+		struct pollfd p = { .fd = PQsocket(c), .events = POLLIN };
+		int n;
+
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		left = (int64_t)ms - ((int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
+				      (t.tv_nsec - t0.tv_nsec) / 1000000);
+		if (p.fd < 0)
+			return 1;       /* PQgetResult reports the broken connection */
+		if (left <= 0)
+			return 0;
+		if ((n = poll(&p, 1, (int)left)) < 0 && errno != EINTR)
+			return 1;
+		if (n > 0 && PQconsumeInput(c) == 0)
+			return 1;       /* likewise */
+	}
+	return 1;
+}
+
 PGconn *
 sqldb_pg_connect(const char *conninfo, const char *what)
 {
@@ -380,7 +488,7 @@ sqldb_pg_connect(const char *conninfo, const char *what)
 }
 
 int
-sqldb_open_pg(const char *conninfo, sqldb **out)
+sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 {
 	struct pg *q;
 	int r;
@@ -390,6 +498,7 @@ sqldb_open_pg(const char *conninfo, sqldb **out)
 	q->base.ops = &pg_ops;
 	q->base.backend = SQLDB_POSTGRESQL;
 	q->up = 1;
+	q->wait_ms = wait_ms;
 	if ((q->c = sqldb_pg_connect(conninfo, "store")) == NULL) {
 		free(q);
 		return cf_nomem();

@@ -9,8 +9,10 @@
 /* Connect to PostgreSQL with a libpq connection string. CF_E_UNAVAILABLE
  * ("state store: PostgreSQL unreachable: <libpq text>") if the server
  * cannot be reached. The string is not kept (a reconnection reuses libpq's
- * copy). */
-int sqldb_open_pg(const char *conninfo, sqldb **out);
+ * copy). Every statement waits at most wait_ms for the server's answer, then
+ * fails SQLDB_LOST ("PostgreSQL did not answer in N ms") and the connection
+ * is reset before its next use. */
+int sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out);
 
 /* PQconnectdb with Coffer's defaults, which the configured string (expanded
  * last) may override: a server that stops answering must fail a call in
@@ -18,5 +20,15 @@ int sqldb_open_pg(const char *conninfo, sqldb **out);
  * 10 s, keepalives), and each connection names its use (application_name
  * "cofferd <what>"). NULL only when out of memory; check PQstatus. */
 PGconn *sqldb_pg_connect(const char *conninfo, const char *what);
+
+/* What iowatch.h names for every operation on the server (the store's and
+ * the nonce record's alike: any of them answering means it answers). */
+#define SQLDB_PG_WATCH "PostgreSQL"
+
+/* Wait at most ms until PQgetResult(c) will not block: 1, or 0 when the time
+ * ran out. A server that is alive but does not answer (stopped, or its disk
+ * hangs) trips none of the timeouts above: the kernel keeps acknowledging
+ * for it. After 0 the connection is mid-statement: drop it. */
+int sqldb_pg_await(PGconn *c, unsigned ms);
 
 #endif

@@ -163,7 +163,7 @@ sq_commit(sqldb *db)
 {
 	int slot = iowatch_begin(((struct sq *)db)->path), r = sq_exec(db, "COMMIT;");
 
-	iowatch_end(slot);
+	iowatch_end(slot, r == SQLDB_OK ? IOWATCH_OK : IOWATCH_FAILED);
 	return r;
 }
 

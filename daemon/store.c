@@ -432,7 +432,7 @@ store_open_with(const struct store_options *o, store **out)
 				     "string ([state] dsn or dsn_file)");
 			goto out;
 		}
-		r = sqldb_open_pg(o->dsn, &s->db);
+		r = sqldb_open_pg(o->dsn, o->wait_ms ? o->wait_ms : 30000, &s->db);
 	} else {
 		if (o->dir == NULL) {
 			r = cf_error(CF_E_CONFIG, "the SQLite state store needs a directory");

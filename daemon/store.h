@@ -118,6 +118,8 @@ struct store_options {
 	const char *owner;            /* the owner of intents this store records; NULL: replica */
 	unsigned busy_ms;             /* SQLite: how long a write waits for another process's
 					 lock; 0: 5,000 (tests that hold the lock use less) */
+	unsigned wait_ms;             /* PostgreSQL: how long a statement waits for the
+					 server's answer; 0: 30,000 */
 };
 
 /* Open the store and create, migrate or check its schema. SQLite: CF_E_IO;

@@ -436,9 +436,9 @@ class FailClosed(unittest.TestCase):
         time.sleep(0.8)
         self.assertTrue(a.is_alive(), "a signed call was answered on a frozen disk: %r" % a_out)
         self.assertEqual(self.health(d), NOT_SERVING)
-        refusal = ("the disk does not answer: an operation on %s has not returned in 500 ms "
-                   "(a frozen file system or a lost device?); calls are refused until it does"
-                   % nonce_log)
+        refusal = ("the state does not answer: an operation on %s has not returned in 500 ms "
+                   "(a frozen file system, a lost device or a server that hangs?); calls are "
+                   "refused until it does" % nonce_log)
         for call in (lambda: signed(b"later"),
                      lambda: d.service_stub().Sign(pb.SignRequest(key="s", message=b"x"),
                                                    timeout=TIMEOUT)):

@@ -135,6 +135,24 @@ class PgServer:
     def createdb(self, name):
         self._run("createdb", self.dir, name)
 
+    def pause(self, on):
+        """SIGSTOP (on) or SIGCONT the server and its processes: a server
+        alive to the kernel (connections accepted, packets acknowledged)
+        that answers nothing, as when its disk hangs."""
+        if on:
+            with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+                pm = int(f.readline())
+            kids = subprocess.run(["pgrep", "-P", str(pm)], capture_output=True,
+                                  text=True).stdout.split()
+            self.paused = [pm] + [int(k) for k in kids]
+        for pid in getattr(self, "paused", []):
+            try:
+                os.kill(pid, signal.SIGSTOP if on else signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if not on:
+            self.paused = []
+
     def stop_quietly(self):
         if self.up:
             try:
@@ -204,7 +222,9 @@ class Fleet(unittest.TestCase):
 
     @classmethod
     def replica_config(cls, name):
-        cfg = {"state": {"backend": "postgresql",
+        # wait_ms: a statement of the store waits at most 5 s for the server
+        # (test_7 stops it; 30 s by default).
+        cfg = {"state": {"backend": "postgresql", "wait_ms": "5000",
                          "dsn": "host=%s dbname=%s" % (cls.pg.host, DB), "replica": name},
                "requests": {"window": "300"},
                "daemon": {"log_level": "info"}}
@@ -935,6 +955,65 @@ class Fleet(unittest.TestCase):
                           "%s: health while PostgreSQL was down: %s" % (
                               REPLICAS[i], health[(i, "down")]))
 
+
+    def test_7_postgresql_that_hangs(self):
+        """PostgreSQL stopped with SIGSTOP: connections are accepted and
+        acknowledged, nothing is answered, so no connection or TCP timeout
+        fires. On each replica the first signed call waits for its nonce
+        claim at most [audit] max_wait_ms (2 s), then is refused UNAVAILABLE
+        saying so; the next is refused at once (the server is known not to
+        answer); health says NOT_SERVING; a key's metadata, which needs only
+        memory, is still read at once. Once the server resumes every
+        replica serves signed calls again by itself, and nothing accepted is
+        accepted twice."""
+        first = "nonce record: PostgreSQL did not answer the claim in 2000 ms (a server that " \
+            "hangs: stopped, or its disk)"
+        then = "nonce record: PostgreSQL did not answer in 2000 ms; calls that need it are " \
+            "refused until it answers"
+        seen, health = [], {}
+        self.pg.pause(True)
+        try:
+            for i in range(3):
+                for want in (first, then):
+                    t0 = time.monotonic()
+                    with self.assertRaises(grpc.RpcError) as cm:
+                        self.signed_mac(i, data=b"hang %d %s" % (i, want[:20].encode()),
+                                        timeout=20)
+                    e = cm.exception
+                    seen.append((REPLICAS[i], code_of(e), round(time.monotonic() - t0, 2),
+                                 details_of(e)))
+                    self.assertEqual((code_of(e), details_of(e)), (SC.UNAVAILABLE, want),
+                                     REPLICAS[i])
+                    self.assertLess(time.monotonic() - t0, 5 if want == first else 1,
+                                    REPLICAS[i])
+                health[REPLICAS[i]] = health_check(self.reps[i].service_socket, timeout=5)
+                # A read from memory is still served, at once.
+                t0 = time.monotonic()
+                k = self.admin(i).GetKey(pb.GetKeyRequest(name="fleet-mac"), timeout=5)
+                self.assertEqual(k.name, "fleet-mac")
+                self.assertLess(time.monotonic() - t0, 1, REPLICAS[i])
+        finally:
+            self.pg.pause(False)
+        print("\nfleet PostgreSQL stopped (SIGSTOP): %s; health %s" % (
+            [(r, c.name if c else None, t) for r, c, t, _ in seen], health), flush=True)
+        self.assertEqual(set(health.values()), {NOT_SERVING}, health)
+        deadline = time.monotonic() + 30
+        back = set()
+        while len(back) < 3 and time.monotonic() < deadline:
+            for i in range(3):
+                if i not in back and health_check(self.reps[i].service_socket,
+                                                  timeout=5) == SERVING:
+                    back.add(i)
+            time.sleep(0.1)
+        self.assertEqual(len(back), 3, "replicas serving again 30 s after: %s" % back)
+        for i in range(3):
+            body = pb.MacRequest(key="fleet-mac", data=b"after the hang").SerializeToString()
+            md = self.api.md(KS + "Mac", body)
+            self.mac_call(i, body, md, timeout=T)
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.mac_call((i + 1) % 3, body, md, timeout=T)
+            self.assertEqual(code_of(cm.exception), SC.UNAUTHENTICATED)
+            self.assertIn("replayed", details_of(cm.exception))
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

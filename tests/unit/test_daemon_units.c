@@ -89,6 +89,11 @@ test_config(void)
 	CU_ASSERT_EQUAL(c.audit.durability_os, 1);
 	CU_ASSERT_EQUAL(load_ini("[audit]\ndurability = sometimes\n", &c), CF_E_CONFIG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "\"sometimes\" is not disk or os"));
+	CU_ASSERT_EQUAL(load_ini("[daemon]\nworkers = 2\n", &c), CF_OK);
+	CU_ASSERT_EQUAL(c.state_wait_ms, 30000);
+	CU_ASSERT_EQUAL(load_ini("[state]\nwait_ms = 5000\n", &c), CF_OK);
+	CU_ASSERT_EQUAL(c.state_wait_ms, 5000);
+	CU_ASSERT_EQUAL(load_ini("[state]\nwait_ms = 99\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[nonsense]\na = b\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[service]\nallow_uids = no-such-user-x\n", &c), CF_E_CONFIG);
 	CU_ASSERT_EQUAL(load_ini("[service]\nmode = 0999\n", &c), CF_E_CONFIG);
@@ -1083,7 +1088,9 @@ test_session_table(void)
 }
 
 /* iowatch: an operation older than the limit is named; a slot freed is
- * forgotten; every slot taken leaves the next unwatched, not wrong; the
+ * forgotten; every slot taken leaves the next unwatched, not wrong; a
+ * remote operation counts for health but not admission, and one that failed
+ * after the limit stays hung until one on the same thing ends OK in time; the
  * bounded lock gives up after the limit. */
 static void
 test_iowatch(void)
@@ -1103,18 +1110,40 @@ test_iowatch(void)
 	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 1);
 	CU_ASSERT_STRING_EQUAL(what, "/state/nonces.log");
 	CU_ASSERT_EQUAL(iowatch_admit(), CF_E_UNAVAILABLE);
-	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "the disk does not answer: an operation on "
-			       "/state/nonces.log has not returned in 50 ms (a frozen file system "
-			       "or a lost device?); calls are refused until it does");
-	iowatch_end(s);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "the state does not answer: an operation on "
+			       "/state/nonces.log has not returned in 50 ms (a frozen file system, "
+			       "a lost device or a server that hangs?); calls are refused until it "
+			       "does");
+	iowatch_end(s, IOWATCH_OK);   /* a local one, late: no lasting mark */
 	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);
+	CU_ASSERT_EQUAL(iowatch_admit(), CF_OK);
+
+	/* Remote: health sees it, admission does not; failed late, it stays. */
+	s = iowatch_begin_remote("PostgreSQL");
+	usleep(80 * 1000);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 1);
+	CU_ASSERT_STRING_EQUAL(what, "PostgreSQL");
+	CU_ASSERT_EQUAL(iowatch_admit(), CF_OK);
+	CU_ASSERT_EQUAL(iowatch_given_up("PostgreSQL"), 0);
+	iowatch_end(s, IOWATCH_FAILED);
+	CU_ASSERT_EQUAL(iowatch_given_up("PostgreSQL"), 1);
+	CU_ASSERT_EQUAL(iowatch_given_up("elsewhere"), 0);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 1);
+	iowatch_end(iowatch_begin_remote("PostgreSQL"), IOWATCH_FAILED);   /* fast failure */
+	CU_ASSERT_EQUAL(iowatch_given_up("PostgreSQL"), 1);
+	iowatch_end(iowatch_begin_remote("elsewhere"), IOWATCH_OK);        /* another thing */
+	CU_ASSERT_EQUAL(iowatch_given_up("PostgreSQL"), 1);
+	iowatch_end(iowatch_begin_remote("PostgreSQL"), IOWATCH_OK);       /* answered */
+	CU_ASSERT_EQUAL(iowatch_given_up("PostgreSQL"), 0);
+	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);
+
 	while (n < 80 && (slots[n] = iowatch_begin("x")) >= 0)
 		n++;
 	CU_ASSERT(n > 0 && n < 80);
 	CU_ASSERT_EQUAL(iowatch_begin("y"), -1);
-	iowatch_end(-1);   /* an unwatched operation ends quietly */
+	iowatch_end(-1, IOWATCH_FAILED);   /* an unwatched operation ends quietly */
 	while (n > 0)
-		iowatch_end(slots[--n]);
+		iowatch_end(slots[--n], IOWATCH_OK);
 	CU_ASSERT_EQUAL(iowatch_hung(what, sizeof(what)), 0);
 	pthread_mutex_lock(&mu);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
