@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -80,18 +81,39 @@ connect_db(const char *dsn, PGconn **out)
 	return CF_OK;
 }
 
+/* A statement waits at most this for the server: longer than the lock wait
+ * statement_timeout bounds, which a server that hangs never enforces. */
+#define FLEET_WAIT_MS ((FLEET_LOCK_WAIT_S + 5) * 1000)
+
+/* A connection whose statement was not answered in time: closed under
+ * libpq, which then sees it lost, so that the usual reconnection follows. */
+static void
+drop(PGconn *c)
+{
+	if (PQsocket(c) >= 0)
+		(void)shutdown(PQsocket(c), SHUT_RDWR);
+	(void)PQconsumeInput(c);
+}
+
 /* One statement; CF_OK, or CF_E_UNAVAILABLE with the server's text. With
  * `value`, the first column of the first row ("t"/"f" for booleans). */
 static int
 run(PGconn *c, const char *sql, const char *param, char *value, size_t len)
 {
 	const char *params[1] = { param };
-	PGresult *res = PQexecParams(c, sql, param ? 1 : 0, NULL, param ? params : NULL, NULL,
-				     NULL, 0);
+	int late;
+	PGresult *res = sqldb_pg_collect(c, PQsendQueryParams(c, sql, param ? 1 : 0, NULL,
+							      param ? params : NULL, NULL, NULL,
+							      0), FLEET_WAIT_MS, &late);
 	ExecStatusType st = PQresultStatus(res);
 	char msg[512];
 	int r = CF_OK;
 
+	if (late) {
+		drop(c);
+		return cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL did not answer in %d ms (a "
+				"server that hangs: stopped, or its disk)", FLEET_WAIT_MS);
+	}
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
 		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
@@ -415,11 +437,15 @@ void
 fleet_unlock(void *arg)
 {
 	fleet *f = arg;
+	int late;
 
 	/* On a lost connection the lock went with it. Not through run(): the
 	 * thread's error detail is the change's own outcome, kept for its
 	 * caller. */
-	PQclear(PQexec(f->lock, "SELECT pg_advisory_unlock(" LOCK_REGISTRY ")"));
+	PQclear(sqldb_pg_collect(f->lock, PQsendQuery(f->lock, "SELECT pg_advisory_unlock("
+						      LOCK_REGISTRY ")"), FLEET_WAIT_MS, &late));
+	if (late)
+		drop(f->lock);
 	pthread_mutex_unlock(&f->lock_mu);
 }
 

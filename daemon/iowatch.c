@@ -14,8 +14,11 @@
 /* More than the daemon ever has in flight (one per thread at most). */
 #define SLOTS 64
 
+/* A slot being filled in: taken, not yet published. */
+#define CLAIMED UINT64_MAX
+
 static struct {
-	_Atomic uint64_t began;          /* CLOCK_MONOTONIC ms; 0: free */
+	_Atomic uint64_t began;          /* CLOCK_MONOTONIC ms; 0: free; CLAIMED */
 	_Atomic(const char *) what;
 	_Atomic int remote;
 } slots[SLOTS];
@@ -52,10 +55,13 @@ begin(const char *what, int remote)
 	for (int i = 0; i < SLOTS; i++) {
 		uint64_t free_slot = 0;
 
+		/* Claimed, filled in, then published: a reader never sees a
+		 * start time without its name and kind. */
 		if (atomic_load_explicit(&slots[i].began, memory_order_relaxed) == 0 &&
-		    atomic_compare_exchange_strong(&slots[i].began, &free_slot, now)) {
+		    atomic_compare_exchange_strong(&slots[i].began, &free_slot, CLAIMED)) {
 			atomic_store(&slots[i].remote, remote);
 			atomic_store(&slots[i].what, what);
+			atomic_store(&slots[i].began, now);
 			return i;
 		}
 	}
@@ -78,19 +84,22 @@ void
 iowatch_end(int slot, int outcome)
 {
 	const char *w, *g;
-	int in_time;
+	int in_time, remote;
 
 	if (slot < 0)
 		return;
 	w = atomic_load(&slots[slot].what);
 	g = atomic_load(&gave_up);
+	remote = atomic_load(&slots[slot].remote);
 	in_time = now_ms() - atomic_load(&slots[slot].began) < atomic_load(&limit_ms);
 	/* Done in time: what it works on answers again. */
 	if (outcome == IOWATCH_OK && in_time && g != NULL && w != NULL && strcmp(g, w) == 0)
 		atomic_compare_exchange_strong(&gave_up, &g, NULL);
 	atomic_store(&slots[slot].what, NULL);
 	atomic_store(&slots[slot].began, 0);
-	if (outcome != IOWATCH_OK && !in_time && w != NULL)
+	/* Remote names only: they are literals, and a local operation that
+	 * hangs is seen while it does. */
+	if (outcome != IOWATCH_OK && !in_time && remote && w != NULL)
 		atomic_store(&gave_up, w);
 }
 
@@ -110,7 +119,9 @@ hung(int any, char *what, size_t len)
 		uint64_t b = atomic_load(&slots[i].began);
 		const char *w;
 
-		if (b == 0 || now - b <= lim || (!any && atomic_load(&slots[i].remote)))
+		/* b > now: begun after now was read. */
+		if (b == 0 || b == CLAIMED || b > now || now - b <= lim ||
+		    (!any && atomic_load(&slots[i].remote)))
 			continue;
 		w = atomic_load(&slots[i].what);
 		/* Still the same operation: w is its (or NULL, not yet set). */

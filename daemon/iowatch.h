@@ -27,13 +27,13 @@ unsigned iowatch_limit(void);
  * begins; returns its slot for iowatch_end, or -1 when every slot is taken
  * (the operation then goes unwatched: others are watched already). */
 int iowatch_begin(const char *what);
-/* The same for an operation on a server (PostgreSQL): it counts for health,
- * not for admission (calls that do not need the server go on; those that do
- * fail by themselves, in bounded time). */
+/* The same for an operation on a server (PostgreSQL; `what` a string
+ * literal): it counts for health, not for admission (calls that do not need
+ * the server go on; those that do fail by themselves, in bounded time). */
 int iowatch_begin_remote(const char *what);
-/* It ended: IOWATCH_OK or IOWATCH_FAILED. Failed after more than the limit
- * (given up on a server that did not answer, a connection that timed out),
- * its `what` counts as hung until an operation on the same `what` ends OK
+/* It ended: IOWATCH_OK or IOWATCH_FAILED. A remote one failed after more
+ * than the limit (given up on a server that did not answer, a connection
+ * that timed out): its `what` counts as hung until an operation on the same `what` ends OK
  * within the limit: otherwise every call would wait the bound out again. */
 enum { IOWATCH_OK, IOWATCH_FAILED };
 void iowatch_end(int slot, int outcome);

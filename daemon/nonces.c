@@ -657,11 +657,8 @@ nonces_expire(nonces *n, int64_t now)
 		(void)rehash_locked(n, cap, now);
 	/* The log keeps growing with every nonce; rewrite it once the dead
 	 * records outnumber the live ones. A failure keeps the old log. */
-	if (n->fd >= 0 && (size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK) {
-		int slot = iowatch_begin(n->path);
-
-		iowatch_end(slot, compact_locked(n, now) == CF_OK ? IOWATCH_OK : IOWATCH_FAILED);
-	}
+	if (n->fd >= 0 && (size_t)(n->size - LOG_HEADER) / REC > 2 * n->used + COMPACT_SLACK)
+		(void)compact_locked(n, now);   /* unwatched: a big log may take long */
 	pthread_mutex_unlock(&n->mu);
 	/* Outside mu: calls go on while the database deletes. */
 	if (n->pg != NULL && nonces_pg_expire(n->pg, now, &deleted) != CF_OK)

@@ -56,6 +56,10 @@
 #define EXPIRE_BATCH 5000    /* rows per DELETE */
 #define EXPIRE_ROUNDS 40     /* DELETEs per nonces_pg_expire (the sweep comes back) */
 #define MSG_MAX 200
+#define TIMED_OUT "PostgreSQL did not answer"
+#define GIVEN_UP "PostgreSQL does not answer (a statement was given up after its bound)"
+/* Connection set-up and expiry (not on a call's path): their own bound. */
+#define SETUP_WAIT_MS 10000
 
 /* One transaction for the table and its index; the advisory lock orders
  * replicas starting together (CREATE ... IF NOT EXISTS is not safe against
@@ -151,6 +155,7 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	int slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PGconn *c = sqldb_pg_connect(dsn, "nonces");
 	PGresult *res;
+	int late;
 
 	iowatch_end(slot, c != NULL && PQstatus(c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
 
@@ -163,18 +168,28 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 		PQfinish(c);
 		return NULL;
 	}
-	res = PQexec(c, SCHEMA_SQL);
+	/* Bounded like any statement: the server may take the connection and
+	 * then stop answering (SETUP_WAIT_MS: its advisory lock may wait for
+	 * another replica's). */
+	res = sqldb_pg_collect(c, PQsendQuery(c, SCHEMA_SQL), SETUP_WAIT_MS, &late);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		pq_text("PostgreSQL cannot create table coffer_nonces: ", PQerrorMessage(c), msg,
-			len);
+		if (late)
+			snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
+		else
+			pq_text("PostgreSQL cannot create table coffer_nonces: ", PQerrorMessage(c),
+				msg, len);
 		goto fail;
 	}
 	PQclear(res);
 	res = NULL;
 	if (pipeline) {
-		res = PQprepare(c, "claim", CLAIM_SQL, 3, NULL);
+		res = sqldb_pg_collect(c, PQsendPrepare(c, "claim", CLAIM_SQL, 3, NULL),
+				       SETUP_WAIT_MS, &late);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK || PQenterPipelineMode(c) != 1) {
-			pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
+			if (late)
+				snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
+			else
+				pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
 			goto fail;
 		}
 		PQclear(res);
@@ -209,7 +224,6 @@ hex_cmp(const void *key, const void *elem)
 	return strcmp(key, (*(struct claim *const *)elem)->hex);
 }
 
-#define TIMED_OUT "PostgreSQL did not answer"
 
 /* PQgetResult, waited for at most the state's bound: NULL with msg set when
  * the server did not answer in time. */
@@ -511,8 +525,8 @@ nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64
 	/* A server that hangs: refused at once rather than each claim waiting the
 	 * bound out; the store's next statement in time clears it. */
 	if (iowatch_given_up(SQLDB_PG_WATCH))
-		return cf_error(CF_E_UNAVAILABLE, "nonce record: %s in %u ms; calls that need it "
-				"are refused until it answers", TIMED_OUT, iowatch_limit());
+		return cf_error(CF_E_UNAVAILABLE, "nonce record: %s; calls that need it are "
+				"refused until it answers", GIVEN_UP);
 	memset(&c, 0, sizeof(c));
 	memcpy(c.h, h, 16);
 	for (int i = 0; i < 16; i++) {
@@ -548,6 +562,10 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 	int r = CF_OK;
 
 	*deleted = 0;
+	/* The main loop's: never a wait on a server known not to answer. */
+	if (iowatch_given_up(SQLDB_PG_WATCH))
+		return cf_error(CF_E_UNAVAILABLE, "nonce record: %s; expiry waits until it "
+				"answers", GIVEN_UP);
 	snprintf(v, sizeof(v), "%lld", (long long)now);
 	snprintf(lim, sizeof(lim), "%d", EXPIRE_BATCH);
 	pthread_mutex_lock(&p->xmu);
@@ -562,14 +580,19 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 	/* Each DELETE its own short transaction: never a long lock on rows a
 	 * claim may want to renew. */
 	for (int round = 0; round < EXPIRE_ROUNDS; round++) {
-		PGresult *res = PQexecParams(p->xconn, EXPIRE_SQL, 2, NULL, vals, NULL, NULL, 0);
+		int late;
+		PGresult *res = sqldb_pg_collect(p->xconn, PQsendQueryParams(
+			p->xconn, EXPIRE_SQL, 2, NULL, vals, NULL, NULL, 0), SETUP_WAIT_MS, &late);
 		unsigned long got;
 
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 			int up = PQstatus(p->xconn) == CONNECTION_OK;
 
-			pq_text(up ? "PostgreSQL error: " : "PostgreSQL unreachable: ",
-				PQerrorMessage(p->xconn), msg, sizeof(msg));
+			if (late)
+				snprintf(msg, sizeof(msg), "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
+			else
+				pq_text(up ? "PostgreSQL error: " : "PostgreSQL unreachable: ",
+					PQerrorMessage(p->xconn), msg, sizeof(msg));
 			r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
 			PQclear(res);
 			PQfinish(p->xconn);

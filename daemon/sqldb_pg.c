@@ -31,6 +31,7 @@ struct pg {
 	int need_reset;          /* the connection failed: reconnect before the next use */
 	unsigned wait_ms;        /* the longest a statement waits for the server */
 	int hung;                /* the last statement was not answered in time */
+	struct timespec tried;   /* the last reconnection attempt */
 	int up;                  /* sqldb_healthy's last answer */
 	struct timespec checked; /* when sqldb_healthy last asked the server */
 };
@@ -105,47 +106,38 @@ pg_close(sqldb *db)
 	free(q);
 }
 
-/* The statement sent, its last result within q->wait_ms (as PQexec); NULL
- * with the failure recorded (SQLDB_LOST) when it could not be sent or the
- * server did not answer in time, the connection then to be reset. */
+/* The statement sent (`sent`, a PQsend*'s return), its last result within
+ * q->wait_ms; NULL with the failure recorded (SQLDB_LOST) when it could not
+ * be sent or was not answered in time, the connection then to be reset. */
 static PGresult *
 bounded(struct pg *q, int sent)
 {
-	PGresult *last = NULL, *res;
-	int slot;
+	PGresult *res;
+	int late;
 
-	if (!sent) {
-		pg_lost(q, PQerrorMessage(q->c));
-		return NULL;
-	}
-	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
-	for (;;) {
-		if (!sqldb_pg_await(q->c, q->wait_ms)) {
-			char why[128];
+	if ((res = sqldb_pg_collect(q->c, sent, q->wait_ms, &late)) == NULL) {
+		char why[128];
 
-			PQclear(last);
+		if (late)
 			snprintf(why, sizeof(why), "PostgreSQL did not answer in %u ms (a server "
 				 "that hangs: stopped, or its disk)", q->wait_ms);
-			pg_lost(q, why);
-			q->hung = 1;
-			iowatch_end(slot, IOWATCH_FAILED);
-			return NULL;
-		}
-		if ((res = PQgetResult(q->c)) == NULL) {
-			iowatch_end(slot, IOWATCH_OK);
-			return last;
-		}
-		PQclear(last);
-		last = res;
+		pg_lost(q, late ? why : PQerrorMessage(q->c));
+		q->hung = late;
 	}
+	return res;
 }
 
 static int
 pg_exec(sqldb *db, const char *sql)
 {
 	struct pg *q = (struct pg *)db;
-	PGresult *res = bounded(q, PQsendQuery(q->c, sql));
+	PGresult *res;
 
+	/* A connection lost (a statement not answered in time, mid-statement
+	 * still) takes nothing more before its reset: its failure stands. */
+	if (q->need_reset)
+		return SQLDB_LOST;
+	res = bounded(q, PQsendQuery(q->c, sql));
 	return res == NULL ? SQLDB_LOST : pg_outcome(q, res);
 }
 
@@ -192,6 +184,8 @@ pg_query(sqldb *db, const char *sql, const struct sqldb_param *p, int np, sqldb_
 	char *text;
 	int n = 0, rc;
 
+	if (q->need_reset)
+		return SQLDB_LOST;   /* as in pg_exec */
 	if ((text = pg_numbered(sql, np, &n)) == NULL)
 		return sqldb_fail(db, SQLDB_ERROR, "out of memory");
 	if (n != np) {
@@ -328,10 +322,18 @@ static int
 pg_ready(sqldb *db)
 {
 	struct pg *q = (struct pg *)db;
+	struct timespec now;
 	int slot;
 
 	if (PQstatus(q->c) == CONNECTION_OK && !q->need_reset)
 		return CF_OK;
+	/* A server known not to answer: one attempt a second, not a
+	 * connect_timeout for every call queued on the store. */
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (iowatch_given_up(SQLDB_PG_WATCH) && now.tv_sec == q->tried.tv_sec)
+		return cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL does not answer (a "
+				"statement was given up after its bound): %s", db->err);
+	q->tried = now;
 	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PQreset(q->c);
 	iowatch_end(slot, PQstatus(q->c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
@@ -395,22 +397,17 @@ static int
 probe(struct pg *q)
 {
 	PGresult *res;
-	int ok, slot;
+	int late;
 
-	if (PQsendQuery(q->c, "SELECT 1") != 1)
-		return pg_outcome(q, NULL) == SQLDB_OK;
-	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
-	if (!sqldb_pg_await(q->c, iowatch_limit())) {
-		iowatch_end(slot, IOWATCH_FAILED);
-		pg_lost(q, "PostgreSQL did not answer a health probe in time");
+	if (q->need_reset)
+		return 0;
+	res = sqldb_pg_collect(q->c, PQsendQuery(q->c, "SELECT 1"), iowatch_limit(), &late);
+	if (res == NULL) {
+		pg_lost(q, late ? "PostgreSQL did not answer a health probe in time" :
+			PQerrorMessage(q->c));
 		return 0;
 	}
-	ok = 1;
-	while ((res = PQgetResult(q->c)) != NULL)
-		if (pg_outcome(q, res) != SQLDB_OK)
-			ok = 0;
-	iowatch_end(slot, ok ? IOWATCH_OK : IOWATCH_FAILED);
-	return ok;
+	return pg_outcome(q, res) == SQLDB_OK;
 }
 
 static int
@@ -471,6 +468,39 @@ sqldb_pg_await(PGconn *c, unsigned ms)
 			return 1;       /* likewise */
 	}
 	return 1;
+}
+
+PGresult *
+sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int *timed_out)
+{
+	PGresult *last = NULL, *res;
+	struct timespec t0, t;
+	int slot;
+
+	*timed_out = 0;
+	if (sent != 1)
+		return NULL;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
+	for (;;) {
+		int64_t spent;
+
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		spent = (int64_t)(t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+		if (spent >= (int64_t)ms || !sqldb_pg_await(c, ms - (unsigned)spent)) {
+			PQclear(last);
+			*timed_out = 1;
+			iowatch_end(slot, IOWATCH_FAILED);
+			return NULL;
+		}
+		if ((res = PQgetResult(c)) == NULL)
+			break;
+		PQclear(last);
+		last = res;
+	}
+	/* Answered, even with an error: the server is not the one hanging. */
+	iowatch_end(slot, PQstatus(c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
+	return last;
 }
 
 PGconn *

@@ -31,4 +31,11 @@ PGconn *sqldb_pg_connect(const char *conninfo, const char *what);
  * for it. After 0 the connection is mid-statement: drop it. */
 int sqldb_pg_await(PGconn *c, unsigned ms);
 
+/* What PQexec does after a PQsend* (`sent` its return): every result
+ * collected, the last one returned, all within ms, watched as a remote
+ * operation (iowatch.h). NULL when nothing was sent (libpq's message in
+ * PQerrorMessage) or, *timed_out set, when the server did not answer in
+ * time: the connection is then mid-statement, to be dropped or reset. */
+PGresult *sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int *timed_out);
+
 #endif

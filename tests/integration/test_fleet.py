@@ -968,8 +968,8 @@ class Fleet(unittest.TestCase):
         accepted twice."""
         first = "nonce record: PostgreSQL did not answer the claim in 2000 ms (a server that " \
             "hangs: stopped, or its disk)"
-        then = "nonce record: PostgreSQL did not answer in 2000 ms; calls that need it are " \
-            "refused until it answers"
+        then = "nonce record: PostgreSQL does not answer (a statement was given up after its " \
+            "bound); calls that need it are refused until it answers"
         seen, health = [], {}
         self.pg.pause(True)
         try:
