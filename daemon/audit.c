@@ -66,7 +66,9 @@ struct audit {
 	int stop;
 	int writing;             /* a batch is being written (by a call or the writer) */
 	uint64_t write_began;    /* CLOCK_MONOTONIC ms, when that write began */
-	int anchor_skipped;      /* anchors skipped: the state hangs (whoever writes) */
+	pthread_mutex_t anchor_mu;  /* anchors one at a time, in order (anchor_end) */
+	uint64_t anchored_seq;      /* the last end anchored (under anchor_mu) */
+	int anchor_skipped;         /* anchors skipped: the state hangs (under anchor_mu) */
 	uint64_t unsealed;       /* records written since the last seal */
 	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
 	int broken;
@@ -243,6 +245,9 @@ struct batch_end {
 	int64_t ob_done;         /* in: outbox ids up to here are in the file;
 	                            out: the highest id written */
 	uint64_t n;              /* out: records written */
+	int anchor;              /* out: the end is to be anchored (anchor_end) */
+	uint64_t a_seq;
+	uint8_t a_chain[32];
 };
 
 static int
@@ -282,6 +287,28 @@ anchor(audit *a, uint64_t seq, const uint8_t chain[32], int clean, int64_t ob_do
 	if (store_audit_anchor_put(a->st, &an, ob_done) != CF_OK)
 		cf_log_error("audit: cannot anchor record %llu in the state store: %s",
 			     (unsigned long long)seq, cf_error_detail());
+}
+
+/* The anchor a written batch asked for (be->anchor), outside mu and after
+ * the batch's accounting; anchors of batches written one after the other may
+ * run in any order, so only a later end than the last anchored is stored.
+ * One in progress (a slow or hanging store) makes another skip its own, best
+ * effort as every anchor: the next seal anchors again. A clean stop's waits. */
+static void
+anchor_end(audit *a, const struct batch_end *be)
+{
+	if (!be->anchor)
+		return;
+	if (be->clean)
+		pthread_mutex_lock(&a->anchor_mu);
+	else if (pthread_mutex_trylock(&a->anchor_mu) != 0)
+		return;
+	if (be->a_seq > a->anchored_seq) {
+		anchor(a, be->a_seq, be->a_chain, be->clean, be->ob_done);
+		a->anchored_seq = be->a_seq;
+	}
+	pthread_mutex_unlock(&a->anchor_mu);
+	CF_CRASH_POINT("audit.anchored");
 }
 
 /* Write a batch (and a seal after it); the trail's end moves only if all of
@@ -343,10 +370,12 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	}
 	if (moved)
 		CF_CRASH_POINT("audit.outbox.written");
-	if (be->seal != NULL || moved) {
-		anchor(a, s, c, be->clean, ob);
-		CF_CRASH_POINT("audit.anchored");
-	}
+	/* Anchored by the caller once the batch's waiters are answered and the
+	 * next batch may be written (anchor_end): a state store that is slow or
+	 * hangs holds no record of the trail. */
+	be->anchor = be->seal != NULL || moved;
+	be->a_seq = s;
+	memcpy(be->a_chain, c, 32);
 	be->n = s - *seq;
 	be->ob_done = ob;
 	*seq = s;
@@ -391,7 +420,7 @@ group_put_locked(struct audit_group *g, int r)
 static int
 write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 {
-	struct batch_end be = { seal, 0, a->ob_gen, a->ob_written, 0 };
+	struct batch_end be = { .seal = seal, .gen = a->ob_gen, .ob_done = a->ob_written };
 	struct item *next;
 	uint64_t n = 0, seq = a->seq;
 	uint8_t chain[32];
@@ -448,6 +477,11 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	pthread_cond_broadcast(&a->written);
 	/* The writer thread seals once things go quiet. */
 	pthread_cond_signal(&a->work);
+	if (r == CF_OK && be.anchor) {
+		pthread_mutex_unlock(&a->mu);
+		anchor_end(a, &be);
+		pthread_mutex_lock(&a->mu);
+	}
 	return r;
 }
 
@@ -755,6 +789,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	a->last_seal = mono_ms();
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_mutex_init(&a->ob_mu, NULL);
+	pthread_mutex_init(&a->anchor_mu, NULL);
 	pthread_cond_init(&a->work, NULL);
 	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
@@ -842,11 +877,14 @@ audit_close(audit *a)
 			a->write_began = mono_ms();
 			pthread_mutex_unlock(&a->mu);
 			{
-				struct batch_end be = { fields, 1, a->ob_gen, a->ob_written, 0 };
+				struct batch_end be = { .seal = fields, .clean = 1, .gen = a->ob_gen,
+							.ob_done = a->ob_written };
 
 				if (write_batch(a, NULL, &be, &a->seq, a->chain, &a->size) != CF_OK)
 					cf_log_error("audit: cannot write the stop record: %s",
 						     cf_error_detail());
+				else
+					anchor_end(a, &be);
 			}
 			pthread_mutex_lock(&a->mu);
 			a->writing = 0;
@@ -862,6 +900,7 @@ audit_close(audit *a)
 	cf_p11_key_free(a->hmac_key);
 	pthread_cond_destroy(&a->work);
 	pthread_cond_destroy(&a->written);
+	pthread_mutex_destroy(&a->anchor_mu);
 	pthread_mutex_destroy(&a->ob_mu);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
