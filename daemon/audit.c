@@ -264,13 +264,12 @@ static void
 anchor(audit *a, uint64_t seq, const uint8_t chain[32], int clean, int64_t ob_done)
 {
 	struct store_audit_anchor an;
-
 	char why[256];
 
 	if (a->st == NULL)
 		return;
 	/* Best effort as ever (the next seal anchors again), and never a wait
-	 * on a state that hangs while calls wait for this record. */
+	 * on a state known to hang. */
 	if (iowatch_hung(why, sizeof(why))) {
 		if (!a->anchor_skipped)
 			cf_log_warn("audit: seals are not anchored while %s does not answer "

@@ -104,7 +104,7 @@ run(PGconn *c, const char *sql, const char *param, char *value, size_t len)
 	int late;
 	PGresult *res = sqldb_pg_collect(c, PQsendQueryParams(c, sql, param ? 1 : 0, NULL,
 							      param ? params : NULL, NULL, NULL,
-							      0), FLEET_WAIT_MS, &late);
+							      0), FLEET_WAIT_MS, 0, &late);
 	ExecStatusType st = PQresultStatus(res);
 	char msg[512];
 	int r = CF_OK;
@@ -443,7 +443,7 @@ fleet_unlock(void *arg)
 	 * thread's error detail is the change's own outcome, kept for its
 	 * caller. */
 	PQclear(sqldb_pg_collect(f->lock, PQsendQuery(f->lock, "SELECT pg_advisory_unlock("
-						      LOCK_REGISTRY ")"), FLEET_WAIT_MS, &late));
+						      LOCK_REGISTRY ")"), FLEET_WAIT_MS, 0, &late));
 	if (late)
 		drop(f->lock);
 	pthread_mutex_unlock(&f->lock_mu);

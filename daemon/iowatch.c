@@ -24,7 +24,7 @@ static struct {
 } slots[SLOTS];
 
 static _Atomic unsigned limit_ms = 2000;
-static _Atomic(const char *) gave_up;    /* iowatch_gave_up's, until cleared */
+static _Atomic(const char *) gave_up;    /* a remote what given up (iowatch_end) */
 
 static uint64_t
 now_ms(void)

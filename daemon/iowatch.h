@@ -33,8 +33,9 @@ int iowatch_begin(const char *what);
 int iowatch_begin_remote(const char *what);
 /* It ended: IOWATCH_OK or IOWATCH_FAILED. A remote one failed after more
  * than the limit (given up on a server that did not answer, a connection
- * that timed out): its `what` counts as hung until an operation on the same `what` ends OK
- * within the limit: otherwise every call would wait the bound out again. */
+ * that timed out): its `what` counts as hung until an operation on the
+ * same `what` ends OK within the limit: otherwise every call would wait the
+ * bound out again. */
 enum { IOWATCH_OK, IOWATCH_FAILED };
 void iowatch_end(int slot, int outcome);
 

@@ -171,7 +171,7 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	/* Bounded like any statement: the server may take the connection and
 	 * then stop answering (SETUP_WAIT_MS: its advisory lock may wait for
 	 * another replica's). */
-	res = sqldb_pg_collect(c, PQsendQuery(c, SCHEMA_SQL), SETUP_WAIT_MS, &late);
+	res = sqldb_pg_collect(c, PQsendQuery(c, SCHEMA_SQL), SETUP_WAIT_MS, 0, &late);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 		if (late)
 			snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
@@ -184,7 +184,7 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	res = NULL;
 	if (pipeline) {
 		res = sqldb_pg_collect(c, PQsendPrepare(c, "claim", CLAIM_SQL, 3, NULL),
-				       SETUP_WAIT_MS, &late);
+				       SETUP_WAIT_MS, 0, &late);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK || PQenterPipelineMode(c) != 1) {
 			if (late)
 				snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
@@ -582,7 +582,8 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 	for (int round = 0; round < EXPIRE_ROUNDS; round++) {
 		int late;
 		PGresult *res = sqldb_pg_collect(p->xconn, PQsendQueryParams(
-			p->xconn, EXPIRE_SQL, 2, NULL, vals, NULL, NULL, 0), SETUP_WAIT_MS, &late);
+			p->xconn, EXPIRE_SQL, 2, NULL, vals, NULL, NULL, 0), SETUP_WAIT_MS, 1,
+			&late);
 		unsigned long got;
 
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {

@@ -115,7 +115,7 @@ bounded(struct pg *q, int sent)
 	PGresult *res;
 	int late;
 
-	if ((res = sqldb_pg_collect(q->c, sent, q->wait_ms, &late)) == NULL) {
+	if ((res = sqldb_pg_collect(q->c, sent, q->wait_ms, 1, &late)) == NULL) {
 		char why[128];
 
 		if (late)
@@ -401,7 +401,8 @@ probe(struct pg *q)
 
 	if (q->need_reset)
 		return 0;
-	res = sqldb_pg_collect(q->c, PQsendQuery(q->c, "SELECT 1"), iowatch_limit(), &late);
+	res = sqldb_pg_collect(q->c, PQsendQuery(q->c, "SELECT 1"), iowatch_limit(), 1,
+			       &late);
 	if (res == NULL) {
 		pg_lost(q, late ? "PostgreSQL did not answer a health probe in time" :
 			PQerrorMessage(q->c));
@@ -471,7 +472,7 @@ sqldb_pg_await(PGconn *c, unsigned ms)
 }
 
 PGresult *
-sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int *timed_out)
+sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int watch, int *timed_out)
 {
 	PGresult *last = NULL, *res;
 	struct timespec t0, t;
@@ -481,7 +482,7 @@ sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int *timed_out)
 	if (sent != 1)
 		return NULL;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
+	slot = watch ? iowatch_begin_remote(SQLDB_PG_WATCH) : -1;
 	for (;;) {
 		int64_t spent;
 

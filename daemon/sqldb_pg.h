@@ -32,10 +32,12 @@ PGconn *sqldb_pg_connect(const char *conninfo, const char *what);
 int sqldb_pg_await(PGconn *c, unsigned ms);
 
 /* What PQexec does after a PQsend* (`sent` its return): every result
- * collected, the last one returned, all within ms, watched as a remote
- * operation (iowatch.h). NULL when nothing was sent (libpq's message in
- * PQerrorMessage) or, *timed_out set, when the server did not answer in
- * time: the connection is then mid-statement, to be dropped or reset. */
-PGresult *sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int *timed_out);
+ * collected, the last one returned, all within ms; with `watch`, watched as
+ * a remote operation (iowatch.h: not for statements that may wait on a lock
+ * for long, which would read as a server that hangs). NULL when nothing was
+ * sent (libpq's message in PQerrorMessage) or, *timed_out set, when the
+ * server did not answer in time: the connection is then mid-statement, to be
+ * dropped or reset. */
+PGresult *sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int watch, int *timed_out);
 
 #endif
