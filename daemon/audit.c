@@ -37,12 +37,17 @@ struct item {
 
 /* Calls waiting for their records (mu): one call's, or a stream frame's.
  * Each queued record holds a reference, as does its owner until it has
- * waited: the last one frees it, so a waiter that gave up leaves safely. */
+ * waited: the last one frees it, so a waiter that gave up leaves safely.
+ * Its owner waits on its own condition, so that a written batch wakes only
+ * the calls it answered (and one more to write the next), not every call
+ * waiting: on this VM a needless wake-up costs more than a record. */
 struct audit_group {
 	unsigned pending;        /* its records not yet written */
 	unsigned records;        /* ever queued in it */
 	unsigned refs;
 	int status;              /* CF_OK, or why one of them was not written */
+	int waiting;             /* its owner waits on done */
+	pthread_cond_t done;
 };
 
 struct audit {
@@ -71,6 +76,7 @@ struct audit {
 	int anchor_skipped;         /* anchors skipped: the state hangs (under anchor_mu) */
 	uint64_t unsealed;       /* records written since the last seal */
 	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
+	uint64_t last_write;     /* CLOCK_MONOTONIC ms, when the last batch ended */
 	int broken;
 	char reason[200];
 	char *pending_start;     /* the start record's fields, until written */
@@ -404,13 +410,34 @@ mono_ms(void)
 
 /* One of g's records was written (r == CF_OK) or not (mu held). */
 static void
+group_unref_locked(struct audit_group *g)
+{
+	if (--g->refs == 0) {
+		pthread_cond_destroy(&g->done);
+		free(g);
+	}
+}
+
+static void
 group_put_locked(struct audit_group *g, int r)
 {
 	if (r != CF_OK)
 		g->status = r;
-	g->pending--;
-	if (--g->refs == 0)
-		free(g);
+	if (--g->pending == 0 && g->waiting)
+		pthread_cond_signal(&g->done);
+	group_unref_locked(g);
+}
+
+/* Records were queued while a batch was written: wake one call waiting for
+ * one of them to write them all (mu held). */
+static void
+wake_next_writer_locked(audit *a)
+{
+	for (struct item *i = a->head; i != NULL; i = i->next)
+		if (i->group != NULL && i->group->waiting) {
+			pthread_cond_signal(&i->group->done);
+			return;
+		}
 }
 
 /* Write `batch` (taken off the queue by the caller, mu held and writing set)
@@ -424,7 +451,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	uint64_t n = 0, seq = a->seq;
 	uint8_t chain[32];
 	off_t size = a->size;
-	int r;
+	int r, wake;
 
 	memcpy(chain, a->chain, 32);
 	a->write_began = mono_ms();
@@ -441,6 +468,11 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 		free(i);
 	}
 	a->writing = 0;
+	a->last_write = mono_ms();
+	/* The writer thread needs waking only when its state changes: the first
+	 * record after a seal (it may be in its long wait) or a failure or a
+	 * heal. A wake-up per batch would cost every call a context switch. */
+	wake = r != CF_OK || a->broken || (seal == NULL && a->unsealed == 0);
 	if (r == CF_OK) {
 		a->seq = seq;
 		memcpy(a->chain, chain, 32);
@@ -474,8 +506,9 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 		snprintf(a->reason, sizeof(a->reason), "%s", cf_error_detail());
 	}
 	pthread_cond_broadcast(&a->written);
-	/* The writer thread seals once things go quiet. */
-	pthread_cond_signal(&a->work);
+	wake_next_writer_locked(a);
+	if (wake)
+		pthread_cond_signal(&a->work);
 	if (r == CF_OK && be.anchor) {
 		pthread_mutex_unlock(&a->mu);
 		anchor_end(a, &be);
@@ -600,10 +633,16 @@ writer_main(void *arg)
 		} else if (a->head != NULL) {
 			write_queue_locked(a);
 		} else if (a->unsealed > 0 && !a->broken) {
-			/* Idle: seal what was written, unless more comes first. */
-			cf_deadline_in(&until, SEAL_IDLE_MS);
-			if (!a->stop && pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
+			/* Seal what was written once nothing has been for SEAL_IDLE_MS
+			 * (writes do not wake this thread: it looks at when the last
+			 * one ended). */
+			uint64_t quiet = mono_ms() - a->last_write;
+
+			if (!a->stop && quiet < SEAL_IDLE_MS) {
+				cf_deadline_in(&until, (unsigned)(SEAL_IDLE_MS - quiet));
+				pthread_cond_timedwait(&a->work, &a->mu, &until);
 				continue;
+			}
 			if (a->head != NULL || a->writing)
 				continue;
 			a->writing = 1;
@@ -996,6 +1035,7 @@ audit_group_new(struct audit_group **out)
 	if ((*out = calloc(1, sizeof(**out))) == NULL)
 		return cf_nomem();
 	(*out)->refs = 1;
+	pthread_cond_init(&(*out)->done, NULL);
 	return CF_OK;
 }
 
@@ -1040,7 +1080,7 @@ int
 audit_group_end(audit *a, struct audit_group *g)
 {
 	struct timespec until;
-	int r = CF_OK;
+	int r = CF_OK, e;
 
 	pthread_mutex_lock(&a->mu);
 	cf_deadline_in(&until, a->cfg.max_wait_ms);
@@ -1051,7 +1091,10 @@ audit_group_end(audit *a, struct audit_group *g)
 			write_queue_locked(a);
 			continue;
 		}
-		if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 && g->pending > 0) {
+		g->waiting = 1;
+		e = pthread_cond_timedwait(&g->done, &a->mu, &until);
+		g->waiting = 0;
+		if (e != 0 && g->pending > 0) {
 			timed_out_locked(a);   /* its records, still queued, are not ours now */
 			break;
 		}
@@ -1061,8 +1104,7 @@ audit_group_end(audit *a, struct audit_group *g)
 				   "the records of the calls answered with this one (a stream's "
 				   "frame) are not all written, so its result is withheld" :
 				   "this call's record is not written, so its result is withheld");
-	if (--g->refs == 0)
-		free(g);
+	group_unref_locked(g);
 	pthread_mutex_unlock(&a->mu);
 	return r;
 }
@@ -1080,6 +1122,7 @@ audit_record(audit *a, const struct audit_event *ev)
 		return r;
 	}
 	if ((r = audit_record_in(a, ev, g)) != CF_OK) {
+		pthread_cond_destroy(&g->done);
 		free(g);   /* nothing was queued: no record holds it */
 		return r;
 	}

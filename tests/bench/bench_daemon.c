@@ -44,6 +44,11 @@
  * CKM_AES_GCM with CKR_MECHANISM_INVALID (ed25519, wrap-1k). ecdsa-p256 and
  * rsa2048 have all three paths.
  *
+ * The gRPC floor (path grpc; Sign and Mac only) is bench_grpc_floor: a gRPC
+ * server on cofferd's threading that answers canned bytes, called by the
+ * same shared client as cofferd's unary row. Its server CPU per call is
+ * what any daemon on gRPC core pays before doing anything.
+ *
  * This is a benchmark, not a test.
  */
 #define CRYPTOKI_COMPAT
@@ -84,6 +89,7 @@
 #define TARGET_SPEEDUP 1.5
 #define TARGET_OPS_PER_CPU_S 10000.0
 #define TARGET_P99_US 1500.0
+#define TARGET_ADDED_US 25.0     /* issue 17: daemon CPU per call beyond the token */
 
 enum op_id { OP_ECDSA, OP_ED25519, OP_RSA, OP_HMAC, OP_WRAP, OP_UNWRAP, OP_HANDSHAKE, OP__COUNT };
 
@@ -118,9 +124,13 @@ static const struct op_def ops[OP__COUNT] = {
 /* Operations with no PKCS#11-layer counterpart: daemon path only. */
 #define OP_DAEMON_ONLY(op) ((op) == OP_UNWRAP || (op) == OP_HANDSHAKE)
 
-enum path_kind { PATH_DAEMON, PATH_LAYER, PATH_P11KIT, PATH__COUNT };
+enum path_kind { PATH_DAEMON, PATH_LAYER, PATH_P11KIT, PATH_GRPC, PATH__COUNT };
 
-static const char *const path_names[PATH__COUNT] = { "daemon", "layer", "p11kit" };
+static const char *const path_names[PATH__COUNT] = { "daemon", "layer", "p11kit", "grpc" };
+/* Paths called through libcoffer clients (the others through the layer). */
+#define PATH_RPC(p) ((p) == PATH_DAEMON || (p) == PATH_GRPC)
+/* The gRPC floor serves only Sign and Mac (bench_grpc_floor.c). */
+#define OP_FLOOR(op) ((op) == OP_ECDSA || (op) == OP_ED25519 || (op) == OP_RSA || (op) == OP_HMAC)
 
 #define CLIENT_PER_THREAD 0x1u
 #define CLIENT_SHARED 0x2u
@@ -278,7 +288,7 @@ bench_call(struct cf_bench_run *r, unsigned thread, int side)
 {
 	struct bench *b = r->arg;
 
-	if (b->path == PATH_DAEMON)
+	if (PATH_RPC(b->path))
 		return b->batch > 0 ? daemon_batch(b, b->client[side][thread], thread)
 				    : daemon_op(b, b->client[side][thread]);
 	return layer_op(b, b->out[thread]);
@@ -306,7 +316,7 @@ measure(struct bench *b, const struct options *o, coffer_client *const *clients,
 	cf_buf **out = NULL;
 	int ret = -1;
 
-	if (b->path != PATH_DAEMON) {
+	if (!PATH_RPC(b->path)) {
 		if ((out = calloc(o->c.callers, sizeof(*out))) == NULL)
 			goto nomem;
 		for (unsigned i = 0; i < o->c.callers; i++)
@@ -588,56 +598,120 @@ out:
 	return ret;
 }
 
-static int
-run_p11kit(struct bench *b, const struct options *o, const struct cf_test_token *tok)
+static void
+stop_server(pid_t pid, const char *sock)
+{
+	int st;
+
+	kill(pid, SIGTERM);
+	waitpid(pid, &st, 0);
+	unlink(sock);
+}
+
+/* Start a server process (argv) that will listen on sock, its output in
+ * log, and wait until it does: its pid, or -1 after printing why. */
+static pid_t
+spawn_server(char *const argv[], const char *sock, const char *log)
 {
 	extern char **environ;
 	posix_spawn_file_actions_t fa;
-	char sock[320], log[320], addr[340];
-	char *argv[] = { "p11-kit", "server", "--foreground", "--provider",
-			 (char *)tok->cfg.module_path, "-n", sock, (char *)tok->uri, NULL };
 	pid_t pid;
-	int e, st, ret = -1, ready = 0;
+	int e, st;
 
-	snprintf(sock, sizeof(sock), "%s/p11kit.sock", tok->dir);
 	if (strlen(sock) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
 		fprintf(stderr, "bench_daemon: socket path %s is too long\n", sock);
 		return -1;
 	}
-	snprintf(log, sizeof(log), "%s/p11kit-server.log", tok->dir);
-	snprintf(addr, sizeof(addr), "unix:path=%s", sock);
 	unlink(sock);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
 					 0600);
 	posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
 	/* The server inherits SOFTHSM2_CONF of the temporary token. */
-	e = posix_spawnp(&pid, "p11-kit", &fa, NULL, argv, environ);
+	e = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	if (e != 0) {
-		fprintf(stderr, "bench_daemon: cannot run p11-kit server: %s\n", strerror(e));
+		fprintf(stderr, "bench_daemon: cannot run %s: %s\n", argv[0], strerror(e));
 		return -1;
 	}
-	for (int i = 0; i < 500 && !ready; i++) {
+	for (int i = 0; i < 500; i++) {
 		if (waitpid(pid, &st, WNOHANG) == pid) {
-			fprintf(stderr, "bench_daemon: p11-kit server exited; log %s\n", log);
+			fprintf(stderr, "bench_daemon: %s exited; log %s\n", argv[0], log);
 			return -1;
 		}
-		if (!(ready = cf_bench_socket_ready(sock)))
-			cf_bench_sleep(0.01);
+		if (cf_bench_socket_ready(sock))
+			return pid;
+		cf_bench_sleep(0.01);
 	}
-	if (!ready) {
-		fprintf(stderr, "bench_daemon: p11-kit server not listening after 5 s; log %s\n",
-			log);
-		goto out;
-	}
+	fprintf(stderr, "bench_daemon: %s not listening after 5 s; log %s\n", argv[0], log);
+	stop_server(pid, sock);
+	return -1;
+}
+
+static int
+run_p11kit(struct bench *b, const struct options *o, const struct cf_test_token *tok)
+{
+	char sock[320], log[320], addr[340];
+	char *argv[] = { "p11-kit", "server", "--foreground", "--provider",
+			 (char *)tok->cfg.module_path, "-n", sock, (char *)tok->uri, NULL };
+	pid_t pid;
+	int ret;
+
+	snprintf(sock, sizeof(sock), "%s/p11kit.sock", tok->dir);
+	snprintf(log, sizeof(log), "%s/p11kit-server.log", tok->dir);
+	snprintf(addr, sizeof(addr), "unix:path=%s", sock);
+	if ((pid = spawn_server(argv, sock, log)) < 0)
+		return -1;
 	setenv("P11_KIT_SERVER_ADDRESS", addr, 1);
 	ret = run_layer(b, o, &tok->cfg, o->p11kit_client, PATH_P11KIT, pid);
 	unsetenv("P11_KIT_SERVER_ADDRESS");
+	stop_server(pid, sock);
+	return ret;
+}
+
+/* ---- path 4: the gRPC floor ---- */
+
+/* The callers on one shared libcoffer client (unary), against a gRPC
+ * server that answers with canned bytes on cofferd's threading
+ * (bench_grpc_floor.c): what gRPC and protobuf-c cost before any work. */
+static int
+run_floor(struct bench *b, const struct options *o, const struct cf_test_token *tok,
+	  unsigned workers)
+{
+	char sock[320], log[320], wbuf[16];
+	char *argv[] = { CF_BENCH_GRPC_FLOOR, sock, wbuf, NULL };
+	coffer_client *c = NULL, **clients = NULL;
+	struct result res;
+	pid_t pid;
+	int ret = -1;
+
+	snprintf(sock, sizeof(sock), "%s/floor.sock", tok->dir);
+	snprintf(log, sizeof(log), "%s/floor.log", tok->dir);
+	snprintf(wbuf, sizeof(wbuf), "%u", workers);
+	if ((pid = spawn_server(argv, sock, log)) < 0)
+		return -1;
+	if ((clients = calloc(o->c.callers, sizeof(*clients))) == NULL)
+		goto out;
+	if (coffer_connect(sock, 0, &c) != COFFER_OK) {
+		fprintf(stderr, "bench_daemon: connect to the gRPC floor: %s\n",
+			coffer_error_message());
+		goto out;
+	}
+	(void)coffer_set_pipeline(c, COFFER_PIPELINE_OFF);
+	for (unsigned i = 0; i < o->c.callers; i++)
+		clients[i] = c;
+	memset(&res, 0, sizeof(res));
+	snprintf(res.row.label, sizeof(res.row.label), "gRPC floor w%u shared client", workers);
+	res.op_id = b->op;
+	b->path = PATH_GRPC;
+	if (measure(b, o, clients, NULL, pid, &res, NULL) != 0)
+		goto out;
+	record(&res);
+	ret = 0;
 out:
-	kill(pid, SIGTERM);
-	waitpid(pid, &st, 0);
-	unlink(sock);
+	coffer_close(c);
+	free(clients);
+	stop_server(pid, sock);
 	return ret;
 }
 
@@ -661,7 +735,7 @@ usage(FILE *fp)
 		"  --clients MODE     per-thread | shared | both: libcoffer clients of the\n"
 		"                     cofferd path (default both)\n"
 		"  --rounds R         repeat the sequence of paths R times (default 2)\n"
-		"  --paths LIST       subset of daemon,layer,p11kit (default all)\n"
+		"  --paths LIST       subset of daemon,layer,p11kit,grpc (default all)\n"
 		"  --p11kit-client M  p11-kit client module (default %s)\n"
 		"  --auth both        cofferd path: each configuration unsigned, then with\n"
 		"                     every call signed with an API key; prints the cost\n"
@@ -935,10 +1009,47 @@ static int is_unsealed(const struct result *r) { return r->unsealed; }
 static int is_signed(const struct result *r) { return r->auth == 2; }
 static int is_unsigned(const struct result *r) { return r->auth == 1; }
 
+/* Issue 17 target 1 against what bounds it, from rows of this run: the
+ * token's CPU per op (the in-process layer l), and what gRPC itself costs
+ * (the floor row f: its server's and its client's CPU per call). */
+static void
+print_floors(const struct result *d, const struct result *l, const struct result *k,
+	     const struct result *f)
+{
+	double tok = 1e6 * l->row.client_cpu / (double)l->row.ops;
+	double added = d->row.ops > 0 ? 1e6 * d->row.server_cpu / (double)d->row.ops - tok : 0.0;
+	double fs, fc, most;
+
+	printf("# token floor: the in-process layer uses %.1f us CPU per op at %u callers, "
+	       "so no daemon can exceed %.0f ops per CPU-second\n", tok, l->row.callers,
+	       1e6 / tok);
+	printf("# unary: cofferd adds %.1f us CPU per call beyond the token (issue 17 target 1: "
+	       "<= %.0f us): %s\n", added, TARGET_ADDED_US, cf_bench_met(added <= TARGET_ADDED_US));
+	if (f == NULL || f->row.ops == 0 || f->row.server_cpu <= 0.0)
+		return;
+	fs = 1e6 * f->row.server_cpu / (double)f->row.ops;
+	fc = 1e6 * f->row.client_cpu / (double)f->row.ops;
+	printf("# gRPC floor: a server answering canned bytes on cofferd's threading spends "
+	       "%.1f us per call (its client %.1f us), so no daemon on gRPC core adds less than "
+	       "%.1f us: target 1 is %s; cofferd's own share is %.1f - %.1f = %.1f us\n", fs, fc,
+	       fs, fs > TARGET_ADDED_US ? "below that floor, out of reach on gRPC core" :
+	       "above that floor", added, fs, added - fs);
+	if (k == NULL || k->row.rate <= 0.0)
+		return;
+	/* Every core busy with nothing but the token, the floor server and
+	 * the client: the most any gRPC daemon could answer here. */
+	most = 1e6 * (double)sysconf(_SC_NPROCESSORS_ONLN) / (tok + fs + fc);
+	printf("# gRPC ceiling: %ld cpus / (%.1f token + %.1f floor server + %.1f client us) = "
+	       "%.0f ops/s at most, against the target's %.1f x %.0f = %.0f ops/s: %s\n",
+	       sysconf(_SC_NPROCESSORS_ONLN), tok, fs, fc, most, TARGET_SPEEDUP, k->row.rate,
+	       TARGET_SPEEDUP * k->row.rate,
+	       most < TARGET_SPEEDUP * k->row.rate ? "out of reach on gRPC core" : "within reach");
+}
+
 static void
 print_verdict(const struct result *const *best, unsigned n)
 {
-	const struct result *d = NULL, *k = NULL, *l = NULL, *bt = NULL, *sm = NULL;
+	const struct result *d = NULL, *k = NULL, *l = NULL, *bt = NULL, *sm = NULL, *f = NULL;
 	double per_cpu;
 
 	for (unsigned i = 0; i < n; i++) {
@@ -953,6 +1064,8 @@ print_verdict(const struct result *const *best, unsigned n)
 			k = best[i];
 		if (best[i]->path == PATH_LAYER)
 			l = best[i];
+		if (best[i]->path == PATH_GRPC)
+			f = best[i];
 	}
 	if (d == NULL)
 		return;
@@ -980,12 +1093,11 @@ print_verdict(const struct result *const *best, unsigned n)
 	/* The in-process row spends its CPU on the token's own work, so it
 	 * bounds what any daemon could reach, before a single byte of RPC. */
 	if (l != NULL && l->row.ops > 0 && l->row.client_cpu > 0.0)
-		printf("# token floor: the in-process layer uses %.1f us CPU per op at %u callers, "
-		       "so no daemon can exceed %.0f ops per CPU-second; cofferd adds %.1f us\n",
-		       1e6 * l->row.client_cpu / (double)l->row.ops, l->row.callers,
-		       (double)l->row.ops / l->row.client_cpu,
-		       d->row.ops > 0 ? 1e6 * (d->row.server_cpu / (double)d->row.ops -
-					   l->row.client_cpu / (double)l->row.ops) : 0.0);
+		print_floors(d, l, k, f);
+	if (d->row.p50 > 0.0)
+		printf("# unary p99/p50 = %.0f / %.0f us = %.2fx at %u callers (issue 17 target 4: "
+		       "<= 3x): %s\n", d->row.p99, d->row.p50, d->row.p99 / d->row.p50,
+		       d->row.callers, cf_bench_met(d->row.p99 <= 3.0 * d->row.p50));
 	if (bt != NULL && l != NULL && l->row.rate > 0.0) {
 		/* Issue 17: ECDSA batches at 80% of the in-process layer, HMAC at 50%. */
 		double want = d->op_id == OP_HMAC ? 0.5 : 0.8, got = bt->row.rate / l->row.rate;
@@ -1100,6 +1212,8 @@ main(int argc, char **argv)
 		printf("# %s: cofferd only (no PKCS#11-layer counterpart)\n", ops[o.op].name);
 		o.paths[PATH_LAYER] = o.paths[PATH_P11KIT] = 0;
 	}
+	if (!OP_FLOOR(o.op))
+		o.paths[PATH_GRPC] = 0;
 	if (o.paths[PATH_DAEMON] && o.stream && strcmp(o.c.durability, "disk") == 0)
 		measure_durable_floor(tok.dir);
 	for (unsigned round = 0; round < o.c.rounds; round++) {
@@ -1116,6 +1230,10 @@ main(int argc, char **argv)
 			fflush(stdout);
 			o.paths[PATH_P11KIT] = 0;
 		}
+		if (o.paths[PATH_GRPC])
+			for (unsigned i = 0; i < o.nworkers; i++)
+				if (run_floor(&b, &o, &tok, o.workers[i]) != 0)
+					goto out;
 	}
 
 	n = summarise(best);
