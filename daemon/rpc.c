@@ -47,6 +47,17 @@
  * (the caller is not reading them), and reads again below half of it. */
 #define RPC_STREAM_QUEUE 256
 
+/* Connections whose caller is kept by descriptor number (peer_read);
+ * others are read per call. */
+#define RPC_PEERS 1024
+struct rpc_peer {
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	int admin;
+	int known;
+};
+
 struct method {
 	size_t idx;              /* in the dispatch table; SIZE_MAX: the pipelined stream */
 	void *reg;               /* grpc_server_register_method handle */
@@ -81,6 +92,8 @@ struct rpc_server {
 	int shutdown_tag;        /* its address is the tag */
 	char id_prefix[17];      /* request ids: random per start, then a counter */
 	atomic_ullong next_id;
+	pthread_mutex_t peers_mu;
+	struct rpc_peer peers[RPC_PEERS];   /* by descriptor number (peer_read) */
 };
 
 /* A requested call: registered (m != NULL, the request payload arrives with
@@ -111,13 +124,35 @@ struct rpc_call {
 
 /* ---- the caller ---- */
 
+/* Who is on a connection: read once, when it is accepted, and kept by its
+ * descriptor number for its calls (two system calls fewer per call). The
+ * entry is set before gRPC reads from the descriptor, and a call keeps its
+ * connection open, so the number a call names is its own connection's (as
+ * reading it per call already assumed). */
 static int
-peer_identify(rpc_server *s, grpc_call *call, struct dcall *h)
+peer_read(rpc_server *s, int fd, struct rpc_peer *p)
 {
 	struct sockaddr_un sa;
 	socklen_t salen = sizeof(sa);
 	struct ucred cred;
 	socklen_t clen = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&sa, &salen) != 0)
+		return -1;
+	p->uid = cred.uid;
+	p->gid = cred.gid;
+	p->pid = cred.pid;
+	sa.sun_path[sizeof(sa.sun_path) - 1] = '\0';
+	p->admin = strcmp(sa.sun_path, s->admin_path) == 0;
+	p->known = 1;
+	return 0;
+}
+
+static int
+peer_identify(rpc_server *s, grpc_call *call, struct dcall *h)
+{
+	struct rpc_peer p = { 0 };
 	char *peer = grpc_call_get_peer(call), *end;
 	long fd;
 	int r = CF_E_DENIED;
@@ -125,15 +160,19 @@ peer_identify(rpc_server *s, grpc_call *call, struct dcall *h)
 	if (peer == NULL || strncmp(peer, "fd:", 3) != 0)
 		goto out;
 	fd = strtol(peer + 3, &end, 10);
-	if (*end != '\0' || fd < 0 ||
-	    getsockopt((int)fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 ||
-	    getsockname((int)fd, (struct sockaddr *)&sa, &salen) != 0)
+	if (*end != '\0' || fd < 0)
 		goto out;
-	h->uid = cred.uid;
-	h->gid = cred.gid;
-	h->pid = cred.pid;
-	sa.sun_path[sizeof(sa.sun_path) - 1] = '\0';
-	h->admin = strcmp(sa.sun_path, s->admin_path) == 0;
+	if (fd < RPC_PEERS) {
+		pthread_mutex_lock(&s->peers_mu);
+		p = s->peers[fd];
+		pthread_mutex_unlock(&s->peers_mu);
+	}
+	if (!p.known && peer_read(s, (int)fd, &p) != 0)
+		goto out;
+	h->uid = p.uid;
+	h->gid = p.gid;
+	h->pid = p.pid;
+	h->admin = p.admin;
 	r = CF_OK;
 out:
 	gpr_free(peer);
@@ -1078,6 +1117,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	}
 	snprintf(s->admin_path, sizeof(s->admin_path), "%s", cfg->admin_path);
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->peers_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cv, &ca);
@@ -1136,6 +1176,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 fail:
 	dispatch_free(s->d);
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->peers_mu);
 	pthread_cond_destroy(&s->cv);
 	free(s);
 	return r;
@@ -1150,6 +1191,14 @@ rpc_add_connection(int fd, void *srv)
 	if (atomic_load(&s->shutting_down)) {
 		close(fd);
 		return;
+	}
+	if (fd < RPC_PEERS) {
+		struct rpc_peer p = { 0 };
+
+		(void)peer_read(s, fd, &p);   /* not known: read per call (and refused there) */
+		pthread_mutex_lock(&s->peers_mu);
+		s->peers[fd] = p;
+		pthread_mutex_unlock(&s->peers_mu);
 	}
 	creds = grpc_insecure_server_credentials_create();
 	grpc_server_add_channel_from_fd(s->server, fd, creds);
@@ -1228,6 +1277,7 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	grpc_server_destroy(s->server);
 	grpc_completion_queue_destroy(s->cq);
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->peers_mu);
 	pthread_cond_destroy(&s->cv);
 	free(s->methods);
 	dispatch_free(s->d);

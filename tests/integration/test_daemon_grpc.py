@@ -21,6 +21,7 @@ Run:  COFFER_BUILD_DIR=build /usr/bin/python3 tests/integration/test_daemon_grpc
 
 import hashlib
 import hmac
+import json
 import os
 import shutil
 import signal
@@ -703,6 +704,91 @@ class AllowListTests(CofferTestCase):
         self.assertEqual(health_check(d.service_socket), 1)
         svc = d.service_stub()
         self.assertCode(SC.NOT_FOUND, svc.GetKey, pb.GetKeyRequest(name="nothing"))
+        d.stop()
+
+
+# Connections of uid nobody, one after another: a Mac it has no grant for
+# and a GetKey it has, on a fresh connection each time. Prints JSON.
+CHURN_CLIENT = r'''
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import grpc
+from coffer.v1 import coffer_pb2 as pb
+out = []
+for _ in range(int(sys.argv[3])):
+    with grpc.insecure_channel("unix:" + sys.argv[1]) as ch:
+        mac = ch.unary_unary("/coffer.v1.KeyService/Mac",
+                             request_serializer=pb.MacRequest.SerializeToString,
+                             response_deserializer=pb.MacResponse.FromString)
+        get = ch.unary_unary("/coffer.v1.KeyService/GetKey",
+                             request_serializer=pb.GetKeyRequest.SerializeToString,
+                             response_deserializer=pb.Key.FromString)
+        row = []
+        try:
+            mac(pb.MacRequest(key="ci-mac", data=b"d"), timeout=20)
+            row += ["OK", ""]
+        except grpc.RpcError as e:
+            row += [e.code().name, e.details()]
+        try:
+            get(pb.GetKeyRequest(name="ci-mac"), timeout=20)
+            row.append("OK")
+        except grpc.RpcError as e:
+            row.append(e.code().name + ": " + e.details())
+        out.append(row)
+print(json.dumps(out))
+'''
+
+
+class ConnectionIdentityTests(CofferTestCase):
+    def test_each_connection_is_its_own_caller(self):
+        """cofferd reads who is on a connection once, when it is accepted,
+        and keeps it by descriptor number: connections of two uids opened and
+        closed side by side (their numbers reused in turn) must each be
+        served as their own caller, call after call."""
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            self.skipTest("needs root and setpriv")
+        d = CofferDaemon(config={"service": {"mode": "0666", "allow_uids": "0 65534"}})
+        self.addCleanup(d.cleanup)
+        d.make_traversable()
+        d.start()
+        adm = d.admin_stub()
+        adm.CreateKey(pb.CreateKeyRequest(name="ci-mac", type=pb.HMAC_SHA256), timeout=TIMEOUT)
+        adm.CreatePrincipal(pb.CreatePrincipalRequest(name="ci-nobody", uids=[65534]),
+                            timeout=TIMEOUT)
+        adm.GrantPrincipal(pb.GrantRequest(name="ci-nobody", grant=pb.Grant(
+            key_pattern="ci-mac", operations=[pb.OP_GET_PUBLIC_KEY])), timeout=TIMEOUT)
+        script = os.path.join(d.dir, "churn_nobody.py")
+        with open(script, "w") as f:
+            f.write(CHURN_CLIENT)
+        os.chmod(script, 0o644)
+        rounds, mine = 60, []
+
+        def as_root():
+            for _ in range(rounds):
+                with grpc.insecure_channel("unix:" + d.service_socket) as ch:
+                    mac = ch.unary_unary("/coffer.v1.KeyService/Mac",
+                                         request_serializer=pb.MacRequest.SerializeToString,
+                                         response_deserializer=pb.MacResponse.FromString)
+                    try:
+                        mine.append(len(mac(pb.MacRequest(key="ci-mac", data=b"d"),
+                                            timeout=TIMEOUT).mac))
+                    except grpc.RpcError as e:
+                        mine.append("%s: %s" % (e.code().name, e.details()))
+
+        t = threading.Thread(target=as_root)
+        t.start()
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            PYTHON, "-B", script, d.service_socket, S.dir, str(rounds)],
+                           capture_output=True, text=True, timeout=120, cwd="/",
+                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        t.join()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        theirs = json.loads(r.stdout)
+        self.assertEqual(mine, [32] * rounds)
+        self.assertEqual(theirs, [["PERMISSION_DENIED",
+                                   "principal ci-nobody may not mac with key ci-mac (no grant)",
+                                   "OK"]]
+                         * rounds)
         d.stop()
 
 
