@@ -48,6 +48,15 @@ struct audit_group {
 	int status;              /* CF_OK, or why one of them was not written */
 	int waiting;             /* its owner waits on done */
 	pthread_cond_t done;
+	/* Answered without waiting (audit_group_end_async): called once. */
+	audit_done_fn cb;
+	void *cb_arg;
+	uint64_t deadline;       /* CLOCK_MONOTONIC ms: refused past it (audit_tick) */
+	int fired;
+	int result;              /* what cb is given, and its text */
+	char text[CF_ERROR_DETAIL_MAX];
+	struct audit_group *anext;   /* in a->async (not yet fired) or a->fire */
+	struct audit_group **aprev;  /* in a->async: what points at it */
 };
 
 struct audit {
@@ -65,6 +74,8 @@ struct audit {
 	pthread_cond_t work;     /* records queued, or stop: wakes the writer */
 	pthread_cond_t written;  /* a batch was written (or failed): wakes waiting calls */
 	struct item *head, **tail;
+	struct audit_group *async;   /* groups answered without waiting, not yet fired */
+	struct audit_group *fire;    /* fired, their callbacks not yet called */
 	uint64_t lost;           /* records that could not be written since the last good write */
 	uint64_t failures;       /* failed batches, ever */
 	uint64_t written_run;    /* records written by this process */
@@ -418,13 +429,62 @@ group_unref_locked(struct audit_group *g)
 	}
 }
 
+static int group_result_locked(audit *a, const struct audit_group *g);
+
+/* g's answer is known: off the waiting list, onto the list whose callbacks
+ * fire_locked calls (mu held). */
 static void
-group_put_locked(struct audit_group *g, int r)
+ready_locked(audit *a, struct audit_group *g)
+{
+	if (g->aprev != NULL) {
+		*g->aprev = g->anext;
+		if (g->anext != NULL)
+			g->anext->aprev = g->aprev;
+		g->aprev = NULL;
+	}
+	g->fired = 1;
+	g->refs++;
+	g->anext = a->fire;
+	a->fire = g;
+}
+
+/* Call the callbacks of the groups made ready, outside mu (mu held on entry
+ * and on return): they answer calls through gRPC. Their results are taken
+ * now, once the write that readied them has been accounted for. */
+static void
+fire_locked(audit *a)
+{
+	while (a->fire != NULL) {
+		struct audit_group *list = a->fire, *next;
+
+		a->fire = NULL;
+		for (struct audit_group *g = list; g != NULL; g = g->anext) {
+			g->result = group_result_locked(a, g);
+			snprintf(g->text, sizeof(g->text), "%s", g->result == CF_OK ? "" :
+				 cf_error_message(g->result));
+		}
+		pthread_mutex_unlock(&a->mu);
+		for (struct audit_group *g = list; g != NULL; g = g->anext)
+			g->cb(g->cb_arg, g->result, g->text);
+		pthread_mutex_lock(&a->mu);
+		for (struct audit_group *g = list; g != NULL; g = next) {
+			next = g->anext;
+			group_unref_locked(g);
+		}
+	}
+}
+
+static void
+group_put_locked(audit *a, struct audit_group *g, int r)
 {
 	if (r != CF_OK)
 		g->status = r;
-	if (--g->pending == 0 && g->waiting)
-		pthread_cond_signal(&g->done);
+	if (--g->pending == 0) {
+		if (g->waiting)
+			pthread_cond_signal(&g->done);
+		if (g->cb != NULL && !g->fired)
+			ready_locked(a, g);
+	}
 	group_unref_locked(g);
 }
 
@@ -438,6 +498,8 @@ wake_next_writer_locked(audit *a)
 			pthread_cond_signal(&i->group->done);
 			return;
 		}
+	if (a->head != NULL)   /* only calls that do not wait: the writer thread's */
+		pthread_cond_signal(&a->work);
 }
 
 /* Write `batch` (taken off the queue by the caller, mu held and writing set)
@@ -461,7 +523,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	for (struct item *i = batch; i != NULL && i != keep; i = next) {
 		next = i->next;
 		if (i->group != NULL)
-			group_put_locked(i->group, r);
+			group_put_locked(a, i->group, r);
 		if (i->outbox == 0)
 			n++;
 		free(i->rest);
@@ -509,6 +571,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	wake_next_writer_locked(a);
 	if (wake)
 		pthread_cond_signal(&a->work);
+	fire_locked(a);
 	if (r == CF_OK && be.anchor) {
 		pthread_mutex_unlock(&a->mu);
 		anchor_end(a, &be);
@@ -1076,11 +1139,24 @@ out:
 	return r;
 }
 
+/* What a group's calls are told: CF_OK once all its records are written
+ * (mu held). */
+static int
+group_result_locked(audit *a, const struct audit_group *g)
+{
+	if (g->status == CF_OK && g->pending == 0)
+		return CF_OK;
+	return refused_locked(a, g->records > 1 ?
+			      "the records of the calls answered with this one (a stream's "
+			      "frame) are not all written, so its result is withheld" :
+			      "this call's record is not written, so its result is withheld");
+}
+
 int
 audit_group_end(audit *a, struct audit_group *g)
 {
 	struct timespec until;
-	int r = CF_OK, e;
+	int r, e;
 
 	pthread_mutex_lock(&a->mu);
 	cf_deadline_in(&until, a->cfg.max_wait_ms);
@@ -1099,14 +1175,59 @@ audit_group_end(audit *a, struct audit_group *g)
 			break;
 		}
 	}
-	if (g->status != CF_OK || g->pending > 0)
-		r = refused_locked(a, g->records > 1 ?
-				   "the records of the calls answered with this one (a stream's "
-				   "frame) are not all written, so its result is withheld" :
-				   "this call's record is not written, so its result is withheld");
+	r = group_result_locked(a, g);
 	group_unref_locked(g);
 	pthread_mutex_unlock(&a->mu);
 	return r;
+}
+
+void
+audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *arg)
+{
+	char text[CF_ERROR_DETAIL_MAX];
+	int r;
+
+	pthread_mutex_lock(&a->mu);
+	if (g->pending > 0) {
+		g->cb = cb;
+		g->cb_arg = arg;
+		g->deadline = mono_ms() + a->cfg.max_wait_ms;
+		g->anext = a->async;
+		if (a->async != NULL)
+			a->async->aprev = &g->anext;
+		g->aprev = &a->async;
+		a->async = g;
+		/* The writer thread writes it (and every record queued meanwhile). */
+		if (!a->writing)
+			pthread_cond_signal(&a->work);
+		group_unref_locked(g);
+		pthread_mutex_unlock(&a->mu);
+		return;
+	}
+	r = group_result_locked(a, g);
+	snprintf(text, sizeof(text), "%s", r == CF_OK ? "" : cf_error_message(r));
+	group_unref_locked(g);
+	pthread_mutex_unlock(&a->mu);
+	cb(arg, r, text);
+}
+
+void
+audit_tick(audit *a)
+{
+	uint64_t now = mono_ms();
+	struct audit_group *g, *next;
+
+	pthread_mutex_lock(&a->mu);
+	check_hung_locked(a);
+	for (g = a->async; g != NULL; g = next) {
+		next = g->anext;
+		if (g->deadline > now)
+			continue;
+		timed_out_locked(a);   /* as a call that waited: its records are not ours now */
+		ready_locked(a, g);
+	}
+	fire_locked(a);
+	pthread_mutex_unlock(&a->mu);
 }
 
 int

@@ -122,6 +122,18 @@ int audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *
  * CF_OK, or (fail closed) CF_E_UNAVAILABLE with the reason when any of them
  * was not: none of the group's results may be released. */
 int audit_group_end(audit *a, struct audit_group *g);
+/* As audit_group_end, without waiting: cb(arg, result, text) is called once,
+ * when g's records are written (CF_OK, "") or when they cannot be, or have
+ * waited past max_wait_ms (fail closed: CF_E_UNAVAILABLE and the refusal's
+ * text). It runs on the thread that wrote them (usually the writer thread),
+ * on this one when nothing is pending, or in audit_tick; never under the
+ * trail's locks. g is freed. */
+typedef void (*audit_done_fn)(void *arg, int result, const char *text);
+void audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *arg);
+/* Refuse the calls answered without waiting whose records have waited past
+ * max_wait_ms (a disk that hangs, where no write returns to say so): to be
+ * called every few hundred milliseconds. */
+void audit_tick(audit *a);
 /* The body of ev's record as audit_record writes it, without its sequence
  * number and chain (for the store's outbox), into buf (NUL-terminated).
  * Returns the length, or -1 if it does not fit. Thread-safe, no locks. */

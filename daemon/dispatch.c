@@ -849,7 +849,10 @@ dispatch_call(const dispatch *d, size_t i, const struct dcall *c, const uint8_t 
 	}
 	if (code == dispatch_status(CF_E_INTERNAL))
 		cf_log_error("%s: %s", m->d->path, msg);
-	metrics_call((unsigned)i, code, t0);
+	if (c->metrics_t0 != NULL)
+		*c->metrics_t0 = t0;
+	else
+		metrics_call((unsigned)i, code, t0);
 	return code;
 }
 

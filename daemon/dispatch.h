@@ -54,6 +54,9 @@ struct dcall {
 	 * waited for; the adapter waits once for the frame (audit_group_end)
 	 * before releasing any of its answers. NULL: each call waits. */
 	struct audit_group *audit_group;
+	/* Set: the call's metric is the adapter's to count, once its answer is
+	 * final (metrics_call with this start); NULL: counted on return. */
+	uint64_t *metrics_t0;
 };
 
 int dispatch_new(const struct dispatch_cfg *cfg, dispatch **out);

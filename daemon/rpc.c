@@ -46,6 +46,9 @@
 /* A stream stops reading requests while this many answers wait to be sent
  * (the caller is not reading them), and reads again below half of it. */
 #define RPC_STREAM_QUEUE 256
+/* Idle workers look this often for answers whose audit records wait past
+ * [audit] max_wait_ms (audit_tick). */
+#define RPC_TICK_MS 250
 
 /* Connections whose caller is kept by descriptor number (peer_read);
  * others are read per call. */
@@ -92,6 +95,7 @@ struct rpc_server {
 	int shutdown_tag;        /* its address is the tag */
 	char id_prefix[17];      /* request ids: random per start, then a counter */
 	atomic_ullong next_id;
+	atomic_ullong last_tick;     /* CLOCK_MONOTONIC ms of the last audit_tick */
 	pthread_mutex_t peers_mu;
 	struct rpc_peer peers[RPC_PEERS];   /* by descriptor number (peer_read) */
 };
@@ -118,6 +122,13 @@ struct rpc_call {
 	grpc_metadata trailer[2];    /* x-request-id; retry-after-ms when a rate limit refused */
 	char retry[16];
 	char request_id[AUDIT_REQUEST_ID_MAX + 1];
+	/* The answer, kept while its audit record is written (answer()). */
+	grpc_status_code code;
+	uint32_t retry_ms;
+	uint64_t t0;                 /* metrics_start() of a call that ran (counted in answer()) */
+	int ran;
+	int watch;
+	char msg[CF_ERROR_DETAIL_MAX];
 	int cancelled;
 	enum { ST_REQUESTED, ST_SENDING } st;
 };
@@ -302,8 +313,8 @@ arm(rpc_server *s, const struct method *m)
  * table. Sets *code and the status message; returns the packed response
  * (or NULL). */
 static grpc_byte_buffer *
-serve(struct rpc_call *c, int watch, grpc_status_code *code, char *msg, size_t msglen,
-      uint32_t *retry_after_ms)
+serve(struct rpc_call *c, int watch, struct audit_group *g, grpc_status_code *code, char *msg,
+      size_t msglen, uint32_t *retry_after_ms)
 {
 	rpc_server *s = c->s;
 	/* The window as of this call: SIGHUP may change it (rpc_set_window). */
@@ -313,7 +324,8 @@ serve(struct rpc_call *c, int watch, grpc_status_code *code, char *msg, size_t m
 	struct dcall h = { .sv = &sv, .idm = s->cfg.idm,
 			   .unsealed_secrets = s->cfg.unsealed_secrets,
 			   .require_api_key = s->cfg.require_api_key,
-			   .cancelled = watch ? &c->gone : NULL };
+			   .cancelled = watch ? &c->gone : NULL, .audit_group = g,
+			   .metrics_t0 = g != NULL ? &c->t0 : NULL };
 	grpc_byte_buffer_reader rd;
 	grpc_byte_buffer *out = NULL;
 	grpc_slice in = grpc_empty_slice(), packed;
@@ -345,6 +357,7 @@ serve(struct rpc_call *c, int watch, grpc_status_code *code, char *msg, size_t m
 	*code = (grpc_status_code)dispatch_call(s->d, c->m->idx, &h, GRPC_SLICE_START_PTR(in),
 						GRPC_SLICE_LENGTH(in), &buf, &len, msg, msglen,
 						retry_after_ms);
+	c->ran = h.metrics_t0 != NULL;
 	/* Requests may carry secrets (key material): do not leave them behind. */
 	if (!ciphertext)
 		OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
@@ -362,30 +375,14 @@ serve(struct rpc_call *c, int watch, grpc_status_code *code, char *msg, size_t m
 
 static void call_unref(struct rpc_call *c);
 
+/* Send the call's answer: its message (if any), status and trailers. */
 static void
-respond(struct rpc_call *c)
+send_answer(struct rpc_call *c)
 {
 	grpc_op ops[4];
 	grpc_op *op = ops;
-	grpc_status_code code;
-	char msg[CF_ERROR_DETAIL_MAX];
-	uint32_t retry = 0;
 	grpc_call_error e;
-	int watch = c->m != NULL && dispatch_batch(c->s->d, c->m->idx);
 
-	c->refs = 1;
-	if (watch) {
-		memset(ops, 0, sizeof(ops));
-		ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-		ops[0].data.recv_close_on_server.cancelled = &c->cancelled;
-		c->close_tag.kind = TAG_C_CLOSE;
-		c->refs = 2;
-		if (grpc_call_start_batch(c->call, ops, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
-			c->refs = 1;
-			watch = 0;
-		}
-	}
-	c->send = serve(c, watch, &code, msg, sizeof(msg), &retry);
 	memset(ops, 0, sizeof(ops));
 	op->op = GRPC_OP_SEND_INITIAL_METADATA;
 	op++;
@@ -394,23 +391,23 @@ respond(struct rpc_call *c)
 		op->data.send_message.send_message = c->send;
 		op++;
 	}
-	c->status_details = grpc_slice_from_copied_string(msg);
+	c->status_details = grpc_slice_from_copied_string(c->msg);
 	op->op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-	op->data.send_status_from_server.status = code;
+	op->data.send_status_from_server.status = c->code;
 	op->data.send_status_from_server.status_details = &c->status_details;
 	/* The request id of the audit record, so callers can find theirs. */
 	c->trailer[0].key = grpc_slice_from_static_string("x-request-id");
 	c->trailer[0].value = grpc_slice_from_static_string(c->request_id);
 	op->data.send_status_from_server.trailing_metadata_count = c->request_id[0] ? 1 : 0;
 	op->data.send_status_from_server.trailing_metadata = c->trailer;
-	if (retry > 0) {
-		snprintf(c->retry, sizeof(c->retry), "%u", retry);
+	if (c->retry_ms > 0) {
+		snprintf(c->retry, sizeof(c->retry), "%u", c->retry_ms);
 		c->trailer[1].key = grpc_slice_from_static_string("retry-after-ms");
 		c->trailer[1].value = grpc_slice_from_static_string(c->retry);
 		op->data.send_status_from_server.trailing_metadata_count = 2;
 	}
 	op++;
-	if (!watch) {
+	if (!c->watch) {
 		op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
 		op->data.recv_close_on_server.cancelled = &c->cancelled;
 		op++;
@@ -420,6 +417,64 @@ respond(struct rpc_call *c)
 		cf_log_error("grpc_call_start_batch(send): %d", (int)e);
 		call_unref(c);
 	}
+}
+
+/* The call's audit record is written (result CF_OK) or not (fail closed:
+ * the answer is withheld, the refusal sent instead): audit_done_fn. */
+static void
+answer(void *arg, int result, const char *text)
+{
+	struct rpc_call *c = arg;
+
+	if (result != CF_OK && c->code == GRPC_STATUS_OK) {
+		if (c->send != NULL) {
+			grpc_slice_buffer *sb = &c->send->data.raw.slice_buffer;
+
+			for (size_t i = 0; i < sb->count; i++)
+				OPENSSL_cleanse(GRPC_SLICE_START_PTR(sb->slices[i]),
+						GRPC_SLICE_LENGTH(sb->slices[i]));
+			grpc_byte_buffer_destroy(c->send);
+			c->send = NULL;
+		}
+		c->code = (grpc_status_code)dispatch_status(result);
+		cf_text_escape(text, strlen(text), c->msg, sizeof(c->msg));
+	}
+	if (c->ran)
+		metrics_call((unsigned)c->m->idx, (unsigned)c->code, c->t0);
+	send_answer(c);
+}
+
+/* Run the call; its answer goes once its audit record is written, which
+ * this thread does not wait for (the trail's writer answers it), so a
+ * worker is never held by the disk. */
+static void
+respond(struct rpc_call *c)
+{
+	grpc_op op;
+	struct audit_group *g = NULL;
+	audit *au = c->s->cfg.au;
+
+	c->watch = c->m != NULL && dispatch_batch(c->s->d, c->m->idx);
+	c->refs = 1;
+	if (c->watch) {
+		memset(&op, 0, sizeof(op));
+		op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+		op.data.recv_close_on_server.cancelled = &c->cancelled;
+		c->close_tag.kind = TAG_C_CLOSE;
+		c->refs = 2;
+		if (grpc_call_start_batch(c->call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
+			c->refs = 1;
+			c->watch = 0;
+		}
+	}
+	/* Without a group (out of memory), the call waits for its record. */
+	if (au != NULL && audit_group_new(&g) != CF_OK)
+		g = NULL;
+	c->send = serve(c, c->watch, g, &c->code, c->msg, sizeof(c->msg), &c->retry_ms);
+	if (g != NULL)
+		audit_group_end_async(au, g, answer, c);
+	else
+		send_answer(c);
 }
 
 /* The last outstanding batch of a call frees it. */
@@ -1047,6 +1102,22 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 	}
 }
 
+/* Every RPC_TICK_MS, by whichever worker comes first: answers whose audit
+ * records wait on a disk that hangs are refused (audit_tick). */
+static void
+tick(rpc_server *s)
+{
+	struct timespec ts;
+	unsigned long long now, last = atomic_load(&s->last_tick);
+
+	if (s->cfg.au == NULL)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+	if (now - last >= RPC_TICK_MS && atomic_compare_exchange_strong(&s->last_tick, &last, now))
+		audit_tick(s->cfg.au);
+}
+
 /* The completion-queue threads also run the handlers: with the request
  * payload delivered with the call, a call costs two queue events and no
  * hand-off between threads. */
@@ -1056,11 +1127,13 @@ worker_main(void *arg)
 	rpc_server *s = arg;
 
 	for (;;) {
-		grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-							   NULL);
+		grpc_event ev = grpc_completion_queue_next(
+			s->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+					    gpr_time_from_millis(RPC_TICK_MS, GPR_TIMESPAN)), NULL);
 
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
+		tick(s);
 		if (ev.type != GRPC_OP_COMPLETE)
 			continue;
 		if (ev.tag == &s->shutdown_tag) {

@@ -1029,10 +1029,11 @@ print_floors(const struct result *d, const struct result *l, const struct result
 		return;
 	fs = 1e6 * f->row.server_cpu / (double)f->row.ops;
 	fc = 1e6 * f->row.client_cpu / (double)f->row.ops;
-	printf("# gRPC floor: a server answering canned bytes on cofferd's threading spends "
-	       "%.1f us per call (its client %.1f us), so no daemon on gRPC core adds less than "
-	       "%.1f us: target 1 is %s; cofferd's own share is %.1f - %.1f = %.1f us\n", fs, fc,
-	       fs, fs > TARGET_ADDED_US ? "below that floor, out of reach on gRPC core" :
+	printf("# gRPC floor: a server answering canned bytes on cofferd's threading (%s, the "
+	       "cheapest floor row) spends %.1f us per call (its client %.1f us), so no daemon on "
+	       "gRPC core adds less than %.1f us: target 1 is %s; cofferd's own share is "
+	       "%.1f - %.1f = %.1f us\n", f->row.label, fs, fc, fs,
+	       fs > TARGET_ADDED_US ? "below that floor, out of reach on gRPC core" :
 	       "above that floor", added, fs, added - fs);
 	if (k == NULL || k->row.rate <= 0.0)
 		return;
@@ -1064,7 +1065,10 @@ print_verdict(const struct result *const *best, unsigned n)
 			k = best[i];
 		if (best[i]->path == PATH_LAYER)
 			l = best[i];
-		if (best[i]->path == PATH_GRPC)
+		/* The cheapest floor (least server CPU per call) bounds every daemon. */
+		if (best[i]->path == PATH_GRPC && best[i]->row.ops > 0 &&
+		    (f == NULL || best[i]->row.server_cpu / (double)best[i]->row.ops <
+		     f->row.server_cpu / (double)f->row.ops))
 			f = best[i];
 	}
 	if (d == NULL)
@@ -1095,9 +1099,10 @@ print_verdict(const struct result *const *best, unsigned n)
 	if (l != NULL && l->row.ops > 0 && l->row.client_cpu > 0.0)
 		print_floors(d, l, k, f);
 	if (d->row.p50 > 0.0)
-		printf("# unary p99/p50 = %.0f / %.0f us = %.2fx at %u callers (issue 17 target 4: "
-		       "<= 3x): %s\n", d->row.p99, d->row.p50, d->row.p99 / d->row.p50,
-		       d->row.callers, cf_bench_met(d->row.p99 <= 3.0 * d->row.p50));
+		printf("# unary p99/p50 = %.0f / %.0f us = %.2fx at %u callers (issue 17 target 4, "
+		       "ECDSA's: <= 3x): %s\n", d->row.p99, d->row.p50, d->row.p99 / d->row.p50,
+		       d->row.callers, d->op_id != OP_ECDSA ? "not judged" :
+		       cf_bench_met(d->row.p99 <= 3.0 * d->row.p50));
 	if (bt != NULL && l != NULL && l->row.rate > 0.0) {
 		/* Issue 17: ECDSA batches at 80% of the in-process layer, HMAC at 50%. */
 		double want = d->op_id == OP_HMAC ? 0.5 : 0.8, got = bt->row.rate / l->row.rate;
