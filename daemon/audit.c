@@ -1181,6 +1181,12 @@ audit_group_end(audit *a, struct audit_group *g)
 	return r;
 }
 
+int
+audit_hands_off(const audit *a)
+{
+	return !a->cfg.fail_open && !a->cfg.durability_os;
+}
+
 void
 audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *arg)
 {

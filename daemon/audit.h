@@ -129,6 +129,11 @@ int audit_group_end(audit *a, struct audit_group *g);
  * on this one when nothing is pending, or in audit_tick; never under the
  * trail's locks. g is freed. */
 typedef void (*audit_done_fn)(void *arg, int result, const char *text);
+/* Whether a call's answer should be handed to the writer rather than wait
+ * for its record on the caller's thread: failing closed on a trail that is
+ * fdatasync'ed per batch. (Handed to the kernel only, a record is written
+ * faster than a thread is woken.) */
+int audit_hands_off(const audit *a);
 void audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *arg);
 /* Refuse the calls answered without waiting whose records have waited past
  * max_wait_ms (a disk that hangs, where no write returns to say so): to be

@@ -444,9 +444,9 @@ answer(void *arg, int result, const char *text)
 	send_answer(c);
 }
 
-/* Run the call; its answer goes once its audit record is written, which
- * this thread does not wait for (the trail's writer answers it), so a
- * worker is never held by the disk. */
+/* Run the call; its answer goes once its audit record is written. On a
+ * trail synced to disk this thread does not wait for that (the trail's
+ * writer answers it), so a worker is never held by the disk. */
 static void
 respond(struct rpc_call *c)
 {
@@ -468,7 +468,7 @@ respond(struct rpc_call *c)
 		}
 	}
 	/* Without a group (out of memory), the call waits for its record. */
-	if (au != NULL && audit_group_new(&g) != CF_OK)
+	if (au != NULL && audit_hands_off(au) && audit_group_new(&g) != CF_OK)
 		g = NULL;
 	c->send = serve(c, c->watch, g, &c->code, c->msg, sizeof(c->msg), &c->retry_ms);
 	if (g != NULL)
