@@ -59,6 +59,18 @@ struct audit_group {
 	struct audit_group **aprev;  /* in a->async: what points at it */
 };
 
+struct batch_end {
+	const char *seal;        /* NULL: no seal; else the seal record's extra fields */
+	int clean;               /* anchor it as a clean stop */
+	unsigned gen;            /* outbox records of another generation are skipped */
+	int64_t ob_done;         /* in: outbox ids up to here are in the file;
+	                            out: the highest id written */
+	uint64_t n;              /* out: records written */
+	int anchor;              /* out: the end is to be anchored (anchor_end) */
+	uint64_t a_seq;
+	uint8_t a_chain[32];
+};
+
 struct audit {
 	struct audit_cfg cfg;
 	cf_p11_key *seal_key;    /* signs seals */
@@ -82,6 +94,13 @@ struct audit {
 	int stop;
 	int writing;             /* a batch is being written (by a call or the writer) */
 	uint64_t write_began;    /* CLOCK_MONOTONIC ms, when that write began */
+	/* Anchors are the anchorer thread's: the state store may be slow or
+	 * hang, and the writer, which answers calls, must not wait for it. */
+	pthread_t anchorer;
+	int anchorer_started;
+	pthread_cond_t an_cv;       /* an anchor to store, or stop (under mu) */
+	int an_have, an_stop;
+	struct batch_end an_next;   /* the latest end to anchor (under mu) */
 	pthread_mutex_t anchor_mu;  /* anchors one at a time, in order (anchor_end) */
 	uint64_t anchored_seq;      /* the last end anchored (under anchor_mu) */
 	int anchor_skipped;         /* anchors skipped: the state hangs (under anchor_mu) */
@@ -255,17 +274,6 @@ out:
 /* ---- the writer ---- */
 
 /* What a batch ends with, and what it moved. */
-struct batch_end {
-	const char *seal;        /* NULL: no seal; else the seal record's extra fields */
-	int clean;               /* anchor it as a clean stop */
-	unsigned gen;            /* outbox records of another generation are skipped */
-	int64_t ob_done;         /* in: outbox ids up to here are in the file;
-	                            out: the highest id written */
-	uint64_t n;              /* out: records written */
-	int anchor;              /* out: the end is to be anchored (anchor_end) */
-	uint64_t a_seq;
-	uint8_t a_chain[32];
-};
 
 static int
 sync_fd(audit *a)
@@ -573,11 +581,61 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 		pthread_cond_signal(&a->work);
 	fire_locked(a);
 	if (r == CF_OK && be.anchor) {
+		if (a->anchorer_started) {
+			a->an_next = be;    /* a later end supersedes one not yet stored */
+			a->an_have = 1;
+			pthread_cond_signal(&a->an_cv);
+		} else {
+			pthread_mutex_unlock(&a->mu);
+			anchor_end(a, &be);
+			pthread_mutex_lock(&a->mu);
+		}
+	}
+	return r;
+}
+
+static int outbox_enqueue(audit *a, int64_t *max);
+
+/* The anchorer thread, which alone waits on the state store for the trail:
+ * it stores the latest end a seal asked for, and reads the outbox (records
+ * of changes a failed write left behind) every RETRY_MS, queueing them for
+ * the writer. */
+static void *
+anchorer_main(void *arg)
+{
+	audit *a = arg;
+	struct batch_end be;
+	struct timespec until;
+	uint64_t last_ob = mono_ms(), since;
+	int64_t max;
+
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (!a->an_have && !a->an_stop) {
+			if ((since = mono_ms() - last_ob) < RETRY_MS) {
+				cf_deadline_in(&until, (unsigned)(RETRY_MS - since));
+				pthread_cond_timedwait(&a->an_cv, &a->mu, &until);
+				continue;
+			}
+			last_ob = mono_ms();
+			if (a->broken)   /* the writer reads it then */
+				continue;
+			pthread_mutex_unlock(&a->mu);
+			(void)outbox_enqueue(a, &max);
+			pthread_mutex_lock(&a->mu);
+			if (a->head != NULL && !a->writing)
+				pthread_cond_signal(&a->work);
+		}
+		if (!a->an_have)
+			break;
+		be = a->an_next;
+		a->an_have = 0;
 		pthread_mutex_unlock(&a->mu);
 		anchor_end(a, &be);
 		pthread_mutex_lock(&a->mu);
 	}
-	return r;
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
 }
 
 /* Take the whole queue and write it (mu held, nobody writing). */
@@ -682,7 +740,6 @@ static void *
 writer_main(void *arg)
 {
 	audit *a = arg;
-	uint64_t last_ob = mono_ms();
 	int64_t max;
 	int r;
 
@@ -712,18 +769,17 @@ writer_main(void *arg)
 			write_locked(a, NULL, "", NULL);
 		} else if (a->stop) {
 			break;
-		} else if (a->broken || mono_ms() - last_ob >= RETRY_MS) {
-			/* Now and then (and every second while broken): the outbox,
-			 * which a failed write left behind; then, if broken, a record
-			 * of what could not be written, sealed, so that a writable
-			 * file again heals the trail. */
+		} else if (a->broken) {
+			/* Every second while broken: the outbox, which a failed write
+			 * left behind (while sound, the anchorer reads it), then a
+			 * record of what could not be written, sealed, so that a
+			 * writable file again heals the trail. */
 			cf_deadline_in(&until, RETRY_MS);
-			if (a->broken && pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
+			if (pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
 				continue;
 			pthread_mutex_unlock(&a->mu);
 			(void)outbox_enqueue(a, &max);
 			pthread_mutex_lock(&a->mu);
-			last_ob = mono_ms();
 			if (!a->broken || a->writing || a->stop)
 				continue;
 			if (a->pending_start != NULL)
@@ -892,6 +948,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	pthread_mutex_init(&a->ob_mu, NULL);
 	pthread_mutex_init(&a->anchor_mu, NULL);
 	pthread_cond_init(&a->work, NULL);
+	pthread_cond_init(&a->an_cv, NULL);
 	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
 	if ((r = cf_p11_key_ensure(p11, AUDIT_SEAL_KEY, 1, CF_KEY_EC_P256, &a->seal_key,
@@ -929,6 +986,11 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	pthread_mutex_unlock(&a->mu);
 	if (r != CF_OK)
 		goto fail;
+	if (pthread_create(&a->anchorer, NULL, anchorer_main, a) != 0) {
+		r = cf_error(CF_E_INTERNAL, "cannot start the audit anchorer");
+		goto fail;
+	}
+	a->anchorer_started = 1;
 	if (pthread_create(&a->writer, NULL, writer_main, a) != 0) {
 		r = cf_error(CF_E_INTERNAL, "cannot start the audit writer");
 		goto fail;
@@ -955,6 +1017,17 @@ audit_close(audit *a)
 		pthread_cond_signal(&a->work);
 		pthread_mutex_unlock(&a->mu);
 		pthread_join(a->writer, NULL);
+	}
+	if (a->anchorer_started) {
+		/* It stores what it was given; the stop record's anchor is ours. */
+		pthread_mutex_lock(&a->mu);
+		a->an_stop = 1;
+		pthread_cond_signal(&a->an_cv);
+		pthread_mutex_unlock(&a->mu);
+		pthread_join(a->anchorer, NULL);
+		a->anchorer_started = 0;
+	}
+	if (a->writer_started) {
 		/* What is left, the outbox, a seal, then the stop record (itself a
 		 * seal: dropping it shows, since the record before it is sealed),
 		 * anchored as a clean stop. */
@@ -1001,6 +1074,7 @@ audit_close(audit *a)
 	cf_p11_key_free(a->hmac_key);
 	pthread_cond_destroy(&a->work);
 	pthread_cond_destroy(&a->written);
+	pthread_cond_destroy(&a->an_cv);
 	pthread_mutex_destroy(&a->anchor_mu);
 	pthread_mutex_destroy(&a->ob_mu);
 	pthread_mutex_destroy(&a->mu);
