@@ -32,9 +32,13 @@
  *
  * Records are appended in batches (one write per batch; the token signs only
  * seals): fail closed, a call whose record is queued writes the whole queue
- * itself when nobody else is writing (group commit); a writer thread writes
- * the records of fail-open calls, seals, and retries a broken trail once a
- * second. Failure mode (config): fail closed — a call's result is released
+ * itself when nobody else is writing (group commit), or, on a trail synced
+ * to disk, hands its answer to the writer thread (audit_group_end_async),
+ * which writes whatever is queued and releases the answers. The writer also
+ * writes the records of fail-open calls, seals, and retries a broken trail
+ * once a second; an anchorer thread stores the seals' anchors and reads the
+ * outbox, so that only it waits on the state store. Failure mode (config):
+ * fail closed — a call's result is released
  * only once its record is written (fdatasync'ed); while the trail cannot be
  * written, calls are refused and health says NOT_SERVING; or fail open —
  * calls go on, with an alarm in the log every 10 s. A failed write leaves no
