@@ -582,9 +582,13 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	fire_locked(a);
 	if (r == CF_OK && be.anchor) {
 		if (a->anchorer_started) {
-			a->an_next = be;    /* a later end supersedes one not yet stored */
-			a->an_have = 1;
-			pthread_cond_signal(&a->an_cv);
+			/* A later end supersedes one not yet stored, never the
+			 * reverse (fire_locked let other writes in meanwhile). */
+			if (!a->an_have || be.a_seq > a->an_next.a_seq) {
+				a->an_next = be;
+				a->an_have = 1;
+				pthread_cond_signal(&a->an_cv);
+			}
 		} else {
 			pthread_mutex_unlock(&a->mu);
 			anchor_end(a, &be);
@@ -1246,6 +1250,9 @@ audit_group_end(audit *a, struct audit_group *g)
 		g->waiting = 0;
 		if (e != 0 && g->pending > 0) {
 			timed_out_locked(a);   /* its records, still queued, are not ours now */
+			/* It may have been the one woken to write the next batch. */
+			if (!a->writing && a->head != NULL)
+				pthread_cond_signal(&a->work);
 			break;
 		}
 	}

@@ -445,8 +445,10 @@ answer(void *arg, int result, const char *text)
 }
 
 /* Run the call; its answer goes once its audit record is written. On a
- * trail synced to disk this thread does not wait for that (the trail's
- * writer answers it), so a worker is never held by the disk. */
+ * trail synced to disk this thread does not wait for that (whoever writes
+ * the record answers it), so a worker is not held by the disk for a call's
+ * record (a change still waits for its outbox record, a frame for its
+ * records). */
 static void
 respond(struct rpc_call *c)
 {
