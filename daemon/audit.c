@@ -59,6 +59,7 @@ struct audit_group {
 	struct audit_group **aprev;  /* in a->async: what points at it */
 };
 
+/* What a batch ends with, and what it moved. */
 struct batch_end {
 	const char *seal;        /* NULL: no seal; else the seal record's extra fields */
 	int clean;               /* anchor it as a clean stop */
@@ -273,8 +274,6 @@ out:
 
 /* ---- the writer ---- */
 
-/* What a batch ends with, and what it moved. */
-
 static int
 sync_fd(audit *a)
 {
@@ -427,7 +426,6 @@ mono_ms(void)
 #define SEAL_IDLE_MS 20
 #define SEAL_EVERY_MS 100
 
-/* One of g's records was written (r == CF_OK) or not (mu held). */
 static void
 group_unref_locked(struct audit_group *g)
 {
@@ -438,6 +436,16 @@ group_unref_locked(struct audit_group *g)
 }
 
 static int group_result_locked(audit *a, const struct audit_group *g);
+
+/* What an answered-without-waiting group's callback is given (mu held). */
+static int
+group_outcome_locked(audit *a, const struct audit_group *g, char text[CF_ERROR_DETAIL_MAX])
+{
+	int r = group_result_locked(a, g);
+
+	snprintf(text, CF_ERROR_DETAIL_MAX, "%s", r == CF_OK ? "" : cf_error_message(r));
+	return r;
+}
 
 /* g's answer is known: off the waiting list, onto the list whose callbacks
  * fire_locked calls (mu held). */
@@ -466,11 +474,8 @@ fire_locked(audit *a)
 		struct audit_group *list = a->fire, *next;
 
 		a->fire = NULL;
-		for (struct audit_group *g = list; g != NULL; g = g->anext) {
-			g->result = group_result_locked(a, g);
-			snprintf(g->text, sizeof(g->text), "%s", g->result == CF_OK ? "" :
-				 cf_error_message(g->result));
-		}
+		for (struct audit_group *g = list; g != NULL; g = g->anext)
+			g->result = group_outcome_locked(a, g, g->text);
 		pthread_mutex_unlock(&a->mu);
 		for (struct audit_group *g = list; g != NULL; g = g->anext)
 			g->cb(g->cb_arg, g->result, g->text);
@@ -482,6 +487,7 @@ fire_locked(audit *a)
 	}
 }
 
+/* One of g's records was written (r == CF_OK) or not (mu held). */
 static void
 group_put_locked(audit *a, struct audit_group *g, int r)
 {
@@ -1291,8 +1297,7 @@ audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *a
 		pthread_mutex_unlock(&a->mu);
 		return;
 	}
-	r = group_result_locked(a, g);
-	snprintf(text, sizeof(text), "%s", r == CF_OK ? "" : cf_error_message(r));
+	r = group_outcome_locked(a, g, text);
 	group_unref_locked(g);
 	pthread_mutex_unlock(&a->mu);
 	cb(arg, r, text);
