@@ -221,8 +221,8 @@ main(int argc, char **argv)
 			arm(&methods[i]);
 	for (unsigned i = 0; i < n; i++)
 		pthread_create(&th[i], NULL, worker, NULL);
-	while (!stop)
-		pause();
+	while (!stop)   /* not pause(): a signal before it would be missed */
+		usleep(100000);
 	grpc_server_shutdown_and_notify(server, cq, NULL);
 	grpc_server_cancel_all_calls(server);
 	grpc_completion_queue_shutdown(cq);
