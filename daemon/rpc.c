@@ -772,12 +772,11 @@ stream_run(struct rpc_stream *st, const Coffer__V1__PipelineRequest *req,
 	a->resp.response.len = a->len;
 }
 
-/* a's answer withheld: its record (or another of its frame's) is not written. */
+/* a's answer withheld: its record (or another of its frame's) is not
+ * written, for the reason r (text says it). */
 static void
-withhold_answer(struct answer *a, int r)
+withhold_answer(struct answer *a, int r, const char *text)
 {
-	const char *em = cf_error_message(r);
-
 	OPENSSL_cleanse(a->buf, a->len);
 	free(a->buf);
 	a->buf = NULL;
@@ -786,7 +785,7 @@ withhold_answer(struct answer *a, int r)
 	a->resp.response.len = 0;
 	a->resp.code = dispatch_status(r);
 	a->resp.retry_after_ms = 0;
-	cf_text_escape(em, strlen(em), a->msg, sizeof(a->msg));
+	cf_text_escape(text, strlen(text), a->msg, sizeof(a->msg));
 }
 
 /* a, packed and queued to be sent (mu held): CF_OK, or CF_E_NOMEM. */
@@ -834,26 +833,23 @@ frame_run(struct share_job *sj, size_t k)
 	j->ans[k].ran = 1;
 }
 
-/* Every request has run: once their records are written (one wait for
- * the frame), their answers are queued to be sent. */
+/* The frame's records are written (result CF_OK) or not (fail closed:
+ * every answer that would release a result is withheld, for text's
+ * reason); its answers are queued to be sent: audit_done_fn. */
 static void
-frame_finish(struct share_job *sj)
+frame_answer(void *arg, int result, const char *text)
 {
-	struct frame_job *j = (struct frame_job *)(void *)sj;
+	struct frame_job *j = arg;
 	struct rpc_stream *st = j->st;
-	int r;
 
-	if (j->g != NULL) {
-		if ((r = audit_group_end(st->sv.au, j->g)) != CF_OK)
-			for (size_t k = 0; k < sj->n; k++)
-				if (j->ans[k].ran && j->ans[k].resp.code == GRPC_STATUS_OK)
-					withhold_answer(&j->ans[k], r);
-		j->g = NULL;
-	}
+	if (result != CF_OK)
+		for (size_t k = 0; k < j->sj.n; k++)
+			if (j->ans[k].ran && j->ans[k].resp.code == GRPC_STATUS_OK)
+				withhold_answer(&j->ans[k], result, text);
 	pthread_mutex_lock(&st->mu);
-	st->running -= (unsigned)sj->n;
+	st->running -= (unsigned)j->sj.n;
 	/* Answered even when a later message ended the stream: they ran. */
-	for (size_t k = 0; k < sj->n; k++)
+	for (size_t k = 0; k < j->sj.n; k++)
 		if (j->ans[k].ran && stream_queue(st, &j->ans[k]) != CF_OK) {
 			char why[96];
 
@@ -864,6 +860,38 @@ frame_finish(struct share_job *sj)
 		}
 	stream_pump(st);
 	pthread_mutex_unlock(&st->mu);
+}
+
+static void
+frame_recorded(void *arg, int result, const char *text)
+{
+	struct frame_job *j = arg;
+
+	frame_answer(j, result, text);
+	share_put(&j->sj);
+}
+
+/* Every request has run: once their records are written (one write for
+ * the frame), their answers are queued to be sent. On a trail synced to
+ * disk, whoever writes the records does that (as respond's unary calls),
+ * so the worker goes on to the stream's next frame meanwhile. */
+static void
+frame_finish(struct share_job *sj)
+{
+	struct frame_job *j = (struct frame_job *)(void *)sj;
+	audit *au = j->st->sv.au;
+	struct audit_group *g = j->g;
+	int r;
+
+	j->g = NULL;
+	if (g != NULL && audit_hands_off(au)) {
+		share_hold(sj);
+		audit_group_end_async(au, g, frame_recorded, j);
+	} else if (g != NULL && (r = audit_group_end(au, g)) != CF_OK) {
+		frame_answer(j, r, cf_error_message(r));
+	} else {
+		frame_answer(j, CF_OK, "");
+	}
 }
 
 static void

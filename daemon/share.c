@@ -16,8 +16,14 @@ struct share {
 	pthread_t threads[SHARE_MAX_HELPERS];
 };
 
-static void
-put(struct share_job *j)
+void
+share_hold(struct share_job *j)
+{
+	atomic_fetch_add(&j->refs, 1);
+}
+
+void
+share_put(struct share_job *j)
 {
 	if (atomic_fetch_sub(&j->refs, 1) == 1)
 		j->release(j);
@@ -53,7 +59,7 @@ helper_main(void *arg)
 			sh->tail = &sh->head;
 		pthread_mutex_unlock(&sh->mu);
 		work(j);   /* nothing left by now: the owner took it all */
-		put(j);
+		share_put(j);
 		pthread_mutex_lock(&sh->mu);
 	}
 	pthread_mutex_unlock(&sh->mu);
@@ -95,7 +101,7 @@ share_free(share *sh)
 		struct share_job *j = sh->head;
 
 		sh->head = j->qnext;
-		put(j);
+		share_put(j);
 	}
 	pthread_cond_destroy(&sh->cv);
 	pthread_mutex_destroy(&sh->mu);
@@ -118,5 +124,5 @@ share_run(share *sh, struct share_job *j)
 		pthread_mutex_unlock(&sh->mu);
 	}
 	work(j);
-	put(j);
+	share_put(j);
 }

@@ -37,5 +37,9 @@ void share_free(share *sh);
 /* Offer j (run, finish, release and n set) to the helpers when it has
  * more than one item, and run its items until none is left. */
 void share_run(share *sh, struct share_job *j);
+/* Keep j past its finish (which hands its results on to be completed
+ * later): release waits for the matching share_put. */
+void share_hold(struct share_job *j);
+void share_put(struct share_job *j);
 
 #endif
