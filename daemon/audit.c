@@ -26,6 +26,7 @@
 
 #define ALARM_EVERY_S 10
 #define RETRY_MS 1000            /* a broken trail is retried (and the outbox read) this often */
+#define TICK_MS 250              /* the ticker looks for answers waiting too long this often */
 
 struct item {
 	char *rest;              /* the record after its "{\"seq\":N," prefix */
@@ -51,7 +52,7 @@ struct audit_group {
 	/* Answered without waiting (audit_group_end_async): called once. */
 	audit_done_fn cb;
 	void *cb_arg;
-	uint64_t deadline;       /* CLOCK_MONOTONIC ms: refused past it (audit_tick) */
+	uint64_t deadline;       /* CLOCK_MONOTONIC ms: refused past it (the ticker) */
 	int fired;
 	int result;              /* what cb is given, and its text */
 	char text[CF_ERROR_DETAIL_MAX];
@@ -99,6 +100,11 @@ struct audit {
 	 * hang, and the writer, which answers calls, must not wait for it. */
 	pthread_t anchorer;
 	int anchorer_started;
+	/* The ticker refuses answers whose records wait past max_wait_ms. */
+	pthread_t ticker;
+	int ticker_started;
+	pthread_cond_t tk_cv;       /* stop (under mu) */
+	int tk_stop;
 	pthread_cond_t an_cv;       /* an anchor to store, or stop (under mu) */
 	int an_have, an_stop;
 	struct batch_end an_next;   /* the latest end to anchor (under mu) */
@@ -823,6 +829,8 @@ writer_main(void *arg)
 
 /* ---- opening ---- */
 
+static void *ticker_main(void *arg);   /* with the calls it answers, below */
+
 /* The seal key's public half, to <state_dir>/audit-seal.pub (0644, written
  * whole: a new file renamed over the old one). */
 static int
@@ -959,6 +967,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	pthread_mutex_init(&a->anchor_mu, NULL);
 	pthread_cond_init(&a->work, NULL);
 	pthread_cond_init(&a->an_cv, NULL);
+	pthread_cond_init(&a->tk_cv, NULL);
 	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
 	if ((r = cf_p11_key_ensure(p11, AUDIT_SEAL_KEY, 1, CF_KEY_EC_P256, &a->seal_key,
@@ -1006,11 +1015,29 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 		goto fail;
 	}
 	a->writer_started = 1;
+	if (audit_hands_off(a)) {
+		if (pthread_create(&a->ticker, NULL, ticker_main, a) != 0) {
+			r = cf_error(CF_E_INTERNAL, "cannot start the audit ticker");
+			goto fail;
+		}
+		a->ticker_started = 1;
+	}
 	*out = a;
 	return CF_OK;
 fail:
 	audit_close(a);
 	return r;
+}
+
+/* Stop one of the trail's threads: its flag set, woken, joined. */
+static void
+stop_thread(audit *a, int *flag, pthread_cond_t *cv, pthread_t t)
+{
+	pthread_mutex_lock(&a->mu);
+	*flag = 1;
+	pthread_cond_signal(cv);
+	pthread_mutex_unlock(&a->mu);
+	pthread_join(t, NULL);
 }
 
 void
@@ -1021,20 +1048,13 @@ audit_close(audit *a)
 
 	if (a == NULL)
 		return;
-	if (a->writer_started) {
-		pthread_mutex_lock(&a->mu);
-		a->stop = 1;
-		pthread_cond_signal(&a->work);
-		pthread_mutex_unlock(&a->mu);
-		pthread_join(a->writer, NULL);
-	}
+	if (a->ticker_started)
+		stop_thread(a, &a->tk_stop, &a->tk_cv, a->ticker);
+	if (a->writer_started)
+		stop_thread(a, &a->stop, &a->work, a->writer);
 	if (a->anchorer_started) {
 		/* It stores what it was given; the stop record's anchor is ours. */
-		pthread_mutex_lock(&a->mu);
-		a->an_stop = 1;
-		pthread_cond_signal(&a->an_cv);
-		pthread_mutex_unlock(&a->mu);
-		pthread_join(a->anchorer, NULL);
+		stop_thread(a, &a->an_stop, &a->an_cv, a->anchorer);
 		a->anchorer_started = 0;
 	}
 	if (a->writer_started) {
@@ -1085,6 +1105,7 @@ audit_close(audit *a)
 	pthread_cond_destroy(&a->work);
 	pthread_cond_destroy(&a->written);
 	pthread_cond_destroy(&a->an_cv);
+	pthread_cond_destroy(&a->tk_cv);
 	pthread_mutex_destroy(&a->anchor_mu);
 	pthread_mutex_destroy(&a->ob_mu);
 	pthread_mutex_destroy(&a->mu);
@@ -1303,13 +1324,15 @@ audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *a
 	cb(arg, r, text);
 }
 
-void
-audit_tick(audit *a)
+/* Refuse the answers handed off (audit_group_end_async) whose records have
+ * waited past max_wait_ms: on a disk that hangs, no write returns to say
+ * so (mu held; their callbacks run outside it). */
+static void
+tick_locked(audit *a)
 {
 	uint64_t now = mono_ms();
 	struct audit_group *g, *next;
 
-	pthread_mutex_lock(&a->mu);
 	check_hung_locked(a);
 	for (g = a->async; g != NULL; g = next) {
 		next = g->anext;
@@ -1319,7 +1342,26 @@ audit_tick(audit *a)
 		ready_locked(a, g);
 	}
 	fire_locked(a);
+}
+
+/* The ticker thread, on a trail whose writer answers calls. It does no I/O
+ * and runs no handler, so neither a write stuck in the kernel, nor a state
+ * store that hangs, nor a long call on every worker delays a refusal past
+ * max_wait_ms + TICK_MS. */
+static void *
+ticker_main(void *arg)
+{
+	audit *a = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&a->mu);
+	while (!a->tk_stop) {
+		cf_deadline_in(&until, TICK_MS);
+		if (pthread_cond_timedwait(&a->tk_cv, &a->mu, &until) != 0 && !a->tk_stop)
+			tick_locked(a);
+	}
 	pthread_mutex_unlock(&a->mu);
+	return NULL;
 }
 
 int

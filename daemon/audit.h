@@ -131,7 +131,8 @@ int audit_group_end(audit *a, struct audit_group *g);
  * waited past max_wait_ms (fail closed: CF_E_UNAVAILABLE and the refusal's
  * text). It runs on the thread that wrote them (the writer thread, or any
  * thread that wrote the queue itself: a frame, an outbox flush), on this one
- * when nothing is pending, or in audit_tick; never under the trail's locks,
+ * when nothing is pending, or on the trail's ticker thread once they have
+ * waited past max_wait_ms (then fail closed); never under the trail's locks,
  * and it may overwrite that thread's error detail. g is freed. */
 typedef void (*audit_done_fn)(void *arg, int result, const char *text);
 /* Whether a call's answer should be handed to the writer rather than wait
@@ -140,10 +141,6 @@ typedef void (*audit_done_fn)(void *arg, int result, const char *text);
  * faster than a thread is woken.) */
 int audit_hands_off(const audit *a);
 void audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *arg);
-/* Refuse the calls answered without waiting whose records have waited past
- * max_wait_ms (a disk that hangs, where no write returns to say so): to be
- * called every few hundred milliseconds. */
-void audit_tick(audit *a);
 /* The body of ev's record as audit_record writes it, without its sequence
  * number and chain (for the store's outbox), into buf (NUL-terminated).
  * Returns the length, or -1 if it does not fit. Thread-safe, no locks. */

@@ -46,9 +46,6 @@
 /* A stream stops reading requests while this many answers wait to be sent
  * (the caller is not reading them), and reads again below half of it. */
 #define RPC_STREAM_QUEUE 256
-/* Idle workers look this often for answers whose audit records wait past
- * [audit] max_wait_ms (audit_tick). */
-#define RPC_TICK_MS 250
 
 /* Connections whose caller is kept by descriptor number (peer_read);
  * others are read per call. */
@@ -95,7 +92,6 @@ struct rpc_server {
 	int shutdown_tag;        /* its address is the tag */
 	char id_prefix[17];      /* request ids: random per start, then a counter */
 	atomic_ullong next_id;
-	atomic_ullong last_tick;     /* CLOCK_MONOTONIC ms of the last audit_tick */
 	pthread_mutex_t peers_mu;
 	struct rpc_peer peers[RPC_PEERS];   /* by descriptor number (peer_read) */
 };
@@ -1132,22 +1128,6 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 	}
 }
 
-/* Every RPC_TICK_MS, by whichever worker comes first: answers whose audit
- * records wait on a disk that hangs are refused (audit_tick). */
-static void
-tick(rpc_server *s)
-{
-	struct timespec ts;
-	unsigned long long now, last = atomic_load(&s->last_tick);
-
-	if (s->cfg.au == NULL)
-		return;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
-	if (now - last >= RPC_TICK_MS && atomic_compare_exchange_strong(&s->last_tick, &last, now))
-		audit_tick(s->cfg.au);
-}
-
 /* The completion-queue threads also run the handlers: with the request
  * payload delivered with the call, a call costs two queue events and no
  * hand-off between threads. */
@@ -1157,13 +1137,11 @@ worker_main(void *arg)
 	rpc_server *s = arg;
 
 	for (;;) {
-		grpc_event ev = grpc_completion_queue_next(
-			s->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-					    gpr_time_from_millis(RPC_TICK_MS, GPR_TIMESPAN)), NULL);
+		grpc_event ev = grpc_completion_queue_next(s->cq,
+							   gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
 
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
-		tick(s);
 		if (ev.type != GRPC_OP_COMPLETE)
 			continue;
 		if (ev.tag == &s->shutdown_tag) {

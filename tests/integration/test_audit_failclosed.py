@@ -407,6 +407,41 @@ class FailClosed(unittest.TestCase):
         freeze(False)
         self.frame_served_and_verified(d, stream, b"thawed")
 
+    def test_one_worker_held_on_a_disk_that_hangs(self):
+        """With one worker, which then blocks with the frozen disk (a
+        CreateKey writing the state), a Sign whose record is stuck is still
+        refused after max_wait_ms: the trail's own ticker refuses it, not a
+        worker coming round (before: it waited for the thaw). Thawed, the
+        blocked call finishes and the daemon serves again by itself."""
+        skip_test_on_postgresql(
+            "a worker blocked on a frozen state directory", "the state is in PostgreSQL, so "
+            "a CreateKey does not write to the frozen directory")
+        d, freeze = self.on_a_disk_that_can_hang({"daemon": {"workers": "1"}})
+        self.start(d)
+        why = "the audit trail cannot be written (a record waited more than 500 ms to be written)"
+        freeze(True)
+        a, a_out = in_thread(lambda: d.service_stub().Sign(
+            pb.SignRequest(key="s", message=b"stuck"), timeout=120).signature)
+        time.sleep(0.1)     # the Sign is answered, its record stuck; the worker is free
+        b, b_out = in_thread(lambda: d.admin_stub().CreateKey(
+            pb.CreateKeyRequest(name="blocked", type=pb.HMAC_SHA256), timeout=120))
+        a.join(5)
+        held = b.is_alive()
+        freeze(False)
+        self.assertFalse(a.is_alive(), "a Sign waited with the frozen disk")
+        self.assertTrue(held, "the CreateKey did not hold the one worker: %r" % b_out)
+        self.assertEqual(a_out["error"].code(), SC.UNAVAILABLE, a_out["error"].details())
+        self.assertEqual(a_out["error"].details(), why + (
+            ": this call's record is not written, so its result is withheld; "
+            "this daemon fails closed (audit.failure = closed)"))
+        self.assertGreaterEqual(a_out["took"], 0.5)
+        self.assertLess(a_out["took"], 1.5)    # max_wait_ms, a tick, and slack
+        b.join(30)
+        self.assertFalse(b.is_alive())
+        self.wait_serving(d)
+        self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"after"),
+                                              timeout=TIMEOUT).signature)
+
     def test_signed_calls_on_a_disk_that_hangs(self):
         """The nonce record's append hangs with the disk (fsfreeze), before any
         record is due: the signed call in it stays with the disk, one queued
