@@ -114,6 +114,11 @@ struct rpc_call {
 	grpc_metadata_array md;
 	grpc_byte_buffer *recv;
 	grpc_byte_buffer *send;
+	/* The packed answer, kept as it is until its record is written: a
+	 * withheld one is wiped before gRPC ever holds a copy. */
+	uint8_t *out;
+	size_t outlen;
+	int ciphertext;              /* out is ciphertext: no wipe needed */
 	grpc_slice status_details;
 	grpc_metadata trailer[2];    /* x-request-id; retry-after-ms when a rate limit refused */
 	char retry[16];
@@ -253,6 +258,31 @@ deadline_ms(gpr_timespec deadline)
 	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + gpr_time_to_millis(left);
 }
 
+/* A packed answer's bytes, released: wiped unless they are ciphertext
+ * (grpc_slice_new_with_len's destroy, and drop_out). */
+static void
+slice_wipe_free(void *p, size_t len)
+{
+	OPENSSL_cleanse(p, len);
+	free(p);
+}
+
+static void
+slice_free(void *p, size_t len)
+{
+	(void)len;
+	free(p);
+}
+
+static void
+drop_out(struct rpc_call *c)
+{
+	if (c->out != NULL)
+		(c->ciphertext ? slice_free : slice_wipe_free)(c->out, c->outlen);
+	c->out = NULL;
+	c->outlen = 0;
+}
+
 static void
 call_free(struct rpc_call *c)
 {
@@ -266,6 +296,7 @@ call_free(struct rpc_call *c)
 		grpc_byte_buffer_destroy(c->recv);
 	if (c->send != NULL)
 		grpc_byte_buffer_destroy(c->send);
+	drop_out(c);
 	grpc_slice_unref(c->status_details);
 	free(c);
 	pthread_mutex_lock(&s->mu);
@@ -306,9 +337,9 @@ arm(rpc_server *s, const struct method *m)
 }
 
 /* Identify the caller, read the request, run it through the dispatch
- * table. Sets *code and the status message; returns the packed response
- * (or NULL). */
-static grpc_byte_buffer *
+ * table. Sets *code and the status message, and with OK the packed
+ * response in c->out. */
+static void
 serve(struct rpc_call *c, int watch, struct audit_group *g, grpc_status_code *code, char *msg,
       size_t msglen, uint32_t *retry_after_ms)
 {
@@ -323,21 +354,17 @@ serve(struct rpc_call *c, int watch, struct audit_group *g, grpc_status_code *co
 			   .cancelled = watch ? &c->gone : NULL, .audit_group = g,
 			   .metrics_t0 = g != NULL ? &c->t0 : NULL };
 	grpc_byte_buffer_reader rd;
-	grpc_byte_buffer *out = NULL;
-	grpc_slice in = grpc_empty_slice(), packed;
-	uint8_t *buf = NULL;
-	size_t len = 0;
-	int ciphertext = 0;
+	grpc_slice in = grpc_empty_slice();
 
 	if (c->m == NULL) {
 		*code = (grpc_status_code)dispatch_status(CF_E_UNIMPLEMENTED);
 		snprintf(msg, msglen, "unknown method");
-		return NULL;
+		return;
 	}
 	if (peer_identify(s, c->call, &h) != CF_OK) {
 		*code = (grpc_status_code)dispatch_status(CF_E_DENIED);
 		snprintf(msg, msglen, "caller identity unavailable");
-		return NULL;
+		return;
 	}
 	call_metadata(s, &c->md, &h);
 	h.deadline_ms = deadline_ms(c->deadline);
@@ -345,28 +372,21 @@ serve(struct rpc_call *c, int watch, struct audit_group *g, grpc_status_code *co
 	if (c->recv == NULL || !grpc_byte_buffer_reader_init(&rd, c->recv)) {
 		*code = (grpc_status_code)dispatch_status(CF_E_INVALID_ARG);
 		snprintf(msg, msglen, "no readable request message");
-		return NULL;
+		return;
 	}
-	ciphertext = dispatch_ciphertext(s->d, c->m->idx);
+	c->ciphertext = dispatch_ciphertext(s->d, c->m->idx);
 	in = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
 	*code = (grpc_status_code)dispatch_call(s->d, c->m->idx, &h, GRPC_SLICE_START_PTR(in),
-						GRPC_SLICE_LENGTH(in), &buf, &len, msg, msglen,
-						retry_after_ms);
+						GRPC_SLICE_LENGTH(in), &c->out, &c->outlen, msg,
+						msglen, retry_after_ms);
 	c->ran = h.metrics_t0 != NULL;
 	/* Requests may carry secrets (key material): do not leave them behind. */
-	if (!ciphertext)
+	if (!c->ciphertext)
 		OPENSSL_cleanse(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in));
 	grpc_slice_unref(in);
-	if (*code == GRPC_STATUS_OK) {
-		packed = grpc_slice_from_copied_buffer((const char *)buf, len);
-		out = grpc_raw_byte_buffer_create(&packed, 1);
-		grpc_slice_unref(packed);
-	}
-	if (buf != NULL && !ciphertext)
-		OPENSSL_cleanse(buf, len);
-	free(buf);
-	return out;
+	if (*code != GRPC_STATUS_OK)
+		drop_out(c);
 }
 
 static void call_unref(struct rpc_call *c);
@@ -382,6 +402,18 @@ send_answer(struct rpc_call *c)
 	memset(ops, 0, sizeof(ops));
 	op->op = GRPC_OP_SEND_INITIAL_METADATA;
 	op++;
+	if (c->code == GRPC_STATUS_OK) {
+		/* gRPC takes the bytes over, and wipes them as it lets go. */
+		grpc_slice sl = c->outlen == 0 ? grpc_empty_slice() :
+			grpc_slice_new_with_len(c->out, c->outlen,
+						c->ciphertext ? slice_free : slice_wipe_free);
+
+		if (c->outlen == 0)
+			drop_out(c);
+		c->out = NULL;
+		c->send = grpc_raw_byte_buffer_create(&sl, 1);
+		grpc_slice_unref(sl);
+	}
 	if (c->send != NULL) {
 		op->op = GRPC_OP_SEND_MESSAGE;
 		op->data.send_message.send_message = c->send;
@@ -423,15 +455,7 @@ answer(void *arg, int result, const char *text)
 	struct rpc_call *c = arg;
 
 	if (result != CF_OK && c->code == GRPC_STATUS_OK) {
-		if (c->send != NULL) {
-			grpc_slice_buffer *sb = &c->send->data.raw.slice_buffer;
-
-			for (size_t i = 0; i < sb->count; i++)
-				OPENSSL_cleanse(GRPC_SLICE_START_PTR(sb->slices[i]),
-						GRPC_SLICE_LENGTH(sb->slices[i]));
-			grpc_byte_buffer_destroy(c->send);
-			c->send = NULL;
-		}
+		drop_out(c);
 		c->code = (grpc_status_code)dispatch_status(result);
 		cf_text_escape(text, strlen(text), c->msg, sizeof(c->msg));
 	}
@@ -468,7 +492,7 @@ respond(struct rpc_call *c)
 	/* Without a group (out of memory), the call waits for its record. */
 	if (au != NULL && audit_hands_off(au) && audit_group_new(&g) != CF_OK)
 		g = NULL;
-	c->send = serve(c, c->watch, g, &c->code, c->msg, sizeof(c->msg), &c->retry_ms);
+	serve(c, c->watch, g, &c->code, c->msg, sizeof(c->msg), &c->retry_ms);
 	if (g != NULL)
 		audit_group_end_async(au, g, answer, c);
 	else
