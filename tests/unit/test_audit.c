@@ -129,6 +129,19 @@ test_format(void)
 	CU_ASSERT_PTR_NULL(strstr(buf, "replay_of"));
 	CU_ASSERT_EQUAL(audit_format_change(&ev, small, sizeof(small)), -1);
 	CU_ASSERT_EQUAL(audit_format_change(&ev, small, 0), -1);
+	/* Plain runs around escapes, a DEL, UTF-8 kept whole, a bad byte last. */
+	ev = event("ab\x7f" "\xc3\xa9" "cd\"\"e\xc3", NULL, NULL);
+	n = audit_format_change(&ev, buf, sizeof(buf));
+	CU_ASSERT_FATAL(n > 0 && (size_t)n == strlen(buf));
+	CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\"principal\":\"ab\\u007f\xc3\xa9" "cd\\\"\\\"e\\\\xc3\","));
+	/* Any buffer short of the record and its NUL: refused whole. */
+	{
+		char cutbuf[1024];
+
+		for (size_t cut = 1; cut <= (size_t)n; cut++)
+			CU_ASSERT_EQUAL(audit_format_change(&ev, cutbuf, cut), -1);
+		CU_ASSERT_EQUAL(audit_format_change(&ev, cutbuf, (size_t)n + 1), n);
+	}
 }
 
 static void
