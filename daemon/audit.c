@@ -996,7 +996,15 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	pthread_mutex_init(&a->anchor_mu, NULL);
 	pthread_cond_init(&a->work, NULL);
 	pthread_cond_init(&a->an_cv, NULL);
-	pthread_cond_init(&a->tk_cv, NULL);
+	{
+		/* The ticker's bound must not move with the wall clock. */
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&a->tk_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
 	if ((r = cf_p11_key_ensure(p11, AUDIT_SEAL_KEY, 1, CF_KEY_EC_P256, &a->seal_key,
@@ -1373,21 +1381,28 @@ tick_locked(audit *a)
 	fire_locked(a);
 }
 
-/* The ticker thread, on a trail whose writer answers calls. It does no I/O
- * and runs no handler, so neither a write stuck in the kernel, nor a state
- * store that hangs, nor a long call on every worker delays a refusal past
- * max_wait_ms + TICK_MS. */
+/* The ticker thread, on a trail whose writer answers calls. It never waits
+ * on the disk, the state store or a handler (it only sends the refusals),
+ * so neither a write stuck in the kernel, nor a store that hangs, nor a
+ * long call on every worker delays a refusal past max_wait_ms + TICK_MS. */
 static void *
 ticker_main(void *arg)
 {
 	audit *a = arg;
+	uint64_t next = mono_ms() + TICK_MS, now;
 	struct timespec until;
 
 	pthread_mutex_lock(&a->mu);
 	while (!a->tk_stop) {
-		cf_deadline_in(&until, TICK_MS);
-		if (pthread_cond_timedwait(&a->tk_cv, &a->mu, &until) != 0 && !a->tk_stop)
+		if ((now = mono_ms()) >= next) {
 			tick_locked(a);
+			next = now + TICK_MS;
+			continue;
+		}
+		/* On CLOCK_MONOTONIC (tk_cv's clock), as mono_ms. */
+		until.tv_sec = (time_t)(next / 1000);
+		until.tv_nsec = (long)(next % 1000) * 1000000L;
+		pthread_cond_timedwait(&a->tk_cv, &a->mu, &until);
 	}
 	pthread_mutex_unlock(&a->mu);
 	return NULL;

@@ -101,8 +101,9 @@ typedef struct audit audit;
  * write fail instead of killing the process). */
 int audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg *cfg,
 	       audit **out);
-/* Write what is queued and what is in the outbox, a seal and the stop record;
- * anchor the end as a clean stop; stop the writer, close. Accepts NULL. */
+/* Stop the ticker and the writer; write what is queued and what is in the
+ * outbox, a seal and the stop record; stop the anchorer, anchor the end as a
+ * clean stop; close. Accepts NULL. */
 void audit_close(audit *a);
 
 /* CF_OK, or (fail closed, the trail cannot be written) CF_E_UNAVAILABLE with
@@ -114,8 +115,9 @@ int audit_admit(audit *a);
  * Fail open: queues it and returns CF_OK. */
 int audit_record(audit *a, const struct audit_event *ev);
 /* The records of several calls whose answers are released together (a
- * frame of a pipelined stream): queued one by one, then waited for once,
- * so they share one write. audit_record is a group of one. */
+ * frame of a pipelined stream): queued one by one, then waited for once
+ * (or handed to the writer, audit_group_end_async), so they share one
+ * write. audit_record is a group of one. */
 struct audit_group;
 int audit_group_new(struct audit_group **out);
 /* Queue ev's record in g. Fail closed: CF_OK, or CF_E_UNAVAILABLE with the
@@ -130,7 +132,8 @@ int audit_group_end(audit *a, struct audit_group *g);
  * when g's records are written (CF_OK, "") or when they cannot be, or have
  * waited past max_wait_ms (fail closed: CF_E_UNAVAILABLE and the refusal's
  * text). It runs on the thread that wrote them (the writer thread, or any
- * thread that wrote the queue itself: a frame, an outbox flush), on this one
+ * thread that wrote the queue itself: a call waiting for its own record, an
+ * outbox flush), on this one
  * when nothing is pending, or on the trail's ticker thread once they have
  * waited past max_wait_ms (then fail closed); never under the trail's locks,
  * and it may overwrite that thread's error detail. g is freed. */

@@ -403,7 +403,8 @@ send_answer(struct rpc_call *c)
 	op->op = GRPC_OP_SEND_INITIAL_METADATA;
 	op++;
 	if (c->code == GRPC_STATUS_OK) {
-		/* gRPC takes the bytes over, and wipes them as it lets go. */
+		/* gRPC takes the bytes over; slice_wipe_free wipes them (unless
+		 * ciphertext) once it lets go. */
 		grpc_slice sl = c->outlen == 0 ? grpc_empty_slice() :
 			grpc_slice_new_with_len(c->out, c->outlen,
 						c->ciphertext ? slice_free : slice_wipe_free);
@@ -466,9 +467,9 @@ answer(void *arg, int result, const char *text)
 
 /* Run the call; its answer goes once its audit record is written. On a
  * trail synced to disk this thread does not wait for that (whoever writes
- * the record answers it), so a worker is not held by the disk for a call's
- * record (a change still waits for its outbox record, a frame for its
- * records). */
+ * the record answers it, as for a stream's frame), so a worker is not held
+ * by the disk for a call's record (a change still waits for its outbox
+ * record). */
 static void
 respond(struct rpc_call *c)
 {
@@ -575,8 +576,6 @@ stream_unref(struct rpc_stream *st)
 			*pp = st->next;
 			break;
 		}
-	s->live--;
-	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	while (st->head != NULL) {
 		struct outmsg *o = st->head;
@@ -590,6 +589,12 @@ stream_unref(struct rpc_stream *st)
 	grpc_call_unref(st->call);
 	pthread_mutex_destroy(&st->mu);
 	free(st);
+	/* Counted out only now, the call released (as call_free): this may run
+	 * on the audit writer, which rpc_shutdown does not join. */
+	pthread_mutex_lock(&s->mu);
+	s->live--;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* Start one operation on the stream (st->mu held); it holds a reference. */
@@ -641,10 +646,11 @@ stream_frame(struct rpc_stream *st)
 		last = o;
 		n++;
 	}
-	/* Joined straight into the slice gRPC sends (gpr_malloc aborts rather
-	 * than fail, as every allocation of gRPC's own does). */
-	sl = grpc_slice_malloc(total);
-	p = GRPC_SLICE_START_PTR(sl);
+	/* Joined into the bytes gRPC sends, which it hands back to be wiped
+	 * (answers may carry what the caller keeps to itself: a MAC). */
+	if ((p = malloc(total ? total : 1)) == NULL)
+		return NULL;
+	sl = grpc_slice_new_with_len(p, total, slice_wipe_free);
 	for (o = st->head;; o = o->next) {
 		if (o != st->head)
 			p += cf_pb_len_prefix(RPC_MORE_FIELD, o->len, p);
