@@ -28,6 +28,7 @@
 #include "cf_pbcheck.h"
 #include "cf_pbwipe.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "coffer.h"
 #include "coffer/v1/pipeline.pb-c.h"
 #include "libcoffer_signer.h"
@@ -484,11 +485,8 @@ lc_pipeline_close(struct lc_pipeline *p)
 	if (!p->reader_live || !reader_here(p))
 		return;
 	lc_pipeline_drop(p);
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_nsec += (long)CLOSE_WAIT_MS * 1000000L;
-	until.tv_sec += until.tv_nsec / 1000000000L;
-	until.tv_nsec %= 1000000000L;
-	if (pthread_timedjoin_np(p->reader, NULL, &until) != 0) {
+	cf_deadline_in(&until, CLOSE_WAIT_MS);
+	if (pthread_clockjoin_np(p->reader, NULL, CLOCK_MONOTONIC, &until) != 0) {
 		pthread_mutex_lock(&p->mu);
 		if (p->s != NULL)
 			lc_stream_cancel(p->s);

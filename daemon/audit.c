@@ -659,7 +659,7 @@ anchorer_main(void *arg)
 		while (!a->an_have && !a->an_stop) {
 			if ((since = mono_ms() - last_ob) < RETRY_MS) {
 				cf_deadline_in(&until, (unsigned)(RETRY_MS - since));
-				pthread_cond_timedwait(&a->an_cv, &a->mu, &until);
+				cf_cond_wait_until(&a->an_cv, &a->mu, &until);
 				continue;
 			}
 			last_ob = mono_ms();
@@ -805,7 +805,7 @@ writer_main(void *arg)
 
 			if (!a->stop && quiet < SEAL_IDLE_MS) {
 				cf_deadline_in(&until, (unsigned)(SEAL_IDLE_MS - quiet));
-				pthread_cond_timedwait(&a->work, &a->mu, &until);
+				cf_cond_wait_until(&a->work, &a->mu, &until);
 				continue;
 			}
 			if (a->head != NULL || a->writing)
@@ -820,7 +820,7 @@ writer_main(void *arg)
 			 * record of what could not be written, sealed, so that a
 			 * writable file again heals the trail. */
 			cf_deadline_in(&until, RETRY_MS);
-			if (pthread_cond_timedwait(&a->work, &a->mu, &until) == 0)
+			if (cf_cond_wait_until(&a->work, &a->mu, &until) == 0)
 				continue;
 			pthread_mutex_unlock(&a->mu);
 			(void)outbox_enqueue(a, &max);
@@ -849,7 +849,7 @@ writer_main(void *arg)
 			}
 		} else {
 			cf_deadline_in(&until, RETRY_MS);
-			pthread_cond_timedwait(&a->work, &a->mu, &until);
+			cf_cond_wait_until(&a->work, &a->mu, &until);
 		}
 	}
 	pthread_mutex_unlock(&a->mu);
@@ -996,15 +996,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	pthread_mutex_init(&a->anchor_mu, NULL);
 	pthread_cond_init(&a->work, NULL);
 	pthread_cond_init(&a->an_cv, NULL);
-	{
-		/* The ticker's bound must not move with the wall clock. */
-		pthread_condattr_t ca;
-
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&a->tk_cv, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	pthread_cond_init(&a->tk_cv, NULL);
 	pthread_cond_init(&a->written, NULL);
 	snprintf(a->path, sizeof(a->path), "%s/audit.log", state_dir);
 	if ((r = cf_p11_key_ensure(p11, AUDIT_SEAL_KEY, 1, CF_KEY_EC_P256, &a->seal_key,
@@ -1310,7 +1302,7 @@ audit_group_end(audit *a, struct audit_group *g)
 			continue;
 		}
 		g->waiting = 1;
-		e = pthread_cond_timedwait(&g->done, &a->mu, &until);
+		e = cf_cond_wait_until(&g->done, &a->mu, &until);
 		g->waiting = 0;
 		if (e != 0 && g->pending > 0) {
 			timed_out_locked(a);   /* its records, still queued, are not ours now */
@@ -1399,10 +1391,10 @@ ticker_main(void *arg)
 			next = now + TICK_MS;
 			continue;
 		}
-		/* On CLOCK_MONOTONIC (tk_cv's clock), as mono_ms. */
+		/* On CLOCK_MONOTONIC (cf_cond_wait_until's clock), as mono_ms. */
 		until.tv_sec = (time_t)(next / 1000);
 		until.tv_nsec = (long)(next % 1000) * 1000000L;
-		pthread_cond_timedwait(&a->tk_cv, &a->mu, &until);
+		cf_cond_wait_until(&a->tk_cv, &a->mu, &until);
 	}
 	pthread_mutex_unlock(&a->mu);
 	return NULL;
@@ -1455,7 +1447,7 @@ audit_flush_outbox(audit *a)
 			write_queue_locked(a);
 			continue;
 		}
-		if (pthread_cond_timedwait(&a->written, &a->mu, &until) != 0 &&
+		if (cf_cond_wait_until(&a->written, &a->mu, &until) != 0 &&
 		    a->ob_written < max) {
 			timed_out_locked(a);
 			break;

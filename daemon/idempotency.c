@@ -15,6 +15,7 @@
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
 
 /* A (key, uid) whose call is running. */
 struct running {
@@ -207,11 +208,10 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 	snprintf(me->key, sizeof(me->key), "%s", key);
 	me->uid = uid;
 	/* Concurrent duplicates: one runs, the others wait for its outcome. */
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += IDEM_WAIT_MS / 1000;
+	cf_deadline_in(&until, IDEM_WAIT_MS);
 	pthread_mutex_lock(&i->mu);
 	while (find_running(i, key, uid) != NULL)
-		if (pthread_cond_timedwait(&i->cv, &i->mu, &until) != 0) {
+		if (cf_cond_wait_until(&i->cv, &i->mu, &until) != 0) {
 			pthread_mutex_unlock(&i->mu);
 			free(me);
 			return cf_error(CF_E_TIMEOUT, "a call with idempotency key %s is still "

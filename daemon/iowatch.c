@@ -165,5 +165,5 @@ iowatch_lock(pthread_mutex_t *mu)
 	struct timespec until;
 
 	cf_deadline_in(&until, iowatch_limit());
-	return pthread_mutex_timedlock(mu, &until);
+	return cf_mutex_lock_until(mu, &until);
 }
