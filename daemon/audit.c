@@ -1391,9 +1391,7 @@ ticker_main(void *arg)
 			next = now + TICK_MS;
 			continue;
 		}
-		/* On CLOCK_MONOTONIC (cf_cond_wait_until's clock), as mono_ms. */
-		until.tv_sec = (time_t)(next / 1000);
-		until.tv_nsec = (long)(next % 1000) * 1000000L;
+		cf_deadline_in(&until, (unsigned)(next - now));
 		cf_cond_wait_until(&a->tk_cv, &a->mu, &until);
 	}
 	pthread_mutex_unlock(&a->mu);

@@ -133,10 +133,10 @@ int audit_group_end(audit *a, struct audit_group *g);
  * waited past max_wait_ms (fail closed: CF_E_UNAVAILABLE and the refusal's
  * text). It runs on the thread that wrote them (the writer thread, or any
  * thread that wrote the queue itself: a call waiting for its own record, an
- * outbox flush), on this one
- * when nothing is pending, or on the trail's ticker thread once they have
- * waited past max_wait_ms (then fail closed); never under the trail's locks,
- * and it may overwrite that thread's error detail. g is freed. */
+ * outbox flush), on this one when nothing is pending, or on the trail's
+ * ticker thread once they have waited past max_wait_ms (then fail closed);
+ * never under the trail's locks, and it may overwrite that thread's error
+ * detail. g is freed. */
 typedef void (*audit_done_fn)(void *arg, int result, const char *text);
 /* Whether a call's answer should be handed to the writer rather than wait
  * for its record on the caller's thread: failing closed on a trail that is
