@@ -94,16 +94,32 @@ copy_principal(const struct store_principal *src, struct store_principal *dst)
 	return CF_OK;
 }
 
+static const struct store_principal no_limits;
+
+/* The buckets of nsp's limits into nb: a limit old has too, with the same
+ * rate and burst, keeps its level from oldb; any other starts full. nb may
+ * be oldb (each op's bucket is read before it is written). Limits are
+ * compared field by field and in any order: the store returns them by op,
+ * a change appends, and a store_limit's padding is not part of it. */
 static void
-fill_buckets(struct pr *r)
+carry_levels(const struct store_principal *old, const struct bucket *oldb,
+	     const struct store_principal *nsp, struct bucket *nb)
 {
 	double t = now_mono();
 
-	for (uint32_t i = 0; i < r->sp.nlimits; i++) {
-		struct bucket *b = &r->buckets[r->sp.limits[i].op];
+	for (uint32_t i = 0; i < nsp->nlimits; i++) {
+		const struct store_limit *l = &nsp->limits[i];
+		uint32_t k = 0;
 
-		b->tokens = r->sp.limits[i].burst;
-		b->last = t;
+		while (k < old->nlimits && old->limits[k].op != l->op)
+			k++;
+		if (k < old->nlimits && old->limits[k].rate == l->rate &&
+		    old->limits[k].burst == l->burst) {
+			nb[l->op] = oldb[l->op];
+		} else {
+			nb[l->op].tokens = l->burst;
+			nb[l->op].last = t;
+		}
 	}
 }
 
@@ -167,7 +183,7 @@ load_one(const struct store_principal *sp, void *arg)
 		pr_free(r);
 		return rc;
 	}
-	fill_buckets(r);
+	carry_levels(&no_limits, r->buckets, &r->sp, r->buckets);   /* all full */
 	return CF_OK;
 }
 
@@ -206,17 +222,13 @@ refresh_locked(policy *p)
 		return rc;
 	}
 	pthread_rwlock_wrlock(&p->lock);
-	/* A principal whose limits did not change keeps its buckets' levels
-	 * (a reload must not refill them). */
+	/* A reload must not refill the buckets of limits that did not change. */
 	for (size_t i = 0; i < fresh.n; i++) {
 		struct pr *nr = fresh.v[i];
 		size_t at = find_locked(p, nr->sp.name, &found);
 
-		if (found && p->v[at]->sp.nlimits == nr->sp.nlimits &&
-		    (nr->sp.nlimits == 0 ||
-		     memcmp(p->v[at]->sp.limits, nr->sp.limits,
-			    nr->sp.nlimits * sizeof(*nr->sp.limits)) == 0))
-			memcpy(nr->buckets, p->v[at]->buckets, sizeof(nr->buckets));
+		if (found)
+			carry_levels(&p->v[at]->sp, p->v[at]->buckets, &nr->sp, nr->buckets);
 	}
 	for (size_t i = 0; i < p->n; i++)
 		pr_free(p->v[i]);
@@ -348,11 +360,11 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 	if ((rc = copy_principal(&r->sp, &work)) != CF_OK || (rc = edit(&work, arg)) != CF_OK ||
 	    (rc = store_principal_put(p->st, &work, 0)) != CF_OK)
 		goto out;
+	if (limits_changed)   /* only the changed limit's bucket starts full */
+		carry_levels(&r->sp, r->buckets, &work, r->buckets);
 	policy_principal_free(&r->sp);
 	r->sp = work;
 	memset(&work, 0, sizeof(work));
-	if (limits_changed)
-		fill_buckets(r);
 	rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 out:
 	pthread_rwlock_unlock(&p->lock);

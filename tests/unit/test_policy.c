@@ -3,7 +3,8 @@
  * their ids, grants (names and globs) and revocation, deny by default,
  * policy_may against policy_authorize, token-bucket rate limits (per principal
  * and per operation, refill, retry-after, removal, bounds), a principal
- * deleted under a caller, what survives a reopen, and the key's own limit
+ * deleted under a caller, what survives a reopen, what a reload keeps, and
+ * the key's own limit
  * (keyring_ref_allowed_ops) on a key in the test token. Every refusal is checked
  * for its status and its text.
  */
@@ -531,6 +532,53 @@ test_deleted_midway(void)
 	store_close(st);
 }
 
+/* A reload from the store (each replica's, after any change to principals)
+ * keeps the levels of limits that did not change, whatever order they were
+ * set in; a limit another writer changed starts full, and only that one. */
+static void
+test_refresh_keeps_levels(void)
+{
+	char dir[400];
+	uint32_t u = 6100, ra;
+	store *st;
+	policy *p, *other;
+
+	open_fresh("refresh", dir, &st, &p);
+	app_granted(p, u, "*", CF_OPS_ALL);
+	/* per op first: the store returns them by op, the other way round */
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_SIGN, 0.001, 1, NULL));
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0.001, 4, NULL));
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+		  "rate limit of principal app for sign exceeded; retry after ");
+	for (int i = 0; i < 3; i++)
+		CHECK_OK(policy_refresh(p));
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+		  "rate limit of principal app for sign exceeded; retry after ");
+	/* all operations: 3 of 4 left, 1 after two verifications */
+	CHECK_OK(authorize(p, "app", CF_OP_VERIFY, "k", &ra));
+	CHECK_OK(authorize(p, "app", CF_OP_VERIFY, "k", &ra));
+	/* a change to another principal is no reason to refill */
+	CHECK_OK(policy_create(p, "bystander", &(uint32_t){ 6101 }, 1, NULL, 0, NULL));
+	CHECK_OK(policy_refresh(p));
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED, "for sign");
+	/* another writer (a replica) raises the sign limit: that bucket starts
+	 * full (2), the all-operations one keeps its 1 */
+	CHECK_OK(policy_open(st, &other));
+	CHECK_OK(policy_set_limit(other, "app", CF_OP_SIGN, 0.001, 2, NULL));
+	policy_close(other);
+	CHECK_OK(policy_refresh(p));
+	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+		  "rate limit of principal app exceeded; retry after ");
+	/* a change made here refills only the limit it changed */
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_VERIFY, 0.001, 1, NULL));
+	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
+		  "rate limit of principal app exceeded; retry after ");
+	policy_close(p);
+	store_close(st);
+}
+
 /* Grants, ids and limits come back from the store; buckets start full. */
 static void
 test_persistence(void)
@@ -674,6 +722,7 @@ main(void)
 		{ "grants and limits survive a reopen; a malformed limit is refused",
 		  test_persistence },
 		{ "a key's own limit", test_key_own_limit },
+		{ "a reload keeps unchanged limits' levels", test_refresh_keeps_levels },
 		{ NULL, NULL },
 	};
 
