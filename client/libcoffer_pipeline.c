@@ -556,10 +556,7 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 {
 	struct timespec until = *start, linger = { 0, 0 };
 
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000L;
-	until.tv_sec += until.tv_nsec / 1000000000L;
-	until.tv_nsec %= 1000000000L;
+	cf_timespec_add_us(&until, (uint64_t)ms * 1000u);
 	while (w->state == W_WAITING) {
 		const struct timespec *t = ms != 0 ? &until : NULL;
 		int lingering = 0, r;
@@ -568,10 +565,7 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 		if (!w->sent && held(p) && (p->lingerer == NULL || p->lingerer == w)) {
 			if (p->lingerer != w) {
 				p->lingerer = w;
-				clock_gettime(CLOCK_MONOTONIC, &linger);
-				linger.tv_nsec += LINGER_US * 1000L;
-				linger.tv_sec += linger.tv_nsec / 1000000000L;
-				linger.tv_nsec %= 1000000000L;
+				cf_deadline_in_us(&linger, LINGER_US);
 			}
 			if (t == NULL || linger.tv_sec < t->tv_sec ||
 			    (linger.tv_sec == t->tv_sec && linger.tv_nsec < t->tv_nsec)) {
@@ -580,7 +574,7 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 			}
 		}
 		r = t == NULL ? pthread_cond_wait(&w->cv, &p->mu) :
-		    pthread_cond_timedwait(&w->cv, &p->mu, t);
+		    cf_cond_wait_until(&w->cv, &p->mu, t);
 		if (r != ETIMEDOUT || w->state != W_WAITING)
 			continue;
 		if (lingering) {
@@ -661,7 +655,6 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
 	int mode = atomic_load(&p->mode);
 	unsigned int ms = lc_conn_timeout(p->conn);
 	struct timespec start;
-	pthread_condattr_t ca;
 	struct waiter w;
 	int r;
 
@@ -695,11 +688,7 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
 	pthread_mutex_unlock(&p->mu);
 	if ((r = pack_request(&w, m, buf, len)) != CF_OK)
 		return r;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	r = pthread_cond_init(&w.cv, &ca);
-	pthread_condattr_destroy(&ca);
-	if (r != 0) {
+	if (pthread_cond_init(&w.cv, NULL) != 0) {
 		drop_request(&w);
 		return cf_error(CF_E_NOMEM, "cannot create a condition variable");
 	}

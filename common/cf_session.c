@@ -12,6 +12,7 @@
 #include <openssl/x509.h>
 
 #include "cf_status.h"
+#include "cf_time.h"
 
 #define LABEL_HANDSHAKE "coffer/v1 handshake"
 #define LABEL_SIGNATURE "coffer/v1 server signature"
@@ -56,10 +57,7 @@ static const char *const labels[2][2] = {
 int64_t
 cf_session_now(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)cf_mono_ms();
 }
 
 /* ---- ephemeral X25519 ---- */

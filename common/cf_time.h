@@ -1,23 +1,59 @@
-/* cf_time.h — deadlines for pthread's timed waits, on CLOCK_MONOTONIC: a
- * step of the wall clock (NTP at boot, an operator, a resumed VM) neither
- * cuts a bound short nor stretches it. */
+/* cf_time.h — CLOCK_MONOTONIC readings, and deadlines for pthread's timed
+ * waits on it: a step of the wall clock (NTP at boot, an operator, a
+ * resumed VM) neither cuts a bound short nor stretches it. */
 #ifndef COFFER_CF_TIME_H
 #define COFFER_CF_TIME_H
 
 #include <pthread.h>
+#include <stdint.h>
 #include <time.h>
 
-/* `ms` from now on CLOCK_MONOTONIC, for the two waits below. */
+/* Nano-, micro- and milliseconds on CLOCK_MONOTONIC (since boot). */
+static inline uint64_t
+cf_mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t
+cf_mono_us(void)
+{
+	return cf_mono_ns() / 1000u;
+}
+
+static inline uint64_t
+cf_mono_ms(void)
+{
+	return cf_mono_ns() / 1000000u;
+}
+
+/* t moved on by `us` microseconds. */
+static inline void
+cf_timespec_add_us(struct timespec *t, uint64_t us)
+{
+	t->tv_sec += (time_t)(us / 1000000u);
+	t->tv_nsec += (long)(us % 1000000u) * 1000L;
+	if (t->tv_nsec >= 1000000000L) {
+		t->tv_sec++;
+		t->tv_nsec -= 1000000000L;
+	}
+}
+
+/* `ms` (or `us`) from now on CLOCK_MONOTONIC, for the two waits below. */
+static inline void
+cf_deadline_in_us(struct timespec *until, uint64_t us)
+{
+	clock_gettime(CLOCK_MONOTONIC, until);
+	cf_timespec_add_us(until, us);
+}
+
 static inline void
 cf_deadline_in(struct timespec *until, unsigned ms)
 {
-	clock_gettime(CLOCK_MONOTONIC, until);
-	until->tv_sec += ms / 1000;
-	until->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (until->tv_nsec >= 1000000000L) {
-		until->tv_sec++;
-		until->tv_nsec -= 1000000000L;
-	}
+	cf_deadline_in_us(until, (uint64_t)ms * 1000u);
 }
 
 /* pthread_cond_timedwait, and pthread_mutex_timedlock, against a deadline

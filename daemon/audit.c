@@ -444,15 +444,6 @@ out:
 	return r;
 }
 
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /*
  * Records are written as they come, in batches; a seal (one signature in the
  * token) follows once the writer has been idle for SEAL_IDLE_MS, and at least
@@ -565,7 +556,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 	int r, wake;
 
 	memcpy(chain, a->chain, 32);
-	a->write_began = mono_ms();
+	a->write_began = cf_mono_ms();
 	pthread_mutex_unlock(&a->mu);
 	r = write_batch(a, batch, &be, &seq, chain, &size);
 	pthread_mutex_lock(&a->mu);
@@ -579,7 +570,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 		free(i);
 	}
 	a->writing = 0;
-	a->last_write = mono_ms();
+	a->last_write = cf_mono_ms();
 	/* The writer thread needs waking only when its state changes: the first
 	 * record after a seal (it may be in its long wait) or a failure or a
 	 * heal. A wake-up per batch would cost every call a context switch. */
@@ -593,7 +584,7 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 			a->ob_written = be.ob_done;
 		if (seal != NULL) {
 			a->unsealed = 0;
-			a->last_seal = mono_ms();
+			a->last_seal = cf_mono_ms();
 		} else {
 			a->unsealed += be.n;
 		}
@@ -651,18 +642,18 @@ anchorer_main(void *arg)
 	audit *a = arg;
 	struct batch_end be;
 	struct timespec until;
-	uint64_t last_ob = mono_ms(), since;
+	uint64_t last_ob = cf_mono_ms(), since;
 	int64_t max;
 
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
 		while (!a->an_have && !a->an_stop) {
-			if ((since = mono_ms() - last_ob) < RETRY_MS) {
+			if ((since = cf_mono_ms() - last_ob) < RETRY_MS) {
 				cf_deadline_in(&until, (unsigned)(RETRY_MS - since));
 				cf_cond_wait_until(&a->an_cv, &a->mu, &until);
 				continue;
 			}
-			last_ob = mono_ms();
+			last_ob = cf_mono_ms();
 			if (a->broken)   /* the writer reads it then */
 				continue;
 			pthread_mutex_unlock(&a->mu);
@@ -692,7 +683,7 @@ write_queue_locked(audit *a)
 	a->head = NULL;
 	a->tail = &a->head;
 	a->writing = 1;
-	write_locked(a, batch, mono_ms() - a->last_seal >= SEAL_EVERY_MS ? "" : NULL, NULL);
+	write_locked(a, batch, cf_mono_ms() - a->last_seal >= SEAL_EVERY_MS ? "" : NULL, NULL);
 }
 
 struct ob_load {
@@ -801,7 +792,7 @@ writer_main(void *arg)
 			/* Seal what was written once nothing has been for SEAL_IDLE_MS
 			 * (writes do not wake this thread: it looks at when the last
 			 * one ended). */
-			uint64_t quiet = mono_ms() - a->last_write;
+			uint64_t quiet = cf_mono_ms() - a->last_write;
 
 			if (!a->stop && quiet < SEAL_IDLE_MS) {
 				cf_deadline_in(&until, (unsigned)(SEAL_IDLE_MS - quiet));
@@ -990,7 +981,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	a->st = st;
 	a->fd = -1;
 	a->tail = &a->head;
-	a->last_seal = mono_ms();
+	a->last_seal = cf_mono_ms();
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_mutex_init(&a->ob_mu, NULL);
 	pthread_mutex_init(&a->anchor_mu, NULL);
@@ -1107,7 +1098,7 @@ audit_close(audit *a)
 				     "written (%s)", a->reason);
 		} else {
 			a->writing = 1;
-			a->write_began = mono_ms();
+			a->write_began = cf_mono_ms();
 			pthread_mutex_unlock(&a->mu);
 			{
 				struct batch_end be = { .seal = fields, .clean = 1, .gen = a->ob_gen,
@@ -1174,7 +1165,7 @@ timed_out_locked(audit *a)
 static void
 check_hung_locked(audit *a)
 {
-	if (a->writing && !a->broken && mono_ms() - a->write_began > a->cfg.max_wait_ms)
+	if (a->writing && !a->broken && cf_mono_ms() - a->write_began > a->cfg.max_wait_ms)
 		timed_out_locked(a);
 }
 
@@ -1334,7 +1325,7 @@ audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *a
 	if (g->pending > 0) {
 		g->cb = cb;
 		g->cb_arg = arg;
-		g->deadline = mono_ms() + a->cfg.max_wait_ms;
+		g->deadline = cf_mono_ms() + a->cfg.max_wait_ms;
 		g->anext = a->async;
 		if (a->async != NULL)
 			a->async->aprev = &g->anext;
@@ -1359,7 +1350,7 @@ audit_group_end_async(audit *a, struct audit_group *g, audit_done_fn cb, void *a
 static void
 tick_locked(audit *a)
 {
-	uint64_t now = mono_ms();
+	uint64_t now = cf_mono_ms();
 	struct audit_group *g, *next;
 
 	check_hung_locked(a);
@@ -1381,12 +1372,12 @@ static void *
 ticker_main(void *arg)
 {
 	audit *a = arg;
-	uint64_t next = mono_ms() + TICK_MS, now;
+	uint64_t next = cf_mono_ms() + TICK_MS, now;
 	struct timespec until;
 
 	pthread_mutex_lock(&a->mu);
 	while (!a->tk_stop) {
-		if ((now = mono_ms()) >= next) {
+		if ((now = cf_mono_ms()) >= next) {
 			tick_locked(a);
 			next = now + TICK_MS;
 			continue;

@@ -18,6 +18,7 @@
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "sqldb.h"
 #include "sqldb_pg.h"
 #include "store.h"
@@ -201,15 +202,6 @@ deliver(fleet *f)
 	return failed;
 }
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Take the lease if nobody holds it. */
 static void
 try_lead(fleet *f)
@@ -252,8 +244,8 @@ listen_thread(void *arg)
 			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
 			resync_now = 1;
 		}
-		if (now_ms() - last_try >= LEASE_TRY_MS) {
-			last_try = now_ms();
+		if ((int64_t)cf_mono_ms() - last_try >= LEASE_TRY_MS) {
+			last_try = (int64_t)cf_mono_ms();
 			try_lead(f);
 			cf_error_clear();
 			if (f->listen == NULL)

@@ -11,6 +11,7 @@
 #include "cf_log.h"
 #include "cf_pbwipe.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "handlers_common.h"
 
@@ -29,15 +30,12 @@ beyond_limit(const struct hcall *c, enum cf_op op, size_t i, size_t n)
 static int
 caller_gone(const struct hcall *c, size_t i, size_t n)
 {
-	struct timespec now;
-
 	if (c->cancelled != NULL && __atomic_load_n(c->cancelled, __ATOMIC_RELAXED))
 		return cf_error(CF_E_CANCELLED, "the caller cancelled the call before item %zu of "
 				"%zu ran", i + 1, n);
 	if (c->deadline_ms == 0)
 		return CF_OK;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 < c->deadline_ms)
+	if ((int64_t)cf_mono_ms() < c->deadline_ms)
 		return CF_OK;
 	return cf_error(CF_E_TIMEOUT, "the call's deadline passed before item %zu of %zu ran", i + 1,
 			n);

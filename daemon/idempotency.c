@@ -38,15 +38,6 @@ struct idem {
 
 #define IDEM_POLL_MS 20   /* re-reading a record another replica is running */
 
-static int64_t
-now_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* Without a fleet: a pending record is running only if this process holds it. */
 static int
 alone_alive(void *arg, const char *owner, int *alive)
@@ -196,7 +187,7 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 	struct store_idem rec, mine;
 	struct running *me;
 	struct timespec until;
-	int64_t until_ms = now_ms() + IDEM_WAIT_MS;
+	int64_t until_ms = (int64_t)cf_mono_ms() + IDEM_WAIT_MS;
 	uint8_t fp[32];
 	int r;
 
@@ -297,7 +288,7 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 			 * leaves: pending, nothing committed.) */
 			if ((r = store_idem_takeover(i->st, &mine, rec.owner)) == CF_OK)
 				return CF_OK;
-		} else if (now_ms() > until_ms) {
+		} else if ((int64_t)cf_mono_ms() > until_ms) {
 			r = cf_error(CF_E_TIMEOUT, "a call with idempotency key %s is still running "
 				     "on replica %s; retry later", key, rec.owner);
 			break;

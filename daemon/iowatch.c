@@ -29,10 +29,7 @@ static _Atomic(const char *) gave_up;    /* a remote what given up (iowatch_end)
 static uint64_t
 now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;  /* never 0 */
+	return cf_mono_ms() + 1;   /* never 0: a slot's "free" */
 }
 
 void

@@ -12,6 +12,7 @@
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "metrics.h"
 #include "recovery.h"
 #include "sorted.h"
@@ -1218,15 +1219,9 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 
 /* Has the tick that began at t0 used up budget_ms (0: never)? */
 static int
-over_budget(const struct timespec *t0, unsigned budget_ms)
+over_budget(uint64_t t0, unsigned budget_ms)
 {
-	struct timespec t;
-
-	if (budget_ms == 0)
-		return 0;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000 >=
-	       (long)budget_ms;
+	return budget_ms != 0 && cf_mono_ms() - t0 >= budget_ms;
 }
 
 void
@@ -1234,9 +1229,7 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 {
 	char (*due)[CF_KEY_NAME_MAX + 1] = NULL, (*gone)[CF_KEY_NAME_MAX + 1] = NULL;
 	size_t ndue = 0, ngone = 0, first = 0;
-	struct timespec t0;
-
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	uint64_t t0 = cf_mono_ms();
 
 	/* What is due, as this replica knows it (no fleet lock for a look:
 	 * the leader ticks every second). Each is then re-read and done under
@@ -1263,7 +1256,7 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 	}
 	pthread_mutex_unlock(&kr->write_mu);
 	/* Destructions: token writes. */
-	for (size_t i = 0; i < ngone && !over_budget(&t0, budget_ms); i++) {
+	for (size_t i = 0; i < ngone && !over_budget(t0, budget_ms); i++) {
 		int found;
 		size_t at;
 
@@ -1291,7 +1284,7 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 		struct store_call c;
 		struct own_change oc;
 
-		if (over_budget(&t0, budget_ms)) {
+		if (over_budget(t0, budget_ms)) {
 			snprintf(kr->tick_after, sizeof(kr->tick_after), "%s",
 				 due[(i + ndue - 1) % ndue]);
 			break;

@@ -6,6 +6,7 @@
 
 #include "cf_methods.h"
 #include "cf_status.h"
+#include "cf_time.h"
 
 #define CODES CF_GRPC_CODES
 #define BUCKETS 16
@@ -38,19 +39,10 @@ metrics_enable(void)
 	__atomic_store_n(&metrics_on, 1, __ATOMIC_RELAXED);
 }
 
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 uint64_t
 metrics_start(void)
 {
-	return __atomic_load_n(&metrics_on, __ATOMIC_RELAXED) ? now_ns() : 0;
+	return __atomic_load_n(&metrics_on, __ATOMIC_RELAXED) ? cf_mono_ns() : 0;
 }
 
 void
@@ -62,7 +54,7 @@ metrics_call(unsigned method, unsigned code, uint64_t t0)
 	if (!__atomic_load_n(&metrics_on, __ATOMIC_RELAXED) || method >= CF_METHOD__COUNT ||
 	    code >= CODES)
 		return;
-	ns = now_ns() - t0;
+	ns = cf_mono_ns() - t0;
 	while (b < BUCKETS && ns > bound_ns[b])
 		b++;
 	__atomic_fetch_add(&per[method].calls[code], 1, __ATOMIC_RELAXED);

@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "cf_log.h"
+#include "cf_time.h"
 
 static uint64_t watchdog_usec; /* 0: no watchdog */
 static uint64_t next_ping;     /* CLOCK_MONOTONIC, microseconds */
@@ -23,15 +24,6 @@ one_line(char *s)
 {
 	for (; (s = strchr(s, '\n')) != NULL; s++)
 		*s = ' ';
-}
-
-static uint64_t
-now_usec(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 /* One datagram; a failure is logged once (the manager went away, or
@@ -53,7 +45,7 @@ static void
 ping(void)
 {
 	send_state("WATCHDOG=1");
-	next_ping = now_usec() + watchdog_usec / 2;
+	next_ping = cf_mono_us() + watchdog_usec / 2;
 }
 
 void
@@ -79,7 +71,7 @@ notify_init(void)
 		return;
 	}
 	watchdog_usec = usec;
-	next_ping = now_usec() + usec / 2;
+	next_ping = cf_mono_us() + usec / 2;
 	cf_log_info("systemd watchdog: WATCHDOG=1 every %" PRIu64 " ms", usec / 2000);
 }
 
@@ -102,7 +94,7 @@ notify_reloading(void)
 {
 	char msg[64];
 
-	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now_usec());
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, cf_mono_us());
 	send_state(msg);
 }
 
@@ -137,14 +129,14 @@ notify_stopping(const char *status)
 void
 notify_keepalive(void)
 {
-	if (watchdog_usec != 0 && now_usec() >= next_ping)
+	if (watchdog_usec != 0 && cf_mono_us() >= next_ping)
 		ping();
 }
 
 int
 notify_sigwait(const sigset_t *sigs, unsigned ms)
 {
-	uint64_t now = now_usec(), end = now + (uint64_t)ms * 1000u;
+	uint64_t now = cf_mono_us(), end = now + (uint64_t)ms * 1000u;
 
 	for (;;) {
 		uint64_t until = watchdog_usec != 0 && next_ping < end ? next_ping : end;
@@ -154,7 +146,7 @@ notify_sigwait(const sigset_t *sigs, unsigned ms)
 
 		if (sig > 0)
 			return sig;
-		now = now_usec();
+		now = cf_mono_us();
 		if (watchdog_usec != 0 && now >= next_ping)
 			ping();
 		if (now >= end)

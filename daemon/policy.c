@@ -10,6 +10,7 @@
 
 #include "cf_count.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "sorted.h"
 
 static const char *const op_names[CF_OP__COUNT] = {
@@ -40,15 +41,6 @@ const char *
 policy_op_name(enum cf_op op)
 {
 	return (unsigned)op < CF_OP__COUNT ? op_names[op] : "?";
-}
-
-static double
-now_mono(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* ---- copies ---- */
@@ -105,7 +97,7 @@ static void
 carry_levels(const struct store_principal *old, const struct bucket *oldb,
 	     const struct store_principal *nsp, struct bucket *nb)
 {
-	double t = now_mono();
+	double t = (double)cf_mono_ns() / 1e9;
 
 	for (uint32_t i = 0; i < nsp->nlimits; i++) {
 		const struct store_limit *l = &nsp->limits[i];
@@ -737,7 +729,7 @@ policy_authorize_n(policy *p, const char *principal, enum cf_op op, const char *
 	}
 	if (lim[0] != NULL || lim[1] != NULL) {
 		pthread_mutex_lock(&p->bmu);
-		t = now_mono();
+		t = (double)cf_mono_ns() / 1e9;
 		for (int i = 0; i < 2; i++)
 			if (lim[i] != NULL) {
 				wait = fmax(wait, bucket_wait(bk[i], lim[i], t));

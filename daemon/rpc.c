@@ -24,6 +24,7 @@
 #include "cf_pbcheck.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "coffer/v1/pipeline.pb-c.h"
 #include "dispatch.h"
 #include "metrics.h"
@@ -248,14 +249,12 @@ static int64_t
 deadline_ms(gpr_timespec deadline)
 {
 	gpr_timespec left;
-	struct timespec now;
 
 	if (gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) == 0)
 		return 0;
 	left = gpr_time_sub(gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC),
 			    gpr_now(GPR_CLOCK_MONOTONIC));
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + gpr_time_to_millis(left);
+	return (int64_t)cf_mono_ms() + gpr_time_to_millis(left);
 }
 
 /* A packed answer's bytes, released: wiped unless they are ciphertext
@@ -1208,7 +1207,6 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	grpc_arg args[4];
 	grpc_channel_args cargs = { 4, args };
 	rpc_server *s;
-	pthread_condattr_t ca;
 	long ncpu;
 	int r;
 
@@ -1229,10 +1227,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	snprintf(s->admin_path, sizeof(s->admin_path), "%s", cfg->admin_path);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_mutex_init(&s->peers_mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&s->cv, NULL);   /* waited on with cf_cond_wait_until */
 	if ((r = dispatch_new(&dc, &s->d)) != CF_OK)
 		goto fail;
 	s->nmethods = dispatch_count(s->d);
@@ -1352,20 +1347,14 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 		grpc_call_cancel_with_status(st->call, GRPC_STATUS_UNAVAILABLE,
 					     "cofferd is shutting down", NULL);
 	pthread_mutex_unlock(&s->mu);
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += grace_ms / 1000;
-	deadline.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
+	cf_deadline_in(&deadline, grace_ms);
 	/* Shutdown fails every requested call not yet matched, so what stays
 	 * live is the calls in flight: they drain. An idle connection would
 	 * hold the shutdown until the grace period ends; once no call is live,
 	 * the connections are closed. */
 	pthread_mutex_lock(&s->mu);
 	while (!s->shutdown_done && s->live > 0)
-		if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) == ETIMEDOUT)
+		if (cf_cond_wait_until(&s->cv, &s->mu, &deadline) == ETIMEDOUT)
 			break;
 	if (!s->shutdown_done) {
 		unsigned running = s->live;

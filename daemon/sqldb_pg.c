@@ -2,6 +2,7 @@
  * connection; a lost one is re-established by the next call (sqldb_ready,
  * sqldb_begin), never by a restart. */
 #include "sqldb_pg.h"
+#include "cf_time.h"
 #include "sqldb_internal.h"
 
 #include <errno.h>
@@ -448,17 +449,14 @@ static const struct sqldb_ops pg_ops = {
 int
 sqldb_pg_await(PGconn *c, unsigned ms)
 {
-	struct timespec t0, t;
+	uint64_t t0 = cf_mono_ms();
 	int64_t left;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (PQisBusy(c)) {
 		struct pollfd p = { .fd = PQsocket(c), .events = POLLIN };
 		int n;
 
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		left = (int64_t)ms - ((int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
-				      (t.tv_nsec - t0.tv_nsec) / 1000000);
+		left = (int64_t)ms - (int64_t)(cf_mono_ms() - t0);
 		if (p.fd < 0)
 			return 1;       /* PQgetResult reports the broken connection */
 		if (left <= 0)
@@ -475,19 +473,17 @@ PGresult *
 sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int watch, int *timed_out)
 {
 	PGresult *last = NULL, *res;
-	struct timespec t0, t;
+	uint64_t t0;
 	int slot;
 
 	*timed_out = 0;
 	if (sent != 1)
 		return NULL;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	t0 = cf_mono_ms();
 	slot = watch ? iowatch_begin_remote(SQLDB_PG_WATCH) : -1;
 	for (;;) {
-		int64_t spent;
+		int64_t spent = (int64_t)(cf_mono_ms() - t0);
 
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		spent = (int64_t)(t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
 		if (spent >= (int64_t)ms || !sqldb_pg_await(c, ms - (unsigned)spent)) {
 			PQclear(last);
 			*timed_out = 1;
