@@ -514,6 +514,22 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, unsigned nre
 		       : 0.0,
 	       win[P_SQLITE] > 0 ? other[P_SQLITE] / win[P_SQLITE] : 0.0,
 	       win[P_FLEET] > 0 ? other[P_FLEET] / win[P_FLEET] : 0.0);
+	/* The part no change to cofferd removes: PostgreSQL's own CPU per call,
+	 * added to what the SQLite path spends in all (a fleet as lean per call
+	 * as one cofferd, with callers as cheap). */
+	if (ops[P_SQLITE] > 0 && ops[P_FLEET] > 0) {
+		double s_all = all[P_SQLITE] / (double)ops[P_SQLITE],
+		       pg_op = pg / (double)ops[P_FLEET];
+
+		printf("# PostgreSQL's share (same rounds): %.0f us of CPU per signed call, at %.1f "
+		       "calls per transaction. Even with replicas and callers as cheap per call as "
+		       "the SQLite path's (%.0f us in all), the cores could give the fleet at most "
+		       "%.0f / (%.0f + %.0f) = %.0f%% of SQLite's throughput (target >= %.0f%%)\n",
+		       1e6 * pg_op, c0 != NULL && c1 != NULL && c1->commits > c0->commits
+			       ? (double)fleet_calls / (double)(c1->commits - c0->commits) : 0.0,
+		       1e6 * s_all, 1e6 * s_all, 1e6 * s_all, 1e6 * pg_op,
+		       100.0 * s_all / (s_all + pg_op), 100.0 * TARGET_RATIO);
+	}
 	printf("# added p50 per signed call, fleet - SQLite (median of %u rounds; rounds %+.0f .. "
 	       "%+.0f us) = %+.0f us (target <= %.0f us): %s\n",
 	       rounds, alo, ahi, ma, TARGET_ADDED_P50_US, cf_bench_met(ma <= TARGET_ADDED_P50_US));
