@@ -88,11 +88,21 @@ copy_principal(const struct store_principal *src, struct store_principal *dst)
 
 static const struct store_principal no_limits;
 
-/* The buckets of nsp's limits into nb: a limit old has too, with the same
- * rate and burst, keeps its level from oldb; any other starts full. nb may
- * be oldb (each op's bucket is read before it is written). Limits are
- * compared field by field and in any order: the store returns them by op,
- * a change appends, and a store_limit's padding is not part of it. */
+/* Bucket b of limit l at time t: refilled at l's rate since its last use,
+ * up to l's burst. */
+static double
+level_at(const struct bucket *b, const struct store_limit *l, double t)
+{
+	return fmin((double)l->burst, b->tokens + (t - b->last) * l->rate);
+}
+
+/* The buckets of nsp's limits into nb: a limit old has too (the same op)
+ * keeps its level, brought up to now at its old rate and capped at its new
+ * burst, so that no change (here or on another replica) hands a principal
+ * a fresh burst, and tightening a limit takes effect at once; a limit old
+ * does not have starts full. nb may be oldb (each op's bucket is read
+ * before it is written). Limits are matched by op, in any order: the store
+ * returns them by op, a change appends. */
 static void
 carry_levels(const struct store_principal *old, const struct bucket *oldb,
 	     const struct store_principal *nsp, struct bucket *nb)
@@ -105,13 +115,12 @@ carry_levels(const struct store_principal *old, const struct bucket *oldb,
 
 		while (k < old->nlimits && old->limits[k].op != l->op)
 			k++;
-		if (k < old->nlimits && old->limits[k].rate == l->rate &&
-		    old->limits[k].burst == l->burst) {
-			nb[l->op] = oldb[l->op];
-		} else {
+		if (k < old->nlimits)
+			nb[l->op].tokens = fmin(level_at(&oldb[l->op], &old->limits[k], t),
+						(double)l->burst);
+		else
 			nb[l->op].tokens = l->burst;
-			nb[l->op].last = t;
-		}
+		nb[l->op].last = t;
 	}
 }
 
@@ -352,7 +361,7 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 	if ((rc = copy_principal(&r->sp, &work)) != CF_OK || (rc = edit(&work, arg)) != CF_OK ||
 	    (rc = store_principal_put(p->st, &work, 0)) != CF_OK)
 		goto out;
-	if (limits_changed)   /* only the changed limit's bucket starts full */
+	if (limits_changed)   /* a new limit starts full; the others keep their levels */
 		carry_levels(&r->sp, r->buckets, &work, r->buckets);
 	policy_principal_free(&r->sp);
 	r->sp = work;
@@ -610,7 +619,7 @@ policy_identify(policy *p, uid_t uid, gid_t gid, char name[STORE_PRINCIPAL_NAME_
 static double
 bucket_wait(struct bucket *b, const struct store_limit *l, double t)
 {
-	b->tokens = fmin((double)l->burst, b->tokens + (t - b->last) * l->rate);
+	b->tokens = level_at(b, l, t);
 	b->last = t;
 	return b->tokens >= 1.0 ? 0.0 : (1.0 - b->tokens) / l->rate;
 }

@@ -517,7 +517,7 @@ print_verdict(struct cf_bench_row res[][P__COUNT], unsigned rounds, unsigned nre
 	/* The part no change to cofferd removes: PostgreSQL's own CPU per call,
 	 * added to what the SQLite path spends in all (a fleet as lean per call
 	 * as one cofferd, with callers as cheap). */
-	if (ops[P_SQLITE] > 0 && ops[P_FLEET] > 0) {
+	if (ops[P_SQLITE] > 0 && ops[P_FLEET] > 0 && all[P_SQLITE] + pg > 0.0) {
 		double s_all = all[P_SQLITE] / (double)ops[P_SQLITE],
 		       pg_op = pg / (double)ops[P_FLEET];
 

@@ -533,8 +533,10 @@ test_deleted_midway(void)
 }
 
 /* A reload from the store (each replica's, after any change to principals)
- * keeps the levels of limits that did not change, whatever order they were
- * set in; a limit another writer changed starts full, and only that one. */
+ * keeps every bucket's level, whatever order its limits were set in; a
+ * limit changed elsewhere keeps it too, capped at its new burst (no change
+ * hands out a fresh burst, a tightened one takes effect at once); only a
+ * new limit starts full. */
 static void
 test_refresh_keeps_levels(void)
 {
@@ -562,19 +564,36 @@ test_refresh_keeps_levels(void)
 	CHECK_OK(policy_create(p, "bystander", &(uint32_t){ 6101 }, 1, NULL, 0, NULL));
 	CHECK_OK(policy_refresh(p));
 	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED, "for sign");
-	/* another writer (a replica) raises the sign limit: that bucket starts
-	 * full (2), the all-operations one keeps its 1 */
+	/* another writer (a replica) raises the sign limit and tightens the
+	 * all-operations one above its level: sign stays empty, all keeps 1 */
 	CHECK_OK(policy_open(st, &other));
 	CHECK_OK(policy_set_limit(other, "app", CF_OP_SIGN, 0.001, 2, NULL));
+	CHECK_OK(policy_set_limit(other, "app", CF_OP_NONE, 0.001, 3, NULL));
 	policy_close(other);
 	CHECK_OK(policy_refresh(p));
-	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED, "for sign");
+	CHECK_OK(authorize(p, "app", CF_OP_VERIFY, "k", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app exceeded; retry after ");
-	/* a change made here refills only the limit it changed */
+	/* a new limit set here starts full, and refills nothing else: verify's
+	 * own bucket has 1, the empty all-operations one still refuses */
 	CHECK_OK(policy_set_limit(p, "app", CF_OP_VERIFY, 0.001, 1, NULL));
 	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app exceeded; retry after ");
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0, 0, NULL));
+	CHECK_OK(authorize(p, "app", CF_OP_VERIFY, "k", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
+		  "rate limit of principal app for verify exceeded; retry after ");
+	/* tightened below its level, on a reload: down to the new burst at once */
+	CHECK_OK(policy_set_limit(p, "app", CF_OP_MAC, 0.001, 5, NULL));
+	CHECK_OK(policy_open(st, &other));
+	CHECK_OK(policy_set_limit(other, "app", CF_OP_MAC, 0.001, 2, NULL));
+	policy_close(other);
+	CHECK_OK(policy_refresh(p));
+	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k", &ra));
+	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k", &ra));
+	CHECK_ERR(authorize(p, "app", CF_OP_MAC, "k", &ra), CF_E_EXHAUSTED,
+		  "rate limit of principal app for mac exceeded; retry after ");
 	policy_close(p);
 	store_close(st);
 }
@@ -722,7 +741,7 @@ main(void)
 		{ "grants and limits survive a reopen; a malformed limit is refused",
 		  test_persistence },
 		{ "a key's own limit", test_key_own_limit },
-		{ "a reload keeps unchanged limits' levels", test_refresh_keeps_levels },
+		{ "a reload and a change keep bucket levels", test_refresh_keeps_levels },
 		{ NULL, NULL },
 	};
 
