@@ -1217,11 +1217,11 @@ destroy_due(keyring *kr, struct kr_key *k, int64_t now, keyring_done_fn done, vo
 	}
 }
 
-/* Has the tick that began at t0 used up budget_ms (0: never)? */
+/* Has the tick that began at t0 (ns) used up budget_ms (0: never)? */
 static int
 over_budget(uint64_t t0, unsigned budget_ms)
 {
-	return budget_ms != 0 && cf_mono_ms() - t0 >= budget_ms;
+	return budget_ms != 0 && cf_mono_ns() - t0 >= (uint64_t)budget_ms * 1000000u;
 }
 
 void
@@ -1229,7 +1229,7 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 {
 	char (*due)[CF_KEY_NAME_MAX + 1] = NULL, (*gone)[CF_KEY_NAME_MAX + 1] = NULL;
 	size_t ndue = 0, ngone = 0, first = 0;
-	uint64_t t0 = cf_mono_ms();
+	uint64_t t0 = cf_mono_ns();
 
 	/* What is due, as this replica knows it (no fleet lock for a look:
 	 * the leader ticks every second). Each is then re-read and done under

@@ -449,14 +449,14 @@ static const struct sqldb_ops pg_ops = {
 int
 sqldb_pg_await(PGconn *c, unsigned ms)
 {
-	uint64_t t0 = cf_mono_ms();
+	uint64_t t0 = cf_mono_ns();   /* ns: whole ms of two readings overstate by up to 1 */
 	int64_t left;
 
 	while (PQisBusy(c)) {
 		struct pollfd p = { .fd = PQsocket(c), .events = POLLIN };
 		int n;
 
-		left = (int64_t)ms - (int64_t)(cf_mono_ms() - t0);
+		left = (int64_t)ms - (int64_t)((cf_mono_ns() - t0) / 1000000u);
 		if (p.fd < 0)
 			return 1;       /* PQgetResult reports the broken connection */
 		if (left <= 0)
@@ -479,10 +479,10 @@ sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int watch, int *timed_out)
 	*timed_out = 0;
 	if (sent != 1)
 		return NULL;
-	t0 = cf_mono_ms();
+	t0 = cf_mono_ns();
 	slot = watch ? iowatch_begin_remote(SQLDB_PG_WATCH) : -1;
 	for (;;) {
-		int64_t spent = (int64_t)(cf_mono_ms() - t0);
+		int64_t spent = (int64_t)((cf_mono_ns() - t0) / 1000000u);
 
 		if (spent >= (int64_t)ms || !sqldb_pg_await(c, ms - (unsigned)spent)) {
 			PQclear(last);
