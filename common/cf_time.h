@@ -30,6 +30,19 @@ cf_mono_ms(void)
 	return cf_mono_ns() / 1000000u;
 }
 
+/* Whole seconds of the wall clock, read precisely, for comparing with a
+ * caller's timestamp: time() reads the coarse clock, up to a tick behind
+ * what a caller on this machine just read (Python's time.time()), so at a
+ * second's turn a timestamp taken an hour ago looked 3599 s old. */
+static inline int64_t
+cf_wall_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec;
+}
+
 /* t moved on by `us` microseconds. */
 static inline void
 cf_timespec_add_us(struct timespec *t, uint64_t us)

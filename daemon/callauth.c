@@ -7,6 +7,7 @@
 #include "cf_buf.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
+#include "cf_time.h"
 
 #define CALLAUTH_AHEAD_MAX 1   /* seconds a call's timestamp may be ahead of the daemon */
 
@@ -42,7 +43,7 @@ callauth_check(apikeys *ak, nonces *nn, unsigned window, const struct callauth_c
 {
 	struct cf_call_auth a;
 	char scope[sizeof(APIKEYS_OBJECT_PREFIX) + CF_APIKEY_ID_LEN];
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = cf_wall_s();
 	struct call_sig cc = { .ak = ak, .c = c, .who = who, .a = &a, .now = now };
 	struct nonce_claim claim;
 	enum nonce_verdict v;

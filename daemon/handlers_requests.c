@@ -10,6 +10,7 @@
 
 #include "cf_reqsign.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "handlers_common.h"
 
@@ -113,7 +114,7 @@ h_verify_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 	struct http_check chk = { .c = c, .info = &info, .hr = &hr, .signature = req->signature };
 	struct nonce_claim claim;
 	enum nonce_verdict v;
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = cf_wall_s();
 	char why[160];
 	int r;
 
@@ -180,7 +181,7 @@ h_sign_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 		return cf_error(CF_E_INVALID_ARG, "request is required");
 	parts = *req->request;
 	if (parts.timestamp == 0)
-		parts.timestamp = (int64_t)time(NULL);
+		parts.timestamp = cf_wall_s();
 	if (parts.nonce[0] == '\0') {
 		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 			return cf_error(CF_E_INTERNAL, "random number generator failed");
