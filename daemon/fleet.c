@@ -229,11 +229,12 @@ listen_thread(void *arg)
 {
 	fleet *f = arg;
 	time_t next_resync = time(NULL) + FLEET_RESYNC_S;
-	int64_t last_try = 0;
+	uint64_t last_try = 0;
 	int resync_now = 0;   /* a hook or a reload failed: again on the next pass */
 
 	while (!atomic_load(&f->stop)) {
 		struct pollfd p;
+		uint64_t now_ms;
 
 		if (f->listen == NULL) {
 			if (listen_connect(f) != CF_OK) {
@@ -244,8 +245,8 @@ listen_thread(void *arg)
 			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
 			resync_now = 1;
 		}
-		if ((int64_t)cf_mono_ms() - last_try >= LEASE_TRY_MS) {
-			last_try = (int64_t)cf_mono_ms();
+		if ((now_ms = cf_mono_ms()) - last_try >= LEASE_TRY_MS) {
+			last_try = now_ms;
 			try_lead(f);
 			cf_error_clear();
 			if (f->listen == NULL)
