@@ -82,6 +82,16 @@ authorize(policy *p, const char *who, enum cf_op op, const char *key, uint32_t *
 	return r;
 }
 
+/* n calls of "app" (op on key) that must be granted, then one more: its
+ * status, for the caller to check as the refusal it expects. */
+static int
+then_next(policy *p, enum cf_op op, const char *key, unsigned n, uint32_t *ra)
+{
+	for (unsigned i = 0; i < n; i++)
+		CU_ASSERT_EQUAL(authorize(p, "app", op, key, ra), CF_OK);
+	return authorize(p, "app", op, key, ra);
+}
+
 static void
 test_op_names(void)
 {
@@ -550,8 +560,7 @@ test_refresh_keeps_levels(void)
 	/* per op first: the store returns them by op, the other way round */
 	CHECK_OK(policy_set_limit(p, "app", CF_OP_SIGN, 0.001, 1, NULL));
 	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0.001, 4, NULL));
-	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "k", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(then_next(p, CF_OP_SIGN, "k", 1, &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for sign exceeded; retry after ");
 	for (int i = 0; i < 3; i++)
 		CHECK_OK(policy_refresh(p));
@@ -572,8 +581,7 @@ test_refresh_keeps_levels(void)
 	policy_close(other);
 	CHECK_OK(policy_refresh(p));
 	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "k", &ra), CF_E_EXHAUSTED, "for sign");
-	CHECK_OK(authorize(p, "app", CF_OP_VERIFY, "k", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(then_next(p, CF_OP_VERIFY, "k", 1, &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app exceeded; retry after ");
 	/* a new limit set here starts full, and refills nothing else: verify's
 	 * own bucket has 1, the empty all-operations one still refuses */
@@ -581,8 +589,7 @@ test_refresh_keeps_levels(void)
 	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app exceeded; retry after ");
 	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 0, 0, NULL));
-	CHECK_OK(authorize(p, "app", CF_OP_VERIFY, "k", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_VERIFY, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(then_next(p, CF_OP_VERIFY, "k", 1, &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for verify exceeded; retry after ");
 	/* tightened below its level, on a reload: down to the new burst at once */
 	CHECK_OK(policy_set_limit(p, "app", CF_OP_MAC, 0.001, 5, NULL));
@@ -590,9 +597,7 @@ test_refresh_keeps_levels(void)
 	CHECK_OK(policy_set_limit(other, "app", CF_OP_MAC, 0.001, 2, NULL));
 	policy_close(other);
 	CHECK_OK(policy_refresh(p));
-	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k", &ra));
-	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_MAC, "k", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(then_next(p, CF_OP_MAC, "k", 2, &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for mac exceeded; retry after ");
 	policy_close(p);
 	store_close(st);
@@ -640,15 +645,11 @@ test_persistence(void)
 	CHECK_ERR(policy_may(p, "app", CF_OP_VERIFY, "db-1"), CF_E_DENIED, "(no grant)");
 	CHECK_OK(policy_may(p, "app", CF_OP_MAC, "k1"));
 	/* the sign limit is back: a full burst of 2, then refused */
-	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "db-1", &ra));
-	CHECK_OK(authorize(p, "app", CF_OP_SIGN, "db-1", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_SIGN, "db-1", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(then_next(p, CF_OP_SIGN, "db-1", 2, &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app for sign exceeded");
 	CU_ASSERT(ra > 3000 && ra <= 4000);
 	/* and the overall one: 2 of its 4 left */
-	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k1", &ra));
-	CHECK_OK(authorize(p, "app", CF_OP_MAC, "k1", &ra));
-	CHECK_ERR(authorize(p, "app", CF_OP_MAC, "k1", &ra), CF_E_EXHAUSTED,
+	CHECK_ERR(then_next(p, CF_OP_MAC, "k1", 2, &ra), CF_E_EXHAUSTED,
 		  "rate limit of principal app exceeded;");
 	policy_close(p);
 	store_close(st);
