@@ -397,6 +397,47 @@ COFFER_API int coffer_mac(coffer_client *c, const char *key, uint32_t version,
 COFFER_API int coffer_verify_mac(coffer_client *c, const char *key, uint32_t version,
     const uint8_t *data, size_t len, const uint8_t *mac, size_t maclen, int *valid);
 
+/* ---- calls kept in flight: start several, then wait for each ----
+ * A thread that makes one call at a time sleeps through each round trip;
+ * one that starts several keeps them all in flight on the client's
+ * pipelined stream, which sends those started together as one frame
+ * (proto/pipeline.md). coffer_*_start checks the arguments, packs the
+ * request (the caller's buffers are not used after it returns), hands it
+ * to the stream and returns at once: COFFER_OK with *call, or a local
+ * failure (bad arguments, no memory, too large). Everything the daemon
+ * says comes from coffer_wait, exactly as the waiting call would give it
+ * (result, status, error text, rate limits and audit record per call).
+ *
+ * coffer_wait waits for one started call (its deadline, coffer_set_timeout,
+ * counts from its start), writes its result into *res (NULL: dropped) and
+ * frees the call: every started call is waited for exactly once, by any
+ * thread, before coffer_close. Calls may be waited for in any order.
+ *
+ * A call the stream does not take (COFFER_PIPELINE_OFF, a client that
+ * seals every call, a cofferd without the stream) is made as a unary call
+ * inside coffer_wait; one whose stream ended is repeated there as the
+ * waiting call would be. Thread-safe.
+ */
+typedef struct coffer_call coffer_call;
+
+struct coffer_result {
+	struct coffer_bytes out;  /* sign, MAC: the signature or MAC (free with
+				   * coffer_bytes_free) */
+	uint32_t version;         /* sign, MAC: the key version used */
+	int valid;                /* verify, verify MAC: 1 or 0 */
+};
+
+COFFER_API int coffer_sign_start(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts, coffer_call **call);
+COFFER_API int coffer_verify_start(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
+    const uint8_t *sig, size_t siglen, coffer_call **call);
+COFFER_API int coffer_mac_start(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *data, size_t len, coffer_call **call);
+COFFER_API int coffer_verify_mac_start(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *data, size_t len, const uint8_t *mac, size_t maclen, coffer_call **call);
+COFFER_API int coffer_wait(coffer_call *call, struct coffer_result *res);
+
 /* ---- batches: many items for one key and version in one call ----
  * One authorization and one audit record for the call, one rate-limit token
  * per item (coffer.proto, "Batches"). The call's return value covers the

@@ -410,6 +410,27 @@ static const struct bytes_reply rewrap_reply = { &coffer__v1__rewrap_response__d
 	offsetof(Coffer__V1__RewrapResponse, version),
 	offsetof(Coffer__V1__RewrapResponse, previous_version), "ciphertext" };
 
+/* A bytes_reply's bytes from the response m into *out (a secret in locked
+ * memory), its versions into those asked for. */
+static int
+bytes_from(const ProtobufCMessage *m, const struct bytes_reply *how, struct coffer_bytes *out,
+    uint32_t *version, uint32_t *previous)
+{
+	const uint8_t *resp = (const uint8_t *)(const void *)m;
+	const ProtobufCBinaryData *data = (const ProtobufCBinaryData *)(const void *)(resp +
+	    how->data);
+	int r;
+
+	r = how->what == NULL ? secret_bytes_set(out, data) : bytes_out(out, data, how->what);
+	if (r != CF_OK)
+		return r;
+	if (version != NULL)
+		memcpy(version, resp + how->version, sizeof(*version));
+	if (previous != NULL && how->previous != 0)
+		memcpy(previous, resp + how->previous, sizeof(*previous));
+	return CF_OK;
+}
+
 /*
  * Run a call that answers a bytes_reply: the bytes go to *out (a secret in
  * locked memory, the response wiped), the versions to those asked for.
@@ -421,24 +442,37 @@ bytes_call(coffer_client *c, const char *method, ProtobufCMessage *req,
 {
 	ProtobufCAllocator *alloc = how->what == NULL ? &cf_locked_allocator : NULL;
 	ProtobufCMessage *m = NULL;
-	const ProtobufCBinaryData *data;
-	const uint8_t *resp;
 	int r;
 
-	if ((r = ctx_rpc(c, method, req, ctx, nctx, how->desc, how->what == NULL, &m)) != CF_OK)
-		goto out;
-	resp = (const uint8_t *)(const void *)m;
-	data = (const ProtobufCBinaryData *)(const void *)(resp + how->data);
-	r = how->what == NULL ? secret_bytes_set(out, data) : bytes_out(out, data, how->what);
-	if (r != CF_OK)
-		goto out;
-	if (version != NULL)
-		memcpy(version, resp + how->version, sizeof(*version));
-	if (previous != NULL && how->previous != 0)
-		memcpy(previous, resp + how->previous, sizeof(*previous));
- out:
+	if ((r = ctx_rpc(c, method, req, ctx, nctx, how->desc, how->what == NULL, &m)) == CF_OK)
+		r = bytes_from(m, how, out, version, previous);
 	protobuf_c_message_free_unpacked(m, alloc);
 	return r;
+}
+
+/* A verification's verdict: the response's `valid` field at offset `at`. */
+static int
+verdict(const ProtobufCMessage *m, size_t at)
+{
+	protobuf_c_boolean v;
+
+	memcpy(&v, (const uint8_t *)(const void *)m + at, sizeof(v));
+	return v ? 1 : 0;
+}
+
+/* A verification's call: *valid from its response's `valid` (offset at). */
+static int
+verify_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *rdesc, size_t at, int *valid)
+{
+	ProtobufCMessage *m = NULL;
+	int r;
+
+	if ((r = lc_rpc(c, method, req, rdesc, 0, &m)) != CF_OK)
+		return r;
+	*valid = verdict(m, at);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return CF_OK;
 }
 
 /* The data and options shared by Sign and Verify requests. */
@@ -458,21 +492,97 @@ sign_fields(const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
 	}
 }
 
+/*
+ * The requests of Sign, Verify, Mac and VerifyMac, borrowing the caller's
+ * memory, after the arguments' checks (`no_out`: the caller gave nowhere
+ * for the answer). Shared by the calls that wait and those that start.
+ */
+static int
+sign_req(const coffer_client *c, Coffer__V1__SignRequest *req, const char *key,
+    uint32_t version, const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
+    int no_out)
+{
+	int r;
+
+	coffer__v1__sign_request__init(req);
+	if ((r = check_call(c, key, no_out || (msg == NULL && len > 0),
+	    "NULL message or output")) != CF_OK)
+		return r;
+	req->key = (char *)key;
+	req->version = version;
+	sign_fields(msg, len, opts, &req->message, &req->digest, &req->hash, &req->scheme,
+	    &req->ecdsa_raw);
+	return CF_OK;
+}
+
+static int
+verify_req(const coffer_client *c, Coffer__V1__VerifyRequest *req, const char *key,
+    uint32_t version, const uint8_t *msg, size_t len, const struct coffer_sign_opts *opts,
+    const uint8_t *sig, size_t siglen, int no_out)
+{
+	int r;
+
+	coffer__v1__verify_request__init(req);
+	if ((r = check_call(c, key,
+	    no_out || (msg == NULL && len > 0) || (sig == NULL && siglen > 0),
+	    "NULL message, signature or output")) != CF_OK)
+		return r;
+	req->key = (char *)key;
+	req->version = version;
+	sign_fields(msg, len, opts, &req->message, &req->digest, &req->hash, &req->scheme,
+	    &req->ecdsa_raw);
+	req->signature = bin(sig, siglen);
+	return CF_OK;
+}
+
+static int
+mac_req(const coffer_client *c, Coffer__V1__MacRequest *req, const char *key,
+    uint32_t version, const uint8_t *data, size_t len, int no_out)
+{
+	int r;
+
+	coffer__v1__mac_request__init(req);
+	if ((r = check_call(c, key, no_out || (data == NULL && len > 0),
+	    "NULL data or output")) != CF_OK)
+		return r;
+	req->key = (char *)key;
+	req->version = version;
+	req->data = bin(data, len);
+	return CF_OK;
+}
+
+static int
+verify_mac_req(const coffer_client *c, Coffer__V1__VerifyMacRequest *req, const char *key,
+    uint32_t version, const uint8_t *data, size_t len, const uint8_t *mac, size_t maclen,
+    int no_out)
+{
+	int r;
+
+	coffer__v1__verify_mac_request__init(req);
+	if ((r = check_call(c, key,
+	    no_out || (data == NULL && len > 0) || (mac == NULL && maclen > 0),
+	    "NULL data, MAC or output")) != CF_OK)
+		return r;
+	req->key = (char *)key;
+	req->version = version;
+	req->data = bin(data, len);
+	req->mac = bin(mac, maclen);
+	return CF_OK;
+}
+
+#define VERIFY_VALID offsetof(Coffer__V1__VerifyResponse, valid)
+#define VERIFY_MAC_VALID offsetof(Coffer__V1__VerifyMacResponse, valid)
+
 int
 coffer_sign(coffer_client *c, const char *key, uint32_t version, const uint8_t *msg,
     size_t len, const struct coffer_sign_opts *opts, struct coffer_bytes *sig,
     uint32_t *used_version)
 {
-	Coffer__V1__SignRequest req = COFFER__V1__SIGN_REQUEST__INIT;
+	Coffer__V1__SignRequest req;
 	int r;
 
-	if ((r = check_call(c, key, sig == NULL || (msg == NULL && len > 0),
-	    "NULL message or output")) != CF_OK)
+	if ((r = sign_req(c, &req, key, version, msg, len, opts, sig == NULL)) != CF_OK)
 		return r;
-	req.key = (char *)key;
-	req.version = version;
-	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
-	    &req.ecdsa_raw);
 	return bytes_call(c, KS "Sign", &req.base, NULL, 0, &sign_reply, sig, used_version, NULL);
 }
 
@@ -481,40 +591,25 @@ coffer_verify(coffer_client *c, const char *key, uint32_t version, const uint8_t
     size_t len, const struct coffer_sign_opts *opts, const uint8_t *sig, size_t siglen,
     int *valid)
 {
-	Coffer__V1__VerifyRequest req = COFFER__V1__VERIFY_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
+	Coffer__V1__VerifyRequest req;
 	int r;
 
-	if ((r = check_call(c, key,
-	    valid == NULL || (msg == NULL && len > 0) || (sig == NULL && siglen > 0),
-	    "NULL message, signature or output")) != CF_OK)
+	if ((r = verify_req(c, &req, key, version, msg, len, opts, sig, siglen,
+	    valid == NULL)) != CF_OK)
 		return r;
-	req.key = (char *)key;
-	req.version = version;
-	sign_fields(msg, len, opts, &req.message, &req.digest, &req.hash, &req.scheme,
-	    &req.ecdsa_raw);
-	req.signature = bin(sig, siglen);
-	if ((r = lc_rpc(c, KS "Verify", &req.base, &coffer__v1__verify_response__descriptor, 0,
-	    &m)) != CF_OK)
-		return r;
-	*valid = ((Coffer__V1__VerifyResponse *)m)->valid ? 1 : 0;
-	protobuf_c_message_free_unpacked(m, NULL);
-	return CF_OK;
+	return verify_call(c, KS "Verify", &req.base, &coffer__v1__verify_response__descriptor,
+	    VERIFY_VALID, valid);
 }
 
 int
 coffer_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *data,
     size_t len, struct coffer_bytes *mac, uint32_t *used_version)
 {
-	Coffer__V1__MacRequest req = COFFER__V1__MAC_REQUEST__INIT;
+	Coffer__V1__MacRequest req;
 	int r;
 
-	if ((r = check_call(c, key, mac == NULL || (data == NULL && len > 0),
-	    "NULL data or output")) != CF_OK)
+	if ((r = mac_req(c, &req, key, version, data, len, mac == NULL)) != CF_OK)
 		return r;
-	req.key = (char *)key;
-	req.version = version;
-	req.data = bin(data, len);
 	return bytes_call(c, KS "Mac", &req.base, NULL, 0, &mac_reply, mac, used_version, NULL);
 }
 
@@ -522,24 +617,118 @@ int
 coffer_verify_mac(coffer_client *c, const char *key, uint32_t version, const uint8_t *data,
     size_t len, const uint8_t *mac, size_t maclen, int *valid)
 {
-	Coffer__V1__VerifyMacRequest req = COFFER__V1__VERIFY_MAC_REQUEST__INIT;
+	Coffer__V1__VerifyMacRequest req;
+	int r;
+
+	if ((r = verify_mac_req(c, &req, key, version, data, len, mac, maclen,
+	    valid == NULL)) != CF_OK)
+		return r;
+	return verify_call(c, KS "VerifyMac", &req.base,
+	    &coffer__v1__verify_mac_response__descriptor, VERIFY_MAC_VALID, valid);
+}
+
+/* ---- calls kept in flight: started, then waited for ---- */
+
+struct coffer_call {
+	struct lc_call *call;
+	const ProtobufCMessageDescriptor *desc;
+	const struct bytes_reply *how;  /* Sign, Mac; NULL: a verification */
+	size_t valid;                   /* a verification: its response's `valid` */
+};
+
+static int
+start(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *desc, const struct bytes_reply *how, size_t valid,
+    coffer_call **out)
+{
+	coffer_call *h;
+	int r;
+
+	if ((h = calloc(1, sizeof(*h))) == NULL)
+		return cf_nomem();
+	h->desc = desc;
+	h->how = how;
+	h->valid = valid;
+	if ((r = lc_rpc_start(c, method, req, &h->call)) != CF_OK) {
+		free(h);
+		return r;
+	}
+	*out = h;
+	return CF_OK;
+}
+
+int
+coffer_sign_start(coffer_client *c, const char *key, uint32_t version, const uint8_t *msg,
+    size_t len, const struct coffer_sign_opts *opts, coffer_call **call)
+{
+	Coffer__V1__SignRequest req;
+	int r;
+
+	if ((r = sign_req(c, &req, key, version, msg, len, opts, call == NULL)) != CF_OK)
+		return r;
+	return start(c, KS "Sign", &req.base, sign_reply.desc, &sign_reply, 0, call);
+}
+
+int
+coffer_verify_start(coffer_client *c, const char *key, uint32_t version, const uint8_t *msg,
+    size_t len, const struct coffer_sign_opts *opts, const uint8_t *sig, size_t siglen,
+    coffer_call **call)
+{
+	Coffer__V1__VerifyRequest req;
+	int r;
+
+	if ((r = verify_req(c, &req, key, version, msg, len, opts, sig, siglen,
+	    call == NULL)) != CF_OK)
+		return r;
+	return start(c, KS "Verify", &req.base, &coffer__v1__verify_response__descriptor, NULL,
+	    VERIFY_VALID, call);
+}
+
+int
+coffer_mac_start(coffer_client *c, const char *key, uint32_t version, const uint8_t *data,
+    size_t len, coffer_call **call)
+{
+	Coffer__V1__MacRequest req;
+	int r;
+
+	if ((r = mac_req(c, &req, key, version, data, len, call == NULL)) != CF_OK)
+		return r;
+	return start(c, KS "Mac", &req.base, mac_reply.desc, &mac_reply, 0, call);
+}
+
+int
+coffer_verify_mac_start(coffer_client *c, const char *key, uint32_t version,
+    const uint8_t *data, size_t len, const uint8_t *mac, size_t maclen, coffer_call **call)
+{
+	Coffer__V1__VerifyMacRequest req;
+	int r;
+
+	if ((r = verify_mac_req(c, &req, key, version, data, len, mac, maclen,
+	    call == NULL)) != CF_OK)
+		return r;
+	return start(c, KS "VerifyMac", &req.base, &coffer__v1__verify_mac_response__descriptor,
+	    NULL, VERIFY_MAC_VALID, call);
+}
+
+int
+coffer_wait(coffer_call *call, struct coffer_result *res)
+{
 	ProtobufCMessage *m = NULL;
 	int r;
 
-	if ((r = check_call(c, key,
-	    valid == NULL || (data == NULL && len > 0) || (mac == NULL && maclen > 0),
-	    "NULL data, MAC or output")) != CF_OK)
-		return r;
-	req.key = (char *)key;
-	req.version = version;
-	req.data = bin(data, len);
-	req.mac = bin(mac, maclen);
-	if ((r = lc_rpc(c, KS "VerifyMac", &req.base,
-	    &coffer__v1__verify_mac_response__descriptor, 0, &m)) != CF_OK)
-		return r;
-	*valid = ((Coffer__V1__VerifyMacResponse *)m)->valid ? 1 : 0;
+	cf_error_clear();
+	if (call == NULL)
+		return cf_error(CF_E_INVALID_ARG, "NULL call");
+	r = lc_rpc_wait(call->call, call->desc, &m);
+	if (r == CF_OK && res != NULL) {
+		if (call->how != NULL)
+			r = bytes_from(m, call->how, &res->out, &res->version, NULL);
+		else
+			res->valid = verdict(m, call->valid);
+	}
 	protobuf_c_message_free_unpacked(m, NULL);
-	return CF_OK;
+	free(call);
+	return r;
 }
 
 int

@@ -9,6 +9,8 @@
  * the daemon has said it reads frames), then waits on its own condition
  * variable until the reader hands it its PipelineResponse, the stream
  * ends, or the client's timeout passes (its late answer is then dropped).
+ * A caller may hand over several calls before it waits for any
+ * (lc_pipeline_start, then lc_pipeline_finish for each: coffer_wait).
  * When the stream ends, every waiter is woken with the end status; lc_rpc
  * repeats what may be repeated as a unary call, and the next call opens a
  * new stream.
@@ -55,11 +57,12 @@ struct frame {
 	atomic_uint refs;
 };
 
-/* One call waiting for its answer; lives on its caller's stack. */
-struct waiter {
+/* One call handed to the stream, until its caller has its answer
+ * (lc_pipeline_finish frees it). */
+struct lc_pending {
 	uint64_t id;
-	struct waiter *next;            /* in its bucket */
-	struct waiter *qnext;           /* in the send queue */
+	struct lc_pending *next;            /* in its bucket */
+	struct lc_pending *qnext;           /* in the send queue */
 	uint8_t *req;                   /* the packed PipelineRequest, until handed over */
 	size_t reqlen;
 	int sent;                       /* handed to the stream: it may have run */
@@ -70,6 +73,8 @@ struct waiter {
 	unsigned end_code;                     /* W_ENDED: the stream's status */
 	char end_msg[CF_ERROR_DETAIL_MAX];
 	size_t end_len;
+	struct timespec start;          /* its deadline counts from here */
+	unsigned int ms;                /* the client's timeout then (0: none) */
 	pthread_cond_t cv;
 };
 
@@ -86,8 +91,8 @@ struct lc_pipeline {
 	pthread_t reader;
 	int reader_live;                /* a reader thread to join */
 	unsigned forks;                 /* `forks` when it was started */
-	struct waiter *buckets[NBUCKETS];
-	struct waiter *qhead, *qtail;   /* not yet handed to the stream */
+	struct lc_pending *buckets[NBUCKETS];
+	struct lc_pending *qhead, *qtail;   /* not yet handed to the stream */
 	int sending;                    /* a message is going out */
 	int frames;                     /* the stream's daemon reads frames */
 	/* A wave: the callers handed their answers by one message tend to come
@@ -95,23 +100,38 @@ struct lc_pipeline {
 	 * requests are held (at most LINGER_US) to go out as one frame. */
 	unsigned woken;                 /* callers handed an answer, not back yet */
 	unsigned wave;                  /* bumped when a linger gives up on them */
-	struct waiter *lingerer;        /* the held request whose wait is timed */
+	struct lc_pending *lingerer;        /* the held request whose wait is timed */
 	int close_queued;               /* P_DRAINING: half-close when the queue is empty */
 };
 
-/* The wave this thread was woken in (see woken): which client, which wave. */
+/* The wave this thread was woken in (see woken): which client, which wave,
+ * and how many of its answers it took (several when it keeps calls in
+ * flight: coffer_wait). */
 static __thread const struct lc_pipeline *tl_pipe;
-static __thread unsigned tl_wave;
+static __thread unsigned tl_wave, tl_taken;
 
-/* Under mu: this thread is back from the answer it was handed. */
+/* Under mu: this thread is back from the answers it was handed. */
 static void
 came_back(struct lc_pipeline *p)
 {
 	if (tl_pipe == p) {
-		if (tl_wave == p->wave && p->woken > 0)
-			p->woken--;
+		if (tl_wave == p->wave)
+			p->woken -= tl_taken < p->woken ? tl_taken : p->woken;
 		tl_pipe = NULL;
 	}
+}
+
+/* Under mu: this thread took an answer handed to it in `wave`. */
+static void
+took(struct lc_pipeline *p, unsigned wave)
+{
+	if (tl_pipe == p && tl_wave == wave) {
+		tl_taken++;
+		return;
+	}
+	tl_pipe = p;
+	tl_wave = wave;
+	tl_taken = 1;
 }
 
 /* Forks so far, counted in the children: a reader thread started before
@@ -160,19 +180,19 @@ lc_pipeline_new(struct lc_conn *conn, struct lc_pipeline **out)
 
 /* ---- the table of waiters and the send queue (under mu) ---- */
 
-static struct waiter **
+static struct lc_pending **
 bucket(struct lc_pipeline *p, uint64_t id)
 {
 	return &p->buckets[id % NBUCKETS];
 }
 
 /* Take the waiter of `id` out of the table: NULL when it is not there. */
-static struct waiter *
+static struct lc_pending *
 unlink_waiter(struct lc_pipeline *p, uint64_t id)
 {
-	for (struct waiter **w = bucket(p, id); *w != NULL; w = &(*w)->next)
+	for (struct lc_pending **w = bucket(p, id); *w != NULL; w = &(*w)->next)
 		if ((*w)->id == id) {
-			struct waiter *found = *w;
+			struct lc_pending *found = *w;
 
 			*w = found->next;
 			return found;
@@ -181,11 +201,11 @@ unlink_waiter(struct lc_pipeline *p, uint64_t id)
 }
 
 static void
-unqueue(struct lc_pipeline *p, struct waiter *w)
+unqueue(struct lc_pipeline *p, struct lc_pending *w)
 {
-	struct waiter *prev = NULL;
+	struct lc_pending *prev = NULL;
 
-	for (struct waiter *q = p->qhead; q != NULL; prev = q, q = q->qnext)
+	for (struct lc_pending *q = p->qhead; q != NULL; prev = q, q = q->qnext)
 		if (q == w) {
 			if (prev == NULL)
 				p->qhead = w->qnext;
@@ -207,7 +227,7 @@ frame_put(struct frame *fr, unsigned n)
 }
 
 static void
-drop_request(struct waiter *w)
+drop_request(struct lc_pending *w)
 {
 	if (w->req != NULL) {
 		OPENSSL_cleanse(w->req, w->reqlen);
@@ -242,7 +262,7 @@ frame_take(const struct lc_pipeline *p, size_t *total)
 	size_t n = 1;
 
 	*total = p->qhead->reqlen;
-	for (struct waiter *w = p->qhead->qnext; p->frames && w != NULL && n < COFFER_BATCH_MAX;
+	for (struct lc_pending *w = p->qhead->qnext; p->frames && w != NULL && n < COFFER_BATCH_MAX;
 	     w = w->qnext) {
 		size_t add = cf_pb_len_prefix(MORE_REQUEST, w->reqlen, NULL) + w->reqlen;
 
@@ -268,7 +288,7 @@ pump(struct lc_pipeline *p)
 		buf = n == 1 ? p->qhead->req : malloc(total);
 		at = buf;
 		for (size_t k = 0; k < n; k++) {
-			struct waiter *w = p->qhead;
+			struct lc_pending *w = p->qhead;
 
 			if ((p->qhead = w->qnext) == NULL)
 				p->qtail = NULL;
@@ -319,7 +339,7 @@ end_stream(struct lc_pipeline *p, unsigned code, const uint8_t *msg, size_t len)
 		atomic_store(&p->disabled, 1);
 	for (size_t i = 0; i < NBUCKETS; i++) {
 		while (p->buckets[i] != NULL) {
-			struct waiter *w = p->buckets[i];
+			struct lc_pending *w = p->buckets[i];
 
 			p->buckets[i] = w->next;
 			drop_request(w);
@@ -357,7 +377,7 @@ handout(struct lc_pipeline *p, Coffer__V1__PipelineResponse *resp, int frames)
 		p->frames = 1;
 	for (size_t k = 0; k < n; k++) {
 		Coffer__V1__PipelineResponse *a = k == 0 ? resp : resp->more[k - 1];
-		struct waiter *w = unlink_waiter(p, a->id);
+		struct lc_pending *w = unlink_waiter(p, a->id);
 
 		if (w == NULL) {
 			unclaimed++;   /* its waiter timed out and left: dropped */
@@ -531,7 +551,7 @@ eligible(const struct cf_method *m)
 
 /* The PipelineRequest of id, m and buf[0..len), into w. */
 static int
-pack_request(struct waiter *w, const struct cf_method *m, const uint8_t *buf, size_t len)
+pack_request(struct lc_pending *w, const struct cf_method *m, const uint8_t *buf, size_t len)
 {
 	Coffer__V1__PipelineRequest req = COFFER__V1__PIPELINE_REQUEST__INIT;
 
@@ -549,16 +569,16 @@ pack_request(struct waiter *w, const struct cf_method *m, const uint8_t *buf, si
 	return CF_OK;
 }
 
-/* Wait for w's answer until `ms` (0: no limit) from `start` have passed:
+/* Wait for w's answer until its deadline (w->ms from w->start; 0: none):
  * 0, or ETIMEDOUT with w out of the table and the queue. Under mu. */
 static int
-await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct timespec *start)
+await(struct lc_pipeline *p, struct lc_pending *w)
 {
-	struct timespec until = *start, linger = { 0, 0 };
+	struct timespec until = w->start, linger = { 0, 0 };
 
-	cf_timespec_add_us(&until, (uint64_t)ms * 1000u);
+	cf_timespec_add_us(&until, (uint64_t)w->ms * 1000u);
 	while (w->state == W_WAITING) {
-		const struct timespec *t = ms != 0 ? &until : NULL;
+		const struct timespec *t = w->ms != 0 ? &until : NULL;
 		int lingering = 0, r;
 
 		/* Held for its wave: one held request times the wait for all. */
@@ -604,7 +624,7 @@ await(struct lc_pipeline *p, struct waiter *w, unsigned int ms, const struct tim
 
 /* The answer in w, as the unary call would give it. */
 static int
-answer(struct lc_pipeline *p, struct waiter *w, unsigned int ms, uint8_t **out, size_t *outlen)
+answer(struct lc_pipeline *p, struct lc_pending *w, unsigned int ms, uint8_t **out, size_t *outlen)
 {
 	Coffer__V1__PipelineResponse *resp = w->resp;
 	int r = CF_OK;
@@ -625,7 +645,7 @@ answer(struct lc_pipeline *p, struct waiter *w, unsigned int ms, uint8_t **out, 
 
 /* The stream ended before w was answered. */
 static int
-ended(struct lc_pipeline *p, const struct cf_method *m, struct waiter *w, unsigned int ms)
+ended(struct lc_pipeline *p, const struct cf_method *m, struct lc_pending *w, unsigned int ms)
 {
 	unsigned code = w->end_code;
 
@@ -648,77 +668,110 @@ ended(struct lc_pipeline *p, const struct cf_method *m, struct waiter *w, unsign
 	return lc_status_error(p->conn, ms, code, (const uint8_t *)w->end_msg, w->end_len);
 }
 
+/* Under mu, after a call that did not take the stream: this thread is
+ * back from its wave, and what it held back may go. */
+static void
+not_taken(struct lc_pipeline *p)
+{
+	if (tl_pipe == p) {
+		pthread_mutex_lock(&p->mu);
+		came_back(p);
+		pump(p);
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
 int
-lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
-    unsigned others, const uint8_t *buf, size_t len, uint8_t **out, size_t *outlen)
+lc_pipeline_start(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
+    unsigned others, const uint8_t *buf, size_t len, struct lc_pending **out)
 {
 	int mode = atomic_load(&p->mode);
-	unsigned int ms = lc_conn_timeout(p->conn);
-	struct timespec start;
-	struct waiter w;
+	struct lc_pending *w;
 	int r;
 
 	if (mode == COFFER_PIPELINE_OFF || !eligible(m) || atomic_load(&p->disabled)) {
-		if (tl_pipe == p) {
-			pthread_mutex_lock(&p->mu);
-			came_back(p);
-			pump(p);
-			pthread_mutex_unlock(&p->mu);
-		}
+		not_taken(p);
 		return LC_PIPE_UNARY;
 	}
-	memset(&w, 0, sizeof(w));
-	w.id = atomic_fetch_add(&p->next_id, 1);
-	w.state = W_WAITING;
-	clock_gettime(CLOCK_MONOTONIC, &start);
+	if ((w = calloc(1, sizeof(*w))) == NULL)
+		return cf_nomem();
+	w->id = atomic_fetch_add(&p->next_id, 1);
+	w->state = W_WAITING;
+	w->ms = lc_conn_timeout(p->conn);
+	clock_gettime(CLOCK_MONOTONIC, &w->start);
 	pthread_mutex_lock(&p->mu);
 	came_back(p);
-	if (p->state == P_CLOSED && mode == COFFER_PIPELINE_AUTO && others == 0) {
-		/* A lone caller: a plain unary call costs it less. */
-		pthread_mutex_unlock(&p->mu);
-		return LC_PIPE_UNARY;
-	}
-	/* A draining stream takes nothing new; after a fork, a stream whose
-	 * reader is in the parent serves nobody. */
-	if (p->state == P_DRAINING || (p->reader_live && !reader_here(p)) ||
+	/* A lone caller: a plain unary call costs it less. A draining stream
+	 * takes nothing new; after a fork, a stream whose reader is in the
+	 * parent serves nobody. */
+	if ((p->state == P_CLOSED && mode == COFFER_PIPELINE_AUTO && others == 0) ||
+	    p->state == P_DRAINING || (p->reader_live && !reader_here(p)) ||
 	    (p->state == P_CLOSED && open_locked(p, k) != CF_OK)) {
 		pthread_mutex_unlock(&p->mu);
+		free(w);
 		return LC_PIPE_UNARY;
 	}
 	pthread_mutex_unlock(&p->mu);
-	if ((r = pack_request(&w, m, buf, len)) != CF_OK)
+	if ((r = pack_request(w, m, buf, len)) != CF_OK) {
+		free(w);
 		return r;
-	if (pthread_cond_init(&w.cv, NULL) != 0) {
-		drop_request(&w);
+	}
+	if (pthread_cond_init(&w->cv, NULL) != 0) {
+		drop_request(w);
+		free(w);
 		return cf_error(CF_E_NOMEM, "cannot create a condition variable");
 	}
 	pthread_mutex_lock(&p->mu);
 	if (p->state != P_OPEN) {
 		/* It ended or began draining meanwhile. */
 		pthread_mutex_unlock(&p->mu);
-		drop_request(&w);
-		pthread_cond_destroy(&w.cv);
+		drop_request(w);
+		pthread_cond_destroy(&w->cv);
+		free(w);
 		return LC_PIPE_UNARY;
 	}
-	w.next = *bucket(p, w.id);
-	*bucket(p, w.id) = &w;
+	w->next = *bucket(p, w->id);
+	*bucket(p, w->id) = w;
 	if (p->qtail != NULL)
-		p->qtail->qnext = &w;
+		p->qtail->qnext = w;
 	else
-		p->qhead = &w;
-	p->qtail = &w;
+		p->qhead = w;
+	p->qtail = w;
 	pump(p);
-	r = await(p, &w, ms, &start);
-	if (w.state == W_ANSWERED) {
-		tl_pipe = p;   /* one of the wave, until its next call */
-		tl_wave = w.wave;
-	}
 	pthread_mutex_unlock(&p->mu);
-	pthread_cond_destroy(&w.cv);
+	*out = w;
+	return CF_OK;
+}
+
+int
+lc_pipeline_finish(struct lc_pipeline *p, struct lc_pending *w, const struct cf_method *m,
+    uint8_t **out, size_t *outlen)
+{
+	int r;
+
+	pthread_mutex_lock(&p->mu);
+	r = await(p, w);
+	if (w->state == W_ANSWERED)
+		took(p, w->wave);   /* one of the wave, until its next call */
+	pthread_mutex_unlock(&p->mu);
+	pthread_cond_destroy(&w->cv);
 	if (r == ETIMEDOUT)   /* the text the unary call gives at its deadline */
-		return lc_status_error(p->conn, ms, GRPC_STATUS_DEADLINE_EXCEEDED,
+		r = lc_status_error(p->conn, w->ms, GRPC_STATUS_DEADLINE_EXCEEDED,
 		    (const uint8_t *)"Deadline Exceeded", strlen("Deadline Exceeded"));
-	if (w.state == W_ANSWERED)
-		return answer(p, &w, ms, out, outlen);
-	return ended(p, m, &w, ms);
+	else if (w->state == W_ANSWERED)
+		r = answer(p, w, w->ms, out, outlen);
+	else
+		r = ended(p, m, w, w->ms);
+	free(w);
+	return r;
+}
+
+int
+lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
+    unsigned others, const uint8_t *buf, size_t len, uint8_t **out, size_t *outlen)
+{
+	struct lc_pending *w;
+	int r = lc_pipeline_start(p, k, m, others, buf, len, &w);
+
+	return r != CF_OK ? r : lc_pipeline_finish(p, w, m, out, outlen);
 }

@@ -43,9 +43,23 @@ void lc_pipeline_drop(struct lc_pipeline *p);
  * calls in flight), opening the stream with k's signature (NULL: none).
  * CF_OK with *out, *outlen the response (malloc'ed, the caller's), a
  * failure with the text the unary call would give, or LC_PIPE_UNARY or
- * LC_PIPE_RETRY.
+ * LC_PIPE_RETRY. lc_pipeline_start, then lc_pipeline_finish.
  */
 int lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
     unsigned others, const uint8_t *buf, size_t len, uint8_t **out, size_t *outlen);
+
+/* A call handed to the stream and not yet finished. */
+struct lc_pending;
+
+/* The first half of lc_pipeline_call: hand the request to the stream (its
+ * deadline counts from now) and return: CF_OK with *w, LC_PIPE_UNARY, or a
+ * failure. Every *w must be finished exactly once, before
+ * lc_pipeline_close. */
+int lc_pipeline_start(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
+    unsigned others, const uint8_t *buf, size_t len, struct lc_pending **w);
+/* The second half: wait for w's answer, free w, and return as
+ * lc_pipeline_call. Any thread may finish it. */
+int lc_pipeline_finish(struct lc_pipeline *p, struct lc_pending *w, const struct cf_method *m,
+    uint8_t **out, size_t *outlen);
 
 #endif

@@ -168,21 +168,14 @@ must_seal(const coffer_client *c, const char *method)
 	return (m->flags & CF_MF_SECRET) != 0;
 }
 
-/* One call, through the client's stream when it takes it, else unary. */
+/* One unary call (`first`: the stream ended under it, so it is the call's
+ * one repetition). */
 static int
-call(coffer_client *c, const struct cf_method *m, const char *method, int sealed, int secret,
-    unsigned others, uint8_t *buf, size_t len, uint8_t **resp, size_t *rlen)
+unary(coffer_client *c, const struct cf_method *m, const char *method, int sealed, int first,
+    uint8_t *buf, size_t len, uint8_t **resp, size_t *rlen)
 {
-	int first = 0, r = LC_PIPE_UNARY;
+	int r;
 
-	if (!sealed && !secret && !(c->flags & COFFER_CONNECT_ADMIN))
-		r = lc_pipeline_call(c->pipe, c->apikey, m, others, buf, len, resp, rlen);
-	if (r <= 0)
-		return r;
-	/* The stream ended under it: one unary attempt, as a unary call that
-	 * met a restart gets (below). */
-	if (r == LC_PIPE_RETRY)
-		first = 1;
 	/* With an idempotency key an admin call is safe to repeat: ride out a
 	 * daemon restart. A KeyService call changes nothing, so it is repeated
 	 * once at once: a daemon that restarted closed the connection this
@@ -212,43 +205,148 @@ call(coffer_client *c, const struct cf_method *m, const char *method, int sealed
 	return r;
 }
 
-int
-lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
-    const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
+/* May the call travel on the client's stream? */
+static int
+streamable(const coffer_client *c, int sealed, int secret)
 {
-	uint8_t *buf = NULL, *resp = NULL;
-	size_t len, rlen = 0;
-	ProtobufCMessage *msg;
-	const struct cf_method *m = cf_method_by_path(method);
-	int sealed = must_seal(c, method);
-	int r;
+	return !sealed && !secret && !(c->flags & COFFER_CONNECT_ADMIN);
+}
 
-	len = protobuf_c_message_get_packed_size(req);
-	if (len > COFFER_MAX_MESSAGE)
+/* After the stream's answer r (CF_OK, a failure, or LC_PIPE_*): a unary
+ * call when the stream did not take it, or ended under it. */
+static int
+unless_streamed(coffer_client *c, const struct cf_method *m, const char *method, int sealed,
+    int r, uint8_t *buf, size_t len, uint8_t **resp, size_t *rlen)
+{
+	if (r <= 0)
+		return r;
+	return unary(c, m, method, sealed, r == LC_PIPE_RETRY, buf, len, resp, rlen);
+}
+
+/* req packed into *buf (in locked memory when it travels sealed: it may
+ * carry secrets, and is sealed from there). */
+static int
+pack(const ProtobufCMessage *req, int sealed, uint8_t **buf, size_t *len)
+{
+	*len = protobuf_c_message_get_packed_size(req);
+	if (*len > COFFER_MAX_MESSAGE)
 		return cf_error(CF_E_TOO_LARGE, "request of %zu bytes is above the %u-byte "
-		    "message limit", len, COFFER_MAX_MESSAGE);
-	/* A request that travels sealed may carry secrets: packed in locked
-	 * memory, from which it is sealed. */
-	buf = sealed ? cf_locked_allocator.alloc(NULL, len ? len : 1) : malloc(len ? len : 1);
-	if (buf == NULL)
+		    "message limit", *len, COFFER_MAX_MESSAGE);
+	*buf = sealed ? cf_locked_allocator.alloc(NULL, *len ? *len : 1) :
+	    malloc(*len ? *len : 1);
+	if (*buf == NULL)
 		return cf_nomem();
-	if (protobuf_c_message_pack(req, buf) != len) {
-		cf_secure_free(buf, len);
+	if (protobuf_c_message_pack(req, *buf) != *len) {
+		cf_secure_free(*buf, *len);
 		return cf_error(CF_E_INTERNAL, "cannot encode the request");
 	}
-	/* Its other calls in flight decide whether a call takes the stream. */
-	r = call(c, m, method, sealed, secret, atomic_fetch_add(&c->busy, 1), buf, len, &resp,
-	    &rlen);
-	atomic_fetch_sub(&c->busy, 1);
-	cf_secure_free(buf, len);
-	if (r != CF_OK)
-		return r;
+	return CF_OK;
+}
+
+/* The response resp[0..rlen), consumed, unpacked into *out. */
+static int
+unpack(const char *method, const ProtobufCMessageDescriptor *rdesc, int secret, uint8_t *resp,
+    size_t rlen, ProtobufCMessage **out)
+{
+	ProtobufCMessage *msg;
+
 	msg = protobuf_c_message_unpack(rdesc, secret ? &cf_locked_allocator : NULL, rlen, resp);
 	cf_secure_free(resp, rlen);
 	if (msg == NULL)
 		return cf_error(CF_E_INTERNAL, "malformed response to %s", method);
 	*out = msg;
 	return CF_OK;
+}
+
+int
+lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out)
+{
+	uint8_t *buf = NULL, *resp = NULL;
+	size_t len, rlen = 0;
+	const struct cf_method *m = cf_method_by_path(method);
+	int sealed = must_seal(c, method);
+	unsigned others;
+	int r;
+
+	if ((r = pack(req, sealed, &buf, &len)) != CF_OK)
+		return r;
+	/* Its other calls in flight decide whether a call takes the stream. */
+	others = atomic_fetch_add(&c->busy, 1);
+	r = LC_PIPE_UNARY;
+	if (streamable(c, sealed, secret))
+		r = lc_pipeline_call(c->pipe, c->apikey, m, others, buf, len, &resp, &rlen);
+	r = unless_streamed(c, m, method, sealed, r, buf, len, &resp, &rlen);
+	atomic_fetch_sub(&c->busy, 1);
+	cf_secure_free(buf, len);
+	if (r != CF_OK)
+		return r;
+	return unpack(method, rdesc, secret, resp, rlen, out);
+}
+
+/* A call started and not yet waited for (lc_rpc_start). */
+struct lc_call {
+	coffer_client *c;
+	const char *method;
+	const struct cf_method *m;
+	int sealed;
+	uint8_t *buf;                   /* the packed request, for a unary call */
+	size_t len;
+	struct lc_pending *w;           /* on the stream; NULL: unary, when waited for */
+};
+
+int
+lc_rpc_start(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    struct lc_call **out)
+{
+	struct lc_call *call;
+	int r;
+
+	if ((call = calloc(1, sizeof(*call))) == NULL)
+		return cf_nomem();
+	call->c = c;
+	call->method = method;
+	call->m = cf_method_by_path(method);
+	call->sealed = must_seal(c, method);
+	if ((r = pack(req, call->sealed, &call->buf, &call->len)) != CF_OK) {
+		free(call);
+		return r;
+	}
+	/* A call started is in flight with the caller's others: it takes the
+	 * stream even when it is the only one. */
+	atomic_fetch_add(&c->busy, 1);
+	r = LC_PIPE_UNARY;
+	if (streamable(c, call->sealed, 0))
+		r = lc_pipeline_start(c->pipe, c->apikey, call->m, 1, call->buf, call->len,
+		    &call->w);
+	if (r < 0) {
+		atomic_fetch_sub(&c->busy, 1);
+		cf_secure_free(call->buf, call->len);
+		free(call);
+		return r;
+	}
+	*out = call;
+	return CF_OK;
+}
+
+int
+lc_rpc_wait(struct lc_call *call, const ProtobufCMessageDescriptor *rdesc, ProtobufCMessage **out)
+{
+	coffer_client *c = call->c;
+	uint8_t *resp = NULL;
+	size_t rlen = 0;
+	int r = LC_PIPE_UNARY;
+
+	if (call->w != NULL)
+		r = lc_pipeline_finish(c->pipe, call->w, call->m, &resp, &rlen);
+	r = unless_streamed(c, call->m, call->method, call->sealed, r, call->buf, call->len,
+	    &resp, &rlen);
+	atomic_fetch_sub(&c->busy, 1);
+	cf_secure_free(call->buf, call->len);
+	if (r == CF_OK)
+		r = unpack(call->method, rdesc, 0, resp, rlen, out);
+	free(call);
+	return r;
 }
 
 int

@@ -24,6 +24,21 @@ struct lc_sessions;
 int lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
     const ProtobufCMessageDescriptor *rdesc, int secret, ProtobufCMessage **out);
 
+/*
+ * lc_rpc in two halves, so that a caller keeps several calls in flight
+ * (coffer_wait): lc_rpc_start packs req (borrowed only meanwhile) and hands
+ * it to the client's stream when it takes it; lc_rpc_wait waits for the
+ * answer (or makes the unary call, when the stream did not take it or
+ * ended under it), unpacks it as lc_rpc does, and frees the call. Only
+ * for calls whose response carries no secret. Every started call is
+ * waited for exactly once, by any thread, before coffer_close.
+ */
+struct lc_call;
+int lc_rpc_start(coffer_client *c, const char *method, const ProtobufCMessage *req,
+    struct lc_call **out);
+int lc_rpc_wait(struct lc_call *call, const ProtobufCMessageDescriptor *rdesc,
+    ProtobufCMessage **out);
+
 /* Clear the error detail; COFFER_E_INVALID_ARG for a NULL client or name. */
 int lc_check_client(const coffer_client *c, const char *name);
 

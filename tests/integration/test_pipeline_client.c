@@ -10,7 +10,13 @@
  * load: calls succeed again or fail UNAVAILABLE, none hangs. Frames: the 8
  * threads' requests reach cofferd several to a message (its metrics count
  * messages and requests), and a wave of callers that do not come back does
- * not hold the one that does.
+ * not hold the one that does. Calls kept in flight (coffer_*_start, then
+ * coffer_wait): 8 threads each with 8 in flight, every signature its own;
+ * waited for in any order by another thread; the daemon's errors from
+ * coffer_wait with the unary call's status and text, local ones from the
+ * start; the same answers with the stream off and on a client that seals
+ * every call; a deadline counted from the start; a cofferd killed with
+ * calls in flight: each repeated as a unary call on the new one.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -117,18 +123,22 @@ stream_request_id(const char *id, char *stream, size_t len)
 	return 1;
 }
 
-/* Of the last `n` records, those of `method`: how many came on a stream
- * (*streams: on how many different streams), how many as unary calls. */
+/* Of the last `n` records since cofferd last started, those of `method`:
+ * how many came on a stream (*streams: on how many different streams), how
+ * many as unary calls. */
 static void
 count_records(size_t n, const char *method, unsigned *on_stream, unsigned *unary,
 	      unsigned *streams)
 {
 	char **lines = NULL, id[128], sid[128], seen[8][128];
-	size_t got = 0;
+	size_t got = 0, from = 0;
 
 	*on_stream = *unary = *streams = 0;
 	CHECK_COFFER(coffer_audit_tail(adm, n, &lines, &got));
-	for (size_t i = 0; i < got; i++) {
+	for (size_t i = 0; i < got; i++)
+		if (strstr(lines[i], "\"event\":\"start\"") != NULL)
+			from = i;
+	for (size_t i = from; i < got; i++) {
 		if (strstr(lines[i], method) == NULL)
 			continue;
 		request_id(lines[i], id, sizeof(id));
@@ -217,19 +227,17 @@ sign_many(void *arg)
 	return NULL;
 }
 
-static void
-threads_sign(int mode)
+/* THREADS workers on client c running fn, joined: none failed, no bad
+ * signature; the calls that succeeded. */
+static unsigned
+run_workers(struct worker *w, coffer_client *c, void *(*fn)(void *))
 {
-	struct worker w[THREADS];
-	coffer_client *c = client(mode);
-	unsigned ok = 0, on_stream, unary, streams;
+	unsigned ok = 0;
 
-	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-	memset(w, 0, sizeof(w));
 	for (unsigned i = 0; i < THREADS; i++) {
 		w[i].c = c;
 		w[i].id = i;
-		CU_ASSERT_EQUAL_FATAL(pthread_create(&w[i].t, NULL, sign_many, &w[i]), 0);
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&w[i].t, NULL, fn, &w[i]), 0);
 	}
 	for (unsigned i = 0; i < THREADS; i++) {
 		pthread_join(w[i].t, NULL);
@@ -240,6 +248,19 @@ threads_sign(int mode)
 		CU_ASSERT_EQUAL(w[i].bad_sig, 0);
 		ok += w[i].ok;
 	}
+	return ok;
+}
+
+static void
+threads_sign(int mode)
+{
+	struct worker w[THREADS];
+	coffer_client *c = client(mode);
+	unsigned ok, on_stream, unary, streams;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	memset(w, 0, sizeof(w));
+	ok = run_workers(w, c, sign_many);
 	CU_ASSERT_EQUAL(ok, THREADS * CALLS);
 	/* One audit record each, on one stream (the trail's seal records
 	 * interleave); OFF: unary calls only. */
@@ -662,6 +683,355 @@ test_restart_under_load(void)
 	coffer_close(c);
 }
 
+
+/* ---- calls kept in flight: coffer_*_start, then coffer_wait ---- */
+
+#define IN_FLIGHT 8
+#define TURNS 25
+
+static void *
+sign_in_flight(void *arg)
+{
+	struct worker *w = arg;
+
+	for (unsigned t = 0; t < TURNS; t++) {
+		coffer_call *calls[IN_FLIGHT];
+		char msg[IN_FLIGHT][64];
+		unsigned n = 0;
+		int r = COFFER_OK;
+
+		for (; n < IN_FLIGHT; n++) {
+			snprintf(msg[n], sizeof(msg[n]), "thread %u turn %u call %u", w->id, t, n);
+			r = coffer_sign_start(w->c, "sig", 0, (const uint8_t *)msg[n],
+					      strlen(msg[n]), NULL, &calls[n]);
+			if (r != COFFER_OK)
+				break;
+		}
+		if (r != COFFER_OK && w->failed++ == 0)
+			snprintf(w->why, sizeof(w->why), "start: %s", coffer_error_message());
+		/* Each answer checked against its own message: one handed to
+		 * another call would not verify. */
+		for (unsigned k = 0; k < n; k++) {
+			struct coffer_result res;
+
+			memset(&res, 0, sizeof(res));
+			r = coffer_wait(calls[k], &res);
+			if (r != COFFER_OK) {
+				if (w->failed++ == 0)
+					snprintf(w->why, sizeof(w->why), "%s", coffer_error_message());
+			} else if (res.version != 1 ||
+				   !cf_test_openssl_verify(sig_pk->der.data, sig_pk->der.len,
+							   CF_HASH_SHA256, 0,
+							   (const uint8_t *)msg[k], strlen(msg[k]),
+							   res.out.data, res.out.len)) {
+				w->bad_sig++;
+			} else {
+				w->ok++;
+			}
+			coffer_bytes_free(&res.out);
+		}
+	}
+	return NULL;
+}
+
+static void
+test_in_flight_threads(void)
+{
+	struct worker w[THREADS];
+	coffer_client *c = client(COFFER_PIPELINE_AUTO);
+	unsigned ok, on_stream, unary, streams;
+	uint64_t m0, r0, m1, r1;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	memset(w, 0, sizeof(w));
+	pipeline_counts(&m0, &r0);
+	ok = run_workers(w, c, sign_in_flight);
+	pipeline_counts(&m1, &r1);
+	CU_ASSERT_EQUAL(ok, THREADS * TURNS * IN_FLIGHT);
+	/* Started calls take the stream even in AUTO, from the first: all of
+	 * them on it, one audit record each, and several to a message. */
+	CU_ASSERT_EQUAL(r1 - r0, THREADS * TURNS * IN_FLIGHT);
+	printf("\n    %u threads x %u turns x %u in flight: %llu requests in %llu messages "
+	       "(%.2f per message)\n", THREADS, TURNS, IN_FLIGHT, (unsigned long long)(r1 - r0),
+	       (unsigned long long)(m1 - m0),
+	       m1 > m0 ? (double)(r1 - r0) / (double)(m1 - m0) : 0.0);
+	CU_ASSERT(2 * (m1 - m0) < r1 - r0);
+	count_records(1000, "KeyService/Sign\"", &on_stream, &unary, &streams);
+	CU_ASSERT_EQUAL(streams, 1);
+	CU_ASSERT_EQUAL(unary, 0);
+	CU_ASSERT(on_stream >= 900);
+	coffer_close(c);
+}
+
+/* Started by one thread, waited for by another. */
+struct waits {
+	coffer_call *calls[40];
+	struct coffer_result res[40];
+	int r[40];
+	unsigned n;
+};
+
+static void *
+wait_backwards(void *arg)
+{
+	struct waits *ws = arg;
+
+	for (unsigned k = ws->n; k-- > 0;)
+		ws->r[k] = coffer_wait(ws->calls[k], &ws->res[k]);
+	return NULL;
+}
+
+static void
+test_in_flight_any_order(void)
+{
+	coffer_client *s = client(COFFER_PIPELINE_ALWAYS), *u = client(COFFER_PIPELINE_OFF);
+	static struct waits ws;
+	uint8_t macs[16][32], sigbuf[16][256];
+	size_t siglen[16];
+	char msg[16][32];
+	pthread_t t;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(u);
+	memset(&ws, 0, sizeof(ws));
+	/* The expected answers, from unary calls. */
+	for (unsigned i = 0; i < 16; i++) {
+		struct coffer_bytes m = { NULL, 0 }, g = { NULL, 0 };
+
+		snprintf(msg[i], sizeof(msg[i]), "in flight %u", i);
+		CHECK_COFFER(coffer_mac(u, "mac", 0, (const uint8_t *)msg[i], strlen(msg[i]), &m,
+					NULL));
+		CHECK_COFFER(coffer_sign(u, "sig", 0, (const uint8_t *)msg[i], strlen(msg[i]),
+					 NULL, &g, NULL));
+		CU_ASSERT_FATAL(m.len == 32 && g.len <= sizeof(sigbuf[i]));
+		memcpy(macs[i], m.data, 32);
+		memcpy(sigbuf[i], g.data, g.len);
+		siglen[i] = g.len;
+		coffer_bytes_free(&m);
+		coffer_bytes_free(&g);
+	}
+	/* 16 MACs, then each MAC and signature checked, every other one
+	 * tampered with: 40 calls in flight at once. */
+	for (unsigned i = 0; i < 16; i++)
+		CHECK_COFFER(coffer_mac_start(s, "mac", 0, (const uint8_t *)msg[i], strlen(msg[i]),
+					      &ws.calls[ws.n++]));
+	for (unsigned i = 0; i < 12; i++) {
+		uint8_t bad[32];
+
+		memcpy(bad, macs[i], 32);
+		bad[0] ^= (uint8_t)(i % 2);
+		CHECK_COFFER(coffer_verify_mac_start(s, "mac", 1, (const uint8_t *)msg[i],
+						     strlen(msg[i]), bad, 32, &ws.calls[ws.n++]));
+	}
+	for (unsigned i = 0; i < 12; i++) {
+		/* The request is packed at the start: the caller's buffer may
+		 * change at once. */
+		sigbuf[i][siglen[i] - 1] ^= (uint8_t)(i % 2);
+		CHECK_COFFER(coffer_verify_start(s, "sig", 1, (const uint8_t *)msg[i],
+						 strlen(msg[i]), NULL, sigbuf[i], siglen[i],
+						 &ws.calls[ws.n++]));
+		memset(sigbuf[i], 0, siglen[i]);
+	}
+	CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, wait_backwards, &ws), 0);
+	pthread_join(t, NULL);
+	for (unsigned k = 0; k < ws.n; k++) {
+		CU_ASSERT_EQUAL(ws.r[k], COFFER_OK);
+		if (k < 16) {
+			CU_ASSERT(ws.res[k].out.len == 32 &&
+				  memcmp(ws.res[k].out.data, macs[k], 32) == 0);
+			CU_ASSERT_EQUAL(ws.res[k].version, 1);
+		} else {
+			unsigned i = (k - 16) % 12;
+
+			CU_ASSERT_EQUAL(ws.res[k].valid, i % 2 == 0);
+			CU_ASSERT_PTR_NULL(ws.res[k].out.data);
+		}
+		coffer_bytes_free(&ws.res[k].out);
+	}
+	coffer_close(s);
+	coffer_close(u);
+}
+
+/* Start a Sign of `data` with `key` and options o, wait for it: the status,
+ * the text into text. */
+static int
+sign_started(coffer_client *c, const char *key, const struct coffer_sign_opts *o,
+	     const void *data, size_t len, char *text, size_t textlen)
+{
+	struct coffer_result res;
+	coffer_call *call = NULL;
+	int r;
+
+	memset(&res, 0, sizeof(res));
+	if ((r = coffer_sign_start(c, key, 0, data, len, o, &call)) == COFFER_OK)
+		r = coffer_wait(call, &res);
+	snprintf(text, textlen, "%s", coffer_error_message());
+	coffer_bytes_free(&res.out);
+	return r;
+}
+
+static void
+test_in_flight_errors(void)
+{
+	coffer_client *cs[3] = { client(COFFER_PIPELINE_ALWAYS), client(COFFER_PIPELINE_OFF),
+				 NULL };
+	struct coffer_sign_opts digest = { .hash = COFFER_HASH_SHA256, .prehashed = 1 };
+	struct coffer_result res;
+	coffer_call *calls[5];
+	struct coffer_bytes spki = { NULL, 0 };
+	char text[512], fpr[128];
+	uint8_t d[SHA256_DIGEST_LENGTH];
+
+	/* A client that seals every call: nothing of it takes the stream. */
+	CHECK_COFFER(coffer_get_identity(adm, &spki, fpr, sizeof(fpr)));
+	CHECK_COFFER(coffer_connect(dmn.service, COFFER_CONNECT_SEAL_ALL, &cs[2]));
+	CHECK_COFFER(coffer_pin_identity(cs[2], spki.data, spki.len));
+	coffer_bytes_free(&spki);
+	SHA256((const uint8_t *)"m", 1, d);
+	/* On the stream, the stream off, sealed: the unary call's status and
+	 * text, from coffer_wait. */
+	for (int k = 0; k < 3; k++) {
+		CU_ASSERT_PTR_NOT_NULL_FATAL(cs[k]);
+		CU_ASSERT_EQUAL(sign_started(cs[k], "nokey", NULL, "m", 1, text, sizeof(text)),
+				COFFER_E_NOT_FOUND);
+		CU_ASSERT_STRING_EQUAL(text, "key nokey does not exist");
+		CU_ASSERT_EQUAL(sign_started(cs[k], "mac", NULL, "m", 1, text, sizeof(text)),
+				COFFER_E_PRECONDITION);
+		CU_ASSERT_STRING_EQUAL(text, "key mac is a mac key (hmac-sha256); this operation "
+				       "needs a sign key");
+		CU_ASSERT_EQUAL(sign_started(cs[k], "sig", &digest, d, 20, text, sizeof(text)),
+				COFFER_E_INVALID_ARG);
+		CU_ASSERT_STRING_EQUAL(text, "a sha256 digest is 32 bytes, got 20");
+		CU_ASSERT_EQUAL(sign_started(cs[k], "sig", &digest, d, sizeof(d), text,
+					     sizeof(text)), COFFER_OK);
+	}
+	/* Failures and successes in flight together: each its own. */
+	CHECK_COFFER(coffer_sign_start(cs[0], "sig", 0, d, sizeof(d), &digest, &calls[0]));
+	CHECK_COFFER(coffer_sign_start(cs[0], "nokey", 0, d, sizeof(d), &digest, &calls[1]));
+	CHECK_COFFER(coffer_mac_start(cs[0], "sig", 0, d, sizeof(d), &calls[2]));
+	CHECK_COFFER(coffer_verify_mac_start(cs[0], "mac", 0, d, sizeof(d), d, sizeof(d),
+					     &calls[3]));
+	CHECK_COFFER(coffer_mac_start(cs[0], "mac", 0, d, sizeof(d), &calls[4]));
+	memset(&res, 0, sizeof(res));
+	CHECK_COFFER(coffer_wait(calls[0], &res));
+	CU_ASSERT(res.out.len > 0 && res.version == 1);
+	coffer_bytes_free(&res.out);
+	CU_ASSERT_EQUAL(coffer_wait(calls[1], &res), COFFER_E_NOT_FOUND);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "key nokey does not exist");
+	CU_ASSERT_EQUAL(coffer_wait(calls[2], &res), COFFER_E_PRECONDITION);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "key sig is a sign key (ec-p256); this "
+			       "operation needs a mac key");
+	CU_ASSERT_EQUAL(coffer_wait(calls[3], &res), COFFER_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "version is required: pass the version "
+			       "that Mac returned");
+	CU_ASSERT_PTR_NULL(res.out.data);   /* outputs untouched on failure */
+	/* A result not wanted: waited for and dropped. */
+	CHECK_COFFER(coffer_wait(calls[4], NULL));
+	/* Local failures: at the start, nothing sent. */
+	CU_ASSERT_EQUAL(coffer_sign_start(cs[0], "sig", 0, d, sizeof(d), NULL, NULL),
+			COFFER_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "NULL message or output");
+	CU_ASSERT_EQUAL(coffer_verify_start(cs[0], "sig", 1, d, sizeof(d), NULL, NULL, 3,
+					    &calls[0]), COFFER_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "NULL message, signature or output");
+	CU_ASSERT_EQUAL(coffer_mac_start(NULL, "mac", 0, d, 1, &calls[0]), COFFER_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "NULL client or key name");
+	CU_ASSERT_EQUAL(coffer_wait(NULL, &res), COFFER_E_INVALID_ARG);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "NULL call");
+	for (int k = 0; k < 3; k++)
+		coffer_close(cs[k]);
+}
+
+/* A deadline counts from the call's start: calls started on a frozen cofferd
+ * and waited for after it end at once, with the unary call's text. */
+static void
+test_in_flight_deadline(void)
+{
+	coffer_client *s = client(COFFER_PIPELINE_ALWAYS), *u = client(COFFER_PIPELINE_OFF);
+	coffer_call *calls[4];
+	struct coffer_result res;
+	char text[512], unary_text[512];
+	double t0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(u);
+	coffer_set_timeout(s, 300);
+	coffer_set_timeout(u, 300);
+	CU_ASSERT_EQUAL(sign_started(s, "sig", NULL, "m", 1, text, sizeof(text)), COFFER_OK);
+	CU_ASSERT_EQUAL_FATAL(kill(dmn.pid, SIGSTOP), 0);
+	CU_ASSERT_EQUAL(sign_with(u, "sig", NULL, "m", 1), COFFER_E_TIMEOUT);
+	snprintf(unary_text, sizeof(unary_text), "%s", coffer_error_message());
+	for (int k = 0; k < 4; k++)
+		CHECK_COFFER(coffer_sign_start(s, "sig", 0, (const uint8_t *)"m", 1, NULL,
+					       &calls[k]));
+	usleep(400 * 1000);
+	t0 = now_ms();
+	for (int k = 0; k < 4; k++) {
+		memset(&res, 0, sizeof(res));
+		CU_ASSERT_EQUAL(coffer_wait(calls[k], &res), COFFER_E_TIMEOUT);
+		CU_ASSERT_STRING_EQUAL(coffer_error_message(), unary_text);
+		CU_ASSERT_PTR_NULL(res.out.data);
+	}
+	printf("\n    frozen cofferd: \"%s\"; 4 started calls past their deadline waited "
+	       "%.1f ms in all\n", unary_text, now_ms() - t0);
+	CU_ASSERT(now_ms() - t0 < 100.0);
+	CU_ASSERT_EQUAL(kill(dmn.pid, SIGCONT), 0);
+	/* Their late answers are dropped; the stream goes on. */
+	for (int k = 0; k < 3; k++)
+		CU_ASSERT_EQUAL(sign_started(s, "sig", NULL, "m", 1, text, sizeof(text)),
+				COFFER_OK);
+	coffer_close(s);
+	coffer_close(u);
+}
+
+/* cofferd killed with calls in flight on its stream, then started again:
+ * the calls are repeated as unary calls on the new one (Sign records no
+ * nonce), each answered with its own signature. */
+static void
+test_in_flight_daemon_killed(void)
+{
+	coffer_client *s = client(COFFER_PIPELINE_ALWAYS);
+	coffer_call *calls[8];
+	char msg[8][32], text[512];
+	unsigned on_stream, unary, streams;
+	int status;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	coffer_set_timeout(s, 10000);
+	CU_ASSERT_EQUAL(sign_started(s, "sig", NULL, "m", 1, text, sizeof(text)), COFFER_OK);
+	/* Frozen, so that none of them runs before the kill. */
+	CU_ASSERT_EQUAL_FATAL(kill(dmn.pid, SIGSTOP), 0);
+	for (int k = 0; k < 8; k++) {
+		snprintf(msg[k], sizeof(msg[k]), "killed under call %d", k);
+		CHECK_COFFER(coffer_sign_start(s, "sig", 0, (const uint8_t *)msg[k],
+					       strlen(msg[k]), NULL, &calls[k]));
+	}
+	CU_ASSERT_EQUAL_FATAL(kill(dmn.pid, SIGKILL), 0);
+	CU_ASSERT_EQUAL_FATAL(waitpid(dmn.pid, &status, 0), dmn.pid);
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_start(&tok, &dmn, with_metrics), 0);
+	for (int k = 0; k < 8; k++) {
+		struct coffer_result res;
+		int r;
+
+		memset(&res, 0, sizeof(res));
+		r = coffer_wait(calls[k], &res);
+		if (r != COFFER_OK)
+			fprintf(stderr, "\n  call %d: %s: %s\n", k, coffer_strerror(r),
+				coffer_error_message());
+		CU_ASSERT_EQUAL(r, COFFER_OK);
+		CU_ASSERT(r != COFFER_OK ||
+			  cf_test_openssl_verify(sig_pk->der.data, sig_pk->der.len, CF_HASH_SHA256,
+						 0, (const uint8_t *)msg[k], strlen(msg[k]),
+						 res.out.data, res.out.len));
+		coffer_bytes_free(&res.out);
+	}
+	/* The new cofferd's records: the 8 Signs, as unary calls. */
+	count_records(30, "KeyService/Sign\"", &on_stream, &unary, &streams);
+	CU_ASSERT_EQUAL(on_stream, 0);
+	CU_ASSERT_EQUAL(unary, 8);
+	coffer_close(s);
+}
+
 int
 main(void)
 {
@@ -680,6 +1050,15 @@ main(void)
 		{ "a fork while the stream is open: the child closes its copy", test_fork },
 		{ "cofferd restarted under load: success again or UNAVAILABLE",
 		  test_restart_under_load },
+		{ "8 threads x 8 calls in flight: each answer its own, several to a message",
+		  test_in_flight_threads },
+		{ "40 calls in flight, waited for backwards by another thread", test_in_flight_any_order },
+		{ "calls in flight: errors from coffer_wait with the unary text, on the stream, "
+		  "off it and sealed; local ones at the start", test_in_flight_errors },
+		{ "calls in flight on a frozen cofferd: the deadline counts from the start",
+		  test_in_flight_deadline },
+		{ "cofferd killed with calls in flight: each repeated as a unary call",
+		  test_in_flight_daemon_killed },
 		{ NULL, NULL },
 	};
 
