@@ -4,7 +4,8 @@
  * would otherwise run one after the other on that core while the others
  * idle. The owner offers the job and works through it; a helper that
  * wakes in time takes items from the same counter. One wake-up per job,
- * none per item.
+ * none per item; and none for items that run shorter than a wake-up costs
+ * (timed as they run).
  */
 #ifndef COFFER_SHARE_H
 #define COFFER_SHARE_H
@@ -35,7 +36,8 @@ int share_new(unsigned helpers, share **out);
 void share_free(share *sh);
 
 /* Offer j (run, finish, release and n set) to the helpers when it has
- * more than one item, and run its items until none is left. */
+ * more than one item and items have lately taken long enough to be worth
+ * a helper's wake-up, and run its items until none is left. */
 void share_run(share *sh, struct share_job *j);
 /* Keep j past its finish (which hands its results on to be completed
  * later): release waits for the matching share_put. */

@@ -1,10 +1,14 @@
 /*
  * test_daemon_units — daemon modules without gRPC: configuration parsing
  * and its errors, the envelope format, the SQLite store's schema guard, the
- * key registry's start-up reconciliation, and handlers called directly.
+ * key registry's start-up reconciliation, and handlers called directly;
+ * the frame helpers (share.c): short items kept on their owner, long ones
+ * shared.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +23,7 @@
 
 #include "cf_status.h"
 #include "cf_test_token.h"
+#include "cf_time.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "config.h"
 #include "envelope.h"
@@ -29,6 +34,7 @@
 #include "keyring.h"
 #include "nonces.h"
 #include "session.h"
+#include "share.h"
 #include "store.h"
 
 static struct cf_test_token tok;
@@ -1156,9 +1162,101 @@ test_iowatch(void)
 	iowatch_set_limit(2000);
 }
 
+/* ---- share: the frame helpers ---- */
+
+#define SHARE_ITEMS 32
+
+struct spin_job {
+	struct share_job sj;   /* first */
+	pthread_t owner;
+	uint64_t item_ns;      /* each item spins this long */
+	atomic_uint runs[SHARE_ITEMS];
+	atomic_uint elsewhere; /* items run by a helper */
+	atomic_uint finished, released;
+};
+
+static void
+spin_run(struct share_job *sj, size_t k)
+{
+	struct spin_job *j = (struct spin_job *)(void *)sj;
+	uint64_t until = cf_mono_ns() + j->item_ns;
+
+	atomic_fetch_add(&j->runs[k], 1);
+	if (!pthread_equal(pthread_self(), j->owner))
+		atomic_fetch_add(&j->elsewhere, 1);
+	while (cf_mono_ns() < until)
+		;
+}
+
+static void
+spin_finish(struct share_job *sj)
+{
+	atomic_fetch_add(&((struct spin_job *)(void *)sj)->finished, 1);
+}
+
+static void
+spin_release(struct share_job *sj)
+{
+	atomic_fetch_add(&((struct spin_job *)(void *)sj)->released, 1);
+}
+
+/* `jobs` jobs of SHARE_ITEMS items of item_ns each on sh: every item run
+ * once, finish and release once each; how many items helpers ran. */
+static unsigned
+share_jobs(share *sh, unsigned jobs, uint64_t item_ns)
+{
+	unsigned elsewhere = 0;
+
+	for (unsigned i = 0; i < jobs; i++) {
+		struct spin_job j;
+
+		memset(&j, 0, sizeof(j));
+		j.owner = pthread_self();
+		j.item_ns = item_ns;
+		j.sj.run = spin_run;
+		j.sj.finish = spin_finish;
+		j.sj.release = spin_release;
+		j.sj.n = SHARE_ITEMS;
+		share_run(sh, &j.sj);
+		/* A helper that took the job may still hold it: its release. */
+		while (atomic_load(&j.released) == 0)
+			sched_yield();
+		for (size_t k = 0; k < SHARE_ITEMS; k++)
+			CU_ASSERT_EQUAL(atomic_load(&j.runs[k]), 1);
+		CU_ASSERT_EQUAL(atomic_load(&j.finished), 1);
+		CU_ASSERT_EQUAL(atomic_load(&j.released), 1);
+		elsewhere += atomic_load(&j.elsewhere);
+	}
+	return elsewhere;
+}
+
+/* Items shorter than a helper's wake-up (an HMAC) stay on their owner; long
+ * ones (a signature) are shared; with no helpers everything runs anyway. */
+static void
+test_share(void)
+{
+	share *sh = NULL;
+	unsigned shared;
+
+	CU_ASSERT_EQUAL_FATAL(share_new(1, &sh), CF_OK);
+	CU_ASSERT_EQUAL(share_jobs(sh, 20, 2000), 0);
+	share_free(sh);
+	CU_ASSERT_EQUAL_FATAL(share_new(1, &sh), CF_OK);
+	shared = share_jobs(sh, 20, 300000);
+	printf("\n    items of 2 us: none to the helper; of 300 us: %u of %u\n", shared,
+	       20 * SHARE_ITEMS);
+	CU_ASSERT(shared > 0);
+	share_free(sh);
+	CU_ASSERT_EQUAL_FATAL(share_new(0, &sh), CF_OK);
+	CU_ASSERT_EQUAL(share_jobs(sh, 2, 300000), 0);
+	share_free(sh);
+	CU_ASSERT_EQUAL(share_jobs(NULL, 2, 1000), 0);
+}
+
 int
 main(void)
 {
+
 	static const struct cf_test_case cases[] = {
 		{ "configuration file and its errors", test_config },
 		{ "envelope AAD and blob format", test_envelope_format },
@@ -1178,6 +1276,7 @@ main(void)
 		{ "handlers called directly", test_handlers_direct },
 		{ "session table: LRU, cap, expiry", test_session_table },
 		{ "iowatch: a disk operation that hangs, the bounded lock", test_iowatch },
+		{ "frame helpers: short items on their owner, long ones shared", test_share },
 		{ NULL, NULL },
 	};
 
