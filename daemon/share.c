@@ -20,8 +20,9 @@ struct share {
 	int stopping;
 	unsigned nthreads;
 	pthread_t threads[SHARE_MAX_HELPERS];
-	/* The running mean of an item's time (ns), over the last ~8 items:
-	 * an estimate, updated without a lock. */
+	/* An item's time (ns): the running mean, over the last ~4 runs of
+	 * work(), of the quickest item of each (a thread preempted mid-item
+	 * does not count; an estimate, updated without a lock). */
 	atomic_uint_fast64_t item_ns;
 };
 
@@ -38,24 +39,27 @@ share_put(struct share_job *j)
 		j->release(j);
 }
 
-/* Take items until none is left, timing each into sh's mean (sh NULL:
- * no helpers, nothing to time). */
+/* Take items until none is left, the quickest into sh's estimate (sh
+ * NULL: no helpers, nothing to time). */
 static void
 work(share *sh, struct share_job *j)
 {
+	uint64_t quickest = UINT64_MAX, mean;
 	size_t k;
 
 	while ((k = atomic_fetch_add(&j->next, 1)) < j->n) {
-		uint64_t t0 = sh != NULL ? cf_mono_ns() : 0, mean;
+		uint64_t t0 = sh != NULL ? cf_mono_ns() : 0, dt;
 
 		j->run(j, k);
-		if (sh != NULL) {
-			mean = atomic_load_explicit(&sh->item_ns, memory_order_relaxed);
-			atomic_store_explicit(&sh->item_ns, mean - mean / 8 +
-					      (cf_mono_ns() - t0) / 8, memory_order_relaxed);
-		}
+		if (sh != NULL && (dt = cf_mono_ns() - t0) < quickest)
+			quickest = dt;
 		if (atomic_fetch_add(&j->ran, 1) + 1 == j->n)
 			j->finish(j);
+	}
+	if (quickest != UINT64_MAX) {
+		mean = atomic_load_explicit(&sh->item_ns, memory_order_relaxed);
+		atomic_store_explicit(&sh->item_ns, mean - mean / 4 + quickest / 4,
+				      memory_order_relaxed);
 	}
 }
 

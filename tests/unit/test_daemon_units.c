@@ -1169,7 +1169,8 @@ test_iowatch(void)
 struct spin_job {
 	struct share_job sj;   /* first */
 	pthread_t owner;
-	uint64_t item_ns;      /* each item spins this long */
+	uint64_t item_ns;      /* each item spins this long, */
+	uint64_t slow_ns;      /* every 8th this long (as if preempted) */
 	atomic_uint runs[SHARE_ITEMS];
 	atomic_uint elsewhere; /* items run by a helper */
 	atomic_uint finished, released;
@@ -1179,7 +1180,7 @@ static void
 spin_run(struct share_job *sj, size_t k)
 {
 	struct spin_job *j = (struct spin_job *)(void *)sj;
-	uint64_t until = cf_mono_ns() + j->item_ns;
+	uint64_t until = cf_mono_ns() + (k % 8 == 7 ? j->slow_ns : j->item_ns);
 
 	atomic_fetch_add(&j->runs[k], 1);
 	if (!pthread_equal(pthread_self(), j->owner))
@@ -1200,10 +1201,11 @@ spin_release(struct share_job *sj)
 	atomic_fetch_add(&((struct spin_job *)(void *)sj)->released, 1);
 }
 
-/* `jobs` jobs of SHARE_ITEMS items of item_ns each on sh: every item run
- * once, finish and release once each; how many items helpers ran. */
+/* `jobs` jobs of SHARE_ITEMS items of item_ns each (every 8th slow_ns) on
+ * sh: every item run once, finish and release once each; how many items
+ * helpers ran. */
 static unsigned
-share_jobs(share *sh, unsigned jobs, uint64_t item_ns)
+share_jobs(share *sh, unsigned jobs, uint64_t item_ns, uint64_t slow_ns)
 {
 	unsigned elsewhere = 0;
 
@@ -1213,6 +1215,7 @@ share_jobs(share *sh, unsigned jobs, uint64_t item_ns)
 		memset(&j, 0, sizeof(j));
 		j.owner = pthread_self();
 		j.item_ns = item_ns;
+		j.slow_ns = slow_ns;
 		j.sj.run = spin_run;
 		j.sj.finish = spin_finish;
 		j.sj.release = spin_release;
@@ -1230,8 +1233,9 @@ share_jobs(share *sh, unsigned jobs, uint64_t item_ns)
 	return elsewhere;
 }
 
-/* Items shorter than a helper's wake-up (an HMAC) stay on their owner; long
- * ones (a signature) are shared; with no helpers everything runs anyway. */
+/* Items shorter than a helper's wake-up (an HMAC) stay on their owner, even
+ * when some of them take long (a preempted thread); long ones (a signature)
+ * are shared; with no helpers everything runs anyway. */
 static void
 test_share(void)
 {
@@ -1239,18 +1243,19 @@ test_share(void)
 	unsigned shared;
 
 	CU_ASSERT_EQUAL_FATAL(share_new(1, &sh), CF_OK);
-	CU_ASSERT_EQUAL(share_jobs(sh, 20, 2000), 0);
+	CU_ASSERT_EQUAL(share_jobs(sh, 20, 2000, 2000), 0);
+	CU_ASSERT_EQUAL(share_jobs(sh, 20, 2000, 2000000), 0);
 	share_free(sh);
 	CU_ASSERT_EQUAL_FATAL(share_new(1, &sh), CF_OK);
-	shared = share_jobs(sh, 20, 300000);
-	printf("\n    items of 2 us: none to the helper; of 300 us: %u of %u\n", shared,
-	       20 * SHARE_ITEMS);
+	shared = share_jobs(sh, 20, 300000, 300000);
+	printf("\n    items of 2 us (every 8th 2 ms): none to the helper; of 300 us: %u of %u\n",
+	       shared, 20 * SHARE_ITEMS);
 	CU_ASSERT(shared > 0);
 	share_free(sh);
 	CU_ASSERT_EQUAL_FATAL(share_new(0, &sh), CF_OK);
-	CU_ASSERT_EQUAL(share_jobs(sh, 2, 300000), 0);
+	CU_ASSERT_EQUAL(share_jobs(sh, 2, 300000, 300000), 0);
 	share_free(sh);
-	CU_ASSERT_EQUAL(share_jobs(NULL, 2, 1000), 0);
+	CU_ASSERT_EQUAL(share_jobs(NULL, 2, 1000, 1000), 0);
 }
 
 int
