@@ -66,6 +66,8 @@ struct lc_pending {
 	uint8_t *req;                   /* the packed PipelineRequest, until handed over */
 	size_t reqlen;
 	int sent;                       /* handed to the stream: it may have run */
+	int queued;                     /* in the send queue */
+	int waiting;                    /* its caller waits for it (in await) */
 	enum wstate state;
 	Coffer__V1__PipelineResponse *resp;    /* W_ANSWERED: in fr */
 	struct frame *fr;
@@ -93,6 +95,7 @@ struct lc_pipeline {
 	unsigned forks;                 /* `forks` when it was started */
 	struct lc_pending *buckets[NBUCKETS];
 	struct lc_pending *qhead, *qtail;   /* not yet handed to the stream */
+	unsigned qwaiting;              /* of those, how many a caller waits for */
 	int sending;                    /* a message is going out */
 	int frames;                     /* the stream's daemon reads frames */
 	/* A wave: the callers handed their answers by one message tend to come
@@ -200,6 +203,24 @@ unlink_waiter(struct lc_pipeline *p, uint64_t id)
 	return NULL;
 }
 
+/* w leaves the send queue (sent, or given up): no longer counted there. */
+static void
+dequeued(struct lc_pipeline *p, struct lc_pending *w)
+{
+	if (w->queued && w->waiting)
+		p->qwaiting--;
+	w->queued = 0;
+}
+
+/* w's caller waits for it now (on), or no longer. */
+static void
+set_waiting(struct lc_pipeline *p, struct lc_pending *w, int on)
+{
+	if (w->waiting != on && w->queued)
+		p->qwaiting += on ? 1u : (unsigned)-1;
+	w->waiting = on;
+}
+
 static void
 unqueue(struct lc_pipeline *p, struct lc_pending *w)
 {
@@ -213,6 +234,7 @@ unqueue(struct lc_pipeline *p, struct lc_pending *w)
 				prev->qnext = w->qnext;
 			if (p->qtail == w)
 				p->qtail = prev;
+			dequeued(p, w);
 			return;
 		}
 }
@@ -237,20 +259,27 @@ drop_request(struct lc_pending *w)
 }
 
 /* Queued requests are held for their wave: the callers answered together
- * are not all back, and nothing else is going out. */
+ * are not all back, and nothing else is going out. Only while a caller
+ * waits for one of them: it times the hold (a call started and not yet
+ * waited for has nobody to, and goes out at once). */
 static int
 held(const struct lc_pipeline *p)
 {
-	return p->qhead != NULL && p->frames && p->woken > 0 && !p->sending && !p->close_queued;
+	return p->qhead != NULL && p->frames && p->woken > 0 && !p->sending && !p->close_queued &&
+	       p->qwaiting > 0;
 }
 
-/* Held requests need one of them timing the wait (the lingerer): the head
- * takes it when nobody has. */
+/* Held requests need one of their callers timing the wait (the lingerer):
+ * the first one waiting takes it when nobody has. */
 static void
 hand_over(struct lc_pipeline *p)
 {
 	if (p->lingerer == NULL && held(p))
-		pthread_cond_signal(&p->qhead->cv);
+		for (struct lc_pending *w = p->qhead; w != NULL; w = w->qnext)
+			if (w->waiting) {
+				pthread_cond_signal(&w->cv);
+				break;
+			}
 }
 
 /* How many queued requests, from the head, go out in the next message:
@@ -280,7 +309,7 @@ frame_take(const struct lc_pipeline *p, size_t *total)
 static void
 pump(struct lc_pipeline *p)
 {
-	if (!p->sending && p->qhead != NULL && (p->woken == 0 || !p->frames || p->close_queued)) {
+	if (!p->sending && p->qhead != NULL && !held(p)) {
 		size_t total, n = frame_take(p, &total);
 		uint8_t *buf, *at;
 
@@ -292,6 +321,7 @@ pump(struct lc_pipeline *p)
 
 			if ((p->qhead = w->qnext) == NULL)
 				p->qtail = NULL;
+			dequeued(p, w);
 			w->sent = 1;
 			if (n == 1) {
 				w->req = NULL;
@@ -331,6 +361,7 @@ end_stream(struct lc_pipeline *p, unsigned code, const uint8_t *msg, size_t len)
 	p->sending = 0;
 	p->close_queued = 0;
 	p->qhead = p->qtail = NULL;
+	p->qwaiting = 0;
 	p->lingerer = NULL;
 	p->woken = 0;
 	p->wave++;
@@ -343,6 +374,7 @@ end_stream(struct lc_pipeline *p, unsigned code, const uint8_t *msg, size_t len)
 
 			p->buckets[i] = w->next;
 			drop_request(w);
+			w->queued = 0;
 			w->state = W_ENDED;
 			w->end_code = code;
 			w->end_len = len < sizeof(w->end_msg) ? len : sizeof(w->end_msg);
@@ -577,6 +609,7 @@ await(struct lc_pipeline *p, struct lc_pending *w)
 	struct timespec until = w->start, linger = { 0, 0 };
 
 	cf_timespec_add_us(&until, (uint64_t)w->ms * 1000u);
+	set_waiting(p, w, 1);
 	while (w->state == W_WAITING) {
 		const struct timespec *t = w->ms != 0 ? &until : NULL;
 		int lingering = 0, r;
@@ -614,11 +647,13 @@ await(struct lc_pipeline *p, struct lc_pending *w)
 		(void)unlink_waiter(p, w->id);
 		unqueue(p, w);
 		drop_request(w);
+		set_waiting(p, w, 0);
 		if (p->lingerer == w)
 			p->lingerer = NULL;
-		hand_over(p);   /* another held one times the wait */
+		pump(p);   /* another held one times the wait, or none is held now */
 		return ETIMEDOUT;
 	}
+	set_waiting(p, w, 0);
 	return 0;
 }
 
@@ -668,8 +703,8 @@ ended(struct lc_pipeline *p, const struct cf_method *m, struct lc_pending *w, un
 	return lc_status_error(p->conn, ms, code, (const uint8_t *)w->end_msg, w->end_len);
 }
 
-/* Under mu, after a call that did not take the stream: this thread is
- * back from its wave, and what it held back may go. */
+/* After a call that did not take the stream: this thread is back from its
+ * wave, and what it held back may go. */
 static void
 not_taken(struct lc_pipeline *p)
 {
@@ -681,9 +716,11 @@ not_taken(struct lc_pipeline *p)
 	}
 }
 
-int
-lc_pipeline_start(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
-    unsigned others, const uint8_t *buf, size_t len, struct lc_pending **out)
+/* lc_pipeline_start; `wait`: its caller waits for it at once (its request
+ * may be held for its wave meanwhile). */
+static int
+start(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m, unsigned others,
+    const uint8_t *buf, size_t len, int wait, struct lc_pending **out)
 {
 	int mode = atomic_load(&p->mode);
 	struct lc_pending *w;
@@ -737,10 +774,19 @@ lc_pipeline_start(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_me
 	else
 		p->qhead = w;
 	p->qtail = w;
+	w->queued = 1;
+	set_waiting(p, w, wait);
 	pump(p);
 	pthread_mutex_unlock(&p->mu);
 	*out = w;
 	return CF_OK;
+}
+
+int
+lc_pipeline_start(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_method *m,
+    unsigned others, const uint8_t *buf, size_t len, struct lc_pending **out)
+{
+	return start(p, k, m, others, buf, len, 0, out);
 }
 
 int
@@ -750,9 +796,13 @@ lc_pipeline_finish(struct lc_pipeline *p, struct lc_pending *w, const struct cf_
 	int r;
 
 	pthread_mutex_lock(&p->mu);
+	/* Back from the answers it took: not held for itself. */
+	came_back(p);
 	r = await(p, w);
-	if (w->state == W_ANSWERED)
-		took(p, w->wave);   /* one of the wave, until its next call */
+	/* One of the wave, until its next call (an answer of a wave given up
+	 * since was written off then). */
+	if (w->state == W_ANSWERED && w->wave == p->wave)
+		took(p, w->wave);
 	pthread_mutex_unlock(&p->mu);
 	pthread_cond_destroy(&w->cv);
 	if (r == ETIMEDOUT)   /* the text the unary call gives at its deadline */
@@ -771,7 +821,7 @@ lc_pipeline_call(struct lc_pipeline *p, struct lc_apikey *k, const struct cf_met
     unsigned others, const uint8_t *buf, size_t len, uint8_t **out, size_t *outlen)
 {
 	struct lc_pending *w;
-	int r = lc_pipeline_start(p, k, m, others, buf, len, &w);
+	int r = start(p, k, m, others, buf, len, 1, &w);
 
 	return r != CF_OK ? r : lc_pipeline_finish(p, w, m, out, outlen);
 }

@@ -298,6 +298,7 @@ test_threads_always(void)
 /* ---- a wave that does not come back ---- */
 
 static pthread_barrier_t wave_start;
+static coffer_client *svc_for_wave;   /* the wave's client (NULL: svc) */
 
 static void *
 one_call(void *arg)
@@ -305,7 +306,8 @@ one_call(void *arg)
 	struct coffer_bytes out = { NULL, 0 };
 
 	pthread_barrier_wait(&wave_start);
-	*(int *)arg = coffer_mac(svc, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL);
+	*(int *)arg = coffer_mac(svc_for_wave != NULL ? svc_for_wave : svc, "mac", 0,
+				 (const uint8_t *)"wave", 4, &out, NULL);
 	coffer_bytes_free(&out);
 	return NULL;
 }
@@ -880,7 +882,7 @@ test_in_flight_errors(void)
 	coffer_call *calls[5];
 	struct coffer_bytes spki = { NULL, 0 };
 	char text[512], fpr[128];
-	uint8_t d[SHA256_DIGEST_LENGTH];
+	uint8_t d[SHA256_DIGEST_LENGTH], sentinel[7];
 
 	/* A client that seals every call: nothing of it takes the stream. */
 	CHECK_COFFER(coffer_get_identity(adm, &spki, fpr, sizeof(fpr)));
@@ -916,6 +918,11 @@ test_in_flight_errors(void)
 	CHECK_COFFER(coffer_wait(calls[0], &res));
 	CU_ASSERT(res.out.len > 0 && res.version == 1);
 	coffer_bytes_free(&res.out);
+	/* Outputs untouched on failure. */
+	res.out.data = sentinel;
+	res.out.len = sizeof(sentinel);
+	res.version = 77;
+	res.valid = 5;
 	CU_ASSERT_EQUAL(coffer_wait(calls[1], &res), COFFER_E_NOT_FOUND);
 	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "key nokey does not exist");
 	CU_ASSERT_EQUAL(coffer_wait(calls[2], &res), COFFER_E_PRECONDITION);
@@ -924,7 +931,9 @@ test_in_flight_errors(void)
 	CU_ASSERT_EQUAL(coffer_wait(calls[3], &res), COFFER_E_INVALID_ARG);
 	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "version is required: pass the version "
 			       "that Mac returned");
-	CU_ASSERT_PTR_NULL(res.out.data);   /* outputs untouched on failure */
+	CU_ASSERT(res.out.data == sentinel && res.out.len == sizeof(sentinel) &&
+		  res.version == 77 && res.valid == 5);
+	memset(&res, 0, sizeof(res));
 	/* A result not wanted: waited for and dropped. */
 	CHECK_COFFER(coffer_wait(calls[4], NULL));
 	/* Local failures: at the start, nothing sent. */
@@ -940,6 +949,32 @@ test_in_flight_errors(void)
 	CU_ASSERT_STRING_EQUAL(coffer_error_message(), "NULL call");
 	for (int k = 0; k < 3; k++)
 		coffer_close(cs[k]);
+}
+
+/* Stop cofferd (SIGSTOP) and wait until it is: no request sent after this
+ * runs before SIGCONT. */
+static void
+freeze(void)
+{
+	char path[64], buf[512];
+	const char *st;
+	FILE *f;
+
+	CU_ASSERT_EQUAL_FATAL(kill(dmn.pid, SIGSTOP), 0);
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)dmn.pid);
+	for (int i = 0; i < 1000; i++) {
+		if ((f = fopen(path, "r")) == NULL)
+			break;
+		buf[0] = '\0';
+		if (fgets(buf, sizeof(buf), f) == NULL)
+			buf[0] = '\0';
+		fclose(f);
+		/* "pid (comm) T ...": the state after the command's parenthesis. */
+		if ((st = strrchr(buf, ')')) != NULL && st[1] == ' ' && st[2] == 'T')
+			return;
+		usleep(1000);
+	}
+	CU_FAIL_FATAL("cofferd did not stop");
 }
 
 /* A deadline counts from the call's start: calls started on a frozen cofferd
@@ -958,7 +993,7 @@ test_in_flight_deadline(void)
 	coffer_set_timeout(s, 300);
 	coffer_set_timeout(u, 300);
 	CU_ASSERT_EQUAL(sign_started(s, "sig", NULL, "m", 1, text, sizeof(text)), COFFER_OK);
-	CU_ASSERT_EQUAL_FATAL(kill(dmn.pid, SIGSTOP), 0);
+	freeze();
 	CU_ASSERT_EQUAL(sign_with(u, "sig", NULL, "m", 1), COFFER_E_TIMEOUT);
 	snprintf(unary_text, sizeof(unary_text), "%s", coffer_error_message());
 	for (int k = 0; k < 4; k++)
@@ -1000,7 +1035,7 @@ test_in_flight_daemon_killed(void)
 	coffer_set_timeout(s, 10000);
 	CU_ASSERT_EQUAL(sign_started(s, "sig", NULL, "m", 1, text, sizeof(text)), COFFER_OK);
 	/* Frozen, so that none of them runs before the kill. */
-	CU_ASSERT_EQUAL_FATAL(kill(dmn.pid, SIGSTOP), 0);
+	freeze();
 	for (int k = 0; k < 8; k++) {
 		snprintf(msg[k], sizeof(msg[k]), "killed under call %d", k);
 		CHECK_COFFER(coffer_sign_start(s, "sig", 0, (const uint8_t *)msg[k],
@@ -1032,6 +1067,56 @@ test_in_flight_daemon_killed(void)
 	coffer_close(s);
 }
 
+/* A call started and not waited for has nobody to time a hold for its wave:
+ * it goes out at once. A wave of callers that exit leaves the stream
+ * expecting them back; a call started then reaches cofferd (its metrics
+ * count it) before anyone waits for it. */
+static void
+test_started_call_goes_out(void)
+{
+	pthread_t wave[THREADS - 1];
+	int r[THREADS - 1];
+	struct coffer_result res;
+	struct coffer_bytes out = { NULL, 0 };
+	coffer_call *c1 = NULL;
+	coffer_client *c = client(COFFER_PIPELINE_ALWAYS);
+	uint64_t m0, r0, m1 = 0, r1 = 0;
+	double t0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	/* The wave: answered together, and all but this thread gone. */
+	CU_ASSERT_EQUAL_FATAL(pthread_barrier_init(&wave_start, NULL, THREADS), 0);
+	svc_for_wave = c;
+	for (unsigned i = 0; i < THREADS - 1; i++)
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&wave[i], NULL, one_call, &r[i]), 0);
+	pthread_barrier_wait(&wave_start);
+	CHECK_COFFER(coffer_mac(c, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL));
+	coffer_bytes_free(&out);
+	for (unsigned i = 0; i < THREADS - 1; i++) {
+		pthread_join(wave[i], NULL);
+		CU_ASSERT_EQUAL(r[i], COFFER_OK);
+	}
+	pthread_barrier_destroy(&wave_start);
+	svc_for_wave = NULL;
+	pipeline_counts(&m0, &r0);
+	CHECK_COFFER(coffer_mac_start(c, "mac", 0, (const uint8_t *)"started", 7, &c1));
+	t0 = now_ms();
+	while (now_ms() - t0 < 1000.0) {
+		pipeline_counts(&m1, &r1);
+		if (r1 > r0)
+			break;
+		usleep(1000);
+	}
+	printf("\n    a call started after a wave reached cofferd in %.1f ms, not waited for\n",
+	       now_ms() - t0);
+	CU_ASSERT_EQUAL(r1, r0 + 1);
+	memset(&res, 0, sizeof(res));
+	CHECK_COFFER(coffer_wait(c1, &res));
+	CU_ASSERT_EQUAL(res.out.len, 32);
+	coffer_bytes_free(&res.out);
+	coffer_close(c);
+}
+
 int
 main(void)
 {
@@ -1059,6 +1144,8 @@ main(void)
 		  test_in_flight_deadline },
 		{ "cofferd killed with calls in flight: each repeated as a unary call",
 		  test_in_flight_daemon_killed },
+		{ "a call started after a wave goes out before anyone waits for it",
+		  test_started_call_goes_out },
 		{ NULL, NULL },
 	};
 
