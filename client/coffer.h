@@ -400,8 +400,8 @@ COFFER_API int coffer_verify_mac(coffer_client *c, const char *key, uint32_t ver
 /* ---- calls kept in flight: start several, then wait for each ----
  * A thread that makes one call at a time sleeps through each round trip;
  * one that starts several keeps them all in flight on the client's
- * pipelined stream, which sends those started together as one frame
- * (proto/pipeline.md). coffer_*_start checks the arguments, packs the
+ * pipelined stream, which sends the calls started while a message is going
+ * out together, as one frame (proto/pipeline.md). coffer_*_start checks the arguments, packs the
  * request (the caller's buffers are not used after it returns), hands it
  * to the stream and returns at once: COFFER_OK with *call, or a local
  * failure (bad arguments, no memory, too large). Everything the daemon
@@ -416,7 +416,8 @@ COFFER_API int coffer_verify_mac(coffer_client *c, const char *key, uint32_t ver
  * A call the stream does not take (COFFER_PIPELINE_OFF, a client that
  * seals every call, a cofferd without the stream) is made as a unary call
  * inside coffer_wait; one whose stream ended is repeated there as the
- * waiting call would be. Thread-safe.
+ * waiting call would be. Those unary calls' deadlines count from then.
+ * Thread-safe.
  */
 typedef struct coffer_call coffer_call;
 

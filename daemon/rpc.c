@@ -540,6 +540,7 @@ struct rpc_stream {
 	grpc_byte_buffer *recv;      /* the RECV_MESSAGE outstanding's */
 	int reading, read_done, paused, failed;
 	int frames;                  /* the caller sent a frame: answer in frames */
+	atomic_uint_fast64_t item_ns;   /* its requests' time, for share_run */
 	struct outmsg *head, *tail;  /* answers not yet sent */
 	unsigned queued, running;
 	grpc_byte_buffer *sending;   /* the SEND_MESSAGE outstanding's */
@@ -1011,6 +1012,7 @@ stream_received(struct rpc_stream *st, int success)
 	job->sj.finish = frame_finish;
 	job->sj.release = frame_release;
 	job->sj.n = n;
+	job->sj.item_ns = &st->item_ns;
 	share_run(st->s->share, &job->sj);
 }
 

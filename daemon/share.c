@@ -20,10 +20,6 @@ struct share {
 	int stopping;
 	unsigned nthreads;
 	pthread_t threads[SHARE_MAX_HELPERS];
-	/* An item's time (ns): the running mean, over the last ~4 runs of
-	 * work(), of the quickest item of each (a thread preempted mid-item
-	 * does not count; an estimate, updated without a lock). */
-	atomic_uint_fast64_t item_ns;
 };
 
 void
@@ -39,27 +35,29 @@ share_put(struct share_job *j)
 		j->release(j);
 }
 
-/* Take items until none is left, the quickest into sh's estimate (sh
- * NULL: no helpers, nothing to time). */
+/* Take items until none is left. With `timed`, the quickest of them goes
+ * into j->item_ns: the running mean, over the last ~4 runs, of the
+ * quickest item of each (a thread preempted mid-item does not count; an
+ * estimate, updated without a lock). */
 static void
-work(share *sh, struct share_job *j)
+work(struct share_job *j, int timed)
 {
+	atomic_uint_fast64_t *est = timed ? j->item_ns : NULL;
 	uint64_t quickest = UINT64_MAX, mean;
 	size_t k;
 
 	while ((k = atomic_fetch_add(&j->next, 1)) < j->n) {
-		uint64_t t0 = sh != NULL ? cf_mono_ns() : 0, dt;
+		uint64_t t0 = est != NULL ? cf_mono_ns() : 0, dt;
 
 		j->run(j, k);
-		if (sh != NULL && (dt = cf_mono_ns() - t0) < quickest)
+		if (est != NULL && (dt = cf_mono_ns() - t0) < quickest)
 			quickest = dt;
 		if (atomic_fetch_add(&j->ran, 1) + 1 == j->n)
 			j->finish(j);
 	}
 	if (quickest != UINT64_MAX) {
-		mean = atomic_load_explicit(&sh->item_ns, memory_order_relaxed);
-		atomic_store_explicit(&sh->item_ns, mean - mean / 4 + quickest / 4,
-				      memory_order_relaxed);
+		mean = atomic_load_explicit(est, memory_order_relaxed);
+		atomic_store_explicit(est, mean - mean / 4 + quickest / 4, memory_order_relaxed);
 	}
 }
 
@@ -79,7 +77,7 @@ helper_main(void *arg)
 		if ((sh->head = j->qnext) == NULL)
 			sh->tail = &sh->head;
 		pthread_mutex_unlock(&sh->mu);
-		work(sh, j);   /* nothing left by now: the owner took it all */
+		work(j, 1);   /* nothing left by now: the owner took it all */
 		share_put(j);
 		pthread_mutex_lock(&sh->mu);
 	}
@@ -97,7 +95,6 @@ share_new(unsigned helpers, share **out)
 	pthread_mutex_init(&sh->mu, NULL);
 	pthread_cond_init(&sh->cv, NULL);
 	sh->tail = &sh->head;
-	atomic_init(&sh->item_ns, 0);
 	if (helpers > SHARE_MAX_HELPERS)
 		helpers = SHARE_MAX_HELPERS;
 	for (; sh->nthreads < helpers; sh->nthreads++)
@@ -133,12 +130,14 @@ share_free(share *sh)
 void
 share_run(share *sh, struct share_job *j)
 {
+	int helped = sh != NULL && sh->nthreads > 0;
+
 	atomic_init(&j->next, 0);
 	atomic_init(&j->ran, 0);
 	atomic_init(&j->refs, 1);
 	j->qnext = NULL;
-	if (sh != NULL && sh->nthreads > 0 && j->n > 1 &&
-	    atomic_load_explicit(&sh->item_ns, memory_order_relaxed) >= SHARE_MIN_ITEM_NS) {
+	if (helped && j->n > 1 && (j->item_ns == NULL ||
+	    atomic_load_explicit(j->item_ns, memory_order_relaxed) >= SHARE_MIN_ITEM_NS)) {
 		atomic_fetch_add(&j->refs, 1);   /* the queue's, then its taker's */
 		pthread_mutex_lock(&sh->mu);
 		*sh->tail = j;
@@ -146,6 +145,6 @@ share_run(share *sh, struct share_job *j)
 		pthread_cond_signal(&sh->cv);
 		pthread_mutex_unlock(&sh->mu);
 	}
-	work(sh, j);
+	work(j, helped);
 	share_put(j);
 }

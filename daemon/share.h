@@ -21,6 +21,10 @@ struct share_job {
 	/* Once nobody holds the job any more (after finish): free it. */
 	void (*release)(struct share_job *j);
 	size_t n;
+	/* The time of such an item (ns), kept by share_run across the jobs
+	 * that share it (a stream's: one caller's requests tend to be alike):
+	 * NULL, or zeroed before the first. */
+	atomic_uint_fast64_t *item_ns;
 	/* share_run's; the caller leaves them alone. */
 	atomic_size_t next, ran;
 	atomic_uint refs;
@@ -35,9 +39,10 @@ int share_new(unsigned helpers, share **out);
  * of its items is taken, and a helper finishes what it took. Accepts NULL. */
 void share_free(share *sh);
 
-/* Offer j (run, finish, release and n set) to the helpers when it has
- * more than one item and items have lately taken long enough to be worth
- * a helper's wake-up, and run its items until none is left. */
+/* Offer j (run, finish, release, n and item_ns set) to the helpers when
+ * it has more than one item and its kind of item (item_ns; NULL: any) has
+ * lately taken long enough to be worth a helper's wake-up, and run its
+ * items until none is left. */
 void share_run(share *sh, struct share_job *j);
 /* Keep j past its finish (which hands its results on to be completed
  * later): release waits for the matching share_put. */
