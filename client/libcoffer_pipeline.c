@@ -189,18 +189,26 @@ bucket(struct lc_pipeline *p, uint64_t id)
 	return &p->buckets[id % NBUCKETS];
 }
 
+/* Where the waiter of `id` is linked in the table (*slot NULL: not there). */
+static struct lc_pending **
+slot_of(struct lc_pipeline *p, uint64_t id)
+{
+	struct lc_pending **w = bucket(p, id);
+
+	while (*w != NULL && (*w)->id != id)
+		w = &(*w)->next;
+	return w;
+}
+
 /* Take the waiter of `id` out of the table: NULL when it is not there. */
 static struct lc_pending *
 unlink_waiter(struct lc_pipeline *p, uint64_t id)
 {
-	for (struct lc_pending **w = bucket(p, id); *w != NULL; w = &(*w)->next)
-		if ((*w)->id == id) {
-			struct lc_pending *found = *w;
+	struct lc_pending **w = slot_of(p, id), *found = *w;
 
-			*w = found->next;
-			return found;
-		}
-	return NULL;
+	if (found != NULL)
+		*w = found->next;
+	return found;
 }
 
 /* w leaves the send queue (sent, or given up): no longer counted there. */
@@ -405,6 +413,19 @@ handout(struct lc_pipeline *p, Coffer__V1__PipelineResponse *resp, int frames)
 	fr->top = resp;
 	atomic_init(&fr->refs, (unsigned)n);
 	pthread_mutex_lock(&p->mu);
+	/* An answer to a request still in the send queue: the daemon never had
+	 * it (a broken or forged answer), and its waiter must not leave while
+	 * the queue holds it. */
+	for (size_t k = 0; k < n; k++) {
+		struct lc_pending *w = *slot_of(p, (k == 0 ? resp : resp->more[k - 1])->id);
+
+		if (w != NULL && !w->sent) {
+			pthread_mutex_unlock(&p->mu);
+			free(fr);
+			return "malformed answer on the pipelined stream (an answer to a request "
+			       "not yet sent)";
+		}
+	}
 	if (frames)
 		p->frames = 1;
 	for (size_t k = 0; k < n; k++) {
@@ -614,6 +635,10 @@ await(struct lc_pipeline *p, struct lc_pending *w)
 		const struct timespec *t = w->ms != 0 ? &until : NULL;
 		int lingering = 0, r;
 
+		/* Queued, nothing going out and nothing held: it goes now. */
+		if (w->queued)
+			pump(p);
+
 		/* Held for its wave: one held request times the wait for all. */
 		if (!w->sent && held(p) && (p->lingerer == NULL || p->lingerer == w)) {
 			if (p->lingerer != w) {
@@ -796,8 +821,10 @@ lc_pipeline_finish(struct lc_pipeline *p, struct lc_pending *w, const struct cf_
 	int r;
 
 	pthread_mutex_lock(&p->mu);
-	/* Back from the answers it took: not held for itself. */
+	/* Back from the answers it took: not held for itself (and what was
+	 * held for it may go). */
 	came_back(p);
+	pump(p);
 	r = await(p, w);
 	/* One of the wave, until its next call (an answer of a wave given up
 	 * since was written off then). */

@@ -1069,6 +1069,7 @@ stream_open(struct rpc_call *c)
 		call_free(c);
 		return;
 	}
+	atomic_init(&st->item_ns, SHARE_ITEM_NS_FIRST);
 	st->recv_tag.kind = TAG_S_RECV;
 	st->send_tag.kind = TAG_S_SEND;
 	st->close_tag.kind = TAG_S_CLOSE;

@@ -7,11 +7,6 @@
 #include "cf_time.h"
 
 #define SHARE_MAX_HELPERS 16
-/* Items shorter than this are not offered: a helper's wake-up, and the
- * token's locks it then contends for, cost more than it takes over. HMACs
- * in SoftHSM (~15 us) ran 11% faster kept on their owner (8 callers x 16
- * in flight, 2 cores); ECDSA signatures (~60 us) ran 10-15% slower. */
-#define SHARE_MIN_ITEM_NS 30000u
 
 struct share {
 	pthread_mutex_t mu;
