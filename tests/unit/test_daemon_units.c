@@ -1246,9 +1246,12 @@ test_share(void)
 	share *sh = NULL;
 	unsigned shared = 0;
 
-	atomic_init(&fast, 0);
-	atomic_init(&slow, 0);
+	/* As a stream's: the first job is offered, until its items are timed. */
+	atomic_init(&fast, SHARE_ITEM_NS_FIRST);
+	atomic_init(&slow, SHARE_ITEM_NS_FIRST);
 	CU_ASSERT_EQUAL_FATAL(share_new(1, &sh), CF_OK);
+	(void)share_jobs(sh, &fast, 1, 2000, 2000);
+	CU_ASSERT(atomic_load(&fast) < SHARE_MIN_ITEM_NS);
 	CU_ASSERT_EQUAL(share_jobs(sh, &fast, 20, 2000, 2000), 0);
 	CU_ASSERT_EQUAL(share_jobs(sh, &fast, 20, 2000, 2000000), 0);
 	/* Long items on the same share, their own estimate: shared, while the
