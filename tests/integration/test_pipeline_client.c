@@ -298,18 +298,46 @@ test_threads_always(void)
 /* ---- a wave that does not come back ---- */
 
 static pthread_barrier_t wave_start;
-static coffer_client *svc_for_wave;   /* the wave's client (NULL: svc) */
+
+struct wave_call {
+	pthread_t t;
+	coffer_client *c;
+	int r;
+};
 
 static void *
 one_call(void *arg)
 {
+	struct wave_call *w = arg;
 	struct coffer_bytes out = { NULL, 0 };
 
 	pthread_barrier_wait(&wave_start);
-	*(int *)arg = coffer_mac(svc_for_wave != NULL ? svc_for_wave : svc, "mac", 0,
-				 (const uint8_t *)"wave", 4, &out, NULL);
+	w->r = coffer_mac(w->c, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL);
 	coffer_bytes_free(&out);
 	return NULL;
+}
+
+/* A wave on c: this thread and THREADS - 1 others call at once, answered
+ * together; the others then exit, so they never come back. */
+static void
+wave_that_leaves(coffer_client *c)
+{
+	struct wave_call w[THREADS - 1];
+	struct coffer_bytes out = { NULL, 0 };
+
+	CU_ASSERT_EQUAL_FATAL(pthread_barrier_init(&wave_start, NULL, THREADS), 0);
+	for (unsigned i = 0; i < THREADS - 1; i++) {
+		w[i].c = c;
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&w[i].t, NULL, one_call, &w[i]), 0);
+	}
+	pthread_barrier_wait(&wave_start);
+	CHECK_COFFER(coffer_mac(c, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL));
+	coffer_bytes_free(&out);
+	for (unsigned i = 0; i < THREADS - 1; i++) {
+		pthread_join(w[i].t, NULL);
+		CU_ASSERT_EQUAL(w[i].r, COFFER_OK);
+	}
+	pthread_barrier_destroy(&wave_start);
 }
 
 static double
@@ -327,25 +355,13 @@ now_ms(void)
 static void
 test_wave_that_does_not_come_back(void)
 {
-	pthread_t t[THREADS - 1];
-	int r[THREADS - 1];
 	struct coffer_bytes out = { NULL, 0 };
 	double worst = 0, t0 = now_ms();
 
 	CHECK_COFFER(coffer_set_pipeline(svc, COFFER_PIPELINE_ALWAYS));
 	coffer_set_timeout(svc, 30000);
 	for (int round = 0; round < 20; round++) {
-		CU_ASSERT_EQUAL_FATAL(pthread_barrier_init(&wave_start, NULL, THREADS), 0);
-		for (unsigned i = 0; i < THREADS - 1; i++)
-			CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, one_call, &r[i]), 0);
-		pthread_barrier_wait(&wave_start);
-		CHECK_COFFER(coffer_mac(svc, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL));
-		coffer_bytes_free(&out);
-		for (unsigned i = 0; i < THREADS - 1; i++) {
-			pthread_join(t[i], NULL);
-			CU_ASSERT_EQUAL(r[i], COFFER_OK);
-		}
-		pthread_barrier_destroy(&wave_start);
+		wave_that_leaves(svc);
 		/* The others have exited: this thread's next calls go alone. */
 		for (int k = 0; k < 5; k++) {
 			double c0 = now_ms();
@@ -1074,30 +1090,14 @@ test_in_flight_daemon_killed(void)
 static void
 test_started_call_goes_out(void)
 {
-	pthread_t wave[THREADS - 1];
-	int r[THREADS - 1];
 	struct coffer_result res;
-	struct coffer_bytes out = { NULL, 0 };
 	coffer_call *c1 = NULL;
 	coffer_client *c = client(COFFER_PIPELINE_ALWAYS);
 	uint64_t m0, r0, m1 = 0, r1 = 0;
 	double t0;
 
 	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-	/* The wave: answered together, and all but this thread gone. */
-	CU_ASSERT_EQUAL_FATAL(pthread_barrier_init(&wave_start, NULL, THREADS), 0);
-	svc_for_wave = c;
-	for (unsigned i = 0; i < THREADS - 1; i++)
-		CU_ASSERT_EQUAL_FATAL(pthread_create(&wave[i], NULL, one_call, &r[i]), 0);
-	pthread_barrier_wait(&wave_start);
-	CHECK_COFFER(coffer_mac(c, "mac", 0, (const uint8_t *)"wave", 4, &out, NULL));
-	coffer_bytes_free(&out);
-	for (unsigned i = 0; i < THREADS - 1; i++) {
-		pthread_join(wave[i], NULL);
-		CU_ASSERT_EQUAL(r[i], COFFER_OK);
-	}
-	pthread_barrier_destroy(&wave_start);
-	svc_for_wave = NULL;
+	wave_that_leaves(c);
 	pipeline_counts(&m0, &r0);
 	CHECK_COFFER(coffer_mac_start(c, "mac", 0, (const uint8_t *)"started", 7, &c1));
 	t0 = now_ms();
