@@ -228,8 +228,7 @@ static void *
 listen_thread(void *arg)
 {
 	fleet *f = arg;
-	time_t next_resync = time(NULL) + FLEET_RESYNC_S;
-	uint64_t last_try = 0;
+	uint64_t next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u, last_try = 0;
 	int resync_now = 0;   /* a hook or a reload failed: again on the next pass */
 
 	while (!atomic_load(&f->stop)) {
@@ -254,12 +253,12 @@ listen_thread(void *arg)
 		}
 		/* Listening before reloading: a change committed in between is
 		 * both read and announced, never neither. */
-		if ((resync_now || time(NULL) >= next_resync) && f->hooks.resync != NULL) {
+		if ((resync_now || now_ms >= next_resync) && f->hooks.resync != NULL) {
 			int r = f->hooks.resync(f->hooks.arg);
 
 			resync_now = r != CF_OK;
 			if (r == CF_OK)
-				next_resync = time(NULL) + FLEET_RESYNC_S;
+				next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u;
 			else if (r != CF_E_BUSY)
 				cf_log_warn("fleet: reloading the registry: %s; trying again",
 					    cf_error_detail());
