@@ -61,8 +61,8 @@ struct frame {
  * (lc_pipeline_finish frees it). */
 struct lc_pending {
 	uint64_t id;
-	struct lc_pending *next;            /* in its bucket */
-	struct lc_pending *qnext;           /* in the send queue */
+	struct lc_pending *next;        /* in its bucket */
+	struct lc_pending *qnext;       /* in the send queue */
 	uint8_t *req;                   /* the packed PipelineRequest, until handed over */
 	size_t reqlen;
 	int sent;                       /* handed to the stream: it may have run */
@@ -103,7 +103,7 @@ struct lc_pipeline {
 	 * requests are held (at most LINGER_US) to go out as one frame. */
 	unsigned woken;                 /* callers handed an answer, not back yet */
 	unsigned wave;                  /* bumped when a linger gives up on them */
-	struct lc_pending *lingerer;        /* the held request whose wait is timed */
+	struct lc_pending *lingerer;    /* the held request whose wait is timed */
 	int close_queued;               /* P_DRAINING: half-close when the queue is empty */
 };
 
@@ -224,8 +224,12 @@ dequeued(struct lc_pipeline *p, struct lc_pending *w)
 static void
 set_waiting(struct lc_pipeline *p, struct lc_pending *w, int on)
 {
-	if (w->waiting != on && w->queued)
-		p->qwaiting += on ? 1u : (unsigned)-1;
+	if (w->waiting != on && w->queued) {
+		if (on)
+			p->qwaiting++;
+		else
+			p->qwaiting--;
+	}
 	w->waiting = on;
 }
 
