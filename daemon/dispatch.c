@@ -658,7 +658,8 @@ run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t
 		     (h->hc.sv->ak != NULL && apikeys_refresh(h->hc.sv->ak) != CF_OK)))
 			cf_log_warn("idempotency key %s: re-reading %s: %s", h->dc->idem_key,
 				    first.effect_name, cf_error_detail());
-		r = handlers_describe(&h->hc, m->output, first.effect_name, resp);
+		r = handlers_describe(&h->hc, m->output, first.effect_name,
+				      first.effect_version, resp);
 	} else {
 		r = run_handler(m, h, req, resp, n);
 	}

@@ -113,16 +113,29 @@ h_rotate_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage 
 }
 
 
-/* A key as a Key answer (handlers_describe). */
+/* A key as a Key answer (handlers_describe). A creation or rotation is
+ * answered as it left the key: its version primary, the versions made
+ * after it left out, the minimums (at most the primary then) capped. */
 static int
 describe_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *name,
-	     ProtobufCMessage **resp)
+	     uint32_t made, ProtobufCMessage **resp)
 {
 	struct store_key info;
+	int r;
 
 	(void)type;
 	memset(&info, 0, sizeof(info));
-	return h_key_response(keyring_describe(c->sv->kr, name, &info), &info, resp);
+	r = keyring_describe(c->sv->kr, name, &info);
+	if (r == CF_OK && made != 0) {
+		while (info.nversions > 0 && info.versions[info.nversions - 1].version > made)
+			info.nversions--;
+		info.primary = made;
+		if (info.min_version > made)
+			info.min_version = made;
+		if (info.min_verify > made)
+			info.min_verify = made;
+	}
+	return h_key_response(r, &info, resp);
 }
 
 static const handler_fn fns[CF_METHOD__COUNT] = {

@@ -76,17 +76,29 @@ imported(const ProtobufCBinaryData *b, cf_secret **out)
 }
 
 /* API key `id` as an ApiKey answer, or an ApiKeySecretResponse without the
- * secret (handlers_describe). */
+ * secret (handlers_describe). A creation or secret rotation is answered as
+ * it left the key: the secret it made current, the ones made after it left
+ * out. */
 static int
 describe_api_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *id,
-		 ProtobufCMessage **resp)
+		 uint32_t made, ProtobufCMessage **resp)
 {
 	struct store_apikey k;
 	Coffer__V1__ApiKey *out = NULL;
+	uint32_t n = 0;
 	int r;
 
 	if ((r = apikeys_get(c->sv->ak, id, &k)) != CF_OK)
 		return r;
+	for (uint32_t i = 0; made != 0 && i < k.nsecrets; i++) {
+		if (k.secrets[i].generation > made)
+			continue;
+		if (k.secrets[i].generation == made)
+			k.secrets[i].expires = 0;
+		k.secrets[n++] = k.secrets[i];
+	}
+	if (made != 0)
+		k.nsecrets = n;
 	/* A secret is shown once, in the answer that was lost: never again. */
 	if (type == &coffer__v1__api_key_secret_response__descriptor)
 		return secret_response(CF_OK, &k, NULL, resp);
@@ -199,11 +211,12 @@ auth_response(const struct hcall *c, const char *name, ProtobufCMessage **resp)
 /* Principal `name`'s SetPrincipalAuthResponse (handlers_describe). */
 static int
 describe_principal_auth(const struct hcall *c, const ProtobufCMessageDescriptor *type,
-			const char *name, ProtobufCMessage **resp)
+			const char *name, uint32_t made, ProtobufCMessage **resp)
 {
 	int r;
 
 	(void)type;
+	(void)made;
 
 	if ((r = policy_get(c->sv->pol, name, NULL)) != CF_OK)
 		return r;

@@ -50,11 +50,12 @@ int h_fill_key(const struct store_key *ki, Coffer__V1__Key *k);
  * response; info is freed in every case. */
 int h_key_response(int r, struct store_key *info, ProtobufCMessage **resp);
 
-/* An answer of `type` read back for the change named `name` (handlers_describe). */
+/* An answer of `type` read back for the change named `name`, which made
+ * version (or secret generation) `made` (0: none) (handlers_describe). */
 struct hdescribe {
 	const ProtobufCMessageDescriptor *type;   /* NULL ends a list */
 	int (*fn)(const struct hcall *c, const ProtobufCMessageDescriptor *type,
-		  const char *name, ProtobufCMessage **resp);
+		  const char *name, uint32_t made, ProtobufCMessage **resp);
 };
 
 /* One handler file: its handlers by method id, and its hdescribe list (or

@@ -180,11 +180,12 @@ h_delete_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMe
 /* Principal `name` as a Principal answer (handlers_describe). */
 static int
 describe_principal(const struct hcall *c, const ProtobufCMessageDescriptor *type,
-		   const char *name, ProtobufCMessage **resp)
+		   const char *name, uint32_t made, ProtobufCMessage **resp)
 {
 	struct store_principal sp;
 
 	(void)type;
+	(void)made;
 	memset(&sp, 0, sizeof(sp));
 	return principal_response(policy_get(c->sv->pol, name, &sp), &sp, resp);
 }
@@ -192,10 +193,11 @@ describe_principal(const struct hcall *c, const ProtobufCMessageDescriptor *type
 /* A deletion's answer holds nothing to read back. */
 static int
 describe_deleted(const struct hcall *c, const ProtobufCMessageDescriptor *type,
-		 const char *name, ProtobufCMessage **resp)
+		 const char *name, uint32_t made, ProtobufCMessage **resp)
 {
 	(void)c;
 	(void)name;
+	(void)made;
 	return (*resp = h_new_msg(type)) != NULL ? CF_OK : cf_nomem();
 }
 

@@ -23,11 +23,11 @@ handlers_find(enum cf_method_id id)
 
 int
 handlers_describe(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *name,
-		  ProtobufCMessage **resp)
+		  uint32_t made, ProtobufCMessage **resp)
 {
 	for (const struct hservice *const *s = handlers_services; *s != NULL; s++)
 		for (const struct hdescribe *e = (*s)->describe; e != NULL && e->type != NULL; e++)
 			if (e->type == type)
-				return e->fn(c, type, name, resp);
+				return e->fn(c, type, name, made, resp);
 	return cf_error(CF_E_UNSUPPORTED, "no description for a %s answer", type->name);
 }

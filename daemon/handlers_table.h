@@ -15,9 +15,12 @@ handler_fn handlers_find(enum cf_method_id id);
 /* The answer to a mutating call whose change was committed by an attempt
  * that never answered (the daemon stopped first): what it changed, `name`
  * (a key, principal or API key id), read back as a response of `type`.
- * CF_E_UNSUPPORTED for a type that names nothing. */
+ * `made`: the key version or API key secret generation the change made (0:
+ * none); what later changes added after it is left out of the answer, so
+ * that it names what this call made. CF_E_UNSUPPORTED for a type that
+ * names nothing. */
 int handlers_describe(const struct hcall *c, const ProtobufCMessageDescriptor *type,
-		      const char *name, ProtobufCMessage **resp);
+		      const char *name, uint32_t made, ProtobufCMessage **resp);
 
 /* The handler files (handlers_common.h), NULL-ended. */
 struct hservice;

@@ -8,6 +8,9 @@
 * the record survives a restart;
 * a secret in a response (CreateApiKey) is not kept: the repeat has none;
 * cofferctl: --idempotency-key makes a repeated command a no-op;
+* an answer lost after its change committed, retried after later changes:
+  the retry names what its first attempt made (the version, the secret
+  generation), not what the key is now;
 * crash safety: cofferd killed with SIGKILL at random moments during 200
   rotations, each retried with its key until it answers: every rotation is
   there exactly once (versions 2..201, each key's answer a distinct
@@ -24,7 +27,7 @@ import unittest
 
 import grpc  # noqa: E402
 
-from crash_harness import sanitizer_build  # noqa: E402
+from crash_harness import CRASH_EXIT, CrashDaemon, crash_points, sanitizer_build  # noqa: E402
 from daemon_fixture import CofferDaemon, SealedRpcError, cofferctl_path  # noqa: E402
 from rpc_common import SC, TIMEOUT, pb  # noqa: E402
 
@@ -170,7 +173,98 @@ def s_call(stub, name, req, key):
                                      metadata=idem(key))
     if code != 0:
         raise SealedRpcError(path, code, message)
-    return getattr(pb, {"CreateApiKey": "ApiKeySecretResponse"}[name]).FromString(response)
+    return getattr(pb, {"CreateApiKey": "ApiKeySecretResponse",
+                        "RotateApiKeySecret": "ApiKeySecretResponse"}[name]).FromString(response)
+
+
+class LostAnswer(unittest.TestCase):
+    """cofferd exits just after a change's commit (crash point
+    `<point>.committed`), so its caller never hears; other changes follow;
+    the retry with the first attempt's key answers what that attempt made."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not crash_points():
+            raise unittest.SkipTest("cofferd built without COFFER_CRASH_POINTS")
+        cls.d = CrashDaemon()
+        cls.d.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def lost(self, point, call):
+        """call() with cofferd set to exit at the first pass of `point`:
+        it must fail, cofferd must exit there; then cofferd runs again."""
+        d = self.d
+        d.stop()
+        d.close_channels()
+        d.crash_env = {"COFFER_CRASH_AT": point + "@1"}
+        d.start()
+        with self.assertRaises(grpc.RpcError) as cm:
+            call()
+        self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+        self.assertEqual(d.proc.wait(timeout=30), CRASH_EXIT, d.log()[-2000:])
+        d.close_channels()
+        d.crash_env = {}
+        d.start()
+
+    def test_rotation_answers_its_version(self):
+        a = self.d.admin_stub()
+        a.CreateKey(pb.CreateKeyRequest(name="lost-rot", type=pb.EC_P256), timeout=TIMEOUT)
+        a.SetKeyMinimums(pb.SetKeyMinimumsRequest(name="lost-rot", min_version=1,
+                                                  min_verify_version=1), timeout=TIMEOUT)
+        req = pb.RotateKeyRequest(name="lost-rot")
+        self.lost("store.version-add.committed", lambda: self.d.admin_stub().RotateKey(
+            req, timeout=TIMEOUT, metadata=idem("lost-rotation-1")))
+        a = self.d.admin_stub()
+        for _ in range(2):
+            a.RotateKey(req, timeout=TIMEOUT)
+        a.SetKeyMinimums(pb.SetKeyMinimumsRequest(name="lost-rot", min_version=4,
+                                                  min_verify_version=3), timeout=TIMEOUT)
+        r = a.RotateKey(req, timeout=TIMEOUT, metadata=idem("lost-rotation-1"))
+        self.assertEqual(r.primary_version, 2)
+        self.assertEqual([v.version for v in r.versions], [1, 2])
+        self.assertEqual((r.min_version, r.min_verify_version), (2, 2))
+        self.assertIn("answering it without acting again", self.d.log(all_starts=False))
+        now = a.GetKey(pb.GetKeyRequest(name="lost-rot"), timeout=TIMEOUT)
+        self.assertEqual([v.version for v in now.versions], [1, 2, 3, 4])
+        self.assertEqual(now.primary_version, 4)
+        # Done now: a repeat replays that answer.
+        again = a.RotateKey(req, timeout=TIMEOUT, metadata=idem("lost-rotation-1"))
+        self.assertEqual(again.SerializeToString(), r.SerializeToString())
+
+    def test_creation_answers_version_1(self):
+        req = pb.CreateKeyRequest(name="lost-create", type=pb.HMAC_SHA256)
+        self.lost("store.key-create.committed", lambda: self.d.admin_stub().CreateKey(
+            req, timeout=TIMEOUT, metadata=idem("lost-create-1")))
+        a = self.d.admin_stub()
+        a.RotateKey(pb.RotateKeyRequest(name="lost-create"), timeout=TIMEOUT)
+        r = a.CreateKey(req, timeout=TIMEOUT, metadata=idem("lost-create-1"))
+        self.assertEqual((r.name, r.primary_version, [v.version for v in r.versions]),
+                         ("lost-create", 1, [1]))
+
+    def test_secret_rotation_answers_its_generation(self):
+        self.d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(name="lost-p",
+                                                                      uids=[7011]),
+                                            timeout=TIMEOUT)
+        s = self.d.sealed_stub(kind="admin", service="AdminService")
+        kid = s_call(s, "CreateApiKey", pb.CreateApiKeyRequest(principal="lost-p"),
+                     "lost-apikey-create").key.id
+        req = pb.RotateApiKeySecretRequest(id=kid, overlap_seconds=3600)
+
+        def rotate(key):
+            return s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                          "RotateApiKeySecret", req, key)
+        self.lost("store.apikey-put.committed", lambda: rotate("lost-apikey-rotate-1"))
+        rotate("lost-apikey-rotate-2")
+        r = rotate("lost-apikey-rotate-1")
+        self.assertEqual(r.secret, b"")          # shown once, in the answer that was lost
+        self.assertEqual([(x.generation, x.expire_time) for x in r.key.secrets][:1], [(2, 0)])
+        self.assertEqual(sorted(x.generation for x in r.key.secrets), [1, 2])
+        now = self.d.admin_stub().ListApiKeys(pb.ListApiKeysRequest(principal="lost-p"),
+                                              timeout=TIMEOUT).keys[0]
+        self.assertEqual(sorted(x.generation for x in now.secrets), [1, 2, 3])
 
 
 class CrashSafety(unittest.TestCase):
