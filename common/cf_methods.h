@@ -68,6 +68,8 @@ enum cf_method_flag {
 				       * token per item, failed items counted in the audit */
 	CF_MF_NO_RETRY = 1 << 7,      /* clients never repeat it on their own: a first attempt
 				       * whose answer was lost may have recorded a nonce */
+	CF_MF_MAKES = 1 << 8,         /* makes a key version or an API key secret: a retry
+				       * whose first answer was lost names the one it made */
 };
 
 struct cf_method {

@@ -659,7 +659,7 @@ run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t
 			cf_log_warn("idempotency key %s: re-reading %s: %s", h->dc->idem_key,
 				    first.effect_name, cf_error_detail());
 		r = handlers_describe(&h->hc, m->output, first.effect_name,
-				      first.effect_version, resp);
+				      (m->d->flags & CF_MF_MAKES) ? first.effect_version : 0, resp);
 	} else {
 		r = run_handler(m, h, req, resp, n);
 	}

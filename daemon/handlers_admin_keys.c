@@ -113,9 +113,19 @@ h_rotate_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage 
 }
 
 
+static int
+has_version(const struct store_key *k, uint32_t v)
+{
+	for (uint32_t i = 0; i < k->nversions; i++)
+		if (k->versions[i].version == v)
+			return 1;
+	return 0;
+}
+
 /* A key as a Key answer (handlers_describe). A creation or rotation is
  * answered as it left the key: its version primary, the versions made
- * after it left out, the minimums (at most the primary then) capped. */
+ * after it left out, the minimums (at most the primary then) capped; the
+ * versions' states and the schedule are as they are now. */
 static int
 describe_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, const char *name,
 	     uint32_t made, ProtobufCMessage **resp)
@@ -126,6 +136,11 @@ describe_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, cons
 	(void)type;
 	memset(&info, 0, sizeof(info));
 	r = keyring_describe(c->sv->kr, name, &info);
+	if (r == CF_OK && made != 0 && !has_version(&info, made))
+		/* Not read back yet (another replica made it, and this one
+		 * could not reload): the record stays for a retry. */
+		r = cf_error(CF_E_UNAVAILABLE, "key %s: version %u, which this call made, is "
+			     "not known to this replica yet; retry", name, made);
 	if (r == CF_OK && made != 0) {
 		while (info.nversions > 0 && info.versions[info.nversions - 1].version > made)
 			info.nversions--;

@@ -90,6 +90,13 @@ describe_api_key(const struct hcall *c, const ProtobufCMessageDescriptor *type, 
 
 	if ((r = apikeys_get(c->sv->ak, id, &k)) != CF_OK)
 		return r;
+	if (made != 0 && made >= k.next_generation)
+		/* Not read back yet (another replica made it, and this one
+		 * could not reload): the record stays for a retry. */
+		return cf_error(CF_E_UNAVAILABLE, "API key %s: secret generation %u, which this "
+				"call made, is not known to this replica yet; retry", id, made);
+	/* (The secret it made may be gone since: expired, revoked, or
+	 * replaced with no overlap; then so are the ones before it.) */
 	for (uint32_t i = 0; made != 0 && i < k.nsecrets; i++) {
 		if (k.secrets[i].generation > made)
 			continue;

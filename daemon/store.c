@@ -613,15 +613,13 @@ store_call_get(void)
 }
 
 /* A transaction that records a change: what it changed (its kind for the
- * change notification; its name and version for the call's audit record),
- * the version or secret generation it made (0: none; the idempotency mark,
- * so that a retry answers the change as it left things), the intent it
- * retires, and the crash points just before and just after its commit. */
+ * change notification; its name and version for the call's audit record and
+ * idempotency mark), the intent it retires, and the crash points just
+ * before and just after its commit. */
 struct effect {
 	const char *kind;
 	const char *name;
 	uint32_t version;
-	uint32_t made;
 	int64_t intent;
 	const struct cf_crashpoint *before, *after;
 };
@@ -666,7 +664,7 @@ effect_rows(store *s, const struct effect *e)
 		return CF_OK;
 	if (sqldb_run(s->db, "UPDATE idempotency SET committed = 1, effect_name = ?, "
 		      "effect_version = ? WHERE key = ? AND uid = ? AND done = 0 AND committed = 0 "
-		      "AND owner = ?", "titit", e->name, (int64_t)e->made, c->idem_key,
+		      "AND owner = ?", "titit", e->name, (int64_t)e->version, c->idem_key,
 		      (int64_t)c->uid, c->idem_owner ? c->idem_owner : "") != SQLDB_OK)
 		return db_err(s, "marking the idempotency record");
 	/* Fencing: the record must still be this call's (marked now, or by an
@@ -757,7 +755,7 @@ store_key_create(store *s, const struct store_key *k, const uint8_t ckaid[STORE_
 	EFFECT_POINTS("store.key-create");
 	char hex[2 * STORE_CKAID_LEN + 1];
 	struct key_create kc = { k, hex };
-	struct effect e = { "key", k->name, 1, 1, intent, &cp_before, &cp_after };
+	struct effect e = { "key", k->name, 1, intent, &cp_before, &cp_after };
 
 	hex_id(ckaid, hex);
 	return txn_effect(s, key_create_body, &kc, &e);
@@ -793,7 +791,7 @@ store_version_add(store *s, const char *name, uint32_t version,
 	EFFECT_POINTS("store.version-add");
 	char hex[2 * STORE_CKAID_LEN + 1];
 	struct version_add v = { name, version, now, next_rotation, hex };
-	struct effect e = { "key", name, version, version, intent, &cp_before, &cp_after };
+	struct effect e = { "key", name, version, intent, &cp_before, &cp_after };
 
 	hex_id(ckaid, hex);
 	return txn_effect(s, version_add_body, &v, &e);
@@ -829,7 +827,7 @@ int
 store_key_save(store *s, const struct store_key *k, uint32_t version, int64_t intent)
 {
 	EFFECT_POINTS("store.key-save");
-	struct effect e = { "key", k->name, version, 0, intent, &cp_before, &cp_after };
+	struct effect e = { "key", k->name, version, intent, &cp_before, &cp_after };
 
 	return txn_effect(s, key_save_body, k, &e);
 }
@@ -981,7 +979,7 @@ int
 store_principal_put(store *s, const struct store_principal *p, int create)
 {
 	EFFECT_POINTS("store.principal-put");
-	struct effect e = { "principal", p->name, 0, 0, 0, &cp_before, &cp_after };
+	struct effect e = { "principal", p->name, 0, 0, &cp_before, &cp_after };
 
 	return txn_effect(s, create ? principal_create_body : principal_replace_body, p, &e);
 }
@@ -1008,7 +1006,7 @@ int
 store_principal_delete(store *s, const char *name)
 {
 	EFFECT_POINTS("store.principal-delete");
-	struct effect e = { "principal", name, 0, 0, 0, &cp_before, &cp_after };
+	struct effect e = { "principal", name, 0, 0, &cp_before, &cp_after };
 
 	return txn_effect(s, principal_delete_body, name, &e);
 }
@@ -1126,7 +1124,7 @@ store_apikey_put(store *s, const struct store_apikey *k, int create, uint32_t ge
 		 int64_t intent)
 {
 	EFFECT_POINTS("store.apikey-put");
-	struct effect e = { "apikey", k->id, generation, generation, intent, &cp_before, &cp_after };
+	struct effect e = { "apikey", k->id, generation, intent, &cp_before, &cp_after };
 
 	return txn_effect(s, create ? apikey_create_body : apikey_update_body, k, &e);
 }
@@ -1181,7 +1179,7 @@ int
 store_signed_set(store *s, const char *principal, int on)
 {
 	EFFECT_POINTS("store.signed-set");
-	struct effect e = { "signed", principal, 0, 0, 0, &cp_before, &cp_after };
+	struct effect e = { "signed", principal, 0, 0, &cp_before, &cp_after };
 	struct signed_set a = { principal, on };
 
 	/* Its audit record is committed with it, as for every principal change. */

@@ -281,8 +281,8 @@ struct store_idem {
 	char request_id[65];          /* the first attempt's request id */
 	int committed;                /* not done, but its change is durable (store_call) */
 	char effect_name[CF_KEY_NAME_MAX + 32];   /* what it changed (committed) */
-	uint32_t effect_version;      /* the key version or API key secret generation it
-				       * made (committed; 0: none) */
+	uint32_t effect_version;      /* the key version it made or acted on, or the API
+				       * key secret generation it made (committed) */
 	char owner[STORE_OWNER_MAX + 1];  /* the incarnation of the replica running it (opaque) */
 };
 /* CF_E_NOT_FOUND if there is none. */

@@ -197,17 +197,18 @@ class LostAnswer(unittest.TestCase):
         """call() with cofferd set to exit at the first pass of `point`:
         it must fail, cofferd must exit there; then cofferd runs again."""
         d = self.d
-        d.stop()
-        d.close_channels()
+        d.stop(expect=None)
         d.crash_env = {"COFFER_CRASH_AT": point + "@1"}
-        d.start()
-        with self.assertRaises(grpc.RpcError) as cm:
-            call()
-        self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
-        self.assertEqual(d.proc.wait(timeout=30), CRASH_EXIT, d.log()[-2000:])
-        d.close_channels()
-        d.crash_env = {}
-        d.start()
+        try:
+            d.start()
+            with self.assertRaises(grpc.RpcError) as cm:
+                call()
+            self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+            self.assertEqual(d.proc.wait(timeout=30), CRASH_EXIT, d.log()[-2000:])
+        finally:
+            d.stop(expect=None)
+            d.crash_env = {}
+            d.start()
 
     def test_rotation_answers_its_version(self):
         a = self.d.admin_stub()
@@ -243,6 +244,42 @@ class LostAnswer(unittest.TestCase):
         r = a.CreateKey(req, timeout=TIMEOUT, metadata=idem("lost-create-1"))
         self.assertEqual((r.name, r.primary_version, [v.version for v in r.versions]),
                          ("lost-create", 1, [1]))
+
+    def test_version_change_answers_the_key_as_it_is(self):
+        """A change that makes nothing (a version disabled) is answered
+        with the key as it is now, later rotations included."""
+        a = self.d.admin_stub()
+        a.CreateKey(pb.CreateKeyRequest(name="lost-dis", type=pb.EC_P256), timeout=TIMEOUT)
+        a.RotateKey(pb.RotateKeyRequest(name="lost-dis"), timeout=TIMEOUT)
+        req = pb.KeyVersionRequest(name="lost-dis", version=1)
+        self.lost("store.key-save.committed", lambda: self.d.admin_stub().DisableKeyVersion(
+            req, timeout=TIMEOUT, metadata=idem("lost-disable-1")))
+        a = self.d.admin_stub()
+        a.RotateKey(pb.RotateKeyRequest(name="lost-dis"), timeout=TIMEOUT)
+        r = a.DisableKeyVersion(req, timeout=TIMEOUT, metadata=idem("lost-disable-1"))
+        self.assertEqual(r.primary_version, 3)
+        self.assertEqual([(v.version, v.state) for v in r.versions],
+                         [(1, pb.DISABLED), (2, pb.ENABLED), (3, pb.ENABLED)])
+        self.assertIn("answering it without acting again", self.d.log(all_starts=False))
+
+    def test_api_key_creation_answers_generation_1(self):
+        self.d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(name="lost-c",
+                                                                      uids=[7012]),
+                                            timeout=TIMEOUT)
+        req = pb.CreateApiKeyRequest(principal="lost-c")
+
+        def create():
+            return s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                          "CreateApiKey", req, "lost-apikey-create-1")
+        self.lost("store.apikey-put.committed", create)
+        kid = self.d.admin_stub().ListApiKeys(pb.ListApiKeysRequest(principal="lost-c"),
+                                              timeout=TIMEOUT).keys[0].id
+        s_call(self.d.sealed_stub(kind="admin", service="AdminService"), "RotateApiKeySecret",
+               pb.RotateApiKeySecretRequest(id=kid, overlap_seconds=3600), "lost-c-rotate")
+        r = create()
+        self.assertEqual(r.secret, b"")
+        self.assertEqual((r.key.id, [(x.generation, x.expire_time) for x in r.key.secrets]),
+                         (kid, [(1, 0)]))
 
     def test_secret_rotation_answers_its_generation(self):
         self.d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(name="lost-p",
