@@ -303,17 +303,22 @@ x25519(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN], u
 	uint8_t zero[32] = { 0 };
 	int r = CF_OK;
 
-	/* OpenSSL refuses an all-zero X25519 result (a low-order peer key);
-	 * the comparison is a second line of defence. */
+	/* Any 32 bytes make an X25519 public key: only memory fails these. */
 	if ((peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub,
 						CF_SESSION_PUB_LEN)) == NULL ||
-	    (ctx = EVP_PKEY_CTX_new(mine->pkey, NULL)) == NULL ||
-	    EVP_PKEY_derive_init(ctx) != 1 || EVP_PKEY_derive_set_peer(ctx, peer) != 1 ||
+	    (ctx = EVP_PKEY_CTX_new(mine->pkey, NULL)) == NULL) {
+		r = cf_nomem();
+		goto out;
+	}
+	/* OpenSSL refuses an all-zero X25519 result (a low-order peer key);
+	 * the comparison is a second line of defence. */
+	if (EVP_PKEY_derive_init(ctx) != 1 || EVP_PKEY_derive_set_peer(ctx, peer) != 1 ||
 	    EVP_PKEY_derive(ctx, out, &len) != 1 || len != 32 ||
 	    CRYPTO_memcmp(out, zero, sizeof(zero)) == 0) {
 		OPENSSL_cleanse(out, 32);
 		r = cf_error(CF_E_INVALID_ARG, "the peer's ephemeral key is not a usable X25519 key");
 	}
+out:
 	EVP_PKEY_CTX_free(ctx);
 	EVP_PKEY_free(peer);
 	return r;

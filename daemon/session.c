@@ -315,7 +315,11 @@ session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello
 	if ((r = cf_session_transcript_hash(h, th)) != CF_OK)
 		goto out;
 	if ((r = cf_session_keys_derive(eph, h->client_pub, th, h->session_id, &s->keys)) != CF_OK) {
-		r = cf_error(CF_E_INVALID_ARG, "client_ephemeral is not a usable X25519 public key");
+		/* Only the client's key is named; our own failures (memory)
+		 * keep their status and text. */
+		if (r == CF_E_INVALID_ARG)
+			r = cf_error(CF_E_INVALID_ARG, "client_ephemeral is not a usable X25519 "
+				     "public key");
 		goto out;
 	}
 	cf_session_eph_free(eph);   /* forward secrecy: gone before anything else */

@@ -1,0 +1,315 @@
+#!/usr/bin/python3
+"""Every allocation cofferd's own code makes on a call's path, failed one at
+a time, against a real cofferd on a real SoftHSM token.
+
+cofferd runs with tests/support/failmalloc_shim.c preloaded. For each
+operation, an unarmed call first counts K, the allocations Coffer's code
+makes while serving it (the shim counts only calls from the program's own
+code, never from gRPC, absl or OpenSSL). Then, for n = 1 .. K + 2, the shim
+is armed to fail the n-th of them and the call is made again:
+
+* cofferd never crashes or hangs: the call is answered within its deadline
+  and cofferd is still running;
+* an answer is either right (a signature that verifies, the MAC of the
+  message, the right verdict) or a refusal whose status is
+  RESOURCE_EXHAUSTED, UNAVAILABLE or INTERNAL, with a text that says what
+  failed (never empty);
+* the same call, unarmed, then succeeds: nothing was left broken;
+* every call answered OK has its audit record (its x-request-id in the
+  trail), and `cofferctl audit verify` accepts the trail at the end.
+
+Not under the sanitizers (their runtime must be the first library loaded).
+"""
+import collections
+import mmap
+import os
+import struct
+import sys
+import tempfile
+import time
+import unittest
+
+import grpc  # noqa: E402
+
+from crash_harness import CrashDaemon, sanitizer_build  # noqa: E402
+from daemon_fixture import Ctl, stubs  # noqa: E402
+from rpc_common import KS, TIMEOUT, call_authorization, pb  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.environ.get("COFFER_BUILD_DIR", os.path.join(HERE, "..", "..", "build"))
+SHIM = os.environ.get("COFFER_FAILMALLOC_SHIM",
+                      os.path.join(BUILD, "tests", "libcf_failmalloc.so"))
+ALLOWED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
+           grpc.StatusCode.INTERNAL}
+MSG = b"the message of the allocation failure test"
+PP = stubs().pipeline_pb
+PIPE = "/coffer.v1.Pipeline/Stream"
+
+
+class Control:
+    """The shim's shared counters: countdown, failed, counted."""
+
+    def __init__(self, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 24)
+        self.f = open(path, "r+b")
+        self.m = mmap.mmap(self.f.fileno(), 24)
+
+    def get(self, i):
+        return struct.unpack_from("<q", self.m, 8 * i)[0]
+
+    def arm(self, n):
+        struct.pack_into("<q", self.m, 0, n)
+
+    def counted(self):
+        return self.get(2)
+
+    def failed(self):
+        return self.get(1)
+
+
+@unittest.skipIf(sanitizer_build(), "the sanitizers' runtime must be loaded first")
+class AllocFailures(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(SHIM):
+            raise unittest.SkipTest("%s is not built" % SHIM)
+        cls.tmp = tempfile.mkdtemp(prefix="coffer-failmalloc-")
+        cls.ctl = Control(os.path.join(cls.tmp, "ctl"))
+        cls.d = CrashDaemon()
+        cls.d.crash_env = {"LD_PRELOAD": SHIM,
+                           "COFFER_FAILMALLOC_CTL": os.path.join(cls.tmp, "ctl")}
+        cls.d.start()
+        a = cls.d.admin_stub()
+        a.CreateKey(pb.CreateKeyRequest(name="fm-ec", type=pb.EC_P256), timeout=TIMEOUT)
+        a.CreateKey(pb.CreateKeyRequest(name="fm-mac", type=pb.HMAC_SHA256), timeout=TIMEOUT)
+        s = cls.d.service_stub()
+        cls.sig = s.Sign(pb.SignRequest(key="fm-ec", message=MSG), timeout=TIMEOUT).signature
+        cls.mac = s.Mac(pb.MacRequest(key="fm-mac", data=MSG), timeout=TIMEOUT).mac
+        cls.answered = []      # request ids answered OK
+        cls.outcomes = collections.Counter()
+        cls.seq = 0
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def call(self, name, fn, check):
+        """fn(metadata) with a fresh request id, the shim disarmed after it
+        (before the answer is checked); (status, details)."""
+        type(self).seq += 1
+        rid = "fm-%s-%d" % (name, self.seq)
+        try:
+            r = fn([("x-request-id", rid)])
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        finally:
+            self.ctl.arm(0)
+        ids = check(r)
+        self.answered += [rid] if ids is None else ["%s.%d" % (rid, i) for i in ids]
+        return grpc.StatusCode.OK, ""
+
+    def sweep(self, name, fn, check):
+        self.ctl.arm(0)
+        c0 = self.ctl.counted()
+        code, text = self.call(name, fn, check)
+        self.assertEqual(code, grpc.StatusCode.OK, text)
+        k = self.ctl.counted() - c0
+        self.assertGreater(k, 0, "the shim counted no allocation of %s" % name)
+        seen = collections.Counter()
+        heals = []
+        for n in range(1, k + 3):
+            f0 = self.ctl.failed()
+            self.ctl.arm(n)
+            t0 = time.monotonic()
+            code, text = self.call(name, fn, check)
+            self.ctl.arm(0)
+            took = time.monotonic() - t0
+            self.assertIsNone(self.d.proc.poll(), "cofferd exited (%s) after failing allocation "
+                              "%d of %s; log:\n%s" % (self.d.proc.poll(), n, name,
+                                                      self.d.log()[-3000:]))
+            self.assertLess(took, TIMEOUT)
+            if code != grpc.StatusCode.OK:
+                self.assertIn(code, ALLOWED, "%s, allocation %d failed: %s %s"
+                              % (name, n, code, text))
+                self.assertTrue(text.strip(), "%s, allocation %d failed: %s with no text"
+                                % (name, n, code))
+                self.assertGreater(self.ctl.failed(), f0)
+            seen[(code.name, text)] += 1
+            # Nothing left broken: the same call, unarmed, succeeds. A trail
+            # that failed a write refuses calls (fail closed) until its
+            # writer writes again, which it retries every second.
+            t1 = time.monotonic()
+            while True:
+                code2, text2 = self.call(name, fn, check)
+                if code2 == grpc.StatusCode.OK:
+                    break
+                self.assertTrue(code2 == grpc.StatusCode.UNAVAILABLE and
+                                "the audit trail cannot be written" in text2 and
+                                time.monotonic() < t1 + 5,
+                                "%s after allocation %d failed: %s %s"
+                                % (name, n, code2, text2))
+                time.sleep(0.05)
+            if time.monotonic() - t1 > 0.05:
+                heals.append(round(time.monotonic() - t1, 2))
+        print("\n%s: %d allocations of Coffer's code per call, each failed in turn: %s; "
+              "trail healed after %s s" % (name, k, dict(seen), heals), flush=True)
+        self.outcomes.update({(name,) + k2: v for k2, v in seen.items()})
+
+    def test_sign(self):
+        s = self.d.service_stub()
+        self.sweep("Sign", lambda md: s.Sign(pb.SignRequest(key="fm-ec", message=MSG),
+                                             timeout=TIMEOUT, metadata=md),
+                   lambda r: self.assertTrue(self.d.service_stub().Verify(pb.VerifyRequest(
+                       key="fm-ec", version=1, message=MSG, signature=r.signature),
+                       timeout=TIMEOUT).valid))
+
+    def test_mac(self):
+        s = self.d.service_stub()
+        self.sweep("Mac", lambda md: s.Mac(pb.MacRequest(key="fm-mac", data=MSG),
+                                           timeout=TIMEOUT, metadata=md),
+                   lambda r: self.assertEqual(r.mac, self.mac))
+
+    def test_verify(self):
+        s = self.d.service_stub()
+        self.sweep("Verify", lambda md: s.Verify(pb.VerifyRequest(
+            key="fm-ec", version=1, message=MSG, signature=self.sig), timeout=TIMEOUT,
+            metadata=md),
+                   lambda r: self.assertTrue(r.valid))
+
+    def test_verify_mac_batch(self):
+        s = self.d.service_stub()
+        items = [pb.VerifyMacBatchItem(data=MSG, mac=self.mac),
+                 pb.VerifyMacBatchItem(data=MSG + b"!", mac=self.mac)]
+
+        def check(r):
+            self.assertEqual([x.valid for x in r.results], [True, False])
+        self.sweep("VerifyMacBatch", lambda md: s.VerifyMacBatch(pb.VerifyMacBatchRequest(
+            key="fm-mac", version=1, items=items), timeout=TIMEOUT, metadata=md), check)
+
+    def test_sealed_sign(self):
+        """A session opened (the handshake) and a Sign sealed in it."""
+        def sealed(md):
+            return self.d.sealed_stub().Sign(pb.SignRequest(key="fm-ec", message=MSG),
+                                             timeout=TIMEOUT)
+
+        def check(r):
+            self.assertTrue(self.d.service_stub().Verify(pb.VerifyRequest(
+                key="fm-ec", version=1, message=MSG, signature=r.signature),
+                timeout=TIMEOUT).valid)
+            return []   # its record carries the daemon's request id, not ours
+        self.sweep("sealed-Sign", sealed, check)
+
+    def test_stream_frame(self):
+        """A frame of 2 Signs and 3 Macs on the pipelined stream: each answer
+        right, or refused with its own status and text."""
+        msgs = [b"frame %d" % i for i in range(5)]
+        reqs = [PP.PipelineRequest(id=i, method=KS + ("Sign" if i < 2 else "Mac"), request=(
+            pb.SignRequest(key="fm-ec", message=m) if i < 2 else
+            pb.MacRequest(key="fm-mac", data=m)).SerializeToString())
+            for i, m in enumerate(msgs)]
+        top = PP.PipelineRequest()
+        top.CopyFrom(reqs[0])
+        top.more.extend(reqs[1:])
+        macs = {i: self.d.service_stub().Mac(pb.MacRequest(key="fm-mac", data=msgs[i]),
+                                             timeout=TIMEOUT).mac for i in range(2, 5)}
+
+        def run(md):
+            st = self.d.channel("service").stream_stream(
+                PIPE, request_serializer=PP.PipelineRequest.SerializeToString,
+                response_deserializer=PP.PipelineResponse.FromString)
+            out = []
+            for m in st(iter([top]), timeout=TIMEOUT, metadata=md):
+                one = PP.PipelineResponse()
+                one.CopyFrom(m)
+                del one.more[:]
+                out += [one] + list(m.more)
+            return out
+
+        def check(answers):
+            self.assertEqual(sorted(a.id for a in answers), list(range(5)))
+            ok = []
+            for a in answers:
+                if a.code != 0:
+                    self.assertIn(a.code, {c.value[0] for c in ALLOWED}, a.message)
+                    self.assertTrue(a.message.strip())
+                    continue
+                if a.id < 2:
+                    self.assertTrue(self.d.service_stub().Verify(pb.VerifyRequest(
+                        key="fm-ec", version=1, message=msgs[a.id],
+                        signature=pb.SignResponse.FromString(a.response).signature),
+                        timeout=TIMEOUT).valid)
+                else:
+                    self.assertEqual(pb.MacResponse.FromString(a.response).mac, macs[a.id])
+                ok.append(a.id)
+            return ok
+        self.sweep("stream-frame", run, check)
+
+    def test_rotation_once_per_key(self):
+        """RotateKey with an idempotency key: whatever allocation fails, the
+        key retried until it answers makes exactly one version."""
+        a = self.d.admin_stub()
+        a.CreateKey(pb.CreateKeyRequest(name="fm-rot", type=pb.EC_P256), timeout=TIMEOUT)
+        n_keys = [0]
+
+        def rotate(md):
+            n_keys[0] += 1
+            idem = "fm-rotation-%d" % n_keys[0]
+            first = None
+            try:
+                first = a.RotateKey(pb.RotateKeyRequest(name="fm-rot"), timeout=TIMEOUT,
+                                    metadata=md + [("idempotency-key", idem)])
+            except grpc.RpcError as e:
+                err = e
+            finally:
+                self.ctl.arm(0)
+            # Retried with its key until it answers (a broken trail heals
+            # within a second): the same answer, one version.
+            t0 = time.monotonic()
+            while True:
+                try:
+                    again = a.RotateKey(pb.RotateKeyRequest(name="fm-rot"), timeout=TIMEOUT,
+                                        metadata=[("idempotency-key", idem)])
+                    break
+                except grpc.RpcError as e:
+                    self.assertLess(time.monotonic(), t0 + 5, "%s: %s %s" % (
+                        idem, e.code(), e.details()))
+                    time.sleep(0.05)
+            if first is not None:
+                self.assertEqual(again.primary_version, first.primary_version)
+            versions = [v.version for v in a.GetKey(pb.GetKeyRequest(name="fm-rot"),
+                                                    timeout=TIMEOUT).versions]
+            self.assertEqual(versions, list(range(1, n_keys[0] + 2)), idem)
+            self.assertEqual(again.primary_version, n_keys[0] + 1)
+            if first is None:
+                raise err
+            return first
+        self.sweep("RotateKey", rotate, lambda r: None)
+
+    def test_y_signed_calls(self):
+        """API-key signed calls (run late: from now on the principal must
+        sign every call)."""
+        sadm = self.d.sealed_stub(kind="admin", service="AdminService")
+        k = sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        mac = self.d.channel("service").unary_unary(KS + "Mac", request_serializer=None,
+                                                    response_deserializer=None)
+        body = pb.MacRequest(key="fm-mac", data=MSG).SerializeToString()
+
+        def signed(md):
+            auth = call_authorization(k.key.id, k.secret, KS + "Mac", body)
+            return pb.MacResponse.FromString(mac(body, timeout=TIMEOUT,
+                                                 metadata=md + [("authorization", auth)]))
+        self.sweep("signed-Mac", signed, lambda r: self.assertEqual(r.mac, self.mac))
+
+    def test_zz_every_answer_recorded(self):
+        Ctl(self.d)("audit", "verify")
+        with open(os.path.join(self.d.state_dir, "audit.log")) as f:
+            trail = f.read()
+        missing = [r for r in self.answered if '"%s"' % r not in trail]
+        self.assertEqual(missing, [], "answered OK without an audit record")
+        print("\n%d calls answered OK, each with its record; audit verify passes" %
+              len(self.answered), flush=True)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2, argv=[sys.argv[0]] + [a for a in sys.argv[1:]])
