@@ -518,30 +518,57 @@ out:
 	return r;
 }
 
-/* Publish rec (already stored) for e, or a new entry when e is NULL, and
- * hand back the handles it no longer holds (to destroy after unlocking). */
-static int
-publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key *const *k,
-	cf_p11_key **gone, size_t *ngone)
-{
-	char (*signers)[STORE_PRINCIPAL_NAME_MAX + 1] = NULL;
-	struct entry *ne = NULL;
+/* What publish needs, allocated before the record is written: once the
+ * store has it, memory must follow, or a revoked key would still verify
+ * here and a new one be missing (admin mutex held from here to publish,
+ * so the table cannot grow in between). */
+struct room {
+	struct entry *ne;   /* a new key's entry; NULL for a change */
+	char (*signers)[STORE_PRINCIPAL_NAME_MAX + 1];   /* the rebuilt index */
+};
 
-	*ngone = 0;
-	if (e == NULL && (ne = calloc(1, sizeof(*ne))) == NULL)
+static int
+room_get(apikeys *a, int new_key, struct room *rm)
+{
+	int r = CF_OK;
+	size_t n;
+
+	memset(rm, 0, sizeof(*rm));
+	if (new_key && (rm->ne = calloc(1, sizeof(*rm->ne))) == NULL)
 		return cf_nomem();
 	pthread_rwlock_wrlock(&a->lk);
-	/* Everything that can fail comes first: once the table changes, it
-	 * changes whole (the callers free what it no longer holds). */
-	if ((ne != NULL && reserve(a) != CF_OK) ||
-	    (signers = calloc(a->n + 1, sizeof(*signers))) == NULL) {
-		pthread_rwlock_unlock(&a->lk);
-		free(ne);
+	if (new_key)
+		r = reserve(a);
+	n = a->n + 1;
+	pthread_rwlock_unlock(&a->lk);
+	if (r != CF_OK || (rm->signers = calloc(n, sizeof(*rm->signers))) == NULL) {
+		free(rm->ne);
+		rm->ne = NULL;
 		return cf_nomem();
 	}
+	return CF_OK;
+}
+
+static void
+room_free(struct room *rm)
+{
+	free(rm->ne);
+	free(rm->signers);
+}
+
+/* Publish rec (already stored) for e, or rm's new entry when e is NULL, and
+ * hand back the handles it no longer holds (to destroy after unlocking).
+ * Allocates nothing: it uses rm (room_get, before the record was written). */
+static void
+publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key *const *k,
+	cf_p11_key **gone, size_t *ngone, struct room *rm)
+{
+	*ngone = 0;
+	pthread_rwlock_wrlock(&a->lk);
 	if (e == NULL) {
-		e = ne;
-		e->rec = *rec;   /* inserted by id */
+		e = rm->ne;
+		rm->ne = NULL;
+		e->rec = *rec;   /* inserted by id (room_get reserved its place) */
 		(void)insert(a, e);
 	}
 	for (uint32_t i = 0; i < e->rec.nsecrets; i++) {
@@ -556,9 +583,9 @@ publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key 
 	memset(e->k, 0, sizeof(e->k));
 	for (uint32_t i = 0; i < rec->nsecrets; i++)
 		e->k[i] = k[i];
-	(void)index_signers(a, signers);
+	(void)index_signers(a, rm->signers);
+	rm->signers = NULL;   /* the index's now */
 	pthread_rwlock_unlock(&a->lk);
-	return CF_OK;
 }
 
 static int
@@ -579,6 +606,7 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	cf_p11_key *k = NULL, *gone[STORE_APIKEY_SECRETS_MAX];
 	uint8_t rnd[12];
 	size_t ngone;
+	struct room rm = { NULL, NULL };
 	int r;
 
 	*secret = NULL;
@@ -611,13 +639,13 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	rec.secrets[0].created = now;
 	if ((r = new_secret(a, rec.id, 1, import, &k, secret)) != CF_OK)
 		goto out;
-	if ((r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK ||
-	    (r = publish(a, NULL, &rec, &k, gone, &ngone)) != CF_OK) {
+	if ((r = room_get(a, 1, &rm)) != CF_OK || (r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK) {
 		not_recorded(a, r, &k);
 		cf_secret_free(*secret);
 		*secret = NULL;
 		goto out;
 	}
+	publish(a, NULL, &rec, &k, gone, &ngone, &rm);
 	/* The store marked the principal with the key; memory follows. Out of
 	 * memory here leaves it to the next start (the live key covers it). */
 	pthread_rwlock_wrlock(&a->lk);
@@ -625,6 +653,7 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	pthread_rwlock_unlock(&a->lk);
 	*out = rec;
 out:
+	room_free(&rm);
 	admin_end(a);
 	return r;
 }
@@ -637,6 +666,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	cf_p11_key *k[STORE_APIKEY_SECRETS_MAX], *gone[STORE_APIKEY_SECRETS_MAX];
 	struct entry *e;
 	size_t ngone = 0;
+	struct room rm = { NULL, NULL };
 	uint32_t gen;
 	int r;
 
@@ -681,16 +711,18 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	rec.next_generation = gen + 1;
 	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
 		goto out;
-	if ((r = store_apikey_put(a->st, &rec, 0, gen, 0)) != CF_OK ||
-	    (r = publish(a, e, &rec, k, gone, &ngone)) != CF_OK) {
+	if ((r = room_get(a, 0, &rm)) != CF_OK ||
+	    (r = store_apikey_put(a->st, &rec, 0, gen, 0)) != CF_OK) {
 		not_recorded(a, r, k);
 		cf_secret_free(*secret);
 		*secret = NULL;
 		goto out;
 	}
+	publish(a, e, &rec, k, gone, &ngone, &rm);
 	destroy_handles(gone, ngone, "retired by a rotation without overlap");
 	*out = rec;
 out:
+	room_free(&rm);
 	admin_end(a);
 	return r;
 }
@@ -704,10 +736,16 @@ revoke_locked(apikeys *a, struct entry *e, int64_t now)
 	size_t ngone;
 	int r;
 
+	struct room rm;
+
 	rec.revoked = now;
 	rec.nsecrets = 0;
-	if ((r = store_apikey_put(a->st, &rec, 0, 0, 0)) != CF_OK ||
-	    (r = publish(a, e, &rec, NULL, gone, &ngone)) != CF_OK)
+	if ((r = room_get(a, 0, &rm)) != CF_OK)
+		return r;
+	if ((r = store_apikey_put(a->st, &rec, 0, 0, 0)) == CF_OK)
+		publish(a, e, &rec, NULL, gone, &ngone, &rm);
+	room_free(&rm);
+	if (r != CF_OK)
 		return r;
 	destroy_handles(gone, ngone, "revoked");
 	return CF_OK;
@@ -821,6 +859,7 @@ apikeys_expire(apikeys *a, int64_t now)
 		struct store_apikey rec = e->rec;
 		cf_p11_key *k[STORE_APIKEY_SECRETS_MAX], *gone[STORE_APIKEY_SECRETS_MAX];
 		size_t ngone;
+		struct room rm;
 
 		rec.nsecrets = 0;
 		for (uint32_t j = 0; j < e->rec.nsecrets; j++)
@@ -832,12 +871,14 @@ apikeys_expire(apikeys *a, int64_t now)
 			continue;
 		/* The record goes first: a crash before the token object is
 		 * destroyed leaves an unclaimed object, destroyed at start. */
-		if (store_apikey_put(a->st, &rec, 0, 0, 0) != CF_OK ||
-		    publish(a, e, &rec, k, gone, &ngone) != CF_OK) {
+		if (room_get(a, 0, &rm) != CF_OK || store_apikey_put(a->st, &rec, 0, 0, 0) != CF_OK) {
 			cf_log_error("API key %s: retiring expired secrets: %s", rec.id,
 				     cf_error_detail());
+			room_free(&rm);
 			continue;
 		}
+		publish(a, e, &rec, k, gone, &ngone, &rm);
+		room_free(&rm);
 		destroy_handles(gone, ngone, "past its rotation deadline");
 		cf_log_info("API key %s: %zu old secret(s) past the rotation deadline destroyed",
 			    rec.id, ngone);

@@ -138,21 +138,29 @@ find_locked(const policy *p, const char *name, int *found)
 	return sorted_find(p, p->n, pr_name_at, name, found);
 }
 
-/* Insert r at its place (the name is not there yet). */
+/* Room for one more principal: made before a new one is written to the
+ * store, so that installing it once written cannot fail. */
 static int
-insert_locked(policy *p, struct pr *r)
+room_locked(policy *p)
 {
-	int found;
-	size_t at = find_locked(p, r->sp.name, &found);
 	struct pr **nv = realloc(p->v, (p->n + 1) * sizeof(*nv));
 
 	if (nv == NULL)
 		return cf_nomem();
 	p->v = nv;
-	memmove(&p->v[at + 1], &p->v[at], (p->n - at) * sizeof(*nv));
+	return CF_OK;
+}
+
+/* Insert r at its place (the name is not there yet; room_locked made room). */
+static void
+insert_locked(policy *p, struct pr *r)
+{
+	int found;
+	size_t at = find_locked(p, r->sp.name, &found);
+
+	memmove(&p->v[at + 1], &p->v[at], (p->n - at) * sizeof(p->v[0]));
 	p->v[at] = r;
 	p->n++;
-	return CF_OK;
 }
 
 static void
@@ -180,10 +188,11 @@ load_one(const struct store_principal *sp, void *arg)
 					"principal %s", sp->name);
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return cf_nomem();
-	if ((rc = copy_principal(sp, &r->sp)) != CF_OK || (rc = insert_locked(p, r)) != CF_OK) {
+	if ((rc = copy_principal(sp, &r->sp)) != CF_OK || (rc = room_locked(p)) != CF_OK) {
 		pr_free(r);
 		return rc;
 	}
+	insert_locked(p, r);
 	carry_levels(&no_limits, r->buckets, &r->sp, r->buckets);   /* all full */
 	return CF_OK;
 }
@@ -403,8 +412,8 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		return rc;
 	}
 	pthread_rwlock_wrlock(&p->lock);
-	if ((rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK &&
-	    (rc = insert_locked(p, r)) == CF_OK) {
+	if ((rc = room_locked(p)) == CF_OK && (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
+		insert_locked(p, r);
 		rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 		r = NULL;
 	}

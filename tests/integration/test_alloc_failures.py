@@ -86,6 +86,7 @@ class AllocFailures(unittest.TestCase):
         s = cls.d.service_stub()
         cls.sig = s.Sign(pb.SignRequest(key="fm-ec", message=MSG), timeout=TIMEOUT).signature
         cls.mac = s.Mac(pb.MacRequest(key="fm-mac", data=MSG), timeout=TIMEOUT).mac
+        a.CreateKey(pb.CreateKeyRequest(name="fm-aes", type=pb.AES_256), timeout=TIMEOUT)
         cls.answered = []      # request ids answered OK
         cls.outcomes = collections.Counter()
         cls.seq = 0
@@ -108,6 +109,28 @@ class AllocFailures(unittest.TestCase):
         ids = check(r)
         self.answered += [rid] if ids is None else ["%s.%d" % (rid, i) for i in ids]
         return grpc.StatusCode.OK, ""
+
+    def armed(self, call):
+        """call() with the shim as armed, disarmed after: (answer, None) or
+        (None, the error)."""
+        try:
+            return call(), None
+        except grpc.RpcError as e:
+            return None, e
+        finally:
+            self.ctl.arm(0)
+
+    def retried(self, what, call):
+        """call() until it answers (a trail that failed a write heals within
+        a second); its answer."""
+        t0 = time.monotonic()
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as e:
+                self.assertLess(time.monotonic(), t0 + 5, "%s: %s %s" % (
+                    what, e.code(), e.details()))
+                time.sleep(0.05)
 
     def sweep(self, name, fn, check):
         self.ctl.arm(0)
@@ -187,6 +210,88 @@ class AllocFailures(unittest.TestCase):
         self.sweep("VerifyMacBatch", lambda md: s.VerifyMacBatch(pb.VerifyMacBatchRequest(
             key="fm-mac", version=1, items=items), timeout=TIMEOUT, metadata=md), check)
 
+    def test_admin_principal(self):
+        """CreatePrincipal with an idempotency key, retried with its key until
+        it answers: the principal is then there (store and memory alike),
+        once; a grant on it works."""
+        a = self.d.admin_stub()
+        n = [0]
+
+        def make(md):
+            n[0] += 1
+            name, idem = "fm-p%d" % n[0], "fm-principal-%d" % n[0]
+            req = pb.CreatePrincipalRequest(name=name, uids=[80000 + n[0]])
+            first, err = self.armed(lambda: a.CreatePrincipal(
+                req, timeout=TIMEOUT, metadata=md + [("idempotency-key", idem)]))
+            again = self.retried(idem, lambda: a.CreatePrincipal(
+                req, timeout=TIMEOUT, metadata=[("idempotency-key", idem)]))
+            self.assertEqual(again.name, name)
+            got = a.GetPrincipal(pb.GetPrincipalRequest(name=name), timeout=TIMEOUT)
+            self.assertEqual(list(got.uids), [80000 + n[0]])
+            a.GrantPrincipal(pb.GrantRequest(name=name, grant=pb.Grant(
+                key_pattern="fm-*", operations=[pb.OP_SIGN])), timeout=TIMEOUT)
+            names = [x.name for x in a.ListPrincipals(pb.ListPrincipalsRequest(),
+                                                      timeout=TIMEOUT).principals]
+            self.assertEqual(names.count(name), 1)
+            if first is None:
+                raise err
+            return first
+
+        self.sweep("CreatePrincipal", make, lambda r: None)
+
+    def test_list_and_tail(self):
+        a = self.d.admin_stub()
+
+        def both(md):
+            keys = a.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT, metadata=md)
+            tail = a.TailAudit(pb.TailAuditRequest(count=5), timeout=TIMEOUT, metadata=md)
+            return keys, tail
+
+        def check(r):
+            self.assertIn("fm-ec", [k.name for k in r[0].keys])
+            self.assertEqual(len(r[1].records), 5)
+            return []
+        self.sweep("ListKeys-TailAudit", both, check)
+
+    def test_rest_signature(self):
+        """SignHttpRequest, then VerifyRequestSignature of what it signed."""
+        s = self.d.service_stub()
+        body = bytes(32)
+
+        def rest(md):
+            parts = pb.HttpRequestParts(key="fm-mac", method="POST", path="/v1/orders",
+                                        canonical_query="a=1", body_sha256=body)
+            r = s.SignHttpRequest(pb.SignHttpRequestRequest(request=parts), timeout=TIMEOUT,
+                                  metadata=md)
+            parts.timestamp, parts.nonce = r.timestamp, r.nonce
+            return s.VerifyRequestSignature(pb.VerifyRequestSignatureRequest(
+                request=parts, signature=r.signature), timeout=TIMEOUT, metadata=md)
+
+        def check(v):
+            self.assertEqual((v.verdict, v.valid), (pb.VALID, True), v.reason)
+            return []
+        self.sweep("REST-sign-verify", rest, check)
+
+    def test_sealed_wrap(self):
+        """Wrap, Unwrap and GenerateDataKey sealed in one session."""
+        ctx = {"tenant": "fm"}
+
+        def wrap(md):
+            st = self.d.sealed_stub()
+            w = st.Wrap(pb.WrapRequest(key="fm-aes", plaintext=MSG, context=ctx),
+                        timeout=TIMEOUT)
+            u = st.Unwrap(pb.UnwrapRequest(key="fm-aes", ciphertext=w.ciphertext,
+                                           context=ctx), timeout=TIMEOUT)
+            g = st.GenerateDataKey(pb.GenerateDataKeyRequest(
+                key="fm-aes", context=ctx, include_plaintext=True), timeout=TIMEOUT)
+            return u, g
+
+        def check(r):
+            self.assertEqual(r[0].plaintext, MSG)
+            self.assertEqual(len(r[1].plaintext), 32)
+            return []
+        self.sweep("sealed-Wrap-Unwrap-GenerateDataKey", wrap, check)
+
     def test_sealed_sign(self):
         """A session opened (the handshake) and a Sign sealed in it."""
         def sealed(md):
@@ -255,26 +360,12 @@ class AllocFailures(unittest.TestCase):
         def rotate(md):
             n_keys[0] += 1
             idem = "fm-rotation-%d" % n_keys[0]
-            first = None
-            try:
-                first = a.RotateKey(pb.RotateKeyRequest(name="fm-rot"), timeout=TIMEOUT,
-                                    metadata=md + [("idempotency-key", idem)])
-            except grpc.RpcError as e:
-                err = e
-            finally:
-                self.ctl.arm(0)
-            # Retried with its key until it answers (a broken trail heals
-            # within a second): the same answer, one version.
-            t0 = time.monotonic()
-            while True:
-                try:
-                    again = a.RotateKey(pb.RotateKeyRequest(name="fm-rot"), timeout=TIMEOUT,
-                                        metadata=[("idempotency-key", idem)])
-                    break
-                except grpc.RpcError as e:
-                    self.assertLess(time.monotonic(), t0 + 5, "%s: %s %s" % (
-                        idem, e.code(), e.details()))
-                    time.sleep(0.05)
+            rotate_it = lambda m: a.RotateKey(pb.RotateKeyRequest(name="fm-rot"),
+                                              timeout=TIMEOUT,
+                                              metadata=m + [("idempotency-key", idem)])
+            first, err = self.armed(lambda: rotate_it(md))
+            # Retried with its key until it answers: the same answer, one version.
+            again = self.retried(idem, lambda: rotate_it([]))
             if first is not None:
                 self.assertEqual(again.primary_version, first.primary_version)
             versions = [v.version for v in a.GetKey(pb.GetKeyRequest(name="fm-rot"),
@@ -300,6 +391,38 @@ class AllocFailures(unittest.TestCase):
             return pb.MacResponse.FromString(mac(body, timeout=TIMEOUT,
                                                  metadata=md + [("authorization", auth)]))
         self.sweep("signed-Mac", signed, lambda r: self.assertEqual(r.mac, self.mac))
+
+    def test_yz_revoked_api_key(self):
+        """RevokeApiKey with an idempotency key, retried with it until it
+        answers: the key then verifies nothing (store and memory alike)."""
+        adm = self.d.admin_stub()
+        mac = self.d.channel("service").unary_unary(KS + "Mac", request_serializer=None,
+                                                    response_deserializer=None)
+        body = pb.MacRequest(key="fm-mac", data=MSG).SerializeToString()
+        n = [0]
+
+        def revoke(md):
+            n[0] += 1
+            armed = self.ctl.get(0)
+            self.ctl.arm(0)
+            k = self.d.sealed_stub(kind="admin", service="AdminService").CreateApiKey(
+                pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+            self.ctl.arm(armed)
+            idem = "fm-revoke-%d" % n[0]
+            req = pb.RevokeApiKeyRequest(id=k.key.id)
+            first, err = self.armed(lambda: adm.RevokeApiKey(
+                req, timeout=TIMEOUT, metadata=md + [("idempotency-key", idem)]))
+            self.retried(idem, lambda: adm.RevokeApiKey(
+                req, timeout=TIMEOUT, metadata=[("idempotency-key", idem)]))
+            with self.assertRaises(grpc.RpcError) as cm:
+                mac(body, timeout=TIMEOUT, metadata=[("authorization", call_authorization(
+                    k.key.id, k.secret, KS + "Mac", body))])
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            self.assertIn("revoked", cm.exception.details())
+            if first is None:
+                raise err
+            return first
+        self.sweep("RevokeApiKey", revoke, lambda r: None)
 
     def test_zz_every_answer_recorded(self):
         Ctl(self.d)("audit", "verify")
