@@ -102,14 +102,11 @@ not_found(const struct keyring_ref *ref)
 	return cf_error(CF_E_NOT_FOUND, "key %s does not exist", ref->name);
 }
 
+/* Room for one more key (write lock held). A change makes it before the
+ * store has the key, so that installing it then cannot fail. */
 static int
-kr_insert(keyring *kr, struct kr_key *k)
+kr_keys_room(keyring *kr)
 {
-	int found;
-	size_t at = kr_find(kr, k->m.name, &found);
-
-	if (found)
-		return cf_error(CF_E_EXISTS, "key %s already exists", k->m.name);
 	if (kr->n == kr->cap) {
 		size_t nc = kr->cap ? kr->cap * 2 : 64;
 		struct kr_key **nk = realloc(kr->keys, nc * sizeof(*nk));
@@ -119,14 +116,29 @@ kr_insert(keyring *kr, struct kr_key *k)
 		kr->keys = nk;
 		kr->cap = nc;
 	}
+	return CF_OK;
+}
+
+static int
+kr_insert(keyring *kr, struct kr_key *k)
+{
+	int found, r;
+	size_t at = kr_find(kr, k->m.name, &found);
+
+	if (found)
+		return cf_error(CF_E_EXISTS, "key %s already exists", k->m.name);
+	if ((r = kr_keys_room(kr)) != CF_OK)
+		return r;
 	memmove(&kr->keys[at + 1], &kr->keys[at], (kr->n - at) * sizeof(*kr->keys));
 	kr->keys[at] = k;
 	kr->n++;
 	return CF_OK;
 }
 
+/* Room for one more version of k (write lock held if k is in the table);
+ * made, as kr_keys_room, before the store has the version. */
 static int
-kr_add_version(struct kr_key *k, const struct store_version *meta, cf_p11_key *h)
+kr_versions_room(struct kr_key *k)
 {
 	if (k->nv == k->capv) {
 		uint32_t nc = k->capv ? k->capv * 2 : 4;
@@ -137,6 +149,16 @@ kr_add_version(struct kr_key *k, const struct store_version *meta, cf_p11_key *h
 		k->v = nv;
 		k->capv = nc;
 	}
+	return CF_OK;
+}
+
+static int
+kr_add_version(struct kr_key *k, const struct store_version *meta, cf_p11_key *h)
+{
+	int r;
+
+	if ((r = kr_versions_room(k)) != CF_OK)
+		return r;
 	k->v[k->nv].meta = *meta;
 	k->v[k->nv].k = h;
 	k->nv++;
@@ -589,6 +611,20 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 		r = cf_error(CF_E_EXISTS, "key %s already exists", name);
 		goto out;
 	}
+	/* What memory needs, first: once the store has the key, it is
+	 * installed here without an allocation that could fail. */
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		r = cf_nomem();
+		goto out;
+	}
+	kr_set_meta(k, &sk);
+	if ((r = kr_versions_room(k)) != CF_OK)
+		goto out;
+	pthread_rwlock_wrlock(&kr->lock);
+	r = kr_keys_room(kr);
+	pthread_rwlock_unlock(&kr->lock);
+	if (r != CF_OK)
+		goto out;
 	if ((r = make_version(kr, name, 1, type, material, meta.ckaid, &intent, &h)) !=
 	    CF_OK)
 		goto out;
@@ -597,21 +633,14 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 		h = NULL;
 		goto out;
 	}
-	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		r = cf_nomem();
-		goto out;
-	}
-	kr_set_meta(k, &sk);
-	if ((r = kr_add_version(k, &meta, h)) != CF_OK)
-		goto out;
+	(void)kr_add_version(k, &meta, h);   /* room made above */
 	h = NULL;
 	pthread_rwlock_wrlock(&kr->lock);
-	r = kr_insert(kr, k);
-	if (r == CF_OK)
+	if ((r = kr_insert(kr, k)) == CF_OK) {
 		r = kr_copy_info(k, out);
+		k = NULL;   /* the table's now, whether or not the copy failed */
+	}
 	pthread_rwlock_unlock(&kr->lock);
-	if (r == CF_OK)
-		k = NULL;
 out:
 	kr_write_end(kr);
 	kr_key_free(k);
@@ -676,6 +705,13 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 		r = cf_error(CF_E_EXHAUSTED, "key %s has reached the version limit", name);
 		goto out;
 	}
+	/* Room for the version first: once the store has it, it is
+	 * installed here without an allocation that could fail. */
+	pthread_rwlock_wrlock(&kr->lock);
+	r = kr_versions_room(k);
+	pthread_rwlock_unlock(&kr->lock);
+	if (r != CF_OK)
+		goto out;
 	/* Never extractable, even for a key an earlier release made exportable. */
 	if ((r = make_version(kr, name, meta.version, k->m.type, NULL, meta.ckaid, &intent, &h)) != CF_OK)
 		goto out;
@@ -686,15 +722,14 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 		goto out;
 	}
 	pthread_rwlock_wrlock(&kr->lock);
-	if ((r = kr_add_version(k, &meta, h)) == CF_OK) {
-		h = NULL;
-		k->m.primary = meta.version;
-		k->m.next_rotation = next;
-		k->m.pending_rotation = 0;
-		k->rotate_retry_at = 0;
-		if (out != NULL)
-			r = kr_copy_info(k, out);
-	}
+	(void)kr_add_version(k, &meta, h);   /* room made above */
+	h = NULL;
+	k->m.primary = meta.version;
+	k->m.next_rotation = next;
+	k->m.pending_rotation = 0;
+	k->rotate_retry_at = 0;
+	if (out != NULL)
+		r = kr_copy_info(k, out);
 	pthread_rwlock_unlock(&kr->lock);
 out:
 	kr_write_end(kr);

@@ -128,6 +128,8 @@ class AllocFailures(unittest.TestCase):
             try:
                 return call()
             except grpc.RpcError as e:
+                self.assertIsNone(self.d.proc.poll(), "cofferd exited (%s); log:\n%s" % (
+                    self.d.proc.poll(), self.d.log()[-3000:]))
                 self.assertLess(time.monotonic(), t0 + 5, "%s: %s %s" % (
                     what, e.code(), e.details()))
                 time.sleep(0.05)
@@ -248,7 +250,7 @@ class AllocFailures(unittest.TestCase):
             return keys, tail
 
         def check(r):
-            self.assertIn("fm-ec", [k.name for k in r[0].keys])
+            self.assertIn("fm-aes", [k.name for k in r[0].keys])   # the first by name
             self.assertEqual(len(r[1].records), 5)
             return []
         self.sweep("ListKeys-TailAudit", both, check)
@@ -349,6 +351,31 @@ class AllocFailures(unittest.TestCase):
                 ok.append(a.id)
             return ok
         self.sweep("stream-frame", run, check)
+
+    def test_key_creation(self):
+        """CreateKey with an idempotency key, retried with it until it
+        answers: the key then signs (store and memory alike), once."""
+        a = self.d.admin_stub()
+        n = [0]
+
+        def create(md):
+            n[0] += 1
+            name, idem = "fm-ck%d" % n[0], "fm-createkey-%d" % n[0]
+            req = pb.CreateKeyRequest(name=name, type=pb.EC_P256)
+            first, err = self.armed(lambda: a.CreateKey(
+                req, timeout=TIMEOUT, metadata=md + [("idempotency-key", idem)]))
+            again = self.retried(idem, lambda: a.CreateKey(
+                req, timeout=TIMEOUT, metadata=[("idempotency-key", idem)]))
+            self.assertEqual((again.name, again.primary_version), (name, 1))
+            sig = self.d.service_stub().Sign(pb.SignRequest(key=name, message=MSG),
+                                             timeout=TIMEOUT)
+            self.assertEqual(sig.version, 1)
+            self.assertEqual([v.version for v in a.GetKey(pb.GetKeyRequest(name=name),
+                                                          timeout=TIMEOUT).versions], [1])
+            if first is None:
+                raise err
+            return first
+        self.sweep("CreateKey", create, lambda r: None)
 
     def test_rotation_once_per_key(self):
         """RotateKey with an idempotency key: whatever allocation fails, the
