@@ -95,6 +95,23 @@ index_signers(apikeys *a, char (*s)[STORE_PRINCIPAL_NAME_MAX + 1])
 	return CF_OK;
 }
 
+/* Room for one more principal in the sticky list (write lock held): made
+ * before the store marks one, so that memory then follows without fail. */
+static int
+sticky_room_locked(apikeys *a)
+{
+	if (a->nsticky == a->capsticky) {
+		size_t cap = a->capsticky ? 2 * a->capsticky : 16;
+		void *np = realloc(a->sticky, cap * sizeof(*a->sticky));
+
+		if (np == NULL)
+			return cf_nomem();
+		a->sticky = np;
+		a->capsticky = cap;
+	}
+	return CF_OK;
+}
+
 /* Add principal to, or drop it from, the sticky list (write lock held). */
 static int
 sticky_set_locked(apikeys *a, const char *principal, int on)
@@ -114,15 +131,8 @@ sticky_set_locked(apikeys *a, const char *principal, int on)
 	}
 	if (p != NULL)
 		return CF_OK;
-	if (a->nsticky == a->capsticky) {
-		size_t cap = a->capsticky ? 2 * a->capsticky : 16;
-		void *np = realloc(a->sticky, cap * sizeof(*a->sticky));
-
-		if (np == NULL)
-			return cf_nomem();
-		a->sticky = np;
-		a->capsticky = cap;
-	}
+	if (sticky_room_locked(a) != CF_OK)
+		return cf_nomem();
 	for (at = 0; at < a->nsticky && strcmp(a->sticky[at], principal) < 0; at++)
 		;
 	memmove(a->sticky + at + 1, a->sticky + at, (a->nsticky - at) * sizeof(*a->sticky));
@@ -378,6 +388,7 @@ refresh_locked(apikeys *a)
 {
 	apikeys fresh;
 	char name[CF_KEY_NAME_MAX + 1];
+	char (*signers)[STORE_PRINCIPAL_NAME_MAX + 1];
 	int r;
 
 	memset(&fresh, 0, sizeof(fresh));
@@ -405,6 +416,11 @@ refresh_locked(apikeys *a)
 			}
 		}
 	}
+	/* The new index too, before the swap: a failure leaves the old table. */
+	if ((signers = calloc(fresh.n ? fresh.n : 1, sizeof(*signers))) == NULL) {
+		r = cf_nomem();
+		goto fail;
+	}
 	pthread_rwlock_wrlock(&a->lk);
 	{
 		apikeys old = *a;
@@ -416,7 +432,7 @@ refresh_locked(apikeys *a)
 		a->nsticky = fresh.nsticky;
 		a->capsticky = fresh.capsticky;
 		a->signers = NULL;
-		(void)index_signers(a, NULL);
+		(void)index_signers(a, signers);   /* allocates nothing */
 		fresh = old;   /* what the table held before: closed below */
 	}
 	pthread_rwlock_unlock(&a->lk);
@@ -537,8 +553,9 @@ room_get(apikeys *a, int new_key, struct room *rm)
 	if (new_key && (rm->ne = calloc(1, sizeof(*rm->ne))) == NULL)
 		return cf_nomem();
 	pthread_rwlock_wrlock(&a->lk);
-	if (new_key)
-		r = reserve(a);
+	/* A new key also marks its principal as one that must sign. */
+	if (new_key && (r = reserve(a)) == CF_OK)
+		r = sticky_room_locked(a);
 	n = a->n + 1;
 	pthread_rwlock_unlock(&a->lk);
 	if (r != CF_OK || (rm->signers = calloc(n, sizeof(*rm->signers))) == NULL) {
@@ -646,8 +663,8 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 		goto out;
 	}
 	publish(a, NULL, &rec, &k, gone, &ngone, &rm);
-	/* The store marked the principal with the key; memory follows. Out of
-	 * memory here leaves it to the next start (the live key covers it). */
+	/* The store marked the principal with the key; memory follows (room_get
+	 * made the room). */
 	pthread_rwlock_wrlock(&a->lk);
 	(void)sticky_set_locked(a, principal, 1);
 	pthread_rwlock_unlock(&a->lk);
@@ -802,7 +819,11 @@ apikeys_set_required(apikeys *a, const char *principal, int on)
 		return cf_error(CF_E_INVALID_ARG, "principal name too long");
 	if ((r = admin_begin(a)) != CF_OK)
 		return r;
-	if ((r = store_signed_set(a->st, principal, on)) == CF_OK) {
+	/* The room first: once the store has the mark, memory follows. */
+	pthread_rwlock_wrlock(&a->lk);
+	r = sticky_room_locked(a);
+	pthread_rwlock_unlock(&a->lk);
+	if (r == CF_OK && (r = store_signed_set(a->st, principal, on)) == CF_OK) {
 		pthread_rwlock_wrlock(&a->lk);
 		r = sticky_set_locked(a, principal, on);
 		pthread_rwlock_unlock(&a->lk);

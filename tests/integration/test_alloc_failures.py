@@ -32,7 +32,7 @@ import unittest
 import grpc  # noqa: E402
 
 from crash_harness import CrashDaemon, sanitizer_build  # noqa: E402
-from daemon_fixture import Ctl, stubs  # noqa: E402
+from daemon_fixture import Ctl, SealedRpcError, stubs  # noqa: E402
 from rpc_common import KS, TIMEOUT, call_authorization, pb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +42,7 @@ SHIM = os.environ.get("COFFER_FAILMALLOC_SHIM",
 ALLOWED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
            grpc.StatusCode.INTERNAL}
 MSG = b"the message of the allocation failure test"
+HEAL_S = 15   # a trail that failed a write retries every second; slack for a slow machine
 PP = stubs().pipeline_pb
 PIPE = "/coffer.v1.Pipeline/Stream"
 
@@ -66,6 +67,17 @@ class Control:
 
     def failed(self):
         return self.get(1)
+
+
+def s_idem(d, method, req, idem):
+    """A sealed admin call whose envelope carries an idempotency key."""
+    s = d.sealed_stub(kind="admin", service="AdminService").open()
+    path = "/coffer.v1.AdminService/" + method
+    code, message, resp = s.call(path, req.SerializeToString(), timeout=TIMEOUT,
+                                 metadata=[("idempotency-key", idem)])
+    if code != 0:
+        raise SealedRpcError(path, code, message)
+    return pb.ApiKeySecretResponse.FromString(resp)
 
 
 @unittest.skipIf(sanitizer_build(), "the sanitizers' runtime must be loaded first")
@@ -130,7 +142,7 @@ class AllocFailures(unittest.TestCase):
             except grpc.RpcError as e:
                 self.assertIsNone(self.d.proc.poll(), "cofferd exited (%s); log:\n%s" % (
                     self.d.proc.poll(), self.d.log()[-3000:]))
-                self.assertLess(time.monotonic(), t0 + 5, "%s: %s %s" % (
+                self.assertLess(time.monotonic(), t0 + HEAL_S, "%s: %s %s" % (
                     what, e.code(), e.details()))
                 time.sleep(0.05)
 
@@ -171,7 +183,7 @@ class AllocFailures(unittest.TestCase):
                     break
                 self.assertTrue(code2 == grpc.StatusCode.UNAVAILABLE and
                                 "the audit trail cannot be written" in text2 and
-                                time.monotonic() < t1 + 5,
+                                time.monotonic() < t1 + HEAL_S,
                                 "%s after allocation %d failed: %s %s"
                                 % (name, n, code2, text2))
                 time.sleep(0.05)
@@ -404,6 +416,30 @@ class AllocFailures(unittest.TestCase):
             return first
         self.sweep("RotateKey", rotate, lambda r: None)
 
+    def test_api_key_creation(self):
+        """CreateApiKey (sealed) with an idempotency key, retried with it
+        until it answers: the key is then listed, once (store and memory
+        alike); revoked after, to stay under the per-principal limit."""
+        a = self.d.admin_stub()
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="fm-ak", uids=[81000]),
+                          timeout=TIMEOUT)
+        n = [0]
+
+        def create(md):
+            n[0] += 1
+            idem = "fm-apikey-%d" % n[0]
+            req = pb.CreateApiKeyRequest(principal="fm-ak")
+            first, err = self.armed(lambda: s_idem(self.d, "CreateApiKey", req, idem))
+            again = self.retried(idem, lambda: s_idem(self.d, "CreateApiKey", req, idem))
+            ids = [k.id for k in a.ListApiKeys(pb.ListApiKeysRequest(principal="fm-ak"),
+                                               timeout=TIMEOUT).keys if not k.revoke_time]
+            self.assertEqual(ids, [again.key.id])
+            a.RevokeApiKey(pb.RevokeApiKeyRequest(id=again.key.id), timeout=TIMEOUT)
+            if first is None:
+                raise err
+            return first
+        self.sweep("CreateApiKey", create, lambda r: None)
+
     def test_y_signed_calls(self):
         """API-key signed calls (run late: from now on the principal must
         sign every call)."""
@@ -455,6 +491,7 @@ class AllocFailures(unittest.TestCase):
         Ctl(self.d)("audit", "verify")
         with open(os.path.join(self.d.state_dir, "audit.log")) as f:
             trail = f.read()
+        self.assertGreater(len(self.answered), 100, "the sweeps ran before this test")
         missing = [r for r in self.answered if '"%s"' % r not in trail]
         self.assertEqual(missing, [], "answered OK without an audit record")
         print("\n%d calls answered OK, each with its record; audit verify passes" %
