@@ -18,6 +18,14 @@ is armed to fail the n-th of them and the call is made again:
 * every call answered OK has its audit record (its x-request-id in the
   trail), and `cofferctl audit verify` accepts the trail at the end.
 
+The count is per process, so an allocation of a background thread (the
+keyring's tick, the trail's writer) may take the n-th turn instead of the
+call's: the failure then lands there, and the checks hold either way.
+Growth of a table happens at its capacity's boundaries only, so a sweep
+reaches those allocations when they fall inside it (CreateKey's version
+array always does). The tests run in name order: test_y_* gives the test's
+principal an API key, after which its calls must be signed.
+
 Not under the sanitizers (their runtime must be the first library loaded).
 """
 import collections
