@@ -120,6 +120,7 @@ sticky_set_locked(apikeys *a, const char *principal, int on)
 		a->nsticky ? bsearch(principal, a->sticky, a->nsticky, sizeof(*a->sticky),
 				     name_cmp) : NULL;
 	size_t at;
+	int r;
 
 	if (!on) {
 		if (p != NULL) {
@@ -131,8 +132,8 @@ sticky_set_locked(apikeys *a, const char *principal, int on)
 	}
 	if (p != NULL)
 		return CF_OK;
-	if (sticky_room_locked(a) != CF_OK)
-		return cf_nomem();
+	if ((r = sticky_room_locked(a)) != CF_OK)
+		return r;
 	for (at = 0; at < a->nsticky && strcmp(a->sticky[at], principal) < 0; at++)
 		;
 	memmove(a->sticky + at + 1, a->sticky + at, (a->nsticky - at) * sizeof(*a->sticky));
@@ -656,7 +657,8 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	rec.secrets[0].created = now;
 	if ((r = new_secret(a, rec.id, 1, import, &k, secret)) != CF_OK)
 		goto out;
-	if ((r = room_get(a, 1, &rm)) != CF_OK || (r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK) {
+	if ((r = room_get(a, 1, &rm)) != CF_OK ||
+	    (r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK) {
 		not_recorded(a, r, &k);
 		cf_secret_free(*secret);
 		*secret = NULL;
@@ -751,9 +753,8 @@ revoke_locked(apikeys *a, struct entry *e, int64_t now)
 	struct store_apikey rec = e->rec;
 	cf_p11_key *gone[STORE_APIKEY_SECRETS_MAX];
 	size_t ngone;
-	int r;
-
 	struct room rm;
+	int r;
 
 	rec.revoked = now;
 	rec.nsecrets = 0;
@@ -892,7 +893,8 @@ apikeys_expire(apikeys *a, int64_t now)
 			continue;
 		/* The record goes first: a crash before the token object is
 		 * destroyed leaves an unclaimed object, destroyed at start. */
-		if (room_get(a, 0, &rm) != CF_OK || store_apikey_put(a->st, &rec, 0, 0, 0) != CF_OK) {
+		if (room_get(a, 0, &rm) != CF_OK ||
+		    store_apikey_put(a->st, &rec, 0, 0, 0) != CF_OK) {
 			cf_log_error("API key %s: retiring expired secrets: %s", rec.id,
 				     cf_error_detail());
 			room_free(&rm);

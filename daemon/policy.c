@@ -412,7 +412,8 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		return rc;
 	}
 	pthread_rwlock_wrlock(&p->lock);
-	if ((rc = room_locked(p)) == CF_OK && (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
+	if ((rc = room_locked(p)) == CF_OK &&
+	    (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
 		insert_locked(p, r);
 		rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 		r = NULL;

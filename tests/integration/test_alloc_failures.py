@@ -32,7 +32,6 @@ import collections
 import mmap
 import os
 import struct
-import sys
 import tempfile
 import time
 import unittest
@@ -108,7 +107,6 @@ class AllocFailures(unittest.TestCase):
         cls.mac = s.Mac(pb.MacRequest(key="fm-mac", data=MSG), timeout=TIMEOUT).mac
         a.CreateKey(pb.CreateKeyRequest(name="fm-aes", type=pb.AES_256), timeout=TIMEOUT)
         cls.answered = []      # request ids answered OK
-        cls.outcomes = collections.Counter()
         cls.seq = 0
 
     @classmethod
@@ -173,7 +171,8 @@ class AllocFailures(unittest.TestCase):
             self.assertIsNone(self.d.proc.poll(), "cofferd exited (%s) after failing allocation "
                               "%d of %s; log:\n%s" % (self.d.proc.poll(), n, name,
                                                       self.d.log()[-3000:]))
-            self.assertLess(took, TIMEOUT)
+            # (A change's sweep retries with its key inside fn: up to HEAL_S.)
+            self.assertLess(took, TIMEOUT + HEAL_S, "%s, allocation %d: %.1f s" % (name, n, took))
             if code != grpc.StatusCode.OK:
                 self.assertIn(code, ALLOWED, "%s, allocation %d failed: %s %s"
                               % (name, n, code, text))
@@ -199,7 +198,6 @@ class AllocFailures(unittest.TestCase):
                 heals.append(round(time.monotonic() - t1, 2))
         print("\n%s: %d allocations of Coffer's code per call, each failed in turn: %s; "
               "trail healed after %s s" % (name, k, dict(seen), heals), flush=True)
-        self.outcomes.update({(name,) + k2: v for k2, v in seen.items()})
 
     def test_sign(self):
         s = self.d.service_stub()
@@ -508,4 +506,4 @@ class AllocFailures(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2, argv=[sys.argv[0]] + [a for a in sys.argv[1:]])
+    unittest.main(verbosity=2)
