@@ -235,6 +235,37 @@ class LostAnswer(unittest.TestCase):
         again = a.RotateKey(req, timeout=TIMEOUT, metadata=idem("lost-rotation-1"))
         self.assertEqual(again.SerializeToString(), r.SerializeToString())
 
+    def test_version_not_seen_here_is_unavailable(self):
+        """A record naming a version this daemon does not hold (as a replica
+        whose reload failed would find it) answers UNAVAILABLE with its text
+        and stays for the next retry, which answers once the version is
+        there."""
+        a = self.d.admin_stub()
+        a.CreateKey(pb.CreateKeyRequest(name="lost-unseen", type=pb.EC_P256), timeout=TIMEOUT)
+        req = pb.RotateKeyRequest(name="lost-unseen")
+
+        def rotate():
+            return self.d.admin_stub().RotateKey(req, timeout=TIMEOUT,
+                                                 metadata=idem("lost-unseen-1"))
+
+        def set_made(v):
+            self.d.stop()
+            self.d.state_query("UPDATE idempotency SET effect_version = %d "
+                               "WHERE key = 'lost-unseen-1'" % v)
+            self.d.start()
+        self.lost("store.version-add.committed", rotate)
+        set_made(99)
+        for _ in range(2):
+            with self.assertRaises(grpc.RpcError) as cm:
+                rotate()
+            self.assertEqual((cm.exception.code(), cm.exception.details()), (
+                SC.UNAVAILABLE, "key lost-unseen: version 99, which this call made, is not "
+                "known to this replica yet; retry"))
+        set_made(2)
+        self.assertEqual(rotate().primary_version, 2)
+        self.assertEqual([v.version for v in self.d.admin_stub().GetKey(
+            pb.GetKeyRequest(name="lost-unseen"), timeout=TIMEOUT).versions], [1, 2])
+
     def test_creation_answers_version_1(self):
         req = pb.CreateKeyRequest(name="lost-create", type=pb.HMAC_SHA256)
         self.lost("store.key-create.committed", lambda: self.d.admin_stub().CreateKey(
