@@ -19,6 +19,7 @@
 #include "nonces.h"
 #include "policy.h"
 #include "session.h"
+#include "share.h"
 #include "store.h"
 
 /* Limits of the data plane (also written in coffer.proto). */
@@ -44,6 +45,7 @@ struct hservices {
 	nonces *nn;             /* replay record of signed requests and calls */
 	store *st;              /* the state store (health: NOT_SERVING once it is gone) */
 	unsigned window;        /* seconds a signed request's timestamp may be off */
+	share *share;           /* spreads a batch's items over the cores; NULL: not */
 };
 
 struct hcall {

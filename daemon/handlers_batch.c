@@ -14,6 +14,7 @@
 #include "cf_time.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "handlers_common.h"
+#include "share.h"
 
 /* Item i (of n) beyond the tokens the rate limits gave the call. */
 static int
@@ -66,17 +67,72 @@ item_status(enum cf_op what, int r)
 /* One item: request, key, item index, its result (to fill), scratch space. */
 typedef int (*item_fn)(const void *req, cf_p11_key *k, size_t i, void *result, cf_buf *scratch);
 
+/* A batch's items, run as a job its worker shares with the other cores
+ * (share.h): each item writes only its own result. */
+struct items_job {
+	struct share_job sj;   /* first */
+	const struct hcall *c;
+	enum cf_op op;
+	const void *req;
+	cf_p11_key *k;
+	item_fn fn;
+	size_t scratch;        /* bytes of scratch an item needs, or 0 */
+	const ProtobufCMessageDescriptor *d;
+	size_t status_offset;
+	ProtobufCMessage **v;
+	atomic_int nomem;      /* an item's result could not be allocated */
+};
+
+/* How long an item of each batch method takes, for share_run (a batch of
+ * HMACs stays on its worker; signatures are spread). */
+static atomic_uint_fast64_t item_ns[CF_OP_VERIFY_MAC + 1] = {
+	[CF_OP_SIGN] = SHARE_ITEM_NS_FIRST, [CF_OP_VERIFY] = SHARE_ITEM_NS_FIRST,
+	[CF_OP_MAC] = SHARE_ITEM_NS_FIRST, [CF_OP_VERIFY_MAC] = SHARE_ITEM_NS_FIRST,
+};
+
+static void
+item_run(struct share_job *sj, size_t i)
+{
+	struct items_job *j = (struct items_job *)(void *)sj;
+	size_t n = sj->n;
+	ProtobufCMessage *res;
+	Coffer__V1__ItemStatus *st;
+	cf_buf *scratch = NULL;
+	int r;
+
+	if (atomic_load_explicit(&j->nomem, memory_order_relaxed))
+		return;   /* the call fails whole */
+	if ((res = j->v[i] = h_new_msg(j->d)) == NULL ||
+	    (j->scratch > 0 && (scratch = cf_buf_new(j->scratch)) == NULL))
+		goto nomem;
+	if (i >= j->c->batch_granted)
+		r = beyond_limit(j->c, j->op, i, n);
+	else if ((r = caller_gone(j->c, i, n)) == CF_OK)
+		r = j->fn(j->req, j->k, i, res, scratch);
+	cf_buf_free(scratch);
+	/* The status is made on the thread whose error detail it consumes. */
+	if ((st = item_status(j->op, r)) == NULL)
+		goto nomem;
+	memcpy((char *)res + j->status_offset, &st, sizeof(st));
+	return;
+nomem:
+	cf_error_clear();
+	atomic_store(&j->nomem, 1);
+}
+
 /* Run fn for each of the n items of req, up to the ones the rate limits
  * granted, into *results (a new array of n results of type d, each with its
  * status; the count is set at once so that a half-built array is freed with
- * the response). Fails only when memory does. */
+ * the response). The items are spread over the cores when they take long
+ * enough; a caller gone or a rate limit reached is judged per item as it
+ * starts. Fails only when memory does. */
 static int
 run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p11_key *k,
-	  item_fn fn, cf_buf *scratch, const ProtobufCMessageDescriptor *d, void *results,
+	  item_fn fn, size_t scratch, const ProtobufCMessageDescriptor *d, void *results,
 	  size_t *n_results)
 {
-	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(d,
-											   "status");
+	struct items_job j = { .c = c, .op = op, .req = req, .k = k, .fn = fn,
+			       .scratch = scratch, .d = d };
 	ProtobufCMessage **v = cf_pbwipe_allocator.alloc(NULL, n * sizeof(*v));
 
 	if (v == NULL)
@@ -84,23 +140,14 @@ run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p1
 	memset(v, 0, n * sizeof(*v));
 	memcpy(results, &v, sizeof(v));
 	*n_results = n;
-	for (size_t i = 0; i < n; i++) {
-		Coffer__V1__ItemStatus *st;
-		int r;
-
-		if ((v[i] = h_new_msg(d)) == NULL)
-			return cf_nomem();
-		if (scratch != NULL)
-			cf_buf_reset(scratch);
-		if (i >= c->batch_granted)
-			r = beyond_limit(c, op, i, n);
-		else if ((r = caller_gone(c, i, n)) == CF_OK)
-			r = fn(req, k, i, v[i], scratch);
-		if ((st = item_status(op, r)) == NULL)
-			return cf_nomem();
-		memcpy((char *)v[i] + f->offset, &st, sizeof(st));
-	}
-	return CF_OK;
+	j.v = v;
+	j.status_offset = protobuf_c_message_descriptor_get_field_by_name(d, "status")->offset;
+	atomic_init(&j.nomem, 0);
+	j.sj.run = item_run;
+	j.sj.n = n;
+	j.sj.item_ns = &item_ns[op];
+	share_run_sync(c->sv->share, &j.sj);
+	return atomic_load(&j.nomem) ? cf_nomem() : CF_OK;
 }
 
 /* One signing item: its data checked, then signed. */
@@ -127,9 +174,8 @@ static int
 h_sign_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__SignBatchRequest *req = (const void *)m;
-	Coffer__V1__SignBatchResponse *out = NULL;
+	Coffer__V1__SignBatchResponse *out;
 	struct cf_sign_params sp;
-	cf_buf *sig = NULL;
 	cf_p11_key *k;
 	const uint8_t *in;
 	size_t inlen;
@@ -143,19 +189,14 @@ h_sign_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage 
 				 &ver)) != CF_OK ||
 	    (r = cf_p11_sign_check(k, &sp)) != CF_OK)
 		return r;
-	if ((sig = cf_buf_new(CF_P11_MAX_SIG)) == NULL ||
-	    (out = h_new_msg(&coffer__v1__sign_batch_response__descriptor)) == NULL) {
-		r = cf_nomem();
-		goto out;
-	}
-	if ((r = run_items(c, CF_OP_SIGN, req, req->n_items, k, sign_item, sig,
+	if ((out = h_new_msg(&coffer__v1__sign_batch_response__descriptor)) == NULL)
+		return cf_nomem();
+	if ((r = run_items(c, CF_OP_SIGN, req, req->n_items, k, sign_item, CF_P11_MAX_SIG,
 			   &coffer__v1__sign_batch_result__descriptor, &out->results,
-			   &out->n_results)) != CF_OK)
-		goto out;
-	out->version = ver;
-	h_sign_used(&sp, k, &out->scheme, &out->hash);
-out:
-	cf_buf_free(sig);
+			   &out->n_results)) == CF_OK) {
+		out->version = ver;
+		h_sign_used(&sp, k, &out->scheme, &out->hash);
+	}
 	return h_reply(r, out, resp);
 }
 
@@ -212,7 +253,7 @@ h_verify_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessag
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_batch_response__descriptor)) == NULL)
 		return cf_nomem();
-	r = run_items(c, CF_OP_VERIFY, req, req->n_items, k, verify_item, NULL,
+	r = run_items(c, CF_OP_VERIFY, req, req->n_items, k, verify_item, 0,
 		      &coffer__v1__verify_batch_result__descriptor, &out->results, &out->n_results);
 	return h_reply(r, out, resp);
 }
@@ -234,8 +275,7 @@ static int
 h_mac_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__MacBatchRequest *req = (const void *)m;
-	Coffer__V1__MacBatchResponse *out = NULL;
-	cf_buf *mac = NULL;
+	Coffer__V1__MacBatchResponse *out;
 	cf_p11_key *k;
 	uint32_t ver;
 	int r;
@@ -243,18 +283,12 @@ h_mac_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage *
 	if ((r = keyring_ref_use(c->sv->kr, c->key, req->version, PURPOSE_MAC, USE_NEW, &k,
 				 &ver)) != CF_OK)
 		return r;
-	if ((mac = cf_buf_new(64)) == NULL ||
-	    (out = h_new_msg(&coffer__v1__mac_batch_response__descriptor)) == NULL) {
-		r = cf_nomem();
-		goto out;
-	}
-	if ((r = run_items(c, CF_OP_MAC, req, req->n_items, k, mac_item, mac,
+	if ((out = h_new_msg(&coffer__v1__mac_batch_response__descriptor)) == NULL)
+		return cf_nomem();
+	if ((r = run_items(c, CF_OP_MAC, req, req->n_items, k, mac_item, 64,
 			   &coffer__v1__mac_batch_result__descriptor, &out->results,
-			   &out->n_results)) != CF_OK)
-		goto out;
-	out->version = ver;
-out:
-	cf_buf_free(mac);
+			   &out->n_results)) == CF_OK)
+		out->version = ver;
 	return h_reply(r, out, resp);
 }
 
@@ -290,7 +324,7 @@ h_verify_mac_batch(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMe
 		return r;
 	if ((out = h_new_msg(&coffer__v1__verify_mac_batch_response__descriptor)) == NULL)
 		return cf_nomem();
-	r = run_items(c, CF_OP_VERIFY_MAC, req, req->n_items, k, verify_mac_item, NULL,
+	r = run_items(c, CF_OP_VERIFY_MAC, req, req->n_items, k, verify_mac_item, 0,
 		      &coffer__v1__verify_batch_result__descriptor, &out->results, &out->n_results);
 	return h_reply(r, out, resp);
 }

@@ -83,7 +83,7 @@ struct rpc_server {
 	size_t nmethods;
 	struct method pipeline;  /* coffer.v1.Pipeline/Stream */
 	struct rpc_stream *streams;  /* open streams (mu): cancelled at shutdown */
-	share *share;            /* helps run a stream's frames on the other cores */
+	share *share;            /* helps run frames and batches on the other cores */
 	atomic_int shutting_down;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -346,7 +346,7 @@ serve(struct rpc_call *c, int watch, struct audit_group *g, grpc_status_code *co
 	/* The window as of this call: SIGHUP may change it (rpc_set_window). */
 	struct hservices sv = { .p11 = s->cfg.p11, .kr = s->cfg.kr, .sm = s->cfg.sm, .pol = s->cfg.pol,
 				.ak = s->cfg.ak, .au = s->cfg.au, .nn = s->cfg.nn, .st = s->cfg.st,
-				.window = atomic_load(&s->window) };
+				.window = atomic_load(&s->window), .share = s->share };
 	struct dcall h = { .sv = &sv, .idm = s->cfg.idm,
 			   .unsealed_secrets = s->cfg.unsealed_secrets,
 			   .require_api_key = s->cfg.require_api_key,
@@ -1082,7 +1082,7 @@ stream_open(struct rpc_call *c)
 	st->sv = (struct hservices){ .p11 = s->cfg.p11, .kr = s->cfg.kr, .sm = s->cfg.sm,
 				     .pol = s->cfg.pol, .ak = s->cfg.ak, .au = s->cfg.au,
 				     .nn = s->cfg.nn, .st = s->cfg.st,
-				     .window = atomic_load(&s->window) };
+				     .window = atomic_load(&s->window), .share = s->share };
 	st->base = (struct dcall){ .sv = &st->sv, .idm = s->cfg.idm,
 				   .unsealed_secrets = s->cfg.unsealed_secrets,
 				   .require_api_key = s->cfg.require_api_key };
@@ -1274,10 +1274,11 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 		arm(s, NULL);
 	for (unsigned k = 0; k < RPC_ARM_STREAMS; k++)
 		arm(s, &s->pipeline);
-	/* One helper per other core: a frame's requests spread over them. */
+	/* One helper per other core: a frame's requests, a batch's items
+	 * spread over them. */
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	if (share_new(ncpu > 1 ? (unsigned)(ncpu - 1) : 0, &s->share) != CF_OK)
-		s->share = NULL;   /* frames run on their workers alone */
+		s->share = NULL;   /* frames and batches run on their workers alone */
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;

@@ -122,8 +122,10 @@ share_free(share *sh)
 	free(sh);
 }
 
-void
-share_run(share *sh, struct share_job *j)
+/* Ready j and offer it to the helpers when share.h's rules say so; whether
+ * it is timed (helpers exist). */
+static int
+offer(share *sh, struct share_job *j)
 {
 	int helped = sh != NULL && sh->nthreads > 0;
 
@@ -140,6 +142,82 @@ share_run(share *sh, struct share_job *j)
 		pthread_cond_signal(&sh->cv);
 		pthread_mutex_unlock(&sh->mu);
 	}
-	work(j, helped);
+	return helped;
+}
+
+void
+share_run(share *sh, struct share_job *j)
+{
+	work(j, offer(sh, j));
 	share_put(j);
+}
+
+/* Take j back if no helper has taken it yet (its owner ran every item):
+ * nobody waits for a helper busy elsewhere, and a helper that runs a
+ * batch itself does not wait for its own queue. */
+static void
+withdraw(share *sh, struct share_job *j)
+{
+	struct share_job **p;
+
+	pthread_mutex_lock(&sh->mu);
+	for (p = &sh->head; *p != NULL && *p != j; p = &(*p)->qnext)
+		;
+	if (*p == NULL) {
+		pthread_mutex_unlock(&sh->mu);
+		return;
+	}
+	if ((*p = j->qnext) == NULL)
+		sh->tail = p;
+	pthread_mutex_unlock(&sh->mu);
+	share_put(j);   /* the queue's */
+}
+
+struct share_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int released;
+};
+
+static void
+sync_finish(struct share_job *j)
+{
+	(void)j;
+}
+
+static void
+sync_release(struct share_job *j)
+{
+	struct share_wait *w = j->wait;
+
+	pthread_mutex_lock(&w->mu);
+	w->released = 1;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+void
+share_run_sync(share *sh, struct share_job *j)
+{
+	struct share_wait w = { .released = 0 };
+
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cv, NULL);
+	j->finish = sync_finish;
+	j->release = sync_release;
+	j->wait = &w;
+	if (offer(sh, j)) {
+		work(j, 1);
+		withdraw(sh, j);
+	} else {
+		work(j, 0);
+	}
+	share_put(j);
+	/* Its owner took the last item: a helper may still be running one. */
+	pthread_mutex_lock(&w.mu);
+	while (!w.released)
+		pthread_cond_wait(&w.cv, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	pthread_cond_destroy(&w.cv);
+	pthread_mutex_destroy(&w.mu);
 }

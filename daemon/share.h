@@ -5,7 +5,8 @@
  * idle. The owner offers the job and works through it; a helper that
  * wakes in time takes items from the same counter. One wake-up per job,
  * none per item; and none for items that run shorter than a wake-up costs
- * (timed as they run).
+ * (timed as they run). A batch's items (handlers_batch.c) are shared the
+ * same way, its worker waiting for the last of them.
  */
 #ifndef COFFER_SHARE_H
 #define COFFER_SHARE_H
@@ -29,6 +30,7 @@ struct share_job {
 	atomic_size_t next, ran;
 	atomic_uint refs;
 	struct share_job *qnext;
+	struct share_wait *wait;   /* share_run_sync's */
 };
 
 typedef struct share share;
@@ -54,6 +56,10 @@ void share_free(share *sh);
  * lately taken long enough to be worth a helper's wake-up, and run its
  * items until none is left. */
 void share_run(share *sh, struct share_job *j);
+/* share_run, then wait until every item has run and no helper holds j any
+ * more, so that j and what its items write may live on the caller's stack
+ * (a batch's items, answered together). Sets j's finish and release. */
+void share_run_sync(share *sh, struct share_job *j);
 /* Keep j past its finish (which hands its results on to be completed
  * later): release waits for the matching share_put. */
 void share_hold(struct share_job *j);

@@ -1270,6 +1270,105 @@ test_share(void)
 	CU_ASSERT_EQUAL(share_jobs(NULL, &slow, 2, 1000, 1000), 0);
 }
 
+/* ---- share_run_sync: a batch's items ---- */
+
+struct sync_job {
+	struct share_job sj;   /* first */
+	share *sh;
+	unsigned depth;        /* > 0: each item runs a batch of its own */
+	atomic_uint_fast64_t *est;
+	atomic_uint runs[SHARE_ITEMS];   /* counted once an item is done */
+	atomic_uint inner_whole;         /* inner batches found complete */
+};
+
+static void sync_job_run(struct sync_job *j, share *sh, unsigned depth,
+			 atomic_uint_fast64_t *est);
+
+static void
+sync_item(struct share_job *sj, size_t k)
+{
+	struct sync_job *j = (struct sync_job *)(void *)sj;
+	uint64_t until = cf_mono_ns() + 100000;
+
+	while (cf_mono_ns() < until)
+		;
+	if (j->depth > 0) {
+		struct sync_job in;
+
+		sync_job_run(&in, j->sh, j->depth - 1, j->est);
+		atomic_fetch_add(&j->inner_whole, atomic_load(&in.inner_whole));
+	}
+	atomic_fetch_add(&j->runs[k], 1);
+}
+
+/* A job of SHARE_ITEMS items of 100 us on the caller's stack: when
+ * share_run_sync returns, each has run once and is done (a helper's
+ * last one too); inner_whole counts the complete jobs, this one included. */
+static void
+sync_job_run(struct sync_job *j, share *sh, unsigned depth, atomic_uint_fast64_t *est)
+{
+	unsigned whole = 1;
+
+	memset(j, 0, sizeof(*j));
+	j->sh = sh;
+	j->depth = depth;
+	j->est = est;
+	j->sj.run = sync_item;
+	j->sj.n = SHARE_ITEMS;
+	j->sj.item_ns = est;
+	share_run_sync(sh, &j->sj);
+	for (size_t k = 0; k < SHARE_ITEMS; k++)
+		if (atomic_load(&j->runs[k]) != 1)
+			whole = 0;
+	atomic_fetch_add(&j->inner_whole, whole);
+}
+
+struct sync_run {
+	share *sh;
+	atomic_uint_fast64_t est;
+	struct sync_job outer;
+	atomic_int done;
+};
+
+static void *
+sync_thread(void *arg)
+{
+	struct sync_run *r = arg;
+
+	sync_job_run(&r->outer, r->sh, 1, &r->est);
+	atomic_store(&r->done, 1);
+	return NULL;
+}
+
+/* A batch's items answered together (share_run_sync): each run once and
+ * done before it returns, on a helper or not; and a batch run inside a
+ * shared item (a frame's request that is a batch), with the one helper
+ * busy running it, neither waits for that helper nor for its queue: before
+ * share_run_sync took its job back, it waited forever. */
+static void
+test_share_sync(void)
+{
+	static struct sync_run r;
+	pthread_t t;
+	share *sh = NULL;
+
+	for (unsigned helpers = 0; helpers < 2; helpers++) {
+		CU_ASSERT_EQUAL_FATAL(share_new(helpers, &sh), CF_OK);
+		memset(&r, 0, sizeof(r));
+		r.sh = sh;
+		atomic_init(&r.est, SHARE_ITEM_NS_FIRST);
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, sync_thread, &r), 0);
+		for (int i = 0; i < 1000 && !atomic_load(&r.done); i++)
+			usleep(10000);
+		CU_ASSERT_FATAL(atomic_load(&r.done));   /* else stuck: the helper waits */
+		pthread_join(t, NULL);
+		/* The outer job and its SHARE_ITEMS inner ones, each complete. */
+		CU_ASSERT_EQUAL(atomic_load(&r.outer.inner_whole), SHARE_ITEMS + 1);
+		share_free(sh);
+	}
+	CU_ASSERT_EQUAL(share_jobs(NULL, &r.est, 1, 1000, 1000), 0);
+}
+
 int
 main(void)
 {
@@ -1294,6 +1393,7 @@ main(void)
 		{ "session table: LRU, cap, expiry", test_session_table },
 		{ "iowatch: a disk operation that hangs, the bounded lock", test_iowatch },
 		{ "frame helpers: short items on their owner, long ones shared", test_share },
+		{ "frame helpers: a batch's items answered together, nested", test_share_sync },
 		{ NULL, NULL },
 	};
 
