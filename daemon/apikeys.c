@@ -789,26 +789,55 @@ apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out
 	return r;
 }
 
-int
-apikeys_revoke_principal(apikeys *a, const char *principal, int64_t now)
+/* Take principal's next live key out of service as the store has it
+ * (revoked at now, no secrets), its handles into gone; the signers index
+ * loses the principal when none is left. 0: none left (write lock held). */
+static int
+drop_next_locked(apikeys *a, const char *principal, int64_t now, cf_p11_key **gone,
+		 size_t *ngone)
 {
-	int r;
+	size_t i, k;
 
-	if ((r = admin_begin(a)) != CF_OK)
-		return r;
-	for (size_t i = 0; i < a->n && r == CF_OK; i++)
-		if (a->e[i]->rec.revoked == 0 && strcmp(a->e[i]->rec.principal, principal) == 0)
-			r = revoke_locked(a, a->e[i], now);
-	/* Deleted: the store dropped its flag with the principal
-	 * (store_principal_delete); a principal made later under the name
-	 * starts without it. */
-	if (r == CF_OK) {
-		pthread_rwlock_wrlock(&a->lk);
-		(void)sticky_set_locked(a, principal, 0);
-		pthread_rwlock_unlock(&a->lk);
+	*ngone = 0;
+	for (i = 0; i < a->n; i++)
+		if (live(a->e[i]) && strcmp(a->e[i]->rec.principal, principal) == 0)
+			break;
+	if (i == a->n) {
+		/* In place: the index only shrinks. */
+		for (k = i = 0; i < a->nsigners; i++)
+			if (strcmp(a->signers[i], principal) != 0)
+				memmove(a->signers[k++], a->signers[i], sizeof(a->signers[0]));
+		a->nsigners = k;
+		return 0;
 	}
-	admin_end(a);
-	return r;
+	for (k = 0; k < a->e[i]->rec.nsecrets; k++)
+		if (a->e[i]->k[k] != NULL)
+			gone[(*ngone)++] = a->e[i]->k[k];
+	memset(a->e[i]->k, 0, sizeof(a->e[i]->k));
+	a->e[i]->rec.revoked = now;
+	a->e[i]->rec.nsecrets = 0;
+	return 1;
+}
+
+void
+apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now)
+{
+	cf_p11_key *gone[STORE_APIKEY_SECRETS_MAX];
+	size_t ngone;
+	int more;
+
+	/* No change of this process's own in between; a replica's reload
+	 * (apikeys_refresh) waits, and would read the same. */
+	pthread_mutex_lock(&a->admin);
+	do {
+		pthread_rwlock_wrlock(&a->lk);
+		more = drop_next_locked(a, principal, now, gone, &ngone);
+		if (!more)
+			(void)sticky_set_locked(a, principal, 0);   /* a removal */
+		pthread_rwlock_unlock(&a->lk);
+		destroy_handles(gone, ngone, "its principal was deleted");
+	} while (more);
+	pthread_mutex_unlock(&a->admin);
 }
 
 int

@@ -162,14 +162,15 @@ h_delete_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMe
 {
 	const Coffer__V1__DeletePrincipalRequest *req = (const void *)m;
 	Coffer__V1__DeletePrincipalResponse *out;
+	int64_t now = time(NULL);
 	int r;
 
-	/* The principal first (its uids are refused from then on, signed or
-	 * not), then its API keys: its secrets must not outlive it. */
-	if ((r = policy_delete(c->sv->pol, req->name)) != CF_OK ||
-	    (c->sv->ak != NULL &&
-	     (r = apikeys_revoke_principal(c->sv->ak, req->name, time(NULL))) != CF_OK))
+	/* The principal and its API keys go in one change (its secrets must
+	 * not outlive it); memory follows without fail. */
+	if ((r = policy_delete(c->sv->pol, req->name, now)) != CF_OK)
 		return r;
+	if (c->sv->ak != NULL)
+		apikeys_principal_deleted(c->sv->ak, req->name, now);
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
 		return cf_nomem();
 	*resp = &out->base;

@@ -50,7 +50,10 @@ int policy_revoke(policy *p, const char *name, const char *pattern, uint32_t ops
 /* rate 0 removes the limit of op. */
 int policy_set_limit(policy *p, const char *name, enum cf_op op, double rate,
 		     uint32_t burst, struct store_principal *out);
-int policy_delete(policy *p, const char *name);
+/* Its API keys are revoked as of `now` in the same change
+ * (store_principal_delete); apikeys_principal_deleted then drops them from
+ * memory. */
+int policy_delete(policy *p, const char *name, int64_t now);
 void policy_principal_free(struct store_principal *sp);   /* its arrays; accepts NULL */
 void policy_list_free(struct store_principal *list, size_t n);
 

@@ -984,18 +984,30 @@ store_principal_put(store *s, const struct store_principal *p, int create)
 	return txn_effect(s, create ? principal_create_body : principal_replace_body, p, &e);
 }
 
+struct principal_delete {
+	const char *name;
+	int64_t now;
+};
+
 static int
 principal_delete_body(store *s, const void *arg)
 {
-	const char *name = arg;
+	const struct principal_delete *d = arg;
+	const char *name = d->name;
 
 	if (sqldb_run(s->db, "DELETE FROM principals WHERE name = ?", "t", name) != SQLDB_OK)
 		return db_err(s, "deleting the principal");
 	if (sqldb_changes(s->db) == 0)
 		return cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	if (sqldb_run(s->db, "UPDATE api_keys SET revoked = ? WHERE principal = ? AND revoked = 0",
+		      "it", d->now, name) != SQLDB_OK ||
+	    sqldb_run(s->db, "DELETE FROM api_secrets WHERE id IN (SELECT id FROM api_keys "
+		      "WHERE principal = ?)", "t", name) != SQLDB_OK)
+		return db_err(s, "revoking the principal's API keys");
 	/* A principal made later under the name starts without the signed-calls
 	 * flag; cleared in this transaction, so the deletion stays one change
-	 * with one audit record. */
+	 * with one audit record. "signed" has the replicas re-read their API
+	 * keys too. */
 	if (sqldb_run(s->db, "DELETE FROM signed_principals WHERE principal = ?", "t", name) !=
 	    SQLDB_OK)
 		return db_err(s, "deleting the principal's signed-calls flag");
@@ -1003,12 +1015,13 @@ principal_delete_body(store *s, const void *arg)
 }
 
 int
-store_principal_delete(store *s, const char *name)
+store_principal_delete(store *s, const char *name, int64_t now)
 {
 	EFFECT_POINTS("store.principal-delete");
 	struct effect e = { "principal", name, 0, 0, &cp_before, &cp_after };
+	struct principal_delete d = { name, now };
 
-	return txn_effect(s, principal_delete_body, name, &e);
+	return txn_effect(s, principal_delete_body, &d, &e);
 }
 
 /* ---- API keys ---- */

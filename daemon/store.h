@@ -261,8 +261,11 @@ int store_principals_load(store *s, int (*cb)(const struct store_principal *p, v
  * transaction. create: CF_E_EXISTS if the name is taken. CF_E_EXISTS also for
  * a uid or gid another principal holds. */
 int store_principal_put(store *s, const struct store_principal *p, int create);
-/* CF_E_NOT_FOUND if there is no such principal. */
-int store_principal_delete(store *s, const char *name);
+/* Delete a principal and, in the same transaction, revoke its API keys as
+ * of `now` (their secrets' rows go): its secrets never outlive it, even
+ * when the process dies right after. CF_E_NOT_FOUND if there is no such
+ * principal. */
+int store_principal_delete(store *s, const char *name, int64_t now);
 
 /* An idempotency record: a mutating call's key, caller and request, and
  * (once done) its outcome. */

@@ -19,6 +19,7 @@
 import concurrent.futures
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -333,6 +334,45 @@ class LostAnswer(unittest.TestCase):
         now = self.d.admin_stub().ListApiKeys(pb.ListApiKeysRequest(principal="lost-p"),
                                               timeout=TIMEOUT).keys[0]
         self.assertEqual(sorted(x.generation for x in now.secrets), [1, 2, 3])
+
+
+    def test_deleted_principal_takes_its_api_keys(self):
+        """DeletePrincipal revokes the principal's API keys in its own
+        change: cofferd exiting right after that change committed leaves no
+        live key of a principal that is gone (before, the keys were revoked
+        one by one afterwards, and stayed live). The retry answers it."""
+        a = self.d.admin_stub()
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="lost-d", uids=[7013]),
+                          timeout=TIMEOUT)
+        s = self.d.sealed_stub(kind="admin", service="AdminService")
+        kids = sorted(s_call(s, "CreateApiKey", pb.CreateApiKeyRequest(principal="lost-d"),
+                             "lost-d-key-%d" % i).key.id for i in range(2))
+        req = pb.DeletePrincipalRequest(name="lost-d")
+        self.lost("store.principal-delete.committed", lambda: self.d.admin_stub().DeletePrincipal(
+            req, timeout=TIMEOUT, metadata=idem("lost-delete-1")))
+        a = self.d.admin_stub()
+        keys = a.ListApiKeys(pb.ListApiKeysRequest(principal="lost-d"), timeout=TIMEOUT).keys
+        self.assertEqual(sorted(k.id for k in keys), kids)
+        for k in keys:
+            self.assertNotEqual(k.revoke_time, 0, "key %s of a deleted principal is live" % k.id)
+            self.assertEqual(len(k.secrets), 0)
+        # The start found their secrets' objects, which no record claims any
+        # more, and removed them.
+        self.assertEqual(len(re.findall(r"API key (%s) secret 1" % "|".join(kids),
+                                        self.d.log(all_starts=False))), 2,
+                         self.d.log(all_starts=False)[-3000:])
+        with self.assertRaises(grpc.RpcError) as cm:
+            a.GetPrincipal(pb.GetPrincipalRequest(name="lost-d"), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.NOT_FOUND)
+        # A principal made again under the name starts with no key, unsigned.
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="lost-d", uids=[7013]),
+                          timeout=TIMEOUT)
+        self.assertEqual(a.DeletePrincipal(req, timeout=TIMEOUT, metadata=idem("lost-delete-1")),
+                         pb.DeletePrincipalResponse())
+        self.assertIn("answering it without acting again", self.d.log(all_starts=False))
+        a.GetPrincipal(pb.GetPrincipalRequest(name="lost-d"), timeout=TIMEOUT)
+        self.assertEqual([k.revoke_time != 0 for k in a.ListApiKeys(
+            pb.ListApiKeysRequest(principal="lost-d"), timeout=TIMEOUT).keys], [True, True])
 
 
 class CrashSafety(unittest.TestCase):

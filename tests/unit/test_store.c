@@ -270,8 +270,8 @@ roundtrip(enum store_backend b)
 	names[0] = '\0';
 	CU_ASSERT_EQUAL(store_signed_load(s, collect_names, names), CF_OK);
 	CU_ASSERT_STRING_EQUAL(names, "");
-	CU_ASSERT_EQUAL(store_principal_delete(s, "svc"), CF_OK);
-	CU_ASSERT_EQUAL(store_principal_delete(s, "svc"), CF_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0), CF_OK);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0), CF_E_NOT_FOUND);
 
 	/* Idempotency records: binary response with NUL bytes, owner. */
 	memset(r.fingerprint, 0xab, sizeof(r.fingerprint));
@@ -730,9 +730,9 @@ pg_notify(void)
 	CU_ASSERT(next_note(l, note, sizeof(note), 2000) && strcmp(note, "signed p1") == 0);
 	/* A change that is not made says nothing. */
 	CU_ASSERT_EQUAL(store_key_create(s, &k, id, 0), CF_E_EXISTS);
-	CU_ASSERT_EQUAL(store_principal_delete(s, "nobody"), CF_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "nobody", 0), CF_E_NOT_FOUND);
 	CU_ASSERT_FALSE(next_note(l, note, sizeof(note), 300));
-	CU_ASSERT_EQUAL(store_principal_delete(s, "p1"), CF_OK);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "p1", 0), CF_OK);
 	CU_ASSERT(next_note(l, note, sizeof(note), 2000) && strcmp(note, "signed p1") == 0);
 	CU_ASSERT(next_note(l, note, sizeof(note), 2000) && strcmp(note, "principal p1") == 0);
 	PQfinish(l);
