@@ -199,19 +199,41 @@ kr_set_meta(struct kr_key *k, const struct store_key *sk)
 	k->m.nversions = 0;
 }
 
+/* Room for a copy of a key of nv versions. A change makes it before its
+ * store write, so that once committed it is answered without an allocation
+ * that could fail (a retry without an idempotency key would change twice). */
+static int
+kr_info_room(uint32_t nv, struct store_key *sk)
+{
+	memset(sk, 0, sizeof(*sk));
+	if ((sk->versions = calloc(nv ? nv : 1, sizeof(*sk->versions))) == NULL)
+		return cf_nomem();
+	return CF_OK;
+}
+
+/* k into sk, which has room for k's versions (kr_info_room). */
+static void
+kr_fill_info(const struct kr_key *k, struct store_key *sk)
+{
+	struct store_version *v = sk->versions;
+
+	*sk = k->m;
+	sk->versions = v;
+	for (uint32_t i = 0; i < k->nv; i++)
+		v[i] = k->v[i].meta;
+	sk->nversions = k->nv;
+}
+
 /* A copy of a key's metadata (versions malloc'ed): for callers, and for a
  * change to be checked and recorded before it is applied. */
 static int
 kr_copy_info(const struct kr_key *k, struct store_key *sk)
 {
-	*sk = k->m;
-	sk->versions = NULL;
-	if (k->nv > 0 && (sk->versions = calloc(k->nv, sizeof(*sk->versions))) == NULL)
-		return cf_nomem();
-	for (uint32_t i = 0; i < k->nv; i++)
-		sk->versions[i] = k->v[i].meta;
-	sk->nversions = k->nv;
-	return CF_OK;
+	int r;
+
+	if ((r = kr_info_room(k->nv, sk)) == CF_OK)
+		kr_fill_info(k, sk);
+	return r;
 }
 
 struct load_ctx {
@@ -579,7 +601,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 {
 	struct store_version meta = { .version = 1, .state = STORE_ENABLED, .created = now_unix() };
 	int64_t intent = 0;
-	struct store_key sk;
+	struct store_key sk, ans = { .versions = NULL };
 	struct kr_key *k = NULL;
 	cf_p11_key *h = NULL;
 	int found, r;
@@ -618,7 +640,7 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 		goto out;
 	}
 	kr_set_meta(k, &sk);
-	if ((r = kr_versions_room(k)) != CF_OK)
+	if ((r = kr_versions_room(k)) != CF_OK || (r = kr_info_room(1, &ans)) != CF_OK)
 		goto out;
 	pthread_rwlock_wrlock(&kr->lock);
 	r = kr_keys_room(kr);
@@ -636,15 +658,17 @@ kr_make(keyring *kr, const char *name, enum cf_key_type type, uint32_t allowed_o
 	(void)kr_add_version(k, &meta, h);   /* room made above */
 	h = NULL;
 	pthread_rwlock_wrlock(&kr->lock);
-	if ((r = kr_insert(kr, k)) == CF_OK) {
-		r = kr_copy_info(k, out);
-		k = NULL;   /* the table's now, whether or not the copy failed */
-	}
+	(void)kr_insert(kr, k);   /* room made above */
+	kr_fill_info(k, &ans);
 	pthread_rwlock_unlock(&kr->lock);
+	k = NULL;   /* the table's now */
+	*out = ans;
+	ans.versions = NULL;
 out:
 	kr_write_end(kr);
 	kr_key_free(k);
 	cf_p11_key_free(h);
+	free(ans.versions);
 	return r;
 }
 
@@ -673,6 +697,7 @@ static int
 kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct store_key *out)
 {
 	struct store_version meta = { .state = STORE_ENABLED };
+	struct store_key ans = { .versions = NULL };
 	struct kr_key *k;
 	cf_p11_key *h = NULL;
 	int64_t next = 0, intent = 0;
@@ -710,7 +735,7 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 	pthread_rwlock_wrlock(&kr->lock);
 	r = kr_versions_room(k);
 	pthread_rwlock_unlock(&kr->lock);
-	if (r != CF_OK)
+	if (r != CF_OK || (out != NULL && (r = kr_info_room(k->nv + 1, &ans)) != CF_OK))
 		goto out;
 	/* Never extractable, even for a key an earlier release made exportable. */
 	if ((r = make_version(kr, name, meta.version, k->m.type, NULL, meta.ckaid, &intent, &h)) != CF_OK)
@@ -728,12 +753,16 @@ kr_rotate(keyring *kr, const char *name, int64_t due_by, int *skipped, struct st
 	k->m.next_rotation = next;
 	k->m.pending_rotation = 0;
 	k->rotate_retry_at = 0;
-	if (out != NULL)
-		r = kr_copy_info(k, out);
+	if (out != NULL) {
+		kr_fill_info(k, &ans);
+		*out = ans;
+		ans.versions = NULL;
+	}
 	pthread_rwlock_unlock(&kr->lock);
 out:
 	kr_write_end(kr);
 	cf_p11_key_free(h);
+	free(ans.versions);
 	return r;
 }
 
@@ -1144,8 +1173,10 @@ keyring_change(keyring *kr, const char *name, enum key_change what,
 		goto out;
 	pthread_rwlock_wrlock(&kr->lock);
 	kr_apply(k, &sk);
-	r = kr_copy_info(k, out);
 	pthread_rwlock_unlock(&kr->lock);
+	/* What memory now holds, in sk's own array: nothing to allocate. */
+	*out = sk;
+	sk.versions = NULL;
 out:
 	kr_write_end(kr);
 	free(sk.versions);

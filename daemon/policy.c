@@ -367,15 +367,20 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 		goto out;
 	}
 	r = p->v[at];
+	/* The answer is copied before the store write: once committed, the
+	 * change is answered without an allocation that could fail. */
 	if ((rc = copy_principal(&r->sp, &work)) != CF_OK || (rc = edit(&work, arg)) != CF_OK ||
-	    (rc = store_principal_put(p->st, &work, 0)) != CF_OK)
+	    (out != NULL && (rc = copy_principal(&work, out)) != CF_OK))
 		goto out;
+	if ((rc = store_principal_put(p->st, &work, 0)) != CF_OK) {
+		policy_principal_free(out);
+		goto out;
+	}
 	if (limits_changed)   /* a new limit starts full; the others keep their levels */
 		carry_levels(&r->sp, r->buckets, &work, r->buckets);
 	policy_principal_free(&r->sp);
 	r->sp = work;
 	memset(&work, 0, sizeof(work));
-	rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 out:
 	pthread_rwlock_unlock(&p->lock);
 	change_end(p);
@@ -412,6 +417,7 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		return rc;
 	}
 	pthread_rwlock_wrlock(&p->lock);
+	/* A new principal has no grants or limits: its copy allocates nothing. */
 	if ((rc = room_locked(p)) == CF_OK &&
 	    (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
 		insert_locked(p, r);
