@@ -267,6 +267,39 @@ class LostAnswer(unittest.TestCase):
         self.assertEqual([v.version for v in self.d.admin_stub().GetKey(
             pb.GetKeyRequest(name="lost-unseen"), timeout=TIMEOUT).versions], [1, 2])
 
+    def test_secret_not_seen_here_is_unavailable(self):
+        """The same for an API key: a record naming a secret generation this
+        daemon does not hold answers UNAVAILABLE with its text and stays;
+        the retry answers once the generation is there."""
+        self.d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(name="lost-u",
+                                                                      uids=[7014]),
+                                            timeout=TIMEOUT)
+        kid = s_call(self.d.sealed_stub(kind="admin", service="AdminService"), "CreateApiKey",
+                     pb.CreateApiKeyRequest(principal="lost-u"), "lost-u-create").key.id
+        req = pb.RotateApiKeySecretRequest(id=kid, overlap_seconds=3600)
+
+        def rotate():
+            return s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                          "RotateApiKeySecret", req, "lost-u-rotate-1")
+
+        def set_made(v):
+            self.d.stop()
+            self.d.state_query("UPDATE idempotency SET effect_version = %d "
+                               "WHERE key = 'lost-u-rotate-1'" % v)
+            self.d.start()
+        self.lost("store.apikey-put.committed", rotate)
+        set_made(99)
+        for _ in range(2):
+            with self.assertRaises(SealedRpcError) as cm:
+                rotate()
+            self.assertEqual((cm.exception.code(), cm.exception.details()), (
+                SC.UNAVAILABLE, "API key %s: secret generation 99, which this call made, is "
+                "not known to this replica yet; retry" % kid))
+        set_made(2)
+        r = rotate()
+        self.assertEqual(r.secret, b"")
+        self.assertEqual([(x.generation, x.expire_time) for x in r.key.secrets][:1], [(2, 0)])
+
     def test_creation_answers_version_1(self):
         req = pb.CreateKeyRequest(name="lost-create", type=pb.HMAC_SHA256)
         self.lost("store.key-create.committed", lambda: self.d.admin_stub().CreateKey(
