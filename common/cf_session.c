@@ -7,6 +7,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/x509.h>
@@ -293,6 +294,18 @@ cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t o
 
 /* ---- key schedule ---- */
 
+/* Whether OpenSSL's error queue says it ran out of memory (and empty it). */
+static int
+openssl_nomem(void)
+{
+	unsigned long e;
+	int nomem = 0;
+
+	while ((e = ERR_get_error()) != 0)
+		nomem |= ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE;
+	return nomem;
+}
+
 /* X25519 into out[32]; CF_E_INVALID_ARG for an unusable (low-order) peer. */
 static int
 x25519(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN], uint8_t out[32])
@@ -311,12 +324,16 @@ x25519(const cf_session_eph *mine, const uint8_t peer_pub[CF_SESSION_PUB_LEN], u
 		goto out;
 	}
 	/* OpenSSL refuses an all-zero X25519 result (a low-order peer key);
-	 * the comparison is a second line of defence. */
+	 * the comparison is a second line of defence. Its own allocations
+	 * (the derivation's context, the peer's copy) fail as memory does,
+	 * not as the peer's fault. */
+	ERR_clear_error();
 	if (EVP_PKEY_derive_init(ctx) != 1 || EVP_PKEY_derive_set_peer(ctx, peer) != 1 ||
 	    EVP_PKEY_derive(ctx, out, &len) != 1 || len != 32 ||
 	    CRYPTO_memcmp(out, zero, sizeof(zero)) == 0) {
 		OPENSSL_cleanse(out, 32);
-		r = cf_error(CF_E_INVALID_ARG, "the peer's ephemeral key is not a usable X25519 key");
+		r = openssl_nomem() ? cf_nomem() :
+		    cf_error(CF_E_INVALID_ARG, "the peer's ephemeral key is not a usable X25519 key");
 	}
 out:
 	EVP_PKEY_CTX_free(ctx);
