@@ -575,6 +575,36 @@ class Fleet(unittest.TestCase):
         for text in texts:
             self.assertIn("revoked", text)
 
+    def test_4b_deleted_principal_keys_revoked_elsewhere_within_1s(self):
+        """DeletePrincipal on one replica revokes the principal's API keys in
+        its own change: every other replica holds them revoked within 1 s."""
+        def keys(i):
+            return sorted((k.id, k.revoke_time != 0) for k in self.admin(i).ListApiKeys(
+                pb.ListApiKeysRequest(principal="fleet-gone"), timeout=T).keys)
+        self.admin(0).CreatePrincipal(pb.CreatePrincipalRequest(name="fleet-gone",
+                                                                uids=[4343]), timeout=T)
+        ids = sorted(sealed_call(self.reps[0], "CreateApiKey",
+                                 pb.CreateApiKeyRequest(principal="fleet-gone"), None).key.id
+                     for _ in range(2))
+        deadline = time.monotonic() + 5
+        while any(keys(i) != [(k, False) for k in ids] for i in (1, 2)):
+            self.assertLess(time.monotonic(), deadline, "keys not seen: %s" % keys(1))
+            time.sleep(0.02)
+        self.admin(0).DeletePrincipal(pb.DeletePrincipalRequest(name="fleet-gone"), timeout=T)
+        t0 = time.monotonic()
+        took = {}
+        while len(took) < 2 and time.monotonic() - t0 < 10:
+            for i in (1, 2):
+                if i not in took and keys(i) == [(k, True) for k in ids]:
+                    took[i] = time.monotonic() - t0
+            time.sleep(0.01)
+        print("\nfleet principal deletion: its 2 API keys revoked on the other replicas "
+              "after %s ms" % {REPLICAS[i]: round(1000 * t) for i, t in took.items()},
+              flush=True)
+        self.assertEqual(sorted(took), [1, 2], "still live elsewhere: %s" % keys(1))
+        self.assertLessEqual(max(took.values()), 1.0)
+        self.assertEqual(keys(0), [(k, True) for k in ids])
+
     # ---- 5. kill -9 during rotations ----
 
     def test_5_kill9_during_rotations(self):
