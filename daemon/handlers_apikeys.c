@@ -125,18 +125,10 @@ h_create_api_key(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 	if ((r = policy_get(c->sv->pol, req->principal, NULL)) != CF_OK ||
 	    (r = imported(&req->secret, &imp)) != CF_OK)
 		return r;
+	/* A principal deleted meanwhile: the store refuses the key (no
+	 * principal), or, made first, the deletion revoked it. */
 	r = apikeys_create(c->sv->ak, req->principal, imp, (int64_t)time(NULL), &k, &secret);
 	cf_secret_free(imp);
-	/* Deleted meanwhile: its keys must not outlive it. */
-	if (r == CF_OK && policy_get(c->sv->pol, req->principal, NULL) != CF_OK) {
-		struct store_apikey gone;
-
-		(void)apikeys_revoke(c->sv->ak, k.id, (int64_t)time(NULL), &gone);
-		(void)apikeys_set_required(c->sv->ak, req->principal, 0);   /* nor its flag */
-		cf_secret_free(secret);
-		return cf_error(CF_E_NOT_FOUND, "principal %s was deleted meanwhile",
-				req->principal);
-	}
 	return secret_response(r, &k, secret, resp);
 }
 

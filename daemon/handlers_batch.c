@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cf_arena.h"
 #include "cf_log.h"
 #include "cf_pbwipe.h"
 #include "cf_status.h"
@@ -125,7 +126,8 @@ nomem:
  * status; the count is set at once so that a half-built array is freed with
  * the response). The items are spread over the cores when they take long
  * enough; a caller gone or a rate limit reached is judged per item as it
- * starts. Fails only when memory does. */
+ * starts (a sealed batch's stay on its worker). Fails only when memory
+ * does. */
 static int
 run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p11_key *k,
 	  item_fn fn, size_t scratch, const ProtobufCMessageDescriptor *d, void *results,
@@ -146,7 +148,10 @@ run_items(const struct hcall *c, enum cf_op op, const void *req, size_t n, cf_p1
 	j.sj.run = item_run;
 	j.sj.n = n;
 	j.sj.item_ns = &item_ns[op];
-	share_run_sync(c->sv->share, &j.sj);
+	/* A sealed batch's answer is built in its thread's locked arena
+	 * (cf_arena.h), which other threads cannot allocate from: it stays on
+	 * its worker. */
+	share_run_sync(cf_arena_current() == NULL ? c->sv->share : NULL, &j.sj);
 	return atomic_load(&j.nomem) ? cf_nomem() : CF_OK;
 }
 

@@ -1105,12 +1105,18 @@ static int
 apikey_create_body(store *s, const void *arg)
 {
 	const struct store_apikey *k = arg;
+	/* Only for a principal that exists as this commits: one deleted
+	 * meanwhile revoked every key it had (principal_delete_body), and a
+	 * key made after that would outlive it. */
 	int rc = sqldb_run(s->db, "INSERT INTO api_keys (id, principal, created, revoked, "
-			   "next_generation) VALUES (?, ?, ?, ?, ?)", "ttiii", k->id, k->principal,
-			   k->created, k->revoked, (int64_t)k->next_generation);
+			   "next_generation) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM "
+			   "principals WHERE name = ?)", "ttiiit", k->id, k->principal, k->created,
+			   k->revoked, (int64_t)k->next_generation, k->principal);
 
 	if (rc == SQLDB_CONSTRAINT)
 		return cf_error(CF_E_EXISTS, "API key %s already exists", k->id);
+	if (rc == SQLDB_OK && sqldb_changes(s->db) == 0)
+		return cf_error(CF_E_NOT_FOUND, "no principal %s", k->principal);
 	/* From its first key on, the principal's calls must be signed. */
 	if (rc == SQLDB_OK) {
 		if (sqldb_run(s->db, "INSERT INTO signed_principals (principal) VALUES (?) "

@@ -970,7 +970,15 @@ test_store_and_token_failures(void)
 	CU_ASSERT(!reported("is in the token but not recorded"));
 
 	/* A token error while verifying an API key's MAC: CF_E_TOKEN (INTERNAL
-	 * on the wire), never CF_E_UNAUTHENTICATED. */
+	 * on the wire), never CF_E_UNAUTHENTICATED. A key needs its principal. */
+	CU_ASSERT_EQUAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_E_NOT_FOUND);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "no principal someone");
+	CU_ASSERT_PTR_NULL(secret);
+	{
+		struct store_principal p = { .name = "someone", .uids = { 4711 }, .nuids = 1 };
+
+		CU_ASSERT_EQUAL_FATAL(store_principal_put(st, &p, 1), CF_OK);
+	}
 	CU_ASSERT_EQUAL_FATAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_OK);
 	CU_ASSERT_FATAL(secret != NULL);
 	{
