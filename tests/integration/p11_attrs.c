@@ -528,6 +528,12 @@ test_keyring_and_api_keys(void)
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(check_key("kr-imp", CF_KEY_HMAC_SHA384, 0), 0);
 	CHECK_OK(apikeys_open(p11, st, report, &mismatches, &aks));
+	{
+		/* A key is recorded only for a principal the store holds. */
+		struct store_principal p = { .name = "someone", .uids = { 4711 }, .nuids = 1 };
+
+		CHECK_OK(store_principal_put(st, &p, 1));
+	}
 	CHECK_OK(apikeys_create(aks, "someone", NULL, (int64_t)time(NULL), &ak, &secret));
 	CU_ASSERT_EQUAL_FATAL(ak.nsecrets, 1);
 	snprintf(label, sizeof(label), "%s%s", APIKEYS_OBJECT_PREFIX, ak.id);
