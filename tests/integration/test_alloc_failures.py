@@ -230,6 +230,36 @@ class AllocFailures(unittest.TestCase):
         self.sweep("VerifyMacBatch", lambda md: s.VerifyMacBatch(pb.VerifyMacBatchRequest(
             key="fm-mac", version=1, items=items), timeout=TIMEOUT, metadata=md), check)
 
+    def test_sign_batch(self):
+        """A batch of signatures, its items run on the worker and the other
+        core's helper (share_run_sync): an allocation failing on either
+        thread fails the call whole, or its one item with the text of it
+        (only when an allocation failed), and every other item is signed."""
+        s = self.d.service_stub()
+        msgs = [MSG + b" %d" % i for i in range(6)]
+        failed_before = [0]
+
+        def run(md):
+            failed_before[0] = self.ctl.failed()
+            return s.SignBatch(pb.SignBatchRequest(
+                key="fm-ec", items=[pb.SignBatchItem(message=m) for m in msgs]),
+                timeout=TIMEOUT, metadata=md)
+
+        def check(r):
+            ok = [(m, x.signature) for m, x in zip(msgs, r.results) if x.status.code == 0]
+            for x in r.results:
+                if x.status.code != 0:
+                    self.assertGreater(self.ctl.failed(), failed_before[0], x.status.message)
+                    self.assertEqual(x.status.code, grpc.StatusCode.INTERNAL.value[0])
+                    self.assertRegex(x.status.message, r"^out of memory \([a-z_0-9]+\)$")
+            self.assertGreaterEqual(len(ok), len(msgs) - 1)
+            v = self.d.service_stub().VerifyBatch(pb.VerifyBatchRequest(
+                key="fm-ec", version=r.version, items=[
+                    pb.VerifyBatchItem(message=m, signature=sig) for m, sig in ok]),
+                timeout=TIMEOUT)
+            self.assertEqual([x.valid for x in v.results], [True] * len(ok))
+        self.sweep("SignBatch", run, check)
+
     def test_admin_principal(self):
         """CreatePrincipal with an idempotency key, retried with its key until
         it answers: the principal is then there (store and memory alike),
