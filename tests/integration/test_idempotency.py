@@ -211,6 +211,14 @@ class LostAnswer(unittest.TestCase):
             d.crash_env = {}
             d.start()
 
+    def set_made(self, key, version):
+        """The record of idempotency key `key` names `version` as what its
+        call made (as a replica that has not read it back would find it)."""
+        self.d.stop()
+        self.d.state_query("UPDATE idempotency SET effect_version = %d WHERE key = '%s'"
+                           % (version, key))
+        self.d.start()
+
     def test_rotation_answers_its_version(self):
         a = self.d.admin_stub()
         a.CreateKey(pb.CreateKeyRequest(name="lost-rot", type=pb.EC_P256), timeout=TIMEOUT)
@@ -249,20 +257,15 @@ class LostAnswer(unittest.TestCase):
             return self.d.admin_stub().RotateKey(req, timeout=TIMEOUT,
                                                  metadata=idem("lost-unseen-1"))
 
-        def set_made(v):
-            self.d.stop()
-            self.d.state_query("UPDATE idempotency SET effect_version = %d "
-                               "WHERE key = 'lost-unseen-1'" % v)
-            self.d.start()
         self.lost("store.version-add.committed", rotate)
-        set_made(99)
+        self.set_made("lost-unseen-1", 99)
         for _ in range(2):
             with self.assertRaises(grpc.RpcError) as cm:
                 rotate()
             self.assertEqual((cm.exception.code(), cm.exception.details()), (
                 SC.UNAVAILABLE, "key lost-unseen: version 99, which this call made, is not "
                 "known to this replica yet; retry"))
-        set_made(2)
+        self.set_made("lost-unseen-1", 2)
         self.assertEqual(rotate().primary_version, 2)
         self.assertEqual([v.version for v in self.d.admin_stub().GetKey(
             pb.GetKeyRequest(name="lost-unseen"), timeout=TIMEOUT).versions], [1, 2])
@@ -282,20 +285,15 @@ class LostAnswer(unittest.TestCase):
             return s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
                           "RotateApiKeySecret", req, "lost-u-rotate-1")
 
-        def set_made(v):
-            self.d.stop()
-            self.d.state_query("UPDATE idempotency SET effect_version = %d "
-                               "WHERE key = 'lost-u-rotate-1'" % v)
-            self.d.start()
         self.lost("store.apikey-put.committed", rotate)
-        set_made(99)
+        self.set_made("lost-u-rotate-1", 99)
         for _ in range(2):
             with self.assertRaises(SealedRpcError) as cm:
                 rotate()
             self.assertEqual((cm.exception.code(), cm.exception.details()), (
                 SC.UNAVAILABLE, "API key %s: secret generation 99, which this call made, is "
                 "not known to this replica yet; retry" % kid))
-        set_made(2)
+        self.set_made("lost-u-rotate-1", 2)
         r = rotate()
         self.assertEqual(r.secret, b"")
         self.assertEqual([(x.generation, x.expire_time) for x in r.key.secrets][:1], [(2, 0)])
