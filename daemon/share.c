@@ -206,12 +206,10 @@ share_run_sync(share *sh, struct share_job *j)
 	j->finish = sync_finish;
 	j->release = sync_release;
 	j->wait = &w;
-	if (offer(sh, j)) {
-		work(j, 1);
+	work(j, offer(sh, j));
+	/* More than the owner's reference: still queued, or a helper's. */
+	if (atomic_load(&j->refs) > 1)
 		withdraw(sh, j);
-	} else {
-		work(j, 0);
-	}
 	share_put(j);
 	/* Its owner took the last item: a helper may still be running one. */
 	pthread_mutex_lock(&w.mu);

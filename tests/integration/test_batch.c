@@ -349,8 +349,8 @@ test_deadline(void)
 	CHECK_COFFER(coffer_create_key(adm, "rsa", COFFER_KEY_RSA_2048, 0, NULL));
 	fill(COFFER_BATCH_MAX);
 	coffer_set_timeout(svc, 100);
-	/* 1,024 RSA-2048 signatures take about a second here on two cores
-	 * (the batch's items are spread over them). */
+	/* 1,024 RSA-2048 signatures take about half a second here on two
+	 * cores (the batch's items are spread over them). */
 	CU_ASSERT_EQUAL(coffer_sign_batch(svc, "rsa", 0, NULL, items, COFFER_BATCH_MAX, NULL),
 			COFFER_E_TIMEOUT);
 	coffer_set_timeout(svc, COFFER_DEFAULT_TIMEOUT_MS);
