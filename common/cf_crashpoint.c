@@ -3,6 +3,7 @@
 
 #ifdef COFFER_CRASH_POINTS
 #include <fcntl.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -13,16 +14,17 @@
 extern const struct cf_crashpoint __start_cf_crashpoints[];
 extern const struct cf_crashpoint __stop_cf_crashpoints[];
 
-static char target[128];
+static char target[128], hold_dir[256];
 static unsigned long target_hit = 1, hits;
-static int stop_mode, trace_fd = -1, armed;
+static enum { M_EXIT, M_STOP, M_HOLD } mode_at;
+static int trace_fd = -1, armed;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 void
 cf_crashpoint_init(void)
 {
 	const char *at = getenv("COFFER_CRASH_AT"), *mode = getenv("COFFER_CRASH_MODE");
-	const char *trace = getenv("COFFER_CRASH_TRACE");
+	const char *trace = getenv("COFFER_CRASH_TRACE"), *hold = getenv("COFFER_CRASH_HOLD");
 	char *n;
 
 	if (at != NULL && *at != '\0') {
@@ -35,11 +37,35 @@ cf_crashpoint_init(void)
 		}
 		armed = 1;
 	}
-	stop_mode = mode != NULL && strcmp(mode, "stop") == 0;
+	if (mode != NULL && strcmp(mode, "stop") == 0)
+		mode_at = M_STOP;
+	else if (mode != NULL && strcmp(mode, "hold") == 0 && hold != NULL && *hold != '\0' &&
+		 strlen(hold) < sizeof(hold_dir) - 16) {
+		snprintf(hold_dir, sizeof(hold_dir), "%s", hold);
+		mode_at = M_HOLD;
+	} else if (mode != NULL && strcmp(mode, "hold") == 0) {
+		fprintf(stderr, "COFFER_CRASH_MODE=hold needs COFFER_CRASH_HOLD=<dir>\n");
+		_exit(2);
+	}
 	if (trace != NULL && *trace != '\0') {
 		trace_fd = open(trace, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 		armed = 1;
 	}
+}
+
+/* This thread waits (polling: tests only) until the test releases it. */
+static void
+hold_here(void)
+{
+	char path[sizeof(hold_dir) + 16];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/held", hold_dir);
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)) >= 0)
+		close(fd);
+	snprintf(path, sizeof(path), "%s/release", hold_dir);
+	while (access(path, F_OK) != 0)
+		usleep(1000);
 }
 
 void
@@ -63,7 +89,11 @@ cf_crashpoint_hit(const struct cf_crashpoint *cp)
 	pthread_mutex_unlock(&mu);
 	if (!die)
 		return;
-	if (stop_mode) {
+	if (mode_at == M_HOLD) {
+		hold_here();
+		return;
+	}
+	if (mode_at == M_STOP) {
 		/* Wait for the SIGKILL from outside; never go on. */
 		for (;;)
 			raise(SIGSTOP);

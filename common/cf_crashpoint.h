@@ -6,8 +6,12 @@
  * make the process die there: COFFER_CRASH_AT=<name>[@<n>] ends it with
  * _exit(CF_CRASH_EXIT) (no clean-up) the n-th time (default 1) the point is
  * passed; with COFFER_CRASH_MODE=stop the process stops itself (SIGSTOP) there
- * instead, for a SIGKILL from outside. COFFER_CRASH_TRACE=<file> appends the
- * name of every point passed, one per line.
+ * instead, for a SIGKILL from outside. With COFFER_CRASH_MODE=hold only the
+ * thread that reached the point waits there, the rest of the process going
+ * on: it creates the file <dir>/held and goes on once <dir>/release exists
+ * (COFFER_CRASH_HOLD=<dir>), so a test can run another call inside that
+ * window (an interleaving, not a crash). COFFER_CRASH_TRACE=<file> appends
+ * the name of every point passed, one per line.
  *
  * Every point is registered at build time in the ELF section cf_crashpoints,
  * so cf_crashpoint_list() enumerates them all without running anything: a

@@ -657,6 +657,10 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	rec.secrets[0].created = now;
 	if ((r = new_secret(a, rec.id, 1, import, &k, secret)) != CF_OK)
 		goto out;
+	/* On SQLite the principal's deletion does not wait for this change (a
+	 * fleet's change lock orders the two): it may commit from here to the
+	 * record's commit, and the store then refuses the key. */
+	CF_CRASH_POINT("apikeys.create.secret-made");
 	if ((r = room_get(a, 1, &rm)) != CF_OK ||
 	    (r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK) {
 		not_recorded(a, r, &k);
@@ -819,16 +823,50 @@ drop_next_locked(apikeys *a, const char *principal, int64_t now, cf_p11_key **go
 	return 1;
 }
 
+/* Whether the table holds a handle to secret gen of key id (a lock held). */
+static int
+holds_locked(apikeys *a, const char *id, uint32_t gen)
+{
+	struct entry *e = find(a, id);
+
+	for (uint32_t i = 0; e != NULL && i < e->rec.nsecrets; i++)
+		if (e->rec.secrets[i].generation == gen && e->k[i] != NULL)
+			return 1;
+	return 0;
+}
+
 void
-apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now)
+apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now,
+			  const struct store_dropped *dropped)
 {
 	cf_p11_key *gone[STORE_APIKEY_SECRETS_MAX];
+	char name[CF_KEY_NAME_MAX + 1];
 	size_t ngone;
 	int more;
 
 	/* No change of this process's own in between; a replica's reload
 	 * (apikeys_refresh) waits, and would read the same. */
 	pthread_mutex_lock(&a->admin);
+	/* A secret the store dropped and this table holds no handle to: a
+	 * reload between the store's change and this one let its handle go (it
+	 * read the key revoked), or another replica made the key and this one
+	 * has not read it yet. Found by name, or it would outlive the principal
+	 * until the next start. */
+	for (size_t i = 0; dropped != NULL && i < dropped->n; i++) {
+		cf_p11_key *k = NULL;
+		int held;
+
+		pthread_rwlock_rdlock(&a->lk);
+		held = holds_locked(a, dropped->s[i].id, dropped->s[i].generation);
+		pthread_rwlock_unlock(&a->lk);
+		object_name(dropped->s[i].id, name);
+		if (!held && cf_p11_key_open(a->p11, name, dropped->s[i].generation, &k) == CF_OK)
+			destroy_handles(&k, 1, "its principal was deleted");
+	}
+	if (dropped != NULL && dropped->total > dropped->n)
+		cf_log_warn("principal %s: %zu of its API key secrets are left to the next start "
+			    "to destroy (more than %d at once)", principal,
+			    dropped->total - dropped->n, STORE_DROPPED_MAX);
 	do {
 		pthread_rwlock_wrlock(&a->lk);
 		more = drop_next_locked(a, principal, now, gone, &ngone);

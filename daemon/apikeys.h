@@ -65,9 +65,11 @@ int apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret
 int apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out);
 /* The store deleted principal and revoked its keys as of now, in one change
  * (store_principal_delete): the same in memory, where its keys stop
- * verifying and its "must sign" flag goes, and their secrets' objects are
- * destroyed. Allocates nothing, so it cannot fail. */
-void apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now);
+ * verifying and its "must sign" flag goes, and the objects of the secrets
+ * that went (dropped: as the store listed them) are destroyed. Allocates
+ * nothing, so it cannot fail. */
+void apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now,
+			       const struct store_dropped *dropped);
 /* Whether principal must sign its calls while it has no live key (an
  * audited change; the caller checks that the principal exists). Set by its
  * first key; on = 0 lets it call with its uid only once its keys are gone. */

@@ -163,14 +163,15 @@ h_delete_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMe
 	const Coffer__V1__DeletePrincipalRequest *req = (const void *)m;
 	Coffer__V1__DeletePrincipalResponse *out;
 	int64_t now = time(NULL);
+	struct store_dropped dropped;
 	int r;
 
 	/* The principal and its API keys go in one change (its secrets must
-	 * not outlive it); memory follows without fail. */
-	if ((r = policy_delete(c->sv->pol, req->name, now)) != CF_OK)
+	 * not outlive it); memory and the token follow without fail. */
+	if ((r = policy_delete(c->sv->pol, req->name, now, &dropped)) != CF_OK)
 		return r;
 	if (c->sv->ak != NULL)
-		apikeys_principal_deleted(c->sv->ak, req->name, now);
+		apikeys_principal_deleted(c->sv->ak, req->name, now, &dropped);
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
 		return cf_nomem();
 	*resp = &out->base;

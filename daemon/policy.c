@@ -579,7 +579,7 @@ policy_set_limit(policy *p, const char *name, enum cf_op op, double rate, uint32
 }
 
 int
-policy_delete(policy *p, const char *name, int64_t now)
+policy_delete(policy *p, const char *name, int64_t now, struct store_dropped *dropped)
 {
 	int found, rc;
 	size_t at;
@@ -590,7 +590,7 @@ policy_delete(policy *p, const char *name, int64_t now)
 	at = find_locked(p, name, &found);
 	if (!found) {
 		rc = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
-	} else if ((rc = store_principal_delete(p->st, name, now)) == CF_OK) {
+	} else if ((rc = store_principal_delete(p->st, name, now, dropped)) == CF_OK) {
 		pr_free(p->v[at]);
 		memmove(&p->v[at], &p->v[at + 1], (p->n - at - 1) * sizeof(p->v[0]));
 		p->n--;

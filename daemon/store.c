@@ -987,18 +987,51 @@ store_principal_put(store *s, const struct store_principal *p, int create)
 struct principal_delete {
 	const char *name;
 	int64_t now;
+	struct store_dropped *dropped;
 };
+
+/* The secrets of name's API keys, into d (before they go). */
+static int
+list_secrets(store *s, const char *name, struct store_dropped *d)
+{
+	sqldb_stmt *st = NULL;
+	int rc;
+
+	d->n = d->total = 0;
+	if (sqldb_query(s->db, &st, "SELECT s.id, s.generation FROM api_secrets s JOIN api_keys "
+			"k ON k.id = s.id WHERE k.principal = ? ORDER BY s.id, s.generation", "t",
+			name) != SQLDB_OK)
+		return db_err(s, "listing the principal's API key secrets");
+	while ((rc = sqldb_step(st)) == SQLDB_ROW) {
+		const char *id = sqldb_text(st, 0);
+
+		if (id == NULL || strlen(id) > STORE_APIKEY_ID_MAX) {
+			sqldb_finalize(st);
+			return cf_error(CF_E_IO, "state store holds a malformed API key record");
+		}
+		if (d->n < STORE_DROPPED_MAX) {
+			snprintf(d->s[d->n].id, sizeof(d->s[d->n].id), "%s", id);
+			d->s[d->n++].generation = (uint32_t)sqldb_int64(st, 1);
+		}
+		d->total++;
+	}
+	sqldb_finalize(st);
+	return rc == SQLDB_DONE ? CF_OK : db_err(s, "listing the principal's API key secrets");
+}
 
 static int
 principal_delete_body(store *s, const void *arg)
 {
 	const struct principal_delete *d = arg;
 	const char *name = d->name;
+	int rc;
 
 	if (sqldb_run(s->db, "DELETE FROM principals WHERE name = ?", "t", name) != SQLDB_OK)
 		return db_err(s, "deleting the principal");
 	if (sqldb_changes(s->db) == 0)
 		return cf_error(CF_E_NOT_FOUND, "no principal %s", name);
+	if (d->dropped != NULL && (rc = list_secrets(s, name, d->dropped)) != CF_OK)
+		return rc;
 	if (sqldb_run(s->db, "UPDATE api_keys SET revoked = ? WHERE principal = ? AND revoked = 0",
 		      "it", d->now, name) != SQLDB_OK ||
 	    sqldb_run(s->db, "DELETE FROM api_secrets WHERE id IN (SELECT id FROM api_keys "
@@ -1015,11 +1048,11 @@ principal_delete_body(store *s, const void *arg)
 }
 
 int
-store_principal_delete(store *s, const char *name, int64_t now)
+store_principal_delete(store *s, const char *name, int64_t now, struct store_dropped *dropped)
 {
 	EFFECT_POINTS("store.principal-delete");
 	struct effect e = { "principal", name, 0, 0, &cp_before, &cp_after };
-	struct principal_delete d = { name, now };
+	struct principal_delete d = { name, now, dropped };
 
 	return txn_effect(s, principal_delete_body, &d, &e);
 }

@@ -261,11 +261,27 @@ int store_principals_load(store *s, int (*cb)(const struct store_principal *p, v
  * transaction. create: CF_E_EXISTS if the name is taken. CF_E_EXISTS also for
  * a uid or gid another principal holds. */
 int store_principal_put(store *s, const struct store_principal *p, int create);
+/* The secrets a principal's deletion dropped, as the store had them (a
+ * replica may not have read a key another one made a moment ago): their
+ * token objects, "coffer.apikey.<id>" at version `generation`, are the
+ * caller's to destroy. The first STORE_DROPPED_MAX are listed; total counts
+ * them all (the start's reconciliation destroys any beyond). */
+#define STORE_DROPPED_MAX 64
+struct store_dropped {
+	struct {
+		char id[STORE_APIKEY_ID_MAX + 1];
+		uint32_t generation;
+	} s[STORE_DROPPED_MAX];
+	size_t n, total;
+};
+
 /* Delete a principal and, in the same transaction, revoke its API keys as
  * of `now` (their secrets' rows go): its secrets never outlive it, even
  * when the process dies right after. CF_E_NOT_FOUND if there is no such
- * principal. */
-int store_principal_delete(store *s, const char *name, int64_t now);
+ * principal. dropped (NULL: not wanted): what went, for the caller to
+ * destroy. */
+int store_principal_delete(store *s, const char *name, int64_t now,
+			   struct store_dropped *dropped);
 
 /* An idempotency record: a mutating call's key, caller and request, and
  * (once done) its outcome. */

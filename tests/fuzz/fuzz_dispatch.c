@@ -80,7 +80,7 @@ principal_reset(void)
 {
 	int r;
 
-	(void)policy_delete(pol, PRINCIPAL, 0);
+	(void)policy_delete(pol, PRINCIPAL, 0, NULL);
 	if ((r = policy_create(pol, PRINCIPAL, &uid, 1, NULL, 0, NULL)) != CF_OK)
 		die("policy_create", r);
 	if ((r = policy_grant(pol, PRINCIPAL, "*", CF_OPS_ALL, NULL)) != CF_OK)

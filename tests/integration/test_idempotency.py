@@ -11,6 +11,11 @@
 * an answer lost after its change committed, retried after later changes:
   the retry names what its first attempt made (the version, the secret
   generation), not what the key is now;
+* an interleaving chosen, not hoped for: CreateApiKey held at a crash point
+  (COFFER_CRASH_MODE=hold) while DeletePrincipal runs; no live key of a
+  gone principal and no API-key object left in the token, on SQLite (the
+  key refused "no principal") and on PostgreSQL (the deletion waits for the
+  fleet's change lock and takes the key with it);
 * crash safety: cofferd killed with SIGKILL at random moments during 200
   rotations, each retried with its key until it answers: every rotation is
   there exactly once (versions 2..201, each key's answer a distinct
@@ -20,8 +25,10 @@ import concurrent.futures
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -29,7 +36,7 @@ import unittest
 import grpc  # noqa: E402
 
 from crash_harness import CRASH_EXIT, CrashDaemon, crash_points, sanitizer_build  # noqa: E402
-from daemon_fixture import CofferDaemon, SealedRpcError, cofferctl_path  # noqa: E402
+from daemon_fixture import CofferDaemon, SealedRpcError, cofferctl_path, on_postgresql  # noqa: E402
 from rpc_common import SC, TIMEOUT, pb  # noqa: E402
 
 
@@ -404,6 +411,94 @@ class LostAnswer(unittest.TestCase):
         a.GetPrincipal(pb.GetPrincipalRequest(name="lost-d"), timeout=TIMEOUT)
         self.assertEqual([k.revoke_time != 0 for k in a.ListApiKeys(
             pb.ListApiKeysRequest(principal="lost-d"), timeout=TIMEOUT).keys], [True, True])
+
+
+class Interleaving(unittest.TestCase):
+    """Two admin calls interleaved at a chosen step: cofferd holds the first
+    call's thread at a crash point (COFFER_CRASH_MODE=hold) while the second
+    runs, then lets it go on."""
+
+    def test_api_key_made_while_its_principal_is_deleted(self):
+        """CreateApiKey held after its secret's object is made, before its
+        record commits; DeletePrincipal meanwhile. On SQLite the deletion
+        does not wait, commits first, and the key is refused NOT_FOUND "no
+        principal", its object destroyed at once; with a fleet's change lock
+        the deletion waits, and then takes the key with it. Either way no
+        live key of a gone principal, no unclaimed object."""
+        if not crash_points():
+            raise unittest.SkipTest("cofferd built without COFFER_CRASH_POINTS")
+        d = CrashDaemon()
+        hold = tempfile.mkdtemp(prefix="coffer-hold-")
+        trace = os.path.join(hold, "trace")
+        try:
+            d.start()
+            d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(name="race-p", uids=[7021]),
+                                           timeout=TIMEOUT)
+            d.stop()
+            d.crash_env = {"COFFER_CRASH_AT": "apikeys.create.secret-made@1",
+                           "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold,
+                           "COFFER_CRASH_TRACE": trace}
+            d.start()
+            sealed = d.sealed_stub(kind="admin", service="AdminService")
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                made = ex.submit(s_call, sealed, "CreateApiKey",
+                                 pb.CreateApiKeyRequest(principal="race-p"), "race-key-1")
+                wait_for(lambda: os.path.exists(os.path.join(hold, "held")), 30,
+                         "CreateApiKey never reached apikeys.create.secret-made")
+                gone = ex.submit(d.admin_stub().DeletePrincipal,
+                                 pb.DeletePrincipalRequest(name="race-p"), timeout=TIMEOUT)
+
+                def deleted():
+                    with open(trace) as f:
+                        return "store.principal-delete.committed\n" in f.read()
+                first = wait_for(deleted, 0 if on_postgresql() else 10, None)
+                if not first:
+                    time.sleep(1)      # a deletion that waits keeps waiting
+                    self.assertFalse(deleted(), "the deletion committed after all")
+                open(os.path.join(hold, "release"), "w").close()
+                gone.result(timeout=TIMEOUT)
+                if first:
+                    with self.assertRaises(SealedRpcError) as cm:
+                        made.result(timeout=TIMEOUT)
+                    self.assertEqual(cm.exception.code(), SC.NOT_FOUND)
+                    self.assertEqual(cm.exception.details(), "no principal race-p")
+                else:
+                    made.result(timeout=TIMEOUT)
+            self.assertEqual(first, not on_postgresql(),
+                             "SQLite's deletion should not wait, a fleet's should")
+            a = d.admin_stub()
+            for k in a.ListApiKeys(pb.ListApiKeysRequest(principal="race-p"),
+                                   timeout=TIMEOUT).keys:
+                self.assertNotEqual(k.revoke_time, 0, "key %s of a deleted principal is live"
+                                    % k.id)
+            objs = d.objects()
+            self.assertTrue(any(o["label"].startswith("coffer/") for o in objs), objs)
+            self.assertEqual([o["label"] for o in objs if "coffer.apikey." in o["label"]], [],
+                             "an API key's object outlived its principal")
+            # Nothing left for the next start to find, and the rest holds.
+            d.stop()
+            d.crash_env = {}
+            d.start()
+            self.assertNotIn("not recorded", d.log(all_starts=False))
+            if not on_postgresql():   # (crash_check reads the SQLite file)
+                self.assertEqual(d.check(), [])
+        finally:
+            d.cleanup()
+            shutil.rmtree(hold, ignore_errors=True)
+
+
+def wait_for(cond, seconds, failure):
+    """True once cond() is; False after `seconds` (AssertionError(failure)
+    instead, unless failure is None)."""
+    end = time.monotonic() + seconds
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= end:
+            if failure is not None:
+                raise AssertionError(failure)
+            return False
+        time.sleep(0.005)
 
 
 class CrashSafety(unittest.TestCase):

@@ -482,7 +482,7 @@ test_authorization_order(void)
 		/* (its limit is of all operations: the refusal names none) */
 		CU_ASSERT_PTR_NOT_NULL(strstr(t, "rate limit of principal limited exceeded"));
 	}
-	CU_ASSERT_EQUAL(policy_delete(sv.pol, "limited", 0), CF_OK);
+	CU_ASSERT_EQUAL(policy_delete(sv.pol, "limited", 0, NULL), CF_OK);
 }
 
 /* ---- the freshness rule of signed messages ---- */

@@ -517,7 +517,7 @@ test_deleted_midway(void)
 	app_granted(p, u, "k", B(SIGN));
 	CHECK_OK(policy_set_limit(p, "app", CF_OP_NONE, 1, 5, NULL));
 	CHECK_OK(policy_identify(p, 6000, 6000, who));
-	CHECK_OK(policy_delete(p, who, 0));
+	CHECK_OK(policy_delete(p, who, 0, NULL));
 	CHECK_ERR(authorize(p, who, CF_OP_SIGN, "k", &ra), CF_E_UNAUTHENTICATED,
 		  "principal app no longer exists");
 	CHECK_ERR(authorize(p, who, CF_OP_NONE, "", &ra), CF_E_UNAUTHENTICATED,
@@ -526,7 +526,7 @@ test_deleted_midway(void)
 		  "principal app no longer exists");
 	CHECK_ERR(policy_identify(p, 6000, 6000, who), CF_E_UNAUTHENTICATED,
 		  "no principal for uid 6000 gid 6000");
-	CHECK_ERR(policy_delete(p, "app", 0), CF_E_NOT_FOUND, "no principal app");
+	CHECK_ERR(policy_delete(p, "app", 0, NULL), CF_E_NOT_FOUND, "no principal app");
 	CHECK_ERR(policy_grant(p, "app", "k", B(SIGN), NULL), CF_E_NOT_FOUND,
 		  "no principal app");
 	/* the uid is free again; a new principal of the name inherits nothing */

@@ -208,6 +208,7 @@ roundtrip(enum store_backend b)
 				   .created = 7, .next_generation = 2, .nsecrets = 1,
 				   .secrets = { { .generation = 1, .created = 7 } } };
 	struct store_apikey akgot = { 0 };
+	struct store_dropped dropped;
 	static const uint8_t resp[] = { 0, 1, 2, 0, 255 };
 	struct store_idem r = { .key = "idem-1", .uid = 42, .method = "/m", .done = 1,
 				.status = CF_E_EXISTS, .message = "m", .created = 1,
@@ -270,8 +271,11 @@ roundtrip(enum store_backend b)
 	names[0] = '\0';
 	CU_ASSERT_EQUAL(store_signed_load(s, collect_names, names), CF_OK);
 	CU_ASSERT_STRING_EQUAL(names, "");
-	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0), CF_OK);
-	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0), CF_E_NOT_FOUND);
+	/* Its deletion lists the secrets that went, for their objects. */
+	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0, &dropped), CF_OK);
+	CU_ASSERT(dropped.n == 1 && dropped.total == 1 &&
+		  strcmp(dropped.s[0].id, ak.id) == 0 && dropped.s[0].generation == 1);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0, NULL), CF_E_NOT_FOUND);
 
 	/* Idempotency records: binary response with NUL bytes, owner. */
 	memset(r.fingerprint, 0xab, sizeof(r.fingerprint));
@@ -730,9 +734,9 @@ pg_notify(void)
 	CU_ASSERT(next_note(l, note, sizeof(note), 2000) && strcmp(note, "signed p1") == 0);
 	/* A change that is not made says nothing. */
 	CU_ASSERT_EQUAL(store_key_create(s, &k, id, 0), CF_E_EXISTS);
-	CU_ASSERT_EQUAL(store_principal_delete(s, "nobody", 0), CF_E_NOT_FOUND);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "nobody", 0, NULL), CF_E_NOT_FOUND);
 	CU_ASSERT_FALSE(next_note(l, note, sizeof(note), 300));
-	CU_ASSERT_EQUAL(store_principal_delete(s, "p1", 0), CF_OK);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "p1", 0, NULL), CF_OK);
 	CU_ASSERT(next_note(l, note, sizeof(note), 2000) && strcmp(note, "signed p1") == 0);
 	CU_ASSERT(next_note(l, note, sizeof(note), 2000) && strcmp(note, "principal p1") == 0);
 	PQfinish(l);
