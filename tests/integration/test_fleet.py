@@ -577,7 +577,9 @@ class Fleet(unittest.TestCase):
 
     def test_4b_deleted_principal_keys_revoked_elsewhere_within_1s(self):
         """DeletePrincipal on one replica revokes the principal's API keys in
-        its own change: every other replica holds them revoked within 1 s."""
+        its own change: every other replica holds them revoked within 1 s,
+        and their objects are destroyed, a key made on another replica just
+        before included."""
         def keys(i):
             return sorted((k.id, k.revoke_time != 0) for k in self.admin(i).ListApiKeys(
                 pb.ListApiKeysRequest(principal="fleet-gone"), timeout=T).keys)
@@ -590,6 +592,10 @@ class Fleet(unittest.TestCase):
         while any(keys(i) != [(k, False) for k in ids] for i in (1, 2)):
             self.assertLess(time.monotonic(), deadline, "keys not seen: %s" % keys(1))
             time.sleep(0.02)
+        # One more, made on another replica just before: the deleting one
+        # need not have read it, and must still destroy its object.
+        ids = sorted(ids + [sealed_call(self.reps[2], "CreateApiKey", pb.CreateApiKeyRequest(
+            principal="fleet-gone"), None).key.id])
         self.admin(0).DeletePrincipal(pb.DeletePrincipalRequest(name="fleet-gone"), timeout=T)
         t0 = time.monotonic()
         took = {}
@@ -604,6 +610,10 @@ class Fleet(unittest.TestCase):
         self.assertEqual(sorted(took), [1, 2], "still live elsewhere: %s" % keys(1))
         self.assertLessEqual(max(took.values()), 1.0)
         self.assertEqual(keys(0), [(k, True) for k in ids])
+        # Their secrets' objects are gone from the token now, not at a start.
+        left = [o["label"] for o in crash_check.daemon_objects(self.reps[0])
+                if any(k in o["label"] for k in ids)]
+        self.assertEqual(left, [], "objects of the deleted principal's API keys")
 
     # ---- 5. kill -9 during rotations ----
 
