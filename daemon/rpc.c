@@ -22,6 +22,7 @@
 
 #include "cf_log.h"
 #include "cf_pbcheck.h"
+#include "cf_pbwipe.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
 #include "cf_time.h"
@@ -749,14 +750,14 @@ stream_unpack(grpc_byte_buffer *bb, char *fmsg, size_t fmsglen)
 	/* As any request: no NUL or invalid UTF-8 in its strings (the methods). */
 	if ((r = cf_pb_check_strings(&coffer__v1__pipeline_request__descriptor,
 				     GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in))) != CF_OK ||
-	    (req = coffer__v1__pipeline_request__unpack(NULL, GRPC_SLICE_LENGTH(in),
+	    (req = coffer__v1__pipeline_request__unpack(&cf_pbwipe_allocator, GRPC_SLICE_LENGTH(in),
 							 GRPC_SLICE_START_PTR(in))) == NULL) {
 		snprintf(fmsg, fmsglen, "%s", r != CF_OK ? cf_error_detail() :
 			 "request is not a valid coffer.v1.PipelineRequest message");
 	} else if (req->n_more >= CF_BATCH_MAX) {
 		snprintf(fmsg, fmsglen, "a frame of %zu requests is above the limit of %u: send "
 			 "fewer per message", req->n_more + 1, CF_BATCH_MAX);
-		coffer__v1__pipeline_request__free_unpacked(req, NULL);
+		coffer__v1__pipeline_request__free_unpacked(req, &cf_pbwipe_allocator);
 		req = NULL;
 	} else {
 		for (size_t k = 0; k < req->n_more; k++)
@@ -764,7 +765,7 @@ stream_unpack(grpc_byte_buffer *bb, char *fmsg, size_t fmsglen)
 				snprintf(fmsg, fmsglen, "request %llu of a frame carries requests in "
 					 "its own `more`: frames do not nest",
 					 (unsigned long long)req->more[k]->id);
-				coffer__v1__pipeline_request__free_unpacked(req, NULL);
+				coffer__v1__pipeline_request__free_unpacked(req, &cf_pbwipe_allocator);
 				req = NULL;
 				break;
 			}
@@ -931,7 +932,7 @@ frame_release(struct share_job *sj)
 		free(j->ans[k].buf);
 	}
 	free(j->ans);
-	coffer__v1__pipeline_request__free_unpacked(j->req, NULL);
+	coffer__v1__pipeline_request__free_unpacked(j->req, &cf_pbwipe_allocator);
 	free(j);
 	stream_unref(st);
 }
@@ -989,7 +990,7 @@ stream_received(struct rpc_stream *st, int success)
 		free(ans);
 		free(g);
 		if (req != NULL)
-			coffer__v1__pipeline_request__free_unpacked(req, NULL);
+			coffer__v1__pipeline_request__free_unpacked(req, &cf_pbwipe_allocator);
 		stream_unref(st);
 		return;
 	}
