@@ -657,9 +657,8 @@ apikeys_create(apikeys *a, const char *principal, const cf_secret *import, int64
 	rec.secrets[0].created = now;
 	if ((r = new_secret(a, rec.id, 1, import, &k, secret)) != CF_OK)
 		goto out;
-	/* On SQLite the principal's deletion does not wait for this change (a
-	 * fleet's change lock orders the two): it may commit from here to the
-	 * record's commit, and the store then refuses the key. */
+	/* A principal's deletion waits for this change (apikeys_principal_delete);
+	 * should it not, the store refuses a key for a principal gone. */
 	CF_CRASH_POINT("apikeys.create.secret-made");
 	if ((r = room_get(a, 1, &rm)) != CF_OK ||
 	    (r = store_apikey_put(a->st, &rec, 1, 1, 0)) != CF_OK) {
@@ -734,6 +733,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	rec.next_generation = gen + 1;
 	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
 		goto out;
+	CF_CRASH_POINT("apikeys.rotate.secret-made");
 	if ((r = room_get(a, 0, &rm)) != CF_OK ||
 	    (r = store_apikey_put(a->st, &rec, 0, gen, 0)) != CF_OK) {
 		not_recorded(a, r, k);
@@ -835,38 +835,43 @@ holds_locked(apikeys *a, const char *id, uint32_t gen)
 	return 0;
 }
 
-void
-apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now,
-			  const struct store_dropped *dropped)
+int
+apikeys_principal_delete(apikeys *a, const char *principal, int64_t now,
+			 int (*commit)(void *arg, struct store_dropped *dropped), void *arg)
 {
 	cf_p11_key *gone[STORE_APIKEY_SECRETS_MAX];
 	char name[CF_KEY_NAME_MAX + 1];
+	struct store_dropped dropped;
 	size_t ngone;
-	int more;
+	int more, r;
 
-	/* No change of this process's own in between; a replica's reload
-	 * (apikeys_refresh) waits, and would read the same. */
+	/* The admin mutex before the change: the order apikeys_create and the
+	 * others take it in (then the fleet's change lock). Without it, a
+	 * rotation that read the key live could commit it back after the
+	 * deletion, and a reload let handles go before their destruction. */
 	pthread_mutex_lock(&a->admin);
-	/* A secret the store dropped and this table holds no handle to: a
-	 * reload between the store's change and this one let its handle go (it
-	 * read the key revoked), or another replica made the key and this one
-	 * has not read it yet. Found by name, or it would outlive the principal
-	 * until the next start. */
-	for (size_t i = 0; dropped != NULL && i < dropped->n; i++) {
+	if ((r = commit(arg, &dropped)) != CF_OK) {
+		pthread_mutex_unlock(&a->admin);
+		return r;
+	}
+	/* A secret the store dropped and this table holds no handle to:
+	 * another replica made the key and this one has not read it yet. Found
+	 * by name, or it would outlive the principal until the next start. */
+	for (size_t i = 0; i < dropped.n; i++) {
 		cf_p11_key *k = NULL;
 		int held;
 
 		pthread_rwlock_rdlock(&a->lk);
-		held = holds_locked(a, dropped->s[i].id, dropped->s[i].generation);
+		held = holds_locked(a, dropped.s[i].id, dropped.s[i].generation);
 		pthread_rwlock_unlock(&a->lk);
-		object_name(dropped->s[i].id, name);
-		if (!held && cf_p11_key_open(a->p11, name, dropped->s[i].generation, &k) == CF_OK)
+		object_name(dropped.s[i].id, name);
+		if (!held && cf_p11_key_open(a->p11, name, dropped.s[i].generation, &k) == CF_OK)
 			destroy_handles(&k, 1, "its principal was deleted");
 	}
-	if (dropped != NULL && dropped->total > dropped->n)
+	if (dropped.total > dropped.n)
 		cf_log_warn("principal %s: %zu of its API key secrets are left to the next start "
 			    "to destroy (more than %d at once)", principal,
-			    dropped->total - dropped->n, STORE_DROPPED_MAX);
+			    dropped.total - dropped.n, STORE_DROPPED_MAX);
 	do {
 		pthread_rwlock_wrlock(&a->lk);
 		more = drop_next_locked(a, principal, now, gone, &ngone);
@@ -876,6 +881,7 @@ apikeys_principal_deleted(apikeys *a, const char *principal, int64_t now,
 		destroy_handles(gone, ngone, "its principal was deleted");
 	} while (more);
 	pthread_mutex_unlock(&a->admin);
+	return CF_OK;
 }
 
 int

@@ -157,21 +157,34 @@ h_set_rate_limit(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 				  &sp, resp);
 }
 
+struct principal_deletion {
+	policy *pol;
+	const char *name;
+	int64_t now;
+};
+
+static int
+delete_commit(void *arg, struct store_dropped *dropped)
+{
+	const struct principal_deletion *d = arg;
+
+	return policy_delete(d->pol, d->name, d->now, dropped);
+}
+
 static int
 h_delete_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMessage **resp)
 {
 	const Coffer__V1__DeletePrincipalRequest *req = (const void *)m;
 	Coffer__V1__DeletePrincipalResponse *out;
-	int64_t now = time(NULL);
-	struct store_dropped dropped;
+	struct principal_deletion d = { c->sv->pol, req->name, time(NULL) };
 	int r;
 
 	/* The principal and its API keys go in one change (its secrets must
 	 * not outlive it); memory and the token follow without fail. */
-	if ((r = policy_delete(c->sv->pol, req->name, now, &dropped)) != CF_OK)
+	r = c->sv->ak != NULL ? apikeys_principal_delete(c->sv->ak, d.name, d.now, delete_commit, &d)
+			      : policy_delete(d.pol, d.name, d.now, NULL);
+	if (r != CF_OK)
 		return r;
-	if (c->sv->ak != NULL)
-		apikeys_principal_deleted(c->sv->ak, req->name, now, &dropped);
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)
 		return cf_nomem();
 	*resp = &out->base;

@@ -1165,10 +1165,16 @@ static int
 apikey_update_body(store *s, const void *arg)
 {
 	const struct store_apikey *k = arg;
+	/* Only a key still live in the store: a change read from memory must
+	 * not write back one its principal's deletion revoked meanwhile. */
+	int rc = sqldb_run(s->db, "UPDATE api_keys SET revoked = ?, next_generation = ? WHERE "
+			   "id = ? AND revoked = 0", "iit", k->revoked,
+			   (int64_t)k->next_generation, k->id);
 
-	return apikey_rows(s, k, sqldb_run(s->db, "UPDATE api_keys SET revoked = ?, "
-					   "next_generation = ? WHERE id = ?", "iit", k->revoked,
-					   (int64_t)k->next_generation, k->id));
+	if (rc == SQLDB_OK && sqldb_changes(s->db) == 0)
+		return cf_error(CF_E_PRECONDITION, "API key %s was revoked; create a new one",
+				k->id);
+	return apikey_rows(s, k, rc);
 }
 
 int
@@ -1217,14 +1223,28 @@ static int
 signed_set_body(store *s, const void *arg)
 {
 	const struct signed_set *a = arg;
-	int rc = a->on ? sqldb_run(s->db, "INSERT INTO signed_principals (principal) VALUES (?) "
-				   "ON CONFLICT DO NOTHING", "t", a->principal)
+	/* As an API key (apikey_create_body): only for a principal that exists
+	 * as this commits, or the flag would outlive a deletion meanwhile. */
+	int rc = a->on ? sqldb_run(s->db, "INSERT INTO signed_principals (principal) SELECT ? "
+				   "WHERE EXISTS (SELECT 1 FROM principals WHERE name = ?) "
+				   "ON CONFLICT DO NOTHING", "tt", a->principal, a->principal)
 		       : sqldb_run(s->db, "DELETE FROM signed_principals WHERE principal = ?", "t",
 				   a->principal);
+	sqldb_stmt *st = NULL;
 
 	if (rc != SQLDB_OK)
 		return db_err(s, "recording whether the principal signs its calls");
-	return CF_OK;
+	if (!a->on || sqldb_changes(s->db) == 1)
+		return CF_OK;
+	/* Nothing inserted: already set, or no such principal. */
+	if (sqldb_query(s->db, &st, "SELECT 1 FROM principals WHERE name = ?", "t",
+			a->principal) != SQLDB_OK)
+		return db_err(s, "reading the principal");
+	rc = sqldb_step(st);
+	sqldb_finalize(st);
+	if (rc == SQLDB_DONE)
+		return cf_error(CF_E_NOT_FOUND, "no principal %s", a->principal);
+	return rc == SQLDB_ROW ? CF_OK : db_err(s, "reading the principal");
 }
 
 int

@@ -30,7 +30,8 @@ Each returns a list of violations, each a sentence naming what is wrong
     ScheduledRotation (version n > 1) record with result OK naming key and
     version; each destroyed version one DestroyKeyVersion record; each API
     key as many CreateApiKey/RotateApiKeySecret records as secret generations
-    it had, each revoked key one RevokeApiKey record; no such record names a
+    it had, each revoked key one RevokeApiKey record (or, revoked with its
+    principal, a DeletePrincipal record naming that); no such record names a
     version the registry does not have; a record of a replayed call carries
     "replay_of" naming the request id of a committed record of the same
     method; every expected change (Expect, from the test that made it) has
@@ -451,11 +452,15 @@ def check_audit(reg, recs, expect=()):
                            principal, ", ".join(sorted(kids)), want, len(got),
                            (": " + "; ".join(_rec_str(r) for r in got)) if got else ""))
     revokes = [r for r in committed if short_method(r.get("method")) in APIKEY_REVOKE]
+    deletions = [r for r in committed if short_method(r.get("method")) == "DeletePrincipal"]
     for kid, a in sorted(reg["api_keys"].items()):
         got = [r for r in revokes if r.get("key") in (kid, APIKEY_PREFIX + kid)]
-        if a["revoked"] and len(got) != 1:
-            out.append("audit: API key %s is revoked and %d RevokeApiKey records name it"
-                       % (kid, len(got)))
+        # A principal's deletion revokes its live keys in its own change,
+        # under one record naming the principal.
+        by_deletion = not got and any(r.get("key") == a["principal"] for r in deletions)
+        if a["revoked"] and len(got) != 1 and not by_deletion:
+            out.append("audit: API key %s is revoked and %d RevokeApiKey records name it "
+                       "(and no DeletePrincipal record names its principal)" % (kid, len(got)))
         if not a["revoked"] and got:
             out.append("audit: API key %s is not revoked, yet %s" % (kid, _rec_str(got[0])))
 

@@ -11,11 +11,10 @@
 * an answer lost after its change committed, retried after later changes:
   the retry names what its first attempt made (the version, the secret
   generation), not what the key is now;
-* an interleaving chosen, not hoped for: CreateApiKey held at a crash point
-  (COFFER_CRASH_MODE=hold) while DeletePrincipal runs; no live key of a
-  gone principal and no API-key object left in the token, on SQLite (the
-  key refused "no principal") and on PostgreSQL (the deletion waits for the
-  fleet's change lock and takes the key with it);
+* interleavings chosen, not hoped for: CreateApiKey or RotateApiKeySecret
+  held at a crash point (COFFER_CRASH_MODE=hold) while DeletePrincipal runs:
+  the deletion waits, then takes the key with it; no live key of a gone
+  principal, no secret recorded, no API-key object left in the token;
 * crash safety: cofferd killed with SIGKILL at random moments during 200
   rotations, each retried with its key until it answers: every rotation is
   there exactly once (versions 2..201, each key's answer a distinct
@@ -418,73 +417,115 @@ class Interleaving(unittest.TestCase):
     call's thread at a crash point (COFFER_CRASH_MODE=hold) while the second
     runs, then lets it go on."""
 
-    def test_api_key_made_while_its_principal_is_deleted(self):
-        """CreateApiKey held after its secret's object is made, before its
-        record commits; DeletePrincipal meanwhile. On SQLite the deletion
-        does not wait, commits first, and the key is refused NOT_FOUND "no
-        principal", its object destroyed at once; with a fleet's change lock
-        the deletion waits, and then takes the key with it. Either way no
-        live key of a gone principal, no unclaimed object."""
+    def setUp(self):
         if not crash_points():
             raise unittest.SkipTest("cofferd built without COFFER_CRASH_POINTS")
-        d = CrashDaemon()
-        hold = tempfile.mkdtemp(prefix="coffer-hold-")
-        trace = os.path.join(hold, "trace")
-        try:
-            d.start()
-            d.admin_stub().CreatePrincipal(pb.CreatePrincipalRequest(name="race-p", uids=[7021]),
-                                           timeout=TIMEOUT)
-            d.stop()
-            d.crash_env = {"COFFER_CRASH_AT": "apikeys.create.secret-made@1",
-                           "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold,
-                           "COFFER_CRASH_TRACE": trace}
-            d.start()
-            sealed = d.sealed_stub(kind="admin", service="AdminService")
-            with concurrent.futures.ThreadPoolExecutor(2) as ex:
-                made = ex.submit(s_call, sealed, "CreateApiKey",
-                                 pb.CreateApiKeyRequest(principal="race-p"), "race-key-1")
-                wait_for(lambda: os.path.exists(os.path.join(hold, "held")), 30,
-                         "CreateApiKey never reached apikeys.create.secret-made")
-                gone = ex.submit(d.admin_stub().DeletePrincipal,
-                                 pb.DeletePrincipalRequest(name="race-p"), timeout=TIMEOUT)
+        self.d = CrashDaemon()
+        self.hold = tempfile.mkdtemp(prefix="coffer-hold-")
+        self.addCleanup(shutil.rmtree, self.hold, True)
+        self.addCleanup(self.d.cleanup)
+        self.d.start()
 
-                def deleted():
-                    with open(trace) as f:
-                        return "store.principal-delete.committed\n" in f.read()
-                first = wait_for(deleted, 0 if on_postgresql() else 10, None)
-                if not first:
-                    time.sleep(1)      # a deletion that waits keeps waiting
-                    self.assertFalse(deleted(), "the deletion committed after all")
-                open(os.path.join(hold, "release"), "w").close()
-                gone.result(timeout=TIMEOUT)
-                if first:
-                    with self.assertRaises(SealedRpcError) as cm:
-                        made.result(timeout=TIMEOUT)
-                    self.assertEqual(cm.exception.code(), SC.NOT_FOUND)
-                    self.assertEqual(cm.exception.details(), "no principal race-p")
-                else:
-                    made.result(timeout=TIMEOUT)
-            self.assertEqual(first, not on_postgresql(),
-                             "SQLite's deletion should not wait, a fleet's should")
-            a = d.admin_stub()
-            for k in a.ListApiKeys(pb.ListApiKeysRequest(principal="race-p"),
-                                   timeout=TIMEOUT).keys:
-                self.assertNotEqual(k.revoke_time, 0, "key %s of a deleted principal is live"
-                                    % k.id)
-            objs = d.objects()
-            self.assertTrue(any(o["label"].startswith("coffer/") for o in objs), objs)
-            self.assertEqual([o["label"] for o in objs if "coffer.apikey." in o["label"]], [],
-                             "an API key's object outlived its principal")
-            # Nothing left for the next start to find, and the rest holds.
-            d.stop()
-            d.crash_env = {}
-            d.start()
-            self.assertNotIn("not recorded", d.log(all_starts=False))
-            if not on_postgresql():   # (crash_check reads the SQLite file)
-                self.assertEqual(d.check(), [])
-        finally:
-            d.cleanup()
-            shutil.rmtree(hold, ignore_errors=True)
+    def while_held(self, point, first, second, committed):
+        """first() runs until its thread reaches `point` and is held there;
+        then second() starts; crash point `committed` passed meanwhile means
+        the second did not wait. The first is let go; both answer.
+        (first's outcome: its answer or its RpcError, whether second
+        committed while first was held.)"""
+        d, trace = self.d, os.path.join(self.hold, "trace")
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": point + "@1", "COFFER_CRASH_MODE": "hold",
+                       "COFFER_CRASH_HOLD": self.hold, "COFFER_CRASH_TRACE": trace}
+        d.start()
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            f1 = ex.submit(first)
+            wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
+                     "the first call never reached %s" % point)
+            f2 = ex.submit(second)
+
+            def passed():
+                with open(trace) as f:
+                    return committed + "\n" in f.read()
+            # A second call that waits keeps waiting; one that does not
+            # commits within this.
+            early = wait_for(passed, 1.5, None)
+            open(os.path.join(self.hold, "release"), "w").close()
+            f2.result(timeout=TIMEOUT)
+            try:
+                out = f1.result(timeout=TIMEOUT)
+            except grpc.RpcError as e:
+                out = e
+        d.stop()
+        d.crash_env = {}
+        d.start()
+        return out, early
+
+    def gone_without_a_trace(self, principal):
+        """No live key of the deleted principal, in memory or in the store;
+        no secret of it recorded or in the token; nothing for the start to
+        clean (this start came after the calls)."""
+        d = self.d
+        self.assertNotIn("not recorded", d.log(all_starts=False))
+        for k in d.admin_stub().ListApiKeys(pb.ListApiKeysRequest(principal=principal),
+                                            timeout=TIMEOUT).keys:
+            self.assertNotEqual(k.revoke_time, 0, "key %s of a deleted principal is live"
+                                % k.id)
+        self.assertEqual(d.state_query(
+            "SELECT id, revoked FROM api_keys WHERE principal = '%s' AND revoked = 0"
+            % principal), [], "live in the store")
+        self.assertEqual(d.state_query(
+            "SELECT s.id, s.generation FROM api_secrets s JOIN api_keys k ON k.id = s.id "
+            "WHERE k.principal = '%s'" % principal), [], "secrets in the store")
+        objs = d.objects()
+        self.assertTrue(any(o["label"].startswith("coffer/") for o in objs), objs)
+        self.assertEqual([o["label"] for o in objs if "coffer.apikey." in o["label"]], [],
+                         "an API key's object outlived its principal")
+        if not on_postgresql():   # (crash_check reads the SQLite file)
+            self.assertEqual(d.check(), [])
+
+    def test_api_key_made_while_its_principal_is_deleted(self):
+        """CreateApiKey held after its secret's object is made, before its
+        record commits; DeletePrincipal meanwhile waits for it, then takes
+        the new key with it."""
+        a = self.d.admin_stub()
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="race-p", uids=[7021]),
+                          timeout=TIMEOUT)
+        out, early = self.while_held(
+            "apikeys.create.secret-made",
+            lambda: s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                           "CreateApiKey", pb.CreateApiKeyRequest(principal="race-p"),
+                           "race-key-1"),
+            lambda: self.d.admin_stub().DeletePrincipal(
+                pb.DeletePrincipalRequest(name="race-p"), timeout=TIMEOUT),
+            "store.principal-delete.committed")
+        self.assertFalse(early, "the deletion did not wait for the key's creation")
+        self.assertIsInstance(out, pb.ApiKeySecretResponse, out)
+        self.gone_without_a_trace("race-p")
+
+    def test_api_key_rotated_while_its_principal_is_deleted(self):
+        """RotateApiKeySecret held after the new secret's object is made;
+        DeletePrincipal meanwhile. Before, the deletion committed at once and
+        the rotation then wrote the key back live, secrets and all, for a
+        principal that was gone (found by a review; 39 rounds in 40 with
+        real timing)."""
+        a = self.d.admin_stub()
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="race-r", uids=[7022]),
+                          timeout=TIMEOUT)
+        sealed = self.d.sealed_stub(kind="admin", service="AdminService")
+        kid = s_call(sealed, "CreateApiKey", pb.CreateApiKeyRequest(principal="race-r"),
+                     "race-key-2").key.id
+        out, early = self.while_held(
+            "apikeys.rotate.secret-made",
+            lambda: s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                           "RotateApiKeySecret", pb.RotateApiKeySecretRequest(
+                               id=kid, overlap_seconds=3600), "race-rot-1"),
+            lambda: self.d.admin_stub().DeletePrincipal(
+                pb.DeletePrincipalRequest(name="race-r"), timeout=TIMEOUT),
+            "store.principal-delete.committed")
+        self.assertFalse(early, "the deletion did not wait for the rotation")
+        self.assertIsInstance(out, pb.ApiKeySecretResponse, out)
+        self.assertEqual([s.generation for s in out.key.secrets], [2, 1])
+        self.gone_without_a_trace("race-r")
 
 
 def wait_for(cond, seconds, failure):

@@ -272,10 +272,22 @@ roundtrip(enum store_backend b)
 	CU_ASSERT_EQUAL(store_signed_load(s, collect_names, names), CF_OK);
 	CU_ASSERT_STRING_EQUAL(names, "");
 	/* Its deletion lists the secrets that went, for their objects. */
-	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0, &dropped), CF_OK);
+	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 9, &dropped), CF_OK);
 	CU_ASSERT(dropped.n == 1 && dropped.total == 1 &&
 		  strcmp(dropped.s[0].id, ak.id) == 0 && dropped.s[0].generation == 1);
 	CU_ASSERT_EQUAL(store_principal_delete(s, "svc", 0, NULL), CF_E_NOT_FOUND);
+	/* A change read from memory before the deletion writes nothing back:
+	 * the key stays revoked, without secrets; nor is a flag set for a
+	 * principal gone. */
+	ak.next_generation = 3;
+	CU_ASSERT_EQUAL(store_apikey_put(s, &ak, 0, 2, 0), CF_E_PRECONDITION);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "API key ak_000000000000000000000001 was "
+			       "revoked; create a new one");
+	memset(&akgot, 0, sizeof(akgot));
+	CU_ASSERT_EQUAL(store_apikeys_load(s, copy_apikey, &akgot), CF_OK);
+	CU_ASSERT(akgot.revoked == 9 && akgot.nsecrets == 0 && akgot.next_generation == 2);
+	CU_ASSERT_EQUAL(store_signed_set(s, "svc", 1), CF_E_NOT_FOUND);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "no principal svc");
 
 	/* Idempotency records: binary response with NUL bytes, owner. */
 	memset(r.fingerprint, 0xab, sizeof(r.fingerprint));
