@@ -45,6 +45,15 @@ static inline void cf_crashpoint_init(void) {}
 static inline size_t cf_crashpoint_list(FILE *out) { (void)out; return 0; }
 #endif
 
+/* A point where a test may hold a thread (COFFER_CRASH_MODE=hold) that is
+ * no step of a mutation: not in the section, so not listed, and the crash
+ * loops do not look for a scenario that crashes there. */
+#define CF_HOLD_POINT(nm)                                                                      \
+	do {                                                                                   \
+		static const struct cf_crashpoint cf_hp_here_ = { nm };                        \
+		cf_crashpoint_hit(&cf_hp_here_);                                               \
+	} while (0)
+
 /* Pass the point named nm (a string literal). */
 #define CF_CRASH_POINT(nm)                                                                     \
 	do {                                                                                   \

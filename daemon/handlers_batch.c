@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cf_arena.h"
+#include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_pbwipe.h"
 #include "cf_status.h"
@@ -108,8 +109,10 @@ item_run(struct share_job *sj, size_t i)
 		goto nomem;
 	if (i >= j->c->batch_granted)
 		r = beyond_limit(j->c, j->op, i, n);
-	else if ((r = caller_gone(j->c, i, n)) == CF_OK)
+	else if ((r = caller_gone(j->c, i, n)) == CF_OK) {
+		CF_HOLD_POINT("batch.item");
 		r = j->fn(j->req, j->k, i, res, scratch);
+	}
 	cf_buf_free(scratch);
 	/* The status is made on the thread whose error detail it consumes. */
 	if ((st = item_status(j->op, r)) == NULL)

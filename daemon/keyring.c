@@ -1236,12 +1236,17 @@ destroy_one(keyring *kr, struct kr_key *k, uint32_t i, int64_t now)
 	if ((r = kr_copy_info(k, &sk)) != CF_OK)
 		return r;
 	v = &sk.versions[i];
-	/* Its session copies first (they die with the handle). */
+	/* Its session copies first. The handle itself is kept until close: a
+	 * call may still hold it, borrowed (keyring_ref_use; a batch signs
+	 * with it for a while), and then fails cleanly once the objects are
+	 * gone. (Out of memory to keep it aside: it stays in place, unused in
+	 * the destroyed state, and is freed at close all the same.) */
 	pthread_rwlock_wrlock(&kr->lock);
 	h = k->v[i].k;
-	k->v[i].k = NULL;
+	if (h != NULL && kr_retire(kr, h) == CF_OK)
+		k->v[i].k = NULL;
 	pthread_rwlock_unlock(&kr->lock);
-	cf_p11_key_free(h);
+	cf_p11_key_forget(h);
 	if ((r = cf_p11_objects_destroy(kr->p11, k->m.name, v->version, NULL, NULL)) != CF_OK)
 		goto out;
 	CF_CRASH_POINT("keyring.destroy.objects-gone");

@@ -861,17 +861,25 @@ cf_p11_key_destroy(cf_p11_key *k)
 }
 
 void
+cf_p11_key_forget(cf_p11_key *k)
+{
+	if (k == NULL)
+		return;
+	pthread_rwlock_rdlock(&k->p->life);
+	pthread_mutex_lock(&k->mu);
+	p11_destroy_copies(k);
+	k->epoch = 0;   /* the next use resolves the objects again */
+	pthread_mutex_unlock(&k->mu);
+	pthread_rwlock_unlock(&k->p->life);
+}
+
+void
 cf_p11_key_free(cf_p11_key *k)
 {
 	if (k == NULL)
 		return;
-	if (k->copied) {
-		pthread_rwlock_rdlock(&k->p->life);
-		pthread_mutex_lock(&k->mu);
-		p11_destroy_copies(k);
-		pthread_mutex_unlock(&k->mu);
-		pthread_rwlock_unlock(&k->p->life);
-	}
+	if (k->copied)
+		cf_p11_key_forget(k);
 	pthread_mutex_destroy(&k->mu);
 	free(k);
 }

@@ -1,0 +1,208 @@
+#!/usr/bin/python3
+"""Two calls interleaved at a chosen step, not at a hoped-for moment: cofferd
+(built with COFFER_CRASH_POINTS) holds the first call's thread at a named
+point (COFFER_CRASH_MODE=hold, cf_crashpoint.h) while the second runs, then
+lets it go on; the trace of points passed (COFFER_CRASH_TRACE) says whether
+the second committed meanwhile.
+
+* CreateApiKey or RotateApiKeySecret held after the new secret's object is
+  made while DeletePrincipal runs: the deletion waits, then takes the key
+  with it; no live key of a gone principal, no secret recorded, no API-key
+  object left in the token, nothing for the next start to clean. (Before,
+  the deletion did not wait: a rotation wrote the key back live after it,
+  and on PostgreSQL the objects were left in the token.)
+* A SignBatch held before an item while the sweeper destroys the key's
+  version: the daemon lives, the held item fails with its own status and
+  the others are signed. (Before, the sweeper freed the handle the batch
+  was signing with: a use after free.)
+"""
+import concurrent.futures
+import os
+import shutil
+import tempfile
+import time
+import unittest
+
+import grpc  # noqa: E402
+
+import test_idempotency as ti  # noqa: E402  (its sealed call helper)
+from crash_harness import CrashDaemon, crash_points  # noqa: E402
+from daemon_fixture import on_postgresql  # noqa: E402
+from rpc_common import SC, TIMEOUT, pb  # noqa: E402
+
+s_call = ti.s_call
+
+
+class Interleaving(unittest.TestCase):
+    """Two admin calls interleaved at a chosen step: cofferd holds the first
+    call's thread at a crash point (COFFER_CRASH_MODE=hold) while the second
+    runs, then lets it go on."""
+
+    def setUp(self):
+        if not crash_points():
+            raise unittest.SkipTest("cofferd built without COFFER_CRASH_POINTS")
+        self.hold = tempfile.mkdtemp(prefix="coffer-hold-")
+        self.addCleanup(shutil.rmtree, self.hold, True)
+
+    def start(self, config=None):
+        self.d = CrashDaemon(config=config)
+        self.addCleanup(self.d.cleanup)
+        self.d.start()
+
+    def while_held(self, point, first, second, committed, wait=1.5):
+        """first() runs until its thread reaches `point` and is held there;
+        then second() starts; crash point `committed` passed within `wait`
+        seconds means the second did not wait for the first. The first is
+        let go; both answer. (first's outcome: its answer or its RpcError,
+        whether `committed` was passed while first was held.)"""
+        d, trace = self.d, os.path.join(self.hold, "trace")
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": point + "@1", "COFFER_CRASH_MODE": "hold",
+                       "COFFER_CRASH_HOLD": self.hold, "COFFER_CRASH_TRACE": trace}
+        d.start()
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            f1 = ex.submit(first)
+            wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
+                     "the first call never reached %s" % point)
+            f2 = ex.submit(second)
+
+            def passed():
+                with open(trace) as f:
+                    return committed + "\n" in f.read()
+            # A second call that waits keeps waiting; one that does not
+            # commits within this.
+            early = wait_for(passed, wait, None)
+            open(os.path.join(self.hold, "release"), "w").close()
+            f2.result(timeout=TIMEOUT)
+            try:
+                out = f1.result(timeout=TIMEOUT)
+            except grpc.RpcError as e:
+                out = e
+        d.stop()
+        d.crash_env = {}
+        d.start()
+        return out, early
+
+    def gone_without_a_trace(self, principal):
+        """No live key of the deleted principal, in memory or in the store;
+        no secret of it recorded or in the token; nothing for the start to
+        clean (this start came after the calls)."""
+        d = self.d
+        self.assertNotIn("not recorded", d.log(all_starts=False))
+        for k in d.admin_stub().ListApiKeys(pb.ListApiKeysRequest(principal=principal),
+                                            timeout=TIMEOUT).keys:
+            self.assertNotEqual(k.revoke_time, 0, "key %s of a deleted principal is live"
+                                % k.id)
+        self.assertEqual(d.state_query(
+            "SELECT id, revoked FROM api_keys WHERE principal = '%s' AND revoked = 0"
+            % principal), [], "live in the store")
+        self.assertEqual(d.state_query(
+            "SELECT s.id, s.generation FROM api_secrets s JOIN api_keys k ON k.id = s.id "
+            "WHERE k.principal = '%s'" % principal), [], "secrets in the store")
+        objs = d.objects()
+        self.assertTrue(any(o["label"].startswith("coffer/") for o in objs), objs)
+        self.assertEqual([o["label"] for o in objs if "coffer.apikey." in o["label"]], [],
+                         "an API key's object outlived its principal")
+        if not on_postgresql():   # (crash_check reads the SQLite file)
+            self.assertEqual(d.check(), [])
+
+    def test_api_key_made_while_its_principal_is_deleted(self):
+        """CreateApiKey held after its secret's object is made, before its
+        record commits; DeletePrincipal meanwhile waits for it, then takes
+        the new key with it."""
+        self.start()
+        a = self.d.admin_stub()
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="race-p", uids=[7021]),
+                          timeout=TIMEOUT)
+        out, early = self.while_held(
+            "apikeys.create.secret-made",
+            lambda: s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                           "CreateApiKey", pb.CreateApiKeyRequest(principal="race-p"),
+                           "race-key-1"),
+            lambda: self.d.admin_stub().DeletePrincipal(
+                pb.DeletePrincipalRequest(name="race-p"), timeout=TIMEOUT),
+            "store.principal-delete.committed")
+        self.assertFalse(early, "the deletion did not wait for the key's creation")
+        self.assertIsInstance(out, pb.ApiKeySecretResponse, out)
+        self.gone_without_a_trace("race-p")
+
+    def test_api_key_rotated_while_its_principal_is_deleted(self):
+        """RotateApiKeySecret held after the new secret's object is made;
+        DeletePrincipal meanwhile. Before, the deletion committed at once and
+        the rotation then wrote the key back live, secrets and all, for a
+        principal that was gone (found by a review; 39 rounds in 40 with
+        real timing)."""
+        self.start()
+        a = self.d.admin_stub()
+        a.CreatePrincipal(pb.CreatePrincipalRequest(name="race-r", uids=[7022]),
+                          timeout=TIMEOUT)
+        sealed = self.d.sealed_stub(kind="admin", service="AdminService")
+        kid = s_call(sealed, "CreateApiKey", pb.CreateApiKeyRequest(principal="race-r"),
+                     "race-key-2").key.id
+        out, early = self.while_held(
+            "apikeys.rotate.secret-made",
+            lambda: s_call(self.d.sealed_stub(kind="admin", service="AdminService"),
+                           "RotateApiKeySecret", pb.RotateApiKeySecretRequest(
+                               id=kid, overlap_seconds=3600), "race-rot-1"),
+            lambda: self.d.admin_stub().DeletePrincipal(
+                pb.DeletePrincipalRequest(name="race-r"), timeout=TIMEOUT),
+            "store.principal-delete.committed")
+        self.assertFalse(early, "the deletion did not wait for the rotation")
+        self.assertIsInstance(out, pb.ApiKeySecretResponse, out)
+        self.assertEqual([s.generation for s in out.key.secrets], [2, 1])
+        self.gone_without_a_trace("race-r")
+
+
+    def test_batch_signing_while_its_version_is_destroyed(self):
+        """SignBatch held before an item; meanwhile its key's only version is
+        scheduled for destruction (grace 1 s) and the sweeper destroys it;
+        then the batch signs on with the handle it borrowed. The sweeper
+        used to free that handle (a use after free: ASan's
+        heap-use-after-free in the review's run); now it is kept until
+        close, without its session copies, and the held item fails alone."""
+        self.start(config={"keys": {"min_destroy_grace": "1"}})
+        self.d.admin_stub().CreateKey(pb.CreateKeyRequest(name="doomed", type=pb.EC_P256),
+                                      timeout=TIMEOUT)
+        items = [pb.SignBatchItem(message=b"m%d" % i) for i in range(8)]
+        out, destroyed = self.while_held(
+            "batch.item",
+            lambda: self.d.service_stub().SignBatch(
+                pb.SignBatchRequest(key="doomed", items=items), timeout=TIMEOUT),
+            lambda: self.d.admin_stub().ScheduleDestroyKeyVersion(pb.KeyVersionRequest(
+                name="doomed", version=1, force=True, grace_seconds=1), timeout=TIMEOUT),
+            "keyring.destroy.objects-gone", wait=30)
+        self.assertTrue(destroyed, "the sweeper did not destroy the version within 30 s")
+        self.assertIsInstance(out, pb.SignBatchResponse, out)
+        failed = [(r.status.code, r.status.message) for r in out.results
+                  if r.status.code != 0]
+        self.assertEqual(len(failed), 1, [(r.status.code, r.status.message, len(r.signature))
+                                          for r in out.results])
+        self.assertNotEqual(failed[0][1], "")
+        print("\nthe held item, its version destroyed meanwhile: code %d, %r"
+              % failed[0], flush=True)
+        self.assertEqual(sum(1 for r in out.results if r.signature), len(items) - 1)
+        # The version is destroyed, the daemon serves on.
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.d.service_stub().Sign(pb.SignRequest(key="doomed", message=b"x"),
+                                       timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION, cm.exception.details())
+        self.assertIsNone(self.d.proc.poll())
+        self.assertNotIn("AddressSanitizer", self.d.log())
+
+
+def wait_for(cond, seconds, failure):
+    """True once cond() is; False after `seconds` (AssertionError(failure)
+    instead, unless failure is None)."""
+    end = time.monotonic() + seconds
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= end:
+            if failure is not None:
+                raise AssertionError(failure)
+            return False
+        time.sleep(0.005)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
