@@ -398,6 +398,13 @@ refresh_locked(apikeys *a)
 		goto fail;
 	if (fresh.n > 1)   /* (qsort with no array is undefined) */
 		qsort(fresh.e, fresh.n, sizeof(*fresh.e), entry_cmp);
+	/* The new index too, before the swap, and before any handle is shared
+	 * with the old table: past this, nothing fails (a failure after the
+	 * sharing would free handles the old table still serves with). */
+	if ((signers = calloc(fresh.n ? fresh.n : 1, sizeof(*signers))) == NULL) {
+		r = cf_nomem();
+		goto fail;
+	}
 	for (size_t i = 0; i < fresh.n; i++) {
 		struct entry *ne = fresh.e[i], *old = find(a, ne->rec.id);
 
@@ -416,11 +423,6 @@ refresh_locked(apikeys *a)
 				ne->k[j] = NULL;
 			}
 		}
-	}
-	/* The new index too, before the swap: a failure leaves the old table. */
-	if ((signers = calloc(fresh.n ? fresh.n : 1, sizeof(*signers))) == NULL) {
-		r = cf_nomem();
-		goto fail;
 	}
 	pthread_rwlock_wrlock(&a->lk);
 	{
