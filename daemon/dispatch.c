@@ -652,14 +652,25 @@ run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t
 		first_id = n->replay_of;
 		/* Read back as the store has it now: the change may have been
 		 * made by another replica, its notification not yet here. */
+		int stale = 0;
+
 		if (h->hc.sv->st != NULL && store_backend(h->hc.sv->st) == STORE_POSTGRESQL &&
 		    ((h->hc.sv->kr != NULL && keyring_refresh(h->hc.sv->kr, first.effect_name)) ||
 		     (h->hc.sv->pol != NULL && policy_refresh(h->hc.sv->pol) != CF_OK) ||
-		     (h->hc.sv->ak != NULL && apikeys_refresh(h->hc.sv->ak) != CF_OK)))
+		     (h->hc.sv->ak != NULL && apikeys_refresh(h->hc.sv->ak) != CF_OK))) {
 			cf_log_warn("idempotency key %s: re-reading %s: %s", h->dc->idem_key,
 				    first.effect_name, cf_error_detail());
+			stale = 1;
+		}
 		r = handlers_describe(&h->hc, m->output, first.effect_name,
 				      (m->d->flags & CF_MF_MAKES) ? first.effect_version : 0, resp);
+		/* Not found in memory that could not be re-read: what the call
+		 * made may just not be here yet. Not final (the record stays for
+		 * the retry), unlike a thing re-read and gone since. */
+		if (r == CF_E_NOT_FOUND && stale)
+			r = cf_error(CF_E_UNAVAILABLE, "idempotency key %s: %s, which its first "
+				     "attempt made, is not read on this replica yet; retry",
+				     h->dc->idem_key, first.effect_name);
 	} else {
 		r = run_handler(m, h, req, resp, n);
 	}
