@@ -210,6 +210,27 @@ not_recorded(apikeys *a, int r, cf_p11_key **k)
 	destroy_handles(k, 1, "not recorded");
 }
 
+/* In a fleet, an attempt whose commit was lost with PostgreSQL keeps its
+ * new secret's object (not_recorded), which the next start would remove.
+ * The record, re-read under the change lock, did not take generation gen:
+ * nothing claims an object there, and it would refuse every rotation. */
+static void
+drop_leftover(apikeys *a, const char *id, uint32_t gen)
+{
+	char name[CF_KEY_NAME_MAX + 1];
+	cf_p11_key *k = NULL;
+
+	object_name(id, name);
+	if (cf_p11_key_open(a->p11, name, gen, &k) != CF_OK) {
+		cf_error_clear();
+		return;
+	}
+	cf_log_warn("API key %s secret %u: an object no record claims (left by an attempt "
+		    "whose commit was lost) is destroyed before the rotation makes it again",
+		    id, gen);
+	destroy_handles(&k, 1, "left by an attempt that did not commit");
+}
+
 /* ---- loading and reconciliation ---- */
 
 struct load_ctx {
@@ -733,6 +754,8 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	rec.secrets[0].created = now;
 	rec.secrets[0].expires = 0;
 	rec.next_generation = gen + 1;
+	if (a->shared)
+		drop_leftover(a, id, gen);
 	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
 		goto out;
 	CF_CRASH_POINT("apikeys.rotate.secret-made");
