@@ -352,6 +352,13 @@ run_batch(struct link *p, struct claim **b, size_t k)
 			PQfinish(p->conn);
 			p->conn = NULL;
 		}
+		/* Claims queued behind a batch that timed out: refused now, as
+		 * new ones are, not after a connect_timeout each. */
+		if (p->conn == NULL && iowatch_given_up(SQLDB_PG_WATCH)) {
+			snprintf(msg, sizeof(msg), "%s; calls that need it are refused until it "
+				 "answers", GIVEN_UP);
+			break;
+		}
 		if (p->conn == NULL &&
 		    (p->conn = connect_db(p->p->dsn, 1, msg, sizeof(msg))) == NULL)
 			break;

@@ -32,7 +32,7 @@ struct pg {
 	int need_reset;          /* the connection failed: reconnect before the next use */
 	unsigned wait_ms;        /* the longest a statement waits for the server */
 	int hung;                /* the last statement was not answered in time */
-	struct timespec tried;   /* the last reconnection attempt */
+	uint64_t tried_ms;       /* when the last reconnection attempt ended */
 	int up;                  /* sqldb_healthy's last answer */
 	struct timespec checked; /* when sqldb_healthy last asked the server */
 };
@@ -323,21 +323,23 @@ static int
 pg_ready(sqldb *db)
 {
 	struct pg *q = (struct pg *)db;
-	struct timespec now;
 	int slot;
 
 	if (PQstatus(q->c) == CONNECTION_OK && !q->need_reset)
 		return CF_OK;
 	/* A server known not to answer: one attempt a second, not a
-	 * connect_timeout for every call queued on the store. */
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (iowatch_given_up(SQLDB_PG_WATCH) && now.tv_sec == q->tried.tv_sec)
+	 * connect_timeout for every call queued on the store. The second
+	 * counts from the end of the last attempt: one that took the whole
+	 * connect_timeout must not let each caller queued behind it in for
+	 * another. */
+	if (iowatch_given_up(SQLDB_PG_WATCH) && q->tried_ms != 0 &&
+	    cf_mono_ms() - q->tried_ms < 1000)
 		return cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL does not answer (a "
 				"statement was given up after its bound): %s", db->err);
-	q->tried = now;
 	slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PQreset(q->c);
 	iowatch_end(slot, PQstatus(q->c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
+	q->tried_ms = cf_mono_ms();
 	if (PQstatus(q->c) != CONNECTION_OK) {
 		q->need_reset = 1;
 		sqldb_fail(db, SQLDB_LOST, "%s", PQerrorMessage(q->c));

@@ -1107,5 +1107,47 @@ class Fleet(unittest.TestCase):
             self.assertEqual(code_of(cm.exception), SC.UNAUTHENTICATED)
             self.assertIn("replayed", details_of(cm.exception))
 
+    def test_7b_postgresql_that_hangs_calls_at_once(self):
+        """The same hang met by calls at once on one replica. Eight signed
+        calls: each refused within the claim's bound (2 s) and a margin;
+        before, the claims queued behind the batch that timed out each
+        reconnected for connect_timeout (5 s) first, and waited up to
+        7 s. Four idempotent creations (the store): the first waits out
+        wait_ms (5 s) and one reconnection attempt (5 s), the others are
+        refused once that attempt ends, not after one attempt each in turn
+        (before: 10, 15, 20 and 25 s)."""
+        for i in range(3):
+            self.signed_mac(i, data=b"before the hang, at once")
+        self.pg.pause(True)
+        try:
+            def timed(fn):
+                t0 = time.monotonic()
+                try:
+                    fn()
+                    return None, time.monotonic() - t0
+                except grpc.RpcError as e:
+                    return e, time.monotonic() - t0
+            with concurrent.futures.ThreadPoolExecutor(8) as ex:
+                macs = list(ex.map(lambda k: timed(lambda: self.signed_mac(
+                    0, data=b"at once %d" % k, timeout=60)), range(8)))
+            with concurrent.futures.ThreadPoolExecutor(4) as ex:
+                made = list(ex.map(lambda k: timed(lambda: self.admin(0).CreateKey(
+                    pb.CreateKeyRequest(name="fleet-hang-%d" % k, type=pb.HMAC_SHA256),
+                    timeout=120, metadata=[("idempotency-key", "fleet-hang-%d" % k)])),
+                    range(4)))
+        finally:
+            self.pg.pause(False)
+        print("\nfleet PostgreSQL hung, calls at once: 8 signed calls refused after %s s; "
+              "4 creations refused after %s s" % (sorted(round(t, 2) for _, t in macs),
+                                                  sorted(round(t, 2) for _, t in made)),
+              flush=True)
+        for e, t in macs + made:
+            self.assertIsNotNone(e)
+            self.assertEqual(code_of(e), SC.UNAVAILABLE, details_of(e))
+            self.assertIn("PostgreSQL", details_of(e))
+        self.assertLess(max(t for _, t in macs), 3.5)
+        self.assertLess(max(t for _, t in made), 13)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
