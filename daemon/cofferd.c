@@ -23,6 +23,7 @@
 #include "cf_secret.h"
 #include "cf_secret_file.h"
 #include "cf_status.h"
+#include "chores.h"
 #include "config.h"
 #include "dispatch.h"
 #include "fleet.h"
@@ -325,15 +326,6 @@ report_mismatch(const char *msg)
 	cf_log_warn("reconcile: %s", msg);
 }
 
-/* Scheduled work per tick of the main loop: the rest waits a second, so that
- * signals (SIGTERM, SIGHUP) are answered within about this long even when
- * many keys fall due at once. */
-#define TICK_BUDGET_MS 1000u
-
-struct lifecycle_note {
-	audit *au;
-};
-
 /* The audit record of a change the daemon made on its own, committed with
  * the change (keyring_set_recorder). */
 static int
@@ -349,37 +341,6 @@ own_change_record(const char *method, const char *name, uint32_t version, char *
 
 	(void)arg;
 	return audit_format_change(&ev, buf, len);
-}
-
-/* What the daemon did on its own (keyring_tick): logged; a failure also
- * audited (a change's own record was committed with it). */
-static void
-lifecycle_done(const char *name, uint32_t version, const char *what, int status, void *arg)
-{
-	const struct lifecycle_note *ln = arg;
-	int rotate = strcmp(what, "rotate") == 0;
-	struct audit_event ev = {
-		.principal = "cofferd", .uid = geteuid(), .pid = getpid(), .admin = 1,
-		.method = rotate ? "cofferd/ScheduledRotation" : "cofferd/DestroyKeyVersion",
-		.key = name, .version = version, .result = dispatch_status_name(status),
-		.request_id = rotate ? "scheduled-rotation" : "scheduled-destruction",
-	};
-
-	if (status != CF_OK && rotate)
-		cf_log_warn("lifecycle: scheduled rotation of key %s failed (retried in a "
-			    "minute): %s", name, cf_error_detail());
-	else if (status != CF_OK)
-		cf_log_warn("lifecycle: destruction of key %s version %u failed (retried in a "
-			    "minute): %s", name, version, cf_error_detail());
-	else if (rotate)
-		cf_log_info("lifecycle: scheduled rotation of key %s made version %u", name,
-			    version);
-	else
-		cf_log_info("lifecycle: key %s version %u destroyed in the token (grace period "
-			    "over)", name, version);
-	if (ln->au != NULL && status != CF_OK)
-		(void)audit_record(ln->au, &ev);
-	notify_keepalive();
 }
 
 /* What a replica hears of another's change (fleet.h): the part of its
@@ -447,13 +408,14 @@ main(int argc, char **argv)
 	idem *idm = NULL;
 	nonces *nn = NULL;
 	fleet *fl = NULL;
+	chores *ch = NULL;
 	struct replica rp = { NULL, NULL, NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	metrics_http *mh = NULL;
 	sigset_t sigs;
 	unsigned mismatches = 0;
-	int sig = 0, r, status = 1, grpc_up = 0, lead;
+	int sig = 0, r, status = 1, grpc_up = 0;
 	char ready[300];
 
 	harden();
@@ -574,15 +536,27 @@ main(int argc, char **argv)
 		    cfg.admin_path, cfg.token_uri, cfg.state_backend == STORE_POSTGRESQL ?
 		    "PostgreSQL, replica " : "SQLite in ", cfg.state_backend == STORE_POSTGRESQL ?
 		    cfg.replica : cfg.state_dir);
+	{
+		/* One step alone: a key generation of a scheduled rotation (an
+		 * RSA key on a slow token) and, on PostgreSQL, a statement's
+		 * bound (the expiry of nonces has 10 s) and a reconnection. */
+		unsigned pg = cfg.state_backend == STORE_POSTGRESQL ?
+			      (cfg.state_wait_ms > 10000 ? cfg.state_wait_ms : 10000) + 5000 : 0;
+		struct chores_deps cd = { kr, au, fl, nn, ak, idm, 60000 + pg };
+
+		if ((r = chores_start(&cd, &ch)) != CF_OK) {
+			cf_log_error("%s", cf_error_detail());
+			goto out;
+		}
+		notify_gate(chores_alive, ch);
+	}
 	snprintf(ready, sizeof(ready), "serving: service %s, admin %s", cfg.service_path,
 		 cfg.admin_path);
 	notify_ready(ready);
-	/* Between signals, once a second: scheduled rotations and destructions;
-	 * every 5 s: end expired sessions (so that their keys are wiped even
-	 * when no caller comes back for them) and expire what else expires. */
+	/* Between signals: every 5 s, end expired sessions (so that their keys
+	 * are wiped even when no caller comes back for them), from memory.
+	 * What touches the state waits on its own thread (chores.h). */
 	for (unsigned n = 1;; n++) {
-		struct lifecycle_note ln = { au };
-
 		sig = notify_sigwait(&sigs, 1000);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
@@ -591,30 +565,15 @@ main(int argc, char **argv)
 			r = reload(argc, argv, &cfg, ls, srv);
 			notify_reloaded(r == CF_OK ? NULL : cf_error_detail());
 		}
-		/* Failing closed on the audit trail: nothing irreversible that
-		 * could not be recorded either; the work waits until it can. */
-		/* In a fleet, the shared scheduled work is the lease holder's. */
-		lead = fl == NULL || fleet_leader(fl);
-		if (au == NULL || audit_healthy(au)) {
-			if (lead)
-				keyring_tick(kr, (int64_t)time(NULL), TICK_BUDGET_MS,
-					     lifecycle_done, &ln);
-			(void)audit_flush_outbox(au);
-		}
-		idem_retry(idm);
-		if (n % 5 != 0)
-			continue;
-		session_expire(sm);
-		if (!lead)
-			continue;
-		nonces_expire(nn, (int64_t)time(NULL));
-		apikeys_expire(ak, (int64_t)time(NULL));
-		idem_expire(idm, (int64_t)time(NULL));
+		if (n % 5 == 0)
+			session_expire(sm);
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	notify_stopping("stopping: finishing calls in flight");
 	status = 0;
 out:
+	notify_gate(NULL, NULL);
+	chores_stop(ch);         /* its work uses the modules closed below */
 	metrics_http_stop(mh);   /* a scrape reads the modules closed below */
 	listener_stop();
 	if (srv != NULL)

@@ -41,11 +41,32 @@ send_state(const char *state)
 	}
 }
 
+static int (*gate)(void *arg);
+static void *gate_arg;
+static int withheld;
+
 static void
 ping(void)
 {
-	send_state("WATCHDOG=1");
 	next_ping = cf_mono_us() + watchdog_usec / 2;
+	if (gate != NULL && !gate(gate_arg)) {
+		if (!withheld)
+			cf_log_error("systemd watchdog: no WATCHDOG=1: the periodic work is stuck "
+				     "beyond the bounds of its waits");
+		withheld = 1;
+		return;
+	}
+	if (withheld)
+		cf_log_info("systemd watchdog: the periodic work moves again; pinging");
+	withheld = 0;
+	send_state("WATCHDOG=1");
+}
+
+void
+notify_gate(int (*alive)(void *arg), void *arg)
+{
+	gate = alive;
+	gate_arg = arg;
 }
 
 void
@@ -126,12 +147,6 @@ notify_stopping(const char *status)
 	send_state(msg);
 }
 
-void
-notify_keepalive(void)
-{
-	if (watchdog_usec != 0 && cf_mono_us() >= next_ping)
-		ping();
-}
 
 int
 notify_sigwait(const sigset_t *sigs, unsigned ms)

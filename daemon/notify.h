@@ -2,8 +2,8 @@
  * notify.h — cofferd under systemd (Type=notify, sd_notify(3)): READY=1 once
  * both sockets serve, RELOADING=1 and READY=1 around a SIGHUP reload,
  * STOPPING=1 at shutdown, and the watchdog's WATCHDOG=1 pings from the main
- * loop's wait and between its scheduled items, so that a main loop stuck in
- * its scheduled work stops them.
+ * loop's wait while the periodic work's thread moves (notify_gate), so that
+ * a daemon stuck in that work stops them.
  * Without $NOTIFY_SOCKET (not started by systemd) every call is a no-op, and
  * without $WATCHDOG_USEC notify_sigwait() is sigtimedwait(). Main thread only.
  */
@@ -28,11 +28,10 @@ void notify_reloaded(const char *failed);
 /* STOPPING=1 with STATUS=status. */
 void notify_stopping(const char *status);
 
-/* WATCHDOG=1 if half a period has passed since the last: for work the main
- * loop does between its waits (scheduled rotations, each a token key
- * generation), called after each item, so that a long but progressing run
- * of items does not trip the watchdog while one stuck item still does. */
-void notify_keepalive(void);
+/* Pings only while alive(arg) says so (chores_alive): a thread stuck in
+ * the periodic work, beyond the bounds of its waits, has systemd restart
+ * the daemon; one waiting out a hung PostgreSQL within them does not. */
+void notify_gate(int (*alive)(void *arg), void *arg);
 
 /* Wait up to ms milliseconds for one of sigs (blocked) like sigtimedwait(),
  * sending WATCHDOG=1 every half watchdog period meanwhile. The signal, or 0

@@ -78,6 +78,7 @@ sys.path.insert(0, HERE)
 import grpc  # noqa: E402
 
 import crash_check  # noqa: E402
+import test_systemd_notify as tsn  # noqa: E402  (its fake manager's socket)
 from crash_harness import CrashDaemon, crash_points, meta, normalize, sealed_call  # noqa: E402
 from daemon_fixture import SRC_DIR, health_check, psql  # noqa: E402
 from rpc_common import KS, SC, pb, call_authorization  # noqa: E402
@@ -1147,6 +1148,40 @@ class Fleet(unittest.TestCase):
             self.assertIn("PostgreSQL", details_of(e))
         self.assertLess(max(t for _, t in macs), 3.5)
         self.assertLess(max(t for _, t in made), 13)
+
+    def test_7c_watchdog_pings_while_postgresql_hangs(self):
+        """A replica under systemd's watchdog (6 s here; the unit's is 30 s)
+        keeps pinging while PostgreSQL hangs for 16 s: its periodic work on
+        the state (the audit outbox, scheduled work, expiries) waits on its
+        own thread. Before, the main loop waited out each statement's bound
+        and a reconnection in turn (5 + 5 s here, 35 s with the defaults),
+        and systemd would have killed every replica, which then could not
+        start while the server hung."""
+        d, path = self.reps[2], os.path.join(self.top, "notify.sock")
+        n = tsn.Notifications(path)
+        d.stop()
+        d.crash_env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "6000000"}
+        try:
+            d.start()
+            n.until("READY", 30)
+            self.pg.pause(True)
+            try:
+                msgs = n.collect(16.0)
+            finally:
+                self.pg.pause(False)
+            msgs += n.collect(4.0)
+            pings = [t for t, _, f, _ in msgs if f == {"WATCHDOG": "1"}]
+            gaps = [b - a for a, b in zip(pings, pings[1:])]
+            print("\nfleet PostgreSQL hung 16 s: %d watchdog pings, longest gap %.2f s"
+                  % (len(pings), max(gaps) if gaps else -1), flush=True)
+            self.assertGreaterEqual(len(pings), 5, "pings %r" % pings)
+            self.assertLess(max(gaps), 6.0, "gaps %r" % ["%.2f" % g for g in gaps])
+            self.assertNotIn("no WATCHDOG=1", d.log(all_starts=False))
+        finally:
+            n.close()
+            d.stop()
+            d.crash_env = {}
+            d.start()
 
 
 if __name__ == "__main__":
