@@ -519,9 +519,23 @@ sqldb_pg_connect(const char *conninfo, const char *what)
 int
 sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 {
+	PQconninfoOption *opts;
 	struct pg *q;
+	char *why = NULL;
 	int r;
 
+	/* libpq's reason quotes the part it could not read, which may be the
+	 * password (a stray '%' in it, a missing ']'): not repeated into the
+	 * log. Read once here, before anything connects with it. */
+	if ((opts = PQconninfoParse(conninfo, &why)) == NULL) {
+		if (why == NULL)
+			return cf_nomem();
+		PQfreemem(why);
+		return cf_error(CF_E_CONFIG, "[state] dsn is not a connection string libpq can "
+				"read (its reason is not shown: it may quote the password); check "
+				"the quoting, and in a URI the %%-escapes and brackets");
+	}
+	PQconninfoFree(opts);
 	if ((q = calloc(1, sizeof(*q))) == NULL)
 		return cf_nomem();
 	q->base.ops = &pg_ops;

@@ -859,6 +859,29 @@ state_config(void)
 			CF_E_CONFIG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "chmod 600"));
 	CU_ASSERT_PTR_NULL(strstr(cf_error_detail(), "s3cret"));
+	/* A connection string libpq cannot read: refused before any connection,
+	 * without libpq's reason, which quotes the password (a stray '%' in it,
+	 * a missing ']'). */
+	{
+		static const char *const bad[] = {
+			"postgresql://coffer:S3cr%zzet@localhost/coffer",
+			"postgresql://coffer:S3cr3t@[::1/coffer",
+			"host=/x password='S3cr3t",
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			struct store_options o = { .backend = STORE_POSTGRESQL, .dsn = bad[i] };
+			store *s = NULL;
+
+			CU_ASSERT_EQUAL(store_open_with(&o, &s), CF_E_CONFIG);
+			CU_ASSERT_PTR_NULL(s);
+			CU_ASSERT_PTR_NULL(strstr(cf_error_detail(), "S3cr"));
+			CU_ASSERT_STRING_EQUAL(cf_error_detail(), "[state] dsn is not a connection "
+					       "string libpq can read (its reason is not shown: it "
+					       "may quote the password); check the quoting, and in a "
+					       "URI the %-escapes and brackets");
+		}
+	}
 	CU_ASSERT_FATAL(chmod(path, 0600) == 0);
 	CU_ASSERT_EQUAL_FATAL(cf_secret_file_read(path, "[state] dsn_file", CF_E_CONFIG, 4096,
 						  &sec), CF_OK);
