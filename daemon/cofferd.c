@@ -349,7 +349,19 @@ struct replica {
 	keyring *kr;
 	policy *pol;
 	apikeys *ak;
+	audit *au;
 };
+
+/* The scheduled work waits while the trail fails closed (chores.c): the
+ * lease goes to a replica that can do it. */
+static const char *
+replica_unfit(void *arg)
+{
+	struct replica *rp = arg;
+
+	return rp->au != NULL && !audit_healthy(rp->au) ?
+	       "its audit trail refuses records (failing closed)" : NULL;
+}
 
 static int
 replica_changed(const char *kind, const char *name, void *arg)
@@ -409,7 +421,7 @@ main(int argc, char **argv)
 	nonces *nn = NULL;
 	fleet *fl = NULL;
 	chores *ch = NULL;
-	struct replica rp = { NULL, NULL, NULL };
+	struct replica rp = { NULL, NULL, NULL, NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	metrics_http *mh = NULL;
@@ -522,11 +534,12 @@ main(int argc, char **argv)
 		goto out;
 	}
 	if (fl != NULL) {
-		struct fleet_hooks hooks = { replica_changed, replica_resync, &rp };
+		struct fleet_hooks hooks = { replica_changed, replica_resync, replica_unfit, &rp };
 
 		rp.kr = kr;
 		rp.pol = pol;
 		rp.ak = ak;
+		rp.au = au;
 		if ((r = fleet_start(fl, &hooks)) != CF_OK) {
 			cf_log_error("fleet: %s", cf_error_detail());
 			goto out;

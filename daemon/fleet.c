@@ -206,15 +206,30 @@ deliver(fleet *f)
 static void
 try_lead(fleet *f)
 {
+	const char *why = f->hooks.unfit != NULL ? f->hooks.unfit(f->hooks.arg) : NULL;
 	char v[8];
 
 	/* The leader asks too (a statement that changes nothing): a connection
 	 * gone dead without a word is noticed here, and the lease let go. */
 	if (atomic_load(&f->leader)) {
+		/* Holding the lease without doing the work would stop it for the
+		 * whole fleet: let it go (a failed unlock loses the connection,
+		 * which lets it go too). */
+		if (why != NULL) {
+			atomic_store(&f->leader, 0);
+			cf_log_warn("fleet: this replica (%s) leaves the scheduled work to another: "
+				    "%s", f->incarnation, why);
+			if (run(f->listen, "SELECT pg_advisory_unlock(" LOCK_LEASE ")", NULL, NULL,
+				0) != CF_OK)
+				listen_lost(f, cf_error_detail());
+			return;
+		}
 		if (run(f->listen, "SELECT 1", NULL, NULL, 0) != CF_OK)
 			listen_lost(f, cf_error_detail());
 		return;
 	}
+	if (why != NULL)
+		return;
 	if (run(f->listen, "SELECT pg_try_advisory_lock(" LOCK_LEASE ")", NULL, v, sizeof(v)) !=
 	    CF_OK)
 		return;

@@ -33,6 +33,10 @@ struct fleet_hooks {
 	 * (notifications sent meanwhile are gone), and every FLEET_RESYNC_S as
 	 * a safety net. CF_OK, or tried again 200 ms later. */
 	int (*resync)(void *arg);
+	/* NULL while this replica can do the scheduled work; else why not (its
+	 * audit trail failing closed): it then lets the lease go, or does not
+	 * take it, so that another replica does the work. NULL hook: always. */
+	const char *(*unfit)(void *arg);
 	void *arg;
 };
 

@@ -666,6 +666,45 @@ class Fleet(unittest.TestCase):
             d.crash_env = {}
             d.start()
 
+    def test_3b_lease_leaves_a_replica_whose_trail_fails_closed(self):
+        """The lease holder's audit trail becomes unwritable (chattr +i): it
+        fails closed, so it can do no scheduled work, and holding the lease
+        would stop that work for the whole fleet. It lets the lease go and
+        another replica takes it; healed, it does not take it back."""
+        h = self.lease_holder()
+        d = self.reps[h]
+        path = os.path.join(d.state_dir, "audit.log")
+        if subprocess.run(["chattr", "+i", path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here (filesystem or capability)")
+        new = None
+        try:
+            deadline = time.monotonic() + 10
+            while True:     # the next record written finds the fault
+                self.assertLess(time.monotonic(), deadline, "the trail never failed")
+                try:
+                    self.signed_mac(h, data=b"under fault %f" % time.monotonic())
+                except grpc.RpcError as e:
+                    self.assertEqual(code_of(e), SC.UNAVAILABLE, details_of(e))
+                    self.assertIn("audit trail cannot be written", details_of(e))
+                    break
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 5 and new is None:
+                c = self.current_holder()
+                new = c if c is not None and c != h else None
+                time.sleep(0.02)
+            took = time.monotonic() - t0
+        finally:
+            subprocess.run(["chattr", "-i", path], check=True)
+        self.assertIsNotNone(new, "the lease stayed with %s; logs:\n%s"
+                             % (REPLICAS[h], self.log_tails()))
+        print("\nfleet lease: %s (its trail failing closed) left it, %s took it after %d ms"
+              % (REPLICAS[h], REPLICAS[new], round(1000 * took)), flush=True)
+        self.assertIn("leaves the scheduled work to another: its audit trail refuses records "
+                      "(failing closed)", d.log(all_starts=False))
+        time.sleep(2)       # healed meanwhile (its 1 s retry)
+        self.signed_mac(h, data=b"healed")
+        self.assertEqual(self.current_holder(), new)
+
     # ---- 5. kill -9 during rotations ----
 
     def test_5_kill9_during_rotations(self):

@@ -225,7 +225,7 @@ static void
 test_notifications_and_outage(void)
 {
 	struct heard h;
-	struct fleet_hooks hooks = { on_change, on_resync, &h };
+	struct fleet_hooks hooks = { on_change, on_resync, NULL, &h };
 	fleet *a = NULL;
 	double t0, until;
 	int rs = 0, r;
