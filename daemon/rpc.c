@@ -546,7 +546,9 @@ struct rpc_stream {
 	unsigned queued, running;
 	grpc_byte_buffer *sending;   /* the SEND_MESSAGE outstanding's */
 	int ended;                   /* SEND_STATUS started */
-	int cancelled;               /* RECV_CLOSE_ON_SERVER said so */
+	int cancelled;               /* RECV_CLOSE_ON_SERVER said so (mu) */
+	int gone;                    /* the same, for other threads (atomic): frames'
+					requests and the batches they carry */
 	grpc_status_code code;       /* the status it ends with */
 	char msg[CF_ERROR_DETAIL_MAX];
 	grpc_slice details;
@@ -688,6 +690,7 @@ stream_abort(struct rpc_stream *st, const char *why)
 	st->failed = 1;
 	st->read_done = 1;
 	st->cancelled = 1;
+	__atomic_store_n(&st->gone, 1, __ATOMIC_RELEASE);
 	grpc_call_cancel_with_status(st->call, GRPC_STATUS_RESOURCE_EXHAUSTED, why, NULL);
 }
 
@@ -854,7 +857,7 @@ frame_run(struct share_job *sj, size_t k)
 	struct frame_job *j = (struct frame_job *)(void *)sj;
 
 	/* Once the caller cancelled, nobody reads them: they do not run. */
-	if (__atomic_load_n(&j->st->cancelled, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&j->st->gone, __ATOMIC_ACQUIRE))
 		return;
 	stream_run(j->st, k == 0 ? j->req : j->req->more[k - 1], j->g, &j->ans[k]);
 	j->ans[k].ran = 1;
@@ -1032,16 +1035,21 @@ stream_event(struct tag *t, int success)
 		pthread_mutex_lock(&st->mu);
 		grpc_byte_buffer_destroy(st->sending);
 		st->sending = NULL;
-		if (!success)   /* the caller went: nothing more reaches it */
+		if (!success) {   /* the caller went: nothing more reaches it */
 			st->cancelled = 1;
+			__atomic_store_n(&st->gone, 1, __ATOMIC_RELEASE);
+		}
 		stream_pump(st);
 		pthread_mutex_unlock(&st->mu);
 		break;
 	case TAG_S_CLOSE:
 		st = (struct rpc_stream *)(void *)((char *)t - offsetof(struct rpc_stream, close_tag));
 		pthread_mutex_lock(&st->mu);
-		if (st->cancelled)
+		/* gRPC core wrote cancelled as this completed; published here. */
+		if (st->cancelled) {
 			st->read_done = 1;
+			__atomic_store_n(&st->gone, 1, __ATOMIC_RELEASE);
+		}
 		stream_pump(st);
 		pthread_mutex_unlock(&st->mu);
 		break;
@@ -1100,6 +1108,8 @@ stream_open(struct rpc_call *c)
 								   sizeof(st->key_id), st->who,
 								   st->msg, sizeof(st->msg));
 	}
+	/* A batch a frame carries stops its items as a unary one does. */
+	st->base.cancelled = &st->gone;
 	/* Only the key id stays: the opening's signature is spent. */
 	st->base.authz = NULL;
 	st->base.authz_len = 0;

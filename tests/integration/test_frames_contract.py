@@ -843,6 +843,29 @@ class Frames(FrameCase):
         self.assert_rest_never_start("fc-cancel", n, "the cancelled frame",
                                      "the daemon served others after %.2f s" % served)
 
+    def test_17b_cancel_stops_a_batch_a_frame_carries(self):
+        # A SignBatch carried by a frame stops its items when the stream is
+        # cancelled, as a unary one does: the rest answer CANCELLED and the
+        # record counts them failed (it once ran all 1,024, about a second
+        # of RSA signatures, for nobody).
+        self.adm.CreateKey(pb.CreateKeyRequest(name="f-rsa-c", type=pb.RSA_2048), timeout=60)
+        q = queue.Queue()
+        call = self.stream()(iter(q.get, None), timeout=60,
+                             metadata=[("x-request-id", "fc-bcancel")])
+        q.put(ser(frame([req(1, "SignBatch", pb.SignBatchRequest(key="f-rsa-c", items=[
+            pb.SignBatchItem(message=b"%d" % j) for j in range(MAX_FRAME)]))])))
+        time.sleep(0.1)
+        call.cancel()
+        q.put(None)
+        deadline = time.monotonic() + 30
+        while not self.records("fc-bcancel") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        recs = self.records("fc-bcancel")
+        self.assertEqual(len(recs), 1, recs)
+        self.assertEqual(recs[0].get("items"), MAX_FRAME, recs[0])
+        self.assertGreater(recs[0].get("failed", 0), 0,
+                           "the cancelled stream's batch ran every item: %s" % recs[0])
+
     def test_18_flow_control_with_large_frames(self):
         # 20 frames of 1,024 written before one answer is read: far more than
         # the 256 answers the daemon lets wait; all are answered once read.
