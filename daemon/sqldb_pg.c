@@ -507,10 +507,16 @@ sqldb_pg_connect(const char *conninfo, const char *what)
 {
 	static const char *const keys[] = {
 		"connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
-		"keepalives_count", "application_name", "dbname", NULL,
+		"keepalives_count", "options", "application_name", "dbname", NULL,
 	};
+	/* The server's side of a TCP connection too: a replica whose host
+	 * vanished (power, partition) must lose its advisory locks (the lease,
+	 * its incarnation) in seconds, not after the kernel's two hours of
+	 * silence. Ignored on a Unix socket; a dsn's own options win. */
+	static const char server_side[] = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3 "
+					  "-c tcp_keepalives_count=3 -c tcp_user_timeout=10000";
 	char app[64];
-	const char *vals[] = { "5", "10000", "10", "3", "3", app, conninfo, NULL };
+	const char *vals[] = { "5", "10000", "10", "3", "3", server_side, app, conninfo, NULL };
 
 	snprintf(app, sizeof(app), "cofferd %s", what);
 	return PQconnectdbParams(keys, vals, 1);
