@@ -55,6 +55,7 @@
 #define BATCHERS 2
 #define EXPIRE_BATCH 5000    /* rows per DELETE */
 #define EXPIRE_ROUNDS 40     /* DELETEs per nonces_pg_expire (the sweep comes back) */
+#define EXPIRE_SKEW_S 300    /* the clock skew between replicas tolerated (FLEET.md) */
 #define MSG_MAX 200
 #define TIMED_OUT "PostgreSQL did not answer"
 #define GIVEN_UP "PostgreSQL does not answer (a statement was given up after its bound)"
@@ -573,7 +574,10 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 	if (iowatch_given_up(SQLDB_PG_WATCH))
 		return cf_error(CF_E_UNAVAILABLE, "nonce record: %s; expiry waits until it "
 				"answers", GIVEN_UP);
-	snprintf(v, sizeof(v), "%lld", (long long)now);
+	/* Rows outlive their expiry by the clock skew replicas may have: one
+	 * whose clock is behind the sweeper's still accepts the timestamp, and
+	 * must find the nonce taken. */
+	snprintf(v, sizeof(v), "%lld", (long long)(now - EXPIRE_SKEW_S));
 	snprintf(lim, sizeof(lim), "%d", EXPIRE_BATCH);
 	pthread_mutex_lock(&p->xmu);
 	if (p->xconn != NULL && !conn_usable(p->xconn)) {

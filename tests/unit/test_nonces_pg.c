@@ -237,7 +237,12 @@ test_expiry(void)
 	}
 	CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM coffer_nonces WHERE expires = 2500"), 12000);
 	CU_ASSERT(nonces_live(ra) >= 6000);
+	/* Not before 300 s past their expiry: a replica whose clock is up to
+	 * that far behind the sweeper's still accepts their timestamps. */
 	nonces_expire(ra, 2600);
+	CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM coffer_nonces WHERE expires = 2500"), 12000);
+	CU_ASSERT_EQUAL(nonces_use(rb, "key-5", "sweep-00007", 2500, 2000), CF_E_EXISTS);
+	nonces_expire(ra, 2800);
 	CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM coffer_nonces WHERE expires <= 2600"), 0);
 	CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM coffer_nonces WHERE expires = 3000"), 1);
 	CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM coffer_nonces WHERE expires = 4000000000"),
