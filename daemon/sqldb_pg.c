@@ -368,6 +368,15 @@ pg_begin(sqldb *db, int write)
 static int
 pg_commit(sqldb *db)
 {
+	struct pg *q = (struct pg *)db;
+
+	/* COMMIT of a transaction an earlier statement aborted answers
+	 * "ROLLBACK", with no error: no commit, whoever went on after the
+	 * failure. */
+	if (!q->need_reset && PQstatus(q->c) == CONNECTION_OK &&
+	    PQtransactionStatus(q->c) == PQTRANS_INERROR)
+		return sqldb_fail(db, SQLDB_ERROR, "the transaction was aborted by a statement "
+				  "that failed in it; nothing was committed");
 	return pg_exec(db, "COMMIT");
 }
 

@@ -26,6 +26,8 @@
 #include "cf_status.h"
 #include "cf_test_token.h"
 #include "config.h"
+#include "sqldb.h"
+#include "sqldb_pg.h"
 #include "store.h"
 
 static char base[64];          /* this run's temporary directory */
@@ -818,6 +820,35 @@ pg_reconnect(void)
 	}
 }
 
+/* A COMMIT after a statement failed in the transaction is no commit: the
+ * server answers it "ROLLBACK" without an error. */
+static void
+pg_commit_after_failure(void)
+{
+	struct where w;
+	sqldb *db = NULL;
+	sqldb_stmt *st = NULL;
+
+	fresh_where(STORE_POSTGRESQL, &w);
+	CU_ASSERT_EQUAL_FATAL(sqldb_open_pg(w.at, 5000, &db), CF_OK);
+	CU_ASSERT_EQUAL(sqldb_exec(db, "CREATE TABLE t (v int)"), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_begin(db, 1), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_exec(db, "INSERT INTO t VALUES (1)"), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_exec(db, "SELECT 1 / 0"), SQLDB_ERROR);
+	CU_ASSERT_NOT_EQUAL(sqldb_commit(db), SQLDB_OK);
+	CU_ASSERT_STRING_EQUAL(sqldb_errmsg(db), "the transaction was aborted by a statement that "
+			       "failed in it; nothing was committed");
+	sqldb_rollback(db);
+	CU_ASSERT_EQUAL(sqldb_query(db, &st, "SELECT count(*) FROM t", ""), SQLDB_OK);
+	CU_ASSERT(sqldb_step(st) == SQLDB_ROW && sqldb_int64(st, 0) == 0);
+	sqldb_finalize(st);
+	/* The connection serves on. */
+	CU_ASSERT_EQUAL(sqldb_begin(db, 1), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_exec(db, "INSERT INTO t VALUES (2)"), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_commit(db), SQLDB_OK);
+	sqldb_close(db);
+}
+
 /* ---- configuration ---- */
 
 static int
@@ -922,6 +953,8 @@ main(void)
 		{ "sqlite: a schema-8 file migrates to 9", sqlite_from_v8 },
 		{ "postgresql: changes are announced with NOTIFY on commit", pg_notify },
 		{ "[state] configuration and dsn_file permissions", state_config },
+		{ "postgresql: a COMMIT after a failed statement commits nothing",
+		  pg_commit_after_failure },
 		/* Last: it stops and starts the server. */
 		{ "postgresql: unreachable server, then reconnection without reopening",
 		  pg_reconnect },
