@@ -951,6 +951,25 @@ recover(audit *a, char *fields, size_t flen)
 	}
 	if (rep.torn > 0)
 		put(&f, ",\"cut_bytes\":%lld", (long long)rep.torn);
+	/* No record at all where the store anchors some: the file was moved
+	 * aside (the remedy for a trail found altered, or to rotate it), or
+	 * removed. A new trail begins, sound by itself; its start record names
+	 * the previous one's anchor, with which that file verifies offline.
+	 * (Judged as records 1..N removed, every later verify of the new trail
+	 * would report that.) */
+	if (!rep.ok && have && an.seq > 0 && rep.records == 0 && rep.torn == 0) {
+		char h[65];
+
+		cf_hex_encode(an.chain, 32, h);
+		cf_log_warn("audit: %s holds no record, where the state store anchors record %llu "
+			    "of a trail: a new trail begins, and its start record names the previous "
+			    "one (expected after the file was moved aside; if not, it was removed, "
+			    "and records 1..%llu exist only in a copy)", a->path,
+			    (unsigned long long)an.seq, (unsigned long long)an.seq);
+		put(&f, ",\"new_trail\":true,\"previous_anchor\":\"%llu:%s\"",
+		    (unsigned long long)an.seq, h);
+		rep.ok = 1;
+	}
 	if (!rep.ok) {
 		cf_log_error("ALARM: audit: %s was altered while the daemon was stopped: %s "
 			     "(recorded in the start record; `cofferctl audit verify` reports it "

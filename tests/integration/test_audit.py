@@ -425,6 +425,35 @@ class Tampering(unittest.TestCase):
         self.assert_named(m + 1, "older copy", "records %d..%d were removed"
                           % (m + 1, len(self.lines())))
 
+    def test_move_the_file_aside(self):
+        """The remedy the ALARM names (and how a trail is rotated): the file
+        moved aside, the daemon begins a new trail, sound by itself, whose
+        start record names the previous one's anchor; that file still
+        verifies offline against it. (The new trail used to be judged as
+        records 1..N removed, and reported BROKEN by every verify.)"""
+        aside = self.path + ".1"
+        os.rename(self.path, aside)
+        self.addCleanup(lambda: os.path.exists(aside) and os.unlink(aside))
+        rc, out = self.daemon_verify()
+        self.assertEqual(rc, 0, out)
+        self.assertIn("intact", out)
+        log = self.d.log(all_starts=False)
+        self.assertNotIn("ALARM", log)
+        self.assertIn("holds no record, where the state store anchors record %d of a trail: "
+                      "a new trail begins" % len(self.lines()), log)
+        with open(self.path) as f:
+            first = json.loads(f.readline())
+        self.assertEqual((first["seq"], first["event"], first["new_trail"]), (1, "start", True))
+        seq, chain = first["previous_anchor"].split(":")
+        self.assertEqual(int(seq), len(self.lines()))
+        self.assertEqual(chain, json.loads(self.lines()[-1])["chain"])
+        r = ctl_offline("audit", "verify", "--file", aside, "--public-key", self.pub,
+                        "--anchor", first["previous_anchor"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.d.stop()
+        rc, out = self.offline()
+        self.assertEqual(rc, 0, out)
+
     def test_offline_without_anchor_or_key(self):
         # Without the anchor a cut tail cannot be seen (and it says so) ...
         self.write(b"\n".join(self.lines()[:-1]) + b"\n")
