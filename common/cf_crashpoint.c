@@ -14,8 +14,13 @@
 extern const struct cf_crashpoint __start_cf_crashpoints[];
 extern const struct cf_crashpoint __stop_cf_crashpoints[];
 
-static char target[128], hold_dir[256];
-static unsigned long target_hit = 1, hits;
+#define TARGETS 4
+static struct {
+	char name[128];
+	unsigned long at, hits;   /* the pass it acts at (1: the first); passes so far */
+} target[TARGETS];
+static size_t ntargets;
+static char hold_dir[256];
 static enum { M_EXIT, M_STOP, M_HOLD } mode_at;
 static int trace_fd = -1, armed;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -27,15 +32,21 @@ cf_crashpoint_init(void)
 	const char *trace = getenv("COFFER_CRASH_TRACE"), *hold = getenv("COFFER_CRASH_HOLD");
 	char *n;
 
-	if (at != NULL && *at != '\0') {
-		snprintf(target, sizeof(target), "%s", at);
-		if ((n = strrchr(target, '@')) != NULL) {
+	/* <name>[@<n>], or several, comma-separated (hold mode: one thread at
+	 * each). */
+	for (; at != NULL && *at != '\0' && ntargets < TARGETS; ntargets++) {
+		size_t len = strcspn(at, ",");
+
+		snprintf(target[ntargets].name, sizeof(target[ntargets].name), "%.*s", (int)len,
+			 at);
+		target[ntargets].at = 1;
+		if ((n = strrchr(target[ntargets].name, '@')) != NULL) {
 			*n++ = '\0';
-			target_hit = strtoul(n, NULL, 10);
-			if (target_hit == 0)
-				target_hit = 1;
+			if ((target[ntargets].at = strtoul(n, NULL, 10)) == 0)
+				target[ntargets].at = 1;
 		}
 		armed = 1;
+		at += len + (at[len] == ',');
 	}
 	if (mode != NULL && strcmp(mode, "stop") == 0)
 		mode_at = M_STOP;
@@ -53,17 +64,20 @@ cf_crashpoint_init(void)
 	}
 }
 
-/* This thread waits (polling: tests only) until the test releases it. */
+/* This thread waits (polling: tests only) until the test releases it:
+ * held/release for the first target, held2/release2 for the second... */
 static void
-hold_here(void)
+hold_here(size_t t)
 {
-	char path[sizeof(hold_dir) + 16];
+	char path[sizeof(hold_dir) + 32], k[8] = "";
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/held", hold_dir);
+	if (t > 0)
+		snprintf(k, sizeof(k), "%zu", t + 1);
+	snprintf(path, sizeof(path), "%s/held%s", hold_dir, k);
 	if ((fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)) >= 0)
 		close(fd);
-	snprintf(path, sizeof(path), "%s/release", hold_dir);
+	snprintf(path, sizeof(path), "%s/release%s", hold_dir, k);
 	while (access(path, F_OK) != 0)
 		usleep(1000);
 }
@@ -71,7 +85,7 @@ hold_here(void)
 void
 cf_crashpoint_hit(const struct cf_crashpoint *cp)
 {
-	int die = 0;
+	size_t t = ntargets;
 
 	if (!armed)
 		return;
@@ -84,13 +98,14 @@ cf_crashpoint_hit(const struct cf_crashpoint *cp)
 			/* tracing is best effort */
 		}
 	}
-	if (target[0] != '\0' && strcmp(cp->name, target) == 0 && ++hits == target_hit)
-		die = 1;
+	for (size_t i = 0; i < ntargets && t == ntargets; i++)
+		if (strcmp(cp->name, target[i].name) == 0 && ++target[i].hits == target[i].at)
+			t = i;
 	pthread_mutex_unlock(&mu);
-	if (!die)
+	if (t == ntargets)
 		return;
 	if (mode_at == M_HOLD) {
-		hold_here();
+		hold_here(t);
 		return;
 	}
 	if (mode_at == M_STOP) {

@@ -10,7 +10,8 @@
  * thread that reached the point waits there, the rest of the process going
  * on: it creates the file <dir>/held and goes on once <dir>/release exists
  * (COFFER_CRASH_HOLD=<dir>), so a test can run another call inside that
- * window (an interleaving, not a crash). COFFER_CRASH_TRACE=<file> appends
+ * window (an interleaving, not a crash). Several points, comma-separated,
+ * hold a thread each: the second's files are held2 and release2, and so on. COFFER_CRASH_TRACE=<file> appends
  * the name of every point passed, one per line.
  *
  * Every point is registered at build time in the ELF section cf_crashpoints,

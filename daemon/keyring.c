@@ -367,9 +367,12 @@ sync_one(const struct store_key *sk, void *arg)
 			/* Borrowed handles live as long as the keyring: kept aside,
 			 * freed at close (out of memory: left in place, unused in
 			 * the destroyed state). */
-			if (sv->state == STORE_DESTROYED && k->v[i].k != NULL &&
-			    kr_retire(kr, k->v[i].k) == CF_OK)
-				k->v[i].k = NULL;
+			if (sv->state == STORE_DESTROYED && k->v[i].k != NULL) {
+				/* Its session copies are this process's to drop. */
+				cf_p11_key_retire(k->v[i].k);
+				if (kr_retire(kr, k->v[i].k) == CF_OK)
+					k->v[i].k = NULL;
+			}
 			pthread_rwlock_unlock(&kr->lock);
 			cf_p11_key_free(h);
 			continue;
@@ -1236,17 +1239,20 @@ destroy_one(keyring *kr, struct kr_key *k, uint32_t i, int64_t now)
 	if ((r = kr_copy_info(k, &sk)) != CF_OK)
 		return r;
 	v = &sk.versions[i];
-	/* Its session copies first. The handle itself is kept until close: a
-	 * call may still hold it, borrowed (keyring_ref_use; a batch signs
-	 * with it for a while), and then fails cleanly once the objects are
-	 * gone. (Out of memory to keep it aside: it stays in place, unused in
-	 * the destroyed state, and is freed at close all the same.) */
+	/* Retired first: its session copies go and it serves no more, before
+	 * the objects go (a call that resolved it in between would copy them
+	 * again, out of the destruction's reach). The handle itself is kept
+	 * until close: a call may still hold it, borrowed (keyring_ref_use; a
+	 * batch signs with it for a while), and fails cleanly. (Out of memory
+	 * to keep it aside: it stays in place, unused in the destroyed state,
+	 * and is freed at close all the same.) */
 	pthread_rwlock_wrlock(&kr->lock);
 	h = k->v[i].k;
 	if (h != NULL && kr_retire(kr, h) == CF_OK)
 		k->v[i].k = NULL;
 	pthread_rwlock_unlock(&kr->lock);
-	cf_p11_key_forget(h);
+	cf_p11_key_retire(h);
+	CF_HOLD_POINT("keyring.destroy.retired");
 	if ((r = cf_p11_objects_destroy(kr->p11, k->m.name, v->version, NULL, NULL)) != CF_OK)
 		goto out;
 	CF_CRASH_POINT("keyring.destroy.objects-gone");

@@ -186,11 +186,12 @@ int cf_p11_key_destroy(cf_p11_key *k);
 /* Release the handle (and its in-token session copies). Accepts NULL. */
 void cf_p11_key_free(cf_p11_key *k);
 
-/* Destroy the handle's session copies now, and keep the handle: a call
- * that still holds it looks the version up again, and fails once its token
- * objects are gone. For a version destroyed while calls may borrow its
- * handle. Accepts NULL. */
-void cf_p11_key_forget(cf_p11_key *k);
+/* The version is destroyed (or about to be) while calls may still borrow
+ * this handle: its session copies go now, and every later use fails
+ * (CF_E_PRECONDITION "the key version was destroyed while this call held
+ * it") without looking the objects up or copying them again; the handle
+ * stays valid until freed. Accepts NULL. */
+void cf_p11_key_retire(cf_p11_key *k);
 
 enum cf_key_type cf_p11_key_type(const cf_p11_key *k);
 const char *cf_p11_key_name(const cf_p11_key *k);   /* borrowed */

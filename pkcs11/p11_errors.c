@@ -75,6 +75,8 @@ static const struct p11_rv_entry p11_rv_table[] = {
 	E(CKR_ACTION_PROHIBITED, CF_E_DENIED, "action prohibited by the token"),
 	E(P11_RV_POOL_TIMEOUT, CF_E_BUSY, "no free PKCS#11 session before the pool timeout"),
 	E(P11_RV_NOT_FOUND, CF_E_NOT_FOUND, "no such object in the token"),
+	E(P11_RV_RETIRED, CF_E_PRECONDITION, "the key version was destroyed while this call "
+	  "held it"),
 	E(P11_RV_AMBIGUOUS, CF_E_TOKEN, "several token objects carry the same label"),
 	E(P11_RV_LOCK, CF_E_IO, "cannot lock the token lock file"),
 	E(P11_RV_DECRYPT_FAILED, CF_E_DECRYPT, "decryption failed"),
@@ -179,6 +181,7 @@ p11_rv_clean(CK_RV rv)
 	case CKR_SIGNATURE_LEN_RANGE:
 	case P11_RV_NOT_FOUND:
 	case P11_RV_AMBIGUOUS:
+	case P11_RV_RETIRED:
 	case P11_RV_LOCK: /* failed before any token call */
 		return 1;
 	default:

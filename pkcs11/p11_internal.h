@@ -42,6 +42,8 @@
  * part; the layer cannot tell which objects are its own (a key without a
  * recorded id). */
 #define P11_RV_WRITE_UNKNOWN (CKR_VENDOR_DEFINED | 0x434f0008UL)
+/* A handle retired (cf_p11_key_retire): its version serves no more. */
+#define P11_RV_RETIRED      (CKR_VENDOR_DEFINED | 0x434f0009UL)
 
 /* Modules reject NULL data pointers even for zero lengths. */
 #define P11_DATA(ptr) ((CK_BYTE_PTR)((ptr) != NULL ? (const void *)(ptr) : (const void *)""))
@@ -155,6 +157,7 @@ struct cf_p11_key {
 	CK_OBJECT_HANDLE use_pub;   /* session copy, or pub */
 	int copied;                 /* use_* are session copies to destroy */
 	uint64_t copy_epoch;
+	int retired;                /* cf_p11_key_retire: never resolved again */
 };
 
 /* Handles an operation works with, resolved for the current epoch. */

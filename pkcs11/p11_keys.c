@@ -401,6 +401,12 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 	CK_RV rv = CKR_OK;
 
 	pthread_mutex_lock(&k->mu);
+	/* Before the epoch's shortcut: a version destroyed is not served from
+	 * its handles either, nor copied into the session again. */
+	if (k->retired) {
+		rv = P11_RV_RETIRED;
+		goto out;
+	}
 	if (k->epoch == epoch)
 		goto done;
 	p11_destroy_copies(k);
@@ -861,14 +867,15 @@ cf_p11_key_destroy(cf_p11_key *k)
 }
 
 void
-cf_p11_key_forget(cf_p11_key *k)
+cf_p11_key_retire(cf_p11_key *k)
 {
 	if (k == NULL)
 		return;
 	pthread_rwlock_rdlock(&k->p->life);
 	pthread_mutex_lock(&k->mu);
+	k->retired = 1;
 	p11_destroy_copies(k);
-	k->epoch = 0;   /* the next use resolves the objects again */
+	k->epoch = 0;
 	pthread_mutex_unlock(&k->mu);
 	pthread_rwlock_unlock(&k->p->life);
 }
@@ -879,7 +886,7 @@ cf_p11_key_free(cf_p11_key *k)
 	if (k == NULL)
 		return;
 	if (k->copied)
-		cf_p11_key_forget(k);
+		cf_p11_key_retire(k);
 	pthread_mutex_destroy(&k->mu);
 	free(k);
 }
