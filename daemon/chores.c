@@ -22,7 +22,7 @@ struct chores {
 	pthread_t t;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	int stop;                /* under mu */
+	atomic_int stop;         /* set under mu; read between steps too */
 	_Atomic uint64_t beat;   /* cf_mono_ms() when a step last ended */
 };
 
@@ -64,6 +64,15 @@ lifecycle_done(const char *name, uint32_t version, const char *what, int status,
 	beat(c);
 }
 
+/* The step ended: beat, and whether to go on (a stop waits one step, not a
+ * round: with PostgreSQL hung each may wait out its bound). */
+static int
+stepped(chores *c)
+{
+	beat(c);
+	return !atomic_load(&c->stop);
+}
+
 static void
 round_of(chores *c, unsigned n)
 {
@@ -76,18 +85,21 @@ round_of(chores *c, unsigned n)
 	if (d->au == NULL || audit_healthy(d->au)) {
 		if (lead)
 			keyring_tick(d->kr, (int64_t)time(NULL), TICK_BUDGET_MS, lifecycle_done, c);
-		beat(c);
+		if (!stepped(c))
+			return;
 		(void)audit_flush_outbox(d->au);
-		beat(c);
+		if (!stepped(c))
+			return;
 	}
 	idem_retry(d->idm);
-	beat(c);
-	if (n % 5 != 0 || !lead)
+	if (!stepped(c) || n % 5 != 0 || !lead)
 		return;
 	nonces_expire(d->nn, (int64_t)time(NULL));
-	beat(c);
+	if (!stepped(c))
+		return;
 	apikeys_expire(d->ak, (int64_t)time(NULL));
-	beat(c);
+	if (!stepped(c))
+		return;
 	idem_expire(d->idm, (int64_t)time(NULL));
 	beat(c);
 }
@@ -123,6 +135,7 @@ chores_start(const struct chores_deps *d, chores **out)
 		return cf_nomem();
 	c->d = *d;
 	atomic_init(&c->beat, cf_mono_ms());
+	atomic_init(&c->stop, 0);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);   /* waited on with its clock named */
 	if ((e = pthread_create(&c->t, NULL, chores_main, c)) != 0) {
@@ -152,7 +165,7 @@ chores_stop(chores *c)
 	if (c == NULL)
 		return;
 	pthread_mutex_lock(&c->mu);
-	c->stop = 1;
+	atomic_store(&c->stop, 1);
 	pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	pthread_join(c->t, NULL);

@@ -101,8 +101,9 @@ typedef int (*keyring_record_fn)(const char *method, const char *name, uint32_t 
 void keyring_set_recorder(keyring *kr, keyring_record_fn fn, void *arg);
 /* budget_ms (0: none): stop starting items once the tick has run that long;
  * the rest stay due for the next tick, which starts with the first due key
- * after the last one this tick rotated (so that a main loop stays
- * responsive to signals, and no key waits behind the others forever). */
+ * after the last one this tick rotated (so that the periodic work, chores.h,
+ * can be stopped in about this long, and no key waits behind the others
+ * forever). */
 void keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 		  void *arg);
 

@@ -570,7 +570,8 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 	int r = CF_OK;
 
 	*deleted = 0;
-	/* The main loop's: never a wait on a server known not to answer. */
+	/* The periodic work's (chores.h): never a wait on a server known not to
+	 * answer. */
 	if (iowatch_given_up(SQLDB_PG_WATCH))
 		return cf_error(CF_E_UNAVAILABLE, "nonce record: %s; expiry waits until it "
 				"answers", GIVEN_UP);

@@ -52,8 +52,8 @@ int policy_set_limit(policy *p, const char *name, enum cf_op op, double rate,
 		     uint32_t burst, struct store_principal *out);
 /* Its API keys are revoked as of `now` in the same change
  * (store_principal_delete, which lists in dropped, if not NULL, the secrets
- * that went); apikeys_principal_deleted then drops them from memory and
- * destroys their objects. */
+ * that went); apikeys_principal_delete runs it, then drops them from memory
+ * and destroys their objects. */
 int policy_delete(policy *p, const char *name, int64_t now, struct store_dropped *dropped);
 void policy_principal_free(struct store_principal *sp);   /* its arrays; accepts NULL */
 void policy_list_free(struct store_principal *list, size_t n);

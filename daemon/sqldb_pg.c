@@ -534,7 +534,7 @@ sqldb_pg_connect(const char *conninfo, const char *what)
 int
 sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 {
-	PQconninfoOption *opts;
+	PQconninfoOption *opts = NULL;
 	struct pg *q;
 	char *why = NULL;
 	int r;
@@ -542,7 +542,11 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 	/* libpq's reason quotes the part it could not read, which may be the
 	 * password (a stray '%' in it, a missing ']'): not repeated into the
 	 * log. Read once here, before anything connects with it. */
-	if ((opts = PQconninfoParse(conninfo, &why)) == NULL) {
+	/* (A value that is no connection string, libpq takes as a database
+	 * name: nothing to read.) */
+	if ((strchr(conninfo, '=') != NULL || strncmp(conninfo, "postgres://", 11) == 0 ||
+	     strncmp(conninfo, "postgresql://", 13) == 0) &&
+	    (opts = PQconninfoParse(conninfo, &why)) == NULL) {
 		if (why == NULL)
 			return cf_nomem();
 		PQfreemem(why);
@@ -550,7 +554,8 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 				"read (its reason is not shown: it may quote the password); check "
 				"the quoting, and in a URI the %%-escapes and brackets");
 	}
-	PQconninfoFree(opts);
+	if (opts != NULL)
+		PQconninfoFree(opts);
 	if ((q = calloc(1, sizeof(*q))) == NULL)
 		return cf_nomem();
 	q->base.ops = &pg_ops;

@@ -53,6 +53,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -120,6 +121,16 @@ def key_family(type_name):
 
 def default_ckaid(label):
     return hashlib.sha256(label.encode()).digest()[:16].hex()
+
+
+def _rec_time(r):
+    """A record's time ("2026-12-07T02:29:23.208Z") in whole seconds since
+    the epoch (UTC); -1 if it has none."""
+    import calendar
+    try:
+        return calendar.timegm(time.strptime(r.get("time", "")[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return -1
 
 
 def short_method(m):
@@ -456,8 +467,10 @@ def check_audit(reg, recs, expect=()):
     for kid, a in sorted(reg["api_keys"].items()):
         got = [r for r in revokes if r.get("key") in (kid, APIKEY_PREFIX + kid)]
         # A principal's deletion revokes its live keys in its own change,
-        # under one record naming the principal.
-        by_deletion = not got and any(r.get("key") == a["principal"] for r in deletions)
+        # under one record naming the principal, at the record's second.
+        by_deletion = not got and any(
+            r.get("key") == a["principal"] and abs(_rec_time(r) - a["revoked"]) <= 1
+            for r in deletions)
         if a["revoked"] and len(got) != 1 and not by_deletion:
             out.append("audit: API key %s is revoked and %d RevokeApiKey records name it "
                        "(and no DeletePrincipal record names its principal)" % (kid, len(got)))

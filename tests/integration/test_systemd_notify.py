@@ -278,10 +278,11 @@ class SystemdNotify(unittest.TestCase):
         self.stop()
 
     def test_watchdog_during_scheduled_work(self):
-        """Scheduled rotations run on the main loop, between its waits: a run
-        of many (each a token key generation) longer than the watchdog
-        period must not starve the pings, so the manager does not kill a
-        daemon that is busy but progressing."""
+        """Scheduled rotations run on the periodic work's thread (chores.c),
+        the pings from the main loop while that thread moves: a run of many
+        (each a token key generation) longer than the watchdog period must
+        not starve them, so the manager does not kill a daemon that is busy
+        but progressing; and SIGTERM is answered at once meanwhile."""
         d = self.d
         keys = 100
         d.config.setdefault("keys", {})["min_rotation_period"] = "3"

@@ -900,6 +900,13 @@ state_config(void)
 			"host=/x password='S3cr3t",
 		};
 
+		struct store_options named = { .backend = STORE_POSTGRESQL, .dsn = "coffer" };
+		store *ns = NULL;
+
+		/* A bare name is a database's, as libpq takes it: no such server
+		 * here, but not refused as unreadable. */
+		CU_ASSERT_EQUAL(store_open_with(&named, &ns), CF_E_UNAVAILABLE);
+		CU_ASSERT_PTR_NULL(ns);
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 			struct store_options o = { .backend = STORE_POSTGRESQL, .dsn = bad[i] };
 			store *s = NULL;
