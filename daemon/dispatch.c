@@ -251,6 +251,31 @@ wipe_free(uint8_t *p, size_t len)
 	cf_wipe_free(p);   /* leaves the current arena's blocks to the arena */
 }
 
+/* Record the call c: waiting for the record, or queued in its frame's group. */
+static int
+record(const struct dcall *c, const struct audit_event *ev)
+{
+	return c->audit_group != NULL ? audit_record_in(c->sv->au, ev, c->audit_group) :
+					audit_record(c->sv->au, ev);
+}
+
+/* A sealed record refused before any method ran (no such method, or one
+ * never sealed): recorded as the method asked for, with its refusal, as
+ * every call is. A refusal releases nothing, so a record that cannot be
+ * written changes nothing of the answer. */
+static void
+record_sealed_refusal(const struct dctx *h, const char *method, int status)
+{
+	struct audit_event ev = {
+		.principal = h->hc.principal, .uid = h->hc.uid, .pid = h->hc.pid,
+		.admin = h->hc.admin, .sealed = 1, .method = method, .key = "",
+		.result = dispatch_status_name(status), .request_id = h->dc->request_id,
+	};
+
+	if (h->hc.sv->au != NULL)
+		(void)record(h->dc, &ev);
+}
+
 /* SessionService/Call: open the record, run the inner method as a sealed
  * call, seal its status and response. Errors returned from here are the
  * record's own (the inner call did not run); once the record is accepted the
@@ -303,7 +328,7 @@ sealed_call(const dispatch *d, const struct dctx *h, Coffer__V1__SealedCall *req
 	derive(&h2, h);
 	h2.sealed = 1;
 	h2.hc.sess = s;
-	*inner_ran = 1;
+	*inner_ran = 1;   /* its record is the inner call's (run), or the refusal's below */
 	if ((inner = find_path(d, req->method)) == NULL)
 		ir = cf_error(CF_E_UNIMPLEMENTED, "unknown method %s", req->method);
 	else if (inner->d->flags & CF_MF_NEVER_SEALED)
@@ -324,6 +349,8 @@ sealed_call(const dispatch *d, const struct dctx *h, Coffer__V1__SealedCall *req
 		if (dispatch_status(ir) == dispatch_status(CF_E_INTERNAL))
 			cf_log_error("%s (sealed): %s", req->method, imsg);
 	}
+	if (inner == NULL || (inner->d->flags & CF_MF_NEVER_SEALED))
+		record_sealed_refusal(h, req->method, ir);
 	res.code = dispatch_status(ir);
 	res.message = imsg;
 	res.response.data = iout;
@@ -752,13 +779,6 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 	return r;
 }
 
-/* Record the call c: waiting for the record, or queued in its frame's group. */
-static int
-record(const struct dcall *c, const struct audit_event *ev)
-{
-	return c->audit_group != NULL ? audit_record_in(c->sv->au, ev, c->audit_group) :
-					audit_record(c->sv->au, ev);
-}
 
 /* The call's answer is not released: its record is not durable. */
 static int

@@ -657,10 +657,21 @@ class UnsealedTests(SessionTestCase):
 
     def test_unknown_inner_method(self):
         s = self.open()
-        for path in ("/coffer.v1.KeyService/NoSuchMethod", "/no.such.Service/Sign",
-                     "/coffer.v1.KeyService/wrap"):
+        paths = ("/coffer.v1.KeyService/NoSuchMethod", "/no.such.Service/Sign",
+                 "/coffer.v1.KeyService/wrap")
+        for path in paths:
             with self.subTest(path=path):
                 self.assertInner(s.call(path, b""), SC.UNIMPLEMENTED, "unknown method", path)
+        # Refused before any method ran, each is recorded all the same, as
+        # the method asked for (it once left no record at all).
+        self.assertInner(s.call(SS + "OpenSession", b""), SC.FAILED_PRECONDITION,
+                         SS[1:] + "OpenSession", NOT_SEALABLE)
+        with open(os.path.join(self.d.state_dir, "audit.log")) as f:
+            recs = [json.loads(line) for line in f]
+        for path, result in [(p, "UNIMPLEMENTED") for p in paths] + [
+                (SS + "OpenSession", "FAILED_PRECONDITION")]:
+            got = [(r.get("sealed"), r.get("result")) for r in recs if r.get("method") == path]
+            self.assertEqual(got[-1:], [(True, result)], path)
         ok_result(self, s.call(KS + "ListKeys", b""), pb.ListKeysResponse)
         s.close()
 
