@@ -772,20 +772,52 @@ outbox_enqueue(audit *a, int64_t *max)
 /* The writer thread: records that no waiting call writes itself (fail
  * open), seals once idle, the outbox now and then, and retries a broken
  * trail. */
+/* While broken, the next write (a retry, or records queued meanwhile when
+ * failing open) carries, sealed, what the trail must say of the break: the
+ * start record that could not be written, or how many records were lost.
+ * Written only so: a heal by a plain batch would leave no trace of them. */
+static void
+heal_locked(audit *a)
+{
+	char fields[1024];
+	int r;
+
+	if (a->pending_start != NULL)
+		snprintf(fields, sizeof(fields), "%s,\"lost\":%llu", a->pending_start,
+			 (unsigned long long)a->lost);
+	else
+		snprintf(fields, sizeof(fields), ",\"event\":\"resumed\",\"lost\":%llu",
+			 (unsigned long long)a->lost);
+	a->writing = 1;
+	if (a->head != NULL) {
+		struct item *batch = a->head;
+
+		a->head = NULL;
+		a->tail = &a->head;
+		r = write_locked(a, batch, fields, NULL);
+	} else {
+		r = write_locked(a, NULL, fields, NULL);
+	}
+	if (r == CF_OK) {
+		free(a->pending_start);
+		a->pending_start = NULL;
+	}
+}
+
 static void *
 writer_main(void *arg)
 {
 	audit *a = arg;
 	int64_t max;
-	int r;
 
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		char fields[1024];
 		struct timespec until;
 
 		if (a->writing) {
 			pthread_cond_wait(&a->written, &a->mu);
+		} else if (a->head != NULL && (a->broken || a->pending_start != NULL)) {
+			heal_locked(a);
 		} else if (a->head != NULL) {
 			write_queue_locked(a);
 		} else if (a->unsealed > 0 && !a->broken) {
@@ -818,26 +850,7 @@ writer_main(void *arg)
 			pthread_mutex_lock(&a->mu);
 			if (!a->broken || a->writing || a->stop)
 				continue;
-			if (a->pending_start != NULL)
-				snprintf(fields, sizeof(fields), "%s,\"lost\":%llu", a->pending_start,
-					 (unsigned long long)a->lost);
-			else
-				snprintf(fields, sizeof(fields), ",\"event\":\"resumed\",\"lost\":%llu",
-					 (unsigned long long)a->lost);
-			a->writing = 1;
-			if (a->head != NULL) {
-				struct item *batch = a->head;
-
-				a->head = NULL;
-				a->tail = &a->head;
-				r = write_locked(a, batch, fields, NULL);
-			} else {
-				r = write_locked(a, NULL, fields, NULL);
-			}
-			if (r == CF_OK) {
-				free(a->pending_start);
-				a->pending_start = NULL;
-			}
+			heal_locked(a);
 		} else {
 			cf_deadline_in(&until, RETRY_MS);
 			cf_cond_wait_until(&a->work, &a->mu, &until);

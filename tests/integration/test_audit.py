@@ -614,6 +614,49 @@ class FailureModes(unittest.TestCase):
         finally:
             d.cleanup()
 
+    def test_fail_open_heals_under_traffic_with_a_trace(self):
+        """Failing open, calls answered while the trail could not be written
+        have no record; the trail must say how many, in the sealed record
+        that heals it. With calls still coming as the file becomes writable
+        again, their batch healed it plainly and the count was only logged
+        (review): the trail then verified intact with no trace of the loss."""
+        import threading
+        d = CofferDaemon(config={"audit": {"failure": "open"}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="k", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+        path = os.path.join(d.state_dir, "audit.log")
+        if subprocess.run(["chattr", "+i", path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here (filesystem or capability)")
+        svc = d.service_stub()
+        try:
+            for i in range(5):
+                svc.Mac(pb.MacRequest(key="k", data=b"lost %d" % i), timeout=TIMEOUT)
+            stop = threading.Event()
+
+            def traffic():
+                while not stop.is_set():
+                    svc.Mac(pb.MacRequest(key="k", data=b"meanwhile"), timeout=TIMEOUT)
+            t = threading.Thread(target=traffic)
+            t.start()
+            time.sleep(0.3)
+        finally:
+            subprocess.run(["chattr", "-i", path], check=True)
+        time.sleep(1.5)
+        stop.set()
+        t.join()
+        d.stop()
+        with open(path) as f:
+            recs = [json.loads(line) for line in f]
+        lost = [r for r in recs if "lost" in r]
+        self.assertTrue(lost, "no record says what was lost")
+        self.assertGreaterEqual(sum(r["lost"] for r in lost), 5, lost)
+        self.assertIn("sig", lost[-1])
+        r = ctl_offline("audit", "verify", "--file", path, "--public-key",
+                        os.path.join(d.state_dir, "audit-seal.pub"), *d.anchor_args())
+        self.assertEqual(r.returncode, 0, r.stdout)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
