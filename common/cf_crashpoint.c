@@ -82,15 +82,15 @@ hold_here(size_t t)
 		usleep(1000);
 }
 
-void
-cf_crashpoint_hit(const struct cf_crashpoint *cp)
+static void
+hit(const struct cf_crashpoint *cp, int traced)
 {
 	size_t t = ntargets;
 
 	if (!armed)
 		return;
 	pthread_mutex_lock(&mu);
-	if (trace_fd >= 0) {
+	if (traced && trace_fd >= 0) {
 		char line[160];
 		int n = snprintf(line, sizeof(line), "%s\n", cp->name);
 
@@ -114,6 +114,18 @@ cf_crashpoint_hit(const struct cf_crashpoint *cp)
 			raise(SIGSTOP);
 	}
 	_exit(CF_CRASH_EXIT);
+}
+
+void
+cf_crashpoint_hit(const struct cf_crashpoint *cp)
+{
+	hit(cp, 1);
+}
+
+void
+cf_holdpoint_hit(const struct cf_crashpoint *cp)
+{
+	hit(cp, 0);
 }
 
 static int

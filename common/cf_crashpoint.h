@@ -35,6 +35,8 @@ struct cf_crashpoint {
 	static const struct cf_crashpoint id                                                   \
 		__attribute__((used, section("cf_crashpoints"), aligned(sizeof(void *)))) = { nm }
 void cf_crashpoint_hit(const struct cf_crashpoint *cp);
+/* A hold point (CF_HOLD_POINT): acted on as a target, never traced. */
+void cf_holdpoint_hit(const struct cf_crashpoint *cp);
 /* Read the environment; call once at start, before any thread. */
 void cf_crashpoint_init(void);
 /* Print every registered name, one per line; the count. */
@@ -42,17 +44,18 @@ size_t cf_crashpoint_list(FILE *out);
 #else
 #define CF_CRASHPOINT_DEF(id, nm) static const struct cf_crashpoint id = { nm }
 static inline void cf_crashpoint_hit(const struct cf_crashpoint *cp) { (void)cp; }
+static inline void cf_holdpoint_hit(const struct cf_crashpoint *cp) { (void)cp; }
 static inline void cf_crashpoint_init(void) {}
 static inline size_t cf_crashpoint_list(FILE *out) { (void)out; return 0; }
 #endif
 
 /* A point where a test may hold a thread (COFFER_CRASH_MODE=hold) that is
- * no step of a mutation: not in the section, so not listed, and the crash
- * loops do not look for a scenario that crashes there. */
+ * no step of a mutation: neither listed (not in the section) nor traced, so
+ * the crash loops do not look for a scenario that crashes there. */
 #define CF_HOLD_POINT(nm)                                                                      \
 	do {                                                                                   \
 		static const struct cf_crashpoint cf_hp_here_ = { nm };                        \
-		cf_crashpoint_hit(&cf_hp_here_);                                               \
+		cf_holdpoint_hit(&cf_hp_here_);                                                \
 	} while (0)
 
 /* Pass the point named nm (a string literal). */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -861,13 +862,15 @@ holds_locked(apikeys *a, const char *id, uint32_t gen)
 }
 
 int
-apikeys_principal_delete(apikeys *a, const char *principal, int64_t now,
-			 int (*commit)(void *arg, struct store_dropped *dropped), void *arg)
+apikeys_principal_delete(apikeys *a, const char *principal,
+			 int (*commit)(void *arg, int64_t now, struct store_dropped *dropped),
+			 void *arg)
 {
 	cf_p11_key *gone[STORE_APIKEY_SECRETS_MAX];
 	char name[CF_KEY_NAME_MAX + 1];
 	struct store_dropped dropped;
 	size_t ngone;
+	int64_t now;
 	int more, r;
 
 	/* The admin mutex before the change: the order apikeys_create and the
@@ -875,7 +878,9 @@ apikeys_principal_delete(apikeys *a, const char *principal, int64_t now,
 	 * rotation that read the key live could commit it back after the
 	 * deletion, and a reload let handles go before their destruction. */
 	pthread_mutex_lock(&a->admin);
-	if ((r = commit(arg, &dropped)) != CF_OK) {
+	/* The revocation's time is when the change could begin (its record's). */
+	now = (int64_t)time(NULL);
+	if ((r = commit(arg, now, &dropped)) != CF_OK) {
 		pthread_mutex_unlock(&a->admin);
 		return r;
 	}

@@ -63,15 +63,17 @@ int apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret
 		   int64_t now, struct store_apikey *out, cf_secret **secret);
 /* Destroy every secret; the id stays known as revoked. */
 int apikeys_revoke(apikeys *a, const char *id, int64_t now, struct store_apikey *out);
-/* DeletePrincipal. commit(arg, dropped) makes the store's change (the
- * principal deleted and its keys revoked as of now in one transaction,
- * store_principal_delete) while this module's changes and reloads wait, so
- * that none writes back a key of the principal or lets a handle go in
- * between; if it commits, memory follows without fail: the keys stop
- * verifying, the "must sign" flag goes, and the objects of the secrets that
- * went (as the store listed them in dropped) are destroyed. commit's status. */
-int apikeys_principal_delete(apikeys *a, const char *principal, int64_t now,
-			     int (*commit)(void *arg, struct store_dropped *dropped), void *arg);
+/* DeletePrincipal. commit(arg, now, dropped) makes the store's change (the
+ * principal deleted and its keys revoked as of now, the time it began, in
+ * one transaction: store_principal_delete) while this module's changes and
+ * reloads wait, so that none writes back a key of the principal or lets a
+ * handle go in between; if it commits, memory follows without fail: the
+ * keys stop verifying, the "must sign" flag goes, and the objects of the
+ * secrets that went (as the store listed them in dropped) are destroyed.
+ * commit's status. */
+int apikeys_principal_delete(apikeys *a, const char *principal,
+			     int (*commit)(void *arg, int64_t now, struct store_dropped *dropped),
+			     void *arg);
 /* Whether principal must sign its calls while it has no live key (an
  * audited change; the caller checks that the principal exists). Set by its
  * first key; on = 0 lets it call with its uid only once its keys are gone. */

@@ -160,15 +160,14 @@ h_set_rate_limit(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 struct principal_deletion {
 	policy *pol;
 	const char *name;
-	int64_t now;
 };
 
 static int
-delete_commit(void *arg, struct store_dropped *dropped)
+delete_commit(void *arg, int64_t now, struct store_dropped *dropped)
 {
 	const struct principal_deletion *d = arg;
 
-	return policy_delete(d->pol, d->name, d->now, dropped);
+	return policy_delete(d->pol, d->name, now, dropped);
 }
 
 static int
@@ -176,13 +175,13 @@ h_delete_principal(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMe
 {
 	const Coffer__V1__DeletePrincipalRequest *req = (const void *)m;
 	Coffer__V1__DeletePrincipalResponse *out;
-	struct principal_deletion d = { c->sv->pol, req->name, time(NULL) };
+	struct principal_deletion d = { c->sv->pol, req->name };
 	int r;
 
 	/* The principal and its API keys go in one change (its secrets must
 	 * not outlive it); memory and the token follow without fail. */
-	r = c->sv->ak != NULL ? apikeys_principal_delete(c->sv->ak, d.name, d.now, delete_commit, &d)
-			      : policy_delete(d.pol, d.name, d.now, NULL);
+	r = c->sv->ak != NULL ? apikeys_principal_delete(c->sv->ak, d.name, delete_commit, &d)
+			      : policy_delete(d.pol, d.name, (int64_t)time(NULL), NULL);
 	if (r != CF_OK)
 		return r;
 	if ((out = h_new_msg(&coffer__v1__delete_principal_response__descriptor)) == NULL)

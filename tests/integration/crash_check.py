@@ -467,9 +467,10 @@ def check_audit(reg, recs, expect=()):
     for kid, a in sorted(reg["api_keys"].items()):
         got = [r for r in revokes if r.get("key") in (kid, APIKEY_PREFIX + kid)]
         # A principal's deletion revokes its live keys in its own change,
-        # under one record naming the principal, at the record's second.
+        # under one record naming the principal: revoked as the change began,
+        # its record made as it commits (after any wait for the store).
         by_deletion = not got and any(
-            r.get("key") == a["principal"] and abs(_rec_time(r) - a["revoked"]) <= 1
+            r.get("key") == a["principal"] and -1 <= _rec_time(r) - a["revoked"] <= 30
             for r in deletions)
         if a["revoked"] and len(got) != 1 and not by_deletion:
             out.append("audit: API key %s is revoked and %d RevokeApiKey records name it "
