@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "cf_keytype.h"
 #include "cf_session.h"
@@ -80,6 +83,9 @@ _Static_assert(COFFER_SERVICE_UNKNOWN ==
 /* Longest page token we carry from one ListKeys page to the next. */
 #define PAGE_TOKEN_MAX 1024
 #define LIST_PAGE_SIZE 100
+/* Versions a listing may hold in all (24 bytes each): a hostile server's
+ * pages of empty versions cost it 2 bytes on the wire apiece. */
+#define LIST_MAX_VERSIONS 4000000u
 
 /* A copy of in; `secret`: in locked memory (cf_arena.h). */
 static int
@@ -835,6 +841,30 @@ coffer_public_key_free(struct coffer_public_key *pk)
 	free(pk);
 }
 
+/* The PEM of a SubjectPublicKeyInfo, made here: the server's own PEM text
+ * is not taken on trust to say what its DER says, nor to be safe to print. */
+static int
+pem_of_spki(const uint8_t *der, size_t len, char **pem)
+{
+	const unsigned char *p = der;
+	EVP_PKEY *k = d2i_PUBKEY(NULL, &p, (long)len);
+	BIO *b = NULL;
+	char *data;
+	long n;
+	int r = CF_OK;
+
+	if (k == NULL || p != der + len) {
+		r = cf_error(CF_E_INTERNAL, "the server returned a public key that is not a "
+		    "SubjectPublicKeyInfo");
+	} else if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_PUBKEY(b, k) != 1 ||
+	    (n = BIO_get_mem_data(b, &data)) <= 0 || (*pem = strndup(data, (size_t)n)) == NULL) {
+		r = cf_nomem();
+	}
+	BIO_free(b);
+	EVP_PKEY_free(k);
+	return r;
+}
+
 int
 coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
     struct coffer_public_key **out)
@@ -861,10 +891,12 @@ coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
 		r = cf_error(CF_E_INTERNAL, "the server returned an empty public key");
 		goto out;
 	}
-	if ((pk = calloc(1, sizeof(*pk))) == NULL || (pk->pem = strdup(resp->pem)) == NULL) {
+	if ((pk = calloc(1, sizeof(*pk))) == NULL) {
 		r = cf_nomem();
 		goto out;
 	}
+	if ((r = pem_of_spki(resp->der.data, resp->der.len, &pk->pem)) != CF_OK)
+		goto out;
 	if ((r = bytes_set(&pk->der, &resp->der)) != CF_OK)
 		goto out;
 	pk->type = (enum coffer_key_type)resp->type;
@@ -999,7 +1031,7 @@ coffer_list_keys(coffer_client *c, struct coffer_key_list **out)
 	struct coffer_key_info *nk;
 	const char *method;
 	char token[PAGE_TOKEN_MAX + 1] = "";
-	size_t cap = 0, n;
+	size_t cap = 0, n, nversions = 0;
 	int r;
 
 	cf_error_clear();
@@ -1037,7 +1069,22 @@ coffer_list_keys(coffer_client *c, struct coffer_key_list **out)
 			cap = ncap;
 		}
 		for (size_t i = 0; i < n; i++) {
-			if ((r = key_from_pb(resp->keys[i], &l->keys[l->nkeys])) != CF_OK)
+			const Coffer__V1__Key *k = resp->keys[i];
+
+			/* In name order (coffer.proto), so no page can come twice. */
+			if (l->nkeys > 0 && k->name != NULL &&
+			    strcmp(k->name, l->keys[l->nkeys - 1].name) <= 0) {
+				r = cf_error(CF_E_INTERNAL, "the server's key listing is not in name "
+				    "order");
+				goto out;
+			}
+			if (k->n_versions > LIST_MAX_VERSIONS - nversions) {
+				r = cf_error(CF_E_TOO_LARGE, "more than %u key versions",
+				    LIST_MAX_VERSIONS);
+				goto out;
+			}
+			nversions += k->n_versions;
+			if ((r = key_from_pb(k, &l->keys[l->nkeys])) != CF_OK)
 				goto out;
 			l->nkeys++;
 		}
@@ -1175,6 +1222,7 @@ coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, char *fpr, size
 	Coffer__V1__GetIdentityRequest req = COFFER__V1__GET_IDENTITY_REQUEST__INIT;
 	Coffer__V1__GetIdentityResponse *resp;
 	ProtobufCMessage *m = NULL;
+	struct coffer_bytes key = { NULL, 0 };
 	int r;
 
 	cf_error_clear();
@@ -1185,9 +1233,11 @@ coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, char *fpr, size
 		return r;
 	resp = (Coffer__V1__GetIdentityResponse *)m;
 	/* Computed here, not taken from the daemon's text. */
-	if ((r = bytes_out(spki, &resp->public_key, "identity key")) == CF_OK &&
-	    (r = cf_session_fingerprint(spki->data, spki->len, fpr, fprlen)) != CF_OK)
-		coffer_bytes_free(spki);
+	if ((r = bytes_out(&key, &resp->public_key, "identity key")) == CF_OK &&
+	    (r = cf_session_fingerprint(key.data, key.len, fpr, fprlen)) != CF_OK)
+		coffer_bytes_free(&key);
+	if (r == CF_OK)
+		*spki = key;
 	protobuf_c_message_free_unpacked(m, NULL);
 	return r;
 }

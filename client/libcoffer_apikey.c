@@ -190,17 +190,17 @@ secret_call(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		goto out;
 	}
 	if (secret != NULL) {
-		secret->data = NULL;
-		secret->len = 0;
+		struct coffer_bytes got = { NULL, 0 };
+
 		if (resp->secret.len > 0) {
-			if ((secret->data = cf_locked_allocator.alloc(NULL, resp->secret.len)) ==
-			    NULL) {
+			if ((got.data = cf_locked_allocator.alloc(NULL, resp->secret.len)) == NULL) {
 				r = cf_nomem();
 				goto out;
 			}
-			memcpy(secret->data, resp->secret.data, resp->secret.len);
-			secret->len = resp->secret.len;
+			memcpy(got.data, resp->secret.data, resp->secret.len);
+			got.len = resp->secret.len;
 		}
+		*secret = got;
 	}
 	if (key != NULL)
 		from_pb(resp->key, key);
@@ -290,6 +290,7 @@ coffer_api_key_list(coffer_client *c, const char *principal, struct coffer_api_k
 	Coffer__V1__ListApiKeysRequest req = COFFER__V1__LIST_API_KEYS_REQUEST__INIT;
 	Coffer__V1__ListApiKeysResponse *resp;
 	ProtobufCMessage *m = NULL;
+	struct coffer_api_key *got;
 	int r;
 
 	cf_error_clear();
@@ -300,12 +301,13 @@ coffer_api_key_list(coffer_client *c, const char *principal, struct coffer_api_k
 	    &coffer__v1__list_api_keys_response__descriptor, 0, &m)) != CF_OK)
 		return r;
 	resp = (Coffer__V1__ListApiKeysResponse *)m;
-	if ((*keys = calloc(resp->n_keys ? resp->n_keys : 1, sizeof(**keys))) == NULL) {
+	if ((got = calloc(resp->n_keys ? resp->n_keys : 1, sizeof(*got))) == NULL) {
 		protobuf_c_message_free_unpacked(m, NULL);
 		return cf_nomem();
 	}
 	for (size_t i = 0; i < resp->n_keys; i++)
-		from_pb(resp->keys[i], &(*keys)[i]);
+		from_pb(resp->keys[i], &got[i]);
+	*keys = got;
 	*n = resp->n_keys;
 	protobuf_c_message_free_unpacked(m, NULL);
 	return CF_OK;

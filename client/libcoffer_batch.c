@@ -84,10 +84,11 @@ item_outcome(struct coffer_batch_item *it, const Coffer__V1__ItemStatus *st)
 		return;
 	}
 	it->status = st->code == 0 ? CF_OK : lc_status_from_grpc((unsigned)st->code);
-	if (st->code != 0)
-		snprintf(it->error, sizeof(it->error), "%s",
-		    st->message != NULL && st->message[0] != '\0' ? st->message :
-		    cf_strerror(it->status));
+	if (st->code != 0 && st->message != NULL && st->message[0] != '\0')
+		lc_text_copy(it->error, sizeof(it->error), st->message,
+		    strnlen(st->message, sizeof(it->error)));
+	else if (st->code != 0)
+		snprintf(it->error, sizeof(it->error), "%s", cf_strerror(it->status));
 	cf_error_clear();
 }
 

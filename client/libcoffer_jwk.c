@@ -140,7 +140,9 @@ coffer_public_key_jwk(const struct coffer_public_key *pk, const char *kid, char 
 				r = cf_error(CF_E_INVALID_ARG, "kid must not need JSON escaping");
 				goto done;
 			}
-		if (at + strlen(kid) + 20 >= JWK_MAX) {
+		/* Room for it and for the tail below, with its NUL. */
+		if (at + sizeof(",\"kid\":\"\"") - 1 + strlen(kid) + sizeof(",\"use\":\"sig\"}") >
+		    JWK_MAX) {
 			r = cf_error(CF_E_INVALID_ARG, "kid too long");
 			goto done;
 		}

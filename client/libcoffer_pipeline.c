@@ -77,6 +77,7 @@ struct lc_pending {
 	size_t end_len;
 	struct timespec start;          /* its deadline counts from here */
 	unsigned int ms;                /* the client's timeout then (0: none) */
+	uint64_t rx_sent;               /* p->rx when it was sent */
 	pthread_cond_t cv;
 };
 
@@ -105,6 +106,7 @@ struct lc_pipeline {
 	unsigned wave;                  /* bumped when a linger gives up on them */
 	struct lc_pending *lingerer;    /* the held request whose wait is timed */
 	int close_queued;               /* P_DRAINING: half-close when the queue is empty */
+	uint64_t rx;                    /* messages received on the stream */
 };
 
 /* The wave this thread was woken in (see woken): which client, which wave,
@@ -335,6 +337,7 @@ pump(struct lc_pipeline *p)
 				p->qtail = NULL;
 			dequeued(p, w);
 			w->sent = 1;
+			w->rx_sent = p->rx;
 			if (n == 1) {
 				w->req = NULL;
 			} else if (buf != NULL) {
@@ -417,6 +420,7 @@ handout(struct lc_pipeline *p, Coffer__V1__PipelineResponse *resp, int frames)
 	fr->top = resp;
 	atomic_init(&fr->refs, (unsigned)n);
 	pthread_mutex_lock(&p->mu);
+	p->rx++;
 	/* An answer to a request still in the send queue: the daemon never had
 	 * it (a broken or forged answer), and its waiter must not leave while
 	 * the queue holds it. */
@@ -673,6 +677,12 @@ await(struct lc_pipeline *p, struct lc_pending *w)
 			}
 			continue;
 		}
+		/* Sent, and nothing at all came back on the stream since: it
+		 * is stalled (the daemon stopped reading or answering it). Ended,
+		 * so that later calls do not all wait out their deadlines on it:
+		 * they open another, or go unary. */
+		if (w->sent && p->rx == w->rx_sent && p->s != NULL)
+			lc_stream_cancel(p->s);
 		(void)unlink_waiter(p, w->id);
 		unqueue(p, w);
 		drop_request(w);

@@ -73,7 +73,7 @@ coffer_verify_http_request(coffer_client *c, const struct coffer_http_request *r
 	Coffer__V1__VerifyRequestSignatureResponse *resp;
 	ProtobufCMessage *m = NULL;
 	uint8_t sha[32];
-	char *cq = NULL;
+	char *cq = NULL, *why = NULL;
 	int rc;
 
 	cf_error_clear();
@@ -87,11 +87,15 @@ coffer_verify_http_request(coffer_client *c, const struct coffer_http_request *r
 	    &coffer__v1__verify_request_signature_response__descriptor, 0, &m)) != CF_OK)
 		goto out;
 	resp = (Coffer__V1__VerifyRequestSignatureResponse *)m;
+	if (reason != NULL && (why = strdup(resp->reason)) == NULL) {
+		rc = cf_nomem();
+		goto out;
+	}
 	*verdict = (enum coffer_request_verdict)resp->verdict;
 	if (version != NULL)
 		*version = resp->version;
-	if (reason != NULL && (*reason = strdup(resp->reason)) == NULL)
-		rc = cf_nomem();
+	if (reason != NULL)
+		*reason = why;
 out:
 	protobuf_c_message_free_unpacked(m, NULL);
 	free(cq);

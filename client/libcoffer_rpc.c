@@ -17,6 +17,7 @@
 #include "cf_arena.h"
 #include "cf_methods.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "libcoffer_pipeline.h"
 #include "libcoffer_session.h"
 #include "libcoffer_signer.h"
@@ -151,8 +152,8 @@ lc_handshake_once(coffer_client *c)
 
 /* ---- one call ---- */
 
-#define IDEM_RETRIES 40          /* with IDEM_RETRY_US: ride out 10 s of restart */
-#define IDEM_RETRY_US 250000
+#define IDEM_RETRY_MS 10000      /* ride out this long of a restart... */
+#define IDEM_RETRY_US 250000     /* ...trying again this often */
 
 /* Calls that carry secret plaintext travel sealed; with
  * COFFER_CONNECT_SEAL_ALL every KeyService call does. */
@@ -174,13 +175,15 @@ static int
 unary(coffer_client *c, const struct cf_method *m, const char *method, int sealed, int first,
     uint8_t *buf, size_t len, uint8_t **resp, size_t *rlen)
 {
+	uint64_t t0 = cf_mono_ms();
 	int r;
 
 	/* With an idempotency key an admin call is safe to repeat: ride out a
 	 * daemon restart. A KeyService call changes nothing, so it is repeated
 	 * once at once: a daemon that restarted closed the connection this
 	 * client had not yet noticed (gRPC core reads it only during calls);
-	 * but not one that records a nonce (CF_MF_NO_RETRY). */
+	 * but not one that records a nonce (CF_MF_NO_RETRY). Never past the
+	 * call's deadline (lc_call_begin). */
 	for (int attempt = first;; attempt++) {
 		uint8_t *copy;
 
@@ -194,10 +197,13 @@ unary(coffer_client *c, const struct cf_method *m, const char *method, int seale
 			r = lc_signed_transport(c->conn, c->apikey, method, copy, len, resp, rlen,
 			    0);
 		}
-		if (r != CF_E_UNAVAILABLE || attempt == IDEM_RETRIES)
+		if (r != CF_E_UNAVAILABLE || lc_call_expired())
 			break;
-		if (m != NULL && m->socket == CF_SOCK_ADMIN && lc_conn_has_idem_key(c->conn))
+		if (m != NULL && m->socket == CF_SOCK_ADMIN && lc_conn_has_idem_key(c->conn)) {
+			if (cf_mono_ms() - t0 >= IDEM_RETRY_MS)
+				break;
 			usleep(IDEM_RETRY_US);
+		}
 		else if (attempt > 0 || m == NULL || m->socket != CF_SOCK_SERVICE ||
 		    (m->flags & CF_MF_NO_RETRY))
 			break;
@@ -273,10 +279,12 @@ lc_rpc(coffer_client *c, const char *method, const ProtobufCMessage *req,
 		return r;
 	/* Its other calls in flight decide whether a call takes the stream. */
 	others = atomic_fetch_add(&c->busy, 1);
+	lc_call_begin(c->conn);
 	r = LC_PIPE_UNARY;
 	if (streamable(c, sealed, secret))
 		r = lc_pipeline_call(c->pipe, c->apikey, m, others, buf, len, &resp, &rlen);
 	r = unless_streamed(c, m, method, sealed, r, buf, len, &resp, &rlen);
+	lc_call_end();
 	atomic_fetch_sub(&c->busy, 1);
 	cf_secure_free(buf, len);
 	if (r != CF_OK)
@@ -339,8 +347,10 @@ lc_rpc_wait(struct lc_call *call, const ProtobufCMessageDescriptor *rdesc, Proto
 
 	if (call->w != NULL)
 		r = lc_pipeline_finish(c->pipe, call->w, call->m, &resp, &rlen);
+	lc_call_begin(c->conn);
 	r = unless_streamed(c, call->m, call->method, call->sealed, r, call->buf, call->len,
 	    &resp, &rlen);
+	lc_call_end();
 	atomic_fetch_sub(&c->busy, 1);
 	cf_secure_free(call->buf, call->len);
 	if (r == CF_OK)

@@ -428,11 +428,7 @@ lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, co
 		pthread_mutex_unlock(&p->mu);
 	}
 	if (res->code != 0) {
-		size_t n = strnlen(res->message, sizeof(msg) - 1);
-
-		for (size_t i = 0; i < n; i++)
-			msg[i] = ((unsigned char)res->message[i] < 0x20) ? '?' : res->message[i];
-		msg[n] = '\0';
+		lc_text_copy(msg, sizeof(msg), res->message, strnlen(res->message, sizeof(msg)));
 		r = cf_error(lc_status_from_grpc(res->code), "%s", msg);
 	} else if (res->response.data == NULL &&
 		   (res->response.data = cf_locked_allocator.alloc(NULL, 1)) == NULL) {

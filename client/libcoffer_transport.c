@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 
 #include "cf_status.h"
+#include "cf_time.h"
 #include "coffer.h"
 
 /* ---- gRPC status -> Coffer status: the one table ---- */
@@ -280,6 +281,46 @@ lc_conn_has_idem_key(const struct lc_conn *c)
 
 /* ---- one unary call ---- */
 
+/* The public call this thread is making (lc_call_begin): its timeout and
+ * when it ends (UINT64_MAX: never). */
+static _Thread_local struct {
+	int on;
+	unsigned int ms;
+	uint64_t until_ms;
+} tl_call;
+
+void
+lc_call_begin(const struct lc_conn *c)
+{
+	unsigned int ms = lc_conn_timeout(c);
+
+	tl_call.on = 1;
+	tl_call.ms = ms;
+	tl_call.until_ms = ms == 0 ? UINT64_MAX : cf_mono_ms() + ms;
+}
+
+void
+lc_call_end(void)
+{
+	tl_call.on = 0;
+}
+
+int
+lc_call_expired(void)
+{
+	return tl_call.on && cf_mono_ms() >= tl_call.until_ms;
+}
+
+void
+lc_text_copy(char *dst, size_t cap, const char *src, size_t n)
+{
+	if (n >= cap)
+		n = cap - 1;
+	for (size_t i = 0; i < n; i++)
+		dst[i] = ((unsigned char)src[i] < 0x20 || src[i] == 0x7f) ? '?' : src[i];
+	dst[n] = '\0';
+}
+
 /* Record the server's status message, with control characters made
  * harmless before anyone prints it. */
 int
@@ -290,11 +331,7 @@ lc_status_error(const struct lc_conn *c, unsigned int ms, unsigned code, const u
 	grpc_status_code st = (grpc_status_code)code;
 	int r = status_from_grpc(st);
 
-	if (n >= sizeof(msg))
-		n = sizeof(msg) - 1;
-	for (size_t i = 0; i < n; i++)
-		msg[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
-	msg[n] = '\0';
+	lc_text_copy(msg, sizeof(msg), (const char *)p, n);
 	if (n == 0)
 		return cf_error(r, "%s (gRPC status %d)", coffer_strerror(r), (int)st);
 	/* gRPC's own texts: say which daemon and which deadline. */
@@ -366,7 +403,7 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 	size_t nmd = 0;
 	grpc_event ev;
 	gpr_timespec deadline;
-	unsigned int ms;
+	unsigned int ms, left;
 	int started = 0;
 	int r = CF_E_INTERNAL;
 
@@ -387,11 +424,26 @@ lc_transport(struct lc_conn *c, const char *method, uint8_t *buf, size_t len, co
 		goto out;
 	}
 	ms = atomic_load(&c->timeout_ms);
-	if (ms == 0)
+	left = ms;
+	if (tl_call.on) {
+		uint64_t now = cf_mono_ms();
+
+		ms = tl_call.ms;
+		if (tl_call.until_ms == UINT64_MAX) {
+			left = 0;
+		} else if (now >= tl_call.until_ms) {
+			r = lc_status_error(c, ms, GRPC_STATUS_DEADLINE_EXCEEDED,
+			    (const uint8_t *)"Deadline Exceeded", 17);
+			goto out;
+		} else {
+			left = (unsigned int)(tl_call.until_ms - now);
+		}
+	}
+	if (left == 0)
 		deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
 	else
 		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-		    gpr_time_from_millis((int64_t)ms, GPR_TIMESPAN));
+		    gpr_time_from_millis((int64_t)left, GPR_TIMESPAN));
 	ch = chan_get(c);
 	call = grpc_channel_create_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
 	    grpc_slice_from_static_string(method), NULL, deadline, NULL);

@@ -36,6 +36,22 @@ int lc_conn_has_idem_key(const struct lc_conn *t);
 int lc_transport(struct lc_conn *t, const char *method, uint8_t *buf, size_t len,
     const char *authz, uint8_t **out, size_t *outlen, int flags);
 
+/*
+ * One public call's deadline, shared by everything it sends on this thread
+ * between lc_call_begin and lc_call_end (its handshake, its record, its
+ * repetitions): lc_transport gives each attempt only what is left, and one
+ * begun with nothing left fails at once with the deadline's text. Outside
+ * such a span each attempt has the client's whole timeout. Not nested.
+ */
+void lc_call_begin(const struct lc_conn *t);
+void lc_call_end(void);
+/* 1 when the current call's deadline has passed. */
+int lc_call_expired(void);
+
+/* A text from the server, made harmless to print: its first cap - 1 bytes
+ * of src[0..n) into dst (NUL-terminated), control characters as '?'. */
+void lc_text_copy(char *dst, size_t cap, const char *src, size_t n);
+
 /* Coffer status of a gRPC status code (the one table). */
 int lc_status_from_grpc(unsigned code);
 

@@ -207,6 +207,7 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 	DIFF_NUM(state_backend, "[state] backend");
 	DIFF_STR(state_dsn, "[state] dsn");
 	DIFF_STR(state_dsn_file, "[state] dsn_file");
+	DIFF_NUM(state_wait_ms, "[state] wait_ms");
 	DIFF_STR(replica, "[state] replica");
 	DIFF_NUM(workers, "[daemon] workers");
 	DIFF_NUM(max_message_bytes, "[daemon] max_message_bytes");

@@ -78,6 +78,7 @@ int
 listener_open(const struct listener_cfg *cfg, listener **out)
 {
 	struct sockaddr_un sa;
+	struct stat st;
 	listener *l;
 	int r;
 
@@ -105,7 +106,14 @@ listener_open(const struct listener_cfg *cfg, listener **out)
 		l->lock_fd = -1;
 		goto fail;
 	}
-	/* We hold the lock: a socket file left there is stale. */
+	/* We hold the lock: a socket file left there is stale. Anything else
+	 * there is not ours to remove (a path mistyped onto the database). */
+	if (lstat(l->path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+		r = cf_error(CF_E_CONFIG, "%s socket path %s exists and is not a socket; it is "
+			     "left as it is: choose another path, or move that file away",
+			     cfg->name, l->path);
+		goto fail;
+	}
 	(void)unlink(l->path);
 	if ((l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
 		r = cf_error(CF_E_IO, "socket: %s", strerror(errno));

@@ -3,27 +3,46 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
 
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "metrics.h"
 
 #define CONNECTIONS 16
 #define TIMEOUT_S 5
 #define HEADER_BYTES (16u << 10)
+#define TICK_MS 200          /* how often the loop checks deadlines and stop */
+
+/* A connection and when its request must be in. MHD's own timeout is one
+ * of silence only: a client sending a byte every few seconds would keep a
+ * connection (and 16 of them the endpoint) for hours. */
+struct conn {
+	int used;
+	int fd;
+	uint64_t deadline_ms;
+};
 
 struct metrics_http {
 	struct MHD_Daemon *d;
 	listener *unix_l;        /* the Unix socket, or NULL */
 	int fd;                  /* what MHD listens on (MHD closes it) */
 	struct metrics_sources src;
+	pthread_t loop;
+	int started;             /* loop running */
+	atomic_int stop;
+	/* Touched by the loop's thread only: MHD runs every callback there. */
+	struct conn conns[CONNECTIONS];
 };
 
 void
@@ -94,8 +113,12 @@ listen_tcp(struct metrics_http_cfg *c, const char *v)
 		h = v + 1;
 		hl -= 2;
 	}
-	if (hl == 0 || hl >= sizeof(host))
+	if (hl == 0)
 		return cf_error(CF_E_CONFIG, "\"%.80s\" has no address before the port", v);
+	if (hl >= sizeof(host))
+		return cf_error(CF_E_CONFIG, "\"%.80s\": the address before the port is longer "
+				"than any numeric address (%zu bytes); host names are not looked up",
+				v, hl);
 	memcpy(host, h, hl);
 	host[hl] = '\0';
 	if ((r = port_of(v, colon + 1, &port)) != CF_OK)
@@ -240,6 +263,65 @@ host_is_local(const char *h)
 	return inet_pton(af, name, &addr) == 1 && loopback(af, &addr);
 }
 
+/* A request was read whole: the connection's next one has its own time. */
+static void
+answered(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct conn *c = ci != NULL ? ci->socket_context : NULL;
+
+	if (c != NULL)
+		c->deadline_ms = cf_mono_ms() + TIMEOUT_S * 1000u;
+}
+
+static void
+notify(void *cls, struct MHD_Connection *conn, void **ctx, enum MHD_ConnectionNotificationCode e)
+{
+	struct metrics_http *m = cls;
+	const union MHD_ConnectionInfo *ci;
+
+	if (e == MHD_CONNECTION_NOTIFY_CLOSED) {
+		if (*ctx != NULL)
+			((struct conn *)*ctx)->used = 0;
+		*ctx = NULL;
+		return;
+	}
+	if ((ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD)) == NULL)
+		return;
+	/* MHD takes at most CONNECTIONS at once: a slot is free. */
+	for (size_t i = 0; i < CONNECTIONS; i++)
+		if (!m->conns[i].used) {
+			m->conns[i] = (struct conn){ .used = 1, .fd = ci->connect_fd,
+						     .deadline_ms = cf_mono_ms() +
+								    TIMEOUT_S * 1000u };
+			*ctx = &m->conns[i];
+			return;
+		}
+}
+
+/* MHD's loop, on this thread, and the deadline of each request: one not in
+ * by then has its socket shut down, which MHD then sees as closed (the
+ * descriptor stays MHD's to close, on this same thread). */
+static void *
+loop_main(void *arg)
+{
+	struct metrics_http *m = arg;
+
+	while (!atomic_load(&m->stop)) {
+		uint64_t now;
+
+		(void)MHD_run_wait(m->d, TICK_MS);
+		now = cf_mono_ms();
+		for (size_t i = 0; i < CONNECTIONS; i++)
+			if (m->conns[i].used && now > m->conns[i].deadline_ms) {
+				(void)shutdown(m->conns[i].fd, SHUT_RDWR);
+				m->conns[i].deadline_ms = UINT64_MAX;
+			}
+	}
+	return NULL;
+}
+
 /* Every request is answered at once (a body, if any, is not read). On TCP
  * a Host header (if sent) must name this host: a web page whose own name
  * was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name, and is
@@ -260,6 +342,7 @@ serve(void *cls, struct MHD_Connection *conn, const char *url, const char *metho
 	(void)upload;
 	(void)upload_len;
 	(void)con_cls;
+	answered(conn);
 	/* A Unix socket has no Host to check: no web page reaches it. */
 	host = m->unix_l == NULL
 		       ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)
@@ -342,17 +425,26 @@ metrics_http_start(const struct metrics_http_cfg *c, const struct metrics_source
 		goto fail;
 	/* Counting starts before the first scrape can see it. */
 	metrics_enable();
-	m->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
+	/* MHD without a thread of its own: loop_main drives it. */
+	m->d = MHD_start_daemon(MHD_USE_AUTO, 0, NULL, NULL,
 				serve, m, MHD_OPTION_LISTEN_SOCKET, m->fd,
 				MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTIONS,
 				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)TIMEOUT_S,
 				MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEADER_BYTES,
+				MHD_OPTION_NOTIFY_CONNECTION, notify, m,
 				MHD_OPTION_END);
 	if (m->d == NULL) {
 		r = cf_error(CF_E_IO, "metrics: libmicrohttpd cannot serve %s", c->listen);
 		m->fd = -1;   /* MHD may have closed it: better left open than closed twice */
 		goto fail;
 	}
+	if (pthread_create(&m->loop, NULL, loop_main, m) != 0) {
+		r = cf_error(CF_E_INTERNAL, "metrics: cannot start the endpoint's thread");
+		MHD_stop_daemon(m->d);
+		m->fd = -1;
+		goto fail;
+	}
+	m->started = 1;
 	*out = m;
 	return CF_OK;
 fail:
@@ -368,6 +460,9 @@ metrics_http_stop(metrics_http *m)
 {
 	if (m == NULL)
 		return;
+	atomic_store(&m->stop, 1);
+	if (m->started)
+		pthread_join(m->loop, NULL);
 	MHD_stop_daemon(m->d);
 	listener_close(m->unix_l);
 	free(m);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,13 @@ struct nonces {
 	int64_t swept;       /* when a full scope last swept out expired entries */
 	int64_t warned;      /* when a refusal was last logged */
 	uint64_t unlogged;   /* refusals since then that were not */
+	/* What the metrics read, copied under mu at each change and read
+	 * without it: a scrape never waits behind a write to the log or a
+	 * compaction that holds mu. */
+	struct {
+		atomic_size_t used, cap;
+		atomic_uint_fast64_t appended, compactions, log_bytes;
+	} pub;
 };
 
 static void
@@ -154,6 +162,17 @@ place(struct entry *t, size_t cap, const struct entry *e)
 	t[i] = *e;
 }
 
+/* Under mu, after a change: the figures nonces_stats and friends read. */
+static void
+publish_locked(nonces *n)
+{
+	atomic_store_explicit(&n->pub.used, n->used, memory_order_relaxed);
+	atomic_store_explicit(&n->pub.cap, n->cap, memory_order_relaxed);
+	atomic_store_explicit(&n->pub.appended, n->appended, memory_order_relaxed);
+	atomic_store_explicit(&n->pub.compactions, n->compactions, memory_order_relaxed);
+	atomic_store_explicit(&n->pub.log_bytes, (uint64_t)n->size, memory_order_relaxed);
+}
+
 /* Rebuild into `cap` slots, keeping only entries alive at `now`. */
 static int
 rehash_locked(nonces *n, size_t cap, int64_t now)
@@ -177,6 +196,7 @@ rehash_locked(nonces *n, size_t cap, int64_t now)
 	n->t = t;
 	n->cap = cap;
 	n->used = used;
+	publish_locked(n);
 	return CF_OK;
 }
 
@@ -367,6 +387,7 @@ nonces_open(const char *state_dir, size_t max_live, nonces **out)
 	}
 	if ((r = load_log(n, now)) != CF_OK || (r = import_sqlite(n, state_dir, now)) != CF_OK)
 		goto fail;
+	publish_locked(n);   /* not shared yet */
 	*out = n;
 	return CF_OK;
 fail:
@@ -387,6 +408,7 @@ nonces_open_pg(const char *dsn, size_t max_live, nonces **out)
 		nonces_close(n);
 		return r;
 	}
+	publish_locked(n);   /* not shared yet */
 	*out = n;
 	return CF_OK;
 }
@@ -526,6 +548,7 @@ record_locked(nonces *n, const struct entry *e, size_t i, int grows, int64_t now
 	/* Backstop: never let the table fill, or a probe would not end. */
 	if (4 * n->used > 3 * n->cap)
 		(void)rehash_locked(n, 2 * n->cap, now);
+	publish_locked(n);
 }
 
 /* PostgreSQL mode: this replica's table first (a nonce it accepted is
@@ -638,6 +661,7 @@ compact_locked(nonces *n, int64_t now)
 	n->fd = fd;
 	n->size = size;
 	n->compactions++;
+	publish_locked(n);
 	return CF_OK;
 }
 
@@ -668,11 +692,9 @@ nonces_expire(nonces *n, int64_t now)
 void
 nonces_stats(nonces *n, uint64_t *appended, uint64_t *compactions, uint64_t *log_bytes)
 {
-	pthread_mutex_lock(&n->mu);
-	*appended = n->appended;
-	*compactions = n->compactions;
-	*log_bytes = (uint64_t)n->size;
-	pthread_mutex_unlock(&n->mu);
+	*appended = atomic_load_explicit(&n->pub.appended, memory_order_relaxed);
+	*compactions = atomic_load_explicit(&n->pub.compactions, memory_order_relaxed);
+	*log_bytes = atomic_load_explicit(&n->pub.log_bytes, memory_order_relaxed);
 }
 
 void
@@ -686,23 +708,13 @@ nonces_batch_stats(nonces *n, uint64_t *batches, uint64_t *items)
 size_t
 nonces_live(nonces *n)
 {
-	size_t v;
-
-	pthread_mutex_lock(&n->mu);
-	v = n->used;
-	pthread_mutex_unlock(&n->mu);
-	return v;
+	return atomic_load_explicit(&n->pub.used, memory_order_relaxed);
 }
 
 size_t
 nonces_memory(nonces *n)
 {
-	size_t v;
-
-	pthread_mutex_lock(&n->mu);
-	v = n->cap * sizeof(struct entry);
-	pthread_mutex_unlock(&n->mu);
-	return v;
+	return atomic_load_explicit(&n->pub.cap, memory_order_relaxed) * sizeof(struct entry);
 }
 
 int

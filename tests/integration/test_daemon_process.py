@@ -160,15 +160,18 @@ class Process(unittest.TestCase):
             port = s.getsockname()[1]
         d.config["metrics"] = {"listen": "127.0.0.1:%d" % port}
         d.config["requests"]["max_nonces_per_key"] = "5000"
+        d.config.setdefault("state", {})["wait_ms"] = "5000"
         self.reload(d, "SIGHUP: [metrics] listen changed in %s: needs a restart (the running "
                     "daemon keeps the old value)" % conf)
-        self.assertIn("SIGHUP: [requests] max_nonces_per_key changed in %s: needs a restart "
-                      "(the running daemon keeps the old value)" % conf, d.log())
+        for what in ("[requests] max_nonces_per_key", "[state] wait_ms"):
+            self.assertIn("SIGHUP: %s changed in %s: needs a restart (the running daemon "
+                          "keeps the old value)" % (what, conf), d.log())
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
         self.assertNotIn("metrics: serving", d.log())
         del d.config["metrics"]
         del d.config["requests"]["max_nonces_per_key"]
+        del d.config["state"]["wait_ms"]
         d.write_config()
         d.stop()
         self.assertIn("SIGTERM: finishing calls in flight", d.log())

@@ -15,10 +15,15 @@ the second committed meanwhile.
   version: the daemon lives, the held item fails with its own status and
   the others are signed. (Before, the sweeper freed the handle the batch
   was signing with: a use after free.)
+* A signed call held in the nonce record's append (its lock held): a
+  scrape of the metrics endpoint is answered at once. (Before, the scrape
+  waited for that lock and the endpoint stopped answering anything.)
 """
 import concurrent.futures
+import http.client
 import os
 import shutil
+import socket
 import tempfile
 import time
 import unittest
@@ -28,7 +33,7 @@ import grpc  # noqa: E402
 import test_idempotency as ti  # noqa: E402  (its sealed call helper)
 from crash_harness import CrashDaemon, crash_points  # noqa: E402
 from daemon_fixture import on_postgresql  # noqa: E402
-from rpc_common import SC, TIMEOUT, pb  # noqa: E402
+from rpc_common import KS, SC, TIMEOUT, pb, call_authorization  # noqa: E402
 
 s_call = ti.s_call
 
@@ -181,6 +186,60 @@ class Interleaving(unittest.TestCase):
         self.assertIsNone(self.d.proc.poll())
         self.assertNotIn("AddressSanitizer", self.d.log())
 
+
+    def test_scrape_while_a_nonce_append_is_held(self):
+        """A signed call held in the nonce record's append, its lock held (as
+        behind a write to the log that does not return): the metrics endpoint
+        answers at once. A scrape used to take that lock, and the endpoint's
+        one thread then stopped every request, 404s included, and the
+        daemon's stop (found by a review)."""
+        if on_postgresql():
+            raise unittest.SkipTest("the nonce record's file: SQLite state only")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.start(config={"metrics": {"listen": "127.0.0.1:%d" % port}})
+        d = self.d
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="hk", type=pb.HMAC_SHA256),
+                                 timeout=TIMEOUT)
+        k = s_call(d.sealed_stub(kind="admin", service="AdminService"), "CreateApiKey",
+                   pb.CreateApiKeyRequest(principal=d.PRINCIPAL), "scrape-key")
+        req = pb.MacRequest(key="hk", data=b"x")
+
+        def signed_mac():
+            return d.service_stub().Mac(req, timeout=TIMEOUT, metadata=[(
+                "authorization", call_authorization(k.key.id, k.secret, KS + "Mac",
+                                                    req.SerializeToString()))])
+
+        def get(path):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                c.request("GET", path)
+                r = c.getresponse()
+                return r.status, r.read().decode()
+            finally:
+                c.close()
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "nonces.appended@1", "COFFER_CRASH_MODE": "hold",
+                       "COFFER_CRASH_HOLD": self.hold}
+        d.start()
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            f = ex.submit(signed_mac)
+            wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
+                     "the signed call never reached nonces.appended")
+            t = time.monotonic()
+            try:
+                status, text = get("/metrics")
+                missing = get("/x")[0]
+            finally:
+                open(os.path.join(self.hold, "release"), "w").close()
+            took = time.monotonic() - t
+            self.assertEqual(len(f.result(timeout=TIMEOUT).mac), 32)
+        self.assertEqual((status, missing), (200, 404), text)
+        self.assertIn("coffer_nonce_record_entries", text)
+        self.assertLess(took, 2.0)
+        d.stop()
+        d.crash_env = {}
 
     def check_retired_items(self, out, n):
         """A SignBatch answer whose items after the destruction failed, each

@@ -403,6 +403,43 @@ class Metrics(unittest.TestCase):
             self.adm.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)
             self.assertLess(time.monotonic() - t, 4)
 
+    def test_3c_trickled_requests_cut_off(self):
+        """MHD's own timeout is one of silence: a byte every second kept a
+        connection for hours, and 16 of them shut every scrape out. Each
+        request now has 5 s to arrive whole."""
+        socks, t0 = [], time.monotonic()
+        try:
+            for _ in range(16):
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                s.sendall(b"GET /metrics HTTP/1.1\r\n")
+                socks.append(s)
+            closed = {}
+            while len(closed) < len(socks) and time.monotonic() - t0 < 20:
+                for i, s in enumerate(socks):
+                    if i in closed:
+                        continue
+                    try:
+                        s.sendall(b"X")
+                        s.setblocking(False)
+                        try:
+                            gone = s.recv(1) == b""
+                        except BlockingIOError:
+                            gone = False
+                        finally:
+                            s.setblocking(True)
+                    except OSError:
+                        gone = True
+                    if gone:
+                        closed[i] = time.monotonic() - t0
+                time.sleep(0.5)
+            self.assertEqual(len(closed), 16, "connections still open after 20 s")
+            self.assertLess(max(closed.values()), 7.5, closed)
+            self.assertGreater(min(closed.values()), 4.0, closed)
+            self.scrape()
+        finally:
+            for s in socks:
+                s.close()
+
     def test_3b_host_header(self):
         """On TCP, only a Host naming this host (DNS rebinding: a page's own name)."""
         def get(host):
@@ -460,6 +497,9 @@ class Metrics(unittest.TestCase):
                          "looked up; [IPv6] goes in brackets)"),
             ("unix:metrics.sock", '"unix:metrics.sock": a Unix socket needs an absolute path '
                                   "(unix:/run/coffer/metrics.sock)"),
+            ("127.0.0.1." + "a" * 70 + ":9464",
+             '"127.0.0.1.%s": the address before the port is longer than any numeric '
+             "address (80 bytes); host names are not looked up" % ("a" * 70 + ":9464")[:70]),
         ]
         for value, text in cases:
             rc, err, conf, line = cofferd_config_error(d, {"listen": value})
@@ -468,6 +508,17 @@ class Metrics(unittest.TestCase):
         rc, err, conf, _ = cofferd_config_error(d, {"listen": "unix:" + d.service_socket})
         self.assertEqual((rc, err), (2, "configuration: [metrics] listen names the service "
                                         "socket's path; give the metrics endpoint its own"))
+        # A Unix path that is a file, not a socket (a typo onto the state
+        # database, say): the daemon does not start, the file stays.
+        precious = os.path.join(d.dir, "precious.txt")
+        with open(precious, "w") as f:
+            f.write("keep me\n")
+        rc, err, _, _ = cofferd_config_error(d, {"listen": "unix:" + precious})
+        self.assertEqual((rc, err), (1, "metrics socket path %s exists and is not a socket; "
+                                        "it is left as it is: choose another path, or move "
+                                        "that file away" % precious))
+        with open(precious) as f:
+            self.assertEqual(f.read(), "keep me\n")
         # A port another process holds: the daemon does not start, and says why.
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
