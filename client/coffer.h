@@ -322,7 +322,8 @@ COFFER_API void coffer_set_session_peer_check(coffer_client *c, int check);
 COFFER_API int coffer_get_identity(coffer_client *c, struct coffer_bytes *spki, char *fpr,
     size_t fprlen);
 
-/* Deadline of each later call, in milliseconds from its start; 0 = none.
+/* Deadline of each later call, in milliseconds from its start (its session
+ * handshake, its record and any repetition included); 0 = none.
  * Default COFFER_DEFAULT_TIMEOUT_MS. Thread-safe; calls already running
  * keep their deadline. */
 COFFER_API void coffer_set_timeout(coffer_client *c, unsigned int ms);
@@ -777,8 +778,8 @@ COFFER_API int coffer_api_key_list(coffer_client *c, const char *principal,
  * outcome (a secret it returned is not repeated); the same key with another
  * request is refused (COFFER_E_PRECONDITION). While a key is set, libcoffer
  * retries such a call on COFFER_E_UNAVAILABLE for up to 10 s (a daemon
- * restart). Use one key per intended change. Not thread-safe against calls
- * in flight. */
+ * restart), within the call's deadline (coffer_set_timeout). Use one key per
+ * intended change. Not thread-safe against calls in flight. */
 COFFER_API int coffer_set_idempotency_key(coffer_client *c, const char *key);
 
 /* ---- the audit trail (AdminService, admin socket) ----
