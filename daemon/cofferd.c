@@ -23,6 +23,7 @@
 #include "cf_secret.h"
 #include "cf_secret_file.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "chores.h"
 #include "config.h"
 #include "dispatch.h"
@@ -240,7 +241,8 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
  * window (atomic in rpc.c) and the shutdown grace (read by this thread
  * only). A file that does not load changes nothing (its status). */
 static int
-reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_server *srv)
+reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_server *srv,
+       nonces *nn)
 {
 	static struct cofferd_config n;   /* large; only this thread reloads */
 	int r;
@@ -257,6 +259,14 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	}
 	listener_set_allowed(ls[0], &n.service);
 	listener_set_allowed(ls[1], &n.admin);
+	/* The nonce record first: a raised window must not accept a timestamp
+	 * whose nonce it has already forgotten. */
+	if (n.request_window != cur->request_window &&
+	    nonces_set_window(nn, n.request_window, cf_wall_s()) != CF_OK) {
+		cf_log_error("SIGHUP: [requests] window stays %u s: %s", cur->request_window,
+			     cf_error_detail());
+		n.request_window = cur->request_window;
+	}
 	rpc_set_window(srv, n.request_window);
 	cur->shutdown_grace_ms = n.shutdown_grace_ms;
 	cur->request_window = n.request_window;
@@ -482,6 +492,12 @@ main(int argc, char **argv)
 	/* Each API key's share of the nonce record (its own limit, not the whole). */
 	nonces_set_scope_max(nn, cfg.max_nonces_per_key ? cfg.max_nonces_per_key
 							: cfg.max_nonces / 8);
+	/* Recorded under another window before (the log's header, the fleet's
+	 * table): kept as long as this one accepts their timestamps. */
+	if ((r = nonces_set_window(nn, cfg.request_window, cf_wall_s())) != CF_OK) {
+		cf_log_error("%s", cf_error_detail());
+		goto out;
+	}
 	if (mismatches > 0)
 		cf_log_warn("reconcile: %u mismatches between registry and token (see above)",
 			    mismatches);
@@ -576,7 +592,7 @@ main(int argc, char **argv)
 			break;
 		if (sig == SIGHUP) {
 			notify_reloading();
-			r = reload(argc, argv, &cfg, ls, srv);
+			r = reload(argc, argv, &cfg, ls, srv, nn);
 			notify_reloaded(r == CF_OK ? NULL : cf_error_detail());
 		}
 		if (n % 5 == 0)

@@ -459,6 +459,15 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 		metrics_add(M_REFUSED_UNAUTHENTICATED, 1);
 		return r;
 	}
+	/* Opened unsigned: good while the uid alone is. Once the principal has
+	 * an API key (or had one), the stream's requests are not signed calls. */
+	if (h->dc->stream_key_id != NULL && h->dc->stream_key_id[0] == '\0' &&
+	    h->hc.sv->ak != NULL && apikeys_required(h->hc.sv->ak, who) != APIKEYS_NONE) {
+		metrics_add(M_REFUSED_UNAUTHENTICATED, 1);
+		return cf_error(CF_E_UNAUTHENTICATED, "principal %s has an API key now and this "
+				"stream was opened unsigned: open a new stream signed with a live "
+				"key", who);
+	}
 	/* A sealed call's inner call was signed as part of its envelope, a
 	 * stream's request with the stream's opening. */
 	if (!h->authenticated &&

@@ -90,11 +90,19 @@ http_check(void *arg)
 		cf_p11_key *k;
 		uint32_t v;
 
-		if (a->info->versions[i].state != STORE_ENABLED ||
-		    request_key(a->c, a->info->versions[i].version, USE_CHECK, &k, &v) != CF_OK)
+		if (a->info->versions[i].state != STORE_ENABLED)
 			continue;
-		if (cf_p11_mac_verify(k, cf_buf_peek(a->str), cf_buf_len(a->str), sig, 32) == CF_OK)
+		/* A version that cannot check (gone, below the minimum) is not a
+		 * match; a token that cannot answer is no verdict at all: the
+		 * caller must not take a genuine request for a forgery. */
+		if ((r = request_key(a->c, a->info->versions[i].version, USE_CHECK, &k, &v)) ==
+		    CF_OK)
+			r = cf_p11_mac_verify(k, cf_buf_peek(a->str), cf_buf_len(a->str), sig, 32);
+		if (r == CF_OK)
 			a->good = v;
+		else if (r != CF_E_BAD_SIGNATURE && r != CF_E_PRECONDITION && r != CF_E_NOT_FOUND)
+			return r;
+		cf_error_clear();
 	}
 	if (a->good == 0) {
 		a->why = "signature does not match the canonical request under any enabled "

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "iowatch.h"
 #include "nonces_pg.h"
 
@@ -58,6 +60,16 @@ struct nonces {
 	int64_t swept;       /* when a full scope last swept out expired entries */
 	int64_t warned;      /* when a refusal was last logged */
 	uint64_t unlogged;   /* refusals since then that were not */
+	/* The [requests] window that entries are now recorded with (written
+	 * under mu, in the log's header; 0: not known, a log from before). An
+	 * entry is kept until its timestamp has left it: raised, every entry
+	 * is kept longer by as much (nonces_set_window). */
+	atomic_uint window;
+	/* Timestamps before this are refused (0: none): when the window was
+	 * raised, the nonces of older ones may have been dropped already
+	 * (expired under the old window), so the new window must not accept
+	 * them. In the log's header too. */
+	atomic_int_fast64_t floor;
 	/* What the metrics read, copied under mu at each change and read
 	 * without it: a scrape never waits behind a write to the log or a
 	 * compaction that holds mu. */
@@ -161,6 +173,8 @@ place(struct entry *t, size_t cap, const struct entry *e)
 		i = (i + 1) & (cap - 1);
 	t[i] = *e;
 }
+
+static int compact_locked(nonces *n, int64_t now);
 
 /* Under mu, after a change: the figures nonces_stats and friends read. */
 static void
@@ -270,6 +284,10 @@ load_log(nonces *n, int64_t now)
 	}
 	if (got < 0 || memcmp(hdr, LOG_MAGIC, 8) != 0)
 		return cf_error(CF_E_IO, "nonce record %s is not a Coffer nonce log", n->path);
+	atomic_store(&n->window, (unsigned)hdr[8] | (unsigned)hdr[9] << 8 |
+				 (unsigned)hdr[10] << 16 | (unsigned)hdr[11] << 24);
+	atomic_store(&n->floor, (int64_t)((uint32_t)hdr[12] | (uint32_t)hdr[13] << 8 |
+					  (uint32_t)hdr[14] << 16 | (uint32_t)hdr[15] << 24));
 	n->size = LOG_HEADER;
 	while ((got = pread(n->fd, buf + have, sizeof(buf) - have, n->size + (off_t)have)) > 0) {
 		size_t whole;
@@ -576,8 +594,21 @@ use_pg(nonces *n, const char *scope, const struct entry *e, int64_t now)
 	return CF_OK;
 }
 
-int
-nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now)
+/* Kept until `expires`, which the caller computed with window cw: longer
+ * if the record's window is larger now (raised while the call ran). */
+static int64_t
+kept_until(const nonces *n, int64_t expires, unsigned cw)
+{
+	unsigned w = atomic_load(&((nonces *)n)->window);
+
+	return cw != UINT_MAX && w > cw ? expires + (w - cw) : expires;
+}
+
+/* relock: the clock is read again where the record is looked at (the
+ * later of it and now). */
+static int
+use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned cw, int64_t now,
+    int relock)
 {
 	struct entry e;
 	uint8_t rec[REC];
@@ -585,17 +616,31 @@ nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int
 	int grows, r, slot, wrote;
 
 	digest(scope, nonce, e.h);
-	e.expires = expires;
 	e.scope = scope_tag(scope);
-	if (n->pg != NULL)
+	if (n->pg != NULL) {
+		if (relock && cf_wall_s() > now)
+			now = cf_wall_s();
+		if (relock && expires <= now)
+			return cf_error(CF_E_TIMEOUT, "expired while it was checked");
+		e.expires = kept_until(n, expires, cw);
 		return use_pg(n, scope, &e, now);
-	encode(&e, rec);
+	}
 	/* Bounded: behind a write that hangs, this call is refused rather than
 	 * stuck with it. */
 	if (iowatch_lock(&n->mu) != 0)
 		return cf_error(CF_E_UNAVAILABLE, "nonce record %s: a write to it has not returned "
 				"in %u ms (the disk does not answer); retry once it does", n->path,
 				iowatch_limit());
+	/* The clock read under mu: an entry of this nonce that another thread
+	 * dropped as expired before then is expired for this claim too. */
+	if (relock && cf_wall_s() > now)
+		now = cf_wall_s();
+	if (relock && expires <= now) {
+		r = cf_error(CF_E_TIMEOUT, "expired while it was checked");
+		goto out;
+	}
+	e.expires = kept_until(n, expires, cw);
+	encode(&e, rec);
 	if ((r = admit_locked(n, &e, scope, now, 1, &i, &grows)) != CF_OK)
 		goto out;
 	/* In the log before it counts: the kernel has it once write returns,
@@ -619,6 +664,58 @@ out:
 	return r;
 }
 
+int
+nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now)
+{
+	return use(n, scope, nonce, expires, UINT_MAX, now, 0);
+}
+
+int
+nonces_set_window(nonces *n, unsigned window, int64_t now)
+{
+	unsigned old;
+	int r = CF_OK;
+
+	/* Recorded with the fleet first: a window raised here only once its
+	 * rows are kept longer. */
+	if (n->pg != NULL) {
+		int64_t floor;
+
+		if ((r = nonces_pg_set_window(n->pg, window, now, &floor)) == CF_OK) {
+			atomic_store(&n->floor, floor);
+			atomic_store(&n->window, window);
+		}
+		return r;
+	}
+	pthread_mutex_lock(&n->mu);
+	old = atomic_load(&n->window);
+	if (window != old) {
+		/* Raised: what is recorded is kept as long as the new window
+		 * accepts its timestamp, and what may have been dropped (older
+		 * than the old window now; 0, a log from before: anything) is
+		 * refused until the new window leaves it behind. */
+		if (window > old) {
+			for (size_t i = 0; i < n->cap; i++)
+				if (n->t[i].expires != 0)
+					n->t[i].expires += window - old;
+			/* (A log just made has nothing to have dropped.) */
+			if ((old > 0 || n->used > 0 || n->size > LOG_HEADER) &&
+			    now - old > atomic_load(&n->floor))
+				atomic_store(&n->floor, now - old);
+		}
+		atomic_store(&n->window, window);
+		/* The log, rewritten with the header's window: a restart reads
+		 * the same expiries. Failing, the table holds them until then,
+		 * and the next start applies the raise again from the header. */
+		if (n->fd >= 0 && compact_locked(n, now) != CF_OK)
+			cf_log_warn("nonce record: the window changed from %u to %u s, and the log "
+				    "could not be rewritten (%s); this run keeps the new expiries",
+				    old, window, cf_error_detail());
+	}
+	pthread_mutex_unlock(&n->mu);
+	return r;
+}
+
 /* Rewrite the log with only the live entries (mu held): a new file, synced,
  * renamed over the old one. */
 static int
@@ -635,6 +732,10 @@ compact_locked(nonces *n, int64_t now)
 		return cf_error(CF_E_IO, "nonce record %s: %s", tmp, strerror(errno));
 	memset(hdr, 0, sizeof(hdr));
 	memcpy(hdr, LOG_MAGIC, 8);
+	for (int b = 0; b < 4; b++) {
+		hdr[8 + b] = (uint8_t)(atomic_load(&n->window) >> (8 * b));
+		hdr[12 + b] = (uint8_t)((uint64_t)atomic_load(&n->floor) >> (8 * b));
+	}
 	ok = cf_write_all(fd, hdr, sizeof(hdr)) == 0;
 	for (size_t i = 0; ok && i <= n->cap; i++) {
 		if (have == sizeof(buf) || (i == n->cap && have > 0)) {
@@ -724,7 +825,7 @@ nonces_check(nonces *n, const struct nonce_claim *c, int64_t now, int (*verify)(
 	int r;
 
 	*v = NONCE_FRESH;
-	if (c->timestamp < now - (int64_t)c->window) {
+	if (c->timestamp < now - (int64_t)c->window || c->timestamp < atomic_load(&n->floor)) {
 		*v = NONCE_EXPIRED;
 		return CF_OK;
 	}
@@ -734,7 +835,14 @@ nonces_check(nonces *n, const struct nonce_claim *c, int64_t now, int (*verify)(
 	}
 	if ((r = verify(arg)) != CF_OK)
 		return r;
-	r = nonces_use(n, c->scope, c->nonce, c->timestamp + (int64_t)c->window + 1, now);
+	/* Its verification may have taken a while: the clock is read again
+	 * where the record is looked at. */
+	r = use(n, c->scope, c->nonce, c->timestamp + (int64_t)c->window + 1, c->window, now, 1);
+	if (r == CF_E_TIMEOUT) {
+		cf_error_clear();
+		*v = NONCE_EXPIRED;
+		return CF_OK;
+	}
 	if (r == CF_E_EXISTS) {
 		*v = NONCE_REPLAYED;
 		return CF_OK;

@@ -4,8 +4,11 @@
  *
  * In memory: an open-addressing table of 16-byte SHA-256 prefixes of
  * scope‖0‖nonce with their expiry and a 64-bit tag of the scope (32 bytes
- * per entry, grown by doubling at 3/4 load, so 43..86 bytes per live nonce). On disk: <state_dir>/nonces.log,
- * an append-only file of 24-byte records written before the nonce counts (in
+ * per entry, grown by doubling at 3/4 load, so 43..86 bytes per live
+ * nonce). On disk: <state_dir>/nonces.log, a 16-byte header (magic, the
+ * window the expiries were recorded with, and the floor of timestamps after
+ * a raise: nonces_set_window) then an append-only file of 24-byte records
+ * written before the nonce counts (in
  * the kernel once write() returns, so a crash or restart of the daemon never
  * forgets one), read back at start and rewritten with only the live records
  * by the expiry sweep once dead ones outnumber them. A record kept in SQLite
@@ -63,6 +66,16 @@ void nonces_set_scope_max(nonces *n, size_t max);
  * already recorded and unexpired (a replay); CF_E_EXHAUSTED if max_live
  * nonces are live, or the scope's share; CF_E_IO if it cannot be made durable. */
 int nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires, int64_t now);
+
+/* The [requests] window calls are now checked with, before they are (at
+ * start and on SIGHUP): raised, every recorded nonce is kept longer by as
+ * much, so that no timestamp the new window accepts finds its nonce
+ * forgotten; the window is kept with the record (the log's header; the
+ * fleet's table) for the next start. CF_OK (a log that could not be
+ * rewritten is logged: this run keeps the new expiries, and the next start
+ * applies the change again from the header), or, in a fleet, CF_E_UNAVAILABLE
+ * when PostgreSQL could not record it: nothing changed, keep the old window. */
+int nonces_set_window(nonces *n, unsigned window, int64_t now);
 
 /* The freshness rule of a signed message (call signatures, signed HTTP
  * requests), written once: its timestamp is at most `window` s old and at

@@ -33,6 +33,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,19 +75,41 @@ static const char SCHEMA_SQL[] =
 	" h bytea PRIMARY KEY CHECK (octet_length(h) = 16),"
 	" expires bigint NOT NULL);"
 	"CREATE INDEX IF NOT EXISTS coffer_nonces_expires ON coffer_nonces (expires);"
+	/* The largest [requests] window any replica has checked calls with
+	 * (nonces_pg_set_window): every row is kept as long as it accepts the
+	 * row's timestamp, whichever replica recorded it. */
+	"CREATE TABLE IF NOT EXISTS coffer_nonce_window ("
+	" one boolean PRIMARY KEY DEFAULT true CHECK (one),"
+	" seconds bigint NOT NULL,"
+	" floor bigint NOT NULL);"
+	"INSERT INTO coffer_nonce_window VALUES (true, 0, 0) ON CONFLICT DO NOTHING;"
 	"COMMIT";
 
-/* $1: hashes (hex), $2: their expiries, both sorted by hash; $3: now. A row
- * comes back for each claim that took its key: a new row, or one whose
- * expiry had passed. Rows are taken in hash order, the same order in every
- * replica's batches, so that two batches waiting on each other's rows
- * cannot deadlock. */
+/* $1: hashes (hex), $2: their expiries, both sorted by hash; $3: now; $4:
+ * the window the expiries were computed with, lengthened to the fleet's
+ * largest. A row comes back for each claim that took its key: a new row,
+ * or one whose expiry had passed. Rows are taken in hash order, the same
+ * order in every replica's batches, so that two batches waiting on each
+ * other's rows cannot deadlock. */
 static const char CLAIM_SQL[] =
 	"INSERT INTO coffer_nonces AS t (h, expires)"
-	" SELECT decode(u.h, 'hex'), u.e FROM unnest($1::text[], $2::int8[]) AS u(h, e)"
+	" SELECT decode(u.h, 'hex'), u.e + greatest(0, w.seconds - $4::int8)"
+	" FROM unnest($1::text[], $2::int8[]) AS u(h, e), coffer_nonce_window w"
 	" ORDER BY u.h"
 	" ON CONFLICT (h) DO UPDATE SET expires = EXCLUDED.expires WHERE t.expires <= $3"
 	" RETURNING encode(t.h, 'hex')";
+
+/* The window, one transaction (nonces_pg_set_window): the fleet's largest
+ * and its floor, locked; raised beyond it, the live rows (and those kept
+ * for the skew) are kept longer by as much ($1: the raise, $2: now - skew),
+ * and timestamps whose rows may be swept already are refused from then on
+ * ($1: the window, $2: the floor; nonces.c). */
+static const char WINDOW_READ_SQL[] =
+	"SELECT seconds, floor FROM coffer_nonce_window WHERE one FOR UPDATE";
+static const char WINDOW_KEEP_SQL[] =
+	"UPDATE coffer_nonces SET expires = expires + $1::int8 WHERE expires > $2::int8";
+static const char WINDOW_SET_SQL[] =
+	"UPDATE coffer_nonce_window SET seconds = $1::int8, floor = $2::int8 WHERE one";
 
 /* The outer "expires <= $1" is re-checked on a row that a concurrent claim
  * has just renewed, which then stays. */
@@ -127,6 +150,7 @@ struct nonces_pg {
 	struct claim *head, **tail;
 	int stop;
 	uint64_t batches, items;
+	atomic_uint window;      /* this replica's [requests] window */
 	struct link ln[LINKS];
 	pthread_t bt[BATCHERS];
 	int nbt;                 /* batcher threads started */
@@ -184,7 +208,7 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	PQclear(res);
 	res = NULL;
 	if (pipeline) {
-		res = sqldb_pg_collect(c, PQsendPrepare(c, "claim", CLAIM_SQL, 3, NULL),
+		res = sqldb_pg_collect(c, PQsendPrepare(c, "claim", CLAIM_SQL, 4, NULL),
 				       SETUP_WAIT_MS, 0, &late);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK || PQenterPipelineMode(c) != 1) {
 			if (late)
@@ -251,8 +275,8 @@ timed_out(const char *msg)
 static int
 send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
 {
-	const char *vals[3];
-	char now[24];
+	const char *vals[4];
+	char now[24], win[16];
 	char *h = p->hexes, *e = p->exps;
 	int64_t mn = b[0]->now;
 	int committed = 0, slot;
@@ -274,10 +298,12 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 	strcpy(h, "}");
 	strcpy(e, "}");
 	snprintf(now, sizeof(now), "%lld", (long long)mn);
+	snprintf(win, sizeof(win), "%u", atomic_load(&p->p->window));
 	vals[0] = p->hexes;
 	vals[1] = p->exps;
 	vals[2] = now;
-	if (PQsendQueryPrepared(p->conn, "claim", 3, vals, NULL, NULL, 0) != 1 ||
+	vals[3] = win;
+	if (PQsendQueryPrepared(p->conn, "claim", 4, vals, NULL, NULL, 0) != 1 ||
 	    PQpipelineSync(p->conn) != 1) {
 		pq_text("PostgreSQL unreachable: ", PQerrorMessage(p->conn), msg, len);
 		return 0;
@@ -619,6 +645,83 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 			break;
 	}
 out:
+	pthread_mutex_unlock(&p->xmu);
+	return r;
+}
+
+/* One statement of the window's transaction on xconn: its result (NULL
+ * with msg set on failure; then the connection is dropped). */
+static PGresult *
+window_step(struct nonces_pg *p, const char *sql, int n, const char *const *vals,
+	    ExecStatusType want, char *msg, size_t len)
+{
+	int late;
+	PGresult *res = sqldb_pg_collect(p->xconn, PQsendQueryParams(p->xconn, sql, n, NULL, vals,
+								      NULL, NULL, 0),
+					 SETUP_WAIT_MS, 1, &late);
+
+	if (PQresultStatus(res) == want)
+		return res;
+	if (late)
+		snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
+	else
+		pq_text("PostgreSQL error: ", PQerrorMessage(p->xconn), msg, len);
+	PQclear(res);
+	PQfinish(p->xconn);
+	p->xconn = NULL;
+	return NULL;
+}
+
+int
+nonces_pg_set_window(struct nonces_pg *p, unsigned window, int64_t now, int64_t *floor)
+{
+	char msg[MSG_MAX], a[24], b[24];
+	const char *vals[2] = { a, b };
+	PGresult *res;
+	int64_t old, fl;
+	int r = CF_OK;
+
+	pthread_mutex_lock(&p->xmu);
+	if (p->xconn != NULL && !conn_usable(p->xconn)) {
+		PQfinish(p->xconn);
+		p->xconn = NULL;
+	}
+	if (p->xconn == NULL && (p->xconn = connect_db(p->dsn, 0, msg, sizeof(msg))) == NULL)
+		goto fail;
+	if ((res = window_step(p, "BEGIN", 0, NULL, PGRES_COMMAND_OK, msg, sizeof(msg))) == NULL)
+		goto fail;
+	PQclear(res);
+	if ((res = window_step(p, WINDOW_READ_SQL, 0, NULL, PGRES_TUPLES_OK, msg,
+			       sizeof(msg))) == NULL)
+		goto fail;
+	old = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+	fl = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 1), NULL, 10) : 0;
+	PQclear(res);
+	if (window > old) {
+		if (now - old - EXPIRE_SKEW_S > fl)
+			fl = now - old - EXPIRE_SKEW_S;
+		snprintf(a, sizeof(a), "%lld", (long long)(window - old));
+		snprintf(b, sizeof(b), "%lld", (long long)(now - EXPIRE_SKEW_S));
+		if ((res = window_step(p, WINDOW_KEEP_SQL, 2, vals, PGRES_COMMAND_OK, msg,
+				       sizeof(msg))) == NULL)
+			goto fail;
+		PQclear(res);
+		snprintf(a, sizeof(a), "%u", window);
+		snprintf(b, sizeof(b), "%lld", (long long)fl);
+		if ((res = window_step(p, WINDOW_SET_SQL, 2, vals, PGRES_COMMAND_OK, msg,
+				       sizeof(msg))) == NULL)
+			goto fail;
+		PQclear(res);
+	}
+	if ((res = window_step(p, "COMMIT", 0, NULL, PGRES_COMMAND_OK, msg, sizeof(msg))) == NULL)
+		goto fail;
+	PQclear(res);
+	*floor = fl;
+	atomic_store(&p->window, window);
+	pthread_mutex_unlock(&p->xmu);
+	return CF_OK;
+fail:
+	r = cf_error(CF_E_UNAVAILABLE, "nonce record: the window: %s", msg);
 	pthread_mutex_unlock(&p->xmu);
 	return r;
 }

@@ -34,6 +34,13 @@ int nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, i
  * sweep at once: each skips the rows another is deleting). */
 int nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted);
 
+/* This replica's [requests] window (nonces_set_window): claims are kept as
+ * long as the largest window any replica has used accepts them; raised
+ * beyond it, the live rows are kept longer by as much. *floor: timestamps
+ * before it are refused (their rows may be gone). CF_E_UNAVAILABLE
+ * "nonce record: ..." when PostgreSQL cannot record it. */
+int nonces_pg_set_window(struct nonces_pg *p, unsigned window, int64_t now, int64_t *floor);
+
 /* Transactions sent for claims, and the claims they answered. */
 void nonces_pg_stats(struct nonces_pg *p, uint64_t *batches, uint64_t *items);
 

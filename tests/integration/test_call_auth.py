@@ -32,6 +32,7 @@ import hmac
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 import unittest
@@ -610,6 +611,55 @@ class Lifecycle(unittest.TestCase):
         self.d.restart()
         self.assert_refused("replayed nonce", k.key.id, k.secret, nonce=nonce, timestamp=ts)
         # The key and its secret survived the restart.
+        self.mac(k.key.id, k.secret)
+
+    def test_replay_refused_after_the_window_is_raised(self):
+        """A nonce is kept until its timestamp has left the window. Raised
+        (SIGHUP, or a restart with another configuration), every nonce
+        recorded is kept longer by as much, and timestamps whose nonces may
+        already be gone (older than the old window then) stay refused.
+        Before, a call signed under a 3 s window was accepted again once the
+        window became 600 s (found by a review)."""
+        k = self.sadm().CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        self.d.config["requests"] = {"window": "3"}
+        self.d.restart()
+
+        def call():
+            ts, nonce = int(time.time()), secrets.token_hex(16)
+            self.mac(k.key.id, k.secret, nonce=nonce, timestamp=ts)
+            return ts, nonce
+
+        def replay(sent, pattern):
+            self.assert_refused(pattern, k.key.id, k.secret, nonce=sent[1], timestamp=sent[0])
+
+        a = call()
+        time.sleep(max(0, a[0] + 5 - time.time()))     # past a + 3 + 1: forgotten
+        b = call()
+        # SIGHUP raises it while b is still recorded.
+        self.d.config["requests"] = {"window": "600"}
+        self.d.write_config()
+        before = self.d.log().count("SIGHUP: reloaded")
+        self.d.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while self.d.log().count("SIGHUP: reloaded") <= before:
+            self.assertLess(time.monotonic(), deadline, self.d.log())
+            time.sleep(0.05)
+        time.sleep(max(0, b[0] + 5 - time.time()))     # past b + 3 + 1
+        replay(b, "replayed nonce")
+        # Its nonce may be gone already (SQLite: dropped; PostgreSQL keeps
+        # rows 300 s longer for clock skew): refused either way.
+        gone = "^(expired: |replayed nonce)"
+        replay(a, gone)
+        # A restart at 3 s, a call, a restart at 600 s: the same.
+        self.d.config["requests"] = {"window": "3"}
+        self.d.restart()
+        c = call()
+        self.d.config["requests"] = {"window": "600"}
+        self.d.restart()
+        time.sleep(max(0, c[0] + 5 - time.time()))
+        replay(c, "replayed nonce")
+        for old in (b, a):       # older than the old window when it was raised
+            replay(old, gone)
         self.mac(k.key.id, k.secret)
 
     def test_require_api_key(self):

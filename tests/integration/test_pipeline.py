@@ -432,6 +432,37 @@ class PipelineAuth(unittest.TestCase):
         self.assertEqual(call.code(), SC.OK)
 
 
+class PipelineKeyAddedLater(unittest.TestCase):
+    def test_unsigned_stream_after_the_principal_gets_a_key(self):
+        """A stream opened unsigned, while the uid alone was enough: once
+        the principal has an API key its requests are refused, and stay
+        refused once the key is revoked (sticky). Before, the stream went
+        on signing without the secret (found by a review)."""
+        d = CofferDaemon()
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="l-ec", type=pb.EC_P256),
+                                 timeout=TIMEOUT)
+        q = queue.Queue()
+        call = stream_of(d.channel("service"))(iter(q.get, None), timeout=60)
+        q.put(req(1, "Sign", pb.SignRequest(key="l-ec", message=b"1")))
+        self.assertEqual(next(call).code, 0)
+        sadm = d.sealed_stub(kind="admin", service="AdminService")
+        kid = sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"),
+                                timeout=TIMEOUT).key.id
+        text = ("principal tester has an API key now and this stream was opened unsigned: "
+                "open a new stream signed with a live key")
+        q.put(req(2, "Sign", pb.SignRequest(key="l-ec", message=b"2")))
+        two = next(call)
+        self.assertEqual((two.code, two.message), (code_of(SC.UNAUTHENTICATED), text))
+        d.admin_stub().RevokeApiKey(pb.RevokeApiKeyRequest(id=kid), timeout=TIMEOUT)
+        q.put(req(3, "Sign", pb.SignRequest(key="l-ec", message=b"3")))
+        three = next(call)
+        self.assertEqual((three.code, three.message), (code_of(SC.UNAUTHENTICATED), text))
+        q.put(None)
+        self.assertEqual(list(call), [])
+
+
 class PipelineNoPrincipal(unittest.TestCase):
     def test_no_principal(self):
         d = CofferDaemon(grant_all=False)

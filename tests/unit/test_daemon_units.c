@@ -1059,6 +1059,123 @@ test_handlers_direct(void)
 	store_close(st);
 }
 
+/* A replay whose verification runs past its nonce's expiry while the sweep
+ * drops the nonce: EXPIRED, not FRESH (the record's clock is read once it
+ * is held, not when the call started). */
+struct slow_check {
+	nonces *n;
+	int64_t until;
+};
+
+static int
+slow_verify(void *arg)
+{
+	struct slow_check *sc = arg;
+
+	while (cf_wall_s() < sc->until)
+		usleep(20000);
+	nonces_expire(sc->n, cf_wall_s());
+	return CF_OK;
+}
+
+static int
+quick_verify(void *arg)
+{
+	(void)arg;
+	return CF_OK;
+}
+
+static void
+test_nonce_expired_while_checked(void)
+{
+	char dir[400];
+	nonces *n = NULL;
+	int64_t now = cf_wall_s();
+	struct nonce_claim c = { .scope = "edge", .nonce = "edge-nonce-000001",
+				 .timestamp = now - 5, .window = 5, .ahead = 1 };
+	struct slow_check sc;
+	enum nonce_verdict v;
+
+	snprintf(dir, sizeof(dir), "%s/nonce-edge", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &n), CF_OK);
+	/* Kept until now + 1 (timestamp + window + 1). */
+	CU_ASSERT_EQUAL(nonces_check(n, &c, now, quick_verify, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_FRESH);
+	CU_ASSERT_EQUAL(nonces_check(n, &c, now, quick_verify, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_REPLAYED);
+	sc = (struct slow_check){ .n = n, .until = now + 1 };
+	CU_ASSERT_EQUAL(nonces_check(n, &c, now, slow_verify, &sc, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_EXPIRED);
+	nonces_close(n);
+}
+
+/* VerifyRequestSignature when the token cannot check: the call fails with
+ * the token's error, never a BAD_SIGNATURE verdict (a genuine request taken
+ * for a forgery), and the nonce is not spent. */
+static void
+test_verify_request_token_error(void)
+{
+	char dir[400];
+	store *st = NULL;
+	struct hservices sv = { .window = 300 };
+	struct keyring_ref key;
+	struct hcall h = { .sv = &sv, .key = &key };
+	struct store_key info;
+	handler_fn sign = handlers_find(CF_KS_SIGN_HTTP_REQUEST);
+	handler_fn verify = handlers_find(CF_KS_VERIFY_REQUEST_SIGNATURE);
+	Coffer__V1__HttpRequestParts parts = COFFER__V1__HTTP_REQUEST_PARTS__INIT;
+	Coffer__V1__SignHttpRequestRequest sreq = COFFER__V1__SIGN_HTTP_REQUEST_REQUEST__INIT;
+	Coffer__V1__VerifyRequestSignatureRequest vreq =
+		COFFER__V1__VERIFY_REQUEST_SIGNATURE_REQUEST__INIT;
+	Coffer__V1__SignHttpRequestResponse *signed_;
+	ProtobufCMessage *resp = NULL;
+	uint8_t body_sha[32] = { 0 };
+	CK_RV (*real_verify)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+	CK_FUNCTION_LIST_PTR f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sign);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(verify);
+	snprintf(dir, sizeof(dir), "%s/verify-request", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &sv.kr), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(nonces_open(dir, 1000, &sv.nn), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(sv.kr, "rq", CF_KEY_HMAC_SHA256, 0, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	CU_ASSERT_EQUAL_FATAL(keyring_find(sv.kr, "rq", &key), CF_OK);
+	parts.key = "rq";
+	parts.method = "POST";
+	parts.path = "/v1/orders";
+	parts.canonical_query = "";
+	parts.body_sha256.data = body_sha;
+	parts.body_sha256.len = sizeof(body_sha);
+	parts.nonce = "";
+	sreq.request = &parts;
+	CU_ASSERT_EQUAL_FATAL(sign(&h, &sreq.base, &resp), CF_OK);
+	signed_ = (Coffer__V1__SignHttpRequestResponse *)resp;
+	parts.timestamp = signed_->timestamp;
+	parts.nonce = signed_->nonce;
+	vreq.request = &parts;
+	vreq.signature = signed_->signature;
+	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
+	real_verify = f->C_Verify;
+	f->C_Verify = fail_verify;
+	CU_ASSERT_EQUAL(verify(&h, &vreq.base, &resp), CF_E_TOKEN);
+	f->C_Verify = real_verify;
+	(void)f->C_CloseSession(s);
+	CU_ASSERT_EQUAL_FATAL(verify(&h, &vreq.base, &resp), CF_OK);
+	CU_ASSERT_EQUAL(((Coffer__V1__VerifyRequestSignatureResponse *)resp)->verdict,
+			COFFER__V1__REQUEST_VERDICT__VALID);
+	protobuf_c_message_free_unpacked(resp, NULL);
+	protobuf_c_message_free_unpacked(&signed_->base, NULL);
+	nonces_close(sv.nn);
+	keyring_close(sv.kr);
+	store_close(st);
+}
+
 /* The session table's bounds: per-uid LRU eviction, the total cap, and
  * expiry that ends (and wipes) sessions without any caller coming back. */
 static void
@@ -1398,6 +1515,8 @@ main(void)
 		{ "a locked state store, a failing token: nothing half done",
 		  test_store_and_token_failures },
 		{ "handlers called directly", test_handlers_direct },
+		{ "VerifyRequestSignature on a token error", test_verify_request_token_error },
+		{ "a nonce expired while its replay was checked", test_nonce_expired_while_checked },
 		{ "session table: LRU, cap, expiry", test_session_table },
 		{ "iowatch: a disk operation that hangs, the bounded lock", test_iowatch },
 		{ "frame helpers: short items on their owner, long ones shared", test_share },

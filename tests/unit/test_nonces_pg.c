@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <CUnit/CUnit.h>
 #include <libpq-fe.h>
@@ -117,23 +118,25 @@ refuse_all(void *arg)
 static void
 test_check_rule(void)
 {
-	struct nonce_claim c = { "key-3", "check-rule-00001", 1000, 300, 30 };
+	/* Real time: the record reads the clock again once it holds the claim. */
+	int64_t t0 = (int64_t)time(NULL) - 10;
+	struct nonce_claim c = { "key-3", "check-rule-00001", t0, 300, 30 };
 	enum nonce_verdict v;
 
-	CU_ASSERT_EQUAL(nonces_check(ra, &c, 1400, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(ra, &c, t0 + 400, accept_all, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_EXPIRED);
-	CU_ASSERT_EQUAL(nonces_check(ra, &c, 900, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(ra, &c, t0 - 100, accept_all, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_AHEAD);
 	/* Not genuine: the nonce is not used up. */
-	CU_ASSERT_EQUAL(nonces_check(rb, &c, 1010, refuse_all, NULL, &v), CF_E_UNAUTHENTICATED);
-	CU_ASSERT_EQUAL(nonces_check(rb, &c, 1010, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(rb, &c, t0 + 10, refuse_all, NULL, &v), CF_E_UNAUTHENTICATED);
+	CU_ASSERT_EQUAL(nonces_check(rb, &c, t0 + 10, accept_all, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_FRESH);
-	CU_ASSERT_EQUAL(nonces_check(ra, &c, 1010, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(ra, &c, t0 + 10, accept_all, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_REPLAYED);
-	/* Kept until the timestamp has left the window: 1000 + 300 + 1. */
+	/* Kept until the timestamp has left the window: t0 + 300 + 1. */
 	CU_ASSERT_EQUAL(sql_long("SELECT expires FROM coffer_nonces WHERE h = "
 				 "substr(sha256('key-3'::bytea || '\\x00'::bytea || "
-				 "'check-rule-00001'::bytea), 1, 16)"), 1301);
+				 "'check-rule-00001'::bytea), 1, 16)"), t0 + 301);
 }
 
 #define RACE_NONCES 400
@@ -223,8 +226,9 @@ test_expiry(void)
 	/* Expired (expires <= now): taken over, by either replica, once. */
 	CU_ASSERT_EQUAL(nonces_use(rb, "key-4", "short-lived-00001", 3000, 2000), CF_OK);
 	CU_ASSERT_EQUAL(nonces_use(ra, "key-4", "short-lived-00001", 3000, 2000), CF_E_EXISTS);
-	CU_ASSERT_EQUAL(sql_long("SELECT expires FROM coffer_nonces WHERE expires < 4000000000 "
-				 "AND expires <> 1301"), 3000);
+	CU_ASSERT_EQUAL(sql_long("SELECT expires FROM coffer_nonces WHERE h = "
+				 "substr(sha256('key-4'::bytea || '\\x00'::bytea || "
+				 "'short-lived-00001'::bytea), 1, 16)"), 3000);
 	/* The sweep deletes expired rows only, in batches of 5,000. */
 	for (int i = 0; i < 12000; i++) {
 		char nonce[40];
@@ -275,10 +279,59 @@ test_limits(void)
 	nonces_close(small);
 }
 
+/* The window raised (nonces_set_window): the fleet keeps every row as long
+ * as its largest window accepts the row's timestamp, lengthens the live
+ * rows by the raise, and refuses timestamps whose rows may be swept. */
+static long
+row_of(const char *scope, const char *nonce)
+{
+	char q[300];
+
+	snprintf(q, sizeof(q), "SELECT expires FROM coffer_nonces WHERE h = substr(sha256("
+		 "'%s'::bytea || '\\x00'::bytea || '%s'::bytea), 1, 16)", scope, nonce);
+	return sql_long(q);
+}
+
+static void
+test_window_raised(void)
+{
+	int64_t t0 = (int64_t)time(NULL);
+	struct nonce_claim c = { "key-7", "window-raise-0001", t0 - 4, 5, 1 };
+	struct nonce_claim later = { "key-7", "window-raise-0002", t0, 600, 1 };
+	struct nonce_claim old = { "key-7", "window-raise-0003", t0 - 400, 600, 1 };
+	enum nonce_verdict v;
+
+	CU_ASSERT_EQUAL_FATAL(nonces_set_window(ra, 5, t0), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(ra, &c, t0, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_FRESH);
+	CU_ASSERT_EQUAL(row_of("key-7", "window-raise-0001"), t0 + 2);
+	/* Raised to 600 s: the row kept until its timestamp leaves 600 s. */
+	CU_ASSERT_EQUAL_FATAL(nonces_set_window(ra, 600, t0), CF_OK);
+	CU_ASSERT_EQUAL(row_of("key-7", "window-raise-0001"), t0 + 597);
+	CU_ASSERT_EQUAL_FATAL(nonces_set_window(rb, 600, t0), CF_OK);
+	c.window = 600;
+	CU_ASSERT_EQUAL(nonces_check(rb, &c, t0, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_REPLAYED);
+	/* Older than the old window was when it was raised: refused. */
+	CU_ASSERT_EQUAL(nonces_check(rb, &old, t0, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_EXPIRED);
+	/* One replica back at 5 s: what it records is still kept for 600 s,
+	 * the fleet's largest (the other may accept it). */
+	CU_ASSERT_EQUAL_FATAL(nonces_set_window(ra, 5, t0), CF_OK);
+	later.window = 5;
+	CU_ASSERT_EQUAL(nonces_check(ra, &later, t0, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_FRESH);
+	CU_ASSERT_EQUAL(row_of("key-7", "window-raise-0002"), t0 + 601);
+	later.window = 600;
+	CU_ASSERT_EQUAL(nonces_check(rb, &later, t0, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(v, NONCE_REPLAYED);
+}
+
 static void
 test_server_down(void)
 {
-	struct nonce_claim c = { "key-6", "down-check-00001", 7000, 300, 30 };
+	int64_t t0 = (int64_t)time(NULL);
+	struct nonce_claim c = { "key-6", "down-check-00001", t0, 300, 30 };
 	enum nonce_verdict v = NONCE_FRESH;
 	const char *want = "nonce record: PostgreSQL unreachable: ";
 
@@ -296,7 +349,7 @@ test_server_down(void)
 	CU_ASSERT_EQUAL(nonces_use(ra, "key-6", "during-the-stop-2", 8000, 7000), CF_E_UNAVAILABLE);
 	CU_ASSERT_EQUAL(strncmp(cf_error_detail(), want, strlen(want)), 0);
 	/* Neither fresh nor replayed: the rule passes the failure on. */
-	CU_ASSERT_EQUAL(nonces_check(ra, &c, 7010, accept_all, NULL, &v), CF_E_UNAVAILABLE);
+	CU_ASSERT_EQUAL(nonces_check(ra, &c, t0 + 10, accept_all, NULL, &v), CF_E_UNAVAILABLE);
 	(void)v;   /* the status is the answer: no verdict */
 	/* A nonce this replica accepted before is still refused from memory. */
 	CU_ASSERT_EQUAL(nonces_use(ra, "key-6", "before-the-stop-1", 8000, 7000), CF_E_EXISTS);
@@ -306,7 +359,7 @@ test_server_down(void)
 	CU_ASSERT_EQUAL(nonces_use(rb, "key-6", "during-the-stop-1", 8000, 7000), CF_OK);
 	CU_ASSERT_EQUAL(nonces_use(ra, "key-6", "during-the-stop-1", 8000, 7000), CF_E_EXISTS);
 	CU_ASSERT_EQUAL(nonces_use(rb, "key-6", "before-the-stop-1", 8000, 7000), CF_E_EXISTS);
-	CU_ASSERT_EQUAL(nonces_check(ra, &c, 7010, accept_all, NULL, &v), CF_OK);
+	CU_ASSERT_EQUAL(nonces_check(ra, &c, t0 + 10, accept_all, NULL, &v), CF_OK);
 	CU_ASSERT_EQUAL(v, NONCE_FRESH);
 	nonces_expire(rb, 7000);
 }
@@ -356,6 +409,8 @@ main(void)
 		{ "8 threads x 2 replicas race: each nonce once, batched", test_race },
 		{ "expired rows taken over, swept in batches", test_expiry },
 		{ "limits per replica", test_limits },
+		{ "the window raised: rows kept longer, older timestamps refused",
+		  test_window_raised },
 		{ "server stopped: UNAVAILABLE; started: works again", test_server_down },
 		{ "the record survives a crash of the server", test_server_crash },
 		{ "open: a URI; no server: UNAVAILABLE", test_open_unreachable },
