@@ -857,8 +857,12 @@ pem_of_spki(const uint8_t *der, size_t len, char **pem)
 		r = cf_error(CF_E_INTERNAL, "the server returned a public key that is not a "
 		    "SubjectPublicKeyInfo");
 	} else if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_PUBKEY(b, k) != 1 ||
-	    (n = BIO_get_mem_data(b, &data)) <= 0 || (*pem = strndup(data, (size_t)n)) == NULL) {
+	    (n = BIO_get_mem_data(b, &data)) <= 0 || (*pem = malloc((size_t)n + 1)) == NULL) {
 		r = cf_nomem();
+	} else {
+		/* (the BIO's bytes are not NUL-terminated) */
+		memcpy(*pem, data, (size_t)n);
+		(*pem)[n] = '\0';
 	}
 	BIO_free(b);
 	EVP_PKEY_free(k);

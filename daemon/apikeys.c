@@ -14,10 +14,13 @@
 #include "cf_status.h"
 
 /* A key's record and the open token handle of each of its secrets
- * (k[i] belongs to rec.secrets[i]; NULL when the token lacks the object). */
+ * (k[i] belongs to rec.secrets[i]; NULL when the token lacks the object, or
+ * could not be asked when the table was read: then retry[i], and the first
+ * call that needs it opens it). */
 struct entry {
 	struct store_apikey rec;
 	cf_p11_key *k[STORE_APIKEY_SECRETS_MAX];
+	int retry[STORE_APIKEY_SECRETS_MAX];
 };
 
 struct apikeys {
@@ -211,10 +214,11 @@ not_recorded(apikeys *a, int r, cf_p11_key **k)
 	destroy_handles(k, 1, "not recorded");
 }
 
-/* In a fleet, an attempt whose commit was lost with PostgreSQL keeps its
- * new secret's object (not_recorded), which the next start would remove.
- * The record, re-read under the change lock, did not take generation gen:
- * nothing claims an object there, and it would refuse every rotation. */
+/* An attempt whose outcome is unknown keeps its new secret's object (a
+ * token write that may have happened; in a fleet, a commit lost with
+ * PostgreSQL: not_recorded), which the next start would remove. The record,
+ * read under the change lock, did not take generation gen: nothing claims
+ * an object there, and it would refuse every rotation until that start. */
 static void
 drop_leftover(apikeys *a, const char *id, uint32_t gen)
 {
@@ -227,7 +231,7 @@ drop_leftover(apikeys *a, const char *id, uint32_t gen)
 		return;
 	}
 	cf_log_warn("API key %s secret %u: an object no record claims (left by an attempt "
-		    "whose commit was lost) is destroyed before the rotation makes it again",
+		    "that did not complete) is destroyed before the rotation makes it again",
 		    id, gen);
 	destroy_handles(&k, 1, "left by an attempt that did not commit");
 }
@@ -439,9 +443,15 @@ refresh_locked(apikeys *a)
 				if (old->rec.secrets[m].generation == gen && old->k[m] != NULL)
 					ne->k[j] = old->k[m];
 			if (ne->k[j] == NULL &&
-			    cf_p11_key_open(a->p11, name, gen, &ne->k[j]) != CF_OK) {
-				cf_log_warn("API key %s secret %u: not in the token (unusable): %s",
-					    ne->rec.id, gen, cf_error_detail());
+			    (r = cf_p11_key_open(a->p11, name, gen, &ne->k[j])) != CF_OK) {
+				/* Not the table's failure: a revocation read with it
+				 * must apply. A token that did not answer is asked
+				 * again by the first call that needs the secret. */
+				ne->retry[j] = r != CF_E_NOT_FOUND;
+				cf_log_warn("API key %s secret %u: %s: %s", ne->rec.id, gen,
+					    ne->retry[j] ? "the token did not answer (opened when "
+					    "a call needs it)" : "not in the token (unusable)",
+					    cf_error_detail());
 				ne->k[j] = NULL;
 			}
 		}
@@ -755,8 +765,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	rec.secrets[0].created = now;
 	rec.secrets[0].expires = 0;
 	rec.next_generation = gen + 1;
-	if (a->shared)
-		drop_leftover(a, id, gen);
+	drop_leftover(a, id, gen);
 	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
 		goto out;
 	CF_CRASH_POINT("apikeys.rotate.secret-made");
@@ -1032,6 +1041,36 @@ apikeys_required(apikeys *a, const char *principal)
 	return r;
 }
 
+/* Secret i's handle (read lock held), opened now if the table could not
+ * (retry[i]); NULL with *unasked set to the token's error. Two callers
+ * opening it at once keep the first handle. */
+static cf_p11_key *
+secret_handle(apikeys *a, struct entry *e, uint32_t i, int *unasked, char *why, size_t len)
+{
+	char name[CF_KEY_NAME_MAX + 1];
+	cf_p11_key *k = __atomic_load_n(&e->k[i], __ATOMIC_ACQUIRE), *none = NULL;
+	int r;
+
+	if (k != NULL || !__atomic_load_n(&e->retry[i], __ATOMIC_RELAXED))
+		return k;
+	object_name(e->rec.id, name);
+	if ((r = cf_p11_key_open(a->p11, name, e->rec.secrets[i].generation, &k)) != CF_OK) {
+		if (r == CF_E_NOT_FOUND) {
+			__atomic_store_n(&e->retry[i], 0, __ATOMIC_RELAXED);
+		} else {
+			*unasked = r;
+			snprintf(why, len, "%s", cf_error_detail());
+		}
+		return NULL;
+	}
+	if (!__atomic_compare_exchange_n(&e->k[i], &none, k, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE)) {
+		cf_p11_key_free(k);
+		k = none;
+	}
+	return k;
+}
+
 int
 apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t *msg,
 	       size_t len, const uint8_t mac[32], int64_t now)
@@ -1048,11 +1087,22 @@ apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t 
 		r = cf_error(CF_E_UNAUTHENTICATED, "API key %s is not a key of principal %s (the "
 			     "caller's uid/gid)", id, principal);
 	} else {
-		for (uint32_t i = 0; i < e->rec.nsecrets && r == CF_E_BAD_SIGNATURE; i++)
-			if (e->k[i] != NULL &&
-			    (e->rec.secrets[i].expires == 0 || e->rec.secrets[i].expires > now))
-				r = cf_p11_mac_verify(e->k[i], msg, len, mac, 32);
-		if (r == CF_E_BAD_SIGNATURE)
+		int unasked = CF_OK;
+		char why[200] = "";
+
+		for (uint32_t i = 0; i < e->rec.nsecrets && r == CF_E_BAD_SIGNATURE; i++) {
+			cf_p11_key *k;
+
+			if (e->rec.secrets[i].expires != 0 && e->rec.secrets[i].expires <= now)
+				continue;
+			if ((k = secret_handle(a, e, i, &unasked, why, sizeof(why))) != NULL)
+				r = cf_p11_mac_verify(k, msg, len, mac, 32);
+		}
+		/* A secret the token could not be asked about is no verdict. */
+		if (r == CF_E_BAD_SIGNATURE && unasked != CF_OK)
+			r = cf_error(unasked, "API key %s: the token cannot check the signature now "
+				     "(%s); retry", id, why);
+		else if (r == CF_E_BAD_SIGNATURE)
 			r = cf_error(CF_E_UNAUTHENTICATED, "bad signature: it matches no live secret "
 				     "of API key %s (a rotated-out secret stops at its deadline); "
 				     "check the secret and the canonical string", id);

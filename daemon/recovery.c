@@ -100,7 +100,7 @@ check_label(struct rec_ctx *c, const struct cf_p11_object *o, size_t n)
 {
 	const struct store_key *k;
 	const struct store_version *v = find_version(c, o[0].name, o[0].version, &k);
-	unsigned own[4] = { 0 }, other = 0, removed = 0;
+	unsigned own[4] = { 0 }, other = 0, removed = 0, noid = 0;
 	char msg[600], hex[2 * STORE_CKAID_LEN + 1];
 	int complete, r = CF_OK;
 
@@ -147,20 +147,35 @@ check_label(struct rec_ctx *c, const struct cf_p11_object *o, size_t n)
 	if (other == 0)
 		return CF_OK;
 	/* The version's own objects are whole: the others under its label are
-	 * not it (their id says so), and would make lookups by label ambiguous. */
+	 * not it (their id says so), and would make lookups by label ambiguous.
+	 * Removed by their id only: one without a usable id cannot be told
+	 * apart from the version's own by anything a destruction can name (by
+	 * label alone, it took the live key with it). */
 	for (size_t i = 0; i < n && r == CF_OK; i++) {
 		unsigned one = 0;
 
 		if (o[i].id_len && memcmp(o[i].id, v->ckaid, STORE_CKAID_LEN) == 0)
 			continue;
-		r = cf_p11_objects_destroy(c->p11, o[i].name, o[i].version,
-					   o[i].id_len ? o[i].id : NULL, &one);
+		if (!o[i].id_len) {
+			noid++;
+			continue;
+		}
+		r = cf_p11_objects_destroy(c->p11, o[i].name, o[i].version, o[i].id, &one);
 		removed += one;
 	}
-	snprintf(msg, sizeof(msg), "repaired: %u token object%s under the label of %s version %u "
-		 "with a CKA_ID other than its own (%s) removed", removed, removed == 1 ? "" : "s",
-		 o[0].name, o[0].version, hex);
-	finding(c, msg);
+	if (removed > 0) {
+		snprintf(msg, sizeof(msg), "repaired: %u token object%s under the label of %s "
+			 "version %u with a CKA_ID other than its own (%s) removed", removed,
+			 removed == 1 ? "" : "s", o[0].name, o[0].version, hex);
+		finding(c, msg);
+	}
+	if (noid > 0) {
+		snprintf(msg, sizeof(msg), "%u token object%s under the label of %s version %u "
+			 "without a CKA_ID of 16 bytes (the version's own is %s): left in place; "
+			 "remove %s by hand, e.g. with p11tool", noid, noid == 1 ? "" : "s",
+			 o[0].name, o[0].version, hex, noid == 1 ? "it" : "them");
+		finding(c, msg);
+	}
 	return r;
 }
 

@@ -896,6 +896,7 @@ cf_p11_key_free(cf_p11_key *k)
 struct list_arg {
 	struct cf_p11_object *e;
 	size_t n, cap;
+	int full;               /* LIST_MAX objects listed, and more in the token */
 };
 
 /* "coffer/<name>/<version>" -> name, version; 0 if it is not ours. */
@@ -970,7 +971,10 @@ list_class(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, struct list_arg 
 					size_t nc = la->cap ? la->cap * 2 : 64;
 					struct cf_p11_object *ne;
 
-					if (nc > LIST_MAX ||
+					if (nc > LIST_MAX)
+						nc = LIST_MAX;
+					la->full = la->n == LIST_MAX;
+					if (la->full ||
 					    (ne = realloc(la->e, nc * sizeof(*ne))) == NULL) {
 						free(label);
 						rv = CKR_HOST_MEMORY;
@@ -997,6 +1001,7 @@ list_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 
 	(void)h;
 	la->n = 0;
+	la->full = 0;
 	pthread_mutex_lock(&p->write_mu);
 	if ((rv = p11_token_lock(p, LOCK_SH)) == CKR_OK) {
 		if ((rv = list_class(p, s, CKO_PRIVATE_KEY, la)) == CKR_OK &&
@@ -1008,13 +1013,25 @@ list_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	return rv;
 }
 
+/* The listing's status: a full one is not a token out of memory. */
+static int
+list_status(cf_p11 *p, struct list_arg *la, const char *what)
+{
+	CK_RV rv = p11_run(p, NULL, list_op, la);
+
+	if (la->full)
+		return cf_error(CF_E_EXHAUSTED, "%s: the token holds more than %d Coffer objects, "
+				"the most one listing reads", what, LIST_MAX);
+	return p11_status(rv, what);
+}
+
 int
 cf_p11_objects(cf_p11 *p, struct cf_p11_object **out, size_t *n)
 {
-	struct list_arg la = { NULL, 0, 0 };
+	struct list_arg la = { NULL, 0, 0, 0 };
 	int r;
 
-	if ((r = p11_status(p11_run(p, NULL, list_op, &la), "listing token objects")) != CF_OK) {
+	if ((r = list_status(p, &la, "listing token objects")) != CF_OK) {
 		free(la.e);
 		return r;
 	}
@@ -1131,11 +1148,11 @@ cf_p11_objects_destroy(cf_p11 *p, const char *name, uint32_t version, const uint
 int
 cf_p11_key_list(cf_p11 *p, cf_p11_list_cb cb, void *arg)
 {
-	struct list_arg la = { NULL, 0, 0 };
+	struct list_arg la = { NULL, 0, 0, 0 };
 	int r;
 
 	/* Collect first, call back after: callbacks may use the layer again. */
-	if ((r = p11_status(p11_run(p, NULL, list_op, &la), "listing keys")) != CF_OK)
+	if ((r = list_status(p, &la, "listing keys")) != CF_OK)
 		goto out;
 	for (size_t i = 0; i < la.n; i++)
 		if (la.e[i].cls != CF_P11_PUBLIC && la.e[i].type != CF_KEY_NONE &&

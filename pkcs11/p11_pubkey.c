@@ -48,6 +48,11 @@ pub_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 	struct pub_arg *pa = arg;
 	CK_RV rv;
 
+	/* Run again after a recovery: what the last attempt read is let go. */
+	free(pa->a);
+	free(pa->b);
+	pa->a = pa->b = NULL;
+	pa->alen = pa->blen = 0;
 	if (cf_key_type_is_rsa(pa->type)) {
 		if ((rv = p11_get_attr(p, s, h->pub, CKA_MODULUS, &pa->a, &pa->alen)) != CKR_OK)
 			return rv;
