@@ -24,6 +24,7 @@ import ctypes
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -35,10 +36,37 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from daemon_fixture import cofferctl_path, stubs  # noqa: E402
 
-S = stubs()
-pb = S.pb
 CTL = cofferctl_path()
 LIBCOFFER = os.path.join(os.path.dirname(CTL), "libcoffer.so")
+CHILD_ENV = dict(os.environ)
+
+
+def sanitizer_build():
+    try:
+        with open(os.path.join(os.path.dirname(CTL), "CMakeCache.txt")) as f:
+            return any(line.startswith("COFFER_SANITIZE:BOOL=ON") for line in f)
+    except OSError:
+        return False
+
+
+# A sanitizer build's libcoffer.so needs its runtime loaded first: this
+# process runs again with it preloaded (leaks not checked: Python's own
+# allocations are not freed at exit); cofferctl gets the environment as
+# it was.
+if sanitizer_build() and "COFFER_HOSTILE_PRELOADED" not in os.environ:
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()
+    env = dict(os.environ, COFFER_HOSTILE_PRELOADED="1", LD_PRELOAD=libasan,
+               ASAN_OPTIONS="detect_leaks=0",
+               COFFER_HOSTILE_ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", ""))
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+if "COFFER_HOSTILE_PRELOADED" in os.environ:
+    CHILD_ENV.pop("LD_PRELOAD", None)
+    CHILD_ENV.pop("COFFER_HOSTILE_PRELOADED", None)
+    CHILD_ENV["ASAN_OPTIONS"] = CHILD_ENV.pop("COFFER_HOSTILE_ASAN_OPTIONS", "")
+
+S = stubs()
+pb = S.pb
 
 
 def spki(key):
@@ -94,7 +122,7 @@ def ctl(*args, timeout=120):
     """cofferctl's (exit status, stdout bytes, stderr text, seconds taken)."""
     t = time.monotonic()
     r = subprocess.run([CTL] + list(args), capture_output=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, env=CHILD_ENV)
     return r.returncode, r.stdout, r.stderr.decode(), time.monotonic() - t
 
 
