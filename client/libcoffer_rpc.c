@@ -301,6 +301,7 @@ struct lc_call {
 	uint8_t *buf;                   /* the packed request, for a unary call */
 	size_t len;
 	struct lc_pending *w;           /* on the stream; NULL: unary, when waited for */
+	uint64_t start_ms;              /* its deadline counts from here (cf_mono_ms) */
 };
 
 int
@@ -313,6 +314,7 @@ lc_rpc_start(coffer_client *c, const char *method, const ProtobufCMessage *req,
 	if ((call = calloc(1, sizeof(*call))) == NULL)
 		return cf_nomem();
 	call->c = c;
+	call->start_ms = cf_mono_ms();
 	call->method = method;
 	call->m = cf_method_by_path(method);
 	call->sealed = must_seal(c, method);
@@ -347,7 +349,8 @@ lc_rpc_wait(struct lc_call *call, const ProtobufCMessageDescriptor *rdesc, Proto
 
 	if (call->w != NULL)
 		r = lc_pipeline_finish(c->pipe, call->w, call->m, &resp, &rlen);
-	lc_call_begin(c->conn);
+	/* A unary call in its place has what is left of the started one's time. */
+	lc_call_begin_at(c->conn, call->start_ms);
 	r = unless_streamed(c, call->m, call->method, call->sealed, r, call->buf, call->len,
 	    &resp, &rlen);
 	lc_call_end();

@@ -290,13 +290,19 @@ static _Thread_local struct {
 } tl_call;
 
 void
-lc_call_begin(const struct lc_conn *c)
+lc_call_begin_at(const struct lc_conn *c, uint64_t start_ms)
 {
 	unsigned int ms = lc_conn_timeout(c);
 
 	tl_call.on = 1;
 	tl_call.ms = ms;
-	tl_call.until_ms = ms == 0 ? UINT64_MAX : cf_mono_ms() + ms;
+	tl_call.until_ms = ms == 0 ? UINT64_MAX : start_ms + ms;
+}
+
+void
+lc_call_begin(const struct lc_conn *c)
+{
+	lc_call_begin_at(c, cf_mono_ms());
 }
 
 void

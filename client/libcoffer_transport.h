@@ -44,6 +44,8 @@ int lc_transport(struct lc_conn *t, const char *method, uint8_t *buf, size_t len
  * such a span each attempt has the client's whole timeout. Not nested.
  */
 void lc_call_begin(const struct lc_conn *t);
+/* The same for a call started at start_ms (cf_mono_ms) and waited for now. */
+void lc_call_begin_at(const struct lc_conn *t, uint64_t start_ms);
 void lc_call_end(void);
 /* 1 when the current call's deadline has passed. */
 int lc_call_expired(void);
