@@ -615,6 +615,9 @@ static void
 publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key *const *k,
 	cf_p11_key **gone, size_t *ngone, struct room *rm)
 {
+	cf_p11_key *nk[STORE_APIKEY_SECRETS_MAX];
+	int nr[STORE_APIKEY_SECRETS_MAX];
+
 	*ngone = 0;
 	pthread_rwlock_wrlock(&a->lk);
 	if (e == NULL) {
@@ -623,18 +626,34 @@ publish(apikeys *a, struct entry *e, const struct store_apikey *rec, cf_p11_key 
 		e->rec = *rec;   /* inserted by id (room_get reserved its place) */
 		(void)insert(a, e);
 	}
+	/* Each kept secret by its generation: a call may have opened a handle
+	 * the caller's copy of the table did not hold yet (secret_handle),
+	 * and with it goes whether to open it still. */
+	for (uint32_t j = 0; j < rec->nsecrets; j++) {
+		nk[j] = k != NULL ? k[j] : NULL;
+		nr[j] = 0;
+		for (uint32_t i = 0; i < e->rec.nsecrets; i++)
+			if (e->rec.secrets[i].generation == rec->secrets[j].generation) {
+				if (nk[j] == NULL)
+					nk[j] = e->k[i];
+				nr[j] = nk[j] == NULL && e->retry[i];
+			}
+	}
 	for (uint32_t i = 0; i < e->rec.nsecrets; i++) {
 		int kept = 0;
 
 		for (uint32_t j = 0; j < rec->nsecrets; j++)
-			kept |= k[j] == e->k[i];
+			kept |= nk[j] == e->k[i];
 		if (!kept && e->k[i] != NULL)
 			gone[(*ngone)++] = e->k[i];
 	}
 	e->rec = *rec;
 	memset(e->k, 0, sizeof(e->k));
-	for (uint32_t i = 0; i < rec->nsecrets; i++)
-		e->k[i] = k[i];
+	memset(e->retry, 0, sizeof(e->retry));
+	for (uint32_t i = 0; i < rec->nsecrets; i++) {
+		e->k[i] = nk[i];
+		e->retry[i] = nr[i];
+	}
 	(void)index_signers(a, rm->signers);
 	rm->signers = NULL;   /* the index's now */
 	pthread_rwlock_unlock(&a->lk);
@@ -757,7 +776,7 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 		}
 		if (s.expires == 0 || s.expires > now + (int64_t)overlap)
 			s.expires = now + (int64_t)overlap;
-		k[rec.nsecrets + 1] = e->k[i];
+		k[rec.nsecrets + 1] = __atomic_load_n(&e->k[i], __ATOMIC_ACQUIRE);
 		rec.secrets[1 + rec.nsecrets++] = s;
 	}
 	rec.nsecrets++;
@@ -998,7 +1017,7 @@ apikeys_expire(apikeys *a, int64_t now)
 		rec.nsecrets = 0;
 		for (uint32_t j = 0; j < e->rec.nsecrets; j++)
 			if (e->rec.secrets[j].expires == 0 || e->rec.secrets[j].expires > now) {
-				k[rec.nsecrets] = e->k[j];
+				k[rec.nsecrets] = __atomic_load_n(&e->k[j], __ATOMIC_ACQUIRE);
 				rec.secrets[rec.nsecrets++] = e->rec.secrets[j];
 			}
 		if (rec.nsecrets == e->rec.nsecrets)

@@ -89,6 +89,11 @@ callauth_check(apikeys *ak, nonces *nn, unsigned window, const struct callauth_c
 		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old and "
 				"the window is %u s; sign each call when it is sent",
 				(long long)(now - a.timestamp), window);
+	case NONCE_BEFORE_RAISE:
+		return cf_error(CF_E_UNAUTHENTICATED, "expired: the timestamp is %lld s old, from "
+				"before [requests] window was raised (%u s now), and its nonce may "
+				"be forgotten; sign each call when it is sent",
+				(long long)(now - a.timestamp), window);
 	case NONCE_AHEAD:
 		return cf_error(CF_E_UNAUTHENTICATED, "clock skew: the timestamp is %lld s ahead "
 				"of the daemon's clock (at most %d s is accepted); check the "

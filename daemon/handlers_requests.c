@@ -154,6 +154,11 @@ h_verify_request(const struct hcall *c, const ProtobufCMessage *m, ProtobufCMess
 		snprintf(why, sizeof(why), "timestamp is %lld s old; the window is %u s: sign the "
 			 "request again", (long long)(now - hr.timestamp), c->sv->window);
 		r = verdict(out, COFFER__V1__REQUEST_VERDICT__EXPIRED, 0, why);
+	} else if (v == NONCE_BEFORE_RAISE) {
+		snprintf(why, sizeof(why), "timestamp is %lld s old, from before the window was "
+			 "raised to %u s, and its nonce may be forgotten: sign the request again",
+			 (long long)(now - hr.timestamp), c->sv->window);
+		r = verdict(out, COFFER__V1__REQUEST_VERDICT__EXPIRED, 0, why);
 	} else if (v == NONCE_AHEAD) {
 		snprintf(why, sizeof(why), "timestamp is %lld s ahead of the daemon's clock; the "
 			 "window is %u s: check the client's clock",

@@ -574,7 +574,7 @@ record_locked(nonces *n, const struct entry *e, size_t i, int grows, int64_t now
  * answer is the verdict; then this replica counts it. The mutex is not
  * held across the round trip, so concurrent calls share one commit. */
 static int
-use_pg(nonces *n, const char *scope, const struct entry *e, int64_t now)
+use_pg(nonces *n, const char *scope, const struct entry *e, unsigned ew, int64_t now)
 {
 	size_t i;
 	int grows, r;
@@ -582,7 +582,7 @@ use_pg(nonces *n, const char *scope, const struct entry *e, int64_t now)
 	pthread_mutex_lock(&n->mu);
 	r = admit_locked(n, e, scope, now, 1, &i, &grows);
 	pthread_mutex_unlock(&n->mu);
-	if (r != CF_OK || (r = nonces_pg_claim(n->pg, e->h, e->expires, now)) != CF_OK)
+	if (r != CF_OK || (r = nonces_pg_claim(n->pg, e->h, e->expires, ew, now)) != CF_OK)
 		return r;
 	/* The table may have changed meanwhile: place it again. Failing that
 	 * (out of memory) it goes uncounted here, and stays refused by the
@@ -595,13 +595,20 @@ use_pg(nonces *n, const char *scope, const struct entry *e, int64_t now)
 }
 
 /* Kept until `expires`, which the caller computed with window cw: longer
- * if the record's window is larger now (raised while the call ran). */
+ * if the record's window is larger now (raised while the call ran). *ew:
+ * the window the result is computed with (cw UINT_MAX: `expires` is
+ * final, taken as the record's). */
 static int64_t
-kept_until(const nonces *n, int64_t expires, unsigned cw)
+kept_until(const nonces *n, int64_t expires, unsigned cw, unsigned *ew)
 {
 	unsigned w = atomic_load(&((nonces *)n)->window);
 
-	return cw != UINT_MAX && w > cw ? expires + (w - cw) : expires;
+	if (cw == UINT_MAX || w <= cw) {
+		*ew = cw == UINT_MAX ? w : cw;
+		return expires;
+	}
+	*ew = w;
+	return expires + (w - cw);
 }
 
 /* relock: the clock is read again where the record is looked at (the
@@ -613,6 +620,7 @@ use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned c
 	struct entry e;
 	uint8_t rec[REC];
 	size_t i;
+	unsigned ew;
 	int grows, r, slot, wrote;
 
 	digest(scope, nonce, e.h);
@@ -622,8 +630,8 @@ use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned c
 			now = cf_wall_s();
 		if (relock && expires <= now)
 			return cf_error(CF_E_TIMEOUT, "expired while it was checked");
-		e.expires = kept_until(n, expires, cw);
-		return use_pg(n, scope, &e, now);
+		e.expires = kept_until(n, expires, cw, &ew);
+		return use_pg(n, scope, &e, ew, now);
 	}
 	/* Bounded: behind a write that hangs, this call is refused rather than
 	 * stuck with it. */
@@ -639,7 +647,7 @@ use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned c
 		r = cf_error(CF_E_TIMEOUT, "expired while it was checked");
 		goto out;
 	}
-	e.expires = kept_until(n, expires, cw);
+	e.expires = kept_until(n, expires, cw, &ew);
 	encode(&e, rec);
 	if ((r = admit_locked(n, &e, scope, now, 1, &i, &grows)) != CF_OK)
 		goto out;
@@ -687,7 +695,11 @@ nonces_set_window(nonces *n, unsigned window, int64_t now)
 		}
 		return r;
 	}
-	pthread_mutex_lock(&n->mu);
+	/* Bounded: behind a log write that hangs, the change is refused (the
+	 * caller keeps the old window) rather than the caller stuck with it. */
+	if (iowatch_lock(&n->mu) != 0)
+		return cf_error(CF_E_UNAVAILABLE, "nonce record %s: a write to it has not returned "
+				"in %u ms (the disk does not answer)", n->path, iowatch_limit());
 	old = atomic_load(&n->window);
 	if (window != old) {
 		/* Raised: what is recorded is kept as long as the new window
@@ -825,8 +837,12 @@ nonces_check(nonces *n, const struct nonce_claim *c, int64_t now, int (*verify)(
 	int r;
 
 	*v = NONCE_FRESH;
-	if (c->timestamp < now - (int64_t)c->window || c->timestamp < atomic_load(&n->floor)) {
+	if (c->timestamp < now - (int64_t)c->window) {
 		*v = NONCE_EXPIRED;
+		return CF_OK;
+	}
+	if (c->timestamp < atomic_load(&n->floor)) {
+		*v = NONCE_BEFORE_RAISE;
 		return CF_OK;
 	}
 	if (c->timestamp > now + (int64_t)c->ahead) {

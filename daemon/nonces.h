@@ -73,19 +73,22 @@ int nonces_use(nonces *n, const char *scope, const char *nonce, int64_t expires,
  * forgotten; the window is kept with the record (the log's header; the
  * fleet's table) for the next start. CF_OK (a log that could not be
  * rewritten is logged: this run keeps the new expiries, and the next start
- * applies the change again from the header), or, in a fleet, CF_E_UNAVAILABLE
- * when PostgreSQL could not record it: nothing changed, keep the old window. */
+ * applies the change again from the header), or CF_E_UNAVAILABLE when the
+ * record could not take it (a log write that hangs; in a fleet, PostgreSQL
+ * not recording it): nothing changed, keep the old window. */
 int nonces_set_window(nonces *n, unsigned window, int64_t now);
 
 /* The freshness rule of a signed message (call signatures, signed HTTP
  * requests), written once: its timestamp is at most `window` s old and at
- * most `ahead` s ahead of now (else *v = NONCE_EXPIRED / NONCE_AHEAD and
+ * most `ahead` s ahead of now (else *v = NONCE_EXPIRED / NONCE_AHEAD, or
+ * NONCE_BEFORE_RAISE: older than the window was when it was raised, and
  * nothing is verified), its signature verifies (verify(arg): CF_OK, or a
  * refusal returned as it is), and its nonce is new in `scope` (else
  * NONCE_REPLAYED). Only a genuine message uses up its nonce, kept until the
  * timestamp has left the window. CF_OK with *v set, verify's refusal, or
  * nonces_use's failure. */
-enum nonce_verdict { NONCE_FRESH, NONCE_EXPIRED, NONCE_AHEAD, NONCE_REPLAYED };
+enum nonce_verdict { NONCE_FRESH, NONCE_EXPIRED, NONCE_AHEAD, NONCE_REPLAYED,
+		     NONCE_BEFORE_RAISE };   /* inside the window, older than its raise */
 struct nonce_claim {
 	const char *scope;      /* where a nonce must be unique: the signing key */
 	const char *nonce;

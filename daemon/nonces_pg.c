@@ -33,7 +33,6 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,16 +84,17 @@ static const char SCHEMA_SQL[] =
 	"INSERT INTO coffer_nonce_window VALUES (true, 0, 0) ON CONFLICT DO NOTHING;"
 	"COMMIT";
 
-/* $1: hashes (hex), $2: their expiries, both sorted by hash; $3: now; $4:
- * the window the expiries were computed with, lengthened to the fleet's
- * largest. A row comes back for each claim that took its key: a new row,
- * or one whose expiry had passed. Rows are taken in hash order, the same
- * order in every replica's batches, so that two batches waiting on each
- * other's rows cannot deadlock. */
+/* $1: hashes (hex), $2: their expiries, $4: the windows they were computed
+ * with, all sorted by hash; $3: now. Each expiry is lengthened to the
+ * fleet's largest window (a raise holds the table meanwhile:
+ * WINDOW_LOCK_SQL). A row comes back for each claim that took its key: a
+ * new row, or one whose expiry had passed. Rows are taken in hash order,
+ * the same order in every replica's batches, so that two batches waiting
+ * on each other's rows cannot deadlock. */
 static const char CLAIM_SQL[] =
 	"INSERT INTO coffer_nonces AS t (h, expires)"
-	" SELECT decode(u.h, 'hex'), u.e + greatest(0, w.seconds - $4::int8)"
-	" FROM unnest($1::text[], $2::int8[]) AS u(h, e), coffer_nonce_window w"
+	" SELECT decode(u.h, 'hex'), u.e + greatest(0, w.seconds - u.w)"
+	" FROM unnest($1::text[], $2::int8[], $4::int8[]) AS u(h, e, w), coffer_nonce_window w"
 	" ORDER BY u.h"
 	" ON CONFLICT (h) DO UPDATE SET expires = EXCLUDED.expires WHERE t.expires <= $3"
 	" RETURNING encode(t.h, 'hex')";
@@ -104,6 +104,10 @@ static const char CLAIM_SQL[] =
  * for the skew) are kept longer by as much ($1: the raise, $2: now - skew),
  * and timestamps whose rows may be swept already are refused from then on
  * ($1: the window, $2: the floor; nonces.c). */
+/* No claim runs while a raise lengthens the rows (claims take ROW
+ * EXCLUSIVE): one that read the old window would keep its row too short. */
+static const char WINDOW_LOCK_SQL[] =
+	"LOCK TABLE coffer_nonces IN SHARE ROW EXCLUSIVE MODE";
 static const char WINDOW_READ_SQL[] =
 	"SELECT seconds, floor FROM coffer_nonce_window WHERE one FOR UPDATE";
 static const char WINDOW_KEEP_SQL[] =
@@ -125,6 +129,7 @@ struct claim {
 	uint8_t h[16];
 	char hex[33];
 	int64_t expires, now;
+	unsigned window;         /* the window `expires` was computed with */
 	enum verdict v;
 	int done;
 	char msg[MSG_MAX];       /* with V_FAILED */
@@ -140,6 +145,7 @@ struct link {
 	int64_t warned;                  /* when a failed batch was last logged */
 	char hexes[BATCH_MAX * 33 + 3];  /* the statement's array literals */
 	char exps[BATCH_MAX * 21 + 3];
+	char wins[BATCH_MAX * 11 + 3];
 };
 
 struct nonces_pg {
@@ -150,7 +156,6 @@ struct nonces_pg {
 	struct claim *head, **tail;
 	int stop;
 	uint64_t batches, items;
-	atomic_uint window;      /* this replica's [requests] window */
 	struct link ln[LINKS];
 	pthread_t bt[BATCHERS];
 	int nbt;                 /* batcher threads started */
@@ -276,8 +281,8 @@ static int
 send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, int *retry)
 {
 	const char *vals[4];
-	char now[24], win[16];
-	char *h = p->hexes, *e = p->exps;
+	char now[24];
+	char *h = p->hexes, *e = p->exps, *w = p->wins;
 	int64_t mn = b[0]->now;
 	int committed = 0, slot;
 	PGresult *res;
@@ -286,6 +291,7 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 	msg[0] = '\0';
 	*h++ = '{';
 	*e++ = '{';
+	*w++ = '{';
 	for (size_t i = 0; i < k; i++) {
 		/* Claims of one batch were made within a few ms: the earliest
 		 * "now" reuses no row that any of them would still call live. */
@@ -293,16 +299,17 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 			mn = b[i]->now;
 		h += sprintf(h, "%s%s", i ? "," : "", b[i]->hex);
 		e += sprintf(e, "%s%lld", i ? "," : "", (long long)b[i]->expires);
+		w += sprintf(w, "%s%u", i ? "," : "", b[i]->window);
 		b[i]->v = V_TAKEN;
 	}
 	strcpy(h, "}");
 	strcpy(e, "}");
+	strcpy(w, "}");
 	snprintf(now, sizeof(now), "%lld", (long long)mn);
-	snprintf(win, sizeof(win), "%u", atomic_load(&p->p->window));
 	vals[0] = p->hexes;
 	vals[1] = p->exps;
 	vals[2] = now;
-	vals[3] = win;
+	vals[3] = p->wins;
 	if (PQsendQueryPrepared(p->conn, "claim", 4, vals, NULL, NULL, 0) != 1 ||
 	    PQpipelineSync(p->conn) != 1) {
 		pq_text("PostgreSQL unreachable: ", PQerrorMessage(p->conn), msg, len);
@@ -551,7 +558,8 @@ nonces_pg_close(struct nonces_pg *p)
 }
 
 int
-nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64_t now)
+nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, unsigned window,
+		int64_t now)
 {
 	static const char digits[] = "0123456789abcdef";
 	struct claim c;
@@ -568,6 +576,7 @@ nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64
 		c.hex[2 * i + 1] = digits[h[i] & 15];
 	}
 	c.expires = expires;
+	c.window = window;
 	c.now = now;
 	pthread_mutex_lock(&p->mu);
 	*p->tail = &c;
@@ -698,6 +707,10 @@ nonces_pg_set_window(struct nonces_pg *p, unsigned window, int64_t now, int64_t 
 	fl = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 1), NULL, 10) : 0;
 	PQclear(res);
 	if (window > old) {
+		if ((res = window_step(p, WINDOW_LOCK_SQL, 0, NULL, PGRES_COMMAND_OK, msg,
+				       sizeof(msg))) == NULL)
+			goto fail;
+		PQclear(res);
 		if (now - old - EXPIRE_SKEW_S > fl)
 			fl = now - old - EXPIRE_SKEW_S;
 		snprintf(a, sizeof(a), "%lld", (long long)(window - old));
@@ -717,7 +730,6 @@ nonces_pg_set_window(struct nonces_pg *p, unsigned window, int64_t now, int64_t 
 		goto fail;
 	PQclear(res);
 	*floor = fl;
-	atomic_store(&p->window, window);
 	pthread_mutex_unlock(&p->xmu);
 	return CF_OK;
 fail:

@@ -24,11 +24,13 @@ struct nonces_pg;
 int nonces_pg_open(const char *dsn, struct nonces_pg **out);
 void nonces_pg_close(struct nonces_pg *p);   /* accepts NULL */
 
-/* Claim h until `expires`: CF_OK once the commit that recorded it has
+/* Claim h until `expires` (computed with `window`: the fleet keeps it as
+ * long as its largest window): CF_OK once the commit that recorded it has
  * returned (durable); CF_E_EXISTS if a live row holds it (expires > now);
  * CF_E_UNAVAILABLE "nonce record: PostgreSQL ..." when the outcome is not
  * known to be either. Blocks until the batch holding it is answered. */
-int nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, int64_t now);
+int nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, unsigned window,
+		    int64_t now);
 
 /* Delete rows expired at `now`, in bounded batches (several replicas may
  * sweep at once: each skips the rows another is deleting). */

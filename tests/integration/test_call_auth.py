@@ -648,7 +648,9 @@ class Lifecycle(unittest.TestCase):
         replay(b, "replayed nonce")
         # Its nonce may be gone already (SQLite: dropped; PostgreSQL keeps
         # rows 300 s longer for clock skew): refused either way.
-        gone = "^(expired: |replayed nonce)"
+        gone = (r"^(expired: the timestamp is \d+ s old, from before \[requests\] window was "
+                r"raised \(600 s now\), and its nonce may be forgotten; sign each call when "
+                r"it is sent$|replayed nonce)")
         replay(a, gone)
         # A restart at 3 s, a call, a restart at 600 s: the same.
         self.d.config["requests"] = {"window": "3"}

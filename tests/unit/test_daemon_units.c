@@ -1160,8 +1160,21 @@ test_apikeys_reload_during_a_token_error(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "the token cannot check the signature"));
 	f->C_FindObjectsInit = real_find_init;
 	(void)f->C_CloseSession(s);
+	/* Rotated (an hour's overlap) before any call opened it: the old
+	 * secret, now second, is still opened when needed, and kept. */
+	{
+		struct store_apikey rot;
+		cf_secret *fresh = NULL;
+
+		CU_ASSERT_EQUAL_FATAL(apikeys_rotate(a1, ak.id, 3600, NULL, now, &rot, &fresh),
+				      CF_OK);
+		CU_ASSERT_EQUAL(rot.nsecrets, 2);
+		cf_secret_free(fresh);
+	}
 	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now), CF_OK);
 	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_refresh(a2), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_verify(a2, "reloaded", ak.id, msg, sizeof(msg), mac, now), CF_OK);
 	mac[0] ^= 1;
 	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now),
 			CF_E_UNAUTHENTICATED);
