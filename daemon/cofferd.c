@@ -495,7 +495,8 @@ main(int argc, char **argv)
 	/* Recorded under another window before (the log's header, the fleet's
 	 * table): kept as long as this one accepts their timestamps. */
 	if ((r = nonces_set_window(nn, cfg.request_window, cf_wall_s())) != CF_OK) {
-		cf_log_error("%s", cf_error_detail());
+		cf_log_error("[requests] window %u s cannot be taken, so cofferd does not start: %s",
+			     cfg.request_window, cf_error_detail());
 		goto out;
 	}
 	if (mismatches > 0)
