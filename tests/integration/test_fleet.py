@@ -675,8 +675,8 @@ class Fleet(unittest.TestCase):
             r = sealed_call(self.reps[1], "RotateApiKeySecret",
                             pb.RotateApiKeySecretRequest(id=kid), None)
             self.assertEqual(r.key.secrets[0].generation, 2)
-            self.assertIn("an object no record claims (left by an attempt whose commit was "
-                          "lost) is destroyed", self.reps[1].log(all_starts=False))
+            self.assertIn("an object no record claims (left by an attempt that did not "
+                          "complete) is destroyed", self.reps[1].log(all_starts=False))
             self.check_token()
         finally:
             d.stop()
