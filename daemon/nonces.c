@@ -611,8 +611,17 @@ kept_until(const nonces *n, int64_t expires, unsigned cw, unsigned *ew)
 	return expires + (w - cw);
 }
 
-/* relock: the clock is read again where the record is looked at (the
- * later of it and now). */
+/* The clock read again where the record is looked at: the later of it and
+ * the call's start. */
+static int64_t
+relocked(int64_t now)
+{
+	int64_t t = cf_wall_s();
+
+	return t > now ? t : now;
+}
+
+/* relock: the clock is read again (relocked) once the record is held. */
 static int
 use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned cw, int64_t now,
     int relock)
@@ -626,9 +635,7 @@ use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned c
 	digest(scope, nonce, e.h);
 	e.scope = scope_tag(scope);
 	if (n->pg != NULL) {
-		if (relock && cf_wall_s() > now)
-			now = cf_wall_s();
-		if (relock && expires <= now)
+		if (relock && (now = relocked(now)) >= expires)
 			return cf_error(CF_E_TIMEOUT, "expired while it was checked");
 		e.expires = kept_until(n, expires, cw, &ew);
 		return use_pg(n, scope, &e, ew, now);
@@ -641,9 +648,7 @@ use(nonces *n, const char *scope, const char *nonce, int64_t expires, unsigned c
 				iowatch_limit());
 	/* The clock read under mu: an entry of this nonce that another thread
 	 * dropped as expired before then is expired for this claim too. */
-	if (relock && cf_wall_s() > now)
-		now = cf_wall_s();
-	if (relock && expires <= now) {
+	if (relock && (now = relocked(now)) >= expires) {
 		r = cf_error(CF_E_TIMEOUT, "expired while it was checked");
 		goto out;
 	}

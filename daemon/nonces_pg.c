@@ -100,12 +100,12 @@ static const char CLAIM_SQL[] =
 	" RETURNING encode(t.h, 'hex')";
 
 /* The window, one transaction (nonces_pg_set_window): the fleet's largest
- * and its floor, locked; raised beyond it, the live rows (and those kept
- * for the skew) are kept longer by as much ($1: the raise, $2: now - skew),
- * and timestamps whose rows may be swept already are refused from then on
- * ($1: the window, $2: the floor; nonces.c). */
-/* No claim runs while a raise lengthens the rows (claims take ROW
- * EXCLUSIVE): one that read the old window would keep its row too short. */
+ * and its floor, locked; raised beyond it, the table is held (claims take
+ * ROW EXCLUSIVE: one that read the old window would keep its row too
+ * short), the live rows (and those kept for the skew) are kept longer by as
+ * much ($1: the raise, $2: now - skew), and timestamps whose rows may be
+ * swept already are refused from then on ($1: the window, $2: the floor;
+ * nonces.c). */
 static const char WINDOW_LOCK_SQL[] =
 	"LOCK TABLE coffer_nonces IN SHARE ROW EXCLUSIVE MODE";
 static const char WINDOW_READ_SQL[] =
@@ -597,6 +597,18 @@ nonces_pg_claim(struct nonces_pg *p, const uint8_t h[16], int64_t expires, unsig
 	return cf_error(CF_E_UNAVAILABLE, "nonce record: %s", c.msg);
 }
 
+/* Under xmu: the sweep's and the window's connection, usable (a closed one
+ * replaced); 0 with msg set when PostgreSQL cannot be reached. */
+static int
+xconn_ready(struct nonces_pg *p, char *msg, size_t len)
+{
+	if (p->xconn != NULL && !conn_usable(p->xconn)) {
+		PQfinish(p->xconn);
+		p->xconn = NULL;
+	}
+	return p->xconn != NULL || (p->xconn = connect_db(p->dsn, 0, msg, len)) != NULL;
+}
+
 int
 nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 {
@@ -616,11 +628,7 @@ nonces_pg_expire(struct nonces_pg *p, int64_t now, uint64_t *deleted)
 	snprintf(v, sizeof(v), "%lld", (long long)(now - EXPIRE_SKEW_S));
 	snprintf(lim, sizeof(lim), "%d", EXPIRE_BATCH);
 	pthread_mutex_lock(&p->xmu);
-	if (p->xconn != NULL && !conn_usable(p->xconn)) {
-		PQfinish(p->xconn);
-		p->xconn = NULL;
-	}
-	if (p->xconn == NULL && (p->xconn = connect_db(p->dsn, 0, msg, sizeof(msg))) == NULL) {
+	if (!xconn_ready(p, msg, sizeof(msg))) {
 		r = cf_error(CF_E_UNAVAILABLE, "nonce record: %s", msg);
 		goto out;
 	}
@@ -691,11 +699,7 @@ nonces_pg_set_window(struct nonces_pg *p, unsigned window, int64_t now, int64_t 
 	int r = CF_OK;
 
 	pthread_mutex_lock(&p->xmu);
-	if (p->xconn != NULL && !conn_usable(p->xconn)) {
-		PQfinish(p->xconn);
-		p->xconn = NULL;
-	}
-	if (p->xconn == NULL && (p->xconn = connect_db(p->dsn, 0, msg, sizeof(msg))) == NULL)
+	if (!xconn_ready(p, msg, sizeof(msg)))
 		goto fail;
 	if ((res = window_step(p, "BEGIN", 0, NULL, PGRES_COMMAND_OK, msg, sizeof(msg))) == NULL)
 		goto fail;
