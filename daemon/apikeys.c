@@ -440,8 +440,9 @@ refresh_locked(apikeys *a)
 
 			/* Shared, not moved: calls use the old table until the swap. */
 			for (uint32_t m = 0; old != NULL && m < old->rec.nsecrets; m++)
-				if (old->rec.secrets[m].generation == gen && old->k[m] != NULL)
-					ne->k[j] = old->k[m];
+				if (old->rec.secrets[m].generation == gen &&
+				    __atomic_load_n(&old->k[m], __ATOMIC_ACQUIRE) != NULL)
+					ne->k[j] = old->k[m];   /* (set once: secret_handle) */
 			if (ne->k[j] == NULL &&
 			    (r = cf_p11_key_open(a->p11, name, gen, &ne->k[j])) != CF_OK) {
 				/* Not the table's failure: a revocation read with it

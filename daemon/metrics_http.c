@@ -311,7 +311,9 @@ loop_main(void *arg)
 	while (!atomic_load(&m->stop)) {
 		uint64_t now;
 
-		(void)MHD_run_wait(m->d, TICK_MS);
+		/* A daemon MHD cannot run any more: no busy loop over it. */
+		if (MHD_run_wait(m->d, TICK_MS) != MHD_YES)
+			usleep(TICK_MS * 1000u);
 		now = cf_mono_ms();
 		for (size_t i = 0; i < CONNECTIONS; i++)
 			if (m->conns[i].used && now > m->conns[i].deadline_ms) {
