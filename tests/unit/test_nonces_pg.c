@@ -354,6 +354,15 @@ test_server_down(void)
 	/* A nonce this replica accepted before is still refused from memory. */
 	CU_ASSERT_EQUAL(nonces_use(ra, "key-6", "before-the-stop-1", 8000, 7000), CF_E_EXISTS);
 	nonces_expire(rb, 7000);   /* logs, does not block or crash */
+	/* A window that cannot be recorded is not taken: the caller keeps the
+	 * old one (cofferd: SIGHUP keeps it, a start stops). */
+	{
+		static const char text[] = "nonce record: the window: PostgreSQL unreachable: ";
+
+		CU_ASSERT_EQUAL(nonces_set_window(ra, 900, t0), CF_E_UNAVAILABLE);
+		CU_ASSERT_EQUAL(strncmp(cf_error_detail(), text, sizeof(text) - 1), 0);
+		fprintf(stderr, "\n  %s", cf_error_detail());
+	}
 	/* Back: the same handles reconnect by themselves. */
 	CU_ASSERT_EQUAL_FATAL(cf_test_pg_start(&pg), 0);
 	CU_ASSERT_EQUAL(nonces_use(rb, "key-6", "during-the-stop-1", 8000, 7000), CF_OK);
