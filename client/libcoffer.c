@@ -15,10 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/bio.h>
 #include <openssl/crypto.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 
 #include "cf_keytype.h"
 #include "cf_session.h"
@@ -841,34 +838,6 @@ coffer_public_key_free(struct coffer_public_key *pk)
 	free(pk);
 }
 
-/* The PEM of a SubjectPublicKeyInfo, made here: the server's own PEM text
- * is not taken on trust to say what its DER says, nor to be safe to print. */
-static int
-pem_of_spki(const uint8_t *der, size_t len, char **pem)
-{
-	const unsigned char *p = der;
-	EVP_PKEY *k = d2i_PUBKEY(NULL, &p, (long)len);
-	BIO *b = NULL;
-	char *data;
-	long n;
-	int r = CF_OK;
-
-	if (k == NULL || p != der + len) {
-		r = cf_error(CF_E_INTERNAL, "the server returned a public key that is not a "
-		    "SubjectPublicKeyInfo");
-	} else if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_PUBKEY(b, k) != 1 ||
-	    (n = BIO_get_mem_data(b, &data)) <= 0 || (*pem = malloc((size_t)n + 1)) == NULL) {
-		r = cf_nomem();
-	} else {
-		/* (the BIO's bytes are not NUL-terminated) */
-		memcpy(*pem, data, (size_t)n);
-		(*pem)[n] = '\0';
-	}
-	BIO_free(b);
-	EVP_PKEY_free(k);
-	return r;
-}
-
 int
 coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
     struct coffer_public_key **out)
@@ -899,7 +868,12 @@ coffer_get_public_key(coffer_client *c, const char *key, uint32_t version,
 		r = cf_nomem();
 		goto out;
 	}
-	if ((r = pem_of_spki(resp->der.data, resp->der.len, &pk->pem)) != CF_OK)
+	/* Made here: the server's own PEM text is not taken on trust to say
+	 * what its DER says, nor to be safe to print. */
+	if ((r = cf_spki_pem(resp->der.data, resp->der.len, &pk->pem)) == CF_E_INVALID_ARG)
+		r = cf_error(CF_E_INTERNAL, "the server returned a public key that is not a "
+			     "SubjectPublicKeyInfo");
+	if (r != CF_OK)
 		goto out;
 	if ((r = bytes_set(&pk->der, &resp->der)) != CF_OK)
 		goto out;

@@ -1,5 +1,6 @@
 #include "cf_session.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "cf_status.h"
@@ -290,6 +292,32 @@ cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t o
 	}
 	out[CF_SESSION_FPR_LEN] = '\0';
 	return CF_OK;
+}
+
+int
+cf_spki_pem(const uint8_t *der, size_t len, char **pem)
+{
+	const unsigned char *p = der;
+	EVP_PKEY *k = len <= LONG_MAX ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
+	BIO *b = NULL;
+	char *data;
+	long n;
+	int r = CF_OK;
+
+	if (k == NULL || p != der + len) {
+		r = cf_error(CF_E_INVALID_ARG, "not a SubjectPublicKeyInfo");
+	} else if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_PUBKEY(b, k) != 1 ||
+		   (n = BIO_get_mem_data(b, &data)) <= 0 || (*pem = malloc((size_t)n + 1)) == NULL) {
+		r = cf_nomem();
+	} else {
+		/* (the BIO's bytes are not NUL-terminated) */
+		memcpy(*pem, data, (size_t)n);
+		(*pem)[n] = '\0';
+	}
+	ERR_clear_error();
+	BIO_free(b);
+	EVP_PKEY_free(k);
+	return r;
 }
 
 /* ---- key schedule ---- */

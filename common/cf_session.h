@@ -88,6 +88,10 @@ int cf_session_verify_pinned(const cf_session_pin *pin, const uint8_t th[CF_SESS
 			     const uint8_t *sig, size_t siglen);
 /* "sha256:<hex>" of an SPKI into out (at least CF_SESSION_FPR_LEN + 1). */
 int cf_session_fingerprint(const uint8_t *spki, size_t spki_len, char *out, size_t outlen);
+/* The PEM ("PUBLIC KEY") of an SPKI, made from its DER: a new NUL-terminated
+ * string in *pem (free()). CF_E_INVALID_ARG unless der is exactly one
+ * SubjectPublicKeyInfo. */
+int cf_spki_pem(const uint8_t *der, size_t len, char **pem);
 
 /* ---- keys and records ---- */
 

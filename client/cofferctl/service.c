@@ -6,31 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_session.h"
+#include "cf_status.h"
 #include "cofferctl.h"
 
 /* ---- identity ---- */
-
-/* The SPKI as a PEM public key, in a new string. */
-static char *
-spki_pem(const struct coffer_bytes *der)
-{
-	static const char head[] = "-----BEGIN PUBLIC KEY-----\n",
-	    tail[] = "-----END PUBLIC KEY-----\n";
-	char *b = b64(der->data, der->len), *pem, *o;
-	size_t n;
-
-	if (b == NULL)
-		return NULL;
-	n = strlen(b);
-	if ((pem = malloc(sizeof(head) + n + n / 64 + 2 + sizeof(tail))) != NULL) {
-		o = pem + sprintf(pem, "%s", head);
-		for (size_t i = 0; i < n; i += 64)
-			o += sprintf(o, "%.64s\n", b + i);
-		sprintf(o, "%s", tail);
-	}
-	free(b);
-	return pem;
-}
 
 int
 cmd_identity(struct ctl *ctl, const struct opts *o)
@@ -46,8 +26,8 @@ cmd_identity(struct ctl *ctl, const struct opts *o)
 		rc = fail(r);
 		goto out;
 	}
-	if ((pem = spki_pem(&der)) == NULL) {
-		errmsg(NULL, "out of memory");
+	if ((r = cf_spki_pem(der.data, der.len, &pem)) != CF_OK) {
+		errmsg("the daemon's identity key", cf_error_detail());
 		rc = EXIT_FAILED;
 		goto out;
 	}
