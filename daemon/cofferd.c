@@ -483,7 +483,7 @@ main(int argc, char **argv)
 	    (r = keyring_open(p11, st, &cfg.keys, report_mismatch, &mismatches, &kr)) != CF_OK ||
 	    (r = policy_open(st, &pol)) != CF_OK ||
 	    (r = apikeys_open(p11, st, report_mismatch, &mismatches, &ak)) != CF_OK ||
-	    (r = idem_open(st, cfg.idem_retention, &idm)) != CF_OK) {
+	    (r = idem_open(st, cfg.idem_retention, p11, &idm)) != CF_OK) {
 		cf_log_error("registry: %s", cf_error_detail());
 		goto out;
 	}

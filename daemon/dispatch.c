@@ -649,6 +649,18 @@ run_handler(const struct method *m, const struct dctx *h, const ProtobufCMessage
 	return r;
 }
 
+/* req's secret field (cf_method.secret_in) is not empty. */
+static int
+carries_secret(const struct method *m, const ProtobufCMessage *req)
+{
+	const ProtobufCFieldDescriptor *f;
+
+	if (m->d->secret_in == NULL ||
+	    (f = field_of(req->descriptor, m->d->secret_in, PROTOBUF_C_TYPE_BYTES)) == NULL)
+		return 0;
+	return ((const ProtobufCBinaryData *)(const void *)((const char *)req + f->offset))->len > 0;
+}
+
 /* A mutating call with an idempotency key: once (idempotency.h). */
 static int
 run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t inlen,
@@ -665,7 +677,7 @@ run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t
 
 	memset(&first, 0, sizeof(first));
 	if ((r = idem_begin(h->dc->idm, h->dc->idem_key, h->hc.uid, m->d->path, in, inlen,
-			    h->dc->request_id, &first, &start)) != CF_OK)
+			    carries_secret(m, req), h->dc->request_id, &first, &start)) != CF_OK)
 		return r;
 	if (start == IDEM_REPLAY) {
 		snprintf(n->replay_of, sizeof(n->replay_of), "%s", first.request_id);

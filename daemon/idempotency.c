@@ -12,20 +12,24 @@
 #include <openssl/rand.h>
 #include <openssl/evp.h>
 
+#include "cf_buf.h"
 #include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
 #include "cf_time.h"
 
-/* A (key, uid) whose call is running. */
+/* A (key, uid) whose call is running, and its request's fingerprint (the
+ * outcome is recorded with it: one token MAC per call, not two). */
 struct running {
 	char key[STORE_IDEM_KEY_MAX + 1];
 	uint32_t uid;
+	uint8_t fp[32];
 	struct running *next;
 };
 
 struct idem {
 	store *st;
+	cf_p11_key *fpkey;       /* keys the fingerprints; NULL: the token has no HMAC */
 	unsigned retention;
 	char self[STORE_OWNER_MAX + 1];   /* this process's incarnation */
 	int (*alive)(void *arg, const char *owner, int *alive);
@@ -37,6 +41,10 @@ struct idem {
 };
 
 #define IDEM_POLL_MS 20   /* re-reading a record another replica is running */
+/* Fingerprints are MACs under this key: the digest of a request that
+ * carries a secret (ImportKey's material, an API secret) would otherwise let
+ * whoever reads the database test guesses of that secret offline. */
+static const char FP_DOMAIN[] = "coffer idempotency fingerprint v1";
 
 /* Without a fleet: a pending record is running only if this process holds it. */
 static int
@@ -58,14 +66,28 @@ idem_set_owner(idem *i, const char *self,
 }
 
 int
-idem_open(store *st, unsigned retention_s, idem **out)
+idem_open(store *st, unsigned retention_s, cf_p11 *p11, idem **out)
 {
 	idem *i = calloc(1, sizeof(*i));
 	uint8_t rnd[8];
+	int created, r;
 
 	if (i == NULL)
 		return cf_nomem();
 	i->st = st;
+	if (p11 != NULL && cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 0) == CF_OK) {
+		if ((r = cf_p11_key_ensure(p11, IDEM_FINGERPRINT_KEY, 1, CF_KEY_HMAC_SHA256,
+					   &i->fpkey, &created)) != CF_OK) {
+			free(i);
+			return cf_error(r, "the idempotency fingerprint key %s: %s",
+					IDEM_FINGERPRINT_KEY, cf_error_detail());
+		}
+		if (created)
+			cf_log_info("idempotency: made the fingerprint key %s in the token",
+				    IDEM_FINGERPRINT_KEY);
+	} else {
+		cf_error_clear();
+	}
 	i->retention = retention_s;
 	/* An owner id of its own: records a previous process left pending are
 	 * then seen as interrupted. */
@@ -94,6 +116,7 @@ idem_close(idem *i)
 		i->release = q->next;
 		free(q);
 	}
+	cf_p11_key_free(i->fpkey);
 	pthread_cond_destroy(&i->cv);
 	pthread_mutex_destroy(&i->mu);
 	free(i);
@@ -119,17 +142,51 @@ bad:
 			"0-9 . _ : -", IDEM_KEY_MIN, STORE_IDEM_KEY_MAX);
 }
 
-static void
-fingerprint(const char *method, const uint8_t *req, size_t len, uint8_t out[32])
+/* The request's fingerprint: out = HMAC (in the token) of digest, the
+ * SHA-256 of method and request, which is also what a cofferd before keyed
+ * fingerprints recorded (such records still match until they expire).
+ * Without a fingerprint key (a token without HMAC keys), out = digest, and a
+ * request that carries a secret is refused rather than recorded so. */
+static int
+fingerprint(const idem *i, const char *method, const uint8_t *req, size_t len,
+	    int carries_secret, uint8_t out[32], uint8_t digest[32])
 {
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	uint8_t in[sizeof(FP_DOMAIN) + 32];
+	cf_buf *mac = NULL;
+	int ok, r;
 
-	memset(out, 0, 32);
-	if (c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
-	    EVP_DigestUpdate(c, method, strlen(method) + 1) == 1 &&
-	    EVP_DigestUpdate(c, req != NULL ? req : (const uint8_t *)"", len) == 1)
-		EVP_DigestFinal_ex(c, out, NULL);
+	ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+	     EVP_DigestUpdate(c, method, strlen(method) + 1) == 1 &&
+	     EVP_DigestUpdate(c, req != NULL ? req : (const uint8_t *)"", len) == 1 &&
+	     EVP_DigestFinal_ex(c, digest, NULL) == 1;
 	EVP_MD_CTX_free(c);
+	if (!ok)
+		return cf_error(CF_E_INTERNAL, "idempotency: cannot hash the request");
+	if (i->fpkey == NULL) {
+		if (carries_secret)
+			return cf_error(CF_E_PRECONDITION, "%s carries a secret and this token "
+					"cannot keep an HMAC key to fingerprint it with, so its "
+					"idempotency-key cannot be recorded without a digest of "
+					"the secret: send it without idempotency-key", method);
+		memcpy(out, digest, 32);
+		return CF_OK;
+	}
+	memcpy(in, FP_DOMAIN, sizeof(FP_DOMAIN));
+	memcpy(in + sizeof(FP_DOMAIN), digest, 32);
+	if ((mac = cf_buf_new(64)) == NULL)
+		return cf_nomem();
+	r = cf_p11_mac(i->fpkey, in, sizeof(in), mac);
+	if (r == CF_OK && cf_buf_len(mac) != 32)
+		r = cf_error(CF_E_INTERNAL, "idempotency: the fingerprint key made a %zu-byte "
+			     "MAC, not 32", cf_buf_len(mac));
+	if (r == CF_OK)
+		memcpy(out, cf_buf_peek(mac), 32);
+	else
+		r = cf_error(r, "idempotency: cannot fingerprint the request: %s",
+			     cf_error_detail());
+	cf_buf_free(mac);
+	return r;
 }
 
 static struct running **
@@ -180,24 +237,24 @@ done_running(idem *i, const char *key, uint32_t uid)
 	pthread_mutex_unlock(&i->mu);
 }
 
-int
-idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
-	   size_t len, const char *request_id, struct store_idem *first, enum idem_start *start)
+/* idem_begin once the request's fingerprints are known. */
+static int
+begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t fp[32],
+      const uint8_t digest[32], const char *request_id, struct store_idem *first,
+      enum idem_start *start)
 {
 	struct store_idem rec, mine;
 	struct running *me;
 	struct timespec until;
 	int64_t until_ms = (int64_t)cf_mono_ms() + IDEM_WAIT_MS;
-	uint8_t fp[32];
 	int r;
 
-	*start = IDEM_RUN;
 	memset(&rec, 0, sizeof(rec));
-	fingerprint(method, req, len, fp);
 	if ((me = calloc(1, sizeof(*me))) == NULL)
 		return cf_nomem();
 	snprintf(me->key, sizeof(me->key), "%s", key);
 	me->uid = uid;
+	memcpy(me->fp, fp, sizeof(me->fp));
 	/* Concurrent duplicates: one runs, the others wait for its outcome. */
 	cf_deadline_in(&until, IDEM_WAIT_MS);
 	pthread_mutex_lock(&i->mu);
@@ -239,7 +296,9 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 		int alive = 0;
 
 		cf_error_clear();
-		if (strcmp(rec.method, method) != 0 || CRYPTO_memcmp(rec.fingerprint, fp, 32) != 0) {
+		if (strcmp(rec.method, method) != 0 ||
+		    (CRYPTO_memcmp(rec.fingerprint, fp, 32) != 0 &&
+		     CRYPTO_memcmp(rec.fingerprint, digest, 32) != 0)) {
 			r = cf_error(CF_E_PRECONDITION, "idempotency key %s was used for another "
 				     "request (%s); use a new key for a new request", key, rec.method);
 			break;
@@ -313,6 +372,23 @@ idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uin
 	return r;
 }
 
+int
+idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
+	   size_t len, int carries_secret, const char *request_id, struct store_idem *first,
+	   enum idem_start *start)
+{
+	uint8_t fp[32], digest[32];
+	int r;
+
+	*start = IDEM_RUN;
+	r = fingerprint(i, method, req, len, carries_secret, fp, digest);
+	if (r == CF_OK)
+		r = begin(i, key, uid, method, fp, digest, request_id, first, start);
+	/* An unkeyed digest of a request that may carry a secret. */
+	OPENSSL_cleanse(digest, sizeof(digest));
+	return r;
+}
+
 /* Outcomes that a retry may change: not kept, so the retry runs. */
 static int
 transient(int status)
@@ -337,6 +413,8 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 	    const uint8_t *resp, size_t resp_len)
 {
 	struct store_idem rec;
+	struct running **me;
+	uint8_t digest[32];
 	int r;
 
 	if (transient(status) && committed) {
@@ -350,7 +428,16 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 		snprintf(rec.key, sizeof(rec.key), "%s", key);
 		rec.uid = uid;
 		snprintf(rec.method, sizeof(rec.method), "%s", method);
-		fingerprint(method, req, len, rec.fingerprint);
+		pthread_mutex_lock(&i->mu);
+		me = find_running(i, key, uid);
+		if (me != NULL)
+			memcpy(rec.fingerprint, (*me)->fp, sizeof(rec.fingerprint));
+		pthread_mutex_unlock(&i->mu);
+		/* (Not running: a caller that skipped idem_begin; fingerprinted
+		 * again, as idem_begin accepted it.) */
+		if (me == NULL && fingerprint(i, method, req, len, 0, rec.fingerprint, digest) != CF_OK)
+			cf_log_error("idempotency key %s: %s", key, cf_error_detail());
+		OPENSSL_cleanse(digest, sizeof(digest));
 		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
 		rec.committed = committed;
 		rec.done = 1;

@@ -23,14 +23,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cf_p11.h"
 #include "store.h"
 
 #define IDEM_KEY_MIN 8
 #define IDEM_WAIT_MS 30000   /* longest wait for a concurrent duplicate */
+/* The token's HMAC-SHA256 key (version 1) that fingerprints are made with. */
+#define IDEM_FINGERPRINT_KEY "coffer.idempotency-fingerprint"
 
 typedef struct idem idem;
 
-int idem_open(store *st, unsigned retention_s, idem **out);
+/* p11: the token whose HMAC key (IDEM_FINGERPRINT_KEY, made if missing) keys
+ * the fingerprints, so that the database holds no digest a guess at a
+ * request's secret can be tested against. NULL, or a token that cannot keep
+ * HMAC keys: unkeyed SHA-256, and a request that carries a secret is refused
+ * its idempotency key (idem_begin). */
+int idem_open(store *st, unsigned retention_s, cf_p11 *p11, idem **out);
 void idem_close(idem *i);   /* accepts NULL */
 
 /* CF_OK if key is IDEM_KEY_MIN..STORE_IDEM_KEY_MAX of A-Z a-z 0-9 . _ : - */
@@ -53,11 +61,13 @@ enum idem_start {
 				*first names it (effect_name/version, request_id); answer
 				it without acting, then idem_finish */
 };
-/* Start a mutating call (request_id: this attempt's, kept as the first's).
- * Errors: CF_E_PRECONDITION (the key was used for another request),
- * CF_E_TIMEOUT (a duplicate still running), CF_E_IO. */
+/* Start a mutating call (request_id: this attempt's, kept as the first's;
+ * carries_secret: req holds a secret, cf_method.secret_in).
+ * Errors: CF_E_PRECONDITION (the key was used for another request; or a
+ * secret without a fingerprint key), CF_E_TIMEOUT (a duplicate still
+ * running), CF_E_IO, the token's (the fingerprint is its MAC). */
 int idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
-	       size_t len, const char *request_id, struct store_idem *first,
+	       size_t len, int carries_secret, const char *request_id, struct store_idem *first,
 	       enum idem_start *start);
 /* Record the outcome. request_id: the first attempt's; committed: a change
  * of this call is durable (then even a transient failure is kept, as

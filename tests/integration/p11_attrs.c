@@ -545,8 +545,9 @@ test_keyring_and_api_keys(void)
 	store_close(st);
 }
 
-/* The keys cofferd makes for itself at start: the session identity key and
- * the audit seal key. */
+/* The keys cofferd makes for itself at start: the session identity key, the
+ * audit seal key and the idempotency fingerprint key (sensitive, never
+ * extractable, like any other). */
 static void
 test_daemon_keys(void)
 {
@@ -557,6 +558,7 @@ test_daemon_keys(void)
 	CU_ASSERT_EQUAL(cf_test_daemon_stop(&d), 0);
 	CU_ASSERT_EQUAL(check_key("coffer.identity", CF_KEY_EC_P256, 0), 0);
 	CU_ASSERT_EQUAL(check_key("coffer.audit-seal", CF_KEY_EC_P256, 0), 0);
+	CU_ASSERT_EQUAL(check_key("coffer.idempotency-fingerprint", CF_KEY_HMAC_SHA256, 0), 0);
 }
 
 int
@@ -568,7 +570,7 @@ main(void)
 		{ "the token refuses what the attributes forbid", test_token_refuses },
 		{ "unmodifiable keys copy, work and get destroyed", test_unmodifiable },
 		{ "keys made by the daemon's keyring and API-key secrets", test_keyring_and_api_keys },
-		{ "the daemon's identity and audit seal keys", test_daemon_keys },
+		{ "the daemon's identity, audit seal and fingerprint keys", test_daemon_keys },
 		{ NULL, NULL },
 	};
 

@@ -7,6 +7,9 @@
 * 16 concurrent duplicates execute once;
 * the record survives a restart;
 * a secret in a response (CreateApiKey) is not kept: the repeat has none;
+* a request that carries a secret (an imported API secret) is recorded by a
+  fingerprint keyed in the token, not by a digest of the request that a
+  guess at the secret could be tested against;
 * cofferctl: --idempotency-key makes a repeated command a no-op;
 * an answer lost after its change committed, retried after later changes:
   the retry names what its first attempt made (the version, the secret
@@ -17,6 +20,7 @@
   version), and after a last restart no token object is left unclaimed.
 """
 import concurrent.futures
+import hashlib
 import os
 import random
 import re
@@ -130,6 +134,36 @@ class Idempotency(unittest.TestCase):
         keys = self.adm().ListApiKeys(pb.ListApiKeysRequest(principal="idem-p"),
                                       timeout=TIMEOUT).keys
         self.assertEqual(len(keys), 1)
+
+    def test_fingerprint_of_a_secret_is_keyed(self):
+        self.adm().CreatePrincipal(pb.CreatePrincipalRequest(name="idem-fp", uids=[7005]),
+                                   timeout=TIMEOUT)
+        s = self.d.sealed_stub(kind="admin", service="AdminService")
+        secret = b"correct horse battery staple!!!!"   # 32 bytes, guessable
+        req = pb.CreateApiKeyRequest(principal="idem-fp", secret=secret)
+        k1 = s_call(s, "CreateApiKey", req, "apikey-fingerprint-1")
+        expr = ("encode(fingerprint, 'hex')" if self.d.pg_db is not None
+                else "lower(hex(fingerprint))")
+        rows = self.d.state_query("SELECT %s FROM idempotency WHERE key = "
+                                  "'apikey-fingerprint-1'" % expr)
+        digest = hashlib.sha256(b"/coffer.v1.AdminService/CreateApiKey\0" +
+                                req.SerializeToString()).hexdigest()
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(len(rows[0][0]), 64)
+        self.assertNotEqual(rows[0][0], digest)
+        # Still the same request's fingerprint: repeated, it is answered;
+        # with another secret, refused.
+        k2 = s_call(s, "CreateApiKey", req, "apikey-fingerprint-1")
+        self.assertEqual((k1.key.id, k2.secret), (k2.key.id, b""))
+        with self.assertRaises(SealedRpcError) as cm:
+            s_call(s, "CreateApiKey", pb.CreateApiKeyRequest(
+                principal="idem-fp", secret=b"correct horse battery staple!!!?"),
+                "apikey-fingerprint-1")
+        self.assertEqual(cm.exception.code(), SC.FAILED_PRECONDITION)
+        self.assertEqual(cm.exception.details(),
+                         "idempotency key apikey-fingerprint-1 was used for another request "
+                         "(/coffer.v1.AdminService/CreateApiKey); use a new key for a new "
+                         "request")
 
     def test_keys_are_per_caller(self):
         # The same key from another uid is another record: uid nobody may not

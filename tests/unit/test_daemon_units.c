@@ -979,7 +979,7 @@ test_store_and_token_failures(void)
 	CU_ASSERT_EQUAL_FATAL(store_open_with(&so, &st), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
 	CU_ASSERT_EQUAL_FATAL(apikeys_open(p11, st, collect, &mismatches, &aks), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, &idm), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, NULL, &idm), CF_OK);
 	CU_ASSERT_EQUAL(keyring_create(kr, "locked", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", &info), CF_OK);
@@ -989,7 +989,7 @@ test_store_and_token_failures(void)
 	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
 	CU_ASSERT_FATAL(sqlite3_exec(h, "BEGIN EXCLUSIVE;", NULL, NULL, NULL) == SQLITE_OK);
 	/* An idempotent call cannot record that it started: it must not run. */
-	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", &first,
+	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), 0, "rid", &first,
 				   &start), CF_E_IO);
 	/* A lifecycle change is not applied. */
 	CU_ASSERT_EQUAL(keyring_change(kr, "locked", KC_DISABLE, &a, &info), CF_E_IO);
@@ -1008,7 +1008,7 @@ test_store_and_token_failures(void)
 	keyring_info_free(&info);
 	/* Nothing of the failed calls is left: the idempotency key is new, and
 	 * a restart finds no unclaimed object. */
-	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", &first,
+	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), 0, "rid", &first,
 				   &start), CF_OK);
 	CU_ASSERT(start == IDEM_RUN);
 	idem_finish(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", 0, CF_OK, NULL, NULL, 0);
@@ -1350,6 +1350,171 @@ test_verify_request_token_error(void)
 	protobuf_c_message_free_unpacked(&signed_->base, NULL);
 	nonces_close(sv.nn);
 	keyring_close(sv.kr);
+	store_close(st);
+}
+
+static CK_RV
+fail_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR sig, CK_ULONG_PTR sl)
+{
+	(void)s, (void)d, (void)dl, (void)sig, (void)sl;
+	return CKR_FUNCTION_FAILED;
+}
+
+/* The fingerprint column of idempotency record (key, uid 0). */
+static int
+idem_fp_read(sqlite3 *h, const char *key, uint8_t out[32])
+{
+	sqlite3_stmt *q = NULL;
+	int ok = 0;
+
+	if (sqlite3_prepare_v2(h, "SELECT fingerprint FROM idempotency WHERE key = ? AND uid = 0",
+			       -1, &q, NULL) == SQLITE_OK &&
+	    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC) == SQLITE_OK &&
+	    sqlite3_step(q) == SQLITE_ROW && sqlite3_column_bytes(q, 0) == 32) {
+		memcpy(out, sqlite3_column_blob(q, 0), 32);
+		ok = 1;
+	}
+	sqlite3_finalize(q);
+	return ok;
+}
+
+/* An idempotency record's fingerprint is a MAC under the token's key, not a
+ * digest whoever reads the database could test guesses at a request's
+ * secret against; records written unkeyed (before) still match; a token
+ * without that key refuses an idempotency key on a request with a secret. */
+static void
+test_idem_fingerprint_keyed(void)
+{
+	static const char method[] = "/coffer.v1.KeyAdmin/ImportKey";
+	static const uint8_t req[] = "name=imported material=hunter2";
+	static const uint8_t other[] = "name=imported material=hunter3";
+	static const char domain[] = "coffer idempotency fingerprint v1";
+	char dir[400], db[480];
+	store *st = NULL;
+	idem *idm = NULL, *again = NULL, *bare = NULL;
+	struct store_idem first;
+	enum idem_start start;
+	uint8_t digest[32], stored[32], in[sizeof(domain) + 32];
+	unsigned dlen = 0;
+	cf_p11_key *k = NULL;
+	cf_buf *mac = cf_buf_new(64);
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	CK_RV (*real_sign)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+	CK_FUNCTION_LIST_PTR f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	sqlite3 *h = NULL;
+
+	snprintf(dir, sizeof(dir), "%s/idem-fingerprint", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, p11, &idm), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(cf_p11_key_open(p11, IDEM_FINGERPRINT_KEY, 1, &k), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_key_type(k), CF_KEY_HMAC_SHA256);
+
+	memset(&first, 0, sizeof(first));
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, req, sizeof(req), 1, "rid-1",
+				   &first, &start), CF_OK);
+	CU_ASSERT(start == IDEM_RUN);
+	idem_finish(idm, "fingerprint-1", 0, method, req, sizeof(req), "rid-1", 1, CF_OK, NULL,
+		    (const uint8_t *)"done", 4);
+
+	/* What the database holds: not SHA-256(method, request), but the
+	 * token's HMAC of it. */
+	CU_ASSERT_FATAL(c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+			EVP_DigestUpdate(c, method, sizeof(method)) == 1 &&
+			EVP_DigestUpdate(c, req, sizeof(req)) == 1 &&
+			EVP_DigestFinal_ex(c, digest, &dlen) == 1);
+	snprintf(db, sizeof(db), "%s/coffer.db", dir);
+	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
+	CU_ASSERT_FATAL(idem_fp_read(h, "fingerprint-1", stored));
+	CU_ASSERT(memcmp(stored, digest, 32) != 0);
+	memcpy(in, domain, sizeof(domain));
+	memcpy(in + sizeof(domain), digest, 32);
+	CU_ASSERT_EQUAL_FATAL(cf_p11_mac(k, in, sizeof(in), mac), CF_OK);
+	CU_ASSERT(cf_buf_len(mac) == 32 && memcmp(stored, cf_buf_peek(mac), 32) == 0);
+
+	/* The same request again: the first outcome; another: refused. */
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, req, sizeof(req), 1, "rid-2",
+				   &first, &start), CF_OK);
+	CU_ASSERT(start == IDEM_REPLAY && strcmp(first.request_id, "rid-1") == 0);
+	free(first.response);
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, other, sizeof(other), 1,
+				   "rid-3", &first, &start), CF_E_PRECONDITION);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "idempotency key fingerprint-1 was used for "
+			       "another request (/coffer.v1.KeyAdmin/ImportKey); use a new key for "
+			       "a new request");
+
+	/* Another process on the same token (a restart, a replica) finds the
+	 * key and the same fingerprint. */
+	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, p11, &again), CF_OK);
+	CU_ASSERT_EQUAL(idem_begin(again, "fingerprint-1", 0, method, req, sizeof(req), 1, "rid-4",
+				   &first, &start), CF_OK);
+	CU_ASSERT(start == IDEM_REPLAY);
+	free(first.response);
+
+	/* A record written by a cofferd before keyed fingerprints (the bare
+	 * digest) still matches its request, and only it. */
+	{
+		sqlite3_stmt *q = NULL;
+
+		CU_ASSERT_FATAL(sqlite3_prepare_v2(h, "UPDATE idempotency SET fingerprint = ? "
+						   "WHERE key = 'fingerprint-1'", -1, &q,
+						   NULL) == SQLITE_OK);
+		CU_ASSERT(sqlite3_bind_blob(q, 1, digest, 32, SQLITE_STATIC) == SQLITE_OK &&
+			  sqlite3_step(q) == SQLITE_DONE);
+		sqlite3_finalize(q);
+	}
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, req, sizeof(req), 1, "rid-5",
+				   &first, &start), CF_OK);
+	CU_ASSERT(start == IDEM_REPLAY);
+	free(first.response);
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, other, sizeof(other), 1,
+				   "rid-6", &first, &start), CF_E_PRECONDITION);
+
+	/* The token fails the MAC: the token's error, and nothing recorded
+	 * (the key is still new afterwards). */
+	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
+	real_sign = f->C_Sign;
+	f->C_Sign = fail_sign;
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-2", 0, method, req, sizeof(req), 1, "rid-7",
+				   &first, &start), CF_E_TOKEN);
+	CU_ASSERT(strncmp(cf_error_detail(), "idempotency: cannot fingerprint the request: ",
+			  45) == 0);
+	f->C_Sign = real_sign;
+	(void)f->C_CloseSession(s);
+	CU_ASSERT(!idem_fp_read(h, "fingerprint-2", stored));
+	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-2", 0, method, req, sizeof(req), 1, "rid-8",
+				   &first, &start), CF_OK);
+	CU_ASSERT(start == IDEM_RUN);
+	idem_finish(idm, "fingerprint-2", 0, method, req, sizeof(req), "rid-8", 0, CF_E_INVALID_ARG,
+		    "bad", NULL, 0);
+
+	/* No fingerprint key (a token without HMAC keys): a request with a
+	 * secret is refused its idempotency key, and not recorded; one
+	 * without runs, fingerprinted by its digest. */
+	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, NULL, &bare), CF_OK);
+	CU_ASSERT_EQUAL(idem_begin(bare, "fingerprint-3", 0, method, req, sizeof(req), 1, "rid-9",
+				   &first, &start), CF_E_PRECONDITION);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "/coffer.v1.KeyAdmin/ImportKey carries a secret "
+			       "and this token cannot keep an HMAC key to fingerprint it with, so "
+			       "its idempotency-key cannot be recorded without a digest of the "
+			       "secret: send it without idempotency-key");
+	CU_ASSERT(!idem_fp_read(h, "fingerprint-3", stored));
+	CU_ASSERT_EQUAL(idem_begin(bare, "fingerprint-3", 0, method, req, sizeof(req), 0, "rid-10",
+				   &first, &start), CF_OK);
+	CU_ASSERT(start == IDEM_RUN);
+	idem_finish(bare, "fingerprint-3", 0, method, req, sizeof(req), "rid-10", 0, CF_OK, NULL,
+		    NULL, 0);
+	CU_ASSERT(idem_fp_read(h, "fingerprint-3", stored) && memcmp(stored, digest, 32) == 0);
+
+	sqlite3_close(h);
+	EVP_MD_CTX_free(c);
+	cf_buf_free(mac);
+	cf_p11_key_free(k);
+	idem_close(bare);
+	idem_close(again);
+	idem_close(idm);
 	store_close(st);
 }
 
@@ -1695,6 +1860,8 @@ main(void)
 		  test_store_and_token_failures },
 		{ "handlers called directly", test_handlers_direct },
 		{ "VerifyRequestSignature on a token error", test_verify_request_token_error },
+		{ "idempotency fingerprints: keyed by the token, old ones still match",
+		  test_idem_fingerprint_keyed },
 		{ "a nonce expired while its replay was checked", test_nonce_expired_while_checked },
 		{ "API keys re-read while the token does not answer",
 		  test_apikeys_reload_during_a_token_error },

@@ -63,7 +63,7 @@ suite_init(void)
 	sv.window = 300;
 	if (mkdir(dir, 0700) != 0 || store_open(dir, &st) != CF_OK ||
 	    keyring_open(p11, st, NULL, NULL, NULL, &sv.kr) != CF_OK ||
-	    policy_open(st, &sv.pol) != CF_OK || idem_open(st, 3600, &base.idm) != CF_OK ||
+	    policy_open(st, &sv.pol) != CF_OK || idem_open(st, 3600, NULL, &base.idm) != CF_OK ||
 	    nonces_open(dir, 1000, &sv.nn) != CF_OK ||
 	    session_mgr_open(p11, &scfg, &sv.sm) != CF_OK || dispatch_new(&dcfg, &dsp) != CF_OK)
 		return -1;
