@@ -727,7 +727,7 @@ run_once(const struct method *m, const struct dctx *h, const uint8_t *in, size_t
 	if (r == CF_OK)
 		r = pack_without_secrets(m, *resp, &kept, &keptlen);
 	snprintf(msg, sizeof(msg), "%s", r == CF_OK ? "" : cf_error_message(r));
-	idem_finish(h->dc->idm, h->dc->idem_key, h->hc.uid, m->d->path, in, inlen, first_id,
+	idem_finish(h->dc->idm, h->dc->idem_key, h->hc.uid, m->d->path, first_id,
 		    start == IDEM_COMMITTED || n->changes > 0, r, msg,
 		    kept != NULL ? kept : *out, kept != NULL ? keptlen : *outlen);
 	free(first.response);

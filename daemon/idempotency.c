@@ -65,33 +65,77 @@ idem_set_owner(idem *i, const char *self,
 	i->alive_arg = arg;
 }
 
+/* The token's fingerprint key, made if missing: generated, or where the
+ * token can only import HMAC keys (as API-key secrets are made), imported
+ * from its own random bytes. NULL (CF_OK) on a token that can do neither. */
+static int
+fingerprint_key(cf_p11 *p11, cf_p11_key **out)
+{
+	cf_secret *m = NULL;
+	int created = 0, r;
+
+	*out = NULL;
+	if (cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 0) == CF_OK) {
+		r = cf_p11_key_ensure(p11, IDEM_FINGERPRINT_KEY, 1, CF_KEY_HMAC_SHA256, out,
+				      &created);
+	} else if (cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 1) == CF_OK) {
+		r = cf_p11_key_open(p11, IDEM_FINGERPRINT_KEY, 1, out);
+		if (r == CF_E_NOT_FOUND) {
+			cf_error_clear();
+			if ((r = cf_secret_new(32, &m)) == CF_OK &&
+			    (r = cf_p11_random(p11, m)) == CF_OK &&
+			    (r = cf_p11_key_import(p11, IDEM_FINGERPRINT_KEY, 1, CF_KEY_HMAC_SHA256,
+						   m, 0, out)) == CF_OK)
+				created = 1;
+			else if (r == CF_E_EXISTS)   /* another process made it meanwhile */
+				r = cf_p11_key_open(p11, IDEM_FINGERPRINT_KEY, 1, out);
+			cf_secret_free(m);
+		}
+		if (r == CF_OK && cf_p11_key_type(*out) != CF_KEY_HMAC_SHA256) {
+			r = cf_error(CF_E_CONFIG, "token object %s version 1 is %s, not hmac-sha256",
+				     IDEM_FINGERPRINT_KEY, cf_key_type_name(cf_p11_key_type(*out)));
+			cf_p11_key_free(*out);
+			*out = NULL;
+		}
+	} else {
+		cf_log_warn("idempotency: %s; fingerprints are plain SHA-256 digests, and a call "
+			    "whose request carries a secret is refused an idempotency key",
+			    cf_error_detail());
+		cf_error_clear();
+		return CF_OK;
+	}
+	if (r != CF_OK)
+		return cf_error(r, "the idempotency fingerprint key %s, which cofferd makes in the "
+				"token at its first start: %s", IDEM_FINGERPRINT_KEY,
+				cf_error_detail());
+	/* Made now: on a first start, or on a token restored without it, when
+	 * records kept under the lost one no longer match their retries. */
+	if (created)
+		cf_log_info("idempotency: made the fingerprint key %s in the token (if the token "
+			    "lost an earlier one, records made under it no longer match their "
+			    "retries)", IDEM_FINGERPRINT_KEY);
+	return CF_OK;
+}
+
 int
 idem_open(store *st, unsigned retention_s, cf_p11 *p11, idem **out)
 {
 	idem *i = calloc(1, sizeof(*i));
 	uint8_t rnd[8];
-	int created, r;
+	int r;
 
 	if (i == NULL)
 		return cf_nomem();
 	i->st = st;
-	if (p11 != NULL && cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 0) == CF_OK) {
-		if ((r = cf_p11_key_ensure(p11, IDEM_FINGERPRINT_KEY, 1, CF_KEY_HMAC_SHA256,
-					   &i->fpkey, &created)) != CF_OK) {
-			free(i);
-			return cf_error(r, "the idempotency fingerprint key %s: %s",
-					IDEM_FINGERPRINT_KEY, cf_error_detail());
-		}
-		if (created)
-			cf_log_info("idempotency: made the fingerprint key %s in the token",
-				    IDEM_FINGERPRINT_KEY);
-	} else {
-		cf_error_clear();
+	if (p11 != NULL && (r = fingerprint_key(p11, &i->fpkey)) != CF_OK) {
+		free(i);
+		return r;
 	}
 	i->retention = retention_s;
 	/* An owner id of its own: records a previous process left pending are
 	 * then seen as interrupted. */
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+		cf_p11_key_free(i->fpkey);
 		free(i);
 		return cf_error(CF_E_INTERNAL, "random number generator failed");
 	}
@@ -166,9 +210,9 @@ fingerprint(const idem *i, const char *method, const uint8_t *req, size_t len,
 	if (i->fpkey == NULL) {
 		if (carries_secret)
 			return cf_error(CF_E_PRECONDITION, "%s carries a secret and this token "
-					"cannot keep an HMAC key to fingerprint it with, so its "
-					"idempotency-key cannot be recorded without a digest of "
-					"the secret: send it without idempotency-key", method);
+					"has no HMAC key to fingerprint it with (a digest of a "
+					"secret is never recorded): send it without "
+					"idempotency-key", method);
 		memcpy(out, digest, 32);
 		return CF_OK;
 	}
@@ -185,6 +229,7 @@ fingerprint(const idem *i, const char *method, const uint8_t *req, size_t len,
 	else
 		r = cf_error(r, "idempotency: cannot fingerprint the request: %s",
 			     cf_error_detail());
+	OPENSSL_cleanse(in, sizeof(in));
 	cf_buf_free(mac);
 	return r;
 }
@@ -408,13 +453,12 @@ transient(int status)
 }
 
 void
-idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
-	    size_t len, const char *request_id, int committed, int status, const char *message,
+idem_finish(idem *i, const char *key, uint32_t uid, const char *method,
+	    const char *request_id, int committed, int status, const char *message,
 	    const uint8_t *resp, size_t resp_len)
 {
 	struct store_idem rec;
 	struct running **me;
-	uint8_t digest[32];
 	int r;
 
 	if (transient(status) && committed) {
@@ -433,11 +477,12 @@ idem_finish(idem *i, const char *key, uint32_t uid, const char *method, const ui
 		if (me != NULL)
 			memcpy(rec.fingerprint, (*me)->fp, sizeof(rec.fingerprint));
 		pthread_mutex_unlock(&i->mu);
-		/* (Not running: a caller that skipped idem_begin; fingerprinted
-		 * again, as idem_begin accepted it.) */
-		if (me == NULL && fingerprint(i, method, req, len, 0, rec.fingerprint, digest) != CF_OK)
-			cf_log_error("idempotency key %s: %s", key, cf_error_detail());
-		OPENSSL_cleanse(digest, sizeof(digest));
+		if (me == NULL) {
+			/* A caller that skipped idem_begin: nothing of its own to settle. */
+			cf_log_error("idempotency key %s: an outcome without its start is not "
+				     "recorded", key);
+			return;
+		}
 		snprintf(rec.request_id, sizeof(rec.request_id), "%s", request_id);
 		rec.committed = committed;
 		rec.done = 1;

@@ -69,12 +69,14 @@ enum idem_start {
 int idem_begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t *req,
 	       size_t len, int carries_secret, const char *request_id, struct store_idem *first,
 	       enum idem_start *start);
-/* Record the outcome. request_id: the first attempt's; committed: a change
- * of this call is durable (then even a transient failure is kept, as
- * pending and committed, so that a retry answers instead of acting). */
+/* Record the outcome, with the fingerprint idem_begin made (so only after
+ * an idem_begin that answered CF_OK). request_id: the first attempt's;
+ * committed: a change of this call is durable (then even a transient
+ * failure is kept, as pending and committed, so that a retry answers
+ * instead of acting). */
 void idem_finish(idem *i, const char *key, uint32_t uid, const char *method,
-		 const uint8_t *req, size_t len, const char *request_id, int committed,
-		 int status, const char *message, const uint8_t *resp, size_t resp_len);
+		 const char *request_id, int committed, int status, const char *message,
+		 const uint8_t *resp, size_t resp_len);
 /* Forget finished records older than the retention. */
 void idem_expire(idem *i, int64_t now);
 /* Release the records idem_finish could not (the store was unreachable);

@@ -290,7 +290,7 @@ struct store_idem {
 	char key[STORE_IDEM_KEY_MAX + 1];
 	uint32_t uid;
 	char method[128];
-	uint8_t fingerprint[32];      /* SHA-256 of method ‖ 0 ‖ request bytes */
+	uint8_t fingerprint[32];      /* of method and request bytes (idempotency.c) */
 	int done;                     /* 0: the call started and has not finished */
 	int status;                   /* Coffer status of the outcome */
 	char message[256];

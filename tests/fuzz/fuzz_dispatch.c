@@ -173,7 +173,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	sv.pol = pol;
 	if ((r = apikeys_open(p11, st, NULL, NULL, &sv.ak)) != CF_OK)
 		die("apikeys_open", r);
-	if ((r = idem_open(st, 3600, &base.idm)) != CF_OK)
+	if ((r = idem_open(st, 3600, p11, &base.idm)) != CF_OK)
 		die("idem_open", r);
 	if ((r = nonces_open(state, 100000, &sv.nn)) != CF_OK)
 		die("nonces_open", r);

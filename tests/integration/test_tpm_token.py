@@ -8,6 +8,9 @@ rotation keeps old versions verifying, a sealed session signs, the audit trail
 verifies (by the daemon and offline). What it cannot do (Ed25519, RSA-4096,
 HMAC, AES-GCM wrapping, imported secrets, API keys) is refused with
 FAILED_PRECONDITION and a text naming the missing mechanism, checked exactly.
+Without HMAC keys there is no idempotency fingerprint key: cofferd says so at
+start, a request carrying a secret is refused its idempotency key (text
+checked), and one without a secret still happens once.
 
 Skipped (exit 77, which CTest shows as "Skipped") with the reason when swtpm,
 tpm2-abrmd or tpm2-pkcs11 are not installed.
@@ -169,6 +172,28 @@ class TpmToken(unittest.TestCase):
         self.assertEqual(e.exception.details(), API_KEYS)
         r = self.ctl("principal", "add-key", CofferDaemon.PRINCIPAL, ok=False)
         self.assertEqual(r.stderr.decode(), "cofferctl: %s\n" % API_KEYS)
+
+    def test_idempotency_without_fingerprint_key(self):
+        self.assertIn("idempotency: this token cannot import hmac-sha256 keys: " + NO_SECRET +
+                      "; fingerprints are plain SHA-256 digests, and a call whose request "
+                      "carries a secret is refused an idempotency key", self.d.log())
+        s = self.d.sealed_stub("admin", "AdminService").open()
+        path = "/coffer.v1.AdminService/ImportKey"
+        req = pb.ImportKeyRequest(name="tidem", type=pb.HMAC_SHA256, material=b"k" * 32)
+        code, message, _ = s.call(path, req.SerializeToString(), timeout=10.0,
+                                  metadata=[("idempotency-key", "tpm-import-0001")])
+        self.assertEqual((code, message), (
+            grpc.StatusCode.FAILED_PRECONDITION.value[0],
+            path + " carries a secret and this token has no HMAC key to fingerprint it with "
+            "(a digest of a secret is never recorded): send it without idempotency-key"))
+        # Without a secret: once, however often it is sent.
+        admin = self.d.admin_stub()
+        admin.CreateKey(pb.CreateKeyRequest(name="tidem-ec", type=pb.EC_P256))
+        for _ in range(2):
+            admin.RotateKey(pb.RotateKeyRequest(name="tidem-ec"),
+                            metadata=[("idempotency-key", "tpm-rotate-0001")])
+        versions = admin.GetKey(pb.GetKeyRequest(name="tidem-ec")).versions
+        self.assertEqual([v.version for v in versions], [1, 2])
 
     def test_sealed_session_signs(self):
         self.create("tsealed", "ec-p256")

@@ -73,7 +73,7 @@ PF_WRAP(C_GetSlotList, 0, (CK_BBOOL present, CK_SLOT_ID_PTR l, CK_ULONG_PTR n), 
 PF_WRAP(C_GetTokenInfo, 0, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR i), (slot, i))
 PF_WRAP(C_GetMechanismList, 0, (CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR l, CK_ULONG_PTR n),
 	(slot, l, n))
-PF_WRAP(C_GetMechanismInfo, 0, (CK_SLOT_ID slot, CK_MECHANISM_TYPE m, CK_MECHANISM_INFO_PTR i),
+PF_WRAP(C_GetMechanismInfo, m, (CK_SLOT_ID slot, CK_MECHANISM_TYPE m, CK_MECHANISM_INFO_PTR i),
 	(slot, m, i))
 PF_WRAP(C_OpenSession, 0,
 	(CK_SLOT_ID slot, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY cb, CK_SESSION_HANDLE_PTR s),

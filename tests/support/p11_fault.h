@@ -37,7 +37,9 @@ struct p11_fault_rule {
 	int through;             /* the failing calls still reach the module (a write
 				    that happened while the caller is told it failed) */
 	CK_OBJECT_HANDLE object; /* only calls on this object (C_DestroyObject,
-				    C_CopyObject, C_GetAttributeValue); 0: any */
+				    C_CopyObject, C_GetAttributeValue) or about
+				    this mechanism (C_GetMechanismInfo: the
+				    layer then leaves it out); 0: any */
 };
 
 struct p11_fault_ops {

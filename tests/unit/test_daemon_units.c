@@ -1011,7 +1011,7 @@ test_store_and_token_failures(void)
 	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), 0, "rid", &first,
 				   &start), CF_OK);
 	CU_ASSERT(start == IDEM_RUN);
-	idem_finish(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), "rid", 0, CF_OK, NULL, NULL, 0);
+	idem_finish(idm, "locked-key-1", 0, "/m", "rid", 0, CF_OK, NULL, NULL, 0);
 	keyring_close(kr);
 	kr = NULL;
 	nreports = 0;
@@ -1385,7 +1385,7 @@ idem_fp_read(sqlite3 *h, const char *key, uint8_t out[32])
 static void
 test_idem_fingerprint_keyed(void)
 {
-	static const char method[] = "/coffer.v1.KeyAdmin/ImportKey";
+	static const char method[] = "/coffer.v1.AdminService/ImportKey";
 	static const uint8_t req[] = "name=imported material=hunter2";
 	static const uint8_t other[] = "name=imported material=hunter3";
 	static const char domain[] = "coffer idempotency fingerprint v1";
@@ -1416,7 +1416,7 @@ test_idem_fingerprint_keyed(void)
 	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, req, sizeof(req), 1, "rid-1",
 				   &first, &start), CF_OK);
 	CU_ASSERT(start == IDEM_RUN);
-	idem_finish(idm, "fingerprint-1", 0, method, req, sizeof(req), "rid-1", 1, CF_OK, NULL,
+	idem_finish(idm, "fingerprint-1", 0, method, "rid-1", 1, CF_OK, NULL,
 		    (const uint8_t *)"done", 4);
 
 	/* What the database holds: not SHA-256(method, request), but the
@@ -1442,7 +1442,7 @@ test_idem_fingerprint_keyed(void)
 	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-1", 0, method, other, sizeof(other), 1,
 				   "rid-3", &first, &start), CF_E_PRECONDITION);
 	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "idempotency key fingerprint-1 was used for "
-			       "another request (/coffer.v1.KeyAdmin/ImportKey); use a new key for "
+			       "another request (/coffer.v1.AdminService/ImportKey); use a new key for "
 			       "a new request");
 
 	/* Another process on the same token (a restart, a replica) finds the
@@ -1487,7 +1487,7 @@ test_idem_fingerprint_keyed(void)
 	CU_ASSERT_EQUAL(idem_begin(idm, "fingerprint-2", 0, method, req, sizeof(req), 1, "rid-8",
 				   &first, &start), CF_OK);
 	CU_ASSERT(start == IDEM_RUN);
-	idem_finish(idm, "fingerprint-2", 0, method, req, sizeof(req), "rid-8", 0, CF_E_INVALID_ARG,
+	idem_finish(idm, "fingerprint-2", 0, method, "rid-8", 0, CF_E_INVALID_ARG,
 		    "bad", NULL, 0);
 
 	/* No fingerprint key (a token without HMAC keys): a request with a
@@ -1496,15 +1496,15 @@ test_idem_fingerprint_keyed(void)
 	CU_ASSERT_EQUAL_FATAL(idem_open(st, 3600, NULL, &bare), CF_OK);
 	CU_ASSERT_EQUAL(idem_begin(bare, "fingerprint-3", 0, method, req, sizeof(req), 1, "rid-9",
 				   &first, &start), CF_E_PRECONDITION);
-	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "/coffer.v1.KeyAdmin/ImportKey carries a secret "
-			       "and this token cannot keep an HMAC key to fingerprint it with, so "
-			       "its idempotency-key cannot be recorded without a digest of the "
-			       "secret: send it without idempotency-key");
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "/coffer.v1.AdminService/ImportKey carries a "
+			       "secret and this token has no HMAC key to fingerprint it with (a "
+			       "digest of a secret is never recorded): send it without "
+			       "idempotency-key");
 	CU_ASSERT(!idem_fp_read(h, "fingerprint-3", stored));
 	CU_ASSERT_EQUAL(idem_begin(bare, "fingerprint-3", 0, method, req, sizeof(req), 0, "rid-10",
 				   &first, &start), CF_OK);
 	CU_ASSERT(start == IDEM_RUN);
-	idem_finish(bare, "fingerprint-3", 0, method, req, sizeof(req), "rid-10", 0, CF_OK, NULL,
+	idem_finish(bare, "fingerprint-3", 0, method, "rid-10", 0, CF_OK, NULL,
 		    NULL, 0);
 	CU_ASSERT(idem_fp_read(h, "fingerprint-3", stored) && memcmp(stored, digest, 32) == 0);
 

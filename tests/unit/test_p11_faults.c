@@ -10,6 +10,8 @@
  * with raw Cryptoki on the real module. The module's call counters also
  * show that opening a version from a listing searches nothing, and that a
  * keyring's start-up searches the token as often with 41 versions as with 1.
+ * A token that lists no HMAC key generation gets the idempotency
+ * fingerprint key imported; one without HMAC at all runs without it.
  */
 #include <dlfcn.h>
 #include <inttypes.h>
@@ -24,6 +26,7 @@
 
 #include "cf_status.h"
 #include "cf_test_token.h"
+#include "idempotency.h"
 #include "keyring.h"
 #include "p11_fault.h"
 #include "store.h"
@@ -849,6 +852,72 @@ test_start_searches_constant(void)
 	store_close(st);
 }
 
+/* The suite's layer opened again with `mech` left out of the token's
+ * mechanisms (C_GetMechanismInfo refuses it; 0: none left out). */
+static void
+reopen_without(CK_MECHANISM_TYPE mech)
+{
+	struct p11_fault_rule r = { CKR_MECHANISM_INVALID, 0, -1, 0, mech };
+
+	cf_p11_close(p11);
+	p11 = NULL;
+	fault->clear();
+	if (mech != 0)
+		fault->set(P11F_C_GetMechanismInfo, &r);
+	CU_ASSERT_EQUAL_FATAL(cf_p11_open(&tok.cfg, &p11), CF_OK);
+	fault->clear();
+}
+
+/* The idempotency fingerprint key on tokens that cannot generate it: one
+ * that only imports HMAC keys gets it imported from the token's random
+ * bytes (once: a second start finds it); one without HMAC keys at all runs
+ * without it and refuses an idempotency key on a request with a secret. */
+static void
+test_idem_fingerprint_key_import(void)
+{
+	static const uint8_t req[] = "material";
+	idem *i = NULL;
+	cf_p11_key *k = NULL;
+	struct store_idem first;
+	enum idem_start start;
+	struct mark gen, imp;
+
+	reopen_without(CKM_GENERIC_SECRET_KEY_GEN);
+	CU_ASSERT_NOT_EQUAL(cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 0), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 1), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_key_open(p11, IDEM_FINGERPRINT_KEY, 1, &k), CF_E_NOT_FOUND);
+	gen = mark(P11F_C_GenerateKey);
+	imp = mark(P11F_C_CreateObject);
+	CU_ASSERT_EQUAL_FATAL(idem_open(NULL, 3600, p11, &i), CF_OK);
+	check_mark(&gen, 0, 0);
+	check_mark(&imp, 1, 0);
+	idem_close(i);
+	CU_ASSERT_EQUAL_FATAL(cf_p11_key_open(p11, IDEM_FINGERPRINT_KEY, 1, &k), CF_OK);
+	CU_ASSERT_EQUAL(cf_p11_key_type(k), CF_KEY_HMAC_SHA256);
+	cf_p11_key_free(k);
+	imp = mark(P11F_C_CreateObject);
+	CU_ASSERT_EQUAL_FATAL(idem_open(NULL, 3600, p11, &i), CF_OK);
+	check_mark(&imp, 0, 0);
+	idem_close(i);
+
+	/* No HMAC mechanism: neither made nor looked for; a request with a
+	 * secret is refused before any record is written (there is no store). */
+	reopen_without(CKM_SHA256_HMAC);
+	CU_ASSERT_NOT_EQUAL(cf_p11_can_create(p11, CF_KEY_HMAC_SHA256, 1), CF_OK);
+	imp = mark(P11F_C_CreateObject);
+	CU_ASSERT_EQUAL_FATAL(idem_open(NULL, 3600, p11, &i), CF_OK);
+	check_mark(&imp, 0, 0);
+	memset(&first, 0, sizeof(first));
+	CU_ASSERT_EQUAL(idem_begin(i, "secret-call-1", 0, "/coffer.v1.AdminService/ImportKey", req,
+				   sizeof(req), 1, "rid", &first, &start), CF_E_PRECONDITION);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "/coffer.v1.AdminService/ImportKey carries a "
+			       "secret and this token has no HMAC key to fingerprint it with (a "
+			       "digest of a secret is never recorded): send it without "
+			       "idempotency-key");
+	idem_close(i);
+	reopen_without(0);
+}
+
 int
 main(void)
 {
@@ -865,6 +934,8 @@ main(void)
 		{ "open from a listing: no search; searched when it cannot tell", test_open_listed },
 		{ "keyring start-up: token searches do not grow with versions",
 		  test_start_searches_constant },
+		{ "idempotency fingerprint key: imported, or none, as the token allows",
+		  test_idem_fingerprint_key_import },
 		{ NULL, NULL },
 	};
 
