@@ -1092,8 +1092,28 @@ secret_handle(apikeys *a, struct entry *e, uint32_t i, int *unasked, char *why, 
 }
 
 int
+apikeys_secret_live(apikeys *a, const char *principal, const char *id, uint32_t generation,
+		    int64_t now)
+{
+	struct entry *e;
+	int r = APIKEYS_KEY_GONE;
+
+	pthread_rwlock_rdlock(&a->lk);
+	if ((e = find(a, id)) != NULL && e->rec.revoked == 0 &&
+	    strcmp(e->rec.principal, principal) == 0) {
+		r = APIKEYS_SECRET_GONE;
+		for (uint32_t i = 0; i < e->rec.nsecrets && r != APIKEYS_SECRET_LIVE; i++)
+			if (e->rec.secrets[i].generation == generation &&
+			    (e->rec.secrets[i].expires == 0 || e->rec.secrets[i].expires > now))
+				r = APIKEYS_SECRET_LIVE;
+	}
+	pthread_rwlock_unlock(&a->lk);
+	return r;
+}
+
+int
 apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t *msg,
-	       size_t len, const uint8_t mac[32], int64_t now)
+	       size_t len, const uint8_t mac[32], int64_t now, uint32_t *generation)
 {
 	struct entry *e;
 	int r = CF_E_BAD_SIGNATURE;
@@ -1115,8 +1135,10 @@ apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t 
 
 			if (e->rec.secrets[i].expires != 0 && e->rec.secrets[i].expires <= now)
 				continue;
-			if ((k = secret_handle(a, e, i, &unasked, why, sizeof(why))) != NULL)
-				r = cf_p11_mac_verify(k, msg, len, mac, 32);
+			if ((k = secret_handle(a, e, i, &unasked, why, sizeof(why))) != NULL &&
+			    (r = cf_p11_mac_verify(k, msg, len, mac, 32)) == CF_OK &&
+			    generation != NULL)
+				*generation = e->rec.secrets[i].generation;
 		}
 		/* A secret the token could not be asked about is no verdict. */
 		if (r == CF_E_BAD_SIGNATURE && unasked != CF_OK)

@@ -93,10 +93,16 @@ void apikeys_expire(apikeys *a, int64_t now);
 enum { APIKEYS_NONE = 0, APIKEYS_LIVE, APIKEYS_STICKY };
 int apikeys_required(apikeys *a, const char *principal);
 /* CF_OK if mac is HMAC-SHA256(msg) under a live secret of key id, which
- * belongs to principal. CF_E_UNAUTHENTICATED with the reason (unknown,
- * revoked, another principal's, no live secret matches); token failures as
- * they are. */
+ * belongs to principal (*generation: that secret's, unless NULL).
+ * CF_E_UNAUTHENTICATED with the reason (unknown, revoked, another
+ * principal's, no live secret matches); token failures as they are. */
 int apikeys_verify(apikeys *a, const char *principal, const char *id, const uint8_t *msg,
-		   size_t len, const uint8_t mac[32], int64_t now);
+		   size_t len, const uint8_t mac[32], int64_t now, uint32_t *generation);
+/* Is secret `generation` of key id still live: APIKEYS_SECRET_LIVE;
+ * APIKEYS_KEY_GONE: the key is unknown, revoked or not principal's;
+ * APIKEYS_SECRET_GONE: that secret was rotated out (expired). */
+enum { APIKEYS_SECRET_LIVE = 0, APIKEYS_KEY_GONE, APIKEYS_SECRET_GONE };
+int apikeys_secret_live(apikeys *a, const char *principal, const char *id, uint32_t generation,
+			int64_t now);
 
 #endif

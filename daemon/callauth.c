@@ -18,12 +18,13 @@ struct call_sig {
 	const char *who;
 	const struct cf_call_auth *a;
 	int64_t now;
+	uint32_t generation;     /* out: the secret's that verified */
 };
 
 static int
 call_check(void *arg)
 {
-	const struct call_sig *c = arg;
+	struct call_sig *c = arg;
 	cf_buf *str;
 	int r;
 
@@ -32,14 +33,14 @@ call_check(void *arg)
 	if ((r = cf_callauth_string(c->c->path, c->c->body, c->c->body_len, c->a->timestamp,
 				    c->a->nonce, c->a->key_id, str)) == CF_OK)
 		r = apikeys_verify(c->ak, c->who, c->a->key_id, cf_buf_peek(str),
-				   cf_buf_len(str), c->a->signature, c->now);
+				   cf_buf_len(str), c->a->signature, c->now, &c->generation);
 	cf_buf_free(str);
 	return r;
 }
 
 int
 callauth_check(apikeys *ak, nonces *nn, unsigned window, const struct callauth_call *c,
-	       const char *who)
+	       const char *who, uint32_t *generation)
 {
 	struct cf_call_auth a;
 	char scope[sizeof(APIKEYS_OBJECT_PREFIX) + CF_APIKEY_ID_LEN];
@@ -106,5 +107,6 @@ callauth_check(apikeys *ak, nonces *nn, unsigned window, const struct callauth_c
 	case NONCE_FRESH:
 		break;
 	}
+	*generation = cc.generation;
 	return CF_OK;
 }

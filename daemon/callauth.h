@@ -27,8 +27,9 @@ struct callauth_call {
 /* CF_OK when principal `who` may make the call as signed (or unsigned, when
  * nothing requires a signature); CF_E_UNAUTHENTICATED with the reason
  * otherwise. Only a call whose signature is valid uses up its nonce. ak
- * NULL: no API keys, nothing to check. */
+ * NULL: no API keys, nothing to check. *generation: the generation of the
+ * secret that signed it (left as it is for an unsigned call). */
 int callauth_check(apikeys *ak, nonces *nn, unsigned window, const struct callauth_call *c,
-		   const char *who);
+		   const char *who, uint32_t *generation);
 
 #endif

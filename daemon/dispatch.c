@@ -16,6 +16,7 @@
 #include "cf_pbwipe.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
+#include "cf_time.h"
 #include "coffer/v1/coffer.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbfield.h"
@@ -212,6 +213,7 @@ struct dctx {
 	struct keyring_ref key;   /* the key the call names; hc.key points here */
 	int sealed;               /* the call arrived inside a session */
 	int authenticated;        /* an enclosing call (SessionService/Call) was authenticated */
+	uint32_t key_gen;         /* the API-key secret that signed the call (0: unsigned) */
 	uint32_t batch_taken;     /* rate-limit tokens authorize took for a batch's items */
 	uint32_t batch_refused;   /* ... and the items it had none for */
 };
@@ -416,22 +418,27 @@ note_call(const struct method *m, const ProtobufCMessage *req, const ProtobufCMe
 
 /* Service socket, before the request is decoded: who is calling (into who
  * and h2->hc.principal), and is the call signed as the principal requires? */
-/* A pipelined stream's request: the API key that signed the opening must
- * still be live, and the principal's (revoking it ends the stream's
- * authentication, as it ends the key's calls). */
+/* A pipelined stream's request: the API-key secret that signed the opening
+ * must still be live, its key not revoked and still the principal's
+ * (revoking the key, or rotating that secret out, ends the stream's
+ * authentication as it ends the secret's calls). */
 static int
 stream_key_live(const struct dctx *h, const char *who)
 {
-	struct store_apikey k;
+	int live = h->hc.sv->ak == NULL ? APIKEYS_KEY_GONE :
+		   apikeys_secret_live(h->hc.sv->ak, who, h->dc->stream_key_id,
+				       h->dc->stream_key_gen, cf_wall_s());
 
-	if (h->hc.sv->ak == NULL || apikeys_get(h->hc.sv->ak, h->dc->stream_key_id, &k) != CF_OK ||
-	    k.revoked != 0 || strcmp(k.principal, who) != 0) {
-		cf_error_clear();
+	if (live == APIKEYS_SECRET_GONE)
+		return cf_error(CF_E_UNAUTHENTICATED, "the secret of API key %s that signed this "
+				"stream's opening (generation %u) was rotated out: open a new "
+				"stream signed with a live secret", h->dc->stream_key_id,
+				h->dc->stream_key_gen);
+	if (live != APIKEYS_SECRET_LIVE)
 		return cf_error(CF_E_UNAUTHENTICATED, "the API key %s that opened this stream was "
 				"revoked (or is no longer principal %s's): open a new stream signed "
 				"with a live key", h->dc->stream_key_id, who);
-	}
-	return CF_OK;   /* (k holds the key's metadata only: nothing to wipe) */
+	return CF_OK;
 }
 
 static int
@@ -471,8 +478,8 @@ authenticate(const struct method *m, const struct dctx *h, const uint8_t *in, si
 	/* A sealed call's inner call was signed as part of its envelope, a
 	 * stream's request with the stream's opening. */
 	if (!h->authenticated &&
-	    (r = callauth_check(h->hc.sv->ak, h->hc.sv->nn, h->hc.sv->window, &ca, who)) !=
-		    CF_OK) {
+	    (r = callauth_check(h->hc.sv->ak, h->hc.sv->nn, h->hc.sv->window, &ca, who,
+				&h2->key_gen)) != CF_OK) {
 		if (r == CF_E_UNAUTHENTICATED) {
 			metrics_add(M_REFUSED_UNAUTHENTICATED, 1);
 			cf_log_warn("unauthenticated: principal %s (uid %u pid %d): %s: %s", who,
@@ -920,7 +927,8 @@ static const struct cf_method pipeline_cm = {
 
 unsigned
 dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, size_t kidlen,
-		     char who[STORE_PRINCIPAL_NAME_MAX + 1], char *msg, size_t msglen)
+		     uint32_t *key_gen, char who[STORE_PRINCIPAL_NAME_MAX + 1], char *msg,
+		     size_t msglen)
 {
 	const struct method m = { .d = &pipeline_cm };
 	struct dctx call = { .dc = c, .hc = { .sv = c->sv, .uid = c->uid, .gid = c->gid,
@@ -935,6 +943,7 @@ dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, siz
 	derive(&h2, &call);
 	cf_error_clear();
 	snprintf(key_id, kidlen, "%s", "");
+	*key_gen = 0;
 	if (c->admin)
 		r = cf_error(CF_E_UNIMPLEMENTED, "%s is not served on the admin socket",
 			     dispatch_pipeline_path);
@@ -950,8 +959,10 @@ dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id, siz
 		r = cf_error(CF_E_UNAVAILABLE, "this daemon has no principals: no stream can be "
 			     "opened");
 	else if ((r = authenticate(&m, &call, (const uint8_t *)"", 0, &h2, who)) == CF_OK &&
-		 c->authz_n == 1 && cf_callauth_parse(c->authz, c->authz_len, &a) == CF_OK)
+		 c->authz_n == 1 && cf_callauth_parse(c->authz, c->authz_len, &a) == CF_OK) {
 		snprintf(key_id, kidlen, "%s", a.key_id);
+		*key_gen = h2.key_gen;
+	}
 	if (c->sv->au != NULL && r != CF_E_UNIMPLEMENTED) {
 		struct audit_event ev = {
 			.principal = who, .uid = c->uid, .pid = c->pid, .method = dispatch_pipeline_path,

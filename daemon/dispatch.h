@@ -46,6 +46,7 @@ struct dcall {
 	 * authenticated, signed with this API key ("" when unsigned), which
 	 * must still be live; NULL: a call of its own. */
 	const char *stream_key_id;
+	uint32_t stream_key_gen;        /* ... its secret that signed the opening */
 	const char *stream_principal;   /* ... and the principal it opened as */
 	/* Set (atomically, by another thread) once the caller cancelled the
 	 * call; NULL: not watched. Batches stop running items then. */
@@ -96,11 +97,11 @@ extern const char dispatch_pipeline_path[];
  * socket only; the caller must be a principal, and sign the opening (over
  * dispatch_pipeline_path and an empty body) when its calls must be signed.
  * Recorded in the audit trail. Returns the gRPC status code, the message in
- * msg; on OK, key_id is the API key that signed it ("" if none) and who the
- * principal. */
+ * msg; on OK, key_id is the API key that signed it ("" if none), *key_gen
+ * the generation of its secret that did, and who the principal. */
 unsigned dispatch_open_stream(const dispatch *d, const struct dcall *c, char *key_id,
-			      size_t kidlen, char who[STORE_PRINCIPAL_NAME_MAX + 1], char *msg,
-			      size_t msglen);
+			      size_t kidlen, uint32_t *key_gen,
+			      char who[STORE_PRINCIPAL_NAME_MAX + 1], char *msg, size_t msglen);
 
 /* A pipelined stream's request for the method at path: run by
  * dispatch_call when it is a KeyService method the stream carries; else

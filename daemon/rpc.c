@@ -533,6 +533,7 @@ struct rpc_stream {
 	struct hservices sv;
 	struct dcall base;           /* what every request starts from */
 	char key_id[CF_APIKEY_ID_LEN + 1];
+	uint32_t key_gen;            /* ... the generation of its secret that did */
 	char who[STORE_PRINCIPAL_NAME_MAX + 1];   /* the principal it opened as */
 	char id[41];                 /* the stream's request id: ".<n>" follows it */
 	grpc_metadata hello;         /* the opening's answer: "coffer-pipeline: frames" */
@@ -784,8 +785,12 @@ stream_run(struct rpc_stream *st, const Coffer__V1__PipelineRequest *req,
 	   struct audit_group *g, struct answer *a)
 {
 	struct dcall h = st->base;
+	/* The window as of this request, as a unary call's (SIGHUP). */
+	struct hservices sv = st->sv;
 	uint32_t retry = 0;
 
+	sv.window = atomic_load(&st->s->window);
+	h.sv = &sv;
 	coffer__v1__pipeline_response__init(&a->resp);
 	h.audit_group = g;
 	a->resp.id = req->id;
@@ -1105,7 +1110,8 @@ stream_open(struct rpc_call *c)
 		snprintf(st->base.request_id, sizeof(st->base.request_id), "%s", st->id);
 		st->base.deadline_ms = deadline_ms(c->deadline);
 		st->code = (grpc_status_code)dispatch_open_stream(s->d, &st->base, st->key_id,
-								   sizeof(st->key_id), st->who,
+								   sizeof(st->key_id), &st->key_gen,
+								   st->who,
 								   st->msg, sizeof(st->msg));
 	}
 	/* A batch a frame carries stops its items as a unary one does. */
@@ -1115,6 +1121,7 @@ stream_open(struct rpc_call *c)
 	st->base.authz_len = 0;
 	st->base.authz_n = 0;
 	st->base.stream_key_id = st->key_id;
+	st->base.stream_key_gen = st->key_gen;
 	st->base.stream_principal = st->who;
 	pthread_mutex_lock(&s->mu);
 	s->live++;       /* the stream; the requested call's count goes below */

@@ -11,14 +11,19 @@ driven with raw grpcio, against the document:
   request that is no PipelineRequest ends the stream;
 * the opening: refused on the admin socket, without a principal and, for a
   principal that signs, unsigned, badly signed or replayed, with the unary
-  texts; a signed opening carries unsigned requests; revoking its key
-  refuses the stream's later requests; grants and rate limits per request;
+  texts; a signed opening carries unsigned requests; revoking its key, or
+  rotating out the secret that signed the opening, refuses the stream's
+  later requests; grants and rate limits per request; VerifyRequestSignature
+  on a stream takes [requests] window as it is now (SIGHUP), not as it was
+  when the stream opened;
 * 1,000 requests sent before any answer is read all come back (flow
   control), requests from 8 threads on one stream each answered once; a
   half-close answers what was sent, then OK; a cancelled stream leaves the
   daemon serving; SIGTERM ends an idle stream at once (UNAVAILABLE), not
   after the grace period.
 """
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -430,6 +435,88 @@ class PipelineAuth(unittest.TestCase):
         q.put(None)
         self.assertEqual(list(call), [])
         self.assertEqual(call.code(), SC.OK)
+
+
+    def test_3_secret_rotated_out(self):
+        """A stream lives as long as the secret that signed its opening.
+        Before, rotating that secret out (overlap 0) left the stream signing
+        (found by a review)."""
+        sadm = self.d.sealed_stub(kind="admin", service="AdminService")
+        k = sadm.CreateApiKey(pb.CreateApiKeyRequest(principal="tester"), timeout=TIMEOUT)
+        q = queue.Queue()
+        md = [("authorization", call_authorization(k.key.id, k.secret, PATH, b""))]
+        call = stream_of(self.d.channel("service"))(iter(q.get, None), timeout=60, metadata=md)
+        q.put(req(1, "Sign", pb.SignRequest(key="a-ec", message=b"1")))
+        self.assertEqual(next(call).code, 0)
+        r2 = sadm.RotateApiKeySecret(pb.RotateApiKeySecretRequest(id=k.key.id,
+                                                                  overlap_seconds=0),
+                                     timeout=TIMEOUT)
+        q.put(req(2, "Sign", pb.SignRequest(key="a-ec", message=b"2")))
+        two = next(call)
+        self.assertEqual((two.code, two.message), (code_of(SC.UNAUTHENTICATED), (
+            "the secret of API key %s that signed this stream's opening (generation 1) was "
+            "rotated out: open a new stream signed with a live secret" % k.key.id)))
+        q.put(None)
+        self.assertEqual(list(call), [])
+        # A stream opened with the new secret; rotated with an overlap, its
+        # secret still verifies, so the stream goes on.
+        md = [("authorization", call_authorization(k.key.id, r2.secret, PATH, b""))]
+        q = queue.Queue()
+        call = stream_of(self.d.channel("service"))(iter(q.get, None), timeout=60, metadata=md)
+        q.put(req(1, "Sign", pb.SignRequest(key="a-ec", message=b"1")))
+        self.assertEqual(next(call).code, 0)
+        sadm.RotateApiKeySecret(pb.RotateApiKeySecretRequest(id=k.key.id, overlap_seconds=600),
+                                timeout=TIMEOUT)
+        q.put(req(2, "Sign", pb.SignRequest(key="a-ec", message=b"2")))
+        self.assertEqual(next(call).code, 0)
+        q.put(None)
+        self.assertEqual(list(call), [])
+        self.adm.RevokeApiKey(pb.RevokeApiKeyRequest(id=k.key.id), timeout=TIMEOUT)
+
+
+class PipelineWindow(unittest.TestCase):
+    def test_window_lowered_while_a_stream_is_open(self):
+        """VerifyRequestSignature on a stream judges a timestamp by the
+        window in force now. Before, a stream kept the window it opened
+        with, so after SIGHUP lowered it a request whose nonce the record
+        had already forgotten was VALID again there (found by a review)."""
+        d = CofferDaemon(config={"requests": {"window": "600"}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        secret = os.urandom(32)
+        d.sealed_stub("admin").ImportKey(pb.ImportKeyRequest(
+            name="w-rq", type=pb.HMAC_SHA256, material=secret), timeout=TIMEOUT)
+        q = queue.Queue()
+        call = stream_of(d.channel("service"))(iter(q.get, None), timeout=60)
+        body = hashlib.sha256(b"").digest()
+
+        def verify(i, age):
+            ts, nonce = int(time.time()) - age, secrets.token_hex(16)
+            s = "\n".join(["COFFER-HMAC-SHA256-HTTP", "GET", "/v1/x", "", body.hex(), str(ts),
+                           nonce, "w-rq"]).encode()
+            parts = pb.HttpRequestParts(key="w-rq", method="GET", path="/v1/x",
+                                        canonical_query="", body_sha256=body, timestamp=ts,
+                                        nonce=nonce)
+            q.put(req(i, "VerifyRequestSignature", pb.VerifyRequestSignatureRequest(
+                request=parts, signature=hmac.new(secret, s, hashlib.sha256).hexdigest())))
+            r = next(call)
+            self.assertEqual(r.code, 0, r.message)
+            return pb.VerifyRequestSignatureResponse.FromString(r.response)
+
+        self.assertEqual(verify(1, 100).verdict, pb.VALID)
+        d.config["requests"] = {"window": "30"}
+        d.write_config()
+        before = d.log().count("SIGHUP: reloaded")
+        d.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while d.log().count("SIGHUP: reloaded") <= before:
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.05)
+        v = verify(2, 100)
+        self.assertEqual(v.verdict, pb.EXPIRED, v.reason)
+        self.assertEqual(verify(3, 10).verdict, pb.VALID)
+        q.put(None)
+        self.assertEqual(list(call), [])
 
 
 class PipelineKeyAddedLater(unittest.TestCase):

@@ -1041,15 +1041,15 @@ test_store_and_token_failures(void)
 		     sizeof(msg), mac, &len);
 	}
 	cf_secret_free(secret);
-	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now, NULL), CF_OK);
 	CU_ASSERT_FATAL(cf_test_raw_open(&tok, &f, &slot, &s) == 0);
 	real_verify = f->C_Verify;
 	f->C_Verify = fail_verify;
-	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now),
+	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now, NULL),
 			CF_E_TOKEN);
 	f->C_Verify = real_verify;
 	(void)f->C_CloseSession(s);
-	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_verify(aks, "someone", ak.id, msg, sizeof(msg), mac, now, NULL), CF_OK);
 	apikeys_close(aks);
 	idem_close(idm);
 	keyring_close(kr);
@@ -1155,7 +1155,7 @@ test_apikeys_reload_during_a_token_error(void)
 	real_find_init = f->C_FindObjectsInit;
 	f->C_FindObjectsInit = fail_find_init;
 	CU_ASSERT_EQUAL(apikeys_refresh(a1), CF_OK);
-	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now),
+	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now, NULL),
 			CF_E_TOKEN);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "the token cannot check the signature"));
 	f->C_FindObjectsInit = real_find_init;
@@ -1171,12 +1171,12 @@ test_apikeys_reload_during_a_token_error(void)
 		CU_ASSERT_EQUAL(rot.nsecrets, 2);
 		cf_secret_free(fresh);
 	}
-	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now), CF_OK);
-	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now, NULL), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now, NULL), CF_OK);
 	CU_ASSERT_EQUAL(apikeys_refresh(a2), CF_OK);
-	CU_ASSERT_EQUAL(apikeys_verify(a2, "reloaded", ak.id, msg, sizeof(msg), mac, now), CF_OK);
+	CU_ASSERT_EQUAL(apikeys_verify(a2, "reloaded", ak.id, msg, sizeof(msg), mac, now, NULL), CF_OK);
 	mac[0] ^= 1;
-	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now),
+	CU_ASSERT_EQUAL(apikeys_verify(a1, "reloaded", ak.id, msg, sizeof(msg), mac, now, NULL),
 			CF_E_UNAUTHENTICATED);
 	apikeys_close(a1);
 	apikeys_close(a2);
