@@ -228,6 +228,26 @@ check_start(struct walk *w, const char *s, size_t body_len)
 	    "(found at its start, record %llu): %s", (unsigned long long)w->line, what);
 }
 
+/* A record body {"seq":N,"outbox":ID,rest...: ID and rest to outbox_seen. */
+static void
+outbox_seen(struct walk *w, const char *s, size_t body_len)
+{
+	static const char field[] = ",\"outbox\":";
+	const char *p = memchr(s, ',', body_len), *end = s + body_len;
+	int64_t id = 0;
+
+	if (p == NULL || (size_t)(end - p) <= strlen(field) ||
+	    memcmp(p, field, strlen(field)) != 0)
+		return;
+	for (p += strlen(field); p < end && *p >= '0' && *p <= '9'; p++) {
+		if (id > (INT64_MAX - (*p - '0')) / 10)
+			return;   /* no id the outbox could hold */
+		id = id * 10 + (*p - '0');
+	}
+	if (id > 0 && p < end && *p == ',')
+		w->o->outbox_seen(w->o->outbox_arg, id, p + 1, (size_t)(end - p - 1));
+}
+
 /* One complete line s[0..n) (without its newline). */
 static int
 one_line(struct walk *w, const char *s, size_t n)
@@ -251,13 +271,8 @@ one_line(struct walk *w, const char *s, size_t n)
 	body_len = (size_t)(ch - s);
 	w->rep->last_seq = seq;
 	memcpy(w->rep->last_chain, c, 32);
-	if (an != NULL && seq > an->seq) {
-		int64_t ob = (int64_t)num_field(s, body_len < 64 ? body_len : 64, ",\"outbox\":");
-
+	if (an != NULL && seq > an->seq)
 		w->rep->beyond_anchor++;
-		if (ob > w->rep->outbox_max)
-			w->rep->outbox_max = ob;
-	}
 	if (w->bad)
 		return CF_OK;
 	if (seq > w->line) {
@@ -278,6 +293,8 @@ one_line(struct walk *w, const char *s, size_t n)
 		    "before it: it was altered");
 		return CF_OK;
 	}
+	if (an != NULL && seq > an->seq && w->o->outbox_seen != NULL)
+		outbox_seen(w, s, body_len);
 	if (body_len > 0 && s[body_len - 1] == '"' &&
 	    (sig = last_field(s, body_len, CF_AUDIT_SIG_FIELD)) != NULL) {
 		if ((r = check_sig(w, before, seq, s, sig, body_len)) != CF_OK || w->bad)

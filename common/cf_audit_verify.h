@@ -57,6 +57,12 @@ struct cf_audit_verify_opts {
 	 * check); NULL: counted as unchecked. */
 	int (*hmac_verify)(void *arg, const uint8_t in[40], const uint8_t *mac, size_t len);
 	void *hmac_arg;
+	/* Each record after the anchor that carries an "outbox" id, once its
+	 * chain value has checked out (and nothing before it was found
+	 * altered): the id and what follows it (the outbox row's own text).
+	 * NULL: not told. */
+	void (*outbox_seen)(void *arg, int64_t id, const char *rest, size_t len);
+	void *outbox_arg;
 };
 
 struct cf_audit_report {
@@ -74,7 +80,6 @@ struct cf_audit_report {
 	off_t good_size;         /* bytes up to the end of the last complete line */
 	off_t torn;              /* bytes of a last line without its end (0: none) */
 	uint64_t beyond_anchor;  /* records after the anchored one */
-	int64_t outbox_max;      /* highest "outbox" id among them (0: none) */
 };
 
 /*

@@ -910,6 +910,94 @@ hmac_check(void *arg, const uint8_t in[40], const uint8_t *mac, size_t len)
  * it is recorded (where and what) in the sealed start record, which every
  * later verify reports; the trail goes on from the file's last record.
  */
+/* The outbox records found in the file after its anchor, by id, each with
+ * the SHA-256 of its text. */
+struct seen {
+	struct seen_rec {
+		int64_t id;
+		uint8_t h[32];
+	} *v;
+	size_t n, cap;
+	int failed;              /* out of memory */
+};
+
+static void
+seen_add(void *arg, int64_t id, const char *rest, size_t len)
+{
+	struct seen *s = arg;
+
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 64;
+		struct seen_rec *v = realloc(s->v, cap * sizeof(*v));
+
+		if (v == NULL) {
+			s->failed = 1;
+			return;
+		}
+		s->v = v;
+		s->cap = cap;
+	}
+	s->v[s->n].id = id;
+	if (EVP_Digest(rest, len, s->v[s->n].h, NULL, EVP_sha256(), NULL) != 1) {
+		s->failed = 1;
+		return;
+	}
+	s->n++;
+}
+
+static int
+seen_cmp(const void *a, const void *b)
+{
+	const struct seen_rec *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Walking the outbox in id order: how far its rows are all in the file. */
+struct ob_match {
+	const struct seen *seen;
+	int64_t upto;            /* every row up to this id is in the file */
+	int gap;                 /* a row that is not: the rest are written again */
+};
+
+static int
+ob_match_row(int64_t id, const char *line, void *arg)
+{
+	struct ob_match *m = arg;
+	struct seen_rec key = { .id = id }, *hit;
+	uint8_t h[32];
+
+	if (m->gap)
+		return CF_OK;
+	hit = bsearch(&key, m->seen->v, m->seen->n, sizeof(key), seen_cmp);
+	if (hit == NULL || EVP_Digest(line, strlen(line), h, NULL, EVP_sha256(), NULL) != 1 ||
+	    memcmp(h, hit->h, 32) != 0)
+		m->gap = 1;
+	else
+		m->upto = id;
+	return CF_OK;
+}
+
+/* Outbox records already in the file (written, then a crash before the
+ * anchor dropped them from the outbox) are not written again: the rows, in
+ * id order, up to the first one the file lacks (an id alone is not trusted:
+ * a record anyone can chain on, claiming a huge id, would otherwise hide
+ * every later change's record; found by a review). */
+static int
+outbox_written(audit *a, struct seen *seen)
+{
+	struct ob_match m = { .seen = seen };
+	int r;
+
+	if (a->st == NULL || seen->n == 0)
+		return CF_OK;
+	qsort(seen->v, seen->n, sizeof(*seen->v), seen_cmp);
+	if ((r = store_outbox_load(a->st, ob_match_row, &m)) != CF_OK)
+		return r;
+	a->ob_written = a->ob_queued = m.upto;
+	return CF_OK;
+}
+
 static int
 recover(audit *a, char *fields, size_t flen)
 {
@@ -918,6 +1006,7 @@ recover(audit *a, char *fields, size_t flen)
 	struct cf_audit_verify_opts o;
 	struct cf_audit_report rep;
 	struct fmt f = { fields, flen, 0, 0 };
+	struct seen seen = { 0 };
 	const char *state = "none";
 	int r, have = 0;
 
@@ -937,7 +1026,15 @@ recover(audit *a, char *fields, size_t flen)
 	/* Seals are checked with the public key (cheap); old HMAC seals are
 	 * left to audit_verify (a token call each). */
 	o.pub = a->pub;
-	if ((r = cf_audit_verify_file(a->path, &o, &rep)) != CF_OK)
+	o.outbox_seen = seen_add;
+	o.outbox_arg = &seen;
+	r = cf_audit_verify_file(a->path, &o, &rep);
+	if (r == CF_OK && seen.failed)
+		r = cf_nomem();
+	if (r == CF_OK)
+		r = outbox_written(a, &seen);
+	free(seen.v);
+	if (r != CF_OK)
 		return r;
 	if (rep.torn > 0) {
 		cf_log_warn("audit: %s ended in a torn record (%s); cut off %lld bytes", a->path,
@@ -949,10 +1046,6 @@ recover(audit *a, char *fields, size_t flen)
 	a->size = rep.good_size;
 	a->seq = rep.last_seq;
 	memcpy(a->chain, rep.last_chain, 32);
-	/* Outbox records already in the file (written, then a crash before the
-	 * anchor dropped them from the outbox) are not written again. */
-	if (rep.outbox_max > 0)
-		a->ob_written = a->ob_queued = rep.outbox_max;
 	put(&f, ",\"event\":\"start\",\"pid\":%d,\"anchor\":\"%s\"", (int)getpid(), state);
 	if (have)
 		put(&f, ",\"anchored\":%llu", (unsigned long long)an.seq);

@@ -254,6 +254,32 @@ class AuditTrail(unittest.TestCase):
         self.assertNotIn("tampered", start)
 
 
+    def test_zz_forged_outbox_id_hides_no_later_change(self):
+        """After a crash, records past the anchor are adopted, and anyone
+        can chain one on (SHA-256 needs no key). One claiming a huge outbox
+        id made every later change's record count as written already: the
+        calls were answered OK with no record (found by a review). Now a
+        change's record is skipped only if the file holds that very record."""
+        n = len(self.records())
+        self.d.stop(sig=signal.SIGKILL, expect=None)
+        with open(self.path, "rb") as f:
+            lines = f.read().splitlines()
+        lines.append(b'{"seq":%d,"outbox":9223372036854775806,"time":"2026-12-07T00:00:00Z",'
+                     b'"method":"/forged","chain":"%s"}' % (n + 1, b"0" * 64))
+        with open(self.path, "wb") as f:
+            f.write(b"\n".join(rechain(lines, len(lines) - 1)) + b"\n")
+        self.d.start()
+        self.ctl = Ctl(self.d)
+        rid = "after-forged-outbox-1"
+        self.d.admin_stub().CreateKey(pb.CreateKeyRequest(name="after-forge", type=pb.EC_P256),
+                                      timeout=TIMEOUT, metadata=[("x-request-id", rid)])
+        mine = [r for r in self.records() if r.get("request_id") == rid]
+        self.assertEqual([(r["method"], r["key"]) for r in mine],
+                         [("/coffer.v1.AdminService/CreateKey", "after-forge")])
+        rc, out = self.verify()
+        self.assertEqual(rc, 0, out)
+
+
 def ctl_offline(*args):
     return subprocess.run([cofferctl_path()] + list(args), capture_output=True, timeout=60)
 
