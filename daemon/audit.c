@@ -1647,6 +1647,8 @@ audit_verify(audit *a, struct cf_audit_report *rep)
 {
 	struct cf_audit_verify_opts o;
 	struct cf_audit_anchor end;
+	struct stat st;
+	int r;
 
 	/* The daemon knows exactly where it last wrote: the strictest anchor. */
 	memset(&o, 0, sizeof(o));
@@ -1661,5 +1663,20 @@ audit_verify(audit *a, struct cf_audit_report *rep)
 	o.exact = 1;
 	o.hmac_verify = a->hmac_key != NULL ? hmac_check : NULL;
 	o.hmac_arg = a->hmac_key;
-	return cf_audit_verify_file(a->path, &o, rep);
+	if ((r = cf_audit_verify_file(a->path, &o, rep)) != CF_OK || !rep->ok)
+		return r;
+	/* Read up to where the daemon last wrote (a batch may be going on):
+	 * bytes past it while nothing is being written were put there by
+	 * another process (before, unseen until the daemon wrote again). */
+	pthread_mutex_lock(&a->mu);
+	if (!a->writing && fstat(a->fd, &st) == 0 && st.st_size > a->size) {
+		rep->ok = 0;
+		rep->first_bad = a->seq + 1;
+		snprintf(rep->reason, sizeof(rep->reason), "record %llu: %lld bytes follow record "
+			 "%llu, the last the daemon wrote: another process appended to the file",
+			 (unsigned long long)a->seq + 1, (long long)(st.st_size - a->size),
+			 (unsigned long long)a->seq);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return CF_OK;
 }

@@ -296,6 +296,37 @@ def rechain(lines, k):
     return lines
 
 
+class AppendedWhileRunning(unittest.TestCase):
+    def test_record_appended_by_another_process(self):
+        """The daemon's verify reads up to where it last wrote; a record
+        another process chained on meanwhile was not seen until the daemon
+        wrote again (found by a review). Now named at once."""
+        d = CofferDaemon()
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="ap", type=pb.EC_P256),
+                                 timeout=TIMEOUT)
+        ctl = Ctl(d)
+        AuditTrail.quiesce()
+        self.assertEqual(ctl("audit", "verify", ok=False).returncode, 0)
+        AuditTrail.quiesce()           # the verify's own record and seal
+        path = os.path.join(d.state_dir, "audit.log")
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+        n = len(lines)
+        lines.append(b'{"seq":%d,"time":"2026-12-07T00:00:00Z","method":"/forged","chain":"%s"}'
+                     % (n + 1, b"0" * 64))
+        extra = rechain(lines, n)[n] + b"\n"
+        with open(path, "ab") as f:
+            f.write(extra)
+        r = ctl("audit", "verify", ok=False)
+        out = r.stdout.decode() + r.stderr.decode()
+        self.assertEqual(r.returncode, 1, out)
+        self.assertIn("BROKEN at record %d: record %d: %d bytes follow record %d, the last the "
+                      "daemon wrote: another process appended to the file"
+                      % (n + 1, n + 1, len(extra), n), out)
+
+
 class Tampering(unittest.TestCase):
     """Each tamper of issue 13, made while the daemon is stopped, named by the
     offline verifier (from the state store's anchor) and by the daemon's
