@@ -573,6 +573,9 @@ policy_set_limit(policy *p, const char *name, enum cf_op op, double rate, uint32
 	if (!isfinite(rate) || rate < 0.0 || rate > POLICY_RATE_MAX)
 		return cf_error(CF_E_INVALID_ARG, "rate must be 0 (remove) .. %.0f per second",
 				POLICY_RATE_MAX);
+	if (rate > 0.0 && rate < POLICY_RATE_MIN)
+		return cf_error(CF_E_INVALID_ARG, "rate must be at least one a day (%.7f per "
+				"second), or 0 to remove the limit", POLICY_RATE_MIN);
 	if (rate > 0.0 && (burst < 1 || burst > POLICY_RATE_MAX))
 		return cf_error(CF_E_INVALID_ARG, "burst must be 1 .. %.0f", POLICY_RATE_MAX);
 	return modify(p, name, edit_limit, &l, 1, out);
@@ -637,7 +640,8 @@ bucket_wait(struct bucket *b, const struct store_limit *l, double t)
 {
 	b->tokens = level_at(b, l, t);
 	b->last = t;
-	return b->tokens >= 1.0 ? 0.0 : (1.0 - b->tokens) / l->rate;
+	/* (A rate stored before POLICY_RATE_MIN: its wait capped at a day.) */
+	return b->tokens >= 1.0 ? 0.0 : fmin((1.0 - b->tokens) / l->rate, 86400.0);
 }
 
 /* Does a grant of r cover op on key? (p->lock held) */

@@ -18,6 +18,9 @@
 #include "store.h"
 
 #define POLICY_RATE_MAX 1e6
+/* The slowest rate: one a day. Slower, a refusal's retry-after (ms, 32 bits)
+ * would not hold the wait. */
+#define POLICY_RATE_MIN (1.0 / 86400.0)
 
 /* "sign", "verify", "mac", "verify-mac", "wrap", "unwrap", "rewrap",
  * "generate-data-key", "get-public-key"; "all" for CF_OP_NONE. */

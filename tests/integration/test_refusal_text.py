@@ -502,6 +502,10 @@ ROWS = [
      'rate must be 0 (remove) .. 1000000 per second',
      lambda t: adm(t, "SetRateLimit", pb.SetRateLimitRequest(name="tester", limit=pb.RateLimit(
          per_second=-1, burst=1)))),
+    ("SetRateLimit slower than one a day", "INVALID_ARGUMENT",
+     'rate must be at least one a day (0.0000116 per second), or 0 to remove the limit',
+     lambda t: adm(t, "SetRateLimit", pb.SetRateLimitRequest(name="tester", limit=pb.RateLimit(
+         per_second=1e-7, burst=1)))),
     ("SetRateLimit burst 0", "INVALID_ARGUMENT",
      'burst must be 1 .. 1000000',
      lambda t: adm(t, "SetRateLimit", pb.SetRateLimitRequest(name="tester", limit=pb.RateLimit(

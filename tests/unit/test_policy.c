@@ -389,6 +389,12 @@ test_rate_limits(void)
 		  "rate must be 0 (remove)");
 	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, INFINITY, 1, NULL),
 		  CF_E_INVALID_ARG, "rate must be 0 (remove)");
+	/* Slower than one a day: the retry-after would not fit its 32 bits. */
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, 1e-7, 1, NULL), CF_E_INVALID_ARG,
+		  "rate must be at least one a day (0.0000116 per second), or 0 to remove the "
+		  "limit");
+	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, 5e-324, 1, NULL), CF_E_INVALID_ARG,
+		  "rate must be at least one a day");
 	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, 1, 0, NULL), CF_E_INVALID_ARG,
 		  "burst must be 1 .. 1000000");
 	CHECK_ERR(policy_set_limit(p, "fast", CF_OP_NONE, 1, 1000001, NULL),
