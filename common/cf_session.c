@@ -212,10 +212,16 @@ cf_session_pin_new(const uint8_t *spki, size_t spki_len, cf_session_pin **out)
 	const unsigned char *p = spki;
 	cf_session_pin *pin;
 	EVP_PKEY *pk = NULL;
+	char group[32] = "";
 
+	/* P-256 by name: other 256-bit curves (secp256k1, brainpoolP256r1)
+	 * are not what the protocol signs with. */
 	if (spki_len == 0 || spki_len > CF_SESSION_MAX_SPKI ||
 	    (pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL || p != spki + spki_len ||
-	    !EVP_PKEY_is_a(pk, "EC") || EVP_PKEY_get_bits(pk) != 256) {
+	    !EVP_PKEY_is_a(pk, "EC") ||
+	    EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+					   NULL) != 1 ||
+	    strcmp(group, "prime256v1") != 0) {
 		EVP_PKEY_free(pk);
 		return cf_error(CF_E_INVALID_ARG, "the identity is not an EC P-256 public key "
 				"(SubjectPublicKeyInfo)");

@@ -227,6 +227,24 @@ sweep_locked(session_mgr *sm, uid_t uid, int64_t now)
 	}
 }
 
+static unsigned
+sessions_of_locked(const session_mgr *sm, uid_t uid)
+{
+	unsigned n = 0;
+
+	for (unsigned b = 0; b < BUCKETS; b++)
+		for (const struct session *s = sm->buckets[b]; s != NULL; s = s->next)
+			n += s->uid == uid;
+	return n;
+}
+
+static int
+full_error(const session_mgr *sm)
+{
+	return cf_error(CF_E_EXHAUSTED, "the daemon holds %u sessions (session.max_sessions); "
+			"retry later", sm->count);
+}
+
 static struct pending *
 pending_slot_locked(session_mgr *sm, uid_t uid, int create)
 {
@@ -252,6 +270,16 @@ pending_enter(session_mgr *sm, uid_t uid)
 	int r = CF_OK;
 
 	pthread_mutex_lock(&sm->mu);
+	/* A full table is said before any work (the token's signature among
+	 * it), unless the caller's own oldest session will make room. */
+	if (sm->count >= sm->cfg.max_sessions) {
+		expire_locked(sm, cf_session_now());
+		if (sm->count >= sm->cfg.max_sessions && sessions_of_locked(sm, uid) <
+							 sm->cfg.max_per_caller) {
+			pthread_mutex_unlock(&sm->mu);
+			return full_error(sm);
+		}
+	}
 	if ((p = pending_slot_locked(sm, uid, 1)) == NULL)
 		r = cf_error(CF_E_EXHAUSTED, "too many callers are opening sessions; retry");
 	else if (p->n >= sm->cfg.max_pending)
@@ -337,9 +365,8 @@ session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello
 	pthread_mutex_lock(&sm->mu);
 	sweep_locked(sm, uid, now);
 	if (sm->count >= sm->cfg.max_sessions) {
+		r = full_error(sm);
 		pthread_mutex_unlock(&sm->mu);
-		r = cf_error(CF_E_EXHAUSTED, "the daemon holds %u sessions (session.max_sessions); "
-			     "retry later", sm->count);
 		goto out;
 	}
 	s->next = sm->buckets[bucket_of(s->id)];

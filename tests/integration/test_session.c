@@ -219,6 +219,18 @@ test_wrong_identity_refused(void)
 	CU_ASSERT_EQUAL(coffer_pin_identity(forged, der, (size_t)len - 1), COFFER_E_INVALID_ARG);
 	OPENSSL_free(der);
 	EVP_PKEY_free(other);
+	/* Nor another 256-bit curve (before, any 256-bit EC key was taken;
+	 * found by a review). */
+	for (int i = 0; i < 2; i++) {
+		other = EVP_EC_gen(i == 0 ? "secp256k1" : "brainpoolP256r1");
+		der = NULL;
+		CU_ASSERT_FATAL(other != NULL && (len = i2d_PUBKEY(other, &der)) > 0);
+		CU_ASSERT_EQUAL(coffer_pin_identity(forged, der, (size_t)len),
+				COFFER_E_INVALID_ARG);
+		CU_ASSERT_PTR_NOT_NULL(strstr(coffer_error_message(), "not an EC P-256"));
+		OPENSSL_free(der);
+		EVP_PKEY_free(other);
+	}
 	coffer_close(nopin);
 	coffer_close(wrong);
 	coffer_close(forged);
