@@ -347,7 +347,12 @@ check_ops(uint32_t ops)
 }
 
 /* Apply a change to a copy of `name`, write it, then install it. `edit`
- * works on the copy; it may return an error to abandon the change. */
+ * works on the copy; it may return an error to abandon the change.
+ * Between change_begin and change_end nothing else writes the table (they
+ * hold refresh_mu), so a change reads it without the lock and takes the
+ * lock only to install what it wrote: calls are not held up while the store
+ * writes (over PostgreSQL, a round trip per statement, or a lock another
+ * session holds; before, every call on the replica waited that long). */
 static int
 modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void *arg),
        void *arg, int limits_changed, struct store_principal *out)
@@ -360,7 +365,6 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 	memset(&work, 0, sizeof(work));
 	if ((rc = change_begin(p)) != CF_OK)
 		return rc;
-	pthread_rwlock_wrlock(&p->lock);
 	at = find_locked(p, name, &found);
 	if (!found) {
 		rc = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
@@ -376,13 +380,14 @@ modify(policy *p, const char *name, int (*edit)(struct store_principal *sp, void
 		policy_principal_free(out);
 		goto out;
 	}
+	pthread_rwlock_wrlock(&p->lock);
 	if (limits_changed)   /* a new limit starts full; the others keep their levels */
 		carry_levels(&r->sp, r->buckets, &work, r->buckets);
 	policy_principal_free(&r->sp);
 	r->sp = work;
+	pthread_rwlock_unlock(&p->lock);
 	memset(&work, 0, sizeof(work));
 out:
-	pthread_rwlock_unlock(&p->lock);
 	change_end(p);
 	policy_principal_free(&work);
 	return rc;
@@ -416,15 +421,19 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 		pr_free(r);
 		return rc;
 	}
+	/* A new principal has no grants or limits: its copy allocates nothing.
+	 * The store write does not hold calls up (modify); the table's growth
+	 * (it may move) and the insertion do. */
 	pthread_rwlock_wrlock(&p->lock);
-	/* A new principal has no grants or limits: its copy allocates nothing. */
-	if ((rc = room_locked(p)) == CF_OK &&
-	    (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
+	rc = room_locked(p);
+	pthread_rwlock_unlock(&p->lock);
+	if (rc == CF_OK && (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
+		pthread_rwlock_wrlock(&p->lock);
 		insert_locked(p, r);
+		pthread_rwlock_unlock(&p->lock);
 		rc = out != NULL ? copy_principal(&r->sp, out) : CF_OK;
 		r = NULL;
 	}
-	pthread_rwlock_unlock(&p->lock);
 	change_end(p);
 	pr_free(r);
 	return rc;
@@ -589,16 +598,16 @@ policy_delete(policy *p, const char *name, int64_t now, struct store_dropped *dr
 
 	if ((rc = change_begin(p)) != CF_OK)
 		return rc;
-	pthread_rwlock_wrlock(&p->lock);
-	at = find_locked(p, name, &found);
+	at = find_locked(p, name, &found);   /* (unlocked: see modify) */
 	if (!found) {
 		rc = cf_error(CF_E_NOT_FOUND, "no principal %s", name);
 	} else if ((rc = store_principal_delete(p->st, name, now, dropped)) == CF_OK) {
+		pthread_rwlock_wrlock(&p->lock);
 		pr_free(p->v[at]);
 		memmove(&p->v[at], &p->v[at + 1], (p->n - at - 1) * sizeof(p->v[0]));
 		p->n--;
+		pthread_rwlock_unlock(&p->lock);
 	}
-	pthread_rwlock_unlock(&p->lock);
 	change_end(p);
 	return rc;
 }

@@ -12,11 +12,16 @@
 * a principal whose last API key is revoked still has to sign (the refusal
   says what to do), across a restart, until `cofferctl principal set-auth
   NAME --uid-only` (SetPrincipalAuth, audited, idempotent) allows uid-only
-  calls again.
+  calls again;
+* a principal change waiting on the state store (its tables locked by
+  another session) does not hold up other callers' calls.
 """
 import json
 import os
 import re
+import sqlite3
+import subprocess
+import threading
 import time
 import unittest
 
@@ -282,6 +287,63 @@ class StickySignedCalls(unittest.TestCase):
         self.unsigned()
         self.d.restart()
         self.unsigned()
+
+
+
+
+class ChangeWaitingOnTheStore(unittest.TestCase):
+    def test_calls_go_on_while_a_principal_change_waits(self):
+        """Before, a principal change held the principals' lock, which
+        every call reads, across its store write: while the store waited
+        (a lock another session held, a slow PostgreSQL) every call on the
+        daemon waited too (found by a review)."""
+        d = CofferDaemon(config={"state": {"wait_ms": "4000"}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="w-ec", type=pb.EC_P256), timeout=T)
+        svc = d.service_stub()
+        svc.Sign(pb.SignRequest(key="w-ec", message=b"before"), timeout=T)
+        if d.pg_db is not None:
+            holder = subprocess.Popen(["psql", "-X", "-q", "-h", os.environ["COFFER_TEST_PG_HOST"],
+                                       "-d", d.pg_db], stdin=subprocess.PIPE, text=True)
+            holder.stdin.write("BEGIN; LOCK TABLE principals IN ACCESS EXCLUSIVE MODE;\n")
+            holder.stdin.flush()
+
+            def release():
+                holder.stdin.write("ROLLBACK;\n")
+                holder.stdin.close()
+                holder.wait(timeout=30)
+        else:
+            db = sqlite3.connect(os.path.join(d.state_dir, "coffer.db"), timeout=10,
+                                 isolation_level=None)
+            db.execute("BEGIN EXCLUSIVE")
+
+            def release():
+                db.execute("ROLLBACK")
+                db.close()
+        time.sleep(0.5)                 # the lock is held
+        done = []
+        grant = threading.Thread(target=lambda: done.append(self._grant(d)))
+        grant.start()
+        time.sleep(0.5)                 # the grant waits on the store
+        t0 = time.monotonic()
+        svc.Sign(pb.SignRequest(key="w-ec", message=b"meanwhile"), timeout=T)
+        took = time.monotonic() - t0
+        still_waiting = grant.is_alive()
+        release()
+        grant.join(timeout=30)
+        self.assertLess(took, 1.0, "a Sign waited %.2f s behind a principal change" % took)
+        self.assertTrue(still_waiting, "the grant did not wait on the store")
+        self.assertEqual(len(done), 1)
+
+    @staticmethod
+    def _grant(d):
+        try:
+            d.admin_stub().GrantPrincipal(pb.GrantRequest(name="tester", grant=pb.Grant(
+                key_pattern="w-*", operations=[pb.OP_SIGN])), timeout=T)
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code()
 
 
 if __name__ == "__main__":
