@@ -1611,6 +1611,10 @@ audit_tail(audit *a, size_t n, char ***lines, size_t *count)
 		}
 		len = (size_t)got;
 	}
+	/* A last line without its newline is a batch still being written (or
+	 * one about to be cut back): not a record yet. */
+	while (len > 0 && buf[len - 1] != '\n')
+		len--;
 	buf[len] = '\0';
 	/* Back from the end: the last n complete lines. */
 	p = buf + len;

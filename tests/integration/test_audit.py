@@ -327,6 +327,24 @@ class AppendedWhileRunning(unittest.TestCase):
                       % (n + 1, n + 1, len(extra), n), out)
 
 
+    def test_tail_shows_no_unfinished_line(self):
+        """A last line without its newline (a batch being written) is not
+        a record: audit tail showed it, cut by one byte (found by a review)."""
+        d = CofferDaemon()
+        self.addCleanup(d.cleanup)
+        d.start()
+        ctl = Ctl(d)
+        AuditTrail.quiesce()
+        path = os.path.join(d.state_dir, "audit.log")
+        with open(path, "rb") as f:
+            last = f.read().splitlines()[-1]
+        with open(path, "ab") as f:
+            f.write(b'{"seq":999,"time":"2026-12-07T00:00:00Z","unfinished')
+        out = ctl("audit", "tail", "--count", "1").stdout
+        self.assertNotIn(b"unfinished", out)
+        self.assertEqual(json.loads(out)["seq"], json.loads(last)["seq"])
+
+
 class Tampering(unittest.TestCase):
     """Each tamper of issue 13, made while the daemon is stopped, named by the
     offline verifier (from the state store's anchor) and by the daemon's
