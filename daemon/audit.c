@@ -1568,8 +1568,10 @@ audit_flush_outbox(audit *a)
 		}
 	}
 	r = a->ob_written >= max || a->cfg.fail_open ? CF_OK :
-		refused_locked(a, "the change was made and its record kept in the state store; "
-			       "retry with the same idempotency key once it can");
+		/* A retry without the call's idempotency key would make the
+		 * change again (before, the text advised "retry" to every call). */
+		refused_locked(a, "the change was made and its record kept in the state store: "
+			       "retry only with its idempotency key");
 	pthread_mutex_unlock(&a->mu);
 	return r;
 }

@@ -208,8 +208,8 @@ class FailClosed(unittest.TestCase):
             self.assertEqual(e.code(), SC.UNAVAILABLE, e.details())
             self.assertIn("the audit trail cannot be written (", e.details())
             self.assertIn("Operation not permitted", e.details())
-            self.assertIn("the change was made and its record kept in the state store; retry "
-                          "with the same idempotency key once it can; this daemon fails closed",
+            self.assertIn("the change was made and its record kept in the state store: retry "
+                          "only with its idempotency key; this daemon fails closed",
                           e.details())
             self.assertEqual(self.health(d), NOT_SERVING)
         finally:
