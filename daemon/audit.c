@@ -674,12 +674,22 @@ anchorer_main(void *arg)
 	return NULL;
 }
 
-/* Take the whole queue and write it (mu held, nobody writing). */
+static void heal_locked(audit *a);
+
+/* Take the whole queue and write it (mu held, nobody writing). While the
+ * trail is broken, or its start record not written yet, the batch carries
+ * them (heal_locked): a plain batch would clear the break with no trace of
+ * the records lost meanwhile (a call's own write could win the race with
+ * the writer's retry; found by a review). */
 static void
 write_queue_locked(audit *a)
 {
 	struct item *batch = a->head;
 
+	if (a->broken || a->pending_start != NULL) {
+		heal_locked(a);
+		return;
+	}
 	a->head = NULL;
 	a->tail = &a->head;
 	a->writing = 1;
@@ -1208,7 +1218,9 @@ audit_close(audit *a)
 		 * anchored as a clean stop. */
 		(void)outbox_enqueue(a, &max);
 		pthread_mutex_lock(&a->mu);
-		if (a->head != NULL || a->unsealed > 0) {
+		if (a->broken || a->pending_start != NULL) {
+			heal_locked(a);   /* with what the trail must say of the break */
+		} else if (a->head != NULL || a->unsealed > 0) {
 			struct item *batch = a->head;
 
 			a->head = NULL;

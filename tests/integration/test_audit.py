@@ -733,5 +733,39 @@ class FailureModes(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
 
 
+    def test_fail_open_heals_with_a_trace_when_a_change_writes_first(self):
+        """The same when the first write after the file is writable again is
+        a change's own (its record from the outbox, written by the call):
+        that batch cleared the break plainly, before the writer's retry
+        could write the count (found by a review)."""
+        d = CofferDaemon(config={"audit": {"failure": "open"}})
+        self.addCleanup(d.cleanup)
+        d.start()
+        adm = d.admin_stub()
+        adm.CreateKey(pb.CreateKeyRequest(name="k", type=pb.HMAC_SHA256), timeout=TIMEOUT)
+        path = os.path.join(d.state_dir, "audit.log")
+        if subprocess.run(["chattr", "+i", path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here (filesystem or capability)")
+        try:
+            for i in range(3):
+                d.service_stub().Mac(pb.MacRequest(key="k", data=b"lost %d" % i),
+                                     timeout=TIMEOUT)
+            time.sleep(1.2)             # the writer's retry has failed at least once
+        finally:
+            subprocess.run(["chattr", "-i", path], check=True)
+        adm.CreateKey(pb.CreateKeyRequest(name="first-after", type=pb.HMAC_SHA256),
+                      timeout=TIMEOUT)
+        d.stop()
+        with open(path) as f:
+            recs = [json.loads(line) for line in f]
+        lost = [r for r in recs if "lost" in r]
+        self.assertTrue(lost, "no record says what was lost")
+        self.assertGreaterEqual(sum(r["lost"] for r in lost), 3, lost)
+        made = [r for r in recs if r.get("key") == "first-after"]
+        self.assertEqual(len(made), 1, made)
+        r = ctl_offline("audit", "verify", "--file", path, "--public-key",
+                        os.path.join(d.state_dir, "audit-seal.pub"), *d.anchor_args())
+        self.assertEqual(r.returncode, 0, r.stdout)
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
