@@ -91,6 +91,10 @@ struct audit {
 	struct audit_group *async;   /* groups answered without waiting, not yet fired */
 	struct audit_group *fire;    /* fired, their callbacks not yet called */
 	uint64_t lost;           /* records that could not be written since the last good write */
+	size_t queued;           /* calls' records in the queue (fail open: cfg.max_queued) */
+	int healing;             /* the batch being written carries the heal (heal_locked) */
+	uint64_t heal_lost;      /* ... and says this many records were lost */
+	int64_t full_warned;     /* when a full queue was last logged */
 	uint64_t failures;       /* failed batches, ever */
 	uint64_t written_run;    /* records written by this process */
 	int stop;
@@ -588,11 +592,16 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 		} else {
 			a->unsealed += be.n;
 		}
-		if (a->broken)
+		/* Only a batch that says so ends a break (heal_locked): one begun
+		 * before the trail broke (a write that outlived max_wait_ms, a
+		 * full queue) leaves it for the next, which counts the lost. */
+		if (a->broken && a->healing) {
 			cf_log_warn("audit: the trail is written again (%llu records could not be "
-				    "written meanwhile)", (unsigned long long)a->lost);
-		a->broken = 0;
-		a->lost = 0;
+				    "written meanwhile)", (unsigned long long)a->heal_lost);
+			/* Lost while the heal was being written: the next one says them. */
+			a->lost -= a->heal_lost;
+			a->broken = a->lost > 0;
+		}
 	} else {
 		a->lost += n;
 		a->failures++;
@@ -692,6 +701,7 @@ write_queue_locked(audit *a)
 	}
 	a->head = NULL;
 	a->tail = &a->head;
+	a->queued = 0;
 	a->writing = 1;
 	write_locked(a, batch, cf_mono_ms() - a->last_seal >= SEAL_EVERY_MS ? "" : NULL, NULL);
 }
@@ -799,15 +809,19 @@ heal_locked(audit *a)
 		snprintf(fields, sizeof(fields), ",\"event\":\"resumed\",\"lost\":%llu",
 			 (unsigned long long)a->lost);
 	a->writing = 1;
+	a->healing = 1;
+	a->heal_lost = a->lost;
 	if (a->head != NULL) {
 		struct item *batch = a->head;
 
 		a->head = NULL;
 		a->tail = &a->head;
+		a->queued = 0;
 		r = write_locked(a, batch, fields, NULL);
 	} else {
 		r = write_locked(a, NULL, fields, NULL);
 	}
+	a->healing = 0;
 	if (r == CF_OK) {
 		free(a->pending_start);
 		a->pending_start = NULL;
@@ -1113,6 +1127,8 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	/* A file-size limit must fail the write (EFBIG), not kill the daemon. */
 	signal(SIGXFSZ, SIG_IGN);
 	a->cfg = *cfg;
+	if (a->cfg.max_queued == 0)
+		a->cfg.max_queued = AUDIT_MAX_QUEUED_DEFAULT;
 	a->st = st;
 	a->fd = -1;
 	a->tail = &a->head;
@@ -1152,6 +1168,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 
 		a->head = NULL;
 		a->tail = &a->head;
+		a->queued = 0;
 		a->writing = 1;
 		if (write_locked(a, batch, fields, NULL) != CF_OK &&
 		    (a->pending_start = strdup(fields)) == NULL)
@@ -1225,6 +1242,7 @@ audit_close(audit *a)
 
 			a->head = NULL;
 			a->tail = &a->head;
+			a->queued = 0;
 			a->writing = 1;
 			write_locked(a, batch, "", NULL);
 		}
@@ -1380,6 +1398,21 @@ audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *g)
 		(void)audit_format_change(&cut, rec, sizeof(rec));
 	}
 	pthread_mutex_lock(&a->mu);
+	if (a->cfg.fail_open && a->queued >= a->cfg.max_queued) {
+		/* The disk has not taken the queue: counted lost, as records that
+		 * could not be written (the sealed record that heals says how many). */
+		a->lost++;
+		a->broken = 1;
+		snprintf(a->reason, sizeof(a->reason), "%zu records wait for the disk "
+			 "([audit] max_queued)", a->queued);
+		metrics_add(M_AUDIT_RECORDS_LOST, 1);
+		if (cf_mono_ms() / 1000 - (uint64_t)a->full_warned >= 10) {
+			a->full_warned = (int64_t)(cf_mono_ms() / 1000);
+			cf_log_error("ALARM: audit: %zu records wait for the disk; more are not kept "
+				     "([audit] max_queued, failing open): counted lost", a->queued);
+		}
+		goto out;
+	}
 	if ((it = calloc(1, sizeof(*it))) == NULL || (it->rest = strdup(rec)) == NULL) {
 		free(it);
 		if ((r = lost_locked(a)) != CF_OK)
@@ -1388,6 +1421,7 @@ audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *g)
 	}
 	*a->tail = it;
 	a->tail = &it->next;
+	a->queued++;
 	if (a->cfg.fail_open) {
 		pthread_cond_signal(&a->work);
 	} else {

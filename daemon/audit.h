@@ -69,7 +69,12 @@ struct audit_cfg {
 	 * 1 ("os") written to the kernel (it survives any crash of cofferd; the
 	 * trail is fdatasync'd before every seal and anchor). */
 	int durability_os;
+	/* Fail open: records at most waiting for the disk (more are counted
+	 * lost, as records that could not be written): a disk that hangs
+	 * would otherwise grow the queue until memory runs out. 0: default. */
+	unsigned max_queued;
 };
+#define AUDIT_MAX_QUEUED_DEFAULT 100000
 
 /* One call, as the dispatcher saw it (strings borrowed). */
 struct audit_event {

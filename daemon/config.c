@@ -44,6 +44,7 @@ config_defaults(struct cofferd_config *c)
 	c->max_nonces = 4000000;
 	c->audit.fail_open = 0;
 	c->audit.max_wait_ms = 2000;
+	c->audit.max_queued = AUDIT_MAX_QUEUED_DEFAULT;
 	c->idem_retention = 86400;
 	keyring_cfg_defaults(&c->keys);
 	metrics_http_defaults(&c->metrics);
@@ -289,6 +290,8 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 		}
 		if (strcmp(name, "max_wait_ms") == 0)
 			return parse_uint(value, 1, 60000, 10, &c->audit.max_wait_ms);
+		if (strcmp(name, "max_queued") == 0)
+			return parse_uint(value, 1, 10000000, 10, &c->audit.max_queued);
 		if (strcmp(name, "durability") == 0) {
 			if (strcmp(value, "disk") != 0 && strcmp(value, "os") != 0)
 				return cf_error(CF_E_CONFIG, "\"%s\" is not disk or os", value);

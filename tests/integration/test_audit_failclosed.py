@@ -537,6 +537,32 @@ class FailClosed(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "%d Sign records after the thaw" % n)
             time.sleep(0.1)
 
+    def test_fail_open_queue_is_bounded_on_a_disk_that_hangs(self):
+        """Failing open on a frozen disk, records wait in memory, at most
+        [audit] max_queued of them: more are counted lost (before, the queue
+        grew until memory ran out; found by a review), said once in the log,
+        and the sealed record that heals the trail counts them."""
+        d, freeze = self.on_a_disk_that_can_hang({"audit": {
+            "failure": "open", "max_wait_ms": "500", "max_queued": "20"}})
+        self.start(d)
+        freeze(True)
+        for i in range(60):
+            self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"q%d" % i),
+                                                  timeout=TIMEOUT).signature)
+        self.assertEqual(self.health(d), SERVING)
+        self.assertTrue(d.wait_for_log("ALARM: audit: 20 records wait for the disk; more are "
+                                       "not kept ([audit] max_queued, failing open): counted "
+                                       "lost", timeout=5), d.log())
+        freeze(False)
+        d.stop()
+        with open(self.path) as f:
+            recs = [json.loads(line) for line in f]
+        lost = sum(r.get("lost", 0) for r in recs)
+        signs = sum(1 for r in recs if r.get("method") == "/coffer.v1.KeyService/Sign")
+        self.assertGreaterEqual(lost, 30, [r for r in recs if "lost" in r])
+        self.assertLessEqual(signs, 1 + 21 + 1, signs)   # start()'s, the queue, one being written
+        self.assertEqual(signs + lost, 61, (signs, lost))
+
     def test_file_size_limit(self):
         d = self.start(self.daemon())
         size = os.path.getsize(self.path)

@@ -29,7 +29,7 @@
 
 static struct cf_test_token tok;
 static cf_p11 *p11;
-static const struct audit_cfg closed = { 0, 2000, 0 }, open_cfg = { 1, 2000, 0 };
+static const struct audit_cfg closed = { 0, 2000, 0, 0 }, open_cfg = { 1, 2000, 0, 0 };
 static char good[400];   /* a cleanly stopped trail, written by test_write_and_verify */
 
 static int
