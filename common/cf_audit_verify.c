@@ -354,17 +354,41 @@ at_end(struct walk *w)
 	rep->unsealed = w->line - w->last_seal;
 }
 
+/* One line of f: its length in the file (newline included; 0 at the end),
+ * whether it ended with a newline (*nl), and at most cap of its bytes in
+ * buf (*kept). A line longer than any record is read to its end without
+ * being kept: a hostile file with a line of gigabytes costs no memory
+ * (before, getline held it whole). */
+static size_t
+line_in(FILE *f, char *buf, size_t cap, size_t *kept, int *nl)
+{
+	size_t n = 0;
+	int c;
+
+	*kept = 0;
+	*nl = 0;
+	while ((c = getc_unlocked(f)) != EOF) {
+		if (*kept < cap)
+			buf[(*kept)++] = (char)c;
+		n++;
+		if (c == '\n') {
+			*nl = 1;
+			break;
+		}
+	}
+	return n;
+}
+
 int
 cf_audit_verify_file(const char *path, const struct cf_audit_verify_opts *o,
 		     struct cf_audit_report *rep)
 {
 	struct walk w;
 	FILE *f = NULL;
-	char *buf = NULL;
-	size_t cap = 0;
-	ssize_t got;
+	char buf[CF_AUDIT_LINE_MAX + 2];
+	size_t got, kept;
 	off_t at = 0;
-	int r = CF_OK;
+	int r = CF_OK, nl;
 
 	memset(rep, 0, sizeof(*rep));
 	memset(&w, 0, sizeof(w));
@@ -376,17 +400,24 @@ cf_audit_verify_file(const char *path, const struct cf_audit_verify_opts *o,
 			     path, strerror(errno));
 		goto out;
 	}
-	while ((o->limit == 0 || at < o->limit) && (got = getline(&buf, &cap, f)) > 0) {
-		if (buf[got - 1] != '\n') {
-			rep->torn = got;
+	while ((o->limit == 0 || at < o->limit) &&
+	       (got = line_in(f, buf, sizeof(buf), &kept, &nl)) > 0) {
+		if (!nl) {                          /* the end of the file, mid-line */
+			rep->torn = (off_t)got;
 			break;
 		}
+		if (kept < got) {                   /* too long to be a record */
+			at += (off_t)got;
+			rep->good_size = at;
+			bad(&w, ++w.line, "longer than any record the daemon writes: altered");
+			continue;
+		}
 		buf[got - 1] = '\0';
-		at += got;
+		at += (off_t)got;
 		rep->good_size = at;
 		if (got - 1 > CF_AUDIT_LINE_MAX)
 			bad(&w, ++w.line, "longer than any record the daemon writes: altered");
-		else if ((r = one_line(&w, buf, (size_t)got - 1)) != CF_OK)
+		else if ((r = one_line(&w, buf, got - 1)) != CF_OK)
 			goto out;
 	}
 	if (ferror(f)) {
@@ -395,7 +426,6 @@ cf_audit_verify_file(const char *path, const struct cf_audit_verify_opts *o,
 	}
 	at_end(&w);
 out:
-	free(buf);
 	if (f != NULL)
 		fclose(f);
 	return r;

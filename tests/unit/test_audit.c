@@ -438,6 +438,43 @@ test_verify_inputs(void)
 		  "cannot read the audit anchor in /nonexistent/coffer.db");
 }
 
+/* A line of 64 MiB (newline-terminated, then one unterminated) is named
+ * altered without being held in memory: the verifier's peak memory grows
+ * by far less than the line (before, getline held it whole: a file with a
+ * line of gigabytes stalled or killed the daemon at its start). */
+static void
+test_huge_line(void)
+{
+	struct cf_audit_verify_opts o = { 0 };
+	struct cf_audit_report rep;
+	struct rusage before, after;
+	char path[450], *chunk = malloc(1 << 20);
+	FILE *f;
+
+	CU_ASSERT_FATAL(chunk != NULL);
+	memset(chunk, 'a', 1 << 20);
+	snprintf(path, sizeof(path), "%s/huge.log", tok.dir);
+	CU_ASSERT_FATAL((f = fopen(path, "w")) != NULL);
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 0; i < 64; i++)
+			CU_ASSERT_FATAL(fwrite(chunk, 1, 1 << 20, f) == 1 << 20);
+		if (pass == 0)
+			fputc('\n', f);
+	}
+	fclose(f);
+	free(chunk);
+	CU_ASSERT_FATAL(getrusage(RUSAGE_SELF, &before) == 0);
+	CHECK_OK(cf_audit_verify_file(path, &o, &rep));
+	CU_ASSERT_FATAL(getrusage(RUSAGE_SELF, &after) == 0);
+	CU_ASSERT(!rep.ok && rep.first_bad == 1);
+	CU_ASSERT_STRING_EQUAL(rep.reason, "record 1: longer than any record the daemon writes: "
+			       "altered");
+	CU_ASSERT_EQUAL(rep.good_size, (off_t)(64 << 20) + 1);
+	CU_ASSERT_EQUAL(rep.torn, (off_t)(64 << 20));    /* the unterminated one */
+	CU_ASSERT(after.ru_maxrss - before.ru_maxrss < 16 * 1024);   /* KiB */
+	unlink(path);
+}
+
 /* A start checks the trail: tampering goes into the start record; after a
  * crash, records past the anchor are adopted and a torn line is cut. */
 static void
@@ -806,6 +843,7 @@ main(void)
 		  test_write_and_verify },
 		{ "every alteration of a stopped trail is named", test_tampered },
 		{ "public keys and anchors given to the verifier", test_verify_inputs },
+		{ "a line of 64 MiB: altered, never held in memory", test_huge_line },
 		{ "a start reports tampering; adopts a crash's records, cuts a torn line",
 		  test_start_findings },
 		{ "a trail replaced or cut under the running writer", test_altered_while_running },
