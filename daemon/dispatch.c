@@ -309,6 +309,11 @@ sealed_call(const dispatch *d, const struct dctx *h, Coffer__V1__SealedCall *req
 		return cf_error(CF_E_TOO_LARGE, "a sealed record of %zu bytes carries more than "
 				"the %u-byte payload limit of a session", req->record.len,
 				CF_SECRET_MAX);
+	/* A record for no session of the caller's costs no locked memory (an
+	 * mmap and mlock of up to 1 MiB each; found by a review). */
+	if ((r = session_known(h->hc.sv->sm, h->hc.uid, h->hc.gid, req->session_id.data,
+			       req->session_id.len)) != CF_OK)
+		return r;
 	if ((r = cf_arena_new(&arena)) != CF_OK)
 		return r;
 	/* The record is opened in a locked copy, and wiped there. */

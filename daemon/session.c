@@ -386,6 +386,37 @@ out:
 
 /* ---- records ---- */
 
+/* The session id (CF_SESSION_ID_LEN bytes), the caller's (mu held). */
+static int
+mine_locked(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, struct session **out)
+{
+	struct session *s;
+
+	if ((s = find_locked(sm, id)) == NULL)
+		return cf_error(CF_E_UNAUTHENTICATED, "session unknown or ended; open a new session");
+	if (s->uid != uid || s->gid != gid) {
+		cf_log_warn("session: uid %u gid %u presented a session of uid %u gid %u",
+			    (unsigned)uid, (unsigned)gid, (unsigned)s->uid, (unsigned)s->gid);
+		return cf_error(CF_E_UNAUTHENTICATED, "session belongs to another caller");
+	}
+	*out = s;
+	return CF_OK;
+}
+
+int
+session_known(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen)
+{
+	struct session *s;
+	int r;
+
+	if (idlen != CF_SESSION_ID_LEN)
+		return cf_error(CF_E_INVALID_ARG, "session_id must be %d bytes", CF_SESSION_ID_LEN);
+	pthread_mutex_lock(&sm->mu);
+	r = mine_locked(sm, uid, gid, id, &s);
+	pthread_mutex_unlock(&sm->mu);
+	return r;
+}
+
 int
 session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen,
 	       uint64_t seq, const char *method, uint8_t *rec, size_t reclen,
@@ -403,15 +434,9 @@ session_accept(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t 
 		return cf_error(CF_E_INVALID_ARG, "method must be 1..%d bytes",
 				CF_SESSION_MAX_METHOD);
 	pthread_mutex_lock(&sm->mu);
-	if ((s = find_locked(sm, id)) == NULL) {
+	if ((r = mine_locked(sm, uid, gid, id, &s)) != CF_OK) {
 		pthread_mutex_unlock(&sm->mu);
-		return cf_error(CF_E_UNAUTHENTICATED, "session unknown or ended; open a new session");
-	}
-	if (s->uid != uid || s->gid != gid) {
-		pthread_mutex_unlock(&sm->mu);
-		cf_log_warn("session: uid %u gid %u presented a session of uid %u gid %u",
-			    (unsigned)uid, (unsigned)gid, (unsigned)s->uid, (unsigned)s->gid);
-		return cf_error(CF_E_UNAUTHENTICATED, "session belongs to another caller");
+		return r;
 	}
 	if (spent_locked(sm, s, now) || s->bytes_in + plen > sm->cfg.max_bytes) {
 		unlink_locked(sm, s);

@@ -51,6 +51,10 @@ const char *session_fingerprint(const session_mgr *sm);
 int session_handshake(session_mgr *sm, uid_t uid, gid_t gid, struct cf_session_hello *h,
 		      cf_buf *sig);
 
+/* CF_OK if session id exists and is uid/gid's (what session_accept checks
+ * first, with its texts): a record for no session of the caller's is
+ * refused before memory is locked to open it. */
+int session_known(session_mgr *sm, uid_t uid, gid_t gid, const uint8_t *id, size_t idlen);
 /* Check and open a caller's record in place: the session exists, belongs
  * to uid/gid, has not expired, seq is the next one, the record
  * authenticates. On success *s is referenced and rec[0 .. *ptlen) holds the

@@ -446,6 +446,29 @@ class AttackTests(SessionTestCase):
         # An unknown id touches no session: s still starts at sequence 0.
         ok_result(self, s.call(KS + "ListKeys", b""), pb.ListKeysResponse)
 
+    def test_unknown_session_locks_no_memory(self):
+        """A record for no session of the caller's is refused before memory
+        is locked to open it (before: an mmap and mlock of up to 1 MiB per
+        such call, unlimited by rate limits; found by a review). strace
+        counts the daemon's mlock calls around one such call."""
+        s = self.open()
+        call = s.seal_call(KS + "ListKeys", os.urandom(1 << 20), session_id=os.urandom(16))
+        log = os.path.join(self.d.dir, "mlock.strace")
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=mlock,mlock2", "-o", log,
+                                   "-p", str(self.d.pid)], stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)             # attached to every thread
+            if tracer.poll() is not None:
+                self.skipTest("strace cannot attach: %s" % tracer.stderr.read())
+            self.assertRefused(s, call, UNKNOWN)
+            time.sleep(0.2)
+        finally:
+            tracer.terminate()
+            tracer.wait(timeout=30)
+        with open(log) as f:
+            locks = [line for line in f if "mlock" in line]
+        self.assertEqual(locks, [])
+
     # -- malformed fields: INVALID_ARGUMENT, no sequence number used --
 
     def test_malformed_sealed_call_leaves_the_session(self):
