@@ -53,6 +53,10 @@ pg_quiet(void *arg, const char *message)
 	(void)arg, (void)message;
 }
 
+static unsigned lock_ms(const struct pg *q);
+static const char *oneline_pg(const char *msg);
+static void pg_lost(struct pg *q, const char *why);
+
 /* The outcome of a statement; a failure's text recorded. Takes res. */
 static int
 pg_outcome(struct pg *q, PGresult *res)
@@ -71,6 +75,15 @@ pg_outcome(struct pg *q, PGresult *res)
 	}
 	if (msg == NULL || msg[0] == '\0')
 		msg = PQerrorMessage(q->c);
+	/* 55P03: a lock another session holds, not granted in lock_timeout
+	 * (lock_timeout_set): the server answers, it does not hang. */
+	if (state != NULL && strcmp(state, "55P03") == 0) {
+		rc = sqldb_fail(&q->base, SQLDB_ERROR, "waited %u ms for a lock another PostgreSQL "
+				"session holds (an operator's transaction, a VACUUM FULL...): %s",
+				lock_ms(q), oneline_pg(msg));
+		PQclear(res);
+		return rc;
+	}
 	/* Class 08: connection exceptions; 57P01..57P03: the server shut down. */
 	if (PQstatus(q->c) != CONNECTION_OK ||
 	    (state != NULL && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0)))
@@ -85,6 +98,46 @@ pg_outcome(struct pg *q, PGresult *res)
 		rc = sqldb_fail(&q->base, rc, "%s", msg);
 	PQclear(res);
 	return rc;
+}
+
+/* A statement waits this long for a lock another session holds, then the
+ * server says so (55P03): less than the statement's own bound, after which
+ * the server counts as hung and calls that need it are refused at once
+ * (before, a lock held by an operator's session looked like a dead server;
+ * found by a review). */
+static unsigned
+lock_ms(const struct pg *q)
+{
+	return q->wait_ms > 3 ? q->wait_ms * 2 / 3 : 1;
+}
+
+/* libpq's message on one line (its trailing newline and any inner one). */
+static const char *
+oneline_pg(const char *msg)
+{
+	static __thread char buf[256];
+	size_t n = 0;
+
+	for (; *msg != '\0' && n + 1 < sizeof(buf); msg++)
+		buf[n++] = *msg == '\n' ? ' ' : *msg;
+	while (n > 0 && buf[n - 1] == ' ')
+		n--;
+	buf[n] = '\0';
+	return buf;
+}
+
+static PGresult *bounded(struct pg *q, int sent);
+
+/* The session's lock_timeout (after each connection and reset). */
+static int
+lock_timeout_set(struct pg *q)
+{
+	char sql[64];
+	PGresult *res;
+
+	snprintf(sql, sizeof(sql), "SET lock_timeout = %u", lock_ms(q));
+	res = bounded(q, PQsendQuery(q->c, sql));
+	return res == NULL ? SQLDB_LOST : pg_outcome(q, res);
 }
 
 /* The connection is of no more use (why): the failure recorded, and a reset
@@ -348,6 +401,8 @@ pg_ready(sqldb *db)
 	}
 	q->need_reset = 0;
 	q->hung = 0;
+	if (lock_timeout_set(q) != SQLDB_OK)
+		return cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL: %s", db->err);
 	cf_log_info("state store: reconnected to PostgreSQL");
 	return CF_OK;
 }
@@ -571,6 +626,11 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 		sqldb_fail(&q->base, SQLDB_LOST, "%s", PQerrorMessage(q->c));
 		r = cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL unreachable: %s",
 			     q->base.err);
+		pg_close(&q->base);
+		return r;
+	}
+	if (lock_timeout_set(q) != SQLDB_OK) {
+		r = cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL: %s", q->base.err);
 		pg_close(&q->base);
 		return r;
 	}
