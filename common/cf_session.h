@@ -50,7 +50,8 @@ struct cf_session_hello {
 	uint64_t max_records, max_bytes;
 };
 
-/* Monotonic milliseconds, the clock of session lifetimes on both sides. */
+/* Milliseconds since boot, suspended time included (CLOCK_BOOTTIME): the
+ * clock of session lifetimes on both sides. */
 int64_t cf_session_now(void);
 
 /* ---- ephemeral X25519 ---- */
