@@ -92,8 +92,6 @@ struct audit {
 	struct audit_group *fire;    /* fired, their callbacks not yet called */
 	uint64_t lost;           /* records that could not be written since the last good write */
 	size_t queued;           /* calls' records in the queue (fail open: cfg.max_queued) */
-	int healing;             /* the batch being written carries the heal (heal_locked) */
-	uint64_t heal_lost;      /* ... and says this many records were lost */
 	int64_t full_warned;     /* when a full queue was last logged */
 	uint64_t failures;       /* failed batches, ever */
 	uint64_t written_run;    /* records written by this process */
@@ -548,9 +546,13 @@ wake_next_writer_locked(audit *a)
 
 /* Write `batch` (taken off the queue by the caller, mu held and writing set)
  * ending as `end` says, outside the lock; then account for it. Items from
- * `keep` on are the caller's (not freed). */
+ * `keep` on are the caller's (not freed). healed: the batch is a heal that
+ * says this many records were lost (heal_locked); only such a batch ends a
+ * break (an argument, not a field: another write may start while this
+ * one's callbacks run without the lock). */
 static int
-write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
+write_locked(audit *a, struct item *batch, const char *seal, struct item *keep,
+	     const uint64_t *healed)
 {
 	struct batch_end be = { .seal = seal, .gen = a->ob_gen, .ob_done = a->ob_written };
 	struct item *next;
@@ -595,11 +597,11 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep)
 		/* Only a batch that says so ends a break (heal_locked): one begun
 		 * before the trail broke (a write that outlived max_wait_ms, a
 		 * full queue) leaves it for the next, which counts the lost. */
-		if (a->broken && a->healing) {
+		if (a->broken && healed != NULL) {
 			cf_log_warn("audit: the trail is written again (%llu records could not be "
-				    "written meanwhile)", (unsigned long long)a->heal_lost);
+				    "written meanwhile)", (unsigned long long)*healed);
 			/* Lost while the heal was being written: the next one says them. */
-			a->lost -= a->heal_lost;
+			a->lost -= *healed <= a->lost ? *healed : a->lost;
 			a->broken = a->lost > 0;
 		}
 	} else {
@@ -703,7 +705,8 @@ write_queue_locked(audit *a)
 	a->tail = &a->head;
 	a->queued = 0;
 	a->writing = 1;
-	write_locked(a, batch, cf_mono_ms() - a->last_seal >= SEAL_EVERY_MS ? "" : NULL, NULL);
+	write_locked(a, batch, cf_mono_ms() - a->last_seal >= SEAL_EVERY_MS ? "" : NULL, NULL,
+		     NULL);
 }
 
 struct ob_load {
@@ -800,6 +803,7 @@ static void
 heal_locked(audit *a)
 {
 	char fields[1024];
+	uint64_t said = a->lost;   /* what this heal says: a break ends only with it */
 	int r;
 
 	if (a->pending_start != NULL)
@@ -809,19 +813,16 @@ heal_locked(audit *a)
 		snprintf(fields, sizeof(fields), ",\"event\":\"resumed\",\"lost\":%llu",
 			 (unsigned long long)a->lost);
 	a->writing = 1;
-	a->healing = 1;
-	a->heal_lost = a->lost;
 	if (a->head != NULL) {
 		struct item *batch = a->head;
 
 		a->head = NULL;
 		a->tail = &a->head;
 		a->queued = 0;
-		r = write_locked(a, batch, fields, NULL);
+		r = write_locked(a, batch, fields, NULL, &said);
 	} else {
-		r = write_locked(a, NULL, fields, NULL);
+		r = write_locked(a, NULL, fields, NULL, &said);
 	}
-	a->healing = 0;
 	if (r == CF_OK) {
 		free(a->pending_start);
 		a->pending_start = NULL;
@@ -858,7 +859,7 @@ writer_main(void *arg)
 			if (a->head != NULL || a->writing)
 				continue;
 			a->writing = 1;
-			write_locked(a, NULL, "", NULL);
+			write_locked(a, NULL, "", NULL, NULL);
 		} else if (a->stop) {
 			break;
 		} else if (a->broken) {
@@ -1127,6 +1128,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	/* A file-size limit must fail the write (EFBIG), not kill the daemon. */
 	signal(SIGXFSZ, SIG_IGN);
 	a->cfg = *cfg;
+	a->full_warned = -10;      /* the first full queue is said at once */
 	if (a->cfg.max_queued == 0)
 		a->cfg.max_queued = AUDIT_MAX_QUEUED_DEFAULT;
 	a->st = st;
@@ -1170,7 +1172,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 		a->tail = &a->head;
 		a->queued = 0;
 		a->writing = 1;
-		if (write_locked(a, batch, fields, NULL) != CF_OK &&
+		if (write_locked(a, batch, fields, NULL, NULL) != CF_OK &&
 		    (a->pending_start = strdup(fields)) == NULL)
 			r = cf_nomem();
 	}
@@ -1244,7 +1246,7 @@ audit_close(audit *a)
 			a->tail = &a->head;
 			a->queued = 0;
 			a->writing = 1;
-			write_locked(a, batch, "", NULL);
+			write_locked(a, batch, "", NULL, NULL);
 		}
 		snprintf(fields, sizeof(fields), ",\"event\":\"stop\",\"records\":%llu%s",
 			 (unsigned long long)a->written_run + 1, a->broken ? ",\"lost\":1" : "");
@@ -1406,7 +1408,7 @@ audit_record_in(audit *a, const struct audit_event *ev, struct audit_group *g)
 		snprintf(a->reason, sizeof(a->reason), "%zu records wait for the disk "
 			 "([audit] max_queued)", a->queued);
 		metrics_add(M_AUDIT_RECORDS_LOST, 1);
-		if (cf_mono_ms() / 1000 - (uint64_t)a->full_warned >= 10) {
+		if ((int64_t)(cf_mono_ms() / 1000) - a->full_warned >= 10) {
 			a->full_warned = (int64_t)(cf_mono_ms() / 1000);
 			cf_log_error("ALARM: audit: %zu records wait for the disk; more are not kept "
 				     "([audit] max_queued, failing open): counted lost", a->queued);

@@ -91,7 +91,8 @@ check_fields(const struct cf_method *cm, const ProtobufCMethodDescriptor *md)
 	    (cm->secret_if != NULL &&
 	     field_of(md->input, cm->secret_if, PROTOBUF_C_TYPE_BOOL) == NULL) ||
 	    (cm->secret_in != NULL &&
-	     field_of(md->input, cm->secret_in, PROTOBUF_C_TYPE_BYTES) == NULL) ||
+	     (strchr(cm->secret_in, '.') != NULL ||    /* carries_secret reads it at the top */
+	      field_of(md->input, cm->secret_in, PROTOBUF_C_TYPE_BYTES) == NULL)) ||
 	    (cm->secret_out != NULL &&
 	     field_of(md->output, cm->secret_out, PROTOBUF_C_TYPE_BYTES) == NULL) ||
 	    ((cm->flags & CF_MF_SECRET) != 0) != (cm->secret_what != NULL))

@@ -276,8 +276,9 @@ pending_enter(session_mgr *sm, uid_t uid)
 		expire_locked(sm, cf_session_now());
 		if (sm->count >= sm->cfg.max_sessions && sessions_of_locked(sm, uid) <
 							 sm->cfg.max_per_caller) {
+			r = full_error(sm);
 			pthread_mutex_unlock(&sm->mu);
-			return full_error(sm);
+			return r;
 		}
 	}
 	if ((p = pending_slot_locked(sm, uid, 1)) == NULL)

@@ -401,8 +401,10 @@ pg_ready(sqldb *db)
 	}
 	q->need_reset = 0;
 	q->hung = 0;
-	if (lock_timeout_set(q) != SQLDB_OK)
+	if (lock_timeout_set(q) != SQLDB_OK) {
+		q->need_reset = 1;   /* not used without its lock_timeout: reset again */
 		return cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL: %s", db->err);
+	}
 	cf_log_info("state store: reconnected to PostgreSQL");
 	return CF_OK;
 }
