@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 import coffer_session as cs  # noqa: E402
+from crash_harness import sanitizer_build  # noqa: E402
 from daemon_fixture import PYTHON, CofferDaemon, cofferctl_path  # noqa: E402
 from rpc_common import AS, KS, SC, SS, TIMEOUT, S, pb, ModuleDaemon  # noqa: E402
 
@@ -451,6 +452,10 @@ class AttackTests(SessionTestCase):
         is locked to open it (before: an mmap and mlock of up to 1 MiB per
         such call, unlimited by rate limits; found by a review). strace
         counts the daemon's mlock calls around one such call."""
+        if sanitizer_build():
+            # AddressSanitizer's interceptor ignores mlock: no system call
+            # for strace to count (the positive control below showed it).
+            self.skipTest("AddressSanitizer ignores mlock")
         s = self.open()
         call = s.seal_call(KS + "ListKeys", os.urandom(1 << 20), session_id=os.urandom(16))
         log = os.path.join(self.d.dir, "mlock.strace")
