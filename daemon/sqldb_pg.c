@@ -54,7 +54,6 @@ pg_quiet(void *arg, const char *message)
 }
 
 static unsigned lock_ms(const struct pg *q);
-static const char *oneline_pg(const char *msg);
 static void pg_lost(struct pg *q, const char *why);
 
 /* The outcome of a statement; a failure's text recorded. Takes res. */
@@ -80,7 +79,7 @@ pg_outcome(struct pg *q, PGresult *res)
 	if (state != NULL && strcmp(state, "55P03") == 0) {
 		rc = sqldb_fail(&q->base, SQLDB_ERROR, "waited %u ms for a lock another PostgreSQL "
 				"session holds (an operator's transaction, a VACUUM FULL...): %s",
-				lock_ms(q), oneline_pg(msg));
+				lock_ms(q), msg);
 		PQclear(res);
 		return rc;
 	}
@@ -109,21 +108,6 @@ static unsigned
 lock_ms(const struct pg *q)
 {
 	return q->wait_ms > 3 ? q->wait_ms * 2 / 3 : 1;
-}
-
-/* libpq's message on one line (its trailing newline and any inner one). */
-static const char *
-oneline_pg(const char *msg)
-{
-	static __thread char buf[256];
-	size_t n = 0;
-
-	for (; *msg != '\0' && n + 1 < sizeof(buf); msg++)
-		buf[n++] = *msg == '\n' ? ' ' : *msg;
-	while (n > 0 && buf[n - 1] == ' ')
-		n--;
-	buf[n] = '\0';
-	return buf;
 }
 
 static PGresult *bounded(struct pg *q, int sent);
