@@ -23,7 +23,6 @@ driven with raw grpcio, against the document:
   after the grace period.
 """
 import hashlib
-import hmac
 import json
 import os
 import queue
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from daemon_fixture import CofferDaemon, stubs
 from rpc_common import KS, SC, TIMEOUT, call_authorization, pb
+from test_request_signing import sign   # the document's signer, written from it
 
 PP = stubs().pipeline_pb
 PATH = "/coffer.v1.Pipeline/Stream"
@@ -492,13 +492,12 @@ class PipelineWindow(unittest.TestCase):
 
         def verify(i, age):
             ts, nonce = int(time.time()) - age, secrets.token_hex(16)
-            s = "\n".join(["COFFER-HMAC-SHA256-HTTP", "GET", "/v1/x", "", body.hex(), str(ts),
-                           nonce, "w-rq"]).encode()
             parts = pb.HttpRequestParts(key="w-rq", method="GET", path="/v1/x",
                                         canonical_query="", body_sha256=body, timestamp=ts,
                                         nonce=nonce)
             q.put(req(i, "VerifyRequestSignature", pb.VerifyRequestSignatureRequest(
-                request=parts, signature=hmac.new(secret, s, hashlib.sha256).hexdigest())))
+                request=parts, signature=sign(secret, "GET", "/v1/x", "", body, ts, nonce,
+                                              "w-rq"))))
             r = next(call)
             self.assertEqual(r.code, 0, r.message)
             return pb.VerifyRequestSignatureResponse.FromString(r.response)
