@@ -73,7 +73,7 @@ connect_db(const char *dsn, PGconn **out)
 	if (c == NULL)
 		return cf_nomem();
 	if (PQstatus(c) != CONNECTION_OK) {
-		r = cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL unreachable: %s",
+		r = cf_error(CF_E_UNAVAILABLE, "fleet: %s: %s", sqldb_pg_connect_failed(c),
 			     oneline(PQerrorMessage(c), msg, sizeof(msg)));
 		PQfinish(c);
 		return r;

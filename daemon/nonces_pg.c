@@ -194,7 +194,10 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 		return NULL;
 	}
 	if (PQstatus(c) != CONNECTION_OK) {
-		pq_text("PostgreSQL unreachable: ", PQerrorMessage(c), msg, len);
+		char prefix[64];
+
+		snprintf(prefix, sizeof(prefix), "%s: ", sqldb_pg_connect_failed(c));
+		pq_text(prefix, PQerrorMessage(c), msg, len);
 		PQfinish(c);
 		return NULL;
 	}

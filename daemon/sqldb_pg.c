@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 
 #include "cf_log.h"
 #include "cf_status.h"
@@ -380,8 +381,8 @@ pg_ready(sqldb *db)
 	if (PQstatus(q->c) != CONNECTION_OK) {
 		q->need_reset = 1;
 		sqldb_fail(db, SQLDB_LOST, "%s", PQerrorMessage(q->c));
-		return cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL unreachable: %s",
-				db->err);
+		return cf_error(CF_E_UNAVAILABLE, "state store: %s: %s",
+				sqldb_pg_connect_failed(q->c), db->err);
 	}
 	q->need_reset = 0;
 	q->hung = 0;
@@ -572,6 +573,20 @@ sqldb_pg_connect(const char *conninfo, const char *what)
 	return PQconnectdbParams(keys, vals, 1);
 }
 
+const char *
+sqldb_pg_connect_failed(PGconn *c)
+{
+	const char *why = PQerrorMessage(c);
+
+	/* A password asked for means the server answered; so does an error
+	 * it sent, which libpq quotes with its severity (in the server's
+	 * language: a translated one reads as unreachable, the reason follows). */
+	if (PQconnectionNeedsPassword(c) || PQconnectionUsedPassword(c) ||
+	    (why != NULL && strstr(why, "FATAL:") != NULL))
+		return "PostgreSQL refused the connection";
+	return "PostgreSQL unreachable";
+}
+
 int
 sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 {
@@ -590,13 +605,19 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 	    (opts = PQconninfoParse(conninfo, &why)) == NULL) {
 		if (why == NULL)
 			return cf_nomem();
+		OPENSSL_cleanse(why, strlen(why));   /* it may quote the password */
 		PQfreemem(why);
 		return cf_error(CF_E_CONFIG, "[state] dsn is not a connection string libpq can "
 				"read (its reason is not shown: it may quote the password); check "
 				"the quoting, and in a URI the %%-escapes and brackets");
 	}
-	if (opts != NULL)
+	if (opts != NULL) {
+		/* The parsed values hold the password: wiped, not just freed. */
+		for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+			if (o->val != NULL)
+				OPENSSL_cleanse(o->val, strlen(o->val));
 		PQconninfoFree(opts);
+	}
 	if ((q = calloc(1, sizeof(*q))) == NULL)
 		return cf_nomem();
 	q->base.ops = &pg_ops;
@@ -610,8 +631,8 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 	PQsetNoticeProcessor(q->c, pg_quiet, NULL);
 	if (PQstatus(q->c) != CONNECTION_OK) {
 		sqldb_fail(&q->base, SQLDB_LOST, "%s", PQerrorMessage(q->c));
-		r = cf_error(CF_E_UNAVAILABLE, "state store: PostgreSQL unreachable: %s",
-			     q->base.err);
+		r = cf_error(CF_E_UNAVAILABLE, "state store: %s: %s",
+			     sqldb_pg_connect_failed(q->c), q->base.err);
 		pg_close(&q->base);
 		return r;
 	}

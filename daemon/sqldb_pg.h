@@ -7,8 +7,9 @@
 #include "sqldb.h"
 
 /* Connect to PostgreSQL with a libpq connection string. CF_E_UNAVAILABLE
- * ("state store: PostgreSQL unreachable: <libpq text>") if the server
- * cannot be reached. The string is not kept (a reconnection reuses libpq's
+ * ("state store: PostgreSQL unreachable: <libpq text>", or "... refused the
+ * connection: ..." when it answered no: sqldb_pg_connect_failed) if it
+ * cannot connect. The string is not kept (a reconnection reuses libpq's
  * copy). Every statement waits at most wait_ms for the server's answer, then
  * fails SQLDB_LOST ("PostgreSQL did not answer in N ms") and the connection
  * is reset before its next use. */
@@ -20,6 +21,12 @@ int sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out);
  * 10 s, keepalives), and each connection names its use (application_name
  * "cofferd <what>"). NULL only when out of memory; check PQstatus. */
 PGconn *sqldb_pg_connect(const char *conninfo, const char *what);
+
+/* How to name a failed connection, before libpq's reason: "PostgreSQL
+ * refused the connection" when the server answered and said no (a login,
+ * database or pg_hba rule it refuses, or a server starting or full), which
+ * waiting does not mend; "PostgreSQL unreachable" otherwise. */
+const char *sqldb_pg_connect_failed(PGconn *c);
 
 /* What iowatch.h names for every operation on the server (the store's and
  * the nonce record's alike: any of them answering means it answers). */

@@ -407,6 +407,14 @@ test_open_unreachable(void)
 	CU_ASSERT_PTR_NULL(n);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "nonce record: PostgreSQL unreachable: "));
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "nowhere"));
+
+	/* Reached, and refused: said as such. */
+	snprintf(dsn, sizeof(dsn), "host=%s/sock dbname=no_such_db", pg.dir);
+	CU_ASSERT_EQUAL(nonces_open_pg(dsn, 100, &n), CF_E_UNAVAILABLE);
+	CU_ASSERT_PTR_NULL(n);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(),
+				      "nonce record: PostgreSQL refused the connection: "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "\"no_such_db\" does not exist"));
 }
 
 int

@@ -818,6 +818,29 @@ pg_reconnect(void)
 		CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "PostgreSQL unreachable"));
 		CU_ASSERT_PTR_NULL(s);
 	}
+	/* A server that answers and says no is not called unreachable: waiting
+	 * does not mend a role or a database it does not have. */
+	{
+		static const char *const refused[][2] = {
+			{ "dbname=no_such_db", "database \"no_such_db\" does not exist" },
+			{ "dbname=postgres user=no_such_role", "role \"no_such_role\" does not exist" },
+		};
+
+		for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+			char dsn[300];
+			struct store_options o = { .backend = STORE_POSTGRESQL, .dsn = dsn };
+
+			snprintf(dsn, sizeof(dsn), "host=%s/sock %s", pgdir, refused[i][0]);
+			s = NULL;
+			CU_ASSERT_EQUAL(store_open_with(&o, &s), CF_E_UNAVAILABLE);
+			printf("[%s] ", cf_error_detail());
+			CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(),
+						      "state store: PostgreSQL refused the connection: "));
+			CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), refused[i][1]));
+			CU_ASSERT_PTR_NULL(strstr(cf_error_detail(), "unreachable"));
+			CU_ASSERT_PTR_NULL(s);
+		}
+	}
 }
 
 /* A COMMIT after a statement failed in the transaction is no commit: the
