@@ -211,7 +211,7 @@ answer_text(struct MHD_Connection *conn, unsigned status, const char *text)
 	(void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
 				      "text/plain; charset=utf-8");
 	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-		(void)MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET");
+		(void)MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
 	ok = MHD_queue_response(conn, status, resp);
 	MHD_destroy_response(resp);
 	return ok;
@@ -360,7 +360,9 @@ serve(void *cls, struct MHD_Connection *conn, const char *url, const char *metho
 	if (strcmp(url, "/metrics") != 0)
 		return answer_text(conn, MHD_HTTP_NOT_FOUND,
 				   "not found: this endpoint serves GET /metrics only\n");
-	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+	/* HEAD too (RFC 9110 asks it of every server): MHD sends its headers
+	 * and Content-Length without the body. */
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return answer_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
 				   "method not allowed: this endpoint serves GET /metrics only\n");
 	collect(&m->src, &rd);

@@ -13,8 +13,8 @@
   nonces; a scheduled rotation due in 2 s is counted once.
 * An audit trail that cannot be written (RLIMIT_FSIZE on the daemon) shows
   as audit write failures and coffer_audit_healthy 0, then 1 when healed.
-* Only GET /metrics is served: 404 for another path, 405 (Allow: GET) for
-  another method; oversized headers are refused; a client that sends half a
+* Only GET (and HEAD) /metrics is served: 404 for another path, 405 (Allow:
+  GET, HEAD) for another method; oversized headers are refused; a client that sends half a
   request holds up neither a call nor another scrape.
 * On TCP a Host header naming another host (DNS rebinding: a page's own
   name) is answered 421 with its exact text; localhost, 127.x.x.x and [::1]
@@ -374,13 +374,17 @@ class Metrics(unittest.TestCase):
             status, _, body = request(conn(), path=path)
             self.assertEqual((status, body), (404, "not found: this endpoint serves GET "
                                                    "/metrics only\n"), path)
-        for method in ("POST", "PUT", "DELETE", "HEAD", "OPTIONS"):
+        for method in ("POST", "PUT", "DELETE", "OPTIONS", "TRACE"):
             status, headers, body = request(conn(), method=method, body=b"x" * 100)
             self.assertEqual(status, 405, method)
-            self.assertEqual(headers["Allow"], "GET", method)
-            if method != "HEAD":
-                self.assertEqual(body, "method not allowed: this endpoint serves GET "
-                                       "/metrics only\n", method)
+            self.assertEqual(headers["Allow"], "GET, HEAD", method)
+            self.assertEqual(body, "method not allowed: this endpoint serves GET "
+                                   "/metrics only\n", method)
+        # HEAD: GET's status and headers, no body (RFC 9110 9.3.2).
+        status, headers, body = request(conn(), method="HEAD")
+        self.assertEqual((status, body), (200, ""))
+        self.assertEqual(headers["Content-Type"], "text/plain; version=0.0.4; charset=utf-8")
+        self.assertGreater(int(headers["Content-Length"]), 1000)
         # A query string is not part of the path.
         self.assertEqual(request(conn(), path="/metrics?name=x")[0], 200)
         # Headers beyond the bound: refused, not buffered.
