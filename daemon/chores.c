@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_crashpoint.h"
 #include "cf_log.h"
 #include "cf_status.h"
 #include "cf_time.h"
@@ -83,8 +84,10 @@ round_of(chores *c, unsigned n)
 	/* Failing closed on the audit trail: nothing irreversible that could
 	 * not be recorded either; the work waits until it can. */
 	if (d->au == NULL || audit_healthy(d->au)) {
-		if (lead)
+		if (lead) {
+			CF_HOLD_POINT("chores.lead");   /* a step that hangs (tests) */
 			keyring_tick(d->kr, (int64_t)time(NULL), TICK_BUDGET_MS, lifecycle_done, c);
+		}
 		if (!stepped(c))
 			return;
 		(void)audit_flush_outbox(d->au);

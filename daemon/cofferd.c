@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,17 +362,25 @@ struct replica {
 	policy *pol;
 	apikeys *ak;
 	audit *au;
+	_Atomic(chores *) ch;   /* set once the periodic work runs */
 };
 
-/* The scheduled work waits while the trail fails closed (chores.c): the
- * lease goes to a replica that can do it. */
+/* The lease goes to a replica that can do the scheduled work: not one
+ * whose trail fails closed (the work waits then: chores.c), nor one whose
+ * periodic work is stuck in a step beyond its bound (a token or a disk
+ * that hangs), which would stop that work for the whole fleet. */
 static const char *
 replica_unfit(void *arg)
 {
 	struct replica *rp = arg;
+	chores *ch = atomic_load(&rp->ch);
 
-	return rp->au != NULL && !audit_healthy(rp->au) ?
-	       "its audit trail refuses records (failing closed)" : NULL;
+	if (rp->au != NULL && !audit_healthy(rp->au))
+		return "its audit trail refuses records (failing closed)";
+	if (ch != NULL && !chores_alive(ch))
+		return "its periodic work is stuck (a step has not ended within its bound: a "
+		       "token or disk that hangs?)";
+	return NULL;
 }
 
 static int
@@ -432,7 +441,7 @@ main(int argc, char **argv)
 	nonces *nn = NULL;
 	fleet *fl = NULL;
 	chores *ch = NULL;
-	struct replica rp = { NULL, NULL, NULL, NULL };
+	struct replica rp = { NULL, NULL, NULL, NULL, NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	metrics_http *mh = NULL;
@@ -575,10 +584,19 @@ main(int argc, char **argv)
 			      (cfg.state_wait_ms > 10000 ? cfg.state_wait_ms : 10000) + 5000 : 0;
 		struct chores_deps cd = { kr, au, fl, nn, ak, idm, 60000 + pg };
 
+#ifdef COFFER_CRASH_POINTS
+		/* Tests hold the thread at a point (cf_crashpoint.h) and need not
+		 * wait a minute for it to count as stuck. */
+		const char *tb = getenv("COFFER_TEST_CHORES_BOUND_MS");
+
+		if (tb != NULL)
+			cd.step_bound_ms = (unsigned)strtoul(tb, NULL, 10);
+#endif
 		if ((r = chores_start(&cd, &ch)) != CF_OK) {
 			cf_log_error("%s", cf_error_detail());
 			goto out;
 		}
+		atomic_store(&rp.ch, ch);
 		notify_gate(chores_alive, ch);
 	}
 	snprintf(ready, sizeof(ready), "serving: service %s, admin %s", cfg.service_path,

@@ -722,6 +722,64 @@ class Fleet(unittest.TestCase):
         self.signed_mac(h, data=b"healed")
         self.assertEqual(self.current_holder(), new)
 
+    def test_3c_lease_leaves_a_replica_whose_periodic_work_is_stuck(self):
+        """The lease holder's periodic work hangs in a step (held at the
+        hold point chores.lead, as a token or disk that hangs would hold
+        it): past the step's bound it lets the lease go, another replica
+        takes it, and the stuck one does not take it back once it moves
+        again. Before, it kept the lease while doing nothing, and the whole
+        fleet's scheduled rotations and destructions stopped with it."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        h = self.lease_holder()
+        d, others = self.reps[h], [x for x in range(3) if x != h]
+        hold = tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        new = None
+        try:
+            # Alone, it takes the lease at once; its first round as the
+            # holder stops at the point.
+            for x in others:
+                self.reps[x].stop()
+            d.stop()
+            d.crash_env = {"COFFER_CRASH_AT": "chores.lead@1", "COFFER_CRASH_MODE": "hold",
+                           "COFFER_CRASH_HOLD": hold, "COFFER_TEST_CHORES_BOUND_MS": "2000"}
+            d.start()
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(hold, "held")):
+                self.assertLess(time.monotonic(), deadline, "never held: " + d.log()[-2000:])
+                time.sleep(0.02)
+            t0 = time.monotonic()
+            self.assertEqual(self.lease_holder(), h)
+            for x in others:
+                self.reps[x].start()
+            # Stuck once no step ended for its bound (2 s) and 2 s more.
+            while time.monotonic() - t0 < 15 and new is None:
+                c = self.current_holder()
+                new = c if c is not None and c != h else None
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            self.assertIsNotNone(new, "the lease stayed with %s; logs:\n%s"
+                                 % (REPLICAS[h], self.log_tails()))
+            print("\nfleet lease: %s (its periodic work held) left it, %s took it %.1f s "
+                  "after the hold" % (REPLICAS[h], REPLICAS[new], took), flush=True)
+            self.assertGreater(took, 3.5, "left before the bound")
+            self.assertIn("leaves the scheduled work to another: its periodic work is stuck "
+                          "(a step has not ended within its bound: a token or disk that "
+                          "hangs?)", d.log(all_starts=False))
+            # Moving again, it serves and leaves the lease where it is.
+            open(os.path.join(hold, "release"), "w").close()
+            time.sleep(2)
+            self.signed_mac(h, data=b"moving again")
+            self.assertEqual(self.current_holder(), new)
+        finally:
+            open(os.path.join(hold, "release"), "w").close()
+            for x in others:
+                if not self.reps[x].running:
+                    self.reps[x].start()
+            d.stop()
+            d.crash_env = {}
+            d.start()
+
     # ---- 5. kill -9 during rotations ----
 
     def test_5_kill9_during_rotations(self):
