@@ -792,6 +792,31 @@ outbox_enqueue(audit *a, int64_t *max)
 	return r;
 }
 
+/* store_set_committed_hook: a change's record is queued as it commits,
+ * before the change is installed, so that no record of a call that saw the
+ * change comes before it in the file. Not waited for here: the call's
+ * audit_flush_outbox waits (a failure here leaves it to that, or to the
+ * anchorer's next read). */
+static void
+outbox_committed(void *arg)
+{
+	audit *a = arg;
+	int64_t max;
+	int broken;
+
+	pthread_mutex_lock(&a->mu);
+	broken = a->broken;   /* the writer reads the outbox as it heals */
+	pthread_mutex_unlock(&a->mu);
+	if (broken || outbox_enqueue(a, &max) != CF_OK) {
+		cf_error_clear();
+		return;
+	}
+	pthread_mutex_lock(&a->mu);
+	if (a->head != NULL && !a->writing)
+		pthread_cond_signal(&a->work);
+	pthread_mutex_unlock(&a->mu);
+}
+
 /* The writer thread: records that no waiting call writes itself (fail
  * open), seals once idle, the outbox now and then, and retries a broken
  * trail. */
@@ -1189,6 +1214,8 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 		goto fail;
 	}
 	a->writer_started = 1;
+	if (st != NULL)
+		store_set_committed_hook(st, outbox_committed, a);
 	if (audit_hands_off(a)) {
 		if (pthread_create(&a->ticker, NULL, ticker_main, a) != 0) {
 			r = cf_error(CF_E_INTERNAL, "cannot start the audit ticker");
@@ -1222,6 +1249,8 @@ audit_close(audit *a)
 
 	if (a == NULL)
 		return;
+	if (a->st != NULL)
+		store_set_committed_hook(a->st, NULL, NULL);
 	if (a->ticker_started)
 		stop_thread(a, &a->tk_stop, &a->tk_cv, a->ticker);
 	if (a->writer_started)

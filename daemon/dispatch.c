@@ -9,6 +9,7 @@
 
 #include "callauth.h"
 #include "cf_arena.h"
+#include "cf_crashpoint.h"
 #include "cf_keytype.h"
 #include "cf_log.h"
 #include "cf_methods.h"
@@ -844,6 +845,7 @@ run(const dispatch *d, const struct method *m, const struct dctx *h, const uint8
 	if (h->hc.sv->au == NULL || (m->d->flags & CF_MF_HEALTH) || n.inner_ran)
 		return r;
 	if (n.changes > 0) {
+		CF_HOLD_POINT("dispatch.change-made");   /* installed, not yet flushed */
 		/* Its detail says the change was made and how to get its answer. */
 		if ((ar = audit_flush_outbox(h->hc.sv->au)) != CF_OK)
 			return withhold(out, outlen, ar);

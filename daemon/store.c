@@ -32,6 +32,8 @@ struct store {
 	void (*change_unlock)(void *arg);
 	int (*change_healthy)(void *arg);
 	void *change_arg;
+	void (*committed)(void *arg);      /* store_set_committed_hook */
+	void *committed_arg;
 };
 
 /* ---- SQLite schema: tables as each version added them ---- */
@@ -711,6 +713,8 @@ txn_effect(store *s, int (*body)(store *s, const void *arg), const void *arg,
 		if (current_call != NULL)
 			current_call->effects++;
 		cf_crashpoint_hit(e->after);
+		if (current_call != NULL && current_call->record != NULL && s->committed != NULL)
+			s->committed(s->committed_arg);
 	}
 	return r;
 }
@@ -1768,6 +1772,13 @@ store_audit_anchor_put(store *s, const struct store_audit_anchor *a, int64_t out
 	struct anchor_put ap = { a, outbox_done };
 
 	return txn(s, anchor_put_body, &ap);
+}
+
+void
+store_set_committed_hook(store *s, void (*fn)(void *arg), void *arg)
+{
+	s->committed = fn;
+	s->committed_arg = arg;
 }
 
 void

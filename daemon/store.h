@@ -354,6 +354,12 @@ int store_signed_set(store *s, const char *principal, int on);
  * reports it too: a replica that hears no notifications may serve stale
  * data).
  */
+/* Called on the committing thread after each change whose audit record went
+ * into the outbox committed, before the change is installed in memory:
+ * the trail queues the record now (audit.c), so that records of calls that
+ * see the change follow it in the file. NULL: none. Set before calls run. */
+void store_set_committed_hook(store *s, void (*fn)(void *arg), void *arg);
+
 void store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
 			   int (*healthy)(void *arg), void *arg);
 int store_change_begin(store *s, int *shared);

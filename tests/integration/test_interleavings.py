@@ -241,6 +241,45 @@ class Interleaving(unittest.TestCase):
         d.stop()
         d.crash_env = {}
 
+    def test_call_that_sees_a_change_is_recorded_after_it(self):
+        """RotateKey held once its version 2 is committed and in memory,
+        before its call has waited for its record; a Sign meanwhile signs
+        with version 2. In the trail the rotation's record comes first: a
+        change's record is queued as it commits, before anyone can see the
+        change. Before, the Sign's record was written first, so the trail
+        showed a version used before it was made (found by a review)."""
+        import json
+        self.start()
+        d = self.d
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="ord-k", type=pb.EC_P256),
+                                 timeout=TIMEOUT)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "dispatch.change-made@1",
+                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": self.hold}
+        d.start()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                f = ex.submit(lambda: d.admin_stub().RotateKey(
+                    pb.RotateKeyRequest(name="ord-k"), timeout=TIMEOUT))
+                wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
+                         "the rotation never reached dispatch.change-made")
+                try:
+                    sig = d.service_stub().Sign(pb.SignRequest(key="ord-k", message=b"m"),
+                                                timeout=TIMEOUT)
+                finally:
+                    open(os.path.join(self.hold, "release"), "w").close()
+                self.assertEqual(f.result(timeout=TIMEOUT).primary_version, 2)
+            self.assertEqual(sig.version, 2)
+        finally:
+            d.stop()
+            d.crash_env = {}
+        with open(os.path.join(d.state_dir, "audit.log")) as fh:
+            recs = [json.loads(line) for line in fh]
+        order = [(r["method"].rsplit("/", 1)[1], r.get("version")) for r in recs
+                 if r.get("key") == "ord-k" and r.get("method", "").endswith(
+                     ("/RotateKey", "/Sign"))]
+        self.assertEqual(order, [("RotateKey", 2), ("Sign", 2)], order)
+
     def check_retired_items(self, out, n):
         """A SignBatch answer whose items after the destruction failed, each
         alone, with the destruction's text; the others signed. (With one CPU
