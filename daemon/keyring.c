@@ -551,16 +551,21 @@ make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type t
 		     : cf_p11_key_generate_id(kr->p11, name, version, type, 0, id, h);
 	if (r == CF_E_EXISTS)
 		r = cf_error(CF_E_EXISTS, "the token already holds objects labelled %s version %u "
-			     "that no record claims (see cofferd's reconciliation report); remove "
-			     "them or use another name", name, version);
+			     "that no version record claims: left by an attempt the token failed "
+			     "(cofferd removes those at its next start) or made outside Coffer "
+			     "(see cofferd's reconciliation report)", name, version);
 	if (r != CF_OK) {
-		int keep = r;
+		char why[CF_ERROR_DETAIL_MAX];
 
-		/* A token error may leave part of it behind: only ours (our id) go. */
-		(void)cf_p11_objects_destroy(kr->p11, name, version, id, NULL);
-		if (store_intent_drop(kr->st, *intent) == CF_OK)
+		/* A token error may leave part of it behind: only ours (our id) go.
+		 * The intent goes only with them: it is what removes them at the
+		 * next start, and without it every later attempt at this version
+		 * would find the label taken. */
+		snprintf(why, sizeof(why), "%s", cf_error_detail());
+		if (cf_p11_objects_destroy(kr->p11, name, version, id, NULL) == CF_OK &&
+		    store_intent_drop(kr->st, *intent) == CF_OK)
 			*intent = 0;
-		return keep;
+		return cf_error(r, "%s", why);
 	}
 	return CF_OK;
 }

@@ -29,6 +29,7 @@
 #include "idempotency.h"
 #include "keyring.h"
 #include "p11_fault.h"
+#include "recovery.h"
 #include "store.h"
 
 static struct cf_test_token tok; /* cfg.module_path: the fault module */
@@ -852,6 +853,54 @@ test_start_searches_constant(void)
 	store_close(st);
 }
 
+static int
+count_intent(const struct store_intent *in, void *arg)
+{
+	(void)in;
+	++*(int *)arg;
+	return CF_OK;
+}
+
+/* A rotation whose key pair the token made and then failed, and whose
+ * objects it could not destroy either: the intent stays, so the next start
+ * removes them and the key rotates again. Before, the intent was dropped
+ * whatever the clean-up did, and every later rotation found the label
+ * taken (CF_E_EXISTS) until someone removed the objects by hand. */
+static void
+test_failed_version_keeps_its_intent(void)
+{
+	char dir[400];
+	store *st = NULL;
+	keyring *kr = NULL;
+	struct store_key info;
+	int n = 0;
+
+	snprintf(dir, sizeof(dir), "%s/failed-version", tok.dir);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_create(kr, "half", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
+	keyring_info_free(&info);
+	inject(P11F_C_GenerateKeyPair, CKR_FUNCTION_FAILED, 0, -1, 1);
+	inject(P11F_C_DestroyObject, CKR_FUNCTION_FAILED, 0, -1, 0);
+	CU_ASSERT_NOT_EQUAL(keyring_rotate(kr, "half", &info), CF_OK);
+	printf("\n  [%s] ", cf_error_detail());
+	fault->clear();
+	CU_ASSERT(raw_count("half", 2, CK_UNAVAILABLE_INFORMATION) > 0);   /* left behind */
+	CU_ASSERT_EQUAL(store_intents_load(st, count_intent, &n), CF_OK);
+	CU_ASSERT_EQUAL(n, 1);
+	keyring_close(kr);
+	/* What the next start does first. */
+	CU_ASSERT_EQUAL(recovery_undo_intents(p11, st, NULL, NULL), CF_OK);
+	CU_ASSERT_EQUAL(raw_count("half", 2, CK_UNAVAILABLE_INFORMATION), 0);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "half", &info), CF_OK);
+	CU_ASSERT_EQUAL(info.primary, 2);
+	keyring_info_free(&info);
+	keyring_close(kr);
+	store_close(st);
+}
+
 /* The suite's layer opened again with `mech` left out of the token's
  * mechanisms (C_GetMechanismInfo refuses it; 0: none left out). */
 static void
@@ -934,6 +983,8 @@ main(void)
 		{ "open from a listing: no search; searched when it cannot tell", test_open_listed },
 		{ "keyring start-up: token searches do not grow with versions",
 		  test_start_searches_constant },
+		{ "a version the token failed to make and to remove keeps its intent",
+		  test_failed_version_keeps_its_intent },
 		{ "idempotency fingerprint key: imported, or none, as the token allows",
 		  test_idem_fingerprint_key_import },
 		{ NULL, NULL },
