@@ -172,6 +172,13 @@ chores_stop(chores *c)
 	pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	pthread_join(c->t, NULL);
+}
+
+void
+chores_free(chores *c)
+{
+	if (c == NULL)
+		return;
 	pthread_cond_destroy(&c->cv);
 	pthread_mutex_destroy(&c->mu);
 	free(c);

@@ -38,7 +38,10 @@ int chores_start(const struct chores_deps *d, chores **out);
  * (notify_gate). c: a chores. */
 int chores_alive(void *c);
 
-/* Stop the thread (after its current step) and free. Accepts NULL. */
+/* Stop the thread (after its current step). chores_alive may still be
+ * asked (the fleet's thread does until fleet_close); chores_free frees.
+ * Both accept NULL. */
 void chores_stop(chores *c);
+void chores_free(chores *c);
 
 #endif

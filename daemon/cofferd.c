@@ -630,6 +630,7 @@ out:
 	session_mgr_close(sm);
 	/* Its thread calls into the registry: stopped before that closes. */
 	fleet_close(fl);
+	chores_free(ch);         /* the fleet's thread asked it (replica_unfit) */
 	audit_close(au);
 	policy_close(pol);
 	apikeys_close(ak);
