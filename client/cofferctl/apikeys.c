@@ -123,6 +123,13 @@ cmd_api_key_new(struct ctl *ctl, const struct opts *o, int rotate)
 	}
 	if (o->import != NULL && (rc = read_input(o->import, 64, &imp)) != EXIT_OK)
 		return rc;
+	/* Empty, the call would ask the daemon to make a secret instead. */
+	if (o->import != NULL && imp.len < 32) {
+		fprintf(stderr, "cofferctl: %s holds %zu bytes; an imported secret is 32 to 64 "
+		    "bytes\n", is_std(o->import) ? "stdin" : o->import, imp.len);
+		rc = EXIT_INVALID;
+		goto out;
+	}
 	if ((rc = connect_to(ctl, 1, &c)) != EXIT_OK)
 		goto out;
 	r = rotate ? coffer_api_key_rotate(c, o->args[0], o->overlap, imp.data, imp.len, &k,

@@ -187,8 +187,9 @@ static const struct cmd commands[] = {
 	  "unwrap KEY [--context K=V ...] [--in FILE|-] [--out FILE]",
 	  "Decrypt a blob made by wrap, with the same key name and context.\n"
 	  "  --in FILE|-     ciphertext blob (default: stdin)\n"
-	  "  --out FILE      plaintext, created with mode 0600 (default: stdout)\n"
-	  "With --json prints {\"plaintext\": base64, \"version\": N}." },
+	  "  --out FILE      plaintext, a new file of mode 0600 (default: stdout)\n"
+	  "With --json prints {\"plaintext\": base64, \"version\": N}, or only the\n"
+	  "version with --out FILE." },
 	{ "rewrap", cmd_rewrap, B(O_IN) | B(O_OUT) | B(O_CONTEXT) | B(O_BATCH) | B(O_PROGRESS),
 	  1, 1,
 	  "rewrap KEY [--context K=V ...] [--in FILE|-] [--out FILE] [--batch [--progress]]",

@@ -221,6 +221,14 @@ put_unwrap(const struct ctl *ctl, const struct opts *o, const struct job *j)
 
 	if (!ctl->json)
 		return write_output(o->out, j->out.data, j->out.len, 1);
+	/* --out FILE takes the plaintext (0600), as datakey's --plaintext-out
+	 * does: it stays out of the JSON (a terminal, a CI log). */
+	if (!is_std(o->out)) {
+		if ((rc = write_output(o->out, j->out.data, j->out.len, 1)) != EXIT_OK)
+			return rc;
+		printf("{\"version\":%" PRIu32 "}\n", j->used);
+		return flush_stdout();
+	}
 	if ((rc = put_json_open("plaintext", &j->out)) != EXIT_OK)
 		return rc;
 	printf(",\"version\":%" PRIu32 "}\n", j->used);

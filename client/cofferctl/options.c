@@ -267,9 +267,14 @@ parse_rate(void *target, const struct opt_spec *s, const char *arg)
 	struct opts *o = target;
 	char *end;
 
+	errno = 0;
 	o->rate = strtod(arg, &end);
 	if (end == arg || *end != '\0' || !(o->rate >= 0.0 && o->rate <= 1e6))
 		return refuse(s, arg, "not a number of calls per second, 0..1000000");
+	/* 1e-400 reads as 0, which removes the limit: not what was asked. */
+	if (errno == ERANGE)
+		return refuse(s, arg, "too small to be told from 0 (which removes the limit); "
+		    "the slowest rate is one a day, 0.0000116");
 	o->have_rate = 1;
 	return EXIT_OK;
 }

@@ -250,15 +250,38 @@ flush_stdout(void)
 	return EXIT_OK;
 }
 
+/* A new file (mode 0600) beside `path`, renamed over it by write_output:
+ * a secret never lands in an inode another process may already hold open
+ * or reach through a hard link. -1 with errno; *tmp: its name. */
+static int
+secret_tmp(const char *path, char **tmp)
+{
+	const char *slash = strrchr(path, '/');
+	size_t dir = slash != NULL ? (size_t)(slash - path) + 1 : 0;
+	int fd;
+
+	if ((*tmp = malloc(dir + sizeof(".cofferctl-XXXXXX"))) == NULL)
+		return -1;
+	memcpy(*tmp, path, dir);
+	memcpy(*tmp + dir, ".cofferctl-XXXXXX", sizeof(".cofferctl-XXXXXX"));
+	if ((fd = mkostemp(*tmp, O_CLOEXEC)) == -1) {
+		free(*tmp);
+		*tmp = NULL;
+	}
+	return fd;
+}
+
 /*
- * Write bytes to `path` (NULL or "-": stdout). Files holding secrets are
- * created (or reset to) mode 0600.
+ * Write bytes to `path` (NULL or "-": stdout). A secret goes to a new file
+ * of mode 0600 that replaces a regular file already there (anything else,
+ * a FIFO or a device or a symbolic link, is written through).
  */
 int
 write_output(const char *path, const void *data, size_t len, int secret)
 {
 	const uint8_t *p = data;
 	struct stat st;
+	char *tmp = NULL;
 	int fd = -1, rc = EXIT_FAILED;
 
 	if (is_std(path)) {
@@ -268,13 +291,11 @@ write_output(const char *path, const void *data, size_t len, int secret)
 		}
 		return flush_stdout();
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0600 : 0644);
+	if (secret && (lstat(path, &st) != 0 || S_ISREG(st.st_mode)))
+		fd = secret_tmp(path, &tmp);
+	else
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0600 : 0644);
 	if (fd == -1) {
-		errmsg(path, strerror(errno));
-		goto out;
-	}
-	if (secret && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-	    (st.st_mode & 077) != 0 && fchmod(fd, st.st_mode & 0700) == -1) {
 		errmsg(path, strerror(errno));
 		goto out;
 	}
@@ -296,10 +317,19 @@ write_output(const char *path, const void *data, size_t len, int secret)
 		goto out;
 	}
 	fd = -1;
+	if (tmp != NULL && rename(tmp, path) != 0) {
+		errmsg(path, strerror(errno));
+		goto out;
+	}
 	rc = EXIT_OK;
  out:
 	if (fd != -1)
 		close(fd);
+	if (tmp != NULL) {
+		if (rc != EXIT_OK)
+			unlink(tmp);
+		free(tmp);
+	}
 	return rc;
 }
 

@@ -196,7 +196,17 @@ cmd_rewrap_batch(struct ctl *ctl, const struct opts *o)
 		rewrap_progress(&rr, 0);
 	}
 	if (ferror(in)) {
-		errmsg(is_std(o->in) ? "stdin" : o->in, strerror(errno));
+		int e = errno;
+
+		errmsg(is_std(o->in) ? "stdin" : o->in, strerror(e));
+		/* The lines not read would be missing from the output: replacing
+		 * --out with it (the input's own file, often) would lose them. */
+		if (tmp != NULL) {
+			fprintf(stderr, "cofferctl: %s is left as it was: the input could not be "
+			    "read to its end\n", o->out);
+			rc = EXIT_FAILED;
+			goto done;
+		}
 		first = first ? first : COFFER_E_IO;
 	}
 	rewrap_progress(&rr, 1);

@@ -162,6 +162,92 @@ class Cli(unittest.TestCase):
         with open(f, "rb") as g:
             self.assertEqual(g.read(), before)
 
+    def test_rewrap_batch_unreadable_input_keeps_the_target(self):
+        """--in that fails mid-read (a directory: fopen takes it, getline
+        fails with EISDIR): --out is left as it was, exit 1. Before, the
+        partial (empty) output was renamed over it: with --in and --out the
+        same file, every blob not yet read was lost (found by a review)."""
+        c = self.ctl
+        c("key", "create", "unread-k", "--type", "aes-256")
+        f = self.path("unread.txt")
+        blob = json.loads(c("--json", "wrap", "unread-k", "--in", "-", data=b"p").stdout)
+        with open(f, "w") as out:
+            out.write(blob["ciphertext"] + "\n")
+        with open(f, "rb") as g:
+            before = g.read()
+        d = self.path("a-directory")
+        os.makedirs(d, exist_ok=True)
+        r = c("rewrap", "unread-k", "--batch", "--in", d, "--out", f, ok=False)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(b"Is a directory", r.stderr)
+        self.assertIn(("%s is left as it was: the input could not be read to its end"
+                       % f).encode(), r.stderr)
+        with open(f, "rb") as g:
+            self.assertEqual(g.read(), before)
+        self.assertEqual([n for n in os.listdir(self.d.dir) if "rewrap-" in n], [])
+
+    def test_unwrap_json_with_out_file(self):
+        """unwrap --json --out FILE: the plaintext goes to FILE (0600), the
+        JSON names only the version. Before, --out was ignored and the
+        plaintext printed in the JSON (found by a review)."""
+        c = self.ctl
+        c("key", "create", "uj-k", "--type", "aes-256")
+        secret = os.urandom(40)
+        blob = json.loads(c("--json", "wrap", "uj-k", "--in", "-", data=secret).stdout)
+        out = self.path("uj.plain")
+        r = c("--json", "unwrap", "uj-k", "--in", "-", "--out", out,
+              data=base64.b64decode(blob["ciphertext"]))
+        self.assertEqual(json.loads(r.stdout), {"version": 1})
+        with open(out, "rb") as g:
+            self.assertEqual(g.read(), secret)
+        self.assertEqual(os.stat(out).st_mode & 0o777, 0o600)
+        # Without --out the JSON still carries it.
+        r = c("--json", "unwrap", "uj-k", "--in", "-", data=base64.b64decode(blob["ciphertext"]))
+        self.assertEqual(base64.b64decode(json.loads(r.stdout)["plaintext"]), secret)
+
+    def test_secret_out_is_a_new_file(self):
+        """A plaintext written over an existing file goes to a new inode
+        (mode 0600) renamed over it: a reader that opened the old file, or
+        a hard link to it, never sees the secret. Before, the file was
+        truncated and written in place (found by a review)."""
+        c = self.ctl
+        c("key", "create", "nf-k", "--type", "aes-256")
+        secret = os.urandom(32)
+        blob = base64.b64decode(json.loads(
+            c("--json", "wrap", "nf-k", "--in", "-", data=secret).stdout)["ciphertext"])
+        out, link = self.path("nf.plain"), self.path("nf.link")
+        with open(out, "w") as g:
+            g.write("old\n")
+        os.chmod(out, 0o644)
+        os.link(out, link)
+        with open(out, "rb") as reader:
+            c("unwrap", "nf-k", "--in", "-", "--out", out, data=blob)
+            self.assertEqual(reader.read(), b"old\n")
+        with open(out, "rb") as g:
+            self.assertEqual(g.read(), secret)
+        self.assertEqual(os.stat(out).st_mode & 0o777, 0o600)
+        with open(link, "rb") as g:
+            self.assertEqual(g.read(), b"old\n")
+        self.assertEqual([n for n in os.listdir(self.d.dir) if n.startswith(".cofferctl-")], [])
+
+    def test_rate_too_small_and_empty_import_refused(self):
+        """--rate 1e-400 reads as 0, which would remove the limit: refused.
+        An empty --import file would let the daemon make a secret instead:
+        refused before any call (found by a review)."""
+        c = self.ctl
+        c("principal", "create", "tiny-rate", "--uid", "4711")
+        r = c("principal", "limit", "tiny-rate", "--rate", "1e-400", "--burst", "1", ok=False)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn(b"too small to be told from 0 (which removes the limit); the slowest "
+                      b"rate is one a day, 0.0000116", r.stderr)
+        empty = self.path("empty.secret")
+        open(empty, "w").close()
+        r = c("principal", "add-key", "tiny-rate", "--import", empty, ok=False)
+        self.assertEqual(r.returncode, 6, r.stderr)
+        self.assertEqual(r.stderr, ("cofferctl: %s holds 0 bytes; an imported secret is 32 to "
+                                    "64 bytes\n" % empty).encode())
+        self.assertEqual(json.loads(c("--json", "principal", "keys", "tiny-rate").stdout), [])
+
     def test_set_rotation_times(self):
         c = self.ctl
         c("key", "create", "rot-k", "--type", "ec-p256")
