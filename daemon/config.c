@@ -1,14 +1,17 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
-#include <ini.h>
+#include <openssl/crypto.h>
 
 #include "cf_status.h"
 
@@ -50,10 +53,18 @@ config_defaults(struct cofferd_config *c)
 	metrics_http_defaults(&c->metrics);
 	c->state_backend = STORE_SQLITE;
 	c->state_wait_ms = 30000;
-	/* The host name, cut to a replica name's length (replica_name()). */
-	if (gethostname(c->replica, sizeof(c->replica)) != 0 || c->replica[0] == '\0')
-		snprintf(c->replica, sizeof(c->replica), "coffer");
-	c->replica[sizeof(c->replica) - 1] = '\0';
+	/* The host name, cut to a replica name's length (replica_name()):
+	 * from uname, since gethostname refuses a name longer than the buffer
+	 * (every such host would have been "coffer", sharing its rows). */
+	{
+		struct utsname u;
+
+		if (uname(&u) != 0 || u.nodename[0] == '\0')
+			snprintf(c->replica, sizeof(c->replica), "coffer");
+		else
+			snprintf(c->replica, sizeof(c->replica), "%.*s",
+				 (int)(sizeof(c->replica) - 1), u.nodename);
+	}
 }
 
 static int
@@ -321,54 +332,212 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
 	return cf_error(CF_E_CONFIG, "unknown setting %s in [%s]", name, section);
 }
 
-struct ini_ctx {
-	struct cofferd_config *c;
-	int r;
-	char where[CF_ERROR_DETAIL_MAX];
-};
+/* ---- the file ----
+ *
+ * INI read here rather than by libinih, whose Debian build folds an
+ * indented line into the setting above it (replacing its value), splits
+ * lines past 200 bytes into two settings, cuts a value at " ;", lets a
+ * repeated setting silently win, and reports the line of a different
+ * error than the one it names (found by a review). Here: "[section]",
+ * "name = value" (both sides trimmed; the value is everything after the
+ * first '='), blank lines and lines starting with ';' or '#'; anything
+ * else, a setting before any section or one set twice is an error naming
+ * its line. */
 
-static int
-ini_cb(void *user, const char *section, const char *name, const char *value)
+#define CONFIG_FILE_MAX (1u << 20)
+
+static char *
+trim(char *s)
 {
-	struct ini_ctx *ic = user;
-	int r = config_set(ic->c, section, name, value);
+	char *e;
 
-	if (r != CF_OK && ic->r == CF_OK) {
-		ic->r = r;
-		snprintf(ic->where, sizeof(ic->where), "[%s] %s: %s", section, name,
-			 cf_error_detail());
-	}
-	return r == CF_OK;
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+		*--e = '\0';
+	return s;
 }
 
-/* What config_load and config_load_string answer for what ini_parse said. */
+/* A setting seen: "section\0name", and its line. */
+struct seen {
+	char *key;
+	size_t klen;
+	int line;
+};
+
+/* The line `key` was first set on, or 0 after recording it at `line`;
+ * -1 when out of memory. */
 static int
-load_result(const struct ini_ctx *ic, const char *path, int line)
+seen_before(struct seen **v, size_t *n, const char *section, const char *name, int line)
 {
-	if (ic->r != CF_OK)
-		return cf_error(CF_E_CONFIG, "%s:%d: %s", path, line, ic->where);
-	if (line != 0)
-		return cf_error(CF_E_CONFIG, "%s:%d: syntax error", path, line);
-	return CF_OK;
+	size_t sl = strlen(section) + 1, klen = sl + strlen(name) + 1;
+	struct seen *nv;
+	char *key;
+
+	for (size_t i = 0; i < *n; i++)
+		if ((*v)[i].klen == klen && memcmp((*v)[i].key, section, sl) == 0 &&
+		    strcmp((*v)[i].key + sl, name) == 0)
+			return (*v)[i].line;
+	if ((key = malloc(klen)) == NULL ||
+	    (nv = realloc(*v, (*n + 1) * sizeof(**v))) == NULL) {
+		free(key);
+		return -1;
+	}
+	memcpy(key, section, sl);
+	memcpy(key + sl, name, klen - sl);
+	*v = nv;
+	(*v)[(*n)++] = (struct seen){ key, klen, line };
+	return 0;
+}
+
+/* Apply `text` (NUL-terminated, changed in place); `file` names it. */
+static int
+load_text(struct cofferd_config *c, const char *file, char *text)
+{
+	char section[64] = "";
+	struct seen *seen = NULL;
+	size_t nseen = 0;
+	int r = CF_OK, line = 0, have_section = 0;
+	char *p = text;
+
+	if (strncmp(p, "\xEF\xBB\xBF", 3) == 0)   /* a UTF-8 byte order mark */
+		p += 3;
+	while (*p != '\0' && r == CF_OK) {
+		char *nl = strchr(p, '\n'), *s, *eq;
+		int first;
+
+		if (nl != NULL)
+			*nl = '\0';
+		line++;
+		s = trim(p);
+		p = nl != NULL ? nl + 1 : s + strlen(s);
+		if (*s == '\0' || *s == ';' || *s == '#')
+			continue;
+		if (*s == '[') {
+			size_t len = strlen(s);
+
+			if (s[len - 1] != ']' || len < 3)
+				r = cf_error(CF_E_CONFIG, "%s:%d: syntax error: a section is [name]",
+					     file, line);
+			else if (len - 2 >= sizeof(section))
+				r = cf_error(CF_E_CONFIG, "%s:%d: unknown section (a name of %zu "
+					     "bytes)", file, line, len - 2);
+			else {
+				s[len - 1] = '\0';
+				s = trim(s + 1);
+				memmove(section, s, strlen(s) + 1);
+				have_section = 1;
+			}
+			continue;
+		}
+		if ((eq = strchr(s, '=')) == NULL || eq == s) {
+			r = cf_error(CF_E_CONFIG, "%s:%d: syntax error: not [section], name = value or "
+				     "a comment (a value is written on one line)", file, line);
+			continue;
+		}
+		*eq = '\0';
+		s = trim(s);
+		if (!have_section) {
+			r = cf_error(CF_E_CONFIG, "%s:%d: %s is set before any [section]", file, line,
+				     s);
+			continue;
+		}
+		if ((first = seen_before(&seen, &nseen, section, s, line)) != 0) {
+			r = first < 0 ? cf_nomem() :
+			    cf_error(CF_E_CONFIG, "%s:%d: [%s] %s is set again (first on line %d): "
+				     "keep one", file, line, section, s, first);
+			continue;
+		}
+		if ((r = config_set(c, section, s, trim(eq + 1))) != CF_OK) {
+			char why[CF_ERROR_DETAIL_MAX];
+
+			snprintf(why, sizeof(why), "%s", cf_error_detail());
+			r = cf_error(CF_E_CONFIG, "%s:%d: [%s] %s: %s", file, line, section, s, why);
+		}
+	}
+	for (size_t i = 0; i < nseen; i++)
+		free(seen[i].key);
+	free(seen);
+	return r;
+}
+
+/* A text copy whose memory is wiped before it is freed: a dsn may hold a
+ * password. */
+static void
+text_free(char *t, size_t cap)
+{
+	if (t != NULL)
+		OPENSSL_cleanse(t, cap);
+	free(t);
 }
 
 int
 config_load(struct cofferd_config *c, const char *path)
 {
-	struct ini_ctx ic = { c, CF_OK, "" };
-	int line = ini_parse(path, ini_cb, &ic);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY), r;
+	size_t len = 0;
+	struct stat st;
+	char *text = NULL, *nul;
 
-	if (line == -1)
-		return cf_error(CF_E_CONFIG, "cannot open configuration file %s", path);
-	return load_result(&ic, path, line);
+	if (fd < 0)
+		return cf_error(CF_E_CONFIG, "cannot open configuration file %s: %s", path,
+				strerror(errno));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		r = cf_error(CF_E_CONFIG, "configuration file %s is not a regular file", path);
+		goto out;
+	}
+	if ((text = malloc(CONFIG_FILE_MAX + 1)) == NULL) {
+		r = cf_nomem();
+		goto out;
+	}
+	for (;;) {
+		ssize_t got = read(fd, text + len, CONFIG_FILE_MAX + 1 - len);
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			r = cf_error(CF_E_CONFIG, "reading configuration file %s: %s", path,
+				     strerror(errno));
+			goto out;
+		}
+		if (got == 0)
+			break;
+		if ((len += (size_t)got) > CONFIG_FILE_MAX) {
+			r = cf_error(CF_E_CONFIG, "configuration file %s is larger than %u bytes",
+				     path, CONFIG_FILE_MAX);
+			goto out;
+		}
+	}
+	text[len] = '\0';
+	if ((nul = memchr(text, '\0', len)) != NULL) {
+		int line = 1;
+
+		for (const char *q = text; q < nul; q++)
+			line += *q == '\n';
+		r = cf_error(CF_E_CONFIG, "%s:%d: a NUL byte (not a text file?)", path, line);
+		goto out;
+	}
+	r = load_text(c, path, text);
+out:
+	text_free(text, CONFIG_FILE_MAX + 1);
+	close(fd);
+	return r;
 }
 
 int
 config_load_string(struct cofferd_config *c, const char *name, const char *text)
 {
-	struct ini_ctx ic = { c, CF_OK, "" };
+	size_t len = strlen(text);
+	char *copy = malloc(len + 1);
+	int r;
 
-	return load_result(&ic, name, ini_parse_string(text, ini_cb, &ic));
+	if (copy == NULL)
+		return cf_nomem();
+	memcpy(copy, text, len + 1);
+	r = load_text(c, name, copy);
+	text_free(copy, len + 1);
+	return r;
 }
 
 int

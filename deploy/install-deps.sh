@@ -12,7 +12,7 @@ PKGS="build-essential cmake pkg-config git ca-certificates
  libtss2-tcti-swtpm0 tpm2-abrmd libtss2-tcti-tabrmd0 dbus
  libprotobuf-c-dev protobuf-c-compiler
  libgrpc-dev protobuf-compiler-grpc
- libcunit1-dev libsqlite3-dev sqlite3 libinih-dev libmicrohttpd-dev libsystemd-dev
+ libcunit1-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libsystemd-dev
  postgresql libpq-dev
  python3 python3-grpcio python3-grpc-tools python3-cryptography python3-prometheus-client
  clang libclang-rt-14-dev

@@ -1,6 +1,6 @@
 /*
- * fuzz_config.c — the cofferd configuration file (daemon/config.c through
- * libinih), from memory: defaults, the file, then the consistency checks
+ * fuzz_config.c — the cofferd configuration file (daemon/config.c, its own
+ * INI reader), from memory: defaults, the file, then the consistency checks
  * cofferd runs before it starts.
  */
 #include <stdint.h>

@@ -648,7 +648,8 @@ ROWS = [
      RX(r".*/cofferd: unrecognized option '--nope'"),
      lambda t: cofferd_stderr(t.d, "--nope")),
     ("cofferd missing configuration file", "exit 2",
-     LOG('configuration: cannot open configuration file /nonexistent/cofferd.conf'),
+     LOG('configuration: cannot open configuration file /nonexistent/cofferd.conf: '
+         'No such file or directory'),
      lambda t: cofferd_stderr(t.d, "-c", "/nonexistent/cofferd.conf")),
 ]
 
