@@ -60,8 +60,14 @@ usage(FILE *f)
 "flight (up to [daemon] shutdown_grace_ms), exit 0. SIGHUP: re-read the -c FILE\n"
 "(flags still win) and apply log_level, shutdown_grace_ms, [service]/[admin]\n"
 "allow_uids and allow_gids, [requests] window; other changes are logged as\n"
-"needing a restart; a bad file changes nothing.\n");
+"needing a restart; a bad file changes nothing.\n"
+"Exit status: 0 stopped by a signal; 1 could not start or failed; 2 a bad\n"
+"configuration or command line; 3 (a fleet) a change held the fleet's change\n"
+"lock past its bound, stuck (the service manager starts it again).\n");
 }
+
+/* stuck_in_change: the lock goes with the process. */
+#define CF_EXIT_STUCK 3
 
 /* DESIGN 6.7: no core dumps, no ptrace by peers, private files. */
 static void
@@ -383,6 +389,27 @@ replica_unfit(void *arg)
 	return NULL;
 }
 
+/* A change stuck while it holds the fleet's change lock (a token that does
+ * not answer: its calls have no bound) stops every replica's changes, and
+ * letting the lock go by closing its connection would let the stuck thread
+ * commit unfenced later. The process ends instead, as the systemd
+ * watchdog would end it, with or without one: the lock goes with its
+ * session, crash safety covers the change cut short, and the service
+ * manager starts cofferd again. */
+static void
+stuck_in_change(fleet *fl, unsigned bound_ms)
+{
+	uint64_t held = fleet_lock_held_ms(fl);
+
+	if (bound_ms == 0 || held <= bound_ms)
+		return;
+	cf_log_error("ALARM: fleet: a change has held the fleet's change lock for %llu ms, past "
+		     "its bound of %u ms (a token that does not answer?), and every replica's "
+		     "changes wait for it: exiting so that the lock goes with this process (the "
+		     "service manager starts cofferd again)", (unsigned long long)held, bound_ms);
+	_exit(CF_EXIT_STUCK);
+}
+
 static int
 replica_changed(const char *kind, const char *name, void *arg)
 {
@@ -448,6 +475,7 @@ main(int argc, char **argv)
 	sigset_t sigs;
 	unsigned mismatches = 0;
 	int sig = 0, r, status = 1, grpc_up = 0;
+	unsigned step_bound_ms = 0;   /* the periodic work's, and the change lock's */
 	char ready[300];
 
 	harden();
@@ -592,6 +620,7 @@ main(int argc, char **argv)
 		if (tb != NULL)
 			cd.step_bound_ms = (unsigned)strtoul(tb, NULL, 10);
 #endif
+		step_bound_ms = cd.step_bound_ms;
 		if ((r = chores_start(&cd, &ch)) != CF_OK) {
 			cf_log_error("%s", cf_error_detail());
 			goto out;
@@ -616,6 +645,7 @@ main(int argc, char **argv)
 		}
 		if (n % 5 == 0)
 			session_expire(sm);
+		stuck_in_change(fl, step_bound_ms);
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	notify_stopping("stopping: finishing calls in flight");

@@ -47,6 +47,7 @@ struct fleet {
 
 	pthread_mutex_t lock_mu;        /* held from fleet_lock to fleet_unlock */
 	PGconn *lock;
+	_Atomic uint64_t lock_since;    /* cf_mono_ms() it was taken; 0: not held */
 
 	pthread_mutex_t query_mu;       /* fleet_alive */
 	PGconn *query;
@@ -437,7 +438,17 @@ fleet_lock(void *arg)
 	r = run_ready(f, &f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
 	if (r != CF_OK)
 		pthread_mutex_unlock(&f->lock_mu);
+	else
+		atomic_store(&f->lock_since, cf_mono_ms());
 	return r;
+}
+
+uint64_t
+fleet_lock_held_ms(fleet *f)
+{
+	uint64_t since = f != NULL ? atomic_load(&f->lock_since) : 0;
+
+	return since != 0 ? cf_mono_ms() - since : 0;
 }
 
 void
@@ -446,6 +457,7 @@ fleet_unlock(void *arg)
 	fleet *f = arg;
 	int late;
 
+	atomic_store(&f->lock_since, 0);
 	/* On a lost connection the lock went with it. Not through run(): the
 	 * thread's error detail is the change's own outcome, kept for its
 	 * caller. */

@@ -20,6 +20,8 @@
 #ifndef COFFER_FLEET_H
 #define COFFER_FLEET_H
 
+#include <stdint.h>
+
 typedef struct fleet fleet;
 
 #define FLEET_RESYNC_S 30
@@ -62,6 +64,8 @@ int fleet_healthy_cb(void *f);   /* the same, for store_set_change_lock */
 #define FLEET_LOCK_WAIT_S 30
 int fleet_lock(void *f);
 void fleet_unlock(void *f);
+/* How long this process has held the change lock (ms; 0: not held). */
+uint64_t fleet_lock_held_ms(fleet *f);
 
 /* *alive = whether the process with that incarnation id is running. */
 int fleet_alive(fleet *f, const char *incarnation, int *alive);

@@ -780,6 +780,66 @@ class Fleet(unittest.TestCase):
             d.crash_env = {}
             d.start()
 
+    def test_3d_change_stuck_in_the_change_lock_ends_its_replica(self):
+        """A RotateKey on r1 held inside the fleet's change lock (after its
+        commit, as a token that does not answer would hold it). Past the
+        bound, r1 says so and exits (status 3), the lock goes with its
+        session, and a rotation waiting on r3 goes through at once. Before,
+        r1 held the lock until someone restarted it, and every replica's
+        changes timed out after 30 s saying another replica's change was
+        under way."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        a = self.admin(1)
+        for name in ("stuck-k", "after-k"):
+            a.CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "store.version-add.committed@1",
+                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold,
+                       "COFFER_TEST_CHORES_BOUND_MS": "3000"}
+        try:
+            d.start()
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                held = ex.submit(lambda: self.admin(0).RotateKey(
+                    pb.RotateKeyRequest(name="stuck-k"), timeout=60))
+                deadline = time.monotonic() + 30
+                while not os.path.exists(os.path.join(hold, "held")):
+                    self.assertLess(time.monotonic(), deadline, "never held")
+                    time.sleep(0.01)
+                t0 = time.monotonic()
+                waiting = ex.submit(lambda: self.admin(2).RotateKey(
+                    pb.RotateKeyRequest(name="after-k"), timeout=60))
+                rc = d.proc.wait(20)
+                exited = time.monotonic() - t0
+                r = waiting.result(timeout=30)
+                through = time.monotonic() - t0
+                with self.assertRaises(grpc.RpcError) as cm:
+                    held.result(timeout=30)
+            print("\nfleet: a change held in the lock on %s: exited after %.1f s, a rotation "
+                  "waiting on %s went through after %.1f s"
+                  % (REPLICAS[0], exited, REPLICAS[2], through), flush=True)
+            self.assertEqual(rc, 3, d.log()[-2000:])
+            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+            self.assertEqual(r.primary_version, 2)
+            self.assertGreater(exited, 2.5)
+            self.assertLess(through, 15)
+            self.assertRegex(d.log(all_starts=False),
+                             r"ALARM: fleet: a change has held the fleet's change lock for \d+ "
+                             r"ms, past its bound of 3000 ms \(a token that does not answer\?\), "
+                             r"and every replica's changes wait for it: exiting so that the "
+                             r"lock goes with this process \(the service manager starts "
+                             r"cofferd again\)")
+        finally:
+            open(os.path.join(hold, "release"), "w").close()
+            if d.running:
+                d.stop(expect=None)
+            d.crash_env = {}
+            d.start()
+        # Its change committed before the hold: every replica sees it.
+        self.same_versions_everywhere("stuck-k", [1, 2])
+        self.check_token()
+
     # ---- 5. kill -9 during rotations ----
 
     def test_5_kill9_during_rotations(self):
