@@ -28,13 +28,13 @@ import sys
 import tempfile
 import time
 import unittest
-from concurrent import futures
 
 import grpc  # noqa: E402
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from daemon_fixture import cofferctl_path, stubs  # noqa: E402
+from fake_daemon import FakeDaemon  # noqa: E402
 
 CTL = cofferctl_path()
 LIBCOFFER = os.path.join(os.path.dirname(CTL), "libcoffer.so")
@@ -77,45 +77,6 @@ def spki(key):
 def pem(key):
     return key.public_key().public_bytes(serialization.Encoding.PEM,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-class FakeDaemon:
-    """A grpcio server on a Unix socket answering `handlers`
-    ({"/service/Method": fn(request bytes, context) -> response bytes}; a
-    generator fn(request iterator, context) for a stream)."""
-
-    def __init__(self, handlers, streams=None):
-        self.dir = tempfile.mkdtemp(prefix="coffer-fake-")
-        self.path = os.path.join(self.dir, "s.sock")
-        self.calls = {}
-        self.server = grpc.server(futures.ThreadPoolExecutor(16))
-        by_service = {}
-        for full, fn in handlers.items():
-            svc, method = full.strip("/").split("/")
-            by_service.setdefault(svc, {})[method] = grpc.unary_unary_rpc_method_handler(
-                self.counted(full, fn))
-        for full, fn in (streams or {}).items():
-            svc, method = full.strip("/").split("/")
-            by_service.setdefault(svc, {})[method] = grpc.stream_stream_rpc_method_handler(
-                self.counted(full, fn))
-        self.server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(s, m) for s, m in by_service.items()])
-        self.server.add_insecure_port("unix:" + self.path)
-        self.server.start()
-
-    def counted(self, name, fn):
-        def run(req, ctx):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return fn(req, ctx)
-        return run
-
-    def stop(self):
-        self.server.stop(0)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        os.rmdir(self.dir)
 
 
 def ctl(*args, timeout=120):

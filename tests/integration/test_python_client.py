@@ -46,6 +46,8 @@ SRC = os.environ.get("COFFER_SOURCE_DIR") or os.path.join(HERE, "..", "..")
 BUILD = os.environ.get("COFFER_BUILD_DIR") or os.path.join(SRC, "build")
 sys.path.insert(0, os.path.join(BUILD, "client", "python"))
 
+import grpc  # noqa: E402
+
 import coffer  # noqa: E402
 from coffer import callauth, methods, reqsign, session  # noqa: E402
 from coffer import pb  # noqa: E402
@@ -395,6 +397,128 @@ class MethodTable(unittest.TestCase):
 
 
 # ---- against cofferd ----
+
+class HostileServer(unittest.TestCase):
+    """coffer.Client against a grpcio server that misbehaves (fake_daemon),
+    each case failing on the code before (found by a review of the
+    package): one deadline per call, a listing that does not advance, a
+    malformed identity, threads racing set_api_key and close()."""
+
+    def fake(self, handlers):
+        from fake_daemon import FakeDaemon
+        f = FakeDaemon(handlers)
+        self.addCleanup(f.stop)
+        return f
+
+    def test_deadline_counts_from_the_start(self):
+        """A Sign answered UNAVAILABLE after 0.45 s under a 0.5 s timeout
+        is repeated (once) only within what is left (before: 0.9 s); an
+        idempotent admin call is retried within its timeout, not for
+        restart_wait (before: 10 s)."""
+        def slow_unavailable(req, ctx):
+            time.sleep(0.45)
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "token busy")
+
+        f = self.fake({"/coffer.v1.KeyService/Sign": slow_unavailable,
+                       "/coffer.v1.AdminService/RotateKey": slow_unavailable})
+        c = coffer.Client(socket=f.path, admin_socket=f.path, timeout=0.5)
+        self.addCleanup(c.close)
+        t = time.monotonic()
+        with self.assertRaises((coffer.DeadlineExceeded, coffer.Unavailable)) as cm:
+            c.sign("k", b"m")
+        took = time.monotonic() - t
+        self.assertLess(took, 0.8, "the call outlived its deadline: %s" % cm.exception)
+        t = time.monotonic()
+        with self.assertRaises((coffer.DeadlineExceeded, coffer.Unavailable)):
+            c.rotate_key("k", idempotency_key="abcdefgh")
+        self.assertLess(time.monotonic() - t, 1.2)
+        self.assertLessEqual(f.calls["/coffer.v1.AdminService/RotateKey"], 2)
+
+    def test_listing_that_does_not_advance(self):
+        def repeating(req, ctx):
+            r = pb.ListKeysRequest.FromString(req)
+            nxt = {"": "b", "b": "a", "a": "b"}[r.page_token]
+            return pb.ListKeysResponse(keys=[pb.Key(name="k1", type=pb.EC_P256)],
+                                       next_page_token=nxt).SerializeToString()
+
+        def backwards(req, ctx):
+            r = pb.ListKeysRequest.FromString(req)
+            name, nxt = {"": ("m", "m"), "m": ("c", "c")}[r.page_token]
+            return pb.ListKeysResponse(keys=[pb.Key(name=name, type=pb.EC_P256)],
+                                       next_page_token=nxt).SerializeToString()
+
+        def empty_pages(req, ctx):
+            return pb.ListKeysResponse(next_page_token="again").SerializeToString()
+
+        for fn, text in ((repeating, "is not in name order ('k1' after 'k1')"),
+                         (backwards, "is not in name order ('c' after 'm')"),
+                         (empty_pages, "does not advance (page token 'again')")):
+            f = self.fake({"/coffer.v1.KeyService/ListKeys": fn})
+            with coffer.Client(socket=f.path, timeout=5) as c:
+                with self.assertRaises(coffer.Internal) as cm:
+                    c.list_keys()
+            self.assertEqual(str(cm.exception.message), "the server's key listing " + text)
+            self.assertLessEqual(f.calls["/coffer.v1.KeyService/ListKeys"], 3, fn.__name__)
+
+    def test_malformed_identity_is_internal(self):
+        f = self.fake({"/coffer.v1.SessionService/GetIdentity": lambda req, ctx: b"\xff"})
+        with coffer.Client(socket=f.path, timeout=5) as c:
+            with self.assertRaises(coffer.Internal) as cm:
+                c.get_identity()
+        self.assertEqual(cm.exception.message,
+                         "malformed response to /coffer.v1.SessionService/GetIdentity")
+
+    def test_threads_racing_set_api_key_and_close(self):
+        """Every failure a call meets while another thread changes the API
+        key or closes the Client is a CofferError (before: AttributeError
+        from the key read twice, ValueError from a closed channel)."""
+        mac = pb.MacResponse(mac=b"\x01" * 32, version=1).SerializeToString()
+        f = self.fake({"/coffer.v1.KeyService/Mac": lambda req, ctx: mac})
+        c = coffer.Client(socket=f.path, timeout=5)
+        self.addCleanup(c.close)
+        stop = time.monotonic() + 2.0
+        bad, done = [], [0]
+
+        def caller():
+            while time.monotonic() < stop:
+                try:
+                    c.mac("k", b"x")
+                    done[0] += 1
+                except coffer.CofferError:
+                    pass
+                except Exception as e:        # noqa: BLE001 (the point of the test)
+                    bad.append(repr(e))
+
+        def meddler():
+            while time.monotonic() < stop:
+                c.set_api_key("ak_0123456789abcdef01234567", b"s" * 32)
+                c.set_api_key(None)
+                c.close()
+
+        ts = [threading.Thread(target=caller) for _ in range(8)] + [
+            threading.Thread(target=meddler)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(bad[:3], [], "%d non-Coffer errors" % len(bad))
+        self.assertGreater(done[0], 0)
+
+    def test_session_keys_not_in_a_repr(self):
+        k = session.DirectionKeys(b"\x11" * 32, b"\x22" * 12, b"\x33" * 32, b"\x44" * 12)
+        self.assertNotIn("x11", repr(k))
+        self.assertNotIn("x44", repr(k))
+
+    def test_identity_as_pem_text(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        der = key.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        text = key.public_bytes(serialization.Encoding.PEM,
+                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        self.assertEqual(session.load_identity(text), der)
+
 
 def client(d, **kw):
     kw.setdefault("identity", d.identity)
@@ -764,9 +888,9 @@ class LiveCalls(Live):
         real = coffer.Client._unary
         sent = []
 
-        def first_answer_lost(cl, kind, path, body, idem):
+        def first_answer_lost(cl, kind, path, body, idem, deadline=None):
             sent.append(path.rsplit("/", 1)[1])
-            answer = real(cl, kind, path, body, idem)      # the daemon ran the call
+            answer = real(cl, kind, path, body, idem, deadline)   # the daemon ran the call
             if len(sent) == 1:
                 raise coffer.Unavailable("Socket closed", method=path)
             return answer

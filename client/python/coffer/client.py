@@ -26,8 +26,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import grpc
 
 from . import callauth, forks, health, methods, reqsign
-from .errors import (CofferError, Internal, InvalidArgument, ResourceExhausted, Unavailable,
-                     error_for, status_code)
+from .errors import (Cancelled, CofferError, DeadlineExceeded, Internal, InvalidArgument,
+                     ResourceExhausted, Unavailable, error_for, status_code)
 from .names import HASHES, KEY_TYPES, OPERATIONS, SCHEMES, Name, enum_value, operations
 from .session import SessionPool, load_identity
 
@@ -71,12 +71,14 @@ class Client:
     api_key_file   a credentials file (`cofferctl principal add-key --out`)
                    whose key signs every service-socket call; or
     api_key        (id, secret) to the same effect
-    timeout        seconds per call (None: no deadline)
+    timeout        seconds per call, its handshake, repetitions and waits
+                   across a restart included (None: no deadline)
     seal_all       seal every KeyService call (daemon with require_sealed)
     peer_check     refuse sessions the daemon saw opened by other uid/gid
                    than this process's (False only in user namespaces)
     restart_wait   seconds an admin call with an idempotency key keeps being
-                   repeated while the daemon is unreachable (a restart)
+                   repeated while the daemon is unreachable (a restart),
+                   within its timeout
     """
 
     def __init__(self, socket: Optional[PathLike] = None, *,
@@ -140,7 +142,8 @@ class Client:
 
     @property
     def api_key_id(self) -> Optional[str]:
-        return self._api_key.id if self._api_key else None
+        k = self._api_key
+        return k.id if k else None
 
     def sessions_opened(self, kind: str = methods.SERVICE) -> int:
         """Handshakes completed on the service (or "admin") socket."""
@@ -190,17 +193,33 @@ class Client:
                 self._channels[kind] = ch
             return ch
 
-    def _unary(self, kind: str, path: str, body: bytes, idempotency_key: Optional[str]) -> bytes:
+    def _unary(self, kind: str, path: str, body: bytes, idempotency_key: Optional[str],
+               deadline: Optional[float] = None) -> bytes:
+        """One RPC, within what is left of the call's `deadline` (monotonic
+        seconds; None: a call of its own, self.timeout)."""
         md: List[Tuple[str, str]] = []
-        if kind == methods.SERVICE and self._api_key is not None:
-            md.append(("authorization", self._api_key.header(path, body)))
+        api_key = self._api_key   # read once: another thread may set it meanwhile
+        if kind == methods.SERVICE and api_key is not None:
+            md.append(("authorization", api_key.header(path, body)))
         if idempotency_key:
             md.append(("idempotency-key", idempotency_key))
-        call = self._channel(kind).unary_unary(path)   # bytes in, bytes out
+        left = self.timeout if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("no answer from cofferd at %s within %s s"
+                                   % (self._paths[kind], self.timeout), method=path)
         try:
-            return call(body, timeout=self.timeout, metadata=md or None)
+            call = self._channel(kind).unary_unary(path)   # bytes in, bytes out
+            return call(body, timeout=left, metadata=md or None)
         except grpc.RpcError as e:
             raise self._rpc_error(kind, path, e) from None
+        except ValueError as e:
+            # grpcio's answer for a channel close() shut meanwhile ("Cannot
+            # invoke RPC: Channel closed!", "... on closed channel!").
+            text = str(e).lower()
+            if "channel" not in text or "closed" not in text:
+                raise
+            raise Cancelled("the Client was closed while the call was made",
+                            method=path) from None
 
     def _rpc_error(self, kind: str, path: str, e: grpc.RpcError) -> CofferError:
         code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
@@ -227,10 +246,16 @@ class Client:
                                     % (len(body), MAX_MESSAGE), method=method)
         sealed = methods.must_seal(method, self.seal_all)
 
+        # One deadline for the whole call: its handshake, its repetitions and
+        # its waits across a restart (as libcoffer's).
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
         def send(path: str, data: bytes) -> bytes:
-            return self._unary(kind, path, data, idempotency_key)
+            return self._unary(kind, path, data, idempotency_key, deadline)
 
         give_up = time.monotonic() + self.restart_wait
+        if deadline is not None:
+            give_up = min(give_up, deadline)
         for attempt in itertools.count():
             try:
                 if sealed:
@@ -248,7 +273,7 @@ class Client:
                 # connection may have died unnoticed) unless it changes the
                 # daemon's state (methods.NOT_REPEATABLE).
                 if idempotency_key and kind == methods.ADMIN and time.monotonic() < give_up:
-                    time.sleep(IDEM_RETRY_S)
+                    time.sleep(max(0.0, min(IDEM_RETRY_S, give_up - time.monotonic())))
                     continue
                 if (kind == methods.SERVICE and attempt == 0
                         and method not in methods.NOT_REPEATABLE):
@@ -395,9 +420,18 @@ class Client:
         while True:
             resp = self._call(method, pb.ListKeysRequest(page_size=LIST_PAGE, page_token=token),
                               pb.ListKeysResponse)
-            keys.extend(resp.keys)
+            # A listing that goes back or stands still would never end: the
+            # server's tokens are trusted no further than its name order.
+            for k in resp.keys:
+                if keys and k.name <= keys[-1].name:
+                    raise Internal("the server's key listing is not in name order (%r after "
+                                   "%r)" % (k.name[:64], keys[-1].name[:64]), method=method)
+                keys.append(k)
             if not resp.next_page_token:
                 return keys
+            if not resp.keys or resp.next_page_token == token:
+                raise Internal("the server's key listing does not advance (page token %r)"
+                               % resp.next_page_token[:64], method=method)
             token = resp.next_page_token
 
     def get_identity(self, *, admin: bool = False) -> "pb.GetIdentityResponse":
@@ -405,9 +439,12 @@ class Client:
         Trust it only through a channel you trust (first use, or compare the
         fingerprint with the operator's)."""
         kind = methods.ADMIN if admin else methods.SERVICE
-        raw = self._unary(kind, methods.path(SS, "GetIdentity"),
-                          pb.GetIdentityRequest().SerializeToString(), None)
-        return pb.GetIdentityResponse.FromString(raw)
+        method = methods.path(SS, "GetIdentity")
+        raw = self._unary(kind, method, pb.GetIdentityRequest().SerializeToString(), None)
+        try:
+            return pb.GetIdentityResponse.FromString(raw)
+        except Exception:
+            raise Internal("malformed response to %s" % method, method=method) from None
 
     def health(self, service: str = "", *, admin: bool = False) -> str:
         """grpc.health.v1 Check of the service (or admin) socket: "SERVING",

@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -101,11 +101,12 @@ def signed_message(th: bytes) -> bytes:
 
 @dataclass
 class DirectionKeys:
-    """AES-256-GCM key and 12-byte IV of both directions."""
-    c2s_key: bytes
-    c2s_iv: bytes
-    s2c_key: bytes
-    s2c_iv: bytes
+    """AES-256-GCM key and 12-byte IV of both directions (never in a repr:
+    a log or an error report that formats a session must not print them)."""
+    c2s_key: bytes = field(repr=False)
+    c2s_iv: bytes = field(repr=False)
+    s2c_key: bytes = field(repr=False)
+    s2c_iv: bytes = field(repr=False)
 
     def of(self, direction: int) -> Tuple[bytes, bytes]:
         if direction == C2S:
@@ -170,6 +171,8 @@ def load_identity(pinned) -> bytes:
     """The SPKI DER of a pinned identity given as DER bytes, PEM bytes or
     text, or the path of a PEM file (as `cofferctl identity --out` writes).
     Only an EC P-256 key can be a daemon's identity."""
+    if isinstance(pinned, str) and pinned.lstrip().startswith("-----BEGIN"):
+        pinned = pinned.encode()      # PEM text, not a path
     if isinstance(pinned, (str, os.PathLike)):
         path = os.fspath(pinned)
         try:
