@@ -21,8 +21,13 @@
 #   install -d -m 0750 -o root -g coffer /etc/coffer
 #   install -m 0644 /var/lib/coffer/softhsm2.conf /etc/coffer/softhsm2.conf
 #   install -m 0600 -o coffer -g coffer /var/lib/coffer/user.pin /etc/coffer/user.pin
+#   rm /var/lib/coffer/user.pin
+#   mv /var/lib/coffer/so.pin /root/coffer-so.pin    # then keep it offline
 #   chown -R coffer:coffer /var/lib/coffer/tokens
-# (cofferd refuses a PIN file that is not owned by its user or that others can read.)
+# (cofferd refuses a PIN file that is not owned by its user or that others can
+# read.) No PIN may stay in /var/lib/coffer: systemd gives the unit's state
+# directory to its user, and a backup of it would hold the token with the PIN
+# that opens it; the SO PIN can re-initialise (wipe) the token.
 #
 # Environment: SOFTHSM2_UTIL (default softhsm2-util), OPENSSL (default openssl).
 set -eu
@@ -99,17 +104,26 @@ done
 upin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
 spin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
 if [ ${#upin} -ne 32 ] || [ ${#spin} -ne 32 ]; then die "openssl rand returned short output"; fi
-# umask 077: both files are created 0600.
-printf '%s\n' "$upin" >"$user_pin.tmp" && mv "$user_pin.tmp" "$user_pin"
-printf '%s\n' "$spin" >"$so_pin.tmp" && mv "$so_pin.tmp" "$so_pin"
-chmod 0600 "$user_pin" "$so_pin"
+# A run cut short (an error, Ctrl-C) leaves no PIN file of a token that was
+# never made: a re-run would refuse to overwrite it.
+done_ok=0
+cleanup() { [ "$done_ok" = 1 ] || rm -f "$user_pin" "$so_pin" "${tu:-}" "${ts:-}"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+# New files of mode 0600 (mktemp, umask 077), never one a leftover or a
+# planted link named.
+tu=$(mktemp "$dir/.user.pin.XXXXXX") && ts=$(mktemp "$dir/.so.pin.XXXXXX") ||
+    die "cannot create a file in $dir"
+printf '%s\n' "$upin" >"$tu" || die "cannot write $tu"
+printf '%s\n' "$spin" >"$ts" || die "cannot write $ts"
+mv "$tu" "$user_pin" && mv "$ts" "$so_pin" || die "cannot create the PIN files in $dir"
 
 if ! out=$("$SOFTHSM2_UTIL" --init-token --free --label "$label" --so-pin "$spin" --pin "$upin" 2>&1); then
     unset upin spin
-    rm -f "$user_pin" "$so_pin"
     printf '%s\n' "$out" >&2
     die "softhsm2-util --init-token failed"
 fi
+done_ok=1
 unset upin spin
 printf '%s\n' "$out" | grep -v -i 'pin' >&2 || true
 echo "$prog: initialised token \"$label\" in $tokens" >&2

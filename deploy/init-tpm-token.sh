@@ -266,8 +266,16 @@ fi
 for f in "$dir/user.pin" "$dir/so.pin"; do
     [ ! -e "$f" ] || die "$f exists but no token \"$label\" does; move it away first"
 done
+# The store's primary first: a failure there leaves no PIN file behind
+# (a re-run would refuse to overwrite it).
+if ! "$TPM2_PTOOL" listprimaries --path="$dir/store" 2>/dev/null | grep -q id; then
+    "$TPM2_PTOOL" init --path="$dir/store" >/dev/null || die "tpm2_ptool init failed"
+fi
 upin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
 spin=$("$OPENSSL" rand -hex 16) || die "openssl rand failed"
+# Until the token exists, a run cut short (an error, a signal) removes them.
+pins_pending=1
+trap 'rm -f "$tmp"; [ "$pins_pending" = 0 ] || rm -f "$dir/user.pin" "$dir/so.pin"' EXIT
 for f in user so; do
     newtmp "$f.pin"
     if [ "$f" = user ]; then pin=$upin; else pin=$spin; fi
@@ -278,16 +286,13 @@ for f in user so; do
 done
 unset pin
 
-if ! "$TPM2_PTOOL" listprimaries --path="$dir/store" 2>/dev/null | grep -q id; then
-    "$TPM2_PTOOL" init --path="$dir/store" >/dev/null || die "tpm2_ptool init failed"
-fi
 if ! out=$("$TPM2_PTOOL" addtoken --pid=1 --label="$label" --userpin="$upin" \
         --sopin="$spin" --path="$dir/store" 2>&1); then
     unset upin spin
-    rm -f "$dir/user.pin" "$dir/so.pin"
     printf '%s\n' "$out" | grep -v -i pin >&2 || true
     die "tpm2_ptool addtoken failed"
 fi
+pins_pending=0
 unset upin spin
 echo "$prog: created TPM token \"$label\" in $dir/store" >&2
 summary

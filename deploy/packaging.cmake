@@ -104,8 +104,10 @@ set(CPACK_DEBIAN_DAEMON_PACKAGE_RECOMMENDS "softhsm2, cofferctl")
 # Control files go in under their own names.
 configure_file(${COFFER_DEB_SRC}/cofferd.postinst ${COFFER_DEB_DIR}/cofferd/postinst COPYONLY)
 configure_file(${COFFER_DEB_SRC}/cofferd.postrm ${COFFER_DEB_DIR}/cofferd/postrm COPYONLY)
+configure_file(${COFFER_DEB_SRC}/cofferd.prerm ${COFFER_DEB_DIR}/cofferd/prerm COPYONLY)
 set(CPACK_DEBIAN_DAEMON_PACKAGE_CONTROL_EXTRA
-  ${COFFER_DEB_DIR}/cofferd/postinst ${COFFER_DEB_DIR}/cofferd/postrm)
+  ${COFFER_DEB_DIR}/cofferd/postinst ${COFFER_DEB_DIR}/cofferd/prerm
+  ${COFFER_DEB_DIR}/cofferd/postrm)
 set(CPACK_DEBIAN_DAEMON_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 set(CPACK_COMPONENT_DAEMON_DESCRIPTION "hardware-backed key and signing service (daemon)
 cofferd keeps keys in a PKCS#11 token (a hardware security module, or

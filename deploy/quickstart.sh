@@ -41,9 +41,23 @@ if [ ${#run} -gt 80 ]; then run=$(mktemp -d /tmp/coffer-demo.XXXXXX); fi
 export COFFER_SOCKET=$run/service.sock COFFER_ADMIN_SOCKET=$run/admin.sock
 
 echo "== 3. cofferd"
-if [ -f "$demo/cofferd.pid" ] && kill -0 "$(cat "$demo/cofferd.pid")" 2>/dev/null; then
-    kill "$(cat "$demo/cofferd.pid")"
-    while kill -0 "$(cat "$demo/cofferd.pid")" 2>/dev/null; do sleep 0.1; done
+# The demo's earlier daemon, stopped: only if the pid file still names a
+# cofferd (after a reboot it may be anyone's process), and at most 10 s.
+old=$(cat "$demo/cofferd.pid" 2>/dev/null || true)
+case $old in ''|*[!0-9]*) old= ;; esac
+if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
+    exe=$(readlink "/proc/$old/exe" 2>/dev/null || true)
+    exe=${exe%" (deleted)"}
+    if [ "${exe##*/}" = cofferd ]; then
+        kill "$old"
+        for _ in $(seq 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$old" 2>/dev/null; then
+            echo "the demo's earlier cofferd (pid $old) did not stop within 10 s" >&2
+            exit 1
+        fi
+    else
+        echo "note: $demo/cofferd.pid names pid $old, which is not a cofferd: left alone" >&2
+    fi
 fi
 : >"$demo/cofferd.log"
 "$cofferd" --token-uri pkcs11:token=coffer --pin-file "$demo/user.pin" \

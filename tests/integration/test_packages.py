@@ -240,8 +240,20 @@ class Packages(unittest.TestCase):
         env.update(COFFER_PREFIX=os.path.join(self.root, "usr"), COFFER_DEMO_DIR=demo)
         pidfile = os.path.join(demo, "cofferd.pid")
         self.addCleanup(self.stop_daemon, pidfile)
+        # A stale pid file naming another program's process (after a reboot):
+        # left alone, not sent SIGTERM and waited for forever.
+        os.makedirs(demo, exist_ok=True)
+        other = subprocess.Popen(["sleep", "300"], preexec_fn=lambda: signal.signal(
+            signal.SIGTERM, signal.SIG_IGN))
+        self.addCleanup(other.wait)
+        self.addCleanup(other.kill)
+        with open(pidfile, "w") as f:
+            f.write("%d\n" % other.pid)
         r = run(["bash", os.path.join(SRC, "deploy", "quickstart.sh")], env=env, timeout=300)
         print(r.stdout, flush=True)
+        self.assertIn("note: %s names pid %d, which is not a cofferd: left alone"
+                      % (pidfile, other.pid), r.stderr)
+        self.assertIsNone(other.poll())
         self.assertIn("== 1. packaged binaries in %s/usr" % self.root, r.stdout)
         self.assertIn("Verified OK", r.stdout)
         self.assertIn("unwrapped through a sealed session: identical", r.stdout)
@@ -280,7 +292,8 @@ class Packages(unittest.TestCase):
 
     def test_4_postinst(self):
         """The maintainer script against a copy of /etc, in a private mount
-        namespace: the system user and /etc/coffer; run twice (idempotent)."""
+        namespace: the system user and /etc/coffer; run twice (idempotent);
+        a group "coffer" made beforehand is taken as the user's."""
         postinst = os.path.join(self.tmp, "postinst")
         ctrl = os.path.join(self.tmp, "ctrl-cofferd")
         run(["dpkg-deb", "-e", self.debs["cofferd"], ctrl])
@@ -308,6 +321,31 @@ class Packages(unittest.TestCase):
         self.assertEqual((name, home, shell), ("coffer", "/var/lib/coffer", "/usr/sbin/nologin"))
         self.assertEqual(gr.split(":")[2], gid)
         self.assertEqual(st, "root:coffer 750")
+        # A group "coffer" made before the package (for the sockets' callers)
+        # becomes the user's group (adduser --group refused it: the package
+        # stayed unconfigured).
+        with open(os.path.join(etc, "passwd")) as fh:
+            lines = [ln for ln in fh if not ln.startswith("coffer:")]
+        with open(os.path.join(etc, "passwd"), "w") as fh:
+            fh.writelines(lines)
+        for f, line in (("group", "coffer:x:1500:\n"), ("gshadow", "coffer:!::\n")):
+            p = os.path.join(etc, f)
+            if os.path.exists(p):
+                with open(p) as fh:
+                    lines = [ln for ln in fh if not ln.startswith("coffer:")]
+                with open(p, "w") as fh:
+                    fh.writelines(lines + [line])
+        script = ("set -e; mount --bind %s /etc; sh %s configure; getent passwd coffer"
+                  % (etc, postinst))
+        r = run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], ok=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.strip().split(":")[3], "1500", r.stdout)
+        # prerm stops the daemon on removal, not on upgrade.
+        with open(os.path.join(ctrl, "prerm")) as fh:
+            prerm = fh.read()
+        self.assertIn('if [ "$1" = "remove" ]', prerm)
+        self.assertIn("systemctl --system stop cofferd.service", prerm)
+        self.assertEqual(run(["sh", "-n", os.path.join(ctrl, "prerm")]).returncode, 0)
 
 
 if __name__ == "__main__":
