@@ -55,6 +55,7 @@ usage(FILE *f)
 "      --allow-uids LIST      uids allowed on both sockets (comma-separated)\n"
 "      --workers N            RPC worker threads        [daemon] workers\n"
 "      --log-level LEVEL      error|warn|info|debug     [daemon] log_level\n"
+"      --check-config         load the configuration, say whether it loads, exit\n"
 "  -h, --help\n"
 "Runs in the foreground. SIGTERM or SIGINT: stop accepting, finish the calls in\n"
 "flight (up to [daemon] shutdown_grace_ms), exit 0. SIGHUP: re-read the -c FILE\n"
@@ -90,6 +91,8 @@ harden(void)
 
 /* The -c FILE the daemon was started with (SIGHUP re-reads it), or NULL. */
 static const char *config_file;
+/* --check-config: load the configuration, say whether it is good, exit. */
+static int check_only;
 
 static int
 parse_args(int argc, char **argv, struct cofferd_config *cfg)
@@ -110,6 +113,7 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "crash-points", no_argument, NULL, 'X' },
+		{ "check-config", no_argument, NULL, 'K' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *file = NULL;
@@ -132,6 +136,8 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 				exit(2);
 			}
 			exit(0);
+		} else if (ch == 'K') {
+			check_only = 1;
 		} else if (ch == '?') {
 			usage(stderr);
 			exit(2);
@@ -331,7 +337,7 @@ open_state(const struct cofferd_config *cfg, store **st, fleet **fl, nonces **nn
 	    (r = nonces_open_pg(so.dsn, cfg->max_nonces, nn)) != CF_OK)
 		goto out;
 	/* Changes to keys, principals and API keys: one at a time in the fleet. */
-	store_set_change_lock(*st, fleet_lock, fleet_unlock, fleet_healthy_cb, *fl);
+	store_set_change_lock(*st, fleet_lock, fleet_unlock, fleet_healthy_cb, fleet_lock_touch, *fl);
 out:
 	cf_secret_free(file);
 	cf_secret_free(dsn);
@@ -390,7 +396,9 @@ replica_unfit(void *arg)
 }
 
 /* A change stuck while it holds the fleet's change lock (a token that does
- * not answer: its calls have no bound) stops every replica's changes, and
+ * not answer: its calls have no bound; a long run of destructions commits
+ * each one, and each commit counts as progress) stops every replica's
+ * changes, and
  * letting the lock go by closing its connection would let the stuck thread
  * commit unfenced later. The process ends instead, as the systemd
  * watchdog would end it, with or without one: the lock goes with its
@@ -403,10 +411,11 @@ stuck_in_change(fleet *fl, unsigned bound_ms)
 
 	if (bound_ms == 0 || held <= bound_ms)
 		return;
-	cf_log_error("ALARM: fleet: a change has held the fleet's change lock for %llu ms, past "
-		     "its bound of %u ms (a token that does not answer?), and every replica's "
-		     "changes wait for it: exiting so that the lock goes with this process (the "
-		     "service manager starts cofferd again)", (unsigned long long)held, bound_ms);
+	cf_log_error("ALARM: fleet: a change has held the fleet's change lock for %llu ms without "
+		     "committing, past its bound of %u ms (a token that does not answer?), and "
+		     "every replica's changes wait for it: exiting so that the lock goes with this "
+		     "process (the service manager starts cofferd again)",
+		     (unsigned long long)held, bound_ms);
 	_exit(CF_EXIT_STUCK);
 }
 
@@ -485,6 +494,11 @@ main(int argc, char **argv)
 	if ((r = parse_args(argc, argv, &cfg)) != CF_OK) {
 		cf_log_error("configuration: %s", cf_error_detail());
 		return 2;
+	}
+	if (check_only) {
+		/* A package upgrade asks before it restarts a running daemon. */
+		printf("cofferd: configuration %s loads\n", config_file ? config_file : "(none)");
+		return 0;
 	}
 	cf_log_init("cofferd", cfg.log_level);
 	/* Signals are taken synchronously by sigwait; block them before gRPC

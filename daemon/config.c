@@ -341,8 +341,9 @@ config_set(struct cofferd_config *c, const char *section, const char *name, cons
  * error than the one it names (found by a review). Here: "[section]",
  * "name = value" (both sides trimmed; the value is everything after the
  * first '='), blank lines and lines starting with ';' or '#'; anything
- * else, a setting before any section or one set twice is an error naming
- * its line. */
+ * else (an indented continuation line among them), a setting before any
+ * section, one set twice or a value with a ';' after a blank (which
+ * libinih took for a comment) is an error naming its line. */
 
 #define CONFIG_FILE_MAX (1u << 20)
 
@@ -404,7 +405,7 @@ load_text(struct cofferd_config *c, const char *file, char *text)
 	if (strncmp(p, "\xEF\xBB\xBF", 3) == 0)   /* a UTF-8 byte order mark */
 		p += 3;
 	while (*p != '\0' && r == CF_OK) {
-		char *nl = strchr(p, '\n'), *s, *eq;
+		char *nl = strchr(p, '\n'), *s, *eq, *value;
 		int first;
 
 		if (nl != NULL)
@@ -449,7 +450,18 @@ load_text(struct cofferd_config *c, const char *file, char *text)
 				     "keep one", file, line, section, s, first);
 			continue;
 		}
-		if ((r = config_set(c, section, s, trim(eq + 1))) != CF_OK) {
+		value = trim(eq + 1);
+		/* libinih cut a value at a ';' after a blank (a comment): such a
+		 * file, taken whole now, would name another path or lock file
+		 * without a word. */
+		for (const char *q = value; *q != '\0' && r == CF_OK; q++)
+			if (*q == ';' && (q == value || q[-1] == ' ' || q[-1] == '\t'))
+				r = cf_error(CF_E_CONFIG, "%s:%d: [%s] %s: a ';' after a blank in the "
+					     "value: write a comment on a line of its own", file, line,
+					     section, s);
+		if (r != CF_OK)
+			continue;
+		if ((r = config_set(c, section, s, value)) != CF_OK) {
 			char why[CF_ERROR_DETAIL_MAX];
 
 			snprintf(why, sizeof(why), "%s", cf_error_detail());
@@ -475,7 +487,9 @@ text_free(char *t, size_t cap)
 int
 config_load(struct cofferd_config *c, const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY), r;
+	/* O_NONBLOCK: a FIFO would hold the open until a writer came (and with
+	 * it a reload on the main thread); refused below as no regular file. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), r;
 	size_t len = 0;
 	struct stat st;
 	char *text = NULL, *nul;

@@ -47,7 +47,7 @@ struct fleet {
 
 	pthread_mutex_t lock_mu;        /* held from fleet_lock to fleet_unlock */
 	PGconn *lock;
-	_Atomic uint64_t lock_since;    /* cf_mono_ms() it was taken; 0: not held */
+	_Atomic uint64_t lock_since;    /* taken, or a change committed under it (ms); 0: free */
 
 	pthread_mutex_t query_mu;       /* fleet_alive */
 	PGconn *query;
@@ -441,6 +441,16 @@ fleet_lock(void *arg)
 	else
 		atomic_store(&f->lock_since, cf_mono_ms());
 	return r;
+}
+
+void
+fleet_lock_touch(void *arg)
+{
+	fleet *f = arg;
+
+	/* Only the lock's holder commits under it: no race with the unlock. */
+	if (atomic_load(&f->lock_since) != 0)
+		atomic_store(&f->lock_since, cf_mono_ms());
 }
 
 uint64_t

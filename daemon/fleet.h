@@ -64,8 +64,10 @@ int fleet_healthy_cb(void *f);   /* the same, for store_set_change_lock */
 #define FLEET_LOCK_WAIT_S 30
 int fleet_lock(void *f);
 void fleet_unlock(void *f);
-/* How long this process has held the change lock (ms; 0: not held). */
+/* How long this process has held the change lock since it took it or
+ * last committed a change under it (fleet_lock_touch): ms, 0 when not held. */
 uint64_t fleet_lock_held_ms(fleet *f);
+void fleet_lock_touch(void *f);   /* for store_set_change_lock */
 
 /* *alive = whether the process with that incarnation id is running. */
 int fleet_alive(fleet *f, const char *incarnation, int *alive);

@@ -31,6 +31,7 @@ struct store {
 	int (*change_lock)(void *arg);     /* store_set_change_lock */
 	void (*change_unlock)(void *arg);
 	int (*change_healthy)(void *arg);
+	void (*change_touch)(void *arg);
 	void *change_arg;
 	void (*committed)(void *arg);      /* store_set_committed_hook */
 	void *committed_arg;
@@ -713,6 +714,8 @@ txn_effect(store *s, int (*body)(store *s, const void *arg), const void *arg,
 		if (current_call != NULL)
 			current_call->effects++;
 		cf_crashpoint_hit(e->after);
+		if (s->change_touch != NULL)
+			s->change_touch(s->change_arg);
 		if (current_call != NULL && current_call->record != NULL && s->committed != NULL)
 			s->committed(s->committed_arg);
 	}
@@ -1783,11 +1786,12 @@ store_set_committed_hook(store *s, void (*fn)(void *arg), void *arg)
 
 void
 store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
-		      int (*healthy)(void *arg), void *arg)
+		      int (*healthy)(void *arg), void (*touch)(void *arg), void *arg)
 {
 	s->change_lock = lock;
 	s->change_unlock = unlock;
 	s->change_healthy = healthy;
+	s->change_touch = touch;
 	s->change_arg = arg;
 }
 

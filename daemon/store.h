@@ -352,7 +352,8 @@ int store_signed_set(store *s, const char *principal, int on);
  * daemon on its own state), begin does nothing and *shared is 0. healthy
  * (may be NULL): whether the lock's provider is connected (store_healthy
  * reports it too: a replica that hears no notifications may serve stale
- * data).
+ * data). touch (may be NULL) is told of each change committed under the
+ * lock: progress, for a holder watched for being stuck (fleet.h).
  */
 /* Called on the committing thread after each change whose audit record went
  * into the outbox committed, before the change is installed in memory:
@@ -361,7 +362,7 @@ int store_signed_set(store *s, const char *principal, int on);
 void store_set_committed_hook(store *s, void (*fn)(void *arg), void *arg);
 
 void store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
-			   int (*healthy)(void *arg), void *arg);
+			   int (*healthy)(void *arg), void (*touch)(void *arg), void *arg);
 int store_change_begin(store *s, int *shared);
 void store_change_end(store *s);
 

@@ -86,10 +86,14 @@ summary() {
     echo "run:           SOFTHSM2_CONF=$conf cofferd --token-uri pkcs11:token=$label --pin-file $user_pin"
 }
 
-# softhsm2-util prints "Label: <label>" padded with spaces for every slot.
-slots=$("$SOFTHSM2_UTIL" --show-slots 2>/dev/null) || die "softhsm2-util --show-slots failed (is $conf valid?)"
-if printf '%s\n' "$slots" | sed -n 's/^[[:space:]]*Label:[[:space:]]*//p' |
-        sed 's/[[:space:]]*$//' | grep -Fqx -- "$label"; then
+# Whether a token labelled $label exists: softhsm2-util prints "Label:
+# <label>" padded with spaces for every slot.
+has_token() {
+    "$SOFTHSM2_UTIL" --show-slots 2>/dev/null | sed -n 's/^[[:space:]]*Label:[[:space:]]*//p' |
+        sed 's/[[:space:]]*$//' | grep -Fqx -- "$label"
+}
+"$SOFTHSM2_UTIL" --show-slots >/dev/null 2>&1 || die "softhsm2-util --show-slots failed (is $conf valid?)"
+if has_token; then
     echo "$prog: a token labelled \"$label\" already exists in $tokens; not re-initialising it" >&2
     [ -f "$user_pin" ] || echo "$prog: warning: $user_pin is missing; this token's user PIN is not in $dir" >&2
     summary
@@ -107,7 +111,11 @@ if [ ${#upin} -ne 32 ] || [ ${#spin} -ne 32 ]; then die "openssl rand returned s
 # A run cut short (an error, Ctrl-C) leaves no PIN file of a token that was
 # never made: a re-run would refuse to overwrite it.
 done_ok=0
-cleanup() { [ "$done_ok" = 1 ] || rm -f "$user_pin" "$so_pin" "${tu:-}" "${ts:-}"; }
+# (Interrupted just as softhsm2-util finished, the token may exist: its PINs stay.)
+cleanup() {
+    rm -f "${tu:-}" "${ts:-}"
+    [ "$done_ok" = 1 ] || has_token || rm -f "$user_pin" "$so_pin"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 # New files of mode 0600 (mktemp, umask 077), never one a leftover or a

@@ -273,8 +273,10 @@ secret_tmp(const char *path, char **tmp)
 
 /*
  * Write bytes to `path` (NULL or "-": stdout). A secret goes to a new file
- * of mode 0600 that replaces a regular file already there (anything else,
- * a FIFO or a device or a symbolic link, is written through).
+ * of mode 0600 that replaces a regular file already there. Written through
+ * instead: a symbolic link, a FIFO or a device, and a file in a directory
+ * cofferctl cannot create files in (one provisioned in /etc/app); a regular
+ * file among them is made 0600 before the secret goes in.
  */
 int
 write_output(const char *path, const void *data, size_t len, int secret)
@@ -293,9 +295,14 @@ write_output(const char *path, const void *data, size_t len, int secret)
 	}
 	if (secret && (lstat(path, &st) != 0 || S_ISREG(st.st_mode)))
 		fd = secret_tmp(path, &tmp);
-	else
+	if (fd == -1)
 		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0600 : 0644);
 	if (fd == -1) {
+		errmsg(path, strerror(errno));
+		goto out;
+	}
+	if (tmp == NULL && secret && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (st.st_mode & 077) != 0 && fchmod(fd, st.st_mode & 0700) == -1) {
 		errmsg(path, strerror(errno));
 		goto out;
 	}

@@ -45,3 +45,25 @@ class FakeDaemon:
         except OSError:
             pass
         os.rmdir(self.dir)
+
+
+def listing_repeating(pb):
+    """A ListKeys handler whose page tokens alternate: its pages repeat."""
+    def handler(req, ctx):
+        r = pb.ListKeysRequest.FromString(req)
+        nxt = {"": "b", "b": "a", "a": "b"}[r.page_token]
+        return pb.ListKeysResponse(keys=[pb.Key(name="k1", type=pb.EC_P256)],
+                                   next_page_token=nxt).SerializeToString()
+    handler.__name__ = "repeating"
+    return handler
+
+
+def listing_backwards(pb):
+    """A ListKeys handler whose second page goes back in name order."""
+    def handler(req, ctx):
+        r = pb.ListKeysRequest.FromString(req)
+        name, nxt = {"": ("m", "m"), "m": ("c", "c")}[r.page_token]
+        return pb.ListKeysResponse(keys=[pb.Key(name=name, type=pb.EC_P256)],
+                                   next_page_token=nxt).SerializeToString()
+    handler.__name__ = "backwards"
+    return handler

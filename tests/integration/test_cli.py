@@ -229,6 +229,34 @@ class Cli(unittest.TestCase):
         with open(link, "rb") as g:
             self.assertEqual(g.read(), b"old\n")
         self.assertEqual([n for n in os.listdir(self.d.dir) if n.startswith(".cofferctl-")], [])
+        # Through a symbolic link: the target gets it, made 0600 first.
+        target, sym = self.path("nf.target"), self.path("nf.sym")
+        with open(target, "w") as g:
+            g.write("old\n")
+        os.chmod(target, 0o644)
+        os.symlink(target, sym)
+        c("unwrap", "nf-k", "--in", "-", "--out", sym, data=blob)
+        self.assertTrue(os.path.islink(sym))
+        with open(target, "rb") as g:
+            self.assertEqual(g.read(), secret)
+        self.assertEqual(os.stat(target).st_mode & 0o777, 0o600)
+        # A file in a directory where no file can be made (immutable here;
+        # a root-owned /etc/app for a user): written in place, made 0600.
+        ro = self.path("nf-ro")
+        os.makedirs(ro)
+        inside = os.path.join(ro, "key")
+        with open(inside, "w") as g:
+            g.write("old\n")
+        os.chmod(inside, 0o644)
+        if subprocess.run(["chattr", "+i", ro], capture_output=True).returncode != 0:
+            return      # chattr +i not supported here: the rest is checked above
+        try:
+            c("unwrap", "nf-k", "--in", "-", "--out", inside, data=blob)
+            with open(inside, "rb") as g:
+                self.assertEqual(g.read(), secret)
+            self.assertEqual(os.stat(inside).st_mode & 0o777, 0o600)
+        finally:
+            subprocess.run(["chattr", "-i", ro], check=True)
 
     def test_rate_too_small_and_empty_import_refused(self):
         """--rate 1e-400 reads as 0, which would remove the limit: refused.

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from daemon_fixture import cofferctl_path, stubs  # noqa: E402
-from fake_daemon import FakeDaemon  # noqa: E402
+from fake_daemon import FakeDaemon, listing_backwards, listing_repeating  # noqa: E402
 
 CTL = cofferctl_path()
 LIBCOFFER = os.path.join(os.path.dirname(CTL), "libcoffer.so")
@@ -122,19 +122,7 @@ class Hostile(unittest.TestCase):
         self.assertTrue("token busy" in err or "within 1000 ms" in err, err)
 
     def test_listing_that_does_not_advance(self):
-        def repeating(req, ctx):
-            r = pb.ListKeysRequest.FromString(req)
-            nxt = {"": "b", "b": "a", "a": "b"}[r.page_token]
-            return pb.ListKeysResponse(keys=[pb.Key(name="k1", type=pb.EC_P256)],
-                                       next_page_token=nxt).SerializeToString()
-
-        def backwards(req, ctx):
-            r = pb.ListKeysRequest.FromString(req)
-            name, nxt = {"": ("m", "m"), "m": ("c", "c")}[r.page_token]
-            return pb.ListKeysResponse(keys=[pb.Key(name=name, type=pb.EC_P256)],
-                                       next_page_token=nxt).SerializeToString()
-
-        for fn in (repeating, backwards):
+        for fn in (listing_repeating(pb), listing_backwards(pb)):
             f = self.fake({"/coffer.v1.KeyService/ListKeys": fn})
             rc, _, err, took = ctl("--socket", f.path, "key", "list")
             self.assertNotEqual(rc, 0, fn.__name__)

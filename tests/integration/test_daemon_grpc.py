@@ -1162,9 +1162,19 @@ class DeployTests(CofferTestCase):
                         "path", "mode"):
             self.assertRegex(text, r"(?m)^%s = " % setting)
         conf = os.path.join(d.dir, "example.conf")
-        # On the PostgreSQL run the fixture's [state], last, wins (both files).
+        # On the PostgreSQL run the fixture's backend and dsn go in a [state]
+        # of their own, last; the example's uncommented backend is left out
+        # (a setting given twice is refused).
         state = "" if d.pg_db is None else "\n[state]\nbackend = %s\ndsn = %s\n" % (
             d.config["state"]["backend"], d.config["state"]["dsn"])
+        if state:
+            kept, section = [], None
+            for line in text.splitlines(True):
+                if line.startswith("["):
+                    section = line.strip()
+                if not (section == "[state]" and line.startswith("backend =")):
+                    kept.append(line)
+            text = "".join(kept)
         with open(conf, "w") as f:
             f.write(text + state)
         example = self.conf_example(False)

@@ -826,10 +826,10 @@ class Fleet(unittest.TestCase):
             self.assertLess(through, 15)
             self.assertRegex(d.log(all_starts=False),
                              r"ALARM: fleet: a change has held the fleet's change lock for \d+ "
-                             r"ms, past its bound of 3000 ms \(a token that does not answer\?\), "
-                             r"and every replica's changes wait for it: exiting so that the "
-                             r"lock goes with this process \(the service manager starts "
-                             r"cofferd again\)")
+                             r"ms without committing, past its bound of 3000 ms \(a token that "
+                             r"does not answer\?\), and every replica's changes wait for it: "
+                             r"exiting so that the lock goes with this process \(the service "
+                             r"manager starts cofferd again\)")
         finally:
             open(os.path.join(hold, "release"), "w").close()
             if d.running:

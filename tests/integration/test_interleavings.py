@@ -54,6 +54,15 @@ class Interleaving(unittest.TestCase):
         self.addCleanup(self.d.cleanup)
         self.d.start()
 
+    def restart_holding(self, points, **env):
+        """cofferd restarted to hold a thread at each of `points` (a
+        comma-separated COFFER_CRASH_AT list), with extra environment."""
+        d = self.d
+        d.stop()
+        d.crash_env = dict({"COFFER_CRASH_AT": points, "COFFER_CRASH_MODE": "hold",
+                            "COFFER_CRASH_HOLD": self.hold}, **env)
+        d.start()
+
     def while_held(self, point, first, second, committed, wait=1.5):
         """first() runs until its thread reaches `point` and is held there;
         then second() starts; crash point `committed` passed within `wait`
@@ -61,10 +70,7 @@ class Interleaving(unittest.TestCase):
         let go; both answer. (first's outcome: its answer or its RpcError,
         whether `committed` was passed while first was held.)"""
         d, trace = self.d, os.path.join(self.hold, "trace")
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": point + "@1", "COFFER_CRASH_MODE": "hold",
-                       "COFFER_CRASH_HOLD": self.hold, "COFFER_CRASH_TRACE": trace}
-        d.start()
+        self.restart_holding(point + "@1", COFFER_CRASH_TRACE=trace)
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             f1 = ex.submit(first)
             wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
@@ -219,10 +225,7 @@ class Interleaving(unittest.TestCase):
                 return r.status, r.read().decode()
             finally:
                 c.close()
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "nonces.appended@1", "COFFER_CRASH_MODE": "hold",
-                       "COFFER_CRASH_HOLD": self.hold}
-        d.start()
+        self.restart_holding("nonces.appended@1")
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             f = ex.submit(signed_mac)
             wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
@@ -253,10 +256,7 @@ class Interleaving(unittest.TestCase):
         d = self.d
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="ord-k", type=pb.EC_P256),
                                  timeout=TIMEOUT)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "dispatch.change-made@1",
-                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": self.hold}
-        d.start()
+        self.restart_holding("dispatch.change-made@1")
         try:
             with concurrent.futures.ThreadPoolExecutor(1) as ex:
                 f = ex.submit(lambda: d.admin_stub().RotateKey(
@@ -304,10 +304,7 @@ class Interleaving(unittest.TestCase):
         d = self.d
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="doomed2", type=pb.EC_P256),
                                  timeout=TIMEOUT)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "batch.item@1,keyring.destroy.retired@1",
-                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": self.hold}
-        d.start()
+        self.restart_holding("batch.item@1,keyring.destroy.retired@1")
         items = [pb.SignBatchItem(message=b"m%d" % i) for i in range(8)]
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             batch = ex.submit(d.service_stub().SignBatch,

@@ -651,7 +651,28 @@ ROWS = [
      LOG('configuration: cannot open configuration file /nonexistent/cofferd.conf: '
          'No such file or directory'),
      lambda t: cofferd_stderr(t.d, "-c", "/nonexistent/cofferd.conf")),
+    ("cofferd --check-config, a setting given twice", "exit 2",
+     RX(LOGLINE + re.escape("configuration: ") + r"/.*/twice\.conf:3: " +
+        re.escape("[daemon] workers is set again (first on line 2): keep one")),
+     lambda t: cofferd_stderr(t.d, "--check-config", "-c", conf_file(
+         t, "twice.conf", "[daemon]\nworkers = 2\nworkers = 3\n"))),
+    ("cofferd --check-config, a comment after a value", "exit 2",
+     RX(LOGLINE + re.escape("configuration: ") + r"/.*/inline\.conf:2: " +
+        re.escape("[daemon] state_dir: a ';' after a blank in the value: write a comment "
+                  "on a line of its own")),
+     lambda t: cofferd_stderr(t.d, "--check-config", "-c", conf_file(
+         t, "inline.conf", "[daemon]\nstate_dir = /var/lib/coffer ; prod\n"))),
+    ("cofferd --check-config, a file that loads", "exit 0", "",
+     lambda t: cofferd_stderr(t.d, "--check-config")),
 ]
+
+
+def conf_file(t, name, text):
+    """A configuration file in the test daemon's directory; its path."""
+    path = os.path.join(t.d.dir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def can_switch_uid():

@@ -97,9 +97,15 @@ test_config_reader(void)
 	/* A repeated setting does not silently win. */
 	config_refused("[daemon]\nworkers = 2\n[token]\npool_size = 2\n[daemon]\nworkers = 3\n",
 		       "6: [daemon] workers is set again (first on line 2): keep one");
-	/* " ; ..." is part of the value, not a comment that cuts it. */
-	config_refused("[service]\nallow_uids = 0 ; 1\n",
-		       "2: [service] allow_uids: unknown user \";\"");
+	/* " ; ..." was a comment to libinih: refused, neither cut nor kept. */
+	config_refused("[daemon]\nstate_dir = /var/lib/coffer ; prod\n",
+		       "2: [daemon] state_dir: a ';' after a blank in the value: write a "
+		       "comment on a line of its own");
+	config_refused("[daemon]\nstate_dir = ;x\n",
+		       "2: [daemon] state_dir: a ';' after a blank in the value: write a "
+		       "comment on a line of its own");
+	CU_ASSERT_EQUAL(load_ini("[daemon]\nstate_dir = /tmp/a;b#c\n", &c), CF_OK);
+	CU_ASSERT_STRING_EQUAL(c.state_dir, "/tmp/a;b#c");
 	/* The line of the error named: here the syntax error on line 2, not
 	 * the bad value on line 3. */
 	config_refused("[daemon]\nworkers 4\nlog_level = loud\n",

@@ -803,6 +803,18 @@ start_searches(store *st, const char *key, uint32_t want_versions)
 	return searches;
 }
 
+/* A new store in <token dir>/name and a keyring on it. */
+static void
+keyring_in(const char *name, store **st, keyring **kr)
+{
+	char dir[400];
+
+	snprintf(dir, sizeof(dir), "%s/%s", tok.dir, name);
+	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
+	CU_ASSERT_EQUAL_FATAL(store_open(dir, st), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, *st, NULL, NULL, NULL, kr), CF_OK);
+}
+
 /* Start-up opens every version from one listing of the token: as many
  * searches with 41 versions as with 1 (one search per version made it
  * quadratic on SoftHSM2, whose searches read every object file: 3.2 s to
@@ -810,16 +822,12 @@ start_searches(store *st, const char *key, uint32_t want_versions)
 static void
 test_start_searches_constant(void)
 {
-	char dir[400];
 	store *st = NULL;
 	keyring *kr = NULL;
 	struct store_key info;
 	unsigned long one, many;
 
-	snprintf(dir, sizeof(dir), "%s/start-searches", tok.dir);
-	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
-	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	keyring_in("start-searches", &st, &kr);
 	CU_ASSERT_EQUAL(keyring_create(kr, "start", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	keyring_close(kr);
@@ -869,16 +877,12 @@ count_intent(const struct store_intent *in, void *arg)
 static void
 test_failed_version_keeps_its_intent(void)
 {
-	char dir[400];
 	store *st = NULL;
 	keyring *kr = NULL;
 	struct store_key info;
 	int n = 0;
 
-	snprintf(dir, sizeof(dir), "%s/failed-version", tok.dir);
-	CU_ASSERT_FATAL(mkdir(dir, 0700) == 0);
-	CU_ASSERT_EQUAL_FATAL(store_open(dir, &st), CF_OK);
-	CU_ASSERT_EQUAL_FATAL(keyring_open(p11, st, NULL, NULL, NULL, &kr), CF_OK);
+	keyring_in("failed-version", &st, &kr);
 	CU_ASSERT_EQUAL(keyring_create(kr, "half", CF_KEY_EC_P256, 0, 0, &info), CF_OK);
 	keyring_info_free(&info);
 	inject(P11F_C_GenerateKeyPair, CKR_FUNCTION_FAILED, 0, -1, 1);

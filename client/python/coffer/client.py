@@ -274,6 +274,9 @@ class Client:
                 # daemon's state (methods.NOT_REPEATABLE).
                 if idempotency_key and kind == methods.ADMIN and time.monotonic() < give_up:
                     time.sleep(max(0.0, min(IDEM_RETRY_S, give_up - time.monotonic())))
+                    # Out of time: what was met is the answer, not a deadline.
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
                     continue
                 if (kind == methods.SERVICE and attempt == 0
                         and method not in methods.NOT_REPEATABLE):
