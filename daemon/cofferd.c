@@ -67,6 +67,16 @@ usage(FILE *f)
 "lock past its bound, stuck (the service manager starts it again).\n");
 }
 
+/* rpc_cfg.allowed: the socket's allow-list as it is now (ls: service,
+ * admin), so that a reload that narrows it reaches connections already open. */
+static int
+still_allowed(int admin, uid_t uid, gid_t gid, void *arg)
+{
+	listener **ls = arg;
+
+	return listener_allows_now(ls[admin ? 1 : 0], uid, gid);
+}
+
 /* stuck_in_change: the lock goes with the process. */
 #define CF_EXIT_STUCK 3
 
@@ -250,15 +260,17 @@ restart_needed(const struct cofferd_config *o, const struct cofferd_config *n)
 
 /* SIGHUP: re-read the configuration file (command-line flags still win) and
  * apply what can change under running calls: the log level, the sockets'
- * allow-lists (checked at accept, so for new connections), the request
- * window (atomic in rpc.c) and the shutdown grace (read by this thread
- * only). A file that does not load changes nothing (its status). */
+ * allow-lists (checked at accept and at every call: still_allowed), the
+ * request window (atomic in rpc.c) and the shutdown grace (read by this
+ * thread only). A file that does not load changes nothing (its status); a
+ * window the nonce record cannot take stays, the rest applies, and the
+ * status says so. */
 static int
 reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_server *srv,
        nonces *nn)
 {
 	static struct cofferd_config n;   /* large; only this thread reloads */
-	int r;
+	int r, rw = CF_OK;
 
 	if (config_file == NULL) {
 		cf_log_warn("SIGHUP: cofferd was started without -c FILE; nothing to reload");
@@ -275,9 +287,12 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	/* The nonce record first: a raised window must not accept a timestamp
 	 * whose nonce it has already forgotten. */
 	if (n.request_window != cur->request_window &&
-	    nonces_set_window(nn, n.request_window, cf_wall_s()) != CF_OK) {
-		cf_log_error("SIGHUP: [requests] window stays %u s: %s", cur->request_window,
-			     cf_error_detail());
+	    (rw = nonces_set_window(nn, n.request_window, cf_wall_s())) != CF_OK) {
+		char why[CF_ERROR_DETAIL_MAX];
+
+		snprintf(why, sizeof(why), "%s", cf_error_detail());
+		cf_log_error("SIGHUP: [requests] window stays %u s: %s", cur->request_window, why);
+		rw = cf_error(rw, "[requests] window stays %u s: %s", cur->request_window, why);
 		n.request_window = cur->request_window;
 	}
 	rpc_set_window(srv, n.request_window);
@@ -295,7 +310,7 @@ reload(int argc, char **argv, struct cofferd_config *cur, listener **ls, rpc_ser
 	cf_log_init(NULL, n.log_level);
 	cur->log_level = n.log_level;
 	restart_needed(cur, &n);
-	return CF_OK;
+	return rw;
 }
 
 /* The state the configuration names. SQLite: the store in state_dir (its rows
@@ -586,6 +601,8 @@ main(int argc, char **argv)
 	rc.require_sealed = (int)cfg.require_sealed;
 	rc.unsealed_secrets = (int)cfg.unsealed_secrets;
 	rc.require_api_key = (int)cfg.require_api_key;
+	rc.allowed = still_allowed;
+	rc.allowed_arg = ls;
 	/* Before the first call, so that every call is counted. */
 	{
 		struct metrics_sources ms = { p11, sm, nn, au, fl };

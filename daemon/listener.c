@@ -172,6 +172,17 @@ listener_close(listener *l)
 	free(l);
 }
 
+int
+listener_allows_now(listener *l, uid_t uid, gid_t gid)
+{
+	int ok;
+
+	pthread_mutex_lock(&l->allow_mu);
+	ok = listener_allows(&l->cfg, uid, gid);
+	pthread_mutex_unlock(&l->allow_mu);
+	return ok;
+}
+
 static void
 accept_one(listener *l)
 {
@@ -186,9 +197,7 @@ accept_one(listener *l)
 			close(fd);
 			continue;
 		}
-		pthread_mutex_lock(&l->allow_mu);
-		allowed = listener_allows(&l->cfg, cred.uid, cred.gid);
-		pthread_mutex_unlock(&l->allow_mu);
+		allowed = listener_allows_now(l, cred.uid, cred.gid);
 		if (!allowed) {
 			cf_log_warn("%s socket: refused connection from uid %u gid %u pid %d: "
 				    "not on the allow-list", l->cfg.name, (unsigned)cred.uid,

@@ -43,10 +43,14 @@ int listener_start(listener **ls, unsigned n, listener_accept_fn fn, void *arg);
 void listener_stop(void);
 
 /* SIGHUP: replace l's uid and gid allow-lists with cfg's (the rest of cfg
- * is ignored); connections accepted from now on are checked against them. */
+ * is ignored); connections accepted from now on are checked against them,
+ * and every call on one already open (listener_allows_now, rpc.h). */
 void listener_set_allowed(listener *l, const struct listener_cfg *cfg);
 
 /* Is a peer with these credentials allowed on l? */
 int listener_allows(const struct listener_cfg *cfg, uid_t uid, gid_t gid);
+/* The same against l's allow-lists as they are now (a reload may have
+ * narrowed them since a connection was accepted); thread-safe. */
+int listener_allows_now(listener *l, uid_t uid, gid_t gid);
 
 #endif

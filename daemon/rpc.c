@@ -163,14 +163,28 @@ peer_read(rpc_server *s, int fd, struct rpc_peer *p)
 	return 0;
 }
 
+/* Whether a caller is still on its socket's allow-list; its refusal in why. */
 static int
-peer_identify(rpc_server *s, grpc_call *call, struct dcall *h)
+still_allowed(const rpc_server *s, int admin, uid_t uid, gid_t gid, char *why, size_t len)
+{
+	if (s->cfg.allowed == NULL || s->cfg.allowed(admin, uid, gid, s->cfg.allowed_arg))
+		return 1;
+	snprintf(why, len, "uid %u gid %u is no longer on the %s socket's allow-list (a reload "
+		 "changed it): this connection serves no more calls", (unsigned)uid,
+		 (unsigned)gid, admin ? "admin" : "service");
+	return 0;
+}
+
+/* The caller's credentials into h: CF_OK, or CF_E_DENIED with why set. */
+static int
+peer_identify(rpc_server *s, grpc_call *call, struct dcall *h, char *why, size_t len)
 {
 	struct rpc_peer p = { 0 };
 	char *peer = grpc_call_get_peer(call), *end;
 	long fd;
 	int r = CF_E_DENIED;
 
+	snprintf(why, len, "caller identity unavailable");
 	if (peer == NULL || strncmp(peer, "fd:", 3) != 0)
 		goto out;
 	fd = strtol(peer + 3, &end, 10);
@@ -182,6 +196,8 @@ peer_identify(rpc_server *s, grpc_call *call, struct dcall *h)
 		pthread_mutex_unlock(&s->peers_mu);
 	}
 	if (!p.known && peer_read(s, (int)fd, &p) != 0)
+		goto out;
+	if (!still_allowed(s, p.admin, p.uid, p.gid, why, len))
 		goto out;
 	h->uid = p.uid;
 	h->gid = p.gid;
@@ -361,9 +377,8 @@ serve(struct rpc_call *c, int watch, struct audit_group *g, grpc_status_code *co
 		snprintf(msg, msglen, "unknown method");
 		return;
 	}
-	if (peer_identify(s, c->call, &h) != CF_OK) {
+	if (peer_identify(s, c->call, &h, msg, msglen) != CF_OK) {
 		*code = (grpc_status_code)dispatch_status(CF_E_DENIED);
-		snprintf(msg, msglen, "caller identity unavailable");
 		return;
 	}
 	call_metadata(s, &c->md, &h);
@@ -798,6 +813,11 @@ stream_run(struct rpc_stream *st, const Coffer__V1__PipelineRequest *req,
 		 (unsigned long long)req->id);
 	snprintf(a->request_id, sizeof(a->request_id), "%s", h.request_id);
 	a->resp.request_id = a->request_id;
+	if (!still_allowed(st->s, h.admin, h.uid, h.gid, a->msg, sizeof(a->msg))) {
+		a->resp.code = dispatch_status(CF_E_DENIED);
+		a->resp.message = a->msg;
+		return;
+	}
 	a->resp.code = dispatch_pipeline_call(st->s->d, &h, req->method, req->request.data,
 					      req->request.len, &a->buf, &a->len, a->msg,
 					      sizeof(a->msg), &retry);
@@ -1101,9 +1121,8 @@ stream_open(struct rpc_call *c)
 				   .unsealed_secrets = s->cfg.unsealed_secrets,
 				   .require_api_key = s->cfg.require_api_key };
 	st->code = GRPC_STATUS_OK;
-	if (peer_identify(s, st->call, &st->base) != CF_OK) {
+	if (peer_identify(s, st->call, &st->base, st->msg, sizeof(st->msg)) != CF_OK) {
 		st->code = (grpc_status_code)dispatch_status(CF_E_DENIED);
-		snprintf(st->msg, sizeof(st->msg), "caller identity unavailable");
 	} else {
 		call_metadata(s, &c->md, &st->base);
 		snprintf(st->id, sizeof(st->id), "%.40s", st->base.request_id);

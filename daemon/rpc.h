@@ -13,6 +13,8 @@
 #ifndef COFFER_RPC_H
 #define COFFER_RPC_H
 
+#include <sys/types.h>
+
 #include "apikeys.h"
 #include "audit.h"
 #include "idempotency.h"
@@ -39,6 +41,11 @@ struct rpc_cfg {
 	int require_sealed;          /* every KeyService call must be sealed */
 	int unsealed_secrets;        /* allow secret plaintext outside sessions (benchmarks) */
 	int require_api_key;         /* every principal must sign its calls */
+	/* Whether a peer is still on its socket's allow-list (a SIGHUP may
+	 * have narrowed it since its connection was accepted): asked for each
+	 * call and each request of a stream. NULL: not asked. */
+	int (*allowed)(int admin, uid_t uid, gid_t gid, void *arg);
+	void *allowed_arg;
 };
 
 typedef struct rpc_server rpc_server;

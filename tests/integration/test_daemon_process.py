@@ -92,8 +92,8 @@ class Process(unittest.TestCase):
         d.start()
         conf = d.conf_path
         # The request window, seen through a signed request 120 s old: valid
-        # under the default 300 s, expired once the window is 60 s. (This
-        # connection is open before the allow-list changes; it stays.)
+        # under the default 300 s, expired once the window is 60 s, on a
+        # connection open before the reload.
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="api", type=pb.HMAC_SHA256),
                                  timeout=TIMEOUT)
         svc = d.service_stub()
@@ -108,25 +108,36 @@ class Process(unittest.TestCase):
                 request=parts, signature=sig), timeout=TIMEOUT).verdict
 
         self.assertEqual(verify_old("window-nonce-0001"), pb.VALID)
+        d.config["requests"] = {"window": "60"}
+        self.reload(d, "SIGHUP: reloaded %s: log_level info, shutdown_grace_ms 10000, "
+                    "[requests] window 60" % conf)
+        self.assertEqual(verify_old("window-nonce-0002"), pb.EXPIRED)
         # Allow-list: only nobody on the service socket; new connections
-        # from us are refused, the admin socket is untouched.
+        # from us are refused, and so is the next call on the one already
+        # open (before, it went on serving: a revocation that did not
+        # revoke); the admin socket is untouched.
         d.config["service"]["allow_uids"] = "65534"
         self.reload(d, "SIGHUP: reloaded %s: log_level info, shutdown_grace_ms 10000, "
-                    "[requests] window 300, service allow-list 1 uids 0 gids, admin allow-list "
+                    "[requests] window 60, service allow-list 1 uids 0 gids, admin allow-list "
                     "1 uids 0 gids" % conf)
         with self.assertRaises(grpc.RpcError) as cm:
             fresh_health(d.service_socket, 2)
         self.assertEqual(cm.exception.code(), SC.UNAVAILABLE)
         self.assertTrue(d.wait_for_log("service socket: refused connection from uid %d gid %d"
                                        % (os.geteuid(), os.getegid())), d.log())
+        with self.assertRaises(grpc.RpcError) as cm:
+            verify_old("window-nonce-0003")
+        self.assertEqual(cm.exception.code(), SC.PERMISSION_DENIED)
+        self.assertEqual(cm.exception.details(),
+                         "uid %d gid %d is no longer on the service socket's allow-list (a "
+                         "reload changed it): this connection serves no more calls"
+                         % (os.geteuid(), os.getegid()))
         self.assertEqual(fresh_health(d.admin_socket, 5), SERVING)
         # Log level error: the next refusal (a warning) is not logged.
         d.config["daemon"]["log_level"] = "error"
         d.config["daemon"]["shutdown_grace_ms"] = "3000"
-        d.config["requests"] = {"window": "60"}
         self.reload(d, "SIGHUP: reloaded %s: log_level error, shutdown_grace_ms 3000, "
                     "[requests] window 60" % conf)
-        self.assertEqual(verify_old("window-nonce-0002"), pb.EXPIRED)
         warned = d.log().count("refused connection from uid")
         with self.assertRaises(grpc.RpcError):
             fresh_health(d.service_socket, 2)

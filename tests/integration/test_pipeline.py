@@ -514,6 +514,21 @@ class PipelineWindow(unittest.TestCase):
         v = verify(2, 100)
         self.assertEqual(v.verdict, pb.EXPIRED, v.reason)
         self.assertEqual(verify(3, 10).verdict, pb.VALID)
+        # The service allow-list narrowed to nobody: the open stream's next
+        # request is refused with its text, the stream goes on answering.
+        d.config.setdefault("service", {})["allow_uids"] = "65534"
+        d.write_config()
+        before = d.log().count("SIGHUP: reloaded")
+        d.send_signal(signal.SIGHUP)
+        while d.log().count("SIGHUP: reloaded") <= before:
+            self.assertLess(time.monotonic(), deadline + 5, d.log())
+            time.sleep(0.05)
+        q.put(req(4, "Mac", pb.MacRequest(key="w-rq", data=b"x")))
+        r = next(call)
+        self.assertEqual((r.id, r.code), (4, code_of(SC.PERMISSION_DENIED)))
+        self.assertEqual(r.message, "uid %d gid %d is no longer on the service socket's "
+                         "allow-list (a reload changed it): this connection serves no more "
+                         "calls" % (os.geteuid(), os.getegid()))
         q.put(None)
         self.assertEqual(list(call), [])
 
