@@ -683,11 +683,14 @@ main(int argc, char **argv)
 	status = 0;
 out:
 	notify_gate(NULL, NULL);
-	chores_stop(ch);         /* its work uses the modules closed below */
-	metrics_http_stop(mh);   /* a scrape reads the modules closed below */
+	/* Calls first: no new connection (refused at once), the grace for those
+	 * in flight. Then the periodic work, whose step may take its bound: it
+	 * must not hold the grace back with the sockets still serving. */
 	listener_stop();
 	if (srv != NULL)
 		rpc_shutdown(srv, cfg.shutdown_grace_ms);
+	chores_stop(ch);         /* its work uses the modules closed below */
+	metrics_http_stop(mh);   /* a scrape reads the modules closed below */
 	session_mgr_close(sm);
 	/* Its thread calls into the registry: stopped before that closes. */
 	fleet_close(fl);

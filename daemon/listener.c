@@ -268,4 +268,9 @@ listener_stop(void)
 	close(acceptor.wake[0]);
 	close(acceptor.wake[1]);
 	acceptor.running = 0;
+	/* A client that connects from now on is refused at once (ECONNREFUSED)
+	 * rather than queued in a backlog nobody accepts from, waiting out its
+	 * deadline; the sockets' files go at listener_close. */
+	for (unsigned i = 0; i < acceptor.n; i++)
+		(void)shutdown(acceptor.ls[i]->fd, SHUT_RDWR);
 }

@@ -39,7 +39,8 @@ typedef void (*listener_accept_fn)(int fd, void *arg);
 
 /* Start one thread accepting on all `n` listeners. */
 int listener_start(listener **ls, unsigned n, listener_accept_fn fn, void *arg);
-/* Stop the accept thread (no new connections); safe to call once. */
+/* Stop the accept thread; new connections are refused from then on (the
+ * sockets stay bound until listener_close). Safe to call once. */
 void listener_stop(void);
 
 /* SIGHUP: replace l's uid and gid allow-lists with cfg's (the rest of cfg

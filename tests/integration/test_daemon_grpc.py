@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -899,6 +900,20 @@ class LifecycleTests(CofferTestCase):
             self.assertTrue(first.wait(30), "no Sign call finished")
             d.send_signal(signal.SIGTERM)
             done_at_signal = sum(f.done() for f in futs)
+            # A new client is refused at once while the calls finish (before,
+            # it was queued unanswered until the daemon exited).
+            refused = None
+            deadline = time.monotonic() + 5
+            while refused is None and time.monotonic() < deadline and d.running:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(1)
+                    try:
+                        probe.connect(d.service_socket)
+                    except ConnectionRefusedError:
+                        refused = d.running
+                    except OSError:
+                        pass
+                time.sleep(0.01)
             results = []
             for f in futs:
                 try:
@@ -910,6 +925,7 @@ class LifecycleTests(CofferTestCase):
             if done_at_signal < n:
                 break
         self.assertLess(done_at_signal, n, "every call finished before SIGTERM, 3 times")
+        self.assertTrue(refused, "a new connection was not refused during the grace")
         bad = [r for r in results if r[0] != "OK"]
         self.assertEqual(bad, [], "%d of %d calls in flight at SIGTERM failed (%d had finished "
                          "before it)" % (len(bad), n, done_at_signal))
