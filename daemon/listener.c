@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,16 @@
 
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
+
+/* Connections taken from one socket per pass: a flood on one does not keep
+ * the other (the admin socket) waiting. */
+#define ACCEPT_PER_PASS 32
+/* Out of descriptors: accepting again after this long, not at once (the
+ * connection stays queued, so poll would report it again and again). */
+#define NOFD_BACKOFF_MS 100
+/* One line of a kind per listener in this long; the rest are counted. */
+#define WARN_EVERY_MS 10000
 
 struct listener {
 	struct listener_cfg cfg;
@@ -23,6 +34,10 @@ struct listener {
 	int fd;
 	int lock_fd;
 	pthread_mutex_t allow_mu;  /* cfg's allow-lists: the accept thread vs SIGHUP */
+	/* The accept thread's: when a refusal or a failed accept was last
+	 * logged, and how many were not since. */
+	uint64_t refused_at, nofd_at;
+	unsigned long refused_quiet, nofd_quiet;
 };
 
 static struct {
@@ -183,14 +198,35 @@ listener_allows_now(listener *l, uid_t uid, gid_t gid)
 	return ok;
 }
 
-static void
+/* Whether a line of the kind last logged at *at may be logged now; if not,
+ * it is counted in *quiet (said with the next line). */
+static int
+may_log(uint64_t *at, unsigned long *quiet)
+{
+	uint64_t now = cf_mono_ms();
+
+	if (*at != 0 && now - *at < WARN_EVERY_MS) {
+		(*quiet)++;
+		return 0;
+	}
+	*at = now;
+	return 1;
+}
+
+/* Up to ACCEPT_PER_PASS connections of l. 1 when the process is out of
+ * descriptors (the caller backs off). */
+static int
 accept_one(listener *l)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
-	int fd, allowed;
+	int fd, allowed, err = 0;
 
-	while ((fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+	for (int k = 0; k < ACCEPT_PER_PASS; k++) {
+		if ((fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0) {
+			err = errno;
+			break;
+		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
 			cf_log_warn("%s socket: no peer credentials: %s; connection closed",
 				    l->cfg.name, strerror(errno));
@@ -199,16 +235,31 @@ accept_one(listener *l)
 		}
 		allowed = listener_allows_now(l, cred.uid, cred.gid);
 		if (!allowed) {
-			cf_log_warn("%s socket: refused connection from uid %u gid %u pid %d: "
-				    "not on the allow-list", l->cfg.name, (unsigned)cred.uid,
-				    (unsigned)cred.gid, (int)cred.pid);
+			if (may_log(&l->refused_at, &l->refused_quiet)) {
+				cf_log_warn("%s socket: refused connection from uid %u gid %u pid %d: "
+					    "not on the allow-list (%lu more refused unlogged in the "
+					    "last %d s)", l->cfg.name, (unsigned)cred.uid,
+					    (unsigned)cred.gid, (int)cred.pid, l->refused_quiet,
+					    WARN_EVERY_MS / 1000);
+				l->refused_quiet = 0;
+			}
 			close(fd);
 			continue;
 		}
 		acceptor.fn(fd, acceptor.arg);
 	}
-	if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-		cf_log_warn("%s socket: accept: %s", l->cfg.name, strerror(errno));
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		if (may_log(&l->nofd_at, &l->nofd_quiet)) {
+			cf_log_warn("%s socket: accept: %s: connections wait; trying again every %d ms "
+				    "(%lu more unlogged in the last %d s)", l->cfg.name, strerror(err),
+				    NOFD_BACKOFF_MS, l->nofd_quiet, WARN_EVERY_MS / 1000);
+			l->nofd_quiet = 0;
+		}
+		return 1;
+	}
+	if (err != 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR)
+		cf_log_warn("%s socket: accept: %s", l->cfg.name, strerror(err));
+	return 0;
 }
 
 static void *
@@ -216,17 +267,20 @@ acceptor_main(void *arg)
 {
 	struct pollfd pfd[8];
 
+	int backoff = 0;
+
 	(void)arg;
 	for (;;) {
 		unsigned n = 0;
 
 		pfd[n].fd = acceptor.wake[0];
 		pfd[n++].events = POLLIN;
-		for (unsigned i = 0; i < acceptor.n; i++) {
+		/* Out of descriptors: only the stop is waited for, a while. */
+		for (unsigned i = 0; i < acceptor.n && !backoff; i++) {
 			pfd[n].fd = acceptor.ls[i]->fd;
 			pfd[n++].events = POLLIN;
 		}
-		if (poll(pfd, n, -1) < 0) {
+		if (poll(pfd, n, backoff ? NOFD_BACKOFF_MS : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			cf_log_error("listener: poll: %s", strerror(errno));
@@ -234,9 +288,13 @@ acceptor_main(void *arg)
 		}
 		if (pfd[0].revents != 0)
 			break;
+		if (backoff) {
+			backoff = 0;
+			continue;
+		}
 		for (unsigned i = 0; i < acceptor.n; i++)
 			if (pfd[i + 1].revents & POLLIN)
-				accept_one(acceptor.ls[i]);
+				backoff |= accept_one(acceptor.ls[i]);
 	}
 	return NULL;
 }

@@ -304,6 +304,53 @@ class Process(unittest.TestCase):
             self.assertEqual(cm.exception.code(), SC.NOT_FOUND)
             self.assertEqual(cm.exception.details(), 'no service "%s" on this socket' % other)
 
+    def cpu_s(self, pid):
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def test_out_of_descriptors_backs_off(self):
+        """cofferd out of file descriptors with connections waiting: the
+        accept thread tries again every 100 ms, logs it once, and a client
+        is served again once descriptors are free. Before, accept4
+        failed with the connection still queued, poll reported it at once,
+        and the thread spun a core logging a line per pass (review)."""
+        if shutil.which("prlimit") is None:
+            self.skipTest("prlimit not found")
+        d = self.daemon()
+        d.start()
+        pid = d.pid
+        base = len(os.listdir("/proc/%d/fd" % pid))
+        subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%d:%d" % (base + 8, base + 8)],
+                       check=True)
+        flood = []
+        self.addCleanup(lambda: [c.close() for c in flood])
+        for _ in range(40):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect(d.service_socket)
+            except BlockingIOError:
+                pass
+            flood.append(c)
+        time.sleep(0.5)
+        cpu0, t0 = self.cpu_s(pid), time.monotonic()
+        time.sleep(2.0)
+        cpu = (self.cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+        lines = d.log(all_starts=False).count("service socket: accept: Too many open files")
+        print("\nout of descriptors: %.2f CPUs for 2 s, %d log line(s)" % (cpu, lines),
+              flush=True)
+        self.assertLess(cpu, 0.3)
+        self.assertEqual(lines, 1, d.log()[-3000:])
+        self.assertIn("service socket: accept: Too many open files: connections wait; trying "
+                      "again every 100 ms", d.log(all_starts=False))
+        # The flood gone (its connections closed, their descriptors freed),
+        # a new client is served under the same limit.
+        for c in flood:
+            c.close()
+        flood.clear()
+        self.assertEqual(fresh_health(d.admin_socket, 10), SERVING)
+
     def test_connection_flood_leaves_room(self):
         with open("/proc/sys/net/core/somaxconn") as f:
             somaxconn = int(f.read())
