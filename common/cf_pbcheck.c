@@ -142,6 +142,7 @@ check_message(const ProtobufCMessageDescriptor *d, const uint8_t *in, size_t len
 {
 	size_t pos = 0;
 	uint64_t tag, n;
+	unsigned seen[64] = { 0 };   /* occurrences of each repeated field */
 	int r;
 
 	if (depth > CF_PB_CHECK_DEPTH)
@@ -176,8 +177,16 @@ check_message(const ProtobufCMessageDescriptor *d, const uint8_t *in, size_t len
 		}
 		if (n > len - pos)
 			goto truncated;
-		f = (tag & 7) == PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED ?
-			protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3)) : NULL;
+		f = protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+		/* Each element costs protobuf-c an allocation before any handler
+		 * looks at the count: bounded here, while it is only counted. */
+		if (f != NULL && f->label == PROTOBUF_C_LABEL_REPEATED &&
+		    (size_t)(f - d->fields) < sizeof(seen) / sizeof(seen[0]) &&
+		    ++seen[f - d->fields] > CF_PB_REPEATED_MAX)
+			return cf_error(CF_E_TOO_LARGE, "field %s.%s repeats more than %d times",
+					d->name, f->name, CF_PB_REPEATED_MAX);
+		if ((tag & 7) != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED)
+			f = NULL;
 		if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
 		    (r = check_string(d, f, in + pos, (size_t)n)) != CF_OK)
 			return r;

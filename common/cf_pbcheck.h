@@ -18,11 +18,17 @@
 
 /* Nested messages deeper than this are refused (CF_E_INVALID_ARG). */
 #define CF_PB_CHECK_DEPTH 32
+/* A repeated field with more elements than this in one message is refused
+ * (CF_E_TOO_LARGE) before protobuf-c allocates one per element: a batch
+ * holds at most 1,024 items, a context 16 entries, a frame 1,024 requests;
+ * an empty element is 2 bytes on the wire, so a 1 MiB request could ask for
+ * half a million of them. */
+#define CF_PB_REPEATED_MAX 4096
 
 /* Every string field of the message `d` encoded in in[0..len), nested and
  * repeated messages included: CF_OK, or CF_E_INVALID_ARG naming the field
- * and the offset in it of a NUL byte or of invalid UTF-8. Unknown fields
- * are skipped; a field whose wire type does not match its descriptor is
+ * and the offset in it of a NUL byte or of invalid UTF-8; CF_E_TOO_LARGE
+ * for a repeated field beyond CF_PB_REPEATED_MAX. Unknown fields are skipped; a field whose wire type does not match its descriptor is
  * left to protobuf_c_message_unpack, which refuses it. Truncated wire data
  * is refused. */
 int cf_pb_check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *in, size_t len);

@@ -243,10 +243,21 @@ class Contract(unittest.TestCase):
         self.assertEqual((rec["method"], rec["result"], rec.get("items"), rec.get("failed")),
                          ("/coffer.v1.KeyService/MacBatch", "RESOURCE_EXHAUSTED", 1025, 1025),
                          rec)
-        # 100,000 empty items (2 bytes each, well within the message limit).
-        e = self.raw_error("SignBatch", b"\x0a\x05bc-ec" + b"\x32\x00" * 100000)
+        # 4,096 empty items (2 bytes each): unpacked, then refused by count.
+        e = self.raw_error("SignBatch", b"\x0a\x05bc-ec" + b"\x32\x00" * 4096)
         self.assertRefused(e, SC.RESOURCE_EXHAUSTED,
-                           "SignBatch has 100000 items; the limit is 1024")
+                           "SignBatch has 4096 items; the limit is 1024")
+        # 500,000 (well within the message limit): refused from the wire bytes,
+        # before protobuf-c allocates one message per item (before, about
+        # 40 MB and half a million allocations for each such call).
+        e = self.raw_error("SignBatch", b"\x0a\x05bc-ec" + b"\x32\x00" * 500000)
+        self.assertRefused(e, SC.RESOURCE_EXHAUSTED,
+                           "field coffer.v1.SignBatchRequest.items repeats more than 4096 "
+                           "times")
+        e = self.raw_error("Rewrap", b"\x0a\x05bc-ec" + b"\x1a\x00" * 500000)
+        self.assertRefused(e, SC.RESOURCE_EXHAUSTED,
+                           "field coffer.v1.RewrapRequest.context repeats more than 4096 "
+                           "times")
 
     def test_empty_batch_audit_record(self):
         """The proto: "audit: one record for the call, with "items" (how many)

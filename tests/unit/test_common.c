@@ -910,6 +910,31 @@ test_pb_check_strings(void)
 	CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__open_session_request__descriptor, big,
 					    sizeof(big) - 1), CF_E_INVALID_ARG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "truncated"));
+	/* Repeated fields: CF_PB_REPEATED_MAX empty batch items pass (the
+	 * handler's own bound says the rest), one more is refused before
+	 * anything is unpacked; so are context entries, counted per message. */
+	{
+		size_t n = 2 * (CF_PB_REPEATED_MAX + 1);
+		uint8_t *w = malloc(n + 3);
+
+		CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+		memcpy(w, "\x0a\x01k", 3);                    /* key = "k" */
+		for (size_t i = 0; i < CF_PB_REPEATED_MAX + 1; i++)
+			memcpy(w + 3 + 2 * i, "\x32\x00", 2);  /* items (6) = {} */
+		CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__sign_batch_request__descriptor, w,
+						    n + 1), CF_OK);
+		CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__sign_batch_request__descriptor, w,
+						    n + 3), CF_E_TOO_LARGE);
+		CU_ASSERT_STRING_EQUAL(cf_error_detail(), "field coffer.v1.SignBatchRequest.items "
+				       "repeats more than 4096 times");
+		for (size_t i = 0; i < CF_PB_REPEATED_MAX + 1; i++)
+			memcpy(w + 3 + 2 * i, "\x1a\x00", 2);  /* context (3) = {} */
+		CU_ASSERT_EQUAL(cf_pb_check_strings(&coffer__v1__wrap_request__descriptor, w, n + 3),
+				CF_E_TOO_LARGE);
+		CU_ASSERT_STRING_EQUAL(cf_error_detail(), "field coffer.v1.WrapRequest.context "
+				       "repeats more than 4096 times");
+		free(w);
+	}
 }
 
 /* cf_arena: a locked bump allocator that is the thread's current one for
