@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -58,13 +59,41 @@ usage(FILE *f)
 "      --check-config         load the configuration, say whether it loads, exit\n"
 "  -h, --help\n"
 "Runs in the foreground. SIGTERM or SIGINT: stop accepting, finish the calls in\n"
-"flight (up to [daemon] shutdown_grace_ms), exit 0. SIGHUP: re-read the -c FILE\n"
-"(flags still win) and apply log_level, shutdown_grace_ms, [service]/[admin]\n"
-"allow_uids and allow_gids, [requests] window; other changes are logged as\n"
-"needing a restart; a bad file changes nothing.\n"
+"flight (up to [daemon] shutdown_grace_ms), exit 0; a second one: exit 1 at\n"
+"once. SIGHUP: re-read the -c FILE (flags still win) and apply log_level,\n"
+"shutdown_grace_ms, [service]/[admin] allow_uids and allow_gids, [requests]\n"
+"window; other changes are logged as needing a restart; a bad file changes\n"
+"nothing.\n"
 "Exit status: 0 stopped by a signal; 1 could not start or failed; 2 a bad\n"
 "configuration or command line; 3 (a fleet) a change held the fleet's change\n"
 "lock past its bound, stuck (the service manager starts it again).\n");
+}
+
+/* A second SIGTERM or SIGINT while calls finish (a call stuck in a token
+ * that does not answer would hold the process for good): exit now. */
+static void *
+second_signal_main(void *arg)
+{
+	int sig = 0;
+
+	if (sigwait(arg, &sig) == 0 && (sig == SIGTERM || sig == SIGINT)) {
+		cf_log_warn("%s again: exiting without waiting for the calls in flight",
+			    sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		_exit(1);
+	}
+	return NULL;
+}
+
+static void
+second_signal_ends(sigset_t *sigs)
+{
+	static sigset_t set;
+	pthread_t t;
+
+	set = *sigs;
+	sigdelset(&set, SIGHUP);
+	if (pthread_create(&t, NULL, second_signal_main, &set) == 0)
+		pthread_detach(t);
 }
 
 /* rpc_cfg.allowed: the socket's allow-list as it is now (ls: service,
@@ -680,6 +709,7 @@ main(int argc, char **argv)
 	}
 	cf_log_info("%s: finishing calls in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	notify_stopping("stopping: finishing calls in flight");
+	second_signal_ends(&sigs);
 	status = 0;
 out:
 	notify_gate(NULL, NULL);

@@ -23,6 +23,7 @@ import concurrent.futures
 import http.client
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -279,6 +280,42 @@ class Interleaving(unittest.TestCase):
                  if r.get("key") == "ord-k" and r.get("method", "").endswith(
                      ("/RotateKey", "/Sign"))]
         self.assertEqual(order, [("RotateKey", 2), ("Sign", 2)], order)
+
+    def test_second_sigterm_ends_a_stuck_shutdown(self):
+        """A call that never ends (held, as behind a token that does not
+        answer) holds the shutdown past its grace: a second SIGTERM ends the
+        process at once, status 1, saying so. Before, only SIGKILL did
+        (found by a review)."""
+        self.start(config={"daemon": {"shutdown_grace_ms": "60000"}})
+        d = self.d
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="sig-k", type=pb.EC_P256),
+                                 timeout=TIMEOUT)
+        self.restart_holding("dispatch.change-made@1")
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            f = ex.submit(lambda: d.admin_stub().RotateKey(pb.RotateKeyRequest(name="sig-k"),
+                                                           timeout=120))
+            wait_for(lambda: os.path.exists(os.path.join(self.hold, "held")), 30,
+                     "the rotation never reached dispatch.change-made")
+            d.send_signal(signal.SIGTERM)
+            wait_for(lambda: "SIGTERM: finishing calls in flight" in d.log(all_starts=False),
+                     10, "no shutdown began")
+            time.sleep(0.5)
+            self.assertTrue(d.running)           # the grace goes on, the call held
+            t = time.monotonic()
+            d.send_signal(signal.SIGTERM)
+            rc = d.proc.wait(10)
+            took = time.monotonic() - t
+            with self.assertRaises(grpc.RpcError):
+                f.result(timeout=30)
+        self.assertEqual(rc, 1, d.log()[-2000:])
+        self.assertLess(took, 2.0)
+        self.assertIn("SIGTERM again: exiting without waiting for the calls in flight",
+                      d.log(all_starts=False))
+        open(os.path.join(self.hold, "release"), "w").close()
+        d.crash_env = {}
+        d.start()      # the rotation had committed: a clean start, version 2 kept
+        self.assertEqual(d.admin_stub().GetKey(pb.GetKeyRequest(name="sig-k"),
+                                               timeout=TIMEOUT).primary_version, 2)
 
     def check_retired_items(self, out, n):
         """A SignBatch answer whose items after the destruction failed, each
