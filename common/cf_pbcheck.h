@@ -28,9 +28,10 @@
 /* Every string field of the message `d` encoded in in[0..len), nested and
  * repeated messages included: CF_OK, or CF_E_INVALID_ARG naming the field
  * and the offset in it of a NUL byte or of invalid UTF-8; CF_E_TOO_LARGE
- * for a repeated field beyond CF_PB_REPEATED_MAX. Unknown fields are skipped; a field whose wire type does not match its descriptor is
- * left to protobuf_c_message_unpack, which refuses it. Truncated wire data
- * is refused. */
+ * for a repeated field beyond CF_PB_REPEATED_MAX. Unknown fields are
+ * skipped; a field whose wire type does not match its descriptor is left to
+ * protobuf_c_message_unpack, which refuses it. Truncated wire data is
+ * refused. */
 int cf_pb_check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *in, size_t len);
 
 /* The length of the longest prefix of p[0..len) that is valid UTF-8
