@@ -199,9 +199,10 @@ listener_allows_now(listener *l, uid_t uid, gid_t gid)
 }
 
 /* Whether a line of the kind last logged at *at may be logged now; if not,
- * it is counted in *quiet (said with the next line). */
+ * it is counted in *quiet. When it may, `more` says how many were not
+ * logged since the last ("" when none). */
 static int
-may_log(uint64_t *at, unsigned long *quiet)
+may_log(uint64_t *at, unsigned long *quiet, char *more, size_t len)
 {
 	uint64_t now = cf_mono_ms();
 
@@ -210,6 +211,11 @@ may_log(uint64_t *at, unsigned long *quiet)
 		return 0;
 	}
 	*at = now;
+	more[0] = '\0';
+	if (*quiet != 0)
+		snprintf(more, len, " (and %lu more not logged in the last %d s)", *quiet,
+			 WARN_EVERY_MS / 1000);
+	*quiet = 0;
 	return 1;
 }
 
@@ -221,6 +227,7 @@ accept_one(listener *l)
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	int fd, allowed, err = 0;
+	char more[80];
 
 	for (int k = 0; k < ACCEPT_PER_PASS; k++) {
 		if ((fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0) {
@@ -235,26 +242,19 @@ accept_one(listener *l)
 		}
 		allowed = listener_allows_now(l, cred.uid, cred.gid);
 		if (!allowed) {
-			if (may_log(&l->refused_at, &l->refused_quiet)) {
+			if (may_log(&l->refused_at, &l->refused_quiet, more, sizeof(more)))
 				cf_log_warn("%s socket: refused connection from uid %u gid %u pid %d: "
-					    "not on the allow-list (%lu more refused unlogged in the "
-					    "last %d s)", l->cfg.name, (unsigned)cred.uid,
-					    (unsigned)cred.gid, (int)cred.pid, l->refused_quiet,
-					    WARN_EVERY_MS / 1000);
-				l->refused_quiet = 0;
-			}
+					    "not on the allow-list%s", l->cfg.name, (unsigned)cred.uid,
+					    (unsigned)cred.gid, (int)cred.pid, more);
 			close(fd);
 			continue;
 		}
 		acceptor.fn(fd, acceptor.arg);
 	}
 	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-		if (may_log(&l->nofd_at, &l->nofd_quiet)) {
-			cf_log_warn("%s socket: accept: %s: connections wait; trying again every %d ms "
-				    "(%lu more unlogged in the last %d s)", l->cfg.name, strerror(err),
-				    NOFD_BACKOFF_MS, l->nofd_quiet, WARN_EVERY_MS / 1000);
-			l->nofd_quiet = 0;
-		}
+		if (may_log(&l->nofd_at, &l->nofd_quiet, more, sizeof(more)))
+			cf_log_warn("%s socket: accept: %s: connections wait; trying again every %d ms%s",
+				    l->cfg.name, strerror(err), NOFD_BACKOFF_MS, more);
 		return 1;
 	}
 	if (err != 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR)
