@@ -776,6 +776,19 @@ run_floor(struct bench *b, const struct options *o, const struct cf_test_token *
 	if (measure(b, o, clients, NULL, pid, &res, NULL) != 0)
 		goto out;
 	record(&res);
+	/* The same callers on the client's pipelined stream: the floor under
+	 * the "cofferd wN stream" rows. */
+	if (o->stream) {
+		if (coffer_set_pipeline(c, COFFER_PIPELINE_ALWAYS) != COFFER_OK) {
+			fprintf(stderr, "bench_daemon: pipeline: %s\n", coffer_error_message());
+			goto out;
+		}
+		snprintf(res.row.label, sizeof(res.row.label), "gRPC floor w%u stream", workers);
+		res.stream = 1;
+		if (measure(b, o, clients, NULL, pid, &res, NULL) != 0)
+			goto out;
+		record(&res);
+	}
 	ret = 0;
 out:
 	coffer_close(c);
@@ -1179,20 +1192,52 @@ print_share(const char *what, const struct result *r, const struct result *l, do
 	       r->row.ops > 0 ? 1e6 * r->row.server_cpu / (double)r->row.ops : 0.0);
 }
 
+/* Issue 17 target 2's stream row against the floor under it: the same
+ * callers on the stream of a server that answers canned bytes (fs). Two
+ * bounds: what the floor itself reaches, doing no work at all, and the
+ * cores shared by the token's CPU per op and the floor's server and client. */
+static void
+print_stream_floor(const struct result *sm, const struct result *fs, const struct result *l,
+		   double want)
+{
+	double fsrv, fcli, tok, most, need;
+
+	if (sm == NULL || fs == NULL || fs->row.ops == 0 || l->row.ops == 0)
+		return;
+	fsrv = 1e6 * fs->row.server_cpu / (double)fs->row.ops;
+	fcli = 1e6 * fs->row.client_cpu / (double)fs->row.ops;
+	tok = 1e6 * l->row.client_cpu / (double)l->row.ops;
+	most = 1e6 * (double)sysconf(_SC_NPROCESSORS_ONLN) / (tok + fsrv + fcli);
+	need = want * l->row.rate;
+	printf("# stream floor: a server answering canned bytes on the stream (%s) answers the "
+	       "same %u callers, one call at a time each, at %.0f calls/s with no token work at "
+	       "all (p50 %.0f us; server %.1f us, client %.1f us of CPU per call), against the "
+	       "target's %.0f/s: %s\n", fs->row.label, fs->row.callers, fs->row.rate, fs->row.p50,
+	       fsrv, fcli, need, fs->row.rate < need ? "the floor alone is below it, out of reach "
+	       "on gRPC core" : "the floor alone is above it");
+	printf("# stream ceiling: %ld cpus / (%.1f token + %.1f floor server + %.1f floor client "
+	       "us) = %.0f calls/s at most, against the target's %.0f/s: %s\n",
+	       sysconf(_SC_NPROCESSORS_ONLN), tok, fsrv, fcli, most, need,
+	       most < need ? "out of reach on gRPC core" : "within reach");
+}
+
 static void
 print_verdict(const struct result *const *best, unsigned n)
 {
 	const struct result *d = NULL, *k = NULL, *l = NULL, *bt = NULL, *sm = NULL, *fl = NULL;
-	const struct result *f = NULL;
+	const struct result *f = NULL, *fs = NULL;
 	double per_cpu, want;
 
 	for (unsigned i = 0; i < n; i++) {
 		if (best[i]->path == PATH_DAEMON && best[i]->batch == 0 && !best[i]->stream &&
 		    (d == NULL || best[i]->row.rate > d->row.rate))
 			d = best[i];
-		if (best[i]->stream && best[i]->in_flight == 0 &&
+		if (best[i]->path == PATH_DAEMON && best[i]->stream && best[i]->in_flight == 0 &&
 		    (sm == NULL || best[i]->row.rate > sm->row.rate))
 			sm = best[i];
+		if (best[i]->path == PATH_GRPC && best[i]->stream &&
+		    (fs == NULL || best[i]->row.rate > fs->row.rate))
+			fs = best[i];
 		if (best[i]->in_flight > 0 && (fl == NULL || best[i]->row.rate > fl->row.rate))
 			fl = best[i];
 		if (best[i]->batch > 0 && (bt == NULL || best[i]->row.rate > bt->row.rate))
@@ -1202,7 +1247,7 @@ print_verdict(const struct result *const *best, unsigned n)
 		if (best[i]->path == PATH_LAYER)
 			l = best[i];
 		/* The cheapest floor (least server CPU per call) bounds every daemon. */
-		if (best[i]->path == PATH_GRPC && best[i]->row.ops > 0 &&
+		if (best[i]->path == PATH_GRPC && !best[i]->stream && best[i]->row.ops > 0 &&
 		    (f == NULL || best[i]->row.server_cpu / (double)best[i]->row.ops <
 		     f->row.server_cpu / (double)f->row.ops))
 			f = best[i];
@@ -1256,6 +1301,7 @@ print_verdict(const struct result *const *best, unsigned n)
 	want = d->op_id == OP_HMAC ? 0.5 : 0.8;
 	print_share("batched", bt, l, want, "item");
 	print_share("stream", sm, l, want, "op");
+	print_stream_floor(sm, fs, l, want);
 	print_share("stream with calls in flight", fl, l, want, "op");
 	if (sm != NULL && floor_min_us > 0.0) {
 		double most = 1e6 * sm->row.callers / floor_min_us;
