@@ -527,7 +527,8 @@ run_daemon(struct bench *b, const struct options *o, const struct cf_test_token 
 	b->path = PATH_DAEMON;
 	if (cf_test_daemon_start(tok, &d, extra) != 0)
 		return -1;
-	if (cf_bench_create_key(&d, b->key_name, ops[b->op].ctype) != 0 || cf_bench_identity(&d, &id, fpr, sizeof(fpr)) != 0)
+	if (cf_bench_create_key(&d, b->key_name, ops[b->op].ctype) != 0 ||
+	    cf_bench_identity(&d, &id, fpr, sizeof(fpr)) != 0)
 		goto out;
 	if ((clients = calloc(2 * o->c.callers, sizeof(*clients))) == NULL ||
 	    (own = calloc(2 * o->c.callers, sizeof(*own))) == NULL)
