@@ -1193,32 +1193,40 @@ print_share(const char *what, const struct result *r, const struct result *l, do
 	       r->row.ops > 0 ? 1e6 * r->row.server_cpu / (double)r->row.ops : 0.0);
 }
 
+/* Server and client CPU per call of a row (us). */
+static double
+per_op_cpu(const struct result *r)
+{
+	return 1e6 * (r->row.server_cpu + r->row.client_cpu) / (double)r->row.ops;
+}
+
 /* Issue 17 target 2's stream row against the floor under it: the same
- * callers on the stream of a server that answers canned bytes (fs). Two
- * bounds: what the floor itself reaches, doing no work at all, and the
- * cores shared by the token's CPU per op and the floor's server and client. */
+ * callers on the stream of a server that answers canned bytes. Two bounds:
+ * what the floor itself reaches doing no work at all (fs, its fastest row),
+ * and the cores shared by the token's CPU per op and the floor's server and
+ * client (fc, its cheapest row). */
 static void
-print_stream_floor(const struct result *sm, const struct result *fs, const struct result *l,
-		   double want)
+print_stream_floor(const struct result *sm, const struct result *fs, const struct result *fc,
+		   const struct result *l, double want)
 {
 	double fsrv, fcli, tok, most, need;
 
-	if (sm == NULL || fs == NULL || fs->row.ops == 0 || l->row.ops == 0)
+	if (sm == NULL || fs == NULL || fc == NULL || l->row.ops == 0)
 		return;
-	fsrv = 1e6 * fs->row.server_cpu / (double)fs->row.ops;
-	fcli = 1e6 * fs->row.client_cpu / (double)fs->row.ops;
+	fsrv = 1e6 * fc->row.server_cpu / (double)fc->row.ops;
+	fcli = 1e6 * fc->row.client_cpu / (double)fc->row.ops;
 	tok = 1e6 * l->row.client_cpu / (double)l->row.ops;
 	most = 1e6 * (double)sysconf(_SC_NPROCESSORS_ONLN) / (tok + fsrv + fcli);
 	need = want * l->row.rate;
-	printf("# stream floor: a server answering canned bytes on the stream (%s) answers the "
-	       "same %u callers, one call at a time each, at %.0f calls/s with no token work at "
-	       "all (p50 %.0f us; server %.1f us, client %.1f us of CPU per call), against the "
-	       "target's %.0f/s: %s\n", fs->row.label, fs->row.callers, fs->row.rate, fs->row.p50,
-	       fsrv, fcli, need, fs->row.rate < need ? "the floor alone is below it, out of reach "
-	       "on gRPC core" : "the floor alone is above it");
+	printf("# stream floor: a server answering canned bytes on the stream (%s, the fastest) "
+	       "answers the same %u callers, one call at a time each, at %.0f calls/s with no "
+	       "token work at all (p50 %.0f us), against the target's %.0f/s: %s\n",
+	       fs->row.label, fs->row.callers, fs->row.rate, fs->row.p50, need,
+	       fs->row.rate < need ? "the floor alone is below it, out of reach on gRPC core" :
+	       "the floor alone is above it");
 	printf("# stream ceiling: %ld cpus / (%.1f token + %.1f floor server + %.1f floor client "
-	       "us) = %.0f calls/s at most, against the target's %.0f/s: %s\n",
-	       sysconf(_SC_NPROCESSORS_ONLN), tok, fsrv, fcli, most, need,
+	       "us; %s, the cheapest) = %.0f calls/s at most, against the target's %.0f/s: %s\n",
+	       sysconf(_SC_NPROCESSORS_ONLN), tok, fsrv, fcli, fc->row.label, most, need,
 	       most < need ? "out of reach on gRPC core" : "within reach");
 }
 
@@ -1226,7 +1234,7 @@ static void
 print_verdict(const struct result *const *best, unsigned n)
 {
 	const struct result *d = NULL, *k = NULL, *l = NULL, *bt = NULL, *sm = NULL, *fl = NULL;
-	const struct result *f = NULL, *fs = NULL;
+	const struct result *f = NULL, *fs = NULL, *fc = NULL;
 	double per_cpu, want;
 
 	for (unsigned i = 0; i < n; i++) {
@@ -1236,9 +1244,12 @@ print_verdict(const struct result *const *best, unsigned n)
 		if (best[i]->path == PATH_DAEMON && best[i]->stream && best[i]->in_flight == 0 &&
 		    (sm == NULL || best[i]->row.rate > sm->row.rate))
 			sm = best[i];
-		if (best[i]->path == PATH_GRPC && best[i]->stream &&
-		    (fs == NULL || best[i]->row.rate > fs->row.rate))
-			fs = best[i];
+		if (best[i]->path == PATH_GRPC && best[i]->stream && best[i]->row.ops > 0) {
+			if (fs == NULL || best[i]->row.rate > fs->row.rate)
+				fs = best[i];
+			if (fc == NULL || per_op_cpu(best[i]) < per_op_cpu(fc))
+				fc = best[i];
+		}
 		if (best[i]->in_flight > 0 && (fl == NULL || best[i]->row.rate > fl->row.rate))
 			fl = best[i];
 		if (best[i]->batch > 0 && (bt == NULL || best[i]->row.rate > bt->row.rate))
@@ -1302,7 +1313,7 @@ print_verdict(const struct result *const *best, unsigned n)
 	want = d->op_id == OP_HMAC ? 0.5 : 0.8;
 	print_share("batched", bt, l, want, "item");
 	print_share("stream", sm, l, want, "op");
-	print_stream_floor(sm, fs, l, want);
+	print_stream_floor(sm, fs, fc, l, want);
 	print_share("stream with calls in flight", fl, l, want, "op");
 	if (sm != NULL && floor_min_us > 0.0) {
 		double most = 1e6 * sm->row.callers / floor_min_us;
