@@ -1146,7 +1146,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	audit *a = calloc(1, sizeof(*a));
 	char fields[1024];
 	int64_t max;
-	int r, created = 0;
+	int r, e, created = 0;
 
 	if (a == NULL)
 		return cf_nomem();
@@ -1204,21 +1204,24 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	pthread_mutex_unlock(&a->mu);
 	if (r != CF_OK)
 		goto fail;
-	if (pthread_create(&a->anchorer, NULL, anchorer_main, a) != 0) {
-		r = cf_error(CF_E_INTERNAL, "cannot start the audit anchorer");
+	if ((e = pthread_create(&a->anchorer, NULL, anchorer_main, a)) != 0) {
+		r = cf_error(CF_E_INTERNAL, "cannot start the audit anchorer's thread: %s",
+			     strerror(e));
 		goto fail;
 	}
 	a->anchorer_started = 1;
-	if (pthread_create(&a->writer, NULL, writer_main, a) != 0) {
-		r = cf_error(CF_E_INTERNAL, "cannot start the audit writer");
+	if ((e = pthread_create(&a->writer, NULL, writer_main, a)) != 0) {
+		r = cf_error(CF_E_INTERNAL, "cannot start the audit writer's thread: %s",
+			     strerror(e));
 		goto fail;
 	}
 	a->writer_started = 1;
 	if (st != NULL)
 		store_set_committed_hook(st, outbox_committed, a);
 	if (audit_hands_off(a)) {
-		if (pthread_create(&a->ticker, NULL, ticker_main, a) != 0) {
-			r = cf_error(CF_E_INTERNAL, "cannot start the audit ticker");
+		if ((e = pthread_create(&a->ticker, NULL, ticker_main, a)) != 0) {
+			r = cf_error(CF_E_INTERNAL, "cannot start the audit ticker's thread: %s",
+				     strerror(e));
 			goto fail;
 		}
 		a->ticker_started = 1;

@@ -89,11 +89,15 @@ second_signal_ends(sigset_t *sigs)
 {
 	static sigset_t set;
 	pthread_t t;
+	int e;
 
 	set = *sigs;
 	sigdelset(&set, SIGHUP);
-	if (pthread_create(&t, NULL, second_signal_main, &set) == 0)
+	if ((e = pthread_create(&t, NULL, second_signal_main, &set)) == 0)
 		pthread_detach(t);
+	else
+		cf_log_warn("shutdown: cannot start the thread that ends it at a second signal "
+			    "(%s); SIGKILL ends a stuck shutdown", strerror(e));
 }
 
 /* rpc_cfg.allowed: the socket's allow-list as it is now (ls: service,

@@ -333,10 +333,13 @@ fleet_open(const char *dsn, const char *replica, fleet **out)
 int
 fleet_start(fleet *f, const struct fleet_hooks *hooks)
 {
+	int e;
+
 	if (hooks != NULL)
 		f->hooks = *hooks;
-	if (pthread_create(&f->thread, NULL, listen_thread, f) != 0)
-		return cf_error(CF_E_INTERNAL, "fleet: cannot start the notification thread");
+	if ((e = pthread_create(&f->thread, NULL, listen_thread, f)) != 0)
+		return cf_error(CF_E_INTERNAL, "fleet: cannot start the notification thread: %s",
+				strerror(e));
 	f->thread_up = 1;
 	return CF_OK;
 }

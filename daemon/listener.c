@@ -302,6 +302,8 @@ acceptor_main(void *arg)
 int
 listener_start(listener **ls, unsigned n, listener_accept_fn fn, void *arg)
 {
+	int e;
+
 	if (n == 0 || n > 7)
 		return cf_error(CF_E_INVALID_ARG, "1..7 listeners");
 	if (pipe2(acceptor.wake, O_CLOEXEC) != 0)
@@ -310,8 +312,8 @@ listener_start(listener **ls, unsigned n, listener_accept_fn fn, void *arg)
 	acceptor.n = n;
 	acceptor.fn = fn;
 	acceptor.arg = arg;
-	if (pthread_create(&acceptor.thread, NULL, acceptor_main, NULL) != 0)
-		return cf_error(CF_E_INTERNAL, "cannot start the accept thread");
+	if ((e = pthread_create(&acceptor.thread, NULL, acceptor_main, NULL)) != 0)
+		return cf_error(CF_E_INTERNAL, "cannot start the accept thread: %s", strerror(e));
 	acceptor.running = 1;
 	return CF_OK;
 }

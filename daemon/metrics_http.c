@@ -405,7 +405,7 @@ metrics_http_start(const struct metrics_http_cfg *c, const struct metrics_source
 		   metrics_http **out)
 {
 	struct metrics_http *m;
-	int r;
+	int r, e;
 
 	*out = NULL;
 	if (c->listen[0] == '\0')
@@ -442,8 +442,9 @@ metrics_http_start(const struct metrics_http_cfg *c, const struct metrics_source
 		m->fd = -1;   /* MHD may have closed it: better left open than closed twice */
 		goto fail;
 	}
-	if (pthread_create(&m->loop, NULL, loop_main, m) != 0) {
-		r = cf_error(CF_E_INTERNAL, "metrics: cannot start the endpoint's thread");
+	if ((e = pthread_create(&m->loop, NULL, loop_main, m)) != 0) {
+		r = cf_error(CF_E_INTERNAL, "metrics: cannot start the endpoint's thread: %s",
+			     strerror(e));
 		MHD_stop_daemon(m->d);
 		m->fd = -1;
 		goto fail;

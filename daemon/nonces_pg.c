@@ -497,7 +497,7 @@ nonces_pg_open(const char *dsn, struct nonces_pg **out)
 {
 	struct nonces_pg *p = calloc(1, sizeof(*p));
 	char msg[MSG_MAX];
-	int r;
+	int r, e;
 
 	if (p == NULL)
 		return cf_nomem();
@@ -522,8 +522,9 @@ nonces_pg_open(const char *dsn, struct nonces_pg **out)
 		}
 	}
 	for (; p->nbt < BATCHERS; p->nbt++) {
-		if (pthread_create(&p->bt[p->nbt], NULL, batcher, p) != 0) {
-			r = cf_error(CF_E_INTERNAL, "nonce record: cannot start a batcher thread");
+		if ((e = pthread_create(&p->bt[p->nbt], NULL, batcher, p)) != 0) {
+			r = cf_error(CF_E_INTERNAL, "nonce record: cannot start a batcher thread: %s",
+				     strerror(e));
 			goto fail;
 		}
 	}

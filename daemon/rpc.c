@@ -1247,8 +1247,9 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	grpc_arg args[4];
 	grpc_channel_args cargs = { 4, args };
 	rpc_server *s;
+	unsigned want;
 	long ncpu;
-	int r;
+	int r, e = 0;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return cf_nomem();
@@ -1300,10 +1301,32 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	s->pipeline.idx = SIZE_MAX;
 	s->pipeline.reg = grpc_server_register_method(s->server, dispatch_pipeline_path, NULL,
 						      GRPC_SRM_PAYLOAD_NONE, 0);
+	/* One helper per other core: a frame's requests, a batch's items
+	 * spread over them. */
+	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	if (share_new(ncpu > 1 ? (unsigned)(ncpu - 1) : 0, &s->share) != CF_OK)
+		s->share = NULL;   /* frames and batches run on their workers alone */
+	/* The workers before the server starts: none started is a daemon that
+	 * would accept connections and never answer them. */
+	want = cfg->workers ? cfg->workers : 4;
+	if (want > RPC_MAX_WORKERS)
+		want = RPC_MAX_WORKERS;
+	for (s->nworkers = 0; s->nworkers < want; s->nworkers++)
+		if ((e = pthread_create(&s->workers[s->nworkers], NULL, worker_main, s)) != 0)
+			break;
+	if (s->nworkers == 0) {
+		r = cf_error(CF_E_INTERNAL, "cannot start a worker thread: %s", strerror(e));
+		grpc_server_destroy(s->server);
+		grpc_completion_queue_shutdown(s->cq);
+		grpc_completion_queue_destroy(s->cq);
+		share_free(s->share);
+		free(s->methods);
+		goto fail;
+	}
+	if (s->nworkers < want)
+		cf_log_warn("started %u of the %u worker threads configured (%s); serving with "
+			    "%u", s->nworkers, want, strerror(e), s->nworkers);
 	grpc_server_start(s->server);
-	s->nworkers = cfg->workers ? cfg->workers : 4;
-	if (s->nworkers > RPC_MAX_WORKERS)
-		s->nworkers = RPC_MAX_WORKERS;
 	for (size_t i = 0; i < s->nmethods; i++)
 		for (unsigned k = 0; k < RPC_ARM_DEPTH; k++)
 			arm(s, &s->methods[i]);
@@ -1311,13 +1334,6 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 		arm(s, NULL);
 	for (unsigned k = 0; k < RPC_ARM_STREAMS; k++)
 		arm(s, &s->pipeline);
-	/* One helper per other core: a frame's requests, a batch's items
-	 * spread over them. */
-	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	if (share_new(ncpu > 1 ? (unsigned)(ncpu - 1) : 0, &s->share) != CF_OK)
-		s->share = NULL;   /* frames and batches run on their workers alone */
-	for (unsigned i = 0; i < s->nworkers; i++)
-		pthread_create(&s->workers[i], NULL, worker_main, s);
 	*out = s;
 	return CF_OK;
 fail:

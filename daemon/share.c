@@ -2,7 +2,9 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "cf_log.h"
 #include "cf_status.h"
 #include "cf_time.h"
 
@@ -84,6 +86,7 @@ int
 share_new(unsigned helpers, share **out)
 {
 	share *sh = calloc(1, sizeof(*sh));
+	int e = 0;
 
 	if (sh == NULL)
 		return cf_nomem();
@@ -93,8 +96,12 @@ share_new(unsigned helpers, share **out)
 	if (helpers > SHARE_MAX_HELPERS)
 		helpers = SHARE_MAX_HELPERS;
 	for (; sh->nthreads < helpers; sh->nthreads++)
-		if (pthread_create(&sh->threads[sh->nthreads], NULL, helper_main, sh) != 0)
-			break;   /* fewer helpers: jobs still run on their owners */
+		if ((e = pthread_create(&sh->threads[sh->nthreads], NULL, helper_main, sh)) != 0)
+			break;
+	/* Fewer helpers: jobs still run on their owners, on fewer cores. */
+	if (sh->nthreads < helpers)
+		cf_log_warn("started %u of the %u helper threads that spread frames and batches "
+			    "over the cores (%s)", sh->nthreads, helpers, strerror(e));
 	*out = sh;
 	return CF_OK;
 }

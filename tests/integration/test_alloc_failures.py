@@ -31,12 +31,15 @@ Not under the sanitizers (their runtime must be the first library loaded).
 import collections
 import mmap
 import os
+import re
 import struct
 import tempfile
 import time
 import unittest
 
 import grpc  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from crash_harness import CrashDaemon, sanitizer_build  # noqa: E402
 from daemon_fixture import Ctl, SealedRpcError, stubs  # noqa: E402
@@ -534,6 +537,77 @@ class AllocFailures(unittest.TestCase):
         print("\n%d calls answered OK, each with its record; audit verify passes" %
               len(self.answered), flush=True)
 
+
+@unittest.skipIf(sanitizer_build(), "the sanitizers' runtime must be loaded first")
+class ThreadFailures(unittest.TestCase):
+    """Every thread cofferd's own code starts, failed in turn: the shim makes
+    its n-th pthread_create fail with EAGAIN, for n = 1, 2, ... until a start
+    where none failed; once that one alone, once it and every later one (a
+    process out of threads). Each start either ends with a non-zero status
+    and a line that says which thread could not start and why (not a crash,
+    not a hang), or serves: a Sign answered right, a clean stop, and the
+    thread it went without named in the log."""
+
+    MSG = b"the thread failure test's message"
+    SAYS = re.compile(r"[^\n]*(cannot start|started \d+ of the \d+)[^\n]*thread[^\n]*"
+                      r"(Resource temporarily unavailable|EAGAIN)[^\n]*")
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(SHIM):
+            raise unittest.SkipTest("%s is not built" % SHIM)
+        cls.d = CrashDaemon()
+        cls.d.start()
+        cls.d.admin_stub().CreateKey(pb.CreateKeyRequest(name="ft-ec", type=pb.EC_P256),
+                                     timeout=TIMEOUT)
+        der = cls.d.service_stub().GetPublicKey(pb.GetPublicKeyRequest(key="ft-ec"),
+                                                timeout=TIMEOUT).der
+        cls.pub = serialization.load_der_public_key(der)
+        cls.d.stop()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def sweep(self, only):
+        d, seen = self.d, []
+        for n in range(1, 64):
+            d.crash_env = {"LD_PRELOAD": SHIM, "COFFER_FAILTHREAD_FROM": str(n)}
+            if only:
+                d.crash_env["COFFER_FAILTHREAD_ONLY"] = "1"
+            served = d.try_start()
+            if served:
+                sig = d.service_stub().Sign(pb.SignRequest(key="ft-ec", message=self.MSG),
+                                            timeout=TIMEOUT).signature
+                self.pub.verify(sig, self.MSG, ec.ECDSA(hashes.SHA256()))
+                d.stop()
+            else:
+                d.proc.wait(timeout=30)
+            log = d.log(all_starts=False)
+            if "failthread: pthread_create #%d failed" % n not in log:
+                self.assertTrue(served, "start %d ended without a thread failing:\n%s" %
+                                (n, log[-2000:]))
+                break
+            said = ([None] + list(self.SAYS.finditer(log)))[-1]   # the last such line
+            self.assertIsNotNone(said, "start %d: no line says which thread and why\n%s" %
+                                 (n, log[-2000:]))
+            if not served:
+                self.assertGreater(d.proc.returncode, 0,
+                                   "start %d: status %d (a signal is a crash)\n%s" %
+                                   (n, d.proc.returncode, log[-2000:]))
+            seen.append("#%d %s: %s" % (n, "served" if served else
+                                        "exit %d" % d.proc.returncode,
+                                        said.group(0).split(": ", 1)[-1]))
+        else:
+            self.fail("cofferd started more than 63 threads of its own")
+        self.assertGreater(len(seen), 5, "too few thread starts reached: %r" % seen)
+        print("\n" + "\n".join(seen), flush=True)
+
+    def test_one_thread_start_failing(self):
+        self.sweep(only=True)
+
+    def test_out_of_threads_from_each_start(self):
+        self.sweep(only=False)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

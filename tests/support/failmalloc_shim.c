@@ -14,11 +14,20 @@
  * decrements while it is above 0, the call that takes it to 0 failing with
  * ENOMEM; [1] how many calls failed (int64); [2] how many were counted
  * (int64). Without the variable nothing is counted or failed.
+ *
+ * Threads: with COFFER_FAILTHREAD_FROM=N, the program's own pthread_create
+ * calls from the N-th on (counted from 1) fail with EAGAIN, as when the
+ * process is out of threads (with COFFER_FAILTHREAD_ONLY=1, the N-th
+ * alone), each failure written to stderr as
+ * "failthread: pthread_create #n failed (EAGAIN)".
  * Test-only.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +40,9 @@ extern void *__libc_realloc(void *p, size_t n);
 extern void *__libc_memalign(size_t align, size_t n);
 
 static int64_t *ctl;                 /* NULL: inactive */
+static long thread_from;             /* 0: no thread fails */
+static int thread_only;              /* only the thread_from-th fails */
+static long threads;                 /* the program's own pthread_create calls so far */
 static uintptr_t text_lo, text_hi;   /* the main program's executable segments */
 
 static int
@@ -57,9 +69,13 @@ __attribute__((constructor)) static void
 setup(void)
 {
 	const char *path = getenv("COFFER_FAILMALLOC_CTL");
+	const char *tf = getenv("COFFER_FAILTHREAD_FROM");
 	void *m;
 	int fd;
 
+	if (tf != NULL && (thread_from = strtol(tf, NULL, 10)) > 0 && text_lo == 0)
+		dl_iterate_phdr(main_text, NULL);
+	thread_only = getenv("COFFER_FAILTHREAD_ONLY") != NULL;
 	if (path == NULL || (fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
 		return;
 	m = mmap(NULL, 3 * sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -147,4 +163,31 @@ strndup(const char *s, size_t max)
 	memcpy(p, s, n);
 	p[n] = '\0';
 	return p;
+}
+
+typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+int
+pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+	static create_fn real;
+	uintptr_t a = (uintptr_t)FROM;
+
+	if (real == NULL)
+		real = (create_fn)dlsym(RTLD_NEXT, "pthread_create");
+	if (thread_from > 0 && a >= text_lo && a < text_hi) {
+		long n = __atomic_add_fetch(&threads, 1, __ATOMIC_RELAXED);
+
+		if (n == thread_from || (n > thread_from && !thread_only)) {
+			char line[80];
+			int len = snprintf(line, sizeof(line),
+					   "failthread: pthread_create #%ld failed (EAGAIN)\n", n);
+
+			if (write(2, line, (size_t)len) < 0) {
+				/* the test then sees no line, and says so */
+			}
+			return EAGAIN;
+		}
+	}
+	return real(t, attr, fn, arg);
 }
