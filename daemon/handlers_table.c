@@ -6,7 +6,8 @@
 
 const struct hservice *const handlers_services[] = {
 	&handlers_keys, &handlers_requests, &handlers_admin_keys, &handlers_lifecycle,
-	&handlers_principals, &handlers_apikeys, &handlers_audit, &handlers_token, &handlers_session, &handlers_batch,
+	&handlers_principals, &handlers_apikeys, &handlers_audit, &handlers_token, &handlers_session,
+	&handlers_batch,
 	NULL,
 };
 
