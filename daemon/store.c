@@ -1570,7 +1570,8 @@ intent_add_body(store *s, const void *arg)
 
 	if (sqldb_query(s->db, &st, "INSERT INTO intents (kind, name, version, ckaid, created, "
 			"owner) VALUES (?, ?, ?, ?, ?, ?) RETURNING id", "ititit", (int64_t)a->kind,
-			a->name, (int64_t)a->version, a->ckaid, (int64_t)time(NULL), s->owner) != SQLDB_OK || sqldb_step(st) != SQLDB_ROW)
+			a->name, (int64_t)a->version, a->ckaid, (int64_t)time(NULL),
+			s->owner) != SQLDB_OK || sqldb_step(st) != SQLDB_ROW)
 		r = db_err(s, "recording the intent");
 	else
 		*a->id = sqldb_int64(st, 0);
