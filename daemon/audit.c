@@ -634,6 +634,8 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep,
 			}
 		} else {
 			pthread_mutex_unlock(&a->mu);
+			/* The start record written, not yet anchored (audit_open). */
+			CF_CRASH_POINT("audit.start.written");
 			anchor_end(a, &be);
 			pthread_mutex_lock(&a->mu);
 		}
@@ -1048,8 +1050,10 @@ outbox_written(audit *a, struct seen *seen)
 	return CF_OK;
 }
 
+/* *clean: the store's anchor says the daemon stopped cleanly (the file was
+ * then checked to end exactly there). */
 static int
-recover(audit *a, char *fields, size_t flen)
+recover(audit *a, char *fields, size_t flen, int *clean)
 {
 	struct store_audit_anchor sa;
 	struct cf_audit_anchor an;
@@ -1086,6 +1090,7 @@ recover(audit *a, char *fields, size_t flen)
 	free(seen.v);
 	if (r != CF_OK)
 		return r;
+	*clean = have && sa.clean;
 	if (rep.torn > 0) {
 		cf_log_warn("audit: %s ended in a torn record (%s); cut off %lld bytes", a->path,
 			    rep.ok ? "a crash while writing" : "see below",
@@ -1146,7 +1151,7 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 	audit *a = calloc(1, sizeof(*a));
 	char fields[1024];
 	int64_t max;
-	int r, e, created = 0;
+	int r, e, created = 0, clean = 0;
 
 	if (a == NULL)
 		return cf_nomem();
@@ -1183,8 +1188,24 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 			     strerror(errno));
 		goto fail;
 	}
-	if ((r = recover(a, fields, sizeof(fields))) != CF_OK)
+	if ((r = recover(a, fields, sizeof(fields), &clean)) != CF_OK)
 		goto fail;
+	/* A clean stop's anchor says the file ends exactly there: it goes
+	 * before anything is written, or a crash before this start's own
+	 * anchor would leave records after a "clean" end, which the next start
+	 * (and every verify) would call an alteration. */
+	if (clean) {
+		struct store_audit_anchor an = { .seq = a->seq, .clean = 0 };
+
+		memcpy(an.chain, a->chain, 32);
+		an.time = (int64_t)time(NULL);
+		if ((r = store_audit_anchor_put(st, &an, 0)) != CF_OK) {
+			r = cf_error(r, "audit: cannot record in the state store that the trail is "
+				     "in use (before writing this start's record): %s",
+				     cf_error_detail());
+			goto fail;
+		}
+	}
 	/* The outbox first (changes committed before this start), then the
 	 * start record, sealed and anchored. */
 	if ((r = outbox_enqueue(a, &max)) != CF_OK)

@@ -432,6 +432,32 @@ class Repro(unittest.TestCase):
                 problems.append("%s (%s): audit verify says: %s" % (how, last[:80], out.strip()))
         self.assertEqual(problems, [])
 
+    def test_repro_8_crash_at_the_start_after_a_clean_stop(self):
+        """A clean stop anchors the trail's exact end. A start that crashes
+        after writing its start record and before anchoring it (found by a
+        review: the window of `audit.start.written`) must not leave records
+        after that "clean" end: the next start would call the trail altered
+        (ALARM, tamper_at in its start record) and every verify fail."""
+        d = H.CrashDaemon()
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="r8", type=pb.EC_P256), timeout=T)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "audit.start.written@1"}
+        self.assertFalse(d.try_start(), "cofferd did not stop at audit.start.written")
+        self.assertEqual(d.proc.wait(timeout=30), 86, d.log(all_starts=False)[-2000:])
+        d.crash_env = {}
+        d.start()
+        log = d.log(all_starts=False)
+        self.assertNotIn("ALARM", log)
+        self.assertIn("adopted 1 records written after the last anchor", log)
+        r = d.ctl("audit", "verify", ok=False)
+        out = (r.stdout + r.stderr).decode(errors="replace")
+        self.assertEqual(r.returncode, 0, out)
+        with open(os.path.join(d.state_dir, "audit.log")) as f:
+            self.assertNotIn("tamper", f.read())
+        d.stop()
+
     @unittest.skip("forging the last record with a recomputed chain, replacing the trail "
                    "with an older copy and the offline verifier: tests/test_audit*.py "
                    "(helper-1)")
