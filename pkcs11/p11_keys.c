@@ -518,25 +518,46 @@ struct gen_arg {
 #define U_TOKEN_SET_PUB  U_ENCRYPT
 
 static CK_RV
-gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient);
+gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient, int probe);
 
+/*
+ * One failure of the full template is not yet a token that sets those
+ * attributes itself: a transient CKR_GENERAL_ERROR would otherwise make
+ * every later pair of the process one that also decrypts. The same
+ * template is tried once more as a pair of session objects (nothing left in
+ * the token): if the token makes that one, this attempt failed by itself,
+ * and its error stands (p11_run recovers the session and tries again, with
+ * the full template). Either way the failed attempt's own objects (its
+ * fresh id, under a label found free under the token lock) go first.
+ */
 static CK_RV
 gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
 {
 	int lenient = __atomic_load_n(&p->token_sets_crypt, __ATOMIC_RELAXED);
-	CK_RV rv = gen_keypair_tpl(p, s, g, lenient);
+	CK_RV rv = gen_keypair_tpl(p, s, g, lenient, 0), rv2;
+	unsigned gone = 0;
 
-	if (!lenient && (rv == CKR_GENERAL_ERROR || rv == CKR_TEMPLATE_INCONSISTENT)) {
-		rv = gen_keypair_tpl(p, s, g, 1);
-		if (rv == CKR_OK)
-			__atomic_store_n(&p->token_sets_crypt, 1, __ATOMIC_RELAXED);
-	}
+	if (lenient || (rv != CKR_GENERAL_ERROR && rv != CKR_TEMPLATE_INCONSISTENT))
+		return rv;
+	if ((rv2 = p11_destroy_labelled(p, s, g->k->label, g->k->id, &gone)) != CKR_OK)
+		return rv2;
+	if (gen_keypair_tpl(p, s, g, 0, 1) == CKR_OK)
+		return rv;
+	rv = gen_keypair_tpl(p, s, g, 1, 0);
+	if (rv == CKR_OK)
+		__atomic_store_n(&p->token_sets_crypt, 1, __ATOMIC_RELAXED);
 	return rv;
 }
 
+/* A key pair with the full template (or without the attributes the token
+ * sets itself: lenient); probe: as session objects under another label,
+ * destroyed at once (gen_keypair). */
 static CK_RV
-gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient)
+gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient, int probe)
 {
+	static const char probe_label[] = "coffer-template-probe";
+	CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
+	CK_RV rv;
 	cf_p11_key *k = g->k;
 	struct p11_template pub = { .n = 0 }, priv = { .n = 0 };
 	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
@@ -568,7 +589,24 @@ gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient)
 		params = p11_ec_params(k->type, &plen);
 		tpl_add(&pub, CKA_EC_PARAMS, params, plen);
 	}
-	return p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &k->pub, &k->priv);
+	if (!probe)
+		return p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &k->pub,
+					       &k->priv);
+	for (struct p11_template *t = &pub; t != NULL; t = t == &pub ? &priv : NULL)
+		for (CK_ULONG i = 0; i < t->n; i++) {
+			if (t->a[i].type == CKA_TOKEN)
+				t->a[i].pValue = &p11_false;
+			if (t->a[i].type == CKA_LABEL) {
+				t->a[i].pValue = (void *)probe_label;
+				t->a[i].ulValueLen = sizeof(probe_label) - 1;
+			}
+		}
+	rv = p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv);
+	if (rv == CKR_OK) {
+		(void)p->f->C_DestroyObject(s, hpriv);
+		(void)p->f->C_DestroyObject(s, hpub);
+	}
+	return rv;
 }
 
 static CK_RV

@@ -457,6 +457,7 @@ struct gcm_arg {
 	CK_ULONG inlen;
 	uint8_t *out;
 	CK_ULONG outlen;
+	CK_ULONG cap;            /* out's size: outlen again on every attempt */
 	int decrypt;
 };
 
@@ -464,9 +465,12 @@ static CK_RV
 gcm_op(cf_p11 *p, CK_SESSION_HANDLE s, const struct p11_handles *h, void *arg)
 {
 	struct gcm_arg *g = arg;
-	CK_ULONG cap = g->outlen;
+	CK_ULONG cap = g->cap;
 	CK_RV rv;
 
+	/* An attempt that failed after the token set the length must not
+	 * shrink the next one's buffer (p11_run retries after a recovery). */
+	g->outlen = cap;
 	if (g->decrypt) {
 		if ((rv = p->f->C_DecryptInit(s, &g->mech, h->priv)) != CKR_OK)
 			return rv;
@@ -532,7 +536,7 @@ cf_p11_gcm_encrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen, const uint8
 		return r;
 	g.in = pt;
 	g.inlen = ptlen;
-	g.outlen = ptlen + CF_GCM_TAG_LEN;
+	g.cap = ptlen + CF_GCM_TAG_LEN;
 	if ((r = p11_status(p11_run(k->p, k, gcm_op, &g), "encrypting")) != CF_OK)
 		return r;
 	memcpy(iv, fresh, sizeof(fresh));
@@ -560,7 +564,7 @@ cf_p11_gcm_decrypt(cf_p11_key *k, const uint8_t *aad, size_t aadlen,
 	g.in = ct;
 	g.inlen = ctlen;
 	g.out = cf_secret_ptr(plain);
-	g.outlen = ctlen;
+	g.cap = ctlen;
 	rv = p11_run(k->p, k, gcm_op, &g);
 	if (rv == P11_RV_DECRYPT_FAILED) {
 		r = cf_error(CF_E_DECRYPT, "decryption failed: ciphertext, tag, IV or additional "

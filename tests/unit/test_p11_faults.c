@@ -208,6 +208,99 @@ test_generate_id_write_failed(void)
 	cf_p11_key_free(k);
 }
 
+/* The boolean attribute `attr` of the one object labelled
+ * "coffer/<name>/<version>" of class cls, through the real module: 1 TRUE,
+ * 0 FALSE, -1 unreadable or not one object. */
+static int
+raw_bool(const char *name, uint32_t version, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE attr)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_BBOOL yes = CK_TRUE, v = CK_FALSE;
+	char label[128];
+	CK_ATTRIBUTE q[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_LABEL, label, 0 },
+		{ CKA_CLASS, &cls, sizeof(cls) },
+	};
+	CK_ATTRIBUTE a = { attr, &v, sizeof(v) };
+	CK_OBJECT_HANDLE o[2];
+	CK_ULONG n = 0;
+	int r = -1;
+
+	q[1].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "coffer/%s/%" PRIu32, name,
+					     version);
+	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
+		return -1;
+	if (f->C_FindObjectsInit(s, q, 3) == CKR_OK) {
+		if (f->C_FindObjects(s, o, 2, &n) == CKR_OK && n == 1 &&
+		    f->C_GetAttributeValue(s, o[0], &a, 1) == CKR_OK)
+			r = v == CK_TRUE;
+		f->C_FindObjectsFinal(s);
+	}
+	f->C_CloseSession(s);
+	return r;
+}
+
+/* One CKR_GENERAL_ERROR from C_GenerateKeyPair, after the token made the
+ * pair: an attempt that failed, not a token that refuses the full template
+ * (a pair of session objects with it is made). The attempt's pair is
+ * removed, the session recovered and the call made again with the full
+ * template: one pair under the label, and neither this key nor later ones
+ * decrypt or encrypt. Before, the lenient template was taken at once and
+ * kept for the process (every later RSA key also decrypted), and this call
+ * left two pairs under one label. */
+static void
+test_generate_general_error_once(void)
+{
+	struct mark gen = mark(P11F_C_GenerateKeyPair);
+	cf_p11_key *k = NULL;
+
+	inject(P11F_C_GenerateKeyPair, CKR_GENERAL_ERROR, 0, 1, 1);
+	CHECK_OK(cf_p11_key_generate(p11, "gen-ge", 1, CF_KEY_EC_P256, 0, &k));
+	fault->clear();
+	check_mark(&gen, 3, 1);            /* the attempt, the probe, the retry */
+	CU_ASSERT_EQUAL(raw_count("gen-ge", 1, CK_UNAVAILABLE_INFORMATION), 2);
+	CU_ASSERT_EQUAL(raw_bool("gen-ge", 1, CKO_PRIVATE_KEY, CKA_DECRYPT), 0);
+	CU_ASSERT_EQUAL(raw_bool("gen-ge", 1, CKO_PUBLIC_KEY, CKA_ENCRYPT), 0);
+	check_signs(k);
+	cf_p11_key_free(k);
+	CHECK_OK(cf_p11_key_generate(p11, "gen-ge", 2, CF_KEY_RSA_2048, 0, &k));
+	CU_ASSERT_EQUAL(raw_bool("gen-ge", 2, CKO_PRIVATE_KEY, CKA_DECRYPT), 0);
+	CU_ASSERT_EQUAL(raw_bool("gen-ge", 2, CKO_PUBLIC_KEY, CKA_ENCRYPT), 0);
+	CU_ASSERT_EQUAL(raw_bool("gen-ge", 2, CKO_PRIVATE_KEY, CKA_SIGN), 1);
+	check_signs(k);
+	cf_p11_key_free(k);
+}
+
+/* A token that refuses the full template every time (tpm2-pkcs11 sets
+ * CKA_DECRYPT and CKA_ENCRYPT itself): the probe fails too, the pair is
+ * made without those two, and later pairs go without them at once. On an
+ * instance of its own: the choice lasts as long as the instance. */
+static void
+test_generate_token_refuses_template(void)
+{
+	struct mark gen = mark(P11F_C_GenerateKeyPair);
+	cf_p11 *own = NULL;
+	cf_p11_key *k = NULL;
+
+	CU_ASSERT_EQUAL_FATAL(cf_p11_open(&tok.cfg, &own), CF_OK);
+	inject(P11F_C_GenerateKeyPair, CKR_GENERAL_ERROR, 0, 2, 0);
+	CHECK_OK(cf_p11_key_generate(own, "gen-tpl", 1, CF_KEY_EC_P256, 0, &k));
+	fault->clear();
+	check_mark(&gen, 3, 2);            /* full, probe, lenient */
+	CU_ASSERT_EQUAL(raw_count("gen-tpl", 1, CK_UNAVAILABLE_INFORMATION), 2);
+	check_signs(k);
+	cf_p11_key_free(k);
+	gen = mark(P11F_C_GenerateKeyPair);
+	CHECK_OK(cf_p11_key_generate(own, "gen-tpl", 2, CF_KEY_EC_P256, 0, &k));
+	check_mark(&gen, 1, 0);
+	check_signs(k);
+	cf_p11_key_free(k);
+	cf_p11_close(own);
+}
+
 /* C_CreateObject of an imported HMAC secret the same way: one secret under
  * the label afterwards, and it is the imported one (OpenSSL agrees). */
 static void
@@ -335,6 +428,38 @@ test_destroy_interrupted(void)
 }
 
 /* ---- GCM: a bad tag, or a lost device ---- */
+
+/* A C_Decrypt that reached the token (which set the output length) and
+ * then lost its session: the retry after the recovery gets the whole
+ * buffer again. Before, it got the first attempt's plaintext length,
+ * SoftHSM answered CKR_BUFFER_TOO_SMALL, and the call failed. The same for
+ * C_Encrypt. */
+static void
+test_gcm_retry_keeps_buffer(void)
+{
+	static const uint8_t pt[] = "gcm plaintext, decrypted again";
+	uint8_t iv[CF_GCM_IV_LEN];
+	cf_buf *ct = cf_buf_new(sizeof(pt) + CF_GCM_TAG_LEN);
+	cf_p11_key *k = NULL;
+	cf_secret *out = NULL;
+	struct mark dec = mark(P11F_C_Decrypt), enc = mark(P11F_C_Encrypt);
+
+	CHECK_OK(cf_p11_key_generate(p11, "gcm-retry", 1, CF_KEY_AES_256, 0, &k));
+	inject(P11F_C_Encrypt, CKR_SESSION_HANDLE_INVALID, 0, 1, 1);
+	CHECK_OK(cf_p11_gcm_encrypt(k, NULL, 0, pt, sizeof(pt), iv, ct));
+	fault->clear();
+	check_mark(&enc, 2, 1);
+	CU_ASSERT_EQUAL(cf_buf_len(ct), sizeof(pt) + CF_GCM_TAG_LEN);
+	inject(P11F_C_Decrypt, CKR_SESSION_HANDLE_INVALID, 0, 1, 1);
+	CHECK_OK(cf_p11_gcm_decrypt(k, NULL, 0, iv, cf_buf_peek(ct), cf_buf_len(ct), &out));
+	fault->clear();
+	check_mark(&dec, 2, 1);
+	CU_ASSERT(out != NULL && cf_secret_len(out) == sizeof(pt) &&
+		  memcmp(cf_secret_cptr(out), pt, sizeof(pt)) == 0);
+	cf_secret_free(out);
+	cf_buf_free(ct);
+	cf_p11_key_free(k);
+}
 
 static void
 test_gcm_decrypt_device_lost(void)
@@ -976,10 +1101,16 @@ main(void)
 {
 	static const struct cf_test_case cases[] = {
 		{ "generate: write made, DEVICE_ERROR told; own id redone", test_generate_id_write_failed },
+		{ "generate: one GENERAL_ERROR keeps the full template",
+		  test_generate_general_error_once },
+		{ "generate: a token that refuses the template gets the lenient one",
+		  test_generate_token_refuses_template },
 		{ "import: write made, DEVICE_ERROR told; own id redone", test_import_id_write_failed },
 		{ "generate/import without an id: WRITE_UNKNOWN", test_write_failed_without_id },
 		{ "destroy interrupted after the private key", test_destroy_interrupted },
 		{ "GCM decrypt: a lost device is not a bad tag", test_gcm_decrypt_device_lost },
+		{ "GCM: a retry after a lost session has the whole buffer",
+		  test_gcm_retry_keeps_buffer },
 		{ "clean refusals are not token errors", test_clean_refusal_not_counted },
 		{ "a public key read again after a recoverable failure", test_pubkey_read_again },
 		{ "device gone: backoff between recoveries", test_device_gone_backoff },
