@@ -211,10 +211,13 @@ handshake(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
 	h.max_bytes = resp->max_bytes;
 	if ((r = cf_session_transcript_hash(&h, th)) != CF_OK)
 		goto out;
+	/* Only what the daemon sent is called an impostor's; this process's
+	 * own failures (memory, OpenSSL) keep their status and text. */
 	if ((r = cf_session_verify_pinned(p->pinkey, th, resp->signature.data,
 					  resp->signature.len)) != CF_OK) {
-		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's handshake signature does not "
-			     "verify under the pinned identity: refusing it");
+		if (r == CF_E_BAD_SIGNATURE)
+			r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's handshake signature does "
+				     "not verify under the pinned identity: refusing it");
 		goto out;
 	}
 	/* The daemon binds the session to the uid/gid it read from the socket
@@ -239,7 +242,9 @@ handshake(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p,
 		goto out;
 	}
 	if ((r = cf_session_keys_derive(eph, h.server_pub, th, h.session_id, &s->keys)) != CF_OK) {
-		r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's ephemeral key is unusable");
+		if (r == CF_E_INVALID_ARG)
+			r = cf_error(CF_E_UNAUTHENTICATED, "the daemon's ephemeral key is unusable "
+				     "(not a usable X25519 public key)");
 		goto out;
 	}
 	memcpy(s->id, h.session_id, CF_SESSION_ID_LEN);
