@@ -488,11 +488,17 @@ cf_audit_anchor_read(const char *db_path, struct cf_audit_anchor *out)
 			     "anchored)", db_path);
 		goto out;
 	}
-	hex = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 1) : NULL;
+	if (rc != SQLITE_ROW) {
+		r = cf_error(CF_E_IO, "cannot read the audit anchor in %s: %s", db_path,
+			     sqlite3_errmsg(db));
+		goto out;
+	}
+	hex = (const char *)sqlite3_column_text(st, 1);
 	if (hex == NULL || strlen(hex) != 64 || lower_hex(hex, 64, a.chain) != 0 ||
 	    sqlite3_column_int64(st, 0) <= 0) {
-		r = cf_error(CF_E_IO, "the audit anchor in %s is unreadable or malformed: %s",
-			     db_path, sqlite3_errmsg(db));
+		r = cf_error(CF_E_IO, "the audit anchor in %s is malformed (its record number must "
+			     "be positive and its chain value 64 lowercase hex digits): give the "
+			     "anchor to check with --anchor SEQ:CHAIN instead", db_path);
 		goto out;
 	}
 	a.seq = (uint64_t)sqlite3_column_int64(st, 0);
@@ -501,7 +507,12 @@ cf_audit_anchor_read(const char *db_path, struct cf_audit_anchor *out)
 	/* One row per replica name (schema 9); a SQLite store has one daemon,
 	 * so a second row means the replica was renamed: which trail is which
 	 * cannot be told from here. */
-	if (sqlite3_step(st) != SQLITE_DONE) {
+	if ((rc = sqlite3_step(st)) != SQLITE_DONE && rc != SQLITE_ROW) {
+		r = cf_error(CF_E_IO, "cannot read the audit anchor in %s: %s", db_path,
+			     sqlite3_errmsg(db));
+		goto out;
+	}
+	if (rc == SQLITE_ROW) {
 		r = cf_error(CF_E_INVALID_ARG, "%s holds the audit anchors of several replica "
 			     "names ([state] replica was changed); give the anchor to check with "
 			     "--anchor SEQ:CHAIN instead", db_path);

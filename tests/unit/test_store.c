@@ -687,6 +687,12 @@ sqlite_from_v8(void)
 	store_close(s);
 	CU_ASSERT_EQUAL(cf_audit_anchor_read(db, &off), CF_E_INVALID_ARG);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "several replica"));
+	/* A malformed anchor says so, not SQLite's "another row available". */
+	raw_sql(&w, "DELETE FROM audit_anchor WHERE replica = 'renamed';"
+		"UPDATE audit_anchor SET chain = 'xyz';");
+	CU_ASSERT_EQUAL(cf_audit_anchor_read(db, &off), CF_E_IO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "is malformed (its record number"));
+	CU_ASSERT_PTR_NULL(strstr(cf_error_detail(), "row"));
 }
 
 /* ---- PostgreSQL: notifications ---- */
