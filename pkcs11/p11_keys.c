@@ -296,8 +296,14 @@ p11_detect_type(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, enum cf_key_
 		       len == 512 ? CF_KEY_RSA_4096 : CF_KEY_NONE;
 		break;
 	case CKK_GENERIC_SECRET:
-		if ((rv = p11_get_attr(p, s, o, CKA_ALLOWED_MECHANISMS, &v, &len)) == CKR_OK &&
-		    len == sizeof(CK_MECHANISM_TYPE)) {
+		/* A secret without the attribute is not one of Coffer's; a read
+		 * that failed (a lost session, the device) is that failure, for
+		 * recovery to see, not an unknown key type. */
+		rv = p11_get_attr(p, s, o, CKA_ALLOWED_MECHANISMS, &v, &len);
+		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+		    rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_VALUE_INVALID)
+			return rv;
+		if (rv == CKR_OK && len == sizeof(CK_MECHANISM_TYPE)) {
 			CK_MECHANISM_TYPE m;
 
 			memcpy(&m, v, sizeof(m));

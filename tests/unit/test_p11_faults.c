@@ -461,6 +461,32 @@ test_gcm_retry_keeps_buffer(void)
 	cf_p11_key_free(k);
 }
 
+/* Opening an HMAC key whose CKA_ALLOWED_MECHANISMS read fails with a lost
+ * device: the failure, recovered and retried, not "not a key type Coffer
+ * knows" (CF_E_UNSUPPORTED, which no recovery follows; a review). */
+static void
+test_open_secret_attribute_read_fails(void)
+{
+	struct cf_p11_stats s0, s1;
+	cf_p11_key *k = NULL;
+	cf_buf *mac = cf_buf_new(64);
+
+	CHECK_OK(cf_p11_key_generate(p11, "open-attr", 1, CF_KEY_HMAC_SHA256, 0, &k));
+	cf_p11_key_free(k);
+	k = NULL;
+	cf_p11_stats(p11, &s0);
+	/* The first read (CKA_KEY_TYPE) answers; the next is the mechanisms'. */
+	inject(P11F_C_GetAttributeValue, CKR_DEVICE_ERROR, 1, 1, 0);
+	CHECK_OK(cf_p11_key_open(p11, "open-attr", 1, &k));
+	fault->clear();
+	cf_p11_stats(p11, &s1);
+	CU_ASSERT_EQUAL(s1.recoveries - s0.recoveries, 1);
+	CU_ASSERT(k != NULL && cf_p11_key_type(k) == CF_KEY_HMAC_SHA256);
+	CHECK_OK(cf_p11_mac(k, msg, sizeof(msg), mac));
+	cf_p11_key_free(k);
+	cf_buf_free(mac);
+}
+
 static void
 test_gcm_decrypt_device_lost(void)
 {
@@ -1111,6 +1137,8 @@ main(void)
 		{ "GCM decrypt: a lost device is not a bad tag", test_gcm_decrypt_device_lost },
 		{ "GCM: a retry after a lost session has the whole buffer",
 		  test_gcm_retry_keeps_buffer },
+		{ "open: a failed attribute read is not an unknown key type",
+		  test_open_secret_attribute_read_fails },
 		{ "clean refusals are not token errors", test_clean_refusal_not_counted },
 		{ "a public key read again after a recoverable failure", test_pubkey_read_again },
 		{ "device gone: backoff between recoveries", test_device_gone_backoff },
