@@ -57,6 +57,9 @@ usage(FILE *f)
 "      --workers N            RPC worker threads        [daemon] workers\n"
 "      --log-level LEVEL      error|warn|info|debug     [daemon] log_level\n"
 "      --check-config         load the configuration, say whether it loads, exit\n"
+"      --init-token LABEL     initialise a token labelled LABEL in a free slot of\n"
+"                             --module, with the PINs read from --so-pin-file PATH\n"
+"                             and --pin-file (never on a command line), exit\n"
 "  -h, --help\n"
 "Runs in the foreground. SIGTERM or SIGINT: stop accepting, finish the calls in\n"
 "flight (up to [daemon] shutdown_grace_ms), exit 0; a second one: exit 1 at\n"
@@ -136,6 +139,8 @@ harden(void)
 static const char *config_file;
 /* --check-config: load the configuration, say whether it is good, exit. */
 static int check_only;
+/* --init-token LABEL with --so-pin-file: initialise a token, exit. */
+static const char *init_label, *so_pin_file;
 
 static int
 parse_args(int argc, char **argv, struct cofferd_config *cfg)
@@ -157,6 +162,8 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 		{ "help", no_argument, NULL, 'h' },
 		{ "crash-points", no_argument, NULL, 'X' },
 		{ "check-config", no_argument, NULL, 'K' },
+		{ "init-token", required_argument, NULL, 'I' },
+		{ "so-pin-file", required_argument, NULL, 'O' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *file = NULL;
@@ -181,6 +188,10 @@ parse_args(int argc, char **argv, struct cofferd_config *cfg)
 			exit(0);
 		} else if (ch == 'K') {
 			check_only = 1;
+		} else if (ch == 'I') {
+			init_label = optarg;
+		} else if (ch == 'O') {
+			so_pin_file = optarg;
 		} else if (ch == '?') {
 			usage(stderr);
 			exit(2);
@@ -542,6 +553,20 @@ main(int argc, char **argv)
 	if ((r = parse_args(argc, argv, &cfg)) != CF_OK) {
 		cf_log_error("configuration: %s", cf_error_detail());
 		return 2;
+	}
+	if (init_label != NULL || so_pin_file != NULL) {
+		if (init_label == NULL || so_pin_file == NULL || cfg.pin_file[0] == '\0') {
+			cf_log_error("--init-token LABEL needs --so-pin-file PATH and --pin-file PATH");
+			return 2;
+		}
+		if ((r = cf_p11_init_token(cfg.module, init_label, so_pin_file,
+					   cfg.pin_file)) != CF_OK) {
+			cf_log_error("initialising the token: %s", cf_error_detail());
+			return r == CF_E_EXISTS ? 3 : 1;
+		}
+		printf("cofferd: initialised the token \"%s\" with the PINs of %s and %s\n",
+		       init_label, so_pin_file, cfg.pin_file);
+		return 0;
 	}
 	if (check_only) {
 		/* A package upgrade asks before it restarts a running daemon. */

@@ -62,7 +62,7 @@ bash tests/support/pg_server.sh createdb "$demo/pg" coffer_fleet
 echo "server: host=$pg_host, database coffer_fleet"
 
 echo "== 2. one SoftHSM2 token for the three replicas"
-if ! out=$(sh deploy/init-token.sh "$demo/hsm" coffer 2>&1); then
+if ! out=$(COFFERD=$cofferd sh deploy/init-token.sh "$demo/hsm" coffer 2>&1); then
     echo "$out" >&2
     exit 1
 fi

@@ -9,12 +9,10 @@
 # and initialises a token labelled LABEL (default "coffer") in a free slot.
 #
 # Safe to re-run: if a token with LABEL already exists in DIR it is left
-# alone (exit 0). The PINs are never printed; they go only to the two files.
-# softhsm2-util reads PINs only from a terminal or its command line, so they
-# appear in its argv for the moment it runs (readable through /proc by other
-# local users unless /proc is mounted with hidepid): initialise tokens on a
-# machine or in a namespace you trust, and change the PINs afterwards if that
-# matters to you.
+# alone (exit 0). The PINs are never printed; they go only to the two files,
+# and the token is initialised by `cofferd --init-token`, which reads them
+# from those files: never on a command line, where every local user could
+# read them (softhsm2-util takes PINs only there or from a terminal).
 #
 # For the systemd unit (deploy/cofferd.service), as root:
 #   deploy/init-token.sh /var/lib/coffer
@@ -29,7 +27,10 @@
 # directory to its user, and a backup of it would hold the token with the PIN
 # that opens it; the SO PIN can re-initialise (wipe) the token.
 #
-# Environment: SOFTHSM2_UTIL (default softhsm2-util), OPENSSL (default openssl).
+# Environment: COFFERD (default: cofferd on PATH, else the one installed or
+# built beside this script), SOFTHSM2_MODULE (default: cofferd's own),
+# SOFTHSM2_UTIL (default softhsm2-util; it only lists slots), OPENSSL
+# (default openssl).
 set -eu
 
 prog=$(basename "$0")
@@ -52,6 +53,15 @@ OPENSSL=${OPENSSL:-openssl}
 command -v "$SOFTHSM2_UTIL" >/dev/null 2>&1 ||
     die "$SOFTHSM2_UTIL not found (apt-get install softhsm2)"
 command -v "$OPENSSL" >/dev/null 2>&1 || die "$OPENSSL not found (apt-get install openssl)"
+here=$(cd "$(dirname "$0")" && pwd -P)
+if [ -z "${COFFERD:-}" ]; then
+    for c in "$(command -v cofferd 2>/dev/null || true)" "$here/../../sbin/cofferd" \
+             "$here/../build/daemon/cofferd"; do
+        if [ -n "$c" ] && [ -x "$c" ]; then COFFERD=$c; break; fi
+    done
+fi
+[ -n "${COFFERD:-}" ] && [ -x "$COFFERD" ] ||
+    die "cofferd not found (it initialises the token): build it, install it, or set COFFERD"
 
 umask 077
 mkdir -p "$1" || die "cannot create $1"
@@ -126,13 +136,13 @@ printf '%s\n' "$upin" >"$tu" || die "cannot write $tu"
 printf '%s\n' "$spin" >"$ts" || die "cannot write $ts"
 mv "$tu" "$user_pin" && mv "$ts" "$so_pin" || die "cannot create the PIN files in $dir"
 
-if ! out=$("$SOFTHSM2_UTIL" --init-token --free --label "$label" --so-pin "$spin" --pin "$upin" 2>&1); then
-    unset upin spin
+unset upin spin
+set -- --init-token "$label" --so-pin-file "$so_pin" --pin-file "$user_pin"
+[ -z "${SOFTHSM2_MODULE:-}" ] || set -- "$@" --module "$SOFTHSM2_MODULE"
+if ! out=$("$COFFERD" "$@" 2>&1); then
     printf '%s\n' "$out" >&2
-    die "softhsm2-util --init-token failed"
+    die "cofferd --init-token failed"
 fi
 done_ok=1
-unset upin spin
-printf '%s\n' "$out" | grep -v -i 'pin' >&2 || true
 echo "$prog: initialised token \"$label\" in $tokens" >&2
 summary

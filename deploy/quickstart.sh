@@ -33,7 +33,7 @@ fi
 
 demo=${COFFER_DEMO_DIR:-$root/demo}
 echo "== 2. SoftHSM2 token in $demo"
-sh "$init_token" "$demo" coffer
+COFFERD=$cofferd sh "$init_token" "$demo" coffer
 export SOFTHSM2_CONF=$demo/softhsm2.conf
 # Unix socket paths are limited to 107 bytes.
 run=$demo

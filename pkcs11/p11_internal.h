@@ -170,6 +170,11 @@ struct p11_handles {
 /* Map a CK_RV to a Coffer status and set a detail "<what>: <text> (CKR_...)". */
 int p11_status(CK_RV rv, const char *what);
 const char *p11_rv_name(CK_RV rv);
+#define P11_PIN_MAX 256       /* bytes of a PIN file, its newline included */
+
+/* dlopen the module at path and get its function list (*dl set even on a
+ * later failure, for the caller to dlclose). */
+int p11_load(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f);
 /* 1 if the layer should recover and retry once after this CK_RV. */
 int p11_rv_recoverable(CK_RV rv);
 /* 1 if a session that returned this CK_RV is certainly idle again. */

@@ -17,7 +17,6 @@
 #include "cf_secret_file.h"
 #include "cf_status.h"
 
-#define P11_PIN_MAX 256
 #define P11_LOGIN_ATTEMPTS 5
 /* Waits between failed recoveries: short enough that a token back from a
  * restart serves within seconds, long enough not to hammer one that is gone. */
@@ -223,10 +222,29 @@ p11_token_unlock(cf_p11 *p)
 }
 
 int
+p11_load(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f)
+{
+	CK_C_GetFunctionList getfl;
+	CK_RV rv;
+
+	*f = NULL;
+	if ((*dl = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL)
+		return cf_error(CF_E_MODULE, "cannot load PKCS#11 module %s: %s", path, dlerror());
+	if ((getfl = (CK_C_GetFunctionList)dlsym(*dl, "C_GetFunctionList")) == NULL)
+		return cf_error(CF_E_MODULE, "%s is not a PKCS#11 module (no C_GetFunctionList)",
+				path);
+	if ((rv = getfl(f)) != CKR_OK || *f == NULL) {
+		*f = NULL;
+		return cf_error(CF_E_MODULE, "C_GetFunctionList of %s failed (%s)", path,
+				p11_rv_name(rv));
+	}
+	return CF_OK;
+}
+
+int
 cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 {
 	pthread_rwlockattr_t ra;
-	CK_C_GetFunctionList getfl;
 	cf_p11 *p = NULL;
 	CK_RV rv;
 	int r;
@@ -271,21 +289,8 @@ cf_p11_open(const struct cf_p11_config *cfg, cf_p11 **out)
 	}
 	if (p->lock_path != NULL && (r = p11_lock_open(p)) != CF_OK)
 		goto out;
-	if ((p->dl = dlopen(p->module_path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
-		r = cf_error(CF_E_MODULE, "cannot load PKCS#11 module %s: %s", p->module_path,
-			     dlerror());
+	if ((r = p11_load(p->module_path, &p->dl, &p->f)) != CF_OK)
 		goto out;
-	}
-	if ((getfl = (CK_C_GetFunctionList)dlsym(p->dl, "C_GetFunctionList")) == NULL) {
-		r = cf_error(CF_E_MODULE, "%s is not a PKCS#11 module (no C_GetFunctionList)",
-			     p->module_path);
-		goto out;
-	}
-	if ((rv = getfl(&p->f)) != CKR_OK || p->f == NULL) {
-		r = cf_error(CF_E_MODULE, "C_GetFunctionList of %s failed (%s)", p->module_path,
-			     p11_rv_name(rv));
-		goto out;
-	}
 	/* Another process's login rewrites the token file SoftHSM reads here
 	 * (C_Initialize, C_GetTokenInfo): with them at the same time, a token
 	 * can look absent. The lock file keeps replicas starting together apart. */

@@ -398,8 +398,12 @@ class CofferDaemon:
             if why is not None:
                 raise DaemonError("no TPM token: " + why)
         script = INIT_TPM_TOKEN if self.token == "tpm" else INIT_TOKEN
+        # The token is initialised by this build's cofferd (--init-token).
+        env = dict(os.environ, COFFERD=self.cofferd)
+        if os.environ.get("COFFER_SOFTHSM_MODULE"):
+            env["SOFTHSM2_MODULE"] = os.environ["COFFER_SOFTHSM_MODULE"]
         r = subprocess.run(["/bin/sh", script, self.token_dir, self.label],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=env)
         if r.returncode != 0:
             raise DaemonError("%s failed (%d):\n%s%s" %
                               (os.path.basename(script), r.returncode, r.stdout, r.stderr))

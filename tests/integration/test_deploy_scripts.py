@@ -1,12 +1,16 @@
 #!/usr/bin/python3
 """deploy/init-token.sh cut short (found by a review of the deploy files):
 
-* Ctrl-C (SIGINT to its process group) while softhsm2-util initialises the
-  token: no PIN file is left of a token that was never made, and a re-run
-  succeeds (before, the PIN files stayed and every re-run refused to
-  overwrite them: "exists but no token ... does").
-* softhsm2-util failing: the same, and its message is passed on.
+* Ctrl-C (SIGINT to its process group) while the token is initialised
+  (`cofferd --init-token`): no PIN file is left of a token that was never
+  made, and a re-run succeeds (before, the PIN files stayed and every re-run
+  refused to overwrite them: "exists but no token ... does").
+* the initialisation failing: the same, and its message is passed on.
 * A finished run: both PIN files 0600, and a re-run leaves them alone.
+* Neither PIN is ever on a command line (every local user can read another
+  process's argv): every program the script runs to list or initialise the
+  token is wrapped and its arguments recorded (before: softhsm2-util
+  --so-pin ... --pin ...).
 """
 import os
 import shutil
@@ -21,12 +25,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("COFFER_SOURCE_DIR") or os.path.join(HERE, "..", "..")
 INIT = os.path.join(SRC, "deploy", "init-token.sh")
 
-# Lists slots through the real tool; --init-token waits (or fails, exit 1).
+BUILD = os.environ.get("COFFER_BUILD_DIR") or os.path.join(SRC, "build")
+COFFERD = os.path.join(BUILD, "daemon", "cofferd")
+
+# Stands in for cofferd --init-token: waits (or fails, exit 1).
 STUB = """#!/bin/sh
-case "$*" in *--show-slots*) exec softhsm2-util "$@" ;; esac
 [ "$STUB_MODE" = fail ] && { echo "stub: refused" >&2; exit 1; }
 touch "$STUB_STARTED"
 exec sleep 60
+"""
+
+# Records its arguments (one line per run), then runs the real program.
+RECORDER = """#!/bin/sh
+printf '%%s\\n' "$*" >>"%s"
+exec "%s" "$@"
 """
 
 
@@ -45,18 +57,21 @@ class InitToken(unittest.TestCase):
         return sorted(n for n in os.listdir(self.tok) if "pin" in n)
 
     def env(self, mode):
-        return dict(os.environ, SOFTHSM2_UTIL=self.stub, STUB_MODE=mode,
-                    STUB_STARTED=self.started)
+        return dict(os.environ, COFFERD=self.stub, STUB_MODE=mode, STUB_STARTED=self.started)
+
+    def run_init(self, env=None):
+        return subprocess.run(["sh", INIT, self.tok], capture_output=True, text=True,
+                              timeout=60, env=env or dict(os.environ, COFFERD=COFFERD))
 
     def rerun_succeeds(self):
-        r = subprocess.run(["sh", INIT, self.tok], capture_output=True, text=True, timeout=60)
+        r = self.run_init()
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.pins(), ["so.pin", "user.pin"])
         for n in self.pins():
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.tok, n)).st_mode), 0o600)
         with open(os.path.join(self.tok, "user.pin")) as f:
             pin = f.read()
-        r = subprocess.run(["sh", INIT, self.tok], capture_output=True, text=True, timeout=60)
+        r = self.run_init()
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("already exists", r.stderr)
         with open(os.path.join(self.tok, "user.pin")) as f:
@@ -82,9 +97,42 @@ class InitToken(unittest.TestCase):
                            text=True, timeout=60)
         self.assertEqual(r.returncode, 1)
         self.assertIn("stub: refused", r.stderr)
-        self.assertIn("softhsm2-util --init-token failed", r.stderr)
+        self.assertIn("cofferd --init-token failed", r.stderr)
         self.assertEqual(self.pins(), [])
         self.rerun_succeeds()
+
+
+    def test_no_pin_on_a_command_line(self):
+        log = os.path.join(self.dir, "argv")
+        wrap = {}
+        for name, real in (("cofferd", COFFERD), ("softhsm2-util", shutil.which("softhsm2-util"))):
+            wrap[name] = os.path.join(self.dir, "rec-" + name)
+            with open(wrap[name], "w") as f:
+                f.write(RECORDER % (log, real))
+            os.chmod(wrap[name], 0o755)
+        r = self.run_init(dict(os.environ, COFFERD=wrap["cofferd"],
+                               SOFTHSM2_UTIL=wrap["softhsm2-util"]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pins = []
+        for n in ("user.pin", "so.pin"):
+            with open(os.path.join(self.tok, n)) as f:
+                pins.append(f.read().strip())
+        self.assertTrue(all(len(p) == 32 for p in pins), pins)
+        with open(log) as f:
+            runs = f.read().splitlines()
+        self.assertTrue(any("--init-token coffer" in a for a in runs), runs)
+        for a in runs:
+            for p in pins:
+                self.assertNotIn(p, a, "a PIN on a command line")
+        for p in pins:
+            self.assertNotIn(p, r.stdout + r.stderr)
+        # The token is made, with its user PIN set.
+        out = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True,
+                             text=True, env=dict(os.environ, SOFTHSM2_CONF=os.path.join(
+                                 self.tok, "softhsm2.conf"))).stdout
+        self.assertRegex(out, r"User PIN init\.:\s+yes")
+        self.assertRegex(out, r"Label:\s+coffer\s")
+        print("\n%d runs recorded, no PIN among their arguments" % len(runs), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+/*
+ * p11_init.c — initialise a token (cofferd --init-token): C_InitToken in a
+ * free slot with the security officer's PIN, then the user PIN set with
+ * C_InitPIN, both PINs read from files (cf_secret_file.h), so that neither
+ * appears on a command line (softhsm2-util takes them only there or from a
+ * terminal, and every local user can read another process's argv).
+ */
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_secret_file.h"
+#include "cf_status.h"
+#include "p11_internal.h"
+
+#define LABEL_LEN 32
+
+/* The slots with a token: *out (n in *n), freed by the caller. */
+static int
+slots_with_tokens(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID **out, CK_ULONG *n)
+{
+	CK_SLOT_ID *v = NULL;
+	CK_RV rv = CKR_OK;
+
+	/* Slots may appear between the two calls: ask again while they do. */
+	for (int tries = 0; tries < 8; tries++) {
+		CK_SLOT_ID *nv;
+
+		if ((rv = f->C_GetSlotList(CK_TRUE, NULL, n)) != CKR_OK)
+			break;
+		if ((nv = realloc(v, (*n ? *n : 1) * sizeof(*v))) == NULL) {
+			free(v);
+			return cf_nomem();
+		}
+		v = nv;
+		if ((rv = f->C_GetSlotList(CK_TRUE, v, n)) != CKR_BUFFER_TOO_SMALL)
+			break;
+	}
+	if (rv != CKR_OK) {
+		free(v);
+		return cf_error(CF_E_TOKEN, "listing the token's slots: %s", p11_rv_name(rv));
+	}
+	*out = v;
+	return CF_OK;
+}
+
+/* The free slot to initialise (*slot), after checking that no token has
+ * the label already. */
+static int
+pick_slot(CK_FUNCTION_LIST_PTR f, const char label[LABEL_LEN], const char *name,
+	  CK_SLOT_ID *slot)
+{
+	CK_SLOT_ID *v = NULL;
+	CK_TOKEN_INFO ti;
+	CK_ULONG n = 0;
+	CK_RV rv;
+	int found = 0, r;
+
+	if ((r = slots_with_tokens(f, &v, &n)) != CF_OK)
+		return r;
+	for (CK_ULONG i = 0; i < n && r == CF_OK; i++) {
+		if ((rv = f->C_GetTokenInfo(v[i], &ti)) != CKR_OK) {
+			r = cf_error(CF_E_TOKEN, "reading the token in slot %lu: %s",
+				     (unsigned long)v[i], p11_rv_name(rv));
+		} else if (ti.flags & CKF_TOKEN_INITIALIZED) {
+			if (memcmp(ti.label, label, LABEL_LEN) == 0)
+				r = cf_error(CF_E_EXISTS, "a token labelled \"%s\" exists already "
+					     "(slot %lu): not initialising another", name,
+					     (unsigned long)v[i]);
+		} else if (!found) {
+			*slot = v[i];
+			found = 1;
+		}
+	}
+	free(v);
+	if (r == CF_OK && !found)
+		r = cf_error(CF_E_NOT_FOUND, "no slot holds an uninitialised token (SoftHSM2 "
+			     "offers one in each token directory: check its configuration)");
+	return r;
+}
+
+/* What a failed step says: what it did, and the module's code. */
+static int
+step_failed(const char *what, CK_RV rv)
+{
+	if (rv == CKR_PIN_LEN_RANGE)
+		return cf_error(CF_E_INVALID_ARG, "%s: the token refuses a PIN of that length "
+				"(CKR_PIN_LEN_RANGE)", what);
+	return cf_error(CF_E_TOKEN, "%s: %s", what, p11_rv_name(rv));
+}
+
+int
+cf_p11_init_token(const char *module_path, const char *label, const char *so_pin_file,
+		  const char *user_pin_file)
+{
+	CK_C_INITIALIZE_ARGS args;
+	CK_FUNCTION_LIST_PTR f = NULL;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	CK_SLOT_ID slot = 0;
+	cf_secret *so = NULL, *user = NULL;
+	char padded[LABEL_LEN];
+	void *dl = NULL;
+	size_t len = label != NULL ? strlen(label) : 0;
+	int r, initialized = 0;
+	CK_RV rv;
+
+	if (len == 0 || len > LABEL_LEN)
+		return cf_error(CF_E_INVALID_ARG, "a token label is 1 to %d bytes", LABEL_LEN);
+	memset(padded, ' ', sizeof(padded));
+	memcpy(padded, label, len);
+	if ((r = cf_secret_file_read(so_pin_file, "SO PIN file", CF_E_PIN_FILE, P11_PIN_MAX,
+				     &so)) != CF_OK ||
+	    (r = cf_secret_file_read(user_pin_file, "PIN file", CF_E_PIN_FILE, P11_PIN_MAX,
+				     &user)) != CF_OK ||
+	    (r = p11_load(module_path, &dl, &f)) != CF_OK)
+		goto out;
+	memset(&args, 0, sizeof(args));
+	args.flags = CKF_OS_LOCKING_OK;
+	if ((rv = f->C_Initialize(&args)) != CKR_OK) {
+		r = cf_error(CF_E_MODULE, "C_Initialize of %s failed (%s)", module_path,
+			     p11_rv_name(rv));
+		goto out;
+	}
+	initialized = 1;
+	if ((r = pick_slot(f, padded, label, &slot)) != CF_OK)
+		goto out;
+	if ((rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)cf_secret_cptr(so), cf_secret_len(so),
+				 (CK_UTF8CHAR_PTR)padded)) != CKR_OK) {
+		r = step_failed("initialising the token (C_InitToken)", rv);
+		goto out;
+	}
+	if ((rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+				   &s)) != CKR_OK ||
+	    (rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)cf_secret_cptr(so),
+			     cf_secret_len(so))) != CKR_OK) {
+		r = step_failed("logging in as the security officer", rv);
+		goto out;
+	}
+	if ((rv = f->C_InitPIN(s, (CK_UTF8CHAR_PTR)cf_secret_cptr(user),
+			       cf_secret_len(user))) != CKR_OK) {
+		r = step_failed("setting the user PIN (C_InitPIN)", rv);
+		goto out;
+	}
+	(void)f->C_Logout(s);
+	r = CF_OK;
+out:
+	if (s != CK_INVALID_HANDLE)
+		(void)f->C_CloseSession(s);
+	if (initialized)
+		(void)f->C_Finalize(NULL);
+	if (dl != NULL)
+		dlclose(dl);
+	cf_secret_free(so);
+	cf_secret_free(user);
+	return r;
+}
