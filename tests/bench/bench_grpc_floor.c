@@ -385,22 +385,32 @@ stream_answer(struct fstream *st, const Coffer__V1__PipelineRequest *req)
 	return ok;
 }
 
+/* mu released; the stream freed if that was its last use. */
+static void
+stream_unlock(struct fstream *st)
+{
+	int freed = stream_free_if_done(st);
+
+	pthread_mutex_unlock(&st->mu);
+	if (freed) {
+		pthread_mutex_destroy(&st->mu);
+		free(st);
+	}
+}
+
 static void
 stream_opened(struct tag *t, int success)
 {
 	struct fstream *st = (struct fstream *)(void *)((char *)t - offsetof(struct fstream,
 									     opened));
 	grpc_op ops[2];
-	int freed;
 
 	if (!stop)
 		arm_stream();
+	pthread_mutex_lock(&st->mu);
 	if (!success) {
 		st->dead = 1;
-		if (stream_free_if_done(st)) {
-			pthread_mutex_destroy(&st->mu);
-			free(st);
-		}
+		stream_unlock(st);
 		return;
 	}
 	memset(ops, 0, sizeof(ops));
@@ -412,15 +422,9 @@ stream_opened(struct tag *t, int success)
 	ops[0].data.send_initial_metadata.metadata = &st->hello;
 	ops[1].op = GRPC_OP_RECV_MESSAGE;
 	ops[1].data.recv_message.recv_message = &st->recv;
-	pthread_mutex_lock(&st->mu);
 	if (!stream_op(st, ops, 2, &st->recvd))
 		st->dead = 1;
-	freed = stream_free_if_done(st);
-	pthread_mutex_unlock(&st->mu);
-	if (freed) {
-		pthread_mutex_destroy(&st->mu);
-		free(st);
-	}
+	stream_unlock(st);
 }
 
 static void
@@ -429,7 +433,6 @@ stream_recvd(struct tag *t, int success)
 	struct fstream *st = (struct fstream *)(void *)((char *)t - offsetof(struct fstream,
 									     recvd));
 	Coffer__V1__PipelineRequest *req = NULL;
-	int freed;
 
 	pthread_mutex_lock(&st->mu);
 	st->ops--;
@@ -458,12 +461,7 @@ stream_recvd(struct tag *t, int success)
 			stream_read(st);
 	}
 	stream_pump(st);
-	freed = stream_free_if_done(st);
-	pthread_mutex_unlock(&st->mu);
-	if (freed) {
-		pthread_mutex_destroy(&st->mu);
-		free(st);
-	}
+	stream_unlock(st);
 }
 
 static void
@@ -471,7 +469,6 @@ stream_sent(struct tag *t, int success)
 {
 	struct fstream *st = (struct fstream *)(void *)((char *)t - offsetof(struct fstream,
 									     sent));
-	int freed;
 
 	pthread_mutex_lock(&st->mu);
 	st->ops--;
@@ -481,12 +478,7 @@ stream_sent(struct tag *t, int success)
 	if (!success)
 		st->dead = 1;
 	stream_pump(st);
-	freed = stream_free_if_done(st);
-	pthread_mutex_unlock(&st->mu);
-	if (freed) {
-		pthread_mutex_destroy(&st->mu);
-		free(st);
-	}
+	stream_unlock(st);
 }
 
 static void
@@ -494,18 +486,12 @@ stream_ended(struct tag *t, int success)
 {
 	struct fstream *st = (struct fstream *)(void *)((char *)t - offsetof(struct fstream,
 									     ended));
-	int freed;
 
 	(void)success;
 	pthread_mutex_lock(&st->mu);
 	st->ops--;
 	st->dead = 1;
-	freed = stream_free_if_done(st);
-	pthread_mutex_unlock(&st->mu);
-	if (freed) {
-		pthread_mutex_destroy(&st->mu);
-		free(st);
-	}
+	stream_unlock(st);
 }
 
 static void *

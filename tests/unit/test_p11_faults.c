@@ -132,15 +132,13 @@ token_calls(void)
 	return n;
 }
 
-/* Token objects labelled "coffer/<name>/<version>" of class cls (or any
- * class when cls is CK_UNAVAILABLE_INFORMATION), through the real module;
- * -1 if the token cannot be read. */
+/* Up to `max` token objects labelled "coffer/<name>/<version>" of class cls
+ * (or any class when cls is CK_UNAVAILABLE_INFORMATION) into o (*n found),
+ * through the real module on the open session s. */
 static int
-raw_count(const char *name, uint32_t version, CK_OBJECT_CLASS cls)
+raw_find(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, const char *name, uint32_t version,
+	 CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *o, CK_ULONG max, CK_ULONG *n)
 {
-	CK_FUNCTION_LIST *f;
-	CK_SLOT_ID slot;
-	CK_SESSION_HANDLE s;
 	CK_BBOOL yes = CK_TRUE;
 	char label[128];
 	CK_ATTRIBUTE q[] = {
@@ -148,19 +146,32 @@ raw_count(const char *name, uint32_t version, CK_OBJECT_CLASS cls)
 		{ CKA_LABEL, label, 0 },
 		{ CKA_CLASS, &cls, sizeof(cls) },
 	};
-	CK_OBJECT_HANDLE o[16];
-	CK_ULONG n = 0;
 	int r = -1;
 
 	q[1].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "coffer/%s/%" PRIu32, name,
 					     version);
-	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
-		return -1;
 	if (f->C_FindObjectsInit(s, q, cls == CK_UNAVAILABLE_INFORMATION ? 2 : 3) == CKR_OK) {
-		if (f->C_FindObjects(s, o, 16, &n) == CKR_OK)
-			r = (int)n;
+		if (f->C_FindObjects(s, o, max, n) == CKR_OK)
+			r = 0;
 		f->C_FindObjectsFinal(s);
 	}
+	return r;
+}
+
+/* How many such objects there are; -1 if the token cannot be read. */
+static int
+raw_count(const char *name, uint32_t version, CK_OBJECT_CLASS cls)
+{
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE o[16];
+	CK_ULONG n = 0;
+	int r;
+
+	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
+		return -1;
+	r = raw_find(f, s, name, version, cls, o, 16, &n) == 0 ? (int)n : -1;
 	f->C_CloseSession(s);
 	return r;
 }
@@ -217,28 +228,17 @@ raw_bool(const char *name, uint32_t version, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_T
 	CK_FUNCTION_LIST *f;
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE s;
-	CK_BBOOL yes = CK_TRUE, v = CK_FALSE;
-	char label[128];
-	CK_ATTRIBUTE q[] = {
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_LABEL, label, 0 },
-		{ CKA_CLASS, &cls, sizeof(cls) },
-	};
+	CK_BBOOL v = CK_FALSE;
 	CK_ATTRIBUTE a = { attr, &v, sizeof(v) };
 	CK_OBJECT_HANDLE o[2];
 	CK_ULONG n = 0;
 	int r = -1;
 
-	q[1].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "coffer/%s/%" PRIu32, name,
-					     version);
 	if (cf_test_raw_open(&raw, &f, &slot, &s) != 0)
 		return -1;
-	if (f->C_FindObjectsInit(s, q, 3) == CKR_OK) {
-		if (f->C_FindObjects(s, o, 2, &n) == CKR_OK && n == 1 &&
-		    f->C_GetAttributeValue(s, o[0], &a, 1) == CKR_OK)
-			r = v == CK_TRUE;
-		f->C_FindObjectsFinal(s);
-	}
+	if (raw_find(f, s, name, version, cls, o, 2, &n) == 0 && n == 1 &&
+	    f->C_GetAttributeValue(s, o[0], &a, 1) == CKR_OK)
+		r = v == CK_TRUE;
 	f->C_CloseSession(s);
 	return r;
 }
