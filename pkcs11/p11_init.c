@@ -15,35 +15,6 @@
 
 #define LABEL_LEN 32
 
-/* The slots with a token: *out (n in *n), freed by the caller. */
-static int
-slots_with_tokens(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID **out, CK_ULONG *n)
-{
-	CK_SLOT_ID *v = NULL;
-	CK_RV rv = CKR_OK;
-
-	/* Slots may appear between the two calls: ask again while they do. */
-	for (int tries = 0; tries < 8; tries++) {
-		CK_SLOT_ID *nv;
-
-		if ((rv = f->C_GetSlotList(CK_TRUE, NULL, n)) != CKR_OK)
-			break;
-		if ((nv = realloc(v, (*n ? *n : 1) * sizeof(*v))) == NULL) {
-			free(v);
-			return cf_nomem();
-		}
-		v = nv;
-		if ((rv = f->C_GetSlotList(CK_TRUE, v, n)) != CKR_BUFFER_TOO_SMALL)
-			break;
-	}
-	if (rv != CKR_OK) {
-		free(v);
-		return cf_error(CF_E_TOKEN, "listing the token's slots: %s", p11_rv_name(rv));
-	}
-	*out = v;
-	return CF_OK;
-}
-
 /* The free slot to initialise (*slot), after checking that no token has
  * the label already. */
 static int
@@ -56,7 +27,7 @@ pick_slot(CK_FUNCTION_LIST_PTR f, const char label[LABEL_LEN], const char *name,
 	CK_RV rv;
 	int found = 0, r;
 
-	if ((r = slots_with_tokens(f, &v, &n)) != CF_OK)
+	if ((r = p11_token_slots(f, &v, &n)) != CF_OK)
 		return r;
 	for (CK_ULONG i = 0; i < n && r == CF_OK; i++) {
 		if ((rv = f->C_GetTokenInfo(v[i], &ti)) != CKR_OK) {

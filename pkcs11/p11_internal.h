@@ -172,6 +172,9 @@ int p11_status(CK_RV rv, const char *what);
 const char *p11_rv_name(CK_RV rv);
 #define P11_PIN_MAX 256       /* bytes of a PIN file, its newline included */
 
+/* The slots with a token: *out (n in *n), freed by the caller; asked again
+ * while slots appear between the size query and the listing. */
+int p11_token_slots(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID **out, CK_ULONG *n);
 /* dlopen the module at path and get its function list (*dl set even on a
  * later failure, for the caller to dlclose). */
 int p11_load(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f);

@@ -40,15 +40,44 @@ p11_read_pin(const char *path, cf_secret **out)
 	return cf_secret_file_read(path, "PIN file", CF_E_PIN_FILE, P11_PIN_MAX, out);
 }
 
+/* The slots with a token: *out (n in *n), freed by the caller. */
+int
+p11_token_slots(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID **out, CK_ULONG *n)
+{
+	CK_SLOT_ID *v = NULL;
+	CK_RV rv = CKR_OK;
+
+	/* Slots may appear between the two calls: ask again while they do. */
+	for (int tries = 0; tries < 8; tries++) {
+		CK_SLOT_ID *nv;
+
+		if ((rv = f->C_GetSlotList(CK_TRUE, NULL, n)) != CKR_OK)
+			break;
+		if ((nv = realloc(v, (*n ? *n : 1) * sizeof(*v))) == NULL) {
+			free(v);
+			return cf_nomem();
+		}
+		v = nv;
+		if ((rv = f->C_GetSlotList(CK_TRUE, v, n)) != CKR_BUFFER_TOO_SMALL)
+			break;
+	}
+	if (rv != CKR_OK) {
+		free(v);
+		return p11_status(rv, "listing the token's slots (C_GetSlotList)");
+	}
+	*out = v;
+	return CF_OK;
+}
+
 /* Find the one slot whose token matches the URI. */
 static int
 p11_find_slot(cf_p11 *p, CK_SLOT_ID *out)
 {
 	P11KitUri *uri = NULL;
 	CK_SLOT_ID *slots = NULL;
-	CK_ULONG n = 0, matches = 0;
+	CK_ULONG n = 0, matches = 0, unread = 0;
 	CK_TOKEN_INFO ti;
-	CK_RV rv;
+	CK_RV rv, unread_rv = CKR_OK;
 	int r, ur;
 
 	if ((uri = p11_kit_uri_new()) == NULL)
@@ -59,27 +88,25 @@ p11_find_slot(cf_p11 *p, CK_SLOT_ID *out)
 			     p->token_uri, p11_kit_uri_message(ur));
 		goto out;
 	}
-	if ((rv = p->f->C_GetSlotList(CK_TRUE, NULL, &n)) != CKR_OK) {
-		r = p11_status(rv, "C_GetSlotList");
+	if ((r = p11_token_slots(p->f, &slots, &n)) != CF_OK)
 		goto out;
-	}
-	if (n > 0) {
-		if ((slots = calloc(n, sizeof(*slots))) == NULL) {
-			r = cf_nomem();
-			goto out;
-		}
-		if ((rv = p->f->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
-			r = p11_status(rv, "C_GetSlotList");
-			goto out;
-		}
-	}
 	for (CK_ULONG i = 0; i < n; i++) {
-		if (p->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+		if ((rv = p->f->C_GetTokenInfo(slots[i], &ti)) != CKR_OK) {
+			unread++;
+			unread_rv = rv;
 			continue;
+		}
 		if (p11_kit_uri_match_token_info(uri, &ti)) {
 			if (matches++ == 0)
 				*out = slots[i];
 		}
+	}
+	/* A token that could not be read may be the one: not "initialise it". */
+	if (matches == 0 && unread > 0) {
+		r = cf_error(CF_E_UNAVAILABLE, "no token read matches %s, and %lu of the %lu "
+			     "tokens present could not be read (%s)", p->token_uri,
+			     (unsigned long)unread, (unsigned long)n, p11_rv_name(unread_rv));
+		goto out;
 	}
 	if (matches == 0) {
 		r = cf_error(CF_E_TOKEN_NOT_FOUND, "no token matches %s (%lu tokens present); "

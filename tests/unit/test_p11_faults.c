@@ -487,6 +487,24 @@ test_open_secret_attribute_read_fails(void)
 	cf_buf_free(mac);
 }
 
+/* Opening the token while C_GetTokenInfo fails (SoftHSM lists the token and
+ * its free slot): the token may be there, unread; UNAVAILABLE saying so, not
+ * "no token matches ... initialise the token" (a review). */
+static void
+test_open_token_info_unreadable(void)
+{
+	cf_p11 *own = NULL;
+
+	inject(P11F_C_GetTokenInfo, CKR_DEVICE_ERROR, 0, -1, 0);
+	CHECK_ERR(cf_p11_open(&tok.cfg, &own), CF_E_UNAVAILABLE,
+		  "no token read matches pkcs11:token=coffer-faults, and 2 of the 2 tokens "
+		  "present could not be read (CKR_DEVICE_ERROR)");
+	fault->clear();
+	CU_ASSERT_PTR_NULL(own);
+	CU_ASSERT_EQUAL_FATAL(cf_p11_open(&tok.cfg, &own), CF_OK);
+	cf_p11_close(own);
+}
+
 static void
 test_gcm_decrypt_device_lost(void)
 {
@@ -1139,6 +1157,7 @@ main(void)
 		  test_gcm_retry_keeps_buffer },
 		{ "open: a failed attribute read is not an unknown key type",
 		  test_open_secret_attribute_read_fails },
+		{ "open: an unreadable token is not a missing one", test_open_token_info_unreadable },
 		{ "clean refusals are not token errors", test_clean_refusal_not_counted },
 		{ "a public key read again after a recoverable failure", test_pubkey_read_again },
 		{ "device gone: backoff between recoveries", test_device_gone_backoff },
