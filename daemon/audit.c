@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -97,6 +98,11 @@ struct audit {
 	uint64_t written_run;    /* records written by this process */
 	int stop;
 	int writing;             /* a batch is being written (by a call or the writer) */
+	/* A failed write left a partial record that could not be cut (an
+	 * append-only file): nothing more is written after it (write_batch;
+	 * read and set by the one writing). */
+	int stuck_tail;
+	char stuck_why[PATH_MAX + 256];
 	uint64_t write_began;    /* CLOCK_MONOTONIC ms, when that write began */
 	/* Anchors are the anchorer thread's: the state store may be slow or
 	 * hang, and the writer, which answers calls, must not wait for it. */
@@ -385,6 +391,10 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	int64_t ob = be->ob_done;
 	int r = CF_OK, moved = 0;
 
+	/* A record written after a fragment would be glued to it: the chain
+	 * breaks there, and every later record reads as altered. */
+	if (a->stuck_tail)
+		return cf_error(CF_E_UNAVAILABLE, "%s", a->stuck_why);
 	for (const struct item *i = batch; i != NULL; i = i->next)
 		n++;
 	if ((buf = cf_buf_new((n + 2) * (CF_AUDIT_LINE_MAX + 64))) == NULL) {
@@ -423,9 +433,17 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 		r = sync_fd(a);
 	if (r != CF_OK) {
 		/* No partial line may stay for the next batch to follow. */
-		if (ftruncate(a->fd, *size) != 0 && errno != EPERM)
-			cf_log_error("audit: cannot cut a partial write from %s: %s", a->path,
-				     strerror(errno));
+		struct stat fst;
+		int e = ftruncate(a->fd, *size) != 0 ? errno : 0;
+
+		if (e != 0 && (fstat(a->fd, &fst) != 0 || fst.st_size != *size)) {
+			snprintf(a->stuck_why, sizeof(a->stuck_why), "a partial record cannot be cut "
+				 "from %s (%s%s): nothing is written after it until a restart",
+				 a->path, strerror(e), e == EPERM ? ", append-only" : "");
+			a->stuck_tail = 1;
+			cf_log_error("audit: %s; the restart cuts it (remove the append-only attribute "
+				     "first)", a->stuck_why);
+		}
 		goto out;
 	}
 	if (moved)
@@ -1092,11 +1110,14 @@ recover(audit *a, char *fields, size_t flen, int *clean)
 		return r;
 	*clean = have && sa.clean;
 	if (rep.torn > 0) {
+		if (ftruncate(a->fd, rep.good_size) != 0)
+			return cf_error(CF_E_IO, "%s ends in a torn record of %lld bytes that cannot "
+					"be cut: %s%s", a->path, (long long)rep.torn, strerror(errno),
+					errno == EPERM ? " (an append-only file cannot be cut: remove "
+					"the attribute with chattr -a, or move the file aside)" : "");
 		cf_log_warn("audit: %s ended in a torn record (%s); cut off %lld bytes", a->path,
 			    rep.ok ? "a crash while writing" : "see below",
 			    (long long)rep.torn);
-		if (ftruncate(a->fd, rep.good_size) != 0)
-			return cf_error(CF_E_IO, "%s: %s", a->path, strerror(errno));
 	}
 	a->size = rep.good_size;
 	a->seq = rep.last_seq;

@@ -580,5 +580,48 @@ class FailClosed(unittest.TestCase):
         self.check_healed(d)
 
 
+    def test_append_only_trail_keeps_a_partial_record(self):
+        """An append-only trail (chattr +a) where a write stops part-way (a
+        file-size limit 50 bytes past its end): the fragment cannot be cut,
+        so nothing is written after it (before: the next batch was glued to
+        it once the limit was lifted, and the chain broke for good); calls
+        are refused with the reason; a restart without the attribute cuts
+        the fragment and the trail verifies."""
+        d = self.start(self.daemon())
+        if subprocess.run(["chattr", "+a", self.path], capture_output=True).returncode != 0:
+            self.skipTest("chattr +a is not supported here (filesystem or capability)")
+        size = os.path.getsize(self.path)
+        _, hard = resource.prlimit(d.pid, resource.RLIMIT_FSIZE)
+        try:
+            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (size + 50, hard))
+            with self.assertRaises(grpc.RpcError) as cm:
+                d.service_stub().Sign(pb.SignRequest(key="s", message=b"cut short"),
+                                      timeout=TIMEOUT)
+            self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+            self.assertEqual(os.path.getsize(self.path), size + 50)
+            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            time.sleep(1.5)     # the writer's heal attempts
+            with self.assertRaises(grpc.RpcError) as cm:
+                d.service_stub().Sign(pb.SignRequest(key="s", message=b"after the limit"),
+                                      timeout=TIMEOUT)
+            self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+            self.assertIn("a partial record cannot be cut from %s (Operation not permitted, "
+                          "append-only): nothing is written after it until a restart"
+                          % self.path, cm.exception.details())
+            self.assertEqual(os.path.getsize(self.path), size + 50, "a record glued on")
+            self.assertEqual(self.health(d), NOT_SERVING)
+        finally:
+            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            subprocess.run(["chattr", "-a", self.path], check=True)
+        d.stop()
+        d.start()
+        self.assertIn("ended in a torn record", d.log(all_starts=False))
+        self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"healed"),
+                                              timeout=TIMEOUT).signature)
+        time.sleep(0.3)
+        r = Ctl(d)("audit", "verify", ok=False)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
