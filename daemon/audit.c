@@ -437,9 +437,10 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 		int e = ftruncate(a->fd, *size) != 0 ? errno : 0;
 
 		if (e != 0 && (fstat(a->fd, &fst) != 0 || fst.st_size != *size)) {
+			/* The path last: the refusal's text is cut to fit. */
 			snprintf(a->stuck_why, sizeof(a->stuck_why), "a partial record cannot be cut "
-				 "from %s (%s%s): nothing is written after it until a restart",
-				 a->path, strerror(e), e == EPERM ? ", append-only" : "");
+				 "(%s%s): nothing is written after it until a restart; %s",
+				 strerror(e), e == EPERM ? ", append-only" : "", a->path);
 			a->stuck_tail = 1;
 			cf_log_error("audit: %s; the restart cuts it (remove the append-only attribute "
 				     "first)", a->stuck_why);
@@ -1110,10 +1111,12 @@ recover(audit *a, char *fields, size_t flen, int *clean)
 		return r;
 	*clean = have && sa.clean;
 	if (rep.torn > 0) {
-		if (ftruncate(a->fd, rep.good_size) != 0)
+		int e = ftruncate(a->fd, rep.good_size) != 0 ? errno : 0;
+
+		if (e != 0)
 			return cf_error(CF_E_IO, "%s ends in a torn record of %lld bytes that cannot "
-					"be cut: %s%s", a->path, (long long)rep.torn, strerror(errno),
-					errno == EPERM ? " (an append-only file cannot be cut: remove "
+					"be cut: %s%s", a->path, (long long)rep.torn, strerror(e),
+					e == EPERM ? " (an append-only file cannot be cut: remove "
 					"the attribute with chattr -a, or move the file aside)" : "");
 		cf_log_warn("audit: %s ended in a torn record (%s); cut off %lld bytes", a->path,
 			    rep.ok ? "a crash while writing" : "see below",

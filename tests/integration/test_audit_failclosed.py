@@ -33,7 +33,7 @@ import unittest
 
 import grpc  # noqa: E402
 
-from daemon_fixture import CofferDaemon, Ctl, cofferctl_path, stubs  # noqa: E402
+from daemon_fixture import CofferDaemon, Ctl, DaemonError, cofferctl_path, stubs  # noqa: E402
 from daemon_fixture import skip_test_on_postgresql  # noqa: E402
 from rpc_common import KS, SC, TIMEOUT, S, pb  # noqa: E402
 from rpc_common import call_authorization as header  # noqa: E402
@@ -585,8 +585,9 @@ class FailClosed(unittest.TestCase):
         file-size limit 50 bytes past its end): the fragment cannot be cut,
         so nothing is written after it (before: the next batch was glued to
         it once the limit was lifted, and the chain broke for good); calls
-        are refused with the reason; a restart without the attribute cuts
-        the fragment and the trail verifies."""
+        are refused with the reason; a start with the attribute refuses to
+        run and says why; without it, the fragment is cut and the trail
+        verifies."""
         d = self.start(self.daemon())
         if subprocess.run(["chattr", "+a", self.path], capture_output=True).returncode != 0:
             self.skipTest("chattr +a is not supported here (filesystem or capability)")
@@ -605,15 +606,23 @@ class FailClosed(unittest.TestCase):
                 d.service_stub().Sign(pb.SignRequest(key="s", message=b"after the limit"),
                                       timeout=TIMEOUT)
             self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
-            self.assertIn("a partial record cannot be cut from %s (Operation not permitted, "
-                          "append-only): nothing is written after it until a restart"
-                          % self.path, cm.exception.details())
+            self.assertIn("a partial record cannot be cut (Operation not permitted, "
+                          "append-only): nothing is written after it until a restart; ",
+                          cm.exception.details())
             self.assertEqual(os.path.getsize(self.path), size + 50, "a record glued on")
             self.assertEqual(self.health(d), NOT_SERVING)
+            # A start cannot cut it either while the attribute stays, and says why.
+            d.stop(expect=None)
+            with self.assertRaises(DaemonError):
+                d.start(timeout=20)
+            self.assertIn("ends in a torn record of 50 bytes that cannot be cut: Operation not "
+                          "permitted (an append-only file cannot be cut: remove the attribute "
+                          "with chattr -a, or move the file aside)", d.log(all_starts=False))
+            self.assertNotIn("cut off", d.log(all_starts=False))
         finally:
-            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            if d.running:
+                resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (hard, hard))
             subprocess.run(["chattr", "-a", self.path], check=True)
-        d.stop()
         d.start()
         self.assertIn("ended in a torn record", d.log(all_starts=False))
         self.assertTrue(d.service_stub().Sign(pb.SignRequest(key="s", message=b"healed"),
