@@ -1230,6 +1230,8 @@ audit_open(const char *state_dir, cf_p11 *p11, store *st, const struct audit_cfg
 			goto fail;
 		}
 	}
+	/* The anchor in use, nothing written yet (after a clean stop). */
+	CF_CRASH_POINT("audit.start.in-use");
 	/* The outbox first (changes committed before this start), then the
 	 * start record, sealed and anchored. */
 	if ((r = outbox_enqueue(a, &max)) != CF_OK)

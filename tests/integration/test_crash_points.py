@@ -437,26 +437,35 @@ class Repro(unittest.TestCase):
         after writing its start record and before anchoring it (found by a
         review: the window of `audit.start.written`) must not leave records
         after that "clean" end: the next start would call the trail altered
-        (ALARM, tamper_at in its start record) and every verify fail."""
-        d = H.CrashDaemon()
-        self.addCleanup(d.cleanup)
-        d.start()
-        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="r8", type=pb.EC_P256), timeout=T)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "audit.start.written@1"}
-        self.assertFalse(d.try_start(), "cofferd did not stop at audit.start.written")
-        self.assertEqual(d.proc.wait(timeout=30), 86, d.log(all_starts=False)[-2000:])
-        d.crash_env = {}
-        d.start()
-        log = d.log(all_starts=False)
-        self.assertNotIn("ALARM", log)
-        self.assertIn("adopted 1 records written after the last anchor", log)
-        r = d.ctl("audit", "verify", ok=False)
-        out = (r.stdout + r.stderr).decode(errors="replace")
-        self.assertEqual(r.returncode, 0, out)
-        with open(os.path.join(d.state_dir, "audit.log")) as f:
-            self.assertNotIn("tamper", f.read())
-        d.stop()
+        (ALARM, tamper_at in its start record) and every verify fail. Nor
+        may one that crashes just after marking the anchor in use
+        (`audit.start.in-use`, nothing written yet)."""
+        for point, adopted in (("audit.start.in-use", None), ("audit.start.written", 1)):
+            with self.subTest(point=point):
+                d = H.CrashDaemon()
+                self.addCleanup(d.cleanup)
+                d.start()
+                d.admin_stub().CreateKey(pb.CreateKeyRequest(name="r8", type=pb.EC_P256),
+                                         timeout=T)
+                d.stop()
+                d.crash_env = {"COFFER_CRASH_AT": "%s@1" % point}
+                self.assertFalse(d.try_start(), "cofferd did not stop at %s" % point)
+                self.assertEqual(d.proc.wait(timeout=30), 86, d.log(all_starts=False)[-2000:])
+                d.crash_env = {}
+                d.start()
+                log = d.log(all_starts=False)
+                self.assertNotIn("ALARM", log)
+                if adopted:
+                    self.assertIn("adopted %d records written after the last anchor" % adopted,
+                                  log)
+                else:
+                    self.assertNotIn("adopted", log)
+                r = d.ctl("audit", "verify", ok=False)
+                out = (r.stdout + r.stderr).decode(errors="replace")
+                self.assertEqual(r.returncode, 0, out)
+                with open(os.path.join(d.state_dir, "audit.log")) as f:
+                    self.assertNotIn("tamper", f.read())
+                d.stop()
 
     @unittest.skip("forging the last record with a recomputed chain, replacing the trail "
                    "with an older copy and the offline verifier: tests/test_audit*.py "
