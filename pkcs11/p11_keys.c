@@ -531,9 +531,9 @@ gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient, 
  * attributes itself: a transient CKR_GENERAL_ERROR would otherwise make
  * every later pair of the process one that also decrypts. The same
  * template is tried once more as a pair of session objects (nothing left in
- * the token): if the token makes that one, this attempt failed by itself,
- * and its error stands (p11_run recovers the session and tries again, with
- * the full template). Either way the failed attempt's own objects (its
+ * the token): unless the token refuses that one the same way, this attempt
+ * failed by itself, and its error stands (p11_run recovers the session and
+ * tries again, with the full template). Either way the failed attempt's own objects (its
  * fresh id, under a label found free under the token lock) go first.
  */
 static CK_RV
@@ -547,12 +547,28 @@ gen_keypair(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g)
 		return rv;
 	if ((rv2 = p11_destroy_labelled(p, s, g->k->label, g->k->id, &gone)) != CKR_OK)
 		return rv2;
-	if (gen_keypair_tpl(p, s, g, 0, 1) == CKR_OK)
+	/* Only the same refusal again says it is the template. */
+	rv2 = gen_keypair_tpl(p, s, g, 0, 1);
+	if (rv2 != CKR_GENERAL_ERROR && rv2 != CKR_TEMPLATE_INCONSISTENT)
 		return rv;
 	rv = gen_keypair_tpl(p, s, g, 1, 0);
 	if (rv == CKR_OK)
 		__atomic_store_n(&p->token_sets_crypt, 1, __ATOMIC_RELAXED);
 	return rv;
+}
+
+/* A template made into one for session objects under `label`. */
+static void
+probe_template(struct p11_template *t, const char *label)
+{
+	for (CK_ULONG i = 0; i < t->n; i++) {
+		if (t->a[i].type == CKA_TOKEN)
+			t->a[i].pValue = &p11_false;
+		if (t->a[i].type == CKA_LABEL) {
+			t->a[i].pValue = (void *)label;
+			t->a[i].ulValueLen = strlen(label);
+		}
+	}
 }
 
 /* A key pair with the full template (or without the attributes the token
@@ -598,15 +614,8 @@ gen_keypair_tpl(cf_p11 *p, CK_SESSION_HANDLE s, struct gen_arg *g, int lenient, 
 	if (!probe)
 		return p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &k->pub,
 					       &k->priv);
-	for (struct p11_template *t = &pub; t != NULL; t = t == &pub ? &priv : NULL)
-		for (CK_ULONG i = 0; i < t->n; i++) {
-			if (t->a[i].type == CKA_TOKEN)
-				t->a[i].pValue = &p11_false;
-			if (t->a[i].type == CKA_LABEL) {
-				t->a[i].pValue = (void *)probe_label;
-				t->a[i].ulValueLen = sizeof(probe_label) - 1;
-			}
-		}
+	probe_template(&pub, probe_label);
+	probe_template(&priv, probe_label);
 	rv = p->f->C_GenerateKeyPair(s, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv);
 	if (rv == CKR_OK) {
 		(void)p->f->C_DestroyObject(s, hpriv);
