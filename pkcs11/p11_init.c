@@ -50,13 +50,15 @@ pick_slot(CK_FUNCTION_LIST_PTR f, const char label[LABEL_LEN], const char *name,
 	return r;
 }
 
-/* What a failed step says: what it did, and the module's code. */
+/* What a failed step says: what it did, and the module's code; a refused
+ * PIN names its file (SoftHSM2 answers CKR_PIN_INCORRECT to a PIN of the
+ * wrong length at C_InitToken). */
 static int
-step_failed(const char *what, CK_RV rv)
+step_failed(const char *what, CK_RV rv, const char *pin_file)
 {
-	if (rv == CKR_PIN_LEN_RANGE)
-		return cf_error(CF_E_INVALID_ARG, "%s: the token refuses a PIN of that length "
-				"(CKR_PIN_LEN_RANGE)", what);
+	if (rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID)
+		return cf_error(CF_E_INVALID_ARG, "%s: the token refused the PIN of %s (%s; "
+				"SoftHSM2 takes 4 to 255 bytes)", what, pin_file, p11_rv_name(rv));
 	return cf_error(CF_E_TOKEN, "%s: %s", what, p11_rv_name(rv));
 }
 
@@ -97,19 +99,19 @@ cf_p11_init_token(const char *module_path, const char *label, const char *so_pin
 		goto out;
 	if ((rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)cf_secret_cptr(so), cf_secret_len(so),
 				 (CK_UTF8CHAR_PTR)padded)) != CKR_OK) {
-		r = step_failed("initialising the token (C_InitToken)", rv);
+		r = step_failed("C_InitToken", rv, so_pin_file);
 		goto out;
 	}
 	if ((rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
 				   &s)) != CKR_OK ||
 	    (rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)cf_secret_cptr(so),
 			     cf_secret_len(so))) != CKR_OK) {
-		r = step_failed("logging in as the security officer", rv);
+		r = step_failed("logging in as the security officer", rv, so_pin_file);
 		goto out;
 	}
 	if ((rv = f->C_InitPIN(s, (CK_UTF8CHAR_PTR)cf_secret_cptr(user),
 			       cf_secret_len(user))) != CKR_OK) {
-		r = step_failed("setting the user PIN (C_InitPIN)", rv);
+		r = step_failed("setting the user PIN (C_InitPIN)", rv, user_pin_file);
 		goto out;
 	}
 	(void)f->C_Logout(s);

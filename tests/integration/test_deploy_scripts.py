@@ -135,5 +135,62 @@ class InitToken(unittest.TestCase):
         print("\n%d runs recorded, no PIN among their arguments" % len(runs), flush=True)
 
 
+class InitTokenRefusals(unittest.TestCase):
+    """cofferd --init-token refused, each with its status and text."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="coffer-init-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.makedirs(os.path.join(self.dir, "tokens"))
+        self.conf = os.path.join(self.dir, "softhsm2.conf")
+        with open(self.conf, "w") as f:
+            f.write("directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
+                    "log.level = ERROR\n" % self.dir)
+        for n in ("so.pin", "user.pin"):
+            fd = os.open(os.path.join(self.dir, n), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, b"0123456789abcdef\n")
+            os.close(fd)
+
+    def init(self, *args):
+        r = subprocess.run([COFFERD, "--init-token"] + list(args), capture_output=True,
+                           text=True, timeout=60,
+                           env=dict(os.environ, SOFTHSM2_CONF=self.conf))
+        return r.returncode, r.stdout + r.stderr
+
+    def pins(self):
+        return ["--so-pin-file", os.path.join(self.dir, "so.pin"),
+                "--pin-file", os.path.join(self.dir, "user.pin")]
+
+    def test_refusals(self):
+        rc, out = self.init("coffer", "--pin-file", os.path.join(self.dir, "user.pin"))
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--init-token LABEL needs --so-pin-file PATH and --pin-file PATH", out)
+        rc, out = self.init("x" * 33, *self.pins())
+        self.assertEqual(rc, 1, out)
+        self.assertIn("a token label is 1 to 32 bytes", out)
+        os.chmod(os.path.join(self.dir, "so.pin"), 0o644)
+        rc, out = self.init("coffer", *self.pins())
+        self.assertEqual(rc, 1, out)
+        self.assertIn("SO PIN file", out)
+        self.assertNotIn("0123456789abcdef", out)
+        os.chmod(os.path.join(self.dir, "so.pin"), 0o600)
+        short = os.path.join(self.dir, "short.pin")
+        fd = os.open(short, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"12\n")
+        os.close(fd)
+        rc, out = self.init("coffer", "--so-pin-file", short,
+                            "--pin-file", os.path.join(self.dir, "user.pin"))
+        self.assertEqual(rc, 1, out)
+        self.assertIn("initialising the token: C_InitToken: the token refused the PIN of %s "
+                      "(CKR_PIN_INCORRECT; SoftHSM2 takes 4 to 255 bytes)" % short, out)
+        rc, out = self.init("coffer", *self.pins())
+        self.assertEqual(rc, 0, out)
+        self.assertIn('initialised the token "coffer"', out)
+        rc, out = self.init("coffer", *self.pins())
+        self.assertEqual(rc, 3, out)
+        self.assertRegex(out, r'a token labelled "coffer" exists already \(slot \d+\): not '
+                              r'initialising another')
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
