@@ -69,6 +69,7 @@ struct batch_end {
 	int64_t ob_done;         /* in: outbox ids up to here are in the file;
 	                            out: the highest id written */
 	uint64_t n;              /* out: records written */
+	uint64_t cut;            /* out, on failure: records of earlier batches cut with it */
 	int anchor;              /* out: the end is to be anchored (anchor_end) */
 	uint64_t a_seq;
 	uint8_t a_chain[32];
@@ -137,6 +138,15 @@ struct audit {
 	uint64_t seq;
 	uint8_t chain[32];
 	off_t size;
+	/* The end as of the last fdatasync that succeeded, and the records
+	 * written after it without one (durability = os, failing open): a
+	 * later fdatasync that fails may be reporting their writeback, so they
+	 * are cut with its batch and counted lost (write_batch). The writer's
+	 * (the one writing). */
+	uint64_t synced_seq;
+	uint8_t synced_chain[32];
+	off_t synced_size;
+	uint64_t unsynced;
 };
 
 /* ---- formatting ---- */
@@ -389,7 +399,8 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	uint64_t s = *seq, n = 0;
 	char body[CF_AUDIT_LINE_MAX + 64];
 	int64_t ob = be->ob_done;
-	int r = CF_OK, moved = 0;
+	int r = CF_OK, moved = 0, synced = 0;
+	off_t to;
 
 	/* A record written after a fragment would be glued to it: the chain
 	 * breaks there, and every later record reads as altered. */
@@ -429,18 +440,34 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 		goto out;
 	if (cf_write_all(a->fd, cf_buf_peek(buf), cf_buf_len(buf)) != 0)
 		r = cf_error(CF_E_UNAVAILABLE, "writing %s: %s", a->path, strerror(errno));
-	else if ((!a->cfg.fail_open && !a->cfg.durability_os) || be->seal != NULL || moved)
+	else if ((synced = (!a->cfg.fail_open && !a->cfg.durability_os) || be->seal != NULL ||
+			   moved))
 		r = sync_fd(a);
 	if (r != CF_OK) {
-		/* No partial line may stay for the next batch to follow. */
+		/* No partial line may stay for the next batch to follow; and a
+		 * failed fdatasync reports the writeback of every page since the
+		 * last good one (the kernel keeps no more than that the error
+		 * happened): the batches written since may not be on the disk, so
+		 * they go with this one and the chain resumes where it was synced. */
 		struct stat fst;
-		int e = ftruncate(a->fd, *size) != 0 ? errno : 0;
+		int e;
 
-		if (e != 0 && (fstat(a->fd, &fst) != 0 || fst.st_size != *size)) {
+		to = synced ? a->synced_size : *size;
+		e = ftruncate(a->fd, to) != 0 ? errno : 0;
+		if (e == 0 && to < *size) {
+			be->cut = a->unsynced;
+			a->unsynced = 0;
+			*seq = a->synced_seq;
+			memcpy(chain, a->synced_chain, 32);
+			*size = to;
+		}
+		if (e != 0 && (fstat(a->fd, &fst) != 0 || fst.st_size != to)) {
 			/* The path last: the refusal's text is cut to fit. */
-			snprintf(a->stuck_why, sizeof(a->stuck_why), "a partial record cannot be cut "
-				 "(%s%s): nothing is written after it until a restart; %s",
-				 strerror(e), e == EPERM ? ", append-only" : "", a->path);
+			snprintf(a->stuck_why, sizeof(a->stuck_why), "%s cannot be cut (%s%s): "
+				 "nothing is written after it until a restart; %s",
+				 to < *size ? "what was written since the last good fdatasync" :
+				 "a partial record", strerror(e), e == EPERM ? ", append-only" : "",
+				 a->path);
 			a->stuck_tail = 1;
 			cf_log_error("audit: %s; the restart cuts it (remove the append-only attribute "
 				     "first)", a->stuck_why);
@@ -460,6 +487,14 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	*seq = s;
 	memcpy(chain, c, 32);
 	*size += (off_t)cf_buf_len(buf);
+	if (synced) {
+		a->synced_seq = s;
+		memcpy(a->synced_chain, c, 32);
+		a->synced_size = *size;
+		a->unsynced = 0;
+	} else {
+		a->unsynced += be->n;
+	}
 out:
 	cf_buf_free(buf);
 	return r;
@@ -624,6 +659,17 @@ write_locked(audit *a, struct item *batch, const char *seal, struct item *keep,
 			a->broken = a->lost > 0;
 		}
 	} else {
+		if (be.cut > 0) {
+			/* Answered, but their records went with the failed sync. */
+			a->seq = seq;
+			memcpy(a->chain, chain, 32);
+			a->size = size;
+			a->written_run -= be.cut <= a->written_run ? be.cut : a->written_run;
+			cf_log_error("audit: %llu records written since the trail was last synced are "
+				     "cut from it and counted lost: the failed fdatasync may be their "
+				     "writeback's", (unsigned long long)be.cut);
+		}
+		n += be.cut;
 		a->lost += n;
 		a->failures++;
 		metrics_add(M_AUDIT_WRITE_FAILURES, 1);
@@ -1125,6 +1171,10 @@ recover(audit *a, char *fields, size_t flen, int *clean)
 	a->size = rep.good_size;
 	a->seq = rep.last_seq;
 	memcpy(a->chain, rep.last_chain, 32);
+	/* Taken as synced: the start record's fdatasync covers it. */
+	a->synced_size = a->size;
+	a->synced_seq = a->seq;
+	memcpy(a->synced_chain, a->chain, 32);
 	put(&f, ",\"event\":\"start\",\"pid\":%d,\"anchor\":\"%s\"", (int)getpid(), state);
 	if (have)
 		put(&f, ",\"anchored\":%llu", (unsigned long long)an.seq);

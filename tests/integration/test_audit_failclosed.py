@@ -21,6 +21,7 @@ daemon and offline. A fault kind this machine cannot make is skipped with the
 reason printed.
 """
 import json
+import mmap
 import os
 import queue
 import resource
@@ -630,6 +631,115 @@ class FailClosed(unittest.TestCase):
         time.sleep(0.3)
         r = Ctl(d)("audit", "verify", ok=False)
         self.assertEqual(r.returncode, 0, r.stdout)
+
+
+SYNCFAIL_SHIM = os.environ.get("COFFER_SYNCFAIL_SHIM")
+
+
+class ShimDaemon(CofferDaemon):
+    """A daemon with extra environment (a preloaded shim)."""
+    extra_env = {}
+
+    @property
+    def env(self):
+        return dict(super().env, **self.extra_env)
+
+
+class WritebackError(unittest.TestCase):
+    """durability = os: a call is answered once its record is in the kernel,
+    and the trail is synced at each seal. A writeback error of those records
+    is told to the seal's fdatasync (tests/support/syncfail_shim.c makes it
+    fail with EIO, and saves what the disk would then miss). Before, only
+    the seal's own batch was cut: the heal chained on records that were not
+    on the disk and anchored over them, so once the machine lost them the
+    trail read as altered for good. Now everything since the last good
+    fdatasync is cut, counted lost in the "resumed" record, and the trail
+    the disk keeps verifies."""
+
+    def test_failed_fdatasync_cuts_every_unsynced_record(self):
+        if not SYNCFAIL_SHIM:
+            self.skipTest("COFFER_SYNCFAIL_SHIM is not set (no LD_PRELOAD shim under the "
+                          "sanitizers)")
+        tmp = tempfile.mkdtemp(prefix="coffer-syncfail-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        ctl_path = os.path.join(tmp, "ctl")
+        with open(ctl_path, "wb") as f:
+            f.write(bytes(16))
+        d = ShimDaemon(config={"audit": {"failure": "closed", "durability": "os",
+                                         "max_wait_ms": "2000"}})
+        self.addCleanup(d.cleanup)
+        d.extra_env = {"LD_PRELOAD": SYNCFAIL_SHIM, "COFFER_SYNCFAIL_CTL": ctl_path}
+        d.start()
+        path = os.path.join(d.state_dir, "audit.log")
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="s", type=pb.EC_P256),
+                                 timeout=TIMEOUT)
+        time.sleep(0.3)     # sealed and synced
+        with open(ctl_path, "r+b") as f:
+            m = mmap.mmap(f.fileno(), 16)
+        # The first call after a quiet spell carries a seal (synced); the
+        # next ones are answered at once, their records in the kernel, until
+        # the trail is idle for 20 ms: that seal's fdatasync fails.
+        stub = d.service_stub()
+        stub.Sign(pb.SignRequest(key="s", message=b"synced"), timeout=TIMEOUT)
+        m[0:8] = (1).to_bytes(8, "little")      # the next fdatasync of audit.log fails
+        answered = 0
+        try:
+            for i in range(5):
+                stub.Sign(pb.SignRequest(key="s", message=b"unsynced %d" % i), timeout=TIMEOUT)
+                answered += 1
+        except grpc.RpcError as e:   # a slow machine: the seal came between two calls
+            self.assertEqual(e.code(), SC.UNAVAILABLE)
+        self.assertGreater(answered, 0)
+        deadline = time.monotonic() + 5
+        while int.from_bytes(m[8:16], "little") == 0:
+            self.assertLess(time.monotonic(), deadline, "no fdatasync failed")
+            time.sleep(0.01)
+        with open(ctl_path + ".lost", "rb") as f:
+            head = f.readline().split()
+            off, n = int(head[0]), int(head[1])
+            lost = f.read()
+        self.assertEqual(len(lost), n)
+        lost_recs = [json.loads(x) for x in lost.splitlines()]
+        self.assertEqual([r.get("method") for r in lost_recs if "method" in r],
+                         ["/coffer.v1.KeyService/Sign"] * answered, lost)
+        lost_ids = {r["request_id"] for r in lost_recs if "request_id" in r}
+        # Refused while broken, with the cause; healed by itself within a second or two.
+        try:
+            stub.Sign(pb.SignRequest(key="s", message=b"while broken"), timeout=TIMEOUT)
+        except grpc.RpcError as e:
+            self.assertEqual(e.code(), SC.UNAVAILABLE)
+            self.assertIn("writing %s: Input/output error" % path, e.details())
+        deadline = time.monotonic() + 10
+        while True:
+            with open(path) as f:
+                recs = [json.loads(x) for x in f]
+            resumed = [r for r in recs if r.get("event") == "resumed"]
+            if resumed:
+                break
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.1)
+        # The five answered records are no longer in the trail, and the
+        # heal counts them (before: "lost": 0, and they stayed).
+        self.assertFalse([r for r in recs if r.get("request_id") in lost_ids], recs)
+        self.assertGreaterEqual(resumed[0]["lost"], answered, resumed)
+        self.assertIn("records written since the trail was last synced are cut from it and "
+                      "counted lost: the failed fdatasync may be their writeback's",
+                      d.log(all_starts=False))
+        stub.Sign(pb.SignRequest(key="s", message=b"healed"), timeout=TIMEOUT)
+        time.sleep(0.3)
+        d.stop()
+        # The disk as the failed writeback left it: the bytes the shim saved,
+        # where they still are, never got there.
+        with open(path, "r+b") as f:
+            f.seek(off)
+            if f.read(n) == lost:
+                f.seek(off)
+                f.write(bytes(n))
+        r = subprocess.run([cofferctl_path(), "audit", "verify", "--file", path,
+                            "--public-key", os.path.join(d.state_dir, "audit-seal.pub")] +
+                           d.anchor_args(), capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn(b"(clean stop)", r.stdout)
 
 
 if __name__ == "__main__":
