@@ -171,12 +171,24 @@ class CrashDaemon(CofferDaemon):
             time.sleep(0.01)
 
     def state(self):
-        """The process state letter (R, S, T, Z, ...) or None."""
+        """The process state letter (R, S, T, Z, ...) or None. "T" only once
+        every thread has stopped: the main thread stops first, and a thread
+        still inside a write() when the SIGKILL comes can leave it half done
+        (the kernel checks for a fatal signal between pages), a torn record
+        the stop at a crash point never makes."""
         if self.proc is None:
             return None
+        pid = self.proc.pid
         try:
-            with open("/proc/%d/stat" % self.proc.pid) as f:
-                return f.read().rsplit(")", 1)[1].split()[0]
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read().rsplit(")", 1)[1].split()[0]
+            if st != "T":
+                return st
+            for tid in os.listdir("/proc/%d/task" % pid):
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                        return "R"
+            return st
         except (OSError, IndexError):
             return None
 
