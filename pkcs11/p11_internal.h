@@ -151,6 +151,7 @@ struct cf_p11_key {
 
 	pthread_mutex_t mu;         /* guards the handle cache below */
 	uint64_t epoch;             /* epoch the handles were resolved in; 0 = stale */
+	uint64_t resolved;          /* bumped by each search that filled the cache */
 	CK_OBJECT_HANDLE priv;      /* private or secret token object */
 	CK_OBJECT_HANDLE pub;       /* public token object (asymmetric only) */
 	CK_OBJECT_HANDLE use_priv;  /* session copy, or priv */
@@ -164,6 +165,7 @@ struct cf_p11_key {
 struct p11_handles {
 	CK_OBJECT_HANDLE priv;
 	CK_OBJECT_HANDLE pub;
+	uint64_t resolved;          /* the key's cache these came from */
 };
 
 /* ---- p11_errors.c ---- */
@@ -221,7 +223,9 @@ void p11_caps_free(struct p11_caps *c);
 /* ---- p11_keys.c ---- */
 CK_RV p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch,
 		      struct p11_handles *h);
-void p11_key_invalidate(cf_p11_key *k);
+/* The handles h (from p11_key_resolve) are stale: search again, unless
+ * another thread has already refilled the cache (its copies may be in use). */
+void p11_key_invalidate(cf_p11_key *k, const struct p11_handles *h);
 /* Find objects of `cls` with `label`; P11_RV_NOT_FOUND / P11_RV_AMBIGUOUS. */
 CK_RV p11_find_one(cf_p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label,
 		   const unsigned char *id, CK_OBJECT_HANDLE *out);

@@ -449,6 +449,7 @@ p11_key_resolve(cf_p11_key *k, CK_SESSION_HANDLE s, uint64_t epoch, struct p11_h
 		}
 	}
 	k->epoch = epoch;
+	k->resolved++;
 unlock:
 	p11_token_unlock(p);
 unlock_mu:
@@ -458,16 +459,18 @@ unlock_mu:
 done:
 	h->priv = k->use_priv;
 	h->pub = k->use_pub;
+	h->resolved = k->resolved;
 out:
 	pthread_mutex_unlock(&k->mu);
 	return rv;
 }
 
 void
-p11_key_invalidate(cf_p11_key *k)
+p11_key_invalidate(cf_p11_key *k, const struct p11_handles *h)
 {
 	pthread_mutex_lock(&k->mu);
-	k->epoch = 0;
+	if (k->resolved == h->resolved)
+		k->epoch = 0;
 	pthread_mutex_unlock(&k->mu);
 }
 

@@ -559,7 +559,7 @@ p11_diagnose(cf_p11 *p, CK_SESSION_HANDLE s, CK_RV rv)
 CK_RV
 p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 {
-	struct p11_handles h = { CK_INVALID_HANDLE, CK_INVALID_HANDLE };
+	struct p11_handles h = { .priv = CK_INVALID_HANDLE, .pub = CK_INVALID_HANDLE };
 	CK_SESSION_HANDLE s;
 	uint64_t epoch, sepoch;
 	CK_RV rv = CKR_OK;
@@ -603,7 +603,7 @@ p11_run(cf_p11 *p, cf_p11_key *k, p11_op_fn fn, void *arg)
 			 * login are fine (p11_diagnose): search again and retry.
 			 * Bodies without a key search for their objects themselves. */
 			if (k != NULL)
-				p11_key_invalidate(k);
+				p11_key_invalidate(k, &h);
 		} else if (p11_recover(p, rv, epoch) != CF_OK) {
 			/* It set p->reinit (the next attempt starts from scratch)
 			 * and left the reason as the error detail. */

@@ -32,6 +32,8 @@ pf_enter(enum p11_fault_fn fn, CK_OBJECT_HANDLE object, CK_RV *rv)
 {
 	struct p11_fault_rule *r = &pf_rule[fn];
 	enum pf_act a = PF_PASS;
+	void (*hook)(void *) = NULL;
+	void *hook_arg = NULL;
 
 	pthread_mutex_lock(&pf_mu);
 	pf_calls[fn]++;
@@ -47,11 +49,15 @@ pf_enter(enum p11_fault_fn fn, CK_OBJECT_HANDLE object, CK_RV *rv)
 			a = r->through ? PF_THROUGH : PF_FAIL;
 			if (r->times > 0)
 				r->times--;
+			hook = r->hook;
+			hook_arg = r->hook_arg;
 		}
 	}
 	if (a != PF_PASS)
 		pf_injected[fn]++;
 	pthread_mutex_unlock(&pf_mu);
+	if (hook != NULL)
+		hook(hook_arg);
 	return a;
 }
 

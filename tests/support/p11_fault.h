@@ -40,6 +40,11 @@ struct p11_fault_rule {
 				    C_CopyObject, C_GetAttributeValue) or about
 				    this mechanism (C_GetMechanismInfo: the
 				    layer then leaves it out); 0: any */
+	/* Called (without the module's lock) in the calling thread each time
+	 * the rule answers a call, before the answer: a test holds a thread
+	 * there to order it against another. NULL: none. */
+	void (*hook)(void *arg);
+	void *hook_arg;
 };
 
 struct p11_fault_ops {

@@ -15,6 +15,7 @@
  */
 #include <dlfcn.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,7 @@ sleep_ms(unsigned ms)
 static void
 inject(enum p11_fault_fn fn, CK_RV rv, unsigned skip, int times, int through)
 {
-	struct p11_fault_rule r = { rv, skip, times, through, CK_INVALID_HANDLE };
+	struct p11_fault_rule r = { .rv = rv, .skip = skip, .times = times, .through = through };
 
 	fault->set(fn, &r);
 }
@@ -390,7 +391,7 @@ destroy_interrupted(const char *name, const uint8_t *id)
 	CK_SESSION_HANDLE s;
 	CK_OBJECT_HANDLE pub;
 	char label[64];
-	struct p11_fault_rule rule = { CKR_DEVICE_ERROR, 0, 1, 0, CK_INVALID_HANDLE };
+	struct p11_fault_rule rule = { .rv = CKR_DEVICE_ERROR, .times = 1 };
 	cf_p11_key *k = NULL;
 
 	if (id != NULL)
@@ -1079,7 +1080,7 @@ test_failed_version_keeps_its_intent(void)
 static void
 reopen_without(CK_MECHANISM_TYPE mech)
 {
-	struct p11_fault_rule r = { CKR_MECHANISM_INVALID, 0, -1, 0, mech };
+	struct p11_fault_rule r = { .rv = CKR_MECHANISM_INVALID, .times = -1, .object = mech };
 
 	cf_p11_close(p11);
 	p11 = NULL;
@@ -1140,6 +1141,92 @@ test_idem_fingerprint_key_import(void)
 	reopen_without(0);
 }
 
+/* ---- a stale handle met by two threads ---- */
+
+/* The first thread told its handle is stale waits inside C_SignInit until
+ * the second has been told the same, searched again and signed. */
+struct stale_race {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int fired, second_done;
+	cf_p11_key *k;
+	int rc;
+};
+
+static void
+stale_hold(void *arg)
+{
+	struct stale_race *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	if (r->fired++ == 0) {
+		pthread_cond_broadcast(&r->cv);
+		while (!r->second_done)
+			pthread_cond_wait(&r->cv, &r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void *
+stale_signer(void *arg)
+{
+	struct stale_race *r = arg;
+	cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+
+	r->rc = cf_p11_sign(r->k, NULL, msg, sizeof(msg), sig);
+	cf_buf_free(sig);
+	return NULL;
+}
+
+/* Two threads meet a stale handle of one key: the second searches again and
+ * copies the objects into the session; the first, told before it and
+ * retrying after, must not search and copy once more (before, it dropped the
+ * cache the other had just made, destroying the copies another thread may
+ * be signing with). Both sign; the key's objects are copied once. */
+static void
+test_stale_handle_met_twice(void)
+{
+	struct stale_race r = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL,
+				-1 };
+	struct p11_fault_rule rule = { .rv = CKR_OBJECT_HANDLE_INVALID, .times = 2,
+				       .hook = stale_hold, .hook_arg = &r };
+	struct mark copies, destroys;
+	pthread_t first;
+
+	CHECK_OK(cf_p11_key_generate(p11, "stale-race", 1, CF_KEY_EC_P256, 0, &r.k));
+	check_signs(r.k);     /* resolved: the handles and copies cached */
+	copies = mark(P11F_C_CopyObject);
+	destroys = mark(P11F_C_DestroyObject);
+	fault->set(P11F_C_SignInit, &rule);
+	CU_ASSERT_EQUAL_FATAL(pthread_create(&first, NULL, stale_signer, &r), 0);
+	pthread_mutex_lock(&r.mu);
+	while (r.fired == 0)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	{
+		struct stale_race second = r;
+		cf_buf *sig = cf_buf_new(CF_P11_MAX_SIG);
+
+		CHECK_OK(cf_p11_sign(second.k, NULL, msg, sizeof(msg), sig));
+		cf_buf_free(sig);
+	}
+	pthread_mutex_lock(&r.mu);
+	r.second_done = 1;
+	pthread_cond_broadcast(&r.cv);
+	pthread_mutex_unlock(&r.mu);
+	pthread_join(first, NULL);
+	fault->clear();
+	CU_ASSERT_EQUAL(r.rc, CF_OK);
+	CU_ASSERT_EQUAL(r.fired, 2);
+	/* One search again: the private and the public key copied once each,
+	 * the stale copies destroyed once. */
+	check_mark(&copies, 2, 0);
+	check_mark(&destroys, 2, 0);
+	check_signs(r.k);
+	check_mark(&copies, 2, 0);
+	cf_p11_key_free(r.k);
+}
+
 int
 main(void)
 {
@@ -1169,6 +1256,8 @@ main(void)
 		  test_failed_version_keeps_its_intent },
 		{ "idempotency fingerprint key: imported, or none, as the token allows",
 		  test_idem_fingerprint_key_import },
+		{ "a stale handle met by two threads: searched again once",
+		  test_stale_handle_met_twice },
 		{ NULL, NULL },
 	};
 
