@@ -59,7 +59,9 @@ usage(FILE *f)
 "      --check-config         load the configuration, say whether it loads, exit\n"
 "      --init-token LABEL     initialise a token labelled LABEL in a free slot of\n"
 "                             --module, with the PINs read from --so-pin-file PATH\n"
-"                             and --pin-file (never on a command line), exit\n"
+"                             and --pin-file (never on a command line), exit; a\n"
+"                             token of that label without a user PIN (made, cut\n"
+"                             short) gets it\n"
 "  -h, --help\n"
 "Runs in the foreground. SIGTERM or SIGINT: stop accepting, finish the calls in\n"
 "flight (up to [daemon] shutdown_grace_ms), exit 0; a second one: exit 1 at\n"
@@ -559,13 +561,20 @@ main(int argc, char **argv)
 			cf_log_error("--init-token LABEL needs --so-pin-file PATH and --pin-file PATH");
 			return 2;
 		}
+		int finished = 0;
+
 		if ((r = cf_p11_init_token(cfg.module, init_label, so_pin_file,
-					   cfg.pin_file)) != CF_OK) {
+					   cfg.pin_file, &finished)) != CF_OK) {
 			cf_log_error("initialising the token: %s", cf_error_detail());
 			return r == CF_E_EXISTS ? 3 : 1;
 		}
-		printf("cofferd: initialised the token \"%s\" with the PINs of %s and %s\n",
-		       init_label, so_pin_file, cfg.pin_file);
+		if (finished)
+			printf("cofferd: the token \"%s\" existed without a user PIN (its "
+			       "initialisation was cut short): set it from %s\n", init_label,
+			       cfg.pin_file);
+		else
+			printf("cofferd: initialised the token \"%s\" with the PINs of %s and %s\n",
+			       init_label, so_pin_file, cfg.pin_file);
 		return 0;
 	}
 	if (check_only) {

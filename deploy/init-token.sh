@@ -103,7 +103,25 @@ has_token() {
         sed 's/[[:space:]]*$//' | grep -Fqx -- "$label"
 }
 "$SOFTHSM2_UTIL" --show-slots >/dev/null 2>&1 || die "softhsm2-util --show-slots failed (is $conf valid?)"
+# cofferd --init-token with this token's PIN files; its output in $out.
+run_init() {
+    set -- --init-token "$label" --so-pin-file "$so_pin" --pin-file "$user_pin"
+    [ -z "${SOFTHSM2_MODULE:-}" ] || set -- "$@" --module "$SOFTHSM2_MODULE"
+    out=$("$COFFERD" "$@" 2>&1)
+}
 if has_token; then
+    # A run killed between the token and its user PIN left a token that
+    # cofferd cannot log in to: cofferd --init-token sets the PIN (exit 0);
+    # a whole token it leaves alone (exit 3).
+    if [ -f "$user_pin" ] && [ -f "$so_pin" ]; then
+        rc=0
+        run_init || rc=$?
+        case $rc in
+        0) printf '%s\n' "$out" >&2; summary; exit 0 ;;
+        3) ;;
+        *) printf '%s\n' "$out" >&2; die "cofferd --init-token failed" ;;
+        esac
+    fi
     echo "$prog: a token labelled \"$label\" already exists in $tokens; not re-initialising it" >&2
     [ -f "$user_pin" ] || echo "$prog: warning: $user_pin is missing; this token's user PIN is not in $dir" >&2
     summary
@@ -137,9 +155,7 @@ printf '%s\n' "$spin" >"$ts" || die "cannot write $ts"
 mv "$tu" "$user_pin" && mv "$ts" "$so_pin" || die "cannot create the PIN files in $dir"
 
 unset upin spin
-set -- --init-token "$label" --so-pin-file "$so_pin" --pin-file "$user_pin"
-[ -z "${SOFTHSM2_MODULE:-}" ] || set -- "$@" --module "$SOFTHSM2_MODULE"
-if ! out=$("$COFFERD" "$@" 2>&1); then
+if ! run_init; then
     printf '%s\n' "$out" >&2
     die "cofferd --init-token failed"
 fi

@@ -105,9 +105,11 @@ void cf_p11_close(cf_p11 *p);
 /* Initialise a token labelled `label` (1..32 bytes) in a free slot of the
  * module: the security officer's PIN from so_pin_file, the user PIN set from
  * user_pin_file (both cf_secret_file.h files: owned by the caller, 0600).
- * CF_E_EXISTS when a token has the label already. */
+ * CF_E_EXISTS when a token has the label already, unless its user PIN was
+ * never set (an initialisation cut short): then only that is done, and
+ * *finished says so. */
 int cf_p11_init_token(const char *module_path, const char *label, const char *so_pin_file,
-		      const char *user_pin_file);
+		      const char *user_pin_file, int *finished);
 
 /* ---- capabilities ---- */
 

@@ -16,10 +16,12 @@
 #define LABEL_LEN 32
 
 /* The free slot to initialise (*slot), after checking that no token has
- * the label already. */
+ * the label already; or (*half set) the slot of a token with the label whose
+ * user PIN was never set: an initialisation cut short between C_InitToken
+ * and C_InitPIN, which cofferd could never log in to. */
 static int
 pick_slot(CK_FUNCTION_LIST_PTR f, const char label[LABEL_LEN], const char *name,
-	  CK_SLOT_ID *slot)
+	  CK_SLOT_ID *slot, int *half)
 {
 	CK_SLOT_ID *v = NULL;
 	CK_TOKEN_INFO ti;
@@ -34,17 +36,23 @@ pick_slot(CK_FUNCTION_LIST_PTR f, const char label[LABEL_LEN], const char *name,
 			r = cf_error(CF_E_TOKEN, "reading the token in slot %lu: %s",
 				     (unsigned long)v[i], p11_rv_name(rv));
 		} else if (ti.flags & CKF_TOKEN_INITIALIZED) {
-			if (memcmp(ti.label, label, LABEL_LEN) == 0)
-				r = cf_error(CF_E_EXISTS, "a token labelled \"%s\" exists already "
-					     "(slot %lu): not initialising another", name,
-					     (unsigned long)v[i]);
+			if (memcmp(ti.label, label, LABEL_LEN) != 0)
+				continue;
+			if (!(ti.flags & CKF_USER_PIN_INITIALIZED)) {
+				*slot = v[i];
+				*half = 1;
+				break;
+			}
+			r = cf_error(CF_E_EXISTS, "a token labelled \"%s\" exists already "
+				     "(slot %lu): not initialising another", name,
+				     (unsigned long)v[i]);
 		} else if (!found) {
 			*slot = v[i];
 			found = 1;
 		}
 	}
 	free(v);
-	if (r == CF_OK && !found)
+	if (r == CF_OK && !found && !*half)
 		r = cf_error(CF_E_NOT_FOUND, "no slot holds an uninitialised token (SoftHSM2 "
 			     "offers one in each token directory: check its configuration)");
 	return r;
@@ -64,7 +72,7 @@ step_failed(const char *what, CK_RV rv, const char *pin_file)
 
 int
 cf_p11_init_token(const char *module_path, const char *label, const char *so_pin_file,
-		  const char *user_pin_file)
+		  const char *user_pin_file, int *finished)
 {
 	CK_C_INITIALIZE_ARGS args;
 	CK_FUNCTION_LIST_PTR f = NULL;
@@ -74,7 +82,7 @@ cf_p11_init_token(const char *module_path, const char *label, const char *so_pin
 	char padded[LABEL_LEN];
 	void *dl = NULL;
 	size_t len = label != NULL ? strlen(label) : 0;
-	int r, initialized = 0;
+	int r, initialized = 0, half = 0;
 	CK_RV rv;
 
 	if (len == 0 || len > LABEL_LEN)
@@ -95,10 +103,12 @@ cf_p11_init_token(const char *module_path, const char *label, const char *so_pin
 		goto out;
 	}
 	initialized = 1;
-	if ((r = pick_slot(f, padded, label, &slot)) != CF_OK)
+	if ((r = pick_slot(f, padded, label, &slot, &half)) != CF_OK)
 		goto out;
-	if ((rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)cf_secret_cptr(so), cf_secret_len(so),
-				 (CK_UTF8CHAR_PTR)padded)) != CKR_OK) {
+	*finished = half;
+	rv = half ? CKR_OK : f->C_InitToken(slot, (CK_UTF8CHAR_PTR)cf_secret_cptr(so),
+					    cf_secret_len(so), (CK_UTF8CHAR_PTR)padded);
+	if (rv != CKR_OK) {
 		r = step_failed("C_InitToken", rv, so_pin_file);
 		goto out;
 	}

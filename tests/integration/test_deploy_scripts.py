@@ -13,6 +13,7 @@
   --so-pin ... --pin ...).
 """
 import os
+import re
 import shutil
 import signal
 import stat
@@ -40,6 +41,41 @@ RECORDER = """#!/bin/sh
 printf '%%s\\n' "$*" >>"%s"
 exec "%s" "$@"
 """
+
+MODULE = os.environ.get("COFFER_SOFTHSM_MODULE") or "/usr/lib/softhsm/libsofthsm2.so"
+
+# Stands in for a cofferd --init-token killed between C_InitToken and
+# C_InitPIN: the token is made (its SO PIN from --so-pin-file, through the
+# real module), then the process is killed.
+HALF = """#!/usr/bin/python3
+import ctypes, os, signal, sys
+a = sys.argv[1:]
+label, so = a[a.index("--init-token") + 1], a[a.index("--so-pin-file") + 1]
+lib = ctypes.CDLL(a[a.index("--module") + 1] if "--module" in a else %r)
+U = ctypes.c_ulong
+assert lib.C_Initialize(None) == 0
+n = U(0)
+assert lib.C_GetSlotList(ctypes.c_ubyte(0), None, ctypes.byref(n)) == 0
+slots = (U * n.value)()
+assert lib.C_GetSlotList(ctypes.c_ubyte(0), slots, ctypes.byref(n)) == 0
+pin = open(so, "rb").read().strip()
+rv = lib.C_InitToken(U(slots[n.value - 1]), pin, U(len(pin)), label.encode().ljust(32))
+assert rv == 0, hex(rv)
+os.kill(os.getpid(), signal.SIGKILL)
+""" % MODULE
+
+
+def write_exe(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+
+
+def user_pin_set(conf):
+    """softhsm2-util's word on the token of conf: its user PIN is set."""
+    out = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True,
+                         env=dict(os.environ, SOFTHSM2_CONF=conf)).stdout
+    return re.search(r"User PIN init\.:\s+yes", out) is not None
 
 
 class InitToken(unittest.TestCase):
@@ -91,6 +127,32 @@ class InitToken(unittest.TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertEqual(self.pins(), [], "PIN files of a token never made")
         self.rerun_succeeds()
+
+    def test_killed_between_token_and_user_pin(self):
+        """cofferd --init-token killed after C_InitToken, before C_InitPIN:
+        the token exists without a user PIN, so its PIN files stay; a re-run
+        finishes it (before: "already exists", and cofferd could never log
+        in), and a run after that leaves it alone."""
+        half = os.path.join(self.dir, "half")
+        write_exe(half, HALF)
+        r = self.run_init(dict(os.environ, COFFERD=half))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(self.pins(), ["so.pin", "user.pin"], r.stderr)
+        conf = os.path.join(self.tok, "softhsm2.conf")
+        self.assertFalse(user_pin_set(conf), "the stand-in set the user PIN")
+        with open(os.path.join(self.tok, "user.pin")) as f:
+            pin = f.read()
+        r = self.run_init()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('cofferd: the token "coffer" existed without a user PIN (its '
+                      'initialisation was cut short): set it from %s'
+                      % os.path.join(self.tok, "user.pin"), r.stderr + r.stdout)
+        self.assertTrue(user_pin_set(conf))
+        with open(os.path.join(self.tok, "user.pin")) as f:
+            self.assertEqual(f.read(), pin)
+        r = self.run_init()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("already exists", r.stderr)
 
     def test_softhsm_fails(self):
         r = subprocess.run(["sh", INIT, self.tok], env=self.env("fail"), capture_output=True,
@@ -190,6 +252,31 @@ class InitTokenRefusals(unittest.TestCase):
         self.assertEqual(rc, 3, out)
         self.assertRegex(out, r'a token labelled "coffer" exists already \(slot \d+\): not '
                               r'initialising another')
+
+    def test_token_without_user_pin(self):
+        """A token whose initialisation stopped before C_InitPIN: --init-token
+        sets the user PIN (with the SO PIN of the file), once."""
+        half = os.path.join(self.dir, "half")
+        write_exe(half, HALF)
+        subprocess.run([half, "--init-token", "coffer"] + self.pins(), timeout=60,
+                       env=dict(os.environ, SOFTHSM2_CONF=self.conf))
+        self.assertFalse(user_pin_set(self.conf))
+        wrong = os.path.join(self.dir, "wrong.pin")
+        fd = os.open(wrong, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"not-the-so-pin\n")
+        os.close(fd)
+        rc, out = self.init("coffer", "--so-pin-file", wrong,
+                            "--pin-file", os.path.join(self.dir, "user.pin"))
+        self.assertEqual(rc, 1, out)
+        self.assertIn("initialising the token: logging in as the security officer: the token "
+                      "refused the PIN of %s (CKR_PIN_INCORRECT" % wrong, out)
+        self.assertFalse(user_pin_set(self.conf))
+        rc, out = self.init("coffer", *self.pins())
+        self.assertEqual(rc, 0, out)
+        self.assertIn('the token "coffer" existed without a user PIN', out)
+        self.assertTrue(user_pin_set(self.conf))
+        rc, out = self.init("coffer", *self.pins())
+        self.assertEqual(rc, 3, out)
 
 
 if __name__ == "__main__":
