@@ -71,6 +71,14 @@ def write_exe(path, text):
     os.chmod(path, 0o755)
 
 
+def write_pin(path, data):
+    """A PIN file of mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, data)
+    os.close(fd)
+    return path
+
+
 def user_pin_set(conf):
     """softhsm2-util's word on the token of conf: its user PIN is set."""
     out = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True,
@@ -209,9 +217,7 @@ class InitTokenRefusals(unittest.TestCase):
             f.write("directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
                     "log.level = ERROR\n" % self.dir)
         for n in ("so.pin", "user.pin"):
-            fd = os.open(os.path.join(self.dir, n), os.O_WRONLY | os.O_CREAT, 0o600)
-            os.write(fd, b"0123456789abcdef\n")
-            os.close(fd)
+            write_pin(os.path.join(self.dir, n), b"0123456789abcdef\n")
 
     def init(self, *args):
         r = subprocess.run([COFFERD, "--init-token"] + list(args), capture_output=True,
@@ -222,6 +228,10 @@ class InitTokenRefusals(unittest.TestCase):
     def pins(self):
         return ["--so-pin-file", os.path.join(self.dir, "so.pin"),
                 "--pin-file", os.path.join(self.dir, "user.pin")]
+
+    def init_with_so_pin(self, so_pin_file):
+        return self.init("coffer", "--so-pin-file", so_pin_file,
+                         "--pin-file", os.path.join(self.dir, "user.pin"))
 
     def test_refusals(self):
         rc, out = self.init("coffer", "--pin-file", os.path.join(self.dir, "user.pin"))
@@ -236,12 +246,8 @@ class InitTokenRefusals(unittest.TestCase):
         self.assertIn("SO PIN file", out)
         self.assertNotIn("0123456789abcdef", out)
         os.chmod(os.path.join(self.dir, "so.pin"), 0o600)
-        short = os.path.join(self.dir, "short.pin")
-        fd = os.open(short, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, b"12\n")
-        os.close(fd)
-        rc, out = self.init("coffer", "--so-pin-file", short,
-                            "--pin-file", os.path.join(self.dir, "user.pin"))
+        short = write_pin(os.path.join(self.dir, "short.pin"), b"12\n")
+        rc, out = self.init_with_so_pin(short)
         self.assertEqual(rc, 1, out)
         self.assertIn("initialising the token: C_InitToken: the token refused the PIN of %s "
                       "(CKR_PIN_INCORRECT; SoftHSM2 takes 4 to 255 bytes)" % short, out)
@@ -261,12 +267,8 @@ class InitTokenRefusals(unittest.TestCase):
         subprocess.run([half, "--init-token", "coffer"] + self.pins(), timeout=60,
                        env=dict(os.environ, SOFTHSM2_CONF=self.conf))
         self.assertFalse(user_pin_set(self.conf))
-        wrong = os.path.join(self.dir, "wrong.pin")
-        fd = os.open(wrong, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, b"not-the-so-pin\n")
-        os.close(fd)
-        rc, out = self.init("coffer", "--so-pin-file", wrong,
-                            "--pin-file", os.path.join(self.dir, "user.pin"))
+        wrong = write_pin(os.path.join(self.dir, "wrong.pin"), b"not-the-so-pin\n")
+        rc, out = self.init_with_so_pin(wrong)
         self.assertEqual(rc, 1, out)
         self.assertIn("initialising the token: logging in as the security officer: the token "
                       "refused the PIN of %s (CKR_PIN_INCORRECT" % wrong, out)
