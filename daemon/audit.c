@@ -400,7 +400,6 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 	char body[CF_AUDIT_LINE_MAX + 64];
 	int64_t ob = be->ob_done;
 	int r = CF_OK, moved = 0, synced = 0;
-	off_t to;
 
 	/* A record written after a fragment would be glued to it: the chain
 	 * breaks there, and every later record reads as altered. */
@@ -450,9 +449,9 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 		 * happened): the batches written since may not be on the disk, so
 		 * they go with this one and the chain resumes where it was synced. */
 		struct stat fst;
+		off_t to = synced ? a->synced_size : *size;
 		int e;
 
-		to = synced ? a->synced_size : *size;
 		e = ftruncate(a->fd, to) != 0 ? errno : 0;
 		if (e == 0 && to < *size) {
 			be->cut = a->unsynced;
@@ -469,8 +468,9 @@ write_batch(audit *a, const struct item *batch, struct batch_end *be, uint64_t *
 				 "a partial record", strerror(e), e == EPERM ? ", append-only" : "",
 				 a->path);
 			a->stuck_tail = 1;
-			cf_log_error("audit: %s; the restart cuts it (remove the append-only attribute "
-				     "first)", a->stuck_why);
+			/* Whole records verify at the next start, and stay. */
+			cf_log_error("audit: %s%s", a->stuck_why, to < *size ? "" :
+				     "; the restart cuts it (remove the append-only attribute first)");
 		}
 		goto out;
 	}

@@ -656,7 +656,11 @@ class WritebackError(unittest.TestCase):
     fdatasync is cut, counted lost in the "resumed" record, and the trail
     the disk keeps verifies."""
 
-    def test_failed_fdatasync_cuts_every_unsynced_record(self):
+    def fail_a_sync(self, before=None):
+        """A daemon (durability = os) whose seal's fdatasync fails once after
+        calls were answered unsynced (before(d, path): run after the start,
+        before those calls). Returns (daemon, trail path, answered, offset and
+        bytes the disk would miss, their request ids)."""
         if not SYNCFAIL_SHIM:
             self.skipTest("COFFER_SYNCFAIL_SHIM is not set (no LD_PRELOAD shim under the "
                           "sanitizers)")
@@ -674,6 +678,8 @@ class WritebackError(unittest.TestCase):
         d.admin_stub().CreateKey(pb.CreateKeyRequest(name="s", type=pb.EC_P256),
                                  timeout=TIMEOUT)
         time.sleep(0.3)     # sealed and synced
+        if before is not None:
+            before(d, path)
         with open(ctl_path, "r+b") as f:
             m = mmap.mmap(f.fileno(), 16)
         # The first call after a quiet spell carries a seal (synced); the
@@ -703,6 +709,12 @@ class WritebackError(unittest.TestCase):
         self.assertEqual([r.get("method") for r in lost_recs if "method" in r],
                          ["/coffer.v1.KeyService/Sign"] * answered, lost)
         lost_ids = {r["request_id"] for r in lost_recs if "request_id" in r}
+        return d, path, answered, off, lost, lost_ids
+
+    def test_failed_fdatasync_cuts_every_unsynced_record(self):
+        d, path, answered, off, lost, lost_ids = self.fail_a_sync()
+        n = len(lost)
+        stub = d.service_stub()
         # Refused while broken, with the cause; healed by itself within a second or two.
         try:
             stub.Sign(pb.SignRequest(key="s", message=b"while broken"), timeout=TIMEOUT)
@@ -740,6 +752,34 @@ class WritebackError(unittest.TestCase):
                            d.anchor_args(), capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn(b"(clean stop)", r.stdout)
+
+
+    def test_failed_fdatasync_on_an_append_only_trail(self):
+        """The same failure on an append-only trail (chattr +a): what was
+        written since the last good fdatasync cannot be cut, so nothing is
+        written after it: every call is refused with that reason, health is
+        NOT_SERVING, and the log does not promise a restart would cut whole
+        records."""
+        def append_only(d, path):
+            if subprocess.run(["chattr", "+a", path], capture_output=True).returncode != 0:
+                self.skipTest("chattr +a is not supported here (filesystem or capability)")
+            self.addCleanup(subprocess.run, ["chattr", "-a", path])
+        d, path, answered, off, lost, lost_ids = self.fail_a_sync(append_only)
+        time.sleep(1.5)     # the writer's heal attempts
+        with self.assertRaises(grpc.RpcError) as cm:
+            d.service_stub().Sign(pb.SignRequest(key="s", message=b"stuck"), timeout=TIMEOUT)
+        self.assertEqual(cm.exception.code(), SC.UNAVAILABLE, cm.exception.details())
+        self.assertIn("what was written since the last good fdatasync cannot be cut (Operation "
+                      "not permitted, append-only): nothing is written after it until a "
+                      "restart; ", cm.exception.details())
+        self.assertEqual(S.health_pb_grpc.HealthStub(d.channel()).Check(
+            S.health_pb.HealthCheckRequest(), timeout=TIMEOUT).status, NOT_SERVING)
+        log = d.log(all_starts=False)
+        self.assertIn("what was written since the last good fdatasync cannot be cut", log)
+        self.assertNotIn("the restart cuts it", log)
+        with open(path, "rb") as f:
+            f.seek(off)
+            self.assertEqual(f.read(), lost, "written after the records it could not cut")
 
 
 if __name__ == "__main__":
