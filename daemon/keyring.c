@@ -1176,6 +1176,7 @@ keyring_change(keyring *kr, const char *name, enum key_change what,
 	r = k != NULL ? kr_copy_info(k, &sk) : cf_error(CF_E_NOT_FOUND, "key %s does not exist",
 							name);
 	pthread_rwlock_unlock(&kr->lock);
+	CF_HOLD_POINT("keyring.change.read");   /* read under the lock (tests: fencing) */
 	if (r != CF_OK || (r = change(kr, &sk, what, a, now_unix())) != CF_OK ||
 	    (r = store_key_save(kr->st, &sk, a->version, 0)) != CF_OK)
 		goto out;

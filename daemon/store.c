@@ -35,6 +35,11 @@ struct store {
 	void *change_arg;
 	void (*committed)(void *arg);      /* store_set_committed_hook */
 	void *committed_arg;
+	/* The change lock's epoch (fence_take), under mu: the thread whose
+	 * change holds the lock, and the epoch it set when it took it. */
+	int fenced;
+	int64_t fence_epoch;
+	pthread_t fence_owner;
 };
 
 /* ---- SQLite schema: tables as each version added them ---- */
@@ -204,6 +209,10 @@ static const struct {
 	     "CREATE INDEX audit_outbox_replica ON audit_outbox (replica, id);"
 	     "ALTER TABLE audit_anchor DROP COLUMN id;"
 	     "ALTER TABLE audit_anchor ADD COLUMN replica TEXT NOT NULL DEFAULT '' PRIMARY KEY;" },
+	/* The registry change lock's epoch (fence_take); its one row is made
+	 * by the first change. SQLite has no change lock: one daemon a file. */
+	{ 10, "CREATE TABLE change_fence (one BOOLEAN PRIMARY KEY CHECK (one),"
+	      " epoch BIGINT NOT NULL);" },
 };
 
 /* Schema changes of replicas starting together wait for each other. */
@@ -239,8 +248,38 @@ db_err(store *s, const char *what)
 	return cf_error(CF_E_IO, "state store: %s: %s", what, sqldb_errmsg(s->db));
 }
 
+/* In a transaction of the change that holds the fleet's change lock: the
+ * epoch is still the one this replica set when it took the lock. A replica
+ * whose lock connection alone was cut loses the lock while its change runs;
+ * another takes it and moves the epoch on, and this change, made from what
+ * it read before, must not commit over the other's. FOR SHARE keeps the
+ * row until the commit: a replica taking the lock meanwhile waits in
+ * fence_take for this commit, so it reads the change before making its own. */
+static int
+fence_check(store *s)
+{
+	sqldb_stmt *st = NULL;
+	int rc, same;
+
+	if (sqldb_query(s->db, &st, "SELECT epoch FROM change_fence WHERE one FOR SHARE", "") !=
+	    SQLDB_OK)
+		return db_err(s, "checking the registry change lock");
+	rc = sqldb_step(st);
+	same = rc == SQLDB_ROW && sqldb_int64(st, 0) == s->fence_epoch;
+	sqldb_finalize(st);
+	if (rc != SQLDB_ROW && rc != SQLDB_DONE)
+		return db_err(s, "checking the registry change lock");
+	if (!same)
+		return cf_error(CF_E_UNAVAILABLE, "fleet: this replica lost the registry change "
+				"lock while the change ran (the lock's PostgreSQL connection was "
+				"cut) and another replica has taken it since; not committing a "
+				"change made from what may be stale; retry");
+	return CF_OK;
+}
+
 /* Take the store's lock and open a transaction (write: a change, checked
- * first with sqldb_check). On failure the lock is released. */
+ * first with sqldb_check, and fenced when its thread holds the fleet's
+ * change lock). On failure the lock is released. */
 static int
 enter(store *s, int write)
 {
@@ -251,6 +290,11 @@ enter(store *s, int write)
 		goto fail;
 	if (sqldb_begin(s->db, write) != SQLDB_OK) {
 		r = db_err(s, "starting a transaction");
+		goto fail;
+	}
+	if (write && s->fenced && pthread_equal(s->fence_owner, pthread_self()) &&
+	    (r = fence_check(s)) != CF_OK) {
+		sqldb_rollback(s->db);
 		goto fail;
 	}
 	return CF_OK;
@@ -1796,16 +1840,58 @@ store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg
 	s->change_arg = arg;
 }
 
+/* Just after taking the fleet's change lock: a new epoch, which every write
+ * of this thread checks until store_change_end (fence_check). The UPDATE
+ * waits for a change that still checked the old epoch to commit. */
+static int
+fence_take(store *s)
+{
+	sqldb_stmt *st = NULL;
+	int64_t epoch = 0;
+	int r;
+
+	if ((r = enter(s, 1)) != CF_OK)
+		return r;
+	if (sqldb_query(s->db, &st, "INSERT INTO change_fence (one, epoch) VALUES (true, 1) "
+			"ON CONFLICT (one) DO UPDATE SET epoch = change_fence.epoch + 1 "
+			"RETURNING epoch", "") != SQLDB_OK || sqldb_step(st) != SQLDB_ROW)
+		r = db_err(s, "moving the registry change lock's epoch on");
+	else
+		epoch = sqldb_int64(st, 0);
+	sqldb_finalize(st);
+	if ((r = leave(s, r, "moving the registry change lock's epoch on")) != CF_OK)
+		return r;
+	pthread_mutex_lock(&s->mu);
+	s->fence_epoch = epoch;
+	s->fence_owner = pthread_self();
+	s->fenced = 1;
+	pthread_mutex_unlock(&s->mu);
+	return CF_OK;
+}
+
 int
 store_change_begin(store *s, int *shared)
 {
+	int r;
+
 	*shared = s->change_lock != NULL;
-	return *shared ? s->change_lock(s->change_arg) : CF_OK;
+	if (!*shared)
+		return CF_OK;
+	if ((r = s->change_lock(s->change_arg)) != CF_OK)
+		return r;
+	if (sqldb_backend(s->db) == SQLDB_POSTGRESQL && (r = fence_take(s)) != CF_OK) {
+		s->change_unlock(s->change_arg);
+		return r;
+	}
+	return CF_OK;
 }
 
 void
 store_change_end(store *s)
 {
+	pthread_mutex_lock(&s->mu);
+	s->fenced = 0;
+	pthread_mutex_unlock(&s->mu);
 	if (s->change_unlock != NULL)
 		s->change_unlock(s->change_arg);
 }

@@ -18,12 +18,13 @@
 
 #include "cf_keytype.h"
 
-#define STORE_SCHEMA_VERSION 9   /* 2: principals; 3: keys' allowed operations; 4: API keys;
+#define STORE_SCHEMA_VERSION 10  /* 2: principals; 3: keys' allowed operations; 4: API keys;
                                     5: idempotency records; 6: key lifecycle; 7: crash safety
                                     (intents, CKA_IDs, audit outbox and anchor); 8: principals
                                     that must sign their calls (PostgreSQL starts here);
                                     9: replicas (owners of idempotency records and intents,
-                                    the audit outbox and anchor per replica) */
+                                    the audit outbox and anchor per replica); 10: the fleet's
+                                    change lock fenced (PostgreSQL only) */
 
 enum store_state { STORE_ENABLED = 1, STORE_DISABLED, STORE_DESTROY_SCHEDULED, STORE_DESTROYED };
 
@@ -354,6 +355,10 @@ int store_signed_set(store *s, const char *principal, int on);
  * reports it too: a replica that hears no notifications may serve stale
  * data). touch (may be NULL) is told of each change committed under the
  * lock: progress, for a holder watched for being stuck (fleet.h).
+ * On PostgreSQL the lock is fenced: begin moves an epoch on, and each
+ * write of the thread until end commits only if the epoch is still its
+ * own (else CF_E_UNAVAILABLE, nothing committed), so a replica that lost
+ * the lock mid-change cannot commit over the change of the one that took it.
  */
 /* Called on the committing thread after each change whose audit record went
  * into the outbox committed, before the change is installed in memory:

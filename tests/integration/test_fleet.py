@@ -840,6 +840,131 @@ class Fleet(unittest.TestCase):
         self.same_versions_everywhere("stuck-k", [1, 2])
         self.check_token()
 
+    def test_3e_change_whose_lock_was_cut_commits_nothing(self):
+        """A DisableKeyVersion of version 1 on r1, held after it read the key
+        under the fleet's change lock; the lock's connection alone is then
+        cut (pg_terminate_backend, PostgreSQL up), and r2 takes the lock and
+        disables version 2. Released, r1's change is refused UNAVAILABLE
+        with the reason, and version 2 stays disabled on every replica.
+        Before, r1 committed the key as it had read it: version 2 enabled
+        again, r2's change silently undone."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        name = "fenced-k"
+        a = self.admin(1)
+        a.CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        for _ in range(2):
+            a.RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
+        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "keyring.change.read@1", "COFFER_CRASH_MODE": "hold",
+                       "COFFER_CRASH_HOLD": hold}
+        try:
+            d.start()
+            with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                held = ex.submit(lambda: self.admin(0).DisableKeyVersion(
+                    pb.KeyVersionRequest(name=name, version=1), timeout=60))
+                deadline = time.monotonic() + 30
+                while not os.path.exists(os.path.join(hold, "held")):
+                    self.assertLess(time.monotonic(), deadline, "never held")
+                    time.sleep(0.01)
+                # The session holding the registry lock (1131374182, 1) is r1's.
+                lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 "
+                               "AND granted")
+                self.assertEqual(len(lockers), 1, lockers)
+                psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
+                k2 = self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2),
+                                                     timeout=T)
+                self.assertEqual([v.state for v in k2.versions],
+                                 [pb.ENABLED, pb.DISABLED, pb.ENABLED])
+                open(os.path.join(hold, "release"), "w").close()
+                with self.assertRaises(grpc.RpcError) as cm:
+                    held.result(timeout=30)
+            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+            self.assertEqual(details_of(cm.exception),
+                             "fleet: this replica lost the registry change lock while the "
+                             "change ran (the lock's PostgreSQL connection was cut) and "
+                             "another replica has taken it since; not committing a change "
+                             "made from what may be stale; retry")
+        finally:
+            open(os.path.join(hold, "release"), "w").close()
+            d.stop()
+            d.crash_env = {}
+            d.start()
+        for i in range(3):
+            deadline = time.monotonic() + 1.0
+            while True:
+                k, _ = self.versions(i, name)
+                states = [v.state for v in k.versions]
+                if states == [pb.ENABLED, pb.DISABLED, pb.ENABLED] or \
+                        time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            self.assertEqual(states, [pb.ENABLED, pb.DISABLED, pb.ENABLED], REPLICAS[i])
+        # Taken again, r1's changes go through.
+        k = self.admin(0).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=1), timeout=T)
+        self.assertEqual([v.state for v in k.versions], [pb.DISABLED, pb.DISABLED, pb.ENABLED])
+
+    def test_3f_change_that_lost_its_lock_while_committing_comes_first(self):
+        """r1's DisableKeyVersion of version 1 held inside its transaction
+        (the fence checked, before the commit), and its lock's connection
+        cut; r2, disabling version 2, takes the lock and waits for r1's
+        commit before it reads the key, so both changes stand. Before, r2
+        read the key while r1's transaction was open and wrote version 1
+        back enabled over r1's commit."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        name = "fenced-k2"
+        a = self.admin(1)
+        a.CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        for _ in range(2):
+            a.RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
+        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "store.key-save.before-commit@1",
+                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
+        try:
+            d.start()
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
+                    pb.KeyVersionRequest(name=name, version=1), timeout=60))
+                deadline = time.monotonic() + 30
+                while not os.path.exists(os.path.join(hold, "held")):
+                    self.assertLess(time.monotonic(), deadline, "never held")
+                    time.sleep(0.01)
+                lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 "
+                               "AND granted")
+                self.assertEqual(len(lockers), 1, lockers)
+                psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
+                second = ex.submit(lambda: self.admin(1).DisableKeyVersion(
+                    pb.KeyVersionRequest(name=name, version=2), timeout=60))
+                time.sleep(1.0)
+                self.assertFalse(second.done(), "r2 did not wait for r1's commit")
+                open(os.path.join(hold, "release"), "w").close()
+                k1 = first.result(timeout=30)
+                k2 = second.result(timeout=30)
+            self.assertEqual([v.state for v in k1.versions],
+                             [pb.DISABLED, pb.ENABLED, pb.ENABLED])
+            self.assertEqual([v.state for v in k2.versions],
+                             [pb.DISABLED, pb.DISABLED, pb.ENABLED])
+        finally:
+            open(os.path.join(hold, "release"), "w").close()
+            d.stop()
+            d.crash_env = {}
+            d.start()
+        for i in range(3):
+            deadline = time.monotonic() + 1.0
+            while True:
+                k, _ = self.versions(i, name)
+                states = [v.state for v in k.versions]
+                if states == [pb.DISABLED, pb.DISABLED, pb.ENABLED] or \
+                        time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            self.assertEqual(states, [pb.DISABLED, pb.DISABLED, pb.ENABLED], REPLICAS[i])
+
     # ---- 5. kill -9 during rotations ----
 
     def test_5_kill9_during_rotations(self):

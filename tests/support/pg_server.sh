@@ -126,6 +126,9 @@ $(tail -n 20 "$dir/log/initdb.log")"
 	opts="$opts -c listen_addresses='' -c unix_socket_directories='$sock'"
 	# DDL in the log: tests/run-on-postgresql.sh counts the databases made.
 	opts="$opts -c max_connections=200 -c log_statement=ddl"
+	# COFFER_PG_OPTS: more server options, e.g. to profile a benchmark's
+	# statements (-c shared_preload_libraries=pg_stat_statements).
+	opts="$opts ${COFFER_PG_OPTS:-}"
 	if ! as_server "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 -o "$opts" start \
 		>/dev/null 2>"$dir/log/pg_ctl.err"; then
 		die "the PostgreSQL server in $dir did not start:

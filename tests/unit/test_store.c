@@ -150,6 +150,22 @@ raw_sql(const struct where *w, const char *sql)
 	}
 }
 
+/* The first value of the first row of sql on a PostgreSQL store ("" if none). */
+static void
+pg_value(const struct where *w, const char *sql, char *out, size_t len)
+{
+	PGconn *c = PQconnectdb(w->at);
+	PGresult *res = PQexec(c, sql);
+
+	CU_ASSERT_FATAL(PQresultStatus(res) == PGRES_TUPLES_OK);
+	snprintf(out, len, "%s", PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "");
+	PQclear(res);
+	PQfinish(c);
+}
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 /* ---- round trips ---- */
 
 static int
@@ -631,7 +647,8 @@ newer_schema(enum store_backend b)
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "newer than this cofferd"));
 	CU_ASSERT_PTR_NULL(s);
 	/* The current version opens again (and twice at once). */
-	raw_sql(&w, "UPDATE meta SET v = '9' WHERE k = 'schema_version'");
+	raw_sql(&w, "UPDATE meta SET v = '" STR(STORE_SCHEMA_VERSION) "' "
+		"WHERE k = 'schema_version'");
 	CU_ASSERT_EQUAL(open_at(&w, "r1", NULL, &s), CF_OK);
 	store_close(s);
 }
@@ -693,6 +710,98 @@ sqlite_from_v8(void)
 	CU_ASSERT_EQUAL(cf_audit_anchor_read(db, &off), CF_E_IO);
 	CU_ASSERT_PTR_NOT_NULL(strstr(cf_error_detail(), "is malformed (its record number"));
 	CU_ASSERT_PTR_NULL(strstr(cf_error_detail(), "row"));
+}
+
+/* ---- PostgreSQL: the change lock's fence ---- */
+
+/* A change lock that is always granted: which replica holds the fleet's
+ * lock is fleet.c's; here two stores take it in turn on one thread, as two
+ * replicas do when the first one's lock connection was cut. */
+static int
+lock_granted(void *arg)
+{
+	(*(int *)arg)++;
+	return CF_OK;
+}
+
+static void
+lock_released(void *arg)
+{
+	(*(int *)arg)--;
+}
+
+static void
+pg_fence(void)
+{
+	struct where w;
+	store *a = NULL, *b = NULL;
+	struct store_key k = { .name = "f1", .type = CF_KEY_EC_P256, .created = 1 };
+	uint8_t id[STORE_CKAID_LEN] = { 8 };
+	int held_a = 0, held_b = 0, shared = 0;
+	char v[32];
+
+	fresh_where(STORE_POSTGRESQL, &w);
+	CU_ASSERT_EQUAL_FATAL(open_at(&w, "r1", NULL, &a), CF_OK);
+	CU_ASSERT_EQUAL_FATAL(open_at(&w, "r2", NULL, &b), CF_OK);
+	store_set_change_lock(a, lock_granted, lock_released, NULL, NULL, &held_a);
+	store_set_change_lock(b, lock_granted, lock_released, NULL, NULL, &held_b);
+	CU_ASSERT_EQUAL(store_change_begin(a, &shared), CF_OK);
+	CU_ASSERT(shared == 1 && held_a == 1);
+	CU_ASSERT_EQUAL(store_key_create(a, &k, id, 0), CF_OK);
+	/* b takes the lock a lost: a's next write commits nothing. */
+	CU_ASSERT_EQUAL(store_change_begin(b, &shared), CF_OK);
+	CU_ASSERT_EQUAL(store_version_add(a, "f1", 2, id, 2, 0, 0), CF_E_UNAVAILABLE);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "fleet: this replica lost the registry change "
+			       "lock while the change ran (the lock's PostgreSQL connection was "
+			       "cut) and another replica has taken it since; not committing a "
+			       "change made from what may be stale; retry");
+	CU_ASSERT_EQUAL(store_version_add(b, "f1", 2, id, 2, 0, 0), CF_OK);
+	store_change_end(b);
+	store_change_end(a);
+	CU_ASSERT(held_a == 0 && held_b == 0);
+	pg_value(&w, "SELECT string_agg(version::text, ',' ORDER BY version) FROM versions",
+		 v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "1,2");
+	/* Taken again, a's changes commit; writes outside a change are not fenced. */
+	CU_ASSERT_EQUAL(store_change_begin(a, &shared), CF_OK);
+	CU_ASSERT_EQUAL(store_version_add(a, "f1", 3, id, 3, 0, 0), CF_OK);
+	store_change_end(a);
+	CU_ASSERT_EQUAL(store_change_begin(b, &shared), CF_OK);
+	store_change_end(b);
+	CU_ASSERT_EQUAL(store_version_add(a, "f1", 4, id, 4, 0, 0), CF_OK);
+	pg_value(&w, "SELECT epoch FROM change_fence", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "4");
+	store_close(a);
+	store_close(b);
+}
+
+/* A schema-9 database (before the fence) gets its table, and changes under
+ * the lock work at once. */
+static void
+pg_from_v9(void)
+{
+	struct where w;
+	store *s = NULL;
+	struct store_key k = { .name = "m1", .type = CF_KEY_EC_P256, .created = 1 };
+	uint8_t id[STORE_CKAID_LEN] = { 9 };
+	int held = 0, shared = 0;
+	char v[32];
+
+	fresh_where(STORE_POSTGRESQL, &w);
+	CU_ASSERT_EQUAL_FATAL(open_at(&w, "r1", NULL, &s), CF_OK);
+	store_close(s);
+	s = NULL;
+	raw_sql(&w, "DROP TABLE change_fence; UPDATE meta SET v = '9' WHERE k = 'schema_version'");
+	CU_ASSERT_EQUAL_FATAL(open_at(&w, "r1", NULL, &s), CF_OK);
+	pg_value(&w, "SELECT v FROM meta WHERE k = 'schema_version'", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, STR(STORE_SCHEMA_VERSION));
+	store_set_change_lock(s, lock_granted, lock_released, NULL, NULL, &held);
+	CU_ASSERT_EQUAL(store_change_begin(s, &shared), CF_OK);
+	CU_ASSERT_EQUAL(store_key_create(s, &k, id, 0), CF_OK);
+	store_change_end(s);
+	pg_value(&w, "SELECT epoch FROM change_fence", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "1");
+	store_close(s);
 }
 
 /* ---- PostgreSQL: notifications ---- */
@@ -987,6 +1096,9 @@ main(void)
 		{ "sqlite: a newer schema is refused", newer_schema_sqlite },
 		{ "postgresql: a newer schema is refused", newer_schema_pg },
 		{ "sqlite: a schema-8 file migrates to 9", sqlite_from_v8 },
+		{ "postgresql: a change whose lock another store took since commits nothing",
+		  pg_fence },
+		{ "postgresql: a schema-9 database gets the change lock's fence", pg_from_v9 },
 		{ "postgresql: changes are announced with NOTIFY on commit", pg_notify },
 		{ "[state] configuration and dsn_file permissions", state_config },
 		{ "postgresql: a COMMIT after a failed statement commits nothing",
