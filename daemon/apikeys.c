@@ -204,7 +204,8 @@ destroy_handles(cf_p11_key **k, size_t n, const char *why)
 static void
 not_recorded(apikeys *a, int r, cf_p11_key **k)
 {
-	if (r == CF_E_UNAVAILABLE && a->shared) {
+	/* Refused by the fence (the lock was lost): surely not committed. */
+	if (r == CF_E_UNAVAILABLE && a->shared && !store_change_lost(a->st)) {
 		cf_log_warn("API key secret %s/%u: the state store lost PostgreSQL while recording "
 			    "it; its object is kept", cf_p11_key_name(*k), cf_p11_key_version(*k));
 		cf_p11_key_free(*k);
@@ -226,7 +227,9 @@ drop_leftover(apikeys *a, const char *id, uint32_t gen)
 	cf_p11_key *k = NULL;
 
 	object_name(id, name);
-	if (cf_p11_key_open(a->p11, name, gen, &k) != CF_OK) {
+	/* Read under the lock, destroyed by label: only while the lock is
+	 * still this change's (the next holder may be making it again). */
+	if (store_change_check(a->st) != CF_OK || cf_p11_key_open(a->p11, name, gen, &k) != CF_OK) {
 		cf_error_clear();
 		return;
 	}

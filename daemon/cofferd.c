@@ -460,8 +460,9 @@ replica_unfit(void *arg)
  * not answer: its calls have no bound; a long run of destructions commits
  * each one, and each commit counts as progress) stops every replica's
  * changes, and
- * letting the lock go by closing its connection would let the stuck thread
- * commit unfenced later. The process ends instead, as the systemd
+ * letting the lock go by closing its connection would fence the stuck
+ * change but leave this replica's own changes waiting behind its thread
+ * (the writer lock). The process ends instead, as the systemd
  * watchdog would end it, with or without one: the lock goes with its
  * session, crash safety covers the change cut short, and the service
  * manager starts cofferd again. */

@@ -563,7 +563,7 @@ make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type t
 		 * would find the label taken. */
 		snprintf(why, sizeof(why), "%s", cf_error_detail());
 		if (cf_p11_objects_destroy(kr->p11, name, version, id, NULL) == CF_OK &&
-		    store_intent_drop(kr->st, *intent) == CF_OK)
+		    store_intent_drop_own(kr->st, *intent) == CF_OK)
 			*intent = 0;
 		return cf_error(r, "%s", why);
 	}
@@ -574,20 +574,22 @@ make_version(keyring *kr, const char *name, uint32_t version, enum cf_key_type t
  * out again. Unless the shared store lost PostgreSQL: then the commit may
  * have happened all the same, and the objects must stay; the intent decides
  * under the next change lock (still there: not committed, the sweep removes
- * them; gone with the commit: a version every replica serves). */
+ * them; gone with the commit: a version every replica serves). A change the
+ * fence refused committed nothing: its objects go, even if the next holder
+ * already dropped its intent (made before the objects were). */
 static void
 unmake(keyring *kr, int r, const char *name, uint32_t version,
        const uint8_t id[STORE_CKAID_LEN], int64_t intent, cf_p11_key *h)
 {
 	cf_p11_key_free(h);
-	if (r == CF_E_UNAVAILABLE && kr->shared) {
+	if (r == CF_E_UNAVAILABLE && kr->shared && !store_change_lost(kr->st)) {
 		cf_log_warn("key %s version %u: the state store lost PostgreSQL while recording "
 			    "it; whether it committed is settled at the next change", name,
 			    version);
 		return;
 	}
 	if (cf_p11_objects_destroy(kr->p11, name, version, id, NULL) == CF_OK && intent != 0)
-		(void)store_intent_drop(kr->st, intent);
+		(void)store_intent_drop_own(kr->st, intent);
 	/* Else the intent stays: the next start removes the objects. */
 }
 

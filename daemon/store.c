@@ -38,9 +38,13 @@ struct store {
 	/* The change lock's epoch (fence_take), under mu: the thread whose
 	 * change holds the lock, and the epoch it set when it took it. */
 	int fenced;
+	int fence_lost;          /* the epoch moved on: the change lost the lock */
 	int64_t fence_epoch;
 	pthread_t fence_owner;
 };
+
+/* Set around a transaction that needs no fence (store_intent_drop_own). */
+static __thread int fence_skip;
 
 /* ---- SQLite schema: tables as each version added them ---- */
 
@@ -215,6 +219,9 @@ static const struct {
 	      " epoch BIGINT NOT NULL);" },
 };
 
+/* fence_take's wait for a change of a replica that lost the lock (ms). */
+#define FENCE_WAIT_MS "5000"
+
 /* Schema changes of replicas starting together wait for each other. */
 #define PG_SCHEMA_LOCK 0x436f66666572 /* "Coffer" */
 
@@ -252,34 +259,42 @@ db_err(store *s, const char *what)
  * epoch is still the one this replica set when it took the lock. A replica
  * whose lock connection alone was cut loses the lock while its change runs;
  * another takes it and moves the epoch on, and this change, made from what
- * it read before, must not commit over the other's. FOR SHARE keeps the
- * row until the commit: a replica taking the lock meanwhile waits in
- * fence_take for this commit, so it reads the change before making its own. */
+ * it read before, must not commit over the other's. A write reads the row
+ * FOR SHARE, which keeps it until the commit: a replica taking the lock
+ * meanwhile waits in fence_take for this commit, so it reads the change
+ * before making its own. A read (one snapshot) sees nothing the next
+ * holder recorded unless it also sees its epoch: intents it loads are then
+ * only those of dead calls. */
 static int
-fence_check(store *s)
+fence_check(store *s, int write)
 {
 	sqldb_stmt *st = NULL;
 	int rc, same;
 
-	if (sqldb_query(s->db, &st, "SELECT epoch FROM change_fence WHERE one FOR SHARE", "") !=
-	    SQLDB_OK)
+	if (sqldb_query(s->db, &st, write ? "SELECT epoch FROM change_fence WHERE one FOR SHARE"
+					  : "SELECT epoch FROM change_fence WHERE one", "") != SQLDB_OK)
 		return db_err(s, "checking the registry change lock");
 	rc = sqldb_step(st);
 	same = rc == SQLDB_ROW && sqldb_int64(st, 0) == s->fence_epoch;
 	sqldb_finalize(st);
 	if (rc != SQLDB_ROW && rc != SQLDB_DONE)
 		return db_err(s, "checking the registry change lock");
-	if (!same)
-		return cf_error(CF_E_UNAVAILABLE, "fleet: this replica lost the registry change "
-				"lock while the change ran (the lock's PostgreSQL connection was "
-				"cut) and another replica has taken it since; not committing a "
-				"change made from what may be stale; retry");
-	return CF_OK;
+	if (same)
+		return CF_OK;
+	s->fence_lost = 1;
+	if (rc == SQLDB_DONE)
+		return cf_error(CF_E_UNAVAILABLE, "fleet: the registry change lock's epoch "
+				"(table change_fence) is gone from PostgreSQL (deleted, or a backup "
+				"restored) while the change ran; not committing it; retry");
+	return cf_error(CF_E_UNAVAILABLE, "fleet: this replica lost the registry change lock "
+			"while the change ran (the lock's PostgreSQL connection was cut) and "
+			"another replica has taken it since; not committing a change made from "
+			"what may be stale; retry");
 }
 
 /* Take the store's lock and open a transaction (write: a change, checked
- * first with sqldb_check, and fenced when its thread holds the fleet's
- * change lock). On failure the lock is released. */
+ * first with sqldb_check), fenced when its thread holds the fleet's change
+ * lock. On failure the lock is released. */
 static int
 enter(store *s, int write)
 {
@@ -292,8 +307,8 @@ enter(store *s, int write)
 		r = db_err(s, "starting a transaction");
 		goto fail;
 	}
-	if (write && s->fenced && pthread_equal(s->fence_owner, pthread_self()) &&
-	    (r = fence_check(s)) != CF_OK) {
+	if (s->fenced && !fence_skip && pthread_equal(s->fence_owner, pthread_self()) &&
+	    (r = fence_check(s, write)) != CF_OK) {
 		sqldb_rollback(s->db);
 		goto fail;
 	}
@@ -1652,6 +1667,17 @@ store_intent_drop(store *s, int64_t id)
 	return txn(s, intent_drop_body, &id);
 }
 
+int
+store_intent_drop_own(store *s, int64_t id)
+{
+	int r;
+
+	fence_skip = 1;
+	r = txn(s, intent_drop_body, &id);
+	fence_skip = 0;
+	return r;
+}
+
 /* owner NULL: every owner's. */
 static int
 intents_clear_body(store *s, const void *arg)
@@ -1852,18 +1878,27 @@ fence_take(store *s)
 
 	if ((r = enter(s, 1)) != CF_OK)
 		return r;
-	if (sqldb_query(s->db, &st, "INSERT INTO change_fence (one, epoch) VALUES (true, 1) "
+	/* The wait is for a transaction of a replica that lost the lock, a
+	 * statement long at most; one frozen with its session still up holds
+	 * this store (mu) no longer than this. */
+	if (sqldb_run(s->db, "SET LOCAL lock_timeout = " FENCE_WAIT_MS, "") != SQLDB_OK ||
+	    sqldb_query(s->db, &st, "INSERT INTO change_fence (one, epoch) VALUES (true, 1) "
 			"ON CONFLICT (one) DO UPDATE SET epoch = change_fence.epoch + 1 "
-			"RETURNING epoch", "") != SQLDB_OK || sqldb_step(st) != SQLDB_ROW)
-		r = db_err(s, "moving the registry change lock's epoch on");
-	else
+			"RETURNING epoch", "") != SQLDB_OK || sqldb_step(st) != SQLDB_ROW) {
+		r = sqldb_lost(s->db) ? db_err(s, "moving the registry change lock's epoch on") :
+		    cf_error(CF_E_UNAVAILABLE, "fleet: the registry change lock was taken but its "
+			     "epoch could not be moved on (%s): a replica that lost the lock may "
+			     "still be committing a change; retry", sqldb_errmsg(s->db));
+	} else {
 		epoch = sqldb_int64(st, 0);
+	}
 	sqldb_finalize(st);
 	if ((r = leave(s, r, "moving the registry change lock's epoch on")) != CF_OK)
 		return r;
 	pthread_mutex_lock(&s->mu);
 	s->fence_epoch = epoch;
 	s->fence_owner = pthread_self();
+	s->fence_lost = 0;
 	s->fenced = 1;
 	pthread_mutex_unlock(&s->mu);
 	return CF_OK;
@@ -1886,11 +1921,33 @@ store_change_begin(store *s, int *shared)
 	return CF_OK;
 }
 
+int
+store_change_lost(store *s)
+{
+	int lost;
+
+	pthread_mutex_lock(&s->mu);
+	lost = s->fenced && s->fence_lost && pthread_equal(s->fence_owner, pthread_self());
+	pthread_mutex_unlock(&s->mu);
+	return lost;
+}
+
+int
+store_change_check(store *s)
+{
+	int r;
+
+	if ((r = enter(s, 0)) != CF_OK)
+		return r;
+	return leave(s, CF_OK, "checking the registry change lock");
+}
+
 void
 store_change_end(store *s)
 {
 	pthread_mutex_lock(&s->mu);
 	s->fenced = 0;
+	s->fence_lost = 0;
 	pthread_mutex_unlock(&s->mu);
 	if (s->change_unlock != NULL)
 		s->change_unlock(s->change_arg);

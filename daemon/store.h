@@ -189,6 +189,10 @@ int store_intent_add(store *s, enum store_intent_kind kind, const char *name, ui
 		     const uint8_t ckaid[STORE_CKAID_LEN], int64_t *id);
 /* Retire an intent whose call changed nothing (it failed before recording). */
 int store_intent_drop(store *s, int64_t id);
+/* The same for the caller's own intent once its objects are destroyed, not
+ * fenced: a change that lost the fleet's lock still clears what it made
+ * (the row names nothing else). */
+int store_intent_drop_own(store *s, int64_t id);
 /* Every owner's intents, by number (collected first: cb may use the store). */
 int store_intents_load(store *s, int (*cb)(const struct store_intent *in, void *arg), void *arg);
 /* Drop every intent (recovery, once their objects are gone). */
@@ -369,6 +373,13 @@ void store_set_committed_hook(store *s, void (*fn)(void *arg), void *arg);
 void store_set_change_lock(store *s, int (*lock)(void *arg), void (*unlock)(void *arg),
 			   int (*healthy)(void *arg), void (*touch)(void *arg), void *arg);
 int store_change_begin(store *s, int *shared);
+/* 1 if the calling thread's change was refused by the fence (its lock was
+ * lost: nothing of that transaction committed, unlike a connection lost
+ * during a COMMIT, whose outcome is unknown). */
+int store_change_lost(store *s);
+/* CF_OK if the calling thread's change still holds the lock (a read through
+ * the fence), before a token write that rests on what it read. */
+int store_change_check(store *s);
 void store_change_end(store *s);
 
 #endif

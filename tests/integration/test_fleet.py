@@ -965,6 +965,56 @@ class Fleet(unittest.TestCase):
                 time.sleep(0.02)
             self.assertEqual(states, [pb.DISABLED, pb.DISABLED, pb.ENABLED], REPLICAS[i])
 
+    def test_3g_rotation_refused_by_the_fence_leaves_no_object(self):
+        """A RotateKey on r1 held once its intent is committed, before it
+        makes the version's objects; its lock's connection cut, r2 creates
+        another key (its change lock's sweep drops r1's intent, which names
+        no object yet). Released, r1 makes the objects, its commit is
+        refused by the fence, and it destroys them: a rotation on r3 then
+        makes version 2, and the token holds no object no record claims.
+        Before, r1 kept them as if its commit's outcome were unknown, and
+        every later rotation of the key was refused ALREADY_EXISTS."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        name = "fenced-k3"
+        self.admin(1).CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "store.intent-add.committed@1",
+                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
+        try:
+            d.start()
+            with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                held = ex.submit(lambda: self.admin(0).RotateKey(
+                    pb.RotateKeyRequest(name=name), timeout=60))
+                deadline = time.monotonic() + 30
+                while not os.path.exists(os.path.join(hold, "held")):
+                    self.assertLess(time.monotonic(), deadline, "never held")
+                    time.sleep(0.01)
+                lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 "
+                               "AND granted")
+                self.assertEqual(len(lockers), 1, lockers)
+                psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
+                self.admin(1).CreateKey(pb.CreateKeyRequest(name=name + "-other",
+                                                            type=pb.EC_P256), timeout=T)
+                self.assertIn("the interrupted creation of %s version 2 was undone (0 token "
+                              "objects removed)" % name, self.reps[1].log(all_starts=False))
+                open(os.path.join(hold, "release"), "w").close()
+                with self.assertRaises(grpc.RpcError) as cm:
+                    held.result(timeout=30)
+            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+            self.assertIn("this replica lost the registry change lock", details_of(cm.exception))
+        finally:
+            open(os.path.join(hold, "release"), "w").close()
+            d.stop()
+            d.crash_env = {}
+            d.start()
+        k = self.admin(2).RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
+        self.assertEqual((k.primary_version, [v.version for v in k.versions]), (2, [1, 2]))
+        self.same_versions_everywhere(name, [1, 2])
+        self.check_token()
+
     # ---- 5. kill -9 during rotations ----
 
     def test_5_kill9_during_rotations(self):

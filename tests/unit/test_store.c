@@ -738,7 +738,8 @@ pg_fence(void)
 	struct store_key k = { .name = "f1", .type = CF_KEY_EC_P256, .created = 1 };
 	uint8_t id[STORE_CKAID_LEN] = { 8 };
 	int held_a = 0, held_b = 0, shared = 0;
-	char v[32];
+	int64_t intent = 0;
+	char v[32], got[128] = "";
 
 	fresh_where(STORE_POSTGRESQL, &w);
 	CU_ASSERT_EQUAL_FATAL(open_at(&w, "r1", NULL, &a), CF_OK);
@@ -755,9 +756,22 @@ pg_fence(void)
 			       "lock while the change ran (the lock's PostgreSQL connection was "
 			       "cut) and another replica has taken it since; not committing a "
 			       "change made from what may be stale; retry");
+	CU_ASSERT_EQUAL(store_change_lost(a), 1);
+	CU_ASSERT_EQUAL(store_change_lost(b), 0);
+	/* Its reads too (intents it would undo may be b's), and its check. */
+	CU_ASSERT_EQUAL(store_intents_load(a, collect_intent, got), CF_E_UNAVAILABLE);
+	CU_ASSERT_EQUAL(store_change_check(a), CF_E_UNAVAILABLE);
+	CU_ASSERT_EQUAL(store_change_check(b), CF_OK);
+	/* Its own intent (its objects destroyed) still goes. */
+	CU_ASSERT_EQUAL(store_intent_add(b, STORE_INTENT_MAKE, "f1", 3, id, &intent), CF_OK);
+	CU_ASSERT_EQUAL(store_intent_drop(a, intent), CF_E_UNAVAILABLE);
+	CU_ASSERT_EQUAL(store_intent_drop_own(a, intent), CF_OK);
 	CU_ASSERT_EQUAL(store_version_add(b, "f1", 2, id, 2, 0, 0), CF_OK);
+	CU_ASSERT_EQUAL(store_intents_load(b, collect_intent, got), CF_OK);
+	CU_ASSERT_STRING_EQUAL(got, "");
 	store_change_end(b);
 	store_change_end(a);
+	CU_ASSERT_EQUAL(store_change_lost(a), 0);
 	CU_ASSERT(held_a == 0 && held_b == 0);
 	pg_value(&w, "SELECT string_agg(version::text, ',' ORDER BY version) FROM versions",
 		 v, sizeof(v));
