@@ -57,6 +57,7 @@ import atexit
 import calendar
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import random
@@ -840,6 +841,60 @@ class Fleet(unittest.TestCase):
         self.same_versions_everywhere("stuck-k", [1, 2])
         self.check_token()
 
+    # ---- 3e-3g. a change whose lock connection alone is cut ----
+
+    @contextlib.contextmanager
+    def r1_held_at(self, point):
+        """r1 restarted with its first pass at `point` held; yields a
+        function that waits for the hold and returns the file that releases
+        it. r1 is restarted without the hold afterwards."""
+        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": point + "@1", "COFFER_CRASH_MODE": "hold",
+                       "COFFER_CRASH_HOLD": hold}
+
+        def wait_held():
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(hold, "held")):
+                self.assertLess(time.monotonic(), deadline, "never held at " + point)
+                time.sleep(0.01)
+            return os.path.join(hold, "release")
+        try:
+            d.start()
+            yield wait_held
+        finally:
+            open(os.path.join(hold, "release"), "w").close()
+            d.stop()
+            d.crash_env = {}
+            d.start()
+
+    def cut_change_lock(self):
+        """Terminate the one session that holds the fleet's registry change
+        lock (1131374182, 1), PostgreSQL staying up."""
+        lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                       "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 AND granted")
+        self.assertEqual(len(lockers), 1, lockers)
+        psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
+
+    def key_with_versions(self, name, n):
+        a = self.admin(1)
+        a.CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
+        for _ in range(n - 1):
+            a.RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
+
+    def same_states_everywhere(self, name, want):
+        """Every replica serves the versions of `name` in states `want`
+        within 1 s."""
+        for i in range(3):
+            deadline = time.monotonic() + 1.0
+            while True:
+                k, _ = self.versions(i, name)
+                states = [v.state for v in k.versions]
+                if states == want or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            self.assertEqual(states, want, REPLICAS[i])
+
     def test_3e_change_whose_lock_was_cut_commits_nothing(self):
         """A DisableKeyVersion of version 1 on r1, held after it read the key
         under the fleet's change lock; the lock's connection alone is then
@@ -851,57 +906,27 @@ class Fleet(unittest.TestCase):
         if not crash_points():
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k"
-        a = self.admin(1)
-        a.CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
-        for _ in range(2):
-            a.RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
-        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "keyring.change.read@1", "COFFER_CRASH_MODE": "hold",
-                       "COFFER_CRASH_HOLD": hold}
-        try:
-            d.start()
-            with concurrent.futures.ThreadPoolExecutor(1) as ex:
-                held = ex.submit(lambda: self.admin(0).DisableKeyVersion(
-                    pb.KeyVersionRequest(name=name, version=1), timeout=60))
-                deadline = time.monotonic() + 30
-                while not os.path.exists(os.path.join(hold, "held")):
-                    self.assertLess(time.monotonic(), deadline, "never held")
-                    time.sleep(0.01)
-                # The session holding the registry lock (1131374182, 1) is r1's.
-                lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
-                               "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 "
-                               "AND granted")
-                self.assertEqual(len(lockers), 1, lockers)
-                psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
-                k2 = self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2),
-                                                     timeout=T)
-                self.assertEqual([v.state for v in k2.versions],
-                                 [pb.ENABLED, pb.DISABLED, pb.ENABLED])
-                open(os.path.join(hold, "release"), "w").close()
-                with self.assertRaises(grpc.RpcError) as cm:
-                    held.result(timeout=30)
-            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
-            self.assertEqual(details_of(cm.exception),
-                             "fleet: this replica lost the registry change lock while the "
-                             "change ran (the lock's PostgreSQL connection was cut) and "
-                             "another replica has taken it since; not committing a change "
-                             "made from what may be stale; retry")
-        finally:
-            open(os.path.join(hold, "release"), "w").close()
-            d.stop()
-            d.crash_env = {}
-            d.start()
-        for i in range(3):
-            deadline = time.monotonic() + 1.0
-            while True:
-                k, _ = self.versions(i, name)
-                states = [v.state for v in k.versions]
-                if states == [pb.ENABLED, pb.DISABLED, pb.ENABLED] or \
-                        time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            self.assertEqual(states, [pb.ENABLED, pb.DISABLED, pb.ENABLED], REPLICAS[i])
+        self.key_with_versions(name, 3)
+        with self.r1_held_at("keyring.change.read") as wait_held, \
+                concurrent.futures.ThreadPoolExecutor(1) as ex:
+            held = ex.submit(lambda: self.admin(0).DisableKeyVersion(
+                pb.KeyVersionRequest(name=name, version=1), timeout=60))
+            release = wait_held()
+            self.cut_change_lock()
+            k2 = self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2),
+                                                 timeout=T)
+            self.assertEqual([v.state for v in k2.versions],
+                             [pb.ENABLED, pb.DISABLED, pb.ENABLED])
+            open(release, "w").close()
+            with self.assertRaises(grpc.RpcError) as cm:
+                held.result(timeout=30)
+        self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+        self.assertEqual(details_of(cm.exception),
+                         "fleet: this replica lost the registry change lock while the "
+                         "change ran (the lock's PostgreSQL connection was cut) and "
+                         "another replica has taken it since; not committing a change "
+                         "made from what may be stale; retry")
+        self.same_states_everywhere(name, [pb.ENABLED, pb.DISABLED, pb.ENABLED])
         # Taken again, r1's changes go through.
         k = self.admin(0).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=1), timeout=T)
         self.assertEqual([v.state for v in k.versions], [pb.DISABLED, pb.DISABLED, pb.ENABLED])
@@ -916,54 +941,23 @@ class Fleet(unittest.TestCase):
         if not crash_points():
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k2"
-        a = self.admin(1)
-        a.CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
-        for _ in range(2):
-            a.RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
-        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "store.key-save.before-commit@1",
-                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
-        try:
-            d.start()
-            with concurrent.futures.ThreadPoolExecutor(2) as ex:
-                first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
-                    pb.KeyVersionRequest(name=name, version=1), timeout=60))
-                deadline = time.monotonic() + 30
-                while not os.path.exists(os.path.join(hold, "held")):
-                    self.assertLess(time.monotonic(), deadline, "never held")
-                    time.sleep(0.01)
-                lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
-                               "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 "
-                               "AND granted")
-                self.assertEqual(len(lockers), 1, lockers)
-                psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
-                second = ex.submit(lambda: self.admin(1).DisableKeyVersion(
-                    pb.KeyVersionRequest(name=name, version=2), timeout=60))
-                time.sleep(1.0)
-                self.assertFalse(second.done(), "r2 did not wait for r1's commit")
-                open(os.path.join(hold, "release"), "w").close()
-                k1 = first.result(timeout=30)
-                k2 = second.result(timeout=30)
-            self.assertEqual([v.state for v in k1.versions],
-                             [pb.DISABLED, pb.ENABLED, pb.ENABLED])
-            self.assertEqual([v.state for v in k2.versions],
-                             [pb.DISABLED, pb.DISABLED, pb.ENABLED])
-        finally:
-            open(os.path.join(hold, "release"), "w").close()
-            d.stop()
-            d.crash_env = {}
-            d.start()
-        for i in range(3):
-            deadline = time.monotonic() + 1.0
-            while True:
-                k, _ = self.versions(i, name)
-                states = [v.state for v in k.versions]
-                if states == [pb.DISABLED, pb.DISABLED, pb.ENABLED] or \
-                        time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            self.assertEqual(states, [pb.DISABLED, pb.DISABLED, pb.ENABLED], REPLICAS[i])
+        self.key_with_versions(name, 3)
+        with self.r1_held_at("store.key-save.before-commit") as wait_held, \
+                concurrent.futures.ThreadPoolExecutor(2) as ex:
+            first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
+                pb.KeyVersionRequest(name=name, version=1), timeout=60))
+            release = wait_held()
+            self.cut_change_lock()
+            second = ex.submit(lambda: self.admin(1).DisableKeyVersion(
+                pb.KeyVersionRequest(name=name, version=2), timeout=60))
+            time.sleep(1.0)
+            self.assertFalse(second.done(), "r2 did not wait for r1's commit")
+            open(release, "w").close()
+            k1 = first.result(timeout=30)
+            k2 = second.result(timeout=30)
+        self.assertEqual([v.state for v in k1.versions], [pb.DISABLED, pb.ENABLED, pb.ENABLED])
+        self.assertEqual([v.state for v in k2.versions], [pb.DISABLED, pb.DISABLED, pb.ENABLED])
+        self.same_states_everywhere(name, [pb.DISABLED, pb.DISABLED, pb.ENABLED])
 
     def test_3g_rotation_refused_by_the_fence_leaves_no_object(self):
         """A RotateKey on r1 held once its intent is committed, before it
@@ -977,39 +971,22 @@ class Fleet(unittest.TestCase):
         if not crash_points():
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k3"
-        self.admin(1).CreateKey(pb.CreateKeyRequest(name=name, type=pb.EC_P256), timeout=T)
-        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "store.intent-add.committed@1",
-                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
-        try:
-            d.start()
-            with concurrent.futures.ThreadPoolExecutor(1) as ex:
-                held = ex.submit(lambda: self.admin(0).RotateKey(
-                    pb.RotateKeyRequest(name=name), timeout=60))
-                deadline = time.monotonic() + 30
-                while not os.path.exists(os.path.join(hold, "held")):
-                    self.assertLess(time.monotonic(), deadline, "never held")
-                    time.sleep(0.01)
-                lockers = psql(DB, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
-                               "AND classid = 1131374182 AND objid = 1 AND objsubid = 2 "
-                               "AND granted")
-                self.assertEqual(len(lockers), 1, lockers)
-                psql(DB, "SELECT pg_terminate_backend(%d)" % int(lockers[0][0]))
-                self.admin(1).CreateKey(pb.CreateKeyRequest(name=name + "-other",
-                                                            type=pb.EC_P256), timeout=T)
-                self.assertIn("the interrupted creation of %s version 2 was undone (0 token "
-                              "objects removed)" % name, self.reps[1].log(all_starts=False))
-                open(os.path.join(hold, "release"), "w").close()
-                with self.assertRaises(grpc.RpcError) as cm:
-                    held.result(timeout=30)
-            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
-            self.assertIn("this replica lost the registry change lock", details_of(cm.exception))
-        finally:
-            open(os.path.join(hold, "release"), "w").close()
-            d.stop()
-            d.crash_env = {}
-            d.start()
+        self.key_with_versions(name, 1)
+        with self.r1_held_at("store.intent-add.committed") as wait_held, \
+                concurrent.futures.ThreadPoolExecutor(1) as ex:
+            held = ex.submit(lambda: self.admin(0).RotateKey(
+                pb.RotateKeyRequest(name=name), timeout=60))
+            release = wait_held()
+            self.cut_change_lock()
+            self.admin(1).CreateKey(pb.CreateKeyRequest(name=name + "-other",
+                                                        type=pb.EC_P256), timeout=T)
+            self.assertIn("the interrupted creation of %s version 2 was undone (0 token "
+                          "objects removed)" % name, self.reps[1].log(all_starts=False))
+            open(release, "w").close()
+            with self.assertRaises(grpc.RpcError) as cm:
+                held.result(timeout=30)
+        self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+        self.assertIn("this replica lost the registry change lock", details_of(cm.exception))
         k = self.admin(2).RotateKey(pb.RotateKeyRequest(name=name), timeout=T)
         self.assertEqual((k.primary_version, [v.version for v in k.versions]), (2, [1, 2]))
         self.same_versions_everywhere(name, [1, 2])
