@@ -78,9 +78,14 @@ pg_outcome(struct pg *q, PGresult *res)
 	/* 55P03: a lock another session holds, not granted in lock_timeout
 	 * (lock_timeout_set): the server answers, it does not hang. */
 	if (state != NULL && strcmp(state, "55P03") == 0) {
+		/* The server's primary message only: its CONTEXT lines (the
+		 * statement, the index) would push the rest out of a caller's
+		 * error detail. */
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
 		rc = sqldb_fail(&q->base, SQLDB_ERROR, "waited %u ms for a lock another PostgreSQL "
 				"session holds (an operator's transaction, a VACUUM FULL...): %s",
-				lock_ms(q), msg);
+				lock_ms(q), primary != NULL ? primary : msg);
 		PQclear(res);
 		return rc;
 	}

@@ -219,9 +219,6 @@ static const struct {
 	      " epoch BIGINT NOT NULL);" },
 };
 
-/* fence_take's wait for a change of a replica that lost the lock (ms). */
-#define FENCE_WAIT_MS "5000"
-
 /* Schema changes of replicas starting together wait for each other. */
 #define PG_SCHEMA_LOCK 0x436f66666572 /* "Coffer" */
 
@@ -1878,17 +1875,16 @@ fence_take(store *s)
 
 	if ((r = enter(s, 1)) != CF_OK)
 		return r;
-	/* The wait is for a transaction of a replica that lost the lock, a
-	 * statement long at most; one frozen with its session still up holds
-	 * this store (mu) no longer than this. */
-	if (sqldb_run(s->db, "SET LOCAL lock_timeout = " FENCE_WAIT_MS, "") != SQLDB_OK ||
-	    sqldb_query(s->db, &st, "INSERT INTO change_fence (one, epoch) VALUES (true, 1) "
+	/* The wait, for a transaction of a replica that lost the lock, is
+	 * bounded by the connection's lock_timeout (sqldb_pg.c), as any lock
+	 * of the store is: its text says how long. */
+	if (sqldb_query(s->db, &st, "INSERT INTO change_fence (one, epoch) VALUES (true, 1) "
 			"ON CONFLICT (one) DO UPDATE SET epoch = change_fence.epoch + 1 "
 			"RETURNING epoch", "") != SQLDB_OK || sqldb_step(st) != SQLDB_ROW) {
 		r = sqldb_lost(s->db) ? db_err(s, "moving the registry change lock's epoch on") :
-		    cf_error(CF_E_UNAVAILABLE, "fleet: the registry change lock was taken but its "
-			     "epoch could not be moved on (%s): a replica that lost the lock may "
-			     "still be committing a change; retry", sqldb_errmsg(s->db));
+		    cf_error(CF_E_UNAVAILABLE, "fleet: a replica that lost the registry change "
+			     "lock may still be committing a change; retry (%s)",
+			     sqldb_errmsg(s->db));
 	} else {
 		epoch = sqldb_int64(st, 0);
 	}

@@ -959,6 +959,40 @@ class Fleet(unittest.TestCase):
         self.assertEqual([v.state for v in k2.versions], [pb.DISABLED, pb.DISABLED, pb.ENABLED])
         self.same_states_everywhere(name, [pb.DISABLED, pb.DISABLED, pb.ENABLED])
 
+    def test_3f2_next_holder_waits_for_a_commit_at_most_its_lock_timeout(self):
+        """As 3f, but r1 stays held: r2's change waits for r1's open
+        transaction no longer than the store's lock_timeout (two thirds of
+        wait_ms: 3.3 s) and is refused UNAVAILABLE, saying why; released,
+        r1 commits, and r2's retry goes through over it."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        name = "fenced-k4"
+        self.key_with_versions(name, 3)
+        with self.r1_held_at("store.key-save.before-commit") as wait_held, \
+                concurrent.futures.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
+                pb.KeyVersionRequest(name=name, version=1), timeout=60))
+            release = wait_held()
+            self.cut_change_lock()
+            t0 = time.monotonic()
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2),
+                                                timeout=30)
+            waited = time.monotonic() - t0
+            open(release, "w").close()
+            first.result(timeout=30)
+        self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+        self.assertEqual(details_of(cm.exception),
+                         "fleet: a replica that lost the registry change lock may still be "
+                         "committing a change; retry (waited 3333 ms for a lock another "
+                         "PostgreSQL session holds (an operator's transaction, a VACUUM "
+                         "FULL...): canceling statement due to lock timeout)")
+        self.assertGreater(waited, 3.0)
+        self.assertLess(waited, 10.0)
+        k2 = self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2), timeout=T)
+        self.assertEqual([v.state for v in k2.versions], [pb.DISABLED, pb.DISABLED, pb.ENABLED])
+        self.same_states_everywhere(name, [pb.DISABLED, pb.DISABLED, pb.ENABLED])
+
     def test_3g_rotation_refused_by_the_fence_leaves_no_object(self):
         """A RotateKey on r1 held once its intent is committed, before it
         makes the version's objects; its lock's connection cut, r2 creates

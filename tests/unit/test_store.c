@@ -785,6 +785,20 @@ pg_fence(void)
 	CU_ASSERT_EQUAL(store_version_add(a, "f1", 4, id, 4, 0, 0), CF_OK);
 	pg_value(&w, "SELECT epoch FROM change_fence", v, sizeof(v));
 	CU_ASSERT_STRING_EQUAL(v, "4");
+	/* The row deleted behind the change's back: refused, saying so; the
+	 * next change makes it again. */
+	CU_ASSERT_EQUAL(store_change_begin(a, &shared), CF_OK);
+	raw_sql(&w, "DELETE FROM change_fence");
+	CU_ASSERT_EQUAL(store_version_add(a, "f1", 5, id, 5, 0, 0), CF_E_UNAVAILABLE);
+	CU_ASSERT_STRING_EQUAL(cf_error_detail(), "fleet: the registry change lock's epoch (table "
+			       "change_fence) is gone from PostgreSQL (deleted, or a backup "
+			       "restored) while the change ran; not committing it; retry");
+	store_change_end(a);
+	CU_ASSERT_EQUAL(store_change_begin(a, &shared), CF_OK);
+	CU_ASSERT_EQUAL(store_version_add(a, "f1", 5, id, 5, 0, 0), CF_OK);
+	store_change_end(a);
+	pg_value(&w, "SELECT epoch FROM change_fence", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "1");
 	store_close(a);
 	store_close(b);
 }
