@@ -262,6 +262,23 @@ class Fleet(unittest.TestCase):
             if not d.running:
                 d.kill9()
                 d.start()
+        # A case that paused PostgreSQL leaves replicas that find it back by
+        # themselves, shortly after: a call before then is (rightly) refused.
+        self.wait_serving()
+
+    def wait_serving(self, timeout=30):
+        """Waits until every replica's health says SERVING again."""
+        deadline = time.monotonic() + timeout
+        back = set()
+        while len(back) < 3 and time.monotonic() < deadline:
+            for i in range(3):
+                if i not in back and health_check(self.reps[i].service_socket,
+                                                  timeout=5) == SERVING:
+                    back.add(i)
+            if len(back) < 3:
+                time.sleep(0.1)
+        self.assertEqual(len(back), 3, "replicas serving again %d s after: %s"
+                         % (timeout, sorted(REPLICAS[i] for i in back)))
 
     # ---- calls ----
 
@@ -673,6 +690,9 @@ class Fleet(unittest.TestCase):
                 with self.assertRaises(grpc.RpcError) as cm:
                     lost.result(timeout=60)
             self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+            # r2 may have met the hang too (a reconnection given up after its
+            # bound), and is back only once it has reconnected.
+            self.wait_serving()
             r = sealed_call(self.reps[1], "RotateApiKeySecret",
                             pb.RotateApiKeySecretRequest(id=kid), None)
             self.assertEqual(r.key.secrets[0].generation, 2)
@@ -1450,15 +1470,7 @@ class Fleet(unittest.TestCase):
         print("\nfleet PostgreSQL stopped (SIGSTOP): %s; health %s" % (
             [(r, c.name if c else None, t) for r, c, t, _ in seen], health), flush=True)
         self.assertEqual(set(health.values()), {NOT_SERVING}, health)
-        deadline = time.monotonic() + 30
-        back = set()
-        while len(back) < 3 and time.monotonic() < deadline:
-            for i in range(3):
-                if i not in back and health_check(self.reps[i].service_socket,
-                                                  timeout=5) == SERVING:
-                    back.add(i)
-            time.sleep(0.1)
-        self.assertEqual(len(back), 3, "replicas serving again 30 s after: %s" % back)
+        self.wait_serving()
         for i in range(3):
             body = pb.MacRequest(key="fleet-mac", data=b"after the hang").SerializeToString()
             md = self.api.md(KS + "Mac", body)
