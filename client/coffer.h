@@ -284,7 +284,10 @@ COFFER_API const char *coffer_serving_status_name(enum coffer_serving_status s);
  */
 COFFER_API int coffer_connect(const char *socket_path, unsigned int flags, coffer_client **out);
 /* Close the connection and free the client; accepts NULL. No call on `c`
- * may be running or start afterwards. */
+ * may be running or start afterwards. The client's idle sealed sessions are
+ * ended at the daemon first (CloseSession, at most one second in all, best
+ * effort), so they do not hold its session table until they expire; this
+ * thread's coffer_error_message() is left as it was. */
 COFFER_API void coffer_close(coffer_client *c);
 
 /* ---- the sealed channel (proto/session-protocol.md) ----

@@ -86,6 +86,7 @@ coffer_close(coffer_client *c)
 		return;
 	/* No call may be running: ours is the last reference. */
 	lc_pipeline_free(c->pipe);
+	lc_sessions_close(c->conn, c->apikey, c->sessions);
 	lc_sessions_free(c->sessions);
 	lc_apikey_free(c->apikey);
 	lc_conn_free(c->conn);

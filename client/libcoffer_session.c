@@ -28,6 +28,7 @@
 #define SS "/coffer.v1.SessionService/"
 #define POOL_IDLE_MAX 16       /* idle sessions kept; more are dropped */
 #define RENEW_MARGIN_MS 30000  /* replace a session this long before it expires */
+#define CLOSE_WAIT_MS 1000     /* for each CloseSession at close: they expire anyway */
 
 struct lc_session {
 	cf_session_keys *keys;
@@ -448,6 +449,45 @@ lc_sealed_call(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p, co
 	}
 	protobuf_c_message_free_unpacked(&res->base, &cf_locked_allocator);
 	return r;
+}
+
+void
+lc_sessions_close(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p)
+{
+	unsigned int was = lc_conn_timeout(t);
+	struct cf_error_saved err;
+	struct lc_session *s;
+	int ok = 1;
+
+	pthread_mutex_lock(&p->mu);
+	s = p->idle;
+	p->idle = NULL;
+	p->nidle = 0;
+	pthread_mutex_unlock(&p->mu);
+	/* A daemon gone or hung costs close() one bounded attempt, not one per
+	 * session; the idempotency key of the last call is not this one's. */
+	if (was == 0 || was > CLOSE_WAIT_MS)
+		lc_conn_set_timeout(t, CLOSE_WAIT_MS);
+	lc_conn_set_idem_key(t, NULL);
+	cf_error_save(&err);     /* the caller's last error is still its to read */
+	while (s != NULL) {
+		struct lc_session *n = s->next;
+		Coffer__V1__SealedResult *res = NULL;
+
+		if (ok) {
+			int r = exchange(t, k, s, SS "CloseSession", NULL, 0, &res);
+
+			/* One session already gone there (expired) says nothing of
+			 * the others; any other failure says the daemon is away. */
+			ok = r == CF_OK || r == CF_E_UNAUTHENTICATED;
+			if (res != NULL)
+				protobuf_c_message_free_unpacked(&res->base, &cf_locked_allocator);
+		}
+		sess_free(s);
+		s = n;
+	}
+	lc_conn_set_timeout(t, was);
+	cf_error_restore(&err);
 }
 
 int

@@ -16,6 +16,10 @@ struct lc_sessions;
 
 struct lc_sessions *lc_sessions_new(void);
 void lc_sessions_free(struct lc_sessions *p);   /* wipes every session; accepts NULL */
+/* Ends the idle sessions at the daemon (sealed CloseSession, signed with k),
+ * best effort and bounded: they no longer hold room in its session table
+ * until they expire. For close: no call may be running. */
+void lc_sessions_close(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p);
 int lc_sessions_pin(struct lc_sessions *p, const uint8_t *spki, size_t len);
 /* 0: do not compare the caller ids the daemon signed with this process's. */
 void lc_sessions_set_peer_check(struct lc_sessions *p, int check);

@@ -153,6 +153,20 @@ cf_error_clear(void)
 }
 
 void
+cf_error_save(struct cf_error_saved *e)
+{
+	e->status = cf_detail_status;
+	memcpy(e->detail, cf_detail, sizeof(e->detail));
+}
+
+void
+cf_error_restore(const struct cf_error_saved *e)
+{
+	cf_detail_status = e->status;
+	memcpy(cf_detail, e->detail, sizeof(cf_detail));
+}
+
+void
 cf_oneline(char *s)
 {
 	size_t n = 0;

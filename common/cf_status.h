@@ -87,6 +87,15 @@ const char *cf_error_message(int status);
 /* Forget the calling thread's detail. */
 void cf_error_clear(void);
 
+/* The calling thread's detail kept across work whose own failures are not
+ * reported (a close that ends sessions at the daemon, best effort). */
+struct cf_error_saved {
+	int status;
+	char detail[CF_ERROR_DETAIL_MAX];
+};
+void cf_error_save(struct cf_error_saved *e);
+void cf_error_restore(const struct cf_error_saved *e);
+
 /* Make s one line in place: newlines and tabs become single spaces (libpq's
  * messages span lines), runs of spaces one, trailing space dropped. */
 void cf_oneline(char *s);

@@ -30,15 +30,23 @@
 import http.client
 import os
 import resource
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_fixture import PYTHON, CofferDaemon, cofferd_path, on_postgresql  # noqa: E402
+from daemon_fixture import (PYTHON, SRC_DIR, CofferDaemon, Ctl, cofferd_path,  # noqa: E402
+                            on_postgresql)
+sys.path.insert(0, os.path.join(os.environ.get("COFFER_BUILD_DIR") or os.path.join(SRC_DIR, "build"),
+                                "client", "python"))
+import coffer  # noqa: E402
 from rpc_common import KS, SC, TIMEOUT, pb, call_authorization  # noqa: E402
 
 STRANGER = 65533        # a uid with no principal
@@ -222,6 +230,48 @@ class Metrics(unittest.TestCase):
                      pb.SignRequest(key="b-ec", message=b"one"))
         self.assertEqual(moved(after, self.scrape(), "coffer_refusals_total"),
                          {refusal("rate_limited"): 4 + 1})
+
+    def test_0a_sessions_ended_at_close(self):
+        """Clients end their idle sessions when they close (a sealed
+        CloseSession each), so these hold no room in the daemon's session
+        table (session.max_sessions) until they expire: the Python package
+        after sealed calls on four threads at once, and cofferctl (libcoffer)
+        after a command that needs a session. Against a daemon that does not
+        answer (SIGSTOP), close() gives up after its second."""
+        def sessions_open():
+            return self.scrape()[("coffer_sealed_sessions_open", ())]
+
+        open0 = sessions_open()
+        c = coffer.Client(self.d.service_socket, identity=self.d.identity, seal_all=True)
+        together = threading.Barrier(4)
+
+        def one(i):
+            together.wait()
+            return c.mac("m-1", b"closing %d" % i).mac
+        with ThreadPoolExecutor(4) as ex:
+            self.assertEqual([len(m) for m in ex.map(one, range(4))], [32] * 4)
+        n = c.sessions_opened()
+        self.assertGreaterEqual(n, 1)
+        self.assertEqual(sessions_open(), open0 + n)
+        c.close()
+        self.assertEqual(sessions_open(), open0)
+
+        self.adm.CreatePrincipal(pb.CreatePrincipalRequest(name="m-closer", uids=[4321]),
+                                 timeout=TIMEOUT)
+        Ctl(self.d)("principal", "add-key", "m-closer",
+                    "--out", os.path.join(self.d.dir, "m-closer.key"))
+        self.assertEqual(sessions_open(), open0)
+
+        c = coffer.Client(self.d.service_socket, identity=self.d.identity, seal_all=True)
+        c.mac("m-1", b"one session")
+        os.kill(self.d.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            c.close()
+            took = time.monotonic() - t0
+        finally:
+            os.kill(self.d.proc.pid, signal.SIGCONT)
+        self.assertLess(took, 2.0)
 
     def test_1_burst(self):
         before = self.scrape()

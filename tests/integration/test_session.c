@@ -31,6 +31,7 @@
 #include "cf_p11.h"
 #include "cf_session.h"
 #include "cf_test_token.h"
+#include "cf_time.h"
 #include "coffer.h"
 
 static struct cf_test_token tok_a, tok_b;
@@ -329,6 +330,33 @@ test_session_lost_in_restart(void)
 	coffer_close(svc);
 }
 
+/* coffer_close ends the client's idle sessions at the daemon (CloseSession,
+ * seen by test_metrics); with the daemon gone it gives up at once, and the
+ * caller's last error is still the last call's, not the close's. */
+static void
+test_close_keeps_last_error(void)
+{
+	coffer_client *svc = client(&dmn_a, 0, 0, &id_a);
+	struct coffer_bytes ct = { NULL, 0 };
+	uint8_t data[16] = { 4 };
+	char last[256];
+	uint64_t t0;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+	CHECK_COFFER(coffer_wrap(svc, "sess-aes", data, sizeof(data), NULL, 0, &ct, NULL));
+	coffer_bytes_free(&ct);
+	CU_ASSERT_EQUAL(coffer_wrap(svc, "sess-none", data, sizeof(data), NULL, 0, &ct, NULL),
+			COFFER_E_NOT_FOUND);
+	snprintf(last, sizeof(last), "%s", coffer_error_message());
+	CU_ASSERT_STRING_EQUAL(last, "key sess-none does not exist");
+	CU_ASSERT_EQUAL_FATAL(cf_test_daemon_stop(&dmn_a), 0);
+	t0 = cf_mono_ms();
+	coffer_close(svc);
+	CU_ASSERT(cf_mono_ms() - t0 < 1500);
+	CU_ASSERT_STRING_EQUAL(coffer_error_message(), last);
+	CU_ASSERT_EQUAL_FATAL(start_on(&tok_a, &dmn_a, NULL), 0);
+}
+
 /* ---- the record crypto on its own ---- */
 
 struct pair {
@@ -465,6 +493,7 @@ main(void)
 		{ "wrong or missing identity refused", test_wrong_identity_refused },
 		{ "renewal at limits; require_sealed", test_renewal_and_require_sealed },
 		{ "session lost in a restart is replaced", test_session_lost_in_restart },
+		{ "close keeps the caller's last error", test_close_keeps_last_error },
 		{ "records: tamper, reflect, replay, move", test_records },
 		{ NULL, NULL },
 	};

@@ -46,6 +46,7 @@ DEFAULT_TIMEOUT = 30.0
 MAX_MESSAGE = 8 << 20          # libcoffer's cap, both ways
 RESTART_WAIT = 10.0            # seconds an idempotent admin call rides out a restart
 IDEM_RETRY_S = 0.25
+CLOSE_WAIT = 1.0               # seconds close() gives ending sessions at the daemon
 LIST_PAGE = 1000
 
 Context = Optional[Mapping[str, str]]
@@ -155,7 +156,13 @@ class Client:
         return self._pools[kind].retried
 
     def close(self) -> None:
-        """Close the channels and forget every session."""
+        """End the idle sessions at the daemon (at most CLOSE_WAIT seconds
+        in all), close the channels and forget every session."""
+        until = time.monotonic() + CLOSE_WAIT
+        for kind, pool in self._pools.items():
+            def send(path: str, data: bytes, kind: str = kind) -> bytes:
+                return self._unary(kind, path, data, None, until)
+            pool.close_idle(send)
         with self._lock:
             for ch in self._channels.values():
                 ch.close()

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import FailedPrecondition, Internal, InvalidArgument, Unauthenticated
+from .errors import CofferError, FailedPrecondition, Internal, InvalidArgument, Unauthenticated
 
 VERSION = 1
 HANDSHAKE_LABEL = b"coffer/v1 handshake"
@@ -50,6 +50,7 @@ POOL_IDLE_MAX = 16    # idle sessions kept per pool
 # The daemon's refusal of a record whose session it does not hold (it
 # restarted, or evicted the session): every idle session is as dead.
 SESSION_GONE = "session unknown or ended"
+CLOSE_METHOD = "/coffer.v1.SessionService/CloseSession"
 
 
 @dataclass
@@ -336,6 +337,27 @@ class SessionPool:
         when the calls end (close(), a fork)."""
         with self._lock:
             self._forget_locked()
+
+    def close_idle(self, send: Transport) -> int:
+        """End the idle sessions at the daemon (sealed CloseSession), so that
+        they hold no room in its session table until they expire; those of
+        calls in flight are dropped when the calls end. Best effort: the
+        first failure other than a session already gone there stops it (the
+        daemon is away; its sessions expire by themselves). The number
+        ended."""
+        with self._lock:
+            idle = self._idle
+            self._forget_locked()
+        ended = 0
+        for s in idle:
+            try:
+                self._exchange(send, s, CLOSE_METHOD, b"")
+                ended += 1
+            except Unauthenticated:
+                continue
+            except CofferError:
+                break
+        return ended
 
     def after_fork(self) -> None:
         """In a forked child: the sessions are the parent's too (the same
