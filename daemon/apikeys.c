@@ -220,23 +220,35 @@ not_recorded(apikeys *a, int r, cf_p11_key **k)
  * PostgreSQL: not_recorded), which the next start would remove. The record,
  * read under the change lock, did not take generation gen: nothing claims
  * an object there, and it would refuse every rotation until that start. */
-static void
+static int
 drop_leftover(apikeys *a, const char *id, uint32_t gen)
 {
+	int r;
+
 	char name[CF_KEY_NAME_MAX + 1];
 	cf_p11_key *k = NULL;
 
 	object_name(id, name);
-	/* Read under the lock, destroyed by label: only while the lock is
-	 * still this change's (the next holder may be making it again). */
-	if (store_change_check(a->st) != CF_OK || cf_p11_key_open(a->p11, name, gen, &k) != CF_OK) {
+	/* Found by label, then the lock checked, then destroyed by handle:
+	 * the object found is one made while the lock was still this change's,
+	 * so never one the next holder made again (it takes the lock, which
+	 * fails the check, before it makes anything). Checked first, the lock
+	 * could go between the check and the search. */
+	if (cf_p11_key_open(a->p11, name, gen, &k) != CF_OK) {
 		cf_error_clear();
-		return;
+		return CF_OK;
+	}
+	CF_HOLD_POINT("apikeys.leftover.between");
+	/* A lock lost (or unknown) ends the rotation: it could not commit. */
+	if ((r = store_change_check(a->st)) != CF_OK) {
+		cf_p11_key_free(k);
+		return r;
 	}
 	cf_log_warn("API key %s secret %u: an object no record claims (left by an attempt "
 		    "that did not complete) is destroyed before the rotation makes it again",
 		    id, gen);
 	destroy_handles(&k, 1, "left by an attempt that did not commit");
+	return CF_OK;
 }
 
 /* ---- loading and reconciliation ---- */
@@ -788,8 +800,8 @@ apikeys_rotate(apikeys *a, const char *id, uint32_t overlap, const cf_secret *im
 	rec.secrets[0].created = now;
 	rec.secrets[0].expires = 0;
 	rec.next_generation = gen + 1;
-	drop_leftover(a, id, gen);
-	if ((r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
+	if ((r = drop_leftover(a, id, gen)) != CF_OK ||
+	    (r = new_secret(a, id, gen, import, &k[0], secret)) != CF_OK)
 		goto out;
 	CF_CRASH_POINT("apikeys.rotate.secret-made");
 	if ((r = room_get(a, 0, &rm)) != CF_OK ||

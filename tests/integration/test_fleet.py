@@ -651,55 +651,100 @@ class Fleet(unittest.TestCase):
                 if any(k in o["label"] for k in ids)]
         self.assertEqual(left, [], "objects of the deleted principal's API keys")
 
+    def api_key_of_its_own(self, name, uid):
+        self.admin(0).CreatePrincipal(pb.CreatePrincipalRequest(name=name, uids=[uid]),
+                                      timeout=T)
+        return sealed_call(self.reps[0], "CreateApiKey",
+                           pb.CreateApiKeyRequest(principal=name), None).key.id
+
+    @contextlib.contextmanager
+    def secret_left_behind(self, kid):
+        """A RotateApiKeySecret of kid on r1 whose commit is lost with
+        PostgreSQL (r1 held once the new secret's object is made, the server
+        then stopped with SIGSTOP until the record's statement gives up): r1
+        keeps the object, as the commit may have happened. Yields with the
+        object there and no record of it; r1 is restarted afterwards (its
+        start would remove the object)."""
+        with self.r1_held_at("apikeys.rotate.secret-made") as wait_held, \
+                concurrent.futures.ThreadPoolExecutor(1) as ex:
+            lost = ex.submit(sealed_call, self.reps[0], "RotateApiKeySecret",
+                             pb.RotateApiKeySecretRequest(id=kid), None)
+            release = wait_held()
+            self.pg.pause(True)
+            try:
+                open(release, "w").close()
+                # The record's statement gives up after wait_ms (5 s).
+                deadline = time.monotonic() + 30
+                while "its object is kept" not in self.reps[0].log(all_starts=False):
+                    self.assertLess(time.monotonic(), deadline, "no lost commit")
+                    time.sleep(0.05)
+            finally:
+                self.pg.pause(False)
+            with self.assertRaises(grpc.RpcError) as cm:
+                lost.result(timeout=60)
+            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+            # Another replica may have met the hang too (a reconnection given
+            # up after its bound), and is back only once it has reconnected.
+            self.wait_serving()
+            yield
+
     def test_4c_secret_left_by_a_lost_commit_does_not_block_rotations(self):
-        """A RotateApiKeySecret whose commit is lost with PostgreSQL (the
-        server hangs from the moment its new secret's object is made:
-        replica r1 held there, then SIGSTOP) keeps that object, as the
-        commit may have happened. It did not, so the next rotation, on
-        another replica, makes the same generation again: the leftover is
-        destroyed first. Before, every later rotation of the key was refused
-        ALREADY_EXISTS until some replica restarted."""
+        """A RotateApiKeySecret whose commit is lost with PostgreSQL keeps
+        its new secret's object, as the commit may have happened. It did
+        not, so the next rotation, on another replica, makes the same
+        generation again: the leftover is destroyed first. Before, every
+        later rotation of the key was refused ALREADY_EXISTS until some
+        replica restarted."""
         if not crash_points():
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
-        self.admin(0).CreatePrincipal(pb.CreatePrincipalRequest(name="fleet-left",
-                                                                uids=[4344]), timeout=T)
-        kid = sealed_call(self.reps[0], "CreateApiKey",
-                          pb.CreateApiKeyRequest(principal="fleet-left"), None).key.id
-        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "apikeys.rotate.secret-made@1",
-                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
-        try:
-            d.start()
-            with concurrent.futures.ThreadPoolExecutor(1) as ex:
-                lost = ex.submit(sealed_call, d, "RotateApiKeySecret",
-                                 pb.RotateApiKeySecretRequest(id=kid), None)
-                deadline = time.monotonic() + 30
-                while not os.path.exists(os.path.join(hold, "held")):
-                    self.assertLess(time.monotonic(), deadline, "never held")
-                    time.sleep(0.01)
-                self.pg.pause(True)
-                try:
-                    open(os.path.join(hold, "release"), "w").close()
-                    # The record's statement gives up after wait_ms (5 s).
-                    while "its object is kept" not in d.log(all_starts=False):
-                        self.assertLess(time.monotonic(), deadline + 30, "no lost commit")
-                        time.sleep(0.05)
-                finally:
-                    self.pg.pause(False)
-                with self.assertRaises(grpc.RpcError) as cm:
-                    lost.result(timeout=60)
-            self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
-            # r2 may have met the hang too (a reconnection given up after its
-            # bound), and is back only once it has reconnected.
-            self.wait_serving()
+        kid = self.api_key_of_its_own("fleet-left", 4344)
+        with self.secret_left_behind(kid):
             r = sealed_call(self.reps[1], "RotateApiKeySecret",
                             pb.RotateApiKeySecretRequest(id=kid), None)
             self.assertEqual(r.key.secrets[0].generation, 2)
             self.assertIn("an object no record claims (left by an attempt that did not "
                           "complete) is destroyed", self.reps[1].log(all_starts=False))
             self.check_token()
+
+    def test_4d_leftover_removal_never_takes_the_next_holders_secret(self):
+        """As 4c, but r2's rotation, which finds the leftover object under
+        the change lock, is held there (its first step of two: the search
+        and the check that the lock is still its own), and its lock's
+        session is cut. r3's rotation takes the lock, destroys the leftover,
+        makes generation 2 again and commits. Released, r2 destroys nothing
+        (the lock is no longer its own) and its commit is refused by the
+        fence; r3's secret is the one the token holds. Before, r2 checked
+        the lock first and searched after: it found r3's new object and
+        destroyed it, leaving generation 2 recorded without its secret."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        kid = self.api_key_of_its_own("fleet-left2", 4345)
+        d, hold = self.reps[1], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        d.stop()
+        d.crash_env = {"COFFER_CRASH_AT": "apikeys.leftover.between@1",
+                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
+        try:
+            d.start()
+            with self.secret_left_behind(kid), concurrent.futures.ThreadPoolExecutor(1) as ex:
+                held = ex.submit(sealed_call, d, "RotateApiKeySecret",
+                                 pb.RotateApiKeySecretRequest(id=kid), None)
+                deadline = time.monotonic() + 30
+                while not os.path.exists(os.path.join(hold, "held")):
+                    self.assertLess(time.monotonic(), deadline, "r2 never held")
+                    time.sleep(0.01)
+                self.cut_change_lock()
+                r = sealed_call(self.reps[2], "RotateApiKeySecret",
+                                pb.RotateApiKeySecretRequest(id=kid), None)
+                self.assertEqual(r.key.secrets[0].generation, 2)
+                open(os.path.join(hold, "release"), "w").close()
+                with self.assertRaises(grpc.RpcError) as cm:
+                    held.result(timeout=30)
+                self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
+                self.assertIn("this replica lost the registry change lock",
+                              details_of(cm.exception))
+                self.check_token()
         finally:
+            open(os.path.join(hold, "release"), "w").close()
             d.stop()
             d.crash_env = {}
             d.start()
