@@ -28,7 +28,7 @@
 #define SS "/coffer.v1.SessionService/"
 #define POOL_IDLE_MAX 16       /* idle sessions kept; more are dropped */
 #define RENEW_MARGIN_MS 30000  /* replace a session this long before it expires */
-#define CLOSE_WAIT_MS 1000     /* for each CloseSession at close: they expire anyway */
+#define CLOSE_WAIT_MS 1000     /* for ending the sessions at close: they expire anyway */
 
 struct lc_session {
 	cf_session_keys *keys;
@@ -464,12 +464,14 @@ lc_sessions_close(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p)
 	p->idle = NULL;
 	p->nidle = 0;
 	pthread_mutex_unlock(&p->mu);
-	/* A daemon gone or hung costs close() one bounded attempt, not one per
-	 * session; the idempotency key of the last call is not this one's. */
+	/* One deadline for every CloseSession of the close: a daemon gone,
+	 * hung or slow costs it at most that. The idempotency key of the last
+	 * call is not this one's. */
 	if (was == 0 || was > CLOSE_WAIT_MS)
 		lc_conn_set_timeout(t, CLOSE_WAIT_MS);
 	lc_conn_set_idem_key(t, NULL);
 	cf_error_save(&err);     /* the caller's last error is still its to read */
+	lc_call_begin(t);
 	while (s != NULL) {
 		struct lc_session *n = s->next;
 		Coffer__V1__SealedResult *res = NULL;
@@ -486,6 +488,7 @@ lc_sessions_close(struct lc_conn *t, struct lc_apikey *k, struct lc_sessions *p)
 		sess_free(s);
 		s = n;
 	}
+	lc_call_end();
 	lc_conn_set_timeout(t, was);
 	cf_error_restore(&err);
 }

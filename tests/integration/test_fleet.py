@@ -665,7 +665,7 @@ class Fleet(unittest.TestCase):
         keeps the object, as the commit may have happened. Yields with the
         object there and no record of it; r1 is restarted afterwards (its
         start would remove the object)."""
-        with self.r1_held_at("apikeys.rotate.secret-made") as wait_held, \
+        with self.held_at(0, "apikeys.rotate.secret-made") as wait_held, \
                 concurrent.futures.ThreadPoolExecutor(1) as ex:
             lost = ex.submit(sealed_call, self.reps[0], "RotateApiKeySecret",
                              pb.RotateApiKeySecretRequest(id=kid), None)
@@ -719,35 +719,22 @@ class Fleet(unittest.TestCase):
         if not crash_points():
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         kid = self.api_key_of_its_own("fleet-left2", 4345)
-        d, hold = self.reps[1], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
-        d.stop()
-        d.crash_env = {"COFFER_CRASH_AT": "apikeys.leftover.between@1",
-                       "COFFER_CRASH_MODE": "hold", "COFFER_CRASH_HOLD": hold}
-        try:
-            d.start()
+        with self.held_at(1, "apikeys.leftover.between") as r2_held:
             with self.secret_left_behind(kid), concurrent.futures.ThreadPoolExecutor(1) as ex:
-                held = ex.submit(sealed_call, d, "RotateApiKeySecret",
+                held = ex.submit(sealed_call, self.reps[1], "RotateApiKeySecret",
                                  pb.RotateApiKeySecretRequest(id=kid), None)
-                deadline = time.monotonic() + 30
-                while not os.path.exists(os.path.join(hold, "held")):
-                    self.assertLess(time.monotonic(), deadline, "r2 never held")
-                    time.sleep(0.01)
+                release = r2_held()
                 self.cut_change_lock()
                 r = sealed_call(self.reps[2], "RotateApiKeySecret",
                                 pb.RotateApiKeySecretRequest(id=kid), None)
                 self.assertEqual(r.key.secrets[0].generation, 2)
-                open(os.path.join(hold, "release"), "w").close()
+                open(release, "w").close()
                 with self.assertRaises(grpc.RpcError) as cm:
                     held.result(timeout=30)
                 self.assertEqual(code_of(cm.exception), SC.UNAVAILABLE, details_of(cm.exception))
                 self.assertIn("this replica lost the registry change lock",
                               details_of(cm.exception))
                 self.check_token()
-        finally:
-            open(os.path.join(hold, "release"), "w").close()
-            d.stop()
-            d.crash_env = {}
-            d.start()
 
     def test_3b_lease_leaves_a_replica_whose_trail_fails_closed(self):
         """The lease holder's audit trail becomes unwritable (chattr +i): it
@@ -909,11 +896,11 @@ class Fleet(unittest.TestCase):
     # ---- 3e-3g. a change whose lock connection alone is cut ----
 
     @contextlib.contextmanager
-    def r1_held_at(self, point):
-        """r1 restarted with its first pass at `point` held; yields a
+    def held_at(self, i, point):
+        """Replica i restarted with its first pass at `point` held; yields a
         function that waits for the hold and returns the file that releases
-        it. r1 is restarted without the hold afterwards."""
-        d, hold = self.reps[0], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
+        it. The replica is restarted without the hold afterwards."""
+        d, hold = self.reps[i], tempfile.mkdtemp(prefix="coffer-hold-", dir=self.top)
         d.stop()
         d.crash_env = {"COFFER_CRASH_AT": point + "@1", "COFFER_CRASH_MODE": "hold",
                        "COFFER_CRASH_HOLD": hold}
@@ -972,7 +959,7 @@ class Fleet(unittest.TestCase):
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k"
         self.key_with_versions(name, 3)
-        with self.r1_held_at("keyring.change.read") as wait_held, \
+        with self.held_at(0, "keyring.change.read") as wait_held, \
                 concurrent.futures.ThreadPoolExecutor(1) as ex:
             held = ex.submit(lambda: self.admin(0).DisableKeyVersion(
                 pb.KeyVersionRequest(name=name, version=1), timeout=60))
@@ -1007,7 +994,7 @@ class Fleet(unittest.TestCase):
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k2"
         self.key_with_versions(name, 3)
-        with self.r1_held_at("store.key-save.before-commit") as wait_held, \
+        with self.held_at(0, "store.key-save.before-commit") as wait_held, \
                 concurrent.futures.ThreadPoolExecutor(2) as ex:
             first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
                 pb.KeyVersionRequest(name=name, version=1), timeout=60))
@@ -1033,7 +1020,7 @@ class Fleet(unittest.TestCase):
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k4"
         self.key_with_versions(name, 3)
-        with self.r1_held_at("store.key-save.before-commit") as wait_held, \
+        with self.held_at(0, "store.key-save.before-commit") as wait_held, \
                 concurrent.futures.ThreadPoolExecutor(1) as ex:
             first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
                 pb.KeyVersionRequest(name=name, version=1), timeout=60))
@@ -1071,7 +1058,7 @@ class Fleet(unittest.TestCase):
             self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k3"
         self.key_with_versions(name, 1)
-        with self.r1_held_at("store.intent-add.committed") as wait_held, \
+        with self.held_at(0, "store.intent-add.committed") as wait_held, \
                 concurrent.futures.ThreadPoolExecutor(1) as ex:
             held = ex.submit(lambda: self.admin(0).RotateKey(
                 pb.RotateKeyRequest(name=name), timeout=60))

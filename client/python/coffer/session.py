@@ -338,26 +338,22 @@ class SessionPool:
         with self._lock:
             self._forget_locked()
 
-    def close_idle(self, send: Transport) -> int:
+    def close_idle(self, send: Transport) -> None:
         """End the idle sessions at the daemon (sealed CloseSession), so that
         they hold no room in its session table until they expire; those of
         calls in flight are dropped when the calls end. Best effort: the
         first failure other than a session already gone there stops it (the
-        daemon is away; its sessions expire by themselves). The number
-        ended."""
+        daemon is away; its sessions expire by themselves)."""
         with self._lock:
             idle = self._idle
             self._forget_locked()
-        ended = 0
         for s in idle:
             try:
                 self._exchange(send, s, CLOSE_METHOD, b"")
-                ended += 1
             except Unauthenticated:
                 continue
             except CofferError:
                 break
-        return ended
 
     def after_fork(self) -> None:
         """In a forked child: the sessions are the parent's too (the same
