@@ -12,6 +12,7 @@
 #include "cf_log.h"
 #include "cf_reqsign.h"
 #include "cf_status.h"
+#include "change_mu.h"
 
 /* A key's record and the open token handle of each of its secrets
  * (k[i] belongs to rec.secrets[i]; NULL when the token lacks the object, or
@@ -26,7 +27,7 @@ struct entry {
 struct apikeys {
 	cf_p11 *p11;
 	store *st;
-	pthread_mutex_t admin;       /* one change at a time (token, then store, then memory) */
+	struct change_mu admin;       /* one change at a time (token, then store, then memory) */
 	int shared;                  /* the store is shared by replicas (store_change_begin) */
 	pthread_rwlock_t lk;         /* the arrays below */
 	struct entry **e;            /* by id */
@@ -340,7 +341,7 @@ apikeys_open(cf_p11 *p11, store *st, void (*report)(const char *msg), unsigned *
 		return cf_nomem();
 	a->p11 = p11;
 	a->st = st;
-	pthread_mutex_init(&a->admin, NULL);
+	change_mu_init(&a->admin);
 	{
 		pthread_rwlockattr_t at;
 
@@ -384,7 +385,7 @@ apikeys_close(apikeys *a)
 	free(a->signers);
 	free(a->sticky);
 	pthread_rwlock_destroy(&a->lk);
-	pthread_mutex_destroy(&a->admin);
+	change_mu_destroy(&a->admin);
 	free(a);
 }
 
@@ -510,10 +511,10 @@ apikeys_refresh(apikeys *a)
 	int r;
 
 	/* Never waits for a change in progress: CF_E_BUSY, tried again. */
-	if (pthread_mutex_trylock(&a->admin) != 0)
+	if (change_mu_try(&a->admin) != 0)
 		return cf_error(CF_E_BUSY, "API keys: a change is in progress; reload later");
 	r = refresh_locked(a);
-	pthread_mutex_unlock(&a->admin);
+	change_mu_unlock(&a->admin);
 	return r;
 }
 
@@ -524,15 +525,15 @@ admin_begin(apikeys *a)
 {
 	int shared, r;
 
-	pthread_mutex_lock(&a->admin);
+	change_mu_lock(&a->admin);
 	if ((r = store_change_begin(a->st, &shared)) != CF_OK) {
-		pthread_mutex_unlock(&a->admin);
+		change_mu_unlock(&a->admin);
 		return r;
 	}
 	a->shared = shared;
 	if (shared && (r = refresh_locked(a)) != CF_OK) {
 		store_change_end(a->st);
-		pthread_mutex_unlock(&a->admin);
+		change_mu_unlock(&a->admin);
 	}
 	return r;
 }
@@ -541,7 +542,7 @@ static void
 admin_end(apikeys *a)
 {
 	store_change_end(a->st);
-	pthread_mutex_unlock(&a->admin);
+	change_mu_unlock(&a->admin);
 }
 
 /* ---- changes ---- */
@@ -921,11 +922,11 @@ apikeys_principal_delete(apikeys *a, const char *principal,
 	 * others take it in (then the fleet's change lock). Without it, a
 	 * rotation that read the key live could commit it back after the
 	 * deletion, and a reload let handles go before their destruction. */
-	pthread_mutex_lock(&a->admin);
+	change_mu_lock(&a->admin);
 	/* The revocation's time is when the change could begin (its record's). */
 	now = (int64_t)time(NULL);
 	if ((r = commit(arg, now, &dropped)) != CF_OK) {
-		pthread_mutex_unlock(&a->admin);
+		change_mu_unlock(&a->admin);
 		return r;
 	}
 	/* A secret the store dropped and this table holds no handle to:
@@ -954,7 +955,7 @@ apikeys_principal_delete(apikeys *a, const char *principal,
 		pthread_rwlock_unlock(&a->lk);
 		destroy_handles(gone, ngone, "its principal was deleted");
 	} while (more);
-	pthread_mutex_unlock(&a->admin);
+	change_mu_unlock(&a->admin);
 	return CF_OK;
 }
 

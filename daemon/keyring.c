@@ -13,6 +13,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "cf_time.h"
+#include "change_mu.h"
 #include "metrics.h"
 #include "recovery.h"
 #include "sorted.h"
@@ -37,7 +38,7 @@ struct keyring {
 	store *st;
 	struct keyring_cfg cfg;
 	pthread_rwlock_t lock;
-	pthread_mutex_t write_mu;  /* one change (create, rotate, lifecycle, tick) at a time */
+	struct change_mu write_mu;  /* one change (create, rotate, lifecycle, tick) at a time */
 	struct kr_key **keys;      /* sorted by name */
 	size_t n, cap;
 	keyring_record_fn record;  /* audit records of the daemon's own changes */
@@ -425,16 +426,16 @@ kr_write_begin(keyring *kr, const char *name)
 {
 	int shared, r;
 
-	pthread_mutex_lock(&kr->write_mu);
+	change_mu_lock(&kr->write_mu);
 	if ((r = store_change_begin(kr->st, &shared)) != CF_OK) {
-		pthread_mutex_unlock(&kr->write_mu);
+		change_mu_unlock(&kr->write_mu);
 		return r;
 	}
 	kr->shared = shared;
 	if (shared && ((r = recovery_undo_intents(kr->p11, kr->st, log_recovered, NULL)) != CF_OK ||
 		       (r = kr_sync(kr, name)) != CF_OK)) {
 		store_change_end(kr->st);
-		pthread_mutex_unlock(&kr->write_mu);
+		change_mu_unlock(&kr->write_mu);
 	}
 	return r;
 }
@@ -443,7 +444,7 @@ static void
 kr_write_end(keyring *kr)
 {
 	store_change_end(kr->st);
-	pthread_mutex_unlock(&kr->write_mu);
+	change_mu_unlock(&kr->write_mu);
 }
 
 int
@@ -454,10 +455,10 @@ keyring_refresh(keyring *kr, const char *name)
 	/* Never waits for a change in progress (the notification thread calls
 	 * it; a change may wait long for the fleet's lock): CF_E_BUSY, and the
 	 * caller tries again. */
-	if (pthread_mutex_trylock(&kr->write_mu) != 0)
+	if (change_mu_try(&kr->write_mu) != 0)
 		return cf_error(CF_E_BUSY, "keys: a change is in progress; reload later");
 	r = kr_sync(kr, name);
-	pthread_mutex_unlock(&kr->write_mu);
+	change_mu_unlock(&kr->write_mu);
 	return r;
 }
 
@@ -478,7 +479,7 @@ keyring_open(cf_p11 *p11, store *st, const struct keyring_cfg *cfg,
 	else
 		keyring_cfg_defaults(&kr->cfg);
 	pthread_rwlock_init(&kr->lock, NULL);
-	pthread_mutex_init(&kr->write_mu, NULL);
+	change_mu_init(&kr->write_mu);
 	lc.kr = kr;
 	/* Replicas sharing the state: no other change runs meanwhile (intents
 	 * found are then a dead call's, never a live replica's). */
@@ -521,7 +522,7 @@ keyring_close(keyring *kr)
 		cf_p11_key_free(kr->retired[i]);
 	free(kr->retired);
 	pthread_rwlock_destroy(&kr->lock);
-	pthread_mutex_destroy(&kr->write_mu);
+	change_mu_destroy(&kr->write_mu);
 	free(kr);
 }
 
@@ -1319,10 +1320,10 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 	/* What is due, as this replica knows it (no fleet lock for a look:
 	 * the leader ticks every second). Each is then re-read and done under
 	 * the writer locks, as every change is. */
-	pthread_mutex_lock(&kr->write_mu);
+	change_mu_lock(&kr->write_mu);
 	if (kr->n > 0 && ((due = calloc(kr->n, sizeof(*due))) == NULL ||
 			  (gone = calloc(kr->n, sizeof(*gone))) == NULL)) {
-		pthread_mutex_unlock(&kr->write_mu);
+		change_mu_unlock(&kr->write_mu);
 		free(due);
 		return;
 	}
@@ -1339,7 +1340,7 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 		    k->rotate_retry_at <= now)
 			memcpy(due[ndue++], k->m.name, sizeof(*due));
 	}
-	pthread_mutex_unlock(&kr->write_mu);
+	change_mu_unlock(&kr->write_mu);
 	/* Destructions: token writes. */
 	for (size_t i = 0; i < ngone && !over_budget(t0, budget_ms); i++) {
 		int found;
@@ -1384,11 +1385,11 @@ keyring_tick(keyring *kr, int64_t now, unsigned budget_ms, keyring_done_fn done,
 			int found;
 			size_t at;
 
-			pthread_mutex_lock(&kr->write_mu);
+			change_mu_lock(&kr->write_mu);
 			at = kr_find(kr, due[i], &found);
 			if (found)
 				kr->keys[at]->rotate_retry_at = now + 60;
-			pthread_mutex_unlock(&kr->write_mu);
+			change_mu_unlock(&kr->write_mu);
 		}
 		metrics_add(r == CF_OK ? M_ROTATIONS : M_ROTATION_FAILURES, 1);
 		done(due[i], r == CF_OK ? info.primary : 0, "rotate", r, arg);

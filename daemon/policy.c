@@ -11,6 +11,7 @@
 #include "cf_count.h"
 #include "cf_status.h"
 #include "cf_time.h"
+#include "change_mu.h"
 #include "sorted.h"
 
 static const char *const op_names[CF_OP__COUNT] = {
@@ -32,7 +33,7 @@ struct policy {
 	store *st;
 	pthread_rwlock_t lock;   /* the array and the definitions */
 	pthread_mutex_t bmu;     /* bucket levels (under the read lock) */
-	pthread_mutex_t refresh_mu;   /* a reload from the store, or a change */
+	struct change_mu refresh_mu;   /* a reload from the store, or a change */
 	struct pr **v;           /* by name */
 	size_t n;
 };
@@ -208,7 +209,7 @@ policy_open(store *st, policy **out)
 	p->st = st;
 	pthread_rwlock_init(&p->lock, NULL);
 	pthread_mutex_init(&p->bmu, NULL);
-	pthread_mutex_init(&p->refresh_mu, NULL);
+	change_mu_init(&p->refresh_mu);
 	if ((r = store_principals_load(st, load_one, p)) != CF_OK) {
 		policy_close(p);
 		return r;
@@ -256,28 +257,34 @@ policy_refresh(policy *p)
 
 	/* Never waits for a change in progress (the notification thread calls
 	 * it): CF_E_BUSY, and the caller tries again. */
-	if (pthread_mutex_trylock(&p->refresh_mu) != 0)
+	if (change_mu_try(&p->refresh_mu) != 0)
 		return cf_error(CF_E_BUSY, "principals: a change is in progress; reload later");
 	rc = refresh_locked(p);
-	pthread_mutex_unlock(&p->refresh_mu);
+	change_mu_unlock(&p->refresh_mu);
 	return rc;
 }
 
 /* Begin a change: the fleet's change lock, and with a shared state the
  * principals as the store has them now (another replica may have changed
  * them). refresh_mu is held until change_end, so that a reload read before
- * this change commits cannot be installed after it. */
+ * this change commits cannot be installed after it. It is taken first, as
+ * keyring and apikeys take theirs: from then on the notification thread's
+ * reloads give way (change_mu.h). Taken after the fleet's lock, the change
+ * queued for the store's connection behind them instead, and each reload
+ * that a held table made wait lock_timeout was another wait for it. */
 static int
 change_begin(policy *p)
 {
 	int shared, rc;
 
-	if ((rc = store_change_begin(p->st, &shared)) != CF_OK)
+	change_mu_lock(&p->refresh_mu);
+	if ((rc = store_change_begin(p->st, &shared)) != CF_OK) {
+		change_mu_unlock(&p->refresh_mu);
 		return rc;
-	pthread_mutex_lock(&p->refresh_mu);
+	}
 	if (shared && (rc = refresh_locked(p)) != CF_OK) {
-		pthread_mutex_unlock(&p->refresh_mu);
 		store_change_end(p->st);
+		change_mu_unlock(&p->refresh_mu);
 	}
 	return rc;
 }
@@ -285,8 +292,8 @@ change_begin(policy *p)
 static void
 change_end(policy *p)
 {
-	pthread_mutex_unlock(&p->refresh_mu);
 	store_change_end(p->st);
+	change_mu_unlock(&p->refresh_mu);
 }
 
 void
@@ -299,7 +306,7 @@ policy_close(policy *p)
 	free(p->v);
 	pthread_rwlock_destroy(&p->lock);
 	pthread_mutex_destroy(&p->bmu);
-	pthread_mutex_destroy(&p->refresh_mu);
+	change_mu_destroy(&p->refresh_mu);
 	free(p);
 }
 
