@@ -32,6 +32,7 @@
  * (about 0.5 s): a killed holder that comes back at once must not find the
  * lease still free, as if nobody else could take it. */
 #define LEASE_TRY_MS 200
+#define RESYNC_RETRY_MS 1000
 
 struct fleet {
 	char dsn[4096];
@@ -245,7 +246,10 @@ listen_thread(void *arg)
 {
 	fleet *f = arg;
 	uint64_t next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u, last_try = 0;
+	uint64_t retry_at = 0;   /* a failed reload: not tried again before */
 	int resync_now = 0;   /* a hook or a reload failed: again on the next pass */
+	unsigned failed = 0;     /* reloads failed in a row (logged once per text) */
+	char failure[256] = "";
 
 	while (!atomic_load(&f->stop)) {
 		struct pollfd p;
@@ -269,15 +273,30 @@ listen_thread(void *arg)
 		}
 		/* Listening before reloading: a change committed in between is
 		 * both read and announced, never neither. */
-		if ((resync_now || now_ms >= next_resync) && f->hooks.resync != NULL) {
+		/* A reload that failed (not one that found a change in progress)
+		 * is tried again a second later, not at once: each try takes the
+		 * store's connection, and its warning is logged once per text. */
+		if (((resync_now && now_ms >= retry_at) || now_ms >= next_resync) &&
+		    f->hooks.resync != NULL) {
 			int r = f->hooks.resync(f->hooks.arg);
 
 			resync_now = r != CF_OK;
-			if (r == CF_OK)
+			if (r == CF_OK) {
 				next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u;
-			else if (r != CF_E_BUSY)
-				cf_log_warn("fleet: reloading the registry: %s; trying again",
-					    cf_error_detail());
+				if (failed > 0)
+					cf_log_info("fleet: reloaded the registry after %u failed "
+						    "tries", failed);
+				failed = 0;
+				failure[0] = '\0';
+			} else if (r != CF_E_BUSY) {
+				failed++;
+				retry_at = cf_mono_ms() + RESYNC_RETRY_MS;
+				if (strcmp(failure, cf_error_detail()) != 0) {
+					snprintf(failure, sizeof(failure), "%s", cf_error_detail());
+					cf_log_warn("fleet: reloading the registry: %s; trying again "
+						    "every %d ms", failure, RESYNC_RETRY_MS);
+				}
+			}
 			cf_error_clear();
 		}
 		p.fd = PQsocket(f->listen);

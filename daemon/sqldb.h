@@ -82,7 +82,12 @@ int64_t sqldb_changes(sqldb *db);
 /* Transactions. write: SQLite takes the write lock at once (BEGIN
  * IMMEDIATE); a read (write = 0) is a consistent snapshot on both. A begin
  * on a PostgreSQL connection that turns out to be lost reconnects and tries
- * once more (nothing was sent yet). */
+ * once more (nothing was sent yet). SQLDB_READ_YIELD: a read that waits at
+ * most SQLDB_YIELD_LOCK_MS for a lock another PostgreSQL session holds (a
+ * reload that is tried again later: waiting longer, it kept the one
+ * connection from the changes and calls queued behind it). */
+#define SQLDB_READ_YIELD 2
+#define SQLDB_YIELD_LOCK_MS 100
 int sqldb_begin(sqldb *db, int write);
 int sqldb_commit(sqldb *db);
 /* Undo the open transaction, if any, keeping the last failure's text. */

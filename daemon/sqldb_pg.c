@@ -33,6 +33,7 @@ struct pg {
 	int need_reset;          /* the connection failed: reconnect before the next use */
 	unsigned wait_ms;        /* the longest a statement waits for the server */
 	int hung;                /* the last statement was not answered in time */
+	int yielding;            /* this transaction's lock waits: SQLDB_YIELD_LOCK_MS */
 	uint64_t tried_ms;       /* when the last reconnection attempt ended */
 	int up;                  /* sqldb_healthy's last answer */
 	struct timespec checked; /* when sqldb_healthy last asked the server */
@@ -85,7 +86,8 @@ pg_outcome(struct pg *q, PGresult *res)
 
 		rc = sqldb_fail(&q->base, SQLDB_ERROR, "waited %u ms for a lock another PostgreSQL "
 				"session holds (an operator's transaction, a VACUUM FULL...): %s",
-				lock_ms(q), primary != NULL ? primary : msg);
+				q->yielding ? SQLDB_YIELD_LOCK_MS : lock_ms(q),
+				primary != NULL ? primary : msg);
 		PQclear(res);
 		return rc;
 	}
@@ -402,13 +404,23 @@ pg_ready(sqldb *db)
 static int
 pg_begin(sqldb *db, int write)
 {
-	const char *sql = write ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+	struct pg *q = (struct pg *)db;
+	const char *sql = write == 1 ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 	int rc = pg_exec(db, sql);
 
 	/* A connection that died while idle (the server restarted between two
 	 * calls) is only found here; nothing of this call was sent yet. */
-	if (rc == SQLDB_LOST && !((struct pg *)db)->hung && pg_ready(db) == CF_OK)
+	if (rc == SQLDB_LOST && !q->hung && pg_ready(db) == CF_OK)
 		rc = pg_exec(db, sql);
+	q->yielding = 0;
+	if (rc == SQLDB_OK && write == SQLDB_READ_YIELD) {
+		char set[48];
+
+		/* SET LOCAL: the session's own lock_timeout again after it. */
+		snprintf(set, sizeof(set), "SET LOCAL lock_timeout = %d", SQLDB_YIELD_LOCK_MS);
+		if ((rc = pg_exec(db, set)) == SQLDB_OK)
+			q->yielding = 1;
+	}
 	return rc;
 }
 

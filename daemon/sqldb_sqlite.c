@@ -153,7 +153,7 @@ sq_changes(sqldb *db)
 static int
 sq_begin(sqldb *db, int write)
 {
-	return sq_exec(db, write ? "BEGIN IMMEDIATE;" : "BEGIN;");
+	return sq_exec(db, write == 1 ? "BEGIN IMMEDIATE;" : "BEGIN;");
 }
 
 /* The commit is where a transaction meets the disk (its write lock was taken

@@ -45,6 +45,8 @@ struct store {
 
 /* Set around a transaction that needs no fence (store_intent_drop_own). */
 static __thread int fence_skip;
+/* The calling thread's reads give way to locks held elsewhere (store_reads_yield). */
+static __thread int reads_yield;
 
 /* ---- SQLite schema: tables as each version added them ---- */
 
@@ -300,7 +302,7 @@ enter(store *s, int write)
 	pthread_mutex_lock(&s->mu);
 	if ((r = sqldb_ready(s->db)) != CF_OK || (write && (r = sqldb_check(s->db)) != CF_OK))
 		goto fail;
-	if (sqldb_begin(s->db, write) != SQLDB_OK) {
+	if (sqldb_begin(s->db, write ? 1 : reads_yield ? SQLDB_READ_YIELD : 0) != SQLDB_OK) {
 		r = db_err(s, "starting a transaction");
 		goto fail;
 	}
@@ -325,6 +327,12 @@ leave(store *s, int r, const char *what)
 		sqldb_rollback(s->db);
 	pthread_mutex_unlock(&s->mu);
 	return r;
+}
+
+void
+store_reads_yield(int on)
+{
+	reads_yield = on;
 }
 
 int
