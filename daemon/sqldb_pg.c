@@ -119,6 +119,7 @@ lock_ms(const struct pg *q)
 }
 
 static PGresult *bounded(struct pg *q, int sent);
+static void pg_rollback(sqldb *db);
 
 /* The session's lock_timeout (after each connection and reset). */
 static int
@@ -420,6 +421,8 @@ pg_begin(sqldb *db, int write)
 		snprintf(set, sizeof(set), "SET LOCAL lock_timeout = %d", SQLDB_YIELD_LOCK_MS);
 		if ((rc = pg_exec(db, set)) == SQLDB_OK)
 			q->yielding = 1;
+		else
+			pg_rollback(db);   /* no transaction left open on a failed begin */
 	}
 	return rc;
 }
