@@ -224,10 +224,9 @@ not_recorded(apikeys *a, int r, cf_p11_key **k)
 static int
 drop_leftover(apikeys *a, const char *id, uint32_t gen)
 {
-	int r;
-
 	char name[CF_KEY_NAME_MAX + 1];
 	cf_p11_key *k = NULL;
+	int r;
 
 	object_name(id, name);
 	/* Found by label, then the lock checked, then destroyed by handle:

@@ -2,11 +2,11 @@
  * keys), which the fleet's reloads only try and give way to.
  *
  * A reload on the notification thread takes it with change_mu_try, and not
- * at all while a change waits for it. Without that, a reload that keeps
- * failing slowly (the store's table locked by another session: each try
- * waits lock_timeout) took the mutex again between its tries, before the
- * change it had woken ran, and the change waited one lock_timeout more each
- * time (found by CI: a grant refused after 5.7 s instead of 2 + 2). */
+ * at all while a change waits for it. Without that, a reload tried again and
+ * again (a table another session holds) took the mutex back between its
+ * tries, before the change it had woken ran, and the change waited for
+ * each try (found by CI: a grant refused after 5.7 s, when each try still
+ * waited the whole lock_timeout of 2 s). */
 #ifndef COFFER_CHANGE_MU_H
 #define COFFER_CHANGE_MU_H
 

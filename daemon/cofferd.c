@@ -487,7 +487,7 @@ replica_changed(const char *kind, const char *name, void *arg)
 	struct replica *rp = arg;
 	int r = CF_OK;
 
-	store_reads_yield(1);   /* the notification thread's reloads are tried again */
+	store_reads_yield();   /* the notification thread's reloads are tried again */
 	if (strcmp(kind, "key") == 0)
 		r = keyring_refresh(rp->kr, name);
 	else if (strcmp(kind, "principal") == 0)
@@ -508,7 +508,7 @@ replica_resync(void *arg)
 	struct replica *rp = arg;
 	int r[3];
 
-	store_reads_yield(1);
+	store_reads_yield();
 	r[0] = keyring_refresh(rp->kr, NULL);
 	r[1] = policy_refresh(rp->pol);
 	r[2] = apikeys_refresh(rp->ak);

@@ -247,9 +247,9 @@ listen_thread(void *arg)
 	fleet *f = arg;
 	uint64_t next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u, last_try = 0;
 	uint64_t retry_at = 0;   /* a failed reload: not tried again before */
-	int resync_now = 0;   /* a hook or a reload failed: again on the next pass */
-	unsigned failed = 0;     /* reloads failed in a row (logged once per text) */
-	char failure[256] = "";
+	int resync_now = 0;      /* a hook or a reload failed or found a change: again */
+	unsigned failed = 0;     /* reloads failed in a row */
+	char failure[CF_ERROR_DETAIL_MAX] = "";   /* the last one's text, logged once */
 
 	while (!atomic_load(&f->stop)) {
 		struct pollfd p;
@@ -272,10 +272,10 @@ listen_thread(void *arg)
 				continue;
 		}
 		/* Listening before reloading: a change committed in between is
-		 * both read and announced, never neither. */
-		/* A reload that failed (not one that found a change in progress)
-		 * is tried again a second later, not at once: each try takes the
-		 * store's connection, and its warning is logged once per text. */
+		 * both read and announced, never neither. A reload that failed
+		 * (not one that found a change in progress) is tried again a
+		 * second later, not at once: each try takes the store's
+		 * connection. */
 		if (((resync_now && now_ms >= retry_at) || now_ms >= next_resync) &&
 		    f->hooks.resync != NULL) {
 			int r = f->hooks.resync(f->hooks.arg);

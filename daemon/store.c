@@ -330,9 +330,9 @@ leave(store *s, int r, const char *what)
 }
 
 void
-store_reads_yield(int on)
+store_reads_yield(void)
 {
-	reads_yield = on;
+	reads_yield = 1;
 }
 
 int

@@ -920,6 +920,23 @@ class Fleet(unittest.TestCase):
             d.crash_env = {}
             d.start()
 
+    @contextlib.contextmanager
+    def r1_disabling_held_at(self, name, point, workers=1):
+        """A key `name` with three versions, and r1 disabling version 1, held
+        at `point` with its change lock's connection then cut; yields r1's
+        call (a future), the file that releases it, and the executor (of
+        `workers` threads) that runs it."""
+        if not crash_points():
+            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
+        self.key_with_versions(name, 3)
+        with self.held_at(0, point) as wait_held, \
+                concurrent.futures.ThreadPoolExecutor(workers) as ex:
+            first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
+                pb.KeyVersionRequest(name=name, version=1), timeout=60))
+            release = wait_held()
+            self.cut_change_lock()
+            yield first, release, ex
+
     def cut_change_lock(self):
         """Terminate the one session that holds the fleet's registry change
         lock (1131374182, 1), PostgreSQL staying up."""
@@ -955,16 +972,8 @@ class Fleet(unittest.TestCase):
         with the reason, and version 2 stays disabled on every replica.
         Before, r1 committed the key as it had read it: version 2 enabled
         again, r2's change silently undone."""
-        if not crash_points():
-            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k"
-        self.key_with_versions(name, 3)
-        with self.held_at(0, "keyring.change.read") as wait_held, \
-                concurrent.futures.ThreadPoolExecutor(1) as ex:
-            held = ex.submit(lambda: self.admin(0).DisableKeyVersion(
-                pb.KeyVersionRequest(name=name, version=1), timeout=60))
-            release = wait_held()
-            self.cut_change_lock()
+        with self.r1_disabling_held_at(name, "keyring.change.read") as (held, release, _):
             k2 = self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2),
                                                  timeout=T)
             self.assertEqual([v.state for v in k2.versions],
@@ -990,16 +999,9 @@ class Fleet(unittest.TestCase):
         commit before it reads the key, so both changes stand. Before, r2
         read the key while r1's transaction was open and wrote version 1
         back enabled over r1's commit."""
-        if not crash_points():
-            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k2"
-        self.key_with_versions(name, 3)
-        with self.held_at(0, "store.key-save.before-commit") as wait_held, \
-                concurrent.futures.ThreadPoolExecutor(2) as ex:
-            first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
-                pb.KeyVersionRequest(name=name, version=1), timeout=60))
-            release = wait_held()
-            self.cut_change_lock()
+        with self.r1_disabling_held_at(name, "store.key-save.before-commit", 2) as \
+                (first, release, ex):
             second = ex.submit(lambda: self.admin(1).DisableKeyVersion(
                 pb.KeyVersionRequest(name=name, version=2), timeout=60))
             time.sleep(1.0)
@@ -1016,16 +1018,9 @@ class Fleet(unittest.TestCase):
         transaction no longer than the store's lock_timeout (two thirds of
         wait_ms: 3.3 s) and is refused UNAVAILABLE, saying why; released,
         r1 commits, and r2's retry goes through over it."""
-        if not crash_points():
-            self.skipTest("cofferd built without COFFER_CRASH_POINTS")
         name = "fenced-k4"
-        self.key_with_versions(name, 3)
-        with self.held_at(0, "store.key-save.before-commit") as wait_held, \
-                concurrent.futures.ThreadPoolExecutor(1) as ex:
-            first = ex.submit(lambda: self.admin(0).DisableKeyVersion(
-                pb.KeyVersionRequest(name=name, version=1), timeout=60))
-            release = wait_held()
-            self.cut_change_lock()
+        with self.r1_disabling_held_at(name, "store.key-save.before-commit") as \
+                (first, release, _):
             t0 = time.monotonic()
             with self.assertRaises(grpc.RpcError) as cm:
                 self.admin(1).DisableKeyVersion(pb.KeyVersionRequest(name=name, version=2),

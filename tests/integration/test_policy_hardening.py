@@ -382,7 +382,14 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         warned = re.findall(r"fleet: reloading the registry: (.*); trying again every 1000 ms",
                             log)
         self.assertEqual(len(warned), 1, log)
-        self.assertIn("waited 100 ms for a lock another PostgreSQL session holds", warned[0])
+        self.assertIn("state store: loading principals: waited 100 ms for a lock another "
+                      "PostgreSQL session holds (an operator's transaction, a VACUUM FULL...): "
+                      "canceling statement due to lock timeout", warned[0])
+        # Tried again while the table was held (about 1.9 s), a second apart:
+        # before, one try every 0.3 s (and each of them warned).
+        tries = int(re.search(r"reloaded the registry after (\d+) failed tries", log).group(1))
+        self.assertGreaterEqual(tries, 2, log)
+        self.assertLessEqual(tries, 4, log)
 
     def _pg_daemon(self):
         """A daemon on PostgreSQL whose statements wait 3 s at most (2 s for
