@@ -430,12 +430,17 @@ own_change_record(const char *method, const char *name, uint32_t version, char *
 
 /* What a replica hears of another's change (fleet.h): the part of its
  * memory that the change touched is re-read from the store. */
+/* The parts of the registry a replica reloads, each on its own. */
+enum { PART_KEYS = 1, PART_PRINCIPALS = 2, PART_APIKEYS = 4, PART_ALL = 7 };
+
 struct replica {
+	store *st;
 	keyring *kr;
 	policy *pol;
 	apikeys *ak;
 	audit *au;
 	_Atomic(chores *) ch;   /* set once the periodic work runs */
+	unsigned stale;         /* PART_*: left to reload (the notification thread's) */
 };
 
 /* The lease goes to a replica that can do the scheduled work: not one
@@ -481,41 +486,79 @@ stuck_in_change(fleet *fl, unsigned bound_ms)
 	_exit(CF_EXIT_STUCK);
 }
 
+/* A change this replica made is installed as it commits (and every change
+ * re-reads under the fleet's lock): its own notification reloads nothing.
+ * Before, it met the change still holding its module's mutex (the fleet's
+ * unlock comes after the commit) and became a reload of everything. */
 static int
-replica_changed(const char *kind, const char *name, void *arg)
+replica_changed(const char *kind, const char *name, int sender, void *arg)
 {
 	struct replica *rp = arg;
-	int r = CF_OK;
+	unsigned part;
+	int r;
 
+	if (sender != 0 && sender == store_session_pid(rp->st))
+		return CF_OK;
 	store_reads_yield();   /* the notification thread's reloads are tried again */
-	if (strcmp(kind, "key") == 0)
+	if (strcmp(kind, "key") == 0) {
+		part = PART_KEYS;
 		r = keyring_refresh(rp->kr, name);
-	else if (strcmp(kind, "principal") == 0)
+	} else if (strcmp(kind, "principal") == 0) {
+		part = PART_PRINCIPALS;
 		r = policy_refresh(rp->pol);
-	else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0)
+	} else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0) {
+		part = PART_APIKEYS;
 		r = apikeys_refresh(rp->ak);
-	if (r != CF_OK && r != CF_E_BUSY)
-		cf_log_error("fleet: re-reading %s %s after another replica's change: %s", kind,
+	} else {
+		return CF_OK;
+	}
+	/* Left to replica_resync, which logs a failure once. */
+	if (r != CF_OK) {
+		cf_log_debug("fleet: re-reading %s %s after another replica's change: %s", kind,
 			     name, cf_error_detail());
+		rp->stale |= part;
+	}
 	return r;
 }
 
-/* Everything, each part tried even if another is busy (a key change in
- * progress must not hold back a revoked API key): the first failure. */
+/* Each stale part on its own (a key change in progress must not hold back a
+ * revoked API key). A failure wins over a part found busy, with its own
+ * text: a busy part is tried again at once, a failed one a second later. */
 static int
-replica_resync(void *arg)
+replica_resync(int all, void *arg)
 {
+	static const unsigned parts[] = { PART_KEYS, PART_PRINCIPALS, PART_APIKEYS };
 	struct replica *rp = arg;
-	int r[3];
+	char why[CF_ERROR_DETAIL_MAX] = "";
+	int failed = CF_OK, busy = 0;
 
+	/* A COMMIT whose answer was lost may have committed a change this
+	 * replica did not install, and its notification was its own. */
+	if (all || store_take_commit_unknown(rp->st))
+		rp->stale = PART_ALL;
+	if (rp->stale == 0)
+		return CF_OK;
 	store_reads_yield();
-	r[0] = keyring_refresh(rp->kr, NULL);
-	r[1] = policy_refresh(rp->pol);
-	r[2] = apikeys_refresh(rp->ak);
-	for (int i = 0; i < 3; i++)
-		if (r[i] != CF_OK)
-			return r[i];
-	return CF_OK;
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		int r;
+
+		if (!(rp->stale & parts[i]))
+			continue;
+		r = parts[i] == PART_KEYS ? keyring_refresh(rp->kr, NULL) :
+		    parts[i] == PART_PRINCIPALS ? policy_refresh(rp->pol) : apikeys_refresh(rp->ak);
+		if (r == CF_OK) {
+			rp->stale &= ~parts[i];
+		} else if (r == CF_E_BUSY) {
+			busy = 1;
+		} else if (failed == CF_OK) {
+			failed = r;
+			snprintf(why, sizeof(why), "%s", cf_error_detail());
+		}
+		cf_error_clear();
+	}
+	if (failed != CF_OK)
+		return cf_error(failed, "%s", why);
+	return busy ? cf_error(CF_E_BUSY, "a change is in progress; reload later") : CF_OK;
 }
 
 static int
@@ -541,7 +584,7 @@ main(int argc, char **argv)
 	nonces *nn = NULL;
 	fleet *fl = NULL;
 	chores *ch = NULL;
-	struct replica rp = { NULL, NULL, NULL, NULL, NULL };
+	struct replica rp = { .st = NULL };
 	listener *ls[2] = { NULL, NULL };
 	rpc_server *srv = NULL;
 	metrics_http *mh = NULL;
@@ -692,6 +735,7 @@ main(int argc, char **argv)
 	if (fl != NULL) {
 		struct fleet_hooks hooks = { replica_changed, replica_resync, replica_unfit, &rp };
 
+		rp.st = st;
 		rp.kr = kr;
 		rp.pol = pol;
 		rp.ak = ak;

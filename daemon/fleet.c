@@ -32,7 +32,6 @@
  * (about 0.5 s): a killed holder that comes back at once must not find the
  * lease still free, as if nobody else could take it. */
 #define LEASE_TRY_MS 200
-#define RESYNC_RETRY_MS 1000
 
 struct fleet {
 	char dsn[4096];
@@ -180,12 +179,10 @@ listen_lost(fleet *f, const char *why)
 	f->listen = NULL;
 }
 
-/* 1 if a hook failed (a reload must follow). */
-static int
+static void
 deliver(fleet *f)
 {
 	PGnotify *n;
-	int failed = 0;
 
 	while ((n = PQnotifies(f->listen)) != NULL) {
 		char kind[16] = "", *sp = strchr(n->extra, ' ');
@@ -193,15 +190,12 @@ deliver(fleet *f)
 		if (sp != NULL && (size_t)(sp - n->extra) < sizeof(kind)) {
 			memcpy(kind, n->extra, (size_t)(sp - n->extra));
 			atomic_fetch_add(&f->notes, 1);
-			if (f->hooks.changed != NULL &&
-			    f->hooks.changed(kind, sp + 1, f->hooks.arg) != CF_OK) {
-				cf_error_clear();
-				failed = 1;
-			}
+			if (f->hooks.changed != NULL)
+				(void)f->hooks.changed(kind, sp + 1, n->be_pid, f->hooks.arg);
+			cf_error_clear();
 		}
 		PQfreemem(n);
 	}
-	return failed;
 }
 
 /* Take the lease if nobody holds it. */
@@ -247,7 +241,7 @@ listen_thread(void *arg)
 	fleet *f = arg;
 	uint64_t next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u, last_try = 0;
 	uint64_t retry_at = 0;   /* a failed reload: not tried again before */
-	int resync_now = 0;      /* a hook or a reload failed or found a change: again */
+	int all = 0;             /* reload everything on the next try */
 	unsigned failed = 0;     /* reloads failed in a row */
 	char failure[CF_ERROR_DETAIL_MAX] = "";   /* the last one's text, logged once */
 
@@ -262,7 +256,7 @@ listen_thread(void *arg)
 				continue;
 			}
 			cf_log_info("fleet: PostgreSQL reachable again; reloading the registry");
-			resync_now = 1;
+			all = 1;
 		}
 		if ((now_ms = cf_mono_ms()) - last_try >= LEASE_TRY_MS) {
 			last_try = now_ms;
@@ -271,18 +265,21 @@ listen_thread(void *arg)
 			if (f->listen == NULL)
 				continue;
 		}
+		if (now_ms >= next_resync) {
+			next_resync = now_ms + FLEET_RESYNC_S * 1000u;
+			all = 1;
+		}
 		/* Listening before reloading: a change committed in between is
-		 * both read and announced, never neither. A reload that failed
-		 * (not one that found a change in progress) is tried again a
-		 * second later, not at once: each try takes the store's
+		 * both read and announced, never neither. What the hooks could
+		 * not reload they keep and are asked for again; a reload that
+		 * failed (not one that met a change in progress) only a second
+		 * later, the periodic one included: each try takes the store's
 		 * connection. */
-		if (((resync_now && now_ms >= retry_at) || now_ms >= next_resync) &&
-		    f->hooks.resync != NULL) {
-			int r = f->hooks.resync(f->hooks.arg);
+		if (now_ms >= retry_at && f->hooks.resync != NULL) {
+			int r = f->hooks.resync(all, f->hooks.arg);
 
-			resync_now = r != CF_OK;
+			all = 0;
 			if (r == CF_OK) {
-				next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u;
 				if (failed > 0)
 					cf_log_info("fleet: reloaded the registry after %u failed "
 						    "tries", failed);
@@ -290,11 +287,11 @@ listen_thread(void *arg)
 				failure[0] = '\0';
 			} else if (r != CF_E_BUSY) {
 				failed++;
-				retry_at = cf_mono_ms() + RESYNC_RETRY_MS;
+				retry_at = cf_mono_ms() + FLEET_RETRY_MS;
 				if (strcmp(failure, cf_error_detail()) != 0) {
 					snprintf(failure, sizeof(failure), "%s", cf_error_detail());
 					cf_log_warn("fleet: reloading the registry: %s; trying again "
-						    "every %d ms", failure, RESYNC_RETRY_MS);
+						    "every %d ms", failure, FLEET_RETRY_MS);
 				}
 			}
 			cf_error_clear();
@@ -316,7 +313,7 @@ listen_thread(void *arg)
 			listen_lost(f, "connection closed");
 			continue;
 		}
-		resync_now |= deliver(f);
+		deliver(f);
 	}
 	return NULL;
 }

@@ -25,16 +25,20 @@
 typedef struct fleet fleet;
 
 #define FLEET_RESYNC_S 30
+#define FLEET_RETRY_MS 1000
 
 struct fleet_hooks {
-	/* kind: "key", "principal", "apikey", "signed"; name: what changed.
-	 * Not CF_OK (e.g. CF_E_BUSY): a reload (resync) follows within 200 ms,
-	 * repeated until it succeeds. */
-	int (*changed)(const char *kind, const char *name, void *arg);
-	/* Reload everything: after the notification connection was lost
-	 * (notifications sent meanwhile are gone), and every FLEET_RESYNC_S as
-	 * a safety net. CF_OK, or tried again 200 ms later. */
-	int (*resync)(void *arg);
+	/* kind: "key", "principal", "apikey", "signed"; name: what changed;
+	 * sender: the PostgreSQL backend pid that announced it. What it could
+	 * not reload it leaves to `resync`. */
+	int (*changed)(const char *kind, const char *name, int sender, void *arg);
+	/* all: reload everything (after the notification connection was lost:
+	 * notifications sent meanwhile are gone; and every FLEET_RESYNC_S as a
+	 * safety net); else what is left to reload, if anything (called every
+	 * pass, at most every 200 ms). CF_OK; CF_E_BUSY (a change of this
+	 * replica in progress): called again on the next pass; another failure:
+	 * not before FLEET_RETRY_MS, its text logged once. */
+	int (*resync)(int all, void *arg);
 	/* NULL while this replica can do the scheduled work; else why not (its
 	 * audit trail failing closed): it then lets the lease go, or does not
 	 * take it, so that another replica does the work. NULL hook: always. */

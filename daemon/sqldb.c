@@ -113,6 +113,18 @@ sqldb_lost(const sqldb *db)
 	return db->lost;
 }
 
+int
+sqldb_session_pid(sqldb *db)
+{
+	return atomic_load(&db->session_pid);
+}
+
+int
+sqldb_take_commit_unknown(sqldb *db)
+{
+	return atomic_exchange(&db->commit_unknown, 0);
+}
+
 int sqldb_ready(sqldb *db) { return db->ops->ready(db); }
 int sqldb_check(sqldb *db) { return db->ops->check(db); }
 int sqldb_healthy(sqldb *db) { return db->ops->healthy(db); }

@@ -61,6 +61,15 @@ int sqldb_check(sqldb *db);
  * round trip that reconnects if needed). */
 int sqldb_healthy(sqldb *db);
 
+/* The server process of the connection (PostgreSQL's backend pid; 0: SQLite,
+ * or none yet): a notification it sent is this process's own change. Any
+ * thread. */
+int sqldb_session_pid(sqldb *db);
+/* 1 once after a COMMIT whose answer was lost with the connection (it may
+ * have committed: what this process holds in memory may be behind the
+ * database); then 0 until the next such COMMIT. Any thread. */
+int sqldb_take_commit_unknown(sqldb *db);
+
 /* Statements without parameters, separated by ';' (schema). */
 int sqldb_exec(sqldb *db, const char *sql);
 /* One statement with parameters; its rows, if any, are dropped. */

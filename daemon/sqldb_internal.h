@@ -2,6 +2,8 @@
 #ifndef COFFER_SQLDB_INTERNAL_H
 #define COFFER_SQLDB_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "sqldb.h"
 
 #define SQLDB_MAX_PARAMS 32
@@ -42,6 +44,9 @@ struct sqldb {
 	enum sqldb_backend backend;
 	int lost;
 	char err[512];
+	/* Read by other threads (sqldb_session_pid, sqldb_take_commit_unknown). */
+	atomic_int session_pid;
+	atomic_int commit_unknown;
 };
 
 struct sqldb_stmt {

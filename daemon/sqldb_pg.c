@@ -386,6 +386,7 @@ pg_ready(sqldb *db)
 	PQreset(q->c);
 	iowatch_end(slot, PQstatus(q->c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
 	q->tried_ms = cf_mono_ms();
+	atomic_store(&db->session_pid, PQstatus(q->c) == CONNECTION_OK ? PQbackendPID(q->c) : 0);
 	if (PQstatus(q->c) != CONNECTION_OK) {
 		q->need_reset = 1;
 		sqldb_fail(db, SQLDB_LOST, "%s", PQerrorMessage(q->c));
@@ -431,6 +432,7 @@ static int
 pg_commit(sqldb *db)
 {
 	struct pg *q = (struct pg *)db;
+	int rc;
 
 	/* COMMIT of a transaction an earlier statement aborted answers
 	 * "ROLLBACK", with no error: no commit, whoever went on after the
@@ -439,7 +441,10 @@ pg_commit(sqldb *db)
 	    PQtransactionStatus(q->c) == PQTRANS_INERROR)
 		return sqldb_fail(db, SQLDB_ERROR, "the transaction was aborted by a statement "
 				  "that failed in it; nothing was committed");
-	return pg_exec(db, "COMMIT");
+	rc = pg_exec(db, "COMMIT");
+	if (rc == SQLDB_LOST)
+		atomic_store(&db->commit_unknown, 1);
+	return rc;
 }
 
 static void
@@ -661,6 +666,7 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 		pg_close(&q->base);
 		return r;
 	}
+	atomic_store(&q->base.session_pid, PQbackendPID(q->c));
 	*out = &q->base;
 	return CF_OK;
 }

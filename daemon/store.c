@@ -336,6 +336,18 @@ store_reads_yield(void)
 }
 
 int
+store_session_pid(store *s)
+{
+	return sqldb_session_pid(s->db);
+}
+
+int
+store_take_commit_unknown(store *s)
+{
+	return sqldb_take_commit_unknown(s->db);
+}
+
+int
 store_healthy(store *s)
 {
 	if (s == NULL)

@@ -138,6 +138,13 @@ enum store_backend store_backend(store *s);
  * change; changes are refused from then on); PostgreSQL, while the server
  * does not answer (asked at most once a second, reconnecting if it can). */
 int store_healthy(store *s);
+/* For the fleet's notification thread (any thread): the PostgreSQL backend
+ * pid of the store's connection (a notification it sent announces a change
+ * this process made and installed already; 0 on SQLite), and whether a
+ * change's COMMIT lost its answer since the last call (sqldb.h: this
+ * process's memory may then be behind the database). */
+int store_session_pid(store *s);
+int store_take_commit_unknown(store *s);
 
 /* The CKA_ID of versions made before schema 7: SHA-256("coffer/<name>/<version>")[:16]. */
 void store_ckaid_legacy(const char *name, uint32_t version, uint8_t out[STORE_CKAID_LEN]);

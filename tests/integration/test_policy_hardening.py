@@ -391,6 +391,63 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         self.assertGreaterEqual(tries, 2, log)
         self.assertLessEqual(tries, 4, log)
 
+    def test_postgresql_own_changes_reload_nothing(self):
+        """A change this replica made is installed as it commits: its own
+        notification reloads nothing. Before, it found the change still
+        holding its mutex (busy) and became a reload of keys, principals and
+        API keys (found by a review: 10 CreateKeys, 9 reloads of every key,
+        18 of the principals, 19 of the API keys); here that reload met the
+        held principals' table and warned."""
+        d = self._pg_daemon()
+        adm = d.admin_stub()
+        release = hold_principals(d)
+        try:
+            for i in range(4):
+                adm.CreateKey(pb.CreateKeyRequest(name="own-%d" % i, type=pb.EC_P256), timeout=T)
+            time.sleep(1.5)
+        finally:
+            release()
+        log = d.log()
+        self.assertNotIn("fleet: reloading the registry", log)
+        self.assertNotIn("re-reading", log)
+
+    def test_postgresql_a_failed_reload_is_not_hidden_by_a_change_in_progress(self):
+        """A reload that fails (the principals' table held) while a key change
+        of this replica waits for the fleet's lock (an operator holds it) is
+        tried again a second later and says why, once. Before, the busy keys
+        hid the principals' failure: no warning, and a try every pass."""
+        d = self._pg_daemon()
+        adm = d.admin_stub()
+        unlock = psql_holding(d, "SELECT pg_advisory_lock(1131374182, 1);")
+        made = []
+        creating = threading.Thread(target=lambda: made.append(adm.CreateKey(
+            pb.CreateKeyRequest(name="waits", type=pb.EC_P256), timeout=T)))
+        try:
+            time.sleep(0.3)
+            creating.start()
+            time.sleep(0.3)             # the change waits for the lock, its mutex held
+            release = hold_principals(d)
+            try:
+                reload_on_held_table(d)
+                time.sleep(2.0)
+            finally:
+                release()
+        finally:
+            unlock()
+            creating.join(timeout=T)
+        self.assertEqual(len(made), 1)
+        self.assertTrue(d.wait_for_log("fleet: reloaded the registry after ", timeout=10),
+                        d.log())
+        log = d.log()
+        warned = re.findall(r"fleet: reloading the registry: (.*); trying again every 1000 ms",
+                            log)
+        self.assertEqual(len(warned), 1, log)
+        self.assertIn("state store: loading principals: waited 100 ms for a lock another "
+                      "PostgreSQL session holds", warned[0])
+        tries = int(re.search(r"reloaded the registry after (\d+) failed tries", log).group(1))
+        self.assertGreaterEqual(tries, 2, log)
+        self.assertLessEqual(tries, 4, log)
+
     def _pg_daemon(self):
         """A daemon on PostgreSQL whose statements wait 3 s at most (2 s for
         a lock)."""
@@ -420,19 +477,27 @@ def reload_on_held_table(d):
     time.sleep(0.3)
 
 
+def psql_holding(d, sql):
+    """A psql session on the daemon's database that ran `sql` and stays open
+    (what it holds with it) until the returned function is called."""
+    holder = subprocess.Popen(["psql", "-X", "-q", "-h", os.environ["COFFER_TEST_PG_HOST"],
+                               "-d", d.pg_db], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True)
+    holder.stdin.write(sql + "\n")
+    holder.stdin.flush()
+
+    def release():
+        holder.stdin.write("ROLLBACK;\n")
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    return release
+
+
 def hold_principals(d):
     """Another session holds the principals' table (PostgreSQL) or the whole
     store (SQLite) until the returned function is called."""
     if d.pg_db is not None:
-        holder = subprocess.Popen(["psql", "-X", "-q", "-h", os.environ["COFFER_TEST_PG_HOST"],
-                                   "-d", d.pg_db], stdin=subprocess.PIPE, text=True)
-        holder.stdin.write("BEGIN; LOCK TABLE principals IN ACCESS EXCLUSIVE MODE;\n")
-        holder.stdin.flush()
-
-        def release():
-            holder.stdin.write("ROLLBACK;\n")
-            holder.stdin.close()
-            holder.wait(timeout=30)
+        release = psql_holding(d, "BEGIN; LOCK TABLE principals IN ACCESS EXCLUSIVE MODE;")
     else:
         db = sqlite3.connect(os.path.join(d.state_dir, "coffer.db"), timeout=10,
                              isolation_level=None)
