@@ -97,6 +97,18 @@ drop(PGconn *c)
 	(void)PQconsumeInput(c);
 }
 
+/* The change lock not had within FLEET_LOCK_WAIT_S. UNAVAILABLE, which
+ * clients retry (DEADLINE_EXCEEDED before: a caller's own deadline to them),
+ * naming every kind of holder: an operator's session takes it for backups
+ * (deploy/fleet/README.md). */
+static int
+lock_not_had(void)
+{
+	return cf_error(CF_E_UNAVAILABLE, "fleet: waited %d s for the registry's change lock, "
+			"which another change holds (on this or another replica, or an operator's "
+			"session: pg_advisory_lock(" LOCK_REGISTRY ")); retry", FLEET_LOCK_WAIT_S);
+}
+
 /* One statement; CF_OK, or CF_E_UNAVAILABLE with the server's text. With
  * `value`, the first column of the first row ("t"/"f" for booleans). */
 static int
@@ -120,9 +132,7 @@ run(PGconn *c, const char *sql, const char *param, char *value, size_t len)
 		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
 		/* 57014: the statement timed out (fleet_lock's wait). */
-		r = code && strcmp(code, "57014") == 0 ?
-			cf_error(CF_E_TIMEOUT, "fleet: waited %d s for another replica's change to "
-				 "the registry; retry", FLEET_LOCK_WAIT_S) :
+		r = code && strcmp(code, "57014") == 0 ? lock_not_had() :
 			cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL: %s",
 				 oneline(PQerrorMessage(c), msg, sizeof(msg)));
 	} else if (value != NULL) {
@@ -451,10 +461,41 @@ int
 fleet_lock(void *arg)
 {
 	fleet *f = arg;
+	uint64_t t0 = cf_mono_ms(), waited;
+	struct timespec until;
+	char sql[64];
 	int r;
 
-	pthread_mutex_lock(&f->lock_mu);
-	r = run_ready(f, &f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
+	/* One bound for the whole wait, this process's turn included: another
+	 * change here (the scheduled work's) may itself be waiting for the
+	 * lock. Before, a change waited for it, then 30 s of its own (58.5 s
+	 * measured from outside). */
+	cf_deadline_in(&until, FLEET_LOCK_WAIT_S * 1000u);
+	if (cf_mutex_lock_until(&f->lock_mu, &until) != 0)
+		return lock_not_had();
+	waited = cf_mono_ms() - t0;
+	if (waited + 100 >= FLEET_LOCK_WAIT_S * 1000u) {
+		r = lock_not_had();
+	} else if (waited < 100) {
+		r = run_ready(f, &f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL,
+			      0);
+	} else {
+		/* What is left of the bound, then the connection's own again (a
+		 * connection left with the short one is closed: the lock with it). */
+		snprintf(sql, sizeof(sql), "SET statement_timeout = %llu",
+			 (unsigned long long)(FLEET_LOCK_WAIT_S * 1000u - waited));
+		if ((r = run_ready(f, &f->lock, sql, NULL, NULL, 0)) == CF_OK) {
+			r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
+			snprintf(sql, sizeof(sql), "SET statement_timeout = '%ds'", FLEET_LOCK_WAIT_S);
+			if (run(f->lock, sql, NULL, NULL, 0) != CF_OK) {
+				if (r == CF_OK)
+					r = cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL: %s",
+						     "the change lock's connection failed");
+				PQfinish(f->lock);
+				f->lock = NULL;
+			}
+		}
+	}
 	if (r != CF_OK)
 		pthread_mutex_unlock(&f->lock_mu);
 	else

@@ -64,7 +64,8 @@ int fleet_healthy(fleet *f);
 int fleet_healthy_cb(void *f);   /* the same, for store_set_change_lock */
 
 /* The registry change lock (waits up to FLEET_LOCK_WAIT_S). CF_OK, or
- * CF_E_UNAVAILABLE / CF_E_TIMEOUT with a message. fleet_unlock releases. */
+ * CF_E_UNAVAILABLE with a message (the wait's bound, the process's own turn
+ * behind another change included). fleet_unlock releases. */
 #define FLEET_LOCK_WAIT_S 30
 int fleet_lock(void *f);
 void fleet_unlock(void *f);

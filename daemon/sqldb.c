@@ -17,6 +17,7 @@ sqldb_fail(sqldb *db, int rc, const char *fmt, ...)
 	va_end(ap);
 	cf_oneline(db->err);
 	db->lost = rc == SQLDB_LOST;
+	db->locked = rc == SQLDB_LOCKED;
 	return rc;
 }
 
@@ -111,6 +112,12 @@ int
 sqldb_lost(const sqldb *db)
 {
 	return db->lost;
+}
+
+int
+sqldb_locked(const sqldb *db)
+{
+	return db->locked;
 }
 
 int

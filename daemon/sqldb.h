@@ -33,6 +33,8 @@ enum {
 	SQLDB_CONSTRAINT,   /* a unique, primary-key or foreign-key constraint refused it */
 	SQLDB_LOST,         /* the connection to the server is gone (PostgreSQL) */
 	SQLDB_ERROR,        /* anything else (sqldb_errmsg) */
+	SQLDB_LOCKED,       /* a lock another session holds was not granted in time (PostgreSQL's
+	                       lock_timeout, SQLite's busy timeout): the server answers; retry */
 };
 
 typedef struct sqldb sqldb;
@@ -48,6 +50,8 @@ const char *sqldb_engine(const sqldb *db);
 const char *sqldb_errmsg(const sqldb *db);
 /* 1 if the last failure was the loss of the connection. */
 int sqldb_lost(const sqldb *db);
+/* 1 if the last failure was SQLDB_LOCKED. */
+int sqldb_locked(const sqldb *db);
 
 /* Before every use: reconnect if the connection was found lost (PostgreSQL;
  * may block for the connection timeout). CF_E_UNAVAILABLE if it stays lost. */

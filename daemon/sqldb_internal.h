@@ -43,6 +43,7 @@ struct sqldb {
 	const struct sqldb_ops *ops;
 	enum sqldb_backend backend;
 	int lost;
+	int locked;
 	char err[512];
 	/* Read by other threads (sqldb_session_pid, sqldb_take_commit_unknown). */
 	atomic_int session_pid;

@@ -84,7 +84,7 @@ pg_outcome(struct pg *q, PGresult *res)
 		 * error detail. */
 		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
-		rc = sqldb_fail(&q->base, SQLDB_ERROR, "waited %u ms for a lock another PostgreSQL "
+		rc = sqldb_fail(&q->base, SQLDB_LOCKED, "waited %u ms for a lock another PostgreSQL "
 				"session holds (an operator's transaction, a VACUUM FULL...): %s",
 				q->yielding ? SQLDB_YIELD_LOCK_MS : lock_ms(q),
 				primary != NULL ? primary : msg);

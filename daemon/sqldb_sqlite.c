@@ -29,13 +29,25 @@ struct sq_stmt {
 	sqlite3_stmt *st;
 };
 
+/* SQLite's result code as sqldb's. */
+static int
+sq_rc(int rc)
+{
+	switch (rc & 0xff) {
+	case SQLITE_CONSTRAINT:
+		return SQLDB_CONSTRAINT;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return SQLDB_LOCKED;
+	default:
+		return SQLDB_ERROR;
+	}
+}
+
 static int
 sq_fail(struct sq *q, int rc)
 {
-	int code = rc & 0xff;
-
-	return sqldb_fail(&q->base, code == SQLITE_CONSTRAINT ? SQLDB_CONSTRAINT : SQLDB_ERROR,
-			  "%s", sqlite3_errmsg(q->h));
+	return sqldb_fail(&q->base, sq_rc(rc), "%s", sqlite3_errmsg(q->h));
 }
 
 static void
@@ -55,8 +67,7 @@ sq_exec(sqldb *db, const char *sql)
 	int rc = sqlite3_exec(q->h, sql, NULL, NULL, &msg);
 
 	if (rc != SQLITE_OK) {
-		rc = sqldb_fail(db, (rc & 0xff) == SQLITE_CONSTRAINT ? SQLDB_CONSTRAINT :
-				SQLDB_ERROR, "%s", msg ? msg : sqlite3_errmsg(q->h));
+		rc = sqldb_fail(db, sq_rc(rc), "%s", msg ? msg : sqlite3_errmsg(q->h));
 		sqlite3_free(msg);
 		return rc;
 	}

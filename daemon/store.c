@@ -251,7 +251,10 @@ db_err(store *s, const char *what)
 	if (sqldb_lost(s->db))
 		return cf_error(CF_E_UNAVAILABLE, "state store: %s unreachable: %s (%s)",
 				sqldb_engine(s->db), sqldb_errmsg(s->db), what);
-	return cf_error(CF_E_IO, "state store: %s: %s", what, sqldb_errmsg(s->db));
+	/* Another session's lock: the server answered, and a retry may pass
+	 * (INTERNAL before, which clients do not retry; found from outside). */
+	return cf_error(sqldb_locked(s->db) ? CF_E_UNAVAILABLE : CF_E_IO, "state store: %s: %s",
+			what, sqldb_errmsg(s->db));
 }
 
 /* In a transaction of the change that holds the fleet's change lock: the

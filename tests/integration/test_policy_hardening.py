@@ -319,6 +319,31 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         self.assertTrue(still_waiting, "the grant did not wait on the store")
         self.assertEqual(len(done), 1)
 
+    def test_a_lock_held_elsewhere_is_unavailable_with_its_text(self):
+        """A change refused because another session held the store past its
+        wait is UNAVAILABLE, which clients retry, with the lock's text; it
+        was INTERNAL ("a bug"), and nothing retried it (found by a client
+        written from the documents alone)."""
+        d = CofferDaemon()
+        d.config.setdefault("state", {})["wait_ms"] = "1500"    # either backend
+        self.addCleanup(d.cleanup)
+        d.start()
+        release = hold_principals(d)
+        try:
+            got = self._grant(d)
+        finally:
+            release()
+        self.assertIsInstance(got, grpc.RpcError)
+        self.assertEqual(got.code(), grpc.StatusCode.UNAVAILABLE, got.details())
+        if d.pg_db is not None:
+            self.assertIn("state store: ", got.details())
+            self.assertIn(": waited 1000 ms for a lock another PostgreSQL session holds (an "
+                          "operator's transaction, a VACUUM FULL...): canceling statement due "
+                          "to lock timeout", got.details())
+        else:
+            self.assertRegex(got.details(), r"^state store: .*: database is locked$")
+        self.assertEqual(self._grant(d), "OK")
+
     def test_postgresql_lock_held_elsewhere_is_no_dead_server(self):
         """On PostgreSQL a statement waits for a lock another session holds
         at most lock_timeout (2/3 of [state] wait_ms), then the change is
@@ -343,6 +368,7 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         finally:
             release()
         self.assertIsInstance(got, grpc.RpcError)
+        self.assertEqual(got.code(), grpc.StatusCode.UNAVAILABLE)
         self.assertIn("waited 2000 ms for a lock another PostgreSQL session holds (an "
                       "operator's transaction, a VACUUM FULL...): canceling statement due to "
                       "lock timeout", got.details())
