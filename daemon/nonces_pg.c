@@ -84,6 +84,13 @@ static const char SCHEMA_SQL[] =
 	"INSERT INTO coffer_nonce_window VALUES (true, 0, 0) ON CONFLICT DO NOTHING;"
 	"COMMIT";
 
+/* Whether SCHEMA_SQL made everything already: names looked up, no lock
+ * taken on the tables. */
+static const char SCHEMA_PRESENT_SQL[] =
+	"SELECT to_regclass('coffer_nonces') IS NOT NULL"
+	" AND to_regclass('coffer_nonces_expires') IS NOT NULL"
+	" AND to_regclass('coffer_nonce_window') IS NOT NULL";
+
 /* $1: hashes (hex), $2: their expiries, $4: the windows they were computed
  * with, all sorted by hash; $3: now. Each expiry is lengthened to the
  * fleet's largest window (a raise holds the table meanwhile:
@@ -177,14 +184,36 @@ pq_text(const char *prefix, const char *s, char *out, size_t len)
 		snprintf(out + plen, len - plen, "no detail from libpq");
 }
 
+/* One set-up statement on c within SETUP_WAIT_MS: 1, or 0 with msg set. */
+static int
+setup_step(PGconn *c, int sent, ExecStatusType want, const char *what, char *msg, size_t len)
+{
+	int late, ok;
+	PGresult *res = sqldb_pg_collect(c, sent, SETUP_WAIT_MS, 0, &late);
+
+	ok = PQresultStatus(res) == want;
+	if (!ok && late)
+		snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
+	else if (!ok && !sqldb_pg_lock_refusal(res, sqldb_pg_lock_ms(iowatch_limit()), msg, len))
+		pq_text(what, PQerrorMessage(c), msg, len);
+	PQclear(res);
+	return ok;
+}
+
 /* A connection with the table in place, or NULL with msg set (a message
- * for "nonce record: %s"). */
+ * for "nonce record: %s"). Its lock waits end before a claim's bound
+ * (sqldb_pg_lock_ms), with the server's answer: a table another session
+ * holds is no server that hangs. The schema is made only where missing:
+ * CREATE INDEX IF NOT EXISTS waits for the table's lock (a reconnection
+ * waited 7-10 s behind a held table; found by a client written from the
+ * documents alone). */
 static PGconn *
 connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 {
 	int slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PGconn *c = sqldb_pg_connect(dsn, "nonces");
-	PGresult *res;
+	PGresult *res = NULL;
+	char sql[48];
 	int late;
 
 	iowatch_end(slot, c != NULL && PQstatus(c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
@@ -202,30 +231,34 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 		return NULL;
 	}
 	/* Bounded like any statement: the server may take the connection and
-	 * then stop answering (SETUP_WAIT_MS: its advisory lock may wait for
-	 * another replica's). */
-	res = sqldb_pg_collect(c, PQsendQuery(c, SCHEMA_SQL), SETUP_WAIT_MS, 0, &late);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+	 * then stop answering (SETUP_WAIT_MS: the schema's advisory lock may
+	 * wait for another replica's). */
+	snprintf(sql, sizeof(sql), "SET lock_timeout = %u", sqldb_pg_lock_ms(iowatch_limit()));
+	if (!setup_step(c, PQsendQuery(c, sql), PGRES_COMMAND_OK, "PostgreSQL error: ", msg,
+			len))
+		goto fail;
+	res = sqldb_pg_collect(c, PQsendQuery(c, SCHEMA_PRESENT_SQL), SETUP_WAIT_MS, 0, &late);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 		if (late)
 			snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
 		else
-			pq_text("PostgreSQL cannot create table coffer_nonces: ", PQerrorMessage(c),
-				msg, len);
+			pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
 		goto fail;
 	}
+	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0 &&
+	    !setup_step(c, PQsendQuery(c, SCHEMA_SQL), PGRES_COMMAND_OK,
+			"PostgreSQL cannot create table coffer_nonces: ", msg, len))
+		goto fail;
 	PQclear(res);
 	res = NULL;
 	if (pipeline) {
-		res = sqldb_pg_collect(c, PQsendPrepare(c, "claim", CLAIM_SQL, 4, NULL),
-				       SETUP_WAIT_MS, 0, &late);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK || PQenterPipelineMode(c) != 1) {
-			if (late)
-				snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
-			else
-				pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
+		if (!setup_step(c, PQsendPrepare(c, "claim", CLAIM_SQL, 4, NULL), PGRES_COMMAND_OK,
+				"PostgreSQL error: ", msg, len))
+			goto fail;
+		if (PQenterPipelineMode(c) != 1) {
+			pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
 			goto fail;
 		}
-		PQclear(res);
 	}
 	return c;
 fail:
@@ -336,7 +369,9 @@ send_batch(struct link *p, struct claim **b, size_t k, char *msg, size_t len, in
 		} else if (st == PGRES_FATAL_ERROR && msg[0] == '\0') {
 			const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
-			pq_text("PostgreSQL error: ", PQresultErrorMessage(res), msg, len);
+			if (!sqldb_pg_lock_refusal(res, sqldb_pg_lock_ms(iowatch_limit()), msg,
+						   len))
+				pq_text("PostgreSQL error: ", PQresultErrorMessage(res), msg, len);
 			*retry = state != NULL && strncmp(state, "40", 2) == 0;
 		}
 		PQclear(res);

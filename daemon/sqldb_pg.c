@@ -65,6 +65,7 @@ pg_outcome(struct pg *q, PGresult *res)
 	ExecStatusType es = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = res ? PQresultErrorMessage(res) : "";
+	char text[sizeof(q->base.err)];
 	int rc;
 
 	if (es == PGRES_COMMAND_OK || es == PGRES_TUPLES_OK) {
@@ -76,18 +77,11 @@ pg_outcome(struct pg *q, PGresult *res)
 	}
 	if (msg == NULL || msg[0] == '\0')
 		msg = PQerrorMessage(q->c);
-	/* 55P03: a lock another session holds, not granted in lock_timeout
+	/* A lock another session holds, not granted in lock_timeout
 	 * (lock_timeout_set): the server answers, it does not hang. */
-	if (state != NULL && strcmp(state, "55P03") == 0) {
-		/* The server's primary message only: its CONTEXT lines (the
-		 * statement, the index) would push the rest out of a caller's
-		 * error detail. */
-		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-
-		rc = sqldb_fail(&q->base, SQLDB_LOCKED, "waited %u ms for a lock another PostgreSQL "
-				"session holds (an operator's transaction, a VACUUM FULL...): %s",
-				q->yielding ? SQLDB_YIELD_LOCK_MS : lock_ms(q),
-				primary != NULL ? primary : msg);
+	if (sqldb_pg_lock_refusal(res, q->yielding ? SQLDB_YIELD_LOCK_MS : lock_ms(q), text,
+				  sizeof(text))) {
+		rc = sqldb_fail(&q->base, SQLDB_LOCKED, "%s", text);
 		PQclear(res);
 		return rc;
 	}
@@ -115,7 +109,29 @@ pg_outcome(struct pg *q, PGresult *res)
 static unsigned
 lock_ms(const struct pg *q)
 {
-	return q->wait_ms > 3 ? q->wait_ms * 2 / 3 : 1;
+	return sqldb_pg_lock_ms(q->wait_ms);
+}
+
+unsigned
+sqldb_pg_lock_ms(unsigned bound)
+{
+	return bound > 3 ? bound * 2 / 3 : 1;
+}
+
+int
+sqldb_pg_lock_refusal(const PGresult *res, unsigned ms, char *out, size_t len)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *primary;
+
+	if (state == NULL || strcmp(state, "55P03") != 0)
+		return 0;
+	primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	snprintf(out, len, "waited %u ms for a lock another PostgreSQL session holds (an "
+		 "operator's transaction, a VACUUM FULL...): %s", ms,
+		 primary != NULL ? primary : PQresultErrorMessage(res));
+	cf_oneline(out);
+	return 1;
 }
 
 static PGresult *bounded(struct pg *q, int sent);

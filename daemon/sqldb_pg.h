@@ -28,6 +28,16 @@ PGconn *sqldb_pg_connect(const char *conninfo, const char *what);
  * waiting does not mend; "PostgreSQL unreachable" otherwise. */
 const char *sqldb_pg_connect_failed(PGconn *c);
 
+/* A statement bounded by `bound` ms waits this long for a lock another
+ * session holds (lock_timeout), so that the server says so (55P03) before
+ * the bound, after which it would count as hung. */
+unsigned sqldb_pg_lock_ms(unsigned bound);
+/* 1 if res is that refusal, its text in out: "waited MS ms for a lock
+ * another PostgreSQL session holds (...): <the server's primary message>"
+ * (not its CONTEXT lines: the statement, the index would push the rest out
+ * of a caller's error detail). */
+int sqldb_pg_lock_refusal(const PGresult *res, unsigned ms, char *out, size_t len);
+
 /* What iowatch.h names for every operation on the server (the store's and
  * the nonce record's alike: any of them answering means it answers). */
 #define SQLDB_PG_WATCH "PostgreSQL"
