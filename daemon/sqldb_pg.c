@@ -625,6 +625,11 @@ sqldb_pg_connect_failed(PGconn *c)
 	if (PQconnectionNeedsPassword(c) || PQconnectionUsedPassword(c) ||
 	    (why != NULL && strstr(why, "FATAL:") != NULL))
 		return "PostgreSQL refused the connection";
+	/* connect_timeout ran out: a server that took the connection (a Unix
+	 * socket's backlog) and never answered is the one that hangs, as a
+	 * host that drops every packet is (the same wording as a statement's). */
+	if (why != NULL && strstr(why, "timeout expired") != NULL)
+		return "PostgreSQL does not answer";
 	return "PostgreSQL unreachable";
 }
 

@@ -25,7 +25,8 @@ PGconn *sqldb_pg_connect(const char *conninfo, const char *what);
 /* How to name a failed connection, before libpq's reason: "PostgreSQL
  * refused the connection" when the server answered and said no (a login,
  * database or pg_hba rule it refuses, or a server starting or full), which
- * waiting does not mend; "PostgreSQL unreachable" otherwise. */
+ * waiting does not mend; "PostgreSQL does not answer" when connect_timeout
+ * ran out; "PostgreSQL unreachable" otherwise. */
 const char *sqldb_pg_connect_failed(PGconn *c);
 
 /* A statement bounded by `bound` ms waits this long for a lock another
