@@ -1021,7 +1021,7 @@ fail_verify(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR sig, CK
 }
 
 /* The state store cannot be written (another process holds its write lock
- * past the busy timeout): every change fails with CF_E_IO and leaves
+ * past the busy timeout): every change fails with CF_E_UNAVAILABLE and leaves
  * nothing behind — no idempotency record, no lifecycle change, no token
  * object without a record. A token failure while checking an API key's
  * signature is an error, not "unauthenticated". */
@@ -1066,16 +1066,17 @@ test_store_and_token_failures(void)
 	snprintf(db, sizeof(db), "%s/coffer.db", dir);
 	CU_ASSERT_FATAL(sqlite3_open(db, &h) == SQLITE_OK);
 	CU_ASSERT_FATAL(sqlite3_exec(h, "BEGIN EXCLUSIVE;", NULL, NULL, NULL) == SQLITE_OK);
-	/* An idempotent call cannot record that it started: it must not run. */
+	/* Each refused UNAVAILABLE (another session's lock: a retry may pass).
+	 * An idempotent call cannot record that it started: it must not run. */
 	CU_ASSERT_EQUAL(idem_begin(idm, "locked-key-1", 0, "/m", msg, sizeof(msg), 0, "rid", &first,
-				   &start), CF_E_IO);
+				   &start), CF_E_UNAVAILABLE);
 	/* A lifecycle change is not applied. */
-	CU_ASSERT_EQUAL(keyring_change(kr, "locked", KC_DISABLE, &a, &info), CF_E_IO);
+	CU_ASSERT_EQUAL(keyring_change(kr, "locked", KC_DISABLE, &a, &info), CF_E_UNAVAILABLE);
 	/* A rotation's new token object is taken out again. */
-	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", &info), CF_E_IO);
+	CU_ASSERT_EQUAL(keyring_rotate(kr, "locked", &info), CF_E_UNAVAILABLE);
 	CU_ASSERT_EQUAL(cf_p11_key_open(p11, "locked", 3, &k), CF_E_NOT_FOUND);
 	/* So is an API key's new secret. */
-	CU_ASSERT_EQUAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_E_IO);
+	CU_ASSERT_EQUAL(apikeys_create(aks, "someone", NULL, now, &ak, &secret), CF_E_UNAVAILABLE);
 	CU_ASSERT_PTR_NULL(secret);
 	CU_ASSERT_FATAL(sqlite3_exec(h, "ROLLBACK;", NULL, NULL, NULL) == SQLITE_OK);
 	sqlite3_close(h);
