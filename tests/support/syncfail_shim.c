@@ -8,7 +8,9 @@
  * shim maps shared: [0] a countdown (int64), which each fdatasync of a file
  * whose name ends in COFFER_SYNCFAIL_NAME (default "audit.log") decrements
  * while it is above 0, the call that takes it to 0 failing; [1] how many
- * failed (int64). At a failure the shim writes what the disk would then be
+ * failed (int64), counted once their ".lost" file below is whole (counted
+ * first, a test that saw the count could open the file before it was
+ * made: CI). At a failure the shim writes what the disk would then be
  * missing to COFFER_SYNCFAIL_CTL with ".lost" appended: a line "OFFSET
  * LENGTH" (the file's size at its last good fdatasync, and what was
  * written after it), then those bytes as the file held them. Without the
@@ -101,8 +103,8 @@ fdatasync(int fd)
 		return real(fd);
 	if (__atomic_load_n(&ctl[0], __ATOMIC_SEQ_CST) > 0 &&
 	    __atomic_sub_fetch(&ctl[0], 1, __ATOMIC_SEQ_CST) == 0) {
-		__atomic_add_fetch(&ctl[1], 1, __ATOMIC_SEQ_CST);
 		save_lost(fd, good[fd] > 0 ? good[fd] - 1 : 0);
+		__atomic_add_fetch(&ctl[1], 1, __ATOMIC_SEQ_CST);
 		errno = EIO;
 		return -1;
 	}
