@@ -45,6 +45,9 @@ struct fleet {
 	atomic_int stop, healthy, leader;
 	atomic_ulong notes;
 
+	unsigned resync_ms;             /* FLEET_RESYNC_S (fleet_set_bounds) */
+	unsigned lock_wait_ms;          /* FLEET_LOCK_WAIT_S (fleet_set_bounds) */
+
 	pthread_mutex_t lock_mu;        /* held from fleet_lock to fleet_unlock */
 	PGconn *lock;
 	_Atomic uint64_t lock_since;    /* taken, or a change committed under it (ms); 0: free */
@@ -97,16 +100,16 @@ drop(PGconn *c)
 	(void)PQconsumeInput(c);
 }
 
-/* The change lock not had within FLEET_LOCK_WAIT_S. UNAVAILABLE, which
- * clients retry (DEADLINE_EXCEEDED before: a caller's own deadline to them),
- * naming every kind of holder: an operator's session takes it for backups
+/* The change lock not had within its wait. UNAVAILABLE, which clients
+ * retry (DEADLINE_EXCEEDED before: a caller's own deadline to them), naming
+ * every kind of holder: an operator's session takes it for backups
  * (deploy/fleet/README.md). */
 static int
-lock_not_had(void)
+lock_not_had(const fleet *f)
 {
-	return cf_error(CF_E_UNAVAILABLE, "fleet: waited %d s for the registry's change lock, "
+	return cf_error(CF_E_UNAVAILABLE, "fleet: waited %u s for the registry's change lock, "
 			"which another change holds (on this or another replica, or an operator's "
-			"session: pg_advisory_lock(" LOCK_REGISTRY ")); retry", FLEET_LOCK_WAIT_S);
+			"session: pg_advisory_lock(" LOCK_REGISTRY ")); retry", f->lock_wait_ms / 1000);
 }
 
 /* One statement; CF_OK, or CF_E_UNAVAILABLE with the server's text. With
@@ -131,8 +134,9 @@ run(PGconn *c, const char *sql, const char *param, char *value, size_t len)
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
 		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
-		/* 57014: the statement timed out (fleet_lock's wait). */
-		r = code && strcmp(code, "57014") == 0 ? lock_not_had() :
+		/* 57014: the statement timed out (fleet_lock's wait: its text). */
+		r = code && strcmp(code, "57014") == 0 ?
+			cf_error(CF_E_TIMEOUT, "fleet: PostgreSQL: statement timeout") :
 			cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL: %s",
 				 oneline(PQerrorMessage(c), msg, sizeof(msg)));
 	} else if (value != NULL) {
@@ -249,7 +253,7 @@ static void *
 listen_thread(void *arg)
 {
 	fleet *f = arg;
-	uint64_t next_resync = cf_mono_ms() + FLEET_RESYNC_S * 1000u, last_try = 0;
+	uint64_t next_resync = cf_mono_ms() + f->resync_ms, last_try = 0;
 	uint64_t retry_at = 0;   /* a failed reload: not tried again before */
 	int all = 0;             /* reload everything on the next try */
 	unsigned failed = 0;     /* reloads failed in a row */
@@ -276,7 +280,7 @@ listen_thread(void *arg)
 				continue;
 		}
 		if (now_ms >= next_resync) {
-			next_resync = now_ms + FLEET_RESYNC_S * 1000u;
+			next_resync = now_ms + f->resync_ms;
 			all = 1;
 		}
 		/* Listening before reloading: a change committed in between is
@@ -340,6 +344,8 @@ fleet_open(const char *dsn, const char *replica, fleet **out)
 		return cf_nomem();
 	pthread_mutex_init(&f->lock_mu, NULL);
 	pthread_mutex_init(&f->query_mu, NULL);
+	f->resync_ms = FLEET_RESYNC_S * 1000u;
+	f->lock_wait_ms = FLEET_LOCK_WAIT_S * 1000u;
 	snprintf(f->dsn, sizeof(f->dsn), "%s", dsn);
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
 		fleet_close(f);
@@ -354,6 +360,13 @@ fleet_open(const char *dsn, const char *replica, fleet **out)
 	}
 	*out = f;
 	return CF_OK;
+}
+
+void
+fleet_set_bounds(fleet *f, unsigned resync_ms, unsigned lock_wait_ms)
+{
+	f->resync_ms = resync_ms;
+	f->lock_wait_ms = lock_wait_ms;
 }
 
 int
@@ -431,7 +444,7 @@ ready(fleet *f, PGconn **c)
 	PQfinish(*c);
 	if ((r = connect_db(f->dsn, c)) != CF_OK)
 		return r;
-	snprintf(sql, sizeof(sql), "SET statement_timeout = '%ds'", FLEET_LOCK_WAIT_S);
+	snprintf(sql, sizeof(sql), "SET statement_timeout = %u", f->lock_wait_ms);
 	/* Without it a lock wait could last for ever: no connection then. */
 	if ((r = run(*c, sql, NULL, NULL, 0)) != CF_OK) {
 		PQfinish(*c);
@@ -470,12 +483,12 @@ fleet_lock(void *arg)
 	 * change here (the scheduled work's) may itself be waiting for the
 	 * lock. Before, a change waited for it, then 30 s of its own (58.5 s
 	 * measured from outside). */
-	cf_deadline_in(&until, FLEET_LOCK_WAIT_S * 1000u);
+	cf_deadline_in(&until, f->lock_wait_ms);
 	if (cf_mutex_lock_until(&f->lock_mu, &until) != 0)
-		return lock_not_had();
+		return lock_not_had(f);
 	waited = cf_mono_ms() - t0;
-	if (waited + 100 >= FLEET_LOCK_WAIT_S * 1000u) {
-		r = lock_not_had();
+	if (waited + 100 >= f->lock_wait_ms) {
+		r = lock_not_had(f);
 	} else if (waited < 100) {
 		r = run_ready(f, &f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL,
 			      0);
@@ -483,10 +496,10 @@ fleet_lock(void *arg)
 		/* What is left of the bound, then the connection's own again (a
 		 * connection left with the short one is closed: the lock with it). */
 		snprintf(sql, sizeof(sql), "SET statement_timeout = %llu",
-			 (unsigned long long)(FLEET_LOCK_WAIT_S * 1000u - waited));
+			 (unsigned long long)(f->lock_wait_ms - waited));
 		if ((r = run_ready(f, &f->lock, sql, NULL, NULL, 0)) == CF_OK) {
 			r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
-			snprintf(sql, sizeof(sql), "SET statement_timeout = '%ds'", FLEET_LOCK_WAIT_S);
+			snprintf(sql, sizeof(sql), "SET statement_timeout = %u", f->lock_wait_ms);
 			if (run(f->lock, sql, NULL, NULL, 0) != CF_OK) {
 				if (r == CF_OK)
 					r = cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL: %s",
@@ -496,6 +509,8 @@ fleet_lock(void *arg)
 			}
 		}
 	}
+	if (r == CF_E_TIMEOUT)   /* the lock statement's statement_timeout */
+		r = lock_not_had(f);
 	if (r != CF_OK)
 		pthread_mutex_unlock(&f->lock_mu);
 	else

@@ -50,6 +50,11 @@ struct fleet_hooks {
  * this replica's name (the incarnation id starts with it). CF_E_UNAVAILABLE
  * if PostgreSQL cannot be reached. */
 int fleet_open(const char *dsn, const char *replica, fleet **out);
+/* Tests: the periodic reload's period and the change lock's wait, in ms
+ * (FLEET_RESYNC_S and FLEET_LOCK_WAIT_S otherwise; whole seconds), set
+ * before fleet_start and the first fleet_lock, so that a test of them does
+ * not wait 30 s each. */
+void fleet_set_bounds(fleet *f, unsigned resync_ms, unsigned lock_wait_ms);
 /* Start delivering notifications to hooks (after the registry is loaded). */
 int fleet_start(fleet *f, const struct fleet_hooks *hooks);
 void fleet_close(fleet *f);   /* accepts NULL */

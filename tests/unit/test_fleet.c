@@ -319,17 +319,19 @@ test_notifications_and_outage(void)
 	pthread_mutex_destroy(&h.mu);
 }
 
-/* Two waits as long as FLEET_RESYNC_S and FLEET_LOCK_WAIT_S (30 s), run
- * side by side to keep the suite short:
+/* The periodic reload and the change lock's wait, shortened for the test
+ * (fleet_set_bounds: 4 s and 3 s, not 30 s each) and run side by side:
  *  - a reload that fails (a table another session holds) is tried again
  *    once a second, the periodic reload of everything included: before,
  *    once that was due it was tried on every pass, five times a second
  *    (found by a review: 13 tries in 4 s), each taking the store's
  *    connection for its lock wait;
- *  - a change waits FLEET_LOCK_WAIT_S in all for the change lock, its turn
- *    behind another change of its own process included (an operator holds
- *    the lock): before, that turn came first, then 30 s of its own (58.5 s
- *    measured by a client written from the documents alone). */
+ *  - a change waits the lock's wait in all, its turn behind another change
+ *    of its own process included (an operator holds the lock): before,
+ *    that turn came first, then the whole wait of its own (58.5 s measured
+ *    by a client written from the documents alone). */
+#define RESYNC_MS 4000
+#define LOCK_WAIT_MS 3000
 static void
 test_long_waits_bounded(void)
 {
@@ -347,6 +349,7 @@ test_long_waits_bounded(void)
 	pthread_mutex_init(&h.mu, NULL);
 	h.fail = 1;
 	CU_ASSERT_FATAL(fleet_open(pg.dsn, "a", &a) == CF_OK);
+	fleet_set_bounds(a, RESYNC_MS, LOCK_WAIT_MS);
 	CU_ASSERT_FATAL(fleet_start(a, &hooks) == CF_OK);
 	t0 = now_s();
 	/* An operator's session holds the change lock (a backup). */
@@ -357,35 +360,35 @@ test_long_waits_bounded(void)
 	memset(&second, 0, sizeof(second));
 	first.f = second.f = a;
 	pthread_create(&t1, NULL, take_lock, &first);
-	usleep(1000 * 1000);
-	pthread_create(&t2, NULL, take_lock, &second);
 	/* A notification's reload left to resync, failing: once a second. */
 	pthread_mutex_lock(&h.mu);
 	h.busy = 1;
 	pthread_mutex_unlock(&h.mu);
 	notify("principal tester");
-	sleep(3);
+	usleep(1000 * 1000);
+	pthread_create(&t2, NULL, take_lock, &second);
+	usleep(1500 * 1000);
 	pthread_mutex_lock(&h.mu);
 	failures = h.failures;
 	pthread_mutex_unlock(&h.mu);
-	printf("\n    a failing reload: %d tries in 3 s\n", failures);
-	CU_ASSERT(failures >= 2 && failures <= 4);
+	printf("\n    a failing reload: %d tries in 2.5 s\n", failures);
+	CU_ASSERT(failures >= 2 && failures <= 3);
 	/* Past the periodic reload's time, still failing. */
-	while (now_s() < t0 + FLEET_RESYNC_S + 0.5)
-		usleep(100 * 1000);
+	while (now_s() < t0 + RESYNC_MS / 1e3 + 0.3)
+		usleep(50 * 1000);
 	pthread_mutex_lock(&h.mu);
 	failures = h.failures;
 	pthread_mutex_unlock(&h.mu);
-	sleep(4);
+	sleep(3);
 	pthread_mutex_lock(&h.mu);
 	failures = h.failures - failures;
 	full = h.fulls;
 	h.fail = 0;
 	pthread_mutex_unlock(&h.mu);
-	printf("    past the periodic reload: %d tries in 4 s (%d of everything)\n", failures,
+	printf("    past the periodic reload: %d tries in 3 s (%d of everything)\n", failures,
 	       full);
 	CU_ASSERT(full == 1);
-	CU_ASSERT(failures >= 3 && failures <= 5);
+	CU_ASSERT(failures >= 2 && failures <= 4);
 
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
@@ -393,9 +396,9 @@ test_long_waits_bounded(void)
 	       "that, %.1f s: %s\n", first.took, second.took, second.why);
 	CU_ASSERT_EQUAL(first.r, CF_E_UNAVAILABLE);
 	CU_ASSERT_EQUAL(second.r, CF_E_UNAVAILABLE);
-	CU_ASSERT(first.took >= FLEET_LOCK_WAIT_S - 0.5 && first.took < FLEET_LOCK_WAIT_S + 1.5);
-	CU_ASSERT(second.took >= FLEET_LOCK_WAIT_S - 0.5 && second.took < FLEET_LOCK_WAIT_S + 1.5);
-	CU_ASSERT_STRING_EQUAL(second.why, "fleet: waited 30 s for the registry's change lock, "
+	CU_ASSERT(first.took >= LOCK_WAIT_MS / 1e3 - 0.1 && first.took < LOCK_WAIT_MS / 1e3 + 1);
+	CU_ASSERT(second.took >= LOCK_WAIT_MS / 1e3 - 0.3 && second.took < LOCK_WAIT_MS / 1e3 + 1);
+	CU_ASSERT_STRING_EQUAL(second.why, "fleet: waited 3 s for the registry's change lock, "
 			       "which another change holds (on this or another replica, or an "
 			       "operator's session: pg_advisory_lock(1131374182, 1)); retry");
 	CU_ASSERT_STRING_EQUAL(first.why, second.why);
