@@ -428,11 +428,11 @@ own_change_record(const char *method, const char *name, uint32_t version, char *
 	return audit_format_change(&ev, buf, len);
 }
 
-/* What a replica hears of another's change (fleet.h): the part of its
- * memory that the change touched is re-read from the store. */
 /* The parts of the registry a replica reloads, each on its own. */
 enum { PART_KEYS = 1, PART_PRINCIPALS = 2, PART_APIKEYS = 4, PART_ALL = 7 };
 
+/* What a replica hears of another's change (fleet.h): the part of its
+ * memory that the change touched is re-read from the store. */
 struct replica {
 	store *st;
 	keyring *kr;
@@ -486,6 +486,15 @@ stuck_in_change(fleet *fl, unsigned bound_ms)
 	_exit(CF_EXIT_STUCK);
 }
 
+/* One part re-read (a key: name; NULL: every key). */
+static int
+reload_part(struct replica *rp, unsigned part, const char *name)
+{
+	if (part == PART_KEYS)
+		return keyring_refresh(rp->kr, name);
+	return part == PART_PRINCIPALS ? policy_refresh(rp->pol) : apikeys_refresh(rp->ak);
+}
+
 /* A change this replica made is installed as it commits (and every change
  * re-reads under the fleet's lock): its own notification reloads nothing.
  * Before, it met the change still holding its module's mutex (the fleet's
@@ -499,21 +508,17 @@ replica_changed(const char *kind, const char *name, int sender, void *arg)
 
 	if (sender != 0 && sender == store_session_pid(rp->st))
 		return CF_OK;
-	store_reads_yield();   /* the notification thread's reloads are tried again */
-	if (strcmp(kind, "key") == 0) {
+	if (strcmp(kind, "key") == 0)
 		part = PART_KEYS;
-		r = keyring_refresh(rp->kr, name);
-	} else if (strcmp(kind, "principal") == 0) {
+	else if (strcmp(kind, "principal") == 0)
 		part = PART_PRINCIPALS;
-		r = policy_refresh(rp->pol);
-	} else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0) {
+	else if (strcmp(kind, "apikey") == 0 || strcmp(kind, "signed") == 0)
 		part = PART_APIKEYS;
-		r = apikeys_refresh(rp->ak);
-	} else {
+	else
 		return CF_OK;
-	}
-	/* Left to replica_resync, which logs a failure once. */
-	if (r != CF_OK) {
+	store_reads_yield();   /* the notification thread's reloads are tried again */
+	/* What fails is left to replica_resync, which logs a failure once. */
+	if ((r = reload_part(rp, part, name)) != CF_OK) {
 		cf_log_debug("fleet: re-reading %s %s after another replica's change: %s", kind,
 			     name, cf_error_detail());
 		rp->stale |= part;
@@ -544,9 +549,7 @@ replica_resync(int all, void *arg)
 
 		if (!(rp->stale & parts[i]))
 			continue;
-		r = parts[i] == PART_KEYS ? keyring_refresh(rp->kr, NULL) :
-		    parts[i] == PART_PRINCIPALS ? policy_refresh(rp->pol) : apikeys_refresh(rp->ak);
-		if (r == CF_OK) {
+		if ((r = reload_part(rp, parts[i], NULL)) == CF_OK) {
 			rp->stale &= ~parts[i];
 		} else if (r == CF_E_BUSY) {
 			busy = 1;
