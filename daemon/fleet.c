@@ -489,28 +489,17 @@ fleet_lock(void *arg)
 	waited = cf_mono_ms() - t0;
 	if (waited + 100 >= f->lock_wait_ms) {
 		r = lock_not_had(f);
-	} else if (waited < 100) {
-		r = run_ready(f, &f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL,
-			      0);
 	} else {
-		/* What is left of the bound, then the connection's own again (a
-		 * connection left with the short one is closed: the lock with it). */
+		/* What is left of the bound bounds the lock's statement, set each
+		 * time (only the lock and its release run on this connection; the
+		 * SET also finds a connection a restart cut, and makes a new one). */
 		snprintf(sql, sizeof(sql), "SET statement_timeout = %llu",
 			 (unsigned long long)(f->lock_wait_ms - waited));
-		if ((r = run_ready(f, &f->lock, sql, NULL, NULL, 0)) == CF_OK) {
+		if ((r = run_ready(f, &f->lock, sql, NULL, NULL, 0)) == CF_OK)
 			r = run(f->lock, "SELECT pg_advisory_lock(" LOCK_REGISTRY ")", NULL, NULL, 0);
-			snprintf(sql, sizeof(sql), "SET statement_timeout = %u", f->lock_wait_ms);
-			if (run(f->lock, sql, NULL, NULL, 0) != CF_OK) {
-				if (r == CF_OK)
-					r = cf_error(CF_E_UNAVAILABLE, "fleet: PostgreSQL: %s",
-						     "the change lock's connection failed");
-				PQfinish(f->lock);
-				f->lock = NULL;
-			}
-		}
+		if (r == CF_E_TIMEOUT)   /* that statement_timeout */
+			r = lock_not_had(f);
 	}
-	if (r == CF_E_TIMEOUT)   /* the lock statement's statement_timeout */
-		r = lock_not_had(f);
 	if (r != CF_OK)
 		pthread_mutex_unlock(&f->lock_mu);
 	else
