@@ -184,14 +184,18 @@ pq_text(const char *prefix, const char *s, char *out, size_t len)
 		snprintf(out + plen, len - plen, "no detail from libpq");
 }
 
-/* One set-up statement on c within SETUP_WAIT_MS: 1, or 0 with msg set. */
+/* One set-up statement on c within SETUP_WAIT_MS: 1, or 0 with msg set.
+ * With `value`, the first column of its first row (a boolean: 't' or 'f'). */
 static int
-setup_step(PGconn *c, int sent, ExecStatusType want, const char *what, char *msg, size_t len)
+setup_step(PGconn *c, int sent, ExecStatusType want, const char *what, char *msg, size_t len,
+	   char *value)
 {
 	int late, ok;
 	PGresult *res = sqldb_pg_collect(c, sent, SETUP_WAIT_MS, 0, &late);
 
-	ok = PQresultStatus(res) == want;
+	ok = PQresultStatus(res) == want && (value == NULL || PQntuples(res) > 0);
+	if (ok && value != NULL)
+		*value = PQgetvalue(res, 0, 0)[0];
 	if (!ok && late)
 		snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
 	else if (!ok && !sqldb_pg_lock_refusal(res, sqldb_pg_lock_ms(iowatch_limit()), msg, len))
@@ -212,9 +216,7 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 {
 	int slot = iowatch_begin_remote(SQLDB_PG_WATCH);
 	PGconn *c = sqldb_pg_connect(dsn, "nonces");
-	PGresult *res = NULL;
-	char sql[48];
-	int late;
+	char sql[48], present;
 
 	iowatch_end(slot, c != NULL && PQstatus(c) == CONNECTION_OK ? IOWATCH_OK : IOWATCH_FAILED);
 
@@ -235,25 +237,16 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	 * wait for another replica's). */
 	snprintf(sql, sizeof(sql), "SET lock_timeout = %u", sqldb_pg_lock_ms(iowatch_limit()));
 	if (!setup_step(c, PQsendQuery(c, sql), PGRES_COMMAND_OK, "PostgreSQL error: ", msg,
-			len))
+			len, NULL) ||
+	    !setup_step(c, PQsendQuery(c, SCHEMA_PRESENT_SQL), PGRES_TUPLES_OK,
+			"PostgreSQL error: ", msg, len, &present) ||
+	    (present != 't' &&
+	     !setup_step(c, PQsendQuery(c, SCHEMA_SQL), PGRES_COMMAND_OK,
+			 "PostgreSQL cannot create table coffer_nonces: ", msg, len, NULL)))
 		goto fail;
-	res = sqldb_pg_collect(c, PQsendQuery(c, SCHEMA_PRESENT_SQL), SETUP_WAIT_MS, 0, &late);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		if (late)
-			snprintf(msg, len, "%s in %d ms", TIMED_OUT, SETUP_WAIT_MS);
-		else
-			pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
-		goto fail;
-	}
-	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0 &&
-	    !setup_step(c, PQsendQuery(c, SCHEMA_SQL), PGRES_COMMAND_OK,
-			"PostgreSQL cannot create table coffer_nonces: ", msg, len))
-		goto fail;
-	PQclear(res);
-	res = NULL;
 	if (pipeline) {
 		if (!setup_step(c, PQsendPrepare(c, "claim", CLAIM_SQL, 4, NULL), PGRES_COMMAND_OK,
-				"PostgreSQL error: ", msg, len))
+				"PostgreSQL error: ", msg, len, NULL))
 			goto fail;
 		if (PQenterPipelineMode(c) != 1) {
 			pq_text("PostgreSQL error: ", PQerrorMessage(c), msg, len);
@@ -262,7 +255,6 @@ connect_db(const char *dsn, int pipeline, char *msg, size_t len)
 	}
 	return c;
 fail:
-	PQclear(res);
 	PQfinish(c);
 	return NULL;
 }
