@@ -16,8 +16,7 @@ sqldb_fail(sqldb *db, int rc, const char *fmt, ...)
 	vsnprintf(db->err, sizeof(db->err), fmt, ap);
 	va_end(ap);
 	cf_oneline(db->err);
-	db->lost = rc == SQLDB_LOST;
-	db->locked = rc == SQLDB_LOCKED;
+	db->failed = rc;
 	return rc;
 }
 
@@ -111,13 +110,13 @@ sqldb_errmsg(const sqldb *db)
 int
 sqldb_lost(const sqldb *db)
 {
-	return db->lost;
+	return db->failed == SQLDB_LOST;
 }
 
 int
 sqldb_locked(const sqldb *db)
 {
-	return db->locked;
+	return db->failed == SQLDB_LOCKED;
 }
 
 int

@@ -42,8 +42,7 @@ struct sqldb_ops {
 struct sqldb {
 	const struct sqldb_ops *ops;
 	enum sqldb_backend backend;
-	int lost;
-	int locked;
+	int failed;              /* the last failure's SQLDB_* (sqldb_lost, sqldb_locked) */
 	char err[512];
 	/* Read by other threads (sqldb_session_pid, sqldb_take_commit_unknown). */
 	atomic_int session_pid;
