@@ -564,10 +564,16 @@ test_api_key(void)
 	{
 		char **lines = NULL;
 		size_t got = 0;
+		const char *last = NULL;
 
-		CHECK_COFFER(coffer_audit_tail(adm, 1, &lines, &got));
-		CU_ASSERT(got == 1 && strstr(lines[0], "Pipeline/Stream\"") != NULL &&
-			  strstr(lines[0], "\"result\":\"UNAUTHENTICATED\"") != NULL);
+		/* The chain's signed checkpoints come on their own timer: the
+		 * last record of a call is the one to look at. */
+		CHECK_COFFER(coffer_audit_tail(adm, 4, &lines, &got));
+		for (size_t i = 0; i < got; i++)
+			if (strstr(lines[i], "\"method\":") != NULL)
+				last = lines[i];
+		CU_ASSERT(last != NULL && strstr(last, "Pipeline/Stream\"") != NULL &&
+			  strstr(last, "\"result\":\"UNAUTHENTICATED\"") != NULL);
 		coffer_audit_lines_free(lines, got);
 	}
 	/* No key at all: the text that says what to do. */
