@@ -12,48 +12,32 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 
 struct change_mu {
 	pthread_mutex_t mu;
 	atomic_uint waiting;    /* changes blocked in change_mu_lock */
 };
 
-static inline void
-change_mu_init(struct change_mu *m)
-{
-	pthread_mutex_init(&m->mu, NULL);
-	atomic_init(&m->waiting, 0);
-}
-
-static inline void
-change_mu_destroy(struct change_mu *m)
-{
-	pthread_mutex_destroy(&m->mu);
-}
-
+void change_mu_init(struct change_mu *m);
+void change_mu_destroy(struct change_mu *m);
 /* A change: waits for a change or a reload in progress. */
-static inline void
-change_mu_lock(struct change_mu *m)
-{
-	atomic_fetch_add(&m->waiting, 1);
-	pthread_mutex_lock(&m->mu);
-	atomic_fetch_sub(&m->waiting, 1);
-}
-
+void change_mu_lock(struct change_mu *m);
 /* A reload: 0 with the mutex held; -1 while a change holds it or waits
  * for it (the reload is tried again later). */
-static inline int
-change_mu_try(struct change_mu *m)
-{
-	if (atomic_load(&m->waiting) != 0)
-		return -1;
-	return pthread_mutex_trylock(&m->mu) == 0 ? 0 : -1;
-}
+int change_mu_try(struct change_mu *m);
+void change_mu_unlock(struct change_mu *m);
 
-static inline void
-change_mu_unlock(struct change_mu *m)
-{
-	pthread_mutex_unlock(&m->mu);
-}
+/* How long this thread's call has waited for its turns (ms): for a change
+ * mutex, the fleet's change lock or the store's connection, each added by
+ * change_mu_waited, until the thread holds no change mutex (the change
+ * ended) or, outside a change, change_mu_wait_over. A store transaction
+ * counts them in its own wait for another process's lock: changes queued
+ * behind one that waits out a locked database are refused after one bound,
+ * not one each. */
+#define CHANGE_MU_WAIT_SLACK_MS 50   /* less: a turn, no shorter wait */
+void change_mu_waited(uint64_t ms);
+uint64_t change_mu_waited_ms(void);
+void change_mu_wait_over(void);
 
 #endif

@@ -19,6 +19,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "cf_time.h"
+#include "change_mu.h"
 #include "sqldb.h"
 #include "sqldb_pg.h"
 #include "store.h"
@@ -500,10 +501,12 @@ fleet_lock(void *arg)
 		if (r == CF_E_TIMEOUT)   /* that statement_timeout */
 			r = lock_not_had(f);
 	}
-	if (r != CF_OK)
+	if (r != CF_OK) {
 		pthread_mutex_unlock(&f->lock_mu);
-	else
+	} else {
 		atomic_store(&f->lock_since, cf_mono_ms());
+		change_mu_waited(cf_mono_ms() - t0);
+	}
 	return r;
 }
 

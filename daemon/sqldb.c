@@ -119,6 +119,12 @@ sqldb_locked(const sqldb *db)
 	return db->failed == SQLDB_LOCKED;
 }
 
+unsigned
+sqldb_lock_wait_ms(sqldb *db)
+{
+	return db->lock_wait_ms;
+}
+
 int
 sqldb_session_pid(sqldb *db)
 {
@@ -140,7 +146,11 @@ int64_t sqldb_int64(sqldb_stmt *st, int col) { return st->db->ops->col_int64(st,
 double sqldb_double(sqldb_stmt *st, int col) { return st->db->ops->col_double(st, col); }
 const char *sqldb_text(sqldb_stmt *st, int col) { return st->db->ops->col_text(st, col); }
 int64_t sqldb_changes(sqldb *db) { return db->ops->changes(db); }
-int sqldb_begin(sqldb *db, int write) { return db->ops->begin(db, write); }
+int
+sqldb_begin(sqldb *db, int write, int wait_ms)
+{
+	return db->ops->begin(db, write, wait_ms);
+}
 int sqldb_commit(sqldb *db) { return db->ops->commit(db); }
 void sqldb_rollback(sqldb *db) { db->ops->rollback(db); }
 

@@ -98,10 +98,18 @@ int64_t sqldb_changes(sqldb *db);
  * once more (nothing was sent yet). SQLDB_READ_YIELD: a read that waits at
  * most SQLDB_YIELD_LOCK_MS for a lock another PostgreSQL session holds (a
  * reload that is tried again later: waiting longer, it kept the one
- * connection from the changes and calls queued behind it). */
+ * connection from the changes and calls queued behind it). wait_ms >= 0:
+ * what is left of the caller's wait for another session's lock, when it
+ * already waited for the connection (the wait for both stays one bound, not
+ * two: a change queued behind a background write that waited out SQLite's
+ * busy timeout waited it twice); SQLDB_WAIT_OWN: the connection's own. */
 #define SQLDB_READ_YIELD 2
 #define SQLDB_YIELD_LOCK_MS 100
-int sqldb_begin(sqldb *db, int write);
+#define SQLDB_WAIT_OWN (-1)
+int sqldb_begin(sqldb *db, int write, int wait_ms);
+/* The connection's own wait for another session's lock, in ms (SQLite's
+ * busy timeout; PostgreSQL's lock_timeout). */
+unsigned sqldb_lock_wait_ms(sqldb *db);
 int sqldb_commit(sqldb *db);
 /* Undo the open transaction, if any, keeping the last failure's text. */
 void sqldb_rollback(sqldb *db);

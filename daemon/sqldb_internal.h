@@ -29,7 +29,7 @@ struct sqldb_ops {
 	const void *(*col_blob)(sqldb_stmt *st, int col, size_t *len);
 	void (*finalize)(sqldb_stmt *st);
 	int64_t (*changes)(sqldb *db);
-	int (*begin)(sqldb *db, int write);
+	int (*begin)(sqldb *db, int write, int wait_ms);
 	int (*commit)(sqldb *db);
 	void (*rollback)(sqldb *db);
 	int (*notify)(sqldb *db, const char *channel, const char *payload);
@@ -43,6 +43,7 @@ struct sqldb {
 	const struct sqldb_ops *ops;
 	enum sqldb_backend backend;
 	int failed;              /* the last failure's SQLDB_* (sqldb_lost, sqldb_locked) */
+	unsigned lock_wait_ms;   /* set by the engine at open: sqldb_lock_wait_ms */
 	char err[512];
 	/* Read by other threads (sqldb_session_pid, sqldb_take_commit_unknown). */
 	atomic_int session_pid;

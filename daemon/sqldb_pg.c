@@ -420,10 +420,11 @@ pg_ready(sqldb *db)
 }
 
 static int
-pg_begin(sqldb *db, int write)
+pg_begin(sqldb *db, int write, int wait_ms)
 {
 	struct pg *q = (struct pg *)db;
 	const char *sql = write == 1 ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+	unsigned lock = write == SQLDB_READ_YIELD ? SQLDB_YIELD_LOCK_MS : lock_ms(q);
 	int rc = pg_exec(db, sql);
 
 	/* A connection that died while idle (the server restarted between two
@@ -431,13 +432,18 @@ pg_begin(sqldb *db, int write)
 	if (rc == SQLDB_LOST && !q->hung && pg_ready(db) == CF_OK)
 		rc = pg_exec(db, sql);
 	q->yielding = 0;
-	if (rc == SQLDB_OK && write == SQLDB_READ_YIELD) {
+	/* 0 would be no timeout at all: what is left is at least 1 ms. */
+	if (wait_ms >= 0 && (unsigned)wait_ms < lock)
+		lock = wait_ms > 0 ? (unsigned)wait_ms : 1;
+	if (rc == SQLDB_OK && lock != lock_ms(q)) {
 		char set[48];
 
-		/* SET LOCAL: the session's own lock_timeout again after it. */
-		snprintf(set, sizeof(set), "SET LOCAL lock_timeout = %d", SQLDB_YIELD_LOCK_MS);
+		/* SET LOCAL: the session's own lock_timeout again after it. The
+		 * refusal's text says the reload's short wait, or the call's whole
+		 * one (lock_ms: the connection's turn included). */
+		snprintf(set, sizeof(set), "SET LOCAL lock_timeout = %u", lock);
 		if ((rc = pg_exec(db, set)) == SQLDB_OK)
-			q->yielding = 1;
+			q->yielding = write == SQLDB_READ_YIELD;
 		else
 			pg_rollback(db);   /* no transaction left open on a failed begin */
 	}
@@ -670,6 +676,7 @@ sqldb_open_pg(const char *conninfo, unsigned wait_ms, sqldb **out)
 	q->base.backend = SQLDB_POSTGRESQL;
 	q->up = 1;
 	q->wait_ms = wait_ms;
+	q->base.lock_wait_ms = lock_ms(q);
 	if ((q->c = sqldb_pg_connect(conninfo, "store")) == NULL) {
 		free(q);
 		return cf_nomem();

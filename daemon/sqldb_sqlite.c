@@ -21,6 +21,7 @@ struct sq {
 	char path[4096];
 	dev_t dev;               /* the database file's identity at open */
 	ino_t ino;
+	unsigned busy_ms;        /* the busy timeout between transactions */
 	atomic_int broken;       /* the path no longer names that file */
 };
 
@@ -162,9 +163,28 @@ sq_changes(sqldb *db)
 }
 
 static int
-sq_begin(sqldb *db, int write)
+sq_begin(sqldb *db, int write, int wait_ms)
 {
-	return sq_exec(db, write == 1 ? "BEGIN IMMEDIATE;" : "BEGIN;");
+	struct sq *q = (struct sq *)db;
+	unsigned waits = wait_ms >= 0 && (unsigned)wait_ms < q->busy_ms ? (unsigned)wait_ms
+									: q->busy_ms;
+	int rc;
+
+	if (waits != q->busy_ms)
+		sqlite3_busy_timeout(q->h, (int)waits);
+	rc = sq_exec(db, write == 1 ? "BEGIN IMMEDIATE;" : "BEGIN;");
+	if (waits != q->busy_ms)
+		sqlite3_busy_timeout(q->h, (int)q->busy_ms);
+	/* SQLite's "database is locked" names neither the file nor the wait. */
+	if (rc == SQLDB_LOCKED) {
+		char why[sizeof(db->err)];
+
+		snprintf(why, sizeof(why), "%s", db->err);
+		rc = sqldb_fail(db, rc, "%s: another process holds the write lock of %s; waited "
+				"%u ms for it (an sqlite3 shell, a backup, cofferctl on the state "
+				"directory?)", why, q->path, q->busy_ms);
+	}
+	return rc;
 }
 
 /* The commit is where a transaction meets the disk (its write lock was taken
@@ -274,6 +294,8 @@ sqldb_open_sqlite(const char *path, unsigned busy_ms, sqldb **out)
 			     q->h ? sqlite3_errmsg(q->h) : "out of memory");
 		goto fail;
 	}
+	q->busy_ms = busy_ms;
+	q->base.lock_wait_ms = busy_ms;
 	sqlite3_busy_timeout(q->h, (int)busy_ms);
 	if (sq_exec(&q->base, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
 		    "PRAGMA foreign_keys=ON;") != SQLDB_OK) {

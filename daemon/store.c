@@ -17,6 +17,8 @@
 #include "cf_hex.h"
 #include "cf_log.h"
 #include "cf_status.h"
+#include "cf_time.h"
+#include "change_mu.h"
 #include "sqldb.h"
 #include "sqldb_pg.h"
 #include "sqldb_sqlite.h"
@@ -296,16 +298,29 @@ fence_check(store *s, int write)
 
 /* Take the store's lock and open a transaction (write: a change, checked
  * first with sqldb_check), fenced when its thread holds the fleet's change
- * lock. On failure the lock is released. */
+ * lock. On failure the lock is released. A call that waited for its turns
+ * (this lock, its module's change mutex, the fleet's change lock: behind
+ * another that waited out another process's hold of the database) waits
+ * for that hold only what is left of one bound (change_mu.h). */
 static int
 enter(store *s, int write)
 {
-	int r;
+	uint64_t waited, bound = sqldb_lock_wait_ms(s->db);
+	int r, left = SQLDB_WAIT_OWN;
 
-	pthread_mutex_lock(&s->mu);
+	if (pthread_mutex_trylock(&s->mu) != 0) {
+		uint64_t t0 = cf_mono_ms();
+
+		pthread_mutex_lock(&s->mu);
+		change_mu_waited(cf_mono_ms() - t0);
+	}
+	/* A short turn changes nothing (and costs PostgreSQL a SET). */
+	if ((waited = change_mu_waited_ms()) >= CHANGE_MU_WAIT_SLACK_MS)
+		left = waited < bound ? (int)(bound - waited) : 0;
+	change_mu_wait_over();
 	if ((r = sqldb_ready(s->db)) != CF_OK || (write && (r = sqldb_check(s->db)) != CF_OK))
 		goto fail;
-	if (sqldb_begin(s->db, write ? 1 : reads_yield ? SQLDB_READ_YIELD : 0) != SQLDB_OK) {
+	if (sqldb_begin(s->db, write ? 1 : reads_yield ? SQLDB_READ_YIELD : 0, left) != SQLDB_OK) {
 		r = db_err(s, "starting a transaction");
 		goto fail;
 	}

@@ -998,7 +998,7 @@ pg_commit_after_failure(void)
 	fresh_where(STORE_POSTGRESQL, &w);
 	CU_ASSERT_EQUAL_FATAL(sqldb_open_pg(w.at, 5000, &db), CF_OK);
 	CU_ASSERT_EQUAL(sqldb_exec(db, "CREATE TABLE t (v int)"), SQLDB_OK);
-	CU_ASSERT_EQUAL(sqldb_begin(db, 1), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_begin(db, 1, SQLDB_WAIT_OWN), SQLDB_OK);
 	CU_ASSERT_EQUAL(sqldb_exec(db, "INSERT INTO t VALUES (1)"), SQLDB_OK);
 	CU_ASSERT_EQUAL(sqldb_exec(db, "SELECT 1 / 0"), SQLDB_ERROR);
 	CU_ASSERT_NOT_EQUAL(sqldb_commit(db), SQLDB_OK);
@@ -1009,7 +1009,7 @@ pg_commit_after_failure(void)
 	CU_ASSERT(sqldb_step(st) == SQLDB_ROW && sqldb_int64(st, 0) == 0);
 	sqldb_finalize(st);
 	/* The connection serves on. */
-	CU_ASSERT_EQUAL(sqldb_begin(db, 1), SQLDB_OK);
+	CU_ASSERT_EQUAL(sqldb_begin(db, 1, SQLDB_WAIT_OWN), SQLDB_OK);
 	CU_ASSERT_EQUAL(sqldb_exec(db, "INSERT INTO t VALUES (2)"), SQLDB_OK);
 	CU_ASSERT_EQUAL(sqldb_commit(db), SQLDB_OK);
 	sqldb_close(db);
