@@ -390,20 +390,61 @@ sync_one(const struct store_key *sk, void *arg)
 	return r;
 }
 
-/* Re-read one key (name) or every key (NULL) from the store. Under write_mu. */
+/* Keys as the store has them, copied out of its read. */
+struct key_copies {
+	struct store_key *v;
+	size_t n, cap;
+};
+
+static int
+copy_key(const struct store_key *sk, void *arg)
+{
+	struct key_copies *c = arg;
+	struct store_key *d;
+
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 8;
+		struct store_key *v = realloc(c->v, cap * sizeof(*v));
+
+		if (v == NULL)
+			return cf_nomem();
+		c->v = v;
+		c->cap = cap;
+	}
+	d = &c->v[c->n];
+	*d = *sk;
+	d->versions = NULL;
+	if (sk->nversions > 0) {
+		if ((d->versions = malloc(sk->nversions * sizeof(*d->versions))) == NULL)
+			return cf_nomem();
+		memcpy(d->versions, sk->versions, sk->nversions * sizeof(*d->versions));
+	}
+	c->n++;
+	return CF_OK;
+}
+
+/* Re-read one key (name) or every key (NULL) from the store. Under write_mu.
+ * The versions are opened in the token after the read, not inside it: a
+ * token slow to answer held the store's connection, and every call that
+ * needs it, for as long (found by a review). */
 static int
 kr_sync(keyring *kr, const char *name)
 {
 	struct load_ctx lc = { kr, NULL, 0, NULL, 0 };
+	struct key_copies c = { NULL, 0, 0 };
 	int r;
 
-	if (name == NULL)
-		return store_load(kr->st, sync_one, &lc);
-	r = store_key_get(kr->st, name, sync_one, &lc);
+	r = name == NULL ? store_load(kr->st, copy_key, &c)
+			 : store_key_get(kr->st, name, copy_key, &c);
 	if (r == CF_E_NOT_FOUND) {
 		cf_error_clear();
 		r = CF_OK;
 	}
+	for (size_t i = 0; i < c.n && r == CF_OK; i++)
+		r = sync_one(&c.v[i], &lc);
+	for (size_t i = 0; i < c.n; i++)
+		free(c.v[i].versions);
+	free(c.v);
 	return r;
 }
 
