@@ -120,6 +120,7 @@ struct audit {
 	pthread_mutex_t anchor_mu;  /* anchors one at a time, in order (anchor_end) */
 	uint64_t anchored_seq;      /* the last end anchored (under anchor_mu) */
 	int anchor_skipped;         /* anchors skipped: the state hangs (under anchor_mu) */
+	unsigned anchor_failed;     /* anchors failed in a row (under anchor_mu) */
 	uint64_t unsealed;       /* records written since the last seal */
 	uint64_t last_seal;      /* CLOCK_MONOTONIC ms */
 	uint64_t last_write;     /* CLOCK_MONOTONIC ms, when the last batch ended */
@@ -360,9 +361,18 @@ anchor(audit *a, uint64_t seq, const uint8_t chain[32], int clean, int64_t ob_do
 	memcpy(an.chain, chain, 32);
 	an.clean = clean;
 	an.time = (int64_t)time(NULL);
-	if (store_audit_anchor_put(a->st, &an, ob_done) != CF_OK)
-		cf_log_error("audit: cannot anchor record %llu in the state store: %s",
-			     (unsigned long long)seq, cf_error_detail());
+	/* Logged once a streak: an anchor gives way to a lock held elsewhere
+	 * after 100 ms (store_yield), and is tried again at each seal. */
+	if (store_audit_anchor_put(a->st, &an, ob_done) != CF_OK) {
+		if (a->anchor_failed++ == 0)
+			cf_log_error("audit: cannot anchor record %llu in the state store (tried "
+				     "again at each seal; logged again when one succeeds): %s",
+				     (unsigned long long)seq, cf_error_detail());
+	} else if (a->anchor_failed > 0) {
+		cf_log_info("audit: anchored record %llu in the state store again, after %u "
+			    "failed tries", (unsigned long long)seq, a->anchor_failed);
+		a->anchor_failed = 0;
+	}
 }
 
 /* The anchor a written batch asked for (be->anchor), outside mu and after
@@ -375,8 +385,10 @@ anchor_end(audit *a, const struct batch_end *be)
 {
 	if (!be->anchor)
 		return;
-	if (be->clean)
+	if (be->clean) {
+		store_yield(0);   /* a clean stop's anchor waits its whole bound */
 		pthread_mutex_lock(&a->anchor_mu);
+	}
 	else if (pthread_mutex_trylock(&a->anchor_mu) != 0)
 		return;
 	if (be->a_seq > a->anchored_seq) {
@@ -723,6 +735,10 @@ anchorer_main(void *arg)
 	uint64_t last_ob = cf_mono_ms(), since;
 	int64_t max;
 
+	/* Anchors and outbox reads are tried again: they give way to another
+	 * process's hold of the store (an anchor waiting out SQLite's busy
+	 * timeout held every call that needs the store for 5 s, each seal). */
+	store_yield(1);
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
 		while (!a->an_have && !a->an_stop) {

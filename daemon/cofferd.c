@@ -516,7 +516,7 @@ replica_changed(const char *kind, const char *name, int sender, void *arg)
 		part = PART_APIKEYS;
 	else
 		return CF_OK;
-	store_reads_yield();   /* the notification thread's reloads are tried again */
+	store_yield(1);   /* the notification thread's reloads are tried again */
 	/* What fails is left to replica_resync, which logs a failure once. */
 	if ((r = reload_part(rp, part, name)) != CF_OK) {
 		cf_log_debug("fleet: re-reading %s %s after another replica's change: %s", kind,
@@ -543,7 +543,7 @@ replica_resync(int all, void *arg)
 		rp->stale = PART_ALL;
 	if (rp->stale == 0)
 		return CF_OK;
-	store_reads_yield();
+	store_yield(1);
 	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
 		int r;
 

@@ -95,15 +95,19 @@ int64_t sqldb_changes(sqldb *db);
 /* Transactions. write: SQLite takes the write lock at once (BEGIN
  * IMMEDIATE); a read (write = 0) is a consistent snapshot on both. A begin
  * on a PostgreSQL connection that turns out to be lost reconnects and tries
- * once more (nothing was sent yet). SQLDB_READ_YIELD: a read that waits at
- * most SQLDB_YIELD_LOCK_MS for a lock another PostgreSQL session holds (a
- * reload that is tried again later: waiting longer, it kept the one
- * connection from the changes and calls queued behind it). wait_ms >= 0:
+ * once more (nothing was sent yet). SQLDB_READ_YIELD, SQLDB_WRITE_YIELD: a
+ * read or a write that waits at most SQLDB_YIELD_LOCK_MS for a lock another
+ * session holds (background work that is tried again later: a reload, the
+ * audit trail's anchor; waiting longer, it kept the one connection from the
+ * changes and calls queued behind it). wait_ms >= 0:
  * what is left of the caller's wait for another session's lock, when it
  * already waited for the connection (the wait for both stays one bound, not
  * two: a change queued behind a background write that waited out SQLite's
  * busy timeout waited it twice); SQLDB_WAIT_OWN: the connection's own. */
 #define SQLDB_READ_YIELD 2
+#define SQLDB_WRITE_YIELD 3
+#define SQLDB_WRITES(mode) ((mode) == 1 || (mode) == SQLDB_WRITE_YIELD)
+#define SQLDB_YIELDS(mode) ((mode) == SQLDB_READ_YIELD || (mode) == SQLDB_WRITE_YIELD)
 #define SQLDB_YIELD_LOCK_MS 100
 #define SQLDB_WAIT_OWN (-1)
 int sqldb_begin(sqldb *db, int write, int wait_ms);

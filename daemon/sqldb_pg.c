@@ -423,8 +423,9 @@ static int
 pg_begin(sqldb *db, int write, int wait_ms)
 {
 	struct pg *q = (struct pg *)db;
-	const char *sql = write == 1 ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-	unsigned lock = write == SQLDB_READ_YIELD ? SQLDB_YIELD_LOCK_MS : lock_ms(q);
+	const char *sql = SQLDB_WRITES(write) ? "BEGIN"
+					      : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+	unsigned lock = SQLDB_YIELDS(write) ? SQLDB_YIELD_LOCK_MS : lock_ms(q);
 	int rc = pg_exec(db, sql);
 
 	/* A connection that died while idle (the server restarted between two
@@ -443,7 +444,7 @@ pg_begin(sqldb *db, int write, int wait_ms)
 		 * one (lock_ms: the connection's turn included). */
 		snprintf(set, sizeof(set), "SET LOCAL lock_timeout = %u", lock);
 		if ((rc = pg_exec(db, set)) == SQLDB_OK)
-			q->yielding = write == SQLDB_READ_YIELD;
+			q->yielding = SQLDB_YIELDS(write);
 		else
 			pg_rollback(db);   /* no transaction left open on a failed begin */
 	}

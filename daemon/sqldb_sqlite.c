@@ -166,13 +166,14 @@ static int
 sq_begin(sqldb *db, int write, int wait_ms)
 {
 	struct sq *q = (struct sq *)db;
-	unsigned waits = wait_ms >= 0 && (unsigned)wait_ms < q->busy_ms ? (unsigned)wait_ms
-									: q->busy_ms;
+	unsigned bound = SQLDB_YIELDS(write) && q->busy_ms > SQLDB_YIELD_LOCK_MS
+				 ? SQLDB_YIELD_LOCK_MS : q->busy_ms;
+	unsigned waits = wait_ms >= 0 && (unsigned)wait_ms < bound ? (unsigned)wait_ms : bound;
 	int rc;
 
 	if (waits != q->busy_ms)
 		sqlite3_busy_timeout(q->h, (int)waits);
-	rc = sq_exec(db, write == 1 ? "BEGIN IMMEDIATE;" : "BEGIN;");
+	rc = sq_exec(db, SQLDB_WRITES(write) ? "BEGIN IMMEDIATE;" : "BEGIN;");
 	if (waits != q->busy_ms)
 		sqlite3_busy_timeout(q->h, (int)q->busy_ms);
 	/* SQLite's "database is locked" names neither the file nor the wait. */
@@ -182,7 +183,7 @@ sq_begin(sqldb *db, int write, int wait_ms)
 		snprintf(why, sizeof(why), "%s", db->err);
 		rc = sqldb_fail(db, rc, "%s: another process holds the write lock of %s; waited "
 				"%u ms for it (an sqlite3 shell, a backup, cofferctl on the state "
-				"directory?)", why, q->path, q->busy_ms);
+				"directory?)", why, q->path, bound);
 	}
 	return rc;
 }

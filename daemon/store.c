@@ -47,8 +47,8 @@ struct store {
 
 /* Set around a transaction that needs no fence (store_intent_drop_own). */
 static __thread int fence_skip;
-/* The calling thread's reads give way to locks held elsewhere (store_reads_yield). */
-static __thread int reads_yield;
+/* The calling thread gives way to locks held elsewhere (store_yield). */
+static __thread int yields;
 
 /* ---- SQLite schema: tables as each version added them ---- */
 
@@ -306,7 +306,7 @@ static int
 enter(store *s, int write)
 {
 	uint64_t waited, bound = sqldb_lock_wait_ms(s->db);
-	int r, left = SQLDB_WAIT_OWN;
+	int r, mode, left = SQLDB_WAIT_OWN;
 
 	if (pthread_mutex_trylock(&s->mu) != 0) {
 		uint64_t t0 = cf_mono_ms();
@@ -320,7 +320,8 @@ enter(store *s, int write)
 	change_mu_wait_over();
 	if ((r = sqldb_ready(s->db)) != CF_OK || (write && (r = sqldb_check(s->db)) != CF_OK))
 		goto fail;
-	if (sqldb_begin(s->db, write ? 1 : reads_yield ? SQLDB_READ_YIELD : 0, left) != SQLDB_OK) {
+	mode = write ? (yields ? SQLDB_WRITE_YIELD : 1) : (yields ? SQLDB_READ_YIELD : 0);
+	if (sqldb_begin(s->db, mode, left) != SQLDB_OK) {
 		r = db_err(s, "starting a transaction");
 		goto fail;
 	}
@@ -348,9 +349,9 @@ leave(store *s, int r, const char *what)
 }
 
 void
-store_reads_yield(void)
+store_yield(int on)
 {
-	reads_yield = 1;
+	yields = on;
 }
 
 int

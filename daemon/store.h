@@ -235,13 +235,14 @@ struct store_call {
 /* Set (c) or clear (NULL) the calling thread's call. */
 void store_call_set(struct store_call *c);
 struct store_call *store_call_get(void);
-/* From now on the calling thread's reads wait at most SQLDB_YIELD_LOCK_MS
- * for a lock another PostgreSQL session holds, then fail with that text:
- * the fleet's reloads, which are tried again. The store has one connection,
- * and a reload waiting the whole lock_timeout on a table an operator holds
- * kept every change and call of the replica queued behind it, once per
- * retry. */
-void store_reads_yield(void);
+/* From now on (on: 1) the calling thread's transactions wait at most
+ * SQLDB_YIELD_LOCK_MS for a lock another session holds, then fail with that
+ * text: background work that is tried again (the fleet's reloads, the audit
+ * trail's anchor). The store has one connection, and background work
+ * waiting the whole lock_timeout (PostgreSQL) or busy timeout (SQLite) on
+ * what another process holds kept every change and call of the daemon
+ * queued behind it, once per retry. */
+void store_yield(int on);
 
 /*
  * Change notification: on PostgreSQL every transaction that records a change

@@ -319,6 +319,51 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         self.assertTrue(still_waiting, "the grant did not wait on the store")
         self.assertEqual(len(done), 1)
 
+    def test_the_trail_anchor_gives_way_to_a_lock_held_elsewhere(self):
+        """The audit trail's anchor, written in the background after each
+        seal, waits at most 100 ms for the store another process holds, and
+        says so once; it waited the whole busy timeout (5 s on SQLite) with
+        the store's one connection, and every change queued behind it
+        (found in this project). Anchored again once the hold ends."""
+        d = CofferDaemon()
+        d.config.setdefault("state", {})["wait_ms"] = "1500"
+        self.addCleanup(d.cleanup)
+        d.start()
+        d.admin_stub().CreateKey(pb.CreateKeyRequest(name="w-ec", type=pb.EC_P256), timeout=T)
+        svc = d.service_stub()
+        if d.pg_db is not None:
+            release = psql_holding(d, "BEGIN; LOCK TABLE audit_anchor IN ACCESS EXCLUSIVE MODE;")
+        else:
+            release = hold_principals(d)      # the whole file on SQLite
+        try:
+            for i in range(10):             # seals, each anchored in the background
+                svc.Sign(pb.SignRequest(key="w-ec", message=b"%d" % i), timeout=T)
+                time.sleep(0.15)
+            time.sleep(0.3)
+            held = d.log()
+        finally:
+            release()
+        for i in range(5):
+            svc.Sign(pb.SignRequest(key="w-ec", message=b"after %d" % i), timeout=T)
+            time.sleep(0.15)
+        deadline = time.monotonic() + 10
+        while "in the state store again, after" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        failed = [x for x in held.splitlines() if "audit: cannot anchor record" in x]
+        self.assertEqual(len(failed), 1, held)
+        self.assertIn("(tried again at each seal; logged again when one succeeds)", failed[0])
+        if d.pg_db is not None:
+            self.assertIn("waited 100 ms for a lock another PostgreSQL session holds",
+                          failed[0])
+        else:
+            self.assertIn("database is locked: another process holds the write lock of %s; "
+                          "waited 100 ms for it" % os.path.join(d.state_dir, "coffer.db"),
+                          failed[0])
+        again = re.findall(r"audit: anchored record \d+ in the state store again, after "
+                           r"(\d+) failed tries", d.log())
+        self.assertEqual(len(again), 1, d.log())
+        self.assertGreaterEqual(int(again[0]), 2)
+
     def test_a_lock_held_elsewhere_is_unavailable_with_its_text(self):
         """A change refused because another session held the store past its
         wait is UNAVAILABLE, which clients retry, with the lock's text; it
