@@ -184,6 +184,12 @@ dispatch_batch(const dispatch *d, size_t i)
 	return (d->m[i].d->flags & CF_MF_BATCH) != 0;
 }
 
+int
+dispatch_mutating(const dispatch *d, size_t i)
+{
+	return (d->m[i].d->flags & CF_MF_MUTATING) != 0;
+}
+
 static const struct method *
 find_path(const dispatch *d, const char *path)
 {

@@ -71,6 +71,8 @@ const char *dispatch_path(const dispatch *d, size_t i);   /* "/pkg.Service/Metho
 int dispatch_ciphertext(const dispatch *d, size_t i);
 /* Method i is a batch: worth telling it when its caller gives up (dcall.cancelled). */
 int dispatch_batch(const dispatch *d, size_t i);
+/* Method i changes something (CF_MF_MUTATING): it may wait for the state store. */
+int dispatch_mutating(const dispatch *d, size_t i);
 
 /* gRPC status code of a Coffer status. */
 unsigned dispatch_status(int st);

@@ -17,6 +17,7 @@
 #include "cf_log.h"
 #include "cf_status.h"
 #include "cf_time.h"
+#include "change_mu.h"
 
 /* A (key, uid) whose call is running, and its request's fingerprint (the
  * outcome is recorded with it: one token MAC per call, not two). */
@@ -291,7 +292,8 @@ begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t 
 	struct store_idem rec, mine;
 	struct running *me;
 	struct timespec until;
-	int64_t until_ms = (int64_t)cf_mono_ms() + IDEM_WAIT_MS;
+	uint64_t t0 = cf_mono_ms();
+	int64_t until_ms = (int64_t)t0 + IDEM_WAIT_MS;
 	int r;
 
 	memset(&rec, 0, sizeof(rec));
@@ -300,7 +302,9 @@ begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t 
 	snprintf(me->key, sizeof(me->key), "%s", key);
 	me->uid = uid;
 	memcpy(me->fp, fp, sizeof(me->fp));
-	/* Concurrent duplicates: one runs, the others wait for its outcome. */
+	/* Concurrent duplicates: one runs, the others wait for its outcome
+	 * (a turn: the claim below waits for a store another process holds
+	 * only what is left of one bound, change_mu.h). */
 	cf_deadline_in(&until, IDEM_WAIT_MS);
 	pthread_mutex_lock(&i->mu);
 	while (find_running(i, key, uid) != NULL)
@@ -310,6 +314,7 @@ begin(idem *i, const char *key, uint32_t uid, const char *method, const uint8_t 
 			return cf_error(CF_E_TIMEOUT, "a call with idempotency key %s is still "
 					"running; retry later", key);
 		}
+	change_mu_waited(cf_mono_ms() - t0);
 	me->next = i->run;
 	i->run = me;
 	/* A release queued by an earlier attempt of this key would take this

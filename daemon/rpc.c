@@ -26,12 +26,19 @@
 #include "cf_reqsign.h"
 #include "cf_status.h"
 #include "cf_time.h"
+#include "change_mu.h"
 #include "coffer/v1/pipeline.pb-c.h"
 #include "dispatch.h"
 #include "metrics.h"
 #include "share.h"
 
 #define RPC_MAX_WORKERS 64
+/* Changes (CF_MF_MUTATING) run on threads of their own: a change may wait
+ * long for the state store (another process's lock, a server that hangs,
+ * the fleet's change lock), and changes waiting on the completion-queue
+ * threads left none for Sign, Mac or a health check (found from outside:
+ * a Mac waited 15 s behind 8 changes on a locked SQLite store). */
+#define RPC_CHANGERS 4
 /* Requested calls kept armed per registered method. Handlers run on the
  * completion-queue threads; a call that arrives while every armed request
  * is taken waits in gRPC until a worker re-arms (one per event), so a few
@@ -80,6 +87,12 @@ struct rpc_server {
 	char admin_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	pthread_t workers[RPC_MAX_WORKERS];
 	unsigned nworkers;
+	pthread_t changers[RPC_CHANGERS];
+	unsigned nchangers;      /* 0: changes run on the workers */
+	pthread_mutex_t chq_mu;  /* the changes waiting for a changer */
+	pthread_cond_t chq_cv;
+	struct rpc_call *chq_head, **chq_tail;
+	int chq_stop;
 	struct method *methods;
 	size_t nmethods;
 	struct method pipeline;  /* coffer.v1.Pipeline/Stream */
@@ -134,6 +147,8 @@ struct rpc_call {
 	char msg[CF_ERROR_DETAIL_MAX];
 	int cancelled;
 	enum { ST_REQUESTED, ST_SENDING } st;
+	struct rpc_call *chq_next;   /* queued for a changer */
+	uint64_t chq_since;          /* cf_mono_ms() when queued */
 };
 
 /* ---- the caller ---- */
@@ -1176,6 +1191,49 @@ stream_open(struct rpc_call *c)
 	stream_unref(st);
 }
 
+/* ---- changes, on their own threads ---- */
+
+static void
+change_queue(rpc_server *s, struct rpc_call *c)
+{
+	c->chq_next = NULL;
+	c->chq_since = cf_mono_ms();
+	pthread_mutex_lock(&s->chq_mu);
+	*s->chq_tail = c;
+	s->chq_tail = &c->chq_next;
+	pthread_cond_signal(&s->chq_cv);
+	pthread_mutex_unlock(&s->chq_mu);
+}
+
+/* A change's time in the queue is a turn it waited: its store transactions
+ * wait for another process's lock only what is left of one bound (before,
+ * changes queued behind others that waited out a locked store were refused
+ * after 5, 10, then 15 s). */
+static void *
+changer_main(void *arg)
+{
+	rpc_server *s = arg;
+
+	for (;;) {
+		struct rpc_call *c;
+
+		pthread_mutex_lock(&s->chq_mu);
+		while (s->chq_head == NULL && !s->chq_stop)
+			pthread_cond_wait(&s->chq_cv, &s->chq_mu);
+		if ((c = s->chq_head) == NULL) {
+			pthread_mutex_unlock(&s->chq_mu);
+			break;
+		}
+		if ((s->chq_head = c->chq_next) == NULL)
+			s->chq_tail = &s->chq_head;
+		pthread_mutex_unlock(&s->chq_mu);
+		change_mu_waited(cf_mono_ms() - c->chq_since);
+		respond(c);
+		change_mu_wait_over();
+	}
+	return NULL;
+}
+
 static void
 on_event(rpc_server *s, struct rpc_call *c, int success)
 {
@@ -1188,6 +1246,8 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 		arm(s, c->m);
 		if (c->m == &s->pipeline)
 			stream_open(c);
+		else if (c->m != NULL && s->nchangers > 0 && dispatch_mutating(s->d, c->m->idx))
+			change_queue(s, c);
 		else
 			respond(c);
 		return;
@@ -1269,6 +1329,9 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_mutex_init(&s->peers_mu, NULL);
 	pthread_cond_init(&s->cv, NULL);   /* waited on with cf_cond_wait_until */
+	pthread_mutex_init(&s->chq_mu, NULL);
+	pthread_cond_init(&s->chq_cv, NULL);
+	s->chq_tail = &s->chq_head;
 	if ((r = dispatch_new(&dc, &s->d)) != CF_OK)
 		goto fail;
 	s->nmethods = dispatch_count(s->d);
@@ -1326,6 +1389,13 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 	if (s->nworkers < want)
 		cf_log_warn("started %u of the %u worker threads configured (%s); serving with "
 			    "%u", s->nworkers, want, strerror(e), s->nworkers);
+	for (s->nchangers = 0; s->nchangers < RPC_CHANGERS; s->nchangers++)
+		if ((e = pthread_create(&s->changers[s->nchangers], NULL, changer_main, s)) != 0)
+			break;
+	if (s->nchangers < RPC_CHANGERS)
+		cf_log_warn("started %u of %u threads for changes (%s)%s", s->nchangers,
+			    RPC_CHANGERS, strerror(e), s->nchangers ? "" : ": changes run on the "
+			    "worker threads, and may hold them while they wait for the state store");
 	grpc_server_start(s->server);
 	for (size_t i = 0; i < s->nmethods; i++)
 		for (unsigned k = 0; k < RPC_ARM_DEPTH; k++)
@@ -1341,6 +1411,8 @@ fail:
 	pthread_mutex_destroy(&s->mu);
 	pthread_mutex_destroy(&s->peers_mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->chq_mu);
+	pthread_cond_destroy(&s->chq_cv);
 	free(s);
 	return r;
 }
@@ -1423,10 +1495,17 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 		grpc_server_cancel_all_calls(s->server);
 		pthread_mutex_lock(&s->mu);
 	}
-	/* Shutting the queue down before every call is released aborts gRPC. */
+	/* Shutting the queue down before every call is released aborts gRPC
+	 * (a queued change is live: the changers run it first). */
 	while (s->live > 0 || !s->shutdown_done)
 		pthread_cond_wait(&s->cv, &s->mu);
 	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_lock(&s->chq_mu);
+	s->chq_stop = 1;
+	pthread_cond_broadcast(&s->chq_cv);
+	pthread_mutex_unlock(&s->chq_mu);
+	for (unsigned i = 0; i < s->nchangers; i++)
+		pthread_join(s->changers[i], NULL);
 	grpc_completion_queue_shutdown(s->cq);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i], NULL);
@@ -1436,6 +1515,8 @@ rpc_shutdown(rpc_server *s, unsigned grace_ms)
 	pthread_mutex_destroy(&s->mu);
 	pthread_mutex_destroy(&s->peers_mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->chq_mu);
+	pthread_cond_destroy(&s->chq_cv);
 	free(s->methods);
 	dispatch_free(s->d);
 	free(s);
