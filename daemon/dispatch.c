@@ -773,6 +773,12 @@ run_call(const dispatch *d, const struct method *m, const struct dctx *h, const 
 	if (h->dc->idem_bad)
 		return cf_error(CF_E_INVALID_ARG, "idempotency-key must be %d..%d characters of "
 				"A-Z a-z 0-9 . _ : -", IDEM_KEY_MIN, STORE_IDEM_KEY_MAX);
+	/* Which one a retry would send is anyone's guess (a proxy that adds
+	 * its own): the last one won, and a retry with the first ran again
+	 * (found from outside). */
+	if (h->dc->idem_n > 1)
+		return cf_error(CF_E_INVALID_ARG, "%u idempotency-key entries; send exactly one",
+				h->dc->idem_n);
 	if (d->cfg.require_sealed && m->d->socket == CF_SOCK_SERVICE && !h->sealed)
 		return cf_error(CF_E_PRECONDITION, "this daemon requires every KeyService call to "
 				"be sealed in a session (session.require_sealed)");

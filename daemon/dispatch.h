@@ -41,6 +41,7 @@ struct dcall {
 	char request_id[AUDIT_REQUEST_ID_MAX + 1];
 	char idem_key[STORE_IDEM_KEY_MAX + 1];   /* "idempotency-key" metadata, or "" */
 	int idem_bad;           /* that metadata was malformed */
+	unsigned idem_n;        /* idempotency-key entries the call carried */
 	int64_t deadline_ms;    /* the call's deadline, CLOCK_MONOTONIC milliseconds; 0: none */
 	/* A request of a pipelined stream (proto/pipeline.md): its opening was
 	 * authenticated, signed with this API key ("" when unsigned), which

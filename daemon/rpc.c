@@ -258,7 +258,8 @@ call_metadata(rpc_server *s, const grpc_metadata_array *mds, struct dcall *h)
 			h->authz_len = GRPC_SLICE_LENGTH(md->value);
 		} else if (grpc_slice_str_cmp(md->key, "x-request-id") == 0) {
 			request_id_from(h->request_id, md->value);
-		} else if (grpc_slice_str_cmp(md->key, "idempotency-key") == 0) {
+		} else if (grpc_slice_str_cmp(md->key, "idempotency-key") == 0 &&
+			   h->idem_n++ == 0) {
 			size_t n = GRPC_SLICE_LENGTH(md->value);
 
 			h->idem_bad = n > STORE_IDEM_KEY_MAX;
