@@ -70,6 +70,17 @@ run_job(const struct ctl *ctl, const struct opts *o, int admin, job_call call,
 		goto out;
 	if ((r = call(c, o, j)) != COFFER_OK) {
 		rc = fail(r);
+		/* The change may have been made, its answer lost (no answer in
+		 * time, cofferd gone): only its key gets that answer without
+		 * making it twice, and it was never shown (found from outside). */
+		if (admin && rc == EXIT_UNAVAILABLE) {
+			char hint[256];
+
+			snprintf(hint, sizeof(hint), "if this command changes something, retry "
+				 "it with --idempotency-key %s: a change already made is answered, "
+				 "not made again", ctl->idem_key);
+			errmsg(NULL, hint);
+		}
 		goto out;
 	}
 	rc = put(ctl, o, j);

@@ -35,7 +35,9 @@ import json
 import os
 import pty
 import re
+import sqlite3
 import subprocess
+import threading
 import time
 import unittest
 
@@ -562,6 +564,54 @@ class Cli(unittest.TestCase):
         self.assertEqual(r.stderr.decode().splitlines()[0],
                          "cofferctl: --idempotency-key short: want %s..%s of "
                          "A-Z a-z 0-9 . _ : -" % (lo, hi))
+
+    def test_a_change_without_an_answer_names_its_idempotency_key(self):
+        """A rotation whose answer does not come in time (the SQLite store
+        held by another process for 2.5 s, cofferctl's --timeout 1 s) may
+        still be made: cofferctl names the idempotency key it used, and the
+        retry with it answers that rotation without making another. Before,
+        the key was never shown and a retry rotated again (found by a
+        client written from the documents alone)."""
+        if self.d.pg_db is not None:
+            self.skipTest("holds the SQLite file")
+        c = self.ctl
+        c("key", "create", "hint-k", "--type", "ec-p256")
+        db = sqlite3.connect(os.path.join(self.d.state_dir, "coffer.db"), timeout=10,
+                             isolation_level=None, check_same_thread=False)
+        db.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(2.5, lambda: db.execute("ROLLBACK"))
+        release.start()
+        try:
+            r = c("--timeout", "1000", "key", "rotate", "hint-k", ok=False)
+        finally:
+            release.join()
+            db.close()
+        self.assertEqual(r.returncode, 5, r.stderr)
+        lines = r.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        m = re.fullmatch(r"cofferctl: if this command changes something, retry it with "
+                         r"--idempotency-key (ctl-[0-9a-f]{24}): a change already made is "
+                         r"answered, not made again", lines[1])
+        self.assertIsNotNone(m, lines)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:      # the rotation, made after the hold
+            show = json.loads(c("--json", "key", "show", "hint-k").stdout)
+            if len(show["versions"]) == 2:
+                break
+            time.sleep(0.1)
+        self.assertEqual([v["version"] for v in show["versions"]], [1, 2])
+        again = json.loads(c("--json", "--idempotency-key", m.group(1), "key", "rotate",
+                             "hint-k").stdout)
+        self.assertEqual(again["primary_version"], 2, again)
+        show = json.loads(c("--json", "key", "show", "hint-k").stdout)
+        self.assertEqual([v["version"] for v in show["versions"]], [1, 2])
+        # A read names the key too: harmless (it changes nothing), and the
+        # same words whatever the command.
+        r = subprocess.run([cofferctl_path(), "--admin-socket", "/nonexistent/admin.sock",
+                            "--timeout", "500", "key", "list", "--admin"],
+                           capture_output=True)
+        self.assertEqual(r.returncode, 5, r.stderr)
+        self.assertIn(b"retry it with --idempotency-key ctl-", r.stderr)
 
     def test_grace_zero_refused(self):
         c = self.ctl
