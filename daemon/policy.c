@@ -353,6 +353,33 @@ check_ops(uint32_t ops)
 	return CF_OK;
 }
 
+/* Between change_begin and change_end: a uid or gid of a new principal sp
+ * that another has, named (the store's constraint said only "another").
+ * Ids are set at creation only. */
+static int
+ids_free(const policy *p, const struct store_principal *sp)
+{
+	for (size_t k = 0; k < p->n; k++) {
+		const struct store_principal *o = &p->v[k]->sp;
+
+		if (strcmp(o->name, sp->name) == 0)
+			continue;
+		for (uint32_t i = 0; i < sp->nuids; i++)
+			for (uint32_t j = 0; j < o->nuids; j++)
+				if (sp->uids[i] == o->uids[j])
+					return cf_error(CF_E_EXISTS, "uid %u belongs to principal "
+							"%s (a uid or gid names one principal)",
+							sp->uids[i], o->name);
+		for (uint32_t i = 0; i < sp->ngids; i++)
+			for (uint32_t j = 0; j < o->ngids; j++)
+				if (sp->gids[i] == o->gids[j])
+					return cf_error(CF_E_EXISTS, "gid %u belongs to principal "
+							"%s (a uid or gid names one principal)",
+							sp->gids[i], o->name);
+	}
+	return CF_OK;
+}
+
 /* Apply a change to a copy of `name`, write it, then install it. `edit`
  * works on the copy; it may return an error to abandon the change.
  * Between change_begin and change_end nothing else writes the table (they
@@ -405,7 +432,7 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 	      const uint32_t *gids, size_t ngids, struct store_principal *out)
 {
 	struct pr *r = NULL;
-	int rc;
+	int found, rc;
 
 	if ((rc = check_name(name)) != CF_OK)
 		return rc;
@@ -431,9 +458,15 @@ policy_create(policy *p, const char *name, const uint32_t *uids, size_t nuids,
 	/* A new principal has no grants or limits: its copy allocates nothing.
 	 * The store write does not hold calls up (modify); the table's growth
 	 * (it may move) and the insertion do. */
-	pthread_rwlock_wrlock(&p->lock);
-	rc = room_locked(p);
-	pthread_rwlock_unlock(&p->lock);
+	/* The name first: "already exists" says more than its ids. */
+	(void)find_locked(p, name, &found);
+	rc = found ? cf_error(CF_E_EXISTS, "principal %s already exists", name)
+		   : ids_free(p, &r->sp);
+	if (rc == CF_OK) {
+		pthread_rwlock_wrlock(&p->lock);
+		rc = room_locked(p);
+		pthread_rwlock_unlock(&p->lock);
+	}
 	if (rc == CF_OK && (rc = store_principal_put(p->st, &r->sp, 1)) == CF_OK) {
 		pthread_rwlock_wrlock(&p->lock);
 		insert_locked(p, r);

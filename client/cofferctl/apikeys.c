@@ -64,9 +64,14 @@ put_new_secret(const struct ctl *ctl, const struct opts *o, const struct coffer_
 	int r;
 
 	if (secret->len == 0 && imported->len == 0) {
-		/* A repeat answered from the idempotency record: no secret. */
-		errmsg(NULL, "the daemon answered a repeat of this request (same idempotency "
-		    "key): its secret was shown the first time only");
+		/* A repeat answered from the idempotency record: no secret. The
+		 * first answer may never have reached anyone (cofferd died after
+		 * the commit): say which key, and how to get a secret for it. */
+		fprintf(stderr, "cofferctl: the daemon answered a repeat of this request (same "
+		    "idempotency key) for API key %s: its secret is in the first answer only, "
+		    "which may have been lost; if nobody holds it, make a new one with "
+		    "'cofferctl principal rotate-secret %s --overlap 0' or revoke the key with "
+		    "'cofferctl principal revoke-key %s'\n", k->id, k->id, k->id);
 		return EXIT_FAILED;
 	}
 	if (o->out != NULL &&

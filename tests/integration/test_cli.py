@@ -613,6 +613,30 @@ class Cli(unittest.TestCase):
         self.assertEqual(r.returncode, 5, r.stderr)
         self.assertIn(b"retry it with --idempotency-key ctl-", r.stderr)
 
+    def test_a_repeated_add_key_names_the_key_and_the_remedy(self):
+        """A repeat of add-key answered from its idempotency record carries no
+        secret: cofferctl names the key and the two ways out, both of which
+        work. Before, "its secret was shown the first time only", though
+        the first answer may never have arrived (found from outside)."""
+        c = self.ctl
+        c("principal", "create", "repeat-p", "--uid", "4242")
+        first = json.loads(c("--json", "--idempotency-key", "repeat-add-key-1", "principal",
+                             "add-key", "repeat-p").stdout)
+        kid = first["key"]["id"]
+        r = c("--idempotency-key", "repeat-add-key-1", "principal", "add-key", "repeat-p",
+              ok=False)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(r.stderr.decode(), "cofferctl: the daemon answered a repeat of this "
+                         "request (same idempotency key) for API key %s: its secret is in the "
+                         "first answer only, which may have been lost; if nobody holds it, "
+                         "make a new one with 'cofferctl principal rotate-secret %s --overlap "
+                         "0' or revoke the key with 'cofferctl principal revoke-key %s'\n"
+                         % (kid, kid, kid))
+        rot = json.loads(c("--json", "principal", "rotate-secret", kid, "--overlap",
+                           "0").stdout)
+        self.assertTrue(rot["secret"])
+        c("principal", "revoke-key", kid)
+
     def test_grace_zero_refused(self):
         c = self.ctl
         c("key", "create", "grace-k", "--type", "ec-p256")

@@ -914,7 +914,8 @@ class LiveCalls(Live):
         c = self.c
         p = c.create_principal("py-svc", uids=[4242], idempotency_key="py-create-4242")
         self.assertEqual((p.name, list(p.uids)), ("py-svc", [4242]))
-        self.err(coffer.AlreadyExists, "a uid or gid of py-svc2 belongs to another principal",
+        self.err(coffer.AlreadyExists, "uid 4242 belongs to principal py-svc (a uid or gid names one "
+                 "principal)",
                  c.create_principal, "py-svc2", uids=[4242])
         p = c.grant("py-svc", "py-*", ["sign", "verify"])
         self.assertEqual([(g.key_pattern, list(g.operations)) for g in p.grants],

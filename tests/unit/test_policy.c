@@ -156,11 +156,11 @@ test_create(void)
 	CHECK_ERR(policy_create(p, "app", &u1001, 1, NULL, 0, NULL), CF_E_EXISTS,
 		  "principal app already exists");
 	CHECK_ERR(policy_create(p, "other", &u1000, 1, NULL, 0, NULL), CF_E_EXISTS,
-		  "a uid or gid of other belongs to another principal");
+		  "uid 1000 belongs to principal app (a uid or gid names one principal)");
 	CHECK_ERR(policy_create(p, "other", NULL, 0, &g50, 1, NULL), CF_E_EXISTS,
-		  "a uid or gid of other belongs to another principal");
+		  "gid 50 belongs to principal app (a uid or gid names one principal)");
 	CHECK_ERR(policy_create(p, "other", &ids[5], 1, NULL, 0, NULL), CF_E_EXISTS,
-		  "belongs to another principal");
+		  "uid 20005 belongs to principal many (a uid or gid names one principal)");
 	/* a refused create leaves nothing, in memory or in the store */
 	CHECK_ERR(policy_get(p, "other", NULL), CF_E_NOT_FOUND, "no principal other");
 	/* uids and gids are separate spaces: uid 50 is free */
