@@ -260,6 +260,10 @@ callauth_field(struct cf_call_auth *a, const char *name, size_t nlen, const char
 	/* The checks below read C strings: a NUL inside would hide the rest. */
 	if (memchr(v, '\0', n) != NULL || memchr(name, '\0', nlen) != NULL)
 		return cf_error(CF_E_INVALID_ARG, "authorization holds a NUL byte");
+	/* Named as what it is, not as a bad value of the field before it. */
+	if (memchr(v, ' ', n) != NULL || memchr(name, ' ', nlen) != NULL)
+		return cf_error(CF_E_INVALID_ARG, "authorization: a space inside or before a comma "
+				"(spaces are allowed after a comma only)");
 	memcpy(buf, v, n);
 	buf[n] = '\0';
 	if (nlen == 5 && memcmp(name, "keyId", 5) == 0 && !(*seen & 1)) {

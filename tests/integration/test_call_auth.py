@@ -308,9 +308,11 @@ class CallAuth(unittest.TestCase):
         cases = {
             good.replace(LABEL + " ", LABEL + "  "): begin,
             good.replace(LABEL, LABEL.lower()): begin,
+            # Named as what it is (it was "keyId is not an API key id": found
+            # by a client written from the documents alone).
             good.replace(", timestamp", " , timestamp"):
-                'malformed authorization: keyId is not an API key id ("ak_" and 24 '
-                'lower-case hex digits)',
+                "malformed authorization: a space inside or before a comma (spaces are "
+                "allowed after a comma only)",
             good.replace(", timestamp", ", , timestamp"):
                 "malformed authorization: a field without '=' (the form is name=value, "
                 "comma-separated)",
