@@ -392,6 +392,22 @@ seen_before(struct seen **v, size_t *n, const char *section, const char *name, i
 	return 0;
 }
 
+/* The sections config_set knows: a header is checked on its own line (an
+ * unknown one was reported at its first setting, found from outside). */
+static const char *const known_sections[] = {
+	"token", "daemon", "state", "service", "admin", "session", "idempotency", "keys",
+	"audit", "metrics", "requests",
+};
+
+static int
+section_known(const char *name)
+{
+	for (size_t i = 0; i < sizeof(known_sections) / sizeof(known_sections[0]); i++)
+		if (strcmp(name, known_sections[i]) == 0)
+			return 1;
+	return 0;
+}
+
 /* Apply `text` (NUL-terminated, changed in place); `file` names it. */
 static int
 load_text(struct cofferd_config *c, const char *file, char *text)
@@ -429,6 +445,17 @@ load_text(struct cofferd_config *c, const char *file, char *text)
 				s = trim(s + 1);
 				memmove(section, s, strlen(s) + 1);
 				have_section = 1;
+				if (!section_known(section)) {
+					char known[160] = "";
+
+					for (size_t i = 0; i < sizeof(known_sections) /
+							       sizeof(known_sections[0]); i++)
+						snprintf(known + strlen(known),
+							 sizeof(known) - strlen(known), "%s%s",
+							 i ? ", " : "", known_sections[i]);
+					r = cf_error(CF_E_CONFIG, "%s:%d: unknown section [%s] "
+						     "(known: %s)", file, line, section, known);
+				}
 			}
 			continue;
 		}

@@ -114,6 +114,11 @@ test_config_reader(void)
 	config_refused("workers = 2\n", "1: workers is set before any [section]");
 	config_refused("[daemon\nworkers = 2\n", "1: syntax error: a section is [name]");
 	config_refused("[]\n", "1: syntax error: a section is [name]");
+	/* An unknown section on its own line, even with nothing set in it (it
+	 * was named at its first setting, the line after; found from outside). */
+	config_refused("[daemon]\nworkers = 2\n[nope]\n",
+		       "3: unknown section [nope] (known: token, daemon, state, service, admin, "
+		       "session, idempotency, keys, audit, metrics, requests)");
 	/* A line longer than libinih's 200 bytes is read whole. */
 	snprintf(text, sizeof(text), "[state]\ndsn = host=/tmp dbname=coffer "
 		 "application_name=%0300d\n", 7);
