@@ -5,6 +5,7 @@
 
 static _Thread_local uint64_t waited;   /* this call's turns, ms */
 static _Thread_local unsigned held;     /* change mutexes this thread holds */
+static _Thread_local int in_call;       /* between change_mu_call_begin and _end */
 
 void
 change_mu_init(struct change_mu *m)
@@ -48,7 +49,7 @@ change_mu_try(struct change_mu *m)
 void
 change_mu_unlock(struct change_mu *m)
 {
-	if (--held == 0)
+	if (--held == 0 && !in_call)
 		waited = 0;
 	pthread_mutex_unlock(&m->mu);
 }
@@ -68,6 +69,23 @@ change_mu_waited_ms(void)
 void
 change_mu_wait_over(void)
 {
-	if (held == 0)
+	if (held == 0 && !in_call)
 		waited = 0;
+}
+
+/* A call's store transactions before its change (its idempotency record)
+ * no longer take the tally with them: before, a change queued for 30 s
+ * then waited the fleet's lock 30 s more (found from outside). */
+void
+change_mu_call_begin(uint64_t queued_ms)
+{
+	in_call = 1;
+	waited = queued_ms;
+}
+
+void
+change_mu_call_end(void)
+{
+	in_call = 0;
+	waited = 0;
 }

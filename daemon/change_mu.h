@@ -28,16 +28,20 @@ void change_mu_lock(struct change_mu *m);
 int change_mu_try(struct change_mu *m);
 void change_mu_unlock(struct change_mu *m);
 
-/* How long this thread's call has waited for its turns (ms): for a change
- * mutex, the fleet's change lock or the store's connection, each added by
- * change_mu_waited, until the thread holds no change mutex (the change
- * ended) or, outside a change, change_mu_wait_over. A store transaction
- * counts them in its own wait for another process's lock: changes queued
- * behind one that waits out a locked database are refused after one bound,
- * not one each. */
+/* How long this thread's call has waited for its turns (ms): in the queue
+ * of changes, for a change mutex, the fleet's change lock or the store's
+ * connection, each added by change_mu_waited. A store transaction counts
+ * them in its own wait for another process's lock, and the fleet's lock in
+ * its bound: changes queued behind one that waits out a locked database
+ * are refused after one bound, not one each. The tally lasts from
+ * change_mu_call_begin to change_mu_call_end (a call of the daemon's);
+ * outside a call, until the thread holds no change mutex or, outside a
+ * change, change_mu_wait_over (one transaction's). */
 #define CHANGE_MU_WAIT_SLACK_MS 50   /* less: a turn, no shorter wait */
 void change_mu_waited(uint64_t ms);
 uint64_t change_mu_waited_ms(void);
 void change_mu_wait_over(void);
+void change_mu_call_begin(uint64_t queued_ms);
+void change_mu_call_end(void);
 
 #endif

@@ -1228,9 +1228,9 @@ changer_main(void *arg)
 		if ((s->chq_head = c->chq_next) == NULL)
 			s->chq_tail = &s->chq_head;
 		pthread_mutex_unlock(&s->chq_mu);
-		change_mu_waited(cf_mono_ms() - c->chq_since);
+		change_mu_call_begin(cf_mono_ms() - c->chq_since);
 		respond(c);
-		change_mu_wait_over();
+		change_mu_call_end();
 	}
 	return NULL;
 }
@@ -1249,8 +1249,11 @@ on_event(rpc_server *s, struct rpc_call *c, int success)
 			stream_open(c);
 		else if (c->m != NULL && s->nchangers > 0 && dispatch_mutating(s->d, c->m->idx))
 			change_queue(s, c);
-		else
+		else {
+			change_mu_call_begin(0);
 			respond(c);
+			change_mu_call_end();
+		}
 		return;
 	case ST_SENDING:
 		call_unref(c);

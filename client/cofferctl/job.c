@@ -74,11 +74,12 @@ run_job(const struct ctl *ctl, const struct opts *o, int admin, job_call call,
 		 * time, cofferd gone): only its key gets that answer without
 		 * making it twice, and it was never shown (found from outside). */
 		if (admin && rc == EXIT_UNAVAILABLE) {
-			char hint[256];
+			char hint[320];
 
-			snprintf(hint, sizeof(hint), "if this command changes something, retry "
-				 "it with --idempotency-key %s: a change already made is answered, "
-				 "not made again", ctl->idem_key);
+			/* The key last: a ':' after it reads as part of it. */
+			snprintf(hint, sizeof(hint), "if this command changes something, a retry "
+				 "answers a change already made instead of making it again when it "
+				 "carries this command's key: --idempotency-key %s", ctl->idem_key);
 			errmsg(NULL, hint);
 		}
 		goto out;

@@ -319,6 +319,43 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         self.assertTrue(still_waiting, "the grant did not wait on the store")
         self.assertEqual(len(done), 1)
 
+    def test_postgresql_changes_queued_behind_the_fleet_lock_wait_one_bound(self):
+        """Six changes, more than the four threads for changes, each with an
+        idempotency key, while an operator holds the fleet's change lock:
+        each is refused after its one 30 s bound, queue included. Before,
+        the idempotency record's transaction took the tally of the queue
+        with it: the last two were refused after 59.9 s (found from
+        outside)."""
+        d = self._pg_daemon()
+        release = psql_holding(d, "SELECT pg_advisory_lock(1131374182, 1);")
+        time.sleep(0.5)
+        got, took = [None] * 6, [0.0] * 6
+
+        def create(i):
+            t0 = time.monotonic()
+            try:
+                d.admin_stub().CreateKey(pb.CreateKeyRequest(name="q-%d" % i,
+                                                             type=pb.EC_P256),
+                                         metadata=[("idempotency-key", "queued-create-%d" % i)],
+                                         timeout=90)
+                got[i] = "OK"
+            except grpc.RpcError as e:
+                got[i] = e
+            took[i] = time.monotonic() - t0
+        try:
+            changes = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+            for t in changes:
+                t.start()
+            for t in changes:
+                t.join()
+        finally:
+            release()
+        for e in got:
+            self.assertIsInstance(e, grpc.RpcError)
+            self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
+            self.assertIn("fleet: waited 30 s for the registry's change lock", e.details())
+        self.assertLess(max(took), 33.0, took)
+
     def test_changes_waiting_on_the_store_leave_the_workers_free(self):
         """Eight changes wait on a store another process holds, more than
         the daemon's four workers: Sign and health checks are answered at
@@ -434,7 +471,10 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
 
         def grant(i):
             t0 = time.monotonic()
-            got[i] = self._grant(d)
+            # With an idempotency key, as cofferctl sends: its record, written
+            # first, took the tally of the wait with it (2.0 s on PostgreSQL
+            # for a 1 s bound; found from outside).
+            got[i] = self._grant(d, "held-grant-%d" % i)
             took[i] = time.monotonic() - t0
         try:
             both = [threading.Thread(target=grant, args=(i,)) for i in range(2)]
@@ -645,10 +685,11 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
         return d
 
     @staticmethod
-    def _grant(d):
+    def _grant(d, idem=None):
         try:
             d.admin_stub().GrantPrincipal(pb.GrantRequest(name="tester", grant=pb.Grant(
-                key_pattern="w-*", operations=[pb.OP_SIGN])), timeout=T)
+                key_pattern="w-*", operations=[pb.OP_SIGN])), timeout=T,
+                metadata=[("idempotency-key", idem)] if idem else None)
             return "OK"
         except grpc.RpcError as e:
             return e
