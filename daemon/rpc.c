@@ -1397,7 +1397,7 @@ rpc_start(const struct rpc_cfg *cfg, rpc_server **out)
 		if ((e = pthread_create(&s->changers[s->nchangers], NULL, changer_main, s)) != 0)
 			break;
 	if (s->nchangers < RPC_CHANGERS)
-		cf_log_warn("started %u of %u threads for changes (%s)%s", s->nchangers,
+		cf_log_warn("started %u of the %u threads for changes (%s)%s", s->nchangers,
 			    RPC_CHANGERS, strerror(e), s->nchangers ? "" : ": changes run on the "
 			    "worker threads, and may hold them while they wait for the state store");
 	grpc_server_start(s->server);
