@@ -21,6 +21,7 @@ static struct {
 	_Atomic uint64_t began;          /* CLOCK_MONOTONIC ms; 0: free; CLAIMED */
 	_Atomic(const char *) what;
 	_Atomic int remote;
+	_Atomic unsigned limit;          /* ms; 0: limit_ms */
 } slots[SLOTS];
 
 static _Atomic unsigned limit_ms = 2000;
@@ -44,8 +45,16 @@ iowatch_limit(void)
 	return atomic_load(&limit_ms);
 }
 
+static unsigned
+slot_limit(int i)
+{
+	unsigned l = atomic_load(&slots[i].limit);
+
+	return l != 0 ? l : atomic_load(&limit_ms);
+}
+
 static int
-begin(const char *what, int remote)
+begin(const char *what, int remote, unsigned limit)
 {
 	uint64_t now = now_ms();
 
@@ -57,6 +66,7 @@ begin(const char *what, int remote)
 		if (atomic_load_explicit(&slots[i].began, memory_order_relaxed) == 0 &&
 		    atomic_compare_exchange_strong(&slots[i].began, &free_slot, CLAIMED)) {
 			atomic_store(&slots[i].remote, remote);
+			atomic_store(&slots[i].limit, limit);
 			atomic_store(&slots[i].what, what);
 			atomic_store(&slots[i].began, now);
 			return i;
@@ -68,13 +78,19 @@ begin(const char *what, int remote)
 int
 iowatch_begin(const char *what)
 {
-	return begin(what, 0);
+	return begin(what, 0, 0);
 }
 
 int
 iowatch_begin_remote(const char *what)
 {
-	return begin(what, 1);
+	return begin(what, 1, 0);
+}
+
+int
+iowatch_begin_remote_within(const char *what, unsigned ms)
+{
+	return begin(what, 1, ms);
 }
 
 void
@@ -88,7 +104,7 @@ iowatch_end(int slot, int outcome)
 	w = atomic_load(&slots[slot].what);
 	g = atomic_load(&gave_up);
 	remote = atomic_load(&slots[slot].remote);
-	in_time = now_ms() - atomic_load(&slots[slot].began) < atomic_load(&limit_ms);
+	in_time = now_ms() - atomic_load(&slots[slot].began) < slot_limit(slot);
 	/* Done in time: what it works on answers again. */
 	if (outcome == IOWATCH_OK && in_time && g != NULL && w != NULL && strcmp(g, w) == 0)
 		atomic_compare_exchange_strong(&gave_up, &g, NULL);
@@ -105,7 +121,7 @@ iowatch_end(int slot, int outcome)
 static int
 hung(int any, char *what, size_t len)
 {
-	uint64_t now = now_ms(), lim = atomic_load(&limit_ms);
+	uint64_t now = now_ms();
 	const char *g = atomic_load(&gave_up);
 
 	if (any && g != NULL) {
@@ -117,7 +133,7 @@ hung(int any, char *what, size_t len)
 		const char *w;
 
 		/* b > now: begun after now was read. */
-		if (b == 0 || b == CLAIMED || b > now || now - b <= lim ||
+		if (b == 0 || b == CLAIMED || b > now || now - b <= slot_limit(i) ||
 		    (!any && atomic_load(&slots[i].remote)))
 			continue;
 		w = atomic_load(&slots[i].what);

@@ -581,7 +581,7 @@ sqldb_pg_collect(PGconn *c, int sent, unsigned ms, int watch, int *timed_out)
 	if (sent != 1)
 		return NULL;
 	t0 = cf_mono_ns();
-	slot = watch ? iowatch_begin_remote(SQLDB_PG_WATCH) : -1;
+	slot = watch ? iowatch_begin_remote_within(SQLDB_PG_WATCH, ms) : -1;
 	for (;;) {
 		int64_t spent = (int64_t)((cf_mono_ns() - t0) / 1000000u);
 

@@ -356,6 +356,37 @@ class ChangeWaitingOnTheStore(unittest.TestCase):
             self.assertIn("fleet: waited 30 s for the registry's change lock", e.details())
         self.assertLess(max(took), 33.0, took)
 
+    def test_postgresql_a_change_waiting_on_a_held_table_is_no_hung_server(self):
+        """A grant waits 6 s (lock_timeout, 2/3 of [state] wait_ms = 9 s) on
+        the principals an operator holds: health stays SERVING all along,
+        past [audit] max_wait_ms (2 s), the limit for a server that hangs.
+        Before, the replica said NOT_SERVING from 2 s on, and a load
+        balancer would have pulled it (found from outside)."""
+        d = CofferDaemon()
+        if d.pg_db is None:
+            self.skipTest("PostgreSQL backend only (tests/run-on-postgresql.sh)")
+        d.config["state"]["wait_ms"] = "9000"
+        self.addCleanup(d.cleanup)
+        d.start()
+        release = hold_principals(d)
+        done = []
+        try:
+            grant = threading.Thread(target=lambda: done.append(self._grant(d)))
+            grant.start()
+            healths = []
+            for _ in range(5):
+                time.sleep(1.0)
+                healths.append(health_check(d.service_socket, timeout=T))
+            grant.join()
+        finally:
+            release()
+        self.assertEqual(healths, [1] * 5)              # SERVING throughout
+        self.assertIsInstance(done[0], grpc.RpcError)
+        self.assertEqual(done[0].code(), grpc.StatusCode.UNAVAILABLE, done[0].details())
+        self.assertIn("waited 6000 ms for a lock another PostgreSQL session holds",
+                      done[0].details())
+        self.assertEqual(health_check(d.service_socket, timeout=T), 1)
+
     def test_changes_waiting_on_the_store_leave_the_workers_free(self):
         """Eight changes wait on a store another process holds, more than
         the daemon's four workers: Sign and health checks are answered at
